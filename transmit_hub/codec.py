@@ -1,0 +1,198 @@
+"""The one conversion boundary between protobuf messages and transmit_hub's types.
+
+Nothing else in the project imports the generated ``*_pb2`` modules for data;
+the server and the link import the generated ``*_pb2_grpc`` stubs only to
+register and call the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from .types import (
+    Delivery,
+    GatewayId,
+    GatewayInfo,
+    HubStats,
+    Message,
+    MessageId,
+    Recipient,
+    TransmitMap,
+    Undeliverable,
+    UndeliverableReason,
+    UserId,
+)
+from .v1 import transmit_pb2 as pb
+
+__all__ = [
+    "ConnectRequest",
+    "ConnectResponse",
+    "batch_request",
+    "delivery_batch_response",
+    "delivery_from_pb",
+    "delivery_to_pb",
+    "gateways_to_pb",
+    "hello_request",
+    "message_from_pb",
+    "message_to_pb",
+    "stats_to_pb",
+    "transmit_map_from_pb",
+    "transmit_map_to_pb",
+    "undeliverable_from_pb",
+    "undeliverable_to_pb",
+    "welcome_response",
+]
+
+ConnectRequest = pb.ConnectRequest
+ConnectResponse = pb.ConnectResponse
+ListGatewaysRequest = pb.ListGatewaysRequest
+ListGatewaysResponse = pb.ListGatewaysResponse
+GetStatsRequest = pb.GetStatsRequest
+GetStatsResponse = pb.GetStatsResponse
+
+
+def message_to_pb(message: Message) -> pb.Message:
+    out = pb.Message(
+        id=message.id,
+        to=message.to,
+        type=message.type,
+        content_type=message.content_type,
+        time=message.time,
+        content=message.content,
+    )
+    setattr(out, "from", message.sender)  # ``from`` is a Python keyword
+    return out
+
+
+def message_from_pb(message: pb.Message) -> Message:
+    return Message(
+        id=MessageId(message.id),
+        sender=UserId(getattr(message, "from")),  # ``from`` is a keyword
+        to=message.to,
+        type=message.type,
+        content_type=message.content_type,
+        time=message.time,
+        content=message.content,
+    )
+
+
+def _user_ids_to_pb(recipients: Sequence[Recipient]) -> pb.UserIds:
+    out = pb.UserIds(user_ids=[r.user_id for r in recipients])
+    if any(r.seq for r in recipients):
+        out.seqs.extend(r.seq for r in recipients)
+    return out
+
+
+def _recipients_from_pb(users: pb.UserIds) -> tuple[Recipient, ...]:
+    seqs = list(users.seqs)
+    if len(seqs) != len(users.user_ids):
+        seqs = [""] * len(users.user_ids)
+    return tuple(Recipient(UserId(u), s) for u, s in zip(users.user_ids, seqs, strict=True))
+
+
+def transmit_map_to_pb(tmap: TransmitMap) -> pb.TransmitMap:
+    out = pb.TransmitMap(message=message_to_pb(tmap.message))
+    for gateway_id, recipients in tmap.users.items():
+        out.users[gateway_id].CopyFrom(_user_ids_to_pb(recipients))
+    return out
+
+
+def transmit_map_from_pb(tmap: pb.TransmitMap) -> TransmitMap:
+    return TransmitMap(
+        message=message_from_pb(tmap.message),
+        users={GatewayId(g): _recipients_from_pb(u) for g, u in tmap.users.items()},
+    )
+
+
+def delivery_to_pb(delivery: Delivery) -> pb.Delivery:
+    return pb.Delivery(
+        message=message_to_pb(delivery.message), users=_user_ids_to_pb(delivery.recipients)
+    )
+
+
+def delivery_from_pb(delivery: pb.Delivery) -> Delivery:
+    return Delivery(
+        message=message_from_pb(delivery.message),
+        recipients=_recipients_from_pb(delivery.users),
+    )
+
+
+def undeliverable_to_pb(notice: Undeliverable) -> pb.Undeliverable:
+    return pb.Undeliverable(
+        gateway_id=notice.gateway_id,
+        message_ids=list(notice.message_ids),
+        user_ids=list(notice.user_ids),
+        reason=pb.UndeliverableReason.Name(int(notice.reason)),
+    )
+
+
+def undeliverable_from_pb(notice: pb.Undeliverable) -> Undeliverable:
+    try:
+        reason = UndeliverableReason(notice.reason)
+    except ValueError:
+        reason = UndeliverableReason.UNSPECIFIED
+    return Undeliverable(
+        gateway_id=GatewayId(notice.gateway_id),
+        message_ids=tuple(MessageId(m) for m in notice.message_ids),
+        user_ids=tuple(UserId(u) for u in notice.user_ids),
+        reason=reason,
+    )
+
+
+def hello_request(gateway_id: GatewayId) -> pb.ConnectRequest:
+    return pb.ConnectRequest(hello=pb.Hello(gateway_id=gateway_id))
+
+
+def batch_request(maps: Iterable[TransmitMap]) -> pb.ConnectRequest:
+    return pb.ConnectRequest(batch=pb.TransmitBatch(maps=[transmit_map_to_pb(m) for m in maps]))
+
+
+def welcome_response(hub_id: str) -> pb.ConnectResponse:
+    return pb.ConnectResponse(welcome=pb.Welcome(hub_id=hub_id))
+
+
+def delivery_batch_response(
+    deliveries: Iterable[pb.Delivery], undeliverable: Iterable[Undeliverable]
+) -> pb.ConnectResponse:
+    """A response frame; deliveries come pre-encoded (the hub encodes each once)."""
+    return pb.ConnectResponse(
+        batch=pb.DeliveryBatch(
+            deliveries=list(deliveries),
+            undeliverable=[undeliverable_to_pb(n) for n in undeliverable],
+        )
+    )
+
+
+def gateways_to_pb(gateways: Iterable[GatewayInfo]) -> pb.ListGatewaysResponse:
+    return pb.ListGatewaysResponse(
+        gateways=[
+            pb.GatewayInfo(
+                gateway_id=g.gateway_id,
+                peer=g.peer,
+                attached_at=g.attached_at,
+                queue_depth=g.queue_depth,
+            )
+            for g in gateways
+        ]
+    )
+
+
+def stats_to_pb(stats: HubStats) -> pb.GetStatsResponse:
+    return pb.GetStatsResponse(
+        hub_id=stats.hub_id,
+        started_at=stats.started_at,
+        transmit_maps_received=stats.transmit_maps_received,
+        deliveries_sent=stats.deliveries_sent,
+        undeliverable=stats.undeliverable,
+        queue_full=stats.queue_full,
+        gateways=[
+            pb.GatewayStats(
+                gateway_id=g.gateway_id,
+                deliveries_sent=g.deliveries_sent,
+                transmit_maps_received=g.transmit_maps_received,
+                queue_full=g.queue_full,
+                attached=g.attached,
+            )
+            for g in stats.gateways
+        ],
+    )

@@ -1,0 +1,121 @@
+"""The hub's own types: ids, messages, maps, deliveries and notices.
+
+Plain frozen dataclasses over plain values, free of protobuf and of I/O.
+``transmit_hub.codec`` is the one module that converts them to and from protobuf.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import NewType
+
+UserId = NewType("UserId", int)
+"""A user, a uint64."""
+
+GatewayId = NewType("GatewayId", str)
+"""An IM gateway's stable, operator-chosen id (never a socket address)."""
+
+MessageId = NewType("MessageId", str)
+"""A message id, unique across the whole system."""
+
+MESSAGE_PRIVATE = 1
+MESSAGE_GROUP = 2
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A chat message, with the reference system's fields."""
+
+    id: MessageId
+    sender: UserId
+    """The authenticated sender (``from`` on the wire)."""
+    to: int
+    """The recipient user (type 1) or group (type 2)."""
+    type: int
+    content_type: int
+    time: int
+    """Server time, milliseconds since the Unix epoch."""
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """A user a message is for, and the message's position in that user's inbox."""
+
+    user_id: UserId
+    seq: str = ""
+    """The inbox position (a Redis stream id), or ``""`` when unknown."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransmitMap:
+    """One message and, per target gateway, the users it is for there."""
+
+    message: Message
+    users: Mapping[GatewayId, tuple[Recipient, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message for some users of the gateway that receives it."""
+
+    message: Message
+    recipients: tuple[Recipient, ...]
+
+
+class UndeliverableReason(enum.IntEnum):
+    """Why the hub did not pass a share of a map on (values match the proto enum)."""
+
+    UNSPECIFIED = 0
+    NOT_ATTACHED = 1
+    """No gateway with that id is attached."""
+    QUEUE_FULL = 2
+    """The gateway is attached but its outbound queue is full."""
+    INVALID = 3
+    """The map was malformed."""
+
+
+@dataclass(frozen=True, slots=True)
+class Undeliverable:
+    """A share of a map that did not reach its gateway, told back to the sender."""
+
+    gateway_id: GatewayId
+    message_ids: tuple[MessageId, ...]
+    user_ids: tuple[UserId, ...]
+    reason: UndeliverableReason
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayInfo:
+    """An attached gateway, as ListGateways reports it."""
+
+    gateway_id: GatewayId
+    peer: str
+    attached_at: int
+    queue_depth: int
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayStats:
+    """Counters for one gateway id since the hub started."""
+
+    gateway_id: GatewayId
+    deliveries_sent: int
+    transmit_maps_received: int
+    queue_full: int
+    attached: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HubStats:
+    """Counters since the hub started, as GetStats reports them."""
+
+    hub_id: str
+    started_at: int
+    transmit_maps_received: int
+    deliveries_sent: int
+    undeliverable: int
+    queue_full: int
+    gateways: tuple[GatewayStats, ...]

@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for transmit.v1 (scripts/gen_protos.py)."""
