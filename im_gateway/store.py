@@ -1,0 +1,143 @@
+"""The gateway's shared state, as one interface: presence, groups, inboxes, dedupe.
+
+Two implementations pass the same contract tests (tests/im_gateway/test_store.py):
+``im_gateway.store_memory.MemoryStore`` for unit tests and
+``im_gateway.store_redis.RedisStore`` for everything real. :func:`open_store`
+picks one by URL (``memory://`` or ``redis://...``).
+
+Rules every implementation keeps:
+
+- :meth:`Store.submit` stores a whole batch of messages in a bounded number of
+  round trips (never one per message or per recipient): dedupe, group membership,
+  the appends to every recipient's inbox, and the presence look-up of every
+  recipient. A message is in every recipient's inbox before ``submit`` returns,
+  so the sender may be acknowledged then.
+- Inbox positions (``seq``) are Redis stream ids (``"<ms>-<n>"``), increasing per
+  user; compare them with :func:`seq_key`. ``"0"`` means "before everything".
+- Every key has a TTL except group membership; presence entries expire unless the
+  live gateway refreshes them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from transmit_hub.types import GatewayId, Message, Recipient, UserId
+
+START = "0"
+"""The position before every inbox entry."""
+
+
+def seq_key(seq: str) -> tuple[int, int]:
+    """Order inbox positions: ``"5-1" < "5-2" < "6-0"``; ``""`` and ``"0"`` sort first.
+
+    Raises ValueError for a malformed position.
+    """
+    if seq in ("", START):
+        return (0, 0)
+    ms, _, n = seq.partition("-")
+    key = (int(ms), int(n or 0))
+    if key[0] < 0 or key[1] < 0:
+        raise ValueError(f"bad inbox position {seq!r}")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A validated message frame from a client, with the id and time the gateway gave it.
+
+    ``message.type`` is 1 (private: ``to`` is a user) or 2 (group: ``to`` is a group).
+    """
+
+    client_id: str
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A submission that is stored (or was stored before, when ``duplicate``)."""
+
+    client_id: str
+    message: Message
+    """The stored message; for a duplicate, the first one's id and time."""
+    duplicate: bool
+    """Seen before from this user with this client id: nothing stored or to deliver."""
+    recipients: tuple[Recipient, ...] = ()
+    """Every inbox written, with the position there; includes the sender's own inbox
+    (for the sender's other devices). Empty for a duplicate."""
+    presence: Mapping[UserId, tuple[GatewayId, ...]] = field(default_factory=dict)
+    """The live gateways of each recipient, looked up in the same batch."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A submission that was not stored; ``code`` is a WebSocket error code."""
+
+    client_id: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InboxEntry:
+    """One message in a user's inbox, at position ``seq``."""
+
+    seq: str
+    message: Message
+
+
+class Store(Protocol):
+    """Presence, groups, inboxes and dedupe, shared by every gateway."""
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        """Store a batch of messages; results in the batch's order.
+
+        A group message from a non-member is ``Refused(code="not_member")``.
+        """
+        ...
+
+    async def join(self, group: int, user: UserId) -> None: ...
+
+    async def leave(self, group: int, user: UserId) -> None: ...
+
+    async def is_member(self, group: int, user: UserId) -> bool: ...
+
+    async def attach(self, user: UserId, gateway: GatewayId) -> None:
+        """Record that ``gateway`` holds a socket of ``user`` (other gateways' entries stay)."""
+        ...
+
+    async def detach(self, user: UserId, gateway: GatewayId) -> None:
+        """``gateway`` holds no more sockets of ``user``: remove only that entry."""
+        ...
+
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        """Extend the TTL of ``gateway``'s entries for ``users``, in one round trip."""
+        ...
+
+    async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        """Drop stale entries (the hub said ``gateway`` is gone), in one round trip."""
+        ...
+
+    async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
+        """The live gateways of each user, in one round trip; users with none are absent."""
+        ...
+
+    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
+        """Up to ``limit`` entries after position ``after``, oldest first."""
+        ...
+
+    async def ack(self, user: UserId, seq: str) -> None:
+        """The user has everything up to ``seq``; the position only moves forward."""
+        ...
+
+    async def acked(self, user: UserId) -> str:
+        """The user's acknowledged position, :data:`START` when none."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise when the store does not answer."""
+        ...
+
+    async def close(self) -> None: ...
