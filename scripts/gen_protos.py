@@ -23,6 +23,15 @@ DEFAULT_OUT = ROOT / "transmit_hub" / "v1"
 FILES = ("transmit_pb2.py", "transmit_pb2.pyi", "transmit_pb2_grpc.py", "transmit_pb2_grpc.pyi")
 
 
+def _plugin(name: str) -> str:
+    """The path of a protoc plugin installed beside this Python (mypy-protobuf's)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found is None:
+        raise SystemExit(f"{name} not found: pip install -e '.[dev]' (mypy-protobuf)")
+    return found
+
+
 def generate(out: Path) -> None:
     """Run protoc and write the generated modules into ``out``."""
     include = Path(protoc.__file__).parent / "_proto"
@@ -34,6 +43,7 @@ def generate(out: Path) -> None:
             f"--python_out={tmp}",
             f"--pyi_out={tmp}",
             f"--grpc_python_out={tmp}",
+            f"--plugin=protoc-gen-mypy_grpc={_plugin('protoc-gen-mypy_grpc')}",
             f"--mypy_grpc_out={tmp}",
             PROTO,
         ]
@@ -67,6 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    if shutil.which("protoc-gen-mypy_grpc") is None:
-        raise SystemExit("protoc-gen-mypy_grpc not found: pip install -e '.[dev]' (mypy-protobuf)")
     main()
