@@ -30,18 +30,24 @@ START = "0"
 """The position before every inbox entry."""
 
 
+_LIMIT = 2**64
+"""Each part of a stream id is a uint64."""
+
+
 def seq_key(seq: str) -> tuple[int, int]:
     """Order inbox positions: ``"5-1" < "5-2" < "6-0"``; ``""`` and ``"0"`` sort first.
 
-    Raises ValueError for a malformed position.
+    Accepts ``"<ms>"`` and ``"<ms>-<n>"`` (decimal, each part below 2**64, as Redis
+    stream ids); raises ValueError for anything else.
     """
     if seq in ("", START):
         return (0, 0)
-    ms, _, n = seq.partition("-")
-    key = (int(ms), int(n or 0))
-    if key[0] < 0 or key[1] < 0:
-        raise ValueError(f"bad inbox position {seq!r}")
-    return key
+    ms, dash, n = seq.partition("-")
+    if ms.isdigit() and ms.isascii() and (not dash or (n.isdigit() and n.isascii())):
+        key = (int(ms), int(n) if dash else 0)
+        if key[0] < _LIMIT and key[1] < _LIMIT:
+            return key
+    raise ValueError(f"bad inbox position {seq!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +59,22 @@ class Submission:
 
     client_id: str
     message: Message
+
+
+def unencodable(batch: Sequence[Submission]) -> set[int]:
+    """Positions in ``batch`` whose text cannot be stored as UTF-8 (lone surrogates).
+
+    Stores refuse those submissions as ``bad_request`` instead of failing the batch.
+    """
+    bad = set()
+    for i, sub in enumerate(batch):
+        if not (sub.message.content.isascii() and sub.client_id.isascii()):
+            try:
+                sub.message.content.encode()
+                sub.client_id.encode()
+            except UnicodeEncodeError:
+                bad.add(i)
+    return bad
 
 
 @dataclass(frozen=True, slots=True)

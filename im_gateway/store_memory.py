@@ -1,0 +1,251 @@
+"""The :class:`~im_gateway.store.Store` in plain Python, for unit tests of the gateway.
+
+It keeps the Redis store's semantics, clock included: inbox positions look like stream
+ids (``"<ms>-<n>"``, increasing per user), every entry but group membership expires, and
+the clock is injectable so tests can move time instead of waiting. Trimming is exact here
+(Redis trims approximately, whole stream nodes at a time). One process only, of course.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import time
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
+
+from .store import START, Accepted, InboxEntry, Refused, Submission, seq_key, unencodable
+
+
+@dataclass(slots=True)
+class _Inbox:
+    keys: list[tuple[int, int]] = field(default_factory=list)
+    entries: list[InboxEntry] = field(default_factory=list)
+    last: tuple[int, int] = (0, 0)
+    expires: float = 0.0
+
+
+class MemoryStore:
+    """Presence, groups, inboxes and dedupe in dictionaries.
+
+    Options match :class:`~im_gateway.store_redis.RedisStore` (``prefix`` is accepted and
+    ignored); ``clock`` returns seconds since the epoch (default :func:`time.time`).
+    """
+
+    def __init__(
+        self,
+        *,
+        prefix: str = "im:",
+        inbox_max_len: int = 10_000,
+        inbox_max_age: float = 7 * 86400,
+        dedupe_window: float = 600,
+        presence_ttl: float = 30,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
+            raise ValueError("store limits and TTLs must be positive")
+        self.prefix = prefix
+        self.inbox_max_len = inbox_max_len
+        self.inbox_max_age = inbox_max_age
+        self.dedupe_window = dedupe_window
+        self.presence_ttl = presence_ttl
+        self._clock = clock
+        self._groups: dict[int, set[UserId]] = {}
+        self._presence: dict[UserId, dict[GatewayId, float]] = {}
+        self._inboxes: dict[UserId, _Inbox] = {}
+        self._acked: dict[UserId, tuple[str, float]] = {}
+        # (sender, client id) -> (message id, time, expiry); insertion order = expiry order
+        self._dedupe: dict[tuple[UserId, str], tuple[MessageId, int, float]] = {}
+        self._closed = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        self._check_open()
+        now = self._clock()
+        self._expire_dedupe(now)
+        bad = unencodable(batch)
+        return [
+            Refused(sub.client_id, "bad_request", "content is not valid Unicode")
+            if i in bad
+            else self._submit_one(sub, now)
+            for i, sub in enumerate(batch)
+        ]
+
+    def _submit_one(self, sub: Submission, now: float) -> Accepted | Refused:
+        msg = sub.message
+        dkey = (msg.sender, sub.client_id)
+        if sub.client_id:
+            seen = self._dedupe.get(dkey)
+            if seen is not None and seen[2] > now:
+                first = dataclasses.replace(msg, id=seen[0], time=seen[1])
+                return Accepted(sub.client_id, first, duplicate=True)
+        if msg.type == MESSAGE_GROUP:
+            members = self._groups.get(msg.to, set())
+            if msg.sender not in members:
+                return Refused(sub.client_id, "not_member", f"you are not in group {msg.to}")
+            users = sorted(members)
+        else:
+            users = [UserId(msg.to)] if msg.to == msg.sender else [UserId(msg.to), msg.sender]
+        if sub.client_id:
+            self._dedupe.pop(dkey, None)
+            self._dedupe[dkey] = (msg.id, msg.time, now + self.dedupe_window)
+        recipients = tuple(Recipient(user, self._append(user, msg, now)) for user in users)
+        presence = {}
+        for user in users:
+            gateways = self._live(user, now)
+            if gateways:
+                presence[user] = gateways
+        return Accepted(sub.client_id, msg, False, recipients, presence)
+
+    def _append(self, user: UserId, msg: Message, now: float) -> str:
+        inbox = self._inbox(user, now)
+        if inbox is None:
+            inbox = self._inboxes[user] = _Inbox()
+        ms = int(now * 1000)
+        key = (ms, 0) if ms > inbox.last[0] else (inbox.last[0], inbox.last[1] + 1)
+        inbox.last = key
+        seq = f"{key[0]}-{key[1]}"
+        inbox.keys.append(key)
+        inbox.entries.append(InboxEntry(seq, msg))
+        inbox.expires = now + self.inbox_max_age
+        drop = max(0, len(inbox.keys) - self.inbox_max_len)
+        drop = max(
+            drop, bisect.bisect_left(inbox.keys, (int((now - self.inbox_max_age) * 1000), 0))
+        )
+        if drop:
+            del inbox.keys[:drop]
+            del inbox.entries[:drop]
+        return seq
+
+    def _inbox(self, user: UserId, now: float) -> _Inbox | None:
+        inbox = self._inboxes.get(user)
+        if inbox is not None and inbox.expires <= now:
+            del self._inboxes[user]
+            return None
+        return inbox
+
+    def _expire_dedupe(self, now: float) -> None:
+        expired = []
+        for dkey, (_, _, expires) in self._dedupe.items():
+            if expires > now:
+                break
+            expired.append(dkey)
+        for dkey in expired:
+            del self._dedupe[dkey]
+
+    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
+        self._check_open()
+        start = seq_key(after)
+        inbox = self._inbox(user, self._clock())
+        if inbox is None or limit <= 0:
+            return []
+        i = bisect.bisect_right(inbox.keys, start)
+        return inbox.entries[i : i + limit]
+
+    async def ack(self, user: UserId, seq: str) -> None:
+        self._check_open()
+        key = seq_key(seq)
+        if key == (0, 0):
+            return
+        now = self._clock()
+        current = await self.acked(user)
+        if seq_key(current) < key:
+            current = f"{key[0]}-{key[1]}"
+        self._acked[user] = (current, now + self.inbox_max_age)
+
+    async def acked(self, user: UserId) -> str:
+        self._check_open()
+        entry = self._acked.get(user)
+        if entry is None or entry[1] <= self._clock():
+            self._acked.pop(user, None)
+            return START
+        return entry[0]
+
+    # -- groups ---------------------------------------------------------------------------
+
+    async def join(self, group: int, user: UserId) -> None:
+        self._check_open()
+        self._groups.setdefault(group, set()).add(user)
+
+    async def leave(self, group: int, user: UserId) -> None:
+        self._check_open()
+        members = self._groups.get(group)
+        if members is not None:
+            members.discard(user)
+            if not members:
+                del self._groups[group]
+
+    async def is_member(self, group: int, user: UserId) -> bool:
+        self._check_open()
+        return user in self._groups.get(group, ())
+
+    # -- presence -------------------------------------------------------------------------
+
+    async def attach(self, user: UserId, gateway: GatewayId) -> None:
+        await self.refresh(gateway, (user,))
+
+    async def detach(self, user: UserId, gateway: GatewayId) -> None:
+        await self.forget(gateway, (user,))
+
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        self._check_open()
+        now = self._clock()
+        for user in users:
+            entries = self._presence.setdefault(user, {})
+            for gw in [gw for gw, expires in entries.items() if expires <= now]:
+                del entries[gw]
+            entries[gateway] = now + self.presence_ttl
+
+    async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        self._check_open()
+        for user in users:
+            entries = self._presence.get(user)
+            if entries is not None:
+                entries.pop(gateway, None)
+                if not entries:
+                    del self._presence[user]
+
+    async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
+        self._check_open()
+        now = self._clock()
+        found = {}
+        for user in users:
+            gateways = self._live(user, now)
+            if gateways:
+                found[user] = gateways
+        return found
+
+    def _live(self, user: UserId, now: float) -> tuple[GatewayId, ...]:
+        entries = self._presence.get(user)
+        if not entries:
+            return ()
+        live = sorted((expires, gw) for gw, expires in entries.items() if expires > now)
+        return tuple(gw for _, gw in live)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        self._check_open()
+
+    async def close(self) -> None:
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("the store is closed")
