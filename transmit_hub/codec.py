@@ -7,7 +7,7 @@ register and call the service.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from .types import (
     Delivery,
@@ -196,3 +196,85 @@ def stats_to_pb(stats: HubStats) -> pb.GetStatsResponse:
             for g in stats.gateways
         ],
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Byte-level helpers for the Connect stream (its hot path is in ``transmit_hub.wire``).
+
+
+def hello_from_bytes(data: bytes) -> GatewayId | None:
+    """The gateway id of a ``ConnectRequest`` Hello frame, or ``None`` when it is not one."""
+    try:
+        req = pb.ConnectRequest.FromString(data)
+    except Exception:  # a DecodeError: not a frame at all
+        return None
+    if req.WhichOneof("frame") != "hello":
+        return None
+    return GatewayId(req.hello.gateway_id)
+
+
+def welcome_bytes(hub_id: str) -> bytes:
+    """A serialized ``ConnectResponse{welcome}``."""
+    return welcome_response(hub_id).SerializeToString()
+
+
+def hello_bytes(gateway_id: GatewayId) -> bytes:
+    """A serialized ``ConnectRequest{hello}``."""
+    return hello_request(gateway_id).SerializeToString()
+
+
+def undeliverable_bytes(notice: Undeliverable) -> bytes:
+    """The ``Undeliverable`` message bytes of ``notice``."""
+    return undeliverable_to_pb(notice).SerializeToString()
+
+
+def transmit_map_from_bytes(data: bytes) -> TransmitMap:
+    """Decode ``TransmitMap`` message bytes (the hub's slow path: notices, odd encodings)."""
+    return transmit_map_from_pb(pb.TransmitMap.FromString(data))
+
+
+def parse_response(data: bytes) -> pb.ConnectResponse:
+    """Parse a ``ConnectResponse`` frame (the link's response deserializer)."""
+    return pb.ConnectResponse.FromString(data)
+
+
+def welcome_hub_id(response: pb.ConnectResponse) -> str | None:
+    """The hub id of a Welcome response, or ``None`` when it is not one."""
+    if response.WhichOneof("frame") != "welcome":
+        return None
+    return response.welcome.hub_id
+
+
+# Recipient's constructor, typed to take the plain ints protobuf hands out (UserId is a NewType).
+_recipient: Callable[..., Recipient] = Recipient
+
+
+def decode_delivery_batch(
+    response: pb.ConnectResponse,
+) -> tuple[tuple[Delivery, ...], tuple[Undeliverable, ...]]:
+    """The deliveries and notices of a batch response (empty for any other frame)."""
+    if response.WhichOneof("frame") != "batch":
+        return (), ()
+    batch = response.batch
+    deliveries: list[Delivery] = []
+    for d in batch.deliveries:
+        m = d.message
+        message = Message(
+            MessageId(m.id),
+            UserId(getattr(m, "from")),
+            m.to,
+            m.type,
+            m.content_type,
+            m.time,
+            m.content,
+        )
+        users = d.users
+        ids = users.user_ids
+        seqs = users.seqs
+        if seqs and len(seqs) == len(ids):
+            recipients = tuple(map(_recipient, ids, seqs))
+        else:
+            recipients = tuple(map(_recipient, ids))
+        deliveries.append(Delivery(message, recipients))
+    notices = tuple(undeliverable_from_pb(n) for n in batch.undeliverable)
+    return tuple(deliveries), notices

@@ -3,6 +3,10 @@
 isort:skip_file
 The transmit hub's gRPC API: one bidirectional stream per IM gateway.
 
+Multi-word fields name their JSON form explicitly (json_name): the generated
+descriptors then carry it, so reflection clients such as grpcurl print the
+canonical lowerCamelCase names (transmitMapsReceived, gateways[].gatewayId).
+
 A gateway opens Connect, sends a Hello naming itself, then sends batches of
 TransmitMaps. The hub answers with a Welcome, then batches of Deliveries
 (a message and the users of this gateway it is for) and Undeliverable

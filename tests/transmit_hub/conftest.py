@@ -1,0 +1,129 @@
+"""Fixtures for the hub's tests: a real hub on a free port and real links to it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.helpers import wait_until
+from transmit_hub import (
+    Delivered,
+    Delivery,
+    GatewayId,
+    HubLink,
+    HubServer,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    Message,
+    MessageId,
+    NotDelivered,
+    Recipient,
+    TransmitMap,
+    Undeliverable,
+    UserId,
+)
+
+
+def tmap(
+    msg_id: str, targets: dict[str, tuple[int, ...]], *, sender: int = 1, content: str = ""
+) -> TransmitMap:
+    """A TransmitMap of a private message to ``targets`` (gateway id -> user ids)."""
+    body = content or f"body {msg_id}"
+    message = Message(MessageId(msg_id), UserId(sender), 0, 1, 0, 1_700_000_000_000, body)
+    return TransmitMap(
+        message,
+        {GatewayId(g): tuple(Recipient(UserId(u)) for u in users) for g, users in targets.items()},
+    )
+
+
+@dataclass
+class Collector:
+    """Every event a link yields, gathered by a background task."""
+
+    link: HubLink
+    events: list[LinkEvent] = field(default_factory=list)
+
+    @property
+    def deliveries(self) -> list[Delivery]:
+        return [d for e in self.events if isinstance(e, Delivered) for d in e.deliveries]
+
+    @property
+    def notices(self) -> list[Undeliverable]:
+        return [n for e in self.events if isinstance(e, NotDelivered) for n in e.notices]
+
+    @property
+    def ups(self) -> list[LinkUp]:
+        return [e for e in self.events if isinstance(e, LinkUp)]
+
+    @property
+    def downs(self) -> list[LinkDown]:
+        return [e for e in self.events if isinstance(e, LinkDown)]
+
+    def message_ids(self) -> list[str]:
+        return [d.message.id for d in self.deliveries]
+
+    async def wait_deliveries(self, n: int, timeout: float = 10.0) -> list[Delivery]:  # noqa: ASYNC109
+        await wait_until(
+            lambda: len(self.deliveries) >= n,
+            timeout=timeout,
+            what=f"{n} deliveries on {self.link.gateway_id} (have {len(self.deliveries)})",
+        )
+        return self.deliveries
+
+    async def wait_notices(self, n: int, timeout: float = 10.0) -> list[Undeliverable]:  # noqa: ASYNC109
+        await wait_until(
+            lambda: len(self.notices) >= n,
+            timeout=timeout,
+            what=f"{n} notices on {self.link.gateway_id} (have {len(self.notices)})",
+        )
+        return self.notices
+
+
+LinkFactory = Callable[..., Awaitable[Collector]]
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[HubServer]:
+    """A real hub on a free port, stopped after the test."""
+    server = HubServer(listen="127.0.0.1:0", hub_id="test-hub", grace=0.5)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0.5)
+
+
+@pytest.fixture
+async def make_link() -> AsyncIterator[LinkFactory]:
+    """Open real HubLinks that collect their events; all are closed after the test."""
+    opened: list[tuple[HubLink, asyncio.Task[None]]] = []
+
+    async def factory(
+        target: str, gateway_id: str, *, connect: bool = True, **options: object
+    ) -> Collector:
+        link = HubLink(target, GatewayId(gateway_id), **options)  # type: ignore[arg-type]
+        await link.start()
+        collector = Collector(link)
+
+        async def pump() -> None:
+            async for event in link.events():
+                collector.events.append(event)
+
+        opened.append((link, asyncio.create_task(pump())))
+        if connect:
+            await link.wait_connected(10)
+        return collector
+
+    try:
+        yield factory
+    finally:
+        for link, pump in opened:
+            await link.close()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump

@@ -1,0 +1,349 @@
+"""The hub end to end: a real HubServer on a free port, real HubLinks and raw gRPC calls."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+import pytest
+from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.helpers import free_port, wait_until
+from transmit_hub import HubServer, UndeliverableReason, codec
+from transmit_hub.auth import bearer_metadata
+from transmit_hub.transport import CONNECT_METHOD
+from transmit_hub.v1 import transmit_pb2_grpc
+
+from .conftest import LinkFactory, tmap
+
+
+async def stats(address: str, token: str | None = None) -> Any:
+    async with aio.insecure_channel(address) as channel:
+        stub = transmit_pb2_grpc.TransmitHubServiceStub(channel)
+        md = bearer_metadata(token) if token else None
+        return await stub.GetStats(codec.GetStatsRequest(), metadata=md, timeout=5)
+
+
+async def gateways(address: str) -> list[str]:
+    async with aio.insecure_channel(address) as channel:
+        stub = transmit_pb2_grpc.TransmitHubServiceStub(channel)
+        reply = await stub.ListGateways(codec.ListGatewaysRequest(), timeout=5)
+        return [g.gateway_id for g in reply.gateways]
+
+
+async def hello_then_read(call: Any, gateway_id: str) -> Any:
+    """Send a Hello on a raw Connect call and read the first response (the refusal may
+    already surface on the write)."""
+    await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+    return await call.read()
+
+
+async def test_private_message_between_two_gateways(hub: HubServer, make_link: LinkFactory) -> None:
+    """A map from gw-a naming a user on gw-b reaches gw-b only, with that user and message."""
+    a = await make_link(hub.address, "gw-a")
+    b = await make_link(hub.address, "gw-b")
+    assert a.link.send(tmap("m-1", {"gw-b": (42,)}, sender=7))
+    (delivery,) = await b.wait_deliveries(1)
+    assert delivery.message.id == "m-1"
+    assert delivery.message.sender == 7
+    assert delivery.message.content == "body m-1"
+    assert [r.user_id for r in delivery.recipients] == [42]
+    assert a.deliveries == []
+    assert a.notices == []
+    reply = await stats(hub.address)
+    assert reply.transmit_maps_received == 1
+    per_gateway = {g.gateway_id: g for g in reply.gateways}
+    assert per_gateway["gw-b"].deliveries_sent == 1
+    assert per_gateway["gw-a"].transmit_maps_received == 1
+
+
+async def test_map_to_three_gateways_gives_one_delivery_each(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """One map naming 3 gateways gives exactly one delivery on each, with only its own users."""
+    sender = await make_link(hub.address, "gw-s")
+    targets = {"gw-1": (1, 2), "gw-2": (3,), "gw-3": (4, 5, 6)}
+    links = {g: await make_link(hub.address, g) for g in targets}
+    assert sender.link.send(tmap("group-1", targets))
+    for g, users in targets.items():
+        (delivery,) = await links[g].wait_deliveries(1)
+        assert delivery.message.id == "group-1"
+        assert tuple(r.user_id for r in delivery.recipients) == users
+    assert sender.deliveries == []
+    assert sender.notices == []
+    reply = await stats(hub.address)
+    assert {g.gateway_id: g.deliveries_sent for g in reply.gateways} == {
+        "gw-s": 0,
+        "gw-1": 1,
+        "gw-2": 1,
+        "gw-3": 1,
+    }
+
+
+async def test_map_to_self_is_delivered_to_the_sender(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """A map naming its own sender as a target is delivered back to it once (no loop)."""
+    a = await make_link(hub.address, "gw-a")
+    assert a.link.send(tmap("m-self", {"gw-a": (5,)}))
+    (delivery,) = await a.wait_deliveries(1)
+    assert delivery.message.id == "m-self"
+    assert [r.user_id for r in delivery.recipients] == [5]
+    assert (await stats(hub.address)).transmit_maps_received == 1
+
+
+async def test_unknown_gateway_gives_notice_with_message_id(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """A target that is not attached becomes a NOT_ATTACHED notice naming message and users."""
+    a = await make_link(hub.address, "gw-a")
+    b = await make_link(hub.address, "gw-b")
+    assert a.link.send(tmap("m-2", {"gw-b": (1,), "gw-gone": (8, 9)}))
+    (notice,) = await a.wait_notices(1)
+    assert notice.gateway_id == "gw-gone"
+    assert notice.message_ids == ("m-2",)
+    assert notice.user_ids == (8, 9)
+    assert notice.reason is UndeliverableReason.NOT_ATTACHED
+    await b.wait_deliveries(1)
+    assert (await stats(hub.address)).undeliverable == 1
+
+
+async def test_duplicate_gateway_id_replaces_the_first_stream(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """A second stream with the same id replaces the first: ABORTED, one entry, new one routed."""
+    first = await make_link(hub.address, "gw-x")
+    second = await make_link(hub.address, "gw-x")
+    await wait_until(lambda: bool(first.downs), what="the first link to go down")
+    assert "replaced by a newer stream for gateway gw-x" in first.downs[0].reason
+    assert "ABORTED" in first.downs[0].reason or first.downs[0].reason.startswith("replaced")
+    assert await gateways(hub.address) == ["gw-x"]
+    sender = await make_link(hub.address, "gw-s")
+    assert sender.link.send(tmap("m-3", {"gw-x": (1,)}))
+    await second.wait_deliveries(1)
+    assert first.deliveries == []
+    assert not first.link.connected  # the replaced link does not fight back
+
+
+async def test_raw_replaced_stream_ends_with_aborted(hub: HubServer) -> None:
+    """On the wire, the replaced Connect stream ends with status ABORTED and a clear message."""
+    async with aio.insecure_channel(hub.address) as channel:
+        connect = channel.stream_stream(CONNECT_METHOD)
+        old = connect()
+        await old.write(codec.hello_bytes(codec.GatewayId("gw-dup")))
+        assert codec.welcome_hub_id(codec.parse_response(await old.read())) == "test-hub"
+        new = connect()
+        await new.write(codec.hello_bytes(codec.GatewayId("gw-dup")))
+        await new.read()
+        with pytest.raises(aio.AioRpcError) as info:
+            await old.read()
+        assert info.value.code() == grpc.StatusCode.ABORTED
+        assert info.value.details() == "replaced by a newer stream for gateway gw-dup"
+        new.cancel()
+
+
+async def test_first_request_must_be_hello(hub: HubServer) -> None:
+    """A Connect stream whose first frame is not a Hello with an id gets INVALID_ARGUMENT."""
+    async with aio.insecure_channel(hub.address) as channel:
+        call = channel.stream_stream(CONNECT_METHOD)()
+        await call.write(codec.hello_bytes(codec.GatewayId("")))
+        with pytest.raises(aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "Hello" in info.value.details()
+
+
+async def test_stuck_gateway_does_not_delay_others_and_overflow_is_reported(
+    make_link: LinkFactory,
+) -> None:
+    """A gateway that never reads fills its small queue: its overflow comes back as QUEUE_FULL
+    notices to the sender, while deliveries to a healthy gateway keep flowing."""
+    async with HubServer(listen="127.0.0.1:0", queue_size=8, grace=0.2) as hub:
+        sender = await make_link(hub.address, "gw-s", max_pending=100_000)
+        healthy = await make_link(hub.address, "gw-ok")
+        async with aio.insecure_channel(hub.address) as channel:
+            stuck = channel.stream_stream(CONNECT_METHOD)()
+            await stuck.write(codec.hello_bytes(codec.GatewayId("gw-stuck")))
+            await stuck.read()  # the Welcome; after this it never reads again
+            big = "x" * 64 * 1024
+            sent = 0
+            deadline = time.monotonic() + 30
+            while not sender.notices:
+                assert time.monotonic() < deadline, "the stuck gateway's queue never filled"
+                for _ in range(20):
+                    assert sender.link.send(tmap(f"big-{sent}", {"gw-stuck": (1,)}, content=big))
+                    sent += 1
+                await wait_until(lambda: sender.link.pending == 0, what="the sender to write")
+            notice = sender.notices[0]
+            assert notice.reason is UndeliverableReason.QUEUE_FULL
+            assert notice.gateway_id == "gw-stuck"
+            assert notice.message_ids[0].startswith("big-")
+            # The stuck gateway is full, yet a healthy one gets its map at once.
+            started = time.monotonic()
+            assert sender.link.send(tmap("to-ok", {"gw-ok": (2,)}))
+            await healthy.wait_deliveries(1, timeout=5)
+            assert time.monotonic() - started < 2.0
+            reply = await stats(hub.address)
+            per_gateway = {g.gateway_id: g for g in reply.gateways}
+            assert per_gateway["gw-stuck"].queue_full >= 1
+            assert reply.queue_full == per_gateway["gw-stuck"].queue_full
+            stuck.cancel()
+
+
+async def test_hub_restart_links_reconnect_and_carry_on(make_link: LinkFactory) -> None:
+    """Stopping the hub and starting a new one on the same port: links reconnect by themselves,
+    maps sent while it was down go out after reconnect, and routing carries on."""
+    port = free_port()
+    hub = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-1", grace=0.2)
+    await hub.start()
+    a = await make_link(hub.address, "gw-a", backoff_max=0.5)
+    b = await make_link(hub.address, "gw-b", backoff_max=0.5)
+    await hub.stop()
+    await wait_until(lambda: bool(a.downs) and bool(b.downs), what="both links to go down")
+    assert "hub shutting down; reconnect" in a.downs[0].reason
+    assert not a.link.connected
+    # While the hub is down, maps wait in the link (here: to the sender itself).
+    for i in range(5):
+        assert a.link.send(tmap(f"while-down-{i}", {"gw-a": (1,)}))
+    hub2 = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-2", grace=0.2)
+    await hub2.start()
+    try:
+        await a.link.wait_connected(10)
+        await b.link.wait_connected(10)
+        assert a.link.hub_id == "hub-2"
+        await a.wait_deliveries(5)
+        assert a.message_ids() == [f"while-down-{i}" for i in range(5)]
+        assert a.link.send(tmap("after", {"gw-b": (2,)}))
+        (delivery,) = await b.wait_deliveries(1)
+        assert delivery.message.id == "after"
+        assert [u.hub_id for u in b.ups] == ["hub-1", "hub-2"]
+    finally:
+        await hub2.stop()
+
+
+async def test_shutdown_ends_streams_with_unavailable(make_link: LinkFactory) -> None:
+    """hub.stop() ends each Connect stream with UNAVAILABLE 'hub shutting down; reconnect'."""
+    hub = HubServer(listen="127.0.0.1:0", grace=0.2)
+    await hub.start()
+    async with aio.insecure_channel(hub.address) as channel:
+        call = channel.stream_stream(CONNECT_METHOD)()
+        await call.write(codec.hello_bytes(codec.GatewayId("gw-a")))
+        await call.read()
+        await hub.stop()
+        with pytest.raises(aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert info.value.details() == "hub shutting down; reconnect"
+    await hub.stop()  # idempotent
+    await hub.wait_closed()
+
+
+async def test_auth_token_is_enforced(make_link: LinkFactory) -> None:
+    """With an auth token, calls without it or with a wrong one get UNAUTHENTICATED; a link
+    with the token attaches and routes."""
+    async with HubServer(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2) as hub:
+        for token in (None, "wrong"):
+            with pytest.raises(aio.AioRpcError) as info:
+                await stats(hub.address, token)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert "authorization: Bearer" in info.value.details()
+        async with aio.insecure_channel(hub.address) as channel:
+            call = channel.stream_stream(CONNECT_METHOD)()
+            with pytest.raises(aio.AioRpcError) as info:
+                await hello_then_read(call, "gw-intruder")
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        intruder = await make_link(hub.address, "gw-bad", token="wrong", connect=False)
+        a = await make_link(hub.address, "gw-a", token="s3cret")
+        b = await make_link(hub.address, "gw-b", token="s3cret")
+        assert a.link.send(tmap("m-auth", {"gw-b": (1,)}))
+        await b.wait_deliveries(1)
+        assert not intruder.link.connected
+        assert (await stats(hub.address, "s3cret")).transmit_maps_received == 1
+        assert sorted(hub.registry.outboxes) == ["gw-a", "gw-b"]
+
+
+async def test_ten_thousand_maps_arrive_complete_and_in_order(make_link: LinkFactory) -> None:
+    """10,000 maps from two senders all arrive, each sender's in the order it sent them."""
+    per_sender = 5_000
+    async with HubServer(listen="127.0.0.1:0", queue_size=50_000, grace=0.2) as hub:
+        senders = [await make_link(hub.address, f"gw-s{i}") for i in range(2)]
+        receiver = await make_link(hub.address, "gw-r")
+        for n in range(per_sender):
+            for i, s in enumerate(senders):
+                assert s.link.send(tmap(f"s{i}-{n}", {"gw-r": (n % 50 + 1,)}))
+        await receiver.wait_deliveries(2 * per_sender, timeout=60)
+        ids = receiver.message_ids()
+        assert len(ids) == len(set(ids)) == 2 * per_sender
+        for i in range(2):
+            assert [m for m in ids if m.startswith(f"s{i}-")] == [
+                f"s{i}-{n}" for n in range(per_sender)
+            ]
+        assert all(s.notices == [] for s in senders)
+        reply = await stats(hub.address)
+        assert reply.transmit_maps_received == reply.deliveries_sent == 2 * per_sender
+
+
+async def test_health_serving_then_not_serving_while_draining(hub: HubServer) -> None:
+    """grpc.health.v1 answers SERVING once listening; a watcher sees NOT_SERVING on stop."""
+    async with aio.insecure_channel(hub.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "transmit.v1.TransmitHubService"):
+            reply = await health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(hub.stop(0.5))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        watch.cancel()
+        await stopping
+
+
+async def test_list_gateways_shows_attached_ids_and_detaches_on_close(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """ListGateways lists attached gateway ids; a closed link is removed; stats keep its id."""
+    a = await make_link(hub.address, "gw-a")
+    await make_link(hub.address, "gw-b")
+    assert await gateways(hub.address) == ["gw-a", "gw-b"]
+    await a.link.close()
+    await wait_until(lambda: sorted(hub.registry.outboxes) == ["gw-b"], what="gw-a to detach")
+    assert await gateways(hub.address) == ["gw-b"]
+    attached = {g.gateway_id: g.attached for g in (await stats(hub.address)).gateways}
+    assert attached == {"gw-a": False, "gw-b": True}
+
+
+async def test_shutdown_drains_what_the_hub_accepted(make_link: LinkFactory) -> None:
+    """Every map the hub accepted before stop() still reaches its gateway before the streams
+    close: the outboxes drain within the grace period."""
+    hub = HubServer(listen="127.0.0.1:0", queue_size=100_000, grace=5)
+    await hub.start()
+    try:
+        a = await make_link(hub.address, "gw-a")
+        b = await make_link(hub.address, "gw-b")
+        for i in range(5_000):
+            assert a.link.send(tmap(f"m{i}", {"gw-b": (1,)}))
+        await wait_until(lambda: hub.registry.transmit_maps_received >= 1_000, what="traffic")
+    finally:
+        await hub.stop()
+    accepted = hub.registry.transmit_maps_received
+    await wait_until(lambda: bool(b.downs), what="gw-b's stream to end")
+    assert len(b.deliveries) == accepted == hub.registry.deliveries_sent
+    assert "hub shutting down; reconnect" in b.downs[0].reason
+
+
+async def test_garbage_frame_ends_the_stream_with_invalid_argument(hub: HubServer) -> None:
+    """A request frame that is not valid protobuf ends that stream with INVALID_ARGUMENT and
+    detaches the gateway; the hub keeps serving."""
+    async with aio.insecure_channel(hub.address) as channel:
+        call = channel.stream_stream(CONNECT_METHOD)()
+        await hello_then_read(call, "gw-bad")
+        await call.write(b"\x12\x7f\x0a")  # a batch claiming 127 bytes, holding 1
+        with pytest.raises(aio.AioRpcError) as info:
+            await call.read()
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "bad request frame" in info.value.details()
+    await wait_until(lambda: not hub.registry.outboxes, what="gw-bad to detach")
+    assert await gateways(hub.address) == []

@@ -1,0 +1,421 @@
+"""HubLink: a gateway's end of the Connect stream to the transmit hub.
+
+::
+
+    async with HubLink("127.0.0.1:50051", GatewayId("gw-1"), token=token) as link:
+        link.send(tmap)                       # non-blocking; False when the buffer is full
+        async for event in link.events():     # LinkUp, LinkDown, Delivered, NotDelivered
+            ...
+
+The link attaches with its gateway id, keeps reconnecting with jittered exponential
+backoff (``backoff_initial`` doubling up to ``backoff_max``), and reads and writes in
+separate tasks. :meth:`HubLink.send` only appends to a bounded buffer and wakes the
+writer, which sends everything pending (up to ``max_batch`` maps) as one frame per
+write: under load, maps pile up while a write is in flight and go out together; an
+idle link writes each map at once, so batching adds no latency.
+
+Delivery guarantees (the gateway's Redis inbox is the truth; the hub is the fast path):
+
+- Maps sent while the hub is unreachable wait in the buffer and are written after the
+  next attach, in order. ``send`` returns ``False`` when ``max_pending`` maps wait: the
+  caller keeps the map, nothing is dropped silently. :meth:`HubLink.close` returns the
+  maps that were never written.
+- A frame whose write failed is put back at the head of the buffer and sent again after
+  reconnect. A map written to a stream that then broke may or may not have been routed:
+  the hub does not acknowledge maps (its Undeliverable notices say what it could not
+  pass on). Recipients find every message in their inbox either way.
+- A link whose stream is replaced by a newer stream with the same gateway id (another
+  process claiming the id) stops reconnecting: it reports ``LinkDown`` with the reason
+  and stays down until closed, rather than fight the other process for the id.
+
+Events are read by one consumer through :meth:`HubLink.events`; the event queue is
+bounded (``event_queue``) and a slow consumer backpressures the stream (and so, in the
+end, the hub's queue for this gateway): events are never dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import deque
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Final
+
+from grpc import aio  # type: ignore[import-untyped]
+
+from . import codec, wire
+from .auth import bearer_metadata
+from .errors import LinkClosed, LinkError, ProtocolError
+from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
+from .types import (
+    Delivery,
+    GatewayId,
+    MessageId,
+    TransmitMap,
+    Undeliverable,
+    UndeliverableReason,
+)
+
+__all__ = [
+    "Delivered",
+    "HubLink",
+    "LinkDown",
+    "LinkEvent",
+    "LinkUp",
+    "NotDelivered",
+]
+
+log = logging.getLogger(__name__)
+
+WELCOME_TIMEOUT: Final = 10.0
+"""Seconds to wait for the hub's Welcome after the Hello."""
+MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
+"""Byte budget of one request frame (a single larger map still goes alone)."""
+MAX_MAP_BYTES: Final = MAX_MESSAGE_BYTES - 1024
+"""A map bigger than this could never be sent: it is refused (NotDelivered, INVALID)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LinkUp:
+    """The link attached (again): the hub ``hub_id`` accepted this gateway."""
+
+    hub_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LinkDown:
+    """The stream ended; the link reconnects unless the reason says it was replaced."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Messages for users of this gateway, one delivery per message."""
+
+    deliveries: tuple[Delivery, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NotDelivered:
+    """Shares of maps this gateway sent that the hub could not pass on."""
+
+    notices: tuple[Undeliverable, ...]
+
+
+LinkEvent = LinkUp | LinkDown | Delivered | NotDelivered
+
+_CLOSED: Final = object()
+
+
+class _Replaced(Exception):
+    """The hub ended our stream: a newer stream declared the same gateway id."""
+
+
+class _Rejected(Exception):
+    """The hub refused what we wrote (INVALID_ARGUMENT): resending it would fail again."""
+
+
+class HubLink:
+    """A gateway's link to the hub; an async context manager (``start``/``close``)."""
+
+    def __init__(
+        self,
+        target: str,
+        gateway_id: GatewayId,
+        *,
+        token: str | None = None,
+        max_pending: int = 10_000,
+        max_batch: int = 256,
+        event_queue: int = 1024,
+        backoff_initial: float = 0.05,
+        backoff_max: float = 5.0,
+    ) -> None:
+        if not gateway_id:
+            raise ValueError("gateway_id must not be empty")
+        if max_pending < 1 or max_batch < 1 or event_queue < 1:
+            raise ValueError("max_pending, max_batch and event_queue must be at least 1")
+        if backoff_initial <= 0 or backoff_max < backoff_initial:
+            raise ValueError("need 0 < backoff_initial <= backoff_max")
+        self.target = target
+        self.gateway_id = gateway_id
+        self._metadata = bearer_metadata(token) if token else ()
+        self._max_pending = max_pending
+        self._max_batch = max_batch
+        self._backoff_initial = backoff_initial
+        self._backoff_max = backoff_max
+        self._pending: deque[TransmitMap] = deque()
+        self._inflight: list[TransmitMap] = []
+        self._wakeup = asyncio.Event()
+        self._events: asyncio.Queue[object] = asyncio.Queue(maxsize=event_queue)
+        self._up = asyncio.Event()
+        self._connected = False
+        self._hub_id: str | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    # -- public API ----------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether the hub's Welcome was received on the current stream."""
+        return self._connected
+
+    @property
+    def hub_id(self) -> str | None:
+        """The id of the hub that accepted the current (or last) stream."""
+        return self._hub_id
+
+    @property
+    def pending(self) -> int:
+        """Maps waiting to be written."""
+        return len(self._pending)
+
+    async def start(self) -> None:
+        """Start connecting in the background (and reconnecting, until closed)."""
+        if self._closed:
+            raise LinkClosed("the link is closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"hub-link-{self.gateway_id}")
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - pinned API
+        """Wait until attached; raises :class:`TimeoutError` after ``timeout`` seconds."""
+        await asyncio.wait_for(self._up.wait(), timeout)
+
+    def send(self, tmap: TransmitMap) -> bool:
+        """Queue ``tmap`` for the hub; ``False`` (not queued) when ``max_pending`` wait."""
+        pending = self._pending
+        if len(pending) >= self._max_pending:
+            if self._closed:
+                raise LinkClosed("the link is closed")
+            return False
+        if self._closed:
+            raise LinkClosed("the link is closed")
+        pending.append(tmap)
+        wakeup = self._wakeup
+        if not wakeup.is_set():
+            wakeup.set()
+        return True
+
+    async def events(self) -> AsyncIterator[LinkEvent]:
+        """The link's events, for one consumer; ends after :meth:`close`."""
+        queue = self._events
+        while True:
+            if self._closed and queue.empty():
+                return
+            item = await queue.get()
+            if item is _CLOSED:
+                return
+            yield item  # type: ignore[misc]
+
+    async def close(self) -> list[TransmitMap]:
+        """Stop the link; return the maps never written (each returned once)."""
+        if not self._closed:
+            self._closed = True
+            task = self._task
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
+            self._connected = False
+            self._up.clear()
+            if not self._events.full():
+                self._events.put_nowait(_CLOSED)
+            log.info("link %s to %s closed", self.gateway_id, self.target)
+        unsent = [*self._inflight, *self._pending]
+        self._inflight = []
+        self._pending.clear()
+        return unsent
+
+    async def __aenter__(self) -> HubLink:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- connection loop -----------------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while True:
+            replaced = False
+            try:
+                await self._session()
+                reason = "the hub ended the stream"
+            except asyncio.CancelledError:
+                raise
+            except _Replaced as exc:
+                replaced = True
+                reason = f"replaced: {exc}"
+            except _Rejected as exc:
+                reason = str(exc)
+                log.error("link %s: the hub refused a frame: %s", self.gateway_id, exc)
+                rejected, self._inflight = self._inflight, []
+                if rejected:
+                    await self._emit(NotDelivered(tuple(map(_invalid, rejected))))
+            except Exception as exc:
+                reason = _describe(exc)
+            attached = self._connected
+            self._set_down()
+            if replaced:
+                log.error("link %s: %s; not reconnecting", self.gateway_id, reason)
+                await self._emit(LinkDown(reason))
+                return
+            if attached:
+                log.info("link %s to %s down: %s", self.gateway_id, self.target, reason)
+                await self._emit(LinkDown(reason))
+                attempt = 0
+            elif attempt == 0:
+                log.warning(
+                    "link %s: cannot attach to %s (%s); retrying with backoff",
+                    self.gateway_id,
+                    self.target,
+                    reason,
+                )
+            else:
+                log.debug("link %s: attach to %s failed: %s", self.gateway_id, self.target, reason)
+            delay = min(self._backoff_max, self._backoff_initial * (2**attempt))
+            attempt = min(attempt + 1, 30)
+            await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _set_down(self) -> None:
+        self._connected = False
+        self._up.clear()
+        if self._inflight:
+            # Written or not, we cannot know: send again (the inbox makes repeats harmless).
+            self._pending.extendleft(reversed(self._inflight))
+            self._inflight = []
+
+    async def _session(self) -> None:
+        """One stream: attach, then read and write until it ends (raises on error status)."""
+        channel = aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        call: Any = None
+        try:
+            connect = channel.stream_stream(
+                CONNECT_METHOD,
+                request_serializer=None,
+                response_deserializer=codec.parse_response,
+            )
+            call = connect(metadata=self._metadata)
+            await call.write(codec.hello_bytes(self.gateway_id))
+            first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
+            if first is aio.EOF:
+                await self._raise_status(call)
+                raise ProtocolError("the hub ended the stream before its Welcome")
+            hub_id = codec.welcome_hub_id(first)
+            if hub_id is None:
+                raise ProtocolError("the hub's first response was not a Welcome")
+            self._hub_id = hub_id
+            self._connected = True
+            self._up.set()
+            log.info("link %s attached to hub %s at %s", self.gateway_id, hub_id, self.target)
+            await self._emit(LinkUp(hub_id))
+            reader = asyncio.create_task(self._read_loop(call))
+            writer = asyncio.create_task(self._write_loop(call))
+            try:
+                await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (reader, writer):
+                    task.cancel()
+                await asyncio.wait({reader, writer})
+            if call.done():
+                await self._raise_status(call)
+            for task in (reader, writer):
+                if not task.cancelled() and (failure := task.exception()) is not None:
+                    raise failure
+        finally:
+            if call is not None:
+                call.cancel()
+            await channel.close(None)
+
+    async def _raise_status(self, call: Any) -> None:
+        """Raise the stream's final status as an exception when it is an error."""
+        code = await call.code()
+        details = await call.details()
+        if code is not None and code.name != "OK":
+            if code.name == "ABORTED" and details.startswith("replaced by a newer stream"):
+                raise _Replaced(details)
+            if code.name == "INVALID_ARGUMENT":
+                raise _Rejected(f"{code.name}: {details}")
+            raise LinkError(f"{code.name}: {details}")
+
+    async def _read_loop(self, call: Any) -> None:
+        emit = self._emit
+        decode = codec.decode_delivery_batch
+        while True:
+            response = await call.read()
+            if response is aio.EOF:
+                return
+            deliveries, notices = decode(response)
+            if deliveries:
+                await emit(Delivered(deliveries))
+            if notices:
+                await emit(NotDelivered(notices))
+
+    async def _write_loop(self, call: Any) -> None:
+        pending = self._pending
+        wakeup = self._wakeup
+        encode = wire.encode_transmit_map
+        max_batch = self._max_batch
+        while True:
+            if not pending:
+                wakeup.clear()
+                await wakeup.wait()
+                continue
+            batch: list[TransmitMap] = []
+            encoded: list[bytes] = []
+            refused: list[TransmitMap] = []
+            size = 0
+            while pending and len(batch) < max_batch:
+                tmap = pending[0]
+                try:
+                    data = encode(tmap)
+                except (ValueError, TypeError, AttributeError):
+                    log.exception("link %s: cannot encode a map; refusing it", self.gateway_id)
+                    refused.append(pending.popleft())
+                    continue
+                if len(data) > MAX_MAP_BYTES:
+                    log.error("link %s: a map of %d bytes is too big", self.gateway_id, len(data))
+                    refused.append(pending.popleft())
+                    continue
+                if batch and size + len(data) > MAX_FRAME_BYTES:
+                    break
+                size += len(data)
+                batch.append(pending.popleft())
+                encoded.append(data)
+            if refused:
+                await self._emit(NotDelivered(tuple(map(_invalid, refused))))
+            if not batch:
+                continue
+            self._inflight = batch
+            await call.write(wire.encode_batch_request(encoded))
+            self._inflight = []
+
+    async def _emit(self, event: LinkEvent) -> None:
+        await self._events.put(event)
+
+
+def _invalid(tmap: TransmitMap) -> Undeliverable:
+    """The notice for a map the link cannot send at all (it is never retried)."""
+    try:
+        users = tuple(r.user_id for rs in tmap.users.values() for r in rs)
+        message_ids: tuple[MessageId, ...] = (tmap.message.id,)
+    except Exception:  # not even shaped like a TransmitMap
+        users, message_ids = (), ()
+    return Undeliverable(GatewayId(""), message_ids, users, UndeliverableReason.INVALID)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aio.AioRpcError):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, TimeoutError):
+        return "no Welcome from the hub in time"
+    return str(exc) or type(exc).__name__

@@ -1,0 +1,161 @@
+"""The attached gateways, keyed by the id each declares, and the hub's counters.
+
+A gateway is known by the id it sends in its Hello, never by its socket address (the
+reference keyed them by ephemeral address and never removed them). The registry holds
+at most one attachment per id: a second stream with the same id replaces the first,
+whose stream the service then ends with ABORTED. The service detaches in a
+``finally`` when a stream ends, and only removes the entry if it is still the
+registered one (a replaced stream must not remove its successor).
+
+Counters live per gateway id for the life of the hub, attached or not, so GetStats
+keeps a gateway's history across reconnects. No I/O here; asyncio only for the
+events the service waits on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from dataclasses import dataclass, field
+
+from .outbox import Outbox
+from .types import GatewayId, GatewayInfo, GatewayStats, HubStats
+
+__all__ = ["Attachment", "EndReason", "GatewayCounters", "Registry"]
+
+log = logging.getLogger(__name__)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class EndReason(enum.Enum):
+    """Why the hub ends an attached gateway's stream."""
+
+    REPLACED = "replaced"
+    """A newer stream declared the same gateway id."""
+    SHUTDOWN = "shutdown"
+    """The hub is shutting down."""
+
+
+@dataclass(slots=True)
+class GatewayCounters:
+    """Counters for one gateway id since the hub started."""
+
+    deliveries_sent: int = 0
+    """One per message share written toward this gateway."""
+    transmit_maps_received: int = 0
+    """Maps this gateway sent to the hub."""
+    queue_full: int = 0
+    """Shares for this gateway refused because its outbox was full."""
+
+
+@dataclass(eq=False, slots=True)
+class Attachment:
+    """One Connect stream that declared ``gateway_id``."""
+
+    gateway_id: GatewayId
+    peer: str
+    outbox: Outbox
+    counters: GatewayCounters
+    attached_at: int = field(default_factory=now_ms)
+    end_reason: EndReason | None = None
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def end(self, reason: EndReason) -> None:
+        """Ask the stream to end (its service handler turns ``reason`` into a status)."""
+        if self.end_reason is None:
+            self.end_reason = reason
+        self.outbox.close()
+        self.ended.set()
+
+
+class Registry:
+    """Attached gateways by id, per-gateway counters and hub totals."""
+
+    def __init__(self, hub_id: str, queue_size: int) -> None:
+        self.hub_id = hub_id
+        self.queue_size = queue_size
+        self.started_at = now_ms()
+        self.outboxes: dict[str, Outbox] = {}
+        """Attached gateway id -> its outbox: the hot path's one look-up per target."""
+        self._attached: dict[str, Attachment] = {}
+        self._counters: dict[str, GatewayCounters] = {}
+        self.transmit_maps_received = 0
+        self.deliveries_sent = 0
+        self.undeliverable = 0
+        """Undeliverable notices issued (all reasons), whether or not they could be queued."""
+        self.queue_full = 0
+        self.notices_dropped = 0
+        """Notices lost because the sender's own outbox was full too."""
+
+    def counters(self, gateway_id: str) -> GatewayCounters:
+        c = self._counters.get(gateway_id)
+        if c is None:
+            c = self._counters[gateway_id] = GatewayCounters()
+        return c
+
+    def attach(self, gateway_id: GatewayId, peer: str) -> Attachment:
+        """Register a new stream for ``gateway_id``, replacing (ending) any previous one.
+
+        Deliveries still queued for the replaced stream move to the new one.
+        """
+        att = Attachment(gateway_id, peer, Outbox(self.queue_size), self.counters(gateway_id))
+        old = self._attached.get(gateway_id)
+        if old is not None:
+            log.info("gateway %s attached again from %s: replacing %s", gateway_id, peer, old.peer)
+            old.end(EndReason.REPLACED)
+            att.outbox.adopt(old.outbox)
+        else:
+            log.info("gateway %s attached from %s", gateway_id, peer)
+        self._attached[gateway_id] = att
+        self.outboxes[gateway_id] = att.outbox
+        return att
+
+    def detach(self, att: Attachment) -> bool:
+        """Remove ``att`` if it is still the registered stream for its id."""
+        att.outbox.close()
+        if self._attached.get(att.gateway_id) is not att:
+            return False
+        del self._attached[att.gateway_id]
+        del self.outboxes[att.gateway_id]
+        log.info("gateway %s detached (%s)", att.gateway_id, att.peer)
+        return True
+
+    def attachments(self) -> list[Attachment]:
+        return list(self._attached.values())
+
+    def is_attached(self, gateway_id: GatewayId) -> bool:
+        return gateway_id in self._attached
+
+    def gateways(self) -> list[GatewayInfo]:
+        """The attached gateways, sorted by id."""
+        return [
+            GatewayInfo(a.gateway_id, a.peer, a.attached_at, len(a.outbox))
+            for _, a in sorted(self._attached.items())
+        ]
+
+    def stats(self) -> HubStats:
+        """The counters since start, every gateway id ever seen, sorted by id."""
+        gateways = tuple(
+            GatewayStats(
+                gateway_id=GatewayId(gid),
+                deliveries_sent=c.deliveries_sent,
+                transmit_maps_received=c.transmit_maps_received,
+                queue_full=c.queue_full,
+                attached=gid in self._attached,
+            )
+            for gid, c in sorted(self._counters.items())
+        )
+        return HubStats(
+            hub_id=self.hub_id,
+            started_at=self.started_at,
+            transmit_maps_received=self.transmit_maps_received,
+            deliveries_sent=self.deliveries_sent,
+            undeliverable=self.undeliverable,
+            queue_full=self.queue_full,
+            gateways=gateways,
+        )

@@ -1,0 +1,208 @@
+"""HubServer: the transmit hub as a grpc.aio server, with health and reflection.
+
+Usage::
+
+    async with HubServer(listen="127.0.0.1:0") as hub:
+        print(hub.address)
+        await hub.wait_closed()
+
+Always on: gRPC server reflection and the standard ``grpc.health.v1.Health`` service
+(SERVING once listening, NOT_SERVING while draining). Keepalive pings every few
+seconds detect a dead peer (kill -9, cable pulled) in seconds; the server accepts the
+link's pings (both ends' options are in :mod:`transmit_hub.transport`).
+
+Shutdown (:meth:`HubServer.stop`): NOT_SERVING, stop accepting calls, stop reading
+maps, let each gateway's outbox drain for up to ``grace`` seconds, then end every
+Connect stream with UNAVAILABLE "hub shutting down; reconnect".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from types import TracebackType
+from typing import Any
+
+from grpc import aio  # type: ignore[import-untyped]
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from .auth import BearerTokenInterceptor
+from .errors import ConfigError
+from .registry import Registry
+from .service import HubService, add_to_server
+from .transport import SERVER_OPTIONS, SERVICE_NAME
+
+__all__ = ["HubServer", "parse_listen"]
+
+log = logging.getLogger(__name__)
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """Split ``HOST:PORT`` (``[v6]:PORT`` too); raises :class:`ConfigError`."""
+    host, sep, port_text = listen.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"--listen {listen!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"--listen {listen!r}: port must be 0..65535")
+    return host.strip("[]"), port
+
+
+def check_bindable(host: str, port: int) -> None:
+    """Raise :class:`ConfigError` when ``host:port`` cannot be listened on right now.
+
+    Checked before gRPC binds, so a port in use is reported in one line of ours.
+    """
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: unknown host ({exc.strerror})"
+        ) from None
+    family, kind, proto, _, sockaddr = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def default_hub_id() -> str:
+    return f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class HubServer:
+    """The transmit hub; an async context manager (``start`` on enter, ``stop`` on exit)."""
+
+    def __init__(
+        self,
+        *,
+        listen: str = "127.0.0.1:50051",
+        auth_token: str | None = None,
+        hub_id: str | None = None,
+        queue_size: int = 4096,
+        grace: float = 5.0,
+    ) -> None:
+        self._host, self._requested_port = parse_listen(listen)
+        if queue_size < 1:
+            raise ConfigError(f"queue size must be at least 1, not {queue_size}")
+        if grace < 0:
+            raise ConfigError(f"grace must be >= 0 seconds, not {grace}")
+        self._listen = listen
+        self._auth_token = auth_token or None
+        self.hub_id = hub_id or default_hub_id()
+        self._grace = grace
+        self.registry = Registry(self.hub_id, queue_size)
+        self.service = HubService(self.registry)
+        self._server: Any = None
+        self._health: Any = None
+        self._port = 0
+        self._stopping: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def port(self) -> int:
+        """The bound port (``listen`` with port 0 picks a free one)."""
+        if not self._port:
+            raise RuntimeError("the hub is not started")
+        return self._port
+
+    @property
+    def address(self) -> str:
+        """``HOST:PORT`` to connect to (the bound port)."""
+        host = self._host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"{host}:{self.port}"
+
+    async def start(self) -> None:
+        """Listen and serve; raises :class:`ConfigError` when the address is unusable."""
+        if self._server is not None:
+            raise RuntimeError("the hub is already started")
+        if self._requested_port:
+            check_bindable(self._host, self._requested_port)
+        interceptors = [BearerTokenInterceptor(self._auth_token)] if self._auth_token else []
+        server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+        add_to_server(self.service, server)
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
+        try:
+            port = server.add_insecure_port(self._listen)
+        except RuntimeError:
+            raise ConfigError(
+                f"cannot listen on {self._listen}: address in use or not available"
+            ) from None
+        if not port:
+            raise ConfigError(f"cannot listen on {self._listen}: address in use or not available")
+        self._server = server
+        self._port = port
+        await server.start()
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self._health.set("", serving)
+        await self._health.set(SERVICE_NAME, serving)
+        log.info(
+            "transmit hub %s listening on %s%s",
+            self.hub_id,
+            self.address,
+            " (auth token required)" if self._auth_token else "",
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain for up to ``grace`` seconds (default: the constructor's), then stop."""
+        if self._server is None:
+            self._closed.set()
+            return
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(
+                self._stop(self._grace if grace is None else grace)
+            )
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float) -> None:
+        log.info("transmit hub %s stopping (grace %ss)", self.hub_id, grace)
+        try:
+            await self._health.enter_graceful_shutdown()
+            # Refuse new calls now; calls in flight get until after the drain.
+            stopped = asyncio.ensure_future(self._server.stop(grace + 1.0))
+            await self.service.drain(grace)
+            await stopped
+        finally:
+            self._closed.set()
+            log.info("transmit hub %s stopped", self.hub_id)
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`stop` has finished."""
+        await self._closed.wait()
+
+    async def __aenter__(self) -> HubServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

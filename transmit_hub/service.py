@@ -1,0 +1,294 @@
+"""The TransmitHubService implementation: the Connect stream, ListGateways, GetStats.
+
+Connect, per stream: the first request must be a Hello with a non-empty gateway id
+(else INVALID_ARGUMENT); the hub registers the gateway and answers a Welcome. Then
+one task reads request frames and routes every map in them (offering each delivery
+to its target's :class:`~transmit_hub.outbox.Outbox`, never waiting), and another
+task drains this gateway's own outbox into ``DeliveryBatch`` frames. When either
+task ends, the other is cancelled and the gateway is detached.
+
+Routing works on wire bytes (:mod:`transmit_hub.wire`): a map's message is forwarded
+as received and each delivery is encoded once. Maps the fast path cannot vouch for
+(odd field order, no message id, an empty gateway id) take the slow path through
+:func:`transmit_hub.routing.split`, which also defines the semantics both follow.
+
+Undeliverable notices (target not attached: ``NOT_ATTACHED``; target's outbox full:
+``QUEUE_FULL``; malformed map: ``INVALID``) go to the sender's own outbox. When that
+is full too, the notice is counted (``Registry.notices_dropped``) and logged at most
+once a second per gateway: the message is still in every recipient's inbox.
+
+Stream endings: replaced by a newer stream with the same id -> ABORTED; hub shutting
+down -> UNAVAILABLE "hub shutting down; reconnect"; a frame that is not valid
+protobuf -> INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import grpc  # type: ignore[import-untyped]
+from grpc import aio
+
+from . import codec, routing, wire
+from .errors import ProtocolError
+from .registry import Attachment, EndReason, Registry
+from .transport import SERVICE_NAME
+from .types import GatewayId, Undeliverable, UndeliverableReason
+
+__all__ = ["SHUTDOWN_DETAILS", "HubService", "add_to_server"]
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_DETAILS = "hub shutting down; reconnect"
+
+MAX_FRAME_ITEMS = 4096
+"""Most deliveries and notices per response frame."""
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+"""Byte budget per response frame (one larger delivery still goes alone)."""
+WRITER_FINISH_TIMEOUT = 1.0
+"""At shutdown, how long a stream's writer may take to finish the frame it is writing."""
+
+
+class HubService:
+    """The TransmitHubService servicer; register it with :func:`add_to_server`.
+
+    Not a subclass of the generated servicer: Connect exchanges raw frames.
+    """
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+        self.draining = False
+        self._readers: dict[Attachment, asyncio.Task[None]] = {}
+        self._last_drop_log: dict[str, float] = {}
+
+    # -- Connect -------------------------------------------------------------------------
+
+    async def Connect(self, request_iterator: Any, context: Any) -> None:
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        first = await context.read()
+        if first is aio.EOF:
+            return
+        assert isinstance(first, bytes)
+        gateway_id = codec.hello_from_bytes(first)
+        if not gateway_id:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first request must be a Hello with a non-empty gateway_id",
+            )
+        assert gateway_id is not None
+        if self.draining:  # the hub began shutting down while we waited for the Hello
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        att = self.registry.attach(gateway_id, context.peer())
+        reader: asyncio.Task[None] | None = None
+        writer: asyncio.Task[None] | None = None
+        failure: BaseException | None = None
+        try:
+            await context.write(codec.welcome_bytes(self.registry.hub_id))
+            reader = asyncio.create_task(self._read_loop(att, context))
+            writer = asyncio.create_task(self._write_loop(att, context))
+            self._readers[att] = reader
+            ended = asyncio.create_task(att.ended.wait())
+            waiting: set[asyncio.Future[Any]] = {reader, writer, ended}
+            try:
+                while True:
+                    done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                    if done == {reader} and self.draining and reader.cancelled():
+                        # Draining: stop reading but let the writer empty the outbox.
+                        waiting.discard(reader)
+                        continue
+                    break
+            finally:
+                ended.cancel()
+            if att.end_reason is EndReason.SHUTDOWN and not writer.done():
+                # The outbox is closed: the writer returns once its last frame is out.
+                await asyncio.wait([writer], timeout=WRITER_FINISH_TIMEOUT)
+            for loop_task in (reader, writer):
+                if loop_task.done() and not loop_task.cancelled():
+                    failure = failure or loop_task.exception()
+        finally:
+            self._readers.pop(att, None)
+            for task in (reader, writer):
+                if task is not None and not task.done():
+                    task.cancel()
+            tasks = [t for t in (reader, writer) if t is not None]
+            if tasks:
+                await asyncio.wait(tasks)
+            self.registry.detach(att)
+        if att.end_reason is EndReason.REPLACED:
+            await context.abort(
+                grpc.StatusCode.ABORTED, f"replaced by a newer stream for gateway {gateway_id}"
+            )
+        if att.end_reason is EndReason.SHUTDOWN:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        if isinstance(failure, ProtocolError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request frame: {failure}")
+        if failure is not None and not isinstance(failure, aio.AioRpcError):
+            log.error("stream of gateway %s failed", gateway_id, exc_info=failure)
+
+    async def _read_loop(self, att: Attachment, context: Any) -> None:
+        while True:
+            frame = await context.read()
+            if frame is aio.EOF:
+                return
+            assert isinstance(frame, bytes)
+            maps = wire.split_batch_request(frame)  # ProtocolError ends the stream
+            if maps is None:
+                raise ProtocolError("only the first request may be a Hello")
+            try:
+                self.route(att, maps)
+            except Exception:  # a bug must not take the stream down
+                log.exception("routing a batch from gateway %s failed", att.gateway_id)
+
+    async def _write_loop(self, att: Attachment, context: Any) -> None:
+        box = att.outbox
+        counters = att.counters
+        registry = self.registry
+        while True:
+            await box.wait()
+            entries, notices = box.take(MAX_FRAME_ITEMS, MAX_FRAME_BYTES)
+            if not entries and not notices:
+                if box.closed:
+                    return
+                continue
+            await context.write(wire.delivery_batch_response(entries, notices))
+            counters.deliveries_sent += len(entries)
+            registry.deliveries_sent += len(entries)
+
+    # -- routing (the hot path) ----------------------------------------------------------
+
+    def route(self, att: Attachment, maps: list[wire.WireMap]) -> None:
+        """Offer every map's deliveries to their targets; notify the sender of the rest."""
+        registry = self.registry
+        outboxes = registry.outboxes
+        registry.transmit_maps_received += len(maps)
+        att.counters.transmit_maps_received += len(maps)
+        notices: list[Undeliverable] | None = None
+        has_id = wire.has_message_id
+        has_users = wire.has_users
+        entry = wire.delivery_entry
+        for wm in maps:
+            msg = wm.message
+            targets = wm.targets
+            if len(targets) == 1:
+                gid, users = targets[0]
+                plain = bool(gid) and has_users(users) is not None
+            else:
+                plain = all(g and has_users(u) is not None for g, u in targets)
+            if msg is None or not plain or has_id(msg) is not True:
+                notices = self._route_slow(wm, notices)
+                continue
+            for gateway_id, users in targets:
+                if not has_users(users):
+                    continue  # no users there: nothing to deliver
+                box = outboxes.get(gateway_id)
+                if box is None:
+                    notices = notices or []
+                    notices.append(_notice(wm, gateway_id, UndeliverableReason.NOT_ATTACHED))
+                elif not box.offer(entry(msg, users)):
+                    registry.queue_full += 1
+                    registry.counters(gateway_id).queue_full += 1
+                    notices = notices or []
+                    notices.append(_notice(wm, gateway_id, UndeliverableReason.QUEUE_FULL))
+        if notices:
+            self._notify(att, notices)
+
+    def _route_slow(
+        self, wm: wire.WireMap, notices: list[Undeliverable] | None
+    ) -> list[Undeliverable] | None:
+        """Route one map through the reference :func:`routing.split` (rare cases)."""
+        tmap = codec.transmit_map_from_bytes(wm.raw)
+        outboxes = self.registry.outboxes
+        route = routing.split(tmap, lambda g: g in outboxes)
+        found = list(route.undeliverable)
+        for gateway_id, delivery in route.deliveries:
+            data = codec.delivery_to_pb(delivery).SerializeToString()
+            if not outboxes[gateway_id].offer(wire.delivery_entry_from_body(data)):
+                self.registry.queue_full += 1
+                self.registry.counters(gateway_id).queue_full += 1
+                found.append(
+                    routing.not_delivered(gateway_id, tmap, UndeliverableReason.QUEUE_FULL)
+                )
+        if not found:
+            return notices
+        return [*(notices or ()), *found]
+
+    def _notify(self, att: Attachment, notices: list[Undeliverable]) -> None:
+        registry = self.registry
+        registry.undeliverable += len(notices)
+        box = att.outbox
+        dropped = 0
+        for notice in notices:
+            if not box.offer_notice(codec.undeliverable_bytes(notice)):
+                dropped += 1
+        if dropped:
+            registry.notices_dropped += dropped
+            now = time.monotonic()
+            if now - self._last_drop_log.get(att.gateway_id, 0.0) >= 1.0:
+                self._last_drop_log[att.gateway_id] = now
+                log.warning(
+                    "gateway %s: outbox full, %d undeliverable notices for it dropped "
+                    "(%d in all; the messages are in the recipients' inboxes)",
+                    att.gateway_id,
+                    dropped,
+                    registry.notices_dropped,
+                )
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    async def drain(self, grace: float) -> None:
+        """Stop reading maps, let outboxes empty for up to ``grace`` s, then end streams."""
+        self.draining = True
+        for reader in list(self._readers.values()):
+            reader.cancel()
+        attachments = self.registry.attachments()
+        if attachments and grace > 0:
+            waits = [asyncio.ensure_future(a.outbox.wait_empty()) for a in attachments]
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            for w in pending:
+                w.cancel()
+            if pending:
+                log.warning(
+                    "shutdown: %d gateways' outboxes not empty after %ss", len(pending), grace
+                )
+        for a in self.registry.attachments():
+            a.end(EndReason.SHUTDOWN)
+
+    # -- unary RPCs ----------------------------------------------------------------------
+
+    async def ListGateways(
+        self, request: codec.ListGatewaysRequest, context: Any
+    ) -> codec.ListGatewaysResponse:
+        return codec.gateways_to_pb(self.registry.gateways())
+
+    async def GetStats(
+        self, request: codec.GetStatsRequest, context: Any
+    ) -> codec.GetStatsResponse:
+        return codec.stats_to_pb(self.registry.stats())
+
+
+def _notice(wm: wire.WireMap, gateway_id: str, reason: UndeliverableReason) -> Undeliverable:
+    return routing.not_delivered(
+        GatewayId(gateway_id), codec.transmit_map_from_bytes(wm.raw), reason
+    )
+
+
+def add_to_server(service: HubService, server: aio.Server) -> None:
+    """Register ``service``; Connect exchanges raw frames (see :mod:`transmit_hub.wire`)."""
+    handlers = {
+        "Connect": grpc.stream_stream_rpc_method_handler(service.Connect),
+        "ListGateways": grpc.unary_unary_rpc_method_handler(
+            service.ListGateways,
+            request_deserializer=codec.ListGatewaysRequest.FromString,
+            response_serializer=codec.ListGatewaysResponse.SerializeToString,
+        ),
+        "GetStats": grpc.unary_unary_rpc_method_handler(
+            service.GetStats,
+            request_deserializer=codec.GetStatsRequest.FromString,
+            response_serializer=codec.GetStatsResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
