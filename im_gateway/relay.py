@@ -1,0 +1,319 @@
+"""The router: client message frames in, acks and deliveries out, in batches.
+
+Pipeline. Sessions put accepted frames (with a fresh message id and the server time)
+into one bounded queue. A single worker takes everything available (up to
+``batch_size``) and stores it with one :meth:`Store.submit` call, so an idle gateway
+adds no latency and a busy one shares each Redis round trip among many frames. Full
+policy: a session whose frame finds the queue full waits (it stops reading its
+socket, which pushes back on that client); nothing is dropped. One worker keeps each
+sender's messages in order.
+
+Then, per stored message: the sender's connection gets the ack (type 10) and nothing
+else; every recipient's sockets on this gateway (the sender's other devices included)
+get the message directly; the recipients' other gateways get one
+:class:`~transmit_hub.types.TransmitMap` through the hub link. When the link's buffer
+is full the push is skipped (logged): the message is already in every inbox.
+
+From the hub: deliveries go to the named users' local sockets; undeliverable notices
+clear the stale presence they name; after each (re)connect every local session
+catches up from its inbox, so pushes missed while the hub was away still arrive live.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Protocol
+
+from transmit_hub.link import Delivered, LinkDown, LinkEvent, LinkUp, NotDelivered
+from transmit_hub.types import (
+    Delivery,
+    GatewayId,
+    Message,
+    MessageId,
+    Recipient,
+    TransmitMap,
+    UndeliverableReason,
+    UserId,
+)
+
+from . import frames
+from .ids import MessageIds
+from .presence import Presence
+from .sessions import Session
+from .store import Accepted, Refused, Store, Submission, seq_key
+from .tasks import cancel_and_wait
+
+logger = logging.getLogger(__name__)
+
+_Item = tuple[Session, Submission]
+
+
+class Link(Protocol):
+    """The part of :class:`transmit_hub.link.HubLink` the router uses."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def send(self, tmap: TransmitMap) -> bool: ...
+
+    def events(self) -> AsyncIterator[LinkEvent]: ...
+
+
+class _Throttled:
+    """Count an event and log it at most once per ``interval`` seconds."""
+
+    def __init__(self, message: str, interval: float = 5.0) -> None:
+        self._message = message
+        self._interval = interval
+        self._count = 0
+        self._last = 0.0
+
+    def hit(self, n: int = 1) -> None:
+        self._count += n
+        now = time.monotonic()
+        if now - self._last >= self._interval:
+            logger.warning(self._message, self._count)
+            self._count = 0
+            self._last = now
+
+
+class Relay:
+    """Routes messages between local sessions, the store and the hub link."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: GatewayId,
+        store: Store,
+        link: Link,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        forget_grace: float = 10.0,
+        presence: Presence | None = None,
+    ) -> None:
+        """``forget_grace``: seconds after each (re)attach during which the hub's
+        "not attached" notices are not acted on. After a hub restart the other gateways
+        re-attach one by one; until they have, the hub calls them missing, and clearing
+        their (live) presence then would stop pushes to them until their next refresh.
+        """
+        self.gateway_id = gateway_id
+        self._store = store
+        self._link = link
+        self._batch_size = batch_size
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._ids = MessageIds()
+        self._sessions: dict[UserId, list[Session]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._link_full = _Throttled(
+            "hub link buffer full: %d pushes skipped (the inboxes hold those messages)"
+        )
+        self._forget_grace = forget_grace
+        self._presence = presence
+        self._linked_at = time.monotonic()
+        self._closed = False
+        self.batches = 0
+        """Store round trips made by the worker (for tests and stats)."""
+        self.submitted = 0
+        """Frames handed to the store."""
+
+    # --- registry ---------------------------------------------------------------------
+
+    def add(self, session: Session) -> None:
+        """Route live messages for ``session.user`` to ``session`` from now on."""
+        self._sessions.setdefault(session.user, []).append(session)
+
+    def discard(self, session: Session) -> None:
+        """Stop routing to ``session``."""
+        sessions = self._sessions.get(session.user)
+        if sessions is None:
+            return
+        with contextlib.suppress(ValueError):
+            sessions.remove(session)
+        if not sessions:
+            del self._sessions[session.user]
+
+    def sessions(self) -> list[Session]:
+        """Every local session."""
+        return [s for group in self._sessions.values() for s in group]
+
+    @property
+    def connections(self) -> int:
+        """The number of local sessions."""
+        return sum(len(group) for group in self._sessions.values())
+
+    # --- the Router protocol (used by sessions) ---------------------------------------
+
+    def new_id(self) -> tuple[MessageId, int]:
+        """A fresh system-wide unique message id and the server time in ms."""
+        return self._ids.next()
+
+    async def submit(self, session: Session, frame: frames.SendMessage) -> None:
+        """Queue a message frame; waits only while the queue is full."""
+        msg_id, now_ms = self._ids.next()
+        message = Message(
+            id=msg_id,
+            sender=session.user,
+            to=frame.to,
+            type=frame.type,
+            content_type=frame.content_type,
+            time=now_ms,
+            content=frame.content,
+        )
+        item = (session, Submission(client_id=frame.id, message=message))
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            await self._queue.put(item)
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batch worker and the link event consumer."""
+        self._tasks = [
+            asyncio.create_task(self._batch_loop(), name="relay-batches"),
+            asyncio.create_task(self._event_loop(), name="relay-link-events"),
+        ]
+
+    async def close(self) -> None:
+        """Stop the worker (frames still queued are answered ``internal``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await cancel_and_wait(*self._tasks)
+        while not self._queue.empty():
+            session, sub = self._queue.get_nowait()
+            session.push(
+                frames.encode_error(frames.INTERNAL, "gateway stopping; send again", sub.client_id)
+            )
+
+    # --- the batch worker -------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        queue = self._queue
+        limit = self._batch_size
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < limit and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                await self._process(batch)
+            except asyncio.CancelledError:
+                for session, sub in batch:
+                    session.push(
+                        frames.encode_error(
+                            frames.INTERNAL, "gateway stopping; send again", sub.client_id
+                        )
+                    )
+                raise
+            except Exception:
+                logger.exception("storing a batch of %d messages failed", len(batch))
+                for session, sub in batch:
+                    session.push(
+                        frames.encode_error(
+                            frames.INTERNAL, "storage unavailable; send again", sub.client_id
+                        )
+                    )
+
+    async def _process(self, batch: Sequence[_Item]) -> None:
+        results = await self._store.submit([sub for _, sub in batch])
+        self.batches += 1
+        self.submitted += len(batch)
+        for (session, _), result in zip(batch, results, strict=True):
+            if isinstance(result, Refused):
+                session.push(frames.encode_error(result.code, result.reason, result.client_id))
+                continue
+            session.push(
+                frames.encode_accepted(result.client_id, result.message.id, result.message.time)
+            )
+            if not result.duplicate:
+                self._route(session, result)
+
+    def _route(self, sender: Session, accepted: Accepted) -> None:
+        prefix = frames.message_prefix(accepted.message)
+        local = self._sessions
+        me = self.gateway_id
+        remote: dict[GatewayId, list[Recipient]] = {}
+        for recipient in accepted.recipients:
+            sessions = local.get(recipient.user_id)
+            if sessions:
+                key = seq_key(recipient.seq)
+                text = frames.with_seq(prefix, recipient.seq)
+                for session in sessions:
+                    if session is not sender:
+                        session.deliver(key, text)
+            for gateway in accepted.presence.get(recipient.user_id, ()):
+                if gateway != me:
+                    remote.setdefault(gateway, []).append(recipient)
+        if remote:
+            tmap = TransmitMap(
+                message=accepted.message,
+                users={gateway: tuple(rs) for gateway, rs in remote.items()},
+            )
+            if not self._link.send(tmap):
+                self._link_full.hit()
+
+    # --- events from the hub ----------------------------------------------------------
+
+    async def _event_loop(self) -> None:
+        async for event in self._link.events():
+            try:
+                if isinstance(event, Delivered):
+                    for delivery in event.deliveries:
+                        self._deliver(delivery)
+                elif isinstance(event, NotDelivered):
+                    await self._forget(event)
+                elif isinstance(event, LinkUp):
+                    self._linked_at = time.monotonic()
+                    logger.info("linked to hub %s: local sessions catch up", event.hub_id)
+                    if self._presence is not None:
+                        try:
+                            await self._presence.refresh_now()
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception:
+                            logger.exception("re-asserting presence after attach failed")
+                    for session in self.sessions():
+                        session.catch_up()
+                elif isinstance(event, LinkDown):
+                    logger.info("hub link down: %s", event.reason)
+                    for session in self.sessions():
+                        session.link_down()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("handling a hub event failed")
+
+    def _deliver(self, delivery: Delivery) -> None:
+        prefix: str | None = None
+        local = self._sessions
+        for recipient in delivery.recipients:
+            sessions = local.get(recipient.user_id)
+            if not sessions:
+                continue
+            if prefix is None:
+                prefix = frames.message_prefix(delivery.message)
+            key = seq_key(recipient.seq)
+            text = frames.with_seq(prefix, recipient.seq)
+            for session in sessions:
+                session.deliver(key, text)
+
+    async def _forget(self, event: NotDelivered) -> None:
+        if time.monotonic() - self._linked_at < self._forget_grace:
+            return  # other gateways may still be re-attaching; their TTL covers the rest
+        stale: dict[GatewayId, set[UserId]] = {}
+        for notice in event.notices:
+            if (
+                notice.reason == UndeliverableReason.NOT_ATTACHED
+                and notice.gateway_id
+                and notice.gateway_id != self.gateway_id
+            ):
+                stale.setdefault(notice.gateway_id, set()).update(notice.user_ids)
+        for gateway, users in stale.items():
+            logger.info(
+                "hub: gateway %s is gone; clearing %d presence entries", gateway, len(users)
+            )
+            await self._store.forget(gateway, users)

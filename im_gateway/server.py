@@ -1,0 +1,367 @@
+"""The gateway: one port for WebSocket users and a few plain HTTP endpoints.
+
+``Gateway`` wires the parts together and owns their lifecycles::
+
+    clients --WebSocket--> Session --> Relay --> Store (Redis)
+                                         |  \\--> HubLink --> transmit hub
+                              Presence <-+
+
+HTTP on the same port (answered in ``process_request``, before any upgrade):
+``GET /ws`` upgrades after checking the JWT (401 otherwise), ``GET /healthz`` is 200
+when the hub link is up and the store answers (503 with the reason otherwise),
+``GET /info`` names the gateway, ``GET /`` and ``GET /static/<file>`` serve the chat
+page from ``im_gateway/static``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from typing import Any, Self
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+from websockets.protocol import OPEN
+
+from transmit_hub.link import HubLink
+from transmit_hub.types import GatewayId, UserId
+
+from . import auth, web
+from .config import GatewayConfig, default_gateway_id
+from .errors import AuthError, StartupError
+from .presence import Presence
+from .relay import Link, Relay
+from .sessions import Session, SessionLimits, sweep_idle
+from .store import Store
+from .store_redis import open_store
+from .tasks import cancel_and_wait
+
+logger = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 1.0
+
+
+class _Connection(ServerConnection):
+    """A server connection that remembers its user and can write without a task switch."""
+
+    user: UserId | None = None
+
+    def send_now(self, message: str) -> bool:
+        """Write a text frame at once unless the socket is backed up or not open.
+
+        The common case costs no task, no await and one ``transport.write``; when this
+        returns False the session queues the frame for its writer task, which waits
+        for the transport to drain (``ServerConnection.send``).
+        """
+        if self.paused or self.protocol.state is not OPEN:
+            return False
+        self.protocol.send_text(message.encode())
+        self.send_data()
+        return True
+
+
+class Gateway:
+    """An IM gateway; an async context manager. Options are :class:`GatewayConfig` fields.
+
+    ``store`` and ``link`` replace the Redis store and the hub link (tests); the
+    gateway then leaves closing them to the caller.
+    """
+
+    def __init__(
+        self, *, store: Store | None = None, link: Link | None = None, **options: Any
+    ) -> None:
+        self.config = GatewayConfig(**options)
+        self._given_store = store
+        self._given_link = link
+        self._store: Store | None = store
+        self._link: Link | None = link
+        self._hub_link: HubLink | None = None
+        self._server: Server | None = None
+        self._relay: Relay | None = None
+        self._presence: Presence | None = None
+        self._slots: asyncio.Semaphore | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self._port = 0
+        self._gateway_id: GatewayId | None = (
+            GatewayId(self.config.gateway_id) if self.config.gateway_id else None
+        )
+        self._limits = SessionLimits(
+            send_queue=self.config.send_queue,
+            replay_page=self.config.replay_page,
+            idle_timeout=self.config.idle_timeout,
+            rate=self.config.rate_limit,
+            burst=self.config.effective_burst,
+            max_content=self.config.max_content,
+            close_timeout=self.config.close_timeout,
+        )
+        self._started = False
+        self._closed = asyncio.Event()
+        self._closing = False
+
+    # --- properties -------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The bound port (``listen`` with port 0 picks a free one)."""
+        return self._port
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self._port}"
+
+    @property
+    def gateway_id(self) -> GatewayId:
+        if self._gateway_id is None:
+            raise RuntimeError("the gateway id is known once the gateway has started")
+        return self._gateway_id
+
+    @property
+    def linked(self) -> bool:
+        """Whether the hub link is up right now."""
+        return self._link is not None and self._link.connected
+
+    @property
+    def relay(self) -> Relay:
+        if self._relay is None:
+            raise RuntimeError("the gateway is not started")
+        return self._relay
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            raise RuntimeError("the gateway is not started")
+        return self._store
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        """Connect to Redis, bind the port, link to the hub and start serving.
+
+        Raises :class:`StartupError` when Redis does not answer or the port is taken.
+        """
+        if self._started:
+            return
+        self._started = True
+        cfg = self.config
+        try:
+            await self._start(cfg)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _start(self, cfg: GatewayConfig) -> None:
+        if cfg.weak_secret:
+            logger.warning(
+                "the JWT secret is shorter than 32 bytes: fine for a demo, weak in production"
+            )
+        if self._store is None:
+            try:
+                self._store = await open_store(
+                    cfg.redis_url,
+                    prefix=cfg.redis_prefix,
+                    presence_ttl=cfg.presence_ttl,
+                    inbox_max_len=cfg.inbox_max_len,
+                    inbox_max_age=cfg.inbox_max_age,
+                    dedupe_window=cfg.dedupe_window,
+                )
+            except Exception as exc:
+                raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
+        store = self._store
+        try:
+            self._server = await serve(
+                self._handle,
+                cfg.host,
+                cfg.port,
+                process_request=self._process_request,
+                create_connection=_Connection,
+                compression="deflate" if cfg.compression else None,
+                max_size=cfg.max_frame_size,
+                ping_interval=cfg.ping_interval or None,
+                ping_timeout=cfg.ping_timeout or None,
+                close_timeout=cfg.close_timeout,
+                server_header=None,
+                start_serving=False,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
+        self._port = self._server.sockets[0].getsockname()[1]
+        if self._gateway_id is None:
+            self._gateway_id = GatewayId(default_gateway_id(cfg.host, self._port))
+        gateway_id = self._gateway_id
+        if self._link is None:
+            self._hub_link = HubLink(cfg.hub, gateway_id, token=cfg.hub_token)
+            await self._hub_link.start()
+            self._link = self._hub_link
+        self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl)
+        await self._presence.start()
+        self._relay = Relay(
+            gateway_id=gateway_id,
+            store=store,
+            link=self._link,
+            queue_size=cfg.relay_queue,
+            batch_size=cfg.batch_size,
+            presence=self._presence,
+        )
+        await self._relay.start()
+        self._slots = asyncio.Semaphore(cfg.store_concurrency)
+        if cfg.idle_timeout > 0:
+            relay = self._relay
+            self._sweeper = asyncio.create_task(
+                sweep_idle(relay.sessions, cfg.idle_timeout), name="idle-sweeper"
+            )
+        await self._server.start_serving()
+        logger.info(
+            "gateway %s listening on %s (hub %s, redis %s)",
+            gateway_id,
+            self.address,
+            cfg.hub,
+            cfg.redis_url,
+        )
+
+    async def close(self) -> None:
+        """Close every socket (1001), then the relay, presence, hub link and store."""
+        if self._closing:
+            await self._closed.wait()
+            return
+        self._closing = True
+        try:
+            await cancel_and_wait(self._sweeper)
+            if self._server is not None:
+                self._server.server.close()  # stop accepting
+                if self._relay is not None:
+                    # Close sessions with a deadline (websockets waits forever on a
+                    # client that does not read), then let websockets finish the rest.
+                    sessions = self._relay.sessions()
+                    await asyncio.gather(
+                        *(s.close_socket(1001, "gateway shutting down") for s in sessions),
+                        return_exceptions=True,
+                    )
+                self._server.close()
+                await self._server.wait_closed()
+            if self._relay is not None:
+                await self._relay.close()
+            if self._presence is not None:
+                await self._presence.close(detach=True)
+            if self._hub_link is not None:
+                unsent = await self._hub_link.close()
+                if unsent:
+                    logger.info(
+                        "%d pushes not sent to the hub (the inboxes hold them)", len(unsent)
+                    )
+            if self._given_store is None and self._store is not None:
+                await self._store.close()
+            if self._started and self._gateway_id is not None:
+                logger.info("gateway %s stopped", self._gateway_id)
+        finally:
+            self._closed.set()
+
+    async def wait_linked(self, timeout: float) -> None:  # noqa: ASYNC109 - a deadline
+        """Wait until the hub link is up; raises :class:`TimeoutError` after ``timeout``."""
+        if self._hub_link is not None:
+            await self._hub_link.wait_connected(timeout)
+            return
+        async with asyncio.timeout(timeout):
+            while self._link is None or not self._link.connected:  # noqa: ASYNC110 - no event
+                await asyncio.sleep(0.01)
+
+    async def wait_closed(self) -> None:
+        """Return once :meth:`close` has finished."""
+        await self._closed.wait()
+
+    # --- health -----------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, dict[str, object]]:
+        """Whether the gateway can do its job, and a JSON-ready report saying why."""
+        reasons: list[str] = []
+        hub = "linked" if self._link is not None and self._link.connected else "down"
+        if hub != "linked":
+            reasons.append(f"not linked to the hub at {self.config.hub}")
+        redis = "ok"
+        try:
+            async with asyncio.timeout(HEALTH_TIMEOUT):
+                await self.store.ping()
+        except Exception as exc:
+            redis = "down"
+            reasons.append(f"redis not answering: {type(exc).__name__}: {exc}".rstrip(": "))
+        report: dict[str, object] = {
+            "status": "ok" if not reasons else "unavailable",
+            "gatewayId": self._gateway_id,
+            "hub": hub,
+            "redis": redis,
+            "connections": self._relay.connections if self._relay is not None else 0,
+        }
+        if reasons:
+            report["reason"] = "; ".join(reasons)
+        return not reasons, report
+
+    # --- HTTP and WebSocket -----------------------------------------------------------
+
+    async def _process_request(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        path, query = web.split_target(request)
+        if path == "/ws":
+            try:
+                user = auth.verify(web.bearer_token(request, query), self.config.jwt_secret)
+            except AuthError as exc:
+                return web.json_response(
+                    401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
+                )
+            if isinstance(connection, _Connection):
+                connection.user = user
+            return None
+        if path == "/healthz":
+            ok, report = await self.health()
+            return web.json_response(200 if ok else 503, report)
+        if path == "/info":
+            return web.json_response(200, {"gatewayId": self._gateway_id})
+        if path in ("/", "/index.html"):
+            return web.static_file("index.html")
+        if path.startswith("/static/"):
+            return web.static_file(path[len("/static/") :])
+        return web.not_found()
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        relay, presence = self._relay, self._presence
+        if (
+            not isinstance(connection, _Connection)
+            or connection.user is None
+            or relay is None
+            or presence is None
+            or self._store is None
+        ):
+            await connection.close(1011, "gateway not ready")
+            return
+        user = connection.user
+        session = Session(
+            connection,
+            user,
+            store=self._store,
+            router=relay,
+            limits=self._limits,
+            slots=self._slots,
+        )
+        relay.add(session)
+        try:
+            await presence.add(user)
+            session.start()
+            await session.run()
+        finally:
+            relay.discard(session)
+            presence.remove(user)
+            with contextlib.suppress(Exception):
+                await session.close()

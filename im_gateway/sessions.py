@@ -1,0 +1,495 @@
+"""One :class:`Session` per WebSocket connection: reading, writing, replay and limits.
+
+Writing. A frame is written to the socket at once while the socket keeps up (no task,
+no await). Once the transport is backed up, frames go into a bounded send queue
+drained by the session's own writer task (started when there is a backlog, gone when
+it is drained, so an idle connection costs no task). Full policy: a client that does
+not read is disconnected (close 1013) instead of growing memory or stalling the
+gateway; everything it missed is in its inbox and replayed when it reconnects.
+
+Replay. On connect the session replays the inbox after the acknowledged position in
+pages, then sends ``{"type":14,"seq":...}``. While a replay runs, live messages are
+held (bounded) and flushed after it. Live messages already sent are dropped: the
+session remembers the last few positions it sent (a small window) and everything at
+or below the oldest position it forgot; a live message that arrives out of order
+(a lower position from another gateway) but was never sent is still delivered.
+
+Reading. Frames are parsed by :mod:`im_gateway.frames`, rate limited by a token
+bucket, and handed to the router; errors go back as type 99 and the socket stays
+open. The connection is closed after ``idle_timeout`` seconds without a frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from websockets.exceptions import ConnectionClosed
+
+from transmit_hub.types import MessageId, UserId
+
+from . import frames
+from .errors import FrameError
+from .ratelimit import TokenBucket
+from .store import START, Store, seq_key
+from .tasks import cancel_and_wait
+
+logger = logging.getLogger(__name__)
+
+SeqKey = tuple[int, int]
+
+CLOSE_SEND_QUEUE_FULL = 1013
+"""Try Again Later: the client stopped reading and its send queue filled up."""
+CLOSE_IDLE = 1000
+MAX_REPLAY_REQUESTS = 8
+
+
+def _position(key: SeqKey) -> str:
+    return START if key == (0, 0) else f"{key[0]}-{key[1]}"
+
+
+class WebSocketLike(Protocol):
+    """The part of ``websockets.asyncio.server.ServerConnection`` a session uses."""
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: str) -> None: ...
+
+    def send_now(self, message: str) -> bool:
+        """Write ``message`` without waiting; False when it must wait (then use ``send``)."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+class Router(Protocol):
+    """What a session needs from the gateway's router."""
+
+    def submit(self, session: Session, frame: frames.SendMessage) -> Awaitable[None]:
+        """Accept a message frame (waits only when the router's queue is full)."""
+        ...
+
+    def new_id(self) -> tuple[MessageId, int]:
+        """A fresh message id and the server time in ms."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """Per-connection limits (see :class:`im_gateway.config.GatewayConfig`)."""
+
+    send_queue: int = 1024
+    replay_page: int = 200
+    held_max: int = 1024
+    recent_window: int = 64
+    idle_timeout: float = 300.0
+    rate: float = 200.0
+    burst: float = 400.0
+    max_content: int = frames.DEFAULT_MAX_CONTENT
+    close_timeout: float = 3.0
+
+
+CONNECT = "connect"
+CLIENT = "client"
+CATCH_UP = "catch_up"
+
+
+@dataclass(frozen=True, slots=True)
+class _ReplayRequest:
+    kind: str
+    """CONNECT: after the acknowledged position, then an end marker. CLIENT: after
+    ``after`` (or the acknowledged position), then an end marker. CATCH_UP: after
+    ``after`` (or what this session was sent before the link dropped), skipping what
+    was already sent, without a marker."""
+    after: str | None = None
+
+
+class Session:
+    """A user's WebSocket connection on this gateway."""
+
+    __slots__ = (
+        "_ack_target",
+        "_acking",
+        "_bucket",
+        "_closing",
+        "_floor",
+        "_held",
+        "_last_key",
+        "_limits",
+        "_link_mark",
+        "_loop",
+        "_missed",
+        "_queue",
+        "_recent",
+        "_replay_requests",
+        "_replay_task",
+        "_replaying",
+        "_router",
+        "_slots",
+        "_store",
+        "_tasks",
+        "_writer",
+        "_ws",
+        "last_seen",
+        "user",
+    )
+
+    def __init__(
+        self,
+        ws: WebSocketLike,
+        user: UserId,
+        *,
+        store: Store,
+        router: Router,
+        limits: SessionLimits,
+        slots: asyncio.Semaphore | None = None,
+    ) -> None:
+        """``slots`` bounds the store calls in flight across all sessions (replays, acks,
+        group changes), so thousands of sockets reconnecting at once queue here instead
+        of opening thousands of Redis connections."""
+        self._ws = ws
+        self._slots = slots if slots is not None else asyncio.Semaphore(16)
+        self.user = user
+        self._store = store
+        self._router = router
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self._queue: collections.deque[str] | None = None  # allocated on a backlog only
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._bucket = TokenBucket(limits.rate, limits.burst, self._loop.time())
+        self._last_key: SeqKey = (0, 0)
+        self._floor: SeqKey = (0, 0)
+        self._recent: dict[SeqKey, None] | None = None
+        self._replaying = True  # until the connect replay is done, live messages are held
+        self._held: list[tuple[SeqKey, str]] = []
+        self._missed: SeqKey | None = None
+        self._replay_requests: list[_ReplayRequest] = []
+        self._replay_task: asyncio.Task[None] | None = None
+        self._link_mark: str | None = None
+        self._ack_target: str | None = None
+        self._acking: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] | None = None
+        self.last_seen = self._loop.time()
+        """Loop time of the last frame from the client (for the idle sweep)."""
+
+    # --- writing ----------------------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        """True once the session is closing: nothing more is queued."""
+        return self._closing
+
+    @property
+    def replaying(self) -> bool:
+        """True while a replay or catch-up is running or queued."""
+        return self._replay_task is not None
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting in the send queue."""
+        return len(self._queue) if self._queue else 0
+
+    def push(self, text: str) -> bool:
+        """Queue a frame for the client; False when the session is closing or overflowed."""
+        if self._closing:
+            return False
+        queue = self._queue
+        if not queue and self._writer is None and self._ws.send_now(text):
+            return True  # the common case: written at once, no task
+        if queue is None:
+            queue = self._queue = collections.deque()
+        if len(queue) >= self._limits.send_queue:
+            self._overflow()
+            return False
+        queue.append(text)
+        if self._writer is None:
+            self._writer = self._loop.create_task(self._write())
+        return True
+
+    async def _write(self) -> None:
+        try:
+            while not self._closing and self._queue:
+                await self._ws.send(self._queue.popleft())
+        except ConnectionClosed:
+            self._closing = True
+        except Exception:
+            logger.exception("writing to user %s failed; closing", self.user)
+            self._closing = True
+            self._spawn(self.close_socket(1011, "internal error"))
+        finally:
+            self._writer = None
+            if self._closing or not self._queue:
+                self._queue = None  # free the backlog's memory
+
+    def _overflow(self) -> None:
+        logger.info("user %s does not read: send queue full, disconnecting", self.user)
+        self._closing = True
+        self._queue = None
+        self._spawn(
+            self.close_socket(CLOSE_SEND_QUEUE_FULL, "send queue full; reconnect to resume")
+        )
+
+    async def close_socket(self, code: int, reason: str) -> None:
+        """Close the WebSocket; abort the TCP connection if the client does not take part.
+
+        (A peer that does not read never lets the close frame drain, and
+        ``websockets`` would wait for it without a deadline.)
+        """
+        try:
+            async with asyncio.timeout(self._limits.close_timeout):
+                await self._ws.close(code, reason)
+        except TimeoutError:
+            transport = getattr(self._ws, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        async def run() -> None:
+            await coro
+
+        task = self._loop.create_task(run())
+        if self._tasks is None:
+            self._tasks = set()
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _room(self) -> None:
+        """Wait until the send queue is empty (replay pages are flow-controlled)."""
+        while self._writer is not None and not self._closing:
+            await asyncio.shield(self._writer)
+
+    # --- live delivery ----------------------------------------------------------------
+
+    def deliver(self, key: SeqKey, text: str) -> None:
+        """A live message at inbox position ``key``; dropped when already sent."""
+        if self._replaying:
+            if len(self._held) < self._limits.held_max:
+                self._held.append((key, text))
+            elif self._missed is None or key < self._missed:
+                self._missed = key
+            return
+        if key <= self._floor or (self._recent is not None and key in self._recent):
+            return
+        self._sent(key, text)
+
+    def _sent(self, key: SeqKey, text: str) -> None:
+        recent = self._recent
+        if recent is None:
+            recent = self._recent = {}
+        recent[key] = None
+        if len(recent) > self._limits.recent_window:
+            oldest = next(iter(recent))
+            del recent[oldest]
+            self._floor = max(self._floor, oldest)
+        if self._last_key < key:
+            self._last_key = key
+        self.push(text)
+
+    # --- replay -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin the connect replay: after the acknowledged position, with an end marker."""
+        self._request(_ReplayRequest(CONNECT))
+
+    def link_down(self) -> None:
+        """The hub link dropped: remember what was sent so far, to catch up from there."""
+        if self._link_mark is None:
+            self._link_mark = _position(self._last_key)
+
+    def catch_up(self) -> None:
+        """Send what the inbox holds after what this session was last sent (after LinkUp)."""
+        self._request(_ReplayRequest(CATCH_UP))
+
+    def _request(self, request: _ReplayRequest) -> bool:
+        if self._closing or len(self._replay_requests) >= MAX_REPLAY_REQUESTS:
+            return False
+        self._replay_requests.append(request)
+        if self._replay_task is None:
+            self._replaying = True
+            self._replay_task = self._loop.create_task(self._replay_loop())
+        return True
+
+    async def _replay_loop(self) -> None:
+        try:
+            while self._replay_requests and not self._closing:
+                request = self._replay_requests.pop(0)
+                try:
+                    await self._replay(request)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("replay for user %s failed", self.user)
+                    self.push(
+                        frames.encode_error(
+                            frames.INTERNAL, "replay failed; ask again with type 14"
+                        )
+                    )
+                finally:
+                    self._flush_held()
+        finally:
+            self._replaying = False
+            self._replay_task = None
+
+    async def _replay(self, request: _ReplayRequest) -> None:
+        self._replaying = True
+        dedupe = request.kind == CATCH_UP
+        if request.kind == CATCH_UP:
+            if request.after is not None:
+                after = request.after
+            else:
+                after = (
+                    self._link_mark if self._link_mark is not None else _position(self._last_key)
+                )
+                self._link_mark = None
+        elif request.after is not None:
+            after = request.after
+        else:
+            async with self._slots:
+                after = await self._store.acked(self.user)
+            if request.kind == CONNECT:
+                # The client has everything up to its acknowledged position.
+                self._floor = max(self._floor, seq_key(after))
+                self._last_key = max(self._last_key, seq_key(after))
+        page = self._limits.replay_page
+        position = after
+        while not self._closing:
+            async with self._slots:
+                entries = await self._store.read_inbox(self.user, position, page)
+            if not entries:
+                break
+            await self._room()
+            for entry in entries:
+                key = seq_key(entry.seq)
+                # Only the window, not the floor: a catch-up may repeat an old message
+                # (at least once) but never skips one that was not sent.
+                if dedupe and self._recent is not None and key in self._recent:
+                    continue
+                self._sent(key, frames.encode_message(entry.message, entry.seq))
+            position = entries[-1].seq
+            if len(entries) < page:
+                break
+        if request.kind != CATCH_UP:
+            self.push(frames.encode_replay_end(position))
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        missed, self._missed = self._missed, None
+        self._replaying = False
+        for key, text in held:
+            self.deliver(key, text)
+        if missed is not None:
+            # Live messages overflowed the hold buffer: read them from the inbox.
+            ms, n = missed
+            before = f"{ms}-{n - 1}" if n > 0 else f"{ms - 1}-18446744073709551615"
+            self._replay_requests.append(_ReplayRequest(CATCH_UP, after=before))
+        if self._replay_requests:
+            self._replaying = True
+
+    # --- reading ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Read and handle frames until the client leaves (or :func:`sweep_idle` closes it)."""
+        loop = self._loop
+        try:
+            while True:
+                data = await self._ws.recv()
+                self.last_seen = now = loop.time()
+                await self._handle(data, now)
+        except ConnectionClosed:
+            pass
+
+    def expire_if_idle(self, now: float) -> bool:
+        """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""
+        idle = self._limits.idle_timeout
+        if idle <= 0 or self._closing or now - self.last_seen < idle:
+            return False
+        logger.info("user %s idle for %ss: closing", self.user, idle)
+        self._closing = True
+        self._queue = None
+        self._spawn(self.close_socket(CLOSE_IDLE, "idle timeout"))
+        return True
+
+    async def _handle(self, data: str | bytes, now: float) -> None:
+        try:
+            frame = frames.parse(data, max_content=self._limits.max_content)
+            if not self._bucket.allow(now):
+                raise FrameError(
+                    frames.RATE_LIMITED,
+                    "too many frames; slow down",
+                    getattr(frame, "id", None),
+                )
+            if isinstance(frame, frames.SendMessage):
+                await self._router.submit(self, frame)
+            elif isinstance(frame, frames.Heartbeat):
+                self.push(frames.HEARTBEAT_REPLY)
+            elif isinstance(frame, frames.Ack):
+                self._ack(frame.seq)
+            elif isinstance(frame, frames.GroupChange):
+                await self._group_change(frame)
+            elif not self._request(_ReplayRequest(CLIENT, after=frame.seq)):
+                raise FrameError(frames.RATE_LIMITED, "too many replay requests pending")
+        except FrameError as exc:
+            self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+
+    async def _group_change(self, frame: frames.GroupChange) -> None:
+        try:
+            async with self._slots:
+                if frame.type == frames.JOIN:
+                    await self._store.join(frame.to, self.user)
+                else:
+                    await self._store.leave(frame.to, self.user)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.exception("group change for user %s failed", self.user)
+            raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc
+        msg_id, now_ms = self._router.new_id()
+        self.push(frames.encode_accepted(frame.id, msg_id, now_ms))
+
+    def _ack(self, seq: str) -> None:
+        """Coalesced: at most one ack write in flight per session, the latest wins."""
+        self._ack_target = seq
+        if self._acking is None:
+            self._acking = self._loop.create_task(self._write_acks())
+
+    async def _write_acks(self) -> None:
+        try:
+            while self._ack_target is not None:
+                seq, self._ack_target = self._ack_target, None
+                try:
+                    async with self._slots:
+                        await self._store.ack(self.user, seq)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("ack for user %s failed", self.user)
+                    self.push(frames.encode_error(frames.INTERNAL, "ack not stored; send it again"))
+        finally:
+            self._acking = None
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Stop replay, writer and ack tasks; idempotent. The socket is closed by its owner."""
+        self._closing = True
+        self._queue = None
+        if self._acking is not None:
+            # Let a pending ack finish: it records what the client confirmed.
+            await asyncio.wait([self._acking], timeout=2.0)
+        await cancel_and_wait(self._replay_task, self._writer, self._acking, *(self._tasks or ()))
+
+
+async def sweep_idle(sessions: Callable[[], Iterable[Session]], idle_timeout: float) -> None:
+    """Forever: close sessions idle for ``idle_timeout`` seconds (one task per gateway,
+    checking every quarter of the timeout, instead of a timer per connection)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(max(idle_timeout / 4, 0.01))
+        now = loop.time()
+        for session in sessions():
+            session.expire_if_idle(now)

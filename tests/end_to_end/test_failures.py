@@ -1,0 +1,111 @@
+"""Losing a gateway (SIGKILL) or the hub loses nothing that was acknowledged."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+from im_gateway.store_redis import RedisStore
+from tests.end_to_end.conftest import ClientFactory, GatewayFactory
+from tests.end_to_end.harness import Client, GatewayProcess, http_get
+from tests.helpers import wait_until
+from transmit_hub.server import HubServer
+from transmit_hub.types import UserId
+
+A, B = 3001, 3002
+
+
+async def test_gateway_killed_while_sending_loses_nothing_acked_and_presence_expires(
+    hub: HubServer, redis_url: str, start_gateway: GatewayFactory, open_client: ClientFactory
+) -> None:
+    """gw2 (a real process) is SIGKILLed under B; B reconnects to gw1 and has every acked message."""
+    gw1 = await start_gateway("gw-1")
+    gw2 = GatewayProcess(
+        gateway_id="gw-2", hub=hub.address, redis_url=redis_url, extra=("--presence-ttl", "1")
+    )
+    store = RedisStore(redis_url)
+    try:
+        await gw2.wait_healthy()
+        a = await open_client(gw1, A)
+        b = await Client.open(gw2.port, B)
+        await b.wait_for(lambda f: f["type"] == 14)
+        assert "gw-2" in (await store.lookup([UserId(B)])).get(UserId(B), ())
+
+        acked: list[str] = []
+        stop = asyncio.Event()
+
+        async def keep_sending() -> None:
+            i = 0
+            while not stop.is_set():
+                ack = await a.say(B, f"m{i}")
+                if ack["type"] == 10:
+                    acked.append(f"m{i}")
+                i += 1
+
+        sender = asyncio.create_task(keep_sending())
+        await wait_until(lambda: len(b.contents()) >= 20, what="B receiving live on gw2")
+        gw2.proc.send_signal(signal.SIGKILL)
+        gw2.proc.wait(10)
+        await wait_until(lambda: b.closed.done(), what="B seeing gw2 die")
+        count = len(acked)
+        await wait_until(lambda: len(acked) >= count + 20, what="A sending after the crash")
+        stop.set()
+        await sender
+        await b.close()
+
+        b_again = await open_client(gw1, B)
+        got = b_again.contents()
+        assert set(acked) <= set(got)
+        assert got == sorted(got, key=lambda c: int(c[1:]))  # in order
+
+        async def gw2_gone() -> bool:
+            gateways = (await store.lookup([UserId(B)])).get(UserId(B), ())
+            return "gw-2" not in gateways and "gw-1" in gateways
+
+        await wait_until(gw2_gone, timeout=10, what="gw-2's presence entry to expire")
+    finally:
+        gw2.stop()
+        await store.close()
+
+
+async def test_hub_restart_loses_nothing_acked(
+    hub: HubServer, start_gateway: GatewayFactory, open_client: ClientFactory
+) -> None:
+    """The hub stops while A sends, then restarts: B (still connected) gets every acked message."""
+    gw1 = await start_gateway("gw-1")
+    gw2 = await start_gateway("gw-2")
+    a = await open_client(gw1, A)
+    b = await open_client(gw2, B)
+    acked = []
+    for i in range(10):
+        ack = await a.say(B, f"before{i}")
+        assert ack["type"] == 10
+        acked.append(f"before{i}")
+    await b.wait_contents(acked)
+
+    port = hub.port
+    await hub.stop(0)
+    await wait_until(lambda: not gw1.linked, what="gw1 to see the hub go")
+    status, body, _ = await http_get(gw2.port, "/healthz")
+    assert status == 503
+    assert b"hub" in body
+
+    for i in range(10):
+        ack = await a.say(B, f"during{i}")
+        assert ack["type"] == 10  # accepted and stored while the hub is down
+        acked.append(f"during{i}")
+
+    restarted = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-restarted", grace=0.5)
+    await restarted.start()
+    try:
+        await gw1.wait_linked(15)
+        await gw2.wait_linked(15)
+        for i in range(10):
+            ack = await a.say(B, f"after{i}")
+            acked.append(f"after{i}")
+        await b.wait_contents(acked, timeout=15)
+        assert b.contents() == acked  # in order, none twice
+        status, _, _ = await http_get(gw2.port, "/healthz")
+        assert status == 200
+    finally:
+        await restarted.stop(0.5)

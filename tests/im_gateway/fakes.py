@@ -1,0 +1,115 @@
+"""Fakes at the gateway's boundaries: a WebSocket, a router and a hub link."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from websockets.exceptions import ConnectionClosedOK
+
+from im_gateway import frames
+from im_gateway.ids import MessageIds
+from im_gateway.sessions import Session
+from im_gateway.store import Submission
+from im_gateway.store_memory import MemoryStore
+from transmit_hub.link import LinkEvent
+from transmit_hub.types import Message, MessageId, TransmitMap, UserId
+
+_CLOSED = object()
+
+
+class FakeWebSocket:
+    """Frames the client 'sends' go in ``incoming``; what the session sends lands in ``sent``."""
+
+    def __init__(self) -> None:
+        self.incoming: asyncio.Queue[object] = asyncio.Queue()
+        self.sent: list[str] = []
+        self.closed: tuple[int, str] | None = None
+        self.gate: asyncio.Event | None = None
+        """When set to an unset Event, ``send`` blocks (a client that does not read)."""
+        self.sent_event = asyncio.Event()
+
+    async def recv(self) -> str | bytes:
+        item = await self.incoming.get()
+        if item is _CLOSED:
+            raise ConnectionClosedOK(None, None)
+        assert isinstance(item, str | bytes)
+        return item
+
+    async def send(self, message: str) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        self.sent.append(message)
+        self.sent_event.set()
+
+    def send_now(self, message: str) -> bool:
+        if self.gate is not None or self.closed is not None:
+            return False
+        self.sent.append(message)
+        self.sent_event.set()
+        return True
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+        self.incoming.put_nowait(_CLOSED)
+
+    def client_sends(self, frame: dict[str, Any] | str) -> None:
+        self.incoming.put_nowait(frame if isinstance(frame, str) else json.dumps(frame))
+
+    def frames(self) -> list[dict[str, Any]]:
+        return [json.loads(s) for s in self.sent]
+
+
+class FakeRouter:
+    """Records submitted frames."""
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[Session, frames.SendMessage]] = []
+        self._ids = MessageIds()
+
+    async def submit(self, session: Session, frame: frames.SendMessage) -> None:
+        self.submitted.append((session, frame))
+
+    def new_id(self) -> tuple[MessageId, int]:
+        return self._ids.next()
+
+
+class FakeLink:
+    """A hub link that records maps and plays back the events a test feeds it."""
+
+    def __init__(self, *, accept: bool = True) -> None:
+        self.sent: list[TransmitMap] = []
+        self.connected = True
+        self.accept = accept
+        self._events: asyncio.Queue[LinkEvent | None] = asyncio.Queue()
+
+    def send(self, tmap: TransmitMap) -> bool:
+        if not self.accept:
+            return False
+        self.sent.append(tmap)
+        return True
+
+    def feed(self, event: LinkEvent) -> None:
+        self._events.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[LinkEvent]:
+        while True:
+            event = await self._events.get()
+            if event is None:
+                return
+            yield event
+
+
+_ids = MessageIds()
+
+
+async def store_message(store: MemoryStore, sender: int, to: int, content: str) -> list[str]:
+    """Put a private message in both inboxes; returns [recipient's seq, sender's seq]."""
+    msg_id, now = _ids.next()
+    message = Message(MessageId(msg_id), UserId(sender), to, 1, 0, now, content)
+    (result,) = await store.submit([Submission(client_id=f"c-{msg_id}", message=message)])
+    assert not isinstance(result, str)
+    return [r.seq for r in result.recipients]  # type: ignore[union-attr]

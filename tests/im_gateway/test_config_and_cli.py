@@ -1,0 +1,80 @@
+"""Config validation and flag/environment parsing (no process started)."""
+
+from __future__ import annotations
+
+import pytest
+
+from im_gateway.__main__ import parse_config
+from im_gateway.config import GatewayConfig, default_gateway_id, parse_host_port
+from im_gateway.errors import ConfigError
+
+SECRET = "config-test-secret-config-test-secret"
+
+
+def test_defaults_match_the_pinned_flags() -> None:
+    """Pinned defaults: listen 127.0.0.1:8080, hub :50051, redis db 0, 64 KiB frames."""
+    cfg = parse_config(["--jwt-secret", SECRET], environ={})
+    assert cfg.listen == "127.0.0.1:8080"
+    assert cfg.hub == "127.0.0.1:50051"
+    assert cfg.redis_url == "redis://127.0.0.1:6379/0"
+    assert cfg.max_frame_size == 64 * 1024
+    assert cfg.gateway_id is None
+    assert cfg.compression is False
+
+
+def test_environment_fills_in_and_flags_win() -> None:
+    """IM_GATEWAY_* variables are used unless the flag is given."""
+    env = {
+        "IM_GATEWAY_JWT_SECRET": SECRET,
+        "IM_GATEWAY_LISTEN": "0.0.0.0:9000",
+        "IM_GATEWAY_HUB_TOKEN": "t0k",
+        "IM_GATEWAY_RATE_LIMIT": "5",
+        "IM_GATEWAY_COMPRESSION": "true",
+    }
+    cfg = parse_config(["--listen", "127.0.0.1:9001"], environ=env)
+    assert cfg.jwt_secret == SECRET
+    assert cfg.listen == "127.0.0.1:9001"
+    assert cfg.hub_token == "t0k"
+    assert cfg.rate_limit == 5.0
+    assert cfg.compression is True
+    assert parse_config(["--no-compression"], environ=env).compression is False
+
+
+def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """A malformed number in the environment is a usage error with one line."""
+    with pytest.raises(SystemExit) as info:
+        parse_config([], environ={"IM_GATEWAY_JWT_SECRET": SECRET, "IM_GATEWAY_RATE_LIMIT": "x"})
+    assert info.value.code == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"listen": "8080"},
+        {"listen": "host:99999"},
+        {"hub": "nohost"},
+        {"jwt_secret": ""},
+        {"gateway_id": " "},
+        {"redis_url": "localhost"},
+        {"max_frame_size": 100},
+        {"max_content": 10**9},
+        {"send_queue": 10, "replay_page": 8},
+        {"rate_limit": -1},
+        {"presence_ttl": 0},
+        {"log_level": "LOUD"},
+    ],
+)
+def test_invalid_settings_raise_config_error(changes: dict[str, object]) -> None:
+    """Every invalid setting is refused with a ConfigError naming the flag."""
+    with pytest.raises(ConfigError, match="--"):
+        GatewayConfig(**{"jwt_secret": SECRET, **changes})  # type: ignore[arg-type]
+
+
+def test_host_port_and_gateway_id_helpers() -> None:
+    """HOST:PORT parsing handles IPv6; the default gateway id is stable per host and port."""
+    assert parse_host_port("[::1]:80", "--listen") == ("::1", 80)
+    assert parse_host_port("example.org:0", "--listen") == ("example.org", 0)
+    assert default_gateway_id("10.0.0.5", 8080) == "gw-10.0.0.5-8080"
+    assert default_gateway_id("0.0.0.0", 8080) == default_gateway_id("127.0.0.1", 8080)
+    assert default_gateway_id("0.0.0.0", 8080) != default_gateway_id("0.0.0.0", 8081)

@@ -1,0 +1,151 @@
+"""Client frame parsing and server frame encoding: pure functions, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+
+from im_gateway import frames
+from im_gateway.errors import FrameError
+from tests.im_gateway.strategies import frames as random_frames
+from transmit_hub.types import Message, MessageId, UserId
+
+
+def refused(data: str | bytes, **kw: int) -> FrameError:
+    with pytest.raises(FrameError) as info:
+        frames.parse(data, **kw)
+    return info.value
+
+
+def test_parses_every_client_frame_type() -> None:
+    """Each pinned client frame parses into its dataclass with the right fields."""
+    assert frames.parse('{"type":0}') == frames.Heartbeat()
+    assert frames.parse(
+        '{"type":1,"id":"c-1","to":42,"contentType":3,"content":"hi","from":9}'
+    ) == frames.SendMessage(type=1, id="c-1", to=42, content_type=3, content="hi")
+    assert frames.parse('{"type":2,"id":"c-2","to":"7","content":"all"}') == frames.SendMessage(
+        type=2, id="c-2", to=7, content_type=0, content="all"
+    )
+    assert frames.parse('{"type":11,"seq":"1700000000000-3"}') == frames.Ack("1700000000000-3")
+    assert frames.parse('{"type":12,"id":"c-3","to":7}') == frames.GroupChange(12, "c-3", 7)
+    assert frames.parse('{"type":13,"id":"c-4","to":7}') == frames.GroupChange(13, "c-4", 7)
+    assert frames.parse('{"type":14,"seq":"0"}') == frames.Replay("0")
+    assert frames.parse('{"type":14}') == frames.Replay(None)
+    assert frames.parse(b'{"type":0}') == frames.Heartbeat()
+
+
+@pytest.mark.parametrize(
+    ("data", "frame_id"),
+    [
+        ("nope", None),
+        ("", None),
+        ("[]", None),
+        ('"type"', None),
+        ("[" * 100_000, None),
+        ('{"type":"1"}', None),
+        ('{"type":true}', None),
+        ('{"type":1.0}', None),
+        ('{"type":5,"id":"k"}', "k"),
+        ('{"type":1,"id":"k","to":1}', "k"),
+        ('{"type":1,"id":"k","to":-1,"content":""}', "k"),
+        ('{"type":1,"id":"k","to":18446744073709551616,"content":""}', "k"),
+        ('{"type":1,"id":"k","to":true,"content":""}', "k"),
+        ('{"type":1,"id":"k","to":"1e3","content":""}', "k"),
+        ('{"type":1,"id":"k","to":1,"content":"x","contentType":2147483648}', "k"),
+        ('{"type":1,"id":"k","to":1,"content":"\\ud800"}', "k"),
+        ('{"type":1,"id":"","to":1,"content":"x"}', None),
+        ('{"type":1,"id":"' + "i" * 129 + '","to":1,"content":"x"}', None),
+        ('{"type":1,"to":1,"content":"x"}', None),
+        ('{"type":11}', None),
+        ('{"type":11,"seq":"-1"}', None),
+        ('{"type":11,"seq":"1-2-3"}', None),
+        ('{"type":14,"seq":5}', None),
+        ('{"type":12,"id":"k"}', "k"),
+        (b"\xff\xfe", None),
+    ],
+)
+def test_bad_frames_are_bad_request(data: str | bytes, frame_id: str | None) -> None:
+    """Malformed JSON, unknown types and wrong or missing fields: bad_request (with the id)."""
+    error = refused(data)
+    assert error.code == frames.BAD_REQUEST
+    assert error.frame_id == frame_id
+    assert error.message
+
+
+def test_content_over_the_limit_is_too_large() -> None:
+    """Content is measured in UTF-8 bytes against max_content."""
+    ok = frames.parse('{"type":1,"id":"k","to":1,"content":"' + "é" * 5 + '"}', max_content=10)
+    assert isinstance(ok, frames.SendMessage)
+    error = refused('{"type":1,"id":"k","to":1,"content":"' + "é" * 6 + '"}', max_content=10)
+    assert (error.code, error.frame_id) == (frames.TOO_LARGE, "k")
+
+
+@settings(max_examples=500, deadline=None)
+@given(random_frames)
+def test_parse_never_raises_anything_but_frame_error(data: str | bytes) -> None:
+    """Whatever a client sends, parse returns a frame or raises FrameError."""
+    try:
+        frame = frames.parse(data)
+    except FrameError as exc:
+        code = exc.code
+        assert code in (frames.BAD_REQUEST, frames.TOO_LARGE)
+        return
+    if isinstance(frame, frames.SendMessage):
+        frame.content.encode("utf-8")  # always encodable
+        frame.id.encode("utf-8")
+
+
+MESSAGE = Message(
+    id=MessageId("m-1"),
+    sender=UserId(1),
+    to=42,
+    type=1,
+    content_type=0,
+    time=1700000000123,
+    content='hi "there" \u2603\n',
+)
+
+
+def test_message_frame_has_the_pinned_keys_in_order() -> None:
+    """A message frame: type, id, from, to, contentType, time (string), content, seq."""
+    text = frames.encode_message(MESSAGE, "1700000000123-0")
+    assert json.loads(text) == {
+        "type": 1,
+        "id": "m-1",
+        "from": 1,
+        "to": 42,
+        "contentType": 0,
+        "time": "1700000000123",
+        "content": 'hi "there" \u2603\n',
+        "seq": "1700000000123-0",
+    }
+    assert list(json.loads(text)) == [
+        "type", "id", "from", "to", "contentType", "time", "content", "seq"
+    ]  # fmt: skip
+    prefix = frames.message_prefix(MESSAGE)
+    assert frames.with_seq(prefix, "5-1") == frames.encode_message(MESSAGE, "5-1")
+
+
+def test_server_control_frames() -> None:
+    """Ack, error, replay end and heartbeat frames carry exactly the pinned keys."""
+    assert json.loads(frames.encode_accepted("c-1", "m-1", 12)) == {
+        "type": 10,
+        "id": "c-1",
+        "msgId": "m-1",
+        "time": "12",
+    }
+    assert json.loads(frames.encode_error("not_member", "no", "c-2")) == {
+        "type": 99,
+        "id": "c-2",
+        "code": "not_member",
+        "message": "no",
+    }
+    assert json.loads(frames.encode_error("bad_request", 'say "what"')) == {
+        "type": 99,
+        "code": "bad_request",
+        "message": 'say "what"',
+    }
+    assert json.loads(frames.encode_replay_end("9-0")) == {"type": 14, "seq": "9-0"}
+    assert json.loads(frames.HEARTBEAT_REPLY) == {"type": 0}

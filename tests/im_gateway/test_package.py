@@ -1,0 +1,42 @@
+"""Package boundaries and small invariants."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from im_gateway.ids import MessageIds
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def imports(package: str) -> set[str]:
+    found: set[str] = set()
+    for path in (ROOT / package).rglob("*.py"):
+        if "/v1/" in path.as_posix():
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module)
+    return found
+
+
+def test_the_hub_never_imports_the_gateway() -> None:
+    """transmit_hub does not depend on im_gateway (the dependency points one way)."""
+    assert not {m for m in imports("transmit_hub") if m.startswith("im_gateway")}
+
+
+def test_the_gateway_never_touches_protobuf_classes() -> None:
+    """Only transmit_hub.codec converts protobuf; im_gateway imports no *_pb2 module."""
+    assert not {m for m in imports("im_gateway") if "pb2" in m}
+
+
+def test_message_ids_are_unique_and_time_ordered() -> None:
+    """Ids from two generators never collide; one generator's ids sort by creation."""
+    one, two = MessageIds(), MessageIds()
+    ids = [one.next(1_700_000_000_000 + i // 10)[0] for i in range(1000)]
+    other = [two.next(1_700_000_000_000 + i // 10)[0] for i in range(1000)]
+    assert len(set(ids) | set(other)) == 2000
+    assert ids == sorted(ids)
