@@ -68,6 +68,80 @@ class Phase:
 _COUNTERS = ("sent", "acked", "received", "duplicates", "echoes", "in_window", "sent_in_window")
 
 
+class LeanConnection(asyncio.Protocol):
+    """A lean WebSocket client: websockets' sans-I/O protocol on a plain asyncio transport.
+
+    The load generator shares the 2 cores with the servers it measures, so it should cost
+    little: no per-connection reader task, no receive queue, no locks, one write per frame.
+    Handshake, masking, ping/pong and closing are websockets' own (``ClientProtocol``).
+    """
+
+    def __init__(self, url: str, compression: str | None, on_text: Any) -> None:
+        from websockets.client import ClientProtocol
+        from websockets.extensions.permessage_deflate import enable_client_permessage_deflate
+        from websockets.uri import parse_uri
+
+        extensions = enable_client_permessage_deflate(None) if compression else None
+        self.protocol = ClientProtocol(parse_uri(url), extensions=extensions, max_size=None)
+        self.on_text = on_text
+        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.closed = asyncio.Event()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        from websockets.frames import Opcode
+        from websockets.http11 import Response
+
+        protocol = self.protocol
+        protocol.receive_data(data)
+        for event in protocol.events_received():
+            if isinstance(event, Response):
+                if protocol.handshake_exc is not None:
+                    if not self.opened.done():
+                        self.opened.set_exception(protocol.handshake_exc)
+                elif not self.opened.done():
+                    self.opened.set_result(None)
+            elif event.opcode is Opcode.TEXT:
+                self.on_text(event.data)
+        self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for chunk in self.protocol.data_to_send():
+            if chunk:
+                transport.write(chunk)
+            elif transport.can_write_eof():
+                transport.write_eof()
+
+    def send_text(self, text: str) -> None:
+        self.protocol.send_text(text.encode())
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.protocol.receive_eof()
+        if not self.opened.done():
+            self.opened.set_exception(exc or ConnectionError("closed during the handshake"))
+        self.closed.set()
+
+    async def close(self) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        with contextlib.suppress(Exception):
+            self.protocol.send_close(1000)
+            self._flush()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.closed.wait(), 5)
+        self.transport.close()
+
+
 class Client:
     """One user's WebSocket connection, sending to its partner."""
 
@@ -77,6 +151,7 @@ class Client:
         self.partner = partner
         self.peer: Client | None = None
         self.ws: Any = None
+        self.lean: LeanConnection | None = None
         self.replayed = asyncio.Event()
         self.outstanding = 0
         self.room = asyncio.Event()
@@ -86,7 +161,19 @@ class Client:
         self.phase = Phase()
         self._reader: asyncio.Task[None] | None = None
 
-    async def connect(self, compression: str | None) -> None:
+    async def connect(self, compression: str | None, impl: str) -> None:
+        if impl == "lean":
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.url)
+            loop = asyncio.get_running_loop()
+            _, self.lean = await loop.create_connection(
+                lambda: LeanConnection(self.url, compression, self.on_text),
+                parts.hostname,
+                parts.port,
+            )
+            await asyncio.wait_for(self.lean.opened, 30)
+            return
         from websockets.asyncio.client import connect
 
         self.ws = await connect(
@@ -110,7 +197,10 @@ class Client:
         self.outstanding += 1
         if self.outstanding >= self.window:
             self.room.clear()
-        await self.ws.send(self.frame())
+        if self.lean is not None:
+            self.lean.send_text(self.frame())
+        else:
+            await self.ws.send(self.frame())
 
     def delivered(self) -> None:
         """The partner received one of this client's messages."""
@@ -123,35 +213,40 @@ class Client:
 
         with contextlib.suppress(ConnectionClosed):
             async for raw in self.ws:
-                now = time.monotonic_ns()
-                frame = json.loads(raw)
-                kind = frame.get("type")
-                phase = self.phase
-                if kind == 1:
-                    if int(frame.get("from", 0)) != self.partner:
-                        phase.echoes += 1  # the sender's own copy (its other devices)
-                        continue
-                    msg_id = frame.get("id")
-                    if msg_id in phase.received_ids:
-                        phase.duplicates += 1
-                        continue
-                    phase.received_ids.add(msg_id)
-                    phase.received += 1
-                    if phase.window_start <= now <= phase.window_end:
-                        phase.in_window += 1
-                        phase.latencies_us.append((now - int(frame["content"])) // 1000)
-                    if self.peer is not None:
-                        self.peer.delivered()
-                elif kind == 10:
-                    phase.acked += 1
-                    phase.acked_ids.add(frame.get("msgId", ""))
-                elif kind == 14:
-                    self.replayed.set()
-                elif kind == 99:
-                    phase.errors[str(frame.get("code"))] += 1
-                    self.delivered()  # refused: it will never arrive; free its window slot
+                self.on_text(raw)
+
+    def on_text(self, raw: str | bytes) -> None:
+        now = time.monotonic_ns()
+        frame = json.loads(raw)
+        kind = frame.get("type")
+        phase = self.phase
+        if kind == 1:
+            if int(frame.get("from", 0)) != self.partner:
+                phase.echoes += 1  # the sender's own copy (its other devices)
+                return
+            msg_id = frame.get("id")
+            if msg_id in phase.received_ids:
+                phase.duplicates += 1
+                return
+            phase.received_ids.add(msg_id)
+            phase.received += 1
+            if phase.window_start <= now <= phase.window_end:
+                phase.in_window += 1
+                phase.latencies_us.append((now - int(frame["content"])) // 1000)
+            if self.peer is not None:
+                self.peer.delivered()
+        elif kind == 10:
+            phase.acked += 1
+            phase.acked_ids.add(frame.get("msgId", ""))
+        elif kind == 14:
+            self.replayed.set()
+        elif kind == 99:
+            phase.errors[str(frame.get("code"))] += 1
+            self.delivered()  # refused: it will never arrive; free its window slot
 
     async def close(self) -> None:
+        if self.lean is not None:
+            await self.lean.close()
         if self.ws is not None:
             await self.ws.close()
         if self._reader is not None:
@@ -159,12 +254,14 @@ class Client:
                 await self._reader
 
 
-async def _connect_all(clients: list[Client], compression: str | None, parallel: int) -> None:
+async def _connect_all(
+    clients: list[Client], compression: str | None, impl: str, parallel: int
+) -> None:
     gate = asyncio.Semaphore(parallel)
 
     async def one(c: Client) -> None:
         async with gate:
-            await c.connect(compression)
+            await c.connect(compression, impl)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(c.replayed.wait(), 10)
 
@@ -255,7 +352,7 @@ async def worker(args: argparse.Namespace) -> None:
         a.peer, b.peer = b, a
         clients += [a, b]
     compression = None if spec["compression"] == "none" else "deflate"
-    await _connect_all(clients, compression, 50)
+    await _connect_all(clients, compression, spec["impl"], 50)
     print("READY", flush=True)
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -319,6 +416,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "urls": urls,
                     "users": users[w :: args.workers],
                     "compression": args.client_compression,
+                    "impl": args.client,
                 }
                 proc = await asyncio.create_subprocess_exec(
                     harness.PYTHON,
@@ -329,6 +427,7 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                     stdout=asyncio.subprocess.PIPE,
                     cwd=harness.REPO,
                     limit=1 << 28,  # a RESULT line carries every latency sample
+                    preexec_fn=harness.die_with_parent,
                 )
                 workers.append(Worker(proc))
             for wk in workers:
@@ -339,8 +438,8 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             phases: list[dict[str, Any]] = []
             if args.rate > 0:
                 phases.append({"phase": "paced", "rate": args.rate / args.workers})
-            if args.window > 0:
-                phases.append({"phase": "unpaced", "window": args.window})
+            for window in args.windows:
+                phases.append({"phase": "unpaced", "window": window})
             for cmd in phases:
                 cmd |= {"seconds": args.seconds, "warmup": args.warmup, "drain": args.drain}
                 if args.wait_quiet > 0:
@@ -388,7 +487,7 @@ def merge(
     label = (
         f"paced {args.rate:,.0f} msgs/s"
         if cmd["phase"] == "paced"
-        else f"unpaced, window {args.window}/client"
+        else f"unpaced, window {cmd['window']}/client"
     )
     merged |= {
         "phase": label,
@@ -445,12 +544,14 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
             out.append(
                 f"paced p99 {r['p99_ms']:.1f} ms; target < 20 ms: {'MET' if ok else 'NOT MET'}"
             )
-        else:
-            ok = r["delivered_per_s"] >= 10_000
-            out.append(
-                f"unpaced {r['delivered_per_s']:,.0f} delivered msgs/s; target >= 10,000: "
-                f"{'MET' if ok else 'NOT MET'}"
-            )
+    unpaced = [r for r in results if not r["phase"].startswith("paced")]
+    if unpaced:
+        best = max(unpaced, key=lambda r: r["delivered_per_s"])
+        ok = best["delivered_per_s"] >= 10_000
+        out.append(
+            f"best unpaced: {best['delivered_per_s']:,.0f} delivered msgs/s ({best['phase']}); "
+            f"target >= 10,000: {'MET' if ok else 'NOT MET'}"
+        )
     lost = sum(r["lost"] for r in results)
     out.append(
         f"loss {lost} (acked but not received); target 0: {'MET' if lost == 0 else 'NOT MET'}"
@@ -463,10 +564,13 @@ def main(argv: list[str] | None = None) -> int:
         description="End-to-end: WebSocket clients on two gateways, through Redis and the hub."
     )
     parser.add_argument("--clients", type=int, default=200, help="WebSocket clients (pairs x 2)")
-    parser.add_argument("--workers", type=int, default=1, help="client processes")
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--rate", type=float, default=2000, help="paced total msgs/s (0 = skip)")
     parser.add_argument(
-        "--window", type=int, default=8, help="unpaced: messages in flight per client (0 = skip)"
+        "--window",
+        default="8,32,128",
+        help="unpaced phases: messages in flight per client, a comma list, one phase each "
+        "(a ramp: more in flight, bigger batches, more latency); 0 = skip",
     )
     parser.add_argument("--seconds", type=float, default=10, help="measured seconds per phase")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per phase")
@@ -480,7 +584,16 @@ def main(argv: list[str] | None = None) -> int:
         help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
     )
     parser.add_argument(
-        "--gateway-args", default="", help="extra flags for both gateways, e.g. rate limits"
+        "--client",
+        choices=["lean", "websockets"],
+        default="lean",
+        help="client implementation: 'lean' (websockets' sans-I/O protocol on a bare asyncio "
+        "transport; cheap, so the servers get the CPU) or 'websockets' (its asyncio client)",
+    )
+    parser.add_argument(
+        "--gateway-args",
+        default="",
+        help='extra flags for both gateways, e.g. --gateway-args="--rate-limit 0"',
     )
     parser.add_argument(
         "--wait-quiet",
@@ -499,11 +612,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.windows = [int(w) for w in args.window.split(",") if int(w) > 0]
     if args.worker:
         asyncio.run(worker(args))
         return 0
     if args.quick:
         args.clients, args.seconds, args.warmup, args.drain = 40, 3.0, 1.0, 10.0
+        args.windows = args.windows[:1]
         args.wait_quiet = min(args.wait_quiet, 1)
     harness.exit_on_sigterm()
     if args.profile:

@@ -50,7 +50,7 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 """Loaded in the parent, so the child calls prctl without loading anything after fork."""
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the bench process dies (Linux prctl)."""
     _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -91,7 +91,7 @@ class Child:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,  # the bench is single-threaded when it starts children
+            preexec_fn=die_with_parent,  # one prctl call, nothing loaded after fork
         )
         return self
 

@@ -35,6 +35,7 @@ import asyncio
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -75,6 +76,8 @@ class Receiver:
 
     def __init__(self) -> None:
         self.count = 0
+        self.refused = 0
+        """Messages the relay said it could not pass on (hub: Undeliverable notices)."""
         self.latencies: list[int] = []
         self.first_ns = 0
         self.last_ns = 0
@@ -83,6 +86,7 @@ class Receiver:
 
     def expect(self, n: int) -> None:
         self.count = 0
+        self.refused = 0
         self.latencies = []
         self.first_ns = self.last_ns = 0
         self.target = n
@@ -94,7 +98,12 @@ class Receiver:
         self.last_ns = now_ns
         self.latencies.extend(now_ns - s for s in stamps)
         self.count += len(stamps)
-        if self.count >= self.target:
+        if self.count + self.refused >= self.target:
+            self.done.set()
+
+    def not_delivered(self, n: int) -> None:
+        self.refused += n
+        if self.count + self.refused >= self.target:
             self.done.set()
 
 
@@ -187,6 +196,7 @@ class HubPair(Pair):
         self.max_batch = max_batch
         self.receiver = Receiver()
         self.full_waits = 0
+        self.notices: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def open(self, suffix: str) -> None:
@@ -207,6 +217,7 @@ class HubPair(Pair):
         await self.rx.wait_connected(15)
         await self.tx.wait_connected(15)
         self._tasks.append(asyncio.create_task(self._read()))
+        self._tasks.append(asyncio.create_task(self._read_notices()))
 
     async def _read(self) -> None:
         from transmit_hub import link as hub_link
@@ -217,8 +228,14 @@ class HubPair(Pair):
                 receiver.got(
                     time.monotonic_ns(), [int(d.message.content) for d in event.deliveries]
                 )
-            elif isinstance(event, hub_link.NotDelivered):
-                print(f"  unexpected notice: {event.notices[:3]}", file=sys.stderr)
+
+    async def _read_notices(self) -> None:
+        from transmit_hub import link as hub_link
+
+        async for event in self.tx.events():
+            if isinstance(event, hub_link.NotDelivered):
+                self.notices.update(n.reason.name for n in event.notices)
+                self.receiver.not_delivered(sum(len(n.message_ids) for n in event.notices))
 
     async def send(self, i: int) -> None:
         tmap = self._transmit_map(
@@ -270,6 +287,8 @@ async def saturated(
         await asyncio.wait_for(receiver.done.wait(), wait_s)
     except TimeoutError:
         note = f"only {receiver.count}/{n} arrived within {wait_s:.0f}s"
+    if receiver.refused:
+        note = f"{note} {receiver.refused} not delivered (notices)".strip()
     relay_cpu, client_cpu, other_cpu = meter.stop()
     t1 = receiver.last_ns or time.monotonic_ns()
     return Result(
@@ -316,6 +335,8 @@ async def paced(
         await asyncio.wait_for(receiver.done.wait(), wait_s)
     except TimeoutError:
         note = f"only {receiver.count}/{total} arrived within {wait_s:.0f}s"
+    if receiver.refused:
+        note = f"{note} {receiver.refused} not delivered (notices)".strip()
     relay_cpu, client_cpu, other_cpu = meter.stop()
     measured = sorted(receiver.latencies[warm:])
     ms = [v / 1e6 for v in measured]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import os
 import signal
@@ -243,6 +244,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(
         store,
+        "--forget-grace",
+        type=float,
+        help=(
+            "after each hub (re)attach, ignore the hub's 'gateway not attached' notices "
+            "this long (other gateways may still be re-attaching); later notices clear "
+            "that gateway's presence entries"
+        ),
+        default=d["forget_grace"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        store,
         "--inbox-max-len",
         type=int,
         help="messages kept per user inbox",
@@ -361,6 +374,16 @@ async def serve(config: GatewayConfig) -> None:
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's event loop when it is installed (faster), else asyncio's default."""
+    try:
+        uvloop = importlib.import_module("uvloop")
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
@@ -373,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
-        asyncio.run(serve(config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(config))
     except GatewayError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -69,6 +69,7 @@ class GatewayConfig:
     # store
     redis_prefix: str = "im:"
     presence_ttl: float = 30.0
+    forget_grace: float = 10.0
     inbox_max_len: int = 10_000
     inbox_max_age: float = 7 * 86400.0
     dedupe_window: float = 600.0
@@ -107,6 +108,7 @@ class GatewayConfig:
         if self.replay_page * 2 > self.send_queue:
             raise ConfigError("--send-queue must hold at least two replay pages (--replay-page)")
         non_negative = {
+            "--forget-grace": self.forget_grace,
             "--rate-limit": self.rate_limit,
             "--rate-burst": self.rate_burst,
             "--idle-timeout": self.idle_timeout,

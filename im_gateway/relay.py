@@ -219,7 +219,14 @@ class Relay:
                     )
 
     async def _process(self, batch: Sequence[_Item]) -> None:
-        results = await self._store.submit([sub for _, sub in batch])
+        submissions = [sub for _, sub in batch]
+        try:
+            results = await self._store.submit(submissions)
+        except Exception as exc:
+            # Once more on a fresh connection (a pooled one may have died with its
+            # server). Safe: a batch is stored atomically and deduped by client id.
+            logger.warning("storing a batch failed (%s); retrying once", exc)
+            results = await self._store.submit(submissions)
         self.batches += 1
         self.submitted += len(batch)
         for (session, _), result in zip(batch, results, strict=True):

@@ -47,19 +47,39 @@ class _Connection(ServerConnection):
     """A server connection that remembers its user and can write without a task switch."""
 
     user: UserId | None = None
+    _flush_scheduled = False
 
     def send_now(self, message: str) -> bool:
-        """Write a text frame at once unless the socket is backed up or not open.
+        """Queue a text frame for writing in this loop iteration, unless the socket is
+        backed up or not open (then False: the session's writer task waits for it).
 
-        The common case costs no task, no await and one ``transport.write``; when this
-        returns False the session queues the frame for its writer task, which waits
-        for the transport to drain (``ServerConnection.send``).
+        No task, no await: frames are framed at once and every frame queued for this
+        socket in one loop iteration goes out in a single ``transport.write`` (one
+        system call instead of one per frame). Anything else websockets writes (a
+        ping, the close frame) flushes them first, so the order is kept.
         """
         if self.paused or self.protocol.state is not OPEN:
             return False
         self.protocol.send_text(message.encode())
-        self.send_data()
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
         return True
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.protocol.data_to_send()
+        transport = self.transport
+        if not data or transport.is_closing():
+            return
+        payload = [chunk for chunk in data if chunk]
+        if payload:
+            transport.write(payload[0] if len(payload) == 1 else b"".join(payload))
+        if len(payload) != len(data):  # b"" asks for end of stream, as in send_data()
+            if transport.can_write_eof():
+                transport.write_eof()
+            else:
+                transport.close()
 
 
 class Gateway:
@@ -190,8 +210,10 @@ class Gateway:
                 create_connection=_Connection,
                 compression="deflate" if cfg.compression else None,
                 max_size=cfg.max_frame_size,
-                ping_interval=cfg.ping_interval or None,
-                ping_timeout=cfg.ping_timeout or None,
+                # Pings come from one sweeper task for all connections (sweep_idle),
+                # not from a keepalive task per connection (about 1.6 KB each).
+                ping_interval=None,
+                ping_timeout=None,
                 close_timeout=cfg.close_timeout,
                 server_header=None,
                 start_serving=False,
@@ -214,15 +236,20 @@ class Gateway:
             link=self._link,
             queue_size=cfg.relay_queue,
             batch_size=cfg.batch_size,
+            forget_grace=cfg.forget_grace,
             presence=self._presence,
         )
         await self._relay.start()
         self._slots = asyncio.Semaphore(cfg.store_concurrency)
-        if cfg.idle_timeout > 0:
-            relay = self._relay
-            self._sweeper = asyncio.create_task(
-                sweep_idle(relay.sessions, cfg.idle_timeout), name="idle-sweeper"
-            )
+        self._sweeper = asyncio.create_task(
+            sweep_idle(
+                self._relay.sessions,
+                cfg.idle_timeout,
+                ping_interval=cfg.ping_interval,
+                ping_timeout=cfg.ping_timeout,
+            ),
+            name="idle-sweeper",
+        )
         await self._server.start_serving()
         logger.info(
             "gateway %s listening on %s (hub %s, redis %s)",
@@ -347,6 +374,10 @@ class Gateway:
             await connection.close(1011, "gateway not ready")
             return
         user = connection.user
+        # The handshake is over: its response (headers and all, about 1.4 KB) would
+        # otherwise stay with every idle connection. (``request`` must stay: websockets
+        # routes later events as frames only while it is set.)
+        connection.response = None
         session = Session(
             connection,
             user,

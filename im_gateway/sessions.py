@@ -16,7 +16,12 @@ or below the oldest position it forgot; a live message that arrives out of order
 
 Reading. Frames are parsed by :mod:`im_gateway.frames`, rate limited by a token
 bucket, and handed to the router; errors go back as type 99 and the socket stays
-open. The connection is closed after ``idle_timeout`` seconds without a frame.
+open.
+
+Upkeep. One :func:`sweep_idle` task per gateway (not a timer and a keepalive task per
+connection, which would cost about 2 KB each) closes connections that sent no frame
+for ``idle_timeout`` seconds, pings quiet ones every ``ping_interval`` seconds and
+closes those whose pong is ``ping_timeout`` seconds late.
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ CLOSE_IDLE = 1000
 MAX_REPLAY_REQUESTS = 8
 
 
+def _packed(key: SeqKey) -> int:
+    """An inbox position as one int (a short list of ints is far smaller than a set of
+    tuples; stream ids never have 2**32 entries in one millisecond)."""
+    return (key[0] << 32) | (key[1] & 0xFFFFFFFF)
+
+
 def _position(key: SeqKey) -> str:
     return START if key == (0, 0) else f"{key[0]}-{key[1]}"
 
@@ -61,6 +72,10 @@ class WebSocketLike(Protocol):
 
     def send_now(self, message: str) -> bool:
         """Write ``message`` without waiting; False when it must wait (then use ``send``)."""
+        ...
+
+    async def ping(self) -> Awaitable[float]:
+        """Send a WebSocket ping; the result completes when the pong arrives."""
         ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
@@ -85,7 +100,7 @@ class SessionLimits:
     send_queue: int = 1024
     replay_page: int = 200
     held_max: int = 1024
-    recent_window: int = 64
+    recent_window: int = 32
     idle_timeout: float = 300.0
     rate: float = 200.0
     burst: float = 400.0
@@ -123,6 +138,8 @@ class Session:
         "_link_mark",
         "_loop",
         "_missed",
+        "_pinged_at",
+        "_pong",
         "_queue",
         "_recent",
         "_replay_requests",
@@ -164,7 +181,7 @@ class Session:
         self._bucket = TokenBucket(limits.rate, limits.burst, self._loop.time())
         self._last_key: SeqKey = (0, 0)
         self._floor: SeqKey = (0, 0)
-        self._recent: dict[SeqKey, None] | None = None
+        self._recent: list[int] | None = None  # positions sent lately, as _packed() ints
         self._replaying = True  # until the connect replay is done, live messages are held
         self._held: list[tuple[SeqKey, str]] = []
         self._missed: SeqKey | None = None
@@ -175,7 +192,9 @@ class Session:
         self._acking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self.last_seen = self._loop.time()
-        """Loop time of the last frame from the client (for the idle sweep)."""
+        """Loop time of the last frame from the client (for the idle and ping sweep)."""
+        self._pong: asyncio.Future[float] | None = None
+        self._pinged_at = 0.0
 
     # --- writing ----------------------------------------------------------------------
 
@@ -273,19 +292,18 @@ class Session:
             elif self._missed is None or key < self._missed:
                 self._missed = key
             return
-        if key <= self._floor or (self._recent is not None and key in self._recent):
+        if key <= self._floor or (self._recent is not None and _packed(key) in self._recent):
             return
         self._sent(key, text)
 
     def _sent(self, key: SeqKey, text: str) -> None:
         recent = self._recent
         if recent is None:
-            recent = self._recent = {}
-        recent[key] = None
+            recent = self._recent = []
+        recent.append(_packed(key))
         if len(recent) > self._limits.recent_window:
-            oldest = next(iter(recent))
-            del recent[oldest]
-            self._floor = max(self._floor, oldest)
+            oldest = recent.pop(0)
+            self._floor = max(self._floor, (oldest >> 32, oldest & 0xFFFFFFFF))
         if self._last_key < key:
             self._last_key = key
         self.push(text)
@@ -367,7 +385,7 @@ class Session:
                 key = seq_key(entry.seq)
                 # Only the window, not the floor: a catch-up may repeat an old message
                 # (at least once) but never skips one that was not sent.
-                if dedupe and self._recent is not None and key in self._recent:
+                if dedupe and self._recent is not None and _packed(key) in self._recent:
                     continue
                 self._sent(key, frames.encode_message(entry.message, entry.seq))
             position = entries[-1].seq
@@ -402,6 +420,33 @@ class Session:
                 await self._handle(data, now)
         except ConnectionClosed:
             pass
+
+    async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
+        """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
+        the pong is more than ``pong_timeout`` seconds late. Called by :func:`sweep_idle`, so
+        the gateway needs no keepalive task per connection."""
+        if self._closing or interval <= 0:
+            return
+        pong = self._pong
+        if pong is not None:
+            if not pong.done():
+                if pong_timeout > 0 and now - self._pinged_at > pong_timeout:
+                    logger.info("user %s: no pong for %ss, closing", self.user, pong_timeout)
+                    self._closing = True
+                    self._queue = None
+                    self._spawn(self.close_socket(1011, "keepalive ping timeout"))
+                return
+            self._pong = None
+        if now - max(self.last_seen, self._pinged_at) < interval:
+            return
+        try:
+            waiter = await self._ws.ping()
+        except ConnectionClosed:
+            return
+        if isinstance(waiter, asyncio.Future):
+            waiter.add_done_callback(_consume)
+            self._pong = waiter
+        self._pinged_at = now
 
     def expire_if_idle(self, now: float) -> bool:
         """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""
@@ -484,12 +529,35 @@ class Session:
         await cancel_and_wait(self._replay_task, self._writer, self._acking, *(self._tasks or ()))
 
 
-async def sweep_idle(sessions: Callable[[], Iterable[Session]], idle_timeout: float) -> None:
-    """Forever: close sessions idle for ``idle_timeout`` seconds (one task per gateway,
-    checking every quarter of the timeout, instead of a timer per connection)."""
+def _consume(future: asyncio.Future[float]) -> None:
+    """Retrieve a pong future's outcome so a closed connection logs nothing."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def sweep_idle(
+    sessions: Callable[[], Iterable[Session]],
+    idle_timeout: float,
+    *,
+    ping_interval: float = 0.0,
+    ping_timeout: float = 0.0,
+) -> None:
+    """Forever, one task per gateway instead of timers and tasks per connection: close
+    sessions idle for ``idle_timeout`` seconds (0: never), ping those quiet for
+    ``ping_interval`` seconds and close those whose pong is ``ping_timeout`` late."""
+    periods = [p for p in (idle_timeout / 4, ping_interval / 4, ping_timeout / 2) if p > 0]
+    if not periods:
+        return
+    period = max(min(periods), 0.01)
     loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(max(idle_timeout / 4, 0.01))
+        await asyncio.sleep(period)
         now = loop.time()
         for session in sessions():
-            session.expire_if_idle(now)
+            try:
+                session.expire_if_idle(now)
+                await session.keepalive(now, ping_interval, ping_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("keepalive of user %s failed", session.user)

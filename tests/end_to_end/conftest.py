@@ -33,13 +33,8 @@ async def start_gateway(hub: HubServer, redis_url: str) -> AsyncIterator[Gateway
 
     async def start(gateway_id: str, *, linked: bool = True, **options: Any) -> Gateway:
         options.setdefault("hub", hub.address)
-        gateway = Gateway(
-            listen="127.0.0.1:0",
-            gateway_id=gateway_id,
-            redis_url=redis_url,
-            jwt_secret=SECRET,
-            **options,
-        )
+        options.setdefault("redis_url", redis_url)
+        gateway = Gateway(listen="127.0.0.1:0", gateway_id=gateway_id, jwt_secret=SECRET, **options)
         await gateway.start()
         started.append(gateway)
         if linked:

@@ -71,41 +71,141 @@ async def test_gateway_killed_while_sending_loses_nothing_acked_and_presence_exp
 async def test_hub_restart_loses_nothing_acked(
     hub: HubServer, start_gateway: GatewayFactory, open_client: ClientFactory
 ) -> None:
-    """The hub stops while A sends, then restarts: B (still connected) gets every acked message."""
+    """The hub stops while A keeps sending, then restarts: B (still connected) gets every
+    acked message, in order, none twice; /healthz says 503 while the hub is away."""
     gw1 = await start_gateway("gw-1")
     gw2 = await start_gateway("gw-2")
     a = await open_client(gw1, A)
     b = await open_client(gw2, B)
-    acked = []
-    for i in range(10):
-        ack = await a.say(B, f"before{i}")
-        assert ack["type"] == 10
-        acked.append(f"before{i}")
-    await b.wait_contents(acked)
+    acked: list[str] = []
+    stop = asyncio.Event()
 
-    port = hub.port
-    await hub.stop(0)
-    await wait_until(lambda: not gw1.linked, what="gw1 to see the hub go")
-    status, body, _ = await http_get(gw2.port, "/healthz")
-    assert status == 503
-    assert b"hub" in body
+    async def keep_sending() -> None:
+        i = 0
+        while not stop.is_set():
+            ack = await a.say(B, f"m{i}")
+            assert ack["type"] == 10, ack  # accepted and stored even while the hub is down
+            acked.append(f"m{i}")
+            i += 1
 
-    for i in range(10):
-        ack = await a.say(B, f"during{i}")
-        assert ack["type"] == 10  # accepted and stored while the hub is down
-        acked.append(f"during{i}")
-
-    restarted = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-restarted", grace=0.5)
-    await restarted.start()
+    sender = asyncio.create_task(keep_sending())
     try:
-        await gw1.wait_linked(15)
-        await gw2.wait_linked(15)
-        for i in range(10):
-            ack = await a.say(B, f"after{i}")
-            acked.append(f"after{i}")
-        await b.wait_contents(acked, timeout=15)
-        assert b.contents() == acked  # in order, none twice
-        status, _, _ = await http_get(gw2.port, "/healthz")
+        await wait_until(lambda: len(b.contents()) >= 20, what="B receiving through the hub")
+        port = hub.port
+        await hub.stop(0)
+        await wait_until(lambda: not gw1.linked and not gw2.linked, what="the links to drop")
+        status, body, _ = await http_get(gw2.port, "/healthz")
+        assert status == 503
+        assert b"hub" in body
+        count = len(acked)
+        await wait_until(lambda: len(acked) >= count + 20, what="A sending while the hub is down")
+
+        restarted = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-restarted", grace=0.5)
+        await restarted.start()
+        try:
+            await gw1.wait_linked(15)
+            await gw2.wait_linked(15)
+            count = len(acked)
+            await wait_until(lambda: len(acked) >= count + 20, what="A sending after the restart")
+            stop.set()
+            await sender
+            await b.wait_contents(acked, timeout=15)
+            assert b.contents() == acked  # in order, none twice
+            status, _, _ = await http_get(gw2.port, "/healthz")
+            assert status == 200
+        finally:
+            await restarted.stop(0.5)
+    finally:
+        stop.set()
+        await sender
+
+
+async def test_redis_outage_is_answered_and_survived(
+    hub: HubServer, start_gateway: GatewayFactory, open_client: ClientFactory
+) -> None:
+    """Redis dies: sends get 99 internal (no hang), /healthz is 503; Redis back: all works."""
+    import subprocess
+    import tempfile
+
+    from tests.conftest import REDIS_SERVER
+    from tests.helpers import free_port
+
+    port = free_port()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                *(str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
+                *("--appendonly", "no", "--dir", tempfile.gettempdir()),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    redis = start_redis()
+    try:
+        url = f"redis://127.0.0.1:{port}/0"
+
+        async def answers() -> bool:
+            probe = RedisStore(url)
+            try:
+                await probe.ping()
+            except Exception:
+                return False
+            finally:
+                await probe.close()
+            return True
+
+        await wait_until(answers, what="the private redis-server")
+        gw = await start_gateway("gw-r", redis_url=url)
+        a = await open_client(gw, A)
+        b = await open_client(gw, B)
+        assert (await a.say(B, "before"))["type"] == 10
+        redis.kill()
+        redis.wait(10)
+        refused = await a.say(B, "during", cid="during-1")
+        assert (refused["type"], refused["code"], refused["id"]) == (99, "internal", "during-1")
+        status, body, _ = await http_get(gw.port, "/healthz")
+        assert status == 503
+        assert b"redis" in body
+        redis = start_redis()
+        await wait_until(answers, what="redis to come back")
+        a.frames.clear()
+        ack = await a.say(B, "during", cid="during-1")  # the client resends the same frame
+        assert ack["type"] == 10
+        await b.wait_contents(["before", "during"])
+        status, _, _ = await http_get(gw.port, "/healthz")
         assert status == 200
     finally:
-        await restarted.stop(0.5)
+        redis.kill()
+        redis.wait(10)
+
+
+async def test_undeliverable_notice_clears_the_dead_gateways_presence(
+    hub: HubServer, redis_url: str, start_gateway: GatewayFactory, open_client: ClientFactory
+) -> None:
+    """gw2 dies with a long presence TTL: the hub's 'not attached' notice to gw1 clears it."""
+    gw1 = await start_gateway("gw-1", forget_grace=0)
+    gw2 = GatewayProcess(gateway_id="gw-2", hub=hub.address, redis_url=redis_url)
+    store = RedisStore(redis_url)
+    try:
+        await gw2.wait_healthy()
+        b = await Client.open(gw2.port, B)
+        await b.wait_for(lambda f: f["type"] == 14)
+        gw2.proc.send_signal(signal.SIGKILL)
+        gw2.proc.wait(10)
+        await b.close()
+        assert "gw-2" in (await store.lookup([UserId(B)])).get(UserId(B), ())  # TTL is 30 s
+        a = await open_client(gw1, A)
+        await wait_until(lambda: not hub.registry.is_attached("gw-2"), what="the hub to drop gw-2")  # type: ignore[arg-type]
+        assert (await a.say(B, "anyone there?"))["type"] == 10
+
+        async def forgotten() -> bool:
+            return "gw-2" not in (await store.lookup([UserId(B)])).get(UserId(B), ())
+
+        await wait_until(forgotten, what="gw-1 to clear gw-2's presence entry")
+        b_again = await open_client(gw1, B)
+        assert b_again.contents() == ["anyone there?"]
+    finally:
+        gw2.stop()
+        await store.close()

@@ -30,6 +30,8 @@ class FakeWebSocket:
         self.gate: asyncio.Event | None = None
         """When set to an unset Event, ``send`` blocks (a client that does not read)."""
         self.sent_event = asyncio.Event()
+        self.pings = 0
+        self.answers_pings = True
 
     async def recv(self) -> str | bytes:
         item = await self.incoming.get()
@@ -50,6 +52,13 @@ class FakeWebSocket:
         self.sent.append(message)
         self.sent_event.set()
         return True
+
+    async def ping(self) -> asyncio.Future[float]:
+        self.pings += 1
+        pong: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        if self.answers_pings:
+            pong.set_result(0.001)
+        return pong
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed is None:

@@ -40,3 +40,22 @@ def test_message_ids_are_unique_and_time_ordered() -> None:
     other = [two.next(1_700_000_000_000 + i // 10)[0] for i in range(1000)]
     assert len(set(ids) | set(other)) == 2000
     assert ids == sorted(ids)
+
+
+def test_exported_names() -> None:
+    """The package exports the gateway, its config, the store interface and its errors."""
+    import im_gateway
+
+    assert sorted(im_gateway.__all__) == [
+        "AuthError",
+        "ConfigError",
+        "FrameError",
+        "Gateway",
+        "GatewayConfig",
+        "GatewayError",
+        "StartupError",
+        "Store",
+    ]
+    for name in im_gateway.__all__:
+        assert getattr(im_gateway, name).__module__.startswith("im_gateway.")
+    assert issubclass(im_gateway.StartupError, im_gateway.GatewayError)

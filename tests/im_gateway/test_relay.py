@@ -36,10 +36,12 @@ class CountingStore(MemoryStore):
         super().__init__()
         self.submits: list[int] = []
         self.fail = False
+        self.fail_once = False
         self.forgotten: list[tuple[GatewayId, set[UserId]]] = []
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
-        if self.fail:
+        if self.fail or self.fail_once:
+            self.fail_once = False
             raise ConnectionError("redis went away")
         self.submits.append(len(batch))
         return await super().submit(batch)
@@ -221,3 +223,15 @@ async def test_close_answers_frames_still_queued(store: CountingStore, link: Fak
     assert relay.connections == 1
     relay.discard(a)
     assert relay.connections == 0
+
+
+async def test_a_batch_is_retried_once_after_a_store_error(
+    relay: Relay, store: CountingStore
+) -> None:
+    """One failed submit (a dead pooled connection) is retried: the client is acked once."""
+    a, a_ws = await connect(relay, store, A)
+    store.fail_once = True
+    await relay.submit(a, message(B, "x", cid="r1"))
+    await wait_until(lambda: bool(a_ws.sent))
+    assert [(f["type"], f["id"]) for f in a_ws.frames()] == [(10, "r1")]
+    assert store.submits == [1]

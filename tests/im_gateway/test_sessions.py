@@ -8,11 +8,14 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from im_gateway import frames
 from im_gateway.sessions import CLOSE_SEND_QUEUE_FULL, Session, SessionLimits, sweep_idle
 from im_gateway.store import InboxEntry, seq_key
 from im_gateway.store_memory import MemoryStore
+from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket, store_message
 from transmit_hub.types import Message, MessageId, UserId
@@ -255,3 +258,81 @@ async def test_held_overflow_is_recovered_from_the_inbox(store: GatedStore) -> N
         await wait_until(lambda: len(contents(ws)) == 6 and not session.replaying)
         assert contents(ws) == [f"m{i}" for i in range(6)]
         assert json.loads(ws.sent[0]) == {"type": 14, "seq": "0"}
+
+
+async def test_keepalive_pings_quiet_clients_and_drops_silent_ones(store: GatedStore) -> None:
+    """Quiet clients are pinged; one whose pong never comes is closed with 1011."""
+    ok_ws, dead_ws, router = FakeWebSocket(), FakeWebSocket(), FakeRouter()
+    dead_ws.answers_pings = False
+    limits = SessionLimits(idle_timeout=0)
+    ok = Session(ok_ws, A, store=store, router=router, limits=limits)
+    dead = Session(dead_ws, B, store=store, router=router, limits=limits)
+    sweeper = asyncio.create_task(
+        sweep_idle(lambda: [ok, dead], 0, ping_interval=0.05, ping_timeout=0.1)
+    )
+    try:
+        await wait_until(lambda: dead_ws.closed is not None)
+        assert dead_ws.closed == (1011, "keepalive ping timeout")
+        await wait_until(lambda: ok_ws.pings >= 3)
+        assert ok_ws.closed is None
+    finally:
+        await cancel_and_wait(sweeper)
+        await ok.close()
+        await dead.close()
+
+
+class SteppedStore(MemoryStore):
+    """A memory store whose inbox reads each wait for one permit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.permits = asyncio.Semaphore(0)
+
+    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
+        await self.permits.acquire()
+        return await super().read_inbox(user, after, limit)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    before=st.integers(0, 6),
+    steps=st.lists(st.sampled_from(["store", "push", "dup", "read"]), max_size=40),
+)
+def test_replay_and_live_pushes_interleaved_give_each_message_once_in_order(
+    before: int, steps: list[str]
+) -> None:
+    """Whatever the interleaving of stores, live pushes (some repeated) and replay reads,
+    the client gets every message exactly once and in inbox order."""
+
+    async def scenario() -> None:
+        store = SteppedStore()
+        stored: list[tuple[str, str]] = []  # (seq, content) in inbox order
+        pushed = 0
+
+        async def add() -> None:
+            content = f"m{len(stored)}"
+            stored.append(((await store_message(store, A, B, content))[0], content))
+
+        for _ in range(before):
+            await add()
+        async with running(store, replay_page=2, send_queue=64) as (session, ws, _):
+            for step in steps:
+                if step == "store":
+                    await add()
+                elif step == "push" and pushed < len(stored):
+                    if pushed >= before:  # the relay pushes what is stored after connect
+                        live(session, *stored[pushed])
+                    pushed += 1
+                elif step == "dup" and pushed > before:
+                    live(session, *stored[pushed - 1])
+                elif step == "read":
+                    store.permits.release()
+                await asyncio.sleep(0)
+            for i in range(max(pushed, before), len(stored)):
+                live(session, *stored[i])
+            for _ in range(len(stored) + 2):
+                store.permits.release()
+            await wait_until(lambda: not session.replaying, timeout=5)
+            assert contents(ws) == [content for _, content in stored]
+
+    asyncio.run(scenario())
