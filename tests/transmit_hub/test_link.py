@@ -1,12 +1,18 @@
 """HubLink's own promises: bounded buffer, maps kept while the hub is away, close() hands
-back what was never written, and a map it cannot encode is reported, not retried."""
+back what was never written, a map it cannot encode is reported, not retried, and only a
+busy link in a loaded process lingers to share frames."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
-from tests.helpers import free_port
-from transmit_hub import GatewayId, HubLink, HubServer, LinkClosed, UndeliverableReason
+from tests.helpers import free_port, wait_until
+from transmit_hub import GatewayId, HubLink, HubServer, LinkClosed, UndeliverableReason, wire
+from transmit_hub import link as link_module
+from transmit_hub.v1 import transmit_pb2 as pb
 
 from .conftest import LinkFactory, tmap
 
@@ -61,3 +67,69 @@ async def test_unencodable_map_is_reported_invalid_and_the_link_goes_on(
     assert a.message_ids() == ["ok-1", "ok-2"]
     assert a.link.connected
     assert a.downs == []
+
+
+class _RecordingCall:
+    """A stand-in for the Connect call (the link's gRPC boundary): records each frame."""
+
+    def __init__(self) -> None:
+        self.frames: list[list[str]] = []
+        self.times: list[float] = []
+
+    async def write(self, frame: bytes) -> None:
+        maps = wire.split_batch_request(frame)
+        assert maps is not None
+        self.frames.append([pb.Message.FromString(m.message or b"").id for m in maps])
+        self.times.append(time.monotonic())
+
+
+async def test_idle_link_writes_at_once_despite_a_long_linger(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """An idle link does not linger: with linger=0.5 s, a lone map crosses the real hub in
+    far less than the linger, even in a process that is short of CPU."""
+    a = await make_link(hub.address, "gw-a", linger=0.5)
+    for i in range(3):
+        t0 = time.monotonic()
+        assert a.link.send(tmap(f"m{i}", {"gw-a": (1,)}))
+        time.sleep(0.003)  # noqa: ASYNC251 - a loaded process: the writer runs late
+        await a.wait_deliveries(i + 1)
+        assert time.monotonic() - t0 < 0.4
+        await asyncio.sleep(link_module.LINGER_BUSY * 2)  # idle again: the busy window passes
+
+
+@pytest.mark.parametrize(
+    ("linger", "expected"), [(0.05, [["m0"], ["m1", "m2", "m3"]]), (0.0, [["m0"], ["m1"]])]
+)
+async def test_busy_link_in_a_loaded_process_lingers_so_maps_share_frames(
+    linger: float, expected: list[list[str]]
+) -> None:
+    """When the writer runs late (CPU short) right after a frame, it waits ``linger`` and a
+    burst goes out in one frame; with linger=0 the map that wakes it goes alone."""
+    link = HubLink("127.0.0.1:1", GatewayId("gw-a"), linger=linger)
+    call = _RecordingCall()
+    writer = asyncio.create_task(link._write_loop(call))
+    try:
+        assert link.send(tmap("m0", {"gw-b": (1,)}))
+        await wait_until(lambda: len(call.frames) == 1, timeout=5, interval=0, what="a frame")
+        t0 = time.monotonic()
+        assert link.send(tmap("m1", {"gw-b": (1,)}))
+        time.sleep(link_module.LINGER_LAG * 2)  # noqa: ASYNC251 - the writer runs late
+        await asyncio.sleep(0)  # the writer wakes (and lingers, or writes m1 alone)
+        assert link.send(tmap("m2", {"gw-b": (1,)}))
+        assert link.send(tmap("m3", {"gw-b": (1,)}))
+        await wait_until(lambda: link.pending == 0, timeout=5, interval=0, what="all written")
+        assert call.frames[:2] == expected
+        if linger:
+            assert call.times[1] - t0 >= linger
+    finally:
+        writer.cancel()
+        await asyncio.gather(writer, return_exceptions=True)
+        await link.close()
+
+
+def test_linger_must_be_sane() -> None:
+    """A negative or absurd linger is refused at construction."""
+    for bad in (-0.001, 2.0):
+        with pytest.raises(ValueError, match="linger"):
+            HubLink("127.0.0.1:1", GatewayId("gw-a"), linger=bad)

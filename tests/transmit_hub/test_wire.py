@@ -164,3 +164,48 @@ def test_full_outbox_gives_queue_full_notice() -> None:
     assert registry.queue_full == 2
     assert registry.undeliverable == 2
     assert registry.stats().gateways[0].queue_full == 2  # "a" sorts first
+
+
+deliveries = st.builds(Delivery, message=messages, recipients=recipient_lists())
+notices = st.builds(
+    Undeliverable,
+    gateway_id=GATEWAYS.map(GatewayId),
+    message_ids=st.lists(TEXT.map(MessageId), max_size=3).map(tuple),
+    user_ids=st.lists(U64.map(UserId), max_size=3).map(tuple),
+    reason=st.sampled_from(UndeliverableReason),
+)
+
+
+@given(st.lists(deliveries, max_size=4), st.lists(notices, max_size=2))
+def test_decode_delivery_batch_matches_the_plain_conversion(
+    sent: list[Delivery], sent_notices: list[Undeliverable]
+) -> None:
+    """The link's fast decoder (slots filled directly) gives exactly what the dataclasses'
+    own constructors give through delivery_from_pb: equal, same types, same hash and repr."""
+    frame = codec.delivery_batch_response(
+        [codec.delivery_to_pb(d) for d in sent], sent_notices
+    ).SerializeToString()
+    got, got_notices = codec.decode_delivery_batch(codec.parse_response(frame))
+    parsed = pb.ConnectResponse.FromString(frame).batch
+    expected = tuple(codec.delivery_from_pb(d) for d in parsed.deliveries)
+    assert got == expected
+    assert got == tuple(codec.delivery_from_pb(codec.delivery_to_pb(d)) for d in sent)
+    assert hash(got) == hash(expected)
+    assert repr(got) == repr(expected)
+    for d in got:
+        assert type(d) is Delivery
+        assert type(d.message) is Message
+        assert all(type(r) is Recipient for r in d.recipients)
+    assert got_notices == tuple(sent_notices)
+
+
+def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> None:
+    """Seqs not parallel to the user ids are dropped (as delivery_from_pb does); other frames
+    decode to nothing."""
+    message = codec.message_to_pb(Message(MessageId("m"), UserId(1), 2, 1, 0, 5, "hi"))
+    delivery = pb.Delivery(message=message, users=pb.UserIds(user_ids=[7, 8], seqs=["1-0"]))
+    response = pb.ConnectResponse(batch=pb.DeliveryBatch(deliveries=[delivery]))
+    (got,), () = codec.decode_delivery_batch(response)
+    assert got.recipients == (Recipient(UserId(7)), Recipient(UserId(8)))
+    assert got == codec.delivery_from_pb(delivery)
+    assert codec.decode_delivery_batch(codec.welcome_response("hub")) == ((), ())
