@@ -41,7 +41,9 @@ MAX_ID_LENGTH: Final = 128
 DEFAULT_MAX_CONTENT: Final = 16 * 1024
 
 _SEQ = re.compile(r"\A(?:0|[0-9]{1,20}(?:-[0-9]{1,20})?)\Z")
-_DUMPS = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_DUMPS = json.encoder.encode_basestring
+"""A str as a JSON string literal, non-ASCII kept (what ``json.dumps(s, ensure_ascii=False)``
+gives, without the encoder's Python-level dispatch: this runs several times per message)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,13 @@ clocks still agree on presence expiry and inbox age.
 :meth:`RedisStore.submit` is one ``EVALSHA`` per batch, whatever its size. That script
 builds key names from its arguments (the recipients of a group message are only known
 inside it), so it touches keys not passed in ``KEYS``: the store needs a single Redis
-(standalone, or a primary with replicas), not Redis Cluster.
+(standalone, or a primary with replicas), not Redis Cluster. Acks asked for at about the
+same time (:meth:`RedisStore.ack`, any number of users) share one ``EVALSHA`` too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Collection, Mapping, Sequence
@@ -178,21 +180,28 @@ return out
 """
 )
 
-# KEYS[1]: acked key. ARGV: position "<ms>-<n>", ttl (ms). Moves forward only.
+# KEYS: acked keys. ARGV: one position "<ms>-<n>" per key, then the ttl (ms). Each key
+# moves forward only. Returns how many keys moved.
 _ACK = """
-local ms, n = string.match(ARGV[1], '^(%d+)-(%d+)$')
-ms, n = tonumber(ms), tonumber(n)
-local cur = redis.call('GET', KEYS[1])
-if cur then
-  local cms, cn = string.match(cur, '^(%d+)-(%d+)$')
-  cms, cn = tonumber(cms), tonumber(cn)
+local ttl = ARGV[#KEYS + 1]
+local moved = 0
+for i, key in ipairs(KEYS) do
+  local ms, n = string.match(ARGV[i], '^(%d+)-(%d+)$')
+  ms, n = tonumber(ms), tonumber(n)
+  local cur = redis.call('GET', key)
+  local cms, cn = nil, nil
+  if cur then
+    cms, cn = string.match(cur, '^(%d+)-(%d+)$')
+    cms, cn = tonumber(cms), tonumber(cn)
+  end
   if cms and (cms > ms or (cms == ms and cn >= n)) then
-    redis.call('PEXPIRE', KEYS[1], ARGV[2])
-    return 0
+    redis.call('PEXPIRE', key, ttl)
+  else
+    redis.call('SET', key, ARGV[i], 'PX', ttl)
+    moved = moved + 1
   end
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return moved
 """
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
@@ -260,6 +269,11 @@ class RedisStore:
         self._refresh = self._client.register_script(_REFRESH)
         self._lookup = self._client.register_script(_LOOKUP)
         self._ack = self._client.register_script(_ACK)
+        self._acks: dict[str, str] = {}
+        """Ack writes being gathered: acked key -> the highest position asked for."""
+        self._ack_batch: asyncio.Future[None] | None = None
+        """Completes when the gathered acks are written (None: none being gathered)."""
+        self._ack_writes: set[asyncio.Task[None]] = set()
         self._closed = False
 
     @property
@@ -342,7 +356,37 @@ class RedisStore:
         position = _position(seq)
         if position == "0-0":
             return
-        await self._ack(keys=(self._key("acked", user),), args=(position, self._max_age_ms))
+        key = self._key("acked", user)
+        current = self._acks.get(key)
+        if current is None or seq_key(position) > seq_key(current):
+            self._acks[key] = position
+        batch = self._ack_batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._ack_batch = loop.create_future()
+            batch.add_done_callback(_retrieve)
+            task = loop.create_task(self._write_acks(batch))
+            self._ack_writes.add(task)
+            task.add_done_callback(self._ack_writes.discard)
+        await asyncio.shield(batch)  # a caller's cancellation leaves the write to finish
+
+    async def _write_acks(self, batch: asyncio.Future[None]) -> None:
+        """One script call for every ack asked for since the previous one.
+
+        Sessions write acks (type 11) as their clients send them; a client that acks
+        each message would otherwise cost a round trip per message. Acks asked for
+        before this task runs (at least every one of the same loop turn) share it.
+        """
+        acks, self._acks, self._ack_batch = self._acks, {}, None
+        try:
+            await self._ack(keys=list(acks), args=(*acks.values(), self._max_age_ms))
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as exc:
+            batch.set_exception(exc)
+        else:
+            batch.set_result(None)
 
     async def acked(self, user: UserId) -> str:
         self._check_open()
@@ -411,6 +455,8 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        if self._ack_writes:  # acks record what clients confirmed: let them land
+            await asyncio.gather(*self._ack_writes, return_exceptions=True)
         if self._owns_client:
             await self._client.aclose()
 
@@ -435,6 +481,12 @@ def _result(
         first = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
         return Accepted(sub.client_id, first, duplicate=True)
     return Refused(sub.client_id, "not_member", f"you are not in group {m.to}")
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shared ack write's error as seen (every waiter may have been cancelled)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _message(fields: Mapping[Any, Any]) -> Message:

@@ -225,6 +225,27 @@ async def test_close_answers_frames_still_queued(store: CountingStore, link: Fak
     assert relay.connections == 0
 
 
+async def test_while_traffic_flows_the_worker_lingers_so_frames_share_a_batch(
+    store: CountingStore, link: FakeLink
+) -> None:
+    """A frame that arrives soon after a batch waits briefly; one arriving meanwhile joins it."""
+    relay = Relay(gateway_id=ME, store=store, link=link, linger=0.05, busy_window=60.0)
+    await relay.start()
+    try:
+        a, a_ws = await connect(relay, store, A)
+        await relay.submit(a, message(B, "1", cid="c1"))
+        await wait_until(lambda: len(a_ws.sent) == 1)
+        await relay.submit(a, message(B, "2", cid="c2"))
+        await wait_until(lambda: relay.queued == 0)  # the worker took it and lingers
+        await relay.submit(a, message(B, "3", cid="c3"))
+        await wait_until(lambda: len(a_ws.sent) == 3)
+        assert store.submits == [1, 2]
+        assert [f["id"] for f in a_ws.frames()] == ["c1", "c2", "c3"]
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
+
+
 async def test_a_batch_is_retried_once_after_a_store_error(
     relay: Relay, store: CountingStore
 ) -> None:

@@ -394,6 +394,25 @@ async def test_read_inbox_after_a_position_with_limit(store: Store) -> None:
         await store.read_inbox(BOB, "nope", 10)
 
 
+async def test_concurrent_acks_share_one_redis_round_trip(redis_url: str) -> None:
+    """Acks of many users asked for at once are written by one script call, each forward only."""
+    async with RedisStore(redis_url) as store:
+        await store.ack(ALICE, "9-0")
+        stats: Any = await store.client.info("commandstats")
+        before = stats.get("cmdstat_evalsha", {}).get("calls", 0)
+        users = [UserId(100 + i) for i in range(20)]
+        await asyncio.gather(
+            *(store.ack(u, f"{i + 1}-0") for i, u in enumerate(users)),
+            store.ack(ALICE, "5-0"),
+            store.ack(ALICE, "10-1"),
+            store.ack(ALICE, "10-0"),
+        )
+        stats = await store.client.info("commandstats")
+        assert stats["cmdstat_evalsha"]["calls"] - before == 1
+        assert [await store.acked(u) for u in users] == [f"{i + 1}-0" for i in range(20)]
+        assert await store.acked(ALICE) == "10-1"
+
+
 async def test_ack_only_moves_forward(store: Store) -> None:
     """The acknowledged position starts at START and never moves back."""
     assert await store.acked(ALICE) == START
