@@ -6,6 +6,7 @@ repo root, so this module is imported as ``harness`` (``bench/`` is ``sys.path[0
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -15,10 +16,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, TypeVar
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -383,3 +386,20 @@ def wait_quiet(max_wait: float, *, threshold: float = 0.25, exclude: Sequence[in
         other += own
         if other < threshold or time.monotonic() >= deadline:
             return other
+
+
+def run_async(main: Coroutine[Any, Any, T], *, loop: str = "asyncio") -> T:
+    """``asyncio.run(main)``, on uvloop's event loop when ``loop == "uvloop"``."""
+    if loop == "uvloop":
+        import uvloop
+
+        return uvloop.run(main)
+    return asyncio.run(main)
+
+
+def have_uvloop() -> bool:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return False
+    return True

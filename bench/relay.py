@@ -1,8 +1,12 @@
 """Relay benchmark: the transmit hub against a plain asyncio TCP relay, same run, same machine.
 
-    python bench/relay.py             # full run (about a minute)
+    python bench/relay.py             # full run, 3 interleaved rounds (2-4 minutes)
     python bench/relay.py --quick     # smoke run, under 20 s
     python bench/relay.py --help      # counts, rates, durations, --only
+
+Each scenario runs ``--repeat`` times, interleaved (tcp, hub, tcp, hub, ...), each after
+waiting (up to ``--wait-quiet`` s) for the rest of the machine to be idle; the table shows
+the median run, and the ratios are taken per round (same conditions), then their median.
 
 Each relay runs in its own process (the hub as ``python -m transmit_hub``, the baseline as
 ``python bench/tcp_relay.py``); this process holds the two clients (one sending gateway, one
@@ -360,8 +364,9 @@ async def paced(
 # --- the run -------------------------------------------------------------------------------
 
 
-def start_tcp_relay(started: list[harness.Child]) -> tuple[harness.Child, int]:
-    child = harness.Child("tcp-relay", [harness.PYTHON, "bench/tcp_relay.py"]).start()
+def start_tcp_relay(started: list[harness.Child], loop: str) -> tuple[harness.Child, int]:
+    argv = [harness.PYTHON, "bench/tcp_relay.py"] + (["--uvloop"] if loop == "uvloop" else [])
+    child = harness.Child("tcp-relay", argv).start()
     started.append(child)
     port = int(child.wait_line("LISTENING ", timeout=15).split()[1])
     return child, port
@@ -386,7 +391,7 @@ async def run(args: argparse.Namespace) -> list[list[Result]]:
     with harness.children() as started:
         tcp = hub = one = None
         if "tcp" in only:
-            child, port = start_tcp_relay(started)
+            child, port = start_tcp_relay(started, args.loop)
             tcp = TcpPair(child, port)
             await tcp.open()
         if "hub" in only:
@@ -578,6 +583,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--only", default="", help="comma list of tcp,hub (default both)")
     parser.add_argument(
+        "--loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="event loop for the TCP relay and the clients (default: plain asyncio, the "
+        "baseline the issue names; the hub runs as its own __main__ decides)",
+    )
+    parser.add_argument(
         "--wait-quiet",
         type=float,
         default=20,
@@ -602,7 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         harness.PROFILE_DIR = Path(args.profile).resolve()
     print(f"# relay benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {harness.machine()}")
     started = time.monotonic()
-    rounds = asyncio.run(run(args))
+    print(f"event loop of the TCP relay and of this (client) process: {args.loop}")
+    rounds = harness.run_async(run(args), loop=args.loop)
     print()
     print(report(rounds))
     print(f"\n(total {time.monotonic() - started:.1f} s)")

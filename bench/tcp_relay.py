@@ -254,13 +254,19 @@ def main(argv: list[str] | None = None) -> int:
         help="HOST:PORT to listen on (port 0 picks a free one; default 127.0.0.1:0)",
     )
     parser.add_argument("--self-test", action="store_true", help="check the framing, then exit")
+    parser.add_argument("--uvloop", action="store_true", help="run on uvloop's event loop")
     args = parser.parse_args(argv)
     if args.self_test:
         asyncio.run(self_test())
         return 0
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     try:
-        asyncio.run(_main(*args.listen))
+        if args.uvloop:
+            import uvloop
+
+            uvloop.run(_main(*args.listen))
+        else:
+            asyncio.run(_main(*args.listen))
     except OSError as exc:
         print(f"tcp_relay: cannot listen on {args.listen[0]}:{args.listen[1]}: {exc}")
         return 1
