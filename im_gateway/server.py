@@ -18,13 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 
+from transmit_hub.lifecycle import AsyncLifecycle
 from transmit_hub.link import HubLink
 from transmit_hub.types import GatewayId, UserId
 
@@ -82,7 +82,7 @@ class _Connection(ServerConnection):
                 transport.close()
 
 
-class Gateway:
+class Gateway(AsyncLifecycle):
     """An IM gateway; an async context manager. Options are :class:`GatewayConfig` fields.
 
     ``store`` and ``link`` replace the Redis store and the hub link (tests); the
@@ -155,18 +155,6 @@ class Gateway:
         return self._store
 
     # --- lifecycle --------------------------------------------------------------------
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def start(self) -> None:
         """Connect to Redis, bind the port, link to the hub and start serving.

@@ -55,7 +55,6 @@ from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from time import monotonic
-from types import TracebackType
 from typing import Any, Final
 
 from grpc import aio  # type: ignore[import-untyped]
@@ -63,6 +62,7 @@ from grpc import aio  # type: ignore[import-untyped]
 from . import codec, wire
 from .auth import bearer_metadata
 from .errors import LinkClosed, LinkError, ProtocolError
+from .lifecycle import AsyncLifecycle
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
 from .types import (
     Delivery,
@@ -137,7 +137,7 @@ class _Rejected(Exception):
     """The hub refused what we wrote (INVALID_ARGUMENT): resending it would fail again."""
 
 
-class HubLink:
+class HubLink(AsyncLifecycle):
     """A gateway's link to the hub; an async context manager (``start``/``close``)."""
 
     def __init__(
@@ -252,18 +252,6 @@ class HubLink:
         self._inflight = []
         self._pending.clear()
         return unsent
-
-    async def __aenter__(self) -> HubLink:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- connection loop -----------------------------------------------------------------
 

@@ -23,7 +23,6 @@ import logging
 import os
 import socket
 import uuid
-from types import TracebackType
 from typing import Any
 
 from grpc import aio  # type: ignore[import-untyped]
@@ -33,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import BearerTokenInterceptor
 from .errors import ConfigError
+from .lifecycle import AsyncLifecycle
 from .registry import Registry
 from .service import HubService, add_to_server
 from .transport import SERVER_OPTIONS, SERVICE_NAME
@@ -82,7 +82,7 @@ def default_hub_id() -> str:
     return f"hub-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-class HubServer:
+class HubServer(AsyncLifecycle):
     """The transmit hub; an async context manager (``start`` on enter, ``stop`` on exit)."""
 
     def __init__(
@@ -168,6 +168,10 @@ class HubServer:
             " (auth token required)" if self._auth_token else "",
         )
 
+    async def close(self) -> None:
+        """Stop with the configured grace period (see :meth:`stop`); idempotent."""
+        await self.stop()
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain for up to ``grace`` seconds (default: the constructor's), then stop."""
         if self._server is None:
@@ -194,15 +198,3 @@ class HubServer:
     async def wait_closed(self) -> None:
         """Wait until :meth:`stop` has finished."""
         await self._closed.wait()
-
-    async def __aenter__(self) -> HubServer:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.stop()
