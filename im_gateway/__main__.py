@@ -179,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(
         limits,
+        "--batch-linger",
+        type=float,
+        help=(
+            "while traffic flows, how long a small batch waits for more frames before it is "
+            "stored (fewer Redis round trips and hub frames; an idle gateway never waits; "
+            "0 disables)"
+        ),
+        default=d["batch_linger"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        limits,
         "--replay-page",
         type=int,
         help="inbox entries read per replay round trip",

@@ -59,6 +59,7 @@ class GatewayConfig:
     send_queue: int = 1024
     relay_queue: int = 10_000
     batch_size: int = 256
+    batch_linger: float = 0.005
     replay_page: int = 200
     store_concurrency: int = 32
     # timeouts
@@ -109,6 +110,7 @@ class GatewayConfig:
             raise ConfigError("--send-queue must hold at least two replay pages (--replay-page)")
         non_negative = {
             "--forget-grace": self.forget_grace,
+            "--batch-linger": self.batch_linger,
             "--rate-limit": self.rate_limit,
             "--rate-burst": self.rate_burst,
             "--idle-timeout": self.idle_timeout,

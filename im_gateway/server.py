@@ -224,6 +224,7 @@ class Gateway(AsyncLifecycle):
             link=self._link,
             queue_size=cfg.relay_queue,
             batch_size=cfg.batch_size,
+            linger=cfg.batch_linger,
             forget_grace=cfg.forget_grace,
             presence=self._presence,
         )
