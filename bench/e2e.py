@@ -94,6 +94,7 @@ class LeanConnection(asyncio.Protocol):
         self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = asyncio.Event()
         self.transport: asyncio.Transport | None = None
+        self._flush_scheduled = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -121,14 +122,22 @@ class LeanConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        for chunk in self.protocol.data_to_send():
-            if chunk:
-                transport.write(chunk)
-            elif transport.can_write_eof():
-                transport.write_eof()
+        data = self.protocol.data_to_send()
+        payload = b"".join(data)
+        if payload:
+            transport.write(payload)
+        if data and not data[-1] and transport.can_write_eof():
+            transport.write_eof()  # b"" asks for end of stream
 
     def send_text(self, text: str) -> None:
+        """Frame ``text`` now; every frame of this loop iteration goes out in one write."""
         self.protocol.send_text(text.encode())
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -163,6 +172,7 @@ class Client:
         self.room = asyncio.Event()
         self.room.set()
         self.window = 1
+        self.deadline = 0.0  # unpaced phase: send more as earlier messages arrive, until then
         self.seq = 0
         self.phase = Phase()
         self._reader: asyncio.Task[None] | None = None
@@ -208,10 +218,29 @@ class Client:
         else:
             await self.ws.send(self.frame())
 
+    def fill(self) -> None:
+        """Lean client, unpaced: send until ``window`` messages are in flight (no task,
+        no await: called when a message of this client's arrives)."""
+        if time.monotonic() >= self.deadline:
+            return
+        while self.outstanding < self.window:
+            self.send_lean()
+
+    def send_lean(self) -> None:
+        phase = self.phase
+        phase.sent += 1
+        if phase.window_start <= time.monotonic_ns() <= phase.window_end:
+            phase.sent_in_window += 1
+        self.outstanding += 1
+        assert self.lean is not None
+        self.lean.send_text(self.frame())
+
     def delivered(self) -> None:
         """The partner received one of this client's messages."""
         self.outstanding -= 1
-        if self.outstanding < self.window:
+        if self.lean is not None:
+            self.fill()
+        elif self.outstanding < self.window:
             self.room.set()
 
     async def _read(self) -> None:
@@ -302,6 +331,13 @@ async def _unpaced(clients: list[Client], window: int, seconds: float, warmup: f
     for c in clients:
         c.window = window
         c.phase.window_start, c.phase.window_end = window_start, window_end
+    lean = [c for c in clients if c.lean is not None]
+    for c in lean:
+        c.deadline = deadline
+        c.fill()
+    if lean:
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        return
 
     async def pump(c: Client) -> None:
         while time.monotonic() < deadline:

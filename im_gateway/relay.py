@@ -173,8 +173,23 @@ class Relay:
         """A fresh system-wide unique message id and the server time in ms."""
         return self._ids.next()
 
+    @property
+    def busy(self) -> bool:
+        """True while the queue is full (:meth:`submit_nowait` would refuse)."""
+        return self._queue.full()
+
+    def submit_nowait(self, session: Session, frame: frames.SendMessage) -> bool:
+        """Queue a message frame; False (nothing queued) when the queue is full."""
+        if self._queue.full():
+            return False
+        self._queue.put_nowait(self._item(session, frame))
+        return True
+
     async def submit(self, session: Session, frame: frames.SendMessage) -> None:
-        """Queue a message frame; waits only while the queue is full."""
+        """Queue a message frame; waits while the queue is full."""
+        await self._queue.put(self._item(session, frame))
+
+    def _item(self, session: Session, frame: frames.SendMessage) -> _Item:
         msg_id, now_ms = self._ids.next()
         message = Message(
             id=msg_id,
@@ -185,11 +200,7 @@ class Relay:
             time=now_ms,
             content=frame.content,
         )
-        item = (session, Submission(client_id=frame.id, message=message))
-        try:
-            self._queue.put_nowait(item)
-        except asyncio.QueueFull:
-            await self._queue.put(item)
+        return (session, Submission(client_id=frame.id, message=message))
 
     # --- lifecycle --------------------------------------------------------------------
 

@@ -18,11 +18,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
-from websockets.protocol import OPEN
+from websockets.protocol import OPEN, Event
 
 from transmit_hub.lifecycle import AsyncLifecycle
 from transmit_hub.link import HubLink
@@ -44,10 +46,33 @@ HEALTH_TIMEOUT = 1.0
 
 
 class _Connection(ServerConnection):
-    """A server connection that remembers its user and can write without a task switch."""
+    """A server connection that remembers its user, and reads and writes frames without
+    a task switch each."""
 
     user: UserId | None = None
+    receive_now: Callable[[str], bool] | None = None
+    """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
     _flush_scheduled = False
+
+    def process_event(self, event: Event) -> None:
+        """Offer each complete text frame to ``receive_now`` while nothing waits for
+        ``recv()``; frames it declines (and all others) go to ``recv()`` as usual."""
+        handler = self.receive_now
+        if (
+            handler is not None
+            and isinstance(event, Frame)
+            and event.opcode is Opcode.TEXT
+            and event.fin
+            and not len(self.recv_messages.frames)
+        ):
+            try:
+                text = str(event.data, "utf-8")
+            except UnicodeDecodeError:
+                pass  # recv() closes the connection with 1007, as websockets does
+            else:
+                if handler(text):
+                    return
+        super().process_event(event)
 
     def send_now(self, message: str) -> bool:
         """Queue a text frame for writing in this loop iteration, unless the socket is
@@ -379,8 +404,10 @@ class Gateway(AsyncLifecycle):
         try:
             await presence.add(user)
             session.start()
+            connection.receive_now = session.receive_now
             await session.run()
         finally:
+            connection.receive_now = None
             relay.discard(session)
             presence.remove(user)
             with contextlib.suppress(Exception):

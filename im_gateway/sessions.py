@@ -16,7 +16,11 @@ or below the oldest position it forgot; a live message that arrives out of order
 
 Reading. Frames are parsed by :mod:`im_gateway.frames`, rate limited by a token
 bucket, and handed to the router; errors go back as type 99 and the socket stays
-open.
+open. Frames that need no await (messages while the router has room, heartbeats,
+acks) are handled by :meth:`Session.receive_now` straight from the connection's data
+callback: no reader task wakes up per frame. The rest (group changes and replay
+requests wait for the store) go through :meth:`Session.run`, and so does every frame
+behind them until it has caught up, which keeps a client's frames in order.
 
 Upkeep. One :func:`sweep_idle` task per gateway (not a timer and a keepalive task per
 connection, which would cost about 2 KB each) closes connections that sent no frame
@@ -88,6 +92,15 @@ class Router(Protocol):
         """Accept a message frame (waits only when the router's queue is full)."""
         ...
 
+    def submit_nowait(self, session: Session, frame: frames.SendMessage) -> bool:
+        """Accept a message frame at once; False when the router's queue is full."""
+        ...
+
+    @property
+    def busy(self) -> bool:
+        """True while :meth:`submit_nowait` would refuse (the queue is full)."""
+        ...
+
     def new_id(self) -> tuple[MessageId, int]:
         """A fresh message id and the server time in ms."""
         ...
@@ -133,6 +146,7 @@ class Session:
         "_closing",
         "_floor",
         "_held",
+        "_handling",
         "_last_key",
         "_limits",
         "_link_mark",
@@ -195,6 +209,7 @@ class Session:
         """Loop time of the last frame from the client (for the idle and ping sweep)."""
         self._pong: asyncio.Future[float] | None = None
         self._pinged_at = 0.0
+        self._handling = False  # run() is handling a frame: receive_now() must defer
 
     # --- writing ----------------------------------------------------------------------
 
@@ -416,10 +431,49 @@ class Session:
         try:
             while True:
                 data = await self._ws.recv()
-                self.last_seen = now = loop.time()
-                await self._handle(data, now)
+                self._handling = True
+                try:
+                    self.last_seen = now = loop.time()
+                    await self._handle(data, now)
+                finally:
+                    self._handling = False
         except ConnectionClosed:
             pass
+
+    def receive_now(self, text: str) -> bool:
+        """Handle a text frame without awaiting, from the connection's data callback.
+
+        True when handled. False when the frame needs :meth:`run` (it waits on the
+        store or on a full router queue) or :meth:`run` is still busy with an earlier
+        frame; the connection then hands it to ``recv()``, in order, and keeps doing so
+        for later frames until ``recv()`` has caught up.
+        """
+        if self._handling:
+            return False
+        now = self._loop.time()
+        try:
+            frame = frames.parse(text, max_content=self._limits.max_content)
+        except FrameError as exc:
+            self.last_seen = now
+            self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+            return True
+        if isinstance(frame, frames.SendMessage):
+            if self._router.busy:
+                return False
+        elif not isinstance(frame, (frames.Heartbeat, frames.Ack)):
+            return False
+        self.last_seen = now
+        try:
+            self._check_rate(frame, now)
+            self._act_now(frame)
+        except FrameError as exc:
+            self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+        except Exception:
+            logger.exception("handling a frame from user %s failed; closing", self.user)
+            self._closing = True
+            self._queue = None
+            self._spawn(self.close_socket(1011, "internal error"))
+        return True
 
     async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
@@ -462,24 +516,35 @@ class Session:
     async def _handle(self, data: str | bytes, now: float) -> None:
         try:
             frame = frames.parse(data, max_content=self._limits.max_content)
-            if not self._bucket.allow(now):
-                raise FrameError(
-                    frames.RATE_LIMITED,
-                    "too many frames; slow down",
-                    getattr(frame, "id", None),
-                )
+            self._check_rate(frame, now)
             if isinstance(frame, frames.SendMessage):
-                await self._router.submit(self, frame)
-            elif isinstance(frame, frames.Heartbeat):
-                self.push(frames.HEARTBEAT_REPLY)
-            elif isinstance(frame, frames.Ack):
-                self._ack(frame.seq)
+                if not self._router.submit_nowait(self, frame):
+                    await self._router.submit(self, frame)
             elif isinstance(frame, frames.GroupChange):
                 await self._group_change(frame)
-            elif not self._request(_ReplayRequest(CLIENT, after=frame.seq)):
-                raise FrameError(frames.RATE_LIMITED, "too many replay requests pending")
+            elif isinstance(frame, frames.Replay):
+                if not self._request(_ReplayRequest(CLIENT, after=frame.seq)):
+                    raise FrameError(frames.RATE_LIMITED, "too many replay requests pending")
+            else:
+                self._act_now(frame)
         except FrameError as exc:
             self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+
+    def _check_rate(self, frame: frames.ClientFrame, now: float) -> None:
+        if not self._bucket.allow(now):
+            raise FrameError(
+                frames.RATE_LIMITED, "too many frames; slow down", getattr(frame, "id", None)
+            )
+
+    def _act_now(self, frame: frames.SendMessage | frames.Heartbeat | frames.Ack) -> None:
+        """The frames handled without waiting (a message only while the router has room)."""
+        if isinstance(frame, frames.SendMessage):
+            if not self._router.submit_nowait(self, frame):
+                raise FrameError(frames.INTERNAL, "gateway overloaded; send again", frame.id)
+        elif isinstance(frame, frames.Heartbeat):
+            self.push(frames.HEARTBEAT_REPLY)
+        else:
+            self._ack(frame.seq)
 
     async def _group_change(self, frame: frames.GroupChange) -> None:
         try:

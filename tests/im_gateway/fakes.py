@@ -79,8 +79,14 @@ class FakeRouter:
         self.submitted: list[tuple[Session, frames.SendMessage]] = []
         self._ids = MessageIds()
 
+    busy = False
+
     async def submit(self, session: Session, frame: frames.SendMessage) -> None:
         self.submitted.append((session, frame))
+
+    def submit_nowait(self, session: Session, frame: frames.SendMessage) -> bool:
+        self.submitted.append((session, frame))
+        return True
 
     def new_id(self) -> tuple[MessageId, int]:
         return self._ids.next()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator, Sequence
 
 import pytest
@@ -256,3 +258,49 @@ async def test_a_batch_is_retried_once_after_a_store_error(
     await wait_until(lambda: bool(a_ws.sent))
     assert [(f["type"], f["id"]) for f in a_ws.frames()] == [(10, "r1")]
     assert store.submits == [1]
+
+
+class GatedStore(CountingStore):
+    """Holds every submit until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        await self.gate.wait()
+        return await super().submit(batch)
+
+
+async def test_a_full_queue_refuses_nowait_and_makes_senders_wait(link: FakeLink) -> None:
+    """Full policy: with the queue full, ``submit_nowait`` refuses (nothing queued), the
+    session's data-callback path declines the frame (it goes to the reader, which waits),
+    and every frame is stored once the store answers again: none is lost."""
+    store = GatedStore()
+    relay = Relay(gateway_id=ME, store=store, link=link, queue_size=2, batch_size=1)
+    await relay.start()
+    try:
+        store.gate.set()
+        a, a_ws = await connect(relay, store, A)
+        store.gate.clear()
+        assert relay.submit_nowait(a, message(B, "m0", cid="c0"))  # the worker takes it
+        await wait_until(lambda: relay.queued == 0)
+        assert relay.submit_nowait(a, message(B, "m1", cid="c1"))
+        assert relay.submit_nowait(a, message(B, "m2", cid="c2"))
+        assert relay.busy
+        assert not relay.submit_nowait(a, message(B, "m3", cid="c3"))
+        frame = {"type": 1, "id": "c3", "to": int(B), "contentType": 0, "content": "m3"}
+        assert not a.receive_now(json.dumps(frame))
+        waiting = asyncio.create_task(relay.submit(a, message(B, "m3", cid="c3")))
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        store.gate.set()
+        await asyncio.wait_for(waiting, 10)
+        await wait_until(lambda: len(a_ws.sent) == 4)
+        assert [f["id"] for f in a_ws.frames()] == ["c0", "c1", "c2", "c3"]
+        assert set(types(a_ws)) == {10}
+        assert a.receive_now(json.dumps(frame | {"id": "c4"}))  # room again: handled at once
+        await wait_until(lambda: len(a_ws.sent) == 5)
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
