@@ -59,7 +59,7 @@ class GatewayConfig:
     send_queue: int = 1024
     relay_queue: int = 10_000
     batch_size: int = 256
-    batch_linger: float = 0.005
+    batch_linger: float = 0.003
     replay_page: int = 200
     store_concurrency: int = 32
     # timeouts

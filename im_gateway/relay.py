@@ -105,7 +105,7 @@ class Relay:
         link: Link,
         queue_size: int = 10_000,
         batch_size: int = 256,
-        linger: float = 0.005,
+        linger: float = 0.003,
         busy_window: float = 0.02,
         forget_grace: float = 10.0,
         presence: Presence | None = None,
