@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+from transmit_hub.runtime import loop_factory, tune_gc
 
 from . import auth
 from .config import LOG_LEVELS, GatewayConfig
@@ -381,19 +382,10 @@ async def serve(config: GatewayConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Gateway(**{f: getattr(config, f) for f in config.__dataclass_fields__}) as gateway:
+        tune_gc()
         print(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", flush=True)
         await stop.wait()
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (faster), else asyncio's default."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -408,7 +400,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(config))
     except GatewayError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)

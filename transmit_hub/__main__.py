@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import gc
-import importlib
 import logging
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from .config import HubConfig, parse_config
 from .errors import ConfigError
+from .runtime import loop_factory, tune_gc
 from .server import HubServer
 
 log = logging.getLogger("transmit_hub")
@@ -31,25 +30,12 @@ async def serve(config: HubConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
-    # Startup objects (modules, descriptors) live forever: keep them out of the cyclic GC's
-    # full collections, which would otherwise walk them all and stall routing.
-    gc.collect()
-    gc.freeze()
+    tune_gc()
     try:
         await stop.wait()
         log.info("signal received: shutting down")
     finally:
         await hub.stop()
-
-
-def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's event loop when it is installed (less CPU per wake-up), else asyncio's."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
-    return factory
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -63,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(config))
     except ConfigError as exc:
         print(f"transmit_hub: error: {exc}", file=sys.stderr)
