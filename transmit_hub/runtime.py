@@ -1,5 +1,6 @@
-"""Process-wide settings shared by ``python -m transmit_hub`` and ``python -m im_gateway``:
-the event loop they run on and how the cyclic garbage collector is tuned.
+"""Process-wide settings for server processes (``python -m transmit_hub``, and the IM
+gateway's command line too): the event loop they run on and how the cyclic garbage
+collector is tuned.
 
 Only the command-line entry points call these; a hub or gateway embedded in another
 program (the tests, for one) leaves the process's settings alone.
