@@ -21,7 +21,10 @@ Phases:
 
 The clients are ``--client lean`` by default: websockets' own sans-I/O protocol on a bare
 asyncio transport, so the load generator, which shares the 2 cores, costs as little as it
-can (``--client websockets`` uses the library's asyncio client instead).
+can: no reader task per connection, an unpaced client sends its next message from the
+callback that sees one of its messages arrive, and the frames a connection sends in one
+loop iteration go out in one write. ``--client websockets`` uses the library's asyncio
+client instead (a reader task per connection, a pump task per client).
 
 Per phase: delivered msgs/s (receptions in the measured interval / its length), p50/p99/max
 latency (send -> receive, from a ``time.monotonic_ns()`` stamp in the message content; one
