@@ -105,7 +105,7 @@ class LeanConnection(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        from websockets.frames import Opcode
+        from websockets.frames import Frame, Opcode
         from websockets.http11 import Response
 
         protocol = self.protocol
@@ -117,7 +117,7 @@ class LeanConnection(asyncio.Protocol):
                         self.opened.set_exception(protocol.handshake_exc)
                 elif not self.opened.done():
                     self.opened.set_result(None)
-            elif event.opcode is Opcode.TEXT:
+            elif isinstance(event, Frame) and event.opcode is Opcode.TEXT:
                 self.on_text(event.data)
         self._flush()
 
@@ -188,8 +188,8 @@ class Client:
             loop = asyncio.get_running_loop()
             _, self.lean = await loop.create_connection(
                 lambda: LeanConnection(self.url, compression, self.on_text),
-                parts.hostname,
-                parts.port,
+                parts.hostname or "127.0.0.1",
+                parts.port or 80,
             )
             await asyncio.wait_for(self.lean.opened, 30)
             return
