@@ -28,7 +28,6 @@ import secrets
 import shlex
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import harness
@@ -170,23 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
     )
     parser.add_argument("--gateway-args", default="", help="extra flags for the gateway")
-    parser.add_argument("--json", default="", help="also write the result to this JSON file")
+    harness.add_run_options(parser, each=None)
     parser.add_argument("--quick", action="store_true", help="1,000 connections; < 20 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.connections, args.warmup_connections, args.settle = 1000, 50, 1.0
     raise_nofile(args.connections + args.warmup_connections + 200)
-    harness.exit_on_sigterm()
-    print(f"# connections benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {harness.machine()}")
-    started = time.monotonic()
+    started = harness.start_run("connections", args)
     result = asyncio.run(run(args))
-    print()
-    print(report(result))
-    print(f"\n(total {time.monotonic() - started:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
-    return 0
+    return harness.finish_run(report(result), started, args, result)
 
 
 if __name__ == "__main__":

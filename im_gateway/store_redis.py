@@ -34,11 +34,11 @@ import asyncio
 import dataclasses
 import json
 from collections.abc import Collection, Mapping, Sequence
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import redis.asyncio as aioredis
 
+from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
 from .store import (
@@ -220,7 +220,7 @@ def _position(seq: str) -> str:
     return f"{ms}-{n}"
 
 
-class RedisStore:
+class RedisStore(AsyncClosing):
     """Presence, groups, inboxes and dedupe in one Redis (6.2 or later).
 
     ``client`` is a ``redis.asyncio.Redis`` (the caller keeps owning it; :meth:`close`
@@ -280,17 +280,6 @@ class RedisStore:
     def client(self) -> aioredis.Redis:
         """The Redis client the store uses."""
         return self._client
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def _key(self, kind: str, name: object) -> str:
         return f"{self.prefix}{kind}:{name}"

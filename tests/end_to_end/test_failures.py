@@ -127,17 +127,14 @@ async def test_redis_outage_is_answered_and_survived(
     import subprocess
     import tempfile
 
-    from tests.conftest import REDIS_SERVER
+    from im_gateway.demo import redis_server_argv
     from tests.helpers import free_port
 
     port = free_port()
 
     def start_redis() -> subprocess.Popen[bytes]:
         return subprocess.Popen(
-            [
-                *(str(REDIS_SERVER), "--port", str(port), "--bind", "127.0.0.1", "--save", ""),
-                *("--appendonly", "no", "--dir", tempfile.gettempdir()),
-            ],
+            redis_server_argv(port, host="127.0.0.1", workdir=tempfile.gettempdir()),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

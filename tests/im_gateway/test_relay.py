@@ -292,7 +292,7 @@ async def test_a_full_queue_refuses_nowait_and_makes_senders_wait(link: FakeLink
         frame = {"type": 1, "id": "c3", "to": int(B), "contentType": 0, "content": "m3"}
         assert not a.receive_now(json.dumps(frame))
         waiting = asyncio.create_task(relay.submit(a, message(B, "m3", cid="c3")))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one loop turn: the task runs up to its wait, not past it
         assert not waiting.done()
         store.gate.set()
         await asyncio.wait_for(waiting, 10)

@@ -327,7 +327,7 @@ def test_replay_and_live_pushes_interleaved_give_each_message_once_in_order(
                     live(session, *stored[pushed - 1])
                 elif step == "read":
                     store.permits.release()
-                await asyncio.sleep(0)
+                await asyncio.sleep(0)  # the interleaving under test: the session runs a step
             for i in range(max(pushed, before), len(stored)):
                 live(session, *stored[i])
             for _ in range(len(stored) + 2):

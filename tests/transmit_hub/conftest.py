@@ -15,7 +15,6 @@ from transmit_hub import (
     Delivery,
     GatewayId,
     HubLink,
-    HubServer,
     LinkDown,
     LinkEvent,
     LinkUp,
@@ -85,17 +84,6 @@ class Collector:
 
 
 LinkFactory = Callable[..., Awaitable[Collector]]
-
-
-@pytest.fixture
-async def hub() -> AsyncIterator[HubServer]:
-    """A real hub on a free port, stopped after the test."""
-    server = HubServer(listen="127.0.0.1:0", hub_id="test-hub", grace=0.5)
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop(0.5)
 
 
 @pytest.fixture

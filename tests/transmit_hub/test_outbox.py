@@ -40,12 +40,12 @@ async def test_wait_wakes_on_offer_and_close() -> None:
     """wait() returns when an item arrives or the outbox closes; wait_empty() when drained."""
     box = Outbox(5)
     waiter = asyncio.create_task(box.wait())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: the task runs up to its wait, not past it
     assert not waiter.done()
     box.offer(b"d")
     await asyncio.wait_for(waiter, 1)
     emptied = asyncio.create_task(box.wait_empty())
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn, as above
     assert not emptied.done()
     box.take(10, 100)
     await asyncio.wait_for(emptied, 1)
