@@ -200,6 +200,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add(
         limits,
+        "--replay-budget",
+        type=int,
+        help="inbox entries per minute one connection may ask to be replayed (type 14); "
+        "beyond it the replay stops with rate_limited and an end marker (0: no limit)",
+        default=d["replay_budget"].default,
+        metavar="ENTRIES",
+    )
+    _add(
+        limits,
+        "--max-refused",
+        type=int,
+        help="refused frames per minute before a connection is closed with 1008 (0: never)",
+        default=d["max_refused"].default,
+        metavar="FRAMES",
+    )
+    _add(
+        limits,
+        "--fill-delay",
+        type=float,
+        help="seconds a hole in a connection's positions may wait for its push before it is "
+        "read from the inbox",
+        default=d["fill_delay"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        limits,
         "--store-concurrency",
         type=int,
         help="replay, ack and group calls to Redis in flight at once",
@@ -246,6 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefix of every Redis key",
         default=d["redis_prefix"].default,
         metavar="PREFIX",
+    )
+    _add(
+        store,
+        "--redis-timeout",
+        type=float,
+        help="seconds a Redis command may take before it fails (a stalled Redis); a batch "
+        "that timed out is sent once more, deduplicated",
+        default=d["redis_timeout"].default,
+        metavar="SECONDS",
     )
     _add(
         store,

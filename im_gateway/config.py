@@ -61,6 +61,9 @@ class GatewayConfig:
     batch_size: int = 256
     batch_linger: float = 0.003
     replay_page: int = 200
+    replay_budget: int = 20_000
+    max_refused: int = 100
+    fill_delay: float = 0.05
     store_concurrency: int = 32
     # timeouts
     idle_timeout: float = 300.0
@@ -69,6 +72,7 @@ class GatewayConfig:
     close_timeout: float = 3.0
     # store
     redis_prefix: str = "im:"
+    redis_timeout: float = 5.0
     presence_ttl: float = 30.0
     forget_grace: float = 10.0
     inbox_max_len: int = 10_000
@@ -117,6 +121,9 @@ class GatewayConfig:
             "--ping-interval": self.ping_interval,
             "--ping-timeout": self.ping_timeout,
             "--close-timeout": self.close_timeout,
+            "--replay-budget": self.replay_budget,
+            "--max-refused": self.max_refused,
+            "--fill-delay": self.fill_delay,
         }
         for flag, number in non_negative.items():
             if number < 0:
@@ -125,10 +132,15 @@ class GatewayConfig:
             "--presence-ttl": self.presence_ttl,
             "--inbox-max-age": self.inbox_max_age,
             "--dedupe-window": self.dedupe_window,
+            "--redis-timeout": self.redis_timeout,
         }
         for flag, number in positive.items():
             if number <= 0:
                 raise ConfigError(f"{flag} must be positive, got {number}")
+        if "{" in self.redis_prefix or "}" in self.redis_prefix:
+            raise ConfigError("--redis-prefix must not contain braces (they are hash tags)")
+        if self.replay_budget and self.replay_budget < self.replay_page:
+            raise ConfigError("--replay-budget must be 0 or at least one --replay-page")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 

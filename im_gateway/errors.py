@@ -6,7 +6,9 @@ All derive from :class:`GatewayError`::
     ├── ConfigError        a flag or setting is invalid
     ├── StartupError       a dependency (Redis, the listening port) is unusable at start
     ├── AuthError          a token is missing, malformed, badly signed or expired
-    └── FrameError         a client frame was refused; carries the pinned error code
+    ├── FrameError         a client frame was refused; carries the pinned error code
+    └── StoreError         the store was used wrongly or answered nonsense
+        └── BadPosition    a seq that is no inbox position (also a ValueError)
 
 Expected failures are mapped to the wire at the edge only: an :class:`AuthError`
 becomes HTTP 401 before the upgrade, a :class:`FrameError` becomes a type 99 frame.
@@ -43,3 +45,11 @@ class FrameError(GatewayError):
         self.code = code
         self.message = message
         self.frame_id = frame_id
+
+
+class StoreError(GatewayError):
+    """The store was used wrongly (closed, bad limits) or answered something unreadable."""
+
+
+class BadPosition(StoreError, ValueError):
+    """A seq that is not an inbox position (decimal, at most 2**64 - 1)."""

@@ -10,13 +10,13 @@ recipient's inbox position is spliced in (:func:`with_seq`).
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from typing import Final
 
 from transmit_hub.types import Message
 
-from .errors import FrameError
+from .errors import BadPosition, FrameError
+from .store import position
 
 HEARTBEAT: Final = 0
 PRIVATE: Final = 1
@@ -40,7 +40,6 @@ INT32_MAX: Final = 2**31 - 1
 MAX_ID_LENGTH: Final = 128
 DEFAULT_MAX_CONTENT: Final = 16 * 1024
 
-_SEQ = re.compile(r"\A(?:0|[0-9]{1,20}(?:-[0-9]{1,20})?)\Z")
 _DUMPS = json.encoder.encode_basestring
 """A str as a JSON string literal, non-ASCII kept (what ``json.dumps(s, ensure_ascii=False)``
 gives, without the encoder's Python-level dispatch: this runs several times per message)."""
@@ -64,9 +63,9 @@ class SendMessage:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Type 11: the client has everything up to ``seq`` (cumulative)."""
+    """Type 11: the client has everything up to inbox position ``upto`` (cumulative)."""
 
-    seq: str
+    upto: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +79,9 @@ class GroupChange:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """Type 14: send what came after ``seq`` (``None``: after the acknowledged position)."""
+    """Type 14: send what came after position ``after`` (``None``: the acknowledged one)."""
 
-    seq: str | None
+    after: int | None
 
 
 ClientFrame = Heartbeat | SendMessage | Ack | GroupChange | Replay
@@ -127,12 +126,12 @@ def parse(data: str | bytes, *, max_content: int = DEFAULT_MAX_CONTENT) -> Clien
         seq = obj.get("seq")
         if seq is None:
             raise FrameError(BAD_REQUEST, "field 'seq' is required", frame_id)
-        return Ack(seq=_seq(seq, frame_id))
+        return Ack(upto=_seq(seq, frame_id))
     if kind in (JOIN, LEAVE):
         return GroupChange(type=kind, id=_required_id(frame_id), to=_uint64(obj, "to", frame_id))
     if kind == REPLAY:
         seq = obj.get("seq")
-        return Replay(seq=None if seq is None else _seq(seq, frame_id))
+        return Replay(after=None if seq is None else _seq(seq, frame_id))
     raise FrameError(BAD_REQUEST, f"unknown frame type {kind}", frame_id)
 
 
@@ -177,11 +176,16 @@ def _uint64(obj: dict[str, object], name: str, frame_id: str | None) -> int:
     return number
 
 
-def _seq(value: object, frame_id: str | None) -> str:
-    if isinstance(value, str) and _SEQ.match(value):
-        return value
+def _seq(value: object, frame_id: str | None) -> int:
+    if isinstance(value, str) and value:
+        try:
+            return position(value)
+        except BadPosition:
+            pass
     raise FrameError(
-        BAD_REQUEST, "field 'seq' must be an inbox position such as \"1700000000000-0\"", frame_id
+        BAD_REQUEST,
+        "field 'seq' must be an inbox position: a decimal string below 2**64, such as \"17\"",
+        frame_id,
     )
 
 
@@ -223,6 +227,10 @@ def encode_error(code: str, message: str, frame_id: str | None = None) -> str:
     )
 
 
-def encode_replay_end(seq: str) -> str:
-    """Type 14 from the gateway: the replay ends at ``seq``."""
-    return f'{{"type":14,"seq":{_DUMPS(seq)}}}'
+def encode_replay_end(upto: int, *, truncated: bool = False) -> str:
+    """Type 14 from the gateway: the replay ends at position ``upto``; ``truncated`` when
+    messages the client had not acknowledged were trimmed from the inbox before it got
+    them (by length or age)."""
+    if truncated:
+        return f'{{"type":14,"seq":"{upto}","truncated":true}}'
+    return f'{{"type":14,"seq":"{upto}"}}'

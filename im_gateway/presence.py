@@ -6,26 +6,49 @@ written by one worker in order, batched (one ``refresh`` round trip for every at
 and one ``forget`` for every detach in a batch), so a user who reconnects quickly
 never ends up detached by an older write. A refresher extends every local entry's TTL
 every ``ttl / 3`` seconds in one round trip, so a crashed gateway's entries expire.
+
+A watcher checks the gateway's beacon in the store every ``watch_interval`` seconds
+(one small round trip): when the store has lost it (a Redis restarted without
+persistence, or flushed), every local entry is re-asserted at once, so pushes to this
+gateway's users resume within a second of Redis answering again instead of after the
+next refresh.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from transmit_hub.types import GatewayId, UserId
 
 from .store import Store
 from .tasks import cancel_and_wait
+from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
+_write_failed = Throttled(logger, "presence updates failed %d times")
+_refresh_failed = Throttled(logger, "presence refreshes failed %d times")
+_watch_failed = Throttled(logger, "the store did not answer the presence watcher %d times")
 
 
 class Presence:
     """Counts local sockets per user and keeps the store's presence entries in step."""
 
-    def __init__(self, store: Store, gateway_id: GatewayId, *, ttl: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        gateway_id: GatewayId,
+        *,
+        ttl: float,
+        watch_interval: float = 0.25,
+        on_lost: Callable[[], None] | None = None,
+    ) -> None:
+        """``on_lost`` is called when the store's epoch changes while the gateway runs: the
+        store lost its data and inbox positions start again (sessions should rebase)."""
+        self._watch_interval = watch_interval
+        self._on_lost = on_lost
+        self._epoch: str | None = None
         self._store = store
         self._gateway_id = gateway_id
         self._ttl = ttl
@@ -41,11 +64,15 @@ class Presence:
         return list(self._counts)
 
     async def start(self) -> None:
-        """Start the writer and the refresher."""
+        """Set the beacon, start the writer, the refresher and the watcher."""
+        if self._watch_interval > 0:
+            self._epoch = (await self._store.beacon(self._gateway_id, self._ttl)).epoch
         self._tasks = [
             asyncio.create_task(self._write_loop(), name="presence-writer"),
             asyncio.create_task(self._refresh_loop(), name="presence-refresher"),
         ]
+        if self._watch_interval > 0:
+            self._tasks.append(asyncio.create_task(self._watch_loop(), name="presence-watcher"))
 
     async def add(self, user: UserId) -> None:
         """A socket of ``user`` opened; returns once the store shows the user here."""
@@ -80,8 +107,8 @@ class Presence:
                 await self._write(dirty)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("presence update for %d users failed", len(dirty))
+            except Exception as exc:
+                _write_failed.hit(exc=exc)
             finally:
                 for waiter in waiters:
                     if not waiter.done():
@@ -113,8 +140,40 @@ class Presence:
                 await self._store.refresh(self._gateway_id, users)
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                logger.exception("presence refresh for %d users failed", len(users))
+            except Exception as exc:
+                _refresh_failed.hit(exc=exc)
+
+    async def _watch_loop(self) -> None:
+        down = False
+        while True:
+            await asyncio.sleep(self._watch_interval)
+            try:
+                beacon = await self._store.beacon(self._gateway_id, self._ttl)
+                if beacon.epoch != self._epoch:
+                    if self._epoch is not None:
+                        logger.warning(
+                            "the store lost its data (a new epoch): sessions read their inboxes "
+                            "from the start"
+                        )
+                        if self._on_lost is not None:
+                            self._on_lost()
+                    self._epoch = beacon.epoch
+                lost = beacon.missing
+                if lost or down:
+                    users = list(self._counts)
+                    await self.refresh_now()
+                    if users and (lost or down):
+                        logger.info(
+                            "store %s: re-asserted presence of %d local users",
+                            "lost this gateway's presence" if lost else "answers again",
+                            len(users),
+                        )
+                down = False
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                down = True
+                _watch_failed.hit(exc=exc)
 
     async def close(self, *, detach: bool = True) -> None:
         """Stop writing; with ``detach``, remove every local entry (one round trip)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .errors import ConfigError
+
 
 class TokenBucket:
     """Allow ``rate`` frames per second on average and bursts of up to ``burst``.
@@ -13,20 +15,28 @@ class TokenBucket:
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate < 0 or burst < 0:
-            raise ValueError("rate and burst must not be negative")
+            raise ConfigError("rate and burst must not be negative")
         self._rate = rate
         self._burst = max(burst, 1.0)
         self._tokens = self._burst
         self._last = now
 
-    def allow(self, now: float) -> bool:
-        """Take one token at time ``now`` (seconds, monotonic); False when none is left."""
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens at time ``now`` (seconds, monotonic); False (nothing taken)
+        when fewer are left."""
         if self._rate == 0:
             return True
         tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
         self._last = now
-        if tokens < 1.0:
+        if tokens < cost:
             self._tokens = tokens
             return False
-        self._tokens = tokens - 1.0
+        self._tokens = tokens - cost
         return True
+
+    def wait(self, now: float, cost: float = 1.0) -> float:
+        """Seconds from ``now`` until ``cost`` tokens are there (0: now)."""
+        if self._rate == 0:
+            return 0.0
+        tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        return max(0.0, (min(cost, self._burst) - tokens) / self._rate)

@@ -15,15 +15,22 @@ batch started less than ``busy_window`` seconds ago) the worker waits ``linger``
 seconds before taking a small batch, letting frames from many clients share it. An
 idle gateway (no batch lately) stores a frame at once: no added latency.
 
-Then, per stored message: the sender's connection gets the ack (type 10) and nothing
-else; every recipient's sockets on this gateway (the sender's other devices included)
-get the message directly; the recipients' other gateways get one
-:class:`~transmit_hub.types.TransmitMap` through the hub link. When the link's buffer
-is full the push is skipped (logged): the message is already in every inbox.
+Then, per stored message: the sender's connection gets the ack (type 10), and its
+position in the sender's inbox (without a frame: it has the message); every recipient's
+sockets on this gateway (the sender's other devices included) get the message directly;
+the recipients' other gateways get one :class:`~transmit_hub.types.TransmitMap` through
+the hub link. A duplicate (a resend with the same client id, after a gateway died
+between storing and answering, or a store reply that was lost) is answered with the
+first message's id and pushed again, with its first positions: receivers drop what they
+have. When the link's buffer is full the push is skipped (logged, counted): the message
+is already in every inbox, and a receiving session that sees the next position fills
+the hole from there.
 
-From the hub: deliveries go to the named users' local sockets; undeliverable notices
-clear the stale presence they name; after each (re)connect every local session
-catches up from its inbox, so pushes missed while the hub was away still arrive live.
+From the hub: deliveries are checked as strictly as client frames
+(:mod:`im_gateway.inbound`; a bad one is dropped and counted, the rest go on) and go to
+the named users' local sockets; undeliverable notices clear the stale presence they
+name; after each (re)connect every local session reads its inbox to the end, so pushes
+missed while the hub was away arrive live even when nothing follows them.
 """
 
 from __future__ import annotations
@@ -47,12 +54,14 @@ from transmit_hub.types import (
     UserId,
 )
 
-from . import frames
+from . import frames, inbound
+from .faults import Faults
 from .ids import MessageIds
 from .presence import Presence
 from .sessions import Session
-from .store import Accepted, Refused, Store, Submission, seq_key
+from .store import Accepted, Refused, Store, Submission
 from .tasks import cancel_and_wait
+from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
@@ -68,24 +77,6 @@ class Link(Protocol):
     def send(self, tmap: TransmitMap) -> bool: ...
 
     def events(self) -> AsyncIterator[LinkEvent]: ...
-
-
-class _Throttled:
-    """Count an event and log it at most once per ``interval`` seconds."""
-
-    def __init__(self, message: str, interval: float = 5.0) -> None:
-        self._message = message
-        self._interval = interval
-        self._count = 0
-        self._last = 0.0
-
-    def hit(self, n: int = 1) -> None:
-        self._count += n
-        now = time.monotonic()
-        if now - self._last >= self._interval:
-            logger.warning(self._message, self._count)
-            self._count = 0
-            self._last = now
 
 
 def _take(queue: asyncio.Queue[_Item], batch: list[_Item], limit: int) -> None:
@@ -109,6 +100,8 @@ class Relay:
         busy_window: float = 0.02,
         forget_grace: float = 10.0,
         presence: Presence | None = None,
+        max_content: int = frames.DEFAULT_MAX_CONTENT,
+        faults: Faults | None = None,
     ) -> None:
         """``forget_grace``: seconds after each (re)attach during which the hub's
         "not attached" notices are not acted on. After a hub restart the other gateways
@@ -125,9 +118,20 @@ class Relay:
         self._ids = MessageIds()
         self._sessions: dict[UserId, list[Session]] = {}
         self._tasks: list[asyncio.Task[None]] = []
-        self._link_full = _Throttled(
-            "hub link buffer full: %d pushes skipped (the inboxes hold those messages)"
+        self._link_full = Throttled(
+            logger, "hub link buffer full: %d pushes skipped (the inboxes hold those messages)"
         )
+        self._bad_delivery = Throttled(
+            logger, "dropped %d malformed deliveries from the hub (DEBUG logs each)"
+        )
+        self._store_failed = Throttled(logger, "storing a batch failed %d times; retrying once")
+        self._batch_failed = Throttled(
+            logger,
+            "storing a batch failed again %d times; senders told to send again",
+            level=logging.ERROR,
+        )
+        self._max_content = max_content
+        self._faults = faults
         self._forget_grace = forget_grace
         self._presence = presence
         self._linked_at = time.monotonic()
@@ -249,8 +253,8 @@ class Relay:
                         )
                     )
                 raise
-            except Exception:
-                logger.exception("storing a batch of %d messages failed", len(batch))
+            except Exception as exc:
+                self._batch_failed.hit(exc=exc)
                 for session, sub in batch:
                     session.push(
                         frames.encode_error(
@@ -263,10 +267,13 @@ class Relay:
         try:
             results = await self._store.submit(submissions)
         except Exception as exc:
-            # Once more on a fresh connection (a pooled one may have died with its
-            # server). Safe: a batch is stored atomically and deduped by client id.
-            logger.warning("storing a batch failed (%s); retrying once", exc)
+            # Once more (a timeout: the batch may have been stored with its reply lost).
+            # Safe: a batch is stored atomically and deduped by client id, and duplicates
+            # are pushed again below.
+            self._store_failed.hit(exc=exc)
             results = await self._store.submit(submissions)
+        if self._faults is not None:
+            self._faults.stored()
         self.batches += 1
         self.submitted += len(batch)
         for (session, _), result in zip(batch, results, strict=True):
@@ -276,8 +283,8 @@ class Relay:
             session.push(
                 frames.encode_accepted(result.client_id, result.message.id, result.message.time)
             )
-            if not result.duplicate:
-                self._route(session, result)
+            # A duplicate too: its first push may have died with the gateway that stored it.
+            self._route(session, result)
 
     def _route(self, sender: Session, accepted: Accepted) -> None:
         prefix: str | None = None  # encoded once, and only when a local socket needs it
@@ -286,14 +293,19 @@ class Relay:
         remote: dict[GatewayId, list[Recipient]] = {}
         for recipient in accepted.recipients:
             sessions = local.get(recipient.user_id)
-            if sessions and (len(sessions) > 1 or sessions[0] is not sender):
-                if prefix is None:
-                    prefix = frames.message_prefix(accepted.message)
-                key = seq_key(recipient.seq)
-                text = frames.with_seq(prefix, recipient.seq)
-                for session in sessions:
-                    if session is not sender:
-                        session.deliver(key, text)
+            if sessions:
+                pos = int(recipient.seq)  # from our own store
+                if len(sessions) == 1 and sessions[0] is sender:
+                    sender.own(pos)
+                else:
+                    if prefix is None:
+                        prefix = frames.message_prefix(accepted.message)
+                    text = frames.with_seq(prefix, recipient.seq)
+                    for session in sessions:
+                        if session is sender:
+                            session.own(pos)
+                        else:
+                            session.deliver(pos, text)
             for gateway in accepted.presence.get(recipient.user_id, ()):
                 if gateway != me:
                     remote.setdefault(gateway, []).append(recipient)
@@ -302,6 +314,8 @@ class Relay:
                 message=accepted.message,
                 users={gateway: tuple(rs) for gateway, rs in remote.items()},
             )
+            if self._faults is not None and self._faults.drop():
+                return
             if not self._link.send(tmap):
                 self._link_full.hit()
 
@@ -337,18 +351,26 @@ class Relay:
                 logger.exception("handling a hub event failed")
 
     def _deliver(self, delivery: Delivery) -> None:
+        problem = inbound.message_problem(delivery.message, max_content=self._max_content)
+        if problem is not None:
+            logger.debug("dropped a delivery from the hub: %s", problem)
+            self._bad_delivery.hit()
+            return
+        good, bad = inbound.recipients(delivery)
+        if bad:
+            logger.debug("dropped %d malformed recipients of a delivery from the hub", bad)
+            self._bad_delivery.hit(bad)
         prefix: str | None = None
         local = self._sessions
-        for recipient in delivery.recipients:
-            sessions = local.get(recipient.user_id)
+        for user, pos in good:
+            sessions = local.get(user)
             if not sessions:
                 continue
             if prefix is None:
                 prefix = frames.message_prefix(delivery.message)
-            key = seq_key(recipient.seq)
-            text = frames.with_seq(prefix, recipient.seq)
+            text = frames.with_seq(prefix, str(pos))
             for session in sessions:
-                session.deliver(key, text)
+                session.deliver(pos, text)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

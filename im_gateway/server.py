@@ -30,7 +30,7 @@ from transmit_hub.lifecycle import AsyncLifecycle
 from transmit_hub.link import HubLink
 from transmit_hub.types import GatewayId, UserId
 
-from . import auth, web
+from . import auth, faults, web
 from .config import GatewayConfig, default_gateway_id
 from .errors import AuthError, StartupError
 from .presence import Presence
@@ -140,6 +140,9 @@ class Gateway(AsyncLifecycle):
             burst=self.config.effective_burst,
             max_content=self.config.max_content,
             close_timeout=self.config.close_timeout,
+            replay_budget=self.config.replay_budget,
+            max_refused=self.config.max_refused,
+            fill_delay=self.config.fill_delay,
         )
         self._started = False
         self._closed = asyncio.Event()
@@ -196,6 +199,13 @@ class Gateway(AsyncLifecycle):
             await self.close()
             raise
 
+    def _store_lost(self) -> None:
+        """The store lost its data (a Redis restarted without persistence): inbox positions
+        start from 1 again, so every session starts over from 0."""
+        if self._relay is not None:
+            for session in self._relay.sessions():
+                session.rebase()
+
     async def _start(self, cfg: GatewayConfig) -> None:
         if cfg.weak_secret:
             logger.warning(
@@ -210,6 +220,7 @@ class Gateway(AsyncLifecycle):
                     inbox_max_len=cfg.inbox_max_len,
                     inbox_max_age=cfg.inbox_max_age,
                     dedupe_window=cfg.dedupe_window,
+                    socket_timeout=cfg.redis_timeout,
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
@@ -241,7 +252,7 @@ class Gateway(AsyncLifecycle):
             self._hub_link = HubLink(cfg.hub, gateway_id, token=cfg.hub_token)
             await self._hub_link.start()
             self._link = self._hub_link
-        self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl)
+        self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl, on_lost=self._store_lost)
         await self._presence.start()
         self._relay = Relay(
             gateway_id=gateway_id,
@@ -252,6 +263,8 @@ class Gateway(AsyncLifecycle):
             linger=cfg.batch_linger,
             forget_grace=cfg.forget_grace,
             presence=self._presence,
+            max_content=cfg.max_content,
+            faults=faults.from_env(),
         )
         await self._relay.start()
         self._slots = asyncio.Semaphore(cfg.store_concurrency)

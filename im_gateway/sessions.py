@@ -7,16 +7,26 @@ it is drained, so an idle connection costs no task). Full policy: a client that 
 not read is disconnected (close 1013) instead of growing memory or stalling the
 gateway; everything it missed is in its inbox and replayed when it reconnects.
 
-Replay. On connect the session replays the inbox after the acknowledged position in
-pages, then sends ``{"type":14,"seq":...}``. While a replay runs, live messages are
-held (bounded) and flushed after it. Live messages already sent are dropped: the
-session remembers the last few positions it sent (a small window) and everything at
-or below the oldest position it forgot; a live message that arrives out of order
-(a lower position from another gateway) but was never sent is still delivered.
+Positions. Inbox positions are consecutive, and a :class:`~im_gateway.cursor.Cursor`
+(pure) keeps where this connection stands: the next position is sent at once, a repeat
+is dropped, one beyond a hole is held while the hole is filled from the inbox (one
+read in flight per session, started ``fill_delay`` seconds after the hole appears, so
+pushes that merely arrive out of order cost nothing). So each connection sees its
+messages in order and without holes, whatever the hub did with the pushes, and a
+client may always acknowledge the highest seq it has seen. Positions the inbox trimmed
+before the client got them are said: ``{"type":14,...,"truncated":true}``.
 
-Reading. Frames are parsed by :mod:`im_gateway.frames`, rate limited by a token
-bucket, and handed to the router; errors go back as type 99 and the socket stays
-open. Frames that need no await (messages while the router has room, heartbeats,
+Replay. On connect the session replays the inbox after the acknowledged position in
+pages, then sends ``{"type":14,"seq":...}``. A client may ask again (type 14 with a
+seq): one such replay at a time per connection (a second is answered
+``rate_limited``), within a budget of entries per minute; beyond it the replay stops
+with a ``rate_limited`` error and an end marker at the position reached, so the client
+can ask from there later.
+
+Reading. Every frame, valid or not, takes a token from the rate limit; frames are
+parsed by :mod:`im_gateway.frames` and handed to the router; errors go back as type 99
+and the socket stays open, until a client has had ``max_refused`` frames refused in a
+minute: then it is closed with 1008 (policy violation). Frames that need no await (messages while the router has room, heartbeats,
 acks) are handled by :meth:`Session.receive_now` straight from the connection's data
 callback: no reader task wakes up per frame. The rest (group changes and replay
 requests wait for the store) go through :meth:`Session.run`, and so does every frame
@@ -42,29 +52,27 @@ from websockets.exceptions import ConnectionClosed
 from transmit_hub.types import MessageId, UserId
 
 from . import frames
+from .cursor import Cursor
 from .errors import FrameError
 from .ratelimit import TokenBucket
-from .store import START, Store, seq_key
+from .store import InboxPage, Store
 from .tasks import cancel_and_wait
+from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
-
-SeqKey = tuple[int, int]
 
 CLOSE_SEND_QUEUE_FULL = 1013
 """Try Again Later: the client stopped reading and its send queue filled up."""
 CLOSE_IDLE = 1000
-MAX_REPLAY_REQUESTS = 8
+CLOSE_POLICY = 1008
+"""Policy Violation: the client kept sending frames that were refused."""
 
-
-def _packed(key: SeqKey) -> int:
-    """An inbox position as one int (a short list of ints is far smaller than a set of
-    tuples; stream ids never have 2**32 entries in one millisecond)."""
-    return (key[0] << 32) | (key[1] & 0xFFFFFFFF)
-
-
-def _position(key: SeqKey) -> str:
-    return START if key == (0, 0) else f"{key[0]}-{key[1]}"
+_replay_failed = Throttled(logger, "inbox reads failed %d times (replays and hole fills)")
+_ack_failed = Throttled(logger, "ack writes failed %d times")
+_group_failed = Throttled(logger, "group changes failed %d times")
+_closed_refused = Throttled(
+    logger, "%d connections closed (1008) for sending too many refused frames", level=logging.INFO
+)
 
 
 class WebSocketLike(Protocol):
@@ -113,7 +121,12 @@ class SessionLimits:
     send_queue: int = 1024
     replay_page: int = 200
     held_max: int = 1024
-    recent_window: int = 32
+    fill_delay: float = 0.05
+    """Seconds a hole may wait for its push before it is read from the inbox."""
+    replay_budget: int = 20_000
+    """Inbox entries per minute a connection may ask to be replayed (type 14); 0: no limit."""
+    max_refused: int = 100
+    """Refused frames per minute before the connection is closed (1008); 0: never."""
     idle_timeout: float = 300.0
     rate: float = 200.0
     burst: float = 400.0
@@ -121,19 +134,13 @@ class SessionLimits:
     close_timeout: float = 3.0
 
 
-CONNECT = "connect"
-CLIENT = "client"
-CATCH_UP = "catch_up"
-
-
 @dataclass(frozen=True, slots=True)
 class _ReplayRequest:
-    kind: str
-    """CONNECT: after the acknowledged position, then an end marker. CLIENT: after
-    ``after`` (or the acknowledged position), then an end marker. CATCH_UP: after
-    ``after`` (or what this session was sent before the link dropped), skipping what
-    was already sent, without a marker."""
-    after: str | None = None
+    """A replay with an end marker: on connect (``after`` None: from the acknowledged
+    position) or asked for by the client (type 14)."""
+
+    after: int | None
+    connect: bool = False
 
 
 class Session:
@@ -143,22 +150,20 @@ class Session:
         "_ack_target",
         "_acking",
         "_bucket",
+        "_budget",
         "_closing",
-        "_floor",
+        "_cursor",
+        "_fill_timer",
         "_handling",
-        "_held",
-        "_last_key",
         "_limits",
-        "_link_mark",
         "_loop",
-        "_missed",
         "_pinged_at",
         "_pong",
         "_queue",
-        "_recent",
-        "_replay_requests",
-        "_replay_task",
-        "_replaying",
+        "_reader",
+        "_refused",
+        "_requests",
+        "_retry_at",
         "_router",
         "_slots",
         "_store",
@@ -192,17 +197,16 @@ class Session:
         self._queue: collections.deque[str] | None = None  # allocated on a backlog only
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
-        self._bucket = TokenBucket(limits.rate, limits.burst, self._loop.time())
-        self._last_key: SeqKey = (0, 0)
-        self._floor: SeqKey = (0, 0)
-        self._recent: list[int] | None = None  # positions sent lately, as _packed() ints
-        self._replaying = True  # until the connect replay is done, live messages are held
-        self._held: list[tuple[SeqKey, str]] = []
-        self._missed: SeqKey | None = None
-        self._replay_requests: list[_ReplayRequest] = []
-        self._replay_task: asyncio.Task[None] | None = None
-        self._link_mark: str | None = None
-        self._ack_target: str | None = None
+        now = self._loop.time()
+        self._bucket = TokenBucket(limits.rate, limits.burst, now)
+        self._budget = TokenBucket(limits.replay_budget / 60.0, limits.replay_budget, now)
+        self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
+        self._cursor: Cursor[str] = Cursor(hold_max=limits.held_max)
+        self._requests: list[_ReplayRequest] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._fill_timer: asyncio.TimerHandle | None = None
+        self._retry_at = 0.0
+        self._ack_target: int | None = None
         self._acking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self.last_seen = self._loop.time()
@@ -220,8 +224,13 @@ class Session:
 
     @property
     def replaying(self) -> bool:
-        """True while a replay or catch-up is running or queued."""
-        return self._replay_task is not None
+        """True while a replay or a hole fill is running or queued."""
+        return self._reader is not None or bool(self._requests)
+
+    @property
+    def position(self) -> int:
+        """Everything up to this inbox position is delivered on this connection."""
+        return self._cursor.last
 
     @property
     def queued(self) -> int:
@@ -299,129 +308,155 @@ class Session:
 
     # --- live delivery ----------------------------------------------------------------
 
-    def deliver(self, key: SeqKey, text: str) -> None:
-        """A live message at inbox position ``key``; dropped when already sent."""
-        if self._replaying:
-            if len(self._held) < self._limits.held_max:
-                self._held.append((key, text))
-            elif self._missed is None or key < self._missed:
-                self._missed = key
+    def deliver(self, pos: int, text: str) -> None:
+        """A pushed message at inbox position ``pos``: sent in order, repeats dropped."""
+        if self._closing:
             return
-        if key <= self._floor or (self._recent is not None and _packed(key) in self._recent):
-            return
-        self._sent(key, text)
+        cursor = self._cursor
+        for frame in cursor.live(pos, text):
+            self.push(frame)
+        if cursor.wants_fill:
+            self._want_fill()
 
-    def _sent(self, key: SeqKey, text: str) -> None:
-        recent = self._recent
-        if recent is None:
-            recent = self._recent = []
-        recent.append(_packed(key))
-        if len(recent) > self._limits.recent_window:
-            oldest = recent.pop(0)
-            self._floor = max(self._floor, (oldest >> 32, oldest & 0xFFFFFFFF))
-        if self._last_key < key:
-            self._last_key = key
-        self.push(text)
+    def own(self, pos: int) -> None:
+        """This connection sent the message at ``pos`` (it got type 10, not the message)."""
+        if self._closing:
+            return
+        cursor = self._cursor
+        for frame in cursor.own(pos):
+            self.push(frame)
+        if cursor.wants_fill:
+            self._want_fill()
+
+    def _want_fill(self) -> None:
+        if self._reader is not None or self._fill_timer is not None:
+            return  # a running reader looks again when it is done
+        delay = max(self._limits.fill_delay, self._retry_at - self._loop.time())
+        self._fill_timer = self._loop.call_later(delay, self._kick)
+
+    def _kick(self) -> None:
+        self._fill_timer = None
+        if self._reader is None and not self._closing and self._cursor.wants_fill:
+            self._reader = self._loop.create_task(self._read_loop())
 
     # --- replay -----------------------------------------------------------------------
 
     def start(self) -> None:
         """Begin the connect replay: after the acknowledged position, with an end marker."""
-        self._request(_ReplayRequest(CONNECT))
+        self._requests.append(_ReplayRequest(None, connect=True))
+        self._start_reader()
 
     def link_down(self) -> None:
-        """The hub link dropped: remember what was sent so far, to catch up from there."""
-        if self._link_mark is None:
-            self._link_mark = _position(self._last_key)
+        """The hub link dropped (pushes may be missed until :meth:`catch_up`)."""
 
     def catch_up(self) -> None:
-        """Send what the inbox holds after what this session was last sent (after LinkUp)."""
-        self._request(_ReplayRequest(CATCH_UP))
+        """Read the inbox to its end (after the hub link came back: pushes may be missed)."""
+        self._cursor.sync()
+        if self._cursor.wants_fill:
+            self._want_fill()
 
-    def _request(self, request: _ReplayRequest) -> bool:
-        if self._closing or len(self._replay_requests) >= MAX_REPLAY_REQUESTS:
-            return False
-        self._replay_requests.append(request)
-        if self._replay_task is None:
-            self._replaying = True
-            self._replay_task = self._loop.create_task(self._replay_loop())
-        return True
+    def rebase(self) -> None:
+        """The store lost its data and numbers inboxes from 1 again: start over from 0."""
+        self._cursor.rebase()
+        if self._cursor.wants_fill:
+            self._want_fill()
 
-    async def _replay_loop(self) -> None:
+    def _start_reader(self) -> None:
+        if self._reader is None and not self._closing:
+            if self._fill_timer is not None:
+                self._fill_timer.cancel()
+                self._fill_timer = None
+            self._reader = self._loop.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        """The one task that reads the inbox for this connection: replays, then fills."""
         try:
-            while self._replay_requests and not self._closing:
-                request = self._replay_requests.pop(0)
-                try:
-                    await self._replay(request)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    logger.exception("replay for user %s failed", self.user)
-                    self.push(
-                        frames.encode_error(
-                            frames.INTERNAL, "replay failed; ask again with type 14"
-                        )
-                    )
-                finally:
-                    self._flush_held()
+            while not self._closing:
+                if self._requests:
+                    request = self._requests[0]
+                    try:
+                        await self._replay(request)
+                    finally:
+                        self._requests.pop(0)
+                elif self._cursor.wants_fill:
+                    if await self._fill():
+                        self.push(frames.encode_replay_end(self._cursor.last, truncated=True))
+                else:
+                    break
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _replay_failed.hit(exc=exc)
+            self._retry_at = self._loop.time() + 1.0
+            if self._requests:
+                self._requests.clear()
+                self.push(
+                    frames.encode_error(frames.INTERNAL, "replay failed; ask again with type 14")
+                )
         finally:
-            self._replaying = False
-            self._replay_task = None
+            self._reader = None
+            if self._cursor.wants_fill and not self._closing:
+                self._want_fill()
+
+    async def _read(self, after: int) -> tuple[InboxPage, bool]:
+        limit = self._limits.replay_page
+        async with self._slots:
+            page = await self._store.read_inbox(self.user, after, limit)
+        await self._room()
+        return page, len(page.entries) < limit
+
+    async def _fill(self) -> bool:
+        """Read one page after the cursor; True when positions turned out trimmed."""
+        cursor = self._cursor
+        page, complete = await self._read(cursor.begin_fill())
+        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+        result = cursor.filled(entries, page.last, complete=complete)
+        for frame in result.send:
+            self.push(frame)
+        return result.trimmed
 
     async def _replay(self, request: _ReplayRequest) -> None:
-        self._replaying = True
-        dedupe = request.kind == CATCH_UP
-        if request.kind == CATCH_UP:
-            if request.after is not None:
-                after = request.after
-            else:
-                after = (
-                    self._link_mark if self._link_mark is not None else _position(self._last_key)
-                )
-                self._link_mark = None
-        elif request.after is not None:
-            after = request.after
-        else:
+        cursor = self._cursor
+        if request.connect:
+            async with self._slots:
+                acked = await self._store.acked(self.user)
+            for frame in cursor.start(acked):
+                self.push(frame)
+            trimmed = False
+            while cursor.wants_fill and not self._closing:
+                trimmed = await self._fill() or trimmed
+            self.push(frames.encode_replay_end(cursor.last, truncated=trimmed))
+            return
+        after = request.after
+        if after is None:
             async with self._slots:
                 after = await self._store.acked(self.user)
-            if request.kind == CONNECT:
-                # The client has everything up to its acknowledged position.
-                self._floor = max(self._floor, seq_key(after))
-                self._last_key = max(self._last_key, seq_key(after))
-        page = self._limits.replay_page
-        position = after
+        position, trimmed = after, False
+        page_size = self._limits.replay_page
         while not self._closing:
-            async with self._slots:
-                entries = await self._store.read_inbox(self.user, position, page)
-            if not entries:
+            now = self._loop.time()
+            if not self._budget.allow(now, page_size):
+                wait = self._budget.wait(now, page_size)
+                self.push(
+                    frames.encode_error(
+                        frames.RATE_LIMITED,
+                        f"replay budget used up; ask again from here in {wait:.0f} s",
+                    )
+                )
                 break
-            await self._room()
-            for entry in entries:
-                key = seq_key(entry.seq)
-                # Only the window, not the floor: a catch-up may repeat an old message
-                # (at least once) but never skips one that was not sent.
-                if dedupe and self._recent is not None and _packed(key) in self._recent:
-                    continue
-                self._sent(key, frames.encode_message(entry.message, entry.seq))
-            position = entries[-1].seq
-            if len(entries) < page:
+            page, complete = await self._read(position)
+            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+            result = cursor.replayed(position, entries, page.last, complete=complete)
+            for frame in result.send:
+                self.push(frame)
+            trimmed = trimmed or result.trimmed
+            if entries:
+                position = entries[-1][0]
+            if complete:
+                if trimmed and position < page.last:
+                    position = page.last
                 break
-        if request.kind != CATCH_UP:
-            self.push(frames.encode_replay_end(position))
-
-    def _flush_held(self) -> None:
-        held, self._held = self._held, []
-        missed, self._missed = self._missed, None
-        self._replaying = False
-        for key, text in held:
-            self.deliver(key, text)
-        if missed is not None:
-            # Live messages overflowed the hold buffer: read them from the inbox.
-            ms, n = missed
-            before = f"{ms}-{n - 1}" if n > 0 else f"{ms - 1}-18446744073709551615"
-            self._replay_requests.append(_ReplayRequest(CATCH_UP, after=before))
-        if self._replay_requests:
-            self._replaying = True
+        self.push(frames.encode_replay_end(position, truncated=trimmed))
 
     # --- reading ----------------------------------------------------------------------
 
@@ -455,7 +490,8 @@ class Session:
             frame = frames.parse(text, max_content=self._limits.max_content)
         except FrameError as exc:
             self.last_seen = now
-            self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+            self._bucket.allow(now)  # a refused frame counts toward the rate too
+            self._refuse(exc, now)
             return True
         if isinstance(frame, frames.SendMessage):
             if self._router.busy:
@@ -467,13 +503,25 @@ class Session:
             self._check_rate(frame, now)
             self._act_now(frame)
         except FrameError as exc:
-            self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+            self._refuse(exc, now)
         except Exception:
             logger.exception("handling a frame from user %s failed; closing", self.user)
             self._closing = True
             self._queue = None
             self._spawn(self.close_socket(1011, "internal error"))
         return True
+
+    def _refuse(self, exc: FrameError, now: float) -> None:
+        """Answer a refused frame (type 99); close a client that keeps sending them."""
+        if self._closing:
+            return
+        if self._limits.max_refused and not self._refused.allow(now):
+            _closed_refused.hit()
+            self._closing = True
+            self._queue = None
+            self._spawn(self.close_socket(CLOSE_POLICY, "too many refused frames"))
+            return
+        self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
     async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
@@ -514,21 +562,29 @@ class Session:
         return True
 
     async def _handle(self, data: str | bytes, now: float) -> None:
+        allowed = self._bucket.allow(now)  # every frame counts, valid or not
         try:
             frame = frames.parse(data, max_content=self._limits.max_content)
-            self._check_rate(frame, now)
+            if not allowed:
+                raise FrameError(
+                    frames.RATE_LIMITED, "too many frames; slow down", getattr(frame, "id", None)
+                )
             if isinstance(frame, frames.SendMessage):
                 if not self._router.submit_nowait(self, frame):
                     await self._router.submit(self, frame)
             elif isinstance(frame, frames.GroupChange):
                 await self._group_change(frame)
             elif isinstance(frame, frames.Replay):
-                if not self._request(_ReplayRequest(CLIENT, after=frame.seq)):
-                    raise FrameError(frames.RATE_LIMITED, "too many replay requests pending")
+                if self._requests:
+                    raise FrameError(
+                        frames.RATE_LIMITED, "a replay is running; ask again after its end marker"
+                    )
+                self._requests.append(_ReplayRequest(frame.after))
+                self._start_reader()
             else:
                 self._act_now(frame)
         except FrameError as exc:
-            self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
+            self._refuse(exc, now)
 
     def _check_rate(self, frame: frames.ClientFrame, now: float) -> None:
         if not self._bucket.allow(now):
@@ -544,7 +600,7 @@ class Session:
         elif isinstance(frame, frames.Heartbeat):
             self.push(frames.HEARTBEAT_REPLY)
         else:
-            self._ack(frame.seq)
+            self._ack(frame.upto)
 
     async def _group_change(self, frame: frames.GroupChange) -> None:
         try:
@@ -556,14 +612,16 @@ class Session:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.exception("group change for user %s failed", self.user)
+            _group_failed.hit(exc=exc)
             raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc
         msg_id, now_ms = self._router.new_id()
         self.push(frames.encode_accepted(frame.id, msg_id, now_ms))
 
-    def _ack(self, seq: str) -> None:
-        """Coalesced: at most one ack write in flight per session, the latest wins."""
-        self._ack_target = seq
+    def _ack(self, upto: int) -> None:
+        """Coalesced: at most one ack write in flight per session, the highest wins (the
+        store never moves a position back, nor past the inbox's end)."""
+        if self._ack_target is None or upto > self._ack_target:
+            self._ack_target = upto
         if self._acking is None:
             self._acking = self._loop.create_task(self._write_acks())
 
@@ -576,8 +634,8 @@ class Session:
                         await self._store.ack(self.user, seq)
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    logger.exception("ack for user %s failed", self.user)
+                except Exception as exc:
+                    _ack_failed.hit(exc=exc)
                     self.push(frames.encode_error(frames.INTERNAL, "ack not stored; send it again"))
         finally:
             self._acking = None
@@ -591,7 +649,10 @@ class Session:
         if self._acking is not None:
             # Let a pending ack finish: it records what the client confirmed.
             await asyncio.wait([self._acking], timeout=2.0)
-        await cancel_and_wait(self._replay_task, self._writer, self._acking, *(self._tasks or ()))
+        if self._fill_timer is not None:
+            self._fill_timer.cancel()
+            self._fill_timer = None
+        await cancel_and_wait(self._reader, self._writer, self._acking, *(self._tasks or ()))
 
 
 def _consume(future: asyncio.Future[float]) -> None:

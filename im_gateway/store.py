@@ -12,8 +12,15 @@ Rules every implementation keeps:
   the appends to every recipient's inbox, and the presence look-up of every
   recipient. A message is in every recipient's inbox before ``submit`` returns,
   so the sender may be acknowledged then.
-- Inbox positions (``seq``) are Redis stream ids (``"<ms>-<n>"``), increasing per
-  user; compare them with :func:`seq_key`. ``"0"`` means "before everything".
+- Inbox positions are consecutive: each inbox numbers its messages 1, 2, 3, ... (the
+  seq a client sees is that number in decimal), so whoever holds position N knows N+1
+  comes next, and a missing number is a message not yet seen (or trimmed). ``0`` means
+  "before everything". :func:`position` parses a seq; :class:`InboxPage` says where an
+  inbox ends, so a reader can tell "nothing more" from "trimmed before you got it".
+- An acknowledged position never moves back, nor past the end of its inbox.
+- A duplicate (same client id from the same user within the dedupe window) is answered
+  with the first message's id, time and recipients, positions included, so the caller
+  can push it again: a push may have been lost with the gateway that stored it.
 - Every key has a TTL except group membership; presence entries expire unless the
   live gateway refreshes them.
 """
@@ -26,28 +33,28 @@ from typing import Protocol
 
 from transmit_hub.types import GatewayId, Message, Recipient, UserId
 
+from .errors import BadPosition
+
 START = "0"
 """The position before every inbox entry."""
 
+MAX_POSITION = 2**64 - 1
+"""Positions are uint64."""
 
-_LIMIT = 2**64
-"""Each part of a stream id is a uint64."""
 
+def position(seq: str) -> int:
+    """An inbox position from its seq: ``"0"`` (or ``""``) is 0, ``"17"`` is 17.
 
-def seq_key(seq: str) -> tuple[int, int]:
-    """Order inbox positions: ``"5-1" < "5-2" < "6-0"``; ``""`` and ``"0"`` sort first.
-
-    Accepts ``"<ms>"`` and ``"<ms>-<n>"`` (decimal, each part below 2**64, as Redis
-    stream ids); raises ValueError for anything else.
+    Decimal digits only, at most ``2**64 - 1``; raises :class:`~im_gateway.errors.StoreError`
+    (a ValueError) for anything else, so nothing a client or a hub sends can pass as one.
     """
-    if seq in ("", START):
-        return (0, 0)
-    ms, dash, n = seq.partition("-")
-    if ms.isdigit() and ms.isascii() and (not dash or (n.isdigit() and n.isascii())):
-        key = (int(ms), int(n) if dash else 0)
-        if key[0] < _LIMIT and key[1] < _LIMIT:
-            return key
-    raise ValueError(f"bad inbox position {seq!r}")
+    if not seq:
+        return 0
+    if len(seq) <= 20 and seq.isascii() and seq.isdigit():
+        value = int(seq)
+        if value <= MAX_POSITION:
+            return value
+    raise BadPosition(f"bad inbox position {seq[:40]!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,10 +92,11 @@ class Accepted:
     message: Message
     """The stored message; for a duplicate, the first one's id and time."""
     duplicate: bool
-    """Seen before from this user with this client id: nothing stored or to deliver."""
+    """Seen before from this user with this client id: nothing stored this time."""
     recipients: tuple[Recipient, ...] = ()
     """Every inbox written, with the position there; includes the sender's own inbox
-    (for the sender's other devices). Empty for a duplicate."""
+    (for the sender's other devices). For a duplicate: the first submission's, so the
+    message can be pushed again (receivers drop what they already have)."""
     presence: Mapping[UserId, tuple[GatewayId, ...]] = field(default_factory=dict)
     """The live gateways of each recipient, looked up in the same batch."""
 
@@ -104,10 +112,37 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """One message in a user's inbox, at position ``seq``."""
+    """One message in a user's inbox, at ``position``."""
 
-    seq: str
+    position: int
     message: Message
+
+    @property
+    def seq(self) -> str:
+        """The position as clients see it."""
+        return str(self.position)
+
+
+@dataclass(frozen=True, slots=True)
+class InboxPage:
+    """Entries read from an inbox, and the position of its newest message (0: none yet).
+
+    ``entries`` are consecutive except where messages were trimmed (by length or age);
+    ``last`` beyond the final entry means more can be read.
+    """
+
+    entries: list[InboxEntry]
+    last: int
+
+
+@dataclass(frozen=True, slots=True)
+class Beacon:
+    """What :meth:`Store.beacon` found."""
+
+    missing: bool
+    """The gateway's mark was not there (first call, expired, or the data was lost)."""
+    epoch: str
+    """The store's data generation: it changes only when the data is lost."""
 
 
 class Store(Protocol):
@@ -146,16 +181,25 @@ class Store(Protocol):
         """The live gateways of each user, in one round trip; users with none are absent."""
         ...
 
-    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
-        """Up to ``limit`` entries after position ``after``, oldest first."""
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        """Up to ``limit`` entries after position ``after``, oldest first, in one round trip."""
         ...
 
-    async def ack(self, user: UserId, seq: str) -> None:
-        """The user has everything up to ``seq``; the position only moves forward."""
+    async def ack(self, user: UserId, upto: int) -> None:
+        """The user has everything up to ``upto``; the position only moves forward, and
+        never past the newest message of the inbox."""
         ...
 
-    async def acked(self, user: UserId) -> str:
-        """The user's acknowledged position, :data:`START` when none."""
+    async def acked(self, user: UserId) -> int:
+        """The user's acknowledged position, 0 when none."""
+        ...
+
+    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
+        """Mark ``gateway`` as present in the store for ``ttl`` seconds, in one round trip,
+        and read the store's epoch (made on first use). A missing mark means the gateway
+        should re-assert its presence at once; a new epoch, that the store lost its data
+        (a Redis restarted without persistence, or flushed) and inbox positions start
+        from 1 again."""
         ...
 
     async def ping(self) -> None:

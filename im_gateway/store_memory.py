@@ -1,8 +1,8 @@
 """The :class:`~im_gateway.store.Store` in plain Python, for unit tests of the gateway.
 
-It keeps the Redis store's semantics, clock included: inbox positions look like stream
-ids (``"<ms>-<n>"``, increasing per user), every entry but group membership expires, and
-the clock is injectable so tests can move time instead of waiting. Trimming is exact here
+It keeps the Redis store's semantics, clock included: inbox positions are consecutive
+per user (1, 2, 3, ...), every entry but group membership expires, and the clock is
+injectable so tests can move time instead of waiting. Trimming is exact here
 (Redis trims approximately, whole stream nodes at a time). One process only, of course.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import secrets
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -17,14 +18,16 @@ from dataclasses import dataclass, field
 from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
-from .store import START, Accepted, InboxEntry, Refused, Submission, seq_key, unencodable
+from .errors import StoreError
+from .store import Accepted, Beacon, InboxEntry, InboxPage, Refused, Submission, unencodable
 
 
 @dataclass(slots=True)
 class _Inbox:
-    keys: list[tuple[int, int]] = field(default_factory=list)
     entries: list[InboxEntry] = field(default_factory=list)
-    last: tuple[int, int] = (0, 0)
+    times: list[float] = field(default_factory=list)
+    """When each entry was appended (seconds), for trimming by age."""
+    last: int = 0
     expires: float = 0.0
 
 
@@ -46,7 +49,7 @@ class MemoryStore(AsyncClosing):
         clock: Callable[[], float] = time.time,
     ) -> None:
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
-            raise ValueError("store limits and TTLs must be positive")
+            raise StoreError("store limits and TTLs must be positive")
         self.prefix = prefix
         self.inbox_max_len = inbox_max_len
         self.inbox_max_age = inbox_max_age
@@ -56,9 +59,15 @@ class MemoryStore(AsyncClosing):
         self._groups: dict[int, set[UserId]] = {}
         self._presence: dict[UserId, dict[GatewayId, float]] = {}
         self._inboxes: dict[UserId, _Inbox] = {}
-        self._acked: dict[UserId, tuple[str, float]] = {}
-        # (sender, client id) -> (message id, time, expiry); insertion order = expiry order
-        self._dedupe: dict[tuple[UserId, str], tuple[MessageId, int, float]] = {}
+        self._acked: dict[UserId, tuple[int, float]] = {}
+        # (sender, client id) -> (message id, time, recipients, expiry); insertion order =
+        # expiry order
+        self._dedupe: dict[
+            tuple[UserId, str], tuple[MessageId, int, tuple[Recipient, ...], float]
+        ] = {}
+        self._beacons: dict[GatewayId, float] = {}
+        self.epoch = secrets.token_hex(8)
+        """The data generation (a test may change it to act out a data loss)."""
         self._closed = False
 
     # -- messages -------------------------------------------------------------------------
@@ -80,9 +89,10 @@ class MemoryStore(AsyncClosing):
         dkey = (msg.sender, sub.client_id)
         if sub.client_id:
             seen = self._dedupe.get(dkey)
-            if seen is not None and seen[2] > now:
+            if seen is not None and seen[3] > now:
                 first = dataclasses.replace(msg, id=seen[0], time=seen[1])
-                return Accepted(sub.client_id, first, duplicate=True)
+                again = seen[2]
+                return Accepted(sub.client_id, first, True, again, self._presence_of(again, now))
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
             if msg.sender not in members:
@@ -90,36 +100,36 @@ class MemoryStore(AsyncClosing):
             users = sorted(members)
         else:
             users = [UserId(msg.to)] if msg.to == msg.sender else [UserId(msg.to), msg.sender]
+        recipients = tuple(Recipient(user, self._append(user, msg, now)) for user in users)
         if sub.client_id:
             self._dedupe.pop(dkey, None)
-            self._dedupe[dkey] = (msg.id, msg.time, now + self.dedupe_window)
-        recipients = tuple(Recipient(user, self._append(user, msg, now)) for user in users)
+            self._dedupe[dkey] = (msg.id, msg.time, recipients, now + self.dedupe_window)
+        return Accepted(sub.client_id, msg, False, recipients, self._presence_of(recipients, now))
+
+    def _presence_of(
+        self, recipients: Sequence[Recipient], now: float
+    ) -> dict[UserId, tuple[GatewayId, ...]]:
         presence = {}
-        for user in users:
-            gateways = self._live(user, now)
+        for r in recipients:
+            gateways = self._live(r.user_id, now)
             if gateways:
-                presence[user] = gateways
-        return Accepted(sub.client_id, msg, False, recipients, presence)
+                presence[r.user_id] = gateways
+        return presence
 
     def _append(self, user: UserId, msg: Message, now: float) -> str:
         inbox = self._inbox(user, now)
         if inbox is None:
             inbox = self._inboxes[user] = _Inbox()
-        ms = int(now * 1000)
-        key = (ms, 0) if ms > inbox.last[0] else (inbox.last[0], inbox.last[1] + 1)
-        inbox.last = key
-        seq = f"{key[0]}-{key[1]}"
-        inbox.keys.append(key)
-        inbox.entries.append(InboxEntry(seq, msg))
+        inbox.last += 1
+        inbox.entries.append(InboxEntry(inbox.last, msg))
+        inbox.times.append(now)
         inbox.expires = now + self.inbox_max_age
-        drop = max(0, len(inbox.keys) - self.inbox_max_len)
-        drop = max(
-            drop, bisect.bisect_left(inbox.keys, (int((now - self.inbox_max_age) * 1000), 0))
-        )
+        drop = max(0, len(inbox.entries) - self.inbox_max_len)
+        drop = max(drop, bisect.bisect_left(inbox.times, now - self.inbox_max_age))
         if drop:
-            del inbox.keys[:drop]
             del inbox.entries[:drop]
-        return seq
+            del inbox.times[:drop]
+        return str(inbox.last)
 
     def _inbox(self, user: UserId, now: float) -> _Inbox | None:
         inbox = self._inboxes.get(user)
@@ -130,39 +140,40 @@ class MemoryStore(AsyncClosing):
 
     def _expire_dedupe(self, now: float) -> None:
         expired = []
-        for dkey, (_, _, expires) in self._dedupe.items():
+        for dkey, (_, _, _, expires) in self._dedupe.items():
             if expires > now:
                 break
             expired.append(dkey)
         for dkey in expired:
             del self._dedupe[dkey]
 
-    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
         self._check_open()
-        start = seq_key(after)
         inbox = self._inbox(user, self._clock())
-        if inbox is None or limit <= 0:
-            return []
-        i = bisect.bisect_right(inbox.keys, start)
-        return inbox.entries[i : i + limit]
+        if inbox is None:
+            return InboxPage([], 0)
+        if limit <= 0 or not inbox.entries:
+            return InboxPage([], inbox.last)
+        # Positions are consecutive from the oldest kept entry.
+        i = max(0, min(len(inbox.entries), after + 1 - inbox.entries[0].position))
+        return InboxPage(inbox.entries[i : i + limit], inbox.last)
 
-    async def ack(self, user: UserId, seq: str) -> None:
+    async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
-        key = seq_key(seq)
-        if key == (0, 0):
-            return
         now = self._clock()
+        inbox = self._inbox(user, now)
+        upto = min(upto, inbox.last if inbox is not None else 0)
         current = await self.acked(user)
-        if seq_key(current) < key:
-            current = f"{key[0]}-{key[1]}"
-        self._acked[user] = (current, now + self.inbox_max_age)
+        if upto <= 0 and current <= 0:
+            return
+        self._acked[user] = (max(current, upto), now + self.inbox_max_age)
 
-    async def acked(self, user: UserId) -> str:
+    async def acked(self, user: UserId) -> int:
         self._check_open()
         entry = self._acked.get(user)
         if entry is None or entry[1] <= self._clock():
             self._acked.pop(user, None)
-            return START
+            return 0
         return entry[0]
 
     # -- groups ---------------------------------------------------------------------------
@@ -226,6 +237,13 @@ class MemoryStore(AsyncClosing):
         live = sorted((expires, gw) for gw, expires in entries.items() if expires > now)
         return tuple(gw for _, gw in live)
 
+    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
+        self._check_open()
+        now = self._clock()
+        missing = self._beacons.get(gateway, 0.0) <= now
+        self._beacons[gateway] = now + ttl
+        return Beacon(missing, self.epoch)
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -236,4 +254,4 @@ class MemoryStore(AsyncClosing):
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the store is closed")
+            raise StoreError("the store is closed")

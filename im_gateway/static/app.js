@@ -58,17 +58,17 @@
 
   // ---- pure helpers -------------------------------------------------------------------
 
-  /** Order inbox positions "<ms>-<n>": returns <0, 0 or >0. "" and "0" sort first. */
+  /** Order inbox positions (decimal strings, consecutive per user): <0, 0 or >0.
+   * "" and "0" sort first. BigInt: positions are uint64. */
   function compareSeq(a, b) {
     const pa = parseSeq(a);
     const pb = parseSeq(b);
-    return pa[0] - pb[0] || pa[1] - pb[1];
+    return pa < pb ? -1 : pa > pb ? 1 : 0;
   }
 
   function parseSeq(seq) {
-    if (!seq || seq === "0") return [0, 0];
-    const [ms, n] = String(seq).split("-");
-    return [Number(ms) || 0, Number(n) || 0];
+    const text = String(seq || "0");
+    return /^[0-9]{1,20}$/.test(text) ? BigInt(text) : 0n;
   }
 
   /** The JSON payload of a JWT, without checking it (the gateway does that). */

@@ -168,7 +168,13 @@ class GatewayProcess:
     """``python -m im_gateway`` as a real child process (for crash and signal tests)."""
 
     def __init__(
-        self, *, gateway_id: str, hub: str, redis_url: str, extra: tuple[str, ...] = ()
+        self,
+        *,
+        gateway_id: str,
+        hub: str,
+        redis_url: str,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ) -> None:
         import subprocess
         import sys
@@ -196,7 +202,7 @@ class GatewayProcess:
                 "WARNING",
                 *extra,
             ],
-            env={**__import__("os").environ, "IM_GATEWAY_JWT_SECRET": SECRET},
+            env={**__import__("os").environ, "IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})},
             stdout=self.log,
             stderr=self.log,
         )

@@ -17,7 +17,7 @@ async def test_random_frames_never_crash_or_stall_the_gateway(
     start_gateway: GatewayFactory, open_client: ClientFactory
 ) -> None:
     """After each random frame the same socket still gets a valid message acked and delivered."""
-    gw = await start_gateway("gw-fuzz", rate_limit=0)
+    gw = await start_gateway("gw-fuzz", rate_limit=0, max_refused=0)  # refusals are the point
     a = await open_client(gw, A)
     b = await open_client(gw, B)
     loop = asyncio.get_running_loop()

@@ -95,6 +95,6 @@ async def _wait_acked(gateway: object, user: int, seq: str) -> None:
     assert isinstance(gateway, Gateway)
 
     async def acked() -> bool:
-        return await gateway.store.acked(user) == seq  # type: ignore[arg-type]
+        return await gateway.store.acked(user) == int(seq)  # type: ignore[arg-type]
 
     await wait_until(acked, what=f"user {user} acked {seq}")

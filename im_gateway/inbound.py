@@ -1,0 +1,61 @@
+"""What a hub delivers, checked as strictly as what a client sends: pure, no I/O.
+
+A gateway never trusts a hub more than a client (DESIGN.md, "identity and TLS"): a
+delivery whose message breaks a limit (type, ids, content size, UTF-8) is refused whole,
+and a recipient whose user id or inbox position is malformed is refused alone. The
+relay drops what is refused, counts it and logs it (throttled); the other deliveries of
+the same frame go on.
+"""
+
+from __future__ import annotations
+
+from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Delivery, Message, UserId
+
+from .errors import BadPosition
+from .frames import INT32_MAX, INT32_MIN, MAX_ID_LENGTH, UINT64_MAX
+from .store import position
+
+_MAX_TIME = 2**63 - 1
+
+
+def message_problem(message: Message, *, max_content: int) -> str | None:
+    """Why ``message`` may not be pushed to a client, or None when it may."""
+    if message.type not in (MESSAGE_PRIVATE, MESSAGE_GROUP):
+        return f"message type {message.type} is not 1 or 2"
+    if not 0 < len(message.id) <= MAX_ID_LENGTH:
+        return "message id is empty or too long"
+    if not (0 <= message.sender <= UINT64_MAX and 0 <= message.to <= UINT64_MAX):
+        return "from or to is not a uint64"
+    if not INT32_MIN <= message.content_type <= INT32_MAX:
+        return "contentType is not an int32"
+    if not 0 <= message.time <= _MAX_TIME:
+        return "time is out of range"
+    content = message.content
+    # A character is at most 4 bytes in UTF-8: short content needs no encoding to check.
+    if len(content) * 4 > max_content or not content.isascii():
+        try:
+            size = len(content.encode("utf-8"))
+            message.id.encode("utf-8")
+        except UnicodeEncodeError:
+            return "content or id is not valid Unicode"
+        if size > max_content:
+            return f"content is {size} bytes; the limit is {max_content}"
+    return None
+
+
+def recipients(delivery: Delivery) -> tuple[list[tuple[UserId, int]], int]:
+    """The (user, position) pairs of ``delivery`` that are well formed, and how many
+    were not (a user id beyond uint64, a seq that is no inbox position)."""
+    good: list[tuple[UserId, int]] = []
+    bad = 0
+    for r in delivery.recipients:
+        try:
+            pos = position(r.seq)
+        except BadPosition:
+            bad += 1
+            continue
+        if pos == 0 or not 0 <= r.user_id <= UINT64_MAX:
+            bad += 1
+            continue
+        good.append((r.user_id, pos))
+    return good, bad

@@ -1,0 +1,48 @@
+"""Counted logging: a failure that repeats is one line with a count, never a flood."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+
+class Throttled:
+    """Count an event; log it (with the count since the last line) at most once per
+    ``interval`` seconds. ``message`` takes one ``%d``, the count."""
+
+    __slots__ = ("_count", "_interval", "_last", "_level", "_logger", "_message")
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        message: str,
+        *,
+        interval: float = 5.0,
+        level: int = logging.WARNING,
+    ) -> None:
+        self._logger = logger
+        self._message = message
+        self._interval = interval
+        self._level = level
+        self._count = 0
+        self._last = -1e9
+
+    def hit(self, n: int = 1, *, exc: BaseException | None = None) -> bool:
+        """Count ``n`` events; True when this call wrote the line (with ``exc``'s text)."""
+        self._count += n
+        now = time.monotonic()
+        if now - self._last < self._interval:
+            return False
+        if exc is not None:
+            self._logger.log(
+                self._level,
+                "%s (last: %s: %s)",
+                self._message % self._count,
+                type(exc).__name__,
+                exc,
+            )
+        else:
+            self._logger.log(self._level, self._message, self._count)
+        self._count = 0
+        self._last = now
+        return True
