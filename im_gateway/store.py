@@ -45,8 +45,9 @@ MAX_POSITION = 2**64 - 1
 def position(seq: str) -> int:
     """An inbox position from its seq: ``"0"`` (or ``""``) is 0, ``"17"`` is 17.
 
-    Decimal digits only, at most ``2**64 - 1``; raises :class:`~im_gateway.errors.StoreError`
-    (a ValueError) for anything else, so nothing a client or a hub sends can pass as one.
+    Decimal digits only, at most ``2**64 - 1``; raises
+    :class:`~im_gateway.errors.BadPosition` (a ValueError) for anything else, so nothing a
+    client or a hub sends can pass as one.
     """
     if not seq:
         return 0

@@ -90,9 +90,12 @@ class MemoryStore(AsyncClosing):
         if sub.client_id:
             seen = self._dedupe.get(dkey)
             if seen is not None and seen[3] > now:
-                first = dataclasses.replace(msg, id=seen[0], time=seen[1])
                 again = seen[2]
-                return Accepted(sub.client_id, first, True, again, self._presence_of(again, now))
+                stored = self._entry(again[0], now) if again else None
+                if stored is None:  # trimmed: nothing to push again
+                    first = dataclasses.replace(msg, id=seen[0], time=seen[1])
+                    return Accepted(sub.client_id, first, duplicate=True)
+                return Accepted(sub.client_id, stored, True, again, self._presence_of(again, now))
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
             if msg.sender not in members:
@@ -116,10 +119,23 @@ class MemoryStore(AsyncClosing):
                 presence[r.user_id] = gateways
         return presence
 
+    def _entry(self, recipient: Recipient, now: float) -> Message | None:
+        """The message stored at ``recipient``'s position, if its inbox still has it."""
+        inbox = self._inbox(recipient.user_id, now)
+        pos = int(recipient.seq)
+        if inbox is None or not inbox.entries or pos < inbox.entries[0].position:
+            return None
+        i = pos - inbox.entries[0].position
+        return inbox.entries[i].message if i < len(inbox.entries) else None
+
     def _append(self, user: UserId, msg: Message, now: float) -> str:
         inbox = self._inbox(user, now)
         if inbox is None:
-            inbox = self._inboxes[user] = _Inbox()
+            # A fresh counter resumes after the acknowledged position (which may outlive
+            # the inbox), so no position hides behind an ack.
+            acked = self._acked.get(user)
+            start = acked[0] if acked is not None and acked[1] > now else 0
+            inbox = self._inboxes[user] = _Inbox(last=start)
         inbox.last += 1
         inbox.entries.append(InboxEntry(inbox.last, msg))
         inbox.times.append(now)

@@ -143,10 +143,16 @@ local function append(u, entry)
   local ikey = ukey(u, 'inbox')
   local n = redis.call('INCR', pkey)
   if n == 1 then
-    -- A fresh counter beside a live inbox (the counter was lost): resume after it.
+    -- A fresh counter: resume after what the inbox still holds and after the
+    -- acknowledged position (either may outlive a lost counter), so a position is
+    -- never given twice and never hidden behind an ack.
     local top = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
     if #top > 0 then
-      n = tonumber(string.match(top[1][1], '^(%d+)')) + 1
+      n = math.max(n, tonumber(string.match(top[1][1], '^(%d+)')) + 1)
+    end
+    local acked = tonumber(redis.call('GET', ukey(u, 'acked')) or '0')
+    n = math.max(n, acked + 1)
+    if n > 1 then
       redis.call('SET', pkey, string.format('%.0f', n))
     end
   end
@@ -167,10 +173,22 @@ for i, s in ipairs(batch) do
     dkey = ukey(from, 'dedupe:' .. cid)
     if not redis.call('SET', dkey, '', 'PX', window, 'NX') then
       local seen = cjson.decode(redis.call('GET', dkey))
-      res = {1, seen[2], seen[1]}
-      for j, v in ipairs(seen[3]) do
-        res[#res + 1] = v
-        if j % 2 == 1 then note(v) end
+      local written = seen[3]
+      -- The stored message itself (not the resend's text), from the first recipient's
+      -- inbox; when it was trimmed there is nothing to push again.
+      local stored = {}
+      if #written >= 2 then
+        stored = redis.call('XRANGE', ukey(written[1], 'inbox'), written[2], written[2],
+          'COUNT', 1)
+      end
+      if #stored > 0 then
+        res = {1, seen[2], seen[1], stored[1][2][2]}
+        for j, v in ipairs(written) do
+          res[#res + 1] = v
+          if j % 2 == 1 then note(v) end
+        end
+      else
+        res = {1, seen[2], seen[1], false}
       end
     end
   end
@@ -272,6 +290,10 @@ for i = 1, #KEYS, 2 do
     moved = moved + 1
   elseif cur > 0 then
     redis.call('PEXPIRE', key, ttl)
+  end
+  if top > 0 then
+    -- The counter lives at least as long as the ack, so positions go on from it.
+    redis.call('PEXPIRE', KEYS[i + 1], ttl)
   end
 end
 return moved
@@ -571,8 +593,14 @@ def _result(
     if kind == _NOT_MEMBER:
         return Refused(sub.client_id, "not_member", f"you are not in group {m.to}")
     if kind == _DUPLICATE:
-        m = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
-        pairs = res[3:]
+        # The first message, as stored (the resend's text may differ), or only its id
+        # and time when its inbox entry is gone (then nothing is pushed again).
+        stored = res[3]
+        if isinstance(stored, str):
+            m = _message_json(stored)
+        else:
+            m = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
+        pairs = res[4:]
     else:
         pairs = res[1:]
     users = [UserId(int(u)) for u in pairs[0::2]]
@@ -591,6 +619,11 @@ def _message(fields: Mapping[Any, Any]) -> Message:
     blob = fields.get(b"m")
     if blob is None:
         blob = fields["m"]
+    return _message_json(blob)
+
+
+def _message_json(blob: str | bytes) -> Message:
+    """A message from its inbox entry (the JSON array that :meth:`RedisStore.submit` wrote)."""
     mid, sender, to, kind, content_type, time, content = json.loads(blob)
     return Message(MessageId(mid), UserId(sender), to, kind, content_type, time, content)
 

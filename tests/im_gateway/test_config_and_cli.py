@@ -63,6 +63,12 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"rate_limit": -1},
         {"presence_ttl": 0},
         {"log_level": "LOUD"},
+        {"replay_budget": -1},
+        {"replay_budget": 100, "replay_page": 200},
+        {"max_refused": -1},
+        {"fill_delay": -0.1},
+        {"redis_timeout": 0},
+        {"redis_prefix": "im{x}:"},
     ],
 )
 def test_invalid_settings_raise_config_error(changes: dict[str, object]) -> None:
@@ -78,3 +84,36 @@ def test_host_port_and_gateway_id_helpers() -> None:
     assert default_gateway_id("10.0.0.5", 8080) == "gw-10.0.0.5-8080"
     assert default_gateway_id("0.0.0.0", 8080) == default_gateway_id("127.0.0.1", 8080)
     assert default_gateway_id("0.0.0.0", 8080) != default_gateway_id("0.0.0.0", 8081)
+
+
+def test_position_flags_parse() -> None:
+    """--replay-budget, --max-refused, --fill-delay and --redis-timeout reach the config;
+    0 turns the budget and the refusal limit off."""
+    defaults = parse_config(["--jwt-secret", SECRET], environ={})
+    assert (defaults.replay_budget, defaults.max_refused, defaults.fill_delay) == (
+        20_000,
+        100,
+        0.05,
+    )
+    assert defaults.redis_timeout == 5.0
+    cfg = parse_config(
+        [
+            "--jwt-secret",
+            SECRET,
+            "--replay-budget",
+            "0",
+            "--max-refused",
+            "0",
+            "--fill-delay",
+            "0.2",
+            "--redis-timeout",
+            "1.5",
+        ],
+        environ={},
+    )
+    assert (cfg.replay_budget, cfg.max_refused, cfg.fill_delay, cfg.redis_timeout) == (
+        0,
+        0,
+        0.2,
+        1.5,
+    )
