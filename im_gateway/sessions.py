@@ -42,7 +42,8 @@ from websockets.exceptions import ConnectionClosed
 from transmit_hub.types import MessageId, UserId
 
 from . import frames
-from .errors import FrameError
+from .errors import FrameError, GroupLimitError
+from .group_policy import FORBIDDEN, OPEN_RIGHTS, GroupRights
 from .ratelimit import TokenBucket
 from .store import START, Store, seq_key
 from .tasks import cancel_and_wait
@@ -145,6 +146,7 @@ class Session:
         "_bucket",
         "_closing",
         "_floor",
+        "_group_rights",
         "_handling",
         "_held",
         "_last_key",
@@ -178,10 +180,13 @@ class Session:
         router: Router,
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
+        group_rights: GroupRights = OPEN_RIGHTS,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
-        of opening thousands of Redis connections."""
+        of opening thousands of Redis connections. ``group_rights``: which type 12/13
+        frames this connection may send (the gateway passes its ``--group-join``)."""
+        self._group_rights = group_rights
         self._ws = ws
         self._slots = slots if slots is not None else asyncio.Semaphore(16)
         self.user = user
@@ -547,6 +552,9 @@ class Session:
             self._ack(frame.seq)
 
     async def _group_change(self, frame: frames.GroupChange) -> None:
+        refusal = self._group_rights.refusal(frame.type, frame.to)
+        if refusal is not None:
+            raise FrameError(FORBIDDEN, refusal, frame.id)
         try:
             async with self._slots:
                 if frame.type == frames.JOIN:
@@ -555,6 +563,8 @@ class Session:
                     await self._store.leave(frame.to, self.user)
         except asyncio.CancelledError:
             raise
+        except GroupLimitError as exc:
+            raise FrameError(FORBIDDEN, str(exc), frame.id) from exc
         except Exception as exc:
             logger.exception("group change for user %s failed", self.user)
             raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc

@@ -14,8 +14,10 @@ Rules every implementation keeps:
   so the sender may be acknowledged then.
 - Inbox positions (``seq``) are Redis stream ids (``"<ms>-<n>"``), increasing per
   user; compare them with :func:`seq_key`. ``"0"`` means "before everything".
-- Every key has a TTL except group membership; presence entries expire unless the
-  live gateway refreshes them.
+- Every key has a TTL except group membership, which is bounded instead: a user is in
+  at most ``max_groups_per_user`` groups and a group has at most ``max_group_members``
+  members (:meth:`Store.join` refuses beyond); presence entries expire unless the live
+  gateway refreshes them.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from transmit_hub.types import GatewayId, Message, Recipient, UserId
+
+from .errors import GroupLimitError
 
 START = "0"
 """The position before every inbox entry."""
@@ -48,6 +52,19 @@ def seq_key(seq: str) -> tuple[int, int]:
         if key[0] < _LIMIT and key[1] < _LIMIT:
             return key
     raise ValueError(f"bad inbox position {seq!r}")
+
+
+DEFAULT_MAX_GROUPS_PER_USER = 1000
+DEFAULT_MAX_GROUP_MEMBERS = 100_000
+
+
+def group_limit_error(reason: str, group: int, limit: int) -> GroupLimitError:
+    """The refusal of a join, in words a client can act on (``reason``: a store's code)."""
+    if reason == "user_full":
+        return GroupLimitError(
+            f"you are in {limit} groups, the most allowed (--max-groups-per-user); leave one first"
+        )
+    return GroupLimitError(f"group {group} is full: {limit} members (--max-group-members)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +137,14 @@ class Store(Protocol):
         """
         ...
 
-    async def join(self, group: int, user: UserId) -> None: ...
+    async def join(self, group: int, user: UserId) -> None:
+        """Add ``user`` to ``group`` (no change when already in it).
+
+        Raises :class:`~im_gateway.errors.GroupLimitError` when the user is in
+        ``max_groups_per_user`` groups already or the group has ``max_group_members``;
+        the check and the add are one atomic step, so concurrent joins cannot overshoot.
+        """
+        ...
 
     async def leave(self, group: int, user: UserId) -> None: ...
 

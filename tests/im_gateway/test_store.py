@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from im_gateway.errors import GroupLimitError
 from im_gateway.store import START, Accepted, Refused, Store, Submission, seq_key
 from im_gateway.store_memory import MemoryStore
 from im_gateway.store_redis import RedisStore, open_store
@@ -293,6 +294,47 @@ async def test_join_leave_is_member(store: Store) -> None:
     assert isinstance(result, Refused)
 
 
+async def test_join_refuses_beyond_groups_per_user(backend: Backend) -> None:
+    """A user in max_groups_per_user groups cannot join another (GroupLimitError naming the
+    flag) until leaving one; rejoining a group it is in still succeeds."""
+    store = backend.make(max_groups_per_user=2)
+    await store.join(1, ALICE)
+    await store.join(2, ALICE)
+    await store.join(2, ALICE)  # already in it: no change, no refusal
+    with pytest.raises(GroupLimitError, match="max-groups-per-user"):
+        await store.join(3, ALICE)
+    assert not await store.is_member(3, ALICE)
+    await store.join(3, BOB)  # the bound is per user
+    await store.leave(1, ALICE)
+    await store.join(3, ALICE)
+    assert await store.is_member(3, ALICE)
+
+
+async def test_join_refuses_beyond_group_members(backend: Backend) -> None:
+    """A group with max_group_members members takes no one else until one leaves."""
+    store = backend.make(max_group_members=2)
+    await store.join(7, ALICE)
+    await store.join(7, BOB)
+    with pytest.raises(GroupLimitError, match="group 7 is full"):
+        await store.join(7, CAROL)
+    assert not await store.is_member(7, CAROL)
+    await store.leave(7, ALICE)
+    await store.join(7, CAROL)
+    assert await store.is_member(7, CAROL)
+
+
+async def test_concurrent_joins_cannot_overshoot_a_bound(backend: Backend) -> None:
+    """Many joins at once into a group with room for 5: exactly 5 succeed."""
+    store = backend.make(max_group_members=5)
+    results = await asyncio.gather(
+        *(store.join(9, UserId(100 + i)) for i in range(40)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 5
+    assert all(r is None or isinstance(r, GroupLimitError) for r in results)
+    members = [u for u in range(100, 140) if await store.is_member(9, UserId(u))]
+    assert len(members) == 5
+
+
 async def test_mixed_batch_keeps_order(store: Store) -> None:
     """Results come back in the batch's order across kinds of outcome."""
     await store.join(7, ALICE)
@@ -538,7 +580,8 @@ async def test_open_store_fails_on_unreachable_redis() -> None:
 async def test_redis_keys_live_under_the_prefix_and_expire(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    """Every key is under the prefix, and every key but group membership has a TTL."""
+    """Every key is under the prefix, and every key but group membership (bounded by
+    join) has a TTL."""
     await redis_client.set("outside", "1")
     async with RedisStore(redis_url, prefix="t:") as store:
         await store.join(7, ALICE)
@@ -558,10 +601,10 @@ async def test_redis_keys_live_under_the_prefix_and_expire(
     ours = [k for k in keys if k != "outside"]
     assert all(k.startswith("t:") for k in ours), ours
     kinds = {k.split(":")[1] for k in ours}
-    assert kinds == {"group", "presence", "inbox", "acked", "dedupe"}
+    assert kinds == {"group", "memberships", "presence", "inbox", "acked", "dedupe"}
     for key in ours:
         ttl = await redis_client.pttl(key)
-        if key.startswith("t:group:"):
+        if key.startswith(("t:group:", "t:memberships:")):  # bounded instead
             assert ttl == -1, key
         else:
             assert ttl > 0, key
