@@ -93,7 +93,7 @@ class RejectionLog:
 
     __slots__ = ("_clock", "_count", "_interval", "_last", "_logged_once", "_reason")
 
-    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, interval: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._interval = interval
         self._clock = clock
         self._count = 0
@@ -114,7 +114,7 @@ class RejectionLog:
             logger.info(
                 "refused %d WebSocket handshakes in the last %.0f s (last: %s)",
                 self._count,
-                now - self._last if self._logged_once else 0.0,
+                now - self._last,
                 reason,
             )
         self._count = 0

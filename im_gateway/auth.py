@@ -132,7 +132,8 @@ def verify_identity(
                 token,
                 secret,
                 algorithms=[ALGORITHM],
-                options={"require": required, "verify_sub": False},
+                # exp is checked below: PyJWT also takes a string ("9999999999").
+                options={"require": required, "verify_sub": False, "verify_exp": False},
                 leeway=leeway,
                 audience=audience,
                 issuer=issuer,
@@ -140,16 +141,16 @@ def verify_identity(
     except jwt.InvalidTokenError as exc:
         raise AuthError(_reason(exc)) from exc
     exp = claims.get("exp")
-    # PyJWT takes "exp": "9999999999" (it calls int()); the JWT spec says a number.
     if isinstance(exp, bool) or not isinstance(exp, int | float) or not math.isfinite(exp):
         raise AuthError("token exp must be a number (seconds since the epoch)")
-    if max_ttl > 0:
-        current = time.time() if now is None else now
-        if exp - current > max_ttl + leeway:
-            raise AuthError(
-                f"token lifetime too long: exp is more than {max_ttl:g} s away "
-                "(the gateway's --jwt-max-ttl)"
-            )
+    current = time.time() if now is None else now
+    if exp <= current - leeway:
+        raise AuthError("token expired")
+    if max_ttl > 0 and exp - current > max_ttl + leeway:
+        raise AuthError(
+            f"token lifetime too long: exp is more than {max_ttl:g} s away "
+            "(the gateway's --jwt-max-ttl)"
+        )
     user = parse_user_id(claims.get("sub"))
     groups = parse_groups(claims.get("groups"), max_groups)
     return Identity(user, groups, float(exp))
