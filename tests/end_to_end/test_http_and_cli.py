@@ -42,10 +42,11 @@ async def test_healthz_is_200_when_linked_and_503_when_the_hub_is_away(
 
 
 async def test_info_page_and_static_files(start_gateway: GatewayFactory) -> None:
-    """/info names the gateway; / serves the page; /static/ serves files and refuses traversal."""
-    gw = await start_gateway("gw-info")
+    """/info names the gateway and its group policy; / serves the page; /static/ serves
+    files and refuses traversal."""
+    gw = await start_gateway("gw-info", group_join="token")
     status, body, _ = await http_get(gw.port, "/info")
-    assert (status, json.loads(body)) == (200, {"gatewayId": "gw-info"})
+    assert (status, json.loads(body)) == (200, {"gatewayId": "gw-info", "groupJoin": "token"})
     status, body, headers = await http_get(gw.port, "/")
     assert status == 200
     assert headers["content-type"].startswith("text/html")
