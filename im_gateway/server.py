@@ -219,6 +219,8 @@ class Gateway(AsyncLifecycle):
             logger.warning(
                 "the JWT secret is shorter than 32 bytes: fine for a demo, weak in production"
             )
+        # Certificates first: a bad file fails the start before anything connects.
+        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         if self._store is None:
             try:
                 self._store = await open_store(
@@ -234,7 +236,6 @@ class Gateway(AsyncLifecycle):
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
         store = self._store
-        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         try:
             self._server = await serve(
                 self._handle,
