@@ -54,8 +54,11 @@ class _Connection(ServerConnection):
 
     user: UserId | None = None
     group_rights: GroupRights | None = None
-    on_lost: Callable[[], None] | None = None
-    """Called once when the TCP connection is gone (gives back the connection slot)."""
+    caps: ConnectionCaps | None = None
+    """Where ``user`` holds a slot; given back once, when the TCP connection is gone
+    (a reference, not a closure per connection)."""
+    lost = False
+    """The TCP connection is gone (it can be before ``process_request`` runs)."""
     receive_now: Callable[[str], bool] | None = None
     """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
     _flush_scheduled = False
@@ -82,9 +85,10 @@ class _Connection(ServerConnection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        on_lost, self.on_lost = self.on_lost, None
-        if on_lost is not None:
-            on_lost()
+        self.lost = True
+        caps, self.caps = self.caps, None
+        if caps is not None and self.user is not None:
+            caps.release(self.user)
 
     def send_now(self, message: str) -> bool:
         """Queue a text frame for writing in this loop iteration, unless the socket is
@@ -415,7 +419,9 @@ class Gateway(AsyncLifecycle):
             return web.json_response(
                 401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
             )
-        if not isinstance(connection, _Connection):
+        if not isinstance(connection, _Connection) or connection.lost:
+            # (A client gone before its request was read takes no slot: none would
+            # ever be given back.)
             return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
         user = identity.user
         refused = self._caps.admit(user)
@@ -424,9 +430,8 @@ class Gateway(AsyncLifecycle):
             return web.json_response(
                 refused.status, {"error": refused.code, "reason": refused.reason}
             )
-        caps = self._caps
-        connection.on_lost = lambda: caps.release(user)
         connection.user = user
+        connection.caps = self._caps
         if self._rights.policy == TOKEN:
             connection.group_rights = GroupRights(TOKEN, identity.groups)
         else:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -307,3 +309,37 @@ async def test_tls_with_a_bad_key_fails_at_start_naming_the_files(
     with pytest.raises(StartupError, match="TLS certificate"):
         await gateway.start()
     await gateway.close()
+
+
+async def test_clients_that_vanish_mid_handshake_leak_no_slots(
+    start_gateway: GatewayFactory,
+) -> None:
+    """30 clients that send an upgrade request with a good token and reset the TCP
+    connection at once leave every slot free: with --max-connections 2, two users still
+    get in afterwards."""
+    gw = await start_gateway("gw-vanish", max_connections=2, max_connections_per_user=2)
+    request = (
+        f"GET /ws?token={token(8)} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+    for _ in range(30):
+        _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+        writer.write(request)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, possibly before the gateway read the request
+
+    async def two_get_in() -> bool:
+        clients = []
+        try:
+            for user in (1, 2):
+                clients.append(await _client(gw.port, user))
+        except InvalidStatus:
+            return False
+        finally:
+            for client in clients:
+                await client.close()
+        return True
+
+    await wait_until(two_get_in, what="two free slots after the vanished handshakes")
