@@ -47,9 +47,12 @@ def _healthy_tls(port: int, cafile: Path) -> bool:
 
 
 @pytest.mark.slow
-def test_wss_section_runs_as_written(tmp_path: Path, redis_server: RedisServer) -> None:
+def test_wss_section_runs_as_written(
+    tmp_path: Path, redis_server: RedisServer, redis_url: str
+) -> None:
     """The README's certificate command, TLS gateway and wss:// terminal client work as
     pasted: the client trusts the certificate, gets the replay end and a heartbeat."""
+    assert redis_url.endswith(f":{redis_server.port}/0")  # the fixture emptied it
     ports = {6390: redis_server.port, 50051: free_port(), 8443: free_port()}
     env = walkthrough_env()
     cd = f"cd {shlex.quote(str(tmp_path))}\n"
