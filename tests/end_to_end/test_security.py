@@ -314,8 +314,8 @@ async def test_tls_with_a_bad_key_fails_at_start_naming_the_files(
 async def test_clients_that_vanish_mid_handshake_leak_no_slots(
     start_gateway: GatewayFactory,
 ) -> None:
-    """30 clients that send an upgrade request with a good token and reset the TCP
-    connection at once leave every slot free: with --max-connections 2, two users still
+    """40 clients that send an upgrade request with a good token and at once reset the
+    TCP connection or end their stream leave every slot free: with --max-connections 2, two users still
     get in afterwards."""
     gw = await start_gateway("gw-vanish", max_connections=2, max_connections_per_user=2)
     request = (
@@ -323,7 +323,17 @@ async def test_clients_that_vanish_mid_handshake_leak_no_slots(
         "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
-    for _ in range(30):
+    loop = asyncio.get_running_loop()
+    for i in range(40):
+        if i % 2:
+            # The request, then at once the end of the stream.
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, ("127.0.0.1", gw.port))
+            await loop.sock_sendall(sock, request)
+            sock.shutdown(socket.SHUT_WR)
+            sock.close()
+            continue
         _, writer = await asyncio.open_connection("127.0.0.1", gw.port)
         writer.write(request)
         sock = writer.get_extra_info("socket")
