@@ -97,7 +97,8 @@ def test_exp_must_be_a_number(exp: object) -> None:
 
 
 def test_audience_and_issuer_are_checked_when_configured() -> None:
-    """With an audience or issuer configured, a token must carry the matching claim."""
+    """With an audience or issuer configured, a token must carry the matching claim; a
+    token with an aud is refused where no audience is configured."""
     good = _claims(aud="chat", iss="backend")
     identity = auth.verify_identity(good, SECRET, audience="chat", issuer="backend")
     assert identity.user == 1
@@ -109,6 +110,8 @@ def test_audience_and_issuer_are_checked_when_configured() -> None:
         auth.verify_identity(_claims(iss="evil"), SECRET, issuer="backend")
     with pytest.raises(AuthError, match="lacks the iss claim"):
         auth.verify_identity(_claims(), SECRET, issuer="backend")
+    with pytest.raises(AuthError, match="another audience"):  # aud, but none configured
+        auth.verify_identity(_claims(aud="chat"), SECRET)
 
 
 @pytest.mark.parametrize(
