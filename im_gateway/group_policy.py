@@ -45,6 +45,7 @@ class GroupRights:
 
 
 OPEN_RIGHTS: Final = GroupRights(OPEN)
+SERVER_RIGHTS: Final = GroupRights(SERVER)
 
 
 def refusal(policy: str, kind: int, group: int, token_groups: Set[int]) -> str | None:

@@ -43,7 +43,7 @@ from transmit_hub.types import MessageId, UserId
 
 from . import frames
 from .errors import FrameError, GroupLimitError
-from .group_policy import FORBIDDEN, OPEN_RIGHTS, GroupRights
+from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights
 from .ratelimit import TokenBucket
 from .store import START, Store, seq_key
 from .tasks import cancel_and_wait
@@ -180,12 +180,13 @@ class Session:
         router: Router,
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
-        group_rights: GroupRights = OPEN_RIGHTS,
+        group_rights: GroupRights = SERVER_RIGHTS,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
         of opening thousands of Redis connections. ``group_rights``: which type 12/13
-        frames this connection may send (the gateway passes its ``--group-join``)."""
+        frames this connection may send (the gateway passes its ``--group-join``;
+        by default none: membership is the server's)."""
         self._group_rights = group_rights
         self._ws = ws
         self._slots = slots if slots is not None else asyncio.Semaphore(16)

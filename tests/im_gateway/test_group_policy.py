@@ -1,6 +1,8 @@
-"""The group-join policy: pure decisions, no event loop."""
+"""The group-join policy: pure decisions (no event loop), and a session applying it."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 
@@ -14,6 +16,12 @@ from im_gateway.group_policy import (
     GroupRights,
     refusal,
 )
+from im_gateway.sessions import Session, SessionLimits
+from im_gateway.store_memory import MemoryStore
+from im_gateway.tasks import cancel_and_wait
+from tests.helpers import wait_until
+from tests.im_gateway.fakes import FakeRouter, FakeWebSocket
+from transmit_hub.types import UserId
 
 
 @pytest.mark.parametrize("kind", [JOIN, LEAVE])
@@ -49,3 +57,33 @@ def test_rights_default_to_server_and_reject_unknown_policies() -> None:
     assert GroupRights(TOKEN, frozenset({1})).refusal(JOIN, 1) is None
     with pytest.raises(ValueError, match="server, token, open"):
         GroupRights("anyone")
+
+
+async def test_a_session_refuses_group_changes_unless_given_rights() -> None:
+    """A Session built without group rights answers 12 and 13 with forbidden and joins
+    nothing; given token rights, it joins a listed group only."""
+    store = MemoryStore()
+    for rights, expected in (
+        (None, ["forbidden", "forbidden"]),
+        (GroupRights(TOKEN, frozenset({7})), [10, "forbidden"]),
+    ):
+        ws = FakeWebSocket()
+        options = {} if rights is None else {"group_rights": rights}
+        session = Session(
+            ws, UserId(5), store=store, router=FakeRouter(), limits=SessionLimits(), **options
+        )
+        session.start()
+        reader = asyncio.create_task(session.run())
+        try:
+            await wait_until(lambda ws=ws: bool(ws.frames()), what="the replay end")
+            ws.client_sends({"type": 12, "id": "j-7", "to": 7})
+            ws.client_sends({"type": 12, "id": "j-8", "to": 8})
+            await wait_until(lambda ws=ws: len(ws.frames()) == 3, what="two answers")
+            answers = [f.get("code", f["type"]) for f in ws.frames()[1:]]
+            assert answers == expected
+        finally:
+            reader.cancel()
+            await session.close()
+            await cancel_and_wait(reader)
+    assert await store.is_member(7, UserId(5))
+    assert not await store.is_member(8, UserId(5))

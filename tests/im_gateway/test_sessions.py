@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from im_gateway import frames
+from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.sessions import CLOSE_SEND_QUEUE_FULL, Session, SessionLimits, sweep_idle
 from im_gateway.store import InboxEntry, seq_key
 from im_gateway.store_memory import MemoryStore
@@ -49,7 +50,14 @@ async def running(
     store: MemoryStore, user: UserId = B, **limits: float
 ) -> AsyncIterator[tuple[Session, FakeWebSocket, FakeRouter]]:
     ws, router = FakeWebSocket(), FakeRouter()
-    session = Session(ws, user, store=store, router=router, limits=SessionLimits(**limits))  # type: ignore[arg-type]
+    session = Session(
+        ws,
+        user,
+        store=store,  # type: ignore[arg-type]
+        router=router,
+        limits=SessionLimits(**limits),  # type: ignore[arg-type]
+        group_rights=OPEN_RIGHTS,  # the join test joins from the client
+    )
     session.start()
     reader = asyncio.create_task(session.run())
     try:
