@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
+from .group_policy import POLICIES, SERVER
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -51,6 +52,17 @@ class GatewayConfig:
     hub_token: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     jwt_secret: str = ""
+    # trust boundary: tokens, groups, connections, TLS
+    jwt_max_ttl: float = 86400.0
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    group_join: str = SERVER
+    max_groups_per_user: int = 1000
+    max_group_members: int = 100_000
+    max_connections_per_user: int = 100
+    max_connections: int = 50_000
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # limits
     max_frame_size: int = 64 * 1024
     max_content: int = 16 * 1024
@@ -102,6 +114,10 @@ class GatewayConfig:
             "--replay-page": self.replay_page,
             "--store-concurrency": self.store_concurrency,
             "--inbox-max-len": self.inbox_max_len,
+            "--max-groups-per-user": self.max_groups_per_user,
+            "--max-group-members": self.max_group_members,
+            "--max-connections-per-user": self.max_connections_per_user,
+            "--max-connections": self.max_connections,
         }
         for flag, value in positive_ints.items():
             if value < 1:
@@ -124,6 +140,7 @@ class GatewayConfig:
             "--replay-budget": self.replay_budget,
             "--max-refused": self.max_refused,
             "--fill-delay": self.fill_delay,
+            "--jwt-max-ttl": self.jwt_max_ttl,
         }
         for flag, number in non_negative.items():
             if number < 0:
@@ -141,6 +158,20 @@ class GatewayConfig:
             raise ConfigError("--redis-prefix must not contain braces (they are hash tags)")
         if self.replay_budget and self.replay_budget < self.replay_page:
             raise ConfigError("--replay-budget must be 0 or at least one --replay-page")
+        if self.group_join not in POLICIES:
+            raise ConfigError(
+                f"--group-join must be one of {', '.join(POLICIES)}, got {self.group_join!r}"
+            )
+        if self.max_connections_per_user > self.max_connections:
+            raise ConfigError("--max-connections-per-user must not exceed --max-connections")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        for flag, claim in (
+            ("--jwt-audience", self.jwt_audience),
+            ("--jwt-issuer", self.jwt_issuer),
+        ):
+            if claim is not None and not claim:
+                raise ConfigError(f"{flag} must not be empty")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 
@@ -148,6 +179,11 @@ class GatewayConfig:
     def weak_secret(self) -> bool:
         """True when the JWT secret is shorter than HS256's recommended 32 bytes."""
         return len(self.jwt_secret.encode()) < MIN_SECRET_BYTES
+
+    @property
+    def tls(self) -> bool:
+        """True when clients are served over TLS (``wss://`` and ``https://``)."""
+        return self.tls_cert is not None
 
     @property
     def host(self) -> str:

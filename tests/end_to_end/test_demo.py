@@ -245,7 +245,8 @@ def test_scripts_demo_serves_the_chat_and_ctrl_c_stops_everything(
     base = page.split("?")[0]
     assert http_get(base + "static/app.js")[0] == 200
     assert http_get(base + "healthz")[0] == 200
-    assert json.loads(http_get(base + "info")[2]) == {"gatewayId": "gw-1"}
+    # The demo runs with --group-join open, and /info tells the page so.
+    assert json.loads(http_get(base + "info")[2]) == {"gatewayId": "gw-1", "groupJoin": "open"}
 
     got = asyncio.run(pass_message(page, urls[("bob", "gw-2")]))
     assert got["content"] == "hi from the demo"

@@ -40,6 +40,38 @@ def test_environment_fills_in_and_flags_win() -> None:
     assert parse_config(["--no-compression"], environ=env).compression is False
 
 
+def test_trust_boundary_defaults_and_environment() -> None:
+    """Pinned defaults: --group-join server, 100 connections per user, tokens at most a
+    day; the new flags come from the environment too."""
+    cfg = parse_config(["--jwt-secret", SECRET], environ={})
+    assert cfg.group_join == "server"
+    assert cfg.max_connections_per_user == 100
+    assert cfg.max_connections == 50_000
+    assert cfg.jwt_max_ttl == 86400
+    assert (cfg.max_groups_per_user, cfg.max_group_members) == (1000, 100_000)
+    assert (cfg.jwt_audience, cfg.jwt_issuer, cfg.tls_cert, cfg.tls_key) == (None,) * 4
+    env = {
+        "IM_GATEWAY_JWT_SECRET": SECRET,
+        "IM_GATEWAY_GROUP_JOIN": "token",
+        "IM_GATEWAY_JWT_MAX_TTL": "0",
+        "IM_GATEWAY_TLS_CERT": "c.pem",
+        "IM_GATEWAY_TLS_KEY": "k.pem",
+    }
+    cfg = parse_config(["--max-connections-per-user", "3"], environ=env)
+    assert (cfg.group_join, cfg.jwt_max_ttl, cfg.tls) == ("token", 0, True)
+    assert cfg.max_connections_per_user == 3
+
+
+def test_bad_group_join_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --group-join is a usage error with one line naming the choices."""
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--jwt-secret", SECRET, "--group-join", "anyone"], environ={})
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "server" in err[0]
+
+
 def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     """A malformed number in the environment is a usage error with one line."""
     with pytest.raises(SystemExit) as info:
@@ -69,6 +101,15 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"fill_delay": -0.1},
         {"redis_timeout": 0},
         {"redis_prefix": "im{x}:"},
+        {"group_join": "anyone"},
+        {"max_groups_per_user": 0},
+        {"max_group_members": 0},
+        {"max_connections_per_user": 0},
+        {"max_connections": 10, "max_connections_per_user": 11},
+        {"jwt_max_ttl": -1},
+        {"jwt_audience": ""},
+        {"tls_cert": "cert.pem"},
+        {"tls_key": "key.pem"},
     ],
 )
 def test_invalid_settings_raise_config_error(changes: dict[str, object]) -> None:

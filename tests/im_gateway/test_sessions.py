@@ -12,6 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from im_gateway import frames
+from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.sessions import (
     CLOSE_POLICY,
     CLOSE_SEND_QUEUE_FULL,
@@ -59,7 +60,14 @@ async def running(
     store: MemoryStore, user: UserId = B, **limits: float
 ) -> AsyncIterator[tuple[Session, FakeWebSocket, FakeRouter]]:
     ws, router = FakeWebSocket(), FakeRouter()
-    session = Session(ws, user, store=store, router=router, limits=SessionLimits(**limits))  # type: ignore[arg-type]
+    session = Session(
+        ws,
+        user,
+        store=store,  # type: ignore[arg-type]
+        router=router,
+        limits=SessionLimits(**limits),  # type: ignore[arg-type]
+        group_rights=OPEN_RIGHTS,  # the join test joins from the client
+    )
     session.start()
     reader = asyncio.create_task(session.run())
     try:

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from im_gateway.errors import BadPosition, StoreError
+from im_gateway.errors import BadPosition, GroupLimitError, StoreError
 from im_gateway.store import (
     MAX_POSITION,
     Accepted,
@@ -386,6 +386,47 @@ async def test_join_leave_is_member(store: Store) -> None:
     assert not await store.is_member(7, ALICE)
     [result] = await store.submit([sub("g", msg(ALICE, 7, type=MESSAGE_GROUP))])
     assert isinstance(result, Refused)
+
+
+async def test_join_refuses_beyond_groups_per_user(backend: Backend) -> None:
+    """A user in max_groups_per_user groups cannot join another (GroupLimitError naming the
+    flag) until leaving one; rejoining a group it is in still succeeds."""
+    store = backend.make(max_groups_per_user=2)
+    await store.join(1, ALICE)
+    await store.join(2, ALICE)
+    await store.join(2, ALICE)  # already in it: no change, no refusal
+    with pytest.raises(GroupLimitError, match="max-groups-per-user"):
+        await store.join(3, ALICE)
+    assert not await store.is_member(3, ALICE)
+    await store.join(3, BOB)  # the bound is per user
+    await store.leave(1, ALICE)
+    await store.join(3, ALICE)
+    assert await store.is_member(3, ALICE)
+
+
+async def test_join_refuses_beyond_group_members(backend: Backend) -> None:
+    """A group with max_group_members members takes no one else until one leaves."""
+    store = backend.make(max_group_members=2)
+    await store.join(7, ALICE)
+    await store.join(7, BOB)
+    with pytest.raises(GroupLimitError, match="group 7 is full"):
+        await store.join(7, CAROL)
+    assert not await store.is_member(7, CAROL)
+    await store.leave(7, ALICE)
+    await store.join(7, CAROL)
+    assert await store.is_member(7, CAROL)
+
+
+async def test_concurrent_joins_cannot_overshoot_a_bound(backend: Backend) -> None:
+    """Many joins at once into a group with room for 5: exactly 5 succeed."""
+    store = backend.make(max_group_members=5)
+    results = await asyncio.gather(
+        *(store.join(9, UserId(100 + i)) for i in range(40)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 5
+    assert all(r is None or isinstance(r, GroupLimitError) for r in results)
+    members = [u for u in range(100, 140) if await store.is_member(9, UserId(u))]
+    assert len(members) == 5
 
 
 async def test_mixed_batch_keeps_order(store: Store) -> None:
@@ -774,7 +815,7 @@ async def test_redis_keys_live_under_the_prefix_and_expire(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
     """Every key is under the prefix with its user's or group's hash tag, and every key but
-    group membership and the epoch has a TTL."""
+    group membership (bounded by join) and the epoch has a TTL."""
     await redis_client.set("outside", "1")
     async with RedisStore(redis_url, prefix="t:") as store:
         await store.join(7, ALICE)
@@ -796,10 +837,12 @@ async def test_redis_keys_live_under_the_prefix_and_expire(
     assert all(k.startswith("t:") for k in ours), ours
     assert set(ours) == {
         "t:{g:7}:members",
+        "t:{u:1}:groups",
         "t:{u:1}:inbox",
         "t:{u:1}:pos",
         "t:{u:1}:dedupe:c1",
         "t:{u:1}:dedupe:c2",
+        "t:{u:2}:groups",
         "t:{u:2}:inbox",
         "t:{u:2}:pos",
         "t:{u:2}:acked",
@@ -810,7 +853,7 @@ async def test_redis_keys_live_under_the_prefix_and_expire(
     }, ours
     for key in ours:
         ttl = await redis_client.pttl(key)
-        if key.endswith(":members") or key == "t:epoch":
+        if key.endswith((":members", ":groups")) or key == "t:epoch":  # bounded instead
             assert ttl == -1, key
         else:
             assert ttl > 0, key
