@@ -75,6 +75,9 @@ MAX_FRAME_ITEMS = 4096
 """Most deliveries and notices per response frame."""
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 """Byte budget per response frame (one larger delivery still goes alone)."""
+NOTICES_PER_ITEM = 256
+"""Notices share one outbox item up to this many (a map naming 10,000 absent gateways
+takes 40 items of the sender's queue, not 10,000)."""
 WRITER_FINISH_TIMEOUT = 1.0
 """At shutdown, how long a stream's writer may take to finish the frame it is writing."""
 
@@ -361,9 +364,11 @@ class HubService:
         registry.undeliverable += len(notices)
         box = att.outbox
         dropped = 0
-        for notice in notices:
-            if not box.offer_notice(codec.undeliverable_bytes(notice)):
-                dropped += 1
+        encode = codec.undeliverable_bytes
+        for start in range(0, len(notices), NOTICES_PER_ITEM):
+            group = notices[start : start + NOTICES_PER_ITEM]
+            if not box.offer_notice(wire.notice_fields(map(encode, group))):
+                dropped += len(group)
         if dropped:
             registry.notices_dropped += dropped
             now = time.monotonic()

@@ -36,6 +36,7 @@ __all__ = [
     "has_message_id",
     "has_users",
     "length_delimited_fields",
+    "notice_fields",
     "split_batch_request",
 ]
 
@@ -371,16 +372,21 @@ def delivery_entry_from_body(delivery: bytes) -> bytes:
     return b"".join((b"\x0a", _varint(len(delivery)), delivery))
 
 
-def delivery_batch_response(entries: Sequence[bytes], notices: Sequence[bytes] = ()) -> bytes:
-    """A ``ConnectResponse{batch}`` frame from delivery entries and encoded notices.
+def notice_fields(notices: Iterable[bytes]) -> bytes:
+    """``Undeliverable`` message bytes as ready fields of ``DeliveryBatch.undeliverable``.
 
-    ``notices`` are ``Undeliverable`` message bytes (``codec.undeliverable_bytes``).
+    One outbox item may carry many notices this way (all those of one wide map).
     """
-    if notices:
-        parts = list(entries)
-        for n in notices:
-            parts += (b"\x12", _varint(len(n)), n)
-        inner = b"".join(parts)
-    else:
-        inner = b"".join(entries)
+    parts: list[bytes] = []
+    for n in notices:
+        parts += (b"\x12", _varint(len(n)), n)
+    return b"".join(parts)
+
+
+def delivery_batch_response(entries: Sequence[bytes], notices: Sequence[bytes] = ()) -> bytes:
+    """A ``ConnectResponse{batch}`` frame from delivery entries and notice fields.
+
+    ``notices`` are ready fields (:func:`notice_fields`), each holding one or more notices.
+    """
+    inner = b"".join((*entries, *notices)) if notices else b"".join(entries)
     return b"".join((b"\x12", _varint(len(inner)), inner))
