@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
+import textwrap
 import time
 from typing import Any
 
@@ -197,3 +200,66 @@ async def test_second_link_with_a_live_id_is_told_and_attaches_once_the_first_le
     assert sender.link.send(tmap("m-2", {"gw-x": (1,)}))
     await second.wait_deliveries(1)
     assert second.message_ids() == ["m-2"]
+
+
+HOLDER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys
+    from transmit_hub import GatewayId, HubLink
+
+    async def main():
+        link = HubLink(sys.argv[1], GatewayId("gw-frozen"), conflict_retry=0.3)
+        await link.start()
+        state = None
+        async def drain():
+            async for _ in link.events():
+                pass
+        asyncio.ensure_future(drain())
+        while True:
+            now = "attached" if link.connected else ("conflict" if link.conflict else "down")
+            if now != state:
+                state = now
+                print(now, flush=True)
+            await asyncio.sleep(0.02)  # a state printer, not a synchronisation
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_frozen_holder_is_replaced_and_comes_back_when_the_other_exits(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """A gateway process frozen with SIGSTOP (the hub has not noticed) loses its id at once to
+    a new claimant; thawed, it is told the id is held; when the claimant exits, the first
+    process attaches again within 30 s, without a restart (it once stopped for good)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HOLDER_SCRIPT, hub.address, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+
+    async def state() -> str:
+        assert proc.stdout is not None
+        while True:
+            line = (await asyncio.wait_for(proc.stdout.readline(), 30)).decode().strip()
+            if line != "down":
+                return line
+
+    try:
+        assert await state() == "attached"
+        proc.send_signal(signal.SIGSTOP)
+        started = time.monotonic()
+        claimant = await make_link(hub.address, "gw-frozen")
+        assert time.monotonic() - started < 5  # the probe timed out (1 s), not keepalive
+        proc.send_signal(signal.SIGCONT)
+        assert await state() == "conflict"
+        assert claimant.link.connected
+        await claimant.link.close()
+        assert await state() == "attached"
+        assert time.monotonic() - started < 35
+        assert [g.gateway_id for g in hub.registry.gateways()] == ["gw-frozen"]
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            await proc.wait()
