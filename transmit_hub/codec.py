@@ -241,6 +241,21 @@ def probe_reply_nonce(data: bytes) -> int | None:
     return int(req.probe_reply.nonce)
 
 
+_parse_message = pb.Message.FromString
+
+
+def message_decodes(data: bytes) -> bool:
+    """Whether ``data`` is a ``Message`` a gateway can decode (the hub forwards it as is).
+
+    One C-level parse (about 0.7 us for a chat message): field types, UTF-8 of the strings.
+    """
+    try:
+        _parse_message(data)
+    except Exception:  # a DecodeError
+        return False
+    return True
+
+
 def welcome_bytes(hub_id: str) -> bytes:
     """A serialized ``ConnectResponse{welcome}``."""
     return welcome_response(hub_id).SerializeToString()

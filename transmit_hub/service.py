@@ -279,6 +279,7 @@ class HubService:
         att.counters.transmit_maps_received += len(maps)
         notices: list[Undeliverable] | None = None
         has_id = wire.has_message_id
+        message_ok = codec.message_decodes
         has_users = wire.has_users
         entry = wire.delivery_entry
         for wm in maps:
@@ -294,6 +295,9 @@ class HubService:
                 plain = all(g and has_users(u) is not None for g, u in targets)
             if msg is None or not plain or has_id(msg) is not True:
                 notices = self._route_slow(wm, notices)
+                continue
+            if not message_ok(msg):  # forwarded verbatim: it must decode (UTF-8 and all)
+                notices = self._invalid("its message cannot be decoded", notices)
                 continue
             notice = _Notices(wm)  # decodes the map once, only if a notice is needed
             for gateway_id, users in targets:

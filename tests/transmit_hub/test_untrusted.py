@@ -136,3 +136,29 @@ async def test_hub_answers_invalid_for_unreadable_maps_and_routes_the_good_ones(
         await receiver.wait_deliveries(2)
         assert not call.done()
         call.cancel()
+
+
+async def test_hub_answers_invalid_for_a_message_that_does_not_decode(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """A map whose message content is not UTF-8 is not forwarded: its sender hears INVALID,
+    the receiver gets nothing of it, and both streams stay up."""
+    sender = await make_link(hub.address, "gw-a")
+    receiver = await make_link(hub.address, "gw-b")
+    bad = _field(0x0A, _field(0x0A, b"gw-b") + _field(0x12, USERS)) + _field(
+        0x12, message_bytes("bad-utf8", b"\xff\xfe")
+    )
+    async with aio.insecure_channel(hub.address) as channel:
+        call = channel.stream_stream(CONNECT_METHOD)()
+        await call.write(codec.hello_bytes(codec.GatewayId("gw-raw")))
+        assert codec.decode_response(await call.read()).welcome == "test-hub"
+        good = wire.encode_transmit_map(tmap("after", {"gw-b": (5,)}))
+        await call.write(wire.encode_batch_request([bad, good]))
+        frame = codec.decode_response(await asyncio.wait_for(call.read(), 10))
+        assert [n.reason for n in frame.notices] == [UndeliverableReason.INVALID]
+        call.cancel()
+    await receiver.wait_deliveries(1)
+    assert receiver.message_ids() == ["after"]
+    assert receiver.link.dropped == 0
+    assert sender.downs == []
+    assert receiver.downs == []
