@@ -242,6 +242,16 @@ def probe_reply_nonce(data: bytes) -> int | None:
 
 
 _parse_message = pb.Message.FromString
+_parse_request = pb.ConnectRequest.FromString
+
+
+def request_decodes(frame: bytes) -> bool:
+    """Whether a whole ``ConnectRequest`` frame decodes (field types, UTF-8 of strings)."""
+    try:
+        _parse_request(frame)
+    except Exception:  # a DecodeError
+        return False
+    return True
 
 
 def message_decodes(data: bytes) -> bool:
