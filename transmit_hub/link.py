@@ -121,7 +121,7 @@ class LinkUp:
 
 @dataclass(frozen=True, slots=True)
 class LinkDown:
-    """The stream ended; the link reconnects unless the reason says it was replaced."""
+    """The stream ended, or another process holds our gateway id; the link reconnects."""
 
     reason: str
 

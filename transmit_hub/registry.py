@@ -73,6 +73,8 @@ class Attachment:
     probe_due: bool = False
     """A probe waits for the writer."""
     probe_answered: asyncio.Event = field(default_factory=asyncio.Event)
+    drop_logged_at: float = float("-inf")
+    """When notices for this stream were last logged as dropped (one line a second)."""
 
     def probe(self, nonce: int) -> None:
         """Ask the writer to send a Probe with ``nonce`` (answered: ``probe_answered``)."""

@@ -103,7 +103,6 @@ class HubService:
         """Mutual TLS: a gateway id must be a DNS name of the client's certificate."""
         self.draining = False
         self._readers: dict[Attachment, asyncio.Task[None]] = {}
-        self._last_drop_log: dict[str, float] = {}
         self._last_invalid_log = 0.0
         self.invalid_maps = 0
         """Maps answered INVALID because they could not be read or decoded."""
@@ -382,8 +381,8 @@ class HubService:
         if dropped:
             registry.notices_dropped += dropped
             now = time.monotonic()
-            if now - self._last_drop_log.get(att.gateway_id, 0.0) >= 1.0:
-                self._last_drop_log[att.gateway_id] = now
+            if now - att.drop_logged_at >= 1.0:
+                att.drop_logged_at = now
                 log.warning(
                     "gateway %s: outbox full, %d undeliverable notices for it dropped "
                     "(%d in all; the messages are in the recipients' inboxes)",
