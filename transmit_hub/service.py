@@ -297,7 +297,11 @@ class HubService:
                 gid, users = targets[0]
                 plain = bool(gid) and has_users(users) is not None
             else:
-                plain = all(g and has_users(u) is not None for g, u in targets)
+                # A gateway named twice goes the slow way (protobuf: the last entry wins), so
+                # one map never writes one gateway more than one delivery.
+                plain = all(g and has_users(u) is not None for g, u in targets) and len(
+                    {g for g, _ in targets}
+                ) == len(targets)
             if msg is None or not plain or has_id(msg) is not True:
                 notices = self._route_slow(wm, notices)
                 continue
@@ -331,8 +335,9 @@ class HubService:
     def _invalid(self, problem: str, notices: list[Undeliverable] | None) -> list[Undeliverable]:
         """Answer INVALID for a map that cannot be read; the stream goes on."""
         self._log_invalid(problem)
-        notice = Undeliverable(GatewayId(""), (), (), UndeliverableReason.INVALID)
-        return [*(notices or ()), notice]
+        notices = notices if notices is not None else []
+        notices.append(Undeliverable(GatewayId(""), (), (), UndeliverableReason.INVALID))
+        return notices
 
     def _log_invalid(self, problem: str) -> None:
         self.invalid_maps += 1
@@ -366,7 +371,9 @@ class HubService:
                 )
         if not found:
             return notices
-        return [*(notices or ()), *found]
+        notices = notices if notices is not None else []
+        notices.extend(found)  # in place: a frame of many such maps stays linear
+        return notices
 
     def _notify(self, att: Attachment, notices: list[Undeliverable]) -> None:
         registry = self.registry

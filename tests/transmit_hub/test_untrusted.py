@@ -162,3 +162,28 @@ async def test_hub_answers_invalid_for_a_message_that_does_not_decode(
     assert receiver.link.dropped == 0
     assert sender.downs == []
     assert receiver.downs == []
+
+
+async def test_a_gateway_named_twice_in_one_map_gets_one_delivery(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """A map naming gw-b in many entries is one delivery to gw-b (the last entry, as protobuf
+    reads a map), not one per entry: a sender cannot amplify a map inside the hub."""
+    receiver = await make_link(hub.address, "gw-b")
+    other = await make_link(hub.address, "gw-c")
+    message = _field(0x12, message_bytes("dup", b"x"))
+    entry = _field(0x0A, _field(0x0A, b"gw-b") + _field(0x12, USERS))
+    last = _field(0x0A, _field(0x0A, b"gw-b") + _field(0x12, _field(0x0A, b"\x06")))
+    to_c = _field(0x0A, _field(0x0A, b"gw-c") + _field(0x12, USERS))
+    async with aio.insecure_channel(hub.address) as channel:
+        call = channel.stream_stream(CONNECT_METHOD)()
+        await call.write(codec.hello_bytes(codec.GatewayId("gw-a")))
+        assert codec.decode_response(await call.read()).welcome == "test-hub"
+        await call.write(wire.encode_batch_request([entry * 50 + to_c + last + message]))
+        sentinel = _field(0x12, message_bytes("sentinel", b"x"))
+        await call.write(wire.encode_batch_request([entry + sentinel]))
+        await receiver.wait_deliveries(2)  # one stream: in order, the sentinel last
+        await other.wait_deliveries(1)
+        call.cancel()
+    assert receiver.message_ids() == ["dup", "sentinel"]
+    assert [r.user_id for r in receiver.deliveries[0].recipients] == [6]
