@@ -36,7 +36,7 @@ class HubConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     hello_timeout: float = 10.0
-    claim_timeout: float = 1.0
+    claim_timeout: float = 2.0
     max_gateways: int = 4096
     forget_after: float = 3600.0
 
@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="when a gateway id is claimed while held, how long the holder has to answer "
         "the hub's probe: a live holder keeps the id (the claim is refused with "
-        "ALREADY_EXISTS), a silent one is replaced (default 1)",
+        "ALREADY_EXISTS), a silent one is replaced (default 2)",
     )
     p.add_argument(
         "--max-gateways",

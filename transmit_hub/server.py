@@ -100,7 +100,7 @@ class HubServer(AsyncLifecycle):
         grace: float = 5.0,
         tls: ServerTls | None = None,
         hello_timeout: float = 10.0,
-        claim_timeout: float = 1.0,
+        claim_timeout: float = 2.0,
         max_gateways: int = 4096,
         forget_after: float = 3600.0,
     ) -> None:

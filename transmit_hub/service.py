@@ -93,7 +93,7 @@ class HubService:
         registry: Registry,
         *,
         hello_timeout: float = 10.0,
-        claim_timeout: float = 1.0,
+        claim_timeout: float = 2.0,
         ids_from_certificates: bool = False,
     ) -> None:
         self.registry = registry
