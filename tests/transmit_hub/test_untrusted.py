@@ -9,6 +9,8 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 import pytest
 from grpc import aio
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.helpers import wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec, wire
@@ -187,3 +189,27 @@ async def test_a_gateway_named_twice_in_one_map_gets_one_delivery(
         call.cancel()
     assert receiver.message_ids() == ["dup", "sentinel"]
     assert [r.user_id for r in receiver.deliveries[0].recipients] == [6]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(st.text(max_size=30), min_size=1, max_size=6),
+    st.lists(st.integers(0, 5), max_size=3),
+)
+def test_decode_response_keeps_every_good_delivery_of_a_frame(
+    contents: list[str], bad_at: list[int]
+) -> None:
+    """Whatever bad deliveries a frame holds, decode_response gives exactly its good ones, in
+    order, and counts the bad ones (pure: no I/O)."""
+    entries = [
+        wire.delivery_entry(message_bytes(f"m{i}", c.encode()), USERS)
+        for i, c in enumerate(contents)
+    ]
+    expected = [f"m{i}" for i in range(len(contents))]
+    for k, at in enumerate(sorted(set(bad_at), reverse=True)):
+        at = min(at, len(entries))
+        entries.insert(at, wire.delivery_entry(message_bytes(f"bad{k}", b"\xc3\x28"), USERS))
+    frame = codec.decode_response(wire.delivery_batch_response(entries))
+    assert [d.message.id for d in frame.deliveries] == expected
+    assert [d.message.content for d in frame.deliveries] == contents
+    assert frame.dropped == len(set(bad_at))
