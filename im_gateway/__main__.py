@@ -111,6 +111,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add(conn, "--hub-token", help="bearer token for the hub (its --auth-token)", metavar="TOKEN")
     _add(
         conn,
+        "--hub-ca",
+        help="link to the hub over TLS, verifying it with this PEM CA (default: plaintext)",
+        metavar="FILE",
+    )
+    _add(
+        conn,
+        "--hub-cert",
+        help="PEM client certificate for a hub with mutual TLS (with --hub-key); the "
+        "hub accepts only a --gateway-id that is a DNS name in its subjectAltName",
+        metavar="FILE",
+    )
+    _add(conn, "--hub-key", help="the PEM private key of --hub-cert", metavar="FILE")
+    _add(
+        conn,
         "--redis-url",
         help="Redis for presence, groups and inboxes",
         default=d["redis_url"].default,

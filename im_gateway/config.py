@@ -11,6 +11,10 @@ import dataclasses
 import socket
 from dataclasses import dataclass
 
+from transmit_hub.errors import ConfigError as HubConfigError
+from transmit_hub.tls import ClientTls
+from transmit_hub.types import gateway_id_problem
+
 from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
 from .group_policy import POLICIES, SERVER
@@ -39,7 +43,9 @@ def default_gateway_id(host: str, port: int) -> str:
     """
     if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
         host = socket.gethostname() or "localhost"
-    return f"gw-{host}-{port}"
+    # Keep to the gateway id rule (a host may be an IPv6 address, say).
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in host)
+    return f"gw-{host[:100]}-{port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -50,6 +56,9 @@ class GatewayConfig:
     gateway_id: str | None = None
     hub: str = "127.0.0.1:50051"
     hub_token: str | None = None
+    hub_ca: str | None = None
+    hub_cert: str | None = None
+    hub_key: str | None = None
     redis_url: str = "redis://127.0.0.1:6379/0"
     jwt_secret: str = ""
     # trust boundary: tokens, groups, connections, TLS
@@ -97,8 +106,9 @@ class GatewayConfig:
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")
         parse_host_port(self.hub, "--hub")
-        if self.gateway_id is not None and not self.gateway_id.strip():
-            raise ConfigError("--gateway-id must not be empty")
+        if self.gateway_id is not None and (problem := gateway_id_problem(self.gateway_id)):
+            raise ConfigError(f"--gateway-id {self.gateway_id[:40]!r}: {problem}")
+        self.hub_tls()  # the files must be readable PEM, the cert and key given together
         if not self.jwt_secret:
             raise ConfigError("--jwt-secret (or IM_GATEWAY_JWT_SECRET) is required")
         if not self.redis_url.partition("://")[1]:
@@ -174,6 +184,13 @@ class GatewayConfig:
                 raise ConfigError(f"{flag} must not be empty")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+    def hub_tls(self) -> ClientTls | None:
+        """The link's TLS settings from --hub-ca/--hub-cert/--hub-key (``None``: plaintext)."""
+        try:
+            return ClientTls.from_files(self.hub_ca, self.hub_cert, self.hub_key)
+        except HubConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def weak_secret(self) -> bool:

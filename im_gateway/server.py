@@ -276,7 +276,7 @@ class Gateway(AsyncLifecycle):
             self._gateway_id = GatewayId(default_gateway_id(cfg.host, self._port))
         gateway_id = self._gateway_id
         if self._link is None:
-            self._hub_link = HubLink(cfg.hub, gateway_id, token=cfg.hub_token)
+            self._hub_link = HubLink(cfg.hub, gateway_id, token=cfg.hub_token, tls=cfg.hub_tls())
             await self._hub_link.start()
             self._link = self._hub_link
         self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl, on_lost=self._store_lost)
@@ -372,7 +372,10 @@ class Gateway(AsyncLifecycle):
         """Whether the gateway can do its job, and a JSON-ready report saying why."""
         reasons: list[str] = []
         hub = "linked" if self._link is not None and self._link.connected else "down"
-        if hub != "linked":
+        conflict = getattr(self._link, "conflict", None)  # another process holds our id
+        if conflict:
+            reasons.append(str(conflict))
+        elif hub != "linked":
             reasons.append(f"not linked to the hub at {self.config.hub}")
         redis = "ok"
         try:
