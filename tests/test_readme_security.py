@@ -1,7 +1,7 @@
 """The README's "WSS: TLS for clients" commands run as written, with real processes.
 
-Its blocks carry their own markers (``tls-run``, ``tls-service``, ``tls-client``,
-``tls-type``, ``tls-expect``), so the walk-through test does not start them; this test
+Its blocks carry their own markers (``wss-run``, ``wss-service``, ``wss-client``,
+``wss-type``, ``wss-expect``), so the walk-through test does not start them; this test
 runs them in a temporary directory (the certificate files land there) against a
 redis-server and a hub of its own, on free ports.
 """
@@ -69,7 +69,7 @@ def test_wss_section_runs_as_written(
         wait_until_sync(lambda: hub.alive() and _tcp_open(ports[50051]), timeout=30, what="hub")
 
         cert = subprocess.run(
-            ["bash", "-ec", cd + the_block("tls-run", "cert").body],
+            ["bash", "-ec", cd + the_block("wss-run", "cert").body],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -79,7 +79,7 @@ def test_wss_section_runs_as_written(
         pem = tmp_path / "gw-tls.pem"
         assert pem.exists(), "the certificate command wrote no gw-tls.pem"
 
-        block = the_block("tls-service", "gw-tls")
+        block = the_block("wss-service", "gw-tls")
         port = ports[int(block.args[1])]
         gateway = Service(
             "gw-tls", cd + substitute_ports(block.body, ports), tmp_path / "gw-tls.log", env
@@ -92,15 +92,15 @@ def test_wss_section_runs_as_written(
         )
 
         client = Client(
-            "alice", cd + substitute_ports(the_block("tls-client", "alice").body, ports), env
+            "alice", cd + substitute_ports(the_block("wss-client", "alice").body, ports), env
         )
         first = client.wait_for("the replay end marker", lambda f: True)
         assert first["type"] == 14, client.output()
-        for line in the_block("tls-type", "alice").body.splitlines():
+        for line in the_block("wss-type", "alice").body.splitlines():
             client.type_line(line)
         expected = [
             json.loads(line.partition("< ")[2])
-            for line in the_block("tls-expect", "alice").body.splitlines()
+            for line in the_block("wss-expect", "alice").body.splitlines()
         ]
         for frame in expected:
             client.wait_for(f"{frame}", lambda f, e=frame: _matches(e, f))
