@@ -152,6 +152,7 @@ class HubLink(AsyncLifecycle):
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
         linger: float = 0.001,
+        channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS,
     ) -> None:
         if not gateway_id:
             raise ValueError("gateway_id must not be empty")
@@ -169,6 +170,7 @@ class HubLink(AsyncLifecycle):
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._linger = linger
+        self._channel_options = channel_options
         self._pending: deque[TransmitMap] = deque()
         self._inflight: list[TransmitMap] = []
         self._wakeup = asyncio.Event()
@@ -196,6 +198,16 @@ class HubLink(AsyncLifecycle):
     def pending(self) -> int:
         """Maps waiting to be written."""
         return len(self._pending)
+
+    def take_pending(self) -> list[TransmitMap]:
+        """Remove and return the maps waiting to be written, oldest first.
+
+        For a pool of links (:mod:`transmit_hub.pool`): while this link is down, what it
+        holds can go through another hub instead of waiting for this one.
+        """
+        taken = list(self._pending)
+        self._pending.clear()
+        return taken
 
     async def start(self) -> None:
         """Start connecting in the background (and reconnecting, until closed)."""
@@ -308,7 +320,7 @@ class HubLink(AsyncLifecycle):
 
     async def _session(self) -> None:
         """One stream: attach, then read and write until it ends (raises on error status)."""
-        channel = aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        channel = aio.insecure_channel(self.target, options=self._channel_options)
         call: Any = None
         try:
             connect = channel.stream_stream(
