@@ -43,7 +43,6 @@ import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import ConfigError, LinkClosed
@@ -151,12 +150,9 @@ def plan(
     return parts
 
 
-@dataclass(slots=True)
-class _Sent:
-    tmap: TransmitMap
-    hub: str
-    at: float
-    tried: frozenset[str]
+_Sent = tuple[TransmitMap, str, float, frozenset[str]]
+"""A record: the map, the hub it went through, when, and every hub that carried it so far
+(a plain tuple: one is made per send)."""
 
 
 class SendLog:
@@ -164,7 +160,8 @@ class SendLog:
     the shares to try elsewhere when a hub says their gateway is not attached to it.
 
     Bounded: a record is forgotten after ``window`` seconds, or when ``max_entries``
-    newer ones exist.
+    newer ones exist. A record costs one tuple in a deque (this is on every send); the
+    rare look-up by message id scans from the newest end, where a notice's map is.
     """
 
     def __init__(self, *, window: float, max_entries: int) -> None:
@@ -173,50 +170,45 @@ class SendLog:
         self._window = window
         self._max = max_entries
         self._sent: deque[_Sent] = deque()
-        self._by_id: dict[MessageId, list[_Sent]] = {}
 
     def __len__(self) -> int:
         return len(self._sent)
 
     def record(
-        self, tmap: TransmitMap, hub: str, now: float, tried: frozenset[str] = frozenset()
+        self, tmap: TransmitMap, hub: str, now: float, tried: frozenset[str] | None = None
     ) -> None:
-        """``tmap`` went through ``hub`` at ``now`` (``tried``: hubs that had it before)."""
-        entry = _Sent(tmap, hub, now, tried | {hub})
-        self._sent.append(entry)
-        self._by_id.setdefault(tmap.message.id, []).append(entry)
-        self.trim(now)
+        """``tmap`` went through ``hub`` at ``now``; ``tried``: every hub that carried it,
+        ``hub`` included (default: ``hub`` alone)."""
+        sent = self._sent
+        sent.append((tmap, hub, now, frozenset((hub,)) if tried is None else tried))
+        if len(sent) > self._max or sent[0][2] < now - self._window:
+            self.trim(now)
 
     def trim(self, now: float) -> None:
         """Forget what is older than the window, and the oldest beyond ``max_entries``."""
         sent = self._sent
         horizon = now - self._window
-        while sent and (sent[0].at < horizon or len(sent) > self._max):
-            old = sent.popleft()
-            same = self._by_id.get(old.tmap.message.id)
-            if same:
-                same.remove(old)  # the oldest of its id: at the front
-                if not same:
-                    del self._by_id[old.tmap.message.id]
+        while sent and (len(sent) > self._max or sent[0][2] < horizon):
+            sent.popleft()
 
     def through(self, hub: str, now: float) -> list[TransmitMap]:
         """The maps that went through ``hub`` in the window, oldest first."""
         self.trim(now)
-        return [s.tmap for s in self._sent if s.hub == hub]
+        return [tmap for tmap, via, _, _ in self._sent if via == hub]
 
     def share(
         self, message_id: MessageId, gateway: GatewayId, hub: str
     ) -> tuple[TransmitMap, frozenset[str]] | None:
         """``gateway``'s share of the message sent through ``hub``, and the hubs tried."""
-        for entry in reversed(self._by_id.get(message_id, ())):
-            if entry.hub == hub and gateway in entry.tmap.users:
-                users = entry.tmap.users
+        for tmap, via, _, tried in reversed(self._sent):
+            if via == hub and tmap.message.id == message_id and gateway in tmap.users:
+                users = tmap.users
                 part = (
-                    entry.tmap
+                    tmap
                     if len(users) == 1
-                    else TransmitMap(entry.tmap.message, {gateway: users[gateway]})
+                    else TransmitMap(tmap.message, {gateway: users[gateway]})
                 )
-                return part, entry.tried
+                return part, tried
         return None
 
 
@@ -275,7 +267,8 @@ class HubPool(AsyncLifecycle):
         self._max_pending = max_pending
         self._log = SendLog(window=resend_window, max_entries=resend_max)
         self._absent = Absences()
-        self._ranks: dict[str, tuple[str, ...]] = {}
+        self._ranks: dict[object, tuple[str, ...]] = {}
+        self._only = {target: frozenset({target}) for target in targets}
         self._backlog: deque[TransmitMap] = deque()
         self._events: asyncio.Queue[object] = asyncio.Queue(maxsize=event_queue)
         self._up = asyncio.Event()
@@ -358,18 +351,37 @@ class HubPool(AsyncLifecycle):
 
     # -- routing ---------------------------------------------------------------------------
 
-    def _order(self, tmap: TransmitMap, exclude: frozenset[str]) -> list[str]:
-        key = route_key(self.gateway_id, tmap)
-        order = self._ranks.get(key)
+    def _ranking(self, tmap: TransmitMap) -> tuple[str, ...]:
+        """Every hub, in the order ``tmap`` prefers them (cached per target set)."""
+        users = tmap.users
+        cache_key: object
+        if len(users) == 1:
+            (cache_key,) = users  # the one target: no key string to build
+        else:
+            cache_key = frozenset(users)
+        order = self._ranks.get(cache_key)
         if order is None:
             if len(self._ranks) >= RANK_CACHE:
                 self._ranks.clear()
-            order = self._ranks[key] = rank(key, self.targets)
+            order = self._ranks[cache_key] = rank(route_key(self.gateway_id, tmap), self.targets)
+        return order
+
+    def _order(self, tmap: TransmitMap, exclude: frozenset[str]) -> list[str]:
         members = self.members
-        return [h for h in order if h not in exclude and members[h].connected]
+        return [h for h in self._ranking(tmap) if h not in exclude and members[h].connected]
 
     def _dispatch(self, tmap: TransmitMap, tried: frozenset[str]) -> bool:
         """Send through the best attached hub not in ``tried``; else keep it for later."""
+        if not tried and not self._absent:
+            # The common case: the first attached hub takes the whole map.
+            members = self.members
+            for hub in self._ranking(tmap):
+                link = members[hub]
+                if link.connected:
+                    if not link.send(tmap):
+                        break  # full: let the general path try the others
+                    self._log.record(tmap, hub, time.monotonic(), self._only[hub])
+                    return True
         order = self._order(tmap, tried)
         if not order:
             if len(self._backlog) >= self._max_pending:
@@ -382,7 +394,7 @@ class HubPool(AsyncLifecycle):
         for hub, part in parts:
             for candidate in (hub, *(h for h in order if h != hub)):
                 if self.members[candidate].send(part):
-                    self._log.record(part, candidate, now, tried)
+                    self._log.record(part, candidate, now, tried | {candidate})
                     break
             else:
                 return False  # every attached hub's buffer is full
@@ -472,6 +484,6 @@ class HubPool(AsyncLifecycle):
             return False
         for hub in order:
             if self.members[hub].send(part):
-                self._log.record(part, hub, time.monotonic(), tried)
+                self._log.record(part, hub, time.monotonic(), tried | {hub})
                 return True
         return False

@@ -110,7 +110,7 @@ def test_send_log_finds_a_share_and_the_hubs_tried() -> None:
     part, tried = found
     assert dict(part.users) == {"gw-c": group.users[GatewayId("gw-c")]}
     assert tried == {"h1"}
-    log.record(part, "h2", 0.1, tried)
+    log.record(part, "h2", 0.1, tried | {"h2"})
     again = log.share(group.message.id, GatewayId("gw-c"), "h2")
     assert again is not None
     assert again[1] == {"h1", "h2"}
