@@ -57,6 +57,8 @@ log = logging.getLogger(__name__)
 
 ABSENT_FOR: Final = 2.0
 """Seconds a hub's "not attached" for a gateway steers that gateway's shares elsewhere."""
+RESEND_PATIENCE: Final = 2.0
+"""After a break, how long sending again may wait for room in the other hubs' buffers."""
 RANK_CACHE: Final = 4096
 """Routing keys whose hub order is remembered (the cache is emptied when it is full)."""
 
@@ -423,7 +425,7 @@ class HubPool(AsyncLifecycle):
                     self._flush_backlog()
                     await self._events.put(event)
                 elif isinstance(event, LinkDown):
-                    self._down(target, link)
+                    await self._down(target, link)
                     if not self.connected:
                         self._up.clear()
                         await self._events.put(event)
@@ -434,12 +436,21 @@ class HubPool(AsyncLifecycle):
                     "pool %s: handling an event of hub %s failed", self.gateway_id, target
                 )
 
-    def _down(self, target: str, link: HubLink) -> None:
-        """``target``'s stream broke: what it had goes through the other hubs now."""
+    async def _down(self, target: str, link: HubLink) -> None:
+        """``target``'s stream broke: what it had goes through the other hubs now.
+
+        When their buffers are full, wait for room (up to ``RESEND_PATIENCE`` s).
+        """
         maps = merge_resend(self._log.through(target, time.monotonic()), link.take_pending())
         kept = 0
+        deadline = time.monotonic() + RESEND_PATIENCE
+        skip = self._only[target]
         for tmap in maps:
-            if self._dispatch(tmap, frozenset({target})):
+            while not self._dispatch(tmap, skip):
+                if time.monotonic() > deadline or self._closed:
+                    break
+                await asyncio.sleep(0.001)  # the writers make room
+            else:
                 kept += 1
         self.resent += kept
         others = sum(1 for other in self.members.values() if other.connected)

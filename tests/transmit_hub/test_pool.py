@@ -295,6 +295,26 @@ async def test_a_stopped_hub_loses_nothing_the_pool_sent_through_it(
     await wait_until(lambda: b.ids()[-1:] == ["next"], what="traffic goes on")
 
 
+async def test_resending_more_than_a_buffer_holds_waits_for_room(
+    hubs: list[HubServer], make_pool: PoolFactory
+) -> None:
+    """With link buffers of 10 maps, 60 maps swallowed by a dying hub still all reach gw-b:
+    sending them again waits for the other link's writer instead of dropping the rest."""
+    addresses = [h.address for h in hubs[:2]]
+    a = await make_pool(addresses, "gw-a", max_pending=10)
+    b = await make_pool(addresses, "gw-b")
+    victim = next(h for h in hubs if h.address == rank("gw-a>gw-b", addresses)[0])
+    swallowed: list[int] = []
+    victim.service.route = lambda att, maps: swallowed.append(len(maps))  # type: ignore[method-assign]
+    for chunk in range(12):
+        for i in range(5):
+            assert a.pool.send(tmap(f"m{chunk * 5 + i}", {"gw-b": (7,)}))
+        await wait_until(lambda n=chunk: sum(swallowed) == 5 * (n + 1), what="swallowed")
+    await victim.stop(0)
+    await wait_until(lambda: len(set(b.ids())) >= 60, what="all 60 maps at gw-b")
+    assert a.pool.resent == 60
+
+
 async def test_not_attached_on_one_hub_is_tried_on_the_next(
     hubs: list[HubServer], make_pool: PoolFactory
 ) -> None:
