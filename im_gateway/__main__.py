@@ -137,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         conn,
         "--hub-resend-max",
         type=int,
-        help="most recent messages remembered for sending again (the oldest go first)",
+        help="most recent messages remembered for sending again (beyond it, the oldest are forgotten)",
         default=d["hub_resend_max"].default,
         metavar="MAPS",
     )
