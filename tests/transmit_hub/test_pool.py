@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.helpers import free_port, wait_until
 from transmit_hub import (
@@ -79,6 +81,34 @@ def test_plan_sends_a_group_map_whole_unless_a_target_is_missing_there() -> None
         ("h2", ["gw-c"]),
     ]
     assert all(part.message is group.message for _, part in parts)
+
+
+@given(
+    targets=st.lists(st.sampled_from([f"gw-{i}" for i in range(6)]), min_size=1, unique=True),
+    hubs=st.lists(st.sampled_from(HUBS), unique=True),
+    missing=st.sets(
+        st.tuples(st.sampled_from(HUBS), st.sampled_from([f"gw-{i}" for i in range(6)]))
+    ),
+)
+def test_plan_gives_each_target_share_to_exactly_one_hub(
+    targets: list[str], hubs: list[str], missing: set[tuple[str, str]]
+) -> None:
+    """Whatever hubs are attached and wherever targets are missing, plan() hands every
+    target's share to exactly one attached hub, at most one part per hub, the message
+    unchanged; a part goes to a later hub only for a target missing on the first."""
+    group = tmap("m", {g: (1,) for g in targets})
+    parts = plan(group, hubs, lambda h, g: (h, g) in missing)
+    if not hubs:
+        assert parts == []
+        return
+    seen = [g for _, part in parts for g in part.users]
+    assert sorted(seen) == sorted(targets)
+    assert len({hub for hub, _ in parts}) == len(parts)
+    assert all(hub in hubs for hub, _ in parts)
+    assert all(part.message is group.message for _, part in parts)
+    for hub, part in parts:
+        if hub != hubs[0]:
+            assert all((hubs[0], g) in missing and (hub, g) not in missing for g in part.users)
 
 
 def test_send_log_keeps_a_window_per_hub_and_a_bound() -> None:
