@@ -104,9 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add(
         conn,
         "--hub",
-        help="the transmit hub's address",
+        help=(
+            "the transmit hubs, comma-separated: the gateway attaches to every one, sends "
+            "each message through one and takes deliveries from all"
+        ),
         default=d["hub"].default,
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
     )
     _add(conn, "--hub-token", help="bearer token for the hub (its --auth-token)", metavar="TOKEN")
     _add(
@@ -123,6 +126,36 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FILE",
     )
     _add(conn, "--hub-key", help="the PEM private key of --hub-cert", metavar="FILE")
+    _add(
+        conn,
+        "--hub-keepalive",
+        type=float,
+        help=(
+            "ping each hub this often and drop a hub whose ping is not answered within "
+            "as long again (a stopped hub is noticed in about twice this)"
+        ),
+        default=d["hub_keepalive"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        conn,
+        "--hub-resend-window",
+        type=float,
+        help=(
+            "when a hub's stream breaks, the messages sent through it this long before "
+            "go again through another hub (at least 2 x --hub-keepalive)"
+        ),
+        default=d["hub_resend_window"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        conn,
+        "--hub-resend-max",
+        type=int,
+        help="most recent messages remembered for sending again (beyond it, the oldest are forgotten)",
+        default=d["hub_resend_max"].default,
+        metavar="MAPS",
+    )
     _add(
         conn,
         "--redis-url",

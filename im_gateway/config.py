@@ -35,6 +35,22 @@ def parse_host_port(value: str, what: str) -> tuple[str, int]:
     return host, port
 
 
+MAX_HUBS = 64
+"""Most hubs one gateway attaches to (``--hub`` lists them)."""
+
+
+def parse_hubs(value: str) -> tuple[str, ...]:
+    """``"HOST:PORT[,HOST:PORT...]"`` -> the addresses, each once; ConfigError otherwise."""
+    hubs = tuple(part.strip() for part in value.split(","))
+    if len(hubs) > MAX_HUBS:
+        raise ConfigError(f"--hub lists {len(hubs)} hubs; at most {MAX_HUBS}")
+    for hub in hubs:
+        parse_host_port(hub, "--hub")
+    if len(set(hubs)) != len(hubs):
+        raise ConfigError(f"--hub lists a hub twice: {value!r}")
+    return hubs
+
+
 def default_gateway_id(host: str, port: int) -> str:
     """A stable id from the machine and the port: the same machine and port, the same id.
 
@@ -59,6 +75,9 @@ class GatewayConfig:
     hub_ca: str | None = None
     hub_cert: str | None = None
     hub_key: str | None = None
+    hub_keepalive: float = 2.0
+    hub_resend_window: float = 6.0
+    hub_resend_max: int = 50_000
     redis_url: str = "redis://127.0.0.1:6379/0"
     jwt_secret: str = ""
     # trust boundary: tokens, groups, connections, TLS
@@ -105,7 +124,15 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")
-        parse_host_port(self.hub, "--hub")
+        parse_hubs(self.hub)
+        if not 0.1 <= self.hub_keepalive <= 3600:
+            raise ConfigError(f"--hub-keepalive must be 0.1 to 3600, got {self.hub_keepalive}")
+        if self.hub_resend_window < 2 * self.hub_keepalive:
+            raise ConfigError(
+                "--hub-resend-window must cover the time a silent hub takes to be noticed "
+                f"(2 x --hub-keepalive = {2 * self.hub_keepalive:g} s), "
+                f"got {self.hub_resend_window:g}"
+            )
         if self.gateway_id is not None and (problem := gateway_id_problem(self.gateway_id)):
             raise ConfigError(f"--gateway-id {self.gateway_id[:40]!r}: {problem}")
         self.hub_tls()  # the files must be readable PEM, the cert and key given together
@@ -128,6 +155,7 @@ class GatewayConfig:
             "--max-group-members": self.max_group_members,
             "--max-connections-per-user": self.max_connections_per_user,
             "--max-connections": self.max_connections,
+            "--hub-resend-max": self.hub_resend_max,
         }
         for flag, value in positive_ints.items():
             if value < 1:
@@ -201,6 +229,11 @@ class GatewayConfig:
     def tls(self) -> bool:
         """True when clients are served over TLS (``wss://`` and ``https://``)."""
         return self.tls_cert is not None
+
+    @property
+    def hubs(self) -> tuple[str, ...]:
+        """The hubs of ``--hub``, in the order given."""
+        return parse_hubs(self.hub)
 
     @property
     def host(self) -> str:

@@ -3,12 +3,13 @@
 ``Gateway`` wires the parts together and owns their lifecycles::
 
     clients --WebSocket--> Session --> Relay --> Store (Redis)
-                                         |  \\--> HubLink --> transmit hub
+                                         |  \\--> HubPool --> transmit hubs
                               Presence <-+
 
 HTTP on the same port (answered in ``process_request``, before any upgrade):
 ``GET /ws`` upgrades after checking the JWT (401 otherwise), ``GET /healthz`` is 200
-when the hub link is up and the store answers (503 with the reason otherwise),
+while at least one hub is linked and the store answers (503 with the reason
+otherwise; ``"hubs"`` says which hub is up),
 ``GET /info`` names the gateway, ``GET /`` and ``GET /static/<file>`` serve the chat
 page from ``im_gateway/static``.
 """
@@ -28,7 +29,8 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
 
 from transmit_hub.lifecycle import AsyncLifecycle
-from transmit_hub.link import HubLink
+from transmit_hub.pool import HubPool
+from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId, UserId
 
 from . import auth, faults, web
@@ -138,7 +140,7 @@ class Gateway(AsyncLifecycle):
         self._given_link = link
         self._store: Store | None = store
         self._link: Link | None = link
-        self._hub_link: HubLink | None = None
+        self._hub_link: HubPool | None = None
         self._server: Server | None = None
         self._relay: Relay | None = None
         self._presence: Presence | None = None
@@ -276,7 +278,15 @@ class Gateway(AsyncLifecycle):
             self._gateway_id = GatewayId(default_gateway_id(cfg.host, self._port))
         gateway_id = self._gateway_id
         if self._link is None:
-            self._hub_link = HubLink(cfg.hub, gateway_id, token=cfg.hub_token, tls=cfg.hub_tls())
+            self._hub_link = HubPool(
+                cfg.hubs,
+                gateway_id,
+                token=cfg.hub_token,
+                resend_window=cfg.hub_resend_window,
+                resend_max=cfg.hub_resend_max,
+                channel_options=channel_options(cfg.hub_keepalive),
+                tls=cfg.hub_tls(),
+            )
             await self._hub_link.start()
             self._link = self._hub_link
         self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl, on_lost=self._store_lost)
@@ -376,7 +386,12 @@ class Gateway(AsyncLifecycle):
         if conflict:
             reasons.append(str(conflict))
         elif hub != "linked":
-            reasons.append(f"not linked to the hub at {self.config.hub}")
+            reasons.append(f"not linked to any hub ({', '.join(self.config.hubs)})")
+        hubs = (
+            self._hub_link.hubs
+            if self._hub_link is not None
+            else dict.fromkeys(self.config.hubs, "up" if hub == "linked" else "down")
+        )
         redis = "ok"
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
@@ -388,6 +403,7 @@ class Gateway(AsyncLifecycle):
             "status": "ok" if not reasons else "unavailable",
             "gatewayId": self._gateway_id,
             "hub": hub,
+            "hubs": hubs,
             "redis": redis,
             "connections": self._relay.connections if self._relay is not None else 0,
         }

@@ -170,6 +170,7 @@ class HubLink(AsyncLifecycle):
         linger: float = 0.001,
         tls: ClientTls | None = None,
         conflict_retry: float = 5.0,
+        channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS,
     ) -> None:
         problem = gateway_id_problem(gateway_id)
         if problem is not None:
@@ -198,6 +199,7 @@ class HubLink(AsyncLifecycle):
         """Deliveries and notices from the hub dropped because they could not be decoded."""
         self._dropped_logged = 0
         self._drop_logged_at = float("-inf")
+        self._channel_options = channel_options
         self._pending: deque[TransmitMap] = deque()
         self._inflight: list[TransmitMap] = []
         self._wakeup = asyncio.Event()
@@ -233,6 +235,16 @@ class HubLink(AsyncLifecycle):
     def pending(self) -> int:
         """Maps waiting to be written."""
         return len(self._pending)
+
+    def take_pending(self) -> list[TransmitMap]:
+        """Remove and return the maps waiting to be written, oldest first.
+
+        For a pool of links (:mod:`transmit_hub.pool`): while this link is down, what it
+        holds can go through another hub instead of waiting for this one.
+        """
+        taken = list(self._pending)
+        self._pending.clear()
+        return taken
 
     async def start(self) -> None:
         """Start connecting in the background (and reconnecting, until closed)."""
@@ -371,10 +383,10 @@ class HubLink(AsyncLifecycle):
     async def _session(self) -> None:
         """One stream: attach, then read and write until it ends (raises on error status)."""
         if self._tls is None:
-            channel = aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+            channel = aio.insecure_channel(self.target, options=self._channel_options)
         else:
             channel = aio.secure_channel(
-                self.target, self._tls.credentials(), options=CHANNEL_OPTIONS
+                self.target, self._tls.credentials(), options=self._channel_options
             )
         call: Any = None
         try:
