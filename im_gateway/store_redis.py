@@ -66,7 +66,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError
+from redis.exceptions import ConnectionError, NoScriptError
 
 from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import GatewayId, Message, MessageId, Recipient, UserId
@@ -178,6 +178,9 @@ for i, s in ipairs(batch) do
   if cid ~= '' then
     dkey = ukey(from, 'dedupe:' .. cid)
     if not redis.call('SET', dkey, '', 'PX', window, 'NX') then
+      -- A write (the TTL as it is), so that a WAIT after this call covers the first one.
+      local ttl = redis.call('PTTL', dkey)
+      if ttl > 0 then redis.call('PEXPIRE', dkey, ttl) end
       local seen = cjson.decode(redis.call('GET', dkey))
       local written = seen[3]
       -- The stored message itself (not the resend's text), from the first recipient's
@@ -330,6 +333,8 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal (C, fast)
 _DUPLICATE = 1
 _NOT_MEMBER = 2
+NOT_REPLICATED = "not replicated; send again"
+"""The refusal (code ``internal``) of a message that WAIT did not see on enough replicas."""
 
 
 def _text(value: bytes | str) -> str:
@@ -386,7 +391,14 @@ class RedisStore(AsyncClosing):
         socket_timeout: float = 5.0,
         max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
+        if wait_replicas < 0 or wait_timeout <= 0:
+            raise StoreError("wait_replicas must be 0 or more and wait_timeout positive")
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
+        self._wait_ms = max(1, round(wait_timeout * 1000))
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
             raise StoreError("store limits and TTLs must be positive")
         if "{" in prefix or "}" in prefix:
@@ -457,21 +469,30 @@ class RedisStore(AsyncClosing):
                     f"[{_quote(m.id)},{m.sender:d},{m.to:d},{m.type:d},"
                     f"{m.content_type:d},{m.time:d},{_quote(m.content)}]"
                 )
-            reply = await self._submit(
-                args=(
-                    self.prefix,
-                    _encode(rows),
-                    self.inbox_max_len,
-                    self._max_age_ms,
-                    self._window_ms,
-                    *entries,
-                )
+            args: tuple[str | int, ...] = (
+                self.prefix,
+                _encode(rows),
+                self.inbox_max_len,
+                self._max_age_ms,
+                self._window_ms,
+                *entries,
             )
+            if self.wait_replicas:
+                reply, replicated = await self._submit_and_wait(args)
+            else:
+                reply, replicated = await self._submit(args=args), True
             results, live = json.loads(reply)
             presence: dict[int, tuple[GatewayId, ...]] = {
                 int(entry[0]): tuple(entry[1:]) for entry in live
             }
             done = [_result(s, res, presence) for s, res in zip(todo, results, strict=True)]
+            if not replicated:
+                done = [
+                    Refused(r.client_id, "internal", NOT_REPLICATED)
+                    if isinstance(r, Accepted)
+                    else r
+                    for r in done
+                ]
         if not bad:
             return done
         stored = iter(done)
@@ -481,6 +502,22 @@ class RedisStore(AsyncClosing):
             else next(stored)
             for i, s in enumerate(batch)
         ]
+
+    async def _submit_and_wait(self, args: Sequence[Any]) -> tuple[Any, bool]:
+        """The batch script and ``WAIT`` in one pipeline, so on one connection (WAIT
+        counts the replicas that have that connection's writes); True when enough do."""
+        for attempt in (1, 2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._submit.sha, 0, *args)
+                pipe.execute_command("WAIT", self.wait_replicas, self._wait_ms)
+                reply, count = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                await self._client.script_load(_SUBMIT)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            return reply, isinstance(count, int) and count >= self.wait_replicas
+        raise AssertionError("unreachable")
 
     async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
         self._check_open()
@@ -682,18 +719,29 @@ def _message_json(blob: str | bytes) -> Message:
 
 
 async def open_store(url: str, **options: Any) -> Store:
-    """A store for ``url``: ``memory://`` or ``redis://``, ``rediss://``, ``unix://``.
+    """A store for ``url``: ``memory://``, ``redis://``, ``rediss://``, ``unix://`` (one
+    Redis) or ``redis+cluster://HOST:PORT[,HOST:PORT...]`` (a Redis Cluster).
 
     ``options`` go to the store's constructor. A Redis store is pinged first, so an
     unreachable server fails here (the client is closed and the error re-raised).
     """
     scheme = url.partition("://")[0].lower()
     if scheme == "memory":
-        options.pop("socket_timeout", None)
+        for option in ("socket_timeout", "wait_replicas", "wait_timeout"):
+            options.pop(option, None)
         return MemoryStore(**options)
-    if scheme not in ("redis", "rediss", "unix"):
-        raise StoreError(f"unsupported store URL {url!r}: use memory:// or redis://HOST:PORT/DB")
-    store = RedisStore(url, **options)
+    store: RedisStore
+    if scheme == "redis+cluster":
+        from .store_cluster import ClusterStore
+
+        store = ClusterStore(url, **options)
+    elif scheme in ("redis", "rediss", "unix"):
+        store = RedisStore(url, **options)
+    else:
+        raise StoreError(
+            f"unsupported store URL {url!r}: use memory://, redis://HOST:PORT/DB or "
+            "redis+cluster://HOST:PORT[,HOST:PORT...]"
+        )
     try:
         await store.ping()
     except BaseException:

@@ -11,6 +11,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from im_gateway.demo import redis_server_argv
+from tests.cluster import RedisClusterProcesses
 from tests.helpers import free_port, wait_until_sync
 from transmit_hub.server import HubServer
 
@@ -108,3 +109,20 @@ async def hub() -> AsyncIterator[HubServer]:
         yield server
     finally:
         await server.stop(0.5)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterProcesses]:
+    """A real Redis Cluster (3 primaries, 3 replicas) for the whole run."""
+    cluster = RedisClusterProcesses()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: RedisClusterProcesses) -> str:
+    """The ``redis+cluster://`` URL of the shared cluster, emptied for this test."""
+    redis_cluster.flush()
+    return redis_cluster.url

@@ -1,6 +1,8 @@
-"""Contract tests for the gateway's Store: the same tests against MemoryStore and RedisStore.
+"""Contract tests for the gateway's Store: the same tests against MemoryStore, RedisStore
+and ClusterStore.
 
-The Redis variant runs against a real redis-server process (the ``redis_url`` fixture).
+The Redis variant runs against a real redis-server process (the ``redis_url`` fixture), the
+cluster variant against a real local Redis Cluster (``redis_cluster_url``).
 Tests that need time to pass move the memory store's injected clock and, for Redis, use
 short TTLs and wait on the condition.
 """
@@ -29,6 +31,7 @@ from im_gateway.store import (
     Submission,
     position,
 )
+from im_gateway.store_cluster import ClusterStore
 from im_gateway.store_memory import MemoryStore
 from im_gateway.store_redis import RedisStore, open_store
 from tests.helpers import wait_until
@@ -108,6 +111,9 @@ class Backend:
         store: Store
         if self.kind == "memory":
             store = MemoryStore(clock=self.clock, **options)
+        elif self.kind == "cluster":
+            assert self.redis_url is not None
+            store = ClusterStore(self.redis_url, **options)
         else:
             assert self.redis_url is not None
             store = RedisStore(self.redis_url, **options)
@@ -125,9 +131,11 @@ class Backend:
             await wait_until(condition, timeout=seconds + 10, what=what)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    url = {"memory": None, "redis": "redis_url", "cluster": "redis_cluster_url"}[request.param]
+    if url is not None:
+        url = request.getfixturevalue(url)
     backend = Backend(request.param, url)
     try:
         yield backend

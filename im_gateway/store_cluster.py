@@ -1,0 +1,626 @@
+"""The :class:`~im_gateway.store.Store` on Redis Cluster (``redis+cluster://``).
+
+Same keys as :mod:`im_gateway.store_redis` (every key of a user shares the hash tag
+``{u:<user>}``, every key of a group ``{g:<group>}``), plus one: ``{u:<user>}:msg:<message
+id>``, the position at which that message went into that user's inbox, kept for the
+dedupe window (only for messages that have a client id). Every script declares its KEYS
+and touches one slot; a batch becomes one call per slot, one pipeline per node, the nodes
+in parallel.
+
+**Submitting without cross-slot atomicity.** One Redis stores a batch in one atomic
+script. Here a batch takes three steps, each one round trip to the nodes in parallel:
+
+1. *Claim*, in each sender's slot: ``SET NX`` of the dedupe key to a *pending* record
+   ``["p", time, message id, entry]`` (the message itself). A key already there is either
+   *done* (``["d", time, id, entry, [user, pos, ...]]``: a duplicate, answered as on one
+   Redis) or *pending*: an earlier attempt stopped part way (a gateway or a node crashed,
+   a WAIT failed). Then this attempt completes *that* message: its id, time and text.
+   Group members are read (``SMEMBERS``) in the same round trip.
+2. *Append*, in each recipient's slot: one script per slot appends the batch's messages in
+   batch order and records ``{u:R}:msg:<id>`` in the same atomic step. A message whose
+   record exists is not appended again: its recorded position is answered. The same call
+   reads the recipients' presence; with ``wait_replicas``, a ``WAIT`` ends each node's
+   pipeline on the same connection.
+3. *Finish*, in each sender's slot: the dedupe key becomes *done*, with the positions;
+   only now is the sender acknowledged.
+
+Why no acknowledged message is lost, and none is written twice:
+
+- The acknowledgement (type 10) follows step 3, which follows every append of step 2 (and
+  its WAIT). So an acknowledged message is in every recipient's inbox (and on
+  ``wait_replicas`` replicas of each).
+- A crash after step 1 or during step 2 leaves the record *pending* and some inboxes
+  written, each with its ``msg`` record in the same atomic script. The client was not
+  acknowledged, so it sends again with the same client id (the contract asks it to); the
+  resend finds the pending record and runs step 2 for the first message id: inboxes that
+  have it answer their recorded position, the others append it. Each inbox holds the
+  message exactly once. A crash after step 3 is a plain duplicate.
+- Two attempts at once (a resend while the first is still running) both run step 2 for
+  the same id: the per-slot script is atomic, so whichever comes second finds the record.
+- The ``msg`` records live as long as the dedupe key, so a resend that can find the
+  pending record can find them. (Without a client id nothing is recorded, and nothing can
+  be resent as the same message either.)
+- Order per sender and recipient: the gateway submits one batch at a time, each slot's
+  script appends in batch order, and step 2 of a batch ends before the next batch starts.
+  A message completed by a resend lands where the resend was sent.
+- A primary that fails over before its replica had a write loses that write. With
+  ``wait_replicas`` the sender is acknowledged only when ``WAIT`` confirmed the appends;
+  otherwise it gets ``internal`` ("not replicated; send again"), the record stays pending,
+  and the resend completes the message (an append the promoted replica lacks is written
+  again, once). If the *claim* itself is lost with a failed-over sender's node, a resend
+  claims afresh with a new id: recipients may then see the text twice, never zero times.
+
+``submit`` takes a ``crash`` hook for tests: called with ``"claimed"`` and ``"appended"``
+between the steps, an exception it raises stops the batch there, like a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.crc import key_slot
+
+from transmit_hub.types import GatewayId, Message, Recipient, UserId
+
+from .errors import StoreError
+from .store import (
+    Accepted,
+    Refused,
+    Submission,
+    group_limit_error,
+    unencodable,
+)
+from .store_redis import (
+    _ACK,
+    _LOOKUP,
+    _NOW,
+    _REFRESH,
+    NOT_REPLICATED,
+    RedisStore,
+    _message_json,
+    _text,
+)
+
+__all__ = ["ClusterStore", "cluster_nodes"]
+
+logger = logging.getLogger(__name__)
+
+# KEYS: dedupe keys (one sender's, so one slot). ARGV: window (ms), then one pending
+# record per key. Returns per key 0 (claimed now) or the record already there.
+_CLAIM = """
+local out = {}
+for i, k in ipairs(KEYS) do
+  if redis.call('SET', k, ARGV[i + 1], 'PX', ARGV[1], 'NX') then
+    out[i] = 0
+  else
+    out[i] = redis.call('GET', k) or 0
+  end
+end
+return out
+"""
+
+# KEYS: per user of the slot its inbox, pos, acked and presence keys; then the msg keys.
+# ARGV: max len, max age (ms), window (ms), the number of users, then per append: the
+# user's index (from 1), its msg key's index in KEYS (0: none), the entry. In order, each
+# append is skipped when its msg key holds a position (that position is answered), else
+# INCR + XADD as on one Redis and the msg key is set. Every user appended to (or found
+# appended) has its TTLs refreshed: a write, so a WAIT after this call covers it. Returns
+# JSON [positions per append, presence per user].
+_APPEND = (
+    _NOW
+    + """
+local max_len = ARGV[1]
+local max_age = tonumber(ARGV[2])
+local window = ARGV[3]
+local nusers = tonumber(ARGV[4])
+local stamp = string.format('%.0f', now)
+local by_age = now % 16 == 0
+local cutoff = now - max_age
+local touched = {}
+local function age_trim(ikey)
+  local old = redis.call('XRANGE', ikey, '-', '+', 'COUNT', 32)
+  local cut = nil
+  for _, e in ipairs(old) do
+    local pos, t = string.match(e[1], '^(%d+)-(%d+)$')
+    if tonumber(t) < cutoff then cut = pos else break end
+  end
+  if cut then
+    redis.call('XTRIM', ikey, 'MINID', string.format('%.0f', tonumber(cut) + 1) .. '-0')
+  end
+end
+local function append(u, entry)
+  local base = (u - 1) * 4
+  local ikey, pkey = KEYS[base + 1], KEYS[base + 2]
+  local n = redis.call('INCR', pkey)
+  if n == 1 then
+    local top = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
+    if #top > 0 then
+      n = math.max(n, tonumber(string.match(top[1][1], '^(%d+)')) + 1)
+    end
+    n = math.max(n, tonumber(redis.call('GET', KEYS[base + 3]) or '0') + 1)
+    if n > 1 then
+      redis.call('SET', pkey, string.format('%.0f', n))
+    end
+  end
+  local pos = string.format('%.0f', n)
+  redis.call('XADD', ikey, 'MAXLEN', '~', max_len, pos .. '-' .. stamp, 'm', entry)
+  if by_age and not touched[u] then age_trim(ikey) end
+  return pos
+end
+local out = {}
+for i = 5, #ARGV, 3 do
+  local u, mark, entry = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2]
+  local pos = false
+  if mark > 0 then pos = redis.call('GET', KEYS[mark]) end
+  if not pos then
+    pos = append(u, entry)
+    if mark > 0 then redis.call('SET', KEYS[mark], pos, 'PX', window) end
+  end
+  touched[u] = true
+  out[#out + 1] = pos
+end
+local since = string.format('(%.0f', now)
+local presence = {}
+for u = 1, nusers do
+  local base = (u - 1) * 4
+  if touched[u] then
+    redis.call('PEXPIRE', KEYS[base + 1], max_age)
+    redis.call('PEXPIRE', KEYS[base + 2], max_age)
+  end
+  local gws = redis.call('ZRANGEBYSCORE', KEYS[base + 4], since, '+inf')
+  table.insert(gws, 1, '')
+  presence[u] = gws
+end
+return cjson.encode({out, presence})
+"""
+)
+
+# KEYS: the user's set of groups. ARGV: group, the most groups per user. Returns 0 (in
+# it already), 1 (too many groups) or 3 (added now).
+_JOIN_USER = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 1 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 3
+"""
+
+# KEYS: the group's member set. ARGV: user, the most members per group. Returns 0
+# (member now) or 2 (the group is full).
+_JOIN_GROUP = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 2 end
+redis.call('SADD', KEYS[1], ARGV[1])
+return 0
+"""
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``HOST:PORT`` list of a ``redis+cluster://HOST:PORT[,HOST:PORT...]`` URL."""
+    rest = url.partition("://")[2].split("?", 1)[0].split("/", 1)[0]
+    nodes = []
+    for part in rest.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise StoreError(
+                f"bad Redis Cluster URL {url!r}: use redis+cluster://HOST:PORT[,HOST:PORT...]"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+@dataclass(slots=True)
+class _Call:
+    """One command for the primary of ``slot``; ``source``: the script, for EVAL."""
+
+    slot: int
+    args: tuple[Any, ...]
+    source: str | None = None
+
+
+@dataclass(slots=True)
+class _Work:
+    """One submission on its way through the three steps."""
+
+    index: int
+    sub: Submission
+    message: Message
+    entry: str
+    dkey: str | None
+    resumed: bool = False
+    duplicate: bool = False
+    users: list[UserId] | None = None
+    positions: dict[UserId, str] | None = None
+    confirmed: bool = True
+
+
+def _entry(m: Message) -> str:
+    """The inbox entry of a message, as :mod:`im_gateway.store_redis` writes it."""
+    return json.dumps(
+        [m.id, m.sender, m.to, m.type, m.content_type, m.time, m.content],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+class ClusterStore(RedisStore):
+    """Presence, groups, inboxes and dedupe on a Redis Cluster (6.2 or later).
+
+    ``client`` is a ``redis.asyncio.cluster.RedisCluster`` (the caller keeps owning it) or a
+    ``redis+cluster://`` URL. Options as :class:`~im_gateway.store_redis.RedisStore`; see
+    the module docstring for how a batch is stored.
+    """
+
+    def __init__(self, client: RedisCluster | str, **options: Any) -> None:
+        owns = isinstance(client, str)
+        if isinstance(client, str):
+            timeout = float(options.get("socket_timeout", 5.0))
+            # The cluster client retries a failed command itself (a dead connection, a
+            # node that moved its slots) after refreshing its map of the slots.
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(client)],
+                socket_timeout=timeout,
+                socket_connect_timeout=min(timeout, 5.0),
+            )
+        self._cluster = client
+        # The commands RedisStore sends itself (GET, XRANGE, ZREM, pipelines without a
+        # transaction) exist on both clients; everything that spans slots is overridden.
+        super().__init__(cast(aioredis.Redis, client), **options)
+        self._owns_client = owns
+        self.crash: Callable[[str], None] | None = None
+        """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
+
+    # -- running calls on the nodes -------------------------------------------------------
+
+    def _slot(self, key: str) -> int:
+        return key_slot(key.encode())
+
+    def _script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> _Call:
+        sha = self._client.register_script(source).sha
+        return _Call(self._slot(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
+
+    async def _run(self, calls: Sequence[_Call], *, wait: bool = False) -> list[tuple[Any, bool]]:
+        """Each call on its slot's primary: one pipeline per node, the nodes in parallel.
+
+        With ``wait``, each node's pipeline ends with ``WAIT`` on the same connection;
+        ``(reply, confirmed)`` per call, confirmed when that WAIT counted enough replicas
+        (always, without ``wait``). A call that failed on its node (MOVED after a failover,
+        a dead connection, a script not loaded) is sent again through the cluster client,
+        which follows redirections and reconnects; it is then not confirmed.
+        """
+        cluster = self._cluster
+        await cluster.initialize()
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, call in enumerate(calls):
+            node = cluster.nodes_manager.get_node_from_slot(call.slot)
+            by_node.setdefault(node.name, (node, []))[1].append(i)
+        replies: list[Any] = [None] * len(calls)
+        ok = [False] * len(calls)
+        failed: list[int] = []
+        commands = {
+            name: [PipelineCommand(j, *calls[i].args) for j, i in enumerate(indexes)]
+            for name, (_, indexes) in by_node.items()
+        }
+        if wait:
+            for cmds in commands.values():
+                cmds.append(PipelineCommand(len(cmds), "WAIT", self.wait_replicas, self._wait_ms))
+
+        async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> BaseException | None:
+            try:
+                await node.execute_pipeline(cmds)
+            except Exception as exc:  # the node is gone: every call is sent again below
+                return exc
+            return None
+
+        errors = await asyncio.gather(
+            *(one(node, commands[name]) for name, (node, _) in by_node.items())
+        )
+        for (name, (_, indexes)), error in zip(by_node.items(), errors, strict=True):
+            cmds = commands[name]
+            confirmed = True
+            if wait:
+                count = cmds[-1].result
+                confirmed = error is None and isinstance(count, int) and count >= self.wait_replicas
+            for j, i in enumerate(indexes):
+                result = cmds[j].result
+                if error is not None or isinstance(result, Exception):
+                    failed.append(i)
+                else:
+                    replies[i] = result
+                    ok[i] = confirmed
+        for i in failed:
+            call = calls[i]
+            args = call.args
+            if call.source is not None:
+                args = ("EVAL", call.source, *args[2:])
+            replies[i] = await cluster.execute_command(*args)
+            ok[i] = not wait
+        return list(zip(replies, ok, strict=True))
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        self._check_open()
+        out: list[Accepted | Refused | None] = [None] * len(batch)
+        for i in unencodable(batch):
+            out[i] = Refused(batch[i].client_id, "bad_request", "content is not valid Unicode")
+        first: dict[tuple[int, str], int] = {}
+        later: dict[int, int] = {}
+        work: list[_Work] = []
+        for i, s in enumerate(batch):
+            if out[i] is not None:
+                continue
+            m = s.message
+            if s.client_id:
+                seen = first.setdefault((m.sender, s.client_id), i)
+                if seen != i:
+                    later[i] = seen
+                    continue
+            dkey = self._key(f"dedupe:{s.client_id}", m.sender) if s.client_id else None
+            work.append(_Work(i, s, m, _entry(m), dkey))
+
+        # Step 1: claims (per sender) and group members (per group), one round trip.
+        claims: dict[int, list[_Work]] = {}
+        for w in work:
+            if w.dkey is not None:
+                claims.setdefault(w.message.sender, []).append(w)
+        calls = [
+            self._script(
+                _CLAIM,
+                [w.dkey for w in ws if w.dkey is not None],
+                [
+                    self._window_ms,
+                    *(json.dumps(["p", w.message.time, w.message.id, w.entry]) for w in ws),
+                ],
+            )
+            for ws in claims.values()
+        ]
+        groups = sorted({w.message.to for w in work if w.message.type == 2})
+        calls += [self._members_call(g) for g in groups]
+        replies = await self._run(calls)
+        members: dict[int, set[UserId]] = {}
+        for g, (reply, _) in zip(groups, replies[len(claims) :], strict=True):
+            members[g] = _users(reply)
+        for ws, (reply, _) in zip(claims.values(), replies[: len(claims)], strict=True):
+            for w, record in zip(ws, reply, strict=True):
+                if record == 0:
+                    continue
+                kind, _, _, entry, *rest = json.loads(record)
+                w.message = _message_json(entry)
+                w.entry = entry
+                if kind == "d":
+                    w.duplicate = True
+                    pairs = rest[0]
+                    w.users = [UserId(int(u)) for u in pairs[0::2]]
+                    w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
+                else:
+                    w.resumed = True
+        live = [w for w in work if w.positions is None]
+        missing = sorted({w.message.to for w in live if w.message.type == 2} - set(members))
+        if missing:  # a resumed message to another group than its resend said
+            replies = await self._run([self._members_call(g) for g in missing])
+            for g, (reply, _) in zip(missing, replies, strict=True):
+                members[g] = _users(reply)
+        refused: list[_Work] = []
+        for w in live:
+            w.users = self._recipients(w, members)
+            if w.users is None:
+                refused.append(w)
+                out[w.index] = Refused(
+                    w.sub.client_id, "not_member", f"you are not in group {w.message.to}"
+                )
+        if self.crash is not None:
+            self.crash("claimed")
+
+        # Step 2: appends per recipient slot, and every recipient's presence.
+        appends = [w for w in live if w.users is not None]
+        slots: dict[int, list[UserId]] = {}
+        for w in work:
+            for u in w.users or ():
+                slot = self._slot(self._key("inbox", u))
+                if u not in slots.setdefault(slot, []):
+                    slots[slot].append(u)
+        ops: dict[int, list[tuple[_Work, UserId]]] = {slot: [] for slot in slots}
+        for w in appends:
+            for u in w.users or ():
+                ops[self._slot(self._key("inbox", u))].append((w, u))
+        calls = []
+        for slot, users in slots.items():
+            keys = [
+                self._key(kind, u) for u in users for kind in ("inbox", "pos", "acked", "presence")
+            ]
+            args: list[Any] = [
+                self.inbox_max_len,
+                self._max_age_ms,
+                self._window_ms,
+                len(users),
+            ]
+            for w, u in ops[slot]:
+                mark = 0
+                if w.dkey is not None:
+                    keys.append(self._key(f"msg:{w.message.id}", u))
+                    mark = len(keys)
+                args += (users.index(u) + 1, mark, w.entry)
+            calls.append(self._script(_APPEND, keys, args))
+        replies = await self._run(calls, wait=self.wait_replicas > 0 and bool(appends))
+        presence: dict[UserId, tuple[GatewayId, ...]] = {}
+        for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=True):
+            positions, gateways = json.loads(reply)
+            if isinstance(positions, dict):  # cjson writes an empty table as {}
+                positions = []
+            for (w, u), pos in zip(ops[slot], positions, strict=True):
+                if w.positions is None:
+                    w.positions = {}
+                w.positions[u] = str(pos)
+                w.confirmed = w.confirmed and confirmed
+            for u, gws in zip(users, gateways, strict=True):
+                if len(gws) > 1:
+                    presence[u] = tuple(GatewayId(_text(g)) for g in gws[1:])
+        if self.crash is not None:
+            self.crash("appended")
+
+        # Step 3: the records say done (or are released); then the answers.
+        calls = []
+        for w in refused:
+            if w.dkey is not None:
+                calls.append(_Call(self._slot(w.dkey), ("DEL", w.dkey)))
+        for w in appends:
+            if w.dkey is not None and w.confirmed:
+                written: list[Any] = []
+                for u in w.users or ():
+                    written += (int(u), (w.positions or {})[u])
+                record = json.dumps(["d", w.message.time, w.message.id, w.entry, written])
+                calls.append(
+                    _Call(self._slot(w.dkey), ("SET", w.dkey, record, "PX", self._window_ms))
+                )
+        if calls:
+            await self._run(calls)
+        for w in work:
+            if out[w.index] is not None:
+                continue
+            if not w.confirmed:
+                out[w.index] = Refused(w.sub.client_id, "internal", NOT_REPLICATED)
+                continue
+            users = w.users or []
+            positions = w.positions or {}
+            out[w.index] = Accepted(
+                w.sub.client_id,
+                w.message,
+                w.duplicate,
+                tuple(Recipient(u, positions[u]) for u in users),
+                {u: presence[u] for u in users if u in presence},
+            )
+        for i, j in later.items():
+            done = out[j]
+            if isinstance(done, Accepted):
+                out[i] = Accepted(
+                    batch[i].client_id, done.message, True, done.recipients, done.presence
+                )
+            else:
+                out[i] = done
+        return [r for r in out if r is not None]
+
+    def _members_call(self, group: int) -> _Call:
+        key = self._group_key(group)
+        return _Call(self._slot(key), ("SMEMBERS", key))
+
+    def _recipients(self, w: _Work, members: dict[int, set[UserId]]) -> list[UserId] | None:
+        """Whose inboxes get ``w``'s message; None when the sender may not post it."""
+        m = w.message
+        sender = UserId(m.sender)
+        if m.type == 2:
+            group = members.get(m.to, set())
+            check = bool(getattr(w.sub, "check_member", True))
+            if check and sender not in group:
+                return None
+            users = sorted(group)
+            if not check and sender != 0 and sender not in group:
+                users.append(sender)
+            return users
+        to = UserId(m.to)
+        return [to] if sender in (to, 0) else [to, sender]
+
+    # -- acks, presence, groups: one call per slot ----------------------------------------
+
+    async def _write_acks(self, batch: asyncio.Future[None]) -> None:
+        acks, self._acks, self._ack_batch = self._acks, {}, None
+        by_slot: dict[int, tuple[list[str], list[Any]]] = {}
+        for key, upto in acks.items():
+            keys, args = by_slot.setdefault(self._slot(key), ([], []))
+            keys += (key, key[: -len("acked")] + "pos")
+            args.append(upto)
+        try:
+            await self._run(
+                [
+                    self._script(_ACK, keys, [*args, self._max_age_ms])
+                    for keys, args in by_slot.values()
+                ]
+            )
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as exc:
+            batch.set_exception(exc)
+        else:
+            batch.set_result(None)
+
+    def _per_slot(self, users: Collection[UserId]) -> list[list[UserId]]:
+        by_slot: dict[int, list[UserId]] = {}
+        for u in users:
+            by_slot.setdefault(self._slot(self._key("presence", u)), []).append(u)
+        return list(by_slot.values())
+
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        self._check_open()
+        if users:
+            await self._run(
+                [
+                    self._script(
+                        _REFRESH,
+                        [self._key("presence", u) for u in us],
+                        [gateway, self._presence_ms],
+                    )
+                    for us in self._per_slot(users)
+                ]
+            )
+
+    async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
+        self._check_open()
+        if not users:
+            return {}
+        groups = self._per_slot(users)
+        replies = await self._run(
+            [self._script(_LOOKUP, [self._key("presence", u) for u in us], []) for us in groups]
+        )
+        found: dict[UserId, tuple[GatewayId, ...]] = {}
+        for us, (rows, _) in zip(groups, replies, strict=True):
+            for u, gws in zip(us, rows, strict=True):
+                if gws:
+                    found[u] = tuple(GatewayId(_text(g)) for g in gws)
+        return found
+
+    async def join(self, group: int, user: UserId) -> None:
+        """The user's set of groups first (its bound holds), then the group's members
+        (its bound holds); a full group takes the group back out of the user's set."""
+        self._check_open()
+        ukey, gkey = self._memberships_key(user), self._group_key(group)
+        [(mine, _)] = await self._run(
+            [self._script(_JOIN_USER, [ukey], [str(group), self.max_groups_per_user])]
+        )
+        if int(mine) == 1:
+            raise group_limit_error("user_full", group, self.max_groups_per_user)
+        [(theirs, _)] = await self._run(
+            [self._script(_JOIN_GROUP, [gkey], [str(user), self.max_group_members])]
+        )
+        if int(theirs) == 2:
+            if int(mine) == 3:
+                await self._run([_Call(self._slot(ukey), ("SREM", ukey, str(group)))])
+            raise group_limit_error("group_full", group, self.max_group_members)
+
+    async def leave(self, group: int, user: UserId) -> None:
+        self._check_open()
+        gkey, ukey = self._group_key(group), self._memberships_key(user)
+        await self._run(
+            [
+                _Call(self._slot(gkey), ("SREM", gkey, str(user))),
+                _Call(self._slot(ukey), ("SREM", ukey, str(group))),
+            ]
+        )
+
+    async def ping(self) -> None:
+        """Raise unless a node answers and says every slot has a primary."""
+        self._check_open()
+        info = await self._cluster.cluster_info()
+        state = info.get("cluster_state") if isinstance(info, dict) else None
+        if state != "ok":
+            raise StoreError(f"Redis Cluster state is {state!r}: a slot has no primary")
+
+
+def _users(reply: Any) -> set[UserId]:
+    return {UserId(int(u)) for u in reply or ()}

