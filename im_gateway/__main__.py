@@ -159,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add(
         conn,
         "--redis-url",
-        help="Redis for presence, groups and inboxes",
+        help="Redis for presence, groups and inboxes: redis://HOST:PORT/DB (one Redis) or "
+        "redis+cluster://HOST:PORT[,HOST:PORT...] (a Redis Cluster, reached through any node listed)",
         default=d["redis_url"].default,
         metavar="URL",
     )
@@ -405,6 +406,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a Redis command may take before it fails (a stalled Redis); a batch "
         "that timed out is sent once more, deduplicated",
         default=d["redis_timeout"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        store,
+        "--redis-wait-replicas",
+        type=int,
+        help="acknowledge a message only once WAIT says this many replicas hold it; "
+        "otherwise the sender gets internal (not replicated; send again)",
+        default=d["redis_wait_replicas"].default,
+        metavar="N",
+    )
+    _add(
+        store,
+        "--redis-wait-timeout",
+        type=float,
+        help="how long WAIT waits for --redis-wait-replicas",
+        default=d["redis_wait_timeout"].default,
         metavar="SECONDS",
     )
     _add(

@@ -113,6 +113,8 @@ class GatewayConfig:
     # store
     redis_prefix: str = "im:"
     redis_timeout: float = 5.0
+    redis_wait_replicas: int = 0
+    redis_wait_timeout: float = 1.0
     presence_ttl: float = 30.0
     forget_grace: float = 10.0
     inbox_max_len: int = 10_000
@@ -188,10 +190,15 @@ class GatewayConfig:
             "--inbox-max-age": self.inbox_max_age,
             "--dedupe-window": self.dedupe_window,
             "--redis-timeout": self.redis_timeout,
+            "--redis-wait-timeout": self.redis_wait_timeout,
         }
         for flag, number in positive.items():
             if number <= 0:
                 raise ConfigError(f"{flag} must be positive, got {number}")
+        if self.redis_wait_replicas < 0:
+            raise ConfigError(
+                f"--redis-wait-replicas must not be negative, got {self.redis_wait_replicas}"
+            )
         if "{" in self.redis_prefix or "}" in self.redis_prefix:
             raise ConfigError("--redis-prefix must not contain braces (they are hash tags)")
         if self.replay_budget and self.replay_budget < self.replay_page:

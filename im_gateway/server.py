@@ -247,6 +247,8 @@ class Gateway(AsyncLifecycle):
                     inbox_max_age=cfg.inbox_max_age,
                     dedupe_window=cfg.dedupe_window,
                     socket_timeout=cfg.redis_timeout,
+                    wait_replicas=cfg.redis_wait_replicas,
+                    wait_timeout=cfg.redis_wait_timeout,
                     max_groups_per_user=cfg.max_groups_per_user,
                     max_group_members=cfg.max_group_members,
                 )

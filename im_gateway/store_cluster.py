@@ -50,8 +50,9 @@ Why no acknowledged message is lost, and none is written twice:
   again, once). If the *claim* itself is lost with a failed-over sender's node, a resend
   claims afresh with a new id: recipients may then see the text twice, never zero times.
 
-``submit`` takes a ``crash`` hook for tests: called with ``"claimed"`` and ``"appended"``
-between the steps, an exception it raises stops the batch there, like a crash.
+:attr:`ClusterStore.crash` is a hook for tests: called with ``"claimed"`` after step 1,
+``"append K/N"`` after each slot's append (step 2 then goes one slot at a time) and
+``"appended"`` after step 2, an exception it raises stops the batch there, like a crash.
 """
 
 from __future__ import annotations
@@ -448,7 +449,14 @@ class ClusterStore(RedisStore):
                     mark = len(keys)
                 args += (users.index(u) + 1, mark, w.entry)
             calls.append(self._script(_APPEND, keys, args))
-        replies = await self._run(calls, wait=self.wait_replicas > 0 and bool(appends))
+        wait = self.wait_replicas > 0 and bool(appends)
+        if self.crash is None:
+            replies = await self._run(calls, wait=wait)
+        else:  # tests: one slot at a time, with a crash point after each
+            replies = []
+            for k, call in enumerate(calls, 1):
+                replies += await self._run([call], wait=wait)
+                self.crash(f"append {k}/{len(calls)}")
         presence: dict[UserId, tuple[GatewayId, ...]] = {}
         for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=True):
             positions, gateways = json.loads(reply)
