@@ -1,0 +1,275 @@
+"""ClusterStore beyond the shared contract: crash points between its steps, one pipeline
+per node per step, and WAIT (on the cluster and on one Redis with a replica)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.asyncio.cluster import ClusterNode
+from redis.crc import key_slot
+
+from im_gateway.demo import redis_server_argv
+from im_gateway.errors import StoreError
+from im_gateway.store import Accepted, Refused, Submission, position
+from im_gateway.store_cluster import ClusterStore, cluster_nodes
+from im_gateway.store_redis import NOT_REPLICATED, RedisStore, open_store
+from tests.conftest import RedisServer
+from tests.helpers import free_port, wait_until_sync
+from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Message, MessageId, UserId
+
+ALICE, BOB = UserId(1), UserId(2)
+_ids = itertools.count(1)
+
+
+class Crash(Exception):
+    """A crash injected between two steps of a submit."""
+
+
+def msg(sender: int, to: int, *, type: int = MESSAGE_PRIVATE, content: str = "hi") -> Message:
+    return Message(
+        MessageId(f"cm-{next(_ids)}"), UserId(sender), to, type, 0, 1_700_000_000_000, content
+    )
+
+
+def accepted(result: Accepted | Refused) -> Accepted:
+    assert isinstance(result, Accepted), result
+    return result
+
+
+@pytest.fixture
+async def store(redis_cluster_url: str) -> AsyncIterator[ClusterStore]:
+    async with ClusterStore(redis_cluster_url) as s:
+        yield s
+
+
+def users_in_many_slots(n: int) -> list[UserId]:
+    """``n`` users whose inboxes sit in ``n`` different slots."""
+    seen: set[int] = set()
+    out = []
+    for u in itertools.count(10):
+        slot = key_slot(f"im:{{u:{u}}}:inbox".encode())
+        if slot not in seen:
+            seen.add(slot)
+            out.append(UserId(u))
+        if len(out) == n:
+            return out
+    raise AssertionError
+
+
+async def inbox_ids(store: ClusterStore, user: UserId) -> list[str]:
+    return [e.message.id for e in (await store.read_inbox(user, 0, 100)).entries]
+
+
+def crash_at(point: str) -> Any:
+    def hook(at: str) -> None:
+        if at == point:
+            raise Crash(at)
+
+    return hook
+
+
+@pytest.mark.parametrize("point", ["claimed", "append 1/9", "append 5/9", "appended"])
+async def test_a_resend_after_a_crash_completes_the_first_message_once(
+    store: ClusterStore, point: str
+) -> None:
+    """A crash after the claim, between slots' appends, or after every append: the resend
+    with the same client id completes the first message (its id and text), and every
+    member's inbox holds it exactly once."""
+    members = users_in_many_slots(8)
+    for u in members:
+        await store.join(7, u)
+    await store.join(7, ALICE)
+    first = msg(ALICE, 7, type=MESSAGE_GROUP, content="first")
+    store.crash = crash_at(point)
+    with pytest.raises(Crash):
+        await store.submit([Submission("g1", first)])
+    store.crash = None
+    [again] = await store.submit(
+        [Submission("g1", msg(ALICE, 7, type=MESSAGE_GROUP, content="resent"))]
+    )
+    done = accepted(again)
+    assert (done.message.id, done.message.content) == (first.id, "first")
+    assert {r.user_id for r in done.recipients} == {*members, ALICE}
+    for u in (*members, ALICE):
+        assert await inbox_ids(store, u) == [first.id], u
+    assert all(position(r.seq) == 1 for r in done.recipients)
+    [dup] = await store.submit([Submission("g1", msg(ALICE, 7, type=MESSAGE_GROUP))])
+    assert accepted(dup).duplicate
+    assert accepted(dup).recipients == done.recipients
+
+
+async def test_after_a_crash_the_sender_is_not_acknowledged_and_later_messages_follow(
+    store: ClusterStore,
+) -> None:
+    """A private message that crashed part way is completed by its resend, and the
+    positions of both users stay consecutive (1, 2, 3) in send order."""
+    store.crash = crash_at("append 1/2")
+    m1 = msg(ALICE, BOB)
+    with pytest.raises(Crash):
+        await store.submit([Submission("p1", m1)])
+    store.crash = None
+    [r1] = await store.submit([Submission("p1", msg(ALICE, BOB))])
+    [r2, r3] = await store.submit(
+        [Submission("p2", msg(ALICE, BOB)), Submission("p3", msg(ALICE, BOB))]
+    )
+    for user in (ALICE, BOB):
+        page = await store.read_inbox(user, 0, 10)
+        assert [e.position for e in page.entries] == [1, 2, 3]
+        assert [e.message.id for e in page.entries] == [
+            accepted(r).message.id for r in (r1, r2, r3)
+        ]
+    assert accepted(r1).message.id == m1.id
+
+
+async def test_two_attempts_at_once_write_each_inbox_once(redis_cluster_url: str) -> None:
+    """The same client id submitted by two gateways at the same time: one message id,
+    one inbox entry per recipient."""
+    members = users_in_many_slots(6)
+    async with ClusterStore(redis_cluster_url) as a, ClusterStore(redis_cluster_url) as b:
+        for u in members:
+            await a.join(9, u)
+        results = await asyncio.gather(
+            *(
+                s.submit([Submission("same", msg(members[0], 9, type=MESSAGE_GROUP))])
+                for s in (a, b, a, b)
+            )
+        )
+        ids = {accepted(r[0]).message.id for r in results}
+        assert len(ids) == 1
+        for u in members:
+            assert await inbox_ids(a, u) == list(ids)
+
+
+async def test_a_batch_is_one_pipeline_per_node_per_step(
+    store: ClusterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """200 messages to many users: at most three pipelines per node (claim, append,
+    finish), the nodes in parallel, and no command sent alone."""
+    for u in range(20):
+        await store.join(7, UserId(u))
+
+    def batch(tag: str) -> list[Submission]:
+        return [
+            Submission(
+                f"{tag}{i}", msg(i % 20, 7, type=MESSAGE_GROUP) if i % 2 else msg(i % 20, 100 + i)
+            )
+            for i in range(200)
+        ]
+
+    await store.submit(batch("warm"))  # loads the scripts on every node
+    pipelines: list[str] = []
+    real = ClusterNode.execute_pipeline
+
+    async def counting(node: ClusterNode, commands: Any) -> Any:
+        pipelines.append(node.name)
+        return await real(node, commands)
+
+    async def alone(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"a command sent alone: {args[:2]}")
+
+    monkeypatch.setattr(ClusterNode, "execute_pipeline", counting)
+    monkeypatch.setattr(store.client, "execute_command", alone)
+    results = await store.submit(batch("c"))
+    assert all(isinstance(r, Accepted) for r in results)
+    assert len(set(pipelines)) == 3
+    assert all(pipelines.count(n) <= 3 for n in pipelines)
+
+
+async def test_wait_refuses_what_too_few_replicas_hold_and_the_resend_completes(
+    redis_cluster_url: str,
+) -> None:
+    """On the cluster, WAIT for 2 replicas (each primary has 1) refuses with internal "not
+    replicated"; the resend with WAIT 1 completes the same message, once per inbox."""
+    members = users_in_many_slots(5)
+    async with ClusterStore(redis_cluster_url, wait_replicas=2, wait_timeout=0.1) as strict:
+        for u in members:
+            await strict.join(3, u)
+        first = msg(members[0], 3, type=MESSAGE_GROUP)
+        [r] = await strict.submit([Submission("w1", first)])
+        assert r == Refused("w1", "internal", NOT_REPLICATED)
+    async with ClusterStore(redis_cluster_url, wait_replicas=1) as store:
+        [r] = await store.submit([Submission("w1", msg(members[0], 3, type=MESSAGE_GROUP))])
+        assert accepted(r).message.id == first.id
+        for u in members:
+            assert await inbox_ids(store, u) == [first.id]
+
+
+class Replica:
+    """A ``redis-server --replicaof`` the given primary, on a free port."""
+
+    def __init__(self, primary: RedisServer) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="th-replica-")
+        argv = redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir)
+        self.proc = subprocess.Popen(
+            [*argv, "--replicaof", "127.0.0.1", str(primary.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=primary.port)
+        wait_until_sync(
+            lambda: int(client.info("replication")["connected_slaves"]) >= 1,
+            timeout=10,
+            what="the replica to attach",
+        )
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait(10)
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def replica(redis_server: RedisServer, redis_url: str) -> Iterator[Replica]:
+    r = Replica(redis_server)
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+async def test_wait_on_one_redis_with_a_replica(redis_url: str, replica: Replica) -> None:
+    """One Redis with a replica: WAIT 1 acknowledges; WAIT 2 refuses with internal "not
+    replicated", and the resend under WAIT 1 is the same message (a duplicate), stored once."""
+    async with RedisStore(redis_url, wait_replicas=1) as store:
+        [ok] = await store.submit([Submission("a", msg(ALICE, BOB))])
+        assert not accepted(ok).duplicate
+    async with RedisStore(redis_url, wait_replicas=2, wait_timeout=0.1) as store:
+        first = msg(ALICE, BOB)
+        [r] = await store.submit([Submission("b", first)])
+        assert r == Refused("b", "internal", NOT_REPLICATED)
+    async with RedisStore(redis_url, wait_replicas=1) as store:
+        [r] = await store.submit([Submission("b", msg(ALICE, BOB))])
+        assert accepted(r).duplicate
+        assert accepted(r).message.id == first.id
+        assert len((await store.read_inbox(BOB, 0, 10)).entries) == 2
+
+
+async def test_wait_without_a_replica_refuses(redis_url: str) -> None:
+    """One Redis without replicas and WAIT 1: every message is refused as not replicated."""
+    async with RedisStore(redis_url, wait_replicas=1, wait_timeout=0.05) as store:
+        results = await store.submit(
+            [Submission("x", msg(ALICE, BOB)), Submission("y", msg(BOB, ALICE))]
+        )
+    assert [r.code for r in results if isinstance(r, Refused)] == ["internal", "internal"]
+
+
+async def test_open_store_picks_the_cluster_by_url(redis_cluster_url: str) -> None:
+    """``redis+cluster://`` opens a ClusterStore that answers; a bad node list is refused."""
+    store = await open_store(redis_cluster_url)
+    try:
+        assert isinstance(store, ClusterStore)
+        await store.ping()
+    finally:
+        await store.close()
+    with pytest.raises(StoreError, match="redis\\+cluster://HOST:PORT"):
+        cluster_nodes("redis+cluster://no-port")
+    assert cluster_nodes("redis+cluster://a:1,b:2") == [("a", 1), ("b", 2)]
