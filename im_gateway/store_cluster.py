@@ -67,6 +67,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ClusterError, ConnectionError, NoScriptError
 
 from transmit_hub.types import GatewayId, Message, Recipient, UserId
 
@@ -291,58 +292,71 @@ class ClusterStore(RedisStore):
 
         With ``wait``, each node's pipeline ends with ``WAIT`` on the same connection;
         ``(reply, confirmed)`` per call, confirmed when that WAIT counted enough replicas
-        (always, without ``wait``). A call that failed on its node (MOVED after a failover,
-        a dead connection, a script not loaded) is sent again through the cluster client,
-        which follows redirections and reconnects; it is then not confirmed.
+        (always, without ``wait``). A script a node does not have yet is loaded on every
+        primary and its calls sent again the same way. A call that still failed on its
+        node (MOVED after a failover, a dead connection) is sent again through the cluster
+        client, which follows redirections and reconnects; it is then not confirmed.
         """
         cluster = self._cluster
         await cluster.initialize()
-        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for i, call in enumerate(calls):
-            node = cluster.nodes_manager.get_node_from_slot(call.slot)
-            by_node.setdefault(node.name, (node, []))[1].append(i)
-        replies: list[Any] = [None] * len(calls)
-        ok = [False] * len(calls)
-        failed: list[int] = []
-        commands = {
-            name: [PipelineCommand(j, *calls[i].args) for j, i in enumerate(indexes)]
-            for name, (_, indexes) in by_node.items()
-        }
-        if wait:
-            for cmds in commands.values():
-                cmds.append(PipelineCommand(len(cmds), "WAIT", self.wait_replicas, self._wait_ms))
+        results = await self._on_nodes(calls, range(len(calls)), wait)
+        unknown = [i for i, (r, _) in enumerate(results) if isinstance(r, NoScriptError)]
+        if unknown:
+            for source in {calls[i].source for i in unknown}:
+                if source is not None:
+                    await cluster.script_load(source)
+            for i, result in zip(unknown, await self._on_nodes(calls, unknown, wait), strict=True):
+                results[i] = result
+        out: list[tuple[Any, bool]] = []
+        for call, (reply, confirmed) in zip(calls, results, strict=True):
+            if isinstance(reply, Exception):
+                args = call.args
+                if call.source is not None:
+                    args = ("EVAL", call.source, *args[2:])
+                try:
+                    reply = await cluster.execute_command(*args)
+                except (ConnectionError, ClusterError) as exc:
+                    # The client's map of the slots is stale (a failover): read it anew
+                    # from the nodes, once, and try again.
+                    logger.debug("refreshing the cluster's slot map after %r", exc)
+                    await cluster.nodes_manager.initialize()
+                    reply = await cluster.execute_command(*args)
+                confirmed = not wait
+            out.append((reply, confirmed))
+        return out
 
-        async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> BaseException | None:
+    async def _on_nodes(
+        self, calls: Sequence[_Call], indexes: Sequence[int], wait: bool
+    ) -> list[tuple[Any, bool]]:
+        """The calls at ``indexes`` in one pipeline per node (see :meth:`_run`): per call
+        its reply (an exception when it failed) and whether WAIT confirmed it."""
+        manager = self._cluster.nodes_manager
+        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        for i in indexes:
+            node = manager.get_node_from_slot(calls[i].slot)
+            cmds = by_node.setdefault(node.name, (node, []))[1]
+            cmds.append(PipelineCommand(i, *calls[i].args))
+        if wait:
+            for _, cmds in by_node.values():
+                cmds.append(PipelineCommand(-1, "WAIT", self.wait_replicas, self._wait_ms))
+
+        async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> Exception | None:
             try:
                 await node.execute_pipeline(cmds)
-            except Exception as exc:  # the node is gone: every call is sent again below
+            except Exception as exc:  # the node is gone: its calls are sent again
                 return exc
             return None
 
-        errors = await asyncio.gather(
-            *(one(node, commands[name]) for name, (node, _) in by_node.items())
-        )
-        for (name, (_, indexes)), error in zip(by_node.items(), errors, strict=True):
-            cmds = commands[name]
+        errors = await asyncio.gather(*(one(node, cmds) for node, cmds in by_node.values()))
+        found: dict[int, tuple[Any, bool]] = {}
+        for (_, cmds), error in zip(by_node.values(), errors, strict=True):
             confirmed = True
             if wait:
-                count = cmds[-1].result
-                confirmed = error is None and isinstance(count, int) and count >= self.wait_replicas
-            for j, i in enumerate(indexes):
-                result = cmds[j].result
-                if error is not None or isinstance(result, Exception):
-                    failed.append(i)
-                else:
-                    replies[i] = result
-                    ok[i] = confirmed
-        for i in failed:
-            call = calls[i]
-            args = call.args
-            if call.source is not None:
-                args = ("EVAL", call.source, *args[2:])
-            replies[i] = await cluster.execute_command(*args)
-            ok[i] = not wait
-        return list(zip(replies, ok, strict=True))
+                count = cmds.pop().result
+                confirmed = isinstance(count, int) and count >= self.wait_replicas
+            for cmd in cmds:
+                found[cmd.position] = (cmd.result if error is None else error, confirmed)
+        return [found[i] for i in indexes]
 
     # -- messages -------------------------------------------------------------------------
 
@@ -624,7 +638,18 @@ class ClusterStore(RedisStore):
     async def ping(self) -> None:
         """Raise unless a node answers and says every slot has a primary."""
         self._check_open()
-        info = await self._cluster.cluster_info()
+        cluster = self._cluster
+        await cluster.initialize()
+        error: Exception | None = None
+        for node in [*cluster.get_primaries(), *cluster.get_replicas()]:
+            try:
+                info = await cluster.cluster_info(target_nodes=node)
+            except Exception as exc:  # a dead node: ask the next one
+                error = exc
+                continue
+            break
+        else:
+            raise StoreError(f"no Redis Cluster node answers: {error}")
         state = info.get("cluster_state") if isinstance(info, dict) else None
         if state != "ok":
             raise StoreError(f"Redis Cluster state is {state!r}: a slot has no primary")

@@ -181,6 +181,14 @@ class RedisClusterProcesses:
                     return next(n for n in self.nodes if n.port == port)
         raise AssertionError(f"no primary holds slot {slot}")
 
+    def moved_from(self, key: str, node: ClusterNode) -> bool:
+        """True once another primary than ``node`` holds ``key``'s slot (False while the
+        slot has no primary, or a node does not answer)."""
+        try:
+            return self.owner(key) is not node
+        except (AssertionError, redis.RedisError):
+            return False
+
     def flush(self) -> None:
         for node in self.primaries():
             node.client().flushall()
