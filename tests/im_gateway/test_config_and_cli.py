@@ -20,6 +20,7 @@ def test_defaults_match_the_pinned_flags() -> None:
     assert cfg.max_frame_size == 64 * 1024
     assert cfg.gateway_id is None
     assert cfg.compression is False
+    assert (cfg.redis_wait_replicas, cfg.redis_wait_timeout) == (0, 1.0)
 
 
 def test_environment_fills_in_and_flags_win() -> None:
@@ -100,6 +101,8 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"max_refused": -1},
         {"fill_delay": -0.1},
         {"redis_timeout": 0},
+        {"redis_wait_replicas": -1},
+        {"redis_wait_timeout": 0},
         {"redis_prefix": "im{x}:"},
         {"group_join": "anyone"},
         {"max_groups_per_user": 0},
