@@ -2,8 +2,9 @@
 
 Two implementations pass the same contract tests (tests/im_gateway/test_store.py):
 ``im_gateway.store_memory.MemoryStore`` for unit tests and
-``im_gateway.store_redis.RedisStore`` for everything real. :func:`open_store`
-picks one by URL (``memory://`` or ``redis://...``).
+``im_gateway.store_redis.RedisStore`` for everything real (and its subclass
+``im_gateway.store_cluster.ClusterStore`` on Redis Cluster). :func:`open_store`
+picks one by URL (``memory://``, ``redis://...`` or ``redis+cluster://...``).
 
 Rules every implementation keeps:
 

@@ -44,7 +44,12 @@ a batch is stored whole or not at all, so retrying it is safe (its client ids de
 it, and the duplicates carry their recipients to be pushed again). That script builds
 key names from its arguments (the recipients of a group message are only known inside
 it), so it touches keys not passed in ``KEYS``: the store needs a single Redis
-(standalone, or a primary with replicas), not Redis Cluster. Acks asked for at about the
+(standalone, or a primary with replicas); on Redis Cluster,
+:class:`~im_gateway.store_cluster.ClusterStore` stores a batch with one script per slot.
+With ``wait_replicas``, the script and a ``WAIT`` share one pipeline (one connection), and
+a batch that too few replicas confirmed is answered ``internal`` ("not replicated; send
+again"); its resend is a duplicate, whose script writes (a TTL), so its ``WAIT`` covers
+the first one's writes. Acks asked for at about the
 same time (:meth:`RedisStore.ack`, any number of users) share one ``EVALSHA`` too, and a
 read is one round trip (``XRANGE`` and ``GET`` pipelined).
 

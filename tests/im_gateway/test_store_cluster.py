@@ -23,9 +23,17 @@ from im_gateway.store_cluster import ClusterStore, cluster_nodes
 from im_gateway.store_redis import NOT_REPLICATED, RedisStore, open_store
 from tests.conftest import RedisServer
 from tests.helpers import free_port, wait_until_sync
-from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Message, MessageId, UserId
+from transmit_hub.types import (
+    MESSAGE_GROUP,
+    MESSAGE_PRIVATE,
+    GatewayId,
+    Message,
+    MessageId,
+    UserId,
+)
 
 ALICE, BOB = UserId(1), UserId(2)
+GW = GatewayId("gw-1")
 _ids = itertools.count(1)
 
 
@@ -273,3 +281,28 @@ async def test_open_store_picks_the_cluster_by_url(redis_cluster_url: str) -> No
     with pytest.raises(StoreError, match="redis\\+cluster://HOST:PORT"):
         cluster_nodes("redis+cluster://no-port")
     assert cluster_nodes("redis+cluster://a:1,b:2") == [("a", 1), ("b", 2)]
+
+
+def users_in_one_slot(n: int) -> list[UserId]:
+    """``n`` users whose keys share one slot (so one script call serves them all)."""
+    by_slot: dict[int, list[UserId]] = {}
+    for u in itertools.count(100):
+        users = by_slot.setdefault(key_slot(f"im:{{u:{u}}}:inbox".encode()), [])
+        users.append(UserId(u))
+        if len(users) == n:
+            return users
+    raise AssertionError
+
+
+async def test_users_sharing_a_slot_get_their_own_positions(store: ClusterStore) -> None:
+    """Three members whose keys share a slot (one append script for all of them): each
+    inbox numbers its own messages, and presence is answered per user."""
+    a, b, c = users_in_one_slot(3)
+    for u in (a, b, c):
+        await store.join(5, u)
+    await store.attach(b, GW)
+    [p] = await store.submit([Submission("p", msg(a, b))])
+    [g] = await store.submit([Submission("g", msg(c, 5, type=MESSAGE_GROUP))])
+    assert {r.user_id: position(r.seq) for r in accepted(p).recipients} == {a: 1, b: 1}
+    assert {r.user_id: position(r.seq) for r in accepted(g).recipients} == {a: 2, b: 2, c: 1}
+    assert dict(accepted(g).presence) == {b: (GW,)}
