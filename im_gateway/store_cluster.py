@@ -275,6 +275,7 @@ class ClusterStore(RedisStore):
         # transaction) exist on both clients; everything that spans slots is overridden.
         super().__init__(cast(aioredis.Redis, client), **options)
         self._owns_client = owns
+        self._shas: dict[str, str] = {}
         self.crash: Callable[[str], None] | None = None
         """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
 
@@ -284,7 +285,9 @@ class ClusterStore(RedisStore):
         return key_slot(key.encode())
 
     def _script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> _Call:
-        sha = self._client.register_script(source).sha
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = self._client.register_script(source).sha
         return _Call(self._slot(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
 
     async def _run(self, calls: Sequence[_Call], *, wait: bool = False) -> list[tuple[Any, bool]]:
