@@ -55,7 +55,7 @@ from . import frames
 from .cursor import Cursor
 from .errors import FrameError
 from .ratelimit import TokenBucket
-from .store import InboxPage, Store
+from .store import Accepted, InboxPage, Refused, Store
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
@@ -305,6 +305,29 @@ class Session:
         """Wait until the send queue is empty (replay pages are flow-controlled)."""
         while self._writer is not None and not self._closing:
             await asyncio.shield(self._writer)
+
+    # --- answers from the pipeline (the Caller protocol) ---------------------------------
+
+    def settled(self, result: Accepted | Refused) -> None:
+        """This connection's message is stored (type 10) or refused (type 99)."""
+        if isinstance(result, Refused):
+            self.push(frames.encode_error(result.code, result.reason, result.client_id))
+        else:
+            self.push(
+                frames.encode_accepted(result.client_id, result.message.id, result.message.time)
+            )
+
+    def failed(self, code: str, reason: str, client_id: str) -> None:
+        """This connection's message could not be stored: it may send it again."""
+        self.push(frames.encode_error(code, reason, client_id))
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` (the server API's ``disconnect``)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue = None
+        self._spawn(self.close_socket(code, reason))
 
     # --- live delivery ----------------------------------------------------------------
 

@@ -66,6 +66,9 @@ class Submission:
 
     client_id: str
     message: Message
+    check_member: bool = True
+    """A group message's sender must be a member (False: the server API, which is trusted,
+    posts to any group; ``from`` 0 is the system, with no inbox)."""
 
 
 def unencodable(batch: Sequence[Submission]) -> set[int]:

@@ -96,10 +96,15 @@ class MemoryStore(AsyncClosing):
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
             if msg.sender not in members:
-                return Refused(sub.client_id, "not_member", f"you are not in group {msg.to}")
+                if sub.check_member:
+                    return Refused(sub.client_id, "not_member", f"you are not in group {msg.to}")
+                if msg.sender != 0:
+                    members = {*members, msg.sender}
             users = sorted(members)
+        elif msg.to == msg.sender or msg.sender == 0:
+            users = [UserId(msg.to)]
         else:
-            users = [UserId(msg.to)] if msg.to == msg.sender else [UserId(msg.to), msg.sender]
+            users = [UserId(msg.to), msg.sender]
         recipients = tuple(Recipient(user, self._append(user, msg, now)) for user in users)
         if sub.client_id:
             self._dedupe.pop(dkey, None)

@@ -94,7 +94,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # ARGV: prefix, batch, inbox max len, inbox max age (ms), dedupe window (ms), then one
 # inbox entry per submission (the message as JSON, stored as is). The batch is a JSON array
-# of [client_id, from, to, type, id, time], every item a string.
+# of [client_id, from, to, type, id, time, check], every item a string; check "0" skips the
+# group membership test (the server API), and a sender "0" (the system) has no inbox.
 # For each submission in order: dedupe (SET NX; a duplicate stores nothing and answers the
 # first one's recipients), the group check (a non-member stores nothing and releases the
 # client id), then per recipient INCR of its position and one XADD at that position. Each
@@ -160,7 +161,7 @@ local function append(u, entry)
   return pos
 end
 for i, s in ipairs(batch) do
-  local cid, from, to, typ, id, time = s[1], s[2], s[3], s[4], s[5], s[6]
+  local cid, from, to, typ, id, time, check = s[1], s[2], s[3], s[4], s[5], s[6], s[7]
   local dkey = false
   local res = nil
   if cid ~= '' then
@@ -178,7 +179,12 @@ for i, s in ipairs(batch) do
     local users
     if typ == '2' then
       local gkey = prefix .. '{g:' .. to .. '}:members'
-      if redis.call('SISMEMBER', gkey, from) == 1 then
+      if check == '0' then
+        users = redis.call('SMEMBERS', gkey)
+        if from ~= '0' and redis.call('SISMEMBER', gkey, from) == 0 then
+          users[#users + 1] = from
+        end
+      elseif redis.call('SISMEMBER', gkey, from) == 1 then
         users = redis.call('SMEMBERS', gkey)
       else
         if dkey then
@@ -186,7 +192,7 @@ for i, s in ipairs(batch) do
         end
         res = {2}
       end
-    elseif from == to then
+    elseif from == to or from == '0' then
       users = {to}
     else
       users = {to, from}
@@ -394,7 +400,17 @@ class RedisStore(AsyncClosing):
             entries = []
             for s in todo:
                 m = s.message
-                rows.append((s.client_id, str(m.sender), str(m.to), str(m.type), m.id, str(m.time)))
+                rows.append(
+                    (
+                        s.client_id,
+                        str(m.sender),
+                        str(m.to),
+                        str(m.type),
+                        m.id,
+                        str(m.time),
+                        "1" if s.check_member else "0",
+                    )
+                )
                 # The inbox entry: the message as a JSON array, read back by _message().
                 entries.append(
                     f"[{_quote(m.id)},{m.sender:d},{m.to:d},{m.type:d},"
