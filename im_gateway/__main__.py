@@ -22,6 +22,7 @@ from transmit_hub.runtime import loop_factory, tune_gc
 from . import auth
 from .config import LOG_LEVELS, GatewayConfig
 from .errors import GatewayError
+from .group_policy import POLICIES
 
 PROG = "python -m im_gateway"
 ENV_PREFIX = "IM_GATEWAY_"
@@ -103,11 +104,58 @@ def build_parser() -> argparse.ArgumentParser:
     _add(
         conn,
         "--hub",
-        help="the transmit hub's address",
+        help=(
+            "the transmit hubs, comma-separated: the gateway attaches to every one, sends "
+            "each message through one and takes deliveries from all"
+        ),
         default=d["hub"].default,
-        metavar="HOST:PORT",
+        metavar="HOST:PORT[,HOST:PORT...]",
     )
     _add(conn, "--hub-token", help="bearer token for the hub (its --auth-token)", metavar="TOKEN")
+    _add(
+        conn,
+        "--hub-ca",
+        help="link to the hub over TLS, verifying it with this PEM CA (default: plaintext)",
+        metavar="FILE",
+    )
+    _add(
+        conn,
+        "--hub-cert",
+        help="PEM client certificate for a hub with mutual TLS (with --hub-key); the "
+        "hub accepts only a --gateway-id that is a DNS name in its subjectAltName",
+        metavar="FILE",
+    )
+    _add(conn, "--hub-key", help="the PEM private key of --hub-cert", metavar="FILE")
+    _add(
+        conn,
+        "--hub-keepalive",
+        type=float,
+        help=(
+            "ping each hub this often and drop a hub whose ping is not answered within "
+            "as long again (a stopped hub is noticed in about twice this)"
+        ),
+        default=d["hub_keepalive"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        conn,
+        "--hub-resend-window",
+        type=float,
+        help=(
+            "when a hub's stream breaks, the messages sent through it this long before "
+            "go again through another hub (at least 2 x --hub-keepalive)"
+        ),
+        default=d["hub_resend_window"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        conn,
+        "--hub-resend-max",
+        type=int,
+        help="most recent messages remembered for sending again (beyond it, the oldest are forgotten)",
+        default=d["hub_resend_max"].default,
+        metavar="MAPS",
+    )
     _add(
         conn,
         "--redis-url",
@@ -120,6 +168,83 @@ def build_parser() -> argparse.ArgumentParser:
         "--jwt-secret",
         help="HS256 secret that signs user tokens (required)",
         metavar="SECRET",
+    )
+    security = parser.add_argument_group("security")
+    _add(
+        security,
+        "--jwt-max-ttl",
+        type=float,
+        help="refuse (401) a token whose exp is further away than this (0: no limit)",
+        default=d["jwt_max_ttl"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        security,
+        "--jwt-audience",
+        help="when set, tokens must carry this aud claim",
+        metavar="AUD",
+    )
+    _add(
+        security,
+        "--jwt-issuer",
+        help="when set, tokens must carry this iss claim",
+        metavar="ISS",
+    )
+    security.add_argument(
+        "--group-join",
+        dest="group_join",
+        choices=POLICIES,
+        default=d["group_join"].default,
+        help=(
+            "who may join groups with type 12/13: server (only the server API; clients get "
+            "forbidden), token (groups listed in the JWT's groups claim; leaving is free), "
+            f"open (anyone, any group: demos) (default: {d['group_join'].default}) "
+            f"[env {_env_name('group_join')}]"
+        ),
+    )
+    _add(
+        security,
+        "--max-groups-per-user",
+        type=int,
+        help="groups one user may be in (and may be listed in a token); beyond: forbidden",
+        default=d["max_groups_per_user"].default,
+        metavar="GROUPS",
+    )
+    _add(
+        security,
+        "--max-group-members",
+        type=int,
+        help="members one group may have; beyond: forbidden",
+        default=d["max_group_members"].default,
+        metavar="USERS",
+    )
+    _add(
+        security,
+        "--max-connections-per-user",
+        type=int,
+        help="WebSockets one user may hold on this gateway; beyond, the upgrade gets HTTP 429",
+        default=d["max_connections_per_user"].default,
+        metavar="N",
+    )
+    _add(
+        security,
+        "--max-connections",
+        type=int,
+        help="WebSockets this gateway holds in all; beyond, the upgrade gets HTTP 503",
+        default=d["max_connections"].default,
+        metavar="N",
+    )
+    _add(
+        security,
+        "--tls-cert",
+        help="PEM certificate (chain): serve wss:// and https:// on --listen (with --tls-key)",
+        metavar="FILE",
+    )
+    _add(
+        security,
+        "--tls-key",
+        help="PEM private key of --tls-cert",
+        metavar="FILE",
     )
     limits = parser.add_argument_group("limits")
     _add(
@@ -360,6 +485,12 @@ def build_token_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--ttl", type=float, default=86400.0, help="seconds the token stays valid (default: 86400)"
     )
+    parser.add_argument(
+        "--groups",
+        help="comma-separated group ids for the groups claim (what --group-join token allows)",
+    )
+    parser.add_argument("--audience", help="the aud claim (a gateway's --jwt-audience)")
+    parser.add_argument("--issuer", help="the iss claim (a gateway's --jwt-issuer)")
     return parser
 
 
@@ -402,7 +533,20 @@ def token_main(argv: Sequence[str]) -> int:
         parser.error(f"--secret or {_env_name('jwt_secret')} is required")
     try:
         user = auth.parse_user_id(args.user)
-        print(auth.mint(user, secret, ttl=args.ttl))
+        groups = None
+        if args.groups is not None:
+            items = [g.strip() for g in args.groups.split(",") if g.strip()]
+            groups = sorted(auth.parse_groups(items, len(items)))
+        print(
+            auth.mint(
+                user,
+                secret,
+                ttl=args.ttl,
+                groups=groups,
+                audience=args.audience,
+                issuer=args.issuer,
+            )
+        )
     except GatewayError as exc:
         parser.error(str(exc))
     return 0

@@ -11,8 +11,13 @@ import dataclasses
 import socket
 from dataclasses import dataclass
 
+from transmit_hub.errors import ConfigError as HubConfigError
+from transmit_hub.tls import ClientTls
+from transmit_hub.types import gateway_id_problem
+
 from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
+from .group_policy import POLICIES, SERVER
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -30,6 +35,22 @@ def parse_host_port(value: str, what: str) -> tuple[str, int]:
     return host, port
 
 
+MAX_HUBS = 64
+"""Most hubs one gateway attaches to (``--hub`` lists them)."""
+
+
+def parse_hubs(value: str) -> tuple[str, ...]:
+    """``"HOST:PORT[,HOST:PORT...]"`` -> the addresses, each once; ConfigError otherwise."""
+    hubs = tuple(part.strip() for part in value.split(","))
+    if len(hubs) > MAX_HUBS:
+        raise ConfigError(f"--hub lists {len(hubs)} hubs; at most {MAX_HUBS}")
+    for hub in hubs:
+        parse_host_port(hub, "--hub")
+    if len(set(hubs)) != len(hubs):
+        raise ConfigError(f"--hub lists a hub twice: {value!r}")
+    return hubs
+
+
 def default_gateway_id(host: str, port: int) -> str:
     """A stable id from the machine and the port: the same machine and port, the same id.
 
@@ -38,7 +59,9 @@ def default_gateway_id(host: str, port: int) -> str:
     """
     if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
         host = socket.gethostname() or "localhost"
-    return f"gw-{host}-{port}"
+    # Keep to the gateway id rule (a host may be an IPv6 address, say).
+    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in host)
+    return f"gw-{host[:100]}-{port}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -49,8 +72,25 @@ class GatewayConfig:
     gateway_id: str | None = None
     hub: str = "127.0.0.1:50051"
     hub_token: str | None = None
+    hub_ca: str | None = None
+    hub_cert: str | None = None
+    hub_key: str | None = None
+    hub_keepalive: float = 2.0
+    hub_resend_window: float = 6.0
+    hub_resend_max: int = 50_000
     redis_url: str = "redis://127.0.0.1:6379/0"
     jwt_secret: str = ""
+    # trust boundary: tokens, groups, connections, TLS
+    jwt_max_ttl: float = 86400.0
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    group_join: str = SERVER
+    max_groups_per_user: int = 1000
+    max_group_members: int = 100_000
+    max_connections_per_user: int = 100
+    max_connections: int = 50_000
+    tls_cert: str | None = None
+    tls_key: str | None = None
     # limits
     max_frame_size: int = 64 * 1024
     max_content: int = 16 * 1024
@@ -84,9 +124,18 @@ class GatewayConfig:
 
     def __post_init__(self) -> None:
         parse_host_port(self.listen, "--listen")
-        parse_host_port(self.hub, "--hub")
-        if self.gateway_id is not None and not self.gateway_id.strip():
-            raise ConfigError("--gateway-id must not be empty")
+        parse_hubs(self.hub)
+        if not 0.1 <= self.hub_keepalive <= 3600:
+            raise ConfigError(f"--hub-keepalive must be 0.1 to 3600, got {self.hub_keepalive}")
+        if self.hub_resend_window < 2 * self.hub_keepalive:
+            raise ConfigError(
+                "--hub-resend-window must cover the time a silent hub takes to be noticed "
+                f"(2 x --hub-keepalive = {2 * self.hub_keepalive:g} s), "
+                f"got {self.hub_resend_window:g}"
+            )
+        if self.gateway_id is not None and (problem := gateway_id_problem(self.gateway_id)):
+            raise ConfigError(f"--gateway-id {self.gateway_id[:40]!r}: {problem}")
+        self.hub_tls()  # the files must be readable PEM, the cert and key given together
         if not self.jwt_secret:
             raise ConfigError("--jwt-secret (or IM_GATEWAY_JWT_SECRET) is required")
         if not self.redis_url.partition("://")[1]:
@@ -102,6 +151,11 @@ class GatewayConfig:
             "--replay-page": self.replay_page,
             "--store-concurrency": self.store_concurrency,
             "--inbox-max-len": self.inbox_max_len,
+            "--max-groups-per-user": self.max_groups_per_user,
+            "--max-group-members": self.max_group_members,
+            "--max-connections-per-user": self.max_connections_per_user,
+            "--max-connections": self.max_connections,
+            "--hub-resend-max": self.hub_resend_max,
         }
         for flag, value in positive_ints.items():
             if value < 1:
@@ -124,6 +178,7 @@ class GatewayConfig:
             "--replay-budget": self.replay_budget,
             "--max-refused": self.max_refused,
             "--fill-delay": self.fill_delay,
+            "--jwt-max-ttl": self.jwt_max_ttl,
         }
         for flag, number in non_negative.items():
             if number < 0:
@@ -141,13 +196,44 @@ class GatewayConfig:
             raise ConfigError("--redis-prefix must not contain braces (they are hash tags)")
         if self.replay_budget and self.replay_budget < self.replay_page:
             raise ConfigError("--replay-budget must be 0 or at least one --replay-page")
+        if self.group_join not in POLICIES:
+            raise ConfigError(
+                f"--group-join must be one of {', '.join(POLICIES)}, got {self.group_join!r}"
+            )
+        if self.max_connections_per_user > self.max_connections:
+            raise ConfigError("--max-connections-per-user must not exceed --max-connections")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        for flag, claim in (
+            ("--jwt-audience", self.jwt_audience),
+            ("--jwt-issuer", self.jwt_issuer),
+        ):
+            if claim is not None and not claim:
+                raise ConfigError(f"{flag} must not be empty")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+
+    def hub_tls(self) -> ClientTls | None:
+        """The link's TLS settings from --hub-ca/--hub-cert/--hub-key (``None``: plaintext)."""
+        try:
+            return ClientTls.from_files(self.hub_ca, self.hub_cert, self.hub_key)
+        except HubConfigError as exc:
+            raise ConfigError(str(exc)) from None
 
     @property
     def weak_secret(self) -> bool:
         """True when the JWT secret is shorter than HS256's recommended 32 bytes."""
         return len(self.jwt_secret.encode()) < MIN_SECRET_BYTES
+
+    @property
+    def tls(self) -> bool:
+        """True when clients are served over TLS (``wss://`` and ``https://``)."""
+        return self.tls_cert is not None
+
+    @property
+    def hubs(self) -> tuple[str, ...]:
+        """The hubs of ``--hub``, in the order given."""
+        return parse_hubs(self.hub)
 
     @property
     def host(self) -> str:

@@ -194,7 +194,7 @@ class Cursor(Generic[T]):
         for pos, item in entries:
             if pos > expected:
                 out.trimmed = True
-            expected = pos + 1
+            expected = max(expected, pos + 1)
             out.send.append(item)
             if pos > self.last:
                 self.last = pos

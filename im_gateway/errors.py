@@ -6,6 +6,7 @@ All derive from :class:`GatewayError`::
     ├── ConfigError        a flag or setting is invalid
     ├── StartupError       a dependency (Redis, the listening port) is unusable at start
     ├── AuthError          a token is missing, malformed, badly signed or expired
+    ├── GroupLimitError    a join would break --max-groups-per-user or --max-group-members
     ├── FrameError         a client frame was refused; carries the pinned error code
     └── StoreError         the store was used wrongly or answered nonsense
         └── BadPosition    a seq that is no inbox position (also a ValueError)
@@ -33,11 +34,15 @@ class AuthError(GatewayError):
     """A token is missing, malformed, badly signed, expired or names no valid user."""
 
 
+class GroupLimitError(GatewayError):
+    """A join was refused because the user is in too many groups or the group is full."""
+
+
 class FrameError(GatewayError):
     """A client frame is refused with one of the pinned codes.
 
-    ``code`` is ``bad_request``, ``too_large``, ``not_member``, ``rate_limited`` or
-    ``internal``; ``frame_id`` is the client's ``id`` when the frame carried a usable one.
+    ``code`` is ``bad_request``, ``too_large``, ``not_member``, ``forbidden``,
+    ``rate_limited`` or ``internal``; ``frame_id`` is the client's ``id`` when the frame carried a usable one.
     """
 
     def __init__(self, code: str, message: str, frame_id: str | None = None) -> None:

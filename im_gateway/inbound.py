@@ -24,6 +24,11 @@ def message_problem(message: Message, *, max_content: int) -> str | None:
         return f"message type {message.type} is not 1 or 2"
     if not 0 < len(message.id) <= MAX_ID_LENGTH:
         return "message id is empty or too long"
+    if not message.id.isascii():
+        try:
+            message.id.encode("utf-8")
+        except UnicodeEncodeError:
+            return "message id is not valid Unicode"
     if not (0 <= message.sender <= UINT64_MAX and 0 <= message.to <= UINT64_MAX):
         return "from or to is not a uint64"
     if not INT32_MIN <= message.content_type <= INT32_MAX:
@@ -35,9 +40,8 @@ def message_problem(message: Message, *, max_content: int) -> str | None:
     if len(content) * 4 > max_content or not content.isascii():
         try:
             size = len(content.encode("utf-8"))
-            message.id.encode("utf-8")
         except UnicodeEncodeError:
-            return "content or id is not valid Unicode"
+            return "content is not valid Unicode"
         if size > max_content:
             return f"content is {size} bytes; the limit is {max_content}"
     return None

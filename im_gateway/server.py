@@ -3,12 +3,13 @@
 ``Gateway`` wires the parts together and owns their lifecycles::
 
     clients --WebSocket--> Session --> Relay --> Store (Redis)
-                                         |  \\--> HubLink --> transmit hub
+                                         |  \\--> HubPool --> transmit hubs
                               Presence <-+
 
 HTTP on the same port (answered in ``process_request``, before any upgrade):
 ``GET /ws`` upgrades after checking the JWT (401 otherwise), ``GET /healthz`` is 200
-when the hub link is up and the store answers (503 with the reason otherwise),
+while at least one hub is linked and the store answers (503 with the reason
+otherwise; ``"hubs"`` says which hub is up),
 ``GET /info`` names the gateway, ``GET /`` and ``GET /static/<file>`` serve the chat
 page from ``im_gateway/static``.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -27,12 +29,15 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
 
 from transmit_hub.lifecycle import AsyncLifecycle
-from transmit_hub.link import HubLink
+from transmit_hub.pool import HubPool
+from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId, UserId
 
 from . import auth, faults, web
+from .admission import ConnectionCaps, RejectionLog
 from .config import GatewayConfig, default_gateway_id
 from .errors import AuthError, StartupError
+from .group_policy import TOKEN, GroupRights
 from .presence import Presence
 from .relay import Link, Relay
 from .sessions import Session, SessionLimits, sweep_idle
@@ -50,6 +55,12 @@ class _Connection(ServerConnection):
     a task switch each."""
 
     user: UserId | None = None
+    group_rights: GroupRights | None = None
+    caps: ConnectionCaps | None = None
+    """Where ``user`` holds a slot; given back once, when the TCP connection is gone
+    (a reference, not a closure per connection)."""
+    lost = False
+    """The TCP connection is gone (it can be before ``process_request`` runs)."""
     receive_now: Callable[[str], bool] | None = None
     """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
     _flush_scheduled = False
@@ -73,6 +84,13 @@ class _Connection(ServerConnection):
                 if handler(text):
                     return
         super().process_event(event)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.lost = True
+        caps, self.caps = self.caps, None
+        if caps is not None and self.user is not None:
+            caps.release(self.user)
 
     def send_now(self, message: str) -> bool:
         """Queue a text frame for writing in this loop iteration, unless the socket is
@@ -122,7 +140,7 @@ class Gateway(AsyncLifecycle):
         self._given_link = link
         self._store: Store | None = store
         self._link: Link | None = link
-        self._hub_link: HubLink | None = None
+        self._hub_link: HubPool | None = None
         self._server: Server | None = None
         self._relay: Relay | None = None
         self._presence: Presence | None = None
@@ -144,6 +162,12 @@ class Gateway(AsyncLifecycle):
             max_refused=self.config.max_refused,
             fill_delay=self.config.fill_delay,
         )
+        self._caps = ConnectionCaps(
+            per_user=self.config.max_connections_per_user, total=self.config.max_connections
+        )
+        self._rejections = RejectionLog()
+        self._rights = GroupRights(self.config.group_join)
+        """The group rights of every connection, unless the policy reads the token."""
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
@@ -211,6 +235,8 @@ class Gateway(AsyncLifecycle):
             logger.warning(
                 "the JWT secret is shorter than 32 bytes: fine for a demo, weak in production"
             )
+        # Certificates first: a bad file fails the start before anything connects.
+        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         if self._store is None:
             try:
                 self._store = await open_store(
@@ -221,6 +247,8 @@ class Gateway(AsyncLifecycle):
                     inbox_max_age=cfg.inbox_max_age,
                     dedupe_window=cfg.dedupe_window,
                     socket_timeout=cfg.redis_timeout,
+                    max_groups_per_user=cfg.max_groups_per_user,
+                    max_group_members=cfg.max_group_members,
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
@@ -240,6 +268,7 @@ class Gateway(AsyncLifecycle):
                 ping_timeout=None,
                 close_timeout=cfg.close_timeout,
                 server_header=None,
+                ssl=tls,
                 start_serving=False,
             )
         except OSError as exc:
@@ -249,7 +278,15 @@ class Gateway(AsyncLifecycle):
             self._gateway_id = GatewayId(default_gateway_id(cfg.host, self._port))
         gateway_id = self._gateway_id
         if self._link is None:
-            self._hub_link = HubLink(cfg.hub, gateway_id, token=cfg.hub_token)
+            self._hub_link = HubPool(
+                cfg.hubs,
+                gateway_id,
+                token=cfg.hub_token,
+                resend_window=cfg.hub_resend_window,
+                resend_max=cfg.hub_resend_max,
+                channel_options=channel_options(cfg.hub_keepalive),
+                tls=cfg.hub_tls(),
+            )
             await self._hub_link.start()
             self._link = self._hub_link
         self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl, on_lost=self._store_lost)
@@ -279,11 +316,13 @@ class Gateway(AsyncLifecycle):
         )
         await self._server.start_serving()
         logger.info(
-            "gateway %s listening on %s (hub %s, redis %s)",
+            "gateway %s listening on %s (%s; hub %s, redis %s; group joins: %s)",
             gateway_id,
             self.address,
+            "wss/https" if tls else "ws/http",
             cfg.hub,
             cfg.redis_url,
+            cfg.group_join,
         )
 
     async def close(self) -> None:
@@ -318,6 +357,7 @@ class Gateway(AsyncLifecycle):
                     )
             if self._given_store is None and self._store is not None:
                 await self._store.close()
+            self._rejections.flush()
             if self._started and self._gateway_id is not None:
                 logger.info("gateway %s stopped", self._gateway_id)
         finally:
@@ -342,8 +382,16 @@ class Gateway(AsyncLifecycle):
         """Whether the gateway can do its job, and a JSON-ready report saying why."""
         reasons: list[str] = []
         hub = "linked" if self._link is not None and self._link.connected else "down"
-        if hub != "linked":
-            reasons.append(f"not linked to the hub at {self.config.hub}")
+        conflict = getattr(self._link, "conflict", None)  # another process holds our id
+        if conflict:
+            reasons.append(str(conflict))
+        elif hub != "linked":
+            reasons.append(f"not linked to any hub ({', '.join(self.config.hubs)})")
+        hubs = (
+            self._hub_link.hubs
+            if self._hub_link is not None
+            else dict.fromkeys(self.config.hubs, "up" if hub == "linked" else "down")
+        )
         redis = "ok"
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
@@ -355,6 +403,7 @@ class Gateway(AsyncLifecycle):
             "status": "ok" if not reasons else "unavailable",
             "gatewayId": self._gateway_id,
             "hub": hub,
+            "hubs": hubs,
             "redis": redis,
             "connections": self._relay.connections if self._relay is not None else 0,
         }
@@ -369,25 +418,57 @@ class Gateway(AsyncLifecycle):
     ) -> Response | None:
         path, query = web.split_target(request)
         if path == "/ws":
-            try:
-                user = auth.verify(web.bearer_token(request, query), self.config.jwt_secret)
-            except AuthError as exc:
-                return web.json_response(
-                    401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
-                )
-            if isinstance(connection, _Connection):
-                connection.user = user
-            return None
+            return self._admit(connection, request, query)
         if path == "/healthz":
             ok, report = await self.health()
             return web.json_response(200 if ok else 503, report)
         if path == "/info":
-            return web.json_response(200, {"gatewayId": self._gateway_id})
+            info = {"gatewayId": self._gateway_id, "groupJoin": self.config.group_join}
+            return web.json_response(200, info)
         if path in ("/", "/index.html"):
             return web.static_file("index.html")
         if path.startswith("/static/"):
             return web.static_file(path[len("/static/") :])
         return web.not_found()
+
+    def _admit(
+        self, connection: ServerConnection, request: Request, query: dict[str, list[str]]
+    ) -> Response | None:
+        """Check the token and take a connection slot, with no await between the check
+        and the count (so concurrent handshakes cannot race past a cap)."""
+        cfg = self.config
+        try:
+            identity = auth.verify_identity(
+                web.bearer_token(request, query),
+                cfg.jwt_secret,
+                max_ttl=cfg.jwt_max_ttl,
+                audience=cfg.jwt_audience,
+                issuer=cfg.jwt_issuer,
+                max_groups=cfg.max_groups_per_user,
+            )
+        except AuthError as exc:
+            self._rejections.hit(f"401 {exc} (from {_peer(connection)})")
+            return web.json_response(
+                401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
+            )
+        if not isinstance(connection, _Connection) or connection.lost:
+            # (A client gone before its request was read takes no slot: none would
+            # ever be given back.)
+            return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
+        user = identity.user
+        refused = self._caps.admit(user)
+        if refused is not None:
+            self._rejections.hit(f"{refused.status} user {user}: {refused.code}")
+            return web.json_response(
+                refused.status, {"error": refused.code, "reason": refused.reason}
+            )
+        connection.user = user
+        connection.caps = self._caps
+        if self._rights.policy == TOKEN:
+            connection.group_rights = GroupRights(TOKEN, identity.groups)
+        else:
+            connection.group_rights = self._rights
+        return None
 
     async def _handle(self, connection: ServerConnection) -> None:
         relay, presence = self._relay, self._presence
@@ -412,6 +493,7 @@ class Gateway(AsyncLifecycle):
             router=relay,
             limits=self._limits,
             slots=self._slots,
+            group_rights=connection.group_rights or self._rights,
         )
         relay.add(session)
         try:
@@ -425,3 +507,24 @@ class Gateway(AsyncLifecycle):
             presence.remove(user)
             with contextlib.suppress(Exception):
                 await session.close()
+
+
+def _peer(connection: ServerConnection) -> str:
+    """The client's address, for log lines."""
+    address = connection.remote_address
+    return str(address[0]) if isinstance(address, tuple) and address else "?"
+
+
+def tls_context(cert: str, key: str) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) from PEM files; StartupError naming them."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
+        raise StartupError(
+            f"cannot load the TLS certificate {cert!r} and key {key!r}: {detail}"
+        ) from exc
+    return context

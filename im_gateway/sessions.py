@@ -53,7 +53,8 @@ from transmit_hub.types import MessageId, UserId
 
 from . import frames
 from .cursor import Cursor
-from .errors import FrameError
+from .errors import FrameError, GroupLimitError
+from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights
 from .ratelimit import TokenBucket
 from .store import Accepted, InboxPage, Refused, Store
 from .tasks import cancel_and_wait
@@ -154,6 +155,7 @@ class Session:
         "_closing",
         "_cursor",
         "_fill_timer",
+        "_group_rights",
         "_handling",
         "_limits",
         "_loop",
@@ -183,10 +185,14 @@ class Session:
         router: Router,
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
+        group_rights: GroupRights = SERVER_RIGHTS,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
-        of opening thousands of Redis connections."""
+        of opening thousands of Redis connections. ``group_rights``: which type 12/13
+        frames this connection may send (the gateway passes its ``--group-join``;
+        by default none: membership is the server's)."""
+        self._group_rights = group_rights
         self._ws = ws
         self._slots = slots if slots is not None else asyncio.Semaphore(16)
         self.user = user
@@ -393,14 +399,14 @@ class Session:
 
     async def _read_loop(self) -> None:
         """The one task that reads the inbox for this connection: replays, then fills."""
+        request: _ReplayRequest | None = None
         try:
             while not self._closing:
                 if self._requests:
                     request = self._requests[0]
-                    try:
-                        await self._replay(request)
-                    finally:
-                        self._requests.pop(0)
+                    await self._replay(request)
+                    self._requests.pop(0)
+                    request = None
                 elif self._cursor.wants_fill:
                     if await self._fill():
                         self.push(frames.encode_replay_end(self._cursor.last, truncated=True))
@@ -411,15 +417,25 @@ class Session:
         except Exception as exc:
             _replay_failed.hit(exc=exc)
             self._retry_at = self._loop.time() + 1.0
-            if self._requests:
+            if request is not None:
                 self._requests.clear()
                 self.push(
                     frames.encode_error(frames.INTERNAL, "replay failed; ask again with type 14")
                 )
         finally:
             self._reader = None
-            if self._cursor.wants_fill and not self._closing:
-                self._want_fill()
+            if not self._closing:
+                if not self._cursor.ready and not self._requests:
+                    # The connect replay failed: try it again (the client may also ask).
+                    self._requests.append(_ReplayRequest(None, connect=True))
+                    self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
+                elif self._cursor.wants_fill:
+                    self._want_fill()
+
+    def _retry_connect(self) -> None:
+        self._fill_timer = None
+        if self._reader is None and not self._closing and self._requests:
+            self._reader = self._loop.create_task(self._read_loop())
 
     async def _read(self, after: int) -> tuple[InboxPage, bool]:
         limit = self._limits.replay_page
@@ -450,10 +466,12 @@ class Session:
                 trimmed = await self._fill() or trimmed
             self.push(frames.encode_replay_end(cursor.last, truncated=trimmed))
             return
-        after = request.after
-        if after is None:
-            async with self._slots:
-                after = await self._store.acked(self.user)
+        async with self._slots:
+            acked = await self._store.acked(self.user)
+        if not cursor.ready:
+            for frame in cursor.start(acked):  # the connect replay had failed
+                self.push(frame)
+        after = acked if request.after is None else request.after
         position, trimmed = after, False
         page_size = self._limits.replay_page
         while not self._closing:
@@ -469,7 +487,8 @@ class Session:
                 break
             page, complete = await self._read(position)
             entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-            result = cursor.replayed(position, entries, page.last, complete=complete)
+            # Trimmed means: gone before the user got it; what was acknowledged was got.
+            result = cursor.replayed(max(position, acked), entries, page.last, complete=complete)
             for frame in result.send:
                 self.push(frame)
             trimmed = trimmed or result.trimmed
@@ -538,7 +557,11 @@ class Session:
         """Answer a refused frame (type 99); close a client that keeps sending them."""
         if self._closing:
             return
-        if self._limits.max_refused and not self._refused.allow(now):
+        if (
+            self._limits.max_refused
+            and exc.code != frames.RATE_LIMITED  # a fast client is slowed, not closed
+            and not self._refused.allow(now)
+        ):
             _closed_refused.hit()
             self._closing = True
             self._queue = None
@@ -598,11 +621,13 @@ class Session:
             elif isinstance(frame, frames.GroupChange):
                 await self._group_change(frame)
             elif isinstance(frame, frames.Replay):
-                if self._requests:
+                if self._requests and self._reader is not None:
                     raise FrameError(
                         frames.RATE_LIMITED, "a replay is running; ask again after its end marker"
                     )
-                self._requests.append(_ReplayRequest(frame.after))
+                # (A connect replay waiting to be retried gives way: this one starts the
+                # connection's position too.)
+                self._requests[:] = [_ReplayRequest(frame.after)]
                 self._start_reader()
             else:
                 self._act_now(frame)
@@ -626,6 +651,9 @@ class Session:
             self._ack(frame.upto)
 
     async def _group_change(self, frame: frames.GroupChange) -> None:
+        refusal = self._group_rights.refusal(frame.type, frame.to)
+        if refusal is not None:
+            raise FrameError(FORBIDDEN, refusal, frame.id)
         try:
             async with self._slots:
                 if frame.type == frames.JOIN:
@@ -634,6 +662,8 @@ class Session:
                     await self._store.leave(frame.to, self.user)
         except asyncio.CancelledError:
             raise
+        except GroupLimitError as exc:
+            raise FrameError(FORBIDDEN, str(exc), frame.id) from exc
         except Exception as exc:
             _group_failed.hit(exc=exc)
             raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc

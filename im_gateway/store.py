@@ -21,8 +21,10 @@ Rules every implementation keeps:
 - A duplicate (same client id from the same user within the dedupe window) is answered
   with the first message's id, time and recipients, positions included, so the caller
   can push it again: a push may have been lost with the gateway that stored it.
-- Every key has a TTL except group membership; presence entries expire unless the
-  live gateway refreshes them.
+- Every key has a TTL except group membership, which is bounded instead: a user is in
+  at most ``max_groups_per_user`` groups and a group has at most ``max_group_members``
+  members (:meth:`Store.join` refuses beyond); presence entries expire unless the live
+  gateway refreshes them.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Protocol
 
 from transmit_hub.types import GatewayId, Message, Recipient, UserId
 
-from .errors import BadPosition
+from .errors import BadPosition, GroupLimitError
 
 START = "0"
 """The position before every inbox entry."""
@@ -45,8 +47,9 @@ MAX_POSITION = 2**64 - 1
 def position(seq: str) -> int:
     """An inbox position from its seq: ``"0"`` (or ``""``) is 0, ``"17"`` is 17.
 
-    Decimal digits only, at most ``2**64 - 1``; raises :class:`~im_gateway.errors.StoreError`
-    (a ValueError) for anything else, so nothing a client or a hub sends can pass as one.
+    Decimal digits only, at most ``2**64 - 1``; raises
+    :class:`~im_gateway.errors.BadPosition` (a ValueError) for anything else, so nothing a
+    client or a hub sends can pass as one.
     """
     if not seq:
         return 0
@@ -55,6 +58,19 @@ def position(seq: str) -> int:
         if value <= MAX_POSITION:
             return value
     raise BadPosition(f"bad inbox position {seq[:40]!r}")
+
+
+DEFAULT_MAX_GROUPS_PER_USER = 1000
+DEFAULT_MAX_GROUP_MEMBERS = 100_000
+
+
+def group_limit_error(reason: str, group: int, limit: int) -> GroupLimitError:
+    """The refusal of a join, in words a client can act on (``reason``: a store's code)."""
+    if reason == "user_full":
+        return GroupLimitError(
+            f"you are in {limit} groups, the most allowed (--max-groups-per-user); leave one first"
+        )
+    return GroupLimitError(f"group {group} is full: {limit} members (--max-group-members)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +174,14 @@ class Store(Protocol):
         """
         ...
 
-    async def join(self, group: int, user: UserId) -> None: ...
+    async def join(self, group: int, user: UserId) -> None:
+        """Add ``user`` to ``group`` (no change when already in it).
+
+        Raises :class:`~im_gateway.errors.GroupLimitError` when the user is in
+        ``max_groups_per_user`` groups already or the group has ``max_group_members``;
+        the check and the add are one atomic step, so concurrent joins cannot overshoot.
+        """
+        ...
 
     async def leave(self, group: int, user: UserId) -> None: ...
 

@@ -19,7 +19,18 @@ from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
 from .errors import StoreError
-from .store import Accepted, Beacon, InboxEntry, InboxPage, Refused, Submission, unencodable
+from .store import (
+    DEFAULT_MAX_GROUP_MEMBERS,
+    DEFAULT_MAX_GROUPS_PER_USER,
+    Accepted,
+    Beacon,
+    InboxEntry,
+    InboxPage,
+    Refused,
+    Submission,
+    group_limit_error,
+    unencodable,
+)
 
 
 @dataclass(slots=True)
@@ -46,10 +57,17 @@ class MemoryStore(AsyncClosing):
         inbox_max_age: float = 7 * 86400,
         dedupe_window: float = 600,
         presence_ttl: float = 30,
+        max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
+        max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
             raise StoreError("store limits and TTLs must be positive")
+        if max_groups_per_user < 1 or max_group_members < 1:
+            raise StoreError("group limits must be positive")
+        self.max_groups_per_user = max_groups_per_user
+        self.max_group_members = max_group_members
+        self._user_groups: dict[UserId, set[int]] = {}
         self.prefix = prefix
         self.inbox_max_len = inbox_max_len
         self.inbox_max_age = inbox_max_age
@@ -90,9 +108,12 @@ class MemoryStore(AsyncClosing):
         if sub.client_id:
             seen = self._dedupe.get(dkey)
             if seen is not None and seen[3] > now:
-                first = dataclasses.replace(msg, id=seen[0], time=seen[1])
                 again = seen[2]
-                return Accepted(sub.client_id, first, True, again, self._presence_of(again, now))
+                stored = self._entry(again[0], now) if again else None
+                if stored is None:  # trimmed: nothing to push again
+                    first = dataclasses.replace(msg, id=seen[0], time=seen[1])
+                    return Accepted(sub.client_id, first, duplicate=True)
+                return Accepted(sub.client_id, stored, True, again, self._presence_of(again, now))
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
             if msg.sender not in members:
@@ -121,10 +142,23 @@ class MemoryStore(AsyncClosing):
                 presence[r.user_id] = gateways
         return presence
 
+    def _entry(self, recipient: Recipient, now: float) -> Message | None:
+        """The message stored at ``recipient``'s position, if its inbox still has it."""
+        inbox = self._inbox(recipient.user_id, now)
+        pos = int(recipient.seq)
+        if inbox is None or not inbox.entries or pos < inbox.entries[0].position:
+            return None
+        i = pos - inbox.entries[0].position
+        return inbox.entries[i].message if i < len(inbox.entries) else None
+
     def _append(self, user: UserId, msg: Message, now: float) -> str:
         inbox = self._inbox(user, now)
         if inbox is None:
-            inbox = self._inboxes[user] = _Inbox()
+            # A fresh counter resumes after the acknowledged position (which may outlive
+            # the inbox), so no position hides behind an ack.
+            acked = self._acked.get(user)
+            start = acked[0] if acked is not None and acked[1] > now else 0
+            inbox = self._inboxes[user] = _Inbox(last=start)
         inbox.last += 1
         inbox.entries.append(InboxEntry(inbox.last, msg))
         inbox.times.append(now)
@@ -185,7 +219,16 @@ class MemoryStore(AsyncClosing):
 
     async def join(self, group: int, user: UserId) -> None:
         self._check_open()
-        self._groups.setdefault(group, set()).add(user)
+        members = self._groups.get(group, set())
+        if user in members:
+            return
+        mine = self._user_groups.get(user, set())
+        if len(mine) >= self.max_groups_per_user:
+            raise group_limit_error("user_full", group, self.max_groups_per_user)
+        if len(members) >= self.max_group_members:
+            raise group_limit_error("group_full", group, self.max_group_members)
+        self._groups.setdefault(group, members).add(user)
+        self._user_groups.setdefault(user, mine).add(group)
 
     async def leave(self, group: int, user: UserId) -> None:
         self._check_open()
@@ -194,6 +237,11 @@ class MemoryStore(AsyncClosing):
             members.discard(user)
             if not members:
                 del self._groups[group]
+        mine = self._user_groups.get(user)
+        if mine is not None:
+            mine.discard(group)
+            if not mine:
+                del self._user_groups[user]
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()

@@ -24,8 +24,11 @@ tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, ready for Redis C
 ``{prefix}{u:<user>}:dedupe:<client id>``
     JSON ``[time, message id, [user, position, ...]]`` of the first message with that
     client id (its recipients, so a resend can be pushed again); TTL ``dedupe_window``.
+``{prefix}{u:<user>}:groups``
+    set of the group ids ``user`` is in, at most ``max_groups_per_user`` (kept by
+    :meth:`RedisStore.join` and :meth:`RedisStore.leave`). No TTL: bounded instead.
 ``{prefix}{g:<group>}:members``
-    set of user ids. The only keys without a TTL.
+    set of user ids, at most ``max_group_members``. No TTL: bounded instead.
 ``{prefix}gateway:<gateway id>``
     a live gateway's beacon (:meth:`RedisStore.beacon`), TTL ``presence_ttl``: when it is
     missing, the gateway re-asserts its presence (Redis lost it).
@@ -70,6 +73,8 @@ from transmit_hub.types import GatewayId, Message, MessageId, Recipient, UserId
 
 from .errors import StoreError
 from .store import (
+    DEFAULT_MAX_GROUP_MEMBERS,
+    DEFAULT_MAX_GROUPS_PER_USER,
     MAX_POSITION,
     Accepted,
     Beacon,
@@ -78,6 +83,7 @@ from .store import (
     Refused,
     Store,
     Submission,
+    group_limit_error,
     unencodable,
 )
 from .store_memory import MemoryStore
@@ -144,10 +150,16 @@ local function append(u, entry)
   local ikey = ukey(u, 'inbox')
   local n = redis.call('INCR', pkey)
   if n == 1 then
-    -- A fresh counter beside a live inbox (the counter was lost): resume after it.
+    -- A fresh counter: resume after what the inbox still holds and after the
+    -- acknowledged position (either may outlive a lost counter), so a position is
+    -- never given twice and never hidden behind an ack.
     local top = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
     if #top > 0 then
-      n = tonumber(string.match(top[1][1], '^(%d+)')) + 1
+      n = math.max(n, tonumber(string.match(top[1][1], '^(%d+)')) + 1)
+    end
+    local acked = tonumber(redis.call('GET', ukey(u, 'acked')) or '0')
+    n = math.max(n, acked + 1)
+    if n > 1 then
       redis.call('SET', pkey, string.format('%.0f', n))
     end
   end
@@ -168,10 +180,22 @@ for i, s in ipairs(batch) do
     dkey = ukey(from, 'dedupe:' .. cid)
     if not redis.call('SET', dkey, '', 'PX', window, 'NX') then
       local seen = cjson.decode(redis.call('GET', dkey))
-      res = {1, seen[2], seen[1]}
-      for j, v in ipairs(seen[3]) do
-        res[#res + 1] = v
-        if j % 2 == 1 then note(v) end
+      local written = seen[3]
+      -- The stored message itself (not the resend's text), from the first recipient's
+      -- inbox; when it was trimmed there is nothing to push again.
+      local stored = {}
+      if #written >= 2 then
+        stored = redis.call('XRANGE', ukey(written[1], 'inbox'), written[2], written[2],
+          'COUNT', 1)
+      end
+      if #stored > 0 then
+        res = {1, seen[2], seen[1], stored[1][2][2]}
+        for j, v in ipairs(written) do
+          res[#res + 1] = v
+          if j % 2 == 1 then note(v) end
+        end
+      else
+        res = {1, seen[2], seen[1], false}
       end
     end
   end
@@ -279,9 +303,34 @@ for i = 1, #KEYS, 2 do
   elseif cur > 0 then
     redis.call('PEXPIRE', key, ttl)
   end
+  if top > 0 then
+    -- The counter lives at least as long as the ack, so positions go on from it.
+    redis.call('PEXPIRE', KEYS[i + 1], ttl)
+  end
 end
 return moved
 """
+
+# KEYS: the group's member set, the user's set of groups. ARGV: user, group, the most
+# groups per user, the most members per group. Check and add in one step, so concurrent
+# joins cannot overshoot a bound. Returns 0 (member now), 1 (the user is in too many
+# groups) or 2 (the group is full).
+_JOIN = """
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  return 0
+end
+if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
+  return 1
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return 2
+end
+redis.call('SADD', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 0
+"""
+_JOIN_REFUSED = {1: "user_full", 2: "group_full"}
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal (C, fast)
@@ -328,6 +377,7 @@ class RedisStore(AsyncClosing):
       the inbox and acknowledged-position keys.
     - ``dedupe_window``: seconds a client id is remembered per user.
     - ``presence_ttl``: seconds a presence entry lives unless refreshed.
+    - ``max_groups_per_user``, ``max_group_members``: bounds :meth:`join` keeps.
     """
 
     def __init__(
@@ -340,11 +390,17 @@ class RedisStore(AsyncClosing):
         dedupe_window: float = 600,
         presence_ttl: float = 30,
         socket_timeout: float = 5.0,
+        max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
+        max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
     ) -> None:
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
             raise StoreError("store limits and TTLs must be positive")
         if "{" in prefix or "}" in prefix:
             raise StoreError(f"the key prefix {prefix!r} must not contain braces")
+        if max_groups_per_user < 1 or max_group_members < 1:
+            raise StoreError("group limits must be positive")
+        self.max_groups_per_user = max_groups_per_user
+        self.max_group_members = max_group_members
         if isinstance(client, str):
             # Timeouts so a hung Redis fails calls instead of stalling them; the URL's
             # query (?socket_timeout=...) overrides them.
@@ -365,6 +421,7 @@ class RedisStore(AsyncClosing):
         self._refresh = self._client.register_script(_REFRESH)
         self._lookup = self._client.register_script(_LOOKUP)
         self._ack = self._client.register_script(_ACK)
+        self._join = self._client.register_script(_JOIN)
         self._acks: dict[str, int] = {}
         """Ack writes being gathered: acked key -> the highest position asked for."""
         self._ack_batch: asyncio.Future[None] | None = None
@@ -503,13 +560,31 @@ class RedisStore(AsyncClosing):
 
     # -- groups ---------------------------------------------------------------------------
 
+    def _memberships_key(self, user: UserId) -> str:
+        """The set of groups ``user`` is in (bounded by ``max_groups_per_user``)."""
+        return self._key("groups", user)
+
     async def join(self, group: int, user: UserId) -> None:
         self._check_open()
-        await self._client.sadd(self._group_key(group), str(user))
+        keys = [self._group_key(group), self._memberships_key(user)]
+        args: list[str | int] = [
+            str(user),
+            str(group),
+            self.max_groups_per_user,
+            self.max_group_members,
+        ]
+        refused = _JOIN_REFUSED.get(int(await self._join(keys, args)))
+        if refused == "user_full":
+            raise group_limit_error(refused, group, self.max_groups_per_user)
+        if refused is not None:
+            raise group_limit_error(refused, group, self.max_group_members)
 
     async def leave(self, group: int, user: UserId) -> None:
         self._check_open()
-        await self._client.srem(self._group_key(group), str(user))
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.srem(self._group_key(group), str(user))
+            pipe.srem(self._memberships_key(user), str(group))
+            await pipe.execute()
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()
@@ -587,8 +662,14 @@ def _result(
     if kind == _NOT_MEMBER:
         return Refused(sub.client_id, "not_member", f"you are not in group {m.to}")
     if kind == _DUPLICATE:
-        m = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
-        pairs = res[3:]
+        # The first message, as stored (the resend's text may differ), or only its id
+        # and time when its inbox entry is gone (then nothing is pushed again).
+        stored = res[3]
+        if isinstance(stored, str):
+            m = _message_json(stored)
+        else:
+            m = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
+        pairs = res[4:]
     else:
         pairs = res[1:]
     users = [UserId(int(u)) for u in pairs[0::2]]
@@ -607,6 +688,11 @@ def _message(fields: Mapping[Any, Any]) -> Message:
     blob = fields.get(b"m")
     if blob is None:
         blob = fields["m"]
+    return _message_json(blob)
+
+
+def _message_json(blob: str | bytes) -> Message:
+    """A message from its inbox entry (the JSON array that :meth:`RedisStore.submit` wrote)."""
     mid, sender, to, kind, content_type, time, content = json.loads(blob)
     return Message(MessageId(mid), UserId(sender), to, kind, content_type, time, content)
 

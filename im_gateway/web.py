@@ -19,6 +19,12 @@ from websockets.http11 import Request, Response
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _STATIC_NAME = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _TYPES = {".js": "text/javascript", ".mjs": "text/javascript", ".css": "text/css"}
+PAGE_POLICY = (
+    "default-src 'self'; img-src 'self' data:; connect-src 'self' ws: wss:; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+"""The chat page's Content-Security-Policy: its own scripts, styles and sockets only
+(the page URL carries the user's token, so nothing else may run or frame it)."""
 
 
 def response(status: int, body: bytes, content_type: str, **headers: str) -> Response:
@@ -29,6 +35,11 @@ def response(status: int, body: bytes, content_type: str, **headers: str) -> Res
     hdrs["Content-Length"] = str(len(body))
     hdrs["Cache-Control"] = "no-store"
     hdrs["Connection"] = "close"
+    # The page's URL holds the user's token: never send it on as a Referer; no sniffing
+    # of types, no framing.
+    hdrs["Referrer-Policy"] = "no-referrer"
+    hdrs["X-Content-Type-Options"] = "nosniff"
+    hdrs["X-Frame-Options"] = "DENY"
     for name, value in headers.items():
         hdrs[name.replace("_", "-")] = value
     return Response(status_.value, status_.phrase, hdrs, body)
@@ -57,6 +68,8 @@ def static_file(name: str, directory: Path = STATIC_DIR) -> Response:
     content_type = _TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
     if content_type.startswith("text/") or content_type in ("application/json",):
         content_type += "; charset=utf-8"
+    if content_type.startswith("text/html"):
+        return response(200, body, content_type, Content_Security_Policy=PAGE_POLICY)
     return response(200, body, content_type)
 
 

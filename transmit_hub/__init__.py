@@ -4,6 +4,7 @@
 - :class:`HubLink` is a gateway's end of the Connect stream; it yields
   :data:`LinkEvent` values (:class:`LinkUp`, :class:`LinkDown`, :class:`Delivered`,
   :class:`NotDelivered`).
+- :class:`HubPool` is a gateway's links to several hubs, used as one link.
 - The plain types (:class:`TransmitMap`, :class:`Message`, ...) and the exceptions
   (:class:`TransmitHubError` and below) are the package's vocabulary.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 from .errors import ConfigError, LinkClosed, LinkError, ProtocolError, TransmitHubError
 from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkUp, NotDelivered
+from .pool import HubPool
 from .server import HubServer
 from .types import (
     MESSAGE_GROUP,
@@ -40,6 +42,7 @@ __all__ = [
     "GatewayInfo",
     "GatewayStats",
     "HubLink",
+    "HubPool",
     "HubServer",
     "HubStats",
     "LinkClosed",

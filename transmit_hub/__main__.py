@@ -24,6 +24,11 @@ async def serve(config: HubConfig) -> None:
         hub_id=config.hub_id,
         queue_size=config.queue_size,
         grace=config.grace,
+        tls=config.server_tls(),
+        hello_timeout=config.hello_timeout,
+        claim_timeout=config.claim_timeout,
+        max_gateways=config.max_gateways,
+        forget_after=config.forget_after,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

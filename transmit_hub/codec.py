@@ -8,9 +8,12 @@ register and call the service.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any
 
+from . import wire
+from .errors import ProtocolError
 from .types import (
     Delivery,
     GatewayId,
@@ -29,7 +32,9 @@ from .v1 import transmit_pb2 as pb
 __all__ = [
     "ConnectRequest",
     "ConnectResponse",
+    "HubFrame",
     "batch_request",
+    "decode_response",
     "delivery_batch_response",
     "delivery_from_pb",
     "delivery_to_pb",
@@ -215,6 +220,52 @@ def hello_from_bytes(data: bytes) -> GatewayId | None:
     return GatewayId(req.hello.gateway_id)
 
 
+def probe_bytes(nonce: int) -> bytes:
+    """A serialized ``ConnectResponse{probe}``: the hub asks the holder of an id to answer."""
+    return pb.ConnectResponse(probe=pb.Probe(nonce=nonce)).SerializeToString()
+
+
+def probe_reply_bytes(nonce: int) -> bytes:
+    """A serialized ``ConnectRequest{probe_reply}``: the link's answer to a probe."""
+    return pb.ConnectRequest(probe_reply=pb.ProbeReply(nonce=nonce)).SerializeToString()
+
+
+def probe_reply_nonce(data: bytes) -> int | None:
+    """The nonce of a ``ConnectRequest{probe_reply}`` frame, or ``None`` for any other."""
+    try:
+        req = pb.ConnectRequest.FromString(data)
+    except Exception:  # a DecodeError: not a frame at all
+        return None
+    if req.WhichOneof("frame") != "probe_reply":
+        return None
+    return int(req.probe_reply.nonce)
+
+
+_parse_message = pb.Message.FromString
+_parse_request = pb.ConnectRequest.FromString
+
+
+def request_decodes(frame: bytes) -> bool:
+    """Whether a whole ``ConnectRequest`` frame decodes (field types, UTF-8 of strings)."""
+    try:
+        _parse_request(frame)
+    except Exception:  # a DecodeError
+        return False
+    return True
+
+
+def message_decodes(data: bytes) -> bool:
+    """Whether ``data`` is a ``Message`` a gateway can decode (the hub forwards it as is).
+
+    One C-level parse (about 0.7 us for a chat message): field types, UTF-8 of the strings.
+    """
+    try:
+        _parse_message(data)
+    except Exception:  # a DecodeError
+        return False
+    return True
+
+
 def welcome_bytes(hub_id: str) -> bytes:
     """A serialized ``ConnectResponse{welcome}``."""
     return welcome_response(hub_id).SerializeToString()
@@ -233,6 +284,75 @@ def undeliverable_bytes(notice: Undeliverable) -> bytes:
 def transmit_map_from_bytes(data: bytes) -> TransmitMap:
     """Decode ``TransmitMap`` message bytes (the hub's slow path: notices, odd encodings)."""
     return transmit_map_from_pb(pb.TransmitMap.FromString(data))
+
+
+@dataclass(frozen=True, slots=True)
+class HubFrame:
+    """What one response frame from the hub carries, decoded for the link.
+
+    ``dropped`` counts the deliveries and notices of the frame that could not be decoded
+    (invalid UTF-8, bad field types): they are left out, the others are kept.
+    """
+
+    welcome: str | None = None
+    probe: int | None = None
+    deliveries: tuple[Delivery, ...] = ()
+    notices: tuple[Undeliverable, ...] = ()
+    dropped: int = 0
+
+
+def decode_response(data: bytes) -> HubFrame:
+    """Decode a ``ConnectResponse`` frame from a hub, which the link does not trust.
+
+    A frame that parses is decoded at full speed; one that does not is taken apart field
+    by field, so that one bad delivery costs only itself (:func:`_decode_leniently`).
+    """
+    try:
+        response = pb.ConnectResponse.FromString(data)
+    except Exception:  # a DecodeError: some part of the frame is bad
+        return _decode_leniently(data)
+    kind = response.WhichOneof("frame")
+    if kind == "batch":
+        deliveries, notices = decode_delivery_batch(response)
+        return HubFrame(deliveries=deliveries, notices=notices)
+    if kind == "welcome":
+        return HubFrame(welcome=response.welcome.hub_id)
+    if kind == "probe":
+        return HubFrame(probe=int(response.probe.nonce))
+    return HubFrame()
+
+
+_BATCH_FIELD = 2
+_DELIVERY_FIELD = 1
+_NOTICE_FIELD = 2
+
+
+def _decode_leniently(data: bytes) -> HubFrame:
+    """Decode each delivery and notice of a batch frame alone; count those that fail."""
+    try:
+        batches = [v for f, v in wire.length_delimited_fields(data) if f == _BATCH_FIELD]
+    except ProtocolError:
+        return HubFrame(dropped=1)  # not even a frame: drop it whole
+    if not batches:
+        return HubFrame(dropped=1)
+    deliveries: list[Delivery] = []
+    notices: list[Undeliverable] = []
+    dropped = 0
+    for batch in batches:
+        try:
+            items = wire.length_delimited_fields(batch)
+        except ProtocolError:
+            dropped += 1
+            continue
+        for number, value in items:
+            try:
+                if number == _DELIVERY_FIELD:
+                    deliveries.append(delivery_from_pb(pb.Delivery.FromString(value)))
+                elif number == _NOTICE_FIELD:
+                    notices.append(undeliverable_from_pb(pb.Undeliverable.FromString(value)))
+            except Exception:  # a DecodeError: this item alone is bad
+                dropped += 1
+    return HubFrame(deliveries=tuple(deliveries), notices=tuple(notices), dropped=dropped)
 
 
 def parse_response(data: bytes) -> pb.ConnectResponse:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from .errors import ConfigError
 from .server import parse_listen
+from .tls import ServerTls
 
 __all__ = ["ENV_PREFIX", "HubConfig", "build_parser", "parse_config"]
 
@@ -31,6 +32,13 @@ class HubConfig:
     grace: float = 5.0
     hub_id: str | None = None
     log_level: str = "INFO"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    hello_timeout: float = 10.0
+    claim_timeout: float = 2.0
+    max_gateways: int = 4096
+    forget_after: float = 3600.0
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -44,6 +52,22 @@ class HubConfig:
             raise ConfigError("--hub-id must not be empty")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
+        if not 0 < self.hello_timeout <= 3600:
+            raise ConfigError(
+                f"--hello-timeout must be between 0 and 3600 seconds, not {self.hello_timeout}"
+            )
+        if not 0 < self.claim_timeout <= 60:
+            raise ConfigError(
+                f"--claim-timeout must be between 0 and 60 seconds, not {self.claim_timeout}"
+            )
+        if not 1 <= self.max_gateways <= 1_000_000:
+            raise ConfigError(f"--max-gateways must be 1..1000000, not {self.max_gateways}")
+        if self.forget_after < 0:
+            raise ConfigError(f"--forget-after must not be negative, not {self.forget_after}")
+
+    def server_tls(self) -> ServerTls | None:
+        """Read the TLS files (``None``: plaintext); raises ConfigError naming the flag."""
+        return ServerTls.from_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
     @property
     def log_level_number(self) -> int:
@@ -97,6 +121,44 @@ def build_parser() -> argparse.ArgumentParser:
         "random suffix)",
     )
     p.add_argument(
+        "--tls-cert",
+        metavar="FILE",
+        help="serve TLS with this PEM certificate (chain) (with --tls-key; default: plaintext)",
+    )
+    p.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        metavar="FILE",
+        help="mutual TLS: every RPC needs a client certificate signed by this PEM CA, and a "
+        "gateway may attach only with an id that is a DNS name in its certificate's "
+        "subjectAltName (else PERMISSION_DENIED) (needs --tls-cert)",
+    )
+    p.add_argument(
+        "--hello-timeout",
+        metavar="SECONDS",
+        help="a Connect stream must send its Hello within this, else it is ended "
+        "(DEADLINE_EXCEEDED) (default 10)",
+    )
+    p.add_argument(
+        "--claim-timeout",
+        metavar="SECONDS",
+        help="when a gateway id is claimed while held, how long the holder has to answer "
+        "the hub's probe: a live holder keeps the id (the claim is refused with "
+        "ALREADY_EXISTS), a silent one is replaced (default 2)",
+    )
+    p.add_argument(
+        "--max-gateways",
+        metavar="N",
+        help="most gateways attached at once (more are refused with RESOURCE_EXHAUSTED); "
+        "also the most departed gateways whose stats are kept (default 4096)",
+    )
+    p.add_argument(
+        "--forget-after",
+        metavar="SECONDS",
+        help="the stats of a gateway that left are forgotten this long after it left "
+        "(default 3600)",
+    )
+    p.add_argument(
         "--log-level",
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (default INFO)",
@@ -117,10 +179,10 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str] | None = Non
             values[name] = value
     kwargs: dict[str, object] = {}
     for name, value in values.items():
-        if name == "queue_size":
-            kwargs[name] = _number(int, "--queue-size", value)
-        elif name == "grace":
-            kwargs[name] = _number(float, "--grace", value)
+        if name in ("queue_size", "max_gateways"):
+            kwargs[name] = _number(int, "--" + name.replace("_", "-"), value)
+        elif name in ("grace", "hello_timeout", "claim_timeout", "forget_after"):
+            kwargs[name] = _number(float, "--" + name.replace("_", "-"), value)
         else:
             kwargs[name] = value
     return HubConfig(**kwargs)  # type: ignore[arg-type]

@@ -37,9 +37,21 @@ Delivery guarantees (the gateway's Redis inbox is the truth; the hub is the fast
   reconnect. A map written to a stream that then broke may or may not have been routed:
   the hub does not acknowledge maps (its Undeliverable notices say what it could not
   pass on). Recipients find every message in their inbox either way.
-- A link whose stream is replaced by a newer stream with the same gateway id (another
-  process claiming the id) stops reconnecting: it reports ``LinkDown`` with the reason
-  and stays down until closed, rather than fight the other process for the id.
+- One stream holds a gateway id at a time. When the hub says that another live stream
+  holds ours (status ALREADY_EXISTS: another process runs with the same id, or ours
+  was taken over while it could not answer the hub's probe), the link logs one ERROR
+  line, reports it in :attr:`HubLink.conflict` (the gateway's ``/healthz`` says 503
+  with it) and tries again every ``conflict_retry`` seconds, without taking the id
+  from the live holder: it attaches once the other process is gone. The link answers
+  the hub's probes, which is how the hub tells a live holder from a dead one, so a
+  restarted gateway attaches again at once even before the hub noticed that its old
+  stream is dead.
+- A gateway never trusts its hub more than its clients: a delivery or notice that
+  cannot be decoded (invalid UTF-8, bad field types) is dropped, counted
+  (:attr:`HubLink.dropped`) and logged at most every ``DROP_LOG_INTERVAL`` seconds;
+  the rest of the frame is delivered and the stream stays up.
+- TLS: ``tls`` (:class:`~transmit_hub.tls.ClientTls`) verifies the hub with a CA and
+  presents a client certificate, for a hub with ``--tls-client-ca``.
 
 Events are read by one consumer through :meth:`HubLink.events`; the event queue is
 bounded (``event_queue``) and a slow consumer backpressures the stream (and so, in the
@@ -63,6 +75,7 @@ from . import codec, wire
 from .auth import bearer_metadata
 from .errors import LinkClosed, LinkError, ProtocolError
 from .lifecycle import AsyncLifecycle
+from .tls import ClientTls
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
 from .types import (
     Delivery,
@@ -71,6 +84,7 @@ from .types import (
     TransmitMap,
     Undeliverable,
     UndeliverableReason,
+    gateway_id_problem,
 )
 
 __all__ = [
@@ -94,6 +108,8 @@ MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 """Byte budget of one request frame (a single larger map still goes alone)."""
 MAX_MAP_BYTES: Final = MAX_MESSAGE_BYTES - 1024
 """A map bigger than this could never be sent: it is refused (NotDelivered, INVALID)."""
+DROP_LOG_INTERVAL: Final = 10.0
+"""Undecodable deliveries are logged in one line at most this often, with a count."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +121,7 @@ class LinkUp:
 
 @dataclass(frozen=True, slots=True)
 class LinkDown:
-    """The stream ended; the link reconnects unless the reason says it was replaced."""
+    """The stream ended, or another process holds our gateway id; the link reconnects."""
 
     reason: str
 
@@ -129,8 +145,8 @@ LinkEvent = LinkUp | LinkDown | Delivered | NotDelivered
 _CLOSED: Final = object()
 
 
-class _Replaced(Exception):
-    """The hub ended our stream: a newer stream declared the same gateway id."""
+class _Conflict(Exception):
+    """ALREADY_EXISTS: another live stream holds our gateway id."""
 
 
 class _Rejected(Exception):
@@ -152,9 +168,15 @@ class HubLink(AsyncLifecycle):
         backoff_initial: float = 0.05,
         backoff_max: float = 5.0,
         linger: float = 0.001,
+        tls: ClientTls | None = None,
+        conflict_retry: float = 5.0,
+        channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS,
     ) -> None:
-        if not gateway_id:
-            raise ValueError("gateway_id must not be empty")
+        problem = gateway_id_problem(gateway_id)
+        if problem is not None:
+            raise ValueError(f"gateway_id {gateway_id[:40]!r}: {problem}")
+        if conflict_retry <= 0:
+            raise ValueError("conflict_retry must be positive")
         if max_pending < 1 or max_batch < 1 or event_queue < 1:
             raise ValueError("max_pending, max_batch and event_queue must be at least 1")
         if backoff_initial <= 0 or backoff_max < backoff_initial:
@@ -169,6 +191,15 @@ class HubLink(AsyncLifecycle):
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
         self._linger = linger
+        self._tls = tls
+        self._conflict_retry = conflict_retry
+        self._conflict: str | None = None
+        self._probe: int | None = None
+        self.dropped = 0
+        """Deliveries and notices from the hub dropped because they could not be decoded."""
+        self._dropped_logged = 0
+        self._drop_logged_at = float("-inf")
+        self._channel_options = channel_options
         self._pending: deque[TransmitMap] = deque()
         self._inflight: list[TransmitMap] = []
         self._wakeup = asyncio.Event()
@@ -188,6 +219,14 @@ class HubLink(AsyncLifecycle):
         return self._connected
 
     @property
+    def conflict(self) -> str | None:
+        """Why the hub refuses our gateway id (another process holds it), or ``None``.
+
+        Set from the hub's ALREADY_EXISTS answer until the link attaches again.
+        """
+        return self._conflict
+
+    @property
     def hub_id(self) -> str | None:
         """The id of the hub that accepted the current (or last) stream."""
         return self._hub_id
@@ -196,6 +235,16 @@ class HubLink(AsyncLifecycle):
     def pending(self) -> int:
         """Maps waiting to be written."""
         return len(self._pending)
+
+    def take_pending(self) -> list[TransmitMap]:
+        """Remove and return the maps waiting to be written, oldest first.
+
+        For a pool of links (:mod:`transmit_hub.pool`): while this link is down, what it
+        holds can go through another hub instead of waiting for this one.
+        """
+        taken = list(self._pending)
+        self._pending.clear()
+        return taken
 
     async def start(self) -> None:
         """Start connecting in the background (and reconnecting, until closed)."""
@@ -258,15 +307,20 @@ class HubLink(AsyncLifecycle):
     async def _run(self) -> None:
         attempt = 0
         while True:
-            replaced = False
+            conflict = False
             try:
                 await self._session()
                 reason = "the hub ended the stream"
             except asyncio.CancelledError:
                 raise
-            except _Replaced as exc:
-                replaced = True
-                reason = f"replaced: {exc}"
+            except _Conflict as exc:
+                conflict = True
+                reason = str(exc)
+            except aio.AioRpcError as exc:
+                reason = _describe(exc)
+                if exc.code().name == "ALREADY_EXISTS":  # raised by a read, not a status
+                    conflict = True
+                    reason = exc.details()
             except _Rejected as exc:
                 reason = str(exc)
                 log.error("link %s: the hub refused a frame: %s", self.gateway_id, exc)
@@ -277,10 +331,12 @@ class HubLink(AsyncLifecycle):
                 reason = _describe(exc)
             attached = self._connected
             self._set_down()
-            if replaced:
-                log.error("link %s: %s; not reconnecting", self.gateway_id, reason)
-                await self._emit(LinkDown(reason))
-                return
+            if conflict:
+                await self._in_conflict(reason, attached)
+                attempt = 0
+                delay = self._conflict_retry
+                await asyncio.sleep(random.uniform(delay * 0.8, delay))
+                continue
             if attached:
                 log.info("link %s to %s down: %s", self.gateway_id, self.target, reason)
                 await self._emit(LinkDown(reason))
@@ -298,6 +354,24 @@ class HubLink(AsyncLifecycle):
             attempt = min(attempt + 1, 30)
             await asyncio.sleep(random.uniform(delay / 2, delay))
 
+    async def _in_conflict(self, details: str, attached: bool) -> None:
+        """Another live stream holds our id: say so once, then keep retrying quietly."""
+        first = self._conflict is None
+        self._conflict = f"gateway id {self.gateway_id} is held by another process"
+        if first:
+            log.error(
+                "link %s: %s (the hub at %s says: %s); retrying every %g s until it is gone",
+                self.gateway_id,
+                self._conflict,
+                self.target,
+                details,
+                self._conflict_retry,
+            )
+        else:
+            log.debug("link %s: still held elsewhere: %s", self.gateway_id, details)
+        if attached or first:
+            await self._emit(LinkDown(self._conflict))
+
     def _set_down(self) -> None:
         self._connected = False
         self._up.clear()
@@ -308,27 +382,45 @@ class HubLink(AsyncLifecycle):
 
     async def _session(self) -> None:
         """One stream: attach, then read and write until it ends (raises on error status)."""
-        channel = aio.insecure_channel(self.target, options=CHANNEL_OPTIONS)
+        if self._tls is None:
+            channel = aio.insecure_channel(self.target, options=self._channel_options)
+        else:
+            channel = aio.secure_channel(
+                self.target, self._tls.credentials(), options=self._channel_options
+            )
         call: Any = None
         try:
+            # Raw bytes in: the link decodes each delivery itself (codec.decode_response).
             connect = channel.stream_stream(
-                CONNECT_METHOD,
-                request_serializer=None,
-                response_deserializer=codec.parse_response,
+                CONNECT_METHOD, request_serializer=None, response_deserializer=None
             )
             call = connect(metadata=self._metadata)
-            await call.write(codec.hello_bytes(self.gateway_id))
+            try:
+                await call.write(codec.hello_bytes(self.gateway_id))
+            except aio.AioRpcError:
+                await self._raise_status(call)
+                raise
             first = await asyncio.wait_for(call.read(), WELCOME_TIMEOUT)
             if first is aio.EOF:
                 await self._raise_status(call)
                 raise ProtocolError("the hub ended the stream before its Welcome")
-            hub_id = codec.welcome_hub_id(first)
+            hub_id = codec.decode_response(first).welcome
             if hub_id is None:
                 raise ProtocolError("the hub's first response was not a Welcome")
             self._hub_id = hub_id
             self._connected = True
             self._up.set()
-            log.info("link %s attached to hub %s at %s", self.gateway_id, hub_id, self.target)
+            self._probe = None
+            if self._conflict is not None:
+                log.info(
+                    "link %s: attached to hub %s at %s; the other holder of the id is gone",
+                    self.gateway_id,
+                    hub_id,
+                    self.target,
+                )
+                self._conflict = None
+            else:
+                log.info("link %s attached to hub %s at %s", self.gateway_id, hub_id, self.target)
             await self._emit(LinkUp(hub_id))
             reader = asyncio.create_task(self._read_loop(call))
             writer = asyncio.create_task(self._write_loop(call))
@@ -351,26 +443,41 @@ class HubLink(AsyncLifecycle):
     async def _raise_status(self, call: Any) -> None:
         """Raise the stream's final status as an exception when it is an error."""
         code = await call.code()
-        details = await call.details()
         if code is not None and code.name != "OK":
-            if code.name == "ABORTED" and details.startswith("replaced by a newer stream"):
-                raise _Replaced(details)
-            if code.name == "INVALID_ARGUMENT":
-                raise _Rejected(f"{code.name}: {details}")
-            raise LinkError(f"{code.name}: {details}")
+            raise _status_error(code.name, await call.details())
 
     async def _read_loop(self, call: Any) -> None:
         emit = self._emit
-        decode = codec.decode_delivery_batch
+        decode = codec.decode_response
         while True:
             response = await call.read()
             if response is aio.EOF:
                 return
-            deliveries, notices = decode(response)
-            if deliveries:
-                await emit(Delivered(deliveries))
-            if notices:
-                await emit(NotDelivered(notices))
+            frame = decode(response)
+            if frame.deliveries:
+                await emit(Delivered(frame.deliveries))
+            if frame.notices:
+                await emit(NotDelivered(frame.notices))
+            if frame.probe is not None:
+                self._probe = frame.probe  # the writer answers it before anything else
+                self._wakeup.set()
+            if frame.dropped:
+                self._count_dropped(frame.dropped)
+
+    def _count_dropped(self, n: int) -> None:
+        self.dropped += n
+        now = monotonic()
+        if now - self._drop_logged_at >= DROP_LOG_INTERVAL:
+            log.warning(
+                "link %s: dropped %d deliveries from the hub at %s that could not be decoded "
+                "(%d in all; the messages are in the recipients' inboxes)",
+                self.gateway_id,
+                self.dropped - self._dropped_logged,
+                self.target,
+                self.dropped,
+            )
+            self._drop_logged_at = now
+            self._dropped_logged = self.dropped
 
     async def _write_loop(self, call: Any) -> None:
         pending = self._pending
@@ -381,8 +488,14 @@ class HubLink(AsyncLifecycle):
         lag = LINGER_LAG
         last_write = float("-inf")
         while True:
+            probe = self._probe
+            if probe is not None:
+                self._probe = None
+                await call.write(codec.probe_reply_bytes(probe))
             if not pending:
                 wakeup.clear()
+                if self._probe is not None:
+                    continue  # a probe came while the reply above was being written
                 await wakeup.wait()
                 # A busy link in a loaded process: let a few more maps join this frame.
                 if linger and len(pending) < max_batch:
@@ -432,6 +545,15 @@ def _invalid(tmap: TransmitMap) -> Undeliverable:
     except Exception:  # not even shaped like a TransmitMap
         users, message_ids = (), ()
     return Undeliverable(GatewayId(""), message_ids, users, UndeliverableReason.INVALID)
+
+
+def _status_error(code: str, details: str) -> Exception:
+    """The exception for a stream that ended with status ``code`` (not OK)."""
+    if code == "ALREADY_EXISTS":
+        return _Conflict(details)
+    if code == "INVALID_ARGUMENT":
+        return _Rejected(f"{code}: {details}")
+    return LinkError(f"{code}: {details}")
 
 
 def _describe(exc: BaseException) -> str:

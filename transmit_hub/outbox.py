@@ -119,6 +119,10 @@ class Outbox:
         """Wait until nothing is pending (the writer took it all)."""
         await self._empty.wait()
 
+    def poke(self) -> None:
+        """Wake the writer with nothing new to take (it has something else to write)."""
+        self._ready.set()
+
     def close(self) -> None:
         """Refuse further offers and wake the writer; what is pending stays takeable."""
         self._closed = True

@@ -7,9 +7,12 @@ whose stream the service then ends with ABORTED. The service detaches in a
 ``finally`` when a stream ends, and only removes the entry if it is still the
 registered one (a replaced stream must not remove its successor).
 
-Counters live per gateway id for the life of the hub, attached or not, so GetStats
-keeps a gateway's history across reconnects. No I/O here; asyncio only for the
-events the service waits on.
+Counters live per gateway id, attached or not, so GetStats keeps a gateway's history
+across reconnects; the counters of a gateway that left are forgotten ``forget_after``
+seconds later, and at most ``max_gateways`` left gateways are remembered (the
+longest gone first), so GetStats stays small whatever ids gateways declared. At most
+``max_gateways`` are attached at once (:meth:`Registry.full`). No I/O here; asyncio
+only for the events the service waits on.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .outbox import Outbox
@@ -36,7 +40,7 @@ class EndReason(enum.Enum):
     """Why the hub ends an attached gateway's stream."""
 
     REPLACED = "replaced"
-    """A newer stream declared the same gateway id."""
+    """A newer stream declared the same gateway id, and this one did not answer a probe."""
     SHUTDOWN = "shutdown"
     """The hub is shutting down."""
 
@@ -64,6 +68,25 @@ class Attachment:
     attached_at: int = field(default_factory=now_ms)
     end_reason: EndReason | None = None
     ended: asyncio.Event = field(default_factory=asyncio.Event)
+    probe_nonce: int = 0
+    """The nonce of the last probe sent to this stream (0: none yet)."""
+    probe_due: bool = False
+    """A probe waits for the writer."""
+    probe_answered: asyncio.Event = field(default_factory=asyncio.Event)
+    drop_logged_at: float = float("-inf")
+    """When notices for this stream were last logged as dropped (one line a second)."""
+
+    def probe(self, nonce: int) -> None:
+        """Ask the writer to send a Probe with ``nonce`` (answered: ``probe_answered``)."""
+        self.probe_nonce = nonce
+        self.probe_due = True
+        self.probe_answered.clear()
+        self.outbox.poke()
+
+    def answered(self, nonce: int) -> None:
+        """The stream answered a probe (an old or unknown nonce counts for nothing)."""
+        if nonce and nonce == self.probe_nonce:
+            self.probe_answered.set()
 
     def end(self, reason: EndReason) -> None:
         """Ask the stream to end (its service handler turns ``reason`` into a status)."""
@@ -76,9 +99,26 @@ class Attachment:
 class Registry:
     """Attached gateways by id, per-gateway counters and hub totals."""
 
-    def __init__(self, hub_id: str, queue_size: int) -> None:
+    def __init__(
+        self,
+        hub_id: str,
+        queue_size: int,
+        *,
+        max_gateways: int = 4096,
+        forget_after: float = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_gateways < 1:
+            raise ValueError("max_gateways must be at least 1")
+        if forget_after < 0:
+            raise ValueError("forget_after must not be negative")
         self.hub_id = hub_id
         self.queue_size = queue_size
+        self.max_gateways = max_gateways
+        self.forget_after = forget_after
+        self._clock = clock
+        self._left: dict[str, float] = {}
+        """Gateway id -> when it detached, oldest first: whose counters to forget."""
         self.started_at = now_ms()
         self.outboxes: dict[str, Outbox] = {}
         """Attached gateway id -> its outbox: the hot path's one look-up per target."""
@@ -98,11 +138,35 @@ class Registry:
             c = self._counters[gateway_id] = GatewayCounters()
         return c
 
+    def holder(self, gateway_id: str) -> Attachment | None:
+        """The stream holding ``gateway_id`` now, if any."""
+        return self._attached.get(gateway_id)
+
+    def full(self, gateway_id: str) -> bool:
+        """Whether attaching ``gateway_id`` would pass ``max_gateways`` attached gateways."""
+        return gateway_id not in self._attached and len(self._attached) >= self.max_gateways
+
+    def forget(self) -> int:
+        """Drop the counters of gateways gone for ``forget_after`` s, or beyond the bound."""
+        left = self._left
+        if not left:
+            return 0
+        deadline = self._clock() - self.forget_after
+        forgotten = 0
+        for gateway_id, since in list(left.items()):  # oldest first
+            if since > deadline and len(left) <= self.max_gateways:
+                break
+            del left[gateway_id]
+            self._counters.pop(gateway_id, None)
+            forgotten += 1
+        return forgotten
+
     def attach(self, gateway_id: GatewayId, peer: str) -> Attachment:
         """Register a new stream for ``gateway_id``, replacing (ending) any previous one.
 
         Deliveries still queued for the replaced stream move to the new one.
         """
+        self._left.pop(gateway_id, None)
         att = Attachment(gateway_id, peer, Outbox(self.queue_size), self.counters(gateway_id))
         old = self._attached.get(gateway_id)
         if old is not None:
@@ -122,7 +186,9 @@ class Registry:
             return False
         del self._attached[att.gateway_id]
         del self.outboxes[att.gateway_id]
+        self._left[att.gateway_id] = self._clock()
         log.info("gateway %s detached (%s)", att.gateway_id, att.peer)
+        self.forget()
         return True
 
     def attachments(self) -> list[Attachment]:
@@ -139,7 +205,8 @@ class Registry:
         ]
 
     def stats(self) -> HubStats:
-        """The counters since start, every gateway id ever seen, sorted by id."""
+        """The counters since start: attached gateways and those not yet forgotten, by id."""
+        self.forget()
         gateways = tuple(
             GatewayStats(
                 gateway_id=GatewayId(gid),

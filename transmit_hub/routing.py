@@ -3,7 +3,8 @@
 The hub calls :func:`split` for every map it receives. Each target gateway gets
 exactly one :class:`Delivery` carrying only its own users, however many users
 that is; a target that is not attached yields one :class:`Undeliverable` for the
-sender. A map may name its own sender as a target (a gateway can hold local and
+sender (``NOT_ATTACHED``, or ``INVALID`` when the id breaks the gateway id rule, so
+it can never attach). A map may name its own sender as a target (a gateway can hold local and
 remote members of one group): that share is delivered like any other. A
 delivery is never routed again, so nothing can loop.
 """
@@ -19,6 +20,7 @@ from .types import (
     TransmitMap,
     Undeliverable,
     UndeliverableReason,
+    gateway_id_problem,
 )
 
 
@@ -61,7 +63,13 @@ def split(tmap: TransmitMap, is_attached: Callable[[GatewayId], bool]) -> Route:
         if is_attached(gateway_id):
             deliveries.append((gateway_id, Delivery(tmap.message, tuple(recipients))))
         else:
-            undeliverable.append(not_delivered(gateway_id, tmap, UndeliverableReason.NOT_ATTACHED))
+            # A valid id may attach later; any other never will (the sender's data is bad).
+            reason = (
+                UndeliverableReason.NOT_ATTACHED
+                if gateway_id_problem(gateway_id) is None
+                else UndeliverableReason.INVALID
+            )
+            undeliverable.append(not_delivered(gateway_id, tmap, reason))
     return Route(deliveries=tuple(deliveries), undeliverable=tuple(undeliverable))
 
 

@@ -11,6 +11,10 @@ Always on: gRPC server reflection and the standard ``grpc.health.v1.Health`` ser
 seconds detect a dead peer (kill -9, cable pulled) in seconds; the server accepts the
 link's pings (both ends' options are in :mod:`transmit_hub.transport`).
 
+TLS (``tls``, a :class:`~transmit_hub.tls.ServerTls`): the port serves TLS only; with
+a client CA, every RPC needs a client certificate signed by it, and a Connect stream
+attaches only with a gateway id that is a DNS name of its certificate.
+
 Shutdown (:meth:`HubServer.stop`): NOT_SERVING, stop accepting calls, stop reading
 maps, let each gateway's outbox drain for up to ``grace`` seconds, then end every
 Connect stream with UNAVAILABLE "hub shutting down; reconnect".
@@ -35,6 +39,7 @@ from .errors import ConfigError
 from .lifecycle import AsyncLifecycle
 from .registry import Registry
 from .service import HubService, add_to_server
+from .tls import ServerTls
 from .transport import SERVER_OPTIONS, SERVICE_NAME
 
 __all__ = ["HubServer", "parse_listen"]
@@ -93,18 +98,37 @@ class HubServer(AsyncLifecycle):
         hub_id: str | None = None,
         queue_size: int = 4096,
         grace: float = 5.0,
+        tls: ServerTls | None = None,
+        hello_timeout: float = 10.0,
+        claim_timeout: float = 2.0,
+        max_gateways: int = 4096,
+        forget_after: float = 3600.0,
     ) -> None:
         self._host, self._requested_port = parse_listen(listen)
         if queue_size < 1:
             raise ConfigError(f"queue size must be at least 1, not {queue_size}")
         if grace < 0:
             raise ConfigError(f"grace must be >= 0 seconds, not {grace}")
+        if hello_timeout <= 0 or claim_timeout <= 0:
+            raise ConfigError("the Hello and claim timeouts must be positive")
+        if max_gateways < 1:
+            raise ConfigError(f"max gateways must be at least 1, not {max_gateways}")
+        if forget_after < 0:
+            raise ConfigError(f"forget-after must be >= 0 seconds, not {forget_after}")
         self._listen = listen
         self._auth_token = auth_token or None
+        self._tls = tls
         self.hub_id = hub_id or default_hub_id()
         self._grace = grace
-        self.registry = Registry(self.hub_id, queue_size)
-        self.service = HubService(self.registry)
+        self.registry = Registry(
+            self.hub_id, queue_size, max_gateways=max_gateways, forget_after=forget_after
+        )
+        self.service = HubService(
+            self.registry,
+            hello_timeout=hello_timeout,
+            claim_timeout=claim_timeout,
+            ids_from_certificates=tls is not None and tls.mutual,
+        )
         self._server: Any = None
         self._health: Any = None
         self._port = 0
@@ -148,7 +172,10 @@ class HubServer(AsyncLifecycle):
             server,
         )
         try:
-            port = server.add_insecure_port(self._listen)
+            if self._tls is None:
+                port = server.add_insecure_port(self._listen)
+            else:
+                port = server.add_secure_port(self._listen, self._tls.credentials())
         except RuntimeError:
             raise ConfigError(
                 f"cannot listen on {self._listen}: address in use or not available"
@@ -161,11 +188,15 @@ class HubServer(AsyncLifecycle):
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
+        security = "plaintext"
+        if self._tls is not None:
+            security = "mutual TLS" if self._tls.mutual else "TLS"
         log.info(
-            "transmit hub %s listening on %s%s",
+            "transmit hub %s listening on %s (%s%s)",
             self.hub_id,
             self.address,
-            " (auth token required)" if self._auth_token else "",
+            security,
+            ", auth token required" if self._auth_token else "",
         )
 
     async def close(self) -> None:

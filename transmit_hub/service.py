@@ -1,53 +1,83 @@
 """The TransmitHubService implementation: the Connect stream, ListGateways, GetStats.
 
-Connect, per stream: the first request must be a Hello with a non-empty gateway id
-(else INVALID_ARGUMENT); the hub registers the gateway and answers a Welcome. Then
-one task reads request frames and routes every map in them (offering each delivery
-to its target's :class:`~transmit_hub.outbox.Outbox`, never waiting), and another
-task drains this gateway's own outbox into ``DeliveryBatch`` frames. When either
-task ends, the other is cancelled and the gateway is detached.
+Connect, per stream: the first request must be a Hello (within ``hello_timeout``
+seconds, else DEADLINE_EXCEEDED) naming a valid gateway id (1 to 128 characters of
+``A-Z a-z 0-9 . _ : -``, else INVALID_ARGUMENT). With mutual TLS the id must also be
+a DNS name in the client certificate's subjectAltName (else PERMISSION_DENIED). At
+most ``max_gateways`` attach at once (else RESOURCE_EXHAUSTED). Then the hub registers
+the gateway and answers a Welcome; one task reads request frames and routes every map
+in them (offering each delivery to its target's :class:`~transmit_hub.outbox.Outbox`,
+never waiting), and another task drains this gateway's own outbox into
+``DeliveryBatch`` frames. When either task ends, the other is cancelled and the
+gateway is detached.
+
+One stream holds a gateway id at a time. A Hello for an id that is held sends the
+holder a Probe: when the holder answers within ``claim_timeout`` it is alive, and the
+new stream is refused with ALREADY_EXISTS (:data:`HELD_DETAILS`); when it does not,
+it is dead or stuck (a process restarted before the hub noticed its old stream was
+gone), so it is replaced and its stream ends with ALREADY_EXISTS too. The link keeps
+retrying after either: it attaches once the other holder is gone.
 
 Routing works on wire bytes (:mod:`transmit_hub.wire`): a map's message is forwarded
 as received and each delivery is encoded once. Maps the fast path cannot vouch for
 (odd field order, no message id, an empty gateway id) take the slow path through
-:func:`transmit_hub.routing.split`, which also defines the semantics both follow.
+:func:`transmit_hub.routing.split`, which also defines the semantics both follow. A
+map that cannot be read at all (truncated, a gateway id that is not UTF-8) or whose
+message cannot be decoded is answered INVALID, and the stream goes on. Every map costs
+time in proportion to its own size, whatever it names.
 
 Undeliverable notices (target not attached: ``NOT_ATTACHED``; target's outbox full:
-``QUEUE_FULL``; malformed map: ``INVALID``) go to the sender's own outbox. When that
-is full too, the notice is counted (``Registry.notices_dropped``) and logged at most
-once a second per gateway: the message is still in every recipient's inbox.
+``QUEUE_FULL``; malformed map or target: ``INVALID``) go to the sender's own outbox.
+When that is full too, the notice is counted (``Registry.notices_dropped``) and logged
+at most once a second per gateway: the message is still in every recipient's inbox.
 
-Stream endings: replaced by a newer stream with the same id -> ABORTED; hub shutting
-down -> UNAVAILABLE "hub shutting down; reconnect"; a frame that is not valid
-protobuf -> INVALID_ARGUMENT.
+Stream endings: the id is held by a live stream, or this stream was replaced ->
+ALREADY_EXISTS; hub shutting down -> UNAVAILABLE "hub shutting down; reconnect"; a
+frame that is not valid protobuf -> INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 from grpc import aio
 
-from . import codec, routing, wire
+from . import codec, peer, routing, wire
 from .errors import ProtocolError
 from .registry import Attachment, EndReason, Registry
 from .transport import SERVICE_NAME
-from .types import GatewayId, Undeliverable, UndeliverableReason
+from .types import (
+    GatewayId,
+    TransmitMap,
+    Undeliverable,
+    UndeliverableReason,
+    gateway_id_problem,
+)
 
-__all__ = ["SHUTDOWN_DETAILS", "HubService", "add_to_server"]
+__all__ = ["HELD_DETAILS", "SHUTDOWN_DETAILS", "HubService", "add_to_server"]
 
 log = logging.getLogger(__name__)
 
 SHUTDOWN_DETAILS = "hub shutting down; reconnect"
+HELD_DETAILS = "gateway id {} is held by another live stream (from {}); retry later"
+REPLACED_DETAILS = (
+    "gateway id {} was claimed by a newer stream, and this one did not answer the probe"
+)
+CLAIM_ROUNDS = 3
+"""How many holders a claim probes in turn before it gives up (claims racing each other)."""
 
 MAX_FRAME_ITEMS = 4096
 """Most deliveries and notices per response frame."""
 MAX_FRAME_BYTES = 4 * 1024 * 1024
 """Byte budget per response frame (one larger delivery still goes alone)."""
+NOTICES_PER_ITEM = 256
+"""Notices share one outbox item up to this many (a map naming 10,000 absent gateways
+takes 40 items of the sender's queue, not 10,000)."""
 WRITER_FINISH_TIMEOUT = 1.0
 """At shutdown, how long a stream's writer may take to finish the frame it is writing."""
 
@@ -58,31 +88,42 @@ class HubService:
     Not a subclass of the generated servicer: Connect exchanges raw frames.
     """
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        hello_timeout: float = 10.0,
+        claim_timeout: float = 2.0,
+        ids_from_certificates: bool = False,
+    ) -> None:
         self.registry = registry
+        self.hello_timeout = hello_timeout
+        self.claim_timeout = claim_timeout
+        self.ids_from_certificates = ids_from_certificates
+        """Mutual TLS: a gateway id must be a DNS name of the client's certificate."""
         self.draining = False
         self._readers: dict[Attachment, asyncio.Task[None]] = {}
-        self._last_drop_log: dict[str, float] = {}
+        self._last_invalid_log = 0.0
+        self.invalid_maps = 0
+        """Maps answered INVALID because they could not be read or decoded."""
 
     # -- Connect -------------------------------------------------------------------------
 
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
-        first = await context.read()
+        try:
+            first = await asyncio.wait_for(context.read(), self.hello_timeout)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                f"no Hello within {self.hello_timeout:g} s of opening the stream",
+            )
         if first is aio.EOF:
             return
         assert isinstance(first, bytes)
-        gateway_id = codec.hello_from_bytes(first)
-        if not gateway_id:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "the first request must be a Hello with a non-empty gateway_id",
-            )
-        assert gateway_id is not None
-        if self.draining:  # the hub began shutting down while we waited for the Hello
-            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
-        att = self.registry.attach(gateway_id, context.peer())
+        gateway_id = await self._check_hello(first, context)
+        att = await self._claim(gateway_id, context)
         reader: asyncio.Task[None] | None = None
         writer: asyncio.Task[None] | None = None
         failure: BaseException | None = None
@@ -119,15 +160,77 @@ class HubService:
                 await asyncio.wait(tasks)
             self.registry.detach(att)
         if att.end_reason is EndReason.REPLACED:
-            await context.abort(
-                grpc.StatusCode.ABORTED, f"replaced by a newer stream for gateway {gateway_id}"
-            )
+            await context.abort(grpc.StatusCode.ALREADY_EXISTS, REPLACED_DETAILS.format(gateway_id))
         if att.end_reason is EndReason.SHUTDOWN:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
         if isinstance(failure, ProtocolError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request frame: {failure}")
         if failure is not None and not isinstance(failure, aio.AioRpcError):
             log.error("stream of gateway %s failed", gateway_id, exc_info=failure)
+
+    async def _check_hello(self, first: bytes, context: Any) -> GatewayId:
+        """The gateway id of a valid Hello, allowed on this stream; else the call ends."""
+        gateway_id = codec.hello_from_bytes(first)
+        if gateway_id is None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "the first request must be a Hello with a gateway_id",
+            )
+        assert gateway_id is not None
+        problem = gateway_id_problem(gateway_id)
+        if problem is not None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"bad gateway id in the Hello: {problem}"
+            )
+        if self.ids_from_certificates and gateway_id not in peer.certificate_dns_names(context):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"gateway id {gateway_id} is not a DNS name in the subjectAltName of the "
+                "client certificate",
+            )
+        return gateway_id
+
+    async def _claim(self, gateway_id: GatewayId, context: Any) -> Attachment:
+        """Attach ``gateway_id`` unless a live stream holds it (then the call ends)."""
+        registry = self.registry
+        for _ in range(CLAIM_ROUNDS):
+            holder = registry.holder(gateway_id)
+            if holder is None:
+                break
+            if await self._alive(holder):
+                await context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS, HELD_DETAILS.format(gateway_id, holder.peer)
+                )
+            if registry.holder(gateway_id) is holder:
+                break  # dead or stuck: replaced below
+        else:
+            await context.abort(
+                grpc.StatusCode.ALREADY_EXISTS, HELD_DETAILS.format(gateway_id, "a racing claim")
+            )
+        if self.draining:  # the hub began shutting down while we waited
+            await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        if registry.full(gateway_id):
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the hub already holds {registry.max_gateways} gateways (its --max-gateways)",
+            )
+        return registry.attach(gateway_id, context.peer())
+
+    async def _alive(self, holder: Attachment) -> bool:
+        """Probe ``holder``: whether it answers within ``claim_timeout`` seconds."""
+        if holder.ended.is_set():
+            return False
+        holder.probe(random.getrandbits(63) + 1)
+        answered = asyncio.ensure_future(holder.probe_answered.wait())
+        ended = asyncio.ensure_future(holder.ended.wait())
+        try:
+            await asyncio.wait(
+                {answered, ended}, timeout=self.claim_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            answered.cancel()
+            ended.cancel()
+        return holder.probe_answered.is_set() and not holder.ended.is_set()
 
     async def _read_loop(self, att: Attachment, context: Any) -> None:
         while True:
@@ -137,9 +240,15 @@ class HubService:
             assert isinstance(frame, bytes)
             maps = wire.split_batch_request(frame)  # ProtocolError ends the stream
             if maps is None:
-                raise ProtocolError("only the first request may be a Hello")
+                nonce = codec.probe_reply_nonce(frame)
+                if nonce is None:
+                    raise ProtocolError("only the first request may be a Hello")
+                att.answered(nonce)
+                continue
             try:
-                self.route(att, maps)
+                # One C-level parse vouches for every message in the frame (about 0.2 us a
+                # map in a busy frame); only a frame that fails is checked map by map.
+                self.route(att, maps, checked=codec.request_decodes(frame))
             except Exception:  # a bug must not take the stream down
                 log.exception("routing a batch from gateway %s failed", att.gateway_id)
 
@@ -149,6 +258,9 @@ class HubService:
         registry = self.registry
         while True:
             await box.wait()
+            if att.probe_due:
+                att.probe_due = False
+                await context.write(codec.probe_bytes(att.probe_nonce))
             entries, notices = box.take(MAX_FRAME_ITEMS, MAX_FRAME_BYTES)
             if not entries and not notices:
                 if box.closed:
@@ -160,47 +272,92 @@ class HubService:
 
     # -- routing (the hot path) ----------------------------------------------------------
 
-    def route(self, att: Attachment, maps: list[wire.WireMap]) -> None:
-        """Offer every map's deliveries to their targets; notify the sender of the rest."""
+    def route(self, att: Attachment, maps: list[wire.WireMap], *, checked: bool = False) -> None:
+        """Offer every map's deliveries to their targets; notify the sender of the rest.
+
+        ``checked``: the whole frame decodes, so every message in it does too; otherwise
+        each message is checked before it is forwarded (a gateway must be able to decode it).
+        """
         registry = self.registry
         outboxes = registry.outboxes
         registry.transmit_maps_received += len(maps)
         att.counters.transmit_maps_received += len(maps)
         notices: list[Undeliverable] | None = None
         has_id = wire.has_message_id
+        message_ok = codec.message_decodes
         has_users = wire.has_users
         entry = wire.delivery_entry
         for wm in maps:
             msg = wm.message
             targets = wm.targets
+            if wm.problem is not None:
+                notices = self._invalid(wm.problem, notices)
+                continue
             if len(targets) == 1:
                 gid, users = targets[0]
                 plain = bool(gid) and has_users(users) is not None
             else:
-                plain = all(g and has_users(u) is not None for g, u in targets)
+                # A gateway named twice goes the slow way (protobuf: the last entry wins), so
+                # one map never writes one gateway more than one delivery.
+                plain = all(g and has_users(u) is not None for g, u in targets) and len(
+                    {g for g, _ in targets}
+                ) == len(targets)
             if msg is None or not plain or has_id(msg) is not True:
                 notices = self._route_slow(wm, notices)
                 continue
+            if not checked and not message_ok(msg):  # forwarded verbatim: it must decode
+                notices = self._invalid("its message cannot be decoded", notices)
+                continue
+            notice = _Notices(wm)  # decodes the map once, only if a notice is needed
             for gateway_id, users in targets:
                 if not has_users(users):
                     continue  # no users there: nothing to deliver
                 box = outboxes.get(gateway_id)
                 if box is None:
+                    # Attached ids are valid by construction: only the others are checked.
+                    reason = (
+                        UndeliverableReason.NOT_ATTACHED
+                        if gateway_id_problem(gateway_id) is None
+                        else UndeliverableReason.INVALID
+                    )
                     notices = notices or []
-                    notices.append(_notice(wm, gateway_id, UndeliverableReason.NOT_ATTACHED))
+                    notices.append(notice(gateway_id, reason))
                 elif not box.offer(entry(msg, users)):
                     registry.queue_full += 1
                     registry.counters(gateway_id).queue_full += 1
                     notices = notices or []
-                    notices.append(_notice(wm, gateway_id, UndeliverableReason.QUEUE_FULL))
+                    notices.append(notice(gateway_id, UndeliverableReason.QUEUE_FULL))
+            if notice.problem is not None:
+                self._log_invalid(notice.problem)
         if notices:
             self._notify(att, notices)
+
+    def _invalid(self, problem: str, notices: list[Undeliverable] | None) -> list[Undeliverable]:
+        """Answer INVALID for a map that cannot be read; the stream goes on."""
+        self._log_invalid(problem)
+        notices = notices if notices is not None else []
+        notices.append(Undeliverable(GatewayId(""), (), (), UndeliverableReason.INVALID))
+        return notices
+
+    def _log_invalid(self, problem: str) -> None:
+        self.invalid_maps += 1
+        now = time.monotonic()
+        if now - self._last_invalid_log >= 1.0:
+            self._last_invalid_log = now
+            log.warning(
+                "a map could not be read (%s): answered INVALID (%d such maps in all)",
+                problem,
+                self.invalid_maps,
+            )
 
     def _route_slow(
         self, wm: wire.WireMap, notices: list[Undeliverable] | None
     ) -> list[Undeliverable] | None:
         """Route one map through the reference :func:`routing.split` (rare cases)."""
-        tmap = codec.transmit_map_from_bytes(wm.raw)
+        try:
+            tmap = codec.transmit_map_from_bytes(wm.raw)
+        except Exception:  # a DecodeError: invalid UTF-8 in the message, say
+            return self._invalid("its message cannot be decoded", notices)
         outboxes = self.registry.outboxes
         route = routing.split(tmap, lambda g: g in outboxes)
         found = list(route.undeliverable)
@@ -214,21 +371,25 @@ class HubService:
                 )
         if not found:
             return notices
-        return [*(notices or ()), *found]
+        notices = notices if notices is not None else []
+        notices.extend(found)  # in place: a frame of many such maps stays linear
+        return notices
 
     def _notify(self, att: Attachment, notices: list[Undeliverable]) -> None:
         registry = self.registry
         registry.undeliverable += len(notices)
         box = att.outbox
         dropped = 0
-        for notice in notices:
-            if not box.offer_notice(codec.undeliverable_bytes(notice)):
-                dropped += 1
+        encode = codec.undeliverable_bytes
+        for start in range(0, len(notices), NOTICES_PER_ITEM):
+            group = notices[start : start + NOTICES_PER_ITEM]
+            if not box.offer_notice(wire.notice_fields(map(encode, group))):
+                dropped += len(group)
         if dropped:
             registry.notices_dropped += dropped
             now = time.monotonic()
-            if now - self._last_drop_log.get(att.gateway_id, 0.0) >= 1.0:
-                self._last_drop_log[att.gateway_id] = now
+            if now - att.drop_logged_at >= 1.0:
+                att.drop_logged_at = now
                 log.warning(
                     "gateway %s: outbox full, %d undeliverable notices for it dropped "
                     "(%d in all; the messages are in the recipients' inboxes)",
@@ -270,10 +431,26 @@ class HubService:
         return codec.stats_to_pb(self.registry.stats())
 
 
-def _notice(wm: wire.WireMap, gateway_id: str, reason: UndeliverableReason) -> Undeliverable:
-    return routing.not_delivered(
-        GatewayId(gateway_id), codec.transmit_map_from_bytes(wm.raw), reason
-    )
+class _Notices:
+    """Makes the notices of one map, decoding the map at most once (so N targets cost O(N))."""
+
+    __slots__ = ("_tmap", "_wm", "problem")
+
+    def __init__(self, wm: wire.WireMap) -> None:
+        self._wm = wm
+        self._tmap: TransmitMap | None = None
+        self.problem: str | None = None
+
+    def __call__(self, gateway_id: str, reason: UndeliverableReason) -> Undeliverable:
+        tmap = self._tmap
+        if tmap is None and self.problem is None:
+            try:
+                tmap = self._tmap = codec.transmit_map_from_bytes(self._wm.raw)
+            except Exception:  # a DecodeError: the message cannot be decoded
+                self.problem = "its message cannot be decoded"
+        if tmap is None:
+            return Undeliverable(GatewayId(gateway_id), (), (), reason)
+        return routing.not_delivered(GatewayId(gateway_id), tmap, reason)
 
 
 def add_to_server(service: HubService, server: aio.Server) -> None:

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from .errors import ConfigError
+
 __all__ = [
     "CHANNEL_OPTIONS",
     "CONNECT_METHOD",
     "MAX_MESSAGE_BYTES",
     "SERVER_OPTIONS",
     "SERVICE_NAME",
+    "channel_options",
 ]
 
 SERVICE_NAME: Final = "transmit.v1.TransmitHubService"
@@ -54,3 +57,22 @@ CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     # Each link its own connection, so the link's own backoff rules reconnects.
     ("grpc.use_local_subchannel_pool", 1),
 )
+
+
+def channel_options(keepalive: float) -> tuple[tuple[str, Any], ...]:
+    """:data:`CHANNEL_OPTIONS` with the link pinging every ``keepalive`` seconds and dropping
+    a connection whose ping is not answered within ``keepalive`` seconds more.
+
+    A stopped hub (SIGSTOP, a frozen VM) is then noticed within about twice ``keepalive``.
+    The hub accepts pings this often (``max_ping_strikes`` 0: never "too many pings").
+    """
+    if not 0.1 <= keepalive <= 3600:
+        raise ConfigError(f"keepalive must be 0.1 to 3600 seconds, got {keepalive}")
+    ms = int(keepalive * 1000)
+    timed = {"grpc.keepalive_time_ms", "grpc.keepalive_timeout_ms", "grpc.http2.ping_timeout_ms"}
+    return (
+        *((key, value) for key, value in CHANNEL_OPTIONS if key not in timed),
+        ("grpc.keepalive_time_ms", ms),
+        ("grpc.keepalive_timeout_ms", ms),
+        ("grpc.http2.ping_timeout_ms", ms),
+    )

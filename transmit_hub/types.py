@@ -7,6 +7,7 @@ Plain frozen dataclasses over plain values, free of protobuf and of I/O.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import NewType
@@ -19,6 +20,26 @@ GatewayId = NewType("GatewayId", str)
 
 MessageId = NewType("MessageId", str)
 """A message id, unique across the whole system."""
+
+GATEWAY_ID_MAX = 128
+"""The longest gateway id, in characters."""
+_GATEWAY_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def gateway_id_problem(gateway_id: object) -> str | None:
+    """Say why ``gateway_id`` is not a valid gateway id, or ``None`` when it is.
+
+    A gateway id is 1 to 128 characters from ``A-Z a-z 0-9 . _ : -`` (DESIGN.md): short
+    enough for every log line and counter, and nothing that could forge a log line.
+    """
+    if not isinstance(gateway_id, str) or not gateway_id:
+        return "a gateway id must not be empty"
+    if len(gateway_id) > GATEWAY_ID_MAX:
+        return f"a gateway id has at most {GATEWAY_ID_MAX} characters, not {len(gateway_id)}"
+    if _GATEWAY_ID.fullmatch(gateway_id) is None:
+        return "a gateway id may only hold the characters A-Z a-z 0-9 . _ : -"
+    return None
+
 
 MESSAGE_PRIVATE = 1
 MESSAGE_GROUP = 2

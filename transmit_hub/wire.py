@@ -35,6 +35,8 @@ __all__ = [
     "encode_transmit_map",
     "has_message_id",
     "has_users",
+    "length_delimited_fields",
+    "notice_fields",
     "split_batch_request",
 ]
 
@@ -188,6 +190,8 @@ class WireMap:
     message: bytes | None
     targets: list[tuple[str, bytes]]
     raw: bytes
+    problem: str | None = None
+    """Why the map cannot be read (then ``message`` and ``targets`` are empty)."""
 
 
 def _map_entry(buf: bytes) -> tuple[str, bytes]:
@@ -287,18 +291,56 @@ def split_batch_request(frame: bytes) -> list[WireMap] | None:
                     n, pos = _read_varint(batch, pos + 1)
                 if pos + n > end:
                     raise ProtocolError("truncated transmit batch")
-                maps.append(_transmit_map(batch[pos : pos + n]))
+                maps.append(_read_map(batch[pos : pos + n]))
                 pos += n
             else:
                 tag, pos = _read_varint(batch, pos)
                 pos = _skip(batch, pos, tag & 7)
     except IndexError:
         raise ProtocolError("truncated transmit batch") from None
-    except UnicodeDecodeError:
-        raise ProtocolError("gateway id is not UTF-8") from None
     if pos != end:
         raise ProtocolError("truncated transmit batch")
     return maps
+
+
+def _read_map(buf: bytes) -> WireMap:
+    """One map of a batch; a map that cannot be read says why instead of raising.
+
+    The frame around it was well formed, so the maps after it can still be routed: the
+    sender hears that this one is INVALID and the stream stays up.
+    """
+    try:
+        return _transmit_map(buf)
+    except ProtocolError as exc:
+        return WireMap(None, [], buf, str(exc))
+    except IndexError:
+        return WireMap(None, [], buf, "truncated transmit map")
+    except UnicodeDecodeError:
+        return WireMap(None, [], buf, "a gateway id is not UTF-8")
+
+
+def length_delimited_fields(buf: bytes) -> list[tuple[int, bytes]]:
+    """The ``(field number, bytes)`` of every length-delimited field of a message.
+
+    Other fields are skipped; raises :class:`ProtocolError` when ``buf`` is not a
+    well-formed protobuf message.
+    """
+    fields: list[tuple[int, bytes]] = []
+    pos = 0
+    end = len(buf)
+    while pos < end:
+        tag, pos = _read_varint(buf, pos)
+        if tag & 7 == 2:
+            n, pos = _read_varint(buf, pos)
+            if pos + n > end:
+                raise ProtocolError("truncated field")
+            fields.append((tag >> 3, buf[pos : pos + n]))
+            pos += n
+        else:
+            pos = _skip(buf, pos, tag & 7)
+    if pos != end:
+        raise ProtocolError("truncated message")
+    return fields
 
 
 def has_message_id(message: bytes) -> bool | None:
@@ -330,16 +372,21 @@ def delivery_entry_from_body(delivery: bytes) -> bytes:
     return b"".join((b"\x0a", _varint(len(delivery)), delivery))
 
 
-def delivery_batch_response(entries: Sequence[bytes], notices: Sequence[bytes] = ()) -> bytes:
-    """A ``ConnectResponse{batch}`` frame from delivery entries and encoded notices.
+def notice_fields(notices: Iterable[bytes]) -> bytes:
+    """``Undeliverable`` message bytes as ready fields of ``DeliveryBatch.undeliverable``.
 
-    ``notices`` are ``Undeliverable`` message bytes (``codec.undeliverable_bytes``).
+    One outbox item may carry many notices this way (all those of one wide map).
     """
-    if notices:
-        parts = list(entries)
-        for n in notices:
-            parts += (b"\x12", _varint(len(n)), n)
-        inner = b"".join(parts)
-    else:
-        inner = b"".join(entries)
+    parts: list[bytes] = []
+    for n in notices:
+        parts += (b"\x12", _varint(len(n)), n)
+    return b"".join(parts)
+
+
+def delivery_batch_response(entries: Sequence[bytes], notices: Sequence[bytes] = ()) -> bytes:
+    """A ``ConnectResponse{batch}`` frame from delivery entries and notice fields.
+
+    ``notices`` are ready fields (:func:`notice_fields`), each holding one or more notices.
+    """
+    inner = b"".join((*entries, *notices)) if notices else b"".join(entries)
     return b"".join((b"\x12", _varint(len(inner)), inner))

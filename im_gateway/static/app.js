@@ -46,6 +46,7 @@
     groupId: $("group-id"),
     leaveGroup: $("leave-group"),
     groups: $("groups"),
+    groupPolicy: $("group-policy"),
     errors: $("errors"),
     timeline: $("timeline"),
     empty: $("empty"),
@@ -158,9 +159,25 @@
       const info = await response.json();
       el.gateway.textContent = info.gatewayId;
       el.gateway.dataset.gatewayId = info.gatewayId;
+      showGroupPolicy(info.groupJoin);
     } catch (err) {
       el.gateway.textContent = "unknown gateway";
     }
+  }
+
+  // What the gateway's --group-join lets this page do, in a sentence under the groups.
+  const GROUP_POLICIES = {
+    open: "This gateway lets anyone join any group (--group-join open: a demo setting).",
+    token: "You may join the groups your token lists; leaving is always allowed.",
+    server: "Groups are managed by the application on this gateway: joining here is refused.",
+  };
+
+  function showGroupPolicy(policy) {
+    const text = GROUP_POLICIES[policy];
+    if (!text) return;
+    el.groupPolicy.textContent = text;
+    el.groupPolicy.dataset.policy = policy;
+    el.groupPolicy.hidden = false;
   }
 
   function showError(code, message, clientId) {
@@ -396,6 +413,15 @@
       if (entry.kind === "join") state.groups.delete(entry.group);
       else state.groups.set(entry.group, "joined");
       renderGroups();
+      if (frame.code === "forbidden") {
+        // Say why in words, next to the groups: this gateway does not let this user.
+        const policy = el.groupPolicy.dataset.policy;
+        el.groupPolicy.textContent =
+          `Cannot ${entry.kind} group ${entry.group}: ${frame.message || "forbidden"}. ` +
+          (GROUP_POLICIES[policy] || "");
+        el.groupPolicy.hidden = false;
+        el.groupPolicy.classList.add("refused");
+      }
       return;
     }
     setState(entry, "failed");

@@ -23,6 +23,8 @@ async def start_gateway(hub: HubServer, redis_url: str) -> AsyncIterator[Gateway
     async def start(gateway_id: str, *, linked: bool = True, **options: Any) -> Gateway:
         options.setdefault("hub", hub.address)
         options.setdefault("redis_url", redis_url)
+        # The tests join groups with type 12; the default policy (server) refuses it.
+        options.setdefault("group_join", "open")
         gateway = Gateway(listen="127.0.0.1:0", gateway_id=gateway_id, jwt_secret=SECRET, **options)
         await gateway.start()
         started.append(gateway)

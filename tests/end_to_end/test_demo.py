@@ -205,7 +205,7 @@ async def next_frame(ws: ClientConnection, match: Callable[[dict[str, Any]], boo
                 return frame
 
 
-async def pass_message(alice_page: str, bob_page: str) -> dict[str, Any]:
+async def pass_message(alice_page: str, bob_page: str, cid: str = "demo-1") -> dict[str, Any]:
     """Alice (on one gateway) writes to bob (on the other); what bob receives."""
     async with connect(ws_url(bob_page)) as bob, connect(ws_url(alice_page)) as alice:
         await next_frame(bob, lambda f: f["type"] == 14)
@@ -214,7 +214,7 @@ async def pass_message(alice_page: str, bob_page: str) -> dict[str, Any]:
             json.dumps(
                 {
                     "type": 1,
-                    "id": "demo-1",
+                    "id": cid,
                     "to": 2,
                     "contentType": 0,
                     "content": "hi from the demo",
@@ -232,10 +232,11 @@ async def pass_message(alice_page: str, bob_page: str) -> dict[str, Any]:
 def test_scripts_demo_serves_the_chat_and_ctrl_c_stops_everything(
     tmp_path: Path, demos: list[Demo]
 ) -> None:
-    """scripts/demo's URLs, tokens and commands work, and Ctrl-C leaves no process behind."""
+    """scripts/demo's URLs, tokens and commands work, the chat goes on when a hub is killed as
+    printed (the demo starts it again), and Ctrl-C leaves no process behind."""
     demo = start_demo(demos, tmp_path, [str(ROOT / "scripts" / "demo")])
     urls = demo.wait_ready()
-    assert len(demo.children) == 4, f"expected redis, hub, gw-1, gw-2: {demo.children}"
+    assert len(demo.children) == 5, f"expected redis, 2 hubs, gw-1, gw-2: {demo.children}"
 
     page = urls[("alice", "gw-1")]
     status, content_type, body = http_get(page)
@@ -245,7 +246,8 @@ def test_scripts_demo_serves_the_chat_and_ctrl_c_stops_everything(
     base = page.split("?")[0]
     assert http_get(base + "static/app.js")[0] == 200
     assert http_get(base + "healthz")[0] == 200
-    assert json.loads(http_get(base + "info")[2]) == {"gatewayId": "gw-1"}
+    # The demo runs with --group-join open, and /info tells the page so.
+    assert json.loads(http_get(base + "info")[2]) == {"gatewayId": "gw-1", "groupJoin": "open"}
 
     got = asyncio.run(pass_message(page, urls[("bob", "gw-2")]))
     assert got["content"] == "hi from the demo"
@@ -257,7 +259,26 @@ def test_scripts_demo_serves_the_chat_and_ctrl_c_stops_everything(
     gateways = run_printed(printed["ListGateways"])
     assert '"gw-1"' in gateways
     assert '"gw-2"' in gateways
-    assert "transmitMapsReceived" in run_printed(printed["GetStats"])
+    stats = run_printed(printed["GetStats"])  # of hub-1 (the message may have gone via hub-2)
+    assert '"hubId"' in stats
+    assert '"gw-1"' in stats
+
+    # The printed way to kill a hub: the chat goes on through the other, and the demo
+    # starts the killed one again.
+    kill = next(line.split() for line in demo.lines if line.strip().startswith("kill -9 "))
+    hub_pid = int(kill[2])
+    assert hub_pid in demo.children
+    os.kill(hub_pid, signal.SIGKILL)
+    wait_until_sync(
+        lambda: any("hub-1 exited" in line for line in demo.lines), timeout=10, what="the note"
+    )
+    again = asyncio.run(pass_message(urls[("alice", "gw-2")], urls[("bob", "gw-1")], "demo-2"))
+    assert again["content"] == "hi from the demo"
+    wait_until_sync(
+        lambda: any("hub-1 is back" in line for line in demo.lines), timeout=30, what="hub-1 back"
+    )
+    demo.children = children_of(demo.proc.pid)
+    assert len(demo.children) == 5
 
     os.kill(demo.proc.pid, signal.SIGINT)
     assert demo.proc.wait(30) == 0, demo.output()
@@ -278,7 +299,7 @@ def test_demo_children_die_with_it_and_a_rerun_just_works(
     command = [sys.executable, "-m", "im_gateway.demo"]
     crashed = start_demo(demos, tmp_path, command)
     crashed.wait_ready()
-    assert len(crashed.children) == 4
+    assert len(crashed.children) == 5
     crashed.proc.kill()
     crashed.proc.wait()
     wait_until_sync(
@@ -288,15 +309,16 @@ def test_demo_children_die_with_it_and_a_rerun_just_works(
     )
     assert crashed.workdir().exists()
 
-    base = free_port_run(3)
+    base = free_port_run(5)
     rerun = start_demo(
         demos, tmp_path, [*command, "--redis-url", redis_url, "--port-base", str(base)]
     )
     urls = rerun.wait_ready()
-    assert len(rerun.children) == 3, "with --redis-url the demo starts no Redis of its own"
+    assert len(rerun.children) == 4, "with --redis-url the demo starts no Redis of its own"
     assert urls[("alice", "gw-1")].startswith(f"http://127.0.0.1:{base + 1}/?token=")
     assert urls[("bob", "gw-2")].startswith(f"http://127.0.0.1:{base + 2}/?token=")
-    assert f"hub    127.0.0.1:{base}" in rerun.output()
+    assert f"hub-1  127.0.0.1:{base}" in rerun.output()
+    assert f"hub-2  127.0.0.1:{base + 4}" in rerun.output()
     assert not crashed.workdir().exists(), "the rerun did not clear the crashed run's files"
     assert asyncio.run(pass_message(urls[("alice", "gw-2")], urls[("bob", "gw-1")]))
 

@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -42,10 +43,11 @@ async def test_healthz_is_200_when_linked_and_503_when_the_hub_is_away(
 
 
 async def test_info_page_and_static_files(start_gateway: GatewayFactory) -> None:
-    """/info names the gateway; / serves the page; /static/ serves files and refuses traversal."""
-    gw = await start_gateway("gw-info")
+    """/info names the gateway and its group policy; / serves the page; /static/ serves
+    files and refuses traversal."""
+    gw = await start_gateway("gw-info", group_join="token")
     status, body, _ = await http_get(gw.port, "/info")
-    assert (status, json.loads(body)) == (200, {"gatewayId": "gw-info"})
+    assert (status, json.loads(body)) == (200, {"gatewayId": "gw-info", "groupJoin": "token"})
     status, body, headers = await http_get(gw.port, "/")
     assert status == 200
     assert headers["content-type"].startswith("text/html")
@@ -146,6 +148,46 @@ def test_unreachable_redis_and_taken_port_exit_with_one_line(redis_url: str) -> 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "cannot listen" in lines[0]
+
+
+def test_unusable_tls_files_exit_with_one_line(tmp_path: Path) -> None:
+    """--tls-cert/--tls-key that cannot be loaded: exit 1 with one line naming the file,
+    before Redis is even tried; one of the two alone is a usage error (exit 2)."""
+    missing = tmp_path / "missing.pem"
+    result = run_cli("--jwt-secret", SECRET, "--tls-cert", str(missing), "--tls-key", str(missing))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "TLS certificate" in lines[0]
+    assert str(missing) in lines[0]
+    result = run_cli("--jwt-secret", SECRET, "--tls-cert", str(missing))
+    assert result.returncode == 2
+    assert "--tls-key" in result.stderr
+
+
+def test_token_subcommand_writes_groups_audience_and_issuer() -> None:
+    """`token --groups 7,8 --audience A --issuer I` puts those claims in the token."""
+    result = run_cli(
+        "token",
+        "--user",
+        "3",
+        "--secret",
+        SECRET,
+        "--groups",
+        "8, 7",
+        "--audience",
+        "chat",
+        "--issuer",
+        "backend",
+    )
+    assert result.returncode == 0, result.stderr
+    identity = auth.verify_identity(
+        result.stdout.strip(), SECRET, audience="chat", issuer="backend"
+    )
+    assert (identity.user, identity.groups) == (3, {7, 8})
+    result = run_cli("token", "--user", "3", "--secret", SECRET, "--groups", "7,x")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosedOK
 from im_gateway import frames
 from im_gateway.ids import MessageIds
 from im_gateway.sessions import Session
-from im_gateway.store import Submission
+from im_gateway.store import Accepted, Submission, position
 from im_gateway.store_memory import MemoryStore
 from transmit_hub.link import LinkEvent
 from transmit_hub.types import Message, MessageId, TransmitMap, UserId
@@ -121,10 +121,10 @@ class FakeLink:
 _ids = MessageIds()
 
 
-async def store_message(store: MemoryStore, sender: int, to: int, content: str) -> list[str]:
-    """Put a private message in both inboxes; returns [recipient's seq, sender's seq]."""
+async def store_message(store: MemoryStore, sender: int, to: int, content: str) -> list[int]:
+    """Put a private message in both inboxes; returns [recipient's position, sender's]."""
     msg_id, now = _ids.next()
     message = Message(MessageId(msg_id), UserId(sender), to, 1, 0, now, content)
     (result,) = await store.submit([Submission(client_id=f"c-{msg_id}", message=message)])
-    assert not isinstance(result, str)
-    return [r.seq for r in result.recipients]  # type: ignore[union-attr]
+    assert isinstance(result, Accepted), result
+    return [position(r.seq) for r in result.recipients]

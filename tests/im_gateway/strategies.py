@@ -22,7 +22,8 @@ json_values = st.recursive(
 
 field_values = st.one_of(
     json_values,
-    st.sampled_from([0, 1, 2, 10, 11, 12, 13, 14, 99, -1, 2**64, 2**64 - 1, "0", "1-1"]),
+    st.sampled_from([0, 1, 2, 10, 11, 12, 13, 14, 99, -1, 2**64, 2**64 - 1, "0", "1-1", ""]),
+    st.sampled_from(["17", "18446744073709551615", "18446744073709551616", "-1", "1e3"]),
     st.text(st.characters(codec=None), max_size=30),  # lone surrogates included
     st.from_regex(r"\A[0-9]{1,20}(-[0-9]{1,20})?\Z"),
 )

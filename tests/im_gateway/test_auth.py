@@ -68,3 +68,92 @@ def test_invalid_tokens_raise_auth_error(token: str) -> None:
 def test_short_secrets_work_without_warnings() -> None:
     """A short (demo) secret signs and verifies without a Python warning (tests run -W error)."""
     assert auth.verify(auth.mint(5, "short"), "short") == 5
+
+
+def _claims(**claims: object) -> str:
+    body: dict[str, object] = {"sub": "1", "exp": int(time.time()) + 60}
+    body.update(claims)
+    return jwt.encode({k: v for k, v in body.items() if v is not None}, SECRET, "HS256")
+
+
+def test_exp_beyond_max_ttl_is_refused() -> None:
+    """With max_ttl, an exp further away is refused (year 9999, 1e308); within it passes;
+    0 means no limit."""
+    now = time.time()
+    for exp in (253402300799, 1e308, int(now) + 86400 + 60):
+        token = _claims(exp=exp)
+        with pytest.raises(AuthError, match=r"lifetime too long.*--jwt-max-ttl"):
+            auth.verify_identity(token, SECRET, max_ttl=86400, now=now)
+        assert auth.verify_identity(token, SECRET, max_ttl=0, now=now).user == 1
+    ok = _claims(exp=int(now) + 86000)
+    assert auth.verify_identity(ok, SECRET, max_ttl=86400, now=now).user == 1
+
+
+@pytest.mark.parametrize("exp", ["9999999999", True, [1], {"a": 1}])
+def test_exp_must_be_a_number(exp: object) -> None:
+    """An exp given as a string (PyJWT would take it) or any non-number is refused."""
+    with pytest.raises(AuthError, match="exp"):
+        auth.verify_identity(_claims(exp=exp), SECRET)
+
+
+def test_audience_and_issuer_are_checked_when_configured() -> None:
+    """With an audience or issuer configured, a token must carry the matching claim; a
+    token with an aud is refused where no audience is configured."""
+    good = _claims(aud="chat", iss="backend")
+    identity = auth.verify_identity(good, SECRET, audience="chat", issuer="backend")
+    assert identity.user == 1
+    with pytest.raises(AuthError, match="another audience"):
+        auth.verify_identity(_claims(aud="other"), SECRET, audience="chat")
+    with pytest.raises(AuthError, match="lacks the aud claim"):
+        auth.verify_identity(_claims(), SECRET, audience="chat")
+    with pytest.raises(AuthError, match="another issuer"):
+        auth.verify_identity(_claims(iss="evil"), SECRET, issuer="backend")
+    with pytest.raises(AuthError, match="lacks the iss claim"):
+        auth.verify_identity(_claims(), SECRET, issuer="backend")
+    with pytest.raises(AuthError, match="another audience"):  # aud, but none configured
+        auth.verify_identity(_claims(aud="chat"), SECRET)
+
+
+@pytest.mark.parametrize(
+    ("token", "reason"),
+    [
+        ("x.y.z", "token is not a well-formed JWT"),
+        (
+            jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, "b" * 40, "HS256"),
+            "token signature does not match the gateway's secret",
+        ),
+        (jwt.encode({"sub": "1", "exp": int(time.time()) - 5}, SECRET, "HS256"), "token expired"),
+        (jwt.encode({"sub": "1"}, SECRET, "HS256"), "token lacks the exp claim"),
+        (
+            jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, SECRET, "HS512"),
+            "token must be signed with HS256",
+        ),
+    ],
+    ids=["garbage", "wrong-secret", "expired", "no-exp", "other-alg"],
+)
+def test_refusals_are_in_our_words(token: str, reason: str) -> None:
+    """Each refusal says what is wrong in a fixed sentence, not PyJWT's message."""
+    with pytest.raises(AuthError) as caught:
+        auth.verify_identity(token, SECRET)
+    assert str(caught.value) == reason
+
+
+def test_groups_claim_is_parsed_and_bounded() -> None:
+    """groups: numbers or decimal strings -> a set; no claim -> empty; non-ids and lists
+    longer than max_groups are refused."""
+    identity = auth.verify_identity(_claims(groups=[7, "8", str(2**64 - 1)]), SECRET)
+    assert identity.groups == {7, 8, 2**64 - 1}
+    assert auth.verify_identity(_claims(), SECRET).groups == frozenset()
+    for bad in ("7", [True], [-1], ["x"], [str(2**64)], [1.5], {"7": 1}):
+        with pytest.raises(AuthError, match="groups"):
+            auth.verify_identity(_claims(groups=bad), SECRET)
+    with pytest.raises(AuthError, match="more than 3 groups"):
+        auth.verify_identity(_claims(groups=[1, 2, 3, 4]), SECRET, max_groups=3)
+
+
+def test_mint_writes_groups_audience_and_issuer() -> None:
+    """mint's groups, audience and issuer come back from verification."""
+    token = auth.mint(3, SECRET, groups=[9, 7], audience="chat", issuer="backend")
+    identity = auth.verify_identity(token, SECRET, audience="chat", issuer="backend")
+    assert identity.groups == {7, 9}
+    assert jwt.decode(token, options={"verify_signature": False})["groups"] == ["7", "9"]

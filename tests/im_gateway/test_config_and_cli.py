@@ -40,6 +40,38 @@ def test_environment_fills_in_and_flags_win() -> None:
     assert parse_config(["--no-compression"], environ=env).compression is False
 
 
+def test_trust_boundary_defaults_and_environment() -> None:
+    """Pinned defaults: --group-join server, 100 connections per user, tokens at most a
+    day; the new flags come from the environment too."""
+    cfg = parse_config(["--jwt-secret", SECRET], environ={})
+    assert cfg.group_join == "server"
+    assert cfg.max_connections_per_user == 100
+    assert cfg.max_connections == 50_000
+    assert cfg.jwt_max_ttl == 86400
+    assert (cfg.max_groups_per_user, cfg.max_group_members) == (1000, 100_000)
+    assert (cfg.jwt_audience, cfg.jwt_issuer, cfg.tls_cert, cfg.tls_key) == (None,) * 4
+    env = {
+        "IM_GATEWAY_JWT_SECRET": SECRET,
+        "IM_GATEWAY_GROUP_JOIN": "token",
+        "IM_GATEWAY_JWT_MAX_TTL": "0",
+        "IM_GATEWAY_TLS_CERT": "c.pem",
+        "IM_GATEWAY_TLS_KEY": "k.pem",
+    }
+    cfg = parse_config(["--max-connections-per-user", "3"], environ=env)
+    assert (cfg.group_join, cfg.jwt_max_ttl, cfg.tls) == ("token", 0, True)
+    assert cfg.max_connections_per_user == 3
+
+
+def test_bad_group_join_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown --group-join is a usage error with one line naming the choices."""
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--jwt-secret", SECRET, "--group-join", "anyone"], environ={})
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert "server" in err[0]
+
+
 def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     """A malformed number in the environment is a usage error with one line."""
     with pytest.raises(SystemExit) as info:
@@ -63,6 +95,21 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"rate_limit": -1},
         {"presence_ttl": 0},
         {"log_level": "LOUD"},
+        {"replay_budget": -1},
+        {"replay_budget": 100, "replay_page": 200},
+        {"max_refused": -1},
+        {"fill_delay": -0.1},
+        {"redis_timeout": 0},
+        {"redis_prefix": "im{x}:"},
+        {"group_join": "anyone"},
+        {"max_groups_per_user": 0},
+        {"max_group_members": 0},
+        {"max_connections_per_user": 0},
+        {"max_connections": 10, "max_connections_per_user": 11},
+        {"jwt_max_ttl": -1},
+        {"jwt_audience": ""},
+        {"tls_cert": "cert.pem"},
+        {"tls_key": "key.pem"},
     ],
 )
 def test_invalid_settings_raise_config_error(changes: dict[str, object]) -> None:
@@ -78,3 +125,36 @@ def test_host_port_and_gateway_id_helpers() -> None:
     assert default_gateway_id("10.0.0.5", 8080) == "gw-10.0.0.5-8080"
     assert default_gateway_id("0.0.0.0", 8080) == default_gateway_id("127.0.0.1", 8080)
     assert default_gateway_id("0.0.0.0", 8080) != default_gateway_id("0.0.0.0", 8081)
+
+
+def test_position_flags_parse() -> None:
+    """--replay-budget, --max-refused, --fill-delay and --redis-timeout reach the config;
+    0 turns the budget and the refusal limit off."""
+    defaults = parse_config(["--jwt-secret", SECRET], environ={})
+    assert (defaults.replay_budget, defaults.max_refused, defaults.fill_delay) == (
+        20_000,
+        100,
+        0.05,
+    )
+    assert defaults.redis_timeout == 5.0
+    cfg = parse_config(
+        [
+            "--jwt-secret",
+            SECRET,
+            "--replay-budget",
+            "0",
+            "--max-refused",
+            "0",
+            "--fill-delay",
+            "0.2",
+            "--redis-timeout",
+            "1.5",
+        ],
+        environ={},
+    )
+    assert (cfg.replay_budget, cfg.max_refused, cfg.fill_delay, cfg.redis_timeout) == (
+        0,
+        0,
+        0.2,
+        1.5,
+    )

@@ -28,10 +28,11 @@ def test_parses_every_client_frame_type() -> None:
     assert frames.parse('{"type":2,"id":"c-2","to":"7","content":"all"}') == frames.SendMessage(
         type=2, id="c-2", to=7, content_type=0, content="all"
     )
-    assert frames.parse('{"type":11,"seq":"1700000000000-3"}') == frames.Ack("1700000000000-3")
+    assert frames.parse('{"type":11,"seq":"17"}') == frames.Ack(17)
     assert frames.parse('{"type":12,"id":"c-3","to":7}') == frames.GroupChange(12, "c-3", 7)
     assert frames.parse('{"type":13,"id":"c-4","to":7}') == frames.GroupChange(13, "c-4", 7)
-    assert frames.parse('{"type":14,"seq":"0"}') == frames.Replay("0")
+    assert frames.parse('{"type":14,"seq":"0"}') == frames.Replay(0)
+    assert frames.parse('{"type":14,"seq":"42"}') == frames.Replay(42)
     assert frames.parse('{"type":14}') == frames.Replay(None)
     assert frames.parse(b'{"type":0}') == frames.Heartbeat()
 
@@ -61,7 +62,9 @@ def test_parses_every_client_frame_type() -> None:
         ('{"type":11}', None),
         ('{"type":11,"seq":"-1"}', None),
         ('{"type":11,"seq":"1-2-3"}', None),
+        ('{"type":11,"seq":"1700000000000-3"}', None),
         ('{"type":14,"seq":5}', None),
+        ('{"type":14,"seq":"1-0"}', None),
         ('{"type":12,"id":"k"}', "k"),
         (b"\xff\xfe", None),
     ],
@@ -82,10 +85,33 @@ def test_content_over_the_limit_is_too_large() -> None:
     assert (error.code, error.frame_id) == (frames.TOO_LARGE, "k")
 
 
+@pytest.mark.parametrize("kind", [frames.ACK, frames.REPLAY])
+@pytest.mark.parametrize(
+    "seq",
+    ["1-2", "18446744073709551616", "", "abc", "-1", "1700000000000-3", " 1", "1.5", "\uff11"],
+)
+def test_a_seq_that_is_no_inbox_position_is_bad_request(kind: int, seq: str) -> None:
+    """Acks and replays take only a decimal position below 2**64; anything else is
+    bad_request (the old "<ms>-<n>" form included)."""
+    error = refused(json.dumps({"type": kind, "seq": seq, "id": "k"}))
+    assert (error.code, error.frame_id) == (frames.BAD_REQUEST, "k")
+    assert "seq" in error.message
+
+
+@pytest.mark.parametrize(
+    ("seq", "value"), [("0", 0), ("17", 17), ("18446744073709551615", 2**64 - 1)]
+)
+def test_decimal_positions_up_to_uint64_max_are_accepted(seq: str, value: int) -> None:
+    """Seqs "0", "17" and "18446744073709551615" parse to their integer in acks and replays."""
+    assert frames.parse(json.dumps({"type": 11, "seq": seq})) == frames.Ack(value)
+    assert frames.parse(json.dumps({"type": 14, "seq": seq})) == frames.Replay(value)
+
+
 @settings(max_examples=500, deadline=None)
 @given(random_frames)
 def test_parse_never_raises_anything_but_frame_error(data: str | bytes) -> None:
-    """Whatever a client sends, parse returns a frame or raises FrameError."""
+    """Whatever a client sends, parse returns a frame (positions within uint64) or raises
+    FrameError."""
     try:
         frame = frames.parse(data)
     except FrameError as exc:
@@ -95,6 +121,10 @@ def test_parse_never_raises_anything_but_frame_error(data: str | bytes) -> None:
     if isinstance(frame, frames.SendMessage):
         frame.content.encode("utf-8")  # always encodable
         frame.id.encode("utf-8")
+    elif isinstance(frame, frames.Ack):
+        assert 0 <= frame.upto <= frames.UINT64_MAX
+    elif isinstance(frame, frames.Replay):
+        assert frame.after is None or 0 <= frame.after <= frames.UINT64_MAX
 
 
 MESSAGE = Message(
@@ -110,7 +140,7 @@ MESSAGE = Message(
 
 def test_message_frame_has_the_pinned_keys_in_order() -> None:
     """A message frame: type, id, from, to, contentType, time (string), content, seq."""
-    text = frames.encode_message(MESSAGE, "1700000000123-0")
+    text = frames.encode_message(MESSAGE, "17")
     assert json.loads(text) == {
         "type": 1,
         "id": "m-1",
@@ -119,13 +149,13 @@ def test_message_frame_has_the_pinned_keys_in_order() -> None:
         "contentType": 0,
         "time": "1700000000123",
         "content": 'hi "there" \u2603\n',
-        "seq": "1700000000123-0",
+        "seq": "17",
     }
     assert list(json.loads(text)) == [
         "type", "id", "from", "to", "contentType", "time", "content", "seq"
     ]  # fmt: skip
     prefix = frames.message_prefix(MESSAGE)
-    assert frames.with_seq(prefix, "5-1") == frames.encode_message(MESSAGE, "5-1")
+    assert frames.with_seq(prefix, "5") == frames.encode_message(MESSAGE, "5")
 
 
 def test_server_control_frames() -> None:
@@ -147,5 +177,17 @@ def test_server_control_frames() -> None:
         "code": "bad_request",
         "message": 'say "what"',
     }
-    assert json.loads(frames.encode_replay_end("9-0")) == {"type": 14, "seq": "9-0"}
+    assert frames.encode_replay_end(9) == '{"type":14,"seq":"9"}'
+    assert json.loads(frames.encode_replay_end(0)) == {"type": 14, "seq": "0"}
     assert json.loads(frames.HEARTBEAT_REPLY) == {"type": 0}
+
+
+def test_replay_end_says_truncated_only_when_asked() -> None:
+    """{"type":14,"seq":"<upto>"} gains "truncated":true only when history was trimmed."""
+    assert json.loads(frames.encode_replay_end(42, truncated=True)) == {
+        "type": 14,
+        "seq": "42",
+        "truncated": True,
+    }
+    assert json.loads(frames.encode_replay_end(42, truncated=False)) == {"type": 14, "seq": "42"}
+    assert json.loads(frames.encode_replay_end(2**64 - 1, truncated=True))["seq"] == str(2**64 - 1)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from im_gateway import frames
+from im_gateway.faults import Faults
 from im_gateway.relay import Relay
 from im_gateway.sessions import Session, SessionLimits
 from im_gateway.store import Accepted, Refused, Submission
@@ -39,6 +40,8 @@ class CountingStore(MemoryStore):
         self.submits: list[int] = []
         self.fail = False
         self.fail_once = False
+        self.lose_reply_once = False
+        """Store the next batch, then fail as if its reply were lost (a Redis timeout)."""
         self.forgotten: list[tuple[GatewayId, set[UserId]]] = []
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
@@ -46,7 +49,11 @@ class CountingStore(MemoryStore):
             self.fail_once = False
             raise ConnectionError("redis went away")
         self.submits.append(len(batch))
-        return await super().submit(batch)
+        results = await super().submit(batch)
+        if self.lose_reply_once:
+            self.lose_reply_once = False
+            raise TimeoutError("stored, but the reply was lost")
+        return results
 
     async def forget(self, gateway: GatewayId, users: object) -> None:
         self.forgotten.append((gateway, set(users)))  # type: ignore[call-overload]
@@ -160,7 +167,7 @@ async def test_a_full_link_buffer_does_not_lose_the_ack(
         await relay.submit(a, message(B, "x"))
         await wait_until(lambda: bool(a_ws.sent))
         assert a_ws.frames()[0]["type"] == 10
-        assert (await store.read_inbox(B, "0", 10))[0].message.content == "x"
+        assert (await store.read_inbox(B, 0, 10)).entries[0].message.content == "x"
     finally:
         await relay.close()
 
@@ -172,12 +179,219 @@ async def test_hub_deliveries_reach_the_named_local_users(
     _, b_ws = await connect(relay, store, B)
     _, b2_ws = await connect(relay, store, B)
     _, c_ws = await connect(relay, store, C)
+    [pos, _] = await store_message(store, A, B, "via hub")  # stored by another gateway
     msg = Message(MessageId("m-9"), A, B, 1, 0, 123, "via hub")
-    link.feed(Delivered((Delivery(msg, (Recipient(B, "5-0"),)),)))
+    link.feed(Delivered((Delivery(msg, (Recipient(B, str(pos)),)),)))
     await wait_until(lambda: bool(b_ws.sent) and bool(b2_ws.sent))
     assert b_ws.frames()[0]["content"] == "via hub"
-    assert b_ws.frames()[0]["seq"] == "5-0"
+    assert b_ws.frames()[0]["seq"] == "1"
+    assert b2_ws.frames() == b_ws.frames()
     assert c_ws.sent == []
+
+
+async def test_bad_hub_deliveries_are_dropped_and_good_ones_delivered(
+    store: CountingStore, link: FakeLink
+) -> None:
+    """In one Delivered event, deliveries breaking a limit (content over max_content, type
+    99, a lone surrogate) and recipients with a seq that is no position ("x", "2**64", "0",
+    "1-0") are dropped; the good delivery after them still reaches its user, at its seq."""
+    relay = Relay(gateway_id=ME, store=store, link=link, max_content=10, forget_grace=0)
+    await relay.start()
+    try:
+        b, b_ws = await connect(relay, store, B)
+        c, c_ws = await connect(relay, store, C)
+        await store_message(store, A, B, "good")  # B's position 1
+        await store_message(store, A, C, "for c")  # C's position 1
+
+        def message(content: str, *, kind: int = 1, mid: str = "m") -> Message:
+            return Message(MessageId(mid), A, B, kind, 0, 123, content)
+
+        at_1 = (Recipient(B, "1"),)
+        link.feed(
+            Delivered(
+                (
+                    Delivery(message("x" * 11, mid="big"), at_1),
+                    Delivery(message("typed", kind=99, mid="t99"), at_1),
+                    Delivery(message("\ud800", mid="surrogate"), at_1),
+                    Delivery(
+                        message("bad seqs", mid="seqs"),
+                        (
+                            Recipient(B, "x"),
+                            Recipient(B, str(2**64)),
+                            Recipient(B, "0"),
+                            Recipient(B, "1-0"),
+                            Recipient(UserId(2**64), "1"),
+                        ),
+                    ),
+                    Delivery(message("good", mid="ok"), at_1),
+                    Delivery(
+                        Message(MessageId("ok-c"), A, C, 1, 0, 123, "for c"),
+                        (Recipient(C, "x"), Recipient(C, "1")),
+                    ),
+                )
+            )
+        )
+        await wait_until(lambda: bool(b_ws.sent) and bool(c_ws.sent))
+        assert [(f["id"], f["content"], f["seq"]) for f in b_ws.frames()] == [("ok", "good", "1")]
+        assert [(f["id"], f["seq"]) for f in c_ws.frames()] == [("ok-c", "1")]
+        assert (b.position, c.position) == (1, 1)
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
+
+
+async def test_a_hub_delivery_with_a_lone_surrogate_id_is_dropped(
+    store: CountingStore, link: FakeLink
+) -> None:
+    """A delivery whose message id is not valid Unicode is dropped even when its content is
+    short ASCII; it must not take the position of the real message after it."""
+    relay = Relay(gateway_id=ME, store=store, link=link, forget_grace=0)
+    await relay.start()
+    try:
+        _, b_ws = await connect(relay, store, B)
+        await store_message(store, A, B, "real")
+        at_1 = (Recipient(B, "1"),)
+        link.feed(
+            Delivered(
+                (
+                    Delivery(Message(MessageId("\ud800"), A, B, 1, 0, 1, "hi"), at_1),
+                    Delivery(Message(MessageId("ok"), A, B, 1, 0, 1, "real"), at_1),
+                )
+            )
+        )
+        await wait_until(lambda: bool(b_ws.sent))
+        assert [(f["id"], f["content"]) for f in b_ws.frames()] == [("ok", "real")]
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
+
+
+async def test_a_hub_delivery_beyond_a_hole_is_filled_from_the_inbox(
+    relay: Relay, store: CountingStore, link: FakeLink
+) -> None:
+    """When the hub's push of position 1 was lost, the push of 2 makes the session read
+    the inbox: the client gets 1 then 2, on the same connection."""
+    b, b_ws = await connect(relay, store, B)
+    await store_message(store, A, B, "first, push lost")
+    await store_message(store, A, B, "second")
+    msg = Message(MessageId("m-2"), A, B, 1, 0, 123, "second")
+    link.feed(Delivered((Delivery(msg, (Recipient(B, "2"),)),)))
+    await wait_until(lambda: len(b_ws.sent) == 2, what="the hole to be filled")
+    assert [(f["content"], f["seq"]) for f in b_ws.frames()] == [
+        ("first, push lost", "1"),
+        ("second", "2"),
+    ]
+    assert b.position == 2
+
+
+async def test_the_drop_push_fault_hook_drops_one_map_only(
+    store: CountingStore, link: FakeLink
+) -> None:
+    """With drop-push:1 the first map toward the hub is not sent, the sender is acked
+    anyway, and later maps go out."""
+    relay = Relay(gateway_id=ME, store=store, link=link, faults=Faults(drop_push=1))
+    await relay.start()
+    try:
+        await store.refresh(GatewayId("gw-2"), [B])
+        a, a_ws = await connect(relay, store, A)
+        await relay.submit(a, message(B, "dropped", cid="f1"))
+        await relay.submit(a, message(B, "sent", cid="f2"))
+        await wait_until(lambda: len(a_ws.sent) == 2)
+        assert types(a_ws) == [10, 10]
+        assert [m.message.content for m in link.sent] == ["sent"]
+        assert link.sent[0].users == {"gw-2": (Recipient(B, "2"),)}
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
+
+
+async def test_a_duplicate_is_routed_again(
+    relay: Relay, store: CountingStore, link: FakeLink
+) -> None:
+    """A resend answered with the first msgId is pushed again, locally and to the hub, at
+    the first positions; a receiver that has it already drops the repeat."""
+    await store.refresh(GatewayId("gw-2"), [B])
+    a, a_ws = await connect(relay, store, A)
+    b, b_ws = await connect(relay, store, B)
+    await relay.submit(a, message(B, "once", cid="d1"))
+    await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent) and len(link.sent) == 1)
+    await relay.submit(a, message(B, "once, resent", cid="d1"))
+    await wait_until(lambda: len(a_ws.sent) == 2 and len(link.sent) == 2)
+    first, again = a_ws.frames()
+    assert (first["type"], again["type"]) == (10, 10)
+    assert again["msgId"] == first["msgId"]
+    assert link.sent[1].message.id == first["msgId"]
+    assert link.sent[1].users == link.sent[0].users == {"gw-2": (Recipient(B, "1"),)}
+    assert [f["content"] for f in b_ws.frames()] == ["once"]
+    assert b.position == 1
+
+
+async def test_a_duplicate_pushes_the_stored_message_not_the_resend(
+    relay: Relay, store: CountingStore, link: FakeLink
+) -> None:
+    """A resend whose frame differs from the first (same client id, other content or `to`)
+    re-pushes what the inbox holds at those positions, not the resend's text."""
+    await store.refresh(GatewayId("gw-2"), [B])
+    a, _ = await connect(relay, store, A)
+    await relay.submit(a, message(B, "stored", cid="d2"))
+    await wait_until(lambda: len(link.sent) == 1)
+    await relay.submit(a, message(C, "never stored", cid="d2"))
+    await wait_until(lambda: len(link.sent) == 2)
+    [entry] = (await store.read_inbox(B, 0, 10)).entries
+    assert link.sent[1].users == {"gw-2": (Recipient(B, "1"),)}
+    assert (link.sent[1].message.to, link.sent[1].message.content) == (B, "stored")
+    assert link.sent[1].message == entry.message
+
+
+async def test_a_batch_whose_reply_was_lost_is_pushed_by_its_retry(
+    relay: Relay, store: CountingStore, link: FakeLink
+) -> None:
+    """A batch stored but answered with an error (a timeout) is sent again; the retry's
+    duplicates are pushed, so recipients get the message live, not only on replay."""
+    await store.refresh(GatewayId("gw-2"), [B])
+    a, a_ws = await connect(relay, store, A)
+    _, a2_ws = await connect(relay, store, A)
+    _, b_ws = await connect(relay, store, B)
+    store.lose_reply_once = True
+    await relay.submit(a, message(B, "lost reply", cid="r1"))
+    await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent) and bool(a2_ws.sent))
+    assert store.submits == [1, 1]
+    assert [(f["type"], f["id"]) for f in a_ws.frames()] == [(10, "r1")]
+    assert [(f["content"], f["seq"]) for f in b_ws.frames()] == [("lost reply", "1")]
+    assert [(f["content"], f["seq"]) for f in a2_ws.frames()] == [("lost reply", "1")]
+    await wait_until(lambda: len(link.sent) == 1)
+    assert link.sent[0].users == {"gw-2": (Recipient(B, "1"),)}
+
+
+async def test_the_senders_own_connection_gets_its_position_not_the_frame(
+    relay: Relay, store: CountingStore
+) -> None:
+    """The sending connection gets type 10 only, yet its position moves (own), so the next
+    message to it is sent at once, without an inbox read; the sender's other device gets
+    the message."""
+    a, a_ws = await connect(relay, store, A)
+    b, b_ws = await connect(relay, store, B)
+    await relay.submit(a, message(B, "from a", cid="o1"))
+    await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent))
+    assert types(a_ws) == [10]
+    assert a.position == 1
+    await relay.submit(a, message(A, "note to self", cid="o2"))
+    await wait_until(lambda: len(a_ws.sent) == 2)
+    assert types(a_ws) == [10, 10]
+    assert a.position == 2
+    a2, a2_ws = await connect(relay, store, A)
+    assert a2.position == 2  # its connect replay sent both (it did not send them)
+    await relay.submit(b, message(A, "from b", cid="o3"))
+    await wait_until(lambda: len(a_ws.sent) == 3 and bool(a2_ws.sent))
+    assert [(f["content"], f["seq"]) for f in a_ws.frames()[2:]] == [("from b", "3")]
+    assert [(f["content"], f["seq"]) for f in a2_ws.frames()] == [("from b", "3")]
+    assert (a.position, a2.position) == (3, 3)
+    assert not a.replaying
+    await relay.submit(a, message(B, "from a again", cid="o4"))
+    await wait_until(lambda: len(a_ws.sent) == 4 and len(a2_ws.sent) == 2)
+    assert types(a_ws)[-1] == 10
+    assert a2_ws.frames()[-1]["content"] == "from a again"
+    assert (a.position, a2.position) == (4, 4)
 
 
 async def test_not_attached_notices_clear_presence(

@@ -38,6 +38,7 @@ async def parts() -> AsyncIterator[tuple[Gateway, FlakyStore, FakeLink]]:
         store=store,
         link=link,
         compression=True,
+        group_join="open",
     )
     async with gateway:
         yield gateway, store, link

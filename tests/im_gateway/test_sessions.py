@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from im_gateway import frames
-from im_gateway.sessions import CLOSE_SEND_QUEUE_FULL, Session, SessionLimits, sweep_idle
-from im_gateway.store import InboxEntry, seq_key
+from im_gateway.group_policy import OPEN_RIGHTS
+from im_gateway.sessions import (
+    CLOSE_POLICY,
+    CLOSE_SEND_QUEUE_FULL,
+    Session,
+    SessionLimits,
+    sweep_idle,
+)
+from im_gateway.store import InboxPage
 from im_gateway.store_memory import MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
@@ -26,17 +33,21 @@ A, B = UserId(1), UserId(2)
 class GatedStore(MemoryStore):
     """A memory store whose inbox reads wait for ``gate`` (to hold a replay mid-way)."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
         self.gate = asyncio.Event()
         self.gate.set()
         self.reads = 0
 
-    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
-        entries = await super().read_inbox(user, after, limit)
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        page = await super().read_inbox(user, after, limit)
         self.reads += 1
         await self.gate.wait()
-        return entries
+        return page
+
+    def lose_data(self) -> None:
+        """Forget everything, as a Redis restarted without persistence does."""
+        MemoryStore.__init__(self)
 
 
 @pytest.fixture
@@ -49,7 +60,14 @@ async def running(
     store: MemoryStore, user: UserId = B, **limits: float
 ) -> AsyncIterator[tuple[Session, FakeWebSocket, FakeRouter]]:
     ws, router = FakeWebSocket(), FakeRouter()
-    session = Session(ws, user, store=store, router=router, limits=SessionLimits(**limits))  # type: ignore[arg-type]
+    session = Session(
+        ws,
+        user,
+        store=store,  # type: ignore[arg-type]
+        router=router,
+        limits=SessionLimits(**limits),  # type: ignore[arg-type]
+        group_rights=OPEN_RIGHTS,  # the join test joins from the client
+    )
     session.start()
     reader = asyncio.create_task(session.run())
     try:
@@ -64,20 +82,40 @@ def contents(ws: FakeWebSocket) -> list[str]:
     return [f["content"] for f in ws.frames() if f["type"] in (1, 2)]
 
 
-def live(session: Session, seq: str, content: str) -> None:
-    message = Message(MessageId(f"m-{seq}"), A, B, 1, 0, 1, content)
-    session.deliver(seq_key(seq), frames.encode_message(message, seq))
+def seqs(ws: FakeWebSocket) -> list[str]:
+    return [f["seq"] for f in ws.frames() if f["type"] in (1, 2)]
+
+
+def markers(ws: FakeWebSocket) -> list[dict[str, Any]]:
+    return [f for f in ws.frames() if f["type"] == 14]
+
+
+def errors(ws: FakeWebSocket) -> list[str]:
+    return [f["code"] for f in ws.frames() if f["type"] == 99]
+
+
+def live(session: Session, pos: int, content: str) -> None:
+    message = Message(MessageId(f"m-{pos}"), A, B, 1, 0, 1, content)
+    session.deliver(pos, frames.encode_message(message, str(pos)))
+
+
+async def connected(ws: FakeWebSocket) -> None:
+    """Wait for the connect replay's end marker."""
+    await wait_until(lambda: bool(markers(ws)), what="the connect replay's end marker")
 
 
 async def test_connect_replays_the_inbox_in_pages_then_an_end_marker(store: GatedStore) -> None:
     """Everything in the inbox after the acked position, in order, then {"type":14,"seq":last}."""
-    seqs = [(await store_message(store, A, B, f"m{i}"))[0] for i in range(7)]
-    await store.ack(B, seqs[1])
-    async with running(store, replay_page=2, send_queue=4) as (_, ws, _):
-        await wait_until(lambda: any(f["type"] == 14 for f in ws.frames()))
+    positions = [(await store_message(store, A, B, f"m{i}"))[0] for i in range(7)]
+    assert positions == [1, 2, 3, 4, 5, 6, 7]
+    await store.ack(B, positions[1])
+    async with running(store, replay_page=2, send_queue=4) as (session, ws, _):
+        await connected(ws)
         assert contents(ws) == [f"m{i}" for i in range(2, 7)]
-        assert ws.frames()[-1] == {"type": 14, "seq": seqs[-1]}
-        assert store.reads == 3  # pages of 2: [2,3] [4,5] [6]
+        assert seqs(ws) == ["3", "4", "5", "6", "7"]
+        assert ws.frames()[-1] == {"type": 14, "seq": "7"}
+        assert store.reads == 3  # pages of 2: [3,4] [5,6] [7]
+        assert session.position == 7
 
 
 async def test_empty_inbox_ends_at_the_acked_position(store: GatedStore) -> None:
@@ -85,72 +123,333 @@ async def test_empty_inbox_ends_at_the_acked_position(store: GatedStore) -> None
     async with running(store) as (_, ws, _):
         await wait_until(lambda: bool(ws.sent))
         assert ws.frames() == [{"type": 14, "seq": "0"}]
+    await store_message(store, A, B, "seen")
+    await store.ack(B, 1)
+    async with running(store) as (_, ws, _):
+        await wait_until(lambda: bool(ws.sent))
+        assert ws.frames() == [{"type": 14, "seq": "1"}]
 
 
-async def test_live_messages_during_replay_are_held_then_sent_once_in_order(
-    store: GatedStore,
-) -> None:
-    """Live pushes during a replay wait for it; one already replayed is not sent again."""
-    first = (await store_message(store, A, B, "old"))[0]
+async def test_live_messages_during_replay_are_sent_once_in_order(store: GatedStore) -> None:
+    """Live pushes racing the connect replay (one it already read, one beyond it) come out
+    once each, in inbox order, before the end marker."""
+    for i in range(3):
+        await store_message(store, A, B, f"m{i}")
     store.gate.clear()
     async with running(store) as (session, ws, _):
-        await wait_until(lambda: store.reads == 1)
-        live(session, first, "old")  # its push raced the replay
-        newer = (await store_message(store, A, B, "new"))[0]
-        live(session, newer, "new")
+        await wait_until(lambda: store.reads == 1)  # the page [1, 2, 3] is read, not sent
+        live(session, 2, "m1")  # its push raced the replay
+        newer = (await store_message(store, A, B, "m3"))[0]
+        live(session, newer, "m3")  # beyond the page: held until the hole is filled
         assert ws.sent == []
         store.gate.set()
-        await wait_until(lambda: len(ws.sent) == 3)
-        assert [f["type"] for f in ws.frames()] == [1, 14, 1]
-        assert contents(ws) == ["old", "new"]
-        assert ws.frames()[1] == {"type": 14, "seq": first}
+        await connected(ws)
+        assert contents(ws) == ["m0", "m1", "m2", "m3"]
+        assert ws.frames()[-1] == {"type": 14, "seq": "4"}
 
 
-async def test_live_duplicates_are_dropped_and_late_ones_still_delivered(
+async def test_repeats_are_dropped_and_pushes_out_of_order_are_reordered(
     store: GatedStore,
 ) -> None:
-    """A repeated position is dropped; a lower position never sent (out of order) is delivered."""
-    async with running(store) as (session, ws, _):
-        await wait_until(lambda: bool(ws.sent))
-        live(session, "100-0", "a")
-        live(session, "100-0", "a")
-        live(session, "90-0", "late")
-        live(session, "110-0", "b")
-        await wait_until(lambda: len(contents(ws)) == 3)
-        assert contents(ws) == ["a", "late", "b"]
+    """A repeated position is dropped; one arriving ahead of its predecessor waits for it
+    (within fill_delay) and costs no inbox read."""
+    async with running(store, fill_delay=30) as (session, ws, _):
+        await connected(ws)
+        for i in range(3):
+            await store_message(store, A, B, f"m{i}")
+        live(session, 1, "m0")
+        live(session, 1, "m0")
+        live(session, 3, "m2")
+        assert contents(ws) == ["m0"]
+        live(session, 2, "m1")
+        live(session, 2, "m1")
+        assert contents(ws) == ["m0", "m1", "m2"]
+        assert store.reads == 1  # the connect replay's only
+        assert session.position == 3
+        assert not session.replaying
+
+
+async def test_a_hole_on_the_live_path_is_filled_from_the_inbox(store: GatedStore) -> None:
+    """A delivery beyond a hole makes the session read the inbox and send the missing
+    messages first, in order, on the same connection (no reconnect, no end marker)."""
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        for i in range(4):
+            await store_message(store, A, B, f"m{i}")
+        live(session, 1, "m0")
+        live(session, 4, "m3")  # the pushes of 2 and 3 were lost
+        assert contents(ws) == ["m0"]
+        await wait_until(lambda: len(contents(ws)) == 4, what="the hole to be filled")
+        assert contents(ws) == ["m0", "m1", "m2", "m3"]
+        assert seqs(ws) == ["1", "2", "3", "4"]
+        assert store.reads == 2
+        assert len(markers(ws)) == 1  # the connect replay's only
+        assert ws.closed is None
+        await store_message(store, A, B, "m4")
+        live(session, 5, "m4")
+        assert contents(ws)[-1] == "m4"
+
+
+async def test_a_forged_position_is_dropped_after_one_read(store: GatedStore) -> None:
+    """A push at a position the inbox never had is dropped after one inbox read; real
+    messages after it still flow."""
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        live(session, 50, "forged")
+        await wait_until(lambda: store.reads == 2 and not session.replaying)
+        assert contents(ws) == []
+        assert session.position == 0
+        await store_message(store, A, B, "real")
+        live(session, 1, "real")
+        await store_message(store, A, B, "real 2")
+        live(session, 2, "real 2")
+        assert contents(ws) == ["real", "real 2"]
+        assert store.reads == 2
+        assert not session.replaying
+
+
+async def test_own_messages_move_the_position_without_a_frame(store: GatedStore) -> None:
+    """own(pos) advances the position without sending; the next delivery after it is sent
+    at once with no inbox read."""
+    async with running(store, fill_delay=0) as (session, ws, _):
+        await connected(ws)
+        ws.sent.clear()
+        mine = (await store_message(store, B, A, "sent by B"))[1]
+        assert mine == 1
+        session.own(mine)
+        assert ws.sent == []
+        assert session.position == 1
+        nxt = (await store_message(store, A, B, "reply"))[0]
+        live(session, nxt, "reply")
+        assert contents(ws) == ["reply"]
+        assert session.position == 2
+        assert store.reads == 1
+        assert not session.replaying
+        assert session._fill_timer is None  # no read scheduled either
+
+
+async def test_an_own_message_beyond_a_hole_is_not_sent_back_by_the_fill(
+    store: GatedStore,
+) -> None:
+    """When the fill reads the client's own message from the inbox, it sends only the
+    others: the sender has its own message already."""
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        await store_message(store, A, B, "lost push")
+        mine = (await store_message(store, B, A, "sent by B"))[1]
+        session.own(mine)  # position 2; position 1 was never pushed
+        await wait_until(lambda: session.position == 2 and not session.replaying)
+        assert contents(ws) == ["lost push"]
+
+
+async def test_connect_replay_says_when_history_was_trimmed(store: GatedStore) -> None:
+    """An inbox trimmed past the acked position ends the replay with "truncated":true; one
+    trimmed only below it does not."""
+    small = GatedStore(inbox_max_len=5)
+    for i in range(10):
+        await store_message(small, A, B, f"m{i}")
+    await small.ack(B, 2)
+    async with running(small) as (_, ws, _):
+        await connected(ws)
+        assert contents(ws) == [f"m{i}" for i in range(5, 10)]
+        assert markers(ws) == [{"type": 14, "seq": "10", "truncated": True}]
+    await small.ack(B, 7)
+    async with running(small) as (_, ws, _):
+        await connected(ws)
+        assert contents(ws) == ["m7", "m8", "m9"]
+        assert markers(ws) == [{"type": 14, "seq": "10"}]
+
+
+async def test_a_trimmed_hole_on_the_live_path_is_said(store: GatedStore) -> None:
+    """A live hole whose messages the inbox trimmed meanwhile gets the kept ones and a
+    {"type":14,...,"truncated":true} marker."""
+    small = GatedStore(inbox_max_len=3)
+    async with running(small, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        for i in range(10):
+            await store_message(small, A, B, f"m{i}")
+        live(session, 10, "m9")
+        await wait_until(lambda: len(markers(ws)) == 2, what="the truncated marker")
+        assert contents(ws) == ["m7", "m8", "m9"]
+        assert markers(ws)[-1] == {"type": 14, "seq": "10", "truncated": True}
+        assert session.position == 10
 
 
 async def test_client_type_14_replays_after_its_position(store: GatedStore) -> None:
     """{"type":14,"seq":X} resends everything after X and ends with a marker."""
-    seqs = [(await store_message(store, A, B, f"m{i}"))[0] for i in range(3)]
+    positions = [(await store_message(store, A, B, f"m{i}"))[0] for i in range(3)]
     async with running(store) as (_, ws, _):
-        await wait_until(lambda: any(f["type"] == 14 for f in ws.frames()))
+        await connected(ws)
         ws.sent.clear()
-        ws.client_sends({"type": 14, "seq": seqs[0]})
-        await wait_until(lambda: any(f["type"] == 14 for f in ws.frames()))
+        ws.client_sends({"type": 14, "seq": str(positions[0])})
+        await wait_until(lambda: bool(markers(ws)))
         assert contents(ws) == ["m1", "m2"]
+        assert markers(ws) == [{"type": 14, "seq": "3"}]
         ws.sent.clear()
         ws.client_sends({"type": 14})  # after the acknowledged position: everything
-        await wait_until(lambda: any(f["type"] == 14 for f in ws.frames()))
+        await wait_until(lambda: bool(markers(ws)))
         assert contents(ws) == ["m0", "m1", "m2"]
+        ws.sent.clear()
+        ws.client_sends({"type": 14, "seq": "18446744073709551615"})
+        await wait_until(lambda: bool(markers(ws)))
+        assert ws.frames() == [{"type": 14, "seq": "18446744073709551615"}]
 
 
-async def test_catch_up_after_a_link_outage_sends_only_what_was_missed(
+async def test_a_second_replay_while_one_runs_is_rate_limited(store: GatedStore) -> None:
+    """One client replay at a time: a type 14 while one is running is answered
+    rate_limited, and the first still ends with its marker."""
+    for i in range(3):
+        await store_message(store, A, B, f"m{i}")
+    async with running(store) as (_, ws, _):
+        await connected(ws)
+        ws.sent.clear()
+        store.gate.clear()
+        reads = store.reads
+        ws.client_sends({"type": 14, "seq": "0"})
+        await wait_until(lambda: store.reads == reads + 1)
+        ws.client_sends({"type": 14, "seq": "1"})
+        await wait_until(lambda: bool(errors(ws)))
+        assert errors(ws) == ["rate_limited"]
+        assert contents(ws) == []
+        store.gate.set()
+        await wait_until(lambda: bool(markers(ws)))
+        assert contents(ws) == ["m0", "m1", "m2"]
+        assert markers(ws) == [{"type": 14, "seq": "3"}]
+        ws.sent.clear()
+        ws.client_sends({"type": 14, "seq": "2"})  # after the marker: allowed again
+        await wait_until(lambda: bool(markers(ws)))
+        assert contents(ws) == ["m2"]
+
+
+async def test_the_replay_budget_stops_a_replay_with_rate_limited_and_a_marker(
     store: GatedStore,
 ) -> None:
-    """After link_down/catch_up, messages stored meanwhile are sent; ones already sent are not."""
+    """Past replay_budget entries a minute, a client replay stops: rate_limited, then an
+    end marker at the position reached (to ask again from there)."""
+    for i in range(10):
+        await store_message(store, A, B, f"m{i}")
+    await store.ack(B, 10)
+    async with running(store, replay_budget=4, replay_page=2) as (_, ws, _):
+        await connected(ws)
+        ws.sent.clear()
+        ws.client_sends({"type": 14, "seq": "0"})
+        await wait_until(lambda: bool(markers(ws)))
+        assert contents(ws) == ["m0", "m1", "m2", "m3"]
+        assert [f["type"] for f in ws.frames()][-2:] == [99, 14]
+        assert errors(ws) == ["rate_limited"]
+        assert markers(ws) == [{"type": 14, "seq": "4"}]
+        ws.sent.clear()
+        ws.client_sends({"type": 14, "seq": "4"})  # the budget is spent for now
+        await wait_until(lambda: bool(markers(ws)))
+        assert contents(ws) == []
+        assert errors(ws) == ["rate_limited"]
+        assert markers(ws) == [{"type": 14, "seq": "4"}]
+
+
+class FailingStore(GatedStore):
+    """A gated memory store whose next ``fail`` calls of acked() and read_inbox() raise."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.fail = 0
+
+    def _maybe_fail(self) -> None:
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("redis went away")
+
+    async def acked(self, user: UserId) -> int:
+        self._maybe_fail()
+        return await super().acked(user)
+
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        self._maybe_fail()
+        return await super().read_inbox(user, after, limit)
+
+
+async def test_a_failed_read_during_a_live_fill_is_retried() -> None:
+    """A hole fill whose inbox read fails is tried again later: the hole still closes."""
+    store = FailingStore()
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        for i in range(2):
+            await store_message(store, A, B, f"m{i}")
+        store.fail = 1
+        live(session, 2, "m1")
+        await wait_until(lambda: len(contents(ws)) == 2, what="the retried fill")
+        assert contents(ws) == ["m0", "m1"]
+        assert errors(ws) == []
+
+
+@pytest.mark.parametrize("which", ["connect", "type 14"])
+async def test_a_failed_replay_is_answered_internal(which: str) -> None:
+    """A replay whose store call fails tells the client (internal, "ask again with type
+    14") instead of leaving it waiting for an end marker that never comes."""
+    store = FailingStore()
+    await store_message(store, A, B, "m0")
+    if which == "connect":
+        store.fail = 1
     async with running(store) as (session, ws, _):
-        await wait_until(lambda: bool(ws.sent))
+        if which == "type 14":
+            await connected(ws)
+            ws.sent.clear()
+            store.fail = 1
+            ws.client_sends({"type": 14, "seq": "0"})
+        await wait_until(lambda: store.fail == 0 and not session.replaying)
+        # The reader is done: whatever it answers about the failure has been sent.
+        assert errors(ws) == ["internal"]
+
+
+async def test_a_connect_replay_that_failed_still_lets_live_messages_through() -> None:
+    """After a connect replay that failed, a replay the client asks for (type 14) works and
+    live messages reach the connection again."""
+    store = FailingStore()
+    store.fail = 1
+    await store_message(store, A, B, "m0")
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await wait_until(lambda: store.fail == 0 and not session.replaying)
+        ws.client_sends({"type": 14, "seq": "0"})
+        await wait_until(lambda: bool(markers(ws)))
+        assert contents(ws) == ["m0"]
+        await store_message(store, A, B, "m1")
+        live(session, 2, "m1")
+        await wait_until(lambda: len(contents(ws)) == 2, timeout=1, what="the live message")
+        assert contents(ws) == ["m0", "m1"]
+
+
+async def test_rebase_starts_over_when_the_store_lost_its_data(store: GatedStore) -> None:
+    """After rebase (the store lost its data and numbers from 1 again), new messages at
+    low positions are delivered instead of being taken for repeats."""
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        for i in range(3):
+            await store_message(store, A, B, f"old {i}")
+            live(session, i + 1, f"old {i}")
+        assert session.position == 3
+        store.lose_data()
+        await store_message(store, A, B, "new 0")
+        session.rebase()
+        await wait_until(lambda: session.position == 1 and not session.replaying)
+        await store_message(store, A, B, "new 1")
+        live(session, 2, "new 1")
+        assert contents(ws) == ["old 0", "old 1", "old 2", "new 0", "new 1"]
+
+
+async def test_catch_up_reads_what_was_missed_to_the_inbox_end(store: GatedStore) -> None:
+    """catch_up (after the hub link came back) sends what reached the inbox unpushed, even
+    with nothing after it; what was sent already is not sent again; no end marker."""
+    async with running(store) as (session, ws, _):
+        await connected(ws)
         s1 = (await store_message(store, A, B, "before"))[0]
         live(session, s1, "before")
         session.link_down()
         await store_message(store, A, B, "missed")
-        s3 = (await store_message(store, A, B, "local"))[0]
-        live(session, s3, "local")  # delivered live by this gateway during the outage
+        await store_message(store, A, B, "missed too")
         session.catch_up()
-        await wait_until(lambda: not session.replaying)
-        assert contents(ws) == ["before", "local", "missed"]
-        assert sum(1 for f in ws.frames() if f["type"] == 14) == 1  # no marker for catch-ups
+        await wait_until(lambda: len(contents(ws)) == 3 and not session.replaying)
+        assert contents(ws) == ["before", "missed", "missed too"]
+        assert len(markers(ws)) == 1  # no marker for catch-ups
+        assert session.position == 3
 
 
 async def test_a_client_that_does_not_read_is_closed_with_1013(store: GatedStore) -> None:
@@ -163,7 +462,7 @@ async def test_a_client_that_does_not_read_is_closed_with_1013(store: GatedStore
         await wait_until(lambda: bool(ws.sent))
         ws.gate = asyncio.Event()  # the client stops reading
         for i in range(6):
-            live(session, f"{100 + i}-0", f"m{i}")
+            live(session, 1 + i, f"m{i}")
         await wait_until(lambda: ws.closed is not None)
         assert ws.closed is not None
         assert ws.closed[0] == CLOSE_SEND_QUEUE_FULL
@@ -194,15 +493,34 @@ async def test_frames_are_answered(store: GatedStore) -> None:
 
 async def test_acks_are_stored_and_coalesced(store: GatedStore) -> None:
     """Type 11 moves the acknowledged position forward to the latest acked seq."""
-    seqs = [(await store_message(store, A, B, f"m{i}"))[0] for i in range(3)]
+    positions = [(await store_message(store, A, B, f"m{i}"))[0] for i in range(3)]
     async with running(store) as (_, ws, _):
-        for seq in seqs:
-            ws.client_sends({"type": 11, "seq": seq})
+        for pos in positions:
+            ws.client_sends({"type": 11, "seq": str(pos)})
 
         async def acked() -> bool:
-            return await store.acked(B) == seqs[-1]
+            return await store.acked(B) == positions[-1]
 
         await wait_until(acked)
+
+
+async def test_an_ack_beyond_the_inbox_is_clamped(store: GatedStore) -> None:
+    """A client acking 2**64 - 1 acknowledges only what its inbox holds, so a later
+    message is still replayed."""
+    for i in range(3):
+        await store_message(store, A, B, f"m{i}")
+    async with running(store) as (_, ws, _):
+        await connected(ws)
+        ws.client_sends({"type": 11, "seq": "18446744073709551615"})
+
+        async def acked() -> bool:
+            return await store.acked(B) == 3
+
+        await wait_until(acked)
+    await store_message(store, A, B, "later")
+    async with running(store) as (_, ws, _):
+        await connected(ws)
+        assert contents(ws) == ["later"]
 
 
 async def test_rate_limit_refuses_frames_past_the_burst(store: GatedStore) -> None:
@@ -218,6 +536,45 @@ async def test_rate_limit_refuses_frames_past_the_burst(store: GatedStore) -> No
             ("c-3", "rate_limited"),
         ]
         assert len(router.submitted) == 2
+
+
+async def test_garbage_frames_count_toward_the_rate_limit(store: GatedStore) -> None:
+    """Frames that do not parse take tokens too: after a burst of garbage, a valid frame is
+    answered rate_limited (both through run() and receive_now())."""
+    async with running(store, rate=0.001, burst=3, max_refused=0) as (_, ws, _):
+        await connected(ws)
+        ws.sent.clear()
+        for _ in range(3):
+            ws.client_sends("not json")
+        ws.client_sends({"type": 0})
+        await wait_until(lambda: len(ws.sent) == 4)
+        assert errors(ws) == ["bad_request"] * 3 + ["rate_limited"]
+    async with running(store, rate=0.001, burst=3, max_refused=0) as (session, ws, _):
+        await connected(ws)
+        ws.sent.clear()
+        for _ in range(3):
+            assert session.receive_now("{nope")
+        assert session.receive_now('{"type":0}')
+        assert errors(ws) == ["bad_request"] * 3 + ["rate_limited"]
+
+
+@pytest.mark.parametrize("path", ["run", "receive_now"])
+async def test_a_client_sending_garbage_is_closed_with_1008(store: GatedStore, path: str) -> None:
+    """200 refused frames with max_refused=50: 50 are answered, then the socket is closed
+    with 1008 (policy violation)."""
+    async with running(store, max_refused=50, rate=10_000, burst=10_000) as (session, ws, _):
+        await connected(ws)
+        ws.sent.clear()
+        for i in range(200):
+            if path == "run":
+                ws.client_sends(f"garbage {i}")
+            else:
+                session.receive_now(f"garbage {i}")
+        await wait_until(lambda: ws.closed is not None)
+        assert ws.closed == (CLOSE_POLICY, "too many refused frames")
+        assert CLOSE_POLICY == 1008
+        assert errors(ws) == ["bad_request"] * 50
+        assert session.closing
 
 
 async def test_idle_connections_are_closed(store: GatedStore) -> None:
@@ -247,17 +604,19 @@ async def test_idle_connections_are_closed(store: GatedStore) -> None:
 
 
 async def test_held_overflow_is_recovered_from_the_inbox(store: GatedStore) -> None:
-    """More live pushes than the hold buffer during a replay: the rest are read from the inbox."""
+    """More pushes beyond a hole than the hold buffer keeps: the rest are read from the
+    inbox, each sent once and in order."""
     store.gate.clear()
     async with running(store, held_max=2, send_queue=64, replay_page=8) as (session, ws, _):
-        await wait_until(lambda: store.reads == 1)
+        await wait_until(lambda: store.reads == 1)  # the connect read saw an empty inbox
         for i in range(6):
-            seq = (await store_message(store, A, B, f"m{i}"))[0]
-            live(session, seq, f"m{i}")
+            await store_message(store, A, B, f"m{i}")
+        for pos in range(2, 7):  # the push of 1 was lost; only two of these are held
+            live(session, pos, f"m{pos - 1}")
         store.gate.set()
         await wait_until(lambda: len(contents(ws)) == 6 and not session.replaying)
         assert contents(ws) == [f"m{i}" for i in range(6)]
-        assert json.loads(ws.sent[0]) == {"type": 14, "seq": "0"}
+        assert markers(ws) == [{"type": 14, "seq": "6"}]
 
 
 async def test_keepalive_pings_quiet_clients_and_drops_silent_ones(store: GatedStore) -> None:
@@ -282,31 +641,44 @@ async def test_keepalive_pings_quiet_clients_and_drops_silent_ones(store: GatedS
 
 
 class SteppedStore(MemoryStore):
-    """A memory store whose inbox reads each wait for one permit."""
+    """A memory store whose inbox reads each wait for one permit (until ``free``)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.permits = asyncio.Semaphore(0)
+        self.free = False
 
-    async def read_inbox(self, user: UserId, after: str, limit: int) -> list[InboxEntry]:
-        await self.permits.acquire()
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        if not self.free:
+            await self.permits.acquire()
         return await super().read_inbox(user, after, limit)
+
+    def open_up(self) -> None:
+        """Let every read through from now on, those waiting included."""
+        self.free = True
+        for _ in range(64):
+            self.permits.release()
 
 
 @settings(max_examples=120, deadline=None)
+@example(before=0, steps=["read", "store", "lose"])
 @given(
     before=st.integers(0, 6),
-    steps=st.lists(st.sampled_from(["store", "push", "dup", "read"]), max_size=40),
+    steps=st.lists(
+        st.sampled_from(["store", "push", "push", "dup", "lose", "forge", "read", "ahead"]),
+        max_size=40,
+    ),
 )
 def test_replay_and_live_pushes_interleaved_give_each_message_once_in_order(
     before: int, steps: list[str]
 ) -> None:
-    """Whatever the interleaving of stores, live pushes (some repeated) and replay reads,
-    the client gets every message exactly once and in inbox order."""
+    """Whatever the interleaving of stores, live pushes (some repeated, some lost, some
+    ahead of their turn, some forged) and inbox reads, the client gets every message
+    exactly once and in inbox order, on one connection."""
 
     async def scenario() -> None:
         store = SteppedStore()
-        stored: list[tuple[str, str]] = []  # (seq, content) in inbox order
+        stored: list[tuple[int, str]] = []  # (position, content) in inbox order
         pushed = 0
 
         async def add() -> None:
@@ -315,24 +687,37 @@ def test_replay_and_live_pushes_interleaved_give_each_message_once_in_order(
 
         for _ in range(before):
             await add()
-        async with running(store, replay_page=2, send_queue=64) as (session, ws, _):
+        async with running(store, replay_page=2, send_queue=256, fill_delay=0) as (
+            session,
+            ws,
+            _,
+        ):
             for step in steps:
                 if step == "store":
                     await add()
-                elif step == "push" and pushed < len(stored):
-                    if pushed >= before:  # the relay pushes what is stored after connect
+                elif step in ("push", "lose") and pushed < len(stored):
+                    if pushed >= before and step == "push":  # what is stored after connect
                         live(session, *stored[pushed])
                     pushed += 1
                 elif step == "dup" and pushed > before:
                     live(session, *stored[pushed - 1])
+                elif step == "ahead" and pushed + 1 < len(stored) and pushed >= before:
+                    live(session, *stored[pushed + 1])  # arrives before its predecessor
+                elif step == "forge":
+                    live(session, 10_000 + len(stored), "forged")  # never in the inbox
                 elif step == "read":
                     store.permits.release()
                 await asyncio.sleep(0)  # the interleaving under test: the session runs a step
             for i in range(max(pushed, before), len(stored)):
                 live(session, *stored[i])
-            for _ in range(len(stored) + 2):
-                store.permits.release()
-            await wait_until(lambda: not session.replaying, timeout=5)
+            await add()  # one more message: its push reveals any trailing lost push
+            live(session, *stored[-1])
+            store.open_up()
+            await wait_until(
+                lambda: len(contents(ws)) >= len(stored) and not session.replaying, timeout=5
+            )
             assert contents(ws) == [content for _, content in stored]
+            assert seqs(ws) == [str(pos) for pos, _ in stored]
+            assert ws.closed is None
 
     asyncio.run(scenario())

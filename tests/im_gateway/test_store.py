@@ -17,7 +17,18 @@ import redis.asyncio as aioredis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from im_gateway.store import START, Accepted, Refused, Store, Submission, seq_key
+from im_gateway.errors import BadPosition, GroupLimitError, StoreError
+from im_gateway.store import (
+    MAX_POSITION,
+    Accepted,
+    Beacon,
+    InboxEntry,
+    InboxPage,
+    Refused,
+    Store,
+    Submission,
+    position,
+)
 from im_gateway.store_memory import MemoryStore
 from im_gateway.store_redis import RedisStore, open_store
 from tests.helpers import wait_until
@@ -57,6 +68,18 @@ def sub(client_id: str, message: Message) -> Submission:
 def accepted(result: Accepted | Refused) -> Accepted:
     assert isinstance(result, Accepted), result
     return result
+
+
+async def entries(
+    store: Store, user: UserId, after: int = 0, *, limit: int = 100
+) -> list[InboxEntry]:
+    """The entries of one read of ``user``'s inbox after ``after``."""
+    return (await store.read_inbox(user, after, limit)).entries
+
+
+def positions_of(result: Accepted | Refused) -> dict[UserId, int]:
+    """Each recipient's inbox position, as the store answered it."""
+    return {r.user_id: position(r.seq) for r in accepted(result).recipients}
 
 
 class FakeClock:
@@ -122,7 +145,7 @@ def store(backend: Backend) -> Store:
 
 
 async def test_private_message_lands_in_recipient_and_sender_inboxes(store: Store) -> None:
-    """A private message is stored for `to` and the sender, with increasing seqs per inbox."""
+    """A private message is stored for `to` and the sender, at positions 1, 2, 3 in each."""
     messages = [msg(ALICE, BOB, content=f"n{i}") for i in range(3)]
     results = await store.submit([sub(f"c{i}", m) for i, m in enumerate(messages)])
     seqs: dict[UserId, list[str]] = {ALICE: [], BOB: []}
@@ -134,11 +157,39 @@ async def test_private_message_lands_in_recipient_and_sender_inboxes(store: Stor
         for r in a.recipients:
             seqs[r.user_id].append(r.seq)
     for user in (ALICE, BOB):
-        assert sorted(seqs[user], key=seq_key) == seqs[user]
-        assert len(set(seqs[user])) == 3
-        inbox = await store.read_inbox(user, START, 10)
+        assert seqs[user] == ["1", "2", "3"]
+        inbox = await entries(store, user, limit=10)
         assert [e.message for e in inbox] == messages
         assert [e.seq for e in inbox] == seqs[user]
+        assert [e.position for e in inbox] == [1, 2, 3]
+
+
+async def test_positions_count_up_by_one_per_user(store: Store) -> None:
+    """Each inbox numbers its messages 1, 2, 3, ... on its own, across batches and senders."""
+    first = await store.submit([sub("a1", msg(ALICE, BOB)), sub("a2", msg(ALICE, BOB))])
+    assert [positions_of(r) for r in first] == [{BOB: 1, ALICE: 1}, {BOB: 2, ALICE: 2}]
+    [carol] = await store.submit([sub("c1", msg(CAROL, BOB))])
+    assert positions_of(carol) == {BOB: 3, CAROL: 1}
+    [self_note] = await store.submit([sub("a3", msg(ALICE, ALICE))])
+    assert positions_of(self_note) == {ALICE: 3}
+    assert [e.position for e in await entries(store, BOB)] == [1, 2, 3]
+    assert [e.position for e in await entries(store, ALICE)] == [1, 2, 3]
+
+
+async def test_read_inbox_says_where_the_inbox_ends(store: Store) -> None:
+    """read_inbox returns `last`, the newest position, whatever the page holds."""
+    assert await store.read_inbox(BOB, 0, 10) == InboxPage([], 0)
+    await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(5)])
+    page = await store.read_inbox(BOB, 0, 2)
+    assert ([e.position for e in page.entries], page.last) == ([1, 2], 5)
+    page = await store.read_inbox(BOB, 5, 10)
+    assert (page.entries, page.last) == ([], 5)
+    page = await store.read_inbox(BOB, 3, 0)
+    assert (page.entries, page.last) == ([], 5)
+    page = await store.read_inbox(BOB, 10**6, 10)
+    assert (page.entries, page.last) == ([], 5)
+    page = await store.read_inbox(BOB, MAX_POSITION, 10)
+    assert (page.entries, page.last) == ([], 5)
 
 
 async def test_submit_returns_presence_of_recipients(store: Store) -> None:
@@ -156,7 +207,7 @@ async def test_message_to_self_is_stored_once(store: Store) -> None:
     """A message to oneself appears once in one's own inbox."""
     a = accepted((await store.submit([sub("c1", msg(ALICE, ALICE))]))[0])
     assert [r.user_id for r in a.recipients] == [ALICE]
-    assert len(await store.read_inbox(ALICE, START, 10)) == 1
+    assert len(await entries(store, ALICE, limit=10)) == 1
 
 
 async def test_content_and_big_ids_round_trip(store: Store) -> None:
@@ -166,7 +217,7 @@ async def test_content_and_big_ids_round_trip(store: Store) -> None:
     m = Message(MessageId("id \u00e9 1"), big, 2**64 - 2, MESSAGE_PRIVATE, 2**31 - 1, 1, text)
     a = accepted((await store.submit([sub("\u00e9 c1", m)]))[0])
     assert {r.user_id for r in a.recipients} == {big, 2**64 - 2}
-    [entry] = await store.read_inbox(big, START, 10)
+    [entry] = await entries(store, big, limit=10)
     assert entry.message == m
     again = accepted((await store.submit([sub("\u00e9 c1", msg(big, 5))]))[0])
     assert again.duplicate
@@ -186,7 +237,7 @@ async def test_text_that_is_not_unicode_is_refused_alone(store: Store) -> None:
     assert results[1].code == "bad_request"
     assert not accepted(results[0]).duplicate
     assert not accepted(results[2]).duplicate
-    assert len(await store.read_inbox(BOB, START, 10)) == 2
+    assert len(await entries(store, BOB, limit=10)) == 2
 
 
 async def test_empty_batch(store: Store) -> None:
@@ -198,18 +249,45 @@ async def test_empty_batch(store: Store) -> None:
 
 
 async def test_duplicate_client_id_returns_first_message_and_stores_nothing(store: Store) -> None:
-    """Resending a client id gets the first message id and time back and stores nothing."""
+    """Resending a client id gets the first message id, time and recipients back, and
+    stores nothing."""
     first = msg(ALICE, BOB, time=1000)
     a = accepted((await store.submit([sub("c1", first)]))[0])
     again = msg(ALICE, BOB, time=2000, content="again")
     d = accepted((await store.submit([sub("c1", again)]))[0])
     assert d.duplicate
     assert (d.message.id, d.message.time) == (first.id, 1000)
-    assert d.recipients == ()
+    assert d.recipients == a.recipients
     assert dict(d.presence) == {}
     assert not a.duplicate
-    assert [e.message for e in await store.read_inbox(BOB, START, 10)] == [first]
-    assert len(await store.read_inbox(ALICE, START, 10)) == 1
+    assert [e.message for e in await entries(store, BOB, limit=10)] == [first]
+    assert len(await entries(store, ALICE, limit=10)) == 1
+
+
+async def test_a_duplicate_carries_the_first_positions_and_current_presence(
+    store: Store,
+) -> None:
+    """A duplicate answers the first submission's recipients with their positions, and the
+    recipients' presence looked up now, so the message can be pushed again."""
+    await store.join(7, ALICE)
+    await store.join(7, BOB)
+    await store.join(7, CAROL)
+    await store.submit([sub("p1", msg(CAROL, BOB))])  # BOB at 1, CAROL at 1
+    first = accepted((await store.submit([sub("g1", msg(ALICE, 7, type=MESSAGE_GROUP))]))[0])
+    assert positions_of(first) == {ALICE: 1, BOB: 2, CAROL: 2}
+    assert dict(first.presence) == {}
+    await store.submit([sub("p2", msg(CAROL, BOB))])  # later messages do not change it
+    await store.attach(BOB, GW2)
+    await store.attach(ALICE, GW1)
+    resend = msg(ALICE, 7, type=MESSAGE_GROUP, content="resent")
+    [dup] = await store.submit([sub("g1", resend)])
+    d = accepted(dup)
+    assert d.duplicate
+    assert d.message.id == first.message.id
+    assert set(d.recipients) == set(first.recipients)
+    assert positions_of(d) == {ALICE: 1, BOB: 2, CAROL: 2}
+    assert dict(d.presence) == {BOB: (GW2,), ALICE: (GW1,)}
+    assert [e.position for e in await entries(store, BOB)] == [1, 2, 3]
 
 
 async def test_duplicate_within_one_batch(store: Store) -> None:
@@ -219,21 +297,22 @@ async def test_duplicate_within_one_batch(store: Store) -> None:
     assert not accepted(results[0]).duplicate
     assert accepted(results[1]).duplicate
     assert accepted(results[1]).message.id == first.id
-    assert len(await store.read_inbox(BOB, START, 10)) == 1
+    assert accepted(results[1]).recipients == accepted(results[0]).recipients
+    assert len(await entries(store, BOB, limit=10)) == 1
 
 
 async def test_client_ids_are_per_sender(store: Store) -> None:
     """The same client id from two different users is two messages."""
     results = await store.submit([sub("c1", msg(ALICE, CAROL)), sub("c1", msg(BOB, CAROL))])
     assert not any(accepted(r).duplicate for r in results)
-    assert len(await store.read_inbox(CAROL, START, 10)) == 2
+    assert len(await entries(store, CAROL, limit=10)) == 2
 
 
 async def test_empty_client_id_is_never_a_duplicate(store: Store) -> None:
     """Without a client id there is nothing to dedupe on: every submission is stored."""
     results = await store.submit([sub("", msg(ALICE, BOB)), sub("", msg(ALICE, BOB))])
     assert not any(accepted(r).duplicate for r in results)
-    assert len(await store.read_inbox(BOB, START, 10)) == 2
+    assert len(await entries(store, BOB, limit=10)) == 2
 
 
 async def test_dedupe_forgets_after_the_window(backend: Backend) -> None:
@@ -263,8 +342,24 @@ async def test_group_message_reaches_every_member_once(store: Store) -> None:
     assert sorted(r.user_id for r in a.recipients) == [ALICE, BOB, CAROL]
     assert a.presence == {CAROL: (GW2,)}
     for user in (ALICE, BOB, CAROL):
-        assert [e.message for e in await store.read_inbox(user, START, 10)] == [m]
-    assert await store.read_inbox(DAVE, START, 10) == []
+        assert [e.message for e in await entries(store, user, limit=10)] == [m]
+    assert await entries(store, DAVE, limit=10) == []
+
+
+async def test_a_group_message_takes_each_members_next_position(store: Store) -> None:
+    """Every member's inbox gives a group message its own next position."""
+    for user in (ALICE, BOB, CAROL):
+        await store.join(7, user)
+    await store.submit([sub("p1", msg(DAVE, BOB)), sub("p2", msg(DAVE, BOB))])
+    await store.submit([sub("p3", msg(DAVE, CAROL))])
+    a = accepted((await store.submit([sub("g1", msg(ALICE, 7, type=MESSAGE_GROUP))]))[0])
+    assert positions_of(a) == {ALICE: 1, BOB: 3, CAROL: 2}
+    b = accepted((await store.submit([sub("g2", msg(BOB, 7, type=MESSAGE_GROUP))]))[0])
+    assert positions_of(b) == {ALICE: 2, BOB: 4, CAROL: 3}
+    for user, last in ((ALICE, 2), (BOB, 4), (CAROL, 3)):
+        page = await store.read_inbox(user, 0, 10)
+        assert [e.position for e in page.entries] == list(range(1, last + 1))
+        assert page.last == last
 
 
 async def test_non_member_is_refused_and_not_deduped(store: Store) -> None:
@@ -273,11 +368,11 @@ async def test_non_member_is_refused_and_not_deduped(store: Store) -> None:
     [result] = await store.submit([sub("g1", msg(BOB, 7, type=MESSAGE_GROUP))])
     assert isinstance(result, Refused)
     assert (result.client_id, result.code) == ("g1", "not_member")
-    assert await store.read_inbox(ALICE, START, 10) == []
+    assert await entries(store, ALICE, limit=10) == []
     await store.join(7, BOB)
     again = accepted((await store.submit([sub("g1", msg(BOB, 7, type=MESSAGE_GROUP))]))[0])
     assert not again.duplicate
-    assert len(await store.read_inbox(ALICE, START, 10)) == 1
+    assert len(await entries(store, ALICE, limit=10)) == 1
 
 
 async def test_join_leave_is_member(store: Store) -> None:
@@ -291,6 +386,47 @@ async def test_join_leave_is_member(store: Store) -> None:
     assert not await store.is_member(7, ALICE)
     [result] = await store.submit([sub("g", msg(ALICE, 7, type=MESSAGE_GROUP))])
     assert isinstance(result, Refused)
+
+
+async def test_join_refuses_beyond_groups_per_user(backend: Backend) -> None:
+    """A user in max_groups_per_user groups cannot join another (GroupLimitError naming the
+    flag) until leaving one; rejoining a group it is in still succeeds."""
+    store = backend.make(max_groups_per_user=2)
+    await store.join(1, ALICE)
+    await store.join(2, ALICE)
+    await store.join(2, ALICE)  # already in it: no change, no refusal
+    with pytest.raises(GroupLimitError, match="max-groups-per-user"):
+        await store.join(3, ALICE)
+    assert not await store.is_member(3, ALICE)
+    await store.join(3, BOB)  # the bound is per user
+    await store.leave(1, ALICE)
+    await store.join(3, ALICE)
+    assert await store.is_member(3, ALICE)
+
+
+async def test_join_refuses_beyond_group_members(backend: Backend) -> None:
+    """A group with max_group_members members takes no one else until one leaves."""
+    store = backend.make(max_group_members=2)
+    await store.join(7, ALICE)
+    await store.join(7, BOB)
+    with pytest.raises(GroupLimitError, match="group 7 is full"):
+        await store.join(7, CAROL)
+    assert not await store.is_member(7, CAROL)
+    await store.leave(7, ALICE)
+    await store.join(7, CAROL)
+    assert await store.is_member(7, CAROL)
+
+
+async def test_concurrent_joins_cannot_overshoot_a_bound(backend: Backend) -> None:
+    """Many joins at once into a group with room for 5: exactly 5 succeed."""
+    store = backend.make(max_group_members=5)
+    results = await asyncio.gather(
+        *(store.join(9, UserId(100 + i)) for i in range(40)), return_exceptions=True
+    )
+    assert sum(r is None for r in results) == 5
+    assert all(r is None or isinstance(r, GroupLimitError) for r in results)
+    members = [u for u in range(100, 140) if await store.is_member(9, UserId(u))]
+    assert len(members) == 5
 
 
 async def test_mixed_batch_keeps_order(store: Store) -> None:
@@ -378,58 +514,92 @@ async def test_read_inbox_after_a_position_with_limit(store: Store) -> None:
     """read_inbox returns entries strictly after a position, oldest first, up to limit."""
     messages = [msg(ALICE, BOB, content=str(i)) for i in range(5)]
     await store.submit([sub(f"c{i}", m) for i, m in enumerate(messages)])
-    everything = await store.read_inbox(BOB, START, 100)
+    everything = await entries(store, BOB, limit=100)
     assert [e.message for e in everything] == messages
     seqs = [e.seq for e in everything]
-    assert [e.seq for e in await store.read_inbox(BOB, START, 2)] == seqs[:2]
-    assert [e.seq for e in await store.read_inbox(BOB, "", 2)] == seqs[:2]
-    assert [e.seq for e in await store.read_inbox(BOB, seqs[1], 100)] == seqs[2:]
-    assert [e.seq for e in await store.read_inbox(BOB, seqs[1], 2)] == seqs[2:4]
-    assert await store.read_inbox(BOB, seqs[-1], 100) == []
-    assert await store.read_inbox(BOB, seqs[0], 0) == []
-    assert await store.read_inbox(CAROL, START, 100) == []
-    ms = seq_key(seqs[0])[0]
-    assert [e.seq for e in await store.read_inbox(BOB, str(ms - 1), 100)] == seqs
-    with pytest.raises(ValueError, match="bad inbox position"):
-        await store.read_inbox(BOB, "nope", 10)
+    assert seqs == ["1", "2", "3", "4", "5"]
+    assert [e.seq for e in await entries(store, BOB, limit=2)] == seqs[:2]
+    assert [e.seq for e in await entries(store, BOB, 2, limit=100)] == seqs[2:]
+    assert [e.seq for e in await entries(store, BOB, 2, limit=2)] == seqs[2:4]
+    assert await entries(store, BOB, 5, limit=100) == []
+    assert await entries(store, BOB, 1, limit=0) == []
+    assert await entries(store, CAROL, limit=100) == []
+
+
+def test_position_parses_only_decimal_uint64() -> None:
+    """position() takes decimal digits up to 2**64 - 1 and refuses everything else."""
+    assert position("0") == 0
+    assert position("") == 0
+    assert position("17") == 17
+    assert position(str(MAX_POSITION)) == MAX_POSITION
+    for bad in ("1-2", "-1", str(2**64), "abc", " 1", "1 ", "+1", "\uff11", "1.0", "9" * 21):
+        with pytest.raises(BadPosition, match="bad inbox position"):
+            position(bad)
+    with pytest.raises(ValueError, match="bad inbox position"):  # BadPosition is one too
+        position("1700000000000-3")
 
 
 async def test_concurrent_acks_share_one_redis_round_trip(redis_url: str) -> None:
     """Acks of many users asked for at once are written by one script call, each forward only."""
     async with RedisStore(redis_url) as store:
-        await store.ack(ALICE, "9-0")
+        users = [UserId(100 + i) for i in range(20)]
+        await store.submit(
+            [sub(f"u{i}-{j}", msg(DAVE, u)) for i, u in enumerate(users) for j in range(i + 1)]
+        )
+        await store.submit([sub(f"a{j}", msg(DAVE, ALICE)) for j in range(10)])
+        await store.ack(ALICE, 9)
         stats: Any = await store.client.info("commandstats")
         before = stats.get("cmdstat_evalsha", {}).get("calls", 0)
-        users = [UserId(100 + i) for i in range(20)]
         await asyncio.gather(
-            *(store.ack(u, f"{i + 1}-0") for i, u in enumerate(users)),
-            store.ack(ALICE, "5-0"),
-            store.ack(ALICE, "10-1"),
-            store.ack(ALICE, "10-0"),
+            *(store.ack(u, i + 1) for i, u in enumerate(users)),
+            store.ack(ALICE, 5),
+            store.ack(ALICE, 10),
+            store.ack(ALICE, 8),
         )
         stats = await store.client.info("commandstats")
         assert stats["cmdstat_evalsha"]["calls"] - before == 1
-        assert [await store.acked(u) for u in users] == [f"{i + 1}-0" for i in range(20)]
-        assert await store.acked(ALICE) == "10-1"
+        assert [await store.acked(u) for u in users] == [i + 1 for i in range(20)]
+        assert await store.acked(ALICE) == 10
 
 
 async def test_ack_only_moves_forward(store: Store) -> None:
-    """The acknowledged position starts at START and never moves back."""
-    assert await store.acked(ALICE) == START
-    await store.ack(ALICE, START)
-    assert await store.acked(ALICE) == START
-    await store.ack(ALICE, "5-1")
-    assert await store.acked(ALICE) == "5-1"
-    await store.ack(ALICE, "5-0")
-    await store.ack(ALICE, "4-9")
-    assert await store.acked(ALICE) == "5-1"
-    await store.ack(ALICE, "5-2")
-    await store.ack(ALICE, "6")
-    assert await store.acked(ALICE) == "6-0"
-    assert await store.acked(BOB) == START
-    with pytest.raises(ValueError, match="bad inbox position"):
-        await store.ack(ALICE, "x-1")
-    assert await store.acked(ALICE) == "6-0"
+    """The acknowledged position starts at 0 and never moves back."""
+    await store.submit([sub(f"c{i}", msg(BOB, ALICE)) for i in range(8)])
+    assert await store.acked(ALICE) == 0
+    await store.ack(ALICE, 0)
+    assert await store.acked(ALICE) == 0
+    await store.ack(ALICE, 5)
+    assert await store.acked(ALICE) == 5
+    await store.ack(ALICE, 4)
+    await store.ack(ALICE, 0)
+    assert await store.acked(ALICE) == 5
+    await store.ack(ALICE, 6)
+    assert await store.acked(ALICE) == 6
+    await store.ack(ALICE, 6)
+    assert await store.acked(ALICE) == 6
+    assert await store.acked(CAROL) == 0
+
+
+async def test_ack_is_clamped_to_the_end_of_the_inbox(store: Store) -> None:
+    """An ack beyond the newest position stores the newest position (2**64 - 1 included)."""
+    await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(3)])
+    await store.ack(BOB, 10**6)
+    assert await store.acked(BOB) == 3
+    await store.ack(ALICE, MAX_POSITION)
+    assert await store.acked(ALICE) == 3
+    await store.ack(CAROL, 5)  # no inbox at all: nothing to acknowledge
+    assert await store.acked(CAROL) == 0
+    await store.submit([sub(f"d{i}", msg(ALICE, BOB)) for i in range(2)])
+    await store.ack(BOB, 2)  # never back
+    assert await store.acked(BOB) == 3
+    await store.ack(BOB, MAX_POSITION)
+    assert await store.acked(BOB) == 5
+    # The clamp is what makes a replay after the acked position find the next message.
+    [nxt] = await store.submit([sub("e", msg(ALICE, BOB, content="next"))])
+    assert [e.message.content for e in await entries(store, BOB, await store.acked(BOB))] == [
+        "next"
+    ]
+    assert positions_of(nxt)[BOB] == 6
 
 
 async def test_inbox_is_trimmed_by_length(backend: Backend) -> None:
@@ -440,10 +610,32 @@ async def test_inbox_is_trimmed_by_length(backend: Backend) -> None:
         await store.submit(
             [sub(f"c{start + i}", m) for i, m in enumerate(messages[start : start + 50])]
         )
-    kept = [e.message for e in await store.read_inbox(BOB, START, 1000)]
+    kept = [e.message for e in await entries(store, BOB, limit=1000)]
     slack = 0 if backend.kind == "memory" else 100  # Redis stream-node-max-entries
     assert 10 <= len(kept) <= 10 + slack
     assert kept == messages[-len(kept) :]
+
+
+async def test_a_trimmed_head_is_a_gap_the_reader_can_see(backend: Backend) -> None:
+    """After trimming by length the kept positions are consecutive and end at `last`; the
+    first one is beyond the reader's position + 1, so the reader knows what it lost."""
+    store = backend.make(inbox_max_len=10)
+    for start in range(0, 300, 50):
+        await store.submit([sub(f"c{start + i}", msg(ALICE, BOB)) for i in range(50)])
+    page = await store.read_inbox(BOB, 0, 1000)
+    got = [e.position for e in page.entries]
+    assert page.last == 300
+    assert got == list(range(got[0], 301))
+    assert got[0] > 1  # positions 1 .. got[0] - 1 were trimmed: a gap at the head
+    assert 10 <= len(got) <= (10 if backend.kind == "memory" else 110)
+    # Reading after a trimmed position starts at the oldest kept entry.
+    page = await store.read_inbox(BOB, 5, 3)
+    assert [e.position for e in page.entries] == got[:3]
+    assert page.last == 300
+    # The sender's inbox was trimmed the same way, by its own positions.
+    alice = await store.read_inbox(ALICE, 0, 1000)
+    assert alice.last == 300
+    assert alice.entries[-1].position == 300
 
 
 async def test_inbox_is_trimmed_by_age_and_expires() -> None:
@@ -455,23 +647,104 @@ async def test_inbox_is_trimmed_by_age_and_expires() -> None:
     clock.advance(60)
     new = msg(ALICE, BOB)
     await store.submit([sub("c2", new)])
-    await store.ack(BOB, "1-0")
+    await store.ack(BOB, 1)
     clock.advance(60)
     await store.submit([sub("c3", msg(ALICE, CAROL))])
-    assert [e.message for e in await store.read_inbox(BOB, START, 10)] == [old, new]
+    assert [e.message for e in await entries(store, BOB, limit=10)] == [old, new]
     await store.submit([sub("c4", msg(CAROL, BOB))])
-    assert (await store.read_inbox(BOB, START, 10))[0].message.id == new.id
+    page = await store.read_inbox(BOB, 0, 10)
+    assert page.entries[0].message.id == new.id
+    assert ([e.position for e in page.entries], page.last) == ([2, 3], 3)
     clock.advance(101)
-    assert await store.read_inbox(BOB, START, 10) == []
-    assert await store.acked(BOB) == START
+    assert await store.read_inbox(BOB, 0, 10) == InboxPage([], 0)
+    assert await store.acked(BOB) == 0
 
 
-async def test_seqs_increase_even_when_the_clock_stands_still() -> None:
-    """Memory store: seqs in one millisecond count up in the second part, like Redis."""
+async def test_positions_do_not_depend_on_the_clock() -> None:
+    """Memory store: with the clock standing still, positions still count 1, 2, 3."""
     store = MemoryStore(clock=FakeClock())
     results = await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(3)])
-    seqs = [accepted(r).recipients[0].seq for r in results]
-    assert [s.split("-")[1] for s in seqs] == ["0", "1", "2"]
+    assert [accepted(r).recipients[0].seq for r in results] == ["1", "2", "3"]
+
+
+async def test_an_acknowledged_position_never_hides_a_later_message(backend: Backend) -> None:
+    """Once the inbox has expired, a new message still lands after the acknowledged position
+    (positions must not restart below what the user acknowledged)."""
+    ttl = 100.0 if backend.kind == "memory" else 1.0
+    store = backend.make(inbox_max_age=ttl)
+    await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(5)])
+    if isinstance(store, RedisStore):
+        pos_key = f"im:{{u:{BOB}}}:pos"
+        await wait_until(
+            lambda: _pttl_below(store, pos_key, ttl * 500), what="half the inbox TTL to pass"
+        )
+    else:
+        backend.clock.advance(ttl / 2)
+    await store.ack(BOB, 5)  # the user acknowledges late: its ack outlives the inbox
+    assert await store.acked(BOB) == 5
+
+    async def inbox_gone() -> bool:
+        return (await store.read_inbox(BOB, 0, 10)).last == 0
+
+    await backend.after(ttl * 0.6, inbox_gone, "the inbox to expire")
+    [later] = await store.submit([sub("late", msg(CAROL, BOB, content="later"))])
+    acked = await store.acked(BOB)
+    assert positions_of(later)[BOB] > acked, (acked, positions_of(later))
+    assert [e.message.content for e in await entries(store, BOB, acked)] == ["later"]
+
+
+async def _pttl_below(store: RedisStore, key: str, ms: float) -> bool:
+    ttl = await store.client.pttl(key)
+    return 0 < ttl < ms
+
+
+# -- beacon -------------------------------------------------------------------------------
+
+
+async def test_beacon_says_when_the_mark_was_missing(backend: Backend) -> None:
+    """beacon is missing the first time, not while the mark lives, missing once it is gone;
+    the epoch stays the same throughout."""
+    store = backend.make()
+    first = await store.beacon(GW1, 30)
+    assert first.missing
+    assert first.epoch
+    assert await store.beacon(GW1, 30) == Beacon(False, first.epoch)
+    assert not (await store.beacon(GW1, 30)).missing
+    assert await store.beacon(GW2, 30) == Beacon(True, first.epoch)  # per gateway
+    assert not (await store.beacon(GW1, 0.5)).missing
+
+    async def expired() -> bool:  # without calling beacon, which would renew the mark
+        if isinstance(store, RedisStore):
+            return not await store.client.exists("im:gateway:gw-1")
+        return True
+
+    await backend.after(0.6, expired, "the beacon to expire")
+    assert await store.beacon(GW1, 30) == Beacon(True, first.epoch)
+    assert await store.beacon(GW1, 30) == Beacon(False, first.epoch)
+
+
+async def test_redis_beacon_notices_lost_data(redis_url: str, redis_client: aioredis.Redis) -> None:
+    """Redis: a deleted beacon key makes the mark missing (same epoch); a FLUSHALL (a
+    restart without persistence) makes it missing with a new epoch, exactly once."""
+    async with (
+        RedisStore(redis_url, prefix="b:") as store,
+        RedisStore(redis_url, prefix="b:") as other,
+    ):
+        first = await store.beacon(GW1, 30)
+        assert first.missing
+        assert await store.beacon(GW1, 30) == Beacon(False, first.epoch)
+        assert (await other.beacon(GW2, 30)).epoch == first.epoch  # one epoch per Redis
+        assert 0 < await redis_client.pttl("b:gateway:gw-1") <= 30_000
+        assert await redis_client.pttl("b:epoch") == -1
+        await redis_client.delete("b:gateway:gw-1")
+        assert await store.beacon(GW1, 30) == Beacon(True, first.epoch)
+        assert await store.beacon(GW1, 30) == Beacon(False, first.epoch)
+        await redis_client.flushall()
+        after = await store.beacon(GW1, 30)
+        assert after.missing
+        assert after.epoch != first.epoch
+        assert await store.beacon(GW1, 30) == Beacon(False, after.epoch)
+        assert (await other.beacon(GW2, 30)).epoch == after.epoch
 
 
 # -- lifecycle ----------------------------------------------------------------------------
@@ -490,20 +763,23 @@ async def test_closed_store_refuses_use(backend: Backend) -> None:
     """A closed store fails loudly instead of answering."""
     store = backend.make()
     await store.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreError, match="closed"):
         await store.ping()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreError, match="closed"):
         await store.submit([sub("c", msg(ALICE, BOB))])
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(StoreError, match="closed"):
         await store.lookup([ALICE])
 
 
 def test_bad_options_are_refused() -> None:
-    """Non-positive limits and TTLs are rejected at construction."""
-    with pytest.raises(ValueError, match="positive"):
+    """Non-positive limits and TTLs, and a prefix with hash-tag braces, are rejected at
+    construction."""
+    with pytest.raises(StoreError, match="positive"):
         MemoryStore(presence_ttl=0)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(StoreError, match="positive"):
         RedisStore("redis://127.0.0.1:1/0", inbox_max_len=0)
+    with pytest.raises(StoreError, match="braces"):
+        RedisStore("redis://127.0.0.1:1/0", prefix="a{b}:")
 
 
 # -- open_store ---------------------------------------------------------------------------
@@ -520,7 +796,7 @@ async def test_open_store_by_url(redis_url: str) -> None:
         assert (redis_store.prefix, redis_store.inbox_max_len) == ("x:", 7)
     finally:
         await redis_store.close()
-    with pytest.raises(ValueError, match="memory://"):
+    with pytest.raises(StoreError, match="memory://"):
         await open_store("http://127.0.0.1/")
 
 
@@ -538,7 +814,8 @@ async def test_open_store_fails_on_unreachable_redis() -> None:
 async def test_redis_keys_live_under_the_prefix_and_expire(
     redis_url: str, redis_client: aioredis.Redis
 ) -> None:
-    """Every key is under the prefix, and every key but group membership has a TTL."""
+    """Every key is under the prefix with its user's or group's hash tag, and every key but
+    group membership (bounded by join) and the epoch has a TTL."""
     await redis_client.set("outside", "1")
     async with RedisStore(redis_url, prefix="t:") as store:
         await store.join(7, ALICE)
@@ -552,19 +829,64 @@ async def test_redis_keys_live_under_the_prefix_and_expire(
                 sub("c3", msg(CAROL, 7, type=MESSAGE_GROUP)),
             ]
         )
-        await store.ack(BOB, "1-1")
+        await store.ack(BOB, 1)
         await store.detach(ALICE, GW1)
+        await store.beacon(GW1, 30)
     keys = sorted([k.decode() async for k in redis_client.scan_iter(match="*")])
     ours = [k for k in keys if k != "outside"]
     assert all(k.startswith("t:") for k in ours), ours
-    kinds = {k.split(":")[1] for k in ours}
-    assert kinds == {"group", "presence", "inbox", "acked", "dedupe"}
+    assert set(ours) == {
+        "t:{g:7}:members",
+        "t:{u:1}:groups",
+        "t:{u:1}:inbox",
+        "t:{u:1}:pos",
+        "t:{u:1}:dedupe:c1",
+        "t:{u:1}:dedupe:c2",
+        "t:{u:2}:groups",
+        "t:{u:2}:inbox",
+        "t:{u:2}:pos",
+        "t:{u:2}:acked",
+        "t:{u:2}:presence",
+        "t:{u:3}:presence",
+        "t:gateway:gw-1",
+        "t:epoch",
+    }, ours
     for key in ours:
         ttl = await redis_client.pttl(key)
-        if key.startswith("t:group:"):
+        if key.endswith((":members", ":groups")) or key == "t:epoch":  # bounded instead
             assert ttl == -1, key
         else:
             assert ttl > 0, key
+
+
+async def test_redis_inbox_entries_are_position_dash_milliseconds(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """Redis: inbox stream ids are `<position>-<ms>` (the Redis clock) and the pos key holds
+    the newest position."""
+    async with RedisStore(redis_url) as store:
+        await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(3)])
+        (seconds, micros) = await redis_client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        rows: Any = await redis_client.xrange("im:{u:2}:inbox")
+        ids = [eid.decode() for eid, _ in rows]
+        assert [i.split("-")[0] for i in ids] == ["1", "2", "3"]
+        assert all(abs(int(i.split("-")[1]) - now_ms) < 60_000 for i in ids), (ids, now_ms)
+        assert await redis_client.get("im:{u:2}:pos") == b"3"
+
+
+async def test_redis_positions_resume_after_a_lost_counter(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """Redis: if the pos key is lost while the inbox lives, the next append continues after
+    the inbox's newest entry (positions never repeat)."""
+    async with RedisStore(redis_url) as store:
+        await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(3)])
+        await redis_client.delete("im:{u:2}:pos")
+        [result] = await store.submit([sub("next", msg(ALICE, BOB))])
+        assert positions_of(result)[BOB] == 4
+        page = await store.read_inbox(BOB, 0, 10)
+        assert ([e.position for e in page.entries], page.last) == ([1, 2, 3, 4], 4)
 
 
 async def test_redis_submit_is_one_round_trip_per_batch(
@@ -609,21 +931,26 @@ async def test_redis_submit_is_one_round_trip_per_batch(
 
 
 async def test_redis_inbox_is_trimmed_by_age(redis_url: str) -> None:
-    """Redis: once older than inbox_max_age, a whole stream node of entries is trimmed."""
+    """Redis: entries older than inbox_max_age are trimmed from the head (a pass now and
+    then, on append); what stays is consecutive up to `last`, so the gap is visible."""
     async with RedisStore(redis_url, inbox_max_age=1) as store:
         old = [msg(ALICE, BOB) for _ in range(150)]
         await store.submit([sub(f"o{i}", m) for i, m in enumerate(old)])
 
         async def oldest_trimmed() -> bool:
             await store.submit([sub("", msg(CAROL, BOB))])
-            return (await store.read_inbox(BOB, START, 1))[0].message.id != old[0].id
+            return (await entries(store, BOB, limit=1))[0].message.id != old[0].id
 
         await wait_until(oldest_trimmed, timeout=20, what="the oldest entries to be trimmed")
-        inbox = await store.read_inbox(BOB, START, 1000)
+        page = await store.read_inbox(BOB, 0, 1000)
+        inbox = page.entries
         assert inbox[-1].message.sender == CAROL
         kept = [e.message for e in inbox if e.message.sender == ALICE]
         assert len(kept) < len(old)
         assert kept == old[len(old) - len(kept) :]
+        got = [e.position for e in inbox]
+        assert got == list(range(got[0], page.last + 1))
+        assert got[0] > 1
 
 
 async def test_redis_survives_a_script_cache_flush(
@@ -640,8 +967,8 @@ async def test_redis_survives_a_script_cache_flush(
         await redis_client.script_flush()
         assert await store.lookup([ALICE]) == {ALICE: (GW1,)}
         await redis_client.script_flush()
-        await store.ack(ALICE, "7-1")
-        assert await store.acked(ALICE) == "7-1"
+        await store.ack(ALICE, 2)
+        assert await store.acked(ALICE) == 2
 
 
 async def test_redis_store_leaves_a_borrowed_client_open(redis_client: aioredis.Redis) -> None:
@@ -654,12 +981,17 @@ async def test_redis_store_leaves_a_borrowed_client_open(redis_client: aioredis.
     try:
         text_store = RedisStore(text_client)
         await text_store.attach(ALICE, GW1)
-        await text_store.ack(ALICE, "3-4")
         m = msg(ALICE, BOB)
         await text_store.submit([sub("c", m)])
-        assert [e.message for e in await text_store.read_inbox(BOB, START, 5)] == [m]
+        await text_store.ack(ALICE, 1)
+        page = await text_store.read_inbox(BOB, 0, 5)
+        assert ([e.message for e in page.entries], page.last) == ([m], 1)
         assert await text_store.lookup([ALICE]) == {ALICE: (GW1,)}
-        assert await text_store.acked(ALICE) == "3-4"
+        assert await text_store.acked(ALICE) == 1
+        assert (await text_store.beacon(GW1, 5)).missing
+        d = accepted((await text_store.submit([sub("c", msg(ALICE, BOB))]))[0])
+        assert d.duplicate
+        assert positions_of(d) == {BOB: 1, ALICE: 1}
     finally:
         await text_client.aclose()
 
@@ -673,22 +1005,18 @@ async def test_two_stores_share_state_through_redis(redis_url: str) -> None:
         await one.join(7, ALICE)
         a = accepted((await two.submit([sub("c", msg(BOB, 7, type=MESSAGE_GROUP))]))[0])
         assert sorted(a.presence[ALICE]) == [GW1, GW2]
-        assert len(await one.read_inbox(ALICE, START, 10)) == 1
-        assert Recipient(ALICE, (await one.read_inbox(ALICE, START, 1))[0].seq) in a.recipients
+        assert len(await entries(one, ALICE, limit=10)) == 1
+        assert Recipient(ALICE, (await entries(one, ALICE, limit=1))[0].seq) in a.recipients
 
 
 # -- properties ---------------------------------------------------------------------------
 
-positions = st.tuples(st.integers(0, 2**48), st.integers(0, 2**32))
 
-
-@given(positions, positions)
-def test_seq_key_orders_like_stream_ids(a: tuple[int, int], b: tuple[int, int]) -> None:
-    """seq_key orders "<ms>-<n>" positions exactly as Redis orders stream ids."""
-    sa, sb = f"{a[0]}-{a[1]}", f"{b[0]}-{b[1]}"
-    assert (seq_key(sa) < seq_key(sb)) == (a < b)
-    assert seq_key(sa) == a
-    assert seq_key(str(a[0])) == (a[0], 0)
+@given(st.integers(0, MAX_POSITION))
+def test_every_uint64_is_a_position_and_its_seq_round_trips(n: int) -> None:
+    """position(str(n)) == n for every uint64, and InboxEntry.seq is that decimal."""
+    assert position(str(n)) == n
+    assert InboxEntry(n, msg(ALICE, BOB)).seq == str(n)
 
 
 @settings(max_examples=50, deadline=None)
@@ -707,7 +1035,7 @@ def test_dedupe_stores_each_client_id_once(frames: list[tuple[int, str]]) -> Non
             assert a.duplicate == ((sender, cid) in first)
             first.setdefault((sender, cid), s.message.id)
             assert a.message.id == first[(sender, cid)]
-        inbox = await store.read_inbox(UserId(9), START, 100)
+        inbox = await entries(store, UserId(9), limit=100)
         assert sorted(e.message.id for e in inbox) == sorted(first.values())
 
     asyncio.run(run())
@@ -726,20 +1054,23 @@ _ops = st.one_of(
     st.tuples(st.just("join"), _groups, _users),
     st.tuples(st.just("leave"), _groups, _users),
     st.tuples(st.just("submit"), st.lists(_frames, min_size=1, max_size=6)),
+    st.tuples(st.just("ack"), _users, st.sampled_from([0, 1, 2, 5, 10**6, MAX_POSITION])),
+    st.tuples(st.just("read"), _users, st.integers(0, 8), st.integers(0, 4)),
 )
 
 
 def _outcome(result: Accepted | Refused) -> tuple[object, ...]:
     if isinstance(result, Refused):
         return ("refused", result.client_id, result.code)
-    users = sorted(r.user_id for r in result.recipients)
+    users = sorted((r.user_id, r.seq) for r in result.recipients)
     return ("accepted", result.client_id, result.duplicate, result.message.id, tuple(users))
 
 
 @settings(max_examples=25, deadline=None)
 @given(st.lists(_ops, max_size=10))
 def test_memory_and_redis_stores_agree(redis_server: Any, ops: list[tuple[Any, ...]]) -> None:
-    """On random joins, leaves and batches, MemoryStore and RedisStore give the same answers."""
+    """On random joins, leaves, batches, acks and reads, MemoryStore and RedisStore give
+    the same answers, positions and acknowledged positions included."""
 
     async def run() -> None:
         prefix = f"h{next(_ids)}:"
@@ -764,12 +1095,20 @@ def test_memory_and_redis_stores_agree(redis_server: Any, ops: list[tuple[Any, .
                     ]
                     got = [_outcome(r) for r in await real.submit(batch)]
                     assert got == [_outcome(r) for r in await model.submit(batch)]
+                elif op[0] == "ack":
+                    for store in (real, model):
+                        await store.ack(UserId(op[1]), op[2])
+                    assert await real.acked(UserId(op[1])) == await model.acked(UserId(op[1]))
+                elif op[0] == "read":
+                    reader, after, limit = UserId(op[1]), op[2], op[3]
+                    got_page = await real.read_inbox(reader, after, limit)
+                    assert got_page == await model.read_inbox(reader, after, limit)
                 else:
                     for store in (real, model):
                         await getattr(store, op[0])(op[1], UserId(op[2]))
             for user in (1, 2, 3):
-                got_inbox = [e.message for e in await real.read_inbox(UserId(user), START, 100)]
-                model_inbox = await model.read_inbox(UserId(user), START, 100)
-                assert got_inbox == [e.message for e in model_inbox]
+                got_page = await real.read_inbox(UserId(user), 0, 100)
+                assert got_page == await model.read_inbox(UserId(user), 0, 100)
+                assert await real.acked(UserId(user)) == await model.acked(UserId(user))
 
     asyncio.run(run())

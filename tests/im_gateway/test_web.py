@@ -33,6 +33,22 @@ def test_json_response_has_length_and_type() -> None:
     assert response.headers["Connection"] == "close"
 
 
+def test_responses_keep_the_token_in_the_url_to_themselves(tmp_path: Path) -> None:
+    """Every response forbids Referer, sniffing and framing; the page also carries a
+    Content-Security-Policy that allows only its own scripts and sockets."""
+    (tmp_path / "index.html").write_text("<html></html>")
+    (tmp_path / "app.js").write_text("1;")
+    page = web.static_file("index.html", tmp_path)
+    for response in (page, web.static_file("app.js", tmp_path), web.json_response(200, {})):
+        assert response.headers["Referrer-Policy"] == "no-referrer"
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
+        assert response.headers["X-Frame-Options"] == "DENY"
+    policy = page.headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy
+    assert "frame-ancestors 'none'" in policy
+    assert "Content-Security-Policy" not in web.static_file("app.js", tmp_path).headers
+
+
 @pytest.mark.parametrize(
     ("path", "headers", "expected"),
     [

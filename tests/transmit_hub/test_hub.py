@@ -111,40 +111,6 @@ async def test_unknown_gateway_gives_notice_with_message_id(
     assert (await stats(hub.address)).undeliverable == 1
 
 
-async def test_duplicate_gateway_id_replaces_the_first_stream(
-    hub: HubServer, make_link: LinkFactory
-) -> None:
-    """A second stream with the same id replaces the first: ABORTED, one entry, new one routed."""
-    first = await make_link(hub.address, "gw-x")
-    second = await make_link(hub.address, "gw-x")
-    await wait_until(lambda: bool(first.downs), what="the first link to go down")
-    assert "replaced by a newer stream for gateway gw-x" in first.downs[0].reason
-    assert "ABORTED" in first.downs[0].reason or first.downs[0].reason.startswith("replaced")
-    assert await gateways(hub.address) == ["gw-x"]
-    sender = await make_link(hub.address, "gw-s")
-    assert sender.link.send(tmap("m-3", {"gw-x": (1,)}))
-    await second.wait_deliveries(1)
-    assert first.deliveries == []
-    assert not first.link.connected  # the replaced link does not fight back
-
-
-async def test_raw_replaced_stream_ends_with_aborted(hub: HubServer) -> None:
-    """On the wire, the replaced Connect stream ends with status ABORTED and a clear message."""
-    async with aio.insecure_channel(hub.address) as channel:
-        connect = channel.stream_stream(CONNECT_METHOD)
-        old = connect()
-        await old.write(codec.hello_bytes(codec.GatewayId("gw-dup")))
-        assert codec.welcome_hub_id(codec.parse_response(await old.read())) == "test-hub"
-        new = connect()
-        await new.write(codec.hello_bytes(codec.GatewayId("gw-dup")))
-        await new.read()
-        with pytest.raises(aio.AioRpcError) as info:
-            await old.read()
-        assert info.value.code() == grpc.StatusCode.ABORTED
-        assert info.value.details() == "replaced by a newer stream for gateway gw-dup"
-        new.cancel()
-
-
 async def test_first_request_must_be_hello(hub: HubServer) -> None:
     """A Connect stream whose first frame is not a Hello with an id gets INVALID_ARGUMENT."""
     async with aio.insecure_channel(hub.address) as channel:

@@ -16,6 +16,7 @@ EXPECTED = {
     "GatewayInfo",
     "GatewayStats",
     "HubLink",
+    "HubPool",
     "HubServer",
     "HubStats",
     "LinkClosed",

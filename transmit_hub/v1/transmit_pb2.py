@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atransmit/v1/transmit.proto\x12\x0btransmit.v1\"\x7f\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\x04\x12\n\n\x02to\x18\x03 \x01(\x04\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12!\n\x0c\x63ontent_type\x18\x05 \x01(\x05R\x0b\x63ontentType\x12\x0c\n\x04time\x18\x06 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x07 \x01(\t\"2\n\x07UserIds\x12\x19\n\x08user_ids\x18\x01 \x03(\x04R\x07userIds\x12\x0c\n\x04seqs\x18\x02 \x03(\t\"\xac\x01\n\x0bTransmitMap\x12\x32\n\x05users\x18\x01 \x03(\x0b\x32#.transmit.v1.TransmitMap.UsersEntry\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x14.transmit.v1.Message\x1a\x42\n\nUsersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.transmit.v1.UserIds:\x02\x38\x01\"&\n\x05Hello\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\"7\n\rTransmitBatch\x12&\n\x04maps\x18\x01 \x03(\x0b\x32\x18.transmit.v1.TransmitMap\"k\n\x0e\x43onnectRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.transmit.v1.HelloH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.transmit.v1.TransmitBatchH\x00\x42\x07\n\x05\x66rame\" \n\x07Welcome\x12\x15\n\x06hub_id\x18\x01 \x01(\tR\x05hubId\"V\n\x08\x44\x65livery\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.transmit.v1.Message\x12#\n\x05users\x18\x02 \x01(\x0b\x32\x14.transmit.v1.UserIds\"\x9c\x01\n\rUndeliverable\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x1f\n\x0bmessage_ids\x18\x02 \x03(\tR\nmessageIds\x12\x19\n\x08user_ids\x18\x03 \x03(\x04R\x07userIds\x12\x30\n\x06reason\x18\x04 \x01(\x0e\x32 .transmit.v1.UndeliverableReason\"m\n\rDeliveryBatch\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.transmit.v1.Delivery\x12\x31\n\rundeliverable\x18\x02 \x03(\x0b\x32\x1a.transmit.v1.Undeliverable\"p\n\x0f\x43onnectResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.transmit.v1.WelcomeH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.transmit.v1.DeliveryBatchH\x00\x42\x07\n\x05\x66rame\"\x15\n\x13ListGatewaysRequest\"|\n\x0bGatewayInfo\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x1f\n\x0b\x61ttached_at\x18\x03 \x01(\x03R\nattachedAt\x12\x1f\n\x0bqueue_depth\x18\x04 \x01(\rR\nqueueDepth\"B\n\x14ListGatewaysResponse\x12*\n\x08gateways\x18\x01 \x03(\x0b\x32\x18.transmit.v1.GatewayInfo\"\x11\n\x0fGetStatsRequest\"\xbd\x01\n\x0cGatewayStats\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\x12\'\n\x0f\x64\x65liveries_sent\x18\x02 \x01(\x04R\x0e\x64\x65liveriesSent\x12\x34\n\x16transmit_maps_received\x18\x03 \x01(\x04R\x14transmitMapsReceived\x12\x1d\n\nqueue_full\x18\x04 \x01(\x04R\tqueueFull\x12\x10\n\x08\x61ttached\x18\x05 \x01(\x08\"\x8a\x02\n\x10GetStatsResponse\x12\x15\n\x06hub_id\x18\x01 \x01(\tR\x05hubId\x12\x34\n\x16transmit_maps_received\x18\x02 \x01(\x04R\x14transmitMapsReceived\x12\'\n\x0f\x64\x65liveries_sent\x18\x03 \x01(\x04R\x0e\x64\x65liveriesSent\x12\x15\n\rundeliverable\x18\x04 \x01(\x04\x12\x1d\n\nqueue_full\x18\x05 \x01(\x04R\tqueueFull\x12+\n\x08gateways\x18\x06 \x03(\x0b\x32\x19.transmit.v1.GatewayStats\x12\x1d\n\nstarted_at\x18\x07 \x01(\x03R\tstartedAt*\xa9\x01\n\x13UndeliverableReason\x12$\n UNDELIVERABLE_REASON_UNSPECIFIED\x10\x00\x12%\n!UNDELIVERABLE_REASON_NOT_ATTACHED\x10\x01\x12#\n\x1fUNDELIVERABLE_REASON_QUEUE_FULL\x10\x02\x12 \n\x1cUNDELIVERABLE_REASON_INVALID\x10\x03\x32\xfc\x01\n\x12TransmitHubService\x12H\n\x07\x43onnect\x12\x1b.transmit.v1.ConnectRequest\x1a\x1c.transmit.v1.ConnectResponse(\x01\x30\x01\x12S\n\x0cListGateways\x12 .transmit.v1.ListGatewaysRequest\x1a!.transmit.v1.ListGatewaysResponse\x12G\n\x08GetStats\x12\x1c.transmit.v1.GetStatsRequest\x1a\x1d.transmit.v1.GetStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atransmit/v1/transmit.proto\x12\x0btransmit.v1\"\x7f\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04\x66rom\x18\x02 \x01(\x04\x12\n\n\x02to\x18\x03 \x01(\x04\x12\x0c\n\x04type\x18\x04 \x01(\x05\x12!\n\x0c\x63ontent_type\x18\x05 \x01(\x05R\x0b\x63ontentType\x12\x0c\n\x04time\x18\x06 \x01(\x03\x12\x0f\n\x07\x63ontent\x18\x07 \x01(\t\"2\n\x07UserIds\x12\x19\n\x08user_ids\x18\x01 \x03(\x04R\x07userIds\x12\x0c\n\x04seqs\x18\x02 \x03(\t\"\xac\x01\n\x0bTransmitMap\x12\x32\n\x05users\x18\x01 \x03(\x0b\x32#.transmit.v1.TransmitMap.UsersEntry\x12%\n\x07message\x18\x02 \x01(\x0b\x32\x14.transmit.v1.Message\x1a\x42\n\nUsersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.transmit.v1.UserIds:\x02\x38\x01\"&\n\x05Hello\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\"\x16\n\x05Probe\x12\r\n\x05nonce\x18\x01 \x01(\x04\"\x1b\n\nProbeReply\x12\r\n\x05nonce\x18\x01 \x01(\x04\"7\n\rTransmitBatch\x12&\n\x04maps\x18\x01 \x03(\x0b\x32\x18.transmit.v1.TransmitMap\"\xa7\x01\n\x0e\x43onnectRequest\x12#\n\x05hello\x18\x01 \x01(\x0b\x32\x12.transmit.v1.HelloH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.transmit.v1.TransmitBatchH\x00\x12:\n\x0bprobe_reply\x18\x03 \x01(\x0b\x32\x17.transmit.v1.ProbeReplyH\x00R\nprobeReplyB\x07\n\x05\x66rame\" \n\x07Welcome\x12\x15\n\x06hub_id\x18\x01 \x01(\tR\x05hubId\"V\n\x08\x44\x65livery\x12%\n\x07message\x18\x01 \x01(\x0b\x32\x14.transmit.v1.Message\x12#\n\x05users\x18\x02 \x01(\x0b\x32\x14.transmit.v1.UserIds\"\x9c\x01\n\rUndeliverable\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x1f\n\x0bmessage_ids\x18\x02 \x03(\tR\nmessageIds\x12\x19\n\x08user_ids\x18\x03 \x03(\x04R\x07userIds\x12\x30\n\x06reason\x18\x04 \x01(\x0e\x32 .transmit.v1.UndeliverableReason\"m\n\rDeliveryBatch\x12)\n\ndeliveries\x18\x01 \x03(\x0b\x32\x15.transmit.v1.Delivery\x12\x31\n\rundeliverable\x18\x02 \x03(\x0b\x32\x1a.transmit.v1.Undeliverable\"\x95\x01\n\x0f\x43onnectResponse\x12\'\n\x07welcome\x18\x01 \x01(\x0b\x32\x14.transmit.v1.WelcomeH\x00\x12+\n\x05\x62\x61tch\x18\x02 \x01(\x0b\x32\x1a.transmit.v1.DeliveryBatchH\x00\x12#\n\x05probe\x18\x03 \x01(\x0b\x32\x12.transmit.v1.ProbeH\x00\x42\x07\n\x05\x66rame\"\x15\n\x13ListGatewaysRequest\"|\n\x0bGatewayInfo\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x1f\n\x0b\x61ttached_at\x18\x03 \x01(\x03R\nattachedAt\x12\x1f\n\x0bqueue_depth\x18\x04 \x01(\rR\nqueueDepth\"B\n\x14ListGatewaysResponse\x12*\n\x08gateways\x18\x01 \x03(\x0b\x32\x18.transmit.v1.GatewayInfo\"\x11\n\x0fGetStatsRequest\"\xbd\x01\n\x0cGatewayStats\x12\x1d\n\ngateway_id\x18\x01 \x01(\tR\tgatewayId\x12\'\n\x0f\x64\x65liveries_sent\x18\x02 \x01(\x04R\x0e\x64\x65liveriesSent\x12\x34\n\x16transmit_maps_received\x18\x03 \x01(\x04R\x14transmitMapsReceived\x12\x1d\n\nqueue_full\x18\x04 \x01(\x04R\tqueueFull\x12\x10\n\x08\x61ttached\x18\x05 \x01(\x08\"\x8a\x02\n\x10GetStatsResponse\x12\x15\n\x06hub_id\x18\x01 \x01(\tR\x05hubId\x12\x34\n\x16transmit_maps_received\x18\x02 \x01(\x04R\x14transmitMapsReceived\x12\'\n\x0f\x64\x65liveries_sent\x18\x03 \x01(\x04R\x0e\x64\x65liveriesSent\x12\x15\n\rundeliverable\x18\x04 \x01(\x04\x12\x1d\n\nqueue_full\x18\x05 \x01(\x04R\tqueueFull\x12+\n\x08gateways\x18\x06 \x03(\x0b\x32\x19.transmit.v1.GatewayStats\x12\x1d\n\nstarted_at\x18\x07 \x01(\x03R\tstartedAt*\xa9\x01\n\x13UndeliverableReason\x12$\n UNDELIVERABLE_REASON_UNSPECIFIED\x10\x00\x12%\n!UNDELIVERABLE_REASON_NOT_ATTACHED\x10\x01\x12#\n\x1fUNDELIVERABLE_REASON_QUEUE_FULL\x10\x02\x12 \n\x1cUNDELIVERABLE_REASON_INVALID\x10\x03\x32\xfc\x01\n\x12TransmitHubService\x12H\n\x07\x43onnect\x12\x1b.transmit.v1.ConnectRequest\x1a\x1c.transmit.v1.ConnectResponse(\x01\x30\x01\x12S\n\x0cListGateways\x12 .transmit.v1.ListGatewaysRequest\x1a!.transmit.v1.ListGatewaysResponse\x12G\n\x08GetStats\x12\x1c.transmit.v1.GetStatsRequest\x1a\x1d.transmit.v1.GetStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_TRANSMITMAP_USERSENTRY']._loaded_options = None
   _globals['_TRANSMITMAP_USERSENTRY']._serialized_options = b'8\001'
-  _globals['_UNDELIVERABLEREASON']._serialized_start=1809
-  _globals['_UNDELIVERABLEREASON']._serialized_end=1978
+  _globals['_UNDELIVERABLEREASON']._serialized_start=1961
+  _globals['_UNDELIVERABLEREASON']._serialized_end=2130
   _globals['_MESSAGE']._serialized_start=43
   _globals['_MESSAGE']._serialized_end=170
   _globals['_USERIDS']._serialized_start=172
@@ -45,32 +45,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRANSMITMAP_USERSENTRY']._serialized_end=397
   _globals['_HELLO']._serialized_start=399
   _globals['_HELLO']._serialized_end=437
-  _globals['_TRANSMITBATCH']._serialized_start=439
-  _globals['_TRANSMITBATCH']._serialized_end=494
-  _globals['_CONNECTREQUEST']._serialized_start=496
-  _globals['_CONNECTREQUEST']._serialized_end=603
-  _globals['_WELCOME']._serialized_start=605
-  _globals['_WELCOME']._serialized_end=637
-  _globals['_DELIVERY']._serialized_start=639
-  _globals['_DELIVERY']._serialized_end=725
-  _globals['_UNDELIVERABLE']._serialized_start=728
-  _globals['_UNDELIVERABLE']._serialized_end=884
-  _globals['_DELIVERYBATCH']._serialized_start=886
-  _globals['_DELIVERYBATCH']._serialized_end=995
-  _globals['_CONNECTRESPONSE']._serialized_start=997
-  _globals['_CONNECTRESPONSE']._serialized_end=1109
-  _globals['_LISTGATEWAYSREQUEST']._serialized_start=1111
-  _globals['_LISTGATEWAYSREQUEST']._serialized_end=1132
-  _globals['_GATEWAYINFO']._serialized_start=1134
-  _globals['_GATEWAYINFO']._serialized_end=1258
-  _globals['_LISTGATEWAYSRESPONSE']._serialized_start=1260
-  _globals['_LISTGATEWAYSRESPONSE']._serialized_end=1326
-  _globals['_GETSTATSREQUEST']._serialized_start=1328
-  _globals['_GETSTATSREQUEST']._serialized_end=1345
-  _globals['_GATEWAYSTATS']._serialized_start=1348
-  _globals['_GATEWAYSTATS']._serialized_end=1537
-  _globals['_GETSTATSRESPONSE']._serialized_start=1540
-  _globals['_GETSTATSRESPONSE']._serialized_end=1806
-  _globals['_TRANSMITHUBSERVICE']._serialized_start=1981
-  _globals['_TRANSMITHUBSERVICE']._serialized_end=2233
+  _globals['_PROBE']._serialized_start=439
+  _globals['_PROBE']._serialized_end=461
+  _globals['_PROBEREPLY']._serialized_start=463
+  _globals['_PROBEREPLY']._serialized_end=490
+  _globals['_TRANSMITBATCH']._serialized_start=492
+  _globals['_TRANSMITBATCH']._serialized_end=547
+  _globals['_CONNECTREQUEST']._serialized_start=550
+  _globals['_CONNECTREQUEST']._serialized_end=717
+  _globals['_WELCOME']._serialized_start=719
+  _globals['_WELCOME']._serialized_end=751
+  _globals['_DELIVERY']._serialized_start=753
+  _globals['_DELIVERY']._serialized_end=839
+  _globals['_UNDELIVERABLE']._serialized_start=842
+  _globals['_UNDELIVERABLE']._serialized_end=998
+  _globals['_DELIVERYBATCH']._serialized_start=1000
+  _globals['_DELIVERYBATCH']._serialized_end=1109
+  _globals['_CONNECTRESPONSE']._serialized_start=1112
+  _globals['_CONNECTRESPONSE']._serialized_end=1261
+  _globals['_LISTGATEWAYSREQUEST']._serialized_start=1263
+  _globals['_LISTGATEWAYSREQUEST']._serialized_end=1284
+  _globals['_GATEWAYINFO']._serialized_start=1286
+  _globals['_GATEWAYINFO']._serialized_end=1410
+  _globals['_LISTGATEWAYSRESPONSE']._serialized_start=1412
+  _globals['_LISTGATEWAYSRESPONSE']._serialized_end=1478
+  _globals['_GETSTATSREQUEST']._serialized_start=1480
+  _globals['_GETSTATSREQUEST']._serialized_end=1497
+  _globals['_GATEWAYSTATS']._serialized_start=1500
+  _globals['_GATEWAYSTATS']._serialized_end=1689
+  _globals['_GETSTATSRESPONSE']._serialized_start=1692
+  _globals['_GETSTATSRESPONSE']._serialized_end=1958
+  _globals['_TRANSMITHUBSERVICE']._serialized_start=2133
+  _globals['_TRANSMITHUBSERVICE']._serialized_end=2385
 # @@protoc_insertion_point(module_scope)

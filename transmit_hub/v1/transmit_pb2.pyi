@@ -64,6 +64,18 @@ class Hello(_message.Message):
     gateway_id: str
     def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
 
+class Probe(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: int
+    def __init__(self, nonce: _Optional[int] = ...) -> None: ...
+
+class ProbeReply(_message.Message):
+    __slots__ = ("nonce",)
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    nonce: int
+    def __init__(self, nonce: _Optional[int] = ...) -> None: ...
+
 class TransmitBatch(_message.Message):
     __slots__ = ("maps",)
     MAPS_FIELD_NUMBER: _ClassVar[int]
@@ -71,12 +83,14 @@ class TransmitBatch(_message.Message):
     def __init__(self, maps: _Optional[_Iterable[_Union[TransmitMap, _Mapping]]] = ...) -> None: ...
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "batch")
+    __slots__ = ("hello", "batch", "probe_reply")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROBE_REPLY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     batch: TransmitBatch
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[TransmitBatch, _Mapping]] = ...) -> None: ...
+    probe_reply: ProbeReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., batch: _Optional[_Union[TransmitBatch, _Mapping]] = ..., probe_reply: _Optional[_Union[ProbeReply, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("hub_id",)
@@ -113,12 +127,14 @@ class DeliveryBatch(_message.Message):
     def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., undeliverable: _Optional[_Iterable[_Union[Undeliverable, _Mapping]]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "batch")
+    __slots__ = ("welcome", "batch", "probe")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROBE_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     batch: DeliveryBatch
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., batch: _Optional[_Union[DeliveryBatch, _Mapping]] = ...) -> None: ...
+    probe: Probe
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., batch: _Optional[_Union[DeliveryBatch, _Mapping]] = ..., probe: _Optional[_Union[Probe, _Mapping]] = ...) -> None: ...
 
 class ListGatewaysRequest(_message.Message):
     __slots__ = ()

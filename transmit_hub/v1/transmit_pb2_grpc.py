@@ -57,9 +57,16 @@ class TransmitHubServiceServicer:
     """
 
     def Connect(self, request_iterator, context):
-        """The gateway link. The first request must carry a Hello; the first
-        response is a Welcome. A second stream with the same gateway id
-        replaces the first, which ends with status ABORTED.
+        """The gateway link. The first request must carry a Hello (within the
+        hub's --hello-timeout, else DEADLINE_EXCEEDED) naming a valid gateway
+        id (else INVALID_ARGUMENT); the first response is a Welcome.
+
+        One stream holds a gateway id at a time. When a second stream claims an
+        id that is held, the hub sends the holder a Probe: a holder that answers
+        (ProbeReply) is alive, and the claim is refused with ALREADY_EXISTS; a
+        holder that does not answer in time is dead or stuck, and it is replaced
+        (its stream ends with ALREADY_EXISTS too). So a gateway that restarts
+        attaches again at once, and a second process claiming a live id is told.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

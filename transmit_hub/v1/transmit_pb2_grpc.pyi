@@ -44,9 +44,16 @@ class TransmitHubServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> TransmitHubServiceAsyncStub: ...
     Connect: _grpc.StreamStreamMultiCallable[_transmit_pb2.ConnectRequest, _transmit_pb2.ConnectResponse]
-    """The gateway link. The first request must carry a Hello; the first
-    response is a Welcome. A second stream with the same gateway id
-    replaces the first, which ends with status ABORTED.
+    """The gateway link. The first request must carry a Hello (within the
+    hub's --hello-timeout, else DEADLINE_EXCEEDED) naming a valid gateway
+    id (else INVALID_ARGUMENT); the first response is a Welcome.
+
+    One stream holds a gateway id at a time. When a second stream claims an
+    id that is held, the hub sends the holder a Probe: a holder that answers
+    (ProbeReply) is alive, and the claim is refused with ALREADY_EXISTS; a
+    holder that does not answer in time is dead or stuck, and it is replaced
+    (its stream ends with ALREADY_EXISTS too). So a gateway that restarts
+    attaches again at once, and a second process claiming a live id is told.
     """
     ListGateways: _grpc.UnaryUnaryMultiCallable[_transmit_pb2.ListGatewaysRequest, _transmit_pb2.ListGatewaysResponse]
     """The gateways attached now."""
@@ -59,9 +66,16 @@ class TransmitHubServiceAsyncStub(TransmitHubServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Connect: _aio.StreamStreamMultiCallable[_transmit_pb2.ConnectRequest, _transmit_pb2.ConnectResponse]  # type: ignore[assignment]
-    """The gateway link. The first request must carry a Hello; the first
-    response is a Welcome. A second stream with the same gateway id
-    replaces the first, which ends with status ABORTED.
+    """The gateway link. The first request must carry a Hello (within the
+    hub's --hello-timeout, else DEADLINE_EXCEEDED) naming a valid gateway
+    id (else INVALID_ARGUMENT); the first response is a Welcome.
+
+    One stream holds a gateway id at a time. When a second stream claims an
+    id that is held, the hub sends the holder a Probe: a holder that answers
+    (ProbeReply) is alive, and the claim is refused with ALREADY_EXISTS; a
+    holder that does not answer in time is dead or stuck, and it is replaced
+    (its stream ends with ALREADY_EXISTS too). So a gateway that restarts
+    attaches again at once, and a second process claiming a live id is told.
     """
     ListGateways: _aio.UnaryUnaryMultiCallable[_transmit_pb2.ListGatewaysRequest, _transmit_pb2.ListGatewaysResponse]  # type: ignore[assignment]
     """The gateways attached now."""
@@ -77,9 +91,16 @@ class TransmitHubServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_transmit_pb2.ConnectRequest],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_transmit_pb2.ConnectResponse], _abc.AsyncIterator[_transmit_pb2.ConnectResponse]]:
-        """The gateway link. The first request must carry a Hello; the first
-        response is a Welcome. A second stream with the same gateway id
-        replaces the first, which ends with status ABORTED.
+        """The gateway link. The first request must carry a Hello (within the
+        hub's --hello-timeout, else DEADLINE_EXCEEDED) naming a valid gateway
+        id (else INVALID_ARGUMENT); the first response is a Welcome.
+
+        One stream holds a gateway id at a time. When a second stream claims an
+        id that is held, the hub sends the holder a Probe: a holder that answers
+        (ProbeReply) is alive, and the claim is refused with ALREADY_EXISTS; a
+        holder that does not answer in time is dead or stuck, and it is replaced
+        (its stream ends with ALREADY_EXISTS too). So a gateway that restarts
+        attaches again at once, and a second process claiming a live id is told.
         """
 
     @_abc_1.abstractmethod

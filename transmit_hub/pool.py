@@ -1,0 +1,509 @@
+"""HubPool: a gateway's links to several transmit hubs, looking like one link.
+
+::
+
+    async with HubPool(["10.0.0.1:50051", "10.0.0.2:50051"], GatewayId("gw-1")) as pool:
+        pool.send(tmap)                       # through one attached hub
+        async for event in pool.events():     # from every hub, merged
+            ...
+
+Every gateway attaches to every hub (one :class:`~transmit_hub.link.HubLink` each),
+takes deliveries from all of them and sends each map through one. The pure parts are
+plain functions and small classes, tested without a loop:
+
+- **Which hub.** :func:`rank` orders the hubs for a map by rendezvous hashing of this
+  gateway's id and the map's target gateways; the first attached hub in that order
+  carries the map. So load spreads over the hubs, the maps from this gateway to one
+  target travel one path while it is healthy (their order is kept), and when a hub goes
+  only the maps that used it move. A group map goes whole through one hub ("1 frame in,
+  one delivery per target gateway out"); :func:`plan` splits off a target's share only
+  when that hub said lately that the target is not attached there (:class:`Absences`).
+- **What to send again.** :class:`SendLog` remembers what went through each hub for
+  ``resend_window`` seconds (at most ``resend_max`` maps). When a hub's stream breaks,
+  the maps written to it in that window, and those still waiting for it, go at once
+  through the other hubs (or wait in the pool until one attaches): a map written to a
+  dying stream may never have been routed. Receivers drop repeats by inbox position.
+  The window must cover the time a silent hub takes to be noticed (keepalive).
+- **Not attached here, maybe there.** A ``NOT_ATTACHED`` notice from one hub sends that
+  share through the next hub that has not been tried; only when no attached hub is left
+  does the notice reach the consumer, which may then clear presence.
+
+Events toward the consumer: :class:`LinkUp` whenever a hub (re)attaches (a chance to
+catch up), :class:`LinkDown` only when the last attached hub goes, ``Delivered`` and
+``NotDelivered`` as from one link. :attr:`HubPool.connected` is true while at least one
+hub is attached. The event queue is bounded; a slow consumer backpressures the hubs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from .errors import ConfigError, LinkClosed
+from .lifecycle import AsyncLifecycle
+from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkUp, NotDelivered
+from .transport import CHANNEL_OPTIONS
+from .types import GatewayId, MessageId, TransmitMap, Undeliverable, UndeliverableReason
+
+__all__ = ["Absences", "HubPool", "SendLog", "plan", "rank", "route_key"]
+
+log = logging.getLogger(__name__)
+
+ABSENT_FOR: Final = 2.0
+"""Seconds a hub's "not attached" for a gateway steers that gateway's shares elsewhere."""
+RESEND_PATIENCE: Final = 2.0
+"""After a break, how long sending again may wait for room in the other hubs' buffers."""
+RANK_CACHE: Final = 4096
+"""Routing keys whose hub order is remembered (the cache is emptied when it is full)."""
+
+_CLOSED: Final = object()
+
+
+# -- pure parts ----------------------------------------------------------------------------
+
+
+def route_key(gateway_id: str, tmap: TransmitMap) -> str:
+    """The key a map is placed by: the sender gateway and the map's target gateways."""
+    users = tmap.users
+    if len(users) == 1:
+        (target,) = users
+        return f"{gateway_id}>{target}"
+    return f"{gateway_id}>" + ",".join(sorted(users))
+
+
+def rank(key: str, hubs: Sequence[str]) -> tuple[str, ...]:
+    """``hubs`` in rendezvous order for ``key``: highest hash of (hub, key) first.
+
+    Adding or losing a hub moves only the keys whose first hub it is.
+    """
+
+    def score(hub: str) -> bytes:
+        return hashlib.blake2b(f"{hub}|{key}".encode(), digest_size=8).digest()
+
+    return tuple(sorted(hubs, key=score, reverse=True))
+
+
+class Absences:
+    """Which hubs said lately that a gateway is not attached to them (for ``ttl`` s)."""
+
+    def __init__(self, ttl: float = ABSENT_FOR) -> None:
+        self._ttl = ttl
+        self._until: dict[tuple[str, GatewayId], float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._until)
+
+    def mark(self, hub: str, gateway: GatewayId, now: float) -> None:
+        """``hub`` said ``gateway`` is not attached to it."""
+        self._until[(hub, gateway)] = now + self._ttl
+        if len(self._until) > RANK_CACHE:  # bounded: forget what has expired
+            self._until = {k: t for k, t in self._until.items() if t > now}
+
+    def absent(self, hub: str, gateway: GatewayId, now: float) -> bool:
+        """Whether ``hub`` said lately that ``gateway`` is not attached to it."""
+        until = self._until.get((hub, gateway))
+        if until is None:
+            return False
+        if until <= now:
+            del self._until[(hub, gateway)]
+            return False
+        return True
+
+
+def plan(
+    tmap: TransmitMap,
+    order: Iterable[str],
+    absent: Callable[[str, GatewayId], bool] | None = None,
+) -> list[tuple[str, TransmitMap]]:
+    """Which hub carries which part of ``tmap``; ``[]`` when ``order`` is empty.
+
+    ``order``: the attached hubs, best first. The map goes whole through the first,
+    except the shares of targets that ``absent`` says are missing there and present on
+    a later hub: each of those goes through the first such hub.
+    """
+    hubs = list(order)
+    if not hubs:
+        return []
+    first = hubs[0]
+    if absent is None or len(hubs) == 1:
+        return [(first, tmap)]
+    moved: dict[str, dict[GatewayId, Any]] = {}
+    for gateway, recipients in tmap.users.items():
+        if not absent(first, gateway):
+            continue
+        for hub in hubs[1:]:
+            if not absent(hub, gateway):
+                moved.setdefault(hub, {})[gateway] = recipients
+                break
+    if not moved:
+        return [(first, tmap)]
+    gone = {g for shares in moved.values() for g in shares}
+    parts: list[tuple[str, TransmitMap]] = []
+    rest = {g: rs for g, rs in tmap.users.items() if g not in gone}
+    if rest:
+        parts.append((first, TransmitMap(tmap.message, rest)))
+    parts.extend((hub, TransmitMap(tmap.message, shares)) for hub, shares in moved.items())
+    return parts
+
+
+_Sent = tuple[TransmitMap, str, float, frozenset[str]]
+"""A record: the map, the hub it went through, when, and every hub that carried it so far
+(a plain tuple: one is made per send)."""
+
+
+class SendLog:
+    """What went through which hub lately: the maps to send again when a hub breaks, and
+    the shares to try elsewhere when a hub says their gateway is not attached to it.
+
+    Bounded: a record is forgotten after ``window`` seconds, or when ``max_entries``
+    newer ones exist. A record costs one tuple in a deque (this is on every send); the
+    rare look-up by message id scans from the newest end, where a notice's map is.
+    """
+
+    def __init__(self, *, window: float, max_entries: int) -> None:
+        if window < 0 or max_entries < 1:
+            raise ConfigError("need window >= 0 and max_entries >= 1")
+        self._window = window
+        self._max = max_entries
+        self._sent: deque[_Sent] = deque()
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    def record(
+        self, tmap: TransmitMap, hub: str, now: float, tried: frozenset[str] | None = None
+    ) -> None:
+        """``tmap`` went through ``hub`` at ``now``; ``tried``: every hub that carried it,
+        ``hub`` included (default: ``hub`` alone)."""
+        sent = self._sent
+        sent.append((tmap, hub, now, frozenset((hub,)) if tried is None else tried))
+        if len(sent) > self._max or sent[0][2] < now - self._window:
+            self.trim(now)
+
+    def trim(self, now: float) -> None:
+        """Forget what is older than the window, and the oldest beyond ``max_entries``."""
+        sent = self._sent
+        horizon = now - self._window
+        while sent and (len(sent) > self._max or sent[0][2] < horizon):
+            sent.popleft()
+
+    def through(self, hub: str, now: float) -> list[TransmitMap]:
+        """The maps that went through ``hub`` in the window, oldest first."""
+        self.trim(now)
+        return [tmap for tmap, via, _, _ in self._sent if via == hub]
+
+    def share(
+        self, message_id: MessageId, gateway: GatewayId, hub: str
+    ) -> tuple[TransmitMap, frozenset[str]] | None:
+        """``gateway``'s share of the message sent through ``hub``, and the hubs tried."""
+        for tmap, via, _, tried in reversed(self._sent):
+            if via == hub and tmap.message.id == message_id and gateway in tmap.users:
+                users = tmap.users
+                part = (
+                    tmap
+                    if len(users) == 1
+                    else TransmitMap(tmap.message, {gateway: users[gateway]})
+                )
+                return part, tried
+        return None
+
+
+def merge_resend(
+    window: Sequence[TransmitMap], waiting: Sequence[TransmitMap]
+) -> list[TransmitMap]:
+    """What a broken hub had: the maps written in the window, then those still waiting.
+
+    ``waiting`` (never written, oldest first) is newer than anything written, and the
+    window may hold some of it: each map comes out once, in the order it was sent.
+    """
+    held = {id(m) for m in waiting}
+    return [*(m for m in window if id(m) not in held), *waiting]
+
+
+# -- the pool ------------------------------------------------------------------------------
+
+
+class HubPool(AsyncLifecycle):
+    """Links to every hub in ``targets``, used as one link; an async context manager."""
+
+    def __init__(
+        self,
+        targets: Sequence[str],
+        gateway_id: GatewayId,
+        *,
+        token: str | None = None,
+        max_pending: int = 10_000,
+        resend_window: float = 6.0,
+        resend_max: int = 50_000,
+        event_queue: int = 1024,
+        channel_options: tuple[tuple[str, Any], ...] = CHANNEL_OPTIONS,
+        **link_options: Any,
+    ) -> None:
+        """``link_options`` go to each :class:`HubLink` (``backoff_max``, ``linger``...)."""
+        if not targets:
+            raise ConfigError("a hub pool needs at least one hub")
+        if len(set(targets)) != len(targets):
+            raise ConfigError(f"a hub is listed twice: {', '.join(targets)}")
+        if max_pending < 1 or event_queue < 1:
+            raise ConfigError("max_pending and event_queue must be at least 1")
+        self.gateway_id = gateway_id
+        self.targets = tuple(targets)
+        self.members: Mapping[str, HubLink] = {
+            target: HubLink(
+                target,
+                gateway_id,
+                token=token,
+                max_pending=max_pending,
+                event_queue=event_queue,
+                channel_options=channel_options,
+                **link_options,
+            )
+            for target in targets
+        }
+        self._max_pending = max_pending
+        self._log = SendLog(window=resend_window, max_entries=resend_max)
+        self._absent = Absences()
+        self._ranks: dict[object, tuple[str, ...]] = {}
+        self._only = {target: frozenset({target}) for target in targets}
+        self._backlog: deque[TransmitMap] = deque()
+        self._events: asyncio.Queue[object] = asyncio.Queue(maxsize=event_queue)
+        self._up = asyncio.Event()
+        self._pumps: list[asyncio.Task[None]] = []
+        self._started = False
+        self._closed = False
+        self.resent = 0
+        """Maps sent again through another hub after a stream broke."""
+        self.rerouted = 0
+        """Shares tried on another hub after a "not attached" notice."""
+
+    # -- the Link protocol -----------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        """Whether at least one hub is attached."""
+        return any(link.connected for link in self.members.values())
+
+    @property
+    def hubs(self) -> dict[str, str]:
+        """Each hub's address and ``"up"`` or ``"down"`` (for ``/healthz``)."""
+        return {t: "up" if link.connected else "down" for t, link in self.members.items()}
+
+    @property
+    def conflict(self) -> str | None:
+        """Why a hub refuses this gateway's id (another live process holds it), if any
+        hub does; for ``/healthz``."""
+        for link in self.members.values():
+            if link.conflict:
+                return link.conflict
+        return None
+
+    @property
+    def pending(self) -> int:
+        """Maps waiting: in the pool (no hub attached) and in the links' buffers."""
+        return len(self._backlog) + sum(link.pending for link in self.members.values())
+
+    def send(self, tmap: TransmitMap) -> bool:
+        """Send ``tmap`` through an attached hub; ``False`` (not queued) when full."""
+        if self._closed:
+            raise LinkClosed("the hub pool is closed")
+        return self._dispatch(tmap, frozenset())
+
+    async def events(self) -> AsyncIterator[LinkEvent]:
+        """The merged events of every hub, for one consumer; ends after :meth:`close`."""
+        queue = self._events
+        while True:
+            if self._closed and queue.empty():
+                return
+            item = await queue.get()
+            if item is _CLOSED:
+                return
+            yield item  # type: ignore[misc]
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start every link and the tasks that take their events."""
+        if self._closed:
+            raise LinkClosed("the hub pool is closed")
+        if self._started:
+            return
+        self._started = True
+        for target, link in self.members.items():
+            await link.start()
+            self._pumps.append(asyncio.create_task(self._pump(target, link), name=f"pool-{target}"))
+
+    async def wait_connected(self, timeout: float) -> None:  # noqa: ASYNC109 - as HubLink's
+        """Wait until one hub is attached; :class:`TimeoutError` after ``timeout`` s."""
+        await asyncio.wait_for(self._up.wait(), timeout)
+
+    async def close(self) -> list[TransmitMap]:
+        """Close every link; return the maps never written (each once)."""
+        if self._closed:
+            return []
+        self._closed = True
+        for pump in self._pumps:
+            pump.cancel()
+        if self._pumps:
+            await asyncio.wait(self._pumps)
+        unsent = list(self._backlog)
+        self._backlog.clear()
+        for link in self.members.values():
+            unsent.extend(await link.close())
+        self._up.clear()
+        with contextlib.suppress(asyncio.QueueFull):
+            self._events.put_nowait(_CLOSED)
+        return unsent
+
+    # -- routing ---------------------------------------------------------------------------
+
+    def _ranking(self, tmap: TransmitMap) -> tuple[str, ...]:
+        """Every hub, in the order ``tmap`` prefers them (cached per target set)."""
+        users = tmap.users
+        cache_key: object
+        if len(users) == 1:
+            (cache_key,) = users  # the one target: no key string to build
+        else:
+            cache_key = frozenset(users)
+        order = self._ranks.get(cache_key)
+        if order is None:
+            if len(self._ranks) >= RANK_CACHE:
+                self._ranks.clear()
+            order = self._ranks[cache_key] = rank(route_key(self.gateway_id, tmap), self.targets)
+        return order
+
+    def _order(self, tmap: TransmitMap, exclude: frozenset[str]) -> list[str]:
+        members = self.members
+        return [h for h in self._ranking(tmap) if h not in exclude and members[h].connected]
+
+    def _dispatch(self, tmap: TransmitMap, tried: frozenset[str]) -> bool:
+        """Send through the best attached hub not in ``tried``; else keep it for later."""
+        if not tried and not self._absent:
+            # The common case: the first attached hub takes the whole map.
+            members = self.members
+            for hub in self._ranking(tmap):
+                link = members[hub]
+                if link.connected:
+                    if not link.send(tmap):
+                        break  # full: let the general path try the others
+                    self._log.record(tmap, hub, time.monotonic(), self._only[hub])
+                    return True
+        order = self._order(tmap, tried)
+        if not order:
+            if len(self._backlog) >= self._max_pending:
+                return False
+            self._backlog.append(tmap)
+            return True
+        now = time.monotonic()
+        absent = self._absent
+        parts = plan(tmap, order, (lambda h, g: absent.absent(h, g, now)) if absent else None)
+        for hub, part in parts:
+            for candidate in (hub, *(h for h in order if h != hub)):
+                if self.members[candidate].send(part):
+                    self._log.record(part, candidate, now, tried | {candidate})
+                    break
+            else:
+                return False  # every attached hub's buffer is full
+        return True
+
+    def _flush_backlog(self) -> None:
+        backlog = self._backlog
+        while backlog and self.connected:
+            if not self._dispatch(backlog.popleft(), frozenset()):
+                break
+
+    # -- events from one hub ---------------------------------------------------------------
+
+    async def _pump(self, target: str, link: HubLink) -> None:
+        async for event in link.events():
+            try:
+                if isinstance(event, Delivered):
+                    await self._events.put(event)
+                elif isinstance(event, NotDelivered):
+                    forward = self._not_attached(target, event.notices)
+                    if forward:
+                        await self._events.put(NotDelivered(tuple(forward)))
+                elif isinstance(event, LinkUp):
+                    if not self._up.is_set():
+                        self._up.set()
+                    self._flush_backlog()
+                    await self._events.put(event)
+                elif isinstance(event, LinkDown):
+                    await self._down(target, link)
+                    if not self.connected:
+                        self._up.clear()
+                        await self._events.put(event)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception(
+                    "pool %s: handling an event of hub %s failed", self.gateway_id, target
+                )
+
+    async def _down(self, target: str, link: HubLink) -> None:
+        """``target``'s stream broke: what it had goes through the other hubs now.
+
+        When their buffers are full, wait for room (up to ``RESEND_PATIENCE`` s).
+        """
+        maps = merge_resend(self._log.through(target, time.monotonic()), link.take_pending())
+        kept = 0
+        deadline = time.monotonic() + RESEND_PATIENCE
+        skip = self._only[target]
+        for tmap in maps:
+            while not self._dispatch(tmap, skip):
+                if time.monotonic() > deadline or self._closed:
+                    break
+                await asyncio.sleep(0.001)  # the writers make room
+            else:
+                kept += 1
+        self.resent += kept
+        others = sum(1 for other in self.members.values() if other.connected)
+        log.info(
+            "pool %s: hub %s down; %d recent maps sent again (%d hubs attached)",
+            self.gateway_id,
+            target,
+            kept,
+            others,
+        )
+        if kept < len(maps):
+            log.warning(
+                "pool %s: %d maps not sent again (every buffer full; the inboxes hold them)",
+                self.gateway_id,
+                len(maps) - kept,
+            )
+
+    def _not_attached(self, target: str, notices: Sequence[Undeliverable]) -> list[Undeliverable]:
+        """Try each NOT_ATTACHED share on another hub; return the notices to pass on."""
+        forward: list[Undeliverable] = []
+        now = time.monotonic()
+        for notice in notices:
+            if notice.reason != UndeliverableReason.NOT_ATTACHED or not notice.gateway_id:
+                forward.append(notice)
+                continue
+            self._absent.mark(target, notice.gateway_id, now)
+            retried = True
+            for message_id in notice.message_ids:
+                found = self._log.share(message_id, notice.gateway_id, target)
+                if found is None or not self._retry(*found):
+                    retried = False
+            if retried:
+                self.rerouted += 1
+            else:
+                forward.append(notice)
+        return forward
+
+    def _retry(self, part: TransmitMap, tried: frozenset[str]) -> bool:
+        """Send ``part`` through an attached hub not yet tried; False when none is left."""
+        order = self._order(part, tried)
+        if not order:
+            return False
+        for hub in order:
+            if self.members[hub].send(part):
+                self._log.record(part, hub, time.monotonic(), tried | {hub})
+                return True
+        return False
