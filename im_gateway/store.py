@@ -174,8 +174,8 @@ class Store(Protocol):
         """
         ...
 
-    async def join(self, group: int, user: UserId) -> None:
-        """Add ``user`` to ``group`` (no change when already in it).
+    async def join(self, group: int, user: UserId) -> bool:
+        """Add ``user`` to ``group``; False when already in it (no change).
 
         Raises :class:`~im_gateway.errors.GroupLimitError` when the user is in
         ``max_groups_per_user`` groups already or the group has ``max_group_members``;
@@ -183,7 +183,13 @@ class Store(Protocol):
         """
         ...
 
-    async def leave(self, group: int, user: UserId) -> None: ...
+    async def leave(self, group: int, user: UserId) -> bool:
+        """Remove ``user`` from ``group``; False when not in it."""
+        ...
+
+    async def members(self, group: int) -> list[UserId]:
+        """The members of ``group``, in ascending order."""
+        ...
 
     async def is_member(self, group: int, user: UserId) -> bool: ...
 

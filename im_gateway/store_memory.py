@@ -217,11 +217,11 @@ class MemoryStore(AsyncClosing):
 
     # -- groups ---------------------------------------------------------------------------
 
-    async def join(self, group: int, user: UserId) -> None:
+    async def join(self, group: int, user: UserId) -> bool:
         self._check_open()
         members = self._groups.get(group, set())
         if user in members:
-            return
+            return False
         mine = self._user_groups.get(user, set())
         if len(mine) >= self.max_groups_per_user:
             raise group_limit_error("user_full", group, self.max_groups_per_user)
@@ -229,10 +229,12 @@ class MemoryStore(AsyncClosing):
             raise group_limit_error("group_full", group, self.max_group_members)
         self._groups.setdefault(group, members).add(user)
         self._user_groups.setdefault(user, mine).add(group)
+        return True
 
-    async def leave(self, group: int, user: UserId) -> None:
+    async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
         members = self._groups.get(group)
+        removed = members is not None and user in members
         if members is not None:
             members.discard(user)
             if not members:
@@ -242,6 +244,11 @@ class MemoryStore(AsyncClosing):
             mine.discard(group)
             if not mine:
                 del self._user_groups[user]
+        return removed
+
+    async def members(self, group: int) -> list[UserId]:
+        self._check_open()
+        return sorted(self._groups.get(group, ()))
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()

@@ -318,7 +318,7 @@ return moved
 _JOIN = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
   redis.call('SADD', KEYS[2], ARGV[2])
-  return 0
+  return 3
 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
   return 1
@@ -331,6 +331,7 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 0
 """
 _JOIN_REFUSED = {1: "user_full", 2: "group_full"}
+_JOIN_ALREADY = 3
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal (C, fast)
@@ -564,7 +565,7 @@ class RedisStore(AsyncClosing):
         """The set of groups ``user`` is in (bounded by ``max_groups_per_user``)."""
         return self._key("groups", user)
 
-    async def join(self, group: int, user: UserId) -> None:
+    async def join(self, group: int, user: UserId) -> bool:
         self._check_open()
         keys = [self._group_key(group), self._memberships_key(user)]
         args: list[str | int] = [
@@ -573,18 +574,26 @@ class RedisStore(AsyncClosing):
             self.max_groups_per_user,
             self.max_group_members,
         ]
-        refused = _JOIN_REFUSED.get(int(await self._join(keys, args)))
+        answer = int(await self._join(keys, args))
+        refused = _JOIN_REFUSED.get(answer)
         if refused == "user_full":
             raise group_limit_error(refused, group, self.max_groups_per_user)
         if refused is not None:
             raise group_limit_error(refused, group, self.max_group_members)
+        return answer != _JOIN_ALREADY
 
-    async def leave(self, group: int, user: UserId) -> None:
+    async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.srem(self._group_key(group), str(user))
             pipe.srem(self._memberships_key(user), str(group))
-            await pipe.execute()
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def members(self, group: int) -> list[UserId]:
+        self._check_open()
+        found = await self._client.smembers(self._group_key(group))
+        return sorted(UserId(int(u)) for u in found)
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()
