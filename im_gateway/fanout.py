@@ -138,6 +138,9 @@ class Fanout(Generic[C]):
         self._bad_delivery = Throttled(
             logger, "dropped %d malformed deliveries from the hub (DEBUG logs each)"
         )
+        self._reassert_failed = Throttled(
+            logger, "re-asserting presence after attach failed %d times"
+        )
 
     # --- registry -----------------------------------------------------------------------
 
@@ -254,8 +257,8 @@ class Fanout(Generic[C]):
                             await self._presence.refresh_now()
                         except asyncio.CancelledError:
                             raise
-                        except Exception:
-                            logger.exception("re-asserting presence after attach failed")
+                        except Exception as exc:
+                            self._reassert_failed.hit(exc=exc)
                     for session in self.sessions():
                         session.catch_up()
                 elif isinstance(event, LinkDown):

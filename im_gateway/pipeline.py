@@ -99,6 +99,9 @@ class Pipeline:
             "storing a batch failed again %d times; senders told to send again",
             level=logging.ERROR,
         )
+        self._route_failed = Throttled(
+            logger, "answering or routing a stored message failed %d times", level=logging.ERROR
+        )
         self._closed = False
         self.batches = 0
         """Store round trips made by the worker (for tests and stats)."""
@@ -212,5 +215,5 @@ class Pipeline:
                     # A duplicate too: its first push may have died with the gateway
                     # that stored it.
                     route.route(result, caller)
-            except Exception:
-                logger.exception("answering or routing a stored message failed")
+            except Exception as exc:
+                self._route_failed.hit(exc=exc)
