@@ -22,8 +22,9 @@ tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, ready for Redis C
     sorted set: member = gateway id, score = expiry (ms since the epoch, Redis clock).
     Look-ups keep members scored after "now"; the key expires with its latest member.
 ``{prefix}{u:<user>}:dedupe:<client id>``
-    JSON ``[time, message id, [user, position, ...]]`` of the first message with that
-    client id (its recipients, so a resend can be pushed again); TTL ``dedupe_window``.
+    ``"<n> <time> <user> <position> ... <message id>"`` (n pairs; the id is the rest) of
+    the first message with that client id (its recipients, so a resend can be pushed
+    again); TTL ``dedupe_window``.
 ``{prefix}{u:<user>}:groups``
     set of the group ids ``user`` is in, at most ``max_groups_per_user`` (kept by
     :meth:`RedisStore.join` and :meth:`RedisStore.leave`). No TTL: bounded instead.
@@ -102,8 +103,8 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 # inbox entry per submission (the message as JSON, stored as is). The batch is a JSON array
 # of [client_id, from, to, type, id, time, check], every item a string; check "0" skips the
 # group membership test (the server API), and a sender "0" (the system) has no inbox.
-# For each submission in order: dedupe (SET NX; a duplicate stores nothing and answers the
-# first one's recipients), the group check (a non-member stores nothing and releases the
+# For each submission in order: dedupe (GET; a duplicate stores nothing and answers the
+# first one's recipients; the record is written after the appends), the group check (a non-member stores nothing and releases the
 # client id), then per recipient INCR of its position and one XADD at that position. Each
 # XADD trims by length; in about one batch in 16 (by the clock), each inbox written is also
 # trimmed by age. Then, once per distinct recipient, the TTLs and the presence look-up.
@@ -178,24 +179,33 @@ for i, s in ipairs(batch) do
   local res = nil
   if cid ~= '' then
     dkey = ukey(from, 'dedupe:' .. cid)
-    if not redis.call('SET', dkey, '', 'PX', window, 'NX') then
-      local seen = cjson.decode(redis.call('GET', dkey))
-      local written = seen[3]
+    local seen = redis.call('GET', dkey)
+    if seen then
+      -- "<n> <time> <user> <pos> ... (n pairs) <id>": the first one's recipients; the id
+      -- is the rest of the string (it may hold spaces).
+      local words, at = {}, 1
+      local count = nil
+      while count == nil or #words < 2 + 2 * count do
+        local a, b = string.find(seen, '%S+', at)
+        words[#words + 1] = string.sub(seen, a, b)
+        at = b + 2
+        if count == nil then count = tonumber(words[1]) end
+      end
+      local first_time, first_id = words[2], string.sub(seen, at)
       -- The stored message itself (not the resend's text), from the first recipient's
       -- inbox; when it was trimmed there is nothing to push again.
       local stored = {}
-      if #written >= 2 then
-        stored = redis.call('XRANGE', ukey(written[1], 'inbox'), written[2], written[2],
-          'COUNT', 1)
+      if count > 0 then
+        stored = redis.call('XRANGE', ukey(words[3], 'inbox'), words[4], words[4], 'COUNT', 1)
       end
       if #stored > 0 then
-        res = {1, seen[2], seen[1], stored[1][2][2]}
-        for j, v in ipairs(written) do
-          res[#res + 1] = v
-          if j % 2 == 1 then note(v) end
+        res = {1, first_id, first_time, stored[1][2][2]}
+        for j = 3, #words do
+          res[#res + 1] = words[j]
+          if j % 2 == 1 then note(words[j]) end
         end
       else
-        res = {1, seen[2], seen[1], false}
+        res = {1, first_id, first_time, false}
       end
     end
   end
@@ -211,9 +221,6 @@ for i, s in ipairs(batch) do
       elseif redis.call('SISMEMBER', gkey, from) == 1 then
         users = redis.call('SMEMBERS', gkey)
       else
-        if dkey then
-          redis.call('DEL', dkey)
-        end
         res = {2}
       end
     elseif from == to or from == '0' then
@@ -229,7 +236,8 @@ for i, s in ipairs(batch) do
         written[#written + 1] = append(u, entry)
       end
       if dkey then
-        redis.call('SET', dkey, cjson.encode({time, id, written}), 'PX', window)
+        redis.call('SET', dkey, (#written / 2) .. ' ' .. time .. ' ' ..
+          table.concat(written, ' ') .. ' ' .. id, 'PX', window)
       end
       res = {0}
       for _, v in ipairs(written) do
