@@ -12,7 +12,8 @@ tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, ready for Redis C
     in 16, by age (exactly, up to 32 entries per inbox per pass); the key expires
     ``inbox_max_age`` after the last append.
 ``{prefix}{u:<user>}:pos``
-    the position of the newest message ever appended (``INCR``); same TTL as the inbox.
+    the position of the newest message ever appended (``INCR``); TTL ``inbox_max_age``,
+    refreshed lazily (about one batch in 16, and by acks).
     When it is missing but the inbox is not, the next append resumes after the inbox's
     last entry, so positions never repeat while an inbox exists.
 ``{prefix}{u:<user>}:acked``
@@ -160,9 +161,7 @@ local function append(u, entry)
     end
     local acked = tonumber(redis.call('GET', ukey(u, 'acked')) or '0')
     n = math.max(n, acked + 1)
-    if n > 1 then
-      redis.call('SET', pkey, string.format('%.0f', n))
-    end
+    redis.call('SET', pkey, string.format('%.0f', n), 'PX', max_age)
   end
   local pos = string.format('%.0f', n)
   redis.call('XADD', ikey, 'MAXLEN', '~', max_len, pos .. '-' .. stamp, 'm', entry)
@@ -252,7 +251,11 @@ local presence = {}
 for _, u in ipairs(order) do
   if appended[u] then
     redis.call('PEXPIRE', ukey(u, 'inbox'), max_age)
-    redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+    if by_age then
+      -- The counter's TTL is refreshed lazily (here, and by acks): when it lapses while
+      -- the inbox lives, the next append and the next ack resume from the inbox.
+      redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+    end
   end
   local gws = redis.call('ZRANGEBYSCORE', ukey(u, 'presence'), since, '+inf')
   if #gws > 0 then
@@ -293,16 +296,25 @@ return out
 """
 )
 
-# KEYS: per user, its acked key then its pos key. ARGV: one position per user, then the
-# ttl (ms). Each acked key moves forward only, and never past the user's newest position.
+# KEYS: per user, its acked key, its pos key and its inbox key. ARGV: one position per
+# user, then the ttl (ms). Each acked key moves forward only, and never past the user's newest position.
 # Returns how many keys moved.
 _ACK = """
 local ttl = ARGV[#ARGV]
 local moved = 0
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 3 do
   local key = KEYS[i]
-  local want = tonumber(ARGV[(i + 1) / 2])
+  local want = tonumber(ARGV[(i + 2) / 3])
   local top = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if top == 0 then
+    -- The counter lapsed (its TTL is refreshed lazily) while the inbox lives: its last
+    -- entry says where the inbox ends.
+    local last = redis.call('XREVRANGE', KEYS[i + 2], '+', '-', 'COUNT', 1)
+    if #last > 0 then
+      top = tonumber(string.match(last[1][1], '^(%d+)'))
+      redis.call('SET', KEYS[i + 1], string.format('%.0f', top), 'PX', ttl)
+    end
+  end
   if want > top then want = top end
   local cur = tonumber(redis.call('GET', key) or '0')
   if want > cur then
@@ -551,7 +563,8 @@ class RedisStore(AsyncClosing):
         acks, self._acks, self._ack_batch = self._acks, {}, None
         keys: list[str] = []
         for key in acks:
-            keys += (key, key[: -len("acked")] + "pos")
+            base = key[: -len("acked")]
+            keys += (key, base + "pos", base + "inbox")
         try:
             await self._ack(keys=keys, args=(*acks.values(), self._max_age_ms))
         except asyncio.CancelledError:

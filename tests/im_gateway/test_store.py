@@ -889,6 +889,19 @@ async def test_redis_positions_resume_after_a_lost_counter(
         assert ([e.position for e in page.entries], page.last) == ([1, 2, 3, 4], 4)
 
 
+async def test_redis_an_ack_after_the_counter_lapsed_still_lands(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """Redis: the pos key's TTL is refreshed lazily; an ack while it is gone is clamped to
+    the inbox's newest entry, not dropped (and the counter comes back)."""
+    async with RedisStore(redis_url) as store:
+        await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(3)])
+        await redis_client.delete("im:{u:2}:pos")
+        await store.ack(BOB, 10**6)
+        assert await store.acked(BOB) == 3
+        assert await redis_client.get("im:{u:2}:pos") == b"3"
+
+
 async def test_redis_submit_is_one_round_trip_per_batch(
     redis_url: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
