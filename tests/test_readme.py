@@ -99,6 +99,48 @@ def substitute_ports(text: str, ports: dict[int, int]) -> str:
     return re.sub(rf"(?<!\d)({pattern})(?!\d)", lambda m: str(ports[int(m[1])]), text)
 
 
+def run_shell(
+    body: str, ports: dict[int, int], env: dict[str, str], cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run a README block in bash (its fixed ports replaced), to completion."""
+    return subprocess.run(
+        ["bash", "-ec", substitute_ports(body, ports)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def start_shell(
+    body: str, ports: dict[int, int], env: dict[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start a long-running README block in bash, in its own session, output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["bash", "-ec", substitute_ports(body, ports)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_shell(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C a block started by :func:`start_shell` (SIGKILL if it does not stop)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 # ---- the shape of the README ------------------------------------------------------------
 
 

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
 from pathlib import Path
 
 from tests.conftest import RedisServer
 from tests.helpers import free_port, wait_until_sync
-from tests.test_readme import _healthy, substitute_ports, the_block, walkthrough_env
+from tests.test_readme import (
+    _healthy,
+    run_shell,
+    start_shell,
+    stop_shell,
+    the_block,
+    walkthrough_env,
+)
 from transmit_hub.server import HubServer
 
 HUB_PORT, REDIS_PORT, GW_PORT, API_PORT = 50051, 6390, 8095, 8096
@@ -35,19 +39,9 @@ async def test_server_api_section_runs_as_written(
         API_PORT: free_port(),
     }
     env = walkthrough_env()
-    block = the_block("api-service", "gw-api")
     log = tmp_path / "gw-api.log"
-    with log.open("wb") as out:
-        proc = await asyncio.to_thread(
-            subprocess.Popen,
-            ["bash", "-ec", substitute_ports(block.body, ports)],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    body = the_block("api-service", "gw-api").body
+    proc = await asyncio.to_thread(start_shell, body, ports, env, tmp_path, log)
     try:
 
         def ready() -> bool:
@@ -55,16 +49,8 @@ async def test_server_api_section_runs_as_written(
             return _healthy(ports[GW_PORT])
 
         await asyncio.to_thread(wait_until_sync, ready, timeout=30, what="the README's API gateway")
-        done = await asyncio.to_thread(
-            subprocess.run,
-            ["bash", "-ec", substitute_ports(the_block("api-run", "calls").body, ports)],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        calls = the_block("api-run", "calls").body
+        done = await asyncio.to_thread(run_shell, calls, ports, env, tmp_path)
         assert done.returncode == 0, done.stderr
         answers, text, decoder = [], done.stdout.strip(), json.JSONDecoder()
         while text:  # curl prints each answer without a newline
@@ -79,10 +65,4 @@ async def test_server_api_section_runs_as_written(
         assert history["messages"][0]["id"] == published["msgId"]
         assert refused["error"]["code"] == "unauthorized"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        await asyncio.to_thread(stop_shell, proc)
