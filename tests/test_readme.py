@@ -183,7 +183,7 @@ def _help(*argv: str) -> str:
 
 @pytest.mark.parametrize("module", ["transmit_hub", "im_gateway"])
 def test_flags_tables_match_help(module: str) -> None:
-    """Every flag in the README's flag table is one the program's ``--help`` lists."""
+    """The README's flag table and the program's ``--help`` list the same flags."""
     tables = {m["module"]: m["table"] for m in FLAGS_TABLE.finditer(README.read_text())}
     assert module in tables, f"README has no <!-- flags: {module} --> table"
     rows = tables[module].splitlines()[2:]
@@ -193,6 +193,9 @@ def test_flags_tables_match_help(module: str) -> None:
     help_text = _help("-m", module)
     missing = [f for f in documented if not re.search(rf"{f}\b", help_text)]
     assert not missing, f"README documents {missing} but `python -m {module} --help` has not"
+    offered = set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text, re.M)) - {"--help"}
+    undocumented = sorted(offered - set(documented))
+    assert not undocumented, f"`python -m {module} --help` has {undocumented}; the README not"
 
 
 @pytest.mark.parametrize(
