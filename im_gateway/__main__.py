@@ -170,6 +170,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="HS256 secret that signs user tokens (required)",
         metavar="SECRET",
     )
+    api = parser.add_argument_group("server API (for the application's backend; off without both)")
+    _add(
+        api,
+        "--api-listen",
+        help="serve POST /api/<method> (publish, groups, presence, disconnect, history) here",
+        metavar="HOST:PORT",
+    )
+    _add(api, "--api-key", help="the bearer key every API call must carry", metavar="KEY")
+    _add(
+        api,
+        "--api-max-users",
+        type=int,
+        help="most user ids in one API call's 'users' list",
+        default=d["api_max_users"].default,
+        metavar="N",
+    )
+    _add(
+        api,
+        "--api-max-body",
+        type=int,
+        help="largest API request body (a larger one is answered 400 too_large)",
+        default=d["api_max_body"].default,
+        metavar="BYTES",
+    )
     security = parser.add_argument_group("security")
     _add(
         security,

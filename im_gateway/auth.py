@@ -152,6 +152,8 @@ def verify_identity(
             "(the gateway's --jwt-max-ttl)"
         )
     user = parse_user_id(claims.get("sub"))
+    if user == 0:
+        raise AuthError("user 0 is the system (the server API's default sender), not a client")
     groups = parse_groups(claims.get("groups"), max_groups)
     return Identity(user, groups, float(exp))
 

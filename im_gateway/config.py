@@ -120,6 +120,11 @@ class GatewayConfig:
     inbox_max_len: int = 10_000
     inbox_max_age: float = 7 * 86400.0
     dedupe_window: float = 600.0
+    # server API
+    api_listen: str | None = None
+    api_key: str | None = None
+    api_max_users: int = 1000
+    api_max_body: int = 1024 * 1024
     # misc
     compression: bool = False
     log_level: str = "INFO"
@@ -217,6 +222,16 @@ class GatewayConfig:
         ):
             if claim is not None and not claim:
                 raise ConfigError(f"{flag} must not be empty")
+        if (self.api_listen is None) != (self.api_key is None):
+            raise ConfigError(
+                "--api-listen and --api-key go together: give both to serve the server API"
+            )
+        if self.api_listen is not None:
+            parse_host_port(self.api_listen, "--api-listen")
+        if self.api_key is not None and len(self.api_key) < 16:
+            raise ConfigError("--api-key must be at least 16 characters")
+        if self.api_max_users < 1 or self.api_max_body < 1024:
+            raise ConfigError("--api-max-users must be at least 1 and --api-max-body 1024")
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 

@@ -439,8 +439,9 @@ class Cluster:
             ",".join(self.hub_addresses),
             "--redis-url",
             self.redis_url,
-            "--jwt-secret",
-            self.jwt_secret,
+            # "=" form: a random secret may begin with "-", which argparse would take for
+            # a flag.
+            f"--jwt-secret={self.jwt_secret}",
             # A demo lets anyone join any group from the page; production keeps the
             # default (server: only the application's backend changes membership).
             "--group-join",
@@ -639,7 +640,7 @@ def describe(cluster: Cluster) -> Iterator[str]:
     python = _shown_path(Path(sys.executable))
     yield "A terminal client (bob on gw-1 here), and tokens for more users:"
     yield f"  {python} -m websockets '{cluster.ws_url(gw1, BOB)}'"
-    yield f"  {python} -m im_gateway token --user 3 --secret '{cluster.jwt_secret}'"
+    yield f"  {python} -m im_gateway token --user 3 --secret='{cluster.jwt_secret}'"
     yield ""
     grpcurl = shutil.which("grpcurl", path=str(Path(sys.executable).parent))
     if grpcurl is None:

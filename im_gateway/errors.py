@@ -8,6 +8,7 @@ All derive from :class:`GatewayError`::
     ├── AuthError          a token is missing, malformed, badly signed or expired
     ├── GroupLimitError    a join would break --max-groups-per-user or --max-group-members
     ├── FrameError         a client frame was refused; carries the pinned error code
+    ├── ApiError           a server API call was refused; carries the HTTP status and code
     └── StoreError         the store was used wrongly or answered nonsense
         └── BadPosition    a seq that is no inbox position (also a ValueError)
 
@@ -58,3 +59,14 @@ class StoreError(GatewayError):
 
 class BadPosition(StoreError, ValueError):
     """A seq that is not an inbox position (decimal, at most 2**64 - 1)."""
+
+
+class ApiError(GatewayError):
+    """A server API call is refused: ``status`` (400, 401, 404, ...) and ``code`` (the
+    answer's ``error.code``: ``bad_request``, ``too_large``, ``unauthorized``, ...)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message

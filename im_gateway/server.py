@@ -35,7 +35,8 @@ from transmit_hub.types import GatewayId, UserId
 
 from . import auth, faults, web
 from .admission import ConnectionCaps, RejectionLog
-from .config import GatewayConfig, default_gateway_id
+from .api import ApiServer
+from .config import GatewayConfig, default_gateway_id, parse_host_port
 from .errors import AuthError, StartupError
 from .group_policy import TOKEN, GroupRights
 from .presence import Presence
@@ -143,6 +144,7 @@ class Gateway(AsyncLifecycle):
         self._hub_link: HubPool | None = None
         self._server: Server | None = None
         self._relay: Relay | None = None
+        self._api: ApiServer | None = None
         self._presence: Presence | None = None
         self._slots: asyncio.Semaphore | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -178,6 +180,11 @@ class Gateway(AsyncLifecycle):
     def port(self) -> int:
         """The bound port (``listen`` with port 0 picks a free one)."""
         return self._port
+
+    @property
+    def api_port(self) -> int:
+        """The server API's bound port (0 when it is off)."""
+        return self._api.port if self._api is not None else 0
 
     @property
     def address(self) -> str:
@@ -306,6 +313,23 @@ class Gateway(AsyncLifecycle):
             faults=faults.from_env(),
         )
         await self._relay.start()
+        if cfg.api_listen is not None and cfg.api_key is not None:
+            api_host, api_port = parse_host_port(cfg.api_listen, "--api-listen")
+            self._api = ApiServer(
+                host=api_host,
+                port=api_port,
+                key=cfg.api_key,
+                store=store,
+                pipeline=self._relay.pipeline,
+                fanout=self._relay.fanout,
+                max_content=cfg.max_content,
+                max_users=cfg.api_max_users,
+                max_body=cfg.api_max_body,
+            )
+            try:
+                await self._api.start()
+            except OSError as exc:
+                raise StartupError(f"cannot serve the API on {cfg.api_listen}: {exc}") from exc
         self._slots = asyncio.Semaphore(cfg.store_concurrency)
         self._sweeper = asyncio.create_task(
             sweep_idle(
@@ -347,6 +371,8 @@ class Gateway(AsyncLifecycle):
                     )
                 self._server.close()
                 await self._server.wait_closed()
+            if self._api is not None:
+                await self._api.close()
             if self._relay is not None:
                 await self._relay.close()
             if self._presence is not None:

@@ -7,21 +7,12 @@ it is drained, so an idle connection costs no task). Full policy: a client that 
 not read is disconnected (close 1013) instead of growing memory or stalling the
 gateway; everything it missed is in its inbox and replayed when it reconnects.
 
-Positions. Inbox positions are consecutive, and a :class:`~im_gateway.cursor.Cursor`
-(pure) keeps where this connection stands: the next position is sent at once, a repeat
-is dropped, one beyond a hole is held while the hole is filled from the inbox (one
-read in flight per session, started ``fill_delay`` seconds after the hole appears, so
-pushes that merely arrive out of order cost nothing). So each connection sees its
-messages in order and without holes, whatever the hub did with the pushes, and a
-client may always acknowledge the highest seq it has seen. Positions the inbox trimmed
-before the client got them are said: ``{"type":14,...,"truncated":true}``.
-
-Replay. On connect the session replays the inbox after the acknowledged position in
-pages, then sends ``{"type":14,"seq":...}``. A client may ask again (type 14 with a
-seq): one such replay at a time per connection (a second is answered
-``rate_limited``), within a budget of entries per minute; beyond it the replay stops
-with a ``rate_limited`` error and an end marker at the position reached, so the client
-can ask from there later.
+Positions and replays. Inbox positions are consecutive; a
+:class:`~im_gateway.replayer.Replayer` (the I/O around the pure
+:class:`~im_gateway.cursor.Cursor`) keeps where this connection stands, fills holes from
+the inbox, and runs the connect replay and the replays the client asks for (type 14).
+So each connection sees its messages in order and without holes, and a client may
+always acknowledge the highest seq it has seen.
 
 Reading. Every frame, valid or not, takes a token from the rate limit; frames are
 parsed by :mod:`im_gateway.frames` and handed to the router; errors go back as type 99
@@ -52,11 +43,11 @@ from websockets.exceptions import ConnectionClosed
 from transmit_hub.types import MessageId, UserId
 
 from . import frames
-from .cursor import Cursor
 from .errors import FrameError, GroupLimitError
 from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights
 from .ratelimit import TokenBucket
-from .store import InboxPage, Store
+from .replayer import Replayer
+from .store import Accepted, Refused, Store
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
@@ -68,7 +59,6 @@ CLOSE_IDLE = 1000
 CLOSE_POLICY = 1008
 """Policy Violation: the client kept sending frames that were refused."""
 
-_replay_failed = Throttled(logger, "inbox reads failed %d times (replays and hole fills)")
 _ack_failed = Throttled(logger, "ack writes failed %d times")
 _group_failed = Throttled(logger, "group changes failed %d times")
 _closed_refused = Throttled(
@@ -135,15 +125,6 @@ class SessionLimits:
     close_timeout: float = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class _ReplayRequest:
-    """A replay with an end marker: on connect (``after`` None: from the acknowledged
-    position) or asked for by the client (type 14)."""
-
-    after: int | None
-    connect: bool = False
-
-
 class Session:
     """A user's WebSocket connection on this gateway."""
 
@@ -151,10 +132,7 @@ class Session:
         "_ack_target",
         "_acking",
         "_bucket",
-        "_budget",
         "_closing",
-        "_cursor",
-        "_fill_timer",
         "_group_rights",
         "_handling",
         "_limits",
@@ -162,10 +140,8 @@ class Session:
         "_pinged_at",
         "_pong",
         "_queue",
-        "_reader",
         "_refused",
-        "_requests",
-        "_retry_at",
+        "_replayer",
         "_router",
         "_slots",
         "_store",
@@ -205,13 +181,17 @@ class Session:
         self._closing = False
         now = self._loop.time()
         self._bucket = TokenBucket(limits.rate, limits.burst, now)
-        self._budget = TokenBucket(limits.replay_budget / 60.0, limits.replay_budget, now)
         self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
-        self._cursor: Cursor[str] = Cursor(hold_max=limits.held_max)
-        self._requests: list[_ReplayRequest] = []
-        self._reader: asyncio.Task[None] | None = None
-        self._fill_timer: asyncio.TimerHandle | None = None
-        self._retry_at = 0.0
+        self._replayer = Replayer(
+            self,
+            user,
+            store=store,
+            slots=self._slots,
+            replay_page=limits.replay_page,
+            held_max=limits.held_max,
+            fill_delay=limits.fill_delay,
+            replay_budget=limits.replay_budget,
+        )
         self._ack_target: int | None = None
         self._acking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
@@ -231,12 +211,12 @@ class Session:
     @property
     def replaying(self) -> bool:
         """True while a replay or a hole fill is running or queued."""
-        return self._reader is not None or bool(self._requests)
+        return self._replayer.replaying
 
     @property
     def position(self) -> int:
         """Everything up to this inbox position is delivered on this connection."""
-        return self._cursor.last
+        return self._replayer.position
 
     @property
     def queued(self) -> int:
@@ -307,175 +287,58 @@ class Session:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _room(self) -> None:
+    async def room(self) -> None:
         """Wait until the send queue is empty (replay pages are flow-controlled)."""
         while self._writer is not None and not self._closing:
             await asyncio.shield(self._writer)
 
-    # --- live delivery ----------------------------------------------------------------
+    # --- answers from the pipeline (the Caller protocol) ---------------------------------
+
+    def settled(self, result: Accepted | Refused) -> None:
+        """This connection's message is stored (type 10) or refused (type 99)."""
+        if isinstance(result, Refused):
+            self.push(frames.encode_error(result.code, result.reason, result.client_id))
+        else:
+            self.push(
+                frames.encode_accepted(result.client_id, result.message.id, result.message.time)
+            )
+
+    def failed(self, code: str, reason: str, client_id: str) -> None:
+        """This connection's message could not be stored: it may send it again."""
+        self.push(frames.encode_error(code, reason, client_id))
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close the socket with ``code`` (the server API's ``disconnect``)."""
+        if self._closing:
+            return
+        self._closing = True
+        self._queue = None
+        self._spawn(self.close_socket(code, reason))
+
+    # --- positions and replays (the Replayer's) ----------------------------------------
 
     def deliver(self, pos: int, text: str) -> None:
         """A pushed message at inbox position ``pos``: sent in order, repeats dropped."""
-        if self._closing:
-            return
-        cursor = self._cursor
-        for frame in cursor.live(pos, text):
-            self.push(frame)
-        if cursor.wants_fill:
-            self._want_fill()
+        self._replayer.live(pos, text)
 
     def own(self, pos: int) -> None:
         """This connection sent the message at ``pos`` (it got type 10, not the message)."""
-        if self._closing:
-            return
-        cursor = self._cursor
-        for frame in cursor.own(pos):
-            self.push(frame)
-        if cursor.wants_fill:
-            self._want_fill()
-
-    def _want_fill(self) -> None:
-        if self._reader is not None or self._fill_timer is not None:
-            return  # a running reader looks again when it is done
-        delay = max(self._limits.fill_delay, self._retry_at - self._loop.time())
-        self._fill_timer = self._loop.call_later(delay, self._kick)
-
-    def _kick(self) -> None:
-        self._fill_timer = None
-        if self._reader is None and not self._closing and self._cursor.wants_fill:
-            self._reader = self._loop.create_task(self._read_loop())
-
-    # --- replay -----------------------------------------------------------------------
+        self._replayer.own(pos)
 
     def start(self) -> None:
         """Begin the connect replay: after the acknowledged position, with an end marker."""
-        self._requests.append(_ReplayRequest(None, connect=True))
-        self._start_reader()
+        self._replayer.start()
 
     def link_down(self) -> None:
         """The hub link dropped (pushes may be missed until :meth:`catch_up`)."""
 
     def catch_up(self) -> None:
         """Read the inbox to its end (after the hub link came back: pushes may be missed)."""
-        self._cursor.sync()
-        if self._cursor.wants_fill:
-            self._want_fill()
+        self._replayer.catch_up()
 
     def rebase(self) -> None:
         """The store lost its data and numbers inboxes from 1 again: start over from 0."""
-        self._cursor.rebase()
-        if self._cursor.wants_fill:
-            self._want_fill()
-
-    def _start_reader(self) -> None:
-        if self._reader is None and not self._closing:
-            if self._fill_timer is not None:
-                self._fill_timer.cancel()
-                self._fill_timer = None
-            self._reader = self._loop.create_task(self._read_loop())
-
-    async def _read_loop(self) -> None:
-        """The one task that reads the inbox for this connection: replays, then fills."""
-        request: _ReplayRequest | None = None
-        try:
-            while not self._closing:
-                if self._requests:
-                    request = self._requests[0]
-                    await self._replay(request)
-                    self._requests.pop(0)
-                    request = None
-                elif self._cursor.wants_fill:
-                    if await self._fill():
-                        self.push(frames.encode_replay_end(self._cursor.last, truncated=True))
-                else:
-                    break
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _replay_failed.hit(exc=exc)
-            self._retry_at = self._loop.time() + 1.0
-            if request is not None:
-                self._requests.clear()
-                self.push(
-                    frames.encode_error(frames.INTERNAL, "replay failed; ask again with type 14")
-                )
-        finally:
-            self._reader = None
-            if not self._closing:
-                if not self._cursor.ready and not self._requests:
-                    # The connect replay failed: try it again (the client may also ask).
-                    self._requests.append(_ReplayRequest(None, connect=True))
-                    self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
-                elif self._cursor.wants_fill:
-                    self._want_fill()
-
-    def _retry_connect(self) -> None:
-        self._fill_timer = None
-        if self._reader is None and not self._closing and self._requests:
-            self._reader = self._loop.create_task(self._read_loop())
-
-    async def _read(self, after: int) -> tuple[InboxPage, bool]:
-        limit = self._limits.replay_page
-        async with self._slots:
-            page = await self._store.read_inbox(self.user, after, limit)
-        await self._room()
-        return page, len(page.entries) < limit
-
-    async def _fill(self) -> bool:
-        """Read one page after the cursor; True when positions turned out trimmed."""
-        cursor = self._cursor
-        page, complete = await self._read(cursor.begin_fill())
-        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-        result = cursor.filled(entries, page.last, complete=complete)
-        for frame in result.send:
-            self.push(frame)
-        return result.trimmed
-
-    async def _replay(self, request: _ReplayRequest) -> None:
-        cursor = self._cursor
-        if request.connect:
-            async with self._slots:
-                acked = await self._store.acked(self.user)
-            for frame in cursor.start(acked):
-                self.push(frame)
-            trimmed = False
-            while cursor.wants_fill and not self._closing:
-                trimmed = await self._fill() or trimmed
-            self.push(frames.encode_replay_end(cursor.last, truncated=trimmed))
-            return
-        async with self._slots:
-            acked = await self._store.acked(self.user)
-        if not cursor.ready:
-            for frame in cursor.start(acked):  # the connect replay had failed
-                self.push(frame)
-        after = acked if request.after is None else request.after
-        position, trimmed = after, False
-        page_size = self._limits.replay_page
-        while not self._closing:
-            now = self._loop.time()
-            if not self._budget.allow(now, page_size):
-                wait = self._budget.wait(now, page_size)
-                self.push(
-                    frames.encode_error(
-                        frames.RATE_LIMITED,
-                        f"replay budget used up; ask again from here in {wait:.0f} s",
-                    )
-                )
-                break
-            page, complete = await self._read(position)
-            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-            # Trimmed means: gone before the user got it; what was acknowledged was got.
-            result = cursor.replayed(max(position, acked), entries, page.last, complete=complete)
-            for frame in result.send:
-                self.push(frame)
-            trimmed = trimmed or result.trimmed
-            if entries:
-                position = entries[-1][0]
-            if complete:
-                if trimmed and position < page.last:
-                    position = page.last
-                break
-        self.push(frames.encode_replay_end(position, truncated=trimmed))
+        self._replayer.rebase()
 
     # --- reading ----------------------------------------------------------------------
 
@@ -598,14 +461,10 @@ class Session:
             elif isinstance(frame, frames.GroupChange):
                 await self._group_change(frame)
             elif isinstance(frame, frames.Replay):
-                if self._requests and self._reader is not None:
+                if not self._replayer.ask(frame.after):
                     raise FrameError(
                         frames.RATE_LIMITED, "a replay is running; ask again after its end marker"
                     )
-                # (A connect replay waiting to be retried gives way: this one starts the
-                # connection's position too.)
-                self._requests[:] = [_ReplayRequest(frame.after)]
-                self._start_reader()
             else:
                 self._act_now(frame)
         except FrameError as exc:
@@ -679,10 +538,8 @@ class Session:
         if self._acking is not None:
             # Let a pending ack finish: it records what the client confirmed.
             await asyncio.wait([self._acking], timeout=2.0)
-        if self._fill_timer is not None:
-            self._fill_timer.cancel()
-            self._fill_timer = None
-        await cancel_and_wait(self._reader, self._writer, self._acking, *(self._tasks or ()))
+        await self._replayer.close()
+        await cancel_and_wait(self._writer, self._acking, *(self._tasks or ()))
 
 
 def _consume(future: asyncio.Future[float]) -> None:

@@ -83,6 +83,9 @@ class Submission:
 
     client_id: str
     message: Message
+    check_member: bool = True
+    """A group message's sender must be a member (False: the server API, which is trusted,
+    posts to any group; ``from`` 0 is the system, with no inbox)."""
 
 
 def unencodable(batch: Sequence[Submission]) -> set[int]:
@@ -172,8 +175,8 @@ class Store(Protocol):
         """
         ...
 
-    async def join(self, group: int, user: UserId) -> None:
-        """Add ``user`` to ``group`` (no change when already in it).
+    async def join(self, group: int, user: UserId) -> bool:
+        """Add ``user`` to ``group``; False when already in it (no change).
 
         Raises :class:`~im_gateway.errors.GroupLimitError` when the user is in
         ``max_groups_per_user`` groups already or the group has ``max_group_members``;
@@ -181,7 +184,13 @@ class Store(Protocol):
         """
         ...
 
-    async def leave(self, group: int, user: UserId) -> None: ...
+    async def leave(self, group: int, user: UserId) -> bool:
+        """Remove ``user`` from ``group``; False when not in it."""
+        ...
+
+    async def members(self, group: int) -> list[UserId]:
+        """The members of ``group``, in ascending order."""
+        ...
 
     async def is_member(self, group: int, user: UserId) -> bool: ...
 

@@ -194,9 +194,9 @@ return 3
 """
 
 # KEYS: the group's member set. ARGV: user, the most members per group. Returns 0
-# (member now) or 2 (the group is full).
+# (added now), 2 (the group is full) or 3 (a member already).
 _JOIN_GROUP = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
+if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 3 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 2 end
 redis.call('SADD', KEYS[1], ARGV[1])
 return 0
@@ -558,7 +558,8 @@ class ClusterStore(RedisStore):
         by_slot: dict[int, tuple[list[str], list[Any]]] = {}
         for key, upto in acks.items():
             keys, args = by_slot.setdefault(self._slot(key), ([], []))
-            keys += (key, key[: -len("acked")] + "pos")
+            base = key[: -len("acked")]
+            keys += (key, base + "pos", base + "inbox")
             args.append(upto)
         try:
             await self._run(
@@ -610,7 +611,7 @@ class ClusterStore(RedisStore):
                     found[u] = tuple(GatewayId(_text(g)) for g in gws)
         return found
 
-    async def join(self, group: int, user: UserId) -> None:
+    async def join(self, group: int, user: UserId) -> bool:
         """The user's set of groups first (its bound holds), then the group's members
         (its bound holds); a full group takes the group back out of the user's set."""
         self._check_open()
@@ -627,16 +628,18 @@ class ClusterStore(RedisStore):
             if int(mine) == 3:
                 await self._run([_Call(self._slot(ukey), ("SREM", ukey, str(group)))])
             raise group_limit_error("group_full", group, self.max_group_members)
+        return int(theirs) != 3
 
-    async def leave(self, group: int, user: UserId) -> None:
+    async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
         gkey, ukey = self._group_key(group), self._memberships_key(user)
-        await self._run(
+        [(removed, _), _] = await self._run(
             [
                 _Call(self._slot(gkey), ("SREM", gkey, str(user))),
                 _Call(self._slot(ukey), ("SREM", ukey, str(group))),
             ]
         )
+        return bool(removed)
 
     async def ping(self) -> None:
         """Raise unless a node answers and says every slot has a primary."""

@@ -117,10 +117,15 @@ class MemoryStore(AsyncClosing):
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
             if msg.sender not in members:
-                return Refused(sub.client_id, "not_member", f"you are not in group {msg.to}")
+                if sub.check_member:
+                    return Refused(sub.client_id, "not_member", f"you are not in group {msg.to}")
+                if msg.sender != 0:
+                    members = {*members, msg.sender}
             users = sorted(members)
+        elif msg.to == msg.sender or msg.sender == 0:
+            users = [UserId(msg.to)]
         else:
-            users = [UserId(msg.to)] if msg.to == msg.sender else [UserId(msg.to), msg.sender]
+            users = [UserId(msg.to), msg.sender]
         recipients = tuple(Recipient(user, self._append(user, msg, now)) for user in users)
         if sub.client_id:
             self._dedupe.pop(dkey, None)
@@ -212,11 +217,11 @@ class MemoryStore(AsyncClosing):
 
     # -- groups ---------------------------------------------------------------------------
 
-    async def join(self, group: int, user: UserId) -> None:
+    async def join(self, group: int, user: UserId) -> bool:
         self._check_open()
         members = self._groups.get(group, set())
         if user in members:
-            return
+            return False
         mine = self._user_groups.get(user, set())
         if len(mine) >= self.max_groups_per_user:
             raise group_limit_error("user_full", group, self.max_groups_per_user)
@@ -224,10 +229,12 @@ class MemoryStore(AsyncClosing):
             raise group_limit_error("group_full", group, self.max_group_members)
         self._groups.setdefault(group, members).add(user)
         self._user_groups.setdefault(user, mine).add(group)
+        return True
 
-    async def leave(self, group: int, user: UserId) -> None:
+    async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
         members = self._groups.get(group)
+        removed = members is not None and user in members
         if members is not None:
             members.discard(user)
             if not members:
@@ -237,6 +244,11 @@ class MemoryStore(AsyncClosing):
             mine.discard(group)
             if not mine:
                 del self._user_groups[user]
+        return removed
+
+    async def members(self, group: int) -> list[UserId]:
+        self._check_open()
+        return sorted(self._groups.get(group, ()))
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()

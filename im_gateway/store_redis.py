@@ -12,7 +12,8 @@ tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, ready for Redis C
     in 16, by age (exactly, up to 32 entries per inbox per pass); the key expires
     ``inbox_max_age`` after the last append.
 ``{prefix}{u:<user>}:pos``
-    the position of the newest message ever appended (``INCR``); same TTL as the inbox.
+    the position of the newest message ever appended (``INCR``); TTL ``inbox_max_age``,
+    refreshed lazily (about one batch in 16, and by acks).
     When it is missing but the inbox is not, the next append resumes after the inbox's
     last entry, so positions never repeat while an inbox exists.
 ``{prefix}{u:<user>}:acked``
@@ -22,8 +23,9 @@ tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, ready for Redis C
     sorted set: member = gateway id, score = expiry (ms since the epoch, Redis clock).
     Look-ups keep members scored after "now"; the key expires with its latest member.
 ``{prefix}{u:<user>}:dedupe:<client id>``
-    JSON ``[time, message id, [user, position, ...]]`` of the first message with that
-    client id (its recipients, so a resend can be pushed again); TTL ``dedupe_window``.
+    ``"<n> <time> <user> <position> ... <message id>"`` (n pairs; the id is the rest) of
+    the first message with that client id (its recipients, so a resend can be pushed
+    again); TTL ``dedupe_window``.
 ``{prefix}{u:<user>}:groups``
     set of the group ids ``user`` is in, at most ``max_groups_per_user`` (kept by
     :meth:`RedisStore.join` and :meth:`RedisStore.leave`). No TTL: bounded instead.
@@ -105,9 +107,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 # ARGV: prefix, batch, inbox max len, inbox max age (ms), dedupe window (ms), then one
 # inbox entry per submission (the message as JSON, stored as is). The batch is a JSON array
-# of [client_id, from, to, type, id, time], every item a string.
-# For each submission in order: dedupe (SET NX; a duplicate stores nothing and answers the
-# first one's recipients), the group check (a non-member stores nothing and releases the
+# of [client_id, from, to, type, id, time, check], every item a string; check "0" skips the
+# group membership test (the server API), and a sender "0" (the system) has no inbox.
+# For each submission in order: dedupe (GET; a duplicate stores nothing and answers the
+# first one's recipients; the record is written after the appends), the group check (a non-member stores nothing and releases the
 # client id), then per recipient INCR of its position and one XADD at that position. Each
 # XADD trims by length; in about one batch in 16 (by the clock), each inbox written is also
 # trimmed by age. Then, once per distinct recipient, the TTLs and the presence look-up.
@@ -163,9 +166,7 @@ local function append(u, entry)
     end
     local acked = tonumber(redis.call('GET', ukey(u, 'acked')) or '0')
     n = math.max(n, acked + 1)
-    if n > 1 then
-      redis.call('SET', pkey, string.format('%.0f', n))
-    end
+    redis.call('SET', pkey, string.format('%.0f', n), 'PX', max_age)
   end
   local pos = string.format('%.0f', n)
   redis.call('XADD', ikey, 'MAXLEN', '~', max_len, pos .. '-' .. stamp, 'm', entry)
@@ -177,32 +178,41 @@ local function append(u, entry)
   return pos
 end
 for i, s in ipairs(batch) do
-  local cid, from, to, typ, id, time = s[1], s[2], s[3], s[4], s[5], s[6]
+  local cid, from, to, typ, id, time, check = s[1], s[2], s[3], s[4], s[5], s[6], s[7]
   local dkey = false
   local res = nil
   if cid ~= '' then
     dkey = ukey(from, 'dedupe:' .. cid)
-    if not redis.call('SET', dkey, '', 'PX', window, 'NX') then
+    local seen = redis.call('GET', dkey)
+    if seen then
       -- A write (the TTL as it is), so that a WAIT after this call covers the first one.
       local ttl = redis.call('PTTL', dkey)
       if ttl > 0 then redis.call('PEXPIRE', dkey, ttl) end
-      local seen = cjson.decode(redis.call('GET', dkey))
-      local written = seen[3]
+      -- "<n> <time> <user> <pos> ... (n pairs) <id>": the first one's recipients; the id
+      -- is the rest of the string (it may hold spaces).
+      local words, at = {}, 1
+      local count = nil
+      while count == nil or #words < 2 + 2 * count do
+        local a, b = string.find(seen, '%S+', at)
+        words[#words + 1] = string.sub(seen, a, b)
+        at = b + 2
+        if count == nil then count = tonumber(words[1]) end
+      end
+      local first_time, first_id = words[2], string.sub(seen, at)
       -- The stored message itself (not the resend's text), from the first recipient's
       -- inbox; when it was trimmed there is nothing to push again.
       local stored = {}
-      if #written >= 2 then
-        stored = redis.call('XRANGE', ukey(written[1], 'inbox'), written[2], written[2],
-          'COUNT', 1)
+      if count > 0 then
+        stored = redis.call('XRANGE', ukey(words[3], 'inbox'), words[4], words[4], 'COUNT', 1)
       end
       if #stored > 0 then
-        res = {1, seen[2], seen[1], stored[1][2][2]}
-        for j, v in ipairs(written) do
-          res[#res + 1] = v
-          if j % 2 == 1 then note(v) end
+        res = {1, first_id, first_time, stored[1][2][2]}
+        for j = 3, #words do
+          res[#res + 1] = words[j]
+          if j % 2 == 1 then note(words[j]) end
         end
       else
-        res = {1, seen[2], seen[1], false}
+        res = {1, first_id, first_time, false}
       end
     end
   end
@@ -210,15 +220,17 @@ for i, s in ipairs(batch) do
     local users
     if typ == '2' then
       local gkey = prefix .. '{g:' .. to .. '}:members'
-      if redis.call('SISMEMBER', gkey, from) == 1 then
+      if check == '0' then
+        users = redis.call('SMEMBERS', gkey)
+        if from ~= '0' and redis.call('SISMEMBER', gkey, from) == 0 then
+          users[#users + 1] = from
+        end
+      elseif redis.call('SISMEMBER', gkey, from) == 1 then
         users = redis.call('SMEMBERS', gkey)
       else
-        if dkey then
-          redis.call('DEL', dkey)
-        end
         res = {2}
       end
-    elseif from == to then
+    elseif from == to or from == '0' then
       users = {to}
     else
       users = {to, from}
@@ -231,7 +243,8 @@ for i, s in ipairs(batch) do
         written[#written + 1] = append(u, entry)
       end
       if dkey then
-        redis.call('SET', dkey, cjson.encode({time, id, written}), 'PX', window)
+        redis.call('SET', dkey, (#written / 2) .. ' ' .. time .. ' ' ..
+          table.concat(written, ' ') .. ' ' .. id, 'PX', window)
       end
       res = {0}
       for _, v in ipairs(written) do
@@ -246,7 +259,11 @@ local presence = {}
 for _, u in ipairs(order) do
   if appended[u] then
     redis.call('PEXPIRE', ukey(u, 'inbox'), max_age)
-    redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+    if by_age then
+      -- The counter's TTL is refreshed lazily (here, and by acks): when it lapses while
+      -- the inbox lives, the next append and the next ack resume from the inbox.
+      redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+    end
   end
   local gws = redis.call('ZRANGEBYSCORE', ukey(u, 'presence'), since, '+inf')
   if #gws > 0 then
@@ -287,16 +304,25 @@ return out
 """
 )
 
-# KEYS: per user, its acked key then its pos key. ARGV: one position per user, then the
-# ttl (ms). Each acked key moves forward only, and never past the user's newest position.
+# KEYS: per user, its acked key, its pos key and its inbox key. ARGV: one position per
+# user, then the ttl (ms). Each acked key moves forward only, and never past the user's newest position.
 # Returns how many keys moved.
 _ACK = """
 local ttl = ARGV[#ARGV]
 local moved = 0
-for i = 1, #KEYS, 2 do
+for i = 1, #KEYS, 3 do
   local key = KEYS[i]
-  local want = tonumber(ARGV[(i + 1) / 2])
+  local want = tonumber(ARGV[(i + 2) / 3])
   local top = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if top == 0 then
+    -- The counter lapsed (its TTL is refreshed lazily) while the inbox lives: its last
+    -- entry says where the inbox ends.
+    local last = redis.call('XREVRANGE', KEYS[i + 2], '+', '-', 'COUNT', 1)
+    if #last > 0 then
+      top = tonumber(string.match(last[1][1], '^(%d+)'))
+      redis.call('SET', KEYS[i + 1], string.format('%.0f', top), 'PX', ttl)
+    end
+  end
   if want > top then want = top end
   local cur = tonumber(redis.call('GET', key) or '0')
   if want > cur then
@@ -320,7 +346,7 @@ return moved
 _JOIN = """
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then
   redis.call('SADD', KEYS[2], ARGV[2])
-  return 0
+  return 3
 end
 if redis.call('SCARD', KEYS[2]) >= tonumber(ARGV[3]) then
   return 1
@@ -333,6 +359,7 @@ redis.call('SADD', KEYS[2], ARGV[2])
 return 0
 """
 _JOIN_REFUSED = {1: "user_full", 2: "group_full"}
+_JOIN_ALREADY = 3
 
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 _quote = json.encoder.encode_basestring  # a str as a JSON string literal (C, fast)
@@ -468,7 +495,17 @@ class RedisStore(AsyncClosing):
             entries = []
             for s in todo:
                 m = s.message
-                rows.append((s.client_id, str(m.sender), str(m.to), str(m.type), m.id, str(m.time)))
+                rows.append(
+                    (
+                        s.client_id,
+                        str(m.sender),
+                        str(m.to),
+                        str(m.type),
+                        m.id,
+                        str(m.time),
+                        "1" if s.check_member else "0",
+                    )
+                )
                 # The inbox entry: the message as a JSON array, read back by _message().
                 entries.append(
                     f"[{_quote(m.id)},{m.sender:d},{m.to:d},{m.type:d},"
@@ -568,7 +605,8 @@ class RedisStore(AsyncClosing):
         acks, self._acks, self._ack_batch = self._acks, {}, None
         keys: list[str] = []
         for key in acks:
-            keys += (key, key[: -len("acked")] + "pos")
+            base = key[: -len("acked")]
+            keys += (key, base + "pos", base + "inbox")
         try:
             await self._ack(keys=keys, args=(*acks.values(), self._max_age_ms))
         except asyncio.CancelledError:
@@ -590,7 +628,7 @@ class RedisStore(AsyncClosing):
         """The set of groups ``user`` is in (bounded by ``max_groups_per_user``)."""
         return self._key("groups", user)
 
-    async def join(self, group: int, user: UserId) -> None:
+    async def join(self, group: int, user: UserId) -> bool:
         self._check_open()
         keys = [self._group_key(group), self._memberships_key(user)]
         args: list[str | int] = [
@@ -599,18 +637,26 @@ class RedisStore(AsyncClosing):
             self.max_groups_per_user,
             self.max_group_members,
         ]
-        refused = _JOIN_REFUSED.get(int(await self._join(keys, args)))
+        answer = int(await self._join(keys, args))
+        refused = _JOIN_REFUSED.get(answer)
         if refused == "user_full":
             raise group_limit_error(refused, group, self.max_groups_per_user)
         if refused is not None:
             raise group_limit_error(refused, group, self.max_group_members)
+        return answer != _JOIN_ALREADY
 
-    async def leave(self, group: int, user: UserId) -> None:
+    async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.srem(self._group_key(group), str(user))
             pipe.srem(self._memberships_key(user), str(group))
-            await pipe.execute()
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    async def members(self, group: int) -> list[UserId]:
+        self._check_open()
+        found = await self._client.smembers(self._group_key(group))
+        return sorted(UserId(int(u)) for u in found)
 
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()

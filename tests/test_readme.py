@@ -99,6 +99,48 @@ def substitute_ports(text: str, ports: dict[int, int]) -> str:
     return re.sub(rf"(?<!\d)({pattern})(?!\d)", lambda m: str(ports[int(m[1])]), text)
 
 
+def run_shell(
+    body: str, ports: dict[int, int], env: dict[str, str], cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """Run a README block in bash (its fixed ports replaced), to completion."""
+    return subprocess.run(
+        ["bash", "-ec", substitute_ports(body, ports)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def start_shell(
+    body: str, ports: dict[int, int], env: dict[str, str], cwd: Path, log: Path
+) -> subprocess.Popen[bytes]:
+    """Start a long-running README block in bash, in its own session, output to ``log``."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            ["bash", "-ec", substitute_ports(body, ports)],
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_shell(proc: subprocess.Popen[bytes]) -> None:
+    """Ctrl-C a block started by :func:`start_shell` (SIGKILL if it does not stop)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
 # ---- the shape of the README ------------------------------------------------------------
 
 
@@ -141,7 +183,7 @@ def _help(*argv: str) -> str:
 
 @pytest.mark.parametrize("module", ["transmit_hub", "im_gateway"])
 def test_flags_tables_match_help(module: str) -> None:
-    """Every flag in the README's flag table is one the program's ``--help`` lists."""
+    """The README's flag table and the program's ``--help`` list the same flags."""
     tables = {m["module"]: m["table"] for m in FLAGS_TABLE.finditer(README.read_text())}
     assert module in tables, f"README has no <!-- flags: {module} --> table"
     rows = tables[module].splitlines()[2:]
@@ -151,6 +193,9 @@ def test_flags_tables_match_help(module: str) -> None:
     help_text = _help("-m", module)
     missing = [f for f in documented if not re.search(rf"{f}\b", help_text)]
     assert not missing, f"README documents {missing} but `python -m {module} --help` has not"
+    offered = set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text, re.M)) - {"--help"}
+    undocumented = sorted(offered - set(documented))
+    assert not undocumented, f"`python -m {module} --help` has {undocumented}; the README not"
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,6 @@ the walk-through's Redis port by this run's Redis.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 from pathlib import Path
 
@@ -19,7 +17,9 @@ from tests.test_readme import (
     _healthy,
     _tcp_open,
     readme_blocks,
-    substitute_ports,
+    run_shell,
+    start_shell,
+    stop_shell,
     the_block,
     walkthrough_env,
 )
@@ -36,16 +36,7 @@ def test_hub_tls_section_runs_as_written(tmp_path: Path, redis_server: RedisServ
     env = walkthrough_env()
 
     def run(name: str) -> str:
-        body = substitute_ports(the_block("tls-run", name).body, ports)
-        done = subprocess.run(
-            ["bash", "-ec", body],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = run_shell(the_block("tls-run", name).body, ports, env, tmp_path)
         assert done.returncode == 0, f"{name}: {done.stderr}"
         return done.stdout
 
@@ -56,16 +47,7 @@ def test_hub_tls_section_runs_as_written(tmp_path: Path, redis_server: RedisServ
             name, readme_port = block.args
             port = ports[int(readme_port)]
             log = tmp_path / f"{name}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(
-                    ["bash", "-ec", substitute_ports(block.body, ports)],
-                    cwd=tmp_path,
-                    env=env,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                )
+            proc = start_shell(block.body, ports, env, tmp_path, log)
             started.append(proc)
             gateway = name.startswith("gw")
 
@@ -84,10 +66,4 @@ def test_hub_tls_section_runs_as_written(tmp_path: Path, redis_server: RedisServ
         assert '"gatewayId": "gw-3"' in out
     finally:
         for proc in reversed(started):
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGINT)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
+            stop_shell(proc)

@@ -26,6 +26,7 @@ async def serve(config: HubConfig) -> None:
         grace=config.grace,
         tls=config.server_tls(),
         hello_timeout=config.hello_timeout,
+        max_hello_waiting=config.max_hello_waiting,
         claim_timeout=config.claim_timeout,
         max_gateways=config.max_gateways,
         forget_after=config.forget_after,

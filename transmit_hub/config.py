@@ -36,6 +36,7 @@ class HubConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     hello_timeout: float = 10.0
+    max_hello_waiting: int = 1024
     claim_timeout: float = 2.0
     max_gateways: int = 4096
     forget_after: float = 3600.0
@@ -59,6 +60,10 @@ class HubConfig:
         if not 0 < self.claim_timeout <= 60:
             raise ConfigError(
                 f"--claim-timeout must be between 0 and 60 seconds, not {self.claim_timeout}"
+            )
+        if not 1 <= self.max_hello_waiting <= 1_000_000:
+            raise ConfigError(
+                f"--max-hello-waiting must be 1..1000000, not {self.max_hello_waiting}"
             )
         if not 1 <= self.max_gateways <= 1_000_000:
             raise ConfigError(f"--max-gateways must be 1..1000000, not {self.max_gateways}")
@@ -153,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
         "also the most departed gateways whose stats are kept (default 4096)",
     )
     p.add_argument(
+        "--max-hello-waiting",
+        metavar="N",
+        help="most streams open at once that have not sent their Hello yet (more are "
+        "refused with RESOURCE_EXHAUSTED; each waits at most --hello-timeout) (default 1024)",
+    )
+    p.add_argument(
         "--forget-after",
         metavar="SECONDS",
         help="the stats of a gateway that left are forgotten this long after it left "
@@ -179,7 +190,7 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str] | None = Non
             values[name] = value
     kwargs: dict[str, object] = {}
     for name, value in values.items():
-        if name in ("queue_size", "max_gateways"):
+        if name in ("queue_size", "max_gateways", "max_hello_waiting"):
             kwargs[name] = _number(int, "--" + name.replace("_", "-"), value)
         elif name in ("grace", "hello_timeout", "claim_timeout", "forget_after"):
             kwargs[name] = _number(float, "--" + name.replace("_", "-"), value)

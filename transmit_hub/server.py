@@ -100,6 +100,7 @@ class HubServer(AsyncLifecycle):
         grace: float = 5.0,
         tls: ServerTls | None = None,
         hello_timeout: float = 10.0,
+        max_hello_waiting: int = 1024,
         claim_timeout: float = 2.0,
         max_gateways: int = 4096,
         forget_after: float = 3600.0,
@@ -126,6 +127,7 @@ class HubServer(AsyncLifecycle):
         self.service = HubService(
             self.registry,
             hello_timeout=hello_timeout,
+            max_hello_waiting=max_hello_waiting,
             claim_timeout=claim_timeout,
             ids_from_certificates=tls is not None and tls.mutual,
         )

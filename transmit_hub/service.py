@@ -93,11 +93,15 @@ class HubService:
         registry: Registry,
         *,
         hello_timeout: float = 10.0,
+        max_hello_waiting: int = 1024,
         claim_timeout: float = 2.0,
         ids_from_certificates: bool = False,
     ) -> None:
         self.registry = registry
         self.hello_timeout = hello_timeout
+        self.max_hello_waiting = max_hello_waiting
+        self.hello_waiting = 0
+        """Streams open now that have not sent their Hello yet."""
         self.claim_timeout = claim_timeout
         self.ids_from_certificates = ids_from_certificates
         """Mutual TLS: a gateway id must be a DNS name of the client's certificate."""
@@ -112,6 +116,13 @@ class HubService:
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        if self.hello_waiting >= self.max_hello_waiting:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.hello_waiting} streams are waiting to say Hello already "
+                "(the hub's --max-hello-waiting); try again",
+            )
+        self.hello_waiting += 1
         try:
             first = await asyncio.wait_for(context.read(), self.hello_timeout)
         except TimeoutError:
@@ -119,6 +130,8 @@ class HubService:
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"no Hello within {self.hello_timeout:g} s of opening the stream",
             )
+        finally:
+            self.hello_waiting -= 1
         if first is aio.EOF:
             return
         assert isinstance(first, bytes)

@@ -335,3 +335,15 @@ def test_demo_help() -> None:
     assert "--redis-url" in shown.stdout
     bad = subprocess.run([*command, "--no-such-flag"], capture_output=True, text=True, check=False)
     assert bad.returncode == 2
+
+
+def test_a_secret_that_begins_with_a_dash_reaches_the_gateways() -> None:
+    """The demo's random secret may begin with "-": its gateway command line still parses
+    (a flaky start before: ``--jwt-secret -x...`` read as a missing value)."""
+    from im_gateway.__main__ import build_parser
+    from im_gateway.demo import Cluster
+
+    cluster = Cluster(jwt_secret="-starts-with-a-dash-0123456789abcdef")
+    argv = cluster._gateway_command("gw-1", 8081)
+    args = build_parser().parse_args(argv[3:])
+    assert args.jwt_secret == "-starts-with-a-dash-0123456789abcdef"

@@ -225,7 +225,7 @@ async def test_own_messages_move_the_position_without_a_frame(store: GatedStore)
         assert session.position == 2
         assert store.reads == 1
         assert not session.replaying
-        assert session._fill_timer is None  # no read scheduled either
+    assert session._replayer._fill_timer is None  # no read scheduled either
 
 
 async def test_an_own_message_beyond_a_hole_is_not_sent_back_by_the_fill(

@@ -83,6 +83,29 @@ async def test_stream_without_hello_is_ended_by_the_deadline() -> None:
         assert hub.registry.attachments() == []
 
 
+async def test_streams_waiting_for_their_hello_are_bounded(make_link: LinkFactory) -> None:
+    """Beyond --max-hello-waiting silent streams, another is refused RESOURCE_EXHAUSTED at
+    once; a real gateway still attaches once the silent ones are gone."""
+    async with HubServer(
+        listen="127.0.0.1:0", hello_timeout=30, max_hello_waiting=3, grace=0.1
+    ) as hub:
+        async with aio.insecure_channel(hub.address) as channel:
+            silent = [channel.stream_stream(CONNECT_METHOD)() for _ in range(3)]
+            for call in silent:
+                await call.wait_for_connection()
+            await wait_until(lambda: hub.service.hello_waiting == 3, what="3 silent streams")
+            extra = channel.stream_stream(CONNECT_METHOD)()
+            with pytest.raises(aio.AioRpcError) as info:
+                await asyncio.wait_for(extra.read(), 10)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "--max-hello-waiting" in (info.value.details() or "")
+            for call in silent:
+                call.cancel()
+        await wait_until(lambda: hub.service.hello_waiting == 0, what="the silent ones gone")
+        await make_link(hub.address, "gw-1")
+        assert [g.gateway_id for g in hub.registry.attachments()] == ["gw-1"]
+
+
 async def test_max_gateways_refuses_more_with_resource_exhausted(
     make_link: LinkFactory,
 ) -> None:

@@ -1,0 +1,224 @@
+"""The server API: the application's backend talks to the gateway over HTTP (aiohttp).
+
+``POST /api/<method>`` with a JSON object body and ``Authorization: Bearer KEY``, on its
+own port (``--api-listen``), in the gateway's process and event loop. Every path answers
+401 without the right key (compared in constant time), before anything else; 404 for an
+unknown method; 400 with ``{"error": {"code": ..., "message": ...}}`` for a bad body.
+The bodies are checked by :mod:`im_gateway.api_requests` (pure); this module is the
+adapter that runs them:
+
+- ``publish`` goes through the same :class:`~im_gateway.pipeline.Pipeline` as a client's
+  frame (a second kind of caller): stored in every recipient's inbox before the answer,
+  deduplicated by ``id`` like a client id of ``from``, pushed live by the fan-out, the
+  sender's own devices included when ``from`` is a user.
+- ``groups/add|remove|members`` manage membership (the way to, under
+  ``--group-join server``), with the same bounds as a client's join.
+- ``presence`` and ``history`` read the store; ``history`` gives the frames a replay
+  would send.
+- ``disconnect`` closes the user's sockets here and, through the hub, on every gateway
+  its presence names (as a control share: :data:`~im_gateway.fanout.CONTROL_DISCONNECT`).
+
+The OpenAPI document of these methods is ``im_gateway/openapi.json`` (served at
+``GET /api/openapi.json``, with the key too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from transmit_hub.lifecycle import AsyncLifecycle
+from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Message, UserId
+
+from . import api_requests as req
+from . import frames
+from .errors import ApiError, GroupLimitError
+from .fanout import Fanout
+from .pipeline import Pipeline
+from .store import Accepted, Refused, Store, Submission
+from .throttle import Throttled
+
+logger = logging.getLogger(__name__)
+
+OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+STORE_CONCURRENCY = 32
+"""Store calls in flight at once for one ``groups/add`` or ``groups/remove``."""
+
+_refused_key = Throttled(logger, "server API: %d calls refused for a missing or wrong key")
+
+
+class _Call:
+    """A publish waiting for the pipeline: the API's :class:`~im_gateway.pipeline.Caller`."""
+
+    def __init__(self) -> None:
+        self.answer: asyncio.Future[Accepted | Refused] = asyncio.get_running_loop().create_future()
+
+    def settled(self, result: Accepted | Refused) -> None:
+        if not self.answer.done():
+            self.answer.set_result(result)
+
+    def failed(self, code: str, reason: str, client_id: str) -> None:
+        if not self.answer.done():
+            self.answer.set_exception(ApiError(503, code, reason))
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status)
+
+
+class ApiServer(AsyncLifecycle):
+    """The server API on ``listen`` (``HOST:PORT``); an async context manager."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        key: str,
+        store: Store,
+        pipeline: Pipeline,
+        fanout: Fanout[Any],
+        max_content: int,
+        max_users: int = 1000,
+        max_body: int = 1024 * 1024,
+        timeout: float = 10.0,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._key = f"Bearer {key}".encode()
+        self._store = store
+        self._pipeline = pipeline
+        self._fanout = fanout
+        self._max_content = max_content
+        self._max_users = max_users
+        self._max_body = max_body
+        self._timeout = timeout
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self._closed = False
+        self.port = 0
+        """The bound port (``0`` in ``listen`` picks a free one)."""
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=self._max_body, middlewares=[self._guard])
+        app.router.add_route("*", "/{tail:.*}", self._dispatch)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self._host, self._port)
+        await self._site.start()
+        addresses = self._runner.addresses  # (host, port, ...) of each bound socket
+        self.port = int(addresses[0][1]) if addresses else self._port
+        logger.info("server API listening on %s:%d", self._host, self.port)
+
+    async def close(self) -> None:
+        """Stop serving; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # --- HTTP -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _guard(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """The key first, on every path; then expected failures as error objects."""
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        if not hmac.compare_digest(given, self._key):
+            _refused_key.hit()
+            return _error(401, "unauthorized", "send Authorization: Bearer <the --api-key>")
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except web.HTTPRequestEntityTooLarge:
+            return _error(
+                400, "too_large", f"the body is over {self._max_body} bytes (--api-max-body)"
+            )
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        path = request.path
+        if request.method == "GET" and path == "/api/openapi.json":
+            return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
+        if request.method != "POST" or not path.startswith("/api/"):
+            return _error(404, "not_found", "the API is POST /api/<method>")
+        body = await request.read()
+        call = req.parse(
+            path[len("/api/") :], body, max_content=self._max_content, max_users=self._max_users
+        )
+        return web.json_response(await self._run(call))
+
+    async def _run(self, call: req.Request) -> dict[str, object]:
+        if isinstance(call, req.Publish):
+            return await self._publish(call)
+        if isinstance(call, req.GroupChange):
+            return await self._group_change(call)
+        if isinstance(call, req.Members):
+            members = await self._store.members(call.group)
+            return {"users": [str(u) for u in members]}
+        if isinstance(call, req.PresenceQuery):
+            found = await self._store.lookup(call.users)
+            return {"presence": {str(u): list(found.get(u, ())) for u in call.users}}
+        if isinstance(call, req.Disconnect):
+            found = await self._store.lookup([call.user])
+            control_id, now_ms = self._pipeline.new_id()
+            self._fanout.disconnect(call.user, found.get(call.user, ()), control_id, now_ms)
+            return {}
+        page = await self._store.read_inbox(call.user, call.after, call.limit)
+        return {
+            "messages": [json.loads(frames.encode_message(e.message, e.seq)) for e in page.entries]
+        }
+
+    async def _publish(self, call: req.Publish) -> dict[str, object]:
+        msg_id, now_ms = self._pipeline.new_id()
+        group = call.group is not None
+        target = call.group if call.group is not None else call.to
+        assert target is not None
+        message = Message(
+            msg_id,
+            call.sender,
+            target,
+            MESSAGE_GROUP if group else MESSAGE_PRIVATE,
+            call.content_type,
+            now_ms,
+            call.content,
+        )
+        caller = _Call()
+        await self._pipeline.put(caller, Submission(call.id, message, check_member=False))
+        try:
+            async with asyncio.timeout(self._timeout):
+                result = await caller.answer
+        except TimeoutError as exc:
+            raise ApiError(503, "internal", "not stored in time; send again (same id)") from exc
+        if isinstance(result, Refused):
+            raise ApiError(400, result.code, result.reason)
+        return {"msgId": result.message.id, "time": str(result.message.time)}
+
+    async def _group_change(self, call: req.GroupChange) -> dict[str, object]:
+        slots = asyncio.Semaphore(STORE_CONCURRENCY)
+        refused: list[dict[str, str]] = []
+
+        async def one(user: UserId) -> bool:
+            async with slots:
+                try:
+                    if call.add:
+                        return await self._store.join(call.group, user)
+                    return await self._store.leave(call.group, user)
+                except GroupLimitError as exc:
+                    refused.append({"user": str(user), "reason": str(exc)})
+                    return False
+
+        changed = sum(await asyncio.gather(*(one(u) for u in call.users)))
+        answer: dict[str, object] = {"added" if call.add else "removed": changed}
+        if refused:
+            answer["refused"] = refused
+        return answer

@@ -1,0 +1,219 @@
+"""The pipeline: messages in, stored in batches, callers answered, results handed on.
+
+Callers are anything that implements :class:`Caller`: a client's
+:class:`~im_gateway.sessions.Session` (its answers are type 10 and 99 frames) or a call
+of the server API (its answer completes an HTTP response). The pipeline knows nothing of
+sockets or the hub: each stored message goes to a :class:`Route` (the gateway's
+:class:`~im_gateway.fanout.Fanout`), with the caller it came from.
+
+Batches. Callers put submissions (with a fresh message id and the server time) into one
+bounded queue. A single worker takes everything available (up to ``batch_size``) and
+stores it with one :meth:`Store.submit` call, so an idle gateway adds no latency and a
+busy one shares each Redis round trip among many messages. Full policy: a caller whose
+message finds the queue full waits (a session stops reading its socket, which pushes
+back on that client); nothing is dropped. One worker keeps each sender's order.
+
+Linger. At moderate load messages arrive one at a time, and each would pay a Redis round
+trip, a hub frame and several wake-ups on every hop for itself alone (about four times
+the CPU of a message in a full batch). So while traffic flows (the last batch started
+less than ``busy_window`` seconds ago) the worker waits ``linger`` seconds before taking
+a small batch. An idle gateway (no batch lately) stores a message at once.
+
+Retry. A batch whose store call fails is tried once more (a timeout: it may have been
+stored with its reply lost). That is safe: a batch is stored atomically and
+deduplicated by client id, and a duplicate comes back with its first recipients, so it
+is routed again like a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Protocol
+
+from transmit_hub.types import Message, MessageId, UserId
+
+from . import frames
+from .faults import Faults
+from .ids import MessageIds
+from .store import Accepted, Refused, Store, Submission
+from .throttle import Throttled
+
+logger = logging.getLogger(__name__)
+
+
+class Caller(Protocol):
+    """Who submitted a message, and hears how it went."""
+
+    def settled(self, result: Accepted | Refused) -> None:
+        """The message is stored for every recipient (or refused, with a code)."""
+        ...
+
+    def failed(self, code: str, reason: str, client_id: str) -> None:
+        """The message could not be stored (``internal``): the caller may send it again."""
+        ...
+
+
+class Route(Protocol):
+    """Where stored messages go next (to local sockets and the hub)."""
+
+    def route(self, accepted: Accepted, caller: object) -> None: ...
+
+
+_Item = tuple[Caller, Submission]
+
+
+def _take(queue: asyncio.Queue[_Item], batch: list[_Item], limit: int) -> None:
+    """Move what ``queue`` holds into ``batch``, up to ``limit`` items in all."""
+    while len(batch) < limit and not queue.empty():
+        batch.append(queue.get_nowait())
+
+
+class Pipeline:
+    """Batches submissions into the store, answers their callers, routes what is stored."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        route: Route,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        linger: float = 0.003,
+        busy_window: float = 0.02,
+        faults: Faults | None = None,
+    ) -> None:
+        self._store = store
+        self._route = route
+        self._batch_size = batch_size
+        self._linger = linger
+        self._busy_window = busy_window
+        self._faults = faults
+        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        self._ids = MessageIds()
+        self._task: asyncio.Task[None] | None = None
+        self._store_failed = Throttled(logger, "storing a batch failed %d times; retrying once")
+        self._batch_failed = Throttled(
+            logger,
+            "storing a batch failed again %d times; senders told to send again",
+            level=logging.ERROR,
+        )
+        self._route_failed = Throttled(
+            logger, "answering or routing a stored message failed %d times", level=logging.ERROR
+        )
+        self._closed = False
+        self.batches = 0
+        """Store round trips made by the worker (for tests and stats)."""
+        self.submitted = 0
+        """Submissions handed to the store."""
+
+    # --- callers ------------------------------------------------------------------------
+
+    def new_id(self) -> tuple[MessageId, int]:
+        """A fresh system-wide unique message id and the server time in ms."""
+        return self._ids.next()
+
+    @property
+    def busy(self) -> bool:
+        """True while the queue is full (:meth:`offer` would refuse)."""
+        return self._queue.full()
+
+    @property
+    def queued(self) -> int:
+        """Submissions waiting for the worker."""
+        return self._queue.qsize()
+
+    def submission(
+        self, sender: UserId, frame: frames.SendMessage, *, check_member: bool = True
+    ) -> Submission:
+        """A submission for ``frame`` from ``sender``, with a fresh id and the time now."""
+        msg_id, now_ms = self._ids.next()
+        message = Message(
+            id=msg_id,
+            sender=sender,
+            to=frame.to,
+            type=frame.type,
+            content_type=frame.content_type,
+            time=now_ms,
+            content=frame.content,
+        )
+        return Submission(client_id=frame.id, message=message, check_member=check_member)
+
+    def offer(self, caller: Caller, submission: Submission) -> bool:
+        """Queue a submission; False (nothing queued) when the queue is full."""
+        if self._queue.full():
+            return False
+        self._queue.put_nowait((caller, submission))
+        return True
+
+    async def put(self, caller: Caller, submission: Submission) -> None:
+        """Queue a submission; waits while the queue is full."""
+        await self._queue.put((caller, submission))
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the batch worker."""
+        self._task = asyncio.create_task(self._batch_loop(), name="pipeline-batches")
+
+    async def close(self) -> None:
+        """Stop the worker (what is still queued is answered ``internal``); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        while not self._queue.empty():
+            caller, sub = self._queue.get_nowait()
+            caller.failed(frames.INTERNAL, "gateway stopping; send again", sub.client_id)
+
+    # --- the worker ---------------------------------------------------------------------
+
+    async def _batch_loop(self) -> None:
+        queue = self._queue
+        limit = self._batch_size
+        loop = asyncio.get_running_loop()
+        last_start = -1e9
+        while True:
+            batch = [await queue.get()]
+            _take(queue, batch, limit)
+            now = loop.time()
+            linger = len(batch) < limit and now - last_start < self._busy_window
+            last_start = now
+            try:
+                if linger and self._linger > 0:
+                    await asyncio.sleep(self._linger)  # traffic flows: let more join
+                    _take(queue, batch, limit)
+                await self._process(batch)
+            except asyncio.CancelledError:
+                for caller, sub in batch:
+                    caller.failed(frames.INTERNAL, "gateway stopping; send again", sub.client_id)
+                raise
+            except Exception as exc:
+                self._batch_failed.hit(exc=exc)
+                for caller, sub in batch:
+                    caller.failed(frames.INTERNAL, "storage unavailable; send again", sub.client_id)
+
+    async def _process(self, batch: Sequence[_Item]) -> None:
+        submissions = [sub for _, sub in batch]
+        try:
+            results = await self._store.submit(submissions)
+        except Exception as exc:
+            self._store_failed.hit(exc=exc)
+            results = await self._store.submit(submissions)
+        if self._faults is not None:
+            self._faults.stored()
+        self.batches += 1
+        self.submitted += len(batch)
+        route = self._route
+        for (caller, _), result in zip(batch, results, strict=True):
+            try:
+                caller.settled(result)
+                if isinstance(result, Accepted):
+                    # A duplicate too: its first push may have died with the gateway
+                    # that stored it.
+                    route.route(result, caller)
+            except Exception as exc:
+                self._route_failed.hit(exc=exc)

@@ -1,0 +1,77 @@
+"""The server API's body checks (im_gateway.api_requests), without a server."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from im_gateway import api_requests as req
+from im_gateway.errors import ApiError
+
+
+def parse(method: str, body: object) -> req.Request:
+    return req.parse(method, json.dumps(body).encode(), max_content=100, max_users=3)
+
+
+def test_publish_takes_ids_as_numbers_or_decimal_strings() -> None:
+    """A user id may be 42 or "42"; from defaults to 0 (the system), id to "" (none)."""
+    assert parse("publish", {"to": "42", "content": "hi"}) == req.Publish(
+        to=42, group=None, content="hi", content_type=0, sender=0, id=""
+    )
+    got = parse("publish", {"group": 7, "content": "x", "from": 2, "id": "k", "contentType": 3})
+    assert got == req.Publish(to=None, group=7, content="x", content_type=3, sender=2, id="k")
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({"content": "x"}, "bad_request"),
+        ({"to": 1, "group": 1, "content": "x"}, "bad_request"),
+        ({"to": 1, "content": "\ud800"}, "bad_request"),
+        ({"to": 1, "content": "é" * 51}, "too_large"),
+        ({"to": 1, "content": "x", "id": "k" * 129}, "bad_request"),
+        ({"to": 1.0, "content": "x"}, "bad_request"),
+        ({"to": True, "content": "x"}, "bad_request"),
+    ],
+)
+def test_bad_publish_bodies_are_refused_with_their_code(body: object, code: str) -> None:
+    """Each broken body: 400 and the pinned code."""
+    with pytest.raises(ApiError) as caught:
+        parse("publish", body)
+    assert (caught.value.status, caught.value.code) == (400, code)
+
+
+def test_user_lists_are_bounded_and_deduplicated() -> None:
+    """More than max_users ids is refused; repeats count once."""
+    assert parse("presence", {"users": [1, "1", 2]}) == req.PresenceQuery(users=(1, 2))
+    with pytest.raises(ApiError, match="--api-max-users"):
+        parse("groups/add", {"group": 1, "users": [1, 2, 3, 4]})
+
+
+def test_history_defaults_and_limits() -> None:
+    """after defaults to "0" and limit to 100; limit is 1 to 1000; after is a seq."""
+    assert parse("history", {"user": 5}) == req.History(user=5, after=0, limit=100)
+    assert parse("history", {"user": 5, "after": "9", "limit": 1000}).after == 9  # type: ignore[union-attr]
+    for bad in ({"user": 5, "limit": 0}, {"user": 5, "after": "x"}, {"user": 5, "after": 9}):
+        with pytest.raises(ApiError):
+            parse("history", bad)
+
+
+def test_unknown_methods_and_non_objects() -> None:
+    """An unknown method is 404 not_found; a body that is not a JSON object is 400."""
+    with pytest.raises(ApiError) as caught:
+        parse("publish/now", {})
+    assert (caught.value.status, caught.value.code) == (404, "not_found")
+    with pytest.raises(ApiError) as caught:
+        req.parse("presence", b"[]", max_content=1, max_users=1)
+    assert caught.value.status == 400
+    assert set(req.METHODS) == {
+        "publish",
+        "groups/add",
+        "groups/remove",
+        "groups/members",
+        "presence",
+        "disconnect",
+        "history",
+    }
