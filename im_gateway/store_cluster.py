@@ -81,6 +81,7 @@ from .store import (
 )
 from .store_redis import (
     _ACK,
+    _AGE_TRIM,
     _LOOKUP,
     _NOW,
     _REFRESH,
@@ -126,17 +127,9 @@ local stamp = string.format('%.0f', now)
 local by_age = now % 16 == 0
 local cutoff = now - max_age
 local touched = {}
-local function age_trim(ikey)
-  local old = redis.call('XRANGE', ikey, '-', '+', 'COUNT', 32)
-  local cut = nil
-  for _, e in ipairs(old) do
-    local pos, t = string.match(e[1], '^(%d+)-(%d+)$')
-    if tonumber(t) < cutoff then cut = pos else break end
-  end
-  if cut then
-    redis.call('XTRIM', ikey, 'MINID', string.format('%.0f', tonumber(cut) + 1) .. '-0')
-  end
-end
+"""
+    + _AGE_TRIM
+    + """
 local function append(u, entry)
   local base = (u - 1) * 4
   local ikey, pkey = KEYS[base + 1], KEYS[base + 2]

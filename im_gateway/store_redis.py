@@ -105,6 +105,23 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
 
+# Lua: trim an inbox by age, exactly, up to 32 entries per call (the ids are
+# "<position>-<ms>"); needs a local ``cutoff`` (ms). Shared by the one-Redis and the
+# cluster append scripts.
+_AGE_TRIM = """
+local function age_trim(ikey)
+  local old = redis.call('XRANGE', ikey, '-', '+', 'COUNT', 32)
+  local cut = nil
+  for _, e in ipairs(old) do
+    local pos, t = string.match(e[1], '^(%d+)-(%d+)$')
+    if tonumber(t) < cutoff then cut = pos else break end
+  end
+  if cut then
+    redis.call('XTRIM', ikey, 'MINID', string.format('%.0f', tonumber(cut) + 1) .. '-0')
+  end
+end
+"""
+
 # ARGV: prefix, batch, inbox max len, inbox max age (ms), dedupe window (ms), then one
 # inbox entry per submission (the message as JSON, stored as is). The batch is a JSON array
 # of [client_id, from, to, type, id, time, check], every item a string; check "0" skips the
@@ -141,17 +158,9 @@ local function note(u)
     order[#order + 1] = u
   end
 end
-local function age_trim(ikey)
-  local old = redis.call('XRANGE', ikey, '-', '+', 'COUNT', 32)
-  local cut = nil
-  for _, e in ipairs(old) do
-    local pos, t = string.match(e[1], '^(%d+)-(%d+)$')
-    if tonumber(t) < cutoff then cut = pos else break end
-  end
-  if cut then
-    redis.call('XTRIM', ikey, 'MINID', string.format('%.0f', tonumber(cut) + 1) .. '-0')
-  end
-end
+"""
+    + _AGE_TRIM
+    + """
 local function append(u, entry)
   local pkey = ukey(u, 'pos')
   local ikey = ukey(u, 'inbox')
