@@ -33,6 +33,10 @@ class Client:
         self.ws = ws
         self.user = user
         self.frames: list[Frame] = []
+        self.arrivals: list[tuple[float, str]] = []
+        """(monotonic time, message id) of each message frame (types 1 and 2)."""
+        self.listeners: list[Callable[[Frame], None]] = []
+        """Called with each frame as it arrives (after it is recorded)."""
         self._arrived = asyncio.Event()
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._reader = asyncio.create_task(self._read())
@@ -46,8 +50,13 @@ class Client:
     async def _read(self) -> None:
         try:
             async for data in self.ws:
-                self.frames.append(json.loads(data))
+                frame = json.loads(data)
+                if frame.get("type") in (1, 2):
+                    self.arrivals.append((time.monotonic(), frame["id"]))
+                self.frames.append(frame)
                 self._arrived.set()
+                for listener in self.listeners:
+                    listener(frame)
         except Exception:
             pass
         finally:

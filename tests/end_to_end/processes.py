@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 
 import grpc
 
-from tests.helpers import free_port
+from tests.helpers import free_port, wait_until
 from transmit_hub.v1 import transmit_pb2, transmit_pb2_grpc
 
 
@@ -65,21 +63,19 @@ class HubProcess:
 
     async def wait_serving(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - a deadline
         """Wait until the hub answers ListGateways."""
-        deadline = time.monotonic() + timeout
-        while True:
+
+        async def serving() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"hub {self.hub_id} exited: {self.output()}")
             try:
                 async with grpc.aio.insecure_channel(self.address) as channel:
                     stub = transmit_pb2_grpc.TransmitHubServiceStub(channel)
                     await stub.ListGateways(transmit_pb2.ListGatewaysRequest(), timeout=1)
-                return
             except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"hub {self.hub_id} not serving: {self.output()}"
-                    ) from None
-                await asyncio.sleep(0.05)
+                return False
+            return True
+
+        await wait_until(serving, timeout=timeout, what=f"hub {self.hub_id} serving")
 
     def kill(self) -> None:
         """SIGKILL, and reap."""

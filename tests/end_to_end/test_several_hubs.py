@@ -14,8 +14,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-
 from tests.end_to_end.harness import Client, GatewayProcess, http_get
 from tests.end_to_end.processes import HubProcess
 from tests.helpers import wait_until
@@ -24,31 +22,8 @@ from transmit_hub.pool import rank
 GROUP = 7
 
 
-class TimedClient(Client):
-    """A client that also notes when each message frame arrived (monotonic seconds)."""
-
-    def __init__(self, ws: ClientConnection, user: int) -> None:
-        self.arrivals: list[tuple[float, str]] = []
-        super().__init__(ws, user)
-
-    async def _read(self) -> None:
-        try:
-            async for data in self.ws:
-                frame = json.loads(data)
-                if frame["type"] in (1, 2):
-                    self.arrivals.append((time.monotonic(), frame["id"]))
-                self.frames.append(frame)
-                self._arrived.set()
-        except Exception:
-            pass
-        finally:
-            if not self.closed.done():
-                self.closed.set_result(None)
-            self._arrived.set()
-
-
-async def open_client(gateway: GatewayProcess, user: int) -> TimedClient:
-    client = await TimedClient.open(gateway.port, user)
+async def open_client(gateway: GatewayProcess, user: int) -> Client:
+    client = await Client.open(gateway.port, user)
     await client.wait_for(lambda f: f["type"] == 14, what="the replay end marker")
     return client  # type: ignore[return-value]
 
@@ -86,7 +61,7 @@ class Cluster:
     async def deliveries_sent(self) -> int:
         return sum([await h.deliveries_sent() for h in self.hubs])
 
-    async def client(self, gateway: int, user: int) -> TimedClient:
+    async def client(self, gateway: int, user: int) -> Client:
         client = await open_client(self.gateways[gateway], user)
         self.clients.append(client)
         return client
@@ -170,8 +145,8 @@ async def test_three_hubs_route_private_and_group_messages_once_each(redis_url: 
 class Traffic:
     """Steady traffic from senders on gw-1 to receivers on gw-2 and gw-3."""
 
-    senders: list[TimedClient]
-    receivers: list[TimedClient]
+    senders: list[Client]
+    receivers: list[Client]
     rate: float
     sent: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Client id -> (sender index, receiver index)."""
@@ -226,15 +201,26 @@ async def _failover(redis_url: str, how: signal.Signals, max_gap: float) -> dict
         victim_address = rank("gw-1>gw-2", [h.address for h in c.hubs])[0]
         victim = next(h for h in c.hubs if h.address == victim_address)
 
+        async def victim_down_for_gw1() -> bool:
+            _, body, _ = await http_get(c.gateways[0].port, "/healthz")
+            return bool(json.loads(body)["hubs"].get(victim_address) == "down")
+
         async def break_hub() -> None:
-            await asyncio.sleep(2.0)  # the scenario's timeline: traffic flows first
+            # Traffic flows first: every receiver has had some live arrivals.
+            await wait_until(
+                lambda: all(len(r.arrivals) >= 50 for r in receivers),
+                timeout=30,
+                what="traffic flowing before the fault",
+            )
             if how is signal.SIGKILL:
                 victim.kill()
-                await asyncio.sleep(1.5)  # down for a while, then back on the same port
-                victim.restart()
             else:
                 victim.proc.send_signal(signal.SIGSTOP)
-                await asyncio.sleep(5.0)
+            # Down until gw-1 has noticed (at once for a kill; by keepalive for a stop).
+            await wait_until(victim_down_for_gw1, timeout=30, what="gw-1 sees the hub down")
+            if how is signal.SIGKILL:
+                victim.restart()
+            else:
                 victim.proc.send_signal(signal.SIGCONT)
 
         breaker = asyncio.create_task(break_hub())

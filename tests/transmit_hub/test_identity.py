@@ -229,21 +229,16 @@ HOLDER_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     from transmit_hub import GatewayId, HubLink
+    from transmit_hub.link import LinkDown, LinkUp
 
     async def main():
         link = HubLink(sys.argv[1], GatewayId("gw-frozen"), conflict_retry=0.3)
         await link.start()
-        state = None
-        async def drain():
-            async for _ in link.events():
-                pass
-        asyncio.ensure_future(drain())
-        while True:
-            now = "attached" if link.connected else ("conflict" if link.conflict else "down")
-            if now != state:
-                state = now
-                print(now, flush=True)
-            await asyncio.sleep(0.02)  # a state printer, not a synchronisation
+        async for event in link.events():  # print each change of state as it happens
+            if isinstance(event, LinkUp):
+                print("attached", flush=True)
+            elif isinstance(event, LinkDown):
+                print("conflict" if link.conflict else "down", flush=True)
 
     asyncio.run(main())
     """
