@@ -40,12 +40,10 @@ def tmap(
     )
 
 
-@dataclass
-class Collector:
-    """Every event a link yields, gathered by a background task."""
+class EventViews:
+    """Views of ``self.events`` (the events a link or a pool yielded), for the collectors."""
 
-    link: HubLink
-    events: list[LinkEvent] = field(default_factory=list)
+    events: list[LinkEvent]
 
     @property
     def deliveries(self) -> list[Delivery]:
@@ -65,6 +63,14 @@ class Collector:
 
     def message_ids(self) -> list[str]:
         return [d.message.id for d in self.deliveries]
+
+
+@dataclass
+class Collector(EventViews):
+    """Every event a link yields, gathered by a background task."""
+
+    link: HubLink
+    events: list[LinkEvent] = field(default_factory=list)
 
     async def wait_deliveries(self, n: int, timeout: float = 10.0) -> list[Delivery]:  # noqa: ASYNC109
         await wait_until(

@@ -15,22 +15,18 @@ from hypothesis import strategies as st
 
 from tests.helpers import free_port, wait_until
 from transmit_hub import (
-    Delivered,
-    Delivery,
     GatewayId,
     HubPool,
     HubServer,
     LinkDown,
     LinkEvent,
     LinkUp,
-    NotDelivered,
-    Undeliverable,
     UndeliverableReason,
 )
 from transmit_hub.errors import ConfigError
 from transmit_hub.pool import Absences, SendLog, merge_resend, plan, rank, route_key
 
-from .conftest import tmap
+from .conftest import EventViews, tmap
 
 # -- pure parts ----------------------------------------------------------------------------
 
@@ -179,22 +175,14 @@ def test_pool_refuses_an_empty_or_repeated_hub_list() -> None:
 
 
 @dataclass
-class PoolCollector:
+class PoolCollector(EventViews):
     """Every event a pool yields, gathered by a background task."""
 
     pool: HubPool
     events: list[LinkEvent] = field(default_factory=list)
 
-    @property
-    def deliveries(self) -> list[Delivery]:
-        return [d for e in self.events if isinstance(e, Delivered) for d in e.deliveries]
-
-    @property
-    def notices(self) -> list[Undeliverable]:
-        return [n for e in self.events if isinstance(e, NotDelivered) for n in e.notices]
-
     def ids(self) -> list[str]:
-        return [d.message.id for d in self.deliveries]
+        return self.message_ids()
 
     def kinds(self) -> list[str]:
         return [type(e).__name__ for e in self.events if isinstance(e, LinkUp | LinkDown)]
