@@ -95,6 +95,8 @@ def walkthrough_env() -> dict[str, str]:
 
 def substitute_ports(text: str, ports: dict[int, int]) -> str:
     """The README's fixed ports replaced by this run's free ones."""
+    if not ports:
+        return text
     pattern = "|".join(str(p) for p in ports)
     return re.sub(rf"(?<!\d)({pattern})(?!\d)", lambda m: str(ports[int(m[1])]), text)
 

@@ -14,7 +14,6 @@ directory with one of the test's own.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,11 +21,11 @@ import pytest
 from tests.cluster import _node_port
 from tests.helpers import free_port, wait_until_sync
 from tests.test_readme import (
-    ROOT,
     Service,
     _healthy,
     _tcp_open,
     readme_blocks,
+    run_shell,
     services,  # noqa: F401 - the fixture
     substitute_ports,
     the_block,
@@ -37,15 +36,7 @@ NODES = (7001, 7002, 7003, 7004, 7005, 7006)
 
 
 def run_block(name: str, script: str, env: dict[str, str]) -> str:
-    done = subprocess.run(
-        ["bash", "-ec", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_shell(script, {}, env)
     assert done.returncode == 0, f"README block {name}: {done.stderr}"
     return done.stdout
 

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import signal
-import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -29,11 +28,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from im_gateway import auth
 from tests.helpers import free_port, wait_until_sync
 from tests.test_readme import (
-    ROOT,
     Service,
     _healthy,
     _tcp_open,
     readme_blocks,
+    run_shell,
     services,  # noqa: F401 - the fixture
     substitute_ports,
     the_block,
@@ -47,16 +46,7 @@ SECRET = "walkthrough-secret-0123456789abcdef"
 
 def run_block(name: str, ports: dict[int, int], env: dict[str, str], *, check: bool = True) -> str:
     """Run a ``hubs-run`` block; its output (``""`` when it failed and ``check`` is off)."""
-    block = the_block("hubs-run", name)
-    done = subprocess.run(
-        ["bash", "-ec", substitute_ports(block.body, ports)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_shell(the_block("hubs-run", name).body, ports, env)
     if check:
         assert done.returncode == 0, done.stderr
     return done.stdout if done.returncode == 0 else ""
