@@ -136,11 +136,6 @@ class Cursor(Generic[T]):
         """True when the inbox should be read after :attr:`last`."""
         return self.ready and (self._sync or self._known > self.last)
 
-    @property
-    def held(self) -> int:
-        """Positions waiting for a hole to be filled (frames and own positions)."""
-        return len(self._held) + len(self._own)
-
     def begin_fill(self) -> int:
         """A read of the inbox is about to start; returns the position to read after."""
         self._epoch += 1

@@ -78,8 +78,6 @@ class Connection(Protocol):
         """Read the inbox to its end (pushes may have been missed)."""
         ...
 
-    def link_down(self) -> None: ...
-
     def rebase(self) -> None:
         """The store lost its data: inbox positions start again from 1."""
         ...
@@ -262,9 +260,9 @@ class Fanout(Generic[C]):
                     for session in self.sessions():
                         session.catch_up()
                 elif isinstance(event, LinkDown):
+                    # Pushes may be missed from now on; the next LinkUp reads every inbox
+                    # to its end (above), and a hole heals at the next push anyway.
                     logger.info("hub link down: %s", event.reason)
-                    for session in self.sessions():
-                        session.link_down()
             except asyncio.CancelledError:
                 raise
             except Exception:

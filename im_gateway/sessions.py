@@ -329,9 +329,6 @@ class Session:
         """Begin the connect replay: after the acknowledged position, with an end marker."""
         self._replayer.start()
 
-    def link_down(self) -> None:
-        """The hub link dropped (pushes may be missed until :meth:`catch_up`)."""
-
     def catch_up(self) -> None:
         """Read the inbox to its end (after the hub link came back: pushes may be missed)."""
         self._replayer.catch_up()

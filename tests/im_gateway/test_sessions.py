@@ -442,7 +442,6 @@ async def test_catch_up_reads_what_was_missed_to_the_inbox_end(store: GatedStore
         await connected(ws)
         s1 = (await store_message(store, A, B, "before"))[0]
         live(session, s1, "before")
-        session.link_down()
         await store_message(store, A, B, "missed")
         await store_message(store, A, B, "missed too")
         session.catch_up()
