@@ -164,14 +164,17 @@ class HubService:
                 if loop_task.done() and not loop_task.cancelled():
                     failure = failure or loop_task.exception()
         finally:
+            # Detach first, with no await before it: a handler cancelled (again) while it
+            # waits for its tasks, or a writer stuck in a write to a cancelled call, must
+            # not leave the id held by a dead stream.
             self._readers.pop(att, None)
+            self.registry.detach(att)
             for task in (reader, writer):
                 if task is not None and not task.done():
                     task.cancel()
             tasks = [t for t in (reader, writer) if t is not None]
             if tasks:
-                await asyncio.wait(tasks)
-            self.registry.detach(att)
+                await asyncio.wait(tasks, timeout=WRITER_FINISH_TIMEOUT)
         if att.end_reason is EndReason.REPLACED:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, REPLACED_DETAILS.format(gateway_id))
         if att.end_reason is EndReason.SHUTDOWN:

@@ -113,4 +113,11 @@ async def test_random_connect_frames_never_break_the_hub_or_real_gateways(
             await asyncio.to_thread(check)
         finally:
             await channel.close()
-        assert sorted(g.gateway_id for g in hub.registry.gateways()) == ["gw-1", "gw-2"]
+        # The fuzz streams were cancelled by the client; the hub detaches them as it
+        # notices (a flaky failure when asserted at once).
+        def attached() -> list[str]:
+            return sorted(g.gateway_id for g in hub.registry.gateways())
+
+        await wait_until(lambda: attached() == ["gw-1", "gw-2"], what="only the real gateways")
+        assert gw1.link.connected
+        assert gw2.link.connected
