@@ -113,6 +113,7 @@ async def test_random_connect_frames_never_break_the_hub_or_real_gateways(
             await asyncio.to_thread(check)
         finally:
             await channel.close()
+
         # The fuzz streams were cancelled by the client; the hub detaches them as it
         # notices (a flaky failure when asserted at once).
         def attached() -> list[str]:
