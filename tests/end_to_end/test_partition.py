@@ -1,0 +1,160 @@
+"""A silent cut of one hub link (a real TCP proxy frozen between a gateway and one of two
+hubs: bytes held, no FIN, no RST) under traffic: every acknowledged message is shown, to
+receivers that never reconnect and get nothing later, within 10 s of being sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.end_to_end.harness import Client, Frame, GatewayProcess
+from tests.end_to_end.processes import HubProcess
+from tests.helpers import wait_until
+from tests.proxy import FreezableProxy
+from transmit_hub.pool import rank
+
+SHOWN_WITHIN = 10.0
+"""The promise: an acknowledged message is shown this soon after it was sent."""
+CUT_SECONDS = 8
+"""How long traffic flows during the cut (one receiver per second)."""
+
+
+@dataclass
+class Partition:
+    """Two hubs, gw-1 (senders) and gw-2 (receivers), one side reaching the hubs through
+    proxies; ``victim`` is the proxy of the hub gw-1 sends gw-2's messages through."""
+
+    hubs: list[HubProcess]
+    proxies: list[FreezableProxy]
+    gateways: list[GatewayProcess]
+    victim: FreezableProxy
+    clients: list[Client] = field(default_factory=list)
+
+    async def client(self, gateway: int, user: int) -> Client:
+        client = await Client.open(self.gateways[gateway].port, user)
+        self.clients.append(client)
+        await client.wait_for(lambda f: f["type"] == 14, what="the replay end marker")
+        return client
+
+
+@contextlib.asynccontextmanager
+async def partition(redis_url: str, cut: str) -> AsyncIterator[Partition]:
+    """``cut``: ``"receiver"`` (gw-2 reaches the hubs through proxies) or ``"sender"``."""
+    hubs = [HubProcess(f"hub-{i}") for i in range(2)]
+    gateways: list[GatewayProcess] = []
+    clients: list[Client] = []
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            proxies = [
+                await stack.enter_async_context(FreezableProxy("127.0.0.1", h.port)) for h in hubs
+            ]
+            for hub in hubs:
+                await hub.wait_serving()
+            direct = ",".join(h.address for h in hubs)
+            proxied = ",".join(p.address for p in proxies)
+            gw1_hubs = proxied if cut == "sender" else direct
+            gw2_hubs = proxied if cut == "receiver" else direct
+            # The hub gw-1 sends gw-2's messages through (rendezvous order of gw-1's list).
+            first = rank("gw-1>gw-2", gw1_hubs.split(","))[0]
+            index = gw1_hubs.split(",").index(first)
+            for gid, hub_list in (("gw-1", gw1_hubs), ("gw-2", gw2_hubs)):
+                gateways.append(GatewayProcess(gateway_id=gid, hub=hub_list, redis_url=redis_url))
+            for gateway in gateways:
+                await gateway.wait_healthy()
+            for hub in hubs:
+                await wait_until(
+                    lambda h=hub: _both(h),  # type: ignore[misc]
+                    timeout=20,
+                    what=f"both gateways attached to {hub.hub_id}",
+                )
+            p = Partition(hubs, proxies, gateways, proxies[index], clients)
+            yield p
+        finally:
+            for proxy in proxies:
+                proxy.thaw()
+            for client in clients:
+                with contextlib.suppress(Exception):
+                    await client.close()
+            for gateway in gateways:
+                gateway.stop()
+            for hub in hubs:
+                hub.stop()
+
+
+async def _both(hub: HubProcess) -> bool:
+    return await hub.gateways() == {"gw-1", "gw-2"}
+
+
+@pytest.mark.parametrize("cut", ["receiver", "sender"])
+async def test_a_frozen_link_to_one_of_two_hubs_delays_no_acked_message_beyond_10s(
+    redis_url: str, cut: str
+) -> None:
+    """Senders on gw-1 write to receivers on gw-2 at 40 msgs/s; the link between one
+    gateway (the receiving one, or the sending one) and the hub gw-1 uses for gw-2 freezes
+    and stays frozen. Each receiver gets messages in one second of the cut only, so most
+    get nothing after the cut began and none gets anything after its last one: every
+    acknowledged message is still shown within 10 s of being sent, to receivers that never
+    reconnect."""
+    async with partition(redis_url, cut) as p:
+        senders = [await p.client(0, 100 + i) for i in range(4)]
+        warm = await p.client(1, 199)
+        receivers = [await p.client(1, 200 + i) for i in range(CUT_SECONDS)]
+        sent_at: dict[str, float] = {}
+        shown_at: dict[str, float] = {}
+
+        def shown(frame: Frame) -> None:
+            if frame["type"] in (1, 2):
+                shown_at.setdefault(frame["content"], time.monotonic())
+
+        for receiver in (warm, *receivers):
+            receiver.listeners.append(shown)
+
+        async def send(seconds: float, rate: float, tag: str, to: list[Client]) -> None:
+            """Round robin over the senders; the n-th second's messages go to ``to[n]``."""
+            start = time.monotonic()
+            n = 0
+            while (elapsed := time.monotonic() - start) < seconds:
+                sender = senders[n % len(senders)]
+                cid = f"{tag}-{n}"
+                sent_at[cid] = time.monotonic()
+                receiver = to[min(int(elapsed), len(to) - 1)]
+                await sender.send({"type": 1, "id": cid, "to": receiver.user, "content": cid})
+                n += 1
+                delay = start + n / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)  # pacing, not synchronisation
+
+        await send(1.0, 40, "before", [warm])
+        await wait_until(lambda: len(shown_at) == len(sent_at), what="traffic flowing")
+        p.victim.freeze()
+        await send(CUT_SECONDS, 40, "during", receivers)
+        last_sent = time.monotonic()
+
+        def acked() -> set[str]:
+            return {f["id"] for s in senders for f in s.frames if f["type"] == 10}
+
+        await wait_until(lambda: len(acked()) == len(sent_at), what="every message acked")
+        with contextlib.suppress(AssertionError):
+            await wait_until(
+                lambda: acked() <= shown_at.keys(),
+                timeout=last_sent + SHOWN_WITHIN + 1 - time.monotonic(),
+                what="every acked message shown",
+            )
+        assert p.victim.frozen  # the cut lasted the whole time
+        missing = sorted(acked() - shown_at.keys())
+        assert not missing, f"{len(missing)} acked messages never shown: {missing[:10]}"
+        late = {
+            cid: round(shown_at[cid] - sent_at[cid], 2)
+            for cid in acked()
+            if shown_at[cid] - sent_at[cid] > SHOWN_WITHIN
+        }
+        assert not late, f"shown more than {SHOWN_WITHIN} s after sending: {late}"
+        for receiver in receivers:
+            assert not receiver.closed.done()  # never reconnected
+        worst = max(shown_at[c] - sent_at[c] for c in acked())
+        print(f"cut {cut}: {len(acked())} acked, worst {worst:.2f}s")
