@@ -22,6 +22,16 @@ From the hub: deliveries are checked as strictly as client frames
 undeliverable notices clear the stale presence they name; after each (re)connect every
 local session reads its inbox to the end, so pushes missed while the hub was away
 arrive even when nothing follows them.
+
+A lost hub link (the last one, or one of several while others still serve) may have
+swallowed pushes: a hub writes into a stream that went silent until it notices, and so
+does this gateway's link. So every local session reads its inbox to the end when the
+loss is noticed, and once more ``resync_after`` seconds later: by then the hub has
+noticed too (its keepalive deadline) and sends that gateway's shares elsewhere, so what
+it wrote into the dead stream meanwhile is read as well. A session that gets nothing
+more would otherwise wait for the next push to see its hole. Cost: one inbox read per
+session per loss, twice, each returning at once when nothing is new (see
+``bench/catch_up.py``); losses close together share the later read.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ import time
 from collections.abc import AsyncIterator, Collection
 from typing import Final, Generic, Protocol, TypeVar
 
-from transmit_hub.link import Delivered, LinkDown, LinkEvent, LinkUp, NotDelivered
+from transmit_hub.link import Delivered, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
 from transmit_hub.types import (
     Delivery,
     GatewayId,
@@ -114,12 +124,19 @@ class Fanout(Generic[C]):
         presence: Presence | None = None,
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
+        resync_after: float = 6.0,
     ) -> None:
         """``forget_grace``: seconds after each (re)attach during which the hub's
         "not attached" notices are not acted on. After a hub restart the other gateways
         re-attach one by one; until they have, the hub calls them missing, and clearing
         their (live) presence then would stop pushes to them until their next refresh.
+
+        ``resync_after``: after a hub link is lost, the sessions read their inboxes to
+        the end at once and again this many seconds later (the time a hub may take to
+        notice the dead stream; the gateway gives it its ``--hub-resend-window``).
         """
+        if resync_after <= 0:
+            raise ValueError("resync_after must be positive")
         self.gateway_id = gateway_id
         self._store = store
         self._link = link
@@ -127,6 +144,8 @@ class Fanout(Generic[C]):
         self._presence = presence
         self._max_content = max_content
         self._faults = faults
+        self._resync_after = resync_after
+        self._resync: asyncio.TimerHandle | None = None
         self._sessions: dict[UserId, list[C]] = {}
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -177,6 +196,9 @@ class Fanout(Generic[C]):
 
     async def close(self) -> None:
         """Stop consuming the link's events; idempotent."""
+        if self._resync is not None:
+            self._resync.cancel()
+            self._resync = None
         await cancel_and_wait(self._task)
         self._task = None
 
@@ -257,16 +279,39 @@ class Fanout(Generic[C]):
                             raise
                         except Exception as exc:
                             self._reassert_failed.hit(exc=exc)
-                    for session in self.sessions():
-                        session.catch_up()
+                    self._catch_up()
+                elif isinstance(event, LinkLost):
+                    logger.info(
+                        "hub link to %s lost (%s): local sessions catch up",
+                        event.hub,
+                        event.reason,
+                    )
+                    self._lost()
                 elif isinstance(event, LinkDown):
-                    # Pushes may be missed from now on; the next LinkUp reads every inbox
-                    # to its end (above), and a hole heals at the next push anyway.
+                    # Pushes are missed from now on; the next LinkUp reads every inbox to
+                    # its end (above). What the hub wrote into the dead stream is read now.
                     logger.info("hub link down: %s", event.reason)
+                    self._lost()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("handling a hub event failed")
+
+    def _catch_up(self) -> None:
+        """Every local session reads its inbox to the end (pushes may have been missed)."""
+        for session in self.sessions():
+            session.catch_up()
+
+    def _lost(self) -> None:
+        """A hub link was lost: catch up now, and once more ``resync_after`` s later."""
+        self._catch_up()
+        if self._resync is not None:
+            self._resync.cancel()  # one later read covers losses close together
+        self._resync = asyncio.get_running_loop().call_later(self._resync_after, self._resynced)
+
+    def _resynced(self) -> None:
+        self._resync = None
+        self._catch_up()
 
     def _deliver(self, delivery: Delivery) -> None:
         if delivery.message.type == CONTROL_DISCONNECT:

@@ -47,6 +47,7 @@ class Relay:
         presence: Presence | None = None,
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
+        resync_after: float = 6.0,
     ) -> None:
         self.gateway_id = gateway_id
         self.fanout: Fanout[Session] = Fanout(
@@ -57,6 +58,7 @@ class Relay:
             presence=presence,
             max_content=max_content,
             faults=faults,
+            resync_after=resync_after,
         )
         self.pipeline = Pipeline(
             store=store,

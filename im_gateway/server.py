@@ -311,6 +311,7 @@ class Gateway(AsyncLifecycle):
             presence=self._presence,
             max_content=cfg.max_content,
             faults=faults.from_env(),
+            resync_after=cfg.hub_resend_window,
         )
         await self._relay.start()
         if cfg.api_listen is not None and cfg.api_key is not None:

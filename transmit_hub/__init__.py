@@ -2,8 +2,8 @@
 
 - :class:`HubServer` runs the hub (``python -m transmit_hub`` is its command line).
 - :class:`HubLink` is a gateway's end of the Connect stream; it yields
-  :data:`LinkEvent` values (:class:`LinkUp`, :class:`LinkDown`, :class:`Delivered`,
-  :class:`NotDelivered`).
+  :data:`LinkEvent` values (:class:`LinkUp`, :class:`LinkDown`, :class:`LinkLost`,
+  :class:`Delivered`, :class:`NotDelivered`).
 - :class:`HubPool` is a gateway's links to several hubs, used as one link.
 - The plain types (:class:`TransmitMap`, :class:`Message`, ...) and the exceptions
   (:class:`TransmitHubError` and below) are the package's vocabulary.
@@ -12,7 +12,7 @@
 from __future__ import annotations
 
 from .errors import ConfigError, LinkClosed, LinkError, ProtocolError, TransmitHubError
-from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkUp, NotDelivered
+from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
 from .pool import HubPool
 from .server import HubServer
 from .types import (
@@ -49,6 +49,7 @@ __all__ = [
     "LinkDown",
     "LinkError",
     "LinkEvent",
+    "LinkLost",
     "LinkUp",
     "Message",
     "MessageId",

@@ -40,6 +40,7 @@ class HubConfig:
     claim_timeout: float = 2.0
     max_gateways: int = 4096
     forget_after: float = 3600.0
+    gateway_keepalive: float = 2.0
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
@@ -69,6 +70,10 @@ class HubConfig:
             raise ConfigError(f"--max-gateways must be 1..1000000, not {self.max_gateways}")
         if self.forget_after < 0:
             raise ConfigError(f"--forget-after must not be negative, not {self.forget_after}")
+        if not 0.1 <= self.gateway_keepalive <= 3600:
+            raise ConfigError(
+                f"--gateway-keepalive must be 0.1 to 3600 seconds, not {self.gateway_keepalive}"
+            )
 
     def server_tls(self) -> ServerTls | None:
         """Read the TLS files (``None``: plaintext); raises ConfigError naming the flag."""
@@ -170,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default 3600)",
     )
     p.add_argument(
+        "--gateway-keepalive",
+        metavar="SECONDS",
+        help="probe a gateway's stream after this long without a frame from it, and end it "
+        "(detach the gateway) after twice this: a silent gateway, or a dead network path to "
+        "it, is noticed as fast as a gateway notices a silent hub (default 2)",
+    )
+    p.add_argument(
         "--log-level",
         metavar="LEVEL",
         help=f"one of {', '.join(LOG_LEVELS)} (default INFO)",
@@ -192,7 +204,13 @@ def parse_config(argv: Sequence[str] | None, env: Mapping[str, str] | None = Non
     for name, value in values.items():
         if name in ("queue_size", "max_gateways", "max_hello_waiting"):
             kwargs[name] = _number(int, "--" + name.replace("_", "-"), value)
-        elif name in ("grace", "hello_timeout", "claim_timeout", "forget_after"):
+        elif name in (
+            "grace",
+            "hello_timeout",
+            "claim_timeout",
+            "forget_after",
+            "gateway_keepalive",
+        ):
             kwargs[name] = _number(float, "--" + name.replace("_", "-"), value)
         else:
             kwargs[name] = value

@@ -92,6 +92,7 @@ __all__ = [
     "HubLink",
     "LinkDown",
     "LinkEvent",
+    "LinkLost",
     "LinkUp",
     "NotDelivered",
 ]
@@ -127,6 +128,16 @@ class LinkDown:
 
 
 @dataclass(frozen=True, slots=True)
+class LinkLost:
+    """One hub's stream ended while others still serve (from a
+    :class:`~transmit_hub.pool.HubPool`): what that hub wrote into its dead stream may
+    never have arrived, though the pool is still connected."""
+
+    hub: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Delivered:
     """Messages for users of this gateway, one delivery per message."""
 
@@ -140,7 +151,7 @@ class NotDelivered:
     notices: tuple[Undeliverable, ...]
 
 
-LinkEvent = LinkUp | LinkDown | Delivered | NotDelivered
+LinkEvent = LinkUp | LinkDown | LinkLost | Delivered | NotDelivered
 
 _CLOSED: Final = object()
 

@@ -29,8 +29,12 @@ plain functions and small classes, tested without a loop:
   does the notice reach the consumer, which may then clear presence.
 
 Events toward the consumer: :class:`LinkUp` whenever a hub (re)attaches (a chance to
-catch up), :class:`LinkDown` only when the last attached hub goes, ``Delivered`` and
-``NotDelivered`` as from one link. :attr:`HubPool.connected` is true while at least one
+catch up), :class:`LinkLost` when a hub's stream ends while another hub is still
+attached, :class:`LinkDown` when the last attached hub goes, ``Delivered`` and
+``NotDelivered`` as from one link. Every lost stream, whichever event says so, may have
+swallowed deliveries that hub wrote into it before it broke (a silent connection takes
+seconds to be noticed, by either end): a consumer that needs every message reads its
+inboxes again then. :attr:`HubPool.connected` is true while at least one
 hub is attached. The event queue is bounded; a slow consumer backpressures the hubs.
 """
 
@@ -47,7 +51,7 @@ from typing import Any, Final
 
 from .errors import ConfigError, LinkClosed
 from .lifecycle import AsyncLifecycle
-from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkUp, NotDelivered
+from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
 from .transport import CHANNEL_OPTIONS
 from .types import GatewayId, MessageId, TransmitMap, Undeliverable, UndeliverableReason
 
@@ -438,6 +442,8 @@ class HubPool(AsyncLifecycle):
                     if not self.connected:
                         self._up.clear()
                         await self._events.put(event)
+                    else:
+                        await self._events.put(LinkLost(target, event.reason))
             except asyncio.CancelledError:
                 raise
             except Exception:

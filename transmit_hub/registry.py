@@ -43,6 +43,9 @@ class EndReason(enum.Enum):
     """A newer stream declared the same gateway id, and this one did not answer a probe."""
     SHUTDOWN = "shutdown"
     """The hub is shutting down."""
+    SILENT = "silent"
+    """Nothing came from the stream for the keepalive deadline, probes included: the
+    gateway, or the network to it, is dead or stuck (see :meth:`Registry.silent`)."""
 
 
 @dataclass(slots=True)
@@ -75,12 +78,22 @@ class Attachment:
     probe_answered: asyncio.Event = field(default_factory=asyncio.Event)
     drop_logged_at: float = float("-inf")
     """When notices for this stream were last logged as dropped (one line a second)."""
+    heard_at: float = field(default_factory=time.monotonic)
+    """When the hub last read a frame from this stream (maps and probe answers alike)."""
 
     def probe(self, nonce: int) -> None:
         """Ask the writer to send a Probe with ``nonce`` (answered: ``probe_answered``)."""
         self.probe_nonce = nonce
         self.probe_due = True
         self.probe_answered.clear()
+        self.outbox.poke()
+
+    def keepalive(self) -> None:
+        """Ask the writer to send a Probe, keeping the nonce of one in flight (a claim may
+        be waiting for its answer: any answer to it says the stream is alive)."""
+        if not self.probe_nonce:
+            self.probe_nonce = 1
+        self.probe_due = True
         self.outbox.poke()
 
     def answered(self, nonce: int) -> None:
@@ -190,6 +203,23 @@ class Registry:
         log.info("gateway %s detached (%s)", att.gateway_id, att.peer)
         self.forget()
         return True
+
+    def silent(self, now: float, keepalive: float) -> tuple[list[Attachment], list[Attachment]]:
+        """The streams to probe (nothing read from them for ``keepalive`` s) and those to
+        end (nothing for twice that, though probed): a gateway notices a silent hub by its
+        keepalive pings in about twice its ``--hub-keepalive``; the hub notices a silent
+        gateway as fast, even while it writes to it (a write into a dead connection can
+        go on succeeding until the buffers fill, and gRPC's own pings may then never go
+        out). Pure: the caller sends the probes and ends the streams."""
+        probe: list[Attachment] = []
+        end: list[Attachment] = []
+        for att in self._attached.values():
+            quiet = now - att.heard_at
+            if quiet >= 2 * keepalive:
+                end.append(att)
+            elif quiet >= keepalive:
+                probe.append(att)
+        return probe, end
 
     def attachments(self) -> list[Attachment]:
         return list(self._attached.values())

@@ -9,7 +9,10 @@ Usage::
 Always on: gRPC server reflection and the standard ``grpc.health.v1.Health`` service
 (SERVING once listening, NOT_SERVING while draining). Keepalive pings every few
 seconds detect a dead peer (kill -9, cable pulled) in seconds; the server accepts the
-link's pings (both ends' options are in :mod:`transmit_hub.transport`).
+link's pings (both ends' options are in :mod:`transmit_hub.transport`). A gateway stream
+that goes silent is also probed by the hub itself and ended after twice
+``gateway_keepalive`` seconds (:meth:`HubService.watch`), as fast as a gateway notices a
+silent hub, even while the hub is writing to it.
 
 TLS (``tls``, a :class:`~transmit_hub.tls.ServerTls`): the port serves TLS only; with
 a client CA, every RPC needs a client certificate signed by it, and a Connect stream
@@ -104,8 +107,11 @@ class HubServer(AsyncLifecycle):
         claim_timeout: float = 2.0,
         max_gateways: int = 4096,
         forget_after: float = 3600.0,
+        gateway_keepalive: float = 2.0,
     ) -> None:
         self._host, self._requested_port = parse_listen(listen)
+        if gateway_keepalive <= 0:
+            raise ConfigError(f"gateway keepalive must be positive, not {gateway_keepalive}")
         if queue_size < 1:
             raise ConfigError(f"queue size must be at least 1, not {queue_size}")
         if grace < 0:
@@ -130,7 +136,9 @@ class HubServer(AsyncLifecycle):
             max_hello_waiting=max_hello_waiting,
             claim_timeout=claim_timeout,
             ids_from_certificates=tls is not None and tls.mutual,
+            gateway_keepalive=gateway_keepalive,
         )
+        self._watch: asyncio.Task[None] | None = None
         self._server: Any = None
         self._health: Any = None
         self._port = 0
@@ -187,6 +195,7 @@ class HubServer(AsyncLifecycle):
         self._server = server
         self._port = port
         await server.start()
+        self._watch = asyncio.create_task(self.service.watch(), name="hub-keepalive-watch")
         serving = health_pb2.HealthCheckResponse.SERVING
         await self._health.set("", serving)
         await self._health.set(SERVICE_NAME, serving)
@@ -225,6 +234,9 @@ class HubServer(AsyncLifecycle):
             await self.service.drain(grace)
             await stopped
         finally:
+            if self._watch is not None:
+                self._watch.cancel()
+                await asyncio.wait([self._watch])
             self._closed.set()
             log.info("transmit hub %s stopped", self.hub_id)
 

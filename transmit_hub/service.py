@@ -31,9 +31,18 @@ Undeliverable notices (target not attached: ``NOT_ATTACHED``; target's outbox fu
 When that is full too, the notice is counted (``Registry.notices_dropped``) and logged
 at most once a second per gateway: the message is still in every recipient's inbox.
 
+Keepalive (:meth:`HubService.watch`): a stream the hub has read nothing from for
+``gateway_keepalive`` seconds is sent a Probe (the link answers it before anything
+else); one silent for twice that is ended and its gateway detached, so maps for it come
+back NOT_ATTACHED and its senders route them through another hub. gRPC's own keepalive
+pings are not enough here: behind a connection that went silent (a dead switch port, a
+stuck VM), a hub that keeps writing deliveries can go on for as long as the buffers
+last, and then block, without ever timing out a ping.
+
 Stream endings: the id is held by a live stream, or this stream was replaced ->
-ALREADY_EXISTS; hub shutting down -> UNAVAILABLE "hub shutting down; reconnect"; a
-frame that is not valid protobuf -> INVALID_ARGUMENT.
+ALREADY_EXISTS; hub shutting down -> UNAVAILABLE "hub shutting down; reconnect"; the
+stream was silent -> UNAVAILABLE (:data:`SILENT_DETAILS`); a frame that is not valid
+protobuf -> INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ HELD_DETAILS = "gateway id {} is held by another live stream (from {}); retry la
 REPLACED_DETAILS = (
     "gateway id {} was claimed by a newer stream, and this one did not answer the probe"
 )
+SILENT_DETAILS = "nothing from gateway {} for {:g} s, probes unanswered; reconnect"
 CLAIM_ROUNDS = 3
 """How many holders a claim probes in turn before it gives up (claims racing each other)."""
 
@@ -96,8 +106,17 @@ class HubService:
         max_hello_waiting: int = 1024,
         claim_timeout: float = 2.0,
         ids_from_certificates: bool = False,
+        gateway_keepalive: float = 2.0,
     ) -> None:
+        if gateway_keepalive <= 0:
+            raise ValueError("gateway_keepalive must be positive")
         self.registry = registry
+        self.gateway_keepalive = gateway_keepalive
+        """Seconds of silence after which a stream is probed; twice this, it is ended."""
+        self.keepalive_probes = 0
+        """Probes sent to quiet streams by :meth:`watch`."""
+        self.silent_detached = 0
+        """Streams ended by :meth:`watch` because they stayed silent."""
         self.hello_timeout = hello_timeout
         self.max_hello_waiting = max_hello_waiting
         self.hello_waiting = 0
@@ -179,6 +198,11 @@ class HubService:
             await context.abort(grpc.StatusCode.ALREADY_EXISTS, REPLACED_DETAILS.format(gateway_id))
         if att.end_reason is EndReason.SHUTDOWN:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
+        if att.end_reason is EndReason.SILENT:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                SILENT_DETAILS.format(gateway_id, 2 * self.gateway_keepalive),
+            )
         if isinstance(failure, ProtocolError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request frame: {failure}")
         if failure is not None and not isinstance(failure, aio.AioRpcError):
@@ -248,12 +272,38 @@ class HubService:
             ended.cancel()
         return holder.probe_answered.is_set() and not holder.ended.is_set()
 
+    async def watch(self) -> None:
+        """Probe the streams that went quiet and end those that stay silent (runs until
+        cancelled; checks four times per ``gateway_keepalive``)."""
+        keepalive = self.gateway_keepalive
+        registry = self.registry
+        while True:
+            await asyncio.sleep(keepalive / 4)
+            try:
+                probe, end = registry.silent(time.monotonic(), keepalive)
+                for att in probe:
+                    att.keepalive()
+                self.keepalive_probes += len(probe)
+                self.silent_detached += len(end)
+                for att in end:
+                    log.warning(
+                        "gateway %s (%s): nothing read for %g s, probes unanswered; detaching it",
+                        att.gateway_id,
+                        att.peer,
+                        2 * keepalive,
+                    )
+                    att.end(EndReason.SILENT)
+            except Exception:  # a bug must not stop the watch
+                log.exception("the keepalive watch failed; going on")
+
     async def _read_loop(self, att: Attachment, context: Any) -> None:
+        clock = time.monotonic
         while True:
             frame = await context.read()
             if frame is aio.EOF:
                 return
             assert isinstance(frame, bytes)
+            att.heard_at = clock()
             maps = wire.split_batch_request(frame)  # ProtocolError ends the stream
             if maps is None:
                 nonce = codec.probe_reply_nonce(frame)

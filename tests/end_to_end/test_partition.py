@@ -20,7 +20,7 @@ from transmit_hub.pool import rank
 
 SHOWN_WITHIN = 10.0
 """The promise: an acknowledged message is shown this soon after it was sent."""
-CUT_SECONDS = 8
+CUT_SECONDS = 14
 """How long traffic flows during the cut (one receiver per second)."""
 
 

@@ -16,7 +16,7 @@ from im_gateway.store import Accepted, Refused, Submission
 from im_gateway.store_memory import MemoryStore
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeLink, FakeWebSocket, store_message
-from transmit_hub.link import Delivered, LinkDown, LinkUp, NotDelivered
+from transmit_hub.link import Delivered, LinkDown, LinkLost, LinkUp, NotDelivered
 from transmit_hub.types import (
     Delivery,
     GatewayId,
@@ -426,6 +426,31 @@ async def test_link_up_makes_sessions_catch_up(
     link.feed(LinkUp("hub-2"))
     await wait_until(lambda: bool(b_ws.sent) and not b.replaying)
     assert [f["content"] for f in b_ws.frames()] == ["while the hub was away"]
+
+
+async def test_a_lost_link_makes_sessions_catch_up_now_and_once_more_later(
+    store: CountingStore, link: FakeLink
+) -> None:
+    """A hub link lost while others serve (LinkLost): a session reads what reached its inbox
+    (a push swallowed by the dead stream) at once, and again ``resync_after`` s later (what
+    the hub wrote into the dead stream until it noticed), with nothing else happening."""
+    relay = Relay(gateway_id=ME, store=store, link=link, forget_grace=0, resync_after=0.3)
+    await relay.start()
+    try:
+        b, b_ws = await connect(relay, store, B)
+        await store_message(store, A, B, "swallowed before the loss was noticed")
+        link.feed(LinkLost("hub-1:50051", "keepalive timeout"))
+        await wait_until(lambda: len(b_ws.frames()) == 1)
+        await store_message(store, A, B, "swallowed before the hub noticed")
+        await wait_until(lambda: len(b_ws.frames()) == 2, timeout=5)
+        assert [f["content"] for f in b_ws.frames()] == [
+            "swallowed before the loss was noticed",
+            "swallowed before the hub noticed",
+        ]
+        assert not b.replaying
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
 
 
 async def test_close_answers_frames_still_queued(store: CountingStore, link: FakeLink) -> None:

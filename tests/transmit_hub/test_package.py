@@ -23,6 +23,7 @@ EXPECTED = {
     "LinkDown",
     "LinkError",
     "LinkEvent",
+    "LinkLost",
     "LinkUp",
     "Message",
     "MessageId",

@@ -20,6 +20,7 @@ from transmit_hub import (
     HubServer,
     LinkDown,
     LinkEvent,
+    LinkLost,
     LinkUp,
     UndeliverableReason,
 )
@@ -288,7 +289,8 @@ async def test_a_stopped_hub_loses_nothing_the_pool_sent_through_it(
 ) -> None:
     """The hub gw-a sends through swallows maps (reads them, routes none: a hub dying with
     them in its buffers), then stops: every map reaches gw-b through another hub, and no
-    consumer sees LinkDown since other hubs stay attached."""
+    consumer sees LinkDown since other hubs stay attached; each sees LinkLost naming the
+    hub (what it wrote into the dead stream must be read from the inboxes)."""
     addresses = [h.address for h in hubs]
     a = await make_pool(addresses, "gw-a")
     b = await make_pool(addresses, "gw-b")
@@ -307,6 +309,13 @@ async def test_a_stopped_hub_loses_nothing_the_pool_sent_through_it(
     assert a.pool.resent == 40
     assert "LinkDown" not in b.kinds()
     assert "LinkDown" not in a.kinds()
+    for collector in (a, b):
+        await wait_until(
+            lambda c=collector: any(isinstance(e, LinkLost) for e in c.events),  # type: ignore[misc]
+            what="LinkLost",
+        )
+        lost = [e for e in collector.events if isinstance(e, LinkLost)]
+        assert [e.hub for e in lost] == [first]
     assert a.pool.connected
     assert a.pool.hubs[first] == "down"
     assert a.pool.send(tmap("next", {"gw-b": (7,)}))
