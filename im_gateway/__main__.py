@@ -143,7 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help=(
             "when a hub's stream breaks, the messages sent through it this long before "
-            "go again through another hub (at least 2 x --hub-keepalive)"
+            "go again through another hub (at least 2 x --hub-keepalive); the local users "
+            "also read their inboxes again this long after the break"
         ),
         default=d["hub_resend_window"].default,
         metavar="SECONDS",

@@ -1,0 +1,229 @@
+"""The cost of one catch-up sweep: every idle session reads its inbox to the end.
+
+    python bench/catch_up.py                  # 100,000 sessions
+    python bench/catch_up.py --quick          # 10,000 sessions, under 30 s
+    python bench/catch_up.py --help
+
+A gateway makes every local session read its inbox to the end when a hub link comes
+back, and when one is lost (at once, and once more ``--hub-resend-window`` later), so
+that pushes swallowed by a dead stream are shown even to users who get nothing more.
+This measures what one such sweep costs with ``--sessions`` idle sessions: the
+gateway-side objects are the real ones (:class:`~im_gateway.replayer.Replayer` over the
+real Redis store, the store calls bounded by ``--store-concurrency`` as in the gateway),
+against a real redis-server. Each user's inbox holds a few messages, all already
+delivered (the connect replay read them), so a sweep finds nothing new: the last-resort
+case. Reported: the sweep's wall time, the gateway process's CPU and Redis's CPU (from
+/proc), both per session, and the RSS the sweep added at its peak.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import harness
+
+from im_gateway.replayer import Replayer
+from transmit_hub.types import UserId
+
+
+class Sink:
+    """A session's outlet that counts the frames it is given."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self) -> None:
+        self.frames = 0
+
+    @property
+    def closing(self) -> bool:
+        return False
+
+    def push(self, text: str) -> bool:
+        self.frames += 1
+        return True
+
+    async def room(self) -> None:
+        return None
+
+
+async def _open_store(url: str) -> Any:
+    from im_gateway.store_redis import open_store
+
+    return await open_store(url)
+
+
+async def _fill(url: str, sessions: int, per_inbox: int) -> None:
+    """Put ``per_inbox`` messages in every user's inbox (one script call per batch)."""
+    from im_gateway.ids import MessageIds
+    from im_gateway.store import Submission
+    from transmit_hub.types import MESSAGE_PRIVATE, Message
+
+    store = await _open_store(url)
+    ids = MessageIds()
+    try:
+        batch: list[Submission] = []
+        for user in range(1, sessions + 1):
+            for k in range(per_inbox):
+                msg_id, now_ms = ids.next()
+                message = Message(msg_id, UserId(0), user, MESSAGE_PRIVATE, 0, now_ms, f"m{k}")
+                batch.append(Submission(f"f{user}-{k}", message, check_member=False))
+            if len(batch) >= 512:
+                await store.submit(batch)
+                batch = []
+        if batch:
+            await store.submit(batch)
+    finally:
+        await store.close()
+
+
+async def wait_idle(replayers: list[Replayer]) -> None:
+    """Until no connect replay is still running (its end marker pushed)."""
+    while any(r.replaying for r in replayers):  # noqa: ASYNC110 - a bench's polling
+        await asyncio.sleep(0.05)
+
+
+async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, Any]:
+    store = await _open_store(url)
+    slots = asyncio.Semaphore(args.store_concurrency)
+    sinks = [Sink() for _ in range(args.sessions)]
+    replayers = [
+        Replayer(
+            sinks[i],
+            UserId(i + 1),
+            store=store,
+            slots=slots,
+            replay_page=200,
+            held_max=1024,
+            fill_delay=0.05,
+            replay_budget=20_000,
+        )
+        for i in range(args.sessions)
+    ]
+
+    reads = 0
+    target = 0
+    done = asyncio.Event()
+    read_inbox = store.read_inbox
+
+    async def counted(*a: Any, **kw: Any) -> Any:
+        nonlocal reads
+        page = await read_inbox(*a, **kw)
+        reads += 1
+        if reads >= target:
+            done.set()
+        return page
+
+    store.read_inbox = counted
+
+    async def reads_done(n: int) -> None:
+        """Wait until ``n`` more inbox reads are done (one per session per sweep)."""
+        nonlocal target
+        target = reads + n
+        done.clear()
+        await done.wait()
+
+    try:
+        started = time.monotonic()
+        for r in replayers:
+            r.start()  # the connect replay: the sessions are now up to date
+        await reads_done(args.sessions)
+        await wait_idle(replayers)
+        connected = time.monotonic() - started
+        frames_before = sum(s.frames for s in sinks)
+        rss_before = harness.rss_kb(os.getpid())
+        peak = rss_before
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, harness.rss_kb(os.getpid()))
+                await asyncio.sleep(0.02)
+
+        sampler = asyncio.create_task(sample())
+        sweeps = []
+        for _ in range(args.repeat):
+            cpu0 = time.process_time()
+            redis0 = harness.cpu_seconds(redis_pid)
+            t0 = time.monotonic()
+            for r in replayers:
+                r.catch_up()
+            await reads_done(args.sessions)
+            wall = time.monotonic() - t0
+            sweeps.append(
+                {
+                    "wall_s": round(wall, 3),
+                    "gateway_cpu_s": round(time.process_time() - cpu0, 3),
+                    "redis_cpu_s": round(harness.cpu_seconds(redis_pid) - redis0, 3),
+                }
+            )
+        sampler.cancel()
+        new_frames = sum(s.frames for s in sinks) - frames_before
+    finally:
+        for r in replayers:
+            await r.close()
+        await store.close()
+    best = min(sweeps, key=lambda s: s["wall_s"])
+    n = args.sessions
+    return {
+        "sessions": n,
+        "connect_replay_s": round(connected, 2),
+        "sweeps": sweeps,
+        "frames_sent_by_sweeps": new_frames,
+        "per_session_gateway_cpu_us": round(best["gateway_cpu_s"] / n * 1e6, 1),
+        "per_session_redis_cpu_us": round(best["redis_cpu_s"] / n * 1e6, 1),
+        "rss_before_sweeps_mb": round(rss_before / 1024, 1),
+        "rss_peak_during_sweeps_mb": round(peak / 1024, 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=100_000, help="idle sessions (100000)")
+    parser.add_argument("--per-inbox", type=int, default=3, help="messages per inbox (3)")
+    parser.add_argument("--repeat", type=int, default=3, help="sweeps measured (3)")
+    parser.add_argument(
+        "--store-concurrency", type=int, default=32, help="as the gateway's flag (32)"
+    )
+    parser.add_argument("--quick", action="store_true", help="10,000 sessions")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures here")
+    args = parser.parse_args()
+    if args.quick:
+        args.sessions = 10_000
+    port = harness.free_port()
+    with harness.children() as started:
+        redis = harness.redis_server(port).start()
+        started.append(redis)
+        redis.wait_port(port)
+        url = f"redis://127.0.0.1:{port}/0"
+        asyncio.run(_fill(url, args.sessions, args.per_inbox))
+        result = asyncio.run(_run(url, redis.pid, args))
+    n = result["sessions"]
+    print(f"catch-up sweep over {n:,} idle sessions ({args.per_inbox} delivered messages each)")
+    for i, sweep in enumerate(result["sweeps"], 1):
+        print(
+            f"  sweep {i}: {sweep['wall_s']:.2f} s wall, gateway CPU {sweep['gateway_cpu_s']:.2f} s,"
+            f" Redis CPU {sweep['redis_cpu_s']:.2f} s"
+        )
+    print(
+        f"  per session: gateway {result['per_session_gateway_cpu_us']} us CPU, "
+        f"Redis {result['per_session_redis_cpu_us']} us CPU; frames sent "
+        f"{result['frames_sent_by_sweeps']}"
+    )
+    print(
+        f"  RSS {result['rss_before_sweeps_mb']} MB before the sweeps, "
+        f"peak {result['rss_peak_during_sweeps_mb']} MB during them"
+    )
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
