@@ -9,7 +9,8 @@ adapter that runs them:
 
 - ``publish`` goes through the same :class:`~im_gateway.pipeline.Pipeline` as a client's
   frame (a second kind of caller): stored in every recipient's inbox before the answer,
-  deduplicated by ``id`` like a client id of ``from``, pushed live by the fan-out, the
+  deduplicated by ``id`` per ``from`` in a space of its own (never meeting the user's
+  own client ids: :func:`~im_gateway.api_requests.dedupe_key`), pushed live by the fan-out, the
   sender's own devices included when ``from`` is a user.
 - ``groups/add|remove|members`` manage membership (the way to, under
   ``--group-join server``), with the same bounds as a client's join.
@@ -193,7 +194,8 @@ class ApiServer(AsyncLifecycle):
             call.content,
         )
         caller = _Call()
-        await self._pipeline.put(caller, Submission(call.id, message, check_member=False))
+        submission = Submission(req.dedupe_key(call.id), message, check_member=False)
+        await self._pipeline.put(caller, submission)
         try:
             async with asyncio.timeout(self._timeout):
                 result = await caller.answer

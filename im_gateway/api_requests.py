@@ -124,6 +124,17 @@ def parse(method: str, body: bytes, *, max_content: int, max_users: int) -> Requ
     return History(UserId(_uint64(obj, "user")), after_pos, limit)
 
 
+API_ID_SPACE: Final = "server-api:".ljust(MAX_ID_LENGTH + 1, "_")
+"""What a publish ``id`` is prefixed with in the dedupe space of its ``from``: one
+character longer than any client id may be (:data:`~im_gateway.frames.MAX_ID_LENGTH`),
+so the server API's ids and a user's own client ids never meet there."""
+
+
+def dedupe_key(api_id: str) -> str:
+    """The client id a publish ``id`` is deduplicated by (``""``: none, no dedupe)."""
+    return API_ID_SPACE + api_id if api_id else ""
+
+
 def _publish(obj: dict[str, object], max_content: int) -> Publish:
     _only(obj, "to", "group", "content", "contentType", "from", "id")
     if ("to" in obj) == ("group" in obj):

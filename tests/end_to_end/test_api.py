@@ -143,6 +143,37 @@ async def test_the_same_id_twice_is_one_message_with_one_msg_id(
     assert bob.contents() == ["once"]
 
 
+async def test_publish_ids_and_the_users_own_client_ids_never_collide(
+    api_gateways: list[Gateway], open_client: ClientFactory, http: aiohttp.ClientSession
+) -> None:
+    """A publish from alice with id "c-1" and alice's own frame with client id "c-1" (in
+    either order) are two messages with two msgIds, both delivered; each space still
+    deduplicates its own repeats."""
+    gw1, gw2, _ = api_gateways
+    api = Api(http, gw1)
+    alice = await open_client(gw1, ALICE)
+    bob = await open_client(gw2, BOB)
+    by_api = {"to": BOB, "from": ALICE, "content": "backend first", "id": "c-1"}
+    published = await api.call("publish", by_api)
+    own = await alice.say(BOB, "alice second", cid="c-1")
+    assert own["type"] == 10, own
+    assert own["msgId"] != published["msgId"]
+    own_first = await alice.say(BOB, "alice first", cid="c-2")
+    assert own_first["type"] == 10, own_first
+    published_second = await api.call(
+        "publish", {"to": BOB, "from": ALICE, "content": "backend second", "id": "c-2"}
+    )
+    assert published_second["msgId"] != own_first["msgId"]
+    assert await api.call("publish", by_api) == published  # the API's repeat: deduplicated
+    alice.frames.clear()
+    again = await alice.say(BOB, "alice second", cid="c-1")  # the user's repeat: too
+    assert again["msgId"] == own["msgId"]
+    expected = ["backend first", "alice second", "alice first", "backend second"]
+    await bob.wait_contents(expected)
+    await wait_until(lambda: len(bob.contents()) >= 4)
+    assert sorted(bob.contents()) == sorted(expected)
+
+
 async def test_a_message_from_a_user_reaches_that_users_devices_too(
     api_gateways: list[Gateway], open_client: ClientFactory, http: aiohttp.ClientSession
 ) -> None:

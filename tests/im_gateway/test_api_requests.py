@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from im_gateway import api_requests as req
+from im_gateway import frames
 from im_gateway.errors import ApiError
 
 
@@ -75,3 +78,19 @@ def test_unknown_methods_and_non_objects() -> None:
         "disconnect",
         "history",
     }
+
+
+@given(
+    client_id=st.text(min_size=1, max_size=frames.MAX_ID_LENGTH),
+    api_id=st.text(min_size=1, max_size=frames.MAX_ID_LENGTH),
+    other=st.text(min_size=1, max_size=frames.MAX_ID_LENGTH),
+)
+def test_publish_ids_have_a_dedupe_space_of_their_own(
+    client_id: str, api_id: str, other: str
+) -> None:
+    """No publish id's dedupe key is a client id a frame may carry, and two publish ids
+    share a key only when they are the same id."""
+    assert req.dedupe_key(api_id) != client_id
+    assert len(req.dedupe_key(api_id)) > frames.MAX_ID_LENGTH
+    assert (req.dedupe_key(api_id) == req.dedupe_key(other)) == (api_id == other)
+    assert req.dedupe_key("") == ""  # no id: no dedupe
