@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--max-hello-waiting",
         metavar="N",
-        help="most streams open at once that have not sent their Hello yet (more are "
-        "refused with RESOURCE_EXHAUSTED; each waits at most --hello-timeout) (default 1024)",
+        help="most streams open at once that have not sent their Hello yet; one more ends "
+        "the one that waited longest (RESOURCE_EXHAUSTED), so silent streams cannot keep a "
+        "gateway out; each waits at most --hello-timeout (default 1024)",
     )
     p.add_argument(
         "--forget-after",

@@ -1,7 +1,8 @@
 """The TransmitHubService implementation: the Connect stream, ListGateways, GetStats.
 
 Connect, per stream: the first request must be a Hello (within ``hello_timeout``
-seconds, else DEADLINE_EXCEEDED) naming a valid gateway id (1 to 128 characters of
+seconds, else DEADLINE_EXCEEDED; at most ``max_hello_waiting`` streams wait for theirs,
+and one more ends the one that waited longest) naming a valid gateway id (1 to 128 characters of
 ``A-Z a-z 0-9 . _ : -``, else INVALID_ARGUMENT). With mutual TLS the id must also be
 a DNS name in the client certificate's subjectAltName (else PERMISSION_DENIED). At
 most ``max_gateways`` attach at once (else RESOURCE_EXHAUSTED). Then the hub registers
@@ -119,8 +120,12 @@ class HubService:
         """Streams ended by :meth:`watch` because they stayed silent."""
         self.hello_timeout = hello_timeout
         self.max_hello_waiting = max_hello_waiting
-        self.hello_waiting = 0
-        """Streams open now that have not sent their Hello yet."""
+        self._waiting: dict[int, asyncio.Future[None]] = {}
+        """The streams waiting for their Hello, oldest first: each one's eviction."""
+        self._waiter_serial = 0
+        self.hello_evicted = 0
+        """Streams ended because newer ones needed their Hello-waiting slot."""
+        self._last_evict_log = float("-inf")
         self.claim_timeout = claim_timeout
         self.ids_from_certificates = ids_from_certificates
         """Mutual TLS: a gateway id must be a DNS name of the client's certificate."""
@@ -135,22 +140,7 @@ class HubService:
     async def Connect(self, request_iterator: Any, context: Any) -> None:
         if self.draining:
             await context.abort(grpc.StatusCode.UNAVAILABLE, SHUTDOWN_DETAILS)
-        if self.hello_waiting >= self.max_hello_waiting:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self.hello_waiting} streams are waiting to say Hello already "
-                "(the hub's --max-hello-waiting); try again",
-            )
-        self.hello_waiting += 1
-        try:
-            first = await asyncio.wait_for(context.read(), self.hello_timeout)
-        except TimeoutError:
-            await context.abort(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"no Hello within {self.hello_timeout:g} s of opening the stream",
-            )
-        finally:
-            self.hello_waiting -= 1
+        first = await self._hello(context)
         if first is aio.EOF:
             return
         assert isinstance(first, bytes)
@@ -207,6 +197,60 @@ class HubService:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request frame: {failure}")
         if failure is not None and not isinstance(failure, aio.AioRpcError):
             log.error("stream of gateway %s failed", gateway_id, exc_info=failure)
+
+    @property
+    def hello_waiting(self) -> int:
+        """Streams open now that have not sent their Hello yet."""
+        return len(self._waiting)
+
+    async def _hello(self, context: Any) -> Any:
+        """The stream's first request (or EOF), read within ``hello_timeout`` seconds.
+
+        At most ``max_hello_waiting`` streams wait for it at once. One more ends the
+        stream that has waited longest (RESOURCE_EXHAUSTED), not the newcomer: a real
+        gateway says Hello as soon as its stream opens, so whoever fills the slots with
+        silent streams (anyone with the token can) only ever evicts their own, and a
+        gateway that restarts meanwhile attaches at once.
+        """
+        waiting = self._waiting
+        if len(waiting) >= self.max_hello_waiting:
+            oldest = next(iter(waiting))
+            waiting.pop(oldest).set_result(None)
+            self.hello_evicted += 1
+            now = time.monotonic()
+            if now - self._last_evict_log >= 1.0:
+                self._last_evict_log = now
+                log.warning(
+                    "%d streams waiting for their Hello (--max-hello-waiting): the oldest "
+                    "ended to make room (%d so ended in all)",
+                    self.max_hello_waiting,
+                    self.hello_evicted,
+                )
+        self._waiter_serial += 1
+        key = self._waiter_serial
+        evicted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiting[key] = evicted
+        read = asyncio.ensure_future(context.read())
+        try:
+            done, _ = await asyncio.wait(
+                {read, evicted}, timeout=self.hello_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            waiting.pop(key, None)
+            if not read.done():
+                read.cancel()
+        if read in done:
+            return read.result()
+        if evicted in done:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_hello_waiting} newer streams are waiting to say Hello (the hub's "
+                "--max-hello-waiting) and this one waited longest; say Hello at once",
+            )
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"no Hello within {self.hello_timeout:g} s of opening the stream",
+        )
 
     async def _check_hello(self, first: bytes, context: Any) -> GatewayId:
         """The gateway id of a valid Hello, allowed on this stream; else the call ends."""

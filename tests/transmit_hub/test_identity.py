@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -84,26 +85,62 @@ async def test_stream_without_hello_is_ended_by_the_deadline() -> None:
 
 
 async def test_streams_waiting_for_their_hello_are_bounded(make_link: LinkFactory) -> None:
-    """Beyond --max-hello-waiting silent streams, another is refused RESOURCE_EXHAUSTED at
-    once; a real gateway still attaches once the silent ones are gone."""
+    """Beyond --max-hello-waiting silent streams, one more ends the one that waited longest
+    (RESOURCE_EXHAUSTED, naming the flag): never more than the bound wait."""
     async with HubServer(
         listen="127.0.0.1:0", hello_timeout=30, max_hello_waiting=3, grace=0.1
     ) as hub:
         async with aio.insecure_channel(hub.address) as channel:
-            silent = [channel.stream_stream(CONNECT_METHOD)() for _ in range(3)]
-            for call in silent:
-                await call.wait_for_connection()
-            await wait_until(lambda: hub.service.hello_waiting == 3, what="3 silent streams")
+            silent = []
+            for _ in range(3):
+                silent.append(channel.stream_stream(CONNECT_METHOD)())
+                n = len(silent)
+                await wait_until(lambda n=n: hub.service.hello_waiting == n, what="one more")
             extra = channel.stream_stream(CONNECT_METHOD)()
             with pytest.raises(aio.AioRpcError) as info:
-                await asyncio.wait_for(extra.read(), 10)
+                await asyncio.wait_for(silent[0].read(), 10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-hello-waiting" in (info.value.details() or "")
-            for call in silent:
+            await wait_until(lambda: hub.service.hello_evicted == 1, what="one eviction")
+            assert hub.service.hello_waiting == 3
+            for call in (*silent[1:], extra):
                 call.cancel()
         await wait_until(lambda: hub.service.hello_waiting == 0, what="the silent ones gone")
         await make_link(hub.address, "gw-1")
         assert [g.gateway_id for g in hub.registry.attachments()] == ["gw-1"]
+
+
+async def test_silent_streams_filling_the_hello_slots_do_not_delay_a_gateway(
+    make_link: LinkFactory,
+) -> None:
+    """An attacker with the hub token keeps every Hello-waiting slot full of silent streams,
+    opening a new one whenever one ends: a gateway still attaches within 2 s (it was 13 to
+    17 s, refused RESOURCE_EXHAUSTED until a slot freed by the Hello deadline)."""
+    async with (
+        HubServer(listen="127.0.0.1:0", hello_timeout=30, max_hello_waiting=8, grace=0.1) as hub,
+        aio.insecure_channel(hub.address) as channel,
+    ):
+
+        async def hold_one() -> None:
+            while True:
+                call = channel.stream_stream(CONNECT_METHOD)()
+                with contextlib.suppress(aio.AioRpcError):
+                    await call.read()  # ends when the hub ends it: open another
+
+        holders = [asyncio.create_task(hold_one()) for _ in range(8)]
+        try:
+            await wait_until(lambda: hub.service.hello_waiting == 8, what="every slot held")
+            started = time.monotonic()
+            link = await make_link(hub.address, "gw-victim", connect=False)
+            await link.link.wait_connected(10)
+            took = time.monotonic() - started
+            assert hub.registry.is_attached(codec.GatewayId("gw-victim"))
+            assert took < 2.0, took
+            assert hub.service.hello_waiting <= 8
+        finally:
+            for task in holders:
+                task.cancel()
+            await asyncio.gather(*holders, return_exceptions=True)
 
 
 async def test_max_gateways_refuses_more_with_resource_exhausted(
