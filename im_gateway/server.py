@@ -412,10 +412,12 @@ class Gateway(AsyncLifecycle):
         reasons: list[str] = []
         hub = "linked" if self._link is not None and self._link.connected else "down"
         conflict = getattr(self._link, "conflict", None)  # another process holds our id
+        refused = getattr(self._link, "refused", None)  # a hub refuses our certificate
         if conflict:
             reasons.append(str(conflict))
         elif hub != "linked":
-            reasons.append(f"not linked to any hub ({', '.join(self.config.hubs)})")
+            why = f": {refused}" if refused else ""
+            reasons.append(f"not linked to any hub ({', '.join(self.config.hubs)}){why}")
         hubs = (
             self._hub_link.hubs
             if self._hub_link is not None

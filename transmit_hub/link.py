@@ -109,6 +109,8 @@ MAX_FRAME_BYTES: Final = 4 * 1024 * 1024
 """Byte budget of one request frame (a single larger map still goes alone)."""
 MAX_MAP_BYTES: Final = MAX_MESSAGE_BYTES - 1024
 """A map bigger than this could never be sent: it is refused (NotDelivered, INVALID)."""
+REFUSALS: Final = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
+"""Statuses that say the hub refuses this gateway itself (reported, not just retried)."""
 DROP_LOG_INTERVAL: Final = 10.0
 """Undecodable deliveries are logged in one line at most this often, with a count."""
 
@@ -164,6 +166,11 @@ class _Rejected(Exception):
     """The hub refused what we wrote (INVALID_ARGUMENT): resending it would fail again."""
 
 
+class _Refused(Exception):
+    """The hub refuses this gateway (PERMISSION_DENIED: its certificate does not name our
+    id; UNAUTHENTICATED: a wrong token): retrying changes nothing until someone fixes it."""
+
+
 class HubLink(AsyncLifecycle):
     """A gateway's link to the hub; an async context manager (``start``/``close``)."""
 
@@ -205,6 +212,7 @@ class HubLink(AsyncLifecycle):
         self._tls = tls
         self._conflict_retry = conflict_retry
         self._conflict: str | None = None
+        self._refused: str | None = None
         self._probe: int | None = None
         self.dropped = 0
         """Deliveries and notices from the hub dropped because they could not be decoded."""
@@ -236,6 +244,15 @@ class HubLink(AsyncLifecycle):
         Set from the hub's ALREADY_EXISTS answer until the link attaches again.
         """
         return self._conflict
+
+    @property
+    def refused(self) -> str | None:
+        """Why the hub refuses this gateway (its certificate or token), or ``None``.
+
+        Set from the hub's PERMISSION_DENIED or UNAUTHENTICATED answer, with the hub's own
+        words, until the link attaches.
+        """
+        return self._refused
 
     @property
     def hub_id(self) -> str | None:
@@ -332,6 +349,11 @@ class HubLink(AsyncLifecycle):
                 if exc.code().name == "ALREADY_EXISTS":  # raised by a read, not a status
                     conflict = True
                     reason = exc.details()
+                elif exc.code().name in REFUSALS:
+                    self._set_refused(reason)
+            except _Refused as exc:
+                reason = str(exc)
+                self._set_refused(reason)
             except _Rejected as exc:
                 reason = str(exc)
                 log.error("link %s: the hub refused a frame: %s", self.gateway_id, exc)
@@ -352,6 +374,8 @@ class HubLink(AsyncLifecycle):
                 log.info("link %s to %s down: %s", self.gateway_id, self.target, reason)
                 await self._emit(LinkDown(reason))
                 attempt = 0
+            elif self._refused is not None:  # said once, at ERROR, by _set_refused
+                log.debug("link %s: still refused by %s", self.gateway_id, self.target)
             elif attempt == 0:
                 log.warning(
                     "link %s: cannot attach to %s (%s); retrying with backoff",
@@ -364,6 +388,13 @@ class HubLink(AsyncLifecycle):
             delay = min(self._backoff_max, self._backoff_initial * (2**attempt))
             attempt = min(attempt + 1, 30)
             await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _set_refused(self, reason: str) -> None:
+        """The hub refuses us: say why once (ERROR), and keep it for ``/healthz``."""
+        refused = f"the hub at {self.target} refuses gateway {self.gateway_id}: {reason}"
+        if refused != self._refused:
+            log.error("link %s: %s; retrying with backoff", self.gateway_id, refused)
+        self._refused = refused
 
     async def _in_conflict(self, details: str, attached: bool) -> None:
         """Another live stream holds our id: say so once, then keep retrying quietly."""
@@ -419,6 +450,7 @@ class HubLink(AsyncLifecycle):
             if hub_id is None:
                 raise ProtocolError("the hub's first response was not a Welcome")
             self._hub_id = hub_id
+            self._refused = None
             self._connected = True
             self._up.set()
             self._probe = None
@@ -564,6 +596,8 @@ def _status_error(code: str, details: str) -> Exception:
         return _Conflict(details)
     if code == "INVALID_ARGUMENT":
         return _Rejected(f"{code}: {details}")
+    if code in REFUSALS:
+        return _Refused(f"{code}: {details}")
     return LinkError(f"{code}: {details}")
 
 

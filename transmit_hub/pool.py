@@ -308,6 +308,13 @@ class HubPool(AsyncLifecycle):
         return None
 
     @property
+    def refused(self) -> str | None:
+        """Why hubs refuse this gateway (its certificate or token), if any does; for
+        ``/healthz``."""
+        reasons = [link.refused for link in self.members.values() if link.refused]
+        return "; ".join(reasons) if reasons else None
+
+    @property
     def pending(self) -> int:
         """Maps waiting: in the pool (no hub attached) and in the links' buffers."""
         return len(self._backlog) + sum(link.pending for link in self.members.values())

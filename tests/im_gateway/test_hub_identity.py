@@ -81,6 +81,57 @@ async def test_gateway_links_to_a_mutual_tls_hub_with_its_certificate(
         assert status == 200, body
 
 
+async def test_a_gateway_whose_certificate_does_not_name_its_id_says_why_in_healthz(
+    tmp_path: Path, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway whose client certificate names another id is refused by the mutual-TLS hub
+    (PERMISSION_DENIED): /healthz says 503 with the hub's reason, and the gateway logs it in
+    one ERROR line however often it retries."""
+    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG, logger="transmit_hub.link")
+    ca = TestCA(tmp_path)
+    hub_cert = ca.issue("hub", dns=("localhost",), ips=("127.0.0.1",))
+    other_cert = ca.issue("gw-other", dns=("gw-other",))
+    tls = ServerTls.from_files(str(hub_cert.cert), str(hub_cert.key), str(ca.cert))
+    async with (
+        HubServer(listen="127.0.0.1:0", tls=tls, grace=0.1) as hub,
+        Gateway(
+            listen="127.0.0.1:0",
+            gateway_id="gw-tls",
+            hub=hub.address,
+            hub_ca=str(ca.cert),
+            hub_cert=str(other_cert.cert),
+            hub_key=str(other_cert.key),
+            redis_url=redis_url,
+            jwt_secret=SECRET,
+        ) as gateway,
+    ):
+
+        async def told() -> bool:
+            status, body, _ = await http_get(gateway.port, "/healthz")
+            assert status == 503, body
+            return "not a DNS name" in json.loads(body).get("reason", "")
+
+        await wait_until(told, timeout=30, what="/healthz to give the hub's reason")
+        _, body, _ = await http_get(gateway.port, "/healthz")
+        reason = json.loads(body)["reason"]
+        assert "PERMISSION_DENIED" in reason
+        assert "gateway id gw-tls is not a DNS name" in reason
+        assert hub.registry.gateways() == []
+        await wait_until(
+            lambda: sum("still refused" in r.getMessage() for r in caplog.records) >= 3,
+            timeout=20,
+            what="three more refused attempts",
+        )
+        errors = [
+            r
+            for r in caplog.records
+            if r.levelno == logging.ERROR and "refuses gateway gw-tls" in r.getMessage()
+        ]
+        assert len(errors) == 1, [r.getMessage() for r in errors]
+        assert "not a DNS name" in errors[0].getMessage()
+
+
 async def test_second_gateway_with_a_live_id_says_so_in_healthz(
     hub: HubServer, redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
