@@ -30,8 +30,9 @@ loss is noticed, and once more ``resync_after`` seconds later: by then the hub h
 noticed too (its keepalive deadline) and sends that gateway's shares elsewhere, so what
 it wrote into the dead stream meanwhile is read as well. A session that gets nothing
 more would otherwise wait for the next push to see its hole. Cost: one inbox read per
-session per loss, twice, each returning at once when nothing is new (see
-``bench/catch_up.py``); losses close together share the later read.
+session per loss, twice (about 230 us of CPU per idle session and sweep, gateway and
+Redis together: ``bench/catch_up.py``); losses close together share the later read, and
+at most one immediate sweep runs per ``resync_after`` seconds.
 """
 
 from __future__ import annotations
@@ -146,6 +147,7 @@ class Fanout(Generic[C]):
         self._faults = faults
         self._resync_after = resync_after
         self._resync: asyncio.TimerHandle | None = None
+        self._swept_at = float("-inf")
         self._sessions: dict[UserId, list[C]] = {}
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -303,8 +305,16 @@ class Fanout(Generic[C]):
             session.catch_up()
 
     def _lost(self) -> None:
-        """A hub link was lost: catch up now, and once more ``resync_after`` s later."""
-        self._catch_up()
+        """A hub link was lost: catch up now, and once more ``resync_after`` s later.
+
+        Bounded: at most one immediate sweep per ``resync_after`` seconds (a flapping hub
+        does not keep every session reading), since the later sweep, pushed back to
+        ``resync_after`` after the last loss, reads whatever the skipped ones would have.
+        """
+        now = time.monotonic()
+        if now - self._swept_at >= self._resync_after:
+            self._swept_at = now
+            self._catch_up()
         if self._resync is not None:
             self._resync.cancel()  # one later read covers losses close together
         self._resync = asyncio.get_running_loop().call_later(self._resync_after, self._resynced)

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 import pytest
 
 from im_gateway import frames
+from im_gateway.fanout import Fanout
 from im_gateway.faults import Faults
 from im_gateway.relay import Relay
 from im_gateway.sessions import Session, SessionLimits
@@ -451,6 +452,36 @@ async def test_a_lost_link_makes_sessions_catch_up_now_and_once_more_later(
     finally:
         link.feed(None)  # type: ignore[arg-type]
         await relay.close()
+
+
+class Counting:
+    """A local connection that counts the catch-ups asked of it."""
+
+    def __init__(self, user: UserId) -> None:
+        self.user = user
+        self.catch_ups = 0
+
+    def catch_up(self) -> None:
+        self.catch_ups += 1
+
+
+async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink) -> None:
+    """Five hub links lost within a moment (a flapping hub): the sessions read their inboxes
+    once at the first loss and once ``resync_after`` after the last, not ten times."""
+    fanout = Fanout(gateway_id=ME, store=CountingStore(), link=link, resync_after=0.5)
+    session = Counting(B)
+    fanout.add(session)  # type: ignore[arg-type]
+    await fanout.start()
+    try:
+        for i in range(5):
+            link.feed(LinkLost(f"hub-{i}:1", "gone"))
+        await wait_until(lambda: session.catch_ups == 1)
+        await wait_until(lambda: session.catch_ups == 2, timeout=5)
+        assert fanout._resync is None  # nothing more is scheduled
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await fanout.close()
+    assert session.catch_ups == 2
 
 
 async def test_close_answers_frames_still_queued(store: CountingStore, link: FakeLink) -> None:
