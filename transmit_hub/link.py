@@ -46,6 +46,10 @@ Delivery guarantees (the gateway's Redis inbox is the truth; the hub is the fast
   the hub's probes, which is how the hub tells a live holder from a dead one, so a
   restarted gateway attaches again at once even before the hub noticed that its old
   stream is dead.
+- A hub that refuses the gateway itself (PERMISSION_DENIED: with mutual TLS, its
+  certificate does not name its id; UNAUTHENTICATED: a wrong token) is reported once at
+  ERROR with the hub's reason, kept in :attr:`HubLink.refused` for ``/healthz``, and
+  tried again with backoff.
 - A gateway never trusts its hub more than its clients: a delivery or notice that
   cannot be decoded (invalid UTF-8, bad field types) is dropped, counted
   (:attr:`HubLink.dropped`) and logged at most every ``DROP_LOG_INTERVAL`` seconds;
