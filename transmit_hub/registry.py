@@ -214,6 +214,8 @@ class Registry:
         probe: list[Attachment] = []
         end: list[Attachment] = []
         for att in self._attached.values():
+            if att.end_reason is not None:
+                continue  # ending already
             quiet = now - att.heard_at
             if quiet >= 2 * keepalive:
                 end.append(att)

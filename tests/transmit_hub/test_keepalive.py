@@ -13,7 +13,7 @@ from tests.helpers import wait_until
 from tests.proxy import FreezableProxy
 from tests.transmit_hub.conftest import LinkFactory, tmap
 from transmit_hub import GatewayId, HubServer, UndeliverableReason
-from transmit_hub.registry import Registry
+from transmit_hub.registry import EndReason, Registry
 
 KEEPALIVE = 0.5
 
@@ -31,6 +31,8 @@ def test_silent_streams_are_probed_then_ended() -> None:
     probe, end = registry.silent(now, 2.0)
     assert probe == [quiet]
     assert end == [dead]
+    dead.end(EndReason.SILENT)
+    assert registry.silent(now, 2.0) == ([quiet], [])  # an ending stream is not ended twice
     quiet.keepalive()
     assert quiet.probe_due
     assert quiet.probe_nonce
