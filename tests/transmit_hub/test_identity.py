@@ -208,6 +208,18 @@ async def test_raw_claim_of_a_live_id_is_refused_with_already_exists(hub: HubSer
         holder.cancel()
 
 
+async def read_to_the_end(call: Any) -> tuple[int, aio.AioRpcError]:
+    """Read a raw stream until it ends, leaving its probes unanswered: (probes, the error)."""
+    probes = 0
+    while True:
+        try:
+            frame = await asyncio.wait_for(call.read(), 5)
+        except aio.AioRpcError as exc:
+            return probes, exc
+        assert codec.decode_response(frame).probe is not None
+        probes += 1
+
+
 async def test_raw_silent_holder_is_replaced_at_once(hub: HubServer) -> None:
     """A holder that does not answer the probe (a restarted gateway's dead stream, not yet
     noticed by the hub) is replaced within the claim timeout; it ends ALREADY_EXISTS."""
@@ -216,12 +228,10 @@ async def test_raw_silent_holder_is_replaced_at_once(hub: HubServer) -> None:
         started = time.monotonic()
         await attach_raw(channel, "gw-dup")  # the default claim timeout is 2 s
         assert time.monotonic() - started < 5
-        probe = codec.decode_response(await asyncio.wait_for(holder.read(), 5)).probe
-        assert probe is not None  # left unanswered
-        with pytest.raises(aio.AioRpcError) as info:
-            await asyncio.wait_for(holder.read(), 5)
-        assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        assert "claimed by a newer stream" in (info.value.details() or "")
+        probes, error = await read_to_the_end(holder)
+        assert probes >= 1  # the claim's (and keepalive probes, on a slow machine)
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert "claimed by a newer stream" in (error.details() or "")
 
 
 async def test_second_link_with_a_live_id_is_told_and_attaches_once_the_first_leaves(
