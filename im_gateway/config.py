@@ -8,7 +8,6 @@ library (:class:`im_gateway.server.Gateway`) takes it as it is.
 from __future__ import annotations
 
 import dataclasses
-import socket
 from dataclasses import dataclass
 
 from transmit_hub.errors import ConfigError as HubConfigError
@@ -26,51 +25,19 @@ from transmit_hub.settings import (
 from transmit_hub.tls import ClientTls
 from transmit_hub.types import gateway_id_problem
 
+from .addresses import MAX_HUBS, default_gateway_id, parse_host_port, parse_hubs
 from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
 from .group_policy import POLICIES, SERVER
 
-
-def parse_host_port(value: str, what: str) -> tuple[str, int]:
-    """``"HOST:PORT"`` (``"[::1]:PORT"`` for IPv6) -> (host, port); ConfigError otherwise."""
-    host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ConfigError(f"{what} must be HOST:PORT, got {value!r}")
-    port = int(port_text)
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"{what} port must be 0-65535, got {port}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, port
-
-
-MAX_HUBS = 64
-"""Most hubs one gateway attaches to (``--hub`` lists them)."""
-
-
-def parse_hubs(value: str) -> tuple[str, ...]:
-    """``"HOST:PORT[,HOST:PORT...]"`` -> the addresses, each once; ConfigError otherwise."""
-    hubs = tuple(part.strip() for part in value.split(","))
-    if len(hubs) > MAX_HUBS:
-        raise ConfigError(f"--hub lists {len(hubs)} hubs; at most {MAX_HUBS}")
-    for hub in hubs:
-        parse_host_port(hub, "--hub")
-    if len(set(hubs)) != len(hubs):
-        raise ConfigError(f"--hub lists a hub twice: {value!r}")
-    return hubs
-
-
-def default_gateway_id(host: str, port: int) -> str:
-    """A stable id from the machine and the port: the same machine and port, the same id.
-
-    A wildcard or loopback listen address says nothing about the machine, so the
-    host name is used instead.
-    """
-    if host in ("", "0.0.0.0", "::", "127.0.0.1", "::1", "localhost"):
-        host = socket.gethostname() or "localhost"
-    # Keep to the gateway id rule (a host may be an IPv6 address, say).
-    host = "".join(c if c.isascii() and (c.isalnum() or c in "._-") else "-" for c in host)
-    return f"gw-{host[:100]}-{port}"
+__all__ = [
+    "LOG_LEVELS",
+    "MAX_HUBS",
+    "GatewayConfig",
+    "default_gateway_id",
+    "parse_host_port",
+    "parse_hubs",
+]
 
 
 def _host_port(value: str) -> str | None:
@@ -91,11 +58,8 @@ def _not_empty(value: str) -> str | None:
 
 
 def _no_braces(value: str) -> str | None:
-    return (
-        None
-        if "{" not in value and "}" not in value
-        else "must not contain braces (they are hash tags)"
-    )
+    braces = "{" in value or "}" in value
+    return "must not contain braces (they are hash tags)" if braces else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -107,7 +71,6 @@ class GatewayConfig:
     :func:`setting` (default, help, metavar, validator, group) and its README table row.
     """
 
-    # connections
     listen: str = setting(
         "127.0.0.1:8080",
         "address to serve WebSocket and HTTP on",
@@ -119,59 +82,46 @@ class GatewayConfig:
         "this gateway's unique id (default: derived from host name and port)",
         metavar="ID",
         check=_gateway_id,
-        group="connections",
     )
     hub: str = setting(
         "127.0.0.1:50051",
         "the transmit hubs, comma-separated: the gateway attaches to every one, sends "
         "each message through one and takes deliveries from all",
         metavar="HOST:PORT[,HOST:PORT...]",
-        group="connections",
     )
     hub_token: str | None = setting(
-        None,
-        "bearer token for the hub (its --auth-token)",
-        metavar="TOKEN",
-        secret=True,
-        group="connections",
+        None, "bearer token for the hub (its --auth-token)", metavar="TOKEN", secret=True
     )
     hub_ca: str | None = setting(
         None,
         "link to the hub over TLS, verifying it with this PEM CA (default: plaintext)",
         metavar="FILE",
-        group="connections",
     )
     hub_cert: str | None = setting(
         None,
         "PEM client certificate for a hub with mutual TLS (with --hub-key); the "
         "hub accepts only a --gateway-id that is a DNS name in its subjectAltName",
         metavar="FILE",
-        group="connections",
     )
-    hub_key: str | None = setting(
-        None, "the PEM private key of --hub-cert", metavar="FILE", group="connections"
-    )
+    hub_key: str | None = setting(None, "the PEM private key of --hub-cert", metavar="FILE")
     hub_keepalive: float = setting(
         2.0,
         "ping each hub this often and drop a hub whose ping is not answered within "
         "as long again (a stopped hub is noticed in about twice this)",
         metavar="SECONDS",
         check=between(0.1, 3600),
-        group="connections",
     )
     hub_resend_window: float = setting(
         6.0,
         "when a hub's stream breaks, the messages sent through it this long before "
         "go again through another hub (at least 2 x --hub-keepalive)",
         metavar="SECONDS",
-        group="connections",
     )
     hub_resend_max: int = setting(
         50_000,
         "most recent messages remembered for sending again (beyond it, the oldest are forgotten)",
         metavar="MAPS",
         check=at_least(1),
-        group="connections",
     )
     redis_url: str = setting(
         "redis://127.0.0.1:6379/0",
@@ -180,16 +130,10 @@ class GatewayConfig:
         "node listed)",
         metavar="URL",
         redact=url_without_password,
-        group="connections",
     )
     jwt_secret: str = setting(
-        "",
-        "HS256 secret that signs user tokens (required)",
-        metavar="SECRET",
-        secret=True,
-        group="connections",
+        "", "HS256 secret that signs user tokens (required)", metavar="SECRET", secret=True
     )
-    # server API
     api_listen: str | None = setting(
         None,
         "serve POST /api/<method> (publish, groups, presence, disconnect, history) here",
@@ -203,23 +147,16 @@ class GatewayConfig:
         metavar="KEY",
         check=lambda key: None if len(key) >= 16 else "must be at least 16 characters",
         secret=True,
-        group="api",
     )
     api_max_users: int = setting(
-        1000,
-        "most user ids in one API call's 'users' list",
-        metavar="N",
-        check=at_least(1),
-        group="api",
+        1000, "most user ids in one API call's 'users' list", metavar="N", check=at_least(1)
     )
     api_max_body: int = setting(
         1024 * 1024,
         "largest API request body (a larger one is answered 400 too_large)",
         metavar="BYTES",
         check=at_least(1024),
-        group="api",
     )
-    # trust boundary: tokens, groups, connections, TLS
     jwt_max_ttl: float = setting(
         86400.0,
         "refuse (401) a token whose exp is further away than this (0: no limit)",
@@ -228,18 +165,10 @@ class GatewayConfig:
         group="security",
     )
     jwt_audience: str | None = setting(
-        None,
-        "when set, tokens must carry this aud claim",
-        metavar="AUD",
-        check=_not_empty,
-        group="security",
+        None, "when set, tokens must carry this aud claim", metavar="AUD", check=_not_empty
     )
     jwt_issuer: str | None = setting(
-        None,
-        "when set, tokens must carry this iss claim",
-        metavar="ISS",
-        check=_not_empty,
-        group="security",
+        None, "when set, tokens must carry this iss claim", metavar="ISS", check=_not_empty
     )
     group_join: str = setting(
         SERVER,
@@ -247,46 +176,34 @@ class GatewayConfig:
         "forbidden), token (groups listed in the JWT's groups claim; leaving is free), "
         "open (anyone, any group: demos)",
         choices=POLICIES,
-        group="security",
     )
     max_groups_per_user: int = setting(
         1000,
         "groups one user may be in (and may be listed in a token); beyond: forbidden",
         metavar="GROUPS",
         check=at_least(1),
-        group="security",
     )
     max_group_members: int = setting(
-        100_000,
-        "members one group may have; beyond: forbidden",
-        metavar="USERS",
-        check=at_least(1),
-        group="security",
+        100_000, "members one group may have; beyond: forbidden", metavar="USERS", check=at_least(1)
     )
     max_connections_per_user: int = setting(
         100,
         "WebSockets one user may hold on this gateway; beyond, the upgrade gets HTTP 429",
         metavar="N",
         check=at_least(1),
-        group="security",
     )
     max_connections: int = setting(
         50_000,
         "WebSockets this gateway holds in all; beyond, the upgrade gets HTTP 503",
         metavar="N",
         check=at_least(1),
-        group="security",
     )
     tls_cert: str | None = setting(
         None,
         "PEM certificate (chain): serve wss:// and https:// on --listen (with --tls-key)",
         metavar="FILE",
-        group="security",
     )
-    tls_key: str | None = setting(
-        None, "PEM private key of --tls-cert", metavar="FILE", group="security"
-    )
-    # limits
+    tls_key: str | None = setting(None, "PEM private key of --tls-cert", metavar="FILE")
     max_frame_size: int = setting(
         64 * 1024,
         "largest client frame in bytes; larger ones close the socket with 1009",
@@ -299,21 +216,18 @@ class GatewayConfig:
         "largest message content in UTF-8 bytes; larger ones are refused with too_large",
         metavar="BYTES",
         check=at_least(1),
-        group="limits",
     )
     rate_limit: float = setting(
         200.0,
         "frames per second allowed per connection on average (0: no limit)",
         metavar="PER_SECOND",
         check=non_negative,
-        group="limits",
     )
     rate_burst: float = setting(
         400.0,
         "frames a connection may send at once before the rate applies",
         metavar="FRAMES",
         check=non_negative,
-        group="limits",
     )
     send_queue: int = setting(
         1024,
@@ -321,21 +235,15 @@ class GatewayConfig:
         "recovers from its inbox",
         metavar="FRAMES",
         check=at_least(1),
-        group="limits",
     )
     relay_queue: int = setting(
         10_000,
         "accepted frames waiting to be stored; when full, senders wait",
         metavar="FRAMES",
         check=at_least(1),
-        group="limits",
     )
     batch_size: int = setting(
-        256,
-        "most frames stored per Redis round trip",
-        metavar="FRAMES",
-        check=at_least(1),
-        group="limits",
+        256, "most frames stored per Redis round trip", metavar="FRAMES", check=at_least(1)
     )
     batch_linger: float = setting(
         0.003,
@@ -344,14 +252,9 @@ class GatewayConfig:
         "0 disables)",
         metavar="SECONDS",
         check=non_negative,
-        group="limits",
     )
     replay_page: int = setting(
-        200,
-        "inbox entries read per replay round trip",
-        metavar="ENTRIES",
-        check=at_least(1),
-        group="limits",
+        200, "inbox entries read per replay round trip", metavar="ENTRIES", check=at_least(1)
     )
     replay_budget: int = setting(
         20_000,
@@ -359,14 +262,12 @@ class GatewayConfig:
         "beyond it the replay stops with rate_limited and an end marker (0: no limit)",
         metavar="ENTRIES",
         check=non_negative,
-        group="limits",
     )
     max_refused: int = setting(
         100,
         "refused frames per minute before a connection is closed with 1008 (0: never)",
         metavar="FRAMES",
         check=non_negative,
-        group="limits",
     )
     fill_delay: float = setting(
         0.05,
@@ -374,16 +275,13 @@ class GatewayConfig:
         "read from the inbox",
         metavar="SECONDS",
         check=non_negative,
-        group="limits",
     )
     store_concurrency: int = setting(
         32,
         "replay, ack and group calls to Redis in flight at once",
         metavar="CALLS",
         check=at_least(1),
-        group="limits",
     )
-    # timeouts
     idle_timeout: float = setting(
         300.0,
         "close a connection that sends no frame for this long (0: never)",
@@ -392,33 +290,19 @@ class GatewayConfig:
         group="timeouts",
     )
     ping_interval: float = setting(
-        20.0,
-        "WebSocket ping interval (0: no pings)",
-        metavar="SECONDS",
-        check=non_negative,
-        group="timeouts",
+        20.0, "WebSocket ping interval (0: no pings)", metavar="SECONDS", check=non_negative
     )
     ping_timeout: float = setting(
         20.0,
         "close a connection whose pong is this late (0: never)",
         metavar="SECONDS",
         check=non_negative,
-        group="timeouts",
     )
     close_timeout: float = setting(
-        3.0,
-        "wait this long for a closing handshake",
-        metavar="SECONDS",
-        check=non_negative,
-        group="timeouts",
+        3.0, "wait this long for a closing handshake", metavar="SECONDS", check=non_negative
     )
-    # store
     redis_prefix: str = setting(
-        "im:",
-        "prefix of every Redis key",
-        metavar="PREFIX",
-        check=_no_braces,
-        group="store",
+        "im:", "prefix of every Redis key", metavar="PREFIX", check=_no_braces, group="store"
     )
     redis_timeout: float = setting(
         5.0,
@@ -426,7 +310,6 @@ class GatewayConfig:
         "that timed out is sent once more, deduplicated",
         metavar="SECONDS",
         check=positive,
-        group="store",
     )
     redis_wait_replicas: int = setting(
         0,
@@ -434,21 +317,15 @@ class GatewayConfig:
         "otherwise the sender gets internal (not replicated; send again)",
         metavar="N",
         check=non_negative,
-        group="store",
     )
     redis_wait_timeout: float = setting(
-        1.0,
-        "how long WAIT waits for --redis-wait-replicas",
-        metavar="SECONDS",
-        check=positive,
-        group="store",
+        1.0, "how long WAIT waits for --redis-wait-replicas", metavar="SECONDS", check=positive
     )
     presence_ttl: float = setting(
         30.0,
         "presence entries expire this long after the gateway's last refresh",
         metavar="SECONDS",
         check=positive,
-        group="store",
     )
     forget_grace: float = setting(
         10.0,
@@ -457,30 +334,19 @@ class GatewayConfig:
         "that gateway's presence entries",
         metavar="SECONDS",
         check=non_negative,
-        group="store",
     )
     inbox_max_len: int = setting(
-        10_000,
-        "messages kept per user inbox",
-        metavar="ENTRIES",
-        check=at_least(1),
-        group="store",
+        10_000, "messages kept per user inbox", metavar="ENTRIES", check=at_least(1)
     )
     inbox_max_age: float = setting(
-        7 * 86400.0,
-        "how long inbox messages are kept",
-        metavar="SECONDS",
-        check=positive,
-        group="store",
+        7 * 86400.0, "how long inbox messages are kept", metavar="SECONDS", check=positive
     )
     dedupe_window: float = setting(
         600.0,
         "how long a client message id is remembered for dedupe",
         metavar="SECONDS",
         check=positive,
-        group="store",
     )
-    # other
     compression: bool = setting(
         False,
         "offer permessage-deflate (about 45 KB per connection instead of 13 KB)",
@@ -491,14 +357,12 @@ class GatewayConfig:
         f"one of {', '.join(LOG_LEVELS)}",
         metavar="LEVEL",
         check=one_of(*LOG_LEVELS, fold=str.upper),
-        group="other",
     )
     log_format: str = setting(
         "text",
         "text, or json: every line on stdout and stderr one JSON object "
         "(time, level, logger, message)",
         choices=LOG_FORMATS,
-        group="other",
     )
 
     def __post_init__(self) -> None:

@@ -48,9 +48,7 @@ class HubConfig:
     """Everything a hub needs; raises ConfigError when invalid. See ``--help`` per field."""
 
     listen: str = setting(
-        "127.0.0.1:50051",
-        "address to serve gRPC on (port 0 picks a free one)",
-        metavar="HOST:PORT",
+        "127.0.0.1:50051", "address to serve gRPC on (port 0 picks a free one)", metavar="HOST:PORT"
     )
     auth_token: str | None = setting(
         None,

@@ -70,6 +70,8 @@ class Setting:
     redact: Callable[[str], str] | None = None
     """What ``--print-config`` shows of the value (a URL without its password, say)."""
     group: str | None = None
+    """Starts a ``--help`` section (a key of :attr:`Program.groups`) at this field: it and
+    the fields after it, up to the next ``group``, are listed under its title."""
 
 
 def setting(
@@ -285,11 +287,13 @@ class Program(Generic[C]):
         sections: dict[str | None, argparse._ActionsContainer] = {None: parser}
         for key, title in self.groups.items():
             sections[key] = parser.add_argument_group(title)
+        section: argparse._ActionsContainer = parser
         for option in self.options():
             spec = option.spec
             shown = "" if option.default in (None, "") else f" (default: {_show(option.default)})"
             text = f"{spec.help}{shown} [env {option.env(self.env_prefix)}]"
-            section = sections[spec.group]
+            if spec.group is not None:
+                section = sections[spec.group]
             if option.kind is bool:
                 section.add_argument(
                     option.flag,
