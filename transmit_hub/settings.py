@@ -284,9 +284,7 @@ class Program(Generic[C]):
             ).strip(),
         )
         parser.raises = self.error
-        sections: dict[str | None, argparse._ActionsContainer] = {None: parser}
-        for key, title in self.groups.items():
-            sections[key] = parser.add_argument_group(title)
+        sections = {key: parser.add_argument_group(title) for key, title in self.groups.items()}
         section: argparse._ActionsContainer = parser
         for option in self.options():
             spec = option.spec
