@@ -11,13 +11,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from transmit_hub.errors import ConfigError as HubConfigError
-from transmit_hub.logs import LOG_FORMATS, LOG_LEVELS
+from transmit_hub.logs import LOG_LEVELS, format_setting, level_setting
 from transmit_hub.settings import (
     at_least,
     between,
     check_fields,
     non_negative,
-    one_of,
     positive,
     setting,
     url_without_password,
@@ -352,18 +351,8 @@ class GatewayConfig:
         "offer permessage-deflate (about 45 KB per connection instead of 13 KB)",
         group="other",
     )
-    log_level: str = setting(
-        "INFO",
-        f"one of {', '.join(LOG_LEVELS)}",
-        metavar="LEVEL",
-        check=one_of(*LOG_LEVELS, fold=str.upper),
-    )
-    log_format: str = setting(
-        "text",
-        "text, or json: every line on stdout and stderr one JSON object "
-        "(time, level, logger, message)",
-        choices=LOG_FORMATS,
-    )
+    log_level: str = level_setting()
+    log_format: str = format_setting()
 
     def __post_init__(self) -> None:
         check_fields(self, ConfigError)  # each field's own rule, then the ones that tie

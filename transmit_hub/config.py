@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigError
-from .logs import LOG_FORMATS, LOG_LEVELS
-from .settings import Loaded, Program, at_least, between, check_fields, one_of, setting
+from .logs import format_setting, level_setting
+from .settings import Loaded, Program, at_least, between, check_fields, setting
 from .tls import ServerTls
 
 __all__ = ["ENV_PREFIX", "PROGRAM", "HubConfig", "build_parser", "parse_config", "parse_listen"]
@@ -123,18 +123,8 @@ class HubConfig:
         metavar="SECONDS",
         check=at_least(0),
     )
-    log_level: str = setting(
-        "INFO",
-        f"one of {', '.join(LOG_LEVELS)}",
-        metavar="LEVEL",
-        check=one_of(*LOG_LEVELS, fold=str.upper),
-    )
-    log_format: str = setting(
-        "text",
-        "text, or json: every line on stdout and stderr one JSON object "
-        "(time, level, logger, message)",
-        choices=LOG_FORMATS,
-    )
+    log_level: str = level_setting()
+    log_format: str = format_setting()
 
     def __post_init__(self) -> None:
         check_fields(self, ConfigError)

@@ -15,13 +15,45 @@ import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonFormatter", "configure", "say", "sniff_format"]
+from .settings import one_of, setting
+
+__all__ = [
+    "LOG_FORMATS",
+    "LOG_LEVELS",
+    "JsonFormatter",
+    "configure",
+    "format_setting",
+    "level_setting",
+    "say",
+    "sniff_format",
+]
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def level_setting() -> Any:
+    """The ``log_level`` field of both programs' config."""
+    return setting(
+        "INFO",
+        f"one of {', '.join(LOG_LEVELS)}",
+        metavar="LEVEL",
+        check=one_of(*LOG_LEVELS, fold=str.upper),
+    )
+
+
+def format_setting() -> Any:
+    """The ``log_format`` field of both programs' config."""
+    return setting(
+        "text",
+        "text, or json: every line on stdout and stderr one JSON object "
+        "(time, level, logger, message)",
+        choices=LOG_FORMATS,
+    )
+
 
 _json = False
 """Whether :func:`configure` chose json (read by :func:`say`)."""
