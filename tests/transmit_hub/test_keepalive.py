@@ -13,6 +13,7 @@ from tests.helpers import wait_until
 from tests.proxy import FreezableProxy
 from tests.transmit_hub.conftest import LinkFactory, tmap
 from transmit_hub import GatewayId, HubServer, UndeliverableReason
+from transmit_hub.config import HubConfig
 from transmit_hub.registry import EndReason, Registry
 
 KEEPALIVE = 0.5
@@ -44,7 +45,9 @@ def test_silent_streams_are_probed_then_ended() -> None:
 @pytest.fixture
 async def fast_hub() -> AsyncIterator[HubServer]:
     server = HubServer(
-        listen="127.0.0.1:0", hub_id="keepalive-hub", grace=0.2, gateway_keepalive=KEEPALIVE
+        HubConfig(
+            listen="127.0.0.1:0", hub_id="keepalive-hub", grace=0.2, gateway_keepalive=KEEPALIVE
+        )
     )
     await server.start()
     try:
