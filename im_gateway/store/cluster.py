@@ -1,7 +1,7 @@
 """The :class:`~im_gateway.store.Store` on Redis Cluster (``redis+cluster://``).
 
-Same keys as :mod:`im_gateway.store_redis` (every key of a user shares the hash tag
-``{u:<user>}``, every key of a group ``{g:<group>}``), plus one: ``{u:<user>}:msg:<message
+Same keys as on one Redis (:mod:`~im_gateway.store.keyspace`: every key of a user shares
+the hash tag ``{u:<user>}``, every key of a group ``{g:<group>}``), plus one: ``{u:<user>}:msg:<message
 id>``, the position at which that message went into that user's inbox, kept for the
 dedupe window (only for messages that have a client id). Every script declares its KEYS
 and touches one slot; a batch becomes one call per slot, one pipeline per node, the nodes
@@ -11,7 +11,8 @@ in parallel.
 script. Here a batch takes three steps, each one round trip to the nodes in parallel:
 
 1. *Claim*, in each sender's slot: ``SET NX`` of the dedupe key to a *pending* record
-   ``["p", time, message id, entry]`` (the message itself). A key already there is either
+   ``["p", time, message id, entry]`` (the message itself, as
+   :mod:`~im_gateway.store.entry` lays it out). A key already there is either
    *done* (``["d", time, id, entry, [user, pos, ...]]``: a duplicate, answered as on one
    Redis) or *pending*: an earlier attempt stopped part way (a gateway or a node crashed,
    a WAIT failed). Then this attempt completes *that* message: its id, time and text.
@@ -45,7 +46,7 @@ Why no acknowledged message is lost, and none is written twice:
   A message completed by a resend lands where the resend was sent.
 - A primary that fails over before its replica had a write loses that write. With
   ``wait_replicas`` the sender is acknowledged only when ``WAIT`` confirmed the appends;
-  otherwise it gets ``internal`` ("not replicated; send again"), the record stays pending,
+  otherwise it is refused (``NOT_REPLICATED``: send again), the record stays pending,
   and the resend completes the message (an append the promoted replica lacks is written
   again, once). If the *claim* itself is lost with a failed-over sender's node, a resend
   claims afresh with a new id: recipients may then see the text twice, never zero times.
@@ -62,138 +63,31 @@ import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
-import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ClusterError, ConnectionError, NoScriptError
 
-from transmit_hub.types import GatewayId, Message, Recipient, UserId
+from transmit_hub.lifecycle import AsyncClosing
+from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
 
-from .errors import StoreError
-from .store import (
+from ..errors import GroupLimitError, StoreError
+from . import entry, scripts
+from .contract import (
     Accepted,
+    Beacon,
+    InboxPage,
+    Refusal,
     Refused,
     Submission,
-    group_limit_error,
     unencodable,
 )
-from .store_redis import (
-    _ACK,
-    _AGE_TRIM,
-    _LOOKUP,
-    _NOW,
-    _REFRESH,
-    NOT_REPLICATED,
-    RedisStore,
-    _message_json,
-    _text,
-)
+from .keyspace import Acks, Keyspace, Settings, text
 
 __all__ = ["ClusterStore", "cluster_nodes"]
 
 logger = logging.getLogger(__name__)
-
-# KEYS: dedupe keys (one sender's, so one slot). ARGV: window (ms), then one pending
-# record per key. Returns per key 0 (claimed now) or the record already there.
-_CLAIM = """
-local out = {}
-for i, k in ipairs(KEYS) do
-  if redis.call('SET', k, ARGV[i + 1], 'PX', ARGV[1], 'NX') then
-    out[i] = 0
-  else
-    out[i] = redis.call('GET', k) or 0
-  end
-end
-return out
-"""
-
-# KEYS: per user of the slot its inbox, pos, acked and presence keys; then the msg keys.
-# ARGV: max len, max age (ms), window (ms), the number of users, then per append: the
-# user's index (from 1), its msg key's index in KEYS (0: none), the entry. In order, each
-# append is skipped when its msg key holds a position (that position is answered), else
-# INCR + XADD as on one Redis and the msg key is set. Every user appended to (or found
-# appended) has its TTLs refreshed: a write, so a WAIT after this call covers it. Returns
-# JSON [positions per append, presence per user].
-_APPEND = (
-    _NOW
-    + """
-local max_len = ARGV[1]
-local max_age = tonumber(ARGV[2])
-local window = ARGV[3]
-local nusers = tonumber(ARGV[4])
-local stamp = string.format('%.0f', now)
-local by_age = now % 16 == 0
-local cutoff = now - max_age
-local touched = {}
-"""
-    + _AGE_TRIM
-    + """
-local function append(u, entry)
-  local base = (u - 1) * 4
-  local ikey, pkey = KEYS[base + 1], KEYS[base + 2]
-  local n = redis.call('INCR', pkey)
-  if n == 1 then
-    local top = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
-    if #top > 0 then
-      n = math.max(n, tonumber(string.match(top[1][1], '^(%d+)')) + 1)
-    end
-    n = math.max(n, tonumber(redis.call('GET', KEYS[base + 3]) or '0') + 1)
-    if n > 1 then
-      redis.call('SET', pkey, string.format('%.0f', n))
-    end
-  end
-  local pos = string.format('%.0f', n)
-  redis.call('XADD', ikey, 'MAXLEN', '~', max_len, pos .. '-' .. stamp, 'm', entry)
-  if by_age and not touched[u] then age_trim(ikey) end
-  return pos
-end
-local out = {}
-for i = 5, #ARGV, 3 do
-  local u, mark, entry = tonumber(ARGV[i]), tonumber(ARGV[i + 1]), ARGV[i + 2]
-  local pos = false
-  if mark > 0 then pos = redis.call('GET', KEYS[mark]) end
-  if not pos then
-    pos = append(u, entry)
-    if mark > 0 then redis.call('SET', KEYS[mark], pos, 'PX', window) end
-  end
-  touched[u] = true
-  out[#out + 1] = pos
-end
-local since = string.format('(%.0f', now)
-local presence = {}
-for u = 1, nusers do
-  local base = (u - 1) * 4
-  if touched[u] then
-    redis.call('PEXPIRE', KEYS[base + 1], max_age)
-    redis.call('PEXPIRE', KEYS[base + 2], max_age)
-  end
-  local gws = redis.call('ZRANGEBYSCORE', KEYS[base + 4], since, '+inf')
-  table.insert(gws, 1, '')
-  presence[u] = gws
-end
-return cjson.encode({out, presence})
-"""
-)
-
-# KEYS: the user's set of groups. ARGV: group, the most groups per user. Returns 0 (in
-# it already), 1 (too many groups) or 3 (added now).
-_JOIN_USER = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 0 end
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 1 end
-redis.call('SADD', KEYS[1], ARGV[1])
-return 3
-"""
-
-# KEYS: the group's member set. ARGV: user, the most members per group. Returns 0
-# (added now), 2 (the group is full) or 3 (a member already).
-_JOIN_GROUP = """
-if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return 3 end
-if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[2]) then return 2 end
-redis.call('SADD', KEYS[1], ARGV[1])
-return 0
-"""
 
 
 def cluster_nodes(url: str) -> list[tuple[str, int]]:
@@ -235,27 +129,20 @@ class _Work:
     confirmed: bool = True
 
 
-def _entry(m: Message) -> str:
-    """The inbox entry of a message, as :mod:`im_gateway.store_redis` writes it."""
-    return json.dumps(
-        [m.id, m.sender, m.to, m.type, m.content_type, m.time, m.content],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-
-
-class ClusterStore(RedisStore):
+class ClusterStore(AsyncClosing):
     """Presence, groups, inboxes and dedupe on a Redis Cluster (6.2 or later).
 
     ``client`` is a ``redis.asyncio.cluster.RedisCluster`` (the caller keeps owning it) or a
-    ``redis+cluster://`` URL. Options as :class:`~im_gateway.store_redis.RedisStore`; see
-    the module docstring for how a batch is stored.
+    ``redis+cluster://`` URL. The options are :class:`~im_gateway.store.keyspace.Settings`'
+    fields, as for :class:`~im_gateway.store.redis.RedisStore`; see the module docstring
+    for how a batch is stored.
     """
 
     def __init__(self, client: RedisCluster | str, **options: Any) -> None:
-        owns = isinstance(client, str)
+        self.settings = settings = Settings(**options)
+        self._owns_client = isinstance(client, str)
         if isinstance(client, str):
-            timeout = float(options.get("socket_timeout", 5.0))
+            timeout = settings.socket_timeout
             # The cluster client retries a failed command itself (a dead connection, a
             # node that moved its slots) after refreshing its map of the slots.
             client = RedisCluster(
@@ -264,13 +151,16 @@ class ClusterStore(RedisStore):
                 socket_connect_timeout=min(timeout, 5.0),
             )
         self._cluster = client
-        # The commands RedisStore sends itself (GET, XRANGE, ZREM, pipelines without a
-        # transaction) exist on both clients; everything that spans slots is overridden.
-        super().__init__(cast(aioredis.Redis, client), **options)
-        self._owns_client = owns
+        self._keys = Keyspace(client, settings)
+        self._acks = Acks(self._write_acks)
         self._shas: dict[str, str] = {}
         self.crash: Callable[[str], None] | None = None
         """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
+
+    @property
+    def client(self) -> RedisCluster:
+        """The Redis Cluster client the store uses."""
+        return self._cluster
 
     # -- running calls on the nodes -------------------------------------------------------
 
@@ -280,7 +170,7 @@ class ClusterStore(RedisStore):
     def _script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> _Call:
         sha = self._shas.get(source)
         if sha is None:
-            sha = self._shas[source] = self._client.register_script(source).sha
+            sha = self._shas[source] = self._cluster.register_script(source).sha
         return _Call(self._slot(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
 
     async def _run(self, calls: Sequence[_Call], *, wait: bool = False) -> list[tuple[Any, bool]]:
@@ -334,7 +224,9 @@ class ClusterStore(RedisStore):
             cmds.append(PipelineCommand(i, *calls[i].args))
         if wait:
             for _, cmds in by_node.values():
-                cmds.append(PipelineCommand(-1, "WAIT", self.wait_replicas, self._wait_ms))
+                cmds.append(
+                    PipelineCommand(-1, "WAIT", self.settings.wait_replicas, self.settings.wait_ms)
+                )
 
         async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> Exception | None:
             try:
@@ -349,7 +241,7 @@ class ClusterStore(RedisStore):
             confirmed = True
             if wait:
                 count = cmds.pop().result
-                confirmed = isinstance(count, int) and count >= self.wait_replicas
+                confirmed = isinstance(count, int) and count >= self.settings.wait_replicas
             for cmd in cmds:
                 found[cmd.position] = (cmd.result if error is None else error, confirmed)
         return [found[i] for i in indexes]
@@ -357,10 +249,10 @@ class ClusterStore(RedisStore):
     # -- messages -------------------------------------------------------------------------
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
-        self._check_open()
+        self._keys.check_open()
         out: list[Accepted | Refused | None] = [None] * len(batch)
         for i in unencodable(batch):
-            out[i] = Refused(batch[i].client_id, "bad_request", "content is not valid Unicode")
+            out[i] = Refused(batch[i].client_id, Refusal.UNENCODABLE)
         first: dict[tuple[int, str], int] = {}
         later: dict[int, int] = {}
         work: list[_Work] = []
@@ -373,8 +265,8 @@ class ClusterStore(RedisStore):
                 if seen != i:
                     later[i] = seen
                     continue
-            dkey = self._key(f"dedupe:{s.client_id}", m.sender) if s.client_id else None
-            work.append(_Work(i, s, m, _entry(m), dkey))
+            dkey = self.settings.key(f"dedupe:{s.client_id}", m.sender) if s.client_id else None
+            work.append(_Work(i, s, m, entry.encode(m), dkey))
 
         # Step 1: claims (per sender) and group members (per group), one round trip.
         claims: dict[int, list[_Work]] = {}
@@ -383,16 +275,16 @@ class ClusterStore(RedisStore):
                 claims.setdefault(w.message.sender, []).append(w)
         calls = [
             self._script(
-                _CLAIM,
+                scripts.CLAIM,
                 [w.dkey for w in ws if w.dkey is not None],
                 [
-                    self._window_ms,
+                    self.settings.window_ms,
                     *(json.dumps(["p", w.message.time, w.message.id, w.entry]) for w in ws),
                 ],
             )
             for ws in claims.values()
         ]
-        groups = sorted({w.message.to for w in work if w.message.type == 2})
+        groups = sorted({w.message.to for w in work if w.message.type == MESSAGE_GROUP})
         calls += [self._members_call(g) for g in groups]
         replies = await self._run(calls)
         members: dict[int, set[UserId]] = {}
@@ -402,9 +294,9 @@ class ClusterStore(RedisStore):
             for w, record in zip(ws, reply, strict=True):
                 if record == 0:
                     continue
-                kind, _, _, entry, *rest = json.loads(record)
-                w.message = _message_json(entry)
-                w.entry = entry
+                kind, _, _, stored, *rest = json.loads(record)
+                w.message = entry.decode(stored)
+                w.entry = stored
                 if kind == "d":
                     w.duplicate = True
                     pairs = rest[0]
@@ -413,7 +305,9 @@ class ClusterStore(RedisStore):
                 else:
                     w.resumed = True
         live = [w for w in work if w.positions is None]
-        missing = sorted({w.message.to for w in live if w.message.type == 2} - set(members))
+        missing = sorted(
+            {w.message.to for w in live if w.message.type == MESSAGE_GROUP} - set(members)
+        )
         if missing:  # a resumed message to another group than its resend said
             replies = await self._run([self._members_call(g) for g in missing])
             for g, (reply, _) in zip(missing, replies, strict=True):
@@ -423,9 +317,7 @@ class ClusterStore(RedisStore):
             w.users = self._recipients(w, members)
             if w.users is None:
                 refused.append(w)
-                out[w.index] = Refused(
-                    w.sub.client_id, "not_member", f"you are not in group {w.message.to}"
-                )
+                out[w.index] = Refused(w.sub.client_id, Refusal.NOT_MEMBER)
         if self.crash is not None:
             self.crash("claimed")
 
@@ -434,32 +326,34 @@ class ClusterStore(RedisStore):
         slots: dict[int, list[UserId]] = {}
         for w in work:
             for u in w.users or ():
-                slot = self._slot(self._key("inbox", u))
+                slot = self._slot(self.settings.key("inbox", u))
                 if u not in slots.setdefault(slot, []):
                     slots[slot].append(u)
         ops: dict[int, list[tuple[_Work, UserId]]] = {slot: [] for slot in slots}
         for w in appends:
             for u in w.users or ():
-                ops[self._slot(self._key("inbox", u))].append((w, u))
+                ops[self._slot(self.settings.key("inbox", u))].append((w, u))
         calls = []
         for slot, users in slots.items():
             keys = [
-                self._key(kind, u) for u in users for kind in ("inbox", "pos", "acked", "presence")
+                self.settings.key(kind, u)
+                for u in users
+                for kind in ("inbox", "pos", "acked", "presence")
             ]
             args: list[Any] = [
-                self.inbox_max_len,
-                self._max_age_ms,
-                self._window_ms,
+                self.settings.inbox_max_len,
+                self.settings.max_age_ms,
+                self.settings.window_ms,
                 len(users),
             ]
             for w, u in ops[slot]:
                 mark = 0
                 if w.dkey is not None:
-                    keys.append(self._key(f"msg:{w.message.id}", u))
+                    keys.append(self.settings.key(f"msg:{w.message.id}", u))
                     mark = len(keys)
                 args += (users.index(u) + 1, mark, w.entry)
-            calls.append(self._script(_APPEND, keys, args))
-        wait = self.wait_replicas > 0 and bool(appends)
+            calls.append(self._script(scripts.APPEND, keys, args))
+        wait = self.settings.wait_replicas > 0 and bool(appends)
         if self.crash is None:
             replies = await self._run(calls, wait=wait)
         else:  # tests: one slot at a time, with a crash point after each
@@ -479,7 +373,7 @@ class ClusterStore(RedisStore):
                 w.confirmed = w.confirmed and confirmed
             for u, gws in zip(users, gateways, strict=True):
                 if len(gws) > 1:
-                    presence[u] = tuple(GatewayId(_text(g)) for g in gws[1:])
+                    presence[u] = tuple(GatewayId(text(g)) for g in gws[1:])
         if self.crash is not None:
             self.crash("appended")
 
@@ -495,7 +389,9 @@ class ClusterStore(RedisStore):
                     written += (int(u), (w.positions or {})[u])
                 record = json.dumps(["d", w.message.time, w.message.id, w.entry, written])
                 calls.append(
-                    _Call(self._slot(w.dkey), ("SET", w.dkey, record, "PX", self._window_ms))
+                    _Call(
+                        self._slot(w.dkey), ("SET", w.dkey, record, "PX", self.settings.window_ms)
+                    )
                 )
         if calls:
             await self._run(calls)
@@ -503,7 +399,7 @@ class ClusterStore(RedisStore):
             if out[w.index] is not None:
                 continue
             if not w.confirmed:
-                out[w.index] = Refused(w.sub.client_id, "internal", NOT_REPLICATED)
+                out[w.index] = Refused(w.sub.client_id, Refusal.NOT_REPLICATED)
                 continue
             users = w.users or []
             positions = w.positions or {}
@@ -525,16 +421,16 @@ class ClusterStore(RedisStore):
         return [r for r in out if r is not None]
 
     def _members_call(self, group: int) -> _Call:
-        key = self._group_key(group)
+        key = self.settings.group_key(group)
         return _Call(self._slot(key), ("SMEMBERS", key))
 
     def _recipients(self, w: _Work, members: dict[int, set[UserId]]) -> list[UserId] | None:
         """Whose inboxes get ``w``'s message; None when the sender may not post it."""
         m = w.message
         sender = UserId(m.sender)
-        if m.type == 2:
+        if m.type == MESSAGE_GROUP:
             group = members.get(m.to, set())
-            check = bool(getattr(w.sub, "check_member", True))
+            check = w.sub.check_member
             if check and sender not in group:
                 return None
             users = sorted(group)
@@ -546,86 +442,89 @@ class ClusterStore(RedisStore):
 
     # -- acks, presence, groups: one call per slot ----------------------------------------
 
-    async def _write_acks(self, batch: asyncio.Future[None]) -> None:
-        acks, self._acks, self._ack_batch = self._acks, {}, None
+    async def ack(self, user: UserId, upto: int) -> None:
+        self._keys.check_open()
+        if upto > 0:
+            await self._acks.ack(self.settings.key("acked", user), upto)
+
+    async def _write_acks(self, acks: dict[str, int]) -> None:
+        """The gathered acks (see :class:`~.keyspace.Acks`), one script call per slot."""
         by_slot: dict[int, tuple[list[str], list[Any]]] = {}
         for key, upto in acks.items():
             keys, args = by_slot.setdefault(self._slot(key), ([], []))
-            base = key[: -len("acked")]
-            keys += (key, base + "pos", base + "inbox")
+            keys += self.settings.ack_keys(key)
             args.append(upto)
-        try:
-            await self._run(
-                [
-                    self._script(_ACK, keys, [*args, self._max_age_ms])
-                    for keys, args in by_slot.values()
-                ]
-            )
-        except asyncio.CancelledError:
-            batch.cancel()
-            raise
-        except Exception as exc:
-            batch.set_exception(exc)
-        else:
-            batch.set_result(None)
+        await self._run(
+            [
+                self._script(scripts.ACK, keys, [*args, self.settings.max_age_ms])
+                for keys, args in by_slot.values()
+            ]
+        )
 
     def _per_slot(self, users: Collection[UserId]) -> list[list[UserId]]:
         by_slot: dict[int, list[UserId]] = {}
         for u in users:
-            by_slot.setdefault(self._slot(self._key("presence", u)), []).append(u)
+            by_slot.setdefault(self._slot(self.settings.key("presence", u)), []).append(u)
         return list(by_slot.values())
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        self._check_open()
+        self._keys.check_open()
         if users:
             await self._run(
                 [
                     self._script(
-                        _REFRESH,
-                        [self._key("presence", u) for u in us],
-                        [gateway, self._presence_ms],
+                        scripts.REFRESH,
+                        [self.settings.key("presence", u) for u in us],
+                        [gateway, self.settings.presence_ms],
                     )
                     for us in self._per_slot(users)
                 ]
             )
 
     async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
-        self._check_open()
+        self._keys.check_open()
         if not users:
             return {}
         groups = self._per_slot(users)
         replies = await self._run(
-            [self._script(_LOOKUP, [self._key("presence", u) for u in us], []) for us in groups]
+            [
+                self._script(scripts.LOOKUP, [self.settings.key("presence", u) for u in us], [])
+                for us in groups
+            ]
         )
         found: dict[UserId, tuple[GatewayId, ...]] = {}
         for us, (rows, _) in zip(groups, replies, strict=True):
             for u, gws in zip(us, rows, strict=True):
                 if gws:
-                    found[u] = tuple(GatewayId(_text(g)) for g in gws)
+                    found[u] = tuple(GatewayId(text(g)) for g in gws)
         return found
 
     async def join(self, group: int, user: UserId) -> bool:
         """The user's set of groups first (its bound holds), then the group's members
         (its bound holds); a full group takes the group back out of the user's set."""
-        self._check_open()
-        ukey, gkey = self._memberships_key(user), self._group_key(group)
+        self._keys.check_open()
+        ukey, gkey = self.settings.key("groups", user), self.settings.group_key(group)
         [(mine, _)] = await self._run(
-            [self._script(_JOIN_USER, [ukey], [str(group), self.max_groups_per_user])]
+            [
+                self._script(
+                    scripts.JOIN_USER, [ukey], [str(group), self.settings.max_groups_per_user]
+                )
+            ]
         )
         if int(mine) == 1:
-            raise group_limit_error("user_full", group, self.max_groups_per_user)
+            raise GroupLimitError(group, self.settings.max_groups_per_user, user_full=True)
         [(theirs, _)] = await self._run(
-            [self._script(_JOIN_GROUP, [gkey], [str(user), self.max_group_members])]
+            [self._script(scripts.JOIN_GROUP, [gkey], [str(user), self.settings.max_group_members])]
         )
         if int(theirs) == 2:
             if int(mine) == 3:
                 await self._run([_Call(self._slot(ukey), ("SREM", ukey, str(group)))])
-            raise group_limit_error("group_full", group, self.max_group_members)
+            raise GroupLimitError(group, self.settings.max_group_members, user_full=False)
         return int(theirs) != 3
 
     async def leave(self, group: int, user: UserId) -> bool:
-        self._check_open()
-        gkey, ukey = self._group_key(group), self._memberships_key(user)
+        self._keys.check_open()
+        gkey, ukey = self.settings.group_key(group), self.settings.key("groups", user)
         [(removed, _), _] = await self._run(
             [
                 _Call(self._slot(gkey), ("SREM", gkey, str(user))),
@@ -634,9 +533,37 @@ class ClusterStore(RedisStore):
         )
         return bool(removed)
 
+    # -- what is the same as on one Redis ------------------------------------------------
+
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        return await self._keys.read_inbox(user, after, limit)
+
+    async def acked(self, user: UserId) -> int:
+        return await self._keys.acked(user)
+
+    async def members(self, group: int) -> list[UserId]:
+        return await self._keys.members(group)
+
+    async def is_member(self, group: int, user: UserId) -> bool:
+        return await self._keys.is_member(group, user)
+
+    async def attach(self, user: UserId, gateway: GatewayId) -> None:
+        await self.refresh(gateway, (user,))
+
+    async def detach(self, user: UserId, gateway: GatewayId) -> None:
+        await self._keys.detach(user, gateway)
+
+    async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        await self._keys.forget(gateway, users)
+
+    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
+        return await self._keys.beacon(gateway, ttl)
+
+    # -- lifecycle ------------------------------------------------------------------------
+
     async def ping(self) -> None:
         """Raise unless a node answers and says every slot has a primary."""
-        self._check_open()
+        self._keys.check_open()
         cluster = self._cluster
         await cluster.initialize()
         error: Exception | None = None
@@ -652,6 +579,15 @@ class ClusterStore(RedisStore):
         state = info.get("cluster_state") if isinstance(info, dict) else None
         if state != "ok":
             raise StoreError(f"Redis Cluster state is {state!r}: a slot has no primary")
+
+    async def close(self) -> None:
+        """Close the client if the store made it; idempotent."""
+        if self._keys.closed:
+            return
+        self._keys.closed = True
+        await self._acks.drain()
+        if self._owns_client:
+            await self._cluster.aclose()
 
 
 def _users(reply: Any) -> set[UserId]:
