@@ -17,25 +17,11 @@ from typing import Any
 
 from ..errors import StoreError
 from .cluster import ClusterStore
-from .contract import (
-    DEFAULT_MAX_GROUP_MEMBERS,
-    DEFAULT_MAX_GROUPS_PER_USER,
-    Accepted,
-    Beacon,
-    InboxEntry,
-    InboxPage,
-    Refusal,
-    Refused,
-    Store,
-    Submission,
-    unencodable,
-)
+from .contract import Accepted, Beacon, InboxEntry, InboxPage, Refusal, Refused, Store, Submission
 from .memory import MemoryStore
 from .redis import RedisStore
 
 __all__ = [
-    "DEFAULT_MAX_GROUPS_PER_USER",
-    "DEFAULT_MAX_GROUP_MEMBERS",
     "Accepted",
     "Beacon",
     "ClusterStore",
@@ -48,7 +34,6 @@ __all__ = [
     "Store",
     "Submission",
     "open_store",
-    "unencodable",
 ]
 
 _REDIS_ONLY = ("socket_timeout", "wait_replicas", "wait_timeout")

@@ -69,21 +69,18 @@ from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ClusterError, ConnectionError, NoScriptError
 
-from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
 
 from ..errors import GroupLimitError, StoreError
 from . import entry, scripts
 from .contract import (
     Accepted,
-    Beacon,
-    InboxPage,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import Acks, Keyspace, Settings, text
+from .keyspace import KeyspaceStore, Settings, text
 
 __all__ = ["ClusterStore", "cluster_nodes"]
 
@@ -129,7 +126,7 @@ class _Work:
     confirmed: bool = True
 
 
-class ClusterStore(AsyncClosing):
+class ClusterStore(KeyspaceStore):
     """Presence, groups, inboxes and dedupe on a Redis Cluster (6.2 or later).
 
     ``client`` is a ``redis.asyncio.cluster.RedisCluster`` (the caller keeps owning it) or a
@@ -139,8 +136,8 @@ class ClusterStore(AsyncClosing):
     """
 
     def __init__(self, client: RedisCluster | str, **options: Any) -> None:
-        self.settings = settings = Settings(**options)
-        self._owns_client = isinstance(client, str)
+        settings = Settings(**options)
+        owns = isinstance(client, str)
         if isinstance(client, str):
             timeout = settings.socket_timeout
             # The cluster client retries a failed command itself (a dead connection, a
@@ -150,9 +147,8 @@ class ClusterStore(AsyncClosing):
                 socket_timeout=timeout,
                 socket_connect_timeout=min(timeout, 5.0),
             )
+        super().__init__(client, settings, owns_client=owns)
         self._cluster = client
-        self._keys = Keyspace(client, settings)
-        self._acks = Acks(self._write_acks)
         self._shas: dict[str, str] = {}
         self.crash: Callable[[str], None] | None = None
         """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
@@ -249,7 +245,7 @@ class ClusterStore(AsyncClosing):
     # -- messages -------------------------------------------------------------------------
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
-        self._keys.check_open()
+        self._check_open()
         out: list[Accepted | Refused | None] = [None] * len(batch)
         for i in unencodable(batch):
             out[i] = Refused(batch[i].client_id, Refusal.UNENCODABLE)
@@ -442,11 +438,6 @@ class ClusterStore(AsyncClosing):
 
     # -- acks, presence, groups: one call per slot ----------------------------------------
 
-    async def ack(self, user: UserId, upto: int) -> None:
-        self._keys.check_open()
-        if upto > 0:
-            await self._acks.ack(self.settings.key("acked", user), upto)
-
     async def _write_acks(self, acks: dict[str, int]) -> None:
         """The gathered acks (see :class:`~.keyspace.Acks`), one script call per slot."""
         by_slot: dict[int, tuple[list[str], list[Any]]] = {}
@@ -468,7 +459,7 @@ class ClusterStore(AsyncClosing):
         return list(by_slot.values())
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        self._keys.check_open()
+        self._check_open()
         if users:
             await self._run(
                 [
@@ -482,7 +473,7 @@ class ClusterStore(AsyncClosing):
             )
 
     async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
-        self._keys.check_open()
+        self._check_open()
         if not users:
             return {}
         groups = self._per_slot(users)
@@ -502,7 +493,7 @@ class ClusterStore(AsyncClosing):
     async def join(self, group: int, user: UserId) -> bool:
         """The user's set of groups first (its bound holds), then the group's members
         (its bound holds); a full group takes the group back out of the user's set."""
-        self._keys.check_open()
+        self._check_open()
         ukey, gkey = self.settings.key("groups", user), self.settings.group_key(group)
         [(mine, _)] = await self._run(
             [
@@ -523,7 +514,7 @@ class ClusterStore(AsyncClosing):
         return int(theirs) != 3
 
     async def leave(self, group: int, user: UserId) -> bool:
-        self._keys.check_open()
+        self._check_open()
         gkey, ukey = self.settings.group_key(group), self.settings.key("groups", user)
         [(removed, _), _] = await self._run(
             [
@@ -533,37 +524,9 @@ class ClusterStore(AsyncClosing):
         )
         return bool(removed)
 
-    # -- what is the same as on one Redis ------------------------------------------------
-
-    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
-        return await self._keys.read_inbox(user, after, limit)
-
-    async def acked(self, user: UserId) -> int:
-        return await self._keys.acked(user)
-
-    async def members(self, group: int) -> list[UserId]:
-        return await self._keys.members(group)
-
-    async def is_member(self, group: int, user: UserId) -> bool:
-        return await self._keys.is_member(group, user)
-
-    async def attach(self, user: UserId, gateway: GatewayId) -> None:
-        await self.refresh(gateway, (user,))
-
-    async def detach(self, user: UserId, gateway: GatewayId) -> None:
-        await self._keys.detach(user, gateway)
-
-    async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        await self._keys.forget(gateway, users)
-
-    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
-        return await self._keys.beacon(gateway, ttl)
-
-    # -- lifecycle ------------------------------------------------------------------------
-
     async def ping(self) -> None:
         """Raise unless a node answers and says every slot has a primary."""
-        self._keys.check_open()
+        self._check_open()
         cluster = self._cluster
         await cluster.initialize()
         error: Exception | None = None
@@ -579,15 +542,6 @@ class ClusterStore(AsyncClosing):
         state = info.get("cluster_state") if isinstance(info, dict) else None
         if state != "ok":
             raise StoreError(f"Redis Cluster state is {state!r}: a slot has no primary")
-
-    async def close(self) -> None:
-        """Close the client if the store made it; idempotent."""
-        if self._keys.closed:
-            return
-        self._keys.closed = True
-        await self._acks.drain()
-        if self._owns_client:
-            await self._cluster.aclose()
 
 
 def _users(reply: Any) -> set[UserId]:

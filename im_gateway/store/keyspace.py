@@ -32,7 +32,7 @@ cluster slot:
 ``{prefix}{g:<group>}:members``
     set of user ids, at most ``max_group_members``. No TTL: bounded instead.
 ``{prefix}gateway:<gateway id>``
-    a live gateway's beacon (:meth:`Keyspace.beacon`), TTL ``presence_ttl``: when it is
+    a live gateway's beacon (:meth:`KeyspaceStore.beacon`), TTL ``presence_ttl``: when it is
     missing, the gateway re-asserts its presence (Redis lost it).
 ``{prefix}epoch``
     the data generation, made once (no TTL: one small key); a gateway that sees it change
@@ -43,13 +43,15 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from abc import abstractmethod
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import GatewayId, UserId
 
 from ..errors import StoreError
@@ -95,6 +97,11 @@ class Settings:
     max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS
     wait_replicas: int = 0
     wait_timeout: float = 1.0
+    max_age_ms: int = field(init=False)
+    """``inbox_max_age`` in ms, as the scripts take it; likewise the next three."""
+    window_ms: int = field(init=False)
+    presence_ms: int = field(init=False)
+    wait_ms: int = field(init=False)
 
     def __post_init__(self) -> None:
         if self.wait_replicas < 0 or self.wait_timeout <= 0:
@@ -110,22 +117,13 @@ class Settings:
             raise StoreError(f"the key prefix {self.prefix!r} must not contain braces")
         if self.max_groups_per_user < 1 or self.max_group_members < 1:
             raise StoreError("group limits must be positive")
-
-    @property
-    def max_age_ms(self) -> int:
-        return _ms(self.inbox_max_age)
-
-    @property
-    def window_ms(self) -> int:
-        return _ms(self.dedupe_window)
-
-    @property
-    def presence_ms(self) -> int:
-        return _ms(self.presence_ttl)
-
-    @property
-    def wait_ms(self) -> int:
-        return _ms(self.wait_timeout)
+        for name, seconds in (
+            ("max_age_ms", self.inbox_max_age),
+            ("window_ms", self.dedupe_window),
+            ("presence_ms", self.presence_ttl),
+            ("wait_ms", self.wait_timeout),
+        ):
+            object.__setattr__(self, name, _ms(seconds))
 
     def key(self, kind: str, user: object) -> str:
         """The key of one of ``user``'s records (``inbox``, ``pos``, ``acked``, ...)."""
@@ -150,26 +148,40 @@ def text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-class Keyspace:
-    """The calls both Redis stores make the same way, on either client, and whether the
-    store is closed. Each store owns one; it does not own the client."""
+class KeyspaceStore(AsyncClosing):
+    """The part of a :class:`~im_gateway.store.Store` that is the same on one Redis and on
+    a Redis Cluster: reads, presence removals, the beacon, gathering acks, closing.
 
-    def __init__(self, client: Client, settings: Settings) -> None:
-        self.client = client
+    :class:`~im_gateway.store.redis.RedisStore` and
+    :class:`~im_gateway.store.cluster.ClusterStore` each build on it and add what differs:
+    how a batch is stored, how scripts reach their keys (one call, or one per slot), and
+    the two hooks below. Neither knows the other.
+    """
+
+    def __init__(self, client: Client, settings: Settings, *, owns_client: bool) -> None:
         self.settings = settings
-        self.closed = False
+        self._redis = client
+        self._owns_client = owns_client
+        self._acks = Acks(self._write_acks)
+        self._closed = False
 
-    def check_open(self) -> None:
-        if self.closed:
+    @abstractmethod
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None: ...
+
+    @abstractmethod
+    async def _write_acks(self, acks: dict[str, int]) -> None:
+        """Write gathered acks: acked key -> position (see :class:`Acks`)."""
+
+    def _check_open(self) -> None:
+        if self._closed:
             raise StoreError("the store is closed")
 
     async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
-        """One round trip: the newest position and up to ``limit`` entries after ``after``."""
-        self.check_open()
+        self._check_open()
         key = self.settings.key
         # The newest position first: every position up to it that the range then lacks
         # was trimmed (an append between the two only adds entries beyond it).
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.get(key("pos", user))
             if limit > 0 and after < MAX_POSITION:
                 pipe.xrange(key("inbox", user), str(after + 1), "+", count=limit)
@@ -184,44 +196,61 @@ class Keyspace:
             last,
         )
 
+    async def ack(self, user: UserId, upto: int) -> None:
+        self._check_open()
+        if upto > 0:
+            await self._acks.ack(self.settings.key("acked", user), upto)
+
     async def acked(self, user: UserId) -> int:
-        self.check_open()
-        value = await self.client.get(self.settings.key("acked", user))
+        self._check_open()
+        value = await self._redis.get(self.settings.key("acked", user))
         return 0 if value is None else int(value)
 
     async def members(self, group: int) -> list[UserId]:
-        self.check_open()
-        found = await self.client.smembers(self.settings.group_key(group))
+        self._check_open()
+        found = await self._redis.smembers(self.settings.group_key(group))
         return sorted(UserId(int(u)) for u in found)
 
     async def is_member(self, group: int, user: UserId) -> bool:
-        self.check_open()
-        key = self.settings.group_key(group)
-        return bool(await self.client.sismember(key, str(user)))
+        self._check_open()
+        return bool(await self._redis.sismember(self.settings.group_key(group), str(user)))
+
+    async def attach(self, user: UserId, gateway: GatewayId) -> None:
+        await self.refresh(gateway, (user,))
 
     async def detach(self, user: UserId, gateway: GatewayId) -> None:
-        self.check_open()
-        await self.client.zrem(self.settings.key("presence", user), gateway)
+        self._check_open()
+        await self._redis.zrem(self.settings.key("presence", user), gateway)
 
     async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        self.check_open()
+        self._check_open()
         if not users:
             return
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             for user in users:
                 pipe.zrem(self.settings.key("presence", user), gateway)
             await pipe.execute()
 
     async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
-        self.check_open()
+        self._check_open()
         fresh = secrets.token_hex(8)
         prefix = self.settings.prefix
-        async with self.client.pipeline(transaction=False) as pipe:
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.set(f"{prefix}gateway:{gateway}", "1", px=_ms(ttl), get=True)
             pipe.set(f"{prefix}epoch", fresh, nx=True)
             pipe.get(f"{prefix}epoch")
             mark, _, epoch = await pipe.execute()
         return Beacon(mark is None, fresh if epoch is None else text(epoch))
+
+    async def close(self) -> None:
+        """Let the ack writes under way land, then close the client if the store made it;
+        idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._acks.drain()
+        if self._owns_client:
+            await self._redis.aclose()
 
 
 class Acks:

@@ -35,7 +35,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, NoScriptError
 
-from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import GatewayId, MessageId, Recipient, UserId
 
 from ..errors import GroupLimitError
@@ -44,14 +43,12 @@ from .contract import (
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
     Accepted,
-    Beacon,
-    InboxPage,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import Acks, Keyspace, Settings, text
+from .keyspace import KeyspaceStore, Settings, text
 
 __all__ = ["RedisStore", "client_options"]
 
@@ -80,7 +77,7 @@ def client_options(socket_timeout: float) -> dict[str, Any]:
     }
 
 
-class RedisStore(AsyncClosing):
+class RedisStore(KeyspaceStore):
     """Presence, groups, inboxes and dedupe in one Redis (6.2 or later).
 
     ``client`` is a ``redis.asyncio.Redis`` (the caller keeps owning it; :meth:`close`
@@ -103,7 +100,7 @@ class RedisStore(AsyncClosing):
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
     ) -> None:
-        self.settings = settings = Settings(
+        settings = Settings(
             prefix=prefix,
             inbox_max_len=inbox_max_len,
             inbox_max_age=inbox_max_age,
@@ -115,14 +112,13 @@ class RedisStore(AsyncClosing):
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
         )
-        self._owns_client = isinstance(client, str)
+        owns = isinstance(client, str)
         if isinstance(client, str):
             # Timeouts so a hung Redis fails calls instead of stalling them; the URL's
             # query (?socket_timeout=...) overrides them.
             client = aioredis.Redis.from_url(client, **client_options(socket_timeout))
+        super().__init__(client, settings, owns_client=owns)
         self._client = client
-        self._keys = Keyspace(client, settings)
-        self._acks = Acks(self._write_acks)
         self._submit = client.register_script(scripts.SUBMIT)
         self._refresh = client.register_script(scripts.REFRESH)
         self._lookup = client.register_script(scripts.LOOKUP)
@@ -137,7 +133,7 @@ class RedisStore(AsyncClosing):
     # -- messages -------------------------------------------------------------------------
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
-        self._keys.check_open()
+        self._check_open()
         settings = self.settings
         bad = unencodable(batch)
         todo = [s for i, s in enumerate(batch) if i not in bad] if bad else batch
@@ -204,26 +200,15 @@ class RedisStore(AsyncClosing):
             return reply, isinstance(count, int) and count >= wait_replicas
         raise AssertionError("unreachable")
 
-    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
-        return await self._keys.read_inbox(user, after, limit)
-
-    async def ack(self, user: UserId, upto: int) -> None:
-        self._keys.check_open()
-        if upto > 0:
-            await self._acks.ack(self.settings.key("acked", user), upto)
-
     async def _write_acks(self, acks: dict[str, int]) -> None:
         """One script call for every ack gathered (see :class:`~.keyspace.Acks`)."""
         keys = [key for acked in acks for key in self.settings.ack_keys(acked)]
         await self._ack(keys=keys, args=(*acks.values(), self.settings.max_age_ms))
 
-    async def acked(self, user: UserId) -> int:
-        return await self._keys.acked(user)
-
     # -- groups ---------------------------------------------------------------------------
 
     async def join(self, group: int, user: UserId) -> bool:
-        self._keys.check_open()
+        self._check_open()
         settings = self.settings
         keys = [settings.group_key(group), settings.key("groups", user)]
         args: list[str | int] = [
@@ -240,38 +225,23 @@ class RedisStore(AsyncClosing):
         return answer != _JOIN_ALREADY
 
     async def leave(self, group: int, user: UserId) -> bool:
-        self._keys.check_open()
+        self._check_open()
         async with self._client.pipeline(transaction=True) as pipe:
             pipe.srem(self.settings.group_key(group), str(user))
             pipe.srem(self.settings.key("groups", user), str(group))
             removed, _ = await pipe.execute()
         return bool(removed)
 
-    async def members(self, group: int) -> list[UserId]:
-        return await self._keys.members(group)
-
-    async def is_member(self, group: int, user: UserId) -> bool:
-        return await self._keys.is_member(group, user)
-
     # -- presence -------------------------------------------------------------------------
 
-    async def attach(self, user: UserId, gateway: GatewayId) -> None:
-        await self.refresh(gateway, (user,))
-
-    async def detach(self, user: UserId, gateway: GatewayId) -> None:
-        await self._keys.detach(user, gateway)
-
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        self._keys.check_open()
+        self._check_open()
         if users:
             keys = [self.settings.key("presence", user) for user in users]
             await self._refresh(keys=keys, args=(gateway, self.settings.presence_ms))
 
-    async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        await self._keys.forget(gateway, users)
-
     async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
-        self._keys.check_open()
+        self._check_open()
         if not users:
             return {}
         order = list(users)
@@ -283,23 +253,11 @@ class RedisStore(AsyncClosing):
             if gateways
         }
 
-    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
-        return await self._keys.beacon(gateway, ttl)
-
     # -- lifecycle ------------------------------------------------------------------------
 
     async def ping(self) -> None:
-        self._keys.check_open()
+        self._check_open()
         await self._client.ping()
-
-    async def close(self) -> None:
-        """Close the client if the store made it; idempotent."""
-        if self._keys.closed:
-            return
-        self._keys.closed = True
-        await self._acks.drain()
-        if self._owns_client:
-            await self._client.aclose()
 
 
 def _result(
