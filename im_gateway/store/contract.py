@@ -50,7 +50,8 @@ DEFAULT_MAX_GROUP_MEMBERS = 100_000
 class Submission:
     """A validated message frame from a client, with the id and time the gateway gave it.
 
-    ``message.type`` is 1 (private: ``to`` is a user) or 2 (group: ``to`` is a group).
+    ``message.type`` is ``MESSAGE_PRIVATE`` (``to`` is a user) or ``MESSAGE_GROUP``
+    (``to`` is a group).
     """
 
     client_id: str
@@ -97,11 +98,11 @@ class Accepted:
 class Refusal(enum.Enum):
     """Why a submission was not stored (the pipeline words it for the client)."""
 
-    NOT_MEMBER = "not_member"
+    NOT_MEMBER = enum.auto()
     """A group message from a user who is not in the group (nothing stored)."""
-    UNENCODABLE = "unencodable"
+    UNENCODABLE = enum.auto()
     """The content or client id cannot be stored as UTF-8 (a lone surrogate)."""
-    NOT_REPLICATED = "not_replicated"
+    NOT_REPLICATED = enum.auto()
     """Stored, but ``WAIT`` did not see it on enough replicas: the sender should send it
     again (the resend is deduplicated and completes it)."""
 

@@ -62,7 +62,7 @@ def test_the_scripts_ship_with_the_package() -> None:
     assert "store/lua/*.lua" in data
 
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_text = st.text(st.characters(exclude_categories=["Cs"]), max_size=40)
 _u64 = st.integers(0, 2**64 - 1)
 
 
