@@ -58,16 +58,13 @@ Why no acknowledged message is lost, and none is written twice:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
-from redis.crc import key_slot
-from redis.exceptions import ClusterError, ConnectionError, NoScriptError
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
 
@@ -81,33 +78,11 @@ from .contract import (
     unencodable,
 )
 from .keyspace import KeyspaceStore, Settings, text
+from .nodes import Call, Nodes, cluster_nodes, slot_of
 
-__all__ = ["ClusterStore", "cluster_nodes"]
+__all__ = ["ClusterStore"]
 
 logger = logging.getLogger(__name__)
-
-
-def cluster_nodes(url: str) -> list[tuple[str, int]]:
-    """The ``HOST:PORT`` list of a ``redis+cluster://HOST:PORT[,HOST:PORT...]`` URL."""
-    rest = url.partition("://")[2].split("?", 1)[0].split("/", 1)[0]
-    nodes = []
-    for part in rest.split(","):
-        host, sep, port = part.strip().rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise StoreError(
-                f"bad Redis Cluster URL {url!r}: use redis+cluster://HOST:PORT[,HOST:PORT...]"
-            )
-        nodes.append((host.strip("[]"), int(port)))
-    return nodes
-
-
-@dataclass(slots=True)
-class _Call:
-    """One command for the primary of ``slot``; ``source``: the script, for EVAL."""
-
-    slot: int
-    args: tuple[Any, ...]
-    source: str | None = None
 
 
 @dataclass(slots=True)
@@ -149,7 +124,7 @@ class ClusterStore(KeyspaceStore):
             )
         super().__init__(client, settings, owns_client=owns)
         self._cluster = client
-        self._shas: dict[str, str] = {}
+        self._nodes = Nodes(client, wait_replicas=settings.wait_replicas, wait_ms=settings.wait_ms)
         self.crash: Callable[[str], None] | None = None
         """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
 
@@ -157,90 +132,6 @@ class ClusterStore(KeyspaceStore):
     def client(self) -> RedisCluster:
         """The Redis Cluster client the store uses."""
         return self._cluster
-
-    # -- running calls on the nodes -------------------------------------------------------
-
-    def _slot(self, key: str) -> int:
-        return key_slot(key.encode())
-
-    def _script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> _Call:
-        sha = self._shas.get(source)
-        if sha is None:
-            sha = self._shas[source] = self._cluster.register_script(source).sha
-        return _Call(self._slot(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
-
-    async def _run(self, calls: Sequence[_Call], *, wait: bool = False) -> list[tuple[Any, bool]]:
-        """Each call on its slot's primary: one pipeline per node, the nodes in parallel.
-
-        With ``wait``, each node's pipeline ends with ``WAIT`` on the same connection;
-        ``(reply, confirmed)`` per call, confirmed when that WAIT counted enough replicas
-        (always, without ``wait``). A script a node does not have yet is loaded on every
-        primary and its calls sent again the same way. A call that still failed on its
-        node (MOVED after a failover, a dead connection) is sent again through the cluster
-        client, which follows redirections and reconnects; it is then not confirmed.
-        """
-        cluster = self._cluster
-        await cluster.initialize()
-        results = await self._on_nodes(calls, range(len(calls)), wait)
-        unknown = [i for i, (r, _) in enumerate(results) if isinstance(r, NoScriptError)]
-        if unknown:
-            for source in {calls[i].source for i in unknown}:
-                if source is not None:
-                    await cluster.script_load(source)
-            for i, result in zip(unknown, await self._on_nodes(calls, unknown, wait), strict=True):
-                results[i] = result
-        out: list[tuple[Any, bool]] = []
-        for call, (reply, confirmed) in zip(calls, results, strict=True):
-            if isinstance(reply, Exception):
-                args = call.args
-                if call.source is not None:
-                    args = ("EVAL", call.source, *args[2:])
-                try:
-                    reply = await cluster.execute_command(*args)
-                except (ConnectionError, ClusterError) as exc:
-                    # The client's map of the slots is stale (a failover): read it anew
-                    # from the nodes, once, and try again.
-                    logger.debug("refreshing the cluster's slot map after %r", exc)
-                    await cluster.nodes_manager.initialize()
-                    reply = await cluster.execute_command(*args)
-                confirmed = not wait
-            out.append((reply, confirmed))
-        return out
-
-    async def _on_nodes(
-        self, calls: Sequence[_Call], indexes: Sequence[int], wait: bool
-    ) -> list[tuple[Any, bool]]:
-        """The calls at ``indexes`` in one pipeline per node (see :meth:`_run`): per call
-        its reply (an exception when it failed) and whether WAIT confirmed it."""
-        manager = self._cluster.nodes_manager
-        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
-        for i in indexes:
-            node = manager.get_node_from_slot(calls[i].slot)
-            cmds = by_node.setdefault(node.name, (node, []))[1]
-            cmds.append(PipelineCommand(i, *calls[i].args))
-        if wait:
-            for _, cmds in by_node.values():
-                cmds.append(
-                    PipelineCommand(-1, "WAIT", self.settings.wait_replicas, self.settings.wait_ms)
-                )
-
-        async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> Exception | None:
-            try:
-                await node.execute_pipeline(cmds)
-            except Exception as exc:  # the node is gone: its calls are sent again
-                return exc
-            return None
-
-        errors = await asyncio.gather(*(one(node, cmds) for node, cmds in by_node.values()))
-        found: dict[int, tuple[Any, bool]] = {}
-        for (_, cmds), error in zip(by_node.values(), errors, strict=True):
-            confirmed = True
-            if wait:
-                count = cmds.pop().result
-                confirmed = isinstance(count, int) and count >= self.settings.wait_replicas
-            for cmd in cmds:
-                found[cmd.position] = (cmd.result if error is None else error, confirmed)
-        return [found[i] for i in indexes]
 
     # -- messages -------------------------------------------------------------------------
 
@@ -270,7 +161,7 @@ class ClusterStore(KeyspaceStore):
             if w.dkey is not None:
                 claims.setdefault(w.message.sender, []).append(w)
         calls = [
-            self._script(
+            self._nodes.script(
                 scripts.CLAIM,
                 [w.dkey for w in ws if w.dkey is not None],
                 [
@@ -282,7 +173,7 @@ class ClusterStore(KeyspaceStore):
         ]
         groups = sorted({w.message.to for w in work if w.message.type == MESSAGE_GROUP})
         calls += [self._members_call(g) for g in groups]
-        replies = await self._run(calls)
+        replies = await self._nodes.run(calls)
         members: dict[int, set[UserId]] = {}
         for g, (reply, _) in zip(groups, replies[len(claims) :], strict=True):
             members[g] = _users(reply)
@@ -305,7 +196,7 @@ class ClusterStore(KeyspaceStore):
             {w.message.to for w in live if w.message.type == MESSAGE_GROUP} - set(members)
         )
         if missing:  # a resumed message to another group than its resend said
-            replies = await self._run([self._members_call(g) for g in missing])
+            replies = await self._nodes.run([self._members_call(g) for g in missing])
             for g, (reply, _) in zip(missing, replies, strict=True):
                 members[g] = _users(reply)
         refused: list[_Work] = []
@@ -322,13 +213,13 @@ class ClusterStore(KeyspaceStore):
         slots: dict[int, list[UserId]] = {}
         for w in work:
             for u in w.users or ():
-                slot = self._slot(self.settings.key("inbox", u))
+                slot = slot_of(self.settings.key("inbox", u))
                 if u not in slots.setdefault(slot, []):
                     slots[slot].append(u)
         ops: dict[int, list[tuple[_Work, UserId]]] = {slot: [] for slot in slots}
         for w in appends:
             for u in w.users or ():
-                ops[self._slot(self.settings.key("inbox", u))].append((w, u))
+                ops[slot_of(self.settings.key("inbox", u))].append((w, u))
         calls = []
         for slot, users in slots.items():
             keys = [
@@ -348,14 +239,14 @@ class ClusterStore(KeyspaceStore):
                     keys.append(self.settings.key(f"msg:{w.message.id}", u))
                     mark = len(keys)
                 args += (users.index(u) + 1, mark, w.entry)
-            calls.append(self._script(scripts.APPEND, keys, args))
+            calls.append(self._nodes.script(scripts.APPEND, keys, args))
         wait = self.settings.wait_replicas > 0 and bool(appends)
         if self.crash is None:
-            replies = await self._run(calls, wait=wait)
+            replies = await self._nodes.run(calls, wait=wait)
         else:  # tests: one slot at a time, with a crash point after each
             replies = []
             for k, call in enumerate(calls, 1):
-                replies += await self._run([call], wait=wait)
+                replies += await self._nodes.run([call], wait=wait)
                 self.crash(f"append {k}/{len(calls)}")
         presence: dict[UserId, tuple[GatewayId, ...]] = {}
         for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=True):
@@ -377,7 +268,7 @@ class ClusterStore(KeyspaceStore):
         calls = []
         for w in refused:
             if w.dkey is not None:
-                calls.append(_Call(self._slot(w.dkey), ("DEL", w.dkey)))
+                calls.append(Call(slot_of(w.dkey), ("DEL", w.dkey)))
         for w in appends:
             if w.dkey is not None and w.confirmed:
                 written: list[Any] = []
@@ -385,12 +276,10 @@ class ClusterStore(KeyspaceStore):
                     written += (int(u), (w.positions or {})[u])
                 record = json.dumps(["d", w.message.time, w.message.id, w.entry, written])
                 calls.append(
-                    _Call(
-                        self._slot(w.dkey), ("SET", w.dkey, record, "PX", self.settings.window_ms)
-                    )
+                    Call(slot_of(w.dkey), ("SET", w.dkey, record, "PX", self.settings.window_ms))
                 )
         if calls:
-            await self._run(calls)
+            await self._nodes.run(calls)
         for w in work:
             if out[w.index] is not None:
                 continue
@@ -416,9 +305,9 @@ class ClusterStore(KeyspaceStore):
                 out[i] = done
         return [r for r in out if r is not None]
 
-    def _members_call(self, group: int) -> _Call:
+    def _members_call(self, group: int) -> Call:
         key = self.settings.group_key(group)
-        return _Call(self._slot(key), ("SMEMBERS", key))
+        return Call(slot_of(key), ("SMEMBERS", key))
 
     def _recipients(self, w: _Work, members: dict[int, set[UserId]]) -> list[UserId] | None:
         """Whose inboxes get ``w``'s message; None when the sender may not post it."""
@@ -442,12 +331,12 @@ class ClusterStore(KeyspaceStore):
         """The gathered acks (see :class:`~.keyspace.Acks`), one script call per slot."""
         by_slot: dict[int, tuple[list[str], list[Any]]] = {}
         for key, upto in acks.items():
-            keys, args = by_slot.setdefault(self._slot(key), ([], []))
+            keys, args = by_slot.setdefault(slot_of(key), ([], []))
             keys += self.settings.ack_keys(key)
             args.append(upto)
-        await self._run(
+        await self._nodes.run(
             [
-                self._script(scripts.ACK, keys, [*args, self.settings.max_age_ms])
+                self._nodes.script(scripts.ACK, keys, [*args, self.settings.max_age_ms])
                 for keys, args in by_slot.values()
             ]
         )
@@ -455,15 +344,15 @@ class ClusterStore(KeyspaceStore):
     def _per_slot(self, users: Collection[UserId]) -> list[list[UserId]]:
         by_slot: dict[int, list[UserId]] = {}
         for u in users:
-            by_slot.setdefault(self._slot(self.settings.key("presence", u)), []).append(u)
+            by_slot.setdefault(slot_of(self.settings.key("presence", u)), []).append(u)
         return list(by_slot.values())
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
         self._check_open()
         if users:
-            await self._run(
+            await self._nodes.run(
                 [
-                    self._script(
+                    self._nodes.script(
                         scripts.REFRESH,
                         [self.settings.key("presence", u) for u in us],
                         [gateway, self.settings.presence_ms],
@@ -477,9 +366,11 @@ class ClusterStore(KeyspaceStore):
         if not users:
             return {}
         groups = self._per_slot(users)
-        replies = await self._run(
+        replies = await self._nodes.run(
             [
-                self._script(scripts.LOOKUP, [self.settings.key("presence", u) for u in us], [])
+                self._nodes.script(
+                    scripts.LOOKUP, [self.settings.key("presence", u) for u in us], []
+                )
                 for us in groups
             ]
         )
@@ -495,31 +386,35 @@ class ClusterStore(KeyspaceStore):
         (its bound holds); a full group takes the group back out of the user's set."""
         self._check_open()
         ukey, gkey = self.settings.key("groups", user), self.settings.group_key(group)
-        [(mine, _)] = await self._run(
+        [(mine, _)] = await self._nodes.run(
             [
-                self._script(
+                self._nodes.script(
                     scripts.JOIN_USER, [ukey], [str(group), self.settings.max_groups_per_user]
                 )
             ]
         )
         if int(mine) == 1:
             raise GroupLimitError(group, self.settings.max_groups_per_user, user_full=True)
-        [(theirs, _)] = await self._run(
-            [self._script(scripts.JOIN_GROUP, [gkey], [str(user), self.settings.max_group_members])]
+        [(theirs, _)] = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.JOIN_GROUP, [gkey], [str(user), self.settings.max_group_members]
+                )
+            ]
         )
         if int(theirs) == 2:
             if int(mine) == 3:
-                await self._run([_Call(self._slot(ukey), ("SREM", ukey, str(group)))])
+                await self._nodes.run([Call(slot_of(ukey), ("SREM", ukey, str(group)))])
             raise GroupLimitError(group, self.settings.max_group_members, user_full=False)
         return int(theirs) != 3
 
     async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
         gkey, ukey = self.settings.group_key(group), self.settings.key("groups", user)
-        [(removed, _), _] = await self._run(
+        [(removed, _), _] = await self._nodes.run(
             [
-                _Call(self._slot(gkey), ("SREM", gkey, str(user))),
-                _Call(self._slot(ukey), ("SREM", ukey, str(group))),
+                Call(slot_of(gkey), ("SREM", gkey, str(user))),
+                Call(slot_of(ukey), ("SREM", ukey, str(group))),
             ]
         )
         return bool(removed)

@@ -28,7 +28,7 @@ from im_gateway.store import (
     Submission,
     open_store,
 )
-from im_gateway.store.cluster import cluster_nodes
+from im_gateway.store.nodes import cluster_nodes
 from tests.conftest import RedisServer
 from tests.helpers import free_port, wait_until_sync
 from transmit_hub.types import (
