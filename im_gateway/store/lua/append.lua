@@ -15,10 +15,13 @@ local stamp = string.format('%.0f', now)
 local by_age = now % 16 == 0
 local cutoff = now - max_age
 local touched = {}
+local function acked_key(base)
+  return KEYS[base + 3]
+end
 local function append(u, entry)
   local base = (u - 1) * 4
   local ikey = KEYS[base + 1]
-  local pos = append_entry(ikey, KEYS[base + 2], KEYS[base + 3], entry, max_len, max_age, stamp)
+  local pos = append_entry(ikey, KEYS[base + 2], acked_key, base, entry, max_len, max_age, stamp)
   if by_age and not touched[u] then age_trim(ikey, cutoff) end
   return pos
 end

@@ -2,18 +2,20 @@
 -- a stream whose entry ids are "<position>-<ms>", one field 'm' holding the entry.
 
 -- Append ``entry`` to the inbox ``ikey`` at its next position and return the position (a
--- string). ``pkey`` is the inbox's counter, ``akey`` its acknowledged position. A fresh
--- counter resumes after what the inbox still holds and after the acknowledged position
--- (either may outlive a lost counter), so a position is never given twice and never
--- hidden behind an ack. Trims by length (MAXLEN ~); ``stamp`` is the time (ms).
-local function append_entry(ikey, pkey, akey, entry, max_len, max_age, stamp)
+-- string). ``pkey`` is the inbox's counter; ``acked_key(who)`` gives the key of its
+-- acknowledged position, asked for only when the counter is fresh (a key name costs a
+-- string build per recipient otherwise). A fresh counter resumes after what the inbox
+-- still holds and after the acknowledged position (either may outlive a lost counter), so
+-- a position is never given twice and never hidden behind an ack. Trims by length
+-- (MAXLEN ~); ``stamp`` is the time (ms).
+local function append_entry(ikey, pkey, acked_key, who, entry, max_len, max_age, stamp)
   local n = redis.call('INCR', pkey)
   if n == 1 then
     local top = redis.call('XREVRANGE', ikey, '+', '-', 'COUNT', 1)
     if #top > 0 then
       n = math.max(n, tonumber(string.match(top[1][1], '^(%d+)')) + 1)
     end
-    n = math.max(n, tonumber(redis.call('GET', akey) or '0') + 1)
+    n = math.max(n, tonumber(redis.call('GET', acked_key(who)) or '0') + 1)
     redis.call('SET', pkey, string.format('%.0f', n), 'PX', max_age)
   end
   local pos = string.format('%.0f', n)

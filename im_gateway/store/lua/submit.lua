@@ -36,9 +36,12 @@ local function note(u)
     order[#order + 1] = u
   end
 end
+local function acked_key(u)
+  return ukey(u, 'acked')
+end
 local function append(u, entry)
   local ikey = ukey(u, 'inbox')
-  local pos = append_entry(ikey, ukey(u, 'pos'), ukey(u, 'acked'), entry, max_len, max_age, stamp)
+  local pos = append_entry(ikey, ukey(u, 'pos'), acked_key, u, entry, max_len, max_age, stamp)
   if not appended[u] then
     appended[u] = true
     if by_age then age_trim(ikey, cutoff) end
