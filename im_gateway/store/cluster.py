@@ -1,9 +1,9 @@
 """The :class:`~im_gateway.store.Store` on Redis Cluster (``redis+cluster://``).
 
 Same keys as on one Redis (:mod:`~im_gateway.store.keyspace`: every key of a user shares
-the hash tag ``{u:<user>}``, every key of a group ``{g:<group>}``), plus one: ``{u:<user>}:msg:<message
-id>``, the position at which that message went into that user's inbox, kept for the
-dedupe window (only for messages that have a client id). Every script declares its KEYS
+the hash tag ``{u:<user>}``, every key of a group ``{g:<group>}``), plus one:
+``{u:<user>}:msg:<message id>``, the position at which that message went into that
+user's inbox, kept for the dedupe window (only for messages that have a client id). Every script declares its KEYS
 and touches one slot; a batch becomes one call per slot, one pipeline per node, the nodes
 in parallel.
 

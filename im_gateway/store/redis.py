@@ -11,9 +11,9 @@ known inside it), so it touches keys not passed in ``KEYS``: the store needs a s
 Redis (standalone, or a primary with replicas); on Redis Cluster,
 :class:`~im_gateway.store.cluster.ClusterStore` stores a batch with one script per slot.
 With ``wait_replicas``, the script and a ``WAIT`` share one pipeline (one connection), and
-a batch that too few replicas confirmed is refused (:attr:`~im_gateway.store.Refusal.NOT_REPLICATED`);
-its resend is a duplicate, whose script writes (a TTL), so its ``WAIT`` covers the first
-one's writes. Acks asked for at about the same time (:meth:`RedisStore.ack`, any number
+a batch that too few replicas confirmed is refused
+(:attr:`~im_gateway.store.Refusal.NOT_REPLICATED`); its resend is a duplicate, whose
+script writes (a TTL), so its ``WAIT`` covers the first one's writes. Acks asked for at about the same time (:meth:`RedisStore.ack`, any number
 of users) share one ``EVALSHA`` too, and a read is one round trip (``XRANGE`` and ``GET``
 pipelined).
 
