@@ -53,7 +53,7 @@ class Sink:
 
 
 async def _open_store(url: str) -> Any:
-    from im_gateway.store_redis import open_store
+    from im_gateway.store import open_store
 
     return await open_store(url)
 

@@ -41,8 +41,7 @@ from .group_policy import TOKEN, GroupRights
 from .presence import Presence
 from .relay import Link, Relay
 from .sessions import Session, SessionLimits, sweep_idle
-from .store import Store
-from .store_redis import open_store
+from .store import Store, open_store
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)

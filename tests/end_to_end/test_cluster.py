@@ -18,7 +18,7 @@ from redis.crc import key_slot
 
 from im_gateway.config import GatewayConfig
 from im_gateway.server import Gateway
-from im_gateway.store_cluster import ClusterStore
+from im_gateway.store import ClusterStore
 from tests.cluster import RedisClusterProcesses
 from tests.end_to_end.harness import SECRET, Client
 from tests.helpers import wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from im_gateway.store_redis import RedisStore
+from im_gateway.store import RedisStore
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import Client, GatewayProcess, http_get
 from tests.helpers import wait_until

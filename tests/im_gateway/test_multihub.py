@@ -11,7 +11,7 @@ from im_gateway.__main__ import build_parser, parse_config
 from im_gateway.config import MAX_HUBS, GatewayConfig, parse_hubs
 from im_gateway.errors import ConfigError
 from im_gateway.server import Gateway
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import MemoryStore
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import wait_until
 from transmit_hub import HubServer
