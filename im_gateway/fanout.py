@@ -30,9 +30,10 @@ loss is noticed, and once more ``resync_after`` seconds later: by then the hub h
 noticed too (its keepalive deadline) and sends that gateway's shares elsewhere, so what
 it wrote into the dead stream meanwhile is read as well. A session that gets nothing
 more would otherwise wait for the next push to see its hole. Cost: one inbox read per
-session per loss, twice (about 230 us of CPU per idle session and sweep, gateway and
-Redis together: ``bench/catch_up.py``); losses close together share the later read, and
-at most one immediate sweep runs per ``resync_after`` seconds.
+session per loss, twice: the store says where 1,000 inboxes end in one round trip, and
+only the sessions behind theirs read (``bench/catch_up.py`` measures a sweep); losses
+close together share the later sweep, and at most one immediate sweep runs per
+``resync_after`` seconds.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 
 CONTROL_DISCONNECT: Final = 4001
 """Message type of a control share: close the named users' sockets with code 4001."""
+SWEEP_BATCH: Final = 1000
+"""Users whose inbox ends one store call asks for, in a catch-up sweep."""
 CLOSE_DISCONNECTED: Final = 4001
 """WebSocket close code when the application's backend disconnected the user."""
 
@@ -85,8 +88,9 @@ class Connection(Protocol):
         """The connection sent the message at ``pos`` itself."""
         ...
 
-    def catch_up(self) -> None:
-        """Read the inbox to its end (pushes may have been missed)."""
+    def catch_up(self, end: int | None = None) -> None:
+        """Read the inbox to its end (pushes may have been missed); ``end``: the inbox's
+        newest position when known (nothing to read when the connection has it)."""
         ...
 
     def rebase(self) -> None:
@@ -148,6 +152,11 @@ class Fanout(Generic[C]):
         self._resync_after = resync_after
         self._resync: asyncio.TimerHandle | None = None
         self._swept_at = float("-inf")
+        self._sweep: asyncio.Task[None] | None = None
+        self._sweep_again = False
+        self._sweep_failed = Throttled(
+            logger, "reading inbox ends for a catch-up failed %d times; every session reads"
+        )
         self._sessions: dict[UserId, list[C]] = {}
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -201,6 +210,8 @@ class Fanout(Generic[C]):
         if self._resync is not None:
             self._resync.cancel()
             self._resync = None
+        await cancel_and_wait(self._sweep)
+        self._sweep = None
         await cancel_and_wait(self._task)
         self._task = None
 
@@ -299,10 +310,46 @@ class Fanout(Generic[C]):
             except Exception:
                 logger.exception("handling a hub event failed")
 
+    async def catch_up(self) -> None:
+        """Every local session reads its inbox to the end, as after a lost or restored hub
+        link; returns once every session behind has been asked to read."""
+        self._catch_up()
+        if self._sweep is not None:
+            await asyncio.wait([self._sweep])
+
     def _catch_up(self) -> None:
-        """Every local session reads its inbox to the end (pushes may have been missed)."""
-        for session in self.sessions():
-            session.catch_up()
+        """Every local session reads its inbox to the end (pushes may have been missed):
+        a sweep in the background; one asked for while one runs runs again after it."""
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep_again = True
+            return
+        self._sweep = asyncio.create_task(self._sweep_all(), name="fanout-catch-up")
+
+    async def _sweep_all(self) -> None:
+        """Ask the store for the inbox ends of ``SWEEP_BATCH`` users at a time (one round
+        trip per node) and make only the sessions behind them read: an idle session costs
+        a few microseconds, not an inbox read. When the store cannot say, every session
+        of the batch reads."""
+        while True:
+            self._sweep_again = False
+            users = list(self._sessions)
+            for start in range(0, len(users), SWEEP_BATCH):
+                batch = users[start : start + SWEEP_BATCH]
+                ends: list[int] | None
+                try:
+                    ends = await self._store.inbox_ends(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._sweep_failed.hit(exc=exc)
+                    ends = None
+                sessions = self._sessions
+                for i, user in enumerate(batch):
+                    end = None if ends is None else ends[i]
+                    for session in sessions.get(user, ()):
+                        session.catch_up(end)
+            if not self._sweep_again:
+                return
 
     def _lost(self) -> None:
         """A hub link was lost: catch up now, and once more ``resync_after`` s later.

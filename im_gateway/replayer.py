@@ -172,9 +172,14 @@ class Replayer:
         self._requests.append(_ReplayRequest(None, connect=True))
         self._start_reader()
 
-    def catch_up(self) -> None:
-        """Read the inbox to its end (after the hub link came back: pushes may be missed)."""
-        self._cursor.sync()
+    def catch_up(self, end: int | None = None) -> None:
+        """Read the inbox to its end (after a hub link came back or was lost: pushes may be
+        missed); ``end``: the inbox's newest position, when known: nothing is read when
+        this connection has it already."""
+        cursor = self._cursor
+        if end is not None and cursor.ready and cursor.last >= end:
+            return
+        cursor.sync()
         if self._cursor.wants_fill:
             self._want_fill()
 

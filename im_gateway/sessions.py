@@ -330,9 +330,10 @@ class Session:
         """Begin the connect replay: after the acknowledged position, with an end marker."""
         self._replayer.start()
 
-    def catch_up(self) -> None:
-        """Read the inbox to its end (after the hub link came back: pushes may be missed)."""
-        self._replayer.catch_up()
+    def catch_up(self, end: int | None = None) -> None:
+        """Read the inbox to its end (``end``, when known) unless this connection has it
+        (after a hub link came back or was lost: pushes may be missed)."""
+        self._replayer.catch_up(end)
 
     def rebase(self) -> None:
         """The store lost its data and numbers inboxes from 1 again: start over from 0."""

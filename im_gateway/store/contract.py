@@ -204,6 +204,11 @@ class Store(Protocol):
         """Up to ``limit`` entries after position ``after``, oldest first, in one round trip."""
         ...
 
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int]:
+        """The newest position of each user's inbox (0: none yet), in the order asked, in
+        one round trip per node (a catch-up sweep reads only the inboxes that moved)."""
+        ...
+
     async def ack(self, user: UserId, upto: int) -> None:
         """The user has everything up to ``upto``; the position only moves forward, and
         never past the newest message of the inbox."""

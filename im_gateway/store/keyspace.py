@@ -44,7 +44,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,6 +195,17 @@ class KeyspaceStore(AsyncClosing):
             ],
             last,
         )
+
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int]:
+        self._check_open()
+        if not users:
+            return []
+        key = self.settings.key
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.get(key("pos", user))
+            replies: list[Any] = await pipe.execute()
+        return [int(reply or 0) for reply in replies]
 
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()

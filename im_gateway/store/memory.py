@@ -195,6 +195,15 @@ class MemoryStore(AsyncClosing):
         i = max(0, min(len(inbox.entries), after + 1 - inbox.entries[0].position))
         return InboxPage(inbox.entries[i : i + limit], inbox.last)
 
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int]:
+        self._check_open()
+        now = self._clock()
+        ends = []
+        for user in users:
+            inbox = self._inbox(user, now)
+            ends.append(inbox.last if inbox is not None else 0)
+        return ends
+
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
         now = self._clock()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -453,6 +454,40 @@ async def test_a_lost_link_makes_sessions_catch_up_now_and_once_more_later(
         await relay.close()
 
 
+class ReadCountingStore(CountingStore):
+    """Counts inbox reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> Any:
+        self.reads += 1
+        return await super().read_inbox(user, after, limit)
+
+
+async def test_a_sweep_reads_only_the_inboxes_that_moved(link: FakeLink) -> None:
+    """A catch-up sweep asks the store where the inboxes end: a session that has its
+    inbox's end reads nothing; one behind reads and gets what it missed."""
+    store = ReadCountingStore()
+    relay = Relay(gateway_id=ME, store=store, link=link, forget_grace=0)
+    await relay.start()
+    try:
+        _, b_ws = await connect(relay, store, B)
+        _, c_ws = await connect(relay, store, C)
+        await store_message(store, A, B, "missed by b")
+        reads = store.reads
+        await relay.fanout.catch_up()
+        await wait_until(lambda: len(b_ws.frames()) == 1)
+        assert store.reads == reads + 1  # b's read only
+        assert c_ws.frames() == []
+        await relay.fanout.catch_up()  # nobody is behind now
+        assert store.reads == reads + 1
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await relay.close()
+
+
 class Counting:
     """A local connection that counts the catch-ups asked of it."""
 
@@ -460,7 +495,7 @@ class Counting:
         self.user = user
         self.catch_ups = 0
 
-    def catch_up(self) -> None:
+    def catch_up(self, end: int | None = None) -> None:
         self.catch_ups += 1
 
 

@@ -522,6 +522,18 @@ async def test_forget_drops_a_gateway_for_many_users(store: Store) -> None:
 # -- inbox and ack ------------------------------------------------------------------------
 
 
+async def test_inbox_ends_are_the_newest_positions_of_many_users_at_once(store: Store) -> None:
+    """inbox_ends gives each user's newest position (0: no inbox), in the order asked,
+    users on every cluster slot alike, as read_inbox's `last` says."""
+    assert await store.inbox_ends([]) == []
+    await store.submit([sub(f"c{i}", msg(ALICE, BOB)) for i in range(3)])
+    await store.submit([sub("d", msg(CAROL, BOB))])
+    many = [UserId(1000 + i) for i in range(50)]
+    ends = await store.inbox_ends([BOB, DAVE, ALICE, CAROL, *many, BOB])
+    assert ends == [4, 0, 3, 1, *([0] * 50), 4]
+    assert ends[0] == (await store.read_inbox(BOB, 0, 0)).last
+
+
 async def test_read_inbox_after_a_position_with_limit(store: Store) -> None:
     """read_inbox returns entries strictly after a position, oldest first, up to limit."""
     messages = [msg(ALICE, BOB, content=str(i)) for i in range(5)]
