@@ -306,6 +306,9 @@ export class ClientCore {
     const message = str(frame.message);
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) {
+      // For no request of ours: "internal" here is an acknowledgement the gateway could
+      // not store ("send it again"), so every stream's position goes out again.
+      if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
       this.events.push({ kind: "error", code, message });
       return;
     }
@@ -440,7 +443,8 @@ function randomPrefix() {
  * (on the first connection, also replay the inbox from its start: a page that shows
  * history), and the timings of DEFAULTS. Callbacks: `onmessage(m)`, `onstatus(state)`
  * ("connecting", "replaying", "live", "reconnecting", "refused", "closed"),
- * `onerror(err)` (a type 99 for no request), `ontruncated(seq)`.
+ * `onerror(err)` (a type 99 for no request), `ontruncated(seq)`, `onack(seq)` (a type 11
+ * went out).
  */
 export class Client {
   constructor(urls, options = {}) {
@@ -456,6 +460,7 @@ export class Client {
     const me = this.claims && this.claims.sub !== undefined ? str(this.claims.sub) : "";
     this.core = new ClientCore({ me, history: options.history, idPrefix: randomPrefix() });
     this.onmessage = null;
+    this.onack = null;
     this.onstatus = null;
     this.onerror = null;
     this.ontruncated = null;
@@ -672,7 +677,10 @@ export class Client {
 
   flushAcks() {
     if (!this.ws || this.ws.readyState !== 1) return;
-    for (const frame of this.core.acks()) this.write(frame);
+    for (const frame of this.core.acks()) {
+      this.write(frame);
+      if (this.onack) this.onack(frame.seq);
+    }
   }
 
   dispatch(event) {

@@ -147,6 +147,16 @@ test("a held message that was another device's is shown when the answer says so"
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
 });
 
+test("an acknowledgement the gateway could not store is sent again", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  core.receive(msg("m1", "1"));
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+  core.receive({ type: TYPE.ERROR, code: "internal", message: "ack not stored; send it again" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+});
+
 test("malformed frames change nothing", () => {
   const core = new ClientCore({ me: ME });
   core.opened();
