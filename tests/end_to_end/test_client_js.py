@@ -18,7 +18,7 @@ import pytest
 from im_gateway.store_redis import RedisStore
 from tests.end_to_end.harness import GatewayProcess, token
 from tests.end_to_end.processes import HubProcess
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from tests.node import CLIENT_JS, ROOT, ensure_ws, node
 from transmit_hub.types import UserId
 
@@ -71,7 +71,9 @@ class Processes:
 async def test_node_client_survives_gateway_and_hub_kills(redis_url: str) -> None:
     """1,000 sends, 50 in flight, through SIGKILLs of bob's gateway, a hub and alice's."""
     # The Node side asserts: every send resolves with a message id; bob sees each message
-    # once, in inbox order; a restarted bob is shown nothing again.
+    # once, in inbox order; a restarted bob is shown nothing again. And first: a forged
+    # token is refused ("unauthorized"), both through ws's error and through the plain
+    # GET /ws a browser's client falls back on; an unreachable gateway is no refusal.
     tools = ensure_ws()
     processes = Processes(redis_url)
     store = RedisStore(redis_url)
@@ -118,6 +120,7 @@ async def test_node_client_survives_gateway_and_hub_kills(redis_url: str) -> Non
             "total": TOTAL,
             "controlPort": server.sockets[0].getsockname()[1],
             "moduleFile": str(CLIENT_JS),
+            "unreachable": f"ws://127.0.0.1:{free_port()}/ws",
         }
         env = {**os.environ, "CLIENT_E2E": json.dumps(config), "CLIENT_TOOLS": str(tools)}
         with tempfile.TemporaryFile() as output:

@@ -17,6 +17,12 @@ def test_client_core_node_tests_pass() -> None:
     assert "property: any order of frames" in done.stdout
 
 
+def test_client_adapter_node_tests_pass() -> None:
+    """node --test on the Client with a fake WebSocket: URLs, refusals, 1012, ack timers."""
+    done = run_node_tests(NODE_TESTS / "client_adapter.test.mjs")
+    assert "after a 1012 close it reconnects at once" in done.stdout
+
+
 def test_client_module_is_served_as_javascript() -> None:
     """GET /client.js's file is the module's bytes with a JavaScript type, no CSP."""
     served = web.static_file("client.js")

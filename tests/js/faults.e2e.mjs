@@ -80,6 +80,51 @@ function liveClient(Client, urls, token) {
 
 const progress = (what) => console.error(`# ${new Date().toISOString()} ${what}`);
 
+/** A WebSocket that, like a browser's, does not say why a handshake failed. */
+class BrowserLikeWebSocket extends WebSocket {
+  get onerror() {
+    return super.onerror;
+  }
+
+  set onerror(listener) {
+    super.onerror = () => listener({});
+  }
+}
+
+test("a real gateway's 401 refuses the client, seen by ws or (like a browser) by GET /ws", async () => {
+  const { Client } = await loadServedModule();
+  const forged = `${config.tokens.bob.split(".").slice(0, 2).join(".")}.AAAA`;
+  for (const Socket of [WebSocket, BrowserLikeWebSocket]) {
+    const client = new Client([config.gateways.bob.ws], { token: forged, WebSocket: Socket });
+    await assert.rejects(
+      client.send({ to: config.users.alice, content: "x" }),
+      (err) => err.code === "unauthorized",
+      Socket.name
+    );
+    assert.equal(client.status, "refused", Socket.name);
+  }
+  // A gateway that is not there is no refusal: the client keeps trying.
+  const statuses = [];
+  const client = new Client([config.unreachable], {
+    token: config.tokens.bob,
+    WebSocket: BrowserLikeWebSocket,
+    backoffInitial: 10,
+    backoffMax: 20,
+  });
+  client.onstatus = (s) => statuses.push(s);
+  let attempts = 0;
+  const Counting = class extends BrowserLikeWebSocket {
+    constructor(url) {
+      super(url);
+      attempts += 1;
+    }
+  };
+  client.WebSocket = Counting;
+  await until(() => attempts >= 3, "three attempts at the unreachable gateway", 10000);
+  assert.ok(!statuses.includes("refused"), `${statuses}`);
+  client.close();
+});
+
 test("every send resolves and bob sees each message once, in order, across SIGKILLs", { timeout: 300000 }, async () => {
   const { Client } = await loadServedModule();
   const control = controller();
