@@ -124,7 +124,7 @@ export class ClientCore {
     this.pending = new Map(); // client id -> {frame, held}; insertion order = send order
     this.seen = new Set(); // message ids shown, or known to be this client's
     this.seenOrder = [];
-    this.streams = new Map(); // stream -> {handled, acked, cap}
+    this.streams = new Map(); // stream ("" the inbox, "g7:" a large group) -> its state
     this.connected = false;
     this.phase = "down"; // down | replay | catchup | live
     this.opens = 0;
@@ -426,6 +426,7 @@ const DEFAULTS = {
   retryDelay: 200, // ms before a retried refusal goes out again (doubles, up to 5 s)
   ackInterval: 100,
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
+  maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
 };
 
 /** Unique enough for a client id prefix, in browsers and Node. */
@@ -511,6 +512,10 @@ export class Client {
   request(frame) {
     if (this.closed) {
       return Promise.reject(this.refusal || new ClientError("closed", "the client was closed"));
+    }
+    if (this.waiting.size >= this.options.maxPending) {
+      const limit = this.options.maxPending;
+      return Promise.reject(new ClientError("backlog", `${limit} requests already wait`));
     }
     return new Promise((resolve, reject) => {
       const id = this.core.request(frame);

@@ -207,3 +207,12 @@ test("what onmessage got is acknowledged within ~100 ms, and again on close", as
   assert.deepEqual(shown, ["m1", "m2"]);
   client.close(); // idempotent
 });
+
+test("requests waiting for an answer are bounded: beyond maxPending, one rejects at once", async () => {
+  const client = open("ws://a/ws", { maxPending: 2 });
+  client.send({ to: 2, content: "1" }).catch(() => {});
+  client.send({ to: 2, content: "2" }).catch(() => {});
+  await assert.rejects(client.send({ to: 2, content: "3" }), (err) => err.code === "backlog");
+  last().open();
+  assert.equal(last().sent.length, 2, "the refused one was never queued");
+});
