@@ -122,8 +122,7 @@ export class ClientCore {
     this.maxSeen = maxSeen;
     this.counter = 0;
     this.pending = new Map(); // client id -> {frame, held}; insertion order = send order
-    this.seen = new Set(); // message ids shown, or known to be this client's
-    this.seenOrder = [];
+    this.seen = new Set(); // message ids shown, or known to be this client's (the newest)
     this.streams = new Map(); // stream ("" the inbox, "g7:" a large group) -> its state
     this.connected = false;
     this.phase = "down"; // down | replay | catchup | live
@@ -403,9 +402,9 @@ export class ClientCore {
   remember(id) {
     if (this.seen.has(id)) return;
     this.seen.add(id);
-    this.seenOrder.push(id);
-    if (this.seenOrder.length > this.maxSeen) {
-      this.seen.delete(this.seenOrder.shift());
+    if (this.seen.size > this.maxSeen) {
+      // A Set iterates in insertion order: the first is the oldest.
+      this.seen.delete(this.seen.values().next().value);
     }
   }
 }

@@ -16,7 +16,8 @@ import tempfile
 import pytest
 
 from im_gateway.store_redis import RedisStore
-from tests.end_to_end.harness import GatewayProcess, token
+from tests.end_to_end.conftest import GatewayFactory
+from tests.end_to_end.harness import Client, GatewayProcess, http_get, token
 from tests.end_to_end.processes import HubProcess
 from tests.helpers import free_port, wait_until
 from tests.node import CLIENT_JS, ROOT, ensure_ws, node
@@ -150,3 +151,27 @@ async def test_node_client_survives_gateway_and_hub_kills(redis_url: str) -> Non
             await server.wait_closed()
         await store.close()
         processes.stop()
+
+
+async def test_gateway_serves_the_module_and_answers_the_clients_probe(
+    start_gateway: GatewayFactory,
+) -> None:
+    """GET /client.js is the file as JavaScript; a plain GET /ws (the client's 401 probe)
+    says 401 for a forged token and takes no connection slot for a good one."""
+    gw = await start_gateway("gw-probe", max_connections_per_user=1)
+    status, body, headers = await http_get(gw.port, "/client.js")
+    assert (status, headers["content-type"]) == (200, "text/javascript; charset=utf-8")
+    assert body == CLIENT_JS.read_bytes()
+    good = token(ALICE)
+    forged = good.rsplit(".", 1)[0] + ".AAAA"
+    status, body, _ = await http_get(gw.port, f"/ws?token={forged}")
+    assert status == 401, body
+    for _ in range(3):
+        status, _, _ = await http_get(gw.port, f"/ws?token={good}")
+        assert status not in (200, 401, 429), status
+    # The probes gave their slots back: the one connection allowed still opens.
+    client = await Client.open(gw.port, ALICE)
+    try:
+        await client.wait_for(lambda f: f["type"] == 14, what="the replay end marker")
+    finally:
+        await client.close()

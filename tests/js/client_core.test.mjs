@@ -157,6 +157,13 @@ test("an acknowledgement the gateway could not store is sent again", () => {
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
 });
 
+test("the message ids remembered are bounded: the oldest are forgotten first", () => {
+  const core = new ClientCore({ me: ME, maxSeen: 3 });
+  core.opened();
+  for (const n of [1, 2, 3, 4]) core.receive(msg(`m${n}`, ""));
+  assert.deepEqual([...core.seen], ["m2", "m3", "m4"]);
+});
+
 test("malformed frames change nothing", () => {
   const core = new ClientCore({ me: ME });
   core.opened();
