@@ -341,9 +341,10 @@ def wait_healthy(child: Child, port: int, *, timeout: float = 30.0) -> None:
 
 _INLINE_HUB = """
 import asyncio, signal, sys
+from transmit_hub.config import HubConfig
 from transmit_hub.server import HubServer
 async def main():
-    async with HubServer(listen=sys.argv[1]) as hub:
+    async with HubServer(HubConfig(listen=sys.argv[1])) as hub:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, lambda: asyncio.ensure_future(hub.stop()))

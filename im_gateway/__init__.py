@@ -3,8 +3,8 @@
 - :class:`Gateway` runs a gateway (``python -m im_gateway`` is its command line).
 - :class:`GatewayConfig` holds and validates its settings.
 - :mod:`im_gateway.frames` is the WebSocket protocol (pure parsing and encoding).
-- :class:`Store` is the shared state in Redis (``im_gateway.store_redis``), with an
-  in-memory twin for tests (``im_gateway.store_memory``).
+- :class:`Store` is the shared state in Redis (``im_gateway.store.redis``), with an
+  in-memory twin for tests (``im_gateway.store.memory``).
 - :class:`GatewayError` is the root of the package's exceptions.
 """
 

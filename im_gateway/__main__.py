@@ -1,7 +1,9 @@
 """``python -m im_gateway``: run a gateway, or ``python -m im_gateway token`` to mint a JWT.
 
-Every flag can also come from the environment as ``IM_GATEWAY_<FLAG>`` (upper snake
-case, e.g. ``IM_GATEWAY_JWT_SECRET``); a flag on the command line wins. Errors in
+The flags are generated from :class:`GatewayConfig`'s fields; every flag can also come
+from the environment as ``IM_GATEWAY_<FLAG>`` (upper snake case, e.g.
+``IM_GATEWAY_JWT_SECRET``; an empty variable counts as unset) or from ``--config FILE``
+(TOML); flags win over the environment, which wins over the file. Errors in
 flags or an unusable dependency at start print one line and exit non-zero; SIGINT and
 SIGTERM stop the gateway gracefully (sockets are closed with 1001, presence removed).
 """
@@ -14,15 +16,16 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from collections.abc import Mapping, Sequence
+from typing import NoReturn
 
+from transmit_hub import logs
 from transmit_hub.runtime import loop_factory, tune_gc
+from transmit_hub.settings import Loaded, Program
 
 from . import auth
-from .config import LOG_LEVELS, GatewayConfig
-from .errors import GatewayError
-from .group_policy import POLICIES
+from .config import GatewayConfig
+from .errors import ConfigError, GatewayError
 
 PROG = "python -m im_gateway"
 ENV_PREFIX = "IM_GATEWAY_"
@@ -41,477 +44,35 @@ def _env_name(dest: str) -> str:
     return ENV_PREFIX + dest.upper()
 
 
-def _bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {text!r}")
-
-
-def _add(
-    parser: argparse._ActionsContainer,
-    flag: str,
-    *,
-    help: str,
-    type: Callable[[str], Any] = str,
-    default: Any = None,
-    metavar: str | None = None,
-) -> None:
-    dest = flag.lstrip("-").replace("-", "_")
-    env = _env_name(dest)
-    shown = "" if default is None else f" (default: {default})"
-    parser.add_argument(
-        flag,
-        dest=dest,
-        type=type,
-        default=default,
-        metavar=metavar or dest.upper(),
-        help=f"{help}{shown} [env {env}]",
-    )
+PROGRAM = Program(
+    GatewayConfig,
+    prog=PROG,
+    env_prefix=ENV_PREFIX,
+    description=(
+        "An IM gateway: WebSocket users on one side, one gRPC stream to the transmit "
+        "hub and Redis on the other."
+    ),
+    epilog=(
+        f"Mint a token for testing: {PROG} token --user ID [--secret S] [--ttl SECONDS]. "
+        "HTTP on the same port: /ws (WebSocket, ?token=JWT or Authorization: Bearer), "
+        "/healthz, /info, / (chat page)."
+    ),
+    error=ConfigError,
+    groups={
+        "connections": "connections",
+        "api": "server API (for the application's backend; off without both)",
+        "security": "security",
+        "limits": "limits",
+        "timeouts": "timeouts",
+        "store": "store",
+        "other": "other",
+    },
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The gateway's flags (defaults come from :class:`GatewayConfig`)."""
-    d = GatewayConfig.__dataclass_fields__
-    parser = _Parser(
-        prog=PROG,
-        description=(
-            "An IM gateway: WebSocket users on one side, one gRPC stream to the transmit "
-            "hub and Redis on the other."
-        ),
-        epilog=(
-            f"Mint a token for testing: {PROG} token --user ID [--secret S] [--ttl SECONDS]. "
-            "HTTP on the same port: /ws (WebSocket, ?token=JWT or Authorization: Bearer), "
-            "/healthz, /info, / (chat page)."
-        ),
-    )
-    conn = parser.add_argument_group("connections")
-    _add(
-        conn,
-        "--listen",
-        help="address to serve WebSocket and HTTP on",
-        default=d["listen"].default,
-        metavar="HOST:PORT",
-    )
-    _add(
-        conn,
-        "--gateway-id",
-        help="this gateway's unique id (default: derived from host name and port)",
-        metavar="ID",
-    )
-    _add(
-        conn,
-        "--hub",
-        help=(
-            "the transmit hubs, comma-separated: the gateway attaches to every one, sends "
-            "each message through one and takes deliveries from all"
-        ),
-        default=d["hub"].default,
-        metavar="HOST:PORT[,HOST:PORT...]",
-    )
-    _add(conn, "--hub-token", help="bearer token for the hub (its --auth-token)", metavar="TOKEN")
-    _add(
-        conn,
-        "--hub-ca",
-        help="link to the hub over TLS, verifying it with this PEM CA (default: plaintext)",
-        metavar="FILE",
-    )
-    _add(
-        conn,
-        "--hub-cert",
-        help="PEM client certificate for a hub with mutual TLS (with --hub-key); the "
-        "hub accepts only a --gateway-id that is a DNS name in its subjectAltName",
-        metavar="FILE",
-    )
-    _add(conn, "--hub-key", help="the PEM private key of --hub-cert", metavar="FILE")
-    _add(
-        conn,
-        "--hub-keepalive",
-        type=float,
-        help=(
-            "ping each hub this often and drop a hub whose ping is not answered within "
-            "as long again (a stopped hub is noticed in about twice this)"
-        ),
-        default=d["hub_keepalive"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        conn,
-        "--hub-resend-window",
-        type=float,
-        help=(
-            "when a hub's stream breaks, the messages sent through it this long before "
-            "go again through another hub (at least 2 x --hub-keepalive)"
-        ),
-        default=d["hub_resend_window"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        conn,
-        "--hub-resend-max",
-        type=int,
-        help="most recent messages remembered for sending again (beyond it, the oldest are forgotten)",
-        default=d["hub_resend_max"].default,
-        metavar="MAPS",
-    )
-    _add(
-        conn,
-        "--redis-url",
-        help="Redis for presence, groups and inboxes: redis://HOST:PORT/DB (one Redis) or "
-        "redis+cluster://HOST:PORT[,HOST:PORT...] (a Redis Cluster, reached through any node listed)",
-        default=d["redis_url"].default,
-        metavar="URL",
-    )
-    _add(
-        conn,
-        "--jwt-secret",
-        help="HS256 secret that signs user tokens (required)",
-        metavar="SECRET",
-    )
-    api = parser.add_argument_group("server API (for the application's backend; off without both)")
-    _add(
-        api,
-        "--api-listen",
-        help="serve POST /api/<method> (publish, groups, presence, disconnect, history) here",
-        metavar="HOST:PORT",
-    )
-    _add(api, "--api-key", help="the bearer key every API call must carry", metavar="KEY")
-    _add(
-        api,
-        "--api-max-users",
-        type=int,
-        help="most user ids in one API call's 'users' list",
-        default=d["api_max_users"].default,
-        metavar="N",
-    )
-    _add(
-        api,
-        "--api-max-body",
-        type=int,
-        help="largest API request body (a larger one is answered 400 too_large)",
-        default=d["api_max_body"].default,
-        metavar="BYTES",
-    )
-    security = parser.add_argument_group("security")
-    _add(
-        security,
-        "--jwt-max-ttl",
-        type=float,
-        help="refuse (401) a token whose exp is further away than this (0: no limit)",
-        default=d["jwt_max_ttl"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        security,
-        "--jwt-audience",
-        help="when set, tokens must carry this aud claim",
-        metavar="AUD",
-    )
-    _add(
-        security,
-        "--jwt-issuer",
-        help="when set, tokens must carry this iss claim",
-        metavar="ISS",
-    )
-    security.add_argument(
-        "--group-join",
-        dest="group_join",
-        choices=POLICIES,
-        default=d["group_join"].default,
-        help=(
-            "who may join groups with type 12/13: server (only the server API; clients get "
-            "forbidden), token (groups listed in the JWT's groups claim; leaving is free), "
-            f"open (anyone, any group: demos) (default: {d['group_join'].default}) "
-            f"[env {_env_name('group_join')}]"
-        ),
-    )
-    _add(
-        security,
-        "--max-groups-per-user",
-        type=int,
-        help="groups one user may be in (and may be listed in a token); beyond: forbidden",
-        default=d["max_groups_per_user"].default,
-        metavar="GROUPS",
-    )
-    _add(
-        security,
-        "--max-group-members",
-        type=int,
-        help="members one group may have; beyond: forbidden",
-        default=d["max_group_members"].default,
-        metavar="USERS",
-    )
-    _add(
-        security,
-        "--max-connections-per-user",
-        type=int,
-        help="WebSockets one user may hold on this gateway; beyond, the upgrade gets HTTP 429",
-        default=d["max_connections_per_user"].default,
-        metavar="N",
-    )
-    _add(
-        security,
-        "--max-connections",
-        type=int,
-        help="WebSockets this gateway holds in all; beyond, the upgrade gets HTTP 503",
-        default=d["max_connections"].default,
-        metavar="N",
-    )
-    _add(
-        security,
-        "--tls-cert",
-        help="PEM certificate (chain): serve wss:// and https:// on --listen (with --tls-key)",
-        metavar="FILE",
-    )
-    _add(
-        security,
-        "--tls-key",
-        help="PEM private key of --tls-cert",
-        metavar="FILE",
-    )
-    limits = parser.add_argument_group("limits")
-    _add(
-        limits,
-        "--max-frame-size",
-        type=int,
-        help="largest client frame in bytes; larger ones close the socket with 1009",
-        default=d["max_frame_size"].default,
-        metavar="BYTES",
-    )
-    _add(
-        limits,
-        "--max-content",
-        type=int,
-        help="largest message content in UTF-8 bytes; larger ones are refused with too_large",
-        default=d["max_content"].default,
-        metavar="BYTES",
-    )
-    _add(
-        limits,
-        "--rate-limit",
-        type=float,
-        help="frames per second allowed per connection on average (0: no limit)",
-        default=d["rate_limit"].default,
-        metavar="PER_SECOND",
-    )
-    _add(
-        limits,
-        "--rate-burst",
-        type=float,
-        help="frames a connection may send at once before the rate applies",
-        default=d["rate_burst"].default,
-        metavar="FRAMES",
-    )
-    _add(
-        limits,
-        "--send-queue",
-        type=int,
-        help="frames queued per connection; a client that lets it fill is disconnected and recovers from its inbox",
-        default=d["send_queue"].default,
-        metavar="FRAMES",
-    )
-    _add(
-        limits,
-        "--relay-queue",
-        type=int,
-        help="accepted frames waiting to be stored; when full, senders wait",
-        default=d["relay_queue"].default,
-        metavar="FRAMES",
-    )
-    _add(
-        limits,
-        "--batch-size",
-        type=int,
-        help="most frames stored per Redis round trip",
-        default=d["batch_size"].default,
-        metavar="FRAMES",
-    )
-    _add(
-        limits,
-        "--batch-linger",
-        type=float,
-        help=(
-            "while traffic flows, how long a small batch waits for more frames before it is "
-            "stored (fewer Redis round trips and hub frames; an idle gateway never waits; "
-            "0 disables)"
-        ),
-        default=d["batch_linger"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        limits,
-        "--replay-page",
-        type=int,
-        help="inbox entries read per replay round trip",
-        default=d["replay_page"].default,
-        metavar="ENTRIES",
-    )
-    _add(
-        limits,
-        "--replay-budget",
-        type=int,
-        help="inbox entries per minute one connection may ask to be replayed (type 14); "
-        "beyond it the replay stops with rate_limited and an end marker (0: no limit)",
-        default=d["replay_budget"].default,
-        metavar="ENTRIES",
-    )
-    _add(
-        limits,
-        "--max-refused",
-        type=int,
-        help="refused frames per minute before a connection is closed with 1008 (0: never)",
-        default=d["max_refused"].default,
-        metavar="FRAMES",
-    )
-    _add(
-        limits,
-        "--fill-delay",
-        type=float,
-        help="seconds a hole in a connection's positions may wait for its push before it is "
-        "read from the inbox",
-        default=d["fill_delay"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        limits,
-        "--store-concurrency",
-        type=int,
-        help="replay, ack and group calls to Redis in flight at once",
-        default=d["store_concurrency"].default,
-        metavar="CALLS",
-    )
-    timeouts = parser.add_argument_group("timeouts")
-    _add(
-        timeouts,
-        "--idle-timeout",
-        type=float,
-        help="close a connection that sends no frame for this long (0: never)",
-        default=d["idle_timeout"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        timeouts,
-        "--ping-interval",
-        type=float,
-        help="WebSocket ping interval (0: no pings)",
-        default=d["ping_interval"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        timeouts,
-        "--ping-timeout",
-        type=float,
-        help="close a connection whose pong is this late (0: never)",
-        default=d["ping_timeout"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        timeouts,
-        "--close-timeout",
-        type=float,
-        help="wait this long for a closing handshake",
-        default=d["close_timeout"].default,
-        metavar="SECONDS",
-    )
-    store = parser.add_argument_group("store")
-    _add(
-        store,
-        "--redis-prefix",
-        help="prefix of every Redis key",
-        default=d["redis_prefix"].default,
-        metavar="PREFIX",
-    )
-    _add(
-        store,
-        "--redis-timeout",
-        type=float,
-        help="seconds a Redis command may take before it fails (a stalled Redis); a batch "
-        "that timed out is sent once more, deduplicated",
-        default=d["redis_timeout"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        store,
-        "--redis-wait-replicas",
-        type=int,
-        help="acknowledge a message only once WAIT says this many replicas hold it; "
-        "otherwise the sender gets internal (not replicated; send again)",
-        default=d["redis_wait_replicas"].default,
-        metavar="N",
-    )
-    _add(
-        store,
-        "--redis-wait-timeout",
-        type=float,
-        help="how long WAIT waits for --redis-wait-replicas",
-        default=d["redis_wait_timeout"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        store,
-        "--presence-ttl",
-        type=float,
-        help="presence entries expire this long after the gateway's last refresh",
-        default=d["presence_ttl"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        store,
-        "--forget-grace",
-        type=float,
-        help=(
-            "after each hub (re)attach, ignore the hub's 'gateway not attached' notices "
-            "this long (other gateways may still be re-attaching); later notices clear "
-            "that gateway's presence entries"
-        ),
-        default=d["forget_grace"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        store,
-        "--inbox-max-len",
-        type=int,
-        help="messages kept per user inbox",
-        default=d["inbox_max_len"].default,
-        metavar="ENTRIES",
-    )
-    _add(
-        store,
-        "--inbox-max-age",
-        type=float,
-        help="how long inbox messages are kept",
-        default=d["inbox_max_age"].default,
-        metavar="SECONDS",
-    )
-    _add(
-        store,
-        "--dedupe-window",
-        type=float,
-        help="how long a client message id is remembered for dedupe",
-        default=d["dedupe_window"].default,
-        metavar="SECONDS",
-    )
-    misc = parser.add_argument_group("other")
-    misc.add_argument(
-        "--compression",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help=(
-            "offer permessage-deflate (about 45 KB per connection instead of 13 KB; "
-            f"default: off) [env {_env_name('compression')}]"
-        ),
-    )
-    _add(
-        misc,
-        "--log-level",
-        type=str.upper,
-        help=f"one of {', '.join(LOG_LEVELS)}",
-        default=d["log_level"].default,
-        metavar="LEVEL",
-    )
-    return parser
+    """The gateway's flags, generated from :class:`GatewayConfig`'s fields."""
+    return PROGRAM.build_parser()
 
 
 def build_token_parser() -> argparse.ArgumentParser:
@@ -536,35 +97,23 @@ def build_token_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _apply_env(parser: argparse.ArgumentParser, environ: dict[str, str]) -> None:
-    """Use ``IM_GATEWAY_*`` variables as defaults, so flags still win."""
-    for action in parser._actions:
-        if not action.option_strings or action.dest == "help":
-            continue
-        value = environ.get(_env_name(action.dest))
-        if value is None:
-            continue
-        convert: Callable[[str], Any] = (
-            _bool
-            if action.dest == "compression"
-            else (action.type if callable(action.type) else str)
-        )
-        try:
-            parser.set_defaults(**{action.dest: convert(value)})
-        except ValueError:
-            parser.error(f"environment variable {_env_name(action.dest)}: bad value {value!r}")
+def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Loaded[GatewayConfig]:
+    """Flags, environment and ``--config`` -> a validated config; ConfigError on a problem."""
+    return PROGRAM.load(argv, os.environ if environ is None else environ)
 
 
-def parse_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> GatewayConfig:
-    """Flags and environment -> a validated config (exits with one line on an error)."""
-    parser = build_parser()
-    _apply_env(parser, dict(os.environ) if environ is None else environ)
-    args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if v is not None}
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Flags, environment and file -> a validated config (exits 2 with one line on an error)."""
     try:
-        return GatewayConfig(**values)
+        return load(argv, environ).config
     except GatewayError as exc:
-        parser.error(str(exc))
+        _usage_error(str(exc), argv, environ)
+
+
+def _usage_error(message: str, argv: Sequence[str], environ: Mapping[str, str] | None) -> NoReturn:
+    json_format = logs.sniff_format(argv, os.environ if environ is None else environ, ENV_PREFIX)
+    print(logs.error_line(PROG, message, json_format=json_format == "json"), file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 def token_main(argv: Sequence[str]) -> int:
@@ -602,9 +151,9 @@ async def serve(config: GatewayConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with Gateway(**{f: getattr(config, f) for f in config.__dataclass_fields__}) as gateway:
+    async with Gateway(config) as gateway:
         tune_gc()
-        print(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", flush=True)
+        logs.say(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", logger=PROG)
         await stop.wait()
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
 
@@ -613,18 +162,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return token_main(args[1:])
-    config = parse_config(args)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    try:
+        loaded = load(args)
+    except GatewayError as exc:
+        _usage_error(str(exc), args, None)
+    config = loaded.config
+    if loaded.print_config:
+        print(PROGRAM.render(config), end="")
+        return 0
+    logs.configure(config.log_level, config.log_format, program="im_gateway")
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(config))
     except GatewayError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(
+            logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),
+            file=sys.stderr,
+        )
         return EXIT_STARTUP
     except KeyboardInterrupt:
         pass

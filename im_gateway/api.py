@@ -41,8 +41,9 @@ from . import api_requests as req
 from . import frames
 from .errors import ApiError, GroupLimitError
 from .fanout import Fanout
-from .pipeline import Pipeline
-from .store import Accepted, Refused, Store, Submission
+from .group_policy import group_limit_reason
+from .pipeline import Pipeline, Rejected
+from .store import Accepted, Store, Submission
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
@@ -58,9 +59,11 @@ class _Call:
     """A publish waiting for the pipeline: the API's :class:`~im_gateway.pipeline.Caller`."""
 
     def __init__(self) -> None:
-        self.answer: asyncio.Future[Accepted | Refused] = asyncio.get_running_loop().create_future()
+        self.answer: asyncio.Future[Accepted | Rejected] = (
+            asyncio.get_running_loop().create_future()
+        )
 
-    def settled(self, result: Accepted | Refused) -> None:
+    def settled(self, result: Accepted | Rejected) -> None:
         if not self.answer.done():
             self.answer.set_result(result)
 
@@ -199,7 +202,7 @@ class ApiServer(AsyncLifecycle):
                 result = await caller.answer
         except TimeoutError as exc:
             raise ApiError(503, "internal", "not stored in time; send again (same id)") from exc
-        if isinstance(result, Refused):
+        if isinstance(result, Rejected):
             raise ApiError(400, result.code, result.reason)
         return {"msgId": result.message.id, "time": str(result.message.time)}
 
@@ -214,7 +217,7 @@ class ApiServer(AsyncLifecycle):
                         return await self._store.join(call.group, user)
                     return await self._store.leave(call.group, user)
                 except GroupLimitError as exc:
-                    refused.append({"user": str(user), "reason": str(exc)})
+                    refused.append({"user": str(user), "reason": group_limit_reason(exc)})
                     return False
 
         changed = sum(await asyncio.gather(*(one(u) for u in call.users)))

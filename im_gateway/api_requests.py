@@ -16,7 +16,7 @@ from transmit_hub.types import UserId
 
 from .errors import ApiError, BadPosition
 from .frames import INT32_MAX, INT32_MIN, MAX_ID_LENGTH, UINT64_MAX
-from .store import position
+from .positions import position
 
 METHODS: Final = (
     "publish",

@@ -36,7 +36,23 @@ class AuthError(GatewayError):
 
 
 class GroupLimitError(GatewayError):
-    """A join was refused because the user is in too many groups or the group is full."""
+    """A join was refused because the user is in too many groups or the group is full.
+
+    ``user_full``: the user is in ``limit`` groups already (the store's
+    ``max_groups_per_user``); otherwise ``group`` has ``limit`` members (its
+    ``max_group_members``). The store raises it; the layer above words it for the client
+    (:func:`~im_gateway.group_policy.group_limit_reason`).
+    """
+
+    def __init__(self, group: int, limit: int, *, user_full: bool) -> None:
+        super().__init__(
+            f"the user is in {limit} groups, the most allowed"
+            if user_full
+            else f"group {group} is full: {limit} members"
+        )
+        self.group = group
+        self.limit = limit
+        self.user_full = user_full
 
 
 class FrameError(GatewayError):

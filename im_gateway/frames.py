@@ -16,7 +16,7 @@ from typing import Final
 from transmit_hub.types import Message
 
 from .errors import BadPosition, FrameError
-from .store import position
+from .positions import position
 
 HEARTBEAT: Final = 0
 PRIVATE: Final = 1

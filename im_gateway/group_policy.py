@@ -15,6 +15,8 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Final
 
+from .errors import GroupLimitError
+
 SERVER: Final = "server"
 TOKEN: Final = "token"
 OPEN: Final = "open"
@@ -60,3 +62,13 @@ def refusal(policy: str, kind: int, group: int, token_groups: Set[int]) -> str |
         "groups are managed by the server on this gateway (--group-join server); "
         "ask the application to add or remove you"
     )
+
+
+def group_limit_reason(exc: GroupLimitError) -> str:
+    """A join the store refused (a bound was reached), in words a client can act on."""
+    if exc.user_full:
+        return (
+            f"you are in {exc.limit} groups, the most allowed (--max-groups-per-user); "
+            "leave one first"
+        )
+    return f"group {exc.group} is full: {exc.limit} members (--max-group-members)"

@@ -13,7 +13,7 @@ from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Delivery, Message
 
 from .errors import BadPosition
 from .frames import INT32_MAX, INT32_MIN, MAX_ID_LENGTH, UINT64_MAX
-from .store import position
+from .positions import position
 
 _MAX_TIME = 2**63 - 1
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from transmit_hub.types import Message, MessageId, UserId
@@ -37,16 +38,36 @@ from transmit_hub.types import Message, MessageId, UserId
 from . import frames
 from .faults import Faults
 from .ids import MessageIds
-from .store import Accepted, Refused, Store, Submission
+from .store import Accepted, Refusal, Refused, Store, Submission
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A submission the store refused, in the wire's words: a type 99 ``code`` and a
+    ``reason`` for the client (:func:`rejected` makes one from the store's answer)."""
+
+    client_id: str
+    code: str
+    reason: str
+
+
+def rejected(refused: Refused, sub: Submission) -> Rejected:
+    """The store's refusal of ``sub`` as the client hears it."""
+    why = refused.why
+    if why is Refusal.NOT_MEMBER:
+        return Rejected(sub.client_id, frames.NOT_MEMBER, f"you are not in group {sub.message.to}")
+    if why is Refusal.UNENCODABLE:
+        return Rejected(sub.client_id, frames.BAD_REQUEST, "content is not valid Unicode")
+    return Rejected(sub.client_id, frames.INTERNAL, "not replicated; send again")
+
+
 class Caller(Protocol):
     """Who submitted a message, and hears how it went."""
 
-    def settled(self, result: Accepted | Refused) -> None:
+    def settled(self, result: Accepted | Rejected) -> None:
         """The message is stored for every recipient (or refused, with a code)."""
         ...
 
@@ -208,12 +229,14 @@ class Pipeline:
         self.batches += 1
         self.submitted += len(batch)
         route = self._route
-        for (caller, _), result in zip(batch, results, strict=True):
+        for (caller, sub), result in zip(batch, results, strict=True):
             try:
+                if isinstance(result, Refused):
+                    caller.settled(rejected(result, sub))
+                    continue
                 caller.settled(result)
-                if isinstance(result, Accepted):
-                    # A duplicate too: its first push may have died with the gateway
-                    # that stored it.
-                    route.route(result, caller)
+                # A duplicate too: its first push may have died with the gateway that
+                # stored it.
+                route.route(result, caller)
             except Exception as exc:
                 self._route_failed.hit(exc=exc)

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import Frame, Opcode
@@ -42,8 +41,7 @@ from .group_policy import TOKEN, GroupRights
 from .presence import Presence
 from .relay import Link, Relay
 from .sessions import Session, SessionLimits, sweep_idle
-from .store import Store
-from .store_redis import open_store
+from .store import Store, open_store
 from .tasks import cancel_and_wait
 
 logger = logging.getLogger(__name__)
@@ -127,16 +125,16 @@ class _Connection(ServerConnection):
 
 
 class Gateway(AsyncLifecycle):
-    """An IM gateway; an async context manager. Options are :class:`GatewayConfig` fields.
+    """An IM gateway with its :class:`GatewayConfig`; an async context manager.
 
     ``store`` and ``link`` replace the Redis store and the hub link (tests); the
     gateway then leaves closing them to the caller.
     """
 
     def __init__(
-        self, *, store: Store | None = None, link: Link | None = None, **options: Any
+        self, config: GatewayConfig, *, store: Store | None = None, link: Link | None = None
     ) -> None:
-        self.config = GatewayConfig(**options)
+        self.config = config
         self._given_store = store
         self._given_link = link
         self._store: Store | None = store

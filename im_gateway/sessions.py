@@ -44,10 +44,11 @@ from transmit_hub.types import MessageId, UserId
 
 from . import frames
 from .errors import FrameError, GroupLimitError
-from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights
+from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights, group_limit_reason
+from .pipeline import Rejected
 from .ratelimit import TokenBucket
 from .replayer import Replayer
-from .store import Accepted, Refused, Store
+from .store import Accepted, Store
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
@@ -294,9 +295,9 @@ class Session:
 
     # --- answers from the pipeline (the Caller protocol) ---------------------------------
 
-    def settled(self, result: Accepted | Refused) -> None:
+    def settled(self, result: Accepted | Rejected) -> None:
         """This connection's message is stored (type 10) or refused (type 99)."""
-        if isinstance(result, Refused):
+        if isinstance(result, Rejected):
             self.push(frames.encode_error(result.code, result.reason, result.client_id))
         else:
             self.push(
@@ -496,7 +497,7 @@ class Session:
         except asyncio.CancelledError:
             raise
         except GroupLimitError as exc:
-            raise FrameError(FORBIDDEN, str(exc), frame.id) from exc
+            raise FrameError(FORBIDDEN, group_limit_reason(exc), frame.id) from exc
         except Exception as exc:
             _group_failed.hit(exc=exc)
             raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from im_gateway.demo import redis_server_argv
 from tests.cluster import RedisClusterProcesses
 from tests.helpers import free_port, wait_until_sync
+from transmit_hub.config import HubConfig
 from transmit_hub.server import HubServer
 
 
@@ -103,7 +104,7 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 @pytest.fixture
 async def hub() -> AsyncIterator[HubServer]:
     """A real transmit hub (id ``test-hub``) on a free port, stopped after the test."""
-    server = HubServer(listen="127.0.0.1:0", hub_id="test-hub", grace=0.5)
+    server = HubServer(HubConfig(listen="127.0.0.1:0", hub_id="test-hub", grace=0.5))
     await server.start()
     try:
         yield server

@@ -4,33 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from .config import HubConfig, parse_config
+from . import logs
+from .config import ENV_PREFIX, PROGRAM, HubConfig, load
 from .errors import ConfigError
 from .runtime import loop_factory, tune_gc
 from .server import HubServer
 
 log = logging.getLogger("transmit_hub")
 
+PROG = "transmit_hub"
+
 
 async def serve(config: HubConfig) -> None:
     """Run a hub with ``config`` until SIGINT/SIGTERM, then stop it gracefully."""
-    hub = HubServer(
-        listen=config.listen,
-        auth_token=config.auth_token,
-        hub_id=config.hub_id,
-        queue_size=config.queue_size,
-        grace=config.grace,
-        tls=config.server_tls(),
-        hello_timeout=config.hello_timeout,
-        max_hello_waiting=config.max_hello_waiting,
-        claim_timeout=config.claim_timeout,
-        max_gateways=config.max_gateways,
-        forget_after=config.forget_after,
-    )
+    hub = HubServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
@@ -45,20 +37,26 @@ async def serve(config: HubConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
     try:
-        config = parse_config(argv)
+        loaded = load(args)
     except ConfigError as exc:
-        print(f"transmit_hub: error: {exc}", file=sys.stderr)
+        json_format = logs.sniff_format(args, os.environ, ENV_PREFIX) == "json"
+        print(logs.error_line(PROG, str(exc), json_format=json_format), file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level_number,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    config = loaded.config
+    if loaded.print_config:
+        print(PROGRAM.render(config), end="")
+        return 0
+    logs.configure(config.log_level_number, config.log_format, program=PROG)
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(config))
     except ConfigError as exc:
-        print(f"transmit_hub: error: {exc}", file=sys.stderr)
+        print(
+            logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),
+            file=sys.stderr,
+        )
         return 1
     return 0
 

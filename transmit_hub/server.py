@@ -2,7 +2,7 @@
 
 Usage::
 
-    async with HubServer(listen="127.0.0.1:0") as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0")) as hub:
         print(hub.address)
         await hub.wait_closed()
 
@@ -35,6 +35,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from .auth import BearerTokenInterceptor
+from .config import HubConfig, parse_listen
 from .errors import ConfigError
 from .lifecycle import AsyncLifecycle
 from .registry import Registry
@@ -45,20 +46,6 @@ from .transport import SERVER_OPTIONS, SERVICE_NAME
 __all__ = ["HubServer", "parse_listen"]
 
 log = logging.getLogger(__name__)
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``HOST:PORT`` (``[v6]:PORT`` too); raises :class:`ConfigError`."""
-    host, sep, port_text = listen.rpartition(":")
-    if not sep or not host:
-        raise ConfigError(f"--listen {listen!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ConfigError(f"--listen {listen!r}: port {port_text!r} is not a number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"--listen {listen!r}: port must be 0..65535")
-    return host.strip("[]"), port
 
 
 def check_bindable(host: str, port: int) -> None:
@@ -90,46 +77,29 @@ def default_hub_id() -> str:
 class HubServer(AsyncLifecycle):
     """The transmit hub; an async context manager (``start`` on enter, ``stop`` on exit)."""
 
-    def __init__(
-        self,
-        *,
-        listen: str = "127.0.0.1:50051",
-        auth_token: str | None = None,
-        hub_id: str | None = None,
-        queue_size: int = 4096,
-        grace: float = 5.0,
-        tls: ServerTls | None = None,
-        hello_timeout: float = 10.0,
-        max_hello_waiting: int = 1024,
-        claim_timeout: float = 2.0,
-        max_gateways: int = 4096,
-        forget_after: float = 3600.0,
-    ) -> None:
-        self._host, self._requested_port = parse_listen(listen)
-        if queue_size < 1:
-            raise ConfigError(f"queue size must be at least 1, not {queue_size}")
-        if grace < 0:
-            raise ConfigError(f"grace must be >= 0 seconds, not {grace}")
-        if hello_timeout <= 0 or claim_timeout <= 0:
-            raise ConfigError("the Hello and claim timeouts must be positive")
-        if max_gateways < 1:
-            raise ConfigError(f"max gateways must be at least 1, not {max_gateways}")
-        if forget_after < 0:
-            raise ConfigError(f"forget-after must be >= 0 seconds, not {forget_after}")
-        self._listen = listen
-        self._auth_token = auth_token or None
-        self._tls = tls
-        self.hub_id = hub_id or default_hub_id()
-        self._grace = grace
+    def __init__(self, config: HubConfig | None = None, *, tls: ServerTls | None = None) -> None:
+        """A hub with ``config`` (default: all defaults); ``tls`` replaces the config's TLS
+        files (tests make certificates in memory)."""
+        config = HubConfig() if config is None else config
+        self.config = config
+        self._host, self._requested_port = parse_listen(config.listen)
+        self._listen = config.listen
+        self._auth_token = config.auth_token or None
+        self._tls = tls if tls is not None else config.server_tls()
+        self.hub_id = config.hub_id or default_hub_id()
+        self._grace = config.grace
         self.registry = Registry(
-            self.hub_id, queue_size, max_gateways=max_gateways, forget_after=forget_after
+            self.hub_id,
+            config.queue_size,
+            max_gateways=config.max_gateways,
+            forget_after=config.forget_after,
         )
         self.service = HubService(
             self.registry,
-            hello_timeout=hello_timeout,
-            max_hello_waiting=max_hello_waiting,
-            claim_timeout=claim_timeout,
-            ids_from_certificates=tls is not None and tls.mutual,
+            hello_timeout=config.hello_timeout,
+            max_hello_waiting=config.max_hello_waiting,
+            claim_timeout=config.claim_timeout,
+            ids_from_certificates=self._tls is not None and self._tls.mutual,
         )
         self._server: Any = None
         self._health: Any = None

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from im_gateway.config import GatewayConfig
 from im_gateway.server import Gateway
 from tests.end_to_end.harness import SECRET, Client
 from transmit_hub.server import HubServer
@@ -25,7 +26,9 @@ async def start_gateway(hub: HubServer, redis_url: str) -> AsyncIterator[Gateway
         options.setdefault("redis_url", redis_url)
         # The tests join groups with type 12; the default policy (server) refuses it.
         options.setdefault("group_join", "open")
-        gateway = Gateway(listen="127.0.0.1:0", gateway_id=gateway_id, jwt_secret=SECRET, **options)
+        gateway = Gateway(
+            GatewayConfig(listen="127.0.0.1:0", gateway_id=gateway_id, jwt_secret=SECRET, **options)
+        )
         await gateway.start()
         started.append(gateway)
         if linked:

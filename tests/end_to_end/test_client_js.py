@@ -15,7 +15,7 @@ import tempfile
 
 import pytest
 
-from im_gateway.store_redis import RedisStore
+from im_gateway.store import RedisStore
 from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.harness import Client, GatewayProcess, http_get, token
 from tests.end_to_end.processes import HubProcess

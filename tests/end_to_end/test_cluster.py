@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 from redis.crc import key_slot
 
+from im_gateway.config import GatewayConfig
 from im_gateway.server import Gateway
-from im_gateway.store_cluster import ClusterStore
+from im_gateway.store import ClusterStore
 from tests.cluster import RedisClusterProcesses
 from tests.end_to_end.harness import SECRET, Client
 from tests.helpers import wait_until
@@ -49,13 +50,15 @@ class Gateways:
 
     async def start(self, gateway_id: str, **options: Any) -> Gateway:
         gw = Gateway(
-            listen="127.0.0.1:0",
-            gateway_id=gateway_id,
-            jwt_secret=SECRET,
-            hub=self.hub.address,
-            redis_url=self.url,
-            group_join="open",
-            **options,
+            GatewayConfig(
+                listen="127.0.0.1:0",
+                gateway_id=gateway_id,
+                jwt_secret=SECRET,
+                hub=self.hub.address,
+                redis_url=self.url,
+                group_join="open",
+                **options,
+            )
         )
         await gw.start()
         self.started.append(gw)

@@ -43,19 +43,21 @@ async def test_heartbeat_and_websocket_ping_are_answered(
 
 async def test_hub_token_is_sent_to_a_hub_that_requires_one(redis_url: str) -> None:
     """With --hub-token the gateway links to a hub started with --auth-token; without it, not."""
+    from im_gateway.config import GatewayConfig
     from im_gateway.server import Gateway
     from tests.end_to_end.harness import SECRET, http_get
+    from transmit_hub.config import HubConfig
     from transmit_hub.server import HubServer
 
-    hub = HubServer(listen="127.0.0.1:0", auth_token="hub-secret", grace=0.2)
+    hub = HubServer(HubConfig(listen="127.0.0.1:0", auth_token="hub-secret", grace=0.2))
     await hub.start()
     try:
         common = {"listen": "127.0.0.1:0", "redis_url": redis_url, "jwt_secret": SECRET}
         async with Gateway(
-            gateway_id="gw-t", hub=hub.address, hub_token="hub-secret", **common
+            GatewayConfig(gateway_id="gw-t", hub=hub.address, hub_token="hub-secret", **common)
         ) as ok:
             await ok.wait_linked(10)
-        async with Gateway(gateway_id="gw-n", hub=hub.address, **common) as refused:
+        async with Gateway(GatewayConfig(gateway_id="gw-n", hub=hub.address, **common)) as refused:
             with pytest.raises(TimeoutError):
                 await refused.wait_linked(1.0)  # the hub answers UNAUTHENTICATED
             status, body, _ = await http_get(refused.port, "/healthz")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from im_gateway.store_redis import RedisStore
+from im_gateway.store import RedisStore
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import Client, GatewayProcess, http_get
 from tests.helpers import wait_until
+from transmit_hub.config import HubConfig
 from transmit_hub.server import HubServer
 from transmit_hub.types import UserId
 
@@ -100,7 +101,9 @@ async def test_hub_restart_loses_nothing_acked(
         count = len(acked)
         await wait_until(lambda: len(acked) >= count + 20, what="A sending while the hub is down")
 
-        restarted = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-restarted", grace=0.5)
+        restarted = HubServer(
+            HubConfig(listen=f"127.0.0.1:{port}", hub_id="hub-restarted", grace=0.5)
+        )
         await restarted.start()
         try:
             await gw1.wait_linked(15)

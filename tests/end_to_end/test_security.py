@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
 from im_gateway import auth
+from im_gateway.config import GatewayConfig
 from im_gateway.errors import StartupError
 from im_gateway.server import Gateway
 from tests.end_to_end.certs import make_server_cert
@@ -60,11 +61,13 @@ async def test_by_default_clients_can_neither_join_nor_leave(
     """Default --group-join server: type 12 and 13 get type 99 forbidden, nothing joins
     (a post to the group is not_member), and the socket stays open."""
     async with Gateway(
-        listen="127.0.0.1:0",
-        gateway_id="gw-default",
-        hub=hub.address,
-        redis_url=redis_url,
-        jwt_secret=SECRET,
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            gateway_id="gw-default",
+            hub=hub.address,
+            redis_url=redis_url,
+            jwt_secret=SECRET,
+        )
     ) as gw:
         await gw.wait_linked(10)
         client = await _client(gw.port, 1)
@@ -299,12 +302,14 @@ async def test_tls_with_a_bad_key_fails_at_start_naming_the_files(
     (tmp_path / "other").mkdir()
     other = make_server_cert(tmp_path / "other")
     gateway = Gateway(
-        listen="127.0.0.1:0",
-        hub=hub.address,
-        redis_url=redis_url,
-        jwt_secret=SECRET,
-        tls_cert=str(certs.cert),
-        tls_key=str(other.key),
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            hub=hub.address,
+            redis_url=redis_url,
+            jwt_secret=SECRET,
+            tls_cert=str(certs.cert),
+            tls_key=str(other.key),
+        )
     )
     with pytest.raises(StartupError, match="TLS certificate"):
         await gateway.start()

@@ -11,9 +11,9 @@ from websockets.exceptions import ConnectionClosedOK
 
 from im_gateway import frames
 from im_gateway.ids import MessageIds
+from im_gateway.positions import position
 from im_gateway.sessions import Session
-from im_gateway.store import Accepted, Submission, position
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import Accepted, MemoryStore, Submission
 from transmit_hub.link import LinkEvent
 from transmit_hub.types import Message, MessageId, TransmitMap, UserId
 

@@ -17,7 +17,7 @@ from im_gateway.group_policy import (
     refusal,
 )
 from im_gateway.sessions import Session, SessionLimits
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket

@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from im_gateway.config import GatewayConfig
 from im_gateway.server import Gateway
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import wait_until
 from tests.transmit_hub.certs import TestCA
 from transmit_hub import HubServer
+from transmit_hub.config import HubConfig
 from transmit_hub.tls import ServerTls
 
 
@@ -63,16 +65,18 @@ async def test_gateway_links_to_a_mutual_tls_hub_with_its_certificate(
     gw_cert = ca.issue("gw-tls", dns=("gw-tls",))
     tls = ServerTls.from_files(str(hub_cert.cert), str(hub_cert.key), str(ca.cert))
     async with (
-        HubServer(listen="127.0.0.1:0", tls=tls, grace=0.1) as hub,
+        HubServer(HubConfig(listen="127.0.0.1:0", grace=0.1), tls=tls) as hub,
         Gateway(
-            listen="127.0.0.1:0",
-            gateway_id="gw-tls",
-            hub=hub.address,
-            hub_ca=str(ca.cert),
-            hub_cert=str(gw_cert.cert),
-            hub_key=str(gw_cert.key),
-            redis_url=redis_url,
-            jwt_secret=SECRET,
+            GatewayConfig(
+                listen="127.0.0.1:0",
+                gateway_id="gw-tls",
+                hub=hub.address,
+                hub_ca=str(ca.cert),
+                hub_cert=str(gw_cert.cert),
+                hub_key=str(gw_cert.key),
+                redis_url=redis_url,
+                jwt_secret=SECRET,
+            )
         ) as gateway,
     ):
         await gateway.wait_linked(30)
@@ -88,9 +92,9 @@ async def test_second_gateway_with_a_live_id_says_so_in_healthz(
     the id, logs an ERROR line, and attaches by itself once the first one stops."""
     caplog.set_level(logging.INFO)
     options = {"gateway_id": "gw-dup", "hub": hub.address, "redis_url": redis_url}
-    first = Gateway(listen="127.0.0.1:0", jwt_secret=SECRET, **options)
+    first = Gateway(GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET, **options))
     await first.start()
-    second = Gateway(listen="127.0.0.1:0", jwt_secret=SECRET, **options)
+    second = Gateway(GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET, **options))
     try:
         await first.wait_linked(30)
         await second.start()

@@ -11,10 +11,11 @@ from im_gateway.__main__ import build_parser, parse_config
 from im_gateway.config import MAX_HUBS, GatewayConfig, parse_hubs
 from im_gateway.errors import ConfigError
 from im_gateway.server import Gateway
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import MemoryStore
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import wait_until
 from transmit_hub import HubServer
+from transmit_hub.config import HubConfig
 
 CONFIG_SECRET = "multihub-test-secret-multihub-test-secret"
 
@@ -55,16 +56,20 @@ def test_resend_window_must_cover_keepalive_detection() -> None:
 async def test_healthz_reports_each_hub_and_stays_up_while_one_is_linked() -> None:
     """/healthz is 200 with every hub "up", still 200 with one hub stopped (that one
     "down"), and 503 naming the hubs once none is linked."""
-    servers = [HubServer(listen="127.0.0.1:0", hub_id=f"hub-{i}", grace=0.1) for i in range(2)]
+    servers = [
+        HubServer(HubConfig(listen="127.0.0.1:0", hub_id=f"hub-{i}", grace=0.1)) for i in range(2)
+    ]
     for server in servers:
         await server.start()
     addresses = [s.address for s in servers]
     try:
         async with Gateway(
-            listen="127.0.0.1:0",
-            gateway_id="gw-health",
-            jwt_secret=SECRET,
-            hub=",".join(addresses),
+            GatewayConfig(
+                listen="127.0.0.1:0",
+                gateway_id="gw-health",
+                jwt_secret=SECRET,
+                hub=",".join(addresses),
+            ),
             store=MemoryStore(),
         ) as gateway:
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from im_gateway.presence import Presence
-from im_gateway.store import Beacon
-from im_gateway.store_memory import MemoryStore
-from im_gateway.store_redis import RedisStore
+from im_gateway.store import Beacon, MemoryStore, RedisStore
 from tests.helpers import wait_until
 from transmit_hub.types import GatewayId, UserId
 

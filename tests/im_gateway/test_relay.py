@@ -12,8 +12,7 @@ from im_gateway import frames
 from im_gateway.faults import Faults
 from im_gateway.relay import Relay
 from im_gateway.sessions import Session, SessionLimits
-from im_gateway.store import Accepted, Refused, Submission
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import Accepted, MemoryStore, Refused, Submission
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeLink, FakeWebSocket, store_message
 from transmit_hub.link import Delivered, LinkDown, LinkUp, NotDelivered

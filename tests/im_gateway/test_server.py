@@ -11,8 +11,9 @@ from websockets.asyncio.client import connect
 from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
+from im_gateway.config import GatewayConfig
 from im_gateway.server import Gateway
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import MemoryStore
 from tests.end_to_end.harness import SECRET, Client, http_get, token
 from tests.im_gateway.fakes import FakeLink
 
@@ -32,13 +33,15 @@ class FlakyStore(MemoryStore):
 async def parts() -> AsyncIterator[tuple[Gateway, FlakyStore, FakeLink]]:
     store, link = FlakyStore(), FakeLink()
     gateway = Gateway(
-        listen="127.0.0.1:0",
-        gateway_id="gw-unit",
-        jwt_secret=SECRET,
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            gateway_id="gw-unit",
+            jwt_secret=SECRET,
+            compression=True,
+            group_join="open",
+        ),
         store=store,
         link=link,
-        compression=True,
-        group_join="open",
     )
     async with gateway:
         yield gateway, store, link
@@ -82,7 +85,9 @@ async def test_default_is_no_compression() -> None:
     """By default no permessage-deflate is negotiated (memory per idle connection)."""
     link = FakeLink()
     async with Gateway(
-        listen="127.0.0.1:0", gateway_id="gw-x", jwt_secret=SECRET, store=MemoryStore(), link=link
+        GatewayConfig(listen="127.0.0.1:0", gateway_id="gw-x", jwt_secret=SECRET),
+        store=MemoryStore(),
+        link=link,
     ) as gateway:
         ws = await connect(f"ws://127.0.0.1:{gateway.port}/ws?token={token(9)}")
         try:
@@ -97,7 +102,9 @@ async def test_default_is_no_compression() -> None:
 async def test_close_is_idempotent_and_default_id_is_derived() -> None:
     """close() twice is fine; without --gateway-id the id comes from host and port."""
     link = FakeLink()
-    gateway = Gateway(listen="127.0.0.1:0", jwt_secret=SECRET, store=MemoryStore(), link=link)
+    gateway = Gateway(
+        GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET), store=MemoryStore(), link=link
+    )
     await gateway.start()
     assert gateway.gateway_id.endswith(f"-{gateway.port}")
     await gateway.close()

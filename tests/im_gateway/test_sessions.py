@@ -20,8 +20,7 @@ from im_gateway.sessions import (
     SessionLimits,
     sweep_idle,
 )
-from im_gateway.store import InboxPage
-from im_gateway.store_memory import MemoryStore
+from im_gateway.store import InboxPage, MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket, store_message

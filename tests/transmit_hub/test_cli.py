@@ -59,7 +59,7 @@ def test_bad_flag_exits_nonzero_with_one_line(args: list[str]) -> None:
 
 async def test_port_in_use_exits_nonzero_with_one_line() -> None:
     """Starting on a port another hub holds exits non-zero with one clear line."""
-    async with HubServer(listen="127.0.0.1:0") as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0")) as hub:
         proc = await asyncio.create_subprocess_exec(
             *HUB,
             "--listen",

@@ -23,6 +23,7 @@ from transmit_hub import (
     codec,
     wire,
 )
+from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
 
 from .conftest import LinkFactory, tmap
@@ -69,7 +70,7 @@ async def test_random_connect_frames_never_break_the_hub_or_real_gateways(
 ) -> None:
     """After each random Hello and frames on a hostile stream, both real gateway links are
     still attached (never down), and a valid map between them is routed correctly."""
-    async with HubServer(listen="127.0.0.1:0", claim_timeout=5.0, grace=0.1) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", claim_timeout=5.0, grace=0.1)) as hub:
         gw1 = await make_link(hub.address, "gw-1")
         gw2 = await make_link(hub.address, "gw-2")
         loop = asyncio.get_running_loop()

@@ -13,6 +13,7 @@ import pytest
 
 from tests.helpers import wait_until
 from transmit_hub import HubServer
+from transmit_hub.config import HubConfig
 
 from .conftest import LinkFactory, tmap
 
@@ -99,7 +100,7 @@ async def test_get_stats_answers_on_a_fresh_hub(hub: HubServer) -> None:
 
 async def test_auth_token_refuses_grpcurl_without_the_header() -> None:
     """With --auth-token, grpcurl without the header is refused (reflection too); with it, works."""
-    async with HubServer(listen="127.0.0.1:0", auth_token="tok-1", grace=0.2) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", auth_token="tok-1", grace=0.2)) as hub:
         code, _, err = await grpcurl("-plaintext", hub.address, "list")
         assert code != 0
         assert "Unauthenticated" in err

@@ -14,6 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.helpers import free_port, wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec
 from transmit_hub.auth import bearer_metadata
+from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.v1 import transmit_pb2_grpc
 
@@ -127,7 +128,7 @@ async def test_stuck_gateway_does_not_delay_others_and_overflow_is_reported(
 ) -> None:
     """A gateway that never reads fills its small queue: its overflow comes back as QUEUE_FULL
     notices to the sender, while deliveries to a healthy gateway keep flowing."""
-    async with HubServer(listen="127.0.0.1:0", queue_size=8, grace=0.2) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", queue_size=8, grace=0.2)) as hub:
         sender = await make_link(hub.address, "gw-s", max_pending=100_000)
         healthy = await make_link(hub.address, "gw-ok")
         async with aio.insecure_channel(hub.address) as channel:
@@ -163,7 +164,7 @@ async def test_hub_restart_links_reconnect_and_carry_on(make_link: LinkFactory) 
     """Stopping the hub and starting a new one on the same port: links reconnect by themselves,
     maps sent while it was down go out after reconnect, and routing carries on."""
     port = free_port()
-    hub = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-1", grace=0.2)
+    hub = HubServer(HubConfig(listen=f"127.0.0.1:{port}", hub_id="hub-1", grace=0.2))
     await hub.start()
     a = await make_link(hub.address, "gw-a", backoff_max=0.5)
     b = await make_link(hub.address, "gw-b", backoff_max=0.5)
@@ -174,7 +175,7 @@ async def test_hub_restart_links_reconnect_and_carry_on(make_link: LinkFactory) 
     # While the hub is down, maps wait in the link (here: to the sender itself).
     for i in range(5):
         assert a.link.send(tmap(f"while-down-{i}", {"gw-a": (1,)}))
-    hub2 = HubServer(listen=f"127.0.0.1:{port}", hub_id="hub-2", grace=0.2)
+    hub2 = HubServer(HubConfig(listen=f"127.0.0.1:{port}", hub_id="hub-2", grace=0.2))
     await hub2.start()
     try:
         await a.link.wait_connected(10)
@@ -192,7 +193,7 @@ async def test_hub_restart_links_reconnect_and_carry_on(make_link: LinkFactory) 
 
 async def test_shutdown_ends_streams_with_unavailable(make_link: LinkFactory) -> None:
     """hub.stop() ends each Connect stream with UNAVAILABLE 'hub shutting down; reconnect'."""
-    hub = HubServer(listen="127.0.0.1:0", grace=0.2)
+    hub = HubServer(HubConfig(listen="127.0.0.1:0", grace=0.2))
     await hub.start()
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
@@ -210,7 +211,7 @@ async def test_shutdown_ends_streams_with_unavailable(make_link: LinkFactory) ->
 async def test_auth_token_is_enforced(make_link: LinkFactory) -> None:
     """With an auth token, calls without it or with a wrong one get UNAUTHENTICATED; a link
     with the token attaches and routes."""
-    async with HubServer(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2)) as hub:
         for token in (None, "wrong"):
             with pytest.raises(aio.AioRpcError) as info:
                 await stats(hub.address, token)
@@ -234,7 +235,7 @@ async def test_auth_token_is_enforced(make_link: LinkFactory) -> None:
 async def test_ten_thousand_maps_arrive_complete_and_in_order(make_link: LinkFactory) -> None:
     """10,000 maps from two senders all arrive, each sender's in the order it sent them."""
     per_sender = 5_000
-    async with HubServer(listen="127.0.0.1:0", queue_size=50_000, grace=0.2) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", queue_size=50_000, grace=0.2)) as hub:
         senders = [await make_link(hub.address, f"gw-s{i}") for i in range(2)]
         receiver = await make_link(hub.address, "gw-r")
         for n in range(per_sender):
@@ -284,7 +285,7 @@ async def test_list_gateways_shows_attached_ids_and_detaches_on_close(
 async def test_shutdown_drains_what_the_hub_accepted(make_link: LinkFactory) -> None:
     """Every map the hub accepted before stop() still reaches its gateway before the streams
     close: the outboxes drain within the grace period."""
-    hub = HubServer(listen="127.0.0.1:0", queue_size=100_000, grace=5)
+    hub = HubServer(HubConfig(listen="127.0.0.1:0", queue_size=100_000, grace=5))
     await hub.start()
     try:
         a = await make_link(hub.address, "gw-a")

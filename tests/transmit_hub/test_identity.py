@@ -16,6 +16,7 @@ from grpc import aio
 
 from tests.helpers import wait_until
 from transmit_hub import HubServer, codec
+from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.types import gateway_id_problem
 
@@ -70,7 +71,7 @@ async def test_twenty_huge_ids_leave_get_stats_working(hub: HubServer) -> None:
 async def test_stream_without_hello_is_ended_by_the_deadline() -> None:
     """A Connect stream that never sends its Hello is ended with DEADLINE_EXCEEDED after
     --hello-timeout, and leaves nothing behind."""
-    async with HubServer(listen="127.0.0.1:0", hello_timeout=0.3, grace=0.1) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", hello_timeout=0.3, grace=0.1)) as hub:
         async with aio.insecure_channel(hub.address) as channel:
             calls = [channel.stream_stream(CONNECT_METHOD)() for _ in range(5)]
             started = time.monotonic()
@@ -87,7 +88,7 @@ async def test_streams_waiting_for_their_hello_are_bounded(make_link: LinkFactor
     """Beyond --max-hello-waiting silent streams, another is refused RESOURCE_EXHAUSTED at
     once; a real gateway still attaches once the silent ones are gone."""
     async with HubServer(
-        listen="127.0.0.1:0", hello_timeout=30, max_hello_waiting=3, grace=0.1
+        HubConfig(listen="127.0.0.1:0", hello_timeout=30, max_hello_waiting=3, grace=0.1)
     ) as hub:
         async with aio.insecure_channel(hub.address) as channel:
             silent = [channel.stream_stream(CONNECT_METHOD)() for _ in range(3)]
@@ -110,7 +111,7 @@ async def test_max_gateways_refuses_more_with_resource_exhausted(
     make_link: LinkFactory,
 ) -> None:
     """Beyond --max-gateways attached gateways, a new id is refused RESOURCE_EXHAUSTED."""
-    async with HubServer(listen="127.0.0.1:0", max_gateways=2, grace=0.1) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", max_gateways=2, grace=0.1)) as hub:
         await make_link(hub.address, "gw-1")
         await make_link(hub.address, "gw-2")
         error = await refused(hub, "gw-3")
@@ -121,7 +122,7 @@ async def test_max_gateways_refuses_more_with_resource_exhausted(
 async def test_stats_of_departed_gateways_are_forgotten(make_link: LinkFactory) -> None:
     """The counters of a gateway that left are dropped after --forget-after, and at most
     --max-gateways departed gateways are remembered."""
-    async with HubServer(listen="127.0.0.1:0", forget_after=0.5, grace=0.1) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", forget_after=0.5, grace=0.1)) as hub:
         link = await make_link(hub.address, "gw-gone")
         await link.link.close()
         await wait_until(lambda: not hub.registry.outboxes, what="gw-gone to detach")
@@ -132,7 +133,7 @@ async def test_stats_of_departed_gateways_are_forgotten(make_link: LinkFactory) 
             return [g.gateway_id for g in (await stats(hub.address)).gateways] == []
 
         await wait_until(forgotten, timeout=10, what="gw-gone's stats to be forgotten")
-    async with HubServer(listen="127.0.0.1:0", max_gateways=3, grace=0.1) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", max_gateways=3, grace=0.1)) as hub:
         for i in range(8):
             c = await make_link(hub.address, f"gw-{i}")
             await c.link.close()

@@ -12,6 +12,7 @@ import pytest
 from tests.helpers import free_port, wait_until
 from transmit_hub import GatewayId, HubLink, HubServer, LinkClosed, UndeliverableReason, wire
 from transmit_hub import link as link_module
+from transmit_hub.config import HubConfig
 from transmit_hub.v1 import transmit_pb2 as pb
 
 from .conftest import LinkFactory, tmap
@@ -42,7 +43,7 @@ async def test_maps_sent_before_the_hub_exists_go_out_once_it_does(
     a = await make_link(f"127.0.0.1:{port}", "gw-a", connect=False, backoff_max=0.2)
     for i in range(3):
         assert a.link.send(tmap(f"early-{i}", {"gw-a": (1,)}))
-    async with HubServer(listen=f"127.0.0.1:{port}", grace=0.2):
+    async with HubServer(HubConfig(listen=f"127.0.0.1:{port}", grace=0.2)):
         await a.link.wait_connected(10)
         await a.wait_deliveries(3)
         assert a.message_ids() == ["early-0", "early-1", "early-2"]

@@ -23,6 +23,7 @@ from transmit_hub import (
     LinkUp,
     UndeliverableReason,
 )
+from transmit_hub.config import HubConfig
 from transmit_hub.errors import ConfigError
 from transmit_hub.pool import Absences, SendLog, merge_resend, plan, rank, route_key
 
@@ -194,7 +195,9 @@ PoolFactory = Callable[..., Awaitable[PoolCollector]]
 @pytest.fixture
 async def hubs() -> AsyncIterator[list[HubServer]]:
     """Three real hubs on free ports (ids hub-0..hub-2), stopped after the test."""
-    servers = [HubServer(listen="127.0.0.1:0", hub_id=f"hub-{i}", grace=0.2) for i in range(3)]
+    servers = [
+        HubServer(HubConfig(listen="127.0.0.1:0", hub_id=f"hub-{i}", grace=0.2)) for i in range(3)
+    ]
     for server in servers:
         await server.start()
     try:
@@ -372,7 +375,9 @@ async def test_link_down_only_when_the_last_hub_goes_and_up_on_each_attach() -> 
     """The consumer sees LinkUp for every hub that (re)attaches and LinkDown only once no
     hub is attached; maps sent with no hub attached go out once one is back."""
     ports = [free_port(), free_port()]
-    servers = [HubServer(listen=f"127.0.0.1:{p}", hub_id=f"hub-{p}", grace=0.1) for p in ports]
+    servers = [
+        HubServer(HubConfig(listen=f"127.0.0.1:{p}", hub_id=f"hub-{p}", grace=0.1)) for p in ports
+    ]
     for server in servers:
         await server.start()
     addresses = [s.address for s in servers]
@@ -399,7 +404,7 @@ async def test_link_down_only_when_the_last_hub_goes_and_up_on_each_attach() -> 
             for i in range(5):
                 assert pool_a.send(tmap(f"late-{i}", {"gw-b": (7,)}))
             assert pool_a.pending == 5
-            back = HubServer(listen=addresses[1], hub_id="hub-back", grace=0.1)
+            back = HubServer(HubConfig(listen=addresses[1], hub_id="hub-back", grace=0.1))
             async with back:
                 late = {f"late-{i}" for i in range(5)}
 

@@ -16,6 +16,7 @@ from grpc import aio
 
 from tests.helpers import free_port
 from transmit_hub import HubServer, codec, peer
+from transmit_hub.config import HubConfig
 from transmit_hub.tls import ClientTls, ServerTls
 from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.v1 import transmit_pb2_grpc
@@ -60,7 +61,9 @@ def pki(tmp_path: Path) -> Pki:
 async def mtls_hub(pki: Pki) -> AsyncIterator[HubServer]:
     """A hub on a free port that requires client certificates signed by the test CA."""
     tls = ServerTls.from_files(str(pki.hub.cert), str(pki.hub.key), str(pki.ca.cert))
-    async with HubServer(listen="127.0.0.1:0", hub_id="test-hub", tls=tls, grace=0.1) as hub:
+    async with HubServer(
+        HubConfig(listen="127.0.0.1:0", hub_id="test-hub", grace=0.1), tls=tls
+    ) as hub:
         yield hub
 
 
@@ -128,7 +131,7 @@ async def test_tls_hub_routes_between_links_that_verify_it(
     """A hub with --tls-cert/--tls-key routes between links that verify it with --hub-ca;
     a plaintext client cannot talk to it."""
     tls = ServerTls.from_files(str(pki.hub.cert), str(pki.hub.key), None)
-    async with HubServer(listen="127.0.0.1:0", tls=tls, grace=0.1) as hub:
+    async with HubServer(HubConfig(listen="127.0.0.1:0", grace=0.1), tls=tls) as hub:
         a = await make_link(hub.address, "gw-a", tls=pki.client())
         b = await make_link(hub.address, "gw-b", tls=pki.client())
         assert a.link.send(tmap("m-1", {"gw-b": (2,)}))

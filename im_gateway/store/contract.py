@@ -1,10 +1,15 @@
-"""The gateway's shared state, as one interface: presence, groups, inboxes, dedupe.
+"""The store's contract: the :class:`Store` protocol and the types it speaks.
 
-Two implementations pass the same contract tests (tests/im_gateway/test_store.py):
-``im_gateway.store_memory.MemoryStore`` for unit tests and
-``im_gateway.store_redis.RedisStore`` for everything real (and its subclass
-``im_gateway.store_cluster.ClusterStore`` on Redis Cluster). :func:`open_store`
-picks one by URL (``memory://``, ``redis://...`` or ``redis+cluster://...``).
+The gateway's shared state, as one interface: presence, groups, inboxes, dedupe. Three
+implementations pass the same contract tests (``tests/im_gateway/store/``):
+:class:`~im_gateway.store.memory.MemoryStore` for unit tests,
+:class:`~im_gateway.store.redis.RedisStore` for everything real and
+:class:`~im_gateway.store.cluster.ClusterStore` on Redis Cluster;
+:func:`~im_gateway.store.open_store` picks one by URL.
+
+The store speaks its own words, not the wire's: a refusal is a :class:`Refusal`, a join
+beyond a bound raises :class:`~im_gateway.errors.GroupLimitError` with the bound it hit;
+the pipeline and the sessions put those into frames.
 
 Rules every implementation keeps:
 
@@ -13,11 +18,11 @@ Rules every implementation keeps:
   the appends to every recipient's inbox, and the presence look-up of every
   recipient. A message is in every recipient's inbox before ``submit`` returns,
   so the sender may be acknowledged then.
-- Inbox positions are consecutive: each inbox numbers its messages 1, 2, 3, ... (the
-  seq a client sees is that number in decimal), so whoever holds position N knows N+1
-  comes next, and a missing number is a message not yet seen (or trimmed). ``0`` means
-  "before everything". :func:`position` parses a seq; :class:`InboxPage` says where an
-  inbox ends, so a reader can tell "nothing more" from "trimmed before you got it".
+- Inbox positions are consecutive: each inbox numbers its messages 1, 2, 3, ... (see
+  :mod:`im_gateway.positions`), so whoever holds position N knows N+1 comes next, and a
+  missing number is a message not yet seen (or trimmed). ``0`` means "before
+  everything". :class:`InboxPage` says where an inbox ends, so a reader can tell
+  "nothing more" from "trimmed before you got it".
 - An acknowledged position never moves back, nor past the end of its inbox.
 - A duplicate (same client id from the same user within the dedupe window) is answered
   with the first message's id, time and recipients, positions included, so the caller
@@ -30,55 +35,23 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from transmit_hub.types import GatewayId, Message, Recipient, UserId
 
-from .errors import BadPosition, GroupLimitError
-
-START = "0"
-"""The position before every inbox entry."""
-
-MAX_POSITION = 2**64 - 1
-"""Positions are uint64."""
-
-
-def position(seq: str) -> int:
-    """An inbox position from its seq: ``"0"`` (or ``""``) is 0, ``"17"`` is 17.
-
-    Decimal digits only, at most ``2**64 - 1``; raises
-    :class:`~im_gateway.errors.BadPosition` (a ValueError) for anything else, so nothing a
-    client or a hub sends can pass as one.
-    """
-    if not seq:
-        return 0
-    if len(seq) <= 20 and seq.isascii() and seq.isdigit():
-        value = int(seq)
-        if value <= MAX_POSITION:
-            return value
-    raise BadPosition(f"bad inbox position {seq[:40]!r}")
-
-
 DEFAULT_MAX_GROUPS_PER_USER = 1000
 DEFAULT_MAX_GROUP_MEMBERS = 100_000
-
-
-def group_limit_error(reason: str, group: int, limit: int) -> GroupLimitError:
-    """The refusal of a join, in words a client can act on (``reason``: a store's code)."""
-    if reason == "user_full":
-        return GroupLimitError(
-            f"you are in {limit} groups, the most allowed (--max-groups-per-user); leave one first"
-        )
-    return GroupLimitError(f"group {group} is full: {limit} members (--max-group-members)")
 
 
 @dataclass(frozen=True, slots=True)
 class Submission:
     """A validated message frame from a client, with the id and time the gateway gave it.
 
-    ``message.type`` is 1 (private: ``to`` is a user) or 2 (group: ``to`` is a group).
+    ``message.type`` is ``MESSAGE_PRIVATE`` (``to`` is a user) or ``MESSAGE_GROUP``
+    (``to`` is a group).
     """
 
     client_id: str
@@ -91,7 +64,8 @@ class Submission:
 def unencodable(batch: Sequence[Submission]) -> set[int]:
     """Positions in ``batch`` whose text cannot be stored as UTF-8 (lone surrogates).
 
-    Stores refuse those submissions as ``bad_request`` instead of failing the batch.
+    Stores refuse those submissions (:attr:`Refusal.UNENCODABLE`) instead of failing the
+    batch.
     """
     bad = set()
     for i, sub in enumerate(batch):
@@ -121,13 +95,24 @@ class Accepted:
     """The live gateways of each recipient, looked up in the same batch."""
 
 
+class Refusal(enum.Enum):
+    """Why a submission was not stored (the pipeline words it for the client)."""
+
+    NOT_MEMBER = enum.auto()
+    """A group message from a user who is not in the group (nothing stored)."""
+    UNENCODABLE = enum.auto()
+    """The content or client id cannot be stored as UTF-8 (a lone surrogate)."""
+    NOT_REPLICATED = enum.auto()
+    """Stored, but ``WAIT`` did not see it on enough replicas: the sender should send it
+    again (the resend is deduplicated and completes it)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A submission that was not stored; ``code`` is a WebSocket error code."""
+    """A submission that was not stored (or not safely enough: ``NOT_REPLICATED``)."""
 
     client_id: str
-    code: str
-    reason: str
+    why: Refusal
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,15 +156,16 @@ class Store(Protocol):
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
         """Store a batch of messages; results in the batch's order.
 
-        A group message from a non-member is ``Refused(code="not_member")``.
+        A group message from a non-member is ``Refused(why=Refusal.NOT_MEMBER)``.
         """
         ...
 
     async def join(self, group: int, user: UserId) -> bool:
         """Add ``user`` to ``group``; False when already in it (no change).
 
-        Raises :class:`~im_gateway.errors.GroupLimitError` when the user is in
-        ``max_groups_per_user`` groups already or the group has ``max_group_members``;
+        Raises :class:`~im_gateway.errors.GroupLimitError` (saying which bound) when the
+        user is in ``max_groups_per_user`` groups already or the group has
+        ``max_group_members``;
         the check and the add are one atomic step, so concurrent joins cannot overshoot.
         """
         ...

@@ -18,9 +18,17 @@ from redis.crc import key_slot
 
 from im_gateway.demo import redis_server_argv
 from im_gateway.errors import StoreError
-from im_gateway.store import Accepted, Refused, Submission, position
-from im_gateway.store_cluster import ClusterStore, cluster_nodes
-from im_gateway.store_redis import NOT_REPLICATED, RedisStore, open_store
+from im_gateway.positions import position
+from im_gateway.store import (
+    Accepted,
+    ClusterStore,
+    RedisStore,
+    Refusal,
+    Refused,
+    Submission,
+    open_store,
+)
+from im_gateway.store.nodes import cluster_nodes
 from tests.conftest import RedisServer
 from tests.helpers import free_port, wait_until_sync
 from transmit_hub.types import (
@@ -202,7 +210,7 @@ async def test_wait_refuses_what_too_few_replicas_hold_and_the_resend_completes(
             await strict.join(3, u)
         first = msg(members[0], 3, type=MESSAGE_GROUP)
         [r] = await strict.submit([Submission("w1", first)])
-        assert r == Refused("w1", "internal", NOT_REPLICATED)
+        assert r == Refused("w1", Refusal.NOT_REPLICATED)
     async with ClusterStore(redis_cluster_url, wait_replicas=1) as store:
         [r] = await store.submit([Submission("w1", msg(members[0], 3, type=MESSAGE_GROUP))])
         assert accepted(r).message.id == first.id
@@ -259,7 +267,7 @@ async def test_wait_on_one_redis_with_a_replica(redis_url: str, replica: Replica
     async with RedisStore(redis_url, wait_replicas=2, wait_timeout=0.1) as store:
         first = msg(ALICE, BOB)
         [r] = await store.submit([Submission("b", first)])
-        assert r == Refused("b", "internal", NOT_REPLICATED)
+        assert r == Refused("b", Refusal.NOT_REPLICATED)
     async with RedisStore(redis_url, wait_replicas=1) as store:
         [r] = await store.submit([Submission("b", msg(ALICE, BOB))])
         assert accepted(r).duplicate
@@ -273,7 +281,7 @@ async def test_wait_without_a_replica_refuses(redis_url: str) -> None:
         results = await store.submit(
             [Submission("x", msg(ALICE, BOB)), Submission("y", msg(BOB, ALICE))]
         )
-    assert [r.code for r in results if isinstance(r, Refused)] == ["internal", "internal"]
+    assert [r.why for r in results if isinstance(r, Refused)] == [Refusal.NOT_REPLICATED] * 2
 
 
 async def test_open_store_picks_the_cluster_by_url(redis_cluster_url: str) -> None:

@@ -18,17 +18,17 @@ from dataclasses import dataclass, field
 from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
-from .errors import StoreError
-from .store import (
+from ..errors import GroupLimitError, StoreError
+from .contract import (
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
     Accepted,
     Beacon,
     InboxEntry,
     InboxPage,
+    Refusal,
     Refused,
     Submission,
-    group_limit_error,
     unencodable,
 )
 
@@ -45,7 +45,7 @@ class _Inbox:
 class MemoryStore(AsyncClosing):
     """Presence, groups, inboxes and dedupe in dictionaries.
 
-    Options match :class:`~im_gateway.store_redis.RedisStore` (``prefix`` is accepted and
+    Options match :class:`~im_gateway.store.redis.RedisStore`'s (``prefix`` is accepted and
     ignored); ``clock`` returns seconds since the epoch (default :func:`time.time`).
     """
 
@@ -96,9 +96,7 @@ class MemoryStore(AsyncClosing):
         self._expire_dedupe(now)
         bad = unencodable(batch)
         return [
-            Refused(sub.client_id, "bad_request", "content is not valid Unicode")
-            if i in bad
-            else self._submit_one(sub, now)
+            Refused(sub.client_id, Refusal.UNENCODABLE) if i in bad else self._submit_one(sub, now)
             for i, sub in enumerate(batch)
         ]
 
@@ -118,7 +116,7 @@ class MemoryStore(AsyncClosing):
             members = self._groups.get(msg.to, set())
             if msg.sender not in members:
                 if sub.check_member:
-                    return Refused(sub.client_id, "not_member", f"you are not in group {msg.to}")
+                    return Refused(sub.client_id, Refusal.NOT_MEMBER)
                 if msg.sender != 0:
                     members = {*members, msg.sender}
             users = sorted(members)
@@ -224,9 +222,9 @@ class MemoryStore(AsyncClosing):
             return False
         mine = self._user_groups.get(user, set())
         if len(mine) >= self.max_groups_per_user:
-            raise group_limit_error("user_full", group, self.max_groups_per_user)
+            raise GroupLimitError(group, self.max_groups_per_user, user_full=True)
         if len(members) >= self.max_group_members:
-            raise group_limit_error("group_full", group, self.max_group_members)
+            raise GroupLimitError(group, self.max_group_members, user_full=False)
         self._groups.setdefault(group, members).add(user)
         self._user_groups.setdefault(user, mine).add(group)
         return True

@@ -1,0 +1,33 @@
+"""Inbox positions: what a seq is, parsed once for everyone (pure).
+
+Each inbox numbers its messages 1, 2, 3, ...; the seq a client sees is that number in
+decimal, and ``0`` means "before everything". Frames, hub deliveries, the server API and
+the store all parse a seq with :func:`position`, so nothing a client or a hub sends can
+pass as one unless it is one.
+"""
+
+from __future__ import annotations
+
+from .errors import BadPosition
+
+START = "0"
+"""The position before every inbox entry."""
+
+MAX_POSITION = 2**64 - 1
+"""Positions are uint64."""
+
+
+def position(seq: str) -> int:
+    """An inbox position from its seq: ``"0"`` (or ``""``) is 0, ``"17"`` is 17.
+
+    Decimal digits only, at most ``2**64 - 1``; raises
+    :class:`~im_gateway.errors.BadPosition` (a ValueError) for anything else, so nothing a
+    client or a hub sends can pass as one.
+    """
+    if not seq:
+        return 0
+    if len(seq) <= 20 and seq.isascii() and seq.isdigit():
+        value = int(seq)
+        if value <= MAX_POSITION:
+            return value
+    raise BadPosition(f"bad inbox position {seq[:40]!r}")

@@ -1,0 +1,443 @@
+"""The :class:`~im_gateway.store.Store` on Redis Cluster (``redis+cluster://``).
+
+Same keys as on one Redis (:mod:`~im_gateway.store.keyspace`: every key of a user shares
+the hash tag ``{u:<user>}``, every key of a group ``{g:<group>}``), plus one:
+``{u:<user>}:msg:<message id>``, the position at which that message went into that
+user's inbox, kept for the dedupe window (only for messages that have a client id). Every script declares its KEYS
+and touches one slot; a batch becomes one call per slot, one pipeline per node, the nodes
+in parallel.
+
+**Submitting without cross-slot atomicity.** One Redis stores a batch in one atomic
+script. Here a batch takes three steps, each one round trip to the nodes in parallel:
+
+1. *Claim*, in each sender's slot: ``SET NX`` of the dedupe key to a *pending* record
+   ``["p", time, message id, entry]`` (the message itself, as
+   :mod:`~im_gateway.store.entry` lays it out). A key already there is either
+   *done* (``["d", time, id, entry, [user, pos, ...]]``: a duplicate, answered as on one
+   Redis) or *pending*: an earlier attempt stopped part way (a gateway or a node crashed,
+   a WAIT failed). Then this attempt completes *that* message: its id, time and text.
+   Group members are read (``SMEMBERS``) in the same round trip.
+2. *Append*, in each recipient's slot: one script per slot appends the batch's messages in
+   batch order and records ``{u:R}:msg:<id>`` in the same atomic step. A message whose
+   record exists is not appended again: its recorded position is answered. The same call
+   reads the recipients' presence; with ``wait_replicas``, a ``WAIT`` ends each node's
+   pipeline on the same connection.
+3. *Finish*, in each sender's slot: the dedupe key becomes *done*, with the positions;
+   only now is the sender acknowledged.
+
+Why no acknowledged message is lost, and none is written twice:
+
+- The acknowledgement (type 10) follows step 3, which follows every append of step 2 (and
+  its WAIT). So an acknowledged message is in every recipient's inbox (and on
+  ``wait_replicas`` replicas of each).
+- A crash after step 1 or during step 2 leaves the record *pending* and some inboxes
+  written, each with its ``msg`` record in the same atomic script. The client was not
+  acknowledged, so it sends again with the same client id (the contract asks it to); the
+  resend finds the pending record and runs step 2 for the first message id: inboxes that
+  have it answer their recorded position, the others append it. Each inbox holds the
+  message exactly once. A crash after step 3 is a plain duplicate.
+- Two attempts at once (a resend while the first is still running) both run step 2 for
+  the same id: the per-slot script is atomic, so whichever comes second finds the record.
+- The ``msg`` records live as long as the dedupe key, so a resend that can find the
+  pending record can find them. (Without a client id nothing is recorded, and nothing can
+  be resent as the same message either.)
+- Order per sender and recipient: the gateway submits one batch at a time, each slot's
+  script appends in batch order, and step 2 of a batch ends before the next batch starts.
+  A message completed by a resend lands where the resend was sent.
+- A primary that fails over before its replica had a write loses that write. With
+  ``wait_replicas`` the sender is acknowledged only when ``WAIT`` confirmed the appends;
+  otherwise it is refused (``NOT_REPLICATED``: send again), the record stays pending,
+  and the resend completes the message (an append the promoted replica lacks is written
+  again, once). If the *claim* itself is lost with a failed-over sender's node, a resend
+  claims afresh with a new id: recipients may then see the text twice, never zero times.
+
+:attr:`ClusterStore.crash` is a hook for tests: called with ``"claimed"`` after step 1,
+``"append K/N"`` after each slot's append (step 2 then goes one slot at a time) and
+``"appended"`` after step 2, an exception it raises stops the batch there, like a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
+
+from ..errors import GroupLimitError, StoreError
+from . import entry, scripts
+from .contract import (
+    Accepted,
+    Refusal,
+    Refused,
+    Submission,
+    unencodable,
+)
+from .keyspace import KeyspaceStore, Settings, text
+from .nodes import Call, Nodes, cluster_nodes, slot_of
+
+__all__ = ["ClusterStore"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Work:
+    """One submission on its way through the three steps."""
+
+    index: int
+    sub: Submission
+    message: Message
+    entry: str
+    dkey: str | None
+    resumed: bool = False
+    duplicate: bool = False
+    users: list[UserId] | None = None
+    positions: dict[UserId, str] | None = None
+    confirmed: bool = True
+
+
+class ClusterStore(KeyspaceStore):
+    """Presence, groups, inboxes and dedupe on a Redis Cluster (6.2 or later).
+
+    ``client`` is a ``redis.asyncio.cluster.RedisCluster`` (the caller keeps owning it) or a
+    ``redis+cluster://`` URL. The options are :class:`~im_gateway.store.keyspace.Settings`'
+    fields, as for :class:`~im_gateway.store.redis.RedisStore`; see the module docstring
+    for how a batch is stored.
+    """
+
+    def __init__(self, client: RedisCluster | str, **options: Any) -> None:
+        settings = Settings(**options)
+        owns = isinstance(client, str)
+        if isinstance(client, str):
+            timeout = settings.socket_timeout
+            # The cluster client retries a failed command itself (a dead connection, a
+            # node that moved its slots) after refreshing its map of the slots.
+            client = RedisCluster(
+                startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(client)],
+                socket_timeout=timeout,
+                socket_connect_timeout=min(timeout, 5.0),
+            )
+        super().__init__(client, settings, owns_client=owns)
+        self._cluster = client
+        self._nodes = Nodes(client, wait_replicas=settings.wait_replicas, wait_ms=settings.wait_ms)
+        self.crash: Callable[[str], None] | None = None
+        """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
+
+    @property
+    def client(self) -> RedisCluster:
+        """The Redis Cluster client the store uses."""
+        return self._cluster
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        self._check_open()
+        out: list[Accepted | Refused | None] = [None] * len(batch)
+        for i in unencodable(batch):
+            out[i] = Refused(batch[i].client_id, Refusal.UNENCODABLE)
+        first: dict[tuple[int, str], int] = {}
+        later: dict[int, int] = {}
+        work: list[_Work] = []
+        for i, s in enumerate(batch):
+            if out[i] is not None:
+                continue
+            m = s.message
+            if s.client_id:
+                seen = first.setdefault((m.sender, s.client_id), i)
+                if seen != i:
+                    later[i] = seen
+                    continue
+            dkey = self.settings.key(f"dedupe:{s.client_id}", m.sender) if s.client_id else None
+            work.append(_Work(i, s, m, entry.encode(m), dkey))
+
+        # Step 1: claims (per sender) and group members (per group), one round trip.
+        claims: dict[int, list[_Work]] = {}
+        for w in work:
+            if w.dkey is not None:
+                claims.setdefault(w.message.sender, []).append(w)
+        calls = [
+            self._nodes.script(
+                scripts.CLAIM,
+                [w.dkey for w in ws if w.dkey is not None],
+                [
+                    self.settings.window_ms,
+                    *(json.dumps(["p", w.message.time, w.message.id, w.entry]) for w in ws),
+                ],
+            )
+            for ws in claims.values()
+        ]
+        groups = sorted({w.message.to for w in work if w.message.type == MESSAGE_GROUP})
+        calls += [self._members_call(g) for g in groups]
+        replies = await self._nodes.run(calls)
+        members: dict[int, set[UserId]] = {}
+        for g, (reply, _) in zip(groups, replies[len(claims) :], strict=True):
+            members[g] = _users(reply)
+        for ws, (reply, _) in zip(claims.values(), replies[: len(claims)], strict=True):
+            for w, record in zip(ws, reply, strict=True):
+                if record == 0:
+                    continue
+                kind, _, _, stored, *rest = json.loads(record)
+                w.message = entry.decode(stored)
+                w.entry = stored
+                if kind == "d":
+                    w.duplicate = True
+                    pairs = rest[0]
+                    w.users = [UserId(int(u)) for u in pairs[0::2]]
+                    w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
+                else:
+                    w.resumed = True
+        live = [w for w in work if w.positions is None]
+        missing = sorted(
+            {w.message.to for w in live if w.message.type == MESSAGE_GROUP} - set(members)
+        )
+        if missing:  # a resumed message to another group than its resend said
+            replies = await self._nodes.run([self._members_call(g) for g in missing])
+            for g, (reply, _) in zip(missing, replies, strict=True):
+                members[g] = _users(reply)
+        refused: list[_Work] = []
+        for w in live:
+            w.users = self._recipients(w, members)
+            if w.users is None:
+                refused.append(w)
+                out[w.index] = Refused(w.sub.client_id, Refusal.NOT_MEMBER)
+        if self.crash is not None:
+            self.crash("claimed")
+
+        # Step 2: appends per recipient slot, and every recipient's presence.
+        appends = [w for w in live if w.users is not None]
+        slots: dict[int, list[UserId]] = {}
+        for w in work:
+            for u in w.users or ():
+                slot = slot_of(self.settings.key("inbox", u))
+                if u not in slots.setdefault(slot, []):
+                    slots[slot].append(u)
+        ops: dict[int, list[tuple[_Work, UserId]]] = {slot: [] for slot in slots}
+        for w in appends:
+            for u in w.users or ():
+                ops[slot_of(self.settings.key("inbox", u))].append((w, u))
+        calls = []
+        for slot, users in slots.items():
+            keys = [
+                self.settings.key(kind, u)
+                for u in users
+                for kind in ("inbox", "pos", "acked", "presence")
+            ]
+            args: list[Any] = [
+                self.settings.inbox_max_len,
+                self.settings.max_age_ms,
+                self.settings.window_ms,
+                len(users),
+            ]
+            for w, u in ops[slot]:
+                mark = 0
+                if w.dkey is not None:
+                    keys.append(self.settings.key(f"msg:{w.message.id}", u))
+                    mark = len(keys)
+                args += (users.index(u) + 1, mark, w.entry)
+            calls.append(self._nodes.script(scripts.APPEND, keys, args))
+        wait = self.settings.wait_replicas > 0 and bool(appends)
+        if self.crash is None:
+            replies = await self._nodes.run(calls, wait=wait)
+        else:  # tests: one slot at a time, with a crash point after each
+            replies = []
+            for k, call in enumerate(calls, 1):
+                replies += await self._nodes.run([call], wait=wait)
+                self.crash(f"append {k}/{len(calls)}")
+        presence: dict[UserId, tuple[GatewayId, ...]] = {}
+        for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=True):
+            positions, gateways = json.loads(reply)
+            if isinstance(positions, dict):  # cjson writes an empty table as {}
+                positions = []
+            for (w, u), pos in zip(ops[slot], positions, strict=True):
+                if w.positions is None:
+                    w.positions = {}
+                w.positions[u] = str(pos)
+                w.confirmed = w.confirmed and confirmed
+            for u, gws in zip(users, gateways, strict=True):
+                if len(gws) > 1:
+                    presence[u] = tuple(GatewayId(text(g)) for g in gws[1:])
+        if self.crash is not None:
+            self.crash("appended")
+
+        # Step 3: the records say done (or are released); then the answers.
+        calls = []
+        for w in refused:
+            if w.dkey is not None:
+                calls.append(Call(slot_of(w.dkey), ("DEL", w.dkey)))
+        for w in appends:
+            if w.dkey is not None and w.confirmed:
+                written: list[Any] = []
+                for u in w.users or ():
+                    written += (int(u), (w.positions or {})[u])
+                record = json.dumps(["d", w.message.time, w.message.id, w.entry, written])
+                calls.append(
+                    Call(slot_of(w.dkey), ("SET", w.dkey, record, "PX", self.settings.window_ms))
+                )
+        if calls:
+            await self._nodes.run(calls)
+        for w in work:
+            if out[w.index] is not None:
+                continue
+            if not w.confirmed:
+                out[w.index] = Refused(w.sub.client_id, Refusal.NOT_REPLICATED)
+                continue
+            users = w.users or []
+            positions = w.positions or {}
+            out[w.index] = Accepted(
+                w.sub.client_id,
+                w.message,
+                w.duplicate,
+                tuple(Recipient(u, positions[u]) for u in users),
+                {u: presence[u] for u in users if u in presence},
+            )
+        for i, j in later.items():
+            done = out[j]
+            if isinstance(done, Accepted):
+                out[i] = Accepted(
+                    batch[i].client_id, done.message, True, done.recipients, done.presence
+                )
+            else:
+                out[i] = done
+        return [r for r in out if r is not None]
+
+    def _members_call(self, group: int) -> Call:
+        key = self.settings.group_key(group)
+        return Call(slot_of(key), ("SMEMBERS", key))
+
+    def _recipients(self, w: _Work, members: dict[int, set[UserId]]) -> list[UserId] | None:
+        """Whose inboxes get ``w``'s message; None when the sender may not post it."""
+        m = w.message
+        sender = UserId(m.sender)
+        if m.type == MESSAGE_GROUP:
+            group = members.get(m.to, set())
+            check = w.sub.check_member
+            if check and sender not in group:
+                return None
+            users = sorted(group)
+            if not check and sender != 0 and sender not in group:
+                users.append(sender)
+            return users
+        to = UserId(m.to)
+        return [to] if sender in (to, 0) else [to, sender]
+
+    # -- acks, presence, groups: one call per slot ----------------------------------------
+
+    async def _write_acks(self, acks: dict[str, int]) -> None:
+        """The gathered acks (see :class:`~.keyspace.Acks`), one script call per slot."""
+        by_slot: dict[int, tuple[list[str], list[Any]]] = {}
+        for key, upto in acks.items():
+            keys, args = by_slot.setdefault(slot_of(key), ([], []))
+            keys += self.settings.ack_keys(key)
+            args.append(upto)
+        await self._nodes.run(
+            [
+                self._nodes.script(scripts.ACK, keys, [*args, self.settings.max_age_ms])
+                for keys, args in by_slot.values()
+            ]
+        )
+
+    def _per_slot(self, users: Collection[UserId]) -> list[list[UserId]]:
+        by_slot: dict[int, list[UserId]] = {}
+        for u in users:
+            by_slot.setdefault(slot_of(self.settings.key("presence", u)), []).append(u)
+        return list(by_slot.values())
+
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        self._check_open()
+        if users:
+            await self._nodes.run(
+                [
+                    self._nodes.script(
+                        scripts.REFRESH,
+                        [self.settings.key("presence", u) for u in us],
+                        [gateway, self.settings.presence_ms],
+                    )
+                    for us in self._per_slot(users)
+                ]
+            )
+
+    async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
+        self._check_open()
+        if not users:
+            return {}
+        groups = self._per_slot(users)
+        replies = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.LOOKUP, [self.settings.key("presence", u) for u in us], []
+                )
+                for us in groups
+            ]
+        )
+        found: dict[UserId, tuple[GatewayId, ...]] = {}
+        for us, (rows, _) in zip(groups, replies, strict=True):
+            for u, gws in zip(us, rows, strict=True):
+                if gws:
+                    found[u] = tuple(GatewayId(text(g)) for g in gws)
+        return found
+
+    async def join(self, group: int, user: UserId) -> bool:
+        """The user's set of groups first (its bound holds), then the group's members
+        (its bound holds); a full group takes the group back out of the user's set."""
+        self._check_open()
+        ukey, gkey = self.settings.key("groups", user), self.settings.group_key(group)
+        [(mine, _)] = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.JOIN_USER, [ukey], [str(group), self.settings.max_groups_per_user]
+                )
+            ]
+        )
+        if int(mine) == 1:
+            raise GroupLimitError(group, self.settings.max_groups_per_user, user_full=True)
+        [(theirs, _)] = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.JOIN_GROUP, [gkey], [str(user), self.settings.max_group_members]
+                )
+            ]
+        )
+        if int(theirs) == 2:
+            if int(mine) == 3:
+                await self._nodes.run([Call(slot_of(ukey), ("SREM", ukey, str(group)))])
+            raise GroupLimitError(group, self.settings.max_group_members, user_full=False)
+        return int(theirs) != 3
+
+    async def leave(self, group: int, user: UserId) -> bool:
+        self._check_open()
+        gkey, ukey = self.settings.group_key(group), self.settings.key("groups", user)
+        [(removed, _), _] = await self._nodes.run(
+            [
+                Call(slot_of(gkey), ("SREM", gkey, str(user))),
+                Call(slot_of(ukey), ("SREM", ukey, str(group))),
+            ]
+        )
+        return bool(removed)
+
+    async def ping(self) -> None:
+        """Raise unless a node answers and says every slot has a primary."""
+        self._check_open()
+        cluster = self._cluster
+        await cluster.initialize()
+        error: Exception | None = None
+        for node in [*cluster.get_primaries(), *cluster.get_replicas()]:
+            try:
+                info = await cluster.cluster_info(target_nodes=node)
+            except Exception as exc:  # a dead node: ask the next one
+                error = exc
+                continue
+            break
+        else:
+            raise StoreError(f"no Redis Cluster node answers: {error}")
+        state = info.get("cluster_state") if isinstance(info, dict) else None
+        if state != "ok":
+            raise StoreError(f"Redis Cluster state is {state!r}: a slot has no primary")
+
+
+def _users(reply: Any) -> set[UserId]:
+    return {UserId(int(u)) for u in reply or ()}

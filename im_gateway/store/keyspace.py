@@ -1,0 +1,309 @@
+"""What the two Redis stores share: their settings, their keys, and the calls that read
+and write them the same way on one Redis (:mod:`~im_gateway.store.redis`) and on a Redis
+Cluster (:mod:`~im_gateway.store.cluster`).
+
+Keys, all under ``prefix`` (default ``"im:"``). Every key of one user shares the hash
+tag ``{u:<user>}`` and every key of one group ``{g:<group>}``, so each lies in one
+cluster slot:
+
+``{prefix}{u:<user>}:inbox``
+    stream, one entry per message (the layout: :mod:`~im_gateway.store.entry`). The
+    entry id's position is consecutive, so a range by position is a plain ``XRANGE`` and
+    trimming by age reads the time from the ids. Trimmed on append by length
+    (``MAXLEN ~``) and, about one batch in 16, by age (exactly, up to 32 entries per
+    inbox per pass); the key expires ``inbox_max_age`` after the last append.
+``{prefix}{u:<user>}:pos``
+    the position of the newest message ever appended (``INCR``); TTL ``inbox_max_age``,
+    refreshed lazily (about one batch in 16, and by acks). When it is missing but the
+    inbox is not, the next append resumes after the inbox's last entry, so positions
+    never repeat while an inbox exists.
+``{prefix}{u:<user>}:acked``
+    the acknowledged position; only moves forward, never past ``pos``; TTL
+    ``inbox_max_age``.
+``{prefix}{u:<user>}:presence``
+    sorted set: member = gateway id, score = expiry (ms since the epoch, Redis clock).
+    Look-ups keep members scored after "now"; the key expires with its latest member.
+``{prefix}{u:<user>}:dedupe:<client id>``
+    the first message with that client id and its recipients (so a resend can be pushed
+    again), each store in its own record; TTL ``dedupe_window``.
+``{prefix}{u:<user>}:groups``
+    set of the group ids ``user`` is in, at most ``max_groups_per_user``. No TTL:
+    bounded instead.
+``{prefix}{g:<group>}:members``
+    set of user ids, at most ``max_group_members``. No TTL: bounded instead.
+``{prefix}gateway:<gateway id>``
+    a live gateway's beacon (:meth:`KeyspaceStore.beacon`), TTL ``presence_ttl``: when it is
+    missing, the gateway re-asserts its presence (Redis lost it).
+``{prefix}epoch``
+    the data generation, made once (no TTL: one small key); a gateway that sees it change
+    knows Redis lost its data, so inbox positions start from 1 again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from abc import abstractmethod
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+
+from transmit_hub.lifecycle import AsyncClosing
+from transmit_hub.types import GatewayId, UserId
+
+from ..errors import StoreError
+from ..positions import MAX_POSITION
+from . import entry
+from .contract import (
+    DEFAULT_MAX_GROUP_MEMBERS,
+    DEFAULT_MAX_GROUPS_PER_USER,
+    Beacon,
+    InboxEntry,
+    InboxPage,
+)
+
+Client = aioredis.Redis | RedisCluster
+"""Either Redis client: the calls below exist on both (each touches one slot, or is
+split by the cluster client's pipeline)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """The options of a Redis store, checked (the stores' keyword arguments).
+
+    - ``prefix``: every key starts with it.
+    - ``inbox_max_len``: entries kept per inbox (approximately: Redis trims whole
+      stream nodes, so up to about 100 more may stay).
+    - ``inbox_max_age``: seconds an inbox entry is kept (also approximate), and the TTL of
+      the inbox and acknowledged-position keys.
+    - ``dedupe_window``: seconds a client id is remembered per user.
+    - ``presence_ttl``: seconds a presence entry lives unless refreshed.
+    - ``socket_timeout``: seconds a Redis call may take (a client the store makes).
+    - ``max_groups_per_user``, ``max_group_members``: bounds ``join`` keeps.
+    - ``wait_replicas``, ``wait_timeout``: a stored batch is acknowledged only once
+      ``WAIT`` saw it on that many replicas within that many seconds (0: no ``WAIT``).
+    """
+
+    prefix: str = "im:"
+    inbox_max_len: int = 10_000
+    inbox_max_age: float = 7 * 86400
+    dedupe_window: float = 600
+    presence_ttl: float = 30
+    socket_timeout: float = 5.0
+    max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER
+    max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS
+    wait_replicas: int = 0
+    wait_timeout: float = 1.0
+    max_age_ms: int = field(init=False)
+    """``inbox_max_age`` in ms, as the scripts take it; likewise the next three."""
+    window_ms: int = field(init=False)
+    presence_ms: int = field(init=False)
+    wait_ms: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.wait_replicas < 0 or self.wait_timeout <= 0:
+            raise StoreError("wait_replicas must be 0 or more and wait_timeout positive")
+        if (
+            self.inbox_max_len < 1
+            or self.inbox_max_age <= 0
+            or self.dedupe_window <= 0
+            or self.presence_ttl <= 0
+        ):
+            raise StoreError("store limits and TTLs must be positive")
+        if "{" in self.prefix or "}" in self.prefix:
+            raise StoreError(f"the key prefix {self.prefix!r} must not contain braces")
+        if self.max_groups_per_user < 1 or self.max_group_members < 1:
+            raise StoreError("group limits must be positive")
+        for name, seconds in (
+            ("max_age_ms", self.inbox_max_age),
+            ("window_ms", self.dedupe_window),
+            ("presence_ms", self.presence_ttl),
+            ("wait_ms", self.wait_timeout),
+        ):
+            object.__setattr__(self, name, _ms(seconds))
+
+    def key(self, kind: str, user: object) -> str:
+        """The key of one of ``user``'s records (``inbox``, ``pos``, ``acked``, ...)."""
+        return f"{self.prefix}{{u:{user}}}:{kind}"
+
+    def group_key(self, group: int) -> str:
+        """The member set of ``group``."""
+        return f"{self.prefix}{{g:{group}}}:members"
+
+    def ack_keys(self, acked_key: str) -> tuple[str, str, str]:
+        """The keys the ack script takes for one user: acked, pos and inbox."""
+        base = acked_key[: -len("acked")]
+        return acked_key, base + "pos", base + "inbox"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def text(value: bytes | str) -> str:
+    """A Redis reply as text (clients may or may not decode replies)."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class KeyspaceStore(AsyncClosing):
+    """The part of a :class:`~im_gateway.store.Store` that is the same on one Redis and on
+    a Redis Cluster: reads, presence removals, the beacon, gathering acks, closing.
+
+    :class:`~im_gateway.store.redis.RedisStore` and
+    :class:`~im_gateway.store.cluster.ClusterStore` each build on it and add what differs:
+    how a batch is stored, how scripts reach their keys (one call, or one per slot), and
+    the two hooks below. Neither knows the other.
+    """
+
+    def __init__(self, client: Client, settings: Settings, *, owns_client: bool) -> None:
+        self.settings = settings
+        self._redis = client
+        self._owns_client = owns_client
+        self._acks = Acks(self._write_acks)
+        self._closed = False
+
+    @abstractmethod
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None: ...
+
+    @abstractmethod
+    async def _write_acks(self, acks: dict[str, int]) -> None:
+        """Write gathered acks: acked key -> position (see :class:`Acks`)."""
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError("the store is closed")
+
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        self._check_open()
+        key = self.settings.key
+        # The newest position first: every position up to it that the range then lacks
+        # was trimmed (an append between the two only adds entries beyond it).
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(key("pos", user))
+            if limit > 0 and after < MAX_POSITION:
+                pipe.xrange(key("inbox", user), str(after + 1), "+", count=limit)
+            replies: list[Any] = await pipe.execute()
+        last = int(replies[0] or 0)
+        rows = replies[1] if len(replies) > 1 else ()
+        return InboxPage(
+            [
+                InboxEntry(entry.position(eid), entry.from_fields(fields))
+                for eid, fields in rows or ()
+            ],
+            last,
+        )
+
+    async def ack(self, user: UserId, upto: int) -> None:
+        self._check_open()
+        if upto > 0:
+            await self._acks.ack(self.settings.key("acked", user), upto)
+
+    async def acked(self, user: UserId) -> int:
+        self._check_open()
+        value = await self._redis.get(self.settings.key("acked", user))
+        return 0 if value is None else int(value)
+
+    async def members(self, group: int) -> list[UserId]:
+        self._check_open()
+        found = await self._redis.smembers(self.settings.group_key(group))
+        return sorted(UserId(int(u)) for u in found)
+
+    async def is_member(self, group: int, user: UserId) -> bool:
+        self._check_open()
+        return bool(await self._redis.sismember(self.settings.group_key(group), str(user)))
+
+    async def attach(self, user: UserId, gateway: GatewayId) -> None:
+        await self.refresh(gateway, (user,))
+
+    async def detach(self, user: UserId, gateway: GatewayId) -> None:
+        self._check_open()
+        await self._redis.zrem(self.settings.key("presence", user), gateway)
+
+    async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        self._check_open()
+        if not users:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.zrem(self.settings.key("presence", user), gateway)
+            await pipe.execute()
+
+    async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
+        self._check_open()
+        fresh = secrets.token_hex(8)
+        prefix = self.settings.prefix
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(f"{prefix}gateway:{gateway}", "1", px=_ms(ttl), get=True)
+            pipe.set(f"{prefix}epoch", fresh, nx=True)
+            pipe.get(f"{prefix}epoch")
+            mark, _, epoch = await pipe.execute()
+        return Beacon(mark is None, fresh if epoch is None else text(epoch))
+
+    async def close(self) -> None:
+        """Let the ack writes under way land, then close the client if the store made it;
+        idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._acks.drain()
+        if self._owns_client:
+            await self._redis.aclose()
+
+
+class Acks:
+    """Acks asked for at about the same time, written together.
+
+    Sessions write acks (type 11) as their clients send them; a client that acks each
+    message would otherwise cost a round trip per message. Acks asked for before the
+    write task runs (at least every one of the same loop turn) share one ``write`` call,
+    which gets every acked key with the highest position asked for it.
+    """
+
+    def __init__(self, write: Callable[[dict[str, int]], Awaitable[object]]) -> None:
+        self._write = write
+        self._acks: dict[str, int] = {}
+        """Ack writes being gathered: acked key -> the highest position asked for."""
+        self._batch: asyncio.Future[None] | None = None
+        """Completes when the gathered acks are written (None: none being gathered)."""
+        self._writes: set[asyncio.Task[None]] = set()
+
+    async def ack(self, key: str, upto: int) -> None:
+        """Move ``key`` to ``upto`` (with the acks asked for meanwhile); returns once written."""
+        current = self._acks.get(key)
+        if current is None or upto > current:
+            self._acks[key] = upto
+        batch = self._batch
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = self._batch = loop.create_future()
+            batch.add_done_callback(_retrieve)
+            task = loop.create_task(self._flush(batch))
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+        await asyncio.shield(batch)  # a caller's cancellation leaves the write to finish
+
+    async def _flush(self, batch: asyncio.Future[None]) -> None:
+        acks, self._acks, self._batch = self._acks, {}, None
+        try:
+            await self._write(acks)
+        except asyncio.CancelledError:
+            batch.cancel()
+            raise
+        except Exception as exc:
+            batch.set_exception(exc)
+        else:
+            batch.set_result(None)
+
+    async def drain(self) -> None:
+        """Wait for the writes under way (acks record what clients confirmed)."""
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a shared ack write's error as seen (every waiter may have been cancelled)."""
+    if not future.cancelled():
+        future.exception()

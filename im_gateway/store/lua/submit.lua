@@ -1,0 +1,146 @@
+-- uses: now, inbox
+-- One batch on one Redis, atomic. No KEYS: the recipients of a group message are only
+-- known here, so key names are built from the prefix.
+-- ARGV: prefix, batch, inbox max len, inbox max age (ms), dedupe window (ms), then one
+-- inbox entry per submission (stored as is). The batch is a JSON array of [client_id,
+-- from, to, type, id, time, check], every item a string; check "0" skips the group
+-- membership test (the server API), and a sender "0" (the system) has no inbox.
+-- For each submission in order: dedupe (GET; a duplicate stores nothing and answers the
+-- first one's recipients; the record is written after the appends), the group check (a
+-- non-member stores nothing and releases the client id), then per recipient INCR of its
+-- position and one XADD at that position. Each XADD trims by length; in about one batch
+-- in 16 (by the clock), each inbox written is also trimmed by age. Then, once per
+-- distinct recipient, the TTLs and the presence look-up.
+-- Returns JSON [results, presence]: a result is [0, user, pos, user, pos, ...] (stored),
+-- [1, first id, first time, entry or false, user, pos, ...] (duplicate) or [2] (not a
+-- member); presence is a list of [user, gateway, ...] for the recipients with a live
+-- gateway.
+local prefix = ARGV[1]
+local batch = cjson.decode(ARGV[2])
+local max_len = ARGV[3]
+local max_age = tonumber(ARGV[4])
+local window = ARGV[5]
+local stamp = string.format('%.0f', now)
+local by_age = now % 16 == 0
+local cutoff = now - max_age
+local results = {}
+local touched = {}
+local order = {}
+local appended = {}
+local function ukey(u, kind)
+  return prefix .. '{u:' .. u .. '}:' .. kind
+end
+local function note(u)
+  if not touched[u] then
+    touched[u] = true
+    order[#order + 1] = u
+  end
+end
+local function acked_key(u)
+  return ukey(u, 'acked')
+end
+local function append(u, entry)
+  local ikey = ukey(u, 'inbox')
+  local pos = append_entry(ikey, ukey(u, 'pos'), acked_key, u, entry, max_len, max_age, stamp)
+  if not appended[u] then
+    appended[u] = true
+    if by_age then age_trim(ikey, cutoff) end
+  end
+  note(u)
+  return pos
+end
+for i, s in ipairs(batch) do
+  local cid, from, to, typ, id, time, check = s[1], s[2], s[3], s[4], s[5], s[6], s[7]
+  local dkey = false
+  local res = nil
+  if cid ~= '' then
+    dkey = ukey(from, 'dedupe:' .. cid)
+    local seen = redis.call('GET', dkey)
+    if seen then
+      -- A write (the TTL as it is), so that a WAIT after this call covers the first one.
+      local ttl = redis.call('PTTL', dkey)
+      if ttl > 0 then redis.call('PEXPIRE', dkey, ttl) end
+      -- "<n> <time> <user> <pos> ... (n pairs) <id>": the first one's recipients; the id
+      -- is the rest of the string (it may hold spaces).
+      local words, at = {}, 1
+      local count = nil
+      while count == nil or #words < 2 + 2 * count do
+        local a, b = string.find(seen, '%S+', at)
+        words[#words + 1] = string.sub(seen, a, b)
+        at = b + 2
+        if count == nil then count = tonumber(words[1]) end
+      end
+      local first_time, first_id = words[2], string.sub(seen, at)
+      -- The stored message itself (not the resend's text), from the first recipient's
+      -- inbox; when it was trimmed there is nothing to push again.
+      local stored = {}
+      if count > 0 then
+        stored = redis.call('XRANGE', ukey(words[3], 'inbox'), words[4], words[4], 'COUNT', 1)
+      end
+      if #stored > 0 then
+        res = {1, first_id, first_time, stored[1][2][2]}
+        for j = 3, #words do
+          res[#res + 1] = words[j]
+          if j % 2 == 1 then note(words[j]) end
+        end
+      else
+        res = {1, first_id, first_time, false}
+      end
+    end
+  end
+  if not res then
+    local users
+    if typ == '2' then
+      local gkey = prefix .. '{g:' .. to .. '}:members'
+      if check == '0' then
+        users = redis.call('SMEMBERS', gkey)
+        if from ~= '0' and redis.call('SISMEMBER', gkey, from) == 0 then
+          users[#users + 1] = from
+        end
+      elseif redis.call('SISMEMBER', gkey, from) == 1 then
+        users = redis.call('SMEMBERS', gkey)
+      else
+        res = {2}
+      end
+    elseif from == to or from == '0' then
+      users = {to}
+    else
+      users = {to, from}
+    end
+    if users then
+      local entry = ARGV[5 + i]
+      local written = {}
+      for _, u in ipairs(users) do
+        written[#written + 1] = u
+        written[#written + 1] = append(u, entry)
+      end
+      if dkey then
+        redis.call('SET', dkey, (#written / 2) .. ' ' .. time .. ' ' ..
+          table.concat(written, ' ') .. ' ' .. id, 'PX', window)
+      end
+      res = {0}
+      for _, v in ipairs(written) do
+        res[#res + 1] = v
+      end
+    end
+  end
+  results[i] = res
+end
+local since = string.format('(%.0f', now)
+local presence = {}
+for _, u in ipairs(order) do
+  if appended[u] then
+    redis.call('PEXPIRE', ukey(u, 'inbox'), max_age)
+    if by_age then
+      -- The counter's TTL is refreshed lazily (here, and by acks): when it lapses while
+      -- the inbox lives, the next append and the next ack resume from the inbox.
+      redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+    end
+  end
+  local gws = redis.call('ZRANGEBYSCORE', ukey(u, 'presence'), since, '+inf')
+  if #gws > 0 then
+    table.insert(gws, 1, u)
+    presence[#presence + 1] = gws
+  end
+end
+return cjson.encode({results, presence})

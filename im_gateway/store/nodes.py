@@ -1,0 +1,136 @@
+"""Calls on a Redis Cluster's nodes, for :class:`~im_gateway.store.cluster.ClusterStore`:
+each call goes to its slot's primary, one pipeline per node, the nodes in parallel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
+from redis.crc import key_slot
+from redis.exceptions import ClusterError, ConnectionError, NoScriptError
+
+from ..errors import StoreError
+
+logger = logging.getLogger(__name__)
+
+
+def cluster_nodes(url: str) -> list[tuple[str, int]]:
+    """The ``HOST:PORT`` list of a ``redis+cluster://HOST:PORT[,HOST:PORT...]`` URL."""
+    rest = url.partition("://")[2].split("?", 1)[0].split("/", 1)[0]
+    nodes = []
+    for part in rest.split(","):
+        host, sep, port = part.strip().rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise StoreError(
+                f"bad Redis Cluster URL {url!r}: use redis+cluster://HOST:PORT[,HOST:PORT...]"
+            )
+        nodes.append((host.strip("[]"), int(port)))
+    return nodes
+
+
+@dataclass(slots=True)
+class Call:
+    """One command for the primary of ``slot``; ``source``: the script, for EVAL."""
+
+    slot: int
+    args: tuple[Any, ...]
+    source: str | None = None
+
+
+def slot_of(key: str) -> int:
+    """The cluster slot of ``key``."""
+    return key_slot(key.encode())
+
+
+class Nodes:
+    """Runs calls on a cluster; ``wait_replicas`` and ``wait_ms`` make the ``WAIT`` that
+    ends each node's pipeline when a run asks for one."""
+
+    def __init__(self, cluster: RedisCluster, *, wait_replicas: int, wait_ms: int) -> None:
+        self._cluster = cluster
+        self._wait_replicas = wait_replicas
+        self._wait_ms = wait_ms
+        self._shas: dict[str, str] = {}
+
+    def script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
+        """A call of the script ``source`` (EVALSHA) in the slot of ``keys[0]``."""
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = self._cluster.register_script(source).sha
+        return Call(slot_of(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
+
+    async def run(self, calls: Sequence[Call], *, wait: bool = False) -> list[tuple[Any, bool]]:
+        """Each call on its slot's primary: one pipeline per node, the nodes in parallel.
+
+        With ``wait``, each node's pipeline ends with ``WAIT`` on the same connection;
+        ``(reply, confirmed)`` per call, confirmed when that WAIT counted enough replicas
+        (always, without ``wait``). A script a node does not have yet is loaded on every
+        primary and its calls sent again the same way. A call that still failed on its
+        node (MOVED after a failover, a dead connection) is sent again through the cluster
+        client, which follows redirections and reconnects; it is then not confirmed.
+        """
+        cluster = self._cluster
+        await cluster.initialize()
+        results = await self._on_nodes(calls, range(len(calls)), wait)
+        unknown = [i for i, (r, _) in enumerate(results) if isinstance(r, NoScriptError)]
+        if unknown:
+            for source in {calls[i].source for i in unknown}:
+                if source is not None:
+                    await cluster.script_load(source)
+            for i, result in zip(unknown, await self._on_nodes(calls, unknown, wait), strict=True):
+                results[i] = result
+        out: list[tuple[Any, bool]] = []
+        for call, (reply, confirmed) in zip(calls, results, strict=True):
+            if isinstance(reply, Exception):
+                args = call.args
+                if call.source is not None:
+                    args = ("EVAL", call.source, *args[2:])
+                try:
+                    reply = await cluster.execute_command(*args)
+                except (ConnectionError, ClusterError) as exc:
+                    # The client's map of the slots is stale (a failover): read it anew
+                    # from the nodes, once, and try again.
+                    logger.debug("refreshing the cluster's slot map after %r", exc)
+                    await cluster.nodes_manager.initialize()
+                    reply = await cluster.execute_command(*args)
+                confirmed = not wait
+            out.append((reply, confirmed))
+        return out
+
+    async def _on_nodes(
+        self, calls: Sequence[Call], indexes: Sequence[int], wait: bool
+    ) -> list[tuple[Any, bool]]:
+        """The calls at ``indexes`` in one pipeline per node (see :meth:`run`): per call
+        its reply (an exception when it failed) and whether WAIT confirmed it."""
+        manager = self._cluster.nodes_manager
+        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        for i in indexes:
+            node = manager.get_node_from_slot(calls[i].slot)
+            cmds = by_node.setdefault(node.name, (node, []))[1]
+            cmds.append(PipelineCommand(i, *calls[i].args))
+        if wait:
+            for _, cmds in by_node.values():
+                cmds.append(PipelineCommand(-1, "WAIT", self._wait_replicas, self._wait_ms))
+
+        async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> Exception | None:
+            try:
+                await node.execute_pipeline(cmds)
+            except Exception as exc:  # the node is gone: its calls are sent again
+                return exc
+            return None
+
+        errors = await asyncio.gather(*(one(node, cmds) for node, cmds in by_node.values()))
+        found: dict[int, tuple[Any, bool]] = {}
+        for (_, cmds), error in zip(by_node.values(), errors, strict=True):
+            confirmed = True
+            if wait:
+                count = cmds.pop().result
+                confirmed = isinstance(count, int) and count >= self._wait_replicas
+            for cmd in cmds:
+                found[cmd.position] = (cmd.result if error is None else error, confirmed)
+        return [found[i] for i in indexes]

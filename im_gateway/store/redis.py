@@ -1,0 +1,285 @@
+"""The :class:`~im_gateway.store.Store` on one Redis (redis.asyncio, Redis 6.2 or later).
+
+The keys: :mod:`~im_gateway.store.keyspace`. The dedupe record of a client id is
+``"<n> <time> <user> <position> ... <message id>"`` (n pairs; the id is the rest).
+
+:meth:`RedisStore.submit` is one ``EVALSHA`` per batch (``lua/submit.lua``), whatever its
+size, and atomic: a batch is stored whole or not at all, so retrying it is safe (its
+client ids dedupe it, and the duplicates carry their recipients to be pushed again). That
+script builds key names from its arguments (the recipients of a group message are only
+known inside it), so it touches keys not passed in ``KEYS``: the store needs a single
+Redis (standalone, or a primary with replicas); on Redis Cluster,
+:class:`~im_gateway.store.cluster.ClusterStore` stores a batch with one script per slot.
+With ``wait_replicas``, the script and a ``WAIT`` share one pipeline (one connection), and
+a batch that too few replicas confirmed is refused
+(:attr:`~im_gateway.store.Refusal.NOT_REPLICATED`); its resend is a duplicate, whose
+script writes (a TTL), so its ``WAIT`` covers the first one's writes. Acks asked for at about the same time (:meth:`RedisStore.ack`, any number
+of users) share one ``EVALSHA`` too, and a read is one round trip (``XRANGE`` and ``GET``
+pipelined).
+
+The client retries a command once a pooled connection turns out dead (the server
+restarted, say) on a fresh connection, with a short backoff; a timeout is not retried
+here (the caller decides: a stored batch whose reply was lost is deduplicated when it is
+sent again).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError, NoScriptError
+
+from transmit_hub.types import GatewayId, MessageId, Recipient, UserId
+
+from ..errors import GroupLimitError
+from . import entry, scripts
+from .contract import (
+    DEFAULT_MAX_GROUP_MEMBERS,
+    DEFAULT_MAX_GROUPS_PER_USER,
+    Accepted,
+    Refusal,
+    Refused,
+    Submission,
+    unencodable,
+)
+from .keyspace import KeyspaceStore, Settings, text
+
+__all__ = ["RedisStore", "client_options"]
+
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# What lua/submit.lua answers per submission (the first item), and lua/join.lua.
+_DUPLICATE = 1
+_NOT_MEMBER = 2
+_JOIN_USER_FULL = 1
+_JOIN_GROUP_FULL = 2
+_JOIN_ALREADY = 3
+
+
+def client_options(socket_timeout: float) -> dict[str, Any]:
+    """Connection settings for the store's Redis clients.
+
+    A command on a pooled connection that died (the server restarted) is retried on a
+    fresh one, up to 3 times with a short backoff; a timeout is not retried (that would
+    multiply a stall), it reaches the caller. Idle connections are checked before use.
+    """
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 3, (ConnectionError,)),
+        "retry_on_timeout": False,
+        "health_check_interval": 5,
+    }
+
+
+class RedisStore(KeyspaceStore):
+    """Presence, groups, inboxes and dedupe in one Redis (6.2 or later).
+
+    ``client`` is a ``redis.asyncio.Redis`` (the caller keeps owning it; :meth:`close`
+    leaves it open) or a URL (the store makes the client and closes it). The options are
+    :class:`~im_gateway.store.keyspace.Settings`' fields.
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis | str,
+        *,
+        prefix: str = "im:",
+        inbox_max_len: int = 10_000,
+        inbox_max_age: float = 7 * 86400,
+        dedupe_window: float = 600,
+        presence_ttl: float = 30,
+        socket_timeout: float = 5.0,
+        max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
+        max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
+    ) -> None:
+        settings = Settings(
+            prefix=prefix,
+            inbox_max_len=inbox_max_len,
+            inbox_max_age=inbox_max_age,
+            dedupe_window=dedupe_window,
+            presence_ttl=presence_ttl,
+            socket_timeout=socket_timeout,
+            max_groups_per_user=max_groups_per_user,
+            max_group_members=max_group_members,
+            wait_replicas=wait_replicas,
+            wait_timeout=wait_timeout,
+        )
+        owns = isinstance(client, str)
+        if isinstance(client, str):
+            # Timeouts so a hung Redis fails calls instead of stalling them; the URL's
+            # query (?socket_timeout=...) overrides them.
+            client = aioredis.Redis.from_url(client, **client_options(socket_timeout))
+        super().__init__(client, settings, owns_client=owns)
+        self._client = client
+        self._submit = client.register_script(scripts.SUBMIT)
+        self._refresh = client.register_script(scripts.REFRESH)
+        self._lookup = client.register_script(scripts.LOOKUP)
+        self._ack = client.register_script(scripts.ACK)
+        self._join = client.register_script(scripts.JOIN)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The Redis client the store uses."""
+        return self._client
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        self._check_open()
+        settings = self.settings
+        bad = unencodable(batch)
+        todo = [s for i, s in enumerate(batch) if i not in bad] if bad else batch
+        done: list[Accepted | Refused] = []
+        if todo:
+            rows = []
+            for s in todo:
+                m = s.message
+                rows.append(
+                    (
+                        s.client_id,
+                        str(m.sender),
+                        str(m.to),
+                        str(m.type),
+                        m.id,
+                        str(m.time),
+                        "1" if s.check_member else "0",
+                    )
+                )
+            args: tuple[str | int, ...] = (
+                settings.prefix,
+                _encode(rows),
+                settings.inbox_max_len,
+                settings.max_age_ms,
+                settings.window_ms,
+                *[entry.encode(s.message) for s in todo],
+            )
+            if settings.wait_replicas:
+                reply, replicated = await self._submit_and_wait(args)
+            else:
+                reply, replicated = await self._submit(args=args), True
+            results, live = json.loads(reply)
+            presence: dict[int, tuple[GatewayId, ...]] = {
+                int(row[0]): tuple(row[1:]) for row in live
+            }
+            done = [_result(s, res, presence) for s, res in zip(todo, results, strict=True)]
+            if not replicated:
+                done = [
+                    Refused(r.client_id, Refusal.NOT_REPLICATED) if isinstance(r, Accepted) else r
+                    for r in done
+                ]
+        if not bad:
+            return done
+        stored = iter(done)
+        return [
+            Refused(s.client_id, Refusal.UNENCODABLE) if i in bad else next(stored)
+            for i, s in enumerate(batch)
+        ]
+
+    async def _submit_and_wait(self, args: Sequence[Any]) -> tuple[Any, bool]:
+        """The batch script and ``WAIT`` in one pipeline, so on one connection (WAIT
+        counts the replicas that have that connection's writes); True when enough do."""
+        wait_replicas = self.settings.wait_replicas
+        for attempt in (1, 2):
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self._submit.sha, 0, *args)
+                pipe.execute_command("WAIT", wait_replicas, self.settings.wait_ms)
+                reply, count = await pipe.execute(raise_on_error=False)
+            if isinstance(reply, NoScriptError) and attempt == 1:
+                await self._client.script_load(scripts.SUBMIT)
+                continue
+            if isinstance(reply, Exception):
+                raise reply
+            return reply, isinstance(count, int) and count >= wait_replicas
+        raise AssertionError("unreachable")
+
+    async def _write_acks(self, acks: dict[str, int]) -> None:
+        """One script call for every ack gathered (see :class:`~.keyspace.Acks`)."""
+        keys = [key for acked in acks for key in self.settings.ack_keys(acked)]
+        await self._ack(keys=keys, args=(*acks.values(), self.settings.max_age_ms))
+
+    # -- groups ---------------------------------------------------------------------------
+
+    async def join(self, group: int, user: UserId) -> bool:
+        self._check_open()
+        settings = self.settings
+        keys = [settings.group_key(group), settings.key("groups", user)]
+        args: list[str | int] = [
+            str(user),
+            str(group),
+            settings.max_groups_per_user,
+            settings.max_group_members,
+        ]
+        answer = int(await self._join(keys, args))
+        if answer == _JOIN_USER_FULL:
+            raise GroupLimitError(group, settings.max_groups_per_user, user_full=True)
+        if answer == _JOIN_GROUP_FULL:
+            raise GroupLimitError(group, settings.max_group_members, user_full=False)
+        return answer != _JOIN_ALREADY
+
+    async def leave(self, group: int, user: UserId) -> bool:
+        self._check_open()
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.srem(self.settings.group_key(group), str(user))
+            pipe.srem(self.settings.key("groups", user), str(group))
+            removed, _ = await pipe.execute()
+        return bool(removed)
+
+    # -- presence -------------------------------------------------------------------------
+
+    async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        self._check_open()
+        if users:
+            keys = [self.settings.key("presence", user) for user in users]
+            await self._refresh(keys=keys, args=(gateway, self.settings.presence_ms))
+
+    async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
+        self._check_open()
+        if not users:
+            return {}
+        order = list(users)
+        keys = [self.settings.key("presence", user) for user in order]
+        rows = await self._lookup(keys=keys)
+        return {
+            user: tuple(GatewayId(text(gw)) for gw in gateways)
+            for user, gateways in zip(order, rows, strict=True)
+            if gateways
+        }
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        self._check_open()
+        await self._client.ping()
+
+
+def _result(
+    sub: Submission, res: list[Any], presence: dict[int, tuple[GatewayId, ...]]
+) -> Accepted | Refused:
+    """A submission's answer from its row in ``lua/submit.lua``'s reply."""
+    kind = res[0]
+    m = sub.message
+    if kind == _NOT_MEMBER:
+        return Refused(sub.client_id, Refusal.NOT_MEMBER)
+    if kind == _DUPLICATE:
+        # The first message, as stored (the resend's text may differ), or only its id
+        # and time when its inbox entry is gone (then nothing is pushed again).
+        stored = res[3]
+        if isinstance(stored, str):
+            m = entry.decode(stored)
+        else:
+            m = dataclasses.replace(m, id=MessageId(res[1]), time=int(res[2]))
+        pairs = res[4:]
+    else:
+        pairs = res[1:]
+    users = [UserId(int(u)) for u in pairs[0::2]]
+    recipients = tuple(map(Recipient, users, pairs[1::2]))
+    live = {u: presence[u] for u in users if u in presence}
+    return Accepted(sub.client_id, m, kind == _DUPLICATE, recipients, live)

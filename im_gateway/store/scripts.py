@@ -1,0 +1,37 @@
+"""The Lua scripts of the Redis stores: one file each in ``lua/``, read once, at import.
+
+A script's first line may name the files it builds on, ``-- uses: now, inbox``; those
+come first, in that order (``now.lua`` defines ``now``, the server's clock in ms;
+``inbox.lua`` the inbox functions). Every script reads the clock with ``TIME`` on the
+Redis server, so gateways with skewed clocks agree on presence expiry and inbox age.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Final
+
+_USES: Final = "-- uses: "
+
+
+def source(name: str) -> str:
+    """The full text of ``lua/<name>.lua``, the files it uses first."""
+    text = resources.files("im_gateway.store").joinpath("lua", f"{name}.lua").read_text("utf-8")
+    first = text.partition("\n")[0]
+    if not first.startswith(_USES):
+        return text
+    return "".join(source(used.strip()) for used in first[len(_USES) :].split(",")) + text
+
+
+# One Redis (store/redis.py) and Redis Cluster (store/cluster.py) alike.
+ACK: Final = source("ack")
+LOOKUP: Final = source("lookup")
+REFRESH: Final = source("refresh")
+# One Redis only.
+SUBMIT: Final = source("submit")
+JOIN: Final = source("join")
+# Redis Cluster only.
+CLAIM: Final = source("claim")
+APPEND: Final = source("append")
+JOIN_USER: Final = source("join_user")
+JOIN_GROUP: Final = source("join_group")
