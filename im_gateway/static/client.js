@@ -109,6 +109,7 @@ const str = (value) => (value === undefined || value === null ? "" : String(valu
  * - `{kind: "retry", id, code}`: refused with a retried code; call `retry(id)` later;
  * - `{kind: "error", code, message}`: a type 99 for no request of ours;
  * - `{kind: "truncated", seq}`: history was lost before this position;
+ * - `{kind: "catchup-later"}`: the catch-up was cut short; call `resumeCatchUp()` later;
  * - `{kind: "live"}`: the connection's replays are done.
  */
 export class ClientCore {
@@ -125,10 +126,11 @@ export class ClientCore {
     this.seen = new Set(); // message ids shown, or known to be this client's (the newest)
     this.streams = new Map(); // stream ("" the inbox, "g7:" a large group) -> its state
     this.connected = false;
-    this.phase = "down"; // down | replay | catchup | live
+    this.phase = "down"; // down | replay | catchup | waiting (to catch up again) | live
     this.opens = 0;
     this.catchUp = false;
     this.buffer = []; // inbox frames of a catch-up, until its end marker
+    this.cut = false; // the running catch-up was cut short (rate_limited)
     this.out = [];
     this.events = [];
   }
@@ -170,6 +172,7 @@ export class ClientCore {
     this.phase = "down";
     this.out = [];
     this.buffer = [];
+    this.cut = false;
   }
 
   /** A frame from the gateway (parsed JSON). Anything malformed is ignored. */
@@ -234,7 +237,7 @@ export class ClientCore {
       // (the gateway's replay starts from the user's, which may be further on).
       return;
     }
-    if (this.phase === "catchup" && where && where.stream === INBOX) {
+    if ((this.phase === "catchup" || this.phase === "waiting") && where && where.stream === INBOX) {
       // Live pushes may come before the catch-up reaches their positions: kept, and
       // sorted by position at its end marker (each is stored before it is pushed, so the
       // catch-up holds them too, and the repeats are dropped by id).
@@ -308,6 +311,8 @@ export class ClientCore {
       // For no request of ours: "internal" here is an acknowledgement the gateway could
       // not store ("send it again"), so every stream's position goes out again.
       if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
+      // "rate_limited" during a catch-up: the gateway's replay budget cuts it short.
+      if (code === "rate_limited" && this.phase === "catchup") this.cut = true;
       this.events.push({ kind: "error", code, message });
       return;
     }
@@ -336,15 +341,44 @@ export class ClientCore {
         return;
       }
     }
+    if (this.phase === "catchup" && this.cut) {
+      // Cut short by the replay budget at `reached`: show what came up to there, keep
+      // the rest, and ask again from there later (`resumeCatchUp`); no acks meanwhile.
+      this.cut = false;
+      const limit = reached ? reached.pos : 0n;
+      const later = this.buffer.filter((f) => parseSeq(f.seq).pos > limit);
+      this.flush(this.buffer.filter((f) => parseSeq(f.seq).pos <= limit));
+      this.buffer = later;
+      if (reached) this.handle(reached);
+      this.phase = "waiting";
+      this.events.push({ kind: "catchup-later" });
+      return;
+    }
     if (this.phase === "replay" || this.phase === "catchup") {
-      const buffered = this.buffer.map((f) => [parseSeq(f.seq).pos, f]);
-      buffered.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+      const buffered = this.buffer;
       this.buffer = [];
       this.phase = "live";
-      for (const [, f] of buffered) this.onMessage(f);
+      this.flush(buffered);
       if (reached) this.handle(reached);
       this.events.push({ kind: "live" });
     }
+  }
+
+  /** Ask again for a catch-up the replay budget cut short (after a pause). */
+  resumeCatchUp() {
+    if (this.phase !== "waiting") return;
+    this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
+    this.phase = "catchup";
+  }
+
+  /** Set-aside inbox frames, in position order, as if they came now. */
+  flush(frames) {
+    const sorted = frames.map((f) => [parseSeq(f.seq).pos, f]);
+    sorted.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const phase = this.phase;
+    this.phase = "flush";
+    for (const [, f] of sorted) this.onMessage(f);
+    this.phase = phase;
   }
 
   // ---- helpers -----------------------------------------------------------------------
@@ -425,6 +459,7 @@ const DEFAULTS = {
   retryDelay: 200, // ms before a retried refusal goes out again (doubles, up to 5 s)
   ackInterval: 100,
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
+  catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
   maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
 };
 
@@ -723,6 +758,15 @@ export class Client {
       case "truncated":
         if (this.ontruncated) this.ontruncated(event.seq);
         break;
+      case "catchup-later": {
+        const timer = setTimeout(() => {
+          this.timers.retries.delete(timer);
+          this.core.resumeCatchUp();
+          this.pump();
+        }, this.options.catchUpDelay);
+        this.timers.retries.add(timer);
+        break;
+      }
       case "live":
         this.attempt = 0;
         this.setStatus("live");

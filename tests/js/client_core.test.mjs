@@ -120,6 +120,33 @@ test("after a reconnect it catches up from its own position, ignoring the connec
   assert.deepEqual(events.at(-1), { kind: "live" });
 });
 
+test("a catch-up cut short by the replay budget is asked for again from where it stopped", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive(msg("m9", "9")); // the connect replay (another device acknowledged to 8)
+  core.receive({ type: TYPE.REPLAY, seq: "9" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  core.receive(msg("m10", "10")); // a live push, before the catch-up reaches it
+  core.receive(msg("m2", "2"));
+  core.receive(msg("m3", "3"));
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget used up" });
+  core.receive({ type: TYPE.REPLAY, seq: "3" });
+  assert.deepEqual(shown(core.drain().events), ["m2", "m3"]);
+  assert.deepEqual(core.acks(), [], "no acknowledgement before the catch-up is complete");
+  core.receive(msg("m11", "11"));
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "3" }]);
+  for (const n of [4, 5, 6, 7, 8, 9, 10, 11]) core.receive(msg(`m${n}`, String(n)));
+  core.receive({ type: TYPE.REPLAY, seq: "11" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["m4", "m5", "m6", "m7", "m8", "m9", "m10", "m11"]);
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "11" }]);
+});
+
 test("its own message coming back before the answer is not shown, and not passed by acks", () => {
   const core = new ClientCore({ me: ME });
   core.opened();
@@ -256,8 +283,17 @@ class ModelGateway {
       this.acked[where.stream] = Math.max(this.acked[where.stream], Math.min(end, Number(where.pos)));
     } else if (frame.type === TYPE.REPLAY) {
       const after = Number(parseSeq(frame.seq).pos);
-      conn.down.push(...this.streams[""].slice(after));
-      conn.down.push({ type: TYPE.REPLAY, seq: String(this.streams[""].length) });
+      const entries = this.streams[""].slice(after);
+      if (entries.length > 1 && this.rand.chance(0.3)) {
+        // The replay budget is used up part of the way: rate_limited, then the marker.
+        const reached = this.rand.int(entries.length);
+        conn.down.push(...entries.slice(0, reached));
+        conn.down.push({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget" });
+        conn.down.push({ type: TYPE.REPLAY, seq: String(after + reached) });
+      } else {
+        conn.down.push(...entries);
+        conn.down.push({ type: TYPE.REPLAY, seq: String(this.streams[""].length) });
+      }
     } else if (frame.type === TYPE.JOIN || frame.type === TYPE.LEAVE) {
       conn.down.push({ type: TYPE.ACCEPTED, id: frame.id, msgId: "", time: "0" });
     } else if (this.dedupe.has(frame.id)) {
@@ -283,6 +319,11 @@ function runScenario(seed, steps) {
   const core = new ClientCore({ me: ME, idPrefix: `s${seed}-` });
   const requests = new Map(); // client id -> {frame, answers: []}
   const retries = new Set();
+  let catchUpLater = false;
+  const resume = () => {
+    if (catchUpLater) core.resumeCatchUp();
+    catchUpLater = false;
+  };
   const shownIds = [];
   const shownBy = new Map(); // stream -> last position shown
   let contents = 0;
@@ -302,6 +343,8 @@ function runScenario(seed, steps) {
         requests.get(event.id).answers.push(event);
       } else if (event.kind === "retry") {
         retries.add(event.id);
+      } else if (event.kind === "catchup-later") {
+        catchUpLater = true;
       }
     }
   };
@@ -322,6 +365,7 @@ function runScenario(seed, steps) {
   };
 
   const connect = () => {
+    catchUpLater = false;
     gw.connect();
     core.opened();
     pump();
@@ -372,6 +416,7 @@ function runScenario(seed, steps) {
     } else if (roll < 0.84) {
       for (const id of retries) core.retry(id);
       retries.clear();
+      resume();
     } else if (roll < 0.87) {
       // Another device of the user acknowledges further than this client has seen.
       // (Not before this client has a position: the end of a first connect replay. Until
@@ -392,6 +437,7 @@ function runScenario(seed, steps) {
   for (let rounds = 0; rounds < 100000; rounds += 1) {
     for (const id of retries) core.retry(id);
     retries.clear();
+    resume();
     pump();
     if (gw.conn.up.length) gw.handleUp();
     else if (gw.conn.down.length) core.receive(structuredClone(gw.conn.down.shift()));
