@@ -28,7 +28,12 @@
 // - A lost connection is retried with jittered exponential backoff, on the next URL of
 //   the list; after a 1012 close (the gateway drains), at once.
 // - After a reconnect the client asks (type 14) for what came after its own inbox
-//   position, since another device of the user may have acknowledged more than it saw.
+//   position, since another device of the user may have acknowledged more than it saw
+//   (a client that never finished a first replay has no position yet: like a new one, it
+//   starts from the user's). Its own message coming back in a replay before its answer
+//   is held (and the stream behind it) until the answer says whose it is.
+// - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
+//   once with code "backlog"); the newest 100,000 message ids are remembered.
 //
 // A refused token. The gateway answers a bad token with HTTP 401, which a browser's
 // WebSocket does not show (a refused upgrade and an unreachable host both look like a
