@@ -11,7 +11,7 @@ HTTP on the same port (answered in ``process_request``, before any upgrade):
 while at least one hub is linked and the store answers (503 with the reason
 otherwise; ``"hubs"`` says which hub is up),
 ``GET /info`` names the gateway, ``GET /`` and ``GET /static/<file>`` serve the chat
-page from ``im_gateway/static``.
+page from ``im_gateway/static``, ``GET /client.js`` the JavaScript client module.
 """
 
 from __future__ import annotations
@@ -456,6 +456,8 @@ class Gateway(AsyncLifecycle):
             return web.json_response(200, info)
         if path in ("/", "/index.html"):
             return web.static_file("index.html")
+        if path == "/client.js":
+            return web.static_file("client.js")
         if path.startswith("/static/"):
             return web.static_file(path[len("/static/") :])
         return web.not_found()

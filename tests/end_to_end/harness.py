@@ -184,6 +184,7 @@ class GatewayProcess:
         redis_url: str,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        port: int | None = None,
     ) -> None:
         import subprocess
         import sys
@@ -191,7 +192,7 @@ class GatewayProcess:
 
         from tests.helpers import free_port
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.gateway_id = gateway_id
         self.log = tempfile.NamedTemporaryFile(prefix=f"{gateway_id}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
