@@ -37,6 +37,7 @@ from transmit_hub.types import Message, MessageId, UserId
 from . import frames
 from .faults import Faults
 from .ids import MessageIds
+from .metrics import GatewayMetrics, NullMetrics
 from .store import Accepted, Refused, Store, Submission
 from .throttle import Throttled
 
@@ -83,8 +84,10 @@ class Pipeline:
         linger: float = 0.003,
         busy_window: float = 0.02,
         faults: Faults | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._route = route
         self._batch_size = batch_size
         self._linger = linger
@@ -206,6 +209,7 @@ class Pipeline:
         if self._faults is not None:
             self._faults.stored()
         self.batches += 1
+        self._metrics.stored(len(batch), results)
         self.submitted += len(batch)
         route = self._route
         for (caller, _), result in zip(batch, results, strict=True):

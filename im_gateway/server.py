@@ -33,7 +33,7 @@ from transmit_hub.pool import HubPool
 from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId, UserId
 
-from . import auth, faults, web
+from . import auth, faults, metrics, web
 from .admission import ConnectionCaps, RejectionLog
 from .api import ApiServer
 from .config import GatewayConfig, default_gateway_id, parse_host_port
@@ -173,6 +173,8 @@ class Gateway(AsyncLifecycle):
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
+        self.metrics = metrics.from_env()
+        self.metrics.watch(self)
 
     # --- properties -------------------------------------------------------------------
 
@@ -200,6 +202,11 @@ class Gateway(AsyncLifecycle):
     def linked(self) -> bool:
         """Whether the hub link is up right now."""
         return self._link is not None and self._link.connected
+
+    @property
+    def hub_link(self) -> Link | None:
+        """The hub link (a :class:`HubPool` unless the caller gave one), once started."""
+        return self._link
 
     @property
     def relay(self) -> Relay:
@@ -261,7 +268,7 @@ class Gateway(AsyncLifecycle):
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
-        store = self._store
+        store = self._store = self.metrics.timed(self._store)
         try:
             self._server = await serve(
                 self._handle,
@@ -311,6 +318,7 @@ class Gateway(AsyncLifecycle):
             presence=self._presence,
             max_content=cfg.max_content,
             faults=faults.from_env(),
+            metrics=self.metrics,
         )
         await self._relay.start()
         if cfg.api_listen is not None and cfg.api_key is not None:
@@ -450,6 +458,8 @@ class Gateway(AsyncLifecycle):
         if path == "/healthz":
             ok, report = await self.health()
             return web.json_response(200 if ok else 503, report)
+        if path == "/metrics" and self.metrics.enabled:
+            return web.response(200, self.metrics.render(), metrics.CONTENT_TYPE)
         if path == "/info":
             info = {"gatewayId": self._gateway_id, "groupJoin": self.config.group_join}
             return web.json_response(200, info)
@@ -476,17 +486,20 @@ class Gateway(AsyncLifecycle):
             )
         except AuthError as exc:
             self._rejections.hit(f"401 {exc} (from {_peer(connection)})")
+            self.metrics.handshake_refused("unauthorized")
             return web.json_response(
                 401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
             )
         if not isinstance(connection, _Connection) or connection.lost:
             # (A client gone before its request was read takes no slot: none would
             # ever be given back.)
+            self.metrics.handshake_refused("not_ready")
             return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
         user = identity.user
         refused = self._caps.admit(user)
         if refused is not None:
             self._rejections.hit(f"{refused.status} user {user}: {refused.code}")
+            self.metrics.handshake_refused(refused.code)
             return web.json_response(
                 refused.status, {"error": refused.code, "reason": refused.reason}
             )
@@ -522,6 +535,7 @@ class Gateway(AsyncLifecycle):
             limits=self._limits,
             slots=self._slots,
             group_rights=connection.group_rights or self._rights,
+            metrics=self.metrics,
         )
         relay.add(session)
         try:

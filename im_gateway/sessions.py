@@ -45,6 +45,7 @@ from transmit_hub.types import MessageId, UserId
 from . import frames
 from .errors import FrameError, GroupLimitError
 from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights
+from .metrics import GatewayMetrics, NullMetrics
 from .ratelimit import TokenBucket
 from .replayer import Replayer
 from .store import Accepted, Refused, Store
@@ -137,6 +138,7 @@ class Session:
         "_handling",
         "_limits",
         "_loop",
+        "_metrics",
         "_pinged_at",
         "_pong",
         "_queue",
@@ -162,6 +164,7 @@ class Session:
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
         group_rights: GroupRights = SERVER_RIGHTS,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
@@ -169,6 +172,7 @@ class Session:
         frames this connection may send (the gateway passes its ``--group-join``;
         by default none: membership is the server's)."""
         self._group_rights = group_rights
+        self._metrics = metrics = metrics if metrics is not None else NullMetrics()
         self._ws = ws
         self._slots = slots if slots is not None else asyncio.Semaphore(16)
         self.user = user
@@ -191,6 +195,7 @@ class Session:
             held_max=limits.held_max,
             fill_delay=limits.fill_delay,
             replay_budget=limits.replay_budget,
+            metrics=metrics,
         )
         self._ack_target: int | None = None
         self._acking: asyncio.Task[None] | None = None
@@ -227,6 +232,7 @@ class Session:
         """Queue a frame for the client; False when the session is closing or overflowed."""
         if self._closing:
             return False
+        self._metrics.frame_out(text)
         queue = self._queue
         if not queue and self._writer is None and self._ws.send_now(text):
             return True  # the common case: written at once, no task
@@ -297,6 +303,7 @@ class Session:
     def settled(self, result: Accepted | Refused) -> None:
         """This connection's message is stored (type 10) or refused (type 99)."""
         if isinstance(result, Refused):
+            self._metrics.refused(result.code)
             self.push(frames.encode_error(result.code, result.reason, result.client_id))
         else:
             self.push(
@@ -305,6 +312,7 @@ class Session:
 
     def failed(self, code: str, reason: str, client_id: str) -> None:
         """This connection's message could not be stored: it may send it again."""
+        self._metrics.refused(code)
         self.push(frames.encode_error(code, reason, client_id))
 
     def disconnect(self, code: int, reason: str) -> None:
@@ -368,6 +376,7 @@ class Session:
         try:
             frame = frames.parse(text, max_content=self._limits.max_content)
         except FrameError as exc:
+            self._metrics.frame_in(None)
             self.last_seen = now
             self._bucket.allow(now)  # a refused frame counts toward the rate too
             self._refuse(exc, now)
@@ -377,6 +386,7 @@ class Session:
                 return False
         elif not isinstance(frame, (frames.Heartbeat, frames.Ack)):
             return False
+        self._metrics.frame_in(frame)
         self.last_seen = now
         try:
             self._check_rate(frame, now)
@@ -394,6 +404,7 @@ class Session:
         """Answer a refused frame (type 99); close a client that keeps sending them."""
         if self._closing:
             return
+        self._metrics.refused(exc.code)
         if (
             self._limits.max_refused
             and exc.code != frames.RATE_LIMITED  # a fast client is slowed, not closed
@@ -448,6 +459,7 @@ class Session:
         allowed = self._bucket.allow(now)  # every frame counts, valid or not
         try:
             frame = frames.parse(data, max_content=self._limits.max_content)
+            self._metrics.frame_in(frame)
             if not allowed:
                 raise FrameError(
                     frames.RATE_LIMITED, "too many frames; slow down", getattr(frame, "id", None)
@@ -522,6 +534,7 @@ class Session:
                     raise
                 except Exception as exc:
                     _ack_failed.hit(exc=exc)
+                    self._metrics.refused(frames.INTERNAL)
                     self.push(frames.encode_error(frames.INTERNAL, "ack not stored; send it again"))
         finally:
             self._acking = None

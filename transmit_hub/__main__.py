@@ -30,6 +30,7 @@ async def serve(config: HubConfig) -> None:
         claim_timeout=config.claim_timeout,
         max_gateways=config.max_gateways,
         forget_after=config.forget_after,
+        metrics_listen=config.metrics_listen,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

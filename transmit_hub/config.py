@@ -40,9 +40,15 @@ class HubConfig:
     claim_timeout: float = 2.0
     max_gateways: int = 4096
     forget_after: float = 3600.0
+    metrics_listen: str | None = None
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if self.metrics_listen is not None:
+            try:
+                parse_listen(self.metrics_listen)
+            except ConfigError as exc:
+                raise ConfigError(str(exc).replace("--listen", "--metrics-listen", 1)) from None
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("--auth-token must not be empty (leave it unset for no auth)")
         if self.queue_size < 1:
@@ -168,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="the stats of a gateway that left are forgotten this long after it left "
         "(default 3600)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at GET /metrics on this address (default: off)",
     )
     p.add_argument(
         "--log-level",

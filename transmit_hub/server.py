@@ -37,6 +37,7 @@ from grpc_reflection.v1alpha import reflection
 from .auth import BearerTokenInterceptor
 from .errors import ConfigError
 from .lifecycle import AsyncLifecycle
+from .metrics import HubMetrics, MetricsServer
 from .registry import Registry
 from .service import HubService, add_to_server
 from .tls import ServerTls
@@ -104,7 +105,9 @@ class HubServer(AsyncLifecycle):
         claim_timeout: float = 2.0,
         max_gateways: int = 4096,
         forget_after: float = 3600.0,
+        metrics_listen: str | None = None,
     ) -> None:
+        """``metrics_listen``: ``HOST:PORT`` to serve Prometheus metrics on (None: off)."""
         self._host, self._requested_port = parse_listen(listen)
         if queue_size < 1:
             raise ConfigError(f"queue size must be at least 1, not {queue_size}")
@@ -131,6 +134,11 @@ class HubServer(AsyncLifecycle):
             claim_timeout=claim_timeout,
             ids_from_certificates=tls is not None and tls.mutual,
         )
+        self.metrics = HubMetrics(self)
+        self._metrics_server: MetricsServer | None = None
+        if metrics_listen is not None:
+            host, port = parse_listen(metrics_listen)
+            self._metrics_server = MetricsServer(host, port, self.metrics.render)
         self._server: Any = None
         self._health: Any = None
         self._port = 0
@@ -154,12 +162,19 @@ class HubServer(AsyncLifecycle):
             host = f"[{host}]"
         return f"{host}:{self.port}"
 
+    @property
+    def metrics_port(self) -> int:
+        """The bound port of ``metrics_listen`` (0 when metrics are not served)."""
+        return self._metrics_server.port if self._metrics_server is not None else 0
+
     async def start(self) -> None:
         """Listen and serve; raises :class:`ConfigError` when the address is unusable."""
         if self._server is not None:
             raise RuntimeError("the hub is already started")
         if self._requested_port:
             check_bindable(self._host, self._requested_port)
+        if self._metrics_server is not None:
+            await self._metrics_server.start()
         interceptors = [BearerTokenInterceptor(self._auth_token)] if self._auth_token else []
         server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_to_server(self.service, server)
@@ -208,6 +223,8 @@ class HubServer(AsyncLifecycle):
     async def stop(self, grace: float | None = None) -> None:
         """Drain for up to ``grace`` seconds (default: the constructor's), then stop."""
         if self._server is None:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
             self._closed.set()
             return
         if self._stopping is None:
@@ -225,6 +242,8 @@ class HubServer(AsyncLifecycle):
             await self.service.drain(grace)
             await stopped
         finally:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
             self._closed.set()
             log.info("transmit hub %s stopped", self.hub_id)
 
