@@ -3,7 +3,9 @@
 Every flag can also come from the environment as ``IM_GATEWAY_<FLAG>`` (upper snake
 case, e.g. ``IM_GATEWAY_JWT_SECRET``); a flag on the command line wins. Errors in
 flags or an unusable dependency at start print one line and exit non-zero; SIGINT and
-SIGTERM stop the gateway gracefully (sockets are closed with 1001, presence removed).
+SIGTERM stop the gateway gracefully: SIGTERM drains it (see ``Gateway.drain``: sockets
+closed with 1012 within ``--drain-timeout``), SIGINT closes sockets with 1001; presence is
+removed.
 """
 
 from __future__ import annotations
@@ -415,6 +417,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["close_timeout"].default,
         metavar="SECONDS",
     )
+    _add(
+        timeouts,
+        "--drain-timeout",
+        type=float,
+        help="on SIGTERM: stop accepting, answer the frames taken, close every socket with "
+        "1012 and exit, within this long",
+        default=d["drain_timeout"].default,
+        metavar="SECONDS",
+    )
     store = parser.add_argument_group("store")
     _add(
         store,
@@ -599,14 +610,22 @@ async def serve(config: GatewayConfig) -> None:
     from .server import Gateway
 
     stop = asyncio.Event()
+    signals: list[signal.Signals] = []
+
+    def stop_on(sig: signal.Signals) -> None:
+        signals.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig)
     async with Gateway(**{f: getattr(config, f) for f in config.__dataclass_fields__}) as gateway:
         tune_gc()
         print(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", flush=True)
         await stop.wait()
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
+        if signals[0] == signal.SIGTERM:  # a deploy: users move to another gateway (1012)
+            await gateway.drain()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

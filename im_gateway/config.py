@@ -110,6 +110,7 @@ class GatewayConfig:
     ping_interval: float = 20.0
     ping_timeout: float = 20.0
     close_timeout: float = 3.0
+    drain_timeout: float = 10.0
     # store
     redis_prefix: str = "im:"
     redis_timeout: float = 5.0
@@ -200,6 +201,10 @@ class GatewayConfig:
         for flag, number in positive.items():
             if number <= 0:
                 raise ConfigError(f"{flag} must be positive, got {number}")
+        if not 0.5 <= self.drain_timeout <= 3600:
+            raise ConfigError(
+                f"--drain-timeout must be 0.5 to 3600 seconds, got {self.drain_timeout}"
+            )
         if self.redis_wait_replicas < 0:
             raise ConfigError(
                 f"--redis-wait-replicas must not be negative, got {self.redis_wait_replicas}"

@@ -106,6 +106,7 @@ class Pipeline:
             logger, "answering or routing a stored message failed %d times", level=logging.ERROR
         )
         self._closed = False
+        self._working = False
         self.batches = 0
         """Store round trips made by the worker (for tests and stats)."""
         self.submitted = 0
@@ -126,6 +127,11 @@ class Pipeline:
     def queued(self) -> int:
         """Submissions waiting for the worker."""
         return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch in the works: every caller has been answered."""
+        return not self._working and self._queue.empty()
 
     def submission(
         self, sender: UserId, frame: frames.SendMessage, *, check_member: bool = True
@@ -181,6 +187,7 @@ class Pipeline:
         last_start = -1e9
         while True:
             batch = [await queue.get()]
+            self._working = True
             _take(queue, batch, limit)
             now = loop.time()
             linger = len(batch) < limit and now - last_start < self._busy_window
@@ -198,6 +205,8 @@ class Pipeline:
                 self._batch_failed.hit(exc=exc)
                 for caller, sub in batch:
                     caller.failed(frames.INTERNAL, "storage unavailable; send again", sub.client_id)
+            finally:
+                self._working = False
 
     async def _process(self, batch: Sequence[_Item]) -> None:
         submissions = [sub for _, sub in batch]

@@ -49,6 +49,10 @@ from .tasks import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 1.0
+CLOSE_SERVICE_RESTART = 1012
+"""Service Restart: the gateway is draining; reconnect at once, to any gateway."""
+DRAIN_POLL = 0.01
+"""Seconds between checks that a draining gateway has answered what it took."""
 
 
 class _Connection(ServerConnection):
@@ -173,6 +177,7 @@ class Gateway(AsyncLifecycle):
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
+        self._draining = False
         self.metrics = metrics.from_env()
         self.metrics.watch(self)
 
@@ -399,6 +404,51 @@ class Gateway(AsyncLifecycle):
         finally:
             self._closed.set()
 
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline
+        """Leave gracefully (SIGTERM), within ``timeout`` seconds (``--drain-timeout``).
+
+        At once: stop accepting (the listening port closes, ``/healthz`` and new
+        handshakes get 503) and take no more frames from the clients. Then wait until
+        every frame already taken is answered and written, and close every socket with
+        1012 (service restart), so that clients reconnect at once to another gateway and
+        resend what is unanswered. Sockets still open at the deadline are aborted.
+        Call :meth:`close` afterwards.
+        """
+        if self._draining or self._closing or self._server is None:
+            return
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._draining = self.metrics.draining = True
+        self._server.server.close()  # the listening port closes
+        sessions = self._relay.sessions() if self._relay is not None else []
+        logger.info("draining: %d connections to close with 1012", len(sessions))
+        for session in sessions:
+            session.drain()
+        relay = self._relay
+
+        def answered() -> bool:
+            pipeline_idle = relay is None or relay.pipeline.idle
+            return pipeline_idle and all(s.settled_down for s in sessions)
+
+        try:
+            async with asyncio.timeout_at(deadline - min(1.0, timeout / 4)):
+                # Every frame taken is answered (the pipeline and the sessions are done
+                # with them) and its answer written (no send queue left).
+                while not answered():  # noqa: ASYNC110 - a state of many parts, polled
+                    await asyncio.sleep(DRAIN_POLL)
+        except TimeoutError:
+            logger.warning("drain: not every answer was written before --drain-timeout")
+        # (A client that does not answer the close in time is aborted.)
+        remaining = max(0.1, min(self.config.close_timeout, deadline - loop.time()))
+        await asyncio.gather(
+            *(
+                s.close_socket(CLOSE_SERVICE_RESTART, "gateway restarting", remaining)
+                for s in sessions
+            ),
+            return_exceptions=True,
+        )
+
     async def wait_linked(self, timeout: float) -> None:  # noqa: ASYNC109 - a deadline
         """Wait until the hub link is up; raises :class:`TimeoutError` after ``timeout``."""
         if self._hub_link is not None:
@@ -417,6 +467,8 @@ class Gateway(AsyncLifecycle):
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the gateway can do its job, and a JSON-ready report saying why."""
         reasons: list[str] = []
+        if self._draining:
+            reasons.append("draining: the gateway is shutting down")
         hub = "linked" if self._link is not None and self._link.connected else "down"
         conflict = getattr(self._link, "conflict", None)  # another process holds our id
         if conflict:
@@ -490,6 +542,9 @@ class Gateway(AsyncLifecycle):
             return web.json_response(
                 401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
             )
+        if self._draining:
+            self.metrics.handshake_refused("draining")
+            return web.json_response(503, {"error": "unavailable", "reason": "draining"})
         if not isinstance(connection, _Connection) or connection.lost:
             # (A client gone before its request was read takes no slot: none would
             # ever be given back.)

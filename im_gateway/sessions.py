@@ -134,6 +134,7 @@ class Session:
         "_acking",
         "_bucket",
         "_closing",
+        "_draining",
         "_group_rights",
         "_handling",
         "_limits",
@@ -183,6 +184,7 @@ class Session:
         self._queue: collections.deque[str] | None = None  # allocated on a backlog only
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._draining = False
         now = self._loop.time()
         self._bucket = TokenBucket(limits.rate, limits.burst, now)
         self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
@@ -228,6 +230,26 @@ class Session:
         """Frames waiting in the send queue."""
         return len(self._queue) if self._queue else 0
 
+    @property
+    def settled_down(self) -> bool:
+        """No frame is being handled and nothing waits in the send queue (for a drain)."""
+        return not self._handling and self._writer is None
+
+    def drain(self) -> None:
+        """The gateway is going away: take no more frames from this client (acks still
+        count), while the answers to those already taken go out. The client resends what
+        is unanswered once the socket closes (1012) and it is connected elsewhere."""
+        self._draining = True
+
+    def _ignore(self, data: str | bytes) -> None:
+        """A frame that came during a drain: not taken (an ack is still recorded)."""
+        try:
+            frame = frames.parse(data, max_content=self._limits.max_content)
+        except FrameError:
+            return
+        if isinstance(frame, frames.Ack):
+            self._ack(frame.upto)
+
     def push(self, text: str) -> bool:
         """Queue a frame for the client; False when the session is closing or overflowed."""
         if self._closing:
@@ -269,14 +291,14 @@ class Session:
             self.close_socket(CLOSE_SEND_QUEUE_FULL, "send queue full; reconnect to resume")
         )
 
-    async def close_socket(self, code: int, reason: str) -> None:
+    async def close_socket(self, code: int, reason: str, within: float | None = None) -> None:
         """Close the WebSocket; abort the TCP connection if the client does not take part.
 
         (A peer that does not read never lets the close frame drain, and
         ``websockets`` would wait for it without a deadline.)
         """
         try:
-            async with asyncio.timeout(self._limits.close_timeout):
+            async with asyncio.timeout(within or self._limits.close_timeout):
                 await self._ws.close(code, reason)
         except TimeoutError:
             transport = getattr(self._ws, "transport", None)
@@ -372,6 +394,9 @@ class Session:
         """
         if self._handling:
             return False
+        if self._draining:
+            self._ignore(text)
+            return True
         now = self._loop.time()
         try:
             frame = frames.parse(text, max_content=self._limits.max_content)
@@ -456,6 +481,9 @@ class Session:
         return True
 
     async def _handle(self, data: str | bytes, now: float) -> None:
+        if self._draining:
+            self._ignore(data)
+            return
         allowed = self._bucket.allow(now)  # every frame counts, valid or not
         try:
             frame = frames.parse(data, max_content=self._limits.max_content)
