@@ -632,6 +632,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return token_main(args[1:])
+    if args[:1] == ["probe"]:
+        from . import probe
+
+        return probe.main(args[1:])
     config = parse_config(args)
     logging.basicConfig(
         level=config.log_level.upper(),
