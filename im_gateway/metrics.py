@@ -88,6 +88,14 @@ class FastHistogram:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.sum += value
 
+    def observe_since(self, time_ms: int) -> None:
+        """Observe the seconds from ``time_ms`` (wall clock, ms) to now (0 if ahead)."""
+        value = _now() - time_ms * 0.001
+        if value < 0.0:
+            value = 0.0
+        self.counts[_bisect(self.bounds, value)] += 1
+        self.sum += value
+
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative ``(le, count)`` pairs, ``+Inf`` last (Prometheus' form)."""
         out: list[tuple[str, float]] = []
@@ -97,6 +105,10 @@ class FastHistogram:
             out.append((_float_text(bound), total))
         out.append(("+Inf", total + self.counts[-1]))
         return out
+
+
+_now = time.time
+_bisect = bisect.bisect_left
 
 
 def _float_text(value: float) -> str:
@@ -121,9 +133,10 @@ class GatewayMetrics:
         self.batch_sizes = FastHistogram(BATCH_BUCKETS)
         self.push_hub = FastHistogram(LATENCY_BUCKETS)
         self.push_local = FastHistogram(LATENCY_BUCKETS)
-        self.frames_in: collections.Counter[object] = collections.Counter()
-        """Frames received, by type (an unparsable frame: ``"invalid"``)."""
-        self.frames_out: collections.Counter[str] = collections.Counter()
+        # defaultdict, not Counter: ``d[k] += 1`` is twice as fast on a C-level subclass.
+        self.frames_in: collections.defaultdict[object, int] = collections.defaultdict(int)
+        """Frames received, by type (its class when it has no type field; ``"invalid"``)."""
+        self.frames_out: collections.defaultdict[str, int] = collections.defaultdict(int)
         """Frames queued for sockets, by the first characters of their type."""
         self.replays: collections.Counter[str] = collections.Counter()
         """Inbox replays run, by kind: ``connect`` or ``asked`` (type 14)."""
@@ -145,10 +158,7 @@ class GatewayMetrics:
 
     def frame_in(self, frame: object) -> None:
         """A client frame was parsed (``frame``) or could not be (``None``)."""
-        if frame is None:
-            self.frames_in["invalid"] += 1
-        else:
-            self.frames_in[getattr(frame, "type", None) or _IN_KIND.get(type(frame), "?")] += 1
+        self.frames_in["invalid" if frame is None else getattr(frame, "type", frame.__class__)] += 1
 
     def frame_out(self, text: str) -> None:
         """A frame is queued for a socket (its type is read from its first characters)."""
@@ -169,11 +179,11 @@ class GatewayMetrics:
 
     def pushed(self, message_time_ms: int) -> None:
         """A message share from the hub is written to this gateway's sockets."""
-        self.push_hub.observe(max(0.0, time.time() - message_time_ms / 1000))
+        self.push_hub.observe_since(message_time_ms)
 
     def pushed_local(self, message_time_ms: int) -> None:
         """A message stored here is written to a recipient's socket on this gateway."""
-        self.push_local.observe(max(0.0, time.time() - message_time_ms / 1000))
+        self.push_local.observe_since(message_time_ms)
 
     def replay(self, kind: str) -> None:
         self.replays[kind] += 1
@@ -320,8 +330,11 @@ class _Collector(Collector):
         frames_in = CounterMetricFamily(
             "im_gateway_frames_in", "Client frames received, by type.", labels=["type"]
         )
-        for kind, n in sorted(m.frames_in.items(), key=lambda kv: str(kv[0])):
-            frames_in.add_metric([str(kind)], n)
+        by_kind: collections.Counter[str] = collections.Counter()
+        for key, n in m.frames_in.items():
+            by_kind[_IN_KIND.get(key, str(key))] += n
+        for kind, n in sorted(by_kind.items()):
+            frames_in.add_metric([kind], n)
         yield frames_in
         frames_out = CounterMetricFamily(
             "im_gateway_frames_out", "Frames queued for sockets, by type.", labels=["type"]
