@@ -577,6 +577,9 @@ class Gateway(AsyncLifecycle):
         ):
             await connection.close(1011, "gateway not ready")
             return
+        if self._draining:  # its handshake was accepted just before the drain began
+            await connection.close(CLOSE_SERVICE_RESTART, "gateway restarting")
+            return
         user = connection.user
         # The handshake is over: its response (headers and all, about 1.4 KB) would
         # otherwise stay with every idle connection. (``request`` must stay: websockets
