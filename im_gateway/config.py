@@ -301,6 +301,13 @@ class GatewayConfig:
     close_timeout: float = setting(
         3.0, "wait this long for a closing handshake", metavar="SECONDS", check=non_negative
     )
+    drain_timeout: float = setting(
+        10.0,
+        "on SIGTERM: stop accepting, answer the frames taken, close every socket with "
+        "1012 and exit, within this long",
+        metavar="SECONDS",
+        check=between(0.5, 3600),
+    )
     redis_prefix: str = setting(
         "im:", "prefix of every Redis key", metavar="PREFIX", check=_no_braces, group="store"
     )

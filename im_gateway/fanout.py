@@ -59,6 +59,7 @@ from transmit_hub.types import (
 
 from . import frames, inbound
 from .faults import Faults
+from .metrics import GatewayMetrics, NullMetrics
 from .presence import Presence
 from .store import Accepted, Store
 from .tasks import cancel_and_wait
@@ -130,6 +131,7 @@ class Fanout(Generic[C]):
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
         resync_after: float = 6.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """``forget_grace``: seconds after each (re)attach during which the hub's
         "not attached" notices are not acted on. After a hub restart the other gateways
@@ -157,6 +159,7 @@ class Fanout(Generic[C]):
         self._sweep_failed = Throttled(
             logger, "reading inbox ends for a catch-up failed %d times; every session reads"
         )
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._sessions: dict[UserId, list[C]] = {}
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -242,6 +245,8 @@ class Fanout(Generic[C]):
             for gateway in accepted.presence.get(recipient.user_id, ()):
                 if gateway != me:
                     remote.setdefault(gateway, []).append(recipient)
+        if prefix is not None:  # once per message, however many local sockets got it
+            self._metrics.pushed_local(accepted.message.time)
         if remote:
             tmap = TransmitMap(
                 message=accepted.message,
@@ -395,6 +400,8 @@ class Fanout(Generic[C]):
             text = frames.with_seq(prefix, str(pos))
             for session in sessions:
                 session.deliver(pos, text)
+        if prefix is not None:
+            self._metrics.pushed(delivery.message.time)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

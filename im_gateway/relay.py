@@ -22,6 +22,7 @@ from transmit_hub.types import GatewayId, MessageId
 from . import frames
 from .fanout import Fanout, Link
 from .faults import Faults
+from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .presence import Presence
 from .sessions import Session
@@ -48,6 +49,7 @@ class Relay:
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
         resync_after: float = 6.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.fanout: Fanout[Session] = Fanout(
@@ -59,6 +61,7 @@ class Relay:
             max_content=max_content,
             faults=faults,
             resync_after=resync_after,
+            metrics=metrics,
         )
         self.pipeline = Pipeline(
             store=store,
@@ -68,6 +71,7 @@ class Relay:
             linger=linger,
             busy_window=busy_window,
             faults=faults,
+            metrics=metrics,
         )
         self._closed = False
 

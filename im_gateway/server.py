@@ -32,7 +32,7 @@ from transmit_hub.pool import HubPool
 from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId, UserId
 
-from . import auth, faults, web
+from . import auth, faults, metrics, web
 from .admission import ConnectionCaps, RejectionLog
 from .api import ApiServer
 from .config import GatewayConfig, default_gateway_id, parse_host_port
@@ -47,6 +47,10 @@ from .tasks import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 1.0
+CLOSE_SERVICE_RESTART = 1012
+"""Service Restart: the gateway is draining; reconnect at once, to any gateway."""
+DRAIN_POLL = 0.01
+"""Seconds between checks that a draining gateway has answered what it took."""
 
 
 class _Connection(ServerConnection):
@@ -171,6 +175,9 @@ class Gateway(AsyncLifecycle):
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
+        self._draining = False
+        self.metrics = metrics.from_env()
+        self.metrics.watch(self)
 
     # --- properties -------------------------------------------------------------------
 
@@ -198,6 +205,11 @@ class Gateway(AsyncLifecycle):
     def linked(self) -> bool:
         """Whether the hub link is up right now."""
         return self._link is not None and self._link.connected
+
+    @property
+    def hub_link(self) -> Link | None:
+        """The hub link (a :class:`HubPool` unless the caller gave one), once started."""
+        return self._link
 
     @property
     def relay(self) -> Relay:
@@ -259,7 +271,7 @@ class Gateway(AsyncLifecycle):
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
-        store = self._store
+        store = self._store = self.metrics.timed(self._store)
         try:
             self._server = await serve(
                 self._handle,
@@ -310,6 +322,7 @@ class Gateway(AsyncLifecycle):
             max_content=cfg.max_content,
             faults=faults.from_env(),
             resync_after=cfg.hub_resend_window,
+            metrics=self.metrics,
         )
         await self._relay.start()
         if cfg.api_listen is not None and cfg.api_key is not None:
@@ -390,6 +403,51 @@ class Gateway(AsyncLifecycle):
         finally:
             self._closed.set()
 
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline
+        """Leave gracefully (SIGTERM), within ``timeout`` seconds (``--drain-timeout``).
+
+        At once: stop accepting (the listening port closes, ``/healthz`` and new
+        handshakes get 503) and take no more frames from the clients. Then wait until
+        every frame already taken is answered and written, and close every socket with
+        1012 (service restart), so that clients reconnect at once to another gateway and
+        resend what is unanswered. Sockets still open at the deadline are aborted.
+        Call :meth:`close` afterwards.
+        """
+        if self._draining or self._closing or self._server is None:
+            return
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._draining = self.metrics.draining = True
+        self._server.server.close()  # the listening port closes
+        sessions = self._relay.sessions() if self._relay is not None else []
+        logger.info("draining: %d connections to close with 1012", len(sessions))
+        for session in sessions:
+            session.drain()
+        relay = self._relay
+
+        def answered() -> bool:
+            pipeline_idle = relay is None or relay.pipeline.idle
+            return pipeline_idle and all(s.settled_down for s in sessions)
+
+        try:
+            async with asyncio.timeout_at(deadline - min(1.0, timeout / 4)):
+                # Every frame taken is answered (the pipeline and the sessions are done
+                # with them) and its answer written (no send queue left).
+                while not answered():  # noqa: ASYNC110 - a state of many parts, polled
+                    await asyncio.sleep(DRAIN_POLL)
+        except TimeoutError:
+            logger.warning("drain: not every answer was written before --drain-timeout")
+        # (A client that does not answer the close in time is aborted.)
+        remaining = max(0.1, min(self.config.close_timeout, deadline - loop.time()))
+        await asyncio.gather(
+            *(
+                s.close_socket(CLOSE_SERVICE_RESTART, "gateway restarting", remaining)
+                for s in sessions
+            ),
+            return_exceptions=True,
+        )
+
     async def wait_linked(self, timeout: float) -> None:  # noqa: ASYNC109 - a deadline
         """Wait until the hub link is up; raises :class:`TimeoutError` after ``timeout``."""
         if self._hub_link is not None:
@@ -408,6 +466,8 @@ class Gateway(AsyncLifecycle):
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the gateway can do its job, and a JSON-ready report saying why."""
         reasons: list[str] = []
+        if self._draining:
+            reasons.append("draining: the gateway is shutting down")
         hub = "linked" if self._link is not None and self._link.connected else "down"
         conflict = getattr(self._link, "conflict", None)  # another process holds our id
         refused = getattr(self._link, "refused", None)  # a hub refuses our certificate
@@ -451,6 +511,8 @@ class Gateway(AsyncLifecycle):
         if path == "/healthz":
             ok, report = await self.health()
             return web.json_response(200 if ok else 503, report)
+        if path == "/metrics" and self.metrics.enabled:
+            return web.response(200, self.metrics.render(), metrics.CONTENT_TYPE)
         if path == "/info":
             info = {"gatewayId": self._gateway_id, "groupJoin": self.config.group_join}
             return web.json_response(200, info)
@@ -479,17 +541,23 @@ class Gateway(AsyncLifecycle):
             )
         except AuthError as exc:
             self._rejections.hit(f"401 {exc} (from {_peer(connection)})")
+            self.metrics.handshake_refused("unauthorized")
             return web.json_response(
                 401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
             )
+        if self._draining:
+            self.metrics.handshake_refused("draining")
+            return web.json_response(503, {"error": "unavailable", "reason": "draining"})
         if not isinstance(connection, _Connection) or connection.lost:
             # (A client gone before its request was read takes no slot: none would
             # ever be given back.)
+            self.metrics.handshake_refused("not_ready")
             return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
         user = identity.user
         refused = self._caps.admit(user)
         if refused is not None:
             self._rejections.hit(f"{refused.status} user {user}: {refused.code}")
+            self.metrics.handshake_refused(refused.code)
             return web.json_response(
                 refused.status, {"error": refused.code, "reason": refused.reason}
             )
@@ -512,6 +580,9 @@ class Gateway(AsyncLifecycle):
         ):
             await connection.close(1011, "gateway not ready")
             return
+        if self._draining:  # its handshake was accepted just before the drain began
+            await connection.close(CLOSE_SERVICE_RESTART, "gateway restarting")
+            return
         user = connection.user
         # The handshake is over: its response (headers and all, about 1.4 KB) would
         # otherwise stay with every idle connection. (``request`` must stay: websockets
@@ -525,6 +596,7 @@ class Gateway(AsyncLifecycle):
             limits=self._limits,
             slots=self._slots,
             group_rights=connection.group_rights or self._rights,
+            metrics=self.metrics,
         )
         relay.add(session)
         try:

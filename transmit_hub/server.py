@@ -41,6 +41,7 @@ from .auth import BearerTokenInterceptor
 from .config import HubConfig, parse_listen
 from .errors import ConfigError
 from .lifecycle import AsyncLifecycle
+from .metrics import HubMetrics, MetricsServer
 from .registry import Registry
 from .service import HubService, add_to_server
 from .tls import ServerTls
@@ -106,6 +107,11 @@ class HubServer(AsyncLifecycle):
             gateway_keepalive=config.gateway_keepalive,
         )
         self._watch: asyncio.Task[None] | None = None
+        self.metrics = HubMetrics(self)
+        self._metrics_server: MetricsServer | None = None
+        if config.metrics_listen:
+            host, port = parse_listen(config.metrics_listen)
+            self._metrics_server = MetricsServer(host, port, self.metrics.render)
         self._server: Any = None
         self._health: Any = None
         self._port = 0
@@ -129,12 +135,19 @@ class HubServer(AsyncLifecycle):
             host = f"[{host}]"
         return f"{host}:{self.port}"
 
+    @property
+    def metrics_port(self) -> int:
+        """The bound port of ``metrics_listen`` (0 when metrics are not served)."""
+        return self._metrics_server.port if self._metrics_server is not None else 0
+
     async def start(self) -> None:
         """Listen and serve; raises :class:`ConfigError` when the address is unusable."""
         if self._server is not None:
             raise RuntimeError("the hub is already started")
         if self._requested_port:
             check_bindable(self._host, self._requested_port)
+        if self._metrics_server is not None:
+            await self._metrics_server.start()
         interceptors = [BearerTokenInterceptor(self._auth_token)] if self._auth_token else []
         server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_to_server(self.service, server)
@@ -184,6 +197,8 @@ class HubServer(AsyncLifecycle):
     async def stop(self, grace: float | None = None) -> None:
         """Drain for up to ``grace`` seconds (default: the constructor's), then stop."""
         if self._server is None:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
             self._closed.set()
             return
         if self._stopping is None:
@@ -204,6 +219,8 @@ class HubServer(AsyncLifecycle):
             if self._watch is not None:
                 self._watch.cancel()
                 await asyncio.wait([self._watch])
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
             self._closed.set()
             log.info("transmit hub %s stopped", self.hub_id)
 
