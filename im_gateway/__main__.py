@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
-from transmit_hub.runtime import loop_factory, tune_gc
+from transmit_hub.runtime import loop_factory, raise_open_file_limit, tune_gc
 
 from . import auth
 from .config import LOG_LEVELS, GatewayConfig
@@ -194,6 +194,48 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["api_max_body"].default,
         metavar="BYTES",
     )
+    _add(
+        api,
+        "--api-header-timeout",
+        type=float,
+        help="a request's headers must be complete this long after the connection opens "
+        "(or after their first byte, between requests); else 408 and the connection closes",
+        default=d["api_header_timeout"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        api,
+        "--api-body-timeout",
+        type=float,
+        help="a request's body must be complete this long after its headers; else 408",
+        default=d["api_body_timeout"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        api,
+        "--api-idle-timeout",
+        type=float,
+        help="close a kept-alive API connection that sends no next request for this long",
+        default=d["api_idle_timeout"].default,
+        metavar="SECONDS",
+    )
+    _add(
+        api,
+        "--api-max-header-bytes",
+        type=int,
+        help="largest request header block (request line and headers); beyond, 431 and "
+        "the connection closes, before the rest is read",
+        default=d["api_max_header_bytes"].default,
+        metavar="BYTES",
+    )
+    _add(
+        api,
+        "--api-max-connections",
+        type=int,
+        help="API connections open at once; one more gets 503 and is closed",
+        default=d["api_max_connections"].default,
+        metavar="N",
+    )
     security = parser.add_argument_group("security")
     _add(
         security,
@@ -257,6 +299,24 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="WebSockets this gateway holds in all; beyond, the upgrade gets HTTP 503",
         default=d["max_connections"].default,
+        metavar="N",
+    )
+    _add(
+        security,
+        "--max-handshakes",
+        type=int,
+        help="connections on --listen still in their opening handshake (or an HTTP "
+        "request) at once; one more gets HTTP 503 and is closed at once",
+        default=d["max_handshakes"].default,
+        metavar="N",
+    )
+    _add(
+        security,
+        "--fd-reserve",
+        type=int,
+        help="descriptors kept free for /healthz, the hubs and Redis: with fewer left, an "
+        "upgrade gets HTTP 503 (with half as many, any new connection does)",
+        default=d["fd_reserve"].default,
         metavar="N",
     )
     _add(
@@ -594,8 +654,9 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
-async def serve(config: GatewayConfig) -> None:
-    """Run a gateway until SIGINT or SIGTERM."""
+async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
+    """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's
+    line, logged once the gateway is up)."""
     from .server import Gateway
 
     stop = asyncio.Event()
@@ -603,6 +664,8 @@ async def serve(config: GatewayConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with Gateway(**{f: getattr(config, f) for f in config.__dataclass_fields__}) as gateway:
+        if limit_note:
+            logging.getLogger("im_gateway").info("%s", limit_note)
         tune_gc()
         print(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", flush=True)
         await stop.wait()
@@ -620,9 +683,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    limit_note = raise_open_file_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, limit_note))
     except GatewayError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP

@@ -89,6 +89,8 @@ class GatewayConfig:
     max_group_members: int = 100_000
     max_connections_per_user: int = 100
     max_connections: int = 50_000
+    max_handshakes: int = 1024
+    fd_reserve: int = 256
     tls_cert: str | None = None
     tls_key: str | None = None
     # limits
@@ -125,6 +127,11 @@ class GatewayConfig:
     api_key: str | None = None
     api_max_users: int = 1000
     api_max_body: int = 1024 * 1024
+    api_header_timeout: float = 10.0
+    api_body_timeout: float = 30.0
+    api_idle_timeout: float = 60.0
+    api_max_header_bytes: int = 16 * 1024
+    api_max_connections: int = 256
     # misc
     compression: bool = False
     log_level: str = "INFO"
@@ -163,6 +170,8 @@ class GatewayConfig:
             "--max-connections-per-user": self.max_connections_per_user,
             "--max-connections": self.max_connections,
             "--hub-resend-max": self.hub_resend_max,
+            "--max-handshakes": self.max_handshakes,
+            "--api-max-connections": self.api_max_connections,
         }
         for flag, value in positive_ints.items():
             if value < 1:
@@ -196,6 +205,9 @@ class GatewayConfig:
             "--dedupe-window": self.dedupe_window,
             "--redis-timeout": self.redis_timeout,
             "--redis-wait-timeout": self.redis_wait_timeout,
+            "--api-header-timeout": self.api_header_timeout,
+            "--api-body-timeout": self.api_body_timeout,
+            "--api-idle-timeout": self.api_idle_timeout,
         }
         for flag, number in positive.items():
             if number <= 0:
@@ -232,6 +244,12 @@ class GatewayConfig:
             raise ConfigError("--api-key must be at least 16 characters")
         if self.api_max_users < 1 or self.api_max_body < 1024:
             raise ConfigError("--api-max-users must be at least 1 and --api-max-body 1024")
+        if self.fd_reserve < 0:
+            raise ConfigError(f"--fd-reserve must not be negative, got {self.fd_reserve}")
+        if self.api_max_header_bytes < 1024:
+            raise ConfigError(
+                f"--api-max-header-bytes must be at least 1024, got {self.api_max_header_bytes}"
+            )
         if self.log_level.upper() not in LOG_LEVELS:
             raise ConfigError(f"--log-level must be one of {', '.join(LOG_LEVELS)}")
 

@@ -10,14 +10,15 @@ from collections.abc import Sequence
 
 from .config import HubConfig, parse_config
 from .errors import ConfigError
-from .runtime import loop_factory, tune_gc
+from .runtime import loop_factory, raise_open_file_limit, tune_gc
 from .server import HubServer
 
 log = logging.getLogger("transmit_hub")
 
 
-async def serve(config: HubConfig) -> None:
-    """Run a hub with ``config`` until SIGINT/SIGTERM, then stop it gracefully."""
+async def serve(config: HubConfig, limit_note: str | None = None) -> None:
+    """Run a hub with ``config`` until SIGINT/SIGTERM, then stop it gracefully
+    (``limit_note``: the open-file limit's line, logged once the hub is up)."""
     hub = HubServer(
         listen=config.listen,
         auth_token=config.auth_token,
@@ -36,6 +37,8 @@ async def serve(config: HubConfig) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
+    if limit_note:
+        log.info("%s", limit_note)
     tune_gc()
     try:
         await stop.wait()
@@ -54,9 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=config.log_level_number,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    limit_note = raise_open_file_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, limit_note))
     except ConfigError as exc:
         print(f"transmit_hub: error: {exc}", file=sys.stderr)
         return 1
