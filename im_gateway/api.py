@@ -58,6 +58,9 @@ from .throttle import Throttled
 logger = logging.getLogger(__name__)
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+LINGER = 2.0
+"""Seconds an answer given before its body was read waits, reading and dropping the
+rest, before the connection closes (so the client reads the answer, not a reset)."""
 STORE_CONCURRENCY = 32
 """Store calls in flight at once for one ``groups/add`` or ``groups/remove``."""
 
@@ -151,6 +154,7 @@ class ApiServer(AsyncLifecycle):
             # by api_limits as the bytes arrive.
             max_line_size=self._max_header_bytes,
             max_field_size=self._max_header_bytes,
+            lingering_time=LINGER,
         )
         await self._runner.setup()
         self._site = GuardedSite(self._runner, self._host, self._port, self._limits)

@@ -28,10 +28,11 @@ import asyncio
 import enum
 import logging
 from dataclasses import dataclass
+from typing import cast
 
 from aiohttp import web
 
-from .descriptors import REFUSED_RESPONSE, Sockets
+from .descriptors import Sockets, refuse
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
@@ -177,12 +178,11 @@ class _Guard(asyncio.Protocol):
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         refused = self._limits.sockets.open_api(self._limits.bounds.max_connections)
         if refused is not None:
             _refused.hit()
-            transport.write(REFUSED_RESPONSE)
-            transport.close()
+            refuse(transport, self)
             return
         self._transport = transport
         self._limits.register(transport, self)

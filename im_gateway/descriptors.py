@@ -21,6 +21,7 @@ connections cannot race past a bound.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
@@ -44,6 +45,35 @@ REFUSED_RESPONSE: Final = (
 )
 """What a connection refused before its request is read gets: a fixed answer, written
 once and closed (no parser, no task of its own)."""
+
+REFUSED_LINGER: Final = 1.0
+"""Seconds a refused connection stays half-closed, its input discarded, so the client
+reads the 503 instead of a reset (closing a socket with unread input sends RST)."""
+
+
+class _Refused(asyncio.Protocol):
+    """A refused connection: what arrives is discarded; its end is told to ``owner``."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: asyncio.BaseProtocol) -> None:
+        self._owner = owner
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._owner.connection_lost(exc)
+
+
+def refuse(transport: asyncio.Transport, owner: asyncio.BaseProtocol) -> None:
+    """Write :data:`REFUSED_RESPONSE`, close the sending side, discard what arrives, and
+    close the socket once the client closes or after :data:`REFUSED_LINGER`. ``owner``
+    (the protocol that refused) still hears of the connection's end."""
+    transport.set_protocol(_Refused(owner))
+    transport.write(REFUSED_RESPONSE)
+    if not transport.can_write_eof():  # TLS: no half-close
+        transport.close()
+        return
+    transport.write_eof()
+    asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
 
 
 def open_descriptors() -> int | None:

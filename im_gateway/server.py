@@ -21,7 +21,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import Frame, Opcode
@@ -104,9 +104,7 @@ class _Connection(ServerConnection):
             return
         if self.rejections is not None:
             self.rejections.hit(f"{refused.status} at connect: {refused.reason}")
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(descriptors.REFUSED_RESPONSE)
-        transport.close()
+        descriptors.refuse(cast(asyncio.Transport, transport), self)  # uvloop's: no subclass
 
     def handshake_done(self) -> None:
         """The connection is a WebSocket now: no longer a handshake under way."""

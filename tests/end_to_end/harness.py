@@ -184,7 +184,9 @@ class GatewayProcess:
         redis_url: str,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
+        """``preexec_fn`` runs in the child before it starts (e.g. to set its rlimits)."""
         import subprocess
         import sys
         import tempfile
@@ -214,6 +216,7 @@ class GatewayProcess:
             env={**__import__("os").environ, "IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})},
             stdout=self.log,
             stderr=self.log,
+            preexec_fn=preexec_fn,
         )
 
     async def wait_healthy(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - a deadline
