@@ -182,7 +182,7 @@ class _Guard(asyncio.Protocol):
         refused = self._limits.sockets.open_api(self._limits.bounds.max_connections)
         if refused is not None:
             _refused.hit()
-            refuse(transport, self)
+            refuse(transport, self, self._limits.sockets)
             return
         self._transport = transport
         self._limits.register(transport, self)

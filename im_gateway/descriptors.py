@@ -8,10 +8,12 @@ the sockets clients hold (both ports) and keeps a reserve, so that does not happ
 
 - a WebSocket upgrade is refused with HTTP 503 once fewer than ``reserve`` descriptors
   are left (``/healthz`` and the other HTTP paths are still answered);
-- a new TCP connection on either port is answered with a fixed 503 and closed at once,
-  unread, once fewer than half the reserve is left (room for the hub links, Redis and
-  one ``accept()`` batch), or when ``max_handshakes`` connections on the WebSocket port
-  are still in their opening handshake.
+- a new TCP connection on either port is answered at once with a fixed 503 (its request
+  is never parsed) once fewer than half the reserve is left (room for the hub links,
+  Redis and one ``accept()`` batch), or when ``max_handshakes`` connections on the
+  WebSocket port are still in their opening handshake. It stays half-closed for at most
+  :data:`REFUSED_LINGER` so the client reads the answer; those are counted too, and with
+  fewer than a quarter of the reserve left they are closed at once instead.
 
 Pure state, no I/O (the gateway measures the descriptors already open at start with
 :func:`open_descriptors` and passes them as ``baseline``). The counts only move in
@@ -44,7 +46,7 @@ REFUSED_RESPONSE: Final = (
     b"\r\n" + _REFUSED_BODY
 )
 """What a connection refused before its request is read gets: a fixed answer, written
-once and closed (no parser, no task of its own)."""
+once (no parser, no task of its own)."""
 
 REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays half-closed, its input discarded, so the client
@@ -54,23 +56,28 @@ reads the 503 instead of a reset (closing a socket with unread input sends RST).
 class _Refused(asyncio.Protocol):
     """A refused connection: what arrives is discarded; its end is told to ``owner``."""
 
-    __slots__ = ("_owner",)
+    __slots__ = ("_owner", "_sockets")
 
-    def __init__(self, owner: asyncio.BaseProtocol) -> None:
+    def __init__(self, owner: asyncio.BaseProtocol, sockets: Sockets) -> None:
         self._owner = owner
+        self._sockets = sockets
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._sockets.refusing -= 1
         self._owner.connection_lost(exc)
 
 
-def refuse(transport: asyncio.Transport, owner: asyncio.BaseProtocol) -> None:
+def refuse(transport: asyncio.Transport, owner: asyncio.BaseProtocol, sockets: Sockets) -> None:
     """Write :data:`REFUSED_RESPONSE`, close the sending side, discard what arrives, and
-    close the socket once the client closes or after :data:`REFUSED_LINGER`. ``owner``
-    (the protocol that refused) still hears of the connection's end."""
-    transport.set_protocol(_Refused(owner))
+    close the socket once the client closes or after :data:`REFUSED_LINGER` (at once when
+    the descriptors are very low). ``owner`` (the protocol that refused) still hears of
+    the connection's end."""
+    sockets.refusing += 1
+    transport.set_protocol(_Refused(owner, sockets))
     transport.write(REFUSED_RESPONSE)
-    if not transport.can_write_eof():  # TLS: no half-close
-        transport.close()
+    spare = sockets.spare
+    if not transport.can_write_eof() or (spare is not None and spare < sockets.reserve // 4):
+        transport.close()  # TLS has no half-close
         return
     transport.write_eof()
     asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
@@ -104,7 +111,15 @@ class Fit:
 class Sockets:
     """Client sockets on both ports, and the descriptor budget they share."""
 
-    __slots__ = ("_max_handshakes", "_spare_at_start", "api", "handshaking", "reserve", "ws")
+    __slots__ = (
+        "_max_handshakes",
+        "_spare_at_start",
+        "api",
+        "handshaking",
+        "refusing",
+        "reserve",
+        "ws",
+    )
 
     def __init__(
         self, *, limit: int | None, baseline: int, reserve: int, max_handshakes: int
@@ -120,6 +135,8 @@ class Sockets:
         """Of those, the ones still in their opening handshake (or an HTTP request)."""
         self.api = 0
         """TCP connections open on the server API port."""
+        self.refusing = 0
+        """Connections refused at once, half-closed until the client reads the 503."""
 
     def budget(self, *, limit: int | None, baseline: int) -> None:
         """Set the limit and the descriptors open besides the client sockets."""
@@ -130,7 +147,7 @@ class Sockets:
         """Descriptors left, as far as the client sockets go (None: no limit)."""
         if self._spare_at_start is None:
             return None
-        return self._spare_at_start - self.ws - self.api
+        return self._spare_at_start - self.ws - self.api - self.refusing
 
     def _accept_refusal(self) -> Refusal | None:
         spare = self.spare

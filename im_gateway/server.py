@@ -93,8 +93,8 @@ class _Connection(ServerConnection):
         super().process_event(event)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the connection, or answer a fixed 503 and close it at once, unread, when
-        too many handshakes are under way or the descriptors are low."""
+        """Count the connection, or answer it a fixed 503 at once (its request is never
+        read) when too many handshakes are under way or the descriptors are low."""
         super().connection_made(transport)
         if self.sockets is None:
             return
@@ -104,7 +104,8 @@ class _Connection(ServerConnection):
             return
         if self.rejections is not None:
             self.rejections.hit(f"{refused.status} at connect: {refused.reason}")
-        descriptors.refuse(cast(asyncio.Transport, transport), self)  # uvloop's: no subclass
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        descriptors.refuse(transport, self, self.sockets)
 
     def handshake_done(self) -> None:
         """The connection is a WebSocket now: no longer a handshake under way."""

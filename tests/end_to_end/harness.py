@@ -184,21 +184,21 @@ class GatewayProcess:
         redis_url: str,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
-        preexec_fn: Callable[[], None] | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
-        """``preexec_fn`` runs in the child before it starts (e.g. to set its rlimits)."""
+        """``nofile``: start the process with these (soft, hard) open-file limits."""
         import subprocess
         import sys
         import tempfile
 
-        from tests.helpers import free_port
+        from tests.helpers import free_port, with_nofile
 
         self.port = free_port()
         self.gateway_id = gateway_id
         self.log = tempfile.NamedTemporaryFile(prefix=f"{gateway_id}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                *(with_nofile(*nofile) if nofile else [sys.executable]),
                 "-m",
                 "im_gateway",
                 "--listen",
@@ -216,7 +216,6 @@ class GatewayProcess:
             env={**__import__("os").environ, "IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})},
             stdout=self.log,
             stderr=self.log,
-            preexec_fn=preexec_fn,
         )
 
     async def wait_healthy(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - a deadline

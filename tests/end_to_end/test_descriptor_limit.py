@@ -6,31 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import os
-import resource
 import subprocess
-import sys
 import tempfile
 import uuid
-from collections.abc import Callable
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
 
 from tests.end_to_end.harness import Client, GatewayProcess, http_get, token
-from tests.helpers import free_port, wait_until_sync
+from tests.helpers import free_port, wait_until_sync, with_nofile
 from transmit_hub.server import HubServer
 
 CLIENTS = 1100
 FIRST_USER = 7000
-
-
-def nofile(soft: int, hard: int) -> Callable[[], None]:
-    """A ``preexec_fn`` that sets the child's open-file limits."""
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
-    return apply
 
 
 def limits_of(pid: int) -> tuple[int, int]:
@@ -92,7 +80,7 @@ async def test_at_the_descriptor_limit_every_handshake_is_answered(
         gateway_id="gw-fd",
         hub=hub.address,
         redis_url=redis_url,
-        preexec_fn=nofile(1024, 1024),
+        nofile=(1024, 1024),
     )
     opened: list[tuple[int, ClientConnection]] = []
     try:
@@ -129,7 +117,7 @@ async def test_the_gateway_raises_its_soft_limit_to_the_hard_one(
         hub=hub.address,
         redis_url=redis_url,
         extra=("--log-level", "INFO"),
-        preexec_fn=nofile(1024, 4096),
+        nofile=(1024, 4096),
     )
     opened: list[tuple[int, ClientConnection]] = []
     try:
@@ -148,11 +136,10 @@ def test_the_hub_raises_its_soft_limit_to_the_hard_one() -> None:
     and says so in one INFO line."""
     with tempfile.NamedTemporaryFile(prefix="hub-fd-", suffix=".log") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "transmit_hub", "--listen", f"127.0.0.1:{free_port()}"],
+            with_nofile(1024, 4096, "-m", "transmit_hub", "--listen", f"127.0.0.1:{free_port()}"),
             env=dict(os.environ),
             stdout=log,
             stderr=log,
-            preexec_fn=nofile(1024, 4096),
         )
         try:
 

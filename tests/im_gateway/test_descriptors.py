@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from typing import cast
+
 import pytest
 
-from im_gateway.descriptors import REFUSED_RESPONSE, Sockets
+from im_gateway.descriptors import REFUSED_RESPONSE, Sockets, refuse
+from tests.helpers import wait_until
 
 
 def test_without_a_limit_only_the_handshake_cap_refuses() -> None:
@@ -87,3 +91,37 @@ def test_the_fixed_refusal_is_a_whole_http_response() -> None:
     assert head.startswith(b"HTTP/1.1 503 ")
     assert f"Content-Length: {len(body)}".encode() in head
     assert b"Connection: close" in head
+
+
+def test_refused_connections_still_lingering_count_against_the_budget() -> None:
+    sockets = Sockets(limit=100, baseline=0, reserve=20, max_handshakes=1000)
+    sockets.refusing = 5
+    assert sockets.spare == 95
+
+
+async def test_refuse_answers_503_then_closes_and_gives_the_count_back() -> None:
+    """A refused connection reads the whole 503 and an end of stream (not a reset, even
+    when it had sent a request), and the refusal count drops when it closes."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=1)
+    lost: list[bool] = []
+
+    class Refusing(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            refuse(cast(asyncio.Transport, transport), self, sockets)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            lost.append(True)
+
+    server = await asyncio.get_running_loop().create_server(Refusing, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(), 5) == REFUSED_RESPONSE
+        assert sockets.refusing == 1
+        writer.close()
+        await wait_until(lambda: lost == [True], what="the refused connection's end")
+        assert sockets.refusing == 0
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from tests.helpers import with_nofile
 from transmit_hub.runtime import GC_GEN0_THRESHOLD
 
 
@@ -36,22 +37,16 @@ def test_loop_factory_picks_uvloop() -> None:
 def _raise_in_child(soft: int, hard: int) -> list[str]:
     """Run raise_open_file_limit in a child started with (soft, hard): its sentence and
     the soft limit after."""
-    import resource
-
-    def limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-
     code = (
         "import resource; from transmit_hub.runtime import raise_open_file_limit; "
         "print(raise_open_file_limit()); print(resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
     )
     done = subprocess.run(
-        [sys.executable, "-c", code],
+        with_nofile(soft, hard, "-c", code),
         capture_output=True,
         text=True,
         check=True,
         timeout=60,
-        preexec_fn=limit,
     )
     return done.stdout.splitlines()
 
