@@ -12,8 +12,9 @@ the sockets clients hold (both ports) and keeps a reserve, so that does not happ
   is never parsed) once fewer than half the reserve is left (room for the hub links,
   Redis and one ``accept()`` batch), or when ``max_handshakes`` connections on the
   WebSocket port are still in their opening handshake. It stays half-closed for at most
-  :data:`REFUSED_LINGER` so the client reads the answer; those are counted too, and with
-  fewer than a quarter of the reserve left they are closed at once instead.
+  :data:`REFUSED_LINGER` so the client reads the answer (those are counted too); at most
+  a quarter of the reserve linger at once, and none when fewer than that are left: the
+  others are closed at once.
 
 Pure state, no I/O (the gateway measures the descriptors already open at start with
 :func:`open_descriptors` and passes them as ``baseline``). The counts only move in
@@ -69,15 +70,21 @@ class _Refused(asyncio.Protocol):
 
 def refuse(transport: asyncio.Transport, owner: asyncio.BaseProtocol, sockets: Sockets) -> None:
     """Write :data:`REFUSED_RESPONSE`, close the sending side, discard what arrives, and
-    close the socket once the client closes or after :data:`REFUSED_LINGER` (at once when
-    the descriptors are very low). ``owner`` (the protocol that refused) still hears of
-    the connection's end."""
+    close the socket once the client closes or after :data:`REFUSED_LINGER`; at once when
+    a quarter of the reserve already lingers or is all that is left (a flood of refused
+    connections must not hold the descriptors it was refused for). ``owner`` (the protocol
+    that refused) still hears of the connection's end."""
     sockets.refusing += 1
     transport.set_protocol(_Refused(owner, sockets))
     transport.write(REFUSED_RESPONSE)
+    quarter = sockets.reserve // 4
     spare = sockets.spare
-    if not transport.can_write_eof() or (spare is not None and spare < sockets.reserve // 4):
-        transport.close()  # TLS has no half-close
+    if (
+        not transport.can_write_eof()  # TLS has no half-close
+        or sockets.refusing > quarter
+        or (spare is not None and spare < quarter)
+    ):
+        transport.close()
         return
     transport.write_eof()
     asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)

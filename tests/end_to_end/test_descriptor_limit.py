@@ -152,3 +152,49 @@ def test_the_hub_raises_its_soft_limit_to_the_hard_one() -> None:
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+async def test_idle_api_sockets_do_not_lock_websocket_users_out(
+    hub: HubServer, redis_url: str
+) -> None:
+    """Under 1,024 descriptors, 1,000 idle API connections without a key: 256 are held
+    (--api-max-connections), the rest get 503; 300 WebSocket clients are then each
+    upgraded or answered 503, most upgraded, and users chat."""
+    api_port = free_port()
+    gw = GatewayProcess(
+        gateway_id="gw-fd-api",
+        hub=hub.address,
+        redis_url=redis_url,
+        extra=(
+            "--api-listen",
+            f"127.0.0.1:{api_port}",
+            "--api-key",
+            "api-key-for-the-descriptor-test",
+            "--api-header-timeout",
+            "60",
+        ),
+        nofile=(1024, 1024),
+    )
+    idle: list[asyncio.StreamWriter] = []
+    opened: list[tuple[int, ClientConnection]] = []
+    try:
+        await gw.wait_healthy()
+        for _ in range(1000):
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", api_port)
+            except OSError:
+                continue
+            idle.append(writer)
+        opened, refused, other = await open_many(gw.port, 300)
+        assert other == [], other[:5]
+        assert set(refused) <= {503}, refused
+        assert len(opened) >= 200, (len(opened), len(refused))
+        status, body, _ = await http_get(gw.port, "/healthz")
+        assert status == 200, body
+        (u1, ws1), (u2, ws2) = opened[:2]
+        await chat(Client(ws1, u1), Client(ws2, u2))
+    finally:
+        for writer in idle:
+            writer.close()
+        await asyncio.gather(*(ws.close() for _, ws in opened), return_exceptions=True)
+        gw.stop()

@@ -62,6 +62,7 @@ def test_an_unfinished_block_is_too_large_past_the_limit(chunk: int) -> None:
 
 
 def test_a_complete_block_over_the_limit_is_too_large() -> None:
+    """A block that ends past the limit is refused too, not just an unfinished one."""
     scan = HeaderScan(40)
     assert scan.feed(BLOCK) is Scan.TOO_LARGE
 
@@ -94,6 +95,7 @@ def test_bad_bounds_are_refused(changes: dict[str, object]) -> None:
 
 
 def test_bound_defaults() -> None:
+    """The defaults are the ones the README and --help state."""
     cfg = GatewayConfig(jwt_secret=SECRET)
     assert (
         cfg.api_header_timeout,

@@ -54,6 +54,7 @@ def test_upgrades_stop_at_the_reserve_and_connections_at_half_of_it() -> None:
 
 
 def test_api_connections_are_capped_and_share_the_budget() -> None:
+    """Beyond --api-max-connections an API connection is refused; a close makes room."""
     sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=1)
     assert sockets.open_api(2) is None
     assert sockets.open_api(2) is None
@@ -65,6 +66,7 @@ def test_api_connections_are_capped_and_share_the_budget() -> None:
 
 
 def test_counts_never_go_negative() -> None:
+    """A release without a matching count (a double close) leaves the counts at 0."""
     sockets = Sockets(limit=50, baseline=0, reserve=0, max_handshakes=5)
     sockets.close_ws(handshaking=True)
     sockets.close_api()
@@ -73,6 +75,7 @@ def test_counts_never_go_negative() -> None:
 
 
 def test_fit_says_how_many_websockets_the_limit_leaves_room_for() -> None:
+    """The start-time check: room = limit - open - reserve - API connections."""
     sockets = Sockets(limit=1024, baseline=24, reserve=256, max_handshakes=1024)
     assert sockets.fit(50_000, others=256).room == 1024 - 24 - 256 - 256
     assert not sockets.fit(50_000, others=256).fits
@@ -80,6 +83,7 @@ def test_fit_says_how_many_websockets_the_limit_leaves_room_for() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
+    """A negative reserve or a handshake cap under 1 is a programming error."""
     with pytest.raises(ValueError, match="reserve"):
         Sockets(limit=None, baseline=0, reserve=-1, max_handshakes=1)
     with pytest.raises(ValueError, match="reserve"):
@@ -87,6 +91,7 @@ def test_bad_settings_are_refused() -> None:
 
 
 def test_the_fixed_refusal_is_a_whole_http_response() -> None:
+    """The canned 503 is a complete HTTP/1.1 response whose length matches its body."""
     head, _, body = REFUSED_RESPONSE.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 503 ")
     assert f"Content-Length: {len(body)}".encode() in head
@@ -94,15 +99,19 @@ def test_the_fixed_refusal_is_a_whole_http_response() -> None:
 
 
 def test_refused_connections_still_lingering_count_against_the_budget() -> None:
+    """A refused connection still holds its descriptor while it lingers."""
     sockets = Sockets(limit=100, baseline=0, reserve=20, max_handshakes=1000)
     sockets.refusing = 5
     assert sockets.spare == 95
 
 
-async def test_refuse_answers_503_then_closes_and_gives_the_count_back() -> None:
-    """A refused connection reads the whole 503 and an end of stream (not a reset, even
-    when it had sent a request), and the refusal count drops when it closes."""
-    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=1)
+@pytest.mark.parametrize("reserve", [64, 0])
+async def test_refuse_answers_503_then_closes_and_gives_the_count_back(reserve: int) -> None:
+    """A refused connection reads the whole 503 and an end of stream, and the refusal
+    count drops when it closes: after the client's close while a quarter of the reserve
+    may linger (a request it sent does not turn the answer into a reset), at once when
+    none may (reserve 0)."""
+    sockets = Sockets(limit=None, baseline=0, reserve=reserve, max_handshakes=1)
     lost: list[bool] = []
 
     class Refusing(asyncio.Protocol):
@@ -116,9 +125,11 @@ async def test_refuse_answers_503_then_closes_and_gives_the_count_back() -> None
     port = server.sockets[0].getsockname()[1]
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
+        if reserve:
+            writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n")
         assert await asyncio.wait_for(reader.read(), 5) == REFUSED_RESPONSE
-        assert sockets.refusing == 1
+        if reserve:
+            assert sockets.refusing == 1  # lingering until the client closes
         writer.close()
         await wait_until(lambda: lost == [True], what="the refused connection's end")
         assert sockets.refusing == 0
