@@ -56,6 +56,9 @@ HEADERS_TOO_LARGE = _fixed_response(
 HEADERS_TOO_SLOW = _fixed_response(
     "408 Request Timeout", "timeout", "the request headers did not arrive in time"
 )
+TOO_MANY = _fixed_response(
+    "503 Service Unavailable", "unavailable", "too many connections; try later"
+)
 
 
 class Scan(enum.Enum):
@@ -182,7 +185,7 @@ class _Guard(asyncio.Protocol):
         refused = self._limits.sockets.open_api(self._limits.bounds.max_connections)
         if refused is not None:
             _refused.hit()
-            refuse(transport, self, self._limits.sockets)
+            refuse(transport, self, self._limits.sockets, TOO_MANY)
             return
         self._transport = transport
         self._limits.register(transport, self)

@@ -68,15 +68,20 @@ class _Refused(asyncio.Protocol):
         self._owner.connection_lost(exc)
 
 
-def refuse(transport: asyncio.Transport, owner: asyncio.BaseProtocol, sockets: Sockets) -> None:
-    """Write :data:`REFUSED_RESPONSE`, close the sending side, discard what arrives, and
+def refuse(
+    transport: asyncio.Transport,
+    owner: asyncio.BaseProtocol,
+    sockets: Sockets,
+    response: bytes = REFUSED_RESPONSE,
+) -> None:
+    """Write ``response`` (a whole HTTP response), close the sending side, discard what arrives, and
     close the socket once the client closes or after :data:`REFUSED_LINGER`; at once when
     a quarter of the reserve already lingers or is all that is left (a flood of refused
     connections must not hold the descriptors it was refused for). ``owner`` (the protocol
     that refused) still hears of the connection's end."""
     sockets.refusing += 1
     transport.set_protocol(_Refused(owner, sockets))
-    transport.write(REFUSED_RESPONSE)
+    transport.write(response)
     quarter = sockets.reserve // 4
     spare = sockets.spare
     if (
