@@ -102,7 +102,7 @@ class HubServer(AsyncLifecycle):
             claim_timeout=config.claim_timeout,
             ids_from_certificates=self._tls is not None and self._tls.mutual,
         )
-        self.metrics = HubMetrics(self)
+        self.metrics = HubMetrics(self.registry, self.service)
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             host, port = parse_listen(config.metrics_listen)
