@@ -38,7 +38,8 @@ arrivals above ``pos`` are released in order of position, with two exceptions:
   connect replay has ended the client asks (type 14) for what came after ``pos``. The
   replay's end marker ``E`` releases the buffer up to ``E``; when ``E`` reaches where the
   connection began, the rest too. (A replay's entries and live pushes interleave on the
-  wire, which is why nothing is released before the marker.)
+  wire, which is why nothing is released before the marker.) A large group's stream has
+  no end marker of its own, so its gap shows with its next message.
 
 Acknowledgements. :meth:`take_message` marks a message's position as acknowledgeable;
 positions of own messages become acknowledgeable once every message before them in the
@@ -177,8 +178,8 @@ class _Stream:
     pos: int = 0
     """Every position up to here is handled (released to the application, or own)."""
     known: bool = False
-    """This client has handled something of this stream (so a gap on a new connection
-    means a catch-up is needed)."""
+    """This client has had something of this stream (so a gap on a new connection means
+    a catch-up is needed)."""
     pending: list[int] = field(default_factory=list)
     """Sorted positions of buffered arrivals above ``pos``."""
     arrivals: dict[int, _Arrival] = field(default_factory=dict)
@@ -188,6 +189,13 @@ class _Stream:
     """The highest position sent in a type 11 on this connection."""
     queued: int = 0
     """Items of this stream in the ready queue (messages and own markers)."""
+
+    @property
+    def have(self) -> int:
+        """The end of the whole run this client holds: ``pos``, or beyond it the buffered
+        arrivals (whole while not in catch-up: one connection's run)."""
+        return self.pending[-1] if self.pending and not self.catchup else self.pos
+
     # per connection:
     first: bool = True
     """No message of this stream arrived yet on this connection."""
@@ -393,9 +401,18 @@ class ClientState:
         # Without an id: an ack that was not stored, or a replay request refused or cut.
         for st in self._streams.values():
             st.acked = 0
-        if self._asking is not None and code == "rate_limited":
+        asking = self._asking
+        if asking is not None and code in RETRIED:
             self._asking = None
             self._replay_retry = True
+        elif asking is not None and code == "bad_request":
+            # A gateway that cannot replay this stream: show what is buffered, in order
+            # (best effort), rather than hold the stream forever.
+            self._asking = None
+            st = self._streams[asking]
+            st.catchup, st.limit, st.dropped = False, _INF, _INF
+            self._release(asking)
+            self._ask_next()
 
     def _on_marker(self, frame: dict[str, Any]) -> None:
         parsed = parse_seq(frame.get("seq"))
@@ -408,7 +425,14 @@ class ClientState:
         if not self._connect_done:
             self._connect_done = self._connect_news = True
             st = self._streams.get(stream)
-            if st is not None and st.known and st.first and end > st.pos:
+            if st is None:
+                st = self._streams[stream] = _Stream()
+            if not st.known:
+                # A new client starts where the user's acknowledged position is.
+                st.known = True
+                if st.first and not st.pending and end > st.pos:
+                    st.pos = st.taken = end
+            elif st.first and end > st.have:
                 # The user's acknowledged position is beyond this client's: catch up.
                 self._begin_catchup(st, end)
             self._ask_next()
@@ -436,9 +460,9 @@ class ClientState:
         self._ask_next()
 
     def _begin_catchup(self, st: _Stream, base: int) -> None:
+        st.limit = st.have  # what is buffered so far is a whole run from ``pos``
         st.catchup = True
         st.base = max(st.base, base)
-        st.limit = st.pos
 
     def _ask_next(self) -> None:
         if not self.connected_now or not self._connect_done or self._asking is not None:
@@ -466,23 +490,28 @@ class ClientState:
         first, st.first = st.first, False
         if pos <= st.pos or pos in st.arrivals:
             return  # a repeat
-        if first and st.known and pos > st.pos + 1 and not st.catchup:
+        if first and st.known and pos > st.have + 1 and not st.catchup:
             self._begin_catchup(st, pos - 1)
             self._ask_next()
+        st.known = True
         waits: frozenset[str] = frozenset()
         if (self.user is None or message.sender == self.user) and message.id not in self._own:
             waits = frozenset(c for c, p in self._outbox.items() if p.message)
         if len(st.pending) >= self._max_pending:
             # Full: keep the lowest positions; what is dropped is asked for again.
-            if not st.catchup:
-                self._begin_catchup(st, pos)
             highest = st.pending[-1]
+            if not st.catchup:
+                # What is buffered is whole (this connection's run); what does not fit
+                # is asked for again.
+                st.catchup, st.base, st.limit = True, st.pos, highest
+            self._ask_next()
             if pos > highest:
                 st.dropped = min(st.dropped, pos)
                 return
             st.pending.pop()
             del st.arrivals[highest]
             st.dropped = min(st.dropped, highest)
+            st.limit = min(st.limit, highest - 1)
         bisect.insort(st.pending, pos)
         st.arrivals[pos] = _Arrival(message, pos, waits)
         self._release(name)
