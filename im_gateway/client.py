@@ -44,7 +44,7 @@ from types import TracebackType
 from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .client_state import (
     GROUP,
@@ -302,6 +302,8 @@ class Client:
         writes = state.take_writes()
         if writes:
             self._write(writes)
+        if state.ack_due:
+            self._schedule_ack()
         if state.waiting:
             self._arrived.set()
             if state.waiting >= MAX_WAITING:
@@ -323,7 +325,19 @@ class Client:
     # --- the connection ---------------------------------------------------------------
 
     async def _run(self) -> None:
-        """Connect, read, reconnect, until closed or refused."""
+        """Connect, read, reconnect, until closed or refused; a bug stops the client
+        (every waiting call raises) instead of leaving it hanging."""
+        try:
+            await self._connect_loop()
+        except asyncio.CancelledError:
+            raise
+        except InvalidURI as exc:
+            self._stop(Refused("bad_url", str(exc)))
+        except Exception as exc:
+            logger.exception("the client's connection loop failed")
+            self._stop(Refused("internal", f"the client failed: {exc!r}"))
+
+    async def _connect_loop(self) -> None:
         attempt = 0
         index = 0
         while not self._closed:

@@ -579,6 +579,11 @@ class ClientState:
                 return message
         return None
 
+    @property
+    def ack_due(self) -> bool:
+        """True when :meth:`ack_frames` has something to say (when connected)."""
+        return self.connected_now and any(st.taken > st.acked for st in self._streams.values())
+
     def ack_frames(self) -> list[str]:
         """Type 11 frames for streams whose acknowledgeable position moved (when
         connected); each is taken as sent."""

@@ -192,3 +192,11 @@ async def test_close_is_idempotent_and_fails_waiting_sends() -> None:
         with pytest.raises(Refused) as after:
             await client.send(to=2, content="y")
         assert after.value.code == "closed"
+
+
+async def test_a_url_that_is_no_websocket_url_stops_the_client() -> None:
+    """A bad URL raises Refused("bad_url") from the waiting send instead of hanging."""
+    async with Client("http://127.0.0.1:1/ws", token=TOKEN) as client:
+        with pytest.raises(Refused) as refused:
+            await asyncio.wait_for(client.send(to=2, content="x"), 5)
+    assert refused.value.code == "bad_url"
