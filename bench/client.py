@@ -28,22 +28,23 @@ from typing import Any
 import harness
 
 SECRET = "bench-client-secret-0123456789abcdef-01"
-ALICE, BOB = 1, 2
+USERS = {"raw": (1, 2), "library": (3, 4)}
+"""(sender, receiver) per scenario: fresh inboxes for each."""
 
 
 # --- the worker processes ---------------------------------------------------------------
 
 
-async def _send_library(url: str, token: str, count: int, window: int) -> int:
+async def _send_library(url: str, token: str, to: int, count: int, window: int) -> int:
     from im_gateway.client import Client
 
     async with Client(url, token=token) as client:
-        await client.send(to=BOB, content="warm-up")
+        await client.send(to=to, content="warm-up")
         started = time.process_time()
 
         async def lane(k: int) -> None:
             for i in range(k, count, window):
-                await client.send(to=BOB, content=f"message {i}")
+                await client.send(to=to, content=f"message {i}")
 
         await asyncio.gather(*(lane(k) for k in range(window)))
         return _report(started, count)
@@ -65,7 +66,7 @@ async def _receive_library(url: str, token: str, count: int) -> int:
         return _report(started, count)
 
 
-async def _send_raw(url: str, token: str, count: int, window: int) -> int:
+async def _send_raw(url: str, token: str, to: int, count: int, window: int) -> int:
     from websockets.asyncio.client import connect
 
     async with connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
@@ -83,7 +84,7 @@ async def _send_raw(url: str, token: str, count: int, window: int) -> int:
         async def send(i: int, content: str) -> None:
             cid = f"raw-{i}"
             waiting[cid] = loop.create_future()
-            frame = {"type": 1, "id": cid, "to": BOB, "contentType": 0, "content": content}
+            frame = {"type": 1, "id": cid, "to": to, "contentType": 0, "content": content}
             await ws.send(json.dumps(frame))
             await waiting[cid]
 
@@ -130,7 +131,7 @@ def _report(started: float, count: int) -> int:
 def worker(args: argparse.Namespace) -> int:
     if args.worker == "send":
         main = (_send_library if args.kind == "library" else _send_raw)(
-            args.url, args.token, args.messages, args.window
+            args.url, args.token, args.to, args.messages, args.window
         )
     else:
         main = (_receive_library if args.kind == "library" else _receive_raw)(
@@ -145,6 +146,7 @@ def worker(args: argparse.Namespace) -> int:
 def _spawn(role: str, kind: str, url: str, token: str, args: argparse.Namespace) -> Any:
     argv = [harness.PYTHON, __file__, "--worker", role, "--kind", kind, "--url", url]
     argv += ["--token", token, "--messages", str(args.messages), "--window", str(args.window)]
+    argv += ["--to", str(USERS[kind][1])]
     return subprocess.Popen(
         argv, cwd=harness.REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -159,18 +161,19 @@ def _result(proc: Any, timeout: float) -> dict[str, float]:
 
 
 def scenario(kind: str, ports: dict[str, int], args: argparse.Namespace) -> dict[str, float]:
+    alice, bob = USERS[kind]
     receiver = _spawn(
         "receive",
         kind,
         f"ws://127.0.0.1:{ports['gw-2']}/ws",
-        harness.mint_token(BOB, SECRET),
+        harness.mint_token(bob, SECRET),
         args,
     )
     assert receiver.stdout is not None
     if receiver.stdout.readline().strip() != "ready":
         raise SystemExit(f"the receiver did not start: {receiver.stderr.read()[-2000:]}")
     sender = _spawn(
-        "send", kind, f"ws://127.0.0.1:{ports['gw-1']}/ws", harness.mint_token(ALICE, SECRET), args
+        "send", kind, f"ws://127.0.0.1:{ports['gw-1']}/ws", harness.mint_token(alice, SECRET), args
     )
     sent = _result(sender, timeout=600)
     got = _result(receiver, timeout=600)
@@ -189,6 +192,7 @@ def main() -> int:
     parser.add_argument("--kind", choices=("library", "raw"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--token", help=argparse.SUPPRESS)
+    parser.add_argument("--to", type=int, default=0, help=argparse.SUPPRESS)
     harness.add_run_options(parser, each=None)
     args = parser.parse_args()
     if args.worker:

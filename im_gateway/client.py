@@ -25,9 +25,10 @@ at once after a 1012 close (the gateway is draining). A connection that got as f
 its connect replay resets the backoff. An HTTP 401 at the handshake stops the client:
 every waiting call raises ``Refused("unauthorized")``.
 
-Backpressure. When the application leaves :data:`MAX_WAITING` messages untaken, the
-client stops reading its socket until it takes some (the gateway then buffers, and at
-worst closes the connection; nothing is lost: what was not taken was not acknowledged).
+Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
+buffer per stream beyond them; what does not fit is dropped and asked for again once the
+application takes messages (nothing is lost: what was not taken was not acknowledged).
+The socket is always read, so sends are answered even when no one takes messages.
 """
 
 from __future__ import annotations
@@ -76,6 +77,7 @@ CLOSE_WAIT: Final = 2.0
 """Seconds :meth:`Client.close` waits for the gateway to take its last acknowledgements."""
 MAX_WAITING: Final = 10_000
 MAX_FRAME: Final = 1 << 20
+"""Frames larger than this close the connection (the gateway's content limit is 64 KiB)."""
 CLOSE_SERVICE_RESTART: Final = 1012
 UINT64_MAX: Final = 2**64 - 1
 HEARTBEAT_REPLY: Final = '{"type":0}'
@@ -111,14 +113,12 @@ class Client:
         if not self._urls or not all(isinstance(u, str) and u for u in self._urls):
             raise ValueError("urls: give one WebSocket URL or a non-empty list of them")
         self._token = token
-        self._state = ClientState(token_subject(token))
+        self._state = ClientState(token_subject(token), max_waiting=MAX_WAITING)
         self._waiters: dict[str, asyncio.Future[Sent]] = {}
         self._runner: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
         self._arrived = asyncio.Event()
-        self._room = asyncio.Event()
-        self._room.set()
         self._ack_timer: asyncio.TimerHandle | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._outgoing: list[str] = []
@@ -192,7 +192,6 @@ class Client:
                 future.set_exception(error)
         self._waiters.clear()
         self._arrived.set()
-        self._room.set()
 
     def _cancel_timers(self) -> None:
         if self._ack_timer is not None:
@@ -254,16 +253,14 @@ class Client:
         while True:
             message = state.take_message()
             if message is not None:
+                self._after_input()  # taking may release more, or ask for a replay
                 self._schedule_ack()
-                if not self._room.is_set() and state.waiting < MAX_WAITING // 2:
-                    self._room.set()
                 yield message
                 continue
             if self._failure is not None:
                 raise self._failure
             if self._closed:
                 return
-            self._room.set()
             self._arrived.clear()
             await self._arrived.wait()
 
@@ -306,8 +303,6 @@ class Client:
             self._schedule_ack()
         if state.waiting:
             self._arrived.set()
-            if state.waiting >= MAX_WAITING:
-                self._room.clear()
 
     def _later(self, loop: asyncio.AbstractEventLoop, delay: float, action: Any) -> None:
         def fire() -> None:
@@ -390,8 +385,6 @@ class Client:
         healthy = False
         try:
             while True:
-                if not self._room.is_set():
-                    await self._room.wait()
                 data = await ws.recv()
                 if data == HEARTBEAT_REPLY:
                     if self._echo is not None and not self._echo.done():

@@ -47,8 +47,10 @@ stream was taken. :meth:`ack_frames` answers one type 11 per stream whose acknow
 position moved, so an acknowledgement never passes a message the application has not
 taken.
 
-Bounds: at most ``max_pending`` buffered messages per stream (beyond it, the highest are
-dropped and asked for again by another replay), ``own_ids_max`` remembered ids of this
+Bounds: at most ``max_waiting`` messages released and not yet taken (beyond it, arrivals
+stay buffered), at most ``max_pending`` buffered messages per stream (beyond it, the
+highest are dropped and asked for again by another replay, once the application has made
+room), so a client that never takes its messages still gets its answers; ``own_ids_max`` remembered ids of this
 client's sends, ``seen_ids_max`` remembered ids of shown messages (a second guard against
 repeats, besides positions).
 
@@ -217,6 +219,7 @@ class ClientState:
         *,
         id_prefix: str | None = None,
         max_pending: int = 10_000,
+        max_waiting: int = 10_000,
         own_ids_max: int = 100_000,
         seen_ids_max: int = 100_000,
     ) -> None:
@@ -226,6 +229,10 @@ class ClientState:
         self._prefix = id_prefix if id_prefix is not None else secrets.token_hex(6)
         self._counter = 0
         self._max_pending = max_pending
+        self._max_waiting = max_waiting
+        self._blocked: set[str] = set()
+        """Streams whose release waits for the application to take messages."""
+        self._ask_deferred = False
         self._own_max = own_ids_max
         self._seen_max = seen_ids_max
         self._outbox: dict[str, _Pending] = {}
@@ -467,6 +474,10 @@ class ClientState:
     def _ask_next(self) -> None:
         if not self.connected_now or not self._connect_done or self._asking is not None:
             return
+        if len(self._ready) >= self._max_waiting // 2:
+            self._ask_deferred = True  # a replay now would only be dropped again
+            return
+        self._ask_deferred = False
         for name, st in self._streams.items():
             if st.catchup:
                 self._asking = name
@@ -532,6 +543,9 @@ class ClientState:
             pos = pending[released]
             if pos > st.limit:
                 break
+            if len(self._ready) >= self._max_waiting:
+                self._blocked.add(name)  # the application is behind: wait for room
+                break
             arrival = st.arrivals[pos]
             message = arrival.message
             if (
@@ -565,19 +579,25 @@ class ClientState:
     def take_message(self) -> Message | None:
         """The next message to show, or None; its position becomes acknowledgeable."""
         ready = self._ready
-        while ready:
+        while True:
+            if (self._blocked or self._ask_deferred) and len(ready) < self._max_waiting // 2:
+                self._make_room()
+            if not ready:
+                return None
             name, pos, message = ready.popleft()
             st = self._streams[name]
             st.queued -= 1
             st.taken = max(st.taken, pos)
             if message is not None:
-                # Own markers right behind it are acknowledgeable too.
-                while ready and ready[0][2] is None and ready[0][0] == name:
-                    _, p, _ = ready.popleft()
-                    st.queued -= 1
-                    st.taken = max(st.taken, p)
                 return message
-        return None
+
+    def _make_room(self) -> None:
+        """The application took messages: release what waited, ask what was deferred."""
+        for name in list(self._blocked):
+            self._blocked.discard(name)
+            self._release(name)
+        if self._ask_deferred:
+            self._ask_next()
 
     @property
     def ack_due(self) -> bool:

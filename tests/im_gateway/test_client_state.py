@@ -189,7 +189,7 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.state = ClientState(ME, id_prefix="c", max_pending=6)
+        self.state = ClientState(ME, id_prefix="c", max_pending=6, max_waiting=4)
         self.streams: dict[str, list[Entry]] = {s: [] for s in STREAMS}
         self.server_acked = dict.fromkeys(STREAMS, 0)
         self.start: dict[str, int] = {}
@@ -269,8 +269,17 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
             self.answered[cid] = answer  # type: ignore[assignment]
         self.retries += [c for c, _ in self.state.take_retries()]
         self.replay_retry = self.state.take_replay_retry() or self.replay_retry
-        while (m := self.state.take_message()) is not None:
+
+    def take(self, n: int) -> None:
+        for _ in range(n):
+            m = self.state.take_message()
+            if m is None:
+                break
             self.shown.append(m)
+        if self.conn is not None:
+            self.to_server()  # taking may ask for a replay
+        else:
+            self.state.take_writes()
 
     # --- rules ---
 
@@ -379,6 +388,11 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         else:
             self.state.take_writes()
 
+    @rule(n=st.integers(1, 8))
+    def app_takes(self, n: int) -> None:
+        """The application takes up to ``n`` messages (it may fall behind)."""
+        self.take(n)
+
     @precondition(lambda self: self.conn is not None)
     @rule()
     def ack_tick(self) -> None:
@@ -429,9 +443,12 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
                 self.replay_step()
             elif self.retries or self.replay_retry:
                 self.backoffs_elapse()
+            elif self.state.waiting:
+                self.take(100)
             else:
                 break
         self.collect()
+        self.take(1000)
         assert set(self.answered) == set(self.submitted), "a send never answered"
         assert all(isinstance(a, Sent) for a in self.answered.values())
         assert {a.msg_id for a in self.answered.values() if isinstance(a, Sent)} == self.mine()
