@@ -251,3 +251,38 @@ async def test_a_refused_token_raises_unauthorized_and_stops(redis_url: str) -> 
             with pytest.raises(Refused):
                 await client.send(to=BOB, content="again")
             assert time.monotonic() - started < 1
+
+
+async def test_a_device_that_was_away_catches_up_past_another_devices_acks(
+    redis_url: str,
+) -> None:
+    """Bob's laptop is away (its gateway killed) while his phone takes and acknowledges 20
+    messages; the laptop comes back to a connect replay that starts after the phone's
+    position, asks for what it missed (type 14) and shows all 20, once, in order."""
+    async with system(redis_url, hubs=1) as s:
+        gw1, gw2 = s.gateways
+        async with Client(gw1.url, token=token(ALICE)) as alice:
+            laptop = Client(gw2.url, token=token(BOB))
+            async with laptop:
+                on_laptop: list[Message] = []
+                await alice.send(to=BOB, content="before")
+                await asyncio.wait_for(collect(laptop, on_laptop, until=1), 20)
+                gw2.kill()
+                on_phone: list[Message] = []
+                async with Client(gw1.url, token=token(BOB)) as phone:
+                    for i in range(20):
+                        await alice.send(to=BOB, content=f"away {i}")
+
+                    async def phone_reads() -> None:
+                        async for m in phone.messages():
+                            on_phone.append(m)
+                            if m.content == "away 19":
+                                return
+
+                    await asyncio.wait_for(phone_reads(), 20)
+                # (The phone may also show "before", if the laptop had not acknowledged it.)
+                assert [m.content for m in on_phone][-20:] == [f"away {i}" for i in range(20)]
+                gw2.restart()
+                await asyncio.wait_for(collect(laptop, on_laptop, until=21), 30)
+                assert laptop.connections >= 2
+        assert [m.content for m in on_laptop] == ["before", *(f"away {i}" for i in range(20))]
