@@ -125,6 +125,7 @@ class Client:
         self._closed = False
         self._closing = False
         self._echo: asyncio.Future[None] | None = None
+        self._probing = False
         self._failure: Refused | None = None
         self.connections = 0
         """Connections opened so far (for tests and monitoring)."""
@@ -166,11 +167,15 @@ class Client:
         self._closing = True
         ws = self._ws
         if ws is not None:
-            # The last acknowledgements, then a heartbeat: its answer comes after the
-            # gateway has taken them, so a client started right after this one does not
-            # show them again.
+            # The last acknowledgements, then a replay of what is newer than what this
+            # client has (usually nothing): its end marker comes back once the gateway has
+            # read the store, after it wrote the acknowledgements, so a client started
+            # right after this one does not show them again. A heartbeat's answer is the
+            # weaker fallback when a replay is running.
             echo = self._echo = asyncio.get_running_loop().create_future()
-            self._write([*self._state.ack_frames(), '{"type":0}'])
+            probe = self._state.closing_probe()
+            self._probing = probe is not None
+            self._write([*self._state.ack_frames(), *([probe] if probe else []), '{"type":0}'])
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(echo), CLOSE_WAIT)
         self._closed = True
@@ -386,9 +391,9 @@ class Client:
         try:
             while True:
                 data = await ws.recv()
+                if self._echo is not None and not self._echo.done():
+                    self._closing_frame(data)
                 if data == HEARTBEAT_REPLY:
-                    if self._echo is not None and not self._echo.done():
-                        self._echo.set_result(None)
                     continue
                 state.received(data)
                 self._after_input()
@@ -408,6 +413,19 @@ class Client:
                     await asyncio.wait_for(ws.close(), 1.0)
         logger.info("connection to %s closed (%s)", url, ws.close_code)
         return healthy
+
+    def _closing_frame(self, data: str | bytes) -> None:
+        """While :meth:`close` waits: the probe's end marker (or, without a probe, the
+        heartbeat's answer, or a refused probe) ends the wait."""
+        assert self._echo is not None
+        if data == HEARTBEAT_REPLY:
+            if not self._probing:
+                self._echo.set_result(None)
+            return
+        if b'"type":14' in (data if isinstance(data, bytes) else data.encode()):
+            self._echo.set_result(None)
+        elif b'"type":99' in (data if isinstance(data, bytes) else data.encode()):
+            self._probing = False  # refused (a replay is running): the heartbeat decides
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         """Write what the state machine queued; a heartbeat after a quiet while."""

@@ -599,6 +599,16 @@ class ClientState:
         if self._ask_deferred:
             self._ask_next()
 
+    def closing_probe(self) -> str | None:
+        """A type 14 after the highest inbox position this client has, for
+        :meth:`Client.close`: its end marker comes back only after the gateway has read
+        the store, which it does after the acknowledgements sent before it were written.
+        None while a replay is running (the gateway would refuse a second one)."""
+        st = self._streams.get(INBOX)
+        if not self.connected_now or not self._connect_done or self._asking or st is None:
+            return None
+        return f'{{"type":14,"seq":"{st.have}"}}'
+
     @property
     def ack_due(self) -> bool:
         """True when :meth:`ack_frames` has something to say (when connected)."""

@@ -151,6 +151,8 @@ async def test_acks_come_at_most_every_100_ms_cover_only_taken_and_close_sends_t
                     acks.append((time.monotonic(), int(frame["seq"])))
                 elif frame["type"] == 0:
                     await ws.send('{"type":0}')
+                elif frame["type"] == 14:  # close()'s probe
+                    await ws.send(json.dumps({"type": 14, "seq": frame["seq"]}))
         finally:
             pusher.cancel()
             done.set()
