@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from transmit_hub import logs
-from transmit_hub.runtime import loop_factory, tune_gc
+from transmit_hub.runtime import loop_factory, raise_open_file_limit, tune_gc
 from transmit_hub.settings import Loaded, Program
 
 from . import auth
@@ -145,8 +145,9 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
-async def serve(config: GatewayConfig) -> None:
-    """Run a gateway until SIGINT or SIGTERM."""
+async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
+    """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's
+    line, logged once the gateway is up)."""
     from .server import Gateway
 
     stop = asyncio.Event()
@@ -161,6 +162,8 @@ async def serve(config: GatewayConfig) -> None:
         loop.add_signal_handler(sig, stop_on, sig)
     async with Gateway(config) as gateway:
         tune_gc()
+        if limit_note:
+            logging.getLogger("im_gateway").info("%s", limit_note)
         logs.say(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", logger=PROG)
         await stop.wait()
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
@@ -187,9 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level, config.log_format, program="im_gateway")
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    limit_note = raise_open_file_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, limit_note))
     except GatewayError as exc:
         print(
             logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),

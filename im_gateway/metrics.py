@@ -23,7 +23,7 @@ import collections
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -37,9 +37,36 @@ from prometheus_client.registry import Collector
 from . import frames
 from .store import Accepted, Refused, Store
 
-if TYPE_CHECKING:
-    from .relay import Relay
-    from .server import Gateway
+
+class _HubLink(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+
+class _Queue(Protocol):
+    @property
+    def queued(self) -> int: ...
+
+
+class _Local(Protocol):
+    """What the gauges read of the gateway's local side (the relay)."""
+
+    @property
+    def queued(self) -> int: ...
+
+    def sessions(self) -> Sequence[_Queue]: ...
+
+
+class Watched(Protocol):
+    """What the gauges read of a gateway at scrape time (:class:`~im_gateway.server.Gateway`
+    is one); a protocol, so that this module imports nothing that imports it."""
+
+    @property
+    def relay(self) -> _Local: ...
+
+    @property
+    def hub_link(self) -> _HubLink | None: ...
+
 
 __all__ = [
     "CONTENT_TYPE",
@@ -143,9 +170,9 @@ class GatewayMetrics:
         self.hole_fills = 0
         """Inbox reads that filled a hole in a connection's positions."""
         self.draining = False
-        self._gateway: Gateway | None = None
+        self._gateway: Watched | None = None
 
-    def watch(self, gateway: Gateway) -> None:
+    def watch(self, gateway: Watched) -> None:
         """Read ``gateway``'s gauges at scrape time."""
         self._gateway = gateway
         self.registry.register(_Collector(self))
@@ -202,7 +229,7 @@ class NullMetrics(GatewayMetrics):
 
     enabled = False
 
-    def watch(self, gateway: Gateway) -> None:
+    def watch(self, gateway: Watched) -> None:
         pass
 
     def frame_in(self, frame: object) -> None:
@@ -373,9 +400,9 @@ def _labelled(
     return family
 
 
-def _gateway_gauges(gateway: Gateway) -> Iterator[Metric]:
+def _gateway_gauges(gateway: Watched) -> Iterator[Metric]:
     try:
-        relay: Relay | None = gateway.relay
+        relay: _Local | None = gateway.relay
     except RuntimeError:  # not started yet
         relay = None
     sessions = relay.sessions() if relay is not None else []

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import Frame, Opcode
@@ -32,7 +33,7 @@ from transmit_hub.pool import HubPool
 from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId, UserId
 
-from . import auth, faults, metrics, web
+from . import auth, descriptors, faults, metrics, web
 from .admission import ConnectionCaps, RejectionLog
 from .api import ApiServer
 from .config import GatewayConfig, default_gateway_id, parse_host_port
@@ -64,6 +65,12 @@ class _Connection(ServerConnection):
     (a reference, not a closure per connection)."""
     lost = False
     """The TCP connection is gone (it can be before ``process_request`` runs)."""
+    sockets: descriptors.Sockets | None = None
+    """The gateway's socket counts (set on its own subclass: :func:`_connection_class`)."""
+    rejections: RejectionLog | None = None
+    counted = False
+    """This connection is counted in ``sockets`` (refused ones are not)."""
+    handshaking = False
     receive_now: Callable[[str], bool] | None = None
     """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
     _flush_scheduled = False
@@ -88,9 +95,33 @@ class _Connection(ServerConnection):
                     return
         super().process_event(event)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the connection, or answer it a fixed 503 at once (its request is never
+        read) when too many handshakes are under way or the descriptors are low."""
+        super().connection_made(transport)
+        if self.sockets is None:
+            return
+        refused = self.sockets.open_ws()
+        if refused is None:
+            self.counted = self.handshaking = True
+            return
+        if self.rejections is not None:
+            self.rejections.hit(f"{refused.status} at connect: {refused.reason}")
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        descriptors.refuse(transport, self, self.sockets)
+
+    def handshake_done(self) -> None:
+        """The connection is a WebSocket now: no longer a handshake under way."""
+        if self.handshaking and self.sockets is not None:
+            self.handshaking = False
+            self.sockets.upgraded()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.lost = True
+        if self.counted and self.sockets is not None:
+            self.counted = False
+            self.sockets.close_ws(handshaking=self.handshaking)
         caps, self.caps = self.caps, None
         if caps is not None and self.user is not None:
             caps.release(self.user)
@@ -170,6 +201,12 @@ class Gateway(AsyncLifecycle):
             per_user=self.config.max_connections_per_user, total=self.config.max_connections
         )
         self._rejections = RejectionLog()
+        self._sockets = descriptors.Sockets(
+            limit=None,
+            baseline=0,
+            reserve=self.config.fd_reserve,
+            max_handshakes=self.config.max_handshakes,
+        )
         self._rights = GroupRights(self.config.group_join)
         """The group rights of every connection, unless the policy reads the token."""
         self._started = False
@@ -278,7 +315,7 @@ class Gateway(AsyncLifecycle):
                 cfg.host,
                 cfg.port,
                 process_request=self._process_request,
-                create_connection=_Connection,
+                create_connection=_connection_class(self._sockets, self._rejections),
                 compression="deflate" if cfg.compression else None,
                 max_size=cfg.max_frame_size,
                 # Pings come from one sweeper task for all connections (sweep_idle),
@@ -337,6 +374,12 @@ class Gateway(AsyncLifecycle):
                 max_content=cfg.max_content,
                 max_users=cfg.api_max_users,
                 max_body=cfg.api_max_body,
+                header_timeout=cfg.api_header_timeout,
+                body_timeout=cfg.api_body_timeout,
+                idle_timeout=cfg.api_idle_timeout,
+                max_header_bytes=cfg.api_max_header_bytes,
+                max_connections=cfg.api_max_connections,
+                sockets=self._sockets,
             )
             try:
                 await self._api.start()
@@ -351,6 +394,11 @@ class Gateway(AsyncLifecycle):
                 ping_timeout=cfg.ping_timeout,
             ),
             name="idle-sweeper",
+        )
+        descriptors.budget_at_start(
+            self._sockets,
+            max_connections=cfg.max_connections,
+            api_connections=cfg.api_max_connections if self._api is not None else 0,
         )
         await self._server.start_serving()
         logger.info(
@@ -554,7 +602,7 @@ class Gateway(AsyncLifecycle):
             self.metrics.handshake_refused("not_ready")
             return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
         user = identity.user
-        refused = self._caps.admit(user)
+        refused = self._sockets.upgrade_refusal() or self._caps.admit(user)
         if refused is not None:
             self._rejections.hit(f"{refused.status} user {user}: {refused.code}")
             self.metrics.handshake_refused(refused.code)
@@ -584,6 +632,7 @@ class Gateway(AsyncLifecycle):
             await connection.close(CLOSE_SERVICE_RESTART, "gateway restarting")
             return
         user = connection.user
+        connection.handshake_done()
         # The handshake is over: its response (headers and all, about 1.4 KB) would
         # otherwise stay with every idle connection. (``request`` must stay: websockets
         # routes later events as frames only while it is set.)
@@ -610,6 +659,17 @@ class Gateway(AsyncLifecycle):
             presence.remove(user)
             with contextlib.suppress(Exception):
                 await session.close()
+
+
+def _connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> type[_Connection]:
+    """:class:`_Connection` counting its sockets in one gateway's ``sockets``."""
+
+    class GatewayConnection(_Connection):
+        pass
+
+    GatewayConnection.sockets = sockets
+    GatewayConnection.rejections = rejections
+    return GatewayConnection
 
 
 def _peer(connection: ServerConnection) -> str:

@@ -26,7 +26,8 @@ from .errors import ConfigError
 from .types import UndeliverableReason
 
 if TYPE_CHECKING:
-    from .server import HubServer
+    from .registry import Registry
+    from .service import HubService
 
 __all__ = ["CONTENT_TYPE", "HubMetrics", "MetricsServer"]
 
@@ -41,11 +42,11 @@ MAX_CLIENTS: Final = 16
 
 
 class HubMetrics:
-    """The hub's metrics, read at scrape time from ``hub``'s registry and service."""
+    """The hub's metrics, read at scrape time from its registry and service."""
 
-    def __init__(self, hub: HubServer) -> None:
+    def __init__(self, registry: Registry, service: HubService) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_HubCollector(hub))
+        self.registry.register(_HubCollector(registry, service))
 
     def render(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -53,16 +54,16 @@ class HubMetrics:
 
 
 class _HubCollector(Collector):
-    def __init__(self, hub: HubServer) -> None:
-        self._hub = hub
+    def __init__(self, registry: Registry, service: HubService) -> None:
+        self._registry = registry
+        self._service = service
 
     def describe(self) -> Iterable[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        hub = self._hub
-        reg = hub.registry
-        service = hub.service
+        reg = self._registry
+        service = self._service
         attachments = reg.attachments()
         yield GaugeMetricFamily(
             "transmit_hub_gateways_attached", "Gateways attached now.", value=len(attachments)

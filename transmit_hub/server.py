@@ -107,7 +107,7 @@ class HubServer(AsyncLifecycle):
             gateway_keepalive=config.gateway_keepalive,
         )
         self._watch: asyncio.Task[None] | None = None
-        self.metrics = HubMetrics(self)
+        self.metrics = HubMetrics(self.registry, self.service)
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             host, port = parse_listen(config.metrics_listen)
