@@ -124,6 +124,21 @@ class _HubCollector(Collector):
             "Streams open that have not sent their Hello yet.",
             value=service.hello_waiting,
         )
+        yield CounterMetricFamily(
+            "transmit_hub_hello_evicted",
+            "Streams ended before their Hello to make room (--max-hello-waiting was full).",
+            value=service.hello_evicted,
+        )
+        yield CounterMetricFamily(
+            "transmit_hub_keepalive_probes",
+            "Probes sent to gateway streams the hub had heard nothing from.",
+            value=service.keepalive_probes,
+        )
+        yield CounterMetricFamily(
+            "transmit_hub_silent_detached",
+            "Gateway streams ended for silence (no answer within twice --gateway-keepalive).",
+            value=service.silent_detached,
+        )
         yield GaugeMetricFamily(
             "transmit_hub_draining", "1 while the hub shuts down.", value=service.draining
         )

@@ -92,6 +92,7 @@ async def test_a_frozen_gateway_is_detached_within_twice_the_keepalive_while_wri
             writer.cancel()
         assert took < 2 * KEEPALIVE + 2.0, took
         assert fast_hub.service.silent_detached == 1
+        assert b"transmit_hub_silent_detached_total 1.0" in fast_hub.metrics.render()
         assert {n.reason for n in sender.notices} == {UndeliverableReason.NOT_ATTACHED}
         proxy.thaw()
 
