@@ -17,7 +17,18 @@ from typing import Any
 
 from ..errors import StoreError
 from .cluster import ClusterStore
-from .contract import Accepted, Beacon, InboxEntry, InboxPage, Refusal, Refused, Store, Submission
+from .contract import (
+    Accepted,
+    Beacon,
+    GroupPost,
+    GroupStream,
+    InboxEntry,
+    InboxPage,
+    Refusal,
+    Refused,
+    Store,
+    Submission,
+)
 from .memory import MemoryStore
 from .redis import RedisStore
 
@@ -25,6 +36,8 @@ __all__ = [
     "Accepted",
     "Beacon",
     "ClusterStore",
+    "GroupPost",
+    "GroupStream",
     "InboxEntry",
     "InboxPage",
     "MemoryStore",
