@@ -176,7 +176,11 @@ class ApiServer(AsyncLifecycle):
             control_id, now_ms = self._pipeline.new_id()
             self._fanout.disconnect(call.user, found.get(call.user, ()), control_id, now_ms)
             return {}
-        page = await self._store.read_inbox(call.user, call.after, call.limit)
+        if call.group is not None:
+            page = await self._store.read_group(call.group, call.after, call.limit)
+        else:
+            assert call.user is not None
+            page = await self._store.read_inbox(call.user, call.after, call.limit)
         return {
             "messages": [json.loads(frames.encode_message(e.message, e.seq)) for e in page.entries]
         }
@@ -220,7 +224,17 @@ class ApiServer(AsyncLifecycle):
                     refused.append({"user": str(user), "reason": group_limit_reason(exc)})
                     return False
 
-        changed = sum(await asyncio.gather(*(one(u) for u in call.users)))
+        was_large = await self._store.is_large(call.group)
+        done = await asyncio.gather(*(one(u) for u in call.users))
+        changed = sum(done)
+        control_id, now_ms = self._pipeline.new_id()
+        await self._fanout.membership_changed(
+            call.group,
+            [u for u, c in zip(call.users, done, strict=True) if c],
+            was_large=was_large,
+            now_ms=now_ms,
+            control_id=control_id,
+        )
         answer: dict[str, object] = {"added" if call.add else "removed": changed}
         if refused:
             answer["refused"] = refused

@@ -256,6 +256,7 @@ class Gateway(AsyncLifecycle):
                     wait_timeout=cfg.redis_wait_timeout,
                     max_groups_per_user=cfg.max_groups_per_user,
                     max_group_members=cfg.max_group_members,
+                    large_group=cfg.large_group,
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
@@ -309,6 +310,7 @@ class Gateway(AsyncLifecycle):
             presence=self._presence,
             max_content=cfg.max_content,
             faults=faults.from_env(),
+            watch_ttl=cfg.presence_ttl,
         )
         await self._relay.start()
         if cfg.api_listen is not None and cfg.api_key is not None:

@@ -228,6 +228,11 @@ class Store(Protocol):
         """Up to ``limit`` entries of ``group``'s stream after ``after``; one round trip."""
         ...
 
+    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+        """:meth:`read_group` for each group -> position of ``reads``, in one round trip
+        (one pipeline per node on a cluster)."""
+        ...
+
     async def ack_group(self, user: UserId, group: int, upto: int) -> None:
         """``user`` has ``group``'s stream up to ``upto``: only forward, never past the
         stream's newest position, and only while ``user`` is a member."""

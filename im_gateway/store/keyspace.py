@@ -63,7 +63,7 @@ import asyncio
 import json
 import secrets
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -239,6 +239,34 @@ class KeyspaceStore(AsyncClosing):
             ],
             int(replies[0] or 0),
         )
+
+    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+        self._check_open()
+        if not reads:
+            return {}
+        gkey = self.settings.gkey
+        order = list(reads.items())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for group, after in order:
+                pipe.get(gkey("last", group))
+                pipe.xrange(
+                    gkey("stream", group),
+                    str(min(after, MAX_POSITION - 1) + 1),
+                    "+",
+                    count=max(limit, 1),
+                )
+            replies: list[Any] = await pipe.execute()
+        out = {}
+        for i, (group, _) in enumerate(order):
+            rows = replies[2 * i + 1] if limit > 0 else ()
+            out[group] = InboxPage(
+                [
+                    InboxEntry(entry.position(eid), entry.from_fields(fields), group)
+                    for eid, fields in rows or ()
+                ],
+                int(replies[2 * i] or 0),
+            )
+        return out
 
     async def is_large(self, group: int) -> bool:
         self._check_open()

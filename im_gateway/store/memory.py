@@ -12,7 +12,7 @@ import bisect
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -381,6 +381,13 @@ class MemoryStore(AsyncClosing):
     async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
         self._check_open()
         return self._page(self._live_stream(group, self._clock()), after, limit)
+
+    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+        self._check_open()
+        now = self._clock()
+        return {
+            g: self._page(self._live_stream(g, now), after, limit) for g, after in reads.items()
+        }
 
     async def ack_group(self, user: UserId, group: int, upto: int) -> None:
         self._check_open()

@@ -133,6 +133,8 @@ def test_the_store_package_exports_its_seam() -> None:
         "Accepted",
         "Beacon",
         "ClusterStore",
+        "GroupPost",
+        "GroupStream",
         "InboxEntry",
         "InboxPage",
         "MemoryStore",
