@@ -325,6 +325,8 @@ class Gateway(AsyncLifecycle):
                 max_content=cfg.max_content,
                 max_users=cfg.api_max_users,
                 max_body=cfg.api_max_body,
+                max_groups=cfg.max_groups_per_user,
+                max_members=cfg.max_group_members,
             )
             try:
                 await self._api.start()

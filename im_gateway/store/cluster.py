@@ -74,6 +74,7 @@ from .contract import (
     Accepted,
     GroupPost,
     GroupStream,
+    Joined,
     Refusal,
     Refused,
     Submission,
@@ -481,6 +482,84 @@ class ClusterStore(KeyspaceStore):
             ]
         )
         return bool(removed)
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        """Three round trips, each one call per slot, the nodes in parallel: the users'
+        sets of groups (their bound), the group's members (its bound, and its form), then
+        the users whom a full group refused are taken out of their sets again."""
+        self._check_open()
+        settings = self.settings
+        order = list(dict.fromkeys(users))
+        by_slot: dict[int, list[UserId]] = {}
+        for u in order:
+            by_slot.setdefault(slot_of(settings.key("groups", u)), []).append(u)
+        replies = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.JOIN_USERS,
+                    [settings.key("groups", u) for u in us],
+                    [str(group), settings.max_groups_per_user],
+                )
+                for us in by_slot.values()
+            ]
+        )
+        mine: dict[UserId, int] = {}
+        for us, (codes, _) in zip(by_slot.values(), replies, strict=True):
+            mine.update(zip(us, (int(c) for c in codes), strict=True))
+        result: dict[UserId, Joined] = {u: Joined.USER_FULL for u in order if mine[u] == 1}
+        todo = [u for u in order if mine[u] != 1]
+        if todo:
+            args = [
+                settings.prefix,
+                str(group),
+                settings.max_group_members,
+                settings.large_group,
+                settings.max_age_ms,
+                *map(str, todo),
+            ]
+            [(codes, _)] = await self._nodes.run(
+                [self._nodes.script(scripts.GROUP_ADD, [settings.group_key(group)], args)]
+            )
+            undo = []
+            for u, code in zip(todo, (int(c) for c in codes), strict=True):
+                result[u] = Joined(code)
+                if code == Joined.GROUP_FULL.value and mine[u] == 3:
+                    undo.append(u)
+            if undo:
+                await self._nodes.run(
+                    [
+                        Call(slot_of(k), ("SREM", k, str(group)))
+                        for k in (settings.key("groups", u) for u in undo)
+                    ]
+                )
+        seen: set[UserId] = set()
+        out = []
+        for u in users:  # a user listed twice: the second time, a member already
+            out.append(Joined.MEMBER if u in seen and result[u] == Joined.ADDED else result[u])
+            seen.add(u)
+        return out
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """The group's slot (members, positions, form) and every user's slot, one call per
+        slot, the nodes in parallel."""
+        self._check_open()
+        if not users:
+            return []
+        settings = self.settings
+        args = [
+            settings.prefix,
+            str(group),
+            settings.large_group,
+            settings.max_age_ms,
+            *map(str, users),
+        ]
+        calls = [self._nodes.script(scripts.REMOVE_MEMBERS, [settings.group_key(group)], args)]
+        calls += [
+            Call(slot_of(k), ("SREM", k, str(group)))
+            for k in (settings.key("groups", u) for u in users)
+        ]
+        replies = await self._nodes.run(calls)
+        return [bool(x) for x in replies[0][0]]
 
     # -- large groups: one call per group slot --------------------------------------------
 

@@ -136,6 +136,18 @@ class Refusal(enum.Enum):
     again (the resend is deduplicated and completes it)."""
 
 
+class Joined(enum.Enum):
+    """What :meth:`Store.add_members` did for one user."""
+
+    ADDED = 0
+    USER_FULL = 1
+    """The user is in ``max_groups_per_user`` groups already."""
+    GROUP_FULL = 2
+    """The group has ``max_group_members`` members."""
+    MEMBER = 3
+    """A member already (no change)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """A submission that was not stored (or not safely enough: ``NOT_REPLICATED``)."""
@@ -216,6 +228,16 @@ class Store(Protocol):
 
     async def leave(self, group: int, user: UserId) -> bool:
         """Remove ``user`` from ``group``; False when not in it."""
+        ...
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        """:meth:`join` for many users at once, with the same bounds; what happened to
+        each, in order. One round trip per slot (not one call per user); the group
+        changes form at most once."""
+        ...
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """:meth:`leave` for many users at once; per user, whether they were a member."""
         ...
 
     async def streams(self, user: UserId, limit: int) -> list[GroupStream]:

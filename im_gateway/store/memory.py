@@ -31,6 +31,7 @@ from .contract import (
     GroupStream,
     InboxEntry,
     InboxPage,
+    Joined,
     Refusal,
     Refused,
     Submission,
@@ -351,6 +352,18 @@ class MemoryStore(AsyncClosing):
             positions.pop(user, None)
         self._reform(group, self._clock())
         return removed
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        out = []
+        for user in users:
+            try:
+                out.append(Joined.ADDED if await self.join(group, user) else Joined.MEMBER)
+            except GroupLimitError as exc:
+                out.append(Joined.USER_FULL if exc.user_full else Joined.GROUP_FULL)
+        return out
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        return [await self.leave(group, user) for user in users]
 
     async def is_large(self, group: int) -> bool:
         self._check_open()

@@ -46,6 +46,7 @@ from .contract import (
     Accepted,
     GroupPost,
     GroupStream,
+    Joined,
     Refusal,
     Refused,
     Submission,
@@ -132,6 +133,8 @@ class RedisStore(KeyspaceStore):
         self._ack = client.register_script(scripts.ACK)
         self._join = client.register_script(scripts.JOIN)
         self._leave = client.register_script(scripts.LEAVE)
+        self._add_members = client.register_script(scripts.ADD_MEMBERS)
+        self._remove_members = client.register_script(scripts.REMOVE_MEMBERS)
         self._streams = client.register_script(scripts.STREAMS)
         self._group_ack = client.register_script(scripts.GROUP_ACK)
 
@@ -249,6 +252,39 @@ class RedisStore(KeyspaceStore):
             settings.max_age_ms,
         ]
         return bool(await self._leave(keys, args))
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        """One script call for every user (one Redis)."""
+        self._check_open()
+        if not users:
+            return []
+        settings = self.settings
+        args: list[str | int] = [
+            settings.prefix,
+            str(group),
+            settings.max_groups_per_user,
+            settings.max_group_members,
+            settings.large_group,
+            settings.max_age_ms,
+            *map(str, users),
+        ]
+        return [Joined(int(code)) for code in await self._add_members([], args)]
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """One script call for every user (one Redis)."""
+        self._check_open()
+        if not users:
+            return []
+        settings = self.settings
+        keys = [settings.group_key(group), *(settings.key("groups", u) for u in users)]
+        args: list[str | int] = [
+            settings.prefix,
+            str(group),
+            settings.large_group,
+            settings.max_age_ms,
+            *map(str, users),
+        ]
+        return [bool(x) for x in await self._remove_members(keys, args)]
 
     # -- large groups ---------------------------------------------------------------------
 

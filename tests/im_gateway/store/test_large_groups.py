@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from im_gateway.store import Accepted, GroupStream, Refusal, Refused, Store
+from im_gateway.store import Accepted, GroupStream, Joined, Refusal, Refused, Store
 from tests.im_gateway.store.test_contract import (
     ALICE,
     BOB,
@@ -174,3 +174,34 @@ async def test_a_server_post_from_a_non_member_to_a_large_group(small: Store) ->
     assert isinstance(result, Accepted)
     assert result.post is not None
     assert [e.message.content for e in (await small.read_group(G, 0, 5)).entries] == ["system"]
+
+
+async def test_add_and_remove_many_members_in_one_call(backend: Backend) -> None:  # noqa: F811
+    """Bulk adds keep both bounds per user and say what happened to each; the group
+    changes form once; bulk removes drop leavers' positions."""
+    store = backend.make(large_group=3, max_group_members=5, max_groups_per_user=2)
+    await store.join(1, EVE)
+    await store.join(2, EVE)  # EVE is in 2 groups: full
+    users = [ALICE, BOB, ALICE, EVE, CAROL, DAVE, UserId(6), UserId(7)]
+    got = await store.add_members(G, users)
+    assert got == [
+        Joined.ADDED,
+        Joined.ADDED,
+        Joined.MEMBER,
+        Joined.USER_FULL,
+        Joined.ADDED,
+        Joined.ADDED,
+        Joined.ADDED,
+        Joined.GROUP_FULL,
+    ]
+    assert await store.members(G) == [ALICE, BOB, CAROL, DAVE, UserId(6)]
+    assert await store.is_large(G)
+    await store.join(3, UserId(7))  # not left half-added in the full group: 2 free places
+    await store.join(4, UserId(7))
+    await store.submit([sub("x", post(ALICE))])
+    assert await store.remove_members(G, [BOB, EVE, CAROL]) == [True, False, True]
+    assert not await store.is_large(G)
+    assert await stream_of(store, BOB) is None
+    dave = await stream_of(store, DAVE)
+    assert dave is not None
+    assert [e.message.content for e in dave.page.entries] == ["hi"]
