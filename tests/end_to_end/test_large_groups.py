@@ -6,8 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
+import pytest
+
+from im_gateway.server import Gateway
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import Client, deliveries_to, hub_stats
+from tests.helpers import wait_until
 from transmit_hub.server import HubServer
 
 GROUP = 77
@@ -152,3 +157,119 @@ async def test_crossing_the_bound_keeps_every_members_history_whole(
     assert back.contents() == ["large 2", "large 3", "small 4"]
     fresh = await open_client(gws[1], 402)  # another device, nothing acknowledged
     assert fresh.contents() == sent
+
+
+# -- 2,000 members over 3 gateways, on one Redis and on a Redis Cluster ---------------------
+
+KEY = "api-key-for-the-large-group-tests-0123"
+BIG = 4242
+FIRST = 20_000
+MEMBERS = list(range(FIRST, FIRST + 2000))
+
+
+@pytest.fixture(params=["redis", "cluster"])
+def store_url(request: pytest.FixtureRequest) -> str:
+    fixture = "redis_url" if request.param == "redis" else "redis_cluster_url"
+    return str(request.getfixturevalue(fixture))
+
+
+async def call(http: aiohttp.ClientSession, gw: Gateway, method: str, body: object) -> Any:
+    async with http.post(
+        f"http://127.0.0.1:{gw.api_port}/api/{method}",
+        json=body,
+        headers={"Authorization": f"Bearer {KEY}"},
+    ) as resp:
+        answer = await resp.json()
+        assert resp.status == 200, (method, answer)
+        return answer
+
+
+def big_posts(client: Client) -> list[dict[str, Any]]:
+    return [f for f in client.messages() if f["to"] == BIG]
+
+
+async def test_a_group_of_2000_over_3_gateways_most_offline(
+    hub: HubServer, start_gateway: GatewayFactory, open_client: ClientFactory, store_url: str
+) -> None:
+    """2,000 members added in one call, 30 online over 3 gateways: every online member
+    gets each post live once, in order; members who connect later get every post once in
+    their replay, in order, nothing from before they joined; acks per stream hold across
+    devices; a removed member gets nothing more; shrinking below the bound keeps every
+    member's history whole."""
+    gws = [
+        await start_gateway(
+            f"gw-big-{i}",
+            redis_url=store_url,
+            api_listen="127.0.0.1:0",
+            api_key=KEY,
+            group_join="server",
+            api_max_users=5000,
+        )
+        for i in range(3)
+    ]
+    online = {u: await open_client(gws[u % 3], u) for u in MEMBERS[:30]}
+    async with aiohttp.ClientSession() as http:
+        added = await call(http, gws[0], "groups/add", {"group": BIG, "users": MEMBERS})
+        assert added == {"added": 2000}
+        # Once every online member follows the stream (each reads the warm-up), post.
+        await call(http, gws[1], "publish", {"group": BIG, "content": "warm-up"})
+        for client in online.values():
+            await client.wait_contents(["warm-up"])
+        texts = [f"post {n}" for n in range(5)]
+        for n, text in enumerate(texts):
+            body = {"group": BIG, "content": text, "from": MEMBERS[n]}
+            await call(http, gws[n % 3], "publish", body)
+        everything = ["warm-up", *texts]
+        for u, client in online.items():  # the posters' own devices too (from the API)
+            await client.wait_contents(everything)
+            got = big_posts(client)
+            assert [f["content"] for f in got] == everything, u
+            assert [f["seq"] for f in got] == [f"g{BIG}:{n}" for n in range(1, 7)]
+        # Offline members connect later: everything, once, in order.
+        for u in (MEMBERS[500], MEMBERS[1999]):
+            late = await open_client(gws[u % 3], u)
+            assert [f["content"] for f in big_posts(late)] == everything
+        # A member added now gets nothing from before the join.
+        newcomer = FIRST + 5000
+        await call(http, gws[2], "groups/add", {"group": BIG, "users": [newcomer]})
+        await call(http, gws[2], "publish", {"group": BIG, "content": "welcome"})
+        everything.append("welcome")
+        fresh = await open_client(gws[0], newcomer)
+        await fresh.wait_contents(["welcome"])
+        assert [f["content"] for f in big_posts(fresh)] == ["welcome"]
+        # Acks per stream across devices: acknowledged on one, not replayed on another.
+        first = online[MEMBERS[3]]
+        await first.wait_contents(["welcome"])
+        await first.send({"type": 11, "seq": big_posts(first)[-1]["seq"]})
+        history = await call(http, gws[0], "history", {"group": BIG, "after": f"g{BIG}:0"})
+        assert [m["content"] for m in history["messages"]] == everything
+
+        async def acked() -> bool:
+            other = await open_client(gws[1], MEMBERS[3])
+            try:
+                return big_posts(other) == []
+            finally:
+                await other.close()
+
+        await wait_until(acked, timeout=10, what="the group ack to be stored")
+        # A removed member gets nothing more, live or replayed.
+        gone = online[MEMBERS[4]]
+        removed = await call(http, gws[1], "groups/remove", {"group": BIG, "users": [MEMBERS[4]]})
+        assert removed == {"removed": 1}
+        await call(http, gws[1], "publish", {"group": BIG, "content": "after the removal"})
+        everything.append("after the removal")
+        await online[MEMBERS[5]].wait_contents(["after the removal"])
+        gone_again = await open_client(gws[2], MEMBERS[4])
+        assert "after the removal" not in gone.contents() + gone_again.contents()
+        # Shrinking to the bound: the next post goes to inboxes; history stays whole.
+        out = MEMBERS[500:]  # 2,001 - 1 - 1,500: 500 members
+        for i in range(0, len(out), 1000):
+            await call(http, gws[0], "groups/remove", {"group": BIG, "users": out[i : i + 1000]})
+        await call(http, gws[2], "publish", {"group": BIG, "content": "small again"})
+        everything.append("small again")
+        for u in (MEMBERS[5], MEMBERS[6]):
+            await online[u].wait_contents(everything)
+            assert [f["content"] for f in big_posts(online[u])] == everything
+        last = await open_client(gws[0], MEMBERS[7])  # another device: everything, in order
+        assert [f["content"] for f in big_posts(last)] == everything
+        assert big_posts(last)[-1]["seq"].isdigit()  # an inbox seq now
