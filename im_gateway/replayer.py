@@ -167,6 +167,8 @@ class Replayer:
         """The user's large groups may have changed: read them again (in the background)."""
         if not self._cursor.ready:
             return  # the connect replay reads them
+        if any(r.regroup for r in self._requests[1:]):
+            return  # one is queued already (the first may be running: it may be stale)
         self._requests.append(_ReplayRequest(None, regroup=True))
         self._start_reader()
 
