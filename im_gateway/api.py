@@ -238,6 +238,7 @@ class ApiServer(AsyncLifecycle):
             was_large=was_large,
             now_ms=now_ms,
             control_id=control_id,
+            left=not call.add,
         )
         answer: dict[str, object] = {"added" if call.add else "removed": changed}
         if refused:

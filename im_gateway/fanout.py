@@ -96,8 +96,9 @@ class Connection(Protocol):
         """The connection sent the post at ``pos`` in ``group``'s stream itself."""
         ...
 
-    def regroup(self) -> None:
-        """The user's large groups changed: read them again."""
+    def regroup(self, left: int | None = None) -> None:
+        """The user's large groups changed: read them again; ``left``: the user left that
+        group (stop following it at once)."""
         ...
 
     def catch_up(self) -> None:
@@ -362,9 +363,12 @@ class Fanout(Generic[C]):
         was_large: bool,
         now_ms: int,
         control_id: MessageId,
+        left: bool = False,
     ) -> None:
-        """``changed`` joined or left ``group``: their connections follow its stream or
-        stop when it is (or was) large; every member's when it just became large."""
+        """``changed`` joined (or, with ``left``, left) ``group``: their connections
+        follow its stream or stop when it is (or was) large; every member's when it just
+        became large. Leavers' connections stop following at once, here and (the control
+        goes before any later post through the same hub) on the other gateways."""
         large = await self._store.is_large(group)
         users: Collection[UserId]
         if large and not was_large:
@@ -374,14 +378,22 @@ class Fanout(Generic[C]):
         else:
             return
         if users:
-            await self.regroup(users, now_ms, control_id)
+            await self.regroup(users, now_ms, control_id, left=group if left else None)
 
-    async def regroup(self, users: Collection[UserId], now_ms: int, control_id: MessageId) -> None:
-        """These users' large groups changed: their connections here read them again, and
-        their other gateways are told (one presence look-up, one map)."""
+    async def regroup(
+        self,
+        users: Collection[UserId],
+        now_ms: int,
+        control_id: MessageId,
+        *,
+        left: int | None = None,
+    ) -> None:
+        """These users' large groups changed (``left``: they left that one): their
+        connections here read them again, and their other gateways are told (one presence
+        look-up, one map)."""
         for user in users:
             for connection in self._sessions.get(user, ()):
-                connection.regroup()
+                connection.regroup(left)
         found = await self._store.lookup(users)
         remote: dict[GatewayId, list[Recipient]] = {}
         for user, gateways in found.items():
@@ -389,7 +401,8 @@ class Fanout(Generic[C]):
                 if gateway != self.gateway_id:
                     remote.setdefault(gateway, []).append(Recipient(user, ""))
         if remote:
-            control = Message(control_id, UserId(0), 0, CONTROL_REGROUP, 0, now_ms, "")
+            content = "" if left is None else str(left)
+            control = Message(control_id, UserId(0), 0, CONTROL_REGROUP, 0, now_ms, content)
             tmap = TransmitMap(control, {gw: tuple(rs) for gw, rs in remote.items()})
             if not self._link.send(tmap):
                 self._link_full.hit()
@@ -451,9 +464,11 @@ class Fanout(Generic[C]):
                 self._close_local(r.user_id)
             return
         if delivery.message.type == CONTROL_REGROUP:
+            text = delivery.message.content
+            left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
             for r in delivery.recipients:
                 for connection in self._sessions.get(r.user_id, ()):
-                    connection.regroup()
+                    connection.regroup(left)
             return
         problem = inbound.message_problem(delivery.message, max_content=self._max_content)
         if problem is not None:

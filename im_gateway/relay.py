@@ -92,12 +92,17 @@ class Relay:
         self.fanout.unfollow(session, groups)
 
     async def membership_changed(
-        self, group: int, changed: Collection[UserId], *, was_large: bool
+        self, group: int, changed: Collection[UserId], *, was_large: bool, left: bool = False
     ) -> None:
         """See :meth:`~im_gateway.fanout.Fanout.membership_changed`."""
         control_id, now_ms = self.pipeline.new_id()
         await self.fanout.membership_changed(
-            group, changed, was_large=was_large, now_ms=now_ms, control_id=control_id
+            group,
+            changed,
+            was_large=was_large,
+            now_ms=now_ms,
+            control_id=control_id,
+            left=left,
         )
 
     def sessions(self) -> list[Session]:

@@ -163,8 +163,11 @@ class Replayer:
         self._start_reader()
         return True
 
-    def regroup(self) -> None:
-        """The user's large groups may have changed: read them again (in the background)."""
+    def regroup(self, left: int | None = None) -> None:
+        """The user's large groups may have changed: read them again (in the background);
+        ``left``: the user left that group, so its posts stop now."""
+        if left is not None and self._groups.pop(left, None) is not None:
+            self._out.unfollow([left])
         if not self._cursor.ready:
             return  # the connect replay reads them
         if any(r.regroup for r in self._requests[1:]):
@@ -341,6 +344,8 @@ class Replayer:
         async with self._slots:
             page = await self._store.read_group(group, cursor.begin_fill(), limit)
         await self._out.room()
+        if self._groups.get(group) is not cursor:
+            return False  # the user left that group meanwhile
         entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
         result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
         for frame in result.send:
@@ -349,8 +354,8 @@ class Replayer:
 
     async def _follow(self) -> dict[int, int]:
         """Read the user's large groups and their positions; make a cursor for each new
-        one, drop those of groups the user left, and follow them. Returns the new ones'
-        positions."""
+        one, drop those of groups the user left, and follow them. Returns the positions of
+        those whose cursor has not started (new ones)."""
         async with self._slots:
             found = {s.group: s.position for s in await self._store.streams(self._user, 0)}
         gone = [g for g in self._groups if g not in found]
@@ -358,10 +363,15 @@ class Replayer:
             for g in gone:
                 del self._groups[g]
             self._out.unfollow(gone)
-        fresh = {g: pos for g, pos in found.items() if g not in self._groups}
+        # New groups, and those whose start an earlier attempt did not reach.
+        fresh = {
+            g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
+        }
         pending, self._pending_own = self._pending_own or {}, None
         for g in fresh:
-            cursor = self._groups[g] = Cursor[str](hold_max=self._hold_max)
+            cursor = self._groups.get(g)
+            if cursor is None:
+                cursor = self._groups[g] = Cursor[str](hold_max=self._hold_max)
             for pos in pending.get(g, ()):
                 cursor.own(pos)
         if fresh:
@@ -389,6 +399,8 @@ class Replayer:
         trimmed = False
         sent = 0
         while not self._out.closing:
+            for gone in [k for k in buffers if k is not None and k not in self._groups]:
+                del buffers[gone]  # the user left that group meanwhile
             # Every stream with more to read and nothing buffered reads a page first, so
             # the head picked next is the oldest of them all.
             need = [
@@ -430,6 +442,8 @@ class Replayer:
         await self._out.room()
         trimmed = False
         for key, page in pages.items():
+            if key is not None and key not in self._groups:
+                continue  # the user left that group meanwhile
             cursor = self._stream_cursor(key)
             entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
             result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)

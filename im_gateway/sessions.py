@@ -114,9 +114,10 @@ class Router(Protocol):
         ...
 
     async def membership_changed(
-        self, group: int, changed: Collection[UserId], *, was_large: bool
+        self, group: int, changed: Collection[UserId], *, was_large: bool, left: bool = False
     ) -> None:
-        """``changed`` joined or left ``group``: connections follow its stream, or stop."""
+        """``changed`` joined (or, ``left``, left) ``group``: connections follow its
+        stream, or stop."""
         ...
 
 
@@ -351,9 +352,10 @@ class Session:
         """This connection sent the post at ``pos`` in ``group``'s stream."""
         self._replayer.live_group(group, pos, "", own=True)
 
-    def regroup(self) -> None:
-        """The user's large groups may have changed (a join or leave): read them again."""
-        self._replayer.regroup()
+    def regroup(self, left: int | None = None) -> None:
+        """The user's large groups may have changed (a join or leave): read them again;
+        ``left``: the user left that group (no more of its posts, from now)."""
+        self._replayer.regroup(left)
 
     async def follow(self, groups: Collection[int]) -> None:
         """(The replayer's) live posts of these groups to this connection from now on."""
@@ -547,7 +549,9 @@ class Session:
         self.push(frames.encode_accepted(frame.id, msg_id, now_ms))
         try:  # connections follow the group's stream, or stop
             mine = [self.user] if changed else []
-            await self._router.membership_changed(frame.to, mine, was_large=was_large)
+            await self._router.membership_changed(
+                frame.to, mine, was_large=was_large, left=frame.type != frames.JOIN
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -37,7 +37,7 @@ cluster slot:
     deleted when the group falls to the bound.
 ``{prefix}{g:<group>}:stream``, ``:last``
     a large group's messages, laid out as an inbox (entry ids ``<position>-<ms>``,
-    consecutive positions), trimmed by length like one (by age: the key expires
+    consecutive positions), trimmed by length and by age like one (the key expires
     ``inbox_max_age`` after the last write), and its newest position.
 ``{prefix}{g:<group>}:pos``
     hash: member -> the position in the stream up to which the member has everything

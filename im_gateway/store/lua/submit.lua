@@ -107,6 +107,7 @@ for i, s in ipairs(batch) do
         res = {2}
       else
         local pos = group_append(G, ARGV[5 + i], max_len, max_age, stamp)
+        if by_age then age_trim(G.stream, cutoff) end
         if dkey then
           redis.call('SET', dkey, '1 ' .. time .. ' g' .. to .. ' ' .. pos .. ' ' .. id,
             'PX', window)
