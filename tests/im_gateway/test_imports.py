@@ -137,6 +137,7 @@ def test_the_store_package_exports_its_seam() -> None:
         "GroupStream",
         "InboxEntry",
         "InboxPage",
+        "Joined",
         "MemoryStore",
         "RedisStore",
         "Refusal",
