@@ -58,6 +58,7 @@ from transmit_hub.types import (
 
 from . import frames, inbound
 from .faults import Faults
+from .metrics import GatewayMetrics, NullMetrics
 from .positions import group_seq
 from .presence import Presence
 from .store import Accepted, Store
@@ -142,6 +143,7 @@ class Fanout(Generic[C]):
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
         watch_ttl: float = 30.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """``watch_ttl``: the store's TTL of a gateway's mark on a group it follows (the
         presence TTL); refreshed every third of it. ``forget_grace``: seconds after each (re)attach during which the hub's
@@ -156,6 +158,7 @@ class Fanout(Generic[C]):
         self._presence = presence
         self._max_content = max_content
         self._faults = faults
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._sessions: dict[UserId, list[C]] = {}
         self._groups: dict[int, list[C]] = {}
         """Large group -> the local connections that follow it."""
@@ -317,6 +320,8 @@ class Fanout(Generic[C]):
             for gateway in accepted.presence.get(recipient.user_id, ()):
                 if gateway != me:
                     remote.setdefault(gateway, []).append(recipient)
+        if prefix is not None:  # once per message, however many local sockets got it
+            self._metrics.pushed_local(accepted.message.time)
         if remote:
             tmap = TransmitMap(
                 message=accepted.message,
@@ -340,6 +345,7 @@ class Fanout(Generic[C]):
                     connection.own_group(post.group, post.position)
                 else:
                     connection.deliver_group(post.group, post.position, text)
+            self._metrics.pushed_local(accepted.message.time)
         if caller not in followers:
             # A sender that does not follow the group yet (it joined a moment ago): its
             # connection notes the position, so the fill does not send its own post back.
@@ -486,6 +492,7 @@ class Fanout(Generic[C]):
                 text = frames.encode_message(delivery.message, group_seq(group, pos))
                 for connection in followers:
                     connection.deliver_group(group, pos, text)
+                self._metrics.pushed(delivery.message.time)
             return
         good, bad = inbound.recipients(delivery)
         if bad:
@@ -502,6 +509,8 @@ class Fanout(Generic[C]):
             text = frames.with_seq(prefix, str(pos))
             for session in sessions:
                 session.deliver(pos, text)
+        if prefix is not None:
+            self._metrics.pushed(delivery.message.time)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

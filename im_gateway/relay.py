@@ -24,6 +24,7 @@ from transmit_hub.types import GatewayId, MessageId, UserId
 from . import frames
 from .fanout import Fanout, Link
 from .faults import Faults
+from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .presence import Presence
 from .sessions import Session
@@ -50,6 +51,7 @@ class Relay:
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
         watch_ttl: float = 30.0,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.fanout: Fanout[Session] = Fanout(
@@ -61,6 +63,7 @@ class Relay:
             max_content=max_content,
             faults=faults,
             watch_ttl=watch_ttl,
+            metrics=metrics,
         )
         self.pipeline = Pipeline(
             store=store,
@@ -70,6 +73,7 @@ class Relay:
             linger=linger,
             busy_window=busy_window,
             faults=faults,
+            metrics=metrics,
         )
         self._closed = False
 

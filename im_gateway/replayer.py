@@ -39,6 +39,7 @@ from transmit_hub.types import UserId
 
 from . import frames
 from .cursor import Cursor
+from .metrics import GatewayMetrics, NullMetrics
 from .ratelimit import TokenBucket
 from .store import InboxPage, Store
 from .tasks import cancel_and_wait
@@ -93,6 +94,7 @@ class Replayer:
         "_groups",
         "_hold_max",
         "_loop",
+        "_metrics",
         "_out",
         "_page",
         "_pending_own",
@@ -115,7 +117,9 @@ class Replayer:
         held_max: int,
         fill_delay: float,
         replay_budget: int,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._out = out
         self._user = user
         self._store = store
@@ -283,12 +287,14 @@ class Replayer:
                     self._requests.pop(0)
                     request = None
                 elif self._cursor.wants_fill:
+                    self._metrics.hole_fill()
                     if await self._fill():
                         self._out.push(frames.encode_replay_end(self._cursor.last, truncated=True))
                 else:
                     group = next((g for g, c in self._groups.items() if c.wants_fill), None)
                     if group is None:
                         break
+                    self._metrics.hole_fill()
                     if await self._fill_group(group):
                         last = self._groups[group].last
                         self._out.push(frames.encode_replay_end(last, truncated=True, group=group))
@@ -388,6 +394,7 @@ class Replayer:
     async def _connect(self) -> None:
         """The connect replay: the inbox and every large group's stream after the user's
         positions, merged in time order, then the end marker."""
+        self._metrics.replay("connect")
         async with self._slots:
             acked = await self._store.acked(self._user)
         starts = await self._follow()
@@ -453,6 +460,7 @@ class Replayer:
 
     async def _replay(self, request: _ReplayRequest) -> None:
         """A replay the client asked for (type 14), of the inbox or of a group's stream."""
+        self._metrics.replay("asked")
         group = request.group
         cursor = self._cursor if group is None else self._groups.get(group)
         if cursor is None:  # the user left the group meanwhile

@@ -184,19 +184,22 @@ class GatewayProcess:
         redis_url: str,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        port: int | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
+        """``nofile``: start the process with these (soft, hard) open-file limits."""
         import subprocess
         import sys
         import tempfile
 
-        from tests.helpers import free_port
+        from tests.helpers import free_port, with_nofile
 
-        self.port = free_port()
+        self.port = port or free_port()
         self.gateway_id = gateway_id
         self.log = tempfile.NamedTemporaryFile(prefix=f"{gateway_id}-", suffix=".log")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [
-                sys.executable,
+                *(with_nofile(*nofile) if nofile else [sys.executable]),
                 "-m",
                 "im_gateway",
                 "--listen",

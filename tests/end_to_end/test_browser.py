@@ -18,6 +18,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
 from im_gateway.demo import ALICE, BOB, Cluster
 from tests.helpers import IN_CI
+from tests.test_readme import the_block
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -241,3 +242,27 @@ def test_page_explains_a_missing_or_expired_token(browser: Browser, cluster: Clu
     expect(page.locator("[data-testid=error][data-code=token_expired]")).to_have_count(1)
     expect(page.get_by_test_id("status")).to_have_attribute("data-state", "error")
     page.close()
+
+
+def test_readme_browser_example_runs_as_written(browser: Browser, cluster: Cluster) -> None:
+    """The README's "Clients / Browser" block, as written, on a gateway's origin in Chromium."""
+    # Alice runs it on gw-1; Bob's chat page on gw-2 shows her message once.
+    gw1, gw2 = cluster.gateways
+    bob = open_chat(browser, cluster.page_url(gw2, BOB))
+    example = the_block("browser-example")
+    assert example.lang == "html"
+    page = browser.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    # Any page of the gateway's origin (no CSP on JSON) with ?token=: the block imports
+    # /client.js from there and reads its token from the URL.
+    page.goto(f"{gw1.http_url}/info?token={cluster.token(ALICE)}")
+    page.set_content(f"<!doctype html><body>{example.body}</body>")
+    expect(page.locator("body")).to_contain_text(re.compile(r"stored as \S+"))
+    expect(page.locator("body")).to_contain_text("refused: not_member")
+    expect(message(bob, "hi from the browser")).to_have_count(1)
+    expect(message(bob, "hi from the browser")).to_have_attribute("data-from", "1")
+    assert not errors, f"JavaScript errors in the README example: {errors}"
+    page.close()
+    bob.close()

@@ -1,0 +1,809 @@
+// transmit-hub's JavaScript client: an ES module without dependencies, for browsers and
+// Node 20+ (pass `WebSocket` from the `ws` package where there is no global one).
+//
+//   import { Client } from "/client.js";
+//   const client = new Client(["ws://gw-1:8080/ws", "ws://gw-2:8080/ws"], { token });
+//   client.onmessage = (m) => console.log(m.from, m.content);   // each message once
+//   const { clientId, msgId, time } = await client.send({ to: 42, content: "hi" });
+//   await client.send({ group: 7, content: "hi all" });
+//   await client.join(7); await client.leave(7);
+//   client.close();
+//
+// Two halves. `ClientCore` is the protocol's state, pure (no sockets, no timers, no
+// clocks): it decides what to resend, what to show and what to acknowledge, and is tested
+// on its own. `Client` moves frames between the core and a WebSocket, and owns the timers
+// (reconnect backoff, retries, acknowledgements, heartbeats).
+//
+// What the client promises:
+// - A frame (send, join, leave) keeps its client id until a type 10 or 99 answers it, and
+//   goes out again with the same id after every reconnect; the gateway answers a repeat
+//   with the same message id, so a message is stored once however often it was sent.
+//   Frames made while disconnected wait and go out in order. `internal` and
+//   `rate_limited` refusals are retried; any other type 99 rejects with `err.code`.
+// - `onmessage` gets every message for this user once (by message id), each stream (the
+//   inbox, each large group `g<group>:<pos>`) in order: messages to the user and the
+//   user's own from its other devices, not those this client sent.
+// - Type 11 acknowledges, per stream, what `onmessage` was given, and only that: at most
+//   every `ackInterval` ms (100) and once more on `close()`.
+// - A lost connection is retried with jittered exponential backoff, on the next URL of
+//   the list; after a 1012 close (the gateway drains), at once.
+// - After a reconnect the client asks (type 14) for what came after its own inbox
+//   position, since another device of the user may have acknowledged more than it saw
+//   (a client that never finished a first replay has no position yet: like a new one, it
+//   starts from the user's). Its own message coming back in a replay before its answer
+//   is held (and the stream behind it) until the answer says whose it is.
+// - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
+//   once with code "backlog"); the newest 100,000 message ids are remembered.
+//
+// A refused token. The gateway answers a bad token with HTTP 401, which a browser's
+// WebSocket does not show (a refused upgrade and an unreachable host both look like a
+// close before open). So after a close before open the client asks the gateway once more
+// over plain HTTP (`GET /ws?token=...` without an upgrade, which the gateway answers 401
+// for a bad token): a 401 means refused; anything else, or no readable answer (a gateway
+// on another origin without CORS, a network failure), counts as a lost connection and is
+// retried. Node's `ws` says the status in its error ("Unexpected server response: 401"),
+// which is used first; a token whose `exp` has passed is refused without trying. A refusal
+// rejects everything waiting with `code` "unauthorized" and stops the client.
+
+export const TYPE = Object.freeze({
+  HEARTBEAT: 0,
+  PRIVATE: 1,
+  GROUP: 2,
+  ACCEPTED: 10,
+  ACK: 11,
+  JOIN: 12,
+  LEAVE: 13,
+  REPLAY: 14,
+  ERROR: 99,
+});
+
+/** Type 99 codes that the client retries itself (the frame may be sent again). */
+export const RETRIED = new Set(["internal", "rate_limited"]);
+
+const INBOX = "";
+const SEQ_INBOX = /^[0-9]{1,20}$/;
+const SEQ_GROUP = /^g([0-9]{1,20}):([0-9]{1,20})$/;
+const UINT64_MAX = 2n ** 64n - 1n;
+
+/** A seq's stream and position: `"17"` is the inbox at 17, `"g7:3"` group 7's stream at
+ * 3; `null` for anything else. */
+export function parseSeq(seq) {
+  if (typeof seq !== "string") return null;
+  let match = SEQ_INBOX.exec(seq);
+  if (match) {
+    const pos = BigInt(seq);
+    return pos <= UINT64_MAX ? { stream: INBOX, pos } : null;
+  }
+  match = SEQ_GROUP.exec(seq);
+  if (match) {
+    const pos = BigInt(match[2]);
+    return pos <= UINT64_MAX ? { stream: `g${match[1]}:`, pos } : null;
+  }
+  return null;
+}
+
+/** The seq of position `pos` in `stream` (the inverse of parseSeq). */
+export function formatSeq(stream, pos) {
+  return stream + String(pos);
+}
+
+/** The claims of a JWT, unchecked (the gateway checks them); `null` when unreadable. */
+export function jwtClaims(token) {
+  try {
+    const part = String(token).split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const padded = part + "=".repeat((4 - (part.length % 4)) % 4);
+    const bytes = Uint8Array.from(atob(padded), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch (_err) {
+    return null;
+  }
+}
+
+const str = (value) => (value === undefined || value === null ? "" : String(value));
+
+/**
+ * The client's protocol state, without I/O. Feed it what happens (`request`, `opened`,
+ * `lost`, `receive`, `retry`); take what to write and what to report with `drain()`, and
+ * the acknowledgements due with `acks()`.
+ *
+ * Events (from `drain().events`):
+ * - `{kind: "message", message}`: show it (each message once);
+ * - `{kind: "accepted", id, msgId, time}` / `{kind: "refused", id, code, message}`: the
+ *   answer to a request, once;
+ * - `{kind: "retry", id, code}`: refused with a retried code; call `retry(id)` later;
+ * - `{kind: "error", code, message}`: a type 99 for no request of ours;
+ * - `{kind: "truncated", seq}`: history was lost before this position;
+ * - `{kind: "catchup-later"}`: the catch-up was cut short; call `resumeCatchUp()` later;
+ * - `{kind: "live"}`: the connection's replays are done.
+ */
+export class ClientCore {
+  /** `me`: this user's id (to recognise its own messages coming back before their
+   * answer); `history`: on the first connection, ask for the inbox from the start;
+   * `idPrefix`: client ids are `idPrefix + n`; `maxSeen`: message ids remembered. */
+  constructor({ me = "", history = false, idPrefix = "c-", maxSeen = 100000 } = {}) {
+    this.me = str(me);
+    this.history = Boolean(history);
+    this.idPrefix = idPrefix;
+    this.maxSeen = maxSeen;
+    this.counter = 0;
+    this.pending = new Map(); // client id -> {frame, held}; insertion order = send order
+    this.seen = new Set(); // message ids shown, or known to be this client's (the newest)
+    this.streams = new Map(); // stream ("" the inbox, "g7:" a large group) -> its state
+    this.connected = false;
+    this.phase = "down"; // down | replay | catchup | waiting (to catch up again) | live
+    this.opens = 0;
+    this.catchUp = false;
+    this.buffer = []; // inbox frames of a catch-up, until its end marker
+    this.cut = false; // the running catch-up was cut short (rate_limited)
+    this.out = [];
+    this.events = [];
+  }
+
+  // ---- what the application does ---------------------------------------------------
+
+  /** A frame that waits for its type 10 (a message, a join, a leave); returns its id. */
+  request(frame) {
+    this.counter += 1;
+    const id = this.idPrefix + this.counter;
+    const full = { ...frame, id };
+    this.pending.set(id, { frame: full, held: null });
+    if (this.connected) this.out.push(full);
+    return id;
+  }
+
+  /** Send a request again (after a retried refusal), if it still waits. */
+  retry(id) {
+    const entry = this.pending.get(id);
+    if (entry && this.connected) this.out.push(entry.frame);
+  }
+
+  // ---- what the connection does ------------------------------------------------------
+
+  /** A connection is open: every unanswered request goes out again, in order. */
+  opened() {
+    this.connected = true;
+    this.phase = "replay";
+    this.opens += 1;
+    // Catch up from this client's own inbox position after the gateway's connect replay
+    // (or from the start, on a first connection that wants the history)?
+    this.catchUp = this.opens === 1 ? this.history : this.streams.has(INBOX);
+    this.out = [...this.pending.values()].map((entry) => entry.frame);
+  }
+
+  /** The connection is gone; what was not written yet waits for the next one. */
+  lost() {
+    this.connected = false;
+    this.phase = "down";
+    this.out = [];
+    this.buffer = [];
+    this.cut = false;
+  }
+
+  /** A frame from the gateway (parsed JSON). Anything malformed is ignored. */
+  receive(frame) {
+    if (!frame || typeof frame !== "object") return;
+    switch (frame.type) {
+      case TYPE.PRIVATE:
+      case TYPE.GROUP:
+        this.onMessage(frame);
+        break;
+      case TYPE.ACCEPTED:
+        this.onAccepted(frame);
+        break;
+      case TYPE.ERROR:
+        this.onRefused(frame);
+        break;
+      case TYPE.REPLAY:
+        this.onReplayEnd(frame);
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** Type 11 frames due now (one per stream whose shown position passed the last
+   * acknowledgement), or none while replays run; marks them acknowledged. */
+  acks() {
+    const frames = [];
+    if (this.phase !== "live") return frames;
+    for (const [stream, state] of this.streams) {
+      const limit = state.queue === null ? state.handled : state.cap;
+      if (limit > state.acked) {
+        state.acked = limit;
+        frames.push({ type: TYPE.ACK, seq: formatSeq(stream, limit) });
+      }
+    }
+    return frames;
+  }
+
+  /** What to write and what to report since the last call. */
+  drain() {
+    const result = { frames: this.out, events: this.events };
+    this.out = [];
+    this.events = [];
+    return result;
+  }
+
+  /** The inbox position shown so far (`"0"` before any). */
+  get inboxSeq() {
+    const state = this.streams.get(INBOX);
+    return state ? formatSeq(INBOX, state.handled) : "0";
+  }
+
+  // ---- frames ------------------------------------------------------------------------
+
+  onMessage(frame) {
+    const id = frame.id;
+    if (typeof id !== "string" || id === "") return;
+    const where = typeof frame.seq === "string" ? parseSeq(frame.seq) : null;
+    if (this.phase === "replay" && this.catchUp && where && where.stream === INBOX) {
+      // The catch-up replays all of this again, in order, from this client's position
+      // (the gateway's replay starts from the user's, which may be further on).
+      return;
+    }
+    if ((this.phase === "catchup" || this.phase === "waiting") && where && where.stream === INBOX) {
+      // Live pushes may come before the catch-up reaches their positions: kept, and
+      // sorted by position at its end marker (each is stored before it is pushed, so the
+      // catch-up holds them too, and the repeats are dropped by id).
+      this.buffer.push(frame);
+      return;
+    }
+    if (where && where.pos <= this.stream(where.stream).handled) {
+      // Each stream comes in order without holes (a catch-up included), so a position
+      // already passed is a repeat, seen or set aside for the catch-up.
+      return;
+    }
+    if (this.seen.has(id)) {
+      if (where) this.handle(where);
+      return;
+    }
+    this.remember(id);
+    const message = {
+      id,
+      from: frame.from,
+      to: frame.to,
+      type: frame.type,
+      contentType: frame.contentType,
+      time: frame.time,
+      content: frame.content,
+      seq: frame.seq,
+    };
+    if (where) this.handle(where);
+    this.present(message, where);
+  }
+
+  /** Show a message, in its stream's order: behind a held one, or held itself when it
+   * may be this client's own message coming back (in a replay) before its answer. */
+  present(message, where) {
+    const state = where ? this.stream(where.stream) : null;
+    if (state && state.queue !== null) {
+      state.queue.push({ message, where });
+      return;
+    }
+    const mine = this.me !== "" && str(message.from) === this.me ? this.unanswered(message) : null;
+    if (mine) {
+      // Held until the answer says whose it is; the stream waits behind it, and is
+      // acknowledged no further than what was shown before it.
+      mine.held = { message, where };
+      if (state) {
+        state.queue = [];
+        state.cap = state.shown;
+      }
+      return;
+    }
+    if (state) state.shown = where.pos;
+    this.events.push({ kind: "message", message });
+  }
+
+  onAccepted(frame) {
+    const id = frame.id;
+    const entry = typeof id === "string" ? this.pending.get(id) : undefined;
+    if (!entry) return; // an answer to a repeat: the first one settled it
+    this.pending.delete(id);
+    const msgId = str(frame.msgId);
+    if (msgId) this.remember(msgId);
+    this.release(entry, msgId);
+    this.events.push({ kind: "accepted", id, msgId, time: str(frame.time) });
+  }
+
+  onRefused(frame) {
+    const id = frame.id;
+    const code = str(frame.code);
+    const message = str(frame.message);
+    const entry = typeof id === "string" ? this.pending.get(id) : undefined;
+    if (!entry) {
+      // For no request of ours: "internal" here is an acknowledgement the gateway could
+      // not store ("send it again"), so every stream's position goes out again.
+      if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
+      // "rate_limited" during a catch-up: the gateway's replay budget cuts it short.
+      if (code === "rate_limited" && this.phase === "catchup") this.cut = true;
+      this.events.push({ kind: "error", code, message });
+      return;
+    }
+    if (RETRIED.has(code)) {
+      this.events.push({ kind: "retry", id, code });
+      return;
+    }
+    this.pending.delete(id);
+    this.release(entry, "");
+    this.events.push({ kind: "refused", id, code, message });
+  }
+
+  onReplayEnd(frame) {
+    if (frame.truncated === true) this.events.push({ kind: "truncated", seq: str(frame.seq) });
+    // The marker's seq: everything in the inbox up to it went to this connection (or was
+    // this connection's own), unless the connect replay was set aside for a catch-up.
+    const upto = parseSeq(str(frame.seq));
+    const reached = upto && upto.stream === INBOX ? upto : null;
+    if (this.phase === "replay") {
+      // The gateway replayed after the user's acknowledged position, which another
+      // device may have moved past what this client saw: ask for what came after its own
+      // (or for everything, on a first connection that wants the history).
+      if (this.catchUp) {
+        this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
+        this.phase = "catchup";
+        return;
+      }
+    }
+    if (this.phase === "catchup" && this.cut) {
+      // Cut short by the replay budget at `reached`: show what came up to there, keep
+      // the rest, and ask again from there later (`resumeCatchUp`); no acks meanwhile.
+      this.cut = false;
+      const limit = reached ? reached.pos : 0n;
+      const later = this.buffer.filter((f) => parseSeq(f.seq).pos > limit);
+      this.flush(this.buffer.filter((f) => parseSeq(f.seq).pos <= limit));
+      this.buffer = later;
+      if (reached) this.handle(reached);
+      this.phase = "waiting";
+      this.events.push({ kind: "catchup-later" });
+      return;
+    }
+    if (this.phase === "replay" || this.phase === "catchup") {
+      const buffered = this.buffer;
+      this.buffer = [];
+      this.phase = "live";
+      this.flush(buffered);
+      if (reached) this.handle(reached);
+      this.events.push({ kind: "live" });
+    }
+  }
+
+  /** Ask again for a catch-up the replay budget cut short (after a pause). */
+  resumeCatchUp() {
+    if (this.phase !== "waiting") return;
+    this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
+    this.phase = "catchup";
+  }
+
+  /** Set-aside inbox frames, in position order, as if they came now. */
+  flush(frames) {
+    const sorted = frames.map((f) => [parseSeq(f.seq).pos, f]);
+    sorted.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const phase = this.phase;
+    this.phase = "flush";
+    for (const [, f] of sorted) this.onMessage(f);
+    this.phase = phase;
+  }
+
+  // ---- helpers -----------------------------------------------------------------------
+
+  /** The first unanswered message request that this message could be the copy of. */
+  unanswered(message) {
+    for (const entry of this.pending.values()) {
+      const f = entry.frame;
+      if (
+        entry.held === null &&
+        (f.type === TYPE.PRIVATE || f.type === TYPE.GROUP) &&
+        f.type === message.type &&
+        str(f.to) === str(message.to) &&
+        f.content === message.content
+      ) {
+        return entry;
+      }
+    }
+    return null;
+  }
+
+  /** A request is answered: a message it held is shown unless it was this request's,
+   * then what waited behind it. */
+  release(entry, msgId) {
+    const held = entry.held;
+    if (held === null) return;
+    entry.held = null;
+    const state = held.where ? this.stream(held.where.stream) : null;
+    if (state) state.shown = held.where.pos;
+    if (held.message.id !== msgId) this.events.push({ kind: "message", message: held.message });
+    if (state) {
+      const queue = state.queue;
+      state.queue = null;
+      state.cap = 0n;
+      for (const item of queue) this.present(item.message, item.where);
+    }
+  }
+
+  handle(where) {
+    const state = this.stream(where.stream);
+    if (where.pos > state.handled) state.handled = where.pos;
+  }
+
+  stream(name) {
+    let state = this.streams.get(name);
+    if (!state) {
+      // handled: the position passed; shown: the last shown (or found to be own);
+      // queue: messages behind a held one (null: none held); cap: the limit of acks then.
+      state = { handled: 0n, shown: 0n, acked: 0n, queue: null, cap: 0n };
+      this.streams.set(name, state);
+    }
+    return state;
+  }
+
+  remember(id) {
+    if (this.seen.has(id)) return;
+    this.seen.add(id);
+    if (this.seen.size > this.maxSeen) {
+      // A Set iterates in insertion order: the first is the oldest.
+      this.seen.delete(this.seen.values().next().value);
+    }
+  }
+}
+
+/** An `Error` with the type 99 `code` (or "unauthorized", "closed"). */
+export class ClientError extends Error {
+  constructor(code, message) {
+    super(message ? `${code}: ${message}` : code);
+    this.name = "ClientError";
+    this.code = code;
+    this.detail = message || "";
+  }
+}
+
+const DEFAULTS = {
+  backoffInitial: 250, // ms; doubles per failed attempt, jittered, up to backoffMax
+  backoffMax: 10000,
+  retryDelay: 200, // ms before a retried refusal goes out again (doubles, up to 5 s)
+  ackInterval: 100,
+  heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
+  catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
+  maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
+};
+
+/** Unique enough for a client id prefix, in browsers and Node. */
+function randomPrefix() {
+  const bytes = new Uint8Array(8);
+  globalThis.crypto.getRandomValues(bytes);
+  return "c-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("") + "-";
+}
+
+/**
+ * A connection to transmit-hub gateways that does the client's half of the protocol.
+ *
+ * `urls`: one `ws://.../ws` URL or a list (tried in turn when one is gone); options:
+ * `token` (the JWT), `WebSocket` (the constructor; default the global one), `history`
+ * (on the first connection, also replay the inbox from its start: a page that shows
+ * history), and the timings of DEFAULTS. Callbacks: `onmessage(m)`, `onstatus(state)`
+ * ("connecting", "replaying", "live", "reconnecting", "refused", "closed"),
+ * `onerror(err)` (a type 99 for no request), `ontruncated(seq)`, `onack(seq)` (a type 11
+ * went out).
+ */
+export class Client {
+  constructor(urls, options = {}) {
+    this.urls = (Array.isArray(urls) ? urls : [urls]).map(String);
+    if (this.urls.length === 0) throw new TypeError("Client needs at least one URL");
+    this.token = str(options.token);
+    this.WebSocket = options.WebSocket || globalThis.WebSocket;
+    if (typeof this.WebSocket !== "function") {
+      throw new TypeError("no WebSocket: pass {WebSocket} (in Node, from the 'ws' package)");
+    }
+    this.options = { ...DEFAULTS, ...options };
+    this.claims = jwtClaims(this.token);
+    const me = this.claims && this.claims.sub !== undefined ? str(this.claims.sub) : "";
+    this.core = new ClientCore({ me, history: options.history, idPrefix: randomPrefix() });
+    this.onmessage = null;
+    this.onack = null;
+    this.onstatus = null;
+    this.onerror = null;
+    this.ontruncated = null;
+    this.status = "connecting";
+    this.waiting = new Map(); // client id -> {resolve, reject, retries}
+    this.ws = null;
+    this.urlIndex = 0;
+    this.attempt = 0;
+    this.opened = false;
+    this.closed = false;
+    this.refusal = null;
+    this.timers = { reconnect: null, ack: null, heartbeat: null, retries: new Set() };
+    this.lastFrameAt = 0;
+    this.connect();
+  }
+
+  /** Send `{to, content}` or `{group, content}` (optional `contentType`); resolves to
+   * `{clientId, msgId, time}` once stored for every recipient. */
+  send({ to, group, content, contentType = 0 }) {
+    if ((to === undefined) === (group === undefined)) {
+      return Promise.reject(new TypeError("send needs exactly one of 'to' and 'group'"));
+    }
+    const type = group === undefined ? TYPE.PRIVATE : TYPE.GROUP;
+    const target = group === undefined ? to : group;
+    return this.request({ type, to: target, contentType, content: str(content) });
+  }
+
+  /** Join a group (type 12); resolves once the gateway says so. */
+  join(group) {
+    return this.request({ type: TYPE.JOIN, to: group });
+  }
+
+  /** Leave a group (type 13). */
+  leave(group) {
+    return this.request({ type: TYPE.LEAVE, to: group });
+  }
+
+  /** Acknowledge what was shown, close the socket and stop; idempotent. What still
+   * waits rejects with code "closed". */
+  close() {
+    if (this.closed) return;
+    this.flushAcks();
+    this.stop(new ClientError("closed", "the client was closed"), "closed");
+  }
+
+  // ---- internals ---------------------------------------------------------------------
+
+  request(frame) {
+    if (this.closed) {
+      return Promise.reject(this.refusal || new ClientError("closed", "the client was closed"));
+    }
+    if (this.waiting.size >= this.options.maxPending) {
+      const limit = this.options.maxPending;
+      return Promise.reject(new ClientError("backlog", `${limit} requests already wait`));
+    }
+    return new Promise((resolve, reject) => {
+      const id = this.core.request(frame);
+      this.waiting.set(id, { resolve, reject, retries: 0 });
+      this.pump();
+    });
+  }
+
+  setStatus(status) {
+    if (this.status === status) return;
+    this.status = status;
+    if (this.onstatus) this.onstatus(status);
+  }
+
+  url() {
+    const base = this.urls[this.urlIndex % this.urls.length];
+    const sep = base.includes("?") ? "&" : "?";
+    return `${base}${sep}token=${encodeURIComponent(this.token)}`;
+  }
+
+  expired() {
+    const exp = this.claims ? this.claims.exp : undefined;
+    return typeof exp === "number" && exp * 1000 < Date.now();
+  }
+
+  connect() {
+    this.timers.reconnect = null;
+    if (this.closed) return;
+    if (this.expired()) {
+      this.refuse("the token has expired");
+      return;
+    }
+    this.setStatus(this.opened ? "reconnecting" : "connecting");
+    const url = this.url();
+    let ws;
+    try {
+      ws = new this.WebSocket(url);
+    } catch (err) {
+      this.failed(null, String(err && err.message ? err.message : err), url, false, 1006);
+      return;
+    }
+    this.ws = ws;
+    let open = false;
+    let errorText = "";
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      open = true;
+      this.opened = true;
+      this.lastFrameAt = Date.now();
+      this.core.opened();
+      this.setStatus("replaying");
+      this.startHeartbeat();
+      this.pump();
+    };
+    ws.onmessage = (event) => {
+      if (ws !== this.ws) return;
+      this.lastFrameAt = Date.now();
+      let frame;
+      try {
+        frame = JSON.parse(typeof event.data === "string" ? event.data : String(event.data));
+      } catch (_err) {
+        return;
+      }
+      this.core.receive(frame);
+      this.pump();
+    };
+    ws.onerror = (event) => {
+      errorText = str(event && (event.message || (event.error && event.error.message)));
+    };
+    ws.onclose = (event) => {
+      if (ws !== this.ws) return;
+      this.failed(ws, errorText, url, open, event ? event.code : 1006);
+    };
+  }
+
+  /** The socket is gone (or never opened): decide between refused and reconnect. */
+  async failed(ws, errorText, url, wasOpen, code) {
+    if (ws) this.ws = null;
+    this.core.lost();
+    this.stopHeartbeat();
+    if (this.closed) return;
+    if (!wasOpen) {
+      if (/\b401\b/.test(errorText) || (await this.probeRefused(url))) {
+        this.refuse("the gateway refused the token (HTTP 401)");
+        return;
+      }
+      if (this.closed) return;
+    }
+    this.setStatus("reconnecting");
+    this.urlIndex += 1; // this one is gone (or draining): try the next
+    let delay;
+    if (code === 1012) {
+      delay = 0; // the gateway drains: another one takes us at once
+    } else {
+      const base = Math.min(
+        this.options.backoffMax,
+        this.options.backoffInitial * 2 ** Math.min(this.attempt, 16)
+      );
+      delay = Math.round(base / 2 + Math.random() * (base / 2));
+    }
+    this.attempt += 1;
+    this.timers.reconnect = setTimeout(() => this.connect(), delay);
+  }
+
+  /** After a close before open: does the gateway answer 401 over plain HTTP? */
+  async probeRefused(url) {
+    if (typeof fetch !== "function") return false;
+    try {
+      const http = url.replace(/^ws(s?):/i, "http$1:");
+      const response = await fetch(http, { cache: "no-store", redirect: "manual" });
+      return response.status === 401;
+    } catch (_err) {
+      return false; // unreachable, or another origin that does not let us read it
+    }
+  }
+
+  refuse(reason) {
+    this.refusal = new ClientError("unauthorized", reason);
+    this.stop(this.refusal, "refused");
+  }
+
+  stop(error, status) {
+    this.closed = true;
+    clearTimeout(this.timers.reconnect);
+    clearTimeout(this.timers.ack);
+    for (const timer of this.timers.retries) clearTimeout(timer);
+    this.timers.retries.clear();
+    this.stopHeartbeat();
+    const ws = this.ws;
+    this.ws = null;
+    this.core.lost();
+    if (ws) {
+      try {
+        ws.close(1000, "client closed");
+      } catch (_err) {
+        /* already closing */
+      }
+    }
+    const waiting = [...this.waiting.values()];
+    this.waiting.clear();
+    for (const w of waiting) w.reject(error);
+    this.setStatus(status);
+  }
+
+  /** Write what the core wants written and report what it has to say. */
+  pump() {
+    const { frames, events } = this.core.drain();
+    for (const frame of frames) this.write(frame);
+    for (const event of events) this.dispatch(event);
+    if (this.core.phase === "live" && !this.timers.ack) {
+      this.timers.ack = setTimeout(() => {
+        this.timers.ack = null;
+        this.flushAcks();
+      }, this.options.ackInterval);
+    }
+  }
+
+  write(frame) {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== 1) return false;
+    ws.send(JSON.stringify(frame));
+    return true;
+  }
+
+  flushAcks() {
+    if (!this.ws || this.ws.readyState !== 1) return;
+    for (const frame of this.core.acks()) {
+      this.write(frame);
+      if (this.onack) this.onack(frame.seq);
+    }
+  }
+
+  dispatch(event) {
+    switch (event.kind) {
+      case "message":
+        if (this.onmessage) this.onmessage(event.message);
+        break;
+      case "accepted": {
+        const w = this.waiting.get(event.id);
+        this.waiting.delete(event.id);
+        this.attempt = 0;
+        if (w) w.resolve({ clientId: event.id, msgId: event.msgId, time: event.time });
+        break;
+      }
+      case "refused": {
+        const w = this.waiting.get(event.id);
+        this.waiting.delete(event.id);
+        if (w) w.reject(new ClientError(event.code, event.message));
+        break;
+      }
+      case "retry": {
+        const w = this.waiting.get(event.id);
+        const retries = w ? w.retries++ : 0;
+        const delay = Math.min(5000, this.options.retryDelay * 2 ** Math.min(retries, 5));
+        const timer = setTimeout(() => {
+          this.timers.retries.delete(timer);
+          this.core.retry(event.id);
+          this.pump();
+        }, Math.round(delay / 2 + Math.random() * (delay / 2)));
+        this.timers.retries.add(timer);
+        break;
+      }
+      case "error":
+        if (this.onerror) this.onerror(new ClientError(event.code, event.message));
+        break;
+      case "truncated":
+        if (this.ontruncated) this.ontruncated(event.seq);
+        break;
+      case "catchup-later": {
+        const timer = setTimeout(() => {
+          this.timers.retries.delete(timer);
+          this.core.resumeCatchUp();
+          this.pump();
+        }, this.options.catchUpDelay);
+        this.timers.retries.add(timer);
+        break;
+      }
+      case "live":
+        this.attempt = 0;
+        this.setStatus("live");
+        break;
+      default:
+        break;
+    }
+  }
+
+  startHeartbeat() {
+    this.stopHeartbeat();
+    const every = this.options.heartbeat;
+    this.timers.heartbeat = setInterval(() => {
+      const ws = this.ws;
+      if (!ws) return;
+      if (Date.now() - this.lastFrameAt > every * 2.5) {
+        // No frame at all for that long (not even the heartbeat's answer): dead.
+        this.ws = null;
+        try {
+          ws.close(4000, "heartbeat timeout");
+        } catch (_err) {
+          /* already closing */
+        }
+        this.failed(ws, "", "", true, 4000);
+        return;
+      }
+      this.write({ type: TYPE.HEARTBEAT });
+    }, every);
+  }
+
+  stopHeartbeat() {
+    clearInterval(this.timers.heartbeat);
+    this.timers.heartbeat = null;
+  }
+}

@@ -1,0 +1,218 @@
+// The JavaScript client's I/O half (Client) with a fake WebSocket at the boundary: which
+// URL it connects to and when, how it tells a refused token from a lost gateway, its
+// timers for acknowledgements and retries. The protocol state is the core's, tested in
+// client_core.test.mjs; the whole runs on real gateways in faults.e2e.mjs.
+import assert from "node:assert/strict";
+import { afterEach, test } from "node:test";
+
+import { Client, TYPE } from "../../im_gateway/static/client.js";
+
+class FakeSocket {
+  static made = [];
+
+  constructor(url) {
+    this.url = url;
+    this.readyState = 0;
+    this.sent = [];
+    this.closedWith = null;
+    this.madeAt = Date.now();
+    FakeSocket.made.push(this);
+  }
+
+  send(text) {
+    assert.equal(this.readyState, 1, "send on a socket that is not open");
+    this.sent.push(JSON.parse(text));
+  }
+
+  close(code) {
+    this.closedWith = code;
+    this.readyState = 3;
+  }
+
+  // what the server (the test) does
+  open() {
+    this.readyState = 1;
+    this.onopen({});
+  }
+
+  frame(obj) {
+    this.onmessage({ data: JSON.stringify(obj) });
+  }
+
+  drop(code, message = "") {
+    if (message) this.onerror({ message });
+    this.readyState = 3;
+    this.onclose({ code });
+  }
+}
+
+const realFetch = globalThis.fetch;
+const clients = [];
+
+afterEach(() => {
+  for (const c of clients.splice(0)) c.close();
+  FakeSocket.made = [];
+  globalThis.fetch = realFetch;
+});
+
+function token(claims) {
+  return `h.${Buffer.from(JSON.stringify(claims)).toString("base64url")}.s`;
+}
+
+function open(urls, options = {}) {
+  const client = new Client(urls, {
+    token: token({ sub: 1, exp: Date.now() / 1000 + 3600 }),
+    WebSocket: FakeSocket,
+    backoffInitial: 10,
+    backoffMax: 20,
+    ...options,
+  });
+  clients.push(client);
+  return client;
+}
+
+function until(condition, what, timeoutMs = 3000) {
+  return new Promise((resolve, reject) => {
+    const started = Date.now();
+    const timer = setInterval(() => {
+      if (condition()) {
+        clearInterval(timer);
+        resolve();
+      } else if (Date.now() - started > timeoutMs) {
+        clearInterval(timer);
+        reject(new Error(`timed out waiting for ${what}`));
+      }
+    }, 2);
+  });
+}
+
+const last = () => FakeSocket.made.at(-1);
+
+test("the token goes as the URL's token parameter; sends wait for the socket, in order", async () => {
+  const client = open("ws://a/ws");
+  assert.equal(last().url, `ws://a/ws?token=${encodeURIComponent(client.token)}`);
+  const first = client.send({ to: 2, content: "one" });
+  const second = client.send({ group: 7, content: "two" });
+  last().open();
+  const [a, b] = last().sent;
+  assert.deepEqual([a.type, a.to, a.content, b.type, b.to, b.content], [1, 2, "one", 2, 7, "two"]);
+  last().frame({ type: TYPE.ACCEPTED, id: b.id, msgId: "m2", time: "9" });
+  last().frame({ type: TYPE.ACCEPTED, id: a.id, msgId: "m1", time: "8" });
+  assert.deepEqual(await first, { clientId: a.id, msgId: "m1", time: "8" });
+  assert.deepEqual(await second, { clientId: b.id, msgId: "m2", time: "9" });
+  await assert.rejects(client.send({ to: 1, group: 2, content: "x" }), TypeError);
+});
+
+test("a refusal rejects with the type 99 code; rate_limited is sent again, same id", async () => {
+  const client = open("ws://a/ws", { retryDelay: 10 });
+  last().open();
+  const refused = client.send({ group: 8, content: "x" });
+  const limited = client.send({ to: 2, content: "y" });
+  const [r, l] = last().sent;
+  last().frame({ type: TYPE.ERROR, id: r.id, code: "not_member", message: "not in 8" });
+  await assert.rejects(refused, (err) => err.code === "not_member" && err instanceof Error);
+  last().frame({ type: TYPE.ERROR, id: l.id, code: "rate_limited", message: "slow" });
+  await until(() => last().sent.length === 3, "the retry");
+  assert.equal(last().sent[2].id, l.id);
+  last().frame({ type: TYPE.ACCEPTED, id: l.id, msgId: "m", time: "1" });
+  assert.equal((await limited).msgId, "m");
+});
+
+test("a 401 named by the socket's error (Node's ws) refuses: everything waiting rejects", async () => {
+  const client = open(["ws://a/ws", "ws://b/ws"]);
+  const waiting = client.send({ to: 2, content: "x" });
+  last().drop(1006, "Unexpected server response: 401");
+  await assert.rejects(waiting, (err) => err.code === "unauthorized");
+  assert.equal(client.status, "refused");
+  await assert.rejects(client.send({ to: 2, content: "y" }), (err) => err.code === "unauthorized");
+  assert.equal(FakeSocket.made.length, 1, "a refused client does not reconnect");
+});
+
+test("a close before open (a browser) is a refusal only when GET /ws answers 401", async () => {
+  const asked = [];
+  globalThis.fetch = async (url) => {
+    asked.push(url);
+    return { status: url.startsWith("http://b/") ? 401 : 503 };
+  };
+  const client = open(["ws://a/ws", "ws://b/ws"]);
+  const waiting = client.send({ to: 2, content: "x" });
+  last().drop(1006);
+  await until(() => FakeSocket.made.length === 2, "a reconnect after the 503");
+  assert.equal(last().url.split("?")[0], "ws://b/ws", "the next URL");
+  last().drop(1006);
+  await assert.rejects(waiting, (err) => err.code === "unauthorized");
+  assert.deepEqual(
+    asked.map((u) => u.split("?")[0]),
+    ["http://a/ws", "http://b/ws"]
+  );
+  assert.match(asked[0], /\?token=h\./);
+});
+
+test("an unreachable gateway (the probe fails too) is retried, never refused", async () => {
+  globalThis.fetch = async () => {
+    throw new TypeError("fetch failed");
+  };
+  const client = open(["ws://a/ws"]);
+  for (let n = 1; n <= 4; n += 1) {
+    await until(() => FakeSocket.made.length === n, `attempt ${n}`);
+    last().drop(1006);
+  }
+  await until(() => FakeSocket.made.length === 5, "attempt 5");
+  assert.equal(client.status, "connecting", "never connected yet: still connecting");
+});
+
+test("an expired token is refused without connecting", async () => {
+  const client = open("ws://a/ws", { token: token({ sub: 1, exp: 1 }) });
+  await assert.rejects(client.send({ to: 2, content: "x" }), (err) => err.code === "unauthorized");
+  assert.equal(FakeSocket.made.length, 0);
+});
+
+test("after a 1012 close it reconnects at once, to the next URL; otherwise after a backoff", async () => {
+  const client = open(["ws://a/ws", "ws://b/ws"], { backoffInitial: 60000, backoffMax: 60000 });
+  last().open();
+  const pending = client.send({ to: 2, content: "x" });
+  const frame = last().sent[0];
+  const drainedAt = Date.now();
+  last().drop(1012);
+  await until(() => FakeSocket.made.length === 2, "the reconnect after 1012", 1000);
+  assert.ok(last().madeAt - drainedAt < 100, "not at once");
+  assert.equal(last().url.split("?")[0], "ws://b/ws");
+  last().open();
+  assert.deepEqual(last().sent[0], frame, "the unanswered frame again, same client id");
+  last().frame({ type: TYPE.ACCEPTED, id: frame.id, msgId: "m", time: "1" });
+  await pending;
+  last().drop(1006);
+  await new Promise((resolve) => setTimeout(resolve, 200)); // a bound: nothing may happen
+  assert.equal(FakeSocket.made.length, 2, "a 1006 close waits for its backoff");
+});
+
+test("what onmessage got is acknowledged within ~100 ms, and again on close", async () => {
+  const client = open("ws://a/ws");
+  const shown = [];
+  client.onmessage = (m) => shown.push(m.id);
+  last().open();
+  last().frame({ type: TYPE.REPLAY, seq: "0" });
+  assert.equal(client.status, "live");
+  const at = Date.now();
+  last().frame({ type: 1, id: "m1", from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: "1" });
+  last().frame({ type: 1, id: "m1", from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: "1" });
+  await until(() => last().sent.some((f) => f.type === TYPE.ACK), "the acknowledgement");
+  assert.ok(Date.now() - at < 1000);
+  assert.deepEqual(last().sent, [{ type: TYPE.ACK, seq: "1" }]);
+  last().frame({ type: 2, id: "m2", from: 3, to: 7, contentType: 0, time: "2", content: "b", seq: "g7:4" });
+  const socket = last();
+  client.close();
+  assert.deepEqual(socket.sent.at(-1), { type: TYPE.ACK, seq: "g7:4" }, "acked on close");
+  assert.equal(socket.closedWith, 1000);
+  assert.deepEqual(shown, ["m1", "m2"]);
+  client.close(); // idempotent
+});
+
+test("requests waiting for an answer are bounded: beyond maxPending, one rejects at once", async () => {
+  const client = open("ws://a/ws", { maxPending: 2 });
+  client.send({ to: 2, content: "1" }).catch(() => {});
+  client.send({ to: 2, content: "2" }).catch(() => {});
+  await assert.rejects(client.send({ to: 2, content: "3" }), (err) => err.code === "backlog");
+  last().open();
+  assert.equal(last().sent.length, 2, "the refused one was never queued");
+});
