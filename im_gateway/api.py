@@ -44,7 +44,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from transmit_hub.lifecycle import AsyncLifecycle
-from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Message, UserId
+from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Message
 
 from . import api_requests as req
 from . import frames
@@ -54,7 +54,8 @@ from .errors import ApiError, GroupLimitError
 from .fanout import Fanout
 from .group_policy import group_limit_reason
 from .pipeline import Pipeline, Rejected
-from .store import Accepted, Store, Submission
+from .store import Accepted, Joined, Store, Submission
+from .store.contract import DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_MAX_GROUPS_PER_USER
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 LINGER = 2.0
 """Seconds an answer given before its body was read waits, reading and dropping the
 rest, before the connection closes (so the client reads the answer, not a reset)."""
-STORE_CONCURRENCY = 32
-"""Store calls in flight at once for one ``groups/add`` or ``groups/remove``."""
 
 _refused_key = Throttled(logger, "server API: %d calls refused for a missing or wrong key")
 _body_failed = Throttled(
@@ -118,7 +117,12 @@ class ApiServer(AsyncLifecycle):
         max_header_bytes: int = 16 * 1024,
         max_connections: int = 256,
         sockets: Sockets | None = None,
+        max_groups: int = DEFAULT_MAX_GROUPS_PER_USER,
+        max_members: int = DEFAULT_MAX_GROUP_MEMBERS,
     ) -> None:
+        """``max_groups``, ``max_members``: the store's bounds, named in refusals."""
+        self._max_groups = max_groups
+        self._max_members = max_members
         self._host = host
         self._port = port
         self._key = f"Bearer {key}".encode()
@@ -278,7 +282,11 @@ class ApiServer(AsyncLifecycle):
             control_id, now_ms = self._pipeline.new_id()
             self._fanout.disconnect(call.user, found.get(call.user, ()), control_id, now_ms)
             return {}
-        page = await self._store.read_inbox(call.user, call.after, call.limit)
+        if call.group is not None:
+            page = await self._store.read_group(call.group, call.after, call.limit)
+        else:
+            assert call.user is not None
+            page = await self._store.read_inbox(call.user, call.after, call.limit)
         return {
             "messages": [json.loads(frames.encode_message(e.message, e.seq)) for e in page.entries]
         }
@@ -310,20 +318,30 @@ class ApiServer(AsyncLifecycle):
         return {"msgId": result.message.id, "time": str(result.message.time)}
 
     async def _group_change(self, call: req.GroupChange) -> dict[str, object]:
-        slots = asyncio.Semaphore(STORE_CONCURRENCY)
         refused: list[dict[str, str]] = []
-
-        async def one(user: UserId) -> bool:
-            async with slots:
-                try:
-                    if call.add:
-                        return await self._store.join(call.group, user)
-                    return await self._store.leave(call.group, user)
-                except GroupLimitError as exc:
-                    refused.append({"user": str(user), "reason": group_limit_reason(exc)})
-                    return False
-
-        changed = sum(await asyncio.gather(*(one(u) for u in call.users)))
+        was_large = await self._store.is_large(call.group)
+        users = call.users
+        done: list[bool]
+        if call.add:
+            joined = await self._store.add_members(call.group, users)
+            done = [j is Joined.ADDED for j in joined]
+            for user, j in zip(users, joined, strict=True):
+                if j in (Joined.USER_FULL, Joined.GROUP_FULL):
+                    limit = self._max_groups if j is Joined.USER_FULL else self._max_members
+                    error = GroupLimitError(call.group, limit, user_full=j is Joined.USER_FULL)
+                    refused.append({"user": str(user), "reason": group_limit_reason(error)})
+        else:
+            done = await self._store.remove_members(call.group, users)
+        changed = sum(done)
+        control_id, now_ms = self._pipeline.new_id()
+        await self._fanout.membership_changed(
+            call.group,
+            [u for u, c in zip(call.users, done, strict=True) if c],
+            was_large=was_large,
+            now_ms=now_ms,
+            control_id=control_id,
+            left=not call.add,
+        )
         answer: dict[str, object] = {"added" if call.add else "removed": changed}
         if refused:
             answer["refused"] = refused

@@ -16,7 +16,7 @@ from transmit_hub.types import UserId
 
 from .errors import ApiError, BadPosition
 from .frames import INT32_MAX, INT32_MIN, MAX_ID_LENGTH, UINT64_MAX
-from .positions import position
+from .positions import stream_position
 
 METHODS: Final = (
     "publish",
@@ -72,9 +72,12 @@ class Disconnect:
 
 @dataclass(frozen=True, slots=True)
 class History:
-    user: UserId
+    """A user's inbox (``group`` None), or a large group's stream."""
+
+    user: UserId | None
     after: int
     limit: int
+    group: int | None = None
 
 
 Request = Publish | GroupChange | Members | PresenceQuery | Disconnect | History
@@ -110,17 +113,24 @@ def parse(method: str, body: bytes, *, max_content: int, max_users: int) -> Requ
     if method == "disconnect":
         _only(obj, "user")
         return Disconnect(UserId(_uint64(obj, "user")))
-    _only(obj, "user", "after", "limit")
+    _only(obj, "user", "group", "after", "limit")
+    if ("user" in obj) == ("group" in obj):
+        raise bad("give exactly one of 'user' (an inbox) and 'group' (a large group's stream)")
+    group = _uint64(obj, "group") if "group" in obj else None
     after = obj.get("after", "0")
     if not isinstance(after, str):
         raise bad("'after' must be a seq (a decimal string)")
     try:
-        after_pos = position(after)
+        stream, after_pos = stream_position(after)
     except BadPosition as exc:
-        raise bad("'after' must be a seq (a decimal string below 2**64)") from exc
+        raise bad("'after' must be a seq (a decimal string below 2**64, or g<group>:<n>)") from exc
+    if stream is not None and stream != group:
+        raise bad("'after' names another stream than the one asked for")
     limit = obj.get("limit", HISTORY_LIMIT)
     if type(limit) is not int or not 1 <= limit <= HISTORY_MAX:
         raise bad(f"'limit' must be an integer from 1 to {HISTORY_MAX}")
+    if group is not None:
+        return History(None, after_pos, limit, group)
     return History(UserId(_uint64(obj, "user")), after_pos, limit)
 
 

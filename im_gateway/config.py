@@ -218,6 +218,13 @@ class GatewayConfig:
     max_group_members: int = setting(
         100_000, "members one group may have; beyond: forbidden", metavar="USERS", check=at_least(1)
     )
+    large_group: int = setting(
+        500,
+        "a group with more members is stored once, in its own stream (seq g<group>:<n>), "
+        "instead of in every member's inbox; every gateway of a deployment needs the same",
+        metavar="MEMBERS",
+        check=at_least(1),
+    )
     max_connections_per_user: int = setting(
         100,
         "WebSockets one user may hold on this gateway; beyond, the upgrade gets HTTP 429",

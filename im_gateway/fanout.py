@@ -12,6 +12,17 @@ devices included) get the message directly; the recipients' other gateways get o
 full the push is skipped (counted, logged): the message is already in every inbox, and a
 receiving session that sees the next position fills the hole from there.
 
+Large groups. A post stored once (:attr:`~im_gateway.store.Accepted.post`) goes to the
+local connections that follow that group (:meth:`Fanout.follow`, by their replayers,
+which know the user's large groups) and, as one TransmitMap with one share per gateway,
+to the other gateways that follow it; such a share names user 0 with the group seq
+``g<group>:<n>``, and the receiving gateway hands it to its own followers of the group.
+Which gateways follow a group is kept in the store (:meth:`~im_gateway.store.Store.watch`,
+written when a gateway's first follower of a group arrives and refreshed every third of
+the presence TTL, all groups in one call per slot), so a post costs one look-up in the
+group's slot whatever the group's size. A user's join or leave reaches their gateways as
+a :data:`CONTROL_REGROUP` share: their connections read their large groups again.
+
 Controls. The server API's ``disconnect`` reaches the gateways that hold a user's sockets
 as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub routes it
 like any other, without knowing what it is; a receiving gateway closes that user's
@@ -60,6 +71,7 @@ from transmit_hub.types import (
 from . import frames, inbound
 from .faults import Faults
 from .metrics import GatewayMetrics, NullMetrics
+from .positions import group_seq
 from .presence import Presence
 from .store import Accepted, Store
 from .tasks import cancel_and_wait
@@ -71,6 +83,8 @@ CONTROL_DISCONNECT: Final = 4001
 """Message type of a control share: close the named users' sockets with code 4001."""
 SWEEP_BATCH: Final = 1000
 """Users whose inbox ends one store call asks for, in a catch-up sweep."""
+CONTROL_REGROUP: Final = 4002
+"""Message type of a control share: the named users' large groups changed (read them again)."""
 CLOSE_DISCONNECTED: Final = 4001
 """WebSocket close code when the application's backend disconnected the user."""
 
@@ -87,6 +101,19 @@ class Connection(Protocol):
 
     def own(self, pos: int) -> None:
         """The connection sent the message at ``pos`` itself."""
+        ...
+
+    def deliver_group(self, group: int, pos: int, text: str) -> None:
+        """A post at ``pos`` in large group ``group``'s stream."""
+        ...
+
+    def own_group(self, group: int, pos: int) -> None:
+        """The connection sent the post at ``pos`` in ``group``'s stream itself."""
+        ...
+
+    def regroup(self, left: int | None = None) -> None:
+        """The user's large groups changed: read them again; ``left``: the user left that
+        group (stop following it at once)."""
         ...
 
     def catch_up(self, end: int | None = None) -> None:
@@ -131,9 +158,11 @@ class Fanout(Generic[C]):
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
         resync_after: float = 6.0,
+        watch_ttl: float = 30.0,
         metrics: GatewayMetrics | None = None,
     ) -> None:
-        """``forget_grace``: seconds after each (re)attach during which the hub's
+        """``watch_ttl``: the store's TTL of a gateway's mark on a group it follows (the
+        presence TTL); refreshed every third of it. ``forget_grace``: seconds after each (re)attach during which the hub's
         "not attached" notices are not acted on. After a hub restart the other gateways
         re-attach one by one; until they have, the hub calls them missing, and clearing
         their (live) presence then would stop pushes to them until their next refresh.
@@ -161,6 +190,15 @@ class Fanout(Generic[C]):
         )
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._sessions: dict[UserId, list[C]] = {}
+        self._groups: dict[int, list[C]] = {}
+        """Large group -> the local connections that follow it."""
+        self._follows: dict[C, set[int]] = {}
+        self._watch_ttl = watch_ttl
+        self._watcher: asyncio.Task[None] | None = None
+        self._unwatching: set[asyncio.Task[None]] = set()
+        self._watch_failed = Throttled(
+            logger, "marking followed groups in the store failed %d times"
+        )
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
         self._link_full = Throttled(
@@ -188,6 +226,74 @@ class Fanout(Generic[C]):
             sessions.remove(connection)
         if not sessions:
             del self._sessions[connection.user]
+        followed = self._follows.get(connection)
+        if followed:
+            self.unfollow(connection, list(followed))
+
+    async def follow(self, connection: C, groups: Collection[int]) -> None:
+        """Live posts of these large groups go to ``connection`` from now on; returns
+        once the store names this gateway for each of them."""
+        mine = self._follows.setdefault(connection, set())
+        new = []
+        for group in groups:
+            if group in mine:
+                continue
+            mine.add(group)
+            followers = self._groups.get(group)
+            if followers is None:
+                followers = self._groups[group] = []
+                new.append(group)
+            followers.append(connection)
+        if new:
+            await self._store.watch(self.gateway_id, new)
+
+    def unfollow(self, connection: C, groups: Collection[int]) -> None:
+        """No more live posts of these groups to ``connection``."""
+        mine = self._follows.get(connection)
+        if mine is None:
+            return
+        unwatched = []
+        for group in groups:
+            if group not in mine:
+                continue
+            mine.discard(group)
+            followers = self._groups.get(group)
+            if followers is not None:
+                with contextlib.suppress(ValueError):
+                    followers.remove(connection)
+                if not followers:
+                    del self._groups[group]
+                    unwatched.append(group)
+        if not mine:
+            del self._follows[connection]
+        if unwatched:
+            task = asyncio.get_running_loop().create_task(self._unwatch(unwatched))
+            self._unwatching.add(task)
+            task.add_done_callback(self._unwatching.discard)
+
+    async def _unwatch(self, groups: list[int]) -> None:
+        try:
+            await self._store.unwatch(self.gateway_id, [g for g in groups if g not in self._groups])
+        except Exception as exc:  # the mark expires by itself
+            self._watch_failed.hit(exc=exc)
+
+    async def _watch_loop(self) -> None:
+        """Refresh this gateway's marks on the groups it follows, all in one call per slot."""
+        interval = max(self._watch_ttl / 3.0, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            if not self._groups:
+                continue
+            try:
+                await self._store.watch(self.gateway_id, list(self._groups))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._watch_failed.hit(exc=exc)
+
+    def followers(self, group: int) -> list[C]:
+        """The local connections that follow large group ``group``."""
+        return list(self._groups.get(group, ()))
 
     def sessions(self) -> list[C]:
         """Every local connection."""
@@ -207,22 +313,24 @@ class Fanout(Generic[C]):
     async def start(self) -> None:
         """Start consuming the hub link's events."""
         self._task = asyncio.create_task(self._event_loop(), name="fanout-link-events")
+        self._watcher = asyncio.create_task(self._watch_loop(), name="fanout-group-marks")
 
     async def close(self) -> None:
         """Stop consuming the link's events; idempotent."""
         if self._resync is not None:
             self._resync.cancel()
             self._resync = None
-        await cancel_and_wait(self._sweep)
-        self._sweep = None
-        await cancel_and_wait(self._task)
-        self._task = None
+        await cancel_and_wait(self._sweep, self._task, self._watcher, *self._unwatching)
+        self._sweep = self._task = self._watcher = None
 
     # --- stored messages out ------------------------------------------------------------
 
     def route(self, accepted: Accepted, caller: object) -> None:
         """Push a stored message to its recipients' sockets, here and through the hub;
         ``caller``, when it is one of the recipient's connections, gets the position only."""
+        if accepted.post is not None:
+            self._route_post(accepted, caller)
+            return
         prefix: str | None = None  # encoded once, and only when a local socket needs it
         local = self._sessions
         me = self.gateway_id
@@ -254,6 +362,87 @@ class Fanout(Generic[C]):
             )
             if self._faults is not None and self._faults.drop():
                 return
+            if not self._link.send(tmap):
+                self._link_full.hit()
+
+    def _route_post(self, accepted: Accepted, caller: object) -> None:
+        """A post stored once in a large group's stream: to the local followers, and one
+        share per other gateway that follows the group."""
+        post = accepted.post
+        assert post is not None
+        followers = self._groups.get(post.group, ())
+        if followers:
+            text = frames.encode_message(accepted.message, post.seq)
+            for connection in followers:
+                if connection is caller:
+                    connection.own_group(post.group, post.position)
+                else:
+                    connection.deliver_group(post.group, post.position, text)
+            self._metrics.pushed_local(accepted.message.time)
+        if caller not in followers:
+            # A sender that does not follow the group yet (it joined a moment ago): its
+            # connection notes the position, so the fill does not send its own post back.
+            own = getattr(caller, "own_group", None)
+            if callable(own):
+                own(post.group, post.position)
+        remote = [gw for gw in post.gateways if gw != self.gateway_id]
+        if remote:
+            share = (Recipient(UserId(0), post.seq),)
+            tmap = TransmitMap(message=accepted.message, users={gw: share for gw in remote})
+            if self._faults is not None and self._faults.drop():
+                return
+            if not self._link.send(tmap):
+                self._link_full.hit()
+
+    async def membership_changed(
+        self,
+        group: int,
+        changed: Collection[UserId],
+        *,
+        was_large: bool,
+        now_ms: int,
+        control_id: MessageId,
+        left: bool = False,
+    ) -> None:
+        """``changed`` joined (or, with ``left``, left) ``group``: their connections
+        follow its stream or stop when it is (or was) large; every member's when it just
+        became large. Leavers' connections stop following at once, here and (the control
+        goes before any later post through the same hub) on the other gateways."""
+        large = await self._store.is_large(group)
+        users: Collection[UserId]
+        if large and not was_large:
+            users = await self._store.members(group)
+        elif large or was_large:
+            users = changed
+        else:
+            return
+        if users:
+            await self.regroup(users, now_ms, control_id, left=group if left else None)
+
+    async def regroup(
+        self,
+        users: Collection[UserId],
+        now_ms: int,
+        control_id: MessageId,
+        *,
+        left: int | None = None,
+    ) -> None:
+        """These users' large groups changed (``left``: they left that one): their
+        connections here read them again, and their other gateways are told (one presence
+        look-up, one map)."""
+        for user in users:
+            for connection in self._sessions.get(user, ()):
+                connection.regroup(left)
+        found = await self._store.lookup(users)
+        remote: dict[GatewayId, list[Recipient]] = {}
+        for user, gateways in found.items():
+            for gateway in gateways:
+                if gateway != self.gateway_id:
+                    remote.setdefault(gateway, []).append(Recipient(user, ""))
+        if remote:
+            content = "" if left is None else str(left)
+            control = Message(control_id, UserId(0), 0, CONTROL_REGROUP, 0, now_ms, content)
+            tmap = TransmitMap(control, {gw: tuple(rs) for gw, rs in remote.items()})
             if not self._link.send(tmap):
                 self._link_full.hit()
 
@@ -380,10 +569,30 @@ class Fanout(Generic[C]):
             for r in delivery.recipients:
                 self._close_local(r.user_id)
             return
+        if delivery.message.type == CONTROL_REGROUP:
+            text = delivery.message.content
+            left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+            for r in delivery.recipients:
+                for connection in self._sessions.get(r.user_id, ()):
+                    connection.regroup(left)
+            return
         problem = inbound.message_problem(delivery.message, max_content=self._max_content)
         if problem is not None:
             logger.debug("dropped a delivery from the hub: %s", problem)
             self._bad_delivery.hit()
+            return
+        post = inbound.group_post(delivery)
+        if post is not None:
+            group, pos = post
+            if pos == 0:
+                self._bad_delivery.hit()
+                return
+            followers = self._groups.get(group)
+            if followers:
+                text = frames.encode_message(delivery.message, group_seq(group, pos))
+                for connection in followers:
+                    connection.deliver_group(group, pos, text)
+                self._metrics.pushed(delivery.message.time)
             return
         good, bad = inbound.recipients(delivery)
         if bad:

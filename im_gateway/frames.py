@@ -10,13 +10,14 @@ recipient's inbox position is spliced in (:func:`with_seq`).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Final
 
 from transmit_hub.types import Message
 
 from .errors import BadPosition, FrameError
-from .positions import position
+from .positions import group_seq, stream_position
 
 HEARTBEAT: Final = 0
 PRIVATE: Final = 1
@@ -63,9 +64,11 @@ class SendMessage:
 
 @dataclass(frozen=True, slots=True)
 class Ack:
-    """Type 11: the client has everything up to inbox position ``upto`` (cumulative)."""
+    """Type 11: the client has everything up to position ``upto`` (cumulative) of its
+    inbox, or with ``group``, of that large group's stream (seq ``g<group>:<upto>``)."""
 
     upto: int
+    group: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +82,11 @@ class GroupChange:
 
 @dataclass(frozen=True, slots=True)
 class Replay:
-    """Type 14: send what came after position ``after`` (``None``: the acknowledged one)."""
+    """Type 14: send what came after position ``after`` (``None``: the acknowledged one)
+    of the inbox, or with ``group``, of that large group's stream."""
 
     after: int | None
+    group: int | None = None
 
 
 ClientFrame = Heartbeat | SendMessage | Ack | GroupChange | Replay
@@ -126,12 +131,16 @@ def parse(data: str | bytes, *, max_content: int = DEFAULT_MAX_CONTENT) -> Clien
         seq = obj.get("seq")
         if seq is None:
             raise FrameError(BAD_REQUEST, "field 'seq' is required", frame_id)
-        return Ack(upto=_seq(seq, frame_id))
+        group, upto = _seq(seq, frame_id)
+        return Ack(upto, group)
     if kind in (JOIN, LEAVE):
         return GroupChange(type=kind, id=_required_id(frame_id), to=_uint64(obj, "to", frame_id))
     if kind == REPLAY:
         seq = obj.get("seq")
-        return Replay(after=None if seq is None else _seq(seq, frame_id))
+        if seq is None:
+            return Replay(None)
+        group, after = _seq(seq, frame_id)
+        return Replay(after, group)
     raise FrameError(BAD_REQUEST, f"unknown frame type {kind}", frame_id)
 
 
@@ -176,15 +185,16 @@ def _uint64(obj: dict[str, object], name: str, frame_id: str | None) -> int:
     return number
 
 
-def _seq(value: object, frame_id: str | None) -> int:
+def _seq(value: object, frame_id: str | None) -> tuple[int | None, int]:
     if isinstance(value, str) and value:
         try:
-            return position(value)
+            return stream_position(value)
         except BadPosition:
             pass
     raise FrameError(
         BAD_REQUEST,
-        "field 'seq' must be an inbox position: a decimal string below 2**64, such as \"17\"",
+        "field 'seq' must be an inbox position (a decimal string below 2**64, such as \"17\")"
+        ' or a large group\'s ("g7:17")',
         frame_id,
     )
 
@@ -227,10 +237,20 @@ def encode_error(code: str, message: str, frame_id: str | None = None) -> str:
     )
 
 
-def encode_replay_end(upto: int, *, truncated: bool = False) -> str:
-    """Type 14 from the gateway: the replay ends at position ``upto``; ``truncated`` when
-    messages the client had not acknowledged were trimmed from the inbox before it got
-    them (by length or age)."""
+def encode_replay_end(upto: int, *, truncated: bool = False, group: int | None = None) -> str:
+    """Type 14 from the gateway: the replay ends at position ``upto`` (of the inbox, or
+    with ``group``, of that large group's stream); ``truncated`` when messages the client
+    had not acknowledged were trimmed before it got them (by length or age)."""
+    seq = upto if group is None else group_seq(group, upto)
     if truncated:
-        return f'{{"type":14,"seq":"{upto}","truncated":true}}'
-    return f'{{"type":14,"seq":"{upto}"}}'
+        return f'{{"type":14,"seq":"{seq}","truncated":true}}'
+    return f'{{"type":14,"seq":"{seq}"}}'
+
+
+_TIME = re.compile(r'"time":"(\d+)"')
+
+
+def time_of(frame: str) -> int:
+    """The ``time`` of a message frame this module encoded (0 when it has none)."""
+    found = _TIME.search(frame)
+    return int(found.group(1)) if found else 0

@@ -13,7 +13,7 @@ from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Delivery, Message
 
 from .errors import BadPosition
 from .frames import INT32_MAX, INT32_MIN, MAX_ID_LENGTH, UINT64_MAX
-from .positions import position
+from .positions import position, stream_position
 
 _MAX_TIME = 2**63 - 1
 
@@ -63,3 +63,20 @@ def recipients(delivery: Delivery) -> tuple[list[tuple[UserId, int]], int]:
             continue
         good.append((r.user_id, pos))
     return good, bad
+
+
+def group_post(delivery: Delivery) -> tuple[int, int] | None:
+    """``(group, position)`` when ``delivery`` is a large group's post (its one recipient
+    carries a ``g<group>:<n>`` seq for the group the message is to); ``(group, 0)`` when
+    it claims to be one and is malformed; None for an ordinary delivery."""
+    rs = delivery.recipients
+    if not rs or not rs[0].seq.startswith("g"):
+        return None
+    try:
+        group, pos = stream_position(rs[0].seq)
+    except BadPosition:
+        return (0, 0)
+    m = delivery.message
+    if len(rs) != 1 or group is None or m.type != MESSAGE_GROUP or m.to != group:
+        return (0, 0)
+    return group, pos

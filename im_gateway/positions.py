@@ -31,3 +31,24 @@ def position(seq: str) -> int:
         if value <= MAX_POSITION:
             return value
     raise BadPosition(f"bad inbox position {seq[:40]!r}")
+
+
+def group_seq(group: int, pos: int) -> str:
+    """The seq of position ``pos`` in large group ``group``'s stream: ``g<group>:<pos>``."""
+    return f"g{group}:{pos}"
+
+
+def stream_position(seq: str) -> tuple[int | None, int]:
+    """``(None, position)`` for an inbox seq, ``(group, position)`` for ``g<group>:<pos>``.
+
+    Raises :class:`~im_gateway.errors.BadPosition` for anything else.
+    """
+    if seq[:1] != "g":
+        return None, position(seq)
+    group, sep, pos = seq[1:].partition(":")
+    if not sep or not group or not pos:
+        raise BadPosition(f"bad group seq {seq[:40]!r}")
+    try:
+        return position(group), position(pos)
+    except BadPosition:
+        raise BadPosition(f"bad group seq {seq[:40]!r}") from None

@@ -17,7 +17,9 @@ neither calls back into the other. :class:`Relay` keeps the names a session (its
 
 from __future__ import annotations
 
-from transmit_hub.types import GatewayId, MessageId
+from collections.abc import Collection
+
+from transmit_hub.types import GatewayId, MessageId, UserId
 
 from . import frames
 from .fanout import Fanout, Link
@@ -49,6 +51,7 @@ class Relay:
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
         resync_after: float = 6.0,
+        watch_ttl: float = 30.0,
         metrics: GatewayMetrics | None = None,
     ) -> None:
         self.gateway_id = gateway_id
@@ -61,6 +64,7 @@ class Relay:
             max_content=max_content,
             faults=faults,
             resync_after=resync_after,
+            watch_ttl=watch_ttl,
             metrics=metrics,
         )
         self.pipeline = Pipeline(
@@ -84,6 +88,28 @@ class Relay:
     def discard(self, session: Session) -> None:
         """Stop routing to ``session``."""
         self.fanout.discard(session)
+
+    async def follow(self, session: Session, groups: Collection[int]) -> None:
+        """Live posts of these large groups go to ``session`` from now on."""
+        await self.fanout.follow(session, groups)
+
+    def unfollow(self, session: Session, groups: Collection[int]) -> None:
+        """No more live posts of these groups to ``session``."""
+        self.fanout.unfollow(session, groups)
+
+    async def membership_changed(
+        self, group: int, changed: Collection[UserId], *, was_large: bool, left: bool = False
+    ) -> None:
+        """See :meth:`~im_gateway.fanout.Fanout.membership_changed`."""
+        control_id, now_ms = self.pipeline.new_id()
+        await self.fanout.membership_changed(
+            group,
+            changed,
+            was_large=was_large,
+            now_ms=now_ms,
+            control_id=control_id,
+            left=left,
+        )
 
     def sessions(self) -> list[Session]:
         """Every local session."""

@@ -14,12 +14,24 @@ at most, pages of ``replay_page`` entries, the store calls bounded by the gatewa
 - A replay the client asks for resends everything after its position, one at a time per
   connection, within ``replay_budget`` entries a minute; beyond it, ``rate_limited`` and an
   end marker at the position reached.
+
+Large groups. Each large group the user is in has a stream of its own and a cursor of its
+own here (positions ``g<group>:<n>``); holes are filled and replays (type 14 with a group
+seq) served per stream. The connect replay reads the user's acknowledged inbox position
+and the user's large groups with their positions (:meth:`~im_gateway.store.Store.streams`,
+two round trips), follows those groups (live posts come from then on), then reads a page
+of every stream (the inbox, and all groups in one pipelined round trip per page) and
+sends them merged in time order, then the type 14 marker (the inbox's seq). So a connect
+costs about four round trips however many large groups the user is in, plus one per page
+of a stream with more than a page to replay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -50,14 +62,25 @@ class Outlet(Protocol):
         """Wait until the frames already pushed have drained (flow control for pages)."""
         ...
 
+    async def follow(self, groups: Collection[int]) -> None:
+        """Live posts of these large groups should reach this connection from now on."""
+        ...
+
+    def unfollow(self, groups: Collection[int]) -> None:
+        """No more live posts of these groups (the user left them)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class _ReplayRequest:
     """A replay with an end marker: on connect (``after`` None: from the acknowledged
-    position) or asked for by the client (type 14)."""
+    position) or asked for by the client (type 14, of the inbox or of ``group``'s
+    stream); or (``regroup``) a fresh read of which large groups the user is in."""
 
     after: int | None
     connect: bool = False
+    group: int | None = None
+    regroup: bool = False
 
 
 class Replayer:
@@ -68,10 +91,13 @@ class Replayer:
         "_cursor",
         "_fill_delay",
         "_fill_timer",
+        "_groups",
+        "_hold_max",
         "_loop",
         "_metrics",
         "_out",
         "_page",
+        "_pending_own",
         "_reader",
         "_requests",
         "_retry_at",
@@ -102,7 +128,12 @@ class Replayer:
         self._fill_delay = fill_delay
         self._loop = asyncio.get_running_loop()
         self._budget = TokenBucket(replay_budget / 60.0, replay_budget, self._loop.time())
+        self._hold_max = held_max
         self._cursor: Cursor[str] = Cursor(hold_max=held_max)
+        self._groups: dict[int, Cursor[str]] = {}
+        """A cursor per large group's stream the user reads."""
+        self._pending_own: dict[int, list[int]] | None = None
+        """Positions this connection posted in groups it does not follow yet (bounded)."""
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
@@ -118,16 +149,35 @@ class Replayer:
         """Everything up to this inbox position is delivered on this connection."""
         return self._cursor.last
 
-    def ask(self, after: int | None) -> bool:
-        """The client asks for what came after ``after`` (type 14); False while one of its
-        replays runs (one at a time)."""
+    def follows(self, group: int) -> bool:
+        """True when this connection reads ``group``'s stream (the user is a member)."""
+        return group in self._groups
+
+    def ask(self, after: int | None, group: int | None = None) -> bool:
+        """The client asks for what came after ``after`` (type 14) in its inbox or in
+        ``group``'s stream; False while one of its replays runs (one at a time)."""
         if self._requests and self._reader is not None:
             return False
-        # (A connect replay waiting to be retried gives way: this one starts the
-        # connection's position too.)
-        self._requests[:] = [_ReplayRequest(after)]
+        if group is None:
+            # (A connect replay waiting to be retried gives way: this one starts the
+            # connection's position too.)
+            self._requests[:] = [_ReplayRequest(after)]
+        else:
+            self._requests.append(_ReplayRequest(after, group=group))
         self._start_reader()
         return True
+
+    def regroup(self, left: int | None = None) -> None:
+        """The user's large groups may have changed: read them again (in the background);
+        ``left``: the user left that group, so its posts stop now."""
+        if left is not None and self._groups.pop(left, None) is not None:
+            self._out.unfollow([left])
+        if not self._cursor.ready:
+            return  # the connect replay reads them
+        if any(r.regroup for r in self._requests[1:]):
+            return  # one is queued already (the first may be running: it may be stale)
+        self._requests.append(_ReplayRequest(None, regroup=True))
+        self._start_reader()
 
     async def close(self) -> None:
         """Stop reading; idempotent."""
@@ -158,6 +208,29 @@ class Replayer:
         if cursor.wants_fill:
             self._want_fill()
 
+    def live_group(self, group: int, pos: int, text: str, *, own: bool = False) -> None:
+        """A post at ``pos`` in large group ``group``'s stream (``own``: this connection
+        sent it and got type 10): in order per stream, repeats dropped."""
+        cursor = self._groups.get(group)
+        if self._out.closing:
+            return
+        if cursor is None:
+            if own:
+                pending = self._pending_own
+                if pending is None:
+                    pending = self._pending_own = {}
+                mine = pending.setdefault(group, [])
+                if len(mine) < self._hold_max and len(pending) <= self._hold_max:
+                    mine.append(pos)
+            return
+        for frame in cursor.own(pos) if own else cursor.live(pos, text):
+            self._out.push(frame)
+        if cursor.wants_fill:
+            self._want_fill()
+
+    def _wants_fill(self) -> bool:
+        return self._cursor.wants_fill or any(c.wants_fill for c in self._groups.values())
+
     def _want_fill(self) -> None:
         if self._reader is not None or self._fill_timer is not None:
             return  # a running reader looks again when it is done
@@ -166,7 +239,7 @@ class Replayer:
 
     def _kick(self) -> None:
         self._fill_timer = None
-        if self._reader is None and not self._out.closing and self._cursor.wants_fill:
+        if self._reader is None and not self._out.closing and self._wants_fill():
             self._reader = self._loop.create_task(self._read_loop())
 
     # --- replay -----------------------------------------------------------------------
@@ -177,20 +250,25 @@ class Replayer:
         self._start_reader()
 
     def catch_up(self, end: int | None = None) -> None:
-        """Read the inbox to its end (after a hub link came back or was lost: pushes may be
-        missed); ``end``: the inbox's newest position, when known: nothing is read when
-        this connection has it already."""
+        """Read the inbox and the large groups' streams to their ends (after a hub link came
+        back or was lost: pushes may be missed); ``end``: the inbox's newest position, when
+        known: the inbox is not read when this connection has it already (the groups'
+        streams always are)."""
         cursor = self._cursor
-        if end is not None and cursor.ready and cursor.last >= end:
+        has_inbox = end is not None and cursor.ready and cursor.last >= end
+        cursors = list(self._groups.values()) if has_inbox else [cursor, *self._groups.values()]
+        if not cursors:
             return
-        cursor.sync()
-        if self._cursor.wants_fill:
+        for each in cursors:
+            each.sync()
+        if self._wants_fill():
             self._want_fill()
 
     def rebase(self) -> None:
         """The store lost its data and numbers inboxes from 1 again: start over from 0."""
-        self._cursor.rebase()
-        if self._cursor.wants_fill:
+        for cursor in (self._cursor, *self._groups.values()):
+            cursor.rebase()
+        if self._wants_fill():
             self._want_fill()
 
     def _start_reader(self) -> None:
@@ -207,7 +285,12 @@ class Replayer:
             while not self._out.closing:
                 if self._requests:
                     request = self._requests[0]
-                    await self._replay(request)
+                    if request.regroup:
+                        await self._regroup()
+                    elif request.connect:
+                        await self._connect()
+                    else:
+                        await self._replay(request)
                     self._requests.pop(0)
                     request = None
                 elif self._cursor.wants_fill:
@@ -215,13 +298,19 @@ class Replayer:
                     if await self._fill():
                         self._out.push(frames.encode_replay_end(self._cursor.last, truncated=True))
                 else:
-                    break
+                    group = next((g for g, c in self._groups.items() if c.wants_fill), None)
+                    if group is None:
+                        break
+                    self._metrics.hole_fill()
+                    if await self._fill_group(group):
+                        last = self._groups[group].last
+                        self._out.push(frames.encode_replay_end(last, truncated=True, group=group))
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             _replay_failed.hit(exc=exc)
             self._retry_at = self._loop.time() + 1.0
-            if request is not None:
+            if request is not None and not request.regroup:
                 self._requests.clear()
                 self._out.push(
                     frames.encode_error(frames.INTERNAL, "replay failed; ask again with type 14")
@@ -233,8 +322,11 @@ class Replayer:
                     # The connect replay failed: try it again (the client may also ask).
                     self._requests.append(_ReplayRequest(None, connect=True))
                     self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
-                elif self._cursor.wants_fill:
+                elif self._wants_fill():
                     self._want_fill()
+                if request is not None and request.regroup and not self._requests:
+                    self._requests.append(request)  # read the groups again a second later
+                    self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
 
     def _retry_connect(self) -> None:
         self._fill_timer = None
@@ -258,24 +350,136 @@ class Replayer:
             self._out.push(frame)
         return result.trimmed
 
-    async def _replay(self, request: _ReplayRequest) -> None:
-        cursor = self._cursor
-        self._metrics.replay("connect" if request.connect else "asked")
-        if request.connect:
-            async with self._slots:
-                acked = await self._store.acked(self._user)
-            for frame in cursor.start(acked):
+    async def _fill_group(self, group: int) -> bool:
+        """Read one page of ``group``'s stream after its cursor; True when trimmed."""
+        cursor = self._groups[group]
+        limit = self._page
+        async with self._slots:
+            page = await self._store.read_group(group, cursor.begin_fill(), limit)
+        await self._out.room()
+        if self._groups.get(group) is not cursor:
+            return False  # the user left that group meanwhile
+        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+        result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
+        for frame in result.send:
+            self._out.push(frame)
+        return result.trimmed
+
+    async def _follow(self) -> dict[int, int]:
+        """Read the user's large groups and their positions; make a cursor for each new
+        one, drop those of groups the user left, and follow them. Returns the positions of
+        those whose cursor has not started (new ones)."""
+        async with self._slots:
+            found = {s.group: s.position for s in await self._store.streams(self._user, 0)}
+        gone = [g for g in self._groups if g not in found]
+        if gone:
+            for g in gone:
+                del self._groups[g]
+            self._out.unfollow(gone)
+        # New groups, and those whose start an earlier attempt did not reach.
+        fresh = {
+            g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
+        }
+        pending, self._pending_own = self._pending_own or {}, None
+        for g in fresh:
+            cursor = self._groups.get(g)
+            if cursor is None:
+                cursor = self._groups[g] = Cursor[str](hold_max=self._hold_max)
+            for pos in pending.get(g, ()):
+                cursor.own(pos)
+        if fresh:
+            await self._out.follow(list(fresh))
+        return fresh
+
+    async def _regroup(self) -> None:
+        for group, pos in (await self._follow()).items():
+            cursor = self._groups[group]
+            for frame in cursor.start(pos):
                 self._out.push(frame)
-            trimmed = False
-            while cursor.wants_fill and not self._out.closing:
-                trimmed = await self._fill() or trimmed
-            self._out.push(frames.encode_replay_end(cursor.last, truncated=trimmed))
-            return
+            cursor.sync()  # posts stored before this gateway followed the group
+
+    async def _connect(self) -> None:
+        """The connect replay: the inbox and every large group's stream after the user's
+        positions, merged in time order, then the end marker."""
+        self._metrics.replay("connect")
         async with self._slots:
             acked = await self._store.acked(self._user)
-        if not cursor.ready:
-            for frame in cursor.start(acked):  # the connect replay had failed
-                self._out.push(frame)
+        starts = await self._follow()
+        buffers: dict[int | None, collections.deque[str]] = {
+            None: collections.deque(self._cursor.start(acked))
+        }
+        for group, pos in starts.items():
+            buffers[group] = collections.deque(self._groups[group].start(pos))
+        trimmed = False
+        sent = 0
+        while not self._out.closing:
+            for gone in [k for k in buffers if k is not None and k not in self._groups]:
+                del buffers[gone]  # the user left that group meanwhile
+            # Every stream with more to read and nothing buffered reads a page first, so
+            # the head picked next is the oldest of them all.
+            need = [
+                k for k, buf in buffers.items() if not buf and self._stream_cursor(k).wants_fill
+            ]
+            if need:
+                trimmed = await self._read_pages(need, buffers) or trimmed
+                continue
+            heads = [
+                (frames.time_of(buf[0]), i, k) for i, (k, buf) in enumerate(buffers.items()) if buf
+            ]
+            if not heads:
+                break
+            _, _, key = min(heads)
+            self._out.push(buffers[key].popleft())
+            sent += 1
+            if sent % self._page == 0:
+                await self._out.room()
+        self._out.push(frames.encode_replay_end(self._cursor.last, truncated=trimmed))
+
+    def _stream_cursor(self, key: int | None) -> Cursor[str]:
+        return self._cursor if key is None else self._groups[key]
+
+    async def _read_pages(
+        self, keys: list[int | None], buffers: dict[int | None, collections.deque[str]]
+    ) -> bool:
+        """A page of each stream in ``keys`` after its cursor, into its buffer; the groups
+        in one call. True when positions turned out trimmed."""
+        limit = self._page
+        reads = {k: self._groups[k].begin_fill() for k in keys if k is not None}
+        inbox_after = self._cursor.begin_fill() if None in keys else None
+        async with self._slots:
+            pages: dict[int | None, InboxPage] = {}
+            if inbox_after is not None:
+                pages[None] = await self._store.read_inbox(self._user, inbox_after, limit)
+            if reads:
+                for group, page in (await self._store.read_groups(reads, limit)).items():
+                    pages[group] = page
+        await self._out.room()
+        trimmed = False
+        for key, page in pages.items():
+            if key is not None and key not in self._groups:
+                continue  # the user left that group meanwhile
+            cursor = self._stream_cursor(key)
+            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+            result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
+            buffers[key].extend(result.send)
+            trimmed = trimmed or result.trimmed
+        return trimmed
+
+    async def _replay(self, request: _ReplayRequest) -> None:
+        """A replay the client asked for (type 14), of the inbox or of a group's stream."""
+        self._metrics.replay("asked")
+        group = request.group
+        cursor = self._cursor if group is None else self._groups.get(group)
+        if cursor is None:  # the user left the group meanwhile
+            self._out.push(frames.encode_replay_end(request.after or 0, group=group))
+            return
+        acked = 0
+        if group is None:
+            async with self._slots:
+                acked = await self._store.acked(self._user)
+            if not cursor.ready:
+                for frame in cursor.start(acked):  # the connect replay had failed
+                    self._out.push(frame)
         after = acked if request.after is None else request.after
         position, trimmed = after, False
         page_size = self._page
@@ -290,7 +494,13 @@ class Replayer:
                     )
                 )
                 break
-            page, complete = await self._read(position)
+            if group is None:
+                page, complete = await self._read(position)
+            else:
+                async with self._slots:
+                    page = await self._store.read_group(group, position, page_size)
+                await self._out.room()
+                complete = len(page.entries) < page_size
             entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
             # Trimmed means: gone before the user got it; what was acknowledged was got.
             result = cursor.replayed(max(position, acked), entries, page.last, complete=complete)
@@ -303,4 +513,4 @@ class Replayer:
                 if trimmed and position < page.last:
                     position = page.last
                 break
-        self._out.push(frames.encode_replay_end(position, truncated=trimmed))
+        self._out.push(frames.encode_replay_end(position, truncated=trimmed, group=group))

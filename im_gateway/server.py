@@ -305,6 +305,7 @@ class Gateway(AsyncLifecycle):
                     wait_timeout=cfg.redis_wait_timeout,
                     max_groups_per_user=cfg.max_groups_per_user,
                     max_group_members=cfg.max_group_members,
+                    large_group=cfg.large_group,
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
@@ -359,6 +360,7 @@ class Gateway(AsyncLifecycle):
             max_content=cfg.max_content,
             faults=faults.from_env(),
             resync_after=cfg.hub_resend_window,
+            watch_ttl=cfg.presence_ttl,
             metrics=self.metrics,
         )
         await self._relay.start()
@@ -374,6 +376,8 @@ class Gateway(AsyncLifecycle):
                 max_content=cfg.max_content,
                 max_users=cfg.api_max_users,
                 max_body=cfg.api_max_body,
+                max_groups=cfg.max_groups_per_user,
+                max_members=cfg.max_group_members,
                 header_timeout=cfg.api_header_timeout,
                 body_timeout=cfg.api_body_timeout,
                 idle_timeout=cfg.api_idle_timeout,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -106,6 +106,21 @@ class Router(Protocol):
         """A fresh message id and the server time in ms."""
         ...
 
+    async def follow(self, session: Session, groups: Collection[int]) -> None:
+        """Live posts of these large groups go to ``session`` from now on."""
+        ...
+
+    def unfollow(self, session: Session, groups: Collection[int]) -> None:
+        """No more live posts of these groups to ``session``."""
+        ...
+
+    async def membership_changed(
+        self, group: int, changed: Collection[UserId], *, was_large: bool, left: bool = False
+    ) -> None:
+        """``changed`` joined (or, ``left``, left) ``group``: connections follow its
+        stream, or stop."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class SessionLimits:
@@ -136,6 +151,7 @@ class Session:
         "_bucket",
         "_closing",
         "_draining",
+        "_group_acks",
         "_group_rights",
         "_handling",
         "_limits",
@@ -201,6 +217,8 @@ class Session:
             metrics=metrics,
         )
         self._ack_target: int | None = None
+        self._group_acks: dict[int, int] | None = None
+        """Group stream acks waiting to be written: group -> the highest position."""
         self._acking: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] | None = None
         self.last_seen = self._loop.time()
@@ -356,6 +374,27 @@ class Session:
         """This connection sent the message at ``pos`` (it got type 10, not the message)."""
         self._replayer.own(pos)
 
+    def deliver_group(self, group: int, pos: int, text: str) -> None:
+        """A post at ``pos`` in large group ``group``'s stream: in order, repeats dropped."""
+        self._replayer.live_group(group, pos, text)
+
+    def own_group(self, group: int, pos: int) -> None:
+        """This connection sent the post at ``pos`` in ``group``'s stream."""
+        self._replayer.live_group(group, pos, "", own=True)
+
+    def regroup(self, left: int | None = None) -> None:
+        """The user's large groups may have changed (a join or leave): read them again;
+        ``left``: the user left that group (no more of its posts, from now)."""
+        self._replayer.regroup(left)
+
+    async def follow(self, groups: Collection[int]) -> None:
+        """(The replayer's) live posts of these groups to this connection from now on."""
+        await self._router.follow(self, groups)
+
+    def unfollow(self, groups: Collection[int]) -> None:
+        """(The replayer's) no more live posts of these groups."""
+        self._router.unfollow(self, groups)
+
     def start(self) -> None:
         """Begin the connect replay: after the acknowledged position, with an end marker."""
         self._replayer.start()
@@ -500,7 +539,9 @@ class Session:
             elif isinstance(frame, frames.GroupChange):
                 await self._group_change(frame)
             elif isinstance(frame, frames.Replay):
-                if not self._replayer.ask(frame.after):
+                if frame.group is not None and not self._replayer.follows(frame.group):
+                    raise FrameError(frames.NOT_MEMBER, f"you are not in large group {frame.group}")
+                if not self._replayer.ask(frame.after, frame.group):
                     raise FrameError(
                         frames.RATE_LIMITED, "a replay is running; ask again after its end marker"
                     )
@@ -522,8 +563,10 @@ class Session:
                 raise FrameError(frames.INTERNAL, "gateway overloaded; send again", frame.id)
         elif isinstance(frame, frames.Heartbeat):
             self.push(frames.HEARTBEAT_REPLY)
-        else:
+        elif frame.group is None:
             self._ack(frame.upto)
+        else:
+            self._ack_group(frame.group, frame.upto)
 
     async def _group_change(self, frame: frames.GroupChange) -> None:
         refusal = self._group_rights.refusal(frame.type, frame.to)
@@ -531,10 +574,11 @@ class Session:
             raise FrameError(FORBIDDEN, refusal, frame.id)
         try:
             async with self._slots:
+                was_large = await self._store.is_large(frame.to)
                 if frame.type == frames.JOIN:
-                    await self._store.join(frame.to, self.user)
+                    changed = await self._store.join(frame.to, self.user)
                 else:
-                    await self._store.leave(frame.to, self.user)
+                    changed = await self._store.leave(frame.to, self.user)
         except asyncio.CancelledError:
             raise
         except GroupLimitError as exc:
@@ -544,6 +588,15 @@ class Session:
             raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc
         msg_id, now_ms = self._router.new_id()
         self.push(frames.encode_accepted(frame.id, msg_id, now_ms))
+        try:  # connections follow the group's stream, or stop
+            mine = [self.user] if changed else []
+            await self._router.membership_changed(
+                frame.to, mine, was_large=was_large, left=frame.type != frames.JOIN
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _group_failed.hit(exc=exc)
 
     def _ack(self, upto: int) -> None:
         """Coalesced: at most one ack write in flight per session, the highest wins (the
@@ -553,13 +606,28 @@ class Session:
         if self._acking is None:
             self._acking = self._loop.create_task(self._write_acks())
 
+    def _ack_group(self, group: int, upto: int) -> None:
+        """As :meth:`_ack`, per large group's stream (the store keeps a non-member's
+        nothing, and never moves a position past the stream's end)."""
+        acks = self._group_acks
+        if acks is None:
+            acks = self._group_acks = {}
+        if group in acks or len(acks) < self._limits.held_max:
+            acks[group] = max(acks.get(group, 0), upto)
+        if self._acking is None:
+            self._acking = self._loop.create_task(self._write_acks())
+
     async def _write_acks(self) -> None:
         try:
-            while self._ack_target is not None:
+            while self._ack_target is not None or self._group_acks:
                 seq, self._ack_target = self._ack_target, None
+                groups, self._group_acks = self._group_acks, None
                 try:
                     async with self._slots:
-                        await self._store.ack(self.user, seq)
+                        if seq is not None:
+                            await self._store.ack(self.user, seq)
+                        for group, upto in (groups or {}).items():
+                            await self._store.ack_group(self.user, group, upto)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:

@@ -17,7 +17,19 @@ from typing import Any
 
 from ..errors import StoreError
 from .cluster import ClusterStore
-from .contract import Accepted, Beacon, InboxEntry, InboxPage, Refusal, Refused, Store, Submission
+from .contract import (
+    Accepted,
+    Beacon,
+    GroupPost,
+    GroupStream,
+    InboxEntry,
+    InboxPage,
+    Joined,
+    Refusal,
+    Refused,
+    Store,
+    Submission,
+)
 from .memory import MemoryStore
 from .redis import RedisStore
 
@@ -25,8 +37,11 @@ __all__ = [
     "Accepted",
     "Beacon",
     "ClusterStore",
+    "GroupPost",
+    "GroupStream",
     "InboxEntry",
     "InboxPage",
+    "Joined",
     "MemoryStore",
     "RedisStore",
     "Refusal",

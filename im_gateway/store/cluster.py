@@ -72,12 +72,15 @@ from ..errors import GroupLimitError, StoreError
 from . import entry, scripts
 from .contract import (
     Accepted,
+    GroupPost,
+    GroupStream,
+    Joined,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, text
+from .keyspace import KeyspaceStore, Settings, group_streams, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
 __all__ = ["ClusterStore"]
@@ -99,6 +102,9 @@ class _Work:
     users: list[UserId] | None = None
     positions: dict[UserId, str] | None = None
     confirmed: bool = True
+    stream: int | None = None
+    """A large group's message: stored once, in this group's stream."""
+    post: GroupPost | None = None
 
 
 class ClusterStore(KeyspaceStore):
@@ -171,12 +177,17 @@ class ClusterStore(KeyspaceStore):
             )
             for ws in claims.values()
         ]
-        groups = sorted({w.message.to for w in work if w.message.type == MESSAGE_GROUP})
-        calls += [self._members_call(g) for g in groups]
+        senders: dict[int, set[int]] = {}
+        for w in work:
+            if w.message.type == MESSAGE_GROUP:
+                senders.setdefault(w.message.to, set()).add(w.message.sender)
+        groups = sorted(senders)
+        calls += [self._members_call(g, senders[g]) for g in groups]
         replies = await self._nodes.run(calls)
         members: dict[int, set[UserId]] = {}
+        large: dict[int, set[UserId]] = {}
         for g, (reply, _) in zip(groups, replies[len(claims) :], strict=True):
-            members[g] = _users(reply)
+            _group_form(g, reply, members, large)
         for ws, (reply, _) in zip(claims.values(), replies[: len(claims)], strict=True):
             for w, record in zip(ws, reply, strict=True):
                 if record == 0:
@@ -184,7 +195,11 @@ class ClusterStore(KeyspaceStore):
                 kind, _, _, stored, *rest = json.loads(record)
                 w.message = entry.decode(stored)
                 w.entry = stored
-                if kind == "d":
+                if kind == "d" and rest[0] and str(rest[0][0]).startswith("g"):
+                    w.duplicate = True  # stored once: step 2 answers its position
+                    w.stream = int(str(rest[0][0])[1:])
+                    w.users, w.positions = [], {}
+                elif kind == "d":
                     w.duplicate = True
                     pairs = rest[0]
                     w.users = [UserId(int(u)) for u in pairs[0::2]]
@@ -192,16 +207,25 @@ class ClusterStore(KeyspaceStore):
                 else:
                     w.resumed = True
         live = [w for w in work if w.positions is None]
-        missing = sorted(
-            {w.message.to for w in live if w.message.type == MESSAGE_GROUP} - set(members)
-        )
+        missing: dict[int, set[int]] = {}
+        for w in live:
+            g = w.message.to
+            if w.message.type == MESSAGE_GROUP and g not in members and g not in large:
+                missing.setdefault(g, set()).add(w.message.sender)
         if missing:  # a resumed message to another group than its resend said
-            replies = await self._nodes.run([self._members_call(g) for g in missing])
+            replies = await self._nodes.run([self._members_call(g, missing[g]) for g in missing])
             for g, (reply, _) in zip(missing, replies, strict=True):
-                members[g] = _users(reply)
+                _group_form(g, reply, members, large)
         refused: list[_Work] = []
         for w in live:
-            w.users = self._recipients(w, members)
+            m = w.message
+            if m.type == MESSAGE_GROUP and m.to in large:
+                if w.sub.check_member and UserId(m.sender) not in large[m.to]:
+                    w.users = None
+                else:
+                    w.stream, w.users = m.to, []
+            else:
+                w.users = self._recipients(w, members)
             if w.users is None:
                 refused.append(w)
                 out[w.index] = Refused(w.sub.client_id, Refusal.NOT_MEMBER)
@@ -240,7 +264,22 @@ class ClusterStore(KeyspaceStore):
                     mark = len(keys)
                 args += (users.index(u) + 1, mark, w.entry)
             calls.append(self._nodes.script(scripts.APPEND, keys, args))
-        wait = self.settings.wait_replicas > 0 and bool(appends)
+        streams: dict[int, list[_Work]] = {}
+        for w in work:
+            if w.stream is not None and out[w.index] is None:
+                streams.setdefault(w.stream, []).append(w)
+        for g, ws in streams.items():
+            args = [
+                self.settings.prefix,
+                str(g),
+                self.settings.inbox_max_len,
+                self.settings.max_age_ms,
+                self.settings.window_ms,
+            ]
+            for w in ws:
+                args += (w.message.id if w.dkey is not None else "", w.entry)
+            calls.append(self._nodes.script(scripts.GROUP_POST, [self.settings.group_key(g)], args))
+        wait = self.settings.wait_replicas > 0 and bool(appends or streams)
         if self.crash is None:
             replies = await self._nodes.run(calls, wait=wait)
         else:  # tests: one slot at a time, with a crash point after each
@@ -248,8 +287,14 @@ class ClusterStore(KeyspaceStore):
             for k, call in enumerate(calls, 1):
                 replies += await self._nodes.run([call], wait=wait)
                 self.crash(f"append {k}/{len(calls)}")
+        for (g, ws), (reply, confirmed) in zip(streams.items(), replies[len(slots) :], strict=True):
+            positions, gateways = json.loads(reply)
+            found = tuple(GatewayId(text(gw)) for gw in gateways[1:])
+            for w, pos in zip(ws, positions, strict=True):
+                w.post = GroupPost(g, int(pos), found)
+                w.confirmed = w.confirmed and confirmed
         presence: dict[UserId, tuple[GatewayId, ...]] = {}
-        for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=True):
+        for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=False):
             positions, gateways = json.loads(reply)
             if isinstance(positions, dict):  # cjson writes an empty table as {}
                 positions = []
@@ -272,6 +317,8 @@ class ClusterStore(KeyspaceStore):
         for w in appends:
             if w.dkey is not None and w.confirmed:
                 written: list[Any] = []
+                if w.post is not None:
+                    written += (f"g{w.post.group}", str(w.post.position))
                 for u in w.users or ():
                     written += (int(u), (w.positions or {})[u])
                 record = json.dumps(["d", w.message.time, w.message.id, w.entry, written])
@@ -294,20 +341,26 @@ class ClusterStore(KeyspaceStore):
                 w.duplicate,
                 tuple(Recipient(u, positions[u]) for u in users),
                 {u: presence[u] for u in users if u in presence},
+                w.post,
             )
         for i, j in later.items():
             done = out[j]
             if isinstance(done, Accepted):
                 out[i] = Accepted(
-                    batch[i].client_id, done.message, True, done.recipients, done.presence
+                    batch[i].client_id,
+                    done.message,
+                    True,
+                    done.recipients,
+                    done.presence,
+                    done.post,
                 )
             else:
                 out[i] = done
         return [r for r in out if r is not None]
 
-    def _members_call(self, group: int) -> Call:
-        key = self.settings.group_key(group)
-        return Call(slot_of(key), ("SMEMBERS", key))
+    def _members_call(self, group: int, senders: Collection[int]) -> Call:
+        keys = [self.settings.group_key(group), self.settings.gkey("large", group)]
+        return self._nodes.script(scripts.GROUP_CHECK, keys, [str(s) for s in sorted(senders)])
 
     def _recipients(self, w: _Work, members: dict[int, set[UserId]]) -> list[UserId] | None:
         """Whose inboxes get ``w``'s message; None when the sender may not post it."""
@@ -398,7 +451,16 @@ class ClusterStore(KeyspaceStore):
         [(theirs, _)] = await self._nodes.run(
             [
                 self._nodes.script(
-                    scripts.JOIN_GROUP, [gkey], [str(user), self.settings.max_group_members]
+                    scripts.JOIN_GROUP,
+                    [gkey],
+                    [
+                        str(user),
+                        self.settings.max_group_members,
+                        self.settings.prefix,
+                        str(group),
+                        self.settings.large_group,
+                        self.settings.max_age_ms,
+                    ],
                 )
             ]
         )
@@ -410,14 +472,140 @@ class ClusterStore(KeyspaceStore):
 
     async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
-        gkey, ukey = self.settings.group_key(group), self.settings.key("groups", user)
+        settings = self.settings
+        gkey, ukey = settings.group_key(group), settings.key("groups", user)
+        args = [str(user), str(group), settings.prefix, settings.large_group, settings.max_age_ms]
         [(removed, _), _] = await self._nodes.run(
             [
-                Call(slot_of(gkey), ("SREM", gkey, str(user))),
+                self._nodes.script(scripts.LEAVE, [gkey], args),
                 Call(slot_of(ukey), ("SREM", ukey, str(group))),
             ]
         )
         return bool(removed)
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        """Three round trips, each one call per slot, the nodes in parallel: the users'
+        sets of groups (their bound), the group's members (its bound, and its form), then
+        the users whom a full group refused are taken out of their sets again."""
+        self._check_open()
+        settings = self.settings
+        order = list(dict.fromkeys(users))
+        by_slot: dict[int, list[UserId]] = {}
+        for u in order:
+            by_slot.setdefault(slot_of(settings.key("groups", u)), []).append(u)
+        replies = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.JOIN_USERS,
+                    [settings.key("groups", u) for u in us],
+                    [str(group), settings.max_groups_per_user],
+                )
+                for us in by_slot.values()
+            ]
+        )
+        mine: dict[UserId, int] = {}
+        for us, (codes, _) in zip(by_slot.values(), replies, strict=True):
+            mine.update(zip(us, (int(c) for c in codes), strict=True))
+        result: dict[UserId, Joined] = {u: Joined.USER_FULL for u in order if mine[u] == 1}
+        todo = [u for u in order if mine[u] != 1]
+        if todo:
+            args = [
+                settings.prefix,
+                str(group),
+                settings.max_group_members,
+                settings.large_group,
+                settings.max_age_ms,
+                *map(str, todo),
+            ]
+            [(codes, _)] = await self._nodes.run(
+                [self._nodes.script(scripts.GROUP_ADD, [settings.group_key(group)], args)]
+            )
+            undo = []
+            for u, code in zip(todo, (int(c) for c in codes), strict=True):
+                result[u] = Joined(code)
+                if code == Joined.GROUP_FULL.value and mine[u] == 3:
+                    undo.append(u)
+            if undo:
+                await self._nodes.run(
+                    [
+                        Call(slot_of(k), ("SREM", k, str(group)))
+                        for k in (settings.key("groups", u) for u in undo)
+                    ]
+                )
+        seen: set[UserId] = set()
+        out = []
+        for u in users:  # a user listed twice: the second time, a member already
+            out.append(Joined.MEMBER if u in seen and result[u] == Joined.ADDED else result[u])
+            seen.add(u)
+        return out
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """The group's slot (members, positions, form) and every user's slot, one call per
+        slot, the nodes in parallel."""
+        self._check_open()
+        if not users:
+            return []
+        settings = self.settings
+        args = [
+            settings.prefix,
+            str(group),
+            settings.large_group,
+            settings.max_age_ms,
+            *map(str, users),
+        ]
+        calls = [self._nodes.script(scripts.REMOVE_MEMBERS, [settings.group_key(group)], args)]
+        calls += [
+            Call(slot_of(k), ("SREM", k, str(group)))
+            for k in (settings.key("groups", u) for u in users)
+        ]
+        replies = await self._nodes.run(calls)
+        return [bool(x) for x in replies[0][0]]
+
+    # -- large groups: one call per group slot --------------------------------------------
+
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+        self._check_open()
+        settings = self.settings
+        found = await self._cluster.smembers(settings.key("groups", user))
+        by_slot: dict[int, list[int]] = {}
+        for g in sorted(int(g) for g in found):
+            by_slot.setdefault(slot_of(settings.group_key(g)), []).append(g)
+        replies = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.STREAMS,
+                    [settings.group_key(g) for g in groups],
+                    [settings.prefix, str(user), limit, *map(str, groups)],
+                )
+                for groups in by_slot.values()
+            ]
+        )
+        out = [s for reply, _ in replies for s in group_streams(reply)]
+        return sorted(out, key=lambda s: s.group)
+
+    async def ack_group(self, user: UserId, group: int, upto: int) -> None:
+        self._check_open()
+        if upto <= 0:
+            return
+        settings = self.settings
+        args = [settings.prefix, str(group), str(user), str(upto), settings.max_age_ms]
+        await self._nodes.run(
+            [self._nodes.script(scripts.GROUP_ACK, [settings.group_key(group)], args)]
+        )
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        self._check_open()
+        by_slot: dict[int, list[str]] = {}
+        for g in groups:
+            key = self.settings.gkey("gateways", g)
+            by_slot.setdefault(slot_of(key), []).append(key)
+        if by_slot:
+            await self._nodes.run(
+                [
+                    self._nodes.script(scripts.REFRESH, keys, [gateway, self.settings.presence_ms])
+                    for keys in by_slot.values()
+                ]
+            )
 
     async def ping(self) -> None:
         """Raise unless a node answers and says every slot has a primary."""
@@ -441,3 +629,14 @@ class ClusterStore(KeyspaceStore):
 
 def _users(reply: Any) -> set[UserId]:
     return {UserId(int(u)) for u in reply or ()}
+
+
+def _group_form(
+    group: int, reply: Any, members: dict[int, set[UserId]], large: dict[int, set[UserId]]
+) -> None:
+    """File ``lua/group_check.lua``'s answer: a large group's member senders, or the
+    members of one stored in inboxes."""
+    if int(reply[0]) == 1:
+        large[group] = _users(reply[1:])
+    else:
+        members[group] = _users(reply[1:])

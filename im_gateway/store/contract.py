@@ -27,6 +27,13 @@ Rules every implementation keeps:
 - A duplicate (same client id from the same user within the dedupe window) is answered
   with the first message's id, time and recipients, positions included, so the caller
   can push it again: a push may have been lost with the gateway that stored it.
+- A group with more than ``large_group`` members is *large*: its messages are stored
+  once, in the group's own stream (positions consecutive as in an inbox, seq
+  ``g<group>:<position>``), and each member keeps a position there (where they joined, or
+  what they acknowledged). The form changes as membership crosses the bound (in
+  :meth:`Store.join` and :meth:`Store.leave`, atomically in the group's slot): on becoming
+  large every member's position is the stream's newest (what came before is in their
+  inboxes), so nobody loses or gets twice a message. A leaver's position goes.
 - Every key has a TTL except group membership, which is bounded instead: a user is in
   at most ``max_groups_per_user`` groups and a group has at most ``max_group_members``
   members (:meth:`Store.join` refuses beyond); presence entries expire unless the live
@@ -42,8 +49,12 @@ from typing import Protocol
 
 from transmit_hub.types import GatewayId, Message, Recipient, UserId
 
+from ..positions import group_seq
+
 DEFAULT_MAX_GROUPS_PER_USER = 1000
 DEFAULT_MAX_GROUP_MEMBERS = 100_000
+DEFAULT_LARGE_GROUP = 500
+"""A group with more members than this is stored once, in its own stream."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +104,24 @@ class Accepted:
     message can be pushed again (receivers drop what they already have)."""
     presence: Mapping[UserId, tuple[GatewayId, ...]] = field(default_factory=dict)
     """The live gateways of each recipient, looked up in the same batch."""
+    post: GroupPost | None = None
+    """A message to a large group: stored once, in the group's stream (``recipients`` is
+    then empty)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPost:
+    """Where a message to a large group went: its position in the group's stream, and the
+    gateways that hold sockets of the group's members (see :meth:`Store.watch`), looked
+    up in the same batch."""
+
+    group: int
+    position: int
+    gateways: tuple[GatewayId, ...] = ()
+
+    @property
+    def seq(self) -> str:
+        return group_seq(self.group, self.position)
 
 
 class Refusal(enum.Enum):
@@ -107,6 +136,18 @@ class Refusal(enum.Enum):
     again (the resend is deduplicated and completes it)."""
 
 
+class Joined(enum.Enum):
+    """What :meth:`Store.add_members` did for one user."""
+
+    ADDED = 0
+    USER_FULL = 1
+    """The user is in ``max_groups_per_user`` groups already."""
+    GROUP_FULL = 2
+    """The group has ``max_group_members`` members."""
+    MEMBER = 3
+    """A member already (no change)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Refused:
     """A submission that was not stored (or not safely enough: ``NOT_REPLICATED``)."""
@@ -117,15 +158,30 @@ class Refused:
 
 @dataclass(frozen=True, slots=True)
 class InboxEntry:
-    """One message in a user's inbox, at ``position``."""
+    """One message in a user's inbox (or, with ``group``, a large group's stream), at
+    ``position``."""
 
     position: int
     message: Message
+    group: int | None = None
 
     @property
     def seq(self) -> str:
-        """The position as clients see it."""
-        return str(self.position)
+        """The position as clients see it (``g<group>:<position>`` in a group's stream)."""
+        if self.group is None:
+            return str(self.position)
+        return group_seq(self.group, self.position)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupStream:
+    """A member's place in one large group's stream (:meth:`Store.streams`)."""
+
+    group: int
+    position: int
+    """The member has everything up to here: acknowledged, or from before they joined."""
+    page: InboxPage
+    """The first entries after ``position`` (``last``: the stream's newest position)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +228,50 @@ class Store(Protocol):
 
     async def leave(self, group: int, user: UserId) -> bool:
         """Remove ``user`` from ``group``; False when not in it."""
+        ...
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        """:meth:`join` for many users at once, with the same bounds; what happened to
+        each, in order. One round trip per slot (not one call per user); the group
+        changes form at most once."""
+        ...
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """:meth:`leave` for many users at once; per user, whether they were a member."""
+        ...
+
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+        """The large groups ``user`` is in (and those once large whose stream still holds
+        messages), each with the user's position and the first ``limit`` entries after it;
+        two round trips (the user's groups, then one call per group slot, pipelined)."""
+        ...
+
+    async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
+        """Up to ``limit`` entries of ``group``'s stream after ``after``; one round trip."""
+        ...
+
+    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+        """:meth:`read_group` for each group -> position of ``reads``, in one round trip
+        (one pipeline per node on a cluster)."""
+        ...
+
+    async def ack_group(self, user: UserId, group: int, upto: int) -> None:
+        """``user`` has ``group``'s stream up to ``upto``: only forward, never past the
+        stream's newest position, and only while ``user`` is a member."""
+        ...
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        """``gateway`` holds sockets of members of ``groups`` (large ones): posts there
+        name it in :attr:`GroupPost.gateways`. Expires after ``presence_ttl`` unless
+        called again; one call per group slot, pipelined."""
+        ...
+
+    async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        """``gateway`` holds no more sockets of members of ``groups``."""
+        ...
+
+    async def is_large(self, group: int) -> bool:
+        """True while ``group`` is stored once (it has more than ``large_group`` members)."""
         ...
 
     async def members(self, group: int) -> list[UserId]:

@@ -31,6 +31,24 @@ cluster slot:
     bounded instead.
 ``{prefix}{g:<group>}:members``
     set of user ids, at most ``max_group_members``. No TTL: bounded instead.
+``{prefix}{g:<group>}:large``
+    exists while the group is stored once (it has more than ``large_group`` members);
+    its value is the stream position where that began. No TTL: one small key per group,
+    deleted when the group falls to the bound.
+``{prefix}{g:<group>}:stream``, ``:last``
+    a large group's messages, laid out as an inbox (entry ids ``<position>-<ms>``,
+    consecutive positions), trimmed by length and by age like one (the key expires
+    ``inbox_max_age`` after the last write), and its newest position.
+``{prefix}{g:<group>}:pos``
+    hash: member -> the position in the stream up to which the member has everything
+    (acknowledged, or where they joined: a member never reads from before the join).
+    Expires with the stream; a member without a field reads the whole stream.
+``{prefix}{g:<group>}:gateways``
+    sorted set: gateway id -> expiry, the gateways holding sockets of members (refreshed
+    with presence); a post to a large group is pushed to these.
+``{prefix}{g:<group>}:msg:<message id>``
+    Redis Cluster only: the stream position of a message with a client id, for the
+    dedupe window (as ``{u:<user>}:msg:<id>`` for inboxes).
 ``{prefix}gateway:<gateway id>``
     a live gateway's beacon (:meth:`KeyspaceStore.beacon`), TTL ``presence_ttl``: when it is
     missing, the gateway re-asserts its presence (Redis lost it).
@@ -42,9 +60,10 @@ cluster slot:
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,9 +77,11 @@ from ..errors import StoreError
 from ..positions import MAX_POSITION
 from . import entry
 from .contract import (
+    DEFAULT_LARGE_GROUP,
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
     Beacon,
+    GroupStream,
     InboxEntry,
     InboxPage,
 )
@@ -83,6 +104,7 @@ class Settings:
     - ``presence_ttl``: seconds a presence entry lives unless refreshed.
     - ``socket_timeout``: seconds a Redis call may take (a client the store makes).
     - ``max_groups_per_user``, ``max_group_members``: bounds ``join`` keeps.
+    - ``large_group``: a group with more members is stored once, in its own stream.
     - ``wait_replicas``, ``wait_timeout``: a stored batch is acknowledged only once
       ``WAIT`` saw it on that many replicas within that many seconds (0: no ``WAIT``).
     """
@@ -95,6 +117,7 @@ class Settings:
     socket_timeout: float = 5.0
     max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER
     max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS
+    large_group: int = DEFAULT_LARGE_GROUP
     wait_replicas: int = 0
     wait_timeout: float = 1.0
     max_age_ms: int = field(init=False)
@@ -115,7 +138,7 @@ class Settings:
             raise StoreError("store limits and TTLs must be positive")
         if "{" in self.prefix or "}" in self.prefix:
             raise StoreError(f"the key prefix {self.prefix!r} must not contain braces")
-        if self.max_groups_per_user < 1 or self.max_group_members < 1:
+        if self.max_groups_per_user < 1 or self.max_group_members < 1 or self.large_group < 1:
             raise StoreError("group limits must be positive")
         for name, seconds in (
             ("max_age_ms", self.inbox_max_age),
@@ -132,6 +155,10 @@ class Settings:
     def group_key(self, group: int) -> str:
         """The member set of ``group``."""
         return f"{self.prefix}{{g:{group}}}:members"
+
+    def gkey(self, kind: str, group: int) -> str:
+        """The key of one of a large group's records (``large``, ``stream``, ...)."""
+        return f"{self.prefix}{{g:{group}}}:{kind}"
 
     def ack_keys(self, acked_key: str) -> tuple[str, str, str]:
         """The keys the ack script takes for one user: acked, pos and inbox."""
@@ -206,6 +233,64 @@ class KeyspaceStore(AsyncClosing):
                 pipe.get(key("pos", user))
             replies: list[Any] = await pipe.execute()
         return [int(reply or 0) for reply in replies]
+
+    async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
+        self._check_open()
+        gkey = self.settings.gkey
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(gkey("last", group))
+            if limit > 0 and after < MAX_POSITION:
+                pipe.xrange(gkey("stream", group), str(after + 1), "+", count=limit)
+            replies: list[Any] = await pipe.execute()
+        rows = replies[1] if len(replies) > 1 else ()
+        return InboxPage(
+            [
+                InboxEntry(entry.position(eid), entry.from_fields(fields), group)
+                for eid, fields in rows or ()
+            ],
+            int(replies[0] or 0),
+        )
+
+    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+        self._check_open()
+        if not reads:
+            return {}
+        gkey = self.settings.gkey
+        order = list(reads.items())
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for group, after in order:
+                pipe.get(gkey("last", group))
+                pipe.xrange(
+                    gkey("stream", group),
+                    str(min(after, MAX_POSITION - 1) + 1),
+                    "+",
+                    count=max(limit, 1),
+                )
+            replies: list[Any] = await pipe.execute()
+        out = {}
+        for i, (group, _) in enumerate(order):
+            rows = replies[2 * i + 1] if limit > 0 else ()
+            out[group] = InboxPage(
+                [
+                    InboxEntry(entry.position(eid), entry.from_fields(fields), group)
+                    for eid, fields in rows or ()
+                ],
+                int(replies[2 * i] or 0),
+            )
+        return out
+
+    async def is_large(self, group: int) -> bool:
+        self._check_open()
+        return bool(await self._redis.exists(self.settings.gkey("large", group)))
+
+    async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        self._check_open()
+        if not groups:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for group in groups:
+                pipe.zrem(self.settings.gkey("gateways", group), gateway)
+            await pipe.execute()
 
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
@@ -318,3 +403,16 @@ def _retrieve(future: asyncio.Future[None]) -> None:
     """Mark a shared ack write's error as seen (every waiter may have been cancelled)."""
     if not future.cancelled():
         future.exception()
+
+
+def group_streams(reply: bytes | str) -> list[GroupStream]:
+    """The streams ``lua/streams.lua`` answered."""
+    out = []
+    for group, pos, last, rows in json.loads(reply):
+        g = int(group)
+        entries = [
+            InboxEntry(entry.position(eid), entry.decode(fields[1]), g)
+            for eid, fields in (rows or ())  # cjson writes an empty list as {}
+        ]
+        out.append(GroupStream(g, int(pos), InboxPage(entries, int(last))))
+    return out

@@ -12,20 +12,26 @@ import bisect
 import dataclasses
 import secrets
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from transmit_hub.lifecycle import AsyncClosing
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Recipient, UserId
 
 from ..errors import GroupLimitError, StoreError
+from ..positions import stream_position
 from .contract import (
+    DEFAULT_LARGE_GROUP,
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
     Accepted,
     Beacon,
+    GroupPost,
+    GroupStream,
     InboxEntry,
     InboxPage,
+    Joined,
     Refusal,
     Refused,
     Submission,
@@ -59,8 +65,19 @@ class MemoryStore(AsyncClosing):
         presence_ttl: float = 30,
         max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
+        large_group: int = DEFAULT_LARGE_GROUP,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if large_group < 1:
+            raise StoreError("large_group must be positive")
+        self.large_group = large_group
+        self._streams: dict[int, _Inbox] = {}
+        """Large groups' streams (the same shape as an inbox)."""
+        self._large: set[int] = set()
+        self._gpos: dict[int, dict[UserId, int]] = {}
+        """Per large group: member -> position (acknowledged, or where they joined)."""
+        self._watch: dict[int, dict[GatewayId, float]] = {}
+        """Per large group: gateway -> expiry (gateways with members online)."""
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
             raise StoreError("store limits and TTLs must be positive")
         if max_groups_per_user < 1 or max_group_members < 1:
@@ -107,6 +124,8 @@ class MemoryStore(AsyncClosing):
             seen = self._dedupe.get(dkey)
             if seen is not None and seen[3] > now:
                 again = seen[2]
+                if again and again[0].seq.startswith("g"):
+                    return self._post_again(sub, seen[0], seen[1], again[0].seq, now)
                 stored = self._entry(again[0], now) if again else None
                 if stored is None:  # trimmed: nothing to push again
                     first = dataclasses.replace(msg, id=seen[0], time=seen[1])
@@ -117,8 +136,10 @@ class MemoryStore(AsyncClosing):
             if msg.sender not in members:
                 if sub.check_member:
                     return Refused(sub.client_id, Refusal.NOT_MEMBER)
-                if msg.sender != 0:
+                if msg.sender != 0 and msg.to not in self._large:
                     members = {*members, msg.sender}
+            if msg.to in self._large:
+                return self._post(sub, now)
             users = sorted(members)
         elif msg.to == msg.sender or msg.sender == 0:
             users = [UserId(msg.to)]
@@ -129,6 +150,73 @@ class MemoryStore(AsyncClosing):
             self._dedupe.pop(dkey, None)
             self._dedupe[dkey] = (msg.id, msg.time, recipients, now + self.dedupe_window)
         return Accepted(sub.client_id, msg, False, recipients, self._presence_of(recipients, now))
+
+    def _post(self, sub: Submission, now: float) -> Accepted:
+        """Store a message to a large group once, in its stream."""
+        msg = sub.message
+        pos = self._append_to(self._streams, msg.to, None, msg, now)
+        self._touch_group(msg.to, now)
+        post = GroupPost(msg.to, int(pos), self._watchers(msg.to, now))
+        if sub.client_id:
+            key = (msg.sender, sub.client_id)
+            self._dedupe.pop(key, None)
+            mark = (Recipient(UserId(0), post.seq),)
+            self._dedupe[key] = (msg.id, msg.time, mark, now + self.dedupe_window)
+        return Accepted(sub.client_id, msg, False, post=post)
+
+    def _post_again(
+        self, sub: Submission, mid: MessageId, mtime: int, seq: str, now: float
+    ) -> Accepted:
+        group, pos = stream_position(seq)
+        assert group is not None
+        stream = self._live_stream(group, now)
+        first = dataclasses.replace(sub.message, id=mid, time=mtime)
+        if stream is None or not stream.entries or pos < stream.entries[0].position:
+            return Accepted(sub.client_id, first, duplicate=True)
+        i = pos - stream.entries[0].position
+        if i >= len(stream.entries):
+            return Accepted(sub.client_id, first, duplicate=True)
+        post = GroupPost(group, pos, self._watchers(group, now))
+        return Accepted(sub.client_id, stream.entries[i].message, True, post=post)
+
+    def _watchers(self, group: int, now: float) -> tuple[GatewayId, ...]:
+        entries = self._watch.get(group)
+        if not entries:
+            return ()
+        live = sorted((expires, gw) for gw, expires in entries.items() if expires > now)
+        return tuple(gw for _, gw in live)
+
+    def _live_stream(self, group: int, now: float) -> _Inbox | None:
+        stream = self._streams.get(group)
+        if stream is not None and stream.expires <= now:
+            del self._streams[group]
+            self._gpos.pop(group, None)
+            return None
+        return stream
+
+    def _touch_group(self, group: int, now: float) -> None:
+        """The stream and the members' positions live and expire together."""
+        stream = self._live_stream(group, now)
+        if stream is None:
+            stream = self._streams[group] = _Inbox()
+        stream.expires = now + self.inbox_max_age
+
+    def _group_last(self, group: int, now: float) -> int:
+        stream = self._live_stream(group, now)
+        return 0 if stream is None else stream.last
+
+    def _reform(self, group: int, now: float) -> None:
+        """Stored once above ``large_group`` members, else in each member's inbox."""
+        members = self._groups.get(group, set())
+        if len(members) > self.large_group and group not in self._large:
+            self._large.add(group)
+            last = self._group_last(group, now)
+            self._touch_group(group, now)
+            positions = self._gpos.setdefault(group, {})
+            for user in members:
+                positions.setdefault(user, last)
+        elif len(members) <= self.large_group and group in self._large:
+            self._large.discard(group)
 
     def _presence_of(
         self, recipients: Sequence[Recipient], now: float
@@ -157,8 +245,18 @@ class MemoryStore(AsyncClosing):
             acked = self._acked.get(user)
             start = acked[0] if acked is not None and acked[1] > now else 0
             inbox = self._inboxes[user] = _Inbox(last=start)
+        return self._append_to(self._inboxes, user, inbox, msg, now)
+
+    def _append_to(
+        self, boxes: dict[Any, _Inbox], key: int, inbox: _Inbox | None, msg: Message, now: float
+    ) -> str:
+        if inbox is None:
+            inbox = self._live_stream(key, now)
+            if inbox is None:
+                inbox = boxes[key] = _Inbox()
         inbox.last += 1
-        inbox.entries.append(InboxEntry(inbox.last, msg))
+        group = key if boxes is self._streams else None
+        inbox.entries.append(InboxEntry(inbox.last, msg, group))
         inbox.times.append(now)
         inbox.expires = now + self.inbox_max_age
         drop = max(0, len(inbox.entries) - self.inbox_max_len)
@@ -236,6 +334,13 @@ class MemoryStore(AsyncClosing):
             raise GroupLimitError(group, self.max_group_members, user_full=False)
         self._groups.setdefault(group, members).add(user)
         self._user_groups.setdefault(user, mine).add(group)
+        now = self._clock()
+        if group in self._large:
+            # Nothing from before the join: the member starts at the stream's end.
+            last = self._group_last(group, now)
+            self._touch_group(group, now)
+            self._gpos.setdefault(group, {})[user] = last
+        self._reform(group, now)
         return True
 
     async def leave(self, group: int, user: UserId) -> bool:
@@ -251,7 +356,90 @@ class MemoryStore(AsyncClosing):
             mine.discard(group)
             if not mine:
                 del self._user_groups[user]
+        positions = self._gpos.get(group)
+        if positions is not None:
+            positions.pop(user, None)
+        self._reform(group, self._clock())
         return removed
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        out = []
+        for user in users:
+            try:
+                out.append(Joined.ADDED if await self.join(group, user) else Joined.MEMBER)
+            except GroupLimitError as exc:
+                out.append(Joined.USER_FULL if exc.user_full else Joined.GROUP_FULL)
+        return out
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        return [await self.leave(group, user) for user in users]
+
+    async def is_large(self, group: int) -> bool:
+        self._check_open()
+        return group in self._large
+
+    # -- large groups' streams ------------------------------------------------------------
+
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+        self._check_open()
+        now = self._clock()
+        out = []
+        for group in sorted(self._user_groups.get(user, ())):
+            stream = self._live_stream(group, now)
+            if group not in self._large and stream is None:
+                continue
+            pos = self._gpos.get(group, {}).get(user, 0)
+            out.append(GroupStream(group, pos, self._page(stream, pos, limit)))
+        return out
+
+    def _page(self, stream: _Inbox | None, after: int, limit: int) -> InboxPage:
+        if stream is None:
+            return InboxPage([], 0)
+        if limit <= 0 or not stream.entries:
+            return InboxPage([], stream.last)
+        i = max(0, min(len(stream.entries), after + 1 - stream.entries[0].position))
+        return InboxPage(stream.entries[i : i + limit], stream.last)
+
+    async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
+        self._check_open()
+        return self._page(self._live_stream(group, self._clock()), after, limit)
+
+    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+        self._check_open()
+        now = self._clock()
+        return {
+            g: self._page(self._live_stream(g, now), after, limit) for g, after in reads.items()
+        }
+
+    async def ack_group(self, user: UserId, group: int, upto: int) -> None:
+        self._check_open()
+        if user not in self._groups.get(group, ()):
+            return
+        now = self._clock()
+        upto = min(upto, self._group_last(group, now))
+        positions = self._gpos.setdefault(group, {})
+        if upto > positions.get(user, 0):
+            positions[user] = upto
+        if group in self._streams:
+            self._touch_group(group, now)
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        self._check_open()
+        now = self._clock()
+        for group in groups:
+            entries = self._watch.setdefault(group, {})
+            for gw in [gw for gw, expires in entries.items() if expires <= now]:
+                del entries[gw]
+            entries[gateway] = now + self.presence_ttl
+
+    async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        self._check_open()
+        for group in groups:
+            entries = self._watch.get(group)
+            if entries is not None:
+                entries.pop(gateway, None)
+                if not entries:
+                    del self._watch[group]
 
     async def members(self, group: int) -> list[UserId]:
         self._check_open()

@@ -40,15 +40,19 @@ from transmit_hub.types import GatewayId, MessageId, Recipient, UserId
 from ..errors import GroupLimitError
 from . import entry, scripts
 from .contract import (
+    DEFAULT_LARGE_GROUP,
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
     Accepted,
+    GroupPost,
+    GroupStream,
+    Joined,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, text
+from .keyspace import KeyspaceStore, Settings, group_streams, text
 
 __all__ = ["RedisStore", "client_options"]
 
@@ -59,6 +63,8 @@ _NOT_MEMBER = 2
 _JOIN_USER_FULL = 1
 _JOIN_GROUP_FULL = 2
 _JOIN_ALREADY = 3
+_POSTED = 3
+_POSTED_BEFORE = 4
 
 
 def client_options(socket_timeout: float) -> dict[str, Any]:
@@ -97,6 +103,7 @@ class RedisStore(KeyspaceStore):
         socket_timeout: float = 5.0,
         max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
+        large_group: int = DEFAULT_LARGE_GROUP,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
     ) -> None:
@@ -109,6 +116,7 @@ class RedisStore(KeyspaceStore):
             socket_timeout=socket_timeout,
             max_groups_per_user=max_groups_per_user,
             max_group_members=max_group_members,
+            large_group=large_group,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
         )
@@ -124,6 +132,11 @@ class RedisStore(KeyspaceStore):
         self._lookup = client.register_script(scripts.LOOKUP)
         self._ack = client.register_script(scripts.ACK)
         self._join = client.register_script(scripts.JOIN)
+        self._leave = client.register_script(scripts.LEAVE)
+        self._add_members = client.register_script(scripts.ADD_MEMBERS)
+        self._remove_members = client.register_script(scripts.REMOVE_MEMBERS)
+        self._streams = client.register_script(scripts.STREAMS)
+        self._group_ack = client.register_script(scripts.GROUP_ACK)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -216,6 +229,9 @@ class RedisStore(KeyspaceStore):
             str(group),
             settings.max_groups_per_user,
             settings.max_group_members,
+            settings.prefix,
+            settings.large_group,
+            settings.max_age_ms,
         ]
         answer = int(await self._join(keys, args))
         if answer == _JOIN_USER_FULL:
@@ -226,11 +242,81 @@ class RedisStore(KeyspaceStore):
 
     async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
-        async with self._client.pipeline(transaction=True) as pipe:
-            pipe.srem(self.settings.group_key(group), str(user))
-            pipe.srem(self.settings.key("groups", user), str(group))
-            removed, _ = await pipe.execute()
-        return bool(removed)
+        settings = self.settings
+        keys = [settings.group_key(group), settings.key("groups", user)]
+        args: list[str | int] = [
+            str(user),
+            str(group),
+            settings.prefix,
+            settings.large_group,
+            settings.max_age_ms,
+        ]
+        return bool(await self._leave(keys, args))
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        """One script call for every user (one Redis)."""
+        self._check_open()
+        if not users:
+            return []
+        settings = self.settings
+        args: list[str | int] = [
+            settings.prefix,
+            str(group),
+            settings.max_groups_per_user,
+            settings.max_group_members,
+            settings.large_group,
+            settings.max_age_ms,
+            *map(str, users),
+        ]
+        return [Joined(int(code)) for code in await self._add_members([], args)]
+
+    async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """One script call for every user (one Redis)."""
+        self._check_open()
+        if not users:
+            return []
+        settings = self.settings
+        keys = [settings.group_key(group), *(settings.key("groups", u) for u in users)]
+        args: list[str | int] = [
+            settings.prefix,
+            str(group),
+            settings.large_group,
+            settings.max_age_ms,
+            *map(str, users),
+        ]
+        return [bool(x) for x in await self._remove_members(keys, args)]
+
+    # -- large groups ---------------------------------------------------------------------
+
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+        self._check_open()
+        settings = self.settings
+        groups = sorted(int(g) for g in await self._client.smembers(settings.key("groups", user)))
+        if not groups:
+            return []
+        keys = [settings.group_key(g) for g in groups]
+        reply = await self._streams(keys, [settings.prefix, str(user), limit, *map(str, groups)])
+        return group_streams(reply)
+
+    async def ack_group(self, user: UserId, group: int, upto: int) -> None:
+        self._check_open()
+        if upto <= 0:
+            return
+        settings = self.settings
+        args: list[str | int] = [
+            settings.prefix,
+            str(group),
+            str(user),
+            str(upto),
+            settings.max_age_ms,
+        ]
+        await self._group_ack([settings.group_key(group)], args)
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        self._check_open()
+        if groups:
+            keys = [self.settings.gkey("gateways", g) for g in groups]
+            await self._refresh(keys=keys, args=(gateway, self.settings.presence_ms))
 
     # -- presence -------------------------------------------------------------------------
 
@@ -268,6 +354,12 @@ def _result(
     m = sub.message
     if kind == _NOT_MEMBER:
         return Refused(sub.client_id, Refusal.NOT_MEMBER)
+    if kind == _POSTED:
+        post = GroupPost(int(res[1]), int(res[2]), tuple(map(GatewayId, res[3:])))
+        return Accepted(sub.client_id, m, False, post=post)
+    if kind == _POSTED_BEFORE:
+        post = GroupPost(int(res[4]), int(res[5]), tuple(map(GatewayId, res[6:])))
+        return Accepted(sub.client_id, entry.decode(res[3]), True, post=post)
     if kind == _DUPLICATE:
         # The first message, as stored (the resend's text may differ), or only its id
         # and time when its inbox entry is gone (then nothing is pushed again).

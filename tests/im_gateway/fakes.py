@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 from websockets.exceptions import ConnectionClosedOK
@@ -78,6 +78,7 @@ class FakeRouter:
     def __init__(self) -> None:
         self.submitted: list[tuple[Session, frames.SendMessage]] = []
         self._ids = MessageIds()
+        self.followed: set[int] = set()
 
     busy = False
 
@@ -90,6 +91,17 @@ class FakeRouter:
 
     def new_id(self) -> tuple[MessageId, int]:
         return self._ids.next()
+
+    async def follow(self, session: Session, groups: Collection[int]) -> None:
+        self.followed = self.followed | set(groups)
+
+    def unfollow(self, session: Session, groups: Collection[int]) -> None:
+        self.followed = self.followed - set(groups)
+
+    async def membership_changed(
+        self, group: int, changed: Collection[UserId], *, was_large: bool, left: bool = False
+    ) -> None:
+        """Nothing to tell: the tests' sessions read their groups themselves."""
 
 
 class FakeLink:

@@ -191,3 +191,23 @@ def test_replay_end_says_truncated_only_when_asked() -> None:
     }
     assert json.loads(frames.encode_replay_end(42, truncated=False)) == {"type": 14, "seq": "42"}
     assert json.loads(frames.encode_replay_end(2**64 - 1, truncated=True))["seq"] == str(2**64 - 1)
+
+
+@pytest.mark.parametrize("kind", [11, 14])
+def test_acks_and_replays_take_a_large_groups_seq(kind: int) -> None:
+    """Type 11 and 14 take ``g<group>:<n>`` as well as an inbox seq."""
+    frame = frames.parse(json.dumps({"type": kind, "seq": "g7:12"}))
+    if kind == 11:
+        assert frame == frames.Ack(12, 7)
+    else:
+        assert frame == frames.Replay(12, 7)
+    for bad in ("g7", "g7:x", "g:1", "g7:1:1", "g-1:1", "7:1"):
+        with pytest.raises(FrameError) as caught:
+            frames.parse(json.dumps({"type": kind, "seq": bad}))
+        assert caught.value.code == "bad_request"
+
+
+def test_a_group_replay_end_marker_names_the_group() -> None:
+    assert json.loads(frames.encode_replay_end(5, group=7)) == {"type": 14, "seq": "g7:5"}
+    marker = json.loads(frames.encode_replay_end(5, truncated=True, group=7))
+    assert marker == {"type": 14, "seq": "g7:5", "truncated": True}

@@ -80,3 +80,19 @@ def test_bad_recipients_are_refused_alone() -> None:
     good, bad = inbound.recipients(delivery)
     assert good == [(2, 17), (4, 2**64 - 1)]
     assert bad == 7
+
+
+def test_a_large_group_post_from_a_hub_is_checked() -> None:
+    """A share of a large group's post names user 0 with ``g<group>:<n>`` for the group the
+    message is to; anything else claiming that form is refused (group 0)."""
+    m = Message(MessageId("m"), UserId(1), 7, 2, 0, 1, "hi")
+    assert inbound.group_post(Delivery(m, (Recipient(UserId(0), "g7:3"),))) == (7, 3)
+    assert inbound.group_post(Delivery(m, (Recipient(UserId(5), "3"),))) is None
+    for recipients in (
+        (Recipient(UserId(0), "g8:3"),),  # another group than the message's
+        (Recipient(UserId(0), "g7:x"),),
+        (Recipient(UserId(0), "g7:3"), Recipient(UserId(0), "g7:4")),
+    ):
+        assert inbound.group_post(Delivery(m, recipients)) == (0, 0)
+    private = Message(MessageId("m"), UserId(1), 7, 1, 0, 1, "hi")
+    assert inbound.group_post(Delivery(private, (Recipient(UserId(0), "g7:3"),))) == (0, 0)

@@ -719,3 +719,45 @@ def test_replay_and_live_pushes_interleaved_give_each_message_once_in_order(
             assert ws.closed is None
 
     asyncio.run(scenario())
+
+
+class WatchFailsOnce(MemoryStore):
+    """A memory store whose first ``watch`` fails (Redis away for a moment)."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.failed = False
+
+    async def watch(self, gateway: Any, groups: Any) -> None:
+        if not self.failed:
+            self.failed = True
+            raise ConnectionError("redis away")
+        await super().watch(gateway, groups)
+
+
+async def test_a_connect_replay_that_failed_following_a_group_starts_its_stream_later() -> None:
+    """The connect replay fails while following a large group; its retry starts the group's
+    cursor, so the stream's posts (replayed and live) reach the client."""
+    from im_gateway.store import Submission
+
+    store = WatchFailsOnce(large_group=1)
+    await store.join(9, A)
+    await store.join(9, B)  # large now
+    m = Message(MessageId("m1"), A, 9, 2, 0, 1, "stored")
+    await store.submit([Submission("c1", m)])
+    async with running(store) as (session, ws, router):
+
+        async def follower() -> None:
+            # The fake router's follow() calls the store's watch, as the fan-out does.
+            await store.watch("gw", [9])  # type: ignore[arg-type]
+
+        router.follow = lambda s, groups: follower()  # type: ignore[method-assign]
+        await wait_until(
+            lambda: any(f["type"] == 14 for f in ws.frames()), timeout=10, what="the end marker"
+        )
+        assert [f["seq"] for f in ws.frames() if f["type"] == 2] == ["g9:1"]
+        m2 = Message(MessageId("m2"), A, 9, 2, 0, 2, "live")
+        [second] = await store.submit([Submission("c2", m2)])
+        assert second.post is not None  # type: ignore[union-attr]
+        session.deliver_group(9, 2, frames.encode_message(m2, "g9:2"))
+        assert [f["seq"] for f in ws.frames() if f["type"] == 2] == ["g9:1", "g9:2"]

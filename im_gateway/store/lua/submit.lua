@@ -1,4 +1,4 @@
--- uses: now, inbox
+-- uses: now, inbox, group
 -- One batch on one Redis, atomic. No KEYS: the recipients of a group message are only
 -- known here, so key names are built from the prefix.
 -- ARGV: prefix, batch, inbox max len, inbox max age (ms), dedupe window (ms), then one
@@ -11,9 +11,13 @@
 -- position and one XADD at that position. Each XADD trims by length; in about one batch
 -- in 16 (by the clock), each inbox written is also trimmed by age. Then, once per
 -- distinct recipient, the TTLs and the presence look-up.
+-- A message to a large group (its 'large' key exists) is appended once to the group's
+-- stream instead (lua/group.lua); its dedupe record names "g<group>" and the position.
 -- Returns JSON [results, presence]: a result is [0, user, pos, user, pos, ...] (stored),
--- [1, first id, first time, entry or false, user, pos, ...] (duplicate) or [2] (not a
--- member); presence is a list of [user, gateway, ...] for the recipients with a live
+-- [1, first id, first time, entry or false, user, pos, ...] (duplicate), [2] (not a
+-- member), [3, group, pos, gateway, ...] (stored once in a large group's stream, with the
+-- gateways that have members online) or [4, first id, first time, entry, group, pos,
+-- gateway, ...] (a duplicate of such a message); presence is a list of [user, gateway, ...] for the recipients with a live
 -- gateway.
 local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])
@@ -74,10 +78,17 @@ for i, s in ipairs(batch) do
       -- The stored message itself (not the resend's text), from the first recipient's
       -- inbox; when it was trimmed there is nothing to push again.
       local stored = {}
-      if count > 0 then
+      local G = false
+      if count > 0 and string.sub(words[3], 1, 1) == 'g' then
+        G = group_keys(prefix, string.sub(words[3], 2))
+        stored = redis.call('XRANGE', G.stream, words[4], words[4], 'COUNT', 1)
+      elseif count > 0 then
         stored = redis.call('XRANGE', ukey(words[3], 'inbox'), words[4], words[4], 'COUNT', 1)
       end
-      if #stored > 0 then
+      if #stored > 0 and G then
+        res = {4, first_id, first_time, stored[1][2][2], string.sub(words[3], 2), words[4]}
+        for _, gw in ipairs(group_gateways(G, now)) do res[#res + 1] = gw end
+      elseif #stored > 0 then
         res = {1, first_id, first_time, stored[1][2][2]}
         for j = 3, #words do
           res[#res + 1] = words[j]
@@ -90,8 +101,22 @@ for i, s in ipairs(batch) do
   end
   if not res then
     local users
-    if typ == '2' then
-      local gkey = prefix .. '{g:' .. to .. '}:members'
+    local G = typ == '2' and group_keys(prefix, to)
+    if G and redis.call('EXISTS', G.large) == 1 then
+      if check ~= '0' and redis.call('SISMEMBER', G.members, from) == 0 then
+        res = {2}
+      else
+        local pos = group_append(G, ARGV[5 + i], max_len, max_age, stamp)
+        if by_age then age_trim(G.stream, cutoff) end
+        if dkey then
+          redis.call('SET', dkey, '1 ' .. time .. ' g' .. to .. ' ' .. pos .. ' ' .. id,
+            'PX', window)
+        end
+        res = {3, to, pos}
+        for _, gw in ipairs(group_gateways(G, now)) do res[#res + 1] = gw end
+      end
+    elseif G then
+      local gkey = G.members
       if check == '0' then
         users = redis.call('SMEMBERS', gkey)
         if from ~= '0' and redis.call('SISMEMBER', gkey, from) == 0 then

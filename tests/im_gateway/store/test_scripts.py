@@ -14,7 +14,7 @@ from transmit_hub.types import Message, MessageId, UserId
 
 ROOT = Path(__file__).resolve().parents[3]
 LUA = ROOT / "im_gateway" / "store" / "lua"
-PARTS = {"now", "inbox"}
+PARTS = {"now", "inbox", "group"}
 """Files that other scripts use, never sent alone."""
 
 
@@ -33,7 +33,8 @@ def test_uses_puts_the_parts_first_in_order() -> None:
     is its file alone."""
     submit = scripts.source("submit")
     now, inbox = (LUA / "now.lua").read_text(), (LUA / "inbox.lua").read_text()
-    assert submit == now + inbox + (LUA / "submit.lua").read_text()
+    group = (LUA / "group.lua").read_text()
+    assert submit == now + inbox + group + (LUA / "submit.lua").read_text()
     assert (LUA / "ack.lua").read_text() == scripts.ACK
     for name in ("submit", "append", "refresh", "lookup"):
         text = scripts.source(name)
