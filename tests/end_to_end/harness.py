@@ -13,6 +13,7 @@ import grpc
 from google.protobuf import json_format
 from websockets.asyncio.client import ClientConnection, connect
 
+from devtools.launch import Process, free_port, gateway_argv
 from im_gateway import auth
 from transmit_hub.v1 import transmit_pb2, transmit_pb2_grpc
 
@@ -173,7 +174,7 @@ async def http_get(
     return int(status_line.split()[1]), body, hdrs
 
 
-class GatewayProcess:
+class GatewayProcess(Process):
     """``python -m im_gateway`` as a real child process (for crash and signal tests)."""
 
     def __init__(
@@ -186,36 +187,16 @@ class GatewayProcess:
         env: dict[str, str] | None = None,
         port: int | None = None,
     ) -> None:
-        import subprocess
-        import sys
-        import tempfile
-
-        from tests.helpers import free_port
-
         self.port = port or free_port()
         self.gateway_id = gateway_id
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{gateway_id}-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "im_gateway",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--gateway-id",
-                gateway_id,
-                "--hub",
-                hub,
-                "--redis-url",
-                redis_url,
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-            env={**__import__("os").environ, "IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})},
-            stdout=self.log,
-            stderr=self.log,
+        argv = gateway_argv(
+            f"127.0.0.1:{self.port}",
+            *("--gateway-id", gateway_id, "--hub", hub, "--redis-url", redis_url),
+            *("--log-level", "WARNING", *extra),
         )
+        env = {"IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})}
+        super().__init__(gateway_id, argv, env=env, die_with_parent=False)
+        self.start()
 
     async def wait_healthy(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - a deadline
         """Wait until /healthz answers 200 (linked to the hub, Redis answering)."""
@@ -233,14 +214,8 @@ class GatewayProcess:
                 raise AssertionError(f"gateway not healthy after {timeout}s: {self.output()}")
             await asyncio.sleep(0.05)
 
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self) -> None:
-        """Kill the process if it still runs and release its log."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
+    def stop(self, timeout: float = 0) -> None:
+        """SIGKILL the process if it still runs (a stopped one too), and drop its log."""
+        self.kill()
+        super().stop()
+        self.log_path.unlink(missing_ok=True)

@@ -130,7 +130,7 @@ async def test_redis_outage_is_answered_and_survived(
     import subprocess
     import tempfile
 
-    from im_gateway.demo import redis_server_argv
+    from devtools.launch import redis_server_argv
     from tests.helpers import free_port
 
     port = free_port()

@@ -16,7 +16,7 @@ import redis
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from im_gateway.demo import redis_server_argv
+from devtools.launch import redis_server_argv
 from im_gateway.errors import StoreError
 from im_gateway.positions import position
 from im_gateway.store import (
