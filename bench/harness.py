@@ -36,6 +36,7 @@ from devtools.launch import (  # noqa: E402 - after the path it comes from
     cluster_port,
     die_with_parent,
     free_port,
+    gateway_healthy,
     mint_token,
     redis_binary,
     redis_server_argv,
@@ -203,7 +204,7 @@ class CpuMeter:
 
 def wait_healthy(child: Child, port: int, *, timeout: float = 30.0) -> None:
     """Block until ``GET /healthz`` on 127.0.0.1:``port`` answers 200."""
-    child.wait_healthy(port, timeout=timeout)
+    child.wait_ready(lambda: gateway_healthy(port), timeout=timeout, what="/healthz 200")
 
 
 _INLINE_HUB = """

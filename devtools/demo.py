@@ -49,7 +49,7 @@ from devtools.launch import (
     Process,
     free_port,
     gateway_argv,
-    http_status,
+    gateway_healthy,
     hub_argv,
     mint_token,
     redis_answers,
@@ -346,7 +346,7 @@ class Cluster:
         )
 
     def _gateway_ready(self, port: int) -> bool:
-        return http_status(f"http://{self.host}:{port}/healthz") == 200
+        return gateway_healthy(port, host=self.host)
 
     def stop_gateway(self, gateway: GatewayEndpoint) -> None:
         """Stop one gateway (SIGTERM), as in an outage; :meth:`start_gateway` brings it back."""

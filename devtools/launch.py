@@ -90,6 +90,11 @@ def http_status(url: str, *, timeout: float = 1.0) -> int:
         return 0
 
 
+def gateway_healthy(port: int, *, host: str = HOST) -> bool:
+    """The gateway on ``host:port`` answers ``GET /healthz`` with 200 (linked, store up)."""
+    return http_status(f"http://{host}:{port}/healthz") == 200
+
+
 def redis_answers(url: str) -> bool:
     """The Redis at ``url`` answers ``PING``."""
     import redis
@@ -242,7 +247,9 @@ class Process:
         )
         return self
 
-    restart = start
+    def restart(self) -> None:
+        """Start the same command again (after it exited or was killed)."""
+        self.start()
 
     @property
     def proc(self) -> subprocess.Popen[bytes]:
@@ -294,13 +301,6 @@ class Process:
     def wait_port(self, port: int, *, host: str = HOST, timeout: float = STARTUP_TIMEOUT) -> None:
         """Block until the child accepts TCP connections on ``host:port``."""
         self.wait_ready(lambda: tcp_open(host, port), timeout=timeout, what=f"port {port}")
-
-    def wait_healthy(
-        self, port: int, *, host: str = HOST, timeout: float = STARTUP_TIMEOUT
-    ) -> None:
-        """Block until the gateway's ``GET /healthz`` on ``host:port`` answers 200."""
-        url = f"http://{host}:{port}/healthz"
-        self.wait_ready(lambda: http_status(url) == 200, timeout=timeout, what="/healthz 200")
 
     def wait_line(self, prefix: str, *, timeout: float) -> str:
         """Block until the child prints a line starting with ``prefix``; that line."""

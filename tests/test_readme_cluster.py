@@ -63,8 +63,12 @@ def test_cluster_section_runs_as_written(tmp_path: Path, services: list[Service]
         services.append(service)
         if name == "nodes":
             for node in NODES:
+
+                def node_up(p: int = ports[node], s: Service = service) -> bool:
+                    return s.alive() and _tcp_open(p)
+
                 wait_until_sync(
-                    lambda p=ports[node], s=service: s.alive() and _tcp_open(p),
+                    node_up,
                     timeout=30,
                     what=f"cluster node {ports[node]}",
                 )

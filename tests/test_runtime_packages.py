@@ -9,7 +9,7 @@ import sys
 import tomllib
 from pathlib import Path
 
-from setuptools import find_packages
+from setuptools import find_packages  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNTIME = ("im_gateway", "transmit_hub")

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 from google.protobuf import json_format
 from websockets.asyncio.client import ClientConnection, connect
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 
 from devtools.launch import Process, free_port, hub_argv
 from tests.helpers import wait_until

@@ -62,7 +62,7 @@ async def running(
     session = Session(
         ws,
         user,
-        store=store,  # type: ignore[arg-type]
+        store=store,
         router=router,
         limits=SessionLimits(**limits),  # type: ignore[arg-type]
         group_rights=OPEN_RIGHTS,  # the join test joins from the client

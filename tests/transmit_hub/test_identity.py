@@ -18,7 +18,7 @@ from tests.helpers import wait_until
 from transmit_hub import HubServer, codec
 from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
-from transmit_hub.types import gateway_id_problem
+from transmit_hub.types import GatewayId, gateway_id_problem
 
 from .conftest import LinkFactory, tmap
 from .test_hub import gateways, stats
@@ -37,7 +37,7 @@ async def refused(hub: HubServer, gateway_id: str) -> aio.AioRpcError:
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
         try:  # the refusal may already surface on the write
-            await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+            await call.write(codec.hello_bytes(GatewayId(gateway_id)))
             await call.read()
         except aio.AioRpcError as exc:
             return exc
@@ -148,7 +148,7 @@ async def test_stats_of_departed_gateways_are_forgotten(make_link: LinkFactory) 
 async def attach_raw(channel: aio.Channel, gateway_id: str) -> Any:
     """A raw Connect stream that attached as ``gateway_id`` (its Welcome read)."""
     call = channel.stream_stream(CONNECT_METHOD)()
-    await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+    await call.write(codec.hello_bytes(GatewayId(gateway_id)))
     assert codec.decode_response(await call.read()).welcome == "test-hub"
     return call
 
@@ -159,7 +159,7 @@ async def test_raw_claim_of_a_live_id_is_refused_with_already_exists(hub: HubSer
     async with aio.insecure_channel(hub.address) as channel:
         holder = await attach_raw(channel, "gw-dup")
         claim = channel.stream_stream(CONNECT_METHOD)()
-        await claim.write(codec.hello_bytes(codec.GatewayId("gw-dup")))
+        await claim.write(codec.hello_bytes(GatewayId("gw-dup")))
         probe = codec.decode_response(await asyncio.wait_for(holder.read(), 5)).probe
         assert probe is not None
         await holder.write(codec.probe_reply_bytes(probe))
