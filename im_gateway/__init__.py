@@ -11,7 +11,14 @@
 from __future__ import annotations
 
 from .config import GatewayConfig
-from .errors import AuthError, ConfigError, FrameError, GatewayError, StartupError
+from .errors import (
+    AuthError,
+    ConfigError,
+    FrameError,
+    GatewayError,
+    LifecycleError,
+    StartupError,
+)
 from .server import Gateway
 from .store import Store
 
@@ -22,6 +29,7 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "GatewayError",
+    "LifecycleError",
     "StartupError",
     "Store",
 ]

@@ -46,6 +46,7 @@ from transmit_hub.types import (
 )
 
 from . import frames, inbound
+from .close_codes import CLOSE_DISCONNECTED
 from .faults import Faults
 from .presence import Presence
 from .store import Accepted, Store
@@ -54,10 +55,9 @@ from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
-CONTROL_DISCONNECT: Final = 4001
-"""Message type of a control share: close the named users' sockets with code 4001."""
-CLOSE_DISCONNECTED: Final = 4001
-"""WebSocket close code when the application's backend disconnected the user."""
+CONTROL_DISCONNECT: Final = CLOSE_DISCONNECTED
+"""Message type of a control share: close the named users' sockets with the close code of
+the same number (4001)."""
 
 
 class Connection(Protocol):

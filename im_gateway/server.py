@@ -35,8 +35,9 @@ from transmit_hub.types import GatewayId, UserId
 from . import auth, faults, web
 from .admission import ConnectionCaps, RejectionLog
 from .api import ApiServer
+from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL
 from .config import GatewayConfig, default_gateway_id, parse_host_port
-from .errors import AuthError, StartupError
+from .errors import AuthError, LifecycleError, StartupError
 from .group_policy import TOKEN, GroupRights
 from .presence import Presence
 from .relay import Link, Relay
@@ -191,7 +192,7 @@ class Gateway(AsyncLifecycle):
     @property
     def gateway_id(self) -> GatewayId:
         if self._gateway_id is None:
-            raise RuntimeError("the gateway id is known once the gateway has started")
+            raise LifecycleError("the gateway id is known once the gateway has started")
         return self._gateway_id
 
     @property
@@ -202,13 +203,13 @@ class Gateway(AsyncLifecycle):
     @property
     def relay(self) -> Relay:
         if self._relay is None:
-            raise RuntimeError("the gateway is not started")
+            raise LifecycleError("the gateway is not started")
         return self._relay
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise RuntimeError("the gateway is not started")
+            raise LifecycleError("the gateway is not started")
         return self._store
 
     # --- lifecycle --------------------------------------------------------------------
@@ -364,7 +365,10 @@ class Gateway(AsyncLifecycle):
                     # client that does not read), then let websockets finish the rest.
                     sessions = self._relay.sessions()
                     await asyncio.gather(
-                        *(s.close_socket(1001, "gateway shutting down") for s in sessions),
+                        *(
+                            s.close_socket(CLOSE_GOING_AWAY, "gateway shutting down")
+                            for s in sessions
+                        ),
                         return_exceptions=True,
                     )
                 self._server.close()
@@ -507,7 +511,7 @@ class Gateway(AsyncLifecycle):
             or presence is None
             or self._store is None
         ):
-            await connection.close(1011, "gateway not ready")
+            await connection.close(CLOSE_INTERNAL, "gateway not ready")
             return
         user = connection.user
         # The handshake is over: its response (headers and all, about 1.4 KB) would

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from im_gateway.errors import ConfigError
 from im_gateway.group_policy import (
     JOIN,
     LEAVE,
@@ -57,7 +58,7 @@ def test_rights_default_to_server_and_reject_unknown_policies() -> None:
     """A bare GroupRights is the safe default (server); an unknown policy is an error."""
     assert GroupRights().refusal(JOIN, 1) is not None
     assert GroupRights(TOKEN, frozenset({1})).refusal(JOIN, 1) is None
-    with pytest.raises(ValueError, match="server, token, open"):
+    with pytest.raises(ConfigError, match="server, token, open"):
         GroupRights("anyone")
 
 

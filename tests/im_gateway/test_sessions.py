@@ -12,14 +12,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from im_gateway import frames
+from im_gateway.close_codes import CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from im_gateway.group_policy import OPEN_RIGHTS
-from im_gateway.sessions import (
-    CLOSE_POLICY,
-    CLOSE_SEND_QUEUE_FULL,
-    Session,
-    SessionLimits,
-    sweep_idle,
-)
+from im_gateway.sessions import Session, SessionLimits, sweep_idle
 from im_gateway.store import InboxPage, MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
