@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import signal
 import socket
@@ -174,11 +175,13 @@ _LIBC = ctypes.CDLL(None, use_errno=True)
 """Loaded in the parent, so the child calls prctl without loading anything after fork."""
 
 
-def die_with_parent() -> None:  # pragma: no cover - runs between fork and exec
+def die_with_parent(parent: int | None = None) -> None:  # pragma: no cover - in the child
     """In the child, before exec: get SIGTERM when the thread that started it dies (Linux
-    ``PR_SET_PDEATHSIG``)."""
+    ``PR_SET_PDEATHSIG``); exit at once if ``parent`` died before the request took effect."""
     if sys.platform.startswith("linux"):
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if parent is not None and os.getppid() != parent:
+            os._exit(1)
 
 
 def wait_for(
@@ -243,7 +246,9 @@ class Process:
             cwd=self.cwd,
             start_new_session=self._own_group,
             # prctl only (no locks taken, nothing loaded), so safe between fork and exec:
-            preexec_fn=die_with_parent if self._die_with_parent else None,
+            preexec_fn=(
+                functools.partial(die_with_parent, os.getpid()) if self._die_with_parent else None
+            ),
         )
         return self
 
@@ -307,7 +312,7 @@ class Process:
         found: list[str] = []
 
         def printed() -> bool:
-            found.extend(x for x in self.output().splitlines() if x.startswith(prefix))
+            found[:] = [x for x in self.output().splitlines() if x.startswith(prefix)][:1]
             return bool(found)
 
         self.wait_ready(printed, timeout=timeout, what=f"a line {prefix!r}")
