@@ -437,18 +437,35 @@ class Worker:
         self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
 
 
-async def orchestrate(args: argparse.Namespace, redis: str = "single") -> list[dict[str, Any]]:
+async def scrape_metrics(ports: list[int], every: float) -> None:
+    """GET /metrics on each gateway every ``every`` seconds, as Prometheus would."""
+    while True:
+        for port in ports:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            await reader.read()
+            writer.close()
+        await asyncio.sleep(every)
+
+
+async def orchestrate(
+    args: argparse.Namespace, redis: str = "single", metrics: str = "on"
+) -> list[dict[str, Any]]:
     secret = secrets.token_hex(32)
     gateway_args = shlex.split(args.gateway_args)
     results: list[dict[str, Any]] = []
+    scraper: asyncio.Task[None] | None = None
     with harness.children() as started:
         ports = harness.start_stack(
             started,
             gateways=["gw-1", "gw-2"],
             secret=secret,
             gateway_args=gateway_args,
+            env={"IM_GATEWAY_METRICS_OFF": "1"} if metrics == "off" else None,
             redis=redis,
         )
+        if metrics == "on":
+            scraper = asyncio.create_task(scrape_metrics([ports["gw-1"], ports["gw-2"]], 5.0))
         urls = [f"ws://127.0.0.1:{ports[g]}/ws" for g in ("gw-1", "gw-2")]
         pairs = args.clients // 2
         users = [1000 + 2 * p for p in range(pairs)]
@@ -513,6 +530,8 @@ async def orchestrate(args: argparse.Namespace, redis: str = "single") -> list[d
                 res = merge(cmd, outs, cpu, args)
                 if args.redis == "both":
                     res["phase"] = f"{redis} {res['phase']}"
+                if args.metrics == "both":
+                    res["phase"] = f"metrics {metrics}: {res['phase']}"
                 res["wall_s"] = time.monotonic() - t_phase
                 results.append(res)
             for wk in workers:
@@ -521,6 +540,8 @@ async def orchestrate(args: argparse.Namespace, redis: str = "single") -> list[d
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(wk.proc.wait(), 30)
         finally:
+            if scraper is not None:
+                scraper.cancel()
             for wk in workers:
                 if wk.proc.returncode is None:
                     wk.proc.kill()
@@ -665,6 +686,17 @@ def main(argv: list[str] | None = None) -> int:
         help="the gateways' Redis: one redis-server, a Redis Cluster of 3 primaries and 3 "
         "replicas, or both, one after the other, side by side in one report",
     )
+    parser.add_argument(
+        "--metrics",
+        choices=["on", "off", "both"],
+        default="on",
+        help="the gateways' Prometheus metrics (on: scraped every 5 s, as Prometheus would; "
+        "off: IM_GATEWAY_METRICS_OFF=1), or both: alternately, --metrics-rounds times each, "
+        "side by side in one report (what metrics cost per message)",
+    )
+    parser.add_argument(
+        "--metrics-rounds", type=int, default=1, help="with --metrics both: on/off rounds"
+    )
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -679,7 +711,13 @@ def main(argv: list[str] | None = None) -> int:
         args.wait_quiet = min(args.wait_quiet, 1)
     started = harness.start_run("end-to-end", args)
     modes = ["single", "cluster"] if args.redis == "both" else [args.redis]
-    results = [r for mode in modes for r in asyncio.run(orchestrate(args, mode))]
+    switches = ["on", "off"] * args.metrics_rounds if args.metrics == "both" else [args.metrics]
+    results = [
+        r
+        for mode in modes
+        for metrics in switches
+        for r in asyncio.run(orchestrate(args, mode, metrics))
+    ]
     return harness.finish_run(report(results, args), started, args, results)
 
 

@@ -5,7 +5,9 @@ from the environment as ``IM_GATEWAY_<FLAG>`` (upper snake case, e.g.
 ``IM_GATEWAY_JWT_SECRET``; an empty variable counts as unset) or from ``--config FILE``
 (TOML); flags win over the environment, which wins over the file. Errors in
 flags or an unusable dependency at start print one line and exit non-zero; SIGINT and
-SIGTERM stop the gateway gracefully (sockets are closed with 1001, presence removed).
+SIGTERM stop the gateway gracefully: SIGTERM drains it (see ``Gateway.drain``: sockets
+closed with 1012 within ``--drain-timeout``), SIGINT closes sockets with 1001; presence is
+removed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import NoReturn
 
 from transmit_hub import logs
-from transmit_hub.runtime import loop_factory, tune_gc
+from transmit_hub.runtime import loop_factory, raise_open_file_limit, tune_gc
 from transmit_hub.settings import Loaded, Program
 
 from . import auth
@@ -143,25 +145,40 @@ def token_main(argv: Sequence[str]) -> int:
     return 0
 
 
-async def serve(config: GatewayConfig) -> None:
-    """Run a gateway until SIGINT or SIGTERM."""
+async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
+    """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's
+    line, logged once the gateway is up)."""
     from .server import Gateway
 
     stop = asyncio.Event()
+    signals: list[signal.Signals] = []
+
+    def stop_on(sig: signal.Signals) -> None:
+        signals.append(sig)
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop_on, sig)
     async with Gateway(config) as gateway:
         tune_gc()
+        if limit_note:
+            logging.getLogger("im_gateway").info("%s", limit_note)
         logs.say(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", logger=PROG)
         await stop.wait()
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
+        if signals[0] == signal.SIGTERM:  # a deploy: users move to another gateway (1012)
+            await gateway.drain()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
         return token_main(args[1:])
+    if args[:1] == ["probe"]:
+        from . import probe
+
+        return probe.main(args[1:])
     try:
         loaded = load(args)
     except GatewayError as exc:
@@ -173,9 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logs.configure(config.log_level, config.log_format, program="im_gateway")
     if config.log_level.upper() != "DEBUG":
         logging.getLogger("websockets").setLevel(logging.WARNING)
+    limit_note = raise_open_file_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, limit_note))
     except GatewayError as exc:
         print(
             logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),

@@ -20,6 +20,13 @@ adapter that runs them:
 
 The OpenAPI document of these methods is ``im_gateway/openapi.json`` (served at
 ``GET /api/openapi.json``, with the key too).
+
+The port faces whoever can reach it, so every connection is bounded before any key is
+seen: its header block in time and size and the number of connections open
+(:mod:`im_gateway.api_limits`), the time between requests (aiohttp's keep-alive), the
+body's time (here). ``Expect: 100-continue`` is answered only after the key is checked
+(401 first), and an answer given before the body was read closes the connection. A
+client that goes away mid-body is one counted log line.
 """
 
 from __future__ import annotations
@@ -32,13 +39,16 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
+from aiohttp import HttpVersion11, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from transmit_hub.lifecycle import AsyncLifecycle
 from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Message, UserId
 
 from . import api_requests as req
 from . import frames
+from .api_limits import Bounds, ConnectionLimits, GuardedSite
+from .descriptors import Sockets
 from .errors import ApiError, GroupLimitError
 from .fanout import Fanout
 from .group_policy import group_limit_reason
@@ -49,10 +59,19 @@ from .throttle import Throttled
 logger = logging.getLogger(__name__)
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
+LINGER = 2.0
+"""Seconds an answer given before its body was read waits, reading and dropping the
+rest, before the connection closes (so the client reads the answer, not a reset)."""
 STORE_CONCURRENCY = 32
 """Store calls in flight at once for one ``groups/add`` or ``groups/remove``."""
 
 _refused_key = Throttled(logger, "server API: %d calls refused for a missing or wrong key")
+_body_failed = Throttled(
+    logger,
+    "server API: %d request bodies not received (the client went away, or was slower "
+    "than --api-body-timeout)",
+    level=logging.INFO,
+)
 
 
 class _Call:
@@ -92,6 +111,12 @@ class ApiServer(AsyncLifecycle):
         max_users: int = 1000,
         max_body: int = 1024 * 1024,
         timeout: float = 10.0,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
+        max_header_bytes: int = 16 * 1024,
+        max_connections: int = 256,
+        sockets: Sockets | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -103,18 +128,39 @@ class ApiServer(AsyncLifecycle):
         self._max_users = max_users
         self._max_body = max_body
         self._timeout = timeout
+        self._body_timeout = body_timeout
+        self._idle_timeout = idle_timeout
+        self._max_header_bytes = max_header_bytes
+        self._limits = ConnectionLimits(
+            Bounds(
+                header_timeout=header_timeout,
+                max_header_bytes=max_header_bytes,
+                max_connections=max_connections,
+            ),
+            sockets or Sockets(limit=None, baseline=0, reserve=0, max_handshakes=1),
+        )
         self._runner: web.AppRunner | None = None
-        self._site: web.TCPSite | None = None
+        self._site: web.BaseSite | None = None
         self._closed = False
         self.port = 0
         """The bound port (``0`` in ``listen`` picks a free one)."""
 
     async def start(self) -> None:
         app = web.Application(client_max_size=self._max_body, middlewares=[self._guard])
-        app.router.add_route("*", "/{tail:.*}", self._dispatch)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        app.router.add_route("*", "/{tail:.*}", self._dispatch, expect_handler=self._expect)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self._idle_timeout,
+            # One line may use the whole header budget; the block's total is bounded
+            # by api_limits as the bytes arrive.
+            max_line_size=self._max_header_bytes,
+            max_field_size=self._max_header_bytes,
+            lingering_time=LINGER,
+        )
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port)
+        self._site = GuardedSite(self._runner, self._host, self._port, self._limits)
         await self._site.start()
         addresses = self._runner.addresses  # (host, port, ...) of each bound socket
         self.port = int(addresses[0][1]) if addresses else self._port
@@ -130,15 +176,53 @@ class ApiServer(AsyncLifecycle):
 
     # --- HTTP -------------------------------------------------------------------------
 
+    def _authorized(self, request: web.Request) -> bool:
+        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
+        return hmac.compare_digest(given, self._key)
+
+    @staticmethod
+    def _unauthorized() -> web.Response:
+        """401, and the connection closes: no second try on it without the key."""
+        _refused_key.hit()
+        response = _error(401, "unauthorized", "send Authorization: Bearer <the --api-key>")
+        response.force_close()
+        return response
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """``Expect: 100-continue``: the key is checked before anything is sent."""
+        self._limits.started(request.transport)
+        if not self._authorized(request):
+            return self._unauthorized()
+        expect = request.headers.get(hdrs.EXPECT, "")
+        if request.version != HttpVersion11:
+            return None
+        if expect.lower() != "100-continue":
+            response = _error(417, "bad_request", "only Expect: 100-continue is understood")
+            response.force_close()
+            return response
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the 100 is not part of the answer's size
+        return None
+
     @web.middleware
     async def _guard(
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        """Mark the connection busy (its headers are in), answer, and close the
+        connection when the body was not read (it would be taken for the next headers)."""
+        self._limits.started(request.transport)
+        response = await self._answer(request, handler)
+        if not request.content.is_eof():
+            response.force_close()
+        self._limits.finished(request.transport, keep_alive=response.keep_alive is not False)
+        return response
+
+    async def _answer(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         """The key first, on every path; then expected failures as error objects."""
-        given = request.headers.get("Authorization", "").encode("utf-8", "replace")
-        if not hmac.compare_digest(given, self._key):
-            _refused_key.hit()
-            return _error(401, "unauthorized", "send Authorization: Bearer <the --api-key>")
+        if not self._authorized(request):
+            return self._unauthorized()
         try:
             return await handler(request)
         except ApiError as exc:
@@ -154,11 +238,28 @@ class ApiServer(AsyncLifecycle):
             return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
         if request.method != "POST" or not path.startswith("/api/"):
             return _error(404, "not_found", "the API is POST /api/<method>")
-        body = await request.read()
+        body = await self._read_body(request)
         call = req.parse(
             path[len("/api/") :], body, max_content=self._max_content, max_users=self._max_users
         )
         return web.json_response(await self._run(call))
+
+    async def _read_body(self, request: web.Request) -> bytes:
+        """The whole body within ``--api-body-timeout`` (408 otherwise); a client gone
+        mid-body is counted, not a traceback (its answer is never read)."""
+        try:
+            async with asyncio.timeout(self._body_timeout):
+                return await request.read()
+        except TimeoutError as exc:
+            _body_failed.hit(exc=exc)
+            raise ApiError(
+                408,
+                "timeout",
+                f"the body did not arrive within {self._body_timeout:g} s (--api-body-timeout)",
+            ) from exc
+        except (ConnectionError, HttpProcessingError) as exc:
+            _body_failed.hit(exc=exc)
+            raise ApiError(400, "bad_request", "the body was cut short") from exc
 
     async def _run(self, call: req.Request) -> dict[str, object]:
         if isinstance(call, req.Publish):

@@ -1,4 +1,5 @@
-"""The WebSocket close codes the gateway sends, each named once.
+"""The WebSocket close codes the gateway sends, each named once (the client library reads
+them from here too: this module imports nothing).
 
 RFC 6455 (section 7.4.1) codes, and one of the application's own (4000-4999)::
 
@@ -8,6 +9,7 @@ RFC 6455 (section 7.4.1) codes, and one of the application's own (4000-4999)::
     1008  CLOSE_POLICY            more than --max-refused refused frames in a minute
     1009  CLOSE_TOO_BIG           a frame over --max-frame-size (websockets sends it itself)
     1011  CLOSE_INTERNAL          an internal error, a late pong, a gateway not ready yet
+    1012  CLOSE_SERVICE_RESTART   the gateway is draining (SIGTERM): reconnect, to any gateway
     1013  CLOSE_SEND_QUEUE_FULL   the client stopped reading and its --send-queue filled
     4001  CLOSE_DISCONNECTED      the backend disconnected the user (server API disconnect)
 """
@@ -27,6 +29,9 @@ CLOSE_TOO_BIG: Final = 1009
 CLOSE_INTERNAL: Final = 1011
 """Internal Error: the gateway failed, the client's pong came too late, or the gateway is
 not ready to take connections."""
+CLOSE_SERVICE_RESTART: Final = 1012
+"""Service Restart: the gateway is draining; reconnect at once, to any gateway (the
+client library does)."""
 CLOSE_SEND_QUEUE_FULL: Final = 1013
 """Try Again Later: the client stopped reading and its send queue filled up."""
 CLOSE_DISCONNECTED: Final = 4001

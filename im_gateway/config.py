@@ -156,6 +156,38 @@ class GatewayConfig:
         metavar="BYTES",
         check=at_least(1024),
     )
+    api_header_timeout: float = setting(
+        10.0,
+        "a request's headers must be complete this long after the connection opens "
+        "(or after their first byte, between requests); else 408 and the connection closes",
+        metavar="SECONDS",
+        check=positive,
+    )
+    api_body_timeout: float = setting(
+        30.0,
+        "a request's body must be complete this long after its headers; else 408",
+        metavar="SECONDS",
+        check=positive,
+    )
+    api_idle_timeout: float = setting(
+        60.0,
+        "close a kept-alive API connection that sends no next request for this long",
+        metavar="SECONDS",
+        check=positive,
+    )
+    api_max_header_bytes: int = setting(
+        16 * 1024,
+        "largest request header block (request line and headers); beyond, 431 and "
+        "the connection closes, before the rest is read",
+        metavar="BYTES",
+        check=at_least(1024),
+    )
+    api_max_connections: int = setting(
+        256,
+        "API connections open at once; one more gets 503 and is closed",
+        metavar="N",
+        check=at_least(1),
+    )
     jwt_max_ttl: float = setting(
         86400.0,
         "refuse (401) a token whose exp is further away than this (0: no limit)",
@@ -196,6 +228,20 @@ class GatewayConfig:
         "WebSockets this gateway holds in all; beyond, the upgrade gets HTTP 503",
         metavar="N",
         check=at_least(1),
+    )
+    max_handshakes: int = setting(
+        1024,
+        "connections on --listen still in their opening handshake (or an HTTP "
+        "request) at once; one more gets HTTP 503 and is closed at once",
+        metavar="N",
+        check=at_least(1),
+    )
+    fd_reserve: int = setting(
+        256,
+        "descriptors kept free for /healthz, the hubs and Redis: with fewer left, an "
+        "upgrade gets HTTP 503 (with half as many, any new connection does)",
+        metavar="N",
+        check=non_negative,
     )
     tls_cert: str | None = setting(
         None,
@@ -299,6 +345,13 @@ class GatewayConfig:
     )
     close_timeout: float = setting(
         3.0, "wait this long for a closing handshake", metavar="SECONDS", check=non_negative
+    )
+    drain_timeout: float = setting(
+        10.0,
+        "on SIGTERM: stop accepting, answer the frames taken, close every socket with "
+        "1012 and exit, within this long",
+        metavar="SECONDS",
+        check=between(0.5, 3600),
     )
     redis_prefix: str = setting(
         "im:", "prefix of every Redis key", metavar="PREFIX", check=_no_braces, group="store"

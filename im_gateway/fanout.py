@@ -48,6 +48,7 @@ from transmit_hub.types import (
 from . import frames, inbound
 from .close_codes import CLOSE_DISCONNECTED
 from .faults import Faults
+from .metrics import GatewayMetrics, NullMetrics
 from .presence import Presence
 from .store import Accepted, Store
 from .tasks import cancel_and_wait
@@ -114,6 +115,7 @@ class Fanout(Generic[C]):
         presence: Presence | None = None,
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """``forget_grace``: seconds after each (re)attach during which the hub's
         "not attached" notices are not acted on. After a hub restart the other gateways
@@ -127,6 +129,7 @@ class Fanout(Generic[C]):
         self._presence = presence
         self._max_content = max_content
         self._faults = faults
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._sessions: dict[UserId, list[C]] = {}
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -207,6 +210,8 @@ class Fanout(Generic[C]):
             for gateway in accepted.presence.get(recipient.user_id, ()):
                 if gateway != me:
                     remote.setdefault(gateway, []).append(recipient)
+        if prefix is not None:  # once per message, however many local sockets got it
+            self._metrics.pushed_local(accepted.message.time)
         if remote:
             tmap = TransmitMap(
                 message=accepted.message,
@@ -293,6 +298,8 @@ class Fanout(Generic[C]):
             text = frames.with_seq(prefix, str(pos))
             for session in sessions:
                 session.deliver(pos, text)
+        if prefix is not None:
+            self._metrics.pushed(delivery.message.time)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

@@ -38,6 +38,7 @@ from transmit_hub.types import Message, MessageId, UserId
 from . import frames
 from .faults import Faults
 from .ids import MessageIds
+from .metrics import GatewayMetrics, NullMetrics
 from .store import Accepted, Refusal, Refused, Store, Submission
 from .throttle import Throttled
 
@@ -104,8 +105,10 @@ class Pipeline:
         linger: float = 0.003,
         busy_window: float = 0.02,
         faults: Faults | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._route = route
         self._batch_size = batch_size
         self._linger = linger
@@ -124,6 +127,7 @@ class Pipeline:
             logger, "answering or routing a stored message failed %d times", level=logging.ERROR
         )
         self._closed = False
+        self._working = False
         self.batches = 0
         """Store round trips made by the worker (for tests and stats)."""
         self.submitted = 0
@@ -144,6 +148,11 @@ class Pipeline:
     def queued(self) -> int:
         """Submissions waiting for the worker."""
         return self._queue.qsize()
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no batch in the works: every caller has been answered."""
+        return not self._working and self._queue.empty()
 
     def submission(
         self, sender: UserId, frame: frames.SendMessage, *, check_member: bool = True
@@ -199,6 +208,7 @@ class Pipeline:
         last_start = -1e9
         while True:
             batch = [await queue.get()]
+            self._working = True
             _take(queue, batch, limit)
             now = loop.time()
             linger = len(batch) < limit and now - last_start < self._busy_window
@@ -216,6 +226,8 @@ class Pipeline:
                 self._batch_failed.hit(exc=exc)
                 for caller, sub in batch:
                     caller.failed(frames.INTERNAL, "storage unavailable; send again", sub.client_id)
+            finally:
+                self._working = False
 
     async def _process(self, batch: Sequence[_Item]) -> None:
         submissions = [sub for _, sub in batch]
@@ -227,6 +239,7 @@ class Pipeline:
         if self._faults is not None:
             self._faults.stored()
         self.batches += 1
+        self._metrics.stored(len(batch), results)
         self.submitted += len(batch)
         route = self._route
         for (caller, sub), result in zip(batch, results, strict=True):

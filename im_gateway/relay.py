@@ -22,6 +22,7 @@ from transmit_hub.types import GatewayId, MessageId
 from . import frames
 from .fanout import Fanout, Link
 from .faults import Faults
+from .metrics import GatewayMetrics
 from .pipeline import Pipeline
 from .presence import Presence
 from .sessions import Session
@@ -47,6 +48,7 @@ class Relay:
         presence: Presence | None = None,
         max_content: int = frames.DEFAULT_MAX_CONTENT,
         faults: Faults | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.gateway_id = gateway_id
         self.fanout: Fanout[Session] = Fanout(
@@ -57,6 +59,7 @@ class Relay:
             presence=presence,
             max_content=max_content,
             faults=faults,
+            metrics=metrics,
         )
         self.pipeline = Pipeline(
             store=store,
@@ -66,6 +69,7 @@ class Relay:
             linger=linger,
             busy_window=busy_window,
             faults=faults,
+            metrics=metrics,
         )
         self._closed = False
 

@@ -27,6 +27,7 @@ from transmit_hub.types import UserId
 
 from . import frames
 from .cursor import Cursor
+from .metrics import GatewayMetrics, NullMetrics
 from .ratelimit import TokenBucket
 from .store import InboxPage, Store
 from .tasks import cancel_and_wait
@@ -68,6 +69,7 @@ class Replayer:
         "_fill_delay",
         "_fill_timer",
         "_loop",
+        "_metrics",
         "_out",
         "_page",
         "_reader",
@@ -89,7 +91,9 @@ class Replayer:
         held_max: int,
         fill_delay: float,
         replay_budget: int,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics if metrics is not None else NullMetrics()
         self._out = out
         self._user = user
         self._store = store
@@ -202,6 +206,7 @@ class Replayer:
                     self._requests.pop(0)
                     request = None
                 elif self._cursor.wants_fill:
+                    self._metrics.hole_fill()
                     if await self._fill():
                         self._out.push(frames.encode_replay_end(self._cursor.last, truncated=True))
                 else:
@@ -250,6 +255,7 @@ class Replayer:
 
     async def _replay(self, request: _ReplayRequest) -> None:
         cursor = self._cursor
+        self._metrics.replay("connect" if request.connect else "asked")
         if request.connect:
             async with self._slots:
                 acked = await self._store.acked(self._user)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from typing import cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.frames import Frame, Opcode
@@ -32,10 +33,10 @@ from transmit_hub.pool import HubPool
 from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId, UserId
 
-from . import auth, faults, web
+from . import auth, descriptors, faults, metrics, web
 from .admission import ConnectionCaps, RejectionLog
 from .api import ApiServer
-from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL
+from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
 from .errors import AuthError, LifecycleError, StartupError
 from .group_policy import TOKEN, GroupRights
@@ -48,6 +49,8 @@ from .tasks import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 1.0
+DRAIN_POLL = 0.01
+"""Seconds between checks that a draining gateway has answered what it took."""
 
 
 class _Connection(ServerConnection):
@@ -61,6 +64,12 @@ class _Connection(ServerConnection):
     (a reference, not a closure per connection)."""
     lost = False
     """The TCP connection is gone (it can be before ``process_request`` runs)."""
+    sockets: descriptors.Sockets | None = None
+    """The gateway's socket counts (set on its own subclass: :func:`_connection_class`)."""
+    rejections: RejectionLog | None = None
+    counted = False
+    """This connection is counted in ``sockets`` (refused ones are not)."""
+    handshaking = False
     receive_now: Callable[[str], bool] | None = None
     """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
     _flush_scheduled = False
@@ -85,9 +94,33 @@ class _Connection(ServerConnection):
                     return
         super().process_event(event)
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the connection, or answer it a fixed 503 at once (its request is never
+        read) when too many handshakes are under way or the descriptors are low."""
+        super().connection_made(transport)
+        if self.sockets is None:
+            return
+        refused = self.sockets.open_ws()
+        if refused is None:
+            self.counted = self.handshaking = True
+            return
+        if self.rejections is not None:
+            self.rejections.hit(f"{refused.status} at connect: {refused.reason}")
+        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        descriptors.refuse(transport, self, self.sockets)
+
+    def handshake_done(self) -> None:
+        """The connection is a WebSocket now: no longer a handshake under way."""
+        if self.handshaking and self.sockets is not None:
+            self.handshaking = False
+            self.sockets.upgraded()
+
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.lost = True
+        if self.counted and self.sockets is not None:
+            self.counted = False
+            self.sockets.close_ws(handshaking=self.handshaking)
         caps, self.caps = self.caps, None
         if caps is not None and self.user is not None:
             caps.release(self.user)
@@ -167,11 +200,20 @@ class Gateway(AsyncLifecycle):
             per_user=self.config.max_connections_per_user, total=self.config.max_connections
         )
         self._rejections = RejectionLog()
+        self._sockets = descriptors.Sockets(
+            limit=None,
+            baseline=0,
+            reserve=self.config.fd_reserve,
+            max_handshakes=self.config.max_handshakes,
+        )
         self._rights = GroupRights(self.config.group_join)
         """The group rights of every connection, unless the policy reads the token."""
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
+        self._draining = False
+        self.metrics = metrics.from_env()
+        self.metrics.watch(self)
 
     # --- properties -------------------------------------------------------------------
 
@@ -199,6 +241,11 @@ class Gateway(AsyncLifecycle):
     def linked(self) -> bool:
         """Whether the hub link is up right now."""
         return self._link is not None and self._link.connected
+
+    @property
+    def hub_link(self) -> Link | None:
+        """The hub link (a :class:`HubPool` unless the caller gave one), once started."""
+        return self._link
 
     @property
     def relay(self) -> Relay:
@@ -260,14 +307,14 @@ class Gateway(AsyncLifecycle):
                 )
             except Exception as exc:
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
-        store = self._store
+        store = self._store = self.metrics.timed(self._store)
         try:
             self._server = await serve(
                 self._handle,
                 cfg.host,
                 cfg.port,
                 process_request=self._process_request,
-                create_connection=_Connection,
+                create_connection=_connection_class(self._sockets, self._rejections),
                 compression="deflate" if cfg.compression else None,
                 max_size=cfg.max_frame_size,
                 # Pings come from one sweeper task for all connections (sweep_idle),
@@ -310,6 +357,7 @@ class Gateway(AsyncLifecycle):
             presence=self._presence,
             max_content=cfg.max_content,
             faults=faults.from_env(),
+            metrics=self.metrics,
         )
         await self._relay.start()
         if cfg.api_listen is not None and cfg.api_key is not None:
@@ -324,6 +372,12 @@ class Gateway(AsyncLifecycle):
                 max_content=cfg.max_content,
                 max_users=cfg.api_max_users,
                 max_body=cfg.api_max_body,
+                header_timeout=cfg.api_header_timeout,
+                body_timeout=cfg.api_body_timeout,
+                idle_timeout=cfg.api_idle_timeout,
+                max_header_bytes=cfg.api_max_header_bytes,
+                max_connections=cfg.api_max_connections,
+                sockets=self._sockets,
             )
             try:
                 await self._api.start()
@@ -338,6 +392,11 @@ class Gateway(AsyncLifecycle):
                 ping_timeout=cfg.ping_timeout,
             ),
             name="idle-sweeper",
+        )
+        descriptors.budget_at_start(
+            self._sockets,
+            max_connections=cfg.max_connections,
+            api_connections=cfg.api_max_connections if self._api is not None else 0,
         )
         await self._server.start_serving()
         logger.info(
@@ -393,6 +452,51 @@ class Gateway(AsyncLifecycle):
         finally:
             self._closed.set()
 
+    async def drain(self, timeout: float | None = None) -> None:  # noqa: ASYNC109 - a deadline
+        """Leave gracefully (SIGTERM), within ``timeout`` seconds (``--drain-timeout``).
+
+        At once: stop accepting (the listening port closes, ``/healthz`` and new
+        handshakes get 503) and take no more frames from the clients. Then wait until
+        every frame already taken is answered and written, and close every socket with
+        1012 (service restart), so that clients reconnect at once to another gateway and
+        resend what is unanswered. Sockets still open at the deadline are aborted.
+        Call :meth:`close` afterwards.
+        """
+        if self._draining or self._closing or self._server is None:
+            return
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self._draining = self.metrics.draining = True
+        self._server.server.close()  # the listening port closes
+        sessions = self._relay.sessions() if self._relay is not None else []
+        logger.info("draining: %d connections to close with 1012", len(sessions))
+        for session in sessions:
+            session.drain()
+        relay = self._relay
+
+        def answered() -> bool:
+            pipeline_idle = relay is None or relay.pipeline.idle
+            return pipeline_idle and all(s.settled_down for s in sessions)
+
+        try:
+            async with asyncio.timeout_at(deadline - min(1.0, timeout / 4)):
+                # Every frame taken is answered (the pipeline and the sessions are done
+                # with them) and its answer written (no send queue left).
+                while not answered():  # noqa: ASYNC110 - a state of many parts, polled
+                    await asyncio.sleep(DRAIN_POLL)
+        except TimeoutError:
+            logger.warning("drain: not every answer was written before --drain-timeout")
+        # (A client that does not answer the close in time is aborted.)
+        remaining = max(0.1, min(self.config.close_timeout, deadline - loop.time()))
+        await asyncio.gather(
+            *(
+                s.close_socket(CLOSE_SERVICE_RESTART, "gateway restarting", remaining)
+                for s in sessions
+            ),
+            return_exceptions=True,
+        )
+
     async def wait_linked(self, timeout: float) -> None:  # noqa: ASYNC109 - a deadline
         """Wait until the hub link is up; raises :class:`TimeoutError` after ``timeout``."""
         if self._hub_link is not None:
@@ -411,6 +515,8 @@ class Gateway(AsyncLifecycle):
     async def health(self) -> tuple[bool, dict[str, object]]:
         """Whether the gateway can do its job, and a JSON-ready report saying why."""
         reasons: list[str] = []
+        if self._draining:
+            reasons.append("draining: the gateway is shutting down")
         hub = "linked" if self._link is not None and self._link.connected else "down"
         conflict = getattr(self._link, "conflict", None)  # another process holds our id
         if conflict:
@@ -452,6 +558,8 @@ class Gateway(AsyncLifecycle):
         if path == "/healthz":
             ok, report = await self.health()
             return web.json_response(200 if ok else 503, report)
+        if path == "/metrics" and self.metrics.enabled:
+            return web.response(200, self.metrics.render(), metrics.CONTENT_TYPE)
         if path == "/info":
             info = {"gatewayId": self._gateway_id, "groupJoin": self.config.group_join}
             return web.json_response(200, info)
@@ -480,17 +588,23 @@ class Gateway(AsyncLifecycle):
             )
         except AuthError as exc:
             self._rejections.hit(f"401 {exc} (from {_peer(connection)})")
+            self.metrics.handshake_refused("unauthorized")
             return web.json_response(
                 401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
             )
+        if self._draining:
+            self.metrics.handshake_refused("draining")
+            return web.json_response(503, {"error": "unavailable", "reason": "draining"})
         if not isinstance(connection, _Connection) or connection.lost:
             # (A client gone before its request was read takes no slot: none would
             # ever be given back.)
+            self.metrics.handshake_refused("not_ready")
             return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
         user = identity.user
-        refused = self._caps.admit(user)
+        refused = self._sockets.upgrade_refusal() or self._caps.admit(user)
         if refused is not None:
             self._rejections.hit(f"{refused.status} user {user}: {refused.code}")
+            self.metrics.handshake_refused(refused.code)
             return web.json_response(
                 refused.status, {"error": refused.code, "reason": refused.reason}
             )
@@ -513,7 +627,11 @@ class Gateway(AsyncLifecycle):
         ):
             await connection.close(CLOSE_INTERNAL, "gateway not ready")
             return
+        if self._draining:  # its handshake was accepted just before the drain began
+            await connection.close(CLOSE_SERVICE_RESTART, "gateway restarting")
+            return
         user = connection.user
+        connection.handshake_done()
         # The handshake is over: its response (headers and all, about 1.4 KB) would
         # otherwise stay with every idle connection. (``request`` must stay: websockets
         # routes later events as frames only while it is set.)
@@ -526,6 +644,7 @@ class Gateway(AsyncLifecycle):
             limits=self._limits,
             slots=self._slots,
             group_rights=connection.group_rights or self._rights,
+            metrics=self.metrics,
         )
         relay.add(session)
         try:
@@ -539,6 +658,17 @@ class Gateway(AsyncLifecycle):
             presence.remove(user)
             with contextlib.suppress(Exception):
                 await session.close()
+
+
+def _connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> type[_Connection]:
+    """:class:`_Connection` counting its sockets in one gateway's ``sockets``."""
+
+    class GatewayConnection(_Connection):
+        pass
+
+    GatewayConnection.sockets = sockets
+    GatewayConnection.rejections = rejections
+    return GatewayConnection
 
 
 def _peer(connection: ServerConnection) -> str:

@@ -46,6 +46,7 @@ from . import frames
 from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from .errors import FrameError, GroupLimitError
 from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights, group_limit_reason
+from .metrics import GatewayMetrics, NullMetrics
 from .pipeline import Rejected
 from .ratelimit import TokenBucket
 from .replayer import Replayer
@@ -130,10 +131,12 @@ class Session:
         "_acking",
         "_bucket",
         "_closing",
+        "_draining",
         "_group_rights",
         "_handling",
         "_limits",
         "_loop",
+        "_metrics",
         "_pinged_at",
         "_pong",
         "_queue",
@@ -159,6 +162,7 @@ class Session:
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
         group_rights: GroupRights = SERVER_RIGHTS,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
@@ -166,6 +170,7 @@ class Session:
         frames this connection may send (the gateway passes its ``--group-join``;
         by default none: membership is the server's)."""
         self._group_rights = group_rights
+        self._metrics = metrics = metrics if metrics is not None else NullMetrics()
         self._ws = ws
         self._slots = slots if slots is not None else asyncio.Semaphore(16)
         self.user = user
@@ -176,6 +181,7 @@ class Session:
         self._queue: collections.deque[str] | None = None  # allocated on a backlog only
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self._draining = False
         now = self._loop.time()
         self._bucket = TokenBucket(limits.rate, limits.burst, now)
         self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
@@ -188,6 +194,7 @@ class Session:
             held_max=limits.held_max,
             fill_delay=limits.fill_delay,
             replay_budget=limits.replay_budget,
+            metrics=metrics,
         )
         self._ack_target: int | None = None
         self._acking: asyncio.Task[None] | None = None
@@ -220,10 +227,31 @@ class Session:
         """Frames waiting in the send queue."""
         return len(self._queue) if self._queue else 0
 
+    @property
+    def settled_down(self) -> bool:
+        """No frame is being handled and nothing waits in the send queue (for a drain)."""
+        return not self._handling and self._writer is None
+
+    def drain(self) -> None:
+        """The gateway is going away: take no more frames from this client (acks still
+        count), while the answers to those already taken go out. The client resends what
+        is unanswered once the socket closes (1012) and it is connected elsewhere."""
+        self._draining = True
+
+    def _ignore(self, data: str | bytes) -> None:
+        """A frame that came during a drain: not taken (an ack is still recorded)."""
+        try:
+            frame = frames.parse(data, max_content=self._limits.max_content)
+        except FrameError:
+            return
+        if isinstance(frame, frames.Ack):
+            self._ack(frame.upto)
+
     def push(self, text: str) -> bool:
         """Queue a frame for the client; False when the session is closing or overflowed."""
         if self._closing:
             return False
+        self._metrics.frame_out(text)
         queue = self._queue
         if not queue and self._writer is None and self._ws.send_now(text):
             return True  # the common case: written at once, no task
@@ -260,14 +288,14 @@ class Session:
             self.close_socket(CLOSE_SEND_QUEUE_FULL, "send queue full; reconnect to resume")
         )
 
-    async def close_socket(self, code: int, reason: str) -> None:
+    async def close_socket(self, code: int, reason: str, within: float | None = None) -> None:
         """Close the WebSocket; abort the TCP connection if the client does not take part.
 
         (A peer that does not read never lets the close frame drain, and
         ``websockets`` would wait for it without a deadline.)
         """
         try:
-            async with asyncio.timeout(self._limits.close_timeout):
+            async with asyncio.timeout(within or self._limits.close_timeout):
                 await self._ws.close(code, reason)
         except TimeoutError:
             transport = getattr(self._ws, "transport", None)
@@ -294,6 +322,7 @@ class Session:
     def settled(self, result: Accepted | Rejected) -> None:
         """This connection's message is stored (type 10) or refused (type 99)."""
         if isinstance(result, Rejected):
+            self._metrics.refused(result.code)
             self.push(frames.encode_error(result.code, result.reason, result.client_id))
         else:
             self.push(
@@ -302,6 +331,7 @@ class Session:
 
     def failed(self, code: str, reason: str, client_id: str) -> None:
         """This connection's message could not be stored: it may send it again."""
+        self._metrics.refused(code)
         self.push(frames.encode_error(code, reason, client_id))
 
     def disconnect(self, code: int, reason: str) -> None:
@@ -361,10 +391,14 @@ class Session:
         """
         if self._handling:
             return False
+        if self._draining:
+            self._ignore(text)
+            return True
         now = self._loop.time()
         try:
             frame = frames.parse(text, max_content=self._limits.max_content)
         except FrameError as exc:
+            self._metrics.frame_in(None)
             self.last_seen = now
             self._bucket.allow(now)  # a refused frame counts toward the rate too
             self._refuse(exc, now)
@@ -374,6 +408,7 @@ class Session:
                 return False
         elif not isinstance(frame, (frames.Heartbeat, frames.Ack)):
             return False
+        self._metrics.frame_in(frame)
         self.last_seen = now
         try:
             self._check_rate(frame, now)
@@ -391,6 +426,7 @@ class Session:
         """Answer a refused frame (type 99); close a client that keeps sending them."""
         if self._closing:
             return
+        self._metrics.refused(exc.code)
         if (
             self._limits.max_refused
             and exc.code != frames.RATE_LIMITED  # a fast client is slowed, not closed
@@ -442,9 +478,13 @@ class Session:
         return True
 
     async def _handle(self, data: str | bytes, now: float) -> None:
+        if self._draining:
+            self._ignore(data)
+            return
         allowed = self._bucket.allow(now)  # every frame counts, valid or not
         try:
             frame = frames.parse(data, max_content=self._limits.max_content)
+            self._metrics.frame_in(frame)
             if not allowed:
                 raise FrameError(
                     frames.RATE_LIMITED, "too many frames; slow down", getattr(frame, "id", None)
@@ -519,6 +559,7 @@ class Session:
                     raise
                 except Exception as exc:
                     _ack_failed.hit(exc=exc)
+                    self._metrics.refused(frames.INTERNAL)
                     self.push(frames.encode_error(frames.INTERNAL, "ack not stored; send it again"))
         finally:
             self._acking = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 
@@ -12,6 +13,20 @@ from devtools.launch import free_port
 __all__ = ["IN_CI", "free_port", "wait_until", "wait_until_sync"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+NOFILE_LAUNCHER = (
+    "import os, resource, sys; "
+    "resource.setrlimit(resource.RLIMIT_NOFILE, (int(sys.argv[1]), int(sys.argv[2]))); "
+    "os.execv(sys.executable, [sys.executable, *sys.argv[3:]])"
+)
+
+
+def with_nofile(soft: int, hard: int, *args: str) -> list[str]:
+    """``python *args`` started with these open-file limits (set by a tiny launcher that
+    then execs: no ``preexec_fn``, whose fork can abort a child of a process running
+    gRPC threads)."""
+    return [sys.executable, "-c", NOFILE_LAUNCHER, str(soft), str(hard), *args]
 
 
 async def wait_until(

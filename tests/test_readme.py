@@ -205,6 +205,11 @@ def test_flags_tables_match_help(module: str) -> None:
     [
         (("-m", "im_gateway", "token"), ("--user", "--secret", "--ttl")),
         (("-m", "devtools.demo"), ("--redis-url", "--port-base", "--jwt-secret")),
+        (
+            ("-m", "im_gateway", "probe"),
+            ("--gateway", "--jwt-secret", "--user-base", "--interval", "--deadline"),
+        ),
+        (("-m", "im_gateway", "probe"), ("--summary-every", "--metrics-listen")),
     ],
 )
 def test_other_documented_flags_exist(argv: tuple[str, ...], flags: tuple[str, ...]) -> None:

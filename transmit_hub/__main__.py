@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from . import logs
 from .config import ENV_PREFIX, PROGRAM, HubConfig, load
 from .errors import ConfigError
-from .runtime import loop_factory, tune_gc
+from .runtime import loop_factory, raise_open_file_limit, tune_gc
 from .server import HubServer
 
 log = logging.getLogger("transmit_hub")
@@ -20,14 +20,17 @@ log = logging.getLogger("transmit_hub")
 PROG = "transmit_hub"
 
 
-async def serve(config: HubConfig) -> None:
-    """Run a hub with ``config`` until SIGINT/SIGTERM, then stop it gracefully."""
+async def serve(config: HubConfig, limit_note: str | None = None) -> None:
+    """Run a hub with ``config`` until SIGINT/SIGTERM, then stop it gracefully
+    (``limit_note``: the open-file limit's line, logged once the hub is up)."""
     hub = HubServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
+    if limit_note:
+        log.info("%s", limit_note)
     tune_gc()
     try:
         await stop.wait()
@@ -49,9 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(PROGRAM.render(config), end="")
         return 0
     logs.configure(config.log_level_number, config.log_format, program=PROG)
+    limit_note = raise_open_file_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config))
+            runner.run(serve(config, limit_note))
     except ConfigError as exc:
         print(
             logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),

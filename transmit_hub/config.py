@@ -39,6 +39,14 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
+def _address(value: str) -> str | None:
+    try:
+        parse_listen(value)
+    except ConfigError as exc:
+        return str(exc).replace("--listen ", "", 1)
+    return None
+
+
 def _not_blank(value: str) -> str | None:
     return None if value.strip() else "must not be empty (leave it unset instead)"
 
@@ -122,6 +130,12 @@ class HubConfig:
         "the stats of a gateway that left are forgotten this long after it left",
         metavar="SECONDS",
         check=at_least(0),
+    )
+    metrics_listen: str | None = setting(
+        None,
+        "serve Prometheus metrics at GET /metrics on this address (default: off)",
+        metavar="HOST:PORT",
+        check=_address,
     )
     log_level: str = level_setting()
     log_format: str = format_setting()

@@ -18,6 +18,7 @@ only for the events the service waits on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import enum
 import logging
 import time
@@ -132,6 +133,12 @@ class Registry:
         self.queue_full = 0
         self.notices_dropped = 0
         """Notices lost because the sender's own outbox was full too."""
+        self.undeliverable_by_reason: collections.Counter[int] = collections.Counter()
+        """Undeliverable notices by :class:`~transmit_hub.types.UndeliverableReason`."""
+        self.frames_in = 0
+        """Request frames read from Connect streams (for metrics)."""
+        self.frames_out = 0
+        """Delivery frames written to Connect streams (for metrics)."""
 
     def counters(self, gateway_id: str) -> GatewayCounters:
         c = self._counters.get(gateway_id)

@@ -38,6 +38,7 @@ from .auth import BearerTokenInterceptor
 from .config import HubConfig, parse_listen
 from .errors import ConfigError, LifecycleError
 from .lifecycle import AsyncLifecycle
+from .metrics import HubMetrics, MetricsServer
 from .registry import Registry
 from .service import HubService, add_to_server
 from .tls import ServerTls
@@ -101,6 +102,11 @@ class HubServer(AsyncLifecycle):
             claim_timeout=config.claim_timeout,
             ids_from_certificates=self._tls is not None and self._tls.mutual,
         )
+        self.metrics = HubMetrics(self.registry, self.service)
+        self._metrics_server: MetricsServer | None = None
+        if config.metrics_listen:
+            host, port = parse_listen(config.metrics_listen)
+            self._metrics_server = MetricsServer(host, port, self.metrics.render)
         self._server: Any = None
         self._health: Any = None
         self._port = 0
@@ -124,12 +130,19 @@ class HubServer(AsyncLifecycle):
             host = f"[{host}]"
         return f"{host}:{self.port}"
 
+    @property
+    def metrics_port(self) -> int:
+        """The bound port of ``metrics_listen`` (0 when metrics are not served)."""
+        return self._metrics_server.port if self._metrics_server is not None else 0
+
     async def start(self) -> None:
         """Listen and serve; raises :class:`ConfigError` when the address is unusable."""
         if self._server is not None:
             raise LifecycleError("the hub is already started")
         if self._requested_port:
             check_bindable(self._host, self._requested_port)
+        if self._metrics_server is not None:
+            await self._metrics_server.start()
         interceptors = [BearerTokenInterceptor(self._auth_token)] if self._auth_token else []
         server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_to_server(self.service, server)
@@ -178,6 +191,8 @@ class HubServer(AsyncLifecycle):
     async def stop(self, grace: float | None = None) -> None:
         """Drain for up to ``grace`` seconds (default: the constructor's), then stop."""
         if self._server is None:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
             self._closed.set()
             return
         if self._stopping is None:
@@ -195,6 +210,8 @@ class HubServer(AsyncLifecycle):
             await self.service.drain(grace)
             await stopped
         finally:
+            if self._metrics_server is not None:
+                await self._metrics_server.close()
             self._closed.set()
             log.info("transmit hub %s stopped", self.hub_id)
 

@@ -254,6 +254,7 @@ class HubService:
             if frame is aio.EOF:
                 return
             assert isinstance(frame, bytes)
+            self.registry.frames_in += 1
             maps = wire.split_batch_request(frame)  # ProtocolError ends the stream
             if maps is None:
                 nonce = codec.probe_reply_nonce(frame)
@@ -285,6 +286,7 @@ class HubService:
             await context.write(wire.delivery_batch_response(entries, notices))
             counters.deliveries_sent += len(entries)
             registry.deliveries_sent += len(entries)
+            registry.frames_out += 1
 
     # -- routing (the hot path) ----------------------------------------------------------
 
@@ -394,6 +396,7 @@ class HubService:
     def _notify(self, att: Attachment, notices: list[Undeliverable]) -> None:
         registry = self.registry
         registry.undeliverable += len(notices)
+        registry.undeliverable_by_reason.update(n.reason for n in notices)
         box = att.outbox
         dropped = 0
         encode = codec.undeliverable_bytes

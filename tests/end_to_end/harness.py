@@ -15,6 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from devtools.launch import Process, free_port, gateway_argv
 from im_gateway import auth
+from tests.helpers import with_nofile
 from transmit_hub.v1 import transmit_pb2, transmit_pb2_grpc
 
 SECRET = "end-to-end-test-secret-of-at-least-32-bytes"
@@ -186,7 +187,9 @@ class GatewayProcess(Process):
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         port: int | None = None,
+        nofile: tuple[int, int] | None = None,
     ) -> None:
+        """``nofile``: start the process with these (soft, hard) open-file limits."""
         self.port = port or free_port()
         self.gateway_id = gateway_id
         argv = gateway_argv(
@@ -194,6 +197,8 @@ class GatewayProcess(Process):
             *("--gateway-id", gateway_id, "--hub", hub, "--redis-url", redis_url),
             *("--log-level", "WARNING", *extra),
         )
+        if nofile:  # python -c LAUNCHER SOFT HARD -m im_gateway ...
+            argv = [*with_nofile(*nofile), *argv[1:]]
         env = {"IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})}
         super().__init__(gateway_id, argv, env=env, die_with_parent=False)
         self.start()

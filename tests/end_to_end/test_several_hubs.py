@@ -214,11 +214,14 @@ async def _failover(redis_url: str, how: signal.Signals, max_gap: float) -> dict
             )
             if how is signal.SIGKILL:
                 victim.kill()
+            elif how is signal.SIGTERM:
+                victim.proc.send_signal(signal.SIGTERM)
+                assert await asyncio.to_thread(victim.proc.wait, 10) == 0, victim.output()
             else:
                 victim.proc.send_signal(signal.SIGSTOP)
             # Down until gw-1 has noticed (at once for a kill; by keepalive for a stop).
             await wait_until(victim_down_for_gw1, timeout=30, what="gw-1 sees the hub down")
-            if how is signal.SIGKILL:
+            if how in (signal.SIGKILL, signal.SIGTERM):
                 victim.restart()
             else:
                 victim.proc.send_signal(signal.SIGCONT)
@@ -254,6 +257,15 @@ async def test_sigkill_of_the_hub_gw1_sends_through_pauses_live_delivery_under_1
     message arrives live to clients that never reconnect, none twice, with no pause of 1 s;
     the restarted hub has every gateway again."""
     await _failover(redis_url, signal.SIGKILL, max_gap=1.0)
+
+
+async def test_sigterm_of_the_hub_gw1_sends_through_moves_gateways_at_once(
+    redis_url: str,
+) -> None:
+    """The same with the hub stopped gracefully (SIGTERM, as a deploy does): it exits 0,
+    the gateways move to the other hubs at once, every acked message arrives live, none
+    twice, with no pause of 1 s."""
+    await _failover(redis_url, signal.SIGTERM, max_gap=1.0)
 
 
 async def test_sigstop_of_the_hub_gw1_sends_through_pauses_live_delivery_under_6s(

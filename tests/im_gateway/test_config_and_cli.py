@@ -113,6 +113,8 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"jwt_audience": ""},
         {"tls_cert": "cert.pem"},
         {"tls_key": "key.pem"},
+        {"drain_timeout": 0},
+        {"drain_timeout": 4000},
     ],
 )
 def test_invalid_settings_raise_config_error(changes: dict[str, object]) -> None:
@@ -161,3 +163,25 @@ def test_position_flags_parse() -> None:
         0.2,
         1.5,
     )
+
+
+def test_probe_flags_are_checked() -> None:
+    """The probe refuses a non-WebSocket URL, no secret, a user range past 2^64 and a bad
+    interval, each naming its flag; the environment fills in what flags leave unset."""
+    from im_gateway import probe
+
+    env = {"IM_GATEWAY_PROBE_JWT_SECRET": SECRET}
+    config, level = probe.parse_config(["--gateway", "ws://a:1/ws,ws://b:2/ws"], env)
+    assert config.gateways == ("ws://a:1/ws", "ws://b:2/ws")
+    assert config.jwt_secret == SECRET
+    assert level == "INFO"
+    for argv, env_ in (
+        (["--gateway", "http://a:1/"], env),
+        (["--gateway", "ws://a:1/ws"], {}),
+        (["--gateway", "ws://a:1/ws", "--user-base", str(2**64 - 1)], env),
+        (["--gateway", "ws://a:1/ws", "--interval", "0"], env),
+        (["--gateway", "ws://a:1/ws", "--metrics-listen", "nowhere"], env),
+    ):
+        with pytest.raises(SystemExit) as info:
+            probe.parse_config(argv, env_)
+        assert info.value.code == 2

@@ -173,3 +173,12 @@ async def test_dead_gateway_is_detached_and_reported_undeliverable(
     (notice,) = await sender.wait_notices(1)
     assert notice.reason is UndeliverableReason.NOT_ATTACHED
     assert notice.message_ids == ("m-late",)
+
+
+def test_metrics_listen_is_checked_and_named() -> None:
+    """A bad --metrics-listen is refused with an error naming that flag; a good one is kept."""
+    with pytest.raises(ConfigError, match="--metrics-listen"):
+        parse_config(["--metrics-listen", "nowhere"], {})
+    env = {"TRANSMIT_HUB_METRICS_LISTEN": "127.0.0.1:9100"}
+    assert parse_config([], env).metrics_listen == "127.0.0.1:9100"
+    assert HubConfig().metrics_listen is None

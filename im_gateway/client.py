@@ -1,0 +1,454 @@
+"""The Python client library: every acknowledged message on screen exactly once.
+
+::
+
+    from im_gateway.client import Client, Refused
+
+    async with Client(["ws://gw-1:8080/ws", "ws://gw-2:8080/ws"], token=TOKEN) as client:
+        sent = await client.send(to=42, content="hi")        # Sent: .client_id .msg_id .time
+        await client.join(7); await client.leave(7)
+        async for m in client.messages():                    # Message: .id .sender .to ...
+            ...
+
+Imports only the standard library and ``websockets`` (a test checks it), so bots,
+backends and load tools can use it without the server's dependencies.
+
+The decisions (what to resend, show and acknowledge) are made by the pure
+:class:`~im_gateway.client_state.ClientState`; this module is its asyncio adapter: one
+task keeps a connection (connect, read, reconnect), one writes per connection, and timers
+run the acknowledgements (at most every :data:`ACK_INTERVAL` s), the resend backoffs and
+heartbeats.
+
+Reconnecting. When a connection is lost the client connects to the next URL, after a
+jittered exponential backoff (:data:`BACKOFF_INITIAL` to :data:`BACKOFF_MAX` seconds),
+at once after a 1012 close (the gateway is draining). A connection that got as far as
+its connect replay resets the backoff. An HTTP 401 at the handshake stops the client:
+every waiting call raises ``Refused("unauthorized")``.
+
+Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
+buffer per stream beyond them; what does not fit is dropped and asked for again once the
+application takes messages (nothing is lost: what was not taken was not acknowledged).
+The socket is always read, so sends are answered even when no one takes messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Sequence
+from types import TracebackType
+from typing import Any, Final
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+
+from .client_state import (
+    GROUP,
+    JOIN,
+    LEAVE,
+    PRIVATE,
+    ClientError,
+    ClientState,
+    Message,
+    Refused,
+    Sent,
+)
+from .close_codes import CLOSE_SERVICE_RESTART
+
+__all__ = ["Client", "ClientError", "Message", "Refused", "Sent"]
+
+logger = logging.getLogger(__name__)
+
+ACK_INTERVAL: Final = 0.1
+"""Seconds between acknowledgements at most."""
+BACKOFF_INITIAL: Final = 0.1
+BACKOFF_MAX: Final = 5.0
+RETRY_INITIAL: Final = 0.05
+"""The first backoff of a frame refused ``internal`` or ``rate_limited``."""
+RETRY_MAX: Final = 2.0
+HEARTBEAT_INTERVAL: Final = 30.0
+"""A heartbeat (type 0) after this many quiet seconds keeps the gateway's idle timeout away."""
+CONNECT_TIMEOUT: Final = 10.0
+CLOSE_WAIT: Final = 2.0
+"""Seconds :meth:`Client.close` waits for the gateway to take its last acknowledgements."""
+MAX_WAITING: Final = 10_000
+MAX_FRAME: Final = 1 << 20
+"""Frames larger than this close the connection (the gateway's content limit is 64 KiB)."""
+UINT64_MAX: Final = 2**64 - 1
+HEARTBEAT_REPLY: Final = '{"type":0}'
+
+
+def backoff(attempt: int, initial: float, cap: float) -> float:
+    """Full-jitter-ish exponential backoff: between half and all of ``initial * 2**attempt``."""
+    base: float = min(cap, initial * 2.0 ** min(attempt, 30))
+    return base / 2 + random.random() * base / 2
+
+
+def token_subject(token: str) -> int | None:
+    """The user id in a JWT's ``sub``, read without checking the signature (only to tell
+    this user's own messages; the gateway checks the token); None when it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    if type(sub) is int and 0 <= sub <= UINT64_MAX:
+        return sub
+    if isinstance(sub, str) and sub.isascii() and sub.isdigit() and int(sub) <= UINT64_MAX:
+        return int(sub)
+    return None
+
+
+class Client:
+    """A connection to the gateways for one user (see the module docstring)."""
+
+    def __init__(self, urls: str | Sequence[str], *, token: str) -> None:
+        self._urls = [urls] if isinstance(urls, str) else list(urls)
+        if not self._urls or not all(isinstance(u, str) and u for u in self._urls):
+            raise ValueError("urls: give one WebSocket URL or a non-empty list of them")
+        self._token = token
+        self._state = ClientState(token_subject(token), max_waiting=MAX_WAITING)
+        self._waiters: dict[str, asyncio.Future[Sent]] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._ws: ClientConnection | None = None
+        self._wake = asyncio.Event()
+        self._arrived = asyncio.Event()
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._outgoing: list[str] = []
+        self._closed = False
+        self._closing = False
+        self._echo: asyncio.Future[None] | None = None
+        self._probing = False
+        self._failure: Refused | None = None
+        self.connections = 0
+        """Connections opened so far (for tests and monitoring)."""
+        self.url: str | None = None
+        """The URL of the current connection, None while disconnected."""
+
+    @property
+    def truncated(self) -> list[str]:
+        """Seqs where history was lost (the inbox was trimmed before this user got it)."""
+        return self._state.truncated
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        self._start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _start(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+        if self._closed:
+            raise Refused("closed", "the client is closed")
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Acknowledge what was taken, close the connection, stop; idempotent. Calls
+        still waiting raise ``Refused("closed")``."""
+        if self._closed or self._closing:
+            return
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            # The last acknowledgements, then a replay of what is newer than what this
+            # client has (usually nothing): its end marker comes back once the gateway has
+            # read the store, after it wrote the acknowledgements, so a client started
+            # right after this one does not show them again. A heartbeat's answer is the
+            # weaker fallback when a replay is running.
+            echo = self._echo = asyncio.get_running_loop().create_future()
+            probe = self._state.closing_probe()
+            self._probing = probe is not None
+            self._write([*self._state.ack_frames(), *([probe] if probe else []), '{"type":0}'])
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(echo), CLOSE_WAIT)
+        self._closed = True
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._cancel_timers()
+        if ws is not None:
+            with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT):
+                    await ws.close()
+        self._finish(Refused("closed", "the client was closed before an answer"))
+
+    def _finish(self, error: Refused) -> None:
+        for future in self._waiters.values():
+            if not future.done():
+                future.set_exception(error)
+        self._waiters.clear()
+        self._arrived.set()
+
+    def _cancel_timers(self) -> None:
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+
+    # --- the application's calls ------------------------------------------------------
+
+    async def send(
+        self,
+        *,
+        to: int | None = None,
+        group: int | None = None,
+        content: str,
+        content_type: int = 0,
+    ) -> Sent:
+        """Send to user ``to`` or group ``group``; returns once stored for every recipient
+        (however many reconnects it takes). Raises :class:`Refused` on a type 99 other
+        than ``internal`` and ``rate_limited`` (which it retries itself)."""
+        if (to is None) == (group is None):
+            raise ValueError("give exactly one of to= and group=")
+        target = to if group is None else group
+        if type(target) is not int or not 0 <= target <= UINT64_MAX:
+            raise ValueError("to= and group= take a user or group id (an int in the uint64 range)")
+        if not isinstance(content, str):
+            raise TypeError("content must be a str")
+        if type(content_type) is not int:
+            raise TypeError("content_type must be an int")
+        kind = PRIVATE if group is None else GROUP
+        return await self._submit(
+            {"type": kind, "to": target, "contentType": content_type, "content": content}
+        )
+
+    async def join(self, group: int) -> None:
+        """Join ``group`` (allowed by the gateway's ``--group-join``); raises :class:`Refused`."""
+        await self._submit({"type": JOIN, "to": _group_id(group)})
+
+    async def leave(self, group: int) -> None:
+        """Leave ``group``; raises :class:`Refused`."""
+        await self._submit({"type": LEAVE, "to": _group_id(group)})
+
+    async def _submit(self, frame: dict[str, Any]) -> Sent:
+        self._start()
+        client_id = self._state.submit(frame)
+        future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
+        self._waiters[client_id] = future
+        self._wake.set()
+        return await future
+
+    async def messages(self) -> AsyncIterator[Message]:
+        """Every message for this user, once each, each stream in order (see the module
+        docstring); ends when the client is closed, raises :class:`Refused` when it is
+        stopped by a refused token."""
+        self._start()
+        state = self._state
+        while True:
+            message = state.take_message()
+            if message is not None:
+                self._after_input()  # taking may release more, or ask for a replay
+                self._schedule_ack()
+                yield message
+                continue
+            if self._failure is not None:
+                raise self._failure
+            if self._closed:
+                return
+            self._arrived.clear()
+            await self._arrived.wait()
+
+    # --- acknowledgements and timers --------------------------------------------------
+
+    def _schedule_ack(self) -> None:
+        if self._ack_timer is None and not self._closed:
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_INTERVAL, self._ack_now)
+
+    def _ack_now(self) -> None:
+        self._ack_timer = None
+        ws = self._ws
+        if ws is None:
+            return
+        frames = self._state.ack_frames()
+        if frames:
+            self._write(frames)
+
+    def _after_input(self) -> None:
+        """Carry out what the state machine wants after an input."""
+        state = self._state
+        for client_id, answer in state.take_answers():
+            future = self._waiters.pop(client_id, None)
+            if future is None or future.done():
+                continue
+            if isinstance(answer, Sent):
+                future.set_result(answer)
+            else:
+                future.set_exception(answer)
+        loop = asyncio.get_running_loop()
+        for client_id, attempt in state.take_retries():
+            delay = backoff(attempt - 1, RETRY_INITIAL, RETRY_MAX)
+            self._later(loop, delay, lambda c=client_id: state.retry(c))
+        if state.take_replay_retry():
+            self._later(loop, backoff(0, 0.5, 1.0), state.retry_replay)
+        writes = state.take_writes()
+        if writes:
+            self._write(writes)
+        if state.ack_due:
+            self._schedule_ack()
+        if state.waiting:
+            self._arrived.set()
+
+    def _later(self, loop: asyncio.AbstractEventLoop, delay: float, action: Any) -> None:
+        def fire() -> None:
+            self._timers.discard(handle)
+            action()
+            self._after_input()
+
+        handle = loop.call_later(delay, fire)
+        self._timers.add(handle)
+
+    def _write(self, frames: list[str]) -> None:
+        self._outgoing.extend(frames)
+        self._wake.set()
+
+    # --- the connection ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        """Connect, read, reconnect, until closed or refused; a bug stops the client
+        (every waiting call raises) instead of leaving it hanging."""
+        try:
+            await self._connect_loop()
+        except asyncio.CancelledError:
+            raise
+        except InvalidURI as exc:
+            self._stop(Refused("bad_url", str(exc)))
+        except Exception as exc:
+            logger.exception("the client's connection loop failed")
+            self._stop(Refused("internal", f"the client failed: {exc!r}"))
+
+    async def _connect_loop(self) -> None:
+        attempt = 0
+        index = 0
+        while not self._closed:
+            url = self._urls[index % len(self._urls)]
+            index += 1
+            try:
+                ws = await connect(
+                    url,
+                    additional_headers={"Authorization": f"Bearer {self._token}"},
+                    open_timeout=CONNECT_TIMEOUT,
+                    max_size=MAX_FRAME,
+                    compression=None,
+                )
+            except InvalidStatus as exc:
+                if exc.response.status_code == 401:
+                    self._stop(Refused("unauthorized", f"the gateway at {url} refused the token"))
+                    return
+                logger.info("connecting to %s refused: HTTP %s", url, exc.response.status_code)
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                logger.info("connecting to %s failed: %s", url, exc)
+            else:
+                healthy = await self._serve(ws, url)
+                if self._closed:
+                    return
+                if healthy:
+                    attempt = 0
+                if ws.close_code == CLOSE_SERVICE_RESTART:
+                    continue  # draining: the next gateway, at once
+            await asyncio.sleep(backoff(attempt, BACKOFF_INITIAL, BACKOFF_MAX))
+            attempt += 1
+
+    def _stop(self, error: Refused) -> None:
+        logger.warning("client stopped: %s", error)
+        self._failure = error
+        self._closed = True
+        self._cancel_timers()
+        self._finish(error)
+
+    async def _serve(self, ws: ClientConnection, url: str) -> bool:
+        """One connection: read here, write in a task; True when it got as far as the
+        end of its connect replay."""
+        state = self._state
+        self.connections += 1
+        self._ws, self.url = ws, url
+        self._outgoing = []
+        state.connected()
+        self._after_input()
+        self._ack_now()
+        writer = asyncio.get_running_loop().create_task(self._write_loop(ws))
+        healthy = False
+        try:
+            while True:
+                data = await ws.recv()
+                if self._echo is not None and not self._echo.done():
+                    self._closing_frame(data)
+                if data == HEARTBEAT_REPLY:
+                    continue
+                state.received(data)
+                self._after_input()
+                if not healthy and state.take_connect_done():
+                    healthy = True
+        except ConnectionClosed:
+            pass
+        finally:
+            self._ws, self.url = None, None
+            state.disconnected()
+            self._outgoing = []
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+            if not self._closed:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(ws.close(), 1.0)
+        logger.info("connection to %s closed (%s)", url, ws.close_code)
+        return healthy
+
+    def _closing_frame(self, data: str | bytes) -> None:
+        """While :meth:`close` waits: the probe's end marker (or, without a probe, the
+        heartbeat's answer, or a refused probe) ends the wait."""
+        assert self._echo is not None
+        if data == HEARTBEAT_REPLY:
+            if not self._probing:
+                self._echo.set_result(None)
+            return
+        if b'"type":14' in (data if isinstance(data, bytes) else data.encode()):
+            self._echo.set_result(None)
+        elif b'"type":99' in (data if isinstance(data, bytes) else data.encode()):
+            self._probing = False  # refused (a replay is running): the heartbeat decides
+
+    async def _write_loop(self, ws: ClientConnection) -> None:
+        """Write what the state machine queued; a heartbeat after a quiet while."""
+        wake = self._wake
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(HEARTBEAT_INTERVAL):
+                        await wake.wait()
+                except TimeoutError:
+                    await ws.send('{"type":0}')
+                    continue
+                wake.clear()
+                self._outgoing.extend(self._state.take_writes())
+                while self._outgoing:
+                    batch, self._outgoing = self._outgoing, []
+                    for frame in batch:
+                        await ws.send(frame)
+        except ConnectionClosed:
+            pass
+
+
+def _group_id(group: int) -> int:
+    if type(group) is not int or not 0 <= group <= UINT64_MAX:
+        raise ValueError("a group id is an int in the uint64 range")
+    return group
