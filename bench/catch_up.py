@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import harness
@@ -86,6 +86,12 @@ class Sink:
         return True
 
     async def room(self) -> None:
+        return None
+
+    async def follow(self, groups: Collection[int]) -> None:
+        return None
+
+    def unfollow(self, groups: Collection[int]) -> None:
         return None
 
 

@@ -206,8 +206,8 @@ async def kill_run(args: argparse.Namespace, hubs: int, run: int) -> KillRun:
         for i in range(total):
             if i == kill_at:
                 killed = time.monotonic()
-                cluster.children[victim].proc.kill()  # type: ignore[union-attr]
-                cluster.children[victim].proc.wait()  # type: ignore[union-attr]
+                cluster.children[victim].proc.kill()
+                cluster.children[victim].proc.wait()
             if i == restart_at:
                 restarted = time.monotonic()
                 # In a thread: waiting for its port must not stall this loop's traffic.

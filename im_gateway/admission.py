@@ -22,6 +22,8 @@ from typing import Final
 
 from transmit_hub.types import UserId
 
+from .errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 TOO_MANY_FOR_USER: Final = 429
@@ -44,7 +46,7 @@ class ConnectionCaps:
 
     def __init__(self, *, per_user: int, total: int) -> None:
         if per_user < 1 or total < 1:
-            raise ValueError("connection caps must be at least 1")
+            raise ConfigError("connection caps must be at least 1")
         self._per_user = per_user
         self._total = total
         self._users: dict[UserId, int] = {}

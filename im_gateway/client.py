@@ -58,6 +58,7 @@ from .client_state import (
     Refused,
     Sent,
 )
+from .close_codes import CLOSE_SERVICE_RESTART
 
 __all__ = ["Client", "ClientError", "Message", "Refused", "Sent"]
 
@@ -78,7 +79,6 @@ CLOSE_WAIT: Final = 2.0
 MAX_WAITING: Final = 10_000
 MAX_FRAME: Final = 1 << 20
 """Frames larger than this close the connection (the gateway's content limit is 64 KiB)."""
-CLOSE_SERVICE_RESTART: Final = 1012
 UINT64_MAX: Final = 2**64 - 1
 HEARTBEAT_REPLY: Final = '{"type":0}'
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from .admission import GATEWAY_FULL, Refusal
+from .errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ class Sockets:
         self, *, limit: int | None, baseline: int, reserve: int, max_handshakes: int
     ) -> None:
         if reserve < 0 or max_handshakes < 1:
-            raise ValueError("the reserve must not be negative and max_handshakes positive")
+            raise ConfigError("the reserve must not be negative and max_handshakes positive")
         self._spare_at_start = None if limit is None else limit - baseline
         self.reserve = reserve
         self._max_handshakes = max_handshakes

@@ -3,8 +3,9 @@
 All derive from :class:`GatewayError`::
 
     GatewayError
-    ├── ConfigError        a flag or setting is invalid
+    ├── ConfigError        a flag, setting or constructor argument is invalid
     ├── StartupError       a dependency (Redis, the listening port) is unusable at start
+    ├── LifecycleError     the gateway used before start() (its id, relay, store)
     ├── AuthError          a token is missing, malformed, badly signed or expired
     ├── GroupLimitError    a join would break --max-groups-per-user or --max-group-members
     ├── FrameError         a client frame was refused; carries the pinned error code
@@ -24,11 +25,16 @@ class GatewayError(Exception):
 
 
 class ConfigError(GatewayError):
-    """A flag or setting is invalid; the message names the fix."""
+    """A flag, setting or constructor argument is invalid; the message names the fix."""
 
 
 class StartupError(GatewayError):
     """The gateway cannot start: Redis does not answer, the port is taken, ..."""
+
+
+class LifecycleError(GatewayError):
+    """The gateway was used in the wrong state: its id, relay or store asked for before
+    ``start()``."""
 
 
 class AuthError(GatewayError):

@@ -69,6 +69,8 @@ from transmit_hub.types import (
 )
 
 from . import frames, inbound
+from .close_codes import CLOSE_DISCONNECTED
+from .errors import ConfigError
 from .faults import Faults
 from .metrics import GatewayMetrics, NullMetrics
 from .positions import group_seq
@@ -79,14 +81,13 @@ from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
-CONTROL_DISCONNECT: Final = 4001
-"""Message type of a control share: close the named users' sockets with code 4001."""
+CONTROL_DISCONNECT: Final = CLOSE_DISCONNECTED
+"""Message type of a control share: close the named users' sockets with the close code of
+the same number (4001)."""
 SWEEP_BATCH: Final = 1000
 """Users whose inbox ends one store call asks for, in a catch-up sweep."""
 CONTROL_REGROUP: Final = 4002
 """Message type of a control share: the named users' large groups changed (read them again)."""
-CLOSE_DISCONNECTED: Final = 4001
-"""WebSocket close code when the application's backend disconnected the user."""
 
 
 class Connection(Protocol):
@@ -172,7 +173,7 @@ class Fanout(Generic[C]):
         notice the dead stream; the gateway gives it its ``--hub-resend-window``).
         """
         if resync_after <= 0:
-            raise ValueError("resync_after must be positive")
+            raise ConfigError("resync_after must be positive")
         self.gateway_id = gateway_id
         self._store = store
         self._link = link

@@ -15,7 +15,7 @@ from collections.abc import Set
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import GroupLimitError
+from .errors import ConfigError, GroupLimitError
 
 SERVER: Final = "server"
 TOKEN: Final = "token"
@@ -39,7 +39,7 @@ class GroupRights:
 
     def __post_init__(self) -> None:
         if self.policy not in POLICIES:
-            raise ValueError(f"group policy must be one of {', '.join(POLICIES)}")
+            raise ConfigError(f"group policy must be one of {', '.join(POLICIES)}")
 
     def refusal(self, kind: int, group: int) -> str | None:
         """Why this connection may not make the change, or None when it may."""

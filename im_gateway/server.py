@@ -36,8 +36,9 @@ from transmit_hub.types import GatewayId, UserId
 from . import auth, descriptors, faults, metrics, web
 from .admission import ConnectionCaps, RejectionLog
 from .api import ApiServer
+from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
-from .errors import AuthError, StartupError
+from .errors import AuthError, LifecycleError, StartupError
 from .group_policy import TOKEN, GroupRights
 from .presence import Presence
 from .relay import Link, Relay
@@ -48,8 +49,6 @@ from .tasks import cancel_and_wait
 logger = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 1.0
-CLOSE_SERVICE_RESTART = 1012
-"""Service Restart: the gateway is draining; reconnect at once, to any gateway."""
 DRAIN_POLL = 0.01
 """Seconds between checks that a draining gateway has answered what it took."""
 
@@ -235,7 +234,7 @@ class Gateway(AsyncLifecycle):
     @property
     def gateway_id(self) -> GatewayId:
         if self._gateway_id is None:
-            raise RuntimeError("the gateway id is known once the gateway has started")
+            raise LifecycleError("the gateway id is known once the gateway has started")
         return self._gateway_id
 
     @property
@@ -251,13 +250,13 @@ class Gateway(AsyncLifecycle):
     @property
     def relay(self) -> Relay:
         if self._relay is None:
-            raise RuntimeError("the gateway is not started")
+            raise LifecycleError("the gateway is not started")
         return self._relay
 
     @property
     def store(self) -> Store:
         if self._store is None:
-            raise RuntimeError("the gateway is not started")
+            raise LifecycleError("the gateway is not started")
         return self._store
 
     # --- lifecycle --------------------------------------------------------------------
@@ -430,7 +429,10 @@ class Gateway(AsyncLifecycle):
                     # client that does not read), then let websockets finish the rest.
                     sessions = self._relay.sessions()
                     await asyncio.gather(
-                        *(s.close_socket(1001, "gateway shutting down") for s in sessions),
+                        *(
+                            s.close_socket(CLOSE_GOING_AWAY, "gateway shutting down")
+                            for s in sessions
+                        ),
                         return_exceptions=True,
                     )
                 self._server.close()
@@ -630,7 +632,7 @@ class Gateway(AsyncLifecycle):
             or presence is None
             or self._store is None
         ):
-            await connection.close(1011, "gateway not ready")
+            await connection.close(CLOSE_INTERNAL, "gateway not ready")
             return
         if self._draining:  # its handshake was accepted just before the drain began
             await connection.close(CLOSE_SERVICE_RESTART, "gateway restarting")

@@ -43,6 +43,7 @@ from websockets.exceptions import ConnectionClosed
 from transmit_hub.types import MessageId, UserId
 
 from . import frames
+from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from .errors import FrameError, GroupLimitError
 from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights, group_limit_reason
 from .metrics import GatewayMetrics, NullMetrics
@@ -55,11 +56,6 @@ from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
-CLOSE_SEND_QUEUE_FULL = 1013
-"""Try Again Later: the client stopped reading and its send queue filled up."""
-CLOSE_IDLE = 1000
-CLOSE_POLICY = 1008
-"""Policy Violation: the client kept sending frames that were refused."""
 
 _ack_failed = Throttled(logger, "ack writes failed %d times")
 _group_failed = Throttled(logger, "group changes failed %d times")
@@ -296,7 +292,7 @@ class Session:
         except Exception:
             logger.exception("writing to user %s failed; closing", self.user)
             self._closing = True
-            self._spawn(self.close_socket(1011, "internal error"))
+            self._spawn(self.close_socket(CLOSE_INTERNAL, "internal error"))
         finally:
             self._writer = None
             if self._closing or not self._queue:
@@ -463,7 +459,7 @@ class Session:
             logger.exception("handling a frame from user %s failed; closing", self.user)
             self._closing = True
             self._queue = None
-            self._spawn(self.close_socket(1011, "internal error"))
+            self._spawn(self.close_socket(CLOSE_INTERNAL, "internal error"))
         return True
 
     def _refuse(self, exc: FrameError, now: float) -> None:
@@ -496,7 +492,7 @@ class Session:
                     logger.info("user %s: no pong for %ss, closing", self.user, pong_timeout)
                     self._closing = True
                     self._queue = None
-                    self._spawn(self.close_socket(1011, "keepalive ping timeout"))
+                    self._spawn(self.close_socket(CLOSE_INTERNAL, "keepalive ping timeout"))
                 return
             self._pong = None
         if now - max(self.last_seen, self._pinged_at) < interval:

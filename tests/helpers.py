@@ -1,13 +1,16 @@
-"""Small helpers shared by the tests: free ports and waiting on conditions."""
+"""Small helpers shared by the tests: waiting on conditions (and the launcher's free ports)."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import sys
 import time
 from collections.abc import Awaitable, Callable
+
+from devtools.launch import free_port
+
+__all__ = ["IN_CI", "free_port", "wait_until", "wait_until_sync"]
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -24,14 +27,6 @@ def with_nofile(soft: int, hard: int, *args: str) -> list[str]:
     then execs: no ``preexec_fn``, whose fork can abort a child of a process running
     gRPC threads)."""
     return [sys.executable, "-c", NOFILE_LAUNCHER, str(soft), str(hard), *args]
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def wait_until(

@@ -204,7 +204,7 @@ def test_flags_tables_match_help(module: str) -> None:
     ("argv", "flags"),
     [
         (("-m", "im_gateway", "token"), ("--user", "--secret", "--ttl")),
-        (("-m", "im_gateway.demo"), ("--redis-url", "--port-base", "--jwt-secret")),
+        (("-m", "devtools.demo"), ("--redis-url", "--port-base", "--jwt-secret")),
         (
             ("-m", "im_gateway", "probe"),
             ("--gateway", "--jwt-secret", "--user-base", "--interval", "--deadline"),

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import _node_port
+from devtools.launch import cluster_port
 from tests.helpers import free_port, wait_until_sync
 from tests.test_readme import (
     Service,
@@ -45,7 +45,7 @@ def run_block(name: str, script: str, env: dict[str, str]) -> str:
 def test_cluster_section_runs_as_written(tmp_path: Path, services: list[Service]) -> None:  # noqa: F811
     """Six nodes made a cluster by redis-cli as the README says, and a gateway on it with
     --redis-wait-replicas 1, healthy (/healthz 200, Redis "ok")."""
-    ports = {p: _node_port() for p in NODES} | {50051: free_port(), 8095: free_port()}
+    ports = {p: cluster_port() for p in NODES} | {50051: free_port(), 8095: free_port()}
     env = walkthrough_env()
 
     def text(body: str) -> str:
@@ -63,8 +63,12 @@ def test_cluster_section_runs_as_written(tmp_path: Path, services: list[Service]
         services.append(service)
         if name == "nodes":
             for node in NODES:
+
+                def node_up(p: int = ports[node], s: Service = service) -> bool:
+                    return s.alive() and _tcp_open(p)
+
                 wait_until_sync(
-                    lambda p=ports[node], s=service: s.alive() and _tcp_open(p),
+                    node_up,
                     timeout=30,
                     what=f"cluster node {ports[node]}",
                 )

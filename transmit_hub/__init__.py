@@ -11,7 +11,14 @@
 
 from __future__ import annotations
 
-from .errors import ConfigError, LinkClosed, LinkError, ProtocolError, TransmitHubError
+from .errors import (
+    ConfigError,
+    LifecycleError,
+    LinkClosed,
+    LinkError,
+    ProtocolError,
+    TransmitHubError,
+)
 from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
 from .pool import HubPool
 from .server import HubServer
@@ -45,6 +52,7 @@ __all__ = [
     "HubPool",
     "HubServer",
     "HubStats",
+    "LifecycleError",
     "LinkClosed",
     "LinkDown",
     "LinkError",

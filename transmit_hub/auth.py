@@ -15,6 +15,8 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from grpc import aio
 
+from .errors import ConfigError
+
 __all__ = ["BearerTokenInterceptor", "bearer_metadata"]
 
 UNAUTHENTICATED_DETAILS = (
@@ -48,7 +50,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, token: str) -> None:
         if not token:
-            raise ValueError("token must not be empty")
+            raise ConfigError("token must not be empty")
         self._expected = f"Bearer {token}".encode()
 
     def authorized(self, metadata: Any) -> bool:

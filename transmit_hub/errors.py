@@ -3,7 +3,8 @@
 All derive from :class:`TransmitHubError`::
 
     TransmitHubError
-    ├── ConfigError        a flag or setting is invalid
+    ├── ConfigError        a flag, setting or constructor argument is invalid
+    ├── LifecycleError     a server used before start(), or started twice
     ├── ProtocolError      a peer broke the Connect stream protocol
     └── LinkError          the gateway link could not do what was asked
         └── LinkClosed     the link was closed by its owner
@@ -17,7 +18,12 @@ class TransmitHubError(Exception):
 
 
 class ConfigError(TransmitHubError):
-    """A flag or setting is invalid; the message names the fix."""
+    """A flag, setting or constructor argument is invalid; the message names the fix."""
+
+
+class LifecycleError(TransmitHubError):
+    """A server was used in the wrong state: asked for its port before ``start()``, or
+    started twice."""
 
 
 class ProtocolError(TransmitHubError):

@@ -77,7 +77,7 @@ from grpc import aio  # type: ignore[import-untyped]
 
 from . import codec, wire
 from .auth import bearer_metadata
-from .errors import LinkClosed, LinkError, ProtocolError
+from .errors import ConfigError, LinkClosed, LinkError, ProtocolError
 from .lifecycle import AsyncLifecycle
 from .tls import ClientTls
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
@@ -196,15 +196,15 @@ class HubLink(AsyncLifecycle):
     ) -> None:
         problem = gateway_id_problem(gateway_id)
         if problem is not None:
-            raise ValueError(f"gateway_id {gateway_id[:40]!r}: {problem}")
+            raise ConfigError(f"gateway_id {gateway_id[:40]!r}: {problem}")
         if conflict_retry <= 0:
-            raise ValueError("conflict_retry must be positive")
+            raise ConfigError("conflict_retry must be positive")
         if max_pending < 1 or max_batch < 1 or event_queue < 1:
-            raise ValueError("max_pending, max_batch and event_queue must be at least 1")
+            raise ConfigError("max_pending, max_batch and event_queue must be at least 1")
         if backoff_initial <= 0 or backoff_max < backoff_initial:
-            raise ValueError("need 0 < backoff_initial <= backoff_max")
+            raise ConfigError("need 0 < backoff_initial <= backoff_max")
         if not 0 <= linger <= 1:
-            raise ValueError("linger must be between 0 and 1 second")
+            raise ConfigError("linger must be between 0 and 1 second")
         self.target = target
         self.gateway_id = gateway_id
         self._metadata = bearer_metadata(token) if token else ()

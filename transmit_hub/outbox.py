@@ -20,6 +20,8 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from .errors import ConfigError
+
 __all__ = ["Outbox"]
 
 
@@ -30,7 +32,7 @@ class Outbox:
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
-            raise ValueError("capacity must be at least 1")
+            raise ConfigError("capacity must be at least 1")
         self._capacity = capacity
         self._deliveries: deque[bytes] = deque()
         self._notices: deque[bytes] = deque()

@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from .errors import ConfigError
 from .outbox import Outbox
 from .types import GatewayId, GatewayInfo, GatewayStats, HubStats
 
@@ -123,9 +124,9 @@ class Registry:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_gateways < 1:
-            raise ValueError("max_gateways must be at least 1")
+            raise ConfigError("max_gateways must be at least 1")
         if forget_after < 0:
-            raise ValueError("forget_after must not be negative")
+            raise ConfigError("forget_after must not be negative")
         self.hub_id = hub_id
         self.queue_size = queue_size
         self.max_gateways = max_gateways

@@ -39,7 +39,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .auth import BearerTokenInterceptor
 from .config import HubConfig, parse_listen
-from .errors import ConfigError
+from .errors import ConfigError, LifecycleError
 from .lifecycle import AsyncLifecycle
 from .metrics import HubMetrics, MetricsServer
 from .registry import Registry
@@ -122,7 +122,7 @@ class HubServer(AsyncLifecycle):
     def port(self) -> int:
         """The bound port (``listen`` with port 0 picks a free one)."""
         if not self._port:
-            raise RuntimeError("the hub is not started")
+            raise LifecycleError("the hub is not started")
         return self._port
 
     @property
@@ -143,7 +143,7 @@ class HubServer(AsyncLifecycle):
     async def start(self) -> None:
         """Listen and serve; raises :class:`ConfigError` when the address is unusable."""
         if self._server is not None:
-            raise RuntimeError("the hub is already started")
+            raise LifecycleError("the hub is already started")
         if self._requested_port:
             check_bindable(self._host, self._requested_port)
         if self._metrics_server is not None:

@@ -58,7 +58,7 @@ import grpc  # type: ignore[import-untyped]
 from grpc import aio
 
 from . import codec, peer, routing, wire
-from .errors import ProtocolError
+from .errors import ConfigError, ProtocolError
 from .registry import Attachment, EndReason, Registry
 from .transport import SERVICE_NAME
 from .types import (
@@ -110,7 +110,7 @@ class HubService:
         gateway_keepalive: float = 2.0,
     ) -> None:
         if gateway_keepalive <= 0:
-            raise ValueError("gateway_keepalive must be positive")
+            raise ConfigError("gateway_keepalive must be positive")
         self.registry = registry
         self.gateway_keepalive = gateway_keepalive
         """Seconds of silence after which a stream is probed; twice this, it is ended."""

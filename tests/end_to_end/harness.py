@@ -9,11 +9,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import grpc
+import grpc  # type: ignore[import-untyped]
 from google.protobuf import json_format
 from websockets.asyncio.client import ClientConnection, connect
 
+from devtools.launch import Process, free_port, gateway_argv
 from im_gateway import auth
+from tests.helpers import with_nofile
 from transmit_hub.v1 import transmit_pb2, transmit_pb2_grpc
 
 SECRET = "end-to-end-test-secret-of-at-least-32-bytes"
@@ -173,7 +175,7 @@ async def http_get(
     return int(status_line.split()[1]), body, hdrs
 
 
-class GatewayProcess:
+class GatewayProcess(Process):
     """``python -m im_gateway`` as a real child process (for crash and signal tests)."""
 
     def __init__(
@@ -188,36 +190,18 @@ class GatewayProcess:
         nofile: tuple[int, int] | None = None,
     ) -> None:
         """``nofile``: start the process with these (soft, hard) open-file limits."""
-        import subprocess
-        import sys
-        import tempfile
-
-        from tests.helpers import free_port, with_nofile
-
         self.port = port or free_port()
         self.gateway_id = gateway_id
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{gateway_id}-", suffix=".log")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                *(with_nofile(*nofile) if nofile else [sys.executable]),
-                "-m",
-                "im_gateway",
-                "--listen",
-                f"127.0.0.1:{self.port}",
-                "--gateway-id",
-                gateway_id,
-                "--hub",
-                hub,
-                "--redis-url",
-                redis_url,
-                "--log-level",
-                "WARNING",
-                *extra,
-            ],
-            env={**__import__("os").environ, "IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})},
-            stdout=self.log,
-            stderr=self.log,
+        argv = gateway_argv(
+            f"127.0.0.1:{self.port}",
+            *("--gateway-id", gateway_id, "--hub", hub, "--redis-url", redis_url),
+            *("--log-level", "WARNING", *extra),
         )
+        if nofile:  # python -c LAUNCHER SOFT HARD -m im_gateway ...
+            argv = [*with_nofile(*nofile), *argv[1:]]
+        env = {"IM_GATEWAY_JWT_SECRET": SECRET, **(env or {})}
+        super().__init__(gateway_id, argv, env=env, die_with_parent=False)
+        self.start()
 
     async def wait_healthy(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109 - a deadline
         """Wait until /healthz answers 200 (linked to the hub, Redis answering)."""
@@ -235,14 +219,8 @@ class GatewayProcess:
                 raise AssertionError(f"gateway not healthy after {timeout}s: {self.output()}")
             await asyncio.sleep(0.05)
 
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self) -> None:
-        """Kill the process if it still runs and release its log."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
+    def stop(self, timeout: float = 0) -> None:
+        """SIGKILL the process if it still runs (a stopped one too), and drop its log."""
+        self.kill()
+        super().stop()
+        self.log_path.unlink(missing_ok=True)

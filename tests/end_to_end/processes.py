@@ -2,47 +2,25 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import tempfile
+import grpc  # type: ignore[import-untyped]
 
-import grpc
-
-from tests.helpers import free_port, wait_until
+from devtools.launch import Process, free_port, hub_argv
+from tests.helpers import wait_until
 from transmit_hub.v1 import transmit_pb2, transmit_pb2_grpc
 
 
-class HubProcess:
+class HubProcess(Process):
     """``python -m transmit_hub`` as a child process; :meth:`restart` keeps its port."""
 
     def __init__(self, hub_id: str, *, port: int | None = None) -> None:
         self.hub_id = hub_id
         self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{hub_id}-", suffix=".log")  # noqa: SIM115
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "transmit_hub",
-                "--listen",
-                self.address,
-                "--hub-id",
-                self.hub_id,
-                "--grace",
-                "0.2",
-                "--log-level",
-                "WARNING",
-            ],
-            env=dict(os.environ),
-            stdout=self.log,
-            stderr=self.log,
+        argv = hub_argv(
+            self.address, "--hub-id", hub_id, "--grace", "0.2", "--log-level", "WARNING"
         )
+        super().__init__(hub_id, argv, die_with_parent=False)
+        self.start()
 
     async def gateways(self) -> set[str]:
         """The gateway ids ListGateways shows (empty when the hub does not answer)."""
@@ -77,24 +55,8 @@ class HubProcess:
 
         await wait_until(serving, timeout=timeout, what=f"hub {self.hub_id} serving")
 
-    def kill(self) -> None:
-        """SIGKILL, and reap."""
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def restart(self) -> None:
-        """Start the hub again on the same port (after :meth:`kill`)."""
-        self.proc = self._spawn()
-
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self) -> None:
-        """Make sure the process is gone (continued first if stopped) and drop its log."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
+    def stop(self, timeout: float = 0) -> None:
+        """SIGKILL the process if it still runs (a stopped one too), and drop its log."""
+        self.kill()
+        super().stop()
+        self.log_path.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ KEY = "api-key-for-the-bounds-tests-0123"
 ALICE, BOB = 51, 52
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-StartGateway = Callable[..., Awaitable[GatewayProcess]]
+StartGateway = Callable[..., Awaitable["ApiGateway"]]
 
 
 class ApiGateway(GatewayProcess):

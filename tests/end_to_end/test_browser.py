@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from im_gateway.demo import ALICE, BOB, Cluster
+from devtools.demo import ALICE, BOB, Cluster
 from tests.helpers import IN_CI
 from tests.test_readme import the_block
 

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,76 +12,23 @@ from dataclasses import dataclass
 import pytest
 
 from im_gateway.client import Client, Message, Refused, Sent
-from tests.end_to_end.harness import SECRET, http_get, token
+from tests.end_to_end.harness import GatewayProcess, token
 from tests.end_to_end.processes import HubProcess
-from tests.helpers import free_port, wait_until
+from tests.helpers import wait_until
 
 ALICE, BOB = 1, 2
 
 
-class Gateway:
+class Gateway(GatewayProcess):
     """``python -m im_gateway`` as a child process that can be SIGKILLed and restarted on
     the same port."""
 
     def __init__(self, gateway_id: str, hubs: str, redis_url: str) -> None:
-        self.gateway_id = gateway_id
-        self.port = free_port()
+        super().__init__(gateway_id=gateway_id, hub=hubs, redis_url=redis_url)
         self.url = f"ws://127.0.0.1:{self.port}/ws"
-        self._args = [
-            sys.executable,
-            "-m",
-            "im_gateway",
-            "--listen",
-            f"127.0.0.1:{self.port}",
-            "--gateway-id",
-            gateway_id,
-            "--hub",
-            hubs,
-            "--redis-url",
-            redis_url,
-            "--log-level",
-            "WARNING",
-        ]
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{gateway_id}-", suffix=".log")  # noqa: SIM115
-        self.proc = self._spawn()
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            self._args,
-            env={**os.environ, "IM_GATEWAY_JWT_SECRET": SECRET},
-            stdout=self.log,
-            stderr=self.log,
-        )
-
-    async def wait_healthy(self) -> None:
-        async def healthy() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.gateway_id} exited: {self.output()}")
-            try:
-                status, _, _ = await http_get(self.port, "/healthz")
-            except OSError:
-                return False
-            return status == 200
-
-        await wait_until(healthy, timeout=30, what=f"{self.gateway_id} healthy")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
-
-    def restart(self) -> None:
-        self.proc = self._spawn()
-
-    def output(self) -> str:
-        self.log.flush()
-        with open(self.log.name, encoding="utf-8", errors="replace") as f:
-            return f.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(10)
-        self.log.close()
+    async def wait_healthy(self, timeout: float = 30.0) -> None:  # noqa: ASYNC109 - a deadline
+        await super().wait_healthy(timeout)
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,11 @@ async def test_hub_token_is_sent_to_a_hub_that_requires_one(redis_url: str) -> N
     hub = HubServer(HubConfig(listen="127.0.0.1:0", auth_token="hub-secret", grace=0.2))
     await hub.start()
     try:
-        common = {"listen": "127.0.0.1:0", "redis_url": redis_url, "jwt_secret": SECRET}
+        common: dict[str, Any] = {
+            "listen": "127.0.0.1:0",
+            "redis_url": redis_url,
+            "jwt_secret": SECRET,
+        }
         async with Gateway(
             GatewayConfig(gateway_id="gw-t", hub=hub.address, hub_token="hub-secret", **common)
         ) as ok:

@@ -296,7 +296,7 @@ def test_demo_children_die_with_it_and_a_rerun_just_works(
 ) -> None:
     """A SIGKILLed demo leaves no orphans, and a rerun right after starts cleanly."""
     # The rerun also covers --redis-url (no embedded Redis) and --port-base.
-    command = [sys.executable, "-m", "im_gateway.demo"]
+    command = [sys.executable, "-m", "devtools.demo"]
     crashed = start_demo(demos, tmp_path, command)
     crashed.wait_ready()
     assert len(crashed.children) == 5
@@ -329,7 +329,7 @@ def test_demo_children_die_with_it_and_a_rerun_just_works(
 
 def test_demo_help() -> None:
     """``--help`` describes the demo and exits 0; a bad flag exits non-zero."""
-    command = [sys.executable, "-m", "im_gateway.demo"]
+    command = [sys.executable, "-m", "devtools.demo"]
     shown = subprocess.run([*command, "--help"], capture_output=True, text=True, check=False)
     assert shown.returncode == 0
     assert "--redis-url" in shown.stdout
@@ -340,8 +340,8 @@ def test_demo_help() -> None:
 def test_a_secret_that_begins_with_a_dash_reaches_the_gateways() -> None:
     """The demo's random secret may begin with "-": its gateway command line still parses
     (a flaky start before: ``--jwt-secret -x...`` read as a missing value)."""
+    from devtools.demo import Cluster
     from im_gateway.__main__ import build_parser
-    from im_gateway.demo import Cluster
 
     cluster = Cluster(jwt_secret="-starts-with-a-dash-0123456789abcdef")
     argv = cluster._gateway_command("gw-1", 8081)

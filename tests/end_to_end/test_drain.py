@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
-from tests.end_to_end.harness import Client, GatewayProcess, http_get
+from tests.end_to_end.harness import Client, Frame, GatewayProcess, http_get
 from tests.helpers import wait_until
 from transmit_hub.server import HubServer
 
 USERS = 100
 DRAIN_TIMEOUT = 5.0
+
+
+def has_id(frame_id: object, f: Frame) -> bool:
+    """The frame answers (or is) the one with this id."""
+    return f.get("id") == frame_id
 
 
 async def test_drain_in_process_reports_503_and_closes_1012(
@@ -71,10 +77,11 @@ async def test_sigterm_drains_100_sending_users_to_the_other_gateway(
                 sent[client.user].append(frame)
                 try:
                     await client.send(frame)
-                    answer = await client.wait_for(
-                        lambda f, cid=cid: f.get("id") == cid and f["type"] in (10, 99),
-                        timeout=30,
-                    )
+
+                    def answers(f: Frame, cid: str = cid) -> bool:
+                        return f.get("id") == cid and f["type"] in (10, 99)
+
+                    answer = await client.wait_for(answers, timeout=30)
                 except Exception:
                     return  # closed with the frame unanswered
                 assert answer["type"] == 10, answer
@@ -111,7 +118,7 @@ async def test_sigterm_drains_100_sending_users_to_the_other_gateway(
             await sender.send(frame)
         for frame in unanswered:
             sender = by_user[int(str(frame["id"])[1:].split("-")[0])]
-            answer = await sender.wait_for(lambda f, i=frame["id"]: f.get("id") == i)
+            answer = await sender.wait_for(functools.partial(has_id, frame["id"]))
             assert answer["type"] == 10, answer
             acked[str(frame["id"])] = str(answer["msgId"])
         everything = set(acked.values())

@@ -127,22 +127,13 @@ async def test_redis_outage_is_answered_and_survived(
     hub: HubServer, start_gateway: GatewayFactory, open_client: ClientFactory
 ) -> None:
     """Redis dies: sends get 99 internal (no hang), /healthz is 503; Redis back: all works."""
-    import subprocess
     import tempfile
 
-    from im_gateway.demo import redis_server_argv
-    from tests.helpers import free_port
+    from devtools.launch import Process, free_port, redis_server_argv
 
     port = free_port()
-
-    def start_redis() -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            redis_server_argv(port, host="127.0.0.1", workdir=tempfile.gettempdir()),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-
-    redis = start_redis()
+    argv = redis_server_argv(port, host="127.0.0.1", workdir=tempfile.gettempdir())
+    redis = Process("redis", argv, die_with_parent=False).start()
     try:
         url = f"redis://127.0.0.1:{port}/0"
 
@@ -162,13 +153,12 @@ async def test_redis_outage_is_answered_and_survived(
         b = await open_client(gw, B)
         assert (await a.say(B, "before"))["type"] == 10
         redis.kill()
-        redis.wait(10)
         refused = await a.say(B, "during", cid="during-1")
         assert (refused["type"], refused["code"], refused["id"]) == (99, "internal", "during-1")
         status, body, _ = await http_get(gw.port, "/healthz")
         assert status == 503
         assert b"redis" in body
-        redis = start_redis()
+        redis.restart()
         await wait_until(answers, what="redis to come back")
         a.frames.clear()
         ack = await a.say(B, "during", cid="during-1")  # the client resends the same frame
@@ -178,7 +168,7 @@ async def test_redis_outage_is_answered_and_survived(
         assert status == 200
     finally:
         redis.kill()
-        redis.wait(10)
+        redis.cleanup()
 
 
 async def test_undeliverable_notice_clears_the_dead_gateways_presence(

@@ -18,6 +18,7 @@ from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.harness import SECRET, GatewayProcess, http_get
 from tests.helpers import free_port
 from transmit_hub.server import HubServer
+from transmit_hub.types import UserId
 
 CLI = [sys.executable, "-m", "im_gateway"]
 
@@ -184,7 +185,7 @@ def test_token_subcommand_writes_groups_audience_and_issuer() -> None:
     identity = auth.verify_identity(
         result.stdout.strip(), SECRET, audience="chat", issuer="backend"
     )
-    assert (identity.user, identity.groups) == (3, {7, 8})
+    assert (identity.user, identity.groups) == (UserId(3), frozenset({7, 8}))
     result = run_cli("token", "--user", "3", "--secret", SECRET, "--groups", "7,x")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1

@@ -25,7 +25,7 @@ GROUP = 7
 async def open_client(gateway: GatewayProcess, user: int) -> Client:
     client = await Client.open(gateway.port, user)
     await client.wait_for(lambda f: f["type"] == 14, what="the replay end marker")
-    return client  # type: ignore[return-value]
+    return client
 
 
 async def join(client: Client, group: int) -> None:

@@ -7,6 +7,7 @@ import logging
 import pytest
 
 from im_gateway.admission import ConnectionCaps, RejectionLog
+from im_gateway.errors import ConfigError
 from transmit_hub.types import UserId
 
 A, B = UserId(1), UserId(2)
@@ -55,7 +56,7 @@ def test_release_without_admit_changes_nothing() -> None:
 
 def test_caps_must_be_positive() -> None:
     """A cap of 0 is a configuration error, not a gateway that admits nobody."""
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(ConfigError, match="at least 1"):
         ConnectionCaps(per_user=0, total=1)
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from im_gateway import api_requests as req
 from im_gateway import frames
 from im_gateway.errors import ApiError
+from transmit_hub.types import UserId
 
 
 def parse(method: str, body: object) -> req.Request:
@@ -20,10 +21,12 @@ def parse(method: str, body: object) -> req.Request:
 def test_publish_takes_ids_as_numbers_or_decimal_strings() -> None:
     """A user id may be 42 or "42"; from defaults to 0 (the system), id to "" (none)."""
     assert parse("publish", {"to": "42", "content": "hi"}) == req.Publish(
-        to=42, group=None, content="hi", content_type=0, sender=0, id=""
+        to=42, group=None, content="hi", content_type=0, sender=UserId(0), id=""
     )
     got = parse("publish", {"group": 7, "content": "x", "from": 2, "id": "k", "contentType": 3})
-    assert got == req.Publish(to=None, group=7, content="x", content_type=3, sender=2, id="k")
+    assert got == req.Publish(
+        to=None, group=7, content="x", content_type=3, sender=UserId(2), id="k"
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,14 +50,16 @@ def test_bad_publish_bodies_are_refused_with_their_code(body: object, code: str)
 
 def test_user_lists_are_bounded_and_deduplicated() -> None:
     """More than max_users ids is refused; repeats count once."""
-    assert parse("presence", {"users": [1, "1", 2]}) == req.PresenceQuery(users=(1, 2))
+    assert parse("presence", {"users": [1, "1", 2]}) == req.PresenceQuery(
+        users=(UserId(1), UserId(2))
+    )
     with pytest.raises(ApiError, match="--api-max-users"):
         parse("groups/add", {"group": 1, "users": [1, 2, 3, 4]})
 
 
 def test_history_defaults_and_limits() -> None:
     """after defaults to "0" and limit to 100; limit is 1 to 1000; after is a seq."""
-    assert parse("history", {"user": 5}) == req.History(user=5, after=0, limit=100)
+    assert parse("history", {"user": 5}) == req.History(user=UserId(5), after=0, limit=100)
     assert parse("history", {"user": 5, "after": "9", "limit": 1000}).after == 9  # type: ignore[union-attr]
     for bad in ({"user": 5, "limit": 0}, {"user": 5, "after": "x"}, {"user": 5, "after": 9}):
         with pytest.raises(ApiError):

@@ -45,7 +45,12 @@ def test_the_client_imports_only_the_standard_library_and_websockets() -> None:
     outside = {m.split(".")[0] for m in out} - set(sys.stdlib_module_names)
     assert outside == {"im_gateway", "websockets"}
     ours = {m for m in out if m.startswith("im_gateway")}
-    assert ours == {"im_gateway", "im_gateway.client", "im_gateway.client_state"}
+    assert ours == {
+        "im_gateway",
+        "im_gateway.client",
+        "im_gateway.client_state",
+        "im_gateway.close_codes",
+    }
 
 
 def test_exported_names_and_token_subject() -> None:

@@ -266,7 +266,7 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
     def collect(self) -> None:
         for cid, answer in self.state.take_answers():
             assert cid not in self.answered, "an answer reported twice"
-            self.answered[cid] = answer  # type: ignore[assignment]
+            self.answered[cid] = answer
         self.retries += [c for c, _ in self.state.take_retries()]
         self.replay_retry = self.state.take_replay_retry() or self.replay_retry
 

@@ -8,6 +8,7 @@ from typing import cast
 import pytest
 
 from im_gateway.descriptors import REFUSED_RESPONSE, Sockets, refuse
+from im_gateway.errors import ConfigError
 from tests.helpers import wait_until
 
 
@@ -83,10 +84,10 @@ def test_fit_says_how_many_websockets_the_limit_leaves_room_for() -> None:
 
 
 def test_bad_settings_are_refused() -> None:
-    """A negative reserve or a handshake cap under 1 is a programming error."""
-    with pytest.raises(ValueError, match="reserve"):
+    """A negative reserve or a handshake cap under 1 is a configuration error (the package's)."""
+    with pytest.raises(ConfigError, match="reserve"):
         Sockets(limit=None, baseline=0, reserve=-1, max_handshakes=1)
-    with pytest.raises(ValueError, match="reserve"):
+    with pytest.raises(ConfigError, match="reserve"):
         Sockets(limit=None, baseline=0, reserve=0, max_handshakes=0)
 
 

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,7 +145,7 @@ async def test_second_gateway_with_a_live_id_says_so_in_healthz(
     """A second gateway started with a live gateway's id gets /healthz 503 whose reason names
     the id, logs an ERROR line, and attaches by itself once the first one stops."""
     caplog.set_level(logging.INFO)
-    options = {"gateway_id": "gw-dup", "hub": hub.address, "redis_url": redis_url}
+    options: dict[str, Any] = {"gateway_id": "gw-dup", "hub": hub.address, "redis_url": redis_url}
     first = Gateway(GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET, **options))
     await first.start()
     second = Gateway(GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET, **options))

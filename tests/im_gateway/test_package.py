@@ -53,6 +53,7 @@ def test_exported_names() -> None:
         "Gateway",
         "GatewayConfig",
         "GatewayError",
+        "LifecycleError",
         "StartupError",
         "Store",
     ]

@@ -502,9 +502,9 @@ class Counting:
 async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink) -> None:
     """Five hub links lost within a moment (a flapping hub): the sessions read their inboxes
     once at the first loss and once ``resync_after`` after the last, not ten times."""
-    fanout = Fanout(gateway_id=ME, store=CountingStore(), link=link, resync_after=0.5)
+    fanout: Fanout[Any] = Fanout(gateway_id=ME, store=CountingStore(), link=link, resync_after=0.5)
     session = Counting(B)
-    fanout.add(session)  # type: ignore[arg-type]
+    fanout.add(session)
     await fanout.start()
     try:
         for i in range(5):

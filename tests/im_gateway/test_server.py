@@ -75,6 +75,7 @@ async def test_compression_is_negotiated_only_when_enabled(
     ws = await connect(f"ws://127.0.0.1:{gateway.port}/ws?token={token(9)}")
     client = Client(ws, 9)
     try:
+        assert ws.response is not None
         assert "permessage-deflate" in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
         await client.wait_for(lambda f: f["type"] == 14)
     finally:
@@ -91,6 +92,7 @@ async def test_default_is_no_compression() -> None:
     ) as gateway:
         ws = await connect(f"ws://127.0.0.1:{gateway.port}/ws?token={token(9)}")
         try:
+            assert ws.response is not None
             assert ws.response.headers.get("Sec-WebSocket-Extensions") is None
         finally:
             await ws.close()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import pytest
@@ -12,19 +12,14 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from im_gateway import frames
+from im_gateway.close_codes import CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from im_gateway.group_policy import OPEN_RIGHTS
-from im_gateway.sessions import (
-    CLOSE_POLICY,
-    CLOSE_SEND_QUEUE_FULL,
-    Session,
-    SessionLimits,
-    sweep_idle,
-)
+from im_gateway.sessions import Session, SessionLimits, sweep_idle
 from im_gateway.store import InboxPage, MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket, store_message
-from transmit_hub.types import Message, MessageId, UserId
+from transmit_hub.types import GatewayId, Message, MessageId, UserId
 
 A, B = UserId(1), UserId(2)
 
@@ -62,7 +57,7 @@ async def running(
     session = Session(
         ws,
         user,
-        store=store,  # type: ignore[arg-type]
+        store=store,
         router=router,
         limits=SessionLimits(**limits),  # type: ignore[arg-type]
         group_rights=OPEN_RIGHTS,  # the join test joins from the client
@@ -749,9 +744,12 @@ async def test_a_connect_replay_that_failed_following_a_group_starts_its_stream_
 
         async def follower() -> None:
             # The fake router's follow() calls the store's watch, as the fan-out does.
-            await store.watch("gw", [9])  # type: ignore[arg-type]
+            await store.watch(GatewayId("gw"), [9])
 
-        router.follow = lambda s, groups: follower()  # type: ignore[method-assign]
+        async def follow(session: Session, groups: Collection[int]) -> None:
+            await follower()
+
+        router.follow = follow  # type: ignore[method-assign]
         await wait_until(
             lambda: any(f["type"] == 14 for f in ws.frames()), timeout=10, what="the end marker"
         )

@@ -36,7 +36,7 @@ async def test_map_naming_ten_thousand_absent_gateways_is_answered_while_traffic
     tasks = [asyncio.create_task(chatter())]
     await listener.wait_deliveries(5)
     n = 10_000
-    targets = {f"absent-{i}": (i + 1,) for i in range(n)}
+    targets: dict[str, tuple[int, ...]] = {f"absent-{i}": (i + 1,) for i in range(n)}
     started = time.monotonic()
     assert sender.link.send(tmap("wide", targets))
     notices = await sender.wait_notices(n, timeout=60)

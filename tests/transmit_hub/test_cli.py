@@ -4,6 +4,7 @@ and a gateway process killed with SIGKILL is detached in seconds."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import socket
@@ -86,7 +87,9 @@ def test_sigterm_and_sigint_stop_cleanly() -> None:
             text=True,
         )
         try:
-            wait_until_sync(lambda p=port: listening(p), timeout=20, what="the hub to listen")
+            wait_until_sync(
+                functools.partial(listening, port), timeout=20, what="the hub to listen"
+            )
             proc.send_signal(sig)
             _, err = proc.communicate(timeout=20)
         finally:

@@ -16,6 +16,7 @@ from transmit_hub import HubServer, UndeliverableReason, codec
 from transmit_hub.auth import bearer_metadata
 from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
+from transmit_hub.types import GatewayId
 from transmit_hub.v1 import transmit_pb2_grpc
 
 from .conftest import LinkFactory, tmap
@@ -38,7 +39,7 @@ async def gateways(address: str) -> list[str]:
 async def hello_then_read(call: Any, gateway_id: str) -> Any:
     """Send a Hello on a raw Connect call and read the first response (the refusal may
     already surface on the write)."""
-    await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+    await call.write(codec.hello_bytes(GatewayId(gateway_id)))
     return await call.read()
 
 
@@ -116,7 +117,7 @@ async def test_first_request_must_be_hello(hub: HubServer) -> None:
     """A Connect stream whose first frame is not a Hello with an id gets INVALID_ARGUMENT."""
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
-        await call.write(codec.hello_bytes(codec.GatewayId("")))
+        await call.write(codec.hello_bytes(GatewayId("")))
         with pytest.raises(aio.AioRpcError) as info:
             await call.read()
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -133,7 +134,7 @@ async def test_stuck_gateway_does_not_delay_others_and_overflow_is_reported(
         healthy = await make_link(hub.address, "gw-ok")
         async with aio.insecure_channel(hub.address) as channel:
             stuck = channel.stream_stream(CONNECT_METHOD)()
-            await stuck.write(codec.hello_bytes(codec.GatewayId("gw-stuck")))
+            await stuck.write(codec.hello_bytes(GatewayId("gw-stuck")))
             await stuck.read()  # the Welcome; after this it never reads again
             big = "x" * 64 * 1024
             sent = 0
@@ -197,7 +198,7 @@ async def test_shutdown_ends_streams_with_unavailable(make_link: LinkFactory) ->
     await hub.start()
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
-        await call.write(codec.hello_bytes(codec.GatewayId("gw-a")))
+        await call.write(codec.hello_bytes(GatewayId("gw-a")))
         await call.read()
         await hub.stop()
         with pytest.raises(aio.AioRpcError) as info:

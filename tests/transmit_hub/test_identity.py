@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
 import sys
@@ -19,7 +20,7 @@ from tests.helpers import wait_until
 from transmit_hub import HubServer, codec
 from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
-from transmit_hub.types import gateway_id_problem
+from transmit_hub.types import GatewayId, gateway_id_problem
 
 from .conftest import LinkFactory, tmap
 from .test_hub import gateways, stats
@@ -38,7 +39,7 @@ async def refused(hub: HubServer, gateway_id: str) -> aio.AioRpcError:
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
         try:  # the refusal may already surface on the write
-            await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+            await call.write(codec.hello_bytes(GatewayId(gateway_id)))
             await call.read()
         except aio.AioRpcError as exc:
             return exc
@@ -95,8 +96,10 @@ async def test_streams_waiting_for_their_hello_are_bounded(make_link: LinkFactor
             silent = []
             for _ in range(3):
                 silent.append(channel.stream_stream(CONNECT_METHOD)())
-                n = len(silent)
-                await wait_until(lambda n=n: hub.service.hello_waiting == n, what="one more")
+                await wait_until(
+                    functools.partial(lambda n: hub.service.hello_waiting == n, len(silent)),
+                    what="one more",
+                )
             extra = channel.stream_stream(CONNECT_METHOD)()
             with pytest.raises(aio.AioRpcError) as info:
                 await asyncio.wait_for(silent[0].read(), 10)
@@ -137,7 +140,7 @@ async def test_silent_streams_filling_the_hello_slots_do_not_delay_a_gateway(
             link = await make_link(hub.address, "gw-victim", connect=False)
             await link.link.wait_connected(10)
             took = time.monotonic() - started
-            assert hub.registry.is_attached(codec.GatewayId("gw-victim"))
+            assert hub.registry.is_attached(GatewayId("gw-victim"))
             assert took < 2.0, took
             assert hub.service.hello_waiting <= 8
         finally:
@@ -187,7 +190,7 @@ async def test_stats_of_departed_gateways_are_forgotten(make_link: LinkFactory) 
 async def attach_raw(channel: aio.Channel, gateway_id: str) -> Any:
     """A raw Connect stream that attached as ``gateway_id`` (its Welcome read)."""
     call = channel.stream_stream(CONNECT_METHOD)()
-    await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+    await call.write(codec.hello_bytes(GatewayId(gateway_id)))
     assert codec.decode_response(await call.read()).welcome == "test-hub"
     return call
 
@@ -198,7 +201,7 @@ async def test_raw_claim_of_a_live_id_is_refused_with_already_exists(hub: HubSer
     async with aio.insecure_channel(hub.address) as channel:
         holder = await attach_raw(channel, "gw-dup")
         claim = channel.stream_stream(CONNECT_METHOD)()
-        await claim.write(codec.hello_bytes(codec.GatewayId("gw-dup")))
+        await claim.write(codec.hello_bytes(GatewayId("gw-dup")))
         probe = codec.decode_response(await asyncio.wait_for(holder.read(), 5)).probe
         assert probe is not None
         await holder.write(codec.probe_reply_bytes(probe))

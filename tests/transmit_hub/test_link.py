@@ -10,7 +10,15 @@ import time
 import pytest
 
 from tests.helpers import free_port, wait_until
-from transmit_hub import GatewayId, HubLink, HubServer, LinkClosed, UndeliverableReason, wire
+from transmit_hub import (
+    ConfigError,
+    GatewayId,
+    HubLink,
+    HubServer,
+    LinkClosed,
+    UndeliverableReason,
+    wire,
+)
 from transmit_hub import link as link_module
 from transmit_hub.config import HubConfig
 from transmit_hub.v1 import transmit_pb2 as pb
@@ -135,5 +143,5 @@ async def test_busy_link_in_a_loaded_process_lingers_so_maps_share_frames(
 def test_linger_must_be_sane() -> None:
     """A negative or absurd linger is refused at construction."""
     for bad in (-0.001, 2.0):
-        with pytest.raises(ValueError, match="linger"):
+        with pytest.raises(ConfigError, match="linger"):
             HubLink("127.0.0.1:1", GatewayId("gw-a"), linger=bad)

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from transmit_hub.errors import ConfigError
 from transmit_hub.outbox import Outbox
 
 
@@ -68,5 +69,5 @@ def test_adopt_moves_pending_items_first() -> None:
 
 def test_capacity_must_be_positive() -> None:
     """An outbox without room is a configuration error."""
-    with pytest.raises(ValueError, match="capacity"):
+    with pytest.raises(ConfigError, match="capacity"):
         Outbox(0)

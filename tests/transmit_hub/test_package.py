@@ -19,6 +19,7 @@ EXPECTED = {
     "HubPool",
     "HubServer",
     "HubStats",
+    "LifecycleError",
     "LinkClosed",
     "LinkDown",
     "LinkError",

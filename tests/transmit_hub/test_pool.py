@@ -339,7 +339,11 @@ async def test_resending_more_than_a_buffer_holds_waits_for_room(
     for chunk in range(12):
         for i in range(5):
             assert a.pool.send(tmap(f"m{chunk * 5 + i}", {"gw-b": (7,)}))
-        await wait_until(lambda n=chunk: sum(swallowed) == 5 * (n + 1), what="swallowed")
+
+        def swallowed_all(n: int = chunk) -> bool:
+            return sum(swallowed) == 5 * (n + 1)
+
+        await wait_until(swallowed_all, what="swallowed")
     await victim.stop(0)
     await wait_until(lambda: len(set(b.ids())) >= 60, what="all 60 maps at gw-b")
     assert a.pool.resent == 60
@@ -357,7 +361,11 @@ async def test_not_attached_on_one_hub_is_tried_on_the_next(
     b = await make_pool([order[1]], "gw-b")
     for i in range(20):
         assert a.pool.send(tmap(f"m{i}", {"gw-b": (7,)}))
-        await wait_until(lambda n=i: len(b.ids()) > n, what=f"map {i} at gw-b")
+
+        def arrived(n: int = i) -> bool:
+            return len(b.ids()) > n
+
+        await wait_until(arrived, what=f"map {i} at gw-b")
     assert sorted(b.ids()) == sorted(f"m{i}" for i in range(20))
     assert a.notices == []
     assert a.pool.rerouted >= 1

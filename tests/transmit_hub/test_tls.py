@@ -19,6 +19,7 @@ from transmit_hub import HubServer, codec, peer
 from transmit_hub.config import HubConfig
 from transmit_hub.tls import ClientTls, ServerTls
 from transmit_hub.transport import CONNECT_METHOD
+from transmit_hub.types import GatewayId
 from transmit_hub.v1 import transmit_pb2_grpc
 
 from .certs import Issued, TestCA
@@ -77,7 +78,7 @@ async def hello_error(call: Any, gateway_id: str) -> aio.AioRpcError:
     """Send a Hello on a raw Connect call; the error that ends it (it may surface on the
     write or on the read)."""
     try:
-        await call.write(codec.hello_bytes(codec.GatewayId(gateway_id)))
+        await call.write(codec.hello_bytes(GatewayId(gateway_id)))
         await call.read()
     except aio.AioRpcError as exc:
         return exc

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from tests.helpers import wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec, wire
 from transmit_hub.transport import CONNECT_METHOD, SERVICE_NAME
+from transmit_hub.types import GatewayId
 
 from .conftest import LinkFactory, tmap
 
@@ -123,7 +124,7 @@ async def test_hub_answers_invalid_for_unreadable_maps_and_routes_the_good_ones(
     bad_id = wire.encode_transmit_map(tmap("bad-id", {"gw b\n": (5,)}))
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
-        await call.write(codec.hello_bytes(codec.GatewayId("gw-a")))
+        await call.write(codec.hello_bytes(GatewayId("gw-a")))
         assert codec.decode_response(await call.read()).welcome == "test-hub"
         await call.write(wire.encode_batch_request([bad_key, truncated, bad_id, good]))
         notices: list[Any] = []
@@ -152,7 +153,7 @@ async def test_hub_answers_invalid_for_a_message_that_does_not_decode(
     )
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
-        await call.write(codec.hello_bytes(codec.GatewayId("gw-raw")))
+        await call.write(codec.hello_bytes(GatewayId("gw-raw")))
         assert codec.decode_response(await call.read()).welcome == "test-hub"
         good = wire.encode_transmit_map(tmap("after", {"gw-b": (5,)}))
         await call.write(wire.encode_batch_request([bad, good]))
@@ -179,7 +180,7 @@ async def test_a_gateway_named_twice_in_one_map_gets_one_delivery(
     to_c = _field(0x0A, _field(0x0A, b"gw-c") + _field(0x12, USERS))
     async with aio.insecure_channel(hub.address) as channel:
         call = channel.stream_stream(CONNECT_METHOD)()
-        await call.write(codec.hello_bytes(codec.GatewayId("gw-a")))
+        await call.write(codec.hello_bytes(GatewayId("gw-a")))
         assert codec.decode_response(await call.read()).welcome == "test-hub"
         await call.write(wire.encode_batch_request([entry * 50 + to_c + last + message]))
         sentinel = _field(0x12, message_bytes("sentinel", b"x"))

