@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .config import GatewayConfig
     from .errors import AuthError, ConfigError, FrameError, GatewayError, StartupError
-    from .server import Gateway
+    from .gateway import Gateway
     from .store import Store
 
 __all__ = [
