@@ -1,4 +1,5 @@
-"""Static files, JSON responses and token extraction (pure helpers)."""
+"""Same-port HTTP: routing, health, static files, JSON responses and token extraction
+(pure: no loop, no socket)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,94 @@ def test_token_from_query_or_bearer_header(
     target, query = http.split_target(request)
     assert target == "/ws"
     assert http.bearer_token(request, query) == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "metrics_on", "expected"),
+    [
+        ("/ws", True, http.Route(http.UPGRADE)),
+        ("/healthz", True, http.Route(http.HEALTHZ)),
+        ("/metrics", True, http.Route(http.METRICS)),
+        ("/metrics", False, http.Route(http.NOT_FOUND)),  # off: no such page
+        ("/info", True, http.Route(http.INFO)),
+        ("/", True, http.Route(http.STATIC, "index.html")),
+        ("/index.html", True, http.Route(http.STATIC, "index.html")),
+        ("/client.js", True, http.Route(http.STATIC, "client.js")),
+        ("/static/app.js", True, http.Route(http.STATIC, "app.js")),
+        ("/static/../gateway.py", True, http.Route(http.STATIC, "../gateway.py")),
+        ("/ws/", True, http.Route(http.NOT_FOUND)),
+        ("/WS", True, http.Route(http.NOT_FOUND)),
+        ("", True, http.Route(http.NOT_FOUND)),
+    ],
+)
+def test_route_by_exact_path(path: str, metrics_on: bool, expected: http.Route) -> None:
+    """Exact paths only; a static name is routed as given (static_file refuses bad ones)."""
+    assert http.route(path, metrics_enabled=metrics_on) == expected
+
+
+def test_a_routed_traversal_is_still_refused(tmp_path: Path) -> None:
+    target = http.route("/static/../gateway.py", metrics_enabled=True)
+    assert http.static_file(target.file, tmp_path).status_code == 404
+
+
+def _health(**facts: object) -> tuple[bool, dict[str, object]]:
+    base: dict[str, object] = {
+        "gateway_id": "gw-1",
+        "draining": False,
+        "linked": True,
+        "conflict": None,
+        "refused": None,
+        "configured_hubs": ("h1:1", "h2:2"),
+        "hubs": None,
+        "redis_error": None,
+        "connections": 3,
+    }
+    base.update(facts)
+    return http.health_report(**base)  # type: ignore[arg-type]
+
+
+def test_health_ok_when_linked_and_the_store_answers() -> None:
+    ok, report = _health()
+    assert ok
+    assert report == {
+        "status": "ok",
+        "gatewayId": "gw-1",
+        "hub": "linked",
+        "hubs": {"h1:1": "up", "h2:2": "up"},
+        "redis": "ok",
+        "connections": 3,
+    }
+
+
+def test_health_names_every_reason() -> None:
+    """Draining, the hub (with the certificate refusal) and the store, in that order."""
+    ok, report = _health(
+        draining=True,
+        linked=False,
+        refused="bad certificate",
+        redis_error=ConnectionError("connection refused"),
+        hubs={"h1:1": "down", "h2:2": "down"},
+    )
+    assert not ok
+    assert report["status"] == "unavailable"
+    assert (report["hub"], report["redis"]) == ("down", "down")
+    assert report["reason"] == (
+        "draining: the gateway is shutting down; "
+        "not linked to any hub (h1:1, h2:2): bad certificate; "
+        "redis not answering: ConnectionError: connection refused"
+    )
+
+
+def test_health_an_id_conflict_replaces_the_hub_reason() -> None:
+    ok, report = _health(linked=False, conflict="gateway id gw-1 is held by another process")
+    assert not ok
+    assert report["reason"] == "gateway id gw-1 is held by another process"
+
+
+def test_health_an_empty_store_error_has_no_trailing_colon() -> None:
+    _, report = _health(redis_error=TimeoutError())
+    assert report["reason"] == "redis not answering: TimeoutError"
+
+
+def test_info_names_the_gateway_and_its_policy() -> None:
+    assert http.info(None, "open") == {"gatewayId": None, "groupJoin": "open"}
