@@ -36,7 +36,7 @@ _WHERE = {
     "AuthError": ".errors",
     "ConfigError": ".errors",
     "FrameError": ".errors",
-    "Gateway": ".server",
+    "Gateway": ".gateway",
     "GatewayConfig": ".config",
     "GatewayError": ".errors",
     "StartupError": ".errors",
