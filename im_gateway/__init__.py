@@ -25,7 +25,7 @@ if TYPE_CHECKING:
         LifecycleError,
         StartupError,
     )
-    from .server import Gateway
+    from .gateway import Gateway
     from .store import Store
 
 __all__ = [
@@ -44,7 +44,7 @@ _WHERE = {
     "AuthError": ".errors",
     "ConfigError": ".errors",
     "FrameError": ".errors",
-    "Gateway": ".server",
+    "Gateway": ".gateway",
     "GatewayConfig": ".config",
     "GatewayError": ".errors",
     "LifecycleError": ".errors",

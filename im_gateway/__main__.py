@@ -148,7 +148,7 @@ def token_main(argv: Sequence[str]) -> int:
 async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
     """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's
     line, logged once the gateway is up)."""
-    from .server import Gateway
+    from .gateway import Gateway
 
     stop = asyncio.Event()
     signals: list[signal.Signals] = []

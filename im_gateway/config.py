@@ -2,7 +2,7 @@
 
 ``python -m im_gateway`` builds it from flags, ``IM_GATEWAY_*`` environment variables
 and ``--config FILE``, all generated from the fields (:mod:`transmit_hub.settings`); the
-library (:class:`im_gateway.server.Gateway`) takes it as it is.
+library (:class:`im_gateway.gateway.Gateway`) takes it as it is.
 """
 
 from __future__ import annotations

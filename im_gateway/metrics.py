@@ -1,6 +1,6 @@
 """The gateway's Prometheus metrics, served at ``GET /metrics`` on its port.
 
-Each :class:`~im_gateway.server.Gateway` owns a :class:`GatewayMetrics` with its own
+Each :class:`~im_gateway.gateway.Gateway` owns a :class:`GatewayMetrics` with its own
 ``CollectorRegistry`` (tests run several gateways in one process; nothing goes to the
 global default registry).
 
@@ -58,7 +58,7 @@ class _Local(Protocol):
 
 
 class Watched(Protocol):
-    """What the gauges read of a gateway at scrape time (:class:`~im_gateway.server.Gateway`
+    """What the gauges read of a gateway at scrape time (:class:`~im_gateway.gateway.Gateway`
     is one); a protocol, so that this module imports nothing that imports it."""
 
     @property

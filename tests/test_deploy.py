@@ -16,7 +16,7 @@ import pytest
 from im_gateway import __main__ as gateway_main
 from im_gateway import probe
 from im_gateway.config import GatewayConfig
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.harness import SECRET, Client, http_get
 from tests.metrics_scrape import promtool
 from transmit_hub import config as hub_config

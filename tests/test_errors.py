@@ -17,8 +17,8 @@ import transmit_hub
 import transmit_hub.errors
 from im_gateway.admission import ConnectionCaps
 from im_gateway.config import GatewayConfig
+from im_gateway.gateway import Gateway
 from im_gateway.group_policy import GroupRights
-from im_gateway.server import Gateway
 from transmit_hub.auth import BearerTokenInterceptor
 from transmit_hub.config import HubConfig
 from transmit_hub.link import HubLink

@@ -306,7 +306,7 @@ def test_the_library_takes_the_typed_config() -> None:
     """HubServer and Gateway take their config as it is (no loose keyword options)."""
     import inspect
 
-    from im_gateway.server import Gateway
+    from im_gateway.gateway import Gateway
     from transmit_hub.server import HubServer
 
     for cls, config in ((HubServer, HubConfig), (Gateway, GatewayConfig)):

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from im_gateway.config import GatewayConfig
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.harness import SECRET, Client
 from transmit_hub.server import HubServer
 

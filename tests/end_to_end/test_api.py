@@ -13,7 +13,7 @@ import pytest
 
 from im_gateway.api import OPENAPI
 from im_gateway.api_requests import METHODS
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import deliveries_to, hub_stats
 from tests.helpers import wait_until

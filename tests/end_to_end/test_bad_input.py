@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import SECRET, Client, token
 from tests.helpers import wait_until

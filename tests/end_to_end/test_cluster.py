@@ -17,7 +17,7 @@ import pytest
 from redis.crc import key_slot
 
 from im_gateway.config import GatewayConfig
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from im_gateway.store import ClusterStore
 from tests.cluster import RedisClusterProcesses
 from tests.end_to_end.harness import SECRET, Client

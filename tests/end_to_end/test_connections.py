@@ -45,7 +45,7 @@ async def test_heartbeat_and_websocket_ping_are_answered(
 async def test_hub_token_is_sent_to_a_hub_that_requires_one(redis_url: str) -> None:
     """With --hub-token the gateway links to a hub started with --auth-token; without it, not."""
     from im_gateway.config import GatewayConfig
-    from im_gateway.server import Gateway
+    from im_gateway.gateway import Gateway
     from tests.end_to_end.harness import SECRET, http_get
     from transmit_hub.config import HubConfig
     from transmit_hub.server import HubServer

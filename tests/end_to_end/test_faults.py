@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from im_gateway.faults import ENV as FAULTS_ENV
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.conftest import RedisServer
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import Client, Frame, GatewayProcess

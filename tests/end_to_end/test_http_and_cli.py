@@ -53,7 +53,12 @@ async def test_info_page_and_static_files(start_gateway: GatewayFactory) -> None
     assert status == 200
     assert headers["content-type"].startswith("text/html")
     assert b"<" in body
-    for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/nope.js", "/nowhere"):
+    for path in (
+        "/static/../gateway.py",
+        "/static/%2e%2e/gateway.py",
+        "/static/nope.js",
+        "/nowhere",
+    ):
         status, _, _ = await http_get(gw.port, path)
         assert status == 404, path
 

@@ -89,7 +89,7 @@ async def test_live_messages_keep_flowing_after_replay(
 
 
 async def _wait_acked(gateway: object, user: int, seq: str) -> None:
-    from im_gateway.server import Gateway
+    from im_gateway.gateway import Gateway
     from tests.helpers import wait_until
 
     assert isinstance(gateway, Gateway)

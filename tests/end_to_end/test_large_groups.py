@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import Client, deliveries_to, hub_stats
 from tests.helpers import wait_until

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from im_gateway.config import GatewayConfig
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import http_get
 from tests.helpers import wait_until

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from im_gateway import web
+from im_gateway import http
 from tests.node import CLIENT_JS, ROOT, run_node_tests
 
 NODE_TESTS = ROOT / "tests" / "js"
@@ -25,7 +25,7 @@ def test_client_adapter_node_tests_pass() -> None:
 
 def test_client_module_is_served_as_javascript() -> None:
     """GET /client.js's file is the module's bytes with a JavaScript type, no CSP."""
-    served = web.static_file("client.js")
+    served = http.static_file("client.js")
     assert served.status_code == 200
     assert served.headers["Content-Type"] == "text/javascript; charset=utf-8"
     assert served.body == CLIENT_JS.read_bytes()

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from im_gateway.config import GatewayConfig
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import wait_until
 from tests.transmit_hub.certs import TestCA

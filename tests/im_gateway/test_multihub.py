@@ -10,7 +10,7 @@ import pytest
 from im_gateway.__main__ import build_parser, parse_config
 from im_gateway.config import MAX_HUBS, GatewayConfig, parse_hubs
 from im_gateway.errors import ConfigError
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from im_gateway.store import MemoryStore
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import wait_until

@@ -12,7 +12,7 @@ from websockets.frames import Frame as WsFrame
 from websockets.frames import Opcode
 
 from im_gateway.config import GatewayConfig
-from im_gateway.server import Gateway
+from im_gateway.gateway import Gateway
 from im_gateway.store import MemoryStore
 from tests.end_to_end.harness import SECRET, Client, http_get, token
 from tests.im_gateway.fakes import FakeLink

@@ -1,4 +1,4 @@
-"""The gateway: one port for WebSocket users and a few plain HTTP endpoints.
+"""The gateway: the composition root, and the lifecycle of its parts.
 
 ``Gateway`` wires the parts together and owns their lifecycles::
 
@@ -6,12 +6,9 @@
                                          |  \\--> HubPool --> transmit hubs
                               Presence <-+
 
-HTTP on the same port (answered in ``process_request``, before any upgrade):
-``GET /ws`` upgrades after checking the JWT (401 otherwise), ``GET /healthz`` is 200
-while at least one hub is linked and the store answers (503 with the reason
-otherwise; ``"hubs"`` says which hub is up),
-``GET /info`` names the gateway, ``GET /`` and ``GET /static/<file>`` serve the chat
-page from ``im_gateway/static``, ``GET /client.js`` the JavaScript client module.
+One port for WebSocket users and a few plain HTTP endpoints: the HTTP answers and the
+admission of an upgrade are in :mod:`im_gateway.http`, the connection class (the only
+code that touches websockets' internals) in :mod:`im_gateway.ws`.
 """
 
 from __future__ import annotations
@@ -19,27 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
-from collections.abc import Callable
-from typing import cast
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.frames import Frame, Opcode
-from websockets.http11 import Request, Response
-from websockets.protocol import OPEN, Event
+from websockets.asyncio.server import Server, ServerConnection
 
 from transmit_hub.lifecycle import AsyncLifecycle
 from transmit_hub.pool import HubPool
 from transmit_hub.transport import channel_options
-from transmit_hub.types import GatewayId, UserId
+from transmit_hub.types import GatewayId
 
-from . import auth, descriptors, faults, metrics, web
-from .admission import ConnectionCaps, RejectionLog
+from . import descriptors, faults, http, metrics, ws
 from .api import ApiServer
 from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
-from .errors import AuthError, LifecycleError, StartupError
-from .group_policy import TOKEN, GroupRights
+from .errors import LifecycleError, StartupError
 from .presence import Presence
 from .relay import Link, Relay
 from .sessions import Session, SessionLimits, sweep_idle
@@ -51,111 +40,6 @@ logger = logging.getLogger(__name__)
 HEALTH_TIMEOUT = 1.0
 DRAIN_POLL = 0.01
 """Seconds between checks that a draining gateway has answered what it took."""
-
-
-class _Connection(ServerConnection):
-    """A server connection that remembers its user, and reads and writes frames without
-    a task switch each."""
-
-    user: UserId | None = None
-    group_rights: GroupRights | None = None
-    caps: ConnectionCaps | None = None
-    """Where ``user`` holds a slot; given back once, when the TCP connection is gone
-    (a reference, not a closure per connection)."""
-    lost = False
-    """The TCP connection is gone (it can be before ``process_request`` runs)."""
-    sockets: descriptors.Sockets | None = None
-    """The gateway's socket counts (set on its own subclass: :func:`_connection_class`)."""
-    rejections: RejectionLog | None = None
-    counted = False
-    """This connection is counted in ``sockets`` (refused ones are not)."""
-    handshaking = False
-    receive_now: Callable[[str], bool] | None = None
-    """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
-    _flush_scheduled = False
-
-    def process_event(self, event: Event) -> None:
-        """Offer each complete text frame to ``receive_now`` while nothing waits for
-        ``recv()``; frames it declines (and all others) go to ``recv()`` as usual."""
-        handler = self.receive_now
-        if (
-            handler is not None
-            and isinstance(event, Frame)
-            and event.opcode is Opcode.TEXT
-            and event.fin
-            and not len(self.recv_messages.frames)
-        ):
-            try:
-                text = str(event.data, "utf-8")
-            except UnicodeDecodeError:
-                pass  # recv() closes the connection with 1007, as websockets does
-            else:
-                if handler(text):
-                    return
-        super().process_event(event)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Count the connection, or answer it a fixed 503 at once (its request is never
-        read) when too many handshakes are under way or the descriptors are low."""
-        super().connection_made(transport)
-        if self.sockets is None:
-            return
-        refused = self.sockets.open_ws()
-        if refused is None:
-            self.counted = self.handshaking = True
-            return
-        if self.rejections is not None:
-            self.rejections.hit(f"{refused.status} at connect: {refused.reason}")
-        transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        descriptors.refuse(transport, self, self.sockets)
-
-    def handshake_done(self) -> None:
-        """The connection is a WebSocket now: no longer a handshake under way."""
-        if self.handshaking and self.sockets is not None:
-            self.handshaking = False
-            self.sockets.upgraded()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        self.lost = True
-        if self.counted and self.sockets is not None:
-            self.counted = False
-            self.sockets.close_ws(handshaking=self.handshaking)
-        caps, self.caps = self.caps, None
-        if caps is not None and self.user is not None:
-            caps.release(self.user)
-
-    def send_now(self, message: str) -> bool:
-        """Queue a text frame for writing in this loop iteration, unless the socket is
-        backed up or not open (then False: the session's writer task waits for it).
-
-        No task, no await: frames are framed at once and every frame queued for this
-        socket in one loop iteration goes out in a single ``transport.write`` (one
-        system call instead of one per frame). Anything else websockets writes (a
-        ping, the close frame) flushes them first, so the order is kept.
-        """
-        if self.paused or self.protocol.state is not OPEN:
-            return False
-        self.protocol.send_text(message.encode())
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-        return True
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        data = self.protocol.data_to_send()
-        transport = self.transport
-        if not data or transport.is_closing():
-            return
-        payload = [chunk for chunk in data if chunk]
-        if payload:
-            transport.write(payload[0] if len(payload) == 1 else b"".join(payload))
-        if len(payload) != len(data):  # b"" asks for end of stream, as in send_data()
-            if transport.can_write_eof():
-                transport.write_eof()
-            else:
-                transport.close()
 
 
 class Gateway(AsyncLifecycle):
@@ -196,24 +80,14 @@ class Gateway(AsyncLifecycle):
             max_refused=self.config.max_refused,
             fill_delay=self.config.fill_delay,
         )
-        self._caps = ConnectionCaps(
-            per_user=self.config.max_connections_per_user, total=self.config.max_connections
-        )
-        self._rejections = RejectionLog()
-        self._sockets = descriptors.Sockets(
-            limit=None,
-            baseline=0,
-            reserve=self.config.fd_reserve,
-            max_handshakes=self.config.max_handshakes,
-        )
-        self._rights = GroupRights(self.config.group_join)
-        """The group rights of every connection, unless the policy reads the token."""
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
         self._draining = False
         self.metrics = metrics.from_env()
         self.metrics.watch(self)
+        self._front = front = http.Front(self, config, self.metrics)
+        self._sockets, self._rejections = front.sockets, front.rejections
 
     # --- properties -------------------------------------------------------------------
 
@@ -236,6 +110,16 @@ class Gateway(AsyncLifecycle):
         if self._gateway_id is None:
             raise LifecycleError("the gateway id is known once the gateway has started")
         return self._gateway_id
+
+    @property
+    def known_id(self) -> GatewayId | None:
+        """The gateway id, or None before the start picks one (``/info`` says null)."""
+        return self._gateway_id
+
+    @property
+    def draining(self) -> bool:
+        """:meth:`drain` has begun: no new handshakes, ``/healthz`` says 503."""
+        return self._draining
 
     @property
     def linked(self) -> bool:
@@ -289,7 +173,7 @@ class Gateway(AsyncLifecycle):
                 "the JWT secret is shorter than 32 bytes: fine for a demo, weak in production"
             )
         # Certificates first: a bad file fails the start before anything connects.
-        tls = tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
+        tls = ws.tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
         if self._store is None:
             try:
                 self._store = await open_store(
@@ -310,22 +194,12 @@ class Gateway(AsyncLifecycle):
                 raise StartupError(f"cannot reach Redis at {cfg.redis_url}: {exc}") from exc
         store = self._store = self.metrics.timed(self._store)
         try:
-            self._server = await serve(
+            self._server = await ws.listen(
                 self._handle,
-                cfg.host,
-                cfg.port,
-                process_request=self._process_request,
-                create_connection=_connection_class(self._sockets, self._rejections),
-                compression="deflate" if cfg.compression else None,
-                max_size=cfg.max_frame_size,
-                # Pings come from one sweeper task for all connections (sweep_idle),
-                # not from a keepalive task per connection (about 1.6 KB each).
-                ping_interval=None,
-                ping_timeout=None,
-                close_timeout=cfg.close_timeout,
-                server_header=None,
-                ssl=tls,
-                start_serving=False,
+                cfg,
+                process_request=self._front.process_request,
+                connection=ws.connection_class(self._sockets, self._rejections),
+                tls=tls,
             )
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
@@ -518,115 +392,32 @@ class Gateway(AsyncLifecycle):
     # --- health -----------------------------------------------------------------------
 
     async def health(self) -> tuple[bool, dict[str, object]]:
-        """Whether the gateway can do its job, and a JSON-ready report saying why."""
-        reasons: list[str] = []
-        if self._draining:
-            reasons.append("draining: the gateway is shutting down")
-        hub = "linked" if self._link is not None and self._link.connected else "down"
-        conflict = getattr(self._link, "conflict", None)  # another process holds our id
-        refused = getattr(self._link, "refused", None)  # a hub refuses our certificate
-        if conflict:
-            reasons.append(str(conflict))
-        elif hub != "linked":
-            why = f": {refused}" if refused else ""
-            reasons.append(f"not linked to any hub ({', '.join(self.config.hubs)}){why}")
-        hubs = (
-            self._hub_link.hubs
-            if self._hub_link is not None
-            else dict.fromkeys(self.config.hubs, "up" if hub == "linked" else "down")
-        )
-        redis = "ok"
+        """Whether the gateway can do its job, and a JSON-ready report saying why
+        (:func:`http.health_report`)."""
+        redis_error: Exception | None = None
         try:
             async with asyncio.timeout(HEALTH_TIMEOUT):
                 await self.store.ping()
         except Exception as exc:
-            redis = "down"
-            reasons.append(f"redis not answering: {type(exc).__name__}: {exc}".rstrip(": "))
-        report: dict[str, object] = {
-            "status": "ok" if not reasons else "unavailable",
-            "gatewayId": self._gateway_id,
-            "hub": hub,
-            "hubs": hubs,
-            "redis": redis,
-            "connections": self._relay.connections if self._relay is not None else 0,
-        }
-        if reasons:
-            report["reason"] = "; ".join(reasons)
-        return not reasons, report
+            redis_error = exc
+        return http.health_report(
+            gateway_id=self._gateway_id,
+            draining=self._draining,
+            linked=self._link is not None and self._link.connected,
+            conflict=getattr(self._link, "conflict", None),  # another process holds our id
+            refused=getattr(self._link, "refused", None),  # a hub refuses our certificate
+            configured_hubs=self.config.hubs,
+            hubs=self._hub_link.hubs if self._hub_link is not None else None,
+            redis_error=redis_error,
+            connections=self._relay.connections if self._relay is not None else 0,
+        )
 
-    # --- HTTP and WebSocket -----------------------------------------------------------
-
-    async def _process_request(
-        self, connection: ServerConnection, request: Request
-    ) -> Response | None:
-        path, query = web.split_target(request)
-        if path == "/ws":
-            return self._admit(connection, request, query)
-        if path == "/healthz":
-            ok, report = await self.health()
-            return web.json_response(200 if ok else 503, report)
-        if path == "/metrics" and self.metrics.enabled:
-            return web.response(200, self.metrics.render(), metrics.CONTENT_TYPE)
-        if path == "/info":
-            info = {"gatewayId": self._gateway_id, "groupJoin": self.config.group_join}
-            return web.json_response(200, info)
-        if path in ("/", "/index.html"):
-            return web.static_file("index.html")
-        if path == "/client.js":
-            return web.static_file("client.js")
-        if path.startswith("/static/"):
-            return web.static_file(path[len("/static/") :])
-        return web.not_found()
-
-    def _admit(
-        self, connection: ServerConnection, request: Request, query: dict[str, list[str]]
-    ) -> Response | None:
-        """Check the token and take a connection slot, with no await between the check
-        and the count (so concurrent handshakes cannot race past a cap)."""
-        cfg = self.config
-        try:
-            identity = auth.verify_identity(
-                web.bearer_token(request, query),
-                cfg.jwt_secret,
-                max_ttl=cfg.jwt_max_ttl,
-                audience=cfg.jwt_audience,
-                issuer=cfg.jwt_issuer,
-                max_groups=cfg.max_groups_per_user,
-            )
-        except AuthError as exc:
-            self._rejections.hit(f"401 {exc} (from {_peer(connection)})")
-            self.metrics.handshake_refused("unauthorized")
-            return web.json_response(
-                401, {"error": "unauthorized", "reason": str(exc)}, WWW_Authenticate="Bearer"
-            )
-        if self._draining:
-            self.metrics.handshake_refused("draining")
-            return web.json_response(503, {"error": "unavailable", "reason": "draining"})
-        if not isinstance(connection, _Connection) or connection.lost:
-            # (A client gone before its request was read takes no slot: none would
-            # ever be given back.)
-            self.metrics.handshake_refused("not_ready")
-            return web.json_response(503, {"error": "unavailable", "reason": "not ready"})
-        user = identity.user
-        refused = self._sockets.upgrade_refusal() or self._caps.admit(user)
-        if refused is not None:
-            self._rejections.hit(f"{refused.status} user {user}: {refused.code}")
-            self.metrics.handshake_refused(refused.code)
-            return web.json_response(
-                refused.status, {"error": refused.code, "reason": refused.reason}
-            )
-        connection.user = user
-        connection.caps = self._caps
-        if self._rights.policy == TOKEN:
-            connection.group_rights = GroupRights(TOKEN, identity.groups)
-        else:
-            connection.group_rights = self._rights
-        return None
+    # --- WebSocket --------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
         relay, presence = self._relay, self._presence
         if (
-            not isinstance(connection, _Connection)
+            not isinstance(connection, ws.Connection)
             or connection.user is None
             or relay is None
             or presence is None
@@ -639,10 +430,6 @@ class Gateway(AsyncLifecycle):
             return
         user = connection.user
         connection.handshake_done()
-        # The handshake is over: its response (headers and all, about 1.4 KB) would
-        # otherwise stay with every idle connection. (``request`` must stay: websockets
-        # routes later events as frames only while it is set.)
-        connection.response = None
         session = Session(
             connection,
             user,
@@ -650,7 +437,7 @@ class Gateway(AsyncLifecycle):
             router=relay,
             limits=self._limits,
             slots=self._slots,
-            group_rights=connection.group_rights or self._rights,
+            group_rights=connection.group_rights or self._front.rights,
             metrics=self.metrics,
         )
         relay.add(session)
@@ -665,35 +452,3 @@ class Gateway(AsyncLifecycle):
             presence.remove(user)
             with contextlib.suppress(Exception):
                 await session.close()
-
-
-def _connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> type[_Connection]:
-    """:class:`_Connection` counting its sockets in one gateway's ``sockets``."""
-
-    class GatewayConnection(_Connection):
-        pass
-
-    GatewayConnection.sockets = sockets
-    GatewayConnection.rejections = rejections
-    return GatewayConnection
-
-
-def _peer(connection: ServerConnection) -> str:
-    """The client's address, for log lines."""
-    address = connection.remote_address
-    return str(address[0]) if isinstance(address, tuple) and address else "?"
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext:
-    """A server TLS context (TLS 1.2 or later) from PEM files; StartupError naming them."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.set_alpn_protocols(["http/1.1"])
-    try:
-        context.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-        raise StartupError(
-            f"cannot load the TLS certificate {cert!r} and key {key!r}: {detail}"
-        ) from exc
-    return context
