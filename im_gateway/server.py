@@ -215,6 +215,7 @@ class Gateway(AsyncLifecycle):
         self._draining = False
         self.metrics = metrics.from_env()
         self.metrics.watch(self)
+        self._sockets.on_refused = self.metrics.handshake_refused  # the 503s at connect
 
     # --- properties -------------------------------------------------------------------
 
