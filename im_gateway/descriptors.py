@@ -28,6 +28,7 @@ import asyncio
 import logging
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -129,6 +130,7 @@ class Sockets:
         "_spare_at_start",
         "api",
         "handshaking",
+        "on_refused",
         "refusing",
         "reserve",
         "ws",
@@ -150,6 +152,9 @@ class Sockets:
         """TCP connections open on the server API port."""
         self.refusing = 0
         """Connections refused at once, half-closed until the client reads the 503."""
+        self.on_refused: Callable[[str], None] | None = None
+        """Told the code (``descriptors``, ``handshakes``) of each WebSocket-port connection
+        refused at connect (the gateway counts them in its handshakes-refused metric)."""
 
     def budget(self, *, limit: int | None, baseline: int) -> None:
         """Set the limit and the descriptors open besides the client sockets."""
@@ -186,6 +191,8 @@ class Sockets:
         if refused is None:
             self.ws += 1
             self.handshaking += 1
+        elif self.on_refused is not None:
+            self.on_refused(refused.code)
         return refused
 
     def upgraded(self) -> None:

@@ -88,6 +88,7 @@ class Gateway(AsyncLifecycle):
         self.metrics.watch(self)
         self._front = front = http.Front(self, config, self.metrics)
         self._sockets, self._rejections = front.sockets, front.rejections
+        self._sockets.on_refused = self.metrics.handshake_refused  # the 503s at connect
 
     # --- properties -------------------------------------------------------------------
 

@@ -32,17 +32,19 @@ import signal
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final, NoReturn
 from urllib.parse import urlsplit
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
+from transmit_hub import logs
 from transmit_hub.metrics import MetricsServer
 from transmit_hub.server import parse_listen
+from transmit_hub.settings import Loaded, Program, between, check_fields, setting
 
 from . import auth
 from .errors import ConfigError
@@ -51,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 PROG: Final = "python -m im_gateway probe"
 ENV_PREFIX: Final = "IM_GATEWAY_PROBE_"
+EXIT_USAGE: Final = 2
 DEFAULT_USER_BASE: Final = 9_000_000_000_000_000_000
 LATENCY_BUCKETS: Final = (
     0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -213,20 +216,68 @@ class ProbeMetrics:
 # --- I/O ---------------------------------------------------------------------------------
 
 
+def _gateway_urls(text: str) -> tuple[str, ...]:
+    return tuple(url.strip() for url in text.split(",") if url.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class ProbeConfig:
-    gateways: tuple[str, ...]
-    jwt_secret: str = ""
-    user_base: int = DEFAULT_USER_BASE
-    interval: float = 5.0
-    deadline: float = 3.0
-    summary_every: float = 60.0
-    metrics_listen: str | None = None
-    audience: str | None = None
-    issuer: str | None = None
-    token_ttl: float = 3600.0
+    """The probe's settings: each field is a flag, an ``IM_GATEWAY_PROBE_*`` variable and a
+    ``--config`` key (see :mod:`transmit_hub.settings`)."""
+
+    gateway: str = setting(
+        "",
+        "the gateways' WebSocket URLs (ws://HOST:PORT/ws or wss://...), comma-separated; "
+        "or give the flag once per gateway (required)",
+        metavar="URL",
+    )
+    jwt_secret: str = setting(
+        "",
+        "the gateways' JWT secret: the probe signs its own users' tokens (required)",
+        metavar="SECRET",
+        secret=True,
+    )
+    user_base: int = setting(
+        DEFAULT_USER_BASE,
+        "the probe's users are ID, ID+1, ... (one per gateway; keep this range out of your "
+        "application's users)",
+        metavar="ID",
+    )
+    interval: float = setting(
+        5.0, "seconds between rounds", metavar="SECONDS", check=between(0.1, 3600)
+    )
+    deadline: float = setting(
+        3.0,
+        "an acknowledged message not seen this long after it was sent is a loss",
+        metavar="SECONDS",
+        check=between(0.05, 3600),
+    )
+    summary_every: float = setting(
+        60.0, "seconds between summary log lines", metavar="SECONDS", check=between(1, 86400)
+    )
+    metrics_listen: str | None = setting(
+        None,
+        "serve the probe's Prometheus metrics at GET /metrics here (default: off)",
+        metavar="HOST:PORT",
+    )
+    audience: str | None = setting(
+        None, "the aud claim of the tokens (the gateways' --jwt-audience)", metavar="AUD"
+    )
+    issuer: str | None = setting(
+        None, "the iss claim of the tokens (the gateways' --jwt-issuer)", metavar="ISS"
+    )
+    token_ttl: float = setting(
+        3600.0,
+        "seconds the probe's tokens live (each connection signs a new one; keep it within "
+        "the gateways' --jwt-max-lifetime)",
+        metavar="SECONDS",
+        check=between(10, 86400 * 365),
+    )
+    log_level: str = logs.level_setting()
+    log_format: str = logs.format_setting()
 
     def __post_init__(self) -> None:
+        check_fields(self, ConfigError)
         if not self.gateways:
             raise ConfigError("give at least one --gateway URL (ws://HOST:PORT/ws)")
         for url in self.gateways:
@@ -240,17 +291,16 @@ class ProbeConfig:
         last = self.user_base + max(len(self.gateways), 2) - 1
         if self.user_base < 1 or last > auth.UINT64_MAX:
             raise ConfigError("--user-base must leave room for the probe users in 1..2^64-1")
-        if not 0.1 <= self.interval <= 3600:
-            raise ConfigError(f"--interval must be 0.1 to 3600 seconds, got {self.interval}")
-        if not 0.05 <= self.deadline <= 3600:
-            raise ConfigError(f"--deadline must be 0.05 to 3600 seconds, got {self.deadline}")
-        if not 1 <= self.summary_every <= 86400:
-            raise ConfigError("--summary-every must be 1 to 86400 seconds")
         if self.metrics_listen is not None:
             try:
                 parse_listen(self.metrics_listen)
             except Exception as exc:
                 raise ConfigError(str(exc).replace("--listen", "--metrics-listen", 1)) from None
+
+    @property
+    def gateways(self) -> tuple[str, ...]:
+        """The ``--gateway`` URLs, in order."""
+        return _gateway_urls(self.gateway)
 
 
 class _Member:
@@ -449,96 +499,58 @@ class Probe:
         return line
 
 
+PROGRAM: Final = Program(
+    ProbeConfig,
+    prog=PROG,
+    env_prefix=ENV_PREFIX,
+    description=(
+        "Probe a running cluster end to end: hold a synthetic user on each gateway, send a "
+        "message between every pair every --interval seconds, and report the delivery "
+        "latency per pair and any message acknowledged but not seen within --deadline (a "
+        "loss)."
+    ),
+    error=ConfigError,
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=PROG,
-        description=(
-            "Probe a running cluster end to end: hold a synthetic user on each gateway, "
-            "send a message between every pair every --interval seconds, and report the "
-            "delivery latency per pair and any message acknowledged but not seen within "
-            f"--deadline (a loss). Every flag can also be set as {ENV_PREFIX}<FLAG>."
-        ),
-    )
-    parser.add_argument(
-        "--gateway",
-        action="append",
-        metavar="URL",
-        help="a gateway's WebSocket URL (ws://HOST:PORT/ws); give it once per gateway, or "
-        "a comma-separated list",
-    )
-    parser.add_argument(
-        "--jwt-secret",
-        metavar="SECRET",
-        help="the gateways' JWT secret: the probe signs its own users' tokens",
-    )
-    parser.add_argument(
-        "--user-base",
-        type=int,
-        metavar="ID",
-        help=f"the probe's users are ID, ID+1, ... (one per gateway; keep this range out "
-        f"of your application's users) (default {DEFAULT_USER_BASE})",
-    )
-    parser.add_argument(
-        "--interval", type=float, metavar="SECONDS", help="seconds between rounds (default 5)"
-    )
-    parser.add_argument(
-        "--deadline",
-        type=float,
-        metavar="SECONDS",
-        help="an acknowledged message not seen this long after it was sent is a loss (default 3)",
-    )
-    parser.add_argument(
-        "--summary-every",
-        type=float,
-        metavar="SECONDS",
-        help="seconds between summary log lines (default 60)",
-    )
-    parser.add_argument(
-        "--metrics-listen",
-        metavar="HOST:PORT",
-        help="serve the probe's Prometheus metrics at GET /metrics here (default: off)",
-    )
-    parser.add_argument("--audience", help="the aud claim of the tokens (--jwt-audience)")
-    parser.add_argument("--issuer", help="the iss claim of the tokens (--jwt-issuer)")
-    parser.add_argument(
-        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
-    )
-    return parser
+    """The probe's flags, generated from :class:`ProbeConfig`'s fields."""
+    return PROGRAM.build_parser()
 
 
-def parse_config(
-    argv: Sequence[str], environ: dict[str, str] | None = None
-) -> tuple[ProbeConfig, str]:
-    """The probe's config and log level from flags, then ``IM_GATEWAY_PROBE_*`` variables."""
-    env = dict(os.environ) if environ is None else environ
-    parser = build_parser()
-    args = vars(parser.parse_args(argv))
-    values: dict[str, Any] = {}
-    for name, value in args.items():
-        if value is None:
-            text = env.get(ENV_PREFIX + name.upper())
-            if text:
-                value = [text] if name == "gateway" else text
-        if value is not None:
-            values[name] = value
-    log_level = str(values.pop("log_level", "INFO")).upper()
-    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        parser.error("--log-level must be DEBUG, INFO, WARNING or ERROR")
-    gateways = tuple(
-        url.strip() for item in values.pop("gateway", []) for url in item.split(",") if url.strip()
-    )
+def join_repeated_gateways(argv: Sequence[str]) -> list[str]:
+    """``--gateway A --gateway B`` -> ``--gateway A,B`` (the flag may be repeated)."""
+    urls: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--gateway":
+            urls.append(next(args, ""))
+        elif arg.startswith("--gateway="):
+            urls.append(arg.partition("=")[2])
+        else:
+            rest.append(arg)
+    return [*rest, "--gateway", ",".join(urls)] if urls else rest
+
+
+def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Loaded[ProbeConfig]:
+    """Flags, ``IM_GATEWAY_PROBE_*`` variables and ``--config`` -> a validated config;
+    ConfigError on a problem."""
+    return PROGRAM.load(join_repeated_gateways(argv), os.environ if environ is None else environ)
+
+
+def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> ProbeConfig:
+    """Like :func:`load`, but a problem exits 2 with one line (in the log format asked for)."""
     try:
-        for name, kind in (
-            ("user_base", int),
-            ("interval", float),
-            ("deadline", float),
-            ("summary_every", float),
-        ):
-            if name in values:
-                values[name] = kind(values[name])
-        return ProbeConfig(gateways=gateways, **values), log_level
-    except (ConfigError, ValueError) as exc:
-        parser.error(str(exc))
+        return load(argv, environ).config
+    except ConfigError as exc:
+        _usage_error(str(exc), argv, environ)
+
+
+def _usage_error(message: str, argv: Sequence[str], environ: Mapping[str, str] | None) -> NoReturn:
+    json_format = logs.sniff_format(argv, os.environ if environ is None else environ, ENV_PREFIX)
+    print(logs.error_line(PROG, message, json_format=json_format == "json"), file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
 
 
 async def run(config: ProbeConfig) -> None:
@@ -578,12 +590,23 @@ async def _serve(config: ProbeConfig) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """``python -m im_gateway probe ...``; returns the exit code."""
-    config, log_level = parse_config(argv)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("websockets").setLevel(logging.WARNING)
+    try:
+        loaded = load(argv)
+    except ConfigError as exc:
+        _usage_error(str(exc), argv, None)
+    config = loaded.config
+    if loaded.print_config:
+        print(PROGRAM.render(config), end="")
+        return 0
+    logs.configure(config.log_level, config.log_format, program="im_gateway.probe")
+    if config.log_level.upper() != "DEBUG":
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         asyncio.run(_serve(config))
     except ConfigError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(
+            logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),
+            file=sys.stderr,
+        )
         return 1
     return 0

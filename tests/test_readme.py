@@ -50,7 +50,7 @@ MARKED = re.compile(
     re.MULTILINE | re.DOTALL,
 )
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)\n(?P<body>.*?)^```$", re.MULTILINE | re.DOTALL)
-FLAGS_TABLE = re.compile(r"^<!-- flags: (?P<module>[\w.]+) -->\n(?P<table>(?:\|.*\n)+)", re.M)
+FLAGS_TABLE = re.compile(r"^<!-- flags: (?P<module>[\w. ]+) -->\n(?P<table>(?:\|.*\n)+)", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +183,7 @@ def _help(*argv: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("module", ["transmit_hub", "im_gateway"])
+@pytest.mark.parametrize("module", ["transmit_hub", "im_gateway", "im_gateway probe"])
 def test_flags_tables_match_help(module: str) -> None:
     """The README's flag table and the program's ``--help`` list the same flags."""
     tables = {m["module"]: m["table"] for m in FLAGS_TABLE.finditer(README.read_text())}
@@ -192,7 +192,7 @@ def test_flags_tables_match_help(module: str) -> None:
     flags = [re.match(r"\|\s*`(--[a-z0-9-]+)", row) for row in rows]
     documented = [m[1] for m in flags if m]
     assert len(documented) == len(rows), f"a row of the {module} table names no flag"
-    help_text = _help("-m", module)
+    help_text = _help("-m", *module.split())
     missing = [f for f in documented if not re.search(rf"{f}\b", help_text)]
     assert not missing, f"README documents {missing} but `python -m {module} --help` has not"
     offered = set(re.findall(r"^\s+(--[a-z0-9-]+)", help_text, re.M)) - {"--help"}

@@ -143,6 +143,25 @@ async def test_refusals_and_undeliverable_are_counted_by_reason(
     await wait_until(no_connections, what="connections back to 0")
 
 
+async def test_connections_refused_at_connect_count_as_refused_handshakes(
+    start_gateway: GatewayFactory,
+) -> None:
+    """With --max-handshakes 1 and one handshake under way (a socket that sends nothing),
+    the next connection gets the fixed 503 before its request is read: it is counted
+    under ``handshakes``."""
+    gw = await start_gateway("gw-busy", max_handshakes=1)
+    _, idle = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        await wait_until(lambda: gw._sockets.handshaking == 1, what="the held handshake")
+        status, body, _ = await http_get(gw.port, "/ws?token=x", {"Upgrade": "websocket"})
+        assert status == 503, body
+    finally:
+        idle.close()
+    await wait_until(lambda: gw._sockets.handshaking == 0, what="the slot given back")
+    _, s = await scrape(gw.port)
+    assert value(s, "im_gateway_handshakes_refused_total", reason="handshakes") == 1
+
+
 async def test_each_gateway_has_its_own_registry(start_gateway: GatewayFactory) -> None:
     """Two gateways in one process do not share series (a per-gateway registry)."""
     gw1 = await start_gateway("gw-1")

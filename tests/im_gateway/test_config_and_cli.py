@@ -171,10 +171,10 @@ def test_probe_flags_are_checked() -> None:
     from im_gateway import probe
 
     env = {"IM_GATEWAY_PROBE_JWT_SECRET": SECRET}
-    config, level = probe.parse_config(["--gateway", "ws://a:1/ws,ws://b:2/ws"], env)
+    config = probe.parse_config(["--gateway", "ws://a:1/ws,ws://b:2/ws"], env)
     assert config.gateways == ("ws://a:1/ws", "ws://b:2/ws")
     assert config.jwt_secret == SECRET
-    assert level == "INFO"
+    assert config.log_level == "INFO"
     for argv, env_ in (
         (["--gateway", "http://a:1/"], env),
         (["--gateway", "ws://a:1/ws"], {}),

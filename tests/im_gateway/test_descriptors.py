@@ -137,3 +137,20 @@ async def test_refuse_answers_503_then_closes_and_gives_the_count_back(reserve: 
     finally:
         server.close()
         await server.wait_closed()
+
+
+def test_each_refusal_at_connect_is_told_by_its_reason() -> None:
+    """``on_refused`` hears the code of each WebSocket-port refusal (too many handshakes,
+    descriptors low); an accepted connection and an API refusal are not told."""
+    told: list[str] = []
+    sockets = Sockets(limit=30, baseline=0, reserve=20, max_handshakes=1)
+    sockets.on_refused = told.append
+    assert sockets.open_ws() is None
+    assert sockets.open_ws() is not None
+    sockets.upgraded()
+    for _ in range(20):  # 21 WebSockets leave 9 spare: under half the reserve
+        assert sockets.open_ws() is None
+        sockets.upgraded()
+    assert sockets.open_ws() is not None
+    assert sockets.open_api(100) is not None
+    assert told == ["handshakes", "descriptors"]
