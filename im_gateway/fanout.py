@@ -23,6 +23,16 @@ the presence TTL, all groups in one call per slot), so a post costs one look-up 
 group's slot whatever the group's size. A user's join or leave reaches their gateways as
 a :data:`CONTROL_REGROUP` share: their connections read their large groups again.
 
+A leaver sees no post stored after the leave, whatever the order of arrival: the leave's
+control share and a later post may go through different hubs, the post first. So a
+gateway shows a post to its followers of the group only once the store says they are
+still members (:meth:`~im_gateway.store.Store.are_members`, one call for all of this
+gateway's followers of the group); a follower who is not stops following it. Cost: one
+store round trip per post per gateway with followers (not per member), and posts of a
+group that arrive while a check runs share the next one (at most ``SCREEN_HELD_MAX``
+wait; beyond, the followers' hole fills read them). Hole fills and replays of a group's
+stream check the reader's membership after each read, the same way.
+
 Controls. The server API's ``disconnect`` reaches the gateways that hold a user's sockets
 as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub routes it
 like any other, without knowing what it is; a receiving gateway closes that user's
@@ -86,6 +96,11 @@ CONTROL_DISCONNECT: Final = CLOSE_DISCONNECTED
 the same number (4001)."""
 SWEEP_BATCH: Final = 1000
 """Users whose inbox ends one store call asks for, in a catch-up sweep."""
+SCREEN_HELD_MAX: Final = 1000
+"""Posts of one large group held while its followers' membership is checked (beyond: the
+followers' hole fills read them)."""
+_FROM_HUB: Final = object()
+"""The caller of a post the hub pushed (not stored here)."""
 CONTROL_REGROUP: Final = 4002
 """Message type of a control share: the named users' large groups changed (read them again)."""
 
@@ -200,6 +215,12 @@ class Fanout(Generic[C]):
         self._watch_failed = Throttled(
             logger, "marking followed groups in the store failed %d times"
         )
+        self._screening: dict[int, list[tuple[int, str, int, object]]] = {}
+        """Large group -> posts waiting for its followers' membership check."""
+        self._screeners: set[asyncio.Task[None]] = set()
+        self._screen_failed = Throttled(
+            logger, "checking followers' group membership failed %d times (posts held back)"
+        )
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
         self._link_full = Throttled(
@@ -292,6 +313,64 @@ class Fanout(Generic[C]):
             except Exception as exc:
                 self._watch_failed.hit(exc=exc)
 
+    # --- large group posts to followers, members only -----------------------------------
+
+    def _screen(self, group: int, pos: int, text: str, sent_ms: int, caller: object) -> None:
+        """A post of large ``group`` for its followers here, once the store says they
+        are still members: a leaver's notice (a control share) may come through another
+        hub than the post and arrive after it, so the post itself is checked. Posts that
+        arrive while a check runs wait for the next one (one check covers them all)."""
+        waiting = self._screening.get(group)
+        if waiting is not None:
+            if len(waiting) < SCREEN_HELD_MAX:
+                waiting.append((pos, text, sent_ms, caller))
+            # else: dropped; the followers' cursors see the hole and fill it (checked too)
+            return
+        self._screening[group] = [(pos, text, sent_ms, caller)]
+        task = asyncio.get_running_loop().create_task(self._screen_loop(group))
+        self._screeners.add(task)
+        task.add_done_callback(self._screeners.discard)
+
+    async def _screen_loop(self, group: int) -> None:
+        """Check the followers' membership of ``group`` (one store call for all of them)
+        and deliver the waiting posts to the members; the rest stop following it."""
+        try:
+            while True:
+                posts = self._screening.get(group)
+                if not posts:
+                    return
+                self._screening[group] = []  # posts arriving from now wait for the next check
+                users = sorted({c.user for c in self._groups.get(group, ())})
+                if not users:
+                    continue
+                try:
+                    found = await self._store.are_members(group, users)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # not shown: the cursors fill the hole later
+                    self._screen_failed.hit(exc=exc)
+                    continue
+                gone = {user for user, member in zip(users, found, strict=True) if not member}
+                followers = list(self._groups.get(group, ()))
+                for connection in followers:
+                    if connection.user in gone:
+                        connection.regroup(group)
+                        self.unfollow(connection, (group,))
+                checked = set(users)  # (a follower since then fills its hole itself)
+                kept = [c for c in followers if c.user in checked and c.user not in gone]
+                if not kept:
+                    continue
+                for pos, text, sent_ms, caller in posts:
+                    for connection in kept:
+                        if connection is not caller:
+                            connection.deliver_group(group, pos, text)
+                    if caller is not _FROM_HUB:  # stored here
+                        self._metrics.pushed_local(sent_ms)
+                    else:
+                        self._metrics.pushed(sent_ms)
+        finally:
+            self._screening.pop(group, None)
+
     def followers(self, group: int) -> list[C]:
         """The local connections that follow large group ``group``."""
         return list(self._groups.get(group, ()))
@@ -321,7 +400,9 @@ class Fanout(Generic[C]):
         if self._resync is not None:
             self._resync.cancel()
             self._resync = None
-        await cancel_and_wait(self._sweep, self._task, self._watcher, *self._unwatching)
+        await cancel_and_wait(
+            self._sweep, self._task, self._watcher, *self._unwatching, *self._screeners
+        )
         self._sweep = self._task = self._watcher = None
 
     # --- stored messages out ------------------------------------------------------------
@@ -373,13 +454,15 @@ class Fanout(Generic[C]):
         assert post is not None
         followers = self._groups.get(post.group, ())
         if followers:
-            text = frames.encode_message(accepted.message, post.seq)
+            others = 0
             for connection in followers:
                 if connection is caller:
                     connection.own_group(post.group, post.position)
                 else:
-                    connection.deliver_group(post.group, post.position, text)
-            self._metrics.pushed_local(accepted.message.time)
+                    others += 1
+            if others:  # shown once the store says they are still members (see _screen)
+                text = frames.encode_message(accepted.message, post.seq)
+                self._screen(post.group, post.position, text, accepted.message.time, caller)
         if caller not in followers:
             # A sender that does not follow the group yet (it joined a moment ago): its
             # connection notes the position, so the fill does not send its own post back.
@@ -588,12 +671,9 @@ class Fanout(Generic[C]):
             if pos == 0:
                 self._bad_delivery.hit()
                 return
-            followers = self._groups.get(group)
-            if followers:
+            if group in self._groups:
                 text = frames.encode_message(delivery.message, group_seq(group, pos))
-                for connection in followers:
-                    connection.deliver_group(group, pos, text)
-                self._metrics.pushed(delivery.message.time)
+                self._screen(group, pos, text, delivery.message.time, _FROM_HUB)
             return
         good, bad = inbound.recipients(delivery)
         if bad:

@@ -356,9 +356,13 @@ class Replayer:
         limit = self._page
         async with self._slots:
             page = await self._store.read_group(group, cursor.begin_fill(), limit)
+            member = await self._store.is_member(group, self._user)  # after: covers the page
         await self._out.room()
         if self._groups.get(group) is not cursor:
             return False  # the user left that group meanwhile
+        if not member:  # left, and the notice has not come yet
+            self.regroup(group)
+            return False
         entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
         result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
         for frame in result.send:
@@ -453,6 +457,11 @@ class Replayer:
             if reads:
                 for group, page in (await self._store.read_groups(reads, limit)).items():
                     pages[group] = page
+                # Read after the pages, so a leave before any of their posts shows here.
+                still = {s.group for s in await self._store.streams(self._user, 0)}
+                for group in reads:
+                    if group not in still and group in self._groups:
+                        self.regroup(group)
         await self._out.room()
         trimmed = False
         for key, page in pages.items():
@@ -499,7 +508,11 @@ class Replayer:
             else:
                 async with self._slots:
                     page = await self._store.read_group(group, position, page_size)
+                    member = await self._store.is_member(group, self._user)
                 await self._out.room()
+                if not member:  # left, and the notice has not come yet
+                    self.regroup(group)
+                    break
                 complete = len(page.entries) < page_size
             entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
             # Trimmed means: gone before the user got it; what was acknowledged was got.

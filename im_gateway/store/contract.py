@@ -280,6 +280,10 @@ class Store(Protocol):
 
     async def is_member(self, group: int, user: UserId) -> bool: ...
 
+    async def are_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        """Whether each of ``users`` is in ``group`` now, in order; one round trip."""
+        ...
+
     async def attach(self, user: UserId, gateway: GatewayId) -> None:
         """Record that ``gateway`` holds a socket of ``user`` (other gateways' entries stay)."""
         ...

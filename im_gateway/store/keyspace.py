@@ -311,6 +311,15 @@ class KeyspaceStore(AsyncClosing):
         self._check_open()
         return bool(await self._redis.sismember(self.settings.group_key(group), str(user)))
 
+    async def are_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        self._check_open()
+        if not users:
+            return []
+        found = await self._redis.smismember(
+            self.settings.group_key(group), [str(u) for u in users]
+        )
+        return [bool(f) for f in found]
+
     async def attach(self, user: UserId, gateway: GatewayId) -> None:
         await self.refresh(gateway, (user,))
 

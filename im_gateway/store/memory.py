@@ -449,6 +449,11 @@ class MemoryStore(AsyncClosing):
         self._check_open()
         return user in self._groups.get(group, ())
 
+    async def are_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
+        self._check_open()
+        members = self._groups.get(group, ())
+        return [u in members for u in users]
+
     # -- presence -------------------------------------------------------------------------
 
     async def attach(self, user: UserId, gateway: GatewayId) -> None:

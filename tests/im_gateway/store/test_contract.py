@@ -397,6 +397,17 @@ async def test_join_leave_is_member(store: Store) -> None:
     assert isinstance(result, Refused)
 
 
+async def test_are_members_answers_each_user_in_order(store: Store) -> None:
+    """One call says which of several users are in a group now (a leaver no more)."""
+    await store.join(7, ALICE)
+    await store.join(7, CAROL)
+    assert await store.are_members(7, [CAROL, BOB, ALICE]) == [True, False, True]
+    assert await store.are_members(7, []) == []
+    await store.leave(7, CAROL)
+    assert await store.are_members(7, [ALICE, CAROL]) == [True, False]
+    assert await store.are_members(8, [ALICE]) == [False]
+
+
 async def test_join_refuses_beyond_groups_per_user(backend: Backend) -> None:
     """A user in max_groups_per_user groups cannot join another (GroupLimitError saying
     the user is full, with the bound) until leaving one; rejoining a group it is in still
