@@ -10,10 +10,12 @@ import aiohttp
 import pytest
 
 from im_gateway.gateway import Gateway
+from im_gateway.store import RedisStore
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import Client, deliveries_to, hub_stats
 from tests.helpers import wait_until
 from transmit_hub.server import HubServer
+from transmit_hub.types import UserId
 
 GROUP = 77
 
@@ -273,3 +275,33 @@ async def test_a_group_of_2000_over_3_gateways_most_offline(
         last = await open_client(gws[0], MEMBERS[7])  # another device: everything, in order
         assert [f["content"] for f in big_posts(last)] == everything
         assert big_posts(last)[-1]["seq"].isdigit()  # an inbox seq now
+
+
+async def test_a_post_that_overtakes_the_leave_notice_does_not_reach_the_leaver(
+    start_gateway: GatewayFactory, open_client: ClientFactory, redis_url: str
+) -> None:
+    """With several hubs, a removal's notice to the leaver's gateway and the next post may
+    go through different hubs, the post first. The worst such order: the notice never
+    comes (the removal is written straight to the store). The post still reaches the
+    members on the leaver's gateway, and not the leaver, live or on reconnect."""
+    gws = [await start_gateway(f"gw-{i}", large_group=2) for i in (1, 2)]
+    alice = await open_client(gws[0], 501)
+    bob, carol = [await open_client(gws[1], u) for u in (502, 503)]
+    for client in (alice, bob, carol):
+        await change(client, 12)
+    await change(await open_client(gws[0], 504), 12)  # 4 members: large, 3 once carol left
+    await alice.say(GROUP, "before", group=True)
+    await bob.wait_contents(["before"])
+    await carol.wait_contents(["before"])
+    store = RedisStore(redis_url, large_group=2)
+    try:
+        assert await store.leave(GROUP, UserId(503))  # its notice is still on its way
+    finally:
+        await store.close()
+    await alice.say(GROUP, "after carol left", group=True)
+    await alice.say(GROUP, "and the next", group=True)
+    await bob.wait_contents(["before", "after carol left", "and the next"])
+    assert carol.contents() == ["before"]
+    await carol.close()
+    carol2 = await open_client(gws[1], 503)
+    assert [f["content"] for f in group_messages(carol2)] == []

@@ -10,7 +10,7 @@ import pytest
 
 from im_gateway.relay import Relay
 from im_gateway.sessions import Session, SessionLimits
-from im_gateway.store import Accepted, MemoryStore, Submission
+from im_gateway.store import Accepted, MemoryStore, RedisStore, Store, Submission
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeLink, FakeWebSocket
 from transmit_hub.link import Delivered
@@ -29,17 +29,25 @@ A, B, C, D = UserId(1), UserId(2), UserId(3), UserId(4)
 GROUP = 70
 
 
-@pytest.fixture
-async def store() -> MemoryStore:
-    s = MemoryStore(large_group=2)
-    for user in (A, B, C, D):  # large, and still after one leaves
-        await s.join(GROUP, user)
-    assert await s.is_large(GROUP)
-    return s
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    """The in-memory store, and a real Redis."""
+    s: Store
+    if request.param == "memory":
+        s = MemoryStore(large_group=2)
+    else:
+        s = RedisStore(request.getfixturevalue("redis_url"), large_group=2)
+    try:
+        for user in (A, B, C, D):  # large, and still after one leaves
+            await s.join(GROUP, user)
+        assert await s.is_large(GROUP)
+        yield s
+    finally:
+        await s.close()
 
 
 @pytest.fixture
-async def relay(store: MemoryStore) -> AsyncIterator[tuple[Relay, FakeLink]]:
+async def relay(store: Store) -> AsyncIterator[tuple[Relay, FakeLink]]:
     link = FakeLink()
     r = Relay(gateway_id=ME, store=store, link=link, batch_size=64, forget_grace=0)
     await r.start()
@@ -50,7 +58,7 @@ async def relay(store: MemoryStore) -> AsyncIterator[tuple[Relay, FakeLink]]:
         await r.close()
 
 
-async def connect(relay: Relay, store: MemoryStore, user: UserId) -> tuple[Session, FakeWebSocket]:
+async def connect(relay: Relay, store: Store, user: UserId) -> tuple[Session, FakeWebSocket]:
     ws = FakeWebSocket()
     session = Session(ws, user, store=store, router=relay, limits=SessionLimits())
     relay.add(session)
@@ -63,7 +71,7 @@ async def connect(relay: Relay, store: MemoryStore, user: UserId) -> tuple[Sessi
 _n = 0
 
 
-async def store_post(store: MemoryStore, content: str) -> Accepted:
+async def store_post(store: Store, content: str) -> Accepted:
     """A post by A to the group, stored."""
     global _n
     _n += 1
@@ -74,7 +82,7 @@ async def store_post(store: MemoryStore, content: str) -> Accepted:
     return result
 
 
-async def post(store: MemoryStore, content: str) -> tuple[Message, str]:
+async def post(store: Store, content: str) -> tuple[Message, str]:
     """A post by A stored by another gateway: the message and its group seq."""
     result = await store_post(store, content)
     assert result.post is not None
@@ -86,7 +94,7 @@ def contents(ws: FakeWebSocket) -> list[str]:
 
 
 async def test_a_post_that_arrives_before_the_leave_notice_does_not_reach_the_leaver(
-    relay: tuple[Relay, FakeLink], store: MemoryStore
+    relay: tuple[Relay, FakeLink], store: Store
 ) -> None:
     r, link = relay
     _, b_ws = await connect(r, store, B)
@@ -103,7 +111,7 @@ async def test_a_post_that_arrives_before_the_leave_notice_does_not_reach_the_le
 
 
 async def test_a_post_stored_here_after_the_leave_does_not_reach_the_leaver(
-    relay: tuple[Relay, FakeLink], store: MemoryStore
+    relay: tuple[Relay, FakeLink], store: Store
 ) -> None:
     """Stored by this gateway: its followers are checked the same way."""
     r, _ = relay
@@ -117,7 +125,7 @@ async def test_a_post_stored_here_after_the_leave_does_not_reach_the_leaver(
 
 
 async def test_hole_fills_and_the_connect_replay_hold_nothing_after_the_leave(
-    relay: tuple[Relay, FakeLink], store: MemoryStore
+    relay: tuple[Relay, FakeLink], store: Store
 ) -> None:
     r, _ = relay
     b, b_ws = await connect(r, store, B)
