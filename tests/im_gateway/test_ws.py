@@ -29,6 +29,7 @@ from im_gateway.admission import ConnectionCaps, RejectionLog
 from im_gateway.config import GatewayConfig
 from im_gateway.descriptors import Sockets
 from tests.end_to_end.harness import SECRET
+from tests.helpers import wait_until
 from transmit_hub.types import UserId
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -136,9 +137,8 @@ async def test_one_connection_runs_through_every_override() -> None:
         await server.start_serving()
         port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}/ws") as client:
+            await wait_until(lambda: "after" in seen, timeout=5, what="the handler's first step")
             async with asyncio.timeout(5):
-                while "after" not in seen:  # noqa: ASYNC110 - the handler's progress
-                    await asyncio.sleep(0.005)
                 await client.send("fast")
                 await took_fast.wait()
                 await client.send("slow")
