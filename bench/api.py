@@ -2,6 +2,7 @@
 
     python bench/api.py                # 10 s per phase
     python bench/api.py --quick        # 3 s per phase, under 30 s
+    python bench/api.py --before REF   # that commit's servers vs this tree's, alternately
     python bench/api.py --help
 
 Starts a real redis-server, a hub and two gateways (``python -m im_gateway``), gw-1 with
@@ -116,17 +117,8 @@ def _row(name: str, lat: list[float], delivered: int, cpu: float, seconds: float
     ]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--users", type=int, default=100, help="online recipients on gw-2")
-    parser.add_argument("--concurrency", type=int, default=16, help="callers at once")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
-    parser.add_argument("--quick", action="store_true", help="3 s per phase; under 30 s")
-    harness.add_run_options(parser, each="phase")
-    args = parser.parse_args()
-    if args.quick:
-        args.seconds, args.wait_quiet = 3.0, 2.0
-    started = harness.start_run("server API", args)
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Both phases against a fresh stack: per phase (latencies, delivered, server CPU s)."""
     with harness.children() as kids:
         ports = harness.start_stack(kids, gateways=["gw-2"], secret=SECRET)
         ports["gw-1"], ports["api"] = harness.free_port(), harness.free_port()
@@ -160,7 +152,39 @@ def main() -> int:
                 results[name] = (lat, sum(counts) - before, cores * (time.monotonic() - t0))
             return results
 
-        results = harness.run_async(run())
+        return harness.run_async(run())
+
+
+def figures(results: dict[str, Any], seconds: float) -> harness.Figures:
+    """Each phase's headline figures, for ``--before``."""
+    out: harness.Figures = {}
+    for name, (lat, delivered, cpu) in results.items():
+        lat = sorted(lat)
+        out[f"{name}: calls/s"] = len(lat) / seconds
+        out[f"{name}: delivered/s"] = delivered / seconds
+        out[f"{name}: p50 ms"] = harness.percentile(lat, 50) * 1000
+        out[f"{name}: p99 ms"] = harness.percentile(lat, 99) * 1000
+        out[f"{name}: server CPU µs/delivered"] = cpu / max(delivered, 1) * 1e6
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--users", type=int, default=100, help="online recipients on gw-2")
+    parser.add_argument("--concurrency", type=int, default=16, help="callers at once")
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured seconds per phase")
+    parser.add_argument("--quick", action="store_true", help="3 s per phase; under 30 s")
+    harness.add_run_options(parser, each="phase")
+    harness.add_before_options(parser)
+    args = parser.parse_args()
+    if args.quick:
+        args.seconds, args.wait_quiet = 3.0, 2.0
+    started = harness.start_run("server API", args)
+    if args.before:
+        return harness.before_after(
+            args, started, lambda: measure(args), lambda r: figures(r, args.seconds)
+        )
+    results = measure(args)
     rows = [_row(n, lat, d, cpu, args.seconds) for n, (lat, d, cpu) in results.items()]
     api, client = (len(results[n][0]) for n in ("api", "client"))
     report = harness.table(

@@ -2,6 +2,7 @@
 
     python bench/connections.py                 # 5,000 connections
     python bench/connections.py --quick         # 1,000 connections, under 20 s
+    python bench/connections.py --before REF    # that commit's gateway vs this tree's
     python bench/connections.py --help
 
 Starts a real redis-server, a hub and one gateway (``python -m im_gateway``), each its own
@@ -147,6 +148,17 @@ def report(r: dict[str, Any]) -> str:
     )
 
 
+def figures(r: dict[str, Any]) -> harness.Figures:
+    """The headline figures, for ``--before``."""
+    return {
+        "memory per idle connection KiB": r["kib_per_connection"],
+        "gateway VmRSS after warm-up KiB": r["rss_baseline_kib"],
+        "gateway VmRSS with the connections open KiB": r["rss_open_kib"],
+        "time to open them s": r["connect_seconds"],
+        "open when measured": r["open_at_measure"],
+    }
+
+
 def raise_nofile(need: int) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -170,12 +182,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--gateway-args", default="", help="extra flags for the gateway")
     harness.add_run_options(parser, each=None)
+    harness.add_before_options(parser)
     parser.add_argument("--quick", action="store_true", help="1,000 connections; < 20 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.connections, args.warmup_connections, args.settle = 1000, 50, 1.0
     raise_nofile(args.connections + args.warmup_connections + 200)
     started = harness.start_run("connections", args)
+    if args.before:
+        return harness.before_after(args, started, lambda: asyncio.run(run(args)), figures)
     result = asyncio.run(run(args))
     return harness.finish_run(report(result), started, args, result)
 

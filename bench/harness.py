@@ -1,4 +1,5 @@
-"""Shared pieces of the bench scripts: CPU and memory, percentiles, a stack of servers.
+"""Shared pieces of the bench scripts: CPU and memory, percentiles, a stack of servers,
+and ``--before``: the same scenario against an older code tree, in the same run.
 
 Child processes, ports and tokens come from ``devtools.launch`` (shared with the demo and
 the tests).
@@ -14,12 +15,14 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,13 +50,20 @@ __all__ = ["die_with_parent", "free_port", "mint_token"]
 PYTHON = sys.executable
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+TREE = REPO
+"""The code tree the servers run from: this repository, or with ``--before`` an older tree
+in its turn (see :func:`before_after`). The clients always run this repository's code."""
+
 
 class Child(Process):
-    """A server started for a benchmark (from the repository root); its output goes to a
-    temporary log file kept for errors (:meth:`cleanup` removes it)."""
+    """A server started for a benchmark (from :data:`TREE`, the repository root unless
+    ``--before`` says otherwise); its output goes to a temporary log file kept for errors
+    (:meth:`cleanup` removes it)."""
 
     def __init__(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> None:
-        super().__init__(name, argv, env=env, cwd=REPO)
+        if TREE != REPO:
+            env = tree_env(TREE) | (env or {})
+        super().__init__(name, argv, env=env, cwd=TREE)
 
     def cpu_seconds(self) -> float:
         return cpu_seconds(self.pid)
@@ -236,7 +246,7 @@ def module_argv(name: str, module: str, *args: str) -> list[str]:
 
 def hub_argv(port: int) -> list[str]:
     """The command that starts a hub on 127.0.0.1:``port``."""
-    if (REPO / "transmit_hub" / "__main__.py").exists():
+    if (TREE / "transmit_hub" / "__main__.py").exists():
         return module_argv("hub", "transmit_hub", "--listen", f"127.0.0.1:{port}")
     # TEMPORARY until transmit_hub/__main__.py lands.
     return [PYTHON, "-c", _INLINE_HUB, f"127.0.0.1:{port}"]
@@ -355,3 +365,169 @@ def finish_run(report: str, started: float, args: argparse.Namespace, data: obje
         with open(args.json, "w") as f:
             json.dump(data, f, indent=2)
     return 0
+
+
+# --- before and after in one run (--before) ----------------------------------------------
+
+
+def add_before_options(parser: argparse.ArgumentParser) -> None:
+    """``--before PATH_OR_REF`` and ``--before-rounds N``, for :func:`before_after`."""
+    parser.add_argument(
+        "--before",
+        default="",
+        metavar="PATH_OR_REF",
+        help="also run the servers from an older code tree (a directory, or a git ref checked "
+        "out into a temporary worktree), alternately with this one, --before-rounds times "
+        "each; print both side by side with after/before ratios",
+    )
+    parser.add_argument(
+        "--before-rounds",
+        type=int,
+        default=3,
+        metavar="N",
+        help="with --before: runs of each tree (order: before, after, after, before, ...)",
+    )
+
+
+def tree_env(tree: Path) -> dict[str, str]:
+    """The environment that makes ``python -m im_gateway`` (etc.) import ``tree``'s code with
+    this virtualenv's packages: ``tree`` first on PYTHONPATH (ahead of the editable install)."""
+    rest = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": os.pathsep.join(p for p in (str(tree), rest) if p)}
+
+
+def _git(*args: str, cwd: Path = REPO) -> str:
+    out = subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True, timeout=120
+    )
+    return out.stdout.strip()
+
+
+def describe_tree(tree: Path) -> str:
+    """``tree``'s commit (short hash and subject), and whether it has uncommitted changes."""
+    try:
+        head = _git("log", "-1", "--format=%h %s", cwd=tree)
+        dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=tree)
+    except (OSError, subprocess.SubprocessError):
+        return f"{tree} (not a git tree)"
+    return f"{head[:72].rstrip()}{' + uncommitted changes' if dirty else ''}"
+
+
+@contextlib.contextmanager
+def code_tree(spec: str) -> Iterator[Path]:
+    """``spec`` as a code tree: a directory as is, or a git ref checked out into a temporary
+    ``git worktree`` of this repository (removed, with its directory, on exit)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        yield path.resolve()
+        return
+    commit = _git("rev-parse", "--verify", f"{spec}^{{commit}}")
+    scratch = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    tree = scratch / "tree"
+    _git("worktree", "add", "--detach", str(tree), commit)
+    try:
+        yield tree
+    finally:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _git("worktree", "remove", "--force", str(tree))
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            _git("worktree", "prune")
+
+
+def check_tree(tree: Path) -> None:
+    """Fail unless a server started from ``tree`` imports ``tree``'s packages."""
+    probe = (
+        "import im_gateway, transmit_hub; print(im_gateway.__file__); print(transmit_hub.__file__)"
+    )
+    env = dict(os.environ) | (tree_env(tree) if tree != REPO else {})
+    out = subprocess.run(
+        [PYTHON, "-c", probe], cwd=tree, env=env, capture_output=True, text=True, timeout=60
+    )
+    files = out.stdout.split()
+    if out.returncode != 0 or not all(Path(f).resolve().is_relative_to(tree) for f in files):
+        raise RuntimeError(f"servers started from {tree} would not run its code: {out}")
+
+
+@contextlib.contextmanager
+def servers_from(tree: Path, side: str) -> Iterator[None]:
+    """Start servers from ``tree`` in this block (their cProfile stats under ``side``)."""
+    global TREE, PROFILE_DIR
+    saved = TREE, PROFILE_DIR
+    TREE = tree
+    if PROFILE_DIR is not None:
+        PROFILE_DIR = PROFILE_DIR / side
+    try:
+        yield
+    finally:
+        TREE, PROFILE_DIR = saved
+
+
+Figures = dict[str, float]
+"""One run's headline figures by name, e.g. ``{"paced: p99 ms": 4.1}``."""
+
+
+def before_after(
+    args: argparse.Namespace,
+    started: float,
+    run: Callable[[], T],
+    figures: Callable[[T], Figures],
+) -> int:
+    """``run()`` the scenario with the servers from ``--before``'s tree and from this one,
+    alternately (ABBA: before, after, after, before, ...), ``--before-rounds`` times each;
+    print each figure's median on both sides and the after/before ratios per round pair."""
+    rounds = max(1, args.before_rounds)
+    runs: dict[str, list[Figures]] = {"before": [], "after": []}
+    with code_tree(args.before) as old:
+        trees = {"before": old, "after": REPO}
+        for side, tree in trees.items():
+            check_tree(tree)
+            print(f"{side}: {tree}: {describe_tree(tree)}", flush=True)
+        for i in range(rounds):
+            for side in ("before", "after") if i % 2 == 0 else ("after", "before"):
+                print(f"== round {i + 1}/{rounds}: {side}", flush=True)
+                with servers_from(trees[side], side):
+                    runs[side].append(figures(run()))
+        sides = {side: f"{trees[side]}: {describe_tree(trees[side])}" for side in trees}
+    report = compare_report(runs, sides)
+    return finish_run(report, started, args, {"trees": sides, "runs": runs})
+
+
+def compare_report(runs: dict[str, list[Figures]], sides: dict[str, str]) -> str:
+    """Side by side: each figure's median before and after, and after/before per round."""
+    before, after = runs["before"], runs["after"]
+    names = [n for n in after[0] if n in before[0]] if before and after else []
+    rows = []
+    for name in names:
+        b = [r[name] for r in before if name in r]
+        a = [r[name] for r in after if name in r]
+        ratios = [y / x for x, y in zip(b, a, strict=False) if x]
+        rows.append(
+            [
+                name,
+                _figure(statistics.median(b)),
+                _figure(statistics.median(a)),
+                f"{statistics.median(ratios):.3f}" if ratios else "-",
+                ", ".join(f"{v:.2f}" for v in ratios) or "-",
+            ]
+        )
+    headers = ["figure", "before", "after", "after/before", "per round"]
+    lines = [f"{side}: {text}" for side, text in sides.items()]
+    lines += [
+        "",
+        f"Medians of {len(before)} runs each, alternated; after/before: the median of the",
+        "ratios of the runs paired by round (same conditions). 'not ours' / 'other CPU' is what",
+        "the rest of the machine used meanwhile (noise).",
+        "",
+        table(headers, rows),
+    ]
+    return "\n".join(lines)
+
+
+def _figure(v: float) -> str:
+    v = float(v)  # counts come as int
+    if v != v:  # NaN
+        return "-"
+    if abs(v) >= 100 or v.is_integer():
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if abs(v) < 10 else f"{v:.1f}"

@@ -3,6 +3,7 @@
     python bench/relay.py             # full run, 3 interleaved rounds (2-4 minutes)
     python bench/relay.py --quick     # smoke run, under 20 s
     python bench/relay.py --help      # counts, rates, durations, --only
+    python bench/relay.py --before REF --only hub  # that commit's hub vs this tree's
 
 Each scenario runs ``--repeat`` times, interleaved (tcp, hub, tcp, hub, ...), each after
 waiting (up to ``--wait-quiet`` s) for the rest of the machine to be idle; the table shows
@@ -362,7 +363,9 @@ async def paced(
 
 
 def start_tcp_relay(started: list[harness.Child], loop: str) -> tuple[harness.Child, int]:
-    argv = [harness.PYTHON, "bench/tcp_relay.py"] + (["--uvloop"] if loop == "uvloop" else [])
+    argv = [harness.PYTHON, str(harness.REPO / "bench" / "tcp_relay.py")] + (
+        ["--uvloop"] if loop == "uvloop" else []
+    )
     child = harness.Child("tcp-relay", argv).start()
     started.append(child)
     port = int(child.wait_line("LISTENING ", timeout=15).split()[1])
@@ -554,6 +557,19 @@ def report(rounds: list[list[Result]]) -> str:
     return "\n".join(out)
 
 
+def figures(rounds: list[list[Result]]) -> harness.Figures:
+    """Each scenario's headline figures (its median run), for ``--before``."""
+    out: harness.Figures = {}
+    for r in median_round(rounds):
+        out[f"{r.name}: msgs/s"] = r.rate
+        if r.p99_ms is not None and r.p50_ms is not None:
+            out[f"{r.name}: p50 ms"] = r.p50_ms
+            out[f"{r.name}: p99 ms"] = r.p99_ms
+        out[f"{r.name}: relay µs/msg"] = r.relay_cpu * 1e6 / r.rate if r.rate else float("nan")
+        out[f"{r.name}: other CPU %"] = r.other_cpu * 100
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="The transmit hub against a plain asyncio TCP relay: msgs/s and latency.",
@@ -587,6 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "baseline the issue names; the hub runs as its own __main__ decides)",
     )
     harness.add_run_options(parser, each="scenario")
+    harness.add_before_options(parser)
     parser.add_argument("--quick", action="store_true", help="small counts; finishes in < 20 s")
     args = parser.parse_args(argv)
     if args.quick:
@@ -595,6 +612,10 @@ def main(argv: list[str] | None = None) -> int:
         args.wait_quiet = min(args.wait_quiet, 1)
     started = harness.start_run("relay", args)
     print(f"event loop of the TCP relay and of this (client) process: {args.loop}")
+    if args.before:
+        return harness.before_after(
+            args, started, lambda: harness.run_async(run(args), loop=args.loop), figures
+        )
     rounds = harness.run_async(run(args), loop=args.loop)
     data = [[asdict(r) | {"rate": r.rate} for r in rs] for rs in rounds]
     return harness.finish_run(report(rounds), started, args, data)
