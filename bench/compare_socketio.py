@@ -11,7 +11,9 @@ project: python-socketio 5 on aiohttp, two servers sharing one Redis through
 checks the same HS256 token on connect, puts the connection in the room ``user:<id>`` and,
 for each ``msg`` event, emits it to the recipient's room (published on Redis; both servers
 receive it and write it to their own members) and then acknowledges it (socket.io's ack,
-sent once the publish returned).
+sent once the publish returned). One setting differs from the defaults: the servers' Redis
+connection pool holds up to ``--sio-redis-connections`` (1,000) instead of redis-py's 100
+(see bench/README.md).
 
 The other side is this project as ``bench/e2e.py`` runs it: a redis-server, a hub and two
 gateways (metrics on, not scraped). Both sides get the same ``--clients`` (pairs, one user on
@@ -61,15 +63,18 @@ GUARANTEES = {
 # --- the socket.io server (its own process: --serve PORT) ------------------------------------
 
 
-async def serve(port: int, redis_url: str, secret: str) -> None:
-    """A python-socketio server on aiohttp, sharing ``redis_url`` through AsyncRedisManager."""
+async def serve(port: int, redis_url: str, secret: str, redis_connections: int) -> None:
+    """A python-socketio server on aiohttp, sharing ``redis_url`` through AsyncRedisManager
+    (its Redis connection pool capped at ``redis_connections``)."""
     import jwt
     import socketio
     from aiohttp import web
 
     sio = socketio.AsyncServer(
         async_mode="aiohttp",
-        client_manager=socketio.AsyncRedisManager(redis_url),
+        client_manager=socketio.AsyncRedisManager(
+            redis_url, redis_options={"max_connections": redis_connections}
+        ),
         transports=["websocket"],
         logger=False,
         engineio_logger=False,
@@ -252,7 +257,7 @@ async def worker(spec: dict[str, Any]) -> None:
 # --- the orchestrator ----------------------------------------------------------------------
 
 
-def start_socketio(started: list[harness.Child], secret: str) -> list[str]:
+def start_socketio(started: list[harness.Child], secret: str, redis_connections: int) -> list[str]:
     """A redis-server and two socket.io servers sharing it; the servers' WebSocket URLs."""
     redis_port = harness.free_port()
     redis = harness.redis_server(redis_port).start()
@@ -263,6 +268,7 @@ def start_socketio(started: list[harness.Child], secret: str) -> list[str]:
     for name in ("sio-1", "sio-2"):
         port = harness.free_port()
         argv = [harness.PYTHON, __file__, "--serve", str(port), "--redis-url", url]
+        argv += ["--sio-redis-connections", str(redis_connections)]
         server = harness.Child(name, [*argv, "--secret", secret]).start()
         started.append(server)
         server.wait_port(port)
@@ -281,9 +287,10 @@ async def run_side(args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
     secret = secrets.token_hex(32)
     results: list[dict[str, Any]] = []
     with harness.children() as started:
-        urls = (
-            start_socketio(started, secret) if side == "socket.io" else start_ours(started, secret)
-        )
+        if side == "socket.io":
+            urls = start_socketio(started, secret, args.sio_redis_connections)
+        else:
+            urls = start_ours(started, secret)
         users = [1000 + 2 * p for p in range(args.clients // 2)]
         workers: list[e2e.Worker] = []
         try:
@@ -426,6 +433,13 @@ def main(argv: list[str] | None = None) -> int:
         help="what the clients offer, like browsers (the gateway declines by default; "
         "aiohttp accepts)",
     )
+    parser.add_argument(
+        "--sio-redis-connections",
+        type=int,
+        default=1000,
+        help="socket.io servers: Redis connections per server (redis-py's default, 100, fails "
+        "publishes with 'Too many connections' under load; see bench/README.md)",
+    )
     harness.add_run_options(parser, each="phase")
     parser.add_argument("--quick", action="store_true", help="small run (about a minute)")
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
@@ -434,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        harness.run_async(serve(args.serve, args.redis_url, args.secret), loop="uvloop")
+        serving = serve(args.serve, args.redis_url, args.secret, args.sio_redis_connections)
+        harness.run_async(serving, loop="uvloop")
         return 0
     if args.worker:
         harness.run_async(worker(json.loads(args.worker)), loop="uvloop")
