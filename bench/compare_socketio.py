@@ -391,10 +391,11 @@ def report(runs: dict[str, list[list[dict[str, Any]]]], args: argparse.Namespace
     for i, phase in enumerate(phases):
         label = phase if phase.startswith("paced") else f"saturated ({args.window} in flight)"
         for name, key, fmt in FIGURES:
-            medians = [
-                statistics.median(_value(run[i], key) for run in runs[side]) for side in SIDES
-            ]
-            rows.append([f"{label}: {name}", *(fmt.format(m) for m in medians)])
+            cells = []
+            for side in SIDES:
+                values = [v for run in runs[side] if (v := _value(run[i], key)) == v]  # not NaN
+                cells.append(fmt.format(statistics.median(values)) if values else "-")
+            rows.append([f"{label}: {name}", *cells])
     headers = ["", "transmit-hub", "python-socketio + Redis"]
     n = len(runs[SIDES[0]])
     return "\n".join(
