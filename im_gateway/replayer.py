@@ -4,7 +4,9 @@ for, and hole fills, around the pure :class:`~im_gateway.cursor.Cursor`.
 A :class:`Replayer` is the I/O half of a session's position logic: the cursor decides
 what to send and whether to read; the replayer reads the store (one task per connection
 at most, pages of ``replay_page`` entries, the store calls bounded by the gateway-wide
-``slots``), and hands every frame to its :class:`Outlet` (the session's socket writer).
+``slots``), and hands every frame to its :class:`Outlet` (the session's
+:class:`~im_gateway.writer.Writer`). It knows nothing of the session: the fan-out's pushes
+come to it directly, and it follows large groups through two callables it is given.
 
 - A hole is read after ``fill_delay`` seconds, so pushes that only arrive out of order
   cost nothing; after a failed read, not before a second.
@@ -31,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -51,7 +53,7 @@ _replay_failed = Throttled(logger, "inbox reads failed %d times (replays and hol
 
 
 class Outlet(Protocol):
-    """Where a replayer's frames go (a session)."""
+    """Where a replayer's frames go (a session's writer)."""
 
     @property
     def closing(self) -> bool: ...
@@ -60,14 +62,6 @@ class Outlet(Protocol):
 
     async def room(self) -> None:
         """Wait until the frames already pushed have drained (flow control for pages)."""
-        ...
-
-    async def follow(self, groups: Collection[int]) -> None:
-        """Live posts of these large groups should reach this connection from now on."""
-        ...
-
-    def unfollow(self, groups: Collection[int]) -> None:
-        """No more live posts of these groups (the user left them)."""
         ...
 
 
@@ -91,6 +85,7 @@ class Replayer:
         "_cursor",
         "_fill_delay",
         "_fill_timer",
+        "_follow_groups",
         "_groups",
         "_hold_max",
         "_loop",
@@ -103,6 +98,7 @@ class Replayer:
         "_retry_at",
         "_slots",
         "_store",
+        "_unfollow",
         "_user",
     )
 
@@ -113,6 +109,8 @@ class Replayer:
         *,
         store: Store,
         slots: asyncio.Semaphore,
+        follow: Callable[[Collection[int]], Awaitable[None]],
+        unfollow: Callable[[Collection[int]], None],
         replay_page: int,
         held_max: int,
         fill_delay: float,
@@ -124,6 +122,10 @@ class Replayer:
         self._user = user
         self._store = store
         self._slots = slots
+        self._follow_groups = follow
+        """Live posts of these large groups should reach this connection from now on."""
+        self._unfollow = unfollow
+        """No more live posts of these groups (the user left them)."""
         self._page = replay_page
         self._fill_delay = fill_delay
         self._loop = asyncio.get_running_loop()
@@ -171,7 +173,7 @@ class Replayer:
         """The user's large groups may have changed: read them again (in the background);
         ``left``: the user left that group, so its posts stop now."""
         if left is not None and self._groups.pop(left, None) is not None:
-            self._out.unfollow([left])
+            self._unfollow([left])
         if not self._cursor.ready:
             return  # the connect replay reads them
         if any(r.regroup for r in self._requests[1:]):
@@ -188,7 +190,7 @@ class Replayer:
 
     # --- pushes -------------------------------------------------------------------------
 
-    def live(self, pos: int, text: str) -> None:
+    def deliver(self, pos: int, text: str) -> None:
         """A pushed message at inbox position ``pos``: sent in order, repeats dropped."""
         if self._out.closing:
             return
@@ -208,7 +210,11 @@ class Replayer:
         if cursor.wants_fill:
             self._want_fill()
 
-    def live_group(self, group: int, pos: int, text: str, *, own: bool = False) -> None:
+    def own_group(self, group: int, pos: int) -> None:
+        """This connection sent the post at ``pos`` in ``group``'s stream (it got type 10)."""
+        self.deliver_group(group, pos, "", own=True)
+
+    def deliver_group(self, group: int, pos: int, text: str, *, own: bool = False) -> None:
         """A post at ``pos`` in large group ``group``'s stream (``own``: this connection
         sent it and got type 10): in order per stream, repeats dropped."""
         cursor = self._groups.get(group)
@@ -379,7 +385,7 @@ class Replayer:
         if gone:
             for g in gone:
                 del self._groups[g]
-            self._out.unfollow(gone)
+            self._unfollow(gone)
         # New groups, and those whose start an earlier attempt did not reach.
         fresh = {
             g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
@@ -392,7 +398,7 @@ class Replayer:
             for pos in pending.get(g, ()):
                 cursor.own(pos)
         if fresh:
-            await self._out.follow(list(fresh))
+            await self._follow_groups(list(fresh))
         return fresh
 
     async def _regroup(self) -> None:
