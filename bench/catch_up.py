@@ -202,7 +202,7 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
             redis0 = harness.cpu_seconds(redis_pid)
             t0 = time.monotonic()
             if mode == "ends":  # the fan-out's sweep: inbox ends in bulk, nobody behind
-                await fanout.catch_up()
+                await fanout.catch_up.wait()
             else:  # every session reads its inbox (the sweep before it asked the store)
                 for r in replayers:
                     r.catch_up()

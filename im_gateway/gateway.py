@@ -10,7 +10,7 @@
 
 Sessions and the server API are two kinds of callers of one
 :class:`~im_gateway.pipeline.Pipeline`; the :class:`~im_gateway.fanout.Fanout` knows only
-the small :class:`~im_gateway.fanout.Connection` protocol of a socket, so neither calls
+the small :class:`~im_gateway.ports.Connection` protocol of a socket, so neither calls
 back into the other. A session is given both (its ``Submit`` and ``Groups`` protocols).
 
 One port for WebSocket users and a few plain HTTP endpoints: the HTTP answers and the
@@ -36,9 +36,10 @@ from .api import ApiServer
 from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
 from .errors import LifecycleError, StartupError
-from .fanout import Fanout, Link
+from .fanout import Fanout
 from .keepalive import sweep_idle
 from .pipeline import Pipeline
+from .ports import Link
 from .presence import Presence
 from .sessions import Session, SessionLimits
 from .store import Store, open_store

@@ -83,9 +83,9 @@ class Submit(Protocol):
         ...
 
 
-class Groups(Protocol):
-    """What a session needs of the gateway's :class:`~im_gateway.fanout.Fanout`: its
-    large groups' live posts, and telling other connections of a join or leave."""
+class Following(Protocol):
+    """Which large groups' live posts a session gets
+    (:class:`~im_gateway.following.Following`)."""
 
     async def follow(self, connection: Session, groups: Collection[int]) -> None:
         """Live posts of these large groups go to ``connection`` from now on."""
@@ -94,6 +94,14 @@ class Groups(Protocol):
     def unfollow(self, connection: Session, groups: Collection[int]) -> None:
         """No more live posts of these groups to ``connection``."""
         ...
+
+
+class Groups(Protocol):
+    """What a session needs of the gateway's :class:`~im_gateway.fanout.Fanout`: its
+    large groups' live posts, and telling other connections of a join or leave."""
+
+    @property
+    def following(self) -> Following: ...
 
     async def membership_changed(
         self,
@@ -210,8 +218,8 @@ class Session:
             user,
             store=store,
             slots=self._slots,
-            follow=lambda groups: self._groups.follow(self, groups),
-            unfollow=lambda groups: self._groups.unfollow(self, groups),
+            follow=lambda groups: self._groups.following.follow(self, groups),
+            unfollow=lambda groups: self._groups.following.unfollow(self, groups),
             replay_page=limits.replay_page,
             held_max=limits.held_max,
             fill_delay=limits.fill_delay,

@@ -83,6 +83,10 @@ class FakeRouter:
 
     busy = False
 
+    @property
+    def following(self) -> FakeRouter:
+        return self
+
     def new_id(self) -> tuple[MessageId, int]:
         return self._ids.next()
 

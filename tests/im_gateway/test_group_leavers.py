@@ -96,7 +96,7 @@ async def test_a_post_that_arrives_before_the_leave_notice_does_not_reach_the_le
     link.feed(Delivered((Delivery(message, (_share(seq),)),)))
     await wait_until(lambda: contents(c_ws) == ["after B left", "and the next"])
     assert contents(b_ws) == []
-    assert [s.user for s in r.fanout.followers(GROUP)] == [C]  # B's connection stopped
+    assert [s.user for s in r.fanout.following.followers(GROUP)] == [C]  # B's connection stopped
 
 
 async def test_a_post_stored_here_after_the_leave_does_not_reach_the_leaver(

@@ -466,11 +466,11 @@ async def test_a_sweep_reads_only_the_inboxes_that_moved(link: FakeLink) -> None
         _, c_ws = await connect(wired, store, C)
         await store_message(store, A, B, "missed by b")
         reads = store.reads
-        await wired.fanout.catch_up()
+        await wired.fanout.catch_up.wait()
         await wait_until(lambda: len(b_ws.frames()) == 1)
         assert store.reads == reads + 1  # b's read only
         assert c_ws.frames() == []
-        await wired.fanout.catch_up()  # nobody is behind now
+        await wired.fanout.catch_up.wait()  # nobody is behind now
         assert store.reads == reads + 1
     finally:
         link.feed(None)  # type: ignore[arg-type]
@@ -500,7 +500,7 @@ async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink
             link.feed(LinkLost(f"hub-{i}:1", "gone"))
         await wait_until(lambda: session.catch_ups == 1)
         await wait_until(lambda: session.catch_ups == 2, timeout=5)
-        assert fanout._resync is None  # nothing more is scheduled
+        assert not fanout.catch_up.scheduled  # nothing more is scheduled
     finally:
         link.feed(None)  # type: ignore[arg-type]
         await fanout.close()

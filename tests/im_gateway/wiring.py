@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from im_gateway import frames
-from im_gateway.fanout import Fanout, Link
+from im_gateway.fanout import Fanout
 from im_gateway.pipeline import Pipeline
+from im_gateway.ports import Link
 from im_gateway.sessions import Session, SessionLimits
 from im_gateway.store import Store
 from tests.helpers import wait_until
