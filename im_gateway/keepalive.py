@@ -3,7 +3,7 @@
 Not a timer and a keepalive task per connection, which would cost about 2 KB each: one
 task closes connections that sent no frame for ``idle_timeout`` seconds, pings quiet ones
 every ``ping_interval`` seconds and closes those whose pong is ``ping_timeout`` seconds
-late (each :class:`~im_gateway.sessions.Session` keeps its own ping state).
+late (each :class:`~im_gateway.sessions.Session` keeps its own :class:`Pings`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,12 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+from websockets.exceptions import ConnectionClosed
+
 from transmit_hub.types import UserId
+
+from .close_codes import CLOSE_INTERNAL
+from .writer import WebSocketLike, Writer
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +42,43 @@ def consume_pong(future: asyncio.Future[float]) -> None:
     """Retrieve a pong future's outcome so a closed connection logs nothing."""
     if not future.cancelled():
         future.exception()
+
+
+class Pings:
+    """One connection's keepalive pings: when the last was sent, and its pong."""
+
+    __slots__ = ("_out", "_pinged_at", "_pong", "_user", "_ws")
+
+    def __init__(self, ws: WebSocketLike, out: Writer, user: UserId) -> None:
+        self._ws = ws
+        self._out = out
+        self._user = user
+        self._pong: asyncio.Future[float] | None = None
+        self._pinged_at = 0.0
+
+    async def check(
+        self, now: float, last_seen: float, interval: float, pong_timeout: float
+    ) -> None:
+        """Ping when nothing came since ``last_seen`` for ``interval`` seconds; close the
+        socket (1011) when the pong is more than ``pong_timeout`` seconds late."""
+        pong = self._pong
+        if pong is not None:
+            if not pong.done():
+                if pong_timeout > 0 and now - self._pinged_at > pong_timeout:
+                    logger.info("user %s: no pong for %ss, closing", self._user, pong_timeout)
+                    self._out.close(CLOSE_INTERNAL, "keepalive ping timeout")
+                return
+            self._pong = None
+        if now - max(last_seen, self._pinged_at) < interval:
+            return
+        try:
+            waiter = await self._ws.ping()
+        except ConnectionClosed:
+            return
+        if isinstance(waiter, asyncio.Future):
+            waiter.add_done_callback(consume_pong)
+            self._pong = waiter
+        self._pinged_at = now
 
 
 async def sweep_idle(

@@ -12,14 +12,12 @@ acknowledge the highest seq it has seen.
 Reading. Every frame, valid or not, takes a token from the rate limit; frames are
 parsed by :mod:`im_gateway.frames` and handed to the pipeline; errors go back as type 99
 and the socket stays open, until a client has had ``max_refused`` frames refused in a
-minute: then it is closed with 1008 (policy violation). Frames that need no await (messages while the pipeline has room, heartbeats,
-acks) are handled by :meth:`Session.receive_now` straight from the connection's data
-callback: no reader task wakes up per frame. The rest (group changes and replay
-requests wait for the store) go through :meth:`Session.run`, and so does every frame
-behind them until it has caught up, which keeps a client's frames in order.
-
-Upkeep: :func:`~im_gateway.keepalive.sweep_idle` calls :meth:`Session.expire_if_idle`
-and :meth:`Session.keepalive` (one task per gateway, not one per connection).
+minute: then it is closed with 1008 (policy violation). Frames that need no await
+(messages while the pipeline has room, heartbeats, acks) are handled by
+:meth:`Session.receive_now` straight from the connection's data callback: no reader task
+wakes up per frame. The rest (group changes and replay requests wait for the store) go
+through :meth:`Session.run`, and so does every frame behind them until it has caught up,
+which keeps a client's frames in order. Upkeep: see :mod:`im_gateway.keepalive`.
 """
 
 from __future__ import annotations
@@ -37,9 +35,10 @@ from transmit_hub.types import MessageId, UserId
 from . import frames
 from .acks import Acks
 from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_POLICY
-from .errors import FrameError, GroupLimitError
-from .group_policy import FORBIDDEN, SERVER_RIGHTS, GroupRights, group_limit_reason
-from .keepalive import consume_pong
+from .errors import FrameError
+from .group_changes import Members, change_group
+from .group_policy import SERVER_RIGHTS, GroupRights
+from .keepalive import Pings
 from .metrics import GatewayMetrics, NullMetrics
 from .pipeline import Caller, Rejected
 from .ratelimit import TokenBucket
@@ -51,8 +50,6 @@ from .writer import WebSocketLike, Writer
 
 logger = logging.getLogger(__name__)
 
-
-_group_failed = Throttled(logger, "group changes failed %d times")
 _closed_refused = Throttled(
     logger, "%d connections closed (1008) for sending too many refused frames", level=logging.INFO
 )
@@ -96,26 +93,12 @@ class Following(Protocol):
         ...
 
 
-class Groups(Protocol):
+class Groups(Members, Protocol):
     """What a session needs of the gateway's :class:`~im_gateway.fanout.Fanout`: its
     large groups' live posts, and telling other connections of a join or leave."""
 
     @property
     def following(self) -> Following: ...
-
-    async def membership_changed(
-        self,
-        group: int,
-        changed: Collection[UserId],
-        *,
-        was_large: bool,
-        now_ms: int,
-        control_id: MessageId,
-        left: bool = False,
-    ) -> None:
-        """``changed`` joined (or, ``left``, left) ``group``: connections follow its
-        stream, or stop."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +135,8 @@ class Session:
         "_loop",
         "_metrics",
         "_out",
-        "_pinged_at",
+        "_pings",
         "_pipeline",
-        "_pong",
         "_refused",
         "_replayer",
         "_slots",
@@ -226,8 +208,7 @@ class Session:
             replay_budget=limits.replay_budget,
             metrics=metrics,
         )
-        # The writer's and the replayer's own methods, not forwards (the fan-out's
-        # Connection protocol and the pipeline's answers call them on the session).
+        # The fan-out's calls (its Connection protocol) go to the replayer's own methods.
         self.push: Callable[[str], bool] = out.push
         """Queue a frame for the client; False when the session is closing or overflowed."""
         self.close_socket = out.close_socket
@@ -250,8 +231,7 @@ class Session:
         )
         self.last_seen = self._loop.time()
         """Loop time of the last frame from the client (for the idle and ping sweep)."""
-        self._pong: asyncio.Future[float] | None = None
-        self._pinged_at = 0.0
+        self._pings = Pings(ws, out, user)
         self._handling = False  # run() is handling a frame: receive_now() must defer
 
     # --- state ----------------------------------------------------------------------
@@ -394,26 +374,8 @@ class Session:
         """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
         the pong is more than ``pong_timeout`` seconds late. Called by :func:`sweep_idle`, so
         the gateway needs no keepalive task per connection."""
-        if self._out.closing or interval <= 0:
-            return
-        pong = self._pong
-        if pong is not None:
-            if not pong.done():
-                if pong_timeout > 0 and now - self._pinged_at > pong_timeout:
-                    logger.info("user %s: no pong for %ss, closing", self.user, pong_timeout)
-                    self._out.close(CLOSE_INTERNAL, "keepalive ping timeout")
-                return
-            self._pong = None
-        if now - max(self.last_seen, self._pinged_at) < interval:
-            return
-        try:
-            waiter = await self._ws.ping()
-        except ConnectionClosed:
-            return
-        if isinstance(waiter, asyncio.Future):
-            waiter.add_done_callback(consume_pong)
-            self._pong = waiter
-        self._pinged_at = now
+        if not self._out.closing and interval > 0:
+            await self._pings.check(now, self.last_seen, interval, pong_timeout)
 
     def expire_if_idle(self, now: float) -> bool:
         """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""
@@ -439,7 +401,16 @@ class Session:
                 if not self._pipeline.offer(self, submission):
                     await self._pipeline.put(self, submission)
             elif isinstance(frame, frames.GroupChange):
-                await self._group_change(frame)
+                await change_group(
+                    frame,
+                    self.user,
+                    rights=self._group_rights,
+                    store=self._store,
+                    slots=self._slots,
+                    ids=self._pipeline,
+                    groups=self._groups,
+                    push=self._out.push,
+                )
             elif isinstance(frame, frames.Replay):
                 if frame.group is not None and not self._replayer.follows(frame.group):
                     raise FrameError(frames.NOT_MEMBER, f"you are not in large group {frame.group}")
@@ -463,42 +434,6 @@ class Session:
             self._acks.ack(frame.upto)
         else:
             self._acks.ack_group(frame.group, frame.upto)
-
-    async def _group_change(self, frame: frames.GroupChange) -> None:
-        refusal = self._group_rights.refusal(frame.type, frame.to)
-        if refusal is not None:
-            raise FrameError(FORBIDDEN, refusal, frame.id)
-        try:
-            async with self._slots:
-                was_large = await self._store.is_large(frame.to)
-                if frame.type == frames.JOIN:
-                    changed = await self._store.join(frame.to, self.user)
-                else:
-                    changed = await self._store.leave(frame.to, self.user)
-        except asyncio.CancelledError:
-            raise
-        except GroupLimitError as exc:
-            raise FrameError(FORBIDDEN, group_limit_reason(exc), frame.id) from exc
-        except Exception as exc:
-            _group_failed.hit(exc=exc)
-            raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc
-        msg_id, now_ms = self._pipeline.new_id()
-        self.push(frames.encode_accepted(frame.id, msg_id, now_ms))
-        try:  # connections follow the group's stream, or stop
-            mine = [self.user] if changed else []
-            control_id, now_ms = self._pipeline.new_id()
-            await self._groups.membership_changed(
-                frame.to,
-                mine,
-                was_large=was_large,
-                now_ms=now_ms,
-                control_id=control_id,
-                left=frame.type != frames.JOIN,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            _group_failed.hit(exc=exc)
 
     # --- lifecycle --------------------------------------------------------------------
 
