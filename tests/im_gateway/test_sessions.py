@@ -1,4 +1,4 @@
-"""A session against a fake WebSocket, a fake router and the in-memory store."""
+"""A session against a fake WebSocket, a fake pipeline and fan-out (FakeRouter) and the in-memory store."""
 
 from __future__ import annotations
 
@@ -467,7 +467,7 @@ async def test_a_client_that_does_not_read_is_closed_with_1013(store: GatedStore
 
 
 async def test_frames_are_answered(store: GatedStore) -> None:
-    """Heartbeats are answered, messages go to the router, joins are acked, errors are 99."""
+    """Heartbeats are answered, messages go to the pipeline, joins are acked, errors are 99."""
     async with running(store) as (_, ws, router):
         await wait_until(lambda: bool(ws.sent))
         ws.sent.clear()
