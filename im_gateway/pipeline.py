@@ -8,16 +8,18 @@ sockets or the hub: each stored message goes to a :class:`Route` (the gateway's
 
 Batches. Callers put submissions (with a fresh message id and the server time) into one
 bounded queue. A single worker takes everything available (up to ``batch_size``) and
-stores it with one :meth:`Store.submit` call, so an idle gateway adds no latency and a
-busy one shares each Redis round trip among many messages. Full policy: a caller whose
-message finds the queue full waits (a session stops reading its socket, which pushes
-back on that client); nothing is dropped. One worker keeps each sender's order.
+stores it with one :meth:`Store.submit` call. Full policy: a caller whose message finds
+the queue full waits (a session stops reading its socket, which pushes back on that
+client); nothing is dropped. One worker keeps each sender's order.
 
-Linger. At moderate load messages arrive one at a time, and each would pay a Redis round
-trip, a hub frame and several wake-ups on every hop for itself alone (about four times
-the CPU of a message in a full batch). So while traffic flows (the last batch started
-less than ``busy_window`` seconds ago) the worker waits ``linger`` seconds before taking
-a small batch. An idle gateway (no batch lately) stores a message at once.
+Natural batching (no linger by default). The worker never waits for more: a message that
+finds it idle is stored at once, and whatever arrives while a store call is out makes the
+next batch. So a quiet gateway adds no latency, moderate load gets small batches without
+a wait, and full load gets big ones (the round trip grows with the batch, and so does the
+next batch). ``linger`` (``--batch-linger``, 0 by default) adds a wait: while traffic
+flows (the last batch started less than ``busy_window`` seconds ago) the worker waits
+``linger`` seconds before taking a small batch, trading latency for fewer Redis round
+trips and hub frames per message on a machine short of CPU.
 
 Retry. A batch whose store call fails is tried once more (a timeout: it may have been
 stored with its reply lost). That is safe: a batch is stored atomically and
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from transmit_hub import timeline
 from transmit_hub.types import Message, MessageId, UserId
 
 from . import frames
@@ -102,7 +105,7 @@ class Pipeline:
         route: Route,
         queue_size: int = 10_000,
         batch_size: int = 256,
-        linger: float = 0.003,
+        linger: float = 0.0,
         busy_window: float = 0.02,
         faults: Faults | None = None,
         metrics: GatewayMetrics | None = None,
@@ -159,6 +162,8 @@ class Pipeline:
     ) -> Submission:
         """A submission for ``frame`` from ``sender``, with a fresh id and the time now."""
         msg_id, now_ms = self._ids.next()
+        if timeline.ON:
+            timeline.stamp("read", (msg_id,))
         message = Message(
             id=msg_id,
             sender=sender,
@@ -231,11 +236,15 @@ class Pipeline:
 
     async def _process(self, batch: Sequence[_Item]) -> None:
         submissions = [sub for _, sub in batch]
+        if timeline.ON:
+            timeline.stamp("batched", [sub.message.id for sub in submissions])
         try:
             results = await self._store.submit(submissions)
         except Exception as exc:
             self._store_failed.hit(exc=exc)
             results = await self._store.submit(submissions)
+        if timeline.ON:
+            timeline.stamp("stored", [sub.message.id for sub in submissions])
         if self._faults is not None:
             self._faults.stored()
         self.batches += 1
