@@ -8,8 +8,9 @@ call site costs one attribute test per batch or frame.
 
 The hops, in a message's order: ``read`` (a gateway made the submission from a client's
 frame), ``batched`` (its batch goes to the store), ``stored`` (the store answered),
-``to_hub`` (the link wrote its frame), ``hub_in`` and ``hub_out`` (the hub read the map
-and wrote the delivery), ``from_hub`` (the receiving gateway's link decoded it). At most
+``to_hub`` (the link's writer took it into a frame, before the gRPC write), ``hub_in``
+(the hub read its frame), ``hub_out`` (the hub's writer took it into a frame, before the
+gRPC write), ``from_hub`` (the receiving gateway's link decoded it). At most
 :data:`MAX_RECORDS` records are kept per process.
 """
 
