@@ -486,14 +486,31 @@ HOPS: list[tuple[str, str, str]] = [
 ``received`` are the clients', the others the servers' (``transmit_hub.timeline``)."""
 
 
-def load_stamps(directory: Path) -> dict[str, dict[str, int]]:
-    """The servers' stamps: message id -> hop -> ns (the first time it passed)."""
+GROUPED = {
+    "batched": "Redis round trips (store calls)",
+    "to_hub": "gRPC frames to the hub",
+    "hub_out": "gRPC frames from the hub",
+}
+"""Stamps taken once per batch or frame (one time for all its messages): how many there
+were says how many wake-ups a hop cost."""
+
+
+def load_stamps(directory: Path) -> tuple[dict[str, dict[str, int]], dict[str, list[float]]]:
+    """The servers' stamps: message id -> hop -> ns (the first time it passed); and for
+    the :data:`GROUPED` hops, [messages, batches] (a batch: one process, one time)."""
     stamps: dict[str, dict[str, int]] = {}
+    grouped = {hop: [0.0, 0.0] for hop in GROUPED}
     for path in directory.glob("*.tsv"):
+        batches: dict[str, set[str]] = {hop: set() for hop in GROUPED}
         for line in path.read_text().splitlines():
             hop, mid, ns = line.split("\t")
             stamps.setdefault(mid, {}).setdefault(hop, int(ns))
-    return stamps
+            if hop in batches:
+                batches[hop].add(ns)
+                grouped[hop][0] += 1
+        for hop, times in batches.items():
+            grouped[hop][1] += len(times)
+    return stamps, grouped
 
 
 def timeline(clients: list[list[Any]], servers: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
@@ -625,9 +642,13 @@ async def orchestrate(
                     wk.proc.kill()
                     await wk.proc.wait()
     if stamp_dir is not None:  # the servers wrote their stamps as they exited
-        servers = load_stamps(stamp_dir)
+        servers, grouped = load_stamps(stamp_dir)
         for res in results:
             res["timeline"] = timeline(res.pop("stamps"), servers)
+        if results:  # over the whole run (all phases, warm-ups included)
+            results[0]["batching"] = {
+                GROUPED[hop]: n / max(1.0, batches) for hop, (n, batches) in grouped.items()
+            }
         for path in stamp_dir.glob("*.tsv"):
             path.unlink()
         stamp_dir.rmdir()
@@ -712,6 +733,9 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
                 for t in r["timeline"]
             ]
             out += [harness.table(["hop", "messages", "p50", "p99", "mean"], t_rows), ""]
+        if "batching" in r:
+            per = ", ".join(f"{name} {n:.2f}" for name, n in r["batching"].items())
+            out += [f"Messages per batch or frame over the whole run: {per}.", ""]
     for r in results:
         if r["phase"].startswith("paced"):
             ok = r["p99_ms"] < 20

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -89,10 +90,14 @@ class Route(Protocol):
 _Item = tuple[Caller, Submission]
 
 
-def _take(queue: asyncio.Queue[_Item], batch: list[_Item], limit: int) -> None:
+def _take(queue: deque[_Item], batch: list[_Item], limit: int) -> None:
     """Move what ``queue`` holds into ``batch``, up to ``limit`` items in all."""
-    while len(batch) < limit and not queue.empty():
-        batch.append(queue.get_nowait())
+    if len(batch) + len(queue) <= limit:
+        batch += queue
+        queue.clear()
+        return
+    while len(batch) < limit:
+        batch.append(queue.popleft())
 
 
 class Pipeline:
@@ -117,7 +122,13 @@ class Pipeline:
         self._linger = linger
         self._busy_window = busy_window
         self._faults = faults
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        # A plain deque (asyncio.Queue costs several calls per item): the worker waits on
+        # _wakeup when it is empty, callers of put() on _room while it is full.
+        self._queue: deque[_Item] = deque()
+        self._queue_size = queue_size
+        self._wakeup: asyncio.Future[None] | None = None
+        self._room = asyncio.Event()
+        self._room.set()
         self._ids = MessageIds()
         self._task: asyncio.Task[None] | None = None
         self._store_failed = Throttled(logger, "storing a batch failed %d times; retrying once")
@@ -145,17 +156,17 @@ class Pipeline:
     @property
     def busy(self) -> bool:
         """True while the queue is full (:meth:`offer` would refuse)."""
-        return self._queue.full()
+        return len(self._queue) >= self._queue_size
 
     @property
     def queued(self) -> int:
         """Submissions waiting for the worker."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def idle(self) -> bool:
         """Nothing queued and no batch in the works: every caller has been answered."""
-        return not self._working and self._queue.empty()
+        return not self._working and not self._queue
 
     def submission(
         self, sender: UserId, frame: frames.SendMessage, *, check_member: bool = True
@@ -177,14 +188,22 @@ class Pipeline:
 
     def offer(self, caller: Caller, submission: Submission) -> bool:
         """Queue a submission; False (nothing queued) when the queue is full."""
-        if self._queue.full():
+        queue = self._queue
+        if len(queue) >= self._queue_size:
             return False
-        self._queue.put_nowait((caller, submission))
+        queue.append((caller, submission))
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
         return True
 
     async def put(self, caller: Caller, submission: Submission) -> None:
         """Queue a submission; waits while the queue is full."""
-        await self._queue.put((caller, submission))
+        while not self.offer(caller, submission):
+            self._room.clear()
+            await self._room.wait()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -200,9 +219,10 @@ class Pipeline:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while not self._queue.empty():
-            caller, sub = self._queue.get_nowait()
+        while self._queue:
+            caller, sub = self._queue.popleft()
             caller.failed(frames.INTERNAL, "gateway stopping; send again", sub.client_id)
+        self._room.set()  # as asyncio.Queue did: callers waiting in put() are let go
 
     # --- the worker ---------------------------------------------------------------------
 
@@ -211,10 +231,15 @@ class Pipeline:
         limit = self._batch_size
         loop = asyncio.get_running_loop()
         last_start = -1e9
+        room = self._room
         while True:
-            batch = [await queue.get()]
+            if not queue:
+                self._wakeup = wakeup = loop.create_future()
+                await wakeup
+            batch: list[_Item] = []
             self._working = True
             _take(queue, batch, limit)
+            room.set()
             now = loop.time()
             linger = len(batch) < limit and now - last_start < self._busy_window
             last_start = now
@@ -222,6 +247,7 @@ class Pipeline:
                 if linger and self._linger > 0:
                     await asyncio.sleep(self._linger)  # traffic flows: let more join
                     _take(queue, batch, limit)
+                    room.set()
                 await self._process(batch)
             except asyncio.CancelledError:
                 for caller, sub in batch:
