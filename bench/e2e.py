@@ -496,15 +496,17 @@ were says how many wake-ups a hop cost."""
 
 
 def load_stamps(directory: Path) -> tuple[dict[str, dict[str, int]], dict[str, list[float]]]:
-    """The servers' stamps: message id -> hop -> ns (the first time it passed); and for
-    the :data:`GROUPED` hops, [messages, batches] (a batch: one process, one time)."""
+    """The servers' stamps: message id -> hop -> ns (the first time it passed, should it
+    pass twice: a resend); and for the :data:`GROUPED` hops, [messages, batches] (a batch:
+    one process, one time)."""
     stamps: dict[str, dict[str, int]] = {}
     grouped = {hop: [0.0, 0.0] for hop in GROUPED}
     for path in directory.glob("*.tsv"):
         batches: dict[str, set[str]] = {hop: set() for hop in GROUPED}
         for line in path.read_text().splitlines():
             hop, mid, ns = line.split("\t")
-            stamps.setdefault(mid, {}).setdefault(hop, int(ns))
+            hops = stamps.setdefault(mid, {})
+            hops[hop] = min(int(ns), hops.get(hop, int(ns)))
             if hop in batches:
                 batches[hop].add(ns)
                 grouped[hop][0] += 1
