@@ -109,6 +109,51 @@ class Accepted:
     then empty)."""
 
 
+# Built once per message on the gateway's hot path: these fill the frozen dataclasses'
+# slots directly, for about half the CPU of the generated __init__ (object.__setattr__
+# per field); the objects are the same (tests/im_gateway/store/test_constructors.py).
+_new = object.__new__
+_SUBMISSION_SET = tuple(
+    Submission.__dict__[name].__set__ for name in ("client_id", "message", "check_member")
+)
+_ACCEPTED_SET = tuple(
+    Accepted.__dict__[name].__set__
+    for name in ("client_id", "message", "duplicate", "recipients", "presence", "post")
+)
+
+
+def new_submission(client_id: str, message: Message, check_member: bool) -> Submission:
+    """``Submission(client_id, message, check_member)``, for about half the CPU."""
+    s: Submission = _new(Submission)
+    set_client_id, set_message, set_check = _SUBMISSION_SET
+    set_client_id(s, client_id)
+    set_message(s, message)
+    set_check(s, check_member)
+    return s
+
+
+def new_accepted(
+    client_id: str,
+    message: Message,
+    duplicate: bool,
+    recipients: tuple[Recipient, ...],
+    presence: Mapping[UserId, tuple[GatewayId, ...]],
+) -> Accepted:
+    """``Accepted(client_id, message, duplicate, recipients, presence)`` (no ``post``),
+    for about half the CPU."""
+    a: Accepted = _new(Accepted)
+    set_client_id, set_message, set_duplicate, set_recipients, set_presence, set_post = (
+        _ACCEPTED_SET
+    )
+    set_client_id(a, client_id)
+    set_message(a, message)
+    set_duplicate(a, duplicate)
+    set_recipients(a, recipients)
+    set_presence(a, presence)
+    set_post(a, None)
+    return a
+
+
 @dataclass(frozen=True, slots=True)
 class GroupPost:
     """Where a message to a large group went: its position in the group's stream, and the
