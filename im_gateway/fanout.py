@@ -76,6 +76,7 @@ from transmit_hub.types import (
     TransmitMap,
     UndeliverableReason,
     UserId,
+    new_transmit_map,
 )
 
 from . import frames, inbound
@@ -438,9 +439,8 @@ class Fanout(Generic[C]):
         if prefix is not None:  # once per message, however many local sockets got it
             self._metrics.pushed_local(accepted.message.time)
         if remote:
-            tmap = TransmitMap(
-                message=accepted.message,
-                users={gateway: tuple(rs) for gateway, rs in remote.items()},
+            tmap = new_transmit_map(
+                accepted.message, {gateway: tuple(rs) for gateway, rs in remote.items()}
             )
             if self._faults is not None and self._faults.drop():
                 return

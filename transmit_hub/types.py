@@ -123,6 +123,20 @@ def new_recipient(user_id: UserId, seq: str) -> Recipient:
     return r
 
 
+_set_tmap_message = TransmitMap.__dict__["message"].__set__
+_set_tmap_users = TransmitMap.__dict__["users"].__set__
+
+
+def new_transmit_map(
+    message: Message, users: Mapping[GatewayId, tuple[Recipient, ...]]
+) -> TransmitMap:
+    """``TransmitMap(message, users)``, for about half the CPU (see above)."""
+    t: TransmitMap = _new(TransmitMap)
+    _set_tmap_message(t, message)
+    _set_tmap_users(t, users)
+    return t
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message for some users of the gateway that receives it."""

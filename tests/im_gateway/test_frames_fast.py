@@ -3,6 +3,7 @@ text exactly as the stdlib alone would (same frame, or same error code, text and
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 
@@ -77,3 +78,30 @@ def test_frames_answer_as_the_stdlib_does(obj: dict[str, object]) -> None:
         m.setattr(frames, "_FAST_LOADS", json.loads)
         expected = _answer(frames.parse, text)
     assert _answer(frames.parse, text) == expected
+
+
+@given(
+    st.sampled_from([1, 2]),
+    st.text(min_size=1, max_size=8),
+    st.integers(min_value=0, max_value=2**64 - 1),
+    st.integers(min_value=-(2**31), max_value=2**31 - 1),
+    st.text(max_size=8),
+)
+def test_a_parsed_message_is_the_dataclass(
+    kind: int, frame_id: str, to: int, content_type: int, content: str
+) -> None:
+    """The SendMessage ``parse`` fills directly is the one the constructor builds."""
+    text = json.dumps(
+        {"type": kind, "id": frame_id, "to": to, "contentType": content_type, "content": content}
+    )
+    fields = [f.name for f in dataclasses.fields(frames.SendMessage)]
+    assert fields == ["type", "id", "to", "content_type", "content"]
+    try:
+        parsed = frames.parse(text)
+    except FrameError:
+        return  # an id or content with lone surrogates: refused, as before
+    plain = frames.SendMessage(kind, frame_id, to, content_type, content)
+    assert type(parsed) is frames.SendMessage
+    assert parsed == plain
+    assert hash(parsed) == hash(plain)
+    assert repr(parsed) == repr(plain)

@@ -7,7 +7,17 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 
-from transmit_hub.types import Message, MessageId, Recipient, UserId, new_message, new_recipient
+from transmit_hub.types import (
+    GatewayId,
+    Message,
+    MessageId,
+    Recipient,
+    TransmitMap,
+    UserId,
+    new_message,
+    new_recipient,
+    new_transmit_map,
+)
 
 uint64 = st.integers(min_value=0, max_value=2**64 - 1)
 int32 = st.integers(min_value=-(2**31), max_value=2**31 - 1)
@@ -52,4 +62,14 @@ def test_new_recipient_is_recipient(user: int, seq: str) -> None:
     assert type(fast) is Recipient
     assert fast == plain
     assert hash(fast) == hash(plain)
+    assert repr(fast) == repr(plain)
+
+
+def test_new_transmit_map_is_transmit_map() -> None:
+    assert [f.name for f in dataclasses.fields(TransmitMap)] == ["message", "users"]
+    message = Message(MessageId("m"), UserId(1), 2, 1, 0, 3, "x")
+    users = {GatewayId("gw-2"): (Recipient(UserId(2), "4"),)}
+    fast, plain = new_transmit_map(message, users), TransmitMap(message, users)
+    assert type(fast) is TransmitMap
+    assert fast == plain
     assert repr(fast) == repr(plain)
