@@ -75,12 +75,13 @@ from .contract import (
     GroupPost,
     GroupStream,
     Joined,
+    Membership,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, group_streams, text
+from .keyspace import KeyspaceStore, Settings, group_streams, membership_rows, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
 __all__ = ["ClusterStore"]
@@ -474,7 +475,14 @@ class ClusterStore(KeyspaceStore):
         self._check_open()
         settings = self.settings
         gkey, ukey = settings.group_key(group), settings.key("groups", user)
-        args = [str(user), str(group), settings.prefix, settings.large_group, settings.max_age_ms]
+        args = [
+            str(user),
+            str(group),
+            settings.prefix,
+            settings.large_group,
+            settings.max_age_ms,
+            settings.max_group_members,
+        ]
         [(removed, _), _] = await self._nodes.run(
             [
                 self._nodes.script(scripts.LEAVE, [gkey], args),
@@ -551,6 +559,7 @@ class ClusterStore(KeyspaceStore):
             str(group),
             settings.large_group,
             settings.max_age_ms,
+            settings.max_group_members,
             *map(str, users),
         ]
         calls = [self._nodes.script(scripts.REMOVE_MEMBERS, [settings.group_key(group)], args)]
@@ -592,6 +601,28 @@ class ClusterStore(KeyspaceStore):
         await self._nodes.run(
             [self._nodes.script(scripts.GROUP_ACK, [settings.group_key(group)], args)]
         )
+
+    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+        self._check_open()
+        settings = self.settings
+        by_slot: dict[int, list[int]] = {}
+        for i, (g, _) in enumerate(pairs):
+            by_slot.setdefault(slot_of(settings.group_key(g)), []).append(i)
+        replies = await self._nodes.run(
+            [
+                self._nodes.script(
+                    scripts.MEMBERSHIPS,
+                    list(dict.fromkeys(settings.group_key(pairs[i][0]) for i in where)),
+                    [settings.prefix, *(str(x) for i in where for x in pairs[i])],
+                )
+                for where in by_slot.values()
+            ]
+        )
+        out: list[Membership] = [Membership()] * len(pairs)
+        for where, (reply, _) in zip(by_slot.values(), replies, strict=True):
+            for i, found in zip(where, membership_rows(reply), strict=True):
+                out[i] = found
+        return out
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()

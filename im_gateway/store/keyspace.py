@@ -43,6 +43,12 @@ cluster slot:
     hash: member -> the position in the stream up to which the member has everything
     (acknowledged, or where they joined: a member never reads from before the join).
     Expires with the stream; a member without a field reads the whole stream.
+``{prefix}{g:<group>}:joined``, ``:left``, ``:leavers``
+    membership in the stream's positions (:meth:`~im_gateway.store.Store.memberships`):
+    hash member -> the newest position when they joined (or when the group became
+    large); hash leaver -> ``"<join>:<leave>"``, their latest ended membership; sorted set
+    leaver -> leave position, so that only the latest ``max_group_members`` leavers are
+    kept (the oldest go first). Expire with the stream.
 ``{prefix}{g:<group>}:gateways``
     sorted set: gateway id -> expiry, the gateways holding sockets of members (refreshed
     with presence); a post to a large group is pushed to these.
@@ -84,6 +90,7 @@ from .contract import (
     GroupStream,
     InboxEntry,
     InboxPage,
+    Membership,
 )
 
 Client = aioredis.Redis | RedisCluster
@@ -424,4 +431,17 @@ def group_streams(reply: bytes | str) -> list[GroupStream]:
             for eid, fields in (rows or ())  # cjson writes an empty list as {}
         ]
         out.append(GroupStream(g, int(pos), InboxPage(entries, int(last))))
+    return out
+
+
+def membership_rows(reply: Sequence[Any]) -> list[Membership]:
+    """The memberships ``lua/memberships.lua`` answered (three values per pair)."""
+    out = []
+    for i in range(0, len(reply), 3):
+        member, joined, past = int(reply[i]), text(reply[i + 1]), text(reply[i + 2])
+        ended: tuple[int, int] | None = None
+        if past:
+            start, _, end = past.partition(":")
+            ended = (int(start), int(end))
+        out.append(Membership(int(joined or 0) if member else None, ended))
     return out

@@ -32,6 +32,7 @@ from .contract import (
     InboxEntry,
     InboxPage,
     Joined,
+    Membership,
     Refusal,
     Refused,
     Submission,
@@ -76,6 +77,11 @@ class MemoryStore(AsyncClosing):
         self._large: set[int] = set()
         self._gpos: dict[int, dict[UserId, int]] = {}
         """Per large group: member -> position (acknowledged, or where they joined)."""
+        self._joined: dict[int, dict[UserId, int]] = {}
+        """Per large group: member -> the stream's newest position when they joined."""
+        self._left: dict[int, dict[UserId, tuple[int, int]]] = {}
+        """Per large group: leaver -> (join, leave) of their latest ended membership, in
+        the order they left (the oldest beyond ``max_group_members`` go first)."""
         self._watch: dict[int, dict[GatewayId, float]] = {}
         """Per large group: gateway -> expiry (gateways with members online)."""
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
@@ -191,6 +197,8 @@ class MemoryStore(AsyncClosing):
         if stream is not None and stream.expires <= now:
             del self._streams[group]
             self._gpos.pop(group, None)
+            self._joined.pop(group, None)
+            self._left.pop(group, None)
             return None
         return stream
 
@@ -213,8 +221,10 @@ class MemoryStore(AsyncClosing):
             last = self._group_last(group, now)
             self._touch_group(group, now)
             positions = self._gpos.setdefault(group, {})
+            joined = self._joined.setdefault(group, {})
             for user in members:
                 positions.setdefault(user, last)
+                joined.setdefault(user, last)
         elif len(members) <= self.large_group and group in self._large:
             self._large.discard(group)
 
@@ -335,11 +345,12 @@ class MemoryStore(AsyncClosing):
         self._groups.setdefault(group, members).add(user)
         self._user_groups.setdefault(user, mine).add(group)
         now = self._clock()
-        if group in self._large:
+        if group in self._large or self._live_stream(group, now) is not None:
             # Nothing from before the join: the member starts at the stream's end.
             last = self._group_last(group, now)
             self._touch_group(group, now)
             self._gpos.setdefault(group, {})[user] = last
+            self._joined.setdefault(group, {})[user] = last
         self._reform(group, now)
         return True
 
@@ -356,11 +367,27 @@ class MemoryStore(AsyncClosing):
             mine.discard(group)
             if not mine:
                 del self._user_groups[user]
+        now = self._clock()
+        if removed:
+            self._left_at(group, user, now)
+        self._reform(group, now)
+        return removed
+
+    def _left_at(self, group: int, user: UserId, now: float) -> None:
+        """``user`` left ``group``: their position goes; their membership's join and
+        leave positions are kept when they had one in the stream."""
         positions = self._gpos.get(group)
         if positions is not None:
             positions.pop(user, None)
-        self._reform(group, self._clock())
-        return removed
+        joined = self._joined.get(group, {}).pop(user, None)
+        if joined is None and group not in self._large:
+            return
+        self._touch_group(group, now)
+        left = self._left.setdefault(group, {})
+        left.pop(user, None)  # to the end: the latest leaver
+        left[user] = (joined or 0, self._group_last(group, now))
+        while len(left) > self.max_group_members:
+            del left[next(iter(left))]
 
     async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
         out = []
@@ -448,6 +475,18 @@ class MemoryStore(AsyncClosing):
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()
         return user in self._groups.get(group, ())
+
+    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+        self._check_open()
+        now = self._clock()
+        out = []
+        for group, user in pairs:
+            self._live_stream(group, now)  # expired records go with the stream
+            joined = None
+            if user in self._groups.get(group, ()):
+                joined = self._joined.get(group, {}).get(user, 0)
+            out.append(Membership(joined, self._left.get(group, {}).get(user)))
+        return out
 
     async def are_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
         self._check_open()

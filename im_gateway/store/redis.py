@@ -47,12 +47,13 @@ from .contract import (
     GroupPost,
     GroupStream,
     Joined,
+    Membership,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, group_streams, text
+from .keyspace import KeyspaceStore, Settings, group_streams, membership_rows, text
 
 __all__ = ["RedisStore", "client_options"]
 
@@ -137,6 +138,7 @@ class RedisStore(KeyspaceStore):
         self._remove_members = client.register_script(scripts.REMOVE_MEMBERS)
         self._streams = client.register_script(scripts.STREAMS)
         self._group_ack = client.register_script(scripts.GROUP_ACK)
+        self._memberships = client.register_script(scripts.MEMBERSHIPS)
 
     @property
     def client(self) -> aioredis.Redis:
@@ -250,6 +252,7 @@ class RedisStore(KeyspaceStore):
             settings.prefix,
             settings.large_group,
             settings.max_age_ms,
+            settings.max_group_members,
         ]
         return bool(await self._leave(keys, args))
 
@@ -282,6 +285,7 @@ class RedisStore(KeyspaceStore):
             str(group),
             settings.large_group,
             settings.max_age_ms,
+            settings.max_group_members,
             *map(str, users),
         ]
         return [bool(x) for x in await self._remove_members(keys, args)]
@@ -311,6 +315,15 @@ class RedisStore(KeyspaceStore):
             settings.max_age_ms,
         ]
         await self._group_ack([settings.group_key(group)], args)
+
+    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+        self._check_open()
+        if not pairs:
+            return []
+        settings = self.settings
+        keys = [settings.group_key(g) for g in dict.fromkeys(g for g, _ in pairs)]
+        args = [settings.prefix, *(str(x) for pair in pairs for x in pair)]
+        return membership_rows(await self._memberships(keys, args))
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()

@@ -205,3 +205,70 @@ async def test_add_and_remove_many_members_in_one_call(backend: Backend) -> None
     dave = await stream_of(store, DAVE)
     assert dave is not None
     assert [e.message.content for e in dave.page.entries] == ["hi"]
+
+
+# -- membership at a post's position ------------------------------------------------------
+
+
+async def test_memberships_keep_where_each_membership_began_and_ended(small: Store) -> None:
+    """A member who leaves and rejoins: their current membership begins at the rejoin's
+    position and the ended one keeps its join and leave positions, so a post stored while
+    they were out is not theirs and one stored just before they left is."""
+    for user in (ALICE, BOB, CAROL):
+        await small.join(G, user)
+    positions = {}
+    await small.submit([sub("1", post(ALICE, "before dave"))])
+    await small.join(G, DAVE)
+    await small.submit([sub("2", post(ALICE, "while dave is in"))])
+    assert await small.leave(G, DAVE)
+    await small.submit([sub("3", post(ALICE, "while dave is out"))])
+    await small.join(G, DAVE)
+    await small.submit([sub("4", post(ALICE, "after dave is back"))])
+    for e in (await small.read_group(G, 0, 10)).entries:
+        positions[e.message.content] = e.position
+    [dave, alice, eve] = await small.memberships([(G, DAVE), (G, ALICE), (G, EVE)])
+    assert (dave.joined, dave.past) == (3, (1, 2))
+    assert dave.member
+    assert [dave.covers(positions[c]) for c in positions] == [False, True, False, True]
+    assert (alice.joined, alice.past) == (0, None)
+    assert all(alice.covers(p) for p in positions.values())
+    assert (eve.joined, eve.past, eve.member) == (None, None, False)
+    assert not any(eve.covers(p) for p in positions.values())
+    assert await small.remove_members(G, [DAVE]) == [True]
+    [gone] = await small.memberships([(G, DAVE)])
+    assert (gone.joined, gone.past) == (None, (3, 4))
+    assert [gone.covers(positions[c]) for c in positions] == [False, False, False, True]
+
+
+async def test_memberships_of_many_groups_and_users_in_one_call(backend: Backend) -> None:  # noqa: F811
+    """Pairs over several groups (several slots on a cluster) answer in the order asked;
+    a member of a group that was never large has been one from the start."""
+    store = backend.make(large_group=1)
+    groups = [G, G + 1, G + 2, G + 3, 900, 901]
+    for g in groups:
+        await store.join(g, ALICE)  # one member: stored in inboxes
+    for g in groups[:3]:
+        await store.join(g, BOB)  # large now
+        await store.submit([sub(f"p{g}", post(ALICE, group=g))])
+        await store.leave(g, BOB)
+    pairs = [(g, u) for g in groups for u in (ALICE, BOB)]
+    found = await store.memberships(pairs)
+    assert [(m.joined, m.past) for m in found] == [
+        *[(0, None), (None, (0, 1))] * 3,
+        *[(0, None), (None, None)] * 3,
+    ]
+    assert await store.memberships([]) == []
+
+
+async def test_leavers_kept_are_bounded_by_the_group_size_bound(backend: Backend) -> None:  # noqa: F811
+    """At most ``max_group_members`` ended memberships are kept per group: the latest;
+    the oldest leavers are forgotten first (they then count as never members)."""
+    store = backend.make(large_group=1, max_group_members=3)
+    await store.add_members(G, [UserId(10), UserId(11)])
+    transient = [UserId(u) for u in range(12, 17)]
+    for i, user in enumerate(transient):
+        await store.join(G, user)
+        await store.submit([sub(f"p{i}", post(10, group=G))])
+        assert await store.leave(G, user)
+    found = await store.memberships([(G, u) for u in transient])
+    assert [m.past for m in found] == [None, None, (2, 3), (3, 4), (4, 5)]
