@@ -199,7 +199,9 @@ class ClusterStore(KeyspaceStore):
                 if kind == "d" and rest[0] and str(rest[0][0]).startswith("g"):
                     w.duplicate = True  # stored once: step 2 answers its position
                     w.stream = int(str(rest[0][0])[1:])
-                    w.users, w.positions = [], {}
+                    pairs = rest[0][2:]  # a server API sender's own copy, if any
+                    w.users = [UserId(int(u)) for u in pairs[0::2]]
+                    w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
                 elif kind == "d":
                     w.duplicate = True
                     pairs = rest[0]
@@ -223,6 +225,8 @@ class ClusterStore(KeyspaceStore):
             if m.type == MESSAGE_GROUP and m.to in large:
                 if w.sub.check_member and UserId(m.sender) not in large[m.to]:
                     w.users = None
+                elif m.sender != 0 and UserId(m.sender) not in large[m.to]:
+                    w.stream, w.users = m.to, [UserId(m.sender)]  # the API's sender: a copy
                 else:
                     w.stream, w.users = m.to, []
             else:

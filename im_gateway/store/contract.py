@@ -113,8 +113,10 @@ class Accepted:
     presence: Mapping[UserId, tuple[GatewayId, ...]] = field(default_factory=dict)
     """The live gateways of each recipient, looked up in the same batch."""
     post: GroupPost | None = None
-    """A message to a large group: stored once, in the group's stream (``recipients`` is
-    then empty)."""
+    """A message to a large group: stored once, in the group's stream. ``recipients`` is
+    then empty, except when the server API posts as a user who is not a member: that
+    user's inbox gets a copy (as in a small group), for their devices. A duplicate answers
+    both again, as the first one did."""
 
 
 @dataclass(frozen=True, slots=True)

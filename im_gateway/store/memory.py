@@ -131,7 +131,7 @@ class MemoryStore(AsyncClosing):
             if seen is not None and seen[3] > now:
                 again = seen[2]
                 if again and again[0].seq.startswith("g"):
-                    return self._post_again(sub, seen[0], seen[1], again[0].seq, now)
+                    return self._post_again(sub, seen[0], seen[1], again, now)
                 stored = self._entry(again[0], now) if again else None
                 if stored is None:  # trimmed: nothing to push again
                     first = dataclasses.replace(msg, id=seen[0], time=seen[1])
@@ -139,13 +139,15 @@ class MemoryStore(AsyncClosing):
                 return Accepted(sub.client_id, stored, True, again, self._presence_of(again, now))
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
+            copy = None
             if msg.sender not in members:
                 if sub.check_member:
                     return Refused(sub.client_id, Refusal.NOT_MEMBER)
-                if msg.sender != 0 and msg.to not in self._large:
+                if msg.sender != 0:  # the server API posts as a user: their copy
+                    copy = msg.sender
                     members = {*members, msg.sender}
             if msg.to in self._large:
-                return self._post(sub, now)
+                return self._post(sub, now, copy)
             users = sorted(members)
         elif msg.to == msg.sender or msg.sender == 0:
             users = [UserId(msg.to)]
@@ -157,24 +159,34 @@ class MemoryStore(AsyncClosing):
             self._dedupe[dkey] = (msg.id, msg.time, recipients, now + self.dedupe_window)
         return Accepted(sub.client_id, msg, False, recipients, self._presence_of(recipients, now))
 
-    def _post(self, sub: Submission, now: float) -> Accepted:
-        """Store a message to a large group once, in its stream."""
+    def _post(self, sub: Submission, now: float, copy: UserId | None) -> Accepted:
+        """Store a message to a large group once, in its stream (and, for a sender who
+        is not a member, ``copy``, in the sender's inbox)."""
         msg = sub.message
         pos = self._append_to(self._streams, msg.to, None, msg, now)
         self._touch_group(msg.to, now)
         post = GroupPost(msg.to, int(pos), self._watchers(msg.to, now))
+        mine: tuple[Recipient, ...] = ()
+        if copy is not None:
+            mine = (Recipient(copy, self._append(copy, msg, now)),)
         if sub.client_id:
             key = (msg.sender, sub.client_id)
             self._dedupe.pop(key, None)
-            mark = (Recipient(UserId(0), post.seq),)
+            mark = (Recipient(UserId(0), post.seq), *mine)
             self._dedupe[key] = (msg.id, msg.time, mark, now + self.dedupe_window)
-        return Accepted(sub.client_id, msg, False, post=post)
+        return Accepted(sub.client_id, msg, False, mine, self._presence_of(mine, now), post)
 
     def _post_again(
-        self, sub: Submission, mid: MessageId, mtime: int, seq: str, now: float
+        self,
+        sub: Submission,
+        mid: MessageId,
+        mtime: int,
+        again: tuple[Recipient, ...],
+        now: float,
     ) -> Accepted:
-        group, pos = stream_position(seq)
+        group, pos = stream_position(again[0].seq)
         assert group is not None
+        mine = again[1:]
         stream = self._live_stream(group, now)
         first = dataclasses.replace(sub.message, id=mid, time=mtime)
         if stream is None or not stream.entries or pos < stream.entries[0].position:
@@ -183,7 +195,8 @@ class MemoryStore(AsyncClosing):
         if i >= len(stream.entries):
             return Accepted(sub.client_id, first, duplicate=True)
         post = GroupPost(group, pos, self._watchers(group, now))
-        return Accepted(sub.client_id, stream.entries[i].message, True, post=post)
+        stored = stream.entries[i].message
+        return Accepted(sub.client_id, stored, True, mine, self._presence_of(mine, now), post)
 
     def _watchers(self, group: int, now: float) -> tuple[GatewayId, ...]:
         entries = self._watch.get(group)

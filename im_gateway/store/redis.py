@@ -367,12 +367,19 @@ def _result(
     m = sub.message
     if kind == _NOT_MEMBER:
         return Refused(sub.client_id, Refusal.NOT_MEMBER)
-    if kind == _POSTED:
-        post = GroupPost(int(res[1]), int(res[2]), tuple(map(GatewayId, res[3:])))
-        return Accepted(sub.client_id, m, False, post=post)
-    if kind == _POSTED_BEFORE:
-        post = GroupPost(int(res[4]), int(res[5]), tuple(map(GatewayId, res[6:])))
-        return Accepted(sub.client_id, entry.decode(res[3]), True, post=post)
+    if kind in (_POSTED, _POSTED_BEFORE):
+        at = 1 if kind == _POSTED else 4
+        n = int(res[at + 2])
+        pairs = res[at + 3 : at + 3 + 2 * n]
+        post = GroupPost(
+            int(res[at]), int(res[at + 1]), tuple(map(GatewayId, res[at + 3 + 2 * n :]))
+        )
+        copies = tuple(
+            Recipient(UserId(int(u)), str(p)) for u, p in zip(pairs[0::2], pairs[1::2], strict=True)
+        )
+        live = {r.user_id: presence[r.user_id] for r in copies if r.user_id in presence}
+        first = m if kind == _POSTED else entry.decode(res[3])
+        return Accepted(sub.client_id, first, kind == _POSTED_BEFORE, copies, live, post)
     if kind == _DUPLICATE:
         # The first message, as stored (the resend's text may differ), or only its id
         # and time when its inbox entry is gone (then nothing is pushed again).

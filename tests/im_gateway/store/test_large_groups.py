@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from im_gateway.store import Accepted, GroupStream, Joined, Refusal, Refused, Store
+from im_gateway.store import Accepted, GroupStream, Joined, Refusal, Refused, Store, Submission
 from tests.im_gateway.store.test_contract import (
     ALICE,
     BOB,
@@ -174,6 +174,40 @@ async def test_a_server_post_from_a_non_member_to_a_large_group(small: Store) ->
     assert isinstance(result, Accepted)
     assert result.post is not None
     assert [e.message.content for e in (await small.read_group(G, 0, 5)).entries] == ["system"]
+
+
+async def test_a_server_post_as_a_non_member_copies_it_to_the_senders_inbox(
+    small: Store,
+) -> None:
+    """As in a small group, the server API posting as a user who is not a member puts a
+    copy in that user's inbox (their devices get it, with their live gateways); a member
+    or the system (0) gets none. A resend answers the same stream position and the same
+    copy, with the gateways live now, so it can be pushed again wherever the first was."""
+    for user in (ALICE, BOB, CAROL):
+        await small.join(G, user)
+    await small.attach(DAVE, GW1)
+    as_dave = post(DAVE, "from the backend")
+    first = accepted((await small.submit([Submission("k1", as_dave, check_member=False)]))[0])
+    assert first.post is not None
+    assert first.post.position == 1
+    assert [(r.user_id, r.seq) for r in first.recipients] == [(DAVE, "1")]
+    assert first.presence == {DAVE: (GW1,)}
+    assert [e.message.content for e in await entries(small, DAVE)] == ["from the backend"]
+    await small.attach(DAVE, GW2)
+    await small.watch(GW2, [G])
+    again = accepted((await small.submit([Submission("k1", as_dave, check_member=False)]))[0])
+    assert again.duplicate
+    assert again.message == first.message
+    assert again.post is not None
+    assert (again.post.position, again.post.gateways) == (1, (GW2,))
+    assert [(r.user_id, r.seq) for r in again.recipients] == [(DAVE, "1")]
+    assert sorted(again.presence[DAVE]) == [GW1, GW2]
+    assert len(await entries(small, DAVE)) == 1
+    as_alice = post(ALICE, "a member")
+    mine = accepted((await small.submit([Submission("k2", as_alice, check_member=False)]))[0])
+    assert mine.post is not None
+    assert mine.recipients == ()
+    assert await entries(small, ALICE) == []
 
 
 async def test_add_and_remove_many_members_in_one_call(backend: Backend) -> None:  # noqa: F811
