@@ -208,7 +208,6 @@ async def test_a_group_of_2000_over_3_gateways_most_offline(
             api_listen="127.0.0.1:0",
             api_key=KEY,
             group_join="server",
-            api_max_users=5000,
         )
         for i in range(3)
     ]
