@@ -148,8 +148,12 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
                 match line.split():
                     case ["acked", "bob", inbox, group_seq]:
                         group, _, upto = group_seq[1:].partition(":")
+
+                        async def stored(i: int = int(inbox), g: int = int(group)) -> bool:
+                            return await acked(i, g, int(upto))
+
                         await wait_until(
-                            lambda i=int(inbox), g=int(group), u=int(upto): acked(i, g, u),
+                            stored,
                             timeout=10,
                             what=f"bob's acks of {inbox} and {group_seq} stored",
                         )
