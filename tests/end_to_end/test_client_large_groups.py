@@ -149,8 +149,10 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
                     case ["acked", "bob", inbox, group_seq]:
                         group, _, upto = group_seq[1:].partition(":")
 
-                        async def stored(i: int = int(inbox), g: int = int(group)) -> bool:
-                            return await acked(i, g, int(upto))
+                        async def stored(
+                            i: int = int(inbox), g: int = int(group), u: int = int(upto)
+                        ) -> bool:
+                            return await acked(i, g, u)
 
                         await wait_until(
                             stored,
