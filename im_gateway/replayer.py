@@ -132,8 +132,12 @@ class Replayer(Streams):
 
     def regroup(self, left: int | None = None) -> None:
         """The user's large groups may have changed: read them again (in the background);
-        ``left``: the user left that group, so its posts stop now."""
-        if left is not None and self._groups.pop(left, None) is not None:
+        ``left``: the user left that group. Its posts stop at the leave (the fan-out and
+        the reads show only what was posted while the user was a member); what was posted
+        before it and not sent yet is read before the connection stops following it."""
+        # During the connect replay (which stops at the leave too) it goes at once.
+        ready = self._cursor.ready
+        if left is not None and not ready and self._groups.pop(left, None) is not None:
             self._unfollow([left])
         if not self._cursor.ready:
             return  # the connect replay reads them

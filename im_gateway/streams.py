@@ -27,6 +27,10 @@ from .cursor import Cursor
 from .metrics import GatewayMetrics, NullMetrics
 from .store import InboxPage, Membership, Store
 
+LEAVE_PAGES = 4
+"""Pages of a group's stream read, at most, up to a leave's position before the
+connection stops following it."""
+
 
 class Outlet(Protocol):
     """Where a replayer's frames go (a session's writer)."""
@@ -185,6 +189,24 @@ class Streams:
             return False
         return result.trimmed
 
+    async def _read_to_leave(self, group: int) -> None:
+        """The user left ``group``: what was posted up to the leave and not sent on this
+        connection yet (its push still on its way, say) goes out now, at most
+        ``LEAVE_PAGES`` pages; then the caller stops following the group."""
+        cursor = self._groups[group]
+        limit = self._page
+        for _ in range(LEAVE_PAGES):
+            page, span = await self._group_page(group, cursor.begin_fill(), limit)
+            if self._groups.get(group) is not cursor or span.member:
+                return  # (a member again: the next read of the groups keeps it)
+            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+            complete = len(page.entries) < limit
+            result = cursor.filled(entries, page.last, complete=complete)
+            for frame in members_only(entries, result.send, span):
+                self._out.push(frame)
+            if complete or cursor.last >= (span.past[1] if span.past is not None else 0):
+                return
+
     async def _group_page(self, group: int, after: int, limit: int) -> tuple[InboxPage, Membership]:
         """A page of ``group``'s stream after ``after``, and the reader's membership read
         after it (so it covers the page); waits for room to send it."""
@@ -203,7 +225,9 @@ class Streams:
         gone = [g for g in self._groups if g not in found]
         if gone:
             for g in gone:
-                del self._groups[g]
+                if self._groups[g].ready:
+                    await self._read_to_leave(g)
+                self._groups.pop(g, None)
             self._unfollow(gone)
         # New groups, and those whose start an earlier attempt did not reach.
         fresh = {

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from im_gateway.fanout import CONTROL_REGROUP
 from im_gateway.store import Accepted, MemoryStore, RedisStore, Store, Submission
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeLink, FakeWebSocket
@@ -171,6 +172,30 @@ async def test_a_post_stored_just_before_the_leave_still_reaches_the_leaver(
     await wait_until(lambda: contents(b_ws) == ["just before B left"])
     await wait_until(lambda: contents(c_ws) == ["just before B left"])
     await wait_until(lambda: [s.user for s in r.fanout.following.followers(GROUP)] == [C])
+    message, seq = await post(store, "after B left")
+    link.feed(Delivered((Delivery(message, (_share(seq),)),)))
+    await wait_until(lambda: contents(c_ws) == ["just before B left", "after B left"])
+    assert contents(b_ws) == ["just before B left"]
+
+
+async def test_a_leave_notice_before_the_push_still_shows_what_came_before_the_leave(
+    wired: tuple[Wired, FakeLink], store: Store
+) -> None:
+    """A post is stored while B is a member; B leaves on another gateway and its notice
+    (a control share) arrives before the post's push: B's connection reads the stream up
+    to the leave before it stops following, so B is shown the post once; the push that
+    comes later reaches C and is not shown to B again."""
+    r, link = wired
+    _, b_ws = await connect(r, store, B)
+    _, c_ws = await connect(r, store, C)
+    message, seq = await post(store, "just before B left")
+    assert await store.leave(GROUP, B)
+    notice = Message(MessageId("ctl-1"), UserId(0), 0, CONTROL_REGROUP, 0, 9, str(GROUP))
+    link.feed(Delivered((Delivery(notice, (Recipient(B, ""),)),)))
+    await wait_until(lambda: [s.user for s in r.fanout.following.followers(GROUP)] == [C])
+    assert contents(b_ws) == ["just before B left"]
+    link.feed(Delivered((Delivery(message, (_share(seq),)),)))
+    await wait_until(lambda: contents(c_ws) == ["just before B left"])
     message, seq = await post(store, "after B left")
     link.feed(Delivered((Delivery(message, (_share(seq),)),)))
     await wait_until(lambda: contents(c_ws) == ["just before B left", "after B left"])
