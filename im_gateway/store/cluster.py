@@ -81,7 +81,7 @@ from .contract import (
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, group_streams, membership_rows, text
+from .keyspace import KeyspaceStore, Settings, group_streams, membership_args, membership_rows, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
 __all__ = ["ClusterStore"]
@@ -612,19 +612,17 @@ class ClusterStore(KeyspaceStore):
         by_slot: dict[int, list[int]] = {}
         for i, (g, _) in enumerate(pairs):
             by_slot.setdefault(slot_of(settings.group_key(g)), []).append(i)
-        replies = await self._nodes.run(
-            [
-                self._nodes.script(
-                    scripts.MEMBERSHIPS,
-                    list(dict.fromkeys(settings.group_key(pairs[i][0]) for i in where)),
-                    [settings.prefix, *(str(x) for i in where for x in pairs[i])],
-                )
-                for where in by_slot.values()
-            ]
-        )
+        calls, shapes = [], []
+        for where in by_slot.values():
+            mine = [pairs[i] for i in where]
+            args, reads = membership_args(mine)
+            keys = list(dict.fromkeys(settings.group_key(g) for g, _ in mine))
+            calls.append(self._nodes.script(scripts.MEMBERSHIPS, keys, [settings.prefix, *args]))
+            shapes.append((where, reads))
+        replies = await self._nodes.run(calls)
         out: list[Membership] = [Membership()] * len(pairs)
-        for where, (reply, _) in zip(by_slot.values(), replies, strict=True):
-            for i, found in zip(where, membership_rows(reply), strict=True):
+        for (where, reads), (reply, _) in zip(shapes, replies, strict=True):
+            for i, found in zip(where, membership_rows(reply, reads, len(where)), strict=True):
                 out[i] = found
         return out
 

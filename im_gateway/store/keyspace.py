@@ -434,14 +434,36 @@ def group_streams(reply: bytes | str) -> list[GroupStream]:
     return out
 
 
-def membership_rows(reply: Sequence[Any]) -> list[Membership]:
-    """The memberships ``lua/memberships.lua`` answered (three values per pair)."""
-    out = []
-    for i in range(0, len(reply), 3):
-        member, joined, past = int(reply[i]), text(reply[i + 1]), text(reply[i + 2])
-        ended: tuple[int, int] | None = None
-        if past:
-            start, _, end = past.partition(":")
-            ended = (int(start), int(end))
-        out.append(Membership(int(joined or 0) if member else None, ended))
+MEMBERSHIPS_CHUNK = 1000
+"""Users per group in one bulk read of ``lua/memberships.lua``."""
+
+
+def membership_args(pairs: Sequence[tuple[int, UserId]]) -> tuple[list[str], list[list[int]]]:
+    """The arguments of ``lua/memberships.lua`` for ``pairs`` (after the prefix): per
+    group, the group, the count and the users, at most ``MEMBERSHIPS_CHUNK`` a read; and
+    per read, the indexes of its pairs."""
+    by_group: dict[int, list[int]] = {}
+    for i, (group, _) in enumerate(pairs):
+        by_group.setdefault(group, []).append(i)
+    args: list[str] = []
+    reads: list[list[int]] = []
+    for group, indexes in by_group.items():
+        for start in range(0, len(indexes), MEMBERSHIPS_CHUNK):
+            chunk = indexes[start : start + MEMBERSHIPS_CHUNK]
+            args += (str(group), str(len(chunk)), *(str(pairs[i][1]) for i in chunk))
+            reads.append(chunk)
+    return args, reads
+
+
+def membership_rows(reply: Sequence[Any], reads: list[list[int]], count: int) -> list[Membership]:
+    """The ``count`` memberships ``lua/memberships.lua`` answered, in the order asked
+    (``reads``: the pairs of each read, from :func:`membership_args`)."""
+    out = [Membership()] * count
+    for indexes, (member, joined, past) in zip(reads, reply, strict=True):
+        for k, i in enumerate(indexes):
+            ended: tuple[int, int] | None = None
+            if past[k] is not None:
+                start, _, end = text(past[k]).partition(":")
+                ended = (int(start), int(end))
+            out[i] = Membership(int(joined[k] or 0) if int(member[k]) else None, ended)
     return out

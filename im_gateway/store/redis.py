@@ -53,7 +53,7 @@ from .contract import (
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, group_streams, membership_rows, text
+from .keyspace import KeyspaceStore, Settings, group_streams, membership_args, membership_rows, text
 
 __all__ = ["RedisStore", "client_options"]
 
@@ -322,8 +322,9 @@ class RedisStore(KeyspaceStore):
             return []
         settings = self.settings
         keys = [settings.group_key(g) for g in dict.fromkeys(g for g, _ in pairs)]
-        args = [settings.prefix, *(str(x) for pair in pairs for x in pair)]
-        return membership_rows(await self._memberships(keys, args))
+        args, reads = membership_args(pairs)
+        reply = await self._memberships(keys, [settings.prefix, *args])
+        return membership_rows(reply, reads, len(pairs))
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()
