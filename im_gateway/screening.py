@@ -118,7 +118,10 @@ class Screen(Generic[F]):
                 if not users:
                     continue
                 try:
-                    found = await self._store.memberships([(group, u) for u in users])
+                    # Only these posts are judged: the joins and leaves after the oldest.
+                    since = min(pos for pos, _, _, _ in posts) - 1
+                    pairs = [(group, u) for u in users]
+                    found = await self._store.memberships(pairs, since=since)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # not shown: the cursors fill the hole later

@@ -606,7 +606,9 @@ class ClusterStore(KeyspaceStore):
             [self._nodes.script(scripts.GROUP_ACK, [settings.group_key(group)], args)]
         )
 
-    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
         self._check_open()
         settings = self.settings
         by_slot: dict[int, list[int]] = {}
@@ -615,14 +617,15 @@ class ClusterStore(KeyspaceStore):
         calls, shapes = [], []
         for where in by_slot.values():
             mine = [pairs[i] for i in where]
-            args, reads = membership_args(mine)
+            args, reads = membership_args(mine, since)
             keys = list(dict.fromkeys(settings.group_key(g) for g, _ in mine))
             calls.append(self._nodes.script(scripts.MEMBERSHIPS, keys, [settings.prefix, *args]))
             shapes.append((where, reads))
         replies = await self._nodes.run(calls)
         out: list[Membership] = [Membership()] * len(pairs)
         for (where, reads), (reply, _) in zip(shapes, replies, strict=True):
-            for i, found in zip(where, membership_rows(reply, reads, len(where)), strict=True):
+            found_all = membership_rows(reply, reads, [pairs[i] for i in where], since)
+            for i, found in zip(where, found_all, strict=True):
                 out[i] = found
         return out
 

@@ -318,11 +318,18 @@ class Store(Protocol):
         """Whether each of ``users`` is in ``group`` now, in order; one round trip."""
         ...
 
-    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
         """Per (large group, user) of ``pairs``, in order: the user's membership of that
         group in its stream's positions (current, and the latest ended one), read
         atomically per group; one round trip (one call per group slot on a cluster).
-        A group that was never large answers ``Membership(0)`` for a member now."""
+        A group that was never large answers ``Membership(0)`` for a member now.
+
+        ``since``: only posts after this position will be judged, so a join at or before
+        it may read as ``since`` and a membership that ended at or before it as none;
+        the store then reads the members' flags and only the joins and leaves after
+        ``since``, whatever the number of users (what a live post's check needs)."""
         ...
 
     async def attach(self, user: UserId, gateway: GatewayId) -> None:

@@ -438,10 +438,12 @@ MEMBERSHIPS_CHUNK = 1000
 """Users per group in one bulk read of ``lua/memberships.lua``."""
 
 
-def membership_args(pairs: Sequence[tuple[int, UserId]]) -> tuple[list[str], list[list[int]]]:
+def membership_args(
+    pairs: Sequence[tuple[int, UserId]], since: int = 0
+) -> tuple[list[str], list[list[int]]]:
     """The arguments of ``lua/memberships.lua`` for ``pairs`` (after the prefix): per
-    group, the group, the count and the users, at most ``MEMBERSHIPS_CHUNK`` a read; and
-    per read, the indexes of its pairs."""
+    group, the group, ``since``, the count and the users, at most ``MEMBERSHIPS_CHUNK`` a
+    read; and per read, the indexes of its pairs."""
     by_group: dict[int, list[int]] = {}
     for i, (group, _) in enumerate(pairs):
         by_group.setdefault(group, []).append(i)
@@ -450,20 +452,38 @@ def membership_args(pairs: Sequence[tuple[int, UserId]]) -> tuple[list[str], lis
     for group, indexes in by_group.items():
         for start in range(0, len(indexes), MEMBERSHIPS_CHUNK):
             chunk = indexes[start : start + MEMBERSHIPS_CHUNK]
-            args += (str(group), str(len(chunk)), *(str(pairs[i][1]) for i in chunk))
+            args += (str(group), str(since), str(len(chunk)), *(str(pairs[i][1]) for i in chunk))
             reads.append(chunk)
     return args, reads
 
 
-def membership_rows(reply: Sequence[Any], reads: list[list[int]], count: int) -> list[Membership]:
-    """The ``count`` memberships ``lua/memberships.lua`` answered, in the order asked
-    (``reads``: the pairs of each read, from :func:`membership_args`)."""
-    out = [Membership()] * count
+def _span(value: bytes | str) -> tuple[int, int]:
+    start, _, end = text(value).partition(":")
+    return int(start), int(end)
+
+
+def membership_rows(
+    reply: Sequence[Any],
+    reads: list[list[int]],
+    pairs: Sequence[tuple[int, UserId]],
+    since: int = 0,
+) -> list[Membership]:
+    """The memberships of ``pairs`` that ``lua/memberships.lua`` answered, in the order
+    asked (``reads``: the pairs of each read, from :func:`membership_args`). With
+    ``since``, a join at or before it reads as ``since`` (exact for the posts after it)."""
+    out = [Membership()] * len(pairs)
     for indexes, (member, joined, past) in zip(reads, reply, strict=True):
+        if since:
+            recent = {
+                int(u): int(float(j)) for u, j in zip(joined[0::2], joined[1::2], strict=True)
+            }
+            ended = {int(u): _span(s) for u, s in zip(past[0::2], past[1::2], strict=True) if s}
+            for k, i in enumerate(indexes):
+                user = int(pairs[i][1])
+                now = recent.get(user, since) if int(member[k]) else None
+                out[i] = Membership(now, ended.get(user))
+            continue
         for k, i in enumerate(indexes):
-            ended: tuple[int, int] | None = None
-            if past[k] is not None:
-                start, _, end = text(past[k]).partition(":")
-                ended = (int(start), int(end))
-            out[i] = Membership(int(joined[k] or 0) if int(member[k]) else None, ended)
+            now = int(float(joined[k] or 0)) if int(member[k]) else None
+            out[i] = Membership(now, _span(past[k]) if past[k] is not None else None)
     return out

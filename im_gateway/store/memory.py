@@ -489,7 +489,9 @@ class MemoryStore(AsyncClosing):
         self._check_open()
         return user in self._groups.get(group, ())
 
-    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
         self._check_open()
         now = self._clock()
         out = []

@@ -316,15 +316,17 @@ class RedisStore(KeyspaceStore):
         ]
         await self._group_ack([settings.group_key(group)], args)
 
-    async def memberships(self, pairs: Sequence[tuple[int, UserId]]) -> list[Membership]:
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
         self._check_open()
         if not pairs:
             return []
         settings = self.settings
         keys = [settings.group_key(g) for g in dict.fromkeys(g for g, _ in pairs)]
-        args, reads = membership_args(pairs)
+        args, reads = membership_args(pairs, since)
         reply = await self._memberships(keys, [settings.prefix, *args])
-        return membership_rows(reply, reads, len(pairs))
+        return membership_rows(reply, reads, pairs, since)
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()

@@ -4,7 +4,7 @@
 -- "<position>-<ms>", field 'm', as an inbox); 'last' is its newest position; 'pos' maps
 -- each member to the position up to which they have everything (acknowledged, or where
 -- they joined); 'gateways' scores each gateway with members online by its expiry.
--- Membership in the stream's positions: 'joined' maps each member to the newest position
+-- Membership in the stream's positions: 'joined' scores each member by the newest position
 -- when they joined (or when the group became large); 'left' maps a leaver to
 -- "<join>:<leave>", their latest ended membership, and 'leavers' scores them by the leave
 -- position, so only the latest ``cap`` leavers are kept. A post at p was stored while the
@@ -65,7 +65,7 @@ local function group_joined(G, user, ttl)
   if redis.call('EXISTS', G.large) == 1 or redis.call('EXISTS', G.last) == 1 then
     local last = string.format('%.0f', group_last(G))
     redis.call('HSET', G.pos, user, last)
-    redis.call('HSET', G.joined, user, last)
+    redis.call('ZADD', G.joined, last, user)
     group_touch(G, ttl)
   end
 end
@@ -75,11 +75,12 @@ end
 -- leavers beyond ``cap`` are forgotten.
 local function group_left(G, user, ttl, cap)
   redis.call('HDEL', G.pos, user)
-  local joined = redis.call('HGET', G.joined, user)
+  local joined = redis.call('ZSCORE', G.joined, user)
   if not joined and redis.call('EXISTS', G.large) == 0 then return end
-  redis.call('HDEL', G.joined, user)
+  redis.call('ZREM', G.joined, user)
   local last = group_last(G)
-  redis.call('HSET', G.left, user, (joined or '0') .. ':' .. string.format('%.0f', last))
+  local start = string.format('%.0f', tonumber(joined or '0'))
+  redis.call('HSET', G.left, user, start .. ':' .. string.format('%.0f', last))
   redis.call('ZADD', G.leavers, last, user)
   local over = redis.call('ZCARD', G.leavers) - tonumber(cap)
   if over > 0 then
@@ -100,7 +101,7 @@ local function group_reform(G, limit, ttl)
     redis.call('SET', G.large, last)
     for _, user in ipairs(redis.call('SMEMBERS', G.members)) do
       redis.call('HSETNX', G.pos, user, last)
-      redis.call('HSETNX', G.joined, user, last)
+      redis.call('ZADD', G.joined, 'NX', last, user)
     end
     group_touch(G, ttl)
   elseif n <= limit and large then

@@ -268,6 +268,15 @@ async def test_memberships_keep_where_each_membership_began_and_ended(small: Sto
     assert all(alice.covers(p) for p in positions.values())
     assert (eve.joined, eve.past, eve.member) == (None, None, False)
     assert not any(eve.covers(p) for p in positions.values())
+    # Asked for the posts after a position only: the same answer for each of them.
+    users = [DAVE, ALICE, EVE]
+    exact = await small.memberships([(G, u) for u in users])
+    for since in range(5):
+        cheap = await small.memberships([(G, u) for u in users], since=since)
+        for u, a, b in zip(users, exact, cheap, strict=True):
+            assert a.member == b.member
+            for p in range(since + 1, 6):
+                assert a.covers(p) == b.covers(p), (u, since, p)
     assert await small.remove_members(G, [DAVE]) == [True]
     [gone] = await small.memberships([(G, DAVE)])
     assert (gone.joined, gone.past) == (None, (3, 4))
@@ -306,3 +315,15 @@ async def test_leavers_kept_are_bounded_by_the_group_size_bound(backend: Backend
         assert await store.leave(G, user)
     found = await store.memberships([(G, u) for u in transient])
     assert [m.past for m in found] == [None, None, (2, 3), (3, 4), (4, 5)]
+
+
+async def test_memberships_of_more_users_than_one_read_takes(backend: Backend) -> None:  # noqa: F811
+    """1,500 users of one group (two bulk reads), exact and from a position on."""
+    store = backend.make(large_group=1)
+    users = [UserId(1000 + i) for i in range(1500)]
+    await store.add_members(G, users[::2])
+    await store.submit([sub("p1", post(1000)), sub("p2", post(1000))])
+    for since in (0, 1):
+        found = await store.memberships([(G, u) for u in users], since=since)
+        assert [m.member for m in found] == [i % 2 == 0 for i in range(1500)]
+        assert all(m.covers(2) == m.member for m in found)
