@@ -45,10 +45,11 @@ cluster slot:
     Expires with the stream; a member without a field reads the whole stream.
 ``{prefix}{g:<group>}:joined``, ``:left``, ``:leavers``
     membership in the stream's positions (:meth:`~im_gateway.store.Store.memberships`):
-    hash member -> the newest position when they joined (or when the group became
+    sorted set member -> the newest position when they joined (or when the group became
     large); hash leaver -> ``"<join>:<leave>"``, their latest ended membership; sorted set
     leaver -> leave position, so that only the latest ``max_group_members`` leavers are
-    kept (the oldest go first). Expire with the stream.
+    kept (the oldest go first). Scored by position, so a live post's check reads only the
+    joins and leaves after its oldest post. Expire with the stream.
 ``{prefix}{g:<group>}:gateways``
     sorted set: gateway id -> expiry, the gateways holding sockets of members (refreshed
     with presence); a post to a large group is pushed to these.
