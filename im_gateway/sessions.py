@@ -301,7 +301,7 @@ class Session:
     # --- reading ----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Read and handle frames until the client leaves (or :func:`sweep_idle` closes it)."""
+        """Read and handle frames until the client leaves (or the idle sweep closes it)."""
         loop = self._loop
         try:
             while True:
@@ -372,7 +372,7 @@ class Session:
 
     async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
-        the pong is more than ``pong_timeout`` seconds late. Called by :func:`sweep_idle`, so
+        the pong is more than ``pong_timeout`` seconds late. Called by the idle sweep, so
         the gateway needs no keepalive task per connection."""
         if not self._out.closing and interval > 0:
             await self._pings.check(now, self.last_seen, interval, pong_timeout)
