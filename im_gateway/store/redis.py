@@ -35,7 +35,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError, NoScriptError
 
-from transmit_hub.types import GatewayId, MessageId, UserId, new_recipient
+from transmit_hub.types import GatewayId, MessageId, Recipient, UserId, new_recipient
 
 from ..errors import GroupLimitError
 from . import entry, scripts
