@@ -41,7 +41,6 @@ hub is attached. The event queue is bounded; a slow consumer backpressures the h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -50,7 +49,17 @@ from typing import Any, Final
 
 from .errors import ConfigError, LinkClosed
 from .lifecycle import AsyncLifecycle
-from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
+from .link import HubLink
+from .link_events import (
+    Delivered,
+    LinkDown,
+    LinkEvent,
+    LinkLost,
+    LinkUp,
+    NotDelivered,
+    close_events,
+    read_events,
+)
 from .pool_plan import RANK_CACHE, Absences, SendLog, merge_resend, plan, rank, route_key
 from .transport import CHANNEL_OPTIONS
 from .types import GatewayId, TransmitMap, Undeliverable, UndeliverableReason
@@ -61,8 +70,6 @@ log = logging.getLogger(__name__)
 
 RESEND_PATIENCE: Final = 2.0
 """After a break, how long sending again may wait for room in the other hubs' buffers."""
-
-_CLOSED: Final = object()
 
 
 # -- the pool ------------------------------------------------------------------------------
@@ -160,16 +167,9 @@ class HubPool(AsyncLifecycle):
             raise LinkClosed("the hub pool is closed")
         return self._dispatch(tmap, frozenset())
 
-    async def events(self) -> AsyncIterator[LinkEvent]:
+    def events(self) -> AsyncIterator[LinkEvent]:
         """The merged events of every hub, for one consumer; ends after :meth:`close`."""
-        queue = self._events
-        while True:
-            if self._closed and queue.empty():
-                return
-            item = await queue.get()
-            if item is _CLOSED:
-                return
-            yield item  # type: ignore[misc]
+        return read_events(self._events, lambda: self._closed)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -202,8 +202,7 @@ class HubPool(AsyncLifecycle):
         for link in self.members.values():
             unsent.extend(await link.close())
         self._up.clear()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._events.put_nowait(_CLOSED)
+        close_events(self._events)
         return unsent
 
     # -- routing ---------------------------------------------------------------------------
