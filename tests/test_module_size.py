@@ -23,7 +23,6 @@ EXCEPTIONS: dict[str, str] = {
     "im_gateway/gateway.py": "the composition root; just over 450 lines once large groups were wired in",
     "im_gateway/config.py": "GatewayConfig: one declaration per setting (54 of them, each with "
     "its help) and the rules that tie them; the validators are apart (config_rules.py)",
-    "im_gateway/metrics.py": "every gateway metric and its scrape-time reader",
     "transmit_hub/link.py": "one class, the gateway's end of a hub stream: its writer's "
     "lingering, its reader and the reconnect policy share the stream's state (its events "
     "are apart, link_events.py)",
