@@ -66,12 +66,10 @@ class HubService:
         self,
         registry: Registry,
         *,
-        hello_timeout: float = 10.0,
-        max_hello_waiting: int = 1024,
-        claim_timeout: float = 2.0,
-        ids_from_certificates: bool = False,
+        attacher: Attacher | None = None,
         gateway_keepalive: float = 2.0,
     ) -> None:
+        """``attacher``: the start of each stream, with its limits (default: the defaults)."""
         if gateway_keepalive <= 0:
             raise ConfigError("gateway_keepalive must be positive")
         self.registry = registry
@@ -81,13 +79,7 @@ class HubService:
         """Probes sent to quiet streams by :meth:`watch`."""
         self.silent_detached = 0
         """Streams ended by :meth:`watch` because they stayed silent."""
-        self.attacher = Attacher(
-            registry,
-            hello_timeout=hello_timeout,
-            max_hello_waiting=max_hello_waiting,
-            claim_timeout=claim_timeout,
-            ids_from_certificates=ids_from_certificates,
-        )
+        self.attacher = attacher if attacher is not None else Attacher(registry)
         self.forwarder = Forwarder(registry)
         self.draining = False
         self._readers: dict[Attachment, asyncio.Task[None]] = {}
