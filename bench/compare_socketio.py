@@ -448,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--secret", default="", help=argparse.SUPPRESS)
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.timeline = False  # e2e.merge() reads it: no hop-by-hop stamps here
     if args.serve:
         serving = serve(args.serve, args.redis_url, args.secret, args.sio_redis_connections)
         harness.run_async(serving, loop="uvloop")
