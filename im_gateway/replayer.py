@@ -88,6 +88,7 @@ class Replayer:
 
     __slots__ = (
         "_budget",
+        "_budget_max",
         "_cursor",
         "_fill_delay",
         "_fill_timer",
@@ -127,7 +128,9 @@ class Replayer:
         self._page = replay_page
         self._fill_delay = fill_delay
         self._loop = asyncio.get_running_loop()
-        self._budget = TokenBucket(replay_budget / 60.0, replay_budget, self._loop.time())
+        self._budget_max = replay_budget
+        self._budget: TokenBucket | None = None
+        """Made by the first replay the client asks for (a full bucket until then)."""
         self._hold_max = held_max
         self._cursor: Cursor[str] = Cursor(hold_max=held_max)
         self._groups: dict[int, Cursor[str]] = {}
@@ -492,10 +495,14 @@ class Replayer:
         after = acked if request.after is None else request.after
         position, trimmed = after, False
         page_size = self._page
+        budget = self._budget
+        if budget is None:
+            limit = self._budget_max
+            budget = self._budget = TokenBucket(limit / 60.0, limit, self._loop.time())
         while not self._out.closing:
             now = self._loop.time()
-            if not self._budget.allow(now, page_size):
-                wait = self._budget.wait(now, page_size)
+            if not budget.allow(now, page_size):
+                wait = budget.wait(now, page_size)
                 self._out.push(
                     frames.encode_error(
                         frames.RATE_LIMITED,

@@ -75,8 +75,13 @@ class WebSocketLike(Protocol):
         """Write ``message`` without waiting; False when it must wait (then use ``send``)."""
         ...
 
-    async def ping(self) -> Awaitable[float]:
-        """Send a WebSocket ping; the result completes when the pong arrives."""
+    def ping_now(self) -> bool:
+        """Write a WebSocket ping without waiting; False when the socket is not open."""
+        ...
+
+    @property
+    def heard_at(self) -> float:
+        """Loop time of the last ping or pong from the client (0: none yet)."""
         ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
@@ -154,7 +159,6 @@ class Session:
         "_loop",
         "_metrics",
         "_pinged_at",
-        "_pong",
         "_queue",
         "_refused",
         "_replayer",
@@ -200,7 +204,7 @@ class Session:
         self._draining = False
         now = self._loop.time()
         self._bucket = TokenBucket(limits.rate, limits.burst, now)
-        self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
+        self._refused: TokenBucket | None = None  # made on the first refused frame
         self._replayer = Replayer(
             self,
             user,
@@ -219,8 +223,8 @@ class Session:
         self._tasks: set[asyncio.Task[None]] | None = None
         self.last_seen = self._loop.time()
         """Loop time of the last frame from the client (for the idle and ping sweep)."""
-        self._pong: asyncio.Future[float] | None = None
         self._pinged_at = 0.0
+        """Loop time of the last keepalive ping (0: none yet)."""
         self._handling = False  # run() is handling a frame: receive_now() must defer
 
     # --- writing ----------------------------------------------------------------------
@@ -467,11 +471,14 @@ class Session:
         if self._closing:
             return
         self._metrics.refused(exc.code)
-        if (
-            self._limits.max_refused
-            and exc.code != frames.RATE_LIMITED  # a fast client is slowed, not closed
-            and not self._refused.allow(now)
-        ):
+        limit = self._limits.max_refused
+        if limit and exc.code != frames.RATE_LIMITED:  # a fast client is slowed, not closed
+            if self._refused is None:
+                self._refused = TokenBucket(limit / 60.0, limit, now)
+            allowed = self._refused.allow(now)
+        else:
+            allowed = True
+        if not allowed:
             _closed_refused.hit()
             self._closing = True
             self._queue = None
@@ -479,32 +486,24 @@ class Session:
             return
         self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
-    async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
+    def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
-        the pong is more than ``pong_timeout`` seconds late. Called by :func:`sweep_idle`, so
-        the gateway needs no keepalive task per connection."""
+        nothing (no pong, no frame) came ``pong_timeout`` seconds after the ping. Called
+        by :func:`sweep_idle`, so the gateway needs no keepalive task per connection, and
+        no future per ping: a pong (or a ping of the client's) shows in ``heard_at``."""
         if self._closing or interval <= 0:
             return
-        pong = self._pong
-        if pong is not None:
-            if not pong.done():
-                if pong_timeout > 0 and now - self._pinged_at > pong_timeout:
-                    logger.info("user %s: no pong for %ss, closing", self.user, pong_timeout)
-                    self._closing = True
-                    self._queue = None
-                    self._spawn(self.close_socket(CLOSE_INTERNAL, "keepalive ping timeout"))
-                return
-            self._pong = None
-        if now - max(self.last_seen, self._pinged_at) < interval:
+        seen = max(self.last_seen, self._ws.heard_at)
+        pinged = self._pinged_at
+        if pinged > seen:  # no answer yet
+            if pong_timeout > 0 and now - pinged > pong_timeout:
+                logger.info("user %s: no pong for %ss, closing", self.user, pong_timeout)
+                self._closing = True
+                self._queue = None
+                self._spawn(self.close_socket(CLOSE_INTERNAL, "keepalive ping timeout"))
             return
-        try:
-            waiter = await self._ws.ping()
-        except ConnectionClosed:
-            return
-        if isinstance(waiter, asyncio.Future):
-            waiter.add_done_callback(_consume)
-            self._pong = waiter
-        self._pinged_at = now
+        if now - max(seen, pinged) >= interval and self._ws.ping_now():
+            self._pinged_at = now
 
     def expire_if_idle(self, now: float) -> bool:
         """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""
@@ -646,12 +645,6 @@ class Session:
         await cancel_and_wait(self._writer, self._acking, *(self._tasks or ()))
 
 
-def _consume(future: asyncio.Future[float]) -> None:
-    """Retrieve a pong future's outcome so a closed connection logs nothing."""
-    if not future.cancelled():
-        future.exception()
-
-
 async def sweep_idle(
     sessions: Callable[[], Iterable[Session]],
     idle_timeout: float,
@@ -672,9 +665,7 @@ async def sweep_idle(
         now = loop.time()
         for session in sessions():
             try:
-                session.expire_if_idle(now)
-                await session.keepalive(now, ping_interval, ping_timeout)
-            except asyncio.CancelledError:
-                raise
+                if not session.expire_if_idle(now):
+                    session.keepalive(now, ping_interval, ping_timeout)
             except Exception:
                 logger.exception("keepalive of user %s failed", session.user)
