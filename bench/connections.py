@@ -1,7 +1,7 @@
 """Memory and CPU per idle WebSocket connection on one gateway, and CPU per handshake.
 
     python bench/connections.py                 # 5,000 connections
-    python bench/connections.py --quick         # 2,000 connections, under a minute
+    python bench/connections.py --quick         # 2,000 connections, about 80 s
     python bench/connections.py --trace         # also: what holds the memory (tracemalloc)
     python bench/connections.py --before DIR --rounds 3   # DIR's code and this one, alternating
     python bench/connections.py --help
@@ -28,8 +28,10 @@ From the same run:
   (``verify_identity`` of the code tree under test, the gateway's default limits).
 - CPU per idle connection per second: the gateway's CPU over ``--idle-window`` seconds
   (default: one ``--ping-interval``, so every connection is pinged once in it) with the
-  connections open and silent, divided by connections and seconds. The other processes'
-  CPU in the same window is reported with it (the machine may be shared).
+  connections open and silent, less its CPU over the same window without connections
+  (its fixed upkeep: the presence watcher, the hub link), divided by connections and
+  seconds; the whole CPU divided by the connections is reported too. The other
+  processes' CPU in the same window is reported with it (the machine may be shared).
 - ``--trace``: the gateway runs under ``bench/traced_gateway.py`` (tracemalloc on) and the
   allocation sites and object types that grew with the connections are listed per
   connection (tracemalloc's own overhead inflates that run's RSS and CPU figures).
@@ -268,6 +270,11 @@ async def measure(
     print(f"gateway pid {gw.pid}: VmRSS {rss_start:,} KiB at start, {rss_base:,} after warm-up")
     if trace_dir is not None:
         await trace_dump(gw, trace_dir, 1)
+    window = args.idle_window or args.ping_interval
+    print(f"no connections: idle for {window:g} s ...", flush=True)
+    meter = harness.CpuMeter([gw.pid]).start()
+    await asyncio.sleep(window)
+    gw_empty_cores, _, _ = meter.stop()
 
     # Refused handshakes (HTTP + token check + 401).
     refused_cpu = gw.cpu_seconds()
@@ -289,7 +296,6 @@ async def measure(
         await trace_dump(gw, trace_dir, 2)
 
     # Idle: every connection silent for a whole ping interval (or --idle-window).
-    window = args.idle_window or args.ping_interval
     print(f"idle for {window:g} s ...", flush=True)
     meter = harness.CpuMeter([gw.pid]).start()
     await asyncio.sleep(window)
@@ -319,8 +325,10 @@ async def measure(
         "token_check_us": token_check_us(secret),
         "idle_window_s": window,
         "ping_interval_s": args.ping_interval,
-        "idle_cpu_us_per_conn_s": gw_cores / max(still_open, 1) * 1e6,
+        "idle_cpu_us_per_conn_s": (gw_cores - gw_empty_cores) / max(still_open, 1) * 1e6,
+        "idle_cpu_gross_us_per_conn_s": gw_cores / max(still_open, 1) * 1e6,
         "idle_gateway_cores": gw_cores,
+        "idle_gateway_cores_empty": gw_empty_cores,
         "idle_other_cores": other_cores + own_cores,
     }
     if trace_dir is not None:
@@ -345,8 +353,13 @@ def report(r: dict[str, Any]) -> str:
         [
             f"gateway CPU per idle connection per second ({r['idle_window_s']:g} s, "
             f"pings every {r['ping_interval_s']:g} s)",
-            f"{idle:.2f} µs ({r['idle_gateway_cores'] * 100:.2f}% of a core; "
+            f"{idle:.2f} µs (the gateway: {r['idle_gateway_cores'] * 100:.2f}% of a core, "
+            f"{r['idle_gateway_cores_empty'] * 100:.2f}% without connections; "
             f"other processes {r['idle_other_cores']:.2f} cores)",
+        ],
+        [
+            "  the same, the gateway's whole CPU divided by the connections",
+            f"{r['idle_cpu_gross_us_per_conn_s']:.2f} µs",
         ],
         ["gateway CPU per handshake (to the replay end marker)", f"{r['handshake_cpu_us']:.0f} µs"],
         [
@@ -388,6 +401,7 @@ def report(r: dict[str, Any]) -> str:
 COMPARED = [
     ("memory per idle connection (KB)", "kib_per_connection", 1024 / 1000),
     ("gateway CPU per idle connection per second (µs)", "idle_cpu_us_per_conn_s", 1.0),
+    ("  the gateway's whole CPU / connections (µs)", "idle_cpu_gross_us_per_conn_s", 1.0),
     ("gateway CPU per handshake (µs)", "handshake_cpu_us", 1.0),
     ("  of which HTTP + token check + 401 (µs)", "refused_cpu_us", 1.0),
     ("  token check alone (µs)", "token_check_us", 1.0),
@@ -469,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rounds", type=int, default=3, help="rounds of each with --before")
     harness.add_run_options(parser, each=None)
-    parser.add_argument("--quick", action="store_true", help="2,000 connections; under a minute")
+    parser.add_argument("--quick", action="store_true", help="2,000 connections; about 80 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.connections, args.warmup_connections, args.settle = 2000, 50, 1.0
