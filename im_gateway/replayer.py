@@ -17,13 +17,15 @@ at most, pages of ``replay_page`` entries, the store calls bounded by the gatewa
 
 Large groups. Each large group the user is in has a stream of its own and a cursor of its
 own here (positions ``g<group>:<n>``); holes are filled and replays (type 14 with a group
-seq) served per stream. The connect replay reads the user's acknowledged inbox position
-and the user's large groups with their positions (:meth:`~im_gateway.store.Store.streams`,
-two round trips), follows those groups (live posts come from then on), then reads a page
-of every stream (the inbox, and all groups in one pipelined round trip per page) and
-sends them merged in time order, then the type 14 marker (the inbox's seq). So a connect
-costs about four round trips however many large groups the user is in, plus one per page
-of a stream with more than a page to replay.
+seq) served per stream. The connect replay reads the user's acknowledged inbox position,
+the inbox's end and whether the user is in any group (:meth:`~im_gateway.store.Store.opening`,
+one round trip), then, for a user in groups, the large ones with their positions
+(:meth:`~im_gateway.store.Store.streams`, two round trips), follows those groups (live
+posts come from then on), then reads a page of every stream that has something to read
+(the inbox, and all groups in one pipelined round trip per page) and sends them merged in
+time order, then the type 14 marker (the inbox's seq). So a connect costs about four round
+trips however many large groups the user is in, plus one per page of a stream with more
+than a page to replay; and one, for a user in no group with nothing unacknowledged.
 """
 
 from __future__ import annotations
@@ -104,6 +106,7 @@ class Replayer:
         "_retry_at",
         "_slots",
         "_store",
+        "_syncs",
         "_user",
     )
 
@@ -141,6 +144,8 @@ class Replayer:
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
+        self._syncs = 0
+        """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
 
     @property
     def replaying(self) -> bool:
@@ -258,6 +263,7 @@ class Replayer:
         known: the inbox is not read when this connection has it already (the groups'
         streams always are)."""
         cursor = self._cursor
+        self._syncs += 1
         has_inbox = end is not None and cursor.ready and cursor.last >= end
         cursors = list(self._groups.values()) if has_inbox else [cursor, *self._groups.values()]
         if not cursors:
@@ -269,6 +275,7 @@ class Replayer:
 
     def rebase(self) -> None:
         """The store lost its data and numbers inboxes from 1 again: start over from 0."""
+        self._syncs += 1
         for cursor in (self._cursor, *self._groups.values()):
             cursor.rebase()
         if self._wants_fill():
@@ -409,12 +416,19 @@ class Replayer:
         """The connect replay: the inbox and every large group's stream after the user's
         positions, merged in time order, then the end marker."""
         self._metrics.replay("connect")
+        syncs = self._syncs
         async with self._slots:
-            acked = await self._store.acked(self._user)
-        starts = await self._follow()
+            opening = await self._store.opening(self._user)
+        # A user in no group has no stream to follow (nor left one: none to drop).
+        grouped = opening.in_groups or self._groups or self._pending_own
+        starts = await self._follow() if grouped else {}
         buffers: dict[int | None, collections.deque[str]] = {
-            None: collections.deque(self._cursor.start(acked))
+            None: collections.deque(self._cursor.start(opening.acked))
         }
+        if syncs == self._syncs:
+            # Nothing after the acknowledged position: no read (an empty inbox's replay
+            # is this one round trip).
+            self._cursor.ends_at(opening.inbox_end)
         for group, pos in starts.items():
             buffers[group] = collections.deque(self._groups[group].start(pos))
         trimmed = False
