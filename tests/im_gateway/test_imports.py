@@ -139,6 +139,7 @@ def test_the_store_package_exports_its_seam() -> None:
         "InboxPage",
         "Joined",
         "MemoryStore",
+        "Opening",
         "RedisStore",
         "Refusal",
         "Refused",

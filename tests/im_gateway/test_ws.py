@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import inspect
+import logging
 import tomllib
 import typing
 from pathlib import Path
@@ -33,7 +35,15 @@ from tests.helpers import wait_until
 from transmit_hub.types import UserId
 
 ROOT = Path(__file__).resolve().parents[2]
-INTERNALS = ("process_event", "recv_messages", "send_text", "data_to_send")
+INTERNALS = (
+    "process_event",
+    "recv_messages",
+    "send_text",
+    "send_ping",
+    "data_to_send",
+    "drain_waiters",
+    "request_rcvd",
+)
 """Names that only ``ws.py`` may use in ``im_gateway/``."""
 
 
@@ -63,12 +73,16 @@ def test_the_internal_names_exist_with_their_shapes() -> None:
     assert _parameters(BaseConnection.connection_lost) == ["self", "exc"]
     assert _parameters(Protocol.send_text)[:2] == ["self", "data"]
     assert _parameters(Protocol.data_to_send) == ["self"]
+    assert _parameters(Protocol.send_ping) == ["self", "data"]
+    assert Opcode.PING.name == "PING"
+    assert Opcode.PONG.name == "PONG"
     assert {"opcode", "data", "fin"} <= set(Frame.__dataclass_fields__)
     assert Opcode.TEXT.name == "TEXT"
     assert Frame in typing.get_args(Event)
     # Attributes set in __init__ (not class attributes): read in the source.
     init = inspect.getsource(BaseConnection.__init__)
-    for name in ("self.protocol", "self.recv_messages", "self.paused", "self.response"):
+    names = ("self.protocol", "self.recv_messages", "self.paused", "self.response", "self.logger")
+    for name in (*names, "self.drain_waiters"):
         assert f"{name} =" in init or f"{name}:" in init, name
 
 
@@ -104,7 +118,22 @@ async def test_one_connection_runs_through_every_override() -> None:
         connection.user, connection.caps = user, caps
         seen["counted"] = (sockets.ws, sockets.handshaking)
         seen["response"] = connection.response is not None
+        parsed = connection.request
+        assert parsed is not None
+        assert len(parsed.headers) > 3
         connection.handshake_done()
+        # What only the handshake needed is gone: the parsed request's headers (its
+        # parser keeps the object), the per-connection log adapter, the two deques.
+        seen["leftovers"] = (
+            len(parsed.headers),
+            len(connection.request.headers) if connection.request else -1,
+            isinstance(connection.logger, logging.LoggerAdapter),
+            isinstance(connection.drain_waiters, collections.deque),
+            isinstance(connection.recv_messages.frames.queue, collections.deque),
+            len(connection.__dict__) <= 30,  # CPython shares the keys of up to 30
+        )
+        seen["ping"] = (connection.heard_at, connection.ping_now())
+        await wait_until(lambda: connection.heard_at > 0, timeout=5, what="the pong")
         seen["after"] = (sockets.handshaking, connection.response, connection.request is not None)
         connection.receive_now = receive_now
         seen["recv"] = await connection.recv()
@@ -148,6 +177,8 @@ async def test_one_connection_runs_through_every_override() -> None:
     assert seen["counted"] == (1, 1)
     assert seen["response"] is True
     assert seen["after"] == (0, None, True)  # upgraded; the response dropped, request kept
+    assert seen["leftovers"] == (0, 0, False, False, False, True)
+    assert seen["ping"] == (0.0, True)  # no pong before the ping; heard_at set by it
     assert taken == ["fast", "slow"]  # offered both; took "fast" without recv()
     assert seen["recv"] == "slow"
     assert received == ["out 0", "out 1", "out 2"]
