@@ -79,6 +79,10 @@ class WebSocketLike(Protocol):
         """Write a WebSocket ping without waiting; False when the socket is not open."""
         ...
 
+    def frame_waiter(self) -> asyncio.Future[None] | None:
+        """A future done once ``recv`` would not wait; None when it would not now."""
+        ...
+
     @property
     def heard_at(self) -> float:
         """Loop time of the last ping or pong from the client (0: none yet)."""
@@ -415,6 +419,9 @@ class Session:
         loop = self._loop
         try:
             while True:
+                waiter = self._ws.frame_waiter()
+                if waiter is not None:
+                    await waiter  # (cheaper to hold while idle than a waiting recv())
                 data = await self._ws.recv()
                 self._handling = True
                 try:
