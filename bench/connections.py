@@ -136,6 +136,13 @@ async def refuse_many(url: str, n: int, parallel: int) -> int:
     return sum(await asyncio.gather(*(one() for _ in range(n))))
 
 
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of process ``pid`` so far, from /proc."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / harness.CLK_TCK, int(fields[12]) / harness.CLK_TCK
+
+
 def redis_calls(port: int) -> dict[str, int]:
     """Redis's calls per command so far (``INFO commandstats``)."""
     import redis
@@ -286,9 +293,9 @@ async def measure(
     print(f"opening {n:,} connections ...", flush=True)
     targets = urls(100_000, n)
     calls0 = redis_calls(ports["redis"])
-    cpu0, rcpu0 = gw.cpu_seconds(), redis_proc.cpu_seconds()
+    cpu0, rcpu0, split0 = gw.cpu_seconds(), redis_proc.cpu_seconds(), cpu_split(gw.pid)
     conns, took = await open_many(targets, compression, args.parallel)
-    cpu1, rcpu1 = gw.cpu_seconds(), redis_proc.cpu_seconds()
+    cpu1, rcpu1, split1 = gw.cpu_seconds(), redis_proc.cpu_seconds(), cpu_split(gw.pid)
     calls = calls_delta(calls0, redis_calls(ports["redis"]))
     open_now = sum(1 for c in conns if c.state.name == "OPEN")
     rss_open = await settle(gw, args.settle)
@@ -298,7 +305,9 @@ async def measure(
     # Idle: every connection silent for a whole ping interval (or --idle-window).
     print(f"idle for {window:g} s ...", flush=True)
     meter = harness.CpuMeter([gw.pid]).start()
+    idle0 = cpu_split(gw.pid)
     await asyncio.sleep(window)
+    idle1 = cpu_split(gw.pid)
     gw_cores, own_cores, other_cores = meter.stop()
     still_open = sum(1 for c in conns if c.state.name == "OPEN")
     await close_all(conns)
@@ -317,6 +326,7 @@ async def measure(
         "negotiated_extensions": ext or "none",
         "client_compression": args.client_compression,
         "handshake_cpu_us": (cpu1 - cpu0) / n * 1e6,
+        "handshake_system_share": (split1[1] - split0[1]) / max(cpu1 - cpu0, 1e-9),
         "handshake_redis_cpu_us": (rcpu1 - rcpu0) / n * 1e6,
         "handshake_redis_calls": sum(calls.values()) / n,
         "handshake_redis_commands": {k: v / n for k, v in sorted(calls.items())},
@@ -328,6 +338,7 @@ async def measure(
         "idle_cpu_us_per_conn_s": (gw_cores - gw_empty_cores) / max(still_open, 1) * 1e6,
         "idle_cpu_gross_us_per_conn_s": gw_cores / max(still_open, 1) * 1e6,
         "idle_gateway_cores": gw_cores,
+        "idle_system_share": (idle1[1] - idle0[1]) / max(sum(idle1) - sum(idle0), 1e-9),
         "idle_gateway_cores_empty": gw_empty_cores,
         "idle_other_cores": other_cores + own_cores,
     }
@@ -354,14 +365,18 @@ def report(r: dict[str, Any]) -> str:
             f"gateway CPU per idle connection per second ({r['idle_window_s']:g} s, "
             f"pings every {r['ping_interval_s']:g} s)",
             f"{idle:.2f} µs (the gateway: {r['idle_gateway_cores'] * 100:.2f}% of a core, "
-            f"{r['idle_gateway_cores_empty'] * 100:.2f}% without connections; "
+            f"{r['idle_gateway_cores_empty'] * 100:.2f}% without connections, "
+            f"{r['idle_system_share']:.0%} of it in the kernel; "
             f"other processes {r['idle_other_cores']:.2f} cores)",
         ],
         [
             "  the same, the gateway's whole CPU divided by the connections",
             f"{r['idle_cpu_gross_us_per_conn_s']:.2f} µs",
         ],
-        ["gateway CPU per handshake (to the replay end marker)", f"{r['handshake_cpu_us']:.0f} µs"],
+        [
+            "gateway CPU per handshake (to the replay end marker)",
+            f"{r['handshake_cpu_us']:.0f} µs ({r['handshake_system_share']:.0%} in the kernel)",
+        ],
         [
             f"  of which HTTP + token check + 401 ({r['refused_handshakes']:,} refused)",
             f"{r['refused_cpu_us']:.0f} µs",
@@ -403,6 +418,7 @@ COMPARED = [
     ("gateway CPU per idle connection per second (µs)", "idle_cpu_us_per_conn_s", 1.0),
     ("  the gateway's whole CPU / connections (µs)", "idle_cpu_gross_us_per_conn_s", 1.0),
     ("gateway CPU per handshake (µs)", "handshake_cpu_us", 1.0),
+    ("  share of it in the kernel", "handshake_system_share", 1.0),
     ("  of which HTTP + token check + 401 (µs)", "refused_cpu_us", 1.0),
     ("  token check alone (µs)", "token_check_us", 1.0),
     ("Redis CPU per handshake (µs)", "handshake_redis_cpu_us", 1.0),
