@@ -89,6 +89,10 @@ class _ListQueue(list):  # type: ignore[type-arg]
         self[:0] = list(items)[::-1]
 
 
+PING_FRAME = b"\x89\x00"
+"""A ping frame as a server writes it: FIN, opcode 9, no mask, no payload (the same bytes
+websockets' ``send_ping(b"")`` frames, without framing them again for every ping)."""
+
 _UPGRADED = Request("/ws", Headers())
 """What an upgraded connection keeps as its request (websockets treats later events as
 frames while one is set); the real one, headers and all, is dropped."""
@@ -282,10 +286,11 @@ class Connection(ServerConnection):
         """Write a ping (empty payload) at once, after any frame queued before it; False
         when the connection is not open. No task, no future: the pong (or the client's
         own ping) shows in :attr:`heard_at`."""
-        if self.protocol.state is not OPEN:
+        if self.protocol.state is not OPEN or self.transport.is_closing():
             return False
-        self.protocol.send_ping(b"")
-        self._flush()
+        if self.gw.flush_scheduled:
+            self._flush()  # the frames queued before it go first
+        self.transport.write(PING_FRAME)
         return True
 
     def _flush(self) -> None:
