@@ -36,6 +36,7 @@ from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
+from websockets.streams import StreamReader
 
 from transmit_hub.types import UserId
 
@@ -92,6 +93,9 @@ class _ListQueue(list):  # type: ignore[type-arg]
 PING_FRAME = b"\x89\x00"
 """A ping frame as a server writes it: FIN, opcode 9, no mask, no payload (the same bytes
 websockets' ``send_ping(b"")`` frames, without framing them again for every ping)."""
+
+_AT_FRAME_START = StreamReader.at_eof.__code__
+"""Where websockets' parser waits while no frame is under way (for its first byte)."""
 
 _UPGRADED = Request("/ws", Headers())
 """What an upgraded connection keeps as its request (websockets treats later events as
@@ -190,6 +194,26 @@ class Connection(ServerConnection):
                     return
         super().process_event(event)
         self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        """A client's pong to our (empty) ping, alone in its read while no frame is under
+        way, is taken here: its six bytes are known (FIN + pong, mask bit, no payload, the
+        mask), and websockets' parser would only report it. Everything else goes through
+        websockets."""
+        if len(data) == 6 and data[0] == 0x8A and data[1] == 0x80 and self._between_frames():
+            self.gw.heard_at = self.loop.time()
+            return
+        super().data_received(data)
+
+    def _between_frames(self) -> bool:
+        """websockets' parser waits for the first byte of a frame (none is under way)."""
+        protocol = self.protocol
+        if protocol.state is not OPEN or protocol.reader.buffer or protocol.debug:
+            return False
+        parser: Any = protocol.parser  # a generator: the one it delegates to, and so on
+        while (inner := parser.gi_yieldfrom) is not None:
+            parser = inner
+        return parser.gi_code is _AT_FRAME_START
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection, or answer it a fixed 503 at once (its request is never

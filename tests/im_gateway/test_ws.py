@@ -25,6 +25,7 @@ from websockets.asyncio.connection import Connection as BaseConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Event, Protocol
+from websockets.streams import StreamReader
 
 from im_gateway import ws
 from im_gateway.admission import ConnectionCaps, RejectionLog
@@ -79,6 +80,9 @@ def test_the_internal_names_exist_with_their_shapes() -> None:
     assert {"opcode", "data", "fin"} <= set(Frame.__dataclass_fields__)
     assert Opcode.TEXT.name == "TEXT"
     assert Frame in typing.get_args(Event)
+    assert inspect.isgeneratorfunction(StreamReader.at_eof)
+    assert "self.parser = self.parse()" in inspect.getsource(Protocol.__init__)
+    assert "self.reader = StreamReader()" in inspect.getsource(Protocol.__init__)
     # Attributes set in __init__ (not class attributes): read in the source.
     init = inspect.getsource(BaseConnection.__init__)
     names = ("self.protocol", "self.recv_messages", "self.paused", "self.response", "self.logger")
@@ -132,8 +136,19 @@ async def test_one_connection_runs_through_every_override() -> None:
             isinstance(connection.recv_messages.frames.queue, collections.deque),
             len(connection.__dict__) <= 30,  # CPython shares the keys of up to 30
         )
+        parsed_reads: list[bytes] = []
+        receive_data = connection.protocol.receive_data
+
+        def counted_read(data: bytes | bytearray) -> None:
+            parsed_reads.append(bytes(data))
+            receive_data(data)
+
+        connection.protocol.receive_data = counted_read  # type: ignore[method-assign]
+        seen["between"] = connection._between_frames()
         seen["ping"] = (connection.heard_at, connection.ping_now())
         await wait_until(lambda: connection.heard_at > 0, timeout=5, what="the pong")
+        connection.protocol.receive_data = receive_data  # type: ignore[method-assign]
+        seen["pong parsed"] = parsed_reads  # the pong was taken without the parser
         seen["after"] = (sockets.handshaking, connection.response, connection.request is not None)
         connection.receive_now = receive_now
         seen["recv"] = await connection.recv()
@@ -179,6 +194,8 @@ async def test_one_connection_runs_through_every_override() -> None:
     assert seen["after"] == (0, None, True)  # upgraded; the response dropped, request kept
     assert seen["leftovers"] == (0, 0, False, False, False, True)
     assert seen["ping"] == (0.0, True)  # no pong before the ping; heard_at set by it
+    assert seen["between"] is True
+    assert seen["pong parsed"] == []
     assert taken == ["fast", "slow"]  # offered both; took "fast" without recv()
     assert seen["recv"] == "slow"
     assert received == ["out 0", "out 1", "out 2"]
@@ -188,3 +205,53 @@ async def test_one_connection_runs_through_every_override() -> None:
 
 async def _none() -> None:
     return None
+
+
+async def test_pong_shaped_bytes_inside_a_frame_are_the_frame_s() -> None:
+    """The six bytes of a client's pong, sent while a frame is under way (its header read,
+    its payload not), are that frame's payload: only a pong between frames skips the
+    parser."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    got: dict[str, object] = {}
+    connected: list[ws.Connection] = []
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        connected.append(connection)
+        got["text"] = await connection.recv()
+        got["heard_at"] = connection.heard_at
+
+    text = b"pong!!"
+    mask = bytes([0x8A ^ text[0], 0x80 ^ text[1], 0x20, 0x20])
+    wire = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    assert wire[:2] == b"\x8a\x80"  # the payload as sent looks like a pong frame
+    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
+    server = await ws.listen(
+        handler,
+        config,
+        process_request=lambda connection, request: _none(),
+        connection=ws.connection_class(sockets, RejectionLog()),
+        tls=None,
+    )
+    async with server:
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            await wait_until(lambda: bool(connected), timeout=5, what="the upgrade")
+            (connection,) = connected
+            assert connection._between_frames()
+            writer.write(bytes([0x81, 0x80 | len(text)]) + mask)  # a text frame's header
+            await wait_until(lambda: not connection._between_frames(), timeout=5)
+            writer.write(wire)  # its payload, six bytes shaped like a pong
+            await wait_until(lambda: "text" in got, timeout=5, what="the frame")
+        finally:
+            writer.close()
+    assert got == {"text": "pong!!", "heard_at": 0.0}
