@@ -187,7 +187,7 @@ class Session:
         self._draining = False
         now = self._loop.time()
         self._bucket = TokenBucket(limits.rate, limits.burst, now)
-        self._refused: TokenBucket | None = None  # made on the first refused frame
+        self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
         self._out = out = Writer(
             ws,
             user,
@@ -302,16 +302,14 @@ class Session:
 
     async def run(self) -> None:
         """Read and handle frames until the client leaves (or the idle sweep closes it)."""
-        loop = self._loop
         try:
             while True:
-                waiter = self._ws.frame_waiter()
-                if waiter is not None:
-                    await waiter  # (cheaper to hold while idle than a waiting recv())
+                if (waiter := self._ws.frame_waiter()) is not None:
+                    await waiter  # idle: one future, not recv()'s three waiting coroutines
                 data = await self._ws.recv()
                 self._handling = True
                 try:
-                    self.last_seen = now = loop.time()
+                    self.last_seen = now = self._loop.time()
                     await self._handle(data, now)
                 finally:
                     self._handling = False
@@ -363,23 +361,19 @@ class Session:
         if self._out.closing:
             return
         self._metrics.refused(exc.code)
-        limit = self._limits.max_refused
-        if limit and exc.code != frames.RATE_LIMITED:  # a fast client is slowed, not closed
-            if self._refused is None:
-                self._refused = TokenBucket(limit / 60.0, limit, now)
-            allowed = self._refused.allow(now)
-        else:
-            allowed = True
-        if not allowed:
+        if (
+            self._limits.max_refused
+            and exc.code != frames.RATE_LIMITED  # a fast client is slowed, not closed
+            and not self._refused.allow(now)
+        ):
             _closed_refused.hit()
             self._out.close(CLOSE_POLICY, "too many refused frames")
             return
         self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
     def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
-        """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
-        the pong is more than ``pong_timeout`` seconds late. Called by the idle sweep, so
-        the gateway needs no keepalive task per connection (nor a future per ping)."""
+        """Ping a client quiet for ``interval`` seconds; close it (1011) when its pong is
+        ``pong_timeout`` late (by the idle sweep: no task nor future per connection)."""
         if not self._out.closing and interval > 0:
             self._pings.check(now, self.last_seen, interval, pong_timeout)
 
