@@ -149,7 +149,11 @@ class GatewayConfig:
         secret=True,
     )
     api_max_users: int = setting(
-        1000, "most user ids in one API call's 'users' list", metavar="N", check=at_least(1)
+        10_000,
+        "most user ids in one API call's 'users' list (10,000 ids of 20 digits, as strings, "
+        "fit in the default --api-max-body)",
+        metavar="N",
+        check=at_least(1),
     )
     api_max_body: int = setting(
         1024 * 1024,
@@ -223,6 +227,13 @@ class GatewayConfig:
         "a group with more members is stored once, in its own stream (seq g<group>:<n>), "
         "instead of in every member's inbox; every gateway of a deployment needs the same",
         metavar="MEMBERS",
+        check=at_least(1),
+    )
+    large_group_held: int = setting(
+        1000,
+        "posts of one large group held while its followers' membership is checked (one "
+        "check for all of them); beyond, the followers' hole fills read them",
+        metavar="POSTS",
         check=at_least(1),
     )
     max_connections_per_user: int = setting(
@@ -299,10 +310,11 @@ class GatewayConfig:
         256, "most frames stored per Redis round trip", metavar="FRAMES", check=at_least(1)
     )
     batch_linger: float = setting(
-        0.003,
+        0.0,
         "while traffic flows, how long a small batch waits for more frames before it is "
-        "stored (fewer Redis round trips and hub frames; an idle gateway never waits; "
-        "0 disables)",
+        "stored (fewer Redis round trips and hub frames, more latency; an idle gateway "
+        "never waits; 0, the default: no wait, a batch is what arrived during the "
+        "previous store call)",
         metavar="SECONDS",
         check=non_negative,
     )

@@ -75,7 +75,7 @@ from typing import Any, Final
 
 from grpc import aio  # type: ignore[import-untyped]
 
-from . import codec, wire
+from . import codec, timeline, wire
 from .auth import bearer_metadata
 from .errors import ConfigError, LinkClosed, LinkError, ProtocolError
 from .lifecycle import AsyncLifecycle
@@ -501,6 +501,8 @@ class HubLink(AsyncLifecycle):
             if response is aio.EOF:
                 return
             frame = decode(response)
+            if timeline.ON:
+                timeline.stamp("from_hub", [d.message.id for d in frame.deliveries])
             if frame.deliveries:
                 await emit(Delivered(frame.deliveries))
             if frame.notices:
@@ -576,6 +578,8 @@ class HubLink(AsyncLifecycle):
             if not batch:
                 continue
             self._inflight = batch
+            if timeline.ON:
+                timeline.stamp("to_hub", [tmap.message.id for tmap in batch])
             await call.write(wire.encode_batch_request(encoded))
             self._inflight = []
             last_write = monotonic()

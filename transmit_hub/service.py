@@ -57,7 +57,7 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]
 from grpc import aio
 
-from . import codec, peer, routing, wire
+from . import codec, peer, routing, timeline, wire
 from .errors import ConfigError, ProtocolError
 from .registry import Attachment, EndReason, Registry
 from .transport import SERVICE_NAME
@@ -347,6 +347,7 @@ class HubService:
             if frame is aio.EOF:
                 return
             assert isinstance(frame, bytes)
+            heard = time.monotonic_ns() if timeline.ON else 0
             att.heard_at = clock()
             self.registry.frames_in += 1
             maps = wire.split_batch_request(frame)  # ProtocolError ends the stream
@@ -362,6 +363,9 @@ class HubService:
                 self.route(att, maps, checked=codec.request_decodes(frame))
             except Exception:  # a bug must not take the stream down
                 log.exception("routing a batch from gateway %s failed", att.gateway_id)
+            if timeline.ON:
+                ids = [codec.transmit_map_from_bytes(m.raw).message.id for m in maps]
+                timeline.stamp("hub_in", ids, heard)
 
     async def _write_loop(self, att: Attachment, context: Any) -> None:
         box = att.outbox
@@ -377,7 +381,11 @@ class HubService:
                 if box.closed:
                     return
                 continue
-            await context.write(wire.delivery_batch_response(entries, notices))
+            response = wire.delivery_batch_response(entries, notices)
+            if timeline.ON:
+                delivered = codec.decode_response(response).deliveries
+                timeline.stamp("hub_out", [d.message.id for d in delivered])
+            await context.write(response)
             counters.deliveries_sent += len(entries)
             registry.deliveries_sent += len(entries)
             registry.frames_out += 1
