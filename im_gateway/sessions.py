@@ -302,14 +302,13 @@ class Session:
 
     async def run(self) -> None:
         """Read and handle frames until the client leaves (or the idle sweep closes it)."""
+        loop = self._loop
         try:
             while True:
-                if (waiter := self._ws.frame_waiter()) is not None:
-                    await waiter  # idle: one future, not recv()'s three waiting coroutines
                 data = await self._ws.recv()
                 self._handling = True
                 try:
-                    self.last_seen = now = self._loop.time()
+                    self.last_seen = now = loop.time()
                     await self._handle(data, now)
                 finally:
                     self._handling = False

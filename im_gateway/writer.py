@@ -49,10 +49,6 @@ class WebSocketLike(Protocol):
         """Loop time of the last ping or pong from the client (0: none yet)."""
         ...
 
-    def frame_waiter(self) -> asyncio.Future[None] | None:
-        """A future done once ``recv`` would not wait; None when it would not now."""
-        ...
-
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
 

@@ -79,7 +79,6 @@ class _State:
         "lost",
         "receive_now",
         "user",
-        "waiter",
     )
 
     def __init__(self) -> None:
@@ -92,7 +91,6 @@ class _State:
         self.receive_now: Callable[[str], bool] | None = None
         self.flush_scheduled = False
         self.heard_at = 0.0
-        self.waiter: asyncio.Future[None] | None = None
 
 
 class _ListQueue(list):  # type: ignore[type-arg]
@@ -211,7 +209,6 @@ class Connection(ServerConnection):
                 if handler(text):
                     return
         super().process_event(event)
-        self._wake()
 
     def data_received(self, data: bytes) -> None:
         """A client's pong to our (empty) ping, alone in its read while no frame is under
@@ -275,30 +272,10 @@ class Connection(ServerConnection):
         if isinstance(frames.queue, collections.deque) and not frames.queue:
             frames.queue = _ListQueue()  # type: ignore[assignment]
 
-    def frame_waiter(self) -> asyncio.Future[None] | None:
-        """A future done once ``recv()`` has something to return or to raise; None when
-        it has already. An idle session awaits this, not ``recv()``: one future instead
-        of three suspended coroutines (``recv``, the assembler's ``get``, its queue's
-        ``get``), about 1 KB, on every idle connection."""
-        gw = self.gw
-        if gw.lost or len(self.recv_messages.frames) or self.protocol.state is not OPEN:
-            return None
-        if gw.waiter is None or gw.waiter.done():
-            gw.waiter = self.loop.create_future()
-        return gw.waiter
-
-    def _wake(self) -> None:
-        waiter = self.gw.waiter
-        if waiter is not None:
-            self.gw.waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
-
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         gw = self.gw
         gw.lost = True
-        self._wake()
         if gw.counted and self.sockets is not None:
             gw.counted = False
             self.sockets.close_ws(handshaking=gw.handshaking)

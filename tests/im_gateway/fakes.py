@@ -55,9 +55,6 @@ class FakeWebSocket:
         self.sent_event.set()
         return True
 
-    def frame_waiter(self) -> asyncio.Future[None] | None:
-        return None  # recv() itself waits
-
     def ping_now(self) -> bool:
         if self.closed is not None:
             return False
