@@ -121,6 +121,18 @@ class Cursor(Generic[T]):
         """Read to the inbox's end at the next chance, even with no known hole."""
         self._sync = True
 
+    def ends_at(self, inbox_end: int) -> bool:
+        """After :meth:`start`: the inbox's newest position is ``inbox_end`` (read with the
+        acknowledged position, and no :meth:`sync` asked for since). When that is not
+        beyond :attr:`last` and nothing is held, there is nothing to read: no fill is
+        wanted, and True. (Anything stored later comes as a push.)"""
+        if not self.ready or inbox_end > self.last or self._held or self._own:
+            return False
+        if self._known > self.last:
+            return False
+        self._sync = False
+        return True
+
     def rebase(self) -> None:
         """The store lost its data (a Redis restarted without persistence) and numbers
         inboxes from 1 again: start over from 0 and read, so new messages are not taken

@@ -3,7 +3,9 @@
 Not a timer and a keepalive task per connection, which would cost about 2 KB each: one
 task closes connections that sent no frame for ``idle_timeout`` seconds, pings quiet ones
 every ``ping_interval`` seconds and closes those whose pong is ``ping_timeout`` seconds
-late (each :class:`~im_gateway.sessions.Session` keeps its own :class:`Pings`).
+late (each :class:`~im_gateway.sessions.Session` keeps its own :class:`Pings`). A ping is
+written at once, with no future per ping: its pong (or any ping of the client's) shows in
+the connection's ``heard_at``.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from typing import Protocol
-
-from websockets.exceptions import ConnectionClosed
 
 from transmit_hub.types import UserId
 
@@ -33,52 +33,35 @@ class Kept(Protocol):
         """Close the socket when no frame came for its idle timeout."""
         ...
 
-    async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
+    def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a quiet client; close one whose pong is late."""
         ...
 
 
-def consume_pong(future: asyncio.Future[float]) -> None:
-    """Retrieve a pong future's outcome so a closed connection logs nothing."""
-    if not future.cancelled():
-        future.exception()
-
-
 class Pings:
-    """One connection's keepalive pings: when the last was sent, and its pong."""
+    """One connection's keepalive pings: when the last was sent."""
 
-    __slots__ = ("_out", "_pinged_at", "_pong", "_user", "_ws")
+    __slots__ = ("_out", "_pinged_at", "_user", "_ws")
 
     def __init__(self, ws: WebSocketLike, out: Writer, user: UserId) -> None:
         self._ws = ws
         self._out = out
         self._user = user
-        self._pong: asyncio.Future[float] | None = None
         self._pinged_at = 0.0
 
-    async def check(
-        self, now: float, last_seen: float, interval: float, pong_timeout: float
-    ) -> None:
+    def check(self, now: float, last_seen: float, interval: float, pong_timeout: float) -> None:
         """Ping when nothing came since ``last_seen`` for ``interval`` seconds; close the
-        socket (1011) when the pong is more than ``pong_timeout`` seconds late."""
-        pong = self._pong
-        if pong is not None:
-            if not pong.done():
-                if pong_timeout > 0 and now - self._pinged_at > pong_timeout:
-                    logger.info("user %s: no pong for %ss, closing", self._user, pong_timeout)
-                    self._out.close(CLOSE_INTERNAL, "keepalive ping timeout")
-                return
-            self._pong = None
-        if now - max(last_seen, self._pinged_at) < interval:
+        socket (1011) when nothing (no pong, no frame) came ``pong_timeout`` seconds after
+        the ping."""
+        seen = max(last_seen, self._ws.heard_at)
+        pinged = self._pinged_at
+        if pinged > seen:  # no answer yet
+            if pong_timeout > 0 and now - pinged > pong_timeout:
+                logger.info("user %s: no pong for %ss, closing", self._user, pong_timeout)
+                self._out.close(CLOSE_INTERNAL, "keepalive ping timeout")
             return
-        try:
-            waiter = await self._ws.ping()
-        except ConnectionClosed:
-            return
-        if isinstance(waiter, asyncio.Future):
-            waiter.add_done_callback(consume_pong)
-            self._pong = waiter
-        self._pinged_at = now
+        if now - max(seen, pinged) >= interval and self._ws.ping_now():
+            self._pinged_at = now
 
 
 async def sweep_idle(
@@ -101,9 +84,7 @@ async def sweep_idle(
         now = loop.time()
         for session in sessions():
             try:
-                session.expire_if_idle(now)
-                await session.keepalive(now, ping_interval, ping_timeout)
-            except asyncio.CancelledError:
-                raise
+                if not session.expire_if_idle(now):
+                    session.keepalive(now, ping_interval, ping_timeout)
             except Exception:
                 logger.exception("keepalive of user %s failed", session.user)

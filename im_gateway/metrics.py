@@ -91,7 +91,7 @@ BATCH_BUCKETS: Final = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 
 STORE_CALLS: Final = (
     "submit", "join", "leave", "members", "is_member", "attach", "detach", "refresh",
-    "forget", "lookup", "read_inbox", "ack", "acked", "beacon", "ping",
+    "forget", "lookup", "read_inbox", "ack", "acked", "opening", "beacon", "ping",
 )  # fmt: skip
 """The :class:`~im_gateway.store.Store` calls that are timed (``close`` is not)."""
 

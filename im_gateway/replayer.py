@@ -20,13 +20,15 @@ come to it directly, and it follows large groups through two callables it is giv
 
 Large groups. Each large group the user is in has a stream of its own and a cursor of its
 own here (positions ``g<group>:<n>``); holes are filled and replays (type 14 with a group
-seq) served per stream. The connect replay reads the user's acknowledged inbox position
-and the user's large groups with their positions (:meth:`~im_gateway.store.Store.streams`,
-two round trips), follows those groups (live posts come from then on), then reads a page
-of every stream (the inbox, and all groups in one pipelined round trip per page) and
-sends them merged in time order, then the type 14 marker (the inbox's seq). So a connect
-costs about four round trips however many large groups the user is in, plus one per page
-of a stream with more than a page to replay.
+seq) served per stream. The connect replay reads the user's acknowledged inbox position,
+the inbox's end and whether the user is in any group (:meth:`~im_gateway.store.Store.opening`,
+one round trip), then, for a user in groups, the large ones with their positions
+(:meth:`~im_gateway.store.Store.streams`, two round trips), follows those groups (live
+posts come from then on), then reads a page of every stream that has something to read
+(the inbox, and all groups in one pipelined round trip per page) and sends them merged in
+time order, then the type 14 marker (the inbox's seq). So a connect costs about four round
+trips however many large groups the user is in, plus one per page of a stream with more
+than a page to replay; and one, for a user in no group with nothing unacknowledged.
 """
 
 from __future__ import annotations
@@ -69,12 +71,14 @@ class Replayer(Streams):
 
     __slots__ = (
         "_budget",
+        "_budget_max",
         "_fill_delay",
         "_fill_timer",
         "_loop",
         "_reader",
         "_requests",
         "_retry_at",
+        "_syncs",
     )
 
     def __init__(
@@ -105,11 +109,15 @@ class Replayer(Streams):
         )
         self._fill_delay = fill_delay
         self._loop = asyncio.get_running_loop()
-        self._budget = TokenBucket(replay_budget / 60.0, replay_budget, self._loop.time())
+        self._budget_max = replay_budget
+        self._budget: TokenBucket | None = None
+        """Made by the first replay the client asks for (a full bucket until then)."""
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
         self._retry_at = 0.0
+        self._syncs = 0
+        """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
 
     @property
     def replaying(self) -> bool:
@@ -223,6 +231,7 @@ class Replayer(Streams):
         known: the inbox is not read when this connection has it already (the groups'
         streams always are)."""
         cursor = self._cursor
+        self._syncs += 1
         has_inbox = end is not None and cursor.ready and cursor.last >= end
         cursors = list(self._groups.values()) if has_inbox else [cursor, *self._groups.values()]
         if not cursors:
@@ -234,6 +243,7 @@ class Replayer(Streams):
 
     def rebase(self) -> None:
         """The store lost its data and numbers inboxes from 1 again: start over from 0."""
+        self._syncs += 1
         for cursor in (self._cursor, *self._groups.values()):
             cursor.rebase()
         if self._wants_fill():
@@ -312,12 +322,19 @@ class Replayer(Streams):
         """The connect replay: the inbox and every large group's stream after the user's
         positions, merged in time order, then the end marker."""
         self._metrics.replay("connect")
+        syncs = self._syncs
         async with self._slots:
-            acked = await self._store.acked(self._user)
-        starts = await self._follow()
+            opening = await self._store.opening(self._user)
+        # A user in no group has no stream to follow (nor left one: none to drop).
+        grouped = opening.in_groups or self._groups or self._pending_own
+        starts = await self._follow() if grouped else {}
         buffers: dict[int | None, collections.deque[str]] = {
-            None: collections.deque(self._cursor.start(acked))
+            None: collections.deque(self._cursor.start(opening.acked))
         }
+        if syncs == self._syncs:
+            # Nothing after the acknowledged position: no read (an empty inbox's replay
+            # is this one round trip).
+            self._cursor.ends_at(opening.inbox_end)
         for group, pos in starts.items():
             buffers[group] = collections.deque(self._groups[group].start(pos))
         trimmed = False
@@ -369,10 +386,14 @@ class Replayer(Streams):
                 after = acked = joined.joined
         position, trimmed = after, False
         page_size = self._page
+        budget = self._budget
+        if budget is None:
+            limit = self._budget_max
+            budget = self._budget = TokenBucket(limit / 60.0, limit, self._loop.time())
         while not self._out.closing:
             now = self._loop.time()
-            if not self._budget.allow(now, page_size):
-                wait = self._budget.wait(now, page_size)
+            if not budget.allow(now, page_size):
+                wait = budget.wait(now, page_size)
                 self._out.push(
                     frames.encode_error(
                         frames.RATE_LIMITED,

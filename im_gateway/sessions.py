@@ -370,12 +370,11 @@ class Session:
             return
         self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
-    async def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
-        """Ping a client that sent nothing for ``interval`` seconds; close it (1011) when
-        the pong is more than ``pong_timeout`` seconds late. Called by the idle sweep, so
-        the gateway needs no keepalive task per connection."""
+    def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
+        """Ping a client quiet for ``interval`` seconds; close it (1011) when its pong is
+        ``pong_timeout`` late (by the idle sweep: no task nor future per connection)."""
         if not self._out.closing and interval > 0:
-            await self._pings.check(now, self.last_seen, interval, pong_timeout)
+            self._pings.check(now, self.last_seen, interval, pong_timeout)
 
     def expire_if_idle(self, now: float) -> bool:
         """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""

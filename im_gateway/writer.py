@@ -40,8 +40,13 @@ class WebSocketLike(Protocol):
         """Write ``message`` without waiting; False when it must wait (then use ``send``)."""
         ...
 
-    async def ping(self) -> Awaitable[float]:
-        """Send a WebSocket ping; the result completes when the pong arrives."""
+    def ping_now(self) -> bool:
+        """Write a WebSocket ping without waiting; False when the socket is not open."""
+        ...
+
+    @property
+    def heard_at(self) -> float:
+        """Loop time of the last ping or pong from the client (0: none yet)."""
         ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...

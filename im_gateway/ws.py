@@ -12,7 +12,14 @@ socket, and reads and writes text frames without a task switch each:
   and writes everything queued in one loop iteration from ``protocol.data_to_send()``
   in one ``transport.write``;
 - ``connection_made`` / ``connection_lost`` count the socket in
-  :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot.
+  :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot;
+- ``ping_now`` writes a ping without a task or a future, and ``heard_at`` says when the
+  client last sent a ping or a pong (the gateway's one keepalive sweep reads it);
+- an idle connection holds as little as it can: the gateway's own state is in one slotted
+  object (more instance attributes would make every connection's ``__dict__`` a full
+  table of its own, about 1.3 KB), and :meth:`Connection.handshake_done` drops the
+  request's headers, the handshake response and the per-connection log adapter, and
+  swaps two empty ``deque`` (about 760 bytes each) for lists.
 
 :func:`listen` binds the port with the server's options, :func:`tls_context` loads its
 certificate.
@@ -21,15 +28,19 @@ certificate.
 from __future__ import annotations
 
 import asyncio
+import collections
+import logging
 import ssl
 import struct
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
+from websockets.streams import StreamReader
 
 from transmit_hub.types import UserId
 
@@ -54,34 +65,138 @@ def text_frame(data: bytes) -> bytes:
     return struct.pack("!BBQ", 0x81, 127, n) + data
 
 
+class _State:
+    """What the gateway keeps on a connection (one slotted object: see the module
+    docstring)."""
+
+    __slots__ = (
+        "caps",
+        "counted",
+        "flush_scheduled",
+        "group_rights",
+        "handshaking",
+        "heard_at",
+        "lost",
+        "receive_now",
+        "user",
+    )
+
+    def __init__(self) -> None:
+        self.user: UserId | None = None
+        self.group_rights: GroupRights | None = None
+        self.caps: ConnectionCaps | None = None
+        self.lost = False
+        self.counted = False
+        self.handshaking = False
+        self.receive_now: Callable[[str], bool] | None = None
+        self.flush_scheduled = False
+        self.heard_at = 0.0
+
+
+class _ListQueue(list):  # type: ignore[type-arg]
+    """The few ``deque`` methods websockets calls on a queue of frames, on a list: an
+    empty list is 56 bytes, an empty deque 760 (it is nearly always empty here)."""
+
+    __slots__ = ()
+
+    def popleft(self) -> object:
+        return self.pop(0)
+
+    def extendleft(self, items: Iterable[object]) -> None:
+        self[:0] = list(items)[::-1]
+
+
+PING_FRAME = b"\x89\x00"
+"""A ping frame as a server writes it: FIN, opcode 9, no mask, no payload (the same bytes
+websockets' ``send_ping(b"")`` frames, without framing them again for every ping)."""
+
+_AT_FRAME_START = StreamReader.at_eof.__code__
+"""Where websockets' parser waits while no frame is under way (for its first byte)."""
+
+_UPGRADED = Request("/ws", Headers())
+"""What an upgraded connection keeps as its request (websockets treats later events as
+frames while one is set); the real one, headers and all, is dropped."""
+
+
 class Connection(ServerConnection):
     """A server connection that remembers its user, and reads and writes frames without
     a task switch each."""
 
-    user: UserId | None = None
-    group_rights: GroupRights | None = None
-    caps: ConnectionCaps | None = None
-    """Where ``user`` holds a slot; given back once, when the TCP connection is gone
-    (a reference, not a closure per connection)."""
-    lost = False
-    """The TCP connection is gone (it can be before ``process_request`` runs)."""
     sockets: descriptors.Sockets | None = None
     """The gateway's socket counts (set on its own subclass: :func:`connection_class`)."""
     rejections: RejectionLog | None = None
-    counted = False
-    """This connection is counted in ``sockets`` (refused ones are not)."""
-    handshaking = False
-    receive_now: Callable[[str], bool] | None = None
-    """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
-    _flush_scheduled = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gw = _State()
+        self.drain_waiters = _ListQueue()  # type: ignore[assignment]  # append/remove/iterate
+
+    # The gateway's state, by name (the slots are in ``gw``).
+
+    @property
+    def user(self) -> UserId | None:
+        return self.gw.user
+
+    @user.setter
+    def user(self, value: UserId | None) -> None:
+        self.gw.user = value
+
+    @property
+    def group_rights(self) -> GroupRights | None:
+        return self.gw.group_rights
+
+    @group_rights.setter
+    def group_rights(self, value: GroupRights | None) -> None:
+        self.gw.group_rights = value
+
+    @property
+    def caps(self) -> ConnectionCaps | None:
+        """Where ``user`` holds a slot; given back once, when the TCP connection is gone
+        (a reference, not a closure per connection)."""
+        return self.gw.caps
+
+    @caps.setter
+    def caps(self, value: ConnectionCaps | None) -> None:
+        self.gw.caps = value
+
+    @property
+    def lost(self) -> bool:
+        """The TCP connection is gone (it can be before ``process_request`` runs)."""
+        return self.gw.lost
+
+    @property
+    def counted(self) -> bool:
+        """This connection is counted in ``sockets`` (refused ones are not)."""
+        return self.gw.counted
+
+    @property
+    def handshaking(self) -> bool:
+        return self.gw.handshaking
+
+    @property
+    def receive_now(self) -> Callable[[str], bool] | None:
+        """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
+        return self.gw.receive_now
+
+    @receive_now.setter
+    def receive_now(self, value: Callable[[str], bool] | None) -> None:
+        self.gw.receive_now = value
+
+    @property
+    def heard_at(self) -> float:
+        """Loop time of the last ping or pong from the client (0: none yet)."""
+        return self.gw.heard_at
 
     def process_event(self, event: Event) -> None:
         """Offer each complete text frame to ``receive_now`` while nothing waits for
         ``recv()``; frames it declines (and all others) go to ``recv()`` as usual."""
-        handler = self.receive_now
-        if (
+        handler = self.gw.receive_now
+        if not isinstance(event, Frame):
+            pass
+        elif event.opcode is Opcode.PONG or event.opcode is Opcode.PING:
+            self.gw.heard_at = self.loop.time()
+        elif (
             handler is not None
-            and isinstance(event, Frame)
             and event.opcode is Opcode.TEXT
             and event.fin
             and not len(self.recv_messages.frames)
@@ -95,6 +210,26 @@ class Connection(ServerConnection):
                     return
         super().process_event(event)
 
+    def data_received(self, data: bytes) -> None:
+        """A client's pong to our (empty) ping, alone in its read while no frame is under
+        way, is taken here: its six bytes are known (FIN + pong, mask bit, no payload, the
+        mask), and websockets' parser would only report it. Everything else goes through
+        websockets."""
+        if len(data) == 6 and data[0] == 0x8A and data[1] == 0x80 and self._between_frames():
+            self.gw.heard_at = self.loop.time()
+            return
+        super().data_received(data)
+
+    def _between_frames(self) -> bool:
+        """websockets' parser waits for the first byte of a frame (none is under way)."""
+        protocol = self.protocol
+        if protocol.state is not OPEN or protocol.reader.buffer or protocol.debug:
+            return False
+        parser: Any = protocol.parser  # a generator: the one it delegates to, and so on
+        while (inner := parser.gi_yieldfrom) is not None:
+            parser = inner
+        return parser.gi_code is _AT_FRAME_START
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection, or answer it a fixed 503 at once (its request is never
         read) when too many handshakes are under way or the descriptors are low."""
@@ -103,7 +238,7 @@ class Connection(ServerConnection):
             return
         refused = self.sockets.open_ws()
         if refused is None:
-            self.counted = self.handshaking = True
+            self.gw.counted = self.gw.handshaking = True
             return
         if self.rejections is not None:
             self.rejections.hit(f"{refused.status} at connect: {refused.reason}")
@@ -113,24 +248,40 @@ class Connection(ServerConnection):
     def handshake_done(self) -> None:
         """The connection is a WebSocket now: no longer a handshake under way.
 
-        Its handshake response (headers and all, about 1.4 KB) would otherwise stay with
-        every idle connection, so it is dropped. (``request`` must stay: websockets
-        routes later events as frames only while it is set.)
+        What only the handshake needed would otherwise stay with every idle connection,
+        so it goes: the response and the request's headers (about 1.4 and 2.5 KB; a
+        ``request`` must stay set: websockets routes later events as frames only while it
+        is), the request's future, the log adapter made for this connection (websockets'
+        own logger does), and the queue of frames becomes a list.
         """
-        if self.handshaking and self.sockets is not None:
-            self.handshaking = False
+        gw = self.gw
+        if gw.handshaking and self.sockets is not None:
+            gw.handshaking = False
             self.sockets.upgraded()
         self.response = None
+        if self.request is not None:
+            # The protocol's parser keeps the request it parsed (a local of its
+            # generator, for the connection's life): empty its headers in place.
+            self.request.headers.clear()
+        self.request = _UPGRADED
+        self.request_rcvd = None  # type: ignore[assignment]  # done: read only before
+        adapter = self.logger
+        if isinstance(adapter, logging.LoggerAdapter):
+            self.logger = self.protocol.logger = adapter.logger
+        frames = self.recv_messages.frames
+        if isinstance(frames.queue, collections.deque) and not frames.queue:
+            frames.queue = _ListQueue()  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        self.lost = True
-        if self.counted and self.sockets is not None:
-            self.counted = False
-            self.sockets.close_ws(handshaking=self.handshaking)
-        caps, self.caps = self.caps, None
-        if caps is not None and self.user is not None:
-            caps.release(self.user)
+        gw = self.gw
+        gw.lost = True
+        if gw.counted and self.sockets is not None:
+            gw.counted = False
+            self.sockets.close_ws(handshaking=gw.handshaking)
+        caps, gw.caps = gw.caps, None
+        if caps is not None and gw.user is not None:
+            caps.release(gw.user)
 
     def send_now(self, message: str) -> bool:
         """Queue a text frame for writing in this loop iteration, unless the socket is
@@ -148,13 +299,25 @@ class Connection(ServerConnection):
             protocol.send_text(message.encode())
         else:  # what send_text() appends, without a Frame object per message
             protocol.writes.append(text_frame(message.encode()))
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
+        gw = self.gw
+        if not gw.flush_scheduled:
+            gw.flush_scheduled = True
             self.loop.call_soon(self._flush)
         return True
 
+    def ping_now(self) -> bool:
+        """Write a ping (empty payload) at once, after any frame queued before it; False
+        when the connection is not open. No task, no future: the pong (or the client's
+        own ping) shows in :attr:`heard_at`."""
+        if self.protocol.state is not OPEN or self.transport.is_closing():
+            return False
+        if self.gw.flush_scheduled:
+            self._flush()  # the frames queued before it go first
+        self.transport.write(PING_FRAME)
+        return True
+
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self.gw.flush_scheduled = False
         data = self.protocol.data_to_send()
         transport = self.transport
         if not data or transport.is_closing():

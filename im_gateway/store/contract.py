@@ -276,6 +276,18 @@ class InboxPage:
 
 
 @dataclass(frozen=True, slots=True)
+class Opening:
+    """Where a connection's replay starts (:meth:`Store.opening`)."""
+
+    acked: int
+    """The user's acknowledged position (0: none)."""
+    inbox_end: int
+    """The newest position of the user's inbox (0: none yet)."""
+    in_groups: bool
+    """The user is in at least one group (its large groups' streams need a read)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Beacon:
     """What :meth:`Store.beacon` found."""
 
@@ -413,6 +425,12 @@ class Store(Protocol):
 
     async def acked(self, user: UserId) -> int:
         """The user's acknowledged position, 0 when none."""
+        ...
+
+    async def opening(self, user: UserId) -> Opening:
+        """What a connect replay starts from, in one round trip: the acknowledged
+        position, the inbox's newest position, and whether the user is in any group.
+        (A user with nothing unacknowledged and no group needs no other read.)"""
         ...
 
     async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:

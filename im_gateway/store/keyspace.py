@@ -92,6 +92,7 @@ from .contract import (
     InboxEntry,
     InboxPage,
     Membership,
+    Opening,
 )
 
 Client = aioredis.Redis | RedisCluster
@@ -309,6 +310,16 @@ class KeyspaceStore(AsyncClosing):
         self._check_open()
         value = await self._redis.get(self.settings.key("acked", user))
         return 0 if value is None else int(value)
+
+    async def opening(self, user: UserId) -> Opening:
+        self._check_open()
+        key = self.settings.key  # the user's keys share one slot: one round trip
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(key("acked", user))
+            pipe.get(key("pos", user))
+            pipe.exists(key("groups", user))
+            acked, end, groups = await pipe.execute()
+        return Opening(int(acked or 0), int(end or 0), bool(groups))
 
     async def members(self, group: int) -> list[UserId]:
         self._check_open()

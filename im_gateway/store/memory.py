@@ -33,6 +33,7 @@ from .contract import (
     InboxPage,
     Joined,
     Membership,
+    Opening,
     Refusal,
     Refused,
     Submission,
@@ -334,6 +335,11 @@ class MemoryStore(AsyncClosing):
         if upto <= 0 and current <= 0:
             return
         self._acked[user] = (max(current, upto), now + self.inbox_max_age)
+
+    async def opening(self, user: UserId) -> Opening:
+        self._check_open()
+        (end,) = await self.inbox_ends([user])
+        return Opening(await self.acked(user), end, bool(self._user_groups.get(user)))
 
     async def acked(self, user: UserId) -> int:
         self._check_open()

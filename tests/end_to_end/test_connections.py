@@ -71,3 +71,38 @@ async def test_hub_token_is_sent_to_a_hub_that_requires_one(redis_url: str) -> N
             assert not refused.linked
     finally:
         await hub.stop(0.2)
+
+
+async def test_a_client_that_never_answers_pings_is_closed_and_one_that_does_is_kept(
+    start_gateway: GatewayFactory, open_client: ClientFactory
+) -> None:
+    """The keepalive sweep pings quiet sockets with a frame written at once; a client whose
+    pong never comes (a raw socket that reads but never answers) is closed, one whose
+    WebSocket library answers stays open though it sends no frame."""
+    from tests.end_to_end.harness import token
+
+    gw = await start_gateway(
+        "gw-ping", ping_interval=0.2, ping_timeout=0.3, close_timeout=0.3, idle_timeout=0
+    )
+    answering = await open_client(gw, 2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    try:
+        writer.write(
+            (
+                f"GET /ws?token={token(1)} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+                "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 101")
+        received = b""
+        async with asyncio.timeout(10):
+            while chunk := await reader.read(4096):  # until the gateway closes it
+                received += chunk
+        assert b"\x89\x00" in received  # pinged
+        assert b"keepalive ping timeout" in received  # then closed with 1011
+    finally:
+        writer.close()
+    assert not answering.closed.done()
+    await wait_until(lambda: gw.fanout.connections == 1, what="the silent socket's session to go")

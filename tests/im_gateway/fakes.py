@@ -33,6 +33,7 @@ class FakeWebSocket:
         self.sent_event = asyncio.Event()
         self.pings = 0
         self.answers_pings = True
+        self.heard_at = 0.0
 
     async def recv(self) -> str | bytes:
         item = await self.incoming.get()
@@ -54,12 +55,13 @@ class FakeWebSocket:
         self.sent_event.set()
         return True
 
-    async def ping(self) -> asyncio.Future[float]:
+    def ping_now(self) -> bool:
+        if self.closed is not None:
+            return False
         self.pings += 1
-        pong: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-        if self.answers_pings:
-            pong.set_result(0.001)
-        return pong
+        if self.answers_pings:  # the pong comes at once
+            self.heard_at = asyncio.get_running_loop().time()
+        return True
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if self.closed is None:

@@ -157,3 +157,23 @@ def test_mint_writes_groups_audience_and_issuer() -> None:
     identity = auth.verify_identity(token, SECRET, audience="chat", issuer="backend")
     assert identity.groups == {7, 9}
     assert jwt.decode(token, options={"verify_signature": False})["groups"] == ["7", "9"]
+
+
+def test_the_prepared_key_follows_the_secret() -> None:
+    """The key prepared once per secret is the secret's own: a token signed with another
+    secret is refused after a good one, and a PEM-shaped secret is refused every time
+    (a refusal is never remembered as a prepared key)."""
+    other = "another secret of at least thirty-two bytes"
+    assert auth.verify(auth.mint(5, SECRET), SECRET) == 5
+    with pytest.raises(AuthError, match="signature"):
+        auth.verify(auth.mint(5, other), SECRET)
+    assert auth.verify(auth.mint(6, other), other) == 6
+    with pytest.raises(AuthError, match="signature"):
+        auth.verify(auth.mint(6, SECRET), other)
+    pem = (
+        "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----"
+    )
+    token = jwt.encode({"sub": "1", "exp": int(time.time()) + 60}, "x" * 32, "HS256")
+    for _ in range(2):
+        with pytest.raises(jwt.InvalidKeyError):
+            auth.verify(token, pem)

@@ -214,3 +214,29 @@ class CursorMachine(RuleBasedStateMachine):
 
 TestCursorMachine = CursorMachine.TestCase
 TestCursorMachine.settings = settings(max_examples=120, stateful_step_count=30, deadline=None)
+
+
+def test_an_inbox_ending_at_the_acknowledged_position_needs_no_read() -> None:
+    """ends_at: nothing beyond ``last`` and nothing held means no fill; an inbox ending
+    further on, a held push or a cursor not started yet still wants its read."""
+    c: Cursor[str] = Cursor()
+    assert not c.ends_at(0)  # not started
+    c.start(5)
+    assert c.wants_fill
+    assert not c.ends_at(6)
+    assert c.wants_fill
+    assert c.ends_at(5)
+    assert not c.wants_fill
+    assert c.live(6, "six") == ["six"]
+
+    held: Cursor[str] = Cursor()
+    assert held.live(3, "three") == []  # before start: held
+    held.start(1)
+    assert not held.ends_at(1)
+    assert held.wants_fill
+
+    drained: Cursor[str] = Cursor()
+    drained.live(2, "two")
+    assert drained.start(1) == ["two"]  # the held push came in order
+    assert drained.ends_at(1)
+    assert not drained.wants_fill

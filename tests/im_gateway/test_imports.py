@@ -140,6 +140,7 @@ def test_the_store_package_exports_its_seam() -> None:
         "Joined",
         "Membership",
         "MemoryStore",
+        "Opening",
         "RedisStore",
         "Refusal",
         "Refused",

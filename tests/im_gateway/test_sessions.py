@@ -16,7 +16,7 @@ from im_gateway.close_codes import CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.keepalive import sweep_idle
 from im_gateway.sessions import Session, SessionLimits
-from im_gateway.store import InboxPage, MemoryStore
+from im_gateway.store import InboxPage, MemoryStore, Opening
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket, store_message
@@ -26,13 +26,23 @@ A, B = UserId(1), UserId(2)
 
 
 class GatedStore(MemoryStore):
-    """A memory store whose inbox reads wait for ``gate`` (to hold a replay mid-way)."""
+    """A memory store whose inbox reads wait for ``gate``, and the connect replay's first
+    read (``opening``) for ``opening_gate`` (to hold a replay mid-way)."""
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.gate = asyncio.Event()
         self.gate.set()
+        self.opening_gate = asyncio.Event()
+        self.opening_gate.set()
         self.reads = 0
+        self.openings = 0
+
+    async def opening(self, user: UserId) -> Opening:
+        found = await super().opening(user)
+        self.openings += 1
+        await self.opening_gate.wait()
+        return found
 
     async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
         page = await super().read_inbox(user, after, limit)
@@ -160,7 +170,7 @@ async def test_repeats_are_dropped_and_pushes_out_of_order_are_reordered(
         live(session, 2, "m1")
         live(session, 2, "m1")
         assert contents(ws) == ["m0", "m1", "m2"]
-        assert store.reads == 1  # the connect replay's only
+        assert store.reads == 0  # none: the connect replay saw the inbox was empty
         assert session.position == 3
         assert not session.replaying
 
@@ -178,7 +188,7 @@ async def test_a_hole_on_the_live_path_is_filled_from_the_inbox(store: GatedStor
         await wait_until(lambda: len(contents(ws)) == 4, what="the hole to be filled")
         assert contents(ws) == ["m0", "m1", "m2", "m3"]
         assert seqs(ws) == ["1", "2", "3", "4"]
-        assert store.reads == 2
+        assert store.reads == 1  # the fill's (the connect replay saw an empty inbox)
         assert len(markers(ws)) == 1  # the connect replay's only
         assert ws.closed is None
         await store_message(store, A, B, "m4")
@@ -192,7 +202,7 @@ async def test_a_forged_position_is_dropped_after_one_read(store: GatedStore) ->
     async with running(store, fill_delay=0.01) as (session, ws, _):
         await connected(ws)
         live(session, 50, "forged")
-        await wait_until(lambda: store.reads == 2 and not session.replaying)
+        await wait_until(lambda: store.reads == 1 and not session.replaying)
         assert contents(ws) == []
         assert session.position == 0
         await store_message(store, A, B, "real")
@@ -200,7 +210,7 @@ async def test_a_forged_position_is_dropped_after_one_read(store: GatedStore) ->
         await store_message(store, A, B, "real 2")
         live(session, 2, "real 2")
         assert contents(ws) == ["real", "real 2"]
-        assert store.reads == 2
+        assert store.reads == 1
         assert not session.replaying
 
 
@@ -219,7 +229,7 @@ async def test_own_messages_move_the_position_without_a_frame(store: GatedStore)
         live(session, nxt, "reply")
         assert contents(ws) == ["reply"]
         assert session.position == 2
-        assert store.reads == 1
+        assert store.reads == 0
         assert not session.replaying
     assert session._replayer._fill_timer is None  # no read scheduled either
 
@@ -601,17 +611,35 @@ async def test_idle_connections_are_closed(store: GatedStore) -> None:
 async def test_held_overflow_is_recovered_from_the_inbox(store: GatedStore) -> None:
     """More pushes beyond a hole than the hold buffer keeps: the rest are read from the
     inbox, each sent once and in order."""
-    store.gate.clear()
+    store.opening_gate.clear()
     async with running(store, held_max=2, send_queue=64, replay_page=8) as (session, ws, _):
-        await wait_until(lambda: store.reads == 1)  # the connect read saw an empty inbox
+        await wait_until(lambda: store.openings == 1)  # the connect read saw an empty inbox
         for i in range(6):
             await store_message(store, A, B, f"m{i}")
         for pos in range(2, 7):  # the push of 1 was lost; only two of these are held
             live(session, pos, f"m{pos - 1}")
-        store.gate.set()
+        store.opening_gate.set()
         await wait_until(lambda: len(contents(ws)) == 6 and not session.replaying)
         assert contents(ws) == [f"m{i}" for i in range(6)]
         assert markers(ws) == [{"type": 14, "seq": "6"}]
+
+
+async def test_a_catch_up_during_the_connect_read_still_reads_the_inbox(
+    store: GatedStore,
+) -> None:
+    """The connect replay reads no page when the inbox ends at the acknowledged position,
+    unless a catch-up (pushes may have been missed) came while it looked: then the inbox
+    is read, and what was stored meanwhile is sent before the end marker."""
+    store.opening_gate.clear()
+    async with running(store) as (session, ws, _):
+        await wait_until(lambda: store.openings == 1)  # it found the inbox empty
+        await store_message(store, A, B, "missed")  # and its push is lost
+        session.catch_up()
+        store.opening_gate.set()
+        await connected(ws)
+        assert contents(ws) == ["missed"]
+        assert markers(ws) == [{"type": 14, "seq": "1"}]
+        assert store.reads == 1
 
 
 async def test_keepalive_pings_quiet_clients_and_drops_silent_ones(store: GatedStore) -> None:

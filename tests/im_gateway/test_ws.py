@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import collections
 import inspect
+import logging
 import tomllib
 import typing
 from pathlib import Path
@@ -23,6 +25,7 @@ from websockets.asyncio.connection import Connection as BaseConnection
 from websockets.asyncio.server import ServerConnection
 from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Event, Protocol
+from websockets.streams import StreamReader
 
 from im_gateway import ws
 from im_gateway.admission import ConnectionCaps, RejectionLog
@@ -33,7 +36,14 @@ from tests.helpers import wait_until
 from transmit_hub.types import UserId
 
 ROOT = Path(__file__).resolve().parents[2]
-INTERNALS = ("process_event", "recv_messages", "send_text", "data_to_send")
+INTERNALS = (
+    "process_event",
+    "recv_messages",
+    "send_text",
+    "data_to_send",
+    "drain_waiters",
+    "request_rcvd",
+)
 """Names that only ``ws.py`` may use in ``im_gateway/``."""
 
 
@@ -63,12 +73,20 @@ def test_the_internal_names_exist_with_their_shapes() -> None:
     assert _parameters(BaseConnection.connection_lost) == ["self", "exc"]
     assert _parameters(Protocol.send_text)[:2] == ["self", "data"]
     assert _parameters(Protocol.data_to_send) == ["self"]
+    # ping_now writes these bytes itself: what websockets frames for a server's empty ping.
+    assert Frame(Opcode.PING, b"").serialize(mask=False, extensions=[]) == ws.PING_FRAME
+    assert Opcode.PING.name == "PING"
+    assert Opcode.PONG.name == "PONG"
     assert {"opcode", "data", "fin"} <= set(Frame.__dataclass_fields__)
     assert Opcode.TEXT.name == "TEXT"
     assert Frame in typing.get_args(Event)
+    assert inspect.isgeneratorfunction(StreamReader.at_eof)
+    assert "self.parser = self.parse()" in inspect.getsource(Protocol.__init__)
+    assert "self.reader = StreamReader()" in inspect.getsource(Protocol.__init__)
     # Attributes set in __init__ (not class attributes): read in the source.
     init = inspect.getsource(BaseConnection.__init__)
-    for name in ("self.protocol", "self.recv_messages", "self.paused", "self.response"):
+    names = ("self.protocol", "self.recv_messages", "self.paused", "self.response", "self.logger")
+    for name in (*names, "self.drain_waiters"):
         assert f"{name} =" in init or f"{name}:" in init, name
     # send_now appends a framed text message where send_text() would (send_frame).
     protocol_init = inspect.getsource(Protocol.__init__)
@@ -117,7 +135,33 @@ async def test_one_connection_runs_through_every_override() -> None:
         connection.user, connection.caps = user, caps
         seen["counted"] = (sockets.ws, sockets.handshaking)
         seen["response"] = connection.response is not None
+        parsed = connection.request
+        assert parsed is not None
+        assert len(parsed.headers) > 3
         connection.handshake_done()
+        # What only the handshake needed is gone: the parsed request's headers (its
+        # parser keeps the object), the per-connection log adapter, the two deques.
+        seen["leftovers"] = (
+            len(parsed.headers),
+            len(connection.request.headers) if connection.request else -1,
+            isinstance(connection.logger, logging.LoggerAdapter),
+            isinstance(connection.drain_waiters, collections.deque),
+            isinstance(connection.recv_messages.frames.queue, collections.deque),
+            len(connection.__dict__) <= 30,  # CPython shares the keys of up to 30
+        )
+        parsed_reads: list[bytes] = []
+        receive_data = connection.protocol.receive_data
+
+        def counted_read(data: bytes | bytearray) -> None:
+            parsed_reads.append(bytes(data))
+            receive_data(data)
+
+        connection.protocol.receive_data = counted_read  # type: ignore[method-assign]
+        seen["between"] = connection._between_frames()
+        seen["ping"] = (connection.heard_at, connection.ping_now())
+        await wait_until(lambda: connection.heard_at > 0, timeout=5, what="the pong")
+        connection.protocol.receive_data = receive_data  # type: ignore[method-assign]
+        seen["pong parsed"] = parsed_reads  # the pong was taken without the parser
         seen["after"] = (sockets.handshaking, connection.response, connection.request is not None)
         connection.receive_now = receive_now
         seen["recv"] = await connection.recv()
@@ -161,6 +205,10 @@ async def test_one_connection_runs_through_every_override() -> None:
     assert seen["counted"] == (1, 1)
     assert seen["response"] is True
     assert seen["after"] == (0, None, True)  # upgraded; the response dropped, request kept
+    assert seen["leftovers"] == (0, 0, False, False, False, True)
+    assert seen["ping"] == (0.0, True)  # no pong before the ping; heard_at set by it
+    assert seen["between"] is True
+    assert seen["pong parsed"] == []
     assert taken == ["fast", "slow"]  # offered both; took "fast" without recv()
     assert seen["recv"] == "slow"
     assert received == ["out 0", "out 1", "out 2"]
@@ -170,3 +218,53 @@ async def test_one_connection_runs_through_every_override() -> None:
 
 async def _none() -> None:
     return None
+
+
+async def test_pong_shaped_bytes_inside_a_frame_are_the_frame_s() -> None:
+    """The six bytes of a client's pong, sent while a frame is under way (its header read,
+    its payload not), are that frame's payload: only a pong between frames skips the
+    parser."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    got: dict[str, object] = {}
+    connected: list[ws.Connection] = []
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        connected.append(connection)
+        got["text"] = await connection.recv()
+        got["heard_at"] = connection.heard_at
+
+    text = b"pong!!"
+    mask = bytes([0x8A ^ text[0], 0x80 ^ text[1], 0x20, 0x20])
+    wire = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
+    assert wire[:2] == b"\x8a\x80"  # the payload as sent looks like a pong frame
+    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
+    server = await ws.listen(
+        handler,
+        config,
+        process_request=lambda connection, request: _none(),
+        connection=ws.connection_class(sockets, RejectionLog()),
+        tls=None,
+    )
+    async with server:
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            await wait_until(lambda: bool(connected), timeout=5, what="the upgrade")
+            (connection,) = connected
+            assert connection._between_frames()
+            writer.write(bytes([0x81, 0x80 | len(text)]) + mask)  # a text frame's header
+            await wait_until(lambda: not connection._between_frames(), timeout=5)
+            writer.write(wire)  # its payload, six bytes shaped like a pong
+            await wait_until(lambda: "text" in got, timeout=5, what="the frame")
+        finally:
+            writer.close()
+    assert got == {"text": "pong!!", "heard_at": 0.0}

@@ -28,6 +28,7 @@ from im_gateway.store import (
     InboxEntry,
     InboxPage,
     MemoryStore,
+    Opening,
     RedisStore,
     Refusal,
     Refused,
@@ -1150,3 +1151,17 @@ def test_memory_and_redis_stores_agree(redis_server: Any, ops: list[tuple[Any, .
                 assert await real.acked(UserId(user)) == await model.acked(UserId(user))
 
     asyncio.run(run())
+
+
+async def test_opening_reads_where_a_connect_replay_starts(store: Store) -> None:
+    """``opening``: the acknowledged position, the inbox's end, and whether the user is in
+    any group; zeros and False for a user with nothing."""
+    assert await store.opening(ALICE) == Opening(0, 0, False)
+    await store.submit([sub(f"c{i}", msg(BOB, ALICE)) for i in range(3)])
+    await store.ack(ALICE, 2)
+    assert await store.opening(ALICE) == Opening(2, 3, False)
+    await store.join(7, ALICE)
+    assert await store.opening(ALICE) == Opening(2, 3, True)
+    assert await store.opening(CAROL) == Opening(0, 0, False)
+    await store.leave(7, ALICE)
+    assert (await store.opening(ALICE)).in_groups is False
