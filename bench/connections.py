@@ -3,6 +3,7 @@
     python bench/connections.py                 # 5,000 connections
     python bench/connections.py --quick         # 1,000 connections, under 20 s
     python bench/connections.py --help
+    python bench/connections.py --workers 2 --connections 36000   # one port, two workers
 
 Starts a real redis-server, a hub and one gateway (``python -m im_gateway``), each its own
 process. Reads the gateway's resident memory (``VmRSS`` in ``/proc/PID/status``) after a
@@ -16,13 +17,21 @@ WebSocket pings by itself). Target (issue 3): at most 16 KB per idle connection.
 The clients offer permessage-deflate, like browsers do, so the figure reflects the gateway's
 own compression default; ``--client-compression none`` shows the figure without it.
 RLIMIT_NOFILE is raised to its hard limit here, and the gateway inherits it.
+
+``--workers N`` starts the gateway with ``--workers N`` (N processes on one port, see
+``im_gateway.workers``); its memory is then the sum over the parent and its workers, and
+the clients run in ``--client-processes`` processes (default: one per 15,000
+connections), since each process may hold only so many descriptors.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
+import math
+import multiprocessing
 import resource
 import secrets
 import shlex
@@ -70,13 +79,79 @@ async def close_all(conns: list[Any]) -> None:
 
 
 async def settle(gw: harness.Child, seconds: float) -> int:
-    """Wait ``seconds``, then the gateway's VmRSS in KiB (the lowest of a few reads)."""
+    """Wait ``seconds``, then the gateway's VmRSS in KiB (the lowest of a few reads; with
+    workers, the sum over the parent and its workers)."""
     await asyncio.sleep(seconds)
     reads = []
     for _ in range(5):
-        reads.append(gw.rss_kb())
+        reads.append(sum(harness.rss_kb(p) for p in harness.with_descendants(gw.pid)))
         await asyncio.sleep(0.2)
     return min(reads)
+
+
+def _client_process(urls: list[str], compression: str | None, parallel: int, pipe: Any) -> None:
+    """A client process: open ``urls``, say how many are open, then answer ``count``
+    and ``close`` from the parent (its event loop keeps running: pings are answered)."""
+    raise_nofile(len(urls) + 100)
+
+    async def serve() -> None:
+        gate = asyncio.Semaphore(parallel)
+
+        async def one(url: str) -> Any:
+            async with gate:
+                return await open_one(url, compression)
+
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(one(u) for u in urls), return_exceptions=True)
+        took = time.monotonic() - t0
+        conns = [c for c in results if not isinstance(c, BaseException)]
+        failed = collections.Counter(repr(e)[:120] for e in results if isinstance(e, BaseException))
+        for reason, count in failed.most_common(3):
+            print(f"client process: {count} connections failed: {reason}", file=sys.stderr)
+        pipe.send((sum(1 for c in conns if c.state.name == "OPEN"), took))
+        loop = asyncio.get_running_loop()
+        while (order := await loop.run_in_executor(None, pipe.recv)) != "close":
+            assert order == "count"
+            pipe.send(sum(1 for c in conns if c.state.name == "OPEN"))
+        await close_all(conns)
+        pipe.send("closed")
+
+    asyncio.run(serve())
+
+
+class ClientProcesses:
+    """Connections held by several client processes (``--client-processes``)."""
+
+    def __init__(self, urls: list[str], compression: str | None, parallel: int, procs: int):
+        context = multiprocessing.get_context("spawn")
+        self.pipes = []
+        self.procs = []
+        for i in range(procs):
+            mine, theirs = context.Pipe()
+            share = urls[i::procs]
+            proc = context.Process(
+                target=_client_process, args=(share, compression, parallel // procs or 1, theirs)
+            )
+            proc.start()
+            self.pipes.append(mine)
+            self.procs.append(proc)
+
+    async def opened(self) -> tuple[int, float]:
+        answers = [await asyncio.to_thread(p.recv) for p in self.pipes]
+        return sum(n for n, _ in answers), max(t for _, t in answers)
+
+    async def count(self) -> int:
+        for p in self.pipes:
+            p.send("count")
+        return sum([await asyncio.to_thread(p.recv) for p in self.pipes])
+
+    async def close(self) -> None:
+        for p in self.pipes:
+            p.send("close")
+        for p in self.pipes:
+            await asyncio.to_thread(p.recv)
+        for proc in self.procs:
+            proc.join(30)
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -87,9 +162,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             started,
             gateways=["gw-1"],
             secret=secret,
-            gateway_args=shlex.split(args.gateway_args),
+            gateway_args=[*shlex.split(args.gateway_args), *gateway_workers(args)],
         )
         gw = next(c for c in started if c.name == "gw-1")
+        if args.workers > 1:
+            harness.wait_workers(gw, args.workers)
         base = f"ws://127.0.0.1:{ports['gw-1']}/ws?token="
 
         def urls(first: int, n: int) -> list[str]:
@@ -102,14 +179,28 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"gateway pid {gw.pid}: VmRSS {rss_start:,} KiB at start, {rss_base:,} after warm-up")
         n = args.connections
         print(f"opening {n:,} connections ...", flush=True)
-        conns, took = await open_many(urls(100_000, n), compression, args.parallel)
-        open_now = sum(1 for c in conns if c.state.name == "OPEN")
-        rss_open = await settle(gw, args.settle)
-        still_open = sum(1 for c in conns if c.state.name == "OPEN")
-        await close_all(conns)
+        ext = "(see the single-process run)"
+        if args.client_processes > 1:
+            clients = ClientProcesses(
+                urls(100_000, n), compression, args.parallel, args.client_processes
+            )
+            open_now, took = await clients.opened()
+            if open_now < n:
+                print(f"only {open_now:,} opened; the gateway's log:\n{gw.tail(30)}")
+            rss_open = await settle(gw, args.settle)
+            still_open = await clients.count()
+            await clients.close()
+        else:
+            conns, took = await open_many(urls(100_000, n), compression, args.parallel)
+            open_now = sum(1 for c in conns if c.state.name == "OPEN")
+            rss_open = await settle(gw, args.settle)
+            still_open = sum(1 for c in conns if c.state.name == "OPEN")
+            ext = conns[0].response.headers.get("Sec-WebSocket-Extensions", "") if conns else ""
+            await close_all(conns)
         rss_closed = await settle(gw, args.settle)
-        ext = conns[0].response.headers.get("Sec-WebSocket-Extensions", "") if conns else ""
         return {
+            "workers": args.workers,
+            "client_processes": args.client_processes,
             "connections": n,
             "open_after_connect": open_now,
             "open_at_measure": still_open,
@@ -128,6 +219,8 @@ def report(r: dict[str, Any]) -> str:
     per = r["kib_per_connection"]
     per_kb = per * 1024 / 1000
     rows = [
+        ["gateway workers (one port)", str(r["workers"])],
+        ["client processes", str(r["client_processes"])],
         ["connections (open when measured)", f"{r['connections']:,} ({r['open_at_measure']:,})"],
         ["time to open them", f"{r['connect_seconds']:.1f} s"],
         ["negotiated extension", r["negotiated_extensions"]],
@@ -145,6 +238,13 @@ def report(r: dict[str, Any]) -> str:
             f"per idle connection {per_kb:.1f} KB; target <= 16 KB: {'MET' if ok else 'NOT MET'}",
         ]
     )
+
+
+def gateway_workers(args: argparse.Namespace) -> list[str]:
+    """The gateway's ``--workers`` (and enough connections per worker for the run)."""
+    if args.workers <= 1:
+        return []
+    return ["--workers", str(args.workers)]
 
 
 def raise_nofile(need: int) -> None:
@@ -169,11 +269,26 @@ def main(argv: list[str] | None = None) -> int:
         help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
     )
     parser.add_argument("--gateway-args", default="", help="extra flags for the gateway")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="gateway processes on the one port (the gateway's --workers); its memory is "
+        "summed over them",
+    )
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=0,
+        help="processes holding the client connections (default: one per 15,000)",
+    )
     harness.add_run_options(parser, each=None)
     parser.add_argument("--quick", action="store_true", help="1,000 connections; < 20 s")
     args = parser.parse_args(argv)
     if args.quick:
         args.connections, args.warmup_connections, args.settle = 1000, 50, 1.0
+    if args.client_processes <= 0:
+        args.client_processes = math.ceil(args.connections / 15_000)
     raise_nofile(args.connections + args.warmup_connections + 200)
     started = harness.start_run("connections", args)
     result = asyncio.run(run(args))
