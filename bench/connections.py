@@ -130,7 +130,9 @@ class ClientProcesses:
             mine, theirs = context.Pipe()
             share = urls[i::procs]
             proc = context.Process(
-                target=_client_process, args=(share, compression, parallel // procs or 1, theirs)
+                target=_client_process,
+                args=(share, compression, parallel // procs or 1, theirs),
+                daemon=True,
             )
             proc.start()
             self.pipes.append(mine)
