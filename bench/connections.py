@@ -90,7 +90,7 @@ async def settle(gw: harness.Child, seconds: float) -> int:
     return min(reads)
 
 
-async def _open_lean(url: str, compression: str | None) -> Any:
+async def _open_lean(url: str, compression: str | None, source: str) -> Any:
     """One connection on the end-to-end bench's lean client (websockets' sans-I/O protocol
     on a bare transport: far less client CPU), once its replay marker (type 14) came."""
     from urllib.parse import urlsplit
@@ -108,6 +108,7 @@ async def _open_lean(url: str, compression: str | None) -> Any:
         lambda: LeanConnection(url, compression, on_text),
         parts.hostname or "127.0.0.1",
         parts.port or 80,
+        local_addr=(source, 0),
     )
     await asyncio.wait_for(conn.opened, 120)
     with contextlib.suppress(TimeoutError):  # the marker is only a courtesy wait
@@ -115,9 +116,13 @@ async def _open_lean(url: str, compression: str | None) -> Any:
     return conn
 
 
-def _client_process(urls: list[str], compression: str | None, parallel: int, pipe: Any) -> None:
-    """A client process: open ``urls``, say how many are open, then answer ``count``
-    and ``close`` from the parent (its event loop keeps running: pings are answered)."""
+def _client_process(
+    urls: list[str], compression: str | None, parallel: int, source: str, pipe: Any
+) -> None:
+    """A client process: open ``urls`` from the address ``source``, say how many are open,
+    then answer ``count`` and ``close`` from the parent (its event loop keeps running:
+    pings are answered). Each process has its own 127.0.0.x: one source address has only
+    about 28,000 ephemeral ports toward one server port."""
     raise_nofile(len(urls) + 100)
 
     async def serve() -> None:
@@ -125,7 +130,7 @@ def _client_process(urls: list[str], compression: str | None, parallel: int, pip
 
         async def one(url: str) -> Any:
             async with gate:
-                return await _open_lean(url, compression)
+                return await _open_lean(url, compression, source)
 
         t0 = time.monotonic()
         results = await asyncio.gather(*(one(u) for u in urls), return_exceptions=True)
@@ -161,7 +166,7 @@ class ClientProcesses:
             share = urls[i::procs]
             proc = context.Process(
                 target=_client_process,
-                args=(share, compression, parallel // procs or 1, theirs),
+                args=(share, compression, parallel // procs or 1, f"127.0.0.{i + 2}", theirs),
                 daemon=True,
             )
             proc.start()
