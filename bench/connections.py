@@ -246,7 +246,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "rss_baseline_kib": rss_base,
             "rss_open_kib": rss_open,
             "rss_after_close_kib": rss_closed,
-            "kib_per_connection": (rss_open - rss_base) / n,
+            "kib_per_connection": (rss_open - rss_base) / max(still_open, 1),
             "negotiated_extensions": ext or "none",
             "client_compression": args.client_compression,
         }
