@@ -88,11 +88,13 @@ class Sink:
     async def room(self) -> None:
         return None
 
-    async def follow(self, groups: Collection[int]) -> None:
-        return None
 
-    def unfollow(self, groups: Collection[int]) -> None:
-        return None
+async def _follow(groups: Collection[int]) -> None:
+    return None
+
+
+def _unfollow(groups: Collection[int]) -> None:
+    return None
 
 
 async def _open_store(url: str) -> Any:
@@ -141,6 +143,8 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
             UserId(i + 1),
             store=store,
             slots=slots,
+            follow=_follow,
+            unfollow=_unfollow,
             replay_page=200,
             held_max=1024,
             fill_delay=0.05,
@@ -198,7 +202,7 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
             redis0 = harness.cpu_seconds(redis_pid)
             t0 = time.monotonic()
             if mode == "ends":  # the fan-out's sweep: inbox ends in bulk, nobody behind
-                await fanout.catch_up()
+                await fanout.catch_up.wait()
             else:  # every session reads its inbox (the sweep before it asked the store)
                 for r in replayers:
                     r.catch_up()

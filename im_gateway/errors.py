@@ -5,7 +5,7 @@ All derive from :class:`GatewayError`::
     GatewayError
     ├── ConfigError        a flag, setting or constructor argument is invalid
     ├── StartupError       a dependency (Redis, the listening port) is unusable at start
-    ├── LifecycleError     the gateway used before start() (its id, relay, store)
+    ├── LifecycleError     the gateway used before start() (its id, fan-out, pipeline, store)
     ├── AuthError          a token is missing, malformed, badly signed or expired
     ├── GroupLimitError    a join would break --max-groups-per-user or --max-group-members
     ├── FrameError         a client frame was refused; carries the pinned error code
@@ -33,8 +33,8 @@ class StartupError(GatewayError):
 
 
 class LifecycleError(GatewayError):
-    """The gateway was used in the wrong state: its id, relay or store asked for before
-    ``start()``."""
+    """The gateway was used in the wrong state: its id, fan-out, pipeline or store asked for
+    before ``start()``."""
 
 
 class AuthError(GatewayError):

@@ -1,7 +1,7 @@
 """The fan-out: stored messages to local sockets and to the hub; the hub's pushes to ours.
 
 A :class:`Fanout` knows the local connections (anything that implements
-:class:`Connection`) by user, and the hub link. It knows nothing of how a message was
+:class:`~im_gateway.ports.Connection`) by user, and the hub link. It knows nothing of how a message was
 stored or who asked (a client or the server API): the pipeline hands it each stored
 message with its caller, and the caller's own connection gets the position without the
 frame (it sent the message; it gets type 10).
@@ -13,25 +13,15 @@ full the push is skipped (counted, logged): the message is already in every inbo
 receiving session that sees the next position fills the hole from there.
 
 Large groups. A post stored once (:attr:`~im_gateway.store.Accepted.post`) goes to the
-local connections that follow that group (:meth:`Fanout.follow`, by their replayers,
-which know the user's large groups) and, as one TransmitMap with one share per gateway,
-to the other gateways that follow it; such a share names user 0 with the group seq
-``g<group>:<n>``, and the receiving gateway hands it to its own followers of the group.
-Which gateways follow a group is kept in the store (:meth:`~im_gateway.store.Store.watch`,
-written when a gateway's first follower of a group arrives and refreshed every third of
-the presence TTL, all groups in one call per slot), so a post costs one look-up in the
-group's slot whatever the group's size. A user's join or leave reaches their gateways as
-a :data:`CONTROL_REGROUP` share: their connections read their large groups again.
+local connections that follow that group (:mod:`im_gateway.following`, by their
+replayers, which know the user's large groups) and, as one TransmitMap with one share
+per gateway, to the other gateways that follow it; such a share names user 0 with the
+group seq ``g<group>:<n>``, and the receiving gateway hands it to its own followers of
+the group. A user's join or leave reaches their gateways as a :data:`CONTROL_REGROUP`
+share: their connections read their large groups again.
 
-A leaver sees no post stored after the leave, whatever the order of arrival: the leave's
-control share and a later post may go through different hubs, the post first. So a
-gateway shows a post to its followers of the group only once the store says they are
-still members (:meth:`~im_gateway.store.Store.are_members`, one call for all of this
-gateway's followers of the group); a follower who is not stops following it. Cost: one
-store round trip per post per gateway with followers (not per member), and posts of a
-group that arrive while a check runs share the next one (at most ``SCREEN_HELD_MAX``
-wait; beyond, the followers' hole fills read them). Hole fills and replays of a group's
-stream check the reader's membership after each read, the same way.
+Members only: a gateway shows a post to its followers of the group only once the store
+says they are still members (:mod:`im_gateway.screening`).
 
 Controls. The server API's ``disconnect`` reaches the gateways that hold a user's sockets
 as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub routes it
@@ -42,19 +32,7 @@ From the hub: deliveries are checked as strictly as client frames
 (:mod:`im_gateway.inbound`; a bad one is dropped and counted, the rest go on);
 undeliverable notices clear the stale presence they name; after each (re)connect every
 local session reads its inbox to the end, so pushes missed while the hub was away
-arrive even when nothing follows them.
-
-A lost hub link (the last one, or one of several while others still serve) may have
-swallowed pushes: a hub writes into a stream that went silent until it notices, and so
-does this gateway's link. So every local session reads its inbox to the end when the
-loss is noticed, and once more ``resync_after`` seconds later: by then the hub has
-noticed too (its keepalive deadline) and sends that gateway's shares elsewhere, so what
-it wrote into the dead stream meanwhile is read as well. A session that gets nothing
-more would otherwise wait for the next push to see its hole. Cost: one inbox read per
-session per loss, twice: the store says where 1,000 inboxes end in one round trip, and
-only the sessions behind theirs read (``bench/catch_up.py`` measures a sweep); losses
-close together share the later sweep, and at most one immediate sweep runs per
-``resync_after`` seconds.
+arrive even when nothing follows them (:mod:`im_gateway.catch_up`; so does a lost link).
 """
 
 from __future__ import annotations
@@ -63,10 +41,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Collection
-from typing import Final, Generic, Protocol, TypeVar
+from collections.abc import Collection
+from typing import Final, Generic, TypeVar
 
-from transmit_hub.link import Delivered, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
+from transmit_hub.link import Delivered, LinkDown, LinkLost, LinkUp, NotDelivered
 from transmit_hub.types import (
     Delivery,
     GatewayId,
@@ -79,85 +57,28 @@ from transmit_hub.types import (
 )
 
 from . import frames, inbound
+from .catch_up import CatchUp
 from .close_codes import CLOSE_DISCONNECTED
-from .errors import ConfigError
 from .faults import Faults
+from .following import Following
 from .metrics import GatewayMetrics, NullMetrics
+from .ports import Connection, Link
 from .positions import group_seq
 from .presence import Presence
+from .screening import FROM_HUB, Screen
 from .store import Accepted, Store
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
+C = TypeVar("C", bound=Connection)
+
 CONTROL_DISCONNECT: Final = CLOSE_DISCONNECTED
 """Message type of a control share: close the named users' sockets with the close code of
 the same number (4001)."""
-SWEEP_BATCH: Final = 1000
-"""Users whose inbox ends one store call asks for, in a catch-up sweep."""
-SCREEN_HELD_MAX: Final = 1000
-"""Posts of one large group held while its followers' membership is checked (beyond: the
-followers' hole fills read them)."""
-_FROM_HUB: Final = object()
-"""The caller of a post the hub pushed (not stored here)."""
 CONTROL_REGROUP: Final = 4002
 """Message type of a control share: the named users' large groups changed (read them again)."""
-
-
-class Connection(Protocol):
-    """What the fan-out needs of a local socket (a :class:`~im_gateway.sessions.Session`)."""
-
-    @property
-    def user(self) -> UserId: ...
-
-    def deliver(self, pos: int, text: str) -> None:
-        """A message at inbox position ``pos`` (``text`` is its frame)."""
-        ...
-
-    def own(self, pos: int) -> None:
-        """The connection sent the message at ``pos`` itself."""
-        ...
-
-    def deliver_group(self, group: int, pos: int, text: str) -> None:
-        """A post at ``pos`` in large group ``group``'s stream."""
-        ...
-
-    def own_group(self, group: int, pos: int) -> None:
-        """The connection sent the post at ``pos`` in ``group``'s stream itself."""
-        ...
-
-    def regroup(self, left: int | None = None) -> None:
-        """The user's large groups changed: read them again; ``left``: the user left that
-        group (stop following it at once)."""
-        ...
-
-    def catch_up(self, end: int | None = None) -> None:
-        """Read the inbox to its end (pushes may have been missed); ``end``: the inbox's
-        newest position when known (nothing to read when the connection has it)."""
-        ...
-
-    def rebase(self) -> None:
-        """The store lost its data: inbox positions start again from 1."""
-        ...
-
-    def disconnect(self, code: int, reason: str) -> None:
-        """Close the socket with ``code``."""
-        ...
-
-
-C = TypeVar("C", bound=Connection)
-
-
-class Link(Protocol):
-    """The part of :class:`transmit_hub.link.HubLink` the fan-out uses."""
-
-    @property
-    def connected(self) -> bool: ...
-
-    def send(self, tmap: TransmitMap) -> bool: ...
-
-    def events(self) -> AsyncIterator[LinkEvent]: ...
 
 
 class Fanout(Generic[C]):
@@ -187,8 +108,6 @@ class Fanout(Generic[C]):
         the end at once and again this many seconds later (the time a hub may take to
         notice the dead stream; the gateway gives it its ``--hub-resend-window``).
         """
-        if resync_after <= 0:
-            raise ConfigError("resync_after must be positive")
         self.gateway_id = gateway_id
         self._store = store
         self._link = link
@@ -196,30 +115,15 @@ class Fanout(Generic[C]):
         self._presence = presence
         self._max_content = max_content
         self._faults = faults
-        self._resync_after = resync_after
-        self._resync: asyncio.TimerHandle | None = None
-        self._swept_at = float("-inf")
-        self._sweep: asyncio.Task[None] | None = None
-        self._sweep_again = False
-        self._sweep_failed = Throttled(
-            logger, "reading inbox ends for a catch-up failed %d times; every session reads"
-        )
         self._metrics = metrics if metrics is not None else NullMetrics()
         self._sessions: dict[UserId, list[C]] = {}
-        self._groups: dict[int, list[C]] = {}
-        """Large group -> the local connections that follow it."""
-        self._follows: dict[C, set[int]] = {}
-        self._watch_ttl = watch_ttl
-        self._watcher: asyncio.Task[None] | None = None
-        self._unwatching: set[asyncio.Task[None]] = set()
-        self._watch_failed = Throttled(
-            logger, "marking followed groups in the store failed %d times"
-        )
-        self._screening: dict[int, list[tuple[int, str, int, object]]] = {}
-        """Large group -> posts waiting for its followers' membership check."""
-        self._screeners: set[asyncio.Task[None]] = set()
-        self._screen_failed = Throttled(
-            logger, "checking followers' group membership failed %d times (posts held back)"
+        self.following = Following[C](gateway_id, store=store, watch_ttl=watch_ttl)
+        """Which local connections follow which large groups (a session's ``Groups``)."""
+        self._groups = self.following.groups
+        self.catch_up = CatchUp(self._sessions, store=store, resync_after=resync_after)
+        """Every local session reads its inbox to the end (after a hub link's loss or return)."""
+        self._screen = Screen(
+            self._groups, store=store, unfollow=self.following.unfollow, metrics=self._metrics
         )
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -248,132 +152,7 @@ class Fanout(Generic[C]):
             sessions.remove(connection)
         if not sessions:
             del self._sessions[connection.user]
-        followed = self._follows.get(connection)
-        if followed:
-            self.unfollow(connection, list(followed))
-
-    async def follow(self, connection: C, groups: Collection[int]) -> None:
-        """Live posts of these large groups go to ``connection`` from now on; returns
-        once the store names this gateway for each of them."""
-        mine = self._follows.setdefault(connection, set())
-        new = []
-        for group in groups:
-            if group in mine:
-                continue
-            mine.add(group)
-            followers = self._groups.get(group)
-            if followers is None:
-                followers = self._groups[group] = []
-                new.append(group)
-            followers.append(connection)
-        if new:
-            await self._store.watch(self.gateway_id, new)
-
-    def unfollow(self, connection: C, groups: Collection[int]) -> None:
-        """No more live posts of these groups to ``connection``."""
-        mine = self._follows.get(connection)
-        if mine is None:
-            return
-        unwatched = []
-        for group in groups:
-            if group not in mine:
-                continue
-            mine.discard(group)
-            followers = self._groups.get(group)
-            if followers is not None:
-                with contextlib.suppress(ValueError):
-                    followers.remove(connection)
-                if not followers:
-                    del self._groups[group]
-                    unwatched.append(group)
-        if not mine:
-            del self._follows[connection]
-        if unwatched:
-            task = asyncio.get_running_loop().create_task(self._unwatch(unwatched))
-            self._unwatching.add(task)
-            task.add_done_callback(self._unwatching.discard)
-
-    async def _unwatch(self, groups: list[int]) -> None:
-        try:
-            await self._store.unwatch(self.gateway_id, [g for g in groups if g not in self._groups])
-        except Exception as exc:  # the mark expires by itself
-            self._watch_failed.hit(exc=exc)
-
-    async def _watch_loop(self) -> None:
-        """Refresh this gateway's marks on the groups it follows, all in one call per slot."""
-        interval = max(self._watch_ttl / 3.0, 0.05)
-        while True:
-            await asyncio.sleep(interval)
-            if not self._groups:
-                continue
-            try:
-                await self._store.watch(self.gateway_id, list(self._groups))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._watch_failed.hit(exc=exc)
-
-    # --- large group posts to followers, members only -----------------------------------
-
-    def _screen(self, group: int, pos: int, text: str, sent_ms: int, caller: object) -> None:
-        """A post of large ``group`` for its followers here, once the store says they
-        are still members: a leaver's notice (a control share) may come through another
-        hub than the post and arrive after it, so the post itself is checked. Posts that
-        arrive while a check runs wait for the next one (one check covers them all)."""
-        waiting = self._screening.get(group)
-        if waiting is not None:
-            if len(waiting) < SCREEN_HELD_MAX:
-                waiting.append((pos, text, sent_ms, caller))
-            # else: dropped; the followers' cursors see the hole and fill it (checked too)
-            return
-        self._screening[group] = [(pos, text, sent_ms, caller)]
-        task = asyncio.get_running_loop().create_task(self._screen_loop(group))
-        self._screeners.add(task)
-        task.add_done_callback(self._screeners.discard)
-
-    async def _screen_loop(self, group: int) -> None:
-        """Check the followers' membership of ``group`` (one store call for all of them)
-        and deliver the waiting posts to the members; the rest stop following it."""
-        try:
-            while True:
-                posts = self._screening.get(group)
-                if not posts:
-                    return
-                self._screening[group] = []  # posts arriving from now wait for the next check
-                users = sorted({c.user for c in self._groups.get(group, ())})
-                if not users:
-                    continue
-                try:
-                    found = await self._store.are_members(group, users)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:  # not shown: the cursors fill the hole later
-                    self._screen_failed.hit(exc=exc)
-                    continue
-                gone = {user for user, member in zip(users, found, strict=True) if not member}
-                followers = list(self._groups.get(group, ()))
-                for connection in followers:
-                    if connection.user in gone:
-                        connection.regroup(group)
-                        self.unfollow(connection, (group,))
-                checked = set(users)  # (a follower since then fills its hole itself)
-                kept = [c for c in followers if c.user in checked and c.user not in gone]
-                if not kept:
-                    continue
-                for pos, text, sent_ms, caller in posts:
-                    for connection in kept:
-                        if connection is not caller:
-                            connection.deliver_group(group, pos, text)
-                    if caller is not _FROM_HUB:  # stored here
-                        self._metrics.pushed_local(sent_ms)
-                    else:
-                        self._metrics.pushed(sent_ms)
-        finally:
-            self._screening.pop(group, None)
-
-    def followers(self, group: int) -> list[C]:
-        """The local connections that follow large group ``group``."""
-        return list(self._groups.get(group, ()))
+        self.following.discard(connection)
 
     def sessions(self) -> list[C]:
         """Every local connection."""
@@ -393,17 +172,14 @@ class Fanout(Generic[C]):
     async def start(self) -> None:
         """Start consuming the hub link's events."""
         self._task = asyncio.create_task(self._event_loop(), name="fanout-link-events")
-        self._watcher = asyncio.create_task(self._watch_loop(), name="fanout-group-marks")
+        self.following.start()
 
     async def close(self) -> None:
         """Stop consuming the link's events; idempotent."""
-        if self._resync is not None:
-            self._resync.cancel()
-            self._resync = None
-        await cancel_and_wait(
-            self._sweep, self._task, self._watcher, *self._unwatching, *self._screeners
-        )
-        self._sweep = self._task = self._watcher = None
+        await self.catch_up.close()
+        await self.following.close()
+        await cancel_and_wait(self._task, *self._screen.tasks)
+        self._task = None
 
     # --- stored messages out ------------------------------------------------------------
 
@@ -460,9 +236,9 @@ class Fanout(Generic[C]):
                     connection.own_group(post.group, post.position)
                 else:
                     others += 1
-            if others:  # shown once the store says they are still members (see _screen)
+            if others:  # shown once the store says they are still members (see screening.py)
                 text = frames.encode_message(accepted.message, post.seq)
-                self._screen(post.group, post.position, text, accepted.message.time, caller)
+                self._screen.post(post.group, post.position, text, accepted.message.time, caller)
         if caller not in followers:
             # A sender that does not follow the group yet (it joined a moment ago): its
             # connection notes the position, so the fill does not send its own post back.
@@ -570,83 +346,23 @@ class Fanout(Generic[C]):
                             raise
                         except Exception as exc:
                             self._reassert_failed.hit(exc=exc)
-                    self._catch_up()
+                    self.catch_up.now()
                 elif isinstance(event, LinkLost):
                     logger.info(
                         "hub link to %s lost (%s): local sessions catch up",
                         event.hub,
                         event.reason,
                     )
-                    self._lost()
+                    self.catch_up.lost()
                 elif isinstance(event, LinkDown):
                     # Pushes are missed from now on; the next LinkUp reads every inbox to
                     # its end (above). What the hub wrote into the dead stream is read now.
                     logger.info("hub link down: %s", event.reason)
-                    self._lost()
+                    self.catch_up.lost()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("handling a hub event failed")
-
-    async def catch_up(self) -> None:
-        """Every local session reads its inbox to the end, as after a lost or restored hub
-        link; returns once every session behind has been asked to read."""
-        self._catch_up()
-        if self._sweep is not None:
-            await asyncio.wait([self._sweep])
-
-    def _catch_up(self) -> None:
-        """Every local session reads its inbox to the end (pushes may have been missed):
-        a sweep in the background; one asked for while one runs runs again after it."""
-        if self._sweep is not None and not self._sweep.done():
-            self._sweep_again = True
-            return
-        self._sweep = asyncio.create_task(self._sweep_all(), name="fanout-catch-up")
-
-    async def _sweep_all(self) -> None:
-        """Ask the store for the inbox ends of ``SWEEP_BATCH`` users at a time (one round
-        trip per node) and make only the sessions behind them read: an idle session costs
-        a few microseconds, not an inbox read. When the store cannot say, every session
-        of the batch reads."""
-        while True:
-            self._sweep_again = False
-            users = list(self._sessions)
-            for start in range(0, len(users), SWEEP_BATCH):
-                batch = users[start : start + SWEEP_BATCH]
-                ends: list[int] | None
-                try:
-                    ends = await self._store.inbox_ends(batch)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self._sweep_failed.hit(exc=exc)
-                    ends = None
-                sessions = self._sessions
-                for i, user in enumerate(batch):
-                    end = None if ends is None else ends[i]
-                    for session in sessions.get(user, ()):
-                        session.catch_up(end)
-            if not self._sweep_again:
-                return
-
-    def _lost(self) -> None:
-        """A hub link was lost: catch up now, and once more ``resync_after`` s later.
-
-        Bounded: at most one immediate sweep per ``resync_after`` seconds (a flapping hub
-        does not keep every session reading), since the later sweep, pushed back to
-        ``resync_after`` after the last loss, reads whatever the skipped ones would have.
-        """
-        now = time.monotonic()
-        if now - self._swept_at >= self._resync_after:
-            self._swept_at = now
-            self._catch_up()
-        if self._resync is not None:
-            self._resync.cancel()  # one later read covers losses close together
-        self._resync = asyncio.get_running_loop().call_later(self._resync_after, self._resynced)
-
-    def _resynced(self) -> None:
-        self._resync = None
-        self._catch_up()
 
     def _deliver(self, delivery: Delivery) -> None:
         if delivery.message.type == CONTROL_DISCONNECT:
@@ -673,7 +389,7 @@ class Fanout(Generic[C]):
                 return
             if group in self._groups:
                 text = frames.encode_message(delivery.message, group_seq(group, pos))
-                self._screen(group, pos, text, delivery.message.time, _FROM_HUB)
+                self._screen.post(group, pos, text, delivery.message.time, FROM_HUB)
             return
         good, bad = inbound.recipients(delivery)
         if bad:

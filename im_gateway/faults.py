@@ -7,7 +7,8 @@ step, which no outside signal can hit reliably. ``IM_GATEWAY_FAULTS`` is a comma
   before any of its answers (type 10) or pushes go out.
 - ``drop-push:N``: the N-th TransmitMap toward the hub is dropped instead of sent.
 
-Nothing here runs when the variable is unset (the relay checks one attribute).
+Nothing here runs when the variable is unset (the pipeline and the fan-out check one
+attribute).
 """
 
 from __future__ import annotations

@@ -1,10 +1,17 @@
 """The gateway: the composition root, and the lifecycle of its parts.
 
-``Gateway`` wires the parts together and owns their lifecycles::
+``Gateway`` wires the parts together and owns their lifecycles. A message's way::
 
-    clients --WebSocket--> Session --> Relay --> Store (Redis)
-                                         |  \\--> HubPool --> transmit hubs
-                              Presence <-+
+    Session --submit--> Pipeline --store.submit--> Store (Redis)
+       ^                   |  \\--settled/failed--> the caller (type 10 / 99, or an API reply)
+       |                   v
+       +--deliver/own-- Fanout --TransmitMap--> HubPool ==> transmit hubs ==> other gateways
+                           ^------ Delivered / NotDelivered / LinkUp --- hub link
+
+Sessions and the server API are two kinds of callers of one
+:class:`~im_gateway.pipeline.Pipeline`; the :class:`~im_gateway.fanout.Fanout` knows only
+the small :class:`~im_gateway.ports.Connection` protocol of a socket, so neither calls
+back into the other. A session is given both (its ``Submit`` and ``Groups`` protocols).
 
 One port for WebSocket users and a few plain HTTP endpoints: the HTTP answers and the
 admission of an upgrade are in :mod:`im_gateway.http`, the connection class (the only
@@ -29,9 +36,12 @@ from .api import ApiServer
 from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
 from .errors import LifecycleError, StartupError
+from .fanout import Fanout
+from .keepalive import sweep_idle
+from .pipeline import Pipeline
+from .ports import Link
 from .presence import Presence
-from .relay import Link, Relay
-from .sessions import Session, SessionLimits, sweep_idle
+from .sessions import Session, SessionLimits
 from .store import Store, open_store
 from .tasks import cancel_and_wait
 
@@ -59,7 +69,8 @@ class Gateway(AsyncLifecycle):
         self._link: Link | None = link
         self._hub_link: HubPool | None = None
         self._server: Server | None = None
-        self._relay: Relay | None = None
+        self._fanout: Fanout[Session] | None = None
+        self._pipeline: Pipeline | None = None
         self._api: ApiServer | None = None
         self._presence: Presence | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -133,10 +144,18 @@ class Gateway(AsyncLifecycle):
         return self._link
 
     @property
-    def relay(self) -> Relay:
-        if self._relay is None:
+    def fanout(self) -> Fanout[Session]:
+        """The local sessions by user, and the route of stored messages."""
+        if self._fanout is None:
             raise LifecycleError("the gateway is not started")
-        return self._relay
+        return self._fanout
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The batches of messages into the store."""
+        if self._pipeline is None:
+            raise LifecycleError("the gateway is not started")
+        return self._pipeline
 
     @property
     def store(self) -> Store:
@@ -164,8 +183,8 @@ class Gateway(AsyncLifecycle):
     def _store_lost(self) -> None:
         """The store lost its data (a Redis restarted without persistence): inbox positions
         start from 1 again, so every session starts over from 0."""
-        if self._relay is not None:
-            for session in self._relay.sessions():
+        if self._fanout is not None:
+            for session in self._fanout.sessions():
                 session.rebase()
 
     async def _start(self, cfg: GatewayConfig) -> None:
@@ -222,22 +241,30 @@ class Gateway(AsyncLifecycle):
             self._link = self._hub_link
         self._presence = Presence(store, gateway_id, ttl=cfg.presence_ttl, on_lost=self._store_lost)
         await self._presence.start()
-        self._relay = Relay(
+        hooks = faults.from_env()
+        self._fanout = fanout = Fanout[Session](
             gateway_id=gateway_id,
             store=store,
             link=self._link,
-            queue_size=cfg.relay_queue,
-            batch_size=cfg.batch_size,
-            linger=cfg.batch_linger,
             forget_grace=cfg.forget_grace,
             presence=self._presence,
             max_content=cfg.max_content,
-            faults=faults.from_env(),
+            faults=hooks,
             resync_after=cfg.hub_resend_window,
             watch_ttl=cfg.presence_ttl,
             metrics=self.metrics,
         )
-        await self._relay.start()
+        self._pipeline = pipeline = Pipeline(
+            store=store,
+            route=fanout,
+            queue_size=cfg.relay_queue,
+            batch_size=cfg.batch_size,
+            linger=cfg.batch_linger,
+            faults=hooks,
+            metrics=self.metrics,
+        )
+        await pipeline.start()
+        await fanout.start()
         if cfg.api_listen is not None and cfg.api_key is not None:
             api_host, api_port = parse_host_port(cfg.api_listen, "--api-listen")
             self._api = ApiServer(
@@ -245,8 +272,8 @@ class Gateway(AsyncLifecycle):
                 port=api_port,
                 key=cfg.api_key,
                 store=store,
-                pipeline=self._relay.pipeline,
-                fanout=self._relay.fanout,
+                pipeline=pipeline,
+                fanout=fanout,
                 max_content=cfg.max_content,
                 max_users=cfg.api_max_users,
                 max_body=cfg.api_max_body,
@@ -267,7 +294,7 @@ class Gateway(AsyncLifecycle):
         self._slots = asyncio.Semaphore(cfg.store_concurrency)
         self._sweeper = asyncio.create_task(
             sweep_idle(
-                self._relay.sessions,
+                fanout.sessions,
                 cfg.idle_timeout,
                 ping_interval=cfg.ping_interval,
                 ping_timeout=cfg.ping_timeout,
@@ -291,7 +318,8 @@ class Gateway(AsyncLifecycle):
         )
 
     async def close(self) -> None:
-        """Close every socket (1001), then the relay, presence, hub link and store."""
+        """Close every socket (1001), then the fan-out, the pipeline, presence, hub link and
+        store."""
         if self._closing:
             await self._closed.wait()
             return
@@ -300,10 +328,10 @@ class Gateway(AsyncLifecycle):
             await cancel_and_wait(self._sweeper)
             if self._server is not None:
                 self._server.server.close()  # stop accepting
-                if self._relay is not None:
+                if self._fanout is not None:
                     # Close sessions with a deadline (websockets waits forever on a
                     # client that does not read), then let websockets finish the rest.
-                    sessions = self._relay.sessions()
+                    sessions = self._fanout.sessions()
                     await asyncio.gather(
                         *(
                             s.close_socket(CLOSE_GOING_AWAY, "gateway shutting down")
@@ -315,8 +343,10 @@ class Gateway(AsyncLifecycle):
                 await self._server.wait_closed()
             if self._api is not None:
                 await self._api.close()
-            if self._relay is not None:
-                await self._relay.close()
+            if self._fanout is not None:
+                await self._fanout.close()
+            if self._pipeline is not None:  # (frames still queued are answered ``internal``)
+                await self._pipeline.close()
             if self._presence is not None:
                 await self._presence.close(detach=True)
             if self._hub_link is not None:
@@ -350,14 +380,14 @@ class Gateway(AsyncLifecycle):
         deadline = loop.time() + timeout
         self._draining = self.metrics.draining = True
         self._server.server.close()  # the listening port closes
-        sessions = self._relay.sessions() if self._relay is not None else []
+        sessions = self._fanout.sessions() if self._fanout is not None else []
         logger.info("draining: %d connections to close with 1012", len(sessions))
         for session in sessions:
             session.drain()
-        relay = self._relay
+        pipeline = self._pipeline
 
         def answered() -> bool:
-            pipeline_idle = relay is None or relay.pipeline.idle
+            pipeline_idle = pipeline is None or pipeline.idle
             return pipeline_idle and all(s.settled_down for s in sessions)
 
         try:
@@ -411,17 +441,18 @@ class Gateway(AsyncLifecycle):
             configured_hubs=self.config.hubs,
             hubs=self._hub_link.hubs if self._hub_link is not None else None,
             redis_error=redis_error,
-            connections=self._relay.connections if self._relay is not None else 0,
+            connections=self._fanout.connections if self._fanout is not None else 0,
         )
 
     # --- WebSocket --------------------------------------------------------------------
 
     async def _handle(self, connection: ServerConnection) -> None:
-        relay, presence = self._relay, self._presence
+        fanout, pipeline, presence = self._fanout, self._pipeline, self._presence
         if (
             not isinstance(connection, ws.Connection)
             or connection.user is None
-            or relay is None
+            or fanout is None
+            or pipeline is None
             or presence is None
             or self._store is None
         ):
@@ -436,13 +467,14 @@ class Gateway(AsyncLifecycle):
             connection,
             user,
             store=self._store,
-            router=relay,
+            pipeline=pipeline,
+            groups=fanout,
             limits=self._limits,
             slots=self._slots,
             group_rights=connection.group_rights or self._front.rights,
             metrics=self.metrics,
         )
-        relay.add(session)
+        fanout.add(session)
         try:
             await presence.add(user)
             session.start()
@@ -450,7 +482,7 @@ class Gateway(AsyncLifecycle):
             await session.run()
         finally:
             connection.receive_now = None
-            relay.discard(session)
+            fanout.discard(session)
             presence.remove(user)
             with contextlib.suppress(Exception):
                 await session.close()

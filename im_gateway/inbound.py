@@ -3,7 +3,7 @@
 A gateway never trusts a hub more than a client (DESIGN.md, "identity and TLS"): a
 delivery whose message breaks a limit (type, ids, content size, UTF-8) is refused whole,
 and a recipient whose user id or inbox position is malformed is refused alone. The
-relay drops what is refused, counts it and logs it (throttled); the other deliveries of
+fan-out drops what is refused, counts it and logs it (throttled); the other deliveries of
 the same frame go on.
 """
 

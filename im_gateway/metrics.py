@@ -49,10 +49,7 @@ class _Queue(Protocol):
 
 
 class _Local(Protocol):
-    """What the gauges read of the gateway's local side (the relay)."""
-
-    @property
-    def queued(self) -> int: ...
+    """What the gauges read of the gateway's local sessions (its fan-out)."""
 
     def sessions(self) -> Sequence[_Queue]: ...
 
@@ -62,7 +59,10 @@ class Watched(Protocol):
     is one); a protocol, so that this module imports nothing that imports it."""
 
     @property
-    def relay(self) -> _Local: ...
+    def fanout(self) -> _Local: ...
+
+    @property
+    def pipeline(self) -> _Queue: ...
 
     @property
     def hub_link(self) -> _HubLink | None: ...
@@ -402,17 +402,18 @@ def _labelled(
 
 def _gateway_gauges(gateway: Watched) -> Iterator[Metric]:
     try:
-        relay: _Local | None = gateway.relay
+        local: _Local | None = gateway.fanout
+        pipeline: _Queue | None = gateway.pipeline
     except RuntimeError:  # not started yet
-        relay = None
-    sessions = relay.sessions() if relay is not None else []
+        local = pipeline = None
+    sessions = local.sessions() if local is not None else []
     yield GaugeMetricFamily(
         "im_gateway_connections", "Open WebSocket connections.", value=len(sessions)
     )
     yield GaugeMetricFamily(
         "im_gateway_pipeline_queued",
         "Messages waiting for the store batch worker.",
-        value=relay.queued if relay is not None else 0,
+        value=pipeline.queued if pipeline is not None else 0,
     )
     queued = [s.queued for s in sessions]
     yield GaugeMetricFamily(

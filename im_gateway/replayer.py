@@ -4,7 +4,10 @@ for, and hole fills, around the pure :class:`~im_gateway.cursor.Cursor`.
 A :class:`Replayer` is the I/O half of a session's position logic: the cursor decides
 what to send and whether to read; the replayer reads the store (one task per connection
 at most, pages of ``replay_page`` entries, the store calls bounded by the gateway-wide
-``slots``), and hands every frame to its :class:`Outlet` (the session's socket writer).
+``slots``; the reads themselves are its :class:`~im_gateway.streams.Streams` half), and
+hands every frame to its :class:`~im_gateway.streams.Outlet` (the session's
+:class:`~im_gateway.writer.Writer`). It knows nothing of the session: the fan-out's pushes
+come to it directly, and it follows large groups through two callables it is given.
 
 - A hole is read after ``fill_delay`` seconds, so pushes that only arrive out of order
   cost nothing; after a failed read, not before a second.
@@ -31,44 +34,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol
 
 from transmit_hub.types import UserId
 
 from . import frames
-from .cursor import Cursor
-from .metrics import GatewayMetrics, NullMetrics
+from .metrics import GatewayMetrics
 from .ratelimit import TokenBucket
-from .store import InboxPage, Store
+from .store import Store
+from .streams import Outlet, Streams
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
 _replay_failed = Throttled(logger, "inbox reads failed %d times (replays and hole fills)")
-
-
-class Outlet(Protocol):
-    """Where a replayer's frames go (a session)."""
-
-    @property
-    def closing(self) -> bool: ...
-
-    def push(self, text: str) -> bool: ...
-
-    async def room(self) -> None:
-        """Wait until the frames already pushed have drained (flow control for pages)."""
-        ...
-
-    async def follow(self, groups: Collection[int]) -> None:
-        """Live posts of these large groups should reach this connection from now on."""
-        ...
-
-    def unfollow(self, groups: Collection[int]) -> None:
-        """No more live posts of these groups (the user left them)."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,27 +64,17 @@ class _ReplayRequest:
     regroup: bool = False
 
 
-class Replayer:
-    """One connection's inbox reads (see the module docstring)."""
+class Replayer(Streams):
+    """One connection's inbox reads (see the module docstring): what to read when."""
 
     __slots__ = (
         "_budget",
-        "_cursor",
         "_fill_delay",
         "_fill_timer",
-        "_groups",
-        "_hold_max",
         "_loop",
-        "_metrics",
-        "_out",
-        "_page",
-        "_pending_own",
         "_reader",
         "_requests",
         "_retry_at",
-        "_slots",
-        "_store",
-        "_user",
     )
 
     def __init__(
@@ -113,27 +84,28 @@ class Replayer:
         *,
         store: Store,
         slots: asyncio.Semaphore,
+        follow: Callable[[Collection[int]], Awaitable[None]],
+        unfollow: Callable[[Collection[int]], None],
         replay_page: int,
         held_max: int,
         fill_delay: float,
         replay_budget: int,
         metrics: GatewayMetrics | None = None,
     ) -> None:
-        self._metrics = metrics if metrics is not None else NullMetrics()
-        self._out = out
-        self._user = user
-        self._store = store
-        self._slots = slots
-        self._page = replay_page
+        super().__init__(
+            out,
+            user,
+            store=store,
+            slots=slots,
+            follow=follow,
+            unfollow=unfollow,
+            replay_page=replay_page,
+            held_max=held_max,
+            metrics=metrics,
+        )
         self._fill_delay = fill_delay
         self._loop = asyncio.get_running_loop()
         self._budget = TokenBucket(replay_budget / 60.0, replay_budget, self._loop.time())
-        self._hold_max = held_max
-        self._cursor: Cursor[str] = Cursor(hold_max=held_max)
-        self._groups: dict[int, Cursor[str]] = {}
-        """A cursor per large group's stream the user reads."""
-        self._pending_own: dict[int, list[int]] | None = None
-        """Positions this connection posted in groups it does not follow yet (bounded)."""
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
@@ -143,15 +115,6 @@ class Replayer:
     def replaying(self) -> bool:
         """True while a replay or a hole fill is running or queued."""
         return self._reader is not None or bool(self._requests)
-
-    @property
-    def position(self) -> int:
-        """Everything up to this inbox position is delivered on this connection."""
-        return self._cursor.last
-
-    def follows(self, group: int) -> bool:
-        """True when this connection reads ``group``'s stream (the user is a member)."""
-        return group in self._groups
 
     def ask(self, after: int | None, group: int | None = None) -> bool:
         """The client asks for what came after ``after`` (type 14) in its inbox or in
@@ -171,7 +134,7 @@ class Replayer:
         """The user's large groups may have changed: read them again (in the background);
         ``left``: the user left that group, so its posts stop now."""
         if left is not None and self._groups.pop(left, None) is not None:
-            self._out.unfollow([left])
+            self._unfollow([left])
         if not self._cursor.ready:
             return  # the connect replay reads them
         if any(r.regroup for r in self._requests[1:]):
@@ -188,7 +151,7 @@ class Replayer:
 
     # --- pushes -------------------------------------------------------------------------
 
-    def live(self, pos: int, text: str) -> None:
+    def deliver(self, pos: int, text: str) -> None:
         """A pushed message at inbox position ``pos``: sent in order, repeats dropped."""
         if self._out.closing:
             return
@@ -208,7 +171,11 @@ class Replayer:
         if cursor.wants_fill:
             self._want_fill()
 
-    def live_group(self, group: int, pos: int, text: str, *, own: bool = False) -> None:
+    def own_group(self, group: int, pos: int) -> None:
+        """This connection sent the post at ``pos`` in ``group``'s stream (it got type 10)."""
+        self.deliver_group(group, pos, "", own=True)
+
+    def deliver_group(self, group: int, pos: int, text: str, *, own: bool = False) -> None:
         """A post at ``pos`` in large group ``group``'s stream (``own``: this connection
         sent it and got type 10): in order per stream, repeats dropped."""
         cursor = self._groups.get(group)
@@ -227,9 +194,6 @@ class Replayer:
             self._out.push(frame)
         if cursor.wants_fill:
             self._want_fill()
-
-    def _wants_fill(self) -> bool:
-        return self._cursor.wants_fill or any(c.wants_fill for c in self._groups.values())
 
     def _want_fill(self) -> None:
         if self._reader is not None or self._fill_timer is not None:
@@ -333,68 +297,6 @@ class Replayer:
         if self._reader is None and not self._out.closing and self._requests:
             self._reader = self._loop.create_task(self._read_loop())
 
-    async def _read(self, after: int) -> tuple[InboxPage, bool]:
-        limit = self._page
-        async with self._slots:
-            page = await self._store.read_inbox(self._user, after, limit)
-        await self._out.room()
-        return page, len(page.entries) < limit
-
-    async def _fill(self) -> bool:
-        """Read one page after the cursor; True when positions turned out trimmed."""
-        cursor = self._cursor
-        page, complete = await self._read(cursor.begin_fill())
-        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-        result = cursor.filled(entries, page.last, complete=complete)
-        for frame in result.send:
-            self._out.push(frame)
-        return result.trimmed
-
-    async def _fill_group(self, group: int) -> bool:
-        """Read one page of ``group``'s stream after its cursor; True when trimmed."""
-        cursor = self._groups[group]
-        limit = self._page
-        async with self._slots:
-            page = await self._store.read_group(group, cursor.begin_fill(), limit)
-            member = await self._store.is_member(group, self._user)  # after: covers the page
-        await self._out.room()
-        if self._groups.get(group) is not cursor:
-            return False  # the user left that group meanwhile
-        if not member:  # left, and the notice has not come yet
-            self.regroup(group)
-            return False
-        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-        result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
-        for frame in result.send:
-            self._out.push(frame)
-        return result.trimmed
-
-    async def _follow(self) -> dict[int, int]:
-        """Read the user's large groups and their positions; make a cursor for each new
-        one, drop those of groups the user left, and follow them. Returns the positions of
-        those whose cursor has not started (new ones)."""
-        async with self._slots:
-            found = {s.group: s.position for s in await self._store.streams(self._user, 0)}
-        gone = [g for g in self._groups if g not in found]
-        if gone:
-            for g in gone:
-                del self._groups[g]
-            self._out.unfollow(gone)
-        # New groups, and those whose start an earlier attempt did not reach.
-        fresh = {
-            g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
-        }
-        pending, self._pending_own = self._pending_own or {}, None
-        for g in fresh:
-            cursor = self._groups.get(g)
-            if cursor is None:
-                cursor = self._groups[g] = Cursor[str](hold_max=self._hold_max)
-            for pos in pending.get(g, ()):
-                cursor.own(pos)
-        if fresh:
-            await self._out.follow(list(fresh))
-        return fresh
-
     async def _regroup(self) -> None:
         for group, pos in (await self._follow()).items():
             cursor = self._groups[group]
@@ -438,41 +340,6 @@ class Replayer:
             if sent % self._page == 0:
                 await self._out.room()
         self._out.push(frames.encode_replay_end(self._cursor.last, truncated=trimmed))
-
-    def _stream_cursor(self, key: int | None) -> Cursor[str]:
-        return self._cursor if key is None else self._groups[key]
-
-    async def _read_pages(
-        self, keys: list[int | None], buffers: dict[int | None, collections.deque[str]]
-    ) -> bool:
-        """A page of each stream in ``keys`` after its cursor, into its buffer; the groups
-        in one call. True when positions turned out trimmed."""
-        limit = self._page
-        reads = {k: self._groups[k].begin_fill() for k in keys if k is not None}
-        inbox_after = self._cursor.begin_fill() if None in keys else None
-        async with self._slots:
-            pages: dict[int | None, InboxPage] = {}
-            if inbox_after is not None:
-                pages[None] = await self._store.read_inbox(self._user, inbox_after, limit)
-            if reads:
-                for group, page in (await self._store.read_groups(reads, limit)).items():
-                    pages[group] = page
-                # Read after the pages, so a leave before any of their posts shows here.
-                still = {s.group for s in await self._store.streams(self._user, 0)}
-                for group in reads:
-                    if group not in still and group in self._groups:
-                        self.regroup(group)
-        await self._out.room()
-        trimmed = False
-        for key, page in pages.items():
-            if key is not None and key not in self._groups:
-                continue  # the user left that group meanwhile
-            cursor = self._stream_cursor(key)
-            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-            result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
-            buffers[key].extend(result.send)
-            trimmed = trimmed or result.trimmed
-        return trimmed
 
     async def _replay(self, request: _ReplayRequest) -> None:
         """A replay the client asked for (type 14), of the inbox or of a group's stream."""

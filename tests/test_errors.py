@@ -156,9 +156,15 @@ def test_a_hub_used_before_start_says_so() -> None:
 
 
 def test_a_gateway_used_before_start_says_so() -> None:
-    """The store, relay and id of a gateway not started are a LifecycleError."""
+    """The store, fan-out, pipeline and id of a gateway not started are a LifecycleError."""
     gateway = Gateway(GatewayConfig(listen="127.0.0.1:0", jwt_secret="x" * 32))
-    for read in (lambda: gateway.store, lambda: gateway.relay, lambda: gateway.gateway_id):
+    reads = (
+        lambda: gateway.store,
+        lambda: gateway.fanout,
+        lambda: gateway.pipeline,
+        lambda: gateway.gateway_id,
+    )
+    for read in reads:
         with pytest.raises(im_gateway.LifecycleError):
             read()
 

@@ -157,10 +157,10 @@ async def test_a_client_that_does_not_read_is_disconnected_and_recovers(
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.connect(("127.0.0.1", gw.port))
     stalled = await connect(f"ws://127.0.0.1:{gw.port}/ws?token={token(B)}", sock=sock, max_queue=1)
-    await wait_until(lambda: gw.relay.connections == 2, what="B's session")
+    await wait_until(lambda: gw.fanout.connections == 2, what="B's session")
     sent = []
     i = 0
-    while gw.relay.connections == 2:
+    while gw.fanout.connections == 2:
         ack = await a.say(B, f"{i:05d}" + "y" * 16000)
         assert ack["type"] == 10, ack
         sent.append(ack["msgId"])

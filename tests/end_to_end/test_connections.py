@@ -26,7 +26,7 @@ async def test_idle_connections_are_closed_and_busy_ones_kept(
     assert silent.ws.close_code == 1000
     assert silent.ws.close_reason == "idle timeout"
     assert not chatty.closed.done()
-    await wait_until(lambda: gw.relay.connections == 1, what="the idle session to go")
+    await wait_until(lambda: gw.fanout.connections == 1, what="the idle session to go")
 
 
 async def test_heartbeat_and_websocket_ping_are_answered(

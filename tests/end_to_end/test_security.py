@@ -244,7 +244,7 @@ async def test_gateway_total_is_capped_with_503_and_slots_come_back(
         assert "--max-connections" in body["reason"]
         await clients.pop().close()
         await wait_until(
-            lambda: gw.relay.connections == 2, what="the closed connection to be released"
+            lambda: gw.fanout.connections == 2, what="the closed connection to be released"
         )
 
         async def admitted() -> bool:

@@ -1,4 +1,4 @@
-"""Fakes at the gateway's boundaries: a WebSocket, a router and a hub link."""
+"""Fakes at the gateway's boundaries: a WebSocket, a pipeline and fan-out, and a hub link."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from websockets.exceptions import ConnectionClosedOK
 
 from im_gateway import frames
 from im_gateway.ids import MessageIds
+from im_gateway.pipeline import Caller
 from im_gateway.positions import position
 from im_gateway.sessions import Session
 from im_gateway.store import Accepted, MemoryStore, Submission
@@ -73,24 +74,33 @@ class FakeWebSocket:
 
 
 class FakeRouter:
-    """Records submitted frames."""
+    """A session's pipeline and fan-out in one: records submissions and followed groups."""
 
     def __init__(self) -> None:
-        self.submitted: list[tuple[Session, frames.SendMessage]] = []
+        self.submitted: list[tuple[Caller, Submission]] = []
         self._ids = MessageIds()
         self.followed: set[int] = set()
 
     busy = False
 
-    async def submit(self, session: Session, frame: frames.SendMessage) -> None:
-        self.submitted.append((session, frame))
-
-    def submit_nowait(self, session: Session, frame: frames.SendMessage) -> bool:
-        self.submitted.append((session, frame))
-        return True
+    @property
+    def following(self) -> FakeRouter:
+        return self
 
     def new_id(self) -> tuple[MessageId, int]:
         return self._ids.next()
+
+    def submission(self, sender: UserId, frame: frames.SendMessage) -> Submission:
+        msg_id, now_ms = self._ids.next()
+        message = Message(msg_id, sender, frame.to, frame.type, frame.content_type, now_ms, "")
+        return Submission(client_id=frame.id, message=message)
+
+    def offer(self, caller: Caller, submission: Submission) -> bool:
+        self.submitted.append((caller, submission))
+        return True
+
+    async def put(self, caller: Caller, submission: Submission) -> None:
+        self.submitted.append((caller, submission))
 
     async def follow(self, session: Session, groups: Collection[int]) -> None:
         self.followed = self.followed | set(groups)
@@ -99,7 +109,14 @@ class FakeRouter:
         self.followed = self.followed - set(groups)
 
     async def membership_changed(
-        self, group: int, changed: Collection[UserId], *, was_large: bool, left: bool = False
+        self,
+        group: int,
+        changed: Collection[UserId],
+        *,
+        was_large: bool,
+        now_ms: int,
+        control_id: MessageId,
+        left: bool = False,
     ) -> None:
         """Nothing to tell: the tests' sessions read their groups themselves."""
 

@@ -8,11 +8,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from im_gateway.relay import Relay
-from im_gateway.sessions import Session, SessionLimits
 from im_gateway.store import Accepted, MemoryStore, RedisStore, Store, Submission
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeLink, FakeWebSocket
+from tests.im_gateway.wiring import Wired, connect, wire
 from transmit_hub.link import Delivered
 from transmit_hub.types import (
     MESSAGE_GROUP,
@@ -47,25 +46,15 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
 
 
 @pytest.fixture
-async def relay(store: Store) -> AsyncIterator[tuple[Relay, FakeLink]]:
+async def wired(store: Store) -> AsyncIterator[tuple[Wired, FakeLink]]:
     link = FakeLink()
-    r = Relay(gateway_id=ME, store=store, link=link, batch_size=64, forget_grace=0)
+    r = wire(ME, store, link, batch_size=64, forget_grace=0)
     await r.start()
     try:
         yield r, link
     finally:
         link.feed(None)  # type: ignore[arg-type]
         await r.close()
-
-
-async def connect(relay: Relay, store: Store, user: UserId) -> tuple[Session, FakeWebSocket]:
-    ws = FakeWebSocket()
-    session = Session(ws, user, store=store, router=relay, limits=SessionLimits())
-    relay.add(session)
-    session.start()
-    await wait_until(lambda: not session.replaying)
-    ws.sent.clear()
-    return session, ws
 
 
 _n = 0
@@ -94,9 +83,9 @@ def contents(ws: FakeWebSocket) -> list[str]:
 
 
 async def test_a_post_that_arrives_before_the_leave_notice_does_not_reach_the_leaver(
-    relay: tuple[Relay, FakeLink], store: Store
+    wired: tuple[Wired, FakeLink], store: Store
 ) -> None:
-    r, link = relay
+    r, link = wired
     _, b_ws = await connect(r, store, B)
     _, c_ws = await connect(r, store, C)
     assert await store.leave(GROUP, B)  # on another gateway; its notice is still on its way
@@ -107,14 +96,14 @@ async def test_a_post_that_arrives_before_the_leave_notice_does_not_reach_the_le
     link.feed(Delivered((Delivery(message, (_share(seq),)),)))
     await wait_until(lambda: contents(c_ws) == ["after B left", "and the next"])
     assert contents(b_ws) == []
-    assert [s.user for s in r.fanout.followers(GROUP)] == [C]  # B's connection stopped
+    assert [s.user for s in r.fanout.following.followers(GROUP)] == [C]  # B's connection stopped
 
 
 async def test_a_post_stored_here_after_the_leave_does_not_reach_the_leaver(
-    relay: tuple[Relay, FakeLink], store: Store
+    wired: tuple[Wired, FakeLink], store: Store
 ) -> None:
     """Stored by this gateway: its followers are checked the same way."""
-    r, _ = relay
+    r, _ = wired
     _, b_ws = await connect(r, store, B)
     _, c_ws = await connect(r, store, C)
     a, _ = await connect(r, store, A)
@@ -125,9 +114,9 @@ async def test_a_post_stored_here_after_the_leave_does_not_reach_the_leaver(
 
 
 async def test_hole_fills_and_the_connect_replay_hold_nothing_after_the_leave(
-    relay: tuple[Relay, FakeLink], store: Store
+    wired: tuple[Wired, FakeLink], store: Store
 ) -> None:
-    r, _ = relay
+    r, _ = wired
     b, b_ws = await connect(r, store, B)
     c, c_ws = await connect(r, store, C)
     assert await store.leave(GROUP, B)

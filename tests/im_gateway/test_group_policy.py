@@ -73,7 +73,13 @@ async def test_a_session_refuses_group_changes_unless_given_rights() -> None:
         ws = FakeWebSocket()
         options: dict[str, Any] = {} if rights is None else {"group_rights": rights}
         session = Session(
-            ws, UserId(5), store=store, router=FakeRouter(), limits=SessionLimits(), **options
+            ws,
+            UserId(5),
+            store=store,
+            pipeline=(r := FakeRouter()),
+            groups=r,
+            limits=SessionLimits(),
+            **options,
         )
         session.start()
         reader = asyncio.create_task(session.run())

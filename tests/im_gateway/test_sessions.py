@@ -1,4 +1,4 @@
-"""A session against a fake WebSocket, a fake router and the in-memory store."""
+"""A session against a fake WebSocket, a fake pipeline and fan-out (FakeRouter) and the in-memory store."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from im_gateway import frames
 from im_gateway.close_codes import CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from im_gateway.group_policy import OPEN_RIGHTS
-from im_gateway.sessions import Session, SessionLimits, sweep_idle
+from im_gateway.keepalive import sweep_idle
+from im_gateway.sessions import Session, SessionLimits
 from im_gateway.store import InboxPage, MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
@@ -58,7 +59,8 @@ async def running(
         ws,
         user,
         store=store,
-        router=router,
+        pipeline=router,
+        groups=router,
         limits=SessionLimits(**limits),  # type: ignore[arg-type]
         group_rights=OPEN_RIGHTS,  # the join test joins from the client
     )
@@ -465,7 +467,7 @@ async def test_a_client_that_does_not_read_is_closed_with_1013(store: GatedStore
 
 
 async def test_frames_are_answered(store: GatedStore) -> None:
-    """Heartbeats are answered, messages go to the router, joins are acked, errors are 99."""
+    """Heartbeats are answered, messages go to the pipeline, joins are acked, errors are 99."""
     async with running(store) as (_, ws, router):
         await wait_until(lambda: bool(ws.sent))
         ws.sent.clear()
@@ -480,7 +482,7 @@ async def test_frames_are_answered(store: GatedStore) -> None:
         assert replies[1]["id"] == "j-1"
         assert replies[2]["type"] == 99
         assert replies[2]["code"] == "bad_request"
-        assert [f.id for _, f in router.submitted] == ["c-1"]
+        assert [sub.client_id for _, sub in router.submitted] == ["c-1"]
         assert await store.is_member(7, B)
 
 
@@ -575,8 +577,8 @@ async def test_idle_connections_are_closed(store: GatedStore) -> None:
     ws, router = FakeWebSocket(), FakeRouter()
     busy_ws = FakeWebSocket()
     limits = SessionLimits(idle_timeout=0.2)
-    session = Session(ws, B, store=store, router=router, limits=limits)
-    busy = Session(busy_ws, A, store=store, router=router, limits=limits)
+    session = Session(ws, B, store=store, pipeline=router, groups=router, limits=limits)
+    busy = Session(busy_ws, A, store=store, pipeline=router, groups=router, limits=limits)
     sweeper = asyncio.create_task(sweep_idle(lambda: [session, busy], 0.2))
     busy_run = asyncio.create_task(busy.run())
     try:
@@ -617,8 +619,8 @@ async def test_keepalive_pings_quiet_clients_and_drops_silent_ones(store: GatedS
     ok_ws, dead_ws, router = FakeWebSocket(), FakeWebSocket(), FakeRouter()
     dead_ws.answers_pings = False
     limits = SessionLimits(idle_timeout=0)
-    ok = Session(ok_ws, A, store=store, router=router, limits=limits)
-    dead = Session(dead_ws, B, store=store, router=router, limits=limits)
+    ok = Session(ok_ws, A, store=store, pipeline=router, groups=router, limits=limits)
+    dead = Session(dead_ws, B, store=store, pipeline=router, groups=router, limits=limits)
     sweeper = asyncio.create_task(
         sweep_idle(lambda: [ok, dead], 0, ping_interval=0.05, ping_timeout=0.1)
     )

@@ -1,4 +1,5 @@
-"""The router with the in-memory store, a fake hub link and sessions on fake sockets."""
+"""The pipeline and the fan-out with the in-memory store, a fake hub link and sessions on
+fake sockets (wired as the gateway wires them)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import pytest
 from im_gateway import frames
 from im_gateway.fanout import Fanout
 from im_gateway.faults import Faults
-from im_gateway.relay import Relay
-from im_gateway.sessions import Session, SessionLimits
 from im_gateway.store import Accepted, MemoryStore, Refused, Submission
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeLink, FakeWebSocket, store_message
+from tests.im_gateway.wiring import Wired, connect, submit, submit_nowait, wire
 from transmit_hub.link import Delivered, LinkDown, LinkLost, LinkUp, NotDelivered
 from transmit_hub.types import (
     Delivery,
@@ -72,25 +72,14 @@ def link() -> FakeLink:
 
 
 @pytest.fixture
-async def relay(store: CountingStore, link: FakeLink) -> AsyncIterator[Relay]:
-    r = Relay(gateway_id=ME, store=store, link=link, batch_size=64, forget_grace=0)
+async def wired(store: CountingStore, link: FakeLink) -> AsyncIterator[Wired]:
+    r = wire(ME, store, link, batch_size=64, forget_grace=0)
     await r.start()
     try:
         yield r
     finally:
         link.feed(None)  # type: ignore[arg-type]
         await r.close()
-
-
-async def connect(relay: Relay, store: MemoryStore, user: UserId) -> tuple[Session, FakeWebSocket]:
-    """A registered session whose connect replay is done."""
-    ws = FakeWebSocket()
-    session = Session(ws, user, store=store, router=relay, limits=SessionLimits())
-    relay.add(session)
-    session.start()
-    await wait_until(lambda: not session.replaying)
-    ws.sent.clear()
-    return session, ws
 
 
 def message(to: int, content: str, *, group: bool = False, cid: str = "c") -> frames.SendMessage:
@@ -104,26 +93,26 @@ def types(ws: FakeWebSocket) -> list[int]:
 
 
 async def test_frames_queued_together_share_one_store_round_trip(
-    relay: Relay, store: CountingStore
+    wired: Wired, store: CountingStore
 ) -> None:
     """Fifty frames queued before the worker runs are stored with a single submit call."""
-    a, a_ws = await connect(relay, store, A)
+    a, a_ws = await connect(wired, store, A)
     for i in range(50):
-        await relay.submit(a, message(B, f"m{i}", cid=f"c{i}"))
+        await submit(wired, a, message(B, f"m{i}", cid=f"c{i}"))
     await wait_until(lambda: len(a_ws.sent) == 50)
     assert store.submits == [50]
     assert [f["id"] for f in a_ws.frames()] == [f"c{i}" for i in range(50)]
     assert set(types(a_ws)) == {10}
 
 
-async def test_local_and_remote_routing(relay: Relay, store: CountingStore, link: FakeLink) -> None:
+async def test_local_and_remote_routing(wired: Wired, store: CountingStore, link: FakeLink) -> None:
     """Local sockets get the message directly, other gateways get one map, the sender an ack."""
     await store.refresh(GatewayId("gw-2"), [B])
     await store.refresh(GatewayId("gw-3"), [A, B])
-    a, a_ws = await connect(relay, store, A)
-    _, a2_ws = await connect(relay, store, A)
-    _, b_ws = await connect(relay, store, B)
-    await relay.submit(a, message(B, "hi"))
+    a, a_ws = await connect(wired, store, A)
+    _, a2_ws = await connect(wired, store, A)
+    _, b_ws = await connect(wired, store, B)
+    await submit(wired, a, message(B, "hi"))
     await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent) and bool(a2_ws.sent))
     (ack,) = a_ws.frames()
     assert ack["type"] == 10
@@ -139,15 +128,15 @@ async def test_local_and_remote_routing(relay: Relay, store: CountingStore, link
     assert all(r.seq for rs in tmap.users.values() for r in rs)
 
 
-async def test_refusals_and_store_failures_are_answered(relay: Relay, store: CountingStore) -> None:
+async def test_refusals_and_store_failures_are_answered(wired: Wired, store: CountingStore) -> None:
     """not_member comes back as 99; a failed store call answers every frame 'internal'."""
-    a, a_ws = await connect(relay, store, A)
-    await relay.submit(a, message(7, "x", group=True, cid="g"))
+    a, a_ws = await connect(wired, store, A)
+    await submit(wired, a, message(7, "x", group=True, cid="g"))
     await wait_until(lambda: bool(a_ws.sent))
     assert a_ws.frames()[0]["code"] == "not_member"
     store.fail = True
-    await relay.submit(a, message(B, "x", cid="f1"))
-    await relay.submit(a, message(B, "y", cid="f2"))
+    await submit(wired, a, message(B, "x", cid="f1"))
+    await submit(wired, a, message(B, "y", cid="f2"))
     await wait_until(lambda: len(a_ws.sent) == 3)
     assert [(f["id"], f["code"]) for f in a_ws.frames()[1:]] == [
         ("f1", "internal"),
@@ -160,26 +149,26 @@ async def test_a_full_link_buffer_does_not_lose_the_ack(
 ) -> None:
     """When the link refuses a map, the sender is still acked (the inbox holds the message)."""
     link = FakeLink(accept=False)
-    relay = Relay(gateway_id=ME, store=store, link=link)
-    await relay.start()
+    wired = wire(ME, store, link)
+    await wired.start()
     try:
         await store.refresh(GatewayId("gw-2"), [B])
-        a, a_ws = await connect(relay, store, A)
-        await relay.submit(a, message(B, "x"))
+        a, a_ws = await connect(wired, store, A)
+        await submit(wired, a, message(B, "x"))
         await wait_until(lambda: bool(a_ws.sent))
         assert a_ws.frames()[0]["type"] == 10
         assert (await store.read_inbox(B, 0, 10)).entries[0].message.content == "x"
     finally:
-        await relay.close()
+        await wired.close()
 
 
 async def test_hub_deliveries_reach_the_named_local_users(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """A Delivered event writes the message to every local socket of the named users only."""
-    _, b_ws = await connect(relay, store, B)
-    _, b2_ws = await connect(relay, store, B)
-    _, c_ws = await connect(relay, store, C)
+    _, b_ws = await connect(wired, store, B)
+    _, b2_ws = await connect(wired, store, B)
+    _, c_ws = await connect(wired, store, C)
     [pos, _] = await store_message(store, A, B, "via hub")  # stored by another gateway
     msg = Message(MessageId("m-9"), A, B, 1, 0, 123, "via hub")
     link.feed(Delivered((Delivery(msg, (Recipient(B, str(pos)),)),)))
@@ -196,11 +185,11 @@ async def test_bad_hub_deliveries_are_dropped_and_good_ones_delivered(
     """In one Delivered event, deliveries breaking a limit (content over max_content, type
     99, a lone surrogate) and recipients with a seq that is no position ("x", "2**64", "0",
     "1-0") are dropped; the good delivery after them still reaches its user, at its seq."""
-    relay = Relay(gateway_id=ME, store=store, link=link, max_content=10, forget_grace=0)
-    await relay.start()
+    wired = wire(ME, store, link, max_content=10, forget_grace=0)
+    await wired.start()
     try:
-        b, b_ws = await connect(relay, store, B)
-        c, c_ws = await connect(relay, store, C)
+        b, b_ws = await connect(wired, store, B)
+        c, c_ws = await connect(wired, store, C)
         await store_message(store, A, B, "good")  # B's position 1
         await store_message(store, A, C, "for c")  # C's position 1
 
@@ -238,7 +227,7 @@ async def test_bad_hub_deliveries_are_dropped_and_good_ones_delivered(
         assert (b.position, c.position) == (1, 1)
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()
 
 
 async def test_a_hub_delivery_with_a_lone_surrogate_id_is_dropped(
@@ -246,10 +235,10 @@ async def test_a_hub_delivery_with_a_lone_surrogate_id_is_dropped(
 ) -> None:
     """A delivery whose message id is not valid Unicode is dropped even when its content is
     short ASCII; it must not take the position of the real message after it."""
-    relay = Relay(gateway_id=ME, store=store, link=link, forget_grace=0)
-    await relay.start()
+    wired = wire(ME, store, link, forget_grace=0)
+    await wired.start()
     try:
-        _, b_ws = await connect(relay, store, B)
+        _, b_ws = await connect(wired, store, B)
         await store_message(store, A, B, "real")
         at_1 = (Recipient(B, "1"),)
         link.feed(
@@ -264,15 +253,15 @@ async def test_a_hub_delivery_with_a_lone_surrogate_id_is_dropped(
         assert [(f["id"], f["content"]) for f in b_ws.frames()] == [("ok", "real")]
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()
 
 
 async def test_a_hub_delivery_beyond_a_hole_is_filled_from_the_inbox(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """When the hub's push of position 1 was lost, the push of 2 makes the session read
     the inbox: the client gets 1 then 2, on the same connection."""
-    b, b_ws = await connect(relay, store, B)
+    b, b_ws = await connect(wired, store, B)
     await store_message(store, A, B, "first, push lost")
     await store_message(store, A, B, "second")
     msg = Message(MessageId("m-2"), A, B, 1, 0, 123, "second")
@@ -290,33 +279,33 @@ async def test_the_drop_push_fault_hook_drops_one_map_only(
 ) -> None:
     """With drop-push:1 the first map toward the hub is not sent, the sender is acked
     anyway, and later maps go out."""
-    relay = Relay(gateway_id=ME, store=store, link=link, faults=Faults(drop_push=1))
-    await relay.start()
+    wired = wire(ME, store, link, faults=Faults(drop_push=1))
+    await wired.start()
     try:
         await store.refresh(GatewayId("gw-2"), [B])
-        a, a_ws = await connect(relay, store, A)
-        await relay.submit(a, message(B, "dropped", cid="f1"))
-        await relay.submit(a, message(B, "sent", cid="f2"))
+        a, a_ws = await connect(wired, store, A)
+        await submit(wired, a, message(B, "dropped", cid="f1"))
+        await submit(wired, a, message(B, "sent", cid="f2"))
         await wait_until(lambda: len(a_ws.sent) == 2)
         assert types(a_ws) == [10, 10]
         assert [m.message.content for m in link.sent] == ["sent"]
         assert link.sent[0].users == {"gw-2": (Recipient(B, "2"),)}
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()
 
 
 async def test_a_duplicate_is_routed_again(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """A resend answered with the first msgId is pushed again, locally and to the hub, at
     the first positions; a receiver that has it already drops the repeat."""
     await store.refresh(GatewayId("gw-2"), [B])
-    a, a_ws = await connect(relay, store, A)
-    b, b_ws = await connect(relay, store, B)
-    await relay.submit(a, message(B, "once", cid="d1"))
+    a, a_ws = await connect(wired, store, A)
+    b, b_ws = await connect(wired, store, B)
+    await submit(wired, a, message(B, "once", cid="d1"))
     await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent) and len(link.sent) == 1)
-    await relay.submit(a, message(B, "once, resent", cid="d1"))
+    await submit(wired, a, message(B, "once, resent", cid="d1"))
     await wait_until(lambda: len(a_ws.sent) == 2 and len(link.sent) == 2)
     first, again = a_ws.frames()
     assert (first["type"], again["type"]) == (10, 10)
@@ -328,15 +317,15 @@ async def test_a_duplicate_is_routed_again(
 
 
 async def test_a_duplicate_pushes_the_stored_message_not_the_resend(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """A resend whose frame differs from the first (same client id, other content or `to`)
     re-pushes what the inbox holds at those positions, not the resend's text."""
     await store.refresh(GatewayId("gw-2"), [B])
-    a, _ = await connect(relay, store, A)
-    await relay.submit(a, message(B, "stored", cid="d2"))
+    a, _ = await connect(wired, store, A)
+    await submit(wired, a, message(B, "stored", cid="d2"))
     await wait_until(lambda: len(link.sent) == 1)
-    await relay.submit(a, message(C, "never stored", cid="d2"))
+    await submit(wired, a, message(C, "never stored", cid="d2"))
     await wait_until(lambda: len(link.sent) == 2)
     [entry] = (await store.read_inbox(B, 0, 10)).entries
     assert link.sent[1].users == {"gw-2": (Recipient(B, "1"),)}
@@ -345,16 +334,16 @@ async def test_a_duplicate_pushes_the_stored_message_not_the_resend(
 
 
 async def test_a_batch_whose_reply_was_lost_is_pushed_by_its_retry(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """A batch stored but answered with an error (a timeout) is sent again; the retry's
     duplicates are pushed, so recipients get the message live, not only on replay."""
     await store.refresh(GatewayId("gw-2"), [B])
-    a, a_ws = await connect(relay, store, A)
-    _, a2_ws = await connect(relay, store, A)
-    _, b_ws = await connect(relay, store, B)
+    a, a_ws = await connect(wired, store, A)
+    _, a2_ws = await connect(wired, store, A)
+    _, b_ws = await connect(wired, store, B)
     store.lose_reply_once = True
-    await relay.submit(a, message(B, "lost reply", cid="r1"))
+    await submit(wired, a, message(B, "lost reply", cid="r1"))
     await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent) and bool(a2_ws.sent))
     assert store.submits == [1, 1]
     assert [(f["type"], f["id"]) for f in a_ws.frames()] == [(10, "r1")]
@@ -365,30 +354,30 @@ async def test_a_batch_whose_reply_was_lost_is_pushed_by_its_retry(
 
 
 async def test_the_senders_own_connection_gets_its_position_not_the_frame(
-    relay: Relay, store: CountingStore
+    wired: Wired, store: CountingStore
 ) -> None:
     """The sending connection gets type 10 only, yet its position moves (own), so the next
     message to it is sent at once, without an inbox read; the sender's other device gets
     the message."""
-    a, a_ws = await connect(relay, store, A)
-    b, b_ws = await connect(relay, store, B)
-    await relay.submit(a, message(B, "from a", cid="o1"))
+    a, a_ws = await connect(wired, store, A)
+    b, b_ws = await connect(wired, store, B)
+    await submit(wired, a, message(B, "from a", cid="o1"))
     await wait_until(lambda: bool(a_ws.sent) and bool(b_ws.sent))
     assert types(a_ws) == [10]
     assert a.position == 1
-    await relay.submit(a, message(A, "note to self", cid="o2"))
+    await submit(wired, a, message(A, "note to self", cid="o2"))
     await wait_until(lambda: len(a_ws.sent) == 2)
     assert types(a_ws) == [10, 10]
     assert a.position == 2
-    a2, a2_ws = await connect(relay, store, A)
+    a2, a2_ws = await connect(wired, store, A)
     assert a2.position == 2  # its connect replay sent both (it did not send them)
-    await relay.submit(b, message(A, "from b", cid="o3"))
+    await submit(wired, b, message(A, "from b", cid="o3"))
     await wait_until(lambda: len(a_ws.sent) == 3 and bool(a2_ws.sent))
     assert [(f["content"], f["seq"]) for f in a_ws.frames()[2:]] == [("from b", "3")]
     assert [(f["content"], f["seq"]) for f in a2_ws.frames()] == [("from b", "3")]
     assert (a.position, a2.position) == (3, 3)
     assert not a.replaying
-    await relay.submit(a, message(B, "from a again", cid="o4"))
+    await submit(wired, a, message(B, "from a again", cid="o4"))
     await wait_until(lambda: len(a_ws.sent) == 4 and len(a2_ws.sent) == 2)
     assert types(a_ws)[-1] == 10
     assert a2_ws.frames()[-1]["content"] == "from a again"
@@ -396,7 +385,7 @@ async def test_the_senders_own_connection_gets_its_position_not_the_frame(
 
 
 async def test_not_attached_notices_clear_presence(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """NOT_ATTACHED notices clear the named gateway's entries; QUEUE_FULL ones do not."""
     await store.refresh(GatewayId("gw-2"), [B, C])
@@ -418,10 +407,10 @@ async def test_not_attached_notices_clear_presence(
 
 
 async def test_link_up_makes_sessions_catch_up(
-    relay: Relay, store: CountingStore, link: FakeLink
+    wired: Wired, store: CountingStore, link: FakeLink
 ) -> None:
     """After LinkDown/LinkUp, a session gets what reached its inbox meanwhile."""
-    b, b_ws = await connect(relay, store, B)
+    b, b_ws = await connect(wired, store, B)
     link.feed(LinkDown("hub gone"))
     await store_message(store, A, B, "while the hub was away")
     link.feed(LinkUp("hub-2"))
@@ -435,10 +424,10 @@ async def test_a_lost_link_makes_sessions_catch_up_now_and_once_more_later(
     """A hub link lost while others serve (LinkLost): a session reads what reached its inbox
     (a push swallowed by the dead stream) at once, and again ``resync_after`` s later (what
     the hub wrote into the dead stream until it noticed), with nothing else happening."""
-    relay = Relay(gateway_id=ME, store=store, link=link, forget_grace=0, resync_after=0.3)
-    await relay.start()
+    wired = wire(ME, store, link, forget_grace=0, resync_after=0.3)
+    await wired.start()
     try:
-        b, b_ws = await connect(relay, store, B)
+        b, b_ws = await connect(wired, store, B)
         await store_message(store, A, B, "swallowed before the loss was noticed")
         link.feed(LinkLost("hub-1:50051", "keepalive timeout"))
         await wait_until(lambda: len(b_ws.frames()) == 1)
@@ -451,7 +440,7 @@ async def test_a_lost_link_makes_sessions_catch_up_now_and_once_more_later(
         assert not b.replaying
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()
 
 
 class ReadCountingStore(CountingStore):
@@ -470,22 +459,22 @@ async def test_a_sweep_reads_only_the_inboxes_that_moved(link: FakeLink) -> None
     """A catch-up sweep asks the store where the inboxes end: a session that has its
     inbox's end reads nothing; one behind reads and gets what it missed."""
     store = ReadCountingStore()
-    relay = Relay(gateway_id=ME, store=store, link=link, forget_grace=0)
-    await relay.start()
+    wired = wire(ME, store, link, forget_grace=0)
+    await wired.start()
     try:
-        _, b_ws = await connect(relay, store, B)
-        _, c_ws = await connect(relay, store, C)
+        _, b_ws = await connect(wired, store, B)
+        _, c_ws = await connect(wired, store, C)
         await store_message(store, A, B, "missed by b")
         reads = store.reads
-        await relay.fanout.catch_up()
+        await wired.fanout.catch_up.wait()
         await wait_until(lambda: len(b_ws.frames()) == 1)
         assert store.reads == reads + 1  # b's read only
         assert c_ws.frames() == []
-        await relay.fanout.catch_up()  # nobody is behind now
+        await wired.fanout.catch_up.wait()  # nobody is behind now
         assert store.reads == reads + 1
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()
 
 
 class Counting:
@@ -511,7 +500,7 @@ async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink
             link.feed(LinkLost(f"hub-{i}:1", "gone"))
         await wait_until(lambda: session.catch_ups == 1)
         await wait_until(lambda: session.catch_ups == 2, timeout=5)
-        assert fanout._resync is None  # nothing more is scheduled
+        assert not fanout.catch_up.scheduled  # nothing more is scheduled
     finally:
         link.feed(None)  # type: ignore[arg-type]
         await fanout.close()
@@ -519,46 +508,46 @@ async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink
 
 
 async def test_close_answers_frames_still_queued(store: CountingStore, link: FakeLink) -> None:
-    """Frames queued when the relay closes are answered 'internal' (the client resends)."""
-    relay = Relay(gateway_id=ME, store=store, link=link)
-    a, a_ws = await connect(relay, store, A)  # worker not started: frames stay queued
-    await relay.submit(a, message(B, "x", cid="q"))
-    await relay.close()
+    """Frames queued when the wired closes are answered 'internal' (the client resends)."""
+    wired = wire(ME, store, link)
+    a, a_ws = await connect(wired, store, A)  # worker not started: frames stay queued
+    await submit(wired, a, message(B, "x", cid="q"))
+    await wired.close()
     await wait_until(lambda: bool(a_ws.sent))
     assert a_ws.frames()[0]["code"] == "internal"
-    assert relay.connections == 1
-    relay.discard(a)
-    assert relay.connections == 0
+    assert wired.fanout.connections == 1
+    wired.fanout.discard(a)
+    assert wired.fanout.connections == 0
 
 
 async def test_while_traffic_flows_the_worker_lingers_so_frames_share_a_batch(
     store: CountingStore, link: FakeLink
 ) -> None:
     """A frame that arrives soon after a batch waits briefly; one arriving meanwhile joins it."""
-    relay = Relay(gateway_id=ME, store=store, link=link, linger=0.05, busy_window=60.0)
-    await relay.start()
+    wired = wire(ME, store, link, linger=0.05, busy_window=60.0)
+    await wired.start()
     try:
-        a, a_ws = await connect(relay, store, A)
-        await relay.submit(a, message(B, "1", cid="c1"))
+        a, a_ws = await connect(wired, store, A)
+        await submit(wired, a, message(B, "1", cid="c1"))
         await wait_until(lambda: len(a_ws.sent) == 1)
-        await relay.submit(a, message(B, "2", cid="c2"))
-        await wait_until(lambda: relay.queued == 0)  # the worker took it and lingers
-        await relay.submit(a, message(B, "3", cid="c3"))
+        await submit(wired, a, message(B, "2", cid="c2"))
+        await wait_until(lambda: wired.pipeline.queued == 0)  # the worker took it and lingers
+        await submit(wired, a, message(B, "3", cid="c3"))
         await wait_until(lambda: len(a_ws.sent) == 3)
         assert store.submits == [1, 2]
         assert [f["id"] for f in a_ws.frames()] == ["c1", "c2", "c3"]
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()
 
 
 async def test_a_batch_is_retried_once_after_a_store_error(
-    relay: Relay, store: CountingStore
+    wired: Wired, store: CountingStore
 ) -> None:
     """One failed submit (a dead pooled connection) is retried: the client is acked once."""
-    a, a_ws = await connect(relay, store, A)
+    a, a_ws = await connect(wired, store, A)
     store.fail_once = True
-    await relay.submit(a, message(B, "x", cid="r1"))
+    await submit(wired, a, message(B, "x", cid="r1"))
     await wait_until(lambda: bool(a_ws.sent))
     assert [(f["type"], f["id"]) for f in a_ws.frames()] == [(10, "r1")]
     assert store.submits == [1]
@@ -581,21 +570,21 @@ async def test_a_full_queue_refuses_nowait_and_makes_senders_wait(link: FakeLink
     session's data-callback path declines the frame (it goes to the reader, which waits),
     and every frame is stored once the store answers again: none is lost."""
     store = GatedStore()
-    relay = Relay(gateway_id=ME, store=store, link=link, queue_size=2, batch_size=1)
-    await relay.start()
+    wired = wire(ME, store, link, queue_size=2, batch_size=1)
+    await wired.start()
     try:
         store.gate.set()
-        a, a_ws = await connect(relay, store, A)
+        a, a_ws = await connect(wired, store, A)
         store.gate.clear()
-        assert relay.submit_nowait(a, message(B, "m0", cid="c0"))  # the worker takes it
-        await wait_until(lambda: relay.queued == 0)
-        assert relay.submit_nowait(a, message(B, "m1", cid="c1"))
-        assert relay.submit_nowait(a, message(B, "m2", cid="c2"))
-        assert relay.busy
-        assert not relay.submit_nowait(a, message(B, "m3", cid="c3"))
+        assert submit_nowait(wired, a, message(B, "m0", cid="c0"))  # the worker takes it
+        await wait_until(lambda: wired.pipeline.queued == 0)
+        assert submit_nowait(wired, a, message(B, "m1", cid="c1"))
+        assert submit_nowait(wired, a, message(B, "m2", cid="c2"))
+        assert wired.pipeline.busy
+        assert not submit_nowait(wired, a, message(B, "m3", cid="c3"))
         frame = {"type": 1, "id": "c3", "to": int(B), "contentType": 0, "content": "m3"}
         assert not a.receive_now(json.dumps(frame))
-        waiting = asyncio.create_task(relay.submit(a, message(B, "m3", cid="c3")))
+        waiting = asyncio.create_task(submit(wired, a, message(B, "m3", cid="c3")))
         await asyncio.sleep(0)  # one loop turn: the task runs up to its wait, not past it
         assert not waiting.done()
         store.gate.set()
@@ -607,4 +596,4 @@ async def test_a_full_queue_refuses_nowait_and_makes_senders_wait(link: FakeLink
         await wait_until(lambda: len(a_ws.sent) == 5)
     finally:
         link.feed(None)  # type: ignore[arg-type]
-        await relay.close()
+        await wired.close()

@@ -1,0 +1,142 @@
+"""Catch-up sweeps: every local session reads its inbox to the end when pushes may have
+been missed (a hub link lost, or up again).
+
+A lost hub link (the last one, or one of several while others still serve) may have
+swallowed pushes: a hub writes into a stream that went silent until it notices, and so
+does this gateway's link. So every local session reads its inbox to the end when the
+loss is noticed, and once more ``resync_after`` seconds later: by then the hub has
+noticed too (its keepalive deadline) and sends that gateway's shares elsewhere, so what
+it wrote into the dead stream meanwhile is read as well. A session that gets nothing
+more would otherwise wait for the next push to see its hole. Cost: one inbox read per
+session per loss, twice: the store says where 1,000 inboxes end in one round trip, and
+only the sessions behind theirs read (``bench/catch_up.py`` measures a sweep); losses
+close together share the later sweep, and at most one immediate sweep runs per
+``resync_after`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Final, Protocol
+
+from transmit_hub.types import UserId
+
+from .errors import ConfigError
+from .store import Store
+from .tasks import cancel_and_wait
+from .throttle import Throttled
+
+logger = logging.getLogger(__name__)
+
+SWEEP_BATCH: Final = 1000
+"""Users whose inbox ends one store call asks for, in a catch-up sweep."""
+
+
+class Reader(Protocol):
+    """What a sweep needs of a local connection."""
+
+    def catch_up(self, end: int | None = None) -> None:
+        """Read the inbox to its end (pushes may have been missed); ``end``: the inbox's
+        newest position when known (nothing to read when the connection has it)."""
+        ...
+
+
+class CatchUp:
+    """The fan-out's catch-up sweeps over its local connections (see the module docstring)."""
+
+    def __init__(
+        self,
+        sessions: Mapping[UserId, Sequence[Reader]],
+        *,
+        store: Store,
+        resync_after: float,
+    ) -> None:
+        """``sessions``: the fan-out's local connections by user (read at each sweep)."""
+        if resync_after <= 0:
+            raise ConfigError("resync_after must be positive")
+        self._sessions = sessions
+        self._store = store
+        self._resync_after = resync_after
+        self._resync: asyncio.TimerHandle | None = None
+        self._swept_at = float("-inf")
+        self._sweep: asyncio.Task[None] | None = None
+        self._sweep_again = False
+        self._sweep_failed = Throttled(
+            logger, "reading inbox ends for a catch-up failed %d times; every session reads"
+        )
+
+    @property
+    def scheduled(self) -> bool:
+        """A later sweep is scheduled (after a loss)."""
+        return self._resync is not None
+
+    async def wait(self) -> None:
+        """Every local session reads its inbox to the end; returns once every session
+        behind has been asked to read."""
+        self.now()
+        if self._sweep is not None:
+            await asyncio.wait([self._sweep])
+
+    def now(self) -> None:
+        """Every local session reads its inbox to the end (pushes may have been missed):
+        a sweep in the background; one asked for while one runs runs again after it."""
+        if self._sweep is not None and not self._sweep.done():
+            self._sweep_again = True
+            return
+        self._sweep = asyncio.create_task(self._sweep_all(), name="fanout-catch-up")
+
+    async def _sweep_all(self) -> None:
+        """Ask the store for the inbox ends of ``SWEEP_BATCH`` users at a time (one round
+        trip per node) and make only the sessions behind them read: an idle session costs
+        a few microseconds, not an inbox read. When the store cannot say, every session
+        of the batch reads."""
+        while True:
+            self._sweep_again = False
+            users = list(self._sessions)
+            for start in range(0, len(users), SWEEP_BATCH):
+                batch = users[start : start + SWEEP_BATCH]
+                ends: list[int] | None
+                try:
+                    ends = await self._store.inbox_ends(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self._sweep_failed.hit(exc=exc)
+                    ends = None
+                sessions = self._sessions
+                for i, user in enumerate(batch):
+                    end = None if ends is None else ends[i]
+                    for session in sessions.get(user, ()):
+                        session.catch_up(end)
+            if not self._sweep_again:
+                return
+
+    def lost(self) -> None:
+        """A hub link was lost: catch up now, and once more ``resync_after`` s later.
+
+        Bounded: at most one immediate sweep per ``resync_after`` seconds (a flapping hub
+        does not keep every session reading), since the later sweep, pushed back to
+        ``resync_after`` after the last loss, reads whatever the skipped ones would have.
+        """
+        now = time.monotonic()
+        if now - self._swept_at >= self._resync_after:
+            self._swept_at = now
+            self.now()
+        if self._resync is not None:
+            self._resync.cancel()  # one later read covers losses close together
+        self._resync = asyncio.get_running_loop().call_later(self._resync_after, self._resynced)
+
+    def _resynced(self) -> None:
+        self._resync = None
+        self.now()
+
+    async def close(self) -> None:
+        """Cancel the scheduled sweep and the one running; idempotent."""
+        if self._resync is not None:
+            self._resync.cancel()
+            self._resync = None
+        await cancel_and_wait(self._sweep)
+        self._sweep = None

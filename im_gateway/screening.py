@@ -1,0 +1,135 @@
+"""Members only: posts of a large group reach this gateway's followers of the group once
+the store says they are still members.
+
+A leaver sees no post stored after the leave, whatever the order of arrival: the leave's
+control share and a later post may go through different hubs, the post first. So a
+gateway shows a post to its followers of the group only once the store says they are
+still members (:meth:`~im_gateway.store.Store.are_members`, one call for all of this
+gateway's followers of the group); a follower who is not stops following it. Cost: one
+store round trip per post per gateway with followers (not per member), and posts of a
+group that arrive while a check runs share the next one (at most ``SCREEN_HELD_MAX``
+wait; beyond, the followers' hole fills read them). Hole fills and replays of a group's
+stream check the reader's membership after each read, the same way.
+
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Collection, Mapping, Sequence
+from typing import Final, Generic, Protocol, TypeVar
+
+from transmit_hub.types import UserId
+
+from .metrics import GatewayMetrics
+from .store import Store
+from .throttle import Throttled
+
+logger = logging.getLogger(__name__)
+
+SCREEN_HELD_MAX: Final = 1000
+"""Posts of one large group held while its followers' membership is checked (beyond: the
+followers' hole fills read them)."""
+FROM_HUB: Final = object()
+"""The caller of a post the hub pushed (not stored here)."""
+
+
+class Follower(Protocol):
+    """What the check needs of a local connection that follows a large group."""
+
+    @property
+    def user(self) -> UserId: ...
+
+    def deliver_group(self, group: int, pos: int, text: str) -> None:
+        """A post at ``pos`` in large group ``group``'s stream."""
+        ...
+
+    def regroup(self, left: int | None = None) -> None:
+        """The user left ``left``: stop following it at once."""
+        ...
+
+
+F = TypeVar("F", bound=Follower)
+
+
+class Screen(Generic[F]):
+    """The fan-out's posts of large groups, held until their followers are checked."""
+
+    def __init__(
+        self,
+        followers: Mapping[int, Sequence[F]],
+        *,
+        store: Store,
+        unfollow: Callable[[F, Collection[int]], None],
+        metrics: GatewayMetrics,
+    ) -> None:
+        """``followers``: the fan-out's local connections by large group they follow;
+        ``unfollow``: the fan-out's, for a follower who is no longer a member."""
+        self._followers = followers
+        self._store = store
+        self._unfollow = unfollow
+        self._metrics = metrics
+        self._screening: dict[int, list[tuple[int, str, int, object]]] = {}
+        """Large group -> posts waiting for its followers' membership check."""
+        self.tasks: set[asyncio.Task[None]] = set()
+        """The checks running (the fan-out cancels them when it closes)."""
+        self._failed = Throttled(
+            logger, "checking followers' group membership failed %d times (posts held back)"
+        )
+
+    def post(self, group: int, pos: int, text: str, sent_ms: int, caller: object) -> None:
+        """A post of large ``group`` for its followers here, once the store says they
+        are still members: a leaver's notice (a control share) may come through another
+        hub than the post and arrive after it, so the post itself is checked. Posts that
+        arrive while a check runs wait for the next one (one check covers them all)."""
+        waiting = self._screening.get(group)
+        if waiting is not None:
+            if len(waiting) < SCREEN_HELD_MAX:
+                waiting.append((pos, text, sent_ms, caller))
+            # else: dropped; the followers' cursors see the hole and fill it (checked too)
+            return
+        self._screening[group] = [(pos, text, sent_ms, caller)]
+        task = asyncio.get_running_loop().create_task(self._loop(group))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _loop(self, group: int) -> None:
+        """Check the followers' membership of ``group`` (one store call for all of them)
+        and deliver the waiting posts to the members; the rest stop following it."""
+        try:
+            while True:
+                posts = self._screening.get(group)
+                if not posts:
+                    return
+                self._screening[group] = []  # posts arriving from now wait for the next check
+                users = sorted({c.user for c in self._followers.get(group, ())})
+                if not users:
+                    continue
+                try:
+                    found = await self._store.are_members(group, users)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # not shown: the cursors fill the hole later
+                    self._failed.hit(exc=exc)
+                    continue
+                gone = {user for user, member in zip(users, found, strict=True) if not member}
+                followers = list(self._followers.get(group, ()))
+                for connection in followers:
+                    if connection.user in gone:
+                        connection.regroup(group)
+                        self._unfollow(connection, (group,))
+                checked = set(users)  # (a follower since then fills its hole itself)
+                kept = [c for c in followers if c.user in checked and c.user not in gone]
+                if not kept:
+                    continue
+                for pos, text, sent_ms, caller in posts:
+                    for connection in kept:
+                        if connection is not caller:
+                            connection.deliver_group(group, pos, text)
+                    if caller is not FROM_HUB:  # stored here
+                        self._metrics.pushed_local(sent_ms)
+                    else:
+                        self._metrics.pushed(sent_ms)
+        finally:
+            self._screening.pop(group, None)

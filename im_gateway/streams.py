@@ -1,0 +1,200 @@
+"""One connection's streams: its inbox and each large group's stream it reads, a
+:class:`~im_gateway.cursor.Cursor` each, and their pages read from the store.
+
+:class:`Streams` is the half of a :class:`~im_gateway.replayer.Replayer` that reads: a
+page after a cursor (``replay_page`` entries, the store calls bounded by the
+gateway-wide ``slots``), the user's large groups and their positions, and a page of many
+streams at once (the connect replay's). A group's stream is read with the reader's
+membership checked after the read, so a leave before any of its posts shows; the
+replayer decides what to read when.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Awaitable, Callable, Collection
+from typing import Protocol
+
+from transmit_hub.types import UserId
+
+from . import frames
+from .cursor import Cursor
+from .metrics import GatewayMetrics, NullMetrics
+from .store import InboxPage, Store
+
+
+class Outlet(Protocol):
+    """Where a replayer's frames go (a session's writer)."""
+
+    @property
+    def closing(self) -> bool: ...
+
+    def push(self, text: str) -> bool: ...
+
+    async def room(self) -> None:
+        """Wait until the frames already pushed have drained (flow control for pages)."""
+        ...
+
+
+class Streams:
+    """One connection's cursors and the store reads behind them."""
+
+    __slots__ = (
+        "_cursor",
+        "_follow_groups",
+        "_groups",
+        "_hold_max",
+        "_metrics",
+        "_out",
+        "_page",
+        "_pending_own",
+        "_slots",
+        "_store",
+        "_unfollow",
+        "_user",
+    )
+
+    def __init__(
+        self,
+        out: Outlet,
+        user: UserId,
+        *,
+        store: Store,
+        slots: asyncio.Semaphore,
+        follow: Callable[[Collection[int]], Awaitable[None]],
+        unfollow: Callable[[Collection[int]], None],
+        replay_page: int,
+        held_max: int,
+        metrics: GatewayMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics if metrics is not None else NullMetrics()
+        self._out = out
+        self._user = user
+        self._store = store
+        self._slots = slots
+        self._follow_groups = follow
+        """Live posts of these large groups should reach this connection from now on."""
+        self._unfollow = unfollow
+        """No more live posts of these groups (the user left them)."""
+        self._page = replay_page
+        self._hold_max = held_max
+        self._cursor: Cursor[str] = Cursor(hold_max=held_max)
+        self._groups: dict[int, Cursor[str]] = {}
+        """A cursor per large group's stream the user reads."""
+        self._pending_own: dict[int, list[int]] | None = None
+        """Positions this connection posted in groups it does not follow yet (bounded)."""
+
+    @property
+    def position(self) -> int:
+        """Everything up to this inbox position is delivered on this connection."""
+        return self._cursor.last
+
+    def follows(self, group: int) -> bool:
+        """True when this connection reads ``group``'s stream (the user is a member)."""
+        return group in self._groups
+
+    def regroup(self, left: int | None = None) -> None:
+        """The user left ``left`` (a read found it no longer a member): the replayer
+        stops following it and reads the user's groups again."""
+        raise NotImplementedError
+
+    def _wants_fill(self) -> bool:
+        return self._cursor.wants_fill or any(c.wants_fill for c in self._groups.values())
+
+    def _stream_cursor(self, key: int | None) -> Cursor[str]:
+        return self._cursor if key is None else self._groups[key]
+
+    async def _read_pages(
+        self, keys: list[int | None], buffers: dict[int | None, collections.deque[str]]
+    ) -> bool:
+        """A page of each stream in ``keys`` after its cursor, into its buffer; the groups
+        in one call. True when positions turned out trimmed."""
+        limit = self._page
+        reads = {k: self._groups[k].begin_fill() for k in keys if k is not None}
+        inbox_after = self._cursor.begin_fill() if None in keys else None
+        async with self._slots:
+            pages: dict[int | None, InboxPage] = {}
+            if inbox_after is not None:
+                pages[None] = await self._store.read_inbox(self._user, inbox_after, limit)
+            if reads:
+                for group, page in (await self._store.read_groups(reads, limit)).items():
+                    pages[group] = page
+                # Read after the pages, so a leave before any of their posts shows here.
+                still = {s.group for s in await self._store.streams(self._user, 0)}
+                for group in reads:
+                    if group not in still and group in self._groups:
+                        self.regroup(group)
+        await self._out.room()
+        trimmed = False
+        for key, page in pages.items():
+            if key is not None and key not in self._groups:
+                continue  # the user left that group meanwhile
+            cursor = self._stream_cursor(key)
+            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+            result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
+            buffers[key].extend(result.send)
+            trimmed = trimmed or result.trimmed
+        return trimmed
+
+    async def _read(self, after: int) -> tuple[InboxPage, bool]:
+        limit = self._page
+        async with self._slots:
+            page = await self._store.read_inbox(self._user, after, limit)
+        await self._out.room()
+        return page, len(page.entries) < limit
+
+    async def _fill(self) -> bool:
+        """Read one page after the cursor; True when positions turned out trimmed."""
+        cursor = self._cursor
+        page, complete = await self._read(cursor.begin_fill())
+        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+        result = cursor.filled(entries, page.last, complete=complete)
+        for frame in result.send:
+            self._out.push(frame)
+        return result.trimmed
+
+    async def _fill_group(self, group: int) -> bool:
+        """Read one page of ``group``'s stream after its cursor; True when trimmed."""
+        cursor = self._groups[group]
+        limit = self._page
+        async with self._slots:
+            page = await self._store.read_group(group, cursor.begin_fill(), limit)
+            member = await self._store.is_member(group, self._user)  # after: covers the page
+        await self._out.room()
+        if self._groups.get(group) is not cursor:
+            return False  # the user left that group meanwhile
+        if not member:  # left, and the notice has not come yet
+            self.regroup(group)
+            return False
+        entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+        result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
+        for frame in result.send:
+            self._out.push(frame)
+        return result.trimmed
+
+    async def _follow(self) -> dict[int, int]:
+        """Read the user's large groups and their positions; make a cursor for each new
+        one, drop those of groups the user left, and follow them. Returns the positions of
+        those whose cursor has not started (new ones)."""
+        async with self._slots:
+            found = {s.group: s.position for s in await self._store.streams(self._user, 0)}
+        gone = [g for g in self._groups if g not in found]
+        if gone:
+            for g in gone:
+                del self._groups[g]
+            self._unfollow(gone)
+        # New groups, and those whose start an earlier attempt did not reach.
+        fresh = {
+            g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
+        }
+        pending, self._pending_own = self._pending_own or {}, None
+        for g in fresh:
+            cursor = self._groups.get(g)
+            if cursor is None:
+                cursor = self._groups[g] = Cursor[str](hold_max=self._hold_max)
+            for pos in pending.get(g, ()):
+                cursor.own(pos)
+        if fresh:
+            await self._follow_groups(list(fresh))
+        return fresh
