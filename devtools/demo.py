@@ -137,7 +137,9 @@ class Cluster:
         hubs: int = 1,
         jwt_secret: str | None = None,
         startup_timeout: float = STARTUP_TIMEOUT,
+        gateway_args: tuple[str, ...] = (),
     ) -> None:
+        """``gateway_args``: more flags for every gateway (``("--large-group", "2")``)."""
         if gateways < 1:
             raise DemoError("a cluster needs at least one gateway")
         if not 1 <= hubs <= 16:
@@ -149,6 +151,7 @@ class Cluster:
         self._gateway_count = gateways
         self.jwt_secret = jwt_secret or secrets.token_urlsafe(32)
         self._startup_timeout = startup_timeout
+        self._gateway_args = gateway_args
         self._children: list[Process] = []
         self._workdir: Path | None = None
         self._closed = False
@@ -343,6 +346,7 @@ class Cluster:
             # default (server: only the application's backend changes membership).
             "--group-join",
             "open",
+            *self._gateway_args,
         )
 
     def _gateway_ready(self, port: int) -> bool:

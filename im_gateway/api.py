@@ -108,7 +108,7 @@ class ApiServer(AsyncLifecycle):
         pipeline: Pipeline,
         fanout: Fanout[Any],
         max_content: int,
-        max_users: int = 1000,
+        max_users: int = 10_000,
         max_body: int = 1024 * 1024,
         timeout: float = 10.0,
         header_timeout: float = 10.0,

@@ -152,7 +152,11 @@ class GatewayConfig:
         secret=True,
     )
     api_max_users: int = setting(
-        1000, "most user ids in one API call's 'users' list", metavar="N", check=at_least(1)
+        10_000,
+        "most user ids in one API call's 'users' list (10,000 ids of 20 digits, as strings, "
+        "fit in the default --api-max-body)",
+        metavar="N",
+        check=at_least(1),
     )
     api_max_body: int = setting(
         1024 * 1024,
@@ -226,6 +230,13 @@ class GatewayConfig:
         "a group with more members is stored once, in its own stream (seq g<group>:<n>), "
         "instead of in every member's inbox; every gateway of a deployment needs the same",
         metavar="MEMBERS",
+        check=at_least(1),
+    )
+    large_group_held: int = setting(
+        1000,
+        "posts of one large group held while its followers' membership is checked (one "
+        "check for all of them); beyond, the followers' hole fills read them",
+        metavar="POSTS",
         check=at_least(1),
     )
     max_connections_per_user: int = setting(

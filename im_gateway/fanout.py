@@ -54,6 +54,7 @@ from transmit_hub.types import (
     TransmitMap,
     UndeliverableReason,
     UserId,
+    new_transmit_map,
 )
 
 from . import frames, inbound
@@ -65,7 +66,7 @@ from .metrics import GatewayMetrics, NullMetrics
 from .ports import Connection, Link
 from .positions import group_seq
 from .presence import Presence
-from .screening import FROM_HUB, Screen
+from .screening import DEFAULT_HELD_MAX, FROM_HUB, Screen
 from .store import Accepted, Store
 from .tasks import cancel_and_wait
 from .throttle import Throttled
@@ -97,6 +98,7 @@ class Fanout(Generic[C]):
         resync_after: float = 6.0,
         watch_ttl: float = 30.0,
         metrics: GatewayMetrics | None = None,
+        held_max: int = DEFAULT_HELD_MAX,
     ) -> None:
         """``watch_ttl``: the store's TTL of a gateway's mark on a group it follows (the
         presence TTL); refreshed every third of it. ``forget_grace``: seconds after each (re)attach during which the hub's
@@ -107,6 +109,9 @@ class Fanout(Generic[C]):
         ``resync_after``: after a hub link is lost, the sessions read their inboxes to
         the end at once and again this many seconds later (the time a hub may take to
         notice the dead stream; the gateway gives it its ``--hub-resend-window``).
+
+        ``held_max``: posts of one large group held while its followers' membership is
+        checked (``--large-group-held``; :mod:`im_gateway.screening`).
         """
         self.gateway_id = gateway_id
         self._store = store
@@ -123,7 +128,11 @@ class Fanout(Generic[C]):
         self.catch_up = CatchUp(self._sessions, store=store, resync_after=resync_after)
         """Every local session reads its inbox to the end (after a hub link's loss or return)."""
         self._screen = Screen(
-            self._groups, store=store, unfollow=self.following.unfollow, metrics=self._metrics
+            self._groups,
+            store=store,
+            unfollow=self.following.unfollow,
+            metrics=self._metrics,
+            held_max=held_max,
         )
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -188,7 +197,10 @@ class Fanout(Generic[C]):
         ``caller``, when it is one of the recipient's connections, gets the position only."""
         if accepted.post is not None:
             self._route_post(accepted, caller)
-            return
+            if not accepted.recipients:
+                return
+            # The server API posted as a user who is not a member: their inbox's copy
+            # (for their devices) goes as an ordinary message, below.
         prefix: str | None = None  # encoded once, and only when a local socket needs it
         local = self._sessions
         me = self.gateway_id
@@ -214,9 +226,8 @@ class Fanout(Generic[C]):
         if prefix is not None:  # once per message, however many local sockets got it
             self._metrics.pushed_local(accepted.message.time)
         if remote:
-            tmap = TransmitMap(
-                message=accepted.message,
-                users={gateway: tuple(rs) for gateway, rs in remote.items()},
+            tmap = new_transmit_map(
+                accepted.message, {gateway: tuple(rs) for gateway, rs in remote.items()}
             )
             if self._faults is not None and self._faults.drop():
                 return

@@ -253,6 +253,7 @@ class Gateway(AsyncLifecycle):
             resync_after=cfg.hub_resend_window,
             watch_ttl=cfg.presence_ttl,
             metrics=self.metrics,
+            held_max=cfg.large_group_held,
         )
         self._pipeline = pipeline = Pipeline(
             store=store,

@@ -33,13 +33,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from transmit_hub.types import Message, MessageId, UserId
+from transmit_hub.types import MessageId, UserId, new_message
 
 from . import frames
 from .faults import Faults
 from .ids import MessageIds
 from .metrics import GatewayMetrics, NullMetrics
 from .store import Accepted, Refusal, Refused, Store, Submission
+from .store.contract import new_submission
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
@@ -159,16 +160,10 @@ class Pipeline:
     ) -> Submission:
         """A submission for ``frame`` from ``sender``, with a fresh id and the time now."""
         msg_id, now_ms = self._ids.next()
-        message = Message(
-            id=msg_id,
-            sender=sender,
-            to=frame.to,
-            type=frame.type,
-            content_type=frame.content_type,
-            time=now_ms,
-            content=frame.content,
+        message = new_message(
+            msg_id, sender, frame.to, frame.type, frame.content_type, now_ms, frame.content
         )
-        return Submission(client_id=frame.id, message=message, check_member=check_member)
+        return new_submission(frame.id, message, check_member)
 
     def offer(self, caller: Caller, submission: Submission) -> bool:
         """Queue a submission; False (nothing queued) when the queue is full."""

@@ -42,8 +42,8 @@ from transmit_hub.types import UserId
 from . import frames
 from .metrics import GatewayMetrics
 from .ratelimit import TokenBucket
-from .store import Store
-from .streams import Outlet, Streams
+from .store import Membership, Store
+from .streams import Outlet, Streams, members_only
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
@@ -132,8 +132,12 @@ class Replayer(Streams):
 
     def regroup(self, left: int | None = None) -> None:
         """The user's large groups may have changed: read them again (in the background);
-        ``left``: the user left that group, so its posts stop now."""
-        if left is not None and self._groups.pop(left, None) is not None:
+        ``left``: the user left that group. Its posts stop at the leave (the fan-out and
+        the reads show only what was posted while the user was a member); what was posted
+        before it and not sent yet is read before the connection stops following it."""
+        # During the connect replay (which stops at the leave too) it goes at once.
+        ready = self._cursor.ready
+        if left is not None and not ready and self._groups.pop(left, None) is not None:
             self._unfollow([left])
         if not self._cursor.ready:
             return  # the connect replay reads them
@@ -357,6 +361,12 @@ class Replayer(Streams):
                 for frame in cursor.start(acked):  # the connect replay had failed
                     self._out.push(frame)
         after = acked if request.after is None else request.after
+        if group is not None:
+            # Never from before the user joined: a replay asked from earlier starts there.
+            async with self._slots:
+                [joined] = await self._store.memberships([(group, self._user)])
+            if joined.joined is not None and joined.joined > after:
+                after = acked = joined.joined
         position, trimmed = after, False
         page_size = self._page
         while not self._out.closing:
@@ -370,22 +380,21 @@ class Replayer(Streams):
                     )
                 )
                 break
+            span: Membership | None = None
             if group is None:
                 page, complete = await self._read(position)
             else:
-                async with self._slots:
-                    page = await self._store.read_group(group, position, page_size)
-                    member = await self._store.is_member(group, self._user)
-                await self._out.room()
-                if not member:  # left, and the notice has not come yet
-                    self.regroup(group)
-                    break
+                page, span = await self._group_page(group, position, page_size)
                 complete = len(page.entries) < page_size
             entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
             # Trimmed means: gone before the user got it; what was acknowledged was got.
             result = cursor.replayed(max(position, acked), entries, page.last, complete=complete)
-            for frame in result.send:
+            send = result.send if span is None else members_only(entries, result.send, span)
+            for frame in send:
                 self._out.push(frame)
+            if span is not None and not span.member:  # left; the notice may not have come
+                self.regroup(group)
+                break
             trimmed = trimmed or result.trimmed
             if entries:
                 position = entries[-1][0]

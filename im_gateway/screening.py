@@ -1,16 +1,20 @@
 """Members only: posts of a large group reach this gateway's followers of the group once
-the store says they are still members.
+the store says they were members at the post's position.
 
 A leaver sees no post stored after the leave, whatever the order of arrival: the leave's
 control share and a later post may go through different hubs, the post first. So a
-gateway shows a post to its followers of the group only once the store says they are
-still members (:meth:`~im_gateway.store.Store.are_members`, one call for all of this
-gateway's followers of the group); a follower who is not stops following it. Cost: one
-store round trip per post per gateway with followers (not per member), and posts of a
-group that arrive while a check runs share the next one (at most ``SCREEN_HELD_MAX``
-wait; beyond, the followers' hole fills read them). Hole fills and replays of a group's
-stream check the reader's membership after each read, the same way.
-
+gateway shows a post to its followers of the group only once the store says each was a
+member when it was stored (:meth:`~im_gateway.store.Store.memberships`: the join and
+leave positions of their current and latest ended membership, one call for all of this
+gateway's followers of the group). Judged at the post's position, not "now": a post
+stored just before a member left still reaches them, and a member who left and came
+back is not shown what was posted while they were out. After the posts are handed out,
+a follower who is no longer a member stops following the group. Cost: one store round
+trip per post per gateway with followers (not per member), and posts of a group that
+arrive while a check runs share the next one (at most ``held_max``, the gateway's
+``--large-group-held``, wait; beyond, the followers' hole fills read them). Hole fills
+and replays of a group's stream apply the same rule after each read
+(:mod:`im_gateway.streams`).
 """
 
 from __future__ import annotations
@@ -22,15 +26,16 @@ from typing import Final, Generic, Protocol, TypeVar
 
 from transmit_hub.types import UserId
 
+from .errors import ConfigError
 from .metrics import GatewayMetrics
-from .store import Store
+from .store import Membership, Store
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
 
-SCREEN_HELD_MAX: Final = 1000
+DEFAULT_HELD_MAX: Final = 1000
 """Posts of one large group held while its followers' membership is checked (beyond: the
-followers' hole fills read them)."""
+followers' hole fills read them); the gateway's ``--large-group-held``."""
 FROM_HUB: Final = object()
 """The caller of a post the hub pushed (not stored here)."""
 
@@ -63,9 +68,14 @@ class Screen(Generic[F]):
         store: Store,
         unfollow: Callable[[F, Collection[int]], None],
         metrics: GatewayMetrics,
+        held_max: int = DEFAULT_HELD_MAX,
     ) -> None:
         """``followers``: the fan-out's local connections by large group they follow;
-        ``unfollow``: the fan-out's, for a follower who is no longer a member."""
+        ``unfollow``: the fan-out's, for a follower who is no longer a member;
+        ``held_max``: posts of one group held while a check runs."""
+        if held_max < 1:
+            raise ConfigError("held_max must be at least 1")
+        self._held_max = held_max
         self._followers = followers
         self._store = store
         self._unfollow = unfollow
@@ -85,7 +95,7 @@ class Screen(Generic[F]):
         arrive while a check runs wait for the next one (one check covers them all)."""
         waiting = self._screening.get(group)
         if waiting is not None:
-            if len(waiting) < SCREEN_HELD_MAX:
+            if len(waiting) < self._held_max:
                 waiting.append((pos, text, sent_ms, caller))
             # else: dropped; the followers' cursors see the hole and fill it (checked too)
             return
@@ -95,8 +105,9 @@ class Screen(Generic[F]):
         task.add_done_callback(self.tasks.discard)
 
     async def _loop(self, group: int) -> None:
-        """Check the followers' membership of ``group`` (one store call for all of them)
-        and deliver the waiting posts to the members; the rest stop following it."""
+        """Check the followers' membership of ``group`` (one store call for all of them),
+        deliver each waiting post to those who were members at its position, then stop
+        the followers who are no longer members."""
         try:
             while True:
                 posts = self._screening.get(group)
@@ -107,29 +118,33 @@ class Screen(Generic[F]):
                 if not users:
                     continue
                 try:
-                    found = await self._store.are_members(group, users)
+                    # Only these posts are judged: the joins and leaves after the oldest.
+                    since = min(pos for pos, _, _, _ in posts) - 1
+                    pairs = [(group, u) for u in users]
+                    found = await self._store.memberships(pairs, since=since)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # not shown: the cursors fill the hole later
                     self._failed.hit(exc=exc)
                     continue
-                gone = {user for user, member in zip(users, found, strict=True) if not member}
-                followers = list(self._followers.get(group, ()))
-                for connection in followers:
-                    if connection.user in gone:
-                        connection.regroup(group)
-                        self._unfollow(connection, (group,))
-                checked = set(users)  # (a follower since then fills its hole itself)
-                kept = [c for c in followers if c.user in checked and c.user not in gone]
-                if not kept:
-                    continue
+                spans: dict[UserId, Membership] = dict(zip(users, found, strict=True))
+                # (a follower since the check fills its hole itself)
+                followers = [c for c in self._followers.get(group, ()) if c.user in spans]
                 for pos, text, sent_ms, caller in posts:
-                    for connection in kept:
-                        if connection is not caller:
+                    shown = False
+                    for connection in followers:
+                        if connection is not caller and spans[connection.user].covers(pos):
                             connection.deliver_group(group, pos, text)
+                            shown = True
+                    if not shown:
+                        continue
                     if caller is not FROM_HUB:  # stored here
                         self._metrics.pushed_local(sent_ms)
                     else:
                         self._metrics.pushed(sent_ms)
+                for connection in followers:
+                    if not spans[connection.user].member:
+                        connection.regroup(group)
+                        self._unfollow(connection, (group,))
         finally:
             self._screening.pop(group, None)

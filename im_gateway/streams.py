@@ -5,8 +5,12 @@
 page after a cursor (``replay_page`` entries, the store calls bounded by the
 gateway-wide ``slots``), the user's large groups and their positions, and a page of many
 streams at once (the connect replay's). A group's stream is read with the reader's
-membership checked after the read, so a leave before any of its posts shows; the
-replayer decides what to read when.
+membership read after the page (:meth:`~im_gateway.store.Store.memberships`), and only
+the posts stored while the reader was a member are sent (``join < position <= leave``,
+the rule of :mod:`im_gateway.screening`): a leave before any of the page's posts shows,
+a post from before the leave still goes out, and nothing from while the user was out of
+the group does. The cursor passes the others silently (they are no hole). The replayer
+decides what to read when.
 """
 
 from __future__ import annotations
@@ -21,7 +25,11 @@ from transmit_hub.types import UserId
 from . import frames
 from .cursor import Cursor
 from .metrics import GatewayMetrics, NullMetrics
-from .store import InboxPage, Store
+from .store import InboxPage, Membership, Store
+
+LEAVE_PAGES = 4
+"""Pages of a group's stream read, at most, up to a leave's position before the
+connection stops following it."""
 
 
 class Outlet(Protocol):
@@ -117,14 +125,14 @@ class Streams:
             pages: dict[int | None, InboxPage] = {}
             if inbox_after is not None:
                 pages[None] = await self._store.read_inbox(self._user, inbox_after, limit)
+            spans: dict[int, Membership] = {}
             if reads:
                 for group, page in (await self._store.read_groups(reads, limit)).items():
                     pages[group] = page
                 # Read after the pages, so a leave before any of their posts shows here.
-                still = {s.group for s in await self._store.streams(self._user, 0)}
-                for group in reads:
-                    if group not in still and group in self._groups:
-                        self.regroup(group)
+                order = list(reads)
+                found = await self._store.memberships([(g, self._user) for g in order])
+                spans = dict(zip(order, found, strict=True))
         await self._out.room()
         trimmed = False
         for key, page in pages.items():
@@ -133,8 +141,14 @@ class Streams:
             cursor = self._stream_cursor(key)
             entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
             result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
-            buffers[key].extend(result.send)
+            span = spans.get(key) if key is not None else None
+            buffers[key].extend(
+                result.send if span is None else members_only(entries, result.send, span)
+            )
             trimmed = trimmed or result.trimmed
+        for group, span in spans.items():
+            if not span.member and group in self._groups:
+                self.regroup(group)  # left meanwhile: nothing more of it on this connection
         return trimmed
 
     async def _read(self, after: int) -> tuple[InboxPage, bool]:
@@ -158,20 +172,49 @@ class Streams:
         """Read one page of ``group``'s stream after its cursor; True when trimmed."""
         cursor = self._groups[group]
         limit = self._page
-        async with self._slots:
-            page = await self._store.read_group(group, cursor.begin_fill(), limit)
-            member = await self._store.is_member(group, self._user)  # after: covers the page
-        await self._out.room()
+        page, span = await self._group_page(group, cursor.begin_fill(), limit)
         if self._groups.get(group) is not cursor:
             return False  # the user left that group meanwhile
-        if not member:  # left, and the notice has not come yet
-            self.regroup(group)
-            return False
         entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
-        result = cursor.filled(entries, page.last, complete=len(page.entries) < limit)
-        for frame in result.send:
+        complete = len(page.entries) < limit
+        result = cursor.filled(entries, page.last, complete=complete)
+        for frame in members_only(entries, result.send, span):
             self._out.push(frame)
+        if not span.member:
+            # Left, and the notice may not have come yet: what was posted up to the leave
+            # is sent (read on while the page stops short of it); then no more.
+            left = span.past[1] if span.past is not None else 0
+            if complete or cursor.last >= left:
+                self.regroup(group)
+            return False
         return result.trimmed
+
+    async def _read_to_leave(self, group: int) -> None:
+        """The user left ``group``: what was posted up to the leave and not sent on this
+        connection yet (its push still on its way, say) goes out now, at most
+        ``LEAVE_PAGES`` pages; then the caller stops following the group."""
+        cursor = self._groups[group]
+        limit = self._page
+        for _ in range(LEAVE_PAGES):
+            page, span = await self._group_page(group, cursor.begin_fill(), limit)
+            if self._groups.get(group) is not cursor or span.member:
+                return  # (a member again: the next read of the groups keeps it)
+            entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
+            complete = len(page.entries) < limit
+            result = cursor.filled(entries, page.last, complete=complete)
+            for frame in members_only(entries, result.send, span):
+                self._out.push(frame)
+            if complete or cursor.last >= (span.past[1] if span.past is not None else 0):
+                return
+
+    async def _group_page(self, group: int, after: int, limit: int) -> tuple[InboxPage, Membership]:
+        """A page of ``group``'s stream after ``after``, and the reader's membership read
+        after it (so it covers the page); waits for room to send it."""
+        async with self._slots:
+            page = await self._store.read_group(group, after, limit)
+            [span] = await self._store.memberships([(group, self._user)])
+        await self._out.room()
+        return page, span
 
     async def _follow(self) -> dict[int, int]:
         """Read the user's large groups and their positions; make a cursor for each new
@@ -182,7 +225,9 @@ class Streams:
         gone = [g for g in self._groups if g not in found]
         if gone:
             for g in gone:
-                del self._groups[g]
+                if self._groups[g].ready:
+                    await self._read_to_leave(g)
+                self._groups.pop(g, None)
             self._unfollow(gone)
         # New groups, and those whose start an earlier attempt did not reach.
         fresh = {
@@ -198,3 +243,11 @@ class Streams:
         if fresh:
             await self._follow_groups(list(fresh))
         return fresh
+
+
+def members_only(entries: list[tuple[int, str]], send: list[str], span: Membership) -> list[str]:
+    """The frames of ``send`` but those of ``entries`` (position, frame) that were posted
+    while the reader was not a member (``span``); frames held back earlier (pushed live,
+    and screened then) stay."""
+    skip = {text for pos, text in entries if not span.covers(pos)}
+    return [text for text in send if text not in skip] if skip else send

@@ -6,8 +6,11 @@ socket, and reads and writes text frames without a task switch each:
 
 - ``process_event`` offers a complete text frame to ``receive_now`` while
   ``recv_messages.frames`` is empty (nothing is waiting in ``recv()``);
-- ``send_now`` frames with ``protocol.send_text`` and writes everything queued in one
-  loop iteration from ``protocol.data_to_send()`` in one ``transport.write``;
+- ``send_now`` frames a text message (:func:`text_frame`: a server frame with no
+  extension is its header and the payload, so websockets' ``Frame`` object and its
+  ``serialize`` are skipped; with an extension or a debug logger, ``protocol.send_text``)
+  and writes everything queued in one loop iteration from ``protocol.data_to_send()``
+  in one ``transport.write``;
 - ``connection_made`` / ``connection_lost`` count the socket in
   :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from typing import cast
 
@@ -34,6 +38,20 @@ from .admission import ConnectionCaps, RejectionLog
 from .config import GatewayConfig
 from .errors import StartupError
 from .group_policy import GroupRights
+
+_TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
+"""The header of an unmasked, final text frame of 0..125 bytes (RFC 6455, 5.2)."""
+
+
+def text_frame(data: bytes) -> bytes:
+    """A final, unmasked text frame carrying ``data``, as a server sends it with no
+    extension: what websockets' ``Frame(TEXT, data).serialize(mask=False)`` gives."""
+    n = len(data)
+    if n < 126:
+        return _TEXT_HEADS[n] + data
+    if n < 65536:
+        return struct.pack("!BBH", 0x81, 126, n) + data
+    return struct.pack("!BBQ", 0x81, 127, n) + data
 
 
 class Connection(ServerConnection):
@@ -123,9 +141,13 @@ class Connection(ServerConnection):
         system call instead of one per frame). Anything else websockets writes (a
         ping, the close frame) flushes them first, so the order is kept.
         """
-        if self.paused or self.protocol.state is not OPEN:
+        protocol = self.protocol
+        if self.paused or protocol.state is not OPEN:
             return False
-        self.protocol.send_text(message.encode())
+        if protocol.extensions or protocol.debug or protocol.expect_continuation_frame:
+            protocol.send_text(message.encode())
+        else:  # what send_text() appends, without a Frame object per message
+            protocol.writes.append(text_frame(message.encode()))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)

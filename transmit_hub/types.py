@@ -78,6 +78,65 @@ class TransmitMap:
     users: Mapping[GatewayId, tuple[Recipient, ...]] = field(default_factory=dict)
 
 
+# The hot paths build a Message and its Recipients per message: these fill the frozen
+# dataclasses' slots directly. The generated __init__ sets each field through
+# object.__setattr__, about twice the CPU; the objects are the same (equal, hashable,
+# repr), as tests/transmit_hub/test_types.py checks against the constructors.
+_new = object.__new__
+_set_message_id = Message.__dict__["id"].__set__
+_set_sender = Message.__dict__["sender"].__set__
+_set_to = Message.__dict__["to"].__set__
+_set_type = Message.__dict__["type"].__set__
+_set_content_type = Message.__dict__["content_type"].__set__
+_set_time = Message.__dict__["time"].__set__
+_set_content = Message.__dict__["content"].__set__
+_set_user_id = Recipient.__dict__["user_id"].__set__
+_set_seq = Recipient.__dict__["seq"].__set__
+
+
+def new_message(
+    id: MessageId,
+    sender: UserId,
+    to: int,
+    type: int,
+    content_type: int,
+    time: int,
+    content: str,
+) -> Message:
+    """``Message(...)``, for about half the CPU (see above)."""
+    m: Message = _new(Message)
+    _set_message_id(m, id)
+    _set_sender(m, sender)
+    _set_to(m, to)
+    _set_type(m, type)
+    _set_content_type(m, content_type)
+    _set_time(m, time)
+    _set_content(m, content)
+    return m
+
+
+def new_recipient(user_id: UserId, seq: str) -> Recipient:
+    """``Recipient(user_id, seq)``, for about half the CPU (see above)."""
+    r: Recipient = _new(Recipient)
+    _set_user_id(r, user_id)
+    _set_seq(r, seq)
+    return r
+
+
+_set_tmap_message = TransmitMap.__dict__["message"].__set__
+_set_tmap_users = TransmitMap.__dict__["users"].__set__
+
+
+def new_transmit_map(
+    message: Message, users: Mapping[GatewayId, tuple[Recipient, ...]]
+) -> TransmitMap:
+    """``TransmitMap(message, users)``, for about half the CPU (see above)."""
+    t: TransmitMap = _new(TransmitMap)
+    _set_tmap_message(t, message)
+    _set_tmap_users(t, users)
+    return t
+
+
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """One message for some users of the gateway that receives it."""

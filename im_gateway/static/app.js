@@ -3,7 +3,8 @@
 // serves at /client.js, the same one applications use (see README, "Clients").
 //
 // The page takes ?token=JWT from its URL and connects to /ws on the same host. It asks
-// the client for the history too (`history: true`), so a reload shows the inbox; every
+// the client for the history too (`history: true`, and `historyGroups`: the large groups
+// it joined), so a reload shows the inbox and those groups' streams; every
 // message the client gives it is shown once, ordered by server time. Own messages are
 // shown when sent and marked as the gateway answers them.
 import { Client, jwtClaims } from "/client.js";
@@ -149,12 +150,20 @@ function showError(code, message, clientId) {
 
 function connect() {
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
-  const client = new Client(`${scheme}://${window.location.host}/ws`, { token, history: true });
+  // History on reload: the inbox, and the streams of the large groups this page joined
+  // (a group that is not large has its history in the inbox; the client skips it).
+  const historyGroups = [...state.groups].filter(([, s]) => s === "joined").map(([id]) => id);
+  const client = new Client(`${scheme}://${window.location.host}/ws`, {
+    token,
+    history: true,
+    historyGroups,
+  });
   state.client = client;
   client.onstatus = onStatus;
   client.onmessage = onMessage;
   client.onack = (seq) => {
     if (/^[0-9]+$/.test(seq)) document.body.dataset.ackedSeq = seq;
+    else document.body.dataset.ackedGroupSeq = seq; // a large group's stream ("g7:12")
   };
   client.onerror = (err) => showError(err.code, err.detail);
   client.ontruncated = (seq) =>

@@ -120,10 +120,25 @@ const str = (value) => (value === undefined || value === null ? "" : String(valu
 export class ClientCore {
   /** `me`: this user's id (to recognise its own messages coming back before their
    * answer); `history`: on the first connection, ask for the inbox from the start;
-   * `idPrefix`: client ids are `idPrefix + n`; `maxSeen`: message ids remembered. */
-  constructor({ me = "", history = false, idPrefix = "c-", maxSeen = 100000 } = {}) {
+   * `historyGroups`: with `history`, the large groups whose streams that connection also
+   * asks for from the start (the gateway starts each where the user joined; a group that
+   * is not large, or not the user's, is skipped); `idPrefix`: client ids are
+   * `idPrefix + n`; `maxSeen`: message ids remembered. */
+  constructor({
+    me = "",
+    history = false,
+    historyGroups = [],
+    idPrefix = "c-",
+    maxSeen = 100000,
+  } = {}) {
     this.me = str(me);
     this.history = Boolean(history);
+    this.historyGroups = [...historyGroups].map((g) => `g${str(g)}:`);
+    this.groupQueue = []; // large groups' streams still to catch up, on this connection
+    this.catching = new Set(); // the streams of historyGroups being caught up
+    this.marks = []; // end markers of the group catch-ups done, handled once live
+    this.asked = null; // the stream of the group catch-up running
+    this.historyDone = false; // a connection went live after asking for historyGroups
     this.idPrefix = idPrefix;
     this.maxSeen = maxSeen;
     this.counter = 0;
@@ -168,6 +183,11 @@ export class ClientCore {
     // Catch up from this client's own inbox position after the gateway's connect replay
     // (or from the start, on a first connection that wants the history)?
     this.catchUp = this.opens === 1 ? this.history : this.streams.has(INBOX);
+    // The groups' history, until one connection got through it.
+    this.groupQueue = this.history && !this.historyDone ? [...this.historyGroups] : [];
+    this.catching = new Set(this.groupQueue);
+    this.marks = [];
+    this.asked = null;
     this.out = [...this.pending.values()].map((entry) => entry.frame);
   }
 
@@ -178,6 +198,10 @@ export class ClientCore {
     this.out = [];
     this.buffer = [];
     this.cut = false;
+    this.groupQueue = [];
+    this.catching = new Set();
+    this.marks = [];
+    this.asked = null;
   }
 
   /** A frame from the gateway (parsed JSON). Anything malformed is ignored. */
@@ -237,12 +261,13 @@ export class ClientCore {
     const id = frame.id;
     if (typeof id !== "string" || id === "") return;
     const where = typeof frame.seq === "string" ? parseSeq(frame.seq) : null;
-    if (this.phase === "replay" && this.catchUp && where && where.stream === INBOX) {
+    const caught = where && (where.stream === INBOX || this.catching.has(where.stream));
+    if (this.phase === "replay" && this.catchUp && caught) {
       // The catch-up replays all of this again, in order, from this client's position
       // (the gateway's replay starts from the user's, which may be further on).
       return;
     }
-    if ((this.phase === "catchup" || this.phase === "waiting") && where && where.stream === INBOX) {
+    if ((this.phase === "catchup" || this.phase === "waiting") && caught) {
       // Live pushes may come before the catch-up reaches their positions: kept, and
       // sorted by position at its end marker (each is stored before it is pushed, so the
       // catch-up holds them too, and the repeats are dropped by id).
@@ -318,6 +343,11 @@ export class ClientCore {
       if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
       // "rate_limited" during a catch-up: the gateway's replay budget cuts it short.
       if (code === "rate_limited" && this.phase === "catchup") this.cut = true;
+      // "not_member" to a group catch-up: not a large group of the user's; the next one.
+      if (code === "not_member" && this.phase === "catchup" && this.asked) {
+        this.catching.delete(this.asked);
+        if (!this.nextGroup()) this.goLive(null);
+      }
       this.events.push({ kind: "error", code, message });
       return;
     }
@@ -359,14 +389,36 @@ export class ClientCore {
       this.events.push({ kind: "catchup-later" });
       return;
     }
-    if (this.phase === "replay" || this.phase === "catchup") {
-      const buffered = this.buffer;
-      this.buffer = [];
-      this.phase = "live";
-      this.flush(buffered);
-      if (reached) this.handle(reached);
-      this.events.push({ kind: "live" });
+    if (this.phase === "catchup" && upto && (reached || this.asked === upto.stream)) {
+      // The inbox's catch-up (or a group's) is done: the next group's, if any.
+      this.marks.push(upto);
+      if (this.nextGroup()) return;
     }
+    if (this.phase === "replay" || this.phase === "catchup") this.goLive(reached);
+  }
+
+  /** The replays are done: what was set aside is shown, in each stream's order. */
+  goLive(reached) {
+    const buffered = this.buffer;
+    this.buffer = [];
+    this.phase = "live";
+    if (this.catchUp) this.historyDone = true;
+    this.catching = new Set();
+    this.asked = null;
+    this.flush(buffered);
+    if (reached) this.handle(reached);
+    for (const mark of this.marks) this.handle(mark);
+    this.marks = [];
+    this.events.push({ kind: "live" });
+  }
+
+  /** Ask for the next large group's stream of `historyGroups` from its start; false when
+   * none is left (then the catch-up ends). */
+  nextGroup() {
+    this.asked = this.groupQueue.shift() || null;
+    if (!this.asked) return false;
+    this.out.push({ type: TYPE.REPLAY, seq: formatSeq(this.asked, 0n) });
+    return true;
   }
 
   /** Ask again for a catch-up the replay budget cut short (after a pause). */
@@ -481,7 +533,8 @@ function randomPrefix() {
  * `urls`: one `ws://.../ws` URL or a list (tried in turn when one is gone); options:
  * `token` (the JWT), `WebSocket` (the constructor; default the global one), `history`
  * (on the first connection, also replay the inbox from its start: a page that shows
- * history), and the timings of DEFAULTS. Callbacks: `onmessage(m)`, `onstatus(state)`
+ * history), `historyGroups` (with `history`: the large groups whose streams are also
+ * replayed from where the user joined), and the timings of DEFAULTS. Callbacks: `onmessage(m)`, `onstatus(state)`
  * ("connecting", "replaying", "live", "reconnecting", "refused", "closed"),
  * `onerror(err)` (a type 99 for no request), `ontruncated(seq)`, `onack(seq)` (a type 11
  * went out).
@@ -498,7 +551,12 @@ export class Client {
     this.options = { ...DEFAULTS, ...options };
     this.claims = jwtClaims(this.token);
     const me = this.claims && this.claims.sub !== undefined ? str(this.claims.sub) : "";
-    this.core = new ClientCore({ me, history: options.history, idPrefix: randomPrefix() });
+    this.core = new ClientCore({
+      me,
+      history: options.history,
+      historyGroups: options.historyGroups || [],
+      idPrefix: randomPrefix(),
+    });
     this.onmessage = null;
     this.onack = null;
     this.onstatus = null;

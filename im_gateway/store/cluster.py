@@ -75,12 +75,13 @@ from .contract import (
     GroupPost,
     GroupStream,
     Joined,
+    Membership,
     Refusal,
     Refused,
     Submission,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, group_streams, text
+from .keyspace import KeyspaceStore, Settings, group_streams, membership_args, membership_rows, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
 __all__ = ["ClusterStore"]
@@ -198,7 +199,9 @@ class ClusterStore(KeyspaceStore):
                 if kind == "d" and rest[0] and str(rest[0][0]).startswith("g"):
                     w.duplicate = True  # stored once: step 2 answers its position
                     w.stream = int(str(rest[0][0])[1:])
-                    w.users, w.positions = [], {}
+                    pairs = rest[0][2:]  # a server API sender's own copy, if any
+                    w.users = [UserId(int(u)) for u in pairs[0::2]]
+                    w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
                 elif kind == "d":
                     w.duplicate = True
                     pairs = rest[0]
@@ -222,6 +225,8 @@ class ClusterStore(KeyspaceStore):
             if m.type == MESSAGE_GROUP and m.to in large:
                 if w.sub.check_member and UserId(m.sender) not in large[m.to]:
                     w.users = None
+                elif m.sender != 0 and UserId(m.sender) not in large[m.to]:
+                    w.stream, w.users = m.to, [UserId(m.sender)]  # the API's sender: a copy
                 else:
                     w.stream, w.users = m.to, []
             else:
@@ -474,7 +479,14 @@ class ClusterStore(KeyspaceStore):
         self._check_open()
         settings = self.settings
         gkey, ukey = settings.group_key(group), settings.key("groups", user)
-        args = [str(user), str(group), settings.prefix, settings.large_group, settings.max_age_ms]
+        args = [
+            str(user),
+            str(group),
+            settings.prefix,
+            settings.large_group,
+            settings.max_age_ms,
+            settings.max_group_members,
+        ]
         [(removed, _), _] = await self._nodes.run(
             [
                 self._nodes.script(scripts.LEAVE, [gkey], args),
@@ -551,6 +563,7 @@ class ClusterStore(KeyspaceStore):
             str(group),
             settings.large_group,
             settings.max_age_ms,
+            settings.max_group_members,
             *map(str, users),
         ]
         calls = [self._nodes.script(scripts.REMOVE_MEMBERS, [settings.group_key(group)], args)]
@@ -592,6 +605,29 @@ class ClusterStore(KeyspaceStore):
         await self._nodes.run(
             [self._nodes.script(scripts.GROUP_ACK, [settings.group_key(group)], args)]
         )
+
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
+        self._check_open()
+        settings = self.settings
+        by_slot: dict[int, list[int]] = {}
+        for i, (g, _) in enumerate(pairs):
+            by_slot.setdefault(slot_of(settings.group_key(g)), []).append(i)
+        calls, shapes = [], []
+        for where in by_slot.values():
+            mine = [pairs[i] for i in where]
+            args, reads = membership_args(mine, since)
+            keys = list(dict.fromkeys(settings.group_key(g) for g, _ in mine))
+            calls.append(self._nodes.script(scripts.MEMBERSHIPS, keys, [settings.prefix, *args]))
+            shapes.append((where, reads))
+        replies = await self._nodes.run(calls)
+        out: list[Membership] = [Membership()] * len(pairs)
+        for (where, reads), (reply, _) in zip(shapes, replies, strict=True):
+            found_all = membership_rows(reply, reads, [pairs[i] for i in where], since)
+            for i, found in zip(where, found_all, strict=True):
+                out[i] = found
+        return out
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()

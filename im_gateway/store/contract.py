@@ -34,6 +34,14 @@ Rules every implementation keeps:
   :meth:`Store.join` and :meth:`Store.leave`, atomically in the group's slot): on becoming
   large every member's position is the stream's newest (what came before is in their
   inboxes), so nobody loses or gets twice a message. A leaver's position goes.
+- Membership of a large group is also kept in the stream's positions
+  (:meth:`Store.memberships`): a member's join position J (the stream's newest position
+  when they joined, or when the group became large) and, when they leave, the leave
+  position L (the newest then). A post at position p was stored while the user was a
+  member when ``J < p <= L`` (``L`` open while they still are). Per user and group the
+  current membership and the latest ended one are kept (an older one is forgotten when
+  they leave again), for at most ``max_group_members`` leavers per group (the latest;
+  older records go first); they live and expire with the group's stream.
 - Every key has a TTL except group membership, which is bounded instead: a user is in
   at most ``max_groups_per_user`` groups and a group has at most ``max_group_members``
   members (:meth:`Store.join` refuses beyond); presence entries expire unless the live
@@ -105,8 +113,55 @@ class Accepted:
     presence: Mapping[UserId, tuple[GatewayId, ...]] = field(default_factory=dict)
     """The live gateways of each recipient, looked up in the same batch."""
     post: GroupPost | None = None
-    """A message to a large group: stored once, in the group's stream (``recipients`` is
-    then empty)."""
+    """A message to a large group: stored once, in the group's stream. ``recipients`` is
+    then empty, except when the server API posts as a user who is not a member: that
+    user's inbox gets a copy (as in a small group), for their devices. A duplicate answers
+    both again, as the first one did."""
+
+
+# Built once per message on the gateway's hot path: these fill the frozen dataclasses'
+# slots directly, for about half the CPU of the generated __init__ (object.__setattr__
+# per field); the objects are the same (tests/im_gateway/store/test_constructors.py).
+_new = object.__new__
+_SUBMISSION_SET = tuple(
+    Submission.__dict__[name].__set__ for name in ("client_id", "message", "check_member")
+)
+_ACCEPTED_SET = tuple(
+    Accepted.__dict__[name].__set__
+    for name in ("client_id", "message", "duplicate", "recipients", "presence", "post")
+)
+
+
+def new_submission(client_id: str, message: Message, check_member: bool) -> Submission:
+    """``Submission(client_id, message, check_member)``, for about half the CPU."""
+    s: Submission = _new(Submission)
+    set_client_id, set_message, set_check = _SUBMISSION_SET
+    set_client_id(s, client_id)
+    set_message(s, message)
+    set_check(s, check_member)
+    return s
+
+
+def new_accepted(
+    client_id: str,
+    message: Message,
+    duplicate: bool,
+    recipients: tuple[Recipient, ...],
+    presence: Mapping[UserId, tuple[GatewayId, ...]],
+) -> Accepted:
+    """``Accepted(client_id, message, duplicate, recipients, presence)`` (no ``post``),
+    for about half the CPU."""
+    a: Accepted = _new(Accepted)
+    set_client_id, set_message, set_duplicate, set_recipients, set_presence, set_post = (
+        _ACCEPTED_SET
+    )
+    set_client_id(a, client_id)
+    set_message(a, message)
+    set_duplicate(a, duplicate)
+    set_recipients(a, recipients)
+    set_presence(a, presence)
+    set_post(a, None)
+    return a
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +177,30 @@ class GroupPost:
     @property
     def seq(self) -> str:
         return group_seq(self.group, self.position)
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """A user's membership of a large group, in its stream's positions (see
+    :meth:`Store.memberships`): a post at ``p`` was stored while they were a member when
+    ``joined < p`` (a member now) or ``past[0] < p <= past[1]`` (their latest ended
+    membership)."""
+
+    joined: int | None = None
+    """A member now, of the posts after this position; None: not a member now."""
+    past: tuple[int, int] | None = None
+    """The latest ended membership: (join position, leave position)."""
+
+    @property
+    def member(self) -> bool:
+        """A member now."""
+        return self.joined is not None
+
+    def covers(self, pos: int) -> bool:
+        """True when the post at ``pos`` was stored while the user was a member."""
+        if self.joined is not None and pos > self.joined:
+            return True
+        return self.past is not None and self.past[0] < pos <= self.past[1]
 
 
 class Refusal(enum.Enum):
@@ -282,6 +361,20 @@ class Store(Protocol):
 
     async def are_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
         """Whether each of ``users`` is in ``group`` now, in order; one round trip."""
+        ...
+
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
+        """Per (large group, user) of ``pairs``, in order: the user's membership of that
+        group in its stream's positions (current, and the latest ended one), read
+        atomically per group; one round trip (one call per group slot on a cluster).
+        A group that was never large answers ``Membership(0)`` for a member now.
+
+        ``since``: only posts after this position will be judged, so a join at or before
+        it may read as ``since`` and a membership that ended at or before it as none;
+        the store then reads the members' flags and only the joins and leaves after
+        ``since``, whatever the number of users (what a live post's check needs)."""
         ...
 
     async def attach(self, user: UserId, gateway: GatewayId) -> None:

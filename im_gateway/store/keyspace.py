@@ -43,6 +43,13 @@ cluster slot:
     hash: member -> the position in the stream up to which the member has everything
     (acknowledged, or where they joined: a member never reads from before the join).
     Expires with the stream; a member without a field reads the whole stream.
+``{prefix}{g:<group>}:joined``, ``:left``, ``:leavers``
+    membership in the stream's positions (:meth:`~im_gateway.store.Store.memberships`):
+    sorted set member -> the newest position when they joined (or when the group became
+    large); hash leaver -> ``"<join>:<leave>"``, their latest ended membership; sorted set
+    leaver -> leave position, so that only the latest ``max_group_members`` leavers are
+    kept (the oldest go first). Scored by position, so a live post's check reads only the
+    joins and leaves after its oldest post. Expire with the stream.
 ``{prefix}{g:<group>}:gateways``
     sorted set: gateway id -> expiry, the gateways holding sockets of members (refreshed
     with presence); a post to a large group is pushed to these.
@@ -84,6 +91,7 @@ from .contract import (
     GroupStream,
     InboxEntry,
     InboxPage,
+    Membership,
 )
 
 Client = aioredis.Redis | RedisCluster
@@ -424,4 +432,59 @@ def group_streams(reply: bytes | str) -> list[GroupStream]:
             for eid, fields in (rows or ())  # cjson writes an empty list as {}
         ]
         out.append(GroupStream(g, int(pos), InboxPage(entries, int(last))))
+    return out
+
+
+MEMBERSHIPS_CHUNK = 1000
+"""Users per group in one bulk read of ``lua/memberships.lua``."""
+
+
+def membership_args(
+    pairs: Sequence[tuple[int, UserId]], since: int = 0
+) -> tuple[list[str], list[list[int]]]:
+    """The arguments of ``lua/memberships.lua`` for ``pairs`` (after the prefix): per
+    group, the group, ``since``, the count and the users, at most ``MEMBERSHIPS_CHUNK`` a
+    read; and per read, the indexes of its pairs."""
+    by_group: dict[int, list[int]] = {}
+    for i, (group, _) in enumerate(pairs):
+        by_group.setdefault(group, []).append(i)
+    args: list[str] = []
+    reads: list[list[int]] = []
+    for group, indexes in by_group.items():
+        for start in range(0, len(indexes), MEMBERSHIPS_CHUNK):
+            chunk = indexes[start : start + MEMBERSHIPS_CHUNK]
+            args += (str(group), str(since), str(len(chunk)), *(str(pairs[i][1]) for i in chunk))
+            reads.append(chunk)
+    return args, reads
+
+
+def _span(value: bytes | str) -> tuple[int, int]:
+    start, _, end = text(value).partition(":")
+    return int(start), int(end)
+
+
+def membership_rows(
+    reply: Sequence[Any],
+    reads: list[list[int]],
+    pairs: Sequence[tuple[int, UserId]],
+    since: int = 0,
+) -> list[Membership]:
+    """The memberships of ``pairs`` that ``lua/memberships.lua`` answered, in the order
+    asked (``reads``: the pairs of each read, from :func:`membership_args`). With
+    ``since``, a join at or before it reads as ``since`` (exact for the posts after it)."""
+    out = [Membership()] * len(pairs)
+    for indexes, (member, joined, past) in zip(reads, reply, strict=True):
+        if since:
+            recent = {
+                int(u): int(float(j)) for u, j in zip(joined[0::2], joined[1::2], strict=True)
+            }
+            ended = {int(u): _span(s) for u, s in zip(past[0::2], past[1::2], strict=True) if s}
+            for k, i in enumerate(indexes):
+                user = int(pairs[i][1])
+                now = recent.get(user, since) if int(member[k]) else None
+                out[i] = Membership(now, ended.get(user))
+            continue
+        for k, i in enumerate(indexes):
+            now = int(float(joined[k] or 0)) if int(member[k]) else None
+            out[i] = Membership(now, _span(past[k]) if past[k] is not None else None)
     return out

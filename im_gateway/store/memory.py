@@ -32,6 +32,7 @@ from .contract import (
     InboxEntry,
     InboxPage,
     Joined,
+    Membership,
     Refusal,
     Refused,
     Submission,
@@ -76,6 +77,11 @@ class MemoryStore(AsyncClosing):
         self._large: set[int] = set()
         self._gpos: dict[int, dict[UserId, int]] = {}
         """Per large group: member -> position (acknowledged, or where they joined)."""
+        self._joined: dict[int, dict[UserId, int]] = {}
+        """Per large group: member -> the stream's newest position when they joined."""
+        self._left: dict[int, dict[UserId, tuple[int, int]]] = {}
+        """Per large group: leaver -> (join, leave) of their latest ended membership, in
+        the order they left (the oldest beyond ``max_group_members`` go first)."""
         self._watch: dict[int, dict[GatewayId, float]] = {}
         """Per large group: gateway -> expiry (gateways with members online)."""
         if inbox_max_len < 1 or inbox_max_age <= 0 or dedupe_window <= 0 or presence_ttl <= 0:
@@ -125,7 +131,7 @@ class MemoryStore(AsyncClosing):
             if seen is not None and seen[3] > now:
                 again = seen[2]
                 if again and again[0].seq.startswith("g"):
-                    return self._post_again(sub, seen[0], seen[1], again[0].seq, now)
+                    return self._post_again(sub, seen[0], seen[1], again, now)
                 stored = self._entry(again[0], now) if again else None
                 if stored is None:  # trimmed: nothing to push again
                     first = dataclasses.replace(msg, id=seen[0], time=seen[1])
@@ -133,13 +139,15 @@ class MemoryStore(AsyncClosing):
                 return Accepted(sub.client_id, stored, True, again, self._presence_of(again, now))
         if msg.type == MESSAGE_GROUP:
             members = self._groups.get(msg.to, set())
+            copy = None
             if msg.sender not in members:
                 if sub.check_member:
                     return Refused(sub.client_id, Refusal.NOT_MEMBER)
-                if msg.sender != 0 and msg.to not in self._large:
+                if msg.sender != 0:  # the server API posts as a user: their copy
+                    copy = msg.sender
                     members = {*members, msg.sender}
             if msg.to in self._large:
-                return self._post(sub, now)
+                return self._post(sub, now, copy)
             users = sorted(members)
         elif msg.to == msg.sender or msg.sender == 0:
             users = [UserId(msg.to)]
@@ -151,24 +159,34 @@ class MemoryStore(AsyncClosing):
             self._dedupe[dkey] = (msg.id, msg.time, recipients, now + self.dedupe_window)
         return Accepted(sub.client_id, msg, False, recipients, self._presence_of(recipients, now))
 
-    def _post(self, sub: Submission, now: float) -> Accepted:
-        """Store a message to a large group once, in its stream."""
+    def _post(self, sub: Submission, now: float, copy: UserId | None) -> Accepted:
+        """Store a message to a large group once, in its stream (and, for a sender who
+        is not a member, ``copy``, in the sender's inbox)."""
         msg = sub.message
         pos = self._append_to(self._streams, msg.to, None, msg, now)
         self._touch_group(msg.to, now)
         post = GroupPost(msg.to, int(pos), self._watchers(msg.to, now))
+        mine: tuple[Recipient, ...] = ()
+        if copy is not None:
+            mine = (Recipient(copy, self._append(copy, msg, now)),)
         if sub.client_id:
             key = (msg.sender, sub.client_id)
             self._dedupe.pop(key, None)
-            mark = (Recipient(UserId(0), post.seq),)
+            mark = (Recipient(UserId(0), post.seq), *mine)
             self._dedupe[key] = (msg.id, msg.time, mark, now + self.dedupe_window)
-        return Accepted(sub.client_id, msg, False, post=post)
+        return Accepted(sub.client_id, msg, False, mine, self._presence_of(mine, now), post)
 
     def _post_again(
-        self, sub: Submission, mid: MessageId, mtime: int, seq: str, now: float
+        self,
+        sub: Submission,
+        mid: MessageId,
+        mtime: int,
+        again: tuple[Recipient, ...],
+        now: float,
     ) -> Accepted:
-        group, pos = stream_position(seq)
+        group, pos = stream_position(again[0].seq)
         assert group is not None
+        mine = again[1:]
         stream = self._live_stream(group, now)
         first = dataclasses.replace(sub.message, id=mid, time=mtime)
         if stream is None or not stream.entries or pos < stream.entries[0].position:
@@ -177,7 +195,8 @@ class MemoryStore(AsyncClosing):
         if i >= len(stream.entries):
             return Accepted(sub.client_id, first, duplicate=True)
         post = GroupPost(group, pos, self._watchers(group, now))
-        return Accepted(sub.client_id, stream.entries[i].message, True, post=post)
+        stored = stream.entries[i].message
+        return Accepted(sub.client_id, stored, True, mine, self._presence_of(mine, now), post)
 
     def _watchers(self, group: int, now: float) -> tuple[GatewayId, ...]:
         entries = self._watch.get(group)
@@ -191,6 +210,8 @@ class MemoryStore(AsyncClosing):
         if stream is not None and stream.expires <= now:
             del self._streams[group]
             self._gpos.pop(group, None)
+            self._joined.pop(group, None)
+            self._left.pop(group, None)
             return None
         return stream
 
@@ -213,8 +234,10 @@ class MemoryStore(AsyncClosing):
             last = self._group_last(group, now)
             self._touch_group(group, now)
             positions = self._gpos.setdefault(group, {})
+            joined = self._joined.setdefault(group, {})
             for user in members:
                 positions.setdefault(user, last)
+                joined.setdefault(user, last)
         elif len(members) <= self.large_group and group in self._large:
             self._large.discard(group)
 
@@ -335,11 +358,12 @@ class MemoryStore(AsyncClosing):
         self._groups.setdefault(group, members).add(user)
         self._user_groups.setdefault(user, mine).add(group)
         now = self._clock()
-        if group in self._large:
+        if group in self._large or self._live_stream(group, now) is not None:
             # Nothing from before the join: the member starts at the stream's end.
             last = self._group_last(group, now)
             self._touch_group(group, now)
             self._gpos.setdefault(group, {})[user] = last
+            self._joined.setdefault(group, {})[user] = last
         self._reform(group, now)
         return True
 
@@ -356,11 +380,27 @@ class MemoryStore(AsyncClosing):
             mine.discard(group)
             if not mine:
                 del self._user_groups[user]
+        now = self._clock()
+        if removed:
+            self._left_at(group, user, now)
+        self._reform(group, now)
+        return removed
+
+    def _left_at(self, group: int, user: UserId, now: float) -> None:
+        """``user`` left ``group``: their position goes; their membership's join and
+        leave positions are kept when they had one in the stream."""
         positions = self._gpos.get(group)
         if positions is not None:
             positions.pop(user, None)
-        self._reform(group, self._clock())
-        return removed
+        joined = self._joined.get(group, {}).pop(user, None)
+        if joined is None and group not in self._large:
+            return
+        self._touch_group(group, now)
+        left = self._left.setdefault(group, {})
+        left.pop(user, None)  # to the end: the latest leaver
+        left[user] = (joined or 0, self._group_last(group, now))
+        while len(left) > self.max_group_members:
+            del left[next(iter(left))]
 
     async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
         out = []
@@ -448,6 +488,20 @@ class MemoryStore(AsyncClosing):
     async def is_member(self, group: int, user: UserId) -> bool:
         self._check_open()
         return user in self._groups.get(group, ())
+
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
+        self._check_open()
+        now = self._clock()
+        out = []
+        for group, user in pairs:
+            self._live_stream(group, now)  # expired records go with the stream
+            joined = None
+            if user in self._groups.get(group, ()):
+                joined = self._joined.get(group, {}).get(user, 0)
+            out.append(Membership(joined, self._left.get(group, {}).get(user)))
+        return out
 
     async def are_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
         self._check_open()

@@ -30,6 +30,7 @@ REFRESH: Final = source("refresh")
 LEAVE: Final = source("leave")
 STREAMS: Final = source("streams")
 GROUP_ACK: Final = source("group_ack")
+MEMBERSHIPS: Final = source("memberships")
 # One Redis only.
 SUBMIT: Final = source("submit")
 JOIN: Final = source("join")

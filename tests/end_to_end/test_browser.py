@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 
-from devtools.demo import ALICE, BOB, Cluster
+from devtools.demo import ALICE, BOB, Cluster, DemoUser
 from tests.helpers import IN_CI
 from tests.test_readme import the_block
 
@@ -266,3 +266,54 @@ def test_readme_browser_example_runs_as_written(browser: Browser, cluster: Clust
     assert not errors, f"JavaScript errors in the README example: {errors}"
     page.close()
     bob.close()
+
+
+@pytest.fixture(scope="module")
+def large_cluster() -> Iterator[Cluster]:
+    """As ``cluster``, with gateways that store a group of more than 2 members once."""
+    with Cluster(gateway_args=("--large-group", "2")) as running:
+        yield running
+
+
+def test_a_reload_shows_a_large_groups_history_from_the_join(
+    browser: Browser, large_cluster: Cluster
+) -> None:
+    """Bob's page in a large group (seqs ``g9:n``): what he was shown is acknowledged per
+    stream, and a reload shows the group's history again (the page asks for each group it
+    joined), each post once, in order, and nothing posted before bob joined."""
+    gw1, gw2 = large_cluster.gateways
+    carol, dave = DemoUser(3, "carol"), DemoUser(4, "dave")
+    alice = open_chat(browser, large_cluster.page_url(gw1, ALICE))
+    others = [open_chat(browser, large_cluster.page_url(gw2, u)) for u in (carol, dave)]
+    for page in (alice, *others):
+        join(page, 9)
+    send(alice, "2", 9, "before bob joined")
+    expect(message(alice, "before bob joined")).to_have_attribute("data-state", "acked")
+    bob = open_chat(browser, large_cluster.page_url(gw2, BOB))
+    join(bob, 9)
+    texts = ["after bob joined 1", "after bob joined 2"]
+    for text in texts:
+        send(alice, "2", 9, text)
+    for text, seq in zip(texts, ("g9:2", "g9:3"), strict=True):
+        expect(message(bob, text)).to_have_count(1)
+        expect(message(bob, text)).to_have_attribute("data-seq", seq)
+    expect(message(bob, "before bob joined")).to_have_count(0)
+    expect(bob.locator("body")).to_have_attribute("data-acked-group-seq", "g9:3")
+
+    bob.reload()
+    wait_connected(bob)
+    for text in texts:
+        expect(message(bob, text)).to_have_count(1)
+    expect(message(bob, "before bob joined")).to_have_count(0)
+    assert [m for m in shown_texts(bob) if m in texts] == texts
+    send(alice, "2", 9, "after the reload")
+    expect(message(bob, "after the reload")).to_have_attribute("data-seq", "g9:4")
+    for page in (alice, bob, *others):
+        page.close()
+
+
+def shown_texts(page: Page) -> list[str]:
+    texts: list[str] = page.locator("[data-testid=message] [data-testid=content]").evaluate_all(
+        "nodes => nodes.map(n => n.textContent)"
+    )
+    return texts

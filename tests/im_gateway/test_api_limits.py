@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import pytest
 from hypothesis import given
@@ -106,3 +107,20 @@ def test_bound_defaults() -> None:
         cfg.max_handshakes,
         cfg.fd_reserve,
     ) == (10.0, 30.0, 60.0, 16384, 256, 1024, 256)
+
+
+def test_the_default_bounds_take_a_bulk_add_of_ten_thousand_users() -> None:
+    """``groups/add`` of thousands of users in one call (the large groups' use) passes the
+    default ``--api-max-users``, and 10,000 of the longest ids, as strings, fit in the
+    default ``--api-max-body``: the body size stays the bound that matters."""
+    from im_gateway import api_requests
+
+    cfg = GatewayConfig(jwt_secret=SECRET)
+    users = [str(2**64 - 1 - i) for i in range(10_000)]
+    body = json.dumps({"group": 7, "users": users}).encode()
+    assert len(body) <= cfg.api_max_body
+    got = api_requests.parse(
+        "groups/add", body, max_content=cfg.max_content, max_users=cfg.api_max_users
+    )
+    assert isinstance(got, api_requests.GroupChange)
+    assert len(got.users) == 10_000

@@ -138,6 +138,7 @@ def test_the_store_package_exports_its_seam() -> None:
         "InboxEntry",
         "InboxPage",
         "Joined",
+        "Membership",
         "MemoryStore",
         "RedisStore",
         "Refusal",

@@ -70,6 +70,19 @@ def test_the_internal_names_exist_with_their_shapes() -> None:
     init = inspect.getsource(BaseConnection.__init__)
     for name in ("self.protocol", "self.recv_messages", "self.paused", "self.response"):
         assert f"{name} =" in init or f"{name}:" in init, name
+    # send_now appends a framed text message where send_text() would (send_frame).
+    protocol_init = inspect.getsource(Protocol.__init__)
+    for name in ("writes", "extensions", "debug", "expect_continuation_frame"):
+        assert f"self.{name} =" in protocol_init or f"self.{name}:" in protocol_init, name
+    assert "self.writes.append(" in inspect.getsource(Protocol.send_frame)
+
+
+def test_text_frame_is_what_websockets_serializes() -> None:
+    """``ws.text_frame`` gives the bytes websockets' own server framing gives, at each
+    length boundary of the header (7-bit, 16-bit, 64-bit lengths)."""
+    for n in (0, 1, 125, 126, 127, 65535, 65536, 70000):
+        data = ("é" * (n // 2) + "x" * (n % 2)).encode()
+        assert ws.text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False), n
 
 
 def test_only_ws_touches_the_internals() -> None:

@@ -120,6 +120,48 @@ test("after a reconnect it catches up from its own position, ignoring the connec
   assert.deepEqual(events.at(-1), { kind: "live" });
 });
 
+test("history with large groups: the inbox, then each group's stream from its start", () => {
+  // A page's reload: after the inbox's catch-up, each large group of historyGroups is
+  // asked for from its start, one replay at a time (the gateway runs one at a time); live
+  // posts and the connect replay's posts of those groups wait for it, so each stream is
+  // shown in order, once; a group that is not large (not_member) is skipped.
+  const core = new ClientCore({ me: ME, history: true, historyGroups: [7, 8, 9] });
+  const g7 = (id, pos) => msg(id, `g7:${pos}`, { type: 2, to: 7 });
+  const g9 = (id, pos) => msg(id, `g9:${pos}`, { type: 2, to: 9 });
+  core.opened();
+  core.receive(g7("p3", 3)); // the connect replay: after the acknowledged position
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "0" }]);
+  core.receive(msg("i1", "1"));
+  core.receive(g7("p4", 4)); // a live post, before its stream's history
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:0" }]);
+  for (const n of [2, 3]) core.receive(g7(`p${n}`, n));
+  assert.deepEqual(core.acks(), [], "no acknowledgement during the catch-ups");
+  core.receive({ type: TYPE.REPLAY, seq: "g7:3" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g8:0" }]);
+  core.receive({ type: TYPE.ERROR, code: "not_member", message: "not a large group" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g9:0" }]);
+  core.receive(g9("q1", 1));
+  core.receive({ type: TYPE.REPLAY, seq: "g9:1" });
+  const { frames, events } = core.drain();
+  assert.deepEqual(frames, []);
+  assert.deepEqual(shown(events), ["i1", "q1", "p2", "p3", "p4"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks().map((f) => f.seq).sort(), ["1", "g7:4", "g9:1"]);
+  core.receive(g7("p4", 4));
+  core.receive(g7("p5", 5));
+  assert.deepEqual(shown(core.drain().events), ["p5"]);
+  core.lost();
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  assert.deepEqual(
+    core.drain().frames,
+    [{ type: TYPE.REPLAY, seq: "1" }],
+    "a reconnect catches up the inbox only: the groups' history was had"
+  );
+});
+
 test("a catch-up cut short by the replay budget is asked for again from where it stopped", () => {
   const core = new ClientCore({ me: ME });
   core.opened();

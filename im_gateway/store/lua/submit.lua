@@ -15,10 +15,11 @@
 -- stream instead (lua/group.lua); its dedupe record names "g<group>" and the position.
 -- Returns JSON [results, presence]: a result is [0, user, pos, user, pos, ...] (stored),
 -- [1, first id, first time, entry or false, user, pos, ...] (duplicate), [2] (not a
--- member), [3, group, pos, gateway, ...] (stored once in a large group's stream, with the
--- gateways that have members online) or [4, first id, first time, entry, group, pos,
--- gateway, ...] (a duplicate of such a message); presence is a list of [user, gateway, ...] for the recipients with a live
--- gateway.
+-- member), [3, group, pos, n, user, pos (n pairs), gateway, ...] (stored once in a large
+-- group's stream, with the gateways that have members online; the pairs: the inbox copy
+-- of a server API sender who is not a member) or [4, first id, first time, entry, group,
+-- pos, n, user, pos (n pairs), gateway, ...] (a duplicate of such a message); presence is
+-- a list of [user, gateway, ...] for the recipients with a live gateway.
 local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])
 local max_len = ARGV[3]
@@ -86,7 +87,12 @@ for i, s in ipairs(batch) do
         stored = redis.call('XRANGE', ukey(words[3], 'inbox'), words[4], words[4], 'COUNT', 1)
       end
       if #stored > 0 and G then
-        res = {4, first_id, first_time, stored[1][2][2], string.sub(words[3], 2), words[4]}
+        res = {4, first_id, first_time, stored[1][2][2], string.sub(words[3], 2), words[4],
+          count - 1}
+        for j = 5, #words do
+          res[#res + 1] = words[j]
+          if j % 2 == 1 then note(words[j]) end
+        end
         for _, gw in ipairs(group_gateways(G, now)) do res[#res + 1] = gw end
       elseif #stored > 0 then
         res = {1, first_id, first_time, stored[1][2][2]}
@@ -108,11 +114,18 @@ for i, s in ipairs(batch) do
       else
         local pos = group_append(G, ARGV[5 + i], max_len, max_age, stamp)
         if by_age then age_trim(G.stream, cutoff) end
-        if dkey then
-          redis.call('SET', dkey, '1 ' .. time .. ' g' .. to .. ' ' .. pos .. ' ' .. id,
-            'PX', window)
+        -- The server API posting as a user who is not a member: their inbox's copy.
+        local copy = {}
+        if check == '0' and from ~= '0' and redis.call('SISMEMBER', G.members, from) == 0 then
+          copy = {from, append(from, ARGV[5 + i])}
         end
-        res = {3, to, pos}
+        if dkey then
+          local record = (1 + #copy / 2) .. ' ' .. time .. ' g' .. to .. ' ' .. pos
+          if #copy > 0 then record = record .. ' ' .. copy[1] .. ' ' .. copy[2] end
+          redis.call('SET', dkey, record .. ' ' .. id, 'PX', window)
+        end
+        res = {3, to, pos, #copy / 2}
+        for _, v in ipairs(copy) do res[#res + 1] = v end
         for _, gw in ipairs(group_gateways(G, now)) do res[#res + 1] = gw end
       end
     elseif G then

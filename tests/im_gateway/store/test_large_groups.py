@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from im_gateway.store import Accepted, GroupStream, Joined, Refusal, Refused, Store
+from im_gateway.store import Accepted, GroupStream, Joined, Refusal, Refused, Store, Submission
 from tests.im_gateway.store.test_contract import (
     ALICE,
     BOB,
@@ -176,6 +176,40 @@ async def test_a_server_post_from_a_non_member_to_a_large_group(small: Store) ->
     assert [e.message.content for e in (await small.read_group(G, 0, 5)).entries] == ["system"]
 
 
+async def test_a_server_post_as_a_non_member_copies_it_to_the_senders_inbox(
+    small: Store,
+) -> None:
+    """As in a small group, the server API posting as a user who is not a member puts a
+    copy in that user's inbox (their devices get it, with their live gateways); a member
+    or the system (0) gets none. A resend answers the same stream position and the same
+    copy, with the gateways live now, so it can be pushed again wherever the first was."""
+    for user in (ALICE, BOB, CAROL):
+        await small.join(G, user)
+    await small.attach(DAVE, GW1)
+    as_dave = post(DAVE, "from the backend")
+    first = accepted((await small.submit([Submission("k1", as_dave, check_member=False)]))[0])
+    assert first.post is not None
+    assert first.post.position == 1
+    assert [(r.user_id, r.seq) for r in first.recipients] == [(DAVE, "1")]
+    assert first.presence == {DAVE: (GW1,)}
+    assert [e.message.content for e in await entries(small, DAVE)] == ["from the backend"]
+    await small.attach(DAVE, GW2)
+    await small.watch(GW2, [G])
+    again = accepted((await small.submit([Submission("k1", as_dave, check_member=False)]))[0])
+    assert again.duplicate
+    assert again.message == first.message
+    assert again.post is not None
+    assert (again.post.position, again.post.gateways) == (1, (GW2,))
+    assert [(r.user_id, r.seq) for r in again.recipients] == [(DAVE, "1")]
+    assert sorted(again.presence[DAVE]) == [GW1, GW2]
+    assert len(await entries(small, DAVE)) == 1
+    as_alice = post(ALICE, "a member")
+    mine = accepted((await small.submit([Submission("k2", as_alice, check_member=False)]))[0])
+    assert mine.post is not None
+    assert mine.recipients == ()
+    assert await entries(small, ALICE) == []
+
+
 async def test_add_and_remove_many_members_in_one_call(backend: Backend) -> None:  # noqa: F811
     """Bulk adds keep both bounds per user and say what happened to each; the group
     changes form once; bulk removes drop leavers' positions."""
@@ -205,3 +239,91 @@ async def test_add_and_remove_many_members_in_one_call(backend: Backend) -> None
     dave = await stream_of(store, DAVE)
     assert dave is not None
     assert [e.message.content for e in dave.page.entries] == ["hi"]
+
+
+# -- membership at a post's position ------------------------------------------------------
+
+
+async def test_memberships_keep_where_each_membership_began_and_ended(small: Store) -> None:
+    """A member who leaves and rejoins: their current membership begins at the rejoin's
+    position and the ended one keeps its join and leave positions, so a post stored while
+    they were out is not theirs and one stored just before they left is."""
+    for user in (ALICE, BOB, CAROL):
+        await small.join(G, user)
+    positions = {}
+    await small.submit([sub("1", post(ALICE, "before dave"))])
+    await small.join(G, DAVE)
+    await small.submit([sub("2", post(ALICE, "while dave is in"))])
+    assert await small.leave(G, DAVE)
+    await small.submit([sub("3", post(ALICE, "while dave is out"))])
+    await small.join(G, DAVE)
+    await small.submit([sub("4", post(ALICE, "after dave is back"))])
+    for e in (await small.read_group(G, 0, 10)).entries:
+        positions[e.message.content] = e.position
+    [dave, alice, eve] = await small.memberships([(G, DAVE), (G, ALICE), (G, EVE)])
+    assert (dave.joined, dave.past) == (3, (1, 2))
+    assert dave.member
+    assert [dave.covers(positions[c]) for c in positions] == [False, True, False, True]
+    assert (alice.joined, alice.past) == (0, None)
+    assert all(alice.covers(p) for p in positions.values())
+    assert (eve.joined, eve.past, eve.member) == (None, None, False)
+    assert not any(eve.covers(p) for p in positions.values())
+    # Asked for the posts after a position only: the same answer for each of them.
+    users = [DAVE, ALICE, EVE]
+    exact = await small.memberships([(G, u) for u in users])
+    for since in range(5):
+        cheap = await small.memberships([(G, u) for u in users], since=since)
+        for u, a, b in zip(users, exact, cheap, strict=True):
+            assert a.member == b.member
+            for p in range(since + 1, 6):
+                assert a.covers(p) == b.covers(p), (u, since, p)
+    assert await small.remove_members(G, [DAVE]) == [True]
+    [gone] = await small.memberships([(G, DAVE)])
+    assert (gone.joined, gone.past) == (None, (3, 4))
+    assert [gone.covers(positions[c]) for c in positions] == [False, False, False, True]
+
+
+async def test_memberships_of_many_groups_and_users_in_one_call(backend: Backend) -> None:  # noqa: F811
+    """Pairs over several groups (several slots on a cluster) answer in the order asked;
+    a member of a group that was never large has been one from the start."""
+    store = backend.make(large_group=1)
+    groups = [G, G + 1, G + 2, G + 3, 900, 901]
+    for g in groups:
+        await store.join(g, ALICE)  # one member: stored in inboxes
+    for g in groups[:3]:
+        await store.join(g, BOB)  # large now
+        await store.submit([sub(f"p{g}", post(ALICE, group=g))])
+        await store.leave(g, BOB)
+    pairs = [(g, u) for g in groups for u in (ALICE, BOB)]
+    found = await store.memberships(pairs)
+    assert [(m.joined, m.past) for m in found] == [
+        *[(0, None), (None, (0, 1))] * 3,
+        *[(0, None), (None, None)] * 3,
+    ]
+    assert await store.memberships([]) == []
+
+
+async def test_leavers_kept_are_bounded_by_the_group_size_bound(backend: Backend) -> None:  # noqa: F811
+    """At most ``max_group_members`` ended memberships are kept per group: the latest;
+    the oldest leavers are forgotten first (they then count as never members)."""
+    store = backend.make(large_group=1, max_group_members=3)
+    await store.add_members(G, [UserId(10), UserId(11)])
+    transient = [UserId(u) for u in range(12, 17)]
+    for i, user in enumerate(transient):
+        await store.join(G, user)
+        await store.submit([sub(f"p{i}", post(10, group=G))])
+        assert await store.leave(G, user)
+    found = await store.memberships([(G, u) for u in transient])
+    assert [m.past for m in found] == [None, None, (2, 3), (3, 4), (4, 5)]
+
+
+async def test_memberships_of_more_users_than_one_read_takes(backend: Backend) -> None:  # noqa: F811
+    """1,500 users of one group (two bulk reads), exact and from a position on."""
+    store = backend.make(large_group=1)
+    users = [UserId(1000 + i) for i in range(1500)]
+    await store.add_members(G, users[::2])
+    await store.submit([sub("p1", post(1000)), sub("p2", post(1000))])
+    for since in (0, 1):
+        found = await store.memberships([(G, u) for u in users], since=since)
+        assert [m.member for m in found] == [i % 2 == 0 for i in range(1500)]
+        assert all(m.covers(2) == m.member for m in found)

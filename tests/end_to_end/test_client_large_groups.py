@@ -1,0 +1,210 @@
+"""The Python client library with a large group (stored once, seqs ``g<group>:<n>``), on
+real processes: redis-server, ``python -m transmit_hub`` and two ``python -m im_gateway``
+with ``--large-group 2`` (a group of three is stored once)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator
+
+import pytest
+
+from im_gateway.client import Client, Message
+from im_gateway.store import RedisStore
+from tests.end_to_end.harness import GatewayProcess, token
+from tests.end_to_end.processes import HubProcess
+from tests.helpers import wait_until
+from tests.node import CLIENT_JS, ROOT, ensure_ws, node
+from transmit_hub.types import UserId
+
+ALICE, BOB, CAROL = 5101, 5102, 5103
+GROUP = 5107
+NODE_ALICE, NODE_BOB, NODE_CAROL = 5201, 5202, 5203
+NODE_GROUP = 5207
+
+
+@contextlib.asynccontextmanager
+async def gateways(redis_url: str) -> AsyncIterator[tuple[str, str]]:
+    """One hub and two gateways storing groups of more than 2 members once; their URLs."""
+    hub = HubProcess("hub-lg")
+    started: list[GatewayProcess] = []
+    try:
+        await hub.wait_serving()
+        for i in (1, 2):
+            started.append(
+                GatewayProcess(
+                    gateway_id=f"gw-lg-{i}",
+                    hub=hub.address,
+                    redis_url=redis_url,
+                    extra=("--large-group", "2", "--group-join", "open"),
+                )
+            )
+        for gateway in started:
+            await gateway.wait_healthy()
+        yield tuple(f"ws://127.0.0.1:{g.port}/ws" for g in started)  # type: ignore[misc]
+    finally:
+        for gateway in started:
+            gateway.stop()
+        hub.stop()
+
+
+async def take(client: Client, n: int, into: list[Message] | None = None) -> list[Message]:
+    """The next ``n`` messages the client yields (within 20 s)."""
+    got = [] if into is None else into
+
+    async def read() -> None:
+        async for message in client.messages():
+            got.append(message)
+            if len(got) >= n:
+                return
+
+    await asyncio.wait_for(read(), 20)
+    return got
+
+
+async def test_acks_per_stream_hold_across_two_devices_of_one_user(redis_url: str) -> None:
+    """Bob's phone takes five posts of a large group and a private message, then closes:
+    the client acknowledged each stream (the group's ``g`` seq, the inbox's), so bob's
+    laptop, a new client on the other gateway, is shown none of them again, only what
+    came after, once each, each stream in order. What the laptop posts reaches the phone
+    (a second client of bob) and never the laptop itself."""
+    store = RedisStore(redis_url)
+    async with gateways(redis_url) as (gw1, gw2):
+        alice = Client(gw1, token=token(ALICE))
+        carol = Client(gw2, token=token(CAROL))
+        async with alice, carol:
+            phone = Client(gw1, token=token(BOB))
+            async with phone:
+                for client in (alice, carol, phone):
+                    await client.join(GROUP)
+                assert await store.is_large(GROUP)
+                for i in range(5):
+                    await alice.send(group=GROUP, content=f"post {i}")
+                await alice.send(to=BOB, content="private 0")
+                seen = await take(phone, 6)
+                posts = [m for m in seen if m.to == GROUP]
+                assert [m.content for m in posts] == [f"post {i}" for i in range(5)]
+                assert [m.seq for m in posts] == [f"g{GROUP}:{i}" for i in range(1, 6)]
+                assert [m.content for m in seen if m.to == BOB] == ["private 0"]
+            # Closed: its acks are stored, per stream (the gateway writes them shortly).
+
+            async def phone_acked() -> bool:
+                positions = await store.streams(UserId(BOB), 0)
+                mine = [(s.group, s.position) for s in positions]
+                return mine == [(GROUP, 5)] and await store.acked(UserId(BOB)) >= 1
+
+            await wait_until(phone_acked, what="the phone's acks of both streams stored")
+
+            laptop = Client(gw2, token=token(BOB))
+            async with laptop:
+                await alice.send(group=GROUP, content="post 5")
+                await alice.send(to=BOB, content="private 1")
+                later = await take(laptop, 2)
+                assert sorted(m.content for m in later) == ["post 5", "private 1"]
+                assert [m.seq for m in later if m.to == GROUP] == [f"g{GROUP}:6"]
+
+                async def laptop_acked() -> bool:
+                    [mine] = await store.streams(UserId(BOB), 0)
+                    return mine.position == 6
+
+                await wait_until(laptop_acked, what="the laptop's ack of g:6 stored")
+
+                phone = Client(gw1, token=token(BOB))
+                async with phone:
+                    on_phone: list[Message] = []
+                    reader = asyncio.create_task(take(phone, 1, on_phone))
+                    await wait_until(lambda: phone.url is not None, what="the phone connected")
+                    own = await laptop.send(group=GROUP, content="from the laptop")
+                    await reader
+                    assert [(m.content, m.id) for m in on_phone] == [
+                        ("from the laptop", own.msg_id)
+                    ]
+                    await alice.send(group=GROUP, content="post 7")
+                    assert [m.content for m in await take(laptop, 1)] == ["post 7"]
+    await store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) -> None:
+    """The JavaScript client through Node (tests/js/large_groups.e2e.mjs), the module as a
+    gateway serves it: the same promises as the Python test above, and the acks of both
+    streams (the inbox's seq, the group's ``g`` seq) reach the store."""
+    tools = ensure_ws()
+    store = RedisStore(redis_url)
+
+    async def acked(inbox: int, group: int, upto: int) -> bool:
+        streams = await store.streams(UserId(NODE_BOB), 0)
+        positions = {s.group: s.position for s in streams}
+        return await store.acked(UserId(NODE_BOB)) >= inbox and positions.get(group) == upto
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := (await reader.readline()).decode().strip():
+                match line.split():
+                    case ["acked", "bob", inbox, group_seq]:
+                        group, _, upto = group_seq[1:].partition(":")
+
+                        async def stored(
+                            i: int = int(inbox), g: int = int(group), u: int = int(upto)
+                        ) -> bool:
+                            return await acked(i, g, u)
+
+                        await wait_until(
+                            stored,
+                            timeout=10,
+                            what=f"bob's acks of {inbox} and {group_seq} stored",
+                        )
+                    case _:
+                        raise AssertionError(f"unknown control line {line!r}")
+                writer.write(f"ok {line}\n".encode())
+                await writer.drain()
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(control, "127.0.0.1", 0)
+    try:
+        async with gateways(redis_url) as urls:
+            config = {
+                "urls": list(urls),
+                "http": urls[0].replace("ws://", "http://").removesuffix("/ws"),
+                "tokens": {
+                    "alice": token(NODE_ALICE),
+                    "bob": token(NODE_BOB),
+                    "carol": token(NODE_CAROL),
+                },
+                "users": {"alice": NODE_ALICE, "bob": NODE_BOB, "carol": NODE_CAROL},
+                "group": NODE_GROUP,
+                "controlPort": server.sockets[0].getsockname()[1],
+                "moduleFile": str(CLIENT_JS),
+            }
+            env = {**os.environ, "CLIENT_E2E": json.dumps(config), "CLIENT_TOOLS": str(tools)}
+            with tempfile.TemporaryFile() as output:
+                proc = await asyncio.create_subprocess_exec(
+                    node(),
+                    "--test",
+                    "--test-reporter=spec",
+                    str(ROOT / "tests" / "js" / "large_groups.e2e.mjs"),
+                    cwd=ROOT,
+                    env=env,
+                    stdout=output,
+                    stderr=output,
+                )
+                try:
+                    await asyncio.wait_for(proc.wait(), 150)
+                finally:
+                    if proc.returncode is None:
+                        proc.kill()
+                        await proc.wait()
+                output.seek(0)
+                report = output.read().decode(errors="replace")[-20_000:]
+            assert proc.returncode == 0, f"node --test failed:\n{report}"
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+        await store.close()
