@@ -45,9 +45,11 @@ import json
 import secrets
 import shlex
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, cast
 
 import harness
@@ -72,6 +74,10 @@ class Phase:
     sent_in_window: int = 0
     window_start: int = 0
     window_end: int = 0
+    timeline: bool = False
+    ack_ns: dict[str, int] = field(default_factory=dict)
+    stamps: list[tuple[str, int, int]] = field(default_factory=list)
+    """``--timeline``: (message id, sent, received) of the messages received in the window."""
 
 
 _COUNTERS = ("sent", "acked", "received", "duplicates", "echoes", "in_window", "sent_in_window")
@@ -265,12 +271,17 @@ class Client:
             phase.received += 1
             if phase.window_start <= now <= phase.window_end:
                 phase.in_window += 1
-                phase.latencies_us.append((now - int(frame["content"])) // 1000)
+                sent = int(frame["content"])
+                phase.latencies_us.append((now - sent) // 1000)
+                if phase.timeline:
+                    phase.stamps.append((msg_id, sent, now))
             if self.peer is not None:
                 self.peer.delivered()
         elif kind == 10:
             phase.acked += 1
             phase.acked_ids.add(frame.get("msgId", ""))
+            if phase.timeline:
+                phase.ack_ns[frame.get("msgId", "")] = now
         elif kind == 14:
             self.replayed.set()
         elif kind == 99:
@@ -368,13 +379,19 @@ def _summary(clients: list[Client]) -> dict[str, Any]:
     for key in _COUNTERS:
         out[key] = sum(getattr(c.phase, key) for c in clients)
     latencies: list[int] = []
+    ack_ns: dict[str, int] = {}
+    stamps: list[tuple[str, int, int]] = []
     for c in clients:
         acked |= c.phase.acked_ids
         received |= c.phase.received_ids
         latencies += c.phase.latencies_us
         out["errors"].update(c.phase.errors)
+        ack_ns |= c.phase.ack_ns
+        stamps += c.phase.stamps
     out["lost"] = len(acked - received)
     out["latencies_us"] = latencies
+    if stamps:  # --timeline: a pair lives in one worker, so the sender's ack is here
+        out["stamps"] = [(mid, sent, ack_ns.get(mid, 0), got) for mid, sent, got in stamps]
     return out
 
 
@@ -402,7 +419,7 @@ async def worker(args: argparse.Namespace) -> None:
         if cmd["phase"] == "quit":
             break
         for c in clients:
-            c.phase = Phase()
+            c.phase = Phase(timeline=spec.get("timeline", False))
             c.outstanding = 0
             c.room.set()
         if cmd["phase"] == "paced":
@@ -448,6 +465,89 @@ async def scrape_metrics(ports: list[int], every: float) -> None:
         await asyncio.sleep(every)
 
 
+# --- the timeline (--timeline) --------------------------------------------------------------
+
+TIMELINE_ENV = "TRANSMIT_HUB_TIMELINE"
+"""The servers' opt-in stamps (``transmit_hub.timeline``): set, they write DIR/<pid>.tsv."""
+
+HOPS: list[tuple[str, str, str]] = [
+    ("client -> gateway (socket, parse)", "sent", "read"),
+    ("queued for a batch (+ linger)", "read", "batched"),
+    ("Redis store (round trip)", "batched", "stored"),
+    ("ack to the sender (side branch)", "stored", "acked"),
+    ("route + hub link queue (+ linger)", "stored", "to_hub"),
+    ("gRPC write to the hub, hub reads", "to_hub", "hub_in"),
+    ("hub: route, outbox, writer wakes", "hub_in", "hub_out"),
+    ("gRPC write to the target gateway", "hub_out", "from_hub"),
+    ("gateway -> client (fanout, socket)", "from_hub", "received"),
+    ("total (send -> receive)", "sent", "received"),
+]
+"""A message's hops: (name, from stamp, to stamp); the stamps ``sent``, ``acked`` and
+``received`` are the clients', the others the servers' (``transmit_hub.timeline``)."""
+
+
+GROUPED = {
+    "batched": "Redis round trips (store calls)",
+    "to_hub": "gRPC frames to the hub",
+    "hub_out": "gRPC frames from the hub",
+}
+"""Stamps taken once per batch or frame (one time for all its messages): how many there
+were says how many wake-ups a hop cost."""
+
+
+def load_stamps(directory: Path) -> tuple[dict[str, dict[str, int]], dict[str, list[float]]]:
+    """The servers' stamps: message id -> hop -> ns (the first time it passed, should it
+    pass twice: a resend); and for the :data:`GROUPED` hops, [messages, batches] (a batch:
+    one process, one time)."""
+    stamps: dict[str, dict[str, int]] = {}
+    grouped = {hop: [0.0, 0.0] for hop in GROUPED}
+    for path in directory.glob("*.tsv"):
+        batches: dict[str, set[str]] = {hop: set() for hop in GROUPED}
+        for line in path.read_text().splitlines():
+            hop, mid, ns = line.split("\t")
+            hops = stamps.setdefault(mid, {})
+            hops[hop] = min(int(ns), hops.get(hop, int(ns)))
+            if hop in batches:
+                batches[hop].add(ns)
+                grouped[hop][0] += 1
+        for hop, times in batches.items():
+            grouped[hop][1] += len(times)
+    return stamps, grouped
+
+
+def timeline(clients: list[list[Any]], servers: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """Per hop: p50, p99 and mean in ms over the messages with both stamps. A message its
+    client had before the receiving gateway got it from the hub came another way (read
+    from the inbox to fill a hole or catch up): it counts in ``via_inbox``, not in the
+    last hop."""
+    gaps: dict[str, list[float]] = {name: [] for name, _, _ in HOPS}
+    via_inbox = 0
+    for mid, sent, acked, received in clients:
+        stamps = dict(servers.get(mid, {}), sent=sent, received=received)
+        if acked:
+            stamps["acked"] = acked
+        if stamps.get("from_hub", received) > received:
+            via_inbox += 1
+            del stamps["from_hub"]
+        for name, start, end in HOPS:
+            if start in stamps and end in stamps:
+                gaps[name].append((stamps[end] - stamps[start]) / 1e6)
+    rows = []
+    for name, values in gaps.items():
+        values.sort()
+        rows.append(
+            {
+                "hop": name,
+                "n": len(values),
+                "p50_ms": harness.percentile(values, 50),
+                "p99_ms": harness.percentile(values, 99),
+                "mean_ms": sum(values) / len(values) if values else float("nan"),
+            }
+        )
+    rows.append({"hop": "received before the hub's push (via the inbox)", "n": via_inbox})
+    return rows
+
+
 async def orchestrate(
     args: argparse.Namespace, redis: str = "single", metrics: str = "on"
 ) -> list[dict[str, Any]]:
@@ -457,13 +557,17 @@ async def orchestrate(
         gateway_args += ["--workers", str(args.gateway_workers)]
     results: list[dict[str, Any]] = []
     scraper: asyncio.Task[None] | None = None
+    env = {"IM_GATEWAY_METRICS_OFF": "1"} if metrics == "off" else {}
+    stamp_dir = Path(tempfile.mkdtemp(prefix="bench-timeline-")) if args.timeline else None
+    if stamp_dir is not None:
+        env[TIMELINE_ENV] = str(stamp_dir)
     with harness.children() as started:
         ports = harness.start_stack(
             started,
             gateways=["gw-1", "gw-2"],
             secret=secret,
             gateway_args=gateway_args,
-            env={"IM_GATEWAY_METRICS_OFF": "1"} if metrics == "off" else None,
+            env=env or None,
             redis=redis,
         )
         for c in started:
@@ -484,6 +588,7 @@ async def orchestrate(
                     "compression": args.client_compression,
                     "impl": args.client,
                     "loop": args.client_loop,
+                    "timeline": args.timeline,
                 }
                 proc = await asyncio.create_subprocess_exec(
                     harness.PYTHON,
@@ -552,6 +657,17 @@ async def orchestrate(
                 if wk.proc.returncode is None:
                     wk.proc.kill()
                     await wk.proc.wait()
+    if stamp_dir is not None:  # the servers wrote their stamps as they exited
+        servers, grouped = load_stamps(stamp_dir)
+        for res in results:
+            res["timeline"] = timeline(res.pop("stamps"), servers)
+        if results:  # over the whole run (all phases, warm-ups included)
+            results[0]["batching"] = {
+                GROUPED[hop]: n / max(1.0, batches) for hop, (n, batches) in grouped.items()
+            }
+        for path in stamp_dir.glob("*.tsv"):
+            path.unlink()
+        stamp_dir.rmdir()
     return results
 
 
@@ -563,6 +679,8 @@ def merge(
         errors.update(o["errors"])
     lat = sorted(v / 1000 for o in outs for v in o["latencies_us"])
     merged: dict[str, Any] = {key: sum(o[key] for o in outs) for key in (*_COUNTERS, "lost")}
+    if args.timeline:
+        merged["stamps"] = [s for o in outs for s in o.get("stamps", ())]
     label = (
         f"paced {args.rate:,.0f} msgs/s"
         if cmd["phase"] == "paced"
@@ -619,6 +737,25 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
     ]
     out += [harness.table(["phase", *names], cpu_rows), ""]
+    for r in results:
+        if "timeline" in r:
+            out += [
+                f"Timeline, {r['phase']}: a message's hops, in ms (one clock: CLOCK_MONOTONIC; "
+                "p50s do not add up, means do):",
+                "",
+            ]
+            t_rows = [
+                [
+                    t["hop"],
+                    f"{t['n']:,}",
+                    *(f"{t.get(k, 0):.2f}" for k in ("p50_ms", "p99_ms", "mean_ms")),
+                ]
+                for t in r["timeline"]
+            ]
+            out += [harness.table(["hop", "messages", "p50", "p99", "mean"], t_rows), ""]
+        if "batching" in r:
+            per = ", ".join(f"{name} {n:.2f}" for name, n in r["batching"].items())
+            out += [f"Messages per batch or frame over the whole run: {per}.", ""]
     for r in results:
         if r["phase"].startswith("paced"):
             ok = r["p99_ms"] < 20
@@ -709,6 +846,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--metrics-rounds", type=int, default=1, help="with --metrics both: on/off rounds"
+    )
+    parser.add_argument(
+        "--timeline",
+        action="store_true",
+        help=f"also show a message's timeline hop by hop (p50/p99 per hop): the servers record "
+        f"stamps ({TIMELINE_ENV}), the clients their send, ack and receive times",
     )
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)

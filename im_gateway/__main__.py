@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -23,10 +24,10 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from transmit_hub import logs
+from transmit_hub import cli, logs
 from transmit_hub.errors import ConfigError as HubConfigError
 from transmit_hub.metrics import MetricsServer
-from transmit_hub.runtime import loop_factory, raise_open_file_limit, tune_gc
+from transmit_hub.runtime import loop_factory, tune_gc
 from transmit_hub.settings import Loaded, Program
 
 from . import auth, workers
@@ -38,15 +39,13 @@ if TYPE_CHECKING:
 
 PROG = "python -m im_gateway"
 ENV_PREFIX = "IM_GATEWAY_"
-EXIT_USAGE = 2
-EXIT_STARTUP = 1
 
 
 class _Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line on stderr."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(cli.EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _env_name(dest: str) -> str:
@@ -77,6 +76,7 @@ PROGRAM = Program(
         "workers": "several processes on one port (--workers)",
         "other": "other",
     },
+    logger="im_gateway",
 )
 
 
@@ -114,16 +114,7 @@ def load(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Loade
 
 def parse_config(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> GatewayConfig:
     """Flags, environment and file -> a validated config (exits 2 with one line on an error)."""
-    try:
-        return load(argv, environ).config
-    except GatewayError as exc:
-        _usage_error(str(exc), argv, environ)
-
-
-def _usage_error(message: str, argv: Sequence[str], environ: Mapping[str, str] | None) -> NoReturn:
-    json_format = logs.sniff_format(argv, os.environ if environ is None else environ, ENV_PREFIX)
-    print(logs.error_line(PROG, message, json_format=json_format == "json"), file=sys.stderr)
-    raise SystemExit(EXIT_USAGE)
+    return cli.parse(PROGRAM, argv, environ)
 
 
 def token_main(argv: Sequence[str]) -> int:
@@ -200,6 +191,16 @@ async def _metrics_server(config: GatewayConfig, gateway: Gateway) -> AsyncItera
         await server.close()
 
 
+def _supervise(config: GatewayConfig, args: Sequence[str]) -> int:
+    """``--workers N``: supervise N gateway processes; the exit code says how they ended
+    (:mod:`im_gateway.workers`)."""
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(workers.Supervisor(config, args).run())
+    except GatewayError as exc:
+        return cli.failed(PROGRAM, config, exc)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["token"]:
@@ -208,32 +209,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from . import probe
 
         return probe.main(args[1:])
+    config = cli.configure(PROGRAM, args, quiet=("websockets",))
+    if config is None:
+        return 0  # --print-config
     try:
-        loaded = load(args)
-    except GatewayError as exc:
-        _usage_error(str(exc), args, None)
-    config = loaded.config
-    if loaded.print_config:
-        print(PROGRAM.render(config), end="")
-        return 0
-    logs.configure(config.log_level, config.log_format, program="im_gateway")
-    if config.log_level.upper() != "DEBUG":
-        logging.getLogger("websockets").setLevel(logging.WARNING)
-    limit_note = raise_open_file_limit()
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            if config.workers > 1:
-                return runner.run(workers.Supervisor(config, args).run())
-            runner.run(serve(config, limit_note))
-    except GatewayError as exc:
-        print(
-            logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),
-            file=sys.stderr,
-        )
-        return EXIT_STARTUP
+        if config.workers > 1:
+            return _supervise(config, args)
+        return cli.run(PROGRAM, config, functools.partial(serve, config), failure=GatewayError)
     except KeyboardInterrupt:
-        pass
-    return 0
+        return 0
 
 
 if __name__ == "__main__":

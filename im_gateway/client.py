@@ -34,12 +34,8 @@ The socket is always read, so sends are answered even when no one takes messages
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import logging
-import random
 from collections.abc import AsyncIterator, Sequence
 from types import TracebackType
 from typing import Any, Final
@@ -47,17 +43,20 @@ from typing import Any, Final
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-from .client_state import (
+from .client_protocol import (
     GROUP,
     JOIN,
     LEAVE,
     PRIVATE,
+    UINT64_MAX,
     ClientError,
-    ClientState,
     Message,
     Refused,
     Sent,
+    backoff,
+    token_subject,
 )
+from .client_state import ClientState
 from .close_codes import CLOSE_SERVICE_RESTART
 
 __all__ = ["Client", "ClientError", "Message", "Refused", "Sent"]
@@ -79,30 +78,7 @@ CLOSE_WAIT: Final = 2.0
 MAX_WAITING: Final = 10_000
 MAX_FRAME: Final = 1 << 20
 """Frames larger than this close the connection (the gateway's content limit is 64 KiB)."""
-UINT64_MAX: Final = 2**64 - 1
 HEARTBEAT_REPLY: Final = '{"type":0}'
-
-
-def backoff(attempt: int, initial: float, cap: float) -> float:
-    """Full-jitter-ish exponential backoff: between half and all of ``initial * 2**attempt``."""
-    base: float = min(cap, initial * 2.0 ** min(attempt, 30))
-    return base / 2 + random.random() * base / 2
-
-
-def token_subject(token: str) -> int | None:
-    """The user id in a JWT's ``sub``, read without checking the signature (only to tell
-    this user's own messages; the gateway checks the token); None when it has none."""
-    try:
-        payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error):
-        return None
-    sub = claims.get("sub") if isinstance(claims, dict) else None
-    if type(sub) is int and 0 <= sub <= UINT64_MAX:
-        return sub
-    if isinstance(sub, str) and sub.isascii() and sub.isdigit() and int(sub) <= UINT64_MAX:
-        return int(sub)
-    return None
 
 
 class Client:

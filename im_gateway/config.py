@@ -24,6 +24,7 @@ from transmit_hub.settings import (
 from transmit_hub.tls import ClientTls
 from transmit_hub.types import gateway_id_problem
 
+from . import config_rules as rules
 from .addresses import MAX_HUBS, default_gateway_id, parse_host_port, parse_hubs
 from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
@@ -40,28 +41,6 @@ __all__ = [
     "parse_host_port",
     "parse_hubs",
 ]
-
-
-def _host_port(value: str) -> str | None:
-    try:
-        parse_host_port(value, "")
-    except ConfigError:
-        return "must be HOST:PORT"
-    return None
-
-
-def _gateway_id(value: str) -> str | None:
-    problem = gateway_id_problem(value)
-    return None if problem is None else f"is no usable id: {problem}"
-
-
-def _not_empty(value: str) -> str | None:
-    return None if value else "must not be empty"
-
-
-def _no_braces(value: str) -> str | None:
-    braces = "{" in value or "}" in value
-    return "must not contain braces (they are hash tags)" if braces else None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,7 +62,7 @@ class GatewayConfig:
         None,
         "this gateway's unique id (default: derived from host name and port)",
         metavar="ID",
-        check=_gateway_id,
+        check=rules.gateway_id,
     )
     hub: str = setting(
         "127.0.0.1:50051",
@@ -141,14 +120,14 @@ class GatewayConfig:
         None,
         "serve POST /api/<method> (publish, groups, presence, disconnect, history) here",
         metavar="HOST:PORT",
-        check=_host_port,
+        check=rules.host_port,
         group="api",
     )
     api_key: str | None = setting(
         None,
         "the bearer key every API call must carry",
         metavar="KEY",
-        check=lambda key: None if len(key) >= 16 else "must be at least 16 characters",
+        check=rules.api_key,
         secret=True,
     )
     api_max_users: int = setting(
@@ -204,10 +183,10 @@ class GatewayConfig:
         group="security",
     )
     jwt_audience: str | None = setting(
-        None, "when set, tokens must carry this aud claim", metavar="AUD", check=_not_empty
+        None, "when set, tokens must carry this aud claim", metavar="AUD", check=rules.not_empty
     )
     jwt_issuer: str | None = setting(
-        None, "when set, tokens must carry this iss claim", metavar="ISS", check=_not_empty
+        None, "when set, tokens must carry this iss claim", metavar="ISS", check=rules.not_empty
     )
     group_join: str = setting(
         SERVER,
@@ -313,10 +292,11 @@ class GatewayConfig:
         256, "most frames stored per Redis round trip", metavar="FRAMES", check=at_least(1)
     )
     batch_linger: float = setting(
-        0.003,
+        0.0,
         "while traffic flows, how long a small batch waits for more frames before it is "
-        "stored (fewer Redis round trips and hub frames; an idle gateway never waits; "
-        "0 disables)",
+        "stored (fewer Redis round trips and hub frames, more latency; an idle gateway "
+        "never waits; 0, the default: no wait, a batch is what arrived during the "
+        "previous store call)",
         metavar="SECONDS",
         check=non_negative,
     )
@@ -376,7 +356,7 @@ class GatewayConfig:
         check=between(0.5, 3600),
     )
     redis_prefix: str = setting(
-        "im:", "prefix of every Redis key", metavar="PREFIX", check=_no_braces, group="store"
+        "im:", "prefix of every Redis key", metavar="PREFIX", check=rules.no_braces, group="store"
     )
     redis_timeout: float = setting(
         5.0,
@@ -448,7 +428,7 @@ class GatewayConfig:
         "also serve GET /metrics on this address; with --workers N, worker i on PORT+i "
         "(the users' port answers from whichever worker took the connection)",
         metavar="HOST:PORT",
-        check=_host_port,
+        check=rules.host_port,
     )
     compression: bool = setting(
         False,

@@ -6,7 +6,8 @@ global default registry).
 
 Nothing on the message path touches a prometheus object (their ``inc`` and ``observe``
 take a lock and cost one to four microseconds each). The hooks only add to plain
-integers and to :class:`FastHistogram` bucket counts (a bisect and an increment), and
+integers and to :class:`~im_gateway.histogram.FastHistogram` bucket counts (a bisect and
+an increment), and
 :class:`_Collector` turns them into Prometheus families when a scrape comes, in the
 event loop, so nothing races. Gauges that are cheap to read (connections, queue depths,
 hub links) are read from the gateway's parts at scrape time. Work done per batch (a
@@ -18,7 +19,6 @@ every hook a no-op (:class:`NullMetrics`) and ``/metrics`` answer 404.
 
 from __future__ import annotations
 
-import bisect
 import collections
 import os
 import time
@@ -35,6 +35,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import frames
+from .histogram import FastHistogram
 from .store import Accepted, Refused, Store
 
 
@@ -99,47 +100,6 @@ _IN_KIND: Final[dict[object, str]] = {
     frames.Ack: "11",
     frames.Replay: "14",
 }
-
-
-class FastHistogram:
-    """Bucket counts and a sum, for one event loop: ``observe`` takes no lock."""
-
-    __slots__ = ("bounds", "counts", "sum")
-
-    def __init__(self, bounds: Sequence[float]) -> None:
-        self.bounds = tuple(bounds)
-        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def observe_since(self, time_ms: int) -> None:
-        """Observe the seconds from ``time_ms`` (wall clock, ms) to now (0 if ahead)."""
-        value = _now() - time_ms * 0.001
-        if value < 0.0:
-            value = 0.0
-        self.counts[_bisect(self.bounds, value)] += 1
-        self.sum += value
-
-    def buckets(self) -> list[tuple[str, float]]:
-        """Cumulative ``(le, count)`` pairs, ``+Inf`` last (Prometheus' form)."""
-        out: list[tuple[str, float]] = []
-        total = 0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            total += n
-            out.append((_float_text(bound), total))
-        out.append(("+Inf", total + self.counts[-1]))
-        return out
-
-
-_now = time.time
-_bisect = bisect.bisect_left
-
-
-def _float_text(value: float) -> str:
-    return repr(float(value))
 
 
 class GatewayMetrics:

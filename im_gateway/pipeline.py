@@ -8,16 +8,18 @@ sockets or the hub: each stored message goes to a :class:`Route` (the gateway's
 
 Batches. Callers put submissions (with a fresh message id and the server time) into one
 bounded queue. A single worker takes everything available (up to ``batch_size``) and
-stores it with one :meth:`Store.submit` call, so an idle gateway adds no latency and a
-busy one shares each Redis round trip among many messages. Full policy: a caller whose
-message finds the queue full waits (a session stops reading its socket, which pushes
-back on that client); nothing is dropped. One worker keeps each sender's order.
+stores it with one :meth:`Store.submit` call. Full policy: a caller whose message finds
+the queue full waits (a session stops reading its socket, which pushes back on that
+client); nothing is dropped. One worker keeps each sender's order.
 
-Linger. At moderate load messages arrive one at a time, and each would pay a Redis round
-trip, a hub frame and several wake-ups on every hop for itself alone (about four times
-the CPU of a message in a full batch). So while traffic flows (the last batch started
-less than ``busy_window`` seconds ago) the worker waits ``linger`` seconds before taking
-a small batch. An idle gateway (no batch lately) stores a message at once.
+Natural batching (no linger by default). The worker never waits for more: a message that
+finds it idle is stored at once, and whatever arrives while a store call is out makes the
+next batch. So a quiet gateway adds no latency, moderate load gets small batches without
+a wait, and full load gets big ones (the round trip grows with the batch, and so does the
+next batch). ``linger`` (``--batch-linger``, 0 by default) adds a wait: while traffic
+flows (the last batch started less than ``busy_window`` seconds ago) the worker waits
+``linger`` seconds before taking a small batch, trading latency for fewer Redis round
+trips and hub frames per message on a machine short of CPU.
 
 Retry. A batch whose store call fails is tried once more (a timeout: it may have been
 stored with its reply lost). That is safe: a batch is stored atomically and
@@ -29,10 +31,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from transmit_hub import timeline
 from transmit_hub.types import MessageId, UserId, new_message
 
 from . import frames
@@ -87,10 +91,14 @@ class Route(Protocol):
 _Item = tuple[Caller, Submission]
 
 
-def _take(queue: asyncio.Queue[_Item], batch: list[_Item], limit: int) -> None:
+def _take(queue: deque[_Item], batch: list[_Item], limit: int) -> None:
     """Move what ``queue`` holds into ``batch``, up to ``limit`` items in all."""
-    while len(batch) < limit and not queue.empty():
-        batch.append(queue.get_nowait())
+    if len(batch) + len(queue) <= limit:
+        batch += queue
+        queue.clear()
+        return
+    while len(batch) < limit:
+        batch.append(queue.popleft())
 
 
 class Pipeline:
@@ -103,7 +111,7 @@ class Pipeline:
         route: Route,
         queue_size: int = 10_000,
         batch_size: int = 256,
-        linger: float = 0.003,
+        linger: float = 0.0,
         busy_window: float = 0.02,
         faults: Faults | None = None,
         metrics: GatewayMetrics | None = None,
@@ -115,7 +123,13 @@ class Pipeline:
         self._linger = linger
         self._busy_window = busy_window
         self._faults = faults
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue(maxsize=queue_size)
+        # A plain deque (asyncio.Queue costs several calls per item): the worker waits on
+        # _wakeup when it is empty, callers of put() on _room while it is full.
+        self._queue: deque[_Item] = deque()
+        self._queue_size = queue_size
+        self._wakeup: asyncio.Future[None] | None = None
+        self._room = asyncio.Event()
+        self._room.set()
         self._ids = MessageIds()
         self._task: asyncio.Task[None] | None = None
         self._store_failed = Throttled(logger, "storing a batch failed %d times; retrying once")
@@ -143,23 +157,25 @@ class Pipeline:
     @property
     def busy(self) -> bool:
         """True while the queue is full (:meth:`offer` would refuse)."""
-        return self._queue.full()
+        return len(self._queue) >= self._queue_size
 
     @property
     def queued(self) -> int:
         """Submissions waiting for the worker."""
-        return self._queue.qsize()
+        return len(self._queue)
 
     @property
     def idle(self) -> bool:
         """Nothing queued and no batch in the works: every caller has been answered."""
-        return not self._working and self._queue.empty()
+        return not self._working and not self._queue
 
     def submission(
         self, sender: UserId, frame: frames.SendMessage, *, check_member: bool = True
     ) -> Submission:
         """A submission for ``frame`` from ``sender``, with a fresh id and the time now."""
         msg_id, now_ms = self._ids.next()
+        if timeline.ON:
+            timeline.stamp("read", (msg_id,))
         message = new_message(
             msg_id, sender, frame.to, frame.type, frame.content_type, now_ms, frame.content
         )
@@ -167,14 +183,22 @@ class Pipeline:
 
     def offer(self, caller: Caller, submission: Submission) -> bool:
         """Queue a submission; False (nothing queued) when the queue is full."""
-        if self._queue.full():
+        queue = self._queue
+        if len(queue) >= self._queue_size:
             return False
-        self._queue.put_nowait((caller, submission))
+        queue.append((caller, submission))
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            if not wakeup.done():
+                wakeup.set_result(None)
         return True
 
     async def put(self, caller: Caller, submission: Submission) -> None:
         """Queue a submission; waits while the queue is full."""
-        await self._queue.put((caller, submission))
+        while not self.offer(caller, submission):
+            self._room.clear()
+            await self._room.wait()
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -190,9 +214,10 @@ class Pipeline:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        while not self._queue.empty():
-            caller, sub = self._queue.get_nowait()
+        while self._queue:
+            caller, sub = self._queue.popleft()
             caller.failed(frames.INTERNAL, "gateway stopping; send again", sub.client_id)
+        self._room.set()  # as asyncio.Queue did: callers waiting in put() are let go
 
     # --- the worker ---------------------------------------------------------------------
 
@@ -201,10 +226,15 @@ class Pipeline:
         limit = self._batch_size
         loop = asyncio.get_running_loop()
         last_start = -1e9
+        room = self._room
         while True:
-            batch = [await queue.get()]
+            if not queue:
+                self._wakeup = wakeup = loop.create_future()
+                await wakeup
+            batch: list[_Item] = []
             self._working = True
             _take(queue, batch, limit)
+            room.set()
             now = loop.time()
             linger = len(batch) < limit and now - last_start < self._busy_window
             last_start = now
@@ -212,6 +242,7 @@ class Pipeline:
                 if linger and self._linger > 0:
                     await asyncio.sleep(self._linger)  # traffic flows: let more join
                     _take(queue, batch, limit)
+                    room.set()
                 await self._process(batch)
             except asyncio.CancelledError:
                 for caller, sub in batch:
@@ -226,11 +257,15 @@ class Pipeline:
 
     async def _process(self, batch: Sequence[_Item]) -> None:
         submissions = [sub for _, sub in batch]
+        if timeline.ON:
+            timeline.stamp("batched", [sub.message.id for sub in submissions])
         try:
             results = await self._store.submit(submissions)
         except Exception as exc:
             self._store_failed.hit(exc=exc)
             results = await self._store.submit(submissions)
+        if timeline.ON:
+            timeline.stamp("stored", [sub.message.id for sub in submissions])
         if self._faults is not None:
             self._faults.stored()
         self.batches += 1

@@ -7,9 +7,14 @@ global one) is installed by npm, by name, into the project-local ``.tools`` fold
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,3 +66,57 @@ def run_node_tests(
     report = done.stdout[-20_000:] + done.stderr[-5_000:]
     assert done.returncode == 0, f"node --test failed ({done.returncode}):\n{report}"
     return done
+
+
+Control = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+"""Serves one control connection from a Node end-to-end test (one line each way)."""
+
+
+@contextlib.asynccontextmanager
+async def control_server(serve: Control) -> AsyncIterator[int]:
+    """A loopback server for the control connections of ``tests/js/*.e2e.mjs`` (each line
+    asks this side to act on the processes it owns); yields its port."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await serve(reader, writer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        with contextlib.suppress(Exception):
+            await server.wait_closed()
+
+
+async def node_e2e(script: str, config: Mapping[str, object], *, within: float) -> str:
+    """``node --test tests/js/SCRIPT`` with ``config`` (and the module's file) as the JSON
+    of ``CLIENT_E2E``, without blocking the loop (the processes it drives are this side's);
+    the test fails (with node's report) when any Node test does, or when it runs past
+    ``within`` seconds. Returns the report."""
+    settings = {**config, "moduleFile": str(CLIENT_JS)}
+    env = {**os.environ, "CLIENT_E2E": json.dumps(settings), "CLIENT_TOOLS": str(ensure_ws())}
+    with tempfile.TemporaryFile() as output:
+        proc = await asyncio.create_subprocess_exec(
+            node(),
+            "--test",
+            "--test-reporter=spec",
+            str(ROOT / "tests" / "js" / script),
+            cwd=ROOT,
+            env=env,
+            stdout=output,
+            stderr=output,
+        )
+        try:
+            await asyncio.wait_for(proc.wait(), within)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        output.seek(0)
+        report = output.read().decode(errors="replace")[-20_000:]
+    assert proc.returncode == 0, f"node --test failed:\n{report}"
+    return report

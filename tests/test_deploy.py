@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from im_gateway import __main__ as gateway_main
-from im_gateway import probe
+from im_gateway import probe, probe_config
 from im_gateway.config import GatewayConfig
 from im_gateway.gateway import Gateway
 from tests.end_to_end.harness import SECRET, Client, http_get
@@ -138,7 +138,7 @@ def test_units_start_valid_commands(name: str) -> None:
         config = hub_config.parse_config(args, env={})
         assert stop > config.grace + 1
     elif args[:1] == ["probe"]:
-        probe.parse_config(args[1:], {"IM_GATEWAY_PROBE_JWT_SECRET": "s" * 32})
+        probe_config.parse_config(args[1:], {"IM_GATEWAY_PROBE_JWT_SECRET": "s" * 32})
     else:
         env = {"IM_GATEWAY_JWT_SECRET": "s" * 32}
         gw = gateway_main.parse_config(args, env)

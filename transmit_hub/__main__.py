@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from . import logs
-from .config import ENV_PREFIX, PROGRAM, HubConfig, load
+from . import cli
+from .config import PROGRAM, HubConfig
 from .errors import ConfigError
-from .runtime import loop_factory, raise_open_file_limit, tune_gc
+from .runtime import tune_gc
 from .server import HubServer
 
 log = logging.getLogger("transmit_hub")
-
-PROG = "transmit_hub"
 
 
 async def serve(config: HubConfig, limit_note: str | None = None) -> None:
@@ -40,29 +38,10 @@ async def serve(config: HubConfig, limit_note: str | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    try:
-        loaded = load(args)
-    except ConfigError as exc:
-        json_format = logs.sniff_format(args, os.environ, ENV_PREFIX) == "json"
-        print(logs.error_line(PROG, str(exc), json_format=json_format), file=sys.stderr)
-        return 2
-    config = loaded.config
-    if loaded.print_config:
-        print(PROGRAM.render(config), end="")
-        return 0
-    logs.configure(config.log_level_number, config.log_format, program=PROG)
-    limit_note = raise_open_file_limit()
-    try:
-        with asyncio.Runner(loop_factory=loop_factory()) as runner:
-            runner.run(serve(config, limit_note))
-    except ConfigError as exc:
-        print(
-            logs.error_line(PROG, str(exc), json_format=config.log_format == "json"),
-            file=sys.stderr,
-        )
-        return 1
-    return 0
+    config = cli.configure(PROGRAM, list(sys.argv[1:] if argv is None else argv))
+    if config is None:
+        return 0  # --print-config
+    return cli.run(PROGRAM, config, functools.partial(serve, config), failure=ConfigError)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ the config it is given.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -157,10 +156,6 @@ class HubConfig:
         """Read the TLS files (``None``: plaintext); raises ConfigError naming the flag."""
         return ServerTls.from_files(self.tls_cert, self.tls_key, self.tls_client_ca)
 
-    @property
-    def log_level_number(self) -> int:
-        return int(getattr(logging, self.log_level.upper()))
-
 
 PROGRAM = Program(
     HubConfig,
@@ -171,6 +166,7 @@ PROGRAM = Program(
         "routes their TransmitMaps to each other."
     ),
     error=ConfigError,
+    name="transmit_hub",
 )
 
 

@@ -69,20 +69,28 @@ import logging
 import random
 from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from time import monotonic
 from typing import Any, Final
 
 from grpc import aio  # type: ignore[import-untyped]
 
-from . import codec, wire
+from . import codec, timeline, wire
 from .auth import bearer_metadata
 from .errors import ConfigError, LinkClosed, LinkError, ProtocolError
 from .lifecycle import AsyncLifecycle
+from .link_events import (
+    Delivered,
+    LinkDown,
+    LinkEvent,
+    LinkLost,
+    LinkUp,
+    NotDelivered,
+    close_events,
+    read_events,
+)
 from .tls import ClientTls
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
 from .types import (
-    Delivery,
     GatewayId,
     MessageId,
     TransmitMap,
@@ -117,49 +125,6 @@ REFUSALS: Final = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 """Statuses that say the hub refuses this gateway itself (reported, not just retried)."""
 DROP_LOG_INTERVAL: Final = 10.0
 """Undecodable deliveries are logged in one line at most this often, with a count."""
-
-
-@dataclass(frozen=True, slots=True)
-class LinkUp:
-    """The link attached (again): the hub ``hub_id`` accepted this gateway."""
-
-    hub_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkDown:
-    """The stream ended, or another process holds our gateway id; the link reconnects."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class LinkLost:
-    """One hub's stream ended while others still serve (from a
-    :class:`~transmit_hub.pool.HubPool`): what that hub wrote into its dead stream may
-    never have arrived, though the pool is still connected."""
-
-    hub: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """Messages for users of this gateway, one delivery per message."""
-
-    deliveries: tuple[Delivery, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class NotDelivered:
-    """Shares of maps this gateway sent that the hub could not pass on."""
-
-    notices: tuple[Undeliverable, ...]
-
-
-LinkEvent = LinkUp | LinkDown | LinkLost | Delivered | NotDelivered
-
-_CLOSED: Final = object()
 
 
 class _Conflict(Exception):
@@ -305,16 +270,9 @@ class HubLink(AsyncLifecycle):
             wakeup.set()
         return True
 
-    async def events(self) -> AsyncIterator[LinkEvent]:
+    def events(self) -> AsyncIterator[LinkEvent]:
         """The link's events, for one consumer; ends after :meth:`close`."""
-        queue = self._events
-        while True:
-            if self._closed and queue.empty():
-                return
-            item = await queue.get()
-            if item is _CLOSED:
-                return
-            yield item  # type: ignore[misc]
+        return read_events(self._events, lambda: self._closed)
 
     async def close(self) -> list[TransmitMap]:
         """Stop the link; return the maps never written (each returned once)."""
@@ -326,8 +284,7 @@ class HubLink(AsyncLifecycle):
                 await asyncio.wait([task])
             self._connected = False
             self._up.clear()
-            if not self._events.full():
-                self._events.put_nowait(_CLOSED)
+            close_events(self._events)
             log.info("link %s to %s closed", self.gateway_id, self.target)
         unsent = [*self._inflight, *self._pending]
         self._inflight = []
@@ -501,6 +458,8 @@ class HubLink(AsyncLifecycle):
             if response is aio.EOF:
                 return
             frame = decode(response)
+            if timeline.ON:
+                timeline.stamp("from_hub", [d.message.id for d in frame.deliveries])
             if frame.deliveries:
                 await emit(Delivered(frame.deliveries))
             if frame.notices:
@@ -576,6 +535,8 @@ class HubLink(AsyncLifecycle):
             if not batch:
                 continue
             self._inflight = batch
+            if timeline.ON:
+                timeline.stamp("to_hub", [tmap.message.id for tmap in batch])
             await call.write(wire.encode_batch_request(encoded))
             self._inflight = []
             last_write = monotonic()

@@ -9,7 +9,7 @@
 
 Every gateway attaches to every hub (one :class:`~transmit_hub.link.HubLink` each),
 takes deliveries from all of them and sends each map through one. The pure parts are
-plain functions and small classes, tested without a loop:
+in :mod:`transmit_hub.pool_plan`:
 
 - **Which hub.** :func:`rank` orders the hubs for a map by rendezvous hashing of this
   gateway's id and the map's target gateways; the first attached hub in that order
@@ -41,193 +41,35 @@ hub is attached. The event queue is bounded; a slow consumer backpressures the h
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, Final
 
 from .errors import ConfigError, LinkClosed
 from .lifecycle import AsyncLifecycle
-from .link import Delivered, HubLink, LinkDown, LinkEvent, LinkLost, LinkUp, NotDelivered
+from .link import HubLink
+from .link_events import (
+    Delivered,
+    LinkDown,
+    LinkEvent,
+    LinkLost,
+    LinkUp,
+    NotDelivered,
+    close_events,
+    read_events,
+)
+from .pool_plan import RANK_CACHE, Absences, SendLog, merge_resend, plan, rank, route_key
 from .transport import CHANNEL_OPTIONS
-from .types import GatewayId, MessageId, TransmitMap, Undeliverable, UndeliverableReason
+from .types import GatewayId, TransmitMap, Undeliverable, UndeliverableReason
 
-__all__ = ["Absences", "HubPool", "SendLog", "plan", "rank", "route_key"]
+__all__ = ["Absences", "HubPool", "SendLog", "merge_resend", "plan", "rank", "route_key"]
 
 log = logging.getLogger(__name__)
 
-ABSENT_FOR: Final = 2.0
-"""Seconds a hub's "not attached" for a gateway steers that gateway's shares elsewhere."""
 RESEND_PATIENCE: Final = 2.0
 """After a break, how long sending again may wait for room in the other hubs' buffers."""
-RANK_CACHE: Final = 4096
-"""Routing keys whose hub order is remembered (the cache is emptied when it is full)."""
-
-_CLOSED: Final = object()
-
-
-# -- pure parts ----------------------------------------------------------------------------
-
-
-def route_key(gateway_id: str, tmap: TransmitMap) -> str:
-    """The key a map is placed by: the sender gateway and the map's target gateways."""
-    users = tmap.users
-    if len(users) == 1:
-        (target,) = users
-        return f"{gateway_id}>{target}"
-    return f"{gateway_id}>" + ",".join(sorted(users))
-
-
-def rank(key: str, hubs: Sequence[str]) -> tuple[str, ...]:
-    """``hubs`` in rendezvous order for ``key``: highest hash of (hub, key) first.
-
-    Adding or losing a hub moves only the keys whose first hub it is.
-    """
-
-    def score(hub: str) -> bytes:
-        return hashlib.blake2b(f"{hub}|{key}".encode(), digest_size=8).digest()
-
-    return tuple(sorted(hubs, key=score, reverse=True))
-
-
-class Absences:
-    """Which hubs said lately that a gateway is not attached to them (for ``ttl`` s)."""
-
-    def __init__(self, ttl: float = ABSENT_FOR) -> None:
-        self._ttl = ttl
-        self._until: dict[tuple[str, GatewayId], float] = {}
-
-    def __bool__(self) -> bool:
-        return bool(self._until)
-
-    def mark(self, hub: str, gateway: GatewayId, now: float) -> None:
-        """``hub`` said ``gateway`` is not attached to it."""
-        self._until[(hub, gateway)] = now + self._ttl
-        if len(self._until) > RANK_CACHE:  # bounded: forget what has expired
-            self._until = {k: t for k, t in self._until.items() if t > now}
-
-    def absent(self, hub: str, gateway: GatewayId, now: float) -> bool:
-        """Whether ``hub`` said lately that ``gateway`` is not attached to it."""
-        until = self._until.get((hub, gateway))
-        if until is None:
-            return False
-        if until <= now:
-            del self._until[(hub, gateway)]
-            return False
-        return True
-
-
-def plan(
-    tmap: TransmitMap,
-    order: Iterable[str],
-    absent: Callable[[str, GatewayId], bool] | None = None,
-) -> list[tuple[str, TransmitMap]]:
-    """Which hub carries which part of ``tmap``; ``[]`` when ``order`` is empty.
-
-    ``order``: the attached hubs, best first. The map goes whole through the first,
-    except the shares of targets that ``absent`` says are missing there and present on
-    a later hub: each of those goes through the first such hub.
-    """
-    hubs = list(order)
-    if not hubs:
-        return []
-    first = hubs[0]
-    if absent is None or len(hubs) == 1:
-        return [(first, tmap)]
-    moved: dict[str, dict[GatewayId, Any]] = {}
-    for gateway, recipients in tmap.users.items():
-        if not absent(first, gateway):
-            continue
-        for hub in hubs[1:]:
-            if not absent(hub, gateway):
-                moved.setdefault(hub, {})[gateway] = recipients
-                break
-    if not moved:
-        return [(first, tmap)]
-    gone = {g for shares in moved.values() for g in shares}
-    parts: list[tuple[str, TransmitMap]] = []
-    rest = {g: rs for g, rs in tmap.users.items() if g not in gone}
-    if rest:
-        parts.append((first, TransmitMap(tmap.message, rest)))
-    parts.extend((hub, TransmitMap(tmap.message, shares)) for hub, shares in moved.items())
-    return parts
-
-
-_Sent = tuple[TransmitMap, str, float, frozenset[str]]
-"""A record: the map, the hub it went through, when, and every hub that carried it so far
-(a plain tuple: one is made per send)."""
-
-
-class SendLog:
-    """What went through which hub lately: the maps to send again when a hub breaks, and
-    the shares to try elsewhere when a hub says their gateway is not attached to it.
-
-    Bounded: a record is forgotten after ``window`` seconds, or when ``max_entries``
-    newer ones exist. A record costs one tuple in a deque (this is on every send); the
-    rare look-up by message id scans from the newest end, where a notice's map is.
-    """
-
-    def __init__(self, *, window: float, max_entries: int) -> None:
-        if window < 0 or max_entries < 1:
-            raise ConfigError("need window >= 0 and max_entries >= 1")
-        self._window = window
-        self._max = max_entries
-        self._sent: deque[_Sent] = deque()
-
-    def __len__(self) -> int:
-        return len(self._sent)
-
-    def record(
-        self, tmap: TransmitMap, hub: str, now: float, tried: frozenset[str] | None = None
-    ) -> None:
-        """``tmap`` went through ``hub`` at ``now``; ``tried``: every hub that carried it,
-        ``hub`` included (default: ``hub`` alone)."""
-        sent = self._sent
-        sent.append((tmap, hub, now, frozenset((hub,)) if tried is None else tried))
-        if len(sent) > self._max or sent[0][2] < now - self._window:
-            self.trim(now)
-
-    def trim(self, now: float) -> None:
-        """Forget what is older than the window, and the oldest beyond ``max_entries``."""
-        sent = self._sent
-        horizon = now - self._window
-        while sent and (len(sent) > self._max or sent[0][2] < horizon):
-            sent.popleft()
-
-    def through(self, hub: str, now: float) -> list[TransmitMap]:
-        """The maps that went through ``hub`` in the window, oldest first."""
-        self.trim(now)
-        return [tmap for tmap, via, _, _ in self._sent if via == hub]
-
-    def share(
-        self, message_id: MessageId, gateway: GatewayId, hub: str
-    ) -> tuple[TransmitMap, frozenset[str]] | None:
-        """``gateway``'s share of the message sent through ``hub``, and the hubs tried."""
-        for tmap, via, _, tried in reversed(self._sent):
-            if via == hub and tmap.message.id == message_id and gateway in tmap.users:
-                users = tmap.users
-                part = (
-                    tmap
-                    if len(users) == 1
-                    else TransmitMap(tmap.message, {gateway: users[gateway]})
-                )
-                return part, tried
-        return None
-
-
-def merge_resend(
-    window: Sequence[TransmitMap], waiting: Sequence[TransmitMap]
-) -> list[TransmitMap]:
-    """What a broken hub had: the maps written in the window, then those still waiting.
-
-    ``waiting`` (never written, oldest first) is newer than anything written, and the
-    window may hold some of it: each map comes out once, in the order it was sent.
-    """
-    held = {id(m) for m in waiting}
-    return [*(m for m in window if id(m) not in held), *waiting]
 
 
 # -- the pool ------------------------------------------------------------------------------
@@ -325,16 +167,9 @@ class HubPool(AsyncLifecycle):
             raise LinkClosed("the hub pool is closed")
         return self._dispatch(tmap, frozenset())
 
-    async def events(self) -> AsyncIterator[LinkEvent]:
+    def events(self) -> AsyncIterator[LinkEvent]:
         """The merged events of every hub, for one consumer; ends after :meth:`close`."""
-        queue = self._events
-        while True:
-            if self._closed and queue.empty():
-                return
-            item = await queue.get()
-            if item is _CLOSED:
-                return
-            yield item  # type: ignore[misc]
+        return read_events(self._events, lambda: self._closed)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -367,8 +202,7 @@ class HubPool(AsyncLifecycle):
         for link in self.members.values():
             unsent.extend(await link.close())
         self._up.clear()
-        with contextlib.suppress(asyncio.QueueFull):
-            self._events.put_nowait(_CLOSED)
+        close_events(self._events)
         return unsent
 
     # -- routing ---------------------------------------------------------------------------

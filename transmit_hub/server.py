@@ -37,6 +37,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from .attach import Attacher
 from .auth import BearerTokenInterceptor
 from .config import HubConfig, parse_listen
 from .errors import ConfigError, LifecycleError
@@ -98,13 +99,15 @@ class HubServer(AsyncLifecycle):
             max_gateways=config.max_gateways,
             forget_after=config.forget_after,
         )
-        self.service = HubService(
+        attacher = Attacher(
             self.registry,
             hello_timeout=config.hello_timeout,
             max_hello_waiting=config.max_hello_waiting,
             claim_timeout=config.claim_timeout,
             ids_from_certificates=self._tls is not None and self._tls.mutual,
-            gateway_keepalive=config.gateway_keepalive,
+        )
+        self.service = HubService(
+            self.registry, attacher=attacher, gateway_keepalive=config.gateway_keepalive
         )
         self._watch: asyncio.Task[None] | None = None
         self.metrics = HubMetrics(self.registry, self.service)

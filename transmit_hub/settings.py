@@ -267,6 +267,14 @@ class Program(Generic[C]):
     epilog: str = ""
     groups: Mapping[str, str] = dataclasses.field(default_factory=dict)
     """Help sections: ``setting(group=KEY)`` -> title, in this order."""
+    name: str = ""
+    """The name on its one-line errors (:mod:`transmit_hub.cli`; empty: ``prog``)."""
+    logger: str = ""
+    """The logger that reports uncaught errors in JSON logs (empty: ``name``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.name or self.prog)
+        object.__setattr__(self, "logger", self.logger or self.name)
 
     def options(self) -> tuple[Option, ...]:
         return options(self.config)

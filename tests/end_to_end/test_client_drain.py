@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import signal
-import tempfile
 import time
 from collections.abc import AsyncIterator
 
@@ -25,7 +22,7 @@ from im_gateway import client as client_module
 from im_gateway.client import Client, Message, Sent
 from tests.end_to_end.harness import GatewayProcess, token
 from tests.helpers import wait_until
-from tests.node import CLIENT_JS, ROOT, ensure_ws, node
+from tests.node import control_server, node_e2e
 from transmit_hub.server import HubServer
 
 ALICE, BOB = 4201, 4202
@@ -173,58 +170,28 @@ async def test_js_client_is_back_on_the_other_gateway_within_1s_of_a_drain(
 ) -> None:
     """The same through the module a gateway serves, in Node: the Node side records each
     socket's open and close (code, time) and asserts; this side drains gw-1 when asked."""
-    tools = ensure_ws()
     async with two_gateways(hub, redis_url) as (gw1, gw2):
         drained: list[str] = []
 
         async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            try:
-                while line := (await reader.readline()).decode().strip():
-                    assert line == "drain gw-1", line
-                    await drain(gw1)
-                    drained.append(line)
-                    writer.write(f"ok {line}\n".encode())
-                    await writer.drain()
-            finally:
-                writer.close()
+            while line := (await reader.readline()).decode().strip():
+                assert line == "drain gw-1", line
+                await drain(gw1)
+                drained.append(line)
+                writer.write(f"ok {line}\n".encode())
+                await writer.drain()
 
-        server = await asyncio.start_server(control, "127.0.0.1", 0)
-        config = {
-            "http": f"http://127.0.0.1:{gw2.port}",
-            "urls": [f"ws://127.0.0.1:{gw.port}/ws" for gw in (gw1, gw2)],
-            "tokens": {"alice": token(ALICE), "bob": token(BOB)},
-            "users": {"alice": ALICE, "bob": BOB},
-            "total": TOTAL,
-            "inFlight": IN_FLIGHT,
-            "drainAfter": DRAIN_AFTER,
-            "backWithinMs": BACK_WITHIN * 1000,
-            "controlPort": server.sockets[0].getsockname()[1],
-            "moduleFile": str(CLIENT_JS),
-        }
-        env = {**os.environ, "CLIENT_E2E": json.dumps(config), "CLIENT_TOOLS": str(tools)}
-        try:
-            with tempfile.TemporaryFile() as output:
-                proc = await asyncio.create_subprocess_exec(
-                    node(),
-                    "--test",
-                    "--test-reporter=spec",
-                    str(ROOT / "tests" / "js" / "drain.e2e.mjs"),
-                    cwd=ROOT,
-                    env=env,
-                    stdout=output,
-                    stderr=output,
-                )
-                try:
-                    await asyncio.wait_for(proc.wait(), 200)
-                finally:
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-                output.seek(0)
-                report = output.read().decode(errors="replace")[-20_000:]
-        finally:
-            server.close()
-            with contextlib.suppress(Exception):
-                await server.wait_closed()
-        assert proc.returncode == 0, f"node --test failed:\n{report}"
+        async with control_server(control) as control_port:
+            config = {
+                "http": f"http://127.0.0.1:{gw2.port}",
+                "urls": [f"ws://127.0.0.1:{gw.port}/ws" for gw in (gw1, gw2)],
+                "tokens": {"alice": token(ALICE), "bob": token(BOB)},
+                "users": {"alice": ALICE, "bob": BOB},
+                "total": TOTAL,
+                "inFlight": IN_FLIGHT,
+                "drainAfter": DRAIN_AFTER,
+                "backWithinMs": BACK_WITHIN * 1000,
+                "controlPort": control_port,
+            }
+            report = await node_e2e("drain.e2e.mjs", config, within=200)
         assert drained == ["drain gw-1"], report

@@ -8,10 +8,7 @@ checks they are the file's), so what is tested is what a browser loads.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import os
-import tempfile
 
 import pytest
 
@@ -20,7 +17,7 @@ from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.harness import Client, GatewayProcess, http_get, token
 from tests.end_to_end.processes import HubProcess
 from tests.helpers import free_port, wait_until
-from tests.node import CLIENT_JS, ROOT, ensure_ws, node
+from tests.node import CLIENT_JS, control_server, node_e2e
 from transmit_hub.types import UserId
 
 ALICE, BOB = 4101, 4102
@@ -75,18 +72,11 @@ async def test_node_client_survives_gateway_and_hub_kills(redis_url: str) -> Non
     # once, in inbox order; a restarted bob is shown nothing again. And first: a forged
     # token is refused ("unauthorized"), both through ws's error and through the plain
     # GET /ws a browser's client falls back on; an unreachable gateway is no refusal.
-    tools = ensure_ws()
     processes = Processes(redis_url)
     store = RedisStore(redis_url)
     kills: list[str] = []
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await serve_control(reader, writer)
-        finally:
-            writer.close()
-
-    async def serve_control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while line := (await reader.readline()).decode().strip():
             match line.split():
                 case ["kill", name]:
@@ -104,7 +94,6 @@ async def test_node_client_survives_gateway_and_hub_kills(redis_url: str) -> Non
             writer.write(f"ok {line}\n".encode())
             await writer.drain()
 
-    server = await asyncio.start_server(control, "127.0.0.1", 0)
     try:
         await processes.wait_ready()
         gateways = {
@@ -114,41 +103,18 @@ async def test_node_client_survives_gateway_and_hub_kills(redis_url: str) -> Non
             }
             for name, gw in processes.gateways.items()
         }
-        config = {
-            "gateways": gateways,
-            "tokens": {"alice": token(ALICE), "bob": token(BOB)},
-            "users": {"alice": ALICE, "bob": BOB},
-            "total": TOTAL,
-            "controlPort": server.sockets[0].getsockname()[1],
-            "moduleFile": str(CLIENT_JS),
-            "unreachable": f"ws://127.0.0.1:{free_port()}/ws",
-        }
-        env = {**os.environ, "CLIENT_E2E": json.dumps(config), "CLIENT_TOOLS": str(tools)}
-        with tempfile.TemporaryFile() as output:
-            proc = await asyncio.create_subprocess_exec(
-                node(),
-                "--test",
-                "--test-reporter=spec",
-                str(ROOT / "tests" / "js" / "faults.e2e.mjs"),
-                cwd=ROOT,
-                env=env,
-                stdout=output,
-                stderr=output,
-            )
-            try:
-                await asyncio.wait_for(proc.wait(), 360)
-            finally:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-            output.seek(0)
-            report = output.read().decode(errors="replace")[-20_000:]
-        assert proc.returncode == 0, f"node --test failed:\n{report}"
+        async with control_server(control) as control_port:
+            config = {
+                "gateways": gateways,
+                "tokens": {"alice": token(ALICE), "bob": token(BOB)},
+                "users": {"alice": ALICE, "bob": BOB},
+                "total": TOTAL,
+                "controlPort": control_port,
+                "unreachable": f"ws://127.0.0.1:{free_port()}/ws",
+            }
+            await node_e2e("faults.e2e.mjs", config, within=360)
         assert kills == ["bob", "hub-1", "alice"], kills
     finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await server.wait_closed()
         await store.close()
         processes.stop()
 

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
-import tempfile
 from collections.abc import AsyncIterator
 
 import pytest
@@ -18,7 +15,7 @@ from im_gateway.store import RedisStore
 from tests.end_to_end.harness import GatewayProcess, token
 from tests.end_to_end.processes import HubProcess
 from tests.helpers import wait_until
-from tests.node import CLIENT_JS, ROOT, ensure_ws, node
+from tests.node import control_server, node_e2e
 from transmit_hub.types import UserId
 
 ALICE, BOB, CAROL = 5101, 5102, 5103
@@ -134,7 +131,6 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
     """The JavaScript client through Node (tests/js/large_groups.e2e.mjs), the module as a
     gateway serves it: the same promises as the Python test above, and the acks of both
     streams (the inbox's seq, the group's ``g`` seq) reach the store."""
-    tools = ensure_ws()
     store = RedisStore(redis_url)
 
     async def acked(inbox: int, group: int, upto: int) -> bool:
@@ -143,32 +139,28 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
         return await store.acked(UserId(NODE_BOB)) >= inbox and positions.get(group) == upto
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while line := (await reader.readline()).decode().strip():
-                match line.split():
-                    case ["acked", "bob", inbox, group_seq]:
-                        group, _, upto = group_seq[1:].partition(":")
+        while line := (await reader.readline()).decode().strip():
+            match line.split():
+                case ["acked", "bob", inbox, group_seq]:
+                    group, _, upto = group_seq[1:].partition(":")
 
-                        async def stored(
-                            i: int = int(inbox), g: int = int(group), u: int = int(upto)
-                        ) -> bool:
-                            return await acked(i, g, u)
+                    async def stored(
+                        i: int = int(inbox), g: int = int(group), u: int = int(upto)
+                    ) -> bool:
+                        return await acked(i, g, u)
 
-                        await wait_until(
-                            stored,
-                            timeout=10,
-                            what=f"bob's acks of {inbox} and {group_seq} stored",
-                        )
-                    case _:
-                        raise AssertionError(f"unknown control line {line!r}")
-                writer.write(f"ok {line}\n".encode())
-                await writer.drain()
-        finally:
-            writer.close()
+                    await wait_until(
+                        stored,
+                        timeout=10,
+                        what=f"bob's acks of {inbox} and {group_seq} stored",
+                    )
+                case _:
+                    raise AssertionError(f"unknown control line {line!r}")
+            writer.write(f"ok {line}\n".encode())
+            await writer.drain()
 
-    server = await asyncio.start_server(control, "127.0.0.1", 0)
     try:
-        async with gateways(redis_url) as urls:
+        async with gateways(redis_url) as urls, control_server(control) as control_port:
             config = {
                 "urls": list(urls),
                 "http": urls[0].replace("ws://", "http://").removesuffix("/ws"),
@@ -179,32 +171,8 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
                 },
                 "users": {"alice": NODE_ALICE, "bob": NODE_BOB, "carol": NODE_CAROL},
                 "group": NODE_GROUP,
-                "controlPort": server.sockets[0].getsockname()[1],
-                "moduleFile": str(CLIENT_JS),
+                "controlPort": control_port,
             }
-            env = {**os.environ, "CLIENT_E2E": json.dumps(config), "CLIENT_TOOLS": str(tools)}
-            with tempfile.TemporaryFile() as output:
-                proc = await asyncio.create_subprocess_exec(
-                    node(),
-                    "--test",
-                    "--test-reporter=spec",
-                    str(ROOT / "tests" / "js" / "large_groups.e2e.mjs"),
-                    cwd=ROOT,
-                    env=env,
-                    stdout=output,
-                    stderr=output,
-                )
-                try:
-                    await asyncio.wait_for(proc.wait(), 150)
-                finally:
-                    if proc.returncode is None:
-                        proc.kill()
-                        await proc.wait()
-                output.seek(0)
-                report = output.read().decode(errors="replace")[-20_000:]
-            assert proc.returncode == 0, f"node --test failed:\n{report}"
+            await node_e2e("large_groups.e2e.mjs", config, within=150)
     finally:
-        server.close()
-        with contextlib.suppress(Exception):
-            await server.wait_closed()
         await store.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from im_gateway.probe import Expired, Ledger, Seen
+from im_gateway.probe_ledger import Expired, Ledger, Seen
 from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import free_port, wait_until

@@ -17,7 +17,8 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 import im_gateway.client
-from im_gateway.client import Client, Message, Refused, Sent, token_subject
+from im_gateway.client import Client, Message, Refused, Sent
+from im_gateway.client_protocol import token_subject
 from tests.helpers import wait_until
 
 TOKEN = "e30.eyJzdWIiOiIxIn0.x"  # {"sub": "1"}, unsigned: these servers do not check it
@@ -48,7 +49,10 @@ def test_the_client_imports_only_the_standard_library_and_websockets() -> None:
     assert ours == {
         "im_gateway",
         "im_gateway.client",
+        "im_gateway.client_protocol",
+        "im_gateway.client_sends",
         "im_gateway.client_state",
+        "im_gateway.client_streams",
         "im_gateway.close_codes",
     }
 

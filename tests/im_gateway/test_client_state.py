@@ -13,15 +13,8 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from im_gateway.client_state import (
-    INBOX,
-    ClientState,
-    Message,
-    Refused,
-    Sent,
-    format_seq,
-    parse_seq,
-)
+from im_gateway.client_protocol import INBOX, Message, Refused, Sent, format_seq, parse_seq
+from im_gateway.client_state import ClientState
 
 ME, OTHER, GROUP = 1, 2, 7
 STREAMS = (INBOX, f"g{GROUP}")

@@ -168,7 +168,7 @@ def test_position_flags_parse() -> None:
 def test_probe_flags_are_checked() -> None:
     """The probe refuses a non-WebSocket URL, no secret, a user range past 2^64 and a bad
     interval, each naming its flag; the environment fills in what flags leave unset."""
-    from im_gateway import probe
+    from im_gateway import probe_config as probe
 
     env = {"IM_GATEWAY_PROBE_JWT_SECRET": SECRET}
     config = probe.parse_config(["--gateway", "ws://a:1/ws,ws://b:2/ws"], env)

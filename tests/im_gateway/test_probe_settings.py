@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from im_gateway import probe
+from im_gateway import probe_config as probe
 from im_gateway.errors import ConfigError
 from tests.end_to_end.harness import SECRET, GatewayProcess
 from tests.helpers import wait_until

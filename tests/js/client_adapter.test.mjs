@@ -6,6 +6,7 @@ import assert from "node:assert/strict";
 import { afterEach, test } from "node:test";
 
 import { Client, TYPE } from "../../im_gateway/static/client.js";
+import { until as untilEvery } from "./helpers.mjs";
 
 class FakeSocket {
   static made = [];
@@ -71,20 +72,7 @@ function open(urls, options = {}) {
   return client;
 }
 
-function until(condition, what, timeoutMs = 3000) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const timer = setInterval(() => {
-      if (condition()) {
-        clearInterval(timer);
-        resolve();
-      } else if (Date.now() - started > timeoutMs) {
-        clearInterval(timer);
-        reject(new Error(`timed out waiting for ${what}`));
-      }
-    }, 2);
-  });
-}
+const until = (condition, what, timeoutMs = 3000) => untilEvery(condition, what, timeoutMs, 2);
 
 const last = () => FakeSocket.made.at(-1);
 

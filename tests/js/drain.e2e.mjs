@@ -5,56 +5,20 @@
 // after gw-1's 1012 close, the next socket to open is on gw-2, within the bound given.
 // Every send resolves with a message id; bob is shown each message once, in order.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import net from "node:net";
-import { join } from "node:path";
 import { test } from "node:test";
 
-const config = JSON.parse(process.env.CLIENT_E2E);
-const require = createRequire(join(process.env.CLIENT_TOOLS, "package.json"));
-const WebSocket = require("ws");
+import {
+  assertEachShownOnceInOrder,
+  controller,
+  e2e,
+  loadServedModule,
+  sendMany,
+  until,
+} from "./helpers.mjs";
+
+const { config, WebSocket } = e2e();
 const [GW1, GW2] = config.urls;
-
-async function loadServedModule() {
-  const response = await fetch(`${config.http}/client.js`);
-  assert.equal(response.status, 200);
-  const served = Buffer.from(await response.arrayBuffer());
-  assert.ok(served.equals(readFileSync(config.moduleFile)), "served bytes differ from the file");
-  return import(`data:text/javascript;base64,${served.toString("base64")}`);
-}
-
-function ask(line) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(config.controlPort, "127.0.0.1");
-    let answer = "";
-    socket.setEncoding("utf8");
-    socket.on("data", (chunk) => {
-      answer += chunk;
-      if (answer.includes("\n")) {
-        socket.destroy();
-        resolve(answer.trim());
-      }
-    });
-    socket.on("error", reject);
-    socket.write(`${line}\n`);
-  }).then((answer) => assert.equal(answer, `ok ${line}`));
-}
-
-function until(condition, what, timeoutMs = 60000) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const timer = setInterval(() => {
-      if (condition()) {
-        clearInterval(timer);
-        resolve();
-      } else if (Date.now() - started > timeoutMs) {
-        clearInterval(timer);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-      }
-    }, 10);
-  });
-}
+const WAIT_MS = 60000;
 
 /** A ws WebSocket that records, in `events`, when it opened and closed (with the code). */
 function recording(events) {
@@ -97,7 +61,7 @@ function backAfterDrain(name, events) {
 }
 
 test("after gw-1 drains (1012) both clients are on gw-2 within the bound, nothing lost or doubled", { timeout: 150000 }, async () => {
-  const { Client } = await loadServedModule();
+  const { Client } = await loadServedModule(config.http, config.moduleFile);
   const alice = liveClient(Client, config.tokens.alice);
   const bob = liveClient(Client, config.tokens.bob);
   try {
@@ -109,42 +73,32 @@ test("after gw-1 drains (1012) both clients are on gw-2 within the bound, nothin
 });
 
 async function check(alice, bob) {
-  await until(() => alice.status === "live" && bob.status === "live", "both clients live");
+  const live = () => alice.status === "live" && bob.status === "live";
+  await until(live, "both clients live", WAIT_MS);
   assert.equal(alice.events[0].url, GW1);
   assert.equal(bob.events[0].url, GW1);
 
-  const results = new Array(config.total);
-  let next = 0;
-  let resolved = 0;
-  async function worker() {
-    while (next < config.total) {
-      const i = next++;
-      results[i] = await alice.send({ to: config.users.bob, content: `m${i}` });
-      resolved += 1;
-    }
+  const run = sendMany(alice, config.users.bob, config.total, config.inFlight);
+  const answered = `${config.drainAfter} sends answered`;
+  await until(() => run.resolved >= config.drainAfter, answered, WAIT_MS);
+  assert.ok(run.resolved < config.total, "every send answered before the drain began");
+  const control = controller(config.controlPort);
+  try {
+    const drained = control.ask("drain gw-1");
+    await run.done;
+    await drained;
+  } finally {
+    control.close();
   }
-  const workers = Promise.all(Array.from({ length: config.inFlight }, worker));
-  await until(() => resolved >= config.drainAfter, `${config.drainAfter} sends answered`);
-  assert.ok(resolved < config.total, "every send answered before the drain began");
-  const drained = ask("drain gw-1");
-  await workers;
-  await drained;
-  await until(() => bob.shown.length >= config.total, `bob to see ${config.total} messages`);
+  const all = `bob to see ${config.total} messages`;
+  await until(() => bob.shown.length >= config.total, all, WAIT_MS);
+  const results = run.results;
 
   for (const [name, client] of [["alice", alice], ["bob", bob]]) {
     const ms = backAfterDrain(name, client.events);
     console.error(`# ${name} back on gw-2 ${ms.toFixed(1)} ms after the 1012 close`);
     assert.ok(ms < config.backWithinMs, `${name} back after ${ms.toFixed(1)} ms`);
   }
-  for (const [i, r] of results.entries()) {
-    assert.match(r.msgId, /./, `send ${i} resolved without a message id`);
-  }
+  assertEachShownOnceInOrder(results, bob.shown);
   assert.equal(new Set(results.map((r) => r.msgId)).size, config.total);
-  const ids = bob.shown.map((m) => m.id);
-  assert.equal(new Set(ids).size, ids.length, "bob was shown a message twice");
-  assert.deepEqual(new Set(ids), new Set(results.map((r) => r.msgId)));
-  for (let k = 1; k < bob.shown.length; k += 1) {
-    const [a, b] = [bob.shown[k - 1], bob.shown[k]];
-    assert.ok(BigInt(a.seq) < BigInt(b.seq), `seq ${a.seq} shown before ${b.seq}`);
-  }
 }

@@ -6,56 +6,24 @@
 // again, only what came after; what the laptop posts reaches bob's next phone, never the
 // laptop itself.
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
-import { createRequire } from "node:module";
-import net from "node:net";
-import { join } from "node:path";
 import { test } from "node:test";
 
-const config = JSON.parse(process.env.CLIENT_E2E);
-const require = createRequire(join(process.env.CLIENT_TOOLS, "package.json"));
-const WebSocket = require("ws");
+import { controller, e2e, loadServedModule, until as untilEvery } from "./helpers.mjs";
+
+const { config, WebSocket } = e2e();
 const [GW1, GW2] = config.urls;
 const G = config.group;
 
-async function loadServedModule() {
-  const response = await fetch(`${config.http}/client.js`);
-  assert.equal(response.status, 200);
-  const served = Buffer.from(await response.arrayBuffer());
-  assert.ok(served.equals(readFileSync(config.moduleFile)), "served bytes differ from the file");
-  return import(`data:text/javascript;base64,${served.toString("base64")}`);
-}
+const until = (condition, what, timeoutMs = 20000) => untilEvery(condition, what, timeoutMs);
 
-function ask(line) {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect(config.controlPort, "127.0.0.1");
-    let answer = "";
-    socket.setEncoding("utf8");
-    socket.on("data", (chunk) => {
-      answer += chunk;
-      if (answer.includes("\n")) {
-        socket.destroy();
-        resolve(answer.trim());
-      }
-    });
-    socket.on("error", reject);
-    socket.write(`${line}\n`);
-  }).then((answer) => assert.equal(answer, `ok ${line}`));
-}
-
-function until(condition, what, timeoutMs = 20000) {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const timer = setInterval(() => {
-      if (condition()) {
-        clearInterval(timer);
-        resolve();
-      } else if (Date.now() - started > timeoutMs) {
-        clearInterval(timer);
-        reject(new Error(`timed out after ${timeoutMs} ms waiting for ${what}`));
-      }
-    }, 10);
-  });
+/** One line to pytest over its own control connection (answered "ok <line>"). */
+async function ask(line) {
+  const control = controller(config.controlPort);
+  try {
+    await control.ask(line);
+  } finally {
+    control.close();
+  }
 }
 
 function open(Client, url, who) {
@@ -66,7 +34,7 @@ function open(Client, url, who) {
 }
 
 test("acks per stream hold across two devices of one user in a large group", { timeout: 90000 }, async () => {
-  const { Client } = await loadServedModule();
+  const { Client } = await loadServedModule(config.http, config.moduleFile);
   const alice = open(Client, GW1, "alice");
   const carol = open(Client, GW2, "carol");
   let phone = open(Client, GW1, "bob");

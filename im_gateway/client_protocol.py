@@ -1,0 +1,146 @@
+"""The client protocol's vocabulary, shared by :mod:`im_gateway.client_state` (the pure
+state machine) and :mod:`im_gateway.client` (its asyncio adapter): the frame types, what
+a submitted frame's answer is (:class:`Sent` or :class:`Refused`), a :class:`Message` as
+the application sees it, and positions (``seq``) as the wire writes them.
+
+Imports only the standard library: :mod:`im_gateway.client` must stay usable without the
+server's dependencies.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import random
+from dataclasses import dataclass
+from typing import Any, Final
+
+HEARTBEAT: Final = 0
+PRIVATE: Final = 1
+GROUP: Final = 2
+ACCEPTED: Final = 10
+ACK: Final = 11
+JOIN: Final = 12
+LEAVE: Final = 13
+REPLAY: Final = 14
+ERROR: Final = 99
+
+RETRIED: Final = frozenset({"internal", "rate_limited"})
+"""Type 99 codes the client handles itself by sending again after a backoff."""
+
+INBOX: Final = ""
+"""The stream key of the user's inbox (large groups' streams are ``"g<group>"``)."""
+
+
+class ClientError(Exception):
+    """The root of the client's exceptions::
+
+    ClientError
+    └── Refused    the gateway refused a frame (type 99), or the token (``unauthorized``)
+    """
+
+
+class Refused(ClientError):
+    """The gateway refused: ``code`` is the type 99 code, or ``"unauthorized"`` for a
+    refused handshake (HTTP 401); ``message`` says why."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """A message stored for every recipient (type 10)."""
+
+    client_id: str
+    msg_id: str
+    time: str
+    """Server time in milliseconds since the Unix epoch, as a decimal string."""
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """A message for this user, as on the wire (``from`` is :attr:`sender`)."""
+
+    id: str
+    sender: int
+    to: int
+    """The user (type 1) or the group (type 2)."""
+    type: int
+    content_type: int
+    time: str
+    content: str
+    seq: str
+
+
+Answer = Sent | Refused
+
+
+def parse_seq(seq: object) -> tuple[str, int] | None:
+    """``"17"`` -> ``("", 17)``; ``"g7:17"`` -> ``("g7", 17)``; anything else: None."""
+    if not isinstance(seq, str) or not seq or len(seq) > 48 or not seq.isascii():
+        return None
+    stream, number = INBOX, seq
+    if seq[0] == "g":
+        group, sep, number = seq[1:].partition(":")
+        if not sep or not group.isdigit():
+            return None
+        stream = "g" + group
+    if not number.isdigit():
+        return None
+    return stream, int(number)
+
+
+def format_seq(stream: str, pos: int) -> str:
+    """The wire form of position ``pos`` in ``stream`` (the inverse of :func:`parse_seq`)."""
+    return f"{stream}:{pos}" if stream else str(pos)
+
+
+def parse_message(frame: dict[str, Any]) -> Message | None:
+    """A message frame's fields, checked; None when any is missing or of the wrong type."""
+    msg_id, sender, to, content_type = (
+        frame.get("id"),
+        frame.get("from"),
+        frame.get("to"),
+        frame.get("contentType", 0),
+    )
+    time, content, seq = frame.get("time"), frame.get("content"), frame.get("seq")
+    if (
+        not isinstance(msg_id, str)
+        or type(sender) is not int
+        or type(to) is not int
+        or type(content_type) is not int
+        or not isinstance(time, str)
+        or not isinstance(content, str)
+        or not isinstance(seq, str)
+    ):
+        return None
+    return Message(msg_id, sender, to, frame["type"], content_type, time, content, seq)
+
+
+UINT64_MAX: Final = 2**64 - 1
+
+
+def backoff(attempt: int, initial: float, cap: float) -> float:
+    """Full-jitter-ish exponential backoff: between half and all of ``initial * 2**attempt``."""
+    base: float = min(cap, initial * 2.0 ** min(attempt, 30))
+    return base / 2 + random.random() * base / 2
+
+
+def token_subject(token: str) -> int | None:
+    """The user id in a JWT's ``sub``, read without checking the signature (only to tell
+    this user's own messages; the gateway checks the token); None when it has none."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return None
+    sub = claims.get("sub") if isinstance(claims, dict) else None
+    if type(sub) is int and 0 <= sub <= UINT64_MAX:
+        return sub
+    if isinstance(sub, str) and sub.isascii() and sub.isdigit() and int(sub) <= UINT64_MAX:
+        return int(sub)
+    return None
