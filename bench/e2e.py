@@ -554,6 +554,8 @@ async def orchestrate(
 ) -> list[dict[str, Any]]:
     secret = secrets.token_hex(32)
     gateway_args = shlex.split(args.gateway_args)
+    if args.gateway_workers > 1:  # each gateway: N processes on its port (im_gateway.workers)
+        gateway_args += ["--workers", str(args.gateway_workers)]
     results: list[dict[str, Any]] = []
     scraper: asyncio.Task[None] | None = None
     env = {"IM_GATEWAY_METRICS_OFF": "1"} if metrics == "off" else {}
@@ -569,6 +571,9 @@ async def orchestrate(
             env=env or None,
             redis=redis,
         )
+        for c in started:
+            if args.gateway_workers > 1 and c.name.startswith("gw-"):
+                harness.wait_workers(c, args.gateway_workers)
         if metrics == "on":
             scraper = asyncio.create_task(scrape_metrics([ports["gw-1"], ports["gw-2"]], 5.0))
         urls = [f"ws://127.0.0.1:{ports[g]}/ws" for g in ("gw-1", "gw-2")]
@@ -603,8 +608,9 @@ async def orchestrate(
             print(f"{pairs * 2} clients connected over 2 gateways", flush=True)
             # The nodes of a cluster count as one "redis" column.
             pids: dict[str, list[int]] = {}
-            for c in started:
-                pids.setdefault("redis" if c.name.startswith("redis") else c.name, []).append(c.pid)
+            for c in started:  # a gateway with --workers: the parent and its workers
+                group = pids.setdefault("redis" if c.name.startswith("redis") else c.name, [])
+                group += harness.with_descendants(c.pid)
             pids |= {f"clients{i + 1}": [wk.proc.pid] for i, wk in enumerate(workers)}
             phases: list[dict[str, Any]] = []
             if args.rate > 0:
@@ -806,6 +812,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--clients", type=int, default=200, help="WebSocket clients (pairs x 2)")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument(
+        "--gateway-workers",
+        type=int,
+        default=1,
+        help="each gateway's --workers: that many gateway processes on its port (their "
+        "CPU is counted in the gateway's column)",
+    )
     parser.add_argument("--rate", type=float, default=2000, help="paced total msgs/s (0 = skip)")
     parser.add_argument(
         "--window",

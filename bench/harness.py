@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import statistics
@@ -105,6 +106,28 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def with_descendants(pid: int) -> list[int]:
+    """``pid`` and its descendants (a ``--workers`` gateway's workers), from /proc."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            todo += [
+                int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()
+            ]
+    return found
+
+
+def wait_workers(child: Child, workers: int, *, timeout: float = 60.0) -> None:
+    """Block until a ``--workers`` gateway's workers each printed their listening line."""
+    child.wait_ready(
+        lambda: len(re.findall(r"^im_gateway \S+ listening on ", child.output(), re.M)) >= workers,
+        timeout=timeout,
+        what=f"{workers} workers listening",
+    )
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:

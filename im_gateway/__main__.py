@@ -7,28 +7,35 @@ from the environment as ``IM_GATEWAY_<FLAG>`` (upper snake case, e.g.
 flags or an unusable dependency at start print one line and exit non-zero; SIGINT and
 SIGTERM stop the gateway gracefully: SIGTERM drains it (see ``Gateway.drain``: sockets
 closed with 1012 within ``--drain-timeout``), SIGINT closes sockets with 1001; presence is
-removed.
+removed. ``--workers N`` runs N gateway processes on the port instead, supervised by this
+one (:mod:`im_gateway.workers`).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import logging
 import os
 import signal
 import sys
-from collections.abc import Mapping, Sequence
-from typing import NoReturn
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import TYPE_CHECKING, NoReturn
 
 from transmit_hub import cli, logs
-from transmit_hub.runtime import tune_gc
+from transmit_hub.errors import ConfigError as HubConfigError
+from transmit_hub.metrics import MetricsServer
+from transmit_hub.runtime import loop_factory, tune_gc
 from transmit_hub.settings import Loaded, Program
 
-from . import auth
-from .config import GatewayConfig
-from .errors import ConfigError, GatewayError
+from . import auth, workers
+from .config import GatewayConfig, parse_host_port
+from .errors import ConfigError, GatewayError, StartupError
+
+if TYPE_CHECKING:
+    from .gateway import Gateway
 
 PROG = "python -m im_gateway"
 ENV_PREFIX = "IM_GATEWAY_"
@@ -66,6 +73,7 @@ PROGRAM = Program(
         "limits": "limits",
         "timeouts": "timeouts",
         "store": "store",
+        "workers": "several processes on one port (--workers)",
         "other": "other",
     },
     logger="im_gateway",
@@ -151,15 +159,46 @@ async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_on, sig)
-    async with Gateway(config) as gateway:
+    async with Gateway(config) as gateway, _metrics_server(config, gateway) as metrics_at:
         tune_gc()
         if limit_note:
             logging.getLogger("im_gateway").info("%s", limit_note)
-        logs.say(f"im_gateway {gateway.gateway_id} listening on {gateway.address}", logger=PROG)
+        also = f", metrics on {metrics_at}" if metrics_at else ""
+        logs.say(
+            f"im_gateway {gateway.gateway_id} listening on {gateway.address}{also}", logger=PROG
+        )
         await stop.wait()
         logging.getLogger("im_gateway").info("stopping gateway %s", gateway.gateway_id)
         if signals[0] == signal.SIGTERM:  # a deploy: users move to another gateway (1012)
             await gateway.drain()
+
+
+@contextlib.asynccontextmanager
+async def _metrics_server(config: GatewayConfig, gateway: Gateway) -> AsyncIterator[str | None]:
+    """``GET /metrics`` on ``--metrics-listen`` too, when it is set: its address."""
+    if config.metrics_listen is None:
+        yield None
+        return
+    host, port = parse_host_port(config.metrics_listen, "--metrics-listen")
+    server = MetricsServer(host, port, gateway.metrics.render)
+    try:
+        await server.start()
+    except HubConfigError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        yield f"{host}:{server.port}"
+    finally:
+        await server.close()
+
+
+def _supervise(config: GatewayConfig, args: Sequence[str]) -> int:
+    """``--workers N``: supervise N gateway processes; the exit code says how they ended
+    (:mod:`im_gateway.workers`)."""
+    try:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(workers.Supervisor(config, args).run())
+    except GatewayError as exc:
+        return cli.failed(PROGRAM, config, exc)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,6 +213,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if config is None:
         return 0  # --print-config
     try:
+        if config.workers > 1:
+            return _supervise(config, args)
         return cli.run(PROGRAM, config, functools.partial(serve, config), failure=GatewayError)
     except KeyboardInterrupt:
         return 0

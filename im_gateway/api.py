@@ -119,8 +119,11 @@ class ApiServer(AsyncLifecycle):
         sockets: Sockets | None = None,
         max_groups: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_members: int = DEFAULT_MAX_GROUP_MEMBERS,
+        reuse_port: bool = False,
     ) -> None:
-        """``max_groups``, ``max_members``: the store's bounds, named in refusals."""
+        """``max_groups``, ``max_members``: the store's bounds, named in refusals;
+        ``reuse_port``: bind with SO_REUSEPORT (several gateway processes on one port)."""
+        self._reuse_port = reuse_port
         self._max_groups = max_groups
         self._max_members = max_members
         self._host = host
@@ -165,7 +168,9 @@ class ApiServer(AsyncLifecycle):
             lingering_time=LINGER,
         )
         await self._runner.setup()
-        self._site = GuardedSite(self._runner, self._host, self._port, self._limits)
+        self._site = GuardedSite(
+            self._runner, self._host, self._port, self._limits, reuse_port=self._reuse_port
+        )
         await self._site.start()
         addresses = self._runner.addresses  # (host, port, ...) of each bound socket
         self.port = int(addresses[0][1]) if addresses else self._port

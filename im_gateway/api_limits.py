@@ -262,15 +262,22 @@ class _Guard(asyncio.Protocol):
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through :class:`_Guard` (on ``host:port``)."""
 
-    __slots__ = ("_host", "_limits", "_port")
+    __slots__ = ("_host", "_limits", "_port", "_reuse_port")
 
     def __init__(
-        self, runner: web.BaseRunner, host: str, port: int, limits: ConnectionLimits
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        limits: ConnectionLimits,
+        *,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner)
         self._host = host
         self._port = port
         self._limits = limits
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -288,4 +295,5 @@ class GuardedSite(web.BaseSite):
             self._port,
             backlog=self._backlog,
             reuse_address=True,
+            reuse_port=self._reuse_port or None,
         )

@@ -22,12 +22,16 @@ from transmit_hub.settings import (
     url_without_password,
 )
 from transmit_hub.tls import ClientTls
+from transmit_hub.types import gateway_id_problem
 
 from . import config_rules as rules
 from .addresses import MAX_HUBS, default_gateway_id, parse_host_port, parse_hubs
 from .auth import MIN_SECRET_BYTES
 from .errors import ConfigError
 from .group_policy import POLICIES, SERVER
+
+MAX_WORKERS = 64
+"""Most gateway processes one ``--workers`` parent runs."""
 
 __all__ = [
     "LOG_LEVELS",
@@ -397,6 +401,35 @@ class GatewayConfig:
         metavar="SECONDS",
         check=positive,
     )
+    workers: int = setting(
+        1,
+        "gateway processes serving --listen together (SO_REUSEPORT), each a gateway of "
+        "its own on every hub, with id <--gateway-id>-<i> (i from 0); this process "
+        "supervises them: restarts one that dies, drains all on SIGTERM; 1: this process "
+        "is the gateway",
+        metavar="N",
+        check=between(1, MAX_WORKERS),
+        group="workers",
+    )
+    worker_restarts: int = setting(
+        5,
+        "with --workers: restarts of one worker within a minute (each after a growing "
+        "pause) before the parent gives up, stops the others and exits 1 (0: never restart)",
+        metavar="N",
+        check=non_negative,
+    )
+    reuse_port: bool = setting(
+        False,
+        "bind --listen and --api-listen with SO_REUSEPORT, so that several gateway "
+        "processes share them (each worker of --workers does)",
+    )
+    metrics_listen: str | None = setting(
+        None,
+        "also serve GET /metrics on this address; with --workers N, worker i on PORT+i "
+        "(the users' port answers from whichever worker took the connection)",
+        metavar="HOST:PORT",
+        check=rules.host_port,
+    )
     compression: bool = setting(
         False,
         "offer permessage-deflate (about 45 KB per connection instead of 13 KB)",
@@ -433,10 +466,31 @@ class GatewayConfig:
             raise ConfigError("--max-connections-per-user must not exceed --max-connections")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
+        if self.workers > 1:
+            self._check_workers()
         if (self.api_listen is None) != (self.api_key is None):
             raise ConfigError(
                 "--api-listen and --api-key go together: give both to serve the server API"
             )
+
+    def _check_workers(self) -> None:
+        last = self.worker_id(self.workers - 1) if self.gateway_id is not None else None
+        if last is not None and (problem := gateway_id_problem(last)) is not None:
+            raise ConfigError(
+                f"--gateway-id with --workers {self.workers}: the last worker's id "
+                f"{last!r} is no usable id: {problem}"
+            )
+        if self.metrics_listen is not None:
+            _, port = parse_host_port(self.metrics_listen, "--metrics-listen")
+            if port and port + self.workers - 1 > 65535:
+                raise ConfigError(
+                    f"--metrics-listen port {port} + {self.workers - 1} (the last worker's) "
+                    "is beyond 65535"
+                )
+
+    def worker_id(self, index: int, base: str | None = None) -> str:
+        """Worker ``index``'s gateway id: ``<base>-<index>`` (``base``: ``--gateway-id``)."""
+        return f"{base or self.gateway_id}-{index}"
 
     def hub_tls(self) -> ClientTls | None:
         """The link's TLS settings from --hub-ca/--hub-cert/--hub-key (``None``: plaintext)."""

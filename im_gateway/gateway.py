@@ -286,6 +286,7 @@ class Gateway(AsyncLifecycle):
                 max_header_bytes=cfg.api_max_header_bytes,
                 max_connections=cfg.api_max_connections,
                 sockets=self._sockets,
+                reuse_port=cfg.reuse_port,
             )
             try:
                 await self._api.start()

@@ -374,6 +374,7 @@ async def listen(
         server_header=None,
         ssl=tls,
         start_serving=False,
+        reuse_port=cfg.reuse_port or None,  # several gateway processes on one port
     )
 
 
