@@ -41,7 +41,8 @@ from .keepalive import sweep_idle
 from .pipeline import Pipeline
 from .ports import Link
 from .presence import Presence
-from .sessions import Session, SessionLimits
+from .session_limits import SessionLimits
+from .sessions import Session
 from .store import Store, open_store
 from .tasks import cancel_and_wait
 

@@ -19,7 +19,8 @@ from im_gateway.group_policy import (
     GroupRights,
     refusal,
 )
-from im_gateway.sessions import Session, SessionLimits
+from im_gateway.session_limits import SessionLimits
+from im_gateway.sessions import Session
 from im_gateway.store import MemoryStore
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until

@@ -15,7 +15,8 @@ from im_gateway import frames
 from im_gateway.close_codes import CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.keepalive import sweep_idle
-from im_gateway.sessions import Session, SessionLimits
+from im_gateway.session_limits import SessionLimits
+from im_gateway.sessions import Session
 from im_gateway.store import InboxPage, MemoryStore, Opening
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until

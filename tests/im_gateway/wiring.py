@@ -10,7 +10,8 @@ from im_gateway import frames
 from im_gateway.fanout import Fanout
 from im_gateway.pipeline import Pipeline
 from im_gateway.ports import Link
-from im_gateway.sessions import Session, SessionLimits
+from im_gateway.session_limits import SessionLimits
+from im_gateway.sessions import Session
 from im_gateway.store import Store
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeWebSocket
