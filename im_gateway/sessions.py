@@ -171,8 +171,8 @@ class Session:
             user,
             store=store,
             slots=self._slots,
-            follow=lambda groups: self._groups.following.follow(self, groups),
-            unfollow=lambda groups: self._groups.following.unfollow(self, groups),
+            follow=self._follow,
+            unfollow=self._unfollow,
             replay_page=limits.replay_page,
             held_max=limits.held_max,
             fill_delay=limits.fill_delay,
@@ -224,6 +224,12 @@ class Session:
 
     async def close_socket(self, code: int, reason: str, within: float | None = None) -> None:
         await self._out.close_socket(code, reason, within)
+
+    async def _follow(self, groups: Collection[int]) -> None:
+        await self._groups.following.follow(self, groups)
+
+    def _unfollow(self, groups: Collection[int]) -> None:
+        self._groups.following.unfollow(self, groups)
 
     # --- state ----------------------------------------------------------------------
 
