@@ -302,18 +302,7 @@ async def run_side(args: argparse.Namespace, side: str) -> list[dict[str, Any]]:
                     "compression": args.client_compression,
                     "side": side,
                 }
-                proc = await asyncio.create_subprocess_exec(
-                    harness.PYTHON,
-                    __file__,
-                    "--worker",
-                    json.dumps(spec),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    cwd=harness.REPO,
-                    limit=1 << 28,  # a RESULT line carries every latency sample
-                    preexec_fn=harness.die_with_parent,
-                )
-                workers.append(e2e.Worker(proc))
+                workers.append(await e2e.start_worker(__file__, spec))
             connected = sum([int(await wk.line("READY ", 120)) for wk in workers])
             print(f"{side}: {connected}/{len(users) * 2} clients connected", flush=True)
             if connected < len(users) * 2:

@@ -107,11 +107,12 @@ async def close_all(conns: list[Any]) -> None:
 
 
 async def settle(gw: harness.Child, seconds: float) -> int:
-    """Wait ``seconds``, then the gateway's VmRSS in KiB (the lowest of a few reads)."""
+    """Wait ``seconds``, then the gateway's VmRSS in KiB (the lowest of a few reads; with
+    ``--workers``, the sum over the parent and its workers)."""
     await asyncio.sleep(seconds)
     reads = []
     for _ in range(5):
-        reads.append(gw.rss_kb())
+        reads.append(sum(harness.rss_kb(p) for p in harness.with_descendants(gw.pid)))
         await asyncio.sleep(0.2)
     return min(reads)
 
@@ -440,10 +441,8 @@ def raise_nofile(need: int) -> None:
         print(f"warning: RLIMIT_NOFILE is {soft}, below the {need} this run needs", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Gateway memory and CPU per idle WebSocket connection, CPU per handshake."
-    )
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """The options this script shares with ``bench/workers.py``."""
     parser.add_argument("--connections", type=int, default=5000)
     parser.add_argument("--warmup-connections", type=int, default=100)
     parser.add_argument("--parallel", type=int, default=100, help="handshakes in flight")
@@ -455,6 +454,13 @@ def main(argv: list[str] | None = None) -> int:
         help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
     )
     parser.add_argument("--gateway-args", default="", help="extra flags for the gateway")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="Gateway memory and CPU per idle WebSocket connection, CPU per handshake."
+    )
+    add_connection_options(parser)
     parser.add_argument(
         "--ping-interval", type=float, default=20.0, help="the gateway's --ping-interval"
     )

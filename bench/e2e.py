@@ -455,6 +455,22 @@ class Worker:
         self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
 
 
+async def start_worker(script: str, spec: dict[str, Any]) -> Worker:
+    """A client process: ``script --worker SPEC`` (its RESULT line comes on stdout)."""
+    proc = await asyncio.create_subprocess_exec(
+        harness.PYTHON,
+        script,
+        "--worker",
+        json.dumps(spec),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=harness.REPO,
+        limit=1 << 28,  # a RESULT line carries every latency sample
+        preexec_fn=harness.die_with_parent,
+    )
+    return Worker(proc)
+
+
 async def scrape_metrics(ports: list[int], every: float) -> None:
     """GET /metrics on each gateway every ``every`` seconds, as Prometheus would."""
     while True:
@@ -591,18 +607,7 @@ async def orchestrate(
                     "loop": args.client_loop,
                     "timeline": args.timeline,
                 }
-                proc = await asyncio.create_subprocess_exec(
-                    harness.PYTHON,
-                    __file__,
-                    "--worker",
-                    json.dumps(spec),
-                    stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE,
-                    cwd=harness.REPO,
-                    limit=1 << 28,  # a RESULT line carries every latency sample
-                    preexec_fn=harness.die_with_parent,
-                )
-                workers.append(Worker(proc))
+                workers.append(await start_worker(__file__, spec))
             for wk in workers:
                 await wk.line("READY", 120)
             print(f"{pairs * 2} clients connected over 2 gateways", flush=True)

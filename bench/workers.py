@@ -33,18 +33,7 @@ import time
 from typing import Any
 
 import harness
-from connections import close_all, open_many, raise_nofile
-
-
-async def settle(gw: harness.Child, seconds: float) -> int:
-    """Wait ``seconds``, then the gateway's VmRSS in KiB (the lowest of a few reads; with
-    workers, the sum over the parent and its workers)."""
-    await asyncio.sleep(seconds)
-    reads = []
-    for _ in range(5):
-        reads.append(sum(harness.rss_kb(p) for p in harness.with_descendants(gw.pid)))
-        await asyncio.sleep(0.2)
-    return min(reads)
+from connections import add_connection_options, close_all, open_many, raise_nofile, settle
 
 
 async def _open_lean(url: str, compression: str | None, source: str) -> Any:
@@ -243,17 +232,7 @@ def gateway_workers(args: argparse.Namespace) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Gateway memory per idle WebSocket connection.")
-    parser.add_argument("--connections", type=int, default=5000)
-    parser.add_argument("--warmup-connections", type=int, default=100)
-    parser.add_argument("--parallel", type=int, default=100, help="handshakes in flight")
-    parser.add_argument("--settle", type=float, default=2.0, help="seconds before reading RSS")
-    parser.add_argument(
-        "--client-compression",
-        choices=["deflate", "none"],
-        default="deflate",
-        help="what the clients offer (browsers offer permessage-deflate; the gateway decides)",
-    )
-    parser.add_argument("--gateway-args", default="", help="extra flags for the gateway")
+    add_connection_options(parser)
     parser.add_argument(
         "--workers",
         type=int,
