@@ -179,12 +179,19 @@ class Fanout(Generic[C]):
     # --- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start consuming the hub link's events."""
+        """Start consuming the hub link's events; its deliveries, when it can hand them
+        over directly, are pushed to the sockets in its reader (no queue, no task switch)."""
+        deliver_to = getattr(self._link, "deliver_to", None)
+        if callable(deliver_to):
+            deliver_to(self._deliver_all)
         self._task = asyncio.create_task(self._event_loop(), name="fanout-link-events")
         self.following.start()
 
     async def close(self) -> None:
         """Stop consuming the link's events; idempotent."""
+        deliver_to = getattr(self._link, "deliver_to", None)
+        if callable(deliver_to):
+            deliver_to(None)
         await self.catch_up.close()
         await self.following.close()
         await cancel_and_wait(self._task, *self._screen.tasks)
@@ -343,8 +350,7 @@ class Fanout(Generic[C]):
         async for event in self._link.events():
             try:
                 if isinstance(event, Delivered):
-                    for delivery in event.deliveries:
-                        self._deliver(delivery)
+                    self._deliver_all(event.deliveries)
                 elif isinstance(event, NotDelivered):
                     await self._forget(event)
                 elif isinstance(event, LinkUp):
@@ -374,6 +380,11 @@ class Fanout(Generic[C]):
                 raise
             except Exception:
                 logger.exception("handling a hub event failed")
+
+    def _deliver_all(self, deliveries: tuple[Delivery, ...]) -> None:
+        """One frame's deliveries from the hub to the local sockets."""
+        for delivery in deliveries:
+            self._deliver(delivery)
 
     def _deliver(self, delivery: Delivery) -> None:
         if delivery.message.type == CONTROL_DISCONNECT:

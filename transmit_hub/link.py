@@ -59,7 +59,10 @@ Delivery guarantees (the gateway's Redis inbox is the truth; the hub is the fast
 
 Events are read by one consumer through :meth:`HubLink.events`; the event queue is
 bounded (``event_queue``) and a slow consumer backpressures the stream (and so, in the
-end, the hub's queue for this gateway): events are never dropped.
+end, the hub's queue for this gateway): events are never dropped. A consumer that handles
+deliveries without waiting (the gateway's fan-out) may take them straight from the
+reader instead (:meth:`HubLink.deliver_to`): no queue and no task switch per frame, and
+the reader reads on only once the handler has returned (the same backpressure).
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from time import monotonic
 from typing import Any, Final
 
@@ -91,6 +94,7 @@ from .link_events import (
 from .tls import ClientTls
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
 from .types import (
+    Delivery,
     GatewayId,
     MessageId,
     TransmitMap,
@@ -125,6 +129,9 @@ REFUSALS: Final = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 """Statuses that say the hub refuses this gateway itself (reported, not just retried)."""
 DROP_LOG_INTERVAL: Final = 10.0
 """Undecodable deliveries are logged in one line at most this often, with a count."""
+
+DeliveryHandler = Callable[[tuple[Delivery, ...]], None]
+"""Takes one frame's deliveries without waiting (:meth:`HubLink.deliver_to`)."""
 
 
 class _Conflict(Exception):
@@ -193,6 +200,8 @@ class HubLink(AsyncLifecycle):
         self._wakeup = asyncio.Event()
         self._woken_at = 0.0
         self._events: asyncio.Queue[object] = asyncio.Queue(maxsize=event_queue)
+        self._on_delivered: DeliveryHandler | None = None
+        self._handler_failed_at = float("-inf")
         self._up = asyncio.Event()
         self._connected = False
         self._hub_id: str | None = None
@@ -273,6 +282,13 @@ class HubLink(AsyncLifecycle):
     def events(self) -> AsyncIterator[LinkEvent]:
         """The link's events, for one consumer; ends after :meth:`close`."""
         return read_events(self._events, lambda: self._closed)
+
+    def deliver_to(self, handler: DeliveryHandler | None) -> None:
+        """Hand each frame's deliveries to ``handler`` in the reader, in order, instead of
+        as :class:`Delivered` events (``None``: events again). The handler must not block:
+        the stream is not read while it runs. An exception it raises is logged and the
+        stream goes on."""
+        self._on_delivered = handler
 
     async def close(self) -> list[TransmitMap]:
         """Stop the link; return the maps never written (each returned once)."""
@@ -461,7 +477,14 @@ class HubLink(AsyncLifecycle):
             if timeline.ON:
                 timeline.stamp("from_hub", [d.message.id for d in frame.deliveries])
             if frame.deliveries:
-                await emit(Delivered(frame.deliveries))
+                handler = self._on_delivered
+                if handler is None:
+                    await emit(Delivered(frame.deliveries))
+                else:
+                    try:
+                        handler(frame.deliveries)
+                    except Exception as exc:  # a bug in the consumer must not end the stream
+                        self._handler_failed(exc)
             if frame.notices:
                 await emit(NotDelivered(frame.notices))
             if frame.probe is not None:
@@ -469,6 +492,18 @@ class HubLink(AsyncLifecycle):
                 self._wakeup.set()
             if frame.dropped:
                 self._count_dropped(frame.dropped)
+
+    def _handler_failed(self, exc: Exception) -> None:
+        """Log a failed delivery handler with its traceback, at most every
+        ``DROP_LOG_INTERVAL`` seconds (DEBUG otherwise)."""
+        now = monotonic()
+        if now - self._handler_failed_at >= DROP_LOG_INTERVAL:
+            self._handler_failed_at = now
+            log.error(
+                "link %s: handling deliveries from the hub failed", self.gateway_id, exc_info=exc
+            )
+        else:
+            log.debug("link %s: handling deliveries failed: %r", self.gateway_id, exc)
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n

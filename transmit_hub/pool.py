@@ -49,7 +49,7 @@ from typing import Any, Final
 
 from .errors import ConfigError, LinkClosed
 from .lifecycle import AsyncLifecycle
-from .link import HubLink
+from .link import DeliveryHandler, HubLink
 from .link_events import (
     Delivered,
     LinkDown,
@@ -170,6 +170,11 @@ class HubPool(AsyncLifecycle):
     def events(self) -> AsyncIterator[LinkEvent]:
         """The merged events of every hub, for one consumer; ends after :meth:`close`."""
         return read_events(self._events, lambda: self._closed)
+
+    def deliver_to(self, handler: DeliveryHandler | None) -> None:
+        """Every hub's deliveries straight to ``handler`` (:meth:`HubLink.deliver_to`)."""
+        for link in self.members.values():
+            link.deliver_to(handler)
 
     # -- lifecycle -------------------------------------------------------------------------
 

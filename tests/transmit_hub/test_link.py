@@ -21,6 +21,7 @@ from transmit_hub import (
 )
 from transmit_hub import link as link_module
 from transmit_hub.config import HubConfig
+from transmit_hub.types import Delivery
 from transmit_hub.v1 import transmit_pb2 as pb
 
 from .conftest import LinkFactory, tmap
@@ -145,3 +146,32 @@ def test_linger_must_be_sane() -> None:
     for bad in (-0.001, 2.0):
         with pytest.raises(ConfigError, match="linger"):
             HubLink("127.0.0.1:1", GatewayId("gw-a"), linger=bad)
+
+
+async def test_deliveries_go_straight_to_a_handler_in_order_and_survive_its_failure(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """With deliver_to, each frame's deliveries reach the handler in order and no Delivered
+    event is queued; a handler that raises costs only its own call (the stream stays up
+    and later frames arrive); deliver_to(None) brings the events back."""
+    a = await make_link(hub.address, "gw-a")
+    got: list[str] = []
+
+    def handler(deliveries: tuple[Delivery, ...]) -> None:
+        ids = [d.message.id for d in deliveries]
+        got.extend(ids)
+        if "boom" in ids:
+            raise RuntimeError("a bug in the consumer")
+
+    a.link.deliver_to(handler)
+    for name in ("m0", "boom", "m1", "m2"):
+        assert a.link.send(tmap(name, {"gw-a": (1,)}))
+        await wait_until(lambda: got[-1:] == [name], timeout=10, what=f"{name} handled")  # noqa: B023
+    assert got == ["m0", "boom", "m1", "m2"]
+    assert a.deliveries == []
+    assert a.link.connected
+    a.link.deliver_to(None)
+    assert a.link.send(tmap("m3", {"gw-a": (1,)}))
+    await a.wait_deliveries(1)
+    assert a.message_ids() == ["m3"]
+    assert got[-1] == "m2"
