@@ -272,6 +272,28 @@ async def test_every_map_delivered_once_in_order_through_one_hub(
     assert a.notices == []
 
 
+async def test_deliveries_of_every_hub_go_straight_to_the_handler(
+    hubs: list[HubServer], make_pool: PoolFactory
+) -> None:
+    """HubPool.deliver_to hands every hub's deliveries to the handler, in order, with no
+    Delivered event; deliver_to(None) brings the events back."""
+    addresses = [h.address for h in hubs]
+    a = await make_pool(addresses, "gw-a")
+    b = await make_pool(addresses, "gw-b")
+    got: list[str] = []
+    b.pool.deliver_to(lambda deliveries: got.extend(d.message.id for d in deliveries))
+    ids = [f"m{i}" for i in range(20)]
+    for msg_id in ids:
+        assert a.pool.send(tmap(msg_id, {"gw-b": (7,)}))
+    await wait_until(lambda: len(got) >= 20, what="20 deliveries handled")
+    assert got == ids
+    assert b.ids() == []
+    b.pool.deliver_to(None)
+    assert a.pool.send(tmap("later", {"gw-b": (7,)}))
+    await wait_until(lambda: b.ids() == ["later"], what="a Delivered event again")
+    assert len(got) == 20
+
+
 async def test_group_map_is_one_frame_in_and_one_delivery_per_target_out(
     hubs: list[HubServer], make_pool: PoolFactory
 ) -> None:
