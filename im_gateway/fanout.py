@@ -211,6 +211,7 @@ class Fanout(Generic[C]):
         prefix: str | None = None  # encoded once, and only when a local socket needs it
         local = self._sessions
         me = self.gateway_id
+        presence = accepted.presence
         remote: dict[GatewayId, list[Recipient]] = {}
         for recipient in accepted.recipients:
             sessions = local.get(recipient.user_id)
@@ -227,15 +228,22 @@ class Fanout(Generic[C]):
                             session.own(pos)
                         else:
                             session.deliver(pos, text)
-            for gateway in accepted.presence.get(recipient.user_id, ()):
+            for gateway in presence.get(recipient.user_id, ()):
                 if gateway != me:
-                    remote.setdefault(gateway, []).append(recipient)
+                    shares = remote.get(gateway)
+                    if shares is None:
+                        remote[gateway] = [recipient]
+                    else:
+                        shares.append(recipient)
         if prefix is not None:  # once per message, however many local sockets got it
             self._metrics.pushed_local(accepted.message.time)
         if remote:
-            tmap = new_transmit_map(
-                accepted.message, {gateway: tuple(rs) for gateway, rs in remote.items()}
-            )
+            if len(remote) == 1:  # the common case: one other gateway
+                ((gateway, shares),) = remote.items()
+                users = {gateway: tuple(shares)}
+            else:
+                users = {gateway: tuple(rs) for gateway, rs in remote.items()}
+            tmap = new_transmit_map(accepted.message, users)
             if self._faults is not None and self._faults.drop():
                 return
             if not self._link.send(tmap):
