@@ -67,6 +67,8 @@ class Phase:
     received: int = 0
     duplicates: int = 0
     echoes: int = 0
+    inbox_acks: int = 0
+    """Type 11 frames sent (``--client-acks``)."""
     errors: Counter[str] = field(default_factory=Counter)
     acked_ids: set[str] = field(default_factory=set)
     received_ids: set[str] = field(default_factory=set)
@@ -81,7 +83,16 @@ class Phase:
     """``--timeline``: (message id, sent, received) of the messages received in the window."""
 
 
-_COUNTERS = ("sent", "acked", "received", "duplicates", "echoes", "in_window", "sent_in_window")
+_COUNTERS = (
+    "sent",
+    "acked",
+    "received",
+    "duplicates",
+    "echoes",
+    "in_window",
+    "sent_in_window",
+    "inbox_acks",
+)
 
 
 class LeanConnection(asyncio.Protocol):
@@ -178,6 +189,9 @@ class Client:
         self.lean: LeanConnection | None = None
         self.replayed = asyncio.Event()
         self.outstanding = 0
+        self.ack_every_ns = 0
+        """``--client-acks``: acknowledge the inbox at most this often (0: never)."""
+        self.acked_at_ns = 0
         self.room = asyncio.Event()
         self.room.set()
         self.window = 1
@@ -261,6 +275,10 @@ class Client:
         kind = frame.get("type")
         phase = self.phase
         if kind == 1:
+            if self.ack_every_ns and now - self.acked_at_ns >= self.ack_every_ns:
+                self.acked_at_ns = now
+                phase.inbox_acks += 1
+                self._send_soon(f'{{"type":11,"seq":"{frame["seq"]}"}}')
             if int(frame.get("from", 0)) != self.partner:
                 phase.echoes += 1  # the sender's own copy (its other devices)
                 return
@@ -288,6 +306,12 @@ class Client:
         elif kind == 99:
             phase.errors[str(frame.get("code"))] += 1
             self.delivered()  # refused: it will never arrive; free its window slot
+
+    def _send_soon(self, text: str) -> None:
+        if self.lean is not None:
+            self.lean.send_text(text)
+        else:
+            asyncio.get_running_loop().create_task(self.ws.send(text))
 
     async def close(self) -> None:
         if self.lean is not None:
@@ -408,6 +432,7 @@ async def worker(args: argparse.Namespace) -> None:
         a = Client(user_a, f"{urls[side]}?token={harness.mint_token(user_a, secret)}", user_b)
         b = Client(user_b, f"{urls[1 - side]}?token={harness.mint_token(user_b, secret)}", user_a)
         a.peer, b.peer = b, a
+        a.ack_every_ns = b.ack_every_ns = int(spec.get("client_acks", 0) * 1e9)
         clients += [a, b]
     compression = None if spec["compression"] == "none" else "deflate"
     await _connect_all(clients, compression, spec["impl"], 50)
@@ -606,6 +631,7 @@ async def orchestrate(
                     "impl": args.client,
                     "loop": args.client_loop,
                     "timeline": args.timeline,
+                    "client_acks": args.client_acks,
                 }
                 workers.append(await start_worker(__file__, spec))
             for wk in workers:
@@ -744,6 +770,12 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     out += [harness.table(["phase", *names], cpu_rows), ""]
     for r in results:
+        if r.get("inbox_acks"):
+            per = r["inbox_acks"] / max(1, r["received"])
+            out += [
+                f"{r['phase']}: {r['inbox_acks']:,} inbox acks (type 11), {per:.2f} per message.",
+                "",
+            ]
         if "timeline" in r:
             out += [
                 f"Timeline, {r['phase']}: a message's hops, in ms (one clock: CLOCK_MONOTONIC; "
@@ -884,6 +916,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help=f"also show a message's timeline hop by hop (p50/p99 per hop): the servers record "
         f"stamps ({TIMELINE_ENV}), the clients their send, ack and receive times",
+    )
+    parser.add_argument(
+        "--client-acks",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="each client acknowledges its inbox (type 11, the last seq it got) at most "
+        "this often, as the pinned client does every 100 ms (0 = never)",
     )
     harness.add_before_options(parser)
     parser.add_argument("--quick", action="store_true", help="small run; finishes in < 30 s")
