@@ -949,6 +949,16 @@ async def test_redis_submit_is_one_round_trip_per_batch(
             return await real(*args, **kwargs)
 
         monkeypatch.setattr(store.client, "execute_command", counting)
+        # The batch scripts' own connection (store/lane.py), when the store has one.
+        lane = store.lane
+        if lane is not None:
+            real_call: Any = lane.call
+
+            async def counting_call(*args: Any) -> Any:
+                calls.append(args[0])
+                return await real_call(*args)
+
+            monkeypatch.setattr(lane, "call", counting_call)
         before = await redis_client.info("commandstats")
         results = await store.submit(batch)
         after = await redis_client.info("commandstats")
