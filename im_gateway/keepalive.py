@@ -3,9 +3,9 @@
 Not a timer and a keepalive task per connection, which would cost about 2 KB each: one
 task closes connections that sent no frame for ``idle_timeout`` seconds, pings quiet ones
 every ``ping_interval`` seconds and closes those whose pong is ``ping_timeout`` seconds
-late (each :class:`~im_gateway.sessions.Session` keeps its own :class:`Pings`). A ping is
-written at once, with no future per ping: its pong (or any ping of the client's) shows in
-the connection's ``heard_at``.
+late (:func:`ping`; each :class:`~im_gateway.sessions.Session` keeps when it last
+pinged). A ping is written at once, with no future per ping: its pong (or any ping of the
+client's) shows in the connection's ``heard_at``.
 """
 
 from __future__ import annotations
@@ -38,30 +38,30 @@ class Kept(Protocol):
         ...
 
 
-class Pings:
-    """One connection's keepalive pings: when the last was sent."""
-
-    __slots__ = ("_out", "_pinged_at", "_user", "_ws")
-
-    def __init__(self, ws: WebSocketLike, out: Writer, user: UserId) -> None:
-        self._ws = ws
-        self._out = out
-        self._user = user
-        self._pinged_at = 0.0
-
-    def check(self, now: float, last_seen: float, interval: float, pong_timeout: float) -> None:
-        """Ping when nothing came since ``last_seen`` for ``interval`` seconds; close the
-        socket (1011) when nothing (no pong, no frame) came ``pong_timeout`` seconds after
-        the ping."""
-        seen = max(last_seen, self._ws.heard_at)
-        pinged = self._pinged_at
-        if pinged > seen:  # no answer yet
-            if pong_timeout > 0 and now - pinged > pong_timeout:
-                logger.info("user %s: no pong for %ss, closing", self._user, pong_timeout)
-                self._out.close(CLOSE_INTERNAL, "keepalive ping timeout")
-            return
-        if now - max(seen, pinged) >= interval and self._ws.ping_now():
-            self._pinged_at = now
+def ping(
+    ws: WebSocketLike,
+    out: Writer,
+    user: UserId,
+    *,
+    now: float,
+    last_seen: float,
+    pinged_at: float,
+    interval: float,
+    pong_timeout: float,
+) -> float:
+    """One connection's keepalive: ping when nothing came since ``last_seen`` for
+    ``interval`` seconds; close the socket (1011) when nothing (no pong, no frame) came
+    ``pong_timeout`` seconds after the ping ``pinged_at`` (0: none yet). Returns when the
+    last ping was sent (the session keeps it: no object per connection)."""
+    seen = max(last_seen, ws.heard_at)
+    if pinged_at > seen:  # no answer yet
+        if pong_timeout > 0 and now - pinged_at > pong_timeout:
+            logger.info("user %s: no pong for %ss, closing", user, pong_timeout)
+            out.close(CLOSE_INTERNAL, "keepalive ping timeout")
+        return pinged_at
+    if now - max(seen, pinged_at) >= interval and ws.ping_now():
+        return now
+    return pinged_at
 
 
 async def sweep_idle(
