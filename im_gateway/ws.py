@@ -76,6 +76,7 @@ class _State:
         "group_rights",
         "handshaking",
         "heard_at",
+        "held",
         "lost",
         "receive_now",
         "user",
@@ -91,6 +92,7 @@ class _State:
         self.receive_now: Callable[[str], bool] | None = None
         self.flush_scheduled = False
         self.heard_at = 0.0
+        self.held = False  # the 101 waits in the protocol's writes for the first frame
 
 
 class _ListQueue(list):  # type: ignore[type-arg]
@@ -113,6 +115,11 @@ websockets' ``send_ping(b"")`` frames, without framing them again for every ping
 _AT_FRAME_START = StreamReader.at_eof.__code__
 """Where websockets' parser waits while no frame is under way (for its first byte)."""
 
+HOLD_101 = 0.5
+"""Seconds at most that an accepted upgrade's 101 response waits to go out in one write
+with the connection's first frame (the connect replay's end marker, a few Redis round
+trips later) instead of a write of its own."""
+
 _UPGRADED = Request("/ws", Headers())
 """What an upgraded connection keeps as its request (websockets treats later events as
 frames while one is set); the real one, headers and all, is dropped."""
@@ -125,6 +132,9 @@ class Connection(ServerConnection):
     sockets: descriptors.Sockets | None = None
     """The gateway's socket counts (set on its own subclass: :func:`connection_class`)."""
     rejections: RejectionLog | None = None
+    holding: list[Connection] | None = None
+    """The connections whose 101 is held, for the one timer that writes those still
+    held after :data:`HOLD_101` (set with ``sockets``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -245,6 +255,22 @@ class Connection(ServerConnection):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         descriptors.refuse(transport, self, self.sockets)
 
+    def send_data(self) -> None:
+        """websockets writes what its protocol queued. The 101 of an accepted upgrade is
+        held instead: it goes out with the first frame (:meth:`_flush`), with whatever
+        websockets writes next, or after :data:`HOLD_101` seconds, whichever is first
+        (two writes cost the gateway a system call and the client a wake-up more)."""
+        gw = self.gw
+        holding = self.holding
+        if gw.handshaking and not gw.held and holding is not None and self.protocol.state is OPEN:
+            gw.held = True
+            if not holding:
+                self.loop.call_later(HOLD_101, _write_held, holding)
+            holding.append(self)
+            return
+        gw.held = False
+        super().send_data()
+
     def handshake_done(self) -> None:
         """The connection is a WebSocket now: no longer a handshake under way.
 
@@ -313,13 +339,14 @@ class Connection(ServerConnection):
         own ping) shows in :attr:`heard_at`."""
         if self.protocol.state is not OPEN or self.transport.is_closing():
             return False
-        if self.gw.flush_scheduled:
-            self._flush()  # the frames queued before it go first
+        if self.gw.flush_scheduled or self.gw.held:
+            self._flush()  # the 101 and the frames queued before it go first
         self.transport.write(PING_FRAME)
         return True
 
     def _flush(self) -> None:
-        self.gw.flush_scheduled = False
+        gw = self.gw
+        gw.flush_scheduled = gw.held = False
         data = self.protocol.data_to_send()
         transport = self.transport
         if not data or transport.is_closing():
@@ -334,6 +361,15 @@ class Connection(ServerConnection):
                 transport.close()
 
 
+def _write_held(holding: list[Connection]) -> None:
+    """Write the 101 of every connection still holding it (its first frame is late)."""
+    connections = holding[:]
+    holding.clear()
+    for connection in connections:
+        if connection.gw.held:
+            connection._flush()
+
+
 def connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> type[Connection]:
     """:class:`Connection` counting its sockets in one gateway's ``sockets``."""
 
@@ -342,6 +378,7 @@ def connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> 
 
     GatewayConnection.sockets = sockets
     GatewayConnection.rejections = rejections
+    GatewayConnection.holding = []
     return GatewayConnection
 
 
