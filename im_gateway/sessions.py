@@ -303,6 +303,7 @@ class Session:
         loop = self._loop
         try:
             while True:
+                await self._ws.wait_frame()  # idle: one future, not recv()'s coroutines
                 data = await self._ws.recv()
                 self._handling = True
                 try:

@@ -80,6 +80,7 @@ class _State:
         "lost",
         "receive_now",
         "user",
+        "waiter",
     )
 
     def __init__(self) -> None:
@@ -93,6 +94,7 @@ class _State:
         self.flush_scheduled = False
         self.heard_at = 0.0
         self.held = False  # the 101 waits in the protocol's writes for the first frame
+        self.waiter: asyncio.Future[None] | None = None  # wait_frame()'s
 
 
 class _ListQueue(list):  # type: ignore[type-arg]
@@ -219,6 +221,28 @@ class Connection(ServerConnection):
                 if handler(text):
                     return
         super().process_event(event)
+        self._wake()
+
+    async def wait_frame(self) -> None:
+        """Return once ``recv()`` has something to return or raise: a frame queued for it,
+        or the connection gone. An idle session waits here, on one future, instead of in
+        ``recv()`` (three suspended coroutines and their future, about 0.6 KB more)."""
+        if self._recv_ready():
+            return
+        waiter = self.gw.waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.gw.waiter = None
+
+    def _recv_ready(self) -> bool:
+        messages = self.recv_messages
+        return bool(len(messages.frames)) or messages.closed or self.gw.lost
+
+    def _wake(self) -> None:
+        waiter = self.gw.waiter
+        if waiter is not None and not waiter.done() and self._recv_ready():
+            waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         """A client's pong to our (empty) ping, alone in its read while no frame is under
@@ -310,6 +334,7 @@ class Connection(ServerConnection):
         caps, gw.caps = gw.caps, None
         if caps is not None and gw.user is not None:
             caps.release(gw.user)
+        self._wake()
 
     def send_now(self, message: str) -> bool:
         """Queue a text frame for writing in this loop iteration, unless the socket is

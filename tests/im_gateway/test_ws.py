@@ -332,3 +332,49 @@ async def test_a_101_with_no_frame_after_it_still_goes_out_soon() -> None:
     assert writes[0].startswith(b"HTTP/1.1 101 ")
     assert writes[0].endswith(b"\r\n\r\n")
     assert took < ws.HOLD_101 + 2.0
+
+
+async def test_wait_frame_returns_for_a_queued_frame_and_for_the_close() -> None:
+    """An idle session waits in ``wait_frame`` (not in ``recv()``): it returns once a frame
+    is queued for ``recv()`` (one ``receive_now`` declined), at once while one is queued,
+    and once the connection is gone, when ``recv()`` raises."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    seen: list[object] = []
+    done = asyncio.Event()
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        connection.receive_now = lambda text: False  # every frame goes to recv()
+        assert connection.send_now("ready")
+        await connection.wait_frame()
+        seen.append(await connection.recv())
+        await connection.wait_frame()  # both frames came in one read: the second is queued
+        seen.append(await connection.recv())
+        await connection.wait_frame()
+        try:
+            await connection.recv()
+        except websockets.ConnectionClosed:
+            seen.append("closed")
+        done.set()
+
+    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
+    server = await ws.listen(
+        handler,
+        config,
+        process_request=lambda connection, request: _none(),
+        connection=ws.connection_class(sockets, RejectionLog()),
+        tls=None,
+    )
+    async with server:
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as client:
+            assert await client.recv() == "ready"
+            client.protocol.send_text(b"one")
+            client.protocol.send_text(b"two")
+            client.send_data()  # both frames in one write
+            await wait_until(lambda: len(seen) == 2, timeout=5, what="two frames")
+        async with asyncio.timeout(5):
+            await done.wait()
+    assert seen == ["one", "two", "closed"]
