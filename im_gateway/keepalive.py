@@ -38,30 +38,36 @@ class Kept(Protocol):
         ...
 
 
+class Pinged(Protocol):
+    """What :func:`ping` reads and writes of a session."""
+
+    user: UserId
+    last_seen: float
+    """Loop time of the last frame from the client."""
+    pinged_at: float
+    """Loop time of the last ping (0: none yet)."""
+
+
 def ping(
+    session: Pinged,
     ws: WebSocketLike,
     out: Writer,
-    user: UserId,
-    *,
     now: float,
-    last_seen: float,
-    pinged_at: float,
     interval: float,
     pong_timeout: float,
-) -> float:
-    """One connection's keepalive: ping when nothing came since ``last_seen`` for
-    ``interval`` seconds; close the socket (1011) when nothing (no pong, no frame) came
-    ``pong_timeout`` seconds after the ping ``pinged_at`` (0: none yet). Returns when the
-    last ping was sent (the session keeps it: no object per connection)."""
-    seen = max(last_seen, ws.heard_at)
-    if pinged_at > seen:  # no answer yet
-        if pong_timeout > 0 and now - pinged_at > pong_timeout:
-            logger.info("user %s: no pong for %ss, closing", user, pong_timeout)
+) -> None:
+    """One connection's keepalive: ping when nothing came for ``interval`` seconds; close
+    the socket (1011) when nothing (no pong, no frame) came ``pong_timeout`` seconds after
+    the ping (the session keeps when it pinged: no object per connection)."""
+    seen = max(session.last_seen, ws.heard_at)
+    pinged = session.pinged_at
+    if pinged > seen:  # no answer yet
+        if pong_timeout > 0 and now - pinged > pong_timeout:
+            logger.info("user %s: no pong for %ss, closing", session.user, pong_timeout)
             out.close(CLOSE_INTERNAL, "keepalive ping timeout")
-        return pinged_at
-    if now - max(seen, pinged_at) >= interval and ws.ping_now():
-        return now
-    return pinged_at
+        return
+    if now - max(seen, pinged) >= interval and ws.ping_now():
+        session.pinged_at = now
 
 
 async def sweep_idle(

@@ -115,7 +115,6 @@ class Session:
         "_loop",
         "_metrics",
         "_out",
-        "_pinged_at",
         "_pipeline",
         "_refused",
         "_replayer",
@@ -123,6 +122,7 @@ class Session:
         "_store",
         "_ws",
         "last_seen",
+        "pinged_at",
         "user",
     )
 
@@ -187,7 +187,8 @@ class Session:
         )
         self.last_seen = self._loop.time()
         """Loop time of the last frame from the client (for the idle and ping sweep)."""
-        self._pinged_at = 0.0  # loop time of the last keepalive ping
+        self.pinged_at = 0.0
+        """Loop time of the last keepalive ping (0: none yet)."""
         self._handling = False  # run() is handling a frame: receive_now() must defer
 
     # --- the fan-out's calls (its Connection protocol): the replayer's and the writer's ---
@@ -363,29 +364,17 @@ class Session:
         if limit and exc.code != frames.RATE_LIMITED:  # a fast client is slowed, not closed
             if self._refused is None:  # full until the first refusal: made then
                 self._refused = TokenBucket(limit / 60.0, limit, now)
-            allowed = self._refused.allow(now)
-        else:
-            allowed = True
-        if not allowed:
-            _closed_refused.hit()
-            self._out.close(CLOSE_POLICY, "too many refused frames")
-            return
+            if not self._refused.allow(now):
+                _closed_refused.hit()
+                self._out.close(CLOSE_POLICY, "too many refused frames")
+                return
         self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
     def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a client quiet for ``interval`` seconds; close it (1011) when its pong is
         ``pong_timeout`` late (by the idle sweep: no task nor future per connection)."""
         if not self._out.closing and interval > 0:
-            self._pinged_at = ping(
-                self._ws,
-                self._out,
-                self.user,
-                now=now,
-                last_seen=self.last_seen,
-                pinged_at=self._pinged_at,
-                interval=interval,
-                pong_timeout=pong_timeout,
-            )
+            ping(self, self._ws, self._out, now, interval, pong_timeout)
 
     def expire_if_idle(self, now: float) -> bool:
         """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""

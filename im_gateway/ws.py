@@ -15,6 +15,8 @@ socket, and reads and writes text frames without a task switch each:
   :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot;
 - ``ping_now`` writes a ping without a task or a future, and ``heard_at`` says when the
   client last sent a ping or a pong (the gateway's one keepalive sweep reads it);
+- ``send_data`` holds an accepted upgrade's 101 for the first frame's write;
+  ``wait_frame`` is where an idle session waits (one future), not in ``recv()``;
 - an idle connection holds as little as it can: the gateway's own state is in one slotted
   object (more instance attributes would make every connection's ``__dict__`` a full
   table of its own, about 1.3 KB), and :meth:`Connection.handshake_done` drops the
@@ -175,15 +177,6 @@ class Connection(ServerConnection):
     def lost(self) -> bool:
         """The TCP connection is gone (it can be before ``process_request`` runs)."""
         return self.gw.lost
-
-    @property
-    def counted(self) -> bool:
-        """This connection is counted in ``sockets`` (refused ones are not)."""
-        return self.gw.counted
-
-    @property
-    def handshaking(self) -> bool:
-        return self.gw.handshaking
 
     @property
     def receive_now(self) -> Callable[[str], bool] | None:
