@@ -120,9 +120,8 @@ _AT_FRAME_START = StreamReader.at_eof.__code__
 """Where websockets' parser waits while no frame is under way (for its first byte)."""
 
 HOLD_101 = 0.5
-"""Seconds at most that an accepted upgrade's 101 response waits to go out in one write
-with the connection's first frame (the connect replay's end marker, a few Redis round
-trips later) instead of a write of its own."""
+"""Seconds at most that an accepted upgrade's 101 waits to go out in one write with the
+first frame (the connect replay's end marker, a few Redis round trips later)."""
 
 _UPGRADED = Request("/ws", Headers())
 """What an upgraded connection keeps as its request (websockets treats later events as
@@ -429,6 +428,7 @@ async def listen(
         ping_timeout=None,
         close_timeout=cfg.close_timeout,
         server_header=None,
+        logger=logging.getLogger("websockets.server"),  # else looked up per connection
         ssl=tls,
         start_serving=False,
         reuse_port=cfg.reuse_port or None,  # several gateway processes on one port
