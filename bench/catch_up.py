@@ -89,12 +89,14 @@ class Sink:
         return None
 
 
-async def _follow(groups: Collection[int]) -> None:
-    return None
+class _NoGroups:
+    """A follower of no large group (the sessions here are in none)."""
 
+    async def follow_groups(self, groups: Collection[int]) -> None:
+        return None
 
-def _unfollow(groups: Collection[int]) -> None:
-    return None
+    def unfollow_groups(self, groups: Collection[int]) -> None:
+        return None
 
 
 async def _open_store(url: str) -> Any:
@@ -143,8 +145,7 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
             UserId(i + 1),
             store=store,
             slots=slots,
-            follow=_follow,
-            unfollow=_unfollow,
+            follower=_NoGroups(),
             replay_page=200,
             held_max=1024,
             fill_delay=0.05,

@@ -177,7 +177,8 @@ def token_check_us(secret: str, n: int = 3000) -> float:
     """µs of CPU per ``verify_identity`` of the code tree under test (its own process)."""
     out = subprocess.run(
         [harness.PYTHON, "-c", _TOKEN_CHECK, secret, str(n)],
-        cwd=harness.REPO,
+        cwd=harness.TREE,  # the tree under test (--before's too), as the servers' own
+        env=os.environ | harness.tree_env(harness.TREE),
         check=True,
         capture_output=True,
         text=True,

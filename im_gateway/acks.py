@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
 from transmit_hub.types import UserId
 
 from . import frames
 from .metrics import GatewayMetrics
 from .store import Store
+from .streams import Outlet
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
@@ -32,7 +32,7 @@ class Acks:
         "_held_max",
         "_loop",
         "_metrics",
-        "_push",
+        "_out",
         "_slots",
         "_store",
         "_user",
@@ -46,14 +46,16 @@ class Acks:
         store: Store,
         slots: asyncio.Semaphore,
         held_max: int,
-        push: Callable[[str], bool],
+        out: Outlet,
         metrics: GatewayMetrics,
     ) -> None:
+        """``out``: where a failed write is answered (the session's writer; an object,
+        not a bound method per connection)."""
         self._user = user
         self._store = store
         self._slots = slots
         self._held_max = held_max
-        self._push = push
+        self._out = out
         self._metrics = metrics
         self._loop = asyncio.get_running_loop()
         self._ack_target: int | None = None
@@ -96,7 +98,7 @@ class Acks:
                 except Exception as exc:
                     _ack_failed.hit(exc=exc)
                     self._metrics.refused(frames.INTERNAL)
-                    self._push(
+                    self._out.push(
                         frames.encode_error(frames.INTERNAL, "ack not stored; send it again")
                     )
         finally:

@@ -13,10 +13,17 @@ whose text is ours (it is sent in the 401 body), never the library's.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
 import math
+import re
 import time
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import jwt
 from jwt.algorithms import HMACAlgorithm
@@ -134,6 +141,46 @@ def _verifier() -> jwt.PyJWT:
 
 
 _VERIFIER = _verifier()
+_HMAC = _PreparedHMAC()
+
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]{43}")
+"""Three base64url segments, the last an HS256 signature (32 bytes, unpadded)."""
+_HEADERS = ({"alg": ALGORITHM, "typ": "JWT"}, {"alg": ALGORITHM})
+_CLAIMS = frozenset({"sub", "exp", "iat", "groups"})
+
+
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _fast_claims(token: str, secret: str) -> dict[str, Any] | None:
+    """The claims of a token of the one shape clients send (an ``HS256``/``JWT`` header
+    and nothing else; ``sub``, ``exp``, an integer ``iat`` not in the future, ``groups``)
+    whose signature matches: what PyJWT would return for it, at a fifth of the cost.
+    None for anything else, a bad signature included: PyJWT then decides, and words the
+    refusal. (Only for a gateway that names no audience or issuer.)"""
+    if not _SHAPE.fullmatch(token):
+        return None
+    header_segment, payload_segment, signature = token.split(".")
+    try:
+        if json.loads(_b64(header_segment)) not in _HEADERS:
+            return None
+        key = _HMAC.prepare_key(secret)
+        signed = f"{header_segment}.{payload_segment}".encode()
+        if not hmac.compare_digest(hmac.new(key, signed, hashlib.sha256).digest(), _b64(signature)):
+            return None
+        claims = json.loads(_b64(payload_segment))
+    except (ValueError, binascii.Error, RecursionError):
+        return None
+    if not isinstance(claims, dict) or not claims.keys() <= _CLAIMS:
+        return None
+    if claims.get("exp") is None or claims.get("sub") is None:
+        return None
+    if "iat" in claims:
+        iat = claims["iat"]
+        if type(iat) is not int or iat > time.time():
+            return None
+    return claims
 
 
 def _reason(exc: jwt.InvalidTokenError) -> str:
@@ -168,17 +215,19 @@ def verify_identity(
         required.append("aud")
     if issuer is not None:
         required.append("iss")
+    claims = _fast_claims(token, secret) if audience is None and issuer is None else None
     try:
-        claims = _VERIFIER.decode(
-            token,
-            secret,
-            algorithms=[ALGORITHM],
-            # exp is checked below: PyJWT also takes a string ("9999999999").
-            options={"require": required, "verify_sub": False, "verify_exp": False},
-            leeway=leeway,
-            audience=audience,
-            issuer=issuer,
-        )
+        if claims is None:
+            claims = _VERIFIER.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                # exp is checked below: PyJWT also takes a string ("9999999999").
+                options={"require": required, "verify_sub": False, "verify_exp": False},
+                leeway=leeway,
+                audience=audience,
+                issuer=issuer,
+            )
     except jwt.InvalidTokenError as exc:
         raise AuthError(_reason(exc)) from exc
     exp = claims.get("exp")

@@ -68,10 +68,12 @@ class Cursor(Generic[T]):
         self.ready = False
         """False until :meth:`start`: the connect replay has not begun, everything is held."""
         self._hold_max = hold_max
-        self._held: dict[int, tuple[T, int]] = {}
-        """Position -> (frame, fill epoch at arrival), for positions beyond a hole."""
-        self._own: dict[int, int] = {}
-        """Position -> fill epoch at arrival, for the client's own positions beyond a hole."""
+        self._held: dict[int, tuple[T, int]] | None = None
+        """Position -> (frame, fill epoch at arrival), for positions beyond a hole (made
+        by the first such position: most connections never hold one)."""
+        self._own: dict[int, int] | None = None
+        """Position -> fill epoch at arrival, for the client's own positions beyond a hole
+        (made by the first)."""
         self._known = 0
         """The highest position a live push or an own message claimed."""
         self._sync = False
@@ -97,8 +99,11 @@ class Cursor(Generic[T]):
                 return [item]  # the normal path: the next one, nothing pending
             self._forget_upto(pos)
             return [item, *self._drain()]
-        if pos not in self._held and len(self._held) < self._hold_max:
-            self._held[pos] = (item, self._epoch)
+        held = self._held
+        if held is None:
+            held = self._held = {}
+        if pos not in held and len(held) < self._hold_max:
+            held[pos] = (item, self._epoch)
         self._known = max(self._known, pos)
         return []
 
@@ -110,8 +115,11 @@ class Cursor(Generic[T]):
             self.last = pos
             self._forget_upto(pos)
             return self._drain()
-        if len(self._own) < self._hold_max:
-            self._own[pos] = self._epoch
+        own = self._own
+        if own is None:
+            own = self._own = {}
+        if len(own) < self._hold_max:
+            own[pos] = self._epoch
         # Beyond the bound the fill sends the client its own message: a repeat it drops
         # by message id, never a hole.
         self._known = max(self._known, pos)
@@ -138,8 +146,7 @@ class Cursor(Generic[T]):
         inboxes from 1 again: start over from 0 and read, so new messages are not taken
         for repeats."""
         self.last = 0
-        self._held.clear()
-        self._own.clear()
+        self._held = self._own = None
         self._known = 0
         self._sync = True
 
@@ -172,8 +179,9 @@ class Cursor(Generic[T]):
             if pos > self.last + 1:
                 out.trimmed = True
             self.last = pos
-            self._held.pop(pos, None)
-            if self._own.pop(pos, None) is None:
+            if self._held:
+                self._held.pop(pos, None)
+            if not self._own or self._own.pop(pos, None) is None:
                 out.send.append(item)
             self._forget_upto(pos)
         if complete:
@@ -185,7 +193,7 @@ class Cursor(Generic[T]):
         else:
             self._sync = True  # more to read
         out.send += self._drain()
-        self._known = max((*self._held, *self._own, self.last))
+        self._known = max((*(self._held or ()), *(self._own or ()), self.last))
         return out
 
     def replayed(
@@ -211,7 +219,7 @@ class Cursor(Generic[T]):
                 out.trimmed = True
             self._drop_phantoms(max(inbox_last, self.last))
         out.send += self._drain()
-        self._known = max((*self._held, *self._own, self.last))
+        self._known = max((*(self._held or ()), *(self._own or ()), self.last))
         return out
 
     # --- internals ----------------------------------------------------------------------
@@ -224,10 +232,10 @@ class Cursor(Generic[T]):
         self._forget_upto(self.last)
         while True:
             nxt = self.last + 1
-            held = self._held.pop(nxt, None)
+            held = self._held.pop(nxt, None) if self._held else None
             if held is not None:
                 out.append(held[0])
-            elif self._own.pop(nxt, None) is None:
+            elif not self._own or self._own.pop(nxt, None) is None:
                 return out
             self.last = nxt
 
@@ -244,7 +252,9 @@ class Cursor(Generic[T]):
         """Drop held positions beyond the inbox's end that arrived before this read began:
         the inbox holds a message before it is pushed, so those were never stored."""
         epoch = self._epoch
-        for p in [p for p, (_, e) in self._held.items() if p > inbox_end and e < epoch]:
-            del self._held[p]
-        for p in [p for p, e in self._own.items() if p > inbox_end and e < epoch]:
-            del self._own[p]
+        if self._held:
+            for p in [p for p, (_, e) in self._held.items() if p > inbox_end and e < epoch]:
+                del self._held[p]
+        if self._own:
+            for p in [p for p, e in self._own.items() if p > inbox_end and e < epoch]:
+                del self._own[p]

@@ -3,9 +3,9 @@
 Not a timer and a keepalive task per connection, which would cost about 2 KB each: one
 task closes connections that sent no frame for ``idle_timeout`` seconds, pings quiet ones
 every ``ping_interval`` seconds and closes those whose pong is ``ping_timeout`` seconds
-late (each :class:`~im_gateway.sessions.Session` keeps its own :class:`Pings`). A ping is
-written at once, with no future per ping: its pong (or any ping of the client's) shows in
-the connection's ``heard_at``.
+late (:func:`ping`; each :class:`~im_gateway.sessions.Session` keeps when it last
+pinged). A ping is written at once, with no future per ping: its pong (or any ping of the
+client's) shows in the connection's ``heard_at``.
 """
 
 from __future__ import annotations
@@ -38,30 +38,36 @@ class Kept(Protocol):
         ...
 
 
-class Pings:
-    """One connection's keepalive pings: when the last was sent."""
+class Pinged(Protocol):
+    """What :func:`ping` reads and writes of a session."""
 
-    __slots__ = ("_out", "_pinged_at", "_user", "_ws")
+    user: UserId
+    last_seen: float
+    """Loop time of the last frame from the client."""
+    pinged_at: float
+    """Loop time of the last ping (0: none yet)."""
 
-    def __init__(self, ws: WebSocketLike, out: Writer, user: UserId) -> None:
-        self._ws = ws
-        self._out = out
-        self._user = user
-        self._pinged_at = 0.0
 
-    def check(self, now: float, last_seen: float, interval: float, pong_timeout: float) -> None:
-        """Ping when nothing came since ``last_seen`` for ``interval`` seconds; close the
-        socket (1011) when nothing (no pong, no frame) came ``pong_timeout`` seconds after
-        the ping."""
-        seen = max(last_seen, self._ws.heard_at)
-        pinged = self._pinged_at
-        if pinged > seen:  # no answer yet
-            if pong_timeout > 0 and now - pinged > pong_timeout:
-                logger.info("user %s: no pong for %ss, closing", self._user, pong_timeout)
-                self._out.close(CLOSE_INTERNAL, "keepalive ping timeout")
-            return
-        if now - max(seen, pinged) >= interval and self._ws.ping_now():
-            self._pinged_at = now
+def ping(
+    session: Pinged,
+    ws: WebSocketLike,
+    out: Writer,
+    now: float,
+    interval: float,
+    pong_timeout: float,
+) -> None:
+    """One connection's keepalive: ping when nothing came for ``interval`` seconds; close
+    the socket (1011) when nothing (no pong, no frame) came ``pong_timeout`` seconds after
+    the ping (the session keeps when it pinged: no object per connection)."""
+    seen = max(session.last_seen, ws.heard_at)
+    pinged = session.pinged_at
+    if pinged > seen:  # no answer yet
+        if pong_timeout > 0 and now - pinged > pong_timeout:
+            logger.info("user %s: no pong for %ss, closing", session.user, pong_timeout)
+            out.close(CLOSE_INTERNAL, "keepalive ping timeout")
+        return
+    if now - max(seen, pinged) >= interval and ws.ping_now():
+        session.pinged_at = now
 
 
 async def sweep_idle(

@@ -7,7 +7,7 @@ at most, pages of ``replay_page`` entries, the store calls bounded by the gatewa
 ``slots``; the reads themselves are its :class:`~im_gateway.streams.Streams` half), and
 hands every frame to its :class:`~im_gateway.streams.Outlet` (the session's
 :class:`~im_gateway.writer.Writer`). It knows nothing of the session: the fan-out's pushes
-come to it directly, and it follows large groups through two callables it is given.
+come to it directly, and it follows large groups through the follower it is given.
 
 - A hole is read after ``fill_delay`` seconds, so pushes that only arrive out of order
   cost nothing; after a failed read, not before a second.
@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from transmit_hub.types import UserId
@@ -45,7 +44,7 @@ from . import frames
 from .metrics import GatewayMetrics
 from .ratelimit import TokenBucket
 from .store import Membership, Store
-from .streams import Outlet, Streams, members_only
+from .streams import Follower, Outlet, Streams, members_only
 from .tasks import cancel_and_wait
 from .throttle import Throttled
 
@@ -88,8 +87,7 @@ class Replayer(Streams):
         *,
         store: Store,
         slots: asyncio.Semaphore,
-        follow: Callable[[Collection[int]], Awaitable[None]],
-        unfollow: Callable[[Collection[int]], None],
+        follower: Follower,
         replay_page: int,
         held_max: int,
         fill_delay: float,
@@ -101,8 +99,7 @@ class Replayer(Streams):
             user,
             store=store,
             slots=slots,
-            follow=follow,
-            unfollow=unfollow,
+            follower=follower,
             replay_page=replay_page,
             held_max=held_max,
             metrics=metrics,
@@ -146,7 +143,7 @@ class Replayer(Streams):
         # During the connect replay (which stops at the leave too) it goes at once.
         ready = self._cursor.ready
         if left is not None and not ready and self._groups.pop(left, None) is not None:
-            self._unfollow([left])
+            self._follower.unfollow_groups([left])
         if not self._cursor.ready:
             return  # the connect replay reads them
         if any(r.regroup for r in self._requests[1:]):

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Collection
 from typing import Protocol
 
 from websockets.exceptions import ConnectionClosed
@@ -37,7 +37,7 @@ from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_POLICY
 from .errors import FrameError
 from .group_changes import Members, change_group
 from .group_policy import SERVER_RIGHTS, GroupRights
-from .keepalive import Pings
+from .keepalive import ping
 from .metrics import GatewayMetrics, NullMetrics
 from .pipeline import Caller, Rejected
 from .ratelimit import TokenBucket
@@ -115,7 +115,6 @@ class Session:
         "_loop",
         "_metrics",
         "_out",
-        "_pings",
         "_pipeline",
         "_refused",
         "_replayer",
@@ -123,7 +122,7 @@ class Session:
         "_store",
         "_ws",
         "last_seen",
-        "push",
+        "pinged_at",
         "user",
     )
 
@@ -158,7 +157,7 @@ class Session:
         self._draining = False
         now = self._loop.time()
         self._bucket = TokenBucket(limits.rate, limits.burst, now)
-        self._refused = TokenBucket(limits.max_refused / 60.0, limits.max_refused, now)
+        self._refused: TokenBucket | None = None  # made by the first refused frame
         self._out = out = Writer(
             ws,
             user,
@@ -171,27 +170,25 @@ class Session:
             user,
             store=store,
             slots=self._slots,
-            follow=self._follow,
-            unfollow=self._unfollow,
+            follower=self,
             replay_page=limits.replay_page,
             held_max=limits.held_max,
             fill_delay=limits.fill_delay,
             replay_budget=limits.replay_budget,
             metrics=metrics,
         )
-        self.push: Callable[[str], bool] = out.push
-        """Queue a frame for the client; False when the session is closing or overflowed."""
         self._acks = Acks(
             user,
             store=store,
             slots=self._slots,
             held_max=limits.held_max,
-            push=out.push,
+            out=out,
             metrics=metrics,
         )
         self.last_seen = self._loop.time()
         """Loop time of the last frame from the client (for the idle and ping sweep)."""
-        self._pings = Pings(ws, out, user)
+        self.pinged_at = 0.0
+        """Loop time of the last keepalive ping (0: none yet)."""
         self._handling = False  # run() is handling a frame: receive_now() must defer
 
     # --- the fan-out's calls (its Connection protocol): the replayer's and the writer's ---
@@ -225,10 +222,15 @@ class Session:
     async def close_socket(self, code: int, reason: str, within: float | None = None) -> None:
         await self._out.close_socket(code, reason, within)
 
-    async def _follow(self, groups: Collection[int]) -> None:
+    def push(self, text: str) -> bool:
+        """Queue a frame for the client; False when the session is closing or overflowed."""
+        return self._out.push(text)
+
+    async def follow_groups(self, groups: Collection[int]) -> None:
+        """Live posts of these large groups come to this session (for the replayer)."""
         await self._groups.following.follow(self, groups)
 
-    def _unfollow(self, groups: Collection[int]) -> None:
+    def unfollow_groups(self, groups: Collection[int]) -> None:
         self._groups.following.unfollow(self, groups)
 
     # --- state ----------------------------------------------------------------------
@@ -302,6 +304,7 @@ class Session:
         loop = self._loop
         try:
             while True:
+                await self._ws.wait_frame()  # idle: one future, not recv()'s coroutines
                 data = await self._ws.recv()
                 self._handling = True
                 try:
@@ -357,21 +360,21 @@ class Session:
         if self._out.closing:
             return
         self._metrics.refused(exc.code)
-        if (
-            self._limits.max_refused
-            and exc.code != frames.RATE_LIMITED  # a fast client is slowed, not closed
-            and not self._refused.allow(now)
-        ):
-            _closed_refused.hit()
-            self._out.close(CLOSE_POLICY, "too many refused frames")
-            return
+        limit = self._limits.max_refused
+        if limit and exc.code != frames.RATE_LIMITED:  # a fast client is slowed, not closed
+            if self._refused is None:  # full until the first refusal: made then
+                self._refused = TokenBucket(limit / 60.0, limit, now)
+            if not self._refused.allow(now):
+                _closed_refused.hit()
+                self._out.close(CLOSE_POLICY, "too many refused frames")
+                return
         self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
     def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
         """Ping a client quiet for ``interval`` seconds; close it (1011) when its pong is
         ``pong_timeout`` late (by the idle sweep: no task nor future per connection)."""
         if not self._out.closing and interval > 0:
-            self._pings.check(now, self.last_seen, interval, pong_timeout)
+            ping(self, self._ws, self._out, now, interval, pong_timeout)
 
     def expire_if_idle(self, now: float) -> bool:
         """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Collection
 from typing import Protocol
 
 from transmit_hub.types import UserId
@@ -45,12 +45,25 @@ class Outlet(Protocol):
         ...
 
 
+class Follower(Protocol):
+    """Who follows large groups for a connection (its session: one object, not two bound
+    methods per connection)."""
+
+    async def follow_groups(self, groups: Collection[int]) -> None:
+        """Live posts of these large groups should reach this connection from now on."""
+        ...
+
+    def unfollow_groups(self, groups: Collection[int]) -> None:
+        """No more live posts of these groups (the user left them)."""
+        ...
+
+
 class Streams:
     """One connection's cursors and the store reads behind them."""
 
     __slots__ = (
         "_cursor",
-        "_follow_groups",
+        "_follower",
         "_groups",
         "_hold_max",
         "_metrics",
@@ -59,7 +72,6 @@ class Streams:
         "_pending_own",
         "_slots",
         "_store",
-        "_unfollow",
         "_user",
     )
 
@@ -70,8 +82,7 @@ class Streams:
         *,
         store: Store,
         slots: asyncio.Semaphore,
-        follow: Callable[[Collection[int]], Awaitable[None]],
-        unfollow: Callable[[Collection[int]], None],
+        follower: Follower,
         replay_page: int,
         held_max: int,
         metrics: GatewayMetrics | None = None,
@@ -81,10 +92,7 @@ class Streams:
         self._user = user
         self._store = store
         self._slots = slots
-        self._follow_groups = follow
-        """Live posts of these large groups should reach this connection from now on."""
-        self._unfollow = unfollow
-        """No more live posts of these groups (the user left them)."""
+        self._follower = follower
         self._page = replay_page
         self._hold_max = held_max
         self._cursor: Cursor[str] = Cursor(hold_max=held_max)
@@ -228,7 +236,7 @@ class Streams:
                 if self._groups[g].ready:
                     await self._read_to_leave(g)
                 self._groups.pop(g, None)
-            self._unfollow(gone)
+            self._follower.unfollow_groups(gone)
         # New groups, and those whose start an earlier attempt did not reach.
         fresh = {
             g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
@@ -241,7 +249,7 @@ class Streams:
             for pos in pending.get(g, ()):
                 cursor.own(pos)
         if fresh:
-            await self._follow_groups(list(fresh))
+            await self._follower.follow_groups(list(fresh))
         return fresh
 
 

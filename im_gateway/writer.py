@@ -34,6 +34,10 @@ class WebSocketLike(Protocol):
 
     async def recv(self) -> str | bytes: ...
 
+    async def wait_frame(self) -> None:
+        """Return once ``recv()`` would not wait (a frame is there, or the socket closed)."""
+        ...
+
     async def send(self, message: str) -> None: ...
 
     def send_now(self, message: str) -> bool:

@@ -15,6 +15,8 @@ socket, and reads and writes text frames without a task switch each:
   :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot;
 - ``ping_now`` writes a ping without a task or a future, and ``heard_at`` says when the
   client last sent a ping or a pong (the gateway's one keepalive sweep reads it);
+- ``send_data`` holds an accepted upgrade's 101 for the first frame's write;
+  ``wait_frame`` is where an idle session waits (one future), not in ``recv()``;
 - an idle connection holds as little as it can: the gateway's own state is in one slotted
   object (more instance attributes would make every connection's ``__dict__`` a full
   table of its own, about 1.3 KB), and :meth:`Connection.handshake_done` drops the
@@ -76,9 +78,11 @@ class _State:
         "group_rights",
         "handshaking",
         "heard_at",
+        "held",
         "lost",
         "receive_now",
         "user",
+        "waiter",
     )
 
     def __init__(self) -> None:
@@ -91,6 +95,8 @@ class _State:
         self.receive_now: Callable[[str], bool] | None = None
         self.flush_scheduled = False
         self.heard_at = 0.0
+        self.held = False  # the 101 waits in the protocol's writes for the first frame
+        self.waiter: asyncio.Future[None] | None = None  # wait_frame()'s
 
 
 class _ListQueue(list):  # type: ignore[type-arg]
@@ -113,6 +119,10 @@ websockets' ``send_ping(b"")`` frames, without framing them again for every ping
 _AT_FRAME_START = StreamReader.at_eof.__code__
 """Where websockets' parser waits while no frame is under way (for its first byte)."""
 
+HOLD_101 = 0.5
+"""Seconds at most that an accepted upgrade's 101 waits to go out in one write with the
+first frame (the connect replay's end marker, a few Redis round trips later)."""
+
 _UPGRADED = Request("/ws", Headers())
 """What an upgraded connection keeps as its request (websockets treats later events as
 frames while one is set); the real one, headers and all, is dropped."""
@@ -125,6 +135,9 @@ class Connection(ServerConnection):
     sockets: descriptors.Sockets | None = None
     """The gateway's socket counts (set on its own subclass: :func:`connection_class`)."""
     rejections: RejectionLog | None = None
+    holding: list[Connection] | None = None
+    """The connections whose 101 is held, for the one timer that writes those still
+    held after :data:`HOLD_101` (set with ``sockets``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -165,15 +178,6 @@ class Connection(ServerConnection):
         return self.gw.lost
 
     @property
-    def counted(self) -> bool:
-        """This connection is counted in ``sockets`` (refused ones are not)."""
-        return self.gw.counted
-
-    @property
-    def handshaking(self) -> bool:
-        return self.gw.handshaking
-
-    @property
     def receive_now(self) -> Callable[[str], bool] | None:
         """Set by the gateway to :meth:`Session.receive_now`; None until the session runs."""
         return self.gw.receive_now
@@ -209,6 +213,28 @@ class Connection(ServerConnection):
                 if handler(text):
                     return
         super().process_event(event)
+        self._wake()
+
+    async def wait_frame(self) -> None:
+        """Return once ``recv()`` has something to return or raise: a frame queued for it,
+        or the connection gone. An idle session waits here, on one future, instead of in
+        ``recv()`` (three suspended coroutines and their future, about 0.6 KB more)."""
+        if self._recv_ready():
+            return
+        waiter = self.gw.waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self.gw.waiter = None
+
+    def _recv_ready(self) -> bool:
+        messages = self.recv_messages
+        return bool(len(messages.frames)) or messages.closed or self.gw.lost
+
+    def _wake(self) -> None:
+        waiter = self.gw.waiter
+        if waiter is not None and not waiter.done() and self._recv_ready():
+            waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
         """A client's pong to our (empty) ping, alone in its read while no frame is under
@@ -245,13 +271,29 @@ class Connection(ServerConnection):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         descriptors.refuse(transport, self, self.sockets)
 
+    def send_data(self) -> None:
+        """websockets writes what its protocol queued. The 101 of an accepted upgrade is
+        held instead: it goes out with the first frame (:meth:`_flush`), with whatever
+        websockets writes next, or after :data:`HOLD_101` seconds, whichever is first
+        (two writes cost the gateway a system call and the client a wake-up more)."""
+        gw = self.gw
+        holding = self.holding
+        if gw.handshaking and not gw.held and holding is not None and self.protocol.state is OPEN:
+            gw.held = True
+            if not holding:
+                self.loop.call_later(HOLD_101, _write_held, holding)
+            holding.append(self)
+            return
+        gw.held = False
+        super().send_data()
+
     def handshake_done(self) -> None:
         """The connection is a WebSocket now: no longer a handshake under way.
 
         What only the handshake needed would otherwise stay with every idle connection,
-        so it goes: the response and the request's headers (about 1.4 and 2.5 KB; a
-        ``request`` must stay set: websockets routes later events as frames only while it
-        is), the request's future, the log adapter made for this connection (websockets'
+        so it goes: the response and the request's headers and path (about 1.4, 2.5 and
+        0.2 KB; a ``request`` must stay set: websockets routes later events as frames only
+        while it is), the request's future, the log adapter made for this connection (websockets'
         own logger does), and the queue of frames becomes a list.
         """
         gw = self.gw
@@ -261,8 +303,10 @@ class Connection(ServerConnection):
         self.response = None
         if self.request is not None:
             # The protocol's parser keeps the request it parsed (a local of its
-            # generator, for the connection's life): empty its headers in place.
+            # generator, for the connection's life): empty its headers in place, and
+            # drop its path (with the token in its query: about 200 bytes).
             self.request.headers.clear()
+            self.request.path = _UPGRADED.path
         self.request = _UPGRADED
         self.request_rcvd = None  # type: ignore[assignment]  # done: read only before
         adapter = self.logger
@@ -282,6 +326,7 @@ class Connection(ServerConnection):
         caps, gw.caps = gw.caps, None
         if caps is not None and gw.user is not None:
             caps.release(gw.user)
+        self._wake()
 
     def send_now(self, message: str) -> bool:
         """Queue a text frame for writing in this loop iteration, unless the socket is
@@ -311,13 +356,14 @@ class Connection(ServerConnection):
         own ping) shows in :attr:`heard_at`."""
         if self.protocol.state is not OPEN or self.transport.is_closing():
             return False
-        if self.gw.flush_scheduled:
-            self._flush()  # the frames queued before it go first
+        if self.gw.flush_scheduled or self.gw.held:
+            self._flush()  # the 101 and the frames queued before it go first
         self.transport.write(PING_FRAME)
         return True
 
     def _flush(self) -> None:
-        self.gw.flush_scheduled = False
+        gw = self.gw
+        gw.flush_scheduled = gw.held = False
         data = self.protocol.data_to_send()
         transport = self.transport
         if not data or transport.is_closing():
@@ -332,6 +378,15 @@ class Connection(ServerConnection):
                 transport.close()
 
 
+def _write_held(holding: list[Connection]) -> None:
+    """Write the 101 of every connection still holding it (its first frame is late)."""
+    connections = holding[:]
+    holding.clear()
+    for connection in connections:
+        if connection.gw.held:
+            connection._flush()
+
+
 def connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> type[Connection]:
     """:class:`Connection` counting its sockets in one gateway's ``sockets``."""
 
@@ -340,6 +395,7 @@ def connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> 
 
     GatewayConnection.sockets = sockets
     GatewayConnection.rejections = rejections
+    GatewayConnection.holding = []
     return GatewayConnection
 
 
@@ -372,6 +428,7 @@ async def listen(
         ping_timeout=None,
         close_timeout=cfg.close_timeout,
         server_header=None,
+        logger=logging.getLogger("websockets.server"),  # else looked up per connection
         ssl=tls,
         start_serving=False,
         reuse_port=cfg.reuse_port or None,  # several gateway processes on one port

@@ -94,6 +94,7 @@ from .contract import (
     Membership,
     Opening,
 )
+from .gather import Gathered
 
 Client = aioredis.Redis | RedisCluster
 """Either Redis client: the calls below exist on both (each touches one slot, or is
@@ -199,6 +200,7 @@ class KeyspaceStore(AsyncClosing):
         self._redis = client
         self._owns_client = owns_client
         self._acks = Acks(self._write_acks)
+        self._openings: Gathered[UserId, Opening] = Gathered(self._read_openings)
         self._closed = False
 
     @abstractmethod
@@ -313,13 +315,20 @@ class KeyspaceStore(AsyncClosing):
 
     async def opening(self, user: UserId) -> Opening:
         self._check_open()
-        key = self.settings.key  # the user's keys share one slot: one round trip
+        return await self._openings.get(user)  # with the others asked for in this turn
+
+    async def _read_openings(self, users: list[UserId]) -> list[Opening]:
+        """Many users' openings in one pipelined round trip."""
+        key = self.settings.key
         async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(key("acked", user))
-            pipe.get(key("pos", user))
-            pipe.exists(key("groups", user))
-            acked, end, groups = await pipe.execute()
-        return Opening(int(acked or 0), int(end or 0), bool(groups))
+            for user in users:
+                pipe.get(key("acked", user))
+                pipe.get(key("pos", user))
+                pipe.exists(key("groups", user))
+            r = await pipe.execute()
+        return [
+            Opening(int(r[i] or 0), int(r[i + 1] or 0), bool(r[i + 2])) for i in range(0, len(r), 3)
+        ]
 
     async def members(self, group: int) -> list[UserId]:
         self._check_open()

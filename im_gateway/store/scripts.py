@@ -32,6 +32,7 @@ STREAMS: Final = source("streams")
 GROUP_ACK: Final = source("group_ack")
 MEMBERSHIPS: Final = source("memberships")
 # One Redis only.
+OPENING: Final = source("opening")
 SUBMIT: Final = source("submit")
 JOIN: Final = source("join")
 ADD_MEMBERS: Final = source("add_members")

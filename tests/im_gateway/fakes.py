@@ -35,6 +35,9 @@ class FakeWebSocket:
         self.answers_pings = True
         self.heard_at = 0.0
 
+    async def wait_frame(self) -> None:
+        return None  # recv() waits
+
     async def recv(self) -> str | bytes:
         item = await self.incoming.get()
         if item is _CLOSED:

@@ -177,3 +177,72 @@ def test_the_prepared_key_follows_the_secret() -> None:
     for _ in range(2):
         with pytest.raises(jwt.InvalidKeyError):
             auth.verify(token, pem)
+
+
+def _outcome(token: str) -> object:
+    """What ``verify_identity`` makes of ``token``: the identity, or the refusal's words."""
+    try:
+        return auth.verify_identity(token, SECRET, max_ttl=86400)
+    except AuthError as exc:
+        return f"refused: {exc}"
+
+
+def _signed(header: dict[str, object], claims: dict[str, object], secret: str = SECRET) -> str:
+    return jwt.encode(claims, secret, "HS256", headers=header)
+
+
+def _tampered(token: str) -> str:
+    head, payload, signature = token.split(".")
+    return f"{head}.{payload}.{'A' if signature[0] != 'A' else 'B'}{signature[1:]}"
+
+
+_NOW = int(time.time())
+_AGREE = {
+    "minted": auth.mint(7, SECRET, ttl=600),
+    "minted-groups": auth.mint(7, SECRET, ttl=600, groups=[3, 4]),
+    "numeric-sub": _signed({}, {"sub": 9, "exp": _NOW + 60}),
+    "no-typ": jwt.encode({"sub": "5", "exp": _NOW + 60}, SECRET, "HS256", headers={"typ": None}),
+    "other-typ": _signed({"typ": "at+jwt"}, {"sub": "5", "exp": _NOW + 60}),
+    "kid": _signed({"kid": "k1"}, {"sub": "5", "exp": _NOW + 60}),
+    "iat-future": _signed({}, {"sub": "5", "exp": _NOW + 10**7, "iat": _NOW + 10**6}),
+    "iat-float": _signed({}, {"sub": "5", "exp": _NOW + 60, "iat": _NOW - 1.5}),
+    "iat-string": _signed({}, {"sub": "5", "exp": _NOW + 60, "iat": "soon"}),
+    "iat-null": _signed({}, {"sub": "5", "exp": _NOW + 60, "iat": None}),
+    "nbf-future": _signed({}, {"sub": "5", "exp": _NOW + 10**7, "nbf": _NOW + 10**6}),
+    "aud-unasked": _signed({}, {"sub": "5", "exp": _NOW + 60, "aud": "x"}),
+    "jti-number": _signed({}, {"sub": "5", "exp": _NOW + 60, "jti": 3}),
+    "sub-null": _signed({}, {"sub": None, "exp": _NOW + 60}),
+    "exp-string": _signed({}, {"sub": "5", "exp": str(_NOW + 60)}),
+    "expired": _signed({}, {"sub": "5", "exp": _NOW - 10}),
+    "too-long": _signed({}, {"sub": "5", "exp": _NOW + 10**6}),
+    "wrong-secret": _signed({}, {"sub": "5", "exp": _NOW + 60}, "x" * 40),
+    "tampered": _tampered(auth.mint(7, SECRET, ttl=600)),
+    "payload-array": "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.WzFd."
+    + jwt.utils.base64url_encode(
+        jwt.algorithms.HMACAlgorithm(jwt.algorithms.HMACAlgorithm.SHA256).sign(
+            b"eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.WzFd", SECRET.encode()
+        )
+    ).decode(),
+    "padded": auth.mint(7, SECRET, ttl=600) + "=",
+    "other-alg": jwt.encode({"sub": "1", "exp": _NOW + 60}, SECRET, "HS512"),
+    "none-alg": jwt.encode({"sub": "1", "exp": _NOW + 60}, "", "none"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_AGREE))
+def test_the_fast_check_agrees_with_pyjwt(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The token check's fast path (the common shape, checked without PyJWT) accepts and
+    refuses exactly what PyJWT does, with the same words."""
+    token = _AGREE[name]
+    fast = _outcome(token)
+    monkeypatch.setattr(auth, "_fast_claims", lambda token, secret: None)
+    assert fast == _outcome(token)
+
+
+def test_the_common_shape_takes_the_fast_path() -> None:
+    """A token as ``mint`` makes it (with or without groups) is checked without PyJWT; a
+    bad signature is left to PyJWT (which words the refusal)."""
+    assert auth._fast_claims(_AGREE["minted"], SECRET) is not None
+    assert auth._fast_claims(_AGREE["minted-groups"], SECRET) is not None
+    assert auth._fast_claims(_AGREE["tampered"], SECRET) is None
+    assert auth._fast_claims(_AGREE["iat-future"], SECRET) is None

@@ -268,3 +268,113 @@ async def test_pong_shaped_bytes_inside_a_frame_are_the_frame_s() -> None:
         finally:
             writer.close()
     assert got == {"text": "pong!!", "heard_at": 0.0}
+
+
+async def _upgrade_writes(first_frame: str | None) -> tuple[list[bytes], list[str], float]:
+    """One upgrade on a counting gateway connection whose handler sends ``first_frame``
+    (or nothing): the server's socket writes up to that frame (or the 101), what the client
+    received, and how long its connect took."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    base = ws.connection_class(sockets, RejectionLog())
+    writes: list[bytes] = []
+    release = asyncio.Event()
+
+    class Counted(base):  # type: ignore[misc,valid-type]
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            write = transport.write  # type: ignore[attr-defined]
+
+            def counted(data: bytes | bytearray | memoryview) -> None:
+                writes.append(bytes(data))
+                write(data)
+
+            transport.write = counted  # type: ignore[attr-defined]
+            super().connection_made(transport)
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        if first_frame is not None:
+            assert connection.send_now(first_frame)
+        await release.wait()
+
+    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
+    server = await ws.listen(
+        handler,
+        config,
+        process_request=lambda connection, request: _none(),
+        connection=Counted,
+        tls=None,
+    )
+    async with server:
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        started = asyncio.get_running_loop().time()
+        async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as client:
+            took = asyncio.get_running_loop().time() - started
+            received = [str(await client.recv())] if first_frame is not None else []
+            release.set()
+    return writes, received, took
+
+
+async def test_the_101_goes_out_with_the_first_frame_in_one_write() -> None:
+    """An accepted upgrade's 101 response and the connection's first frame (the connect
+    replay's end marker, in the gateway) leave in one system call, not two."""
+    writes, received, _ = await _upgrade_writes("first")
+    assert received == ["first"]
+    assert writes[0].startswith(b"HTTP/1.1 101 ")
+    assert writes[0].endswith(b"\r\n\r\n" + ws.text_frame(b"first"))  # then the close
+
+
+async def test_a_101_with_no_frame_after_it_still_goes_out_soon() -> None:
+    """With no frame to go with it, the 101 is written after ``HOLD_101`` seconds: the
+    client's connect completes (the hold is short and bounded)."""
+    writes, _, took = await _upgrade_writes(None)
+    assert writes[0].startswith(b"HTTP/1.1 101 ")
+    assert writes[0].endswith(b"\r\n\r\n")
+    assert took < ws.HOLD_101 + 2.0
+
+
+async def test_wait_frame_returns_for_a_queued_frame_and_for_the_close() -> None:
+    """An idle session waits in ``wait_frame`` (not in ``recv()``): it returns once a frame
+    is queued for ``recv()`` (one ``receive_now`` declined), at once while one is queued,
+    and once the connection is gone, when ``recv()`` raises."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    seen: list[object] = []
+    done = asyncio.Event()
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        connection.receive_now = lambda text: False  # every frame goes to recv()
+        assert connection.send_now("ready")
+        await connection.wait_frame()
+        seen.append(await connection.recv())
+        await connection.wait_frame()  # both frames came in one read: the second is queued
+        seen.append(await connection.recv())
+        await connection.wait_frame()
+        try:
+            await connection.recv()
+        except websockets.ConnectionClosed:
+            seen.append("closed")
+        done.set()
+
+    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
+    server = await ws.listen(
+        handler,
+        config,
+        process_request=lambda connection, request: _none(),
+        connection=ws.connection_class(sockets, RejectionLog()),
+        tls=None,
+    )
+    async with server:
+        await server.start_serving()
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as client:
+            assert await client.recv() == "ready"
+            client.protocol.send_text(b"one")
+            client.protocol.send_text(b"two")
+            client.send_data()  # both frames in one write
+            await wait_until(lambda: len(seen) == 2, timeout=5, what="two frames")
+        async with asyncio.timeout(5):
+            await done.wait()
+    assert seen == ["one", "two", "closed"]

@@ -24,6 +24,7 @@ local prefix = ARGV[1]
 local batch = cjson.decode(ARGV[2])
 local max_len = ARGV[3]
 local max_age = tonumber(ARGV[4])
+local max_age_text = ARGV[4]  -- as a command's argument: a number would be formatted per call
 local window = ARGV[5]
 local stamp = string.format('%.0f', now)
 local by_age = now % 16 == 0
@@ -168,11 +169,11 @@ local since = string.format('(%.0f', now)
 local presence = {}
 for _, u in ipairs(order) do
   if appended[u] then
-    redis.call('PEXPIRE', ukey(u, 'inbox'), max_age)
+    redis.call('PEXPIRE', ukey(u, 'inbox'), max_age_text)
     if by_age then
       -- The counter's TTL is refreshed lazily (here, and by acks): when it lapses while
       -- the inbox lives, the next append and the next ack resume from the inbox.
-      redis.call('PEXPIRE', ukey(u, 'pos'), max_age)
+      redis.call('PEXPIRE', ukey(u, 'pos'), max_age_text)
     end
   end
   local gws = redis.call('ZRANGEBYSCORE', ukey(u, 'presence'), since, '+inf')

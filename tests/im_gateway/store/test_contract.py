@@ -949,6 +949,16 @@ async def test_redis_submit_is_one_round_trip_per_batch(
             return await real(*args, **kwargs)
 
         monkeypatch.setattr(store.client, "execute_command", counting)
+        # The batch scripts' own connection (store/lane.py), when the store has one.
+        lane = store.lane
+        if lane is not None:
+            real_call: Any = lane.call
+
+            async def counting_call(*args: Any) -> Any:
+                calls.append(args[0])
+                return await real_call(*args)
+
+            monkeypatch.setattr(lane, "call", counting_call)
         before = await redis_client.info("commandstats")
         results = await store.submit(batch)
         after = await redis_client.info("commandstats")
@@ -1165,3 +1175,19 @@ async def test_opening_reads_where_a_connect_replay_starts(store: Store) -> None
     assert await store.opening(CAROL) == Opening(0, 0, False)
     await store.leave(7, ALICE)
     assert (await store.opening(ALICE)).in_groups is False
+
+
+async def test_openings_asked_for_together_each_get_their_own_user(store: Store) -> None:
+    """Openings asked for at once (read in one batch by the Redis stores) answer each user
+    with that user's positions, in any order and with repeats."""
+    await store.submit([sub(f"c{i}", msg(BOB, ALICE)) for i in range(3)])
+    await store.submit([sub("d0", msg(ALICE, CAROL))])
+    await store.ack(ALICE, 2)
+    await store.join(7, CAROL)
+    users = [CAROL, ALICE, BOB, ALICE, CAROL]
+    got = await asyncio.gather(*(store.opening(u) for u in users))
+    want = {u: await store.opening(u) for u in (ALICE, BOB, CAROL)}  # one at a time
+    assert len(set(want.values())) == 3
+    assert want[ALICE].acked == 2
+    assert want[CAROL].in_groups
+    assert got == [want[u] for u in users]

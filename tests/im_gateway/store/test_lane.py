@@ -1,0 +1,159 @@
+"""The store's own Redis connection for batch and ack scripts (im_gateway/store/lane.py),
+against real redis-server processes (a silent TCP server only for the timeout)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from im_gateway.store import RedisStore
+from im_gateway.store.contract import Accepted
+from im_gateway.store.lane import Lane
+from tests.conftest import RedisServer
+from tests.im_gateway.store.test_contract import ALICE, BOB, msg, sub
+
+
+@pytest.fixture
+async def lane(redis_url: str) -> AsyncIterator[Lane]:
+    client = aioredis.Redis.from_url(redis_url, socket_timeout=5)
+    one = Lane.of(client)
+    assert one is not None
+    try:
+        yield one
+    finally:
+        await one.close()
+        await client.aclose()
+
+
+async def test_many_in_flight_get_their_own_replies(lane: Lane) -> None:
+    """Commands written back to back are answered in order, each to its caller."""
+    replies = await asyncio.gather(*(lane.call("ECHO", f"m{i}") for i in range(300)))
+    assert replies == [f"m{i}".encode() for i in range(300)]
+
+
+async def test_an_error_reply_fails_its_command_only(lane: Lane) -> None:
+    """An error reply raises ResponseError for its own command; the others, before and
+    after it on the same connection, get their replies."""
+    await lane.call("SET", "lane:text", "x")
+    replies: list[object] = await asyncio.gather(
+        lane.call("ECHO", "a"),
+        lane.call("INCR", "lane:text"),
+        lane.call("ECHO", "b"),
+        return_exceptions=True,
+    )
+    assert (replies[0], replies[2]) == (b"a", b"b")
+    assert isinstance(replies[1], ResponseError)
+    assert await lane.call("ECHO", "c") == b"c"
+
+
+async def test_a_cancelled_caller_does_not_shift_the_replies(lane: Lane) -> None:
+    """A caller cancelled after its command went out: its reply is dropped, not given to
+    the next caller."""
+    task = asyncio.create_task(lane.call("ECHO", "first"))
+    await asyncio.sleep(0)  # written
+    task.cancel()
+    assert await lane.call("ECHO", "second") == b"second"
+
+
+async def test_it_reconnects_after_the_server_restarts() -> None:
+    """A command that finds the connection dead is sent again on a fresh one."""
+    server = RedisServer()
+    client = aioredis.Redis.from_url(server.url, socket_timeout=5)
+    lane = Lane.of(client)
+    assert lane is not None
+    try:
+        await lane.call("SET", "k", "1")
+        server.kill()
+        server.restart()
+        assert await lane.call("ECHO", "back") == b"back"
+    finally:
+        await lane.close()
+        await client.aclose()
+        server.stop()
+
+
+async def test_a_silent_server_times_out_and_is_not_retried() -> None:
+    """A reply later than the socket timeout fails the command with redis-py's
+    TimeoutError, and the connection is dropped (a late reply can no longer be matched)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.2)
+    lane = Lane.of(client)
+    assert lane is not None
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            await lane.call("PING")
+        assert loop.time() - start < 2
+        assert len(accepted) == 1  # one attempt
+    finally:
+        await lane.close()
+        await client.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_password_and_database_come_from_the_client() -> None:
+    """AUTH and SELECT as the client's URL says; a wrong password is refused."""
+    server = RedisServer()
+    admin = aioredis.Redis(host="127.0.0.1", port=server.port)
+    await admin.config_set("requirepass", "s3cret")
+    await admin.aclose()
+    good = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/3")
+    bad = aioredis.Redis.from_url(f"redis://:wrong@127.0.0.1:{server.port}/3")
+    lanes = [Lane.of(good), Lane.of(bad)]
+    try:
+        assert lanes[0] is not None
+        assert lanes[1] is not None
+        await lanes[0].call("SET", "where", "db3")
+        assert await good.get("where") == b"db3"
+        db0 = aioredis.Redis.from_url(f"redis://:s3cret@127.0.0.1:{server.port}/0")
+        assert await db0.get("where") is None
+        await db0.aclose()
+        with pytest.raises(ResponseError):
+            await lanes[1].call("PING")
+    finally:
+        for one in lanes:
+            if one is not None:
+                await one.close()
+        await good.aclose()
+        await bad.aclose()
+        server.stop()
+
+
+def test_only_plain_tcp_gets_a_lane() -> None:
+    """TLS and Unix sockets stay with redis-py's own connections."""
+    assert Lane.of(aioredis.Redis.from_url("redis://127.0.0.1:6379/0")) is not None
+    assert Lane.of(aioredis.Redis.from_url("rediss://127.0.0.1:6379/0")) is None
+    assert Lane.of(aioredis.Redis.from_url("unix:///tmp/redis.sock")) is None
+
+
+async def test_a_store_loads_its_script_again_after_a_flush(
+    redis_url: str, redis_client: aioredis.Redis
+) -> None:
+    """The batch script on the lane: after SCRIPT FLUSH (a restarted Redis) the next batch
+    loads it again and is stored, and acks go the same way."""
+    async with RedisStore(redis_url) as store:
+        assert store.lane is not None
+        assert isinstance((await store.submit([sub("f1", msg(ALICE, BOB))]))[0], Accepted)
+        await redis_client.script_flush()
+        result = (await store.submit([sub("f2", msg(ALICE, BOB))]))[0]
+        assert isinstance(result, Accepted)
+        assert not result.duplicate
+        await redis_client.script_flush()
+        await store.ack(BOB, 2)
+        assert await store.acked(BOB) == 2
+    with pytest.raises(ConnectionError):
+        await store.lane.call("PING")  # closed with the store
