@@ -1,10 +1,9 @@
 """The fan-out: stored messages to local sockets and to the hub; the hub's pushes to ours.
 
-A :class:`Fanout` knows the local connections (anything that implements
-:class:`~im_gateway.ports.Connection`) by user, and the hub link. It knows nothing of how a message was
-stored or who asked (a client or the server API): the pipeline hands it each stored
-message with its caller, and the caller's own connection gets the position without the
-frame (it sent the message; it gets type 10).
+A :class:`Fanout` knows the local connections (:class:`~im_gateway.ports.Connection`) by
+user, and the hub link. It knows nothing of how a message was stored or who asked (a
+client or the server API): the pipeline hands it each stored message with its caller,
+whose own connection gets the position without the frame (it gets type 10).
 
 Per stored message: every recipient's sockets on this gateway (the sender's other
 devices included) get the message directly; the recipients' other gateways get one
@@ -18,10 +17,8 @@ replayers, which know the user's large groups) and, as one TransmitMap with one 
 per gateway, to the other gateways that follow it; such a share names user 0 with the
 group seq ``g<group>:<n>``, and the receiving gateway hands it to its own followers of
 the group. A user's join or leave reaches their gateways as a :data:`CONTROL_REGROUP`
-share: their connections read their large groups again.
-
-Members only: a gateway shows a post to its followers of the group only once the store
-says they are still members (:mod:`im_gateway.screening`).
+share: their connections read their large groups again. Members only: a follower is shown a
+post once the store says they are still a member (:mod:`im_gateway.screening`).
 
 Controls. The server API's ``disconnect`` reaches the gateways that hold a user's sockets
 as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub routes it
@@ -101,10 +98,10 @@ class Fanout(Generic[C]):
         held_max: int = DEFAULT_HELD_MAX,
     ) -> None:
         """``watch_ttl``: the store's TTL of a gateway's mark on a group it follows (the
-        presence TTL); refreshed every third of it. ``forget_grace``: seconds after each (re)attach during which the hub's
-        "not attached" notices are not acted on. After a hub restart the other gateways
-        re-attach one by one; until they have, the hub calls them missing, and clearing
-        their (live) presence then would stop pushes to them until their next refresh.
+        presence TTL); refreshed every third of it. ``forget_grace``: seconds after each
+        (re)attach during which the hub's "not attached" notices are not acted on. After a
+        hub restart the other gateways re-attach one by one; until they have, the hub calls
+        them missing, and clearing their (live) presence would stop pushes to them.
 
         ``resync_after``: after a hub link is lost, the sessions read their inboxes to
         the end at once and again this many seconds later (the time a hub may take to
@@ -230,11 +227,7 @@ class Fanout(Generic[C]):
                             session.deliver(pos, text)
             for gateway in presence.get(recipient.user_id, ()):
                 if gateway != me:
-                    shares = remote.get(gateway)
-                    if shares is None:
-                        remote[gateway] = [recipient]
-                    else:
-                        shares.append(recipient)
+                    remote.setdefault(gateway, []).append(recipient)
         if prefix is not None:  # once per message, however many local sockets got it
             self._metrics.pushed_local(accepted.message.time)
         if remote:
