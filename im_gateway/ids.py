@@ -15,14 +15,20 @@ from transmit_hub.types import MessageId
 class MessageIds:
     """A generator of unique, time-ordered message ids (one per process is enough)."""
 
-    __slots__ = ("_counter", "_nonce")
+    __slots__ = ("_counter", "_head", "_head_ms", "_nonce")
 
     def __init__(self) -> None:
         self._nonce = f"{secrets.randbits(48):012x}"
         self._counter = 0
+        self._head_ms = -1
+        self._head = ""
+        """The time and nonce of the ids of millisecond ``_head_ms`` (formatted once)."""
 
     def next(self, now_ms: int | None = None) -> tuple[MessageId, int]:
         """A fresh id and the server time (ms) it was made at."""
         ms = time.time_ns() // 1_000_000 if now_ms is None else now_ms
-        self._counter = (self._counter + 1) & 0xFFFFFF
-        return MessageId(f"{ms:012x}{self._nonce}{self._counter:06x}"), ms
+        self._counter = counter = (self._counter + 1) & 0xFFFFFF
+        if ms != self._head_ms:
+            self._head_ms = ms
+            self._head = f"{ms:012x}{self._nonce}"
+        return MessageId(f"{self._head}{counter:06x}"), ms

@@ -42,6 +42,18 @@ def test_message_ids_are_unique_and_time_ordered() -> None:
     assert ids == sorted(ids)
 
 
+def test_an_id_is_time_nonce_and_counter_whatever_came_before() -> None:
+    """The time part is formatted once per millisecond: an id made after another
+    millisecond's (earlier or later) still carries its own time."""
+    gen = MessageIds()
+    for i, ms in enumerate([5, 5, 7, 5, 2**48 - 1, 0, 0]):
+        msg_id, at = gen.next(ms)
+        assert at == ms
+        assert msg_id[:12] == f"{ms:012x}"
+        assert msg_id[24:] == f"{i + 1:06x}"
+        assert len(msg_id) == 30
+
+
 def test_exported_names() -> None:
     """The package exports the gateway, its config, the store interface and its errors."""
     import im_gateway
