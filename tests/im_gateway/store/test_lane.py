@@ -53,8 +53,10 @@ async def test_an_error_reply_fails_its_command_only(lane: Lane) -> None:
 async def test_a_cancelled_caller_does_not_shift_the_replies(lane: Lane) -> None:
     """A caller cancelled after its command went out: its reply is dropped, not given to
     the next caller."""
+    await lane.call("PING")  # connected: a call now writes its command at once
     task = asyncio.create_task(lane.call("ECHO", "first"))
-    await asyncio.sleep(0)  # written
+    await asyncio.sleep(0)  # let the task run up to waiting for its reply
+    assert not task.done()  # written, the reply not read yet
     task.cancel()
     assert await lane.call("ECHO", "second") == b"second"
 
