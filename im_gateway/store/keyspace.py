@@ -390,10 +390,9 @@ class Acks:
     """Acks asked for at about the same time, written together.
 
     Sessions write acks (type 11) as their clients send them; a client that acks each
-    message would otherwise cost a round trip per message. One ``write`` is in flight at a
-    time: acks asked for while it is out (and at least every one of the same loop turn)
-    share the next ``write`` call, which gets every acked key with the highest position
-    asked for it. A quiet gateway writes an ack at once; a busy one, once per round trip.
+    message would otherwise cost a round trip per message. Acks asked for before the
+    write task runs (at least every one of the same loop turn) share one ``write`` call,
+    which gets every acked key with the highest position asked for it.
     """
 
     def __init__(self, write: Callable[[dict[str, int]], Awaitable[object]]) -> None:
@@ -403,8 +402,6 @@ class Acks:
         self._batch: asyncio.Future[None] | None = None
         """Completes when the gathered acks are written (None: none being gathered)."""
         self._writes: set[asyncio.Task[None]] = set()
-        self._last: asyncio.Task[None] | None = None
-        """The latest write task: the next one waits for it (one write in flight)."""
 
     async def ack(self, key: str, upto: int) -> None:
         """Move ``key`` to ``upto`` (with the acks asked for meanwhile); returns once written."""
@@ -422,15 +419,10 @@ class Acks:
         await asyncio.shield(batch)  # a caller's cancellation leaves the write to finish
 
     async def _flush(self, batch: asyncio.Future[None]) -> None:
-        ahead, self._last = self._last, asyncio.current_task()
+        acks, self._acks, self._batch = self._acks, {}, None
         try:
-            if ahead is not None and not ahead.done():
-                await asyncio.wait([ahead])  # acks asked for meanwhile join this write
-            acks, self._acks, self._batch = self._acks, {}, None
             await self._write(acks)
         except asyncio.CancelledError:
-            if self._batch is batch:
-                self._batch = None  # its acks stay gathered for the next write
             batch.cancel()
             raise
         except Exception as exc:
