@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import asyncio
 import collections
+import contextlib
 import inspect
 import logging
 import tomllib
 import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import websockets
@@ -182,17 +184,7 @@ async def test_one_connection_runs_through_every_override() -> None:
         await connection.wait_closed()
         done.set()
 
-    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
-    server = await ws.listen(
-        handler,
-        config,
-        process_request=lambda connection, request: _none(),
-        connection=ws.connection_class(sockets, RejectionLog()),
-        tls=None,
-    )
-    async with server:
-        await server.start_serving()
-        port = server.sockets[0].getsockname()[1]
+    async with _serving(handler, ws.connection_class(sockets, RejectionLog())) as port:
         async with connect(f"ws://127.0.0.1:{port}/ws") as client:
             await wait_until(lambda: "after" in seen, timeout=5, what="the handler's first step")
             async with asyncio.timeout(5):
@@ -220,6 +212,25 @@ async def _none() -> None:
     return None
 
 
+@contextlib.asynccontextmanager
+async def _serving(
+    handler: Callable[[ServerConnection], Awaitable[None]], connection: type[ws.Connection]
+) -> AsyncIterator[int]:
+    """A gateway's WebSocket server (``ws.listen``) running ``handler`` with ``connection``
+    objects, accepting every upgrade: its port, while the block runs."""
+    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
+    server = await ws.listen(
+        handler,
+        config,
+        process_request=lambda connection, request: _none(),
+        connection=connection,
+        tls=None,
+    )
+    async with server:
+        await server.start_serving()
+        yield server.sockets[0].getsockname()[1]
+
+
 async def test_pong_shaped_bytes_inside_a_frame_are_the_frame_s() -> None:
     """The six bytes of a client's pong, sent while a frame is under way (its header read,
     its payload not), are that frame's payload: only a pong between frames skips the
@@ -239,17 +250,7 @@ async def test_pong_shaped_bytes_inside_a_frame_are_the_frame_s() -> None:
     mask = bytes([0x8A ^ text[0], 0x80 ^ text[1], 0x20, 0x20])
     wire = bytes(b ^ mask[i % 4] for i, b in enumerate(text))
     assert wire[:2] == b"\x8a\x80"  # the payload as sent looks like a pong frame
-    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
-    server = await ws.listen(
-        handler,
-        config,
-        process_request=lambda connection, request: _none(),
-        connection=ws.connection_class(sockets, RejectionLog()),
-        tls=None,
-    )
-    async with server:
-        await server.start_serving()
-        port = server.sockets[0].getsockname()[1]
+    async with _serving(handler, ws.connection_class(sockets, RejectionLog())) as port:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(
@@ -297,17 +298,7 @@ async def _upgrade_writes(first_frame: str | None) -> tuple[list[bytes], list[st
             assert connection.send_now(first_frame)
         await release.wait()
 
-    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
-    server = await ws.listen(
-        handler,
-        config,
-        process_request=lambda connection, request: _none(),
-        connection=Counted,
-        tls=None,
-    )
-    async with server:
-        await server.start_serving()
-        port = server.sockets[0].getsockname()[1]
+    async with _serving(handler, Counted) as port:
         started = asyncio.get_running_loop().time()
         async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as client:
             took = asyncio.get_running_loop().time() - started
@@ -358,17 +349,7 @@ async def test_wait_frame_returns_for_a_queued_frame_and_for_the_close() -> None
             seen.append("closed")
         done.set()
 
-    config = GatewayConfig(listen="127.0.0.1:0", jwt_secret=SECRET)
-    server = await ws.listen(
-        handler,
-        config,
-        process_request=lambda connection, request: _none(),
-        connection=ws.connection_class(sockets, RejectionLog()),
-        tls=None,
-    )
-    async with server:
-        await server.start_serving()
-        port = server.sockets[0].getsockname()[1]
+    async with _serving(handler, ws.connection_class(sockets, RejectionLog())) as port:
         async with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=5) as client:
             assert await client.recv() == "ready"
             client.protocol.send_text(b"one")
