@@ -386,7 +386,7 @@ class ClusterStore(KeyspaceStore):
     # -- acks, presence, groups: one call per slot ----------------------------------------
 
     async def _write_acks(self, acks: dict[str, int]) -> None:
-        """The gathered acks (see :class:`~.keyspace.Acks`), one script call per slot."""
+        """The gathered acks (see :meth:`~.keyspace.KeyspaceStore.ack`), one script call per slot."""
         by_slot: dict[int, tuple[list[str], list[Any]]] = {}
         for key, upto in acks.items():
             keys, args = by_slot.setdefault(slot_of(key), ([], []))

@@ -1,4 +1,6 @@
-"""Reads asked for at about the same time, made together: :class:`Gathered`.
+"""Calls asked for at about the same time, made together: :class:`Gathered`.
+
+The store gathers its connections' opening reads and its acks' writes this way.
 
 A connection's opening read (its acknowledged position, its inbox's end, whether it is in
 any group: :meth:`~im_gateway.store.Store.opening`) is one small round trip. Connections
@@ -47,6 +49,11 @@ class Gathered(Generic[K, V]):
         future: asyncio.Future[V] = loop.create_future()
         waiting.append((key, future))
         return await future  # a cancelled caller cancels its own future only
+
+    async def drain(self) -> None:
+        """Wait for the calls under way (their callers may have been cancelled)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _flush(self) -> None:
         waiting, self._waiting = self._waiting or [], None

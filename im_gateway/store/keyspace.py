@@ -66,11 +66,10 @@ cluster slot:
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 from abc import abstractmethod
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -199,7 +198,9 @@ class KeyspaceStore(AsyncClosing):
         self.settings = settings
         self._redis = client
         self._owns_client = owns_client
-        self._acks = Acks(self._write_acks)
+        self._acks: Gathered[tuple[str, int], None] = Gathered(self._write_ack_batch)
+        """Acks (acked key, position) asked for in one loop turn share one write: a client
+        that acks each message would otherwise cost a round trip per message."""
         self._openings: Gathered[UserId, Opening] = Gathered(self._read_openings)
         self._closed = False
 
@@ -208,7 +209,15 @@ class KeyspaceStore(AsyncClosing):
 
     @abstractmethod
     async def _write_acks(self, acks: dict[str, int]) -> None:
-        """Write gathered acks: acked key -> position (see :class:`Acks`)."""
+        """Write gathered acks: acked key -> the highest position asked for it."""
+
+    async def _write_ack_batch(self, asked: list[tuple[str, int]]) -> list[None]:
+        acks: dict[str, int] = {}
+        for key, upto in asked:
+            if upto > acks.get(key, 0):
+                acks[key] = upto
+        await self._write_acks(acks)
+        return [None] * len(asked)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -306,7 +315,7 @@ class KeyspaceStore(AsyncClosing):
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
         if upto > 0:
-            await self._acks.ack(self.settings.key("acked", user), upto)
+            await self._acks.get((self.settings.key("acked", user), upto))
 
     async def acked(self, user: UserId) -> int:
         self._check_open()
@@ -384,62 +393,6 @@ class KeyspaceStore(AsyncClosing):
         await self._acks.drain()
         if self._owns_client:
             await self._redis.aclose()
-
-
-class Acks:
-    """Acks asked for at about the same time, written together.
-
-    Sessions write acks (type 11) as their clients send them; a client that acks each
-    message would otherwise cost a round trip per message. Acks asked for before the
-    write task runs (at least every one of the same loop turn) share one ``write`` call,
-    which gets every acked key with the highest position asked for it.
-    """
-
-    def __init__(self, write: Callable[[dict[str, int]], Awaitable[object]]) -> None:
-        self._write = write
-        self._acks: dict[str, int] = {}
-        """Ack writes being gathered: acked key -> the highest position asked for."""
-        self._batch: asyncio.Future[None] | None = None
-        """Completes when the gathered acks are written (None: none being gathered)."""
-        self._writes: set[asyncio.Task[None]] = set()
-
-    async def ack(self, key: str, upto: int) -> None:
-        """Move ``key`` to ``upto`` (with the acks asked for meanwhile); returns once written."""
-        current = self._acks.get(key)
-        if current is None or upto > current:
-            self._acks[key] = upto
-        batch = self._batch
-        if batch is None:
-            loop = asyncio.get_running_loop()
-            batch = self._batch = loop.create_future()
-            batch.add_done_callback(_retrieve)
-            task = loop.create_task(self._flush(batch))
-            self._writes.add(task)
-            task.add_done_callback(self._writes.discard)
-        await asyncio.shield(batch)  # a caller's cancellation leaves the write to finish
-
-    async def _flush(self, batch: asyncio.Future[None]) -> None:
-        acks, self._acks, self._batch = self._acks, {}, None
-        try:
-            await self._write(acks)
-        except asyncio.CancelledError:
-            batch.cancel()
-            raise
-        except Exception as exc:
-            batch.set_exception(exc)
-        else:
-            batch.set_result(None)
-
-    async def drain(self) -> None:
-        """Wait for the writes under way (acks record what clients confirmed)."""
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-
-
-def _retrieve(future: asyncio.Future[None]) -> None:
-    """Mark a shared ack write's error as seen (every waiter may have been cancelled)."""
-    if not future.cancelled():
-        future.exception()
 
 
 def group_streams(reply: bytes | str) -> list[GroupStream]:

@@ -247,7 +247,7 @@ class RedisStore(KeyspaceStore):
         return [Opening(int(r[i]), int(r[i + 1]), bool(r[i + 2])) for i in range(0, len(r), 3)]
 
     async def _write_acks(self, acks: dict[str, int]) -> None:
-        """One script call for every ack gathered (see :class:`~.keyspace.Acks`)."""
+        """One script call for every ack gathered (see :meth:`~.keyspace.KeyspaceStore.ack`)."""
         keys = [key for acked in acks for key in self.settings.ack_keys(acked)]
         await self._script(self._ack, keys, (*acks.values(), self.settings.max_age_ms))
 

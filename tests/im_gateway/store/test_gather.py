@@ -84,3 +84,21 @@ async def test_a_read_that_answers_the_wrong_count_fails_its_callers() -> None:
     gathered: Gathered[int, int] = Gathered(short)
     results = await asyncio.gather(gathered.get(1), gathered.get(2), return_exceptions=True)
     assert all(isinstance(r, StoreError) for r in results)
+
+
+async def test_drain_waits_for_a_call_whose_callers_were_cancelled() -> None:
+    """What the store's close relies on for its acks: a write under way lands before
+    ``drain`` returns, even when everyone who asked for it has given up."""
+    reader = Reader()
+    reader.gate = asyncio.Event()
+    gathered: Gathered[int, int] = Gathered(reader)
+    caller = asyncio.create_task(gathered.get(7))
+    await asyncio.wait_for(reader.called.wait(), timeout=5)
+    caller.cancel()
+    drained = asyncio.create_task(gathered.drain())
+    await asyncio.sleep(0)  # one turn: drain is waiting, not done
+    assert not drained.done()
+    reader.gate.set()
+    await asyncio.wait_for(drained, timeout=5)
+    assert reader.calls == [[7]]
+    assert caller.cancelled()
