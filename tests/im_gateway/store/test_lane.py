@@ -4,6 +4,7 @@ against real redis-server processes (a silent TCP server only for the timeout)."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -105,6 +106,59 @@ async def test_a_silent_server_times_out_and_is_not_retried() -> None:
             writer.close()
         server.close()
         await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def _hostile_lane(
+    answer: bytes,
+) -> AsyncIterator[tuple[Lane, list[asyncio.StreamWriter]]]:
+    """A lane to a peer on the Redis port that answers every command's first bytes with
+    ``answer``; and the peer's connections."""
+    connections: list[asyncio.StreamWriter] = []
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        try:
+            while await reader.read(4096):
+                writer.write(answer)
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    lane = Lane.of(client)
+    assert lane is not None
+    try:
+        async with asyncio.timeout(10):
+            yield lane, connections
+    finally:
+        await lane.close()
+        await client.aclose()
+        for writer in connections:
+            writer.close()
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_server_answering_garbage_fails_the_call() -> None:
+    """Bytes that are not RESP: the connection is dropped and the call fails with a
+    ConnectionError (after the client's retries, each on a fresh connection)."""
+    async with _hostile_lane(b"\x00 not RESP at all\r\n") as (lane, connections):
+        with pytest.raises(ConnectionError):
+            await lane.call("PING")
+        assert len(connections) == 4  # the first try and 3 retries, each dropped
+
+
+async def test_a_reply_nobody_asked_for_drops_the_connection() -> None:
+    """Two replies to one command: the first answers it, the second matches nothing, so
+    the connection is dropped (a later reply could be taken for another command's) and
+    the next command goes over a fresh one."""
+    async with _hostile_lane(b"+OK\r\n+OK\r\n") as (lane, connections):
+        assert await lane.call("PING") == b"OK"
+        assert await lane.call("PING") == b"OK"
+        assert len(connections) == 2
 
 
 async def test_password_and_database_come_from_the_client() -> None:
