@@ -122,7 +122,7 @@ def encode_transmit_map(tmap: TransmitMap) -> bytes:
     b = m.id.encode()
     n = len(b)
     msg = b"\x0a" + (small[n] if n < 128 else varint(n)) + b if n else b""
-    v = m.sender
+    v: int = m.sender
     if v:
         msg += b"\x10" + (small[v] if 0 < v < 128 else varint(v))
     v = m.to
