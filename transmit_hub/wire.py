@@ -52,10 +52,20 @@ def _varint(n: int) -> bytes:
         if n < -(1 << 63):
             raise ValueError(f"integer {n} does not fit in 64 bits")
         n &= _U64  # negative int32/int64: ten-byte two's complement, as protobuf does
-    elif n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    elif n < 0x4000:  # one int's bytes: cheaper than a tuple, then bytes of it
+        return ((n & 0x7F) | 0x80 | (n >> 7) << 8).to_bytes(2, "little")
     elif n < 0x200000:
-        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+        return ((n & 0x7F) | 0x80 | ((n >> 7) & 0x7F | 0x80) << 8 | (n >> 14) << 16).to_bytes(
+            3, "little"
+        )
+    elif n < 0x10000000:
+        return (
+            (n & 0x7F)
+            | 0x80
+            | ((n >> 7) & 0x7F | 0x80) << 8
+            | ((n >> 14) & 0x7F | 0x80) << 16
+            | (n >> 21) << 24
+        ).to_bytes(4, "little")
     elif n > _U64:
         raise ValueError(f"integer {n} does not fit in 64 bits")
     out = bytearray()
