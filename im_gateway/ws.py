@@ -6,13 +6,8 @@ socket, and reads and writes text frames without a task switch each:
 
 - ``process_event`` offers a complete text frame to ``receive_now`` while
   ``recv_messages.frames`` is empty (nothing is waiting in ``recv()``);
-- ``data_received`` takes the common read itself: whole, final, masked text frames of
-  at most 64 KiB with no extension, arriving while websockets' parser waits between
-  frames, are unmasked and offered to ``receive_now`` here (:func:`masked_text`), without
-  the parser's generators, a ``Frame`` object and an event each (one it declines goes to
-  ``recv()``, as ``process_event`` hands it on); from the first frame not taken that way
-  (another kind, a partial one, one after a declined one) the rest of the read goes
-  through websockets as before, so the order is kept;
+- ``data_received`` offers the whole text frames that start a read to ``receive_now``
+  itself (:mod:`im_gateway.ws_reads`; the rest of the read goes through websockets);
 - ``send_now`` frames a text message (:func:`text_frame`: a server frame with no
   extension is its header and the payload, so websockets' ``Frame`` object and its
   ``serialize`` are skipped; with an extension or a debug logger, ``protocol.send_text``)
@@ -51,14 +46,9 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
 from websockets.streams import StreamReader
 
-try:
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
-
 from transmit_hub.types import UserId
 
-from . import descriptors
+from . import descriptors, ws_reads
 from .admission import ConnectionCaps, RejectionLog
 from .config import GatewayConfig
 from .errors import StartupError
@@ -66,35 +56,6 @@ from .group_policy import GroupRights
 
 _TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
 """The header of an unmasked, final text frame of 0..125 bytes (RFC 6455, 5.2)."""
-
-
-def masked_text(data: bytes, pos: int, limit: int | None) -> tuple[str, int] | None:
-    """The text of the client frame at ``data[pos:]`` and the position after it, when it
-    is a whole, final, masked text frame (no RSV bit) of at most 65,535 bytes and
-    ``limit`` (None: no limit), its payload valid UTF-8; else None (websockets' parser
-    decides about it: it may be partial, another frame, or one to refuse)."""
-    end = len(data)
-    if end - pos < 6 or data[pos] != 0x81:
-        return None
-    length = data[pos + 1]
-    if length < 0x80:  # unmasked
-        return None
-    length &= 0x7F
-    start = pos + 6
-    if length == 126:
-        start = pos + 8
-        if start > end:
-            return None
-        length = (data[pos + 2] << 8) | data[pos + 3]
-    elif length == 127:
-        return None
-    stop = start + length
-    if stop > end or (limit is not None and length > limit):
-        return None
-    try:
-        return str(apply_mask(data[start:stop], data[start - 4 : start]), "utf-8"), stop
-    except UnicodeDecodeError:
-        return None
 
 
 def text_frame(data: bytes) -> bytes:
@@ -280,11 +241,10 @@ class Connection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         """A client's pong to our (empty) ping, alone in its read while no frame is under
         way, is taken here: its six bytes are known (FIN + pong, mask bit, no payload, the
-        mask), and websockets' parser would only report it. So are whole text frames at
-        the start of a read, while ``receive_now`` takes them (:meth:`_take_texts`).
-        Everything else goes through websockets."""
+        mask), and websockets' parser would only report it; so are text frames that start
+        a read (:meth:`_take_texts`). Everything else goes through websockets."""
         first = data[0] if data else 0
-        if first == 0x81 and self.gw.receive_now is not None:
+        if first == 0x81:
             data = self._take_texts(data)
             if not data:
                 return
@@ -294,35 +254,25 @@ class Connection(ServerConnection):
         super().data_received(data)
 
     def _take_texts(self, data: bytes) -> bytes:
-        """Offer the whole text frames at the start of ``data`` to ``receive_now``, as
-        :meth:`process_event` would, while websockets' parser is between frames with
-        nothing buffered, no extension and no fragmented message under way, and nothing
-        waits for ``recv()``; what is left (from the first frame not taken) is returned
-        for websockets' parser, which then sees the stream exactly where it would have."""
+        """Offer the whole text frames that start ``data`` (:func:`ws_reads.take_texts`)
+        while the parser is between frames, as :meth:`process_event` would: what is left."""
         protocol = self.protocol
+        handler = self.gw.receive_now
         if (
-            protocol.extensions
+            handler is None
+            or protocol.extensions
             or protocol.current_size is not None
             or len(self.recv_messages.frames)
             or not self._between_frames()
         ):
             return data
-        limit = protocol.max_message_size
-        if protocol.max_fragment_size is not None:
-            limit = min(limit or protocol.max_fragment_size, protocol.max_fragment_size)
-        gw = self.gw
-        pos = 0
-        while (handler := gw.receive_now) is not None and protocol.state is OPEN:
-            taken = masked_text(data, pos, limit)
-            if taken is None:
-                break
-            text, pos = taken
-            if not handler(text):  # for recv(), as process_event() hands it on
-                super().process_event(Frame(Opcode.TEXT, text.encode()))
-                self._wake()
-                break
-            if pos == len(data):
-                return b""
+        limit, fragment = protocol.max_message_size, protocol.max_fragment_size
+        if fragment is not None:
+            limit = fragment if limit is None else min(limit, fragment)
+        pos, declined = ws_reads.take_texts(data, limit, handler)
+        if declined is not None:  # for recv(), as process_event() hands it on
+            super().process_event(Frame(Opcode.TEXT, declined.encode()))
+            self._wake()
         return data[pos:] if pos else data
 
     def _between_frames(self) -> bool:

@@ -32,7 +32,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Event, Protocol
 from websockets.streams import StreamReader
 
-from im_gateway import ws
+from im_gateway import ws, ws_reads
 from im_gateway.admission import ConnectionCaps, RejectionLog
 from im_gateway.config import GatewayConfig
 from im_gateway.descriptors import Sockets
@@ -381,7 +381,7 @@ def _client_frame(data: bytes, *, opcode: Opcode = Opcode.TEXT, fin: bool = True
 def test_masked_text_takes_what_websockets_parses_to_the_same_text(
     payload: bytes, limit: int | None, kind: str
 ) -> None:
-    """``ws.masked_text`` answers a frame only where websockets' own parser gives a whole
+    """``ws_reads.masked_text`` answers a frame only where websockets' own parser gives a whole
     final text frame within ``limit`` whose payload is UTF-8, with the same text and the
     position after it; every prefix of a frame is None (the parser waits for the rest)."""
     if kind == "unmasked":
@@ -392,7 +392,7 @@ def test_masked_text_takes_what_websockets_parses_to_the_same_text(
         if kind == "rsv1":  # as a compressed frame is marked
             wire = bytes((wire[0] | 0x40,)) + wire[1:]
     prefix = b"\x89\x00"  # any bytes before: the position is honoured
-    got = ws.masked_text(prefix + wire + b"\x81", len(prefix), limit)
+    got = ws_reads.masked_text(prefix + wire + b"\x81", len(prefix), limit)
     try:
         text = payload.decode()
     except UnicodeDecodeError:
@@ -410,7 +410,7 @@ def test_masked_text_takes_what_websockets_parses_to_the_same_text(
     else:
         assert got is None
     for cut in range(len(wire)):
-        assert ws.masked_text(wire[:cut], 0, limit) is None
+        assert ws_reads.masked_text(wire[:cut], 0, limit) is None
 
 
 async def _raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
