@@ -31,4 +31,6 @@ class MessageIds:
         if ms != self._head_ms:
             self._head_ms = ms
             self._head = f"{ms:012x}{self._nonce}"
-        return MessageId(f"{self._head}{counter:06x}"), ms
+        # The counter as 6 hex digits: hex() of it with bit 24 set, less "0x1" (half the
+        # CPU of a format spec; every message), and no NewType call (a Python call).
+        return self._head + hex(0x1000000 | counter)[3:], ms  # type: ignore[return-value]

@@ -6,6 +6,8 @@ socket, and reads and writes text frames without a task switch each:
 
 - ``process_event`` offers a complete text frame to ``receive_now`` while
   ``recv_messages.frames`` is empty (nothing is waiting in ``recv()``);
+- ``data_received`` offers the whole text frames that start a read to ``receive_now``
+  itself (:mod:`im_gateway.ws_reads`; the rest of the read goes through websockets);
 - ``send_now`` frames a text message (:func:`text_frame`: a server frame with no
   extension is its header and the payload, so websockets' ``Frame`` object and its
   ``serialize`` are skipped; with an extension or a debug logger, ``protocol.send_text``)
@@ -46,7 +48,7 @@ from websockets.streams import StreamReader
 
 from transmit_hub.types import UserId
 
-from . import descriptors
+from . import descriptors, ws_reads
 from .admission import ConnectionCaps, RejectionLog
 from .config import GatewayConfig
 from .errors import StartupError
@@ -239,12 +241,39 @@ class Connection(ServerConnection):
     def data_received(self, data: bytes) -> None:
         """A client's pong to our (empty) ping, alone in its read while no frame is under
         way, is taken here: its six bytes are known (FIN + pong, mask bit, no payload, the
-        mask), and websockets' parser would only report it. Everything else goes through
-        websockets."""
-        if len(data) == 6 and data[0] == 0x8A and data[1] == 0x80 and self._between_frames():
+        mask), and websockets' parser would only report it; so are text frames that start
+        a read (:meth:`_take_texts`). Everything else goes through websockets."""
+        first = data[0] if data else 0
+        if first == 0x81:
+            data = self._take_texts(data)
+            if not data:
+                return
+        elif len(data) == 6 and first == 0x8A and data[1] == 0x80 and self._between_frames():
             self.gw.heard_at = self.loop.time()
             return
         super().data_received(data)
+
+    def _take_texts(self, data: bytes) -> bytes:
+        """Offer the whole text frames that start ``data`` (:func:`ws_reads.take_texts`)
+        while the parser is between frames, as :meth:`process_event` would: what is left."""
+        protocol = self.protocol
+        handler = self.gw.receive_now
+        if (
+            handler is None
+            or protocol.extensions
+            or protocol.current_size is not None
+            or len(self.recv_messages.frames)
+            or not self._between_frames()
+        ):
+            return data
+        limit, fragment = protocol.max_message_size, protocol.max_fragment_size
+        if fragment is not None:
+            limit = fragment if limit is None else min(limit, fragment)
+        pos, declined = ws_reads.take_texts(data, limit, handler)
+        if declined is not None:  # for recv(), as process_event() hands it on
+            super().process_event(Frame(Opcode.TEXT, declined.encode()))
+            self._wake()
+        return data[pos:] if pos else data
 
     def _between_frames(self) -> bool:
         """websockets' parser waits for the first byte of a frame (none is under way)."""

@@ -19,6 +19,9 @@ EXCEPTIONS: dict[str, str] = {
     "since Relay's removal, and draws a message's way through them",
     "im_gateway/config.py": "GatewayConfig: one declaration per setting (54 of them, each with "
     "its help) and the rules that tie them; the validators are apart (config_rules.py)",
+    "im_gateway/ws.py": "the one module that touches websockets' internals (test_ws pins "
+    "each name): its overrides share one connection's state, and splitting it would spread "
+    "them; its pure parts are apart (ws_reads.py: client frames read from the bytes)",
     "transmit_hub/link.py": "one class, the gateway's end of a hub stream: its writer's "
     "lingering, its reader and the reconnect policy share the stream's state (its events "
     "are apart, link_events.py)",

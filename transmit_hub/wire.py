@@ -52,10 +52,20 @@ def _varint(n: int) -> bytes:
         if n < -(1 << 63):
             raise ValueError(f"integer {n} does not fit in 64 bits")
         n &= _U64  # negative int32/int64: ten-byte two's complement, as protobuf does
-    elif n < 0x4000:
-        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    elif n < 0x4000:  # one int's bytes: cheaper than a tuple, then bytes of it
+        return ((n & 0x7F) | 0x80 | (n >> 7) << 8).to_bytes(2, "little")
     elif n < 0x200000:
-        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+        return ((n & 0x7F) | 0x80 | ((n >> 7) & 0x7F | 0x80) << 8 | (n >> 14) << 16).to_bytes(
+            3, "little"
+        )
+    elif n < 0x10000000:
+        return (
+            (n & 0x7F)
+            | 0x80
+            | ((n >> 7) & 0x7F | 0x80) << 8
+            | ((n >> 14) & 0x7F | 0x80) << 16
+            | (n >> 21) << 24
+        ).to_bytes(4, "little")
     elif n > _U64:
         raise ValueError(f"integer {n} does not fit in 64 bits")
     out = bytearray()
@@ -104,6 +114,10 @@ def _skip(buf: bytes, pos: int, wire_type: int) -> int:
 
 _time_cache: tuple[int, bytes] = (0, b"")
 """The last ``time`` encoded: messages of the same millisecond share it."""
+_keys: dict[str, bytes] = {}
+"""A users entry's start for each gateway id (its key field, then the value's tag): a
+gateway sends to the same few gateways over and over. Cleared when it holds _KEYS_MAX."""
+_KEYS_MAX = 4096
 
 
 def encode_transmit_map(tmap: TransmitMap) -> bytes:
@@ -112,52 +126,67 @@ def encode_transmit_map(tmap: TransmitMap) -> bytes:
     small = _SMALL
     varint = _varint
     m = tmap.message
-    # Message: every field, in field-number order, zeros left out as protobuf does.
-    parts: list[bytes] = []
-    if m.id:
-        b = m.id.encode()
-        n = len(b)
-        parts += (b"\x0a", small[n] if n < 128 else varint(n), b)
-    if m.sender:
-        parts += (b"\x10", varint(m.sender))
-    if m.to:
-        parts += (b"\x18", varint(m.to))
-    if m.type:
-        parts += (b"\x20", varint(m.type))
-    if m.content_type:
-        parts += (b"\x28", varint(m.content_type))
+    # Message: every field, in field-number order, zeros left out as protobuf does. Built
+    # by concatenation (a few short pieces: cheaper than a list and a join), one-byte
+    # varints looked up rather than computed.
+    b = m.id.encode()
+    n = len(b)
+    msg = b"\x0a" + (small[n] if n < 128 else varint(n)) + b if n else b""
+    v: int = m.sender
+    if v:
+        msg += b"\x10" + (small[v] if 0 < v < 128 else varint(v))
+    v = m.to
+    if v:
+        msg += b"\x18" + (small[v] if 0 < v < 128 else varint(v))
+    v = m.type
+    if v:
+        msg += b"\x20" + (small[v] if 0 < v < 128 else varint(v))
+    v = m.content_type
+    if v:
+        msg += b"\x28" + (small[v] if 0 < v < 128 else varint(v))
     t = m.time
     if t:
         cached = _time_cache
         if cached[0] != t:
             cached = _time_cache = (t, b"\x30" + varint(t))
-        parts.append(cached[1])
-    if m.content:
-        b = m.content.encode()
-        n = len(b)
-        parts += (b"\x3a", small[n] if n < 128 else varint(n), b)
-    msg = b"".join(parts)
+        msg += cached[1]
+    b = m.content.encode()
+    n = len(b)
+    if n:
+        msg += b"\x3a" + (small[n] if n < 128 else varint(n)) + b
     # The users map: one entry (key: gateway id, value: UserIds) per target.
     out: list[bytes] = []
+    keys = _keys
     for gateway_id, recipients in tmap.users.items():
-        key = gateway_id.encode()
-        if recipients:
+        head = keys.get(gateway_id)
+        if head is None:
+            if len(keys) >= _KEYS_MAX:
+                keys.clear()
+            key = gateway_id.encode()
+            head = keys[gateway_id] = b"\x0a" + varint(len(key)) + key + b"\x12"
+        if len(recipients) == 1:  # the common share: one user (with its seq)
+            r = recipients[0]
+            v = r.user_id
+            ids = small[v] if 0 <= v < 128 else varint(v)
+            users = b"\x0a" + small[len(ids)] + ids
+            if r.seq:
+                b = r.seq.encode()
+                users += b"\x12" + varint(len(b)) + b
+        elif recipients:
             ids = b"".join([varint(r.user_id) for r in recipients])
             n = len(ids)
             value = [b"\x0a", small[n] if n < 128 else varint(n), ids]
             for r in recipients:
                 if r.seq:
                     for r2 in recipients:
-                        s = r2.seq.encode()
-                        value += (b"\x12", varint(len(s)), s)
+                        b = r2.seq.encode()
+                        value += (b"\x12", varint(len(b)), b)
                     break
             users = b"".join(value)
         else:
             users = b""
         n = len(users)
-        entry = b"".join(
-            (b"\x0a", varint(len(key)), key, b"\x12", small[n] if n < 128 else varint(n), users)
-        )
+        entry = head + (small[n] if n < 128 else varint(n)) + users
         n = len(entry)
         out += (b"\x0a", small[n] if n < 128 else varint(n), entry)
     n = len(msg)

@@ -13,21 +13,30 @@ import json
 from collections.abc import Mapping
 from typing import Any, Final
 
+import msgspec
+
 from transmit_hub.types import Message, MessageId, UserId
 
 FIELD: Final = "m"
 """The stream field that holds the entry (as ``lua/inbox.lua`` writes it)."""
 
 _FIELD_BYTES: Final = FIELD.encode()
-_quote = json.encoder.encode_basestring  # a str as a JSON string literal (C, fast)
+_encode_array = msgspec.json.Encoder().encode
+"""A tuple as a JSON array, in C: the same text as ``json.dumps(..., ensure_ascii=False,
+separators=(",", ":"))`` for ints and valid Unicode (tests/im_gateway/store/test_entry.py),
+as UTF-8 bytes, about five times faster than formatting it in Python (every message)."""
+
+
+def encode_bytes(m: Message) -> bytes:
+    """:func:`encode`'s text as UTF-8 (what the batch script is sent): the hot path.
+    Raises ``UnicodeEncodeError`` for text that is not valid Unicode (lone surrogates)."""
+    return _encode_array((m.id, m.sender, m.to, m.type, m.content_type, m.time, m.content))
 
 
 def encode(m: Message) -> str:
-    """The entry of ``m``: a JSON array, built by hand (the hot path: every message)."""
-    return (
-        f"[{_quote(m.id)},{m.sender:d},{m.to:d},{m.type:d},"
-        f"{m.content_type:d},{m.time:d},{_quote(m.content)}]"
-    )
+    """The entry of ``m``: a JSON array ``[id, from, to, type, content_type, time,
+    content]``, non-ASCII kept as is."""
+    return encode_bytes(m).decode()
 
 
 def decode(entry: str | bytes) -> Message:

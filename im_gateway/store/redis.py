@@ -72,6 +72,7 @@ times faster than ``json``'s encoder (every row is strings, checked encodable fi
 _decode = msgspec.json.Decoder().decode
 """``lua/submit.lua``'s JSON reply (``cjson.encode``'s, so plain JSON)."""
 # What lua/submit.lua answers per submission (the first item), and lua/join.lua.
+_STORED = 0
 _DUPLICATE = 1
 _NOT_MEMBER = 2
 _JOIN_USER_FULL = 1
@@ -197,7 +198,7 @@ class RedisStore(KeyspaceStore):
                 settings.inbox_max_len,
                 settings.max_age_ms,
                 settings.window_ms,
-                *[entry.encode(s.message) for s in todo],
+                *[entry.encode_bytes(s.message) for s in todo],
             )
             if settings.wait_replicas:
                 reply, replicated = await self._submit_and_wait(args)
@@ -205,8 +206,8 @@ class RedisStore(KeyspaceStore):
                 reply, replicated = await self._script(self._submit, (), args), True
             results, live = _decode(reply)
             presence: dict[int, tuple[GatewayId, ...]] = {
-                int(row[0]): tuple(row[1:]) for row in live
-            }
+                int(row[0]): (row[1],) if len(row) == 2 else tuple(row[1:]) for row in live
+            }  # a user on one gateway: the common row
             done = [_result(s, res, presence) for s, res in zip(todo, results, strict=True)]
             if not replicated:
                 done = [
@@ -414,6 +415,16 @@ def _result(
 ) -> Accepted | Refused:
     """A submission's answer from its row in ``lua/submit.lua``'s reply."""
     kind = res[0]
+    if kind == _STORED:  # the common case first: [0, user, pos, user, pos, ...]
+        # Plain ints for the UserIds (a NewType's call is a Python call per user).
+        users: list[UserId] = [int(u) for u in res[1::2]]  # type: ignore[misc]
+        return new_accepted(
+            sub.client_id,
+            sub.message,
+            False,
+            tuple(map(new_recipient, users, res[2::2])),
+            {u: presence[u] for u in users if u in presence},
+        )
     m = sub.message
     if kind == _NOT_MEMBER:
         return Refused(sub.client_id, Refusal.NOT_MEMBER)

@@ -72,3 +72,15 @@ def test_exported_names() -> None:
     for name in im_gateway.__all__:
         assert getattr(im_gateway, name).__module__.startswith("im_gateway.")
     assert issubclass(im_gateway.StartupError, im_gateway.GatewayError)
+
+
+def test_the_counter_is_six_hex_digits_at_every_width_and_wraps() -> None:
+    """The counter part is always six lowercase hex digits (zero-padded), and wraps from
+    ffffff to 000000."""
+    gen = MessageIds()
+    for start in (0, 0xE, 0xFE, 0xFFE, 0xFFFE, 0xFFFFE, 0xFFFFFE):
+        gen._counter = start
+        for expected in (start + 1, start + 2):
+            msg_id, _ = gen.next(5)
+            assert msg_id[24:] == f"{expected & 0xFFFFFF:06x}"
+            assert len(msg_id) == 30

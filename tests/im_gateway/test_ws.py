@@ -19,7 +19,10 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
+import pytest
 import websockets
+from hypothesis import given
+from hypothesis import strategies as st
 from packaging.requirements import Requirement
 from packaging.version import Version
 from websockets.asyncio.client import connect
@@ -29,7 +32,7 @@ from websockets.frames import Frame, Opcode
 from websockets.protocol import OPEN, Event, Protocol
 from websockets.streams import StreamReader
 
-from im_gateway import ws
+from im_gateway import ws, ws_reads
 from im_gateway.admission import ConnectionCaps, RejectionLog
 from im_gateway.config import GatewayConfig
 from im_gateway.descriptors import Sockets
@@ -359,3 +362,156 @@ async def test_wait_frame_returns_for_a_queued_frame_and_for_the_close() -> None
         async with asyncio.timeout(5):
             await done.wait()
     assert seen == ["one", "two", "closed"]
+
+
+def _client_frame(data: bytes, *, opcode: Opcode = Opcode.TEXT, fin: bool = True) -> bytes:
+    """A frame as a client sends it (masked with a random key)."""
+    return Frame(opcode, data, fin).serialize(mask=True)
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.text(max_size=200).map(str.encode),
+        st.sampled_from([125, 126, 127, 65535, 65536]).map(lambda n: b"x" * n),
+    ),
+    st.one_of(st.none(), st.integers(min_value=0, max_value=70_000)),
+    st.sampled_from(["text", "binary", "fragment", "rsv1", "unmasked"]),
+)
+def test_masked_text_takes_what_websockets_parses_to_the_same_text(
+    payload: bytes, limit: int | None, kind: str
+) -> None:
+    """``ws_reads.masked_text`` answers a frame only where websockets' own parser gives a whole
+    final text frame within ``limit`` whose payload is UTF-8, with the same text and the
+    position after it; every prefix of a frame is None (the parser waits for the rest)."""
+    if kind == "unmasked":
+        wire = Frame(Opcode.TEXT, payload).serialize(mask=False)
+    else:
+        opcode = Opcode.BINARY if kind == "binary" else Opcode.TEXT
+        wire = _client_frame(payload, opcode=opcode, fin=kind != "fragment")
+        if kind == "rsv1":  # as a compressed frame is marked
+            wire = bytes((wire[0] | 0x40,)) + wire[1:]
+    prefix = b"\x89\x00"  # any bytes before: the position is honoured
+    got = ws_reads.masked_text(prefix + wire + b"\x81", len(prefix), limit)
+    try:
+        text = payload.decode()
+    except UnicodeDecodeError:
+        text = None
+    fits = len(payload) <= 65535 and (limit is None or len(payload) <= limit)
+    if kind == "text" and text is not None and fits:
+        assert got == (text, len(prefix) + len(wire))
+        reader = StreamReader()
+        reader.feed_data(wire)
+        parser = Frame.parse(reader.read_exact, mask=True, max_size=limit)
+        with pytest.raises(StopIteration) as parsed:
+            next(parser)
+        frame = parsed.value.value
+        assert (frame.opcode, frame.fin, frame.data.decode()) == (Opcode.TEXT, True, text)
+    else:
+        assert got is None
+    for cut in range(len(wire)):
+        assert ws_reads.masked_text(wire[:cut], 0, limit) is None
+
+
+async def _raw_client(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A bare TCP client past the upgrade (it writes frames byte for byte)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    return reader, writer
+
+
+async def test_whole_text_frames_of_a_read_are_taken_in_order_and_offered_once() -> None:
+    """Text frames taken from a read without websockets' parser reach ``receive_now`` in
+    order, each offered once; a declined one and every frame after it reach ``recv()`` in
+    order (also a ping between them, answered), and a frame split across reads is whole."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    offered: list[str] = []
+    received: list[str] = []
+    ready = asyncio.Event()
+
+    def receive_now(text: str) -> bool:
+        offered.append(text)
+        return not text.startswith("decline")
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        connection.receive_now = receive_now
+        ready.set()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                received.append(str(await connection.recv()))
+
+    async with _serving(handler, ws.connection_class(sockets, RejectionLog())) as port:
+        reader, writer = await _raw_client(port)
+        try:
+            await asyncio.wait_for(ready.wait(), 5)
+            split = _client_frame("é split".encode())
+            writer.write(
+                b"".join(_client_frame(t.encode()) for t in ("a", "b" * 300, "c")) + split[:5]
+            )
+            await wait_until(lambda: len(offered) == 3, timeout=5, what="three frames")
+            writer.write(split[5:] + _client_frame(b"d"))
+            await wait_until(lambda: len(offered) == 5, timeout=5, what="the split frame")
+            writer.write(
+                _client_frame(b"e")
+                + _client_frame(b"decline 1")
+                + _client_frame(b"f")
+                + _client_frame(b"", opcode=Opcode.PING)
+                + _client_frame(b"g")
+            )
+            await wait_until(lambda: len(received) == 3, timeout=5, what="recv()")
+            pong = await asyncio.wait_for(reader.readexactly(2), 5)
+        finally:
+            writer.close()
+    assert offered == ["a", "b" * 300, "c", "é split", "d", "e", "decline 1"]
+    assert received == ["decline 1", "f", "g"]
+    assert pong == b"\x8a\x00"
+
+
+@pytest.mark.parametrize(
+    ("bad", "code"),
+    [
+        (_client_frame(b"\xff\xfe"), 1007),  # not UTF-8
+        (_client_frame(b"x" * 2000), 1009),  # beyond max_size
+        (Frame(Opcode.TEXT, b"plain").serialize(mask=False), 1002),  # unmasked
+    ],
+)
+async def test_a_bad_frame_after_taken_ones_closes_as_websockets_does(
+    bad: bytes, code: int
+) -> None:
+    """The frames before a bad one in the same read are taken; the bad one is left to
+    websockets' parser, which closes the connection with its code."""
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    offered: list[str] = []
+    ready = asyncio.Event()
+
+    def take(text: str) -> bool:
+        offered.append(text)
+        return True
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connection.handshake_done()
+        connection.protocol.max_message_size = 1000
+        connection.receive_now = take
+        ready.set()
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:  # a frame that is not UTF-8 is refused by recv(), as websockets does
+                await connection.recv()
+
+    async with _serving(handler, ws.connection_class(sockets, RejectionLog())) as port:
+        reader, writer = await _raw_client(port)
+        try:
+            await asyncio.wait_for(ready.wait(), 5)
+            writer.write(_client_frame(b"ok") + bad + _client_frame(b"never"))
+            head = await asyncio.wait_for(reader.readexactly(4), 5)
+        finally:
+            writer.close()
+    assert offered == ["ok"]
+    assert (head[0], int.from_bytes(head[2:4])) == (0x88, code)

@@ -90,6 +90,19 @@ def test_split_batch_request_refuses_garbage_and_ignores_hello() -> None:
             wire.split_batch_request(bad)
 
 
+_BOUNDARIES = [2 ** (7 * k) + d for k in range(10) for d in (-1, 0, 1)]
+
+
+@given(st.one_of(st.sampled_from(_BOUNDARIES), st.integers(min_value=0, max_value=2**64 - 1)))
+def test_varint_is_protobuf_s_at_every_length(n: int) -> None:
+    """``wire._varint`` gives the bytes protobuf gives a uint64 field, at each length's
+    boundary (1 to 10 bytes) and anywhere between."""
+    n = min(max(n, 1), 2**64 - 1)  # protobuf leaves a zero out
+    message = pb.Message()
+    setattr(message, "from", n)  # a Python keyword
+    assert b"\x10" + wire._varint(n) == message.SerializeToString()
+
+
 def test_varint_refuses_integers_beyond_64_bits() -> None:
     """A map whose user id does not fit uint64 cannot be encoded (ValueError, not garbage)."""
     with pytest.raises(ValueError, match="64 bits"):

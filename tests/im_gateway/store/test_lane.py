@@ -213,3 +213,43 @@ async def test_a_store_loads_its_script_again_after_a_flush(
         assert await store.acked(BOB) == 2
     with pytest.raises(ConnectionError):
         await store.lane.call("PING")  # closed with the store
+
+
+async def test_replies_on_time_keep_the_connection_and_a_late_one_still_times_out() -> None:
+    """Commands answered within the timeout, sent over three times the timeout on one
+    connection, all succeed (the one timer follows the oldest command in flight, not the
+    first one sent); once the server stops answering, the next command times out within
+    about the timeout, not later."""
+    answering = [True]
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def ponger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)
+        while await reader.readuntil(b"PING\r\n"):
+            if answering[0]:
+                writer.write(b"+PONG\r\n")
+
+    server = await asyncio.start_server(ponger, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.3)
+    lane = Lane.of(client)
+    assert lane is not None
+    loop = asyncio.get_running_loop()
+    try:
+        start = loop.time()
+        while loop.time() - start < 1.0:
+            assert await lane.call("PING") == b"PONG"
+            await asyncio.sleep(0.05)
+        answering[0] = False
+        sent = loop.time()
+        with pytest.raises(TimeoutError):
+            await lane.call("PING")
+        assert 0.25 <= loop.time() - sent < 2
+        assert len(accepted) == 1  # one connection throughout, not retried
+    finally:
+        await lane.close()
+        await client.aclose()
+        for writer in accepted:
+            writer.close()
+        server.close()
+        await server.wait_closed()
