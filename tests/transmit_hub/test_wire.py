@@ -208,4 +208,9 @@ def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> 
     (got,), () = codec.decode_delivery_batch(response)
     assert got.recipients == (Recipient(UserId(7)), Recipient(UserId(8)))
     assert got == codec.delivery_from_pb(delivery)
+    for ids, seqs in (([7], ["1", "2"]), ([7], []), ([], ["1"]), ([7, 8], ["1", "2"])):
+        delivery = pb.Delivery(message=message, users=pb.UserIds(user_ids=ids, seqs=seqs))
+        response = pb.ConnectResponse(batch=pb.DeliveryBatch(deliveries=[delivery]))
+        (got,), () = codec.decode_delivery_batch(response)
+        assert got == codec.delivery_from_pb(delivery)
     assert codec.decode_delivery_batch(codec.welcome_response("hub")) == ((), ())
