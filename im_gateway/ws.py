@@ -138,6 +138,9 @@ class Connection(ServerConnection):
     holding: list[Connection] | None = None
     """The connections whose 101 is held, for the one timer that writes those still
     held after :data:`HOLD_101` (set with ``sockets``)."""
+    flushes: _Flushes | None = None
+    """The connections with frames queued in this loop iteration, written by one callback
+    (set with ``sockets``; without it, each connection schedules its own)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -347,7 +350,11 @@ class Connection(ServerConnection):
         gw = self.gw
         if not gw.flush_scheduled:
             gw.flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            flushes = self.flushes
+            if flushes is None:
+                self.loop.call_soon(self._flush)
+            else:
+                flushes.add(self)
         return True
 
     def ping_now(self) -> bool:
@@ -378,6 +385,33 @@ class Connection(ServerConnection):
                 transport.close()
 
 
+class _Flushes:
+    """The connections that queued frames in this loop iteration, flushed by one
+    callback in the next (a callback per connection cost about 0.9 µs more each: a
+    frame from the hub reaches dozens of sockets)."""
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending: list[Connection] = []
+
+    def add(self, connection: Connection) -> None:
+        pending = self._pending
+        if not pending:
+            connection.loop.call_soon(self._run)
+        pending.append(connection)
+
+    def _run(self) -> None:
+        pending, self._pending = self._pending, []
+        for connection in pending:
+            try:
+                connection._flush()
+            except Exception as exc:  # one socket's failure must not keep the others' frames
+                connection.loop.call_exception_handler(
+                    {"message": "flushing a WebSocket failed", "exception": exc}
+                )
+
+
 def _write_held(holding: list[Connection]) -> None:
     """Write the 101 of every connection still holding it (its first frame is late)."""
     connections = holding[:]
@@ -396,6 +430,7 @@ def connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> 
     GatewayConnection.sockets = sockets
     GatewayConnection.rejections = rejections
     GatewayConnection.holding = []
+    GatewayConnection.flushes = _Flushes()
     return GatewayConnection
 
 

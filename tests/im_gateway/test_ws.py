@@ -359,3 +359,36 @@ async def test_wait_frame_returns_for_a_queued_frame_and_for_the_close() -> None
         async with asyncio.timeout(5):
             await done.wait()
     assert seen == ["one", "two", "closed"]
+
+
+async def test_one_callback_flushes_every_connection_even_when_one_fails() -> None:
+    """The connections that queued frames in one loop iteration are flushed by one
+    callback, in order; one whose flush raises is reported and the others still write."""
+    loop = asyncio.get_running_loop()
+    flushed: list[str] = []
+    reported: list[BaseException] = []
+
+    class Fake:
+        def __init__(self, name: str) -> None:
+            self.name, self.loop = name, loop
+
+        def _flush(self) -> None:
+            if self.name == "bad":
+                raise OSError("gone")
+            flushed.append(self.name)
+
+    handle = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context["exception"]))
+    try:
+        flushes = ws._Flushes()
+        for name in ("a", "bad", "b"):
+            flushes.add(Fake(name))  # type: ignore[arg-type]
+        assert flushed == []  # nothing before the next loop iteration
+        await asyncio.sleep(0)
+        assert flushed == ["a", "b"]
+        assert [str(exc) for exc in reported] == ["gone"]
+        flushes.add(Fake("c"))  # type: ignore[arg-type]  # a later iteration: a new callback
+        await asyncio.sleep(0)
+        assert flushed == ["a", "b", "c"]
+    finally:
+        loop.set_exception_handler(handle)
