@@ -313,8 +313,14 @@ def decode_response(data: bytes) -> HubFrame:
         return _decode_leniently(data)
     kind = response.WhichOneof("frame")
     if kind == "batch":
-        deliveries, notices = decode_delivery_batch(response)
-        return HubFrame(deliveries=deliveries, notices=notices)
+        frame: HubFrame = _new(HubFrame)  # its slots filled directly, as the deliveries' (below)
+        _set_frame_welcome(frame, None)
+        _set_frame_probe(frame, None)
+        deliveries, notices = _delivery_batch(response.batch)
+        _set_frame_deliveries(frame, deliveries)
+        _set_frame_notices(frame, notices)
+        _set_frame_dropped(frame, 0)
+        return frame
     if kind == "welcome":
         return HubFrame(welcome=response.welcome.hub_id)
     if kind == "probe":
@@ -383,6 +389,11 @@ _set_message: Callable[[Any, Any], None] = Delivery.__dict__["message"].__set__
 _set_recipients: Callable[[Any, Any], None] = Delivery.__dict__["recipients"].__set__
 _message_fields = attrgetter("id", "from", "to", "type", "content_type", "time", "content")
 _delivery_fields = attrgetter("message", "users")
+_set_frame_welcome: Callable[[Any, Any], None] = HubFrame.__dict__["welcome"].__set__
+_set_frame_probe: Callable[[Any, Any], None] = HubFrame.__dict__["probe"].__set__
+_set_frame_deliveries: Callable[[Any, Any], None] = HubFrame.__dict__["deliveries"].__set__
+_set_frame_notices: Callable[[Any, Any], None] = HubFrame.__dict__["notices"].__set__
+_set_frame_dropped: Callable[[Any, Any], None] = HubFrame.__dict__["dropped"].__set__
 _user_fields = attrgetter("user_ids", "seqs")
 
 
@@ -396,7 +407,12 @@ def decode_delivery_batch(
     """
     if response.WhichOneof("frame") != "batch":
         return (), ()
-    batch = response.batch
+    return _delivery_batch(response.batch)
+
+
+def _delivery_batch(
+    batch: pb.DeliveryBatch,
+) -> tuple[tuple[Delivery, ...], tuple[Undeliverable, ...]]:
     new = _new
     set_id, set_sender, set_to, set_type, set_content_type, set_time, set_content = _message_setters
     set_user_id = _set_user_id

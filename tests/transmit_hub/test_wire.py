@@ -197,6 +197,14 @@ def test_decode_delivery_batch_matches_the_plain_conversion(
         assert type(d.message) is Message
         assert all(type(r) is Recipient for r in d.recipients)
     assert got_notices == tuple(sent_notices)
+    # decode_response fills a HubFrame's slots directly too: the same object as its own
+    # constructor's.
+    hub_frame = codec.decode_response(frame)
+    built = codec.HubFrame(deliveries=expected, notices=tuple(sent_notices))
+    assert type(hub_frame) is codec.HubFrame
+    assert hub_frame == built
+    assert repr(hub_frame) == repr(built)
+    assert hash(hub_frame) == hash(built)
 
 
 def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> None:
