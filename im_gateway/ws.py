@@ -346,7 +346,9 @@ class Connection(ServerConnection):
         if protocol.extensions or protocol.debug or protocol.expect_continuation_frame:
             protocol.send_text(message.encode())
         else:  # what send_text() appends, without a Frame object per message
-            protocol.writes.append(text_frame(message.encode()))
+            data = message.encode()
+            n = len(data)
+            protocol.writes.append(_TEXT_HEADS[n] + data if n < 126 else text_frame(data))
         gw = self.gw
         if not gw.flush_scheduled:
             gw.flush_scheduled = True
@@ -374,6 +376,9 @@ class Connection(ServerConnection):
         data = self.protocol.data_to_send()
         transport = self.transport
         if not data or transport.is_closing():
+            return
+        if all(data):  # the usual: frames only, no end of stream
+            transport.write(data[0] if len(data) == 1 else b"".join(data))
             return
         payload = [chunk for chunk in data if chunk]
         if payload:
