@@ -390,5 +390,17 @@ async def test_one_callback_flushes_every_connection_even_when_one_fails() -> No
         flushes.add(Fake("c"))  # type: ignore[arg-type]  # a later iteration: a new callback
         await asyncio.sleep(0)
         assert flushed == ["a", "b", "c"]
+        # A loop that stopped before its callback ran leaves its connections behind: the
+        # next loop's connections are still flushed (and the stale ones are not touched).
+        stopped = asyncio.new_event_loop()
+        try:
+            stale = Fake("stale")
+            stale.loop = stopped
+            flushes.add(stale)  # type: ignore[arg-type]
+            flushes.add(Fake("d"))  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+            assert flushed == ["a", "b", "c", "d"]
+        finally:
+            stopped.close()
     finally:
         loop.set_exception_handler(handle)
