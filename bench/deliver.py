@@ -89,10 +89,7 @@ async def measure(sizes: list[int], messages: int, rounds: int) -> dict[str, flo
     class Router:  # a session's pipeline and groups: never called on this path
         pass
 
-    # The gateway's own connection class (its one flush per loop iteration, if it has it).
     connection_class: Any = type("BenchConnection", (ws.Connection,), {"holding": []})
-    if hasattr(ws, "_Flushes"):
-        connection_class.flushes = ws._Flushes()
     metrics = GatewayMetrics()
     store = MemoryStore()
     link: Any = Link()

@@ -77,7 +77,6 @@ CONTROL_DISCONNECT: Final = CLOSE_DISCONNECTED
 the same number (4001)."""
 CONTROL_REGROUP: Final = 4002
 """Message type of a control share: the named users' large groups changed (read them again)."""
-_CONTROLS: Final = frozenset({CONTROL_DISCONNECT, CONTROL_REGROUP})
 
 
 class Fanout(Generic[C]):
@@ -384,73 +383,54 @@ class Fanout(Generic[C]):
                 logger.exception("handling a hub event failed")
 
     def _deliver_all(self, deliveries: tuple[Delivery, ...]) -> None:
-        """One frame's deliveries from the hub to the local sockets (the names the loop
-        uses are looked up once per frame, not once per delivery)."""
-        local = self._sessions
-        max_content = self._max_content
-        problem_of = inbound.message_problem
-        recipients_of = inbound.recipients
-        prefix_of = frames.message_prefix
-        with_seq = frames.with_seq
+        """One frame's deliveries from the hub to the local sockets."""
         pushed: list[int] = []  # the times of the messages written to sockets
         for delivery in deliveries:
             message = delivery.message
-            kind = message.type
-            if kind in _CONTROLS:
+            if message.type in (CONTROL_DISCONNECT, CONTROL_REGROUP):
                 self._control(delivery)
                 continue
-            problem = problem_of(message, max_content=max_content)
+            problem = inbound.message_problem(message, max_content=self._max_content)
             if problem is not None:
                 logger.debug("dropped a delivery from the hub: %s", problem)
                 self._bad_delivery.hit()
                 continue
-            rs = delivery.recipients
-            if rs and rs[0].seq[:1] == "g":  # a large group's post (or a malformed one)
-                self._group_post(delivery)
+            post = inbound.group_post(delivery)
+            if post is not None:
+                group, pos = post
+                if pos == 0:
+                    self._bad_delivery.hit()
+                elif group in self._groups:
+                    text = frames.encode_message(message, group_seq(group, pos))
+                    self._screen.post(group, pos, text, message.time, FROM_HUB)
                 continue
-            good, bad = recipients_of(delivery)
+            good, bad = inbound.recipients(delivery)
             if bad:
                 logger.debug("dropped %d malformed recipients of a delivery from the hub", bad)
                 self._bad_delivery.hit(bad)
             prefix: str | None = None
             for user, pos in good:
-                sessions = local.get(user)
+                sessions = self._sessions.get(user)
                 if not sessions:
                     continue
                 if prefix is None:
-                    prefix = prefix_of(message)
-                text = with_seq(prefix, str(pos))
+                    prefix = frames.message_prefix(message)
+                text = frames.with_seq(prefix, str(pos))
                 for session in sessions:
                     session.deliver(pos, text)
             if prefix is not None:
                 pushed.append(message.time)
-        if pushed:
-            self._metrics.pushed_all(pushed)  # one reading of the clock per frame
+        self._metrics.pushed_all(pushed)  # one reading of the clock per frame
 
     def _control(self, delivery: Delivery) -> None:
-        """A control share (:data:`CONTROL_DISCONNECT`, :data:`CONTROL_REGROUP`)."""
-        if delivery.message.type == CONTROL_DISCONNECT:
-            for r in delivery.recipients:
-                self._close_local(r.user_id)
-            return
         text = delivery.message.content
         left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
         for r in delivery.recipients:
-            for connection in self._sessions.get(r.user_id, ()):
-                connection.regroup(left)
-
-    def _group_post(self, delivery: Delivery) -> None:
-        """A large group's post from the hub, to this gateway's followers of the group."""
-        post = inbound.group_post(delivery)
-        if post is None:
-            return
-        group, pos = post
-        if pos == 0:
-            self._bad_delivery.hit()
-            return
-        if group in self._groups:
-            text = frames.encode_message(delivery.message, group_seq(group, pos))
-            self._screen.post(group, pos, text, delivery.message.time, FROM_HUB)
+            if delivery.message.type == CONTROL_DISCONNECT:
+                self._close_local(r.user_id)
+            else:
+                for connection in self._sessions.get(r.user_id, ()):
+                    connection.regroup(left)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

@@ -50,6 +50,7 @@ from . import descriptors
 from .admission import ConnectionCaps, RejectionLog
 from .config import GatewayConfig
 from .errors import StartupError
+from .flushes import Flushes
 from .group_policy import GroupRights
 
 _TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
@@ -138,9 +139,7 @@ class Connection(ServerConnection):
     holding: list[Connection] | None = None
     """The connections whose 101 is held, for the one timer that writes those still
     held after :data:`HOLD_101` (set with ``sockets``)."""
-    flushes: _Flushes | None = None
-    """The connections with frames queued in this loop iteration, written by one callback
-    (set with ``sockets``; without it, each connection schedules its own)."""
+    flushes = Flushes()  # one per process: what one loop iteration queued, in one callback
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -335,10 +334,8 @@ class Connection(ServerConnection):
         """Queue a text frame for writing in this loop iteration, unless the socket is
         backed up or not open (then False: the session's writer task waits for it).
 
-        No task, no await: frames are framed at once and every frame queued for this
-        socket in one loop iteration goes out in a single ``transport.write`` (one
-        system call instead of one per frame). Anything else websockets writes (a
-        ping, the close frame) flushes them first, so the order is kept.
+        No task, no await: this socket's frames of one loop iteration go out in one write in
+        the next (every socket's in one callback); what else websockets writes flushes them first.
         """
         protocol = self.protocol
         if self.paused or protocol.state is not OPEN:
@@ -346,17 +343,11 @@ class Connection(ServerConnection):
         if protocol.extensions or protocol.debug or protocol.expect_continuation_frame:
             protocol.send_text(message.encode())
         else:  # what send_text() appends, without a Frame object per message
-            data = message.encode()
-            n = len(data)
-            protocol.writes.append(_TEXT_HEADS[n] + data if n < 126 else text_frame(data))
+            protocol.writes.append(text_frame(message.encode()))
         gw = self.gw
         if not gw.flush_scheduled:
             gw.flush_scheduled = True
-            flushes = self.flushes
-            if flushes is None:
-                self.loop.call_soon(self._flush)
-            else:
-                flushes.add(self)
+            self.flushes.add(self)
         return True
 
     def ping_now(self) -> bool:
@@ -377,10 +368,7 @@ class Connection(ServerConnection):
         transport = self.transport
         if not data or transport.is_closing():
             return
-        if all(data):  # the usual: frames only, no end of stream
-            transport.write(data[0] if len(data) == 1 else b"".join(data))
-            return
-        payload = [chunk for chunk in data if chunk]
+        payload = data if all(data) else [chunk for chunk in data if chunk]  # b"": end of stream
         if payload:
             transport.write(payload[0] if len(payload) == 1 else b"".join(payload))
         if len(payload) != len(data):  # b"" asks for end of stream, as in send_data()
@@ -388,37 +376,6 @@ class Connection(ServerConnection):
                 transport.write_eof()
             else:
                 transport.close()
-
-
-class _Flushes:
-    """The connections that queued frames in this loop iteration, flushed by one
-    callback in the next (a callback per connection cost about 0.9 µs more each: a
-    frame from the hub reaches dozens of sockets)."""
-
-    __slots__ = ("_loop", "_pending")
-
-    def __init__(self) -> None:
-        self._pending: list[Connection] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def add(self, connection: Connection) -> None:
-        pending = self._pending
-        if not pending or connection.loop is not self._loop:
-            if pending:  # left by a loop that stopped before its callback ran
-                pending = self._pending = []
-            self._loop = connection.loop
-            self._loop.call_soon(self._run)
-        pending.append(connection)
-
-    def _run(self) -> None:
-        pending, self._pending = self._pending, []
-        for connection in pending:
-            try:
-                connection._flush()
-            except Exception as exc:  # one socket's failure must not keep the others' frames
-                connection.loop.call_exception_handler(
-                    {"message": "flushing a WebSocket failed", "exception": exc}
-                )
 
 
 def _write_held(holding: list[Connection]) -> None:
@@ -439,7 +396,6 @@ def connection_class(sockets: descriptors.Sockets, rejections: RejectionLog) -> 
     GatewayConnection.sockets = sockets
     GatewayConnection.rejections = rejections
     GatewayConnection.holding = []
-    GatewayConnection.flushes = _Flushes()
     return GatewayConnection
 
 

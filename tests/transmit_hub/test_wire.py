@@ -197,8 +197,7 @@ def test_decode_delivery_batch_matches_the_plain_conversion(
         assert type(d.message) is Message
         assert all(type(r) is Recipient for r in d.recipients)
     assert got_notices == tuple(sent_notices)
-    # decode_response fills a HubFrame's slots directly too: the same object as its own
-    # constructor's.
+    # decode_response gives the same frame (it decodes the batch without asking its kind twice).
     hub_frame = codec.decode_response(frame)
     built = codec.HubFrame(deliveries=expected, notices=tuple(sent_notices))
     assert type(hub_frame) is codec.HubFrame
