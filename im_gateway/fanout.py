@@ -384,53 +384,53 @@ class Fanout(Generic[C]):
 
     def _deliver_all(self, deliveries: tuple[Delivery, ...]) -> None:
         """One frame's deliveries from the hub to the local sockets."""
+        pushed: list[int] = []  # the times of the messages written to sockets
         for delivery in deliveries:
-            self._deliver(delivery)
+            message = delivery.message
+            if message.type in (CONTROL_DISCONNECT, CONTROL_REGROUP):
+                self._control(delivery)
+                continue
+            problem = inbound.message_problem(message, max_content=self._max_content)
+            if problem is not None:
+                logger.debug("dropped a delivery from the hub: %s", problem)
+                self._bad_delivery.hit()
+                continue
+            post = inbound.group_post(delivery)
+            if post is not None:
+                group, pos = post
+                if pos == 0:
+                    self._bad_delivery.hit()
+                elif group in self._groups:
+                    text = frames.encode_message(message, group_seq(group, pos))
+                    self._screen.post(group, pos, text, message.time, FROM_HUB)
+                continue
+            good, bad = inbound.recipients(delivery)
+            if bad:
+                logger.debug("dropped %d malformed recipients of a delivery from the hub", bad)
+                self._bad_delivery.hit(bad)
+            prefix: str | None = None
+            for user, pos in good:
+                sessions = self._sessions.get(user)
+                if not sessions:
+                    continue
+                if prefix is None:
+                    prefix = frames.message_prefix(message)
+                text = frames.with_seq(prefix, str(pos))
+                for session in sessions:
+                    session.deliver(pos, text)
+            if prefix is not None:
+                pushed.append(message.time)
+        self._metrics.pushed_all(pushed)  # one reading of the clock per frame
 
-    def _deliver(self, delivery: Delivery) -> None:
-        if delivery.message.type == CONTROL_DISCONNECT:
-            for r in delivery.recipients:
+    def _control(self, delivery: Delivery) -> None:
+        text = delivery.message.content
+        left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+        for r in delivery.recipients:
+            if delivery.message.type == CONTROL_DISCONNECT:
                 self._close_local(r.user_id)
-            return
-        if delivery.message.type == CONTROL_REGROUP:
-            text = delivery.message.content
-            left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
-            for r in delivery.recipients:
+            else:
                 for connection in self._sessions.get(r.user_id, ()):
                     connection.regroup(left)
-            return
-        problem = inbound.message_problem(delivery.message, max_content=self._max_content)
-        if problem is not None:
-            logger.debug("dropped a delivery from the hub: %s", problem)
-            self._bad_delivery.hit()
-            return
-        post = inbound.group_post(delivery)
-        if post is not None:
-            group, pos = post
-            if pos == 0:
-                self._bad_delivery.hit()
-                return
-            if group in self._groups:
-                text = frames.encode_message(delivery.message, group_seq(group, pos))
-                self._screen.post(group, pos, text, delivery.message.time, FROM_HUB)
-            return
-        good, bad = inbound.recipients(delivery)
-        if bad:
-            logger.debug("dropped %d malformed recipients of a delivery from the hub", bad)
-            self._bad_delivery.hit(bad)
-        prefix: str | None = None
-        local = self._sessions
-        for user, pos in good:
-            sessions = local.get(user)
-            if not sessions:
-                continue
-            if prefix is None:
-                prefix = frames.message_prefix(delivery.message)
-            text = frames.with_seq(prefix, str(pos))
-            for session in sessions:
-                session.deliver(pos, text)
-        if prefix is not None:
-            self._metrics.pushed(delivery.message.time)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 __all__ = ["FastHistogram"]
 
@@ -33,6 +33,21 @@ class FastHistogram:
             value = 0.0
         self.counts[_bisect(self.bounds, value)] += 1
         self.sum += value
+
+    def observe_all_since(self, times_ms: Iterable[int]) -> None:
+        """:meth:`observe_since` for each of ``times_ms``, with one reading of the clock
+        (the messages of one frame from the hub)."""
+        now = _now()
+        bounds = self.bounds
+        counts = self.counts
+        total = 0.0
+        for time_ms in times_ms:
+            value = now - time_ms * 0.001
+            if value < 0.0:
+                value = 0.0
+            counts[_bisect(bounds, value)] += 1
+            total += value
+        self.sum += total
 
     def buckets(self) -> list[tuple[str, float]]:
         """Cumulative ``(le, count)`` pairs, ``+Inf`` last (Prometheus' form)."""

@@ -168,6 +168,10 @@ class GatewayMetrics:
         """A message share from the hub is written to this gateway's sockets."""
         self.push_hub.observe_since(message_time_ms)
 
+    def pushed_all(self, message_times_ms: Sequence[int]) -> None:
+        """:meth:`pushed` for each message share of one frame from the hub."""
+        self.push_hub.observe_all_since(message_times_ms)
+
     def pushed_local(self, message_time_ms: int) -> None:
         """A message stored here is written to a recipient's socket on this gateway."""
         self.push_local.observe_since(message_time_ms)
@@ -208,6 +212,9 @@ class NullMetrics(GatewayMetrics):
         pass
 
     def pushed(self, message_time_ms: int) -> None:
+        pass
+
+    def pushed_all(self, message_times_ms: Sequence[int]) -> None:
         pass
 
     def pushed_local(self, message_time_ms: int) -> None:

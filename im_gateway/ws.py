@@ -52,6 +52,7 @@ from . import descriptors, ws_reads
 from .admission import ConnectionCaps, RejectionLog
 from .config import GatewayConfig
 from .errors import StartupError
+from .flushes import Flushes
 from .group_policy import GroupRights
 
 _TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
@@ -140,6 +141,7 @@ class Connection(ServerConnection):
     holding: list[Connection] | None = None
     """The connections whose 101 is held, for the one timer that writes those still
     held after :data:`HOLD_101` (set with ``sockets``)."""
+    flushes = Flushes()  # one per process: what one loop iteration queued, in one callback
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -361,10 +363,8 @@ class Connection(ServerConnection):
         """Queue a text frame for writing in this loop iteration, unless the socket is
         backed up or not open (then False: the session's writer task waits for it).
 
-        No task, no await: frames are framed at once and every frame queued for this
-        socket in one loop iteration goes out in a single ``transport.write`` (one
-        system call instead of one per frame). Anything else websockets writes (a
-        ping, the close frame) flushes them first, so the order is kept.
+        No task, no await: this socket's frames of one loop iteration go out in one write in
+        the next (every socket's in one callback); what else websockets writes flushes them first.
         """
         protocol = self.protocol
         if self.paused or protocol.state is not OPEN:
@@ -376,7 +376,7 @@ class Connection(ServerConnection):
         gw = self.gw
         if not gw.flush_scheduled:
             gw.flush_scheduled = True
-            self.loop.call_soon(self._flush)
+            self.flushes.add(self)
         return True
 
     def ping_now(self) -> bool:
@@ -397,7 +397,7 @@ class Connection(ServerConnection):
         transport = self.transport
         if not data or transport.is_closing():
             return
-        payload = [chunk for chunk in data if chunk]
+        payload = data if all(data) else [chunk for chunk in data if chunk]  # b"": end of stream
         if payload:
             transport.write(payload[0] if len(payload) == 1 else b"".join(payload))
         if len(payload) != len(data):  # b"" asks for end of stream, as in send_data()

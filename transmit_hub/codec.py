@@ -313,7 +313,7 @@ def decode_response(data: bytes) -> HubFrame:
         return _decode_leniently(data)
     kind = response.WhichOneof("frame")
     if kind == "batch":
-        deliveries, notices = decode_delivery_batch(response)
+        deliveries, notices = _delivery_batch(response.batch)
         return HubFrame(deliveries=deliveries, notices=notices)
     if kind == "welcome":
         return HubFrame(welcome=response.welcome.hub_id)
@@ -392,21 +392,29 @@ def decode_delivery_batch(
     """The deliveries and notices of a batch response (empty for any other frame).
 
     Gives what :func:`delivery_from_pb` and :func:`undeliverable_from_pb` give, for about
-    a fifth less CPU per delivery (the link's receive hot path).
+    half the CPU per delivery (the link's receive hot path).
     """
     if response.WhichOneof("frame") != "batch":
         return (), ()
-    batch = response.batch
+    return _delivery_batch(response.batch)
+
+
+def _delivery_batch(
+    batch: pb.DeliveryBatch,
+) -> tuple[tuple[Delivery, ...], tuple[Undeliverable, ...]]:
     new = _new
     set_id, set_sender, set_to, set_type, set_content_type, set_time, set_content = _message_setters
     set_user_id = _set_user_id
     set_seq = _set_seq
+    set_message = _set_message
+    set_recipients = _set_recipients
     message_fields = _message_fields
+    delivery_fields = _delivery_fields
     user_fields = _user_fields
     deliveries: list[Delivery] = []
     append = deliveries.append
     for d in batch.deliveries:
-        m, users = _delivery_fields(d)
+        m, users = delivery_fields(d)
         mid, sender, to, kind, content_type, time, content = message_fields(m)
         message = new(Message)
         set_id(message, mid)
@@ -416,23 +424,26 @@ def decode_delivery_batch(
         set_content_type(message, content_type)
         set_time(message, time)
         set_content(message, content)
+        # Repeated fields are read by index: iterating one (or zip) costs about 0.35 µs.
         ids, seqs = user_fields(users)
-        recipients: list[Recipient] = []
-        if seqs and len(seqs) == len(ids):
-            for u, s in zip(ids, seqs, strict=True):
-                r = new(Recipient)
-                set_user_id(r, u)
-                set_seq(r, s)
-                recipients.append(r)
+        n = len(ids)
+        paired = len(seqs) == n  # seqs are per user when given: else unknown ("")
+        if n == 1:
+            r = new(Recipient)
+            set_user_id(r, ids[0])
+            set_seq(r, seqs[0] if paired else "")
+            recipients: tuple[Recipient, ...] = (r,)
         else:
-            for u in ids:
+            listed: list[Recipient] = []
+            for i in range(n):
                 r = new(Recipient)
-                set_user_id(r, u)
-                set_seq(r, "")
-                recipients.append(r)
+                set_user_id(r, ids[i])
+                set_seq(r, seqs[i] if paired else "")
+                listed.append(r)
+            recipients = tuple(listed)
         delivery = new(Delivery)
-        _set_message(delivery, message)
-        _set_recipients(delivery, tuple(recipients))
+        set_message(delivery, message)
+        set_recipients(delivery, recipients)
         append(delivery)
     if batch.undeliverable:
         return tuple(deliveries), tuple(map(undeliverable_from_pb, batch.undeliverable))

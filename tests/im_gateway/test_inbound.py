@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from im_gateway import inbound
+from im_gateway.errors import BadPosition
+from im_gateway.positions import position
 from transmit_hub.types import Delivery, Message, MessageId, Recipient, UserId
 
 GOOD = Message(MessageId("m-1"), UserId(1), 2, 1, 0, 1_700_000_000_000, "hi")
@@ -80,6 +84,32 @@ def test_bad_recipients_are_refused_alone() -> None:
     good, bad = inbound.recipients(delivery)
     assert good == [(2, 17), (4, 2**64 - 1)]
     assert bad == 7
+
+
+seqs = st.one_of(
+    st.text(max_size=24),
+    st.text(alphabet="0123456789", max_size=22),
+    st.integers(min_value=0, max_value=2**65).map(str),
+    st.sampled_from(["", "0", "00", "007", "1-0", " 1", "1 ", "+1", "٣", "²", str(2**64)]),
+)
+
+
+@given(st.lists(st.tuples(st.integers(min_value=0, max_value=2**65), seqs), max_size=4))
+def test_recipients_parse_seqs_as_positions_do(pairs: list[tuple[int, str]]) -> None:
+    """The recipients' check (its position parse inlined) keeps exactly the recipients
+    whose seq positions.position accepts as a position above 0 and whose id is a uint64."""
+    expected: list[tuple[int, int]] = []
+    for user, seq in pairs:
+        try:
+            pos = position(seq)
+        except BadPosition:
+            continue
+        if pos and user < 2**64:
+            expected.append((user, pos))
+    delivery = Delivery(GOOD, tuple(Recipient(UserId(u), s) for u, s in pairs))
+    good, bad = inbound.recipients(delivery)
+    assert good == expected
+    assert bad == len(pairs) - len(expected)
 
 
 def test_a_large_group_post_from_a_hub_is_checked() -> None:

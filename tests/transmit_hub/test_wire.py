@@ -210,6 +210,13 @@ def test_decode_delivery_batch_matches_the_plain_conversion(
         assert type(d.message) is Message
         assert all(type(r) is Recipient for r in d.recipients)
     assert got_notices == tuple(sent_notices)
+    # decode_response gives the same frame (it decodes the batch without asking its kind twice).
+    hub_frame = codec.decode_response(frame)
+    built = codec.HubFrame(deliveries=expected, notices=tuple(sent_notices))
+    assert type(hub_frame) is codec.HubFrame
+    assert hub_frame == built
+    assert repr(hub_frame) == repr(built)
+    assert hash(hub_frame) == hash(built)
 
 
 def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> None:
@@ -221,4 +228,9 @@ def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> 
     (got,), () = codec.decode_delivery_batch(response)
     assert got.recipients == (Recipient(UserId(7)), Recipient(UserId(8)))
     assert got == codec.delivery_from_pb(delivery)
+    for ids, seqs in (([7], ["1", "2"]), ([7], []), ([], ["1"]), ([7, 8], ["1", "2"])):
+        delivery = pb.Delivery(message=message, users=pb.UserIds(user_ids=ids, seqs=seqs))
+        response = pb.ConnectResponse(batch=pb.DeliveryBatch(deliveries=[delivery]))
+        (got,), () = codec.decode_delivery_batch(response)
+        assert got == codec.delivery_from_pb(delivery)
     assert codec.decode_delivery_batch(codec.welcome_response("hub")) == ((), ())

@@ -1,0 +1,224 @@
+"""What the delivering side costs per message: a hub frame to the bytes for the sockets.
+
+    python bench/deliver.py                          # 1, 6 and 32 deliveries per frame
+    python bench/deliver.py --before /work/main      # that tree's code, alternately
+
+One process (started like a server, so ``--before`` runs an older tree's code) holds 100
+sessions, each on a real ``im_gateway.ws`` connection whose transport only counts what
+it is given, behind a real fan-out with the gateway's metrics on. It feeds the fan-out
+frames as a hub writes them (``transmit_hub.wire``: one private message per delivery,
+each to the next user, positions in order), as the hub link's reader does: decode the
+frame, hand its deliveries over, and let the loop run the sockets' flushes after every
+frame. It reports its own CPU time (``time.process_time``) per delivery for the decode
+and for the rest (fan-out, cursor, writer, framing, flush), the lowest of ``--rounds``.
+No socket, no system call: what is left is the Python work, which is what this measures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import harness
+
+USERS = 100
+
+
+async def measure(sizes: list[int], messages: int, rounds: int) -> dict[str, float]:
+    """CPU per delivery for each frame size, with the code of the tree first on sys.path."""
+    from websockets.protocol import OPEN
+    from websockets.server import ServerProtocol
+
+    from im_gateway import ws
+    from im_gateway.fanout import Fanout
+    from im_gateway.ids import MessageIds
+    from im_gateway.metrics import GatewayMetrics
+    from im_gateway.session_limits import SessionLimits
+    from im_gateway.sessions import Session
+    from im_gateway.store import MemoryStore
+    from transmit_hub import codec, wire
+    from transmit_hub.runtime import tune_gc
+    from transmit_hub.types import GatewayId, Recipient, UserId, new_message, new_transmit_map
+
+    class Transport:
+        """Counts the writes; a socket's system call is not what is measured."""
+
+        writes = 0
+
+        def write(self, data: bytes) -> None:
+            Transport.writes += 1
+
+        def is_closing(self) -> bool:
+            return False
+
+        def set_write_buffer_limits(self, *args: object) -> None:
+            pass
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def get_extra_info(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    class Server:
+        def __init__(self) -> None:
+            self.handler_tasks: set[Any] = set()
+
+        async def handler(self, connection: object) -> None:
+            pass
+
+        def register(self, connection: object) -> None:
+            pass
+
+        def unregister(self, connection: object) -> None:
+            pass
+
+    class Link:
+        def send(self, tmap: object) -> bool:
+            return True
+
+    class Router:  # a session's pipeline and groups: never called on this path
+        pass
+
+    connection_class: Any = type("BenchConnection", (ws.Connection,), {"holding": []})
+    metrics = GatewayMetrics()
+    store = MemoryStore()
+    link: Any = Link()
+    fanout: Any = Fanout(gateway_id=GatewayId("gw-2"), store=store, link=link, metrics=metrics)
+    sessions = []
+    for user in range(1, USERS + 1):
+        connection = connection_class(
+            ServerProtocol(), Server(), ping_interval=None, ping_timeout=None
+        )
+        connection.connection_made(Transport())
+        connection.protocol.state = OPEN
+        session: Any = Session(
+            connection,
+            UserId(user),
+            store=store,
+            pipeline=Router(),  # type: ignore[arg-type]
+            groups=Router(),  # type: ignore[arg-type]
+            limits=SessionLimits(),
+            metrics=metrics,
+        )
+        session._replayer._cursor.start(0)  # connected: the replay is over
+        fanout.add(session)
+        sessions.append(session)
+    ids = MessageIds()
+    positions = dict.fromkeys(range(1, USERS + 1), 0)
+    turn = 0
+
+    def frame(size: int) -> bytes:
+        nonlocal turn
+        entries = []
+        for _ in range(size):
+            user = turn % USERS + 1
+            turn += 1
+            positions[user] += 1
+            msg_id, now = ids.next()
+            m = new_message(msg_id, UserId(1000 + user), user, 1, 0, now, str(time.time_ns()))
+            tmap = new_transmit_map(
+                m, {GatewayId("gw-2"): (Recipient(UserId(user), str(positions[user])),)}
+            )
+            request = wire.encode_batch_request([wire.encode_transmit_map(tmap)])
+            [read] = wire.split_batch_request(request) or []
+            entries.append(wire.delivery_entry(read.message or b"", read.targets[0][1]))
+        return wire.delivery_batch_response(entries)
+
+    decode = codec.decode_response
+    deliver = fanout._deliver_all
+    best: dict[str, float] = {}
+    for _ in range(rounds):
+        for size in sizes:
+            count = max(1, messages // size)
+            frames = [frame(size) for _ in range(count)]
+            tune_gc()  # as the servers do once up
+            start = time.process_time()
+            decoded = [decode(f).deliveries for f in frames]
+            middle = time.process_time()
+            for deliveries in decoded:
+                deliver(deliveries)
+                await asyncio.sleep(0)  # the flushes run (a frame per loop iteration)
+            end = time.process_time()
+            gc.unfreeze()
+            n = count * size
+            for name, value in (
+                (f"{size} per frame: decode µs/delivery", (middle - start) / n * 1e6),
+                (f"{size} per frame: deliver + flush µs/delivery", (end - middle) / n * 1e6),
+                (f"{size} per frame: total µs/delivery", (end - start) / n * 1e6),
+            ):
+                best[name] = min(best.get(name, value), value)
+    if any(s._out.closing for s in sessions) or not Transport.writes:
+        raise RuntimeError("a session closed, or nothing was written: the rig is broken")
+    return best
+
+
+def run_once(args: argparse.Namespace) -> dict[str, float]:
+    """The measuring process (with the tree's code), once."""
+    argv = [
+        harness.PYTHON,
+        str(Path(__file__).resolve()),
+        "--measure",
+        str(harness.TREE),
+        "--sizes",
+        args.sizes,
+        "--messages",
+        str(args.messages),
+        "--rounds",
+        str(args.rounds),
+    ]
+    with harness.children() as started:
+        child = harness.Child("deliver", argv).start()
+        started.append(child)
+        while child.poll() is None:
+            time.sleep(0.1)
+        out = child.output()
+        if child.poll() != 0:
+            raise RuntimeError(f"the measuring process failed:\n{out}")
+    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return figures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="CPU per delivered message on the delivering side: a hub frame decoded, "
+        "fanned out, written to 100 sessions' connections (no sockets)."
+    )
+    parser.add_argument("--sizes", default="1,6,32", help="deliveries per frame, a comma list")
+    parser.add_argument("--messages", type=int, default=18000, help="deliveries per size and round")
+    parser.add_argument("--rounds", type=int, default=5, help="the lowest of this many rounds")
+    parser.add_argument("--measure", metavar="TREE", help=argparse.SUPPRESS)
+    harness.add_run_options(parser, each=None)
+    harness.add_before_options(parser)
+    args = parser.parse_args(argv)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    if args.measure:
+        tree = args.measure
+        sys.path.insert(0, tree)  # ahead of this repository (harness put it first)
+        figures = harness.run_async(measure(sizes, args.messages, args.rounds), loop="uvloop")
+        import im_gateway
+
+        if not Path(im_gateway.__file__).resolve().is_relative_to(Path(tree).resolve()):
+            raise SystemExit(f"measured {im_gateway.__file__}, not {tree}'s code")
+        print(json.dumps(figures))
+        return 0
+    started = harness.start_run("delivering side", args)
+    if args.before:
+        return harness.before_after(args, started, lambda: run_once(args), lambda f: f)
+    figures = run_once(args)
+    rows = [[name, f"{value:,.2f}"] for name, value in figures.items()]
+    report = harness.table(["figure", "value"], rows)
+    return harness.finish_run(report, started, args, figures)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
