@@ -145,8 +145,8 @@ def token_main(argv: Sequence[str]) -> int:
 
 
 async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
-    """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's and
-    gRPC's I/O lines, logged once the gateway is up)."""
+    """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's
+    line, logged once the gateway is up)."""
     from .gateway import Gateway
 
     stop = asyncio.Event()
@@ -161,8 +161,8 @@ async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
         loop.add_signal_handler(sig, stop_on, sig)
     async with Gateway(config) as gateway, _metrics_server(config, gateway) as metrics_at:
         tune_gc()
-        for line in (limit_note or "").splitlines():
-            logging.getLogger("im_gateway").info("%s", line)
+        if limit_note:
+            logging.getLogger("im_gateway").info("%s", limit_note)
         also = f", metrics on {metrics_at}" if metrics_at else ""
         logs.say(
             f"im_gateway {gateway.gateway_id} listening on {gateway.address}{also}", logger=PROG

@@ -20,16 +20,15 @@ log = logging.getLogger("transmit_hub")
 
 async def serve(config: HubConfig, limit_note: str | None = None) -> None:
     """Run a hub with ``config`` until SIGINT/SIGTERM, then stop it gracefully
-    (``limit_note``: the open-file limit's and gRPC's I/O lines, logged once the hub is
-    up)."""
+    (``limit_note``: the open-file limit's line, logged once the hub is up)."""
     hub = HubServer(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):  # before listening: no window without them
         loop.add_signal_handler(sig, stop.set)
     await hub.start()
-    for line in (limit_note or "").splitlines():
-        log.info("%s", line)
+    if limit_note:
+        log.info("%s", limit_note)
     tune_gc()
     try:
         await stop.wait()

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Final, NoReturn, Protocol, TypeVar
 
 from . import logs
-from .runtime import loop_factory, raise_open_file_limit, use_poll_io
+from .runtime import loop_factory, raise_open_file_limit
 from .settings import Program
 
 __all__ = ["EXIT_STARTUP", "EXIT_USAGE", "configure", "failed", "parse", "run", "usage_error"]
@@ -97,10 +97,9 @@ def run(
     *,
     failure: type[Exception],
 ) -> int:
-    """Run ``serve(limit_note)`` (``limit_note``: the open-file limit's and gRPC's I/O
-    lines, to log once up) on the tuned event loop until it returns; ``failure`` is one
-    line and exit 1."""
-    limit_note = raise_open_file_limit() + "\n" + use_poll_io()
+    """Run ``serve(limit_note)`` (``limit_note``: the open-file limit's line, to log once
+    up) on the tuned event loop until it returns; ``failure`` is one line and exit 1."""
+    limit_note = raise_open_file_limit()
     try:
         with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(serve(limit_note))
