@@ -202,22 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.measure:
-        tree = args.measure
-        sys.path.insert(0, tree)  # ahead of this repository (harness put it first)
-        figures = harness.run_async(measure(sizes, args.messages, args.rounds), loop="uvloop")
-        import im_gateway
-
-        if not Path(im_gateway.__file__).resolve().is_relative_to(Path(tree).resolve()):
-            raise SystemExit(f"measured {im_gateway.__file__}, not {tree}'s code")
-        print(json.dumps(figures))
-        return 0
-    started = harness.start_run("delivering side", args)
-    if args.before:
-        return harness.before_after(args, started, lambda: run_once(args), lambda f: f)
-    figures = run_once(args)
-    rows = [[name, f"{value:,.2f}"] for name, value in figures.items()]
-    report = harness.table(["figure", "value"], rows)
-    return harness.finish_run(report, started, args, figures)
+        return harness.measured_in(
+            args.measure,
+            lambda: harness.run_async(measure(sizes, args.messages, args.rounds), loop="uvloop"),
+        )
+    return harness.report_figures("delivering side", args, lambda: run_once(args), 2)
 
 
 if __name__ == "__main__":

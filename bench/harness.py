@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -388,6 +388,32 @@ def finish_run(report: str, started: float, args: argparse.Namespace, data: obje
         with open(args.json, "w") as f:
             json.dump(data, f, indent=2)
     return 0
+
+
+def measured_in(tree: str, measure: Callable[[], Mapping[str, float]]) -> int:
+    """The measuring child of an in-process bench (``--measure``): ``tree``'s code first on
+    ``sys.path``, ``measure()``'s figures printed as JSON; figures taken on another tree's
+    code (an installed copy shadowing it) are refused, not printed."""
+    sys.path.insert(0, tree)  # ahead of this repository (the harness put it first)
+    figures = measure()
+    import im_gateway
+
+    if not Path(im_gateway.__file__).resolve().is_relative_to(Path(tree).resolve()):
+        raise SystemExit(f"measured {im_gateway.__file__}, not {tree}'s code")
+    print(json.dumps(figures))
+    return 0
+
+
+def report_figures(
+    name: str, args: argparse.Namespace, run_once: Callable[[], Figures], digits: int
+) -> int:
+    """Run a bench of plain figures once (or ``--before`` alternately) and report it."""
+    started = start_run(name, args)
+    if args.before:
+        return before_after(args, started, run_once, lambda f: f)
+    figures = run_once()
+    rows = [[figure, f"{value:,.{digits}f}"] for figure, value in figures.items()]
+    return finish_run(table(["figure", "value"], rows), started, args, figures)
 
 
 # --- before and after in one run (--before) ----------------------------------------------

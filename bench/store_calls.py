@@ -123,21 +123,11 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(s) for s in args.sizes.split(",")]
     if args.measure:
         url, pid, tree = args.measure
-        sys.path.insert(0, tree)  # ahead of this repository (harness put it first)
-        figures = harness.run_async(measure(url, int(pid), sizes, args.calls), loop="uvloop")
-        import im_gateway
-
-        if not Path(im_gateway.__file__).resolve().is_relative_to(Path(tree).resolve()):
-            raise SystemExit(f"measured {im_gateway.__file__}, not {tree}'s store")
-        print(json.dumps(figures))
-        return 0
-    started = harness.start_run("store calls", args)
-    if args.before:
-        return harness.before_after(args, started, lambda: run_once(args), lambda f: f)
-    figures = run_once(args)
-    rows = [[name, f"{value:,.1f}"] for name, value in figures.items()]
-    report = harness.table(["figure", "value"], rows)
-    return harness.finish_run(report, started, args, figures)
+        return harness.measured_in(
+            tree,
+            lambda: harness.run_async(measure(url, int(pid), sizes, args.calls), loop="uvloop"),
+        )
+    return harness.report_figures("store calls", args, lambda: run_once(args), 1)
 
 
 if __name__ == "__main__":
