@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from im_gateway.flushes import Flushes
+from tests.helpers import wait_until
 
 
 async def test_one_callback_flushes_every_connection_even_when_one_fails() -> None:
@@ -30,12 +31,10 @@ async def test_one_callback_flushes_every_connection_even_when_one_fails() -> No
         for name in ("a", "bad", "b"):
             flushes.add(Fake(name))
         assert flushed == []  # nothing before the next loop iteration
-        await asyncio.sleep(0)
-        assert flushed == ["a", "b"]
+        await wait_until(lambda: flushed == ["a", "b"])
         assert [str(exc) for exc in reported] == ["gone"]
         flushes.add(Fake("c"))  # a later iteration: a new callback
-        await asyncio.sleep(0)
-        assert flushed == ["a", "b", "c"]
+        await wait_until(lambda: flushed == ["a", "b", "c"])
         # A loop that stopped before its callback ran leaves its connections behind: the
         # next loop's connections are still flushed (and the stale ones are not touched).
         stopped = asyncio.new_event_loop()
@@ -44,8 +43,7 @@ async def test_one_callback_flushes_every_connection_even_when_one_fails() -> No
             stale.loop = stopped
             flushes.add(stale)
             flushes.add(Fake("d"))
-            await asyncio.sleep(0)
-            assert flushed == ["a", "b", "c", "d"]
+            await wait_until(lambda: flushed == ["a", "b", "c", "d"])
         finally:
             stopped.close()
     finally:

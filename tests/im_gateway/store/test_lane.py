@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import redis.asyncio as aioredis
@@ -82,51 +82,37 @@ async def test_it_reconnects_after_the_server_restarts() -> None:
 async def test_a_silent_server_times_out_and_is_not_retried() -> None:
     """A reply later than the socket timeout fails the command with redis-py's
     TimeoutError, and the connection is dropped (a late reply can no longer be matched)."""
-    accepted: list[asyncio.StreamWriter] = []
 
     async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
+        pass
 
-    server = await asyncio.start_server(silent, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.2)
-    lane = Lane.of(client)
-    assert lane is not None
-    try:
+    async with _peer_lane(silent, socket_timeout=0.2) as (lane, accepted):
         loop = asyncio.get_running_loop()
         start = loop.time()
         with pytest.raises(TimeoutError):
             await lane.call("PING")
         assert loop.time() - start < 2
         assert len(accepted) == 1  # one attempt
-    finally:
-        await lane.close()
-        await client.aclose()
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
 @contextlib.asynccontextmanager
-async def _hostile_lane(
-    answer: bytes,
+async def _peer_lane(
+    handler: Handler, *, socket_timeout: float = 2.0
 ) -> AsyncIterator[tuple[Lane, list[asyncio.StreamWriter]]]:
-    """A lane to a peer on the Redis port that answers every command's first bytes with
-    ``answer``; and the peer's connections."""
+    """A lane (socket timeout ``socket_timeout``) to a peer on the Redis port that runs
+    ``handler`` per connection; and the peer's connections, closed at the end."""
     connections: list[asyncio.StreamWriter] = []
 
-    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def peer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         connections.append(writer)
-        try:
-            while await reader.read(4096):
-                writer.write(answer)
-        finally:
-            writer.close()
+        await handler(reader, writer)
 
-    server = await asyncio.start_server(hostile, "127.0.0.1", 0)
+    server = await asyncio.start_server(peer, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=socket_timeout)
     lane = Lane.of(client)
     assert lane is not None
     try:
@@ -137,9 +123,24 @@ async def _hostile_lane(
         await client.aclose()
         for writer in connections:
             writer.close()
-            await writer.wait_closed()
         server.close()
         await server.wait_closed()
+
+
+def _hostile_lane(
+    answer: bytes,
+) -> contextlib.AbstractAsyncContextManager[tuple[Lane, list[asyncio.StreamWriter]]]:
+    """A lane to a peer on the Redis port that answers every command's first bytes with
+    ``answer``; and the peer's connections."""
+
+    async def hostile(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.read(4096):
+                writer.write(answer)
+        finally:
+            writer.close()
+
+    return _peer_lane(hostile)
 
 
 async def test_a_server_answering_garbage_fails_the_call() -> None:
@@ -216,40 +217,25 @@ async def test_a_store_loads_its_script_again_after_a_flush(
 
 
 async def test_replies_on_time_keep_the_connection_and_a_late_one_still_times_out() -> None:
-    """Commands answered within the timeout, sent over three times the timeout on one
-    connection, all succeed (the one timer follows the oldest command in flight, not the
-    first one sent); once the server stops answering, the next command times out within
-    about the timeout, not later."""
+    """Commands answered within the timeout, sent back to back for over three times the
+    timeout on one connection, all succeed (the one timer follows the oldest command in
+    flight, not the first one sent); once the server stops answering, the next command
+    times out within about the timeout, not later."""
     answering = [True]
-    accepted: list[asyncio.StreamWriter] = []
 
     async def ponger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        accepted.append(writer)
         while await reader.readuntil(b"PING\r\n"):
             if answering[0]:
                 writer.write(b"+PONG\r\n")
 
-    server = await asyncio.start_server(ponger, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_timeout=0.3)
-    lane = Lane.of(client)
-    assert lane is not None
-    loop = asyncio.get_running_loop()
-    try:
+    async with _peer_lane(ponger, socket_timeout=0.3) as (lane, accepted):
+        loop = asyncio.get_running_loop()
         start = loop.time()
         while loop.time() - start < 1.0:
             assert await lane.call("PING") == b"PONG"
-            await asyncio.sleep(0.05)
         answering[0] = False
         sent = loop.time()
         with pytest.raises(TimeoutError):
             await lane.call("PING")
         assert 0.25 <= loop.time() - sent < 2
         assert len(accepted) == 1  # one connection throughout, not retried
-    finally:
-        await lane.close()
-        await client.aclose()
-        for writer in accepted:
-            writer.close()
-        server.close()
-        await server.wait_closed()
