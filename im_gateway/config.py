@@ -295,7 +295,8 @@ class GatewayConfig:
         0.003,
         "while traffic flows, how long a small batch waits for more frames before it is "
         "stored (fewer Redis round trips and hub frames, so less CPU per message; an idle "
-        "gateway never waits; 0: no wait, a batch is what arrived during the previous "
+        "gateway never waits, nor one whose recent rate brings less than one more message "
+        "within the linger; 0: no wait, a batch is what arrived during the previous "
         "store call, which costs more CPU per message at moderate load)",
         metavar="SECONDS",
         check=non_negative,

@@ -16,10 +16,13 @@ Batching. A message that finds the worker idle is stored at once (a quiet gatewa
 no latency), and whatever arrives while a store call is out makes the next batch.
 ``linger`` (``--batch-linger``, 3 ms in the gateway's settings, 0 in this class) adds a
 wait: while traffic flows (the last batch started less than ``busy_window`` seconds ago)
-the worker waits ``linger`` seconds before taking a small batch, trading latency for
-fewer Redis round trips and hub frames per message. Measured on 2 cores (bench/RESULTS.md
-section 14): at 2,000 msgs/s, no linger cost 20% more server CPU per message and, with
-the machine then near saturation, a worse p50 and p99, so the gateway keeps 3 ms.
+and at least one more message is expected within the linger at the rate seen so far
+(:class:`Pace`), the worker waits ``linger`` seconds before taking a small batch, trading
+latency for fewer Redis round trips and hub frames per message. Measured on 2 cores
+(bench/RESULTS.md sections 14 and 20): at 2,000 msgs/s, no linger cost 20% more server
+CPU per message and, with the machine then near saturation, a worse p50 and p99, so the
+gateway keeps 3 ms; at a few hundred msgs/s a linger gathers less than one message and
+only adds its wait, so it is skipped.
 
 Retry. A batch whose store call fails is tried once more (a timeout: it may have been
 stored with its reply lost). That is safe: a batch is stored atomically and
@@ -89,6 +92,29 @@ class Route(Protocol):
 
 
 _Item = tuple[Caller, Submission]
+
+
+@dataclass(slots=True)
+class Pace:
+    """The rate the worker has seen while traffic flows: moving averages (1/8 each) of the
+    batch sizes and of the time between batch starts. A batch lingers only when at this
+    rate at least one more message is expected within the linger."""
+
+    sizes: float = 0.0
+    gaps: float = 0.0
+
+    def observe(self, size: int, gap: float) -> None:
+        """The last batch had ``size`` messages and started ``gap`` seconds before this one."""
+        self.sizes += (size - self.sizes) / 8
+        self.gaps += (gap - self.gaps) / 8
+
+    def reset(self) -> None:
+        """Traffic stopped: start over."""
+        self.sizes = self.gaps = 0.0
+
+    def worth(self, linger: float) -> bool:
+        """At least one message expected within ``linger`` seconds (rate x linger >= 1)."""
+        return self.sizes * linger >= self.gaps
 
 
 def _take(queue: deque[_Item], batch: list[_Item], limit: int) -> None:
@@ -226,6 +252,8 @@ class Pipeline:
         limit = self._batch_size
         loop = asyncio.get_running_loop()
         last_start = -1e9
+        last_size = 0
+        pace = Pace()
         room = self._room
         while True:
             if not queue:
@@ -236,13 +264,19 @@ class Pipeline:
             _take(queue, batch, limit)
             room.set()
             now = loop.time()
-            linger = len(batch) < limit and now - last_start < self._busy_window
+            if now - last_start < self._busy_window:
+                pace.observe(last_size, now - last_start)
+                linger = len(batch) < limit and pace.worth(self._linger)
+            else:
+                pace.reset()
+                linger = False
             last_start = now
             try:
                 if linger and self._linger > 0:
                     await asyncio.sleep(self._linger)  # traffic flows: let more join
                     _take(queue, batch, limit)
                     room.set()
+                last_size = len(batch)
                 await self._process(batch)
             except asyncio.CancelledError:
                 for caller, sub in batch:

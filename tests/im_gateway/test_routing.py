@@ -541,6 +541,31 @@ async def test_while_traffic_flows_the_worker_lingers_so_frames_share_a_batch(
         await wired.close()
 
 
+async def test_sparse_traffic_is_stored_at_once_without_the_linger(
+    store: CountingStore, link: FakeLink
+) -> None:
+    """Messages further apart than the linger: waiting would gather nothing, so a message
+    is stored at once and one arriving right after it goes in a batch of its own (with the
+    old rule, any message within ``busy_window`` of the last batch waited, and the second
+    joined it: [1, 2])."""
+    wired = wire(ME, store, link, linger=0.05, busy_window=60.0)
+    await wired.start()
+    try:
+        a, a_ws = await connect(wired, store, A)
+        await submit(wired, a, message(B, "1", cid="c1"))
+        await wait_until(lambda: len(a_ws.sent) == 1)
+        await asyncio.sleep(0.2)  # the traffic's pace (not a wait for a condition)
+        await submit(wired, a, message(B, "2", cid="c2"))
+        await wait_until(lambda: wired.pipeline.queued == 0)  # the worker took it
+        await submit(wired, a, message(B, "3", cid="c3"))
+        await wait_until(lambda: len(a_ws.sent) == 3)
+        assert store.submits == [1, 1, 1]
+        assert [f["id"] for f in a_ws.frames()] == ["c1", "c2", "c3"]
+    finally:
+        link.feed(None)  # type: ignore[arg-type]
+        await wired.close()
+
+
 async def test_a_batch_is_retried_once_after_a_store_error(
     wired: Wired, store: CountingStore
 ) -> None:
