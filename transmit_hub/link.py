@@ -538,6 +538,8 @@ class HubLink(AsyncLifecycle):
                 if self._probe is not None:
                     continue  # a probe came while the reply above was being written
                 await wakeup.wait()
+                if timeline.ON:
+                    timeline.stamp("link_woke", [tmap.message.id for tmap in pending])
                 # A busy link in a loaded process: let a few more maps join this frame.
                 if linger and len(pending) < max_batch:
                     now = monotonic()
@@ -573,6 +575,8 @@ class HubLink(AsyncLifecycle):
             if timeline.ON:
                 timeline.stamp("to_hub", [tmap.message.id for tmap in batch])
             await call.write(wire.encode_batch_request(encoded))
+            if timeline.ON:
+                timeline.stamp("link_wrote", [tmap.message.id for tmap in batch])
             self._inflight = []
             last_write = monotonic()
 

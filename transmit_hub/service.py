@@ -212,8 +212,10 @@ class HubService:
             except Exception:  # a bug must not take the stream down
                 log.exception("routing a batch from gateway %s failed", att.gateway_id)
             if timeline.ON:
+                routed = time.monotonic_ns()
                 ids = [codec.transmit_map_from_bytes(m.raw).message.id for m in maps]
                 timeline.stamp("hub_in", ids, heard)
+                timeline.stamp("hub_routed", ids, routed)
 
     async def _write_loop(self, att: Attachment, context: Any) -> None:
         box = att.outbox
@@ -221,6 +223,7 @@ class HubService:
         registry = self.registry
         while True:
             await box.wait()
+            woke = time.monotonic_ns() if timeline.ON else 0
             if att.probe_due:
                 att.probe_due = False
                 await context.write(codec.probe_bytes(att.probe_nonce))
@@ -231,9 +234,12 @@ class HubService:
                 continue
             response = wire.delivery_batch_response(entries, notices)
             if timeline.ON:
-                delivered = codec.decode_response(response).deliveries
-                timeline.stamp("hub_out", [d.message.id for d in delivered])
+                ids = [d.message.id for d in codec.decode_response(response).deliveries]
+                timeline.stamp("hub_woke", ids, woke)
+                timeline.stamp("hub_out", ids)
             await context.write(response)
+            if timeline.ON:
+                timeline.stamp("hub_wrote", ids)
             counters.deliveries_sent += len(entries)
             registry.deliveries_sent += len(entries)
             registry.frames_out += 1

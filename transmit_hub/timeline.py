@@ -8,9 +8,12 @@ call site costs one attribute test per batch or frame.
 
 The hops, in a message's order: ``read`` (a gateway made the submission from a client's
 frame), ``batched`` (its batch goes to the store), ``stored`` (the store answered),
-``to_hub`` (the link's writer took it into a frame, before the gRPC write), ``hub_in``
-(the hub read its frame), ``hub_out`` (the hub's writer took it into a frame, before the
-gRPC write), ``from_hub`` (the receiving gateway's link decoded it). At most
+``link_woke`` (the hub link's idle writer woke to it, before any linger), ``to_hub`` (the
+link's writer took it into a frame, before the gRPC write), ``link_wrote`` (that write
+completed), ``hub_in`` (the hub read its frame), ``hub_routed`` (the hub offered it to the
+target gateways' outboxes), ``hub_woke`` (an outbox's writer woke to it), ``hub_out`` (the
+writer took it into a frame, before the gRPC write), ``hub_wrote`` (that write
+completed), ``from_hub`` (the receiving gateway's link decoded it). At most
 :data:`MAX_RECORDS` records are kept per process.
 """
 
