@@ -14,6 +14,13 @@ Figures (CPU µs per operation, the best of ``--repeat`` timings of each):
 - ``store submit``: ``RedisStore.submit``'s own work per message (arguments, the entries,
   reading the reply) for batches of 1, 6 and 32, its Redis call replaced by a reply of the
   script's shape (the round trip and Redis's work are ``bench/store_calls.py``'s);
+- ``stored batch``: what the pipeline does with a batch from the store call on, per
+  message, for batches of 6, 32 and 128 (the last as at full load): ``RedisStore.submit``
+  (its Redis call replaced as above), each sender's type 10 written to its session (100
+  sessions on ``ws`` connections whose transport only counts), the routing
+  (``Fanout.route``: the sender's own position, the map to the other gateway), the hub
+  pool's send and log, and the link's encoding of the maps into a request frame (its
+  ``call.write`` left out);
 - ``encode map``: ``transmit_hub.wire.encode_transmit_map`` of a map with one share;
 - ``message id``: ``MessageIds.next``.
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import secrets
@@ -157,6 +165,142 @@ async def _store_submit(repeat: int) -> dict[str, float]:
     return out
 
 
+async def _stored_batch(repeat: int) -> dict[str, float]:
+    from websockets.protocol import OPEN
+    from websockets.server import ServerProtocol
+
+    from im_gateway import ws
+    from im_gateway.fanout import Fanout
+    from im_gateway.ids import MessageIds
+    from im_gateway.metrics import GatewayMetrics
+    from im_gateway.pipeline import Pipeline
+    from im_gateway.session_limits import SessionLimits
+    from im_gateway.sessions import Session
+    from im_gateway.store.contract import new_submission
+    from im_gateway.store.redis import RedisStore
+    from transmit_hub import wire
+    from transmit_hub.pool import HubPool
+    from transmit_hub.runtime import tune_gc
+    from transmit_hub.types import GatewayId, UserId, new_message
+
+    users = 100
+
+    class Transport:
+        writes = 0
+
+        def write(self, data: bytes) -> None:
+            Transport.writes += 1
+
+        def is_closing(self) -> bool:
+            return False
+
+        def set_write_buffer_limits(self, *args: object) -> None:
+            pass
+
+        def pause_reading(self) -> None:
+            pass
+
+        def resume_reading(self) -> None:
+            pass
+
+        def get_extra_info(self, *args: object, **kwargs: object) -> None:
+            return None
+
+    class Server:
+        def __init__(self) -> None:
+            self.handler_tasks: set[Any] = set()
+
+        async def handler(self, connection: object) -> None:
+            pass
+
+        def register(self, connection: object) -> None:
+            pass
+
+        def unregister(self, connection: object) -> None:
+            pass
+
+    class Router:  # a session's pipeline and groups: never called on this path
+        pass
+
+    store = RedisStore("redis://127.0.0.1:1/0")  # never connected: its call is replaced
+    metrics = GatewayMetrics()
+    pool = HubPool(["127.0.0.1:1"], GatewayId("gw-1"))
+    (link,) = pool.members.values()
+    link._connected = True  # never started: its pending maps are encoded below
+    fanout: Any = Fanout(gateway_id=GatewayId("gw-1"), store=store, link=pool, metrics=metrics)
+    pipeline = Pipeline(store=store, route=fanout, metrics=metrics)
+    connection_class: Any = type("BenchConnection", (ws.Connection,), {"holding": []})
+    sessions = []
+    for user in range(1, users + 1):
+        connection = connection_class(
+            ServerProtocol(), Server(), ping_interval=None, ping_timeout=None
+        )
+        connection.connection_made(Transport())
+        connection.protocol.state = OPEN
+        session: Any = Session(
+            connection,
+            UserId(user),
+            store=store,
+            pipeline=Router(),  # type: ignore[arg-type]
+            groups=Router(),  # type: ignore[arg-type]
+            limits=SessionLimits(),
+            metrics=metrics,
+        )
+        cursor = session._replayer._cursor
+        cursor.start(0)  # connected: the replay is over, and the inbox was empty
+        cursor.ends_at(0)
+        fanout.add(session)
+        sessions.append(session)
+    ids = MessageIds()
+    positions = dict.fromkeys(range(1, 2 * users + 1), 0)
+    turn = 0
+
+    def batch(size: int) -> tuple[list[Any], bytes]:
+        """``size`` messages from the next senders (here) to their peers (on gw-2), and
+        the batch script's reply for them."""
+        nonlocal turn
+        items, results, live = [], [], []
+        for i in range(size):
+            sender = turn % users + 1
+            peer = sender + users
+            turn += 1
+            positions[sender] += 1
+            positions[peer] += 1
+            msg_id, now = ids.next()
+            m = new_message(msg_id, UserId(sender), peer, 1, 0, now, "hello " * 7)
+            items.append((sessions[sender - 1], new_submission(f"c-{turn}", m, True)))
+            results.append([0, str(peer), str(positions[peer]), str(sender), str(positions[sender])])
+            live += [[str(peer), "gw-2"], [str(sender), "gw-1"]]
+        return items, json.dumps([results, live]).encode()
+
+    replies: list[bytes] = []
+
+    async def script(*_: Any) -> bytes:
+        return replies.pop()
+
+    store._script = script  # type: ignore[method-assign,assignment]
+    out: dict[str, float] = {}
+    for size in (6, 32, 128):
+        count = max(50, 12_000 // size)
+        best = float("inf")
+        for _ in range(repeat):
+            batches = [batch(size) for _ in range(count)]
+            replies[:] = [reply for _, reply in reversed(batches)]
+            tune_gc()  # as the servers do once up
+            start = time.process_time()
+            for items, _ in batches:
+                await pipeline._process(items)
+                maps = link.take_pending()
+                wire.encode_batch_request([wire.encode_transmit_map(tmap) for tmap in maps])
+                await asyncio.sleep(0)  # the sockets' flushes run
+            best = min(best, time.process_time() - start)
+            gc.unfreeze()
+        out[f"stored batch {size}: µs per message"] = best / count / size * 1e6
+    if any(s._out.closing for s in sessions) or not Transport.writes:
+        raise RuntimeError("a session closed, or nothing was written: the rig is broken")
+    return out
+
+
 def _pure(repeat: int) -> dict[str, float]:
     from im_gateway.ids import MessageIds
     from transmit_hub import wire
@@ -198,6 +342,7 @@ def _pure(repeat: int) -> dict[str, float]:
 def _measure(repeat: int) -> dict[str, float]:
     figures = asyncio.run(_ws_read(repeat))
     figures.update(asyncio.run(_store_submit(repeat)))
+    figures.update(asyncio.run(_stored_batch(repeat)))
     figures.update(_pure(repeat))
     return figures
 
