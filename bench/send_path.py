@@ -260,7 +260,7 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
         the batch script's reply for them."""
         nonlocal turn
         items, results, live = [], [], []
-        for i in range(size):
+        for _ in range(size):
             sender = turn % users + 1
             peer = sender + users
             turn += 1
@@ -269,7 +269,9 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
             msg_id, now = ids.next()
             m = new_message(msg_id, UserId(sender), peer, 1, 0, now, "hello " * 7)
             items.append((sessions[sender - 1], new_submission(f"c-{turn}", m, True)))
-            results.append([0, str(peer), str(positions[peer]), str(sender), str(positions[sender])])
+            results.append(
+                [0, str(peer), str(positions[peer]), str(sender), str(positions[sender])]
+            )
             live += [[str(peer), "gw-2"], [str(sender), "gw-1"]]
         return items, json.dumps([results, live]).encode()
 

@@ -205,10 +205,7 @@ class RedisStore(KeyspaceStore):
             else:
                 reply, replicated = await self._script(self._submit, (), args), True
             results, live = _decode(reply)
-            presence: dict[int, tuple[GatewayId, ...]] = {
-                int(row[0]): (row[1],) if len(row) == 2 else tuple(row[1:]) for row in live
-            }  # a user on one gateway: the common row
-            done = [_result(s, res, presence) for s, res in zip(todo, results, strict=True)]
+            done = _answers(todo, results, live)
             if not replicated:
                 done = [
                     Refused(r.client_id, Refusal.NOT_REPLICATED) if isinstance(r, Accepted) else r
@@ -410,20 +407,58 @@ class RedisStore(KeyspaceStore):
             await self._lane.close()
 
 
+def _answers(
+    todo: Sequence[Submission], results: list[list[Any]], live: list[list[str]]
+) -> list[Accepted | Refused]:
+    """Each submission's answer from ``lua/submit.lua``'s reply: its ``results`` (one per
+    submission, in order) and the ``live`` rows ``[user, gateway, ...]``."""
+    # Keyed by the user's text as the script wrote it: it writes the same text in the
+    # results and in the live rows (its note() of each recipient), so no int() per row.
+    presence: dict[str, tuple[GatewayId, ...]] = {
+        row[0]: (row[1],) if len(row) == 2 else tuple(row[1:])  # type: ignore[misc,arg-type]
+        for row in live
+    }  # a user on one gateway: the common row
+    get = presence.get
+    done: list[Accepted | Refused] = []
+    for sub, res in zip(todo, results, strict=True):
+        if res[0] != _STORED or len(res) != 5:
+            done.append(_result(sub, res, presence))
+            continue
+        # The common row, inline (a call, a comprehension and a generator per message
+        # cost more than the work): [0, to, pos, from, pos], a private message stored
+        # for its recipient and for its sender's other devices.
+        user_text = res[1]
+        to: UserId = int(user_text)  # type: ignore[assignment]
+        at: dict[UserId, tuple[GatewayId, ...]] = {}
+        gateways = get(user_text)
+        if gateways is not None:
+            at[to] = gateways
+        user_text = res[3]
+        sender: UserId = int(user_text)  # type: ignore[assignment]
+        gateways = get(user_text)
+        if gateways is not None:
+            at[sender] = gateways
+        recipients = (new_recipient(to, res[2]), new_recipient(sender, res[4]))
+        done.append(new_accepted(sub.client_id, sub.message, False, recipients, at))
+    return done
+
+
 def _result(
-    sub: Submission, res: list[Any], presence: dict[int, tuple[GatewayId, ...]]
+    sub: Submission, res: list[Any], presence: dict[str, tuple[GatewayId, ...]]
 ) -> Accepted | Refused:
-    """A submission's answer from its row in ``lua/submit.lua``'s reply."""
+    """A submission's answer from its row in ``lua/submit.lua``'s reply; ``presence`` is
+    keyed by the users' text as the script wrote them."""
     kind = res[0]
-    if kind == _STORED:  # the common case first: [0, user, pos, user, pos, ...]
+    if kind == _STORED:  # [0, user, pos, user, pos, ...]
+        texts = res[1::2]
         # Plain ints for the UserIds (a NewType's call is a Python call per user).
-        users: list[UserId] = [int(u) for u in res[1::2]]  # type: ignore[misc]
+        users: list[UserId] = [int(u) for u in texts]  # type: ignore[misc]
         return new_accepted(
             sub.client_id,
             sub.message,
             False,
             tuple(map(new_recipient, users, res[2::2])),
-            {u: presence[u] for u in users if u in presence},
+            {int(u): presence[u] for u in texts if u in presence},  # type: ignore[misc]
         )
     m = sub.message
     if kind == _NOT_MEMBER:
@@ -438,7 +473,7 @@ def _result(
         copies = tuple(
             Recipient(UserId(int(u)), str(p)) for u, p in zip(pairs[0::2], pairs[1::2], strict=True)
         )
-        live = {r.user_id: presence[r.user_id] for r in copies if r.user_id in presence}
+        live = {UserId(int(u)): presence[u] for u in pairs[0::2] if u in presence}
         first = m if kind == _POSTED else entry.decode(res[3])
         return Accepted(sub.client_id, first, kind == _POSTED_BEFORE, copies, live, post)
     if kind == _DUPLICATE:
@@ -452,7 +487,8 @@ def _result(
         pairs = res[4:]
     else:
         pairs = res[1:]
-    users = [UserId(int(u)) for u in pairs[0::2]]
+    texts = pairs[0::2]
+    users = [UserId(int(u)) for u in texts]
     recipients = tuple(map(new_recipient, users, pairs[1::2]))
-    live = {u: presence[u] for u in users if u in presence}
+    live = {UserId(int(u)): presence[u] for u in texts if u in presence}
     return new_accepted(sub.client_id, m, kind == _DUPLICATE, recipients, live)
