@@ -114,6 +114,22 @@ def _skip(buf: bytes, pos: int, wire_type: int) -> int:
 
 _time_cache: tuple[int, bytes] = (0, b"")
 """The last ``time`` encoded: messages of the same millisecond share it."""
+_ints: dict[int, bytes] = {}
+"""The varints of user ids (and other ints) beyond one byte: a gateway sends from and to
+the same users over and over, and a dict look-up costs a fraction of encoding one.
+Cleared when it holds _INTS_MAX."""
+_INTS_MAX = 65536
+
+
+def _known_varint(n: int) -> bytes:
+    """``_varint(n)``, remembered in ``_ints`` (n >= 128 or negative)."""
+    ints = _ints
+    if len(ints) >= _INTS_MAX:
+        ints.clear()
+    b = ints[n] = _varint(n)
+    return b
+
+
 _keys: dict[str, bytes] = {}
 """A users entry's start for each gateway id (its key field, then the value's tag): a
 gateway sends to the same few gateways over and over. Cleared when it holds _KEYS_MAX."""
@@ -125,19 +141,20 @@ def encode_transmit_map(tmap: TransmitMap) -> bytes:
     global _time_cache
     small = _SMALL
     varint = _varint
+    known = _ints.get
     m = tmap.message
     # Message: every field, in field-number order, zeros left out as protobuf does. Built
     # by concatenation (a few short pieces: cheaper than a list and a join), one-byte
-    # varints looked up rather than computed.
+    # varints looked up rather than computed, longer ones remembered (_ints).
     b = m.id.encode()
     n = len(b)
     msg = b"\x0a" + (small[n] if n < 128 else varint(n)) + b if n else b""
     v: int = m.sender
     if v:
-        msg += b"\x10" + (small[v] if 0 < v < 128 else varint(v))
+        msg += b"\x10" + (small[v] if 0 < v < 128 else known(v) or _known_varint(v))
     v = m.to
     if v:
-        msg += b"\x18" + (small[v] if 0 < v < 128 else varint(v))
+        msg += b"\x18" + (small[v] if 0 < v < 128 else known(v) or _known_varint(v))
     v = m.type
     if v:
         msg += b"\x20" + (small[v] if 0 < v < 128 else varint(v))
@@ -167,11 +184,12 @@ def encode_transmit_map(tmap: TransmitMap) -> bytes:
         if len(recipients) == 1:  # the common share: one user (with its seq)
             r = recipients[0]
             v = r.user_id
-            ids = small[v] if 0 <= v < 128 else varint(v)
+            ids = small[v] if 0 <= v < 128 else known(v) or _known_varint(v)
             users = b"\x0a" + small[len(ids)] + ids
             if r.seq:
                 b = r.seq.encode()
-                users += b"\x12" + varint(len(b)) + b
+                n = len(b)
+                users += b"\x12" + (small[n] if n < 128 else varint(n)) + b
         elif recipients:
             ids = b"".join([varint(r.user_id) for r in recipients])
             n = len(ids)

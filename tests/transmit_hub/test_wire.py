@@ -109,6 +109,24 @@ def test_varint_refuses_integers_beyond_64_bits() -> None:
         wire.encode_transmit_map(_map("m", {"a": (2**64,)}))
 
 
+def test_remembered_varints_encode_as_protobuf_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User ids beyond one byte encode the same the first time, from the remembered
+    varints, and after those were forgotten (the bound reached); a failed one is not kept."""
+    monkeypatch.setattr(wire, "_INTS_MAX", 3)
+    monkeypatch.setattr(wire, "_ints", {})
+    for sender, to, user in [(300, 2**63, 2**64 - 1)] * 2 + [(128, 16384, 2**21), (300, 5, 129)]:
+        tmap = TransmitMap(
+            Message(MessageId("m"), UserId(sender), to, 1, 0, 5, "hi"),
+            {GatewayId("a"): (Recipient(UserId(user), "7"),)},
+        )
+        parsed = pb.TransmitMap.FromString(wire.encode_transmit_map(tmap))
+        assert parsed == codec.transmit_map_to_pb(tmap)
+        assert len(wire._ints) <= 3
+    with pytest.raises(ValueError, match="64 bits"):
+        wire.encode_transmit_map(_map("m", {"a": (2**64,)}))
+    assert 2**64 not in wire._ints
+
+
 def _map(msg_id: str, targets: dict[str, tuple[int, ...]]) -> TransmitMap:
     message = Message(MessageId(msg_id), UserId(1), 2, 1, 0, 5, "hi")
     return TransmitMap(
