@@ -117,8 +117,8 @@ _time_cache: tuple[int, bytes] = (0, b"")
 _ints: dict[int, bytes] = {}
 """The varints of user ids (and other ints) beyond one byte: a gateway sends from and to
 the same users over and over, and a dict look-up costs a fraction of encoding one.
-Cleared when it holds _INTS_MAX."""
-_INTS_MAX = 65536
+Cleared when it holds _INTS_MAX (about 100 bytes each: 1.6 MB at most)."""
+_INTS_MAX = 16384
 
 
 def _known_varint(n: int) -> bytes:
