@@ -25,6 +25,9 @@ ABSENT_FOR: Final = 2.0
 """Seconds a hub's "not attached" for a gateway steers that gateway's shares elsewhere."""
 RANK_CACHE: Final = 4096
 """Routing keys whose hub order is remembered (the cache is emptied when it is full)."""
+TRIM_SLACK: Final = 0.05
+"""Seconds past its window a send record may stay before the records past it are
+dropped together (a few hundred at full load, rather than one per send)."""
 
 
 def route_key(gateway_id: str, tmap: TransmitMap) -> str:
@@ -123,12 +126,15 @@ class SendLog:
     Bounded: a record is forgotten after ``window`` seconds, or when ``max_entries``
     newer ones exist. A record costs one tuple in a deque (this is on every send); the
     rare look-up by message id scans from the newest end, where a notice's map is.
+    Records past the window are dropped together once the oldest is ``TRIM_SLACK``
+    seconds past it (not one per send); :meth:`through` trims to the window first.
     """
 
     def __init__(self, *, window: float, max_entries: int) -> None:
         if window < 0 or max_entries < 1:
             raise ConfigError("need window >= 0 and max_entries >= 1")
         self._window = window
+        self._lag = window + TRIM_SLACK
         self._max = max_entries
         self._sent: deque[_Sent] = deque()
 
@@ -142,7 +148,9 @@ class SendLog:
         ``hub`` included (default: ``hub`` alone)."""
         sent = self._sent
         sent.append((tmap, hub, now, frozenset((hub,)) if tried is None else tried))
-        if len(sent) > self._max or sent[0][2] < now - self._window:
+        if len(sent) > self._max:
+            sent.popleft()
+        if sent[0][2] < now - self._lag:
             self.trim(now)
 
     def trim(self, now: float) -> None:

@@ -27,6 +27,7 @@ from transmit_hub import (
 from transmit_hub.config import HubConfig
 from transmit_hub.errors import ConfigError
 from transmit_hub.pool import Absences, SendLog, merge_resend, plan, rank, route_key
+from transmit_hub.pool_plan import TRIM_SLACK
 
 from .conftest import EventViews, tmap
 
@@ -125,6 +126,25 @@ def test_send_log_keeps_a_window_per_hub_and_a_bound() -> None:
     assert log.through("h1", 6.0) == [maps[2], maps[3], maps[4], maps[5]]
     log.record(tmap("m6", {"gw-b": (1,)}), "h2", 6.0)
     assert log.through("h1", 6.0) == [maps[3], maps[4], maps[5]]  # m2 beyond the bound
+
+
+def test_send_log_drops_what_is_past_its_window_together() -> None:
+    """Records past the window are dropped together once the oldest is TRIM_SLACK past
+    it (not one per send); through() never returns one of them; the bound stays exact."""
+    log = SendLog(window=1.0, max_entries=1000)
+    maps = [tmap(f"m{i}", {"gw-b": (1,)}) for i in range(200)]
+    for i, m in enumerate(maps[:100]):
+        log.record(m, "h1", i * 0.001)  # 0 .. 0.099 s
+    log.record(maps[100], "h1", 1.0 + TRIM_SLACK / 2)  # m0..m24 past the window
+    assert len(log) == 101  # not trimmed yet
+    assert log.through("h1", 1.0 + TRIM_SLACK / 2)[0] is maps[25]
+    log.record(maps[101], "h1", 1.0 + TRIM_SLACK + 0.0101)  # m25 past window + slack
+    assert log.through("h1", 1.0 + TRIM_SLACK + 0.0101)[0] is maps[61]
+    bounded = SendLog(window=10.0, max_entries=3)
+    for m in maps[:5]:
+        bounded.record(m, "h1", 0.0)
+        assert len(bounded) <= 3
+    assert bounded.through("h1", 0.0) == maps[2:5]
 
 
 def test_send_log_finds_a_share_and_the_hubs_tried() -> None:
