@@ -57,6 +57,10 @@ from .group_policy import GroupRights
 
 _TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
 """The header of an unmasked, final text frame of 0..125 bytes (RFC 6455, 5.2)."""
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
+"""Longer frames' headers (compiled once: ``struct.pack`` looks its format up per call,
+about 0.1 µs more per frame)."""
 
 
 def text_frame(data: bytes) -> bytes:
@@ -66,8 +70,8 @@ def text_frame(data: bytes) -> bytes:
     if n < 126:
         return _TEXT_HEADS[n] + data
     if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + data
-    return struct.pack("!BBQ", 0x81, 127, n) + data
+        return _HEAD_16(0x81, 126, n) + data
+    return _HEAD_64(0x81, 127, n) + data
 
 
 class _State:
