@@ -24,10 +24,14 @@ from transmit_hub.types import (
 )
 
 from . import frames, inbound
+from .frames import UINT64_MAX
 from .ports import Connection
+from .positions import MAX_POSITION
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
+
+_ORDINARY = frozenset((MESSAGE_PRIVATE, MESSAGE_GROUP))
 
 
 def push(
@@ -44,28 +48,39 @@ def push(
     pushed: list[int] = []
     for row in rows:
         fields, users, seqs = row
-        if fields[3] not in (MESSAGE_PRIVATE, MESSAGE_GROUP) or (seqs and seqs[0][:1] == "g"):
-            other(row_delivery(row))  # a control, a large group's post, or refused
+        if fields[3] not in _ORDINARY:
+            other(row_delivery(row))  # a control, or refused
             continue
         problem = inbound.fields_problem(fields, max_content)
         if problem is not None:
             logger.debug("dropped a delivery from the hub: %s", problem)
             bad.hit()
             continue
-        good, malformed = inbound.positions(users, seqs)
+        prefix: str | None = None
+        malformed = 0
+        for i in range(len(users)):
+            seq = seqs[i]
+            # inbound.positions' check of a recipient, inlined (once per recipient): a seq
+            # of 1 to 20 ASCII digits, a position above 0, a uint64 user id.
+            if 0 < len(seq) <= 20 and seq.isdigit() and seq.isascii():
+                pos = int(seq)
+                user = users[i]
+                if 0 < pos <= MAX_POSITION and 0 <= user <= UINT64_MAX:
+                    connections = sessions.get(user)
+                    if connections:
+                        if prefix is None:
+                            prefix = frames.fields_prefix(fields)
+                        text = frames.with_seq(prefix, str(pos))
+                        for connection in connections:
+                            connection.deliver(pos, text)
+                    continue
+            elif i == 0 and seq[:1] == "g":
+                other(row_delivery(row))  # a large group's post (or a claim to be one)
+                break
+            malformed += 1
         if malformed:
             logger.debug("dropped %d malformed recipients of a delivery from the hub", malformed)
             bad.hit(malformed)
-        prefix: str | None = None
-        for user, pos in good:
-            connections = sessions.get(user)
-            if not connections:
-                continue
-            if prefix is None:
-                prefix = frames.fields_prefix(fields)
-            text = frames.with_seq(prefix, str(pos))
-            for connection in connections:
-                connection.deliver(pos, text)
         if prefix is not None:
             pushed.append(fields[5])
     return pushed
