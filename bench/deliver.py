@@ -2,10 +2,11 @@
 
     python bench/deliver.py                          # 1, 6 and 32 deliveries per frame
     python bench/deliver.py --before /work/main      # that tree's code, alternately
+    python bench/deliver.py --devices 3              # three sockets per user
 
 One process (started like a server, so ``--before`` runs an older tree's code) holds 100
-sessions, each on a real ``im_gateway.ws`` connection whose transport only counts what
-it is given, behind a real fan-out with the gateway's metrics on. It feeds the fan-out
+users' sessions (``--devices`` each, one by default: a delivery goes to all of its user's),
+each on a real ``im_gateway.ws`` connection whose transport only counts what it is given, behind a real fan-out with the gateway's metrics on. It feeds the fan-out
 frames as a hub writes them (``transmit_hub.wire``: one private message per delivery,
 each to the next user, positions in order), as the hub link's reader does: decode the
 frame, hand its deliveries over, and let the loop run the sockets' flushes after every
@@ -34,7 +35,9 @@ import harness
 USERS = 100
 
 
-async def measure(sizes: list[int], messages: int, rounds: int) -> dict[str, float]:
+async def measure(
+    sizes: list[int], messages: int, rounds: int, devices: int = 1
+) -> dict[str, float]:
     """CPU per delivery for each frame size, with the code of the tree first on sys.path."""
     from websockets.protocol import OPEN
     from websockets.server import ServerProtocol
@@ -99,7 +102,7 @@ async def measure(sizes: list[int], messages: int, rounds: int) -> dict[str, flo
     link: Any = Link()
     fanout: Any = Fanout(gateway_id=GatewayId("gw-2"), store=store, link=link, metrics=metrics)
     sessions = []
-    for user in range(1, USERS + 1):
+    for user in [u for u in range(1, USERS + 1) for _ in range(devices)]:
         connection = connection_class(
             ServerProtocol(), Server(), ping_interval=None, ping_timeout=None
         )
@@ -114,7 +117,8 @@ async def measure(sizes: list[int], messages: int, rounds: int) -> dict[str, flo
             limits=SessionLimits(),
             metrics=metrics,
         )
-        session._replayer._cursor.start(0)  # connected: the replay is over
+        session._replayer._cursor.start(0)  # connected: the replay found an empty inbox
+        session._replayer._cursor.ends_at(0)
         fanout.add(session)
         sessions.append(session)
     ids = MessageIds()
@@ -192,6 +196,8 @@ def run_once(args: argparse.Namespace) -> dict[str, float]:
         str(args.messages),
         "--rounds",
         str(args.rounds),
+        "--devices",
+        str(args.devices),
     ]
     with harness.children() as started:
         child = harness.Child("deliver", argv).start()
@@ -213,6 +219,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="1,6,32", help="deliveries per frame, a comma list")
     parser.add_argument("--messages", type=int, default=18000, help="deliveries per size and round")
     parser.add_argument("--rounds", type=int, default=5, help="the lowest of this many rounds")
+    parser.add_argument(
+        "--devices", type=int, default=1, help="sessions per user (each delivery goes to all)"
+    )
     parser.add_argument("--measure", metavar="TREE", help=argparse.SUPPRESS)
     harness.add_run_options(parser, each=None)
     harness.add_before_options(parser)
@@ -221,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         return harness.measured_in(
             args.measure,
-            lambda: harness.run_async(measure(sizes, args.messages, args.rounds), loop="uvloop"),
+            lambda: harness.run_async(
+                measure(sizes, args.messages, args.rounds, args.devices), loop="uvloop"
+            ),
         )
     return harness.report_figures("delivering side", args, lambda: run_once(args), 2)
 
