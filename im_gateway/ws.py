@@ -74,6 +74,12 @@ def text_frame(data: bytes) -> bytes:
     return _HEAD_64(0x81, 127, n) + data
 
 
+_framed: list[tuple[str, bytes]] = [("", text_frame(b""))]
+"""The text :meth:`Connection.send_now` framed last, and its frame (one pair, replaced
+whole): a message sent to several sockets in a row (a user's devices, a large group's
+followers) is encoded and framed once, not once per socket."""
+
+
 class _State:
     """What the gateway keeps on a connection (one slotted object: see the module
     docstring)."""
@@ -376,7 +382,13 @@ class Connection(ServerConnection):
         if protocol.extensions or protocol.debug or protocol.expect_continuation_frame:
             protocol.send_text(message.encode())
         else:  # what send_text() appends, without a Frame object per message
-            protocol.writes.append(text_frame(message.encode()))
+            last = _framed[0]
+            if last[0] is message:  # the same text to several sockets: framed once
+                frame = last[1]
+            else:
+                frame = text_frame(message.encode())
+                _framed[0] = (message, frame)
+            protocol.writes.append(frame)
         gw = self.gw
         if not gw.flush_scheduled:
             gw.flush_scheduled = True
