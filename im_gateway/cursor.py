@@ -107,6 +107,23 @@ class Cursor(Generic[T]):
         self._known = max(self._known, pos)
         return []
 
+    def next_live(self, pos: int) -> bool:
+        """The common case of :meth:`live`, without a list: True when ``pos`` is the next
+        position and nothing is pending (nothing held, no read wanted before or after):
+        ``last`` moves on and the caller sends the item. False changes nothing: call
+        :meth:`live` (tests/im_gateway/test_cursor.py checks the two agree)."""
+        if (
+            pos == self.last + 1
+            and self.ready
+            and not self._held
+            and not self._own
+            and not self._sync
+            and self._known <= pos
+        ):
+            self.last = pos
+            return True
+        return False
+
     def own(self, pos: int) -> list[T]:
         """The client has ``pos`` already (it sent that message): what to send now."""
         if pos <= self.last and self.ready:

@@ -25,8 +25,10 @@ as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub r
 like any other, without knowing what it is; a receiving gateway closes that user's
 sockets instead of delivering it.
 
-From the hub: deliveries are checked as strictly as client frames
-(:mod:`im_gateway.inbound`; a bad one is dropped and counted, the rest go on);
+From the hub: the link hands each frame's deliveries over as rows (no object built for an
+ordinary message: :mod:`im_gateway.from_hub` pushes it from its fields); deliveries are
+checked as strictly as client frames (:mod:`im_gateway.inbound`; a bad one is dropped and
+counted, the rest go on);
 undeliverable notices clear the stale presence they name; after each (re)connect every
 local session reads its inbox to the end, so pushes missed while the hub was away
 arrive even when nothing follows them (:mod:`im_gateway.catch_up`; so does a lost link).
@@ -44,6 +46,7 @@ from typing import Final, Generic, TypeVar
 from transmit_hub.link import Delivered, LinkDown, LinkLost, LinkUp, NotDelivered
 from transmit_hub.types import (
     Delivery,
+    DeliveryRow,
     GatewayId,
     Message,
     MessageId,
@@ -51,10 +54,11 @@ from transmit_hub.types import (
     TransmitMap,
     UndeliverableReason,
     UserId,
+    delivery_row,
     new_transmit_map,
 )
 
-from . import frames, inbound
+from . import frames, from_hub, inbound
 from .catch_up import CatchUp
 from .close_codes import CLOSE_DISCONNECTED
 from .faults import Faults
@@ -178,15 +182,15 @@ class Fanout(Generic[C]):
     async def start(self) -> None:
         """Start consuming the hub link's events; its deliveries, when it can hand them
         over directly, are pushed to the sockets in its reader (no queue, no task switch)."""
-        deliver_to = getattr(self._link, "deliver_to", None)
+        deliver_to = getattr(self._link, "deliver_rows_to", None)
         if callable(deliver_to):
-            deliver_to(self._deliver_all)
+            deliver_to(self._deliver_rows)
         self._task = asyncio.create_task(self._event_loop(), name="fanout-link-events")
         self.following.start()
 
     async def close(self) -> None:
         """Stop consuming the link's events; idempotent."""
-        deliver_to = getattr(self._link, "deliver_to", None)
+        deliver_to = getattr(self._link, "deliver_rows_to", None)
         if callable(deliver_to):
             deliver_to(None)
         await self.catch_up.close()
@@ -351,7 +355,7 @@ class Fanout(Generic[C]):
         async for event in self._link.events():
             try:
                 if isinstance(event, Delivered):
-                    self._deliver_all(event.deliveries)
+                    self._deliver_rows(tuple(map(delivery_row, event.deliveries)))
                 elif isinstance(event, NotDelivered):
                     await self._forget(event)
                 elif isinstance(event, LinkUp):
@@ -382,55 +386,41 @@ class Fanout(Generic[C]):
             except Exception:
                 logger.exception("handling a hub event failed")
 
-    def _deliver_all(self, deliveries: tuple[Delivery, ...]) -> None:
-        """One frame's deliveries from the hub to the local sockets."""
-        pushed: list[int] = []  # the times of the messages written to sockets
-        for delivery in deliveries:
-            message = delivery.message
-            if message.type in (CONTROL_DISCONNECT, CONTROL_REGROUP):
-                self._control(delivery)
-                continue
-            problem = inbound.message_problem(message, max_content=self._max_content)
-            if problem is not None:
-                logger.debug("dropped a delivery from the hub: %s", problem)
-                self._bad_delivery.hit()
-                continue
-            post = inbound.group_post(delivery)
-            if post is not None:
-                group, pos = post
-                if pos == 0:
-                    self._bad_delivery.hit()
-                elif group in self._groups:
-                    text = frames.encode_message(message, group_seq(group, pos))
-                    self._screen.post(group, pos, text, message.time, FROM_HUB)
-                continue
-            good, bad = inbound.recipients(delivery)
-            if bad:
-                logger.debug("dropped %d malformed recipients of a delivery from the hub", bad)
-                self._bad_delivery.hit(bad)
-            prefix: str | None = None
-            for user, pos in good:
-                sessions = self._sessions.get(user)
-                if not sessions:
-                    continue
-                if prefix is None:
-                    prefix = frames.message_prefix(message)
-                text = frames.with_seq(prefix, str(pos))
-                for session in sessions:
-                    session.deliver(pos, text)
-            if prefix is not None:
-                pushed.append(message.time)
+    def _deliver_rows(self, rows: tuple[DeliveryRow, ...]) -> None:
+        """One frame's deliveries from the hub to the local sockets (:mod:`.from_hub`)."""
+        pushed = from_hub.push(
+            rows,
+            self._sessions,
+            other=self._deliver_other,
+            bad=self._bad_delivery,
+            max_content=self._max_content,
+        )
         self._metrics.pushed_all(pushed)  # one reading of the clock per frame
 
-    def _control(self, delivery: Delivery) -> None:
-        text = delivery.message.content
-        left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
-        for r in delivery.recipients:
-            if delivery.message.type == CONTROL_DISCONNECT:
-                self._close_local(r.user_id)
-            else:
-                for connection in self._sessions.get(r.user_id, ()):
-                    connection.regroup(left)
+    def _deliver_other(self, delivery: Delivery) -> None:
+        """A delivery from the hub that is no ordinary message: a control, a large group's
+        post (to its followers here, once screened), or one refused."""
+        message = delivery.message
+        if message.type in (CONTROL_DISCONNECT, CONTROL_REGROUP):
+            text = message.content
+            left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
+            for r in delivery.recipients:
+                if message.type == CONTROL_DISCONNECT:
+                    self._close_local(r.user_id)
+                else:
+                    for connection in self._sessions.get(r.user_id, ()):
+                        connection.regroup(left)
+            return
+        problem = inbound.message_problem(message, max_content=self._max_content)
+        post = inbound.group_post(delivery) if problem is None else (0, 0)
+        if post is None or post[1] == 0:
+            logger.debug("dropped a delivery from the hub: %s", problem or "bad group post")
+            self._bad_delivery.hit()
+            return
+        group, pos = post
+        if group in self._groups:
+            text = frames.encode_message(message, group_seq(group, pos))
+            self._screen.post(group, pos, text, message.time, FROM_HUB)
 
     async def _forget(self, event: NotDelivered) -> None:
         if time.monotonic() - self._linked_at < self._forget_grace:

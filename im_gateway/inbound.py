@@ -9,7 +9,16 @@ the same frame go on.
 
 from __future__ import annotations
 
-from transmit_hub.types import MESSAGE_GROUP, MESSAGE_PRIVATE, Delivery, Message, UserId
+from collections.abc import Sequence
+
+from transmit_hub.types import (
+    MESSAGE_GROUP,
+    MESSAGE_PRIVATE,
+    Delivery,
+    Message,
+    MessageFields,
+    UserId,
+)
 
 from .errors import BadPosition
 from .frames import INT32_MAX, INT32_MIN, MAX_ID_LENGTH, UINT64_MAX
@@ -20,22 +29,29 @@ _MAX_TIME = 2**63 - 1
 
 def message_problem(message: Message, *, max_content: int) -> str | None:
     """Why ``message`` may not be pushed to a client, or None when it may."""
-    if message.type not in (MESSAGE_PRIVATE, MESSAGE_GROUP):
-        return f"message type {message.type} is not 1 or 2"
-    if not 0 < len(message.id) <= MAX_ID_LENGTH:
+    m = message
+    fields = (m.id, m.sender, m.to, m.type, m.content_type, m.time, m.content)
+    return fields_problem(fields, max_content)
+
+
+def fields_problem(fields: MessageFields, max_content: int) -> str | None:
+    """:func:`message_problem` of a message's fields (a delivery row's)."""
+    mid, sender, to, kind, content_type, time, content = fields
+    if kind not in (MESSAGE_PRIVATE, MESSAGE_GROUP):
+        return f"message type {kind} is not 1 or 2"
+    if not 0 < len(mid) <= MAX_ID_LENGTH:
         return "message id is empty or too long"
-    if not message.id.isascii():
+    if not mid.isascii():
         try:
-            message.id.encode("utf-8")
+            mid.encode("utf-8")
         except UnicodeEncodeError:
             return "message id is not valid Unicode"
-    if not (0 <= message.sender <= UINT64_MAX and 0 <= message.to <= UINT64_MAX):
+    if not (0 <= sender <= UINT64_MAX and 0 <= to <= UINT64_MAX):
         return "from or to is not a uint64"
-    if not INT32_MIN <= message.content_type <= INT32_MAX:
+    if not INT32_MIN <= content_type <= INT32_MAX:
         return "contentType is not an int32"
-    if not 0 <= message.time <= _MAX_TIME:
+    if not 0 <= time <= _MAX_TIME:
         return "time is out of range"
-    content = message.content
     # A character is at most 4 bytes in UTF-8: short content needs no encoding to check.
     if len(content) * 4 > max_content or not content.isascii():
         try:
@@ -50,15 +66,22 @@ def message_problem(message: Message, *, max_content: int) -> str | None:
 def recipients(delivery: Delivery) -> tuple[list[tuple[UserId, int]], int]:
     """The (user, position) pairs of ``delivery`` that are well formed, and how many
     were not (a user id beyond uint64, a seq that is no inbox position)."""
+    rs = delivery.recipients
+    return positions([r.user_id for r in rs], [r.seq for r in rs])
+
+
+def positions(users: Sequence[UserId], seqs: Sequence[str]) -> tuple[list[tuple[UserId, int]], int]:
+    """:func:`recipients` of a delivery row's users and their seqs (one per user)."""
     good: list[tuple[UserId, int]] = []
     bad = 0
-    for r in delivery.recipients:
-        seq = r.seq
+    for i in range(len(users)):
+        seq = seqs[i]
         # positions.position, inlined (once per delivered message): 1 to 20 ASCII digits.
         if 0 < len(seq) <= 20 and seq.isdigit() and seq.isascii():
             pos = int(seq)
-            if 0 < pos <= MAX_POSITION and 0 <= r.user_id <= UINT64_MAX:
-                good.append((r.user_id, pos))
+            user = users[i]
+            if 0 < pos <= MAX_POSITION and 0 <= user <= UINT64_MAX:
+                good.append((user, pos))
                 continue
         bad += 1
     return good, bad

@@ -162,11 +162,15 @@ class Replayer(Streams):
 
     def deliver(self, pos: int, text: str) -> None:
         """A pushed message at inbox position ``pos``: sent in order, repeats dropped."""
-        if self._out.closing:
+        out = self._out
+        if out.closing:
             return
         cursor = self._cursor
+        if cursor.next_live(pos):  # in order, nothing pending: no list, no fill to check
+            out.push(text)
+            return
         for frame in cursor.live(pos, text):
-            self._out.push(frame)
+            out.push(frame)
         if cursor.wants_fill:
             self._want_fill()
 

@@ -57,6 +57,10 @@ from .group_policy import GroupRights
 
 _TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
 """The header of an unmasked, final text frame of 0..125 bytes (RFC 6455, 5.2)."""
+_HEAD_16 = struct.Struct("!BBH").pack
+_HEAD_64 = struct.Struct("!BBQ").pack
+"""Longer frames' headers (compiled once: ``struct.pack`` looks its format up per call,
+about 0.1 µs more per frame)."""
 
 
 def text_frame(data: bytes) -> bytes:
@@ -66,8 +70,14 @@ def text_frame(data: bytes) -> bytes:
     if n < 126:
         return _TEXT_HEADS[n] + data
     if n < 65536:
-        return struct.pack("!BBH", 0x81, 126, n) + data
-    return struct.pack("!BBQ", 0x81, 127, n) + data
+        return _HEAD_16(0x81, 126, n) + data
+    return _HEAD_64(0x81, 127, n) + data
+
+
+_framed: list[tuple[str, bytes]] = [("", text_frame(b""))]
+"""The text :meth:`Connection.send_now` framed last, and its frame (one pair, replaced
+whole): a message sent to several sockets in a row (a user's devices, a large group's
+followers) is encoded and framed once, not once per socket."""
 
 
 class _State:
@@ -372,7 +382,13 @@ class Connection(ServerConnection):
         if protocol.extensions or protocol.debug or protocol.expect_continuation_frame:
             protocol.send_text(message.encode())
         else:  # what send_text() appends, without a Frame object per message
-            protocol.writes.append(text_frame(message.encode()))
+            last = _framed[0]
+            if last[0] is message:  # the same text to several sockets: framed once
+                frame = last[1]
+            else:
+                frame = text_frame(message.encode())
+                _framed[0] = (message, frame)
+            protocol.writes.append(frame)
         gw = self.gw
         if not gw.flush_scheduled:
             gw.flush_scheduled = True

@@ -95,6 +95,7 @@ from .tls import ClientTls
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
 from .types import (
     Delivery,
+    DeliveryRow,
     GatewayId,
     MessageId,
     TransmitMap,
@@ -132,6 +133,8 @@ DROP_LOG_INTERVAL: Final = 10.0
 
 DeliveryHandler = Callable[[tuple[Delivery, ...]], None]
 """Takes one frame's deliveries without waiting (:meth:`HubLink.deliver_to`)."""
+RowHandler = Callable[[tuple[DeliveryRow, ...]], None]
+"""Takes one frame's deliveries as rows without waiting (:meth:`HubLink.deliver_rows_to`)."""
 
 
 class _Conflict(Exception):
@@ -201,6 +204,7 @@ class HubLink(AsyncLifecycle):
         self._woken_at = 0.0
         self._events: asyncio.Queue[object] = asyncio.Queue(maxsize=event_queue)
         self._on_delivered: DeliveryHandler | None = None
+        self._on_rows: RowHandler | None = None
         self._handler_failed_at = float("-inf")
         self._up = asyncio.Event()
         self._connected = False
@@ -289,6 +293,14 @@ class HubLink(AsyncLifecycle):
         the stream is not read while it runs. An exception it raises is logged and the
         stream goes on."""
         self._on_delivered = handler
+        self._on_rows = None
+
+    def deliver_rows_to(self, handler: RowHandler | None) -> None:
+        """:meth:`deliver_to`, with each frame's deliveries as rows
+        (:data:`~transmit_hub.types.DeliveryRow`: no object built for a consumer that
+        takes them apart at once)."""
+        self._on_rows = handler
+        self._on_delivered = None
 
     async def close(self) -> list[TransmitMap]:
         """Stop the link; return the maps never written (each returned once)."""
@@ -473,9 +485,16 @@ class HubLink(AsyncLifecycle):
             response = await call.read()
             if response is aio.EOF:
                 return
-            frame = decode(response)
+            on_rows = self._on_rows
+            frame = decode(response, rows=on_rows is not None)
             if timeline.ON:
-                timeline.stamp("from_hub", [d.message.id for d in frame.deliveries])
+                ids = [d.message.id for d in frame.deliveries] + [r[0][0] for r in frame.rows]
+                timeline.stamp("from_hub", ids)
+            if frame.rows and on_rows is not None:
+                try:
+                    on_rows(frame.rows)
+                except Exception as exc:  # a bug in the consumer must not end the stream
+                    self._handler_failed(exc)
             if frame.deliveries:
                 handler = self._on_delivered
                 if handler is None:

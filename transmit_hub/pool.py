@@ -49,7 +49,7 @@ from typing import Any, Final
 
 from .errors import ConfigError, LinkClosed
 from .lifecycle import AsyncLifecycle
-from .link import DeliveryHandler, HubLink
+from .link import DeliveryHandler, HubLink, RowHandler
 from .link_events import (
     Delivered,
     LinkDown,
@@ -175,6 +175,11 @@ class HubPool(AsyncLifecycle):
         """Every hub's deliveries straight to ``handler`` (:meth:`HubLink.deliver_to`)."""
         for link in self.members.values():
             link.deliver_to(handler)
+
+    def deliver_rows_to(self, handler: RowHandler | None) -> None:
+        """Every hub's deliveries as rows to ``handler`` (:meth:`HubLink.deliver_rows_to`)."""
+        for link in self.members.values():
+            link.deliver_rows_to(handler)
 
     # -- lifecycle -------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NewType
 
@@ -143,6 +143,36 @@ class Delivery:
 
     message: Message
     recipients: tuple[Recipient, ...]
+
+
+MessageFields = tuple[MessageId, UserId, int, int, int, int, str]
+"""A :class:`Message`'s fields in its order: id, sender, to, type, content_type, time,
+content."""
+
+DeliveryRow = tuple[MessageFields, Sequence[UserId], Sequence[str]]
+"""A :class:`Delivery` as the hub link reads it, with no object built (the gateway's fan-out
+takes each apart at once: building a Message, its Recipients and the Delivery cost about
+1.3 µs more than reading the fields): the message's fields, the user ids, and their seqs
+(one per user: ``""`` each when the hub gave none, or not one per user)."""
+
+_set_delivery_message = Delivery.__dict__["message"].__set__
+_set_recipients = Delivery.__dict__["recipients"].__set__
+
+
+def row_delivery(row: DeliveryRow) -> Delivery:
+    """The :class:`Delivery` of ``row`` (the same object its constructors give)."""
+    fields, users, seqs = row
+    d: Delivery = _new(Delivery)
+    _set_delivery_message(d, new_message(*fields))
+    _set_recipients(d, tuple(map(new_recipient, users, seqs)))
+    return d
+
+
+def delivery_row(delivery: Delivery) -> DeliveryRow:
+    """The row of ``delivery`` (:func:`row_delivery` gives it back)."""
+    m, rs = delivery.message, delivery.recipients
+    fields = (m.id, m.sender, m.to, m.type, m.content_type, m.time, m.content)
+    return fields, tuple(r.user_id for r in rs), tuple(r.seq for r in rs)
 
 
 class UndeliverableReason(enum.IntEnum):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hypothesis import settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
@@ -240,3 +240,59 @@ def test_an_inbox_ending_at_the_acknowledged_position_needs_no_read() -> None:
     assert drained.start(1) == ["two"]  # the held push came in order
     assert drained.ends_at(1)
     assert not drained.wants_fill
+
+
+_OPS = st.one_of(
+    st.tuples(st.just("live"), st.integers(1, 12)),
+    st.tuples(st.just("next"), st.integers(0, 2)),  # last + 1 + this: the fast path's case
+    st.tuples(st.just("own"), st.integers(1, 12)),
+    st.tuples(st.just("start"), st.integers(0, 4)),
+    st.tuples(st.just("sync"), st.just(0)),
+    st.tuples(st.just("fill"), st.integers(0, 12)),
+    st.tuples(st.just("ends_at"), st.integers(0, 12)),
+    st.tuples(st.just("rebase"), st.just(0)),
+)
+
+
+def _state(c: Cursor[int]) -> tuple[object, ...]:
+    return tuple(getattr(c, name) for name in Cursor.__slots__)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_OPS, max_size=40))
+# A push claimed 4 beyond the held one (the hold is full); 3 comes next with nothing held:
+# the hole at 4 still wants its read.
+@example([("start", 0), ("fill", 0), ("live", 2), ("live", 4), ("next", 0), ("next", 0)])
+def test_next_live_is_live_when_it_says_so(ops: list[tuple[str, int]]) -> None:
+    """next_live (the replayer's fast path) moves the cursor exactly as live does, with
+    no fill wanted after, when it returns True, and changes nothing when it returns False:
+    two cursors, one fed live only, one next_live first, send the same and stay equal."""
+    plain: Cursor[int] = Cursor(hold_max=1)
+    fast: Cursor[int] = Cursor(hold_max=1)
+    for op, n in ops:
+        for c in (plain, fast):
+            if op == "own":
+                c.own(n)
+            elif op == "start":
+                c.start(n)
+            elif op == "sync":
+                c.sync()
+            elif op == "fill":
+                c.begin_fill()
+                c.filled([(p, p) for p in range(c.last + 1, n + 1)], n, complete=True)
+            elif op == "ends_at":
+                c.ends_at(n)
+            elif op == "rebase":
+                c.rebase()
+        if op in ("live", "next"):
+            pos = n if op == "live" else plain.last + 1 + n
+            expected = plain.live(pos, pos)
+            before = _state(fast)
+            if fast.next_live(pos):
+                assert expected == [pos]
+                assert not plain.wants_fill
+            else:
+                assert _state(fast) == before
+                assert fast.live(pos, pos) == expected
+        assert _state(fast) == _state(plain)
+        assert fast.wants_fill == plain.wants_fill

@@ -6,6 +6,7 @@ import json
 
 import pytest
 from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from im_gateway import frames
 from im_gateway.errors import FrameError
@@ -156,6 +157,24 @@ def test_message_frame_has_the_pinned_keys_in_order() -> None:
     ]  # fmt: skip
     prefix = frames.message_prefix(MESSAGE)
     assert frames.with_seq(prefix, "5") == frames.encode_message(MESSAGE, "5")
+
+
+@given(
+    st.text(),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(-(2**31), 2**31 - 1),
+    st.integers(0, 2**63 - 1),
+    st.text(),
+)
+def test_fields_prefix_is_message_prefix(
+    mid: str, sender: int, to: int, kind: int, content_type: int, time: int, content: str
+) -> None:
+    """The fan-out's prefix of a delivery row's fields is the message's (the two copies of
+    the format agree, for any text: quotes, controls, surrogates)."""
+    fields = (MessageId(mid), UserId(sender), to, kind, content_type, time, content)
+    assert frames.fields_prefix(fields) == frames.message_prefix(Message(*fields))
 
 
 def test_server_control_frames() -> None:

@@ -211,6 +211,52 @@ async def test_one_connection_runs_through_every_override() -> None:
     assert (sockets.ws, caps.count) == (0, 0)  # connection_lost counted it out, slot back
 
 
+async def test_a_text_sent_to_several_sockets_is_framed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """send_now frames the same text object once for consecutive sockets (a user's devices,
+    a large group's followers); every socket still gets exactly its own texts, in order,
+    whatever the interleaving (equal texts that are other objects, one text again later)."""
+    framings: list[bytes] = []
+    text_frame = ws.text_frame
+
+    def counted(data: bytes) -> bytes:
+        framings.append(data)
+        return text_frame(data)
+
+    monkeypatch.setattr(ws, "text_frame", counted)
+    connections: list[ws.Connection] = []
+    closing = asyncio.Event()
+
+    async def handler(connection: ServerConnection) -> None:
+        assert isinstance(connection, ws.Connection)
+        connections.append(connection)
+        await closing.wait()
+
+    shared = "".join(["the same ", "text"])  # built at run time: an object of its own
+    again = "".join(["the same ", "text"])  # equal, but another object
+    plan = [(0, shared), (1, shared), (2, shared), (0, "a"), (1, again), (0, shared), (2, "b")]
+    sockets = Sockets(limit=None, baseline=0, reserve=0, max_handshakes=10)
+    async with _serving(handler, ws.connection_class(sockets, RejectionLog())) as port:
+        clients = [await connect(f"ws://127.0.0.1:{port}/ws") for _ in range(3)]
+        try:
+            await wait_until(lambda: len(connections) == 3, timeout=5, what="3 connections")
+            server_side = {c.remote_address[1]: c for c in connections}
+            ours = [server_side[c.local_address[1]] for c in clients]  # client i's connection
+            framings.clear()
+            for i, text in plan:
+                assert ours[i].send_now(text)
+            assert framings == [b"the same text", b"a", b"the same text", b"the same text", b"b"]
+            for i, client in enumerate(clients):
+                want = [text for k, text in plan if k == i]
+                async with asyncio.timeout(5):
+                    assert [await client.recv() for _ in want] == want
+        finally:
+            closing.set()
+            for client in clients:
+                await client.close()
+
+
 async def _none() -> None:
     return None
 

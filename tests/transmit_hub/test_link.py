@@ -21,7 +21,7 @@ from transmit_hub import (
 )
 from transmit_hub import link as link_module
 from transmit_hub.config import HubConfig
-from transmit_hub.types import Delivery
+from transmit_hub.types import Delivery, DeliveryRow, row_delivery
 from transmit_hub.v1 import transmit_pb2 as pb
 
 from .conftest import LinkFactory, tmap
@@ -146,6 +146,45 @@ def test_linger_must_be_sane() -> None:
     for bad in (-0.001, 2.0):
         with pytest.raises(ConfigError, match="linger"):
             HubLink("127.0.0.1:1", GatewayId("gw-a"), linger=bad)
+
+
+async def test_rows_go_straight_to_a_handler_in_order_and_survive_its_failure(
+    hub: HubServer, make_link: LinkFactory
+) -> None:
+    """With deliver_rows_to, each frame's deliveries reach the handler as rows (the fields,
+    users and seqs the Delivery would hold), in order, with no Delivered event; a handler
+    that raises costs only its own call; deliver_to and deliver_rows_to replace each other,
+    and None brings the events back."""
+    a = await make_link(hub.address, "gw-a")
+    got: list[DeliveryRow] = []
+
+    def handler(rows: tuple[DeliveryRow, ...]) -> None:
+        got.extend(rows)
+        if any(fields[0] == "boom" for fields, _, _ in rows):
+            raise RuntimeError("a bug in the consumer")
+
+    a.link.deliver_rows_to(handler)
+    for name in ("m0", "boom", "m1"):
+        assert a.link.send(tmap(name, {"gw-a": (1, 2)}))
+        await wait_until(lambda: bool(got) and got[-1][0][0] == name, timeout=10, what=name)  # noqa: B023
+    assert [fields[0] for fields, _, _ in got] == ["m0", "boom", "m1"]
+    assert [(list(users), list(seqs)) for _, users, seqs in got] == [([1, 2], ["", ""])] * 3
+    sent = tmap("m1", {"gw-a": (1, 2)}).message
+    assert row_delivery(got[-1]).message == sent
+    assert a.deliveries == []
+    assert a.link.connected
+    objects: list[Delivery] = []
+    a.link.deliver_to(objects.extend)
+    assert a.link.send(tmap("m2", {"gw-a": (1,)}))
+    await wait_until(lambda: len(objects) == 1, timeout=10, what="m2 handled as an object")
+    assert objects[0].message.id == "m2"
+    a.link.deliver_rows_to(handler)
+    a.link.deliver_rows_to(None)
+    assert a.link.send(tmap("m3", {"gw-a": (1,)}))
+    await a.wait_deliveries(1)
+    assert a.message_ids() == ["m3"]
+    assert len(got) == 3
+    assert len(objects) == 1
 
 
 async def test_deliveries_go_straight_to_a_handler_in_order_and_survive_its_failure(

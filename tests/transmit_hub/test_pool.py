@@ -314,6 +314,28 @@ async def test_deliveries_of_every_hub_go_straight_to_the_handler(
     assert len(got) == 20
 
 
+async def test_rows_of_every_hub_go_straight_to_the_handler(
+    hubs: list[HubServer], make_pool: PoolFactory
+) -> None:
+    """HubPool.deliver_rows_to hands every hub's deliveries as rows, in order, with no
+    Delivered event; deliver_rows_to(None) brings the events back."""
+    addresses = [h.address for h in hubs]
+    a = await make_pool(addresses, "gw-a")
+    b = await make_pool(addresses, "gw-b")
+    got: list[str] = []
+    b.pool.deliver_rows_to(lambda rows: got.extend(fields[0] for fields, _, _ in rows))
+    ids = [f"m{i}" for i in range(20)]
+    for msg_id in ids:
+        assert a.pool.send(tmap(msg_id, {"gw-b": (7,)}))
+    await wait_until(lambda: len(got) >= 20, what="20 rows handled")
+    assert got == ids
+    assert b.ids() == []
+    b.pool.deliver_rows_to(None)
+    assert a.pool.send(tmap("later", {"gw-b": (7,)}))
+    await wait_until(lambda: b.ids() == ["later"], what="a Delivered event again")
+    assert len(got) == 20
+
+
 async def test_group_map_is_one_frame_in_and_one_delivery_per_target_out(
     hubs: list[HubServer], make_pool: PoolFactory
 ) -> None:

@@ -1,4 +1,5 @@
-"""The fast constructors of the hot paths build the same objects as the dataclasses'."""
+"""The fast constructors of the hot paths build the same objects as the dataclasses'
+(and a delivery row is its Delivery)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from transmit_hub.types import (
+    Delivery,
     GatewayId,
     Message,
     MessageId,
     Recipient,
     TransmitMap,
     UserId,
+    delivery_row,
     new_message,
     new_recipient,
     new_transmit_map,
+    row_delivery,
 )
 
 uint64 = st.integers(min_value=0, max_value=2**64 - 1)
@@ -73,3 +77,29 @@ def test_new_transmit_map_is_transmit_map() -> None:
     assert type(fast) is TransmitMap
     assert fast == plain
     assert repr(fast) == repr(plain)
+
+
+@given(
+    st.text(),
+    uint64,
+    int32,
+    st.lists(st.tuples(uint64, st.text(max_size=5)), max_size=4),
+)
+def test_a_delivery_row_is_its_delivery(
+    mid: str, sender: int, kind: int, users: list[tuple[int, str]]
+) -> None:
+    """row_delivery builds what the constructors build from a row's fields, users and
+    seqs, and delivery_row gives that row back."""
+    fields = (MessageId(mid), UserId(sender), 7, kind, 0, 9, "x")
+    ids = tuple(UserId(u) for u, _ in users)
+    seqs = tuple(s for _, s in users)
+    plain = Delivery(Message(*fields), tuple(map(Recipient, ids, seqs)))
+    fast = row_delivery((fields, ids, seqs))
+    assert type(fast) is Delivery
+    assert fast == plain
+    assert hash(fast) == hash(plain)
+    assert repr(fast) == repr(plain)
+    assert type(fast.message) is Message
+    assert all(type(r) is Recipient for r in fast.recipients)
+    assert delivery_row(plain) == (fields, ids, seqs)
+    assert [f.name for f in dataclasses.fields(Delivery)] == ["message", "recipients"]

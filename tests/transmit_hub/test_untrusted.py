@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.helpers import wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec, wire
 from transmit_hub.transport import CONNECT_METHOD, SERVICE_NAME
-from transmit_hub.types import GatewayId
+from transmit_hub.types import GatewayId, row_delivery
 
 from .conftest import LinkFactory, tmap
 
@@ -214,3 +214,7 @@ def test_decode_response_keeps_every_good_delivery_of_a_frame(
     assert [d.message.id for d in frame.deliveries] == expected
     assert [d.message.content for d in frame.deliveries] == contents
     assert frame.dropped == len(set(bad_at))
+    as_rows = codec.decode_response(wire.delivery_batch_response(entries), rows=True)
+    assert tuple(map(row_delivery, as_rows.rows)) == frame.deliveries
+    assert as_rows.deliveries == ()
+    assert as_rows.dropped == frame.dropped

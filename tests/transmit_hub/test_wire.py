@@ -20,6 +20,8 @@ from transmit_hub.types import (
     Undeliverable,
     UndeliverableReason,
     UserId,
+    delivery_row,
+    row_delivery,
 )
 from transmit_hub.v1 import transmit_pb2 as pb
 
@@ -235,6 +237,14 @@ def test_decode_delivery_batch_matches_the_plain_conversion(
     assert hub_frame == built
     assert repr(hub_frame) == repr(built)
     assert hash(hub_frame) == hash(built)
+    # As rows (the fan-out's): the same deliveries once built, and the same fields.
+    as_rows = codec.decode_response(frame, rows=True)
+    assert as_rows.deliveries == ()
+    assert as_rows.notices == tuple(sent_notices)
+    assert tuple(map(row_delivery, as_rows.rows)) == expected
+    assert [(fields, list(users), list(seqs)) for fields, users, seqs in as_rows.rows] == [
+        (fields, list(users), list(seqs)) for fields, users, seqs in map(delivery_row, expected)
+    ]
 
 
 def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> None:
@@ -252,3 +262,22 @@ def test_decode_delivery_batch_ignores_seqs_that_do_not_match_the_user_ids() -> 
         (got,), () = codec.decode_delivery_batch(response)
         assert got == codec.delivery_from_pb(delivery)
     assert codec.decode_delivery_batch(codec.welcome_response("hub")) == ((), ())
+
+
+def test_rows_give_a_seq_per_user_even_when_the_hub_does_not() -> None:
+    """A row's seqs are one per user: the hub's when it gave one per user, else "" each
+    (what the Recipients of decode_delivery_batch carry)."""
+    message = codec.message_to_pb(Message(MessageId("m"), UserId(1), 2, 1, 0, 5, "hi"))
+    for ids, seqs, want in (
+        ([7, 8], ["1-0"], ["", ""]),
+        ([7], ["1", "2"], [""]),
+        ([7], [], [""]),
+        ([], ["1"], []),
+        ([7, 8], ["1", "2"], ["1", "2"]),
+    ):
+        delivery = pb.Delivery(message=message, users=pb.UserIds(user_ids=ids, seqs=seqs))
+        frame = pb.ConnectResponse(batch=pb.DeliveryBatch(deliveries=[delivery]))
+        [(fields, users, got)] = codec.decode_response(frame.SerializeToString(), rows=True).rows
+        assert (list(users), list(got)) == (ids, want)
+        assert fields == (MessageId("m"), UserId(1), 2, 1, 0, 5, "hi")
+        assert row_delivery((fields, users, got)) == codec.delivery_from_pb(delivery)
