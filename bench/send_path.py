@@ -3,8 +3,9 @@ the map for the hub, per call of the functions on that path, in one process, no 
 but one loopback WebSocket.
 
     python bench/send_path.py                         # this tree
-    python bench/send_path.py --before /path/to/tree  # that tree's code and this one's,
-                                                      # alternately (--before-rounds N)
+    python bench/send_path.py --before PATH_OR_REF    # that tree's code (a directory or a
+                                                      # git ref) and this one's, alternately
+                                                      # (--before-rounds N)
 
 Figures (CPU µs per operation, the best of ``--repeat`` timings of each):
 
@@ -42,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import harness
 
 ROOT = Path(__file__).resolve().parents[1]
 _MESSAGE = '{"type":1,"id":"c-123456","to":"1002","contentType":0,"content":"' + "x" * 40 + '"}'
@@ -362,8 +365,7 @@ def _run_tree(tree: Path, repeat: int) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--before", default="", help="another tree (a directory) to compare")
-    parser.add_argument("--before-rounds", type=int, default=3, help="alternations with --before")
+    harness.add_before_options(parser)
     parser.add_argument("--repeat", type=int, default=5, help="timings of each figure (best kept)")
     parser.add_argument("--json", default="", metavar="PATH", help="also write every run's figures")
     parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
@@ -380,9 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps({"after": after}, indent=1))
         return 0
     before: list[dict[str, float]] = []
-    for _ in range(args.before_rounds):
-        before.append(_run_tree(Path(args.before).resolve(), args.repeat))
-        after.append(_run_tree(ROOT, args.repeat))
+    with harness.code_tree(args.before) as tree:
+        for _ in range(args.before_rounds):
+            before.append(_run_tree(tree, args.repeat))
+            after.append(_run_tree(ROOT, args.repeat))
     after = after[1:]
     if args.json:
         Path(args.json).write_text(json.dumps({"before": before, "after": after}, indent=1))
