@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 import websockets
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
 from packaging.version import Version
@@ -415,6 +415,7 @@ def _client_frame(data: bytes, *, opcode: Opcode = Opcode.TEXT, fin: bool = True
     return Frame(opcode, data, fin).serialize(mask=True)
 
 
+@settings(deadline=None)  # a 64 KiB frame's every prefix: slow by design, not a hang
 @given(
     st.one_of(
         st.binary(max_size=300),
