@@ -53,42 +53,6 @@ async def measure(
     from transmit_hub.runtime import tune_gc
     from transmit_hub.types import GatewayId, Recipient, UserId, new_message, new_transmit_map
 
-    class Transport:
-        """Counts the writes; a socket's system call is not what is measured."""
-
-        writes = 0
-
-        def write(self, data: bytes) -> None:
-            Transport.writes += 1
-
-        def is_closing(self) -> bool:
-            return False
-
-        def set_write_buffer_limits(self, *args: object) -> None:
-            pass
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
-        def get_extra_info(self, *args: object, **kwargs: object) -> None:
-            return None
-
-    class Server:
-        def __init__(self) -> None:
-            self.handler_tasks: set[Any] = set()
-
-        async def handler(self, connection: object) -> None:
-            pass
-
-        def register(self, connection: object) -> None:
-            pass
-
-        def unregister(self, connection: object) -> None:
-            pass
-
     class Link:
         def send(self, tmap: object) -> bool:
             return True
@@ -104,9 +68,9 @@ async def measure(
     sessions = []
     for user in [u for u in range(1, USERS + 1) for _ in range(devices)]:
         connection = connection_class(
-            ServerProtocol(), Server(), ping_interval=None, ping_timeout=None
+            ServerProtocol(), harness.IdleServer(), ping_interval=None, ping_timeout=None
         )
-        connection.connection_made(Transport())
+        connection.connection_made(harness.CountingTransport())
         connection.protocol.state = OPEN
         session: Any = Session(
             connection,
@@ -178,7 +142,7 @@ async def measure(
                 (f"{size} per frame: total µs/delivery", total),
             ):
                 best[name] = min(best.get(name, value), value)
-    if any(s._out.closing for s in sessions) or not Transport.writes:
+    if any(s._out.closing for s in sessions) or not harness.CountingTransport.writes:
         raise RuntimeError("a session closed, or nothing was written: the rig is broken")
     return best
 

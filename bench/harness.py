@@ -93,6 +93,48 @@ def children() -> Iterator[list[Child]]:
             child.cleanup()
 
 
+class CountingTransport:
+    """An asyncio transport under an in-process bench's connections: it counts the writes
+    (``CountingTransport.writes``, over all of them) and sends nothing; a socket's system
+    call is not what those benches measure."""
+
+    writes = 0
+
+    def write(self, data: bytes) -> None:
+        CountingTransport.writes += 1
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, *args: object) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_extra_info(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+class IdleServer:
+    """What a websockets connection asks of its server, doing nothing (in-process benches)."""
+
+    def __init__(self) -> None:
+        self.handler_tasks: set[Any] = set()
+
+    async def handler(self, connection: object) -> None:
+        pass
+
+    def register(self, connection: object) -> None:
+        pass
+
+    def unregister(self, connection: object) -> None:
+        pass
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (all its threads), from /proc."""
     stat = Path(f"/proc/{pid}/stat").read_text()

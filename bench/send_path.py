@@ -188,40 +188,6 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
 
     users = 100
 
-    class Transport:
-        writes = 0
-
-        def write(self, data: bytes) -> None:
-            Transport.writes += 1
-
-        def is_closing(self) -> bool:
-            return False
-
-        def set_write_buffer_limits(self, *args: object) -> None:
-            pass
-
-        def pause_reading(self) -> None:
-            pass
-
-        def resume_reading(self) -> None:
-            pass
-
-        def get_extra_info(self, *args: object, **kwargs: object) -> None:
-            return None
-
-    class Server:
-        def __init__(self) -> None:
-            self.handler_tasks: set[Any] = set()
-
-        async def handler(self, connection: object) -> None:
-            pass
-
-        def register(self, connection: object) -> None:
-            pass
-
-        def unregister(self, connection: object) -> None:
-            pass
-
     class Router:  # a session's pipeline and groups: never called on this path
         pass
 
@@ -236,9 +202,9 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
     sessions = []
     for user in range(1, users + 1):
         connection = connection_class(
-            ServerProtocol(), Server(), ping_interval=None, ping_timeout=None
+            ServerProtocol(), harness.IdleServer(), ping_interval=None, ping_timeout=None
         )
-        connection.connection_made(Transport())
+        connection.connection_made(harness.CountingTransport())
         connection.protocol.state = OPEN
         session: Any = Session(
             connection,
@@ -301,7 +267,7 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
             best = min(best, time.process_time() - start)
             gc.unfreeze()
         out[f"stored batch {size}: µs per message"] = best / count / size * 1e6
-    if any(s._out.closing for s in sessions) or not Transport.writes:
+    if any(s._out.closing for s in sessions) or not harness.CountingTransport.writes:
         raise RuntimeError("a session closed, or nothing was written: the rig is broken")
     return out
 
