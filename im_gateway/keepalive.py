@@ -3,43 +3,54 @@
 Not a timer and a keepalive task per connection, which would cost about 2 KB each: one
 task closes connections that sent no frame for ``idle_timeout`` seconds, pings quiet ones
 every ``ping_interval`` seconds and closes those whose pong is ``ping_timeout`` seconds
-late (:func:`ping`; each :class:`~im_gateway.sessions.Session` keeps when it last
+late (:func:`upkeep`; each :class:`~im_gateway.sessions.Session` keeps when it last
 pinged). A ping is written at once, with no future per ping: its pong (or any ping of the
 client's) shows in the connection's ``heard_at``.
+
+Each upkeep answers when the connection can next have something due (``upkeep_at``), and
+the sweep passes over a connection until then: frames that come meanwhile only move what
+is due later, so this skips nothing the sweep would have done. An idle connection is
+looked at once or twice per ping interval instead of at every sweep (4 per interval):
+with 5,000 idle connections the checks were about a third of the gateway's idle CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable, Iterable
-from typing import Protocol
+from typing import Final, Protocol
 
 from transmit_hub.types import UserId
 
-from .close_codes import CLOSE_INTERNAL
+from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL
 from .writer import WebSocketLike, Writer
 
 logger = logging.getLogger(__name__)
 
 
+NEVER: Final = math.inf
+"""An ``upkeep_at`` of a connection with nothing left to do (it is closing)."""
+
+
 class Kept(Protocol):
     """What the sweep needs of a connection (a session)."""
+
+    upkeep_at: float
+    """Loop time before which :meth:`upkeep` has nothing to do (0: look at once)."""
 
     @property
     def user(self) -> UserId: ...
 
-    def expire_if_idle(self, now: float) -> bool:
-        """Close the socket when no frame came for its idle timeout."""
-        ...
-
-    def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
-        """Ping a quiet client; close one whose pong is late."""
+    def upkeep(self, now: float, interval: float, pong_timeout: float) -> float:
+        """Close the socket when no frame came for its idle timeout, ping a quiet client,
+        close one whose pong is late (:func:`upkeep`); when to look again."""
         ...
 
 
 class Pinged(Protocol):
-    """What :func:`ping` reads and writes of a session."""
+    """What :func:`upkeep` reads and writes of a session."""
 
     user: UserId
     last_seen: float
@@ -48,26 +59,56 @@ class Pinged(Protocol):
     """Loop time of the last ping (0: none yet)."""
 
 
-def ping(
+def upkeep(
     session: Pinged,
     ws: WebSocketLike,
     out: Writer,
     now: float,
+    idle_timeout: float,
     interval: float,
     pong_timeout: float,
-) -> None:
-    """One connection's keepalive: ping when nothing came for ``interval`` seconds; close
-    the socket (1011) when nothing (no pong, no frame) came ``pong_timeout`` seconds after
-    the ping (the session keeps when it pinged: no object per connection)."""
+) -> float:
+    """One connection's upkeep at loop time ``now``; answers the loop time before which
+    nothing can be due, whatever frames come meanwhile (:data:`NEVER` once it closes).
+
+    - Idle: no frame for ``idle_timeout`` seconds (0: never) closes the socket (1000).
+    - Keepalive (``interval`` 0: none): a ping when nothing (no frame, no pong) came for
+      ``interval`` seconds; when nothing came ``pong_timeout`` seconds after the ping (0:
+      no limit), the socket is closed (1011). The session keeps when it pinged: no object
+      per connection.
+    """
+    if out.closing:
+        return NEVER
+    idle_due = NEVER
+    if idle_timeout > 0:
+        idle_due = session.last_seen + idle_timeout
+        if now >= idle_due:
+            logger.info("user %s idle for %ss: closing", session.user, idle_timeout)
+            out.close(CLOSE_IDLE, "idle timeout")
+            return NEVER
+    if interval <= 0:
+        return idle_due
     seen = max(session.last_seen, ws.heard_at)
     pinged = session.pinged_at
     if pinged > seen:  # no answer yet
-        if pong_timeout > 0 and now - pinged > pong_timeout:
+        if pong_timeout > 0 and now > pinged + pong_timeout:
             logger.info("user %s: no pong for %ss, closing", session.user, pong_timeout)
             out.close(CLOSE_INTERNAL, "keepalive ping timeout")
-        return
-    if now - max(seen, pinged) >= interval and ws.ping_now():
-        session.pinged_at = now
+            return NEVER
+        # An answer (a pong, any frame) comes no earlier than now, and the next ping an
+        # interval after it; or the pong's deadline passes first.
+        due = now + interval
+        if pong_timeout > 0:
+            due = min(due, pinged + pong_timeout)
+        return min(idle_due, due)
+    ping_due = max(seen, pinged) + interval
+    if now < ping_due:
+        return min(idle_due, ping_due)
+    if not ws.ping_now():
+        return now  # not open (yet, or any more): look again at the next sweep
+    session.pinged_at = now
+    # Next: the pong's deadline, or (its pong come) the next ping, an interval from now.
+    return min(idle_due, now + (min(interval, pong_timeout) if pong_timeout > 0 else interval))
 
 
 async def sweep_idle(
@@ -89,8 +130,9 @@ async def sweep_idle(
         await asyncio.sleep(period)
         now = loop.time()
         for session in sessions():
+            if session.upkeep_at > now:
+                continue
             try:
-                if not session.expire_if_idle(now):
-                    session.keepalive(now, ping_interval, ping_timeout)
+                session.upkeep_at = session.upkeep(now, ping_interval, ping_timeout)
             except Exception:
                 logger.exception("keepalive of user %s failed", session.user)

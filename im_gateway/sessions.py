@@ -33,11 +33,11 @@ from transmit_hub.types import MessageId, UserId
 
 from . import frames
 from .acks import Acks
-from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL, CLOSE_POLICY
+from .close_codes import CLOSE_INTERNAL, CLOSE_POLICY
 from .errors import FrameError
 from .group_changes import Members, change_group
 from .group_policy import SERVER_RIGHTS, GroupRights
-from .keepalive import ping
+from .keepalive import upkeep
 from .metrics import GatewayMetrics, NullMetrics
 from .pipeline import Caller, Rejected
 from .ratelimit import TokenBucket
@@ -123,6 +123,7 @@ class Session:
         "_ws",
         "last_seen",
         "pinged_at",
+        "upkeep_at",
         "user",
     )
 
@@ -189,6 +190,8 @@ class Session:
         """Loop time of the last frame from the client (for the idle and ping sweep)."""
         self.pinged_at = 0.0
         """Loop time of the last keepalive ping (0: none yet)."""
+        self.upkeep_at = 0.0
+        """Loop time before which the idle sweep has nothing to do here."""
         self._handling = False  # run() is handling a frame: receive_now() must defer
 
     # --- the fan-out's calls (its Connection protocol): the replayer's and the writer's ---
@@ -370,20 +373,14 @@ class Session:
                 return
         self.push(frames.encode_error(exc.code, exc.message, exc.frame_id))
 
-    def keepalive(self, now: float, interval: float, pong_timeout: float) -> None:
-        """Ping a client quiet for ``interval`` seconds; close it (1011) when its pong is
-        ``pong_timeout`` late (by the idle sweep: no task nor future per connection)."""
-        if not self._out.closing and interval > 0:
-            ping(self, self._ws, self._out, now, interval, pong_timeout)
-
-    def expire_if_idle(self, now: float) -> bool:
-        """Close the socket when no frame came for ``idle_timeout`` seconds (0: never)."""
-        idle = self._limits.idle_timeout
-        if idle <= 0 or self._out.closing or now - self.last_seen < idle:
-            return False
-        logger.info("user %s idle for %ss: closing", self.user, idle)
-        self._out.close(CLOSE_IDLE, "idle timeout")
-        return True
+    def upkeep(self, now: float, interval: float, pong_timeout: float) -> float:
+        """The idle sweep's visit: close the socket when no frame came for
+        ``idle_timeout`` seconds (1000), ping a client quiet for ``interval`` seconds,
+        close it (1011) when its pong is ``pong_timeout`` late; when to look again
+        (:func:`~im_gateway.keepalive.upkeep`: no task nor future per connection)."""
+        return upkeep(
+            self, self._ws, self._out, now, self._limits.idle_timeout, interval, pong_timeout
+        )
 
     async def _handle(self, data: str | bytes, now: float) -> None:
         if self._draining:
