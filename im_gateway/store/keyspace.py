@@ -326,12 +326,12 @@ class KeyspaceStore(AsyncClosing):
 
     async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()
-        if not groups:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for group in groups:
-                pipe.zrem(self.settings.gkey("gateways", group), gateway)
-            await pipe.execute()
+        gkey = self.settings.gkey
+        for part in self.settings.chunks(groups):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for group in part:
+                    pipe.zrem(gkey("gateways", group), gateway)
+                await pipe.execute()
 
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
