@@ -129,7 +129,8 @@ async def test_refresh_lookup_and_forget_go_in_calls_of_at_most_n_keys(
         end = await logged.time()
         end_ms = end[0] * 1000 + end[1] // 1000
         for user in USERS:
-            entries = dict(await logged.zrange(presence_key(user), 0, -1, withscores=True))
+            rows: list[Any] = await logged.zrange(presence_key(user), 0, -1, withscores=True)
+            entries = dict(rows)
             assert set(entries) == {b"gw-1", b"gw-2"}
             for score in entries.values():
                 assert start_ms + 30_000 <= score <= end_ms + 30_000
@@ -176,7 +177,8 @@ async def test_watch_and_unwatch_go_in_calls_of_at_most_n_groups(logged: aioredi
 def same_slot_users(count: int) -> list[UserId]:
     """``count`` users whose keys share one cluster slot (that of user 1)."""
     slot = key_slot(presence_key(1).encode())
-    users, user = [], 1
+    users: list[UserId] = []
+    user = 1
     while len(users) < count:
         if key_slot(presence_key(user).encode()) == slot:
             users.append(UserId(user))
@@ -198,7 +200,7 @@ async def test_a_cluster_slot_with_more_than_n_users_takes_several_calls(
         primary = store.client.nodes_manager.get_node_from_slot(
             key_slot(presence_key(users[0]).encode())
         )
-        node = aioredis.Redis(host=primary.host, port=primary.port)
+        node = aioredis.Redis(host=primary.host, port=int(primary.port))
         await node.config_set("slowlog-log-slower-than", 0)
         await node.slowlog_reset()
         await store.refresh(GW1, users)
@@ -240,7 +242,8 @@ async def test_a_presence_key_lives_as_long_as_its_latest_member(logged: aioredi
     await mid.refresh(mid_gw, [alone, after_gone, over_long, many, longer_first, UserId(6)])
 
     async def members(user: int) -> set[bytes]:
-        return set(await logged.zrange(presence_key(user), 0, -1))
+        rows: list[Any] = await logged.zrange(presence_key(user), 0, -1)
+        return set(rows)
 
     assert await members(alone) == {b"mid"}
     assert await members(after_gone) == {b"mid"}
@@ -317,7 +320,9 @@ class Tap:
         except OSError:
             pass
         finally:
-            self._tasks.discard(asyncio.current_task())  # type: ignore[arg-type]
+            task = asyncio.current_task()
+            if task is not None:
+                self._tasks.discard(task)
 
 
 async def present(client: aioredis.Redis, users: list[UserId]) -> list[UserId]:
