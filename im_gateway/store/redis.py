@@ -17,10 +17,10 @@ script writes (a TTL), so its ``WAIT`` covers the first one's writes. Acks asked
 of users) share one ``EVALSHA`` too, and a read is one round trip (``XRANGE`` and ``GET``
 pipelined).
 
-The batch and ack scripts go over the store's own connection (:mod:`.lane`: a bare
-protocol with hiredis's parser, about 100 µs less gateway CPU per call than redis-py's
-client) when the store made its client from a plain TCP URL; everything else, and a
-client the caller lends, goes through redis-py.
+The batch, ack and presence scripts go over the store's own connection (:mod:`.lane`: a
+bare protocol with hiredis's parser, about 100 µs less gateway CPU per call than
+redis-py's client) when the store made its client from a plain TCP URL; everything else,
+and a client the caller lends, goes through redis-py.
 
 The client retries a command once a pooled connection turns out dead (the server
 restarted, say) on a fresh connection, with a short backoff; a timeout is not retried
@@ -160,7 +160,7 @@ class RedisStore(KeyspaceStore):
         # A client the caller lends stays the store's only connection (the caller owns
         # every connection it made, and may never close the store).
         self._lane = Lane.of(client) if owns else None
-        """The batch and ack scripts' own connection (None: they go through the client)."""
+        """The batch, ack and presence scripts' own connection (None: the client's)."""
 
     @property
     def client(self) -> aioredis.Redis:
@@ -169,7 +169,7 @@ class RedisStore(KeyspaceStore):
 
     @property
     def lane(self) -> Lane | None:
-        """The batch and ack scripts' own connection (None: they go through the client)."""
+        """The batch, ack and presence scripts' own connection (None: the client's)."""
         return self._lane
 
     # -- messages -------------------------------------------------------------------------
@@ -377,25 +377,27 @@ class RedisStore(KeyspaceStore):
         gkey = self.settings.gkey
         args = (gateway, self.settings.presence_ms)
         for part in self.settings.chunks(groups):
-            await self._refresh(keys=[gkey("gateways", g) for g in part], args=args)
+            await self._script(self._refresh, [gkey("gateways", g) for g in part], args)
 
     # -- presence -------------------------------------------------------------------------
     # Each call below is one script call per ``keys_per_call`` users, one after the other:
-    # a script holds Redis (every other client waits) for as long as its keys take.
+    # a script holds Redis (every other client waits) for as long as its keys take. They
+    # go on the lane when there is one: redis-py's client costs the gateway about 100 µs
+    # more per call, and a refresh of all local users is a call per ``keys_per_call``.
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
         self._check_open()
         key = self.settings.key
         args = (gateway, self.settings.presence_ms)
         for part in self.settings.chunks(users):
-            await self._refresh(keys=[key("presence", user) for user in part], args=args)
+            await self._script(self._refresh, [key("presence", user) for user in part], args)
 
     async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
         self._check_open()
         key = self.settings.key
         found: dict[UserId, tuple[GatewayId, ...]] = {}
         for part in self.settings.chunks(users):
-            rows = await self._lookup(keys=[key("presence", user) for user in part])
+            rows = await self._script(self._lookup, [key("presence", user) for user in part], ())
             for user, gateways in zip(part, rows, strict=True):
                 if gateways:
                     found[user] = tuple(GatewayId(text(gw)) for gw in gateways)
