@@ -65,8 +65,8 @@ DEFAULT_LARGE_GROUP = 500
 """A group with more members than this is stored once, in its own stream."""
 DEFAULT_KEYS_PER_CALL = 256
 """Most keys in one presence call of a Redis store (``keys_per_call``): a script holds
-Redis, and every other client waits, for about 7 µs a key with the script of before
-(1.8 ms here; ``bench/presence_calls.py``)."""
+Redis, and every other client waits, for 5 to 10 µs a key on the 2-core machine
+(``bench/presence_calls.py``), so 1.5 to 3 ms a call."""
 
 
 @dataclass(frozen=True, slots=True)
