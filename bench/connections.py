@@ -155,6 +155,30 @@ def redis_calls(port: int) -> dict[str, int]:
     return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
 
 
+def redis_slowlog(port: int, *, reset: bool) -> tuple[float, str]:
+    """With ``reset``: log every command in Redis's SLOWLOG from now on (and answer 0).
+    Else: the longest command logged since (ms) and its first words."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        if reset:
+            client.config_set("slowlog-log-slower-than", 0)
+            client.config_set("slowlog-max-len", 100_000)
+            client.slowlog_reset()
+            return 0.0, ""
+        entries = client.slowlog_get(100_000)
+    finally:
+        client.close()
+    if not entries:
+        return 0.0, "none"
+    top = max(entries, key=lambda e: e["duration"])
+    words = top["command"].decode(errors="replace").split(" ")
+    if words[0].upper() in ("EVALSHA", "EVAL"):  # the script's keys, not its text
+        return top["duration"] / 1000, f"{words[0]} of {words[2]} keys"
+    return top["duration"] / 1000, " ".join(words[:2])
+
+
 def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
@@ -305,11 +329,13 @@ async def measure(
 
     # Idle: every connection silent for a whole ping interval (or --idle-window).
     print(f"idle for {window:g} s ...", flush=True)
+    redis_slowlog(ports["redis"], reset=True)
     meter = harness.CpuMeter([gw.pid]).start()
     idle0 = cpu_split(gw.pid)
     await asyncio.sleep(window)
     idle1 = cpu_split(gw.pid)
     gw_cores, own_cores, other_cores = meter.stop()
+    longest_ms, longest = redis_slowlog(ports["redis"], reset=False)
     still_open = sum(1 for c in conns if c.state.name == "OPEN")
     await close_all(conns)
     rss_closed = await settle(gw, args.settle)
@@ -342,6 +368,8 @@ async def measure(
         "idle_system_share": (idle1[1] - idle0[1]) / max(sum(idle1) - sum(idle0), 1e-9),
         "idle_gateway_cores_empty": gw_empty_cores,
         "idle_other_cores": other_cores + own_cores,
+        "idle_redis_longest_ms": longest_ms,
+        "idle_redis_longest": longest,
     }
     if trace_dir is not None:
         result["trace"] = trace_report(trace_dir, n)
@@ -373,6 +401,10 @@ def report(r: dict[str, Any]) -> str:
         [
             "  the same, the gateway's whole CPU divided by the connections",
             f"{r['idle_cpu_gross_us_per_conn_s']:.2f} µs",
+        ],
+        [
+            "Redis's longest command during the idle window (SLOWLOG)",
+            f"{r['idle_redis_longest_ms']:.2f} ms ({r['idle_redis_longest']})",
         ],
         [
             "gateway CPU per handshake (to the replay end marker)",
@@ -418,6 +450,7 @@ COMPARED = [
     ("memory per idle connection (KB)", "kib_per_connection", 1024 / 1000),
     ("gateway CPU per idle connection per second (µs)", "idle_cpu_us_per_conn_s", 1.0),
     ("  the gateway's whole CPU / connections (µs)", "idle_cpu_gross_us_per_conn_s", 1.0),
+    ("Redis's longest command during the idle window (ms)", "idle_redis_longest_ms", 1.0),
     ("gateway CPU per handshake (µs)", "handshake_cpu_us", 1.0),
     ("  share of it in the kernel", "handshake_system_share", 1.0),
     ("  of which HTTP + token check + 401 (µs)", "refused_cpu_us", 1.0),

@@ -207,6 +207,7 @@ class Gateway(AsyncLifecycle):
                     socket_timeout=cfg.redis_timeout,
                     wait_replicas=cfg.redis_wait_replicas,
                     wait_timeout=cfg.redis_wait_timeout,
+                    keys_per_call=cfg.redis_keys_per_call,
                     max_groups_per_user=cfg.max_groups_per_user,
                     max_group_members=cfg.max_group_members,
                     large_group=cfg.large_group,

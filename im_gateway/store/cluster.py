@@ -399,11 +399,13 @@ class ClusterStore(KeyspaceStore):
             ]
         )
 
-    def _per_slot(self, users: Collection[UserId]) -> list[list[UserId]]:
+    def _per_slot(self, users: Collection[UserId]) -> list[Sequence[UserId]]:
+        """``users`` by the slot of their presence key, at most ``keys_per_call`` a group
+        (a slot's script holds its node for as long as its keys take)."""
         by_slot: dict[int, list[UserId]] = {}
         for u in users:
             by_slot.setdefault(slot_of(self.settings.key("presence", u)), []).append(u)
-        return list(by_slot.values())
+        return [part for us in by_slot.values() for part in self.settings.chunks(us)]
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
         self._check_open()
@@ -638,8 +640,9 @@ class ClusterStore(KeyspaceStore):
         if by_slot:
             await self._nodes.run(
                 [
-                    self._nodes.script(scripts.REFRESH, keys, [gateway, self.settings.presence_ms])
+                    self._nodes.script(scripts.REFRESH, part, [gateway, self.settings.presence_ms])
                     for keys in by_slot.values()
+                    for part in self.settings.chunks(keys)
                 ]
             )
 

@@ -63,6 +63,10 @@ DEFAULT_MAX_GROUPS_PER_USER = 1000
 DEFAULT_MAX_GROUP_MEMBERS = 100_000
 DEFAULT_LARGE_GROUP = 500
 """A group with more members than this is stored once, in its own stream."""
+DEFAULT_KEYS_PER_CALL = 256
+"""Most keys in one presence call of a Redis store (``keys_per_call``): a script holds
+Redis, and every other client waits, for 5 to 10 µs a key on the 2-core machine
+(``bench/presence_calls.py``), so 1.5 to 3 ms a call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +358,7 @@ class Store(Protocol):
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         """``gateway`` holds sockets of members of ``groups`` (large ones): posts there
         name it in :attr:`GroupPost.gateways`. Expires after ``presence_ttl`` unless
-        called again; one call per group slot, pipelined."""
+        called again; one call per group slot (and per ``keys_per_call`` groups)."""
         ...
 
     async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
@@ -398,15 +402,18 @@ class Store(Protocol):
         ...
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        """Extend the TTL of ``gateway``'s entries for ``users``, in one round trip."""
+        """Extend the TTL of ``gateway``'s entries for ``users``, in one round trip per
+        ``keys_per_call`` users (a Redis store), one after the other."""
         ...
 
     async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        """Drop stale entries (the hub said ``gateway`` is gone), in one round trip."""
+        """Drop stale entries (the hub said ``gateway`` is gone), in one round trip per
+        ``keys_per_call`` users."""
         ...
 
     async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
-        """The live gateways of each user, in one round trip; users with none are absent."""
+        """The live gateways of each user, in one round trip per ``keys_per_call`` users;
+        users with none are absent."""
         ...
 
     async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:

@@ -69,9 +69,9 @@ from __future__ import annotations
 import json
 import secrets
 from abc import abstractmethod
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
@@ -83,6 +83,7 @@ from ..errors import StoreError
 from ..positions import MAX_POSITION
 from . import entry
 from .contract import (
+    DEFAULT_KEYS_PER_CALL,
     DEFAULT_LARGE_GROUP,
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
@@ -94,6 +95,8 @@ from .contract import (
     Opening,
 )
 from .gather import Gathered
+
+T = TypeVar("T")
 
 Client = aioredis.Redis | RedisCluster
 """Either Redis client: the calls below exist on both (each touches one slot, or is
@@ -116,6 +119,10 @@ class Settings:
     - ``large_group``: a group with more members is stored once, in its own stream.
     - ``wait_replicas``, ``wait_timeout``: a stored batch is acknowledged only once
       ``WAIT`` saw it on that many replicas within that many seconds (0: no ``WAIT``).
+    - ``keys_per_call``: most keys in one presence call (``refresh``, ``watch``,
+      ``forget``, ``lookup``); more go in several calls, one after the other, so one
+      gateway's refresh of all its users never holds Redis (single-threaded: every
+      other client waits) for longer than this many keys take.
     """
 
     prefix: str = "im:"
@@ -129,6 +136,7 @@ class Settings:
     large_group: int = DEFAULT_LARGE_GROUP
     wait_replicas: int = 0
     wait_timeout: float = 1.0
+    keys_per_call: int = DEFAULT_KEYS_PER_CALL
     max_age_ms: int = field(init=False)
     """``inbox_max_age`` in ms, as the scripts take it; likewise the next three."""
     window_ms: int = field(init=False)
@@ -149,6 +157,8 @@ class Settings:
             raise StoreError(f"the key prefix {self.prefix!r} must not contain braces")
         if self.max_groups_per_user < 1 or self.max_group_members < 1 or self.large_group < 1:
             raise StoreError("group limits must be positive")
+        if self.keys_per_call < 1:
+            raise StoreError(f"keys_per_call must be at least 1, not {self.keys_per_call}")
         for name, seconds in (
             ("max_age_ms", self.inbox_max_age),
             ("window_ms", self.dedupe_window),
@@ -169,10 +179,21 @@ class Settings:
         """The key of one of a large group's records (``large``, ``stream``, ...)."""
         return f"{self.prefix}{{g:{group}}}:{kind}"
 
+    def chunks(self, items: Collection[T]) -> Iterator[Sequence[T]]:
+        """``items`` in order, at most ``keys_per_call`` at a time (one call each)."""
+        return chunked(items, self.keys_per_call)
+
     def ack_keys(self, acked_key: str) -> tuple[str, str, str]:
         """The keys the ack script takes for one user: acked, pos and inbox."""
         base = acked_key[: -len("acked")]
         return acked_key, base + "pos", base + "inbox"
+
+
+def chunked(items: Collection[T], size: int) -> Iterator[Sequence[T]]:
+    """``items`` in order, in slices of at most ``size`` (none when empty)."""
+    order = items if isinstance(items, Sequence) else list(items)
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 def _ms(seconds: float) -> int:
@@ -305,12 +326,12 @@ class KeyspaceStore(AsyncClosing):
 
     async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()
-        if not groups:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for group in groups:
-                pipe.zrem(self.settings.gkey("gateways", group), gateway)
-            await pipe.execute()
+        gkey = self.settings.gkey
+        for part in self.settings.chunks(groups):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for group in part:
+                    pipe.zrem(gkey("gateways", group), gateway)
+                await pipe.execute()
 
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
@@ -365,13 +386,14 @@ class KeyspaceStore(AsyncClosing):
         await self._redis.zrem(self.settings.key("presence", user), gateway)
 
     async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
+        """One pipeline per ``keys_per_call`` users, one after the other."""
         self._check_open()
-        if not users:
-            return
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.zrem(self.settings.key("presence", user), gateway)
-            await pipe.execute()
+        key = self.settings.key
+        for part in self.settings.chunks(users):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for user in part:
+                    pipe.zrem(key("presence", user), gateway)
+                await pipe.execute()
 
     async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
         self._check_open()

@@ -22,6 +22,7 @@ from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, MessageId, Rec
 from ..errors import GroupLimitError, StoreError
 from ..positions import stream_position
 from .contract import (
+    DEFAULT_KEYS_PER_CALL,
     DEFAULT_LARGE_GROUP,
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
@@ -68,10 +69,13 @@ class MemoryStore(AsyncClosing):
         max_groups_per_user: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_group_members: int = DEFAULT_MAX_GROUP_MEMBERS,
         large_group: int = DEFAULT_LARGE_GROUP,
+        keys_per_call: int = DEFAULT_KEYS_PER_CALL,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if large_group < 1:
             raise StoreError("large_group must be positive")
+        if keys_per_call < 1:  # checked as the Redis stores do; nothing here to split
+            raise StoreError(f"keys_per_call must be at least 1, not {keys_per_call}")
         self.large_group = large_group
         self._streams: dict[int, _Inbox] = {}
         """Large groups' streams (the same shape as an inbox)."""

@@ -17,10 +17,10 @@ script writes (a TTL), so its ``WAIT`` covers the first one's writes. Acks asked
 of users) share one ``EVALSHA`` too, and a read is one round trip (``XRANGE`` and ``GET``
 pipelined).
 
-The batch and ack scripts go over the store's own connection (:mod:`.lane`: a bare
-protocol with hiredis's parser, about 100 µs less gateway CPU per call than redis-py's
-client) when the store made its client from a plain TCP URL; everything else, and a
-client the caller lends, goes through redis-py.
+The batch, ack and presence scripts go over the store's own connection (:mod:`.lane`: a
+bare protocol with hiredis's parser, about 100 µs less gateway CPU per call than
+redis-py's client) when the store made its client from a plain TCP URL; everything else,
+and a client the caller lends, goes through redis-py.
 
 The client retries a command once a pooled connection turns out dead (the server
 restarted, say) on a fresh connection, with a short backoff; a timeout is not retried
@@ -46,6 +46,7 @@ from transmit_hub.types import GatewayId, MessageId, Recipient, UserId, new_reci
 from ..errors import GroupLimitError
 from . import entry, scripts
 from .contract import (
+    DEFAULT_KEYS_PER_CALL,
     DEFAULT_LARGE_GROUP,
     DEFAULT_MAX_GROUP_MEMBERS,
     DEFAULT_MAX_GROUPS_PER_USER,
@@ -121,6 +122,7 @@ class RedisStore(KeyspaceStore):
         large_group: int = DEFAULT_LARGE_GROUP,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
+        keys_per_call: int = DEFAULT_KEYS_PER_CALL,
     ) -> None:
         settings = Settings(
             prefix=prefix,
@@ -134,6 +136,7 @@ class RedisStore(KeyspaceStore):
             large_group=large_group,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
+            keys_per_call=keys_per_call,
         )
         owns = isinstance(client, str)
         if isinstance(client, str):
@@ -157,7 +160,7 @@ class RedisStore(KeyspaceStore):
         # A client the caller lends stays the store's only connection (the caller owns
         # every connection it made, and may never close the store).
         self._lane = Lane.of(client) if owns else None
-        """The batch and ack scripts' own connection (None: they go through the client)."""
+        """The batch, ack and presence scripts' own connection (None: the client's)."""
 
     @property
     def client(self) -> aioredis.Redis:
@@ -166,7 +169,7 @@ class RedisStore(KeyspaceStore):
 
     @property
     def lane(self) -> Lane | None:
-        """The batch and ack scripts' own connection (None: they go through the client)."""
+        """The batch, ack and presence scripts' own connection (None: the client's)."""
         return self._lane
 
     # -- messages -------------------------------------------------------------------------
@@ -369,31 +372,36 @@ class RedisStore(KeyspaceStore):
         return membership_rows(reply, reads, pairs, since)
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        """One script call per ``keys_per_call`` groups, one after the other."""
         self._check_open()
-        if groups:
-            keys = [self.settings.gkey("gateways", g) for g in groups]
-            await self._refresh(keys=keys, args=(gateway, self.settings.presence_ms))
+        gkey = self.settings.gkey
+        args = (gateway, self.settings.presence_ms)
+        for part in self.settings.chunks(groups):
+            await self._script(self._refresh, [gkey("gateways", g) for g in part], args)
 
     # -- presence -------------------------------------------------------------------------
+    # Each call below is one script call per ``keys_per_call`` users, one after the other:
+    # a script holds Redis (every other client waits) for as long as its keys take. They
+    # go on the lane when there is one: redis-py's client costs the gateway about 100 µs
+    # more per call, and a refresh of all local users is a call per ``keys_per_call``.
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
         self._check_open()
-        if users:
-            keys = [self.settings.key("presence", user) for user in users]
-            await self._refresh(keys=keys, args=(gateway, self.settings.presence_ms))
+        key = self.settings.key
+        args = (gateway, self.settings.presence_ms)
+        for part in self.settings.chunks(users):
+            await self._script(self._refresh, [key("presence", user) for user in part], args)
 
     async def lookup(self, users: Collection[UserId]) -> dict[UserId, tuple[GatewayId, ...]]:
         self._check_open()
-        if not users:
-            return {}
-        order = list(users)
-        keys = [self.settings.key("presence", user) for user in order]
-        rows = await self._lookup(keys=keys)
-        return {
-            user: tuple(GatewayId(text(gw)) for gw in gateways)
-            for user, gateways in zip(order, rows, strict=True)
-            if gateways
-        }
+        key = self.settings.key
+        found: dict[UserId, tuple[GatewayId, ...]] = {}
+        for part in self.settings.chunks(users):
+            rows = await self._script(self._lookup, [key("presence", user) for user in part], ())
+            for user, gateways in zip(part, rows, strict=True):
+                if gateways:
+                    found[user] = tuple(GatewayId(text(gw)) for gw in gateways)
+        return found
 
     # -- lifecycle ------------------------------------------------------------------------
 
