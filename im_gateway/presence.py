@@ -2,10 +2,12 @@
 
 The first socket of a user attaches it (``user -> this gateway``), the last one closing
 detaches it; other gateways' entries for the same user are never touched. Changes are
-written by one worker in order, batched (one ``refresh`` round trip for every attach
-and one ``forget`` for every detach in a batch), so a user who reconnects quickly
-never ends up detached by an older write. A refresher extends every local entry's TTL
-every ``ttl / 3`` seconds in one round trip, so a crashed gateway's entries expire.
+written by one worker in order, batched (one ``refresh`` for every attach and one
+``forget`` for every detach in a batch), so a user who reconnects quickly never ends up
+detached by an older write. A refresher extends every local entry's TTL every
+``ttl / 3`` seconds, so a crashed gateway's entries expire. Each of these store calls
+is a round trip per ``--redis-keys-per-call`` users (256), one after the other: one
+call over 18,000 users held Redis, and every other client, for 150 ms.
 
 A watcher checks the gateway's beacon in the store every ``watch_interval`` seconds
 (one small round trip): when the store has lost it (a Redis restarted without
@@ -176,7 +178,7 @@ class Presence:
                 _watch_failed.hit(exc=exc)
 
     async def close(self, *, detach: bool = True) -> None:
-        """Stop writing; with ``detach``, remove every local entry (one round trip)."""
+        """Stop writing; with ``detach``, remove every local entry (one ``forget``)."""
         if self._closed:
             return
         self._closed = True
