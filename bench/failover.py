@@ -39,9 +39,7 @@ from typing import Any
 
 import harness
 
-# This process runs gRPC clients and forks hub processes: no gRPC fork handlers (they
-# crashed a child now and then), and no notes about skipping them.
-os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+# gRPC's fork support is off (the launcher, through harness); no gRPC notes either.
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 from transmit_hub import Delivered, GatewayId, HubPool, NotDelivered

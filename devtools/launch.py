@@ -28,6 +28,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Self
 
+# :class:`Process` forks with a ``preexec_fn`` (a real fork, not a vfork), and the tests
+# and benchmarks that use it run gRPC themselves. gRPC's fork handlers then run in the
+# child between its fork and its exec, and can abort it there (SIGABRT after "epoll_wait
+# error: Bad file descriptor": 64 of 400 children of a process with busy gRPC channels,
+# none with this off). Nothing here forks without exec, so gRPC's fork support is off in
+# every process that imports the launcher, and in its children. gRPC reads this when it
+# is first imported: import the launcher before it (tests/conftest.py, bench/harness.py).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "0")
+
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
