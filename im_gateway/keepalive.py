@@ -25,9 +25,20 @@ from typing import Final, Protocol
 from transmit_hub.types import UserId
 
 from .close_codes import CLOSE_IDLE, CLOSE_INTERNAL
+from .throttle import Throttled
 from .writer import WebSocketLike, Writer
 
 logger = logging.getLogger(__name__)
+# Counted: a network cut can close thousands of connections in one sweep (each is named
+# at DEBUG).
+_idle_closed = Throttled(
+    logger, "%d connections closed (1000): no frame for --idle-timeout", level=logging.INFO
+)
+_pong_late = Throttled(
+    logger,
+    "%d connections closed (1011): no pong within --ping-timeout of a ping",
+    level=logging.INFO,
+)
 
 
 NEVER: Final = math.inf
@@ -83,7 +94,8 @@ def upkeep(
     if idle_timeout > 0:
         idle_due = session.last_seen + idle_timeout
         if now >= idle_due:
-            logger.info("user %s idle for %ss: closing", session.user, idle_timeout)
+            logger.debug("user %s idle for %ss: closing", session.user, idle_timeout)
+            _idle_closed.hit()
             out.close(CLOSE_IDLE, "idle timeout")
             return NEVER
     if interval <= 0:
@@ -92,7 +104,8 @@ def upkeep(
     pinged = session.pinged_at
     if pinged > seen:  # no answer yet
         if pong_timeout > 0 and now > pinged + pong_timeout:
-            logger.info("user %s: no pong for %ss, closing", session.user, pong_timeout)
+            logger.debug("user %s: no pong for %ss, closing", session.user, pong_timeout)
+            _pong_late.hit()
             out.close(CLOSE_INTERNAL, "keepalive ping timeout")
             return NEVER
         # An answer (a pong, any frame) comes no earlier than now, and the next ping an

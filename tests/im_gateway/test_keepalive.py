@@ -4,8 +4,10 @@ and that passing over a connection until its ``upkeep_at`` changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -81,6 +83,23 @@ def test_a_socket_not_open_is_looked_at_again_at_the_next_sweep() -> None:
     assert visit(conn, 30.0, 0, 20, 5) == 30.0
     assert conn.done == []
     assert conn.pinged_at == 0.0
+
+
+@pytest.mark.parametrize("idle", [True, False])
+def test_a_mass_close_is_counted_not_logged_per_connection(
+    idle: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A network cut closes thousands of connections in one sweep: at most one INFO line
+    (with a count) per 5 s, and each user named at DEBUG only."""
+    caplog.set_level(logging.DEBUG, logger="im_gateway.keepalive")
+    conns = [Conn(user=UserId(i), pinged_at=0.0 if idle else 30.0) for i in range(1, 501)]
+    for conn in conns:
+        assert visit(conn, 60.0, 50.0 if idle else 0, 20, 5) == NEVER
+    assert all(conn.closing for conn in conns)
+    info = [r for r in caplog.records if r.levelno >= logging.INFO]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(info) <= 1, [r.getMessage() for r in info]
+    assert len(debug) == 500
 
 
 # One connection's life: (seconds later, what happens then).
