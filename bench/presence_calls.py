@@ -2,6 +2,7 @@
 
     python bench/presence_calls.py                       # 5,000 and 18,000 users
     python bench/presence_calls.py --before 2d7a9b5      # that tree's store, alternately
+    python bench/presence_calls.py --redis cluster       # a Redis Cluster: the gateway's CPU only
 
 Redis runs one command at a time: while a script runs, every other client of that Redis
 (every gateway's message stores, acks, handshakes) waits. A gateway refreshes the
@@ -43,6 +44,8 @@ async def measure(url: str, sizes: list[int], rounds: int) -> dict[str, float]:
     from im_gateway.store import RedisStore
     from transmit_hub.types import GatewayId, UserId
 
+    if url.startswith("redis+cluster://"):
+        return await measure_cluster(url, sizes, rounds)
     admin = aioredis.Redis.from_url(url)
     await admin.config_set("slowlog-log-slower-than", 0)
     await admin.config_set("slowlog-max-len", 100_000)
@@ -78,18 +81,52 @@ async def measure(url: str, sizes: list[int], rounds: int) -> dict[str, float]:
     return figures
 
 
+async def measure_cluster(url: str, sizes: list[int], rounds: int) -> dict[str, float]:
+    """On a Redis Cluster, per number of users: this process's CPU per refresh (one
+    script call per slot and per ``keys_per_call`` users), and what that costs per
+    connection per second at the default refresh interval (``--presence-ttl`` 30 s / 3)."""
+    from im_gateway.store import open_store
+    from transmit_hub.types import GatewayId, UserId
+
+    store = await open_store(url)
+    gateway = GatewayId("gw-bench")
+    figures: dict[str, float] = {}
+    try:
+        for size in sizes:
+            users = [UserId(10_000_000 + i) for i in range(size)]
+            await store.refresh(gateway, users)  # the entries exist, the scripts are loaded
+            cpu = []
+            for _ in range(rounds):
+                own = time.process_time()
+                await store.refresh(gateway, users)
+                cpu.append(time.process_time() - own)
+            label = f"{size:,} users"
+            median = statistics.median(cpu)
+            figures[f"{label}: gateway CPU per refresh, ms"] = median * 1000
+            figures[f"{label}: gateway CPU per connection per second, µs"] = (
+                median / size / 10 * 1e6
+            )
+    finally:
+        await store.close()
+    return figures
+
+
 def run_once(args: argparse.Namespace) -> dict[str, float]:
     """Redis and the measuring process (from the current tree), once."""
-    port = free_port()
     with harness.children() as started:
-        redis = harness.redis_server(port).start()
-        started.append(redis)
-        redis.wait_port(port)
+        if args.redis == "cluster":
+            url = harness.redis_cluster(started)
+        else:
+            port = free_port()
+            redis = harness.redis_server(port).start()
+            started.append(redis)
+            redis.wait_port(port)
+            url = f"redis://127.0.0.1:{port}/0"
         argv = [
             harness.PYTHON,
             str(Path(__file__).resolve()),
             "--measure",
-            f"redis://127.0.0.1:{port}/0",
+            url,
             str(harness.TREE),
             "--sizes",
             args.sizes,
@@ -113,6 +150,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--sizes", default="5000,18000", help="users refreshed, a comma list")
     parser.add_argument("--rounds", type=int, default=7, help="refreshes measured per size")
+    parser.add_argument(
+        "--redis",
+        choices=("single", "cluster"),
+        default="single",
+        help="one redis-server (SLOWLOG figures too), or a Redis Cluster of 3 primaries and "
+        "3 replicas (the gateway's CPU only)",
+    )
     parser.add_argument("--measure", nargs=2, metavar=("URL", "TREE"), help=argparse.SUPPRESS)
     harness.add_run_options(parser, each=None)
     harness.add_before_options(parser)
