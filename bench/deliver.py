@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import sys
 import time
 from pathlib import Path
@@ -164,15 +163,7 @@ def run_once(args: argparse.Namespace) -> dict[str, float]:
         str(args.devices),
     ]
     with harness.children() as started:
-        child = harness.Child("deliver", argv).start()
-        started.append(child)
-        while child.poll() is None:
-            time.sleep(0.1)
-        out = child.output()
-        if child.poll() != 0:
-            raise RuntimeError(f"the measuring process failed:\n{out}")
-    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return figures
+        return harness.child_figures("deliver", argv, started)
 
 
 def main(argv: list[str] | None = None) -> int:

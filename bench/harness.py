@@ -446,6 +446,21 @@ def measured_in(tree: str, measure: Callable[[], Mapping[str, float]]) -> int:
     return 0
 
 
+def child_figures(name: str, argv: Sequence[str], started: list[Child]) -> dict[str, float]:
+    """Start the measuring child of an in-process bench (``argv``: the script with
+    ``--measure``, from :data:`TREE`), wait for it, and return the figures it printed
+    (:func:`measured_in`); its log says why when it failed."""
+    child = Child(name, argv).start()
+    started.append(child)
+    while child.poll() is None:
+        time.sleep(0.1)
+    out = child.output()
+    if child.poll() != 0:
+        raise RuntimeError(f"the measuring process failed:\n{out}")
+    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return figures
+
+
 def report_figures(
     name: str, args: argparse.Namespace, run_once: Callable[[], Figures], digits: int
 ) -> int:

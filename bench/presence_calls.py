@@ -8,7 +8,7 @@ Redis runs one command at a time: while a script runs, every other client of tha
 (every gateway's message stores, acks, handshakes) waits. A gateway refreshes the
 presence of all its local users every ``--presence-ttl / 3`` seconds (and all at once
 after a hub reconnect). One process (started like a server, so ``--before`` runs an
-older tree's ``im_gateway``) makes a :class:`~im_gateway.store.RedisStore` from a URL
+older tree's ``im_gateway``) opens the store for a URL (``open_store``)
 with its defaults, as the gateway does, refreshes that many users' entries once to
 create them, then ``--rounds`` times more; for each, Redis's SLOWLOG (every command
 logged) gives the longest command and the scripts' total time per user, and
@@ -19,7 +19,6 @@ machine's other work moves every figure; compare trees in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import statistics
 import sys
@@ -37,57 +36,19 @@ def free_port() -> int:
 
 
 async def measure(url: str, sizes: list[int], rounds: int) -> dict[str, float]:
-    """Per number of users: the longest Redis command of a refresh, the scripts' Redis
-    time per user, the script calls, and this process's CPU per refresh (medians)."""
+    """Per number of users: this process's CPU per refresh and what that costs per
+    connection per second at the default refresh interval (``--presence-ttl`` 30 s / 3);
+    on one Redis also the longest Redis command of a refresh, the scripts' Redis time per
+    user and the script calls (SLOWLOG; a cluster's is spread over its nodes). Medians."""
     import redis.asyncio as aioredis
 
-    from im_gateway.store import RedisStore
-    from transmit_hub.types import GatewayId, UserId
-
-    if url.startswith("redis+cluster://"):
-        return await measure_cluster(url, sizes, rounds)
-    admin = aioredis.Redis.from_url(url)
-    await admin.config_set("slowlog-log-slower-than", 0)
-    await admin.config_set("slowlog-max-len", 100_000)
-    store = RedisStore(url)
-    gateway = GatewayId("gw-bench")
-    figures: dict[str, float] = {}
-    try:
-        for size in sizes:
-            users = [UserId(10_000_000 + i) for i in range(size)]
-            await store.refresh(gateway, users)  # the entries exist, the script is loaded
-            longest, per_user, calls, cpu = [], [], [], []
-            for _ in range(rounds):
-                await admin.slowlog_reset()
-                own = time.process_time()
-                await store.refresh(gateway, users)
-                cpu.append(time.process_time() - own)
-                scripts = [
-                    e["duration"]
-                    for e in await admin.slowlog_get(100_000)
-                    if e["command"].upper().startswith(b"EVALSHA")
-                ]
-                longest.append(max(scripts))
-                per_user.append(sum(scripts) / size)
-                calls.append(len(scripts))
-            label = f"{size:,} users"
-            figures[f"{label}: longest Redis command, ms"] = statistics.median(longest) / 1000
-            figures[f"{label}: Redis script time per user, µs"] = statistics.median(per_user)
-            figures[f"{label}: script calls"] = statistics.median(calls)
-            figures[f"{label}: gateway CPU per refresh, ms"] = statistics.median(cpu) * 1000
-    finally:
-        await store.close()
-        await admin.aclose()
-    return figures
-
-
-async def measure_cluster(url: str, sizes: list[int], rounds: int) -> dict[str, float]:
-    """On a Redis Cluster, per number of users: this process's CPU per refresh (one
-    script call per slot and per ``keys_per_call`` users), and what that costs per
-    connection per second at the default refresh interval (``--presence-ttl`` 30 s / 3)."""
     from im_gateway.store import open_store
     from transmit_hub.types import GatewayId, UserId
 
+    admin = None if url.startswith("redis+cluster://") else aioredis.Redis.from_url(url)
+    if admin is not None:
+        await admin.config_set("slowlog-log-slower-than", 0)
+        await admin.config_set("slowlog-max-len", 100_000)
     store = await open_store(url)
     gateway = GatewayId("gw-bench")
     figures: dict[str, float] = {}
@@ -95,12 +56,27 @@ async def measure_cluster(url: str, sizes: list[int], rounds: int) -> dict[str, 
         for size in sizes:
             users = [UserId(10_000_000 + i) for i in range(size)]
             await store.refresh(gateway, users)  # the entries exist, the scripts are loaded
-            cpu = []
+            longest, per_user, calls, cpu = [], [], [], []
             for _ in range(rounds):
+                if admin is not None:
+                    await admin.slowlog_reset()
                 own = time.process_time()
                 await store.refresh(gateway, users)
                 cpu.append(time.process_time() - own)
+                if admin is not None:
+                    scripts = [
+                        e["duration"]
+                        for e in await admin.slowlog_get(100_000)
+                        if e["command"].upper().startswith(b"EVALSHA")
+                    ]
+                    longest.append(max(scripts))
+                    per_user.append(sum(scripts) / size)
+                    calls.append(len(scripts))
             label = f"{size:,} users"
+            if admin is not None:
+                figures[f"{label}: longest Redis command, ms"] = statistics.median(longest) / 1000
+                figures[f"{label}: Redis script time per user, µs"] = statistics.median(per_user)
+                figures[f"{label}: script calls"] = statistics.median(calls)
             median = statistics.median(cpu)
             figures[f"{label}: gateway CPU per refresh, ms"] = median * 1000
             figures[f"{label}: gateway CPU per connection per second, µs"] = (
@@ -108,6 +84,8 @@ async def measure_cluster(url: str, sizes: list[int], rounds: int) -> dict[str, 
             )
     finally:
         await store.close()
+        if admin is not None:
+            await admin.aclose()
     return figures
 
 
@@ -133,15 +111,7 @@ def run_once(args: argparse.Namespace) -> dict[str, float]:
             "--rounds",
             str(args.rounds),
         ]
-        child = harness.Child("presence-calls", argv).start()
-        started.append(child)
-        while child.poll() is None:
-            time.sleep(0.1)
-        out = child.output()
-        if child.poll() != 0:
-            raise RuntimeError(f"the measuring process failed:\n{out}")
-    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return figures
+        return harness.child_figures("presence-calls", argv, started)
 
 
 def main(argv: list[str] | None = None) -> int:

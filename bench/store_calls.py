@@ -15,7 +15,6 @@ machine's other work moves both; compare trees in one run.
 from __future__ import annotations
 
 import argparse
-import json
 import socket
 import sys
 import time
@@ -97,15 +96,7 @@ def run_once(args: argparse.Namespace) -> dict[str, float]:
             "--calls",
             str(args.calls),
         ]
-        child = harness.Child("store-calls", argv).start()
-        started.append(child)
-        while child.poll() is None:
-            time.sleep(0.1)
-        out = child.output()
-        if child.poll() != 0:
-            raise RuntimeError(f"the measuring process failed:\n{out}")
-    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    return figures
+        return harness.child_figures("store-calls", argv, started)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -326,11 +326,15 @@ class KeyspaceStore(AsyncClosing):
 
     async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()
-        gkey = self.settings.gkey
-        for part in self.settings.chunks(groups):
+        await self._remove_from([self.settings.gkey("gateways", g) for g in groups], gateway)
+
+    async def _remove_from(self, keys: Sequence[str], member: str) -> None:
+        """``ZREM key member`` for each of ``keys``: one pipeline per ``keys_per_call``
+        keys, one after the other."""
+        for part in self.settings.chunks(keys):
             async with self._redis.pipeline(transaction=False) as pipe:
-                for group in part:
-                    pipe.zrem(gkey("gateways", group), gateway)
+                for key in part:
+                    pipe.zrem(key, member)
                 await pipe.execute()
 
     async def ack(self, user: UserId, upto: int) -> None:
@@ -386,14 +390,8 @@ class KeyspaceStore(AsyncClosing):
         await self._redis.zrem(self.settings.key("presence", user), gateway)
 
     async def forget(self, gateway: GatewayId, users: Collection[UserId]) -> None:
-        """One pipeline per ``keys_per_call`` users, one after the other."""
         self._check_open()
-        key = self.settings.key
-        for part in self.settings.chunks(users):
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for user in part:
-                    pipe.zrem(key("presence", user), gateway)
-                await pipe.execute()
+        await self._remove_from([self.settings.key("presence", u) for u in users], gateway)
 
     async def beacon(self, gateway: GatewayId, ttl: float) -> Beacon:
         self._check_open()
