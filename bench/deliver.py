@@ -38,15 +38,10 @@ async def measure(
     sizes: list[int], messages: int, rounds: int, devices: int = 1
 ) -> dict[str, float]:
     """CPU per delivery for each frame size, with the code of the tree first on sys.path."""
-    from websockets.protocol import OPEN
-    from websockets.server import ServerProtocol
 
-    from im_gateway import ws
     from im_gateway.fanout import Fanout
     from im_gateway.ids import MessageIds
     from im_gateway.metrics import GatewayMetrics
-    from im_gateway.session_limits import SessionLimits
-    from im_gateway.sessions import Session
     from im_gateway.store import MemoryStore
     from transmit_hub import codec, wire
     from transmit_hub.runtime import tune_gc
@@ -56,34 +51,14 @@ async def measure(
         def send(self, tmap: object) -> bool:
             return True
 
-    class Router:  # a session's pipeline and groups: never called on this path
-        pass
-
-    connection_class: Any = type("BenchConnection", (ws.Connection,), {"holding": []})
     metrics = GatewayMetrics()
     store = MemoryStore()
     link: Any = Link()
     fanout: Any = Fanout(gateway_id=GatewayId("gw-2"), store=store, link=link, metrics=metrics)
-    sessions = []
-    for user in [u for u in range(1, USERS + 1) for _ in range(devices)]:
-        connection = connection_class(
-            ServerProtocol(), harness.IdleServer(), ping_interval=None, ping_timeout=None
-        )
-        connection.connection_made(harness.CountingTransport())
-        connection.protocol.state = OPEN
-        session: Any = Session(
-            connection,
-            UserId(user),
-            store=store,
-            pipeline=Router(),  # type: ignore[arg-type]
-            groups=Router(),  # type: ignore[arg-type]
-            limits=SessionLimits(),
-            metrics=metrics,
-        )
-        session._replayer._cursor.start(0)  # connected: the replay found an empty inbox
-        session._replayer._cursor.ends_at(0)
+    users = [u for u in range(1, USERS + 1) for _ in range(devices)]
+    sessions = harness.connected_sessions(users, store=store, metrics=metrics)
+    for session in sessions:
         fanout.add(session)
-        sessions.append(session)
     ids = MessageIds()
     positions = dict.fromkeys(range(1, USERS + 1), 0)
     turn = 0

@@ -446,6 +446,46 @@ def measured_in(tree: str, measure: Callable[[], Mapping[str, float]]) -> int:
     return 0
 
 
+def connected_sessions(users: Sequence[int], *, store: Any, metrics: Any) -> list[Any]:
+    """One connected session per entry of ``users`` (a user twice: two devices), each on
+    a :class:`CountingTransport`, its connect replay over and its inbox empty: the
+    sockets of an in-process bench. Imports the tree under test's classes (call it in the
+    measuring child, after :func:`measured_in` put that tree first)."""
+    from websockets.protocol import OPEN
+    from websockets.server import ServerProtocol
+
+    from im_gateway import ws
+    from im_gateway.session_limits import SessionLimits
+    from im_gateway.sessions import Session
+    from transmit_hub.types import UserId
+
+    class Router:  # a session's pipeline and groups: never called on these paths
+        pass
+
+    connection_class: Any = type("BenchConnection", (ws.Connection,), {"holding": []})
+    sessions = []
+    for user in users:
+        connection = connection_class(
+            ServerProtocol(), IdleServer(), ping_interval=None, ping_timeout=None
+        )
+        connection.connection_made(CountingTransport())
+        connection.protocol.state = OPEN
+        session: Any = Session(
+            connection,
+            UserId(user),
+            store=store,
+            pipeline=Router(),  # type: ignore[arg-type]
+            groups=Router(),  # type: ignore[arg-type]
+            limits=SessionLimits(),
+            metrics=metrics,
+        )
+        cursor = session._replayer._cursor
+        cursor.start(0)  # connected: the replay is over, and the inbox was empty
+        cursor.ends_at(0)
+        sessions.append(session)
+    return sessions
+
+
 def child_figures(name: str, argv: Sequence[str], started: list[Child]) -> dict[str, float]:
     """Start the measuring child of an in-process bench (``argv``: the script with
     ``--measure``, from :data:`TREE`), wait for it, and return the figures it printed

@@ -169,16 +169,11 @@ async def _store_submit(repeat: int) -> dict[str, float]:
 
 
 async def _stored_batch(repeat: int) -> dict[str, float]:
-    from websockets.protocol import OPEN
-    from websockets.server import ServerProtocol
 
-    from im_gateway import ws
     from im_gateway.fanout import Fanout
     from im_gateway.ids import MessageIds
     from im_gateway.metrics import GatewayMetrics
     from im_gateway.pipeline import Pipeline
-    from im_gateway.session_limits import SessionLimits
-    from im_gateway.sessions import Session
     from im_gateway.store.contract import new_submission
     from im_gateway.store.redis import RedisStore
     from transmit_hub import wire
@@ -188,9 +183,6 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
 
     users = 100
 
-    class Router:  # a session's pipeline and groups: never called on this path
-        pass
-
     store = RedisStore("redis://127.0.0.1:1/0")  # never connected: its call is replaced
     metrics = GatewayMetrics()
     pool = HubPool(["127.0.0.1:1"], GatewayId("gw-1"))
@@ -198,28 +190,9 @@ async def _stored_batch(repeat: int) -> dict[str, float]:
     link._connected = True  # never started: its pending maps are encoded below
     fanout: Any = Fanout(gateway_id=GatewayId("gw-1"), store=store, link=pool, metrics=metrics)
     pipeline = Pipeline(store=store, route=fanout, metrics=metrics)
-    connection_class: Any = type("BenchConnection", (ws.Connection,), {"holding": []})
-    sessions = []
-    for user in range(1, users + 1):
-        connection = connection_class(
-            ServerProtocol(), harness.IdleServer(), ping_interval=None, ping_timeout=None
-        )
-        connection.connection_made(harness.CountingTransport())
-        connection.protocol.state = OPEN
-        session: Any = Session(
-            connection,
-            UserId(user),
-            store=store,
-            pipeline=Router(),  # type: ignore[arg-type]
-            groups=Router(),  # type: ignore[arg-type]
-            limits=SessionLimits(),
-            metrics=metrics,
-        )
-        cursor = session._replayer._cursor
-        cursor.start(0)  # connected: the replay is over, and the inbox was empty
-        cursor.ends_at(0)
+    sessions = harness.connected_sessions(range(1, users + 1), store=store, metrics=metrics)
+    for session in sessions:
         fanout.add(session)
-        sessions.append(session)
     ids = MessageIds()
     positions = dict.fromkeys(range(1, 2 * users + 1), 0)
     turn = 0
