@@ -27,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
+from collections.abc import Sequence
 from typing import Any, cast
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import Connection
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -98,6 +100,20 @@ class _Link(asyncio.Protocol):
                 self._timer = loop.call_at(due, self._check_due)
         self._transport.write(packed)
         return future
+
+    def send_many(self, packed: list[bytes]) -> list[asyncio.Future[Any]]:
+        """Write packed commands in one write; a future per command gets its reply."""
+        if self.lost is not None:
+            raise self.lost
+        assert self._transport is not None
+        loop = self._loop
+        due = 0.0 if self._timeout is None else loop.time() + self._timeout
+        futures = [loop.create_future() for _ in packed]
+        self._waiting.extend((f, due) for f in futures)
+        if self._timeout is not None and self._timer is None and futures:
+            self._timer = loop.call_at(due, self._check_due)
+        self._transport.write(b"".join(packed))
+        return futures
 
     def data_received(self, data: bytes) -> None:
         reader = self._reader
@@ -189,13 +205,30 @@ class Lane:
         self._connecting = asyncio.Lock()
         self._closed = False
 
+    @property
+    def name(self) -> str:
+        """``HOST:PORT``, as redis-py names a cluster node."""
+        return f"{self._host}:{self._port}"
+
     @classmethod
     def of(cls, client: aioredis.Redis) -> Lane | None:
         """A lane to the server ``client`` talks to, with its settings; None when its
         connections are not plain TCP with a password at most (see the module docstring)."""
         pool = client.connection_pool
-        kw = pool.connection_kwargs
-        if pool.connection_class is not Connection or kw.get("credential_provider") is not None:
+        return cls._like(pool.connection_class, pool.connection_kwargs)
+
+    @classmethod
+    def of_node(cls, node: ClusterNode) -> Lane | None:
+        """A lane to a Redis Cluster node, with the settings of the cluster client's
+        connections to it; None as for :meth:`of`."""
+        return cls._like(
+            node.connection_class, {**node.connection_kwargs, "host": node.host, "port": node.port}
+        )
+
+    @classmethod
+    def _like(cls, connection_class: type[Any], kw: dict[str, Any]) -> Lane | None:
+        """A lane as redis-py's connections of ``connection_class`` made with ``kw``."""
+        if connection_class is not Connection or kw.get("credential_provider") is not None:
             return None
         if kw.get("encoding", "utf-8").lower().replace("_", "-") not in ("utf-8", "utf8"):
             return None
@@ -227,6 +260,34 @@ class Lane:
             cap = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
             await asyncio.sleep(random.uniform(0, cap))
         raise AssertionError("unreachable")
+
+    async def pipeline(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
+        """Send ``commands`` in one write and return their replies in order, an error
+        reply or a lost connection as the exception in its place (nothing is sent again
+        once written: the caller decides). Connecting is retried as for :meth:`call`."""
+        packed = [_pack(args) for args in commands]
+        for attempt in range(_RETRIES + 1):
+            try:
+                link = self._link
+                if link is None or link.lost is not None:
+                    link = await self._connect()
+                futures = link.send_many(packed)
+                break
+            except ConnectionError:
+                if attempt == _RETRIES or self._closed:
+                    raise
+            cap = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
+            await asyncio.sleep(random.uniform(0, cap))
+        if futures:
+            try:
+                # Replies come in order (a lost connection fails them in order too), so
+                # the last one done means all are.
+                await asyncio.wait((futures[-1],))
+            except asyncio.CancelledError:
+                for f in futures:
+                    f.cancel()  # their replies, when they come, are dropped
+                raise
+        return [f.exception() or f.result() for f in futures]
 
     async def _connect(self) -> _Link:
         async with self._connecting:

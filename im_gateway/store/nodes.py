@@ -15,6 +15,7 @@ from redis.crc import key_slot
 from redis.exceptions import ClusterError, ConnectionError, NoScriptError
 
 from ..errors import StoreError
+from .lane import Lane
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,19 @@ class Nodes:
     """Runs calls on a cluster; ``wait_replicas`` and ``wait_ms`` make the ``WAIT`` that
     ends each node's pipeline when a run asks for one."""
 
-    def __init__(self, cluster: RedisCluster, *, wait_replicas: int, wait_ms: int) -> None:
+    def __init__(
+        self, cluster: RedisCluster, *, wait_replicas: int, wait_ms: int, lanes: bool = False
+    ) -> None:
         self._cluster = cluster
         self._wait_replicas = wait_replicas
         self._wait_ms = wait_ms
         self._shas: dict[str, str] = {}
+        self._use_lanes = lanes
+        self._lanes: dict[str, Lane | None] = {}
+        """Per node name, its lane (None: the node's settings allow none, see
+        :meth:`Lane.of_node`); a node gone from the slot map loses its lane."""
+        self._closing: set[asyncio.Future[None]] = set()
+        """Lanes of nodes gone, closing."""
 
     def script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
         """A call of the script ``source`` (EVALSHA) in the slot of ``keys[0]``."""
@@ -64,7 +73,9 @@ class Nodes:
             sha = self._shas[source] = self._cluster.register_script(source).sha
         return Call(slot_of(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
 
-    async def run(self, calls: Sequence[Call], *, wait: bool = False) -> list[tuple[Any, bool]]:
+    async def run(
+        self, calls: Sequence[Call], *, wait: bool = False, answers: bool = True
+    ) -> list[tuple[Any, bool]]:
         """Each call on its slot's primary: one pipeline per node, the nodes in parallel.
 
         With ``wait``, each node's pipeline ends with ``WAIT`` on the same connection;
@@ -73,16 +84,20 @@ class Nodes:
         primary and its calls sent again the same way. A call that still failed on its
         node (MOVED after a failover, a dead connection) is sent again through the cluster
         client, which follows redirections and reconnects; it is then not confirmed.
+
+        Without ``answers`` the caller reads no reply but errors (a reply may then come
+        as Redis sent it, not as redis-py would have turned it, e.g. ``SET``'s ``OK``).
         """
         cluster = self._cluster
         await cluster.initialize()
-        results = await self._on_nodes(calls, range(len(calls)), wait)
+        results = await self._on_nodes(calls, range(len(calls)), wait, answers)
         unknown = [i for i, (r, _) in enumerate(results) if isinstance(r, NoScriptError)]
         if unknown:
             for source in {calls[i].source for i in unknown}:
                 if source is not None:
                     await cluster.script_load(source)
-            for i, result in zip(unknown, await self._on_nodes(calls, unknown, wait), strict=True):
+            again = await self._on_nodes(calls, unknown, wait, answers)
+            for i, result in zip(unknown, again, strict=True):
                 results[i] = result
         out: list[tuple[Any, bool]] = []
         for call, (reply, confirmed) in zip(calls, results, strict=True):
@@ -102,8 +117,41 @@ class Nodes:
             out.append((reply, confirmed))
         return out
 
+    def _lane(
+        self, node: ClusterNode, cmds: Sequence[PipelineCommand], answers: bool
+    ) -> Lane | None:
+        """The node's lane for ``cmds``: when replies are not read (``answers``), or when
+        every one of them is a command whose reply redis-py hands on as it comes (a
+        script's, ``WAIT``'s, ``SREM``'s: no response callback), so the lane answers
+        exactly what the client would."""
+        if not self._use_lanes:
+            return None
+        if answers:
+            callbacks = node.response_callbacks
+            if any(cmd.args[0] in callbacks for cmd in cmds):
+                return None
+        try:
+            return self._lanes[node.name]
+        except KeyError:
+            pass
+        live = {n.name for n in self._cluster.nodes_manager.nodes_cache.values()}
+        for name in [n for n in self._lanes if n not in live]:
+            gone = self._lanes.pop(name)
+            if gone is not None:
+                closing = asyncio.ensure_future(gone.close())
+                self._closing.add(closing)
+                closing.add_done_callback(self._closing.discard)
+        lane = self._lanes[node.name] = Lane.of_node(node)
+        return lane
+
+    async def close(self) -> None:
+        """Close the lanes; idempotent."""
+        lanes = [lane for lane in self._lanes.values() if lane is not None]
+        self._lanes.clear()
+        await asyncio.gather(*(lane.close() for lane in lanes), *self._closing)
+
     async def _on_nodes(
-        self, calls: Sequence[Call], indexes: Sequence[int], wait: bool
+        self, calls: Sequence[Call], indexes: Sequence[int], wait: bool, answers: bool
     ) -> list[tuple[Any, bool]]:
         """The calls at ``indexes`` in one pipeline per node (see :meth:`run`): per call
         its reply (an exception when it failed) and whether WAIT confirmed it."""
@@ -118,8 +166,14 @@ class Nodes:
                 cmds.append(PipelineCommand(-1, "WAIT", self._wait_replicas, self._wait_ms))
 
         async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> Exception | None:
+            lane = self._lane(node, cmds, answers)
             try:
-                await node.execute_pipeline(cmds)
+                if lane is None:
+                    await node.execute_pipeline(cmds)
+                else:
+                    replies = await lane.pipeline([cmd.args for cmd in cmds])
+                    for cmd, reply in zip(cmds, replies, strict=True):
+                        cmd.result = reply
             except Exception as exc:  # the node is gone: its calls are sent again
                 return exc
             return None

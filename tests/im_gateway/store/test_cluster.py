@@ -27,6 +27,7 @@ from im_gateway.store import (
     Submission,
     open_store,
 )
+from im_gateway.store.lane import Lane
 from im_gateway.store.nodes import cluster_nodes
 from tests.conftest import RedisServer
 from tests.helpers import wait_until_sync
@@ -182,15 +183,21 @@ async def test_a_batch_is_one_pipeline_per_node_per_step(
     await store.submit(batch("warm"))  # loads the scripts on every node
     pipelines: list[str] = []
     real = ClusterNode.execute_pipeline
+    real_lane = Lane.pipeline
 
     async def counting(node: ClusterNode, commands: Any) -> Any:
         pipelines.append(node.name)
         return await real(node, commands)
 
+    async def counting_lane(lane: Lane, commands: Any) -> Any:
+        pipelines.append(lane.name)
+        return await real_lane(lane, commands)
+
     async def alone(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError(f"a command sent alone: {args[:2]}")
 
     monkeypatch.setattr(ClusterNode, "execute_pipeline", counting)
+    monkeypatch.setattr(Lane, "pipeline", counting_lane)
     monkeypatch.setattr(store.client, "execute_command", alone)
     results = await store.submit(batch("c"))
     assert all(isinstance(r, Accepted) for r in results)

@@ -62,6 +62,66 @@ async def test_a_cancelled_caller_does_not_shift_the_replies(lane: Lane) -> None
     assert await lane.call("ECHO", "second") == b"second"
 
 
+async def test_a_pipeline_answers_in_order_with_errors_in_place(lane: Lane) -> None:
+    """A pipeline's commands go in one write; each reply lands in its own place, an error
+    reply as its exception, and the connection carries on."""
+    await lane.call("SET", "lane:text", "x")
+    replies = await lane.pipeline([("ECHO", "a"), ("INCR", "lane:text"), ("ECHO", "b")])
+    assert (replies[0], replies[2]) == (b"a", b"b")
+    assert isinstance(replies[1], ResponseError)
+    many = await lane.pipeline([("ECHO", f"m{i}") for i in range(2000)])
+    assert many == [f"m{i}".encode() for i in range(2000)]
+    assert await lane.pipeline([]) == []
+    assert await lane.call("ECHO", "c") == b"c"
+
+
+async def test_a_pipeline_cut_by_the_server_fails_in_place_and_is_not_sent_again() -> None:
+    """The peer answers the first command of a pipeline and closes: that command has its
+    reply, the others come back as ConnectionError, and none is sent again (one
+    connection only: whether they ran is the caller's question)."""
+
+    async def one_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(4096)
+        writer.write(b"+first\r\n")
+        await writer.drain()
+        writer.close()
+
+    async with _peer_lane(one_then_close) as (lane, accepted):
+        replies = await lane.pipeline([("ECHO", "a"), ("ECHO", "b"), ("ECHO", "c")])
+        assert replies[0] == b"first"
+        assert all(isinstance(r, ConnectionError) for r in replies[1:])
+        assert len(accepted) == 1
+
+
+async def test_a_pipeline_to_a_silent_server_times_out() -> None:
+    """No reply within the socket timeout: every command of the pipeline fails with
+    TimeoutError, once (no retry), within the bound."""
+
+    async def silent(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        pass
+
+    async with _peer_lane(silent, socket_timeout=0.2) as (lane, accepted):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        replies = await lane.pipeline([("PING",), ("PING",)])
+        assert all(isinstance(r, TimeoutError) for r in replies)
+        assert loop.time() - start < 2
+        assert len(accepted) == 1
+
+
+async def test_a_cancelled_pipeline_does_not_shift_the_replies(lane: Lane) -> None:
+    """A pipeline cancelled after its commands went out: their replies are dropped, not
+    given to the next caller."""
+    await lane.call("PING")
+    task = asyncio.create_task(lane.pipeline([("ECHO", "one"), ("ECHO", "two")]))
+    await asyncio.sleep(0)
+    assert not task.done()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await lane.pipeline([("ECHO", "three")]) == [b"three"]
+
+
 async def test_it_reconnects_after_the_server_restarts() -> None:
     """A command that finds the connection dead is sent again on a fresh one."""
     server = RedisServer()
