@@ -66,12 +66,17 @@ class Nodes:
         self._closing: set[asyncio.Future[None]] = set()
         """Lanes of nodes gone, closing."""
 
-    def script(self, source: str, keys: Sequence[str], args: Sequence[Any]) -> Call:
-        """A call of the script ``source`` (EVALSHA) in the slot of ``keys[0]``."""
+    def script(
+        self, source: str, keys: Sequence[str], args: Sequence[Any], *, slot: int | None = None
+    ) -> Call:
+        """A call of the script ``source`` (EVALSHA) in the slot of ``keys[0]`` (``slot``
+        when the caller knows it)."""
         sha = self._shas.get(source)
         if sha is None:
             sha = self._shas[source] = self._cluster.register_script(source).sha
-        return Call(slot_of(keys[0]), ("EVALSHA", sha, len(keys), *keys, *args), source)
+        if slot is None:
+            slot = slot_of(keys[0])
+        return Call(slot, ("EVALSHA", sha, len(keys), *keys, *args), source)
 
     async def run(
         self, calls: Sequence[Call], *, wait: bool = False, answers: bool = True
