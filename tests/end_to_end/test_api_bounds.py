@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
+import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -352,3 +354,112 @@ async def test_unfinished_websocket_handshakes_are_bounded(
         return True
 
     await wait_until(chats, timeout=10, what="new users connecting again")
+
+
+# --- fixed answers reach a client still sending (a lingering close) -----------------------
+
+TCP_ESTABLISHED, TCP_CLOSE = 1, 7
+
+
+def tcp_state(conn: Conn) -> tuple[int, int]:
+    """Our socket's TCP state and its bytes sent but not yet acknowledged (TCP_INFO)."""
+    sock = conn[1].get_extra_info("socket")
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return info[0], struct.unpack_from("I", info, 24)[0]
+
+
+async def answer_while_sending(
+    port: int, request: bytes, *, wait: float = 10
+) -> tuple[bytes, bool]:
+    """Send ``request`` (the server answers it early and ends the connection), then go on
+    sending as a client still sending its request does, reading only after that: wait
+    until the server's end (its FIN, or a reset) has arrived, unread; send a byte; wait
+    until the server took it (acknowledged) or refused it (a reset); send one more; read.
+    What was read before the end, and whether the end was a reset.
+
+    A server that closed its socket at once refuses the bytes with a reset, and the
+    client's next send fails: asyncio (like most clients) then drops the connection with
+    the answer unread, and the answer is lost (RFC 9112, 9.6)."""
+    conn = await connect(port)
+    reader, writer = conn
+    writer.write(request)
+    await writer.drain()
+    await wait_until(
+        lambda: tcp_state(conn)[0] != TCP_ESTABLISHED, timeout=wait, what="the server's end"
+    )
+    reset = False
+    try:
+        writer.write(b"x")
+        await writer.drain()
+        await wait_until(
+            lambda: tcp_state(conn)[0] == TCP_CLOSE or tcp_state(conn)[1] == 0,
+            timeout=5,
+            what="the late byte taken or refused",
+        )
+        writer.write(b"x")
+        await writer.drain()
+    except OSError:
+        reset = True
+    data = b""
+    try:
+        async with asyncio.timeout(5):
+            while chunk := await reader.read(65536):
+                data += chunk
+    except OSError:
+        reset = True
+    finally:
+        writer.close()
+    return data, reset
+
+
+def whole_answer(data: bytes) -> int | None:
+    """The status of a complete HTTP answer (its body as long as Content-Length says)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    status = status_of(head)
+    if not sep or status is None:
+        return None
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and int(value) != len(body):
+            return None
+    return status
+
+
+EARLY_ANSWERS = {
+    "408 headers": (
+        ("--api-header-timeout", "1"),
+        b"POST /api/presence HTTP/1.1\r\nHost: x\r\nX-Slow: abc",
+        408,
+    ),
+    "431": ((), b"POST /api/presence HTTP/1.1\r\nX-Pad: " + b"a" * 40_000, 431),
+    "408 body": (
+        ("--api-body-timeout", "1"),
+        f"POST /api/presence HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        'Content-Length: 1000\r\n\r\n{"users": '.encode(),
+        408,
+    ),
+    "401 before the body": (
+        (),
+        b"POST /api/presence HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{",
+        401,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(EARLY_ANSWERS))
+async def test_early_answers_reach_clients_still_sending(
+    start_api_gateway: StartGateway, case: str
+) -> None:
+    """200 clients at once that are still sending when the server answers early (slow
+    headers 408, headers over the limit 431, a stalled body 408, no key 401) each read
+    the whole answer and an orderly end, never a reset (the server half-closes and
+    discards what still arrives: a lingering close)."""
+    flags, request, status = EARLY_ANSWERS[case]
+    gw = await start_api_gateway(*flags)
+    results = await asyncio.gather(
+        *(answer_while_sending(gw.api_port, request) for _ in range(200))
+    )
+    lost = sum(1 for data, _ in results if whole_answer(data) != status)
+    reset = sum(1 for _, was_reset in results if was_reset)
+    assert (lost, reset) == (0, 0), f"{lost} answers lost, {reset} resets of 200"
+    await users_chat(gw.port, f"after the early answers ({case})")
