@@ -463,3 +463,123 @@ async def test_early_answers_reach_clients_still_sending(
     reset = sum(1 for _, was_reset in results if was_reset)
     assert (lost, reset) == (0, 0), f"{lost} answers lost, {reset} resets of 200"
     await users_chat(gw.port, f"after the early answers ({case})")
+
+
+async def test_refusals_reach_clients_still_sending(start_api_gateway: StartGateway) -> None:
+    """The 503 for one API connection too many, and the WebSocket port's refused
+    handshakes (a bad token: websockets half-closes and discards until --close-timeout),
+    reach clients still sending as whole answers with an orderly end."""
+    gw = await start_api_gateway("--api-max-connections", "20", "--api-header-timeout", "60")
+    held = [await connect(gw.api_port) for _ in range(20)]
+    handshake = (
+        b"GET /ws?token=bad HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    try:
+        for port, request, status in (
+            (gw.api_port, b"POST /api/presence HTTP/1.1\r\nHost: x\r\n", 503),
+            (gw.port, handshake, 401),
+        ):
+            results = await asyncio.gather(
+                *(answer_while_sending(port, request) for _ in range(50))
+            )
+            lost = sum(1 for data, _ in results if whole_answer(data) != status)
+            reset = sum(1 for _, was_reset in results if was_reset)
+            assert (lost, reset) == (0, 0), f"{status}: {lost} lost, {reset} resets of 50"
+    finally:
+        for _, writer in held:
+            writer.close()
+
+
+async def fin_then_reset(conn: Conn, fin_timeout: float) -> float:
+    """Wait for the server's FIN (its answer sent), then probe with a byte every 50 ms
+    until the server refuses one (its socket is closed): the seconds in between."""
+    await wait_until(
+        lambda: tcp_state(conn)[0] != TCP_ESTABLISHED,
+        timeout=fin_timeout,
+        what="the server's FIN",
+    )
+    fin = time.monotonic()
+
+    def probe() -> bool:
+        if tcp_state(conn)[0] == TCP_CLOSE:
+            return True
+        conn[1].write(b"x")
+        return False
+
+    with contextlib.suppress(OSError):
+        await wait_until(probe, timeout=15, interval=0.05, what="the server's close")
+    return time.monotonic() - fin
+
+
+async def test_lingering_connections_count_and_end_at_the_time_bound(
+    start_api_gateway: StartGateway,
+) -> None:
+    """Clients answered 408 that never close nor stop listening keep their API connection
+    slot while they linger (one more connection is refused 503: the limit holds), and
+    the server closes each at the bound (2 s after its answer, not before, not much
+    after); then calls are served again; users chat meanwhile."""
+    gw = await start_api_gateway("--api-max-connections", "20", "--api-header-timeout", "1")
+    lingering = [await connect(gw.api_port) for _ in range(20)]
+    for _, writer in lingering:
+        writer.write(b"POST /api/presence HTTP/1.1\r\nHost: x\r\n")
+    try:
+        ends = asyncio.gather(*(fin_then_reset(c, 10) for c in lingering))
+        await wait_until(
+            lambda: all(tcp_state(c)[0] != TCP_ESTABLISHED for c in lingering),
+            what="every 408 and FIN",
+        )
+        data = await until_closed(await connect(gw.api_port), 5)
+        assert status_of(data) == 503, data  # the lingering ones still count
+        await users_chat(gw.port, "while API connections linger")
+        waits = await ends
+        assert min(waits) > 1.5, waits  # lingered (LINGER is 2 s) ...
+        assert max(waits) < 8, waits  # ... and closed at the bound
+        for reader, writer in lingering:
+            assert status_of(await reader.read(65536)) == 408
+            writer.close()
+    finally:
+        for _, writer in lingering:
+            writer.close()
+    status, _ = await call(gw.api_port, "presence", {"users": [ALICE]})
+    assert status == 200
+
+
+async def test_clients_sending_on_after_the_answer_are_cut_at_the_byte_bound(
+    start_api_gateway: StartGateway,
+) -> None:
+    """50 clients answered 408 that then send without end (64 KB writes) are closed well
+    before the time bound once past one request's worth of bytes (--api-max-body +
+    --api-max-header-bytes, 33 KB here); the gateway stays responsive."""
+    gw = await start_api_gateway(
+        "--api-header-timeout",
+        "1",
+        "--api-max-body",
+        "16384",
+        "--api-max-header-bytes",
+        "16384",
+    )
+
+    async def flood() -> float:
+        conn = await connect(gw.api_port)
+        _, writer = conn
+        writer.write(b"POST /api/presence HTTP/1.1\r\nHost: x\r\n")
+        await wait_until(lambda: tcp_state(conn)[0] != TCP_ESTABLISHED, what="the 408's FIN")
+        fin = time.monotonic()
+        try:
+            async with asyncio.timeout(10):
+                while True:
+                    writer.write(b"y" * 65536)
+                    await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+        return time.monotonic() - fin
+
+    waits = await asyncio.gather(*(flood() for _ in range(50)))
+    await users_chat(gw.port, "after the floods")
+    assert max(waits) < 1.5, waits  # cut by the byte bound, not at the 2 s time bound
+    status, _ = await call(gw.api_port, "presence", {"users": [ALICE]})
+    assert status == 200
