@@ -4,8 +4,8 @@ A server that closes its socket while the client is still sending (a request ans
 before it was all read: 408, 431, 401, a refusal at connect) makes its kernel answer the
 bytes that were unread, or that arrive after the close, with a reset instead of an
 orderly end. The reset loses the answer: the client's next send fails, and asyncio's
-streams, like most HTTP clients, then drop the connection with the answer unread (on some
-systems the reset also discards it in the client's kernel). RFC 9112, 9.6 describes it;
+streams, like many HTTP clients, then drop the connection with the answer unread (Linux
+keeps it readable, but some systems discard it in the client's kernel too). RFC 9112, 9.6 describes it;
 nginx's ``lingering_close``, Apache and h11 close in stages instead, and so does
 :func:`linger`:
 
@@ -28,7 +28,9 @@ from typing import Final
 
 LINGER: Final = 2.0
 """Seconds a server API connection answered for the last time waits for the client's
-end (Apache's bound; the answer needs one round trip, a backend is near)."""
+end: the answer and the client's close need one round trip, and the API's clients are
+the application's backends, near (Apache waits 2 s a read, 30 s in all; a lingering
+connection here keeps its slot, so a short bound gives slots back sooner)."""
 
 
 class Lingering(asyncio.Protocol):
