@@ -26,8 +26,9 @@ The port faces whoever can reach it, so every connection is bounded before any k
 seen: its header block in time and size and the number of connections open
 (:mod:`im_gateway.api_limits`), the time between requests (aiohttp's keep-alive), the
 body's time (here). ``Expect: 100-continue`` is answered only after the key is checked
-(401 first), and an answer given before the body was read closes the connection. A
-client that goes away mid-body is one counted log line.
+(401 first), and an answer given before the body was read closes the connection (a
+lingering close: the client reads the answer even while it is still sending). A client
+that goes away mid-body is one counted log line.
 """
 
 from __future__ import annotations
@@ -61,9 +62,6 @@ from .throttle import Throttled
 logger = logging.getLogger(__name__)
 
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
-LINGER = 2.0
-"""Seconds an answer given before its body was read waits, reading and dropping the
-rest, before the connection closes (so the client reads the answer, not a reset)."""
 
 _refused_key = Throttled(logger, "server API: %d calls refused for a missing or wrong key")
 _body_failed = Throttled(
@@ -144,6 +142,7 @@ class ApiServer(AsyncLifecycle):
                 header_timeout=header_timeout,
                 max_header_bytes=max_header_bytes,
                 max_connections=max_connections,
+                linger_bytes=max_body + max_header_bytes,
             ),
             sockets or Sockets(limit=None, baseline=0, reserve=0, max_handshakes=1),
         )
@@ -165,7 +164,9 @@ class ApiServer(AsyncLifecycle):
             # by api_limits as the bytes arrive.
             max_line_size=self._max_header_bytes,
             max_field_size=self._max_header_bytes,
-            lingering_time=LINGER,
+            # A connection ended after an answer (the body unread, say) lingers at the
+            # transport (api_limits), after its FIN, not in aiohttp before it.
+            lingering_time=0,
         )
         await self._runner.setup()
         self._site = GuardedSite(
@@ -181,8 +182,10 @@ class ApiServer(AsyncLifecycle):
         if self._closed:
             return
         self._closed = True
+        self._limits.closing = True
         if self._runner is not None:
             await self._runner.cleanup()
+        self._limits.close()
 
     # --- HTTP -------------------------------------------------------------------------
 

@@ -15,9 +15,16 @@ module adds them around aiohttp's own protocol, without touching its internals:
 - **header time**: the header block must be complete within ``--api-header-timeout`` of
   the connection's start, and of its first byte on a kept-alive connection (408).
 
+A connection the server ends after an answer (these fixed ones, and aiohttp's own: 401,
+a 408 for a stalled body, any answer given before the body was read) ends with a
+lingering close (:mod:`im_gateway.lingering`), so a client still sending reads the answer
+instead of a reset; it stays counted until its socket is closed, and lingers at most
+:data:`~im_gateway.lingering.LINGER` seconds and ``Bounds.linger_bytes`` of input.
+
 :class:`HeaderScan` is the pure part (fed bytes, says whether the block is complete or too
 large); :class:`GuardedSite` is an aiohttp site whose protocol factory wraps aiohttp's
-with :class:`_Guard`. The API's middleware tells the guard when a request starts and ends
+with :class:`_Guard`, and hands aiohttp a :class:`_Transport` whose ``close`` is the
+guard's. The API's middleware tells the guard when a request starts and ends
 (:meth:`ConnectionLimits.started`, :meth:`ConnectionLimits.finished`), so a body is never
 counted as headers.
 """
@@ -27,12 +34,14 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
 from .descriptors import Sockets, refuse
+from .lingering import LINGER, linger
 from .throttle import Throttled
 
 logger = logging.getLogger(__name__)
@@ -121,6 +130,10 @@ class Bounds:
     header_timeout: float
     max_header_bytes: int
     max_connections: int
+    linger_bytes: int = 1024 * 1024 + 16 * 1024
+    """What a connection ended after an answer may still send before it is closed at once
+    (the API passes one request's worth: ``--api-max-body`` + ``--api-max-header-bytes``,
+    so a client still sending a request it was answered early reads the answer)."""
 
 
 _refused = Throttled(
@@ -140,12 +153,16 @@ _cut = Throttled(
 class ConnectionLimits:
     """The guards of one API port: where the middleware finds a request's connection."""
 
-    __slots__ = ("_guards", "bounds", "sockets")
+    __slots__ = ("_guards", "bounds", "closing", "lingering", "sockets")
 
     def __init__(self, bounds: Bounds, sockets: Sockets) -> None:
         self.bounds = bounds
         self.sockets = sockets
         self._guards: dict[asyncio.BaseTransport, _Guard] = {}
+        self.lingering: set[asyncio.Transport] = set()
+        """Connections ended after an answer, waiting for the client's end."""
+        self.closing = False
+        """The server is shutting down: connections close at once, without lingering."""
 
     def started(self, transport: asyncio.BaseTransport | None) -> None:
         """A request on ``transport`` reached the application: its headers are in."""
@@ -166,42 +183,120 @@ class ConnectionLimits:
     def forget(self, transport: asyncio.BaseTransport) -> None:
         self._guards.pop(transport, None)
 
+    def close(self) -> None:
+        """Close the connections still lingering (the server has stopped); idempotent."""
+        self.closing = True
+        for transport in list(self.lingering):
+            transport.abort()
+
+
+class _Transport(asyncio.Transport):
+    """What aiohttp holds for one connection: the connection's transport, except that
+    closing it is the guard's close (a lingering one, after an answer)."""
+
+    __slots__ = ("_guard", "_real", "closed")
+
+    def __init__(self, real: asyncio.Transport, guard: _Guard) -> None:
+        super().__init__()
+        self._real = real
+        self._guard = guard
+        self.closed = False
+        """aiohttp, or the guard, has ended the connection (it may still linger)."""
+
+    def close(self) -> None:
+        self._guard.end()
+
+    def is_closing(self) -> bool:
+        return self.closed or self._real.is_closing()
+
+    def abort(self) -> None:
+        self.closed = True
+        self._real.abort()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._real.write(data)
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._real.writelines(list_of_data)
+
+    def write_eof(self) -> None:
+        self._real.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._real.can_write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._real.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        if not self.closed:
+            self._real.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed:
+            self._real.resume_reading()
+
+    def is_reading(self) -> bool:
+        return not self.closed and self._real.is_reading()
+
+    def get_write_buffer_size(self) -> int:
+        return self._real.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._real.get_write_buffer_limits()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._real.set_write_buffer_limits(high, low)
+
 
 class _Guard(asyncio.Protocol):
     """aiohttp's protocol for one connection, behind the bounds of :class:`Bounds`."""
 
-    __slots__ = ("_inner", "_limits", "_scan", "_server", "_timer", "_transport")
+    __slots__ = ("_inner", "_limits", "_scan", "_server", "_timer", "_transport", "_view")
 
     def __init__(self, limits: ConnectionLimits, server: web.Server) -> None:
         self._limits = limits
         self._scan = HeaderScan(limits.bounds.max_header_bytes)
         self._inner: asyncio.Protocol | None = None
         self._transport: asyncio.Transport | None = None
+        self._view: _Transport | None = None
+        """What aiohttp holds; None once the socket is closed (or when never counted)."""
         self._timer: asyncio.TimerHandle | None = None
         self._server = server
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
-        refused = self._limits.sockets.open_api(self._limits.bounds.max_connections)
+        limits = self._limits
+        refused = limits.sockets.open_api(limits.bounds.max_connections)
         if refused is not None:
             _refused.hit()
-            refuse(transport, self, self._limits.sockets, TOO_MANY)
+            refuse(transport, self, limits.sockets, TOO_MANY, max_bytes=limits.bounds.linger_bytes)
             return
         self._transport = transport
-        self._limits.register(transport, self)
+        view = self._view = _Transport(transport, self)
+        limits.register(view, self)
         self._start_timer()
         self._inner = self._server()
-        self._inner.connection_made(transport)
+        self._inner.connection_made(view)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_timer()
-        inner, self._inner = self._inner, None
-        if inner is None:
+        self._closed(exc)
+
+    def _closed(self, exc: Exception | None) -> None:
+        """The socket is closed: its count is given back, and aiohttp hears of it (unless
+        it already has)."""
+        view, self._view = self._view, None
+        if view is None:
             return
+        view.closed = True
         self._limits.sockets.close_api()
+        self._limits.forget(view)
         if self._transport is not None:
-            self._limits.forget(self._transport)
-        inner.connection_lost(exc)
+            self._limits.lingering.discard(self._transport)
+        inner, self._inner = self._inner, None
+        if inner is not None:
+            inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         inner = self._inner
@@ -249,14 +344,39 @@ class _Guard(asyncio.Protocol):
             self._timer = None
 
     def _cut(self, answer: bytes) -> None:
-        """Answer with a fixed error and close (aiohttp's half-read request is dropped)."""
+        """Answer with a fixed error and end the connection (aiohttp's half-read request
+        is dropped)."""
         self._timer = None
         transport = self._transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._view is None or self._view.closed:
             return
         _cut.hit()
         transport.write(answer)
-        transport.close()
+        self._end(answered=True)
+
+    def end(self) -> None:
+        """aiohttp closes the connection: after an answer, or idle between requests."""
+        self._end(answered=not (self._scan.reading and self._scan.seen == 0))
+
+    def _end(self, *, answered: bool) -> None:
+        """End the connection: aiohttp hears of it now, and the socket closes with a
+        lingering close after an answer (at once when idle, or the server stops)."""
+        view, transport = self._view, self._transport
+        if view is None or view.closed or transport is None:
+            return
+        view.closed = True
+        self._stop_timer()
+        inner, self._inner = self._inner, None
+        if inner is not None:  # as a transport would: soon, not from inside close()
+            asyncio.get_running_loop().call_soon(inner.connection_lost, None)
+        limits = self._limits
+        if not answered or limits.closing or transport.is_closing():
+            transport.close()  # connection_lost follows
+            return
+        limits.lingering.add(transport)
+        linger(
+            transport, seconds=LINGER, max_bytes=limits.bounds.linger_bytes, on_closed=self._closed
+        )
 
 
 class GuardedSite(web.BaseSite):

@@ -12,9 +12,9 @@ the sockets clients hold (both ports) and keeps a reserve, so that does not happ
   is never parsed) once fewer than half the reserve is left (room for the hub links,
   Redis and one ``accept()`` batch), or when ``max_handshakes`` connections on the
   WebSocket port are still in their opening handshake. It stays half-closed for at most
-  :data:`REFUSED_LINGER` so the client reads the answer (those are counted too); at most
-  a quarter of the reserve linger at once, and none when fewer than that are left: the
-  others are closed at once.
+  :data:`REFUSED_LINGER` (and :data:`REFUSED_MAX_BYTES` of input) so the client reads the
+  answer (those are counted too); at most a quarter of the reserve linger at once, and
+  none when fewer than that are left: the others are closed at once.
 
 Pure state, no I/O (the gateway measures the descriptors already open at start with
 :func:`open_descriptors` and passes them as ``baseline``). The counts only move in
@@ -34,6 +34,7 @@ from typing import Final
 
 from .admission import GATEWAY_FULL, Refusal
 from .errors import ConfigError
+from .lingering import linger
 
 logger = logging.getLogger(__name__)
 
@@ -55,19 +56,9 @@ REFUSED_LINGER: Final = 1.0
 """Seconds a refused connection stays half-closed, its input discarded, so the client
 reads the 503 instead of a reset (closing a socket with unread input sends RST)."""
 
-
-class _Refused(asyncio.Protocol):
-    """A refused connection: what arrives is discarded; its end is told to ``owner``."""
-
-    __slots__ = ("_owner", "_sockets")
-
-    def __init__(self, owner: asyncio.BaseProtocol, sockets: Sockets) -> None:
-        self._owner = owner
-        self._sockets = sockets
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._sockets.refusing -= 1
-        self._owner.connection_lost(exc)
+REFUSED_MAX_BYTES: Final = 64 * 1024
+"""What a refused connection may still send while it lingers (a WebSocket handshake is a
+few hundred bytes); past it, the connection closes at once."""
 
 
 def refuse(
@@ -75,26 +66,30 @@ def refuse(
     owner: asyncio.BaseProtocol,
     sockets: Sockets,
     response: bytes = REFUSED_RESPONSE,
+    *,
+    max_bytes: int = REFUSED_MAX_BYTES,
 ) -> None:
-    """Write ``response`` (a whole HTTP response), close the sending side, discard what arrives, and
-    close the socket once the client closes or after :data:`REFUSED_LINGER`; at once when
-    a quarter of the reserve already lingers or is all that is left (a flood of refused
-    connections must not hold the descriptors it was refused for). ``owner`` (the protocol
-    that refused) still hears of the connection's end."""
+    """Write ``response`` (a whole HTTP response) and close the connection with a lingering
+    close (:func:`~im_gateway.lingering.linger`: for at most :data:`REFUSED_LINGER` and
+    ``max_bytes``); at once when a quarter of the reserve already lingers or is all that
+    is left (a flood of refused connections must not hold the descriptors it was refused
+    for). ``owner`` (the protocol that refused) still hears of the connection's end."""
     sockets.refusing += 1
-    transport.set_protocol(_Refused(owner, sockets))
+
+    def closed(exc: Exception | None) -> None:
+        sockets.refusing -= 1
+        owner.connection_lost(exc)
+
     transport.write(response)
     quarter = sockets.reserve // 4
     spare = sockets.spare
-    if (
-        not transport.can_write_eof()  # TLS has no half-close
-        or sockets.refusing > quarter
-        or (spare is not None and spare < quarter)
-    ):
-        transport.close()
-        return
-    transport.write_eof()
-    asyncio.get_running_loop().call_later(REFUSED_LINGER, transport.close)
+    crowded = sockets.refusing > quarter or (spare is not None and spare < quarter)
+    linger(
+        transport,
+        seconds=0 if crowded else REFUSED_LINGER,
+        max_bytes=max_bytes,
+        on_closed=closed,
+    )
 
 
 def open_descriptors() -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 
@@ -9,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from im_gateway.api_limits import HeaderScan, Scan
+from im_gateway.api_limits import HeaderScan, Scan, _Transport
 from im_gateway.config import GatewayConfig
 from im_gateway.errors import ConfigError
 
@@ -124,3 +125,17 @@ def test_the_default_bounds_take_a_bulk_add_of_ten_thousand_users() -> None:
     )
     assert isinstance(got, api_requests.GroupChange)
     assert len(got.users) == 10_000
+
+
+def test_the_transport_aiohttp_holds_implements_every_transport_method() -> None:
+    """The guard's view of a connection (what aiohttp holds, so that its close is a
+    lingering one) answers every method of ``asyncio.Transport`` itself, so an aiohttp
+    that calls one more never meets the base class's NotImplementedError; only the
+    protocol stays the guard's own."""
+    methods = {
+        name
+        for name in dir(asyncio.Transport)
+        if not name.startswith("_") and callable(getattr(asyncio.Transport, name))
+    }
+    own = {name for name in methods if name in vars(_Transport)}
+    assert methods - own == {"set_protocol", "get_protocol"}
