@@ -4,19 +4,24 @@ a real 3-primary cluster, a slot migrated under a running store."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import RedisError
 
 from im_gateway.store import ClusterStore
 from im_gateway.store.contract import Accepted
 from im_gateway.store.lane import Lane
 from tests.cluster import ClusterNode as NodeProcess
 from tests.cluster import RedisClusterProcesses
-from tests.helpers import wait_until_sync
+from tests.helpers import wait_until, wait_until_sync
 from tests.im_gateway.store.test_cluster import msg, users_in_many_slots
 from tests.im_gateway.store.test_contract import sub
 from transmit_hub.types import GatewayId
@@ -156,3 +161,39 @@ async def test_a_slot_moved_under_the_store_is_followed(
         assert ttl > 0
     finally:
         _move_slot(redis_cluster, slot, target, source)
+
+
+async def test_a_primary_frozen_mid_refresh_ends_it_in_bounded_time_and_loses_no_one() -> None:
+    """A silent cut: one primary stopped (SIGSTOP) while a refresh of 300 users spread
+    over every slot's node is under way. Its lane's calls time out and go through the
+    cluster client, which tries again until its replica has taken over or its tries are
+    spent: the refresh ends (landed, or failed with redis-py's error) in bounded time,
+    never hanging, and once the node runs again a refresh lands every user."""
+    cluster = RedisClusterProcesses()  # of its own: the frozen primary may be failed over
+    try:
+        async with ClusterStore(cluster.url, socket_timeout=0.3) as store:
+            users = users_in_many_slots(300)
+            await store.refresh(GW, users)
+            victim = cluster.owner(f"im:{{u:{users[0]}}}:presence")
+            loop = asyncio.get_running_loop()
+            os.kill(victim.proc.pid, signal.SIGSTOP)
+            try:
+                started = loop.time()
+                async with asyncio.timeout(10):  # 2.6-4.0 s seen: a failover, or the tries spent
+                    with contextlib.suppress(RedisError):
+                        await store.refresh(GW, users)
+                elapsed = loop.time() - started
+            finally:
+                os.kill(victim.proc.pid, signal.SIGCONT)
+            assert elapsed > 0.3  # it did meet the frozen node
+
+            async def lands() -> bool:
+                try:
+                    await store.refresh(GW, users)
+                    return await store.lookup(users) == {u: (GW,) for u in users}
+                except RedisError:
+                    return False
+
+            await wait_until(lands, timeout=30, what="a refresh landing every user")
+    finally:
+        cluster.stop()
