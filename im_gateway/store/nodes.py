@@ -125,10 +125,12 @@ class Nodes:
     def _lane(
         self, node: ClusterNode, cmds: Sequence[PipelineCommand], answers: bool
     ) -> Lane | None:
-        """The node's lane for ``cmds``: when replies are not read (``answers``), or when
-        every one of them is a command whose reply redis-py hands on as it comes (a
-        script's, ``WAIT``'s, ``SREM``'s: no response callback), so the lane answers
-        exactly what the client would."""
+        """The node's lane for ``cmds`` (None: redis-py's pipeline): when the caller reads
+        no reply (``answers`` false), or when every command is one whose reply redis-py
+        hands on as it comes (a script's, ``WAIT``'s, ``SREM``'s: no response callback),
+        so the lane answers exactly what the client would. Looking up a node not seen
+        before also drops the lanes of nodes gone from the cluster's map, so there are
+        never more lanes than nodes."""
         if not self._use_lanes:
             return None
         if answers:
