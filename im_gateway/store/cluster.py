@@ -417,11 +417,13 @@ class ClusterStore(KeyspaceStore):
             us.append(u)
             ks.append(k)
         n = self.settings.keys_per_call
-        return [
-            (slot, us[i : i + n], ks[i : i + n])
-            for slot, (us, ks) in by_slot.items()
-            for i in range(0, len(us), n)
-        ]
+        out: list[tuple[int, list[UserId], list[str]]] = []
+        for slot, (us, ks) in by_slot.items():
+            if len(us) <= n:  # the common case: a slot holds a user or two
+                out.append((slot, us, ks))
+            else:
+                out += [(slot, us[i : i + n], ks[i : i + n]) for i in range(0, len(us), n)]
+        return out
 
     async def refresh(self, gateway: GatewayId, users: Collection[UserId]) -> None:
         self._check_open()

@@ -133,9 +133,9 @@ class Nodes:
         return out
 
     def _lane(
-        self, node: ClusterNode, cmds: Sequence[PipelineCommand], answers: bool
+        self, node: ClusterNode, commands: Sequence[tuple[Any, ...]], answers: bool
     ) -> Lane | None:
-        """The node's lane for ``cmds`` (None: redis-py's pipeline): when the caller reads
+        """The node's lane for ``commands`` (None: redis-py's pipeline): when the caller reads
         no reply (``answers`` false), or when every command is one whose reply redis-py
         hands on as it comes (a script's, ``WAIT``'s, ``SREM``'s: no response callback),
         so the lane answers exactly what the client would. Looking up a node not seen
@@ -145,7 +145,7 @@ class Nodes:
             return None
         if answers:
             callbacks = node.response_callbacks
-            if any(cmd.args[0] in callbacks for cmd in cmds):
+            if any(args[0] in callbacks for args in commands):
                 return None
         try:
             return self._lanes[node.name]
@@ -172,36 +172,43 @@ class Nodes:
     ) -> list[tuple[Any, bool]]:
         """The calls at ``indexes`` in one pipeline per node (see :meth:`run`): per call
         its reply (an exception when it failed) and whether WAIT confirmed it."""
-        manager = self._cluster.nodes_manager
-        by_node: dict[str, tuple[ClusterNode, list[PipelineCommand]]] = {}
+        get_node = self._cluster.nodes_manager.get_node_from_slot
+        by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
         for i in indexes:
-            node = manager.get_node_from_slot(calls[i].slot)
-            cmds = by_node.setdefault(node.name, (node, []))[1]
-            cmds.append(PipelineCommand(i, *calls[i].args))
-        if wait:
-            for _, cmds in by_node.values():
-                cmds.append(PipelineCommand(-1, "WAIT", self._wait_replicas, self._wait_ms))
+            node = get_node(calls[i].slot)
+            mine = by_node.get(node.name)
+            if mine is None:
+                mine = by_node[node.name] = (node, [])
+            mine[1].append(i)
+        wait_command = ("WAIT", self._wait_replicas, self._wait_ms)
 
-        async def one(node: ClusterNode, cmds: list[PipelineCommand]) -> Exception | None:
-            lane = self._lane(node, cmds, answers)
+        async def one(node: ClusterNode, share: list[int]) -> list[Any] | Exception:
+            """The replies of the node's share (its WAIT's last), or why it failed."""
+            commands = [calls[i].args for i in share]
+            if wait:
+                commands.append(wait_command)
             try:
-                if lane is None:
-                    await node.execute_pipeline(cmds)
-                else:
-                    replies = await lane.pipeline([cmd.args for cmd in cmds])
-                    for cmd, reply in zip(cmds, replies, strict=True):
-                        cmd.result = reply
+                lane = self._lane(node, commands, answers)
+                if lane is not None:
+                    return await lane.pipeline(commands)
+                cmds = [PipelineCommand(k, *args) for k, args in enumerate(commands)]
+                await node.execute_pipeline(cmds)
+                return [cmd.result for cmd in cmds]
             except Exception as exc:  # the node is gone: its calls are sent again
                 return exc
-            return None
 
-        errors = await asyncio.gather(*(one(node, cmds) for node, cmds in by_node.values()))
+        shares = list(by_node.values())
+        replies = await asyncio.gather(*(one(node, share) for node, share in shares))
         found: dict[int, tuple[Any, bool]] = {}
-        for (_, cmds), error in zip(by_node.values(), errors, strict=True):
+        for (_, share), got in zip(shares, replies, strict=True):
+            if isinstance(got, Exception):
+                for i in share:
+                    found[i] = (got, not wait)
+                continue
             confirmed = True
             if wait:
-                count = cmds.pop().result
+                count = got.pop()
                 confirmed = isinstance(count, int) and count >= self._wait_replicas
-            for cmd in cmds:
-                found[cmd.position] = (cmd.result if error is None else error, confirmed)
+            for i, reply in zip(share, got, strict=True):
+                found[i] = (reply, confirmed)
         return [found[i] for i in indexes]
