@@ -22,20 +22,26 @@ script. Here a batch takes three steps, each one round trip to the nodes in para
    record exists is not appended again: its recorded position is answered. The same call
    reads the recipients' presence; with ``wait_replicas``, a ``WAIT`` ends each node's
    pipeline on the same connection.
-3. *Finish*, in each sender's slot: the dedupe key becomes *done*, with the positions;
-   only now is the sender acknowledged.
+3. *Finish*, in each sender's slot: a refused submission's record is deleted before the
+   refusal is answered; the others' dedupe keys become *done*, with the positions, while
+   the senders are acknowledged (the store's next batch waits for it before its step 1).
 
 Why no acknowledged message is lost, and none is written twice:
 
-- The acknowledgement (type 10) follows step 3, which follows every append of step 2 (and
-  its WAIT). So an acknowledged message is in every recipient's inbox (and on
-  ``wait_replicas`` replicas of each).
+- The acknowledgement (type 10) follows every append of step 2 (and its WAIT). So an
+  acknowledged message is in every recipient's inbox (and on ``wait_replicas`` replicas
+  of each). Step 3 only turns a *pending* record into a *done* one, and the two answer a
+  resend alike (below), so the acknowledgement need not wait for it: that saves a round
+  trip on every message's way.
 - A crash after step 1 or during step 2 leaves the record *pending* and some inboxes
   written, each with its ``msg`` record in the same atomic script. The client was not
   acknowledged, so it sends again with the same client id (the contract asks it to); the
   resend finds the pending record and runs step 2 for the first message id: inboxes that
   have it answer their recorded position, the others append it. Each inbox holds the
-  message exactly once. A crash after step 3 is a plain duplicate.
+  message exactly once. So does a crash after the acknowledgement but before step 3
+  landed (or a step 3 that failed: counted in the log): a client that resends anyway,
+  its acknowledgement lost with the connection, gets the first message's answer. A
+  crash after step 3 is a plain duplicate.
 - Two attempts at once (a resend while the first is still running) both run step 2 for
   the same id: the per-slot script is atomic, so whichever comes second finds the record.
 - The ``msg`` records live as long as the dedupe key, so a resend that can find the
@@ -58,6 +64,7 @@ Why no acknowledged message is lost, and none is written twice:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Collection, Sequence
@@ -69,6 +76,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
 
 from ..errors import GroupLimitError, StoreError
+from ..throttle import Throttled
 from . import entry, scripts
 from .contract import (
     Accepted,
@@ -87,6 +95,11 @@ from .nodes import Call, Nodes, cluster_nodes, slot_of
 __all__ = ["ClusterStore"]
 
 logger = logging.getLogger(__name__)
+
+_unfinished = Throttled(
+    logger,
+    "%d batches' dedupe records left pending (a resend completes them to the same answer)",
+)
 
 
 @dataclass(slots=True)
@@ -139,6 +152,9 @@ class ClusterStore(KeyspaceStore):
         )
         self.crash: Callable[[str], None] | None = None
         """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
+        self._finishing: set[asyncio.Task[None]] = set()
+        """Step 3 of the batches answered (their dedupe records marked done), under way:
+        one at a time, as the gateway submits, and every submit waits for them first."""
 
     @property
     def client(self) -> RedisCluster:
@@ -149,6 +165,7 @@ class ClusterStore(KeyspaceStore):
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
         self._check_open()
+        await self._finished()  # the last batch's records are done before these claim
         out: list[Accepted | Refused | None] = [None] * len(batch)
         for i in unencodable(batch):
             out[i] = Refused(batch[i].client_id, Refusal.UNENCODABLE)
@@ -319,11 +336,12 @@ class ClusterStore(KeyspaceStore):
         if self.crash is not None:
             self.crash("appended")
 
-        # Step 3: the records say done (or are released); then the answers.
+        # Step 3: the refused ones' records are released, then the answers; the others'
+        # records are marked done meanwhile (the module docstring says why that is safe).
+        releases = [Call(slot_of(w.dkey), ("DEL", w.dkey)) for w in refused if w.dkey]
+        if releases:
+            await self._nodes.run(releases, answers=False)
         calls = []
-        for w in refused:
-            if w.dkey is not None:
-                calls.append(Call(slot_of(w.dkey), ("DEL", w.dkey)))
         for w in appends:
             if w.dkey is not None and w.confirmed:
                 written: list[Any] = []
@@ -336,7 +354,9 @@ class ClusterStore(KeyspaceStore):
                     Call(slot_of(w.dkey), ("SET", w.dkey, record, "PX", self.settings.window_ms))
                 )
         if calls:
-            await self._nodes.run(calls, answers=False)
+            task = asyncio.create_task(self._finish(calls))
+            self._finishing.add(task)
+            task.add_done_callback(self._finishing.discard)
         for w in work:
             if out[w.index] is not None:
                 continue
@@ -367,6 +387,19 @@ class ClusterStore(KeyspaceStore):
             else:
                 out[i] = done
         return [r for r in out if r is not None]
+
+    async def _finish(self, calls: list[Call]) -> None:
+        """Step 3 of a batch already answered: its dedupe records marked done. A failure
+        leaves them pending, which a resend completes to the same answer: counted."""
+        try:
+            await self._nodes.run(calls, answers=False)
+        except Exception as exc:
+            _unfinished.hit(exc=exc)
+
+    async def _finished(self) -> None:
+        """Wait for the step 3 of the batches answered, if any is still under way."""
+        if self._finishing:
+            await asyncio.wait(list(self._finishing))
 
     def _members_call(self, group: int, senders: Collection[int]) -> Call:
         keys = [self.settings.group_key(group), self.settings.gkey("large", group)]
@@ -676,6 +709,7 @@ class ClusterStore(KeyspaceStore):
             raise StoreError(f"Redis Cluster state is {state!r}: a slot has no primary")
 
     async def close(self) -> None:
+        await self._finished()
         await super().close()
         await self._nodes.close()
 

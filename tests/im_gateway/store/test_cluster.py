@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -27,8 +28,10 @@ from im_gateway.store import (
     Submission,
     open_store,
 )
+from im_gateway.store import cluster as cluster_module
 from im_gateway.store.lane import Lane
-from im_gateway.store.nodes import cluster_nodes
+from im_gateway.store.nodes import Nodes, cluster_nodes
+from im_gateway.throttle import Throttled
 from tests.conftest import RedisServer
 from tests.helpers import wait_until_sync
 from transmit_hub.types import (
@@ -143,6 +146,84 @@ async def test_after_a_crash_the_sender_is_not_acknowledged_and_later_messages_f
             accepted(r).message.id for r in (r1, r2, r3)
         ]
     assert accepted(r1).message.id == m1.id
+
+
+def _hold_finish(monkeypatch: pytest.MonkeyPatch, hold: Callable[[], Awaitable[object]]) -> None:
+    """Step 3's marking of records done (a run of SETs whose replies are not read) awaits
+    ``hold`` before it goes out."""
+    real = Nodes.run
+
+    async def held(self: Nodes, calls: Any, *, wait: bool = False, answers: bool = True) -> Any:
+        if not answers and any(c.args[0] == "SET" for c in calls):
+            await hold()
+        return await real(self, calls, wait=wait, answers=answers)
+
+    monkeypatch.setattr(Nodes, "run", held)
+
+
+async def _record(store: ClusterStore, sender: int, client_id: str) -> str:
+    """The kind of ``client_id``'s dedupe record: "p" (pending) or "d" (done)."""
+    raw = await store.client.get(store.settings.key(f"dedupe:{client_id}", sender))
+    assert raw is not None
+    kind: str = json.loads(raw)[0]
+    return kind
+
+
+async def test_the_sender_is_answered_before_its_record_is_marked_done(
+    store: ClusterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Step 3 does not hold the answer: with it held, the batch is answered (its record
+    still pending, the message in both inboxes); the next batch waits for it; once it
+    lands the record is done and a resend is a plain duplicate."""
+    gate = asyncio.Event()
+    _hold_finish(monkeypatch, gate.wait)
+    async with asyncio.timeout(10):  # the old code waited for step 3: it hangs here
+        [first] = await store.submit([Submission("f1", msg(ALICE, BOB))])
+    assert await _record(store, ALICE, "f1") == "p"
+    for user in (ALICE, BOB):
+        assert await inbox_ids(store, user) == [accepted(first).message.id]
+    following = asyncio.create_task(store.submit([Submission("f2", msg(ALICE, BOB))]))
+    gate.set()
+    async with asyncio.timeout(10):
+        [second] = await following
+    assert await _record(store, ALICE, "f1") == "d"
+    [again] = await store.submit([Submission("f1", msg(ALICE, BOB, content="resent"))])
+    assert accepted(again).duplicate
+    assert accepted(again).recipients == accepted(first).recipients
+    assert [e.position for e in (await store.read_inbox(BOB, 0, 10)).entries] == [1, 2]
+    assert accepted(second).message.id != accepted(first).message.id
+
+
+async def test_a_step_3_that_fails_after_the_answer_loses_nothing_and_writes_nothing_twice(
+    store: ClusterStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The gateway answered, then its step 3 failed (a node gone, or the gateway died
+    before it landed): the record stays pending and the failure is counted in the log;
+    a client that resends anyway (its acknowledgement lost) gets the first message, at
+    the same positions, and every inbox holds it once."""
+    members = users_in_many_slots(6)
+    for u in members:
+        await store.join(8, u)
+    await store.join(8, ALICE)
+
+    async def fail() -> None:
+        raise Crash("step 3")
+
+    _hold_finish(monkeypatch, fail)
+    fresh = Throttled(cluster_module.logger, cluster_module._unfinished._message)
+    monkeypatch.setattr(cluster_module, "_unfinished", fresh)  # not throttled by a test before
+    [first] = await store.submit([Submission("s3", msg(ALICE, 8, type=MESSAGE_GROUP))])
+    await store.submit([])  # waits for the failed step 3
+    assert await _record(store, ALICE, "s3") == "p"
+    assert "dedupe records left pending" in caplog.text
+    monkeypatch.undo()
+    resend = msg(ALICE, 8, type=MESSAGE_GROUP, content="resent")
+    [again] = await store.submit([Submission("s3", resend)])
+    assert accepted(again).message.id == accepted(first).message.id
+    assert accepted(again).recipients == accepted(first).recipients
+    for u in (*members, ALICE):
+        assert await inbox_ids(store, u) == [accepted(first).message.id], u
+    assert await _record(store, ALICE, "s3") == "d"
 
 
 async def test_two_attempts_at_once_write_each_inbox_once(redis_cluster_url: str) -> None:
