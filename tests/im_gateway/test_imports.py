@@ -94,8 +94,9 @@ def test_no_import_cycles(package: str) -> None:
 
 
 def test_the_store_depends_only_on_its_own_words() -> None:
-    """The store package imports nothing of the gateway but its errors and positions: not
-    the wire's frames, not the pipeline or the sessions that word its answers."""
+    """The store package imports nothing of the gateway but its errors, positions and
+    counted logging: not the wire's frames, not the pipeline or the sessions that word its
+    answers."""
     graph = import_graph("im_gateway")
     outside = {
         dep
@@ -104,7 +105,7 @@ def test_the_store_depends_only_on_its_own_words() -> None:
         for dep in deps
         if not dep.startswith("im_gateway.store")
     }
-    assert outside == {"im_gateway.errors", "im_gateway.positions"}
+    assert outside == {"im_gateway.errors", "im_gateway.positions", "im_gateway.throttle"}
 
 
 def test_the_pure_modules_do_not_import_the_store() -> None:
