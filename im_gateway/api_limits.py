@@ -18,8 +18,11 @@ module adds them around aiohttp's own protocol, without touching its internals:
 A connection the server ends after an answer (these fixed ones, and aiohttp's own: 401,
 a 408 for a stalled body, any answer given before the body was read) ends with a
 lingering close (:mod:`im_gateway.lingering`), so a client still sending reads the answer
-instead of a reset; it stays counted until its socket is closed, and lingers at most
-:data:`~im_gateway.lingering.LINGER` seconds and ``Bounds.linger_bytes`` of input.
+instead of a reset; it keeps its ``--api-max-connections`` slot until its socket is
+closed, unless a new connection needs the slot (then the oldest lingering one is cut
+short: capacity comes back at once, the answers have had their time on the wire), and
+lingers at most :data:`~im_gateway.lingering.LINGER` seconds and ``Bounds.linger_bytes``
+of input.
 
 :class:`HeaderScan` is the pure part (fed bytes, says whether the block is complete or too
 large); :class:`GuardedSite` is an aiohttp site whose protocol factory wraps aiohttp's
@@ -159,8 +162,9 @@ class ConnectionLimits:
         self.bounds = bounds
         self.sockets = sockets
         self._guards: dict[asyncio.BaseTransport, _Guard] = {}
-        self.lingering: set[asyncio.Transport] = set()
-        """Connections ended after an answer, waiting for the client's end."""
+        self.lingering: dict[asyncio.Transport, _Guard] = {}
+        """Connections ended after an answer, waiting for the client's end, oldest first:
+        each still holds its API slot, until a new connection needs it (:meth:`evict`)."""
         self.closing = False
         """The server is shutting down: connections close at once, without lingering."""
 
@@ -188,6 +192,17 @@ class ConnectionLimits:
         self.closing = True
         for transport in list(self.lingering):
             transport.abort()
+
+    def evict(self) -> bool:
+        """Cut the oldest lingering connection short, its API slot given back at once (a
+        new connection needs it: the answer has had its time on the wire); False when
+        none lingers."""
+        if not self.lingering:
+            return False
+        transport, guard = next(iter(self.lingering.items()))
+        guard.evict()
+        transport.abort()
+        return True
 
 
 class _Transport(asyncio.Transport):
@@ -268,6 +283,8 @@ class _Guard(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         limits = self._limits
         refused = limits.sockets.open_api(limits.bounds.max_connections)
+        if refused is not None and limits.evict():
+            refused = limits.sockets.open_api(limits.bounds.max_connections)
         if refused is not None:
             _refused.hit()
             refuse(transport, self, limits.sockets, TOO_MANY, max_bytes=limits.bounds.linger_bytes)
@@ -293,10 +310,14 @@ class _Guard(asyncio.Protocol):
         self._limits.sockets.close_api()
         self._limits.forget(view)
         if self._transport is not None:
-            self._limits.lingering.discard(self._transport)
+            self._limits.lingering.pop(self._transport, None)
         inner, self._inner = self._inner, None
         if inner is not None:
             inner.connection_lost(exc)
+
+    def evict(self) -> None:
+        """Lingering, cut short for a new connection: its count is given back now."""
+        self._closed(None)
 
     def data_received(self, data: bytes) -> None:
         inner = self._inner
@@ -373,7 +394,7 @@ class _Guard(asyncio.Protocol):
         if not answered or limits.closing or transport.is_closing():
             transport.close()  # connection_lost follows
             return
-        limits.lingering.add(transport)
+        limits.lingering[transport] = self
         linger(
             transport, seconds=LINGER, max_bytes=limits.bounds.linger_bytes, on_closed=self._closed
         )

@@ -30,7 +30,8 @@ LINGER: Final = 2.0
 """Seconds a server API connection answered for the last time waits for the client's
 end: the answer and the client's close need one round trip, and the API's clients are
 the application's backends, near (Apache waits 2 s a read, 30 s in all; a lingering
-connection here keeps its slot, so a short bound gives slots back sooner)."""
+connection here keeps its slot until a new connection needs it, and a short bound gives
+the descriptors back sooner)."""
 
 
 class Lingering(asyncio.Protocol):
