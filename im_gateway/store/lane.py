@@ -27,8 +27,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
 
 import hiredis
 import redis.asyncio as aioredis
@@ -45,6 +45,8 @@ _BACKOFF_CAP = 0.5
 _TIMER_SLACK = 0.002
 """A loop's timer may run its callback this early (uvloop counts in milliseconds)."""
 
+
+T = TypeVar("T")
 
 Arg = str | bytes | int | float | memoryview
 """A command's word, as hiredis packs it (str as UTF-8)."""
@@ -84,24 +86,7 @@ class _Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
 
-    def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Write one packed command; the future gets its reply."""
-        if self.lost is not None:
-            raise self.lost
-        assert self._transport is not None
-        loop = self._loop
-        future = loop.create_future()
-        if self._timeout is None:
-            self._waiting.append((future, 0.0))
-        else:
-            due = loop.time() + self._timeout
-            self._waiting.append((future, due))
-            if self._timer is None:
-                self._timer = loop.call_at(due, self._check_due)
-        self._transport.write(packed)
-        return future
-
-    def send_many(self, packed: list[bytes]) -> list[asyncio.Future[Any]]:
+    def send(self, packed: list[bytes]) -> list[asyncio.Future[Any]]:
         """Write packed commands in one write; a future per command gets its reply."""
         if self.lost is not None:
             raise self.lost
@@ -247,37 +232,23 @@ class Lane:
 
     async def call(self, *args: Arg) -> Any:
         """Send one command and return its reply (see the module docstring for errors)."""
-        packed = _pack(args)
-        for attempt in range(_RETRIES + 1):
-            try:
-                link = self._link
-                if link is None or link.lost is not None:
-                    link = await self._connect()
-                return await link.send(packed)
-            except ConnectionError:
-                if attempt == _RETRIES or self._closed:
-                    raise
-            cap = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
-            await asyncio.sleep(random.uniform(0, cap))
-        raise AssertionError("unreachable")
+        packed = [_pack(args)]
+
+        async def reply(link: _Link) -> Any:
+            return await link.send(packed)[0]
+
+        return await self._retrying(reply)
 
     async def pipeline(self, commands: Sequence[tuple[Arg, ...]]) -> list[Any]:
         """Send ``commands`` in one write and return their replies in order, an error
         reply or a lost connection as the exception in its place (nothing is sent again
         once written: the caller decides). Connecting is retried as for :meth:`call`."""
         packed = [_pack(args) for args in commands]
-        for attempt in range(_RETRIES + 1):
-            try:
-                link = self._link
-                if link is None or link.lost is not None:
-                    link = await self._connect()
-                futures = link.send_many(packed)
-                break
-            except ConnectionError:
-                if attempt == _RETRIES or self._closed:
-                    raise
-            cap = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**attempt)
-            await asyncio.sleep(random.uniform(0, cap))
+
+        async def written(link: _Link) -> list[asyncio.Future[Any]]:
+            return link.send(packed)
+
+        futures = await self._retrying(written)
         if futures:
             try:
                 # Replies come in order (a lost connection fails them in order too), so
@@ -288,6 +259,23 @@ class Lane:
                     f.cancel()  # their replies, when they come, are dropped
                 raise
         return [f.exception() or f.result() for f in futures]
+
+    async def _retrying(self, attempt: Callable[[_Link], Awaitable[T]]) -> T:
+        """``attempt`` on a working connection; when it raises ConnectionError (the
+        connection was dead, or died under it), again on a fresh one, up to
+        :data:`_RETRIES` times with a short random backoff."""
+        for n in range(_RETRIES + 1):
+            try:
+                link = self._link
+                if link is None or link.lost is not None:
+                    link = await self._connect()
+                return await attempt(link)
+            except ConnectionError:
+                if n == _RETRIES or self._closed:
+                    raise
+            cap = min(_BACKOFF_CAP, _BACKOFF_BASE * 2**n)
+            await asyncio.sleep(random.uniform(0, cap))
+        raise AssertionError("unreachable")
 
     async def _connect(self) -> _Link:
         async with self._connecting:
@@ -304,7 +292,7 @@ class Lane:
                         lambda: _Link(loop, self._timeout), self._host, self._port
                     )
                     for command in self._setup:
-                        await link.send(_pack(command))
+                        await link.send([_pack(command)])[0]
             except BaseException as exc:
                 if link is not None:
                     link.abort(ConnectionError("connection setup failed"))
