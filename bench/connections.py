@@ -143,18 +143,6 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / harness.CLK_TCK, int(fields[12]) / harness.CLK_TCK
 
 
-def redis_calls(port: int) -> dict[str, int]:
-    """Redis's calls per command so far (``INFO commandstats``)."""
-    import redis
-
-    client = redis.Redis(port=port)
-    try:
-        stats = client.info("commandstats")
-    finally:
-        client.close()
-    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
-
-
 def redis_slowlog(port: int, *, reset: bool) -> tuple[float, str]:
     """With ``reset``: log every command in Redis's SLOWLOG from now on (and answer 0).
     Else: the longest command logged since (ms) and its first words."""
@@ -177,10 +165,6 @@ def redis_slowlog(port: int, *, reset: bool) -> tuple[float, str]:
     if words[0].upper() in ("EVALSHA", "EVAL"):  # the script's keys, not its text
         return top["duration"] / 1000, f"{words[0]} of {words[2]} keys"
     return top["duration"] / 1000, " ".join(words[:2])
-
-
-def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
 
 
 _TOKEN_CHECK = """
@@ -317,11 +301,11 @@ async def measure(
     n = args.connections
     print(f"opening {n:,} connections ...", flush=True)
     targets = urls(100_000, n)
-    calls0 = redis_calls(ports["redis"])
+    calls0 = harness.redis_calls(ports["redis"])
     cpu0, rcpu0, split0 = gw.cpu_seconds(), redis_proc.cpu_seconds(), cpu_split(gw.pid)
     conns, took = await open_many(targets, compression, args.parallel)
     cpu1, rcpu1, split1 = gw.cpu_seconds(), redis_proc.cpu_seconds(), cpu_split(gw.pid)
-    calls = calls_delta(calls0, redis_calls(ports["redis"]))
+    calls = harness.calls_delta(calls0, harness.redis_calls(ports["redis"]))
     open_now = sum(1 for c in conns if c.state.name == "OPEN")
     rss_open = await settle(gw, args.settle)
     if trace_dir is not None:

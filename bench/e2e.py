@@ -663,6 +663,7 @@ async def orchestrate(
                         exclude=[pid for group in pids.values() for pid in group],
                     )
                 print(f"phase {cmd['phase']} ...", flush=True)
+                calls0 = harness.redis_calls(ports["redis"]) if "redis" in ports else None
                 meters = {name: harness.CpuMeter(group).start() for name, group in pids.items()}
                 total = harness.CpuMeter([]).start()
                 t_phase = time.monotonic()
@@ -677,6 +678,9 @@ async def orchestrate(
                 cpu["machine"] = sum(total.stop())
                 cpu["not ours"] = max(0.0, cpu["machine"] - ours)
                 res = merge(cmd, outs, cpu, args)
+                if calls0 is not None:  # warm-up and drain included, as in the CPU figures
+                    calls = harness.calls_delta(calls0, harness.redis_calls(ports["redis"]))
+                    res["redis_calls"] = calls
                 if args.redis == "both":
                     res["phase"] = f"{redis} {res['phase']}"
                 if args.metrics == "both":
@@ -776,6 +780,17 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
     ]
     out += [harness.table(["phase", *names], cpu_rows), ""]
     for r in results:
+        calls = r.get("redis_calls")
+        if calls:
+            per_call = {k: v / max(1, r["received"]) for k, v in calls.items()}
+            shown = ", ".join(f"{k} {v:.3g}" for k, v in sorted(per_call.items()) if v >= 0.001)
+            out += [
+                f"{r['phase']}: Redis commands per delivered message, "
+                f"{sum(per_call.values()):.2f} "
+                f"(INFO commandstats over the phase; a script's commands count beside its "
+                f"evalsha): {shown}.",
+                "",
+            ]
         if r.get("inbox_acks"):
             per = r["inbox_acks"] / max(1, r["received"])
             out += [

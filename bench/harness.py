@@ -142,6 +142,24 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def redis_calls(port: int) -> dict[str, int]:
+    """Redis's calls per command so far (``INFO commandstats``; the commands a script runs
+    count under their own names, beside its ``evalsha``)."""
+    import redis
+
+    client = redis.Redis(port=port)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def calls_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """The calls per command made between two :func:`redis_calls` readings."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0) > 0}
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of process ``pid`` in KiB (VmRSS from /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
