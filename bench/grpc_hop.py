@@ -2,6 +2,7 @@
 
     python bench/grpc_hop.py                 # 3 rounds, engines alternated
     python bench/grpc_hop.py --rounds 5 --count 5000
+    python bench/grpc_hop.py --quick         # 1 round of 500 round trips
 
 Two processes, a ``grpc.aio`` client and server (uvloop on both, as the hub and the
 gateways run), hold one bidirectional stream; the client writes a 200-byte message and
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--gap", type=float, default=0.002, help="seconds between round trips when paced"
     )
+    parser.add_argument("--quick", action="store_true", help="1 round of 500; under 10 s")
     parser.add_argument("--json", default="", help="also write the figures to this file")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
@@ -126,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps(figures))
         return 0
+    if args.quick:
+        args.rounds, args.count = 1, 500
     started = harness.start_run("gRPC hop", args)
     cases = [("back to back", 0.0), (f"paced ({args.gap * 1e3:g} ms apart)", args.gap)]
     runs: dict[tuple[str, str], list[dict[str, float]]] = {}
