@@ -9,7 +9,11 @@ batches of private messages one after the other, each waiting for its answer, as
 pipeline's worker does at moderate load: so every call pays both wake-ups. It reports its
 own CPU time per call (``time.process_time``: the client library, the arguments, the
 results, the system calls) and Redis's (from /proc), per call and per message. The
-machine's other work moves both; compare trees in one run.
+machine's other work moves both; compare trees in one run. Then Redis's memory per stored
+message (``used_memory`` after all the calls, less before, over the messages), and the
+share of it that is the dedupe record (deleted to measure it), which Redis keeps for
+``--dedupe-window`` while the inbox entries stay up to ``--inbox-max-len`` and
+``--inbox-max-age``.
 """
 
 from __future__ import annotations
@@ -35,11 +39,15 @@ def free_port() -> int:
 async def measure(url: str, redis_pid: int, sizes: list[int], calls: int) -> dict[str, float]:
     """CPU per call (this process, and Redis) for each batch size, with the store of the
     tree first on ``sys.path``."""
+    import redis
+
     from im_gateway.store import RedisStore, Submission
     from im_gateway.store.contract import new_submission
     from transmit_hub.types import MessageId, UserId, new_message
 
     store = RedisStore(url)
+    admin = redis.Redis.from_url(url)
+    memory0 = admin.info("memory")["used_memory"]
     count = 0
 
     def batch(size: int) -> list[Submission]:
@@ -72,7 +80,17 @@ async def measure(url: str, redis_pid: int, sizes: list[int], calls: int) -> dic
             figures[f"batch {size}: gateway CPU µs/call"] = own / calls * 1e6
             figures[f"batch {size}: redis CPU µs/call"] = redis / calls * 1e6
             figures[f"batch {size}: gateway + redis µs/msg"] = (own + redis) / calls / size * 1e6
+        # What the messages left in Redis: two inbox entries each (the recipient's and the
+        # sender's copy) and a dedupe record, which lives --dedupe-window (600 s).
+        memory1 = admin.info("memory")["used_memory"]
+        doomed = list(admin.scan_iter(match="*:dedupe:*", count=1000))
+        for i in range(0, len(doomed), 1000):
+            admin.delete(*doomed[i : i + 1000])
+        memory2 = admin.info("memory")["used_memory"]
+        figures["Redis memory per stored message (B)"] = (memory1 - memory0) / count
+        figures["  of which its dedupe record (B)"] = (memory1 - memory2) / count
     finally:
+        admin.close()
         await store.close()
     return figures
 
