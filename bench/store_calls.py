@@ -39,14 +39,14 @@ def free_port() -> int:
 async def measure(url: str, redis_pid: int, sizes: list[int], calls: int) -> dict[str, float]:
     """CPU per call (this process, and Redis) for each batch size, with the store of the
     tree first on ``sys.path``."""
-    import redis
+    import redis as redis_py
 
     from im_gateway.store import RedisStore, Submission
     from im_gateway.store.contract import new_submission
     from transmit_hub.types import MessageId, UserId, new_message
 
     store = RedisStore(url)
-    admin = redis.Redis.from_url(url)
+    admin = redis_py.Redis.from_url(url)
     memory0 = admin.info("memory")["used_memory"]
     count = 0
 
