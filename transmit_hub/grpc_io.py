@@ -4,9 +4,9 @@ gRPC 1.85 does a server's socket I/O on the threads of its EventEngine by defaul
 message read wakes one of them, which hands the completed read to the thread grpc.aio
 waits on, which wakes the event loop. Its older poll-based engine does the I/O on the
 thread that waits for completions, one hand-off less per message. For the hub, whose
-whole work is reading and writing gRPC frames, that is 16-24% less CPU per message at
-2,000 msgs/s and 11-13% less at full load (``bench/relay.py``, ``bench/grpc_hop.py``;
-bench/RESULTS.md section 24). The gateways' links gained nothing measurable end to end
+whole work is reading and writing gRPC frames, that is 9-17% less CPU per message at
+2,000 msgs/s and at full load alike (``bench/relay.py``, ``bench/e2e.py``,
+``bench/grpc_hop.py``; bench/RESULTS.md section 24). The gateways' links gained nothing measurable end to end
 (their gRPC frames are a small part of their work), so gateways keep gRPC's default.
 
 gRPC reads its engine from the environment variable ``GRPC_EXPERIMENTS`` once, when it is
