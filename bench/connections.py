@@ -434,6 +434,7 @@ COMPARED = [
     ("memory per idle connection (KB)", "kib_per_connection", 1024 / 1000),
     ("gateway CPU per idle connection per second (µs)", "idle_cpu_us_per_conn_s", 1.0),
     ("  the gateway's whole CPU / connections (µs)", "idle_cpu_gross_us_per_conn_s", 1.0),
+    ("  the gateway without connections (% of a core)", "idle_gateway_cores_empty", 100.0),
     ("Redis's longest command during the idle window (ms)", "idle_redis_longest_ms", 1.0),
     ("gateway CPU per handshake (µs)", "handshake_cpu_us", 1.0),
     ("  share of it in the kernel", "handshake_system_share", 1.0),

@@ -397,12 +397,29 @@ class KeyspaceStore(AsyncClosing):
         self._check_open()
         fresh = secrets.token_hex(8)
         prefix = self.settings.prefix
-        async with self._redis.pipeline(transaction=False) as pipe:
-            pipe.set(f"{prefix}gateway:{gateway}", "1", px=_ms(ttl), get=True)
-            pipe.set(f"{prefix}epoch", fresh, nx=True)
-            pipe.get(f"{prefix}epoch")
-            mark, _, epoch = await pipe.execute()
+        commands: list[tuple[str | int, ...]] = [
+            # The gateway's mark (its old value: None when it was missing), the epoch
+            # claimed if there is none yet, then read.
+            ("SET", f"{prefix}gateway:{gateway}", "1", "PX", _ms(ttl), "GET"),
+            ("SET", f"{prefix}epoch", fresh, "NX"),
+            ("GET", f"{prefix}epoch"),
+        ]
+        replies = await self._pipeline(commands)
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+        mark, _, epoch = replies
         return Beacon(mark is None, fresh if epoch is None else text(epoch))
+
+    async def _pipeline(self, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
+        """Run raw ``commands`` in one round trip (per node, on a cluster); their replies
+        in order, an error as the exception in its place. A subclass with a connection of
+        its own runs them there."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        return replies
 
     async def close(self) -> None:
         """Let the ack writes under way land, then close the client if the store made it;

@@ -1,4 +1,5 @@
-"""A dedicated Redis connection for the store's hot path: batch scripts and ack scripts.
+"""A dedicated Redis connection for the store's frequent calls: batch, ack and presence
+scripts, and the presence watcher's beacon.
 
 redis-py's asyncio client costs about 100 µs of CPU per command on top of the round trip
 (its connection pool's checkout and release, a health check, a ``wait_for`` per read,

@@ -12,10 +12,13 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from im_gateway.store import RedisStore
-from im_gateway.store.contract import Accepted
+from im_gateway.store.contract import Accepted, Beacon
 from im_gateway.store.lane import Lane
 from tests.conftest import RedisServer
 from tests.im_gateway.store.test_contract import ALICE, BOB, msg, sub
+from transmit_hub.types import GatewayId
+
+GW = GatewayId("gw-beacon")
 
 
 @pytest.fixture
@@ -299,3 +302,55 @@ async def test_replies_on_time_keep_the_connection_and_a_late_one_still_times_ou
             await lane.call("PING")
         assert 0.25 <= loop.time() - sent < 2
         assert len(accepted) == 1  # one connection throughout, not retried
+
+
+async def test_the_beacon_goes_on_the_lane(
+    redis_url: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The presence watcher's beacon (4 calls a second on an idle gateway) takes the lane,
+    not redis-py's pipeline; its answers are the keyspace store's: missing the first time
+    and after the mark is deleted, the epoch kept, a new epoch once the data is lost."""
+    from redis.asyncio.client import Pipeline
+
+    piped: list[object] = []
+    real = Pipeline.execute
+
+    async def recording(self: Pipeline, raise_on_error: bool = True) -> list[object]:
+        piped.append(self)
+        return await real(self, raise_on_error)
+
+    monkeypatch.setattr(Pipeline, "execute", recording)
+    async with RedisStore(redis_url) as store:
+        first = await store.beacon(GW, 30)
+        assert first.missing
+        assert await store.beacon(GW, 30) == Beacon(False, first.epoch)
+        await redis_client.delete(f"{store.settings.prefix}gateway:{GW}")
+        assert await store.beacon(GW, 30) == Beacon(True, first.epoch)
+        await redis_client.flushall()
+        lost = await store.beacon(GW, 30)
+        assert lost.missing
+        assert lost.epoch != first.epoch
+    assert piped == []
+
+
+async def test_a_beacon_whose_connection_is_cut_raises() -> None:
+    """A peer that closes the store's connection instead of answering the beacon: the
+    beacon raises ConnectionError (the watcher logs it and counts the store as down), not
+    an answer made of the errors in their places."""
+
+    async def closer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.close()
+
+    server = await asyncio.start_server(closer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    store = RedisStore(f"redis://127.0.0.1:{port}/0")
+    try:
+        assert store.lane is not None
+        async with asyncio.timeout(10):
+            with pytest.raises(ConnectionError):
+                await store.beacon(GW, 30)
+    finally:
+        await store.close()
+        server.close()
+        await server.wait_closed()
