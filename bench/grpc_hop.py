@@ -12,12 +12,12 @@ moderate load). Reported per round trip: each process's CPU time (from /proc) an
 latency's median.
 
 Each case runs twice per round, in a fresh pair of processes each: with gRPC's default
-(its EventEngine: I/O on gRPC's own threads) and with ``GRPC_EXPERIMENTS`` set to
-:data:`POLL` (the older poll-based I/O, done by the thread that waits for completions).
-gRPC reads that variable once, when it is imported, for the whole process. The ratios are
-poll / default, per round, then their median. RESULTS.md section 24 has the figures and
-what they mean end to end (``bench/relay.py`` and ``bench/e2e.py`` run the same way, with
-the variable exported).
+(its EventEngine: I/O on gRPC's own threads) and with ``GRPC_EXPERIMENTS`` set as the hub
+sets it (``transmit_hub.grpc_io.POLL_BASED``: the older poll-based I/O, done by the thread
+that waits for completions). gRPC reads that variable once, when it is imported, for the
+whole process. The ratios are poll / default, per round, then their median. RESULTS.md
+section 24 has the figures and what the hub's choice does end to end (``bench/relay.py``
+and ``bench/e2e.py`` with ``--before``).
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from typing import Any
 import grpc  # type: ignore[import-untyped]  # reads GRPC_EXPERIMENTS on import
 import harness
 
-POLL = "-event_engine_client,-event_engine_listener,-event_engine_callback_cq"
-"""gRPC experiments turned off for the poll-based engine (gRPC 1.85's names)."""
-ENGINES = {"default": "", "poll-based": POLL}
+from transmit_hub.grpc_io import POLL_BASED
+
+ENGINES = {"default": "", "poll-based": POLL_BASED}
+"""``GRPC_EXPERIMENTS`` for each engine: gRPC's default, and the hub's."""
 PAYLOAD = b"x" * 200
 
 

@@ -6,8 +6,9 @@ waits on, which wakes the event loop. Its older poll-based engine does the I/O o
 thread that waits for completions, one hand-off less per message. For the hub, whose
 whole work is reading and writing gRPC frames, that is 9-17% less CPU per message at
 2,000 msgs/s and at full load alike (``bench/relay.py``, ``bench/e2e.py``,
-``bench/grpc_hop.py``; bench/RESULTS.md section 24). The gateways' links gained nothing measurable end to end
-(their gRPC frames are a small part of their work), so gateways keep gRPC's default.
+``bench/grpc_hop.py``; bench/RESULTS.md section 24). The gateways' links gained nothing
+measurable end to end (their gRPC frames are a small part of their work), so gateways
+keep gRPC's default.
 
 gRPC reads its engine from the environment variable ``GRPC_EXPERIMENTS`` once, when it is
 imported, for the whole process. So ``python -m transmit_hub`` calls :func:`choose`

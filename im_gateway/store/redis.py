@@ -160,7 +160,8 @@ class RedisStore(KeyspaceStore):
         # A client the caller lends stays the store's only connection (the caller owns
         # every connection it made, and may never close the store).
         self._lane = Lane.of(client) if owns else None
-        """The batch, ack and presence scripts' and the beacon's own connection (None: the client's)."""
+        """The batch, ack and presence scripts' and the beacon's own connection (None: the
+        client's)."""
 
     @property
     def client(self) -> aioredis.Redis:
@@ -169,7 +170,8 @@ class RedisStore(KeyspaceStore):
 
     @property
     def lane(self) -> Lane | None:
-        """The batch, ack and presence scripts' and the beacon's own connection (None: the client's)."""
+        """The batch, ack and presence scripts' and the beacon's own connection (None: the
+        client's)."""
         return self._lane
 
     # -- messages -------------------------------------------------------------------------
@@ -265,7 +267,8 @@ class RedisStore(KeyspaceStore):
 
     async def _pipeline(self, commands: Sequence[tuple[str | int, ...]]) -> list[Any]:
         """On the lane when the store has one (the presence watcher's beacon, 4 times a
-        second: redis-py's pipeline cost an idle gateway about 1 ms of CPU a second)."""
+        second: on redis-py's pipeline it cost an idle gateway about 1.5 ms of CPU a
+        second, a quarter of its CPU without connections)."""
         lane = self._lane
         if lane is None:
             return await super()._pipeline(commands)
