@@ -12,12 +12,12 @@ moderate load). Reported per round trip: each process's CPU time (from /proc) an
 latency's median.
 
 Each case runs twice per round, in a fresh pair of processes each: with gRPC's default
-(its EventEngine: I/O on gRPC's own threads) and with ``GRPC_EXPERIMENTS`` set as the hub
-sets it (``transmit_hub.grpc_io.POLL_BASED``: the older poll-based I/O, done by the thread
-that waits for completions). gRPC reads that variable once, when it is imported, for the
-whole process. The ratios are poll / default, per round, then their median. RESULTS.md
-section 24 has the figures and what the hub's choice does end to end (``bench/relay.py``
-and ``bench/e2e.py`` with ``--before``).
+(its EventEngine: I/O on gRPC's own threads) and with ``GRPC_EXPERIMENTS`` set as the
+README offers it for hubs (``transmit_hub.grpc_io.POLL_BASED``: the older poll-based I/O,
+done by the thread that waits for completions). gRPC reads that variable once, when it
+is imported, for the whole process. The ratios are poll / default, per round, then their
+median. RESULTS.md section 24 has the figures and what a hub on it does end to end
+(``bench/relay.py`` and ``bench/e2e.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ import harness
 from transmit_hub.grpc_io import POLL_BASED
 
 ENGINES = {"default": "", "poll-based": POLL_BASED}
-"""``GRPC_EXPERIMENTS`` for each engine: gRPC's default, and the hub's."""
+"""``GRPC_EXPERIMENTS`` for each engine: gRPC's default, and the poll-based one."""
 PAYLOAD = b"x" * 200
 
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc  # type: ignore[import-untyped]
+
 from .errors import ConfigError
 
 __all__ = ["ClientTls", "ServerTls", "read_pem"]
@@ -31,14 +33,6 @@ def read_pem(path: str, flag: str) -> bytes:
     if b"-----BEGIN " not in data:
         raise ConfigError(f"{flag} {path}: not a PEM file")
     return data
-
-
-def _grpc() -> Any:
-    """gRPC, imported on first use: the hub's config reads these settings before gRPC may
-    be imported (:mod:`transmit_hub.grpc_io` chooses its I/O engine first)."""
-    import grpc  # type: ignore[import-untyped]
-
-    return grpc
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +67,7 @@ class ServerTls:
 
     def credentials(self) -> Any:
         """The ``grpc.ServerCredentials`` of these settings."""
-        return _grpc().ssl_server_credentials(
+        return grpc.ssl_server_credentials(
             [(self.key, self.cert)],
             root_certificates=self.client_ca,
             require_client_auth=self.client_ca is not None,
@@ -104,6 +98,6 @@ class ClientTls:
 
     def credentials(self) -> Any:
         """The ``grpc.ChannelCredentials`` of these settings."""
-        return _grpc().ssl_channel_credentials(
+        return grpc.ssl_channel_credentials(
             root_certificates=self.ca, private_key=self.key, certificate_chain=self.cert
         )

@@ -1,5 +1,6 @@
-"""The hub's gRPC I/O engine (transmit_hub/grpc_io.py): chosen before gRPC loads, and
-still honoured by the gRPC installed (this pins the experiment names the module uses)."""
+"""gRPC's I/O engine in the hub (transmit_hub/grpc_io.py): the poll-based one that the
+README offers is still honoured by the gRPC installed (this pins the experiment names),
+and the hub says at start which engine runs."""
 
 from __future__ import annotations
 
@@ -8,37 +9,23 @@ import os
 import subprocess
 import sys
 
-import pytest
-
 from tests.helpers import free_port
 from transmit_hub import grpc_io
 
 from .conftest import LinkFactory
 
 
-def test_the_poll_based_engine_is_set_when_nothing_is() -> None:
-    environ: dict[str, str] = {}
-    note = grpc_io.choose(environ, modules={})
-    assert environ == {"GRPC_EXPERIMENTS": grpc_io.POLL_BASED}
-    assert note is not None
-    assert "poll-based" in note
-
-
-@pytest.mark.parametrize("value", ["", "-event_engine_listener"])
-def test_an_operators_choice_is_kept(value: str) -> None:
-    """Even an empty GRPC_EXPERIMENTS is a choice: gRPC's own default."""
-    environ = {"GRPC_EXPERIMENTS": value}
-    note = grpc_io.choose(environ, modules={})
-    assert environ == {"GRPC_EXPERIMENTS": value}
-    assert note is not None
-    assert "set by the operator" in note
-
-
-def test_nothing_is_set_once_grpc_is_loaded() -> None:
-    """Too late to count: the variable is left alone (a child process would inherit it)."""
-    environ: dict[str, str] = {}
-    assert grpc_io.choose(environ, modules={"grpc": object()}) is None
-    assert environ == {}
+def test_the_start_line_names_the_engine() -> None:
+    """Unset or empty: gRPC's default, and the value that selects the other; the value
+    itself: the poll-based engine; anything else: as the operator set it."""
+    default = grpc_io.engine_note({})
+    assert "gRPC's default engine" in default
+    assert grpc_io.POLL_BASED in default
+    assert grpc_io.engine_note({"GRPC_EXPERIMENTS": ""}) == default
+    assert "the poll-based engine" in grpc_io.engine_note({"GRPC_EXPERIMENTS": grpc_io.POLL_BASED})
+    assert (
+        grpc_io.engine_note({"GRPC_EXPERIMENTS": "-x"}) == "gRPC I/O: as GRPC_EXPERIMENTS=-x says"
+    )
 
 
 def test_grpc_knows_every_experiment_named() -> None:
@@ -81,21 +68,21 @@ async def hub_trace(make_link: LinkFactory, **env: str) -> str:
     return raw.decode()
 
 
-async def test_the_hub_process_does_its_tcp_io_in_the_poll_based_engine(
+async def test_a_hub_started_with_poll_based_does_its_tcp_io_there(
     make_link: LinkFactory,
 ) -> None:
     """gRPC's traces name the file that did the socket work: the poll-based engine's
-    (tcp_posix.cc), not the EventEngine's (posix_endpoint.cc); the hub logs its choice."""
-    err = await hub_trace(make_link)
+    (tcp_posix.cc), not the EventEngine's (posix_endpoint.cc); the hub logs its engine."""
+    err = await hub_trace(make_link, GRPC_EXPERIMENTS=grpc_io.POLL_BASED)
     assert "tcp_posix.cc" in err
     assert "posix_endpoint.cc" not in err
     assert "gRPC I/O: the poll-based engine" in err
     assert "Unknown experiment" not in err
 
 
-async def test_an_empty_grpc_experiments_runs_grpcs_default(make_link: LinkFactory) -> None:
+async def test_a_hub_started_without_runs_grpcs_default(make_link: LinkFactory) -> None:
     """The other side of the check above: gRPC's default engine shows as posix_endpoint.cc."""
-    err = await hub_trace(make_link, GRPC_EXPERIMENTS="")
+    err = await hub_trace(make_link)
     assert "posix_endpoint.cc" in err
     assert "tcp_posix.cc" not in err
-    assert "set by the operator" in err
+    assert "gRPC I/O: gRPC's default engine" in err
