@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import pytest
 
-from tests.helpers import wait_until
+from tests.helpers import free_port, wait_until
 from transmit_hub import (
     Delivered,
     Delivery,
@@ -121,3 +122,35 @@ async def make_link() -> AsyncIterator[LinkFactory]:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await pump
+
+
+async def hub_process_with_link(
+    make_link: LinkFactory,
+    *args: str,
+    env: dict[str, str] | None = None,
+    **link_options: object,
+) -> str:
+    """``python -m transmit_hub --listen <free port> *args`` (environment ``env``, default
+    this process's), a link ``gw-1`` attached to it (``link_options``: its TLS, say), then
+    SIGTERM: the hub's stderr, once it has exited 0."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "transmit_hub",
+        "--listen",
+        f"127.0.0.1:{port}",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        gw = await make_link(f"127.0.0.1:{port}", "gw-1", connect=False, **link_options)
+        await gw.link.wait_connected(30)
+    finally:
+        proc.terminate()
+        _, raw = await asyncio.wait_for(proc.communicate(), 30)
+    err = raw.decode()
+    assert proc.returncode == 0, err[-2000:]
+    return err

@@ -4,15 +4,13 @@ and the hub says at start which engine runs."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
 import sys
 
-from tests.helpers import free_port
 from transmit_hub import grpc_io
 
-from .conftest import LinkFactory
+from .conftest import LinkFactory, hub_process_with_link
 
 
 def test_the_start_line_names_the_engine() -> None:
@@ -42,30 +40,11 @@ def test_grpc_knows_every_experiment_named() -> None:
 
 
 async def hub_trace(make_link: LinkFactory, **env: str) -> str:
-    """The stderr of ``python -m transmit_hub`` with gRPC's TCP traces on, a link attached
-    and detached; ``env`` on top of this process's environment less GRPC_EXPERIMENTS."""
+    """The stderr of ``python -m transmit_hub`` with gRPC's TCP traces on and a link
+    attached; ``env`` on top of this process's environment less GRPC_EXPERIMENTS."""
     environ = {k: v for k, v in os.environ.items() if k != "GRPC_EXPERIMENTS"}
     environ |= {"GRPC_TRACE": "tcp,event_engine_endpoint", "GRPC_VERBOSITY": "debug", **env}
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "transmit_hub",
-        "--listen",
-        f"127.0.0.1:{port}",
-        env=environ,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        gw = await make_link(f"127.0.0.1:{port}", "gw-1", connect=False)
-        await gw.link.wait_connected(30)
-        await gw.link.close()
-    finally:
-        proc.terminate()
-        _, raw = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, raw.decode()[-2000:]
-    return raw.decode()
+    return await hub_process_with_link(make_link, env=environ)
 
 
 async def test_a_hub_started_with_poll_based_does_its_tcp_io_there(

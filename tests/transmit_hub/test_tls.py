@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -14,7 +13,6 @@ import grpc  # type: ignore[import-untyped]
 import pytest
 from grpc import aio
 
-from tests.helpers import free_port
 from transmit_hub import HubServer, codec, peer
 from transmit_hub.config import HubConfig
 from transmit_hub.tls import ClientTls, ServerTls
@@ -23,7 +21,7 @@ from transmit_hub.types import GatewayId
 from transmit_hub.v1 import transmit_pb2_grpc
 
 from .certs import Issued, TestCA
-from .conftest import LinkFactory, tmap
+from .conftest import LinkFactory, hub_process_with_link, tmap
 from .test_grpcurl import grpcurl
 
 
@@ -193,30 +191,16 @@ async def test_grpcurl_against_a_mutual_tls_hub(pki: Pki, mtls_hub: HubServer) -
 async def test_mtls_hub_process_and_link(pki: Pki, make_link: LinkFactory) -> None:
     """`python -m transmit_hub --tls-cert --tls-key --tls-client-ca` serves mutual TLS: a link
     with a certificate naming its id attaches."""
-    port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "transmit_hub",
-        "--listen",
-        f"127.0.0.1:{port}",
+    err = await hub_process_with_link(
+        make_link,
         "--tls-cert",
         str(pki.hub.cert),
         "--tls-key",
         str(pki.hub.key),
         "--tls-client-ca",
         str(pki.ca.cert),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
+        tls=pki.client(pki.gw1),
     )
-    try:
-        gw1 = await make_link(f"127.0.0.1:{port}", "gw-1", connect=False, tls=pki.client(pki.gw1))
-        await gw1.link.wait_connected(30)
-    finally:
-        proc.terminate()
-        _, raw = await asyncio.wait_for(proc.communicate(), 30)
-    err = raw.decode()
-    assert proc.returncode == 0
     assert "(mutual TLS)" in err
 
 
