@@ -338,11 +338,16 @@ class GatewayConfig:
         group="timeouts",
     )
     ping_interval: float = setting(
-        20.0, "WebSocket ping interval (0: no pings)", metavar="SECONDS", check=non_negative
+        20.0,
+        "ping a client that sent no frame or pong for this long; connections are looked at "
+        "every quarter of it, so a ping goes out up to a quarter later (0: no pings)",
+        metavar="SECONDS",
+        check=non_negative,
     )
     ping_timeout: float = setting(
         20.0,
-        "close a connection whose pong is this late (0: never)",
+        "close a connection whose pong is this late (looked at as above: up to a quarter of "
+        "--ping-interval later; 0: never)",
         metavar="SECONDS",
         check=non_negative,
     )

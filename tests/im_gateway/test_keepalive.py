@@ -144,6 +144,40 @@ def test_passing_over_a_connection_until_its_upkeep_at_changes_nothing(
     assert skipping.pinged_at == every.pinged_at
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    interval=st.sampled_from([4.0, 20.0, 30.0]),
+    pong_timeout=st.sampled_from([0.0, 20.0, 60.0]),
+    delays=st.lists(st.floats(min_value=0.0, max_value=0.999), min_size=8, max_size=8),
+    start=st.floats(min_value=0.0, max_value=0.999),
+)
+def test_a_ping_goes_out_within_a_quarter_interval_after_the_interval(
+    interval: float, pong_timeout: float, delays: list[float], start: float
+) -> None:
+    """What the README says of ``--ping-interval``: a client that answers every ping (its
+    pong ``delays[k]`` of a sweep period after it) and sends nothing else is pinged no
+    sooner than an interval after its last pong, and no later than a sweep period (a
+    quarter of the interval, as ``sweep_idle`` picks it) after that."""
+    period = min(p for p in (interval / 4, pong_timeout / 2) if p > 0)
+    conn = Conn(last_seen=start * period)
+    pongs: list[float] = []
+    tick = 0
+    while len(pongs) < len(delays) and tick < 1000:
+        now = tick * period
+        tick += 1
+        if conn.upkeep_at > now:
+            continue
+        before = len(conn.done)
+        conn.upkeep_at = visit(conn, now, 0, interval, pong_timeout)
+        if len(conn.done) > before:
+            assert conn.done[-1] == (now, "ping")
+            heard = max(conn.last_seen, conn.heard_at)
+            assert heard + interval <= now < heard + interval + period
+            conn.heard_at = now + delays[len(pongs)] * period
+            pongs.append(conn.heard_at)
+    assert len(pongs) == len(delays)
+
+
 class Counted:
     """A connection for the sweep: answers pings at once; counts the sweep's visits."""
 
