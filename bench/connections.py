@@ -143,6 +143,20 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / harness.CLK_TCK, int(fields[12]) / harness.CLK_TCK
 
 
+def io_counts(pid: int) -> tuple[int, int, int]:
+    """Process ``pid``'s read and write syscalls so far (all threads, ``/proc/PID/io``) and
+    its main thread's voluntary context switches (each a sleep, so each a wake-up after)."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    status = Path(f"/proc/{pid}/task/{pid}/status").read_text()
+    switches = next(line for line in status.splitlines() if line.startswith("voluntary_"))
+    return int(io["syscr"]), int(io["syscw"]), int(switches.split()[1])
+
+
+def per_second(before: tuple[int, ...], after: tuple[int, ...], seconds: float) -> list[float]:
+    """The counts' growth per second."""
+    return [(b - a) / seconds for a, b in zip(before, after, strict=True)]
+
+
 def redis_slowlog(port: int, *, reset: bool) -> tuple[float, str]:
     """With ``reset``: log every command in Redis's SLOWLOG from now on (and answer 0).
     Else: the longest command logged since (ms) and its first words."""
@@ -289,7 +303,9 @@ async def measure(
     window = args.idle_window or args.ping_interval
     print(f"no connections: idle for {window:g} s ...", flush=True)
     meter = harness.CpuMeter([gw.pid]).start()
+    io0 = io_counts(gw.pid)
     await asyncio.sleep(window)
+    empty_rates = per_second(io0, io_counts(gw.pid), window)
     gw_empty_cores, _, _ = meter.stop()
 
     # Refused handshakes (HTTP + token check + 401).
@@ -315,9 +331,12 @@ async def measure(
     print(f"idle for {window:g} s ...", flush=True)
     redis_slowlog(ports["redis"], reset=True)
     meter = harness.CpuMeter([gw.pid]).start()
-    idle0 = cpu_split(gw.pid)
+    idle0, io0 = cpu_split(gw.pid), io_counts(gw.pid)
     await asyncio.sleep(window)
-    idle1 = cpu_split(gw.pid)
+    idle1, io1 = cpu_split(gw.pid), io_counts(gw.pid)
+    reads, writes, wakeups = (
+        b - a for a, b in zip(empty_rates, per_second(io0, io1, window), strict=True)
+    )
     gw_cores, own_cores, other_cores = meter.stop()
     longest_ms, longest = redis_slowlog(ports["redis"], reset=False)
     still_open = sum(1 for c in conns if c.state.name == "OPEN")
@@ -354,6 +373,12 @@ async def measure(
         "idle_other_cores": other_cores + own_cores,
         "idle_redis_longest_ms": longest_ms,
         "idle_redis_longest": longest,
+        # What the connections add per second (less the window without them): writes are
+        # the pings, reads the pongs; per ping, the CPU they add.
+        "idle_writes_per_s": writes,
+        "idle_reads_per_s": reads,
+        "idle_wakeups_per_s": wakeups,
+        "idle_cpu_us_per_ping": (gw_cores - gw_empty_cores) / max(writes, 1e-9) * 1e6,
     }
     if trace_dir is not None:
         result["trace"] = trace_report(trace_dir, n)
@@ -385,6 +410,16 @@ def report(r: dict[str, Any]) -> str:
         [
             "  the same, the gateway's whole CPU divided by the connections",
             f"{r['idle_cpu_gross_us_per_conn_s']:.2f} µs",
+        ],
+        [
+            "  what the connections add: writes (pings), reads (pongs), wake-ups per second",
+            f"{r['idle_writes_per_s']:,.0f}, {r['idle_reads_per_s']:,.0f}, "
+            f"{r['idle_wakeups_per_s']:,.0f} (reads per wake-up "
+            f"{r['idle_reads_per_s'] / max(r['idle_wakeups_per_s'], 1e-9):.1f}; /proc)",
+        ],
+        [
+            "  gateway CPU per ping (the added CPU / the added writes)",
+            f"{r['idle_cpu_us_per_ping']:.1f} µs",
         ],
         [
             "Redis's longest command during the idle window (SLOWLOG)",
@@ -435,6 +470,7 @@ COMPARED = [
     ("gateway CPU per idle connection per second (µs)", "idle_cpu_us_per_conn_s", 1.0),
     ("  the gateway's whole CPU / connections (µs)", "idle_cpu_gross_us_per_conn_s", 1.0),
     ("  the gateway without connections (% of a core)", "idle_gateway_cores_empty", 100.0),
+    ("  gateway CPU per ping (µs)", "idle_cpu_us_per_ping", 1.0),
     ("Redis's longest command during the idle window (ms)", "idle_redis_longest_ms", 1.0),
     ("gateway CPU per handshake (µs)", "handshake_cpu_us", 1.0),
     ("  share of it in the kernel", "handshake_system_share", 1.0),
