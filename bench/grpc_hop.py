@@ -45,7 +45,6 @@ import harness
 
 from transmit_hub.grpc_io import POLL_BASED
 
-STACKS = ("default", "poll-based", "grpclib", "tcp")
 ENGINES = {"default": "", "poll-based": POLL_BASED}
 """``GRPC_EXPERIMENTS`` for each of grpc.aio's engines: gRPC's default, the poll-based one."""
 METHOD = "/bench.Echo/Echo"
@@ -201,9 +200,14 @@ async def _measure_tcp(port: int, server_pid: int, count: int, gap: float) -> di
         writer.close()
 
 
-SERVE = {"default": _serve_grpc, "poll-based": _serve_grpc, "grpclib": _serve_grpclib}
-MEASURE = {"default": _measure_grpc, "poll-based": _measure_grpc, "grpclib": _measure_grpclib}
-SERVE["tcp"], MEASURE["tcp"] = _serve_tcp, _measure_tcp
+SIDES = {
+    "default": (_serve_grpc, _measure_grpc),
+    "poll-based": (_serve_grpc, _measure_grpc),
+    "grpclib": (_serve_grpclib, _measure_grpclib),
+    "tcp": (_serve_tcp, _measure_tcp),
+}
+"""Each stack's server and measuring client, in ``--stacks``' default order."""
+STACKS = tuple(SIDES)
 
 
 def run_case(stack: str, count: int, gap: float) -> dict[str, float]:
@@ -277,11 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.serve is not None:
         stack, port = args.serve
-        harness.run_async(SERVE[stack](int(port)), loop="uvloop")
+        harness.run_async(SIDES[stack][0](int(port)), loop="uvloop")
         return 0
     if args.measure is not None:
         stack, port, pid, count, gap = args.measure
-        measure = MEASURE[stack](int(port), int(pid), int(count), float(gap))
+        measure = SIDES[stack][1](int(port), int(pid), int(count), float(gap))
         print(json.dumps(harness.run_async(measure, loop="uvloop")))
         return 0
     stacks = stacks_of(args.stacks)
