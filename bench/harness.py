@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -46,9 +47,13 @@ from devtools.launch import (  # noqa: E402 - after the path it comes from
     redis_server_argv,
 )
 
+if TYPE_CHECKING:  # cryptography is a benchmark extra: only bench/storm.py --tls needs it
+    from devtools.certs import ServerCert
+
 __all__ = ["die_with_parent", "free_port", "mint_token"]
 """The launcher's names the benchmarks use through this module."""
 PYTHON = sys.executable
+IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux; Python 3.12+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 TREE = REPO
@@ -190,6 +195,25 @@ def wait_workers(child: Child, workers: int, *, timeout: float = 60.0) -> None:
     )
 
 
+async def connect_from(source: str, host: str, port: int) -> socket.socket:
+    """A TCP socket connected from the local address ``source`` to ``host:port``.
+
+    Bound with ``IP_BIND_ADDRESS_NO_PORT``: the kernel picks the local port at connect,
+    for the whole 4-tuple. A plain bind to port 0 (asyncio's ``local_addr``) must find a
+    port free on ``source`` for every destination, and after a run the thousands of
+    sockets in TIME_WAIT that the clients closed make that search cost milliseconds."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def percentile(sorted_values: Sequence[float], p: float) -> float:
     """The ``p``-th percentile (0..100) of already-sorted values, nearest-rank."""
     if not sorted_values:
@@ -295,9 +319,14 @@ class CpuMeter:
         return procs / wall, own / wall, max(0.0, other) / wall
 
 
-def wait_healthy(child: Child, port: int, *, timeout: float = 30.0) -> None:
-    """Block until ``GET /healthz`` on 127.0.0.1:``port`` answers 200."""
-    child.wait_ready(lambda: gateway_healthy(port), timeout=timeout, what="/healthz 200")
+def wait_healthy(
+    child: Child, port: int, *, timeout: float = 30.0, cafile: str | None = None
+) -> None:
+    """Block until ``GET /healthz`` on 127.0.0.1:``port`` answers 200 (over https, trusting
+    the PEM CA ``cafile``, when given)."""
+    child.wait_ready(
+        lambda: gateway_healthy(port, cafile=cafile), timeout=timeout, what="/healthz 200"
+    )
 
 
 _INLINE_HUB = """
@@ -343,9 +372,11 @@ def start_stack(
     gateway_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
     redis: str = "single",
+    tls: ServerCert | None = None,
 ) -> dict[str, int]:
     """Redis (``single``: one redis-server; ``cluster``: 3 primaries and 3 replicas), a hub
-    and the named gateways, started and healthy; their ports by name."""
+    and the named gateways (serving wss:// and https:// with ``tls``), started and healthy;
+    their ports by name."""
     ports = {"hub": free_port()}
     if redis == "cluster":
         url = redis_cluster(started)
@@ -364,11 +395,13 @@ def start_stack(
         argv = module_argv(gateway_id, "im_gateway", "--listen", f"127.0.0.1:{port}")
         argv += ["--gateway-id", gateway_id, "--hub", f"127.0.0.1:{ports['hub']}"]
         argv += ["--redis-url", url, "--jwt-secret", secret]
+        if tls is not None:
+            argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
         gw = Child(gateway_id, [*argv, *gateway_args], env=env).start()
         started.append(gw)
         gws.append((gw, port))
     for gw, port in gws:
-        wait_healthy(gw, port)
+        wait_healthy(gw, port, cafile=None if tls is None else str(tls.ca))
     return ports
 
 

@@ -28,17 +28,22 @@ import math
 import multiprocessing
 import secrets
 import shlex
+import ssl
 import sys
 import time
 from typing import Any
 
 import harness
+import raw_client
 from connections import add_connection_options, close_all, open_many, raise_nofile, settle
 
 
-async def _open_lean(url: str, compression: str | None, source: str) -> Any:
+async def _open_lean(
+    url: str, compression: str | None, source: str, tls: ssl.SSLContext | None = None
+) -> Any:
     """One connection on the end-to-end bench's lean client (websockets' sans-I/O protocol
-    on a bare transport: far less client CPU), once its replay marker (type 14) came."""
+    on a bare transport: far less client CPU), once its replay marker (type 14) came; a
+    wss:// one with the client TLS context ``tls``."""
     from urllib.parse import urlsplit
 
     from e2e import LeanConnection
@@ -50,11 +55,13 @@ async def _open_lean(url: str, compression: str | None, source: str) -> Any:
             replayed.set()
 
     parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    sock = await harness.connect_from(source, host, parts.port or 80)
     _, conn = await asyncio.get_running_loop().create_connection(
         lambda: LeanConnection(url, compression, on_text),
-        parts.hostname or "127.0.0.1",
-        parts.port or 80,
-        local_addr=(source, 0),
+        sock=sock,
+        ssl=tls,
+        server_hostname=host if tls else None,
     )
     await asyncio.wait_for(conn.opened, 120)
     with contextlib.suppress(TimeoutError):  # the marker is only a courtesy wait
@@ -63,24 +70,34 @@ async def _open_lean(url: str, compression: str | None, source: str) -> Any:
 
 
 def _client_process(
-    urls: list[str], compression: str | None, parallel: int, source: str, pipe: Any
+    urls: list[str],
+    compression: str | None,
+    parallel: int,
+    source: str,
+    cafile: str | None,
+    client: str,
+    pipe: Any,
 ) -> None:
-    """A client process: open ``urls`` from the address ``source``, say how many are open,
+    """A client process: open ``urls`` from the address ``source`` (wss:// ones trusting
+    the PEM CA ``cafile``) on the ``lean`` or the ``raw`` client, say how many are open, how long it took and the CPU it took,
     then answer ``count`` and ``close`` from the parent (its event loop keeps running:
     pings are answered). Each process has its own 127.0.0.x: one source address has only
     about 28,000 ephemeral ports toward one server port."""
     raise_nofile(len(urls) + 100)
+    tls = ssl.create_default_context(cafile=cafile) if cafile else None
 
     async def serve() -> None:
         gate = asyncio.Semaphore(parallel)
 
         async def one(url: str) -> Any:
             async with gate:
-                return await _open_lean(url, compression, source)
+                if client == "raw":
+                    return await raw_client.open_raw(url, source, tls)
+                return await _open_lean(url, compression, source, tls)
 
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         results = await asyncio.gather(*(one(u) for u in urls), return_exceptions=True)
-        took = time.monotonic() - t0
+        took, cpu = time.monotonic() - t0, time.process_time() - cpu0
         conns = [c for c in results if not isinstance(c, BaseException)]
         failed = collections.Counter(repr(e)[:120] for e in results if isinstance(e, BaseException))
         for reason, count in failed.most_common(3):
@@ -89,7 +106,7 @@ def _client_process(
         def still_open() -> int:
             return sum(1 for c in conns if not c.closed.is_set())
 
-        pipe.send((still_open(), took))
+        pipe.send((still_open(), took, cpu))
         loop = asyncio.get_running_loop()
         while (order := await loop.run_in_executor(None, pipe.recv)) != "close":
             assert order == "count"
@@ -103,7 +120,15 @@ def _client_process(
 class ClientProcesses:
     """Connections held by several client processes (``--client-processes``)."""
 
-    def __init__(self, urls: list[str], compression: str | None, parallel: int, procs: int):
+    def __init__(
+        self,
+        urls: list[str],
+        compression: str | None,
+        parallel: int,
+        procs: int,
+        cafile: str | None = None,
+        client: str = "lean",
+    ):
         context = multiprocessing.get_context("spawn")
         self.pipes = []
         self.procs = []
@@ -112,16 +137,30 @@ class ClientProcesses:
             share = urls[i::procs]
             proc = context.Process(
                 target=_client_process,
-                args=(share, compression, parallel // procs or 1, f"127.0.0.{i + 2}", theirs),
+                args=(
+                    share,
+                    compression,
+                    parallel // procs or 1,
+                    f"127.0.0.{i + 2}",
+                    cafile,
+                    client,
+                    theirs,
+                ),
                 daemon=True,
             )
             proc.start()
             self.pipes.append(mine)
             self.procs.append(proc)
 
-    async def opened(self) -> tuple[int, float]:
+    async def opened(self) -> tuple[int, float, float]:
+        """Once every process opened its share: the connections open, the longest time a
+        process took, and the CPU time the processes took meanwhile (seconds)."""
         answers = [await asyncio.to_thread(p.recv) for p in self.pipes]
-        return sum(n for n, _ in answers), max(t for _, t in answers)
+        return (
+            sum(n for n, _, _ in answers),
+            max(t for _, t, _ in answers),
+            sum(c for _, _, c in answers),
+        )
 
     async def count(self) -> int:
         for p in self.pipes:
@@ -167,7 +206,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             clients = ClientProcesses(
                 urls(100_000, n), compression, args.parallel, args.client_processes
             )
-            open_now, took = await clients.opened()
+            open_now, took, _ = await clients.opened()
             if open_now < n:
                 print(f"only {open_now:,} opened; the gateway's log:\n{gw.tail(30)}")
             rss_open = await settle(gw, args.settle)

@@ -18,6 +18,7 @@ import functools
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -88,10 +89,12 @@ def tcp_open(host: str, port: int, *, timeout: float = 0.5) -> bool:
         return False
 
 
-def http_status(url: str, *, timeout: float = 1.0) -> int:
-    """The HTTP status of a GET of ``url``, or 0 when nothing answers."""
+def http_status(url: str, *, timeout: float = 1.0, cafile: str | None = None) -> int:
+    """The HTTP status of a GET of ``url``, or 0 when nothing answers (an https:// one
+    verified against the PEM CA ``cafile`` when given)."""
+    context = ssl.create_default_context(cafile=cafile) if cafile else None
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
             status: int = response.status
             return status
     except urllib.error.HTTPError as exc:
@@ -100,9 +103,11 @@ def http_status(url: str, *, timeout: float = 1.0) -> int:
         return 0
 
 
-def gateway_healthy(port: int, *, host: str = HOST) -> bool:
-    """The gateway on ``host:port`` answers ``GET /healthz`` with 200 (linked, store up)."""
-    return http_status(f"http://{host}:{port}/healthz") == 200
+def gateway_healthy(port: int, *, host: str = HOST, cafile: str | None = None) -> bool:
+    """The gateway on ``host:port`` answers ``GET /healthz`` with 200 (linked, store up);
+    over https, verified against the PEM CA ``cafile``, when one is given."""
+    scheme = "https" if cafile else "http"
+    return http_status(f"{scheme}://{host}:{port}/healthz", cafile=cafile) == 200
 
 
 def redis_answers(url: str) -> bool:

@@ -118,10 +118,13 @@ class ApiServer(AsyncLifecycle):
         max_groups: int = DEFAULT_MAX_GROUPS_PER_USER,
         max_members: int = DEFAULT_MAX_GROUP_MEMBERS,
         reuse_port: bool = False,
+        backlog: int = 128,
     ) -> None:
         """``max_groups``, ``max_members``: the store's bounds, named in refusals;
-        ``reuse_port``: bind with SO_REUSEPORT (several gateway processes on one port)."""
+        ``reuse_port``: bind with SO_REUSEPORT (several gateway processes on one port);
+        ``backlog``: the kernel's queue of connections not yet accepted."""
         self._reuse_port = reuse_port
+        self._backlog = backlog
         self._max_groups = max_groups
         self._max_members = max_members
         self._host = host
@@ -170,7 +173,12 @@ class ApiServer(AsyncLifecycle):
         )
         await self._runner.setup()
         self._site = GuardedSite(
-            self._runner, self._host, self._port, self._limits, reuse_port=self._reuse_port
+            self._runner,
+            self._host,
+            self._port,
+            self._limits,
+            reuse_port=self._reuse_port,
+            backlog=self._backlog,
         )
         await self._site.start()
         addresses = self._runner.addresses  # (host, port, ...) of each bound socket

@@ -413,8 +413,9 @@ class GuardedSite(web.BaseSite):
         limits: ConnectionLimits,
         *,
         reuse_port: bool = False,
+        backlog: int = 128,
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner, backlog=backlog)
         self._host = host
         self._port = port
         self._limits = limits

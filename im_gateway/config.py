@@ -237,6 +237,15 @@ class GatewayConfig:
         metavar="N",
         check=at_least(1),
     )
+    listen_backlog: int = setting(
+        1024,
+        "connections the kernel queues on --listen and --api-listen until the gateway "
+        "accepts them (listen()'s backlog; the kernel caps it at net.core.somaxconn): in a "
+        "reconnect storm, a client whose connect finds the queue full tries again 1 s or "
+        "more later",
+        metavar="N",
+        check=at_least(1),
+    )
     fd_reserve: int = setting(
         256,
         "descriptors kept free for /healthz, the hubs and Redis: with fewer left, an "

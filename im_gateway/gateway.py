@@ -31,7 +31,7 @@ from transmit_hub.pool import HubPool
 from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId
 
-from . import descriptors, faults, http, metrics, ws
+from . import backlog, descriptors, faults, http, metrics, ws
 from .api import ApiServer
 from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
@@ -289,6 +289,7 @@ class Gateway(AsyncLifecycle):
                 max_connections=cfg.api_max_connections,
                 sockets=self._sockets,
                 reuse_port=cfg.reuse_port,
+                backlog=cfg.listen_backlog,
             )
             try:
                 await self._api.start()
@@ -304,6 +305,7 @@ class Gateway(AsyncLifecycle):
             ),
             name="idle-sweeper",
         )
+        backlog.check_at_start(cfg.listen_backlog)
         descriptors.budget_at_start(
             self._sockets,
             max_connections=cfg.max_connections,

@@ -477,6 +477,7 @@ async def listen(
         ssl=tls,
         start_serving=False,
         reuse_port=cfg.reuse_port or None,  # several gateway processes on one port
+        backlog=cfg.listen_backlog,  # asyncio's 100 drops SYNs in a reconnect storm
     )
 
 

@@ -17,11 +17,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 
+from devtools.certs import make_server_cert
 from im_gateway import auth
 from im_gateway.config import GatewayConfig
 from im_gateway.errors import StartupError
 from im_gateway.gateway import Gateway
-from tests.end_to_end.certs import make_server_cert
 from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.harness import SECRET, Client, http_get, token
 from tests.helpers import wait_until

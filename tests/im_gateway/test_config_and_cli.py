@@ -109,6 +109,7 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"max_group_members": 0},
         {"max_connections_per_user": 0},
         {"max_connections": 10, "max_connections_per_user": 11},
+        {"listen_backlog": 0},
         {"jwt_max_ttl": -1},
         {"jwt_audience": ""},
         {"tls_cert": "cert.pem"},

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
+from devtools.certs import TestCA
 from im_gateway.config import GatewayConfig
 from im_gateway.gateway import Gateway
 from tests.end_to_end.harness import SECRET, http_get
 from tests.helpers import wait_until
-from tests.transmit_hub.certs import TestCA
 from transmit_hub import HubServer
 from transmit_hub.config import HubConfig
 from transmit_hub.tls import ServerTls

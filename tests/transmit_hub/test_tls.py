@@ -13,6 +13,7 @@ import grpc  # type: ignore[import-untyped]
 import pytest
 from grpc import aio
 
+from devtools.certs import Issued, TestCA
 from transmit_hub import HubServer, codec, peer
 from transmit_hub.config import HubConfig
 from transmit_hub.tls import ClientTls, ServerTls
@@ -20,7 +21,6 @@ from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.types import GatewayId
 from transmit_hub.v1 import transmit_pb2_grpc
 
-from .certs import Issued, TestCA
 from .conftest import LinkFactory, hub_process_with_link, tmap
 from .test_grpcurl import grpcurl
 

@@ -1,16 +1,27 @@
-"""Certificates made by the tests themselves: a CA, a hub's server cert, gateways' client certs."""
+"""Throwaway certificates for the tests and the benchmarks: a CA, servers' and clients'
+certificates signed by it (the hub's mutual TLS, the gateway's wss://), as PEM files."""
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+KeyType = Literal["ec", "rsa"]
+
+
+def _new_key(key_type: KeyType) -> ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey:
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return ec.generate_private_key(ec.SECP256R1())
 
 
 @dataclass(frozen=True)
@@ -60,9 +71,17 @@ class TestCA:
         self.cert = folder / f"{name}.pem"
         self.cert.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str, *, dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> Issued:
-        """A certificate for ``name`` with these subjectAltName entries (server and client use)."""
-        key = ec.generate_private_key(ec.SECP256R1())
+    def issue(
+        self,
+        name: str,
+        *,
+        dns: tuple[str, ...] = (),
+        ips: tuple[str, ...] = (),
+        key_type: KeyType = "ec",
+    ) -> Issued:
+        """A certificate for ``name`` with these subjectAltName entries (server and client
+        use), on a P-256 key (``ec``) or an RSA 2048 one (``rsa``)."""
+        key = _new_key(key_type)
         now = datetime.datetime.now(datetime.UTC)
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
         sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
@@ -95,3 +114,41 @@ class TestCA:
             )
         )
         return Issued(cert_path, key_path)
+
+
+@dataclass(frozen=True, slots=True)
+class ServerCert:
+    """PEM files: the CA that signed the server certificate, the certificate, its key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client TLS context that trusts only this CA (hostname checks on)."""
+        return ssl.create_default_context(cafile=str(self.ca))
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def make_server_cert(
+    directory: Path,
+    *,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+    key_type: KeyType = "ec",
+) -> ServerCert:
+    """A CA and a server certificate for ``hosts`` (IP addresses or DNS names), valid now."""
+    ca = TestCA(directory, "ca")
+    issued = ca.issue(
+        "server",
+        dns=tuple(h for h in hosts if not _is_ip(h)),
+        ips=tuple(h for h in hosts if _is_ip(h)),
+        key_type=key_type,
+    )
+    return ServerCert(ca.cert, issued.cert, issued.key)

@@ -1,0 +1,123 @@
+"""A reconnect storm while the gateway's event loop does not accept (frozen with SIGSTOP,
+as a loop busy with TLS handshakes looks to the kernel): the kernel completes the TCP
+handshakes into the listener's accept queue, ``--listen-backlog`` deep, and drops the SYNs
+beyond it, which their clients send again only a second or more later.
+
+With asyncio's default of 100 (before ``--listen-backlog``), 101 of 600 clients got in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import socket
+
+from devtools.launch import free_port
+from im_gateway.backlog import kernel_cap
+from tests.end_to_end.harness import GatewayProcess
+from tests.helpers import wait_until
+from transmit_hub import HubServer
+
+API_KEY = "k" * 32
+CLIENTS = 600
+
+
+async def connected(port: int, n: int, *, within: float) -> int:
+    """How many of ``n`` TCP connects to 127.0.0.1:``port``, made at once, complete within
+    ``within`` seconds (shorter than a dropped SYN's first retry, 1 s)."""
+    loop = asyncio.get_running_loop()
+    socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.setblocking(False)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), within) for s in socks),
+            return_exceptions=True,
+        )
+    finally:
+        for sock in socks:
+            sock.close()
+    return sum(1 for r in results if r is None)
+
+
+def queued(backlog: int) -> int:
+    """Connections a listener with ``backlog`` holds unaccepted: Linux takes one more than
+    the backlog, which it caps at net.core.somaxconn."""
+    cap = kernel_cap()
+    assert cap is not None, "this test reads net.core.somaxconn: Linux only"
+    return min(backlog, cap) + 1
+
+
+async def frozen_counts(gw: GatewayProcess, ports: list[int]) -> list[int]:
+    """Freeze the gateway, then count the connects each port completes."""
+    await gw.wait_healthy()
+    gw.proc.send_signal(signal.SIGSTOP)
+    try:
+        return [await connected(port, CLIENTS, within=0.5) for port in ports]
+    finally:
+        gw.proc.send_signal(signal.SIGCONT)
+
+
+async def test_a_storm_waits_in_the_default_queue_on_both_ports(
+    hub: HubServer, redis_url: str
+) -> None:
+    """Default backlog (1024): all 600 clients of a storm complete their TCP handshake on
+    the WebSocket port and on the server API's, while the gateway is not accepting."""
+    assert queued(1024) > CLIENTS, "net.core.somaxconn is below 600: raise it to run this"
+    api_port = free_port()
+    gw = GatewayProcess(
+        gateway_id="gw-storm",
+        hub=hub.address,
+        redis_url=redis_url,
+        extra=("--api-listen", f"127.0.0.1:{api_port}", "--api-key", API_KEY),
+    )
+    try:
+        assert await frozen_counts(gw, [gw.port, api_port]) == [CLIENTS, CLIENTS]
+        await gw.wait_healthy()  # and it serves on once it runs again
+    finally:
+        gw.stop()
+
+
+async def test_the_flag_bounds_the_queue(hub: HubServer, redis_url: str) -> None:
+    """``--listen-backlog 200``: 201 connections wait for the gateway, the other SYNs are
+    dropped (what the kernel does with a full queue), on both ports."""
+    api_port = free_port()
+    gw = GatewayProcess(
+        gateway_id="gw-storm-200",
+        hub=hub.address,
+        redis_url=redis_url,
+        extra=(
+            *("--listen-backlog", "200"),
+            *("--api-listen", f"127.0.0.1:{api_port}", "--api-key", API_KEY),
+        ),
+    )
+    try:
+        assert await frozen_counts(gw, [gw.port, api_port]) == [queued(200)] * 2
+    finally:
+        gw.stop()
+
+
+async def test_a_backlog_above_the_kernels_cap_is_named_at_start(
+    hub: HubServer, redis_url: str
+) -> None:
+    """A ``--listen-backlog`` the kernel cuts: one warning at start names the cap and the
+    sysctl that raises it; the gateway serves anyway."""
+    cap = kernel_cap()
+    assert cap is not None, "this test reads net.core.somaxconn: Linux only"
+    gw = GatewayProcess(
+        gateway_id="gw-capped",
+        hub=hub.address,
+        redis_url=redis_url,
+        extra=("--listen-backlog", str(cap + 1)),
+    )
+    try:
+        await gw.wait_healthy()
+        await wait_until(
+            lambda: f"net.core.somaxconn = {cap}" in gw.output(),
+            timeout=10,
+            what="the start's warning",
+        )
+        assert f"sysctl -w net.core.somaxconn={cap + 1}" in gw.output()
+        assert gw.output().count("--listen-backlog") == 2  # one line: the flag, the fix
+    finally:
+        gw.stop()
