@@ -9,15 +9,21 @@
 When a gateway host restarts, or a network blip drops its clients, they all come back at
 once. Each round starts a real redis-server, a hub and one gateway (a single process, or
 ``--workers N``: N processes on one port), then opens ``--connections`` authenticated
-connections (``--parallel`` handshakes in flight) from ``--client-processes`` processes on
-the end-to-end bench's lean client, each connection done when its replay end marker came.
+connections (``--parallel`` handshakes in flight) from ``--client-processes`` processes,
+each connection done when its replay end marker came. The default client
+(``bench/raw_client.py``) writes a fixed opening request and finds the 101 and the marker
+in the bytes, so the gateway, not the load generator, gets the cores; ``--client lean``
+runs the end-to-end bench's client (websockets' protocol) instead.
 The worker counts alternate (1, 2, then 2, 1, ...), ``--rounds`` times each, for each
 ``--tls`` (``none``: ws://; ``ec`` or ``rsa``: wss:// with a certificate the run makes).
 
 Printed per setting: handshakes a second (the clients' clock), the gateway's CPU per
 handshake and the cores it kept busy while the clients opened (all its processes, from
 /proc; above 1.0 only with more than one worker), Redis's and the clients' CPU per
-handshake, and each worker count's rate against one process's in the same round.
+handshake, the SYNs the kernel dropped because the listener's accept queue was full
+(``--listen-backlog``: each costs its client a second or more), a connection's time from
+its connect to its replay end marker (p50, p99, max), and each worker count's rate
+against one process's in the same round.
 
 On a host of 2 cores the clients and Redis share the cores with the gateway, so a second
 worker can only take what they leave; on a bigger host it takes a core of its own.
@@ -93,7 +99,8 @@ async def storm(
             cafile,
             args.client,
         )
-        opened, took, client_cpu = await clients.opened()
+        done = await clients.opened()
+        opened, took, client_cpu = done.open, done.took, done.cpu
         gw_cpu = sum(map(harness.cpu_seconds, gw_pids)) - gw0
         redis_cpu = redis.cpu_seconds() - redis0
         overflows = listen_overflows() - overflows0
@@ -111,6 +118,9 @@ async def storm(
         "redis_cpu_us": redis_cpu / n * 1e6,
         "client_cpu_us": client_cpu / n * 1e6,
         "listen_overflows": overflows,
+        "open_p50_ms": harness.percentile(done.times, 50) * 1e3,
+        "open_p99_ms": harness.percentile(done.times, 99) * 1e3,
+        "open_max_ms": (done.times[-1] if done.times else float("nan")) * 1e3,
     }
 
 
@@ -153,6 +163,9 @@ ROWS = (
     ("Redis CPU per handshake (µs)", "redis_cpu_us", "{:,.0f}"),
     ("clients' CPU per handshake (µs)", "client_cpu_us", "{:,.0f}"),
     ("SYNs dropped, accept queue full (machine)", "listen_overflows", "{:,.0f}"),
+    ("a connection's open time p50 (ms)", "open_p50_ms", "{:,.0f}"),
+    ("  p99 (ms)", "open_p99_ms", "{:,.0f}"),
+    ("  max (ms)", "open_max_ms", "{:,.0f}"),
 )
 
 

@@ -31,6 +31,7 @@ import shlex
 import ssl
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import harness
@@ -88,12 +89,17 @@ def _client_process(
 
     async def serve() -> None:
         gate = asyncio.Semaphore(parallel)
+        times: list[float] = []
 
         async def one(url: str) -> Any:
             async with gate:
+                start = time.monotonic()
                 if client == "raw":
-                    return await raw_client.open_raw(url, source, tls)
-                return await _open_lean(url, compression, source, tls)
+                    conn = await raw_client.open_raw(url, source, tls)
+                else:
+                    conn = await _open_lean(url, compression, source, tls)
+                times.append(time.monotonic() - start)
+                return conn
 
         t0, cpu0 = time.monotonic(), time.process_time()
         results = await asyncio.gather(*(one(u) for u in urls), return_exceptions=True)
@@ -106,7 +112,7 @@ def _client_process(
         def still_open() -> int:
             return sum(1 for c in conns if not c.closed.is_set())
 
-        pipe.send((still_open(), took, cpu))
+        pipe.send(Opened(still_open(), took, cpu, times))
         loop = asyncio.get_running_loop()
         while (order := await loop.run_in_executor(None, pipe.recv)) != "close":
             assert order == "count"
@@ -115,6 +121,18 @@ def _client_process(
         pipe.send("closed")
 
     harness.run_async(serve(), loop="uvloop" if harness.have_uvloop() else "asyncio")
+
+
+@dataclass
+class Opened:
+    """What client processes opened: connections still open, the longest time a process
+    took, the CPU time they took meanwhile (seconds), and each connection's time from its
+    connect to its replay end marker (seconds)."""
+
+    open: int
+    took: float
+    cpu: float
+    times: list[float]
 
 
 class ClientProcesses:
@@ -152,14 +170,14 @@ class ClientProcesses:
             self.pipes.append(mine)
             self.procs.append(proc)
 
-    async def opened(self) -> tuple[int, float, float]:
-        """Once every process opened its share: the connections open, the longest time a
-        process took, and the CPU time the processes took meanwhile (seconds)."""
-        answers = [await asyncio.to_thread(p.recv) for p in self.pipes]
-        return (
-            sum(n for n, _, _ in answers),
-            max(t for _, t, _ in answers),
-            sum(c for _, _, c in answers),
+    async def opened(self) -> Opened:
+        """Once every process opened its share: what they opened, together."""
+        answers: list[Opened] = [await asyncio.to_thread(p.recv) for p in self.pipes]
+        return Opened(
+            sum(a.open for a in answers),
+            max(a.took for a in answers),
+            sum(a.cpu for a in answers),
+            sorted(t for a in answers for t in a.times),
         )
 
     async def count(self) -> int:
@@ -206,7 +224,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             clients = ClientProcesses(
                 urls(100_000, n), compression, args.parallel, args.client_processes
             )
-            open_now, took, _ = await clients.opened()
+            opened = await clients.opened()
+            open_now, took = opened.open, opened.took
             if open_now < n:
                 print(f"only {open_now:,} opened; the gateway's log:\n{gw.tail(30)}")
             rss_open = await settle(gw, args.settle)
