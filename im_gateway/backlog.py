@@ -7,6 +7,13 @@ again only 1 s later (then 3 s, 7 s ...): asyncio's default of 100 dropped a qua
 6,000 wss:// handshakes that came 200 at a time (``bench/storm.py``). Linux silently
 caps the backlog at ``net.core.somaxconn`` (4096 since Linux 5.4, 128 before): the
 gateway reads that cap at start and says when the flag asks for more than it allows.
+
+With ``--workers``, each worker has a listener and a queue of its own on the one port
+(SO_REUSEPORT). When a worker dies, Linux resets the connections waiting in its queue,
+unless ``net.ipv4.tcp_migrate_req`` is 1 (Linux 5.14+): then it hands them to another
+worker's listener. With a worker frozen and 600 connections opened, then the worker
+killed, 283 were reset with 0 and none with 1 (bench/RESULTS.md section 26). The parent
+says so at start when it is 0.
 """
 
 from __future__ import annotations
@@ -18,10 +25,15 @@ from typing import Final
 logger = logging.getLogger(__name__)
 
 SOMAXCONN: Final = Path("/proc/sys/net/core/somaxconn")
+MIGRATE_REQ: Final = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 
 
 def kernel_cap(path: Path = SOMAXCONN) -> int | None:
     """The kernel's cap on a listen backlog (None: not Linux, or unreadable)."""
+    return _read_int(path)
+
+
+def _read_int(path: Path) -> int | None:
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
@@ -44,3 +56,23 @@ def check_at_start(backlog: int) -> None:
     note = capped_note(backlog, kernel_cap())
     if note is not None:
         logger.warning("%s", note)
+
+
+def migrate_note(workers: int, migrate: int | None) -> str | None:
+    """What to tell the operator of ``workers`` processes on one port when the kernel
+    resets a dead worker's queue (``migrate``: ``net.ipv4.tcp_migrate_req``; None: no
+    such setting, a kernel before 5.14 or not Linux)."""
+    if workers <= 1 or migrate != 0:
+        return None
+    return (
+        "net.ipv4.tcp_migrate_req is 0: when a worker dies, the connections waiting in "
+        "its accept queue are reset (their clients connect again); set it to 1 (sysctl -w "
+        "net.ipv4.tcp_migrate_req=1) to hand them to the other workers"
+    )
+
+
+def check_workers_at_start(workers: int) -> None:
+    """Log at INFO when a dead worker's queued connections would be reset."""
+    note = migrate_note(workers, _read_int(MIGRATE_REQ))
+    if note is not None:
+        logger.info("%s", note)

@@ -51,6 +51,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from . import backlog
 from .config import GatewayConfig, default_gateway_id, parse_host_port
 from .errors import StartupError
 
@@ -251,6 +252,7 @@ class Supervisor:
                 cfg.worker_id(0, plan.base_id),
                 cfg.worker_id(cfg.workers - 1, plan.base_id),
             )
+            backlog.check_workers_at_start(cfg.workers)
             keepers = [
                 asyncio.create_task(self._keep(i, plan), name=f"worker-{i}")
                 for i in range(cfg.workers)

@@ -301,3 +301,20 @@ async def test_a_port_held_by_another_program_fails_the_start_at_once(
             gw.stop()
     assert code == 1, out
     assert f"cannot listen on 127.0.0.1:{port}" in out
+
+
+async def test_the_parent_says_when_a_dead_workers_queue_would_be_reset(
+    hub: HubServer, redis_url: str
+) -> None:
+    """With ``net.ipv4.tcp_migrate_req`` 0, Linux resets the connections waiting in a dead
+    worker's accept queue: the parent's start names the sysctl that hands them on instead;
+    with 1 it says nothing of it (this machine's value decides which is checked)."""
+    setting = Path("/proc/sys/net/ipv4/tcp_migrate_req")
+    assert setting.exists(), "a kernel before 5.14: no tcp_migrate_req to check"
+    w = Workers(hub, redis_url, "--log-level", "INFO")
+    try:
+        await w.wait_attached()
+        told = "sysctl -w net.ipv4.tcp_migrate_req=1" in w.process.output()
+        assert told == (setting.read_text().strip() == "0"), w.process.output()
+    finally:
+        w.process.stop()

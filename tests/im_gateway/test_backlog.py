@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from im_gateway.backlog import capped_note, kernel_cap
+from im_gateway.backlog import capped_note, kernel_cap, migrate_note
 
 
 def test_a_backlog_within_the_cap_needs_no_word() -> None:
@@ -29,3 +29,12 @@ def test_the_cap_is_read_from_the_kernels_file(tmp_path: Path) -> None:
     cap.write_text("not a number\n")
     assert kernel_cap(cap) is None
     assert kernel_cap(tmp_path / "missing") is None
+
+
+def test_workers_are_told_when_a_dead_workers_queue_would_be_reset() -> None:
+    note = migrate_note(2, 0)
+    assert note is not None
+    assert "sysctl -w net.ipv4.tcp_migrate_req=1" in note
+    assert migrate_note(2, 1) is None  # handed to the other workers
+    assert migrate_note(1, 0) is None  # one process: no other listener to hand them to
+    assert migrate_note(4, None) is None  # a kernel without the setting
