@@ -48,6 +48,20 @@ def queued(backlog: int) -> int:
     return min(backlog, cap) + 1
 
 
+def with_api(
+    hub: HubServer, redis_url: str, gateway_id: str, *extra: str
+) -> tuple[GatewayProcess, int]:
+    """A gateway process with the server API on a port of its own: it, and that port."""
+    api_port = free_port()
+    gw = GatewayProcess(
+        gateway_id=gateway_id,
+        hub=hub.address,
+        redis_url=redis_url,
+        extra=("--api-listen", f"127.0.0.1:{api_port}", "--api-key", API_KEY, *extra),
+    )
+    return gw, api_port
+
+
 async def frozen_counts(gw: GatewayProcess, ports: list[int]) -> list[int]:
     """Freeze the gateway, then count the connects each port completes."""
     await gw.wait_healthy()
@@ -64,13 +78,7 @@ async def test_a_storm_waits_in_the_default_queue_on_both_ports(
     """Default backlog (1024): all 600 clients of a storm complete their TCP handshake on
     the WebSocket port and on the server API's, while the gateway is not accepting."""
     assert queued(1024) > CLIENTS, "net.core.somaxconn is below 600: raise it to run this"
-    api_port = free_port()
-    gw = GatewayProcess(
-        gateway_id="gw-storm",
-        hub=hub.address,
-        redis_url=redis_url,
-        extra=("--api-listen", f"127.0.0.1:{api_port}", "--api-key", API_KEY),
-    )
+    gw, api_port = with_api(hub, redis_url, "gw-storm")
     try:
         assert await frozen_counts(gw, [gw.port, api_port]) == [CLIENTS, CLIENTS]
         await gw.wait_healthy()  # and it serves on once it runs again
@@ -81,16 +89,7 @@ async def test_a_storm_waits_in_the_default_queue_on_both_ports(
 async def test_the_flag_bounds_the_queue(hub: HubServer, redis_url: str) -> None:
     """``--listen-backlog 200``: 201 connections wait for the gateway, the other SYNs are
     dropped (what the kernel does with a full queue), on both ports."""
-    api_port = free_port()
-    gw = GatewayProcess(
-        gateway_id="gw-storm-200",
-        hub=hub.address,
-        redis_url=redis_url,
-        extra=(
-            *("--listen-backlog", "200"),
-            *("--api-listen", f"127.0.0.1:{api_port}", "--api-key", API_KEY),
-        ),
-    )
+    gw, api_port = with_api(hub, redis_url, "gw-storm-200", "--listen-backlog", "200")
     try:
         assert await frozen_counts(gw, [gw.port, api_port]) == [queued(200)] * 2
     finally:
