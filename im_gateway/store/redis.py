@@ -17,7 +17,7 @@ script writes (a TTL), so its ``WAIT`` covers the first one's writes. Acks asked
 of users) share one ``EVALSHA`` too, and a read is one round trip (``XRANGE`` and ``GET``
 pipelined).
 
-The batch, ack and presence scripts go over the store's own connection (:mod:`.lane`: a
+The batch, ack, presence and opening scripts go over the store's own connection (:mod:`.lane`: a
 bare protocol with hiredis's parser, about 100 µs less gateway CPU per call than
 redis-py's client) when the store made its client from a plain TCP URL; everything else,
 and a client the caller lends, goes through redis-py.
@@ -243,10 +243,12 @@ class RedisStore(KeyspaceStore):
 
     async def _read_openings(self, users: list[UserId]) -> list[Opening]:
         """Many users' openings in one script call (a pipeline costs the gateway about
-        four times the CPU per user: a command each to pack and parse)."""
+        four times the CPU per user: a command each to pack and parse), on the lane: in a
+        reconnect storm a call holds few users, and redis-py's client cost about 10% of a
+        handshake (bench/RESULTS.md section 26)."""
         key = self.settings.key
         keys = [key(kind, user) for user in users for kind in ("acked", "pos", "groups")]
-        r = await self._opening(keys=keys)
+        r = await self._script(self._opening, keys, ())
         return [Opening(int(r[i]), int(r[i + 1]), bool(r[i + 2])) for i in range(0, len(r), 3)]
 
     async def _write_acks(self, acks: dict[str, int]) -> None:

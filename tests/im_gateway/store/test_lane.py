@@ -354,3 +354,30 @@ async def test_a_beacon_whose_connection_is_cut_raises() -> None:
         await store.close()
         server.close()
         await server.wait_closed()
+
+
+async def test_the_openings_go_on_the_lane(
+    redis_url: str, redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connect's opening read (a call per loop turn, few users each in a reconnect storm)
+    takes the lane, not redis-py's script call; after SCRIPT FLUSH it loads the script
+    again, and its answers are the stored positions."""
+    from redis.commands.core import AsyncScript
+
+    called: list[object] = []
+    real = AsyncScript.__call__
+
+    async def recording(self: AsyncScript, *args: object, **kwargs: object) -> object:
+        called.append(self)
+        return await real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(AsyncScript, "__call__", recording)
+    async with RedisStore(redis_url) as store:
+        assert store.lane is not None
+        assert isinstance((await store.submit([sub("o1", msg(ALICE, BOB))]))[0], Accepted)
+        await store.ack(BOB, 1)
+        await redis_client.script_flush()
+        bob, alice = await asyncio.gather(store.opening(BOB), store.opening(ALICE))
+        assert (bob.acked, bob.inbox_end, bob.in_groups) == (1, 1, False)
+        assert (alice.acked, alice.inbox_end) == (0, 1)
+    assert called == []
