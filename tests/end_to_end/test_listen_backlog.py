@@ -22,22 +22,39 @@ API_KEY = "k" * 32
 CLIENTS = 600
 
 
-async def connected(port: int, n: int, *, within: float) -> int:
-    """How many of ``n`` TCP connects to 127.0.0.1:``port``, made at once, complete within
-    ``within`` seconds (shorter than a dropped SYN's first retry, 1 s)."""
+async def connect_all(port: int, n: int, *, within: float) -> list[socket.socket]:
+    """``n`` TCP connects to 127.0.0.1:``port``, made at once: the sockets connected within
+    ``within`` seconds (shorter than a dropped SYN's first retry, 1 s); the rest closed."""
     loop = asyncio.get_running_loop()
     socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(n)]
-    try:
-        for sock in socks:
-            sock.setblocking(False)
-        results = await asyncio.gather(
-            *(asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), within) for s in socks),
-            return_exceptions=True,
-        )
-    finally:
-        for sock in socks:
+    for sock in socks:
+        sock.setblocking(False)
+    results = await asyncio.gather(
+        *(asyncio.wait_for(loop.sock_connect(s, ("127.0.0.1", port)), within) for s in socks),
+        return_exceptions=True,
+    )
+    for sock, result in zip(socks, results, strict=True):
+        if result is not None:
             sock.close()
-    return sum(1 for r in results if r is None)
+    return [sock for sock, result in zip(socks, results, strict=True) if result is None]
+
+
+async def answered(socks: list[socket.socket]) -> int:
+    """Ask ``GET /healthz`` on each connected socket: how many get an HTTP answer within
+    20 s (each socket closed after)."""
+
+    async def ask(sock: socket.socket) -> bool:
+        reader, writer = await asyncio.open_connection(sock=sock)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+            async with asyncio.timeout(20):
+                return (await reader.readline()).startswith(b"HTTP/1.1 ")
+        except OSError:
+            return False
+        finally:
+            writer.close()
+
+    return sum(await asyncio.gather(*(ask(s) for s in socks)))
 
 
 def queued(backlog: int) -> int:
@@ -62,12 +79,13 @@ def with_api(
     return gw, api_port
 
 
-async def frozen_counts(gw: GatewayProcess, ports: list[int]) -> list[int]:
-    """Freeze the gateway, then count the connects each port completes."""
+async def frozen_storm(gw: GatewayProcess, ports: list[int]) -> list[list[socket.socket]]:
+    """Freeze the gateway, open ``CLIENTS`` connections to each port, let it run again:
+    the sockets each port connected while it was frozen."""
     await gw.wait_healthy()
     gw.proc.send_signal(signal.SIGSTOP)
     try:
-        return [await connected(port, CLIENTS, within=0.5) for port in ports]
+        return [await connect_all(port, CLIENTS, within=0.5) for port in ports]
     finally:
         gw.proc.send_signal(signal.SIGCONT)
 
@@ -76,12 +94,15 @@ async def test_a_storm_waits_in_the_default_queue_on_both_ports(
     hub: HubServer, redis_url: str
 ) -> None:
     """Default backlog (1024): all 600 clients of a storm complete their TCP handshake on
-    the WebSocket port and on the server API's, while the gateway is not accepting."""
+    the WebSocket port and on the server API's while the gateway is not accepting, and
+    once it runs again each gets an answer on the connection it waited with."""
     assert queued(1024) > CLIENTS, "net.core.somaxconn is below 600: raise it to run this"
     gw, api_port = with_api(hub, redis_url, "gw-storm")
     try:
-        assert await frozen_counts(gw, [gw.port, api_port]) == [CLIENTS, CLIENTS]
-        await gw.wait_healthy()  # and it serves on once it runs again
+        storm = await frozen_storm(gw, [gw.port, api_port])
+        assert [len(socks) for socks in storm] == [CLIENTS, CLIENTS]
+        # Running again, the gateway takes them from the queue and answers each.
+        assert [await answered(socks) for socks in storm] == [CLIENTS, CLIENTS]
     finally:
         gw.stop()
 
@@ -91,7 +112,11 @@ async def test_the_flag_bounds_the_queue(hub: HubServer, redis_url: str) -> None
     dropped (what the kernel does with a full queue), on both ports."""
     gw, api_port = with_api(hub, redis_url, "gw-storm-200", "--listen-backlog", "200")
     try:
-        assert await frozen_counts(gw, [gw.port, api_port]) == [queued(200)] * 2
+        storm = await frozen_storm(gw, [gw.port, api_port])
+        assert [len(socks) for socks in storm] == [queued(200)] * 2
+        for socks in storm:
+            for sock in socks:
+                sock.close()
     finally:
         gw.stop()
 
