@@ -71,8 +71,13 @@ def migrate_note(workers: int, migrate: int | None) -> str | None:
     )
 
 
+def migrate_setting(path: Path = MIGRATE_REQ) -> int | None:
+    """``net.ipv4.tcp_migrate_req`` (None: no such setting, or unreadable)."""
+    return _read_int(path)
+
+
 def check_workers_at_start(workers: int) -> None:
     """Log at INFO when a dead worker's queued connections would be reset."""
-    note = migrate_note(workers, _read_int(MIGRATE_REQ))
+    note = migrate_note(workers, migrate_setting())
     if note is not None:
         logger.info("%s", note)
