@@ -3,8 +3,9 @@
 ``listen()``'s backlog (``--listen-backlog``) bounds how many connections the kernel
 completes and holds for the gateway while its event loop is busy, in a reconnect storm
 say. When that queue is full, Linux drops the next client's SYN, and the client sends it
-again only 1 s later (then 3 s, 7 s ...): asyncio's default of 100 dropped a quarter of
-6,000 wss:// handshakes that came 200 at a time (``bench/storm.py``). Linux silently
+again only 1 s later (then 3 s, 7 s ...): with asyncio's default of 100, 6,000 wss://
+connections coming 200 at a time had 1,856 SYNs dropped and the last one waited 21.6 s
+(``bench/storm.py``, bench/RESULTS.md section 26). Linux silently
 caps the backlog at ``net.core.somaxconn`` (4096 since Linux 5.4, 128 before): the
 gateway reads that cap at start and says when the flag asks for more than it allows.
 
