@@ -54,7 +54,13 @@ def server_cert(tls: str, directory: Path) -> ServerCert | None:
     """The gateway's certificate for ``--tls`` (None: ws://), made in ``directory``."""
     if tls == "none":
         return None
-    from devtools.certs import make_server_cert
+    try:
+        from devtools.certs import make_server_cert
+    except ImportError as exc:  # cryptography: the bench extra
+        raise SystemExit(
+            f"--tls {tls} makes its certificates with the cryptography package ({exc}): "
+            "pip install -e '.[bench]', or run with --tls none"
+        ) from exc
 
     folder = directory / tls
     folder.mkdir()
