@@ -19,6 +19,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -29,8 +30,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 T = TypeVar("T")
+P = TypeVar("P", bound=asyncio.BaseProtocol)
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as ``python bench/<name>.py``: devtools is not installed
@@ -195,23 +198,33 @@ def wait_workers(child: Child, workers: int, *, timeout: float = 60.0) -> None:
     )
 
 
-async def connect_from(source: str, host: str, port: int) -> socket.socket:
-    """A TCP socket connected from the local address ``source`` to ``host:port``.
+async def open_from(
+    factory: Callable[[], P], url: str, source: str, tls: ssl.SSLContext | None = None
+) -> P:
+    """A client protocol (``factory()``) connected to ``url``'s host and port from the
+    local address ``source`` (over TLS with the client context ``tls``).
 
-    Bound with ``IP_BIND_ADDRESS_NO_PORT``: the kernel picks the local port at connect,
-    for the whole 4-tuple. A plain bind to port 0 (asyncio's ``local_addr``) must find a
-    port free on ``source`` for every destination, and after a run the thousands of
-    sockets in TIME_WAIT that the clients closed make that search cost milliseconds."""
+    The socket is bound with ``IP_BIND_ADDRESS_NO_PORT``: the kernel picks the local port
+    at connect, for the whole 4-tuple. A plain bind to port 0 (asyncio's ``local_addr``)
+    must find a port free on ``source`` for every destination, and after a run the
+    thousands of sockets in TIME_WAIT that the clients closed make that search cost
+    milliseconds."""
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
         sock.bind((source, 0))
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        await loop.sock_connect(sock, (host, parts.port or 80))
+        _, protocol = await loop.create_connection(
+            factory, sock=sock, ssl=tls, server_hostname=host if tls else None
+        )
     except BaseException:
         sock.close()
         raise
-    return sock
+    return protocol
 
 
 def percentile(sorted_values: Sequence[float], p: float) -> float:

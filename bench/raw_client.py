@@ -85,15 +85,7 @@ OPEN_TIMEOUT = 120.0
 
 async def open_raw(url: str, source: str, tls: ssl.SSLContext | None = None) -> RawHandshake:
     """One connection from the local address ``source``, open once its marker came."""
-    parts = urlsplit(url)
     request = opening_request(url)
-    host = parts.hostname or "127.0.0.1"
-    sock = await harness.connect_from(source, host, parts.port or 80)
-    _, conn = await asyncio.get_running_loop().create_connection(
-        lambda: RawHandshake(request),
-        sock=sock,
-        ssl=tls,
-        server_hostname=host if tls else None,
-    )
+    conn = await harness.open_from(lambda: RawHandshake(request), url, source, tls)
     await asyncio.wait_for(conn.opened, OPEN_TIMEOUT)
     return conn

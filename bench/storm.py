@@ -77,7 +77,7 @@ async def storm(
             started,
             gateways=["gw-1"],
             secret=secret,
-            gateway_args=gateway_workers(argparse.Namespace(workers=workers)),
+            gateway_args=gateway_workers(workers),
             tls=cert,
         )
         gw = next(c for c in started if c.name == "gw-1")
@@ -106,23 +106,22 @@ async def storm(
             args.client,
         )
         done = await clients.opened()
-        opened, took, client_cpu = done.open, done.took, done.cpu
         gw_cpu = sum(map(harness.cpu_seconds, gw_pids)) - gw0
         redis_cpu = redis.cpu_seconds() - redis0
         overflows = listen_overflows() - overflows0
         await clients.close()
-        if opened < args.connections:
-            print(f"only {opened:,} of {args.connections:,} opened; the gateway's log:")
+        if done.open < args.connections:
+            print(f"only {done.open:,} of {args.connections:,} opened; the gateway's log:")
             print(gw.tail(20))
-    n = max(opened, 1)
+    n = max(done.open, 1)
     return {
-        "opened": opened,
-        "seconds": took,
-        "handshakes_per_s": opened / took,
+        "opened": done.open,
+        "seconds": done.took,
+        "handshakes_per_s": done.open / done.took,
         "gateway_cpu_us": gw_cpu / n * 1e6,
-        "gateway_cores": gw_cpu / took,
+        "gateway_cores": gw_cpu / done.took,
         "redis_cpu_us": redis_cpu / n * 1e6,
-        "client_cpu_us": client_cpu / n * 1e6,
+        "client_cpu_us": done.cpu / n * 1e6,
         "listen_overflows": overflows,
         "open_p50_ms": harness.percentile(done.times, 50) * 1e3,
         "open_p99_ms": harness.percentile(done.times, 99) * 1e3,

@@ -45,8 +45,6 @@ async def _open_lean(
     """One connection on the end-to-end bench's lean client (websockets' sans-I/O protocol
     on a bare transport: far less client CPU), once its replay marker (type 14) came; a
     wss:// one with the client TLS context ``tls``."""
-    from urllib.parse import urlsplit
-
     from e2e import LeanConnection
 
     replayed = asyncio.Event()
@@ -55,14 +53,8 @@ async def _open_lean(
         if b'"type":14' in data.replace(b" ", b""):
             replayed.set()
 
-    parts = urlsplit(url)
-    host = parts.hostname or "127.0.0.1"
-    sock = await harness.connect_from(source, host, parts.port or 80)
-    _, conn = await asyncio.get_running_loop().create_connection(
-        lambda: LeanConnection(url, compression, on_text),
-        sock=sock,
-        ssl=tls,
-        server_hostname=host if tls else None,
+    conn = await harness.open_from(
+        lambda: LeanConnection(url, compression, on_text), url, source, tls
     )
     await asyncio.wait_for(conn.opened, 120)
     with contextlib.suppress(TimeoutError):  # the marker is only a courtesy wait
@@ -80,9 +72,9 @@ def _client_process(
     pipe: Any,
 ) -> None:
     """A client process: open ``urls`` from the address ``source`` (wss:// ones trusting
-    the PEM CA ``cafile``) on the ``lean`` or the ``raw`` client, say how many are open, how long it took and the CPU it took,
-    then answer ``count`` and ``close`` from the parent (its event loop keeps running:
-    pings are answered). Each process has its own 127.0.0.x: one source address has only
+    the PEM CA ``cafile``) on the ``lean`` or the ``raw`` client, send the parent what it
+    opened (:class:`Opened`), then answer ``count`` and ``close`` from the parent (its
+    event loop keeps running: pings are answered). Each process has its own 127.0.0.x: one source address has only
     about 28,000 ephemeral ports toward one server port."""
     raise_nofile(len(urls) + 100)
     tls = ssl.create_default_context(cafile=cafile) if cafile else None
@@ -202,7 +194,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             started,
             gateways=["gw-1"],
             secret=secret,
-            gateway_args=[*shlex.split(args.gateway_args), *gateway_workers(args)],
+            gateway_args=[*shlex.split(args.gateway_args), *gateway_workers(args.workers)],
         )
         gw = next(c for c in started if c.name == "gw-1")
         if args.workers > 1:
@@ -281,11 +273,9 @@ def report(r: dict[str, Any]) -> str:
     )
 
 
-def gateway_workers(args: argparse.Namespace) -> list[str]:
-    """The gateway's ``--workers`` (and enough connections per worker for the run)."""
-    if args.workers <= 1:
-        return []
-    return ["--workers", str(args.workers)]
+def gateway_workers(workers: int) -> list[str]:
+    """The gateway's flags for ``workers`` processes on its port (none for one)."""
+    return ["--workers", str(workers)] if workers > 1 else []
 
 
 def main(argv: list[str] | None = None) -> int:
