@@ -665,6 +665,7 @@ async def orchestrate(
                 print(f"phase {cmd['phase']} ...", flush=True)
                 calls0 = harness.redis_calls(ports["redis"]) if "redis" in ports else None
                 meters = {name: harness.CpuMeter(group).start() for name, group in pids.items()}
+                wakes0 = {name: _wakeups(group) for name, group in pids.items()}
                 total = harness.CpuMeter([]).start()
                 t_phase = time.monotonic()
                 for wk in workers:
@@ -674,10 +675,15 @@ async def orchestrate(
                 for wk in workers:
                     outs.append(json.loads(await wk.line("RESULT ", budget)))
                 cpu = {name: m.stop()[0] for name, m in meters.items()}
+                wakes = {
+                    name: tuple(b - a for a, b in zip(wakes0[name], _wakeups(group), strict=True))
+                    for name, group in pids.items()
+                }
                 ours = sum(cpu.values())
                 cpu["machine"] = sum(total.stop())
                 cpu["not ours"] = max(0.0, cpu["machine"] - ours)
                 res = merge(cmd, outs, cpu, args)
+                res["wakeups"] = wakes
                 if calls0 is not None:  # warm-up and drain included, as in the CPU figures
                     calls = harness.calls_delta(calls0, harness.redis_calls(ports["redis"]))
                     res["redis_calls"] = calls
@@ -711,6 +717,12 @@ async def orchestrate(
             path.unlink()
         stamp_dir.rmdir()
     return results
+
+
+def _wakeups(pids: list[int]) -> tuple[int, int]:
+    """The processes' voluntary context switches so far: all threads, main threads."""
+    counts = [harness.wakeups(pid) for pid in pids]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
 
 def merge(
@@ -779,6 +791,22 @@ def report(results: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "",
     ]
     out += [harness.table(["phase", *names], cpu_rows), ""]
+    wake_names = list(results[0].get("wakeups", {})) if results else []
+    if wake_names:
+        wake_rows = []
+        for r in results:
+            n = max(1, r["received"])
+            cells = [f"{w[0] / n:.2f} ({w[1] / n:.2f})" for w in r["wakeups"].values()]
+            wake_rows.append([r["phase"], *cells])
+        out += [
+            "Wake-ups per delivered message: each process's voluntary context switches over",
+            "the phase (each a sleep on epoll, a lock or a read, so each a wake-up after), all",
+            "its threads and, in brackets, its main thread (the event loop; a gateway's and the",
+            "hub's other threads are gRPC's):",
+            "",
+            harness.table(["phase", *wake_names], wake_rows),
+            "",
+        ]
     for r in results:
         calls = r.get("redis_calls")
         if calls:
@@ -856,6 +884,10 @@ def figures(results: list[dict[str, Any]]) -> harness.Figures:
         out[f"{p}: p99 ms"] = r["p99_ms"]
         for group, names in groups.items():
             out[f"{p}: {group} CPU µs/msg"] = sum(cpu.get(n, 0.0) for n in names) * per_msg
+        wakes = r.get("wakeups", {})
+        for group, names in groups.items():
+            woke = sum(wakes[n][0] for n in names if n in wakes)
+            out[f"{p}: {group} wake-ups/msg"] = woke / max(1, r["received"])
         out[f"{p}: not ours CPU %"] = cpu["not ours"] * 100
         out[f"{p}: lost + no answer"] = r["lost"] + r["unanswered"]
     return out

@@ -150,6 +150,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def wakeups(pid: int) -> tuple[int, int]:
+    """Voluntary context switches of process ``pid`` so far, from /proc: (all its threads,
+    its main thread). Each is a sleep (on epoll, a futex, a read), so each is followed by a
+    wake-up. A thread that ended takes its count with it (gRPC's threads live for the run)."""
+    total = main = 0
+    tasks = Path(f"/proc/{pid}/task")
+    for task in tasks.iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in status.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                count = int(line.split()[1])
+                total += count
+                if task.name == str(pid):
+                    main = count
+                break
+    return total, main
+
+
 def redis_calls(port: int) -> dict[str, int]:
     """Redis's calls per command so far (``INFO commandstats``; the commands a script runs
     count under their own names, beside its ``evalsha``)."""

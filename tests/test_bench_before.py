@@ -92,3 +92,40 @@ def test_the_report_pairs_runs_by_round() -> None:
     assert cells == ["p99 ms", "15", "8.50", "0.550", "0.50, 0.60"]
     lost = next(line for line in text.splitlines() if line.startswith("| lost"))
     assert [c.strip() for c in lost.strip("|").split("|")][1:] == ["0", "0", "-", "-"]
+
+
+def test_wakeups_count_each_sleep_of_every_thread_and_of_the_main_one_apart() -> None:
+    """``harness.wakeups``: the e2e bench's wake-ups per message are /proc's voluntary
+    context switches, summed over a process's threads, its main thread's apart."""
+    import os
+    import threading
+    import time
+
+    pid = os.getpid()
+    total0, main0 = harness.wakeups(pid)
+    for _ in range(20):
+        time.sleep(0.001)  # each sleep gives the core up: a voluntary switch
+    total1, main1 = harness.wakeups(pid)
+    assert main1 - main0 >= 20
+    assert total1 - total0 >= main1 - main0
+
+    slept = threading.Event()
+    release = threading.Event()
+
+    def sleeper() -> None:
+        for _ in range(30):
+            time.sleep(0.001)
+        slept.set()
+        release.wait(10)
+
+    thread = threading.Thread(target=sleeper)
+    thread.start()
+    try:
+        assert slept.wait(10)
+        total2, main2 = harness.wakeups(pid)
+        # The thread's 30 sleeps count in all threads' sum, not in the main thread's
+        # (which only waited on the event meanwhile: a few switches at most).
+        assert (total2 - total1) - (main2 - main1) >= 30
+    finally:
+        release.set()
+        thread.join()
