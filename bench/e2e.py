@@ -55,6 +55,8 @@ from typing import Any, cast
 
 import harness
 
+from transmit_hub.grpc_io import POLL_BASED
+
 # --- the client side (runs in worker processes) --------------------------------------------
 
 
@@ -610,12 +612,15 @@ async def orchestrate(
     if stamp_dir is not None:
         env[TIMELINE_ENV] = str(stamp_dir)
     with harness.children() as started:
+        poll = {"GRPC_EXPERIMENTS": POLL_BASED}
         ports = harness.start_stack(
             started,
             gateways=["gw-1", "gw-2"],
             secret=secret,
             gateway_args=gateway_args,
             env=env or None,
+            hub_env=poll if args.grpc_poll in ("hub", "all") else None,
+            gateway_env=poll if args.grpc_poll in ("gateways", "all") else None,
             redis=redis,
         )
         for c in started:
@@ -944,6 +949,13 @@ def main(argv: list[str] | None = None) -> int:
         "--gateway-args",
         default="",
         help='extra flags for both gateways, e.g. --gateway-args="--rate-limit 0"',
+    )
+    parser.add_argument(
+        "--grpc-poll",
+        choices=["none", "hub", "gateways", "all"],
+        default="none",
+        help="run these servers on gRPC's poll-based I/O engine (GRPC_EXPERIMENTS, the "
+        "README's tuning for hubs) instead of its default EventEngine",
     )
     harness.add_run_options(parser, each="phase")
     parser.add_argument(

@@ -398,6 +398,13 @@ def hub_argv(port: int) -> list[str]:
     return [PYTHON, "-c", _INLINE_HUB, f"127.0.0.1:{port}"]
 
 
+def _merged(env: dict[str, str] | None, extra: dict[str, str] | None) -> dict[str, str] | None:
+    """``env`` with ``extra`` over it (None when both are)."""
+    if env is None and extra is None:
+        return None
+    return {**(env or {}), **(extra or {})}
+
+
 def start_stack(
     started: list[Child],
     *,
@@ -405,12 +412,15 @@ def start_stack(
     secret: str,
     gateway_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    hub_env: dict[str, str] | None = None,
+    gateway_env: dict[str, str] | None = None,
     redis: str = "single",
     tls: ServerCert | None = None,
 ) -> dict[str, int]:
     """Redis (``single``: one redis-server; ``cluster``: 3 primaries and 3 replicas), a hub
     and the named gateways (serving wss:// and https:// with ``tls``), started and healthy;
-    their ports by name."""
+    their ports by name. ``env`` goes to the hub and the gateways, ``hub_env`` and
+    ``gateway_env`` over it to one side only."""
     ports = {"hub": free_port()}
     if redis == "cluster":
         url = redis_cluster(started)
@@ -420,7 +430,7 @@ def start_stack(
         started.append(server)
         server.wait_port(ports["redis"])
         url = f"redis://127.0.0.1:{ports['redis']}/0"
-    hub = Child("hub", hub_argv(ports["hub"]), env=env).start()
+    hub = Child("hub", hub_argv(ports["hub"]), env=_merged(env, hub_env)).start()
     started.append(hub)
     hub.wait_port(ports["hub"])
     gws = []
@@ -431,7 +441,7 @@ def start_stack(
         argv += ["--redis-url", url, "--jwt-secret", secret]
         if tls is not None:
             argv += ["--tls-cert", str(tls.cert), "--tls-key", str(tls.key)]
-        gw = Child(gateway_id, [*argv, *gateway_args], env=env).start()
+        gw = Child(gateway_id, [*argv, *gateway_args], env=_merged(env, gateway_env)).start()
         started.append(gw)
         gws.append((gw, port))
     for gw, port in gws:

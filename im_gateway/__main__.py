@@ -24,7 +24,7 @@ import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import TYPE_CHECKING, NoReturn
 
-from transmit_hub import cli, logs
+from transmit_hub import cli, grpc_io, logs
 from transmit_hub.errors import ConfigError as HubConfigError
 from transmit_hub.metrics import MetricsServer
 from transmit_hub.runtime import loop_factory, tune_gc
@@ -163,6 +163,7 @@ async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
         tune_gc()
         if limit_note:
             logging.getLogger("im_gateway").info("%s", limit_note)
+        logging.getLogger("im_gateway").info("%s", grpc_io.engine_note(os.environ))
         also = f", metrics on {metrics_at}" if metrics_at else ""
         logs.say(
             f"im_gateway {gateway.gateway_id} listening on {gateway.address}{also}", logger=PROG

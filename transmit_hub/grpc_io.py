@@ -1,24 +1,27 @@
-"""gRPC's I/O engine in the hub: gRPC's default, or its poll-based one by the operator's
-choice; the hub logs which at start.
+"""gRPC's I/O engine in a hub or a gateway: gRPC's default, or its poll-based one by the
+operator's choice; each program logs which at start.
 
-gRPC 1.85 does a server's socket I/O on the threads of its EventEngine by default: a
-frame read wakes one of them, which hands the completed read to the thread grpc.aio waits
-on, which wakes the event loop. Its older poll-based engine does the I/O on the thread
-that waits for completions, one hand-off less per frame. gRPC takes the choice from the
-environment variable ``GRPC_EXPERIMENTS`` when it is imported: started with
-``GRPC_EXPERIMENTS=`` :data:`POLL_BASED`, a hub spends 9-17% less CPU per message, at
-2,000 msgs/s and at full load alike (``bench/relay.py``, ``bench/e2e.py``,
-``bench/grpc_hop.py``; bench/RESULTS.md section 24).
+gRPC 1.85 does its socket I/O on the threads of its EventEngine by default: a frame read
+wakes one of them, which hands the completed read to the thread grpc.aio waits on, which
+wakes the event loop. Its older poll-based engine does the I/O on the thread that waits
+for completions, one hand-off less per frame. gRPC takes the choice from the environment
+variable ``GRPC_EXPERIMENTS`` when it is imported. Started with ``GRPC_EXPERIMENTS=``
+:data:`POLL_BASED`, a hub spends 9-17% less CPU per message, at 2,000 msgs/s and at full
+load alike, and gateways cut the end-to-end latency at 2,000 msgs/s by 5-25% for about
+the same CPU (``bench/relay.py``, ``bench/e2e.py --grpc-poll``, ``bench/grpc_hop.py``;
+bench/RESULTS.md sections 24 and 27).
 
 It is not the default: on the 2-core bench machine, with a six-node Redis Cluster, two
 gateways and the clients on the same cores, the end-to-end bench's full-load phase
-delivered about 12% fewer messages with it (12 of 15 rounds lower), while one Redis showed
-no such loss. A hub on a host of its own gains; a hub on a crowded one may not.
+delivered about 12% fewer messages with the hub on it (12 of 15 rounds lower), while one
+Redis showed no such loss. A server on a host of its own gains; one on a crowded host may
+not.
 
-This names gRPC's experiments, which a later gRPC may retire: the test
-``tests/transmit_hub/test_grpc_io.py`` pins that a hub started with :data:`POLL_BASED`
-does its TCP I/O in the poll-based engine (gRPC's traces name the source file), and that
-gRPC knows every name in it.
+This names gRPC's experiments, which a later gRPC may retire: the tests
+``tests/transmit_hub/test_grpc_io.py`` and ``tests/end_to_end/test_grpc_engine.py`` pin
+that a hub and a gateway started with :data:`POLL_BASED` do their TCP I/O in the
+poll-based engine (gRPC's traces name the source file), and that gRPC knows every name
+in it.
 """
 
 from __future__ import annotations
