@@ -1,16 +1,37 @@
-"""gRPC's I/O engine in the hub (transmit_hub/grpc_io.py): the poll-based one that the
+"""gRPC's I/O engine (transmit_hub/grpc_io.py): the poll-based one that the
 README offers is still honoured by the gRPC installed (this pins the experiment names),
 and the hub says at start which engine runs."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 from transmit_hub import grpc_io
 
 from .conftest import LinkFactory, hub_process_with_link
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_docs_offer_the_value_the_code_pins() -> None:
+    """The README and the systemd units spell the value out for operators; each spelling is
+    :data:`grpc_io.POLL_BASED`, which the tests here pin against the installed gRPC."""
+    files = [ROOT / "README.md", *sorted((ROOT / "deploy" / "systemd").glob("*.service"))]
+    found = {
+        (path.name, value)
+        for path in files
+        for value in re.findall(r"GRPC_EXPERIMENTS=([\w,-]+)", path.read_text("utf-8"))
+    }
+    assert {name for name, _ in found} >= {
+        "README.md",
+        "im-gateway.service",
+        "transmit-hub.service",
+    }
+    assert {value for _, value in found} == {grpc_io.POLL_BASED}
 
 
 def test_the_start_line_names_the_engine() -> None:
