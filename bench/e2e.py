@@ -612,7 +612,7 @@ async def orchestrate(
     if stamp_dir is not None:
         env[TIMELINE_ENV] = str(stamp_dir)
     with harness.children() as started:
-        poll = {"GRPC_EXPERIMENTS": POLL_BASED}
+        poll = {"GRPC_EXPERIMENTS": POLL_BASED}  # --grpc-poll's servers
         ports = harness.start_stack(
             started,
             gateways=["gw-1", "gw-2"],
@@ -887,10 +887,9 @@ def figures(results: list[dict[str, Any]]) -> harness.Figures:
         out[f"{p}: delivered msgs/s"] = r["delivered_per_s"]
         out[f"{p}: p50 ms"] = r["p50_ms"]
         out[f"{p}: p99 ms"] = r["p99_ms"]
-        for group, names in groups.items():
-            out[f"{p}: {group} CPU µs/msg"] = sum(cpu.get(n, 0.0) for n in names) * per_msg
         wakes = r.get("wakeups", {})
         for group, names in groups.items():
+            out[f"{p}: {group} CPU µs/msg"] = sum(cpu.get(n, 0.0) for n in names) * per_msg
             woke = sum(wakes[n][0] for n in names if n in wakes)
             out[f"{p}: {group} wake-ups/msg"] = woke / max(1, r["received"])
         out[f"{p}: not ours CPU %"] = cpu["not ours"] * 100
@@ -955,7 +954,7 @@ def main(argv: list[str] | None = None) -> int:
         choices=["none", "hub", "gateways", "all"],
         default="none",
         help="run these servers on gRPC's poll-based I/O engine (GRPC_EXPERIMENTS, the "
-        "README's tuning for hubs) instead of its default EventEngine",
+        "README's tuning for hubs and gateways) instead of its default EventEngine",
     )
     harness.add_run_options(parser, each="phase")
     parser.add_argument(
