@@ -7,8 +7,8 @@ wakes the event loop. Its older poll-based engine does the I/O on the thread tha
 for completions, one hand-off less per frame. gRPC takes the choice from the environment
 variable ``GRPC_EXPERIMENTS`` when it is imported. Started with ``GRPC_EXPERIMENTS=``
 :data:`POLL_BASED`, a hub spends 9-17% less CPU per message, at 2,000 msgs/s and at full
-load alike, and gateways cut the end-to-end latency at 2,000 msgs/s by 5-25% for about
-the same CPU (``bench/relay.py``, ``bench/e2e.py --grpc-poll``, ``bench/grpc_hop.py``;
+load alike, and gateways cut the end-to-end latency at 2,000 msgs/s by 2-25% for 3-8%
+less of their CPU (``bench/relay.py``, ``bench/e2e.py --grpc-poll``, ``bench/grpc_hop.py``;
 bench/RESULTS.md sections 24 and 27).
 
 It is not the default: on the 2-core bench machine, with a six-node Redis Cluster, two
