@@ -13,7 +13,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import free_port, wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec
-from transmit_hub.auth import bearer_metadata
+from transmit_hub.auth import FIRST_REQUEST_WAIT, bearer_metadata
 from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.types import GatewayId
@@ -231,6 +231,37 @@ async def test_auth_token_is_enforced(make_link: LinkFactory) -> None:
         assert not intruder.link.connected
         assert (await stats(hub.address, "s3cret")).transmit_maps_received == 1
         assert sorted(hub.registry.outboxes) == ["gw-a", "gw-b"]
+
+
+async def test_a_refused_hello_is_always_heard_as_unauthenticated() -> None:
+    """A gateway with a wrong token writes its Hello while the hub refuses the call. Each
+    of 200 tries (each on a new channel, as a link's attach) hears UNAUTHENTICATED, on
+    the write or the read. Refused before its Hello was in, about 1 call in 20 failed on
+    the write first, and grpc.aio reported INTERNAL "Internal error from Core" instead:
+    the link could not tell it was refused."""
+    async with HubServer(HubConfig(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2)) as hub:
+        codes = []
+        for i in range(200):
+            async with aio.insecure_channel(hub.address) as channel:
+                call = channel.stream_stream(CONNECT_METHOD)(metadata=bearer_metadata("wrong"))
+                with pytest.raises(aio.AioRpcError) as info:
+                    await hello_then_read(call, f"gw-{i}")
+                codes.append((info.value.code(), await call.code()))
+    assert set(codes) == {(grpc.StatusCode.UNAUTHENTICATED,) * 2}
+
+
+async def test_a_refused_stream_that_sends_nothing_is_ended_after_the_wait() -> None:
+    """A client that opens Connect without a token and sends nothing is not held: it is
+    refused once the hub has waited FIRST_REQUEST_WAIT for its first message."""
+    config = HubConfig(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2)
+    async with HubServer(config) as hub, aio.insecure_channel(hub.address) as channel:
+        call = channel.stream_stream(CONNECT_METHOD)()
+        started = time.monotonic()
+        with pytest.raises(aio.AioRpcError) as info:
+            await asyncio.wait_for(call.read(), FIRST_REQUEST_WAIT + 5)
+        took = time.monotonic() - started
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert FIRST_REQUEST_WAIT * 0.9 <= took < FIRST_REQUEST_WAIT + 3, took
 
 
 async def test_ten_thousand_maps_arrive_complete_and_in_order(make_link: LinkFactory) -> None:
