@@ -8,8 +8,9 @@ follow. A map that cannot be read at all (truncated, a gateway id that is not UT
 whose message cannot be decoded is answered INVALID, and the stream goes on. Every map
 costs time in proportion to its own size, whatever it names.
 
-Undeliverable notices (target not attached: ``NOT_ATTACHED``; target's outbox full:
-``QUEUE_FULL``; malformed map or target: ``INVALID``) go to the sender's own outbox.
+Undeliverable notices (target not attached, or its outbox closed as it is detached:
+``NOT_ATTACHED``; target's outbox full: ``QUEUE_FULL``; malformed map or target:
+``INVALID``) go to the sender's own outbox.
 When that is full too, the notice is counted (``Registry.notices_dropped``) and logged
 at most once a second per gateway: the message is still in every recipient's inbox.
 """
@@ -20,6 +21,7 @@ import logging
 import time
 
 from . import codec, routing, wire
+from .outbox import Outbox
 from .registry import Attachment, Registry
 from .types import (
     GatewayId,
@@ -98,14 +100,22 @@ class Forwarder:
                     notices = notices or []
                     notices.append(notice(gateway_id, reason))
                 elif not box.offer(entry(msg, users)):
-                    registry.queue_full += 1
-                    registry.counters(gateway_id).queue_full += 1
                     notices = notices or []
-                    notices.append(notice(gateway_id, UndeliverableReason.QUEUE_FULL))
+                    notices.append(notice(gateway_id, self._refused(gateway_id, box)))
             if notice.problem is not None:
                 self._log_invalid(notice.problem)
         if notices:
             self._notify(att, notices)
+
+    def _refused(self, gateway_id: str, box: Outbox) -> UndeliverableReason:
+        """Why ``box`` refused a delivery: closed (its gateway is being detached, so
+        NOT_ATTACHED, which a pool answers by trying another hub) or full (QUEUE_FULL,
+        counted)."""
+        if box.closed:
+            return UndeliverableReason.NOT_ATTACHED
+        self.registry.queue_full += 1
+        self.registry.counters(gateway_id).queue_full += 1
+        return UndeliverableReason.QUEUE_FULL
 
     def _invalid(self, problem: str, notices: list[Undeliverable] | None) -> list[Undeliverable]:
         """Answer INVALID for a map that cannot be read; the stream goes on."""
@@ -138,12 +148,10 @@ class Forwarder:
         found = list(route.undeliverable)
         for gateway_id, delivery in route.deliveries:
             data = codec.delivery_to_pb(delivery).SerializeToString()
-            if not outboxes[gateway_id].offer(wire.delivery_entry_from_body(data)):
-                self.registry.queue_full += 1
-                self.registry.counters(gateway_id).queue_full += 1
-                found.append(
-                    routing.not_delivered(gateway_id, tmap, UndeliverableReason.QUEUE_FULL)
-                )
+            box = outboxes[gateway_id]
+            if not box.offer(wire.delivery_entry_from_body(data)):
+                reason = self._refused(gateway_id, box)
+                found.append(routing.not_delivered(gateway_id, tmap, reason))
         if not found:
             return notices
         notices = notices if notices is not None else []

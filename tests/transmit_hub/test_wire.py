@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from transmit_hub import codec, routing, wire
 from transmit_hub.errors import ProtocolError
-from transmit_hub.registry import Registry
+from transmit_hub.registry import EndReason, Registry
 from transmit_hub.service import HubService
 from transmit_hub.types import (
     Delivery,
@@ -197,6 +197,33 @@ def test_full_outbox_gives_queue_full_notice() -> None:
     assert registry.queue_full == 2
     assert registry.undeliverable == 2
     assert registry.stats().gateways[0].queue_full == 2  # "a" sorts first
+
+
+def test_a_gateway_being_detached_gives_not_attached_not_queue_full() -> None:
+    """A stream the hub has ended (silent, replaced, shutting down) keeps its closed outbox
+    registered until its handler returns. Maps for it meanwhile, by the fast path and
+    the slow one (a gateway named twice), come back NOT_ATTACHED, so a pool tries another
+    hub; they are not counted as a full queue. (They came back QUEUE_FULL before.)"""
+    registry = Registry("hub", 1000)
+    service = HubService(registry)
+    sender = registry.attach(GatewayId("s"), "peer-s")
+    registry.attach(GatewayId("a"), "peer-a").end(EndReason.SILENT)
+    plain = wire.encode_transmit_map(_map("m1", {"a": (1,)}))
+    # One map's encoding twice over parses as that map with "a" named twice: the slow path.
+    twice = wire.encode_transmit_map(_map("m2", {"a": (2,)})) * 2
+    frame = wire.encode_batch_request([plain, twice])
+    walked = wire.split_batch_request(frame)
+    assert walked is not None
+    service.route(sender, walked)
+    entries, raw_notices = registry.outboxes["s"].take(100, 1 << 20)
+    response = codec.parse_response(wire.delivery_batch_response(entries, raw_notices))
+    _, notices = codec.decode_delivery_batch(response)
+    assert [(n.gateway_id, n.message_ids, n.reason) for n in notices] == [
+        ("a", ("m1",), UndeliverableReason.NOT_ATTACHED),
+        ("a", ("m2",), UndeliverableReason.NOT_ATTACHED),
+    ]
+    assert registry.queue_full == 0
+    assert registry.counters(GatewayId("a")).queue_full == 0
 
 
 deliveries = st.builds(Delivery, message=messages, recipients=recipient_lists())
