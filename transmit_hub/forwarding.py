@@ -13,6 +13,9 @@ Undeliverable notices (target not attached, or its outbox closed as it is detach
 ``INVALID``) go to the sender's own outbox.
 When that is full too, the notice is counted (``Registry.notices_dropped``) and logged
 at most once a second per gateway: the message is still in every recipient's inbox.
+When it is closed (the sender itself is being detached), the notices go nowhere, and are
+neither counted as dropped nor logged (the messages are in the recipients' inboxes all
+the same).
 """
 
 from __future__ import annotations
@@ -163,6 +166,8 @@ class Forwarder:
         registry.undeliverable += len(notices)
         registry.undeliverable_by_reason.update(n.reason for n in notices)
         box = att.outbox
+        if box.closed:  # the sender is being detached: no one is left to tell
+            return
         dropped = 0
         encode = codec.undeliverable_bytes
         for start in range(0, len(notices), NOTICES_PER_ITEM):

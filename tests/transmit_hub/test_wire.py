@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -224,6 +226,26 @@ def test_a_gateway_being_detached_gives_not_attached_not_queue_full() -> None:
     ]
     assert registry.queue_full == 0
     assert registry.counters(GatewayId("a")).queue_full == 0
+
+
+def test_notices_for_a_sender_being_detached_are_not_logged_as_a_full_outbox(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A sender whose own stream the hub has ended still has maps in flight (its reader
+    drains the frame it holds). Their notices go nowhere; that is not a full outbox, so
+    neither ``notices_dropped`` nor the "outbox full" warning may say so (both did)."""
+    registry = Registry("hub", 1000)
+    service = HubService(registry)
+    sender = registry.attach(GatewayId("s"), "peer-s")
+    sender.end(EndReason.SILENT)
+    frame = wire.encode_batch_request([wire.encode_transmit_map(_map("m1", {"gone": (1,)}))])
+    walked = wire.split_batch_request(frame)
+    assert walked is not None
+    with caplog.at_level(logging.DEBUG, logger="transmit_hub.forwarding"):
+        service.route(sender, walked)
+    assert registry.undeliverable == 1
+    assert registry.notices_dropped == 0
+    assert [r.getMessage() for r in caplog.records] == []
 
 
 deliveries = st.builds(Delivery, message=messages, recipients=recipient_lists())
