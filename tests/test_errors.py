@@ -132,10 +132,20 @@ def _hub_link_with_bad_linger() -> object:
         (_hub_link_with_bad_linger, transmit_hub.TransmitHubError),
         (lambda: HubLink("127.0.0.1:1", GatewayId("")), transmit_hub.TransmitHubError),
         (lambda: BearerTokenInterceptor(""), transmit_hub.TransmitHubError),
+        (lambda: BearerTokenInterceptor("t", max_waiting=-1), transmit_hub.TransmitHubError),
         (lambda: ConnectionCaps(per_user=0, total=1), im_gateway.GatewayError),
         (lambda: GroupRights("anyone"), im_gateway.GatewayError),
     ],
-    ids=["outbox", "registry", "link-linger", "link-id", "hub-token", "caps", "group-policy"],
+    ids=[
+        "outbox",
+        "registry",
+        "link-linger",
+        "link-id",
+        "hub-token",
+        "hub-token-waiting",
+        "caps",
+        "group-policy",
+    ],
 )
 def test_bad_constructor_arguments_raise_the_package_config_error(
     make: Callable[[], object], root: type[Exception]

@@ -5,7 +5,9 @@ reflection and health) must carry the metadata ``authorization: Bearer TOKEN``;
 anything else is answered UNAUTHENTICATED with a message naming the fix. The token
 is compared in constant time. A client-streaming call (Connect, reflection) is refused
 once its first message is in, or after :data:`FIRST_REQUEST_WAIT` without one, so that
-a gateway writing its Hello hears the refusal, not a failed write.
+a gateway writing its Hello hears the refusal, not a failed write. At most
+``max_waiting`` refused calls wait so at once (the hub's ``--max-hello-waiting``); beyond
+that, a client without the token opening streams by the thousand is refused at once.
 """
 
 from __future__ import annotations
@@ -42,37 +44,46 @@ async def _deny(request: Any, context: Any) -> None:
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
 
-async def _deny_stream(requests: Any, context: Any) -> None:
-    """Refuse a client-streaming call once its first message is in (within
-    :data:`FIRST_REQUEST_WAIT`). Refused at once, a client still writing that message
-    (a gateway's Hello) may see the write fail first, and grpc.aio then reports the call
-    as INTERNAL "Internal error from Core" instead of the refusal (about 1 call in 20
-    over loopback): the gateway would not know it was refused."""
-    with contextlib.suppress(Exception):  # not CancelledError: the server is stopping
-        async with asyncio.timeout(FIRST_REQUEST_WAIT):
-            async for _ in requests:
-                break
-    await _deny(requests, context)
-
-
-def _denying(handler: Any) -> Any:
-    """A handler of the same kind as ``handler`` that refuses the call."""
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(_deny_stream)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(_deny_stream)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(_deny)
-    return grpc.unary_unary_rpc_method_handler(_deny)
-
-
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
     """Refuse every call whose ``authorization`` metadata is not ``Bearer <token>``."""
 
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, *, max_waiting: int = 1024) -> None:
         if not token:
             raise ConfigError("token must not be empty")
+        if max_waiting < 0:
+            raise ConfigError(f"max_waiting must be 0 or more, got {max_waiting}")
         self._expected = f"Bearer {token}".encode()
+        self._max_waiting = max_waiting
+        self.waiting = 0
+        """Refused streaming calls waiting for their first message."""
+
+    async def _deny_stream(self, requests: Any, context: Any) -> None:
+        """Refuse a client-streaming call once its first message is in (within
+        :data:`FIRST_REQUEST_WAIT`). Refused at once, a client still writing that message
+        (a gateway's Hello) may see the write fail first, and grpc.aio then reports the
+        call as INTERNAL "Internal error from Core" instead of the refusal (about 1 call
+        in 20 over loopback): the gateway would not know it was refused. When
+        ``max_waiting`` calls already wait, this one is refused at once."""
+        if self.waiting < self._max_waiting:
+            self.waiting += 1
+            try:
+                with contextlib.suppress(Exception):  # not CancelledError: the server stops
+                    async with asyncio.timeout(FIRST_REQUEST_WAIT):
+                        async for _ in requests:
+                            break
+            finally:
+                self.waiting -= 1
+        await _deny(requests, context)
+
+    def _denying(self, handler: Any) -> Any:
+        """A handler of the same kind as ``handler`` that refuses the call."""
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(self._deny_stream)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(self._deny_stream)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(_deny)
+        return grpc.unary_unary_rpc_method_handler(_deny)
 
     def authorized(self, metadata: Any) -> bool:
         for key, value in metadata or ():
@@ -89,4 +100,4 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(handler_call_details)
         if handler is None or self.authorized(handler_call_details.invocation_metadata):
             return handler
-        return _denying(handler)
+        return self._denying(handler)

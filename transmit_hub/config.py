@@ -121,7 +121,9 @@ class HubConfig:
         1024,
         "most streams open at once that have not sent their Hello yet; one more ends "
         "the one that waited longest (RESOURCE_EXHAUSTED), so silent streams cannot keep a "
-        "gateway out; each waits at most --hello-timeout",
+        "gateway out; each waits at most --hello-timeout. With --auth-token, also the most "
+        "refused streams (no or a wrong token) that wait for their first message before "
+        "the refusal; more are refused at once",
         metavar="N",
         check=between(1, 1_000_000),
     )

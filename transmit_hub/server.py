@@ -90,6 +90,7 @@ class HubServer(AsyncLifecycle):
         self._host, self._requested_port = parse_listen(config.listen)
         self._listen = config.listen
         self._auth_token = config.auth_token or None
+        self._max_hello_waiting = config.max_hello_waiting
         self._tls = tls if tls is not None else config.server_tls()
         self.hub_id = config.hub_id or default_hub_id()
         self._grace = config.grace
@@ -151,7 +152,11 @@ class HubServer(AsyncLifecycle):
             check_bindable(self._host, self._requested_port)
         if self._metrics_server is not None:
             await self._metrics_server.start()
-        interceptors = [BearerTokenInterceptor(self._auth_token)] if self._auth_token else []
+        interceptors = (
+            [BearerTokenInterceptor(self._auth_token, max_waiting=self._max_hello_waiting)]
+            if self._auth_token
+            else []
+        )
         server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_to_server(self.service, server)
         self._health = health_aio.HealthServicer()

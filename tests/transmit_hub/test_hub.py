@@ -264,6 +264,26 @@ async def test_a_refused_stream_that_sends_nothing_is_ended_after_the_wait() -> 
     assert FIRST_REQUEST_WAIT * 0.9 <= took < FIRST_REQUEST_WAIT + 3, took
 
 
+async def test_refused_streams_beyond_max_hello_waiting_are_refused_at_once() -> None:
+    """A client without the token opening streams by the dozen and sending nothing: at
+    most --max-hello-waiting of them are held for FIRST_REQUEST_WAIT, the rest are refused
+    at once (all were held before, so such a client held as many as it opened)."""
+    config = HubConfig(listen="127.0.0.1:0", auth_token="s3cret", max_hello_waiting=3, grace=0.2)
+    async with HubServer(config) as hub, aio.insecure_channel(hub.address) as channel:
+        started = time.monotonic()
+        calls = [channel.stream_stream(CONNECT_METHOD)() for _ in range(20)]
+
+        async def refused_after(call: Any) -> float:
+            with pytest.raises(aio.AioRpcError) as info:
+                await asyncio.wait_for(call.read(), FIRST_REQUEST_WAIT + 5)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            return time.monotonic() - started
+
+        took = sorted(await asyncio.gather(*map(refused_after, calls)))
+    assert max(took[:17]) < FIRST_REQUEST_WAIT * 0.9, took
+    assert min(took[17:]) >= FIRST_REQUEST_WAIT * 0.9, took
+
+
 async def test_ten_thousand_maps_arrive_complete_and_in_order(make_link: LinkFactory) -> None:
     """10,000 maps from two senders all arrive, each sender's in the order it sent them."""
     per_sender = 5_000
