@@ -8,6 +8,9 @@ once its first message is in, or after :data:`FIRST_REQUEST_WAIT` without one, s
 a gateway writing its Hello hears the refusal, not a failed write. At most
 ``max_waiting`` refused calls wait so at once (the hub's ``--max-hello-waiting``); beyond
 that, a client without the token opening streams by the thousand is refused at once.
+Refusals are counted (``refused``; the metric ``transmit_hub_unauthenticated_total``) and
+logged as one line at most every :data:`LOG_EVERY` seconds, with the count and the last
+caller's address.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -24,6 +29,8 @@ from grpc import aio
 from .errors import ConfigError
 
 __all__ = ["BearerTokenInterceptor", "bearer_metadata"]
+
+log = logging.getLogger(__name__)
 
 UNAUTHENTICATED_DETAILS = (
     "missing or wrong token: send metadata 'authorization: Bearer <token>' "
@@ -38,10 +45,8 @@ def bearer_metadata(token: str) -> tuple[tuple[str, str], ...]:
 
 FIRST_REQUEST_WAIT: Final = 1.0
 """How long a refused streaming call may take to send its first message (seconds)."""
-
-
-async def _deny(request: Any, context: Any) -> None:
-    await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
+LOG_EVERY: Final = 10.0
+"""Refusals are logged as one line with a count at most this often (seconds)."""
 
 
 class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
@@ -56,6 +61,25 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self._max_waiting = max_waiting
         self.waiting = 0
         """Refused streaming calls waiting for their first message."""
+        self.refused = 0
+        """Calls refused since the hub started."""
+        self._unlogged = 0
+        self._logged_at = -LOG_EVERY
+
+    async def _deny(self, request: Any, context: Any) -> None:
+        self.refused += 1
+        self._unlogged += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY:
+            log.warning(
+                "calls refused for a missing or wrong token: %d since the last such line "
+                "(the last from %s); a gateway's --hub-token must be this hub's --auth-token",
+                self._unlogged,
+                context.peer(),
+            )
+            self._unlogged = 0
+            self._logged_at = now
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
     async def _deny_stream(self, requests: Any, context: Any) -> None:
         """Refuse a client-streaming call once its first message is in (within
@@ -73,7 +97,7 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                             break
             finally:
                 self.waiting -= 1
-        await _deny(requests, context)
+        await self._deny(requests, context)
 
     def _denying(self, handler: Any) -> Any:
         """A handler of the same kind as ``handler`` that refuses the call."""
@@ -82,8 +106,8 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(self._deny_stream)
         if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(_deny)
-        return grpc.unary_unary_rpc_method_handler(_deny)
+            return grpc.unary_stream_rpc_method_handler(self._deny)
+        return grpc.unary_unary_rpc_method_handler(self._deny)
 
     def authorized(self, metadata: Any) -> bool:
         for key, value in metadata or ():

@@ -26,6 +26,7 @@ from .errors import ConfigError
 from .types import UndeliverableReason
 
 if TYPE_CHECKING:
+    from .auth import BearerTokenInterceptor
     from .registry import Registry
     from .service import HubService
 
@@ -44,9 +45,11 @@ MAX_CLIENTS: Final = 16
 class HubMetrics:
     """The hub's metrics, read at scrape time from its registry and service."""
 
-    def __init__(self, registry: Registry, service: HubService) -> None:
+    def __init__(
+        self, registry: Registry, service: HubService, auth: BearerTokenInterceptor | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(_HubCollector(registry, service))
+        self.registry.register(_HubCollector(registry, service, auth))
 
     def render(self) -> bytes:
         """The Prometheus text format of every metric."""
@@ -54,9 +57,12 @@ class HubMetrics:
 
 
 class _HubCollector(Collector):
-    def __init__(self, registry: Registry, service: HubService) -> None:
+    def __init__(
+        self, registry: Registry, service: HubService, auth: BearerTokenInterceptor | None
+    ) -> None:
         self._registry = registry
         self._service = service
+        self._auth = auth
 
     def describe(self) -> Iterable[Metric]:
         return []
@@ -138,6 +144,11 @@ class _HubCollector(Collector):
             "transmit_hub_silent_detached",
             "Gateway streams ended for silence (no answer within twice --gateway-keepalive).",
             value=service.silent_detached,
+        )
+        yield CounterMetricFamily(
+            "transmit_hub_unauthenticated",
+            "Calls refused for a missing or wrong token (--auth-token).",
+            value=self._auth.refused if self._auth is not None else 0,
         )
         yield GaugeMetricFamily(
             "transmit_hub_draining", "1 while the hub shuts down.", value=service.draining

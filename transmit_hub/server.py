@@ -90,7 +90,12 @@ class HubServer(AsyncLifecycle):
         self._host, self._requested_port = parse_listen(config.listen)
         self._listen = config.listen
         self._auth_token = config.auth_token or None
-        self._max_hello_waiting = config.max_hello_waiting
+        self.auth = (
+            BearerTokenInterceptor(self._auth_token, max_waiting=config.max_hello_waiting)
+            if self._auth_token
+            else None
+        )
+        """The token check (None without ``--auth-token``): its ``refused`` count."""
         self._tls = tls if tls is not None else config.server_tls()
         self.hub_id = config.hub_id or default_hub_id()
         self._grace = config.grace
@@ -111,7 +116,7 @@ class HubServer(AsyncLifecycle):
             self.registry, attacher=attacher, gateway_keepalive=config.gateway_keepalive
         )
         self._watch: asyncio.Task[None] | None = None
-        self.metrics = HubMetrics(self.registry, self.service)
+        self.metrics = HubMetrics(self.registry, self.service, self.auth)
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             host, port = parse_listen(config.metrics_listen)
@@ -152,11 +157,7 @@ class HubServer(AsyncLifecycle):
             check_bindable(self._host, self._requested_port)
         if self._metrics_server is not None:
             await self._metrics_server.start()
-        interceptors = (
-            [BearerTokenInterceptor(self._auth_token, max_waiting=self._max_hello_waiting)]
-            if self._auth_token
-            else []
-        )
+        interceptors = [self.auth] if self.auth is not None else []
         server = aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
         add_to_server(self.service, server)
         self._health = health_aio.HealthServicer()

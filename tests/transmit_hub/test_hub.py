@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -231,6 +232,34 @@ async def test_auth_token_is_enforced(make_link: LinkFactory) -> None:
         assert not intruder.link.connected
         assert (await stats(hub.address, "s3cret")).transmit_maps_received == 1
         assert sorted(hub.registry.outboxes) == ["gw-a", "gw-b"]
+
+
+async def test_refused_calls_are_counted_and_logged_as_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An intruder's 40 calls without the token: the hub counts every refusal (the
+    attribute and the metric) and writes one warning for the burst, naming the fix and the
+    caller, not 40 lines. (Refusals were neither counted nor logged before.)"""
+    config = HubConfig(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2)
+    with caplog.at_level(logging.WARNING, logger="transmit_hub.auth"):
+        async with HubServer(config) as hub:
+            for token in (None, "wrong") * 20:
+                with pytest.raises(aio.AioRpcError):
+                    await stats(hub.address, token)
+            assert (await stats(hub.address, "s3cret")).transmit_maps_received == 0
+            assert hub.auth is not None
+            assert hub.auth.refused == 40
+            assert b"transmit_hub_unauthenticated_total 40.0" in hub.metrics.render()
+    lines = [r.getMessage() for r in caplog.records if r.name == "transmit_hub.auth"]
+    assert len(lines) == 1, lines
+    assert "calls refused for a missing or wrong token: 1 since" in lines[0]
+    assert "127.0.0.1" in lines[0]
+    assert "--hub-token" in lines[0]
+
+
+async def test_a_hub_without_a_token_reports_no_refusals(hub: HubServer) -> None:
+    assert hub.auth is None
+    assert b"transmit_hub_unauthenticated_total 0.0" in hub.metrics.render()
 
 
 async def test_a_refused_hello_is_always_heard_as_unauthenticated() -> None:
