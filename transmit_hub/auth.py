@@ -7,7 +7,8 @@ is compared in constant time. A client-streaming call (Connect, reflection) is r
 once its first message is in, or after :data:`FIRST_REQUEST_WAIT` without one, so that
 a gateway writing its Hello hears the refusal, not a failed write. At most
 ``max_waiting`` refused calls wait so at once (the hub's ``--max-hello-waiting``); beyond
-that, a client without the token opening streams by the thousand is refused at once.
+that, a client without the token opening streams by the thousand is refused at once, and
+so is every waiting call when the hub stops (:meth:`BearerTokenInterceptor.stop_waiting`).
 Refusals are counted (``refused``; the metric ``transmit_hub_unauthenticated_total``) and
 logged as one line at most every :data:`LOG_EVERY` seconds, with the count and the last
 caller's address.
@@ -59,8 +60,8 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
             raise ConfigError(f"max_waiting must be 0 or more, got {max_waiting}")
         self._expected = f"Bearer {token}".encode()
         self._max_waiting = max_waiting
-        self.waiting = 0
-        """Refused streaming calls waiting for their first message."""
+        self._waits: set[asyncio.Timeout] = set()
+        self._stopping = False
         self.refused = 0
         """Calls refused since the hub started."""
         self._unlogged = 0
@@ -87,17 +88,31 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         (a gateway's Hello) may see the write fail first, and grpc.aio then reports the
         call as INTERNAL "Internal error from Core" instead of the refusal (about 1 call
         in 20 over loopback): the gateway would not know it was refused. When
-        ``max_waiting`` calls already wait, this one is refused at once."""
-        if self.waiting < self._max_waiting:
-            self.waiting += 1
+        ``max_waiting`` calls already wait, or the hub is stopping, it is refused at once."""
+        if len(self._waits) < self._max_waiting and not self._stopping:
+            wait = asyncio.timeout(FIRST_REQUEST_WAIT)
+            self._waits.add(wait)
             try:
                 with contextlib.suppress(Exception):  # not CancelledError: the server stops
-                    async with asyncio.timeout(FIRST_REQUEST_WAIT):
+                    async with wait:
                         async for _ in requests:
                             break
             finally:
-                self.waiting -= 1
+                self._waits.discard(wait)
         await self._deny(requests, context)
+
+    @property
+    def waiting(self) -> int:
+        """Refused streaming calls waiting for their first message."""
+        return len(self._waits)
+
+    def stop_waiting(self) -> None:
+        """The hub is stopping: refuse the waiting calls now, and new ones at once."""
+        self._stopping = True
+        if self._waits:
+            now = asyncio.get_running_loop().time()
+            for wait in self._waits:
+                wait.reschedule(now)
 
     def _denying(self, handler: Any) -> Any:
         """A handler of the same kind as ``handler`` that refuses the call."""

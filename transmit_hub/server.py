@@ -220,6 +220,8 @@ class HubServer(AsyncLifecycle):
         log.info("transmit hub %s stopping (grace %ss)", self.hub_id, grace)
         try:
             await self._health.enter_graceful_shutdown()
+            if self.auth is not None:
+                self.auth.stop_waiting()
             # Refuse new calls now; calls in flight get until after the drain.
             stopped = asyncio.ensure_future(self._server.stop(grace + 1.0))
             await self.service.drain(grace)

@@ -313,6 +313,28 @@ async def test_refused_streams_beyond_max_hello_waiting_are_refused_at_once() ->
     assert min(took[17:]) >= FIRST_REQUEST_WAIT * 0.9, took
 
 
+async def test_refused_streams_waiting_do_not_hold_up_a_stopping_hub() -> None:
+    """Streams without the token wait for their first message before the refusal; a hub
+    told to stop refuses them at once instead of letting them hold its stop for that wait
+    (it took FIRST_REQUEST_WAIT before)."""
+    config = HubConfig(listen="127.0.0.1:0", auth_token="s3cret", grace=0.2)
+    async with HubServer(config) as hub, aio.insecure_channel(hub.address) as channel:
+        calls = [channel.stream_stream(CONNECT_METHOD)() for _ in range(5)]
+        reads = [asyncio.ensure_future(call.read()) for call in calls]
+        auth = hub.auth
+        assert auth is not None
+        await wait_until(lambda: auth.waiting == 5, what="five refused streams waiting")
+        started = time.monotonic()
+        await hub.stop()
+        took = time.monotonic() - started
+        results = await asyncio.gather(*reads, return_exceptions=True)
+    assert took < FIRST_REQUEST_WAIT / 2, took
+    assert auth.waiting == 0
+    for result in results:
+        assert isinstance(result, aio.AioRpcError)
+        assert result.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 async def test_ten_thousand_maps_arrive_complete_and_in_order(make_link: LinkFactory) -> None:
     """10,000 maps from two senders all arrive, each sender's in the order it sent them."""
     per_sender = 5_000
