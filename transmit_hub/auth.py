@@ -112,7 +112,8 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         if self._waits:
             now = asyncio.get_running_loop().time()
             for wait in self._waits:
-                wait.reschedule(now)
+                if not wait.expired():  # one expiring now is on its way out
+                    wait.reschedule(now)
 
     def _denying(self, handler: Any) -> Any:
         """A handler of the same kind as ``handler`` that refuses the call."""

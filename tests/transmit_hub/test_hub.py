@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -14,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers import free_port, wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec
-from transmit_hub.auth import FIRST_REQUEST_WAIT, bearer_metadata
+from transmit_hub.auth import FIRST_REQUEST_WAIT, BearerTokenInterceptor, bearer_metadata
 from transmit_hub.config import HubConfig
 from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.types import GatewayId
@@ -333,6 +334,21 @@ async def test_refused_streams_waiting_do_not_hold_up_a_stopping_hub() -> None:
     for result in results:
         assert isinstance(result, aio.AioRpcError)
         assert result.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_stopping_passes_over_a_refused_stream_whose_wait_just_ran_out() -> None:
+    """A wait that has run out but whose call has not yet been refused (its timeout fired
+    in the same loop turn as the stop) must not make the stop raise ("Cannot change state
+    of expiring Timeout")."""
+    auth = BearerTokenInterceptor("s3cret")
+    wait = asyncio.timeout(0)
+    with contextlib.suppress(TimeoutError):
+        async with wait:
+            auth._waits.add(wait)
+            await asyncio.sleep(1)
+    assert wait.expired()
+    auth.stop_waiting()
+    assert auth.waiting == 1  # its call's own cleanup drops it
 
 
 async def test_ten_thousand_maps_arrive_complete_and_in_order(make_link: LinkFactory) -> None:
