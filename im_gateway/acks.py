@@ -3,6 +3,15 @@
 Coalesced: at most one ack write in flight per session, the highest position wins (the
 store never moves a position back, nor past the inbox's end); large groups' streams the
 same way, each its own position.
+
+Gathered across sessions (:class:`AckRounds`, ``--ack-linger``): a session's first ack
+waits for the gateway's next round, at most ``linger`` seconds away, and every session
+with acks due starts its write in that round's loop turn, so the store carries them in one
+call (:class:`~im_gateway.store.gather.Gathered`). Clients ack about every 100 ms each
+(the client libraries), so at moderate load most loop turns held one ack, and each cost
+a Redis round trip. A session that closes writes its acks at once
+(:meth:`Acks.settle`): the client's last ack is in the store before the client can
+connect again, so a restarted client is not replayed what it showed.
 """
 
 from __future__ import annotations
@@ -23,6 +32,47 @@ logger = logging.getLogger(__name__)
 _ack_failed = Throttled(logger, "ack writes failed %d times")
 
 
+class AckRounds:
+    """The gateway's rounds of ack writes: every session that asked in the last
+    ``linger`` seconds starts its write in one loop turn (``linger`` 0: at once)."""
+
+    __slots__ = ("_due", "_handle", "linger")
+
+    def __init__(self, linger: float = 0.0) -> None:
+        self.linger = linger
+        self._due: dict[Acks, None] = {}
+        """The sessions whose writes start at the next round, in the order they asked."""
+        self._handle: asyncio.TimerHandle | None = None
+
+    def join(self, acks: Acks) -> None:
+        """Start ``acks``'s write at the next round (now, without a linger)."""
+        if self.linger <= 0:
+            acks.start()
+            return
+        self._due[acks] = None
+        if self._handle is None:
+            self._handle = asyncio.get_running_loop().call_later(self.linger, self._round)
+
+    def leave(self, acks: Acks) -> bool:
+        """Take ``acks`` out of the next round; True when it was in it."""
+        if acks not in self._due:
+            return False
+        del self._due[acks]
+        return True
+
+    def _round(self) -> None:
+        self._handle = None
+        due, self._due = self._due, {}
+        for acks in due:
+            acks.start()
+
+    def close(self) -> None:
+        """Start the writes due now and stop the rounds' timer; idempotent."""
+        if self._handle is not None:
+            self._handle.cancel()
+        self._round()
+
+
 class Acks:
     """One connection's acknowledgements on their way to the store."""
 
@@ -33,6 +83,7 @@ class Acks:
         "_loop",
         "_metrics",
         "_out",
+        "_rounds",
         "_slots",
         "_store",
         "_user",
@@ -48,10 +99,13 @@ class Acks:
         held_max: int,
         out: Outlet,
         metrics: GatewayMetrics,
+        rounds: AckRounds | None = None,
     ) -> None:
         """``out``: where a failed write is answered (the session's writer; an object,
-        not a bound method per connection)."""
+        not a bound method per connection). ``rounds``: the gateway's (None: each write
+        starts at once)."""
         self._user = user
+        self._rounds = rounds if rounds is not None else _AT_ONCE
         self._store = store
         self._slots = slots
         self._held_max = held_max
@@ -69,7 +123,7 @@ class Acks:
         if self._ack_target is None or upto > self._ack_target:
             self._ack_target = upto
         if self.task is None:
-            self.task = self._loop.create_task(self._write_acks())
+            self._rounds.join(self)
 
     def ack_group(self, group: int, upto: int) -> None:
         """As :meth:`ack`, per large group's stream (the store keeps a non-member's
@@ -80,6 +134,12 @@ class Acks:
         if group in acks or len(acks) < self._held_max:
             acks[group] = max(acks.get(group, 0), upto)
         if self.task is None:
+            self._rounds.join(self)
+
+    def start(self) -> None:
+        """Write what is due now (its round has come), unless a write is under way (it
+        takes the new positions when it is done)."""
+        if self.task is None and (self._ack_target is not None or self._group_acks):
             self.task = self._loop.create_task(self._write_acks())
 
     async def _write_acks(self) -> None:
@@ -105,6 +165,13 @@ class Acks:
             self.task = None
 
     async def settle(self) -> None:
-        """Let a pending ack finish (within 2 s): it records what the client confirmed."""
+        """Write what is due at once (not at the next round), and let it finish (within
+        2 s): it records what the client confirmed before it went."""
+        if self._rounds.leave(self):
+            self.start()
         if self.task is not None:
             await asyncio.wait([self.task], timeout=2.0)
+
+
+_AT_ONCE = AckRounds(0.0)
+"""The rounds of sessions made without the gateway's: every write starts at once."""

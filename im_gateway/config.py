@@ -333,6 +333,15 @@ class GatewayConfig:
         metavar="SECONDS",
         check=non_negative,
     )
+    ack_linger: float = setting(
+        0.01,
+        "how long a connection's ack (type 11) waits for others before their writes go "
+        "to Redis together in one call (acks of many connections share a call: less CPU "
+        "per ack at moderate load); a closing connection's acks are written at once "
+        "(0: each ack's write starts at once)",
+        metavar="SECONDS",
+        check=between(0, 1),
+    )
     store_concurrency: int = setting(
         32,
         "replay, ack and group calls to Redis in flight at once",

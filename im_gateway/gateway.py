@@ -32,6 +32,7 @@ from transmit_hub.transport import channel_options
 from transmit_hub.types import GatewayId
 
 from . import backlog, descriptors, faults, http, metrics, ws
+from .acks import AckRounds
 from .api import ApiServer
 from .close_codes import CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_SERVICE_RESTART
 from .config import GatewayConfig, default_gateway_id, parse_host_port
@@ -92,6 +93,7 @@ class Gateway(AsyncLifecycle):
             max_refused=self.config.max_refused,
             fill_delay=self.config.fill_delay,
         )
+        self._ack_rounds = AckRounds(self.config.ack_linger)
         self._started = False
         self._closed = asyncio.Event()
         self._closing = False
@@ -346,6 +348,7 @@ class Gateway(AsyncLifecycle):
                     )
                 self._server.close()
                 await self._server.wait_closed()
+            self._ack_rounds.close()  # every session has settled its own; for safety
             if self._api is not None:
                 await self._api.close()
             if self._fanout is not None:
@@ -478,6 +481,7 @@ class Gateway(AsyncLifecycle):
             slots=self._slots,
             group_rights=connection.group_rights or self._front.rights,
             metrics=self.metrics,
+            ack_rounds=self._ack_rounds,
         )
         fanout.add(session)
         try:

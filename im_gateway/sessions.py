@@ -32,7 +32,7 @@ from websockets.exceptions import ConnectionClosed
 from transmit_hub.types import MessageId, UserId
 
 from . import frames
-from .acks import Acks
+from .acks import AckRounds, Acks
 from .close_codes import CLOSE_INTERNAL, CLOSE_POLICY
 from .errors import FrameError
 from .group_changes import Members, change_group
@@ -139,12 +139,14 @@ class Session:
         slots: asyncio.Semaphore | None = None,
         group_rights: GroupRights = SERVER_RIGHTS,
         metrics: GatewayMetrics | None = None,
+        ack_rounds: AckRounds | None = None,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
         group changes), so thousands of sockets reconnecting at once queue here instead
         of opening thousands of Redis connections. ``group_rights``: which type 12/13
         frames this connection may send (the gateway passes its ``--group-join``;
-        by default none: membership is the server's)."""
+        by default none: membership is the server's). ``ack_rounds``: the gateway's
+        rounds of ack writes (``--ack-linger``; by default each write starts at once)."""
         self._group_rights = group_rights
         self._metrics = metrics = metrics if metrics is not None else NullMetrics()
         self._ws = ws
@@ -185,6 +187,7 @@ class Session:
             held_max=limits.held_max,
             out=out,
             metrics=metrics,
+            rounds=ack_rounds,
         )
         self.last_seen = self._loop.time()
         """Loop time of the last frame from the client (for the idle and ping sweep)."""

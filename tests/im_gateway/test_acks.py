@@ -1,0 +1,171 @@
+"""Acks gathered across connections (:class:`~im_gateway.acks.AckRounds`): the acks asked
+for within a round start their writes in one loop turn, so the store carries them in one
+call; a closing connection's acks are written at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from im_gateway.acks import AckRounds, Acks
+from im_gateway.ids import MessageIds
+from im_gateway.metrics import NullMetrics
+from im_gateway.store import Accepted, MemoryStore, RedisStore, Store, Submission
+from tests.helpers import wait_until
+from transmit_hub.types import Message, MessageId, UserId
+
+LINGER = 0.2
+"""Long enough that a write started before its round is told apart from one at it."""
+
+
+class Out:
+    """Where a failed ack write would be answered (none here)."""
+
+    closing = False
+
+    def __init__(self) -> None:
+        self.pushed: list[str] = []
+
+    def push(self, text: str) -> bool:
+        self.pushed.append(text)
+        return True
+
+    async def room(self) -> None:
+        return None
+
+
+class Recording(MemoryStore):
+    """A memory store that notes the loop time of each ack write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[tuple[float, UserId, int]] = []
+
+    async def ack(self, user: UserId, upto: int) -> None:
+        self.writes.append((asyncio.get_running_loop().time(), user, upto))
+        await super().ack(user, upto)
+
+
+def _acks(user: int, store: Store, rounds: AckRounds | None) -> Acks:
+    return Acks(
+        UserId(user),
+        store=store,
+        slots=asyncio.Semaphore(16),
+        held_max=64,
+        out=Out(),
+        metrics=NullMetrics(),
+        rounds=rounds,
+    )
+
+
+_ids = MessageIds()
+SENDER = UserId(1000)
+
+
+async def _fill(store: Store, users: range, n: int = 3) -> None:
+    """``n`` messages in each user's inbox (positions 1 to ``n``)."""
+    for u in users:
+        for i in range(n):
+            msg_id, now = _ids.next()
+            message = Message(MessageId(msg_id), SENDER, u, 1, 0, now, f"m{i}")
+            (result,) = await store.submit([Submission(client_id=f"c-{msg_id}", message=message)])
+            assert isinstance(result, Accepted), result
+
+
+async def test_acks_of_a_round_start_together_after_the_linger() -> None:
+    """Three connections ack at different moments of one round: nothing is written
+    before the round, then all three in one loop turn, each at its highest position."""
+    store = Recording()
+    await _fill(store, range(1, 4))
+    rounds = AckRounds(LINGER)
+    sessions = [_acks(u, store, rounds) for u in range(1, 4)]
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    sessions[0].ack(1)
+    sessions[0].ack(2)
+    await asyncio.sleep(0)
+    sessions[1].ack(3)
+    sessions[2].ack(1)
+    await asyncio.sleep(0)
+    assert store.writes == []
+    await wait_until(lambda: len(store.writes) == 3, what="the round's three writes")
+    times = [t for t, _, _ in store.writes]
+    assert max(times) - min(times) < LINGER / 10, store.writes  # one loop turn
+    assert min(times) - asked >= LINGER * 0.9
+    assert sorted((u, upto) for _, u, upto in store.writes) == [(1, 2), (2, 3), (3, 1)]
+    assert [await store.acked(UserId(u)) for u in range(1, 4)] == [2, 3, 1]
+
+
+async def test_a_closing_connection_writes_its_acks_at_once() -> None:
+    """settle() (the connection is closing) does not wait for the round: the client's
+    last ack is stored before it could connect again. The others wait for the round."""
+    store = Recording()
+    await _fill(store, range(1, 3))
+    rounds = AckRounds(LINGER)
+    closing, staying = _acks(1, store, rounds), _acks(2, store, rounds)
+    loop = asyncio.get_running_loop()
+    asked = loop.time()
+    closing.ack(3)
+    staying.ack(2)
+    await closing.settle()
+    assert await store.acked(UserId(1)) == 3
+    assert [(u, upto) for _, u, upto in store.writes] == [(1, 3)]
+    assert store.writes[0][0] - asked < LINGER / 2
+    await wait_until(lambda: len(store.writes) == 2, what="the round's write")
+    assert store.writes[1][1:] == (2, 2)
+    assert store.writes[1][0] - asked >= LINGER * 0.9
+
+
+async def test_without_a_linger_each_write_starts_at_once() -> None:
+    """--ack-linger 0 (and sessions made without the gateway's rounds): as before."""
+    for rounds in (AckRounds(0.0), None):
+        store = Recording()
+        await _fill(store, range(1, 2))
+        acks = _acks(1, store, rounds)
+        asked = asyncio.get_running_loop().time()
+        acks.ack(2)
+        await wait_until(lambda s=store: len(s.writes) == 1, what="the write")  # type: ignore[misc]
+        assert store.writes[0][0] - asked < LINGER / 2
+
+
+async def test_closing_the_rounds_starts_what_is_due() -> None:
+    store = Recording()
+    await _fill(store, range(1, 2))
+    rounds = AckRounds(LINGER)
+    acks = _acks(1, store, rounds)
+    asked = asyncio.get_running_loop().time()
+    acks.ack(3)
+    rounds.close()
+    rounds.close()  # idempotent
+    await wait_until(lambda: len(store.writes) == 1, what="the write")
+    assert store.writes[0][0] - asked < LINGER / 2
+    assert await store.acked(UserId(1)) == 3
+
+
+async def test_a_round_is_one_redis_call(redis_url: str, redis_client: aioredis.Redis) -> None:
+    """On a real Redis, twenty connections' acks of one round cost one script call; with
+    no linger, acks asked for in different loop turns cost one call each (what a gateway
+    under moderate load paid: clients ack about every 100 ms, each in a turn of its own)."""
+
+    async def calls_for(rounds: AckRounds) -> int:
+        await redis_client.flushall()
+        async with RedisStore(redis_url) as store:
+            await _fill(store, range(1, 22), n=1)
+            await store.ack(UserId(21), 1)  # the ack script loaded
+            await redis_client.config_resetstat()
+            sessions = [_acks(u, store, rounds) for u in range(1, 21)]
+            for acks in sessions:
+                acks.ack(1)
+                await asyncio.sleep(0)  # each in a loop turn of its own
+
+            async def all_stored() -> bool:
+                return [await store.acked(UserId(u)) for u in range(1, 21)] == [1] * 20
+
+            await wait_until(all_stored, what="every ack stored")
+            stats: dict[str, Any] = await redis_client.info("commandstats")
+            return int(stats["cmdstat_evalsha"]["calls"])
+
+    assert await calls_for(AckRounds(LINGER)) == 1
+    assert await calls_for(AckRounds(0.0)) == 20
