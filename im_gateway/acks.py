@@ -84,6 +84,7 @@ class Acks:
         "_metrics",
         "_out",
         "_rounds",
+        "_settling",
         "_slots",
         "_store",
         "_user",
@@ -106,6 +107,7 @@ class Acks:
         starts at once)."""
         self._user = user
         self._rounds = rounds if rounds is not None else _AT_ONCE
+        self._settling = False
         self._store = store
         self._slots = slots
         self._held_max = held_max
@@ -139,12 +141,14 @@ class Acks:
     def start(self) -> None:
         """Write what is due now (its round has come), unless a write is under way (it
         takes the new positions when it is done)."""
-        if self.task is None and (self._ack_target is not None or self._group_acks):
+        if self.task is None and self._due():
             self.task = self._loop.create_task(self._write_acks())
 
     async def _write_acks(self) -> None:
+        """Write what is due; what comes meanwhile goes in the next round (at once when
+        the rounds have no linger, or the connection is closing)."""
         try:
-            while self._ack_target is not None or self._group_acks:
+            while self._due():
                 seq, self._ack_target = self._ack_target, None
                 groups, self._group_acks = self._group_acks, None
                 try:
@@ -161,12 +165,20 @@ class Acks:
                     self._out.push(
                         frames.encode_error(frames.INTERNAL, "ack not stored; send it again")
                     )
+                if self._rounds.linger > 0 and not self._settling:
+                    break
         finally:
             self.task = None
+        if self._due():
+            self._rounds.join(self)
+
+    def _due(self) -> bool:
+        return self._ack_target is not None or bool(self._group_acks)
 
     async def settle(self) -> None:
         """Write what is due at once (not at the next round), and let it finish (within
         2 s): it records what the client confirmed before it went."""
+        self._settling = True
         if self._rounds.leave(self):
             self.start()
         if self.task is not None:

@@ -42,9 +42,13 @@ class Recording(MemoryStore):
     def __init__(self) -> None:
         super().__init__()
         self.writes: list[tuple[float, UserId, int]] = []
+        self.gate: asyncio.Event | None = None
+        """When set: each write waits for it (a write in flight)."""
 
     async def ack(self, user: UserId, upto: int) -> None:
         self.writes.append((asyncio.get_running_loop().time(), user, upto))
+        if self.gate is not None:
+            await self.gate.wait()
         await super().ack(user, upto)
 
 
@@ -116,6 +120,27 @@ async def test_a_closing_connection_writes_its_acks_at_once() -> None:
     await wait_until(lambda: len(store.writes) == 2, what="the round's write")
     assert store.writes[1][1:] == (2, 2)
     assert store.writes[1][0] - asked >= LINGER * 0.9
+
+
+async def test_acks_during_a_write_go_in_the_next_round() -> None:
+    """A client acking every message: what it acks while its write is in flight is
+    written at the next round, with the other connections', not right after that write
+    in a call of its own."""
+    store = Recording()
+    await _fill(store, range(1, 2))
+    store.gate = asyncio.Event()
+    rounds = AckRounds(LINGER)
+    acks = _acks(1, store, rounds)
+    acks.ack(1)
+    await wait_until(lambda: len(store.writes) == 1, what="the first write")
+    acks.ack(2)
+    acks.ack(3)
+    store.gate.set()
+    released = asyncio.get_running_loop().time()
+    await wait_until(lambda: len(store.writes) == 2, what="the second write")
+    assert store.writes[1][1:] == (1, 3)
+    assert store.writes[1][0] - released >= LINGER * 0.9
+    assert await store.acked(UserId(1)) == 3
 
 
 async def test_without_a_linger_each_write_starts_at_once() -> None:
