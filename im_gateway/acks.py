@@ -139,8 +139,8 @@ class Acks:
             self._rounds.join(self)
 
     def start(self) -> None:
-        """Write what is due now (its round has come), unless a write is under way (it
-        takes the new positions when it is done)."""
+        """Write what is due now (its round has come), unless a write is under way (what
+        is due then goes in the round after it)."""
         if self.task is None and self._due():
             self.task = self._loop.create_task(self._write_acks())
 
