@@ -5,6 +5,7 @@ call; a closing connection's acks are written at once."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -44,21 +45,26 @@ class Recording(MemoryStore):
         self.writes: list[tuple[float, UserId, int]] = []
         self.gate: asyncio.Event | None = None
         """When set: each write waits for it (a write in flight)."""
+        self.fail = 0
+        """Writes still to fail (Redis gone, say)."""
 
     async def ack(self, user: UserId, upto: int) -> None:
         self.writes.append((asyncio.get_running_loop().time(), user, upto))
         if self.gate is not None:
             await self.gate.wait()
+        if self.fail:
+            self.fail -= 1
+            raise ConnectionError("Redis is gone")
         await super().ack(user, upto)
 
 
-def _acks(user: int, store: Store, rounds: AckRounds | None) -> Acks:
+def _acks(user: int, store: Store, rounds: AckRounds | None, out: Out | None = None) -> Acks:
     return Acks(
         UserId(user),
         store=store,
         slots=asyncio.Semaphore(16),
         held_max=64,
-        out=Out(),
+        out=out if out is not None else Out(),
         metrics=NullMetrics(),
         rounds=rounds,
     )
@@ -141,6 +147,30 @@ async def test_acks_during_a_write_go_in_the_next_round() -> None:
     assert store.writes[1][1:] == (1, 3)
     assert store.writes[1][0] - released >= LINGER * 0.9
     assert await store.acked(UserId(1)) == 3
+
+
+async def test_a_failed_round_is_answered_and_the_next_one_writes() -> None:
+    """Redis fails a round's write: each connection in it is told to send its ack again
+    (type 99 internal), and the rounds go on: the next ack is written at the next round."""
+    store = Recording()
+    await _fill(store, range(1, 3))
+    store.fail = 2
+    rounds = AckRounds(LINGER)
+    outs = [Out(), Out()]
+    sessions = [_acks(u, store, rounds, out) for u, out in zip((1, 2), outs, strict=True)]
+    for acks in sessions:
+        acks.ack(2)
+    await wait_until(lambda: all(o.pushed for o in outs), what="both told")
+    for out in outs:
+        assert [json.loads(t)["code"] for t in out.pushed] == ["internal"]
+    assert [await store.acked(UserId(u)) for u in (1, 2)] == [0, 0]
+    for acks in sessions:
+        acks.ack(3)
+
+    async def stored() -> bool:
+        return [await store.acked(UserId(u)) for u in (1, 2)] == [3, 3]
+
+    await wait_until(stored, what="the next round's writes")
 
 
 async def test_without_a_linger_each_write_starts_at_once() -> None:
