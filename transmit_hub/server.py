@@ -89,10 +89,9 @@ class HubServer(AsyncLifecycle):
         self.config = config
         self._host, self._requested_port = parse_listen(config.listen)
         self._listen = config.listen
-        self._auth_token = config.auth_token or None
         self.auth = (
-            BearerTokenInterceptor(self._auth_token, max_waiting=config.max_hello_waiting)
-            if self._auth_token
+            BearerTokenInterceptor(config.auth_token, max_waiting=config.max_hello_waiting)
+            if config.auth_token
             else None
         )
         """The token check (None without ``--auth-token``): its ``refused`` count."""
@@ -196,7 +195,7 @@ class HubServer(AsyncLifecycle):
             self.hub_id,
             self.address,
             security,
-            ", auth token required" if self._auth_token else "",
+            ", auth token required" if self.auth is not None else "",
         )
 
     async def close(self) -> None:
