@@ -11,7 +11,9 @@ call (:class:`~im_gateway.store.gather.Gathered`). Clients ack about every 100 m
 (the client libraries), so at moderate load most loop turns held one ack, and each cost
 a Redis round trip. A session that closes writes its acks at once
 (:meth:`Acks.settle`): the client's last ack is in the store before the client can
-connect again, so a restarted client is not replayed what it showed.
+connect again, so a restarted client is not replayed what it showed. And a new
+connection's replay first writes what its user's other connections here have due
+(:meth:`AckRounds.written`), so a second device starts after what the first one acked.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ class AckRounds:
     """The gateway's rounds of ack writes: every session that asked in the last
     ``linger`` seconds starts its write in one loop turn (``linger`` 0: at once)."""
 
-    __slots__ = ("_due", "_handle", "linger")
+    __slots__ = ("_due", "_handle", "_users", "linger")
 
     def __init__(self, linger: float = 0.0) -> None:
         self.linger = linger
         self._due: dict[Acks, None] = {}
         """The sessions whose writes start at the next round, in the order they asked."""
+        self._users: dict[UserId, int] = {}
+        """How many of them each user has."""
         self._handle: asyncio.TimerHandle | None = None
 
     def join(self, acks: Acks) -> None:
@@ -49,7 +53,9 @@ class AckRounds:
         if self.linger <= 0:
             acks.start()
             return
-        self._due[acks] = None
+        if acks not in self._due:
+            self._due[acks] = None
+            self._users[acks.user] = self._users.get(acks.user, 0) + 1
         if self._handle is None:
             self._handle = asyncio.get_running_loop().call_later(self.linger, self._round)
 
@@ -58,11 +64,32 @@ class AckRounds:
         if acks not in self._due:
             return False
         del self._due[acks]
+        left = self._users[acks.user] - 1
+        if left:
+            self._users[acks.user] = left
+        else:
+            del self._users[acks.user]
         return True
+
+    async def written(self, user: UserId) -> None:
+        """Write ``user``'s acks due at the next round now, and wait for them (within
+        2 s): a new connection of that user (another device, a reconnect while the old
+        socket lingers) starts its replay after what the others acknowledged."""
+        if user not in self._users:
+            return
+        tasks = []
+        for acks in [a for a in self._due if a.user == user]:
+            self.leave(acks)
+            acks.start()
+            if acks.task is not None:
+                tasks.append(acks.task)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
 
     def _round(self) -> None:
         self._handle = None
         due, self._due = self._due, {}
+        self._users.clear()
         for acks in due:
             acks.start()
 
@@ -137,6 +164,10 @@ class Acks:
             acks[group] = max(acks.get(group, 0), upto)
         if self.task is None:
             self._rounds.join(self)
+
+    @property
+    def user(self) -> UserId:
+        return self._user
 
     def start(self) -> None:
         """Write what is due now (its round has come), unless a write is under way (what

@@ -337,7 +337,8 @@ class GatewayConfig:
         0.01,
         "how long a connection's ack (type 11) waits for others before their writes go "
         "to Redis together in one call (acks of many connections share a call: less CPU "
-        "per ack at moderate load); a closing connection's acks are written at once "
+        "per ack at moderate load); a closing connection's acks are written at once, and "
+        "so are a user's when another connection of theirs opens here "
         "(0: each ack's write starts at once)",
         metavar="SECONDS",
         check=between(0, 1),

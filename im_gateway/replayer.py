@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from transmit_hub.types import UserId
 
 from . import frames
+from .acks import AckRounds
 from .metrics import GatewayMetrics
 from .ratelimit import TokenBucket
 from .store import Membership, Store
@@ -69,6 +70,7 @@ class Replayer(Streams):
     """One connection's inbox reads (see the module docstring): what to read when."""
 
     __slots__ = (
+        "_ack_rounds",
         "_budget",
         "_budget_max",
         "_fill_delay",
@@ -93,7 +95,10 @@ class Replayer(Streams):
         fill_delay: float,
         replay_budget: int,
         metrics: GatewayMetrics | None = None,
+        ack_rounds: AckRounds | None = None,
     ) -> None:
+        """``ack_rounds``: the gateway's; the connect replay first writes the acks its
+        user's other connections have due there."""
         super().__init__(
             out,
             user,
@@ -105,6 +110,7 @@ class Replayer(Streams):
             metrics=metrics,
         )
         self._fill_delay = fill_delay
+        self._ack_rounds = ack_rounds
         self._loop = asyncio.get_running_loop()
         self._budget_max = replay_budget
         self._budget: TokenBucket | None = None
@@ -324,6 +330,8 @@ class Replayer(Streams):
         positions, merged in time order, then the end marker."""
         self._metrics.replay("connect")
         syncs = self._syncs
+        if self._ack_rounds is not None:
+            await self._ack_rounds.written(self._user)
         async with self._slots:
             opening = await self._store.opening(self._user)
         # A user in no group has no stream to follow (nor left one: none to drop).

@@ -179,6 +179,7 @@ class Session:
             fill_delay=limits.fill_delay,
             replay_budget=limits.replay_budget,
             metrics=metrics,
+            ack_rounds=ack_rounds,
         )
         self._acks = Acks(
             user,

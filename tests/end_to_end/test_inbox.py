@@ -98,3 +98,25 @@ async def _wait_acked(gateway: object, user: int, seq: str) -> None:
         return await gateway.store.acked(user) == int(seq)  # type: ignore[arg-type]
 
     await wait_until(acked, what=f"user {user} acked {seq}")
+
+
+async def test_a_second_device_replays_after_what_the_first_just_acknowledged(
+    start_gateway: GatewayFactory, open_client: ClientFactory
+) -> None:
+    """B acks the 3rd message on one device and, while that device stays connected,
+    connects another to the same gateway at once: its replay starts after the ack,
+    although the ack's write waits for the gateway's round (--ack-linger, long here so
+    that only the write the new connection asks for can land in time)."""
+    gw1 = await start_gateway("gw-1", ack_linger=1.0)
+    a = await open_client(gw1, A)
+    for i in range(5):
+        await a.say(B, f"m{i}")
+    b = await open_client(gw1, B)
+    assert b.contents() == [f"m{i}" for i in range(5)]
+    third = b.messages()[2]["seq"]
+    await b.send({"type": 11, "seq": third})
+    b.frames.clear()
+    await b.send({"type": 0})  # a heartbeat: its answer says the ack has been read
+    await b.wait_for(lambda f: f["type"] == 0)
+    b_other = await open_client(gw1, B)
+    assert b_other.contents() == ["m3", "m4"]

@@ -173,6 +173,28 @@ async def test_a_failed_round_is_answered_and_the_next_one_writes() -> None:
     await wait_until(stored, what="the next round's writes")
 
 
+async def test_a_new_connection_has_its_users_acks_written_first() -> None:
+    """written(user) (a new connection of that user is about to replay) writes that
+    user's acks due at the round now, from every connection of the user, and returns
+    once they are stored; other users' wait for the round."""
+    store = Recording()
+    await _fill(store, range(1, 3))
+    rounds = AckRounds(LINGER)
+    phone, laptop, other = _acks(1, store, rounds), _acks(1, store, rounds), _acks(2, store, rounds)
+    asked = asyncio.get_running_loop().time()
+    phone.ack(2)
+    laptop.ack(3)
+    other.ack(1)
+    await rounds.written(UserId(1))
+    assert await store.acked(UserId(1)) == 3
+    assert sorted(w[1:] for w in store.writes) == [(1, 2), (1, 3)]
+    assert max(w[0] for w in store.writes) - asked < LINGER / 2
+    await rounds.written(UserId(1))  # nothing due: at once
+    await wait_until(lambda: len(store.writes) == 3, what="the other user's round")
+    assert store.writes[2][1:] == (2, 1)
+    assert store.writes[2][0] - asked >= LINGER * 0.9
+
+
 async def test_without_a_linger_each_write_starts_at_once() -> None:
     """--ack-linger 0 (and sessions made without the gateway's rounds): as before."""
     for rounds in (AckRounds(0.0), None):
