@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
+from tests.end_to_end.harness import Client
 
 A, B = 2001, 2002
 
@@ -33,13 +34,7 @@ async def test_acknowledged_messages_are_not_replayed_and_the_rest_are(
     """After B acks the 3rd message, a reconnect replays only the 4th and 5th."""
     gw1 = await start_gateway("gw-1")
     gw2 = await start_gateway("gw-2")
-    a = await open_client(gw1, A)
-    for i in range(5):
-        await a.say(B, f"m{i}")
-    b = await open_client(gw2, B)
-    assert b.contents() == [f"m{i}" for i in range(5)]
-    third = b.messages()[2]["seq"]
-    await b.send({"type": 11, "seq": third})
+    b, third = await _b_acks_the_third_of_five(open_client, gw1, gw2)
     await b.close()
     await _wait_acked(gw2, B, third)
     b = await open_client(gw1, B)
@@ -108,15 +103,24 @@ async def test_a_second_device_replays_after_what_the_first_just_acknowledged(
     although the ack's write waits for the gateway's round (--ack-linger, long here so
     that only the write the new connection asks for can land in time)."""
     gw1 = await start_gateway("gw-1", ack_linger=1.0)
-    a = await open_client(gw1, A)
-    for i in range(5):
-        await a.say(B, f"m{i}")
-    b = await open_client(gw1, B)
-    assert b.contents() == [f"m{i}" for i in range(5)]
-    third = b.messages()[2]["seq"]
-    await b.send({"type": 11, "seq": third})
+    b, _ = await _b_acks_the_third_of_five(open_client, gw1, gw1)
     b.frames.clear()
     await b.send({"type": 0})  # a heartbeat: its answer says the ack has been read
     await b.wait_for(lambda f: f["type"] == 0)
     b_other = await open_client(gw1, B)
     assert b_other.contents() == ["m3", "m4"]
+
+
+async def _b_acks_the_third_of_five(
+    open_client: ClientFactory, a_on: object, b_on: object
+) -> tuple[Client, str]:
+    """A sends B five messages; B, connected to ``b_on``, gets them all and acks the
+    third (its seq is returned with B's client)."""
+    a = await open_client(a_on, A)
+    for i in range(5):
+        await a.say(B, f"m{i}")
+    b = await open_client(b_on, B)
+    assert b.contents() == [f"m{i}" for i in range(5)]
+    third: str = b.messages()[2]["seq"]
+    await b.send({"type": 11, "seq": third})
+    return b, third
