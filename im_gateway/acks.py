@@ -77,12 +77,8 @@ class AckRounds:
         socket lingers) starts its replay after what the others acknowledged."""
         if user not in self._users:
             return
-        tasks = []
-        for acks in [a for a in self._due if a.user == user]:
-            self.leave(acks)
-            acks.start()
-            if acks.task is not None:
-                tasks.append(acks.task)
+        due = [a for a in self._due if a.user == user]
+        tasks = [t for t in (a.write_now() for a in due) if t is not None]
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
 
@@ -210,10 +206,16 @@ class Acks:
         """Write what is due at once (not at the next round), and let it finish (within
         2 s): it records what the client confirmed before it went."""
         self._settling = True
+        task = self.write_now()
+        if task is not None:
+            await asyncio.wait([task], timeout=2.0)
+
+    def write_now(self) -> asyncio.Task[None] | None:
+        """Take this session out of the next round and start its write now; the write
+        under way, if any."""
         if self._rounds.leave(self):
             self.start()
-        if self.task is not None:
-            await asyncio.wait([self.task], timeout=2.0)
+        return self.task
 
 
 _AT_ONCE = AckRounds(0.0)

@@ -100,6 +100,8 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"replay_budget": 100, "replay_page": 200},
         {"max_refused": -1},
         {"fill_delay": -0.1},
+        {"ack_linger": -0.01},
+        {"ack_linger": 5},
         {"redis_timeout": 0},
         {"redis_wait_replicas": -1},
         {"redis_wait_timeout": 0},
