@@ -195,6 +195,23 @@ async def test_a_new_connection_has_its_users_acks_written_first() -> None:
     assert store.writes[2][0] - asked >= LINGER * 0.9
 
 
+async def test_a_new_connection_waits_at_most_two_seconds_for_a_silent_redis() -> None:
+    """The other connection's ack write hangs (Redis silent): the new connection's replay
+    is held at most 2 s by it, then goes on (its own read meets Redis's timeout)."""
+    store = Recording()
+    await _fill(store, range(1, 2))
+    store.gate = asyncio.Event()  # never set: the write never completes
+    rounds = AckRounds(LINGER)
+    acks = _acks(1, store, rounds)
+    acks.ack(2)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(rounds.written(UserId(1)), 5)
+    assert 1.9 <= loop.time() - started < 3
+    assert acks.task is not None  # still in flight; the session's close cancels it
+    acks.task.cancel()
+
+
 async def test_without_a_linger_each_write_starts_at_once() -> None:
     """--ack-linger 0 (and sessions made without the gateway's rounds): as before."""
     for rounds in (AckRounds(0.0), None):
