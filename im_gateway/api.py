@@ -3,7 +3,9 @@
 ``POST /api/<method>`` with a JSON object body and ``Authorization: Bearer KEY``, on its
 own port (``--api-listen``), in the gateway's process and event loop. Every path answers
 401 without the right key (compared in constant time), before anything else; 404 for an
-unknown method; 400 with ``{"error": {"code": ..., "message": ...}}`` for a bad body.
+unknown method; 400 with ``{"error": {"code": ..., "message": ...}}`` for a bad body;
+503 ``internal`` when the store fails or stays silent past ``--redis-timeout`` (call
+again; one counted log line for all of them).
 The bodies are checked by :mod:`im_gateway.api_requests` (pure); this module is the
 adapter that runs them:
 
@@ -54,6 +56,7 @@ from .descriptors import Sockets
 from .errors import ApiError, GroupLimitError
 from .fanout import Fanout
 from .group_policy import group_limit_reason
+from .metrics import GatewayMetrics, NullMetrics
 from .pipeline import Pipeline, Rejected
 from .store import Accepted, Joined, Store, Submission
 from .store.contract import DEFAULT_MAX_GROUP_MEMBERS, DEFAULT_MAX_GROUPS_PER_USER
@@ -64,6 +67,9 @@ logger = logging.getLogger(__name__)
 OPENAPI = Path(__file__).resolve().parent / "openapi.json"
 
 _refused_key = Throttled(logger, "server API: %d calls refused for a missing or wrong key")
+_call_failed = Throttled(
+    logger, "server API: %d calls failed in the store (Redis down, or slower than --redis-timeout)"
+)
 _body_failed = Throttled(
     logger,
     "server API: %d request bodies not received (the client went away, or was slower "
@@ -119,10 +125,13 @@ class ApiServer(AsyncLifecycle):
         max_members: int = DEFAULT_MAX_GROUP_MEMBERS,
         reuse_port: bool = False,
         backlog: int = 128,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         """``max_groups``, ``max_members``: the store's bounds, named in refusals;
         ``reuse_port``: bind with SO_REUSEPORT (several gateway processes on one port);
-        ``backlog``: the kernel's queue of connections not yet accepted."""
+        ``backlog``: the kernel's queue of connections not yet accepted; ``metrics``:
+        where each answer is counted, by method and status."""
+        self._metrics = metrics or NullMetrics()
         self._reuse_port = reuse_port
         self._backlog = backlog
         self._max_groups = max_groups
@@ -213,14 +222,14 @@ class ApiServer(AsyncLifecycle):
         """``Expect: 100-continue``: the key is checked before anything is sent."""
         self._limits.started(request.transport)
         if not self._authorized(request):
-            return self._unauthorized()
+            return self._counted(request, self._unauthorized())
         expect = request.headers.get(hdrs.EXPECT, "")
         if request.version != HttpVersion11:
             return None
         if expect.lower() != "100-continue":
             response = _error(417, "bad_request", "only Expect: 100-continue is understood")
             response.force_close()
-            return response
+            return self._counted(request, response)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0  # the 100 is not part of the answer's size
         return None
@@ -232,10 +241,18 @@ class ApiServer(AsyncLifecycle):
         """Mark the connection busy (its headers are in), answer, and close the
         connection when the body was not read (it would be taken for the next headers)."""
         self._limits.started(request.transport)
-        response = await self._answer(request, handler)
+        try:
+            response = self._counted(request, await self._answer(request, handler))
+        except web.HTTPException as exc:  # aiohttp's own answers
+            self._metrics.api_answered(req.method_of(request.path), exc.status)
+            raise
         if not request.content.is_eof():
             response.force_close()
         self._limits.finished(request.transport, keep_alive=response.keep_alive is not False)
+        return response
+
+    def _counted(self, request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+        self._metrics.api_answered(req.method_of(request.path), response.status)
         return response
 
     async def _answer(
@@ -252,10 +269,17 @@ class ApiServer(AsyncLifecycle):
             return _error(
                 400, "too_large", f"the body is over {self._max_body} bytes (--api-max-body)"
             )
+        except web.HTTPException:
+            raise
+        except Exception as exc:
+            # The store failed or went silent past --redis-timeout: one counted line, not
+            # aiohttp's traceback per call, and an answer that says to call again.
+            _call_failed.hit(exc=exc)
+            return _error(503, "internal", "storage unavailable; call again")
 
     async def _dispatch(self, request: web.Request) -> web.Response:
         path = request.path
-        if request.method == "GET" and path == "/api/openapi.json":
+        if request.method == "GET" and path == req.OPENAPI_PATH:
             return web.Response(body=OPENAPI.read_bytes(), content_type="application/json")
         if request.method != "POST" or not path.startswith("/api/"):
             return _error(404, "not_found", "the API is POST /api/<method>")

@@ -29,6 +29,18 @@ METHODS: Final = (
 )
 """Every method of ``POST /api/<method>`` (DESIGN.md, "the server API")."""
 
+OPENAPI_PATH: Final = "/api/openapi.json"
+
+
+def method_of(path: str) -> str:
+    """The metrics' name for a request's path: a method of :data:`METHODS`,
+    ``openapi.json``, or ``other`` (so a caller's paths cannot grow the label set)."""
+    if path == OPENAPI_PATH:
+        return "openapi.json"
+    name = path[len("/api/") :] if path.startswith("/api/") else ""
+    return name if name in METHODS else "other"
+
+
 HISTORY_LIMIT: Final = 100
 HISTORY_MAX: Final = 1000
 

@@ -292,6 +292,7 @@ class Gateway(AsyncLifecycle):
                 sockets=self._sockets,
                 reuse_port=cfg.reuse_port,
                 backlog=cfg.listen_backlog,
+                metrics=self.metrics,
             )
             try:
                 await self._api.start()

@@ -129,6 +129,8 @@ class GatewayMetrics:
         """Inbox replays run, by kind: ``connect`` or ``asked`` (type 14)."""
         self.hole_fills = 0
         """Inbox reads that filled a hole in a connection's positions."""
+        self.api_answers: collections.Counter[tuple[str, int]] = collections.Counter()
+        """Server API answers, by method (``other``: no method of the API) and status."""
         self.draining = False
         self._gateway: Watched | None = None
 
@@ -182,6 +184,10 @@ class GatewayMetrics:
     def hole_fill(self) -> None:
         self.hole_fills += 1
 
+    def api_answered(self, method: str, status: int) -> None:
+        """The server API answered a request for ``method`` with ``status``."""
+        self.api_answers[method, status] += 1
+
     def timed(self, store: Store) -> Store:
         """``store`` with every call timed (:class:`TimedStore`)."""
         return cast(Store, TimedStore(store, self))
@@ -224,6 +230,9 @@ class NullMetrics(GatewayMetrics):
         pass
 
     def hole_fill(self) -> None:
+        pass
+
+    def api_answered(self, method: str, status: int) -> None:
         pass
 
     def timed(self, store: Store) -> Store:
@@ -350,6 +359,14 @@ class _Collector(Collector):
             "Inbox reads that filled a hole in a connection's positions.",
             value=m.hole_fills,
         )
+        api = CounterMetricFamily(
+            "im_gateway_api_requests",
+            "Server API answers, by method (other: a path that names no method) and status.",
+            labels=["method", "status"],
+        )
+        for (method, status), n in sorted(m.api_answers.items()):
+            api.add_metric([method, str(status)], n)
+        yield api
         yield GaugeMetricFamily(
             "im_gateway_draining", "1 while the gateway drains (SIGTERM).", value=m.draining
         )

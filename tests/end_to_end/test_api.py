@@ -11,12 +11,17 @@ from typing import Any
 import aiohttp
 import pytest
 
+from im_gateway import api as api_module
 from im_gateway.api import OPENAPI
 from im_gateway.api_requests import METHODS
 from im_gateway.gateway import Gateway
+from im_gateway.throttle import Throttled
+from tests.conftest import RedisServer
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import deliveries_to, hub_stats
 from tests.helpers import wait_until
+from tests.metrics_scrape import scrape, value
+from tests.proxy import FreezableProxy
 from transmit_hub.server import HubServer
 
 KEY = "api-key-for-the-tests-0123456789"
@@ -319,3 +324,57 @@ async def test_the_openapi_document_lists_every_method_and_its_examples_answer(
         assert status == 200, (path, answer)
         ok = item["post"]["responses"]["200"]["content"]["application/json"]["schema"]
         assert set(ok.get("required", ())) <= set(answer), (path, answer)
+
+
+async def test_a_silent_redis_answers_503_call_again_with_one_log_line(
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis goes silent behind a frozen proxy: each store call of the API answers 503
+    ``internal`` (call again) within --redis-timeout, counted under 503, with one warning
+    line for all of them and no traceback; thawed, the same calls answer 200."""
+    async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
+        gw = await start_gateway(
+            "gw-api-silent",
+            api_listen="127.0.0.1:0",
+            api_key=KEY,
+            redis_url=f"redis://{proxy.address}/0",
+            redis_timeout=0.5,
+        )
+        api = Api(http, gw)
+        calls: list[tuple[str, dict[str, Any]]] = [
+            ("presence", {"users": [ALICE]}),
+            ("groups/members", {"group": 5}),
+            ("history", {"user": ALICE}),
+            ("disconnect", {"user": ALICE}),
+        ]
+        fresh = Throttled(api_module.logger, api_module._call_failed._message)
+        monkeypatch.setattr(api_module, "_call_failed", fresh)  # not throttled by a test before
+        proxy.freeze()
+        caplog.clear()
+        for method, body in calls:
+            started = time.monotonic()
+            status, answer = await api.raw(f"/api/{method}", body)
+            assert status == 503, (method, answer)
+            assert answer["error"] == {
+                "code": "internal",
+                "message": "storage unavailable; call again",
+            }
+            assert time.monotonic() - started < 3
+        failed = [r for r in caplog.records if "calls failed in the store" in r.getMessage()]
+        assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        _, samples = await scrape(gw.port)
+        for method, _ in calls:
+            assert value(samples, "im_gateway_api_requests_total", method=method, status="503") == 1
+        proxy.thaw()
+
+        async def answers() -> bool:
+            return (await api.raw("/api/presence", {"users": [ALICE]}))[0] == 200
+
+        await wait_until(answers, timeout=10, what="the API answering once Redis is back")
+        for method, body in calls:
+            assert (await api.raw(f"/api/{method}", body))[0] == 200, method

@@ -17,6 +17,7 @@ import pytest
 
 from tests.end_to_end.harness import Client, GatewayProcess
 from tests.helpers import free_port, wait_until
+from tests.metrics_scrape import promtool_check_metrics, scrape
 from transmit_hub.server import HubServer
 
 KEY = "api-key-for-the-bounds-tests-0123"
@@ -296,6 +297,43 @@ async def test_expect_100_continue_without_the_key_gets_401_first(
             assert b"unauthorized" in await until_closed((reader, writer), 5)
         writer.close()
     await users_chat(gw.port, "after the expect calls")
+
+
+async def test_answers_are_counted_by_method_and_status_and_probes_add_one_label(
+    start_api_gateway: StartGateway,
+) -> None:
+    """Every answer is counted in ``im_gateway_api_requests_total{method,status}``: calls
+    with the key, 401s on any path (one for an ``Expect: 100-continue`` refused, not two),
+    404s; 50 probed paths count under one label, ``other``, not 50. promtool accepts the
+    scrape."""
+    gw = await start_api_gateway()
+    assert (await call(gw.api_port, "presence", {"users": ["51"]}))[0] == 200
+    assert (await call(gw.api_port, "publish", {"to": "51"}))[0] == 400
+    assert (await call(gw.api_port, "publish", {"to": "51", "content": "x"}, key="bad"))[0] == 401
+    for i in range(50):
+        assert (await call(gw.api_port, f"probe-{i}/../x", {}, key="bad"))[0] == 401
+    assert (await call(gw.api_port, "nope", {}))[0] == 404
+    reader, writer = await connect(gw.api_port)
+    writer.write(
+        b"POST /api/presence HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+        b"Content-Length: 2\r\n\r\n"
+    )
+    assert status_of(await until_closed((reader, writer), 5)) == 401
+    body, samples = await scrape(gw.port)
+    answers = {
+        (dict(labels)["method"], dict(labels)["status"]): n
+        for (name, labels), n in samples.items()
+        if name == "im_gateway_api_requests_total"
+    }
+    assert answers == {
+        ("presence", "200"): 1,
+        ("publish", "400"): 1,
+        ("publish", "401"): 1,
+        ("other", "401"): 50,
+        ("other", "404"): 1,
+        ("presence", "401"): 1,
+    }
+    promtool_check_metrics(body)
 
 
 async def test_clients_gone_mid_body_are_one_counted_line(start_api_gateway: StartGateway) -> None:

@@ -99,3 +99,17 @@ def test_publish_ids_have_a_dedupe_space_of_their_own(
     assert len(req.dedupe_key(api_id)) > frames.MAX_ID_LENGTH
     assert (req.dedupe_key(api_id) == req.dedupe_key(other)) == (api_id == other)
     assert req.dedupe_key("") == ""  # no id: no dedupe
+
+
+def test_each_method_and_the_openapi_path_name_themselves_in_the_metrics() -> None:
+    for method in req.METHODS:
+        assert req.method_of(f"/api/{method}") == method
+    assert req.method_of(req.OPENAPI_PATH) == "openapi.json"
+    for path in ("/", "/api/", "/api/nope", "/api/publish/", "/x/api/publish", "/api/groups"):
+        assert req.method_of(path) == "other"
+
+
+@given(st.text(max_size=40))
+def test_any_path_maps_to_a_bounded_label(path: str) -> None:
+    """Whatever a caller sends, the label is one of len(METHODS) + 2 values."""
+    assert req.method_of(path) in {*req.METHODS, "openapi.json", "other"}
