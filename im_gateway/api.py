@@ -130,7 +130,9 @@ class ApiServer(AsyncLifecycle):
         """``max_groups``, ``max_members``: the store's bounds, named in refusals;
         ``reuse_port``: bind with SO_REUSEPORT (several gateway processes on one port);
         ``backlog``: the kernel's queue of connections not yet accepted; ``metrics``:
-        where each answer is counted, by method and status."""
+        where each answer is counted, by method and status; ``timeout``: how long a
+        publish waits for room in the pipeline's queue and for the store
+        (``--api-publish-timeout``)."""
         self._metrics = metrics or NullMetrics()
         self._reuse_port = reuse_port
         self._backlog = backlog
@@ -347,9 +349,9 @@ class ApiServer(AsyncLifecycle):
         )
         caller = _Call()
         submission = Submission(req.dedupe_key(call.id), message, check_member=False)
-        await self._pipeline.put(caller, submission)
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout):  # room in the queue, then the store
+                await self._pipeline.put(caller, submission)
                 result = await caller.answer
         except TimeoutError as exc:
             raise ApiError(503, "internal", "not stored in time; send again (same id)") from exc

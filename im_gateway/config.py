@@ -156,6 +156,13 @@ class GatewayConfig:
         metavar="SECONDS",
         check=positive,
     )
+    api_publish_timeout: float = setting(
+        10.0,
+        "a publish waits this long for room in the store's queue and for the store; "
+        "else 503 internal (publish again with the same id: it is stored once)",
+        metavar="SECONDS",
+        check=positive,
+    )
     api_idle_timeout: float = setting(
         60.0,
         "close a kept-alive API connection that sends no next request for this long",

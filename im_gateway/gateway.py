@@ -286,6 +286,7 @@ class Gateway(AsyncLifecycle):
                 max_members=cfg.max_group_members,
                 header_timeout=cfg.api_header_timeout,
                 body_timeout=cfg.api_body_timeout,
+                timeout=cfg.api_publish_timeout,
                 idle_timeout=cfg.api_idle_timeout,
                 max_header_bytes=cfg.api_max_header_bytes,
                 max_connections=cfg.api_max_connections,

@@ -378,3 +378,47 @@ async def test_a_silent_redis_answers_503_call_again_with_one_log_line(
         await wait_until(answers, timeout=10, what="the API answering once Redis is back")
         for method, body in calls:
             assert (await api.raw(f"/api/{method}", body))[0] == 200, method
+
+
+async def test_a_publish_waiting_for_room_in_a_stalled_pipeline_is_answered_in_time(
+    start_gateway: GatewayFactory,
+    http: aiohttp.ClientSession,
+    redis_server: RedisServer,
+) -> None:
+    """Redis goes silent with the pipeline's queue full (``--relay-queue 1``: one batch in
+    the store, one message queued): a third publish, waiting for room, is answered 503
+    "send again" within ``--api-publish-timeout`` (1 s here), not after the stalled batches
+    time out (``--redis-timeout`` twice each); thawed, its resend with the same id is
+    stored once."""
+    async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
+        gw = await start_gateway(
+            "gw-api-full",
+            api_listen="127.0.0.1:0",
+            api_key=KEY,
+            redis_url=f"redis://{proxy.address}/0",
+            relay_queue=1,
+            redis_timeout=5,
+            api_publish_timeout=1.0,
+        )
+        api = Api(http, gw)
+        proxy.freeze()
+        body = {"to": ALICE, "content": "x"}
+        in_store = asyncio.create_task(api.raw("/api/publish", {**body, "id": "p1"}))
+        await wait_until(lambda: gw.pipeline._working, what="the first batch in the store")
+        queued = asyncio.create_task(api.raw("/api/publish", {**body, "id": "p2"}))
+        await wait_until(lambda: gw.pipeline.queued == 1, what="the queue full")
+        started = time.monotonic()
+        status, answer = await api.raw("/api/publish", {**body, "id": "p3"})
+        assert (status, answer["error"]["code"]) == (503, "internal"), answer
+        assert time.monotonic() - started < 3
+        for task in (in_store, queued):
+            assert (await task)[0] == 503
+        proxy.thaw()
+
+        async def stored() -> bool:
+            return (await api.raw("/api/publish", {**body, "id": "p3"}))[0] == 200
+
+        await wait_until(stored, timeout=20, what="the resend stored once Redis is back")
+        first = await api.call("publish", {**body, "id": "p3"})
+        history = await api.call("history", {"user": ALICE})
+        assert [m["id"] for m in history["messages"]].count(first["msgId"]) == 1

@@ -83,6 +83,7 @@ def test_a_request_the_server_parsed_from_earlier_bytes_stops_the_count() -> Non
     [
         {"api_header_timeout": 0},
         {"api_body_timeout": -1},
+        {"api_publish_timeout": 0},
         {"api_idle_timeout": 0},
         {"api_max_header_bytes": 1000},
         {"api_max_connections": 0},
@@ -102,12 +103,13 @@ def test_bound_defaults() -> None:
     assert (
         cfg.api_header_timeout,
         cfg.api_body_timeout,
+        cfg.api_publish_timeout,
         cfg.api_idle_timeout,
         cfg.api_max_header_bytes,
         cfg.api_max_connections,
         cfg.max_handshakes,
         cfg.fd_reserve,
-    ) == (10.0, 30.0, 60.0, 16384, 256, 1024, 256)
+    ) == (10.0, 30.0, 10.0, 60.0, 16384, 256, 1024, 256)
 
 
 def test_the_default_bounds_take_a_bulk_add_of_ten_thousand_users() -> None:
