@@ -326,6 +326,19 @@ async def test_the_openapi_document_lists_every_method_and_its_examples_answer(
         assert set(ok.get("required", ())) <= set(answer), (path, answer)
 
 
+async def behind(
+    proxy: FreezableProxy, start_gateway: GatewayFactory, name: str, **options: Any
+) -> Gateway:
+    """A gateway with the server API on, reaching the test Redis through ``proxy``."""
+    return await start_gateway(
+        name,
+        api_listen="127.0.0.1:0",
+        api_key=KEY,
+        redis_url=f"redis://{proxy.address}/0",
+        **options,
+    )
+
+
 async def test_a_silent_redis_answers_503_call_again_with_one_log_line(
     start_gateway: GatewayFactory,
     http: aiohttp.ClientSession,
@@ -337,13 +350,7 @@ async def test_a_silent_redis_answers_503_call_again_with_one_log_line(
     ``internal`` (call again) within --redis-timeout, counted under 503, with one warning
     line for all of them and no traceback; thawed, the same calls answer 200."""
     async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
-        gw = await start_gateway(
-            "gw-api-silent",
-            api_listen="127.0.0.1:0",
-            api_key=KEY,
-            redis_url=f"redis://{proxy.address}/0",
-            redis_timeout=0.5,
-        )
+        gw = await behind(proxy, start_gateway, "gw-api-silent", redis_timeout=0.5)
         api = Api(http, gw)
         calls: list[tuple[str, dict[str, Any]]] = [
             ("presence", {"users": [ALICE]}),
@@ -391,11 +398,10 @@ async def test_a_publish_waiting_for_room_in_a_stalled_pipeline_is_answered_in_t
     time out (``--redis-timeout`` twice each); thawed, its resend with the same id is
     stored once."""
     async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
-        gw = await start_gateway(
+        gw = await behind(
+            proxy,
+            start_gateway,
             "gw-api-full",
-            api_listen="127.0.0.1:0",
-            api_key=KEY,
-            redis_url=f"redis://{proxy.address}/0",
             relay_queue=1,
             redis_timeout=5,
             api_publish_timeout=1.0,
