@@ -1,18 +1,26 @@
-"""The gateway's paths when its Redis goes silent (a frozen proxy in front of the test
-Redis, ``--redis-timeout 0.5``): each failure is answered or retried, logged as one
-counted line, and what it held back reaches the clients once Redis answers again."""
+"""The gateway's paths when its Redis fails or goes silent (a frozen proxy in front of
+the test Redis, ``--redis-timeout 0.5``; or a store call made to fail): each failure is
+answered or retried, logged as one counted line, and what it held back reaches the
+clients once Redis answers again."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
+from typing import Any
 
 import pytest
 
+from im_gateway.config import GatewayConfig
+from im_gateway.gateway import Gateway
+from im_gateway.store import RedisStore
 from tests.conftest import RedisServer
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
-from tests.end_to_end.harness import Client
+from tests.end_to_end.harness import SECRET, Client
 from tests.helpers import wait_until
 from tests.proxy import FreezableProxy
+from transmit_hub.server import HubServer
+from transmit_hub.types import GatewayId
 
 ALICE, BOB = 5101, 5102
 GROUP = 91
@@ -63,3 +71,64 @@ async def test_a_large_group_post_that_came_while_redis_was_silent_is_shown_once
         assert bob.contents() == ["before", "during"]
         assert len(logged(caplog, "checking followers' group membership failed")) == 1
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+class FlakyStore(RedisStore):
+    """The real Redis store, whose next ``fail_watch`` marks of followed groups fail
+    (Redis refusing, or a failover of the group's node)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.fail_watch = 0
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        if self.fail_watch:
+            self.fail_watch -= 1
+            raise ConnectionError("Error 111 connecting to redis: Connection refused")
+        await super().watch(gateway, groups)
+
+
+async def test_a_connect_replay_whose_group_mark_failed_marks_it_on_its_retry(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+) -> None:
+    """Bob connects to gw-b, a member of a large group, and the store fails the mark that
+    names gw-b among the group's followers: the replay is answered ``internal`` and
+    tried again, and that retry marks the group, so alice's next post on gw-a reaches
+    bob live (before, gw-b was left out of the group's followers until the next refresh
+    of the marks, --presence-ttl / 3 later, and the post until a later one showed the
+    hole)."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    bob_on_a = await open_client(gw_a, BOB)
+    await change(alice, 12)
+    await change(bob_on_a, 12)  # two members: the group is stored once from now
+    await bob_on_a.close()
+    store = FlakyStore(redis_url, large_group=1)
+    gw_b = Gateway(
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            gateway_id="gw-b",
+            jwt_secret=SECRET,
+            hub=hub.address,
+            redis_url=redis_url,
+            large_group=1,
+        ),
+        store=store,
+    )
+    try:
+        await gw_b.start()
+        await gw_b.wait_linked(10.0)
+        store.fail_watch = 1
+        bob = await open_client(gw_b, BOB, replayed=False)
+        refused = await bob.wait_for(lambda f: f["type"] == 99, what="the failed replay")
+        assert refused["code"] == "internal", refused
+        await bob.wait_for(lambda f: f["type"] == 14, what="the retried replay's end marker")
+        assert store.fail_watch == 0
+        assert (await alice.say(GROUP, "after", group=True))["type"] == 10
+        await bob.wait_contents(["after"], timeout=5)
+    finally:
+        await gw_b.close()
+        await store.close()
