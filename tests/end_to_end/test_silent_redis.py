@@ -5,8 +5,9 @@ clients once Redis answers again."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import pytest
@@ -20,9 +21,9 @@ from tests.end_to_end.harness import SECRET, Client
 from tests.helpers import wait_until
 from tests.proxy import FreezableProxy
 from transmit_hub.server import HubServer
-from transmit_hub.types import GatewayId
+from transmit_hub.types import GatewayId, UserId
 
-ALICE, BOB = 5101, 5102
+ALICE, BOB, CAROL = 5101, 5102, 5103
 GROUP = 91
 
 
@@ -75,11 +76,20 @@ async def test_a_large_group_post_that_came_while_redis_was_silent_is_shown_once
 
 class FlakyStore(RedisStore):
     """The real Redis store, whose next ``fail_watch`` marks of followed groups fail
-    (Redis refusing, or a failover of the group's node)."""
+    (Redis refusing, or a failover of the group's node), and whose next ``lose_joins``
+    joins are stored but answered with a timeout (the reply late past --redis-timeout)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         self.fail_watch = 0
+        self.lose_joins = 0
+
+    async def join(self, group: int, user: UserId) -> bool:
+        changed = await super().join(group, user)
+        if self.lose_joins:
+            self.lose_joins -= 1
+            raise TimeoutError("Timeout reading from redis")
+        return changed
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         if self.fail_watch:
@@ -106,6 +116,57 @@ async def test_a_connect_replay_whose_group_mark_failed_marks_it_on_its_retry(
     await change(alice, 12)
     await change(bob_on_a, 12)  # two members: the group is stored once from now
     await bob_on_a.close()
+    async with flaky_gateway(hub, redis_url) as (gw_b, store):
+        store.fail_watch = 1
+        bob = await open_client(gw_b, BOB, replayed=False)
+        refused = await bob.wait_for(lambda f: f["type"] == 99, what="the failed replay")
+        assert refused["code"] == "internal", refused
+        await bob.wait_for(lambda f: f["type"] == 14, what="the retried replay's end marker")
+        assert store.fail_watch == 0
+        assert (await alice.say(GROUP, "after", group=True))["type"] == 10
+        await bob.wait_contents(["after"], timeout=5)
+
+
+async def test_a_join_resent_after_its_reply_was_lost_makes_the_connection_follow(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+) -> None:
+    """Bob joins a large group from gw-b; the store keeps the join but its reply comes
+    too late (``internal``); bob sends the join again, answered type 10 (already a
+    member): his connection follows the group, so alice's post reaches him live and a
+    replay of the group's stream is his to ask for (before, the resend changed nothing,
+    so nothing followed: no live posts, ``not_member`` for the replay, until he
+    reconnected)."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    carol = await open_client(gw_a, CAROL)
+    await change(alice, 12)
+    await change(carol, 12)  # two members: the group is stored once from now
+    async with flaky_gateway(hub, redis_url) as (gw_b, store):
+        bob = await open_client(gw_b, BOB)
+        store.lose_joins = 1
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})
+        refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the lost join")
+        assert (refused["type"], refused["code"]) == (99, "internal"), refused
+        bob.frames.clear()
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
+        answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
+        assert answer["type"] == 10, answer
+        await wait_until(lambda: gw_b.fanout.following.followers(GROUP) != [], what="bob to follow")
+        assert (await alice.say(GROUP, "after the join", group=True))["type"] == 10
+        await bob.wait_contents(["after the join"], timeout=5)
+        await bob.send({"type": 14, "seq": f"g{GROUP}:0"})
+        end = await bob.wait_for(lambda f: f["type"] in (14, 99), what="the group's replay")
+        assert end == {"type": 14, "seq": f"g{GROUP}:1"}, end
+
+
+@contextlib.asynccontextmanager
+async def flaky_gateway(
+    hub: HubServer, redis_url: str
+) -> AsyncIterator[tuple[Gateway, FlakyStore]]:
+    """gw-b (``--large-group 1``) on a :class:`FlakyStore`, linked to ``hub``."""
     store = FlakyStore(redis_url, large_group=1)
     gw_b = Gateway(
         GatewayConfig(
@@ -115,20 +176,14 @@ async def test_a_connect_replay_whose_group_mark_failed_marks_it_on_its_retry(
             hub=hub.address,
             redis_url=redis_url,
             large_group=1,
+            group_join="open",
         ),
         store=store,
     )
     try:
         await gw_b.start()
         await gw_b.wait_linked(10.0)
-        store.fail_watch = 1
-        bob = await open_client(gw_b, BOB, replayed=False)
-        refused = await bob.wait_for(lambda f: f["type"] == 99, what="the failed replay")
-        assert refused["code"] == "internal", refused
-        await bob.wait_for(lambda f: f["type"] == 14, what="the retried replay's end marker")
-        assert store.fail_watch == 0
-        assert (await alice.say(GROUP, "after", group=True))["type"] == 10
-        await bob.wait_contents(["after"], timeout=5)
+        yield gw_b, store
     finally:
         await gw_b.close()
         await store.close()
