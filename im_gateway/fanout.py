@@ -146,6 +146,11 @@ class Fanout(Generic[C]):
         self._reassert_failed = Throttled(
             logger, "re-asserting presence after attach failed %d times"
         )
+        self._forget_failed = Throttled(
+            logger,
+            "clearing the presence of gateways the hub calls gone failed %d times "
+            "(the entries expire after --presence-ttl)",
+        )
 
     # --- registry -----------------------------------------------------------------------
 
@@ -437,4 +442,9 @@ class Fanout(Generic[C]):
             logger.info(
                 "hub: gateway %s is gone; clearing %d presence entries", gateway, len(users)
             )
-            await self._store.forget(gateway, users)
+            try:
+                await self._store.forget(gateway, users)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the entries expire by themselves (presence TTL)
+                self._forget_failed.hit(exc=exc)

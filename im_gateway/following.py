@@ -4,7 +4,9 @@ the store's marks of which gateways follow a group.
 Which gateways follow a group is kept in the store (:meth:`~im_gateway.store.Store.watch`,
 written when a gateway's first follower of a group arrives and refreshed every third of
 the presence TTL, all groups in one call per slot), so a post costs one look-up in the
-group's slot whatever the group's size.
+group's slot whatever the group's size. A mark the store failed to write is written again
+by the next follow of its group (the failed replay's retry, a second later), not left to
+the refresh.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class Following(Generic[C]):
         self._watch_ttl = watch_ttl
         self._watcher: asyncio.Task[None] | None = None
         self._unwatching: set[asyncio.Task[None]] = set()
+        self._unmarked: set[int] = set()
+        """Followed groups whose mark the store failed to write: the next follow of any
+        of them writes it again (the refresh would, but only a third of the TTL later)."""
         self._watch_failed = Throttled(
             logger, "marking followed groups in the store failed %d times"
         )
@@ -51,6 +56,8 @@ class Following(Generic[C]):
         mine = self._follows.setdefault(connection, set())
         new = []
         for group in groups:
+            if group in self._unmarked:  # followed here already (so not new below)
+                new.append(group)
             if group in mine:
                 continue
             mine.add(group)
@@ -60,7 +67,12 @@ class Following(Generic[C]):
                 new.append(group)
             followers.append(connection)
         if new:
-            await self._store.watch(self.gateway_id, new)
+            try:
+                await self._store.watch(self.gateway_id, new)
+            except BaseException:
+                self._unmarked.update(g for g in new if g in self.groups)
+                raise
+            self._unmarked.difference_update(new)
 
     def unfollow(self, connection: C, groups: Collection[int]) -> None:
         """No more live posts of these groups to ``connection``."""
@@ -78,6 +90,7 @@ class Following(Generic[C]):
                     followers.remove(connection)
                 if not followers:
                     del self.groups[group]
+                    self._unmarked.discard(group)
                     unwatched.append(group)
         if not mine:
             del self._follows[connection]
@@ -99,12 +112,15 @@ class Following(Generic[C]):
             await asyncio.sleep(interval)
             if not self.groups:
                 continue
+            marked = list(self.groups)
             try:
-                await self._store.watch(self.gateway_id, list(self.groups))
+                await self._store.watch(self.gateway_id, marked)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 self._watch_failed.hit(exc=exc)
+            else:
+                self._unmarked.difference_update(marked)
 
     def followers(self, group: int) -> list[C]:
         """The local connections that follow large group ``group``."""

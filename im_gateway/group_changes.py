@@ -67,9 +67,9 @@ async def change_group(
         async with slots:
             was_large = await store.is_large(frame.to)
             if frame.type == frames.JOIN:
-                changed = await store.join(frame.to, user)
+                await store.join(frame.to, user)
             else:
-                changed = await store.leave(frame.to, user)
+                await store.leave(frame.to, user)
     except asyncio.CancelledError:
         raise
     except GroupLimitError as exc:
@@ -80,11 +80,12 @@ async def change_group(
     msg_id, now_ms = ids.new_id()
     push(frames.encode_accepted(frame.id, msg_id, now_ms))
     try:  # connections follow the group's stream, or stop
-        mine = [user] if changed else []
+        # Also when nothing changed: a resend after an answer lost to a store timeout
+        # finds the change made, and the user's connections have yet to follow it.
         control_id, now_ms = ids.new_id()
         await groups.membership_changed(
             frame.to,
-            mine,
+            [user],
             was_large=was_large,
             now_ms=now_ms,
             control_id=control_id,

@@ -12,9 +12,11 @@ back is not shown what was posted while they were out. After the posts are hande
 a follower who is no longer a member stops following the group. Cost: one store round
 trip per post per gateway with followers (not per member), and posts of a group that
 arrive while a check runs share the next one (at most ``held_max``, the gateway's
-``--large-group-held``, wait; beyond, the followers' hole fills read them). Hole fills
-and replays of a group's stream apply the same rule after each read
-(:mod:`im_gateway.streams`).
+``--large-group-held``, wait; beyond, the followers' hole fills read them). A check that
+fails (the store down or silent) shows nothing: the followers read the group's stream to
+its end instead (retried every second until the store answers), since no later post may
+come to show them the hole. Hole fills and replays of a group's stream apply the same
+rule after each read (:mod:`im_gateway.streams`).
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class Follower(Protocol):
 
     def regroup(self, left: int | None = None) -> None:
         """The user left ``left``: stop following it at once."""
+        ...
+
+    def catch_up(self, end: int | None = None) -> None:
+        """Read the inbox and the large groups' streams to their ends (posts it was not
+        handed, their check having failed)."""
         ...
 
 
@@ -124,8 +131,13 @@ class Screen(Generic[F]):
                     found = await self._store.memberships(pairs, since=since)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # not shown: the cursors fill the hole later
+                except Exception as exc:
+                    # Not shown: the followers read them from the stream (checked there;
+                    # retried every second until the store answers). Nothing later may
+                    # come to show them the hole.
                     self._failed.hit(exc=exc)
+                    for connection in self._followers.get(group, ()):
+                        connection.catch_up()
                     continue
                 spans: dict[UserId, Membership] = dict(zip(users, found, strict=True))
                 # (a follower since the check fills its hole itself)

@@ -34,7 +34,7 @@ A, B, C = UserId(1), UserId(2), UserId(3)
 
 
 class CountingStore(MemoryStore):
-    """Counts submit round trips; can be told to fail them."""
+    """Counts submit round trips and presence clears; can be told to fail them."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -44,6 +44,8 @@ class CountingStore(MemoryStore):
         self.lose_reply_once = False
         """Store the next batch, then fail as if its reply were lost (a Redis timeout)."""
         self.forgotten: list[tuple[GatewayId, set[UserId]]] = []
+        self.fail_forget = False
+        self.forget_failures = 0
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
         if self.fail or self.fail_once:
@@ -57,6 +59,9 @@ class CountingStore(MemoryStore):
         return results
 
     async def forget(self, gateway: GatewayId, users: object) -> None:
+        if self.fail_forget:
+            self.forget_failures += 1
+            raise ConnectionError("redis went away")
         self.forgotten.append((gateway, set(users)))  # type: ignore[call-overload]
         await super().forget(gateway, users)  # type: ignore[arg-type]
 
@@ -404,6 +409,36 @@ async def test_not_attached_notices_clear_presence(
     await wait_until(lambda: bool(store.forgotten))
     assert store.forgotten == [("gw-2", {B})]
     assert await store.lookup([B, C]) == {C: ("gw-2",)}
+
+
+async def test_not_attached_notices_while_the_store_fails_are_one_counted_line(
+    wired: Wired, store: CountingStore, link: FakeLink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Clearing a gone gateway's presence fails (Redis down): one counted warning for
+    all the notices, no traceback per notice; the events go on, and the next notice
+    once the store answers clears the entries."""
+    await store.refresh(GatewayId("gw-2"), [B])
+    store.fail_forget = True
+
+    def notice() -> NotDelivered:
+        return NotDelivered(
+            (
+                Undeliverable(
+                    GatewayId("gw-2"), (MessageId("m"),), (B,), UndeliverableReason.NOT_ATTACHED
+                ),
+            )
+        )
+
+    for _ in range(3):
+        link.feed(notice())
+    await wait_until(lambda: store.forget_failures == 3, what="three failed clears")
+    failed = [r for r in caplog.records if "clearing the presence" in r.getMessage()]
+    assert len(failed) == 1, [r.getMessage() for r in caplog.records]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+    store.fail_forget = False
+    link.feed(notice())
+    await wait_until(lambda: bool(store.forgotten), what="the entries cleared")
+    assert await store.lookup([B]) == {}
 
 
 async def test_link_up_makes_sessions_catch_up(

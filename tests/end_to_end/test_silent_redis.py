@@ -1,0 +1,189 @@
+"""The gateway's paths when its Redis fails or goes silent (a frozen proxy in front of
+the test Redis, ``--redis-timeout 0.5``; or a store call made to fail): each failure is
+answered or retried, logged as one counted line, and what it held back reaches the
+clients once Redis answers again."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Collection
+from typing import Any
+
+import pytest
+
+from im_gateway.config import GatewayConfig
+from im_gateway.gateway import Gateway
+from im_gateway.store import RedisStore
+from tests.conftest import RedisServer
+from tests.end_to_end.conftest import ClientFactory, GatewayFactory
+from tests.end_to_end.harness import SECRET, Client
+from tests.helpers import wait_until
+from tests.proxy import FreezableProxy
+from transmit_hub.server import HubServer
+from transmit_hub.types import GatewayId, UserId
+
+ALICE, BOB, CAROL = 5101, 5102, 5103
+GROUP = 91
+
+
+async def change(client: Client, kind: int, group: int = GROUP) -> None:
+    """Join (12) or leave (13) ``group``, answered type 10."""
+    cid = client.next_id()
+    await client.send({"type": kind, "id": cid, "to": group})
+    reply = await client.wait_for(lambda f: f.get("id") == cid)
+    assert reply["type"] == 10, reply
+
+
+def logged(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if text in r.getMessage()]
+
+
+async def test_a_large_group_post_that_came_while_redis_was_silent_is_shown_once_it_answers(
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A large group's post reaches gw-b through the hub while gw-b's Redis is silent: the
+    followers' membership check fails (one counted line, no traceback); once Redis
+    answers, the member on gw-b gets the post, read from the group's stream, although no
+    later post comes to show the hole."""
+    async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
+        gw_a = await start_gateway("gw-a", large_group=1)
+        gw_b = await start_gateway(
+            "gw-b", large_group=1, redis_url=f"redis://{proxy.address}/0", redis_timeout=0.5
+        )
+        alice = await open_client(gw_a, ALICE)
+        bob = await open_client(gw_b, BOB)
+        await change(alice, 12)
+        await change(bob, 12)  # two members: the group is stored once from now
+        assert (await alice.say(GROUP, "before", group=True))["type"] == 10
+        await bob.wait_contents(["before"])
+        proxy.freeze()
+        caplog.clear()
+        assert (await alice.say(GROUP, "during", group=True))["type"] == 10  # gw-a's Redis
+        await wait_until(
+            lambda: bool(logged(caplog, "checking followers' group membership failed")),
+            what="gw-b's membership check to fail",
+        )
+        proxy.thaw()
+        await bob.wait_contents(["during"], timeout=5)
+        assert bob.contents() == ["before", "during"]
+        assert len(logged(caplog, "checking followers' group membership failed")) == 1
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+class FlakyStore(RedisStore):
+    """The real Redis store, whose next ``fail_watch`` marks of followed groups fail
+    (Redis refusing, or a failover of the group's node), and whose next ``lose_joins``
+    joins are stored but answered with a timeout (the reply late past --redis-timeout)."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        super().__init__(url, **options)
+        self.fail_watch = 0
+        self.lose_joins = 0
+
+    async def join(self, group: int, user: UserId) -> bool:
+        changed = await super().join(group, user)
+        if self.lose_joins:
+            self.lose_joins -= 1
+            raise TimeoutError("Timeout reading from redis")
+        return changed
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        if self.fail_watch:
+            self.fail_watch -= 1
+            raise ConnectionError("Error 111 connecting to redis: Connection refused")
+        await super().watch(gateway, groups)
+
+
+async def test_a_connect_replay_whose_group_mark_failed_marks_it_on_its_retry(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+) -> None:
+    """Bob connects to gw-b, a member of a large group, and the store fails the mark that
+    names gw-b among the group's followers: the replay is answered ``internal`` and
+    tried again, and that retry marks the group, so alice's next post on gw-a reaches
+    bob live (before, gw-b was left out of the group's followers until the next refresh
+    of the marks, --presence-ttl / 3 later, and the post until a later one showed the
+    hole)."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    bob_on_a = await open_client(gw_a, BOB)
+    await change(alice, 12)
+    await change(bob_on_a, 12)  # two members: the group is stored once from now
+    await bob_on_a.close()
+    async with flaky_gateway(hub, redis_url) as (gw_b, store):
+        store.fail_watch = 1
+        bob = await open_client(gw_b, BOB, replayed=False)
+        refused = await bob.wait_for(lambda f: f["type"] == 99, what="the failed replay")
+        assert refused["code"] == "internal", refused
+        await bob.wait_for(lambda f: f["type"] == 14, what="the retried replay's end marker")
+        assert store.fail_watch == 0
+        assert (await alice.say(GROUP, "after", group=True))["type"] == 10
+        await bob.wait_contents(["after"], timeout=5)
+
+
+async def test_a_join_resent_after_its_reply_was_lost_makes_the_connection_follow(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+) -> None:
+    """Bob joins a large group from gw-b; the store keeps the join but its reply comes
+    too late (``internal``); bob sends the join again, answered type 10 (already a
+    member): his connection follows the group, so alice's post reaches him live and a
+    replay of the group's stream is his to ask for (before, the resend changed nothing,
+    so nothing followed: no live posts, ``not_member`` for the replay, until he
+    reconnected)."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    carol = await open_client(gw_a, CAROL)
+    await change(alice, 12)
+    await change(carol, 12)  # two members: the group is stored once from now
+    async with flaky_gateway(hub, redis_url) as (gw_b, store):
+        bob = await open_client(gw_b, BOB)
+        store.lose_joins = 1
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})
+        refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the lost join")
+        assert (refused["type"], refused["code"]) == (99, "internal"), refused
+        bob.frames.clear()
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
+        answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
+        assert answer["type"] == 10, answer
+        await wait_until(lambda: gw_b.fanout.following.followers(GROUP) != [], what="bob to follow")
+        assert (await alice.say(GROUP, "after the join", group=True))["type"] == 10
+        await bob.wait_contents(["after the join"], timeout=5)
+        await bob.send({"type": 14, "seq": f"g{GROUP}:0"})
+        end = await bob.wait_for(lambda f: f["type"] in (14, 99), what="the group's replay")
+        assert end == {"type": 14, "seq": f"g{GROUP}:1"}, end
+
+
+@contextlib.asynccontextmanager
+async def flaky_gateway(
+    hub: HubServer, redis_url: str
+) -> AsyncIterator[tuple[Gateway, FlakyStore]]:
+    """gw-b (``--large-group 1``) on a :class:`FlakyStore`, linked to ``hub``."""
+    store = FlakyStore(redis_url, large_group=1)
+    gw_b = Gateway(
+        GatewayConfig(
+            listen="127.0.0.1:0",
+            gateway_id="gw-b",
+            jwt_secret=SECRET,
+            hub=hub.address,
+            redis_url=redis_url,
+            large_group=1,
+            group_join="open",
+        ),
+        store=store,
+    )
+    try:
+        await gw_b.start()
+        await gw_b.wait_linked(10.0)
+        yield gw_b, store
+    finally:
+        await gw_b.close()
+        await store.close()
