@@ -12,7 +12,8 @@ back is not shown what was posted while they were out. After the posts are hande
 a follower who is no longer a member stops following the group. Cost: one store round
 trip per post per gateway with followers (not per member), and posts of a group that
 arrive while a check runs share the next one (at most ``held_max``, the gateway's
-``--large-group-held``, wait; beyond, the followers' hole fills read them). A check that
+``--large-group-held``, wait; beyond, the followers read the group's stream to its end
+once the checks are done, since no later post may come to show them the hole). A check that
 fails (the store down or silent) shows nothing: the followers read the group's stream to
 its end instead (retried every second until the store answers), since no later post may
 come to show them the hole. Hole fills and replays of a group's stream apply the same
@@ -94,6 +95,14 @@ class Screen(Generic[F]):
         self._failed = Throttled(
             logger, "checking followers' group membership failed %d times (posts held back)"
         )
+        self._overflowed: set[int] = set()
+        """Large groups with posts dropped beyond ``held_max`` since their check began."""
+        self._dropped = Throttled(
+            logger,
+            "%d large-group posts came beyond --large-group-held while their group's "
+            "membership check ran; the followers read them from the group's stream",
+            level=logging.INFO,
+        )
 
     def post(self, group: int, pos: int, text: str, sent_ms: int, caller: object) -> None:
         """A post of large ``group`` for its followers here, once the store says they
@@ -104,7 +113,9 @@ class Screen(Generic[F]):
         if waiting is not None:
             if len(waiting) < self._held_max:
                 waiting.append((pos, text, sent_ms, caller))
-            # else: dropped; the followers' cursors see the hole and fill it (checked too)
+            else:  # dropped: read from the stream once the checks are done (checked too)
+                self._overflowed.add(group)
+                self._dropped.hit()
             return
         self._screening[group] = [(pos, text, sent_ms, caller)]
         task = asyncio.get_running_loop().create_task(self._loop(group))
@@ -119,6 +130,10 @@ class Screen(Generic[F]):
             while True:
                 posts = self._screening.get(group)
                 if not posts:
+                    if group in self._overflowed:  # the posts dropped: nothing later may
+                        self._overflowed.discard(group)  # come to show the hole
+                        for connection in self._followers.get(group, ()):
+                            connection.catch_up()
                     return
                 self._screening[group] = []  # posts arriving from now wait for the next check
                 users = sorted({c.user for c in self._followers.get(group, ())})

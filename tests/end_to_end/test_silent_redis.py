@@ -187,3 +187,43 @@ async def flaky_gateway(
     finally:
         await gw_b.close()
         await store.close()
+
+
+async def test_large_group_posts_beyond_the_held_bound_reach_the_follower_with_no_later_post(
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+    redis_server: RedisServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """gw-b's membership check of a large group's followers is slow (its Redis frozen for a
+    moment, well under --redis-timeout): of the posts that come meanwhile, one waits
+    (``--large-group-held 1``) and the next is dropped from the live path, with a counted
+    line. Once the checks are done the member on gw-b has every post, the dropped one read
+    from the group's stream, although no later post comes to show the hole."""
+    caplog.set_level(logging.INFO, logger="im_gateway.screening")
+    async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
+        gw_a = await start_gateway("gw-a", large_group=1)
+        gw_b = await start_gateway(
+            "gw-b",
+            large_group=1,
+            large_group_held=1,
+            redis_url=f"redis://{proxy.address}/0",
+            redis_timeout=10,
+        )
+        alice = await open_client(gw_a, ALICE)
+        bob = await open_client(gw_b, BOB)
+        await change(alice, 12)
+        await change(bob, 12)
+        assert (await alice.say(GROUP, "before", group=True))["type"] == 10
+        await bob.wait_contents(["before"])
+        proxy.freeze()
+        caplog.clear()
+        for text in ("checked", "held", "dropped"):  # gw-a's Redis is not frozen
+            assert (await alice.say(GROUP, text, group=True))["type"] == 10
+        await wait_until(
+            lambda: bool(logged(caplog, "beyond --large-group-held")),
+            what="gw-b to drop the third post from the live path",
+        )
+        proxy.thaw()
+        await bob.wait_contents(["before", "checked", "held", "dropped"], timeout=5)
+        assert bob.contents() == ["before", "checked", "held", "dropped"]
