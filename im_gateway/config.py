@@ -221,7 +221,7 @@ class GatewayConfig:
     large_group_held: int = setting(
         1000,
         "posts of one large group held while its followers' membership is checked (one "
-        "check for all of them); beyond, the followers' hole fills read them",
+        "check for all of them); beyond, the followers read them from the group's stream once the check is done",
         metavar="POSTS",
         check=at_least(1),
     )
