@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HELD_MAX: Final = 1000
 """Posts of one large group held while its followers' membership is checked (beyond: the
-followers' hole fills read them); the gateway's ``--large-group-held``."""
+followers read them from the group's stream once the check is done); the gateway's
+``--large-group-held``."""
 FROM_HUB: Final = object()
 """The caller of a post the hub pushed (not stored here)."""
 
