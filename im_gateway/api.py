@@ -378,7 +378,9 @@ class ApiServer(AsyncLifecycle):
         control_id, now_ms = self._pipeline.new_id()
         await self._fanout.membership_changed(
             call.group,
-            [u for u, c in zip(call.users, done, strict=True) if c],
+            # Every user named, changed or not: a call made again after its answer was
+            # lost (503) finds the change made, and their connections have yet to follow.
+            call.users,
             was_large=was_large,
             now_ms=now_ms,
             control_id=control_id,

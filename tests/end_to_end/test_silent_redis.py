@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
+import aiohttp
 import pytest
 
 from im_gateway.config import GatewayConfig
 from im_gateway.gateway import Gateway
-from im_gateway.store import RedisStore
+from im_gateway.store import Joined, RedisStore
 from tests.conftest import RedisServer
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
 from tests.end_to_end.harness import SECRET, Client
@@ -83,6 +84,7 @@ class FlakyStore(RedisStore):
         super().__init__(url, **options)
         self.fail_watch = 0
         self.lose_joins = 0
+        self.lose_adds = 0
 
     async def join(self, group: int, user: UserId) -> bool:
         changed = await super().join(group, user)
@@ -90,6 +92,13 @@ class FlakyStore(RedisStore):
             self.lose_joins -= 1
             raise TimeoutError("Timeout reading from redis")
         return changed
+
+    async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
+        joined = await super().add_members(group, users)
+        if self.lose_adds:
+            self.lose_adds -= 1
+            raise TimeoutError("Timeout reading from redis")
+        return joined
 
     async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         if self.fail_watch:
@@ -162,11 +171,46 @@ async def test_a_join_resent_after_its_reply_was_lost_makes_the_connection_follo
         assert end == {"type": 14, "seq": f"g{GROUP}:1"}, end
 
 
+async def test_an_api_add_called_again_after_its_reply_was_lost_makes_the_connection_follow(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+) -> None:
+    """The backend adds online bob to a large group through gw-b's server API; the store
+    keeps the add but its reply comes too late (503, call again); the call again answers
+    ``added: 0`` (already a member), and bob's connection follows the group, so alice's
+    post reaches him live (before, the second call changed nothing, so nothing followed
+    until bob reconnected)."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    carol = await open_client(gw_a, CAROL)
+    await change(alice, 12)
+    await change(carol, 12)  # two members: the group is stored once from now
+    key = "api-key-for-the-silent-redis-tests"
+    async with (
+        flaky_gateway(hub, redis_url, api_listen="127.0.0.1:0", api_key=key) as (gw_b, store),
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http,
+    ):
+        bob = await open_client(gw_b, BOB)
+        url = f"http://127.0.0.1:{gw_b.api_port}/api/groups/add"
+        store.lose_adds = 1
+        for status, answer in ((503, "internal"), (200, {"added": 0})):
+            async with http.post(url, json={"group": GROUP, "users": [BOB]}) as resp:
+                body = await resp.json()
+                assert resp.status == status, body
+                assert body.get("error", {}).get("code", body) == answer, body
+        await wait_until(lambda: gw_b.fanout.following.followers(GROUP) != [], what="bob to follow")
+        assert (await alice.say(GROUP, "after the add", group=True))["type"] == 10
+        await bob.wait_contents(["after the add"], timeout=5)
+
+
 @contextlib.asynccontextmanager
 async def flaky_gateway(
-    hub: HubServer, redis_url: str
+    hub: HubServer, redis_url: str, **options: Any
 ) -> AsyncIterator[tuple[Gateway, FlakyStore]]:
-    """gw-b (``--large-group 1``) on a :class:`FlakyStore`, linked to ``hub``."""
+    """gw-b (``--large-group 1``, and ``options``) on a :class:`FlakyStore`, linked to
+    ``hub``."""
     store = FlakyStore(redis_url, large_group=1)
     gw_b = Gateway(
         GatewayConfig(
@@ -177,6 +221,7 @@ async def flaky_gateway(
             redis_url=redis_url,
             large_group=1,
             group_join="open",
+            **options,
         ),
         store=store,
     )
