@@ -1,5 +1,5 @@
 """A client's group change (type 12 join, type 13 leave): the connection's rights, the
-store, the answer (type 10), then the connections that follow the group's stream."""
+store, the connections that follow the group's stream, then the answer (type 10)."""
 
 from __future__ import annotations
 
@@ -58,8 +58,9 @@ async def change_group(
     groups: Members,
     push: Callable[[str], bool],
 ) -> None:
-    """Join or leave for ``user`` (type 12/13), answer it (type 10; a refusal is raised as
-    a :class:`FrameError`), then tell the connections that follow the group's stream."""
+    """Join or leave for ``user`` (type 12/13), tell the connections that follow the
+    group's stream, then answer it (type 10; a refusal, or a store failure at either step,
+    is raised as a :class:`FrameError`)."""
     refusal = rights.refusal(frame.type, frame.to)
     if refusal is not None:
         raise FrameError(FORBIDDEN, refusal, frame.id)
@@ -77,11 +78,10 @@ async def change_group(
     except Exception as exc:
         _group_failed.hit(exc=exc)
         raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc
-    msg_id, now_ms = ids.new_id()
-    push(frames.encode_accepted(frame.id, msg_id, now_ms))
-    try:  # connections follow the group's stream, or stop
+    try:  # connections follow the group's stream, or stop; then the answer
         # Also when nothing changed: a resend after an answer lost to a store timeout
-        # finds the change made, and the user's connections have yet to follow it.
+        # finds the change made, and the user's connections have yet to follow it. A
+        # failure here is answered internal, so the client's resend does it again.
         control_id, now_ms = ids.new_id()
         await groups.membership_changed(
             frame.to,
@@ -95,3 +95,6 @@ async def change_group(
         raise
     except Exception as exc:
         _group_failed.hit(exc=exc)
+        raise FrameError(frames.INTERNAL, "storage unavailable; retry", frame.id) from exc
+    msg_id, now_ms = ids.new_id()
+    push(frames.encode_accepted(frame.id, msg_id, now_ms))

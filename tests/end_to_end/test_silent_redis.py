@@ -77,16 +77,27 @@ async def test_a_large_group_post_that_came_while_redis_was_silent_is_shown_once
 
 class FlakyStore(RedisStore):
     """The real Redis store, whose next ``fail_watch`` marks of followed groups fail
-    (Redis refusing, or a failover of the group's node), and whose next ``lose_joins``
-    joins are stored but answered with a timeout (the reply late past --redis-timeout)."""
+    (Redis refusing, or a failover of the group's node), whose next ``lose_joins`` joins
+    (``lose_adds`` bulk adds) are stored but answered with a timeout (the reply late past
+    --redis-timeout), and whose next ``fail_form_after_join`` look-ups of a group's form
+    after a join fail (Redis gone right after the join)."""
 
     def __init__(self, url: str, **options: Any) -> None:
         super().__init__(url, **options)
         self.fail_watch = 0
         self.lose_joins = 0
         self.lose_adds = 0
+        self.fail_form_after_join = 0
+        self._joined = False
+
+    async def is_large(self, group: int) -> bool:
+        if self._joined and self.fail_form_after_join:
+            self.fail_form_after_join -= 1
+            raise ConnectionError("Error 111 connecting to redis: Connection refused")
+        return await super().is_large(group)
 
     async def join(self, group: int, user: UserId) -> bool:
+        self._joined = True
         changed = await super().join(group, user)
         if self.lose_joins:
             self.lose_joins -= 1
@@ -169,6 +180,37 @@ async def test_a_join_resent_after_its_reply_was_lost_makes_the_connection_follo
         await bob.send({"type": 14, "seq": f"g{GROUP}:0"})
         end = await bob.wait_for(lambda f: f["type"] in (14, 99), what="the group's replay")
         assert end == {"type": 14, "seq": f"g{GROUP}:1"}, end
+
+
+async def test_a_join_whose_connections_could_not_follow_yet_is_answered_internal(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+) -> None:
+    """Bob joins a large group from gw-b and the store fails right after the join, as the
+    gateway asks the group's form to make bob's connections follow it: the join is
+    answered ``internal``, not type 10, so the client sends it again, and that resend
+    makes the connection follow (before, type 10 came first and the failure after it was
+    only counted: bob got no live posts of the group until he reconnected)."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    carol = await open_client(gw_a, CAROL)
+    await change(alice, 12)
+    await change(carol, 12)  # two members: the group is stored once from now
+    async with flaky_gateway(hub, redis_url) as (gw_b, store):
+        bob = await open_client(gw_b, BOB)
+        store.fail_form_after_join = 1
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})
+        refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
+        assert (refused["type"], refused["code"]) == (99, "internal"), refused
+        bob.frames.clear()
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
+        answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
+        assert answer["type"] == 10, answer
+        await wait_until(lambda: gw_b.fanout.following.followers(GROUP) != [], what="bob to follow")
+        assert (await alice.say(GROUP, "after the join", group=True))["type"] == 10
+        await bob.wait_contents(["after the join"], timeout=5)
 
 
 async def test_an_api_add_called_again_after_its_reply_was_lost_makes_the_connection_follow(
