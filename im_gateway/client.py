@@ -22,7 +22,11 @@ heartbeats.
 Reconnecting. When a connection is lost the client connects to the next URL, after a
 jittered exponential backoff (:data:`BACKOFF_INITIAL` to :data:`BACKOFF_MAX` seconds),
 at once after a 1012 close (the gateway is draining). A connection that got as far as
-its connect replay resets the backoff. An HTTP 401 at the handshake stops the client:
+its connect replay resets the backoff. A gateway that sends no frame for
+:data:`HEARTBEAT_INTERVAL` seconds is sent a heartbeat; when no frame at all follows
+within :data:`HEARTBEAT_TIMEOUT` seconds (a gateway that is stuck, or a dead link that
+closes nothing), the client leaves it for the next URL. The handshake is bounded by
+:data:`CONNECT_TIMEOUT`. An HTTP 401 at the handshake stops the client:
 every waiting call raises ``Refused("unauthorized")``.
 
 Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
@@ -71,7 +75,11 @@ RETRY_INITIAL: Final = 0.05
 """The first backoff of a frame refused ``internal`` or ``rate_limited``."""
 RETRY_MAX: Final = 2.0
 HEARTBEAT_INTERVAL: Final = 30.0
-"""A heartbeat (type 0) after this many quiet seconds keeps the gateway's idle timeout away."""
+"""A heartbeat (type 0) after this many quiet seconds (nothing written, or nothing read)
+keeps the gateway's idle timeout away and asks the gateway whether it is still there."""
+HEARTBEAT_TIMEOUT: Final = 20.0
+"""Seconds a heartbeat sent after a read-quiet :data:`HEARTBEAT_INTERVAL` waits for any
+frame; then the gateway is taken for gone and the client connects to the next URL."""
 CONNECT_TIMEOUT: Final = 10.0
 CLOSE_WAIT: Final = 2.0
 """Seconds :meth:`Client.close` waits for the gateway to take its last acknowledgements."""
@@ -364,9 +372,20 @@ class Client:
         self._ack_now()
         writer = asyncio.get_running_loop().create_task(self._write_loop(ws))
         healthy = False
+        asked = False  # a heartbeat went out after a quiet read: a frame is owed
         try:
             while True:
-                data = await ws.recv()
+                try:
+                    async with asyncio.timeout(HEARTBEAT_TIMEOUT if asked else HEARTBEAT_INTERVAL):
+                        data = await ws.recv()
+                except TimeoutError:
+                    if asked:
+                        logger.info("no frame from %s after a heartbeat: the next URL", url)
+                        break
+                    asked = True
+                    self._write(['{"type":0}'])
+                    continue
+                asked = False
                 if self._echo is not None and not self._echo.done():
                     self._closing_frame(data)
                 if data == HEARTBEAT_REPLY:
@@ -387,6 +406,7 @@ class Client:
             if not self._closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 1.0)
+                ws.transport.abort()  # a dead link answers no close: let go of the socket
         logger.info("connection to %s closed (%s)", url, ws.close_code)
         return healthy
 

@@ -1,0 +1,120 @@
+"""The Python client library against a faulty or hostile gateway: one that goes silent,
+freezes behind a dead link, or sends what the protocol does not allow. The client must
+leave such a gateway within a bound, keep its memory bounded, and never show a message
+twice nor acknowledge one it has not shown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+import im_gateway.client
+from im_gateway.client import Client
+from tests.proxy import FreezableProxy
+
+TOKEN = "e30.eyJzdWIiOiIxIn0.x"  # {"sub": "1"}, unsigned: these servers do not check it
+ME, OTHER = 1, 2
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[tuple[str, int]]:
+    async with serve(handler, "127.0.0.1", 0) as s:
+        port = next(iter(s.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws", port
+
+
+async def answers(ws: ServerConnection) -> None:
+    """A gateway that keeps the protocol: the end marker, then answers sends and heartbeats."""
+    await ws.send('{"type":14,"seq":"0"}')
+    async for data in ws:
+        frame = json.loads(data)
+        if frame["type"] == 0:
+            await ws.send('{"type":0}')
+        elif frame["type"] == 1:
+            await ws.send(json.dumps({"type": 10, "id": frame["id"], "msgId": "m1", "time": "1"}))
+
+
+@pytest.fixture
+def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Heartbeats after 0.2 quiet seconds, and 0.3 s for an answer; returns the bound."""
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_INTERVAL", 0.2)
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_TIMEOUT", 0.3, raising=False)
+    return 0.5
+
+
+async def test_a_gateway_that_says_nothing_is_left_for_the_next_url(
+    quick_heartbeats: float,
+) -> None:
+    """A gateway that takes the WebSocket (its library answers pings) and then sends
+    nothing, not even an answer to heartbeats: within the heartbeat bound the client
+    gives up on it, and its send is answered by the next URL."""
+
+    async def silent(ws: ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    async with (
+        server(silent) as (a, _),
+        server(answers) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        started = time.monotonic()
+        sent = await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+        assert sent.msg_id == "m1"
+        assert client.url == b
+        assert time.monotonic() - started < quick_heartbeats + 2
+
+
+async def test_a_gateway_frozen_mid_stream_is_left_for_the_next_url(
+    quick_heartbeats: float,
+) -> None:
+    """A gateway behind a link that freezes (no FIN, no RST, nothing forwarded) after the
+    connect replay: the client's send goes to the next URL within the heartbeat bound,
+    not after the WebSocket library's 40 s of pings."""
+    async with (
+        server(answers) as (_, port),
+        server(answers) as (b, _),
+        FreezableProxy("127.0.0.1", port) as proxy,
+    ):
+        a = f"ws://{proxy.address}/ws"
+        async with Client([a, b], token=TOKEN) as client:
+            await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+            assert client.url == a
+            proxy.freeze()
+            started = time.monotonic()
+            await asyncio.wait_for(client.send(to=OTHER, content="y"), 5)
+            assert client.url == b
+            assert time.monotonic() - started < quick_heartbeats + 2
+            proxy.thaw()
+
+
+async def test_a_handshake_that_never_completes_is_given_up_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes the TCP connection and never answers the upgrade: the client
+    tries the next URL after CONNECT_TIMEOUT."""
+    monkeypatch.setattr(im_gateway.client, "CONNECT_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    tcp = await asyncio.start_server(mute, "127.0.0.1", 0)
+    a = f"ws://127.0.0.1:{tcp.sockets[0].getsockname()[1]}/ws"
+    try:
+        async with server(answers) as (b, _), Client([a, b], token=TOKEN) as client:
+            await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+            assert client.url == b
+            assert held
+    finally:
+        for writer in held:
+            writer.close()
+        tcp.close()
