@@ -16,6 +16,8 @@ from websockets.asyncio.server import ServerConnection, serve
 
 import im_gateway.client
 from im_gateway.client import Client
+from im_gateway.client_protocol import INBOX
+from im_gateway.client_state import ClientState
 from tests.proxy import FreezableProxy
 
 TOKEN = "e30.eyJzdWIiOiIxIn0.x"  # {"sub": "1"}, unsigned: these servers do not check it
@@ -40,6 +42,28 @@ async def answers(ws: ServerConnection) -> None:
             await ws.send('{"type":0}')
         elif frame["type"] == 1:
             await ws.send(json.dumps({"type": 10, "id": frame["id"], "msgId": "m1", "time": "1"}))
+
+
+def message(msg_id: str, seq: str) -> str:
+    return json.dumps(
+        {
+            "type": 1,
+            "id": msg_id,
+            "from": OTHER,
+            "to": ME,
+            "contentType": 0,
+            "time": "1",
+            "content": msg_id,
+            "seq": seq,
+        }
+    )
+
+
+def taken(state: ClientState) -> list[str]:
+    out = []
+    while (m := state.take_message()) is not None:
+        out.append(m.id)
+    return out
 
 
 @pytest.fixture
@@ -118,3 +142,22 @@ async def test_a_handshake_that_never_completes_is_given_up_within_the_connect_t
         for writer in held:
             writer.close()
         tcp.close()
+
+
+# --- the pure core against hostile frames ----------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [INBOX, "g1"])
+def test_a_seq_beyond_uint64_is_dropped_and_does_not_end_the_stream(stream: str) -> None:
+    """``"g1:99999999999999999999"`` (or the inbox's) is no position: the frame is counted
+    and dropped, and the stream's next messages are still shown and acknowledged."""
+    prefix = f"{stream}:" if stream else ""
+    s = ClientState(ME, id_prefix="t")
+    s.connected()
+    s.received('{"type":14,"seq":"0"}')
+    s.received(message("m1", f"{prefix}1"))
+    s.received(message("bad", f"{prefix}99999999999999999999"))
+    s.received(message("m2", f"{prefix}2"))
+    assert taken(s) == ["m1", "m2"]
+    assert s.ignored == 1
+    assert s.ack_frames() == [json.dumps({"type": 11, "seq": f"{prefix}2"}, separators=(",", ":"))]
