@@ -118,7 +118,8 @@ class Client:
 
     @property
     def truncated(self) -> list[str]:
-        """Seqs where history was lost (the inbox was trimmed before this user got it)."""
+        """Seqs where history was lost (the inbox was trimmed before this user got it);
+        the newest 1,000."""
         return self._state.truncated
 
     # --- lifecycle --------------------------------------------------------------------

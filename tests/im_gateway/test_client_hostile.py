@@ -161,3 +161,13 @@ def test_a_seq_beyond_uint64_is_dropped_and_does_not_end_the_stream(stream: str)
     assert taken(s) == ["m1", "m2"]
     assert s.ignored == 1
     assert s.ack_frames() == [json.dumps({"type": 11, "seq": f"{prefix}2"}, separators=(",", ":"))]
+
+
+def test_truncated_markers_are_bounded() -> None:
+    """A gateway repeating ``truncated`` end markers: ``truncated`` keeps the newest
+    ``truncated_max`` seqs, not one per frame forever."""
+    s = ClientState(ME, id_prefix="t", truncated_max=3)
+    s.connected()
+    for pos in range(1, 11):
+        s.received(json.dumps({"type": 14, "seq": str(pos), "truncated": True}))
+    assert s.truncated == ["8", "9", "10"]
