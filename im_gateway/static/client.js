@@ -328,8 +328,11 @@ export class ClientCore {
     const id = frame.id;
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) return; // an answer to a repeat: the first one settled it
+    const msgId = frame.msgId;
+    // Without a message id it cannot say whose a held copy is: malformed, and ignored
+    // (the request is sent again on the next connection).
+    if (typeof msgId !== "string") return;
     this.pending.delete(id);
-    const msgId = str(frame.msgId);
     if (msgId) this.remember(msgId);
     this.release(entry, msgId);
     this.events.push({ kind: "accepted", id, msgId, time: str(frame.time) });
@@ -337,7 +340,8 @@ export class ClientCore {
 
   onRefused(frame) {
     const id = frame.id;
-    const code = str(frame.code);
+    // A refusal without a code is malformed: taken as "internal" (sent again, same id).
+    const code = typeof frame.code === "string" && frame.code ? frame.code : "internal";
     const message = str(frame.message);
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) {
