@@ -21,7 +21,8 @@ heartbeats.
 
 Reconnecting. When a connection is lost the client connects to the next URL, after a
 jittered exponential backoff (:data:`BACKOFF_INITIAL` to :data:`BACKOFF_MAX` seconds),
-at once after a 1012 close (the gateway is draining). A connection that got as far as
+at once after a 1012 close (the gateway is draining; at most :data:`RESTART_AT_ONCE`
+times in a row). A connection that got as far as
 its connect replay resets the backoff. A gateway that sends no frame for
 :data:`HEARTBEAT_INTERVAL` seconds is sent a heartbeat; when no frame at all follows
 within :data:`HEARTBEAT_TIMEOUT` seconds (a gateway that is stuck, or a dead link that
@@ -71,6 +72,10 @@ ACK_INTERVAL: Final = 0.1
 """Seconds between acknowledgements at most."""
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+RESTART_AT_ONCE: Final = 10
+"""1012 closes in a row after which the client reconnects at once; beyond them (a gateway
+that keeps saying it drains) the backoff applies, until a connection lasts
+:data:`BACKOFF_MAX` seconds."""
 RETRY_INITIAL: Final = 0.05
 """The first backoff of a frame refused ``internal`` or ``rate_limited``."""
 RETRY_MAX: Final = 2.0
@@ -324,7 +329,9 @@ class Client:
 
     async def _connect_loop(self) -> None:
         attempt = 0
+        at_once = 0
         index = 0
+        loop = asyncio.get_running_loop()
         while not self._closed:
             url = self._urls[index % len(self._urls)]
             index += 1
@@ -344,12 +351,16 @@ class Client:
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 logger.info("connecting to %s failed: %s", url, exc)
             else:
+                opened = loop.time()
                 healthy = await self._serve(ws, url)
                 if self._closed:
                     return
                 if healthy:
                     attempt = 0
-                if ws.close_code == CLOSE_SERVICE_RESTART:
+                if loop.time() - opened >= BACKOFF_MAX:
+                    at_once = 0
+                if ws.close_code == CLOSE_SERVICE_RESTART and at_once < RESTART_AT_ONCE:
+                    at_once += 1
                     continue  # draining: the next gateway, at once
             await asyncio.sleep(backoff(attempt, BACKOFF_INITIAL, BACKOFF_MAX))
             attempt += 1

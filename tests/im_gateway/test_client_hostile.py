@@ -18,6 +18,7 @@ import im_gateway.client
 from im_gateway.client import Client
 from im_gateway.client_protocol import INBOX
 from im_gateway.client_state import ClientState
+from tests.helpers import wait_until
 from tests.proxy import FreezableProxy
 
 TOKEN = "e30.eyJzdWIiOiIxIn0.x"  # {"sub": "1"}, unsigned: these servers do not check it
@@ -171,3 +172,22 @@ def test_truncated_markers_are_bounded() -> None:
     for pos in range(1, 11):
         s.received(json.dumps({"type": 14, "seq": str(pos), "truncated": True}))
     assert s.truncated == ["8", "9", "10"]
+
+
+async def test_a_gateway_that_keeps_closing_1012_is_not_reconnected_to_at_once_forever() -> None:
+    """Every connection closed at once with 1012 (a gateway that says it drains, again
+    and again): the first RESTART_AT_ONCE reconnects are at once, then the backoff holds
+    (before: about 1,000 connections a second, for as long as it lasted)."""
+    connections = 0
+
+    async def draining(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.close(1012, "service restart")
+
+    async with server(draining) as (a, _), Client(a, token=TOKEN):
+        at_once = getattr(im_gateway.client, "RESTART_AT_ONCE", 10)
+        await wait_until(lambda: connections > at_once, what="the at-once reconnects")
+        before = connections
+        await asyncio.sleep(1.0)  # a bound on the rate, not a synchronisation
+        assert connections - before <= 10, connections - before
