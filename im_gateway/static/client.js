@@ -26,7 +26,8 @@
 // - Type 11 acknowledges, per stream, what `onmessage` was given, and only that: at most
 //   every `ackInterval` ms (100) and once more on `close()`.
 // - A lost connection is retried with jittered exponential backoff, on the next URL of
-//   the list; after a 1012 close (the gateway drains), at once. A handshake that takes
+//   the list; after a 1012 close (the gateway drains), at once (`restartAtOnce`, 10, times
+//   in a row at most, until a connection lasts `backoffMax`). A handshake that takes
 //   longer than `connectTimeout` (10 s), and an open socket with no frame for 2.5
 //   `heartbeat`s (50 s: a stuck gateway, or a dead link that closes nothing), count as
 //   lost connections.
@@ -520,6 +521,7 @@ export class ClientError extends Error {
 const DEFAULTS = {
   backoffInitial: 250, // ms; doubles per failed attempt, jittered, up to backoffMax
   backoffMax: 10000,
+  restartAtOnce: 10, // 1012 closes in a row followed by a reconnect at once; then the backoff
   retryDelay: 200, // ms before a retried refusal goes out again (doubles, up to 5 s)
   ackInterval: 100,
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
@@ -575,6 +577,8 @@ export class Client {
     this.ws = null;
     this.urlIndex = 0;
     this.attempt = 0;
+    this.atOnce = 0; // reconnects at once after 1012 closes, in a row
+    this.openedAt = 0;
     this.opened = false;
     this.closed = false;
     this.refusal = null;
@@ -690,6 +694,7 @@ export class Client {
       this.timers.opening = null;
       open = true;
       this.opened = true;
+      this.openedAt = Date.now();
       this.lastFrameAt = Date.now();
       this.core.opened();
       this.setStatus("replaying");
@@ -735,9 +740,13 @@ export class Client {
     }
     this.setStatus("reconnecting");
     this.urlIndex += 1; // this one is gone (or draining): try the next
+    if (wasOpen && Date.now() - this.openedAt >= this.options.backoffMax) this.atOnce = 0;
     let delay;
-    if (code === 1012) {
-      delay = 0; // the gateway drains: another one takes us at once
+    if (code === 1012 && this.atOnce < this.options.restartAtOnce) {
+      // The gateway drains: another one takes us at once (not forever: one that keeps
+      // saying so is not hammered).
+      this.atOnce += 1;
+      delay = 0;
     } else {
       const base = Math.min(
         this.options.backoffMax,

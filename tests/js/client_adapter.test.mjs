@@ -246,3 +246,20 @@ test("a socket that goes silent after open is left within 2.5 heartbeats, for th
   assert.equal(last().url.split("?")[0], "ws://b/ws");
   assert.equal(client.status, "reconnecting");
 });
+
+test("1012 closes in a row: ten reconnects at once, then the backoff (no reconnect spin)", async () => {
+  open(["ws://a/ws", "ws://b/ws"], { backoffInitial: 400, backoffMax: 400 });
+  for (let n = 1; n <= 10; n += 1) {
+    await until(() => FakeSocket.made.length === n, `socket ${n}`, 1000);
+    const dropped = Date.now();
+    last().open();
+    last().drop(1012);
+    await until(() => FakeSocket.made.length === n + 1, `at once after close ${n}`, 1000);
+    assert.ok(last().madeAt - dropped < 150, `reconnect ${n} was not at once`);
+  }
+  const dropped = Date.now();
+  last().open();
+  last().drop(1012);
+  await until(() => FakeSocket.made.length === 12, "the reconnect after its backoff", 2000);
+  assert.ok(last().madeAt - dropped >= 190, "the 11th 1012 in a row waits for the backoff");
+});
