@@ -21,13 +21,11 @@ heartbeats.
 
 Reconnecting. When a connection is lost the client connects to the next URL, after a
 jittered exponential backoff (:data:`BACKOFF_INITIAL` to :data:`BACKOFF_MAX` seconds),
-at once after a 1012 close (the gateway is draining; at most :data:`RESTART_AT_ONCE`
-times in a row). A connection that got as far as
-its connect replay resets the backoff. A gateway that sends no frame for
-:data:`HEARTBEAT_INTERVAL` seconds is sent a heartbeat; when no frame at all follows
-within :data:`HEARTBEAT_TIMEOUT` seconds (a gateway that is stuck, or a dead link that
-closes nothing), the client leaves it for the next URL. The handshake is bounded by
-:data:`CONNECT_TIMEOUT`. An HTTP 401 at the handshake stops the client:
+at once after a 1012 close (draining; :data:`RESTART_AT_ONCE` times in a row at most).
+A connection that got as far as its connect replay resets the backoff. Bounded waits:
+the handshake (:data:`CONNECT_TIMEOUT`), and a gateway that sends nothing (stuck, or a
+dead link): :data:`HEARTBEAT_TIMEOUT` after a heartbeat sent for a read-quiet
+:data:`HEARTBEAT_INTERVAL`, the next URL. An HTTP 401 at the handshake stops the client:
 every waiting call raises ``Refused("unauthorized")``.
 
 Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
@@ -59,6 +57,7 @@ from .client_protocol import (
     Refused,
     Sent,
     backoff,
+    group_id,
     token_subject,
 )
 from .client_state import ClientState
@@ -73,18 +72,14 @@ ACK_INTERVAL: Final = 0.1
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 5.0
 RESTART_AT_ONCE: Final = 10
-"""1012 closes in a row after which the client reconnects at once; beyond them (a gateway
-that keeps saying it drains) the backoff applies, until a connection lasts
-:data:`BACKOFF_MAX` seconds."""
+"""1012 closes in a row answered at once; then the backoff, until a connection lasts 5 s."""
 RETRY_INITIAL: Final = 0.05
 """The first backoff of a frame refused ``internal`` or ``rate_limited``."""
 RETRY_MAX: Final = 2.0
 HEARTBEAT_INTERVAL: Final = 30.0
-"""A heartbeat (type 0) after this many quiet seconds (nothing written, or nothing read)
-keeps the gateway's idle timeout away and asks the gateway whether it is still there."""
+"""A heartbeat (type 0) after this many quiet seconds, written or read."""
 HEARTBEAT_TIMEOUT: Final = 20.0
-"""Seconds a heartbeat sent after a read-quiet :data:`HEARTBEAT_INTERVAL` waits for any
-frame; then the gateway is taken for gone and the client connects to the next URL."""
+"""Seconds for any frame after a read-quiet heartbeat; then the next URL."""
 CONNECT_TIMEOUT: Final = 10.0
 CLOSE_WAIT: Final = 2.0
 """Seconds :meth:`Client.close` waits for the gateway to take its last acknowledgements."""
@@ -123,8 +118,7 @@ class Client:
 
     @property
     def truncated(self) -> list[str]:
-        """Seqs where history was lost (the inbox was trimmed before this user got it);
-        the newest 1,000."""
+        """Seqs where history was lost (trimmed before this user got it); the newest 1,000."""
         return self._state.truncated
 
     # --- lifecycle --------------------------------------------------------------------
@@ -225,11 +219,11 @@ class Client:
 
     async def join(self, group: int) -> None:
         """Join ``group`` (allowed by the gateway's ``--group-join``); raises :class:`Refused`."""
-        await self._submit({"type": JOIN, "to": _group_id(group)})
+        await self._submit({"type": JOIN, "to": group_id(group)})
 
     async def leave(self, group: int) -> None:
         """Leave ``group``; raises :class:`Refused`."""
-        await self._submit({"type": LEAVE, "to": _group_id(group)})
+        await self._submit({"type": LEAVE, "to": group_id(group)})
 
     async def _submit(self, frame: dict[str, Any]) -> Sent:
         self._start()
@@ -454,9 +448,3 @@ class Client:
                         await ws.send(frame)
         except ConnectionClosed:
             pass
-
-
-def _group_id(group: int) -> int:
-    if type(group) is not int or not 0 <= group <= UINT64_MAX:
-        raise ValueError("a group id is an int in the uint64 range")
-    return group

@@ -124,6 +124,13 @@ def parse_message(frame: dict[str, Any]) -> Message | None:
     return Message(msg_id, sender, to, frame["type"], content_type, time, content, seq)
 
 
+def group_id(group: int) -> int:
+    """``group``, checked to be a group id (an int in the uint64 range)."""
+    if type(group) is not int or not 0 <= group <= UINT64_MAX:
+        raise ValueError("a group id is an int in the uint64 range")
+    return group
+
+
 def backoff(attempt: int, initial: float, cap: float) -> float:
     """Full-jitter-ish exponential backoff: between half and all of ``initial * 2**attempt``."""
     base: float = min(cap, initial * 2.0 ** min(attempt, 30))
