@@ -21,8 +21,11 @@ heartbeats.
 
 Reconnecting. When a connection is lost the client connects to the next URL, after a
 jittered exponential backoff (:data:`BACKOFF_INITIAL` to :data:`BACKOFF_MAX` seconds),
-at once after a 1012 close (the gateway is draining). A connection that got as far as
-its connect replay resets the backoff. An HTTP 401 at the handshake stops the client:
+at once after a 1012 close (draining; :data:`RESTART_AT_ONCE` times in a row at most).
+A connection that got as far as its connect replay resets the backoff. Bounded waits:
+the handshake (:data:`CONNECT_TIMEOUT`), and a gateway that sends nothing (stuck, or a
+dead link): :data:`HEARTBEAT_TIMEOUT` after a heartbeat sent for a read-quiet
+:data:`HEARTBEAT_INTERVAL`, the next URL. An HTTP 401 at the handshake stops the client:
 every waiting call raises ``Refused("unauthorized")``.
 
 Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
@@ -54,6 +57,7 @@ from .client_protocol import (
     Refused,
     Sent,
     backoff,
+    group_id,
     token_subject,
 )
 from .client_state import ClientState
@@ -67,11 +71,15 @@ ACK_INTERVAL: Final = 0.1
 """Seconds between acknowledgements at most."""
 BACKOFF_INITIAL: Final = 0.1
 BACKOFF_MAX: Final = 5.0
+RESTART_AT_ONCE: Final = 10
+"""1012 closes in a row answered at once; then the backoff, until a connection lasts 5 s."""
 RETRY_INITIAL: Final = 0.05
 """The first backoff of a frame refused ``internal`` or ``rate_limited``."""
 RETRY_MAX: Final = 2.0
 HEARTBEAT_INTERVAL: Final = 30.0
-"""A heartbeat (type 0) after this many quiet seconds keeps the gateway's idle timeout away."""
+"""A heartbeat (type 0) after this many quiet seconds, written or read."""
+HEARTBEAT_TIMEOUT: Final = 20.0
+"""Seconds for any frame after a read-quiet heartbeat; then the next URL."""
 CONNECT_TIMEOUT: Final = 10.0
 CLOSE_WAIT: Final = 2.0
 """Seconds :meth:`Client.close` waits for the gateway to take its last acknowledgements."""
@@ -110,7 +118,7 @@ class Client:
 
     @property
     def truncated(self) -> list[str]:
-        """Seqs where history was lost (the inbox was trimmed before this user got it)."""
+        """Seqs where history was lost (trimmed before this user got it); the newest 1,000."""
         return self._state.truncated
 
     # --- lifecycle --------------------------------------------------------------------
@@ -211,11 +219,11 @@ class Client:
 
     async def join(self, group: int) -> None:
         """Join ``group`` (allowed by the gateway's ``--group-join``); raises :class:`Refused`."""
-        await self._submit({"type": JOIN, "to": _group_id(group)})
+        await self._submit({"type": JOIN, "to": group_id(group)})
 
     async def leave(self, group: int) -> None:
         """Leave ``group``; raises :class:`Refused`."""
-        await self._submit({"type": LEAVE, "to": _group_id(group)})
+        await self._submit({"type": LEAVE, "to": group_id(group)})
 
     async def _submit(self, frame: dict[str, Any]) -> Sent:
         self._start()
@@ -315,7 +323,9 @@ class Client:
 
     async def _connect_loop(self) -> None:
         attempt = 0
+        at_once = 0
         index = 0
+        loop = asyncio.get_running_loop()
         while not self._closed:
             url = self._urls[index % len(self._urls)]
             index += 1
@@ -335,12 +345,16 @@ class Client:
             except (OSError, TimeoutError, InvalidHandshake) as exc:
                 logger.info("connecting to %s failed: %s", url, exc)
             else:
+                opened = loop.time()
                 healthy = await self._serve(ws, url)
                 if self._closed:
                     return
                 if healthy:
                     attempt = 0
-                if ws.close_code == CLOSE_SERVICE_RESTART:
+                if loop.time() - opened >= BACKOFF_MAX:
+                    at_once = 0
+                if ws.close_code == CLOSE_SERVICE_RESTART and at_once < RESTART_AT_ONCE:
+                    at_once += 1
                     continue  # draining: the next gateway, at once
             await asyncio.sleep(backoff(attempt, BACKOFF_INITIAL, BACKOFF_MAX))
             attempt += 1
@@ -364,9 +378,20 @@ class Client:
         self._ack_now()
         writer = asyncio.get_running_loop().create_task(self._write_loop(ws))
         healthy = False
+        asked = False  # a heartbeat went out after a quiet read: a frame is owed
         try:
             while True:
-                data = await ws.recv()
+                try:
+                    async with asyncio.timeout(HEARTBEAT_TIMEOUT if asked else HEARTBEAT_INTERVAL):
+                        data = await ws.recv()
+                except TimeoutError:
+                    if asked:
+                        logger.info("no frame from %s after a heartbeat: the next URL", url)
+                        break
+                    asked = True
+                    self._write(['{"type":0}'])
+                    continue
+                asked = False
                 if self._echo is not None and not self._echo.done():
                     self._closing_frame(data)
                 if data == HEARTBEAT_REPLY:
@@ -387,6 +412,7 @@ class Client:
             if not self._closed:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(ws.close(), 1.0)
+                ws.transport.abort()  # a dead link answers no close: let go of the socket
         logger.info("connection to %s closed (%s)", url, ws.close_code)
         return healthy
 
@@ -422,9 +448,3 @@ class Client:
                         await ws.send(frame)
         except ConnectionClosed:
             pass
-
-
-def _group_id(group: int) -> int:
-    if type(group) is not int or not 0 <= group <= UINT64_MAX:
-        raise ValueError("a group id is an int in the uint64 range")
-    return group

@@ -78,18 +78,21 @@ class Message:
 
 Answer = Sent | Refused
 
+UINT64_MAX: Final = 2**64 - 1
+
 
 def parse_seq(seq: object) -> tuple[str, int] | None:
-    """``"17"`` -> ``("", 17)``; ``"g7:17"`` -> ``("g7", 17)``; anything else: None."""
+    """``"17"`` -> ``("", 17)``; ``"g7:17"`` -> ``("g7", 17)``; anything else (a group
+    or a position beyond the uint64 range too): None."""
     if not isinstance(seq, str) or not seq or len(seq) > 48 or not seq.isascii():
         return None
     stream, number = INBOX, seq
     if seq[0] == "g":
         group, sep, number = seq[1:].partition(":")
-        if not sep or not group.isdigit():
+        if not sep or not group.isdigit() or int(group) > UINT64_MAX:
             return None
         stream = "g" + group
-    if not number.isdigit():
+    if not number.isdigit() or int(number) > UINT64_MAX:
         return None
     return stream, int(number)
 
@@ -121,7 +124,11 @@ def parse_message(frame: dict[str, Any]) -> Message | None:
     return Message(msg_id, sender, to, frame["type"], content_type, time, content, seq)
 
 
-UINT64_MAX: Final = 2**64 - 1
+def group_id(group: int) -> int:
+    """``group``, checked to be a group id (an int in the uint64 range)."""
+    if type(group) is not int or not 0 <= group <= UINT64_MAX:
+        raise ValueError("a group id is an int in the uint64 range")
+    return group
 
 
 def backoff(attempt: int, initial: float, cap: float) -> float:

@@ -35,7 +35,7 @@ stay buffered), at most ``max_pending`` buffered messages per stream (beyond it,
 highest are dropped and asked for again by another replay, once the application has made
 room), so a client that never takes its messages still gets its answers; ``own_ids_max`` remembered ids of this
 client's sends, ``seen_ids_max`` remembered ids of shown messages (a second guard against
-repeats, besides positions).
+repeats, besides positions), ``truncated_max`` seqs in :attr:`truncated` (the newest).
 
 A ``truncated`` end marker (history lost to the inbox's trimming) is reported in
 :attr:`truncated`; what was trimmed cannot be shown, and a trim notice that arrives during
@@ -79,6 +79,7 @@ class ClientState:
         max_waiting: int = 10_000,
         own_ids_max: int = 100_000,
         seen_ids_max: int = 100_000,
+        truncated_max: int = 1_000,
     ) -> None:
         """``user``: this client's user id, when known (from the token), so that only
         messages from it can be held as possibly own; None: any message may be."""
@@ -102,7 +103,9 @@ class ClientState:
         self._replay_retry = False
         self._connect_news = False
         self.truncated: list[str] = []
-        """Seqs where history was lost (end markers with ``truncated``)."""
+        """Seqs where history was lost (end markers with ``truncated``; the newest
+        ``truncated_max``)."""
+        self._truncated_max = truncated_max
         self.ignored = 0
         """Frames from the gateway that were malformed and dropped."""
 
@@ -250,6 +253,8 @@ class ClientState:
         stream, end = parsed
         if frame.get("truncated") is True:
             self.truncated.append(format_seq(stream, end))
+            if len(self.truncated) > self._truncated_max:
+                del self.truncated[0]
         if not self._connect_done:
             self._connect_done = self._connect_news = True
             self._stream(stream).connect_replay_ended(end)

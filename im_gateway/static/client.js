@@ -26,7 +26,11 @@
 // - Type 11 acknowledges, per stream, what `onmessage` was given, and only that: at most
 //   every `ackInterval` ms (100) and once more on `close()`.
 // - A lost connection is retried with jittered exponential backoff, on the next URL of
-//   the list; after a 1012 close (the gateway drains), at once.
+//   the list; after a 1012 close (the gateway drains), at once (`restartAtOnce`, 10, times
+//   in a row at most, until a connection lasts `backoffMax`). A handshake that takes
+//   longer than `connectTimeout` (10 s), and an open socket with no frame for 2.5
+//   `heartbeat`s (50 s: a stuck gateway, or a dead link that closes nothing), count as
+//   lost connections.
 // - After a reconnect the client asks (type 14) for what came after its own inbox
 //   position, since another device of the user may have acknowledged more than it saw
 //   (a client that never finished a first replay has no position yet: like a new one, it
@@ -325,8 +329,11 @@ export class ClientCore {
     const id = frame.id;
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) return; // an answer to a repeat: the first one settled it
+    const msgId = frame.msgId;
+    // Without a message id it cannot say whose a held copy is: malformed, and ignored
+    // (the request is sent again on the next connection).
+    if (typeof msgId !== "string") return;
     this.pending.delete(id);
-    const msgId = str(frame.msgId);
     if (msgId) this.remember(msgId);
     this.release(entry, msgId);
     this.events.push({ kind: "accepted", id, msgId, time: str(frame.time) });
@@ -334,7 +341,8 @@ export class ClientCore {
 
   onRefused(frame) {
     const id = frame.id;
-    const code = str(frame.code);
+    // A refusal without a code is malformed: taken as "internal" (sent again, same id).
+    const code = typeof frame.code === "string" && frame.code ? frame.code : "internal";
     const message = str(frame.message);
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) {
@@ -513,9 +521,11 @@ export class ClientError extends Error {
 const DEFAULTS = {
   backoffInitial: 250, // ms; doubles per failed attempt, jittered, up to backoffMax
   backoffMax: 10000,
+  restartAtOnce: 10, // 1012 closes in a row followed by a reconnect at once; then the backoff
   retryDelay: 200, // ms before a retried refusal goes out again (doubles, up to 5 s)
   ackInterval: 100,
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
+  connectTimeout: 10000, // ms for the handshake (and for the 401 probe): then the next URL
   catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
   maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
 };
@@ -567,10 +577,18 @@ export class Client {
     this.ws = null;
     this.urlIndex = 0;
     this.attempt = 0;
+    this.atOnce = 0; // reconnects at once after 1012 closes, in a row
+    this.openedAt = 0;
     this.opened = false;
     this.closed = false;
     this.refusal = null;
-    this.timers = { reconnect: null, ack: null, heartbeat: null, retries: new Set() };
+    this.timers = {
+      reconnect: null,
+      opening: null,
+      ack: null,
+      heartbeat: null,
+      retries: new Set(),
+    };
     this.lastFrameAt = 0;
     this.connect();
   }
@@ -657,10 +675,26 @@ export class Client {
     this.ws = ws;
     let open = false;
     let errorText = "";
+    // A gateway (or a dead link) that takes the connection and never answers the
+    // handshake: neither a browser nor Node's ws gives up on its own.
+    this.timers.opening = setTimeout(() => {
+      this.timers.opening = null;
+      if (ws !== this.ws) return;
+      this.ws = null;
+      try {
+        ws.close(4000, "handshake timeout");
+      } catch (_err) {
+        /* already closing */
+      }
+      this.failed(ws, "", url, false, 1006, true);
+    }, this.options.connectTimeout);
     ws.onopen = () => {
       if (ws !== this.ws) return;
+      clearTimeout(this.timers.opening);
+      this.timers.opening = null;
       open = true;
       this.opened = true;
+      this.openedAt = Date.now();
       this.lastFrameAt = Date.now();
       this.core.opened();
       this.setStatus("replaying");
@@ -684,17 +718,20 @@ export class Client {
     };
     ws.onclose = (event) => {
       if (ws !== this.ws) return;
+      clearTimeout(this.timers.opening);
+      this.timers.opening = null;
       this.failed(ws, errorText, url, open, event ? event.code : 1006);
     };
   }
 
-  /** The socket is gone (or never opened): decide between refused and reconnect. */
-  async failed(ws, errorText, url, wasOpen, code) {
+  /** The socket is gone (or never opened): decide between refused and reconnect (a
+   * handshake that timed out is no refusal: not asked). */
+  async failed(ws, errorText, url, wasOpen, code, timedOut = false) {
     if (ws) this.ws = null;
     this.core.lost();
     this.stopHeartbeat();
     if (this.closed) return;
-    if (!wasOpen) {
+    if (!wasOpen && !timedOut) {
       if (/\b401\b/.test(errorText) || (await this.probeRefused(url))) {
         this.refuse("the gateway refused the token (HTTP 401)");
         return;
@@ -703,9 +740,13 @@ export class Client {
     }
     this.setStatus("reconnecting");
     this.urlIndex += 1; // this one is gone (or draining): try the next
+    if (wasOpen && Date.now() - this.openedAt >= this.options.backoffMax) this.atOnce = 0;
     let delay;
-    if (code === 1012) {
-      delay = 0; // the gateway drains: another one takes us at once
+    if (code === 1012 && this.atOnce < this.options.restartAtOnce) {
+      // The gateway drains: another one takes us at once (not forever: one that keeps
+      // saying so is not hammered).
+      this.atOnce += 1;
+      delay = 0;
     } else {
       const base = Math.min(
         this.options.backoffMax,
@@ -717,12 +758,14 @@ export class Client {
     this.timers.reconnect = setTimeout(() => this.connect(), delay);
   }
 
-  /** After a close before open: does the gateway answer 401 over plain HTTP? */
+  /** After a close before open: does the gateway answer 401 over plain HTTP (within
+   * `connectTimeout`)? */
   async probeRefused(url) {
     if (typeof fetch !== "function") return false;
     try {
       const http = url.replace(/^ws(s?):/i, "http$1:");
-      const response = await fetch(http, { cache: "no-store", redirect: "manual" });
+      const signal = AbortSignal.timeout(this.options.connectTimeout);
+      const response = await fetch(http, { cache: "no-store", redirect: "manual", signal });
       return response.status === 401;
     } catch (_err) {
       return false; // unreachable, or another origin that does not let us read it
@@ -737,6 +780,7 @@ export class Client {
   stop(error, status) {
     this.closed = true;
     clearTimeout(this.timers.reconnect);
+    clearTimeout(this.timers.opening);
     clearTimeout(this.timers.ack);
     for (const timer of this.timers.retries) clearTimeout(timer);
     this.timers.retries.clear();

@@ -204,3 +204,62 @@ test("requests waiting for an answer are bounded: beyond maxPending, one rejects
   last().open();
   assert.equal(last().sent.length, 2, "the refused one was never queued");
 });
+
+// ---- a gateway that goes silent --------------------------------------------------------
+
+test("a socket that never opens is given up after connectTimeout, for the next URL", async () => {
+  globalThis.fetch = () => assert.fail("a handshake that timed out is no refusal to probe");
+  const client = open(["ws://a/ws", "ws://b/ws"], { connectTimeout: 50 });
+  const waiting = client.send({ to: 2, content: "x" });
+  await until(() => FakeSocket.made.length === 2, "a second socket", 2000);
+  assert.notEqual(FakeSocket.made[0].closedWith, null, "the first socket is closed");
+  assert.equal(last().url.split("?")[0], "ws://b/ws");
+  last().open();
+  last().frame({ type: TYPE.ACCEPTED, id: last().sent[0].id, msgId: "m", time: "1" });
+  assert.equal((await waiting).msgId, "m");
+});
+
+test("a 401 probe that gets no answer is given up after connectTimeout: it reconnects", async () => {
+  const signals = [];
+  globalThis.fetch = (_url, init = {}) =>
+    new Promise((_resolve, reject) => {
+      signals.push(init.signal);
+      if (init.signal) init.signal.addEventListener("abort", () => reject(init.signal.reason));
+    });
+  const client = open(["ws://a/ws", "ws://b/ws"], { connectTimeout: 50 });
+  last().drop(1006); // a close before open: the client asks GET /ws, which hangs
+  await until(() => FakeSocket.made.length === 2, "a reconnect despite the hung probe", 2000);
+  assert.equal(signals.length, 1);
+  assert.equal(client.status, "connecting");
+});
+
+test("a socket that goes silent after open is left within 2.5 heartbeats, for the next URL", async () => {
+  const client = open(["ws://a/ws", "ws://b/ws"], { heartbeat: 40 });
+  last().open();
+  last().frame({ type: TYPE.REPLAY, seq: "0" });
+  const silent = last();
+  const at = Date.now();
+  await until(() => FakeSocket.made.length === 2, "the next socket", 2000);
+  assert.ok(Date.now() - at >= 100, "not before 2.5 heartbeats");
+  assert.equal(silent.closedWith, 4000);
+  assert.ok(silent.sent.some((f) => f.type === TYPE.HEARTBEAT), "it asked first");
+  assert.equal(last().url.split("?")[0], "ws://b/ws");
+  assert.equal(client.status, "reconnecting");
+});
+
+test("1012 closes in a row: ten reconnects at once, then the backoff (no reconnect spin)", async () => {
+  open(["ws://a/ws", "ws://b/ws"], { backoffInitial: 400, backoffMax: 400 });
+  for (let n = 1; n <= 10; n += 1) {
+    await until(() => FakeSocket.made.length === n, `socket ${n}`, 1000);
+    const dropped = Date.now();
+    last().open();
+    last().drop(1012);
+    await until(() => FakeSocket.made.length === n + 1, `at once after close ${n}`, 1000);
+    assert.ok(last().madeAt - dropped < 150, `reconnect ${n} was not at once`);
+  }
+  const dropped = Date.now();
+  last().open();
+  last().drop(1012);
+  await until(() => FakeSocket.made.length === 12, "the reconnect after its backoff", 2000);
+  assert.ok(last().madeAt - dropped >= 190, "the 11th 1012 in a row waits for the backoff");
+});

@@ -244,6 +244,23 @@ test("malformed frames change nothing", () => {
   assert.deepEqual(core.acks(), []);
 });
 
+test("an answer without a message id, or a refusal without a code, settles nothing", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  const a = core.request({ type: 1, to: 2, contentType: 0, content: "hi" });
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  core.drain();
+  core.receive(msg("own", "1", { from: 1, to: 2, content: "hi" }));
+  core.receive({ type: TYPE.ACCEPTED, id: a }); // no msgId: it cannot say whose "own" is
+  core.receive({ type: TYPE.ACCEPTED, id: a, msgId: 7, time: "1" });
+  core.receive({ type: TYPE.ERROR, id: a }); // no code: retried, like "internal"
+  assert.deepEqual(core.drain().events, [{ kind: "retry", id: a, code: "internal" }]);
+  assert.ok(core.pending.has(a), "the request still waits for its answer");
+  core.receive({ type: TYPE.ACCEPTED, id: a, msgId: "own", time: "3" });
+  assert.deepEqual(core.drain().events, [{ kind: "accepted", id: a, msgId: "own", time: "3" }]);
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+});
+
 // ---- the property test -----------------------------------------------------------------
 
 /** mulberry32: a small seeded generator, so a failing seed can be replayed. */

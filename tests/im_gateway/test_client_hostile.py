@@ -1,0 +1,193 @@
+"""The Python client library against a faulty or hostile gateway: one that goes silent,
+freezes behind a dead link, or sends what the protocol does not allow. The client must
+leave such a gateway within a bound, keep its memory bounded, and never show a message
+twice nor acknowledge one it has not shown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from websockets.asyncio.server import ServerConnection, serve
+
+import im_gateway.client
+from im_gateway.client import Client
+from im_gateway.client_protocol import INBOX
+from im_gateway.client_state import ClientState
+from tests.helpers import wait_until
+from tests.proxy import FreezableProxy
+
+TOKEN = "e30.eyJzdWIiOiIxIn0.x"  # {"sub": "1"}, unsigned: these servers do not check it
+ME, OTHER = 1, 2
+
+Handler = Callable[[ServerConnection], Awaitable[None]]
+
+
+@asynccontextmanager
+async def server(handler: Handler) -> AsyncIterator[tuple[str, int]]:
+    async with serve(handler, "127.0.0.1", 0) as s:
+        port = next(iter(s.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/ws", port
+
+
+async def answers(ws: ServerConnection) -> None:
+    """A gateway that keeps the protocol: the end marker, then answers sends and heartbeats."""
+    await ws.send('{"type":14,"seq":"0"}')
+    async for data in ws:
+        frame = json.loads(data)
+        if frame["type"] == 0:
+            await ws.send('{"type":0}')
+        elif frame["type"] == 1:
+            await ws.send(json.dumps({"type": 10, "id": frame["id"], "msgId": "m1", "time": "1"}))
+
+
+def message(msg_id: str, seq: str) -> str:
+    return json.dumps(
+        {
+            "type": 1,
+            "id": msg_id,
+            "from": OTHER,
+            "to": ME,
+            "contentType": 0,
+            "time": "1",
+            "content": msg_id,
+            "seq": seq,
+        }
+    )
+
+
+def taken(state: ClientState) -> list[str]:
+    out = []
+    while (m := state.take_message()) is not None:
+        out.append(m.id)
+    return out
+
+
+@pytest.fixture
+def quick_heartbeats(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Heartbeats after 0.2 quiet seconds, and 0.3 s for an answer; returns the bound."""
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_INTERVAL", 0.2)
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_TIMEOUT", 0.3, raising=False)
+    return 0.5
+
+
+async def test_a_gateway_that_says_nothing_is_left_for_the_next_url(
+    quick_heartbeats: float,
+) -> None:
+    """A gateway that takes the WebSocket (its library answers pings) and then sends
+    nothing, not even an answer to heartbeats: within the heartbeat bound the client
+    gives up on it, and its send is answered by the next URL."""
+
+    async def silent(ws: ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    async with (
+        server(silent) as (a, _),
+        server(answers) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        started = time.monotonic()
+        sent = await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+        assert sent.msg_id == "m1"
+        assert client.url == b
+        assert time.monotonic() - started < quick_heartbeats + 2
+
+
+async def test_a_gateway_frozen_mid_stream_is_left_for_the_next_url(
+    quick_heartbeats: float,
+) -> None:
+    """A gateway behind a link that freezes (no FIN, no RST, nothing forwarded) after the
+    connect replay: the client's send goes to the next URL within the heartbeat bound,
+    not after the WebSocket library's 40 s of pings."""
+    async with (
+        server(answers) as (_, port),
+        server(answers) as (b, _),
+        FreezableProxy("127.0.0.1", port) as proxy,
+    ):
+        a = f"ws://{proxy.address}/ws"
+        async with Client([a, b], token=TOKEN) as client:
+            await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+            assert client.url == a
+            proxy.freeze()
+            started = time.monotonic()
+            await asyncio.wait_for(client.send(to=OTHER, content="y"), 5)
+            assert client.url == b
+            assert time.monotonic() - started < quick_heartbeats + 2
+            proxy.thaw()
+
+
+async def test_a_handshake_that_never_completes_is_given_up_within_the_connect_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes the TCP connection and never answers the upgrade: the client
+    tries the next URL after CONNECT_TIMEOUT."""
+    monkeypatch.setattr(im_gateway.client, "CONNECT_TIMEOUT", 0.3)
+    held: list[asyncio.StreamWriter] = []
+
+    async def mute(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    tcp = await asyncio.start_server(mute, "127.0.0.1", 0)
+    a = f"ws://127.0.0.1:{tcp.sockets[0].getsockname()[1]}/ws"
+    try:
+        async with server(answers) as (b, _), Client([a, b], token=TOKEN) as client:
+            await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+            assert client.url == b
+            assert held
+    finally:
+        for writer in held:
+            writer.close()
+        tcp.close()
+
+
+# --- the pure core against hostile frames ----------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [INBOX, "g1"])
+def test_a_seq_beyond_uint64_is_dropped_and_does_not_end_the_stream(stream: str) -> None:
+    """``"g1:99999999999999999999"`` (or the inbox's) is no position: the frame is counted
+    and dropped, and the stream's next messages are still shown and acknowledged."""
+    prefix = f"{stream}:" if stream else ""
+    s = ClientState(ME, id_prefix="t")
+    s.connected()
+    s.received('{"type":14,"seq":"0"}')
+    s.received(message("m1", f"{prefix}1"))
+    s.received(message("bad", f"{prefix}99999999999999999999"))
+    s.received(message("m2", f"{prefix}2"))
+    assert taken(s) == ["m1", "m2"]
+    assert s.ignored == 1
+    assert s.ack_frames() == [json.dumps({"type": 11, "seq": f"{prefix}2"}, separators=(",", ":"))]
+
+
+def test_truncated_markers_are_bounded() -> None:
+    """A gateway repeating ``truncated`` end markers: ``truncated`` keeps the newest
+    ``truncated_max`` seqs, not one per frame forever."""
+    s = ClientState(ME, id_prefix="t", truncated_max=3)
+    s.connected()
+    for pos in range(1, 11):
+        s.received(json.dumps({"type": 14, "seq": str(pos), "truncated": True}))
+    assert s.truncated == ["8", "9", "10"]
+
+
+async def test_a_gateway_that_keeps_closing_1012_is_not_reconnected_to_at_once_forever() -> None:
+    """Every connection closed at once with 1012 (a gateway that says it drains, again
+    and again): the first RESTART_AT_ONCE reconnects are at once, then the backoff holds
+    (before: about 1,000 connections a second, for as long as it lasted)."""
+    connections = 0
+
+    async def draining(ws: ServerConnection) -> None:
+        nonlocal connections
+        connections += 1
+        await ws.close(1012, "service restart")
+
+    async with server(draining) as (a, _), Client(a, token=TOKEN):
+        at_once = getattr(im_gateway.client, "RESTART_AT_ONCE", 10)
+        await wait_until(lambda: connections > at_once, what="the at-once reconnects")
+        before = connections
+        await asyncio.sleep(1.0)  # a bound on the rate, not a synchronisation
+        assert connections - before <= 10, connections - before
