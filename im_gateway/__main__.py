@@ -147,8 +147,6 @@ def token_main(argv: Sequence[str]) -> int:
 async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
     """Run a gateway until SIGINT or SIGTERM (``limit_note``: the open-file limit's
     line, logged once the gateway is up)."""
-    from .gateway import Gateway
-
     stop = asyncio.Event()
     signals: list[signal.Signals] = []
 
@@ -159,6 +157,21 @@ async def serve(config: GatewayConfig, limit_note: str | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_on, sig)
+    beating = loop.create_task(workers.beat(config), name="heartbeat")  # under --workers
+    try:
+        await _serve_until(config, stop, signals, limit_note)
+    finally:
+        beating.cancel()
+
+
+async def _serve_until(
+    config: GatewayConfig,
+    stop: asyncio.Event,
+    signals: list[signal.Signals],
+    limit_note: str | None,
+) -> None:
+    from .gateway import Gateway
+
     async with Gateway(config) as gateway, _metrics_server(config, gateway) as metrics_at:
         tune_gc()
         if limit_note:

@@ -459,6 +459,15 @@ class GatewayConfig:
         metavar="N",
         check=non_negative,
     )
+    worker_heartbeat: float = setting(
+        10.0,
+        "with --workers: a worker whose event loop has sent the parent no heartbeat for "
+        "this long (stuck, or stopped: it still holds its share of the port) is killed "
+        "and started again; the first heartbeat may take 30 s more (0: never)",
+        metavar="SECONDS",
+        check=non_negative,
+        group="workers",
+    )
     reuse_port: bool = setting(
         False,
         "bind --listen and --api-listen with SO_REUSEPORT, so that several gateway "

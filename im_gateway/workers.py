@@ -26,6 +26,13 @@ More than ``--worker-restarts`` exits of one worker within a minute (a worker th
 start: Redis unreachable, say) make the parent give up: it stops the others and exits 1
 with one line naming the worker and its last exit.
 
+A worker that stops serving without exiting (its event loop stuck, or the process
+stopped) would keep its share of the port, and the kernel would go on handing it new
+connections. Each worker's event loop writes a byte to a pipe from the parent every
+quarter of ``--worker-heartbeat`` (:func:`beat`); a worker silent for that long (the first
+byte may take :data:`FIRST_BEAT` more, for the start) is killed, logged, and started again
+like one that died.
+
 SIGTERM (SIGINT) to the parent goes to every worker: each drains (closes its sockets with
 1012; SIGINT: 1001) within ``--drain-timeout``; a worker still running
 :data:`KILL_GRACE` seconds after that is killed. The parent's exit code says what
@@ -43,6 +50,7 @@ import collections
 import contextlib
 import ctypes
 import logging
+import os
 import signal
 import socket
 import sys
@@ -82,6 +90,11 @@ BACKOFF_MAX: Final = 10.0
 KILL_GRACE: Final = 5.0
 """Seconds past ``--drain-timeout`` a stopping worker gets before it is killed (its
 hub links and Redis close after the sockets)."""
+FIRST_BEAT: Final = 30.0
+"""Seconds a new worker may take, beyond ``--worker-heartbeat``, to send its first
+heartbeat (its imports and start, on a busy host)."""
+HEARTBEAT_ENV: Final = "IM_GATEWAY_HEARTBEAT_FD"
+"""The descriptor a worker's heartbeats go to (set by the parent, not a setting)."""
 
 
 # --- pure decisions -------------------------------------------------------------------------
@@ -140,6 +153,48 @@ def exit_code(returncodes: Sequence[int | None]) -> int:
     """The parent's exit code after a stop, from the workers' return codes: 0 when every
     one exited 0 (a killed one has a negative code)."""
     return EXIT_OK if all(code == 0 for code in returncodes) else EXIT_UNCLEAN
+
+
+def silent_for(last: float, now: float, started: bool, timeout: float) -> float | None:
+    """How long a worker has been silent when that is over its allowance (``timeout``;
+    :data:`FIRST_BEAT` more before its first heartbeat, ``started`` False), else None."""
+    quiet = now - last
+    allowed = timeout if started else timeout + FIRST_BEAT
+    return quiet if quiet > allowed else None
+
+
+async def beat(config: GatewayConfig) -> None:
+    """In a worker: a byte to the parent every quarter of ``--worker-heartbeat``, from
+    the event loop (so a stuck loop sends none); returns at once outside ``--workers``."""
+    fd_text = os.environ.pop(HEARTBEAT_ENV, "")
+    if not fd_text.isdigit() or config.worker_heartbeat <= 0:
+        return
+    fd = int(fd_text)
+    os.set_blocking(fd, False)
+    try:
+        while True:
+            try:
+                os.write(fd, b".")
+            except BlockingIOError:
+                pass  # the parent is behind: the pipe holds plenty of beats
+            except OSError:
+                return  # the parent is gone (and its death signal on the way)
+            await asyncio.sleep(config.worker_heartbeat / 4)
+    finally:
+        os.close(fd)
+
+
+class _Beats(asyncio.Protocol):
+    """The parent's end of a worker's heartbeat pipe: the time of the last byte."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.last = clock()
+        self.started = False
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self._clock()
+        self.started = True
 
 
 def _address(host: str, port: int) -> str:
@@ -274,11 +329,18 @@ class Supervisor:
         restarts = self._restarts[index]
         argv = worker_argv(self._args, self.config, plan, index)
         while True:
-            proc = self._procs[index] = await asyncio.create_subprocess_exec(
-                *argv, preexec_fn=_die_with_parent
-            )
+            read_fd, write_fd = os.pipe()
+            try:
+                proc = self._procs[index] = await asyncio.create_subprocess_exec(
+                    *argv,
+                    preexec_fn=_die_with_parent,
+                    pass_fds=(write_fd,),
+                    env={**os.environ, HEARTBEAT_ENV: str(write_fd)},
+                )
+            finally:
+                os.close(write_fd)
             logger.info("%s started, pid %d", name, proc.pid)
-            returncode = await proc.wait()
+            returncode = await self._watch(proc, name, read_fd)
             if self._stop.is_set():
                 return
             pause = restarts.exited(self._clock())
@@ -304,6 +366,36 @@ class Supervisor:
                 restarts.total,
             )
             await asyncio.sleep(pause)
+
+    async def _watch(self, proc: asyncio.subprocess.Process, name: str, read_fd: int) -> int:
+        """Wait for ``proc`` to exit; kill it when its heartbeats stop (its return code)."""
+        loop = asyncio.get_running_loop()
+        beats = _Beats(self._clock)
+        transport, _ = await loop.connect_read_pipe(
+            lambda: beats, os.fdopen(read_fd, "rb", buffering=0)
+        )
+        exited = asyncio.ensure_future(proc.wait())
+        timeout = self.config.worker_heartbeat
+        try:
+            while not exited.done():
+                await asyncio.wait([exited], timeout=timeout / 4 if timeout > 0 else None)
+                quiet = silent_for(beats.last, self._clock(), beats.started, timeout)
+                if timeout > 0 and not exited.done() and quiet is not None:
+                    logger.error(
+                        "%s, pid %d, sent no heartbeat for %.1f s (its event loop is stuck, "
+                        "or the process is stopped; --worker-heartbeat %g): killing it",
+                        name,
+                        proc.pid,
+                        quiet,
+                        timeout,
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await exited
+            return exited.result()
+        finally:
+            exited.cancel()
+            transport.close()
 
     async def _stop_all(self) -> int:
         """Forward the signal to every live worker, wait for them, kill the late ones."""

@@ -230,6 +230,31 @@ async def test_a_killed_worker_is_restarted_and_its_users_get_every_acked_messag
     await back.close()
 
 
+async def test_a_stopped_worker_is_killed_and_started_again(hub: HubServer, redis_url: str) -> None:
+    """SIGSTOP of worker 1 (a stuck event loop, as the parent sees it: no heartbeat, no
+    exit; its share of the port would take connections and answer nothing): within
+    --worker-heartbeat (2 s here) the parent kills it, says so, and starts it again, and
+    the new worker serves its metrics port."""
+    workers = Workers(hub, redis_url, "--worker-heartbeat", "2")
+    try:
+        await workers.wait_attached()
+        old = worker_pids(workers.process.pid)["gw-w-1"]
+        stopped = time.monotonic()
+        os.kill(old, signal.SIGSTOP)
+
+        def restarted() -> bool:
+            pid = worker_pids(workers.process.pid).get("gw-w-1")
+            return pid is not None and pid != old
+
+        await wait_until(restarted, timeout=20, what="worker 1 killed and started again")
+        assert time.monotonic() - stopped < 10
+        await workers.wait_attached()
+        assert "sent no heartbeat" in workers.process.output()
+        assert workers.process.poll() is None
+    finally:
+        workers.process.stop()
+
+
 async def test_sigterm_drains_both_workers_and_the_parent_exits_0(workers: Workers) -> None:
     """SIGTERM to the parent: users on both workers are closed with 1012 (drain), the
     parent exits 0 within --drain-timeout, and no worker is left."""

@@ -17,10 +17,12 @@ from im_gateway.errors import ConfigError
 from im_gateway.workers import (
     EXIT_OK,
     EXIT_UNCLEAN,
+    FIRST_BEAT,
     Plan,
     Restarts,
     describe_exit,
     exit_code,
+    silent_for,
     worker_argv,
 )
 
@@ -153,3 +155,19 @@ def test_bad_worker_settings_are_refused(changes: dict[str, object], named: str)
 def test_an_id_that_fits_with_its_suffix_is_taken() -> None:
     """126 characters + "-1" is 128: allowed."""
     assert config(workers=2, gateway_id="g" * 126).worker_id(1) == "g" * 126 + "-1"
+
+
+def test_a_worker_is_silent_past_its_heartbeat_allowance_and_a_new_one_gets_more() -> None:
+    """Quiet longer than --worker-heartbeat after a first beat: silent (for how long);
+    before its first beat a worker gets FIRST_BEAT more for its start."""
+    assert silent_for(100.0, 109.0, True, 10) is None
+    assert silent_for(100.0, 110.5, True, 10) == 10.5
+    assert silent_for(100.0, 110.5 + FIRST_BEAT - 1, False, 10) is None
+    assert silent_for(100.0, 111.0 + FIRST_BEAT, False, 10) == 11.0 + FIRST_BEAT
+
+
+def test_worker_heartbeat_setting() -> None:
+    assert config().worker_heartbeat == 10.0
+    assert config(worker_heartbeat=0).worker_heartbeat == 0
+    with pytest.raises(ConfigError, match="--worker-heartbeat"):
+        config(worker_heartbeat=-1)
