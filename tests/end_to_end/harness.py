@@ -143,6 +143,14 @@ async def hub_stats(address: str) -> dict[str, Any]:
         return json_format.MessageToDict(reply)
 
 
+async def change_group(client: Client, kind: int, group: int) -> None:
+    """Join (type 12) or leave (13) ``group``, answered type 10."""
+    cid = client.next_id()
+    await client.send({"type": kind, "id": cid, "to": group})
+    reply = await client.wait_for(lambda f: f.get("id") == cid)
+    assert reply["type"] == 10, reply
+
+
 def deliveries_to(stats: dict[str, Any], gateway_id: str) -> int:
     """``deliveriesSent`` toward ``gateway_id`` (0 when absent)."""
     for gw in stats.get("gateways", []):

@@ -12,7 +12,7 @@ import pytest
 from im_gateway.gateway import Gateway
 from im_gateway.store import RedisStore
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
-from tests.end_to_end.harness import Client, deliveries_to, hub_stats
+from tests.end_to_end.harness import Client, change_group, deliveries_to, hub_stats
 from tests.helpers import wait_until
 from transmit_hub.server import HubServer
 from transmit_hub.types import UserId
@@ -21,10 +21,7 @@ GROUP = 77
 
 
 async def change(client: Client, kind: int, group: int = GROUP) -> None:
-    cid = client.next_id()
-    await client.send({"type": kind, "id": cid, "to": group})
-    reply = await client.wait_for(lambda f: f.get("id") == cid)
-    assert reply["type"] == 10, reply
+    await change_group(client, kind, group)
 
 
 def group_messages(client: Client) -> list[dict[str, Any]]:

@@ -12,6 +12,18 @@ function msg(id, seq, extra = {}) {
   return { type: 1, id, from: 2, to: 1, contentType: 0, time: "1", content: id, seq, ...extra };
 }
 
+/** A connected core whose request "hi" (id `a`) comes back as message "own" at seq 1
+ * before its answer. */
+function ownCopyFirst() {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  const a = core.request({ type: 1, to: 2, contentType: 0, content: "hi" });
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  core.drain();
+  core.receive(msg("own", "1", { from: 1, to: 2, content: "hi" }));
+  return { core, a };
+}
+
 function shown(events) {
   return events.filter((e) => e.kind === "message").map((e) => e.message.id);
 }
@@ -190,12 +202,7 @@ test("a catch-up cut short by the replay budget is asked for again from where it
 });
 
 test("its own message coming back before the answer is not shown, and not passed by acks", () => {
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  const a = core.request({ type: 1, to: 2, contentType: 0, content: "hi" });
-  core.receive({ type: TYPE.REPLAY, seq: "0" });
-  core.drain();
-  core.receive(msg("own", "1", { from: 1, to: 2, content: "hi" }));
+  const { core, a } = ownCopyFirst();
   core.receive(msg("m2", "2"));
   assert.deepEqual(shown(core.drain().events), [], "the stream waits behind the own copy");
   assert.deepEqual(core.acks(), [], "held at the own copy until its answer");
@@ -245,12 +252,7 @@ test("malformed frames change nothing", () => {
 });
 
 test("an answer without a message id, or a refusal without a code, settles nothing", () => {
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  const a = core.request({ type: 1, to: 2, contentType: 0, content: "hi" });
-  core.receive({ type: TYPE.REPLAY, seq: "0" });
-  core.drain();
-  core.receive(msg("own", "1", { from: 1, to: 2, content: "hi" }));
+  const { core, a } = ownCopyFirst();
   core.receive({ type: TYPE.ACCEPTED, id: a }); // no msgId: it cannot say whose "own" is
   core.receive({ type: TYPE.ACCEPTED, id: a, msgId: 7, time: "1" });
   core.receive({ type: TYPE.ERROR, id: a }); // no code: retried, like "internal"
