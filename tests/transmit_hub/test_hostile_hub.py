@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 from grpc import aio
 
 from tests.helpers import wait_until
-from transmit_hub import HubPool, codec, wire
+from transmit_hub import HubLink, HubPool, codec, wire
 from transmit_hub.transport import SERVICE_NAME
 from transmit_hub.types import (
     Delivery,
@@ -169,3 +170,30 @@ async def test_a_flood_of_notices_about_maps_never_sent_is_ignored_cheaply(
             ("gw-b", ("m-9999",), (2,))
         ]
         assert pool.ignored_notices == 5_000
+
+
+async def test_a_hub_that_drops_each_stream_after_its_welcome_gets_backoff_and_few_lines(
+    scripted_hub: ScriptedHub, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hub that welcomes the gateway and ends the stream at once, over and over: the link
+    backs off as after a failed attach (it does not reconnect in a tight loop), and says so
+    in a counted line, not two lines per stream."""
+    scripted_hub.welcome_then_end = True
+    caplog.set_level(logging.DEBUG, logger="transmit_hub.link")
+    link = HubLink(scripted_hub.address, GatewayId("gw-a"), backoff_initial=0.05, backoff_max=5.0)
+    started = time.monotonic()
+    await link.start()
+    try:
+        await wait_until(lambda: scripted_hub.streams >= 8, timeout=30, what="8 streams")
+        elapsed = time.monotonic() - started
+    finally:
+        await link.close()
+    # Seven waits of at least half of 0.05, 0.1, ... 3.2 s: 3.175 s.
+    assert elapsed >= 3.0, f"8 streams in {elapsed:.2f} s: no backoff between them"
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "transmit_hub.link" and r.levelno >= logging.INFO
+    ]
+    assert len(lines) <= 4, lines
+    assert any("8 such" in line or "in all" in line for line in lines), lines
