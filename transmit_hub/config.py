@@ -71,6 +71,13 @@ class HubConfig:
         metavar="N",
         check=at_least(1),
     )
+    queue_bytes: int = setting(
+        64 * 1024 * 1024,
+        "bytes of deliveries waiting per gateway before the hub refuses more for it and "
+        "tells the senders (QUEUE_FULL); one delivery always fits an empty queue",
+        metavar="BYTES",
+        check=at_least(1024),
+    )
     grace: float = setting(
         5.0,
         "on SIGINT/SIGTERM, how long to let queued deliveries drain before the streams are closed",

@@ -8,7 +8,11 @@
             ...
 
 The link attaches with its gateway id, keeps reconnecting with jittered exponential
-backoff (``backoff_initial`` doubling up to ``backoff_max``), and reads and writes in
+backoff (``backoff_initial`` doubling up to ``backoff_max``; a stream that ended less than
+``backoff_max`` seconds after the hub's Welcome counts as a failed attempt, so a hub that
+accepts and drops the gateway over and over is not reconnected to in a tight loop, and
+such streams are logged in one counted line at most every ``DROP_LOG_INTERVAL``
+seconds), and reads and writes in
 separate tasks. :meth:`HubLink.send` only appends to a bounded buffer and wakes the
 writer, which sends everything pending (up to ``max_batch`` maps) as one frame per
 write: under load, maps pile up while a write is in flight and go out together; an
@@ -198,6 +202,11 @@ class HubLink(AsyncLifecycle):
         self._dropped_logged = 0
         self._drop_logged_at = float("-inf")
         self._channel_options = channel_options
+        self._attached_at = 0.0
+        self.short_streams = 0
+        """Streams that ended less than ``backoff_max`` s after the hub's Welcome."""
+        self._last_short = False
+        self._short_logged_at = float("-inf")
         self._pending: deque[TransmitMap] = deque()
         self._inflight: list[TransmitMap] = []
         self._wakeup = asyncio.Event()
@@ -352,6 +361,7 @@ class HubLink(AsyncLifecycle):
             except Exception as exc:
                 reason = _describe(exc)
             attached = self._connected
+            short = attached and monotonic() - self._attached_at < self._backoff_max
             self._set_down()
             if conflict:
                 await self._in_conflict(reason, attached)
@@ -359,10 +369,16 @@ class HubLink(AsyncLifecycle):
                 delay = self._conflict_retry
                 await asyncio.sleep(random.uniform(delay * 0.8, delay))
                 continue
-            if attached:
+            if short:
+                # Up for less than the longest backoff: a hub that accepts and drops us
+                # over and over is backed off from like one that refuses us.
+                self._short_stream(reason)
+                await self._emit(LinkDown(reason))
+            elif attached:
                 log.info("link %s to %s down: %s", self.gateway_id, self.target, reason)
                 await self._emit(LinkDown(reason))
                 attempt = 0
+                self._last_short = False
             elif self._refused is not None:  # said once, at ERROR, by _set_refused
                 log.debug("link %s: still refused by %s", self.gateway_id, self.target)
             elif attempt == 0:
@@ -377,6 +393,26 @@ class HubLink(AsyncLifecycle):
             delay = min(self._backoff_max, self._backoff_initial * (2**attempt))
             attempt = min(attempt + 1, 30)
             await asyncio.sleep(random.uniform(delay / 2, delay))
+
+    def _short_stream(self, reason: str) -> None:
+        """A stream ended less than ``backoff_max`` s after its Welcome: count it; one
+        line at most every ``DROP_LOG_INTERVAL`` seconds."""
+        self.short_streams += 1
+        self._last_short = True
+        now = monotonic()
+        if now - self._short_logged_at >= DROP_LOG_INTERVAL:
+            self._short_logged_at = now
+            log.warning(
+                "link %s to %s down %.2f s after attaching: %s (%d such short streams in "
+                "all); reconnecting with backoff",
+                self.gateway_id,
+                self.target,
+                now - self._attached_at,
+                reason,
+                self.short_streams,
+            )
+        else:
+            log.debug("link %s to %s down again: %s", self.gateway_id, self.target, reason)
 
     def _set_refused(self, reason: str) -> None:
         """The hub refuses us: say why once (ERROR), and keep it for ``/healthz``."""
@@ -441,6 +477,7 @@ class HubLink(AsyncLifecycle):
             self._hub_id = hub_id
             self._refused = None
             self._connected = True
+            self._attached_at = monotonic()
             self._up.set()
             self._probe = None
             if self._conflict is not None:
@@ -451,6 +488,8 @@ class HubLink(AsyncLifecycle):
                     self.target,
                 )
                 self._conflict = None
+            elif self._last_short:  # said in the counted line of the short streams
+                log.debug("link %s attached to hub %s again", self.gateway_id, hub_id)
             else:
                 log.info("link %s attached to hub %s at %s", self.gateway_id, hub_id, self.target)
             await self._emit(LinkUp(hub_id))

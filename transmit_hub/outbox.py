@@ -6,8 +6,11 @@ another gateway's stream. The writer takes everything pending, up to a count and
 byte budget, as one frame per write: batches form by themselves while a write is in
 flight, and an idle gateway gets each delivery at once.
 
-Full policy: when ``capacity`` items are waiting, :meth:`offer` refuses the item and
-returns ``False``. The hub then tells the *sender* of that map, with an Undeliverable
+Full policy: when ``capacity`` items are waiting, or the item would take the bytes
+waiting past ``max_bytes`` (an item always fits in an empty outbox, so one delivery
+larger than the budget still goes), :meth:`offer` refuses the item and returns
+``False``: a gateway that reads slowly or not at all holds a bounded amount of the
+hub's memory, however big the messages sent to it. The hub then tells the *sender* of that map, with an Undeliverable
 notice of reason ``QUEUE_FULL`` naming the message and users, so nothing is dropped
 silently; the message itself is safe in each recipient's inbox (the inbox is the truth,
 the push is the fast path). Notices go to the sender's own outbox under the same bound;
@@ -28,12 +31,25 @@ __all__ = ["Outbox"]
 class Outbox:
     """A bounded FIFO of encoded ``Delivery`` entries and ``Undeliverable`` notices."""
 
-    __slots__ = ("_capacity", "_closed", "_deliveries", "_empty", "_notices", "_ready")
+    __slots__ = (
+        "_bytes",
+        "_capacity",
+        "_closed",
+        "_deliveries",
+        "_empty",
+        "_max_bytes",
+        "_notices",
+        "_ready",
+    )
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int = 64 * 1024 * 1024) -> None:
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
+        if max_bytes < 1:
+            raise ConfigError("max_bytes must be at least 1")
         self._capacity = capacity
+        self._max_bytes = max_bytes
+        self._bytes = 0
         self._deliveries: deque[bytes] = deque()
         self._notices: deque[bytes] = deque()
         self._ready = asyncio.Event()
@@ -49,6 +65,11 @@ class Outbox:
         return self._capacity
 
     @property
+    def waiting_bytes(self) -> int:
+        """The bytes of the items waiting."""
+        return self._bytes
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
@@ -56,6 +77,10 @@ class Outbox:
         """Queue one encoded delivery entry; ``False`` (nothing queued) when full or closed."""
         if self._closed or len(self._deliveries) + len(self._notices) >= self._capacity:
             return False
+        size = self._bytes + len(entry)
+        if size > self._max_bytes and self._bytes:
+            return False
+        self._bytes = size
         self._deliveries.append(entry)
         if not self._ready.is_set():
             self._ready.set()
@@ -66,6 +91,10 @@ class Outbox:
         """Queue one encoded notice; ``False`` (nothing queued) when full or closed."""
         if self._closed or len(self._deliveries) + len(self._notices) >= self._capacity:
             return False
+        size = self._bytes + len(notice)
+        if size > self._max_bytes and self._bytes:
+            return False
+        self._bytes = size
         self._notices.append(notice)
         if not self._ready.is_set():
             self._ready.set()
@@ -95,6 +124,7 @@ class Outbox:
             total = sum(map(len, taken))
             if total <= max_bytes or len(taken) == 1:
                 deliveries.clear()
+                self._bytes -= total
                 self._after_take()
                 return taken, taken_notices
         taken = []
@@ -104,11 +134,13 @@ class Outbox:
                 break
             size += len(d)
             taken.append(deliveries.popleft())
+        self._bytes -= size
         self._after_take()
         return taken, taken_notices
 
     def _after_take(self) -> None:
         if not self._deliveries and not self._notices:
+            self._bytes = 0
             if not self._closed:
                 self._ready.clear()
             self._empty.set()
@@ -131,11 +163,19 @@ class Outbox:
         self._ready.set()
 
     def adopt(self, other: Outbox) -> None:
-        """Move ``other``'s pending items here, ahead of anything newer (up to capacity)."""
-        while other._notices and len(self) < self._capacity:
-            self._notices.append(other._notices.popleft())
-        while other._deliveries and len(self) < self._capacity:
-            self._deliveries.append(other._deliveries.popleft())
+        """Move ``other``'s pending items here, ahead of anything newer (up to capacity and
+        ``max_bytes``; what does not fit is dropped with ``other``)."""
+        for mine, theirs in (
+            (self._notices, other._notices),
+            (self._deliveries, other._deliveries),
+        ):
+            while theirs and len(self) < self._capacity:
+                size = len(theirs[0])
+                if self._bytes + size > self._max_bytes and self._bytes:
+                    break
+                self._bytes += size
+                other._bytes -= size
+                mine.append(theirs.popleft())
         if len(self):
             self._ready.set()
             self._empty.clear()

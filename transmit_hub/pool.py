@@ -26,7 +26,9 @@ in :mod:`transmit_hub.pool_plan`:
   The window must cover the time a silent hub takes to be noticed (keepalive).
 - **Not attached here, maybe there.** A ``NOT_ATTACHED`` notice from one hub sends that
   share through the next hub that has not been tried; only when no attached hub is left
-  does the notice reach the consumer, which may then clear presence.
+  does the notice reach the consumer, which may then clear presence. A hub is not
+  trusted further than the send log: a notice about a share this gateway did not send
+  through that hub (in the window) is ignored and counted (:attr:`HubPool.ignored_notices`).
 
 Events toward the consumer: :class:`LinkUp` whenever a hub (re)attaches (a chance to
 catch up), :class:`LinkLost` when a hub's stream ends while another hub is still
@@ -70,6 +72,8 @@ log = logging.getLogger(__name__)
 
 RESEND_PATIENCE: Final = 2.0
 """After a break, how long sending again may wait for room in the other hubs' buffers."""
+IGNORED_LOG_INTERVAL: Final = 10.0
+"""Notices about shares never sent are logged in one line at most this often, counted."""
 
 
 # -- the pool ------------------------------------------------------------------------------
@@ -127,6 +131,10 @@ class HubPool(AsyncLifecycle):
         """Maps sent again through another hub after a stream broke."""
         self.rerouted = 0
         """Shares tried on another hub after a "not attached" notice."""
+        self.ignored_notices = 0
+        """NOT_ATTACHED notices (per message id) about shares never sent through that hub
+        (or no longer in the send log): ignored."""
+        self._ignored_logged_at = float("-inf")
 
     # -- the Link protocol -----------------------------------------------------------------
 
@@ -335,24 +343,52 @@ class HubPool(AsyncLifecycle):
             )
 
     def _not_attached(self, target: str, notices: Sequence[Undeliverable]) -> list[Undeliverable]:
-        """Try each NOT_ATTACHED share on another hub; return the notices to pass on."""
+        """Try each NOT_ATTACHED share on another hub; return the notices to pass on.
+
+        Only shares this gateway sent through ``target`` (in the send log) count, and a
+        notice passed on names only the users that share went to: a hub's word about
+        anything else (a map never sent, a gateway or users it did not carry) is ignored
+        and counted, so it can neither clear presence nor steer routing.
+        """
         forward: list[Undeliverable] = []
         now = time.monotonic()
+        ignored = 0
         for notice in notices:
-            if notice.reason != UndeliverableReason.NOT_ATTACHED or not notice.gateway_id:
+            gateway = notice.gateway_id
+            if notice.reason != UndeliverableReason.NOT_ATTACHED or not gateway:
                 forward.append(notice)
                 continue
-            self._absent.mark(target, notice.gateway_id, now)
-            retried = True
             for message_id in notice.message_ids:
-                found = self._log.share(message_id, notice.gateway_id, target)
-                if found is None or not self._retry(*found):
-                    retried = False
-            if retried:
-                self.rerouted += 1
-            else:
-                forward.append(notice)
+                found = self._log.share(message_id, gateway, target)
+                if found is None:
+                    ignored += 1
+                    continue
+                self._absent.mark(target, gateway, now)
+                part, tried = found
+                if self._retry(part, tried):
+                    self.rerouted += 1
+                else:
+                    users = tuple(r.user_id for r in part.users[gateway])
+                    forward.append(Undeliverable(gateway, (message_id,), users, notice.reason))
+        if ignored:
+            self._ignored(target, ignored)
         return forward
+
+    def _ignored(self, target: str, n: int) -> None:
+        """Count notices about shares never sent; one line at most every
+        ``IGNORED_LOG_INTERVAL`` seconds."""
+        self.ignored_notices += n
+        now = time.monotonic()
+        if now - self._ignored_logged_at >= IGNORED_LOG_INTERVAL:
+            self._ignored_logged_at = now
+            log.warning(
+                "pool %s: hub %s said NOT_ATTACHED for %d shares this gateway did not send "
+                "through it (lately); ignored (%d in all)",
+                self.gateway_id,
+                target,
+                n,
+                self.ignored_notices,
+            )
 
     def _retry(self, part: TransmitMap, tried: frozenset[str]) -> bool:
         """Send ``part`` through an attached hub not yet tried; False when none is left."""

@@ -124,8 +124,9 @@ class SendLog:
     the shares to try elsewhere when a hub says their gateway is not attached to it.
 
     Bounded: a record is forgotten after ``window`` seconds, or when ``max_entries``
-    newer ones exist. A record costs one tuple in a deque (this is on every send); the
-    rare look-up by message id scans from the newest end, where a notice's map is.
+    newer ones exist. A record costs one tuple in a deque and one in an index by message
+    id (this is on every send), so the look-up by message id costs the same whatever a
+    hub claims (a hub may name ids never sent: each is one dict look-up, not a scan).
     Records past the window are dropped together once the oldest is ``TRIM_SLACK``
     seconds past it (not one per send); :meth:`through` trims to the window first.
     """
@@ -137,6 +138,8 @@ class SendLog:
         self._lag = window + TRIM_SLACK
         self._max = max_entries
         self._sent: deque[_Sent] = deque()
+        self._by_id: dict[MessageId, list[_Sent]] = {}
+        """Message id -> its records, oldest first (almost always one)."""
 
     def __len__(self) -> int:
         return len(self._sent)
@@ -147,18 +150,29 @@ class SendLog:
         """``tmap`` went through ``hub`` at ``now``; ``tried``: every hub that carried it,
         ``hub`` included (default: ``hub`` alone)."""
         sent = self._sent
-        sent.append((tmap, hub, now, frozenset((hub,)) if tried is None else tried))
+        entry = (tmap, hub, now, frozenset((hub,)) if tried is None else tried)
+        sent.append(entry)
+        self._by_id.setdefault(tmap.message.id, []).append(entry)
         if len(sent) > self._max:
-            sent.popleft()
+            self._forget_oldest()
         if sent[0][2] < now - self._lag:
             self.trim(now)
+
+    def _forget_oldest(self) -> None:
+        oldest = self._sent.popleft()
+        message_id = oldest[0].message.id
+        same = self._by_id[message_id]
+        if len(same) == 1:
+            del self._by_id[message_id]
+        else:
+            del same[0]  # records leave in the order they came
 
     def trim(self, now: float) -> None:
         """Forget what is older than the window, and the oldest beyond ``max_entries``."""
         sent = self._sent
         horizon = now - self._window
         while sent and (len(sent) > self._max or sent[0][2] < horizon):
-            sent.popleft()
+            self._forget_oldest()
 
     def through(self, hub: str, now: float) -> list[TransmitMap]:
         """The maps that went through ``hub`` in the window, oldest first."""
@@ -168,9 +182,10 @@ class SendLog:
     def share(
         self, message_id: MessageId, gateway: GatewayId, hub: str
     ) -> tuple[TransmitMap, frozenset[str]] | None:
-        """``gateway``'s share of the message sent through ``hub``, and the hubs tried."""
-        for tmap, via, _, tried in reversed(self._sent):
-            if via == hub and tmap.message.id == message_id and gateway in tmap.users:
+        """``gateway``'s share of the message sent through ``hub``, and the hubs tried
+        (``None``: no such share went through ``hub`` in the window)."""
+        for tmap, via, _, tried in reversed(self._by_id.get(message_id, ())):
+            if via == hub and gateway in tmap.users:
                 users = tmap.users
                 part = (
                     tmap

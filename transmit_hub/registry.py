@@ -119,6 +119,7 @@ class Registry:
         hub_id: str,
         queue_size: int,
         *,
+        queue_bytes: int = 64 * 1024 * 1024,
         max_gateways: int = 4096,
         forget_after: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -129,6 +130,8 @@ class Registry:
             raise ConfigError("forget_after must not be negative")
         self.hub_id = hub_id
         self.queue_size = queue_size
+        self.queue_bytes = queue_bytes
+        """Most bytes waiting in one gateway's outbox (one item always fits)."""
         self.max_gateways = max_gateways
         self.forget_after = forget_after
         self._clock = clock
@@ -188,7 +191,9 @@ class Registry:
         Deliveries still queued for the replaced stream move to the new one.
         """
         self._left.pop(gateway_id, None)
-        att = Attachment(gateway_id, peer, Outbox(self.queue_size), self.counters(gateway_id))
+        att = Attachment(
+            gateway_id, peer, Outbox(self.queue_size, self.queue_bytes), self.counters(gateway_id)
+        )
         old = self._attached.get(gateway_id)
         if old is not None:
             log.info("gateway %s attached again from %s: replacing %s", gateway_id, peer, old.peer)

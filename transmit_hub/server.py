@@ -101,6 +101,7 @@ class HubServer(AsyncLifecycle):
         self.registry = Registry(
             self.hub_id,
             config.queue_size,
+            queue_bytes=config.queue_bytes,
             max_gateways=config.max_gateways,
             forget_after=config.forget_after,
         )

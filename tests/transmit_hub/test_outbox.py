@@ -71,3 +71,23 @@ def test_capacity_must_be_positive() -> None:
     """An outbox without room is a configuration error."""
     with pytest.raises(ConfigError, match="capacity"):
         Outbox(0)
+
+
+def test_offer_refuses_past_the_byte_budget_but_one_item_always_fits() -> None:
+    """Items past max_bytes waiting are refused (deliveries and notices alike); an empty
+    outbox takes one item of any size; take() and adopt() keep the count of bytes."""
+    box = Outbox(100, max_bytes=10)
+    assert box.offer(b"x" * 25)  # alone: goes however big
+    assert not box.offer(b"y")
+    assert box.take(10, 100) == ([b"x" * 25], [])
+    assert box.waiting_bytes == 0
+    assert box.offer(b"a" * 6)
+    assert box.offer_notice(b"n" * 4)
+    assert not box.offer(b"b")
+    assert not box.offer_notice(b"m")
+    assert box.waiting_bytes == 10
+    newer = Outbox(100, max_bytes=8)
+    newer.adopt(box)  # the notice (4), then the delivery (6) would pass 8: it is dropped
+    assert (newer.waiting_bytes, len(newer)) == (4, 1)
+    assert newer.take(10, 100) == ([], [b"n" * 4])
+    assert newer.waiting_bytes == 0

@@ -522,3 +522,19 @@ async def test_close_returns_the_maps_never_written() -> None:
     assert await pool.close() == []
     with pytest.raises(LinkClosed):
         pool.send(maps[2])
+
+
+def test_send_log_forgets_a_share_once_its_record_leaves() -> None:
+    """share() finds only what is still recorded: a record gone past the bound or the window
+    is no longer found, and a message sent twice is found through the newer record."""
+    log = SendLog(window=10.0, max_entries=2)
+    first = tmap("m", {"gw-b": (1,)})
+    log.record(first, "h1", 0.0)
+    log.record(first, "h2", 0.0)
+    assert log.share(first.message.id, GatewayId("gw-b"), "h1") is not None
+    log.record(tmap("n", {"gw-b": (1,)}), "h1", 0.0)  # the h1 record of m leaves
+    assert log.share(first.message.id, GatewayId("gw-b"), "h1") is None
+    assert log.share(first.message.id, GatewayId("gw-b"), "h2") is not None
+    log.trim(20.0)
+    assert len(log) == 0
+    assert log.share(first.message.id, GatewayId("gw-b"), "h2") is None
