@@ -114,9 +114,9 @@ def plan(
     return parts
 
 
-_Sent = tuple[TransmitMap, str, float, frozenset[str]]
-"""A record: the map, the hub it went through, when, and every hub that carried it so far
-(a plain tuple: one is made per send)."""
+_Sent = tuple[TransmitMap, str, float, frozenset[str], int]
+"""A record: the map, the hub it went through, when, every hub that carried it so far,
+and its number (records ever made before it). A plain tuple: one is made per send."""
 
 
 class SendLog:
@@ -124,11 +124,16 @@ class SendLog:
     the shares to try elsewhere when a hub says their gateway is not attached to it.
 
     Bounded: a record is forgotten after ``window`` seconds, or when ``max_entries``
-    newer ones exist. A record costs one tuple in a deque and one in an index by message
-    id (this is on every send), so the look-up by message id costs the same whatever a
-    hub claims (a hub may name ids never sent: each is one dict look-up, not a scan).
+    newer ones exist. A record costs one tuple in a deque (this is on every send).
     Records past the window are dropped together once the oldest is ``TRIM_SLACK``
     seconds past it (not one per send); :meth:`through` trims to the window first.
+
+    The look-up by message id (a hub's "not attached" notice) goes through an index by
+    message id, brought up to date at each look-up with the records made since the
+    last one (notices are rare; sends are not), so it costs the same whatever a hub
+    claims: a hub may name ids never sent, each one dict look-up, not a scan. Index
+    entries of forgotten records are skipped by their number, and the index is made
+    anew once it holds twice as many ids as there are records.
     """
 
     def __init__(self, *, window: float, max_entries: int) -> None:
@@ -138,8 +143,13 @@ class SendLog:
         self._lag = window + TRIM_SLACK
         self._max = max_entries
         self._sent: deque[_Sent] = deque()
+        self._made = 0
+        """Records made since the start (the next record's number)."""
         self._by_id: dict[MessageId, list[_Sent]] = {}
-        """Message id -> its records, oldest first (almost always one)."""
+        """Message id -> its records, oldest first (almost always one); may hold
+        forgotten ones (numbered below the oldest kept)."""
+        self._indexed = 0
+        """Records numbered below this are in :attr:`_by_id`."""
 
     def __len__(self) -> int:
         return len(self._sent)
@@ -150,41 +160,35 @@ class SendLog:
         """``tmap`` went through ``hub`` at ``now``; ``tried``: every hub that carried it,
         ``hub`` included (default: ``hub`` alone)."""
         sent = self._sent
-        entry = (tmap, hub, now, frozenset((hub,)) if tried is None else tried)
-        sent.append(entry)
-        self._by_id.setdefault(tmap.message.id, []).append(entry)
+        made = self._made
+        self._made = made + 1
+        sent.append((tmap, hub, now, frozenset((hub,)) if tried is None else tried, made))
         if len(sent) > self._max:
-            self._forget_oldest()
+            sent.popleft()
         if sent[0][2] < now - self._lag:
             self.trim(now)
-
-    def _forget_oldest(self) -> None:
-        oldest = self._sent.popleft()
-        message_id = oldest[0].message.id
-        same = self._by_id[message_id]
-        if len(same) == 1:
-            del self._by_id[message_id]
-        else:
-            del same[0]  # records leave in the order they came
 
     def trim(self, now: float) -> None:
         """Forget what is older than the window, and the oldest beyond ``max_entries``."""
         sent = self._sent
         horizon = now - self._window
         while sent and (len(sent) > self._max or sent[0][2] < horizon):
-            self._forget_oldest()
+            sent.popleft()
 
     def through(self, hub: str, now: float) -> list[TransmitMap]:
         """The maps that went through ``hub`` in the window, oldest first."""
         self.trim(now)
-        return [tmap for tmap, via, _, _ in self._sent if via == hub]
+        return [record[0] for record in self._sent if record[1] == hub]
 
     def share(
         self, message_id: MessageId, gateway: GatewayId, hub: str
     ) -> tuple[TransmitMap, frozenset[str]] | None:
         """``gateway``'s share of the message sent through ``hub``, and the hubs tried
         (``None``: no such share went through ``hub`` in the window)."""
-        for tmap, via, _, tried in reversed(self._by_id.get(message_id, ())):
+        oldest = self._index()
+        for tmap, via, _, tried, number in reversed(self._by_id.get(message_id, ())):
+            if number < oldest:
+                break  # forgotten, and so is every older one
             if via == hub and gateway in tmap.users:
                 users = tmap.users
                 part = (
@@ -194,6 +198,24 @@ class SendLog:
                 )
                 return part, tried
         return None
+
+    def _index(self) -> int:
+        """Bring the index up to date; the number of the oldest record kept."""
+        sent = self._sent
+        oldest = sent[0][4] if sent else self._made
+        if len(self._by_id) > 2 * len(sent) + 1024:
+            self._by_id = {}  # mostly forgotten ids: made anew from the records kept
+            self._indexed = oldest
+        new: list[_Sent] = []
+        for record in reversed(sent):
+            if record[4] < self._indexed:
+                break
+            new.append(record)
+        by_id = self._by_id
+        for record in reversed(new):
+            by_id.setdefault(record[0].message.id, []).append(record)
+        self._indexed = self._made
+        return oldest
 
 
 def merge_resend(

@@ -22,6 +22,8 @@ from transmit_hub import (
     LinkEvent,
     LinkLost,
     LinkUp,
+    MessageId,
+    TransmitMap,
     UndeliverableReason,
 )
 from transmit_hub.config import HubConfig
@@ -538,3 +540,60 @@ def test_send_log_forgets_a_share_once_its_record_leaves() -> None:
     log.trim(20.0)
     assert len(log) == 0
     assert log.share(first.message.id, GatewayId("gw-b"), "h2") is None
+
+
+_steps = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("record"),
+            st.integers(0, 7),  # message id m<n>: repeats are resends
+            st.sampled_from(["h1", "h2"]),
+            st.sampled_from([("gw-a",), ("gw-b",), ("gw-a", "gw-b")]),
+            st.floats(0, 0.5),  # time passing before it
+        ),
+        st.tuples(
+            st.just("share"),
+            st.integers(0, 9),  # 8, 9: never sent
+            st.sampled_from(["h1", "h2"]),
+            st.sampled_from([("gw-a",), ("gw-b",)]),
+            st.just(0.0),
+        ),
+    ),
+    max_size=120,
+)
+
+
+@given(_steps, st.integers(1, 12))
+def test_send_log_share_finds_what_a_scan_of_the_kept_records_finds(
+    steps: list[tuple[str, int, str, tuple[str, ...], float]], max_entries: int
+) -> None:
+    """The look-up by message id (an index brought up to date lazily, forgotten records
+    skipped, the index made anew as it fills with forgotten ids) answers as a scan of the
+    records kept would, newest first, through any mix of sends, resends and look-ups."""
+    log = SendLog(window=2.0, max_entries=max_entries)
+    kept: list[tuple[TransmitMap, str, float]] = []  # the model: (map, hub, when)
+    now = 0.0
+    for kind, n, hub, gateways, gap in steps:
+        now += gap
+        if kind == "record":
+            m = tmap(f"m{n}", {g: (1,) for g in gateways})
+            log.record(m, hub, now)
+            kept.append((m, hub, now))
+            continue
+        log.trim(now)
+        kept = [k for k in kept if k[2] >= now - 2.0][-max_entries:]
+        found = log.share(MessageId(f"m{n}"), GatewayId(gateways[0]), hub)
+        expected = next(
+            (
+                m
+                for m, via, _ in reversed(kept)
+                if via == hub and m.message.id == f"m{n}" and gateways[0] in m.users
+            ),
+            None,
+        )
+        if expected is None:
+            assert found is None
+        else:
+            assert found is not None
+            assert found[0].message is expected.message
+            assert list(found[0].users) == [gateways[0]]
