@@ -12,12 +12,11 @@ back is not shown what was posted while they were out. After the posts are hande
 a follower who is no longer a member stops following the group. Cost: one store round
 trip per post per gateway with followers (not per member), and posts of a group that
 arrive while a check runs share the next one (at most ``held_max``, the gateway's
-``--large-group-held``, wait; beyond, the followers read the group's stream to its end
-once the checks are done, since no later post may come to show them the hole). A check that
-fails (the store down or silent) shows nothing: the followers read the group's stream to
-its end instead (retried every second until the store answers), since no later post may
-come to show them the hole. Hole fills and replays of a group's stream apply the same
-rule after each read (:mod:`im_gateway.streams`).
+``--large-group-held``, wait). Posts beyond that bound, and posts whose check fails (the
+store down or silent), are not handed out: the followers read the group's stream to its
+end instead (once the checks are done; reads retried every second until the store
+answers), since no later post may come to show them the hole. Hole fills and replays of
+a group's stream apply the same rule after each read (:mod:`im_gateway.streams`).
 """
 
 from __future__ import annotations
