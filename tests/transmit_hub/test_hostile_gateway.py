@@ -54,10 +54,10 @@ async def test_a_gateway_that_never_reads_holds_a_bounded_number_of_bytes(
             timeout=60,
             what="every map routed",
         )
+        await wait_until(lambda: queue_full() >= 100, what="QUEUE_FULL for the excess")
         holder = patient_hub.registry.holder("gw-stuck")
         assert holder is not None
         assert holder.outbox.waiting_bytes <= 64 * MIB
-        await wait_until(lambda: queue_full() >= 100, what="QUEUE_FULL for the excess")
         assert sender.link.send(tmap("small", {"gw-c": (6,)}))
         await other.wait_deliveries(1)
     finally:
