@@ -47,7 +47,13 @@ def test_help_explains_every_flag() -> None:
 
 @pytest.mark.parametrize(
     "args",
-    [["--bogus"], ["--queue-size", "many"], ["--listen", "nowhere"], ["--grace", "-1"]],
+    [
+        ["--bogus"],
+        ["--queue-size", "many"],
+        ["--queue-bytes", "100"],
+        ["--listen", "nowhere"],
+        ["--grace", "-1"],
+    ],
 )
 def test_bad_flag_exits_nonzero_with_one_line(args: list[str]) -> None:
     """A bad flag or value exits non-zero with exactly one line on stderr, no traceback."""
