@@ -9,8 +9,10 @@ from pathlib import Path
 from websockets.asyncio.server import ServerConnection, serve
 
 from im_gateway.probe_ledger import Expired, Ledger
+from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.test_probe import probe_process, probe_scrape, sample
 from tests.helpers import wait_until
+from tests.proxy import FreezableProxy
 
 Handler = Callable[[ServerConnection], Awaitable[None]]
 
@@ -77,3 +79,39 @@ def test_ledger_counts_a_send_never_acknowledged_once() -> None:
     assert ledger.expire(1.0, epochs=[1, 1]) == [Expired((0, 1), lost=False, unanswered=True)]
     assert ledger.expire(5.0, epochs=[1, 1]) == []
     assert ledger.in_flight == 0
+
+
+async def test_a_frozen_gateway_is_reported_lost_and_unanswered_not_dead(
+    start_gateway: GatewayFactory,
+) -> None:
+    """One of two gateways behind a proxy that freezes (its sockets open, no byte through):
+    the probe keeps probing the healthy path, counts messages to the frozen one lost and
+    its own sends through it unanswered, and keeps writing summary lines naming both."""
+    healthy = await start_gateway("gw-probe-ok")
+    frozen_gw = await start_gateway("gw-probe-frozen")
+    async with FreezableProxy("127.0.0.1", frozen_gw.port) as proxy:
+        a, b = healthy.port, proxy.port
+        with probe_process(a, b, interval=0.3, deadline=1.0) as (port, log):
+
+            async def delivering() -> bool:
+                samples = await probe_scrape(port)
+                return all(
+                    sample(samples, "im_gateway_probe_latency_seconds_count", s, t) >= 2
+                    for s, t in ((a, b), (b, a))
+                )
+
+            await wait_until(delivering, timeout=20, what="deliveries both ways")
+            proxy.freeze()
+
+            async def counted() -> bool:
+                samples = await probe_scrape(port)
+                return (
+                    sample(samples, "im_gateway_probe_lost_total", a, b) >= 2
+                    and sample(samples, "im_gateway_probe_unanswered_total", b, a) >= 2
+                )
+
+            try:
+                await wait_until(counted, timeout=20, what="losses and unanswered sends")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; probe log:\n{Path(log).read_text()}") from None  # noqa: ASYNC240
+            proxy.thaw()
