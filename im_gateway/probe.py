@@ -95,7 +95,14 @@ class ProbeMetrics:
         )
         self.refused = Counter(
             "im_gateway_probe_refused_total",
-            "Probe sends answered type 99 or left unanswered by a broken socket.",
+            "Probe sends answered type 99.",
+            pair,
+            registry=r,
+        )
+        self.unanswered = Counter(
+            "im_gateway_probe_unanswered_total",
+            "Probe sends not acknowledged within the deadline (the sender's gateway silent, "
+            "or its socket broke), per pair.",
             pair,
             registry=r,
         )
@@ -143,6 +150,7 @@ class Probe:
         self._ids = itertools.count(1)
         self._window: dict[Pair, list[float]] = {}
         self._window_lost: dict[Pair, int] = {}
+        self._window_unanswered: dict[Pair, int] = {}
         self._connected = [asyncio.Event() for _ in self.members]
 
     def _labels(self, pair: Pair) -> tuple[str, str]:
@@ -203,7 +211,7 @@ class Probe:
     def _on_frame(self, member: _Member, data: str | bytes) -> None:
         try:
             frame = json.loads(data)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return
         if not isinstance(frame, dict):
             return
@@ -243,7 +251,11 @@ class Probe:
         now = time.monotonic()
         for expired in self.ledger.expire(now, [m.epoch for m in self.members]):
             labels = self._labels(expired.pair)
-            if expired.lost:
+            if expired.unanswered:  # in the summary line, not a log line each
+                self.metrics.unanswered.labels(*labels).inc()
+                window = self._window_unanswered
+                window[expired.pair] = window.get(expired.pair, 0) + 1
+            elif expired.lost:
                 self.metrics.lost.labels(*labels).inc()
                 self._window_lost[expired.pair] = self._window_lost.get(expired.pair, 0) + 1
                 logger.error(
@@ -289,9 +301,12 @@ class Probe:
         """One line: per pair, messages seen, p50/p99/max latency (ms) and losses since the
         last summary."""
         down = [m.name for m in self.members if m.ws is None]
-        line = summary_line(self._window, self._window_lost, self._labels, down)
+        line = summary_line(
+            self._window, self._window_lost, self._labels, down, self._window_unanswered
+        )
         self._window.clear()
         self._window_lost.clear()
+        self._window_unanswered.clear()
         return line
 
 

@@ -33,11 +33,14 @@ class Seen:
 
 @dataclass(frozen=True, slots=True)
 class Expired:
-    """An acknowledged probe message not seen within the deadline."""
+    """A probe message past the deadline: acknowledged but not seen, or not acknowledged."""
 
     pair: Pair
     lost: bool
-    """True: the receiver stayed connected (a loss); False: it reconnected (unverified)."""
+    """True: the receiver stayed connected (a loss); False: it reconnected (unverified),
+    or the send was never acknowledged."""
+    unanswered: bool = False
+    """The sender's gateway never acknowledged the send (silent, or its socket broke)."""
 
 
 @dataclass(slots=True)
@@ -79,8 +82,8 @@ class Ledger:
         return None
 
     def expire(self, now: float, epochs: Sequence[int]) -> list[Expired]:
-        """Acknowledged messages past the deadline; unanswered sends past it are dropped
-        (their sender's socket broke: counted by the caller as errors)."""
+        """Messages past the deadline: acknowledged ones not seen, and sends never
+        acknowledged (``unanswered``: their sender's gateway is silent or its socket broke)."""
         out: list[Expired] = []
         for msg_id, p in list(self._acked.items()):
             if now - p.sent_at >= self.deadline:
@@ -89,8 +92,9 @@ class Ledger:
                 out.append(Expired(p.pair, lost))
                 self._expired[msg_id] = (p.pair, p.sent_at)
         for client_id, p in list(self._sent.items()):
-            if now - p.sent_at >= self.deadline * 2:
+            if now - p.sent_at >= self.deadline:
                 del self._sent[client_id]
+                out.append(Expired(p.pair, lost=False, unanswered=True))
         while len(self._expired) > self.max_expired:
             del self._expired[next(iter(self._expired))]
         return out
@@ -108,11 +112,13 @@ def summary_line(
     lost: Mapping[Pair, int],
     labels: Callable[[Pair], tuple[str, str]],
     down: Sequence[str],
+    unanswered: Mapping[Pair, int] | None = None,
 ) -> str:
-    """One line: per pair, messages seen, p50/p99/max latency (ms) and losses (since the
-    last summary); then the gateways not connected."""
+    """One line: per pair, messages seen, p50/p99/max latency (ms), losses and sends never
+    acknowledged (since the last summary); then the gateways not connected."""
+    unanswered = unanswered or {}
     parts = []
-    for pair in sorted(set(latencies) | set(lost)):
+    for pair in sorted(set(latencies) | set(lost) | set(unanswered)):
         times = sorted(latencies.get(pair, []))
         source, target = labels(pair)
         if times:
@@ -121,7 +127,10 @@ def summary_line(
             stats = f"n={len(times)} p50={p50:.1f}ms p99={p99:.1f}ms max={times[-1] * 1000:.1f}ms"
         else:
             stats = "n=0"
-        parts.append(f"{source}->{target} {stats} lost={lost.get(pair, 0)}")
+        part = f"{source}->{target} {stats} lost={lost.get(pair, 0)}"
+        if unanswered.get(pair):
+            part += f" unanswered={unanswered[pair]}"
+        parts.append(part)
     line = "probe summary: " + ("; ".join(parts) if parts else "no deliveries")
     if down:
         line += f"; not connected: {', '.join(sorted(set(down)))}"

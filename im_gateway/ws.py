@@ -46,6 +46,9 @@ from websockets.http11 import Request, Response
 from websockets.protocol import OPEN, Event
 from websockets.streams import StreamReader
 
+from transmit_hub.errors import ConfigError
+from transmit_hub.files import read_small_file
+from transmit_hub.tls import PEM_MAX_BYTES
 from transmit_hub.types import UserId
 
 from . import descriptors, ws_reads
@@ -487,7 +490,13 @@ def tls_context(cert: str, key: str) -> ssl.SSLContext:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
     try:
+        for path in (cert, key):  # OpenSSL would wait on a FIFO, or read a device forever
+            read_small_file(path, PEM_MAX_BYTES)
         context.load_cert_chain(cert, key)
+    except ConfigError as exc:
+        raise StartupError(
+            f"cannot load the TLS certificate {cert!r} and key {key!r}: {exc}"
+        ) from None
     except (OSError, ssl.SSLError) as exc:
         detail = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
         raise StartupError(

@@ -217,6 +217,56 @@ def test_bad_file_value_is_one_line_from_the_hub_process(tmp_path: Path) -> None
     ]
 
 
+def hostile_config(tmp_path: Path, kind: str) -> str:
+    """A config file path that is not a small UTF-8 TOML file, of one ``kind``."""
+    path = tmp_path / f"{kind}.toml"
+    if kind == "fifo":
+        os.mkfifo(path)  # no writer: open() and read() would wait forever
+    elif kind == "not-utf8":
+        path.write_bytes(b'log_level = "\xff\xfe"\n')
+    elif kind == "deep":
+        path.write_text("x = " + "[" * 5000 + "1" + "]" * 5000 + "\n")
+    elif kind == "huge":
+        path.write_text("# padding\n" * 200_000)  # 2 MB of comments
+    elif kind == "device":
+        return "/dev/zero"  # endless bytes
+    return str(path)
+
+
+@CASES
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("fifo", "not a regular file"),
+        ("device", "not a regular file"),
+        ("not-utf8", "not UTF-8"),
+        ("deep", "nested too deeply"),
+        ("huge", "larger than 1 MiB"),
+    ],
+)
+def test_a_hostile_config_file_is_one_line_at_once(
+    case: Case, tmp_path: Path, kind: str, message: str
+) -> None:
+    """A FIFO, a device, a file that is not UTF-8, nested too deeply or too large: the
+    program stops at once (exit 2) with one line naming --config and the problem; no hang,
+    no traceback, no unbounded read."""
+    path = hostile_config(tmp_path, kind)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(case.program.env_prefix)}
+    result = subprocess.run(
+        [sys.executable, "-m", case.module, "--config", path],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**clean, **case.required},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr[-2000:]
+    assert f"--config {path}: " in lines[0]
+    assert message in lines[0]
+
+
 SECRETS = {
     "transmit_hub": {"auth_token": "hub-auth-token-value-0001"},
     "im_gateway": {

@@ -39,7 +39,9 @@ MAX_REQUEST: Final = 8192
 """Bytes of request line and headers read before the request is refused."""
 REQUEST_TIMEOUT: Final = 5.0
 MAX_CLIENTS: Final = 16
-"""Scrapes served at once; more connections are closed at once."""
+"""Scrapes served at once. A connection beyond them closes the oldest one still waiting
+for its request (a slow or silent client), so silent clients cannot lock a scraper out;
+when every one has sent its request, the new connection is closed at once."""
 
 
 class HubMetrics:
@@ -172,6 +174,10 @@ class MetricsServer:
         self._render = render
         self._server: asyncio.Server | None = None
         self._clients = 0
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
+        """Connections without their request yet, oldest first."""
+        self.evicted = 0
+        """Connections closed to make room for a new one (logged once, then counted)."""
         self.port = 0
 
     async def start(self) -> None:
@@ -202,12 +208,25 @@ class MetricsServer:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self._clients >= MAX_CLIENTS:
-            writer.close()
-            return
+            if not self._waiting:
+                writer.close()
+                return
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.transport.abort()  # its handler ends at once and gives its place back
+            self.evicted += 1
+            if self.evicted == 1:
+                log.warning(
+                    "metrics port full (%d connections): closing the oldest that has not "
+                    "sent its request (more are counted, not logged)",
+                    MAX_CLIENTS,
+                )
         self._clients += 1
+        self._waiting[writer] = None
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
                 head = await reader.readuntil(b"\r\n\r\n")
+                self._waiting.pop(writer, None)
                 status, body, kind = self._answer(head.split(b"\r\n", 1)[0])
                 writer.write(
                     b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
@@ -221,6 +240,7 @@ class MetricsServer:
         except Exception:
             log.exception("serving a metrics request failed")
         finally:
+            self._waiting.pop(writer, None)
             self._clients -= 1
             writer.close()
 

@@ -10,7 +10,9 @@ and the gateway:
 - the environment: ``PREFIX_FLAG_NAME`` per field (``TRANSMIT_HUB_AUTH_TOKEN``); an empty
   variable counts as unset;
 - the config file (``--config FILE``, TOML): keys are the field names (``jwt_secret``),
-  each checked against the field's type; an unknown key is an error naming it;
+  each checked against the field's type; an unknown key is an error naming it; the file
+  must be a regular file of at most :data:`~transmit_hub.files.CONFIG_FILE_MAX_BYTES` in UTF-8 (a FIFO, a
+  device or a huge file is refused at once, never read until it ends);
 - ``--print-config``: the effective settings as TOML, secrets masked.
 
 Precedence: flags > environment > file > defaults. Adding a setting is one edit: a field
@@ -30,6 +32,9 @@ import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, NoReturn, TypeVar
+
+from .errors import ConfigError
+from .files import CONFIG_FILE_MAX_BYTES, read_small_file
 
 __all__ = [
     "ENV_RULE",
@@ -367,12 +372,19 @@ class Program(Generic[C]):
     def read_file(self, path: str) -> dict[str, Any]:
         """The TOML file's settings, each checked against its field's type."""
         try:
-            with open(path, "rb") as file:
-                table = tomllib.load(file)
+            data = read_small_file(path, CONFIG_FILE_MAX_BYTES)
         except OSError as exc:
             raise self.error(f"--config {path}: cannot read it ({exc.strerror})") from None
+        except ConfigError as exc:
+            raise self.error(f"--config {path}: {exc}") from None
+        try:
+            table = tomllib.loads(data.decode())
+        except UnicodeDecodeError as exc:
+            raise self.error(f"--config {path}: not UTF-8 (byte {exc.start})") from None
         except tomllib.TOMLDecodeError as exc:
             raise self.error(f"--config {path}: not valid TOML ({exc})") from None
+        except RecursionError:
+            raise self.error(f"--config {path}: not valid TOML (nested too deeply)") from None
         known = {option.name: option for option in self.options()}
         values = {}
         for key, value in table.items():

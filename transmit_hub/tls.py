@@ -8,28 +8,34 @@ certificate's subjectAltName (:mod:`transmit_hub.peer` reads it).
 Gateway: ``--hub-ca FILE`` verifies the hubs (without it, the system's roots do),
 ``--hub-cert FILE --hub-key FILE`` present a client certificate. The files are read
 once, when the settings are built, so a missing or unreadable file is one clear error
-at start.
+at start; each must be a regular file of at most :data:`PEM_MAX_BYTES` (a FIFO or a
+device is refused, not waited on).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import grpc  # type: ignore[import-untyped]
 
 from .errors import ConfigError
+from .files import read_small_file
 
-__all__ = ["ClientTls", "ServerTls", "read_pem"]
+__all__ = ["PEM_MAX_BYTES", "ClientTls", "ServerTls", "read_pem"]
+
+PEM_MAX_BYTES = 1 << 20
+"""The largest PEM file read: a certificate chain or a CA bundle is well under it."""
 
 
 def read_pem(path: str, flag: str) -> bytes:
     """The bytes of the PEM file ``path``; :class:`ConfigError` naming ``flag`` otherwise."""
     try:
-        data = Path(path).read_bytes()
+        data = read_small_file(path, PEM_MAX_BYTES)
     except OSError as exc:
         raise ConfigError(f"{flag} {path}: cannot read it ({exc.strerror or exc})") from None
+    except ConfigError as exc:
+        raise ConfigError(f"{flag} {path}: {exc}") from None
     if b"-----BEGIN " not in data:
         raise ConfigError(f"{flag} {path}: not a PEM file")
     return data

@@ -216,3 +216,22 @@ def test_gateway_has_metrics_attribute() -> None:
     """Gateway objects own a GatewayMetrics before they start."""
     gw = Gateway(GatewayConfig(listen="127.0.0.1:0", jwt_secret="x" * 32))
     assert gw.metrics.enabled
+
+
+async def test_slowloris_connections_do_not_lock_the_scraper_out(hub: HubServer) -> None:
+    """Sixty connections that never finish their request hold the hub's metrics port; a
+    real scrape still gets its 200 at once (the oldest silent connection makes room), not
+    only after the silent ones time out."""
+    silent = [await asyncio.open_connection("127.0.0.1", hub.metrics_port) for _ in range(60)]
+    try:
+        for _, writer in silent:
+            writer.write(b"GET /metrics HTTP/1.1\r\n")  # and never the blank line
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, body, _ = await http_get(hub.metrics_port, "/metrics")
+        assert status == 200
+        assert b"transmit_hub_gateways_attached" in body
+        assert loop.time() - started < 2.0  # the request timeout is 5 s
+    finally:
+        for _, writer in silent:
+            writer.close()

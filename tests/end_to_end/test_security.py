@@ -294,6 +294,33 @@ async def test_tls_serves_wss_and_https_on_one_port(
             pass
 
 
+async def test_a_tls_handshake_that_stops_midway_is_cut_after_the_open_timeout(
+    start_gateway: GatewayFactory, tmp_path: Path
+) -> None:
+    """Clients that open TCP to the TLS port and send nothing, or half a ClientHello, are
+    cut after the 10 s opening timeout (websockets passes it to asyncio as the TLS
+    handshake's, instead of asyncio's 60 s); users get in meanwhile and after."""
+    certs = make_server_cert(tmp_path)
+    gw = await start_gateway("gw-tls-stall", tls_cert=str(certs.cert), tls_key=str(certs.key))
+    stalled = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(10)]
+    url = f"wss://127.0.0.1:{gw.port}/ws?token="
+    bob = Client(await connect(url + token(2), ssl=certs.client_context()), 2)
+    await bob.wait_for(lambda f: f["type"] == 14, what="the replay end over wss")
+    await bob.close()
+    for _, writer in stalled[5:]:
+        writer.write(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # a ClientHello's start
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    for reader, _ in stalled:
+        assert await asyncio.wait_for(reader.read(), 20) == b""
+    assert loop.time() - started < 15.0
+    for _, writer in stalled:
+        writer.close()
+    alice = Client(await connect(url + token(1), ssl=certs.client_context()), 1)
+    await alice.wait_for(lambda f: f["type"] == 14, what="the replay end over wss")
+    await alice.close()
+
+
 async def test_tls_with_a_bad_key_fails_at_start_naming_the_files(
     hub: HubServer, redis_url: str, tmp_path: Path
 ) -> None:

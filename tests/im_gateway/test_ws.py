@@ -14,6 +14,9 @@ import collections
 import contextlib
 import inspect
 import logging
+import os
+import subprocess
+import sys
 import tomllib
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -562,3 +565,26 @@ async def test_a_bad_frame_after_taken_ones_closes_as_websockets_does(
             writer.close()
     assert offered == ["ok"]
     assert (head[0], int.from_bytes(head[2:4])) == (0x88, code)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_tls_file_that_never_ends_stops_the_start_at_once(tmp_path: Path, kind: str) -> None:
+    """A FIFO no one writes or an endless device as the WebSocket port's --tls-cert: the
+    gateway exits at once with one line naming the file, rather than hanging in OpenSSL."""
+    path = tmp_path / "cert.pem"
+    if kind == "fifo":
+        os.mkfifo(path)
+    cert = str(path) if kind == "fifo" else "/dev/zero"
+    result = subprocess.run(
+        [sys.executable, "-m", "im_gateway", "--tls-cert", cert, "--tls-key", cert],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "IM_GATEWAY_JWT_SECRET": SECRET},
+        check=False,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"{cert!r}" in lines[0]
+    assert "not a regular file" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -225,3 +226,24 @@ def test_bad_tls_flags_exit_with_one_line(args: list[str], needle: str) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert needle in lines[0]
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_a_tls_file_that_never_ends_is_one_line_at_once(tmp_path: Path, kind: str) -> None:
+    """A FIFO no one writes or an endless device as --tls-cert: the hub exits at once with
+    one line naming the flag, rather than waiting or reading forever."""
+    path = tmp_path / "cert.pem"
+    if kind == "fifo":
+        os.mkfifo(path)
+    cert = str(path) if kind == "fifo" else "/dev/zero"
+    result = subprocess.run(
+        [sys.executable, "-m", "transmit_hub", "--tls-cert", cert, "--tls-key", cert],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert f"--tls-cert {cert}: not a regular file" in lines[0]
