@@ -22,11 +22,11 @@ of the file that flags may come from."""
 def read_small_file(path: str, limit: int) -> bytes:
     """The bytes of the regular file ``path`` if it holds at most ``limit`` of them.
 
-    :class:`OSError` when it cannot be opened or read; :class:`ConfigError` saying why (no path: the caller
-    names the flag) when
-    it is not a regular file (a FIFO, a device, a directory) or is larger than ``limit``.
-    It is opened without blocking, so a FIFO that no one writes cannot hang a start, and
-    at most ``limit + 1`` bytes are read, so neither can an endless or huge file.
+    :class:`OSError` when it cannot be opened or read; :class:`ConfigError` saying why
+    (without the path: the caller names the flag) when it is not a regular file (a FIFO,
+    a device, a directory) or is larger than ``limit``. It is opened without blocking, so
+    a FIFO that no one writes cannot hang a start, and at most ``limit + 1`` bytes are
+    read, so neither can an endless or huge file.
     """
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     with open(fd, "rb") as file:

@@ -11,8 +11,9 @@ and the gateway:
   variable counts as unset;
 - the config file (``--config FILE``, TOML): keys are the field names (``jwt_secret``),
   each checked against the field's type; an unknown key is an error naming it; the file
-  must be a regular file of at most :data:`~transmit_hub.files.CONFIG_FILE_MAX_BYTES` in UTF-8 (a FIFO, a
-  device or a huge file is refused at once, never read until it ends);
+  must be a regular file in UTF-8 of at most
+  :data:`~transmit_hub.files.CONFIG_FILE_MAX_BYTES` (a FIFO, a device or a huge file is
+  refused at once, never read until it ends);
 - ``--print-config``: the effective settings as TOML, secrets masked.
 
 Precedence: flags > environment > file > defaults. Adding a setting is one edit: a field
