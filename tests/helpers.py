@@ -58,3 +58,25 @@ def wait_until_sync(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def endless_file(directory: str | os.PathLike[str], kind: str) -> str:
+    """A path that never ends when read: a FIFO no one writes (``kind`` "fifo", made in
+    ``directory``) or an endless device ("device": ``/dev/zero``)."""
+    if kind == "device":
+        return "/dev/zero"
+    path = os.path.join(directory, "endless.pem")
+    os.mkfifo(path)
+    return path
+
+
+def one_error_line(argv: list[str], env: dict[str, str] | None = None) -> str:
+    """Run ``argv`` (a program that should refuse to start) and return its one line on
+    stderr; fails unless it exits non-zero within 20 s with exactly one line."""
+    import subprocess
+
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=20, env=env, check=False)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]

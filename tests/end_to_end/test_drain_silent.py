@@ -19,6 +19,19 @@ GRACE = 5.0
 """The stated grace past --drain-timeout (a supervisor kills a worker 5 s past it)."""
 
 
+async def drained(proc: GatewayProcess, client: Client) -> None:
+    """SIGTERM: ``client`` is closed with 1012 and the process exits 0, both within
+    --drain-timeout plus the grace."""
+    started = time.monotonic()
+    proc.proc.terminate()
+    await asyncio.wait_for(client.closed, DRAIN + GRACE)
+    assert client.ws.close_code == 1012
+    code = await asyncio.to_thread(proc.proc.wait, 30)
+    took = time.monotonic() - started
+    assert took < DRAIN + GRACE, f"exited {took:.1f}s after SIGTERM: {proc.output()}"
+    assert code == 0, proc.output()
+
+
 @pytest.mark.parametrize("silent", ["redis", "hub"])
 async def test_sigterm_exits_within_the_drain_timeout_while_a_dependency_is_silent(
     hub: HubServer, redis_server: RedisServer, start_gateway: GatewayFactory, silent: str
@@ -49,14 +62,7 @@ async def test_sigterm_exits_within_the_drain_timeout_while_a_dependency_is_sile
                 )
             if silent == "hub":  # stored in Redis: acknowledged, though the hub is silent
                 await client.wait_for(lambda f: f.get("id") == "c19" and f["type"] == 10)
-            started = time.monotonic()
-            proc.proc.terminate()
-            await asyncio.wait_for(client.closed, DRAIN + GRACE)
-            assert client.ws.close_code == 1012
-            code = await asyncio.to_thread(proc.proc.wait, 30)
-            took = time.monotonic() - started
-            assert took < DRAIN + GRACE, f"exited {took:.1f}s after SIGTERM: {proc.output()}"
-            assert code == 0, proc.output()
+            await drained(proc, client)
             await client.close()
             acked = {f["id"] for f in client.frames if f["type"] == 10}
             if silent == "hub":
@@ -98,14 +104,7 @@ async def test_sigterm_exits_within_the_drain_timeout_while_a_client_never_reads
                 {"type": 1, "id": f"c{i}", "to": 3, "contentType": 0, "content": content}
             )
         await sender.wait_for(lambda f: f.get("id") == "c299", timeout=30, what="the last answer")
-        started = time.monotonic()
-        proc.proc.terminate()
-        await asyncio.wait_for(sender.closed, DRAIN + GRACE)
-        assert sender.ws.close_code == 1012
-        code = await asyncio.to_thread(proc.proc.wait, 30)
-        took = time.monotonic() - started
-        assert took < DRAIN + GRACE, f"exited {took:.1f}s after SIGTERM: {proc.output()}"
-        assert code == 0, proc.output()
+        await drained(proc, sender)
         await sender.close()
         stuck.transport.abort()
     finally:

@@ -15,7 +15,6 @@ import contextlib
 import inspect
 import logging
 import os
-import subprocess
 import sys
 import tomllib
 import typing
@@ -40,7 +39,7 @@ from im_gateway.admission import ConnectionCaps, RejectionLog
 from im_gateway.config import GatewayConfig
 from im_gateway.descriptors import Sockets
 from tests.end_to_end.harness import SECRET
-from tests.helpers import wait_until
+from tests.helpers import endless_file, one_error_line, wait_until
 from transmit_hub.types import UserId
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -571,20 +570,10 @@ async def test_a_bad_frame_after_taken_ones_closes_as_websockets_does(
 def test_a_tls_file_that_never_ends_stops_the_start_at_once(tmp_path: Path, kind: str) -> None:
     """A FIFO no one writes or an endless device as the WebSocket port's --tls-cert: the
     gateway exits at once with one line naming the file, rather than hanging in OpenSSL."""
-    path = tmp_path / "cert.pem"
-    if kind == "fifo":
-        os.mkfifo(path)
-    cert = str(path) if kind == "fifo" else "/dev/zero"
-    result = subprocess.run(
+    cert = endless_file(tmp_path, kind)
+    line = one_error_line(
         [sys.executable, "-m", "im_gateway", "--tls-cert", cert, "--tls-key", cert],
-        capture_output=True,
-        text=True,
-        timeout=20,
         env={**os.environ, "IM_GATEWAY_JWT_SECRET": SECRET},
-        check=False,
     )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert f"{cert!r}" in lines[0]
-    assert "not a regular file" in lines[0]
+    assert f"{cert!r}" in line
+    assert "not a regular file" in line

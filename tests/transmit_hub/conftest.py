@@ -7,6 +7,7 @@ import contextlib
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -154,3 +155,27 @@ async def hub_process_with_link(
     err = raw.decode()
     assert proc.returncode == 0, err[-2000:]
     return err
+
+
+@contextlib.asynccontextmanager
+async def connect_server(
+    connect: Callable[[Any, Any], Awaitable[None]],
+) -> AsyncIterator[tuple[Any, str]]:
+    """A grpc.aio server that answers the hub's ``Connect`` with ``connect`` (a scripted
+    or hostile hub), on a free port: the server and its address; stopped at the end."""
+    import grpc  # type: ignore[import-untyped]
+    from grpc import aio
+
+    from transmit_hub.transport import SERVICE_NAME
+
+    server = aio.server()
+    handler = grpc.stream_stream_rpc_method_handler(connect)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Connect": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        yield server, f"127.0.0.1:{port}"
+    finally:
+        await server.stop(0)

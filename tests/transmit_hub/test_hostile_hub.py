@@ -10,13 +10,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
 import pytest
-from grpc import aio
+from grpc import aio  # type: ignore[import-untyped]
 
 from tests.helpers import wait_until
 from transmit_hub import HubLink, HubPool, codec, wire
-from transmit_hub.transport import SERVICE_NAME
 from transmit_hub.types import (
     Delivery,
     GatewayId,
@@ -28,7 +26,7 @@ from transmit_hub.types import (
     UserId,
 )
 
-from .conftest import tmap
+from .conftest import connect_server, tmap
 from .test_pool import PoolCollector
 
 
@@ -66,18 +64,8 @@ class ScriptedHub:
 @pytest.fixture
 async def scripted_hub() -> AsyncIterator[ScriptedHub]:
     hub = ScriptedHub()
-    server = aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(hub.connect)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Connect": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    hub.address = f"127.0.0.1:{port}"
-    try:
+    async with connect_server(hub.connect) as (_, hub.address):
         yield hub
-    finally:
-        await server.stop(0)
 
 
 @contextlib.asynccontextmanager

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,6 +13,7 @@ import pytest
 from grpc import aio
 
 from devtools.certs import Issued, TestCA
+from tests.helpers import endless_file, one_error_line
 from transmit_hub import HubServer, codec, peer
 from transmit_hub.config import HubConfig
 from transmit_hub.tls import ClientTls, ServerTls
@@ -215,35 +214,16 @@ async def test_mtls_hub_process_and_link(pki: Pki, make_link: LinkFactory) -> No
 )
 def test_bad_tls_flags_exit_with_one_line(args: list[str], needle: str) -> None:
     """A missing TLS file or a half-given pair exits non-zero with one line naming the flag."""
-    result = subprocess.run(
-        [sys.executable, "-m", "transmit_hub", "--listen", "127.0.0.1:0", *args],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0]
+    line = one_error_line([sys.executable, "-m", "transmit_hub", "--listen", "127.0.0.1:0", *args])
+    assert needle in line
 
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_a_tls_file_that_never_ends_is_one_line_at_once(tmp_path: Path, kind: str) -> None:
     """A FIFO no one writes or an endless device as --tls-cert: the hub exits at once with
     one line naming the flag, rather than waiting or reading forever."""
-    path = tmp_path / "cert.pem"
-    if kind == "fifo":
-        os.mkfifo(path)
-    cert = str(path) if kind == "fifo" else "/dev/zero"
-    result = subprocess.run(
-        [sys.executable, "-m", "transmit_hub", "--tls-cert", cert, "--tls-key", cert],
-        capture_output=True,
-        text=True,
-        timeout=20,
-        check=False,
+    cert = endless_file(tmp_path, kind)
+    line = one_error_line(
+        [sys.executable, "-m", "transmit_hub", "--tls-cert", cert, "--tls-key", cert]
     )
-    assert result.returncode != 0
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert f"--tls-cert {cert}: not a regular file" in lines[0]
+    assert f"--tls-cert {cert}: not a regular file" in line

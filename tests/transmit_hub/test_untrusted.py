@@ -6,18 +6,17 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import grpc  # type: ignore[import-untyped]
 import pytest
-from grpc import aio
+from grpc import aio  # type: ignore[import-untyped]
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import wait_until
 from transmit_hub import HubServer, UndeliverableReason, codec, wire
-from transmit_hub.transport import CONNECT_METHOD, SERVICE_NAME
+from transmit_hub.transport import CONNECT_METHOD
 from transmit_hub.types import GatewayId, row_delivery
 
-from .conftest import LinkFactory, tmap
+from .conftest import LinkFactory, connect_server, tmap
 
 
 def _field(tag: int, data: bytes) -> bytes:
@@ -54,19 +53,8 @@ class HostileHub:
 async def hostile_hub() -> AsyncIterator[HostileHub]:
     """A hostile hub on a free port."""
     hub = HostileHub()
-    server = aio.server()
-    handler = grpc.stream_stream_rpc_method_handler(hub.connect)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(SERVICE_NAME, {"Connect": handler}),)
-    )
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    hub.server = server
-    hub.address = f"127.0.0.1:{port}"
-    try:
+    async with connect_server(hub.connect) as (hub.server, hub.address):
         yield hub
-    finally:
-        await server.stop(0)
 
 
 async def test_link_drops_an_undecodable_delivery_and_keeps_the_rest_and_the_stream(
