@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
-import time
+
+from transmit_hub.throttle import Every
 
 
 class Throttled:
     """Count an event; log it (with the count since the last line) at most once per
     ``interval`` seconds. ``message`` takes one ``%d``, the count."""
 
-    __slots__ = ("_count", "_interval", "_last", "_level", "_logger", "_message")
+    __slots__ = ("_count", "_every", "_level", "_logger", "_message")
 
     def __init__(
         self,
@@ -22,16 +23,14 @@ class Throttled:
     ) -> None:
         self._logger = logger
         self._message = message
-        self._interval = interval
+        self._every = Every(interval)
         self._level = level
         self._count = 0
-        self._last = -1e9
 
     def hit(self, n: int = 1, *, exc: BaseException | None = None) -> bool:
         """Count ``n`` events; True when this call wrote the line (with ``exc``'s text)."""
         self._count += n
-        now = time.monotonic()
-        if now - self._last < self._interval:
+        if not self._every.due():
             return False
         if exc is not None:
             self._logger.log(
@@ -44,5 +43,4 @@ class Throttled:
         else:
             self._logger.log(self._level, self._message, self._count)
         self._count = 0
-        self._last = now
         return True

@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -28,6 +27,7 @@ import grpc  # type: ignore[import-untyped]
 from grpc import aio
 
 from .errors import ConfigError
+from .throttle import Every
 
 __all__ = ["BearerTokenInterceptor", "bearer_metadata"]
 
@@ -65,13 +65,12 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
         self.refused = 0
         """Calls refused since the hub started."""
         self._unlogged = 0
-        self._logged_at = -LOG_EVERY
+        self._log = Every(LOG_EVERY)
 
     async def _deny(self, request: Any, context: Any) -> None:
         self.refused += 1
         self._unlogged += 1
-        now = time.monotonic()
-        if now - self._logged_at >= LOG_EVERY:
+        if self._log.due():
             log.warning(
                 "calls refused for a missing or wrong token: %d since the last such line "
                 "(the last from %s); a gateway's --hub-token must be this hub's --auth-token",
@@ -79,7 +78,6 @@ class BearerTokenInterceptor(aio.ServerInterceptor):  # type: ignore[misc]
                 context.peer(),
             )
             self._unlogged = 0
-            self._logged_at = now
         await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
     async def _deny_stream(self, requests: Any, context: Any) -> None:

@@ -176,9 +176,7 @@ class Forwarder:
                 dropped += len(group)
         if dropped:
             registry.notices_dropped += dropped
-            now = time.monotonic()
-            if now - att.drop_logged_at >= 1.0:
-                att.drop_logged_at = now
+            if att.drop_log.due():
                 log.warning(
                     "gateway %s: outbox full, %d undeliverable notices for it dropped "
                     "(%d in all; the messages are in the recipients' inboxes)",

@@ -95,6 +95,7 @@ from .link_events import (
     close_events,
     read_events,
 )
+from .throttle import Every
 from .tls import ClientTls
 from .transport import CHANNEL_OPTIONS, CONNECT_METHOD, MAX_MESSAGE_BYTES
 from .types import (
@@ -200,13 +201,13 @@ class HubLink(AsyncLifecycle):
         self.dropped = 0
         """Deliveries and notices from the hub dropped because they could not be decoded."""
         self._dropped_logged = 0
-        self._drop_logged_at = float("-inf")
+        self._drop_log = Every(DROP_LOG_INTERVAL)
         self._channel_options = channel_options
         self._attached_at = 0.0
         self.short_streams = 0
         """Streams that ended less than ``backoff_max`` s after the hub's Welcome."""
         self._last_short = False
-        self._short_logged_at = float("-inf")
+        self._short_log = Every(DROP_LOG_INTERVAL)
         self._pending: deque[TransmitMap] = deque()
         self._inflight: list[TransmitMap] = []
         self._wakeup = asyncio.Event()
@@ -400,8 +401,7 @@ class HubLink(AsyncLifecycle):
         self.short_streams += 1
         self._last_short = True
         now = monotonic()
-        if now - self._short_logged_at >= DROP_LOG_INTERVAL:
-            self._short_logged_at = now
+        if self._short_log.due(now):
             log.warning(
                 "link %s to %s down %.2f s after attaching: %s (%d such short streams in "
                 "all); reconnecting with backoff",
@@ -565,8 +565,7 @@ class HubLink(AsyncLifecycle):
 
     def _count_dropped(self, n: int) -> None:
         self.dropped += n
-        now = monotonic()
-        if now - self._drop_logged_at >= DROP_LOG_INTERVAL:
+        if self._drop_log.due():
             log.warning(
                 "link %s: dropped %d deliveries from the hub at %s that could not be decoded "
                 "(%d in all; the messages are in the recipients' inboxes)",
@@ -575,7 +574,6 @@ class HubLink(AsyncLifecycle):
                 self.target,
                 self.dropped,
             )
-            self._drop_logged_at = now
             self._dropped_logged = self.dropped
 
     async def _write_loop(self, call: Any) -> None:

@@ -63,6 +63,7 @@ from .link_events import (
     read_events,
 )
 from .pool_plan import RANK_CACHE, Absences, SendLog, merge_resend, plan, rank, route_key
+from .throttle import Every
 from .transport import CHANNEL_OPTIONS
 from .types import GatewayId, TransmitMap, Undeliverable, UndeliverableReason
 
@@ -134,7 +135,7 @@ class HubPool(AsyncLifecycle):
         self.ignored_notices = 0
         """NOT_ATTACHED notices (per message id) about shares never sent through that hub
         (or no longer in the send log): ignored."""
-        self._ignored_logged_at = float("-inf")
+        self._ignored_log = Every(IGNORED_LOG_INTERVAL)
 
     # -- the Link protocol -----------------------------------------------------------------
 
@@ -378,9 +379,7 @@ class HubPool(AsyncLifecycle):
         """Count notices about shares never sent; one line at most every
         ``IGNORED_LOG_INTERVAL`` seconds."""
         self.ignored_notices += n
-        now = time.monotonic()
-        if now - self._ignored_logged_at >= IGNORED_LOG_INTERVAL:
-            self._ignored_logged_at = now
+        if self._ignored_log.due():
             log.warning(
                 "pool %s: hub %s said NOT_ATTACHED for %d shares this gateway did not send "
                 "through it (lately); ignored (%d in all)",

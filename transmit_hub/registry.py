@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 from .outbox import Outbox
+from .throttle import Every
 from .types import GatewayId, GatewayInfo, GatewayStats, HubStats
 
 __all__ = ["Attachment", "EndReason", "GatewayCounters", "Registry"]
@@ -78,8 +79,8 @@ class Attachment:
     probe_due: bool = False
     """A probe waits for the writer."""
     probe_answered: asyncio.Event = field(default_factory=asyncio.Event)
-    drop_logged_at: float = float("-inf")
-    """When notices for this stream were last logged as dropped (one line a second)."""
+    drop_log: Every = field(default_factory=lambda: Every(1.0))
+    """Notices for this stream dropped: logged one line a second at most."""
     heard_at: float = field(default_factory=time.monotonic)
     """When the hub last read a frame from this stream (maps and probe answers alike)."""
 
