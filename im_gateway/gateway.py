@@ -452,6 +452,7 @@ class Gateway(AsyncLifecycle):
             hubs=self._hub_link.hubs if self._hub_link is not None else None,
             redis_error=redis_error,
             connections=self._fanout.connections if self._fanout is not None else 0,
+            hub_errors=self._hub_link.down_reasons if self._hub_link is not None else None,
         )
 
     # --- WebSocket --------------------------------------------------------------------

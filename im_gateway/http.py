@@ -165,11 +165,14 @@ def health_report(
     hubs: Mapping[str, str] | None,
     redis_error: BaseException | None,
     connections: int,
+    hub_errors: Mapping[str, str] | None = None,
 ) -> tuple[bool, dict[str, object]]:
     """Whether the gateway can do its job, and a JSON-ready report saying why.
 
     ``conflict``: another process holds our gateway id; ``refused``: a hub refuses our
-    certificate; ``hubs``: each hub's state (None: all as ``linked`` says).
+    certificate; ``hubs``: each hub's state (None: all as ``linked`` says);
+    ``hub_errors``: why each hub that is down is down (``"hubErrors"`` in the report,
+    also while another hub is up; the reason when none is, and no refusal says more).
     """
     reasons: list[str] = []
     if draining:
@@ -178,7 +181,12 @@ def health_report(
     if conflict:
         reasons.append(str(conflict))
     elif hub != "linked":
-        why = f": {refused}" if refused else ""
+        if refused:
+            why = f": {refused}"
+        elif hub_errors:
+            why = ": " + "; ".join(f"{hub}: {error}" for hub, error in hub_errors.items())
+        else:
+            why = ""
         reasons.append(f"not linked to any hub ({', '.join(configured_hubs)}){why}")
     if hubs is None:
         hubs = dict.fromkeys(configured_hubs, "up" if linked else "down")
@@ -195,6 +203,8 @@ def health_report(
         "redis": redis,
         "connections": connections,
     }
+    if hub_errors:
+        report["hubErrors"] = dict(hub_errors)
     if reasons:
         report["reason"] = "; ".join(reasons)
     return not reasons, report

@@ -133,6 +133,9 @@ MAX_MAP_BYTES: Final = MAX_MESSAGE_BYTES - 1024
 """A map bigger than this could never be sent: it is refused (NotDelivered, INVALID)."""
 REFUSALS: Final = frozenset({"PERMISSION_DENIED", "UNAUTHENTICATED"})
 """Statuses that say the hub refuses this gateway itself (reported, not just retried)."""
+REASON_MAX: Final = 300
+"""Characters kept of why the link is down, for ``/healthz`` (a hub's own words may run
+to gRPC's metadata limit)."""
 DROP_LOG_INTERVAL: Final = 10.0
 """Undecodable deliveries are logged in one line at most this often, with a count."""
 
@@ -197,6 +200,7 @@ class HubLink(AsyncLifecycle):
         self._conflict_retry = conflict_retry
         self._conflict: str | None = None
         self._refused: str | None = None
+        self._down_reason: str | None = None
         self._probe: int | None = None
         self.dropped = 0
         """Deliveries and notices from the hub dropped because they could not be decoded."""
@@ -245,6 +249,13 @@ class HubLink(AsyncLifecycle):
         words, until the link attaches.
         """
         return self._refused
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the link is down: how its last attempt or stream ended (at most
+        :data:`REASON_MAX` characters), or ``None`` while attached and before the first
+        attempt ends. For ``/healthz``, so an operator need not read the logs."""
+        return None if self._connected else self._down_reason
 
     @property
     def hub_id(self) -> str | None:
@@ -361,6 +372,7 @@ class HubLink(AsyncLifecycle):
                     await self._emit(NotDelivered(tuple(map(_invalid, rejected))))
             except Exception as exc:
                 reason = _describe(exc)
+            self._down_reason = reason[:REASON_MAX]
             attached = self._connected
             short = attached and monotonic() - self._attached_at < self._backoff_max
             self._set_down()

@@ -150,6 +150,13 @@ class HubPool(AsyncLifecycle):
         return {t: "up" if link.connected else "down" for t, link in self.members.items()}
 
     @property
+    def down_reasons(self) -> dict[str, str]:
+        """Each hub down, by address, and how its last attempt or stream ended (for
+        ``/healthz``)."""
+        reasons = {t: link.down_reason for t, link in self.members.items()}
+        return {t: why for t, why in reasons.items() if why}
+
+    @property
     def conflict(self) -> str | None:
         """Why a hub refuses this gateway's id (another live process holds it), if any
         hub does; for ``/healthz``."""

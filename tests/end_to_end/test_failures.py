@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import socket
+from typing import Any
 
 from im_gateway.store import RedisStore
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
@@ -199,3 +202,41 @@ async def test_undeliverable_notice_clears_the_dead_gateways_presence(
     finally:
         gw2.stop()
         await store.close()
+
+
+async def test_healthz_says_why_a_hub_is_down(
+    hub: HubServer, start_gateway: GatewayFactory
+) -> None:
+    """A gateway with one live hub and one that refuses connections: /healthz is 200 and
+    its ``hubErrors`` says why the other is down; with the live one stopped too, 503 and
+    the reason says how the attempts ended (not only "down")."""
+    with socket.socket() as closed:  # a port that refuses: bound, never listening
+        closed.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{closed.getsockname()[1]}"
+        gw = await start_gateway("gw-1", hub=f"{hub.address},{dead}")
+
+        async def health() -> tuple[int, dict[str, Any]]:
+            status, body, _ = await http_get(gw.port, "/healthz")
+            return status, json.loads(body)
+
+        async def named() -> bool:
+            return dead in (await health())[1].get("hubErrors", {})
+
+        await wait_until(named, timeout=15, what="/healthz to name the dead hub")
+        status, report = await health()
+        assert status == 200
+        assert report["hubs"] == {hub.address: "up", dead: "down"}
+        assert "UNAVAILABLE" in report["hubErrors"][dead]
+        assert hub.address not in report["hubErrors"]
+
+        await hub.stop(0)
+        await wait_until(lambda: not gw.linked, what="the link to drop")
+
+        async def both_named() -> bool:
+            return hub.address in (await health())[1].get("hubErrors", {})
+
+        await wait_until(both_named, timeout=15, what="/healthz to name the stopped hub")
+        status, report = await health()
+        assert status == 503
+        assert f"{dead}: UNAVAILABLE" in report["reason"]
+        assert f"{hub.address}: " in report["reason"]

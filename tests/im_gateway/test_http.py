@@ -147,6 +147,28 @@ def test_health_names_every_reason() -> None:
     )
 
 
+def test_health_says_why_each_hub_is_down() -> None:
+    """With no hub linked, the reason says how each attempt ended; with one up, the
+    report still names the other's error (and the gateway is healthy)."""
+    errors = {"h1:1": "UNAVAILABLE: connection refused", "h2:2": "no Welcome from the hub"}
+    ok, report = _health(linked=False, hub_errors=errors)
+    assert not ok
+    assert report["reason"] == (
+        "not linked to any hub (h1:1, h2:2): "
+        "h1:1: UNAVAILABLE: connection refused; h2:2: no Welcome from the hub"
+    )
+    assert report["hubErrors"] == errors
+    ok, report = _health(hubs={"h1:1": "down", "h2:2": "up"}, hub_errors={"h1:1": "refused"})
+    assert ok
+    assert report["hubErrors"] == {"h1:1": "refused"}
+    assert "reason" not in report
+
+
+def test_health_a_refusal_says_more_than_the_hub_errors() -> None:
+    _, report = _health(linked=False, refused="bad certificate", hub_errors={"h1:1": "x"})
+    assert report["reason"] == "not linked to any hub (h1:1, h2:2): bad certificate"
+
+
 def test_health_an_id_conflict_replaces_the_hub_reason() -> None:
     ok, report = _health(linked=False, conflict="gateway id gw-1 is held by another process")
     assert not ok
