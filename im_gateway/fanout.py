@@ -294,13 +294,19 @@ class Fanout(Generic[C]):
     ) -> None:
         """``changed`` joined (or, with ``left``, left) ``group``: their connections
         follow its stream or stop when it is (or was) large; every member's when it just
-        became large. Leavers' connections stop following at once, here and (the control
-        goes before any later post through the same hub) on the other gateways."""
+        became large, or became large in a change whose answer was an error before every
+        member followed (:meth:`Store.to_regroup`: its resend finds the group large; a
+        leave leaves that to the next join). Leavers' connections stop following at once,
+        here and (the control goes before any later post through the same hub) on the
+        other gateways."""
         large = await self._store.is_large(group)
         users: Collection[UserId]
-        if large and not was_large:
+        if large and not left and (not was_large or await self._store.to_regroup(group)):
             users = await self._store.members(group)
-        elif large or was_large:
+            if await self.regroup(users, now_ms, control_id):
+                await self._store.regrouped(group)
+            return
+        if large or was_large:
             users = changed
         else:
             return
@@ -314,10 +320,10 @@ class Fanout(Generic[C]):
         control_id: MessageId,
         *,
         left: int | None = None,
-    ) -> None:
+    ) -> bool:
         """These users' large groups changed (``left``: they left that one): their
         connections here read them again, and their other gateways are told (one presence
-        look-up, one map)."""
+        look-up, one map). False when the link had no room for the map (counted)."""
         for user in users:
             for connection in self._sessions.get(user, ()):
                 connection.regroup(left)
@@ -333,6 +339,8 @@ class Fanout(Generic[C]):
             tmap = TransmitMap(control, {gw: tuple(rs) for gw, rs in remote.items()})
             if not self._link.send(tmap):
                 self._link_full.hit()
+                return False
+        return True
 
     def disconnect(
         self, user: UserId, gateways: Collection[GatewayId], control_id: MessageId, now_ms: int

@@ -369,6 +369,16 @@ class Store(Protocol):
         """True while ``group`` is stored once (it has more than ``large_group`` members)."""
         ...
 
+    async def to_regroup(self, group: int) -> bool:
+        """True from when ``group`` became large until :meth:`regrouped`: its members'
+        connections may not follow its stream yet (the change that made it large may
+        have been answered with an error before they did)."""
+        ...
+
+    async def regrouped(self, group: int) -> None:
+        """Every member's connections were made to follow ``group``'s stream."""
+        ...
+
     async def members(self, group: int) -> list[UserId]:
         """The members of ``group``, in ascending order."""
         ...

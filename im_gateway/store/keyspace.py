@@ -35,6 +35,12 @@ cluster slot:
     exists while the group is stored once (it has more than ``large_group`` members);
     its value is the stream position where that began. No TTL: one small key per group,
     deleted when the group falls to the bound.
+``{prefix}{g:<group>}:regroup``
+    set when the group becomes large, to the same position, and deleted once a gateway
+    has made every member's connections follow its stream
+    (:meth:`~im_gateway.store.Store.regrouped`), or with ``:large``: while it exists, a
+    change of members makes them all follow, not only the changed (the change that made
+    the group large may have been answered with an error, and sent again). No TTL.
 ``{prefix}{g:<group>}:stream``, ``:last``
     a large group's messages, laid out as an inbox (entry ids ``<position>-<ms>``,
     consecutive positions), trimmed by length and by age like one (the key expires
@@ -323,6 +329,14 @@ class KeyspaceStore(AsyncClosing):
     async def is_large(self, group: int) -> bool:
         self._check_open()
         return bool(await self._redis.exists(self.settings.gkey("large", group)))
+
+    async def to_regroup(self, group: int) -> bool:
+        self._check_open()
+        return bool(await self._redis.exists(self.settings.gkey("regroup", group)))
+
+    async def regrouped(self, group: int) -> None:
+        self._check_open()
+        await self._redis.delete(self.settings.gkey("regroup", group))
 
     async def unwatch(self, gateway: GatewayId, groups: Collection[int]) -> None:
         self._check_open()

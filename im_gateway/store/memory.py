@@ -80,6 +80,7 @@ class MemoryStore(AsyncClosing):
         self._streams: dict[int, _Inbox] = {}
         """Large groups' streams (the same shape as an inbox)."""
         self._large: set[int] = set()
+        self._regroup: set[int] = set()  # became large; members not all following yet
         self._gpos: dict[int, dict[UserId, int]] = {}
         """Per large group: member -> position (acknowledged, or where they joined)."""
         self._joined: dict[int, dict[UserId, int]] = {}
@@ -236,6 +237,7 @@ class MemoryStore(AsyncClosing):
         members = self._groups.get(group, set())
         if len(members) > self.large_group and group not in self._large:
             self._large.add(group)
+            self._regroup.add(group)
             last = self._group_last(group, now)
             self._touch_group(group, now)
             positions = self._gpos.setdefault(group, {})
@@ -245,6 +247,7 @@ class MemoryStore(AsyncClosing):
                 joined.setdefault(user, last)
         elif len(members) <= self.large_group and group in self._large:
             self._large.discard(group)
+            self._regroup.discard(group)
 
     def _presence_of(
         self, recipients: Sequence[Recipient], now: float
@@ -427,6 +430,14 @@ class MemoryStore(AsyncClosing):
     async def is_large(self, group: int) -> bool:
         self._check_open()
         return group in self._large
+
+    async def to_regroup(self, group: int) -> bool:
+        self._check_open()
+        return group in self._regroup
+
+    async def regrouped(self, group: int) -> None:
+        self._check_open()
+        self._regroup.discard(group)
 
     # -- large groups' streams ------------------------------------------------------------
 

@@ -183,6 +183,40 @@ async def test_a_join_answered_internal_is_resent_and_then_the_connection_follow
         assert end == {"type": 14, "seq": f"g{GROUP}:1"}, end
 
 
+@pytest.mark.parametrize("fault", ["lose_joins", "fail_form_after_join"])
+async def test_a_join_that_made_the_group_large_and_was_resent_makes_every_member_follow(
+    hub: HubServer,
+    redis_url: str,
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+    fault: str,
+) -> None:
+    """Alice on gw-a is the group's one member; bob's join from gw-b makes it large (two
+    members), and is answered ``internal`` (its reply lost, or the store failing right
+    after). Bob resends it: answered type 10, and alice's connection follows the group's
+    stream too, so bob's post reaches her live. Before: the resend found the group large
+    already and made only bob follow; alice got no live post of the group until she
+    reconnected."""
+    gw_a = await start_gateway("gw-a", large_group=1)
+    alice = await open_client(gw_a, ALICE)
+    await change(alice, 12)  # one member: stored in each inbox
+    async with flaky_gateway(hub, redis_url) as (gw_b, store):
+        bob = await open_client(gw_b, BOB)
+        setattr(store, fault, 1)
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})
+        refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the first join")
+        assert (refused.get("type"), refused.get("code")) == (99, "internal"), refused
+        assert await store.is_large(GROUP)
+        bob.frames.clear()
+        await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
+        answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
+        assert answer["type"] == 10, answer
+        await wait_until(lambda: gw_a.fanout.following.followers(GROUP) != [], what="alice")
+        assert not await store.to_regroup(GROUP)  # done: the next join regroups the joiner
+        assert (await bob.say(GROUP, "after the join", group=True))["type"] == 10
+        await alice.wait_contents(["after the join"], timeout=5)
+
+
 async def test_an_api_add_called_again_after_its_reply_was_lost_makes_the_connection_follow(
     hub: HubServer,
     redis_url: str,

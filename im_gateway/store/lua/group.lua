@@ -1,5 +1,6 @@
 -- A large group, stored once (see store/keyspace.py): its keys share the group's hash tag.
--- G is a table of the group's key names: members, large, stream, last, pos, gateways.
+-- G is a table of the group's key names: members, large, stream, last, pos, gateways,
+-- joined, left, leavers, regroup.
 -- 'large' exists while the group is stored once; 'stream' holds its messages (entry ids
 -- "<position>-<ms>", field 'm', as an inbox); 'last' is its newest position; 'pos' maps
 -- each member to the position up to which they have everything (acknowledged, or where
@@ -16,6 +17,7 @@ local function group_keys(prefix, group)
     members = base .. 'members', large = base .. 'large', stream = base .. 'stream',
     last = base .. 'last', pos = base .. 'pos', gateways = base .. 'gateways',
     joined = base .. 'joined', left = base .. 'left', leavers = base .. 'leavers',
+    regroup = base .. 'regroup',
   }
 end
 
@@ -93,18 +95,22 @@ end
 -- After the members changed: stored once above ``limit`` members, else in each member's
 -- inbox. On becoming large every member without a position starts at the newest one
 -- (what came before went to their inboxes), so nobody loses or gets twice a message.
+-- 'regroup' then says that the members' connections have yet to follow the stream,
+-- until a gateway has made them (store.regrouped): a change answered with an error
+-- after this step is sent again, and finds the group large already.
 local function group_reform(G, limit, ttl)
   local n = redis.call('SCARD', G.members)
   local large = redis.call('EXISTS', G.large) == 1
   if n > limit and not large then
     local last = string.format('%.0f', group_last(G))
     redis.call('SET', G.large, last)
+    redis.call('SET', G.regroup, last)
     for _, user in ipairs(redis.call('SMEMBERS', G.members)) do
       redis.call('HSETNX', G.pos, user, last)
       redis.call('ZADD', G.joined, 'NX', last, user)
     end
     group_touch(G, ttl)
   elseif n <= limit and large then
-    redis.call('DEL', G.large)
+    redis.call('DEL', G.large, G.regroup)
   end
 end

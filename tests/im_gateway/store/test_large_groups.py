@@ -67,6 +67,27 @@ async def test_a_group_above_the_bound_is_stored_once(small: Store) -> None:
     assert page.last == 3
 
 
+async def test_a_group_that_became_large_is_to_regroup_until_told_so(small: Store) -> None:
+    """Becoming large (by a join or a bulk add) marks the group to regroup, until a
+    gateway says its members follow; falling back to the bound forgets the mark."""
+    for user in (ALICE, BOB):
+        await small.join(G, user)
+    assert not await small.to_regroup(G)
+    await small.join(G, CAROL)
+    assert await small.to_regroup(G)
+    await small.join(G, DAVE)  # large already: still to regroup, nobody said otherwise
+    assert await small.to_regroup(G)
+    await small.regrouped(G)
+    assert not await small.to_regroup(G)
+    await small.leave(G, DAVE)
+    await small.leave(G, CAROL)  # two members: in each inbox again
+    assert not await small.is_large(G)
+    assert await small.add_members(G, [CAROL]) == [Joined.ADDED]
+    assert await small.to_regroup(G)
+    await small.remove_members(G, [CAROL])
+    assert not await small.to_regroup(G)
+
+
 async def test_a_non_member_is_refused_in_a_large_group(small: Store) -> None:
     for user in (ALICE, BOB, CAROL):
         await small.join(G, user)
