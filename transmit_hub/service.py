@@ -152,6 +152,10 @@ class HubService:
                 if task is not None and not task.done():
                     task.cancel()
             tasks = [t for t in (reader, writer) if t is not None]
+            for task in tasks:
+                # A writer held in a write to a gateway that reads nothing may end only
+                # when the call is torn down, with the write's error: nothing to report.
+                task.add_done_callback(_settled)
             if tasks:
                 await asyncio.wait(tasks, timeout=WRITER_FINISH_TIMEOUT)
         if att.end_reason is EndReason.REPLACED:
@@ -323,6 +327,12 @@ class HubService:
         self, request: codec.GetStatsRequest, context: Any
     ) -> codec.GetStatsResponse:
         return codec.stats_to_pb(self.registry.stats())
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    """Mark a stream task's outcome as seen (its failure, if any, was reported already)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def add_to_server(service: HubService, server: aio.Server) -> None:
