@@ -150,10 +150,11 @@ class HubConfig:
     )
     gateway_write_timeout: float = setting(
         10.0,
-        "end a gateway's stream (detach the gateway) when one write to it (a frame of at "
-        "most 4 MiB) has made no progress for this long: a gateway that keeps sending but "
-        "reads nothing, whose maps would otherwise be refused QUEUE_FULL for as long as it "
-        "stays; looked at four times per --gateway-keepalive (0: never)",
+        "end a gateway's stream (detach the gateway) when one write to it (a frame: at "
+        "most 4 MiB, or one bigger delivery) has made no progress for this long: a gateway "
+        "that keeps sending but reads nothing, whose maps would otherwise be refused "
+        "QUEUE_FULL for as long as it stays; looked at four times per --gateway-keepalive "
+        "(0: never)",
         metavar="SECONDS",
         check=lambda v: None if v == 0 or 0.1 <= v <= 3600 else "must be 0 (never) or 0.1 to 3600",
     )

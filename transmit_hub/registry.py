@@ -249,7 +249,7 @@ class Registry:
         more: a gateway that reads nothing holds the writer in a write (HTTP/2 flow
         control), while its outbox fills, even as it keeps sending, so :meth:`silent`
         never sees it. A gateway that reads, however slowly, completes each write (a frame
-        holds what waited, at most 4 MiB) and starts the clock again. Pure: the caller
+        holds what waited: at most 4 MiB, or one bigger delivery) and starts the clock again. Pure: the caller
         ends the streams."""
         return [
             att

@@ -330,7 +330,8 @@ class HubService:
 
 
 def _settled(task: asyncio.Task[None]) -> None:
-    """Mark a stream task's outcome as seen (its failure, if any, was reported already)."""
+    """Mark a stream task's outcome as seen: a failure that matters was taken from it
+    before its handler let go of it."""
     if not task.cancelled():
         task.exception()
 
