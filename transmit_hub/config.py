@@ -148,6 +148,16 @@ class HubConfig:
         metavar="SECONDS",
         check=between(0.1, 3600),
     )
+    gateway_write_timeout: float = setting(
+        10.0,
+        "end a gateway's stream (detach the gateway) when one write to it (a frame: at "
+        "most 4 MiB, or one bigger delivery) has made no progress for this long: a gateway "
+        "that keeps sending but reads nothing, whose maps would otherwise be refused "
+        "QUEUE_FULL for as long as it stays; looked at four times per --gateway-keepalive "
+        "(0: never)",
+        metavar="SECONDS",
+        check=lambda v: None if v == 0 or 0.1 <= v <= 3600 else "must be 0 (never) or 0.1 to 3600",
+    )
     metrics_listen: str | None = setting(
         None,
         "serve Prometheus metrics at GET /metrics on this address (default: off)",

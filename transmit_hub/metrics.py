@@ -148,6 +148,12 @@ class _HubCollector(Collector):
             value=service.silent_detached,
         )
         yield CounterMetricFamily(
+            "transmit_hub_stalled_detached",
+            "Gateway streams ended because a write to them made no progress "
+            "(--gateway-write-timeout).",
+            value=service.stalled_detached,
+        )
+        yield CounterMetricFamily(
             "transmit_hub_unauthenticated",
             "Calls refused for a missing or wrong token (--auth-token).",
             value=self._auth.refused if self._auth is not None else 0,

@@ -49,6 +49,10 @@ class EndReason(enum.Enum):
     SILENT = "silent"
     """Nothing came from the stream for the keepalive deadline, probes included: the
     gateway, or the network to it, is dead or stuck (see :meth:`Registry.silent`)."""
+    STALLED = "stalled"
+    """A write to the stream made no progress for the write deadline: the gateway takes
+    nothing (though it may still send), so its outbox fills and maps for it would be
+    refused QUEUE_FULL for as long as it stays (see :meth:`Registry.stalled`)."""
 
 
 @dataclass(slots=True)
@@ -83,6 +87,9 @@ class Attachment:
     """Notices for this stream dropped: logged one line a second at most."""
     heard_at: float = field(default_factory=time.monotonic)
     """When the hub last read a frame from this stream (maps and probe answers alike)."""
+    writing_since: float = 0.0
+    """When the writer started the write it is in (``time.monotonic``; 0: in none): set
+    and cleared once per frame, never per delivery."""
 
     def probe(self, nonce: int) -> None:
         """Ask the writer to send a Probe with ``nonce`` (answered: ``probe_answered``)."""
@@ -236,6 +243,19 @@ class Registry:
             elif quiet >= keepalive:
                 probe.append(att)
         return probe, end
+
+    def stalled(self, now: float, limit: float) -> list[Attachment]:
+        """The streams to end because one write to them has been out for ``limit`` s or
+        more: a gateway that reads nothing holds the writer in a write (HTTP/2 flow
+        control), while its outbox fills, even as it keeps sending, so :meth:`silent`
+        never sees it. A gateway that reads, however slowly, completes each write (a frame
+        holds what waited: at most 4 MiB, or one bigger delivery) and starts the clock again. Pure: the caller
+        ends the streams."""
+        return [
+            att
+            for att in self._attached.values()
+            if att.writing_since and now - att.writing_since >= limit and att.end_reason is None
+        ]
 
     def attachments(self) -> list[Attachment]:
         return list(self._attached.values())

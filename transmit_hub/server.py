@@ -12,7 +12,8 @@ seconds detect a dead peer (kill -9, cable pulled) in seconds; the server accept
 link's pings (both ends' options are in :mod:`transmit_hub.transport`). A gateway stream
 that goes silent is also probed by the hub itself and ended after twice
 ``gateway_keepalive`` seconds (:meth:`HubService.watch`), as fast as a gateway notices a
-silent hub, even while the hub is writing to it.
+silent hub, even while the hub is writing to it; one that keeps sending but takes nothing
+is ended once a write to it has been out for ``gateway_write_timeout`` seconds.
 
 TLS (``tls``, a :class:`~transmit_hub.tls.ServerTls`): the port serves TLS only; with
 a client CA, every RPC needs a client certificate signed by it, and a Connect stream
@@ -113,7 +114,10 @@ class HubServer(AsyncLifecycle):
             ids_from_certificates=self._tls is not None and self._tls.mutual,
         )
         self.service = HubService(
-            self.registry, attacher=attacher, gateway_keepalive=config.gateway_keepalive
+            self.registry,
+            attacher=attacher,
+            gateway_keepalive=config.gateway_keepalive,
+            gateway_write_timeout=config.gateway_write_timeout,
         )
         self._watch: asyncio.Task[None] | None = None
         self.metrics = HubMetrics(self.registry, self.service, self.auth)

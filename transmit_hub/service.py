@@ -16,9 +16,17 @@ pings are not enough here: behind a connection that went silent (a dead switch p
 stuck VM), a hub that keeps writing deliveries can go on for as long as the buffers
 last, and then block, without ever timing out a ping.
 
+Write deadline (the same watch): a gateway that keeps sending but reads nothing is never
+silent, yet HTTP/2 flow control holds the hub's write to it for as long as it does not
+read, its outbox fills, and every map for it would be refused QUEUE_FULL for as long as
+it stays. A stream with one write out for ``gateway_write_timeout`` seconds is ended and
+its gateway detached the same way, so maps for it come back NOT_ATTACHED. The writer
+stamps the start of each frame's write (never per delivery); the watch compares.
+
 Stream endings: the id is held by a live stream, or this stream was replaced ->
 ALREADY_EXISTS; hub shutting down -> UNAVAILABLE "hub shutting down; reconnect"; the
-stream was silent -> UNAVAILABLE (:data:`SILENT_DETAILS`); a frame that is not valid
+stream was silent -> UNAVAILABLE (:data:`SILENT_DETAILS`); a write to it stalled ->
+UNAVAILABLE (:data:`STALLED_DETAILS`); a frame that is not valid
 protobuf -> INVALID_ARGUMENT.
 """
 
@@ -39,7 +47,14 @@ from .forwarding import Forwarder
 from .registry import Attachment, EndReason, Registry
 from .transport import SERVICE_NAME
 
-__all__ = ["HELD_DETAILS", "SHUTDOWN_DETAILS", "HubService", "add_to_server"]
+__all__ = [
+    "HELD_DETAILS",
+    "SHUTDOWN_DETAILS",
+    "SILENT_DETAILS",
+    "STALLED_DETAILS",
+    "HubService",
+    "add_to_server",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +62,7 @@ REPLACED_DETAILS = (
     "gateway id {} was claimed by a newer stream, and this one did not answer the probe"
 )
 SILENT_DETAILS = "nothing from gateway {} for {:g} s, probes unanswered; reconnect"
+STALLED_DETAILS = "gateway {} took nothing written to it for {:g} s; reconnect"
 
 MAX_FRAME_ITEMS = 4096
 """Most deliveries and notices per response frame."""
@@ -68,17 +84,24 @@ class HubService:
         *,
         attacher: Attacher | None = None,
         gateway_keepalive: float = 2.0,
+        gateway_write_timeout: float = 10.0,
     ) -> None:
         """``attacher``: the start of each stream, with its limits (default: the defaults)."""
         if gateway_keepalive <= 0:
             raise ConfigError("gateway_keepalive must be positive")
+        if not gateway_write_timeout >= 0:
+            raise ConfigError("gateway_write_timeout must not be negative")
         self.registry = registry
         self.gateway_keepalive = gateway_keepalive
         """Seconds of silence after which a stream is probed; twice this, it is ended."""
+        self.gateway_write_timeout = gateway_write_timeout
+        """Seconds one write to a stream may stay out before the stream is ended (0: never)."""
         self.keepalive_probes = 0
         """Probes sent to quiet streams by :meth:`watch`."""
         self.silent_detached = 0
         """Streams ended by :meth:`watch` because they stayed silent."""
+        self.stalled_detached = 0
+        """Streams ended by :meth:`watch` because a write to them made no progress."""
         self.attacher = attacher if attacher is not None else Attacher(registry)
         self.forwarder = Forwarder(registry)
         self.draining = False
@@ -129,6 +152,10 @@ class HubService:
                 if task is not None and not task.done():
                     task.cancel()
             tasks = [t for t in (reader, writer) if t is not None]
+            for task in tasks:
+                # A writer held in a write to a gateway that reads nothing may end only
+                # when the call is torn down, with the write's error: nothing to report.
+                task.add_done_callback(_settled)
             if tasks:
                 await asyncio.wait(tasks, timeout=WRITER_FINISH_TIMEOUT)
         if att.end_reason is EndReason.REPLACED:
@@ -139,6 +166,11 @@ class HubService:
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE,
                 SILENT_DETAILS.format(gateway_id, 2 * self.gateway_keepalive),
+            )
+        if att.end_reason is EndReason.STALLED:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                STALLED_DETAILS.format(gateway_id, self.gateway_write_timeout),
             )
         if isinstance(failure, ProtocolError):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad request frame: {failure}")
@@ -165,14 +197,17 @@ class HubService:
         self.forwarder.route(att, maps, checked=checked)
 
     async def watch(self) -> None:
-        """Probe the streams that went quiet and end those that stay silent (runs until
-        cancelled; checks four times per ``gateway_keepalive``)."""
+        """Probe the streams that went quiet, end those that stay silent, and those with a
+        write out for ``gateway_write_timeout`` (runs until cancelled; checks four times
+        per ``gateway_keepalive``)."""
         keepalive = self.gateway_keepalive
+        write_timeout = self.gateway_write_timeout
         registry = self.registry
         while True:
             await asyncio.sleep(keepalive / 4)
             try:
-                probe, end = registry.silent(time.monotonic(), keepalive)
+                now = time.monotonic()
+                probe, end = registry.silent(now, keepalive)
                 for att in probe:
                     att.keepalive()
                 self.keepalive_probes += len(probe)
@@ -185,6 +220,18 @@ class HubService:
                         2 * keepalive,
                     )
                     att.end(EndReason.SILENT)
+                if write_timeout:
+                    stalled = registry.stalled(now, write_timeout)
+                    self.stalled_detached += len(stalled)
+                    for att in stalled:
+                        log.warning(
+                            "gateway %s (%s): a write to it made no progress for %g s "
+                            "(--gateway-write-timeout): it takes nothing; detaching it",
+                            att.gateway_id,
+                            att.peer,
+                            write_timeout,
+                        )
+                        att.end(EndReason.STALLED)
             except Exception:  # a bug must not stop the watch
                 log.exception("the keepalive watch failed; going on")
 
@@ -221,12 +268,15 @@ class HubService:
         box = att.outbox
         counters = att.counters
         registry = self.registry
+        clock = time.monotonic
         while True:
             await box.wait()
             woke = time.monotonic_ns() if timeline.ON else 0
             if att.probe_due:
                 att.probe_due = False
+                att.writing_since = clock()
                 await context.write(codec.probe_bytes(att.probe_nonce))
+                att.writing_since = 0.0
             entries, notices = box.take(MAX_FRAME_ITEMS, MAX_FRAME_BYTES)
             if not entries and not notices:
                 if box.closed:
@@ -237,7 +287,9 @@ class HubService:
                 ids = [d.message.id for d in codec.decode_response(response).deliveries]
                 timeline.stamp("hub_woke", ids, woke)
                 timeline.stamp("hub_out", ids)
+            att.writing_since = clock()  # the watch ends a stream whose write stays out
             await context.write(response)
+            att.writing_since = 0.0
             if timeline.ON:
                 timeline.stamp("hub_wrote", ids)
             counters.deliveries_sent += len(entries)
@@ -275,6 +327,13 @@ class HubService:
         self, request: codec.GetStatsRequest, context: Any
     ) -> codec.GetStatsResponse:
         return codec.stats_to_pb(self.registry.stats())
+
+
+def _settled(task: asyncio.Task[None]) -> None:
+    """Mark a stream task's outcome as seen: a failure that matters was taken from it
+    before its handler let go of it."""
+    if not task.cancelled():
+        task.exception()
 
 
 def add_to_server(service: HubService, server: aio.Server) -> None:

@@ -53,6 +53,7 @@ def test_help_explains_every_flag() -> None:
         ["--queue-bytes", "100"],
         ["--listen", "nowhere"],
         ["--grace", "-1"],
+        ["--gateway-write-timeout", "-1"],
     ],
 )
 def test_bad_flag_exits_nonzero_with_one_line(args: list[str]) -> None:

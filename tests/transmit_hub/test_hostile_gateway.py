@@ -20,9 +20,15 @@ MIB = 1024 * 1024
 
 @pytest.fixture
 async def patient_hub() -> AsyncIterator[HubServer]:
-    """A hub with the default queue bounds that does not detach silent gateways for a
-    minute (the stuck gateway below sends nothing after its Hello)."""
-    config = HubConfig(listen="127.0.0.1:0", hub_id="test-hub", gateway_keepalive=60.0)
+    """A hub with the default queue bounds that does not detach silent or stalled
+    gateways for a minute (the stuck gateway below sends nothing after its Hello and reads
+    nothing; test_write_stall.py has the hub detach such gateways)."""
+    config = HubConfig(
+        listen="127.0.0.1:0",
+        hub_id="test-hub",
+        gateway_keepalive=60.0,
+        gateway_write_timeout=60.0,
+    )
     async with HubServer(config) as hub:
         yield hub
 
