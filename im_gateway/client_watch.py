@@ -56,7 +56,7 @@ class AnswerWatch:
         self.since: float | None = None
         self._answered = 0
         self.timeouts = 0
-        """Connections given up for owing answers too long (counted by the adapter)."""
+        """Connections given up for owing answers too long (counted by :class:`Liveness`)."""
 
     def update(self, owed: int, answered: int, now: float) -> None:
         progressed = answered != self._answered

@@ -47,10 +47,10 @@
 // - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
 //   once with code "backlog"); the newest 100,000 message ids are remembered; at most
 //   `catchUpBuffer` (10,000) frames are held during a catch-up, until its end marker.
-//   Beyond that, the inbox frames at or below the connect replay's end marker are shown
-//   (only the catch-up's replay, which comes in order, brings those), and when that does
-//   not free half of it (a gateway streaming frames and never ending its replay) the
-//   connection is given up: nothing held was shown, the next one catches up from there.
+//   Beyond that, inbox frames are dropped: at the marker what lies below the lowest one
+//   dropped is shown and the rest asked for again (as after a cut by the replay budget);
+//   a gateway that never sends the marker (ten times the bound dropped) is left. Nothing
+//   held is shown before its marker: nothing out of order or twice (ClientCore.hold).
 //
 // A refused token. The gateway answers a bad token with HTTP 401, which a browser's
 // WebSocket does not show (a refused upgrade and an unreachable host both look like a
@@ -313,7 +313,7 @@ export class ClientCore {
     if ((this.phase === "catchup" || this.phase === "waiting") && caught) {
       // Live pushes may come before the catch-up reaches their positions: kept, and
       // sorted by position at its end marker (each is stored before it is pushed, so the
-      // catch-up holds them too, and the repeats are dropped by id). Bounded: overflow().
+      // catch-up holds them too, and the repeats are dropped by id). Bounded: hold().
       const state = this.streams.get(where.stream);
       if (state && where.pos <= state.handled) return; // a repeat
       this.hold(frame, where);
@@ -656,7 +656,7 @@ const DEFAULTS = {
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
   connectTimeout: 10000, // ms for the handshake (and for the 401 probe): then the next URL
   catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
-  catchUpBuffer: 10000, // frames held during a catch-up; beyond it, see ClientCore.overflow
+  catchUpBuffer: 10000, // frames held during a catch-up; beyond it, see ClientCore.hold
   answerTimeout: 30000, // ms a connection may owe answers without giving any: then the next URL
   maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
 };
