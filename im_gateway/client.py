@@ -25,13 +25,18 @@ at once after a 1012 close (draining; :data:`RESTART_AT_ONCE` times in a row at 
 A connection that got as far as its connect replay resets the backoff. Bounded waits:
 the handshake (:data:`CONNECT_TIMEOUT`), and a gateway that sends nothing (stuck, or a
 dead link): :data:`HEARTBEAT_TIMEOUT` after a heartbeat sent for a read-quiet
-:data:`HEARTBEAT_INTERVAL`, the next URL. An HTTP 401 at the handshake stops the client:
-every waiting call raises ``Refused("unauthorized")``.
+:data:`HEARTBEAT_INTERVAL`, the next URL. A gateway that keeps talking but answers
+none of the frames it owes (type 10 or 99) for :data:`ANSWER_TIMEOUT` is left too (its
+store or pipeline is stuck): they go out again, same client ids, on the next connection
+(see :mod:`im_gateway.client_watch`). An HTTP 401 at the
+handshake stops the client: every waiting call raises ``Refused("unauthorized")``.
 
 Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
 buffer per stream beyond them; what does not fit is dropped and asked for again once the
 application takes messages (nothing is lost: what was not taken was not acknowledged).
-The socket is always read, so sends are answered even when no one takes messages.
+The socket is always read, so sends are answered even when no one takes messages. At
+most :data:`MAX_UNANSWERED` frames (sends, joins, leaves) wait for their answers; one
+more raises ``Refused("backlog")`` at once.
 """
 
 from __future__ import annotations
@@ -40,27 +45,25 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
-from types import TracebackType
 from typing import Any, Final
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .client_protocol import (
-    GROUP,
     JOIN,
     LEAVE,
-    PRIVATE,
-    UINT64_MAX,
     ClientError,
     Message,
     Refused,
     Sent,
     backoff,
     group_id,
+    message_frame,
     token_subject,
 )
 from .client_state import ClientState
+from .client_watch import GIVEN_UP, AnswerWatch, Liveness
 from .close_codes import CLOSE_SERVICE_RESTART
 
 __all__ = ["Client", "ClientError", "Message", "Refused", "Sent"]
@@ -81,6 +84,11 @@ HEARTBEAT_INTERVAL: Final = 30.0
 HEARTBEAT_TIMEOUT: Final = 20.0
 """Seconds for any frame after a read-quiet heartbeat; then the next URL."""
 CONNECT_TIMEOUT: Final = 10.0
+ANSWER_TIMEOUT: Final = 30.0
+"""Seconds a connection may owe answers without giving any; then the next URL (generous:
+see :mod:`im_gateway.client_watch`)."""
+MAX_UNANSWERED: Final = 10_000
+"""Frames waiting for their answers at most; beyond it a call raises ``Refused("backlog")``."""
 CLOSE_WAIT: Final = 2.0
 """Seconds :meth:`Client.close` waits for the gateway to take its last acknowledgements."""
 MAX_WAITING: Final = 10_000
@@ -99,6 +107,7 @@ class Client:
         self._token = token
         self._state = ClientState(token_subject(token), max_waiting=MAX_WAITING)
         self._waiters: dict[str, asyncio.Future[Sent]] = {}
+        self._answers = AnswerWatch()
         self._runner: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
@@ -127,12 +136,7 @@ class Client:
         self._start()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     def _start(self) -> None:
@@ -203,19 +207,7 @@ class Client:
         """Send to user ``to`` or group ``group``; returns once stored for every recipient
         (however many reconnects it takes). Raises :class:`Refused` on a type 99 other
         than ``internal`` and ``rate_limited`` (which it retries itself)."""
-        if (to is None) == (group is None):
-            raise ValueError("give exactly one of to= and group=")
-        target = to if group is None else group
-        if type(target) is not int or not 0 <= target <= UINT64_MAX:
-            raise ValueError("to= and group= take a user or group id (an int in the uint64 range)")
-        if not isinstance(content, str):
-            raise TypeError("content must be a str")
-        if type(content_type) is not int:
-            raise TypeError("content_type must be an int")
-        kind = PRIVATE if group is None else GROUP
-        return await self._submit(
-            {"type": kind, "to": target, "contentType": content_type, "content": content}
-        )
+        return await self._submit(message_frame(to, group, content, content_type))
 
     async def join(self, group: int) -> None:
         """Join ``group`` (allowed by the gateway's ``--group-join``); raises :class:`Refused`."""
@@ -227,10 +219,12 @@ class Client:
 
     async def _submit(self, frame: dict[str, Any]) -> Sent:
         self._start()
+        if self._state.unanswered >= MAX_UNANSWERED:
+            raise Refused("backlog", f"{MAX_UNANSWERED} frames already wait for their answers")
         client_id = self._state.submit(frame)
         future: asyncio.Future[Sent] = asyncio.get_running_loop().create_future()
         self._waiters[client_id] = future
-        self._wake.set()
+        self._after_input()
         return await future
 
     async def messages(self) -> AsyncIterator[Message]:
@@ -292,6 +286,7 @@ class Client:
             self._schedule_ack()
         if state.waiting:
             self._arrived.set()
+        self._answers.update(state.owed, state.answered, loop.time())
 
     def _later(self, loop: asyncio.AbstractEventLoop, delay: float, action: Any) -> None:
         def fire() -> None:
@@ -376,22 +371,26 @@ class Client:
         state.connected()
         self._after_input()
         self._ack_now()
-        writer = asyncio.get_running_loop().create_task(self._write_loop(ws))
+        loop = asyncio.get_running_loop()
+        writer = loop.create_task(self._write_loop(ws))
         healthy = False
-        asked = False  # a heartbeat went out after a quiet read: a frame is owed
+        timeouts = (HEARTBEAT_INTERVAL, HEARTBEAT_TIMEOUT, ANSWER_TIMEOUT)
+        watch = Liveness(loop.time(), self._answers, *timeouts)
         try:
             while True:
                 try:
-                    async with asyncio.timeout(HEARTBEAT_TIMEOUT if asked else HEARTBEAT_INTERVAL):
+                    async with asyncio.timeout_at(watch.deadline()):
                         data = await ws.recv()
                 except TimeoutError:
-                    if asked:
-                        logger.info("no frame from %s after a heartbeat: the next URL", url)
+                    verdict = watch.timed_out(loop.time())
+                    if verdict == "ask":
+                        self._write(['{"type":0}'])
+                    elif verdict is not None:
+                        level = logging.WARNING if verdict == "unanswered" else logging.INFO
+                        logger.log(level, "%s: %s; the next URL", url, GIVEN_UP[verdict])
                         break
-                    asked = True
-                    self._write(['{"type":0}'])
                     continue
-                asked = False
+                watch.heard(loop.time())
                 if self._echo is not None and not self._echo.done():
                     self._closing_frame(data)
                 if data == HEARTBEAT_REPLY:
@@ -405,6 +404,7 @@ class Client:
         finally:
             self._ws, self.url = None, None
             state.disconnected()
+            self._after_input()
             self._outgoing = []
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -124,6 +124,23 @@ def parse_message(frame: dict[str, Any]) -> Message | None:
     return Message(msg_id, sender, to, frame["type"], content_type, time, content, seq)
 
 
+def message_frame(
+    to: int | None, group: int | None, content: str, content_type: int
+) -> dict[str, Any]:
+    """A type 1 (to user ``to``) or type 2 (to ``group``) frame without its id, checked."""
+    if (to is None) == (group is None):
+        raise ValueError("give exactly one of to= and group=")
+    target = to if group is None else group
+    if type(target) is not int or not 0 <= target <= UINT64_MAX:
+        raise ValueError("to= and group= take a user or group id (an int in the uint64 range)")
+    if not isinstance(content, str):
+        raise TypeError("content must be a str")
+    if type(content_type) is not int:
+        raise TypeError("content_type must be an int")
+    kind = PRIVATE if group is None else GROUP
+    return {"type": kind, "to": target, "contentType": content_type, "content": content}
+
+
 def group_id(group: int) -> int:
     """``group``, checked to be a group id (an int in the uint64 range)."""
     if type(group) is not int or not 0 <= group <= UINT64_MAX:

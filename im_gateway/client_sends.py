@@ -9,6 +9,11 @@ again with the same id on every new connection, until it is answered. Type 99
 Any other type 99 answers it as refused. At most ``own_ids_max`` ids of this client's
 stored messages are remembered.
 
+Answers owed. A frame written on the current connection and not answered yet is *owed*
+an answer (:attr:`Sends.owed` counts them; a retried refusal is an answer, and the frame
+is owed again once it is resent after its backoff); :attr:`Sends.answered` counts every
+answer. :class:`~im_gateway.client_watch.AnswerWatch` turns the two into a deadline.
+
 Imports only the standard library (see :mod:`im_gateway.client_protocol`).
 """
 
@@ -33,6 +38,8 @@ class _Pending:
     retry: bool = False
     """Waiting for a backoff after ``internal`` or ``rate_limited``."""
     attempts: int = 0
+    owed: bool = False
+    """Written on the current connection, and not answered since."""
 
 
 class Sends:
@@ -46,6 +53,10 @@ class Sends:
         self._own: OrderedDict[str, None] = OrderedDict()
         self._answers: list[tuple[str, Answer]] = []
         self._retries: list[tuple[str, int]] = []
+        self.owed = 0
+        """Frames written on the current connection and not answered since."""
+        self.answered = 0
+        """Answers (type 10, and type 99 retried or not) to this client's frames, ever."""
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -53,31 +64,50 @@ class Sends:
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._pending
 
-    def submit(self, frame: dict[str, Any]) -> tuple[str, str]:
-        """Keep a frame that wants a type 10; returns its client id and its text."""
+    def submit(self, frame: dict[str, Any], *, written: bool) -> tuple[str, str]:
+        """Keep a frame that wants a type 10; returns its client id and its text.
+        ``written``: it goes out now (connected), so it is owed an answer."""
         self._counter += 1
         client_id = f"{self._prefix}-{self._counter}"
         text = json.dumps({"type": frame["type"], "id": client_id, **frame}, ensure_ascii=False)
-        self._pending[client_id] = _Pending(text, frame["type"] in (PRIVATE, GROUP))
+        self._pending[client_id] = _Pending(text, frame["type"] in (PRIVATE, GROUP), owed=written)
+        self.owed += written
         return client_id, text
 
     def all_again(self) -> list[str]:
-        """Every unanswered frame, in order, for a new connection (backoffs cancelled)."""
+        """Every unanswered frame, in order, for a new connection (backoffs cancelled);
+        each is owed an answer."""
         for pending in self._pending.values():
             pending.retry = False
+            pending.owed = True
+        self.owed = len(self._pending)
         return [pending.text for pending in self._pending.values()]
 
+    def disconnected(self) -> None:
+        """The connection is gone: it owes nothing any more."""
+        for pending in self._pending.values():
+            pending.owed = False
+        self.owed = 0
+
     def retry(self, client_id: str) -> str | None:
-        """The text to send again when ``client_id`` still waits for its backoff."""
+        """The text to send again when ``client_id`` still waits for its backoff (it is
+        owed an answer again)."""
         pending = self._pending.get(client_id)
         if pending is None or not pending.retry:
             return None
         pending.retry = False
+        self._owe(pending, True)
         return pending.text
+
+    def _owe(self, pending: _Pending, owed: bool) -> None:
+        self.owed += owed - pending.owed
+        pending.owed = owed
 
     def accepted(self, client_id: str, msg_id: str, time: str) -> None:
         """Type 10 for ``client_id`` (one of ours, unanswered)."""
         pending = self._pending.pop(client_id)
+        self._owe(pending, False)
+        self.answered += 1
         if pending.message:
             self._own[msg_id] = None
             if len(self._own) > self._own_max:
@@ -90,6 +120,8 @@ class Sends:
         pending = self._pending.get(client_id)
         if pending is None:
             return False
+        self._owe(pending, False)
+        self.answered += 1
         if code in RETRIED:
             pending.retry = True
             pending.attempts += 1

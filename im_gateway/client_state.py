@@ -141,6 +141,17 @@ class ClientState:
         return len(self._sends)
 
     @property
+    def owed(self) -> int:
+        """Frames written on this connection and not answered since (see
+        :class:`~im_gateway.client_sends.AnswerWatch`)."""
+        return self._sends.owed
+
+    @property
+    def answered(self) -> int:
+        """Answers to this client's frames so far (type 10, and any type 99 for them)."""
+        return self._sends.answered
+
+    @property
     def waiting(self) -> int:
         """Messages released and not yet taken by the application."""
         return len(self._ready)
@@ -155,7 +166,7 @@ class ClientState:
     def submit(self, frame: dict[str, Any]) -> str:
         """Queue a frame that wants a type 10 (types 1, 2, 12, 13); returns its client id.
         ``frame`` has every field but ``id``."""
-        client_id, text = self._sends.submit(frame)
+        client_id, text = self._sends.submit(frame, written=self.connected_now)
         if self.connected_now:
             self._writes.append(text)
         return client_id
@@ -182,6 +193,7 @@ class ClientState:
         self.connected_now = False
         self._writes = []
         self._asking = None
+        self._sends.disconnected()
         for name, st in self._streams.items():
             if st.forget_unconfirmed():
                 self._held.discard(name)

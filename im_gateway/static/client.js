@@ -30,14 +30,27 @@
 //   in a row at most, until a connection lasts `backoffMax`). A handshake that takes
 //   longer than `connectTimeout` (10 s), and an open socket with no frame for 2.5
 //   `heartbeat`s (50 s: a stuck gateway, or a dead link that closes nothing), count as
-//   lost connections.
+//   lost connections. So does one that owes answers (requests written on it, not
+//   answered since) and gives none for `answerTimeout` (30 s): a gateway whose store or
+//   pipeline is stuck may still answer heartbeats and deliver; the requests go out
+//   again, same ids, on the next connection. The clock runs from the last answer (a
+//   retried refusal is one), or from when the connection came to owe something, so a
+//   batch answered slowly never trips it; deliveries do not count (they do not show
+//   that sends work). Generous: a healthy gateway answers within its store timeout (5 s,
+//   once more, then `internal`), behind at most its send queue (1,024 frames); leaving
+//   early costs a reconnect, never a repeat. `answerTimeouts` counts those given up.
 // - After a reconnect the client asks (type 14) for what came after its own inbox
 //   position, since another device of the user may have acknowledged more than it saw
 //   (a client that never finished a first replay has no position yet: like a new one, it
 //   starts from the user's). Its own message coming back in a replay before its answer
 //   is held (and the stream behind it) until the answer says whose it is.
 // - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
-//   once with code "backlog"); the newest 100,000 message ids are remembered.
+//   once with code "backlog"); the newest 100,000 message ids are remembered; at most
+//   `catchUpBuffer` (10,000) frames are held during a catch-up, until its end marker.
+//   Beyond that, inbox frames are dropped: at the marker what lies below the lowest one
+//   dropped is shown and the rest asked for again (as after a cut by the replay budget);
+//   a gateway that never sends the marker (ten times the bound dropped) is left. Nothing
+//   held is shown before its marker: nothing out of order or twice (ClientCore.hold).
 //
 // A refused token. The gateway answers a bad token with HTTP 401, which a browser's
 // WebSocket does not show (a refused upgrade and an unreachable host both look like a
@@ -119,6 +132,7 @@ const str = (value) => (value === undefined || value === null ? "" : String(valu
  * - `{kind: "error", code, message}`: a type 99 for no request of ours;
  * - `{kind: "truncated", seq}`: history was lost before this position;
  * - `{kind: "catchup-later"}`: the catch-up was cut short; call `resumeCatchUp()` later;
+ * - `{kind: "restart", reason}`: give the connection up (then `lost()`, reconnect);
  * - `{kind: "live"}`: the connection's replays are done.
  */
 export class ClientCore {
@@ -127,13 +141,15 @@ export class ClientCore {
    * `historyGroups`: with `history`, the large groups whose streams that connection also
    * asks for from the start (the gateway starts each where the user joined; a group that
    * is not large, or not the user's, is skipped); `idPrefix`: client ids are
-   * `idPrefix + n`; `maxSeen`: message ids remembered. */
+   * `idPrefix + n`; `maxSeen`: message ids remembered; `maxBuffer`: frames held during
+   * a catch-up. */
   constructor({
     me = "",
     history = false,
     historyGroups = [],
     idPrefix = "c-",
     maxSeen = 100000,
+    maxBuffer = 10000,
   } = {}) {
     this.me = str(me);
     this.history = Boolean(history);
@@ -146,7 +162,12 @@ export class ClientCore {
     this.idPrefix = idPrefix;
     this.maxSeen = maxSeen;
     this.counter = 0;
-    this.pending = new Map(); // client id -> {frame, held}; insertion order = send order
+    this.pending = new Map(); // client id -> {frame, held, owed}; insertion order = send order
+    this.owed = 0; // requests written on this connection and not answered since
+    this.answered = 0; // answers (type 10, type 99 retried or not) to requests, ever
+    this.maxBuffer = maxBuffer;
+    this.dropped = null; // the lowest inbox position dropped from a full catch-up buffer
+    this.droppedCount = 0; // frames dropped since the last end marker
     this.seen = new Set(); // message ids shown, or known to be this client's (the newest)
     this.streams = new Map(); // stream ("" the inbox, "g7:" a large group) -> its state
     this.connected = false;
@@ -166,15 +187,27 @@ export class ClientCore {
     this.counter += 1;
     const id = this.idPrefix + this.counter;
     const full = { ...frame, id };
-    this.pending.set(id, { frame: full, held: null });
-    if (this.connected) this.out.push(full);
+    this.pending.set(id, { frame: full, held: null, owed: this.connected });
+    if (this.connected) {
+      this.out.push(full);
+      this.owed += 1;
+    }
     return id;
   }
 
   /** Send a request again (after a retried refusal), if it still waits. */
   retry(id) {
     const entry = this.pending.get(id);
-    if (entry && this.connected) this.out.push(entry.frame);
+    if (entry && this.connected) {
+      this.out.push(entry.frame);
+      this.owe(entry, true);
+    }
+  }
+
+  /** Whether a request is owed an answer on this connection (kept in `this.owed`). */
+  owe(entry, owed) {
+    this.owed += Number(owed) - Number(entry.owed);
+    entry.owed = owed;
   }
 
   // ---- what the connection does ------------------------------------------------------
@@ -192,6 +225,8 @@ export class ClientCore {
     this.catching = new Set(this.groupQueue);
     this.marks = [];
     this.asked = null;
+    for (const entry of this.pending.values()) entry.owed = true;
+    this.owed = this.pending.size;
     this.out = [...this.pending.values()].map((entry) => entry.frame);
   }
 
@@ -199,6 +234,10 @@ export class ClientCore {
   lost() {
     this.connected = false;
     this.phase = "down";
+    this.dropped = null;
+    this.droppedCount = 0;
+    for (const entry of this.pending.values()) entry.owed = false;
+    this.owed = 0;
     this.out = [];
     this.buffer = [];
     this.cut = false;
@@ -210,7 +249,7 @@ export class ClientCore {
 
   /** A frame from the gateway (parsed JSON). Anything malformed is ignored. */
   receive(frame) {
-    if (!frame || typeof frame !== "object") return;
+    if (!frame || typeof frame !== "object" || !this.connected) return;
     switch (frame.type) {
       case TYPE.PRIVATE:
       case TYPE.GROUP:
@@ -274,8 +313,10 @@ export class ClientCore {
     if ((this.phase === "catchup" || this.phase === "waiting") && caught) {
       // Live pushes may come before the catch-up reaches their positions: kept, and
       // sorted by position at its end marker (each is stored before it is pushed, so the
-      // catch-up holds them too, and the repeats are dropped by id).
-      this.buffer.push(frame);
+      // catch-up holds them too, and the repeats are dropped by id). Bounded: hold().
+      const state = this.streams.get(where.stream);
+      if (state && where.pos <= state.handled) return; // a repeat
+      this.hold(frame, where);
       return;
     }
     if (where && where.pos <= this.stream(where.stream).handled) {
@@ -333,6 +374,8 @@ export class ClientCore {
     // Without a message id it cannot say whose a held copy is: malformed, and ignored
     // (the request is sent again on the next connection).
     if (typeof msgId !== "string") return;
+    this.owe(entry, false);
+    this.answered += 1;
     this.pending.delete(id);
     if (msgId) this.remember(msgId);
     this.release(entry, msgId);
@@ -359,6 +402,8 @@ export class ClientCore {
       this.events.push({ kind: "error", code, message });
       return;
     }
+    this.owe(entry, false); // answered: a retried one is owed again once resent
+    this.answered += 1;
     if (RETRIED.has(code)) {
       this.events.push({ kind: "retry", id, code });
       return;
@@ -384,15 +429,27 @@ export class ClientCore {
         return;
       }
     }
+    if (this.phase === "catchup" && this.dropped !== null && reached && !this.cut) {
+      // The buffer overflowed: show what is whole, and ask again from there at once.
+      const below = this.dropped - 1n;
+      this.keepBelow(reached.pos < below ? reached.pos : below);
+      this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
+      return;
+    }
     if (this.phase === "catchup" && this.cut) {
       // Cut short by the replay budget at `reached`: show what came up to there, keep
       // the rest, and ask again from there later (`resumeCatchUp`); no acks meanwhile.
       this.cut = false;
-      const limit = reached ? reached.pos : 0n;
+      let limit = reached ? reached.pos : 0n;
+      if (this.dropped !== null) {
+        // Frames were dropped too: whole only below the lowest of them.
+        if (this.dropped - 1n < limit) limit = this.dropped - 1n;
+        this.keepBelow(limit);
+      }
       const later = this.buffer.filter((f) => parseSeq(f.seq).pos > limit);
       this.flush(this.buffer.filter((f) => parseSeq(f.seq).pos <= limit));
       this.buffer = later;
-      if (reached) this.handle(reached);
+      if (reached) this.handle({ stream: INBOX, pos: limit });
       this.phase = "waiting";
       this.events.push({ kind: "catchup-later" });
       return;
@@ -407,6 +464,12 @@ export class ClientCore {
 
   /** The replays are done: what was set aside is shown, in each stream's order. */
   goLive(reached) {
+    if (this.dropped !== null) {
+      // Frames were dropped and no inbox marker says what is whole: start again.
+      this.lost();
+      this.events.push({ kind: "restart", reason: "catch-up buffer full" });
+      return;
+    }
     const buffered = this.buffer;
     this.buffer = [];
     this.phase = "live";
@@ -434,6 +497,49 @@ export class ClientCore {
     if (this.phase !== "waiting") return;
     this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
     this.phase = "catchup";
+  }
+
+  /** Hold a frame of a running catch-up, within `maxBuffer`. When full, an inbox frame
+   * is dropped (the lowest position dropped is remembered: at the catch-up's end marker
+   * what lies below it is shown, the rest asked for again); a large group's frame, or
+   * an inbox frame after the inbox's catch-up (during a group's), cannot be asked for
+   * again: the connection is given up (event "restart", and the groups' history with it,
+   * so that a long one cannot restart every connection; what the user has not
+   * acknowledged still comes in the connect replay). So is one that drops ten times the
+   * bound without an end marker (a gateway that never ends its replay). Nothing held is
+   * shown before its marker, so nothing is shown out of order or twice. */
+  hold(frame, where) {
+    if (this.buffer.length < this.maxBuffer) {
+      this.buffer.push(frame);
+      return;
+    }
+    this.droppedCount += 1;
+    const askable = where.stream === INBOX && this.asked === null;
+    if (askable && this.droppedCount <= 10 * this.maxBuffer) {
+      if (this.dropped === null || where.pos < this.dropped) this.dropped = where.pos;
+      return;
+    }
+    if (this.catching.size) this.historyDone = true;
+    this.lost();
+    this.events.push({ kind: "restart", reason: "catch-up buffer full" });
+  }
+
+  /** At a catch-up's end marker after frames were dropped (`dropped`): the inbox is
+   * whole up to `limit` (the marker, and below the lowest dropped): show that, let go of
+   * the inbox frames beyond (the next replay brings them again). */
+  keepBelow(limit) {
+    const show = [];
+    const keep = [];
+    for (const f of this.buffer) {
+      const where = parseSeq(f.seq);
+      if (where.stream !== INBOX) keep.push(f);
+      else if (where.pos <= limit) show.push(f);
+    }
+    this.flush(show);
+    this.buffer = keep;
+    this.handle({ stream: INBOX, pos: limit });
+    this.dropped = null;
+    this.droppedCount = 0;
   }
 
   /** Set-aside inbox frames, in position order, as if they came now. */
@@ -508,6 +614,29 @@ export class ClientCore {
   }
 }
 
+/** Since when a connection owes answers without giving any, fed the time (ms) after
+ * every input with the core's `owed` and `answered`: the moment it came to owe
+ * something (from owing nothing), or its last answer while it still owes more; `null`
+ * while it owes nothing. Pure, like the core. */
+export class AnswerWatch {
+  constructor() {
+    this.since = null;
+    this.seen = 0;
+  }
+
+  update(owed, answered, now) {
+    const progressed = answered !== this.seen;
+    this.seen = answered;
+    if (owed <= 0) this.since = null;
+    else if (this.since === null || progressed) this.since = now;
+  }
+
+  /** When the connection is overdue (`null`: it owes nothing). */
+  due(bound) {
+    return this.since === null ? null : this.since + bound;
+  }
+}
+
 /** An `Error` with the type 99 `code` (or "unauthorized", "closed"). */
 export class ClientError extends Error {
   constructor(code, message) {
@@ -527,6 +656,8 @@ const DEFAULTS = {
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
   connectTimeout: 10000, // ms for the handshake (and for the 401 probe): then the next URL
   catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
+  catchUpBuffer: 10000, // frames held during a catch-up; beyond it, see ClientCore.hold
+  answerTimeout: 30000, // ms a connection may owe answers without giving any: then the next URL
   maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
 };
 
@@ -566,7 +697,10 @@ export class Client {
       history: options.history,
       historyGroups: options.historyGroups || [],
       idPrefix: randomPrefix(),
+      maxBuffer: this.options.catchUpBuffer,
     });
+    this.answers = new AnswerWatch();
+    this.answerTimeouts = 0; // connections given up for owing answers too long
     this.onmessage = null;
     this.onack = null;
     this.onstatus = null;
@@ -587,6 +721,8 @@ export class Client {
       opening: null,
       ack: null,
       heartbeat: null,
+      answer: null,
+      answerDue: null,
       retries: new Set(),
     };
     this.lastFrameAt = 0;
@@ -730,6 +866,7 @@ export class Client {
     if (ws) this.ws = null;
     this.core.lost();
     this.stopHeartbeat();
+    this.watchAnswers();
     if (this.closed) return;
     if (!wasOpen && !timedOut) {
       if (/\b401\b/.test(errorText) || (await this.probeRefused(url))) {
@@ -785,6 +922,7 @@ export class Client {
     for (const timer of this.timers.retries) clearTimeout(timer);
     this.timers.retries.clear();
     this.stopHeartbeat();
+    clearTimeout(this.timers.answer);
     const ws = this.ws;
     this.ws = null;
     this.core.lost();
@@ -806,6 +944,7 @@ export class Client {
     const { frames, events } = this.core.drain();
     for (const frame of frames) this.write(frame);
     for (const event of events) this.dispatch(event);
+    this.watchAnswers();
     if (this.core.phase === "live" && !this.timers.ack) {
       this.timers.ack = setTimeout(() => {
         this.timers.ack = null;
@@ -878,6 +1017,9 @@ export class Client {
         this.attempt = 0;
         this.setStatus("live");
         break;
+      case "restart":
+        if (this.ws) this.drop(this.ws, event.reason);
+        break;
       default:
         break;
     }
@@ -891,17 +1033,47 @@ export class Client {
       if (!ws) return;
       if (Date.now() - this.lastFrameAt > every * 2.5) {
         // No frame at all for that long (not even the heartbeat's answer): dead.
-        this.ws = null;
-        try {
-          ws.close(4000, "heartbeat timeout");
-        } catch (_err) {
-          /* already closing */
-        }
-        this.failed(ws, "", "", true, 4000);
+        this.drop(ws, "heartbeat timeout");
         return;
       }
       this.write({ type: TYPE.HEARTBEAT });
     }, every);
+  }
+
+  /** Give an open socket up (close 4000) and reconnect, to the next URL. */
+  drop(ws, reason) {
+    this.ws = null;
+    try {
+      ws.close(4000, reason);
+    } catch (_err) {
+      /* already closing */
+    }
+    this.failed(ws, "", "", true, 4000);
+  }
+
+  /** Keep one timer at the answer deadline (see `answerTimeout`): when it fires and the
+   * connection still owes answers given none since, it is given up. */
+  watchAnswers() {
+    const bound = this.options.answerTimeout;
+    this.answers.update(this.core.owed, this.core.answered, Date.now());
+    const due = this.answers.due(bound);
+    if (due === this.timers.answerDue) return;
+    clearTimeout(this.timers.answer);
+    this.timers.answer = null;
+    this.timers.answerDue = due;
+    if (due === null) return;
+    this.timers.answer = setTimeout(() => {
+      this.timers.answer = null;
+      this.timers.answerDue = null;
+      const late = this.answers.due(bound);
+      if (!this.ws || this.closed || late === null) return;
+      if (late > Date.now()) {
+        this.watchAnswers(); // an answer moved it meanwhile
+        return;
+      }
+      this.answerTimeouts += 1;
+      this.drop(this.ws, "answer timeout");
+    }, Math.max(0, due - Date.now()));
   }
 
   stopHeartbeat() {

@@ -53,6 +53,7 @@ def test_the_client_imports_only_the_standard_library_and_websockets() -> None:
         "im_gateway.client_sends",
         "im_gateway.client_state",
         "im_gateway.client_streams",
+        "im_gateway.client_watch",
         "im_gateway.close_codes",
     }
 

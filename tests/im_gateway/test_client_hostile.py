@@ -15,7 +15,7 @@ import pytest
 from websockets.asyncio.server import ServerConnection, serve
 
 import im_gateway.client
-from im_gateway.client import Client
+from im_gateway.client import Client, Refused
 from im_gateway.client_protocol import INBOX
 from im_gateway.client_state import ClientState
 from tests.helpers import wait_until
@@ -143,6 +143,139 @@ async def test_a_handshake_that_never_completes_is_given_up_within_the_connect_t
         for writer in held:
             writer.close()
         tcp.close()
+
+
+@pytest.fixture
+def quick_answers(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Frames owed an answer for 0.5 s without one: the next URL; heartbeats every 0.1 s
+    (answered, so the heartbeat bound never fires). Returns the bound."""
+    monkeypatch.setattr(im_gateway.client, "ANSWER_TIMEOUT", 0.5, raising=False)
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_INTERVAL", 0.1)
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_TIMEOUT", 0.3, raising=False)
+    return 0.5
+
+
+def recording(frames: list[dict[str, object]], *, answer: bool, push_every: float = 0.0) -> Handler:
+    """A gateway that records what it is sent: the end marker, heartbeats answered, and
+    sends answered (type 10, message id ``m-<client id>``) only with ``answer``; with
+    ``push_every``, a message pushed that often besides (its hub link works)."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send('{"type":14,"seq":"0"}')
+
+        async def push() -> None:
+            for pos in range(1, 1_000_000):
+                await asyncio.sleep(push_every)
+                await ws.send(message(f"p{pos}", str(pos)))
+
+        pusher = asyncio.create_task(push()) if push_every else None
+        try:
+            async for data in ws:
+                frame = json.loads(data)
+                frames.append(frame)
+                if frame["type"] == 0:
+                    await ws.send('{"type":0}')
+                elif frame["type"] == 1 and answer:
+                    cid = frame["id"]
+                    await ws.send(
+                        json.dumps({"type": 10, "id": cid, "msgId": f"m-{cid}", "time": "1"})
+                    )
+        finally:
+            if pusher is not None:
+                pusher.cancel()
+
+    return handler
+
+
+@pytest.mark.parametrize("pushes", [False, True], ids=["heartbeats-only", "delivering"])
+async def test_a_gateway_that_answers_heartbeats_but_no_send_is_left_for_the_next_url(
+    quick_answers: float, caplog: pytest.LogCaptureFixture, pushes: bool
+) -> None:
+    """A gateway that answers heartbeats (and, in one case, keeps delivering messages, as
+    one with a stuck store but a working hub link does) but never answers a send: within
+    the answer bound the client leaves it; its three sends go to the next URL once each,
+    with the client ids they had, and are answered there; one log line, not one per send."""
+    stuck: list[dict[str, object]] = []
+    good: list[dict[str, object]] = []
+    caplog.set_level("WARNING", logger="im_gateway.client")
+    async with (
+        server(recording(stuck, answer=False, push_every=0.02 if pushes else 0.0)) as (a, _),
+        server(recording(good, answer=True)) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        started = time.monotonic()
+        sends = [client.send(to=OTHER, content=f"x{i}") for i in range(3)]
+        sent = await asyncio.wait_for(asyncio.gather(*sends), quick_answers + 5)
+        assert time.monotonic() - started < quick_answers + 2
+        assert client.url == b
+        first = [f["id"] for f in stuck if f["type"] == 1]
+        again = [f["id"] for f in good if f["type"] == 1]
+        assert len(first) == 3
+        assert again == first, "resent to the next URL once each, with the same client ids"
+        assert [s.msg_id for s in sent] == [f"m-{cid}" for cid in first]
+        assert any(f["type"] == 0 for f in stuck), "the stuck gateway answered heartbeats"
+    left = [r for r in caplog.records if "answered none of the frames" in r.getMessage()]
+    assert len(left) == 1, [r.getMessage() for r in caplog.records]
+
+
+async def test_answers_that_come_slowly_one_after_another_keep_the_connection(
+    quick_answers: float,
+) -> None:
+    """A gateway that answers a batch slowly (one answer every 0.2 s, ten sends: 2 s in
+    all, four times the bound) is making progress: the client stays on it."""
+
+    async def slow(ws: ServerConnection) -> None:
+        await ws.send('{"type":14,"seq":"0"}')
+        owed: asyncio.Queue[str] = asyncio.Queue()
+
+        async def answer() -> None:
+            while True:
+                cid = await owed.get()
+                await asyncio.sleep(0.2)
+                await ws.send(json.dumps({"type": 10, "id": cid, "msgId": f"m-{cid}", "time": "1"}))
+
+        answering = asyncio.create_task(answer())
+        try:
+            async for data in ws:
+                frame = json.loads(data)
+                if frame["type"] == 0:
+                    await ws.send('{"type":0}')
+                elif frame["type"] == 1:
+                    owed.put_nowait(frame["id"])
+        finally:
+            answering.cancel()
+
+    async with (
+        server(slow) as (a, _),
+        server(answers) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        sent = await asyncio.wait_for(
+            asyncio.gather(*(client.send(to=OTHER, content=f"x{i}") for i in range(10))), 10
+        )
+        assert [s.msg_id for s in sent] == [f"m-{s.client_id}" for s in sent]
+        assert client.connections == 1
+        assert client.url == a
+
+
+async def test_sends_beyond_max_unanswered_are_refused_at_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With MAX_UNANSWERED frames waiting (here 2, disconnected), one more raises
+    ``Refused("backlog")`` at once instead of growing memory."""
+    monkeypatch.setattr(im_gateway.client, "MAX_UNANSWERED", 2, raising=False)
+    async with server(lambda ws: ws.wait_closed()) as (a, _):
+        pass  # a port that was just closed: nothing answers there
+    client = Client(a, token=TOKEN)
+    waiting = [asyncio.ensure_future(client.send(to=OTHER, content=str(i))) for i in range(2)]
+    await wait_until(lambda: client._state.unanswered == 2, what="both sends submitted")
+    with pytest.raises(Refused) as refused:
+        await asyncio.wait_for(client.send(to=OTHER, content="one too many"), 5)
+    assert refused.value.code == "backlog"
+    await client.close()
+    for future in waiting:
+        with pytest.raises(Refused):
+            await future
 
 
 # --- the pure core against hostile frames ----------------------------------------------

@@ -23,6 +23,14 @@ def test_client_adapter_node_tests_pass() -> None:
     assert "after a 1012 close it reconnects at once" in done.stdout
 
 
+def test_client_hostile_node_tests_pass() -> None:
+    """node --test against real WebSocket servers: a gateway answering heartbeats (and
+    delivering) but no send is left within answerTimeout; one streaming a catch-up that
+    never ends keeps the buffer within catchUpBuffer and is left."""
+    done = run_node_tests(NODE_TESTS / "hostile.test.mjs")
+    assert "a catch-up that never ends" in done.stdout
+
+
 def test_client_module_is_served_as_javascript() -> None:
     """GET /client.js's file is the module's bytes with a JavaScript type, no CSP."""
     served = http.static_file("client.js")

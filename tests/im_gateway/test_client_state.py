@@ -197,6 +197,8 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         self.client_acked = dict.fromkeys(STREAMS, 0)
         self.fail_next = False
         self.retries: list[str] = []
+        self.backoff: set[str] = set()
+        """Sends refused with a retried code on this connection, waiting for their backoff."""
         self.replay_retry = False
 
     # --- the model gateway ---
@@ -260,7 +262,9 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         for cid, answer in self.state.take_answers():
             assert cid not in self.answered, "an answer reported twice"
             self.answered[cid] = answer
-        self.retries += [c for c, _ in self.state.take_retries()]
+        retried = [c for c, _ in self.state.take_retries()]
+        self.retries += retried
+        self.backoff.update(retried)
         self.replay_retry = self.state.take_replay_retry() or self.replay_retry
 
     def take(self, n: int) -> None:
@@ -280,6 +284,7 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
     @rule()
     def connect(self) -> None:
         conn = self.conn = Connection(acked_at_connect=dict(self.server_acked))
+        self.backoff.clear()  # a new connection resends every unanswered frame
         self.state.connected()
         self.to_server()  # resends first: the gateway stores them before its replay read
         for stream in STREAMS:
@@ -373,6 +378,7 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         for cid in self.retries:
             self.state.retry(cid)
         self.retries = []
+        self.backoff.clear()
         if self.replay_retry:
             self.replay_retry = False
             self.state.retry_replay()
@@ -413,6 +419,18 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
             for entry in self.streams[stream][: self.client_acked[stream]]:
                 if not entry.mine and self.expected(stream, entry):
                     assert entry.msg_id in shown, f"acked past unshown {entry}"
+
+    @invariant()
+    def owed_is_what_this_connection_wrote_and_did_not_answer(self) -> None:
+        """The frames owed an answer (what the answer bound watches) are this
+        connection's unanswered writes, less those waiting for a retry's backoff; none
+        while disconnected; and every answer is counted."""
+        if self.conn is None:
+            assert self.state.owed == 0
+        else:
+            unanswered = set(self.submitted) - set(self.answered)
+            assert self.state.owed == len(unanswered - self.backoff)
+        assert self.state.answered >= len(self.answered) + len(self.backoff)
 
     def expected(self, stream: str, entry: Entry) -> bool:
         return stream in self.start and entry.pos > self.start[stream]
@@ -469,3 +487,28 @@ def test_an_unknown_user_holds_every_message_while_sends_are_unanswered(user: in
     assert len(taken(s)) == (1 if user == ME else 0)
     s.received(frame(type=10, id=cid, msgId="mx", time="1"))
     assert len(taken(s)) == (0 if user == ME else 1)
+
+
+def test_frames_owed_an_answer_are_this_connections_unanswered_writes() -> None:
+    """What the answer bound watches: a send written on this connection is owed until
+    answered; a retried refusal is an answer (owed again once resent); a send made while
+    disconnected is owed from the connection that writes it; a lost connection owes
+    nothing."""
+    s = ClientState(ME, id_prefix="t")
+    early = s.submit({"type": 1, "to": OTHER, "contentType": 0, "content": "a"})
+    assert (s.owed, s.answered) == (0, 0)
+    s.connected()
+    late = s.submit({"type": 12, "to": GROUP})
+    assert s.owed == 2
+    s.received(frame(type=99, id=early, code="internal", message="again"))
+    assert (s.owed, s.answered) == (1, 1)
+    s.retry(early)
+    assert s.owed == 2
+    s.received(frame(type=10, id=late, msgId="", time="1"))
+    assert (s.owed, s.answered) == (1, 2)
+    s.disconnected()
+    assert s.owed == 0
+    s.connected()
+    assert s.owed == 1
+    s.received(frame(type=99, id=early, code="not_member", message="no"))
+    assert (s.owed, s.answered, s.unanswered) == (0, 3, 0)

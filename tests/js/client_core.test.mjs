@@ -374,10 +374,12 @@ class ModelGateway {
   }
 }
 
-function runScenario(seed, steps) {
+function runScenario(seed, steps, maxBuffer = 10000) {
   const rand = generator(seed);
   const gw = new ModelGateway(rand);
-  const core = new ClientCore({ me: ME, idPrefix: `s${seed}-` });
+  const core = new ClientCore({ me: ME, idPrefix: `s${seed}-`, maxBuffer });
+  let restart = false;
+  let restarts = 0;
   const requests = new Map(); // client id -> {frame, answers: []}
   const retries = new Set();
   let catchUpLater = false;
@@ -392,6 +394,9 @@ function runScenario(seed, steps) {
   const pump = () => {
     const { frames, events } = core.drain();
     if (gw.conn) gw.conn.up.push(...frames);
+    assert.ok(core.buffer.length <= maxBuffer, `seed ${seed}: ${core.buffer.length} frames held`);
+    assert.ok(core.owed <= core.pending.size && core.owed >= 0, `seed ${seed}: owed ${core.owed}`);
+    if (!core.connected) assert.equal(core.owed, 0, `seed ${seed}: owed while disconnected`);
     for (const event of events) {
       if (event.kind === "message") {
         const m = event.message;
@@ -406,7 +411,16 @@ function runScenario(seed, steps) {
         retries.add(event.id);
       } else if (event.kind === "catchup-later") {
         catchUpLater = true;
+      } else if (event.kind === "restart") {
+        restart = true;
       }
+    }
+    if (restart) {
+      // The core gave the connection up (its catch-up buffer overflowed): reconnect.
+      restart = false;
+      restarts += 1;
+      drop();
+      connect();
     }
   };
 
@@ -537,7 +551,7 @@ function runScenario(seed, steps) {
   const lastShown = gw.streams[""].findLastIndex((m) => !gw.stored.has(m.id)) + 1;
   assert.ok(gw.acked[""] >= lastShown, `seed ${seed}: inbox acknowledged to ${gw.acked[""]}`);
   assert.equal(gw.acked["g7:"], gw.streams["g7:"].length, `seed ${seed}: group not acknowledged`);
-  return { requests: requests.size, shown: shownIds.length };
+  return { requests: requests.size, shown: shownIds.length, restarts };
 }
 
 test("property: any order of frames, reconnects and repeats keeps the promises", () => {
@@ -553,4 +567,15 @@ test("property: any order of frames, reconnects and repeats keeps the promises",
   // The generator exercises what it claims to (not a vacuous pass).
   assert.ok(requests > runs * 10, `only ${requests} requests`);
   assert.ok(shownTotal > runs * 20, `only ${shownTotal} messages shown`);
+});
+
+test("property: a catch-up buffer of 3 frames keeps the promises (overflows shown or restarted)", () => {
+  // The same model gateway, with the buffer held during catch-ups bounded to 3 frames:
+  // it overflows often (each step may bring several); every message is still shown once,
+  // in order, every request answered once, and nothing acknowledged before it is shown.
+  const base = Number(process.env.CLIENT_CORE_SEED || 1);
+  const runs = Number(process.env.CLIENT_CORE_RUNS || 300);
+  let restarts = 0;
+  for (let seed = base; seed < base + runs; seed += 1) restarts += runScenario(seed, 400, 3).restarts;
+  assert.ok(restarts > runs / 10, `only ${restarts} restarts: the bound is not exercised`);
 });
