@@ -17,8 +17,8 @@ replayers, which know the user's large groups) and, as one TransmitMap with one 
 per gateway, to the other gateways that follow it; such a share names user 0 with the
 group seq ``g<group>:<n>``, and the receiving gateway hands it to its own followers of
 the group. A user's join or leave reaches their gateways as a :data:`CONTROL_REGROUP`
-share: their connections read their large groups again. Members only: a follower is shown a
-post once the store says they are still a member (:mod:`im_gateway.screening`).
+share: their connections read their large groups again. Members only: a follower is shown
+a post once the store says they are still a member (:mod:`im_gateway.screening`).
 
 Controls. The server API's ``disconnect`` reaches the gateways that hold a user's sockets
 as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub routes it
@@ -28,10 +28,10 @@ sockets instead of delivering it.
 From the hub: the link hands each frame's deliveries over as rows (no object built for an
 ordinary message: :mod:`im_gateway.from_hub` pushes it from its fields); deliveries are
 checked as strictly as client frames (:mod:`im_gateway.inbound`; a bad one is dropped and
-counted, the rest go on);
-undeliverable notices clear the stale presence they name; after each (re)connect every
-local session reads its inbox to the end, so pushes missed while the hub was away
-arrive even when nothing follows them (:mod:`im_gateway.catch_up`; so does a lost link).
+counted, the rest go on); undeliverable notices clear the stale presence they name; after
+each (re)connect every local session reads its inbox to the end, so pushes missed while
+the hub was away arrive even when nothing follows them (:mod:`im_gateway.catch_up`; so
+does a lost link).
 """
 
 from __future__ import annotations
@@ -128,12 +128,9 @@ class Fanout(Generic[C]):
         self._groups = self.following.groups
         self.catch_up = CatchUp(self._sessions, store=store, resync_after=resync_after)
         """Every local session reads its inbox to the end (after a hub link's loss or return)."""
+        unfollow = self.following.unfollow
         self._screen = Screen(
-            self._groups,
-            store=store,
-            unfollow=self.following.unfollow,
-            metrics=self._metrics,
-            held_max=held_max,
+            self._groups, store=store, unfollow=unfollow, metrics=self._metrics, held_max=held_max
         )
         self._task: asyncio.Task[None] | None = None
         self._linked_at = time.monotonic()
@@ -294,24 +291,17 @@ class Fanout(Generic[C]):
     ) -> None:
         """``changed`` joined (or, with ``left``, left) ``group``: their connections
         follow its stream or stop when it is (or was) large; every member's when it just
-        became large, or became large in a change whose answer was an error before every
-        member followed (:meth:`Store.to_regroup`: its resend finds the group large; a
-        leave leaves that to the next join). Leavers' connections stop following at once,
-        here and (the control goes before any later post through the same hub) on the
-        other gateways."""
+        became large, or did in a change answered with an error before all followed
+        (:meth:`Store.to_regroup`; a leave leaves that to the next join). Leavers'
+        connections stop following at once, here and (the control goes before any later
+        post through the same hub) on the other gateways."""
         large = await self._store.is_large(group)
-        users: Collection[UserId]
         if large and not left and (not was_large or await self._store.to_regroup(group)):
             users = await self._store.members(group)
             if await self.regroup(users, now_ms, control_id):
                 await self._store.regrouped(group)
-            return
-        if large or was_large:
-            users = changed
-        else:
-            return
-        if users:
-            await self.regroup(users, now_ms, control_id, left=group if left else None)
+        elif (large or was_large) and changed:
+            await self.regroup(changed, now_ms, control_id, left=group if left else None)
 
     async def regroup(
         self,
