@@ -446,8 +446,14 @@ export class ClientCore {
         if (this.dropped - 1n < limit) limit = this.dropped - 1n;
         this.keepBelow(limit);
       }
-      const later = this.buffer.filter((f) => parseSeq(f.seq).pos > limit);
-      this.flush(this.buffer.filter((f) => parseSeq(f.seq).pos <= limit));
+      // Inbox frames only: a large group's position counts in its own stream, whose
+      // catch-up comes after the inbox's (shown now, it would pass that one's history).
+      const whole = (f) => {
+        const where = parseSeq(f.seq);
+        return where.stream === INBOX && where.pos <= limit;
+      };
+      const later = this.buffer.filter((f) => !whole(f));
+      this.flush(this.buffer.filter(whole));
       this.buffer = later;
       if (reached) this.handle({ stream: INBOX, pos: limit });
       this.phase = "waiting";

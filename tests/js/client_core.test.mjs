@@ -201,6 +201,35 @@ test("a catch-up cut short by the replay budget is asked for again from where it
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "11" }]);
 });
 
+test("a cut-short inbox catch-up shows no large group's post before that group's history", () => {
+  // A page's reload with a group's history to read: the inbox's catch-up is cut short by
+  // the replay budget at 10, while a live post of group 7 (its position 4) waits for the
+  // group's own catch-up. The cut shows the inbox up to 10, and not the post: its
+  // position counts in the group's stream, not the inbox's. Shown at the cut, it would
+  // pass the group's stream to 4 and its history (1 to 3) would be dropped as repeats.
+  const core = new ClientCore({ me: ME, history: true, historyGroups: [7] });
+  const g7 = (id, pos) => msg(id, `g7:${pos}`, { type: 2, to: 7 });
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "0" }]);
+  for (const n of [1, 2, 3, 4, 5]) core.receive(msg(`i${n}`, String(n)));
+  core.receive(g7("p4", 4)); // a live post, during the inbox's catch-up
+  for (const n of [6, 7, 8, 9, 10]) core.receive(msg(`i${n}`, String(n)));
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget used up" });
+  core.receive({ type: TYPE.REPLAY, seq: "10" });
+  const inbox = Array.from({ length: 10 }, (_, i) => `i${i + 1}`);
+  assert.deepEqual(shown(core.drain().events), inbox);
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "10" }]);
+  core.receive({ type: TYPE.REPLAY, seq: "10" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:0" }]);
+  for (const n of [1, 2, 3, 4]) core.receive(g7(`p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:4" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["p1", "p2", "p3", "p4"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+});
+
 test("its own message coming back before the answer is not shown, and not passed by acks", () => {
   const { core, a } = ownCopyFirst();
   core.receive(msg("m2", "2"));
