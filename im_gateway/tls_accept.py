@@ -9,20 +9,26 @@ sees. So the port serves plain TCP, and each connection's TLS handshake runs her
   :class:`~im_gateway.descriptors.Sockets` at once, as a plain one is counted
   (``--max-handshakes``, ``--fd-reserve``), or closes it at once when it is refused (no
   TLS yet: there is nothing it could read); it stops reading before any byte is read;
-- a task runs ``loop.start_tls`` bounded by ``--handshake-timeout``, then hands the TLS
-  transport, and what the client sent right behind its handshake, to the WebSocket
-  connection (told that it is counted already);
+- ``loop.start_tls`` (bounded by ``--handshake-timeout``) takes the socket before
+  ``connection_made`` returns, then hands the TLS transport, and what the client sent
+  right behind its handshake, to the WebSocket connection (told that it is counted
+  already);
 - whatever ends a handshake first (the bound, a TLS error, the client gone, the gateway
   closing: :meth:`Handshakes.close`) aborts the connection and gives its count back,
   once. Failed handshakes are counted (one log line now and then, and the
   ``handshakes_refused`` metric's ``tls_timeout`` and ``tls_failed``), never a line each.
 
-The one module that leans on how the loops' ``start_tls`` treats its protocol
-(``tests/im_gateway/test_tls_accept.py`` pins it on asyncio's loop and on uvloop): data,
-EOF and the connection's end can reach that protocol before ``start_tls`` returns
-(asyncio's reads what came right behind the handshake at once; uvloop tells it of a
-timed-out handshake's end), and the TLS transport's ``set_protocol`` sends what comes
-later to the WebSocket connection.
+The one module that leans on how the loops' ``start_tls`` works
+(``tests/im_gateway/test_tls_accept.py`` pins it on asyncio's loop and on uvloop):
+
+- its first step, before its one wait, pauses the socket and puts TLS in front of it
+  (uvloop starts reading a socket right after ``connection_made`` returns, so that step
+  runs inside it; a task would run it an iteration later, after the ClientHello may
+  have been read);
+- data, EOF and the connection's end can reach its protocol before it returns
+  (asyncio's reads what came right behind the handshake at once; uvloop tells it of a
+  timed-out handshake's end), and the TLS transport's ``set_protocol`` sends what comes
+  later to the WebSocket connection.
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Callable
-from typing import Final, Protocol, cast
+from collections.abc import Callable, Coroutine
+from typing import Any, Final, Protocol, cast
 
 from .admission import Refusal, RejectionLog
 from .descriptors import Sockets
@@ -143,7 +149,8 @@ class TlsAccept(asyncio.Protocol):
         "_eof",
         "_handed",
         "_handshakes",
-        "_task",
+        "_started",
+        "_starting",
         "_transport",
     )
 
@@ -151,7 +158,8 @@ class TlsAccept(asyncio.Protocol):
         self._handshakes = handshakes
         self._connection = connection
         self._transport: asyncio.Transport | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._starting: Coroutine[Any, Any, asyncio.BaseTransport | None] | None = None
+        self._started = 0.0
         self._counted = False  # holds a count in Sockets, given back or handed on once
         self._handed = False
         self._eof = False
@@ -163,6 +171,12 @@ class TlsAccept(asyncio.Protocol):
         return self._counted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Count the connection or close it at once; then start its TLS handshake here,
+        before this returns: uvloop starts reading a socket right after its protocol's
+        ``connection_made`` (a ``pause_reading`` there is undone), and a ClientHello must
+        reach the TLS layer, not this protocol. ``start_tls``' first step (it pauses the
+        socket, puts TLS in front of it and schedules the handshake) runs now; it is
+        resumed, as a task would resume it, when the handshake's future is done."""
         raw = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
         handshakes = self._handshakes
         refused = handshakes.sockets.open_ws()
@@ -172,31 +186,51 @@ class TlsAccept(asyncio.Protocol):
             return
         self._counted = True
         self._transport = raw
-        raw.pause_reading()  # no byte before start_tls: it reads the ClientHello itself
-        handshakes.pending.add(self)
-        self._task = asyncio.get_running_loop().create_task(self._start_tls(raw))
-
-    async def _start_tls(self, raw: asyncio.Transport) -> None:
-        handshakes = self._handshakes
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            tls = await loop.start_tls(
-                raw,
-                self,
-                handshakes.context,
-                server_side=True,
-                ssl_handshake_timeout=handshakes.timeout,
-                ssl_shutdown_timeout=handshakes.shutdown_timeout,
-            )
-        except BaseException as exc:
-            self._end(raw)
-            if not isinstance(exc, Exception):
-                raise  # cancelled: the gateway closes
-            handshakes.failed(failure_reason(loop.time() - started, handshakes.timeout), exc)
+        self._started = loop.time()
+        handshakes.pending.add(self)
+        self._starting = loop.start_tls(
+            raw,
+            self,
+            handshakes.context,
+            server_side=True,
+            ssl_handshake_timeout=handshakes.timeout,
+            ssl_shutdown_timeout=handshakes.shutdown_timeout,
+        )
+        self._step()
+
+    def _step(self, _: object = None) -> None:
+        """Run ``start_tls`` on to its next wait, or to its end."""
+        starting = self._starting
+        if starting is None:  # aborted
             return
-        finally:
-            handshakes.pending.discard(self)
+        try:
+            waiting = starting.send(None)
+        except StopIteration as done:
+            self._starting = None
+            self._tls_up(done.value)
+        except Exception as exc:
+            self._starting = None
+            self._tls_failed(exc)
+        else:
+            if isinstance(waiting, asyncio.Future):
+                waiting.add_done_callback(self._step)
+            else:  # a bare yield: on at the next iteration
+                asyncio.get_running_loop().call_soon(self._step)
+
+    def _tls_failed(self, exc: Exception) -> None:
+        handshakes = self._handshakes
+        handshakes.pending.discard(self)
+        if self._transport is not None:
+            self._end(self._transport)
+        elapsed = asyncio.get_running_loop().time() - self._started
+        handshakes.failed(failure_reason(elapsed, handshakes.timeout), exc)
+
+    def _tls_up(self, tls: asyncio.BaseTransport | None) -> None:
+        """Hand the TLS transport, and what came right behind the handshake, over."""
+        self._handshakes.pending.discard(self)
+        raw = self._transport
+        assert raw is not None
         if tls is None or not self._counted or self._eof or tls.is_closing():
             self._end(raw)  # gone (or sending too much) right behind its handshake
             return
@@ -218,11 +252,12 @@ class TlsAccept(asyncio.Protocol):
             self._handshakes.sockets.close_ws(handshaking=True)
 
     def abort(self) -> None:
-        """End the handshake now (the gateway closes)."""
+        """End the handshake now (the gateway closes): not counted as a failure."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.close()  # start_tls closes the socket and cancels what it scheduled
         if self._transport is not None:
             self._end(self._transport)
-        if self._task is not None:
-            self._task.cancel()
 
     # What start_tls' transport tells its protocol: kept until the connection takes over.
 
