@@ -204,4 +204,5 @@ def test_handshake_timeout_is_a_flag_with_a_clear_error(capsys: pytest.CaptureFi
         parse_config(["--jwt-secret", SECRET, "--handshake-timeout", "0"], environ={})
     assert info.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert "--handshake-timeout" in line and "0.1 to 300" in line, line
+    assert "--handshake-timeout" in line, line
+    assert "0.1 to 300" in line, line
