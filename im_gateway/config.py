@@ -380,6 +380,13 @@ class GatewayConfig:
     close_timeout: float = setting(
         3.0, "wait this long for a closing handshake", metavar="SECONDS", check=non_negative
     )
+    handshake_timeout: float = setting(
+        10.0,
+        "a connection on --listen gets this long for its TLS handshake (with --tls-cert), "
+        "then as long again for its WebSocket upgrade or HTTP request; beyond, it is closed",
+        metavar="SECONDS",
+        check=between(0.1, 300),
+    )
     drain_timeout: float = setting(
         10.0,
         "on SIGTERM: stop accepting, answer the frames taken, close every socket with "

@@ -46,6 +46,7 @@ from .session_limits import SessionLimits
 from .sessions import Session
 from .store import Store, open_store
 from .tasks import cancel_and_wait
+from .tls_accept import Handshakes
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class Gateway(AsyncLifecycle):
         self._link: Link | None = link
         self._hub_link: HubPool | None = None
         self._server: Server | None = None
+        self._tls: Handshakes | None = None
         self._fanout: Fanout[Session] | None = None
         self._pipeline: Pipeline | None = None
         self._api: ApiServer | None = None
@@ -196,7 +198,15 @@ class Gateway(AsyncLifecycle):
                 "the JWT secret is shorter than 32 bytes: fine for a demo, weak in production"
             )
         # Certificates first: a bad file fails the start before anything connects.
-        tls = ws.tls_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert and cfg.tls_key else None
+        if cfg.tls_cert and cfg.tls_key:
+            self._tls = Handshakes(
+                ws.tls_context(cfg.tls_cert, cfg.tls_key),
+                timeout=cfg.handshake_timeout,
+                shutdown_timeout=cfg.close_timeout,
+                sockets=self._sockets,
+                rejections=self._rejections,
+                on_failed=self.metrics.handshake_refused,
+            )
         if self._store is None:
             try:
                 self._store = await open_store(
@@ -223,7 +233,7 @@ class Gateway(AsyncLifecycle):
                 cfg,
                 process_request=self._front.process_request,
                 connection=ws.connection_class(self._sockets, self._rejections),
-                tls=tls,
+                tls=self._tls,
             )
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from exc
@@ -320,7 +330,7 @@ class Gateway(AsyncLifecycle):
             "gateway %s listening on %s (%s; hub %s, redis %s; group joins: %s)",
             gateway_id,
             self.address,
-            "wss/https" if tls else "ws/http",
+            "wss/https" if self._tls is not None else "ws/http",
             cfg.hub,
             cfg.redis_url,
             cfg.group_join,
@@ -337,6 +347,8 @@ class Gateway(AsyncLifecycle):
             await cancel_and_wait(self._sweeper)
             if self._server is not None:
                 self._server.server.close()  # stop accepting
+                if self._tls is not None:
+                    self._tls.close()  # TLS handshakes under way: aborted
                 if self._fanout is not None:
                     # Close sessions with a deadline (websockets waits forever on a
                     # client that does not read), then let websockets finish the rest.

@@ -14,7 +14,9 @@ socket, and reads and writes text frames without a task switch each:
   and writes everything queued in one loop iteration from ``protocol.data_to_send()``
   in one ``transport.write``;
 - ``connection_made`` / ``connection_lost`` count the socket in
-  :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot;
+  :class:`~im_gateway.descriptors.Sockets` and give back the user's connection slot (over
+  TLS the socket is counted at its accept, before its TLS handshake:
+  :meth:`Connection.counted_at_accept`, :mod:`im_gateway.tls_accept`);
 - ``ping_now`` writes a ping without a task or a future, and ``heard_at`` says when the
   client last sent a ping or a pong (the gateway's one keepalive sweep reads it);
 - ``send_data`` holds an accepted upgrade's 101 for the first frame's write;
@@ -25,8 +27,9 @@ socket, and reads and writes text frames without a task switch each:
   request's headers, the handshake response and the per-connection log adapter, and
   swaps two empty ``deque`` (about 760 bytes each) for lists.
 
-:func:`listen` binds the port with the server's options, :func:`tls_context` loads its
-certificate.
+:func:`listen` binds the port with the server's options (with TLS, the protocol the loop
+gets is what ``create_connection`` returns: a :class:`~im_gateway.tls_accept.TlsAccept`
+around the connection), :func:`tls_context` loads its certificate.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from .config import GatewayConfig
 from .errors import StartupError
 from .flushes import Flushes
 from .group_policy import GroupRights
+from .tls_accept import Handshakes, TlsAccept
 
 _TEXT_HEADS = tuple(bytes((0x81, n)) for n in range(126))
 """The header of an unmasked, final text frame of 0..125 bytes (RFC 6455, 5.2)."""
@@ -300,11 +304,17 @@ class Connection(ServerConnection):
             parser = inner
         return parser.gi_code is _AT_FRAME_START
 
+    def counted_at_accept(self) -> None:
+        """Its TCP connection was counted when it was accepted, before its TLS handshake
+        (:mod:`im_gateway.tls_accept`): ``connection_made`` counts it no more, and
+        ``connection_lost`` gives the count back."""
+        self.gw.counted = self.gw.handshaking = True
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Count the connection, or answer it a fixed 503 at once (its request is never
         read) when too many handshakes are under way or the descriptors are low."""
         super().connection_made(transport)
-        if self.sockets is None:
+        if self.sockets is None or self.gw.counted:
             return
         refused = self.sockets.open_ws()
         if refused is None:
@@ -459,15 +469,22 @@ async def listen(
     *,
     process_request: Callable[[ServerConnection, Request], Awaitable[Response | None]],
     connection: type[Connection],
-    tls: ssl.SSLContext | None,
+    tls: Handshakes | None,
 ) -> Server:
-    """Bind ``cfg.listen`` (not serving yet: ``start_serving()``); OSError when taken."""
+    """Bind ``cfg.listen`` (not serving yet: ``start_serving()``); OSError when taken.
+
+    With ``tls``, the port serves TCP and each connection runs its TLS handshake in
+    :mod:`im_gateway.tls_accept`, counted from its accept: the protocol the loop gets is
+    what ``create_connection`` returns (websockets passes it on as it is), a
+    :class:`~im_gateway.tls_accept.TlsAccept` wrapping the connection."""
+    create: Any = connection if tls is None else _tls_accepting(connection, tls)
     return await serve(
         handler,
         cfg.host,
         cfg.port,
         process_request=process_request,
-        create_connection=connection,
+        create_connection=create,
+        open_timeout=cfg.handshake_timeout,  # the upgrade (TLS: in tls_accept)
         compression="deflate" if cfg.compression else None,
         max_size=cfg.max_frame_size,
         # Pings come from one sweeper task for all connections (sweep_idle),
@@ -477,11 +494,20 @@ async def listen(
         close_timeout=cfg.close_timeout,
         server_header=None,
         logger=logging.getLogger("websockets.server"),  # else looked up per connection
-        ssl=tls,
         start_serving=False,
         reuse_port=cfg.reuse_port or None,  # several gateway processes on one port
         backlog=cfg.listen_backlog,  # asyncio's 100 drops SYNs in a reconnect storm
     )
+
+
+def _tls_accepting(connection: type[Connection], tls: Handshakes) -> Callable[..., TlsAccept]:
+    """What websockets' ``serve`` calls for each TCP connection (as it would call
+    ``connection``): the connection, wrapped until its TLS handshake is done."""
+
+    def create(*args: Any, **kwargs: Any) -> TlsAccept:
+        return tls.accept(connection(*args, **kwargs))
+
+    return create
 
 
 def tls_context(cert: str, key: str) -> ssl.SSLContext:

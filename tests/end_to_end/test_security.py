@@ -298,8 +298,8 @@ async def test_a_tls_handshake_that_stops_midway_is_cut_after_the_open_timeout(
     start_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
     """Clients that open TCP to the TLS port and send nothing, or half a ClientHello, are
-    cut after the 10 s opening timeout (websockets passes it to asyncio as the TLS
-    handshake's, instead of asyncio's 60 s); users get in meanwhile and after."""
+    cut after the default 10 s --handshake-timeout (instead of asyncio's 60 s); users get
+    in meanwhile and after."""
     certs = make_server_cert(tmp_path)
     gw = await start_gateway("gw-tls-stall", tls_cert=str(certs.cert), tls_key=str(certs.key))
     stalled = [await asyncio.open_connection("127.0.0.1", gw.port) for _ in range(10)]

@@ -118,6 +118,10 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"tls_key": "key.pem"},
         {"drain_timeout": 0},
         {"drain_timeout": 4000},
+        {"handshake_timeout": 0},
+        {"handshake_timeout": -1},
+        {"handshake_timeout": 301},
+        {"handshake_timeout": float("nan")},
     ],
 )
 def test_invalid_settings_raise_config_error(changes: dict[str, object]) -> None:
@@ -188,3 +192,17 @@ def test_probe_flags_are_checked() -> None:
         with pytest.raises(SystemExit) as info:
             probe.parse_config(argv, env_)
         assert info.value.code == 2
+
+
+def test_handshake_timeout_is_a_flag_with_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """--handshake-timeout (default 10 s, websockets' open timeout until it was a flag)
+    parses; 0 is a usage error in one line that names the flag and the range."""
+    assert GatewayConfig(jwt_secret=SECRET).handshake_timeout == 10.0
+    cfg = parse_config(["--jwt-secret", SECRET, "--handshake-timeout", "2.5"], environ={})
+    assert cfg.handshake_timeout == 2.5
+    with pytest.raises(SystemExit) as info:
+        parse_config(["--jwt-secret", SECRET, "--handshake-timeout", "0"], environ={})
+    assert info.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--handshake-timeout" in line, line
+    assert "0.1 to 300" in line, line

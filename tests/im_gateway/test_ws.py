@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 import websockets
+import websockets.asyncio.server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from packaging.requirements import Requirement
@@ -100,6 +101,18 @@ def test_the_internal_names_exist_with_their_shapes() -> None:
     for name in ("writes", "extensions", "debug", "expect_continuation_frame"):
         assert f"self.{name} =" in protocol_init or f"self.{name}:" in protocol_init, name
     assert "self.writes.append(" in inspect.getsource(Protocol.send_frame)
+
+
+def test_serve_hands_the_loop_what_create_connection_returns() -> None:
+    """``ws.listen``'s TLS path relies on it: websockets' ``serve`` gives the loop, as each
+    TCP connection's protocol, what ``create_connection`` returned (a ``TlsAccept``
+    around the connection), and takes ``open_timeout`` (``--handshake-timeout``)."""
+    source = inspect.getsource(websockets.asyncio.server.serve)
+    assert "connection = create_connection(" in source
+    assert "return connection" in source
+    assert "loop.create_server(protocol_factory" in source
+    assert "open_timeout" in _parameters(websockets.asyncio.server.serve)
+    assert _parameters(ws.Connection.counted_at_accept) == ["self"]
 
 
 def test_text_frame_is_what_websockets_serializes() -> None:
