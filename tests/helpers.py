@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -80,3 +82,26 @@ def one_error_line(argv: list[str], env: dict[str, str] | None = None) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     return lines[0]
+
+
+def tls_behind_handshake(
+    sock: socket.socket, context: ssl.SSLContext, data: bytes
+) -> tuple[ssl.SSLObject, ssl.MemoryBIO]:
+    """Run a TLS client handshake on the blocking ``sock``, then send ``data`` in the same
+    TCP write as the client's Finished (the bytes arrive right behind the handshake);
+    returns the TLS object and its incoming BIO (for the caller to feed what it reads)."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            if pending := outgoing.read():
+                sock.sendall(pending)
+            received = sock.recv(65536)
+            assert received, "the server closed during the handshake"
+            incoming.write(received)
+    tls.write(data)
+    sock.sendall(outgoing.read())  # the client's Finished and ``data``, one write
+    return tls, incoming

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 from devtools.certs import make_server_cert
 from tests.end_to_end.conftest import GatewayFactory
 from tests.end_to_end.harness import Client, GatewayProcess, token
-from tests.helpers import wait_until
+from tests.helpers import tls_behind_handshake, wait_until
 from transmit_hub.server import HubServer
 
 PARTIAL_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # a ClientHello's start
@@ -183,20 +183,7 @@ def upgrade_behind_finished(port: int, context: ssl.SSLContext, tok: str) -> byt
         "Sec-WebSocket-Version: 13\r\n\r\n"
     ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if pending := outgoing.read():
-                    sock.sendall(pending)
-                data = sock.recv(65536)
-                assert data, "the gateway closed during the handshake"
-                incoming.write(data)
-        tls.write(request)
-        sock.sendall(outgoing.read())  # Finished and the request, one write
+        tls, incoming = tls_behind_handshake(sock, context, request)
         received = b""
         while b"\r\n\r\n" not in received:
             data = sock.recv(65536)

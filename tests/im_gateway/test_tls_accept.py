@@ -19,7 +19,7 @@ import uvloop
 from devtools.certs import ServerCert, make_server_cert
 from im_gateway.descriptors import Sockets
 from im_gateway.tls_accept import FAILED, TIMED_OUT, Handshakes, failure_reason
-from tests.helpers import wait_until
+from tests.helpers import tls_behind_handshake, wait_until
 
 LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
     "asyncio": asyncio.new_event_loop,
@@ -141,20 +141,7 @@ def upgrade_behind_handshake(port: int, then_close: bool, context: ssl.SSLContex
     request arrives right behind the handshake); then it closes at once, or reads until
     the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = context.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                if pending := outgoing.read():
-                    sock.sendall(pending)
-                data = sock.recv(65536)
-                assert data, "the server closed during the handshake"
-                incoming.write(data)
-        tls.write(UPGRADE)
-        sock.sendall(outgoing.read())  # the client's Finished and the request together
+        tls_behind_handshake(sock, context, UPGRADE)
         if then_close:
             return
         while sock.recv(65536):
