@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,3 +181,40 @@ async def connect_server(
         yield server, f"127.0.0.1:{port}"
     finally:
         await server.stop(0)
+
+
+async def detach_of_a_frozen_receiver(
+    hub: Any, make_link: LinkFactory, *, content: str, within: float
+) -> tuple[float, Collector]:
+    """gw-r, behind a proxy that freezes, is written to by gw-s until ``hub`` detaches it
+    (within ``within`` seconds) and gw-s hears of it (a notice): seconds from the freeze to the
+    detach, and gw-s. The proxy is thawed at the end."""
+    from tests.proxy import FreezableProxy
+    from transmit_hub import GatewayId
+
+    async with FreezableProxy("127.0.0.1", hub.port) as proxy:
+        receiver = await make_link(proxy.address, "gw-r")
+        sender = await make_link(hub.address, "gw-s")
+        assert sender.link.send(tmap("m-0", {"gw-r": (1,)}))
+        await receiver.wait_deliveries(1)
+        proxy.freeze()
+        frozen_at = time.monotonic()
+
+        async def write() -> None:
+            for n in itertools.count(1):
+                sender.link.send(tmap(f"m-{n}", {"gw-r": (1,)}, content=content))
+                await asyncio.sleep(0.005)  # pacing, not synchronisation
+
+        writer = asyncio.create_task(write())
+        try:
+            await wait_until(
+                lambda: not hub.registry.is_attached(GatewayId("gw-r")),
+                timeout=within,
+                what="the hub to detach the frozen gateway",
+            )
+            took = time.monotonic() - frozen_at
+            await sender.wait_notices(1)
+        finally:
+            writer.cancel()
+        proxy.thaw()
+        return took, sender

@@ -3,15 +3,12 @@ FIN, no RST) as fast as a gateway notices a silent hub, even while it writes to 
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import pytest
 
 from tests.helpers import wait_until
-from tests.proxy import FreezableProxy
-from tests.transmit_hub.conftest import LinkFactory, tmap
+from tests.transmit_hub.conftest import LinkFactory, detach_of_a_frozen_receiver
 from transmit_hub import GatewayId, HubServer, UndeliverableReason
 from transmit_hub.config import HubConfig
 from transmit_hub.registry import EndReason, Registry
@@ -63,38 +60,13 @@ async def test_a_frozen_gateway_is_detached_within_twice_the_keepalive_while_wri
     the hub detaches it within about twice ``--gateway-keepalive`` (gRPC's own pings, 3 s
     plus 3 s, would take at least 6 s, if they ever fire behind a blocked write), and the
     sender's next maps for it come back NOT_ATTACHED (so a pool sends them elsewhere)."""
-    async with FreezableProxy("127.0.0.1", fast_hub.port) as proxy:
-        receiver = await make_link(proxy.address, "gw-r")
-        sender = await make_link(fast_hub.address, "gw-s")
-        assert sender.link.send(tmap("m-0", {"gw-r": (1,)}))
-        await receiver.wait_deliveries(1)
-        proxy.freeze()
-        frozen_at = time.monotonic()
-        n = 0
-
-        async def write() -> None:
-            nonlocal n
-            while True:
-                n += 1
-                sender.link.send(tmap(f"m-{n}", {"gw-r": (1,)}, content="x" * 2000))
-                await asyncio.sleep(0.005)  # pacing, not synchronisation
-
-        writer = asyncio.create_task(write())
-        try:
-            await wait_until(
-                lambda: not fast_hub.registry.is_attached(GatewayId("gw-r")),
-                timeout=6,
-                what="the hub to detach the frozen gateway",
-            )
-            took = time.monotonic() - frozen_at
-            await sender.wait_notices(1)
-        finally:
-            writer.cancel()
-        assert took < 2 * KEEPALIVE + 2.0, took
-        assert fast_hub.service.silent_detached == 1
-        assert b"transmit_hub_silent_detached_total 1.0" in fast_hub.metrics.render()
-        assert {n.reason for n in sender.notices} == {UndeliverableReason.NOT_ATTACHED}
-        proxy.thaw()
+    took, sender = await detach_of_a_frozen_receiver(
+        fast_hub, make_link, content="x" * 2000, within=6
+    )
+    assert took < 2 * KEEPALIVE + 2.0, took
+    assert fast_hub.service.silent_detached == 1
+    assert b"transmit_hub_silent_detached_total 1.0" in fast_hub.metrics.render()
+    assert {n.reason for n in sender.notices} == {UndeliverableReason.NOT_ATTACHED}
 
 
 async def test_an_idle_live_gateway_answers_the_probes_and_stays_attached(

@@ -17,7 +17,6 @@ import pytest
 from grpc import aio
 
 from tests.helpers import wait_until
-from tests.proxy import FreezableProxy
 from transmit_hub import GatewayId, HubServer, UndeliverableReason, codec
 from transmit_hub.config import HubConfig, parse_config
 from transmit_hub.errors import ConfigError
@@ -25,7 +24,7 @@ from transmit_hub.registry import EndReason, Registry
 from transmit_hub.service import STALLED_DETAILS, HubService
 from transmit_hub.transport import CHANNEL_OPTIONS
 
-from .conftest import Collector, LinkFactory, tmap
+from .conftest import Collector, LinkFactory, detach_of_a_frozen_receiver, tmap
 from .test_identity import attach_raw
 
 KEEPALIVE = 0.5
@@ -258,37 +257,12 @@ async def test_a_frozen_gateway_written_to_is_detached_by_the_write_timeout_too(
         gateway_keepalive=4.0,
         gateway_write_timeout=WRITE_TIMEOUT,
     )
-    async with HubServer(config) as hub, FreezableProxy("127.0.0.1", hub.port) as proxy:
-        receiver = await make_link(proxy.address, "gw-r")
-        sender = await make_link(hub.address, "gw-s")
-        assert sender.link.send(tmap("m-0", {"gw-r": (1,)}))
-        await receiver.wait_deliveries(1)
-        proxy.freeze()
-        frozen_at = time.monotonic()
-        n = 0
-
-        async def write() -> None:
-            nonlocal n
-            while True:
-                n += 1
-                sender.link.send(tmap(f"m-{n}", {"gw-r": (1,)}, content=CONTENT))
-                await asyncio.sleep(0.005)  # pacing, not synchronisation
-
-        writer = asyncio.create_task(write())
-        try:
-            await wait_until(
-                lambda: not hub.registry.is_attached(GatewayId("gw-r")),
-                timeout=10,
-                what="the hub to detach the frozen gateway",
-            )
-            took = time.monotonic() - frozen_at
-            await wait_until(
-                lambda: any(n.reason is UndeliverableReason.NOT_ATTACHED for n in sender.notices),
-                what="NOT_ATTACHED for the frozen gateway",
-            )
-        finally:
-            writer.cancel()
+    async with HubServer(config) as hub:
+        took, sender = await detach_of_a_frozen_receiver(hub, make_link, content=CONTENT, within=10)
+        await wait_until(
+            lambda: any(n.reason is UndeliverableReason.NOT_ATTACHED for n in sender.notices),
+            what="NOT_ATTACHED for the frozen gateway",
+        )
         assert took < WRITE_TIMEOUT + 1.0 + 1.5, took  # 2 x keepalive would be 8 s
         assert hub.service.stalled_detached == 1
         assert hub.service.silent_detached == 0
-        proxy.thaw()
