@@ -153,10 +153,10 @@ def _hold_finish(monkeypatch: pytest.MonkeyPatch, hold: Callable[[], Awaitable[o
     ``hold`` before it goes out."""
     real = Nodes.run
 
-    async def held(self: Nodes, calls: Any, *, wait: bool = False, answers: bool = True) -> Any:
-        if not answers and any(c.args[0] == "SET" for c in calls):
+    async def held(self: Nodes, calls: Any, **options: Any) -> Any:
+        if not options.get("answers", True) and any(c.args[0] == "SET" for c in calls):
             await hold()
-        return await real(self, calls, wait=wait, answers=answers)
+        return await real(self, calls, **options)
 
     monkeypatch.setattr(Nodes, "run", held)
 
