@@ -105,8 +105,8 @@ logger = logging.getLogger(__name__)
 
 _unavailable = Throttled(
     logger,
-    "%d messages answered 'send again': a Redis Cluster node holding their keys did not "
-    "answer (the others of their batches were stored)",
+    "%d messages answered 'send again': a Redis Cluster node holding their keys failed "
+    "them (the others of their batches were stored)",
 )
 _unfinished = Throttled(
     logger,
@@ -278,7 +278,8 @@ class ClusterStore(KeyspaceStore):
             m = w.message
             if m.type == MESSAGE_GROUP and m.to in down:
                 w.failed = down[m.to]  # its claim stays pending: a resend completes it
-            elif m.type == MESSAGE_GROUP and m.to in large:
+                continue
+            if m.type == MESSAGE_GROUP and m.to in large:
                 if w.sub.check_member and UserId(m.sender) not in large[m.to]:
                     w.users = None
                 elif m.sender != 0 and UserId(m.sender) not in large[m.to]:

@@ -18,7 +18,7 @@ import pytest
 from redis.crc import key_slot
 
 from tests.cluster import ClusterNode, RedisClusterProcesses
-from tests.end_to_end.harness import Client
+from tests.end_to_end.harness import Client, change_group
 from tests.end_to_end.test_cluster import Gateways
 from tests.helpers import wait_until
 from transmit_hub.server import HubServer
@@ -347,6 +347,133 @@ async def test_a_silent_replica_gets_sends_answered_internal_until_it_answers_ag
         said = [r.getMessage() for r in warnings(caplog)]
         assert any("not confirmed" in m for m in said), said
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        assert len(said) < 12, said
+    finally:
+        await gateways.close()
+
+
+def node_id(node: ClusterNode) -> str:
+    return str(node.client().execute_command("CLUSTER", "MYID").decode())  # type: ignore[no-untyped-call]
+
+
+def migrate(source: ClusterNode, target: ClusterNode, keys: list[bytes]) -> None:
+    """Move ``keys`` from ``source`` to ``target`` (MIGRATE, keeping nothing behind)."""
+    if keys:
+        source.client().execute_command(  # type: ignore[no-untyped-call]
+            "MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys
+        )
+
+
+async def test_a_slot_migrating_under_traffic_loses_and_repeats_nothing(
+    hub: HubServer, cluster: RedisClusterProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bob's slot moves to another primary while alice sends to him (CLUSTER SETSLOT
+    MIGRATING / IMPORTING, MIGRATE of some of his keys, then the rest, then SETSLOT
+    NODE): ASK, TRYAGAIN and MOVED on the way. Redis refuses a script whose keys are
+    split by the move (TRYAGAIN), so sends to bob are refused until it ends; each is
+    answered within a bound, the resends are acknowledged after it, and bob is shown
+    every acknowledged message once, in order."""
+    caplog.set_level(logging.WARNING)
+    gateways = Gateways(hub, cluster.url)
+    try:
+        gw = await gateways.start("gw-1", redis_timeout=REDIS_TIMEOUT)
+        source = cluster.owner(inbox(7001))
+        [b] = users_on(cluster, source, 1, 7001)
+        target = next(n for n in cluster.primaries() if n is not source)
+        [a] = users_on(cluster, target, 1, 7100)
+        sa = Sender(await gateways.client(gw, a), b)
+        rb = await gateways.client(gw, b)
+        slot = key_slot(inbox(b).encode())
+        phases: list[str] = []
+
+        async def traffic() -> None:
+            for i in range(40):
+                await sa.send(i)
+                if i == 5:
+                    phases.append("go")
+
+        async def answered_more(n: int) -> None:
+            goal = len(sa.waits) + n
+            await wait_until(lambda: len(sa.waits) >= goal, timeout=20, what=f"{n} answers")
+
+        def keys() -> list[bytes]:
+            found = source.client().execute_command("CLUSTER", "GETKEYSINSLOT", slot, 1000)  # type: ignore[no-untyped-call]
+            return list(found)
+
+        async def move() -> None:
+            await wait_until(lambda: bool(phases), timeout=20, what="traffic")
+            src, dst = node_id(source), node_id(target)
+            target.client().execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src)  # type: ignore[no-untyped-call]
+            source.client().execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst)  # type: ignore[no-untyped-call]
+            await answered_more(3)  # TRYAGAIN: a script's keys here and not yet there
+            half = [k for k in await asyncio.to_thread(keys) if b":msg:" in k]
+            await asyncio.to_thread(migrate, source, target, half)
+            await answered_more(3)  # some keys here, some there
+            while rest := await asyncio.to_thread(keys):
+                await asyncio.to_thread(migrate, source, target, rest)
+            for node in cluster.primaries():
+                node.client().execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst)  # type: ignore[no-untyped-call]
+            phases.append("moved")
+
+        await asyncio.gather(traffic(), move())
+        assert phases == ["go", "moved"]
+        assert cluster.owner(inbox(b)) is target
+        await every_ack_shown_once(sa, rb)
+        assert len(sa.acked) == 40
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        said = [r.getMessage() for r in warnings(caplog)]
+        assert len(said) < 12, said
+        print(f"slowest answer {sa.slowest():.2f}s; refused runs {sa.refused_spans}")
+    finally:
+        await gateways.close()
+
+
+async def test_a_large_groups_frozen_primary_fails_over_and_every_member_sees_each_post_once(
+    hub: HubServer, cluster: RedisClusterProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A large group (stored once, in its stream on one primary) while that primary is
+    SIGSTOPped until its replica takes over, with --redis-wait-replicas 1: every post is
+    answered within a bound, and each online member, on either gateway, is shown every
+    acknowledged post once, in order."""
+    caplog.set_level(logging.WARNING)
+    gateways = Gateways(hub, cluster.url)
+    group = 91
+    try:
+        options: dict[str, Any] = {
+            "redis_timeout": REDIS_TIMEOUT,
+            "redis_wait_replicas": 1,
+            "redis_wait_timeout": 0.5,
+            "large_group": 1,
+        }
+        gw1 = await gateways.start("gw-1", **options)
+        gw2 = await gateways.start("gw-2", **options)
+        victim = cluster.owner(f"im:{{g:{group}}}:members")
+        a, m1, m2 = users_off(cluster, victim, 3, 7100)
+        ca = await gateways.client(gw1, a)
+        members = [await gateways.client(gw1, m1), await gateways.client(gw2, m2)]
+        for c in (ca, *members):
+            await change_group(c, 12, group)
+        sa = Sender(ca, group)
+        frozen: list[float] = []
+
+        async def traffic() -> None:
+            for i in range(30):
+                await sa.send(i, group=True)
+                if i == 5:
+                    os.kill(victim.pid, signal.SIGSTOP)
+                    frozen.append(time.monotonic())
+
+        async def fail_over() -> None:
+            await wait_until(lambda: bool(frozen), timeout=30, what="the freeze")
+            await failed_over(cluster, f"im:{{g:{group}}}:members", victim)
+            os.kill(victim.pid, signal.SIGCONT)
+
+        await asyncio.gather(traffic(), fail_over())
+        print(f"slowest answer {sa.slowest():.2f}s; refused runs {sa.refused_spans}")
+        for member in members:
+            await every_ack_shown_once(sa, member)
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        said = [r.getMessage() for r in warnings(caplog)]
         assert len(said) < 12, said
     finally:
         await gateways.close()
