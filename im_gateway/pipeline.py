@@ -70,6 +70,8 @@ def rejected(refused: Refused, sub: Submission) -> Rejected:
         return Rejected(sub.client_id, frames.NOT_MEMBER, f"you are not in group {sub.message.to}")
     if why is Refusal.UNENCODABLE:
         return Rejected(sub.client_id, frames.BAD_REQUEST, "content is not valid Unicode")
+    if why is Refusal.UNAVAILABLE:
+        return Rejected(sub.client_id, frames.INTERNAL, "storage unavailable; send again")
     return Rejected(sub.client_id, frames.INTERNAL, "not replicated; send again")
 
 
@@ -163,6 +165,11 @@ class Pipeline:
             logger,
             "storing a batch failed again %d times; senders told to send again",
             level=logging.ERROR,
+        )
+        self._not_replicated = Throttled(
+            logger,
+            "%d messages not confirmed on --redis-wait-replicas replicas within "
+            "--redis-wait-timeout; senders told to send again",
         )
         self._route_failed = Throttled(
             logger, "answering or routing a stored message failed %d times", level=logging.ERROR
@@ -305,10 +312,12 @@ class Pipeline:
         self.batches += 1
         self._metrics.stored(len(batch), results)
         self.submitted += len(batch)
+        late = 0
         route = self._route
         for (caller, sub), result in zip(batch, results, strict=True):
             try:
                 if isinstance(result, Refused):
+                    late += result.why is Refusal.NOT_REPLICATED
                     caller.settled(rejected(result, sub))
                     continue
                 caller.settled(result)
@@ -317,3 +326,5 @@ class Pipeline:
                 route.route(result, caller)
             except Exception as exc:
                 self._route_failed.hit(exc=exc)
+        if late:
+            self._not_replicated.hit(late)

@@ -42,6 +42,13 @@ Why no acknowledged message is lost, and none is written twice:
   landed (or a step 3 that failed: counted in the log): a client that resends anyway,
   its acknowledgement lost with the connection, gets the first message's answer. A
   crash after step 3 is a plain duplicate.
+- A node that does not answer (silent until a failover, or gone) fails only the
+  messages with a key on it: refused ``UNAVAILABLE`` (send again), their records left
+  pending, while the rest of the batch is stored and acknowledged. So one silent
+  primary costs the batches that touch it about a ``socket_timeout`` (see
+  :meth:`~.nodes.Nodes.run`), not the whole gateway's traffic until a failover. What
+  the refused message's other slots appended is recorded with it, so the resend
+  completes it once, as after a crash.
 - Two attempts at once (a resend while the first is still running) both run step 2 for
   the same id: the per-slot script is atomic, so whichever comes second finds the record.
 - The ``msg`` records live as long as the dedupe key, so a resend that can find the
@@ -96,6 +103,11 @@ __all__ = ["ClusterStore"]
 
 logger = logging.getLogger(__name__)
 
+_unavailable = Throttled(
+    logger,
+    "%d messages answered 'send again': a Redis Cluster node holding their keys failed "
+    "them (the others of their batches were stored)",
+)
 _unfinished = Throttled(
     logger,
     "%d batches' dedupe records left pending (a resend completes them to the same answer)",
@@ -116,6 +128,8 @@ class _Work:
     users: list[UserId] | None = None
     positions: dict[UserId, str] | None = None
     confirmed: bool = True
+    failed: Exception | None = None
+    """Why a node its keys are on did not answer (it is refused: send again)."""
     stream: int | None = None
     """A large group's message: stored once, in this group's stream."""
     post: GroupPost | None = None
@@ -148,7 +162,11 @@ class ClusterStore(KeyspaceStore):
         # client: redis-py's pipeline reads each reply under its own timeout, which cost
         # the gateway about 31 µs per presence key refreshed.
         self._nodes = Nodes(
-            client, wait_replicas=settings.wait_replicas, wait_ms=settings.wait_ms, lanes=owns
+            client,
+            wait_replicas=settings.wait_replicas,
+            wait_ms=settings.wait_ms,
+            lanes=owns,
+            timeout=settings.socket_timeout,
         )
         self.crash: Callable[[str], None] | None = None
         """Test hook: called between the steps of :meth:`submit` (see the module doc)."""
@@ -206,12 +224,20 @@ class ClusterStore(KeyspaceStore):
                 senders.setdefault(w.message.to, set()).add(w.message.sender)
         groups = sorted(senders)
         calls += [self._members_call(g, senders[g]) for g in groups]
-        replies = await self._nodes.run(calls)
+        replies = await self._nodes.run(calls, errors=True)
         members: dict[int, set[UserId]] = {}
         large: dict[int, set[UserId]] = {}
+        down: dict[int, Exception] = {}  # groups whose members could not be read
         for g, (reply, _) in zip(groups, replies[len(claims) :], strict=True):
-            _group_form(g, reply, members, large)
+            if isinstance(reply, Exception):
+                down[g] = reply
+            else:
+                _group_form(g, reply, members, large)
         for ws, (reply, _) in zip(claims.values(), replies[: len(claims)], strict=True):
+            if isinstance(reply, Exception):  # the claim may have landed: left pending
+                for w in ws:
+                    w.failed = reply
+                continue
             for w, record in zip(ws, reply, strict=True):
                 if record == 0:
                     continue
@@ -231,19 +257,28 @@ class ClusterStore(KeyspaceStore):
                     w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
                 else:
                     w.resumed = True
-        live = [w for w in work if w.positions is None]
+        live = [w for w in work if w.positions is None and w.failed is None]
         missing: dict[int, set[int]] = {}
         for w in live:
             g = w.message.to
-            if w.message.type == MESSAGE_GROUP and g not in members and g not in large:
+            known = g in members or g in large or g in down
+            if w.message.type == MESSAGE_GROUP and not known:
                 missing.setdefault(g, set()).add(w.message.sender)
         if missing:  # a resumed message to another group than its resend said
-            replies = await self._nodes.run([self._members_call(g, missing[g]) for g in missing])
+            replies = await self._nodes.run(
+                [self._members_call(g, missing[g]) for g in missing], errors=True
+            )
             for g, (reply, _) in zip(missing, replies, strict=True):
-                _group_form(g, reply, members, large)
+                if isinstance(reply, Exception):
+                    down[g] = reply
+                else:
+                    _group_form(g, reply, members, large)
         refused: list[_Work] = []
         for w in live:
             m = w.message
+            if m.type == MESSAGE_GROUP and m.to in down:
+                w.failed = down[m.to]  # its claim stays pending: a resend completes it
+                continue
             if m.type == MESSAGE_GROUP and m.to in large:
                 if w.sub.check_member and UserId(m.sender) not in large[m.to]:
                     w.users = None
@@ -260,7 +295,7 @@ class ClusterStore(KeyspaceStore):
             self.crash("claimed")
 
         # Step 2: appends per recipient slot, and every recipient's presence.
-        appends = [w for w in live if w.users is not None]
+        appends = [w for w in live if w.users is not None and w.failed is None]
         slots: dict[int, list[UserId]] = {}
         for w in work:
             for u in w.users or ():
@@ -293,7 +328,7 @@ class ClusterStore(KeyspaceStore):
             calls.append(self._nodes.script(scripts.APPEND, keys, args))
         streams: dict[int, list[_Work]] = {}
         for w in work:
-            if w.stream is not None and out[w.index] is None:
+            if w.stream is not None and out[w.index] is None and w.failed is None:
                 streams.setdefault(w.stream, []).append(w)
         for g, ws in streams.items():
             args = [
@@ -308,13 +343,17 @@ class ClusterStore(KeyspaceStore):
             calls.append(self._nodes.script(scripts.GROUP_POST, [self.settings.group_key(g)], args))
         wait = self.settings.wait_replicas > 0 and bool(appends or streams)
         if self.crash is None:
-            replies = await self._nodes.run(calls, wait=wait)
+            replies = await self._nodes.run(calls, wait=wait, errors=True)
         else:  # tests: one slot at a time, with a crash point after each
             replies = []
             for k, call in enumerate(calls, 1):
-                replies += await self._nodes.run([call], wait=wait)
+                replies += await self._nodes.run([call], wait=wait, errors=True)
                 self.crash(f"append {k}/{len(calls)}")
         for (g, ws), (reply, confirmed) in zip(streams.items(), replies[len(slots) :], strict=True):
+            if isinstance(reply, Exception):
+                for w in ws:
+                    w.failed = reply
+                continue
             positions, gateways = json.loads(reply)
             found = tuple(GatewayId(text(gw)) for gw in gateways[1:])
             for w, pos in zip(ws, positions, strict=True):
@@ -322,6 +361,10 @@ class ClusterStore(KeyspaceStore):
                 w.confirmed = w.confirmed and confirmed
         presence: dict[UserId, tuple[GatewayId, ...]] = {}
         for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=False):
+            if isinstance(reply, Exception):  # what other slots appended stays recorded
+                for w, _ in ops[slot]:
+                    w.failed = reply
+                continue
             positions, gateways = json.loads(reply)
             if isinstance(positions, dict):  # cjson writes an empty table as {}
                 positions = []
@@ -343,7 +386,7 @@ class ClusterStore(KeyspaceStore):
             await self._nodes.run(releases, answers=False)
         calls = []
         for w in appends:
-            if w.dkey is not None and w.confirmed:
+            if w.dkey is not None and w.confirmed and w.failed is None:
                 written: list[Any] = []
                 if w.post is not None:
                     written += (f"g{w.post.group}", str(w.post.position))
@@ -357,8 +400,14 @@ class ClusterStore(KeyspaceStore):
             task = asyncio.create_task(self._finish(calls))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
+        failed = [w for w in work if w.failed is not None and out[w.index] is None]
+        if failed:
+            _unavailable.hit(len(failed), exc=failed[-1].failed)
         for w in work:
             if out[w.index] is not None:
+                continue
+            if w.failed is not None:
+                out[w.index] = Refused(w.sub.client_id, Refusal.UNAVAILABLE)
                 continue
             if not w.confirmed:
                 out[w.index] = Refused(w.sub.client_id, Refusal.NOT_REPLICATED)

@@ -217,6 +217,10 @@ class Refusal(enum.Enum):
     NOT_REPLICATED = enum.auto()
     """Stored, but ``WAIT`` did not see it on enough replicas: the sender should send it
     again (the resend is deduplicated and completes it)."""
+    UNAVAILABLE = enum.auto()
+    """A Redis Cluster node holding some of its keys did not answer (silent, or gone
+    before a failover), while the other nodes of its batch did: the sender should send
+    it again (deduplicated: the resend completes what was written)."""
 
 
 class Joined(enum.Enum):

@@ -15,6 +15,7 @@ pin what it relies on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from typing import Any
 from redis.asyncio.cluster import ClusterNode, PipelineCommand, RedisCluster
 from redis.crc import key_slot
 from redis.exceptions import ClusterError, ConnectionError, NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..errors import StoreError
 from .lane import Lane
@@ -60,12 +62,22 @@ def slot_of(key: str) -> int:
 
 class Nodes:
     """Runs calls on a cluster; ``wait_replicas`` and ``wait_ms`` make the ``WAIT`` that
-    ends each node's pipeline when a run asks for one."""
+    ends each node's pipeline when a run asks for one; ``timeout`` (seconds) bounds a
+    call sent again after it failed on its node (see :meth:`run`)."""
 
     def __init__(
-        self, cluster: RedisCluster, *, wait_replicas: int, wait_ms: int, lanes: bool = False
+        self,
+        cluster: RedisCluster,
+        *,
+        wait_replicas: int,
+        wait_ms: int,
+        lanes: bool = False,
+        timeout: float | None = None,
     ) -> None:
         self._cluster = cluster
+        self._timeout = timeout
+        """The store's socket timeout: what a call sent again may take, twice (None: no
+        bound but the client's)."""
         self._wait_replicas = wait_replicas
         self._wait_ms = wait_ms
         self._shas: dict[str, str] = {}
@@ -89,7 +101,12 @@ class Nodes:
         return Call(slot, ("EVALSHA", sha, len(keys), *keys, *args), source)
 
     async def run(
-        self, calls: Sequence[Call], *, wait: bool = False, answers: bool = True
+        self,
+        calls: Sequence[Call],
+        *,
+        wait: bool = False,
+        answers: bool = True,
+        errors: bool = False,
     ) -> list[tuple[Any, bool]]:
         """Each call on its slot's primary: one pipeline per node, the nodes in parallel.
 
@@ -97,8 +114,10 @@ class Nodes:
         ``(reply, confirmed)`` per call, confirmed when that WAIT counted enough replicas
         (always, without ``wait``). A script a node does not have yet is loaded on every
         primary and its calls sent again the same way. A call that still failed on its
-        node (MOVED after a failover, a dead connection) is sent again through the cluster
-        client, which follows redirections and reconnects; it is then not confirmed.
+        node is sent again (see :meth:`_again`); it is then not confirmed. The first call
+        that fails after that raises its error; with ``errors``, each failed call is
+        answered with its exception in place of its reply instead (and not confirmed), so
+        the caller can answer the calls that worked.
 
         Without ``answers`` the caller reads no reply but errors (a reply may then come
         as Redis sent it, not as redis-py would have turned it, e.g. ``SET``'s ``OK``).
@@ -114,23 +133,68 @@ class Nodes:
             again = await self._on_nodes(calls, unknown, wait, answers)
             for i, result in zip(unknown, again, strict=True):
                 results[i] = result
-        out: list[tuple[Any, bool]] = []
-        for call, (reply, confirmed) in zip(calls, results, strict=True):
-            if isinstance(reply, Exception):
-                args = call.args
-                if call.source is not None:
-                    args = ("EVAL", call.source, *args[2:])
-                try:
-                    reply = await cluster.execute_command(*args)
-                except (ConnectionError, ClusterError) as exc:
-                    # The client's map of the slots is stale (a failover): read it anew
-                    # from the nodes, once, and try again.
-                    logger.debug("refreshing the cluster's slot map after %r", exc)
-                    await cluster.nodes_manager.initialize()
-                    reply = await cluster.execute_command(*args)
-                confirmed = not wait
-            out.append((reply, confirmed))
-        return out
+        failed = [i for i, (r, _) in enumerate(results) if isinstance(r, Exception)]
+        if failed:
+            replies = await self._again([calls[i] for i in failed], [results[i][0] for i in failed])
+            for i, reply in zip(failed, replies, strict=True):
+                if isinstance(reply, Exception) and not errors:
+                    raise reply
+                results[i] = (reply, not wait)
+        return results
+
+    async def _again(self, calls: Sequence[Call], failures: Sequence[Exception]) -> list[Any]:
+        """The calls that failed on their node, each sent again through the cluster client
+        (which follows redirections and reconnects), in parallel: per call its reply, or
+        the exception it ended with.
+
+        Bounded, so that a silent node costs a store call about one more timeout, not the
+        cluster client's retries (11 attempts, each up to a timeout, with backoff between:
+        9.5 s with a 0.5 s timeout): a call that timed out (its node silent) is sent again
+        only when the slot map, read anew from the nodes, names another primary for its
+        slot (a failover); and every resend ends within two timeouts (a refresh of the map
+        and one attempt), else it fails with ``TimeoutError``.
+        """
+        cluster = self._cluster
+        where = cluster.nodes_manager.get_node_from_slot
+        before = [where(call.slot).name for call in calls]
+        limit = 2 * self._timeout if self._timeout is not None else None
+
+        async def refreshed() -> None:
+            async with asyncio.timeout(limit):
+                await cluster.nodes_manager.initialize()
+
+        if any(isinstance(f, RedisTimeoutError) for f in failures):
+            with contextlib.suppress(Exception):
+                # Read the map anew (a failover?); failing that, the old one serves.
+                await refreshed()
+
+        async def one(call: Call, failure: Exception, was: str) -> Any:
+            if isinstance(failure, RedisTimeoutError) and where(call.slot).name == was:
+                return failure  # the same node, silent: waiting on it again only delays
+            args = call.args
+            if call.source is not None:
+                args = ("EVAL", call.source, *args[2:])
+            try:
+                async with asyncio.timeout(limit):
+                    try:
+                        return await cluster.execute_command(*args)
+                    except (ConnectionError, ClusterError) as exc:
+                        # The client's map of the slots is stale (a failover): read it
+                        # anew from the nodes, once, and try again.
+                        logger.debug("refreshing the cluster's slot map after %r", exc)
+                        await cluster.nodes_manager.initialize()
+                        return await cluster.execute_command(*args)
+            except TimeoutError:
+                return RedisTimeoutError(
+                    f"no answer within {limit} s from the node of slot {call.slot} "
+                    f"(first: {failure})"
+                )
+            except Exception as exc:
+                return exc
+
+        return await asyncio.gather(
+            *(one(c, f, w) for c, f, w in zip(calls, failures, before, strict=True))
+        )
 
     def _lane(
         self, node: ClusterNode, commands: Sequence[tuple[Any, ...]], answers: bool

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 
+import pytest
+
 from im_gateway import frames
 from im_gateway.pipeline import Pipeline, Rejected
-from im_gateway.store import Accepted, MemoryStore, Refused, Submission
+from im_gateway.store import Accepted, MemoryStore, Refusal, Refused, Submission
 from tests.helpers import wait_until
 from transmit_hub.types import UserId
 
@@ -95,3 +97,38 @@ async def test_while_traffic_flows_a_lone_message_does_not_wait_by_default() -> 
         assert store.submits == [1, 1, 1]
     finally:
         await pipeline.close()
+
+
+class UnreplicatedStore(MemoryStore):
+    """Stores, but answers every submission as ``WAIT`` unsatisfied."""
+
+    async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        await super().submit(batch)
+        return [Refused(s.client_id, Refusal.NOT_REPLICATED) for s in batch]
+
+
+async def test_messages_not_replicated_in_time_are_one_counted_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sends refused because too few replicas confirmed them (a silent replica under
+    --redis-wait-replicas) are answered ``internal`` and logged as one counted line, not
+    one per message (before: not logged at all, only a metric)."""
+    pipeline = Pipeline(store=UnreplicatedStore(), route=Route())
+    answers: list[Accepted | Rejected] = []
+
+    class Keeping(Caller):
+        def settled(self, result: Accepted | Rejected) -> None:
+            answers.append(result)
+
+    caller = Keeping()
+    await pipeline.start()
+    try:
+        for cid in ("c0", "c1", "c2"):
+            await pipeline.put(caller, pipeline.submission(A, frame(cid)))
+        await wait_until(lambda: len(answers) == 3)
+    finally:
+        await pipeline.close()
+    assert {a.code for a in answers if isinstance(a, Rejected)} == {frames.INTERNAL}
+    lines = [r.getMessage() for r in caplog.records if "not confirmed" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].endswith("within --redis-wait-timeout; senders told to send again")

@@ -24,6 +24,7 @@ def group_post(client_id: str, group: int) -> Submission:
         (Refusal.NOT_MEMBER, frames.NOT_MEMBER, "you are not in group 7"),
         (Refusal.UNENCODABLE, frames.BAD_REQUEST, "content is not valid Unicode"),
         (Refusal.NOT_REPLICATED, frames.INTERNAL, "not replicated; send again"),
+        (Refusal.UNAVAILABLE, frames.INTERNAL, "storage unavailable; send again"),
     ],
 )
 def test_each_refusal_has_its_pinned_code(why: Refusal, code: str, reason: str) -> None:
@@ -33,8 +34,8 @@ def test_each_refusal_has_its_pinned_code(why: Refusal, code: str, reason: str) 
 
 def test_every_refusal_is_worded() -> None:
     """No refusal of the store falls through to another's words."""
-    codes = {rejected(Refused("c", why), group_post("c", 7)).code for why in Refusal}
-    assert len(codes) == len(Refusal)
+    said = {rejected(Refused("c", why), group_post("c", 7)) for why in Refusal}
+    assert len({(r.code, r.reason) for r in said}) == len(Refusal)
 
 
 def test_a_group_limit_names_the_flag_to_raise() -> None:

@@ -153,10 +153,10 @@ def _hold_finish(monkeypatch: pytest.MonkeyPatch, hold: Callable[[], Awaitable[o
     ``hold`` before it goes out."""
     real = Nodes.run
 
-    async def held(self: Nodes, calls: Any, *, wait: bool = False, answers: bool = True) -> Any:
-        if not answers and any(c.args[0] == "SET" for c in calls):
+    async def held(self: Nodes, calls: Any, **options: Any) -> Any:
+        if not options.get("answers", True) and any(c.args[0] == "SET" for c in calls):
             await hold()
-        return await real(self, calls, wait=wait, answers=answers)
+        return await real(self, calls, **options)
 
     monkeypatch.setattr(Nodes, "run", held)
 
@@ -406,3 +406,45 @@ async def test_users_sharing_a_slot_get_their_own_positions(store: ClusterStore)
     assert {r.user_id: position(r.seq) for r in accepted(p).recipients} == {a: 1, b: 1}
     assert {r.user_id: position(r.seq) for r in accepted(g).recipients} == {a: 2, b: 2, c: 1}
     assert dict(accepted(g).presence) == {b: (GW,)}
+
+
+async def test_a_silent_node_fails_only_the_messages_with_keys_on_it(
+    store: ClusterStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The node of some slots times out (its replies lost, no failover): a batch's messages with a
+    key there (an inbox, a group's members) are refused UNAVAILABLE at once, not after
+    the cluster client's retries, and not as NOT_MEMBER; the others are accepted. Once
+    the node answers, the resends complete the first messages, each inbox holding them
+    once."""
+    a, b, c, d = users_in_many_slots(4)
+    await store.join(9, a)
+    await store.join(9, c)
+    silent = {key_slot(f"im:{{u:{b}}}:inbox".encode()), key_slot(b"im:{g:9}:members")}
+    real = Nodes._on_nodes
+
+    async def on_nodes(self: Nodes, calls: Any, indexes: Any, *rest: Any) -> Any:
+        got = await real(self, calls, indexes, *rest)
+        timeout = redis.exceptions.TimeoutError("Timeout reading from Redis")
+        return [
+            (timeout, False) if calls[i].slot in silent else r
+            for i, r in zip(indexes, got, strict=True)
+        ]
+
+    monkeypatch.setattr(Nodes, "_on_nodes", on_nodes)
+    batch = [
+        Submission("p1", msg(a, b)),
+        Submission("p2", msg(c, d)),
+        Submission("g1", msg(c, 9, type=MESSAGE_GROUP)),
+    ]
+    async with asyncio.timeout(2):
+        results = await store.submit(batch)
+    assert [type(r) for r in results] == [Refused, Accepted, Refused]
+    assert {r.why for r in results if isinstance(r, Refused)} == {Refusal.UNAVAILABLE}
+    silent.clear()
+    again = await store.submit(
+        [Submission("p1", msg(a, b)), Submission("g1", msg(c, 9, type=MESSAGE_GROUP))]
+    )
+    assert [accepted(r).message.id for r in again] == [batch[0].message.id, batch[2].message.id]
+    assert await inbox_ids(store, b) == [batch[0].message.id]
+    assert await inbox_ids(store, a) == [batch[0].message.id, batch[2].message.id]
+    assert await inbox_ids(store, c) == [batch[1].message.id, batch[2].message.id]
