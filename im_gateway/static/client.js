@@ -377,7 +377,10 @@ export class ClientCore {
     this.owe(entry, false);
     this.answered += 1;
     this.pending.delete(id);
-    if (msgId) this.remember(msgId);
+    if (msgId) {
+      this.remember(msgId);
+      this.unqueue(msgId);
+    }
     this.release(entry, msgId);
     this.events.push({ kind: "accepted", id, msgId, time: str(frame.time) });
   }
@@ -575,6 +578,15 @@ export class ClientCore {
       }
     }
     return null;
+  }
+
+  /** The answer says `msgId` is this client's own message: if its copy waits behind a
+   * held one (it came back before its answer, while another was held), it is not shown
+   * when the queue is let go (`present` would take it for another device's by then). */
+  unqueue(msgId) {
+    for (const state of this.streams.values()) {
+      if (state.queue) state.queue = state.queue.filter((item) => item.message.id !== msgId);
+    }
   }
 
   /** A request is answered: a message it held is shown unless it was this request's,
