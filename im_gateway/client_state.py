@@ -143,7 +143,7 @@ class ClientState:
     @property
     def owed(self) -> int:
         """Frames written on this connection and not answered since (see
-        :class:`~im_gateway.client_sends.AnswerWatch`)."""
+        :class:`~im_gateway.client_watch.AnswerWatch`)."""
         return self._sends.owed
 
     @property
