@@ -137,8 +137,9 @@ const str = (value) => (value === undefined || value === null ? "" : String(valu
  */
 export class ClientCore {
   /** `me`: this user's id (to recognise its own messages coming back before their
-   * answer); `history`: on the first connection, ask for the inbox from the start;
-   * `historyGroups`: with `history`, the large groups whose streams that connection also
+   * answer); `history`: ask for the inbox from the start (on the first connection, and
+   * on the next ones until one got an inbox position); `historyGroups`: with
+   * `history`, the large groups whose streams that connection also
    * asks for from the start (the gateway starts each where the user joined; a group that
    * is not large, or not the user's, is skipped); `idPrefix`: client ids are
    * `idPrefix + n`; `maxSeen`: message ids remembered; `maxBuffer`: frames held during
@@ -218,8 +219,9 @@ export class ClientCore {
     this.phase = "replay";
     this.opens += 1;
     // Catch up from this client's own inbox position after the gateway's connect replay
-    // (or from the start, on a first connection that wants the history)?
-    this.catchUp = this.opens === 1 ? this.history : this.streams.has(INBOX);
+    // (or from the start, when it wants the history and has no position yet: also after
+    // a first connection lost before its catch-up showed anything)?
+    this.catchUp = this.streams.has(INBOX) || this.history;
     // The groups' history, until one connection got through it.
     this.groupQueue = this.history && !this.historyDone ? [...this.historyGroups] : [];
     this.catching = new Set(this.groupQueue);
@@ -425,7 +427,7 @@ export class ClientCore {
     if (this.phase === "replay") {
       // The gateway replayed after the user's acknowledged position, which another
       // device may have moved past what this client saw: ask for what came after its own
-      // (or for everything, on a first connection that wants the history).
+      // (or for everything, when it wants the history and has no position yet).
       if (this.catchUp) {
         this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
         this.phase = "catchup";
@@ -692,7 +694,7 @@ function randomPrefix() {
  * `urls`: one `ws://.../ws` URL or a list (tried in turn when one is gone); options:
  * `token` (the JWT), `WebSocket` (the constructor; default the global one), `history`
  * (on the first connection, also replay the inbox from its start: a page that shows
- * history), `historyGroups` (with `history`: the large groups whose streams are also
+ * history; asked again on the next while none of it came), `historyGroups` (with `history`: the large groups whose streams are also
  * replayed from where the user joined), and the timings of DEFAULTS. Callbacks: `onmessage(m)`, `onstatus(state)`
  * ("connecting", "replaying", "live", "reconnecting", "refused", "closed"),
  * `onerror(err)` (a type 99 for no request), `ontruncated(seq)`, `onack(seq)` (a type 11

@@ -174,6 +174,22 @@ test("history with large groups: the inbox, then each group's stream from its st
   );
 });
 
+test("the history is asked for again when the first connection is lost before any of it", () => {
+  const core = new ClientCore({ me: ME, history: true });
+  core.opened();
+  core.receive(msg("m5", "5")); // the connect replay: after the acknowledged position 4
+  core.receive({ type: TYPE.REPLAY, seq: "5" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "0" }]);
+  core.lost(); // before any of the history came
+  core.opened();
+  core.receive(msg("m5", "5"));
+  core.receive({ type: TYPE.REPLAY, seq: "5" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "0" }]);
+  for (const n of [1, 2, 3, 4, 5]) core.receive(msg(`m${n}`, String(n)));
+  core.receive({ type: TYPE.REPLAY, seq: "5" });
+  assert.deepEqual(shown(core.drain().events), ["m1", "m2", "m3", "m4", "m5"]);
+});
+
 test("a catch-up cut short by the replay budget is asked for again from where it stopped", () => {
   const core = new ClientCore({ me: ME });
   core.opened();
