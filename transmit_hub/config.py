@@ -80,12 +80,12 @@ class HubConfig:
     )
     queue_bytes_total: int = setting(
         1024 * 1024 * 1024,
-        "bytes of deliveries waiting for all gateways together before the hub refuses more "
-        "and tells the senders (QUEUE_FULL), so that many gateways reading slowly at once "
-        "cannot exhaust the hub's memory; an empty queue still takes one delivery, so the "
-        "waiting bytes pass this by at most one delivery per attached gateway. The default "
-        "(1 GiB) holds 16 gateways' full --queue-bytes, or 256 KiB for each of 4,096, on "
-        "a host with a few GiB",
+        "bytes waiting in all the gateways' queues together (deliveries and notices) before "
+        "the hub refuses more and tells the senders (QUEUE_FULL), so that many gateways "
+        "reading slowly at once cannot exhaust the hub's memory; an empty queue still takes "
+        "one delivery, so the total passes this by at most one delivery per attached "
+        "gateway. 1 GiB: 16 gateways' full --queue-bytes, or 256 KiB each for 4,096, within "
+        "a host of a few GiB",
         metavar="BYTES",
         check=at_least(1024),
     )
