@@ -199,7 +199,7 @@ class Outbox:
 
     def _after_take(self) -> None:
         if not self._deliveries and not self._notices:
-            if self._bytes:  # never, while the counts are right: keep the total true anyway
+            if self._bytes:  # what discard() dropped (take and adopt subtract their own)
                 self._budget.total -= self._bytes
                 self._bytes = 0
             if not self._closed:
