@@ -109,10 +109,9 @@ async def test_slow_readers_together_hold_at_most_the_total_and_catch_up(
 ) -> None:
     """Three gateways that read 2 MiB a second, sent 16 KiB maps faster than that: after
     every request frame the hub routes, the bytes waiting in its outboxes are within
-    --queue-bytes-total plus one delivery a gateway (each outbox alone could hold 1 MiB,
-    and does on the old code); the maps beyond are refused QUEUE_FULL
-    to the sender, counted apart (counter and metric), with one log line; none is
-    detached. Once they read at full speed the total falls to 0 and maps flow again, and
+    --queue-bytes-total plus one delivery a gateway (without the budget they held 2.7 MiB,
+    each outbox up to its 1 MiB); the maps beyond are refused QUEUE_FULL to the sender,
+    counted apart (counter and metric), with one log line; none is detached. Once they read at full speed the total falls to 0 and maps flow again, and
     every share was either delivered once or refused."""
     caplog.set_level(logging.WARNING, logger="transmit_hub.forwarding")
     seen: list[tuple[int, int]] = []
