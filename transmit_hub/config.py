@@ -78,6 +78,17 @@ class HubConfig:
         metavar="BYTES",
         check=at_least(1024),
     )
+    queue_bytes_total: int = setting(
+        1024 * 1024 * 1024,
+        "bytes waiting in all the gateways' queues together (deliveries and notices) before "
+        "the hub refuses more and tells the senders (QUEUE_FULL), so that many gateways "
+        "reading slowly at once cannot exhaust the hub's memory; an empty queue still takes "
+        "one delivery, so the total passes this by at most one delivery per attached "
+        "gateway. 1 GiB: 16 gateways' full --queue-bytes, or 256 KiB each for 4,096, within "
+        "a host of a few GiB",
+        metavar="BYTES",
+        check=at_least(1024),
+    )
     grace: float = setting(
         5.0,
         "on SIGINT/SIGTERM, how long to let queued deliveries drain before the streams are closed",

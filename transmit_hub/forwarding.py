@@ -9,8 +9,11 @@ whose message cannot be decoded is answered INVALID, and the stream goes on. Eve
 costs time in proportion to its own size, whatever it names.
 
 Undeliverable notices (target not attached, or its outbox closed as it is detached:
-``NOT_ATTACHED``; target's outbox full: ``QUEUE_FULL``; malformed map or target:
-``INVALID``) go to the sender's own outbox.
+``NOT_ATTACHED``; target's outbox full, or all the outboxes together holding the hub's
+``--queue-bytes-total``: ``QUEUE_FULL``; malformed map or target: ``INVALID``) go to the
+sender's own outbox. Refusals for the total are also counted apart
+(``Registry.budget.refused``) and logged, one line with a count at most every
+:data:`BUDGET_LOG_INTERVAL` seconds.
 When that is full too, the notice is counted (``Registry.notices_dropped``) and logged
 at most once a second per gateway: the message is still in every recipient's inbox.
 When it is closed (the sender itself is being detached), the notices go nowhere, and are
@@ -26,6 +29,7 @@ import time
 from . import codec, routing, wire
 from .outbox import Outbox
 from .registry import Attachment, Registry
+from .throttle import Every
 from .types import (
     GatewayId,
     TransmitMap,
@@ -41,6 +45,8 @@ log = logging.getLogger(__name__)
 NOTICES_PER_ITEM = 256
 """Notices share one outbox item up to this many (a map naming 10,000 absent gateways
 takes 40 items of the sender's queue, not 10,000)."""
+BUDGET_LOG_INTERVAL = 10.0
+"""Seconds between two log lines about deliveries refused for ``--queue-bytes-total``."""
 
 
 class Forwarder:
@@ -51,6 +57,9 @@ class Forwarder:
         self._last_invalid_log = 0.0
         self.invalid_maps = 0
         """Maps answered INVALID because they could not be read or decoded."""
+        self._budget_log = Every(BUDGET_LOG_INTERVAL)
+        self._budget_logged = 0
+        """``budget.refused`` as of the last line about it."""
 
     def route(self, att: Attachment, maps: list[wire.WireMap], *, checked: bool = False) -> None:
         """Offer every map's deliveries to their targets; notify the sender of the rest.
@@ -116,8 +125,21 @@ class Forwarder:
         counted)."""
         if box.closed:
             return UndeliverableReason.NOT_ATTACHED
-        self.registry.queue_full += 1
-        self.registry.counters(gateway_id).queue_full += 1
+        registry = self.registry
+        registry.queue_full += 1
+        registry.counters(gateway_id).queue_full += 1
+        budget = registry.budget
+        if budget.refused != self._budget_logged and self._budget_log.due():
+            log.warning(
+                "the gateways' outboxes hold %d bytes in all (--queue-bytes-total %d): "
+                "%d deliveries refused QUEUE_FULL for it since the last such line "
+                "(%d in all; the messages are in the recipients' inboxes)",
+                budget.total,
+                budget.limit,
+                budget.refused - self._budget_logged,
+                budget.refused,
+            )
+            self._budget_logged = budget.refused
         return UndeliverableReason.QUEUE_FULL
 
     def _invalid(self, problem: str, notices: list[Undeliverable] | None) -> list[Undeliverable]:

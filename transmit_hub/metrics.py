@@ -127,6 +127,22 @@ class _HubCollector(Collector):
             "Items each gateway's outbox holds.",
             value=reg.queue_size,
         )
+        budget = reg.budget
+        yield GaugeMetricFamily(
+            "transmit_hub_outbox_bytes",
+            "Bytes waiting in the gateways' outboxes, in all.",
+            value=budget.total,
+        )
+        yield GaugeMetricFamily(
+            "transmit_hub_outbox_bytes_limit",
+            "Bytes all the gateways' outboxes hold together (--queue-bytes-total).",
+            value=budget.limit,
+        )
+        yield CounterMetricFamily(
+            "transmit_hub_outbox_bytes_refused",
+            "Deliveries refused QUEUE_FULL because the outboxes together held --queue-bytes-total.",
+            value=budget.refused,
+        )
         yield GaugeMetricFamily(
             "transmit_hub_hello_waiting",
             "Streams open that have not sent their Hello yet.",

@@ -16,6 +16,16 @@ silently; the message itself is safe in each recipient's inbox (the inbox is the
 the push is the fast path). Notices go to the sender's own outbox under the same bound;
 when that is full too, the hub counts the lost notice and logs it (see
 :mod:`transmit_hub.service`).
+
+Across gateways (:class:`ByteBudget`, the hub's ``--queue-bytes-total``): the outboxes of
+one hub share one budget of bytes waiting in all of them together, so that many gateways
+reading slowly at once (a network brown-out) cannot together hold ``--max-gateways`` times
+``--queue-bytes``. An item that would take the total past it is refused as a full outbox
+refuses it, except that an empty outbox always takes one item, so every gateway keeps
+making progress: the total passes the budget by at most one item per gateway whose
+outbox was empty. Every change of an outbox's bytes moves the shared total with it (one
+add per offer, one subtract per take); an outbox that is given up with items in it
+(its gateway detached or replaced) gives their bytes back with :meth:`Outbox.discard`.
 """
 
 from __future__ import annotations
@@ -25,13 +35,38 @@ from collections import deque
 
 from .errors import ConfigError
 
-__all__ = ["Outbox"]
+__all__ = ["UNLIMITED", "ByteBudget", "Outbox"]
+
+UNLIMITED = 1 << 62
+"""A budget limit no hub reaches: the default of an outbox that shares no budget."""
+
+
+class ByteBudget:
+    """The bytes waiting in a set of outboxes together, and the most they may hold.
+
+    A plain counter, no asyncio: the outboxes sharing it add and subtract their own
+    bytes (see the module docstring); ``total`` is always the sum of their
+    ``waiting_bytes``.
+    """
+
+    __slots__ = ("limit", "refused", "total")
+
+    def __init__(self, limit: int = UNLIMITED) -> None:
+        if limit < 1:
+            raise ConfigError("the byte budget must be at least 1")
+        self.limit = limit
+        """Most bytes waiting in all the outboxes (one item always fits an empty one)."""
+        self.total = 0
+        """Bytes waiting in all the outboxes now."""
+        self.refused = 0
+        """Deliveries refused because they would have taken ``total`` past ``limit``."""
 
 
 class Outbox:
     """A bounded FIFO of encoded ``Delivery`` entries and ``Undeliverable`` notices."""
 
     __slots__ = (
+        "_budget",
         "_bytes",
         "_capacity",
         "_closed",
@@ -42,13 +77,20 @@ class Outbox:
         "_ready",
     )
 
-    def __init__(self, capacity: int, max_bytes: int = 64 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        max_bytes: int = 64 * 1024 * 1024,
+        budget: ByteBudget | None = None,
+    ) -> None:
+        """``budget``: the bytes this outbox shares with others (default: its own, unlimited)."""
         if capacity < 1:
             raise ConfigError("capacity must be at least 1")
         if max_bytes < 1:
             raise ConfigError("max_bytes must be at least 1")
         self._capacity = capacity
         self._max_bytes = max_bytes
+        self._budget = budget if budget is not None else ByteBudget()
         self._bytes = 0
         self._deliveries: deque[bytes] = deque()
         self._notices: deque[bytes] = deque()
@@ -70,17 +112,29 @@ class Outbox:
         return self._bytes
 
     @property
+    def budget(self) -> ByteBudget:
+        """The byte budget this outbox shares."""
+        return self._budget
+
+    @property
     def closed(self) -> bool:
         return self._closed
 
     def offer(self, entry: bytes) -> bool:
-        """Queue one encoded delivery entry; ``False`` (nothing queued) when full or closed."""
+        """Queue one encoded delivery entry; ``False`` (nothing queued) when full (this
+        outbox, or the shared budget: counted in ``budget.refused``) or closed."""
         if self._closed or len(self._deliveries) + len(self._notices) >= self._capacity:
             return False
-        size = self._bytes + len(entry)
-        if size > self._max_bytes and self._bytes:
-            return False
-        self._bytes = size
+        n = len(entry)
+        budget = self._budget
+        if self._bytes:  # an empty outbox always takes one item
+            if self._bytes + n > self._max_bytes:
+                return False
+            if budget.total + n > budget.limit:
+                budget.refused += 1
+                return False
+        self._bytes += n
+        budget.total += n
         self._deliveries.append(entry)
         if not self._ready.is_set():
             self._ready.set()
@@ -88,13 +142,16 @@ class Outbox:
         return True
 
     def offer_notice(self, notice: bytes) -> bool:
-        """Queue one encoded notice; ``False`` (nothing queued) when full or closed."""
+        """Queue one encoded notice; ``False`` (nothing queued) when full (this outbox or
+        the shared budget) or closed."""
         if self._closed or len(self._deliveries) + len(self._notices) >= self._capacity:
             return False
-        size = self._bytes + len(notice)
-        if size > self._max_bytes and self._bytes:
+        n = len(notice)
+        budget = self._budget
+        if self._bytes and (self._bytes + n > self._max_bytes or budget.total + n > budget.limit):
             return False
-        self._bytes = size
+        self._bytes += n
+        budget.total += n
         self._notices.append(notice)
         if not self._ready.is_set():
             self._ready.set()
@@ -125,6 +182,7 @@ class Outbox:
             if total <= max_bytes or len(taken) == 1:
                 deliveries.clear()
                 self._bytes -= total
+                self._budget.total -= total
                 self._after_take()
                 return taken, taken_notices
         taken = []
@@ -135,12 +193,15 @@ class Outbox:
             size += len(d)
             taken.append(deliveries.popleft())
         self._bytes -= size
+        self._budget.total -= size
         self._after_take()
         return taken, taken_notices
 
     def _after_take(self) -> None:
         if not self._deliveries and not self._notices:
-            self._bytes = 0
+            if self._bytes:  # what discard() dropped (take and adopt subtract their own)
+                self._budget.total -= self._bytes
+                self._bytes = 0
             if not self._closed:
                 self._ready.clear()
             self._empty.set()
@@ -162,9 +223,20 @@ class Outbox:
         self._closed = True
         self._ready.set()
 
+    def discard(self) -> None:
+        """Close, drop what is pending and give its bytes back to the budget: the outbox of
+        a gateway that is gone (detached, or replaced after :meth:`adopt`). Idempotent."""
+        self.close()
+        self._deliveries.clear()
+        self._notices.clear()
+        self._after_take()
+
     def adopt(self, other: Outbox) -> None:
         """Move ``other``'s pending items here, ahead of anything newer (up to capacity and
-        ``max_bytes``; what does not fit is dropped with ``other``)."""
+        ``max_bytes``; what does not fit stays in ``other``, to be dropped with it by
+        :meth:`discard`). Bytes already waiting: the budget is not checked again, only
+        moved when the two outboxes do not share one."""
+        moved = 0
         for mine, theirs in (
             (self._notices, other._notices),
             (self._deliveries, other._deliveries),
@@ -175,7 +247,10 @@ class Outbox:
                     break
                 self._bytes += size
                 other._bytes -= size
+                moved += size
                 mine.append(theirs.popleft())
+        other._budget.total -= moved
+        self._budget.total += moved
         if len(self):
             self._ready.set()
             self._empty.clear()

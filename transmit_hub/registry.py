@@ -11,8 +11,11 @@ Counters live per gateway id, attached or not, so GetStats keeps a gateway's his
 across reconnects; the counters of a gateway that left are forgotten ``forget_after``
 seconds later, and at most ``max_gateways`` left gateways are remembered (the
 longest gone first), so GetStats stays small whatever ids gateways declared. At most
-``max_gateways`` are attached at once (:meth:`Registry.full`). No I/O here; asyncio
-only for the events the service waits on.
+``max_gateways`` are attached at once (:meth:`Registry.full`). The outboxes of the
+attached gateways share one :class:`~transmit_hub.outbox.ByteBudget` of
+``queue_bytes_total`` bytes (:attr:`Registry.budget`); a detached stream's outbox is
+discarded, which gives back the bytes still waiting in it. No I/O here; asyncio only for
+the events the service waits on.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .outbox import Outbox
+from .outbox import ByteBudget, Outbox
 from .throttle import Every
 from .types import GatewayId, GatewayInfo, GatewayStats, HubStats
 
@@ -128,6 +131,7 @@ class Registry:
         queue_size: int,
         *,
         queue_bytes: int = 64 * 1024 * 1024,
+        queue_bytes_total: int = 1024 * 1024 * 1024,
         max_gateways: int = 4096,
         forget_after: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
@@ -140,6 +144,9 @@ class Registry:
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
         """Most bytes waiting in one gateway's outbox (one item always fits)."""
+        self.budget = ByteBudget(queue_bytes_total)
+        """The bytes waiting in all the outboxes together, and their bound (an empty
+        outbox always takes one item): what every attached gateway's outbox shares."""
         self.max_gateways = max_gateways
         self.forget_after = forget_after
         self._clock = clock
@@ -200,7 +207,10 @@ class Registry:
         """
         self._left.pop(gateway_id, None)
         att = Attachment(
-            gateway_id, peer, Outbox(self.queue_size, self.queue_bytes), self.counters(gateway_id)
+            gateway_id,
+            peer,
+            Outbox(self.queue_size, self.queue_bytes, self.budget),
+            self.counters(gateway_id),
         )
         old = self._attached.get(gateway_id)
         if old is not None:
@@ -214,8 +224,10 @@ class Registry:
         return att
 
     def detach(self, att: Attachment) -> bool:
-        """Remove ``att`` if it is still the registered stream for its id."""
-        att.outbox.close()
+        """Remove ``att`` if it is still the registered stream for its id. Its outbox is
+        discarded either way (a replaced stream's successor has adopted what fitted):
+        what still waits in it is dropped and its bytes go back to :attr:`budget`."""
+        att.outbox.discard()
         if self._attached.get(att.gateway_id) is not att:
             return False
         del self._attached[att.gateway_id]

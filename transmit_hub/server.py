@@ -103,6 +103,7 @@ class HubServer(AsyncLifecycle):
             self.hub_id,
             config.queue_size,
             queue_bytes=config.queue_bytes,
+            queue_bytes_total=config.queue_bytes_total,
             max_gateways=config.max_gateways,
             forget_after=config.forget_after,
         )

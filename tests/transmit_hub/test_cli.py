@@ -51,6 +51,7 @@ def test_help_explains_every_flag() -> None:
         ["--bogus"],
         ["--queue-size", "many"],
         ["--queue-bytes", "100"],
+        ["--queue-bytes-total", "0"],
         ["--listen", "nowhere"],
         ["--grace", "-1"],
         ["--gateway-write-timeout", "-1"],
