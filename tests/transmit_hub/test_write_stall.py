@@ -258,11 +258,7 @@ async def test_a_frozen_gateway_written_to_is_detached_by_the_write_timeout_too(
         gateway_write_timeout=WRITE_TIMEOUT,
     )
     async with HubServer(config) as hub:
-        took, sender = await detach_of_a_frozen_receiver(hub, make_link, content=CONTENT, within=10)
-        await wait_until(
-            lambda: any(n.reason is UndeliverableReason.NOT_ATTACHED for n in sender.notices),
-            what="NOT_ATTACHED for the frozen gateway",
-        )
+        took, _ = await detach_of_a_frozen_receiver(hub, make_link, content=CONTENT, within=10)
         assert took < WRITE_TIMEOUT + 1.0 + 1.5, took  # 2 x keepalive would be 8 s
         assert hub.service.stalled_detached == 1
         assert hub.service.silent_detached == 0
