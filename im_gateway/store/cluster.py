@@ -79,6 +79,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
 
 from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
 
@@ -99,7 +101,7 @@ from .contract import (
 from .keyspace import KeyspaceStore, Settings, group_streams, membership_args, membership_rows, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
-__all__ = ["ClusterStore"]
+__all__ = ["ClusterStore", "cluster_options"]
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +114,41 @@ _unfinished = Throttled(
     logger,
     "%d batches' dedupe records left pending (a resend completes them to the same answer)",
 )
+
+
+ATTEMPTS = 2
+"""How many times the cluster client the store makes sends a command or a pipeline
+(:func:`cluster_options`)."""
+
+
+def cluster_options(socket_timeout: float) -> dict[str, Any]:
+    """Connection settings for the Redis Cluster client the store makes.
+
+    redis-py's cluster client sends a command (or a pipeline) again after a connection
+    error, a timeout, ``CLUSTERDOWN`` or an uncovered slot, reading its map of the slots
+    anew first (at most once a second), as often as its ``retry`` allows: by default 10
+    times, with a backoff of up to a second between. Against a silent node (stopped, or
+    cut off, with no failover coming) every attempt waits out ``socket_timeout``: 9.5 s
+    with 0.5 s, about a minute with the default 5 s, for every read of a user whose keys
+    are there (a replay, a connect). Here a call is sent :data:`ATTEMPTS` times (once
+    more), with a short backoff: it fails within about two ``socket_timeout`` and a
+    refresh of the map (which asks the node that failed last). A timeout is not worth
+    more waiting on the same node (the single Redis store does not retry one at all), and
+    the second attempt goes to the new primary when the refresh found a failover.
+
+    A redirection (``MOVED`` once a replica took over, ``ASK`` while a slot migrates) is
+    followed within an attempt, not counted. A failover still under way (the old primary
+    refuses connections, or the cluster answers ``CLUSTERDOWN``, until a replica is
+    promoted) fails the call sooner than the default's retries would have ridden it out:
+    its caller answers ``internal`` (a send, a replay) or tries again (presence, a connect
+    replay a second later), as for any store error, and the client's retry lands once the
+    map names the new primary.
+    """
+    return {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": min(socket_timeout, 5.0),
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), ATTEMPTS - 1),
+    }
 
 
 @dataclass(slots=True)
@@ -138,8 +175,9 @@ class _Work:
 class ClusterStore(KeyspaceStore):
     """Presence, groups, inboxes and dedupe on a Redis Cluster (6.2 or later).
 
-    ``client`` is a ``redis.asyncio.cluster.RedisCluster`` (the caller keeps owning it) or a
-    ``redis+cluster://`` URL. The options are :class:`~im_gateway.store.keyspace.Settings`'
+    ``client`` is a ``redis.asyncio.cluster.RedisCluster`` (the caller keeps owning it,
+    with its own retries) or a ``redis+cluster://`` URL (the store makes the client with
+    :func:`cluster_options`). The options are :class:`~im_gateway.store.keyspace.Settings`'
     fields, as for :class:`~im_gateway.store.redis.RedisStore`; see the module docstring
     for how a batch is stored.
     """
@@ -148,13 +186,12 @@ class ClusterStore(KeyspaceStore):
         settings = Settings(**options)
         owns = isinstance(client, str)
         if isinstance(client, str):
-            timeout = settings.socket_timeout
-            # The cluster client retries a failed command itself (a dead connection, a
-            # node that moved its slots) after refreshing its map of the slots.
+            # The cluster client sends a failed command once more itself (a dead
+            # connection, a node that moved its slots) after refreshing its map of the
+            # slots: once, so a silent node costs a call about two timeouts.
             client = RedisCluster(
                 startup_nodes=[ClusterNode(h, p) for h, p in cluster_nodes(client)],
-                socket_timeout=timeout,
-                socket_connect_timeout=min(timeout, 5.0),
+                **cluster_options(settings.socket_timeout),
             )
         super().__init__(client, settings, owns_client=owns)
         self._cluster = client

@@ -148,11 +148,13 @@ class Nodes:
         the exception it ended with.
 
         Bounded, so that a silent node costs a store call about one more timeout, not the
-        cluster client's retries (11 attempts, each up to a timeout, with backoff between:
-        9.5 s with a 0.5 s timeout): a call that timed out (its node silent) is sent again
-        only when the slot map, read anew from the nodes, names another primary for its
-        slot (a failover); and every resend ends within two timeouts (a refresh of the map
-        and one attempt), else it fails with ``TimeoutError``.
+        cluster client's retries (two attempts on the client the store makes, see
+        :func:`~.cluster.cluster_options`; 11 on a lent client with redis-py's defaults,
+        each up to a timeout, with backoff between: 9.5 s with a 0.5 s timeout): a call
+        that timed out (its node silent) is sent again only when the slot map, read anew
+        from the nodes, names another primary for its slot (a failover); and every resend
+        ends within two timeouts (a refresh of the map and one attempt), else it fails
+        with ``TimeoutError``.
         """
         cluster = self._cluster
         where = cluster.nodes_manager.get_node_from_slot

@@ -219,6 +219,16 @@ async def test_a_frozen_primary_is_answered_within_a_bound_and_failed_over(
         await gateways.close()
 
 
+def no_failover(cluster: RedisClusterProcesses) -> None:
+    """No replica takes over a silent primary (as while a long cluster-node-timeout runs),
+    and the other primaries' slots keep serving meanwhile."""
+    for node in cluster.nodes:
+        node.client().config_set("cluster-replica-no-failover", "yes")
+        # Else, once the node is marked failed (cluster-node-timeout), every node
+        # answers CLUSTERDOWN while its slots have no primary: Redis's default.
+        node.client().config_set("cluster-require-full-coverage", "no")
+
+
 async def test_a_primary_silent_longer_than_a_failover_takes_is_answered_within_a_bound(
     hub: HubServer, cluster: RedisClusterProcesses, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -235,11 +245,7 @@ async def test_a_primary_silent_longer_than_a_failover_takes_is_answered_within_
     try:
         gw = await gateways.start("gw-1", redis_timeout=REDIS_TIMEOUT)
         victim = cluster.owner(inbox(7001))
-        for node in cluster.nodes:
-            node.client().config_set("cluster-replica-no-failover", "yes")
-            # Else, once the node is marked failed (cluster-node-timeout), every node
-            # answers CLUSTERDOWN while its slots have no primary: Redis's default.
-            node.client().config_set("cluster-require-full-coverage", "no")
+        no_failover(cluster)
         [b] = users_on(cluster, victim, 1, 7001)
         a, c, d = users_off(cluster, victim, 3, 7100)
         sa = Sender(await gateways.client(gw, a), b)
@@ -278,6 +284,92 @@ async def test_a_primary_silent_longer_than_a_failover_takes_is_answered_within_
         await every_ack_shown_once(sc, rd)
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
         assert len(warnings(caplog)) < 12, [r.getMessage() for r in warnings(caplog)]
+    finally:
+        await gateways.close()
+
+
+REPLAY_BOUND = 3 * REDIS_TIMEOUT + 1.0
+"""The longest a replay may wait for its answer (its messages and end marker, or
+``internal``) while the primary of the user's inbox is silent: the cluster client's
+attempts (two, each up to a timeout) and a refresh of its slot map, with slack."""
+
+
+def answer_since(client: Client, seen: int) -> dict[str, Any] | None:
+    """The first replay answer (an end marker, or ``internal``) among the frames after
+    the first ``seen``."""
+    for f in client.frames[seen:]:
+        if f["type"] == 14 or (f["type"] == 99 and f.get("code") == "internal"):
+            return f
+    return None
+
+
+async def test_replays_of_a_silent_primarys_user_are_answered_within_a_bound(
+    hub: HubServer, cluster: RedisClusterProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The primary of bob's inbox SIGSTOPped with no failover coming: a replay bob asks
+    for (type 14) and a new connection's connect replay are each answered ``internal``
+    within a small multiple of --redis-timeout (before: about 9.5 s at 0.5 s, the cluster
+    client's 11 attempts with backoff between; a minute at the default), in counted log
+    lines, no traceback; once the node answers again, the connect replay (tried again
+    every second) and the messages sent after reach each of bob's connections once, in
+    order."""
+    caplog.set_level(logging.WARNING)
+    gateways = Gateways(hub, cluster.url)
+    try:
+        gw = await gateways.start("gw-1", redis_timeout=REDIS_TIMEOUT)
+        victim = cluster.owner(inbox(7001))
+        no_failover(cluster)
+        [b] = users_on(cluster, victim, 1, 7001)
+        [a] = users_off(cluster, victim, 1, 7100)
+        sa = Sender(await gateways.client(gw, a), b)
+        cb = await gateways.client(gw, b)
+        for i in range(5):
+            await sa.send(i)
+        await wait_until(lambda: len(cb.messages()) == 5, what="bob's live messages")
+        last = cb.messages()[-1]["seq"]
+
+        os.kill(victim.pid, signal.SIGSTOP)
+        seen = len(cb.frames)
+        start = time.monotonic()
+        await cb.send({"type": 14, "seq": last})
+        await wait_until(
+            lambda: answer_since(cb, seen) is not None,
+            timeout=REPLAY_BOUND,
+            what="the type 14 replay's answer within the bound",
+        )
+        asked = time.monotonic() - start
+        got = answer_since(cb, seen)
+        assert got is not None
+        assert got["type"] == 99, got
+
+        start = time.monotonic()
+        cb2 = await Client.open(gw.port, b)
+        gateways.clients.append(cb2)
+        await wait_until(
+            lambda: answer_since(cb2, 0) is not None,
+            timeout=REPLAY_BOUND,  # bob is online here already: no presence write first
+            what="the connect replay's answer within the bound",
+        )
+        connected = time.monotonic() - start
+        assert not cb2.messages()
+        print(f"silent node: type 14 answered in {asked:.2f}s, the connect replay {connected:.2f}s")
+
+        os.kill(victim.pid, signal.SIGCONT)
+        await cb2.wait_for(lambda f: f["type"] == 14, timeout=10, what="the connect replay")
+        seen = len(cb.frames)
+        await cb.send({"type": 14, "seq": last})
+        await wait_until(
+            lambda: any(f["type"] == 14 for f in cb.frames[seen:]),
+            what="the replay's end marker after the thaw",
+        )
+        for i in range(5, 8):
+            await sa.send(i)
+        for c in (cb, cb2):
+            await every_ack_shown_once(sa, c)
+            assert len(shown(c)) == 8
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        said = [r.getMessage() for r in warnings(caplog)]
+        assert len(said) < 12, said
     finally:
         await gateways.close()
 
