@@ -123,19 +123,21 @@ class Outbox:
     def offer(self, entry: bytes) -> bool:
         """Queue one encoded delivery entry; ``False`` (nothing queued) when full (this
         outbox, or the shared budget: counted in ``budget.refused``) or closed."""
-        if self._closed or len(self._deliveries) + len(self._notices) >= self._capacity:
+        deliveries = self._deliveries
+        if self._closed or len(deliveries) + len(self._notices) >= self._capacity:
             return False
         n = len(entry)
+        size = self._bytes + n
         budget = self._budget
-        if self._bytes:  # an empty outbox always takes one item
-            if self._bytes + n > self._max_bytes:
-                return False
-            if budget.total + n > budget.limit:
+        total = budget.total + n
+        if (size > self._max_bytes or total > budget.limit) and self._bytes:
+            # Full (an empty outbox always takes one item): this one, or the budget.
+            if size <= self._max_bytes:
                 budget.refused += 1
-                return False
-        self._bytes += n
-        budget.total += n
-        self._deliveries.append(entry)
+            return False
+        self._bytes = size
+        budget.total = total
+        deliveries.append(entry)
         if not self._ready.is_set():
             self._ready.set()
             self._empty.clear()
