@@ -260,9 +260,9 @@ class Registry:
         """The streams to end because one write to them has been out for ``limit`` s or
         more: a gateway that reads nothing holds the writer in a write (HTTP/2 flow
         control), while its outbox fills, even as it keeps sending, so :meth:`silent`
-        never sees it. A gateway that reads, however slowly, completes each write (a frame
-        holds what waited: at most 4 MiB, or one bigger delivery) and starts the clock again. Pure: the caller
-        ends the streams."""
+        never sees it. A gateway that reads, however slowly, completes each write (a
+        frame holds what waited: at most 4 MiB, or one bigger delivery) and starts the
+        clock again. Pure: the caller ends the streams."""
         return [
             att
             for att in self._attached.values()
