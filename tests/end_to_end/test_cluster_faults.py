@@ -219,6 +219,42 @@ async def test_a_frozen_primary_is_answered_within_a_bound_and_failed_over(
         await gateways.close()
 
 
+async def freeze_while_sending(pid: int, to_it: Sender, healthy: Sender, sends: int) -> None:
+    """``to_it`` sends ``sends`` messages to a user whose keys the node ``pid`` holds,
+    stopping it (SIGSTOP) after the third, while ``healthy`` sends 30 between users it
+    does not hold; once three of the first are refused and three of the others
+    acknowledged while it was silent, it goes on (SIGCONT). The healthy sends are never
+    refused."""
+    frozen, thawed = asyncio.Event(), asyncio.Event()
+    during: list[int] = []
+
+    async def to_frozen() -> None:
+        for i in range(sends):
+            await to_it.send(i)
+            if i == 2:
+                os.kill(pid, signal.SIGSTOP)
+                frozen.set()
+
+    async def between_healthy() -> None:
+        for i in range(30):
+            await healthy.send(i)
+            if frozen.is_set() and not thawed.is_set():
+                during.append(i)  # acknowledged while the node was silent
+
+    async def thaw() -> None:
+        await wait_until(
+            lambda: sum(k == 99 for _, _, k in to_it.waits) >= 3 and len(during) >= 3,
+            timeout=30,
+            what="three refused sends to the silent node, three healthy ones acked",
+        )
+        os.kill(pid, signal.SIGCONT)
+        thawed.set()
+
+    await asyncio.gather(to_frozen(), between_healthy(), thaw())
+    print(f"slowest answers: {to_it.slowest():.2f}s, {healthy.slowest():.2f}s (healthy)")
+    assert not healthy.refused_spans, healthy.waits
+
+
 def no_failover(cluster: RedisClusterProcesses) -> None:
     """No replica takes over a silent primary (as while a long cluster-node-timeout runs),
     and the other primaries' slots keep serving meanwhile."""
@@ -252,34 +288,7 @@ async def test_a_primary_silent_longer_than_a_failover_takes_is_answered_within_
         sc = Sender(await gateways.client(gw, c), d)
         rb = await gateways.client(gw, b)
         rd = await gateways.client(gw, d)
-        frozen, thawed = asyncio.Event(), asyncio.Event()
-        during: list[int] = []
-
-        async def to_frozen() -> None:
-            for i in range(10):
-                await sa.send(i)
-                if i == 2:
-                    os.kill(victim.pid, signal.SIGSTOP)
-                    frozen.set()
-
-        async def between_healthy() -> None:
-            for i in range(30):
-                await sc.send(i)
-                if frozen.is_set() and not thawed.is_set():
-                    during.append(i)  # acknowledged while the node was silent
-
-        async def thaw() -> None:
-            await wait_until(
-                lambda: sum(k == 99 for _, _, k in sa.waits) >= 3 and len(during) >= 3,
-                timeout=30,
-                what="three refused sends to the silent node, three healthy ones acked",
-            )
-            os.kill(victim.pid, signal.SIGCONT)
-            thawed.set()
-
-        await asyncio.gather(to_frozen(), between_healthy(), thaw())
-        print(f"slowest answers: {sa.slowest():.2f}s, {sc.slowest():.2f}s (healthy)")
-        assert not sc.refused_spans, sc.waits
+        await freeze_while_sending(victim.pid, sa, sc, 10)
         await every_ack_shown_once(sa, rb)
         await every_ack_shown_once(sc, rd)
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
@@ -406,34 +415,7 @@ async def test_a_silent_replica_gets_sends_answered_internal_until_it_answers_ag
         sc = Sender(await gateways.client(gw, c), d)
         rb = await gateways.client(gw, b)
         rd = await gateways.client(gw, d)
-        frozen, thawed = asyncio.Event(), asyncio.Event()
-        during: list[int] = []
-
-        async def to_bob() -> None:
-            for i in range(8):
-                await sa.send(i)
-                if i == 2:
-                    os.kill(replica.pid, signal.SIGSTOP)
-                    frozen.set()
-
-        async def between_healthy() -> None:
-            for i in range(30):
-                await sc.send(i)
-                if frozen.is_set() and not thawed.is_set():
-                    during.append(i)  # acknowledged while the replica was silent
-
-        async def thaw() -> None:
-            await wait_until(
-                lambda: sum(k == 99 for _, _, k in sa.waits) >= 3 and len(during) >= 3,
-                timeout=30,
-                what="three refused sends to bob, three others acknowledged",
-            )
-            os.kill(replica.pid, signal.SIGCONT)
-            thawed.set()
-
-        await asyncio.gather(to_bob(), between_healthy(), thaw())
-        print(f"slowest answers: {sa.slowest():.2f}s, {sc.slowest():.2f}s (healthy)")
-        assert not sc.refused_spans, sc.waits
+        await freeze_while_sending(replica.pid, sa, sc, 8)  # the replica: WAIT fails
         await every_ack_shown_once(sa, rb)
         await every_ack_shown_once(sc, rd)
         said = [r.getMessage() for r in warnings(caplog)]
