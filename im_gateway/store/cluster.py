@@ -93,6 +93,7 @@ from .contract import (
     GroupStream,
     Joined,
     Membership,
+    Opening,
     Refusal,
     Refused,
     Submission,
@@ -486,6 +487,27 @@ class ClusterStore(KeyspaceStore):
         """Wait for the step 3 of the batches answered, if any is still under way."""
         if self._finishing:
             await asyncio.wait(list(self._finishing))
+
+    async def _read_openings(self, users: list[UserId]) -> list[Opening | Exception]:
+        """Many users' openings: a pipeline per node, the nodes in parallel. A user whose
+        node failed (silent) is answered with its error; the others, who connected in the
+        same loop turn, are not held up by it."""
+        key = self.settings.key
+        calls: list[Call] = []
+        for user in users:
+            keys = (key("acked", user), key("pos", user), key("groups", user))
+            slot = slot_of(keys[0])  # a user's keys share their slot
+            calls += (Call(slot, ("GET", keys[0])), Call(slot, ("GET", keys[1])))
+            calls.append(Call(slot, ("EXISTS", keys[2])))
+        replies = [reply for reply, _ in await self._nodes.run(calls, errors=True)]
+        out: list[Opening | Exception] = []
+        for i in range(0, len(replies), 3):
+            acked, pos, groups = replies[i : i + 3]
+            failed = [r for r in (acked, pos, groups) if isinstance(r, Exception)]
+            out.append(
+                failed[0] if failed else Opening(int(acked or 0), int(pos or 0), bool(groups))
+            )
+        return out
 
     def _members_call(self, group: int, senders: Collection[int]) -> Call:
         keys = [self.settings.group_key(group), self.settings.gkey("large", group)]

@@ -9,7 +9,8 @@ round trip costs the gateway far more CPU (a pipeline's set-up, the write, the w
 the reply's parsing) than the reads in it. So the reads asked for while the event loop
 runs one turn share one call: the first asks for a batch and every later one in the same
 turn joins it. A lone read costs what it did (no wait is added: the batch goes as soon
-as the loop turns).
+as the loop turns). A read may answer one key with an exception (one Redis Cluster node
+silent): only that key's caller gets it; the batch's own failure goes to every caller.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ V = TypeVar("V")
 
 
 class Gathered(Generic[K, V]):
-    """``read(keys)`` (one answer per key, in order) for the keys asked for in one loop
-    turn; each caller gets its own answer, or the batch's error."""
+    """``read(keys)`` (one answer per key, in order; an exception answers that key alone)
+    for the keys asked for in one loop turn; each caller gets its own answer, or the
+    batch's error."""
 
     __slots__ = ("_read", "_tasks", "_waiting")
 
-    def __init__(self, read: Callable[[list[K]], Awaitable[Sequence[V]]]) -> None:
+    def __init__(self, read: Callable[[list[K]], Awaitable[Sequence[V | Exception]]]) -> None:
         self._read = read
         self._waiting: list[tuple[K, asyncio.Future[V]]] | None = None
         """The batch being gathered (None: none; its read is scheduled)."""
@@ -71,5 +73,9 @@ class Gathered(Generic[K, V]):
                     future.set_exception(exc)
             return
         for (_, future), answer in zip(waiting, answers, strict=True):
-            if not future.done():
+            if future.done():
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
                 future.set_result(answer)

@@ -365,18 +365,10 @@ class KeyspaceStore(AsyncClosing):
         self._check_open()
         return await self._openings.get(user)  # with the others asked for in this turn
 
-    async def _read_openings(self, users: list[UserId]) -> list[Opening]:
-        """Many users' openings in one pipelined round trip."""
-        key = self.settings.key
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.get(key("acked", user))
-                pipe.get(key("pos", user))
-                pipe.exists(key("groups", user))
-            r = await pipe.execute()
-        return [
-            Opening(int(r[i] or 0), int(r[i + 1] or 0), bool(r[i + 2])) for i in range(0, len(r), 3)
-        ]
+    @abstractmethod
+    async def _read_openings(self, users: list[UserId]) -> list[Opening | Exception]:
+        """Many users' openings (:meth:`opening`) in one round trip; a user's may be the
+        error that failed its reads alone (a Redis Cluster node)."""
 
     async def members(self, group: int) -> list[UserId]:
         self._check_open()

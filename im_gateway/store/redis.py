@@ -241,7 +241,7 @@ class RedisStore(KeyspaceStore):
             return reply, isinstance(count, int) and count >= wait_replicas
         raise AssertionError("unreachable")
 
-    async def _read_openings(self, users: list[UserId]) -> list[Opening]:
+    async def _read_openings(self, users: list[UserId]) -> list[Opening | Exception]:
         """Many users' openings in one script call (a pipeline costs the gateway about
         four times the CPU per user: a command each to pack and parse), on the lane: in a
         reconnect storm a call holds few users, and redis-py's client cost about 10% of a
@@ -249,7 +249,10 @@ class RedisStore(KeyspaceStore):
         key = self.settings.key
         keys = [key(kind, user) for user in users for kind in ("acked", "pos", "groups")]
         r = await self._script(self._opening, keys, ())
-        return [Opening(int(r[i]), int(r[i + 1]), bool(r[i + 2])) for i in range(0, len(r), 3)]
+        out: list[Opening | Exception] = [
+            Opening(int(r[i]), int(r[i + 1]), bool(r[i + 2])) for i in range(0, len(r), 3)
+        ]
+        return out
 
     async def _write_acks(self, acks: dict[str, int]) -> None:
         """One script call for every ack gathered (see :meth:`~.keyspace.KeyspaceStore.ack`)."""

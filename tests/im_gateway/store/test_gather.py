@@ -59,6 +59,20 @@ async def test_a_failed_read_fails_every_caller_of_its_batch_only() -> None:
     assert await gathered.get(2) == 20
 
 
+async def test_a_key_answered_with_an_exception_fails_its_caller_alone() -> None:
+    """A read may answer one key with an exception (its Redis Cluster node silent): that
+    caller gets it, the others of the batch their answers."""
+
+    async def read(keys: list[int]) -> list[int | Exception]:
+        return [TimeoutError(f"node of {k}") if k == 2 else k * 10 for k in keys]
+
+    gathered: Gathered[int, int] = Gathered(read)
+    results = await asyncio.gather(*(gathered.get(k) for k in (1, 2, 3)), return_exceptions=True)
+    assert results[0] == 10
+    assert isinstance(results[1], TimeoutError)
+    assert results[2] == 30
+
+
 async def test_a_cancelled_caller_leaves_the_others_answered() -> None:
     """One caller of a batch in flight is cancelled: the others still get their answers."""
     reader = Reader()
