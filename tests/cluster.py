@@ -31,8 +31,14 @@ def _replica_online(replication: dict[str, object]) -> bool:
 class ClusterNode(Process):
     """One ``redis-server --cluster-enabled yes`` process (no persistence)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, taken: set[int] | None = None) -> None:
+        """``taken``: the ports (and bus ports) the cluster's other nodes got, which may
+        not listen yet (a free port can come up twice); this node's are added."""
+        taken = taken if taken is not None else set()
         self.port = cluster_port()
+        while self.port in taken or self.port + 10000 in taken:
+            self.port = cluster_port()
+        taken.update((self.port, self.port + 10000))
         self.dir = root / str(self.port)
         self.dir.mkdir()
         argv = redis_server_argv(self.port, host="127.0.0.1", workdir=self.dir)
@@ -79,7 +85,8 @@ class RedisClusterProcesses:
 
     def __init__(self, primaries: int = 3) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="th-cluster-"))
-        self.nodes = [ClusterNode(self.root) for _ in range(primaries * 2)]
+        taken: set[int] = set()
+        self.nodes = [ClusterNode(self.root, taken) for _ in range(primaries * 2)]
         try:
             for node in self.nodes:
                 wait_until_sync(node.answers, timeout=10, what=f"cluster node {node.port}")
