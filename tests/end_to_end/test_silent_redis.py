@@ -144,6 +144,19 @@ async def test_a_connect_replay_whose_group_mark_failed_marks_it_on_its_retry(
         await bob.wait_contents(["after"], timeout=5)
 
 
+async def join_refused_then_resent(bob: Client, store: FlakyStore, fault: str) -> None:
+    """Bob's join of GROUP meets ``fault`` once (a FlakyStore counter): answered
+    ``internal``; the client resends it, with its id, and it is answered type 10."""
+    setattr(store, fault, 1)
+    await bob.send({"type": 12, "id": "join-1", "to": GROUP})
+    refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the first join")
+    assert (refused.get("type"), refused.get("code")) == (99, "internal"), refused
+    bob.frames.clear()
+    await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
+    answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
+    assert answer["type"] == 10, answer
+
+
 @pytest.mark.parametrize("fault", ["lose_joins", "fail_form_after_join"])
 async def test_a_join_answered_internal_is_resent_and_then_the_connection_follows(
     hub: HubServer,
@@ -167,14 +180,7 @@ async def test_a_join_answered_internal_is_resent_and_then_the_connection_follow
     await change(carol, 12)  # two members: the group is stored once from now
     async with flaky_gateway(hub, redis_url) as (gw_b, store):
         bob = await open_client(gw_b, BOB)
-        setattr(store, fault, 1)
-        await bob.send({"type": 12, "id": "join-1", "to": GROUP})
-        refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the first join")
-        assert (refused.get("type"), refused.get("code")) == (99, "internal"), refused
-        bob.frames.clear()
-        await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
-        answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
-        assert answer["type"] == 10, answer
+        await join_refused_then_resent(bob, store, fault)
         await wait_until(lambda: gw_b.fanout.following.followers(GROUP) != [], what="bob to follow")
         assert (await alice.say(GROUP, "after the join", group=True))["type"] == 10
         await bob.wait_contents(["after the join"], timeout=5)
@@ -202,15 +208,8 @@ async def test_a_join_that_made_the_group_large_and_was_resent_makes_every_membe
     await change(alice, 12)  # one member: stored in each inbox
     async with flaky_gateway(hub, redis_url) as (gw_b, store):
         bob = await open_client(gw_b, BOB)
-        setattr(store, fault, 1)
-        await bob.send({"type": 12, "id": "join-1", "to": GROUP})
-        refused = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the first join")
-        assert (refused.get("type"), refused.get("code")) == (99, "internal"), refused
+        await join_refused_then_resent(bob, store, fault)
         assert await store.is_large(GROUP)
-        bob.frames.clear()
-        await bob.send({"type": 12, "id": "join-1", "to": GROUP})  # the client resends
-        answer = await bob.wait_for(lambda f: f.get("id") == "join-1", what="the join")
-        assert answer["type"] == 10, answer
         await wait_until(lambda: gw_a.fanout.following.followers(GROUP) != [], what="alice")
         assert not await store.to_regroup(GROUP)  # done: the next join regroups the joiner
         assert (await bob.say(GROUP, "after the join", group=True))["type"] == 10
