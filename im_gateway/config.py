@@ -356,6 +356,15 @@ class GatewayConfig:
         metavar="CALLS",
         check=at_least(1),
     )
+    store_wait: float = setting(
+        10.0,
+        "how long a replay, ack or group call waits for one of --store-concurrency's "
+        "slots before it fails as a store failure would (a join answered internal, a "
+        "replay retried): with Redis silent each slot is held for --redis-timeout, and "
+        "calls queued behind them would otherwise wait for the whole queue to time out",
+        metavar="SECONDS",
+        check=positive,
+    )
     idle_timeout: float = setting(
         300.0,
         "close a connection that sends no frame for this long (0: never)",

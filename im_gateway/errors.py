@@ -11,7 +11,8 @@ All derive from :class:`GatewayError`::
     ├── FrameError         a client frame was refused; carries the pinned error code
     ├── ApiError           a server API call was refused; carries the HTTP status and code
     └── StoreError         the store was used wrongly or answered nonsense
-        └── BadPosition    a seq that is no inbox position (also a ValueError)
+        ├── BadPosition    a seq that is no inbox position (also a ValueError)
+        └── StoreBusy      no store slot came free within --store-wait (also a TimeoutError)
 
 Expected failures are mapped to the wire at the edge only: an :class:`AuthError`
 becomes HTTP 401 before the upgrade, a :class:`FrameError` becomes a type 99 frame.
@@ -81,6 +82,11 @@ class StoreError(GatewayError):
 
 class BadPosition(StoreError, ValueError):
     """A seq that is not an inbox position (decimal, at most 2**64 - 1)."""
+
+
+class StoreBusy(StoreError, TimeoutError):
+    """No store slot (``--store-concurrency``) came free within ``--store-wait``: the
+    calls holding them wait on a slow or silent Redis."""
 
 
 class ApiError(GatewayError):

@@ -44,6 +44,7 @@ from .ports import Link
 from .presence import Presence
 from .session_limits import SessionLimits
 from .sessions import Session
+from .slots import Slots
 from .store import Store, open_store
 from .tasks import cancel_and_wait
 from .tls_accept import Handshakes
@@ -77,7 +78,7 @@ class Gateway(AsyncLifecycle):
         self._pipeline: Pipeline | None = None
         self._api: ApiServer | None = None
         self._presence: Presence | None = None
-        self._slots: asyncio.Semaphore | None = None
+        self._slots: Slots | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._port = 0
         self._gateway_id: GatewayId | None = (
@@ -161,6 +162,11 @@ class Gateway(AsyncLifecycle):
         if self._pipeline is None:
             raise LifecycleError("the gateway is not started")
         return self._pipeline
+
+    @property
+    def slots(self) -> Slots | None:
+        """The store slots of replay, ack and group calls (None before the start)."""
+        return self._slots
 
     @property
     def store(self) -> Store:
@@ -309,7 +315,7 @@ class Gateway(AsyncLifecycle):
                 await self._api.start()
             except OSError as exc:
                 raise StartupError(f"cannot serve the API on {cfg.api_listen}: {exc}") from exc
-        self._slots = asyncio.Semaphore(cfg.store_concurrency)
+        self._slots = Slots(cfg.store_concurrency, cfg.store_wait)
         self._sweeper = asyncio.create_task(
             sweep_idle(
                 fanout.sessions,

@@ -55,6 +55,14 @@ class _Local(Protocol):
     def sessions(self) -> Sequence[_Queue]: ...
 
 
+class _Slots(Protocol):
+    @property
+    def held(self) -> int: ...
+
+    @property
+    def busy(self) -> int: ...
+
+
 class Watched(Protocol):
     """What the gauges read of a gateway at scrape time (:class:`~im_gateway.gateway.Gateway`
     is one); a protocol, so that this module imports nothing that imports it."""
@@ -67,6 +75,9 @@ class Watched(Protocol):
 
     @property
     def hub_link(self) -> _HubLink | None: ...
+
+    @property
+    def slots(self) -> _Slots | None: ...
 
 
 __all__ = [
@@ -414,6 +425,18 @@ def _gateway_gauges(gateway: Watched) -> Iterator[Metric]:
         "im_gateway_connections_backed_up",
         "Connections with frames waiting in their send queue.",
         value=sum(1 for q in queued if q),
+    )
+    slots = gateway.slots
+    yield GaugeMetricFamily(
+        "im_gateway_store_slots_held",
+        "Store slots (--store-concurrency) held by replay, ack and group calls.",
+        value=slots.held if slots is not None else 0,
+    )
+    yield CounterMetricFamily(
+        "im_gateway_store_slot_timeouts",
+        "Replay, ack and group calls that got no store slot within --store-wait (each "
+        "failed as a store failure: Redis slow or silent).",
+        value=slots.busy if slots is not None else 0,
     )
     link = gateway.hub_link
     hubs: dict[str, str] = getattr(link, "hubs", None) or {

@@ -175,6 +175,20 @@ class HubConfig:
         metavar="HOST:PORT",
         check=_address,
     )
+    metrics_max_clients: int = setting(
+        16,
+        "metrics connections served at once; one more closes the oldest that has not sent "
+        "its request yet (a slow or silent client cannot lock a scraper out), or is closed "
+        "at once when every one has",
+        metavar="N",
+        check=between(1, 10_000),
+    )
+    metrics_timeout: float = setting(
+        5.0,
+        "a metrics connection has this long to send its request and take the answer",
+        metavar="SECONDS",
+        check=lambda v: None if 0 < v <= 3600 else "must be more than 0 and at most 3600",
+    )
     log_level: str = level_setting()
     log_format: str = format_setting()
 

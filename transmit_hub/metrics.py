@@ -38,10 +38,11 @@ CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 MAX_REQUEST: Final = 8192
 """Bytes of request line and headers read before the request is refused."""
 REQUEST_TIMEOUT: Final = 5.0
+"""Seconds a connection has to send its request and take the answer (the default)."""
 MAX_CLIENTS: Final = 16
-"""Scrapes served at once. A connection beyond them closes the oldest one still waiting
-for its request (a slow or silent client), so silent clients cannot lock a scraper out;
-when every one has sent its request, the new connection is closed at once."""
+"""Scrapes served at once (the default). A connection beyond them closes the oldest one
+still waiting for its request (a slow or silent client), so silent clients cannot lock a
+scraper out; when every one has sent its request, the new connection is closed at once."""
 
 
 class HubMetrics:
@@ -190,8 +191,20 @@ class _HubCollector(Collector):
 class MetricsServer:
     """Serves ``render()`` at ``GET /metrics`` on ``host:port``; an async context manager."""
 
-    def __init__(self, host: str, port: int, render: Callable[[], bytes]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        render: Callable[[], bytes],
+        *,
+        max_clients: int = MAX_CLIENTS,
+        timeout: float = REQUEST_TIMEOUT,
+    ) -> None:
+        if max_clients < 1 or not timeout > 0:
+            raise ConfigError("a metrics server needs max_clients >= 1 and a timeout > 0")
         self._host = host
+        self._max_clients = max_clients
+        self._timeout = timeout
         self._requested = port
         self._render = render
         self._server: asyncio.Server | None = None
@@ -229,7 +242,7 @@ class MetricsServer:
         await self.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._clients >= MAX_CLIENTS:
+        if self._clients >= self._max_clients:
             if not self._waiting:
                 writer.close()
                 return
@@ -241,12 +254,12 @@ class MetricsServer:
                 log.warning(
                     "metrics port full (%d connections): closing the oldest that has not "
                     "sent its request (more are counted, not logged)",
-                    MAX_CLIENTS,
+                    self._max_clients,
                 )
         self._clients += 1
         self._waiting[writer] = None
         try:
-            async with asyncio.timeout(REQUEST_TIMEOUT):
+            async with asyncio.timeout(self._timeout):
                 head = await reader.readuntil(b"\r\n\r\n")
                 self._waiting.pop(writer, None)
                 status, body, kind = self._answer(head.split(b"\r\n", 1)[0])

@@ -125,7 +125,13 @@ class HubServer(AsyncLifecycle):
         self._metrics_server: MetricsServer | None = None
         if config.metrics_listen:
             host, port = parse_listen(config.metrics_listen)
-            self._metrics_server = MetricsServer(host, port, self.metrics.render)
+            self._metrics_server = MetricsServer(
+                host,
+                port,
+                self.metrics.render,
+                max_clients=config.metrics_max_clients,
+                timeout=config.metrics_timeout,
+            )
         self._server: Any = None
         self._health: Any = None
         self._port = 0

@@ -235,3 +235,31 @@ async def test_slowloris_connections_do_not_lock_the_scraper_out(hub: HubServer)
     finally:
         for _, writer in silent:
             writer.close()
+
+
+async def test_the_metrics_bounds_are_the_flags() -> None:
+    """``--metrics-max-clients`` and ``--metrics-timeout`` bound the hub's metrics port:
+    with 2 and 0.3 s, a third silent connection closes the oldest at once, and a silent
+    one is closed after 0.3 s, not the default 5 s."""
+    config = HubConfig(
+        listen="127.0.0.1:0",
+        metrics_listen="127.0.0.1:0",
+        metrics_max_clients=2,
+        metrics_timeout=0.3,
+    )
+    async with HubServer(config) as hub:
+        port = hub.metrics_port
+        first = await asyncio.open_connection("127.0.0.1", port)
+        second = await asyncio.open_connection("127.0.0.1", port)
+        third = await asyncio.open_connection("127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            assert await asyncio.wait_for(first[0].read(), 2.0) == b""  # made room
+            assert await asyncio.wait_for(third[0].read(), 4.0) == b""  # timed out
+            assert loop.time() - started < 3.0
+        finally:
+            for _, writer in (first, second, third):
+                writer.close()
+        status, _, _ = await http_get(port, "/metrics")
+        assert status == 200

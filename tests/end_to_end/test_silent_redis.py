@@ -5,6 +5,7 @@ clients once Redis answers again."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -317,3 +318,36 @@ async def test_large_group_posts_beyond_the_held_bound_reach_the_follower_with_n
         proxy.thaw()
         await bob.wait_contents(["before", "checked", "held", "dropped"], timeout=5)
         assert bob.contents() == ["before", "checked", "held", "dropped"]
+
+
+async def test_a_join_queued_behind_slots_held_by_a_silent_redis_is_answered_within_store_wait(
+    start_gateway: GatewayFactory, open_client: ClientFactory, redis_server: RedisServer
+) -> None:
+    """Redis goes silent while a connect replay holds the one store slot
+    (``--store-concurrency 1``) for ``--redis-timeout`` (4 s here): a join queued behind
+    it is answered ``internal`` within ``--store-wait`` (0.3 s), not once the queue ahead
+    timed out (then its own call's timeout: 8 s); and it goes through once Redis answers."""
+    async with FreezableProxy("127.0.0.1", redis_server.port) as proxy:
+        gw = await start_gateway(
+            "gw-slots",
+            redis_url=f"redis://{proxy.address}/0",
+            redis_timeout=4.0,
+            store_concurrency=1,
+            store_wait=0.3,
+        )
+        bob = await open_client(gw, BOB)
+        slots = gw.slots
+        assert slots is not None
+        proxy.freeze()
+        await open_client(gw, ALICE, replayed=False)  # its connect replay takes the slot
+        await wait_until(lambda: slots.held == 1, what="the connect replay to hold the slot")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        await bob.send({"type": 12, "id": "j1", "to": GROUP})
+        answer = await bob.wait_for(lambda f: f.get("id") == "j1", timeout=3.0, what="j1")
+        assert (answer["type"], answer["code"]) == (99, "internal"), answer
+        assert loop.time() - started < 2.0
+        assert slots.busy == 1
+        proxy.thaw()
+        await wait_until(lambda: slots.held == 0, timeout=10.0, what="the slot back")
+        await change(bob, 12)  # sent again: stored
