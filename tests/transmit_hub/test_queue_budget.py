@@ -256,6 +256,8 @@ async def test_the_frame_being_written_stays_counted_until_the_gateway_is_detach
         assert att.writing_since, "the writer is not held in a write"
         assert frames[att.outbox] > 4 * len(CONTENT)  # mid-frame: several deliveries held
         assert max(seen) <= TOTAL + len(CONTENT) + 1024, (max(seen), TOTAL)
+        own = hub.registry.outboxes["gw-s"]  # its QUEUE_FULL notices: written, given back
+        await wait_until(lambda: own.held_bytes == 0, what="gw-s's notices written")
         samples = parse(hub.metrics.render().decode())
         assert value(samples, "transmit_hub_outbox_bytes") == budget.total == holding()
         assert value(samples, "transmit_hub_outbox_bytes_writing") == frames[att.outbox]
