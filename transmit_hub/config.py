@@ -73,15 +73,17 @@ class HubConfig:
     )
     queue_bytes: int = setting(
         64 * 1024 * 1024,
-        "bytes of deliveries waiting per gateway before the hub refuses more for it and "
-        "tells the senders (QUEUE_FULL); one delivery always fits an empty queue",
+        "bytes held per gateway (deliveries and notices waiting, and the frame being written "
+        "to it until the write completes) before the hub refuses more for it and tells the "
+        "senders (QUEUE_FULL); one delivery always fits an empty queue",
         metavar="BYTES",
         check=at_least(1024),
     )
     queue_bytes_total: int = setting(
         1024 * 1024 * 1024,
-        "bytes waiting in all the gateways' queues together (deliveries and notices) before "
-        "the hub refuses more and tells the senders (QUEUE_FULL), so that many gateways "
+        "bytes held for all the gateways together (deliveries and notices waiting, and the "
+        "frames being written) before the hub refuses more and tells the senders "
+        "(QUEUE_FULL), so that many gateways "
         "reading slowly at once cannot exhaust the hub's memory; an empty queue still takes "
         "one delivery, so the total passes this by at most one delivery per attached "
         "gateway. 1 GiB: 16 gateways' full --queue-bytes, or 256 KiB each for 4,096, within "

@@ -14,8 +14,15 @@ Undeliverable notices (target not attached, or its outbox closed as it is detach
 sender's own outbox. Refusals for the total are also counted apart
 (``Registry.budget.refused``) and logged, one line with a count at most every
 :data:`BUDGET_LOG_INTERVAL` seconds.
-When that is full too, the notice is counted (``Registry.notices_dropped``) and logged
-at most once a second per gateway: the message is still in every recipient's inbox.
+When that is full too (its own bounds, or the shared total: an outbox whose writer is
+writing a frame is not empty, so it takes no notice past the total), the notice is
+counted (``Registry.notices_dropped``) and logged at most once a second per gateway.
+Such a loss costs nothing a sender was told was delivered: the hub never confirms a
+delivery, and the sender's client was answered once the message was in every
+recipient's inbox. What goes is the fast path's repair: a lost NOT_ATTACHED is not
+retried through another hub (the recipient gets the message from its inbox when its next
+push shows the hole, or on its next replay) and does not clear stale presence (its TTL
+does).
 When it is closed (the sender itself is being detached), the notices go nowhere, and are
 neither counted as dropped nor logged (the messages are in the recipients' inboxes all
 the same).

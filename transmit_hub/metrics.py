@@ -131,8 +131,14 @@ class _HubCollector(Collector):
         budget = reg.budget
         yield GaugeMetricFamily(
             "transmit_hub_outbox_bytes",
-            "Bytes waiting in the gateways' outboxes, in all.",
+            "Bytes held toward gateways, in all: waiting in their outboxes, and in the frames "
+            "being written to them.",
             value=budget.total,
+        )
+        yield GaugeMetricFamily(
+            "transmit_hub_outbox_bytes_writing",
+            "Of transmit_hub_outbox_bytes, the bytes in the frames being written to gateways.",
+            value=budget.writing,
         )
         yield GaugeMetricFamily(
             "transmit_hub_outbox_bytes_limit",

@@ -14,8 +14,8 @@ longest gone first), so GetStats stays small whatever ids gateways declared. At 
 ``max_gateways`` are attached at once (:meth:`Registry.full`). The outboxes of the
 attached gateways share one :class:`~transmit_hub.outbox.ByteBudget` of
 ``queue_bytes_total`` bytes (:attr:`Registry.budget`); a detached stream's outbox is
-discarded, which gives back the bytes still waiting in it. No I/O here; asyncio only for
-the events the service waits on.
+discarded, which gives back the bytes it still holds, waiting or in the frame its writer
+was writing. No I/O here; asyncio only for the events the service waits on.
 """
 
 from __future__ import annotations
@@ -143,10 +143,12 @@ class Registry:
         self.hub_id = hub_id
         self.queue_size = queue_size
         self.queue_bytes = queue_bytes
-        """Most bytes waiting in one gateway's outbox (one item always fits)."""
+        """Most bytes one gateway's outbox holds, waiting or being written (one item always
+        fits an empty one)."""
         self.budget = ByteBudget(queue_bytes_total)
-        """The bytes waiting in all the outboxes together, and their bound (an empty
-        outbox always takes one item): what every attached gateway's outbox shares."""
+        """The bytes all the outboxes hold together (waiting, and in the frames being
+        written), and their bound (an empty outbox always takes one item): what every
+        attached gateway's outbox shares."""
         self.max_gateways = max_gateways
         self.forget_after = forget_after
         self._clock = clock
@@ -226,7 +228,8 @@ class Registry:
     def detach(self, att: Attachment) -> bool:
         """Remove ``att`` if it is still the registered stream for its id. Its outbox is
         discarded either way (a replaced stream's successor has adopted what fitted):
-        what still waits in it is dropped and its bytes go back to :attr:`budget`."""
+        what still waits in it is dropped, and its bytes and those of the frame being
+        written to it go back to :attr:`budget`."""
         att.outbox.discard()
         if self._attached.get(att.gateway_id) is not att:
             return False

@@ -6,7 +6,10 @@ a Welcome, one task reads request frames and routes every map in them
 (:mod:`transmit_hub.forwarding`: on wire bytes, offering each delivery to its target's
 :class:`~transmit_hub.outbox.Outbox`, never waiting; undeliverable shares are answered
 with notices), and another task drains this gateway's own outbox into ``DeliveryBatch``
-frames. When either task ends, the other is cancelled and the gateway is detached.
+frames. A frame's bytes stay held by the outbox (its ``--queue-bytes`` and the shared
+``--queue-bytes-total``) until its write completes, or until the gateway is detached
+(whatever ends the stream), which gives back everything its outbox holds. When either
+task ends, the other is cancelled and the gateway is detached.
 
 Keepalive (:meth:`HubService.watch`): a stream the hub has read nothing from for
 ``gateway_keepalive`` seconds is sent a Probe (the link answers it before anything
@@ -290,6 +293,7 @@ class HubService:
             att.writing_since = clock()  # the watch ends a stream whose write stays out
             await context.write(response)
             att.writing_since = 0.0
+            box.written()  # the frame's bytes stayed held (and budgeted) until now
             if timeline.ON:
                 timeline.stamp("hub_wrote", ids)
             counters.deliveries_sent += len(entries)

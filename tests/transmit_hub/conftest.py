@@ -188,8 +188,9 @@ async def detach_of_a_frozen_receiver(
 ) -> tuple[float, Collector]:
     """gw-r, behind a proxy that freezes, is written to by gw-s until ``hub`` detaches it
     (within ``within`` seconds) and gw-s is told so (a NOT_ATTACHED notice; QUEUE_FULL ones
-    may come first): seconds from the freeze to the detach, and gw-s. The proxy is thawed
-    at the end."""
+    may come first), and the bytes the hub held for gw-r, the frame held in a write
+    included, are given back: seconds from the freeze to the detach, and gw-s. The proxy
+    is thawed at the end."""
     from tests.proxy import FreezableProxy
     from transmit_hub import GatewayId, UndeliverableReason
 
@@ -220,5 +221,9 @@ async def detach_of_a_frozen_receiver(
             )
         finally:
             writer.cancel()
+        budget = hub.registry.budget
+        await wait_until(
+            lambda: (budget.total, budget.writing) == (0, 0), what="the held bytes given back"
+        )
         proxy.thaw()
         return took, sender

@@ -74,13 +74,17 @@ def test_capacity_must_be_positive() -> None:
 
 
 def test_offer_refuses_past_the_byte_budget_but_one_item_always_fits() -> None:
-    """Items past max_bytes waiting are refused (deliveries and notices alike); an empty
-    outbox takes one item of any size; take() and adopt() keep the count of bytes."""
+    """Items past max_bytes held (waiting or being written) are refused (deliveries and
+    notices alike); an empty outbox takes one item of any size; take(), written() and
+    adopt() keep the count of bytes."""
     box = Outbox(100, max_bytes=10)
     assert box.offer(b"x" * 25)  # alone: goes however big
     assert not box.offer(b"y")
     assert box.take(10, 100) == ([b"x" * 25], [])
-    assert box.waiting_bytes == 0
+    assert (box.waiting_bytes, box.held_bytes) == (0, 25)
+    assert not box.offer(b"y")  # the frame being written still counts
+    box.written()
+    assert box.held_bytes == 0
     assert box.offer(b"a" * 6)
     assert box.offer_notice(b"n" * 4)
     assert not box.offer(b"b")

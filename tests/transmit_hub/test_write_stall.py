@@ -164,8 +164,9 @@ async def test_a_gateway_that_sends_but_never_reads_is_detached_within_the_limit
     """A gateway that keeps sending but never reads, sent maps until its outbox is full
     (QUEUE_FULL): the hub detaches it within --gateway-write-timeout and a quarter
     --gateway-keepalive (+ slack), with one WARNING line naming it and the limit, counted
-    in ``stalled_detached`` and its metric; its stream ends UNAVAILABLE, and the sender's
-    next map for it comes back NOT_ATTACHED (it used to be QUEUE_FULL forever)."""
+    in ``stalled_detached`` and its metric; its stream ends UNAVAILABLE, the bytes held
+    for it (the frame held in the write included) are given back, and the sender's next
+    map for it comes back NOT_ATTACHED (it used to be QUEUE_FULL forever)."""
     caplog.set_level(logging.WARNING, logger="transmit_hub.service")
     async with raw_gateway(hub, "gw-stuck") as stuck:
         sender = await make_link(hub.address, "gw-s")
@@ -189,6 +190,10 @@ async def test_a_gateway_that_sends_but_never_reads_is_detached_within_the_limit
         assert hub.service.stalled_detached == 1
         assert hub.service.silent_detached == 0
         assert b"transmit_hub_stalled_detached_total 1.0" in hub.metrics.render()
+        budget = hub.registry.budget
+        await wait_until(
+            lambda: (budget.total, budget.writing) == (0, 0), what="the held bytes given back"
+        )
         seen = len(sender.notices)
         assert sender.link.send(tmap("m-late", {"gw-stuck": (5,)}))
         await sender.wait_notices(seen + 1)
