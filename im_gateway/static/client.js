@@ -937,6 +937,7 @@ export class Client {
   async failed(ws, errorText, url, wasOpen, code, timedOut = false) {
     if (ws) this.ws = null;
     this.core.lost();
+    this.refusals.restart();
     this.stopHeartbeat();
     this.watchAnswers();
     if (this.closed) return;
