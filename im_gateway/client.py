@@ -28,8 +28,10 @@ dead link): :data:`HEARTBEAT_TIMEOUT` after a heartbeat sent for a read-quiet
 :data:`HEARTBEAT_INTERVAL`, the next URL. A gateway that keeps talking but answers
 none of the frames it owes (type 10 or 99) for :data:`ANSWER_TIMEOUT` is left too (its
 store or pipeline is stuck): they go out again, same client ids, on the next connection
-(see :mod:`im_gateway.client_watch`). An HTTP 401 at the
-handshake stops the client: every waiting call raises ``Refused("unauthorized")``.
+(see :mod:`im_gateway.client_watch`). So is one that refuses them ``internal`` (its store
+cut off) :data:`INTERNAL_STREAK` times in a row, none stored between, over
+:data:`INTERNAL_TIMEOUT`; ``rate_limited`` never makes the client leave. An HTTP 401 at
+the handshake stops the client: every waiting call raises ``Refused("unauthorized")``.
 
 Memory. At most :data:`MAX_WAITING` messages wait for the application, and a bounded
 buffer per stream beyond them; what does not fit is dropped and asked for again once the
@@ -51,6 +53,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from .client_protocol import (
+    HEARTBEAT_REPLY,
     JOIN,
     LEAVE,
     ClientError,
@@ -58,12 +61,13 @@ from .client_protocol import (
     Refused,
     Sent,
     backoff,
+    close_echo,
     group_id,
     message_frame,
     token_subject,
 )
 from .client_state import ClientState
-from .client_watch import GIVEN_UP, AnswerWatch, Liveness
+from .client_watch import GIVEN_UP, AnswerWatch, Liveness, RefusalWatch
 from .close_codes import CLOSE_SERVICE_RESTART
 
 __all__ = ["Client", "ClientError", "Message", "Refused", "Sent"]
@@ -87,6 +91,9 @@ CONNECT_TIMEOUT: Final = 10.0
 ANSWER_TIMEOUT: Final = 30.0
 """Seconds a connection may owe answers without giving any; then the next URL (generous:
 see :mod:`im_gateway.client_watch`)."""
+INTERNAL_STREAK: Final = 3
+INTERNAL_TIMEOUT: Final = 10.0
+"""Seconds from the first to the last of INTERNAL_STREAK ``internal`` refusals in a row."""
 MAX_UNANSWERED: Final = 10_000
 """Frames waiting for their answers at most; beyond it a call raises ``Refused("backlog")``."""
 CLOSE_WAIT: Final = 2.0
@@ -94,7 +101,6 @@ CLOSE_WAIT: Final = 2.0
 MAX_WAITING: Final = 10_000
 MAX_FRAME: Final = 1 << 20
 """Frames larger than this close the connection (the gateway's content limit is 64 KiB)."""
-HEARTBEAT_REPLY: Final = '{"type":0}'
 
 
 class Client:
@@ -108,6 +114,7 @@ class Client:
         self._state = ClientState(token_subject(token), max_waiting=MAX_WAITING)
         self._waiters: dict[str, asyncio.Future[Sent]] = {}
         self._answers = AnswerWatch()
+        self._refusals = RefusalWatch()
         self._runner: asyncio.Task[None] | None = None
         self._ws: ClientConnection | None = None
         self._wake = asyncio.Event()
@@ -287,6 +294,7 @@ class Client:
         if state.waiting:
             self._arrived.set()
         self._answers.update(state.owed, state.answered, loop.time())
+        self._refusals.update(*state.outcomes, loop.time())
 
     def _later(self, loop: asyncio.AbstractEventLoop, delay: float, action: Any) -> None:
         def fire() -> None:
@@ -369,6 +377,7 @@ class Client:
         self._ws, self.url = ws, url
         self._outgoing = []
         state.connected()
+        self._refusals.restart()
         self._after_input()
         self._ack_now()
         loop = asyncio.get_running_loop()
@@ -392,13 +401,17 @@ class Client:
                     continue
                 watch.heard(loop.time())
                 if self._echo is not None and not self._echo.done():
-                    self._closing_frame(data)
+                    over, self._probing = close_echo(data, self._probing)
+                    if over:
+                        self._echo.set_result(None)
                 if data == HEARTBEAT_REPLY:
                     continue
                 state.received(data)
                 self._after_input()
-                if not healthy and state.take_connect_done():
-                    healthy = True
+                healthy = healthy or state.take_connect_done()
+                if self._refusals.given_up(INTERNAL_STREAK, INTERNAL_TIMEOUT):
+                    logger.warning("%s: %s; the next URL", url, GIVEN_UP["internal"])
+                    break
         except ConnectionClosed:
             pass
         finally:
@@ -415,19 +428,6 @@ class Client:
                 ws.transport.abort()  # a dead link answers no close: let go of the socket
         logger.info("connection to %s closed (%s)", url, ws.close_code)
         return healthy
-
-    def _closing_frame(self, data: str | bytes) -> None:
-        """While :meth:`close` waits: the probe's end marker (or, without a probe, the
-        heartbeat's answer, or a refused probe) ends the wait."""
-        assert self._echo is not None
-        if data == HEARTBEAT_REPLY:
-            if not self._probing:
-                self._echo.set_result(None)
-            return
-        if b'"type":14' in (data if isinstance(data, bytes) else data.encode()):
-            self._echo.set_result(None)
-        elif b'"type":99' in (data if isinstance(data, bytes) else data.encode()):
-            self._probing = False  # refused (a replay is running): the heartbeat decides
 
     async def _write_loop(self, ws: ClientConnection) -> None:
         """Write what the state machine queued; a heartbeat after a quiet while."""

@@ -29,6 +29,9 @@ ERROR: Final = 99
 RETRIED: Final = frozenset({"internal", "rate_limited"})
 """Type 99 codes the client handles itself by sending again after a backoff."""
 
+HEARTBEAT_REPLY: Final = '{"type":0}'
+"""A heartbeat's answer, as the gateway writes it."""
+
 INBOX: Final = ""
 """The stream key of the user's inbox (large groups' streams are ``"g<group>"``)."""
 
@@ -168,3 +171,16 @@ def token_subject(token: str) -> int | None:
     if isinstance(sub, str) and sub.isascii() and sub.isdigit() and int(sub) <= UINT64_MAX:
         return int(sub)
     return None
+
+
+def close_echo(data: str | bytes, probing: bool) -> tuple[bool, bool]:
+    """A frame read while :meth:`Client.close <im_gateway.client.Client.close>` waits for
+    the gateway to take its last frames: (whether it ends the wait, whether the closing
+    probe still runs). The probe's end marker ends it; without a probe, the heartbeat's
+    answer does; a refused probe (a replay is running) leaves it to the heartbeat."""
+    if data == HEARTBEAT_REPLY:
+        return not probing, probing
+    raw = data if isinstance(data, bytes) else data.encode()
+    if b'"type":14' in raw:
+        return True, probing
+    return False, probing and b'"type":99' not in raw

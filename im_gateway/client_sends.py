@@ -13,6 +13,8 @@ Answers owed. A frame written on the current connection and not answered yet is 
 an answer (:attr:`Sends.owed` counts them; a retried refusal is an answer, and the frame
 is owed again once it is resent after its backoff); :attr:`Sends.answered` counts every
 answer. :class:`~im_gateway.client_watch.AnswerWatch` turns the two into a deadline.
+:attr:`Sends.succeeded` (type 10) and :attr:`Sends.internal` (``internal`` refusals)
+count outcomes for :class:`~im_gateway.client_watch.RefusalWatch`.
 
 Imports only the standard library (see :mod:`im_gateway.client_protocol`).
 """
@@ -57,6 +59,10 @@ class Sends:
         """Frames written on the current connection and not answered since."""
         self.answered = 0
         """Answers (type 10, and type 99 retried or not) to this client's frames, ever."""
+        self.succeeded = 0
+        """Type 10 answers to this client's frames, ever."""
+        self.internal = 0
+        """``internal`` refusals of this client's frames, ever."""
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -108,6 +114,7 @@ class Sends:
         pending = self._pending.pop(client_id)
         self._owe(pending, False)
         self.answered += 1
+        self.succeeded += 1
         if pending.message:
             self._own[msg_id] = None
             if len(self._own) > self._own_max:
@@ -122,6 +129,7 @@ class Sends:
             return False
         self._owe(pending, False)
         self.answered += 1
+        self.internal += code == "internal"
         if code in RETRIED:
             pending.retry = True
             pending.attempts += 1

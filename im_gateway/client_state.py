@@ -152,6 +152,12 @@ class ClientState:
         return self._sends.answered
 
     @property
+    def outcomes(self) -> tuple[int, int]:
+        """(type 10 answers, ``internal`` refusals) of this client's frames so far (see
+        :class:`~im_gateway.client_watch.RefusalWatch`)."""
+        return self._sends.succeeded, self._sends.internal
+
+    @property
     def waiting(self) -> int:
         """Messages released and not yet taken by the application."""
         return len(self._ready)

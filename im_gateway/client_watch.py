@@ -1,8 +1,9 @@
 """The client's clocks for one connection, as pure records fed the adapter's loop time
 (plain floats, seconds): when to send a heartbeat, when a gateway that sends nothing is
-given up, and when one that owes answers and gives none is. :mod:`im_gateway.client`
-reads the socket until :meth:`Liveness.deadline` and asks :meth:`Liveness.timed_out`
-when nothing came by then.
+given up, when one that owes answers and gives none is, and when one that refuses every
+frame ``internal`` is. :mod:`im_gateway.client` reads the socket until
+:meth:`Liveness.deadline` and asks :meth:`Liveness.timed_out` when nothing came by then,
+and :meth:`RefusalWatch.given_up` after each frame read.
 
 Silence. After ``interval`` seconds with no frame read, a heartbeat (type 0) goes out;
 no frame within ``timeout`` after it, and the connection is given up.
@@ -26,6 +27,22 @@ tried once more, then ``internal``, an answer), and an answer queues behind at m
 per-connection send queue (1,024 frames; a client that lets it fill is cut off). Leaving
 too early costs a reconnect, never a repeat or a loss: resends keep their client ids.
 
+Refusals. A gateway cut off from its Redis (while other gateways, with their own path to
+it, are fine) answers every send type 99 ``internal`` ("storage unavailable; send
+again"): answers, so the bound above never fires, and the client retries them, same ids,
+after a backoff, on the same connection, forever. A connection whose frames were refused
+``internal`` ``streak`` times in a row (no type 10 between, on this connection) over at
+least ``span`` seconds (from the first of them to the last) is given up: they go out
+again on the next connection, as above. A type 10 ends the streak; ``rate_limited`` and
+the other refusals neither count nor end it (``rate_limited`` is the gateway telling this
+user to slow down: another gateway would say the same). The bounds
+(:data:`im_gateway.client.INTERNAL_STREAK`, 3, and :data:`~im_gateway.client.INTERNAL_TIMEOUT`,
+10 s; the JavaScript client's ``internalStreak`` and ``internalTimeout``) let a blip of
+the store pass (a success within 10 s keeps the connection), and leave a gateway whose
+store is unreachable within about 10 s (the retries' backoff is at most 2 s), one whose
+store is stuck (each refusal after the gateway's store timeout, 5 s, tried once more)
+within about 30 s. With a single URL the client reconnects to it.
+
 Imports only the standard library (see :mod:`im_gateway.client_protocol`).
 """
 
@@ -40,6 +57,7 @@ owed for too long. The last two give the connection up."""
 GIVEN_UP: Final = {
     "silent": "no frame after a heartbeat",
     "unanswered": "it answered none of the frames it owes for too long",
+    "internal": "it refused the frames 'internal' (its store failing), none stored, for too long",
 }
 
 
@@ -116,3 +134,47 @@ class Liveness:
         self.asked = True
         self._quiet_until = now + self._timeout
         return "ask"
+
+
+class RefusalWatch:
+    """A connection's streak of ``internal`` refusals with no success between (see the
+    module docstring).
+
+    Call :meth:`update` after every input with the counts of type 10 answers and of
+    ``internal`` refusals so far and the time, :meth:`restart` on a new connection, and
+    :meth:`given_up` after each frame read.
+    """
+
+    __slots__ = ("_seen", "first", "last", "streak", "timeouts")
+
+    def __init__(self) -> None:
+        self._seen = (0, 0)
+        self.streak = 0
+        """``internal`` refusals since the last success (or the connection's start)."""
+        self.first = self.last = 0.0
+        """When the streak's first and last refusals came."""
+        self.timeouts = 0
+        """Connections given up for refusing ``internal`` too long."""
+
+    def update(self, succeeded: int, internal: int, now: float) -> None:
+        if succeeded != self._seen[0]:
+            self.streak = 0
+        if internal != self._seen[1]:
+            if self.streak == 0:
+                self.first = now
+            self.streak += internal - self._seen[1]
+            self.last = now
+        self._seen = (succeeded, internal)
+
+    def restart(self) -> None:
+        """A new connection: the streak starts again."""
+        self.streak = 0
+
+    def given_up(self, streak: int, span: float) -> bool:
+        """At least ``streak`` refusals in a row spanning at least ``span`` seconds: give
+        the connection up (counted; the streak starts again)."""
+        if self.streak < max(streak, 1) or self.last - self.first < span:
+            return False
+        self.timeouts += 1
+        self.streak = 0
+        return True

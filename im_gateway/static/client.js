@@ -39,6 +39,15 @@
 //   that sends work). Generous: a healthy gateway answers within its store timeout (5 s,
 //   once more, then `internal`), behind at most its send queue (1,024 frames); leaving
 //   early costs a reconnect, never a repeat. `answerTimeouts` counts those given up.
+//   Left too: one whose requests were refused `internal` `internalStreak` (3) times in a
+//   row, none stored between, from the first refusal to the last over `internalTimeout`
+//   (10 s): a gateway cut off from its Redis answers every send so, and the retries would
+//   stay there forever while another gateway would store them. A blip passes (a success
+//   ends the streak); an unreachable store is left within about 10 s, a stuck one (each
+//   refusal after the gateway's store timeout, tried once more) within about 30 s; with
+//   one URL the client reconnects to it. `rate_limited` neither counts nor ends the streak
+//   (this user is to slow down; another gateway would say the same) and never makes the
+//   client leave. `internalTimeouts` counts those given up.
 // - After a reconnect the client asks (type 14) for what came after its own inbox
 //   position, since another device of the user may have acknowledged more than it saw
 //   (a client that never finished a first replay has no position yet: like a new one, it
@@ -166,6 +175,8 @@ export class ClientCore {
     this.pending = new Map(); // client id -> {frame, held, owed}; insertion order = send order
     this.owed = 0; // requests written on this connection and not answered since
     this.answered = 0; // answers (type 10, type 99 retried or not) to requests, ever
+    this.succeeded = 0; // type 10 answers to requests, ever
+    this.internals = 0; // "internal" refusals of requests, ever
     this.maxBuffer = maxBuffer;
     this.dropped = null; // the lowest inbox position dropped from a full catch-up buffer
     this.droppedCount = 0; // frames dropped since the last end marker
@@ -378,6 +389,7 @@ export class ClientCore {
     if (typeof msgId !== "string") return;
     this.owe(entry, false);
     this.answered += 1;
+    this.succeeded += 1;
     this.pending.delete(id);
     if (msgId) {
       this.remember(msgId);
@@ -409,6 +421,7 @@ export class ClientCore {
     }
     this.owe(entry, false); // answered: a retried one is owed again once resent
     this.answered += 1;
+    if (code === "internal") this.internals += 1;
     if (RETRIED.has(code)) {
       this.events.push({ kind: "retry", id, code });
       return;
@@ -657,6 +670,40 @@ export class AnswerWatch {
   }
 }
 
+/** A connection's streak of "internal" refusals with no success between, fed after every
+ * input with the core's `succeeded` and `internals` and the time (ms); `restart()` on a
+ * new connection. `givenUp(streak, span)`: at least `streak` refusals in a row, from the
+ * first to the last `span` ms or more (then the streak starts again).
+ * Pure, like the core. */
+export class RefusalWatch {
+  constructor() {
+    this.seen = [0, 0];
+    this.streak = 0;
+    this.first = 0;
+    this.last = 0;
+  }
+
+  update(succeeded, internals, now) {
+    if (succeeded !== this.seen[0]) this.streak = 0;
+    if (internals !== this.seen[1]) {
+      if (this.streak === 0) this.first = now;
+      this.streak += internals - this.seen[1];
+      this.last = now;
+    }
+    this.seen = [succeeded, internals];
+  }
+
+  restart() {
+    this.streak = 0;
+  }
+
+  givenUp(streak, span) {
+    if (this.streak < Math.max(streak, 1) || this.last - this.first < span) return false;
+    this.streak = 0;
+    return true;
+  }
+}
+
 /** An `Error` with the type 99 `code` (or "unauthorized", "closed"). */
 export class ClientError extends Error {
   constructor(code, message) {
@@ -678,6 +725,8 @@ const DEFAULTS = {
   catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
   catchUpBuffer: 10000, // frames held during a catch-up; beyond it, see ClientCore.hold
   answerTimeout: 30000, // ms a connection may owe answers without giving any: then the next URL
+  internalStreak: 3, // "internal" refusals in a row (none stored between) that, over
+  internalTimeout: 10000, // ms or more from the first to the last, leave for the next URL
   maxPending: 10000, // requests waiting for their answer; beyond it, a request rejects ("backlog")
 };
 
@@ -721,6 +770,8 @@ export class Client {
     });
     this.answers = new AnswerWatch();
     this.answerTimeouts = 0; // connections given up for owing answers too long
+    this.refusals = new RefusalWatch();
+    this.internalTimeouts = 0; // connections given up for refusing "internal" too long
     this.onmessage = null;
     this.onack = null;
     this.onstatus = null;
@@ -853,6 +904,7 @@ export class Client {
       this.openedAt = Date.now();
       this.lastFrameAt = Date.now();
       this.core.opened();
+      this.refusals.restart();
       this.setStatus("replaying");
       this.startHeartbeat();
       this.pump();
@@ -885,6 +937,7 @@ export class Client {
   async failed(ws, errorText, url, wasOpen, code, timedOut = false) {
     if (ws) this.ws = null;
     this.core.lost();
+    this.refusals.restart();
     this.stopHeartbeat();
     this.watchAnswers();
     if (this.closed) return;
@@ -965,6 +1018,7 @@ export class Client {
     for (const frame of frames) this.write(frame);
     for (const event of events) this.dispatch(event);
     this.watchAnswers();
+    this.watchRefusals();
     if (this.core.phase === "live" && !this.timers.ack) {
       this.timers.ack = setTimeout(() => {
         this.timers.ack = null;
@@ -1094,6 +1148,16 @@ export class Client {
       this.answerTimeouts += 1;
       this.drop(this.ws, "answer timeout");
     }, Math.max(0, due - Date.now()));
+  }
+
+  /** Give the connection up once its requests were refused "internal" `internalStreak`
+   * times in a row over `internalTimeout` (see `internalTimeout` in the header). */
+  watchRefusals() {
+    this.refusals.update(this.core.succeeded, this.core.internals, Date.now());
+    const { internalStreak, internalTimeout } = this.options;
+    if (!this.ws || !this.refusals.givenUp(internalStreak, internalTimeout)) return;
+    this.internalTimeouts += 1;
+    this.drop(this.ws, "internal refusals");
   }
 
   stopHeartbeat() {

@@ -259,6 +259,154 @@ async def test_answers_that_come_slowly_one_after_another_keep_the_connection(
         assert client.url == a
 
 
+@pytest.fixture
+def quick_internal(monkeypatch: pytest.MonkeyPatch) -> float:
+    """Frames refused ``internal`` three times in a row (INTERNAL_STREAK) over 0.3 s, none
+    succeeding: the next URL; retries after at most 0.1 s, heartbeats every 0.1 s
+    (answered, so no other bound fires). Returns the bound."""
+    monkeypatch.setattr(im_gateway.client, "INTERNAL_TIMEOUT", 0.3, raising=False)
+    monkeypatch.setattr(im_gateway.client, "RETRY_MAX", 0.1)
+    monkeypatch.setattr(im_gateway.client, "HEARTBEAT_INTERVAL", 0.1)
+    return 0.3
+
+
+def refusing(
+    frames: list[dict[str, object]], refused: list[float], code: str, *, until: float = 1e9
+) -> Handler:
+    """A gateway that records what it is sent (and, in ``refused``, when it refused): the
+    end marker, heartbeats answered, every send refused ``code`` for ``until`` seconds of
+    each connection, answered (``m-<client id>``) after that."""
+
+    async def handler(ws: ServerConnection) -> None:
+        await ws.send('{"type":14,"seq":"0"}')
+        opened = time.monotonic()
+        async for data in ws:
+            frame = json.loads(data)
+            frames.append(frame)
+            cid = frame.get("id")
+            if frame["type"] == 0:
+                await ws.send('{"type":0}')
+            elif frame["type"] == 1 and time.monotonic() - opened < until:
+                refused.append(time.monotonic())
+                message = "storage unavailable; send again"
+                await ws.send(json.dumps({"type": 99, "id": cid, "code": code, "message": message}))
+            elif frame["type"] == 1:
+                await ws.send(json.dumps({"type": 10, "id": cid, "msgId": f"m-{cid}", "time": "1"}))
+
+    return handler
+
+
+async def test_a_gateway_that_refuses_every_send_internal_is_left_for_the_next_url(
+    quick_internal: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A gateway cut off from its Redis answers heartbeats but refuses every send
+    ``internal`` (an answer, so ANSWER_TIMEOUT never fires): after INTERNAL_STREAK refusals
+    in a row spanning INTERNAL_TIMEOUT the client leaves it; its three sends go to the next
+    URL once each, with the client ids they had, and are stored there; one log line."""
+    stuck: list[dict[str, object]] = []
+    good: list[dict[str, object]] = []
+    refused: list[float] = []
+    caplog.set_level("WARNING", logger="im_gateway.client")
+    async with (
+        server(refusing(stuck, refused, "internal")) as (a, _),
+        server(recording(good, answer=True)) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        started = time.monotonic()
+        sends = [client.send(to=OTHER, content=f"x{i}") for i in range(3)]
+        sent = await asyncio.wait_for(asyncio.gather(*sends), quick_internal + 5)
+        assert time.monotonic() - started < quick_internal + 2
+        assert client.url == b
+        assert client.connections == 2
+        first = list(dict.fromkeys(f["id"] for f in stuck if f["type"] == 1))
+        again = [f["id"] for f in good if f["type"] == 1]
+        assert len(first) == 3
+        assert again == first, "resent to the next URL once each, with the same client ids"
+        assert [s.msg_id for s in sent] == [f"m-{cid}" for cid in first]
+        assert refused[-1] - refused[0] >= quick_internal, "left only after the span"
+    left = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert len(left) == 1, [r.getMessage() for r in caplog.records]
+
+
+async def test_with_one_url_a_gateway_refusing_internal_is_reconnected_to(
+    quick_internal: float,
+) -> None:
+    """The only URL refuses every send ``internal`` on its first connection (its Redis
+    unreachable there) and stores it on the next: the client reconnects to it and the send
+    is stored, with the client id it had."""
+    frames: list[dict[str, object]] = []
+    refused: list[float] = []
+    connections = itertools.count()
+
+    async def once_stuck(ws: ServerConnection) -> None:
+        until = 1e9 if next(connections) == 0 else 0.0
+        await refusing(frames, refused, "internal", until=until)(ws)
+
+    async with server(once_stuck) as (a, _), Client(a, token=TOKEN) as client:
+        sent = await asyncio.wait_for(client.send(to=OTHER, content="x"), quick_internal + 5)
+        assert client.connections == 2
+        assert {f["id"] for f in frames if f["type"] == 1} == {sent.client_id}
+        assert sent.msg_id == f"m-{sent.client_id}"
+
+
+async def test_rate_limited_refusals_alone_do_not_make_the_client_leave(
+    quick_internal: float,
+) -> None:
+    """A gateway that refuses every send ``rate_limited`` (this user sends too fast) for
+    three times INTERNAL_TIMEOUT, many times in a row, then stores it: the client stays on
+    it (the gateway works; another one would say the same)."""
+    frames: list[dict[str, object]] = []
+    refused: list[float] = []
+    handler = refusing(frames, refused, "rate_limited", until=3 * quick_internal)
+    async with (
+        server(handler) as (a, _),
+        server(answers) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        sent = await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+        assert sent.msg_id == f"m-{sent.client_id}"
+        assert client.connections == 1
+        assert client.url == a
+        assert len(refused) >= 3
+        assert refused[-1] - refused[0] >= quick_internal
+
+
+async def test_internal_refusals_between_successes_keep_the_connection(
+    quick_internal: float,
+) -> None:
+    """A gateway whose store fails now and then: each send's first try is refused
+    ``internal``, its retry stored, for four times INTERNAL_TIMEOUT. Refusals span the
+    bound, but a success comes between them: the client stays."""
+    tried: set[str] = set()
+    refused: list[float] = []
+
+    async def flaky(ws: ServerConnection) -> None:
+        await ws.send('{"type":14,"seq":"0"}')
+        async for data in ws:
+            frame = json.loads(data)
+            cid = frame.get("id")
+            if frame["type"] == 0:
+                await ws.send('{"type":0}')
+            elif cid not in tried:
+                tried.add(cid)
+                refused.append(time.monotonic())
+                await ws.send(json.dumps({"type": 99, "id": cid, "code": "internal"}))
+            else:
+                await ws.send(json.dumps({"type": 10, "id": cid, "msgId": f"m-{cid}", "time": "1"}))
+
+    async with (
+        server(flaky) as (a, _),
+        server(answers) as (b, _),
+        Client([a, b], token=TOKEN) as client,
+    ):
+        started = time.monotonic()
+        while time.monotonic() - started < 4 * quick_internal:
+            await asyncio.wait_for(client.send(to=OTHER, content="x"), 5)
+        assert client.connections == 1
+        assert len(refused) >= 3
+        assert refused[-1] - refused[0] >= quick_internal
+
+
 async def test_sends_beyond_max_unanswered_are_refused_at_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -1,12 +1,18 @@
 """The client's connection clocks (im_gateway.client_watch), pure: when a connection that
-owes answers is given up, and that answers, not deliveries or time alone, hold it."""
+owes answers is given up, and that answers, not deliveries or time alone, hold it; when
+one that refuses every frame ``internal`` is, and that a success, not ``rate_limited``,
+holds it."""
 
 from __future__ import annotations
+
+import json
+from typing import Literal
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from im_gateway.client_watch import AnswerWatch, Liveness
+from im_gateway.client_state import ClientState
+from im_gateway.client_watch import AnswerWatch, Liveness, RefusalWatch
 
 BOUND = 30.0
 
@@ -101,3 +107,100 @@ def test_the_watch_fires_exactly_when_owed_frames_went_unanswered_for_the_bound(
         for probe in (now, now + BOUND - 0.001, now + BOUND):
             expected = since is not None and probe >= since + BOUND
             assert w.overdue(probe, BOUND) == expected
+
+
+SPAN = 10.0
+
+
+def test_internal_refusals_in_a_row_over_the_span_give_the_connection_up() -> None:
+    """Refusals at t=0, 4, 9: three, but over 9 s; a fourth at t=10 spans the bound: given
+    up once (counted), and the streak starts again."""
+    w = RefusalWatch()
+    for internal, t in ((1, 0.0), (2, 4.0), (3, 9.0)):
+        w.update(0, internal, t)
+        assert not w.given_up(3, SPAN)
+    w.update(0, 4, 10.0)
+    assert w.given_up(3, SPAN)
+    assert w.timeouts == 1
+    assert not w.given_up(3, SPAN)
+    w.update(0, 5, 11.0)
+    assert not w.given_up(3, SPAN)
+
+
+def test_a_success_or_a_new_connection_ends_the_streak() -> None:
+    """Two refusals, a type 10, two more spanning 20 s: two in a row only, kept. Then a
+    long streak on the old connection, and a new connection: it starts from nothing."""
+    w = RefusalWatch()
+    w.update(0, 1, 0.0)
+    w.update(0, 2, 5.0)
+    w.update(1, 2, 6.0)
+    w.update(1, 3, 10.0)
+    w.update(1, 4, 30.0)
+    assert not w.given_up(3, SPAN)
+    w.update(1, 5, 31.0)
+    assert w.given_up(3, SPAN), "three in a row since the success, over 21 s"
+    w.update(1, 8, 40.0)
+    w.update(1, 9, 55.0)
+    w.restart()
+    w.update(1, 10, 56.0)
+    assert not w.given_up(3, SPAN)
+
+
+def test_the_state_counts_successes_and_internal_refusals_but_not_rate_limited() -> None:
+    """ClientState.outcomes moves on a type 10 and on an ``internal`` refusal of one of its
+    frames, not on ``rate_limited``, another code, nor a refusal of no frame of its own."""
+    s = ClientState(1, id_prefix="t")
+    s.connected()
+    cids = [s.submit({"type": 1, "to": 2, "contentType": 0, "content": "x"}) for _ in range(3)]
+
+    def refuse(cid: str | None, code: str) -> None:
+        s.received(json.dumps({"type": 99, "id": cid, "code": code, "message": ""}))
+
+    refuse(cids[0], "rate_limited")
+    refuse(None, "internal")
+    refuse("t-99", "internal")
+    assert s.outcomes == (0, 0)
+    refuse(cids[0], "internal")
+    assert s.outcomes == (0, 1)
+    refuse(cids[1], "not_member")
+    assert s.outcomes == (0, 1)
+    s.received(json.dumps({"type": 10, "id": cids[2], "msgId": "m", "time": "1"}))
+    assert s.outcomes == (1, 1)
+
+
+Event = tuple[Literal["ok", "internal", "new"], float]
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["ok", "internal", "internal", "new"]), st.floats(0, 8)),
+        max_size=60,
+    ),
+    st.integers(1, 4),
+)
+def test_the_refusal_watch_gives_up_exactly_on_a_long_enough_streak(
+    events: list[Event], streak: int
+) -> None:
+    """For any run of successes, ``internal`` refusals and new connections (checked after
+    each): given up iff, since the last success, new connection or giving up, at least
+    ``streak`` refusals came, the first and the last SPAN apart or more."""
+    w = RefusalWatch()
+    succeeded = internal = 0
+    now = 0.0
+    model: list[float] = []  # the times of the refusals in the current streak
+    for kind, gap in events:
+        now += gap
+        if kind == "new":
+            w.restart()
+            model = []
+        elif kind == "ok":
+            succeeded += 1
+            model = []
+        else:
+            internal += 1
+            model.append(now)
+        w.update(succeeded, internal, now)
+        expected = len(model) >= streak and model[-1] - model[0] >= SPAN
+        assert w.given_up(streak, SPAN) == expected
+        if expected:
+            model = []

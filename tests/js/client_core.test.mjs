@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { ClientCore, formatSeq, jwtClaims, parseSeq, TYPE } from "../../im_gateway/static/client.js";
+import { ClientCore, formatSeq, jwtClaims, parseSeq, RefusalWatch, TYPE } from "../../im_gateway/static/client.js";
 
 const ME = "1";
 
@@ -27,6 +27,40 @@ function ownCopyFirst() {
 function shown(events) {
   return events.filter((e) => e.kind === "message").map((e) => e.message.id);
 }
+
+test("the core counts successes and internal refusals of its requests, not rate_limited nor others", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  const ids = [0, 1, 2].map(() => core.request({ type: 1, to: 2, contentType: 0, content: "x" }));
+  const refuse = (id, code) => core.receive({ type: TYPE.ERROR, id, code, message: "" });
+  refuse(ids[0], "rate_limited");
+  refuse(undefined, "internal");
+  refuse("c-99", "internal");
+  assert.deepEqual([core.succeeded, core.internals], [0, 0]);
+  refuse(ids[0], "internal");
+  refuse(ids[1], "not_member");
+  assert.deepEqual([core.succeeded, core.internals], [0, 1]);
+  core.receive({ type: TYPE.ACCEPTED, id: ids[2], msgId: "m", time: "1" });
+  assert.deepEqual([core.succeeded, core.internals], [1, 1]);
+});
+
+test("RefusalWatch: a streak of internal refusals over the span gives up once; a success or a new connection ends it", () => {
+  const w = new RefusalWatch();
+  for (const [internals, t] of [[1, 0], [2, 4000], [3, 9000]]) {
+    w.update(0, internals, t);
+    assert.equal(w.givenUp(3, 10000), false, `at ${t}`);
+  }
+  w.update(0, 4, 10000);
+  assert.equal(w.givenUp(3, 10000), true);
+  assert.equal(w.givenUp(3, 10000), false, "the streak starts again");
+  w.update(1, 4, 11000); // stored
+  w.update(1, 5, 12000);
+  w.update(1, 6, 30000);
+  assert.equal(w.givenUp(3, 10000), false, "two in a row since the success");
+  w.restart();
+  w.update(1, 7, 31000);
+  assert.equal(w.givenUp(3, 10000), false, "a new connection starts from nothing");
+});
 
 test("parseSeq reads inbox and large-group seqs and nothing else", () => {
   assert.deepEqual(parseSeq("17"), { stream: "", pos: 17n });

@@ -115,6 +115,90 @@ test("answers that come slowly, one after another, keep the connection", { timeo
   assert.equal(slow.got.filter((f) => f.type === TYPE.PRIVATE).length, 10, "nothing resent");
 });
 
+/** Resolves as `promise` does, or rejects after `ms` saying what did not happen. */
+function within(promise, ms, what) {
+  let timer;
+  const late = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, late]).finally(() => clearTimeout(timer));
+}
+
+/** Refuses every send `code` for `forMs` of each connection (noting when in `refused`),
+ * answers it (type 10, msgId `m-<client id>`) after that. */
+function refusing(code, refused, forMs = Infinity) {
+  return (socket) => {
+    socket.send('{"type":14,"seq":"0"}');
+    const opened = Date.now();
+    socket.on("message", (data) => {
+      const f = JSON.parse(String(data));
+      if (f.type !== TYPE.PRIVATE) return;
+      if (Date.now() - opened < forMs) {
+        refused.push(Date.now());
+        socket.send(JSON.stringify({ type: 99, id: f.id, code, message: "storage unavailable; send again" }));
+      } else {
+        socket.send(JSON.stringify({ type: 10, id: f.id, msgId: `m-${f.id}`, time: "1" }));
+      }
+    });
+  };
+}
+
+test("a gateway that refuses every send internal is left after internalStreak refusals over internalTimeout; sent once elsewhere", { timeout: 10000 }, async () => {
+  const bound = 300;
+  const refused = [];
+  const stuck = await gateway(refusing("internal", refused));
+  const good = await gateway(answering);
+  const client = open([stuck.url, good.url], { heartbeat: 50, retryDelay: 20, internalTimeout: bound });
+  await until(() => client.status === "live", "live on the stuck gateway", 3000);
+  const started = Date.now();
+  const sends = Promise.all([0, 1, 2].map((i) => client.send({ to: 2, content: `x${i}` })));
+  const results = await within(sends, bound + 3000, "the sends stored on the next URL");
+  assert.ok(Date.now() - started < bound + 2000, `${Date.now() - started} ms`);
+  const first = [...new Set(stuck.got.filter((f) => f.type === TYPE.PRIVATE).map((f) => f.id))];
+  const again = good.got.filter((f) => f.type === TYPE.PRIVATE).map((f) => f.id);
+  assert.equal(first.length, 3);
+  assert.deepEqual(again, first, "resent to the next URL once each, with the same ids");
+  assert.deepEqual(results.map((r) => r.msgId), first.map((id) => `m-${id}`));
+  assert.ok(refused.at(-1) - refused[0] >= bound, "left only after the span");
+  assert.equal(client.internalTimeouts, 1, "given up once, not once per send");
+  assert.equal(client.answerTimeouts, 0);
+});
+
+test("with one URL, a gateway refusing internal is reconnected to, and the send stored there with its id", { timeout: 10000 }, async () => {
+  const bound = 300;
+  const refused = [];
+  let connections = 0;
+  const only = await gateway((socket) => {
+    connections += 1;
+    refusing("internal", refused, connections === 1 ? Infinity : 0)(socket);
+  });
+  const client = open([only.url], { heartbeat: 50, retryDelay: 20, internalTimeout: bound });
+  const sent = await within(client.send({ to: 2, content: "x" }), bound + 3000, "the send stored");
+  assert.equal(connections, 2);
+  assert.equal(sent.msgId, `m-${sent.clientId}`);
+  const ids = new Set(only.got.filter((f) => f.type === TYPE.PRIVATE).map((f) => f.id));
+  assert.deepEqual([...ids], [sent.clientId]);
+  assert.equal(client.internalTimeouts, 1);
+});
+
+test("rate_limited refusals alone, many in a row over internalTimeout, do not make the client leave", { timeout: 10000 }, async () => {
+  const bound = 300;
+  const refused = [];
+  let connections = 0;
+  const limiting = await gateway((socket) => {
+    connections += 1;
+    refusing("rate_limited", refused, 3 * bound)(socket);
+  });
+  const good = await gateway(answering);
+  const client = open([limiting.url, good.url], { heartbeat: 50, retryDelay: 20, internalTimeout: bound });
+  const sent = await within(client.send({ to: 2, content: "x" }), 5000, "the send stored");
+  assert.equal(sent.msgId, `m-${sent.clientId}`);
+  assert.equal(connections, 1);
+  assert.equal(good.got.length, 0, "the next URL was never tried");
+  assert.ok(refused.length >= 3 && refused.at(-1) - refused[0] >= bound, `${refused.length} refusals`);
+  assert.equal(client.internalTimeouts ?? 0, 0);
+});
+
 test("a gateway streaming a catch-up that never ends: the buffer stays bounded, then the next URL shows each once, in order", { timeout: 20000 }, async () => {
   const bound = 50;
   const total = 120;
