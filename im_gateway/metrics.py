@@ -10,8 +10,9 @@ integers and to :class:`~im_gateway.histogram.FastHistogram` bucket counts (a bi
 an increment), and
 :class:`_Collector` turns them into Prometheus families when a scrape comes, in the
 event loop, so nothing races. Gauges that are cheap to read (connections, queue depths,
-hub links) are read from the gateway's parts at scrape time. Work done per batch (a
-store call, a batch's size and its accepted messages) is counted once per batch.
+store slots, hub links) are read from the gateway's parts at scrape time
+(:mod:`im_gateway.gauges`). Work done per batch (a store call, a batch's size and its
+accepted messages) is counted once per batch.
 
 ``IM_GATEWAY_METRICS_OFF=1`` (for the end-to-end bench's on/off comparison only) makes
 every hook a no-op (:class:`NullMetrics`) and ``/metrics`` answer 404.
@@ -23,7 +24,7 @@ import collections
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, cast
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -35,50 +36,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from . import frames
+from .gauges import Watched, gateway_gauges
 from .histogram import FastHistogram
 from .store import Accepted, Refused, Store
-
-
-class _HubLink(Protocol):
-    @property
-    def connected(self) -> bool: ...
-
-
-class _Queue(Protocol):
-    @property
-    def queued(self) -> int: ...
-
-
-class _Local(Protocol):
-    """What the gauges read of the gateway's local sessions (its fan-out)."""
-
-    def sessions(self) -> Sequence[_Queue]: ...
-
-
-class _Slots(Protocol):
-    @property
-    def held(self) -> int: ...
-
-    @property
-    def busy(self) -> int: ...
-
-
-class Watched(Protocol):
-    """What the gauges read of a gateway at scrape time (:class:`~im_gateway.gateway.Gateway`
-    is one); a protocol, so that this module imports nothing that imports it."""
-
-    @property
-    def fanout(self) -> _Local: ...
-
-    @property
-    def pipeline(self) -> _Queue: ...
-
-    @property
-    def hub_link(self) -> _HubLink | None: ...
-
-    @property
-    def slots(self) -> _Slots | None: ...
-
 
 __all__ = [
     "CONTENT_TYPE",
@@ -383,7 +343,7 @@ class _Collector(Collector):
         )
         gateway = m._gateway
         if gateway is not None:
-            yield from _gateway_gauges(gateway)
+            yield from gateway_gauges(gateway)
 
 
 def _labelled(
@@ -393,74 +353,3 @@ def _labelled(
     for value, n in sorted(counts.items()):
         family.add_metric([value], n)
     return family
-
-
-def _gateway_gauges(gateway: Watched) -> Iterator[Metric]:
-    try:
-        local: _Local | None = gateway.fanout
-        pipeline: _Queue | None = gateway.pipeline
-    except RuntimeError:  # not started yet
-        local = pipeline = None
-    sessions = local.sessions() if local is not None else []
-    yield GaugeMetricFamily(
-        "im_gateway_connections", "Open WebSocket connections.", value=len(sessions)
-    )
-    yield GaugeMetricFamily(
-        "im_gateway_pipeline_queued",
-        "Messages waiting for the store batch worker.",
-        value=pipeline.queued if pipeline is not None else 0,
-    )
-    queued = [s.queued for s in sessions]
-    yield GaugeMetricFamily(
-        "im_gateway_send_queued",
-        "Frames waiting in connections' send queues (sockets that are backed up), in all.",
-        value=sum(queued),
-    )
-    yield GaugeMetricFamily(
-        "im_gateway_send_queue_max",
-        "The longest send queue of any connection.",
-        value=max(queued, default=0),
-    )
-    yield GaugeMetricFamily(
-        "im_gateway_connections_backed_up",
-        "Connections with frames waiting in their send queue.",
-        value=sum(1 for q in queued if q),
-    )
-    slots = gateway.slots
-    yield GaugeMetricFamily(
-        "im_gateway_store_slots_held",
-        "Store slots (--store-concurrency) held by replay, ack and group calls.",
-        value=slots.held if slots is not None else 0,
-    )
-    yield CounterMetricFamily(
-        "im_gateway_store_slot_timeouts",
-        "Replay, ack and group calls that got no store slot within --store-wait (each "
-        "failed as a store failure: Redis slow or silent).",
-        value=slots.busy if slots is not None else 0,
-    )
-    link = gateway.hub_link
-    hubs: dict[str, str] = getattr(link, "hubs", None) or {
-        "hub": "up" if link is not None and link.connected else "down"
-    }
-    states = collections.Counter(hubs.values())
-    links = GaugeMetricFamily(
-        "im_gateway_hub_links", "Hub links, by state (up or down).", labels=["state"]
-    )
-    for state in ("up", "down"):
-        links.add_metric([state], states[state])
-    yield links
-    yield GaugeMetricFamily(
-        "im_gateway_hub_outbox",
-        "Maps waiting to be written to a hub (the pool's backlog and every link's buffer).",
-        value=getattr(link, "pending", 0),
-    )
-    yield CounterMetricFamily(
-        "im_gateway_hub_resent",
-        "Maps sent again through another hub after a stream broke.",
-        value=getattr(link, "resent", 0),
-    )
-    yield CounterMetricFamily(
-        "im_gateway_hub_rerouted",
-        "Shares tried on another hub after a not-attached notice.",
-        value=getattr(link, "rerouted", 0),
-    )
