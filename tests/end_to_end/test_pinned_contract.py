@@ -3,6 +3,9 @@ hub, real gateways, a real Redis (and a real Redis Cluster)."""
 
 from __future__ import annotations
 
+import logging
+import socket
+
 import aiohttp
 import pytest
 
@@ -14,6 +17,39 @@ from tests.helpers import free_port
 KEY = "api-key-for-the-pinned-contract-0123"
 LARGE = 7
 SMALL = 8
+
+
+def refused(port: int) -> bool:
+    """Whether a TCP connect to 127.0.0.1:``port`` is refused (nothing listens there)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+@pytest.mark.parametrize("given", ["api_listen", "api_key"])
+async def test_the_server_api_is_off_without_both_flags(
+    start_gateway: GatewayFactory,
+    open_client: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+    given: str,
+) -> None:
+    """ "--api-listen HOST:PORT --api-key KEY serves it (off without both)": one of the two
+    alone starts the gateway without the API (and says so in one WARNING naming the other
+    flag); users are served as usual."""
+    port = free_port()
+    options = {"api_listen": f"127.0.0.1:{port}"} if given == "api_listen" else {"api_key": KEY}
+    with caplog.at_level(logging.WARNING, logger="im_gateway.gateway"):
+        gw = await start_gateway("gw-api-off", **options)
+    assert gw.api_port == 0
+    assert refused(port)
+    missing = "--api-key" if given == "api_listen" else "--api-listen"
+    warnings = [r.getMessage() for r in caplog.records if r.name == "im_gateway.gateway"]
+    assert [w for w in warnings if "server API is off" in w and missing in w], warnings
+    alice, bob = await open_client(gw, 1), await open_client(gw, 2)
+    assert (await alice.say(2, "served"))["type"] == 10
+    await bob.wait_contents(["served"])
 
 
 async def test_a_publish_id_is_deduplicated_through_another_gateway(
