@@ -4,15 +4,17 @@ hub, real gateways, a real Redis (and a real Redis Cluster)."""
 from __future__ import annotations
 
 import logging
+import os
 import socket
 
 import aiohttp
 import pytest
 
+from devtools.launch import gateway_argv
 from tests.cluster import RedisClusterProcesses
 from tests.end_to_end.conftest import ClientFactory, GatewayFactory
-from tests.end_to_end.harness import change_group
-from tests.helpers import free_port
+from tests.end_to_end.harness import SECRET, change_group
+from tests.helpers import free_port, one_error_line
 
 KEY = "api-key-for-the-pinned-contract-0123"
 LARGE = 7
@@ -135,3 +137,17 @@ async def test_a_cluster_is_reached_through_any_node_listed(
         assert (await bob.say(21, f"r{n}"))["type"] == 10
     await bob.wait_contents([f"m{n}" for n in range(5)])
     await alice.wait_contents([f"r{n}" for n in range(5)])
+
+
+def test_a_cluster_with_no_node_answering_is_one_line_at_start() -> None:
+    """ "exit non-zero with one clear line on ... an unreachable dependency at start", for a
+    ``redis+cluster://`` URL whose every node is down (the test of one Redis has its own)."""
+    dead = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    argv = gateway_argv(
+        f"127.0.0.1:{free_port()}",
+        *("--redis-url", f"redis+cluster://{dead}", "--redis-timeout", "1"),
+        *("--hub", f"127.0.0.1:{free_port()}"),
+    )
+    line = one_error_line(argv, env={**os.environ, "IM_GATEWAY_JWT_SECRET": SECRET})
+    assert "cannot reach Redis" in line
+    assert dead in line
