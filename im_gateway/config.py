@@ -534,10 +534,6 @@ class GatewayConfig:
             raise ConfigError("--tls-cert and --tls-key go together: give both or neither")
         if self.workers > 1:
             self._check_workers()
-        if (self.api_listen is None) != (self.api_key is None):
-            raise ConfigError(
-                "--api-listen and --api-key go together: give both to serve the server API"
-            )
 
     def _check_workers(self) -> None:
         last = self.worker_id(self.workers - 1) if self.gateway_id is not None else None
@@ -569,6 +565,22 @@ class GatewayConfig:
     def weak_secret(self) -> bool:
         """True when the JWT secret is shorter than HS256's recommended 32 bytes."""
         return len(self.jwt_secret.encode()) < MIN_SECRET_BYTES
+
+    @property
+    def serves_api(self) -> bool:
+        """True when the server API is served: ``--api-listen`` and ``--api-key`` both
+        given (DESIGN.md: "off without both"; :attr:`api_off_reason` says why not)."""
+        return self.api_listen is not None and self.api_key is not None
+
+    @property
+    def api_off_reason(self) -> str | None:
+        """Why the server API is off although one of its two flags is given (the start
+        says so in a warning), or None."""
+        if self.api_listen is not None and self.api_key is None:
+            return "--api-listen without --api-key: the server API is off (give both)"
+        if self.api_key is not None and self.api_listen is None:
+            return "--api-key without --api-listen: the server API is off (give both)"
+        return None
 
     @property
     def tls(self) -> bool:

@@ -286,6 +286,8 @@ class Gateway(AsyncLifecycle):
         )
         await pipeline.start()
         await fanout.start()
+        if cfg.api_off_reason is not None:
+            logger.warning("%s", cfg.api_off_reason)
         if cfg.api_listen is not None and cfg.api_key is not None:
             api_host, api_port = parse_host_port(cfg.api_listen, "--api-listen")
             self._api = ApiServer(

@@ -284,7 +284,7 @@ class Supervisor:
         cfg = self.config
         held = [_reserve(cfg.listen, "--listen")]
         try:
-            if cfg.api_listen is not None:
+            if cfg.serves_api and cfg.api_listen is not None:
                 held.append(_reserve(cfg.api_listen, "--api-listen"))
         except StartupError:
             held[0][0].close()
