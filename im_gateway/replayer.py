@@ -75,6 +75,7 @@ class Replayer(Streams):
         "_budget_max",
         "_fill_delay",
         "_fill_timer",
+        "_groups_timer",
         "_loop",
         "_reader",
         "_requests",
@@ -118,6 +119,8 @@ class Replayer(Streams):
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
+        self._groups_timer: asyncio.TimerHandle | None = None
+        """A read of the user's large groups, a second after one left some unread."""
         self._retry_at = 0.0
         self._syncs = 0
         """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
@@ -159,10 +162,27 @@ class Replayer(Streams):
 
     async def close(self) -> None:
         """Stop reading; idempotent."""
-        if self._fill_timer is not None:
-            self._fill_timer.cancel()
-            self._fill_timer = None
+        for timer in (self._fill_timer, self._groups_timer):
+            if timer is not None:
+                timer.cancel()
+        self._fill_timer = self._groups_timer = None
         await cancel_and_wait(self._reader)
+
+    def _not_before(self, delay: float) -> None:
+        self._retry_at = max(self._retry_at, self._loop.time() + delay)
+
+    def _follow_later(self) -> None:
+        if self._groups_timer is None and not self._out.closing:
+            self._groups_timer = self._loop.call_later(1.0, self._groups_again)
+
+    def _groups_again(self) -> None:
+        self._groups_timer = None
+        if self._out.closing:
+            return
+        if not self._cursor.ready:  # the connect replay (or its retry) is still to come
+            self._follow_later()
+            return
+        self.regroup()
 
     # --- pushes -------------------------------------------------------------------------
 
@@ -278,6 +298,8 @@ class Replayer(Streams):
                         await self._replay(request)
                     self._requests.pop(0)
                     request = None
+                elif self._loop.time() < self._retry_at:
+                    break  # a read failed a moment ago: the fills wait (see finally)
                 elif self._cursor.wants_fill:
                     self._metrics.hole_fill()
                     if await self._fill():
@@ -357,7 +379,12 @@ class Replayer(Streams):
                 k for k, buf in buffers.items() if not buf and self._stream_cursor(k).wants_fill
             ]
             if need:
-                trimmed = await self._read_pages(need, buffers) or trimmed
+                cut, later = await self._read_pages(need, buffers)
+                trimmed = trimmed or cut
+                for group in later:
+                    # Its node did not answer: this replay goes on without it, and its
+                    # posts follow once a read (a second or more later) gets them.
+                    del buffers[group]
                 continue
             heads = [
                 (frames.time_of(buf[0]), i, k) for i, (k, buf) in enumerate(buffers.items()) if buf

@@ -388,6 +388,21 @@ async def test_a_failed_read_during_a_live_fill_is_retried() -> None:
         assert errors(ws) == []
 
 
+async def test_a_catch_up_whose_read_failed_is_read_again() -> None:
+    """A catch-up (no hole known: pushes may have been missed) whose inbox read fails is
+    read again a second later, so what was missed still arrives (before, the failed read
+    dropped the catch-up: nothing was read until the next push showed a hole)."""
+    store = FailingStore()
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        await store_message(store, A, B, "missed")
+        store.fail = 1
+        session.catch_up()
+        await wait_until(lambda: store.fail == 0, what="the failed read")
+        await wait_until(lambda: contents(ws) == ["missed"], timeout=5, what="a read again")
+        assert errors(ws) == []
+
+
 @pytest.mark.parametrize("which", ["connect", "type 14"])
 async def test_a_failed_replay_is_answered_internal(which: str) -> None:
     """A replay whose store call fails tells the client (internal, "ask again with type
