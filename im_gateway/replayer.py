@@ -75,11 +75,9 @@ class Replayer(Streams):
         "_budget_max",
         "_fill_delay",
         "_fill_timer",
-        "_groups_timer",
         "_loop",
         "_reader",
         "_requests",
-        "_retry_at",
         "_syncs",
     )
 
@@ -119,9 +117,6 @@ class Replayer(Streams):
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
-        self._groups_timer: asyncio.TimerHandle | None = None
-        """A read of the user's large groups, a second after one left some unread."""
-        self._retry_at = 0.0
         self._syncs = 0
         """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
 
@@ -167,22 +162,6 @@ class Replayer(Streams):
                 timer.cancel()
         self._fill_timer = self._groups_timer = None
         await cancel_and_wait(self._reader)
-
-    def _not_before(self, delay: float) -> None:
-        self._retry_at = max(self._retry_at, self._loop.time() + delay)
-
-    def _follow_later(self) -> None:
-        if self._groups_timer is None and not self._out.closing:
-            self._groups_timer = self._loop.call_later(1.0, self._groups_again)
-
-    def _groups_again(self) -> None:
-        self._groups_timer = None
-        if self._out.closing:
-            return
-        if not self._cursor.ready:  # the connect replay (or its retry) is still to come
-            self._follow_later()
-            return
-        self.regroup()
 
     # --- pushes -------------------------------------------------------------------------
 

@@ -65,11 +65,13 @@ class Streams:
         "_cursor",
         "_follower",
         "_groups",
+        "_groups_timer",
         "_hold_max",
         "_metrics",
         "_out",
         "_page",
         "_pending_own",
+        "_retry_at",
         "_slots",
         "_store",
         "_user",
@@ -100,6 +102,10 @@ class Streams:
         """A cursor per large group's stream the user reads."""
         self._pending_own: dict[int, list[int]] | None = None
         """Positions this connection posted in groups it does not follow yet (bounded)."""
+        self._retry_at = 0.0
+        """No fill before this (loop time): a read failed."""
+        self._groups_timer: asyncio.TimerHandle | None = None
+        """A read of the user's large groups, a second after one left some unread."""
 
     @property
     def position(self) -> int:
@@ -181,11 +187,23 @@ class Streams:
 
     def _not_before(self, delay: float) -> None:
         """Read no stream again for ``delay`` seconds (one failed: its node is silent)."""
-        raise NotImplementedError
+        at = asyncio.get_running_loop().time() + delay
+        self._retry_at = max(self._retry_at, at)
 
     def _follow_later(self) -> None:
         """Read the user's large groups again a second from now (some were unread)."""
-        raise NotImplementedError
+        if self._groups_timer is None and not self._out.closing:
+            loop = asyncio.get_running_loop()
+            self._groups_timer = loop.call_later(1.0, self._groups_again)
+
+    def _groups_again(self) -> None:
+        self._groups_timer = None
+        if self._out.closing:
+            return
+        if not self._cursor.ready:  # the connect replay (or its retry) is still to come
+            self._follow_later()
+            return
+        self.regroup()
 
     async def _read(self, after: int) -> tuple[InboxPage, bool]:
         limit = self._page
