@@ -9,9 +9,10 @@ noticed too (its keepalive deadline) and sends that gateway's shares elsewhere, 
 it wrote into the dead stream meanwhile is read as well. A session that gets nothing
 more would otherwise wait for the next push to see its hole. Cost: one inbox read per
 session per loss, twice: the store says where 1,000 inboxes end in one round trip, and
-only the sessions behind theirs read (``bench/catch_up.py`` measures a sweep); losses
-close together share the later sweep, and at most one immediate sweep runs per
-``resync_after`` seconds.
+only the sessions behind theirs read (``bench/catch_up.py`` measures a sweep), and those
+whose end the store could not say (a silent Redis Cluster node fails only its own
+users'); losses close together share the later sweep, and at most one immediate sweep
+runs per ``resync_after`` seconds.
 """
 
 from __future__ import annotations
@@ -92,13 +93,14 @@ class CatchUp:
         """Ask the store for the inbox ends of ``SWEEP_BATCH`` users at a time (one round
         trip per node) and make only the sessions behind them read: an idle session costs
         a few microseconds, not an inbox read. When the store cannot say, every session
-        of the batch reads."""
+        of the batch reads; when it cannot say for some users (a Redis Cluster node
+        holding their keys failed: the store counts those), their sessions read."""
         while True:
             self._sweep_again = False
             users = list(self._sessions)
             for start in range(0, len(users), SWEEP_BATCH):
                 batch = users[start : start + SWEEP_BATCH]
-                ends: list[int] | None
+                ends: list[int | None] | None
                 try:
                     ends = await self._store.inbox_ends(batch)
                 except asyncio.CancelledError:

@@ -19,7 +19,7 @@ Inputs:
 - :meth:`Cursor.sync`: read to the inbox's end even without a known hole (after the hub
   link was down, when pushes may have been missed with nothing after them).
 - :meth:`Cursor.begin_fill` / :meth:`Cursor.filled`: a page read from the inbox after
-  ``last``. Its entries fill the hole in order; positions the inbox no longer holds were
+  ``last`` (:meth:`Cursor.unfilled`: the read failed, read again later). Its entries fill the hole in order; positions the inbox no longer holds were
   trimmed (said, not hidden: :attr:`Fill.trimmed`); a held position the inbox never had
   (a hub may send anything) is dropped once a read that started after it arrived shows
   the inbox ends before it.
@@ -177,6 +177,13 @@ class Cursor(Generic[T]):
         self._epoch += 1
         self._sync = False
         return self.last
+
+    def unfilled(self) -> None:
+        """The read :meth:`begin_fill` announced failed (or was left for later): nothing
+        of it is applied, :attr:`last` stays, and the inbox is read again at the next
+        chance (the read it replaced may have been a :meth:`sync`, which no hole would
+        bring back)."""
+        self._sync = True
 
     def filled(
         self, entries: Sequence[tuple[int, T]], inbox_last: int, *, complete: bool

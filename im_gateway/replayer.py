@@ -78,7 +78,6 @@ class Replayer(Streams):
         "_loop",
         "_reader",
         "_requests",
-        "_retry_at",
         "_syncs",
     )
 
@@ -118,7 +117,6 @@ class Replayer(Streams):
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
-        self._retry_at = 0.0
         self._syncs = 0
         """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
 
@@ -159,9 +157,10 @@ class Replayer(Streams):
 
     async def close(self) -> None:
         """Stop reading; idempotent."""
-        if self._fill_timer is not None:
-            self._fill_timer.cancel()
-            self._fill_timer = None
+        for timer in (self._fill_timer, self._groups_timer):
+            if timer is not None:
+                timer.cancel()
+        self._fill_timer = self._groups_timer = None
         await cancel_and_wait(self._reader)
 
     # --- pushes -------------------------------------------------------------------------
@@ -278,6 +277,8 @@ class Replayer(Streams):
                         await self._replay(request)
                     self._requests.pop(0)
                     request = None
+                elif self._loop.time() < self._retry_at:
+                    break  # a read failed a moment ago: the fills wait (see finally)
                 elif self._cursor.wants_fill:
                     self._metrics.hole_fill()
                     if await self._fill():
@@ -357,7 +358,12 @@ class Replayer(Streams):
                 k for k, buf in buffers.items() if not buf and self._stream_cursor(k).wants_fill
             ]
             if need:
-                trimmed = await self._read_pages(need, buffers) or trimmed
+                cut, later = await self._read_pages(need, buffers)
+                trimmed = trimmed or cut
+                for group in later:
+                    # Its node did not answer: this replay goes on without it, and its
+                    # posts follow once a read (a second or more later) gets them.
+                    del buffers[group]
                 continue
             heads = [
                 (frames.time_of(buf[0]), i, k) for i, (k, buf) in enumerate(buffers.items()) if buf

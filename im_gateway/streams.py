@@ -25,7 +25,7 @@ from transmit_hub.types import UserId
 from . import frames
 from .cursor import Cursor
 from .metrics import GatewayMetrics, NullMetrics
-from .store import InboxPage, Membership, Store
+from .store import GroupStream, InboxPage, Membership, Store, Unread
 
 LEAVE_PAGES = 4
 """Pages of a group's stream read, at most, up to a leave's position before the
@@ -65,11 +65,13 @@ class Streams:
         "_cursor",
         "_follower",
         "_groups",
+        "_groups_timer",
         "_hold_max",
         "_metrics",
         "_out",
         "_page",
         "_pending_own",
+        "_retry_at",
         "_slots",
         "_store",
         "_user",
@@ -100,6 +102,10 @@ class Streams:
         """A cursor per large group's stream the user reads."""
         self._pending_own: dict[int, list[int]] | None = None
         """Positions this connection posted in groups it does not follow yet (bounded)."""
+        self._retry_at = 0.0
+        """No fill before this (loop time): a read failed."""
+        self._groups_timer: asyncio.TimerHandle | None = None
+        """A read of the user's large groups, a second after one left some unread."""
 
     @property
     def position(self) -> int:
@@ -123,24 +129,44 @@ class Streams:
 
     async def _read_pages(
         self, keys: list[int | None], buffers: dict[int | None, collections.deque[str]]
-    ) -> bool:
+    ) -> tuple[bool, list[int]]:
         """A page of each stream in ``keys`` after its cursor, into its buffer; the groups
-        in one call. True when positions turned out trimmed."""
+        in one call. True when positions turned out trimmed; and the groups whose page
+        the store could not read (a silent Redis Cluster node holds them): their cursors
+        stay where they were and want a read (later: see :meth:`_not_before`), while the
+        other streams' pages are used. A failure of the whole raises, every cursor as it
+        was."""
         limit = self._page
-        reads = {k: self._groups[k].begin_fill() for k in keys if k is not None}
-        inbox_after = self._cursor.begin_fill() if None in keys else None
-        async with self._slots:
-            pages: dict[int | None, InboxPage] = {}
-            if inbox_after is not None:
-                pages[None] = await self._store.read_inbox(self._user, inbox_after, limit)
-            spans: dict[int, Membership] = {}
-            if reads:
-                for group, page in (await self._store.read_groups(reads, limit)).items():
-                    pages[group] = page
-                # Read after the pages, so a leave before any of their posts shows here.
-                order = list(reads)
-                found = await self._store.memberships([(g, self._user) for g in order])
-                spans = dict(zip(order, found, strict=True))
+        cursors = {k: self._stream_cursor(k) for k in keys}
+        reads = {k: cursors[k].begin_fill() for k in keys if k is not None}
+        inbox_after = cursors[None].begin_fill() if None in keys else None
+        later: list[int] = []
+        try:
+            async with self._slots:
+                pages: dict[int | None, InboxPage] = {}
+                if inbox_after is not None:
+                    pages[None] = await self._store.read_inbox(self._user, inbox_after, limit)
+                spans: dict[int, Membership] = {}
+                if reads:
+                    for group, page in (await self._store.read_groups(reads, limit)).items():
+                        if isinstance(page, Exception):
+                            later.append(group)
+                        else:
+                            pages[group] = page
+                    # Read after the pages, so a leave before any of their posts shows
+                    # here; only of the groups read (their nodes just answered).
+                    order = [g for g in reads if g in pages]
+                    if order:
+                        found = await self._store.memberships([(g, self._user) for g in order])
+                        spans = dict(zip(order, found, strict=True))
+        except BaseException:
+            for cursor in cursors.values():
+                cursor.unfilled()
+            raise
+        for group in later:
+            cursors[group].unfilled()
+        if later:
+            self._not_before(1.0)
         await self._out.room()
         trimmed = False
         for key, page in pages.items():
@@ -157,7 +183,27 @@ class Streams:
         for group, span in spans.items():
             if not span.member and group in self._groups:
                 self.regroup(group)  # left meanwhile: nothing more of it on this connection
-        return trimmed
+        return trimmed, later
+
+    def _not_before(self, delay: float) -> None:
+        """Read no stream again for ``delay`` seconds (one failed: its node is silent)."""
+        at = asyncio.get_running_loop().time() + delay
+        self._retry_at = max(self._retry_at, at)
+
+    def _follow_later(self) -> None:
+        """Read the user's large groups again a second from now (some were unread)."""
+        if self._groups_timer is None and not self._out.closing:
+            loop = asyncio.get_running_loop()
+            self._groups_timer = loop.call_later(1.0, self._groups_again)
+
+    def _groups_again(self) -> None:
+        self._groups_timer = None
+        if self._out.closing:
+            return
+        if not self._cursor.ready:  # the connect replay (or its retry) is still to come
+            self._follow_later()
+            return
+        self.regroup()
 
     async def _read(self, after: int) -> tuple[InboxPage, bool]:
         limit = self._page
@@ -167,9 +213,14 @@ class Streams:
         return page, len(page.entries) < limit
 
     async def _fill(self) -> bool:
-        """Read one page after the cursor; True when positions turned out trimmed."""
+        """Read one page after the cursor; True when positions turned out trimmed. A
+        failed read leaves the cursor wanting it (a catch-up has no hole to ask again)."""
         cursor = self._cursor
-        page, complete = await self._read(cursor.begin_fill())
+        try:
+            page, complete = await self._read(cursor.begin_fill())
+        except BaseException:
+            cursor.unfilled()
+            raise
         entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
         result = cursor.filled(entries, page.last, complete=complete)
         for frame in result.send:
@@ -180,7 +231,11 @@ class Streams:
         """Read one page of ``group``'s stream after its cursor; True when trimmed."""
         cursor = self._groups[group]
         limit = self._page
-        page, span = await self._group_page(group, cursor.begin_fill(), limit)
+        try:
+            page, span = await self._group_page(group, cursor.begin_fill(), limit)
+        except BaseException:
+            cursor.unfilled()
+            raise
         if self._groups.get(group) is not cursor:
             return False  # the user left that group meanwhile
         entries = [(e.position, frames.encode_message(e.message, e.seq)) for e in page.entries]
@@ -229,8 +284,14 @@ class Streams:
         one, drop those of groups the user left, and follow them. Returns the positions of
         those whose cursor has not started (new ones)."""
         async with self._slots:
-            found = {s.group: s.position for s in await self._store.streams(self._user, 0)}
-        gone = [g for g in self._groups if g not in found]
+            listed = await self._store.streams(self._user, 0)
+        found = {s.group: s.position for s in listed if isinstance(s, GroupStream)}
+        # Groups whose node did not answer (a silent Redis Cluster node): kept as they
+        # are (followed, or not yet), and the groups are read again a second later.
+        unread = {s.group for s in listed if isinstance(s, Unread)}
+        if unread:
+            self._follow_later()
+        gone = [g for g in self._groups if g not in found and g not in unread]
         if gone:
             for g in gone:
                 if self._groups[g].ready:
@@ -241,7 +302,8 @@ class Streams:
         fresh = {
             g: p for g, p in found.items() if g not in self._groups or not self._groups[g].ready
         }
-        pending, self._pending_own = self._pending_own or {}, None
+        pending = self._pending_own or {}
+        self._pending_own = {g: p for g, p in pending.items() if g in unread} or None
         for g in fresh:
             cursor = self._groups.get(g)
             if cursor is None:

@@ -31,6 +31,7 @@ from .contract import (
     Refused,
     Store,
     Submission,
+    Unread,
 )
 from .memory import MemoryStore
 from .redis import RedisStore
@@ -52,6 +53,7 @@ __all__ = [
     "Refused",
     "Store",
     "Submission",
+    "Unread",
     "open_store",
 ]
 

@@ -74,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,20 +86,22 @@ from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, Use
 
 from ..errors import GroupLimitError, StoreError
 from ..throttle import Throttled
-from . import entry, scripts
+from . import entry, node_reads, scripts
 from .contract import (
     Accepted,
     GroupPost,
     GroupStream,
+    InboxPage,
     Joined,
     Membership,
     Opening,
     Refusal,
     Refused,
     Submission,
+    Unread,
     unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, group_streams, membership_args, membership_rows, text
+from .keyspace import KeyspaceStore, Settings, membership_args, membership_rows, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
 __all__ = ["ClusterStore", "cluster_options"]
@@ -488,6 +490,11 @@ class ClusterStore(KeyspaceStore):
         if self._finishing:
             await asyncio.wait(list(self._finishing))
 
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int | None]:
+        """Per node, each user answered alone (:func:`~.node_reads.inbox_ends`)."""
+        self._check_open()
+        return await node_reads.inbox_ends(self._nodes, self.settings, users)
+
     async def _read_openings(self, users: list[UserId]) -> list[Opening | Exception]:
         """Many users' openings: a pipeline per node, the nodes in parallel. A user whose
         node failed (silent) is answered with its error; the others, who connected in the
@@ -729,25 +736,20 @@ class ClusterStore(KeyspaceStore):
 
     # -- large groups: one call per group slot --------------------------------------------
 
-    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream | Unread]:
+        """The user's groups (its slot), then one call per group slot, each answered
+        alone (:func:`~.node_reads.streams`)."""
         self._check_open()
-        settings = self.settings
-        found = await self._cluster.smembers(settings.key("groups", user))
-        by_slot: dict[int, list[int]] = {}
-        for g in sorted(int(g) for g in found):
-            by_slot.setdefault(slot_of(settings.group_key(g)), []).append(g)
-        replies = await self._nodes.run(
-            [
-                self._nodes.script(
-                    scripts.STREAMS,
-                    [settings.group_key(g) for g in groups],
-                    [settings.prefix, str(user), limit, *map(str, groups)],
-                )
-                for groups in by_slot.values()
-            ]
-        )
-        out = [s for reply, _ in replies for s in group_streams(reply)]
-        return sorted(out, key=lambda s: s.group)
+        found = await self._cluster.smembers(self.settings.key("groups", user))
+        groups = [int(g) for g in found]
+        return await node_reads.streams(self._nodes, self.settings, user, groups, limit)
+
+    async def read_groups(
+        self, reads: Mapping[int, int], limit: int
+    ) -> dict[int, InboxPage | Exception]:
+        """Per node, each group answered alone (:func:`~.node_reads.read_groups`)."""
+        self._check_open()
+        return await node_reads.read_groups(self._nodes, self.settings, reads, limit)
 
     async def ack_group(self, user: UserId, group: int, upto: int) -> None:
         self._check_open()

@@ -42,6 +42,12 @@ Rules every implementation keeps:
   current membership and the latest ended one are kept (an older one is forgotten when
   they leave again), for at most ``max_group_members`` leavers per group (the latest;
   older records go first); they live and expire with the group's stream.
+- A read of many users' or groups' keys (:meth:`Store.inbox_ends`,
+  :meth:`Store.read_groups`, :meth:`Store.streams`) answers each user or group alone on
+  a Redis Cluster: a node that does not answer (silent until a failover) fails only the
+  keys it holds, answered as unknown in their place (``None``, the error, an
+  :class:`Unread`), while the others' answers are good; the caller reads those again
+  later. One Redis and the memory store answer all or raise, as every other call does.
 - Every key has a TTL except group membership, which is bounded instead: a user is in
   at most ``max_groups_per_user`` groups and a group has at most ``max_group_members``
   members (:meth:`Store.join` refuses beyond); presence entries expire unless the live
@@ -272,6 +278,17 @@ class GroupStream:
 
 
 @dataclass(frozen=True, slots=True)
+class Unread:
+    """A large group whose stream :meth:`Store.streams` could not read: the Redis
+    Cluster node holding it did not answer. Read it again later (the user is still in
+    it, as far as anyone knows)."""
+
+    group: int
+    error: Exception
+    """Why (the node's error)."""
+
+
+@dataclass(frozen=True, slots=True)
 class InboxPage:
     """Entries read from an inbox, and the position of its newest message (0: none yet).
 
@@ -339,19 +356,27 @@ class Store(Protocol):
         """:meth:`leave` for many users at once; per user, whether they were a member."""
         ...
 
-    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream | Unread]:
         """The large groups ``user`` is in (and those once large whose stream still holds
         messages), each with the user's position and the first ``limit`` entries after it;
-        two round trips (the user's groups, then one call per group slot, pipelined)."""
+        two round trips (the user's groups, then one call per group slot, pipelined).
+
+        On a Redis Cluster a group whose node failed the second round trip is an
+        :class:`Unread` (it may not even be large: its node could not say); the others
+        are read. Failing the first (the user's own node) raises."""
         ...
 
     async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
         """Up to ``limit`` entries of ``group``'s stream after ``after``; one round trip."""
         ...
 
-    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+    async def read_groups(
+        self, reads: Mapping[int, int], limit: int
+    ) -> dict[int, InboxPage | Exception]:
         """:meth:`read_group` for each group -> position of ``reads``, in one round trip
-        (one pipeline per node on a cluster)."""
+        (one pipeline per node on a cluster). On a Redis Cluster a group whose node failed
+        is answered with that error in place of its page (nothing of it was read: read it
+        again later); the other groups' pages are good."""
         ...
 
     async def ack_group(self, user: UserId, group: int, upto: int) -> None:
@@ -434,9 +459,11 @@ class Store(Protocol):
         """Up to ``limit`` entries after position ``after``, oldest first, in one round trip."""
         ...
 
-    async def inbox_ends(self, users: Sequence[UserId]) -> list[int]:
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int | None]:
         """The newest position of each user's inbox (0: none yet), in the order asked, in
-        one round trip per node (a catch-up sweep reads only the inboxes that moved)."""
+        one round trip per node (a catch-up sweep reads only the inboxes that moved).
+        None: unknown, the Redis Cluster node holding that user's keys failed (the other
+        stores answer every user, or raise)."""
         ...
 
     async def ack(self, user: UserId, upto: int) -> None:

@@ -270,7 +270,9 @@ class KeyspaceStore(AsyncClosing):
             last,
         )
 
-    async def inbox_ends(self, users: Sequence[UserId]) -> list[int]:
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int | None]:
+        """One Redis: every user's end, or the error raised (the cluster store answers
+        each user alone)."""
         self._check_open()
         if not users:
             return []
@@ -298,7 +300,11 @@ class KeyspaceStore(AsyncClosing):
             int(replies[0] or 0),
         )
 
-    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+    async def read_groups(
+        self, reads: Mapping[int, int], limit: int
+    ) -> dict[int, InboxPage | Exception]:
+        """One Redis: every group's page, or the error raised (the cluster store answers
+        each group alone)."""
         self._check_open()
         if not reads:
             return {}
@@ -307,24 +313,12 @@ class KeyspaceStore(AsyncClosing):
         async with self._redis.pipeline(transaction=False) as pipe:
             for group, after in order:
                 pipe.get(gkey("last", group))
-                pipe.xrange(
-                    gkey("stream", group),
-                    str(min(after, MAX_POSITION - 1) + 1),
-                    "+",
-                    count=max(limit, 1),
-                )
+                pipe.xrange(gkey("stream", group), range_start(after), "+", count=max(limit, 1))
             replies: list[Any] = await pipe.execute()
-        out = {}
-        for i, (group, _) in enumerate(order):
-            rows = replies[2 * i + 1] if limit > 0 else ()
-            out[group] = InboxPage(
-                [
-                    InboxEntry(entry.position(eid), entry.from_fields(fields), group)
-                    for eid, fields in rows or ()
-                ],
-                int(replies[2 * i] or 0),
-            )
-        return out
+        return {
+            group: group_page(group, replies[2 * i], replies[2 * i + 1] if limit > 0 else ())
+            for i, (group, _) in enumerate(order)
+        }
 
     async def is_large(self, group: int) -> bool:
         self._check_open()
@@ -436,6 +430,23 @@ class KeyspaceStore(AsyncClosing):
         await self._acks.drain()
         if self._owns_client:
             await self._redis.aclose()
+
+
+def range_start(after: int) -> str:
+    """The first stream entry id an ``XRANGE`` after position ``after`` asks for."""
+    return str(min(after, MAX_POSITION - 1) + 1)
+
+
+def group_page(group: int, last: Any, rows: Any) -> InboxPage:
+    """A page of ``group``'s stream from the replies of ``GET :last`` and ``XRANGE`` (as
+    redis-py parses them)."""
+    return InboxPage(
+        [
+            InboxEntry(entry.position(eid), entry.from_fields(fields), group)
+            for eid, fields in rows or ()
+        ],
+        int(last or 0),
+    )
 
 
 def group_streams(reply: bytes | str) -> list[GroupStream]:

@@ -38,6 +38,7 @@ from .contract import (
     Refusal,
     Refused,
     Submission,
+    Unread,
     unencodable,
 )
 
@@ -324,10 +325,10 @@ class MemoryStore(AsyncClosing):
         i = max(0, min(len(inbox.entries), after + 1 - inbox.entries[0].position))
         return InboxPage(inbox.entries[i : i + limit], inbox.last)
 
-    async def inbox_ends(self, users: Sequence[UserId]) -> list[int]:
+    async def inbox_ends(self, users: Sequence[UserId]) -> list[int | None]:
         self._check_open()
         now = self._clock()
-        ends = []
+        ends: list[int | None] = []
         for user in users:
             inbox = self._inbox(user, now)
             ends.append(inbox.last if inbox is not None else 0)
@@ -345,7 +346,8 @@ class MemoryStore(AsyncClosing):
 
     async def opening(self, user: UserId) -> Opening:
         self._check_open()
-        (end,) = await self.inbox_ends([user])
+        inbox = self._inbox(user, self._clock())
+        end = inbox.last if inbox is not None else 0
         return Opening(await self.acked(user), end, bool(self._user_groups.get(user)))
 
     async def acked(self, user: UserId) -> int:
@@ -441,10 +443,10 @@ class MemoryStore(AsyncClosing):
 
     # -- large groups' streams ------------------------------------------------------------
 
-    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream | Unread]:
         self._check_open()
         now = self._clock()
-        out = []
+        out: list[GroupStream | Unread] = []
         for group in sorted(self._user_groups.get(user, ())):
             stream = self._live_stream(group, now)
             if group not in self._large and stream is None:
@@ -465,7 +467,9 @@ class MemoryStore(AsyncClosing):
         self._check_open()
         return self._page(self._live_stream(group, self._clock()), after, limit)
 
-    async def read_groups(self, reads: Mapping[int, int], limit: int) -> dict[int, InboxPage]:
+    async def read_groups(
+        self, reads: Mapping[int, int], limit: int
+    ) -> dict[int, InboxPage | Exception]:
         self._check_open()
         now = self._clock()
         return {

@@ -112,8 +112,8 @@ class Nodes:
 
         With ``wait``, each node's pipeline ends with ``WAIT`` on the same connection;
         ``(reply, confirmed)`` per call, confirmed when that WAIT counted enough replicas
-        (always, without ``wait``). A script a node does not have yet is loaded on every
-        primary and its calls sent again the same way. A call that still failed on its
+        (always, without ``wait``). A script a node does not have yet is loaded on that
+        node and its calls sent again the same way. A call that still failed on its
         node is sent again (see :meth:`_again`); it is then not confirmed. The first call
         that fails after that raises its error; with ``errors``, each failed call is
         answered with its exception in place of its reply instead (and not confirmed), so
@@ -127,9 +127,21 @@ class Nodes:
         results = await self._on_nodes(calls, range(len(calls)), wait, answers)
         unknown = [i for i, (r, _) in enumerate(results) if isinstance(r, NoScriptError)]
         if unknown:
-            for source in {calls[i].source for i in unknown}:
-                if source is not None:
-                    await cluster.script_load(source)
+            # Loaded on the nodes that said so only: another may be silent (it would hold
+            # every call here up, not only its own).
+            where = cluster.nodes_manager.get_node_from_slot
+            loads = {
+                (source, where(calls[i].slot).name): (source, where(calls[i].slot))
+                for i in unknown
+                if (source := calls[i].source) is not None
+            }
+            await asyncio.gather(
+                *(
+                    cluster.execute_command("SCRIPT LOAD", source, target_nodes=node)
+                    for source, node in loads.values()
+                ),
+                return_exceptions=True,  # its calls fail again: sent again below
+            )
             again = await self._on_nodes(calls, unknown, wait, answers)
             for i, result in zip(unknown, again, strict=True):
                 results[i] = result

@@ -59,6 +59,7 @@ from .contract import (
     Refusal,
     Refused,
     Submission,
+    Unread,
     new_accepted,
     unencodable,
 )
@@ -351,7 +352,7 @@ class RedisStore(KeyspaceStore):
 
     # -- large groups ---------------------------------------------------------------------
 
-    async def streams(self, user: UserId, limit: int) -> list[GroupStream]:
+    async def streams(self, user: UserId, limit: int) -> list[GroupStream | Unread]:
         self._check_open()
         settings = self.settings
         groups = sorted(int(g) for g in await self._client.smembers(settings.key("groups", user)))
@@ -359,7 +360,7 @@ class RedisStore(KeyspaceStore):
             return []
         keys = [settings.group_key(g) for g in groups]
         reply = await self._streams(keys, [settings.prefix, str(user), limit, *map(str, groups)])
-        return group_streams(reply)
+        return [*group_streams(reply)]
 
     async def ack_group(self, user: UserId, group: int, upto: int) -> None:
         self._check_open()

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from im_gateway.client import Client, Message
-from im_gateway.store import RedisStore
+from im_gateway.store import GroupStream, RedisStore
 from tests.end_to_end.harness import GatewayProcess, token
 from tests.end_to_end.processes import HubProcess
 from tests.helpers import wait_until
@@ -91,7 +91,7 @@ async def test_acks_per_stream_hold_across_two_devices_of_one_user(redis_url: st
 
             async def phone_acked() -> bool:
                 positions = await store.streams(UserId(BOB), 0)
-                mine = [(s.group, s.position) for s in positions]
+                mine = [(s.group, s.position) for s in positions if isinstance(s, GroupStream)]
                 return mine == [(GROUP, 5)] and await store.acked(UserId(BOB)) >= 1
 
             await wait_until(phone_acked, what="the phone's acks of both streams stored")
@@ -106,7 +106,7 @@ async def test_acks_per_stream_hold_across_two_devices_of_one_user(redis_url: st
 
                 async def laptop_acked() -> bool:
                     [mine] = await store.streams(UserId(BOB), 0)
-                    return mine.position == 6
+                    return isinstance(mine, GroupStream) and mine.position == 6
 
                 await wait_until(laptop_acked, what="the laptop's ack of g:6 stored")
 
@@ -135,7 +135,7 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
 
     async def acked(inbox: int, group: int, upto: int) -> bool:
         streams = await store.streams(UserId(NODE_BOB), 0)
-        positions = {s.group: s.position for s in streams}
+        positions = {s.group: s.position for s in streams if isinstance(s, GroupStream)}
         return await store.acked(UserId(NODE_BOB)) >= inbox and positions.get(group) == upto
 
     async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

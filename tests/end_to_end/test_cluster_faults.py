@@ -551,3 +551,66 @@ async def test_a_large_groups_frozen_primary_fails_over_and_every_member_sees_ea
         assert len(said) < 12, said
     finally:
         await gateways.close()
+
+
+async def test_a_connect_replays_the_healthy_large_groups_while_anothers_node_is_silent(
+    hub: HubServer, cluster: RedisClusterProcesses, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bob is in two large groups, one on a primary SIGSTOPped with no failover coming:
+    his connect replay sends the other group's posts and its end marker within a bound,
+    without the silent group's (before: the read of his groups failed whole, the replay
+    was answered ``internal`` and tried again every second until the node answered);
+    once it answers, the silent group's posts follow, read a second or so later. Each
+    post is shown once, in order per group, and the logs are a few counted lines."""
+    caplog.set_level(logging.WARNING)
+    gateways = Gateways(hub, cluster.url)
+    try:
+        gw = await gateways.start("gw-1", redis_timeout=REDIS_TIMEOUT, large_group=1)
+        victim = cluster.owner(inbox(7001))
+        no_failover(cluster)
+        cold = next(g for g in range(90, 200) if cluster.owner(f"im:{{g:{g}}}:members") is victim)
+        warm = next(
+            g for g in range(90, 200) if cluster.owner(f"im:{{g:{g}}}:members") is not victim
+        )
+        a, b = users_off(cluster, victim, 2, 7100)
+        ca = await gateways.client(gw, a)
+        first = await Client.open(gw.port, b)
+        await first.wait_for(lambda f: f["type"] == 14, what="bob's first replay")
+        for group in (cold, warm):
+            for c in (ca, first):
+                await change_group(c, 12, group)
+        await first.close()  # bob is offline: the posts wait in the streams
+        for i in range(3):
+            for group in (cold, warm):
+                reply = await ca.say(group, f"{group}-{i}", group=True)
+                assert reply["type"] == 10, reply
+
+        os.kill(victim.pid, signal.SIGSTOP)
+        start = time.monotonic()
+        cb = await Client.open(gw.port, b)
+        gateways.clients.append(cb)
+        await wait_until(
+            lambda: answer_since(cb, 0) is not None,
+            timeout=REPLAY_BOUND + 1.0,  # a presence write first: bob was offline
+            what="the connect replay's answer within the bound",
+        )
+        took = time.monotonic() - start
+        marker = answer_since(cb, 0)
+        assert marker is not None
+        assert marker["type"] == 14, marker
+        assert cb.contents() == [f"{warm}-{i}" for i in range(3)]
+        print(f"silent group's node: the connect replay answered in {took:.2f}s")
+
+        os.kill(victim.pid, signal.SIGCONT)
+        await cb.wait_contents([f"{cold}-{i}" for i in range(3)], timeout=15)
+        got = cb.contents()
+        assert len(got) == len(set(got)) == 6, got
+        for group in (cold, warm):
+            assert [m for m in got if m.startswith(f"{group}-")] == [
+                f"{group}-{i}" for i in range(3)
+            ]
+        assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+        said = [r.getMessage() for r in warnings(caplog)]
+        assert len(said) < 12, said
+    finally:
+        await gateways.close()

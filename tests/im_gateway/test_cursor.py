@@ -92,6 +92,21 @@ def test_trimmed_positions_are_reported() -> None:
     assert c2.last == 9
 
 
+def test_a_failed_read_is_wanted_again_even_without_a_hole() -> None:
+    """A read that failed (or was left for later) changes nothing and is wanted again,
+    also when it was only asked for (sync: a catch-up), with no hole to bring it back."""
+    c = ready()
+    c.sync()
+    assert c.begin_fill() == 0
+    assert not c.wants_fill
+    c.unfilled()
+    assert c.wants_fill
+    assert c.last == 0
+    assert c.begin_fill() == 0
+    assert c.filled([(1, "a")], 1, complete=True).send == ["a"]
+    assert not c.wants_fill
+
+
 def test_pushes_before_start_are_held() -> None:
     """Before the connect replay begins nothing is sent; the held pushes go out after it."""
     c: Cursor[str] = Cursor()
@@ -174,6 +189,15 @@ class CursorMachine(RuleBasedStateMachine):
         out = self.cursor.filled(entries, last, complete=complete)
         self.sent += out.send
         self.said_trimmed = self.said_trimmed or out.trimmed
+
+    @precondition(lambda self: self.cursor.wants_fill)
+    @rule()
+    def failed_fill(self) -> None:
+        last = self.cursor.last
+        self.cursor.begin_fill()
+        self.cursor.unfilled()  # the read failed (a silent node): nothing applied
+        assert self.cursor.last == last
+        assert self.cursor.wants_fill
 
     @rule(after=st.integers(0, 8))
     def client_replay(self, after: int) -> None:

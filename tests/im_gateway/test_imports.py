@@ -147,6 +147,7 @@ def test_the_store_package_exports_its_seam() -> None:
         "Refused",
         "Store",
         "Submission",
+        "Unread",
         "open_store",
     ]
     for name in im_gateway.store.__all__:

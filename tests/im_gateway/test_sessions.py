@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Collection, Mapping
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.keepalive import sweep_idle
 from im_gateway.session_limits import SessionLimits
 from im_gateway.sessions import Session
-from im_gateway.store import InboxPage, MemoryStore, Opening
+from im_gateway.store import InboxPage, MemoryStore, Opening, Submission
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket, store_message
@@ -385,6 +385,21 @@ async def test_a_failed_read_during_a_live_fill_is_retried() -> None:
         live(session, 2, "m1")
         await wait_until(lambda: len(contents(ws)) == 2, what="the retried fill")
         assert contents(ws) == ["m0", "m1"]
+        assert errors(ws) == []
+
+
+async def test_a_catch_up_whose_read_failed_is_read_again() -> None:
+    """A catch-up (no hole known: pushes may have been missed) whose inbox read fails is
+    read again a second later, so what was missed still arrives (before, the failed read
+    dropped the catch-up: nothing was read until the next push showed a hole)."""
+    store = FailingStore()
+    async with running(store, fill_delay=0.01) as (session, ws, _):
+        await connected(ws)
+        await store_message(store, A, B, "missed")
+        store.fail = 1
+        session.catch_up()
+        await wait_until(lambda: store.fail == 0, what="the failed read")
+        await wait_until(lambda: contents(ws) == ["missed"], timeout=5, what="a read again")
         assert errors(ws) == []
 
 
@@ -790,3 +805,41 @@ async def test_a_connect_replay_that_failed_following_a_group_starts_its_stream_
         assert second.post is not None  # type: ignore[union-attr]
         session.deliver_group(9, 2, frames.encode_message(m2, "g9:2"))
         assert [f["seq"] for f in ws.frames() if f["type"] == 2] == ["g9:1", "g9:2"]
+
+
+class GroupReadFails(MemoryStore):
+    """A memory store whose read_groups answers the ``failing`` groups with an error in
+    place of their pages, as the cluster store does when their node is silent."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.failing: set[int] = set()
+
+    async def read_groups(
+        self, reads: Mapping[int, int], limit: int
+    ) -> dict[int, InboxPage | Exception]:
+        pages = await super().read_groups(reads, limit)
+        return {g: ConnectionError("silent") if g in self.failing else p for g, p in pages.items()}
+
+
+async def test_a_connect_replay_goes_on_without_a_group_whose_page_failed() -> None:
+    """The page of one of the user's large groups cannot be read (its node is silent):
+    the connect replay sends the other group's posts and its end marker, no error; the
+    failed group's cursor stays where it was, and its posts come once a later read (a
+    second on) gets them, each once."""
+    store = GroupReadFails(large_group=1)
+    for g in (8, 9):
+        await store.join(g, A)
+        await store.join(g, B)
+        post = Message(MessageId(f"m{g}"), A, g, 2, 0, g, f"post {g}")
+        await store.submit([Submission(f"c{g}", post)])
+    store.failing = {8}
+    async with running(store) as (session, ws, _):
+        await connected(ws)
+        assert contents(ws) == ["post 9"]
+        assert errors(ws) == []
+        store.failing.clear()
+        await wait_until(lambda: len(contents(ws)) == 2, timeout=5, what="group 8's post")
+        await wait_until(lambda: not session.replaying)
+        assert contents(ws) == ["post 9", "post 8"]
+        assert [f["seq"] for f in ws.frames() if f["type"] == 2] == ["g9:1", "g8:1"]

@@ -31,7 +31,9 @@ def post(sender: int, content: str = "hi", group: int = G):  # type: ignore[no-u
 
 
 async def stream_of(store: Store, user: UserId, group: int = G) -> GroupStream | None:
-    found = [s for s in await store.streams(user, 100) if s.group == group]
+    found = [
+        s for s in await store.streams(user, 100) if isinstance(s, GroupStream) and s.group == group
+    ]
     return found[0] if found else None
 
 

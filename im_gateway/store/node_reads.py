@@ -1,0 +1,107 @@
+"""The Redis Cluster store's reads of many users' or groups' keys, each key answered
+alone: one pipeline per node (:meth:`~.nodes.Nodes.run` with ``errors``), the nodes in
+parallel, so a node that does not answer (silent until a failover, or gone) fails only
+the users and groups whose keys it holds. redis-py's cluster pipeline, which the shared
+reads of :mod:`~im_gateway.store.keyspace` use, fails whole on one such node: one silent
+primary would then hold every user of a catch-up sweep's batch, and every large group of
+a user, until its failover.
+
+The unknown answers are counted in one log line (they are a node's failure, which the
+callers do not log per read), and the callers read them again later (the contract:
+:mod:`~im_gateway.store.contract`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+from transmit_hub.types import UserId
+
+from ..throttle import Throttled
+from . import scripts
+from .contract import GroupStream, InboxPage, Unread
+from .keyspace import Settings, group_page, group_streams, range_start
+from .nodes import Call, Nodes, slot_of
+
+logger = logging.getLogger(__name__)
+
+_unknown_reads = Throttled(
+    logger,
+    "%d users' inbox ends or groups' streams unread: a Redis Cluster node holding them "
+    "failed (the others of their reads were answered; these are read again later)",
+)
+
+
+async def inbox_ends(nodes: Nodes, settings: Settings, users: Sequence[UserId]) -> list[int | None]:
+    """Each user's newest inbox position (``GET pos``); None where the user's node failed."""
+    if not users:
+        return []
+    key = settings.key
+    calls = [Call(slot_of(k), ("GET", k)) for k in (key("pos", u) for u in users)]
+    replies = [reply for reply, _ in await nodes.run(calls, errors=True)]
+    failed = [r for r in replies if isinstance(r, Exception)]
+    if failed:
+        _unknown_reads.hit(len(failed), exc=failed[-1])
+    return [None if isinstance(r, Exception) else int(r or 0) for r in replies]
+
+
+async def read_groups(
+    nodes: Nodes, settings: Settings, reads: Mapping[int, int], limit: int
+) -> dict[int, InboxPage | Exception]:
+    """Each group's page after its position (``GET last`` then ``XRANGE``, in its slot,
+    on one connection: the newest position is read before the entries, as the page
+    says); the error in its place where the group's node failed."""
+    if not reads:
+        return {}
+    gkey = settings.gkey
+    calls: list[Call] = []
+    for group, after in reads.items():
+        slot = slot_of(gkey("last", group))  # a group's keys share their slot
+        calls.append(Call(slot, ("GET", gkey("last", group))))
+        calls.append(
+            Call(
+                slot,
+                ("XRANGE", gkey("stream", group), range_start(after), "+", "COUNT", max(limit, 1)),
+            )
+        )
+    replies = [reply for reply, _ in await nodes.run(calls, errors=True)]
+    out: dict[int, InboxPage | Exception] = {}
+    for i, group in enumerate(reads):
+        last, rows = replies[2 * i], replies[2 * i + 1]
+        error = next((r for r in (last, rows) if isinstance(r, Exception)), None)
+        if error is not None:
+            out[group] = error
+            _unknown_reads.hit(exc=error)
+            continue
+        out[group] = group_page(group, last, rows if limit > 0 else ())
+    return out
+
+
+async def streams(
+    nodes: Nodes, settings: Settings, user: UserId, groups: Sequence[int], limit: int
+) -> list[GroupStream | Unread]:
+    """The large ones of the user's ``groups`` (``lua/streams.lua``, one call per group
+    slot), by group; an :class:`Unread` for each group whose node failed."""
+    by_slot: dict[int, list[int]] = {}
+    for g in sorted(groups):
+        by_slot.setdefault(slot_of(settings.group_key(g)), []).append(g)
+    replies = await nodes.run(
+        [
+            nodes.script(
+                scripts.STREAMS,
+                [settings.group_key(g) for g in part],
+                [settings.prefix, str(user), limit, *map(str, part)],
+            )
+            for part in by_slot.values()
+        ],
+        errors=True,
+    )
+    out: list[GroupStream | Unread] = []
+    for part, (reply, _) in zip(by_slot.values(), replies, strict=True):
+        if isinstance(reply, Exception):
+            _unknown_reads.hit(len(part), exc=reply)
+            out += (Unread(g, reply) for g in part)
+        else:
+            out += group_streams(reply)
+    return sorted(out, key=lambda s: s.group)
