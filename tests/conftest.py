@@ -8,12 +8,19 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import settings
 
 from devtools.launch import Process, free_port, redis_answers, redis_server_argv
 from tests.cluster import RedisClusterProcesses
 from tests.helpers import wait_until_sync
 from transmit_hub.config import HubConfig
 from transmit_hub.server import HubServer
+
+# The suite runs on a shared 2-core machine (CI: beside Redis, gateway and hub
+# processes); hypothesis's default 200 ms deadline per example then fails tests for the
+# machine's load, not for what they assert. Time is measured in bench/, never here.
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 class RedisServer(Process):
