@@ -3,9 +3,14 @@
 Same keys as on one Redis (:mod:`~im_gateway.store.keyspace`: every key of a user shares
 the hash tag ``{u:<user>}``, every key of a group ``{g:<group>}``), plus one:
 ``{u:<user>}:msg:<message id>``, the position at which that message went into that
-user's inbox, kept for the dedupe window (only for messages that have a client id). Every script declares its KEYS
-and touches one slot; a batch becomes one call per slot, one pipeline per node, the nodes
-in parallel.
+user's inbox, kept for the dedupe window (only for messages that have a client id).
+Every script declares its KEYS and touches one slot; a batch becomes one call per slot,
+one pipeline per node, the nodes in parallel.
+
+Where things are: this module holds the store and runs a batch's steps (below);
+:mod:`~.cluster_batch` says which calls each step sends, per slot, and what their replies
+mean (pure); :mod:`~.cluster_groups` the group changes; :mod:`~.node_reads` the reads of
+many users' or groups' keys; :mod:`~.nodes` runs calls on the nodes.
 
 **Submitting without cross-slot atomicity.** One Redis stores a batch in one atomic
 script. Here a batch takes three steps, each one round trip to the nodes in parallel:
