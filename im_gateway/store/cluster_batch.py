@@ -196,9 +196,10 @@ def missing(live: Sequence[Work], groups: Groups) -> dict[int, set[int]]:
     """The groups of ``live`` messages not read yet, with their senders: a resumed message
     to another group than its resend said."""
     found: dict[int, set[int]] = {}
+    members, large, down = groups.members, groups.large, groups.down
     for w in live:
         g = w.message.to
-        known = g in groups.members or g in groups.large or g in groups.down
+        known = g in members or g in large or g in down
         if w.message.type == MESSAGE_GROUP and not known:
             found.setdefault(g, set()).add(w.message.sender)
     return found
@@ -209,13 +210,14 @@ def route(live: Sequence[Work], groups: Groups, out: Answers) -> list[Work]:
     message to a group whose node failed fails (its claim stays pending: a resend
     completes it). Answers and returns the ones refused (a sender not in the group)."""
     refused: list[Work] = []
+    members, large, down = groups.members, groups.large, groups.down
     for w in live:
         m = w.message
-        if m.type == MESSAGE_GROUP and m.to in groups.down:
-            w.failed = groups.down[m.to]
+        if m.type == MESSAGE_GROUP and m.to in down:
+            w.failed = down[m.to]
             continue
-        if m.type == MESSAGE_GROUP and m.to in groups.large:
-            senders = groups.large[m.to]
+        if m.type == MESSAGE_GROUP and m.to in large:
+            senders = large[m.to]
             if w.sub.check_member and UserId(m.sender) not in senders:
                 w.users = None
             elif m.sender != 0 and UserId(m.sender) not in senders:
@@ -223,7 +225,7 @@ def route(live: Sequence[Work], groups: Groups, out: Answers) -> list[Work]:
             else:
                 w.stream, w.users = m.to, []
         else:
-            w.users = recipients(w, groups.members)
+            w.users = recipients(w, members)
         if w.users is None:
             refused.append(w)
             out[w.index] = Refused(w.sub.client_id, Refusal.NOT_MEMBER)
