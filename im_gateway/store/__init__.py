@@ -5,7 +5,10 @@
 - :func:`open_store`: a store for a URL;
 - :mod:`~im_gateway.store.memory`: in plain Python, for unit tests;
 - :mod:`~im_gateway.store.redis`: on one Redis; :mod:`~im_gateway.store.cluster`: on a
-  Redis Cluster. What the two share (settings, keys, the calls alike on both) is
+  Redis Cluster (its parts: :mod:`~im_gateway.store.cluster_batch`, a batch's calls per
+  slot, pure; :mod:`~im_gateway.store.cluster_groups`, the group changes;
+  :mod:`~im_gateway.store.node_reads` and :mod:`~im_gateway.store.nodes`, the calls run
+  per node). What the two share (settings, keys, the calls alike on both) is
   :mod:`~im_gateway.store.keyspace`; the inbox entry's layout is
   :mod:`~im_gateway.store.entry`; the Lua scripts are files in ``lua/``
   (:mod:`~im_gateway.store.scripts` reads them).

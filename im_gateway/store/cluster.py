@@ -3,9 +3,14 @@
 Same keys as on one Redis (:mod:`~im_gateway.store.keyspace`: every key of a user shares
 the hash tag ``{u:<user>}``, every key of a group ``{g:<group>}``), plus one:
 ``{u:<user>}:msg:<message id>``, the position at which that message went into that
-user's inbox, kept for the dedupe window (only for messages that have a client id). Every script declares its KEYS
-and touches one slot; a batch becomes one call per slot, one pipeline per node, the nodes
-in parallel.
+user's inbox, kept for the dedupe window (only for messages that have a client id).
+Every script declares its KEYS and touches one slot; a batch becomes one call per slot,
+one pipeline per node, the nodes in parallel.
+
+Where things are: this module holds the store and runs a batch's steps (below);
+:mod:`~.cluster_batch` says which calls each step sends, per slot, and what their replies
+mean (pure); :mod:`~.cluster_groups` the group changes; :mod:`~.node_reads` the reads of
+many users' or groups' keys; :mod:`~.nodes` runs calls on the nodes.
 
 **Submitting without cross-slot atomicity.** One Redis stores a batch in one atomic
 script. Here a batch takes three steps, each one round trip to the nodes in parallel:
@@ -72,36 +77,32 @@ Why no acknowledged message is lost, and none is written twice:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 
-from transmit_hub.types import MESSAGE_GROUP, GatewayId, Message, Recipient, UserId
+from transmit_hub.types import GatewayId, UserId
 
-from ..errors import GroupLimitError, StoreError
+from ..errors import StoreError
 from ..throttle import Throttled
-from . import entry, node_reads, scripts
+from . import cluster_batch, cluster_groups, node_reads, scripts
+from .cluster_batch import Answers, Work
 from .contract import (
     Accepted,
-    GroupPost,
     GroupStream,
     InboxPage,
     Joined,
     Membership,
     Opening,
-    Refusal,
     Refused,
     Submission,
     Unread,
-    unencodable,
 )
-from .keyspace import KeyspaceStore, Settings, membership_args, membership_rows, text
+from .keyspace import KeyspaceStore, Settings, text
 from .nodes import Call, Nodes, cluster_nodes, slot_of
 
 __all__ = ["ClusterStore", "cluster_options"]
@@ -154,27 +155,6 @@ def cluster_options(socket_timeout: float) -> dict[str, Any]:
     }
 
 
-@dataclass(slots=True)
-class _Work:
-    """One submission on its way through the three steps."""
-
-    index: int
-    sub: Submission
-    message: Message
-    entry: str
-    dkey: str | None
-    resumed: bool = False
-    duplicate: bool = False
-    users: list[UserId] | None = None
-    positions: dict[UserId, str] | None = None
-    confirmed: bool = True
-    failed: Exception | None = None
-    """Why a node its keys are on did not answer (it is refused: send again)."""
-    stream: int | None = None
-    """A large group's message: stored once, in this group's stream."""
-    post: GroupPost | None = None
-
-
 class ClusterStore(KeyspaceStore):
     """Presence, groups, inboxes and dedupe on a Redis Cluster (6.2 or later).
 
@@ -219,263 +199,84 @@ class ClusterStore(KeyspaceStore):
         """The Redis Cluster client the store uses."""
         return self._cluster
 
-    # -- messages -------------------------------------------------------------------------
+    # -- messages: the three steps of the module docstring ---------------------------------
 
     async def submit(self, batch: Sequence[Submission]) -> list[Accepted | Refused]:
+        """Claim, append, finish: each one round trip to the nodes in parallel (the calls
+        and what their replies say: :mod:`~.cluster_batch`)."""
         self._check_open()
         await self._finished()  # the last batch's records are done before these claim
-        out: list[Accepted | Refused | None] = [None] * len(batch)
-        for i in unencodable(batch):
-            out[i] = Refused(batch[i].client_id, Refusal.UNENCODABLE)
-        first: dict[tuple[int, str], int] = {}
-        later: dict[int, int] = {}
-        work: list[_Work] = []
-        for i, s in enumerate(batch):
-            if out[i] is not None:
-                continue
-            m = s.message
-            if s.client_id:
-                seen = first.setdefault((m.sender, s.client_id), i)
-                if seen != i:
-                    later[i] = seen
-                    continue
-            dkey = self.settings.key(f"dedupe:{s.client_id}", m.sender) if s.client_id else None
-            work.append(_Work(i, s, m, entry.encode(m), dkey))
-
-        # Step 1: claims (per sender) and group members (per group), one round trip.
-        claims: dict[int, list[_Work]] = {}
-        for w in work:
-            if w.dkey is not None:
-                claims.setdefault(w.message.sender, []).append(w)
-        calls = [
-            self._nodes.script(
-                scripts.CLAIM,
-                [w.dkey for w in ws if w.dkey is not None],
-                [
-                    self.settings.window_ms,
-                    *(json.dumps(["p", w.message.time, w.message.id, w.entry]) for w in ws),
-                ],
-            )
-            for ws in claims.values()
-        ]
-        senders: dict[int, set[int]] = {}
-        for w in work:
-            if w.message.type == MESSAGE_GROUP:
-                senders.setdefault(w.message.to, set()).add(w.message.sender)
-        groups = sorted(senders)
-        calls += [self._members_call(g, senders[g]) for g in groups]
-        replies = await self._nodes.run(calls, errors=True)
-        members: dict[int, set[UserId]] = {}
-        large: dict[int, set[UserId]] = {}
-        down: dict[int, Exception] = {}  # groups whose members could not be read
-        for g, (reply, _) in zip(groups, replies[len(claims) :], strict=True):
-            if isinstance(reply, Exception):
-                down[g] = reply
-            else:
-                _group_form(g, reply, members, large)
-        for ws, (reply, _) in zip(claims.values(), replies[: len(claims)], strict=True):
-            if isinstance(reply, Exception):  # the claim may have landed: left pending
-                for w in ws:
-                    w.failed = reply
-                continue
-            for w, record in zip(ws, reply, strict=True):
-                if record == 0:
-                    continue
-                kind, _, _, stored, *rest = json.loads(record)
-                w.message = entry.decode(stored)
-                w.entry = stored
-                if kind == "d" and rest[0] and str(rest[0][0]).startswith("g"):
-                    w.duplicate = True  # stored once: step 2 answers its position
-                    w.stream = int(str(rest[0][0])[1:])
-                    pairs = rest[0][2:]  # a server API sender's own copy, if any
-                    w.users = [UserId(int(u)) for u in pairs[0::2]]
-                    w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
-                elif kind == "d":
-                    w.duplicate = True
-                    pairs = rest[0]
-                    w.users = [UserId(int(u)) for u in pairs[0::2]]
-                    w.positions = dict(zip(w.users, (str(p) for p in pairs[1::2]), strict=True))
-                else:
-                    w.resumed = True
-        live = [w for w in work if w.positions is None and w.failed is None]
-        missing: dict[int, set[int]] = {}
-        for w in live:
-            g = w.message.to
-            known = g in members or g in large or g in down
-            if w.message.type == MESSAGE_GROUP and not known:
-                missing.setdefault(g, set()).add(w.message.sender)
-        if missing:  # a resumed message to another group than its resend said
-            replies = await self._nodes.run(
-                [self._members_call(g, missing[g]) for g in missing], errors=True
-            )
-            for g, (reply, _) in zip(missing, replies, strict=True):
-                if isinstance(reply, Exception):
-                    down[g] = reply
-                else:
-                    _group_form(g, reply, members, large)
-        refused: list[_Work] = []
-        for w in live:
-            m = w.message
-            if m.type == MESSAGE_GROUP and m.to in down:
-                w.failed = down[m.to]  # its claim stays pending: a resend completes it
-                continue
-            if m.type == MESSAGE_GROUP and m.to in large:
-                if w.sub.check_member and UserId(m.sender) not in large[m.to]:
-                    w.users = None
-                elif m.sender != 0 and UserId(m.sender) not in large[m.to]:
-                    w.stream, w.users = m.to, [UserId(m.sender)]  # the API's sender: a copy
-                else:
-                    w.stream, w.users = m.to, []
-            else:
-                w.users = self._recipients(w, members)
-            if w.users is None:
-                refused.append(w)
-                out[w.index] = Refused(w.sub.client_id, Refusal.NOT_MEMBER)
+        out, work, later = cluster_batch.prepare(batch, self.settings)
+        live, refused = await self._claim(work, out)
         if self.crash is not None:
             self.crash("claimed")
-
-        # Step 2: appends per recipient slot, and every recipient's presence.
         appends = [w for w in live if w.users is not None and w.failed is None]
-        slots: dict[int, list[UserId]] = {}
-        for w in work:
-            for u in w.users or ():
-                slot = slot_of(self.settings.key("inbox", u))
-                if u not in slots.setdefault(slot, []):
-                    slots[slot].append(u)
-        ops: dict[int, list[tuple[_Work, UserId]]] = {slot: [] for slot in slots}
-        for w in appends:
-            for u in w.users or ():
-                ops[slot_of(self.settings.key("inbox", u))].append((w, u))
-        calls = []
-        for slot, users in slots.items():
-            keys = [
-                self.settings.key(kind, u)
-                for u in users
-                for kind in ("inbox", "pos", "acked", "presence")
-            ]
-            args: list[Any] = [
-                self.settings.inbox_max_len,
-                self.settings.max_age_ms,
-                self.settings.window_ms,
-                len(users),
-            ]
-            for w, u in ops[slot]:
-                mark = 0
-                if w.dkey is not None:
-                    keys.append(self.settings.key(f"msg:{w.message.id}", u))
-                    mark = len(keys)
-                args += (users.index(u) + 1, mark, w.entry)
-            calls.append(self._nodes.script(scripts.APPEND, keys, args))
-        streams: dict[int, list[_Work]] = {}
-        for w in work:
-            if w.stream is not None and out[w.index] is None and w.failed is None:
-                streams.setdefault(w.stream, []).append(w)
-        for g, ws in streams.items():
-            args = [
-                self.settings.prefix,
-                str(g),
-                self.settings.inbox_max_len,
-                self.settings.max_age_ms,
-                self.settings.window_ms,
-            ]
-            for w in ws:
-                args += (w.message.id if w.dkey is not None else "", w.entry)
-            calls.append(self._nodes.script(scripts.GROUP_POST, [self.settings.group_key(g)], args))
-        wait = self.settings.wait_replicas > 0 and bool(appends or streams)
+        presence = await self._append(work, appends, out)
+        if self.crash is not None:
+            self.crash("appended")
+        # Step 3: the refused ones' records are released, then the answers; the others'
+        # records are marked done meanwhile (the module docstring says why that is safe).
+        releases = cluster_batch.releases(refused)
+        if releases:
+            await self._nodes.run(releases, answers=False)
+        self._mark_done(cluster_batch.done_calls(appends, self.settings))
+        failed = cluster_batch.failed(work, out)
+        if failed:
+            _unavailable.hit(len(failed), exc=failed[-1].failed)
+        return cluster_batch.answers(batch, work, out, presence, later)
+
+    async def _claim(self, work: list[Work], out: Answers) -> tuple[list[Work], list[Work]]:
+        """Step 1: the claims (per sender) and the members of the groups posted to (per
+        group), one round trip; a second reads a resumed message's group if the batch did
+        not name it. The messages still to append (each routed), and those refused."""
+        nodes, settings = self._nodes, self.settings
+        claims = cluster_batch.claims(work)
+        calls = cluster_batch.claim_calls(claims, settings, nodes)
+        senders = cluster_batch.posted(work)
+        groups = sorted(senders)
+        calls += [cluster_batch.members_call(g, senders[g], settings, nodes) for g in groups]
+        replies = await nodes.run(calls, errors=True)
+        forms = cluster_batch.Groups()
+        forms.read(groups, replies[len(claims) :])
+        cluster_batch.read_claims(claims, replies[: len(claims)])
+        live = [w for w in work if w.positions is None and w.failed is None]
+        missing = cluster_batch.missing(live, forms)
+        if missing:  # a resumed message to another group than its resend said
+            replies = await nodes.run(
+                [cluster_batch.members_call(g, missing[g], settings, nodes) for g in missing],
+                errors=True,
+            )
+            forms.read(missing, replies)
+        return live, cluster_batch.route(live, forms, out)
+
+    async def _append(
+        self, work: list[Work], appends: list[Work], out: Answers
+    ) -> dict[UserId, tuple[GatewayId, ...]]:
+        """Step 2: the appends per recipient slot (reading every recipient's presence,
+        which is answered) and the large groups' posts, one round trip; with
+        ``wait_replicas``, a ``WAIT`` ends each node's pipeline."""
+        nodes, settings = self._nodes, self.settings
+        slots, ops = cluster_batch.inbox_slots(work, appends, settings)
+        calls = cluster_batch.append_calls(slots, ops, settings, nodes)
+        posts = cluster_batch.posts(work, out)
+        calls += cluster_batch.post_calls(posts, settings, nodes)
+        wait = settings.wait_replicas > 0 and bool(appends or posts)
         if self.crash is None:
-            replies = await self._nodes.run(calls, wait=wait, errors=True)
+            replies = await nodes.run(calls, wait=wait, errors=True)
         else:  # tests: one slot at a time, with a crash point after each
             replies = []
             for k, call in enumerate(calls, 1):
-                replies += await self._nodes.run([call], wait=wait, errors=True)
+                replies += await nodes.run([call], wait=wait, errors=True)
                 self.crash(f"append {k}/{len(calls)}")
-        for (g, ws), (reply, confirmed) in zip(streams.items(), replies[len(slots) :], strict=True):
-            if isinstance(reply, Exception):
-                for w in ws:
-                    w.failed = reply
-                continue
-            positions, gateways = json.loads(reply)
-            found = tuple(GatewayId(text(gw)) for gw in gateways[1:])
-            for w, pos in zip(ws, positions, strict=True):
-                w.post = GroupPost(g, int(pos), found)
-                w.confirmed = w.confirmed and confirmed
-        presence: dict[UserId, tuple[GatewayId, ...]] = {}
-        for (slot, users), (reply, confirmed) in zip(slots.items(), replies, strict=False):
-            if isinstance(reply, Exception):  # what other slots appended stays recorded
-                for w, _ in ops[slot]:
-                    w.failed = reply
-                continue
-            positions, gateways = json.loads(reply)
-            if isinstance(positions, dict):  # cjson writes an empty table as {}
-                positions = []
-            for (w, u), pos in zip(ops[slot], positions, strict=True):
-                if w.positions is None:
-                    w.positions = {}
-                w.positions[u] = str(pos)
-                w.confirmed = w.confirmed and confirmed
-            for u, gws in zip(users, gateways, strict=True):
-                if len(gws) > 1:
-                    presence[u] = tuple(GatewayId(text(g)) for g in gws[1:])
-        if self.crash is not None:
-            self.crash("appended")
+        cluster_batch.read_posts(posts, replies[len(slots) :])
+        return cluster_batch.read_appends(slots, ops, replies)
 
-        # Step 3: the refused ones' records are released, then the answers; the others'
-        # records are marked done meanwhile (the module docstring says why that is safe).
-        releases = [Call(slot_of(w.dkey), ("DEL", w.dkey)) for w in refused if w.dkey]
-        if releases:
-            await self._nodes.run(releases, answers=False)
-        calls = []
-        for w in appends:
-            if w.dkey is not None and w.confirmed and w.failed is None:
-                written: list[Any] = []
-                if w.post is not None:
-                    written += (f"g{w.post.group}", str(w.post.position))
-                for u in w.users or ():
-                    written += (int(u), (w.positions or {})[u])
-                record = json.dumps(["d", w.message.time, w.message.id, w.entry, written])
-                calls.append(
-                    Call(slot_of(w.dkey), ("SET", w.dkey, record, "PX", self.settings.window_ms))
-                )
+    def _mark_done(self, calls: list[Call]) -> None:
+        """Step 3's records marked done, in the background (the next submit waits)."""
         if calls:
             task = asyncio.create_task(self._finish(calls))
             self._finishing.add(task)
             task.add_done_callback(self._finishing.discard)
-        failed = [w for w in work if w.failed is not None and out[w.index] is None]
-        if failed:
-            _unavailable.hit(len(failed), exc=failed[-1].failed)
-        for w in work:
-            if out[w.index] is not None:
-                continue
-            if w.failed is not None:
-                out[w.index] = Refused(w.sub.client_id, Refusal.UNAVAILABLE)
-                continue
-            if not w.confirmed:
-                out[w.index] = Refused(w.sub.client_id, Refusal.NOT_REPLICATED)
-                continue
-            users = w.users or []
-            positions = w.positions or {}
-            out[w.index] = Accepted(
-                w.sub.client_id,
-                w.message,
-                w.duplicate,
-                tuple(Recipient(u, positions[u]) for u in users),
-                {u: presence[u] for u in users if u in presence},
-                w.post,
-            )
-        for i, j in later.items():
-            done = out[j]
-            if isinstance(done, Accepted):
-                out[i] = Accepted(
-                    batch[i].client_id,
-                    done.message,
-                    True,
-                    done.recipients,
-                    done.presence,
-                    done.post,
-                )
-            else:
-                out[i] = done
-        return [r for r in out if r is not None]
 
     async def _finish(self, calls: list[Call]) -> None:
         """Step 3 of a batch already answered: its dedupe records marked done. A failure
@@ -490,51 +291,16 @@ class ClusterStore(KeyspaceStore):
         if self._finishing:
             await asyncio.wait(list(self._finishing))
 
+    # -- reads of many users: per node, each user answered alone ---------------------------
+
     async def inbox_ends(self, users: Sequence[UserId]) -> list[int | None]:
         """Per node, each user answered alone (:func:`~.node_reads.inbox_ends`)."""
         self._check_open()
         return await node_reads.inbox_ends(self._nodes, self.settings, users)
 
     async def _read_openings(self, users: list[UserId]) -> list[Opening | Exception]:
-        """Many users' openings: a pipeline per node, the nodes in parallel. A user whose
-        node failed (silent) is answered with its error; the others, who connected in the
-        same loop turn, are not held up by it."""
-        key = self.settings.key
-        calls: list[Call] = []
-        for user in users:
-            keys = (key("acked", user), key("pos", user), key("groups", user))
-            slot = slot_of(keys[0])  # a user's keys share their slot
-            calls += (Call(slot, ("GET", keys[0])), Call(slot, ("GET", keys[1])))
-            calls.append(Call(slot, ("EXISTS", keys[2])))
-        replies = [reply for reply, _ in await self._nodes.run(calls, errors=True)]
-        out: list[Opening | Exception] = []
-        for i in range(0, len(replies), 3):
-            acked, pos, groups = replies[i : i + 3]
-            failed = [r for r in (acked, pos, groups) if isinstance(r, Exception)]
-            out.append(
-                failed[0] if failed else Opening(int(acked or 0), int(pos or 0), bool(groups))
-            )
-        return out
-
-    def _members_call(self, group: int, senders: Collection[int]) -> Call:
-        keys = [self.settings.group_key(group), self.settings.gkey("large", group)]
-        return self._nodes.script(scripts.GROUP_CHECK, keys, [str(s) for s in sorted(senders)])
-
-    def _recipients(self, w: _Work, members: dict[int, set[UserId]]) -> list[UserId] | None:
-        """Whose inboxes get ``w``'s message; None when the sender may not post it."""
-        m = w.message
-        sender = UserId(m.sender)
-        if m.type == MESSAGE_GROUP:
-            group = members.get(m.to, set())
-            check = w.sub.check_member
-            if check and sender not in group:
-                return None
-            users = sorted(group)
-            if not check and sender != 0 and sender not in group:
-                users.append(sender)
-            return users
-        to = UserId(m.to)
-        return [to] if sender in (to, 0) else [to, sender]
+        """Per node, each user answered alone (:func:`~.node_reads.openings`)."""
+        return await node_reads.openings(self._nodes, self.settings, users)
 
     # -- acks, presence, groups: one call per slot ----------------------------------------
 
@@ -599,140 +365,33 @@ class ClusterStore(KeyspaceStore):
                     found[u] = tuple(GatewayId(text(g)) for g in gws)
         return found
 
+    # -- groups: one call per slot (:mod:`~.cluster_groups`) -------------------------------
+
     async def join(self, group: int, user: UserId) -> bool:
-        """The user's set of groups first (its bound holds), then the group's members
-        (its bound holds); a full group takes the group back out of the user's set."""
         self._check_open()
-        ukey, gkey = self.settings.key("groups", user), self.settings.group_key(group)
-        [(mine, _)] = await self._nodes.run(
-            [
-                self._nodes.script(
-                    scripts.JOIN_USER, [ukey], [str(group), self.settings.max_groups_per_user]
-                )
-            ]
-        )
-        if int(mine) == 1:
-            raise GroupLimitError(group, self.settings.max_groups_per_user, user_full=True)
-        [(theirs, _)] = await self._nodes.run(
-            [
-                self._nodes.script(
-                    scripts.JOIN_GROUP,
-                    [gkey],
-                    [
-                        str(user),
-                        self.settings.max_group_members,
-                        self.settings.prefix,
-                        str(group),
-                        self.settings.large_group,
-                        self.settings.max_age_ms,
-                    ],
-                )
-            ]
-        )
-        if int(theirs) == 2:
-            if int(mine) == 3:
-                await self._nodes.run([Call(slot_of(ukey), ("SREM", ukey, str(group)))])
-            raise GroupLimitError(group, self.settings.max_group_members, user_full=False)
-        return int(theirs) != 3
+        return await cluster_groups.join(self._nodes, self.settings, group, user)
 
     async def leave(self, group: int, user: UserId) -> bool:
         self._check_open()
-        settings = self.settings
-        gkey, ukey = settings.group_key(group), settings.key("groups", user)
-        args = [
-            str(user),
-            str(group),
-            settings.prefix,
-            settings.large_group,
-            settings.max_age_ms,
-            settings.max_group_members,
-        ]
-        [(removed, _), _] = await self._nodes.run(
-            [
-                self._nodes.script(scripts.LEAVE, [gkey], args),
-                Call(slot_of(ukey), ("SREM", ukey, str(group))),
-            ]
-        )
-        return bool(removed)
+        return await cluster_groups.leave(self._nodes, self.settings, group, user)
 
     async def add_members(self, group: int, users: Sequence[UserId]) -> list[Joined]:
-        """Three round trips, each one call per slot, the nodes in parallel: the users'
-        sets of groups (their bound), the group's members (its bound, and its form), then
-        the users whom a full group refused are taken out of their sets again."""
         self._check_open()
-        settings = self.settings
-        order = list(dict.fromkeys(users))
-        by_slot: dict[int, list[UserId]] = {}
-        for u in order:
-            by_slot.setdefault(slot_of(settings.key("groups", u)), []).append(u)
-        replies = await self._nodes.run(
-            [
-                self._nodes.script(
-                    scripts.JOIN_USERS,
-                    [settings.key("groups", u) for u in us],
-                    [str(group), settings.max_groups_per_user],
-                )
-                for us in by_slot.values()
-            ]
-        )
-        mine: dict[UserId, int] = {}
-        for us, (codes, _) in zip(by_slot.values(), replies, strict=True):
-            mine.update(zip(us, (int(c) for c in codes), strict=True))
-        result: dict[UserId, Joined] = {u: Joined.USER_FULL for u in order if mine[u] == 1}
-        todo = [u for u in order if mine[u] != 1]
-        if todo:
-            args = [
-                settings.prefix,
-                str(group),
-                settings.max_group_members,
-                settings.large_group,
-                settings.max_age_ms,
-                *map(str, todo),
-            ]
-            [(codes, _)] = await self._nodes.run(
-                [self._nodes.script(scripts.GROUP_ADD, [settings.group_key(group)], args)]
-            )
-            undo = []
-            for u, code in zip(todo, (int(c) for c in codes), strict=True):
-                result[u] = Joined(code)
-                if code == Joined.GROUP_FULL.value and mine[u] == 3:
-                    undo.append(u)
-            if undo:
-                await self._nodes.run(
-                    [
-                        Call(slot_of(k), ("SREM", k, str(group)))
-                        for k in (settings.key("groups", u) for u in undo)
-                    ]
-                )
-        seen: set[UserId] = set()
-        out = []
-        for u in users:  # a user listed twice: the second time, a member already
-            out.append(Joined.MEMBER if u in seen and result[u] == Joined.ADDED else result[u])
-            seen.add(u)
-        return out
+        return await cluster_groups.add_members(self._nodes, self.settings, group, users)
 
     async def remove_members(self, group: int, users: Sequence[UserId]) -> list[bool]:
-        """The group's slot (members, positions, form) and every user's slot, one call per
-        slot, the nodes in parallel."""
         self._check_open()
-        if not users:
-            return []
-        settings = self.settings
-        args = [
-            settings.prefix,
-            str(group),
-            settings.large_group,
-            settings.max_age_ms,
-            settings.max_group_members,
-            *map(str, users),
-        ]
-        calls = [self._nodes.script(scripts.REMOVE_MEMBERS, [settings.group_key(group)], args)]
-        calls += [
-            Call(slot_of(k), ("SREM", k, str(group)))
-            for k in (settings.key("groups", u) for u in users)
-        ]
-        replies = await self._nodes.run(calls)
-        return [bool(x) for x in replies[0][0]]
+        return await cluster_groups.remove_members(self._nodes, self.settings, group, users)
+
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
+        self._check_open()
+        return await cluster_groups.memberships(self._nodes, self.settings, pairs, since)
+
+    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
+        self._check_open()
+        await cluster_groups.watch(self._nodes, self.settings, gateway, groups)
 
     # -- large groups: one call per group slot --------------------------------------------
 
@@ -753,51 +412,7 @@ class ClusterStore(KeyspaceStore):
 
     async def ack_group(self, user: UserId, group: int, upto: int) -> None:
         self._check_open()
-        if upto <= 0:
-            return
-        settings = self.settings
-        args = [settings.prefix, str(group), str(user), str(upto), settings.max_age_ms]
-        await self._nodes.run(
-            [self._nodes.script(scripts.GROUP_ACK, [settings.group_key(group)], args)]
-        )
-
-    async def memberships(
-        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
-    ) -> list[Membership]:
-        self._check_open()
-        settings = self.settings
-        by_slot: dict[int, list[int]] = {}
-        for i, (g, _) in enumerate(pairs):
-            by_slot.setdefault(slot_of(settings.group_key(g)), []).append(i)
-        calls, shapes = [], []
-        for where in by_slot.values():
-            mine = [pairs[i] for i in where]
-            args, reads = membership_args(mine, since)
-            keys = list(dict.fromkeys(settings.group_key(g) for g, _ in mine))
-            calls.append(self._nodes.script(scripts.MEMBERSHIPS, keys, [settings.prefix, *args]))
-            shapes.append((where, reads))
-        replies = await self._nodes.run(calls)
-        out: list[Membership] = [Membership()] * len(pairs)
-        for (where, reads), (reply, _) in zip(shapes, replies, strict=True):
-            found_all = membership_rows(reply, reads, [pairs[i] for i in where], since)
-            for i, found in zip(where, found_all, strict=True):
-                out[i] = found
-        return out
-
-    async def watch(self, gateway: GatewayId, groups: Collection[int]) -> None:
-        self._check_open()
-        by_slot: dict[int, list[str]] = {}
-        for g in groups:
-            key = self.settings.gkey("gateways", g)
-            by_slot.setdefault(slot_of(key), []).append(key)
-        if by_slot:
-            await self._nodes.run(
-                [
-                    self._nodes.script(scripts.REFRESH, part, [gateway, self.settings.presence_ms])
-                    for keys in by_slot.values()
-                    for part in self.settings.chunks(keys)
-                ]
-            )
+        await cluster_groups.ack_group(self._nodes, self.settings, user, group, upto)
 
     async def ping(self) -> None:
         """Raise unless a node answers and says every slot has a primary."""
@@ -822,18 +437,3 @@ class ClusterStore(KeyspaceStore):
         await self._finished()
         await super().close()
         await self._nodes.close()
-
-
-def _users(reply: Any) -> set[UserId]:
-    return {UserId(int(u)) for u in reply or ()}
-
-
-def _group_form(
-    group: int, reply: Any, members: dict[int, set[UserId]], large: dict[int, set[UserId]]
-) -> None:
-    """File ``lua/group_check.lua``'s answer: a large group's member senders, or the
-    members of one stored in inboxes."""
-    if int(reply[0]) == 1:
-        large[group] = _users(reply[1:])
-    else:
-        members[group] = _users(reply[1:])

@@ -1,14 +1,15 @@
-"""The Redis Cluster store's reads of many users' or groups' keys, each key answered
-alone: one pipeline per node (:meth:`~.nodes.Nodes.run` with ``errors``), the nodes in
-parallel, so a node that does not answer (silent until a failover, or gone) fails only
-the users and groups whose keys it holds. redis-py's cluster pipeline, which the shared
-reads of :mod:`~im_gateway.store.keyspace` use, fails whole on one such node: one silent
-primary would then hold every user of a catch-up sweep's batch, and every large group of
-a user, until its failover.
+"""The Redis Cluster store's reads of many users' or groups' keys (inbox ends, openings,
+groups' pages and streams), each answered alone: one pipeline per node
+(:meth:`~.nodes.Nodes.run` with ``errors``), the nodes in parallel, so a node that does
+not answer (silent until a failover, or gone) fails only the users and groups whose keys
+it holds. redis-py's cluster pipeline, which the shared reads of
+:mod:`~im_gateway.store.keyspace` use, fails whole on one such node: one silent primary
+would then hold every user of a catch-up sweep's batch, and every large group of a user,
+until its failover.
 
-The unknown answers are counted in one log line (they are a node's failure, which the
-callers do not log per read), and the callers read them again later (the contract:
-:mod:`~im_gateway.store.contract`).
+The unknown inbox ends and groups are counted in one log line (they are a node's failure,
+which the callers do not log per read), and the callers read them again later (the
+contract: :mod:`~im_gateway.store.contract`); an opening's error fails its user's connect.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from transmit_hub.types import UserId
 
 from ..throttle import Throttled
 from . import scripts
-from .contract import GroupStream, InboxPage, Unread
+from .contract import GroupStream, InboxPage, Opening, Unread
 from .keyspace import Settings, group_page, group_streams, range_start
 from .nodes import Call, Nodes, slot_of
 
@@ -44,6 +45,29 @@ async def inbox_ends(nodes: Nodes, settings: Settings, users: Sequence[UserId]) 
     if failed:
         _unknown_reads.hit(len(failed), exc=failed[-1])
     return [None if isinstance(r, Exception) else int(r or 0) for r in replies]
+
+
+async def openings(
+    nodes: Nodes, settings: Settings, users: Sequence[UserId]
+) -> list[Opening | Exception]:
+    """Many users' openings (``GET acked``, ``GET pos``, ``EXISTS groups``): a user whose
+    node failed (silent) is answered with its error; the others, who connected in the
+    same loop turn, are not held up by it (the error is raised to that user's
+    :meth:`~.keyspace.KeyspaceStore.opening`, not counted here)."""
+    key = settings.key
+    calls: list[Call] = []
+    for user in users:
+        keys = (key("acked", user), key("pos", user), key("groups", user))
+        slot = slot_of(keys[0])  # a user's keys share their slot
+        calls += (Call(slot, ("GET", keys[0])), Call(slot, ("GET", keys[1])))
+        calls.append(Call(slot, ("EXISTS", keys[2])))
+    replies = [reply for reply, _ in await nodes.run(calls, errors=True)]
+    out: list[Opening | Exception] = []
+    for i in range(0, len(replies), 3):
+        acked, pos, groups = replies[i : i + 3]
+        failed = [r for r in (acked, pos, groups) if isinstance(r, Exception)]
+        out.append(failed[0] if failed else Opening(int(acked or 0), int(pos or 0), bool(groups)))
+    return out
 
 
 async def read_groups(
