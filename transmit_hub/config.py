@@ -83,8 +83,8 @@ class HubConfig:
         1024 * 1024 * 1024,
         "bytes held for all the gateways together (deliveries and notices waiting, and the "
         "frames being written) before the hub refuses more and tells the senders "
-        "(QUEUE_FULL), so that many gateways "
-        "reading slowly at once cannot exhaust the hub's memory; an empty queue still takes "
+        "(QUEUE_FULL), so that many gateways reading slowly at once cannot exhaust the "
+        "hub's memory; an empty queue still takes "
         "one delivery, so the total passes this by at most one delivery per attached "
         "gateway. 1 GiB: 16 gateways' full --queue-bytes, or 256 KiB each for 4,096, within "
         "a host of a few GiB",
