@@ -59,9 +59,7 @@ async def leave(nodes: Nodes, settings: Settings, group: int, user: UserId) -> b
         str(user),
         str(group),
         settings.prefix,
-        settings.large_group,
-        settings.max_age_ms,
-        settings.max_group_members,
+        *settings.reform_args(),
     ]
     [(removed, _), _] = await nodes.run(
         [
@@ -139,9 +137,7 @@ async def remove_members(
     args = [
         settings.prefix,
         str(group),
-        settings.large_group,
-        settings.max_age_ms,
-        settings.max_group_members,
+        *settings.reform_args(),
         *map(str, users),
     ]
     calls = [nodes.script(scripts.REMOVE_MEMBERS, [settings.group_key(group)], args)]

@@ -185,6 +185,12 @@ class Settings:
         """The key of one of a large group's records (``large``, ``stream``, ...)."""
         return f"{self.prefix}{{g:{group}}}:{kind}"
 
+    def reform_args(self) -> tuple[int, int, int]:
+        """What the leave scripts take to re-form a group that shrank (after the prefix,
+        the group and the user or users): ``large_group``, ``max_age_ms`` and
+        ``max_group_members``."""
+        return self.large_group, self.max_age_ms, self.max_group_members
+
     def chunks(self, items: Collection[T]) -> Iterator[Sequence[T]]:
         """``items`` in order, at most ``keys_per_call`` at a time (one call each)."""
         return chunked(items, self.keys_per_call)

@@ -310,9 +310,7 @@ class RedisStore(KeyspaceStore):
             str(user),
             str(group),
             settings.prefix,
-            settings.large_group,
-            settings.max_age_ms,
-            settings.max_group_members,
+            *settings.reform_args(),
         ]
         return bool(await self._leave(keys, args))
 
@@ -343,9 +341,7 @@ class RedisStore(KeyspaceStore):
         args: list[str | int] = [
             settings.prefix,
             str(group),
-            settings.large_group,
-            settings.max_age_ms,
-            settings.max_group_members,
+            *settings.reform_args(),
             *map(str, users),
         ]
         return [bool(x) for x in await self._remove_members(keys, args)]
