@@ -80,6 +80,8 @@ class Send:
     recipients: frozenset[Device]
     started: float
     via: str
+    instance: int
+    """Which Client of the sending device sent it (a restart starts the next)."""
     msg_id: str = ""
     acked: float = 0.0
     acked_via: str = ""
@@ -97,6 +99,8 @@ class Fault:
 class Shown:
     message: Message
     at: float
+    instance: int
+    """Which Client of the device showed it (a restart starts the next)."""
 
 
 @dataclass
@@ -203,59 +207,70 @@ def api(stack: Stack, method: str, body: dict[str, object]) -> dict[str, object]
 # --- the faults -------------------------------------------------------------------------
 
 
-KINDS = ("gw-kill", "gw-stop", "hub-kill", "hub-stop", "redis-stop")
+KINDS = ("gw-kill", "gw-term", "gw-stop", "hub-kill", "hub-stop", "redis-stop", "redis-kill")
+"""The faults on processes; ``redis-kill`` (a cluster primary, restarted: it rejoins as a
+replica) only with ``--redis cluster`` (one Redis runs without persistence)."""
 
 
-async def fault(stack: Stack, run: Run, rng: random.Random, kind: str, victim: str) -> None:
+async def fault(
+    stack: Stack, run: Run, rng: random.Random, kind: str, victim: str, max_stop: float
+) -> None:
     """One fault on ``victim``, from its start to its recovery (restart or SIGCONT)."""
-    seconds = rng.uniform(1.0, 3.0) if kind == "redis-stop" else rng.uniform(1.0, 5.0)
-    if kind.endswith("-kill"):
+    if kind.endswith("-stop"):
+        seconds = rng.uniform(1.0, max_stop if kind != "redis-stop" else max_stop / 2)
+    else:
         seconds = rng.uniform(0.3, 3.0)
     process = stack.process(victim)
     stack.down.add(victim)
     run.faults.append(Fault(run.now(), kind, victim, seconds))
     print(f"  {run.now():7.1f}s {kind} {victim} for {seconds:.1f}s", flush=True)
+    stopped = kind.endswith("-stop")
     try:
-        if kind.endswith("-kill"):
-            process.proc.send_signal(signal.SIGKILL)
-            process.proc.wait()
-        else:
+        if stopped:
             os.kill(process.pid, signal.SIGSTOP)
+        else:
+            process.proc.send_signal(signal.SIGTERM if kind == "gw-term" else signal.SIGKILL)
+            # A draining gateway takes a few seconds (its grace): wait without blocking.
+            while process.proc.poll() is None:  # noqa: ASYNC110 - a child's exit has no event
+                await asyncio.sleep(0.05)
         await asyncio.sleep(seconds)
     finally:
-        if kind.endswith("-kill"):
-            process.start()  # from this (the main) thread: it dies with this process
-        else:
+        if stopped:
             os.kill(process.pid, signal.SIGCONT)
+        else:
+            process.start()  # from this (the main) thread: it dies with this process
         stack.down.discard(victim)
 
 
 def pick(stack: Stack, rng: random.Random, full: bool) -> tuple[str, str] | None:
     """A fault and its victim, keeping a gateway and a hub up unless ``full``."""
-    kind = rng.choice(KINDS)
+    kinds = [k for k in KINDS if k != "redis-kill" or stack.args.redis == "cluster"]
+    kind = rng.choice(kinds)
     if kind.startswith("gw"):
         names = list(stack.gateways)
     elif kind.startswith("hub"):
         names = list(stack.hubs)
+    elif any(n.startswith("redis") for n in stack.down):
+        return None  # one Redis fault at a time
     else:
         names = stack.primaries()
     free = [n for n in names if n not in stack.down]
-    if kind == "redis-stop" and any(n.startswith("redis") for n in stack.down):
-        return None  # one Redis fault at a time
     if not free or (not full and len(free) == 1 and not kind.startswith("redis")):
         return None
     return kind, rng.choice(free)
 
 
-async def faults(stack: Stack, run: Run, rng: random.Random, until: float, full: bool) -> None:
+async def faults(
+    stack: Stack, run: Run, rng: random.Random, until: float, args: argparse.Namespace
+) -> None:
     tasks: list[asyncio.Task[None]] = []
     while True:
-        await asyncio.sleep(rng.uniform(1.5, 5.0))
+        await asyncio.sleep(rng.uniform(args.fault_gap / 2, args.fault_gap * 1.5))
         if time.monotonic() >= until:
             break
-        chosen = pick(stack, rng, full)
+        chosen = pick(stack, rng, args.full_outages)
         if chosen is not None:
-            tasks.append(asyncio.create_task(fault(stack, run, rng, *chosen)))
+            tasks.append(asyncio.create_task(fault(stack, run, rng, *chosen, args.max_stop)))
     await asyncio.gather(*tasks)
 
 
@@ -264,7 +279,8 @@ async def faults(stack: Stack, run: Run, rng: random.Random, until: float, full:
 
 async def device(
     run: Run,
-    client: Client,
+    clients: dict[Device, Client],
+    instances: Counter[Device],
     me: Device,
     rng: random.Random,
     peers: list[int],
@@ -290,7 +306,8 @@ async def device(
             to = rng.choice([p for p in peers if p != user])
             target, kw = f"u{to}", {"to": to}
             recipients = frozenset(devices[to]) | others
-        record = Send(content, me, target, recipients, run.now(), client.url or "-")
+        client = clients[me]
+        record = Send(content, me, target, recipients, run.now(), client.url or "-", instances[me])
         run.sends[content] = record
         try:
             sent = await client.send(content=content, **kw)
@@ -300,9 +317,38 @@ async def device(
         record.msg_id, record.acked, record.acked_via = sent.msg_id, run.now(), client.url or "-"
 
 
-async def receive(run: Run, client: Client, me: Device) -> None:
+async def receive(run: Run, client: Client, me: Device, instance: int) -> None:
     async for message in client.messages():
-        run.shown[me].append(Shown(message, run.now()))
+        run.shown[me].append(Shown(message, run.now(), instance))
+
+
+async def restarts(
+    run: Run,
+    clients: dict[Device, Client],
+    readers: list[asyncio.Task[None]],
+    instances: Counter[Device],
+    single: list[Device],
+    rng: random.Random,
+    until: float,
+    gap: float,
+) -> None:
+    """Now and then close a one-device user's client and start a new one (an app
+    restart): the new one must not show again what the old one showed, nor miss anything.
+    (Only one-device users: positions are kept per user, so another device's
+    acknowledgements may rightly move a restarted device past what it had not shown.)"""
+    while gap > 0:
+        await asyncio.sleep(rng.uniform(gap / 2, gap * 1.5))
+        if time.monotonic() >= until:
+            return
+        me = rng.choice(single)
+        old = clients[me]
+        connected = "connected" if old.url else "disconnected"
+        run.faults.append(Fault(run.now(), "client-restart", f"user {me[0]} ({connected})", 0.0))
+        print(f"  {run.now():7.1f}s client-restart user {me[0]} ({connected})", flush=True)
+        await old.close()
+        instances[me] += 1
+        clients[me] = Client(old._urls, token=old._token)
+        readers.append(asyncio.create_task(receive(run, clients[me], me, instances[me])))
 
 
 async def watch_urls(run: Run, clients: dict[Device, Client]) -> None:
@@ -334,6 +380,8 @@ class Verdict:
     shown: int = 0
     missing: list[tuple[Device, str]] = field(default_factory=list)
     duplicates: list[tuple[Device, str]] = field(default_factory=list)
+    reshown: list[tuple[Device, str]] = field(default_factory=list)
+    """Shown by a device's client, then again by the one started after it (a restart)."""
     out_of_order: list[tuple[Device, str, str]] = field(default_factory=list)
     misdelivered: list[tuple[Device, str]] = field(default_factory=list)
 
@@ -356,24 +404,30 @@ def check(run: Run) -> Verdict:
         shown = run.shown.get(me, [])
         v.shown += len(shown)
         counts = Counter(x.message.id for x in shown)
-        v.duplicates += [(me, i) for i, c in counts.items() if c > 1]
+        each = Counter((x.instance, x.message.id) for x in shown)
+        v.duplicates += [(me, i) for (_, i), c in each.items() if c > 1]
+        v.reshown += [(me, i) for i, c in counts.items() if c > 1 and (me, i) not in v.duplicates]
         v.missing += [(me, i) for i in sorted(expected[me] - set(counts))]
-        last: dict[str, int] = {}
-        sender_last: dict[tuple[Device, str], int] = {}
+        last: dict[tuple[int, str], int] = {}
+        sender_last: dict[tuple[int, Device, str], int] = {}
         for x in shown:
             parsed = parse_seq(x.message.seq)
-            stream, pos = parsed if parsed else ("?", -1)
+            name, pos = parsed if parsed else ("?", -1)
+            stream = (x.instance, name)
             if pos <= last.get(stream, -1):
                 v.out_of_order.append(
                     (me, x.message.id, f"seq {x.message.seq} after {last[stream]}")
                 )
             last[stream] = max(pos, last.get(stream, -1))
             record = by_content.get(x.message.content)
-            if record is None or me not in record.recipients:
+            # A restarted device rightly shows what its previous client sent (the new one
+            # did not send it); the client that sent it never shows it.
+            restarted = record is not None and record.sender == me and record.instance < x.instance
+            if record is None or (me not in record.recipients and not restarted):
                 v.misdelivered.append((me, x.message.id))
                 continue
             n = int(record.content.rsplit(".", 1)[1])
-            key = (record.sender, stream)
+            key = (x.instance, record.sender, name)
             if n < sender_last.get(key, -1):
                 v.out_of_order.append(
                     (me, x.message.id, f"sender {record.sender} #{n} after later")
@@ -413,13 +467,24 @@ def report(run: Run, v: Verdict, stack: Stack, settled: float | None) -> str:
             if settled is not None
             else "NOT all shown"
         ),
-        f"missing {len(v.missing)}, duplicates {len(v.duplicates)}, out of order "
+        f"missing {len(v.missing)}, duplicates {len(v.duplicates)}, shown again by the client "
+        f"started after a restart {len(v.reshown)}, out of order "
         f"{len(v.out_of_order)}, misdelivered {len(v.misdelivered)}",
     ]
     for me, msg_id in v.missing[:8]:
         lines.append(timeline(run, me, msg_id))
     for me, msg_id in v.duplicates[:5]:
         lines.append(f"  duplicate {msg_id} at {me}")
+    for me, msg_id in v.reshown[:5]:
+        times = [
+            f"{x.at:.1f}s (client {x.instance})" for x in run.shown[me] if x.message.id == msg_id
+        ]
+        restarts = [
+            f"{f.at:.1f}s {f.victim}" for f in run.faults if f.victim.startswith(f"user {me[0]} ")
+        ]
+        lines.append(
+            f"  reshown {msg_id} at {me}: {', '.join(times)}; restarts {', '.join(restarts)}"
+        )
     for me, msg_id, why in v.out_of_order[:5]:
         lines.append(f"  out of order {msg_id} at {me}: {why}")
     for me, msg_id in v.misdelivered[:5]:
@@ -459,17 +524,43 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
             urls = stack.ws_urls()
             rng.shuffle(urls)
             clients[d] = Client(urls, token=token)
-    readers = [asyncio.create_task(receive(run, c, d)) for d, c in clients.items()]
+    instances: Counter[Device] = Counter()
+    readers = [asyncio.create_task(receive(run, c, d, 0)) for d, c in clients.items()]
     watcher = asyncio.create_task(watch_urls(run, clients))
     until = time.monotonic() + args.seconds
     senders = [
         asyncio.create_task(
-            device(run, c, d, random.Random(rng.random()), users, groups, devices, until, args.rate)
+            device(
+                run,
+                clients,
+                instances,
+                d,
+                random.Random(rng.random()),
+                users,
+                groups,
+                devices,
+                until,
+                args.rate,
+            )
         )
-        for d, c in clients.items()
+        for d in clients
     ]
+    single = [ds[0] for ds in devices.values() if len(ds) == 1]
+    restarter = asyncio.create_task(
+        restarts(
+            run,
+            clients,
+            readers,
+            instances,
+            single,
+            random.Random(rng.random()),
+            until,
+            args.restart_gap,
+        )
+    )
     print(f"traffic and faults for {args.seconds:.0f}s (seed {args.seed}):", flush=True)
-    await faults(stack, run, rng, until, args.full_outages)
+    await faults(stack, run, rng, until, args)
+    await restarter
     stopped = time.monotonic()
     print(f"  {run.now():7.1f}s faults over; settling (up to {args.settle:.0f}s)", flush=True)
     deadline = stopped + args.settle
@@ -506,6 +597,16 @@ def main(argv: list[str] | None = None) -> int:
         "--wait-replicas", type=int, help="the gateways' --redis-wait-replicas (cluster: 1)"
     )
     parser.add_argument("--settle", type=float, default=90, help="seconds to wait for all shown")
+    parser.add_argument(
+        "--fault-gap", type=float, default=3.5, help="mean seconds between faults (half to 1.5x)"
+    )
+    parser.add_argument(
+        "--restart-gap",
+        type=float,
+        default=6,
+        help="mean seconds between client restarts (0: none)",
+    )
+    parser.add_argument("--max-stop", type=float, default=8, help="longest SIGSTOP, seconds")
     parser.add_argument("--full-outages", action="store_true", help="may stop every gateway or hub")
     parser.add_argument("--logs", help="directory for the processes' logs (default: a new one)")
     parser.add_argument("--json", help="write the faults and the verdict here")
