@@ -188,6 +188,34 @@ class Stack:
                 client.close()
         return names
 
+    def role(self, name: str) -> list[object]:
+        """``ROLE`` of the Redis process ``name`` (empty when it does not answer)."""
+        p = self.process(name)
+        port = int(p.argv[p.argv.index("--port") + 1])
+        with contextlib.suppress(redis.RedisError, OSError):
+            client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+            try:
+                role: list[object] = client.execute_command("ROLE")  # type: ignore[no-untyped-call]
+                return role
+            finally:
+                client.close()
+        return []
+
+    def replicas_of(self, name: str) -> list[str]:
+        p = self.process(name)
+        port = int(p.argv[p.argv.index("--port") + 1])
+        return [
+            r.name
+            for r in self.redis
+            if r.name != name
+            and (role := self.role(r.name))
+            and role[0] in (b"slave", "slave")
+            and int(str(role[2])) == port
+        ]
+
+    def promoted(self, replicas: list[str]) -> bool:
+        return any(self.role(r)[:1] in ([b"master"], ["master"]) for r in replicas)
+
     def stop(self) -> None:
         for p in [*self.gateways.values(), *self.hubs.values(), *self.redis]:
             p.stop()
@@ -229,10 +257,22 @@ async def fault(
         if stopped:
             os.kill(process.pid, signal.SIGSTOP)
         else:
+            replicas = (
+                await asyncio.to_thread(stack.replicas_of, victim) if kind == "redis-kill" else []
+            )
             process.proc.send_signal(signal.SIGTERM if kind == "gw-term" else signal.SIGKILL)
             # A draining gateway takes a few seconds (its grace): wait without blocking.
             while process.proc.poll() is None:  # noqa: ASYNC110 - a child's exit has no event
                 await asyncio.sleep(0.05)
+            # A primary without persistence that came back before its replica took over
+            # would come back empty and keep its slots: every key in them lost, a Redis
+            # deployment's fault, not ours. Restart it only once the replica took over.
+            deadline = time.monotonic() + 60
+            while replicas and not await asyncio.to_thread(stack.promoted, replicas):
+                if time.monotonic() > deadline:
+                    print(f"  {run.now():7.1f}s no replica of {victim} took over", flush=True)
+                    break
+                await asyncio.sleep(0.1)
         await asyncio.sleep(seconds)
     finally:
         if stopped:
