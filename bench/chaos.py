@@ -18,10 +18,15 @@ one of its groups, one at a time; every ``send`` that returns (type 10) is recor
 its message id and the devices meant to show it (every device of the recipients, and the
 sender's other device).
 
-Faults, every 1.5-5 s at random (from ``--seed``), for ``--seconds``: SIGKILL a gateway
-and restart it; SIGSTOP a gateway for 1-5 s; SIGKILL a hub and restart it; SIGSTOP a hub
-for 1-5 s; SIGSTOP the Redis (or a cluster primary) for 1-3 s. At least one gateway and
-one hub stay up throughout unless ``--full-outages``. Each fault is logged with its time.
+Faults at random (from ``--seed``), about every ``--fault-gap`` s, for ``--seconds``:
+SIGKILL a gateway and restart it; SIGTERM one (it drains: 1012) and restart it; SIGSTOP
+a gateway or a hub for up to ``--max-stop`` s; SIGKILL a hub and restart it; SIGSTOP the
+Redis (or a cluster primary) for up to half that; with ``--redis cluster``, SIGKILL a
+primary and restart it once its replica took over (the gateways then run with
+``--redis-wait-replicas 1``); and, about every ``--restart-gap`` s, close a one-device
+user's client and start a new one (an app restart: the new one must show what the old
+one had not, and nothing it had). At least one gateway and one hub stay up throughout
+unless ``--full-outages``. Each fault is printed with its time.
 
 Then the faults stop, everything is resumed or restarted, and the run waits (up to
 ``--settle`` s) until every device has shown every acknowledged message meant for it.
