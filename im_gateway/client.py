@@ -236,11 +236,12 @@ class Client:
 
     async def messages(self) -> AsyncIterator[Message]:
         """Every message for this user, once each, each stream in order (see the module
-        docstring); ends when the client is closed, raises :class:`Refused` when it is
-        stopped by a refused token."""
+        docstring); ends once :meth:`close` begins (its last acknowledgements go then: one
+        given later would be shown, never acknowledged, and shown again by the next client);
+        raises :class:`Refused` when the client is stopped by a refused token."""
         self._start()
         state = self._state
-        while True:
+        while not self._closing:
             message = state.take_message()
             if message is not None:
                 self._after_input()  # taking may release more, or ask for a replay
@@ -249,8 +250,6 @@ class Client:
                 continue
             if self._failure is not None:
                 raise self._failure
-            if self._closed:
-                return
             self._arrived.clear()
             await self._arrived.wait()
 
