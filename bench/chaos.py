@@ -9,35 +9,50 @@ checked to have been shown exactly once, in order, to every device it was meant 
 
 Real processes on 127.0.0.1: one redis-server (``--redis single``) or a Redis Cluster, two
 hubs and three gateways (``python -m im_gateway``, each with ``--hub`` naming both hubs,
-``--large-group`` low so large groups are cheap). In this process, ``--users`` users, the
-first ``--two-devices`` of them with two devices, each device an
+``--large-group`` low so large groups are cheap, ``--group-join open``; gw-3 with
+``--workers 2``, two gateway processes on one port under a parent). In this process,
+``--users`` users, the first ``--two-devices`` of them with two devices, each device an
 :class:`im_gateway.client.Client` given the three gateway URLs in its own shuffled order.
-A small group and a large group (above ``--large-group``) are set up through the server
-API first. Each device sends at about ``--rate`` messages a second to a random peer or
-one of its groups, one at a time; every ``send`` that returns (type 10) is recorded with
-its message id and the devices meant to show it (every device of the recipients, and the
-sender's other device).
+Three groups are set up through the server API first: a small one, a large one (above
+``--large-group``) and one right at the bound. Each device sends at about ``--rate``
+messages a second to a random peer or one of the groups it is in, one at a time; every
+``send`` that returns (type 10) is recorded with its message id and time.
+
+Membership changes, about every ``--group-gap`` s, each tried until answered and never two
+at once for one user and group: a client's ``join``/``leave`` or the server API's
+``groups/add``/``groups/remove`` of one user in the small or the large group (kept near
+one and three times the bound, so the small one crosses it both ways), or the server API
+moving the third group across the bound (growing it past, shrinking it back to it).
 
 Faults at random (from ``--seed``), about every ``--fault-gap`` s, for ``--seconds``:
 SIGKILL a gateway and restart it; SIGTERM one (it drains: 1012) and restart it; SIGSTOP
-a gateway or a hub for up to ``--max-stop`` s; SIGKILL a hub and restart it; SIGSTOP the
-Redis (or a cluster primary) for up to half that; with ``--redis cluster``, SIGKILL a
-primary and restart it once its replica took over (the gateways then run with
-``--redis-wait-replicas 1``); and, about every ``--restart-gap`` s, close a one-device
-user's client and start a new one (an app restart: the new one must show what the old
-one had not, and nothing it had). At least one gateway and one hub stay up throughout
-unless ``--full-outages``. Each fault is printed with its time.
+a gateway or a hub for up to ``--max-stop`` s; SIGKILL one worker of gw-3 (its parent
+starts it again); on gw-3, SIGKILL and SIGSTOP take the parent and both workers (a
+machine lost or frozen), SIGTERM the parent (both drain); SIGKILL a hub and restart it;
+SIGSTOP the Redis (or a cluster primary) for up to half that; with ``--redis cluster``,
+SIGKILL a primary and restart it once its replica took over (the gateways then run with
+``--redis-wait-replicas 1``); and, about every ``--restart-gap`` s, close a device's
+client and start a new one (an app restart: the new one must show what the old one had
+not, and nothing it had). At least one gateway and one hub stay up throughout unless
+``--full-outages``. Each fault and membership change is printed with its time.
 
 Then the faults stop, everything is resumed or restarted, and the run waits (up to
 ``--settle`` s) until every device has shown every acknowledged message meant for it.
-The checks, per receiving device: every acknowledged message meant for it was yielded by
-``messages()`` exactly once (by id); each stream (the inbox, each large group) in seq
-order; and each sender's messages in the order it sent them. The report counts messages
-acknowledged, shown, missing (the first few with their timeline: sent when, through which
-gateway, the receiver's connections and the faults around), duplicates, out of order,
-shown to a device they were not meant for, and the faults run. The processes' logs (and
-the clients') stay in ``--logs`` (a new temporary directory by default). Exit status 1
-when a check failed.
+Who must show what (:mod:`chaos_check` has the details): a message to a user, every device
+of theirs and the sender's other device; a message to a group, every device of a user
+who was a member from the send's start to its answer (joined, and answered, before it
+began; not leaving until after), and no device of a user who was not a member all that
+time ("shown to a non-member"); changes in between leave it unchecked. A device of a
+two-device user that was restarted may rightly miss what its other device showed
+(positions are per user): counted apart, but then that other device must have shown it.
+The checks, per receiving device: every message it must show was yielded by
+``messages()`` exactly once (by id) by each of its clients; each stream (the inbox, each
+large group) in seq order; and each sender's messages in the order it sent them. The
+report counts messages acknowledged, shown, missing (the first few with their timeline:
+sent when, through which gateway, the receiver's connections, membership changes and the
+faults around), duplicates, out of order, shown to a device they were not meant for or to
+a non-member, and the faults run. The processes' logs (and the clients') stay in
+``--logs`` (a new temporary directory by default). Exit status 1 when a check failed.
 """
 
 from __future__ import annotations

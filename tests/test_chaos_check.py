@@ -93,3 +93,20 @@ def test_a_restarted_device_may_miss_what_the_other_device_showed() -> None:
     assert verdict.ok
     run.shown[(C, 0)].clear()  # on neither device: a loss
     assert check(run).missing == [((C, 0), "m1"), ((C, 1), "m1")]
+
+
+def test_a_large_groups_post_unread_when_its_member_left_is_counted_apart() -> None:
+    """A post (group seq) not shown on C's device, C having left after its answer: by
+    design, not a loss; the same post in an inbox (a small group) is a loss."""
+    run = Run(devices={A: [(A, 0)], B: [(B, 0)], C: [(C, 0)]})
+    run.changes += [Change(u, 7, True, -1.0, "setup", -1.0) for u in (A, B, C)]
+    run.changes.append(Change(C, 7, False, 5.0, "api", 6.0))
+    send = Send("1.0.0", (A, 0), "g7", frozenset(), 3.0, "ws", 0, group=7)
+    send.msg_id, send.acked = "m1", 4.0
+    run.sends[send.content] = send
+    run.shown[(B, 0)].append(Shown(message("m1", "1.0.0", A, "g7:1"), 4.1, 0))
+    verdict = check(run)
+    assert verdict.left == [((C, 0), "m1")]
+    assert verdict.ok
+    run.shown[(B, 0)][0] = Shown(message("m1", "1.0.0", A, "12"), 4.1, 0)
+    assert check(run).missing == [((C, 0), "m1")]
