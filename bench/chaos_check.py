@@ -184,14 +184,10 @@ def excused(run: Run, me: Device, s: Send, shown_ids: dict[Device, set[str]]) ->
     if not any(s.sender == d or s.msg_id in shown_ids.get(d, ()) for d in others):
         return False
     urls = run.urls.get(me, [])
-    for at, who in run.restarts:
-        if who != me:
-            continue
-        instance = next((i for t, u, i in urls if t >= at and u != "-"), None)
-        connected = next(
-            (t for t, u, i in urls if t >= at and u != "-" and i == instance), math.inf
-        )
-        lost = any(u == "-" and s.started <= t <= at for t, u, _ in urls)
+    mine = [at for at, who in run.restarts if who == me]
+    for instance, at in enumerate(mine, 1):  # the client started by this restart
+        connected = next((t for t, u, i in urls if u != "-" and i == instance), math.inf)
+        lost = any(u == "-" and i == instance - 1 and s.started <= t <= at for t, u, i in urls)
         if s.started <= connected and (lost or at - s.acked <= RESTART_SLACK):
             return True
     return False
