@@ -446,7 +446,9 @@ async def change(
                 else:
                     method = "groups/add" if join else "groups/remove"
                     body = {"group": group, "users": user_ids}
-                    await asyncio.to_thread(api, stack, method, body, 5.0)
+                    # A long timeout: an attempt given up on while a stopped gateway
+                    # holds it could take effect after a later change of the pair.
+                    await asyncio.to_thread(api, stack, method, body, 60.0)
                 break
             except (Refused, OSError) as exc:
                 code = exc.code if isinstance(exc, Refused) else type(exc).__name__
