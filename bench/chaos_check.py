@@ -199,7 +199,11 @@ class Verdict:
     unanswered: int = 0
     expected: int = 0
     unchecked: int = 0
+    must_not: int = 0
+    """Deliveries that must not happen (a group's message, a user out of it all along)."""
     shown: int = 0
+    shown_large: int = 0
+    """Of those shown, with a large group's seq."""
     changes: int = 0
     missing: list[tuple[Device, str]] = field(default_factory=list)
     excused: list[tuple[Device, str]] = field(default_factory=list)
@@ -247,11 +251,13 @@ def check(run: Run) -> Verdict:
     by_id = {a.msg_id: a for a in acked}
     e = expectations(run)
     v.expected, v.unchecked = sum(len(m) for m in e.must.values()), e.unchecked
+    v.must_not = sum(len(m) for m in e.must_not.values())
     ids = {me: {s.message.id for s in shown} for me, shown in run.shown.items()}
     posts = large_posts(run)
     for me in sorted(set(e.must) | set(run.shown)):
         shown = run.shown.get(me, [])
         v.shown += len(shown)
+        v.shown_large += sum(x.message.seq[:1] == "g" for x in shown)
         counts = Counter(x.message.id for x in shown)
         each = Counter((x.instance, x.message.id) for x in shown)
         v.duplicates += [(me, i) for (_, i), c in each.items() if c > 1]
@@ -340,7 +346,8 @@ def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
         f"sends: {len(run.sends)}, acknowledged {v.acked}, never answered {v.unanswered}, "
         f"refused {dict(run.refused) or 0}",
         f"deliveries expected {v.expected}, not checked (membership changing) {v.unchecked}, "
-        f"shown {v.shown}; "
+        f"must not be shown (non-members) {v.must_not}, shown {v.shown} ({v.shown_large} "
+        "with a large group's seq); "
         + (
             f"all shown {settled:.1f}s after the faults stopped"
             if settled is not None
@@ -355,6 +362,8 @@ def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
     ]
     for me, msg_id in v.missing[:8]:
         lines.append(timeline(run, me, msg_id))
+    for me, msg_id in [*v.excused[:2], *v.left[:2]]:
+        lines.append(f"  (not a failure) {timeline(run, me, msg_id).lstrip()}")
     for me, msg_id in v.duplicates[:5]:
         lines.append(f"  duplicate {msg_id} at {me}")
     for me, msg_id in v.reshown[:5]:
