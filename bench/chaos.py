@@ -47,7 +47,7 @@ two-device user that was restarted may rightly miss what its other device showed
 (positions are per user): counted apart, but then that other device must have shown it.
 The checks, per receiving device: every message it must show was yielded by
 ``messages()`` exactly once (by id) by each of its clients; each stream (the inbox, each
-large group) in seq order; and each sender's messages in the order it sent them. The
+large group) in seq order; and each sender's answered messages in the order it sent them. The
 report counts messages acknowledged, shown, missing (the first few with their timeline:
 sent when, through which gateway, the receiver's connections, membership changes and the
 faults around), duplicates, out of order, shown to a device they were not meant for or to

@@ -292,6 +292,10 @@ def check(run: Run) -> Verdict:
             ):
                 v.misdelivered.append((me, x.message.id))
                 continue
+            if not record.msg_id:
+                # Never answered (its client closed first): it may be stored after the
+                # sender's next message, sent by the client started after a restart.
+                continue
             n = int(record.content.rsplit(".", 1)[1])
             key = (x.instance, record.sender, name)
             if n < sender_last.get(key, -1):
