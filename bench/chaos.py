@@ -588,6 +588,7 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
     data: dict[str, object] = {
         "faults": [asdict(f) for f in run.faults],
         "changes": [asdict(c) for c in run.changes],
+        "connections": {f"{u}.{d}": seen for (u, d), seen in run.urls.items()},
         "verdict": asdict(verdict),
     }
     return (0 if verdict.ok and settled is not None else 1), data
