@@ -9,35 +9,50 @@ checked to have been shown exactly once, in order, to every device it was meant 
 
 Real processes on 127.0.0.1: one redis-server (``--redis single``) or a Redis Cluster, two
 hubs and three gateways (``python -m im_gateway``, each with ``--hub`` naming both hubs,
-``--large-group`` low so large groups are cheap). In this process, ``--users`` users, the
-first ``--two-devices`` of them with two devices, each device an
+``--large-group`` low so large groups are cheap, ``--group-join open``; gw-3 with
+``--workers 2``, two gateway processes on one port under a parent). In this process,
+``--users`` users, the first ``--two-devices`` of them with two devices, each device an
 :class:`im_gateway.client.Client` given the three gateway URLs in its own shuffled order.
-A small group and a large group (above ``--large-group``) are set up through the server
-API first. Each device sends at about ``--rate`` messages a second to a random peer or
-one of its groups, one at a time; every ``send`` that returns (type 10) is recorded with
-its message id and the devices meant to show it (every device of the recipients, and the
-sender's other device).
+Three groups are set up through the server API first: a small one, a large one (above
+``--large-group``) and one right at the bound. Each device sends at about ``--rate``
+messages a second to a random peer or one of the groups it is in, one at a time; every
+``send`` that returns (type 10) is recorded with its message id and time.
+
+Membership changes, about every ``--group-gap`` s, each tried until answered and never two
+at once for one user and group: a client's ``join``/``leave`` or the server API's
+``groups/add``/``groups/remove`` of one user in the small or the large group (kept near
+one and three times the bound, so the small one crosses it both ways), or the server API
+moving the third group across the bound (growing it past, shrinking it back to it).
 
 Faults at random (from ``--seed``), about every ``--fault-gap`` s, for ``--seconds``:
 SIGKILL a gateway and restart it; SIGTERM one (it drains: 1012) and restart it; SIGSTOP
-a gateway or a hub for up to ``--max-stop`` s; SIGKILL a hub and restart it; SIGSTOP the
-Redis (or a cluster primary) for up to half that; with ``--redis cluster``, SIGKILL a
-primary and restart it once its replica took over (the gateways then run with
-``--redis-wait-replicas 1``); and, about every ``--restart-gap`` s, close a one-device
-user's client and start a new one (an app restart: the new one must show what the old
-one had not, and nothing it had). At least one gateway and one hub stay up throughout
-unless ``--full-outages``. Each fault is printed with its time.
+a gateway or a hub for up to ``--max-stop`` s; SIGKILL one worker of gw-3 (its parent
+starts it again); on gw-3, SIGKILL and SIGSTOP take the parent and both workers (a
+machine lost or frozen), SIGTERM the parent (both drain); SIGKILL a hub and restart it;
+SIGSTOP the Redis (or a cluster primary) for up to half that; with ``--redis cluster``,
+SIGKILL a primary and restart it once its replica took over (the gateways then run with
+``--redis-wait-replicas 1``); and, about every ``--restart-gap`` s, close a device's
+client and start a new one (an app restart: the new one must show what the old one had
+not, and nothing it had). At least one gateway and one hub stay up throughout unless
+``--full-outages``. Each fault and membership change is printed with its time.
 
 Then the faults stop, everything is resumed or restarted, and the run waits (up to
 ``--settle`` s) until every device has shown every acknowledged message meant for it.
-The checks, per receiving device: every acknowledged message meant for it was yielded by
-``messages()`` exactly once (by id); each stream (the inbox, each large group) in seq
-order; and each sender's messages in the order it sent them. The report counts messages
-acknowledged, shown, missing (the first few with their timeline: sent when, through which
-gateway, the receiver's connections and the faults around), duplicates, out of order,
-shown to a device they were not meant for, and the faults run. The processes' logs (and
-the clients') stay in ``--logs`` (a new temporary directory by default). Exit status 1
-when a check failed.
+Who must show what (:mod:`chaos_check` has the details): a message to a user, every device
+of theirs and the sender's other device; a message to a group, every device of a user
+who was a member from the send's start to its answer (joined, and answered, before it
+began; not leaving until after), and no device of a user who was not a member all that
+time ("shown to a non-member"); changes in between leave it unchecked. A device of a
+two-device user that was restarted may rightly miss what its other device showed
+(positions are per user): counted apart, but then that other device must have shown it.
+The checks, per receiving device: every message it must show was yielded by
+``messages()`` exactly once (by id) by each of its clients; each stream (the inbox, each
+large group) in seq order; and each sender's answered messages in the order it sent them. The
+report counts messages acknowledged, shown, missing (the first few with their timeline:
+sent when, through which gateway, the receiver's connections, membership changes and the
+faults around), duplicates, out of order, shown to a device they were not meant for or to
+a non-member, and the faults run. The processes' logs (and the clients') stay in
+``--logs`` (a new temporary directory by default). Exit status 1 when a check failed.
 """
 
 from __future__ import annotations
@@ -57,70 +72,27 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import harness
 import redis
+from chaos_check import Change, Device, Fault, Run, Send, Shown, check, report, unshown
 
 from devtools.launch import Process, gateway_argv, gateway_healthy, hub_argv
-from im_gateway.client import Client, Message, Refused
-from im_gateway.client_protocol import parse_seq
+from im_gateway.client import Client, Refused
 
-SMALL, LARGE = 7, 8
-"""The small group's id and the large group's."""
+SMALL, LARGE, GROW = 7, 8, 9
+"""The small group's id, the large group's, and the one that the server API grows past
+``--large-group`` and shrinks back below it."""
 
-Device = tuple[int, int]
-"""(user, device index)."""
-
-
-@dataclass
-class Send:
-    """One send attempt: acknowledged when ``msg_id`` is set."""
-
-    content: str
-    sender: Device
-    target: str
-    recipients: frozenset[Device]
-    started: float
-    via: str
-    instance: int
-    """Which Client of the sending device sent it (a restart starts the next)."""
-    msg_id: str = ""
-    acked: float = 0.0
-    acked_via: str = ""
+WORKERS = "gw-3"
+"""The gateway that runs ``--workers 2`` (unless ``--workers 1``)."""
 
 
-@dataclass
-class Fault:
-    at: float
-    kind: str
-    victim: str
-    seconds: float
-
-
-@dataclass
-class Shown:
-    message: Message
-    at: float
-    instance: int
-    """Which Client of the device showed it (a restart starts the next)."""
-
-
-@dataclass
-class Run:
-    """What the run records: sends, what each device showed, its connections, faults."""
-
-    start: float = field(default_factory=time.monotonic)
-    sends: dict[str, Send] = field(default_factory=dict)
-    shown: dict[Device, list[Shown]] = field(default_factory=lambda: defaultdict(list))
-    urls: dict[Device, list[tuple[float, str]]] = field(default_factory=lambda: defaultdict(list))
-    faults: list[Fault] = field(default_factory=list)
-    refused: Counter[str] = field(default_factory=Counter)
-
-    def now(self) -> float:
-        return time.monotonic() - self.start
+def now(run: Run) -> float:
+    return time.monotonic() - run.start
 
 
 # --- the processes ----------------------------------------------------------------------
@@ -164,6 +136,9 @@ class Stack:
             argv += ["--redis-url", self.url, "--jwt-secret", self.secret]
             argv += ["--large-group", str(self.args.large_group)]
             argv += ["--redis-wait-replicas", str(self.args.wait_replicas)]
+            argv += ["--group-join", "open"]
+            if name == WORKERS and self.args.workers > 1:
+                argv += ["--workers", str(self.args.workers), "--worker-restarts", "100"]
             if i == 1:
                 api = self.ports["api"] = harness.free_port()
                 argv += ["--api-listen", f"127.0.0.1:{api}", "--api-key", self.api_key]
@@ -174,6 +149,15 @@ class Stack:
 
     def ws_urls(self) -> list[str]:
         return [f"ws://127.0.0.1:{self.ports[g]}/ws" for g in self.gateways]
+
+    def workers(self, name: str) -> list[int]:
+        """The worker processes of gateway ``name`` (none unless it runs ``--workers``)."""
+        if name != WORKERS or self.args.workers < 2:
+            return []
+        pid = self.gateways[name].pid
+        with contextlib.suppress(OSError):
+            return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        return []
 
     def process(self, name: str) -> Process:
         return {**self.hubs, **self.gateways, **{p.name: p for p in self.redis}}[name]
@@ -226,13 +210,15 @@ class Stack:
             p.stop()
 
 
-def api(stack: Stack, method: str, body: dict[str, object]) -> dict[str, object]:
+def api(
+    stack: Stack, method: str, body: dict[str, object], timeout: float = 10
+) -> dict[str, object]:
     request = urllib.request.Request(
         f"http://127.0.0.1:{stack.ports['api']}/api/{method}",
         data=json.dumps(body).encode(),
         headers={"Authorization": f"Bearer {stack.api_key}", "Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         answer: dict[str, object] = json.loads(response.read())
         return answer
 
@@ -240,9 +226,33 @@ def api(stack: Stack, method: str, body: dict[str, object]) -> dict[str, object]
 # --- the faults -------------------------------------------------------------------------
 
 
-KINDS = ("gw-kill", "gw-term", "gw-stop", "hub-kill", "hub-stop", "redis-stop", "redis-kill")
+KINDS = (
+    "gw-kill",
+    "gw-term",
+    "gw-stop",
+    "worker-kill",
+    "hub-kill",
+    "hub-stop",
+    "redis-stop",
+    "redis-kill",
+)
 """The faults on processes; ``redis-kill`` (a cluster primary, restarted: it rejoins as a
-replica) only with ``--redis cluster`` (one Redis runs without persistence)."""
+replica) only with ``--redis cluster`` (one Redis runs without persistence);
+``worker-kill`` (one worker of the gateway with ``--workers``: its parent starts it
+again) only with ``--workers`` 2 or more. On that gateway, ``gw-kill`` kills the parent
+and its workers (a machine lost), ``gw-stop`` stops them all (a machine frozen)."""
+
+
+async def exited(process: Process) -> None:
+    # A draining gateway takes a few seconds (its grace): wait without blocking.
+    while process.proc.poll() is None:  # noqa: ASYNC110 - a child's exit has no event
+        await asyncio.sleep(0.05)
+
+
+def signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
 
 
 async def fault(
@@ -254,35 +264,43 @@ async def fault(
     else:
         seconds = rng.uniform(0.3, 3.0)
     process = stack.process(victim)
+    workers = stack.workers(victim)
     stack.down.add(victim)
-    run.faults.append(Fault(run.now(), kind, victim, seconds))
-    print(f"  {run.now():7.1f}s {kind} {victim} for {seconds:.1f}s", flush=True)
+    shown = victim
+    if kind == "worker-kill" and workers:
+        worker = rng.choice(workers)
+        shown = f"{victim} worker {workers.index(worker)} (pid {worker})"
+    run.faults.append(Fault(now(run), kind, shown, seconds))
+    print(f"  {now(run):7.1f}s {kind} {shown} for {seconds:.1f}s", flush=True)
     stopped = kind.endswith("-stop")
+    frozen = [process.pid, *workers] if stopped else []
     try:
         if stopped:
-            os.kill(process.pid, signal.SIGSTOP)
+            signal_all(frozen, signal.SIGSTOP)
+        elif kind == "worker-kill":
+            signal_all([worker] if workers else [], signal.SIGKILL)
         else:
             replicas = (
                 await asyncio.to_thread(stack.replicas_of, victim) if kind == "redis-kill" else []
             )
+            if kind == "gw-kill":
+                signal_all(workers, signal.SIGKILL)
             process.proc.send_signal(signal.SIGTERM if kind == "gw-term" else signal.SIGKILL)
-            # A draining gateway takes a few seconds (its grace): wait without blocking.
-            while process.proc.poll() is None:  # noqa: ASYNC110 - a child's exit has no event
-                await asyncio.sleep(0.05)
+            await exited(process)
             # A primary without persistence that came back before its replica took over
             # would come back empty and keep its slots: every key in them lost, a Redis
             # deployment's fault, not ours. Restart it only once the replica took over.
             deadline = time.monotonic() + 60
             while replicas and not await asyncio.to_thread(stack.promoted, replicas):
                 if time.monotonic() > deadline:
-                    print(f"  {run.now():7.1f}s no replica of {victim} took over", flush=True)
+                    print(f"  {now(run):7.1f}s no replica of {victim} took over", flush=True)
                     break
                 await asyncio.sleep(0.1)
         await asyncio.sleep(seconds)
     finally:
         if stopped:
-            os.kill(process.pid, signal.SIGCONT)
-        else:
+            signal_all(frozen, signal.SIGCONT)
+        elif kind != "worker-kill":
             process.start()  # from this (the main) thread: it dies with this process
         stack.down.discard(victim)
 
@@ -290,8 +308,11 @@ async def fault(
 def pick(stack: Stack, rng: random.Random, full: bool) -> tuple[str, str] | None:
     """A fault and its victim, keeping a gateway and a hub up unless ``full``."""
     kinds = [k for k in KINDS if k != "redis-kill" or stack.args.redis == "cluster"]
+    kinds = [k for k in kinds if k != "worker-kill" or stack.args.workers > 1]
     kind = rng.choice(kinds)
-    if kind.startswith("gw"):
+    if kind == "worker-kill":
+        names = [WORKERS]
+    elif kind.startswith("gw"):
         names = list(stack.gateways)
     elif kind.startswith("hub"):
         names = list(stack.hubs)
@@ -300,6 +321,8 @@ def pick(stack: Stack, rng: random.Random, full: bool) -> tuple[str, str] | None
     else:
         names = stack.primaries()
     free = [n for n in names if n not in stack.down]
+    if kind == "worker-kill":
+        return (kind, WORKERS) if free else None
     if not free or (not full and len(free) == 1 and not kind.startswith("redis")):
         return None
     return kind, rng.choice(free)
@@ -322,220 +345,178 @@ async def faults(
 # --- the clients ------------------------------------------------------------------------
 
 
+@dataclass
+class Users:
+    """The users' devices and clients, and what the harness believes of the groups."""
+
+    devices: dict[int, list[Device]]
+    clients: dict[Device, Client] = field(default_factory=dict)
+    instances: Counter[Device] = field(default_factory=Counter)
+    members: dict[int, set[int]] = field(default_factory=dict)
+    """Each group's members as of the last answered change (a send to a group the user has
+    just left is refused ``not_member``: counted, harmless)."""
+    busy: set[tuple[int, int]] = field(default_factory=set)
+    """(user, group) pairs with a change under way: never two at once."""
+
+
 async def device(
-    run: Run,
-    clients: dict[Device, Client],
-    instances: Counter[Device],
-    me: Device,
-    rng: random.Random,
-    peers: list[int],
-    groups: dict[int, list[Device]],
-    devices: dict[int, list[Device]],
-    until: float,
-    rate: float,
+    run: Run, users: Users, me: Device, rng: random.Random, until: float, rate: float
 ) -> None:
     """Send to random peers and groups, one at a time, until ``until``."""
     user = me[0]
-    mine = [g for g, members in groups.items() if me in members]
+    peers = list(users.devices)
     for n in itertools.count():
         await asyncio.sleep(rng.expovariate(rate))
         if time.monotonic() >= until:
             return
         content = f"{user}.{me[1]}.{n}"
-        others = frozenset(d for d in devices[user] if d != me)
+        others = frozenset(d for d in users.devices[user] if d != me)
+        mine = sorted(g for g, members in users.members.items() if user in members)
+        group = 0
         if mine and rng.random() < 0.35:
             group = rng.choice(mine)
             target, kw = f"g{group}", {"group": group}
-            recipients = frozenset(d for d in groups[group] if d != me) | others
+            recipients = others
         else:
             to = rng.choice([p for p in peers if p != user])
             target, kw = f"u{to}", {"to": to}
-            recipients = frozenset(devices[to]) | others
-        client = clients[me]
-        record = Send(content, me, target, recipients, run.now(), client.url or "-", instances[me])
+            recipients = frozenset(users.devices[to]) | others
+        client = users.clients[me]
+        instance = users.instances[me]
+        record = Send(content, me, target, recipients, now(run), client.url or "-", instance)
+        record.group = group
         run.sends[content] = record
         try:
             sent = await client.send(content=content, **kw)
         except Refused as exc:
             run.refused[exc.code] += 1
             continue
-        record.msg_id, record.acked, record.acked_via = sent.msg_id, run.now(), client.url or "-"
+        record.msg_id, record.acked, record.acked_via = sent.msg_id, now(run), client.url or "-"
 
 
 async def receive(run: Run, client: Client, me: Device, instance: int) -> None:
     async for message in client.messages():
-        run.shown[me].append(Shown(message, run.now(), instance))
+        run.shown[me].append(Shown(message, now(run), instance))
 
 
 async def restarts(
     run: Run,
-    clients: dict[Device, Client],
+    users: Users,
     readers: list[asyncio.Task[None]],
-    instances: Counter[Device],
-    single: list[Device],
     rng: random.Random,
     until: float,
     gap: float,
 ) -> None:
-    """Now and then close a one-device user's client and start a new one (an app
-    restart): the new one must not show again what the old one showed, nor miss anything.
-    (Only one-device users: positions are kept per user, so another device's
-    acknowledgements may rightly move a restarted device past what it had not shown.)"""
+    """Now and then close a device's client and start a new one (an app restart): the new
+    one must not show again what the old one showed, nor miss anything (a device of a
+    two-device user may rightly miss what the other showed: positions are per user)."""
     while gap > 0:
         await asyncio.sleep(rng.uniform(gap / 2, gap * 1.5))
         if time.monotonic() >= until:
             return
-        me = rng.choice(single)
-        old = clients[me]
+        me = rng.choice(sorted(users.clients))
+        old = users.clients[me]
         connected = "connected" if old.url else "disconnected"
-        run.faults.append(Fault(run.now(), "client-restart", f"user {me[0]} ({connected})", 0.0))
-        print(f"  {run.now():7.1f}s client-restart user {me[0]} ({connected})", flush=True)
+        victim = f"user {me[0]} device {me[1]} ({connected})"
+        run.faults.append(Fault(now(run), "client-restart", victim, 0.0))
+        run.restarts.append((now(run), me))
+        print(f"  {now(run):7.1f}s client-restart {victim}", flush=True)
         await old.close()
-        instances[me] += 1
-        clients[me] = Client(old._urls, token=old._token)
-        readers.append(asyncio.create_task(receive(run, clients[me], me, instances[me])))
+        users.instances[me] += 1
+        users.clients[me] = Client(old._urls, token=old._token)
+        instance = users.instances[me]
+        readers.append(asyncio.create_task(receive(run, users.clients[me], me, instance)))
 
 
-async def watch_urls(run: Run, clients: dict[Device, Client]) -> None:
+async def change(
+    run: Run, stack: Stack, users: Users, user_ids: list[int], group: int, join: bool, how: str
+) -> None:
+    """One membership change, tried until answered (joins and leaves are idempotent):
+    through a client of the user (``how`` "client"), or the server API ("api")."""
+    started = now(run)
+    records = [Change(u, group, join, started, how) for u in user_ids]
+    run.changes += records
+    try:
+        while True:
+            try:
+                if how == "client":
+                    me = random.choice(users.devices[user_ids[0]])
+                    client = users.clients[me]
+                    await (client.join(group) if join else client.leave(group))
+                else:
+                    method = "groups/add" if join else "groups/remove"
+                    body = {"group": group, "users": user_ids}
+                    # A long timeout: an attempt given up on while a stopped gateway
+                    # holds it could take effect after a later change of the pair.
+                    await asyncio.to_thread(api, stack, method, body, 60.0)
+                break
+            except (Refused, OSError) as exc:
+                code = exc.code if isinstance(exc, Refused) else type(exc).__name__
+                run.refused[f"{how} {'join' if join else 'leave'}: {code}"] += 1
+                await asyncio.sleep(0.5)
+        answered = now(run)
+        for r in records:
+            r.answered = answered
+        for u in user_ids:
+            (users.members[group].add if join else users.members[group].discard)(u)
+    finally:
+        users.busy -= {(u, group) for u in user_ids}
+
+
+TARGETS = {SMALL: 1, LARGE: 3}
+"""Clients' joins and leaves keep these groups near this many times ``--large-group``
+members (the small one crossing it now and then)."""
+
+
+async def memberships(
+    run: Run, stack: Stack, users: Users, rng: random.Random, until: float, gap: float
+) -> None:
+    """About every ``gap`` s: a client joins or leaves the small or the large group, or
+    the server API adds or removes a user, or moves the third group across
+    ``--large-group`` (growing it past, or shrinking it back to, the bound)."""
+    bound = stack.args.large_group
+    tasks: list[asyncio.Task[None]] = []
+    while gap > 0:
+        await asyncio.sleep(rng.uniform(gap / 2, gap * 1.5))
+        if time.monotonic() >= until:
+            break
+        if rng.random() < 0.3:  # the third group across the bound, either way
+            group, members = GROW, users.members[GROW]
+            join = len(members) <= bound
+            count = bound + 2 - len(members) if join else len(members) - bound + 1
+            how = "api"
+        else:
+            group = rng.choice(sorted(TARGETS))
+            members = users.members[group]
+            join = (len(members) < TARGETS[group] * bound) != (rng.random() < 0.25)
+            count, how = 1, "client" if rng.random() < 0.7 else "api"
+        pool = [u for u in users.devices if (u in members) != join and (u, group) not in users.busy]
+        chosen = rng.sample(pool, min(count, len(pool)))
+        if not chosen:
+            continue
+        users.busy |= {(u, group) for u in chosen}
+        verb = "join" if join else "leave"
+        print(
+            f"  {now(run):7.1f}s {how} {verb} g{group}: {' '.join(map(str, chosen))} "
+            f"({len(members)} members before)",
+            flush=True,
+        )
+        tasks.append(asyncio.create_task(change(run, stack, users, chosen, group, join, how)))
+    if tasks:  # those still unanswered a minute on stay unanswered (never checked after)
+        _, late = await asyncio.wait(tasks, timeout=60)
+        for task in late:
+            task.cancel()
+
+
+async def watch_urls(run: Run, users: Users) -> None:
     """Each device's connection (URL, or "-" while disconnected), as it changes."""
     while True:
-        for me, client in clients.items():
-            url = client.url or "-"
+        for me, client in users.clients.items():
+            url, instance = client.url or "-", users.instances[me]
             seen = run.urls[me]
-            if not seen or seen[-1][1] != url:
-                seen.append((run.now(), url))
+            if not seen or seen[-1][1:] != (url, instance):
+                seen.append((now(run), url, instance))
         await asyncio.sleep(0.1)
-
-
-def all_shown(run: Run) -> bool:
-    ids = {me: {s.message.id for s in shown} for me, shown in run.shown.items()}
-    return all(
-        s.msg_id in ids.get(d, ()) for s in run.sends.values() if s.msg_id for d in s.recipients
-    )
-
-
-# --- the checks -------------------------------------------------------------------------
-
-
-@dataclass
-class Verdict:
-    acked: int = 0
-    unanswered: int = 0
-    expected: int = 0
-    shown: int = 0
-    missing: list[tuple[Device, str]] = field(default_factory=list)
-    duplicates: list[tuple[Device, str]] = field(default_factory=list)
-    reshown: list[tuple[Device, str]] = field(default_factory=list)
-    """Shown by a device's client, then again by the one started after it (a restart)."""
-    out_of_order: list[tuple[Device, str, str]] = field(default_factory=list)
-    misdelivered: list[tuple[Device, str]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not (self.missing or self.duplicates or self.out_of_order or self.misdelivered)
-
-
-def check(run: Run) -> Verdict:
-    v = Verdict()
-    acked = [a for a in run.sends.values() if a.msg_id]
-    v.acked, v.unanswered = len(acked), len(run.sends) - len(acked)
-    by_content = run.sends
-    expected: dict[Device, set[str]] = defaultdict(set)
-    for a in acked:
-        for d in a.recipients:
-            expected[d].add(a.msg_id)
-    v.expected = sum(len(e) for e in expected.values())
-    for me in sorted(set(expected) | set(run.shown)):
-        shown = run.shown.get(me, [])
-        v.shown += len(shown)
-        counts = Counter(x.message.id for x in shown)
-        each = Counter((x.instance, x.message.id) for x in shown)
-        v.duplicates += [(me, i) for (_, i), c in each.items() if c > 1]
-        v.reshown += [(me, i) for i, c in counts.items() if c > 1 and (me, i) not in v.duplicates]
-        v.missing += [(me, i) for i in sorted(expected[me] - set(counts))]
-        last: dict[tuple[int, str], int] = {}
-        sender_last: dict[tuple[int, Device, str], int] = {}
-        for x in shown:
-            parsed = parse_seq(x.message.seq)
-            name, pos = parsed if parsed else ("?", -1)
-            stream = (x.instance, name)
-            if pos <= last.get(stream, -1):
-                v.out_of_order.append(
-                    (me, x.message.id, f"seq {x.message.seq} after {last[stream]}")
-                )
-            last[stream] = max(pos, last.get(stream, -1))
-            record = by_content.get(x.message.content)
-            # A restarted device rightly shows what its previous client sent (the new one
-            # did not send it); the client that sent it never shows it.
-            restarted = record is not None and record.sender == me and record.instance < x.instance
-            if record is None or (me not in record.recipients and not restarted):
-                v.misdelivered.append((me, x.message.id))
-                continue
-            n = int(record.content.rsplit(".", 1)[1])
-            key = (x.instance, record.sender, name)
-            if n < sender_last.get(key, -1):
-                v.out_of_order.append(
-                    (me, x.message.id, f"sender {record.sender} #{n} after later")
-                )
-            sender_last[key] = max(n, sender_last.get(key, -1))
-    return v
-
-
-def timeline(run: Run, me: Device, msg_id: str) -> str:
-    s = next(s for s in run.sends.values() if s.msg_id == msg_id)
-    lo, hi = s.started - 10, s.acked + 10
-    around = [
-        f"{f.at:.1f}s {f.kind} {f.victim} {f.seconds:.1f}s" for f in run.faults if lo <= f.at <= hi
-    ]
-    conns = [
-        f"{t:.1f}s {u.split(':')[-1].split('/')[0] if u != '-' else '-'}"
-        for t, u in run.urls[me]
-        if lo <= t <= hi + 20
-    ]
-    return (
-        f"  {msg_id} {s.content} {s.sender}->{me} ({s.target}): sent {s.started:.1f}s via "
-        f"{s.via}, acked {s.acked:.1f}s via {s.acked_via}\n"
-        f"    receiver's connections (port): {', '.join(conns) or '-'}\n"
-        f"    faults around: {'; '.join(around) or 'none'}"
-    )
-
-
-def report(run: Run, v: Verdict, stack: Stack, settled: float | None) -> str:
-    kinds = Counter(f.kind for f in run.faults)
-    lines = [
-        f"faults: {len(run.faults)} ({', '.join(f'{k} {c}' for k, c in sorted(kinds.items()))})",
-        f"sends: {len(run.sends)}, acknowledged {v.acked}, never answered {v.unanswered}, "
-        f"refused {dict(run.refused) or 0}",
-        f"deliveries expected {v.expected}, shown {v.shown}; "
-        + (
-            f"all shown {settled:.1f}s after the faults stopped"
-            if settled is not None
-            else "NOT all shown"
-        ),
-        f"missing {len(v.missing)}, duplicates {len(v.duplicates)}, shown again by the client "
-        f"started after a restart {len(v.reshown)}, out of order "
-        f"{len(v.out_of_order)}, misdelivered {len(v.misdelivered)}",
-    ]
-    for me, msg_id in v.missing[:8]:
-        lines.append(timeline(run, me, msg_id))
-    for me, msg_id in v.duplicates[:5]:
-        lines.append(f"  duplicate {msg_id} at {me}")
-    for me, msg_id in v.reshown[:5]:
-        times = [
-            f"{x.at:.1f}s (client {x.instance})" for x in run.shown[me] if x.message.id == msg_id
-        ]
-        restarts = [
-            f"{f.at:.1f}s {f.victim}" for f in run.faults if f.victim.startswith(f"user {me[0]} ")
-        ]
-        lines.append(
-            f"  reshown {msg_id} at {me}: {', '.join(times)}; restarts {', '.join(restarts)}"
-        )
-    for me, msg_id, why in v.out_of_order[:5]:
-        lines.append(f"  out of order {msg_id} at {me}: {why}")
-    for me, msg_id in v.misdelivered[:5]:
-        lines.append(f"  misdelivered {msg_id} at {me}")
-    lines.append(f"logs: {stack.logs}")
-    return "\n".join(lines)
 
 
 # --- the run ----------------------------------------------------------------------------
@@ -544,86 +525,70 @@ def report(run: Run, v: Verdict, stack: Stack, settled: float | None) -> str:
 async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, object]]:
     rng = random.Random(args.seed)
     random.seed(args.seed)  # the client library's backoffs
-    users = list(range(1001, 1001 + args.users))
-    devices = {
-        u: [(u, 0), (u, 1)] if i < args.two_devices else [(u, 0)] for i, u in enumerate(users)
+    ids = list(range(1001, 1001 + args.users))
+    users = Users(
+        {u: [(u, 0), (u, 1)] if i < args.two_devices else [(u, 0)] for i, u in enumerate(ids)}
+    )
+    users.members = {
+        SMALL: set(rng.sample(ids, max(2, args.large_group - 1))),
+        LARGE: set(rng.sample(ids, min(len(ids), args.large_group * 3))),
+        GROW: set(rng.sample(ids, args.large_group)),
     }
-    small = rng.sample(users, max(2, args.large_group - 1))
-    large = rng.sample(users, min(len(users), args.large_group * 3))
-    await asyncio.to_thread(api, stack, "groups/add", {"group": SMALL, "users": small})
-    await asyncio.to_thread(api, stack, "groups/add", {"group": LARGE, "users": large})
-    groups = {
-        SMALL: [d for u in small for d in devices[u]],
-        LARGE: [d for u in large for d in devices[u]],
-    }
+    run = Run(start=time.monotonic(), devices=users.devices)
+    for group, members in users.members.items():
+        body: dict[str, object] = {"group": group, "users": sorted(members)}
+        await asyncio.to_thread(api, stack, "groups/add", body)
+        run.changes += [Change(u, group, True, -1.0, "setup", -1.0) for u in members]
     print(
-        f"users {len(users)}, devices {sum(map(len, devices.values()))}, small group "
-        f"{len(small)}, large group {len(large)} (--large-group {args.large_group})",
+        f"users {len(ids)}, devices {sum(map(len, users.devices.values()))}, groups "
+        + ", ".join(f"g{g} {len(m)}" for g, m in users.members.items())
+        + f" members (--large-group {args.large_group}), gateway {WORKERS} with "
+        f"--workers {args.workers}",
         flush=True,
     )
-    run = Run()
-    clients: dict[Device, Client] = {}
-    for u in users:
+    for u in ids:
         token = harness.mint_token(u, stack.secret)
-        for d in devices[u]:
+        for d in users.devices[u]:
             urls = stack.ws_urls()
             rng.shuffle(urls)
-            clients[d] = Client(urls, token=token)
-    instances: Counter[Device] = Counter()
-    readers = [asyncio.create_task(receive(run, c, d, 0)) for d, c in clients.items()]
-    watcher = asyncio.create_task(watch_urls(run, clients))
+            users.clients[d] = Client(urls, token=token)
+    readers = [asyncio.create_task(receive(run, c, d, 0)) for d, c in users.clients.items()]
+    watcher = asyncio.create_task(watch_urls(run, users))
     until = time.monotonic() + args.seconds
     senders = [
-        asyncio.create_task(
-            device(
-                run,
-                clients,
-                instances,
-                d,
-                random.Random(rng.random()),
-                users,
-                groups,
-                devices,
-                until,
-                args.rate,
-            )
-        )
-        for d in clients
+        asyncio.create_task(device(run, users, d, random.Random(rng.random()), until, args.rate))
+        for d in users.clients
     ]
-    single = [ds[0] for ds in devices.values() if len(ds) == 1]
     restarter = asyncio.create_task(
-        restarts(
-            run,
-            clients,
-            readers,
-            instances,
-            single,
-            random.Random(rng.random()),
-            until,
-            args.restart_gap,
-        )
+        restarts(run, users, readers, random.Random(rng.random()), until, args.restart_gap)
+    )
+    changer = asyncio.create_task(
+        memberships(run, stack, users, random.Random(rng.random()), until, args.group_gap)
     )
     print(f"traffic and faults for {args.seconds:.0f}s (seed {args.seed}):", flush=True)
     await faults(stack, run, rng, until, args)
     await restarter
     stopped = time.monotonic()
-    print(f"  {run.now():7.1f}s faults over; settling (up to {args.settle:.0f}s)", flush=True)
+    print(f"  {now(run):7.1f}s faults over; settling (up to {args.settle:.0f}s)", flush=True)
+    await changer
     deadline = stopped + args.settle
     settled: float | None = None
     while time.monotonic() < deadline:
-        if all(t.done() for t in senders) and all_shown(run):
+        if all(t.done() for t in senders) and not unshown(run):
             settled = time.monotonic() - stopped
             break
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(1.0)
     for task in [*senders, watcher]:
         task.cancel()
-    for client in clients.values():
+    for client in users.clients.values():
         await client.close()
     await asyncio.gather(*senders, *readers, watcher, return_exceptions=True)
     verdict = check(run)
-    print(report(run, verdict, stack, settled), flush=True)
+    print(report(run, verdict, stack.logs, settled), flush=True)
     data: dict[str, object] = {
         "faults": [asdict(f) for f in run.faults],
+        "changes": [asdict(c) for c in run.changes],
+        "connections": {f"{u}.{d}": seen for (u, d), seen in run.urls.items()},
         "verdict": asdict(verdict),
     }
     return (0 if verdict.ok and settled is not None else 1), data
@@ -650,6 +615,15 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=6,
         help="mean seconds between client restarts (0: none)",
+    )
+    parser.add_argument(
+        "--group-gap",
+        type=float,
+        default=2,
+        help="mean seconds between membership changes (0: none)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=2, help=f"{WORKERS}'s --workers (1: a plain gateway)"
     )
     parser.add_argument("--max-stop", type=float, default=8, help="longest SIGSTOP, seconds")
     parser.add_argument("--full-outages", action="store_true", help="may stop every gateway or hub")
