@@ -13,6 +13,11 @@ only the sessions behind theirs read (``bench/catch_up.py`` measures a sweep), a
 whose end the store could not say (a silent Redis Cluster node fails only its own
 users'); losses close together share the later sweep, and at most one immediate sweep
 runs per ``resync_after`` seconds.
+
+A gateway that was attached to no hub for a while (its last link lost: the process
+frozen, or cut off) has also missed its users' joins and leaves made on other gateways:
+their notices found it on no hub and were dropped. So when a link is up again after that,
+every local session reads its user's large groups again too (:meth:`CatchUp.linked`).
 """
 
 from __future__ import annotations
@@ -44,6 +49,10 @@ class Reader(Protocol):
         newest position when known (nothing to read when the connection has it)."""
         ...
 
+    def regroup(self, left: int | None = None) -> None:
+        """Read the user's large groups again (a join's or leave's notice may be lost)."""
+        ...
+
 
 class CatchUp:
     """The fan-out's catch-up sweeps over its local connections (see the module docstring)."""
@@ -65,6 +74,8 @@ class CatchUp:
         self._swept_at = float("-inf")
         self._sweep: asyncio.Task[None] | None = None
         self._sweep_again = False
+        self._cut_off = False
+        """No hub link was up since the last :meth:`lost` with ``everywhere``."""
         self._sweep_failed = Throttled(
             logger, "reading inbox ends for a catch-up failed %d times; every session reads"
         )
@@ -116,13 +127,29 @@ class CatchUp:
             if not self._sweep_again:
                 return
 
-    def lost(self) -> None:
-        """A hub link was lost: catch up now, and once more ``resync_after`` s later.
+    def linked(self) -> None:
+        """A hub link is up: every local session catches up (:meth:`now`). After a time
+        with no link at all, every session also reads its user's large groups again: a
+        join's or leave's notice to this gateway (a ``CONTROL_REGROUP`` share) found it
+        attached to no hub meanwhile and was dropped (the hubs keep no share for a gateway
+        they do not hold), and a missed join would leave the connection out of the group's
+        posts until it reconnects. One store call per session, after an outage only."""
+        if self._cut_off:
+            self._cut_off = False
+            for readers in list(self._sessions.values()):
+                for reader in readers:
+                    reader.regroup()
+        self.now()
+
+    def lost(self, *, everywhere: bool = False) -> None:
+        """A hub link was lost (``everywhere``: the last one, no hub holds this gateway):
+        catch up now, and once more ``resync_after`` s later.
 
         Bounded: at most one immediate sweep per ``resync_after`` seconds (a flapping hub
         does not keep every session reading), since the later sweep, pushed back to
         ``resync_after`` after the last loss, reads whatever the skipped ones would have.
         """
+        self._cut_off = self._cut_off or everywhere
         now = time.monotonic()
         if now - self._swept_at >= self._resync_after:
             self._swept_at = now

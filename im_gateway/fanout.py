@@ -371,7 +371,7 @@ class Fanout(Generic[C]):
                             raise
                         except Exception as exc:
                             self._reassert_failed.hit(exc=exc)
-                    self.catch_up.now()
+                    self.catch_up.linked()
                 elif isinstance(event, LinkLost):
                     logger.info(
                         "hub link to %s lost (%s): local sessions catch up",
@@ -383,7 +383,7 @@ class Fanout(Generic[C]):
                     # Pushes are missed from now on; the next LinkUp reads every inbox to
                     # its end (above). What the hub wrote into the dead stream is read now.
                     logger.info("hub link down: %s", event.reason)
-                    self.catch_up.lost()
+                    self.catch_up.lost(everywhere=True)
             except asyncio.CancelledError:
                 raise
             except Exception:

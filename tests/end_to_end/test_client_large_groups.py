@@ -247,19 +247,15 @@ FROZEN_ALICE, FROZEN_BOB, FROZEN_CAROL = 5131, 5132, 5133
 FROZEN_GROUP = 5137
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a defect, not fixed yet: the join's notice (a CONTROL_REGROUP share) to a "
-    "gateway the hub has dropped is undeliverable and never made again; the catch-up "
-    "after that gateway links again reads inboxes only, not its sessions' large groups",
-)
 async def test_a_join_while_the_users_other_gateway_is_frozen_reaches_it_once_back(
     redis_url: str,
 ) -> None:
     """Bob's phone (gw-1) joins a group, making it large, while gw-2, which holds his
     laptop's connection, is stopped long enough for the hub to drop it; gw-2 resumes and
     links again, the laptop's connection survives. Alice's posts then reach the laptop
-    too. Found by bench/chaos.py (xfail below: not fixed yet)."""
+    too. Found by bench/chaos.py: the join's notice to gw-2 (a CONTROL_REGROUP share) found
+    it attached to no hub and was dropped; now a gateway that was attached to no hub reads
+    its sessions' large groups again once linked."""
     hub = HubProcess("hub-lg-frozen")
     started: list[GatewayProcess] = []
     try:
