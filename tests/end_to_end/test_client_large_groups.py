@@ -180,6 +180,34 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
         await store.close()
 
 
+@contextlib.asynccontextmanager
+async def hub_and_two_gateways(
+    name: str, redis_url: str
+) -> AsyncIterator[tuple[HubProcess, list[GatewayProcess]]]:
+    """A hub process and two gateway processes on it (``gw-<name>-1`` and ``-2``), with
+    ``--large-group 2`` (three members make a group large) and open joins."""
+    hub = HubProcess(f"hub-{name}")
+    started: list[GatewayProcess] = []
+    try:
+        await hub.wait_serving()
+        for i in (1, 2):
+            started.append(
+                GatewayProcess(
+                    gateway_id=f"gw-{name}-{i}",
+                    hub=hub.address,
+                    redis_url=redis_url,
+                    extra=("--large-group", "2", "--group-join", "open"),
+                )
+            )
+        for gateway in started:
+            await gateway.wait_healthy()
+        yield hub, started
+    finally:
+        for gateway in started:
+            gateway.stop()
+        hub.stop()
+
+
 AWAY_ALICE, AWAY_BOB, AWAY_CAROL = 5111, 5112, 5113
 AWAY_GROUP = 5117
 
@@ -198,21 +226,7 @@ async def test_a_device_away_while_its_user_joined_a_large_group_is_shown_its_po
     it is the private messages the phone took meanwhile (test_client.py). Found by
     bench/chaos.py: the laptop's client had no position in the new stream to catch up
     from, and the connect replay starts after the phone's."""
-    hub = HubProcess("hub-lg-away")
-    started: list[GatewayProcess] = []
-    try:
-        await hub.wait_serving()
-        for i in (1, 2):
-            started.append(
-                GatewayProcess(
-                    gateway_id=f"gw-lg-away-{i}",
-                    hub=hub.address,
-                    redis_url=redis_url,
-                    extra=("--large-group", "2", "--group-join", "open"),
-                )
-            )
-        for gateway in started:
-            await gateway.wait_healthy()
+    async with hub_and_two_gateways("lg-away", redis_url) as (_, started):
         gw1, gw2 = (f"ws://127.0.0.1:{g.port}/ws" for g in started)
         alice = Client(gw1, token=token(AWAY_ALICE))
         carol = Client(gw1, token=token(AWAY_CAROL))
@@ -237,10 +251,6 @@ async def test_a_device_away_while_its_user_joined_a_large_group_is_shown_its_po
                 await asyncio.wait_for(asyncio.shield(reader), 30)
             reader.cancel()
         assert [m.content for m in on_laptop] == [f"post {i}" for i in range(3)]
-    finally:
-        for gateway in started:
-            gateway.stop()
-        hub.stop()
 
 
 FROZEN_ALICE, FROZEN_BOB, FROZEN_CAROL = 5131, 5132, 5133
@@ -256,21 +266,7 @@ async def test_a_join_while_the_users_other_gateway_is_frozen_reaches_it_once_ba
     too. Found by bench/chaos.py: the join's notice to gw-2 (a CONTROL_REGROUP share) found
     it attached to no hub and was dropped; now a gateway that was attached to no hub reads
     its sessions' large groups again once linked."""
-    hub = HubProcess("hub-lg-frozen")
-    started: list[GatewayProcess] = []
-    try:
-        await hub.wait_serving()
-        for i in (1, 2):
-            started.append(
-                GatewayProcess(
-                    gateway_id=f"gw-lg-frozen-{i}",
-                    hub=hub.address,
-                    redis_url=redis_url,
-                    extra=("--large-group", "2", "--group-join", "open"),
-                )
-            )
-        for gateway in started:
-            await gateway.wait_healthy()
+    async with hub_and_two_gateways("lg-frozen", redis_url) as (hub, started):
         gw1, gw2 = (f"ws://127.0.0.1:{g.port}/ws" for g in started)
         alice = Client(gw1, token=token(FROZEN_ALICE))
         carol = Client(gw1, token=token(FROZEN_CAROL))
@@ -306,7 +302,3 @@ async def test_a_join_while_the_users_other_gateway_is_frozen_reaches_it_once_ba
             connections = laptop.connections
         assert connections == 1  # else the scenario did not happen (a reconnect re-reads)
         assert [m.content for m in on_laptop] == [f"post {i}" for i in range(3)]
-    finally:
-        for gateway in started:
-            gateway.stop()
-        hub.stop()
