@@ -27,16 +27,19 @@ NODE_GROUP = 5207
 
 
 @contextlib.asynccontextmanager
-async def gateways(redis_url: str) -> AsyncIterator[tuple[str, str]]:
-    """One hub and two gateways storing groups of more than 2 members once; their URLs."""
-    hub = HubProcess("hub-lg")
+async def hub_and_two_gateways(
+    name: str, redis_url: str
+) -> AsyncIterator[tuple[HubProcess, list[GatewayProcess]]]:
+    """A hub process and two gateway processes on it (``gw-<name>-1`` and ``-2``), with
+    ``--large-group 2`` (three members make a group large) and open joins."""
+    hub = HubProcess(f"hub-{name}")
     started: list[GatewayProcess] = []
     try:
         await hub.wait_serving()
         for i in (1, 2):
             started.append(
                 GatewayProcess(
-                    gateway_id=f"gw-lg-{i}",
+                    gateway_id=f"gw-{name}-{i}",
                     hub=hub.address,
                     redis_url=redis_url,
                     extra=("--large-group", "2", "--group-join", "open"),
@@ -44,11 +47,18 @@ async def gateways(redis_url: str) -> AsyncIterator[tuple[str, str]]:
             )
         for gateway in started:
             await gateway.wait_healthy()
-        yield tuple(f"ws://127.0.0.1:{g.port}/ws" for g in started)  # type: ignore[misc]
+        yield hub, started
     finally:
         for gateway in started:
             gateway.stop()
         hub.stop()
+
+
+@contextlib.asynccontextmanager
+async def gateways(redis_url: str) -> AsyncIterator[tuple[str, str]]:
+    """:func:`hub_and_two_gateways`' WebSocket URLs."""
+    async with hub_and_two_gateways("lg", redis_url) as (_, started):
+        yield tuple(f"ws://127.0.0.1:{g.port}/ws" for g in started)  # type: ignore[misc]
 
 
 async def take(client: Client, n: int, into: list[Message] | None = None) -> list[Message]:
@@ -178,34 +188,6 @@ async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) ->
             await node_e2e("large_groups.e2e.mjs", config, within=150)
     finally:
         await store.close()
-
-
-@contextlib.asynccontextmanager
-async def hub_and_two_gateways(
-    name: str, redis_url: str
-) -> AsyncIterator[tuple[HubProcess, list[GatewayProcess]]]:
-    """A hub process and two gateway processes on it (``gw-<name>-1`` and ``-2``), with
-    ``--large-group 2`` (three members make a group large) and open joins."""
-    hub = HubProcess(f"hub-{name}")
-    started: list[GatewayProcess] = []
-    try:
-        await hub.wait_serving()
-        for i in (1, 2):
-            started.append(
-                GatewayProcess(
-                    gateway_id=f"gw-{name}-{i}",
-                    hub=hub.address,
-                    redis_url=redis_url,
-                    extra=("--large-group", "2", "--group-join", "open"),
-                )
-            )
-        for gateway in started:
-            await gateway.wait_healthy()
-        yield hub, started
-    finally:
-        for gateway in started:
-            gateway.stop()
-        hub.stop()
 
 
 AWAY_ALICE, AWAY_BOB, AWAY_CAROL = 5111, 5112, 5113
