@@ -103,6 +103,8 @@ def test_bad_environment_value_exits_2(capsys: pytest.CaptureFixture[str]) -> No
         {"ack_linger": -0.01},
         {"ack_linger": 5},
         {"redis_timeout": 0},
+        {"store_wait": 0},
+        {"store_wait": -1},
         {"redis_wait_replicas": -1},
         {"redis_wait_timeout": 0},
         {"redis_prefix": "im{x}:"},

@@ -55,6 +55,8 @@ def test_help_explains_every_flag() -> None:
         ["--listen", "nowhere"],
         ["--grace", "-1"],
         ["--gateway-write-timeout", "-1"],
+        ["--metrics-max-clients", "0"],
+        ["--metrics-timeout", "0"],
     ],
 )
 def test_bad_flag_exits_nonzero_with_one_line(args: list[str]) -> None:
