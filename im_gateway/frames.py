@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final
 
@@ -338,14 +339,28 @@ def encode_error(code: str, message: str, frame_id: str | None = None) -> str:
     )
 
 
-def encode_replay_end(upto: int, *, truncated: bool = False, group: int | None = None) -> str:
+def encode_replay_end(
+    upto: int,
+    *,
+    truncated: bool = False,
+    group: int | None = None,
+    starts: Collection[tuple[int, int]] = (),
+) -> str:
     """Type 14 from the gateway: the replay ends at position ``upto`` (of the inbox, or
     with ``group``, of that large group's stream); ``truncated`` when messages the client
-    had not acknowledged were trimmed before it got them (by length or age)."""
+    had not acknowledged were trimmed before it got them (by length or age).
+
+    ``starts`` (the connect replay's marker only): the large groups the connection
+    follows, each with the position its replay started after, as ``"groups"``, a list of
+    group seqs (absent when empty). A client that has shown less of a stream than that
+    asks for the rest (type 14 from its own position, or from ``g<group>:0`` for a stream
+    it has shown nothing of: the gateway starts at the user's join)."""
     seq = upto if group is None else group_seq(group, upto)
-    if truncated:
-        return f'{{"type":14,"seq":"{seq}","truncated":true}}'
-    return f'{{"type":14,"seq":"{seq}"}}'
+    extra = ',"truncated":true' if truncated else ""
+    if starts:
+        listed = ",".join(f'"{group_seq(g, p)}"' for g, p in starts)
+        extra += f',"groups":[{listed}]'
+    return f'{{"type":14,"seq":"{seq}"{extra}}}'
 
 
 _TIME = re.compile(r'"time":"(\d+)"')

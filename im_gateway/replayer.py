@@ -26,7 +26,7 @@ one round trip), then, for a user in groups, the large ones with their positions
 (:meth:`~im_gateway.store.Store.streams`, two round trips), follows those groups (live
 posts come from then on), then reads a page of every stream that has something to read
 (the inbox, and all groups in one pipelined round trip per page) and sends them merged in
-time order, then the type 14 marker (the inbox's seq). So a connect costs about four round
+time order, then the type 14 marker (the inbox's seq, and each followed group's start). So a connect costs about four round
 trips however many large groups the user is in, plus one per page of a stream with more
 than a page to replay; and one, for a user in no group with nothing unacknowledged.
 """
@@ -78,6 +78,7 @@ class Replayer(Streams):
         "_loop",
         "_reader",
         "_requests",
+        "_starts",
         "_syncs",
     )
 
@@ -118,6 +119,9 @@ class Replayer(Streams):
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
         self._syncs = 0
+        self._starts: dict[int, int] = {}
+        """The connect replay's start in each large group's stream (for its end marker;
+        kept across a failed connect replay's retries, emptied once it ended)."""
         """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
 
     @property
@@ -347,6 +351,7 @@ class Replayer(Streams):
             self._cursor.ends_at(opening.inbox_end)
         for group, pos in starts.items():
             buffers[group] = collections.deque(self._groups[group].start(pos))
+        self._starts.update(starts)
         trimmed = False
         sent = 0
         while not self._out.closing:
@@ -375,7 +380,13 @@ class Replayer(Streams):
             sent += 1
             if sent % self._page == 0:
                 await self._out.room()
-        self._out.push(frames.encode_replay_end(self._cursor.last, truncated=trimmed))
+        # Each followed group's start, so that a client that has shown less of a stream
+        # (another device acknowledged more meanwhile) asks for the rest.
+        followed = [(g, p) for g, p in self._starts.items() if g in self._groups]
+        self._starts = {}
+        self._out.push(
+            frames.encode_replay_end(self._cursor.last, truncated=trimmed, starts=followed)
+        )
 
     async def _replay(self, request: _ReplayRequest) -> None:
         """A replay the client asked for (type 14), of the inbox or of a group's stream."""

@@ -230,3 +230,17 @@ def test_a_group_replay_end_marker_names_the_group() -> None:
     assert json.loads(frames.encode_replay_end(5, group=7)) == {"type": 14, "seq": "g7:5"}
     marker = json.loads(frames.encode_replay_end(5, truncated=True, group=7))
     assert marker == {"type": 14, "seq": "g7:5", "truncated": True}
+
+
+def test_the_connect_replay_end_marker_lists_the_groups_starts() -> None:
+    marker = json.loads(frames.encode_replay_end(41, starts=[(7, 12), (9, 0)]))
+    assert marker == {"type": 14, "seq": "41", "groups": ["g7:12", "g9:0"]}
+    marker = json.loads(frames.encode_replay_end(41, truncated=True, starts=[(2**63, 2**64 - 1)]))
+    assert marker == {
+        "type": 14,
+        "seq": "41",
+        "truncated": True,
+        "groups": [f"g{2**63}:{2**64 - 1}"],
+    }
+    # A user in no large group gets the pinned marker, byte for byte.
+    assert frames.encode_replay_end(41, starts=()) == '{"type":14,"seq":"41"}'
