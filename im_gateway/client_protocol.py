@@ -100,6 +100,20 @@ def parse_seq(seq: object) -> tuple[str, int] | None:
     return stream, int(number)
 
 
+def parse_group_starts(value: object, limit: int = 10_000) -> list[tuple[str, int]]:
+    """The ``groups`` of a connect replay's end marker (a list of large groups' seqs):
+    ``[("g7", 12), ...]``; what is malformed (not a list, not a group seq) is skipped, and
+    at most ``limit`` are read."""
+    if not isinstance(value, list):
+        return []
+    starts = []
+    for item in value[:limit]:
+        parsed = parse_seq(item)
+        if parsed is not None and parsed[0] != INBOX:
+            starts.append(parsed)
+    return starts
+
+
 def format_seq(stream: str, pos: int) -> str:
     """The wire form of position ``pos`` in ``stream`` (the inverse of :func:`parse_seq`)."""
     return f"{stream}:{pos}" if stream else str(pos)

@@ -60,11 +60,12 @@ from .client_protocol import (
     Answer,
     Message,
     format_seq,
+    parse_group_starts,
     parse_message,
     parse_seq,
 )
 from .client_sends import Sends
-from .client_streams import Arrival, Stream
+from .client_streams import Arrival, Stream, groups_listed
 
 
 class ClientState:
@@ -99,6 +100,8 @@ class ClientState:
         """Streams whose release waits on an own-message hold."""
         self.connected_now = False
         self._connect_done = False
+        self._marked = False
+        """A connect replay has ended (on this connection or an earlier one)."""
         self._asking: str | None = None
         self._replay_retry = False
         self._connect_news = False
@@ -255,9 +258,9 @@ class ClientState:
         if asking is not None and code in RETRIED:
             self._asking = None
             self._replay_retry = True
-        elif asking is not None and code == "bad_request":
-            # A gateway that cannot replay this stream: show what is buffered, in order
-            # (best effort), rather than hold the stream forever.
+        elif asking is not None and code in ("bad_request", "not_member"):
+            # A gateway that cannot replay this stream (or the user left the group): show
+            # what is buffered, in order (best effort), rather than hold it forever.
             self._asking = None
             self._streams[asking].end_catchup()
             self._release(asking)
@@ -276,6 +279,10 @@ class ClientState:
         if not self._connect_done:
             self._connect_done = self._connect_news = True
             self._stream(stream).connect_replay_ended(end)
+            starts = parse_group_starts(frame.get("groups"))
+            for name in groups_listed(self._streams, starts, again=self._marked):
+                self._release(name)
+            self._marked = True
             self._ask_next()
             return
         asking = self._asking
@@ -329,7 +336,9 @@ class ClientState:
         first, st.first = st.first, False
         if pos <= st.pos or pos in st.arrivals:
             return  # a repeat
-        if first and st.known and pos > st.have + 1 and not st.catchup:
+        if first and not st.known and name != INBOX and self._marked and not self._connect_done:
+            st.hold_for_marker()  # joined while away? The marker says (groups_listed).
+        elif first and st.known and pos > st.have + 1 and not st.catchup:
             st.begin_catchup(pos - 1)
             self._ask_next()
         st.known = True

@@ -17,7 +17,8 @@ replay has ended the client asks (type 14) for what came after ``pos``. The repl
 marker ``E`` releases the buffer up to ``E``; when ``E`` reaches where the connection
 began, the rest too. (A replay's entries and live pushes interleave on the wire, which is
 why nothing is released before the marker.) A large group's stream has no end marker of
-its own, so its gap shows with its next message.
+its own: the connect replay's marker lists where each group's replay started
+(:meth:`Stream.listed`), and a gap past that also shows with the stream's next message.
 
 Imports only the standard library (see :mod:`im_gateway.client_protocol`).
 """
@@ -80,10 +81,15 @@ class Stream:
     """Arrivals up to here may be released (below it the run is known to be whole)."""
     dropped: int = INF
     """The lowest buffered position dropped for lack of room (to be asked for again)."""
+    unsure: bool = False
+    """A large group's stream this client had shown nothing of, arrived on a connection
+    after the first before its connect replay ended: held until the end marker says
+    where that replay started (:meth:`listed`)."""
 
     def new_connection(self) -> None:
         """A new connection: its per-connection state starts afresh."""
         self.first, self.catchup, self.base, self.limit, self.dropped = True, False, 0, INF, INF
+        self.unsure = False
         self.acked = 0  # the last connection's ack may be lost: say it again
 
     def forget_unconfirmed(self) -> bool:
@@ -115,6 +121,39 @@ class Stream:
         elif self.first and end > self.have:
             # The user's acknowledged position is beyond this client's: catch up.
             self.begin_catchup(end)
+
+    def hold_for_marker(self) -> None:
+        """Hold this connection's arrivals (see :attr:`unsure`) until :meth:`listed`, or
+        :meth:`end_catchup` when the marker does not list the stream."""
+        self.catchup, self.limit, self.unsure = True, self.pos, True
+
+    def listed(self, start: int, *, again: bool) -> None:
+        """The connect replay's end marker lists this large group's stream as replayed
+        after ``start`` (the user's position there). ``again``: a connect replay of this
+        client ended before, on an earlier connection.
+
+        A stream shown nothing of on a connection after the first was joined while this
+        client was away (or by another device meanwhile): what another device
+        acknowledged since is asked for from position 0 (the gateway starts at the
+        user's join). On the first connection it starts at ``start``, as the inbox does
+        at the user's acknowledged position."""
+        if self.unsure or (again and not self.known):
+            self.known = True
+            self.settle(start)
+            return
+        fresh = not self.known
+        self.connect_replay_ended(start)
+        if fresh and self.taken == start:
+            self.acked = start  # the user's own position: nothing to acknowledge
+
+    def settle(self, start: int) -> None:
+        """Arrivals held for the connect replay's marker: ask for what came after ``pos``
+        when that replay started after it (or some did not fit), else release them."""
+        self.unsure = False
+        if start > self.pos or self.dropped < INF:
+            self.begin_catchup(start)
+        else:
+            self.end_catchup()
 
     def catchup_replay_ended(self, end: int) -> None:
         """The end marker of a catch-up's replay (type 14) of this stream, at ``end``."""
@@ -154,3 +193,22 @@ class Stream:
             return None
         self.acked = self.taken
         return f'{{"type":11,"seq":{json.dumps(format_seq(name, self.taken))}}}'
+
+
+def groups_listed(
+    streams: dict[str, Stream], starts: list[tuple[str, int]], *, again: bool
+) -> list[str]:
+    """The connect replay's end marker lists these large groups' streams with their
+    starts (:meth:`Stream.listed`; ``again``: not this client's first connect replay).
+    Returns the streams that were held for this marker, to release as far as they may
+    now be (one it does not list is released whole)."""
+    held = [name for name, st in streams.items() if st.unsure]
+    for name, start in dict(starts).items():
+        st = streams.get(name)
+        if st is None:
+            st = streams[name] = Stream()
+        st.listed(start, again=again)
+    for name in held:
+        if streams[name].unsure:
+            streams[name].settle(0)
+    return held

@@ -380,13 +380,11 @@ class Replayer(Streams):
             sent += 1
             if sent % self._page == 0:
                 await self._out.room()
-        # Each followed group's start, so that a client that has shown less of a stream
-        # (another device acknowledged more meanwhile) asks for the rest.
+        # Each followed group's start: a client that has shown less asks for the rest.
         followed = [(g, p) for g, p in self._starts.items() if g in self._groups]
         self._starts = {}
-        self._out.push(
-            frames.encode_replay_end(self._cursor.last, truncated=trimmed, starts=followed)
-        )
+        end = frames.encode_replay_end(self._cursor.last, truncated=trimmed, starts=followed)
+        self._out.push(end)
 
     async def _replay(self, request: _ReplayRequest) -> None:
         """A replay the client asked for (type 14), of the inbox or of a group's stream."""

@@ -17,7 +17,8 @@ from im_gateway.client_protocol import INBOX, Message, Refused, Sent, format_seq
 from im_gateway.client_state import ClientState
 
 ME, OTHER, GROUP = 1, 2, 7
-STREAMS = (INBOX, f"g{GROUP}")
+GROUP_STREAM = f"g{GROUP}"
+STREAMS = (INBOX, GROUP_STREAM)
 
 
 def frame(**fields: Any) -> str:
@@ -175,10 +176,14 @@ class Connection:
     last: dict[str, int] = field(default_factory=dict)
     replaying: tuple[str, int] | None = None
     acked_at_connect: dict[str, int] = field(default_factory=dict)
+    marked: bool = False
+    """Its connect replay's end marker reached the client."""
 
 
 class ClientAgainstModelGateway(RuleBasedStateMachine):
-    """A model gateway with an inbox and a large group's stream for user ME."""
+    """A model gateway with an inbox and a large group's stream, which user ME joins (from
+    another device) at any time: before the client first connects, while it is connected,
+    or while it is away."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -186,8 +191,13 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         self.streams: dict[str, list[Entry]] = {s: [] for s in STREAMS}
         self.server_acked = dict.fromkeys(STREAMS, 0)
         self.start: dict[str, int] = {}
-        """Per stream, the server's acked position when the connection that first told
-        the client of the stream began (a new client starts there)."""
+        """Per stream, where what the client must show begins: on the client's first
+        connection, the server's acked position when it began (a new client starts
+        there); for a group the client first hears of later, where the user joined."""
+        self.joined: int | None = None
+        """The group stream's position when the user joined (None: not a member)."""
+        self.marked = False
+        """A connect replay's end marker reached the client."""
         self.conn: Connection | None = None
         self.dedupe: dict[str, str] = {}
         self.counter = 0
@@ -209,6 +219,11 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         entry = Entry(len(entries) + 1, f"m{self.counter}", sender, mine)
         entries.append(entry)
         return entry
+
+    def group_start(self) -> int:
+        """Where the group's replays start for the user: never before the join."""
+        assert self.joined is not None
+        return max(self.server_acked[GROUP_STREAM], self.joined)
 
     def push(self, stream: str, entry: Entry, *, own: bool = False) -> None:
         conn = self.conn
@@ -254,6 +269,9 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
                 return
             parsed = parse_seq(f["seq"])
             assert parsed is not None
+            if parsed[0] == GROUP_STREAM:
+                assert self.joined is not None, "asked for a group the user is not in"
+                parsed = (GROUP_STREAM, max(parsed[1], self.joined))  # never before the join
             conn.replaying = parsed
         else:
             raise AssertionError(f"unexpected frame {f}")
@@ -287,14 +305,22 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         self.backoff.clear()  # a new connection resends every unanswered frame
         self.state.connected()
         self.to_server()  # resends first: the gateway stores them before its replay read
+        groups = []
         for stream in STREAMS:
-            after = max(self.server_acked[stream], conn.last.get(stream, 0))
+            if stream == GROUP_STREAM:
+                if self.joined is None:
+                    continue
+                after = self.group_start()
+                groups.append(format_seq(stream, after))
+            else:
+                after = self.server_acked[stream]
             for entry in self.streams[stream][after:]:
                 conn.queue.append(
                     message_frame(entry.msg_id, entry.pos, sender=entry.sender, stream=stream)
                 )
             conn.last[stream] = len(self.streams[stream])
-        conn.queue.append(frame(type=14, seq=str(conn.last[INBOX])))
+        marker: dict[str, Any] = {"groups": groups} if groups else {}
+        conn.queue.append(frame(type=14, seq=str(conn.last[INBOX]), **marker))
 
     @precondition(lambda self: self.conn is not None)
     @rule()
@@ -308,11 +334,25 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         entry = self.store(stream, ME if from_me else OTHER)
         self.push(stream, entry)
 
+    @precondition(lambda self: self.joined is None)
+    @rule()
+    def user_joins(self) -> None:
+        """The user joins the group from another device: a connection open now follows
+        its stream from here (the gateway's regroup)."""
+        self.joined = len(self.streams[GROUP_STREAM])
+        if self.conn is not None:
+            self.conn.last[GROUP_STREAM] = self.joined
+
     @rule(stream=st.sampled_from(STREAMS), data=st.data())
     def another_device_acks(self, stream: str, data: st.DataObject) -> None:
         end = len(self.streams[stream])
-        if end:
-            pos = data.draw(st.integers(1, end))
+        first = 1
+        if stream == GROUP_STREAM:
+            if self.joined is None:
+                return
+            first = self.joined + 1  # it was shown only what came after the join
+        if end >= first:
+            pos = data.draw(st.integers(first, end))
             self.server_acked[stream] = max(self.server_acked[stream], pos)
 
     @rule()
@@ -336,13 +376,30 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         f = json.loads(text)
         parsed = parse_seq(f.get("seq"))
         if f["type"] in (1, 2, 14) and parsed is not None:
-            self.start.setdefault(parsed[0], self.conn.acked_at_connect[parsed[0]])
+            self.learn(parsed[0])
+        if f["type"] == 14 and not self.conn.marked:
+            for seq in f.get("groups", ()):
+                self.learn(parse_seq(seq)[0])  # type: ignore[index]
+            self.conn.marked = self.marked = True
         self.state.received(text)
         if repeat and f["type"] in (1, 2, 10):
             # Messages come again in replays, answers again for resent frames; a
             # WebSocket never doubles a frame, so an end marker does not come twice.
             self.state.received(text)
         self.to_server()
+
+    def learn(self, stream: str) -> None:
+        """The client hears of ``stream``: what it must show of it starts here."""
+        assert self.conn is not None
+        if stream in self.start:
+            return
+        start = self.conn.acked_at_connect[stream]
+        if stream == GROUP_STREAM:
+            assert self.joined is not None
+            # A client hears of a group after its first connect replay only when the
+            # user joined later (or nothing was posted since): it shows all since the join.
+            start = self.joined if self.marked else max(start, self.joined)
+        self.start[stream] = start
 
     @precondition(lambda self: self.conn is not None and self.conn.answers)
     @rule(data=st.data())
@@ -436,12 +493,10 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         return stream in self.start and entry.pos > self.start[stream]
 
     def teardown(self) -> None:
-        """Let the wire run quiet on a steady connection, after one more message in each
-        stream (a large group's gap shows with its next message): everything arrives."""
+        """Let the wire run quiet on a steady connection: everything arrives (a large
+        group's gap shows at the connect replay's end marker, which lists the group)."""
         if self.conn is None:
             self.connect()
-        for stream in STREAMS:
-            self.someone_posts(stream, from_me=False)
         for _ in range(10_000):
             conn = self.conn
             assert conn is not None
