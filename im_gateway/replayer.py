@@ -323,13 +323,6 @@ class Replayer(Streams):
         if self._reader is None and not self._out.closing and self._requests:
             self._reader = self._loop.create_task(self._read_loop())
 
-    async def _regroup(self) -> None:
-        for group, pos in (await self._follow()).items():
-            cursor = self._groups[group]
-            for frame in cursor.start(pos):
-                self._out.push(frame)
-            cursor.sync()  # posts stored before this gateway followed the group
-
     async def _connect(self) -> None:
         """The connect replay: the inbox and every large group's stream after the user's
         positions, merged in time order, then the end marker."""

@@ -279,6 +279,23 @@ class Streams:
         await self._out.room()
         return page, span
 
+    async def _regroup(self) -> None:
+        """Follow the user's large groups this connection does not follow yet."""
+        fresh = await self._follow()
+        if fresh:
+            # Followed from now on (the user joined, maybe while this gateway was cut
+            # off): from the join, as another device may have acknowledged posts already.
+            async with self._slots:
+                spans = await self._store.memberships([(g, self._user) for g in fresh])
+            for group, span in zip(list(fresh), spans, strict=True):
+                if span.joined is not None and span.joined < fresh[group]:
+                    fresh[group] = span.joined
+        for group, pos in fresh.items():
+            cursor = self._groups[group]
+            for frame in cursor.start(pos):
+                self._out.push(frame)
+            cursor.sync()  # posts stored before this gateway followed the group
+
     async def _follow(self) -> dict[int, int]:
         """Read the user's large groups and their positions; make a cursor for each new
         one, drop those of groups the user left, and follow them. Returns the positions of

@@ -235,15 +235,22 @@ FROZEN_ALICE, FROZEN_BOB, FROZEN_CAROL = 5131, 5132, 5133
 FROZEN_GROUP = 5137
 
 
+@pytest.mark.parametrize("acked_while_frozen", [False, True])
 async def test_a_join_while_the_users_other_gateway_is_frozen_reaches_it_once_back(
-    redis_url: str,
+    redis_url: str, acked_while_frozen: bool
 ) -> None:
     """Bob's phone (gw-1) joins a group, making it large, while gw-2, which holds his
     laptop's connection, is stopped long enough for the hub to drop it; gw-2 resumes and
     links again, the laptop's connection survives. Alice's posts then reach the laptop
     too. Found by bench/chaos.py: the join's notice to gw-2 (a CONTROL_REGROUP share) found
     it attached to no hub and was dropped; now a gateway that was attached to no hub reads
-    its sessions' large groups again once linked."""
+    its sessions' large groups again once linked.
+
+    ``acked_while_frozen``: the posts come, and the phone shows and acknowledges them,
+    before gw-2 resumes; the laptop's connection, which follows the group from then on,
+    starts at the join, not at the phone's acknowledgement (old code: ``assert [] ==
+    ['post 0', 'post 1', 'post 2']``)."""
+    group = FROZEN_GROUP + int(acked_while_frozen)
     async with hub_and_two_gateways("lg-frozen", redis_url) as (hub, started):
         gw1, gw2 = (f"ws://127.0.0.1:{g.port}/ws" for g in started)
         alice = Client(gw1, token=token(FROZEN_ALICE))
@@ -251,9 +258,20 @@ async def test_a_join_while_the_users_other_gateway_is_frozen_reaches_it_once_ba
         phone = Client(gw1, token=token(FROZEN_BOB))
         laptop = Client(gw2, token=token(FROZEN_BOB))
         on_laptop: list[Message] = []
+        store = RedisStore(redis_url)
+
+        async def posts() -> None:
+            for i in range(3):
+                await alice.send(group=group, content=f"post {i}")
+            assert [m.content for m in await take(phone, 3)] == [f"post {i}" for i in range(3)]
+
+        async def phone_acked() -> bool:
+            found = await store.streams(UserId(FROZEN_BOB), 0)
+            return any(isinstance(g, GroupStream) and g.position >= 3 for g in found)
+
         async with alice, carol, phone, laptop:
-            await alice.join(FROZEN_GROUP)
-            await carol.join(FROZEN_GROUP)
+            await alice.join(group)
+            await carol.join(group)
             reader = asyncio.create_task(take(laptop, 3, on_laptop))
             await wait_until(lambda: laptop.url is not None, timeout=20)
             os.kill(started[1].pid, signal.SIGSTOP)
@@ -263,17 +281,20 @@ async def test_a_join_while_the_users_other_gateway_is_frozen_reaches_it_once_ba
                     return "gw-lg-frozen-2" not in await hub.gateways()
 
                 await wait_until(dropped, timeout=60, interval=0.2)
-                await phone.join(FROZEN_GROUP)  # three members: stored once
+                await phone.join(group)  # three members: stored once
+                if acked_while_frozen:
+                    await posts()
+                    await wait_until(phone_acked, timeout=10, interval=0.1)
             finally:
                 os.kill(started[1].pid, signal.SIGCONT)
+                await store.close()
 
             async def linked() -> bool:
                 return "gw-lg-frozen-2" in await hub.gateways()
 
             await wait_until(linked, timeout=30, interval=0.2)
-            for i in range(3):
-                await alice.send(group=FROZEN_GROUP, content=f"post {i}")
-            assert [m.content for m in await take(phone, 3)] == [f"post {i}" for i in range(3)]
+            if not acked_while_frozen:
+                await posts()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reader), 20)
             reader.cancel()
