@@ -339,6 +339,12 @@ def encode_error(code: str, message: str, frame_id: str | None = None) -> str:
     )
 
 
+MARKER_GROUPS_MAX: Final = 10_000
+"""Groups an end marker lists at most (about 460 KB at most, under the Python client's
+1 MiB frame bound; a user may be in more with a raised ``--max-groups-per-user``: the
+rest, unlisted, catch up with their next post)."""
+
+
 def encode_replay_end(
     upto: int,
     *,
@@ -358,7 +364,7 @@ def encode_replay_end(
     seq = upto if group is None else group_seq(group, upto)
     extra = ',"truncated":true' if truncated else ""
     if starts:
-        listed = ",".join(f'"{group_seq(g, p)}"' for g, p in starts)
+        listed = ",".join(f'"{group_seq(g, p)}"' for g, p in list(starts)[:MARKER_GROUPS_MAX])
         extra += f',"groups":[{listed}]'
     return f'{{"type":14,"seq":"{seq}"{extra}}}'
 

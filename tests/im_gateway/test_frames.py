@@ -244,3 +244,10 @@ def test_the_connect_replay_end_marker_lists_the_groups_starts() -> None:
     }
     # A user in no large group gets the pinned marker, byte for byte.
     assert frames.encode_replay_end(41, starts=()) == '{"type":14,"seq":"41"}'
+
+
+def test_the_end_marker_lists_at_most_marker_groups_max_groups() -> None:
+    many = [(2**64 - 1 - g, 2**64 - 1) for g in range(frames.MARKER_GROUPS_MAX + 5)]
+    text = frames.encode_replay_end(2**64 - 1, truncated=True, starts=many)
+    assert len(json.loads(text)["groups"]) == frames.MARKER_GROUPS_MAX
+    assert len(text) < 1 << 19  # the Python client closes on frames over 1 MiB
