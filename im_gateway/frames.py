@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Collection
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -350,7 +350,7 @@ def encode_replay_end(
     *,
     truncated: bool = False,
     group: int | None = None,
-    starts: Collection[tuple[int, int]] = (),
+    starts: Sequence[tuple[int, int]] = (),
 ) -> str:
     """Type 14 from the gateway: the replay ends at position ``upto`` (of the inbox, or
     with ``group``, of that large group's stream); ``truncated`` when messages the client
@@ -364,7 +364,7 @@ def encode_replay_end(
     seq = upto if group is None else group_seq(group, upto)
     extra = ',"truncated":true' if truncated else ""
     if starts:
-        listed = ",".join(f'"{group_seq(g, p)}"' for g, p in list(starts)[:MARKER_GROUPS_MAX])
+        listed = ",".join(f'"{group_seq(g, p)}"' for g, p in starts[:MARKER_GROUPS_MAX])
         extra += f',"groups":[{listed}]'
     return f'{{"type":14,"seq":"{seq}"{extra}}}'
 

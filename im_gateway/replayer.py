@@ -26,9 +26,10 @@ one round trip), then, for a user in groups, the large ones with their positions
 (:meth:`~im_gateway.store.Store.streams`, two round trips), follows those groups (live
 posts come from then on), then reads a page of every stream that has something to read
 (the inbox, and all groups in one pipelined round trip per page) and sends them merged in
-time order, then the type 14 marker (the inbox's seq, and each followed group's start). So a connect costs about four round
-trips however many large groups the user is in, plus one per page of a stream with more
-than a page to replay; and one, for a user in no group with nothing unacknowledged.
+time order, then the type 14 marker (the inbox's seq, and each followed group's start).
+So a connect costs about four round trips however many large groups the user is in, plus
+one per page of a stream with more than a page to replay; and one, for a user in no group
+with nothing unacknowledged.
 """
 
 from __future__ import annotations
@@ -119,10 +120,10 @@ class Replayer(Streams):
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
         self._syncs = 0
+        """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
         self._starts: dict[int, int] = {}
         """The connect replay's start in each large group's stream (for its end marker;
         kept across a failed connect replay's retries, emptied once it ended)."""
-        """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
 
     @property
     def replaying(self) -> bool:
