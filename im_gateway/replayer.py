@@ -315,8 +315,12 @@ class Replayer(Streams):
                     self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
                 elif self._wants_fill():
                     self._want_fill()
-                if request is not None and request.regroup and not self._requests:
-                    self._requests.append(request)  # read the groups again a second later
+                if request is not None and request.regroup:
+                    # It failed (still queued): read the groups again a second later.
+                    if request not in self._requests:
+                        self._requests.append(request)
+                    if self._fill_timer is not None:
+                        self._fill_timer.cancel()
                     self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
 
     def _retry_connect(self) -> None:

@@ -284,7 +284,8 @@ class Streams:
         fresh = await self._follow()
         if fresh:
             # Followed from now on (the user joined, maybe while this gateway was cut
-            # off): from the join, as another device may have acknowledged posts already.
+            # off): from the join, as another device may have acknowledged posts already
+            # (a failed read fails the regroup, which is tried again a second later).
             async with self._slots:
                 spans = await self._store.memberships([(g, self._user) for g in fresh])
             for group, span in zip(list(fresh), spans, strict=True):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Collection, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -17,7 +17,7 @@ from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.keepalive import sweep_idle
 from im_gateway.session_limits import SessionLimits
 from im_gateway.sessions import Session
-from im_gateway.store import InboxPage, MemoryStore, Opening, Submission
+from im_gateway.store import InboxPage, Membership, MemoryStore, Opening, Submission
 from im_gateway.tasks import cancel_and_wait
 from tests.helpers import wait_until
 from tests.im_gateway.fakes import FakeRouter, FakeWebSocket, store_message
@@ -843,3 +843,44 @@ async def test_a_connect_replay_goes_on_without_a_group_whose_page_failed() -> N
         await wait_until(lambda: not session.replaying)
         assert contents(ws) == ["post 9", "post 8"]
         assert [f["seq"] for f in ws.frames() if f["type"] == 2] == ["g9:1", "g8:1"]
+
+
+class MembershipsFailOnce(MemoryStore):
+    """A memory store whose next memberships call fails once ``fail`` is set."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.fail = False
+
+    async def memberships(
+        self, pairs: Sequence[tuple[int, UserId]], *, since: int = 0
+    ) -> list[Membership]:
+        if self.fail:
+            self.fail = False
+            raise ConnectionError("silent")
+        return await super().memberships(pairs, since=since)
+
+
+@pytest.mark.parametrize("fail_once", [False, True])
+async def test_a_group_followed_after_the_connect_replay_is_read_from_the_join(
+    fail_once: bool,
+) -> None:
+    """B joins a large group from another device, which shows and acknowledges two posts
+    before this connection hears of the join (its gateway was cut off from the hubs): the
+    connection follows the group from the join, not from B's position (old code: only
+    "post 3"); when the read of the join fails, the regroup is tried again."""
+    store = MembershipsFailOnce(large_group=1)
+    await store.join(9, A)
+    async with running(store) as (session, ws, _):
+        await connected(ws)
+        await store.join(9, B)
+        for i in (1, 2, 3):
+            post = Message(MessageId(f"m{i}"), A, 9, 2, 0, i, f"post {i}")
+            await store.submit([Submission(f"c{i}", post)])
+        await store.ack_group(B, 9, 2)
+        store.fail = fail_once
+        session.regroup()
+        await wait_until(lambda: "post 3" in contents(ws), what="the group's posts")
+        await wait_until(lambda: not session.replaying)
+        assert contents(ws) == ["post 1", "post 2", "post 3"]
+        assert errors(ws) == []
