@@ -361,6 +361,243 @@ test("an answer without a message id, or a refusal without a code, settles nothi
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
 });
 
+// ---- large groups' streams another device moved on (the connect marker's "groups") ------
+
+/** A message of large group `group`'s stream at `pos`. */
+const post = (group, id, pos) => msg(id, `g${group}:${pos}`, { type: 2, to: group });
+
+/** A core that went live once (its first connect replay ended with `marker`), then lost
+ * its connection and opened a new one. */
+function reconnected(options = {}, marker = { type: TYPE.REPLAY, seq: "0" }, before = []) {
+  const core = new ClientCore({ me: ME, ...options });
+  core.opened();
+  for (const frame of before) core.receive(frame);
+  core.receive(marker);
+  core.lost();
+  core.opened();
+  core.drain();
+  return core;
+}
+
+/** The connect marker `marker` arrives: the inbox's catch-up is asked for (this client has
+ * an inbox position) and ends at once; what the core wrote and reported after. */
+function markerThenInbox(core, marker) {
+  core.receive(marker);
+  const first = core.drain();
+  assert.deepEqual(first.frames, [{ type: TYPE.REPLAY, seq: core.inboxSeq }], "the inbox first");
+  core.receive({ type: TYPE.REPLAY, seq: marker.seq });
+  const then = core.drain();
+  return { frames: then.frames, events: [...first.events, ...then.events] };
+}
+
+test("a large group's stream another device acknowledged further is caught up from this client's position", () => {
+  // The phone showed posts 1 and 2; another device acknowledged up to 4 meanwhile: the
+  // connect replay starts after 4 (post 5), and its marker says so ("g7:4"). The phone
+  // asks from its own position (2), holds what comes meanwhile (a live post 6 ahead of
+  // the catch-up), and shows 3 to 6 in order, once each.
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0"] }, [
+    post(7, "p1", 1),
+    post(7, "p2", 2),
+  ]);
+  core.receive(post(7, "p5", 5)); // the connect replay
+  const asked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g7:4"] });
+  assert.deepEqual(asked.frames, [{ type: TYPE.REPLAY, seq: "g7:2" }]);
+  assert.deepEqual(shown(asked.events), [], "nothing of the stream before its catch-up");
+  core.receive(post(7, "p6", 6)); // a live post, ahead of the catch-up
+  for (const n of [3, 4, 5]) core.receive(post(7, `p${n}`, n));
+  assert.deepEqual(core.acks(), [], "no acknowledgement during the catch-up");
+  core.receive({ type: TYPE.REPLAY, seq: "g7:5" });
+  const { frames, events } = core.drain();
+  assert.deepEqual(frames, []);
+  assert.deepEqual(shown(events), ["p3", "p4", "p5", "p6"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:6" }]);
+});
+
+test("a large group's stream this client has no position in is asked for from the user's join once it had a connect replay", () => {
+  // Away while its user joined group 7 on another device, which showed and acknowledged
+  // posts 1 and 2: the connect replay starts after 2. The client asks from "g7:0" (the
+  // gateway starts where the user joined) and shows 1 to 3, once each.
+  const core = reconnected();
+  core.receive(post(7, "p3", 3));
+  const asked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g7:2"] });
+  assert.deepEqual(asked.frames, [{ type: TYPE.REPLAY, seq: "g7:0" }]);
+  assert.deepEqual(shown(asked.events), []);
+  for (const n of [1, 2, 3]) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:3" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["p1", "p2", "p3"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:3" }]);
+});
+
+test("on the first connect replay a listed stream's start is taken as this client's position, unacknowledged", () => {
+  // A new client (like a new device) starts where the user is, as with the inbox: no
+  // catch-up, and no type 11 for a position it was given. On a later connection a
+  // stream that moved on is caught up from there (g9 from 0: its position is 0).
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "3", groups: ["g7:12", "g9:0"] });
+  const first = core.drain();
+  assert.deepEqual(first.frames, []);
+  assert.deepEqual(first.events, [{ kind: "live" }]);
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "3" }]);
+  core.receive(post(7, "p12", 12)); // at the position taken: a repeat
+  core.receive(post(7, "p13", 13));
+  assert.deepEqual(shown(core.drain().events), ["p13"]);
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:13" }]);
+  core.lost();
+  core.opened();
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "3", groups: ["g7:13", "g9:2"] });
+  assert.deepEqual(marked.frames, [{ type: TYPE.REPLAY, seq: "g9:0" }], "g7 is whole");
+  for (const n of [1, 2]) core.receive(post(9, `q${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g9:2" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["q1", "q2"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+});
+
+test("on a later connection large groups' posts before the marker wait for it; a stream that needs no catch-up is shown then", () => {
+  // g7: this client acknowledged 1 itself, so the connect replay (post 2) is all there
+  // is: shown at the marker. g8: another device acknowledged 2, this client showed 1:
+  // post 3 of the connect replay waits for g8's catch-up, which brings 2 and 3.
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0", "g8:0"] }, [
+    post(7, "p1", 1),
+    post(8, "q1", 1),
+  ]);
+  core.receive(post(7, "p2", 2));
+  core.receive(post(8, "q3", 3));
+  assert.deepEqual(shown(core.drain().events), [], "held until the marker");
+  core.receive({ type: TYPE.REPLAY, seq: "0", groups: ["g7:1", "g8:2"] });
+  const marked = core.drain();
+  assert.deepEqual(marked.frames, [{ type: TYPE.REPLAY, seq: "0" }], "the inbox first");
+  assert.deepEqual(shown(marked.events), ["p2"]);
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g8:1" }]);
+  core.receive(post(7, "p3", 3)); // g7 needs no catch-up: shown at once
+  assert.deepEqual(shown(core.drain().events), ["p3"]);
+  core.receive(post(8, "q2", 2));
+  core.receive(post(8, "q3", 3));
+  core.receive({ type: TYPE.REPLAY, seq: "g8:3" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["q2", "q3"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+});
+
+test("a marker's malformed groups are ignored, and what is kept of them is bounded", () => {
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0" }, [post(7, "p1", 1)]);
+  const bad = [
+    "g7:5", // a string, not a list
+    { 0: "g7:5" },
+    [5, null, {}, ["g7:5"], "7", "x", "g7", "g7:", "g:5", "g-7:5", "g07:5", "g7:-1"],
+    ["g18446744073709551616:5", "g7:18446744073709551616", "g7:5.0", " g7:5"],
+  ];
+  for (const groups of bad) {
+    const { frames, events } = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups });
+    assert.deepEqual(frames, [], JSON.stringify(groups));
+    assert.deepEqual(events, [{ kind: "live" }], JSON.stringify(groups));
+    core.lost();
+    core.opened();
+  }
+  // A huge list: at most 10,000 streams are kept (each asked for, one after another).
+  const groups = Array.from({ length: 20000 }, (_, i) => `g${i + 100}:1`);
+  let frames = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g7:1", "g7:9", ...groups] }).frames;
+  let asks = 0;
+  for (;;) {
+    if (frames.length === 0) break;
+    assert.equal(frames.length, 1);
+    asks += 1;
+    const where = parseSeq(frames[0].seq);
+    core.receive({ type: TYPE.REPLAY, seq: formatSeq(where.stream, 1n) });
+    frames = core.drain().frames;
+  }
+  assert.equal(core.phase, "live");
+  assert.equal(asks, 10000);
+});
+
+test("history groups the marker lists are asked for once, from their start; other listed ones start where the user is", () => {
+  const core = new ClientCore({ me: ME, history: true, historyGroups: [7] });
+  core.opened();
+  core.receive(post(7, "p3", 3));
+  core.receive(post(9, "q5", 5));
+  core.receive({ type: TYPE.REPLAY, seq: "0", groups: ["g7:2", "g9:4"] });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "0" }]);
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:0" }]);
+  for (const n of [1, 2, 3]) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:3" });
+  const { frames, events } = core.drain();
+  assert.deepEqual(frames, []);
+  assert.deepEqual(shown(events), ["p1", "p2", "p3"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks().map((f) => f.seq).sort(), ["g7:3", "g9:5"]);
+});
+
+test("a large group's catch-up cut short by the replay budget is asked for again from where it stopped", () => {
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0"] }, [post(7, "p1", 1)]);
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g7:5"] });
+  assert.deepEqual(marked.frames, [{ type: TYPE.REPLAY, seq: "g7:1" }]);
+  core.receive(post(7, "p6", 6)); // live, ahead
+  core.receive(post(7, "p2", 2));
+  core.receive(post(7, "p3", 3));
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget used up" });
+  core.receive({ type: TYPE.REPLAY, seq: "g7:3" });
+  const cut = core.drain();
+  assert.deepEqual(shown(cut.events), ["p2", "p3"]);
+  assert.deepEqual(cut.events.at(-1), { kind: "catchup-later" });
+  assert.deepEqual(core.acks(), []);
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:3" }]);
+  for (const n of [4, 5, 6]) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:6" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["p4", "p5", "p6"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:6" }]);
+});
+
+test("a history group's catch-up cut short is asked for again from where it stopped (not the inbox)", () => {
+  const core = new ClientCore({ me: ME, history: true, historyGroups: [7] });
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(core.drain().frames.at(-1), { type: TYPE.REPLAY, seq: "g7:0" });
+  core.receive(post(7, "p1", 1));
+  core.receive(post(7, "p4", 4)); // live, ahead
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget used up" });
+  core.receive({ type: TYPE.REPLAY, seq: "g7:1" });
+  assert.deepEqual(shown(core.drain().events), ["p1"]);
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:1" }]);
+  for (const n of [2, 3, 4]) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:4" });
+  assert.deepEqual(shown(core.drain().events), ["p2", "p3", "p4"]);
+});
+
+test("a large group's catch-up beyond the buffer shows what is whole and asks for the rest again", () => {
+  const core = reconnected({ maxBuffer: 3 }, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0"] }, [
+    post(7, "p1", 1),
+  ]);
+  // Posts 2 to 9 before the marker: three held, the rest dropped (the catch-up reads
+  // them again).
+  for (let n = 2; n <= 9; n += 1) core.receive(post(7, `p${n}`, n));
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g7:1"] });
+  assert.deepEqual(marked.frames, [{ type: TYPE.REPLAY, seq: "g7:1" }]);
+  let from = 1;
+  const seen = [];
+  for (let round = 0; round < 10 && from < 9; round += 1) {
+    for (let n = from + 1; n <= 9; n += 1) core.receive(post(7, `p${n}`, n));
+    core.receive({ type: TYPE.REPLAY, seq: "g7:9" });
+    const { frames, events } = core.drain();
+    seen.push(...shown(events));
+    assert.ok(events.every((e) => e.kind !== "restart"), "no restart");
+    from = seen.length + 1;
+    if (frames.length) assert.deepEqual(frames, [{ type: TYPE.REPLAY, seq: `g7:${from}` }]);
+  }
+  assert.deepEqual(seen, ["p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"]);
+  assert.equal(core.phase, "live");
+});
+
 // ---- the property test -----------------------------------------------------------------
 
 /** mulberry32: a small seeded generator, so a failing seed can be replayed. */
