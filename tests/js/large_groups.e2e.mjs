@@ -97,7 +97,8 @@ function away(Client, users) {
 /** The laptop shows `posts` (the contents, in order) and nothing more, once another post
  * came after them (so a repeat, or a late one, would have shown by then). */
 async function showsExactly(alice, laptop, group, posts) {
-  await until(() => laptop.shown.length >= posts.length, `the laptop to show ${posts.length} posts`);
+  const count = posts.length;
+  await until(() => laptop.shown.length >= count, `the laptop to show ${count} posts`);
   await alice.send({ group, content: "after" });
   await until(() => laptop.shown.some((m) => m.content === "after"), "the laptop to show 'after'");
   const expected = [...posts, "after"];
