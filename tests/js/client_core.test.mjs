@@ -608,6 +608,19 @@ test("a large group's catch-up beyond the buffer shows what is whole and asks fo
   assert.equal(core.phase, "live");
 });
 
+test("a connect replay of any length before the marker restarts nothing: its overflowing stream is caught up", () => {
+  // Ten times the buffer is the bound for a catch-up's end marker (a gateway that never
+  // sends one), not for the connect replay, which brings all the user has not
+  // acknowledged.
+  const first = { type: TYPE.REPLAY, seq: "0", groups: ["g7:0"] };
+  const core = reconnected({ maxBuffer: 3 }, first, [post(7, "p1", 1)]);
+  for (let n = 2; n <= 100; n += 1) core.receive(post(7, `p${n}`, n));
+  assert.deepEqual(core.drain().events, []);
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g7:1"] });
+  assert.deepEqual(marked.frames, [{ type: TYPE.REPLAY, seq: "g7:1" }]);
+  assert.deepEqual(marked.events, []);
+});
+
 // ---- the property test -----------------------------------------------------------------
 
 /** mulberry32: a small seeded generator, so a failing seed can be replayed. */
