@@ -51,15 +51,24 @@
 // - After a reconnect the client asks (type 14) for what came after its own inbox
 //   position, since another device of the user may have acknowledged more than it saw
 //   (a client that never finished a first replay has no position yet: like a new one, it
-//   starts from the user's). Its own message coming back in a replay before its answer
-//   is held (and the stream behind it) until the answer says whose it is.
+//   starts from the user's). So for each large group's stream the connect marker lists
+//   (`groups`, each with the user's position there) further on than this client's: from
+//   its own position, or from the user's join (`g7:0`) for a stream it has none in (one
+//   its user joined from another device meanwhile); on a first connection a listed
+//   stream starts, like the inbox, where the user is. Large groups' posts that come
+//   before that marker wait for it, so that none is shown ahead of its catch-up. The
+//   catch-ups run one at a time: the inbox's, then the groups'. Its own message coming
+//   back in a replay before its answer is held (and the stream behind it) until the
+//   answer says whose it is.
 // - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
 //   once with code "backlog"); the newest 100,000 message ids are remembered; at most
 //   `catchUpBuffer` (10,000) frames are held during a catch-up, until its end marker.
-//   Beyond that, inbox frames are dropped: at the marker what lies below the lowest one
-//   dropped is shown and the rest asked for again (as after a cut by the replay budget);
-//   a gateway that never sends the marker (ten times the bound dropped) is left. Nothing
-//   held is shown before its marker: nothing out of order or twice (ClientCore.hold).
+//   Beyond that, frames that will come again are dropped: of the stream caught up (at
+//   the marker what lies below the lowest one dropped is shown and the rest asked for
+//   again, as after a cut by the replay budget), of a stream caught up later, and a large
+//   group's post before the connect marker (its stream is then caught up); a gateway that
+//   never sends the marker (ten times the bound dropped) is left. Nothing held is shown
+//   before its marker: nothing out of order or twice (ClientCore.hold).
 //
 // A refused token. The gateway answers a bad token with HTTP 401, which a browser's
 // WebSocket does not show (a refused upgrade and an unreachable host both look like a
@@ -90,6 +99,10 @@ const INBOX = "";
 const SEQ_INBOX = /^[0-9]{1,20}$/;
 const SEQ_GROUP = /^g([0-9]{1,20}):([0-9]{1,20})$/;
 const UINT64_MAX = 2n ** 64n - 1n;
+/** A group seq as the gateway writes it (no leading zeros in the group id). */
+const GROUP_SEQ = /^g(0|[1-9][0-9]{0,19}):[0-9]{1,20}$/;
+/** At most this many large groups' streams are taken from a connect marker's `groups`. */
+export const MAX_LISTED = 10000;
 
 /** A seq's stream and position: `"17"` is the inbox at 17, `"g7:3"` group 7's stream at
  * 3; `null` for anything else. */
@@ -111,6 +124,22 @@ export function parseSeq(seq) {
 /** The seq of position `pos` in `stream` (the inverse of parseSeq). */
 export function formatSeq(stream, pos) {
   return stream + String(pos);
+}
+
+/** The streams a connect replay's end marker lists (`groups`: `["g7:12", ...]`), each
+ * with the position its replay started after, as a Map; what is malformed is skipped
+ * (not a list, not a string, not a large group's seq as the gateway writes it), the first
+ * of repeats is kept, and at most MAX_LISTED. */
+export function listedStreams(groups) {
+  const listed = new Map();
+  if (!Array.isArray(groups)) return listed;
+  for (const seq of groups) {
+    if (listed.size >= MAX_LISTED) break;
+    const match = typeof seq === "string" ? GROUP_SEQ.exec(seq) : null;
+    const where = match && BigInt(match[1]) <= UINT64_MAX ? parseSeq(seq) : null;
+    if (where && !listed.has(where.stream)) listed.set(where.stream, where.pos);
+  }
+  return listed;
 }
 
 /** The claims of a JWT, unchecked (the gateway checks them); `null` when unreadable. */
@@ -165,10 +194,13 @@ export class ClientCore {
     this.history = Boolean(history);
     this.historyGroups = [...historyGroups].map((g) => `g${str(g)}:`);
     this.groupQueue = []; // large groups' streams still to catch up, on this connection
-    this.catching = new Set(); // the streams of historyGroups being caught up
-    this.marks = []; // end markers of the group catch-ups done, handled once live
-    this.asked = null; // the stream of the group catch-up running
+    this.catching = new Set(); // streams caught up on this connection (not shown directly)
+    this.asked = null; // the stream whose catch-up runs ("" the inbox), or null
     this.historyDone = false; // a connection went live after asking for historyGroups
+    this.historyRun = false; // this connection asks for historyGroups
+    this.replayed = false; // a connect replay ended (on this connection or an earlier one)
+    this.holdGroups = false; // large groups' posts wait for this connection's connect marker
+    this.overflowed = new Set(); // streams of posts dropped (buffer full) before that marker
     this.idPrefix = idPrefix;
     this.maxSeen = maxSeen;
     this.counter = 0;
@@ -178,7 +210,7 @@ export class ClientCore {
     this.succeeded = 0; // type 10 answers to requests, ever
     this.internals = 0; // "internal" refusals of requests, ever
     this.maxBuffer = maxBuffer;
-    this.dropped = null; // the lowest inbox position dropped from a full catch-up buffer
+    this.dropped = null; // the lowest position of `asked` dropped from a full catch-up buffer
     this.droppedCount = 0; // frames dropped since the last end marker
     this.seen = new Set(); // message ids shown, or known to be this client's (the newest)
     this.streams = new Map(); // stream ("" the inbox, "g7:" a large group) -> its state
@@ -186,7 +218,7 @@ export class ClientCore {
     this.phase = "down"; // down | replay | catchup | waiting (to catch up again) | live
     this.opens = 0;
     this.catchUp = false;
-    this.buffer = []; // inbox frames of a catch-up, until its end marker
+    this.buffer = []; // frames held for a catch-up (or the connect marker), until its end
     this.cut = false; // the running catch-up was cut short (rate_limited)
     this.out = [];
     this.events = [];
@@ -235,8 +267,13 @@ export class ClientCore {
     this.catchUp = this.streams.has(INBOX) || this.history;
     // The groups' history, until one connection got through it.
     this.groupQueue = this.history && !this.historyDone ? [...this.historyGroups] : [];
-    this.catching = new Set(this.groupQueue);
-    this.marks = [];
+    this.historyRun = this.groupQueue.length > 0;
+    this.catching = new Set(this.catchUp ? [INBOX, ...this.groupQueue] : this.groupQueue);
+    // After a connect replay has ended once, this client may have shown less of a large
+    // group's stream than the user acknowledged (another device): its posts wait for the
+    // connect marker to say where the user is (onConnectEnd).
+    this.holdGroups = this.replayed;
+    this.overflowed = new Set();
     this.asked = null;
     for (const entry of this.pending.values()) entry.owed = true;
     this.owed = this.pending.size;
@@ -256,7 +293,7 @@ export class ClientCore {
     this.cut = false;
     this.groupQueue = [];
     this.catching = new Set();
-    this.marks = [];
+    this.overflowed = new Set();
     this.asked = null;
   }
 
@@ -317,16 +354,18 @@ export class ClientCore {
     const id = frame.id;
     if (typeof id !== "string" || id === "") return;
     const where = typeof frame.seq === "string" ? parseSeq(frame.seq) : null;
-    const caught = where && (where.stream === INBOX || this.catching.has(where.stream));
-    if (this.phase === "replay" && this.catchUp && caught) {
+    const caught = where !== null && this.catching.has(where.stream);
+    if (this.phase === "replay" && caught) {
       // The catch-up replays all of this again, in order, from this client's position
       // (the gateway's replay starts from the user's, which may be further on).
       return;
     }
-    if ((this.phase === "catchup" || this.phase === "waiting") && caught) {
+    const early = this.phase === "replay" && this.holdGroups && where && where.stream !== INBOX;
+    if (early || ((this.phase === "catchup" || this.phase === "waiting") && caught)) {
       // Live pushes may come before the catch-up reaches their positions: kept, and
       // sorted by position at its end marker (each is stored before it is pushed, so the
-      // catch-up holds them too, and the repeats are dropped by id). Bounded: hold().
+      // catch-up holds them too, and the repeats are dropped by id). A large group's post
+      // before the connect marker waits for it (is its stream caught up?). Bounded: hold().
       const state = this.streams.get(where.stream);
       if (state && where.pos <= state.handled) return; // a repeat
       this.hold(frame, where);
@@ -413,8 +452,10 @@ export class ClientCore {
       if (code === "rate_limited" && this.phase === "catchup") this.cut = true;
       // "not_member" to a group catch-up: not a large group of the user's; the next one.
       if (code === "not_member" && this.phase === "catchup" && this.asked) {
-        this.catching.delete(this.asked);
-        if (!this.nextGroup()) this.goLive(null);
+        const stream = this.asked;
+        this.catching.delete(stream);
+        this.showHeld(stream);
+        if (!this.nextGroup()) this.goLive();
       }
       this.events.push({ kind: "error", code, message });
       return;
@@ -433,140 +474,195 @@ export class ClientCore {
 
   onReplayEnd(frame) {
     if (frame.truncated === true) this.events.push({ kind: "truncated", seq: str(frame.seq) });
-    // The marker's seq: everything in the inbox up to it went to this connection (or was
-    // this connection's own), unless the connect replay was set aside for a catch-up.
     const upto = parseSeq(str(frame.seq));
-    const reached = upto && upto.stream === INBOX ? upto : null;
     if (this.phase === "replay") {
-      // The gateway replayed after the user's acknowledged position, which another
-      // device may have moved past what this client saw: ask for what came after its own
-      // (or for everything, when it wants the history and has no position yet).
-      if (this.catchUp) {
-        this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
-        this.phase = "catchup";
-        return;
-      }
-    }
-    if (this.phase === "catchup" && this.dropped !== null && reached && !this.cut) {
-      // The buffer overflowed: show what is whole, and ask again from there at once.
-      const below = this.dropped - 1n;
-      this.keepBelow(reached.pos < below ? reached.pos : below);
-      this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
+      // The connect replay's marker (its seq: everything in the inbox up to it went to
+      // this connection, unless the inbox is caught up).
+      this.onConnectEnd(upto && upto.stream === INBOX ? upto : null, frame.groups);
       return;
     }
-    if (this.phase === "catchup" && this.cut) {
-      // Cut short by the replay budget at `reached`: show what came up to there, keep
-      // the rest, and ask again from there later (`resumeCatchUp`); no acks meanwhile.
-      this.cut = false;
-      let limit = reached ? reached.pos : 0n;
-      if (this.dropped !== null) {
-        // Frames were dropped too: whole only below the lowest of them.
-        if (this.dropped - 1n < limit) limit = this.dropped - 1n;
-        this.keepBelow(limit);
-      }
-      // Inbox frames only: a large group's position counts in its own stream, whose
-      // catch-up comes after the inbox's (shown now, it would pass that one's history).
-      const whole = (f) => {
+    // Otherwise the marker of the catch-up running (one at a time); any other is ignored.
+    if (this.phase !== "catchup" || !upto || upto.stream !== this.asked) return;
+    this.droppedCount = 0;
+    if (this.dropped === null && !this.cut) {
+      this.caughtUp(upto);
+      return;
+    }
+    // Cut short by the replay budget at `upto`, or frames dropped from a full buffer:
+    // show what came up to there (only below the lowest frame dropped), and ask again
+    // from there: at once after drops, later (`resumeCatchUp`) after a cut; no acks
+    // meanwhile. Only this stream's frames: another's position counts in its own stream,
+    // whose catch-up comes after (shown now, it would pass that one's history).
+    const stream = this.asked;
+    const cut = this.cut;
+    this.cut = false;
+    let limit = upto.pos;
+    if (this.dropped !== null) {
+      if (this.dropped - 1n < limit) limit = this.dropped - 1n;
+      this.dropped = null;
+      // What lies above comes again, and so do the held frames of the streams still to
+      // catch up: let go, so that the next round has room.
+      this.buffer = this.buffer.filter((f) => {
         const where = parseSeq(f.seq);
-        return where.stream === INBOX && where.pos <= limit;
-      };
-      const later = this.buffer.filter((f) => !whole(f));
-      this.flush(this.buffer.filter(whole));
-      this.buffer = later;
-      if (reached) this.handle({ stream: INBOX, pos: limit });
+        return where.stream === stream ? where.pos <= limit : !this.catching.has(where.stream);
+      });
+    }
+    this.showHeld(stream, limit);
+    this.handle({ stream, pos: limit });
+    if (cut) {
       this.phase = "waiting";
       this.events.push({ kind: "catchup-later" });
       return;
     }
-    if (this.phase === "catchup" && upto && (reached || this.asked === upto.stream)) {
-      // The inbox's catch-up (or a group's) is done: the next group's, if any.
-      this.marks.push(upto);
-      if (this.nextGroup()) return;
-    }
-    if (this.phase === "replay" || this.phase === "catchup") this.goLive(reached);
+    this.ask(stream);
   }
 
-  /** The replays are done: what was set aside is shown, in each stream's order. */
-  goLive(reached) {
-    if (this.dropped !== null) {
-      // Frames were dropped and no inbox marker says what is whole: start again.
-      this.lost();
-      this.events.push({ kind: "restart", reason: "catch-up buffer full" });
+  /** The connect replay's end marker: `reached`, its inbox position; `groups`, the large
+   * groups' streams it lists, each with the position its replay started after (the
+   * user's acknowledged one, which another device may have moved past what this client
+   * showed). Each listed stream this client has shown less of is caught up from its own
+   * position; one it has no position in, from the user's join ("g7:0": the gateway
+   * starts there) when this client had a connect replay before, else (a new client) its
+   * position is taken from the marker, as the inbox's is, unacknowledged. The inbox's
+   * catch-up comes first, then the groups', one at a time. */
+  onConnectEnd(reached, groups) {
+    const first = !this.replayed;
+    this.replayed = true;
+    this.droppedCount = 0;
+    for (const [stream, start] of listedStreams(groups)) {
+      if (this.catching.has(stream)) continue; // the groups' history: from its start
+      const state = this.streams.get(stream);
+      if (state ? start > state.handled : !first) {
+        this.queueCatchUp(stream);
+      } else if (!state) {
+        const taken = this.stream(stream);
+        taken.handled = start;
+        taken.shown = start;
+        taken.acked = start;
+      }
+    }
+    // Streams whose held posts overflowed the buffer: read again from this client's own.
+    for (const stream of this.overflowed) this.queueCatchUp(stream);
+    this.overflowed = new Set();
+    // The large groups' posts held for the marker: shown now when their stream needs no
+    // catch-up, else let go (its catch-up brings them again: stored before pushed).
+    const held = this.buffer;
+    this.buffer = [];
+    this.flush(held.filter((f) => !this.catching.has(parseSeq(f.seq).stream)));
+    this.phase = "catchup";
+    if (this.catchUp) {
+      this.ask(INBOX);
       return;
     }
-    const buffered = this.buffer;
+    if (reached) this.handle(reached);
+    if (!this.nextGroup()) this.goLive();
+  }
+
+  /** Catch up a large group's stream on this connection, after those queued already. */
+  queueCatchUp(stream) {
+    if (this.catching.has(stream)) return;
+    this.catching.add(stream);
+    this.groupQueue.push(stream);
+  }
+
+  /** The catch-up of `this.asked` is complete up to `upto`: what was held of its stream
+   * is shown (in order: live pushes ahead of the marker came in order too), then the
+   * next stream's catch-up, or live. */
+  caughtUp(upto) {
+    const stream = this.asked;
+    this.catching.delete(stream);
+    this.showHeld(stream);
+    this.handle(upto);
+    if (!this.nextGroup()) this.goLive();
+  }
+
+  /** The replays are done: whatever is still held is shown, in each stream's order. */
+  goLive() {
+    const held = this.buffer;
     this.buffer = [];
     this.phase = "live";
     if (this.catchUp) this.historyDone = true;
     this.catching = new Set();
+    this.groupQueue = [];
     this.asked = null;
-    this.flush(buffered);
-    if (reached) this.handle(reached);
-    for (const mark of this.marks) this.handle(mark);
-    this.marks = [];
+    this.flush(held);
     this.events.push({ kind: "live" });
   }
 
-  /** Ask for the next large group's stream of `historyGroups` from its start; false when
-   * none is left (then the catch-up ends). */
+  /** Ask for the next queued large group's stream from this client's position in it (0
+   * when none: the gateway starts where the user joined); false when none is left. */
   nextGroup() {
-    this.asked = this.groupQueue.shift() || null;
-    if (!this.asked) return false;
-    this.out.push({ type: TYPE.REPLAY, seq: formatSeq(this.asked, 0n) });
+    this.asked = null;
+    this.dropped = null;
+    const stream = this.groupQueue.shift();
+    if (stream === undefined) return false;
+    this.ask(stream);
     return true;
+  }
+
+  /** Ask (type 14) for `stream` after this client's position in it. */
+  ask(stream) {
+    this.asked = stream;
+    this.out.push({ type: TYPE.REPLAY, seq: formatSeq(stream, this.position(stream)) });
   }
 
   /** Ask again for a catch-up the replay budget cut short (after a pause). */
   resumeCatchUp() {
-    if (this.phase !== "waiting") return;
-    this.out.push({ type: TYPE.REPLAY, seq: this.inboxSeq });
+    if (this.phase !== "waiting" || this.asked === null) return;
+    this.ask(this.asked);
     this.phase = "catchup";
   }
 
-  /** Hold a frame of a running catch-up, within `maxBuffer`. When full, an inbox frame
-   * is dropped (the lowest position dropped is remembered: at the catch-up's end marker
-   * what lies below it is shown, the rest asked for again); a large group's frame, or
-   * an inbox frame after the inbox's catch-up (during a group's), cannot be asked for
-   * again: the connection is given up (event "restart", and the groups' history with it,
-   * so that a long one cannot restart every connection; what the user has not
-   * acknowledged still comes in the connect replay). So is one that drops ten times the
-   * bound without an end marker (a gateway that never ends its replay). Nothing held is
-   * shown before its marker, so nothing is shown out of order or twice. */
+  /** Hold a frame until its catch-up's end marker (or, for a large group's post before
+   * the connect marker, until that), within `maxBuffer`. When full, the frame is dropped
+   * when it will come again: a frame of the stream being caught up (the lowest position
+   * dropped is remembered: at the end marker what lies below it is shown, the rest asked
+   * for again), of a stream whose catch-up comes later on this connection, or a large
+   * group's post before the connect marker (its stream is then caught up from this
+   * client's position). A gateway that drops ten times the bound without an end marker
+   * (that never ends its replay) is given up (event "restart", and the groups' history
+   * with it, so that a long one cannot restart every connection; what the user has not
+   * acknowledged still comes in the connect replay). Nothing held is shown before its
+   * marker, so nothing is shown out of order or twice. */
   hold(frame, where) {
     if (this.buffer.length < this.maxBuffer) {
       this.buffer.push(frame);
       return;
     }
-    this.droppedCount += 1;
-    const askable = where.stream === INBOX && this.asked === null;
-    if (askable && this.droppedCount <= 10 * this.maxBuffer) {
-      if (this.dropped === null || where.pos < this.dropped) this.dropped = where.pos;
-      return;
+    if (this.phase === "replay") {
+      // A large group's post before the connect marker (a connect replay may bring any
+      // number): its stream is caught up once the marker came.
+      if (this.overflowed.has(where.stream) || this.overflowed.size < MAX_LISTED) {
+        this.overflowed.add(where.stream);
+        return;
+      }
+    } else if (++this.droppedCount <= 10 * this.maxBuffer) {
+      if (where.stream === this.asked) {
+        if (this.dropped === null || where.pos < this.dropped) this.dropped = where.pos;
+        return;
+      }
+      if (this.catching.has(where.stream)) return;
     }
-    if (this.catching.size) this.historyDone = true;
+    if (this.historyRun) this.historyDone = true;
     this.lost();
     this.events.push({ kind: "restart", reason: "catch-up buffer full" });
   }
 
-  /** At a catch-up's end marker after frames were dropped (`dropped`): the inbox is
-   * whole up to `limit` (the marker, and below the lowest dropped): show that, let go of
-   * the inbox frames beyond (the next replay brings them again). */
-  keepBelow(limit) {
+  /** Show the held frames of `stream` (those up to `limit`, or all), as if they came now;
+   * keep the others. */
+  showHeld(stream, limit = null) {
     const show = [];
     const keep = [];
     for (const f of this.buffer) {
       const where = parseSeq(f.seq);
-      if (where.stream !== INBOX) keep.push(f);
-      else if (where.pos <= limit) show.push(f);
+      if (where.stream === stream && (limit === null || where.pos <= limit)) show.push(f);
+      else keep.push(f);
     }
-    this.flush(show);
     this.buffer = keep;
-    this.handle({ stream: INBOX, pos: limit });
-    this.dropped = null;
-    this.droppedCount = 0;
+    this.flush(show);
   }
 
-  /** Set-aside inbox frames, in position order, as if they came now. */
+  /** Set-aside frames, in position order, as if they came now. */
   flush(frames) {
     const sorted = frames.map((f) => [parseSeq(f.seq).pos, f]);
     sorted.sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
@@ -619,6 +715,12 @@ export class ClientCore {
       state.cap = 0n;
       for (const item of queue) this.present(item.message, item.where);
     }
+  }
+
+  /** This client's position in `stream` (0 before any). */
+  position(stream) {
+    const state = this.streams.get(stream);
+    return state ? state.handled : 0n;
   }
 
   handle(where) {

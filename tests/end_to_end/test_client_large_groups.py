@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 from collections.abc import AsyncIterator
@@ -137,57 +138,75 @@ async def test_acks_per_stream_hold_across_two_devices_of_one_user(redis_url: st
     await store.close()
 
 
+NODE_AWAY = {"alice": 5211, "bob": 5212, "carol": 5213, "group": 5217}
+NODE_BEHIND = {"alice": 5221, "bob": 5222, "carol": 5223, "group": 5227}
+
+
 @pytest.mark.slow
-@pytest.mark.timeout(200)
+@pytest.mark.timeout(300)
 async def test_node_client_acks_per_stream_across_two_devices(redis_url: str) -> None:
     """The JavaScript client through Node (tests/js/large_groups.e2e.mjs), the module as a
     gateway serves it: the same promises as the Python test above, and the acks of both
-    streams (the inbox's seq, the group's ``g`` seq) reach the store."""
+    streams (the inbox's seq, the group's ``g`` seq) reach the store. And a device away
+    (gw-2 killed, then started again) while another device of its user took and
+    acknowledged posts of a large group (one it joined meanwhile, or one the away device
+    had shown posts of) is shown them once back, once each, in order."""
     store = RedisStore(redis_url)
+    named = {"bob": NODE_BOB, "away-bob": NODE_AWAY["bob"], "behind-bob": NODE_BEHIND["bob"]}
 
-    async def acked(inbox: int, group: int, upto: int) -> bool:
-        streams = await store.streams(UserId(NODE_BOB), 0)
+    async def acked(user: int, inbox: int, group: int, upto: int) -> bool:
+        streams = await store.streams(UserId(user), 0)
         positions = {s.group: s.position for s in streams if isinstance(s, GroupStream)}
-        return await store.acked(UserId(NODE_BOB)) >= inbox and positions.get(group) == upto
+        return await store.acked(UserId(user)) >= inbox and positions.get(group) == upto
 
-    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while line := (await reader.readline()).decode().strip():
-            match line.split():
-                case ["acked", "bob", inbox, group_seq]:
-                    group, _, upto = group_seq[1:].partition(":")
+    def users(ids: dict[str, int]) -> dict[str, object]:
+        """One away test's users: their tokens and the group."""
+        tokens = {name: token(ids[name]) for name in ("alice", "bob", "carol")}
+        return {"tokens": tokens, "group": ids["group"]}
 
-                    async def stored(
-                        i: int = int(inbox), g: int = int(group), u: int = int(upto)
-                    ) -> bool:
-                        return await acked(i, g, u)
+    async with hub_and_two_gateways("lg", redis_url) as (_, started):
 
-                    await wait_until(
-                        stored,
-                        timeout=10,
-                        what=f"bob's acks of {inbox} and {group_seq} stored",
-                    )
-                case _:
-                    raise AssertionError(f"unknown control line {line!r}")
-            writer.write(f"ok {line}\n".encode())
-            await writer.drain()
+        async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while line := (await reader.readline()).decode().strip():
+                match line.split():
+                    case ["acked", name, inbox, group_seq]:
+                        group, _, upto = group_seq[1:].partition(":")
+                        user, at = named[name], (int(inbox), int(group), int(upto))
+                        await wait_until(
+                            functools.partial(acked, user, *at),
+                            timeout=10,
+                            what=f"{name}'s acks of {inbox} and {group_seq} stored",
+                        )
+                    case ["kill", "2"]:
+                        started[1].kill()
+                    case ["restart", "2"]:
+                        started[1].restart()
+                        await started[1].wait_healthy()
+                    case _:
+                        raise AssertionError(f"unknown control line {line!r}")
+                writer.write(f"ok {line}\n".encode())
+                await writer.drain()
 
-    try:
-        async with gateways(redis_url) as urls, control_server(control) as control_port:
-            config = {
-                "urls": list(urls),
-                "http": urls[0].replace("ws://", "http://").removesuffix("/ws"),
-                "tokens": {
-                    "alice": token(NODE_ALICE),
-                    "bob": token(NODE_BOB),
-                    "carol": token(NODE_CAROL),
-                },
-                "users": {"alice": NODE_ALICE, "bob": NODE_BOB, "carol": NODE_CAROL},
-                "group": NODE_GROUP,
-                "controlPort": control_port,
-            }
-            await node_e2e("large_groups.e2e.mjs", config, within=150)
-    finally:
-        await store.close()
+        try:
+            async with control_server(control) as control_port:
+                urls = [f"ws://127.0.0.1:{g.port}/ws" for g in started]
+                config = {
+                    "urls": urls,
+                    "http": urls[0].replace("ws://", "http://").removesuffix("/ws"),
+                    "tokens": {
+                        "alice": token(NODE_ALICE),
+                        "bob": token(NODE_BOB),
+                        "carol": token(NODE_CAROL),
+                    },
+                    "users": {"alice": NODE_ALICE, "bob": NODE_BOB, "carol": NODE_CAROL},
+                    "group": NODE_GROUP,
+                    "away": users(NODE_AWAY),
+                    "behind": users(NODE_BEHIND),
+                    "controlPort": control_port,
+                }
+                await node_e2e("large_groups.e2e.mjs", config, within=240)
+        finally:
+            await store.close()
 
 
 AWAY_ALICE, AWAY_BOB, AWAY_CAROL = 5111, 5112, 5113
