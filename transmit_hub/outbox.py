@@ -238,19 +238,23 @@ class Outbox:
             budget = self._budget
             budget.total -= n
             budget.writing -= n
+            if not self._deliveries and not self._notices:
+                self._empty.set()
 
     def _after_take(self) -> None:
         if not self._deliveries and not self._notices:
             if not self._closed:
                 self._ready.clear()
-            self._empty.set()
+            if not self._writing:
+                self._empty.set()
 
     async def wait(self) -> None:
         """Wait until something is pending or the outbox is closed."""
         await self._ready.wait()
 
     async def wait_empty(self) -> None:
-        """Wait until nothing is pending (the writer took it all)."""
+        """Wait until nothing is pending and the frame taken last is written (or the
+        outbox discarded)."""
         await self._empty.wait()
 
     def poke(self) -> None:

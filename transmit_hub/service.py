@@ -315,7 +315,9 @@ class HubService:
                 w.cancel()
             if pending:
                 log.warning(
-                    "shutdown: %d gateways' outboxes not empty after %ss", len(pending), grace
+                    "shutdown: %d gateways' outboxes not drained (queued or being written) after %ss",
+                    len(pending),
+                    grace,
                 )
         for a in self.registry.attachments():
             a.end(EndReason.SHUTDOWN)

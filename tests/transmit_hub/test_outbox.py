@@ -38,7 +38,9 @@ def test_take_respects_count_and_byte_budget_in_order() -> None:
 
 
 async def test_wait_wakes_on_offer_and_close() -> None:
-    """wait() returns when an item arrives or the outbox closes; wait_empty() when drained."""
+    """wait() returns when an item arrives or the outbox closes; wait_empty() when drained
+    and the frame taken is written (a hub's shutdown waits for it: old code returned at
+    the take)."""
     box = Outbox(5)
     waiter = asyncio.create_task(box.wait())
     await asyncio.sleep(0)  # one loop turn: the task runs up to its wait, not past it
@@ -49,6 +51,14 @@ async def test_wait_wakes_on_offer_and_close() -> None:
     await asyncio.sleep(0)  # one loop turn, as above
     assert not emptied.done()
     box.take(10, 100)
+    await asyncio.sleep(0)  # one loop turn, as above
+    assert not emptied.done()  # taken, not written yet
+    box.written()
+    await asyncio.wait_for(emptied, 1)
+    box.offer(b"e")
+    box.take(10, 100)
+    emptied = asyncio.create_task(box.wait_empty())
+    box.discard()  # a gateway gone: nothing more to wait for
     await asyncio.wait_for(emptied, 1)
     box.close()
     await asyncio.wait_for(box.wait(), 1)
