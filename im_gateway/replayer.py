@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import random
 from dataclasses import dataclass
 
 from transmit_hub.types import UserId
@@ -316,12 +317,13 @@ class Replayer(Streams):
                 elif self._wants_fill():
                     self._want_fill()
                 if request is not None and request.regroup:
-                    # It failed (still queued): read the groups again a second later.
+                    # It failed (still queued): again in 1-2 s (an outage fails them all).
                     if request not in self._requests:
                         self._requests.append(request)
                     if self._fill_timer is not None:
                         self._fill_timer.cancel()
-                    self._fill_timer = self._loop.call_later(1.0, self._retry_connect)
+                    delay = 1.0 + random.random()
+                    self._fill_timer = self._loop.call_later(delay, self._retry_connect)
 
     def _retry_connect(self) -> None:
         self._fill_timer = None
