@@ -369,10 +369,12 @@ def encode_replay_end(
     return f'{{"type":14,"seq":"{seq}"{extra}}}'
 
 
-_TIME = re.compile(r'"time":"(\d+)"')
+_ID_TIME = re.compile(r'"id":"([^"]*)","from":-?\d+,"to":-?\d+,"contentType":-?\d+,"time":"(\d+)"')
 
 
-def time_of(frame: str) -> int:
-    """The ``time`` of a message frame this module encoded (0 when it has none)."""
-    found = _TIME.search(frame)
-    return int(found.group(1)) if found else 0
+def order_of(frame: str) -> tuple[int, str]:
+    """A message frame this module encoded, its place in time order: its ``time``, then
+    its id (ids made by one process sort by creation, so messages of one millisecond
+    keep the order they were made in); ``(0, "")`` when it has none."""
+    found = _ID_TIME.search(frame)
+    return (int(found.group(2)), found.group(1)) if found else (0, "")

@@ -371,7 +371,7 @@ class Replayer(Streams):
                     del buffers[group]
                 continue
             heads = [
-                (frames.time_of(buf[0]), i, k) for i, (k, buf) in enumerate(buffers.items()) if buf
+                (frames.order_of(buf[0]), i, k) for i, (k, buf) in enumerate(buffers.items()) if buf
             ]
             if not heads:
                 break

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from im_gateway import frames
 from im_gateway.errors import FrameError
+from im_gateway.ids import MessageIds
 from tests.im_gateway.strategies import frames as random_frames
 from transmit_hub.types import Message, MessageId, UserId
 
@@ -251,3 +252,20 @@ def test_the_end_marker_lists_at_most_marker_groups_max_groups() -> None:
     text = frames.encode_replay_end(2**64 - 1, truncated=True, starts=many)
     assert len(json.loads(text)["groups"]) == frames.MARKER_GROUPS_MAX
     assert len(text) < 1 << 19  # the Python client closes on frames over 1 MiB
+
+
+def test_messages_of_one_millisecond_keep_their_order_of_making() -> None:
+    """The connect replay merges its streams by ``order_of``: time, then id. Ids made by one
+    process in one millisecond sort by their counter, so a private and a group message sent
+    one after the other in one millisecond replay in that order (the inbox's stream came
+    first, whatever the order they were sent in, before)."""
+    ids = MessageIds()
+    first, ms = ids.next(1_700_000_000_000)
+    second, _ = ids.next(ms)
+    late = Message(second, UserId(1), UserId(2), 1, 0, ms, 'a "quoted" "id":"x" content')
+    early = Message(first, UserId(1), 7, 2, 0, ms, "g")
+    assert frames.order_of(frames.encode_message(early, "g7:1")) < frames.order_of(
+        frames.encode_message(late, "5")
+    )
+    assert frames.order_of(frames.encode_message(late, "5")) == (ms, second)
+    assert frames.order_of('{"type":0}') == (0, "")

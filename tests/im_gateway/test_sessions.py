@@ -884,3 +884,23 @@ async def test_a_group_followed_after_the_connect_replay_is_read_from_the_join(
         await wait_until(lambda: not session.replaying)
         assert contents(ws) == ["post 1", "post 2", "post 3"]
         assert errors(ws) == []
+
+
+async def test_the_connect_replay_keeps_the_order_messages_of_one_millisecond_were_made_in() -> (
+    None
+):
+    """A group post and a private message made one after the other in one millisecond
+    (their ids sort by the making process's counter) replay in that order, whichever
+    stream each is in (old code: the inbox's first, ["private", "group"])."""
+    store = MemoryStore(large_group=1)
+    await store.join(9, A)
+    await store.join(9, B)
+    ms = 1_700_000_000_000
+    head = f"{ms:012x}{'ab' * 6}"
+    post = Message(MessageId(f"{head}000001"), A, 9, 2, 0, ms, "group")
+    private = Message(MessageId(f"{head}000002"), A, B, 1, 0, ms, "private")
+    await store.submit([Submission("c1", post)])
+    await store.submit([Submission("c2", private)])
+    async with running(store) as (_, ws, _):
+        await connected(ws)
+        assert contents(ws) == ["group", "private"]
