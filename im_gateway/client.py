@@ -65,6 +65,7 @@ from .client_protocol import (
     group_id,
     message_frame,
     token_subject,
+    with_groups,
 )
 from .client_state import ClientState
 from .client_watch import GIVEN_UP, AnswerWatch, Liveness, RefusalWatch
@@ -333,7 +334,7 @@ class Client:
             index += 1
             try:
                 ws = await connect(
-                    url,
+                    with_groups(url),
                     additional_headers={"Authorization": f"Bearer {self._token}"},
                     open_timeout=CONNECT_TIMEOUT,
                     max_size=MAX_FRAME,

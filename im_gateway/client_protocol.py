@@ -100,6 +100,12 @@ def parse_seq(seq: object) -> tuple[str, int] | None:
     return stream, int(number)
 
 
+def with_groups(url: str) -> str:
+    """``url`` asking for the connect replay's end marker to list the large groups
+    followed (``groups=1``: the gateway leaves the pinned marker as it is otherwise)."""
+    return f"{url}{'&' if '?' in url else '?'}groups=1"
+
+
 def parse_group_starts(value: object, limit: int = 10_000) -> list[tuple[str, int]]:
     """The ``groups`` of a connect replay's end marker (a list of large groups' seqs):
     ``[("g7", 12), ...]``; what is malformed (not a list, not a group seq) is skipped, and

@@ -503,6 +503,7 @@ class Gateway(AsyncLifecycle):
             limits=self._limits,
             slots=self._slots,
             group_rights=connection.group_rights or self._front.rights,
+            lists_groups=connection.lists_groups,
             metrics=self.metrics,
             ack_rounds=self._ack_rounds,
         )

@@ -307,6 +307,7 @@ class Front:
             return json_response(refused.status, {"error": refused.code, "reason": refused.reason})
         connection.user = user
         connection.caps = self.caps
+        connection.lists_groups = query.get("groups") == ["1"]
         if self.rights.policy == TOKEN:
             connection.group_rights = GroupRights(TOKEN, identity.groups)
         else:

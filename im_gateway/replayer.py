@@ -18,18 +18,15 @@ come to it directly, and it follows large groups through the follower it is give
   connection, within ``replay_budget`` entries a minute; beyond it, ``rate_limited`` and an
   end marker at the position reached.
 
-Large groups. Each large group the user is in has a stream of its own and a cursor of its
-own here (positions ``g<group>:<n>``); holes are filled and replays (type 14 with a group
-seq) served per stream. The connect replay reads the user's acknowledged inbox position,
-the inbox's end and whether the user is in any group (:meth:`~im_gateway.store.Store.opening`,
-one round trip), then, for a user in groups, the large ones with their positions
-(:meth:`~im_gateway.store.Store.streams`, two round trips), follows those groups (live
-posts come from then on), then reads a page of every stream that has something to read
-(the inbox, and all groups in one pipelined round trip per page) and sends them merged in
-time order, then the type 14 marker (the inbox's seq, and each followed group's start).
-So a connect costs about four round trips however many large groups the user is in, plus
-one per page of a stream with more than a page to replay; and one, for a user in no group
-with nothing unacknowledged.
+Large groups. Each large group the user is in has a stream and a cursor of its own here
+(positions ``g<group>:<n>``), its holes filled and its replays served apart. A connect
+reads the user's inbox position and end and whether they are in any group
+(:meth:`~im_gateway.store.Store.opening`, one round trip), then for a user in groups the
+large ones with their positions (:meth:`~im_gateway.store.Store.streams`, two), follows
+them, reads a page of every stream with something to read (the groups' in one pipelined
+round trip), and sends them merged in time order, then the type 14 marker (the inbox's
+seq; with ``lists_groups``, each followed group's start). About four round trips however
+many large groups, one more per further page; one for a user in no group and nothing new.
 """
 
 from __future__ import annotations
@@ -96,11 +93,12 @@ class Replayer(Streams):
         held_max: int,
         fill_delay: float,
         replay_budget: int,
+        lists_groups: bool = False,
         metrics: GatewayMetrics | None = None,
         ack_rounds: AckRounds | None = None,
     ) -> None:
         """``ack_rounds``: the gateway's; the connect replay first writes the acks its
-        user's other connections have due there."""
+        user's other connections have due there. ``lists_groups``: see the module's."""
         super().__init__(
             out,
             user,
@@ -122,9 +120,9 @@ class Replayer(Streams):
         self._fill_timer: asyncio.TimerHandle | None = None
         self._syncs = 0
         """Reads to the inbox's end asked for (catch-ups, rebases) so far."""
-        self._starts: dict[int, int] = {}
-        """The connect replay's start in each large group's stream (for its end marker;
-        kept across a failed connect replay's retries, emptied once it ended)."""
+        self._starts: dict[int, int] | None = {} if lists_groups else None
+        """The connect replay's start in each large group's stream, for its end marker
+        (None: not asked for; kept across a failed connect replay's retries)."""
 
     @property
     def replaying(self) -> bool:
@@ -351,7 +349,8 @@ class Replayer(Streams):
             self._cursor.ends_at(opening.inbox_end)
         for group, pos in starts.items():
             buffers[group] = collections.deque(self._groups[group].start(pos))
-        self._starts.update(starts)
+        if self._starts is not None:
+            self._starts.update(starts)
         trimmed = False
         sent = 0
         while not self._out.closing:
@@ -381,8 +380,9 @@ class Replayer(Streams):
             if sent % self._page == 0:
                 await self._out.room()
         # Each followed group's start: a client that has shown less asks for the rest.
-        followed = [(g, p) for g, p in self._starts.items() if g in self._groups]
-        self._starts = {}
+        followed = [(g, p) for g, p in (self._starts or {}).items() if g in self._groups]
+        if self._starts:
+            self._starts = {}
         end = frames.encode_replay_end(self._cursor.last, truncated=trimmed, starts=followed)
         self._out.push(end)
 

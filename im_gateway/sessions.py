@@ -138,15 +138,14 @@ class Session:
         limits: SessionLimits,
         slots: asyncio.Semaphore | None = None,
         group_rights: GroupRights = SERVER_RIGHTS,
+        lists_groups: bool = False,
         metrics: GatewayMetrics | None = None,
         ack_rounds: AckRounds | None = None,
     ) -> None:
         """``slots`` bounds the store calls in flight across all sessions (replays, acks,
-        group changes), so thousands of sockets reconnecting at once queue here instead
-        of opening thousands of Redis connections. ``group_rights``: which type 12/13
-        frames this connection may send (the gateway passes its ``--group-join``;
-        by default none: membership is the server's). ``ack_rounds``: the gateway's
-        rounds of ack writes (``--ack-linger``; by default each write starts at once)."""
+        group changes): a reconnect storm queues here, not in Redis. ``group_rights``:
+        the type 12/13 frames it may send (``--group-join``; by default none).
+        ``lists_groups``: ``?groups=1``. ``ack_rounds``: the gateway's (``--ack-linger``)."""
         self._group_rights = group_rights
         self._metrics = metrics = metrics if metrics is not None else NullMetrics()
         self._ws = ws
@@ -178,6 +177,7 @@ class Session:
             held_max=limits.held_max,
             fill_delay=limits.fill_delay,
             replay_budget=limits.replay_budget,
+            lists_groups=lists_groups,
             metrics=metrics,
             ack_rounds=ack_rounds,
         )

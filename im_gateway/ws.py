@@ -99,6 +99,7 @@ class _State:
         "handshaking",
         "heard_at",
         "held",
+        "lists_groups",
         "lost",
         "receive_now",
         "user",
@@ -108,6 +109,7 @@ class _State:
     def __init__(self) -> None:
         self.user: UserId | None = None
         self.group_rights: GroupRights | None = None
+        self.lists_groups = False  # the client asked for the marker's groups (?groups=1)
         self.caps: ConnectionCaps | None = None
         self.lost = False
         self.counted = False
@@ -182,6 +184,16 @@ class Connection(ServerConnection):
     @group_rights.setter
     def group_rights(self, value: GroupRights | None) -> None:
         self.gw.group_rights = value
+
+    @property
+    def lists_groups(self) -> bool:
+        """The client asked (``?groups=1``) for its connect replay's end marker to list
+        the large groups it follows (see :func:`im_gateway.frames.encode_replay_end`)."""
+        return self.gw.lists_groups
+
+    @lists_groups.setter
+    def lists_groups(self, value: bool) -> None:
+        self.gw.lists_groups = value
 
     @property
     def caps(self) -> ConnectionCaps | None:

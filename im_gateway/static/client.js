@@ -957,7 +957,8 @@ export class Client {
   url() {
     const base = this.urls[this.urlIndex % this.urls.length];
     const sep = base.includes("?") ? "&" : "?";
-    return `${base}${sep}token=${encodeURIComponent(this.token)}`;
+    // groups=1: the connect marker lists the large groups followed (see ClientCore).
+    return `${base}${sep}token=${encodeURIComponent(this.token)}&groups=1`;
   }
 
   expired() {

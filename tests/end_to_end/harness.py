@@ -45,8 +45,12 @@ class Client:
         self._counter = 0
 
     @classmethod
-    async def open(cls, port: int, user: int, *, ack: bool = False, **kw: Any) -> Client:
-        ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token(user)}", **kw)
+    async def open(
+        cls, port: int, user: int, *, ack: bool = False, query: str = "", **kw: Any
+    ) -> Client:
+        """``query``: more of the URL's query (``"groups=1"``)."""
+        more = f"&{query}" if query else ""
+        ws = await connect(f"ws://127.0.0.1:{port}/ws?token={token(user)}{more}", **kw)
         return cls(ws, user)
 
     async def _read(self) -> None:

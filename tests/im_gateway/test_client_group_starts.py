@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from im_gateway.client_protocol import parse_group_starts
+from im_gateway.client_protocol import parse_group_starts, with_groups
 from im_gateway.client_state import ClientState
 from tests.im_gateway.test_client_state import ME, message_frame, taken
 
@@ -113,3 +113,8 @@ def test_malformed_groups_are_ignored() -> None:
     s.received(marker("0", groups=[["g7:1"], 3, "17", "g7:" + "9" * 40]))
     assert s.take_writes() == []
     assert s.ignored == 0
+
+
+def test_the_client_asks_for_the_groups_in_its_url() -> None:
+    assert with_groups("ws://gw:8080/ws") == "ws://gw:8080/ws?groups=1"
+    assert with_groups("wss://gw/ws?x=1") == "wss://gw/ws?x=1&groups=1"

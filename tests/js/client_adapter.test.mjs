@@ -78,7 +78,7 @@ const last = () => FakeSocket.made.at(-1);
 
 test("the token goes as the URL's token parameter; sends wait for the socket, in order", async () => {
   const client = open("ws://a/ws");
-  assert.equal(last().url, `ws://a/ws?token=${encodeURIComponent(client.token)}`);
+  assert.equal(last().url, `ws://a/ws?token=${encodeURIComponent(client.token)}&groups=1`);
   const first = client.send({ to: 2, content: "one" });
   const second = client.send({ group: 7, content: "two" });
   last().open();
