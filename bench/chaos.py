@@ -305,6 +305,20 @@ async def fault(
         stack.down.discard(victim)
 
 
+async def supervise(stack: Stack, run: Run) -> None:
+    """Start again a gateway or hub that exited by itself (not in a fault of ours), as a
+    supervisor (systemd, Kubernetes) would: a gateway started while its Redis does not
+    answer exits with "cannot reach Redis", by design."""
+    while True:
+        await asyncio.sleep(1.0)
+        for name, process in [*stack.hubs.items(), *stack.gateways.items()]:
+            code = process.proc.poll()
+            if name not in stack.down and code is not None:
+                run.faults.append(Fault(now(run), "exited", name, 0.0))  # (not ours)
+                print(f"  {now(run):7.1f}s {name} exited by itself ({code}); started", flush=True)
+                process.start()
+
+
 def pick(stack: Stack, rng: random.Random, full: bool) -> tuple[str, str] | None:
     """A fault and its victim, keeping a gateway and a hub up unless ``full``."""
     kinds = [k for k in KINDS if k != "redis-kill" or stack.args.redis == "cluster"]
@@ -566,6 +580,7 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
         memberships(run, stack, users, random.Random(rng.random()), until, args.group_gap)
     )
     print(f"traffic and faults for {args.seconds:.0f}s (seed {args.seed}):", flush=True)
+    supervisor = asyncio.create_task(supervise(stack, run))
     await faults(stack, run, rng, until, args)
     await restarter
     stopped = time.monotonic()
@@ -578,11 +593,11 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
             settled = time.monotonic() - stopped
             break
         await asyncio.sleep(1.0)
-    for task in [*senders, watcher]:
+    for task in [*senders, watcher, supervisor]:
         task.cancel()
     for client in users.clients.values():
         await client.close()
-    await asyncio.gather(*senders, *readers, watcher, return_exceptions=True)
+    await asyncio.gather(*senders, *readers, watcher, supervisor, return_exceptions=True)
     verdict = check(run)
     print(report(run, verdict, stack.logs, settled), flush=True)
     data: dict[str, object] = {
