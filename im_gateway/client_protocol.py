@@ -109,15 +109,16 @@ def with_groups(url: str) -> str:
 def parse_group_starts(value: object, limit: int = 10_000) -> list[tuple[str, int]]:
     """The ``groups`` of a connect replay's end marker (a list of large groups' seqs):
     ``[("g7", 12), ...]``; what is malformed (not a list, not a group seq) is skipped, and
-    at most ``limit`` are read."""
+    at most ``limit`` are read; of a stream listed twice, the first (as the JavaScript
+    client's ``listedStreams``)."""
     if not isinstance(value, list):
         return []
-    starts = []
+    starts: dict[str, int] = {}
     for item in value[:limit]:
         parsed = parse_seq(item)
         if parsed is not None and parsed[0] != INBOX:
-            starts.append(parsed)
-    return starts
+            starts.setdefault(*parsed)
+    return list(starts.items())
 
 
 def format_seq(stream: str, pos: int) -> str:

@@ -203,7 +203,7 @@ def groups_listed(
     Returns the streams that were held for this marker, to release as far as they may
     now be (one it does not list is released whole)."""
     held = [name for name, st in streams.items() if st.unsure]
-    for name, start in dict(starts).items():
+    for name, start in starts:
         st = streams.get(name)
         if st is None:
             st = streams[name] = Stream()

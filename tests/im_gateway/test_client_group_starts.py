@@ -101,6 +101,7 @@ def test_malformed_groups_are_ignored() -> None:
     assert parse_group_starts(None) == []
     assert parse_group_starts("g7:1") == []
     assert parse_group_starts([7, "7", "g7", "g7:x", "gx:1", {"g7": 1}, "g7:1"]) == [("g7", 1)]
+    assert parse_group_starts(["g7:1", "g8:2", "g7:9"]) == [("g7", 1), ("g8", 2)]
     assert parse_group_starts([f"g{i}:1" for i in range(50)], limit=3) == [
         ("g0", 1),
         ("g1", 1),
