@@ -127,6 +127,11 @@ async def test_acks_per_stream_hold_across_devices_and_leavers_get_nothing(
     marker = await bob3.wait_for(lambda f: f["type"] == 14)
     assert marker == {"type": 14, "seq": inbox_seq, "groups": [f"g{GROUP}:3"]}
     await bob3.close()
+    # Anything but exactly groups=1 (a value of its own, twice, empty) is the pinned marker.
+    for query in ("groups=yes", "groups=1&groups=1", "groups=", "groups=" + "1" * 4000):
+        odd = await Client.open(gws[0].port, 302, query=query)
+        assert await odd.wait_for(lambda f: f["type"] == 14) == {"type": 14, "seq": inbox_seq}
+        await odd.close()
     loner = await Client.open(gws[0].port, 399, query="groups=1")
     assert await loner.wait_for(lambda f: f["type"] == 14) == {"type": 14, "seq": "0"}
     await loner.close()
