@@ -76,7 +76,6 @@ class DemoUser:
 
 ALICE = DemoUser(1, "alice")
 BOB = DemoUser(2, "bob")
-DEMO_USERS = (ALICE, BOB)
 
 
 @dataclass(frozen=True, slots=True)

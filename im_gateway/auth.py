@@ -37,7 +37,6 @@ ALGORITHM = "HS256"
 UINT64_MAX = 2**64 - 1
 MIN_SECRET_BYTES = 32
 """RFC 7518's minimum for HS256; shorter secrets work but the config warns once."""
-DEFAULT_MAX_TTL = 86400.0
 DEFAULT_MAX_GROUPS = 1000
 
 # PyJWT's exceptions -> what the 401 body says (most specific first).

@@ -68,7 +68,6 @@ class Gateway(AsyncLifecycle):
     ) -> None:
         self.config = config
         self._given_store = store
-        self._given_link = link
         self._store: Store | None = store
         self._link: Link | None = link
         self._hub_link: HubPool | None = None

@@ -10,9 +10,6 @@ from __future__ import annotations
 
 from .errors import BadPosition
 
-START = "0"
-"""The position before every inbox entry."""
-
 MAX_POSITION = 2**64 - 1
 """Positions are uint64."""
 

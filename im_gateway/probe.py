@@ -218,7 +218,7 @@ class Probe:
         kind = frame.get("type")
         now = time.monotonic()
         if kind == 10:
-            self.ledger.acked(str(frame.get("id")), str(frame.get("msgId")), now)
+            self.ledger.acked(str(frame.get("id")), str(frame.get("msgId")))
         elif kind == 99 and "id" in frame:
             pair = self.ledger.refused(str(frame["id"]))
             if pair is not None:

@@ -18,7 +18,6 @@ class _Pending:
     pair: Pair
     sent_at: float
     receiver_epoch: int
-    acked_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,10 +59,9 @@ class Ledger:
     def sent(self, client_id: str, pair: Pair, now: float, receiver_epoch: int) -> None:
         self._sent[client_id] = _Pending(pair, now, receiver_epoch)
 
-    def acked(self, client_id: str, msg_id: str, now: float) -> None:
+    def acked(self, client_id: str, msg_id: str) -> None:
         pending = self._sent.pop(client_id, None)
         if pending is not None:
-            pending.acked_at = now
             self._acked[msg_id] = pending
 
     def refused(self, client_id: str) -> Pair | None:

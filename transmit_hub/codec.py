@@ -374,13 +374,6 @@ def parse_response(data: bytes) -> pb.ConnectResponse:
     return pb.ConnectResponse.FromString(data)
 
 
-def welcome_hub_id(response: pb.ConnectResponse) -> str | None:
-    """The hub id of a Welcome response, or ``None`` when it is not one."""
-    if response.WhichOneof("frame") != "welcome":
-        return None
-    return response.welcome.hub_id
-
-
 # The link's receive path decodes every delivery: its fields are read with attrgetters
 # (one call per message), repeated fields by index; a consumer that takes the deliveries
 # apart at once (the gateway's fan-out) takes them as rows, with no object built

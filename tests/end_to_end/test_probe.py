@@ -122,7 +122,7 @@ def test_ledger_tells_loss_from_a_reconnected_receiver_and_late_arrivals() -> No
     ledger.sent("c3", (1, 0), 0.0, receiver_epoch=1)
     ledger.sent("c4", (1, 0), 0.0, receiver_epoch=1)
     for cid in ("c1", "c2", "c3"):
-        ledger.acked(cid, "m" + cid, 0.01)
+        ledger.acked(cid, "m" + cid)
     assert ledger.seen("mc1", 0.2) == Seen((0, 1), 0.2, late=False)
     assert ledger.seen("mc1", 0.3) is None  # a repeat
     assert ledger.seen("stranger", 0.3) is None
