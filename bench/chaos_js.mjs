@@ -53,7 +53,7 @@ function open({ dev, urls, token }) {
     const { id, from, to, type, contentType, time, content, seq } = m;
     emit({ ev: "message", dev, message: { id, from, to, type, contentType, time, content, seq } });
   };
-  client.onerror = (err) => console.error(`${dev}: type 99 for no request: ${err.code}`);
+  client.onerror = (err) => console.error(`${dev}: type 99 for no request: ${err.message}`);
   client.ontruncated = (seq) => console.error(`${dev}: history truncated at ${seq}`);
   clients.set(dev, client);
 }
