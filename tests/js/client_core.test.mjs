@@ -258,6 +258,65 @@ test("a catch-up cut short by the replay budget is asked for again from where it
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "11" }]);
 });
 
+test("a catch-up refused with no end marker (a replay is running) is asked for again later", () => {
+  // The gateway refuses a type 14 while one of the connection's reads runs (a regroup
+  // after a membership change, say) with rate_limited and no marker; a budget cut's
+  // marker comes right behind its rate_limited. The heartbeat's answer tells them apart:
+  // the catch-up must not wait for a marker that never comes (its stream's pushes held,
+  // unshown and unacknowledged, until the connection is lost). Found by
+  // bench/chaos.py --js-devices.
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive(msg("m3", "3")); // the connect replay (another device acknowledged to 2)
+  core.receive({ type: TYPE.REPLAY, seq: "3" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "a replay is running" });
+  core.receive(msg("m4", "4")); // a live push: held for the catch-up
+  core.receive({ type: TYPE.HEARTBEAT }); // a heartbeat's answer, and no marker before it
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), []);
+  assert.ok(
+    events.some((e) => e.kind === "catchup-later"),
+    "the catch-up is to be asked for again later"
+  );
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  for (const n of [2, 3, 4]) core.receive(msg(`m${n}`, String(n)));
+  core.receive({ type: TYPE.REPLAY, seq: "4" });
+  const after = core.drain().events;
+  assert.deepEqual(shown(after), ["m2", "m3", "m4"]);
+  assert.deepEqual(after.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "4" }]);
+});
+
+test("a rate_limited catch-up asks for a heartbeat's answer; a budget cut's marker comes first", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.drain();
+  core.receive(msg("m2", "2"));
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget used up" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.HEARTBEAT }], "the barrier is asked for");
+  core.receive({ type: TYPE.REPLAY, seq: "2" }); // the budget cut's marker
+  core.receive({ type: TYPE.HEARTBEAT }); // then the barrier: nothing more to do
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["m2"]);
+  assert.deepEqual(events.filter((e) => e.kind === "catchup-later").length, 1);
+  core.resumeCatchUp();
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "2" }]);
+  core.receive({ type: TYPE.REPLAY, seq: "2" });
+  assert.deepEqual(core.drain().events, [{ kind: "live" }]);
+});
+
 test("a cut-short inbox catch-up shows no large group's post before that group's history", () => {
   // A page's reload with a group's history to read: the inbox's catch-up is cut short by
   // the replay budget at 10, while a live post of group 7 (its position 4) waits for the
@@ -643,7 +702,9 @@ function generator(seed) {
  * connection). Its own deliveries follow the gateway's rules: a connection gets the
  * replay after the acknowledged position, then the end marker, then live pushes, in
  * order; the connection that sent a message does not get it pushed (it is in the inbox).
- * Replays asked for may be cut short by the replay budget. With `lists`, the user joins
+ * Replays asked for may be cut short by the replay budget, or refused outright
+ * (rate_limited, no marker: a read of the connection runs); heartbeats are answered. With
+ * `lists`, the user joins
  * the group at some point (its position starts there; nothing from before is delivered)
  * and the connect marker lists the group's start (`groups`), as the gateway does.
  */
@@ -713,6 +774,11 @@ class ModelGateway {
       const where = parseSeq(frame.seq);
       const end = this.streams[where.stream].length;
       this.acked[where.stream] = Math.max(this.acked[where.stream], Math.min(end, Number(where.pos)));
+    } else if (frame.type === TYPE.HEARTBEAT) {
+      conn.down.push({ type: TYPE.HEARTBEAT });
+    } else if (frame.type === TYPE.REPLAY && this.rand.chance(0.1)) {
+      // Refused outright, a read of the connection running (a regroup): no marker.
+      conn.down.push({ type: TYPE.ERROR, code: "rate_limited", message: "a replay is running" });
     } else if (frame.type === TYPE.REPLAY && frame.seq.startsWith("g7:") && this.joined === null) {
       conn.down.push({ type: TYPE.ERROR, code: "not_member", message: "not in large group 7" });
     } else if (frame.type === TYPE.REPLAY) {
