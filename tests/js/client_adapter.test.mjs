@@ -268,7 +268,9 @@ test("a catch-up refused rate_limited with no end marker is asked for again afte
   const client = open("ws://a/ws", { catchUpDelay: 30 });
   const shown = [];
   client.onmessage = (m) => shown.push(m.id);
-  const m = (n) => ({ type: 1, id: `m${n}`, from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: String(n) });
+  const m = (n) => ({
+    type: 1, id: `m${n}`, from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: String(n),
+  });
   last().open();
   last().frame(m(1));
   last().frame({ type: TYPE.REPLAY, seq: "1" });
