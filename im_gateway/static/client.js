@@ -61,7 +61,8 @@
 //   `rate_limited` is asked for again after `catchUpDelay` (5 s): from where its end
 //   marker says when the replay budget cut it short, from where it was when the gateway
 //   refused it outright (another read of the connection ran; no marker comes: a
-//   heartbeat, sent then, is answered with none before it). Its own message coming
+//   heartbeat, sent then, is answered with none before it); so is one whose read failed
+//   (`internal`, no marker). Its own message coming
 //   back in a replay before its answer is held (and the stream behind it) until the
 //   answer says whose it is.
 // - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
@@ -457,6 +458,15 @@ export class ClientCore {
       // For no request of ours: "internal" here is an acknowledgement the gateway could
       // not store ("send it again"), so every stream's position goes out again.
       if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
+      // "internal" during a catch-up: its read failed (no acknowledgement goes out before
+      // a connection is live, so it is none of those): no marker comes; it is asked for
+      // again after a pause, from where it was.
+      if (code === "internal" && this.phase === "catchup") {
+        this.cut = false;
+        this.markerDue = false;
+        this.phase = "waiting";
+        this.events.push({ kind: "catchup-later" });
+      }
       // "rate_limited" during a catch-up: the gateway's replay budget cuts it short (its
       // end marker comes right behind), or it refused the type 14 outright while another
       // read of the connection ran (no marker comes). A heartbeat tells them apart: its
@@ -853,7 +863,7 @@ const DEFAULTS = {
   ackInterval: 100,
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
   connectTimeout: 10000, // ms for the handshake (and for the 401 probe): then the next URL
-  catchUpDelay: 5000, // ms before asking again for a catch-up refused or cut short rate_limited
+  catchUpDelay: 5000, // ms before asking again for a catch-up refused, failed or cut short
   catchUpBuffer: 10000, // frames held during a catch-up; beyond it, see ClientCore.hold
   answerTimeout: 30000, // ms a connection may owe answers without giving any: then the next URL
   internalStreak: 3, // "internal" refusals in a row (none stored between) that, over

@@ -293,6 +293,33 @@ test("a catch-up refused with no end marker (a replay is running) is asked for a
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "4" }]);
 });
 
+test("a catch-up whose read failed (internal, no end marker) is asked for again later", () => {
+  // The gateway answers a replay whose store read failed (Redis stopped, a failover)
+  // with internal and no marker. No acknowledgement goes out before a connection is
+  // live, so during a catch-up that is what an internal for no request means.
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  core.receive(msg("m3", "3")); // a live push: held for the catch-up
+  core.receive({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), []);
+  assert.ok(
+    events.some((e) => e.kind === "catchup-later"),
+    "the catch-up is to be asked for again later"
+  );
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  for (const n of [2, 3]) core.receive(msg(`m${n}`, String(n)));
+  core.receive({ type: TYPE.REPLAY, seq: "3" });
+  assert.deepEqual(shown(core.drain().events), ["m2", "m3"]);
+});
+
 test("a rate_limited catch-up asks for a heartbeat's answer; a budget cut's marker comes first", () => {
   const core = new ClientCore({ me: ME });
   core.opened();
@@ -702,8 +729,9 @@ function generator(seed) {
  * connection). Its own deliveries follow the gateway's rules: a connection gets the
  * replay after the acknowledged position, then the end marker, then live pushes, in
  * order; the connection that sent a message does not get it pushed (it is in the inbox).
- * Replays asked for may be cut short by the replay budget, or refused outright
- * (rate_limited, no marker: a read of the connection runs); heartbeats are answered. With
+ * Replays asked for may be cut short by the replay budget, refused outright
+ * (rate_limited, no marker: a read of the connection runs) or fail (internal, no
+ * marker: the store); heartbeats are answered. With
  * `lists`, the user joins
  * the group at some point (its position starts there; nothing from before is delivered)
  * and the connect marker lists the group's start (`groups`), as the gateway does.
@@ -777,8 +805,12 @@ class ModelGateway {
     } else if (frame.type === TYPE.HEARTBEAT) {
       conn.down.push({ type: TYPE.HEARTBEAT });
     } else if (frame.type === TYPE.REPLAY && this.rand.chance(0.1)) {
-      // Refused outright, a read of the connection running (a regroup): no marker.
-      conn.down.push({ type: TYPE.ERROR, code: "rate_limited", message: "a replay is running" });
+      // Refused outright, a read of the connection running (a regroup), or its read
+      // failed (Redis): no marker.
+      const [code, message] = this.rand.chance(0.5)
+        ? ["rate_limited", "a replay is running"]
+        : ["internal", "replay failed; ask again with type 14"];
+      conn.down.push({ type: TYPE.ERROR, code, message });
     } else if (frame.type === TYPE.REPLAY && frame.seq.startsWith("g7:") && this.joined === null) {
       conn.down.push({ type: TYPE.ERROR, code: "not_member", message: "not in large group 7" });
     } else if (frame.type === TYPE.REPLAY) {
