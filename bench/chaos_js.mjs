@@ -28,6 +28,11 @@ const WebSocket = require("ws");
 
 const clients = new Map(); // dev -> Client
 
+/** A line in the log (stderr): what each device's client said, with the time. */
+function log(line) {
+  console.error(`${new Date().toISOString()} ${line}`);
+}
+
 function emit(event) {
   process.stdout.write(`${JSON.stringify(event)}\n`);
 }
@@ -42,7 +47,8 @@ function currentUrl(client) {
 function open({ dev, urls, token }) {
   const client = new Client(urls, { token, WebSocket });
   let url = null;
-  client.onstatus = () => {
+  client.onstatus = (status) => {
+    log(`${dev}: ${status}`);
     const now = currentUrl(client);
     if (now !== url && clients.get(dev) === client) {
       url = now;
@@ -53,8 +59,8 @@ function open({ dev, urls, token }) {
     const { id, from, to, type, contentType, time, content, seq } = m;
     emit({ ev: "message", dev, message: { id, from, to, type, contentType, time, content, seq } });
   };
-  client.onerror = (err) => console.error(`${dev}: type 99 for no request: ${err.message}`);
-  client.ontruncated = (seq) => console.error(`${dev}: history truncated at ${seq}`);
+  client.onerror = (err) => log(`${dev}: type 99 for no request: ${err.message}`);
+  client.ontruncated = (seq) => log(`${dev}: history truncated at ${seq}`);
   clients.set(dev, client);
 }
 
