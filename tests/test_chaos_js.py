@@ -1,8 +1,10 @@
 """bench/chaos_js.py: the Node process's events read and checked, which devices run the
-JavaScript client, and a dead Node process said so."""
+JavaScript client, and a dead Node process said so (and the soak stopped)."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import sys
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # the soak imports it as ``chaos_js``
 
+import chaos  # noqa: E402
+import client_js  # noqa: E402
 from chaos_js import Answer, ChildGone, JsHost, Shown, Url, js_devices, parse_event  # noqa: E402
 
 from im_gateway.client import Message, Sent  # noqa: E402
@@ -100,3 +104,24 @@ async def test_a_node_process_that_dies_fails_every_waiting_call(tmp_path: Path)
         assert "Cannot find module 'ws'" in (tmp_path / "js.log").read_text()
     finally:
         await host.close()
+
+
+async def test_the_soak_stops_and_fails_when_the_node_process_dies(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """chaos.run_soak: a Node process that exits ends the run at once with status 1 and
+    the reason printed, however long the soak would still run."""
+
+    async def forever(*_: object) -> tuple[int, dict[str, object]]:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    monkeypatch.setattr(chaos, "soak", forever)
+    monkeypatch.setattr(client_js, "ensure_ws", lambda: tmp_path)  # no ws: node exits
+    stack = chaos.Stack(argparse.Namespace(), tmp_path, "s", "k")
+    status, data = await asyncio.wait_for(
+        chaos.run_soak(argparse.Namespace(js_devices=1), stack), 30
+    )
+    assert status == 1
+    assert "exited with status 1" in str(data["error"])
+    assert "FAILED: the JavaScript clients' Node process failed" in capsys.readouterr().out
