@@ -62,7 +62,9 @@
 //   marker says when the replay budget cut it short, from where it was when the gateway
 //   refused it outright (another read of the connection ran; no marker comes: a
 //   heartbeat, sent then, is answered with none before it); so is one whose read failed
-//   (`internal`, no marker). Its own message coming
+//   (`internal`, no marker). A connect replay answered `internal` (its read failed)
+//   that has not ended `catchUpDelay` later (the gateway tries it again only when it
+//   failed before it began) is given up with its connection. Its own message coming
 //   back in a replay before its answer is held (and the stream behind it) until the
 //   answer says whose it is.
 // - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
@@ -226,6 +228,7 @@ export class ClientCore {
     this.buffer = []; // frames held for a catch-up (or the connect marker), until its end
     this.cut = false; // the running catch-up was cut short (rate_limited)
     this.markerDue = false; // rate_limited came: its marker (a budget cut) or a type 0 next
+    this.replayFailed = false; // the connect replay was answered internal (its read failed)
     this.out = [];
     this.events = [];
   }
@@ -281,6 +284,7 @@ export class ClientCore {
     this.holdGroups = this.replayed;
     this.overflowed = new Set();
     this.asked = null;
+    this.replayFailed = false;
     for (const entry of this.pending.values()) entry.owed = true;
     this.owed = this.pending.size;
     this.out = [...this.pending.values()].map((entry) => entry.frame);
@@ -298,6 +302,7 @@ export class ClientCore {
     this.buffer = [];
     this.cut = false;
     this.markerDue = false;
+    this.replayFailed = false;
     this.groupQueue = [];
     this.catching = new Set();
     this.overflowed = new Set();
@@ -461,6 +466,14 @@ export class ClientCore {
       // "internal" during a catch-up: its read failed (no acknowledgement goes out before
       // a connection is live, so it is none of those): no marker comes; it is asked for
       // again after a pause, from where it was.
+      // "internal" during the connect replay: its read failed. The gateway tries it again
+      // (a second later) only when it failed before it began; else no marker comes, and
+      // the pushes of the streams to catch up would be dropped until one did: without a
+      // marker after a pause, the connection is given up (resumeCatchUp).
+      if (code === "internal" && this.phase === "replay") {
+        this.replayFailed = true;
+        this.events.push({ kind: "catchup-later" });
+      }
       if (code === "internal" && this.phase === "catchup") {
         this.cut = false;
         this.markerDue = false;
@@ -645,8 +658,14 @@ export class ClientCore {
     this.out.push({ type: TYPE.REPLAY, seq: formatSeq(stream, this.position(stream)) });
   }
 
-  /** Ask again for a catch-up the replay budget cut short (after a pause). */
+  /** Ask again for a catch-up cut short or refused (after a pause); give the connection
+   * up when its connect replay failed and has not ended since. */
   resumeCatchUp() {
+    if (this.phase === "replay" && this.replayFailed) {
+      this.lost();
+      this.events.push({ kind: "restart", reason: "connect replay failed" });
+      return;
+    }
     if (this.phase !== "waiting" || this.asked === null) return;
     this.ask(this.asked);
     this.phase = "catchup";

@@ -291,3 +291,16 @@ test("a catch-up refused rate_limited with no end marker is asked for again afte
   assert.equal(client.status, "live");
   assert.deepEqual(shown, ["m1", "m2", "m3"]);
 });
+
+test("a connect replay answered internal with no end marker since is left after catchUpDelay", async () => {
+  const client = open(["ws://a/ws", "ws://b/ws"], { catchUpDelay: 30 });
+  const socket = last();
+  socket.open();
+  socket.frame({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+  await until(() => FakeSocket.made.length === 2, "a new connection");
+  assert.equal(socket.closedWith, 4000);
+  assert.match(last().url, /^ws:\/\/b\/ws/);
+  last().open();
+  last().frame({ type: TYPE.REPLAY, seq: "0" });
+  assert.equal(client.status, "live");
+});
