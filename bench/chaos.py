@@ -53,6 +53,15 @@ sent when, through which gateway, the receiver's connections, membership changes
 faults around), duplicates, out of order, shown to a device they were not meant for or to
 a non-member, and the faults run. The processes' logs (and the clients') stay in
 ``--logs`` (a new temporary directory by default). Exit status 1 when a check failed.
+
+``--js-devices N`` (default 0) puts N devices on the JavaScript client
+(``im_gateway/static/client.js``) instead: the second devices of the first two-device
+users for half of them (rounded up: users with one device of each kind, sharing
+positions), one-device users from the last for the rest. All of them run in one Node
+process (``bench/chaos_js.mjs``, stderr in ``js-clients.log``) that the soak drives in
+JSON lines through :class:`chaos_js.JsClient`, a stand-in for the Python client with the
+same calls; what ``onmessage`` got is what the device showed. Every choice the run makes
+stays the seed's; a run fails at once, saying so, if the Node process dies.
 """
 
 from __future__ import annotations
@@ -76,9 +85,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import client_js
 import harness
 import redis
 from chaos_check import Change, Device, Fault, Run, Send, Shown, check, report, unshown
+from chaos_js import JsClient, JsHost, js_devices
 
 from devtools.launch import Process, gateway_argv, gateway_healthy, hub_argv
 from im_gateway.client import Client, Refused
@@ -364,13 +375,25 @@ class Users:
     """The users' devices and clients, and what the harness believes of the groups."""
 
     devices: dict[int, list[Device]]
-    clients: dict[Device, Client] = field(default_factory=dict)
+    clients: dict[Device, Client | JsClient] = field(default_factory=dict)
     instances: Counter[Device] = field(default_factory=Counter)
     members: dict[int, set[int]] = field(default_factory=dict)
     """Each group's members as of the last answered change (a send to a group the user has
     just left is refused ``not_member``: counted, harmless)."""
     busy: set[tuple[int, int]] = field(default_factory=set)
     """(user, group) pairs with a change under way: never two at once."""
+    js: JsHost | None = None
+    on_js: set[Device] = field(default_factory=set)
+    """The devices that run the JavaScript client (``--js-devices``), in ``js``."""
+
+    def start(self, me: Device, urls: list[str], token: str) -> Client | JsClient:
+        """A new client for device ``me`` (the next instance: a start or a restart)."""
+        if self.js is not None and me in self.on_js:
+            client: Client | JsClient = self.js.open(me, self.instances[me], urls, token)
+        else:
+            client = Client(urls, token=token)
+        self.clients[me] = client
+        return client
 
 
 async def device(
@@ -408,7 +431,7 @@ async def device(
         record.msg_id, record.acked, record.acked_via = sent.msg_id, now(run), client.url or "-"
 
 
-async def receive(run: Run, client: Client, me: Device, instance: int) -> None:
+async def receive(run: Run, client: Client | JsClient, me: Device, instance: int) -> None:
     async for message in client.messages():
         run.shown[me].append(Shown(message, now(run), instance))
 
@@ -437,9 +460,9 @@ async def restarts(
         print(f"  {now(run):7.1f}s client-restart {victim}", flush=True)
         await old.close()
         users.instances[me] += 1
-        users.clients[me] = Client(old._urls, token=old._token)
+        new = users.start(me, old._urls, old._token)
         instance = users.instances[me]
-        readers.append(asyncio.create_task(receive(run, users.clients[me], me, instance)))
+        readers.append(asyncio.create_task(receive(run, new, me, instance)))
 
 
 async def change(
@@ -536,13 +559,16 @@ async def watch_urls(run: Run, users: Users) -> None:
 # --- the run ----------------------------------------------------------------------------
 
 
-async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, object]]:
+async def soak(
+    args: argparse.Namespace, stack: Stack, js: JsHost | None
+) -> tuple[int, dict[str, object]]:
     rng = random.Random(args.seed)
     random.seed(args.seed)  # the client library's backoffs
     ids = list(range(1001, 1001 + args.users))
     users = Users(
         {u: [(u, 0), (u, 1)] if i < args.two_devices else [(u, 0)] for i, u in enumerate(ids)}
     )
+    users.js, users.on_js = js, js_devices(users.devices, args.js_devices)
     users.members = {
         SMALL: set(rng.sample(ids, max(2, args.large_group - 1))),
         LARGE: set(rng.sample(ids, min(len(ids), args.large_group * 3))),
@@ -560,12 +586,15 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
         f"--workers {args.workers}",
         flush=True,
     )
+    if users.on_js:
+        named = " ".join(f"{u}.{d}" for u, d in sorted(users.on_js))
+        print(f"JavaScript client (one Node process) on devices {named}", flush=True)
     for u in ids:
         token = harness.mint_token(u, stack.secret)
         for d in users.devices[u]:
             urls = stack.ws_urls()
             rng.shuffle(urls)
-            users.clients[d] = Client(urls, token=token)
+            users.start(d, urls, token)
     readers = [asyncio.create_task(receive(run, c, d, 0)) for d, c in users.clients.items()]
     watcher = asyncio.create_task(watch_urls(run, users))
     until = time.monotonic() + args.seconds
@@ -604,9 +633,36 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
         "faults": [asdict(f) for f in run.faults],
         "changes": [asdict(c) for c in run.changes],
         "connections": {f"{u}.{d}": seen for (u, d), seen in run.urls.items()},
+        "js_devices": [f"{u}.{d}" for u, d in sorted(users.on_js)],
         "verdict": asdict(verdict),
     }
     return (0 if verdict.ok and settled is not None else 1), data
+
+
+async def run_soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, object]]:
+    """The soak, with the JavaScript devices' Node process when ``--js-devices``: the run
+    fails at once, saying so, when that process dies."""
+    if not args.js_devices:
+        return await soak(args, stack, None)
+    js = await JsHost.start(client_js.ensure_ws(), stack.logs / "js-clients.log")
+
+    async def died() -> tuple[int, dict[str, object]]:
+        why = await asyncio.shield(js.died)
+        print(f"FAILED: {why}", flush=True)
+        return 1, {"error": why}
+
+    task, watch = asyncio.create_task(soak(args, stack, js)), asyncio.create_task(died())
+    try:
+        done, _ = await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+        first = task if task in done else watch
+        for other in (task, watch):
+            if other is not first:
+                other.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await other
+        return first.result()
+    finally:
+        await js.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -642,11 +698,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--max-stop", type=float, default=8, help="longest SIGSTOP, seconds")
     parser.add_argument("--full-outages", action="store_true", help="may stop every gateway or hub")
+    parser.add_argument(
+        "--js-devices",
+        type=int,
+        default=0,
+        help="devices that run the JavaScript client, in one Node process (0: none)",
+    )
     parser.add_argument("--logs", help="directory for the processes' logs (default: a new one)")
     parser.add_argument("--json", help="write the faults and the verdict here")
     args = parser.parse_args(argv)
     if args.wait_replicas is None:
         args.wait_replicas = 1 if args.redis == "cluster" else 0
+    shape = {u: [(u, 0), (u, 1)][: 1 + (u < args.two_devices)] for u in range(args.users)}
+    try:
+        js_devices(shape, args.js_devices)
+    except ValueError as exc:
+        parser.error(str(exc))
     logs = Path(args.logs or tempfile.mkdtemp(prefix="chaos-"))
     logs.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(
@@ -659,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(args, logs, secrets.token_hex(32), secrets.token_hex(24))
     try:
         stack.start()
-        status, data = asyncio.run(soak(args, stack))
+        status, data = asyncio.run(run_soak(args, stack))
         if args.json:
             Path(args.json).write_text(json.dumps(data, indent=1))
         return status

@@ -57,7 +57,14 @@
 //   its user joined from another device meanwhile); on a first connection a listed
 //   stream starts, like the inbox, where the user is. Large groups' posts that come
 //   before that marker wait for it, so that none is shown ahead of its catch-up. The
-//   catch-ups run one at a time: the inbox's, then the groups'. Its own message coming
+//   catch-ups run one at a time: the inbox's, then the groups'. One refused
+//   `rate_limited` is asked for again after `catchUpDelay` (5 s): from where its end
+//   marker says when the replay budget cut it short, from where it was when the gateway
+//   refused it outright (another read of the connection ran; no marker comes: a
+//   heartbeat, sent then, is answered with none before it); so is one whose read failed
+//   (`internal`, no marker). A connect replay answered `internal` (its read failed)
+//   that has not ended `catchUpDelay` later (the gateway tries it again only when it
+//   failed before it began) is given up with its connection. Its own message coming
 //   back in a replay before its answer is held (and the stream behind it) until the
 //   answer says whose it is.
 // - Bounds: at most `maxPending` (10,000) requests wait for an answer (beyond: rejects at
@@ -220,6 +227,8 @@ export class ClientCore {
     this.catchUp = false;
     this.buffer = []; // frames held for a catch-up (or the connect marker), until its end
     this.cut = false; // the running catch-up was cut short (rate_limited)
+    this.markerDue = false; // rate_limited came: its marker (a budget cut) or a type 0 next
+    this.replayFailed = false; // the connect replay was answered internal (its read failed)
     this.out = [];
     this.events = [];
   }
@@ -275,6 +284,7 @@ export class ClientCore {
     this.holdGroups = this.replayed;
     this.overflowed = new Set();
     this.asked = null;
+    this.replayFailed = false;
     for (const entry of this.pending.values()) entry.owed = true;
     this.owed = this.pending.size;
     this.out = [...this.pending.values()].map((entry) => entry.frame);
@@ -291,6 +301,8 @@ export class ClientCore {
     this.out = [];
     this.buffer = [];
     this.cut = false;
+    this.markerDue = false;
+    this.replayFailed = false;
     this.groupQueue = [];
     this.catching = new Set();
     this.overflowed = new Set();
@@ -313,6 +325,9 @@ export class ClientCore {
         break;
       case TYPE.REPLAY:
         this.onReplayEnd(frame);
+        break;
+      case TYPE.HEARTBEAT:
+        this.onHeartbeat();
         break;
       default:
         break;
@@ -448,8 +463,32 @@ export class ClientCore {
       // For no request of ours: "internal" here is an acknowledgement the gateway could
       // not store ("send it again"), so every stream's position goes out again.
       if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
-      // "rate_limited" during a catch-up: the gateway's replay budget cuts it short.
-      if (code === "rate_limited" && this.phase === "catchup") this.cut = true;
+      // "internal" during a catch-up: its read failed (no acknowledgement goes out before
+      // a connection is live, so it is none of those): no marker comes; it is asked for
+      // again after a pause, from where it was.
+      // "internal" during the connect replay: its read failed. The gateway tries it again
+      // (a second later) only when it failed before it began; else no marker comes, and
+      // the pushes of the streams to catch up would be dropped until one did: without a
+      // marker after a pause, the connection is given up (resumeCatchUp).
+      if (code === "internal" && this.phase === "replay") {
+        this.replayFailed = true;
+        this.events.push({ kind: "catchup-later" });
+      }
+      if (code === "internal" && this.phase === "catchup") {
+        this.cut = false;
+        this.markerDue = false;
+        this.phase = "waiting";
+        this.events.push({ kind: "catchup-later" });
+      }
+      // "rate_limited" during a catch-up: the gateway's replay budget cuts it short (its
+      // end marker comes right behind), or it refused the type 14 outright while another
+      // read of the connection ran (no marker comes). A heartbeat tells them apart: its
+      // answer comes after that marker, if there is one (onHeartbeat).
+      if (code === "rate_limited" && this.phase === "catchup") {
+        this.cut = true;
+        this.markerDue = true;
+        this.out.push({ type: TYPE.HEARTBEAT });
+      }
       // "not_member" to a group catch-up: not a large group of the user's; the next one.
       if (code === "not_member" && this.phase === "catchup" && this.asked) {
         const stream = this.asked;
@@ -472,6 +511,18 @@ export class ClientCore {
     this.events.push({ kind: "refused", id, code, message });
   }
 
+  /** A heartbeat's answer. After a catch-up's rate_limited with no end marker since, the
+   * type 14 was refused outright (a budget cut's marker comes right behind its refusal):
+   * asked for again after a pause, from where it was (nothing of it came). */
+  onHeartbeat() {
+    if (!this.markerDue) return;
+    this.markerDue = false;
+    if (this.phase !== "catchup" || !this.cut) return;
+    this.cut = false;
+    this.phase = "waiting";
+    this.events.push({ kind: "catchup-later" });
+  }
+
   onReplayEnd(frame) {
     if (frame.truncated === true) this.events.push({ kind: "truncated", seq: str(frame.seq) });
     const upto = parseSeq(str(frame.seq));
@@ -483,6 +534,7 @@ export class ClientCore {
     }
     // Otherwise the marker of the catch-up running (one at a time); any other is ignored.
     if (this.phase !== "catchup" || !upto || upto.stream !== this.asked) return;
+    this.markerDue = false;
     this.droppedCount = 0;
     if (this.dropped === null && !this.cut) {
       this.caughtUp(upto);
@@ -606,8 +658,14 @@ export class ClientCore {
     this.out.push({ type: TYPE.REPLAY, seq: formatSeq(stream, this.position(stream)) });
   }
 
-  /** Ask again for a catch-up the replay budget cut short (after a pause). */
+  /** Ask again for a catch-up cut short or refused (after a pause); give the connection
+   * up when its connect replay failed and has not ended since. */
   resumeCatchUp() {
+    if (this.phase === "replay" && this.replayFailed) {
+      this.lost();
+      this.events.push({ kind: "restart", reason: "connect replay failed" });
+      return;
+    }
     if (this.phase !== "waiting" || this.asked === null) return;
     this.ask(this.asked);
     this.phase = "catchup";
@@ -824,7 +882,7 @@ const DEFAULTS = {
   ackInterval: 100,
   heartbeat: 20000, // ms between type 0 frames; no frame for 2.5x this: the socket is dead
   connectTimeout: 10000, // ms for the handshake (and for the 401 probe): then the next URL
-  catchUpDelay: 5000, // ms before asking again for a catch-up cut short by the replay budget
+  catchUpDelay: 5000, // ms before asking again for a catch-up refused, failed or cut short
   catchUpBuffer: 10000, // frames held during a catch-up; beyond it, see ClientCore.hold
   answerTimeout: 30000, // ms a connection may owe answers without giving any: then the next URL
   internalStreak: 3, // "internal" refusals in a row (none stored between) that, over

@@ -263,3 +263,44 @@ test("1012 closes in a row: ten reconnects at once, then the backoff (no reconne
   await until(() => FakeSocket.made.length === 12, "the reconnect after its backoff", 2000);
   assert.ok(last().madeAt - dropped >= 190, "the 11th 1012 in a row waits for the backoff");
 });
+
+test("a catch-up refused rate_limited with no end marker is asked for again after catchUpDelay", async () => {
+  const client = open("ws://a/ws", { catchUpDelay: 30 });
+  const shown = [];
+  client.onmessage = (m) => shown.push(m.id);
+  const m = (n) => ({
+    type: 1, id: `m${n}`, from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: String(n),
+  });
+  last().open();
+  last().frame(m(1));
+  last().frame({ type: TYPE.REPLAY, seq: "1" });
+  last().drop(1006);
+  await until(() => FakeSocket.made.length === 2, "the reconnect");
+  const socket = last();
+  socket.open();
+  socket.frame({ type: TYPE.REPLAY, seq: "1" });
+  assert.deepEqual(socket.sent, [{ type: TYPE.REPLAY, seq: "1" }]);
+  socket.frame({ type: TYPE.ERROR, code: "rate_limited", message: "a replay is running" });
+  assert.deepEqual(socket.sent.at(-1), { type: TYPE.HEARTBEAT });
+  socket.frame(m(3)); // a live push, held for the catch-up
+  socket.frame({ type: TYPE.HEARTBEAT }); // its answer: no marker came
+  await until(() => socket.sent.filter((f) => f.type === TYPE.REPLAY).length === 2, "the type 14 again");
+  socket.frame(m(2));
+  socket.frame(m(3));
+  socket.frame({ type: TYPE.REPLAY, seq: "3" });
+  assert.equal(client.status, "live");
+  assert.deepEqual(shown, ["m1", "m2", "m3"]);
+});
+
+test("a connect replay answered internal with no end marker since is left after catchUpDelay", async () => {
+  const client = open(["ws://a/ws", "ws://b/ws"], { catchUpDelay: 30 });
+  const socket = last();
+  socket.open();
+  socket.frame({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+  await until(() => FakeSocket.made.length === 2, "a new connection");
+  assert.equal(socket.closedWith, 4000);
+  assert.match(last().url, /^ws:\/\/b\/ws/);
+  last().open();
+  last().frame({ type: TYPE.REPLAY, seq: "0" });
+  assert.equal(client.status, "live");
+});

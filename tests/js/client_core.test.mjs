@@ -258,6 +258,136 @@ test("a catch-up cut short by the replay budget is asked for again from where it
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "11" }]);
 });
 
+test("a catch-up refused with no end marker (a replay is running) is asked for again later", () => {
+  // The gateway refuses a type 14 while one of the connection's reads runs (a regroup
+  // after a membership change, say) with rate_limited and no marker; a budget cut's
+  // marker comes right behind its rate_limited. The heartbeat's answer tells them apart:
+  // the catch-up must not wait for a marker that never comes (its stream's pushes held,
+  // unshown and unacknowledged, until the connection is lost). Found by
+  // bench/chaos.py --js-devices.
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive(msg("m3", "3")); // the connect replay (another device acknowledged to 2)
+  core.receive({ type: TYPE.REPLAY, seq: "3" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "a replay is running" });
+  core.receive(msg("m4", "4")); // a live push: held for the catch-up
+  core.receive({ type: TYPE.HEARTBEAT }); // a heartbeat's answer, and no marker before it
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), []);
+  assert.ok(
+    events.some((e) => e.kind === "catchup-later"),
+    "the catch-up is to be asked for again later"
+  );
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  for (const n of [2, 3, 4]) core.receive(msg(`m${n}`, String(n)));
+  core.receive({ type: TYPE.REPLAY, seq: "4" });
+  const after = core.drain().events;
+  assert.deepEqual(shown(after), ["m2", "m3", "m4"]);
+  assert.deepEqual(after.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "4" }]);
+});
+
+test("a catch-up whose read failed (internal, no end marker) is asked for again later", () => {
+  // The gateway answers a replay whose store read failed (Redis stopped, a failover)
+  // with internal and no marker. No acknowledgement goes out before a connection is
+  // live, so during a catch-up that is what an internal for no request means.
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  core.receive(msg("m3", "3")); // a live push: held for the catch-up
+  core.receive({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), []);
+  assert.ok(
+    events.some((e) => e.kind === "catchup-later"),
+    "the catch-up is to be asked for again later"
+  );
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  for (const n of [2, 3]) core.receive(msg(`m${n}`, String(n)));
+  core.receive({ type: TYPE.REPLAY, seq: "3" });
+  assert.deepEqual(shown(core.drain().events), ["m2", "m3"]);
+});
+
+test("a connect replay that failed (internal, no end marker) gives the connection up after a pause", () => {
+  // A connect replay whose read fails after it began is answered internal ("replay
+  // failed; ask again with type 14") and not tried again: no marker comes, and every
+  // inbox push is dropped until one does (the catch-up after it brings them). Found by
+  // bench/chaos.py --js-devices (a Redis Cluster primary killed).
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.drain();
+  core.receive({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+  core.receive(msg("m2", "2")); // a push: left for the catch-up that the marker starts
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), []);
+  assert.ok(
+    events.some((e) => e.kind === "catchup-later"),
+    "the connect replay is to be looked at again later"
+  );
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().events, [{ kind: "restart", reason: "connect replay failed" }]);
+  assert.equal(core.connected, false);
+  core.opened();
+  core.receive(msg("m2", "2"));
+  core.receive({ type: TYPE.REPLAY, seq: "2" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
+  core.receive(msg("m2", "2"));
+  core.receive({ type: TYPE.REPLAY, seq: "2" });
+  assert.deepEqual(shown(core.drain().events), ["m2"]);
+});
+
+test("a connect replay the gateway tries again after its internal keeps the connection", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+  core.receive(msg("m1", "1")); // the gateway's second try, a second later
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  assert.deepEqual(shown(core.drain().events), ["m1"]);
+  core.resumeCatchUp(); // the pause's end: nothing to do
+  assert.deepEqual(core.drain(), { frames: [], events: [] });
+  assert.equal(core.phase, "live");
+});
+
+test("a rate_limited catch-up asks for a heartbeat's answer; a budget cut's marker comes first", () => {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.drain();
+  core.receive(msg("m2", "2"));
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "replay budget used up" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.HEARTBEAT }], "the barrier is asked for");
+  core.receive({ type: TYPE.REPLAY, seq: "2" }); // the budget cut's marker
+  core.receive({ type: TYPE.HEARTBEAT }); // then the barrier: nothing more to do
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["m2"]);
+  assert.deepEqual(events.filter((e) => e.kind === "catchup-later").length, 1);
+  core.resumeCatchUp();
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "2" }]);
+  core.receive({ type: TYPE.REPLAY, seq: "2" });
+  assert.deepEqual(core.drain().events, [{ kind: "live" }]);
+});
+
 test("a cut-short inbox catch-up shows no large group's post before that group's history", () => {
   // A page's reload with a group's history to read: the inbox's catch-up is cut short by
   // the replay budget at 10, while a live post of group 7 (its position 4) waits for the
@@ -643,7 +773,11 @@ function generator(seed) {
  * connection). Its own deliveries follow the gateway's rules: a connection gets the
  * replay after the acknowledged position, then the end marker, then live pushes, in
  * order; the connection that sent a message does not get it pushed (it is in the inbox).
- * Replays asked for may be cut short by the replay budget. With `lists`, the user joins
+ * Replays asked for may be cut short by the replay budget, refused outright
+ * (rate_limited, no marker: a read of the connection runs) or fail (internal, no
+ * marker: the store); so may the connect replay (internal, no marker: the client gives
+ * the connection up); heartbeats are answered. With
+ * `lists`, the user joins
  * the group at some point (its position starts there; nothing from before is delivered)
  * and the connect marker lists the group's start (`groups`), as the gateway does.
  */
@@ -686,12 +820,21 @@ class ModelGateway {
 
   connect() {
     const conn = { down: [], up: [], sent: [] };
-    conn.down.push(...this.streams[""].slice(this.acked[""]));
-    if (this.joined !== null) conn.down.push(...this.streams["g7:"].slice(this.acked["g7:"]));
+    this.conn = conn;
+    const replay = this.streams[""].slice(this.acked[""]);
+    if (this.joined !== null) replay.push(...this.streams["g7:"].slice(this.acked["g7:"]));
+    if (this.rand.chance(0.05)) {
+      // Its read fails part of the way: internal, no marker, not tried again; the
+      // connection's pushes wait behind the hole it left (not modelled: none come).
+      conn.down.push(...replay.slice(0, this.rand.int(replay.length + 1)));
+      conn.down.push({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
+      conn.stalled = true;
+      return;
+    }
+    conn.down.push(...replay);
     const marker = { type: TYPE.REPLAY, seq: String(this.streams[""].length) };
     if (this.lists && this.joined !== null) marker.groups = [formatSeq("g7:", this.acked["g7:"])];
     conn.down.push(marker);
-    this.conn = conn;
   }
 
   drop() {
@@ -702,7 +845,7 @@ class ModelGateway {
   incoming(stream, fields, from) {
     const frame = this.append(stream, fields);
     const member = stream === "" || this.joined !== null;
-    if (this.conn && from !== this.conn && member) this.conn.down.push(frame);
+    if (this.conn && from !== this.conn && member && !this.conn.stalled) this.conn.down.push(frame);
   }
 
   /** The gateway handles the next frame the client wrote. */
@@ -713,6 +856,15 @@ class ModelGateway {
       const where = parseSeq(frame.seq);
       const end = this.streams[where.stream].length;
       this.acked[where.stream] = Math.max(this.acked[where.stream], Math.min(end, Number(where.pos)));
+    } else if (frame.type === TYPE.HEARTBEAT) {
+      conn.down.push({ type: TYPE.HEARTBEAT });
+    } else if (frame.type === TYPE.REPLAY && this.rand.chance(0.1)) {
+      // Refused outright, a read of the connection running (a regroup), or its read
+      // failed (Redis): no marker.
+      const [code, message] = this.rand.chance(0.5)
+        ? ["rate_limited", "a replay is running"]
+        : ["internal", "replay failed; ask again with type 14"];
+      conn.down.push({ type: TYPE.ERROR, code, message });
     } else if (frame.type === TYPE.REPLAY && frame.seq.startsWith("g7:") && this.joined === null) {
       conn.down.push({ type: TYPE.ERROR, code: "not_member", message: "not in large group 7" });
     } else if (frame.type === TYPE.REPLAY) {
