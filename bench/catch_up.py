@@ -88,6 +88,9 @@ class Sink:
     async def room(self) -> None:
         return None
 
+    def close(self, code: int, reason: str) -> None:
+        raise RuntimeError(f"a session closed ({code}, {reason}): a read failed")
+
 
 class _NoGroups:
     """A follower of no large group (the sessions here are in none)."""

@@ -2,31 +2,29 @@
 for, and hole fills, around the pure :class:`~im_gateway.cursor.Cursor`.
 
 A :class:`Replayer` is the I/O half of a session's position logic: the cursor decides
-what to send and whether to read; the replayer reads the store (one task per connection
-at most, pages of ``replay_page`` entries, the store calls bounded by the gateway-wide
-``slots``; the reads themselves are its :class:`~im_gateway.streams.Streams` half), and
-hands every frame to its :class:`~im_gateway.streams.Outlet` (the session's
-:class:`~im_gateway.writer.Writer`). It knows nothing of the session: the fan-out's pushes
-come to it directly, and it follows large groups through the follower it is given.
+what to send and whether to read; the replayer reads the store (one task per connection,
+pages of ``replay_page`` entries, calls bounded by the gateway's ``slots``; the reads are
+its :class:`~im_gateway.streams.Streams` half) and hands every frame to its
+:class:`~im_gateway.streams.Outlet` (the session's writer). The fan-out's pushes come to
+it directly; it follows large groups through the follower it is given.
 
-- A hole is read after ``fill_delay`` seconds, so pushes that only arrive out of order
-  cost nothing; after a failed read, not before a second.
+- A hole is read after ``fill_delay`` seconds (pushes merely out of order cost nothing);
+  after a failed read, not before a second.
 - The connect replay ends with ``{"type":14,...}`` (``truncated`` when positions the
-  user had not acknowledged were trimmed). A failed one is answered ``internal`` and tried
-  again a second later, unless the client asks (type 14) first.
+  user had not acknowledged were trimmed). One that failed before it began is answered
+  ``internal`` and tried again a second later (unless the client asks first); one that
+  failed part-way can neither start over nor end here: the connection is closed (1011).
 - A replay the client asks for resends everything after its position, one at a time per
   connection, within ``replay_budget`` entries a minute; beyond it, ``rate_limited`` and an
   end marker at the position reached.
 
 Large groups. Each large group the user is in has a stream and a cursor of its own here
 (positions ``g<group>:<n>``), its holes filled and its replays served apart. A connect
-reads the user's inbox position and end and whether they are in any group
-(:meth:`~im_gateway.store.Store.opening`, one round trip), then for a user in groups the
-large ones with their positions (:meth:`~im_gateway.store.Store.streams`, two), follows
-them, reads a page of every stream with something to read (the groups' in one pipelined
-round trip), and sends them merged in time order, then the type 14 marker (the inbox's
-seq; with ``lists_groups``, each followed group's start). About four round trips however
-many large groups, one more per further page; one for a user in no group and nothing new.
+reads the user's positions (:meth:`~im_gateway.store.Store.opening`, one round trip; for
+a user in groups, :meth:`~im_gateway.store.Store.streams`, two), follows the large groups,
+reads a page of each stream with something to read (the groups' in one round trip), and
+sends them merged in time order, then the marker (the inbox's seq; with ``lists_groups``,
+each followed group's start): about four round trips, one for a user in no group.
 """
 
 from __future__ import annotations
@@ -41,6 +39,7 @@ from transmit_hub.types import UserId
 
 from . import frames
 from .acks import AckRounds
+from .close_codes import CLOSE_INTERNAL
 from .metrics import GatewayMetrics
 from .ratelimit import TokenBucket
 from .store import Membership, Store
@@ -55,9 +54,8 @@ _replay_failed = Throttled(logger, "inbox reads failed %d times (replays and hol
 
 @dataclass(frozen=True, slots=True)
 class _ReplayRequest:
-    """A replay with an end marker: on connect (``after`` None: from the acknowledged
-    position) or asked for by the client (type 14, of the inbox or of ``group``'s
-    stream); or (``regroup``) a fresh read of which large groups the user is in."""
+    """A replay with an end marker: on connect (``after`` None) or asked for (type 14, of
+    the inbox or ``group``); or (``regroup``) a read of the user's large groups again."""
 
     after: int | None
     connect: bool = False
@@ -113,8 +111,7 @@ class Replayer(Streams):
         self._ack_rounds = ack_rounds
         self._loop = asyncio.get_running_loop()
         self._budget_max = replay_budget
-        self._budget: TokenBucket | None = None
-        """Made by the first replay the client asks for (a full bucket until then)."""
+        self._budget: TokenBucket | None = None  # made by the client's first replay
         self._requests: list[_ReplayRequest] = []
         self._reader: asyncio.Task[None] | None = None
         self._fill_timer: asyncio.TimerHandle | None = None
@@ -300,7 +297,10 @@ class Replayer(Streams):
         except Exception as exc:
             _replay_failed.hit(exc=exc)
             self._retry_at = self._loop.time() + 1.0
-            if request is not None and not request.regroup:
+            if request is not None and request.connect and self._cursor.ready:
+                self._requests.clear()
+                self._out.close(CLOSE_INTERNAL, "replay failed; connect again")
+            elif request is not None and not request.regroup:
                 self._requests.clear()
                 self._out.push(
                     frames.encode_error(frames.INTERNAL, "replay failed; ask again with type 14")

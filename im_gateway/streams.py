@@ -44,6 +44,10 @@ class Outlet(Protocol):
         """Wait until the frames already pushed have drained (flow control for pages)."""
         ...
 
+    def close(self, code: int, reason: str) -> None:
+        """Stop writing and close the connection (in the background)."""
+        ...
+
 
 class Follower(Protocol):
     """Who follows large groups for a connection (its session: one object, not two bound

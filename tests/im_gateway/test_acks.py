@@ -36,6 +36,9 @@ class Out:
     async def room(self) -> None:
         return None
 
+    def close(self, code: int, reason: str) -> None:
+        raise AssertionError(f"closed ({code}, {reason}): acks never close a connection")
+
 
 class Recording(MemoryStore):
     """A memory store that notes the loop time of each ack write."""

@@ -12,7 +12,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from im_gateway import frames
-from im_gateway.close_codes import CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
+from im_gateway.close_codes import CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SEND_QUEUE_FULL
 from im_gateway.group_policy import OPEN_RIGHTS
 from im_gateway.keepalive import sweep_idle
 from im_gateway.session_limits import SessionLimits
@@ -420,6 +420,37 @@ async def test_a_failed_replay_is_answered_internal(which: str) -> None:
         await wait_until(lambda: store.fail == 0 and not session.replaying)
         # The reader is done: whatever it answers about the failure has been sent.
         assert errors(ws) == ["internal"]
+
+
+class FailingPageStore(GatedStore):
+    """A gated memory store whose ``fail_read``-th inbox read (counted from 1) raises."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.fail_read = 0
+
+    async def read_inbox(self, user: UserId, after: int, limit: int) -> InboxPage:
+        if self.reads + 1 == self.fail_read:
+            self.reads += 1
+            raise ConnectionError("redis went away")
+        return await super().read_inbox(user, after, limit)
+
+
+async def test_a_connect_replay_that_failed_part_way_closes_the_connection() -> None:
+    """A connect replay whose read fails after some of it went out cannot start over on
+    this connection (its positions would go back) and has no end marker to send: the
+    connection is closed (1011), so the client connects again and is replayed in full
+    (before, the client waited for a marker that never came, and a client library held
+    every push of the inbox behind it)."""
+    store = FailingPageStore()
+    for i in range(3):
+        await store_message(store, A, B, f"m{i}")
+    store.fail_read = 2
+    async with running(store, replay_page=1, fill_delay=0.01) as (_, ws, _):
+        await wait_until(lambda: ws.closed is not None, timeout=5, what="the close")
+        assert ws.closed == (CLOSE_INTERNAL, "replay failed; connect again")
+        assert contents(ws) == ["m0"]
+        assert markers(ws) == []
 
 
 async def test_a_connect_replay_that_failed_still_lets_live_messages_through() -> None:
