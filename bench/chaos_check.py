@@ -333,6 +333,23 @@ def timeline(run: Run, me: Device, msg_id: str) -> str:
     )
 
 
+def misdelivered(run: Run, me: Device, msg_id: str) -> str:
+    """What a device was shown that was not meant for it: the frame, and the send it
+    matches (by content) with its timeline, or that it matches none."""
+    shown = [x for x in run.shown.get(me, []) if x.message.id == msg_id]
+    what = ", ".join(
+        f"{x.at:.1f}s (client {x.instance}): from {x.message.sender} to {x.message.to} "
+        f"type {x.message.type} seq {x.message.seq} content {x.message.content!r}"
+        for x in shown
+    )
+    record = next(
+        (r for r in run.sends.values() if shown and r.content == shown[0].message.content), None
+    )
+    if record is None:
+        return f"{msg_id} at {me}: {what}; matches no send"
+    return f"{msg_id} at {me}: {what}; {timeline(run, me, record.msg_id or msg_id).lstrip()}"
+
+
 def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
     kinds = Counter(f.kind for f in run.faults)
     lines = [
@@ -381,7 +398,7 @@ def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
     for me, msg_id, why in v.out_of_order[:5]:
         lines.append(f"  out of order {msg_id} at {me}: {why}")
     for me, msg_id in v.misdelivered[:5]:
-        lines.append(f"  misdelivered {msg_id} at {me}")
+        lines.append(f"  misdelivered {misdelivered(run, me, msg_id)}")
     for me, msg_id in v.non_member[:5]:
         lines.append(f"  shown to a non-member: {timeline(run, me, msg_id).lstrip()}")
     lines.append(f"logs: {logs}")

@@ -17,6 +17,7 @@ from chaos_check import (  # noqa: E402 - after the path it comes from
     Shown,
     check,
     member_over,
+    report,
     unshown,
 )
 
@@ -110,3 +111,22 @@ def test_a_large_groups_post_unread_when_its_member_left_is_counted_apart() -> N
     assert verdict.ok
     run.shown[(B, 0)][0] = Shown(message("m1", "1.0.0", A, "12"), 4.1, 0)
     assert check(run).missing == [((C, 0), "m1")]
+
+
+def test_a_message_shown_to_its_own_sender_is_misdelivered_and_reported_with_its_send() -> None:
+    """The client that sent a message never shows it; the report names the frame and the
+    send it matches (a frame that matches no send says so)."""
+    run = Run(devices={A: [(A, 0)], C: [(C, 0)]})
+    send = Send("1.0.0", (A, 0), "u3", frozenset({(C, 0)}), 3.0, "ws", 0)
+    send.msg_id, send.acked = "m1", 4.0
+    run.sends[send.content] = send
+    run.shown[(C, 0)].append(Shown(message("m1", "1.0.0", A, "5"), 4.1, 0))
+    run.shown[(A, 0)].append(Shown(message("m1", "1.0.0", A, "9"), 4.2, 0))
+    run.shown[(A, 0)].append(Shown(message("m9", "nobody's", C, "10"), 4.3, 0))
+    verdict = check(run)
+    assert verdict.misdelivered == [((A, 0), "m1"), ((A, 0), "m9")]
+    text = report(run, verdict, Path("logs"), 1.0)
+    assert "misdelivered m1 at (1, 0): 4.2s (client 0): from 1 to " in text
+    assert "content '1.0.0'; m1 1.0.0 (1, 0)->(1, 0) (u3): sent 3.0s via ws" in text
+    assert "misdelivered m9 at (1, 0): 4.3s (client 0): from 3 to " in text
+    assert 'content "nobody\'s"; matches no send' in text
