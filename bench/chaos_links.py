@@ -1,0 +1,87 @@
+"""bench/chaos.py's one-sided network faults (``--partitions``): each gateway reaches each
+hub, and with one Redis its Redis, through a link of :mod:`chaos_proxy` (its own
+process), which a fault freezes (silence) or cuts (resets) while every other link goes on.
+
+Link names are ``gw-1>hub-a``, ``gw-2>redis``. :func:`paths` is the pure rule that keeps
+a way through: a gateway that is up, reaches its Redis and reaches a hub that is up.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+import harness
+from chaos_proxy import control
+
+from devtools.launch import Process
+
+KINDS = ("link-freeze", "link-cut")
+"""The faults on links (``--partitions`` only): a freeze (silent) or a cut (resets)."""
+
+REDIS = "redis"
+"""The name a gateway's Redis link ends with."""
+
+
+def link(gateway: str, to: str) -> str:
+    return f"{gateway}>{to}"
+
+
+def paths(
+    down: Collection[str], gateways: Iterable[str], hubs: Iterable[str], redis_links: bool
+) -> list[str]:
+    """The gateways with a way through, ``down`` being the processes and links faulted:
+    up, with their Redis link up (when there is one) and an up link to an up hub."""
+    hubs = list(hubs)
+    return [
+        g
+        for g in gateways
+        if g not in down
+        and not (redis_links and link(g, REDIS) in down)
+        and any(h not in down and link(g, h) not in down for h in hubs)
+    ]
+
+
+class Links:
+    """The proxy process and its links: ``address(name)`` is where a gateway connects."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.ports: dict[str, int] = {}
+        self.targets: dict[str, str] = {}
+        self.control_port = 0
+        self.process: Process | None = None
+
+    def add(self, name: str, target: str) -> str:
+        """A link to ``target`` (HOST:PORT); the address to connect to instead."""
+        self.ports[name] = harness.free_port()
+        self.targets[name] = target
+        return self.address(name)
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.ports[name]}"
+
+    def start(self) -> None:
+        self.control_port = harness.free_port()
+        proxy = str(Path(__file__).with_name("chaos_proxy.py"))
+        argv = [sys.executable, proxy, "--control", f"127.0.0.1:{self.control_port}"]
+        for name, target in self.targets.items():
+            argv += ["--link", f"{name}={self.address(name)}>{target}"]
+        log = self.logs / "proxy.log"
+        self.process = Process("proxy", argv, log_path=log).start()
+        self.process.wait_port(self.control_port)
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.ports)
+
+    async def set(self, do: str, name: str) -> None:
+        """``freeze``, ``cut`` or ``heal`` the link ``name``."""
+        answer = await control(self.control_port, do, name)
+        if not answer.get("ok"):
+            raise RuntimeError(f"the proxy refused {do} {name}: {answer}")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
