@@ -81,7 +81,6 @@ import signal
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -296,7 +295,9 @@ async def fault(
 ) -> None:
     """One fault on ``victim``, from its start to its recovery (restart or SIGCONT)."""
     if kind in chaos_links.KINDS:
-        await link_fault(stack, run, rng, kind, victim, max_stop)
+        assert stack.links is not None
+        gateway = victim.split(">")[0]
+        await stack.links.fault(run, rng, kind, victim, max_stop, stack.down, stack.ports[gateway])
         return
     if kind.endswith("-stop"):
         seconds = rng.uniform(1.0, max_stop if kind != "redis-stop" else max_stop / 2)
@@ -341,53 +342,6 @@ async def fault(
             signal_all(frozen, signal.SIGCONT)
         elif kind != "worker-kill":
             process.start()  # from this (the main) thread: it dies with this process
-        stack.down.discard(victim)
-
-
-HEALTH_PROBE = 1.5
-"""Seconds before a link fault's end that its gateway's /healthz is asked (its timeout)."""
-
-
-def healthz(port: int, names: dict[str, str]) -> str:
-    """``GET /healthz``'s status, its hubs' states (``names``: address to name) and its
-    reason, in one line."""
-    url = f"http://127.0.0.1:{port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=HEALTH_PROBE) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, body = exc.code, exc.read()
-    except OSError as exc:
-        return f"no answer ({type(exc).__name__})"
-    with contextlib.suppress(ValueError):
-        report = json.loads(body)
-        hubs = report.get("hubs") or {}
-        states = " ".join(f"{names.get(a, a)} {state}" for a, state in sorted(hubs.items()))
-        return f"{status} ({states}) {report.get('reason', '')}".rstrip()
-    return f"{status} {body[:200]!r}"
-
-
-async def link_fault(
-    stack: Stack, run: Run, rng: random.Random, kind: str, victim: str, max_stop: float
-) -> None:
-    """A freeze or a cut of the link ``victim`` (``gw-1>hub-a``), then its heal; the
-    gateway's ``/healthz`` as the fault ends is printed."""
-    assert stack.links is not None
-    seconds = rng.uniform(1.0, max_stop)
-    stack.down.add(victim)
-    run.faults.append(Fault(now(run), kind, victim, seconds))
-    print(f"  {now(run):7.1f}s {kind} {victim} for {seconds:.1f}s", flush=True)
-    ends = time.monotonic() + seconds
-    try:
-        await stack.links.set("freeze" if kind == "link-freeze" else "cut", victim)
-        await asyncio.sleep(max(0.0, seconds - HEALTH_PROBE))
-        gateway = victim.split(">")[0]
-        names = {stack.links.address(n): n.split(">")[1] for n in stack.links.names}
-        health = await asyncio.to_thread(healthz, stack.ports[gateway], names)
-        print(f"  {now(run):7.1f}s {kind} {victim}: {gateway} /healthz {health}", flush=True)
-        await asyncio.sleep(ends - time.monotonic())
-    finally:
-        await stack.links.set("heal", victim)
         stack.down.discard(victim)
 
 

@@ -8,11 +8,19 @@ a way through: a gateway that is up, reaches its Redis and reaches a hub that is
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import random
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Collection, Iterable
 from pathlib import Path
 
 import harness
+from chaos_check import Fault, Run
 from chaos_proxy import control
 
 from devtools.launch import Process
@@ -22,6 +30,10 @@ KINDS = ("link-freeze", "link-cut")
 
 REDIS = "redis"
 """The name a gateway's Redis link ends with."""
+
+
+HEALTH_PROBE = 1.5
+"""Seconds before a link fault's end that its gateway's /healthz is asked (its timeout)."""
 
 
 def link(gateway: str, to: str) -> str:
@@ -41,6 +53,25 @@ def paths(
         and not (redis_links and link(g, REDIS) in down)
         and any(h not in down and link(g, h) not in down for h in hubs)
     ]
+
+
+def healthz(port: int, names: dict[str, str]) -> str:
+    """``GET /healthz``'s status, its hubs' states (``names``: address to name) and its
+    reason, in one line."""
+    url = f"http://127.0.0.1:{port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=HEALTH_PROBE) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except OSError as exc:
+        return f"no answer ({type(exc).__name__})"
+    with contextlib.suppress(ValueError):
+        report = json.loads(body)
+        hubs = report.get("hubs") or {}
+        states = " ".join(f"{names.get(a, a)} {state}" for a, state in sorted(hubs.items()))
+        return f"{status} ({states}) {report.get('reason', '')}".rstrip()
+    return f"{status} {body[:200]!r}"
 
 
 class Links:
@@ -76,7 +107,7 @@ class Links:
     def names(self) -> list[str]:
         return list(self.ports)
 
-    async def set(self, do: str, name: str) -> None:
+    async def command(self, do: str, name: str) -> None:
         """``freeze``, ``cut`` or ``heal`` the link ``name``."""
         answer = await control(self.control_port, do, name)
         if not answer.get("ok"):
@@ -85,3 +116,34 @@ class Links:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+    async def fault(
+        self,
+        run: Run,
+        rng: random.Random,
+        kind: str,
+        victim: str,
+        max_stop: float,
+        down: set[str],
+        gateway_port: int,
+    ) -> None:
+        """A freeze or a cut of the link ``victim`` (in ``down`` meanwhile), then its heal;
+        its gateway's ``/healthz`` (on ``gateway_port``) as the fault ends is printed."""
+        seconds = rng.uniform(1.0, max_stop)
+        down.add(victim)
+        at = time.monotonic() - run.start
+        run.faults.append(Fault(at, kind, victim, seconds))
+        print(f"  {at:7.1f}s {kind} {victim} for {seconds:.1f}s", flush=True)
+        ends = time.monotonic() + seconds
+        try:
+            await self.command("freeze" if kind == "link-freeze" else "cut", victim)
+            await asyncio.sleep(max(0.0, seconds - HEALTH_PROBE))
+            names = {self.address(n): n.split(">")[1] for n in self.names}
+            health = await asyncio.to_thread(healthz, gateway_port, names)
+            at = time.monotonic() - run.start
+            gateway = victim.split(">")[0]
+            print(f"  {at:7.1f}s {kind} {victim}: {gateway} /healthz {health}", flush=True)
+            await asyncio.sleep(ends - time.monotonic())
+        finally:
+            await self.command("heal", victim)
+            down.discard(victim)
