@@ -13,7 +13,10 @@ Each ``--link NAME=LISTEN>TARGET`` listens on ``LISTEN`` and forwards every conn
 
 - ``freeze``: a silent cut (a dead switch port). Nothing more is read from either side
   nor written; every socket stays open (no FIN, no RST), so the peers' buffers fill; a
-  new connection is accepted and held the same way (it never gets a byte through).
+  new connection is accepted and held the same way (it never gets a byte through; unlike
+  behind a real silent cut, its ``connect()`` succeeds: the peer meets silence just after).
+  On ``heal`` what was held goes on, even from a peer that gave up and closed meanwhile
+  (as TCP delivers what it retransmits once a path is back).
 - ``cut``: a cut with resets (a firewall's REJECT). Every connection of the link is reset
   (RST on both sides), and every new one is reset as soon as it is accepted.
 - ``heal``: forward again (what a freeze held goes on; a cut's connections are gone).
