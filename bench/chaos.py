@@ -572,14 +572,22 @@ async def memberships(
             task.cancel()
 
 
+def replay_ended(client: Client) -> bool:
+    """A connect replay of ``client`` has ended (its state's, private: no public word)."""
+    return client._state._marked
+
+
 async def watch_urls(run: Run, users: Users) -> None:
-    """Each device's connection (URL, or "-" while disconnected), as it changes."""
+    """Each device's connection (URL, or "-" while disconnected), as it changes, and when
+    each client's first connect replay ended."""
     while True:
         for me, client in users.clients.items():
             url, instance = client.url or "-", users.instances[me]
             seen = run.urls[me]
             if not seen or seen[-1][1:] != (url, instance):
                 seen.append((now(run), url, instance))
+            if (me, instance) not in run.replayed and replay_ended(client):
+                run.replayed[me, instance] = now(run)
         await asyncio.sleep(0.1)
 
 
@@ -654,6 +662,7 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
         "faults": [asdict(f) for f in run.faults],
         "changes": [asdict(c) for c in run.changes],
         "connections": {f"{u}.{d}": seen for (u, d), seen in run.urls.items()},
+        "replayed": {f"{u}.{d}#{i}": at for ((u, d), i), at in run.replayed.items()},
         "verdict": asdict(verdict),
     }
     return (0 if verdict.ok and settled is not None else 1), data
