@@ -246,18 +246,14 @@ def _api(port: int, method: str, body: dict[str, object]) -> int:
         return status
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a defect, not fixed yet: the disconnect's control to gw-2 goes through one hub, "
-    "which writes it into the frozen link until it drops gw-2; no one sends it again",
-)
 async def test_a_disconnect_whose_control_a_frozen_link_swallowed_still_closes_the_socket(
     redis_url: str,
 ) -> None:
     """Bob is on gw-2, whose link to the hub gw-1 uses for gw-2 freezes (silent, gw-2
     keeps its other hub); right after, the server API on gw-1 disconnects Bob. His socket
     on gw-2 is closed with 4001 (the README: within 2 s; here within 15 s, the time to
-    notice the cut and catch up). Old code: it stays open (TimeoutError)."""
+    notice the cut and catch up). Old code: it stays open (TimeoutError): the control went
+    through one hub, which wrote it into the frozen link until it dropped gw-2."""
     api_port = free_port()
     api = ("--api-listen", f"127.0.0.1:{api_port}", "--api-key", API_KEY)
     async with partition(redis_url, "receiver", gw1_extra=api) as p:
