@@ -658,6 +658,8 @@ async def soak(args: argparse.Namespace, stack: Stack) -> tuple[int, dict[str, o
     await asyncio.gather(*senders, *readers, watcher, supervisor, return_exceptions=True)
     verdict = check(run)
     print(report(run, verdict, stack.logs, settled), flush=True)
+    if stack.links is not None:
+        print(await stack.links.report(), flush=True)
     data: dict[str, object] = {
         "faults": [asdict(f) for f in run.faults],
         "changes": [asdict(c) for c in run.changes],

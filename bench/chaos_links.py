@@ -113,6 +113,19 @@ class Links:
         if not answer.get("ok"):
             raise RuntimeError(f"the proxy refused {do} {name}: {answer}")
 
+    async def report(self) -> str:
+        """One line per link that was faulted or turned connections away: the proxy's
+        counters (accepted, reset by a cut, refused while cut, target refused)."""
+        answer = await control(self.control_port, "show")
+        links = answer.get("links")
+        lines = ["proxy links (counters):"]
+        for entry in links if isinstance(links, list) else []:
+            counts = {k: v for k, v in entry.items() if k not in ("link", "state", "connections")}
+            if set(counts) - {"accepted"}:
+                shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+                lines.append(f"  {entry['link']}: {shown}")
+        return "\n".join(lines)
+
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()

@@ -162,12 +162,12 @@ class LinkProxy:
             self._open.set()
         else:
             self._open.clear()
-        if cut:
+        if cut and self._connections:
+            self.counts["reset by cut"] += len(self._connections)
             for task, writers in list(self._connections.items()):
                 for writer in writers:
                     reset(writer)
                 task.cancel()
-            self.counts["reset by cut"] += len(self._connections)
 
     def show(self) -> dict[str, object]:
         return {
