@@ -313,6 +313,27 @@ def check(run: Run) -> Verdict:
     return v
 
 
+def neighbours(run: Run, me: Device, msg_id: str) -> str:
+    """The message's seq (as another device showed it) and what ``me`` showed of that
+    stream just before and after it: a hole (later ones shown) or a stall (none)."""
+    seq = next(
+        (x.message.seq for xs in run.shown.values() for x in xs if x.message.id == msg_id), ""
+    )
+    parsed = parse_seq(seq)
+    if parsed is None:
+        return ""
+    name, pos = parsed
+    mine = [
+        (p[1], x) for x in run.shown.get(me, []) if (p := parse_seq(x.message.seq)) and p[0] == name
+    ]
+    before = max((q for q in mine if q[0] < pos), default=None, key=lambda q: q[0])
+    after = min((q for q in mine if q[0] > pos), default=None, key=lambda q: q[0])
+    return f"its seq {seq}; the receiver showed of that stream " + ", ".join(
+        f"{label} {q[0]} at {q[1].at:.1f}s (client {q[1].instance})" if q else f"{label} none"
+        for label, q in (("before it", before), ("after it", after))
+    )
+
+
 def timeline(run: Run, me: Device, msg_id: str) -> str:
     s = next((s for s in run.sends.values() if s.msg_id == msg_id), None)
     if s is None:
@@ -332,6 +353,7 @@ def timeline(run: Run, me: Device, msg_id: str) -> str:
         if s.group and c.group == s.group and c.user == me[0]
     ]
     replays = [f"{t:.1f}s#{i}" for (d, i), t in sorted(run.replayed.items()) if d == me]
+    stream = neighbours(run, me, msg_id)
     others = [
         f"{d} at {x.at:.1f}s (client {x.instance})"
         for d in run.devices.get(me[0], [])
@@ -345,6 +367,7 @@ def timeline(run: Run, me: Device, msg_id: str) -> str:
         f"    receiver's connections (port#client): {', '.join(conns) or '-'}\n"
         + f"    receiver's connect replays ended (time#client): {', '.join(replays) or '-'}\n"
         + (f"    shown on the user's other device: {', '.join(others)}\n" if others else "")
+        + (f"    {stream}\n" if stream else "")
         + (f"    receiver's changes of {s.target}: {', '.join(changes)}\n" if changes else "")
         + f"    faults around: {'; '.join(around) or 'none'}"
     )
