@@ -45,6 +45,9 @@ class IdleLink:
     def send(self, tmap: Any) -> bool:
         return True
 
+    def send_everywhere(self, tmap: Any) -> bool:
+        return True
+
     async def events(self) -> AsyncIterator[Any]:
         await asyncio.Event().wait()
         yield None

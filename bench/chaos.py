@@ -36,6 +36,16 @@ client and start a new one (an app restart: the new one must show what the old o
 not, and nothing it had). At least one gateway and one hub stay up throughout unless
 ``--full-outages``. Each fault and membership change is printed with its time.
 
+With ``--partitions`` (off by default: a run without it makes the same choices for a
+seed), each gateway reaches each hub, and with one Redis its Redis, through its own link
+of ``bench/chaos_proxy.py`` (one process; a cluster's links stay direct, its nodes
+announce their own addresses), and one-sided network faults join the draw: ``link-freeze``
+(silence both ways, every socket left open) or ``link-cut`` (every connection reset, new
+ones reset) of one link such as ``gw-1>hub-a`` or ``gw-2>redis`` for up to ``--max-stop``
+s, then healed, while every other link goes on. Unless ``--full-outages``, a fault is
+then only made if some gateway keeps a way through (up, its Redis link up, an up link to
+an up hub; :mod:`chaos_links`).
+
 Then the faults stop, everything is resumed or restarted, and the run waits (up to
 ``--settle`` s) until every device has shown every acknowledged message meant for it.
 Who must show what (:mod:`chaos_check` has the details): a message to a user, every device
@@ -85,6 +95,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import chaos_links
 import client_js
 import harness
 import redis
@@ -121,6 +132,7 @@ class Stack:
         self.ports: dict[str, int] = {}
         self.down: set[str] = set()
         self.url = ""
+        self.links = chaos_links.Links(logs) if args.partitions else None
 
     def _process(self, name: str, argv: list[str]) -> Process:
         return Process(name, argv, log_path=self.logs / f"{name}.log").start()
@@ -139,12 +151,17 @@ class Stack:
             port = self.ports[name] = harness.free_port()
             self.hubs[name] = self._process(name, hub_argv(f"127.0.0.1:{port}", "--hub-id", name))
             self.hubs[name].wait_port(port)
-        hubs = ",".join(f"127.0.0.1:{self.ports[h]}" for h in self.hubs)
+        hubs = {
+            f"gw-{i}": ",".join(f"127.0.0.1:{self.ports[h]}" for h in self.hubs) for i in (1, 2, 3)
+        }
+        urls = dict.fromkeys(hubs, self.url)
+        if self.links is not None:
+            hubs, urls = self._proxied(self.links, hubs, urls)
         for i in (1, 2, 3):
             name = f"gw-{i}"
             port = self.ports[name] = harness.free_port()
-            argv = gateway_argv(f"127.0.0.1:{port}", "--gateway-id", name, "--hub", hubs)
-            argv += ["--redis-url", self.url, "--jwt-secret", self.secret]
+            argv = gateway_argv(f"127.0.0.1:{port}", "--gateway-id", name, "--hub", hubs[name])
+            argv += ["--redis-url", urls[name], "--jwt-secret", self.secret]
             argv += ["--large-group", str(self.args.large_group)]
             argv += ["--redis-wait-replicas", str(self.args.wait_replicas)]
             argv += ["--group-join", "open"]
@@ -157,6 +174,22 @@ class Stack:
         for name, gw in self.gateways.items():
             port = self.ports[name]
             gw.wait_ready(functools.partial(gateway_healthy, port), timeout=30, what="/healthz 200")
+
+    def _proxied(
+        self, links: chaos_links.Links, hubs: dict[str, str], urls: dict[str, str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Each gateway's hubs and Redis URL through the proxy (a cluster's links stay
+        direct: its nodes announce their own addresses)."""
+        for gw in hubs:
+            hubs[gw] = ",".join(
+                links.add(chaos_links.link(gw, h), f"127.0.0.1:{self.ports[h]}") for h in self.hubs
+            )
+            if self.args.redis == "single":
+                port = self.redis[0].argv[self.redis[0].argv.index("--port") + 1]
+                address = links.add(chaos_links.link(gw, chaos_links.REDIS), f"127.0.0.1:{port}")
+                urls[gw] = f"redis://{address}/0"
+        links.start()
+        return hubs, urls
 
     def ws_urls(self) -> list[str]:
         return [f"ws://127.0.0.1:{self.ports[g]}/ws" for g in self.gateways]
@@ -219,6 +252,8 @@ class Stack:
     def stop(self) -> None:
         for p in [*self.gateways.values(), *self.hubs.values(), *self.redis]:
             p.stop()
+        if self.links is not None:
+            self.links.stop()
 
 
 def api(
@@ -270,6 +305,11 @@ async def fault(
     stack: Stack, run: Run, rng: random.Random, kind: str, victim: str, max_stop: float
 ) -> None:
     """One fault on ``victim``, from its start to its recovery (restart or SIGCONT)."""
+    if kind in chaos_links.KINDS:
+        assert stack.links is not None
+        gateway = victim.split(">")[0]
+        await stack.links.fault(run, rng, kind, victim, max_stop, stack.down, stack.ports[gateway])
+        return
     if kind.endswith("-stop"):
         seconds = rng.uniform(1.0, max_stop if kind != "redis-stop" else max_stop / 2)
     else:
@@ -331,11 +371,16 @@ async def supervise(stack: Stack, run: Run) -> None:
 
 
 def pick(stack: Stack, rng: random.Random, full: bool) -> tuple[str, str] | None:
-    """A fault and its victim, keeping a gateway and a hub up unless ``full``."""
+    """A fault and its victim, keeping a gateway and a hub up unless ``full`` (with
+    ``--partitions``: a gateway that reaches its Redis and an up hub)."""
     kinds = [k for k in KINDS if k != "redis-kill" or stack.args.redis == "cluster"]
     kinds = [k for k in kinds if k != "worker-kill" or stack.args.workers > 1]
+    if stack.links is not None:
+        kinds += chaos_links.KINDS
     kind = rng.choice(kinds)
-    if kind == "worker-kill":
+    if kind in chaos_links.KINDS:
+        names = stack.links.names if stack.links is not None else []
+    elif kind == "worker-kill":
         names = [WORKERS]
     elif kind.startswith("gw"):
         names = list(stack.gateways)
@@ -348,9 +393,14 @@ def pick(stack: Stack, rng: random.Random, full: bool) -> tuple[str, str] | None
     free = [n for n in names if n not in stack.down]
     if kind == "worker-kill":
         return (kind, WORKERS) if free else None
-    if not free or (not full and len(free) == 1 and not kind.startswith("redis")):
+    if not free or (not full and len(free) == 1 and kind.startswith(("gw", "hub"))):
         return None
-    return kind, rng.choice(free)
+    victim = rng.choice(free)
+    if stack.links is not None and not full and not kind.startswith("redis"):
+        after = {*stack.down, victim}
+        if not chaos_links.paths(after, stack.gateways, stack.hubs, stack.args.redis == "single"):
+            return None
+    return kind, victim
 
 
 async def faults(
@@ -545,14 +595,25 @@ async def memberships(
             task.cancel()
 
 
+def replay_ended(client: Client | JsClient) -> bool:
+    """A connect replay of ``client`` has ended (the Python client's state's, private: no
+    public word; the JavaScript client's first "live" status)."""
+    if isinstance(client, JsClient):
+        return client.replayed
+    return client._state._marked
+
+
 async def watch_urls(run: Run, users: Users) -> None:
-    """Each device's connection (URL, or "-" while disconnected), as it changes."""
+    """Each device's connection (URL, or "-" while disconnected), as it changes, and when
+    each client's first connect replay ended."""
     while True:
         for me, client in users.clients.items():
             url, instance = client.url or "-", users.instances[me]
             seen = run.urls[me]
             if not seen or seen[-1][1:] != (url, instance):
                 seen.append((now(run), url, instance))
+            if (me, instance) not in run.replayed and replay_ended(client):
+                run.replayed[me, instance] = now(run)
         await asyncio.sleep(0.1)
 
 
@@ -629,11 +690,14 @@ async def soak(
     await asyncio.gather(*senders, *readers, watcher, supervisor, return_exceptions=True)
     verdict = check(run)
     print(report(run, verdict, stack.logs, settled), flush=True)
+    if stack.links is not None:
+        print(await stack.links.report(), flush=True)
     data: dict[str, object] = {
         "faults": [asdict(f) for f in run.faults],
         "changes": [asdict(c) for c in run.changes],
         "connections": {f"{u}.{d}": seen for (u, d), seen in run.urls.items()},
         "js_devices": [f"{u}.{d}" for u, d in sorted(users.on_js)],
+        "replayed": {f"{u}.{d}#{i}": at for ((u, d), i), at in run.replayed.items()},
         "verdict": asdict(verdict),
     }
     return (0 if verdict.ok and settled is not None else 1), data
@@ -703,6 +767,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=0,
         help="devices that run the JavaScript client, in one Node process (0: none)",
+    )
+    parser.add_argument(
+        "--partitions",
+        action="store_true",
+        help="gateways reach hubs (and one Redis) through bench/chaos_proxy.py: adds "
+        "link-freeze and link-cut of one link",
     )
     parser.add_argument("--logs", help="directory for the processes' logs (default: a new one)")
     parser.add_argument("--json", help="write the faults and the verdict here")

@@ -20,9 +20,11 @@ Who must show what:
   other device's acknowledgements may rightly move the restarted one past a message. A
   message not shown on the restarted device is excused (counted apart) when the user's
   other device showed it (or sent it), and the restart came no sooner than the send
-  began... up to the new client's first connection: the send began no later than that
-  connection, and the old client either lost its connection after the send began or was
-  closed within :data:`RESTART_SLACK` seconds of the answer. Nothing is ever excused
+  began... up to the end of the new client's first connect replay (which reads the user's
+  position: its gateway may have been cut off from Redis long after the connection was
+  made): the send began no later than that, and the old client either lost its
+  connection after the send began or was closed within :data:`RESTART_SLACK` seconds of
+  the answer. Nothing is ever excused
   from being shown twice by one client.
 - A large group's post that a member had not read when they left the group (a leave that
   began after the post's answer) stays unread by design (README, "Large groups": a
@@ -113,6 +115,8 @@ class Run:
     )
     faults: list[Fault] = field(default_factory=list)
     restarts: list[tuple[float, Device]] = field(default_factory=list)
+    replayed: dict[tuple[Device, int], float] = field(default_factory=dict)
+    """When each client (device, instance) first ended a connect replay."""
     refused: Counter[str] = field(default_factory=Counter)
 
 
@@ -186,9 +190,12 @@ def excused(run: Run, me: Device, s: Send, shown_ids: dict[Device, set[str]]) ->
     urls = run.urls.get(me, [])
     mine = [at for at, who in run.restarts if who == me]
     for instance, at in enumerate(mine, 1):  # the client started by this restart
-        connected = next((t for t, u, i in urls if u != "-" and i == instance), math.inf)
+        # Its connect replay reads the user's position: until it ended, what the other
+        # device acknowledged may be skipped (connected long before it, when its gateway
+        # could not reach Redis).
+        replayed = run.replayed.get((me, instance), math.inf)
         lost = any(u == "-" and i == instance - 1 and s.started <= t <= at for t, u, i in urls)
-        if s.started <= connected and (lost or at - s.acked <= RESTART_SLACK):
+        if s.started <= replayed and (lost or at - s.acked <= RESTART_SLACK):
             return True
     return False
 
@@ -306,6 +313,27 @@ def check(run: Run) -> Verdict:
     return v
 
 
+def neighbours(run: Run, me: Device, msg_id: str) -> str:
+    """The message's seq (as another device showed it) and what ``me`` showed of that
+    stream just before and after it: a hole (later ones shown) or a stall (none)."""
+    seq = next(
+        (x.message.seq for xs in run.shown.values() for x in xs if x.message.id == msg_id), ""
+    )
+    parsed = parse_seq(seq)
+    if parsed is None:
+        return ""
+    name, pos = parsed
+    mine = [
+        (p[1], x) for x in run.shown.get(me, []) if (p := parse_seq(x.message.seq)) and p[0] == name
+    ]
+    before = max((q for q in mine if q[0] < pos), default=None, key=lambda q: q[0])
+    after = min((q for q in mine if q[0] > pos), default=None, key=lambda q: q[0])
+    return f"its seq {seq}; the receiver showed of that stream " + ", ".join(
+        f"{label} {q[0]} at {q[1].at:.1f}s (client {q[1].instance})" if q else f"{label} none"
+        for label, q in (("before it", before), ("after it", after))
+    )
+
+
 def timeline(run: Run, me: Device, msg_id: str) -> str:
     s = next((s for s in run.sends.values() if s.msg_id == msg_id), None)
     if s is None:
@@ -324,10 +352,22 @@ def timeline(run: Run, me: Device, msg_id: str) -> str:
         for c in run.changes
         if s.group and c.group == s.group and c.user == me[0]
     ]
+    replays = [f"{t:.1f}s#{i}" for (d, i), t in sorted(run.replayed.items()) if d == me]
+    stream = neighbours(run, me, msg_id)
+    others = [
+        f"{d} at {x.at:.1f}s (client {x.instance})"
+        for d in run.devices.get(me[0], [])
+        if d != me
+        for x in run.shown.get(d, [])
+        if x.message.id == msg_id
+    ]
     return (
         f"  {msg_id} {s.content} {s.sender}->{me} ({s.target}): sent {s.started:.1f}s via "
         f"{s.via}, acked {s.acked:.1f}s via {s.acked_via}\n"
         f"    receiver's connections (port#client): {', '.join(conns) or '-'}\n"
+        + f"    receiver's connect replays ended (time#client): {', '.join(replays) or '-'}\n"
+        + (f"    shown on the user's other device: {', '.join(others)}\n" if others else "")
+        + (f"    {stream}\n" if stream else "")
         + (f"    receiver's changes of {s.target}: {', '.join(changes)}\n" if changes else "")
         + f"    faults around: {'; '.join(around) or 'none'}"
     )

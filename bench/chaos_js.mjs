@@ -15,6 +15,7 @@
 //   {"ev":"answer","req":R}                                      a join, leave or close done
 //   {"ev":"message","dev":D,"message":{id,from,to,type,contentType,time,content,seq}}
 //   {"ev":"url","dev":D,"url":URL|null}   the device's connection (null: none open)
+//   {"ev":"live","dev":D}                  its first connect replay ended (once per client)
 // A device's events come in the order the client made them: its messages before the
 // answer to its close, and none after. The end of stdin closes every client and exits.
 import { createRequire } from "node:module";
@@ -47,8 +48,13 @@ function currentUrl(client) {
 function open({ dev, urls, token }) {
   const client = new Client(urls, { token, WebSocket });
   let url = null;
+  let live = false;
   client.onstatus = (status) => {
     log(`${dev}: ${status}`);
+    if (status === "live" && !live && clients.get(dev) === client) {
+      live = true;
+      emit({ ev: "live", dev });
+    }
     const now = currentUrl(client);
     if (now !== url && clients.get(dev) === client) {
       url = now;

@@ -61,7 +61,14 @@ class Url:
     url: str | None
 
 
-Event = Answer | Shown | Url
+@dataclass(frozen=True, slots=True)
+class Live:
+    """The device's first connect replay ended."""
+
+    dev: str
+
+
+Event = Answer | Shown | Url | Live
 
 
 def parse_event(line: bytes) -> Event:
@@ -89,6 +96,8 @@ def parse_event(line: bytes) -> Event:
         if url is not None and not isinstance(url, str):
             raise ValueError(f"bad url {url!r}")
         return Url(dev, url)
+    if kind == "live":
+        return Live(dev)
     raise ValueError(f"unknown event {kind!r}")
 
 
@@ -210,6 +219,8 @@ class JsHost:
             return  # a closed device's (none come after its close is answered)
         if isinstance(event, Url):
             client.url = event.url
+        elif isinstance(event, Live):
+            client.replayed = True
         else:
             client.shown.put_nowait(event.message)
 
@@ -250,6 +261,8 @@ class JsClient:
         self._host, self.dev, self._urls, self._token = host, dev, urls, token
         self.url: str | None = None
         """The URL of the open connection, None while there is none."""
+        self.replayed = False
+        """Its first connect replay ended (the client went live)."""
         self.shown: asyncio.Queue[Message | None] = asyncio.Queue()
         self._closed = False
 

@@ -14,10 +14,17 @@ whose end the store could not say (a silent Redis Cluster node fails only its ow
 users'); losses close together share the later sweep, and at most one immediate sweep
 runs per ``resync_after`` seconds.
 
-A gateway that was attached to no hub for a while (its last link lost: the process
-frozen, or cut off) has also missed its users' joins and leaves made on other gateways:
-their notices found it on no hub and were dropped. So when a link is up again after that,
-every local session reads its user's large groups again too (:meth:`CatchUp.linked`).
+Joins and leaves made on other gateways reach this one as notices through a hub, and a
+lost link may have swallowed those too. A hub that wrote one into a stream gone silent
+(a one-sided cut: this gateway's link to that hub, while the sender's link to it is fine)
+tells no one, and the sender never sends it again. So the later sweep after a loss also
+makes every local session read its user's large groups again (by then that hub has
+noticed, and routes later notices elsewhere); losses close together share it. And a
+gateway that was attached to no hub for a while (its last link lost: the process frozen,
+or cut off) has missed the notices sent meanwhile (they found it on no hub and were
+dropped): when a link is up again after that, every local session reads its user's large
+groups again at once (:meth:`CatchUp.linked`). Cost: one store call per session, once
+per loss (or burst of losses) of a hub link.
 """
 
 from __future__ import annotations
@@ -76,6 +83,8 @@ class CatchUp:
         self._sweep_again = False
         self._cut_off = False
         """No hub link was up since the last :meth:`lost` with ``everywhere``."""
+        self._regroup_due = False
+        """A link was lost since the last later sweep: that sweep regroups every session."""
         self._sweep_failed = Throttled(
             logger, "reading inbox ends for a catch-up failed %d times; every session reads"
         )
@@ -136,20 +145,25 @@ class CatchUp:
         posts until it reconnects. One store call per session, after an outage only."""
         if self._cut_off:
             self._cut_off = False
-            for readers in list(self._sessions.values()):
-                for reader in readers:
-                    reader.regroup()
+            self._regroup()
         self.now()
+
+    def _regroup(self) -> None:
+        for readers in list(self._sessions.values()):
+            for reader in readers:
+                reader.regroup()
 
     def lost(self, *, everywhere: bool = False) -> None:
         """A hub link was lost (``everywhere``: the last one, no hub holds this gateway):
-        catch up now, and once more ``resync_after`` s later.
+        catch up now, and once more ``resync_after`` s later, when every session also reads
+        its user's large groups again (a notice the hub wrote into the lost stream).
 
         Bounded: at most one immediate sweep per ``resync_after`` seconds (a flapping hub
         does not keep every session reading), since the later sweep, pushed back to
         ``resync_after`` after the last loss, reads whatever the skipped ones would have.
         """
         self._cut_off = self._cut_off or everywhere
+        self._regroup_due = True
         now = time.monotonic()
         if now - self._swept_at >= self._resync_after:
             self._swept_at = now
@@ -160,6 +174,9 @@ class CatchUp:
 
     def _resynced(self) -> None:
         self._resync = None
+        if self._regroup_due:
+            self._regroup_due = False
+            self._regroup()
         self.now()
 
     async def close(self) -> None:

@@ -20,10 +20,9 @@ the group. A user's join or leave reaches their gateways as a :data:`CONTROL_REG
 share: their connections read their large groups again. Members only: a follower is shown
 a post once the store says they are still a member (:mod:`im_gateway.screening`).
 
-Controls. The server API's ``disconnect`` reaches the gateways that hold a user's sockets
-as an ordinary share whose message type is :data:`CONTROL_DISCONNECT`: the hub routes it
-like any other, without knowing what it is; a receiving gateway closes that user's
-sockets instead of delivering it.
+Controls. The server API's ``disconnect`` reaches the user's other gateways as a share of
+type :data:`CONTROL_DISCONNECT` through every hub (one hub's silent link would swallow
+it): the receiver closes the user's sockets, once per control (:mod:`im_gateway.once`).
 
 From the hub: the link hands each frame's deliveries over as rows (no object built for an
 ordinary message: :mod:`im_gateway.from_hub` pushes it from its fields); deliveries are
@@ -64,6 +63,7 @@ from .close_codes import CLOSE_DISCONNECTED
 from .faults import Faults
 from .following import Following
 from .metrics import GatewayMetrics, NullMetrics
+from .once import Once
 from .ports import Connection, Link
 from .positions import group_seq
 from .presence import Presence
@@ -133,6 +133,7 @@ class Fanout(Generic[C]):
             self._groups, store=store, unfollow=unfollow, metrics=self._metrics, held_max=held_max
         )
         self._task: asyncio.Task[None] | None = None
+        self._disconnects = Once()
         self._linked_at = time.monotonic()
         self._link_full = Throttled(
             logger, "hub link buffer full: %d pushes skipped (the inboxes hold those messages)"
@@ -342,7 +343,7 @@ class Fanout(Generic[C]):
         if remote:
             control = Message(control_id, UserId(0), user, CONTROL_DISCONNECT, 0, now_ms, "")
             tmap = TransmitMap(control, {gw: (Recipient(user, ""),) for gw in remote})
-            if not self._link.send(tmap):
+            if not self._link.send_everywhere(tmap):
                 self._link_full.hit()
         return closed
 
@@ -391,20 +392,17 @@ class Fanout(Generic[C]):
 
     def _deliver_rows(self, rows: tuple[DeliveryRow, ...]) -> None:
         """One frame's deliveries from the hub to the local sockets (:mod:`.from_hub`)."""
-        pushed = from_hub.push(
-            rows,
-            self._sessions,
-            other=self._deliver_other,
-            bad=self._bad_delivery,
-            max_content=self._max_content,
-        )
+        other, bad, most = self._deliver_other, self._bad_delivery, self._max_content
+        pushed = from_hub.push(rows, self._sessions, other=other, bad=bad, max_content=most)
         self._metrics.pushed_all(pushed)  # one reading of the clock per frame
 
     def _deliver_other(self, delivery: Delivery) -> None:
-        """A delivery from the hub that is no ordinary message: a control, a large group's
-        post (to its followers here, once screened), or one refused."""
+        """No ordinary message: a control, a large group's post (to its followers here,
+        once screened), or one refused."""
         message = delivery.message
         if message.type in (CONTROL_DISCONNECT, CONTROL_REGROUP):
+            if message.type == CONTROL_DISCONNECT and not self._disconnects.first(message.id):
+                return  # a copy (through another hub, or resent)
             text = message.content
             left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
             for r in delivery.recipients:

@@ -172,11 +172,10 @@ class Replayer(Streams):
         if out.closing:
             return
         cursor = self._cursor
-        if cursor.next_live(pos):  # in order, nothing pending: no list, no fill to check
+        if not self._merge and cursor.next_live(pos):  # in order, nothing pending or read
             out.push(text)
             return
-        for frame in cursor.live(pos, text):
-            out.push(frame)
+        self._emit(None, cursor.live(pos, text))
         if cursor.wants_fill:
             self._want_fill()
 
@@ -185,8 +184,7 @@ class Replayer(Streams):
         if self._out.closing:
             return
         cursor = self._cursor
-        for frame in cursor.own(pos):
-            self._out.push(frame)
+        self._emit(None, cursor.own(pos))
         if cursor.wants_fill:
             self._want_fill()
 
@@ -209,8 +207,7 @@ class Replayer(Streams):
                 if len(mine) < self._hold_max and len(pending) <= self._hold_max:
                     mine.append(pos)
             return
-        for frame in cursor.own(pos) if own else cursor.live(pos, text):
-            self._out.push(frame)
+        self._emit(group, cursor.own(pos) if own else cursor.live(pos, text))
         if cursor.wants_fill:
             self._want_fill()
 
@@ -306,7 +303,7 @@ class Replayer(Streams):
                     frames.encode_error(frames.INTERNAL, "replay failed; ask again with type 14")
                 )
         finally:
-            self._reader = None
+            self._reader = self._merge = None  # (a failed connect replay: read again)
             if not self._out.closing:
                 if not self._cursor.ready and not self._requests:
                     # The connect replay failed: try it again (the client may also ask).
@@ -351,8 +348,7 @@ class Replayer(Streams):
             buffers[group] = collections.deque(self._groups[group].start(pos))
         if self._starts is not None:
             self._starts.update(starts)
-        trimmed = False
-        sent = 0
+        trimmed, sent, self._merge = False, 0, buffers
         while not self._out.closing:
             for gone in [k for k in buffers if k is not None and k not in self._groups]:
                 del buffers[gone]  # the user left that group meanwhile
@@ -379,6 +375,7 @@ class Replayer(Streams):
             sent += 1
             if sent % self._page == 0:
                 await self._out.room()
+        self._merge = None
         # Each followed group's start: a client that has shown less asks for the rest.
         followed = [(g, p) for g, p in (self._starts or {}).items() if g in self._groups]
         if self._starts:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 from transmit_hub.types import UserId
@@ -71,6 +71,7 @@ class Streams:
         "_groups",
         "_groups_timer",
         "_hold_max",
+        "_merge",
         "_metrics",
         "_out",
         "_page",
@@ -110,6 +111,20 @@ class Streams:
         """No fill before this (loop time): a read failed."""
         self._groups_timer: asyncio.TimerHandle | None = None
         """A read of the user's large groups, a second after one left some unread."""
+        self._merge: dict[int | None, collections.deque[str]] | None = None
+        """During the connect replay: each stream's frames read (its cursor moved past
+        them) and not sent yet; a live push of that stream goes behind them."""
+
+    def _emit(self, key: int | None, items: Iterable[str]) -> None:
+        """Frames of stream ``key`` (None: the inbox) to send now: behind those of it the
+        connect replay has read and not sent yet, else at once (sent before those, a
+        client would take them for repeats: a hole for good)."""
+        buffered = self._merge.get(key) if self._merge is not None else None
+        if buffered:
+            buffered.extend(items)
+            return
+        for item in items:
+            self._out.push(item)
 
     @property
     def position(self) -> int:

@@ -15,7 +15,7 @@ sys.path.insert(0, str(ROOT / "bench"))  # the soak imports it as ``chaos_js``
 
 import chaos  # noqa: E402
 import client_js  # noqa: E402
-from chaos_js import Answer, ChildGone, JsHost, Shown, Url, js_devices, parse_event  # noqa: E402
+from chaos_js import Answer, ChildGone, JsHost, Live, Shown, Url, js_devices, parse_event  # noqa: E402
 
 from im_gateway.client import Message, Sent  # noqa: E402
 
@@ -42,6 +42,7 @@ def test_messages_and_urls_are_read_as_the_python_client_has_them() -> None:
     )
     assert parse_event(b'{"ev":"url","dev":"d","url":"ws://x/ws"}') == Url("d", "ws://x/ws")
     assert parse_event(b'{"ev":"url","dev":"d","url":null}') == Url("d", None)
+    assert parse_event(b'{"ev":"live","dev":"d"}') == Live("d")
 
 
 @pytest.mark.parametrize(
@@ -118,7 +119,7 @@ async def test_the_soak_stops_and_fails_when_the_node_process_dies(
 
     monkeypatch.setattr(chaos, "soak", forever)
     monkeypatch.setattr(client_js, "ensure_ws", lambda: tmp_path)  # no ws: node exits
-    stack = chaos.Stack(argparse.Namespace(), tmp_path, "s", "k")
+    stack = chaos.Stack(argparse.Namespace(partitions=False), tmp_path, "s", "k")
     status, data = await asyncio.wait_for(
         chaos.run_soak(argparse.Namespace(js_devices=1), stack), 30
     )

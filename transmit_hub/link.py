@@ -304,6 +304,10 @@ class HubLink(AsyncLifecycle):
             wakeup.set()
         return True
 
+    def send_everywhere(self, tmap: TransmitMap) -> bool:
+        """As :meth:`send` (one hub: :meth:`HubPool.send_everywhere` is the pool's)."""
+        return self.send(tmap)
+
     def events(self) -> AsyncIterator[LinkEvent]:
         """The link's events, for one consumer; ends after :meth:`close`."""
         return read_events(self._events, lambda: self._closed)

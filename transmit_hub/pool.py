@@ -183,6 +183,20 @@ class HubPool(AsyncLifecycle):
             raise LinkClosed("the hub pool is closed")
         return self._dispatch(tmap, frozenset())
 
+    def send_everywhere(self, tmap: TransmitMap) -> bool:
+        """Send ``tmap`` through every attached hub, not one: a control that must arrive
+        even when a target's link to one hub went silent and that hub has not noticed (it
+        writes into the dead stream, and nothing sends it again); the receivers act on it
+        once. ``False`` when no hub took it and the pool has no room to keep it."""
+        if self._closed:
+            raise LinkClosed("the hub pool is closed")
+        now, sent = time.monotonic(), False
+        for hub, link in self.members.items():
+            if link.connected and link.send(tmap):
+                self._log.record(tmap, hub, now, self._only[hub])
+                sent = True
+        return sent or self._dispatch(tmap, frozenset())
+
     def events(self) -> AsyncIterator[LinkEvent]:
         """The merged events of every hub, for one consumer; ends after :meth:`close`."""
         return read_events(self._events, lambda: self._closed)

@@ -30,7 +30,8 @@ async def collect(client: JsClient, into: list[Message]) -> None:
 async def test_a_js_device_through_the_node_process(
     start_gateway: GatewayFactory, tmp_path: Path
 ) -> None:
-    """Sends both ways, a group post, the URL, close and a restart, as the soak uses them."""
+    """Sends both ways, a group post, the URL, the first replay's end, close and a
+    restart, as the soak uses them."""
     gateway = await start_gateway("gw-chaos-js")
     url = f"ws://127.0.0.1:{gateway.port}/ws"
     host = await JsHost.start(ensure_ws(), tmp_path / "js.log")
@@ -40,6 +41,7 @@ async def test_a_js_device_through_the_node_process(
         shown: list[Message] = []
         reader = asyncio.create_task(collect(js, shown))
         await wait_until(lambda: js.url == url, timeout=10)
+        await wait_until(lambda: js.replayed, timeout=10, what="the first connect replay's end")
         await js.join(7)
         await python.join(7)
         sent = await js.send(to=PY, content="js to py")

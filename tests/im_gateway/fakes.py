@@ -131,6 +131,8 @@ class FakeLink:
 
     def __init__(self, *, accept: bool = True) -> None:
         self.sent: list[TransmitMap] = []
+        self.everywhere: list[TransmitMap] = []
+        """Maps sent through every hub (:meth:`send_everywhere`)."""
         self.connected = True
         self.accept = accept
         self._events: asyncio.Queue[LinkEvent | None] = asyncio.Queue()
@@ -139,6 +141,12 @@ class FakeLink:
         if not self.accept:
             return False
         self.sent.append(tmap)
+        return True
+
+    def send_everywhere(self, tmap: TransmitMap) -> bool:
+        if not self.accept:
+            return False
+        self.everywhere.append(tmap)
         return True
 
     def feed(self, event: LinkEvent) -> None:

@@ -80,11 +80,17 @@ def fanout(log: Log) -> Any:
 
 def old_deliver_all(self: Any, deliveries: Sequence[Delivery]) -> None:
     """The fan-out's loop over a hub frame's Delivery objects, as it was before the rows
-    (6822242: _deliver_all and _control), logging aside."""
+    (6822242: _deliver_all and _control), logging aside; and one rule since: a disconnect
+    control is acted on once per id (it comes through every hub)."""
     pushed: list[int] = []
+    disconnects: set[str] = set()
     for delivery in deliveries:
         message = delivery.message
         if message.type in (CONTROL_DISCONNECT, CONTROL_REGROUP):
+            if message.type == CONTROL_DISCONNECT:
+                if message.id in disconnects:
+                    continue
+                disconnects.add(message.id)
             text = delivery.message.content
             left = int(text) if text.isascii() and text.isdigit() and len(text) <= 20 else None
             for r in delivery.recipients:

@@ -513,19 +513,24 @@ async def test_a_sweep_reads_only_the_inboxes_that_moved(link: FakeLink) -> None
 
 
 class Counting:
-    """A local connection that counts the catch-ups asked of it."""
+    """A local connection that counts the catch-ups and regroups asked of it."""
 
     def __init__(self, user: UserId) -> None:
         self.user = user
         self.catch_ups = 0
+        self.regroups = 0
 
     def catch_up(self, end: int | None = None) -> None:
         self.catch_ups += 1
 
+    def regroup(self, left: int | None = None) -> None:
+        self.regroups += 1
+
 
 async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink) -> None:
     """Five hub links lost within a moment (a flapping hub): the sessions read their inboxes
-    once at the first loss and once ``resync_after`` after the last, not ten times."""
+    once at the first loss and once ``resync_after`` after the last, not ten times, and
+    their large groups once, at the later sweep."""
     fanout: Fanout[Any] = Fanout(gateway_id=ME, store=CountingStore(), link=link, resync_after=0.5)
     session = Counting(B)
     fanout.add(session)
@@ -540,6 +545,7 @@ async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink
         link.feed(None)  # type: ignore[arg-type]
         await fanout.close()
     assert session.catch_ups == 2
+    assert session.regroups == 1
 
 
 async def test_close_answers_frames_still_queued(store: CountingStore, link: FakeLink) -> None:

@@ -454,6 +454,26 @@ async def test_undeliverable_only_when_no_attached_hub_has_the_target(
     assert (notice.gateway_id, notice.message_ids) == ("gw-x", ("lost",))
 
 
+async def test_send_everywhere_goes_through_every_attached_hub(
+    hubs: list[HubServer], make_pool: PoolFactory
+) -> None:
+    """A control sent everywhere reaches gw-b once through each hub (a silent link to one
+    hub cannot swallow it); with gw-b on one hub only, the others' NOT_ATTACHED goes on
+    to the next hub, never to the consumer."""
+    addresses = [h.address for h in hubs]
+    a = await make_pool(addresses, "gw-a")
+    b = await make_pool(addresses, "gw-b")
+    assert a.pool.send_everywhere(tmap("c1", {"gw-b": (7,)}))
+    await wait_until(lambda: len(b.ids()) >= 3, what="three copies")
+    assert b.ids() == ["c1"] * 3
+    assert [h.registry.transmit_maps_received for h in hubs] == [1, 1, 1]
+    c = await make_pool([addresses[1]], "gw-c")
+    assert a.pool.send_everywhere(tmap("c2", {"gw-c": (8,)}))
+    await wait_until(lambda: len(c.ids()) >= 3, what="a copy per hub tried")
+    assert set(c.ids()) == {"c2"}
+    assert a.notices == []
+
+
 async def test_link_down_only_when_the_last_hub_goes_and_up_on_each_attach() -> None:
     """The consumer sees LinkUp for every hub that (re)attaches and LinkDown only once no
     hub is attached; maps sent with no hub attached go out once one is back."""
