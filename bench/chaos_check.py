@@ -218,6 +218,8 @@ class Verdict:
     left: list[tuple[Device, str]] = field(default_factory=list)
     """A large group's post not read before the user left the group (by design)."""
     duplicates: list[tuple[Device, str]] = field(default_factory=list)
+    twins: list[tuple[Device, str]] = field(default_factory=list)
+    """One send's content shown by one client under two message ids (stored twice)."""
     reshown: list[tuple[Device, str]] = field(default_factory=list)
     """Shown by a device's client, then again by the one started after it (a restart)."""
     out_of_order: list[tuple[Device, str, str]] = field(default_factory=list)
@@ -230,6 +232,7 @@ class Verdict:
         return not (
             self.missing
             or self.duplicates
+            or self.twins
             or self.out_of_order
             or self.misdelivered
             or self.non_member
@@ -268,6 +271,11 @@ def check(run: Run) -> Verdict:
         counts = Counter(x.message.id for x in shown)
         each = Counter((x.instance, x.message.id) for x in shown)
         v.duplicates += [(me, i) for (_, i), c in each.items() if c > 1]
+        ids_of: dict[tuple[int, str], set[str]] = defaultdict(set)
+        for x in shown:
+            if x.message.content in by_content:
+                ids_of[x.instance, x.message.content].add(x.message.id)
+        v.twins += [(me, i) for ids_ in ids_of.values() if len(ids_) > 1 for i in sorted(ids_)]
         v.reshown += [(me, i) for i, c in counts.items() if c > 1 and (me, i) not in v.duplicates]
         for i in sorted(e.must[me] - set(counts)):
             if excused(run, me, by_id[i], ids):
@@ -416,7 +424,8 @@ def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
         ),
         f"missing {len(v.missing)}, not shown on a restarted device (shown on the other) "
         f"{len(v.excused)}, a large group's posts unread when the user left it "
-        f"{len(v.left)}, duplicates {len(v.duplicates)}, shown again by the client "
+        f"{len(v.left)}, duplicates {len(v.duplicates)} (one content under two ids "
+        f"{len(v.twins)}), shown again by the client "
         f"started after a restart {len(v.reshown)}, out of order "
         f"{len(v.out_of_order)}, misdelivered {len(v.misdelivered)}, shown to a non-member "
         f"{len(v.non_member)}",
@@ -427,6 +436,8 @@ def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
         lines.append(f"  (not a failure) {timeline(run, me, msg_id).lstrip()}")
     for me, msg_id in v.duplicates[:5]:
         lines.append(f"  duplicate {msg_id} at {me}")
+    for me, msg_id in v.twins[:6]:
+        lines.append(f"  one content under two ids: {misdelivered(run, me, msg_id)}")
     for me, msg_id in v.reshown[:5]:
         times = [
             f"{x.at:.1f}s (client {x.instance})" for x in run.shown[me] if x.message.id == msg_id

@@ -148,3 +148,19 @@ def test_a_message_shown_to_its_own_sender_is_misdelivered_and_reported_with_its
     assert "content '1.0.0'; m1 1.0.0 (1, 0)->(1, 0) (u3): sent 3.0s via ws" in text
     assert "misdelivered m9 at (1, 0): 4.3s (client 0): from 3 to " in text
     assert 'content "nobody\'s"; matches no send' in text
+
+
+def test_one_send_shown_under_two_message_ids_is_a_duplicate() -> None:
+    """A send stored twice (two message ids) and shown twice by one client fails the
+    run, though each id is shown once (the id-based check cannot see it)."""
+    run = Run(devices={A: [(A, 0)], C: [(C, 0)]})
+    send = Send("1.0.0", (A, 0), "u3", frozenset({(C, 0)}), 3.0, "ws", 0)
+    send.msg_id, send.acked = "m2", 4.0
+    run.sends[send.content] = send
+    run.shown[(C, 0)].append(Shown(message("m1", "1.0.0", A, "5"), 4.1, 0))
+    run.shown[(C, 0)].append(Shown(message("m2", "1.0.0", A, "6"), 4.2, 0))
+    verdict = check(run)
+    assert verdict.twins == [((C, 0), "m1"), ((C, 0), "m2")]
+    assert not verdict.duplicates
+    assert not verdict.ok
+    assert "one content under two ids: m1 at (3, 0): 4.1s" in report(run, verdict, Path("l"), 1.0)
