@@ -24,6 +24,18 @@ function ownCopyFirst() {
   return { core, a };
 }
 
+/** A core that showed m1 (seq 1) on its first connection, lost it and opened another
+ * (nothing of the new one received yet, nothing drained). */
+function reopened() {
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1" });
+  core.lost();
+  core.opened();
+  return core;
+}
+
 function shown(events) {
   return events.filter((e) => e.kind === "message").map((e) => e.message.id);
 }
@@ -149,12 +161,7 @@ test("messages are shown once, repeats dropped by id, acknowledged per stream wh
 });
 
 test("after a reconnect it catches up from its own position, ignoring the connect replay", () => {
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  core.receive(msg("m1", "1"));
-  core.receive({ type: TYPE.REPLAY, seq: "1" });
-  core.lost();
-  core.opened();
+  const core = reopened();
   core.drain();
   core.receive(msg("m5", "5")); // another device acknowledged up to 4
   core.receive({ type: TYPE.REPLAY, seq: "5" });
@@ -232,12 +239,7 @@ test("the history is asked for again when the first connection is lost before an
 });
 
 test("a catch-up cut short by the replay budget is asked for again from where it stopped", () => {
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  core.receive(msg("m1", "1"));
-  core.receive({ type: TYPE.REPLAY, seq: "1" });
-  core.lost();
-  core.opened();
+  const core = reopened();
   core.receive(msg("m9", "9")); // the connect replay (another device acknowledged to 8)
   core.receive({ type: TYPE.REPLAY, seq: "9" });
   assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
@@ -265,12 +267,7 @@ test("a catch-up refused with no end marker (a replay is running) is asked for a
   // the catch-up must not wait for a marker that never comes (its stream's pushes held,
   // unshown and unacknowledged, until the connection is lost). Found by
   // bench/chaos.py --js-devices.
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  core.receive(msg("m1", "1"));
-  core.receive({ type: TYPE.REPLAY, seq: "1" });
-  core.lost();
-  core.opened();
+  const core = reopened();
   core.receive(msg("m3", "3")); // the connect replay (another device acknowledged to 2)
   core.receive({ type: TYPE.REPLAY, seq: "3" });
   assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
@@ -297,12 +294,7 @@ test("a catch-up whose read failed (internal, no end marker) is asked for again 
   // The gateway answers a replay whose store read failed (Redis stopped, a failover)
   // with internal and no marker. No acknowledgement goes out before a connection is
   // live, so during a catch-up that is what an internal for no request means.
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  core.receive(msg("m1", "1"));
-  core.receive({ type: TYPE.REPLAY, seq: "1" });
-  core.lost();
-  core.opened();
+  const core = reopened();
   core.receive({ type: TYPE.REPLAY, seq: "1" });
   assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
   core.receive(msg("m3", "3")); // a live push: held for the catch-up
@@ -325,12 +317,7 @@ test("a connect replay that failed (internal, no end marker) gives the connectio
   // failed; ask again with type 14") and not tried again: no marker comes, and every
   // inbox push is dropped until one does (the catch-up after it brings them). Found by
   // bench/chaos.py --js-devices (a Redis Cluster primary killed).
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  core.receive(msg("m1", "1"));
-  core.receive({ type: TYPE.REPLAY, seq: "1" });
-  core.lost();
-  core.opened();
+  const core = reopened();
   core.drain();
   core.receive({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
   core.receive(msg("m2", "2")); // a push: left for the catch-up that the marker starts
@@ -365,12 +352,7 @@ test("a connect replay the gateway tries again after its internal keeps the conn
 });
 
 test("a rate_limited catch-up asks for a heartbeat's answer; a budget cut's marker comes first", () => {
-  const core = new ClientCore({ me: ME });
-  core.opened();
-  core.receive(msg("m1", "1"));
-  core.receive({ type: TYPE.REPLAY, seq: "1" });
-  core.lost();
-  core.opened();
+  const core = reopened();
   core.receive({ type: TYPE.REPLAY, seq: "1" });
   core.drain();
   core.receive(msg("m2", "2"));
