@@ -131,13 +131,19 @@ def test_a_large_groups_post_unread_when_its_member_left_is_counted_apart() -> N
     assert check(run).missing == [((C, 0), "m1")]
 
 
+def one_send(msg_id: str) -> Run:
+    """A run where user A's one device sent "1.0.0" to user C's, answered ``msg_id``."""
+    run = Run(devices={A: [(A, 0)], C: [(C, 0)]})
+    send = Send("1.0.0", (A, 0), "u3", frozenset({(C, 0)}), 3.0, "ws", 0)
+    send.msg_id, send.acked = msg_id, 4.0
+    run.sends[send.content] = send
+    return run
+
+
 def test_a_message_shown_to_its_own_sender_is_misdelivered_and_reported_with_its_send() -> None:
     """The client that sent a message never shows it; the report names the frame and the
     send it matches (a frame that matches no send says so)."""
-    run = Run(devices={A: [(A, 0)], C: [(C, 0)]})
-    send = Send("1.0.0", (A, 0), "u3", frozenset({(C, 0)}), 3.0, "ws", 0)
-    send.msg_id, send.acked = "m1", 4.0
-    run.sends[send.content] = send
+    run = one_send("m1")
     run.shown[(C, 0)].append(Shown(message("m1", "1.0.0", A, "5"), 4.1, 0))
     run.shown[(A, 0)].append(Shown(message("m1", "1.0.0", A, "9"), 4.2, 0))
     run.shown[(A, 0)].append(Shown(message("m9", "nobody's", C, "10"), 4.3, 0))
@@ -153,10 +159,7 @@ def test_a_message_shown_to_its_own_sender_is_misdelivered_and_reported_with_its
 def test_one_send_shown_under_two_message_ids_is_a_duplicate() -> None:
     """A send stored twice (two message ids) and shown twice by one client fails the
     run, though each id is shown once (the id-based check cannot see it)."""
-    run = Run(devices={A: [(A, 0)], C: [(C, 0)]})
-    send = Send("1.0.0", (A, 0), "u3", frozenset({(C, 0)}), 3.0, "ws", 0)
-    send.msg_id, send.acked = "m2", 4.0
-    run.sends[send.content] = send
+    run = one_send("m2")
     run.shown[(C, 0)].append(Shown(message("m1", "1.0.0", A, "5"), 4.1, 0))
     run.shown[(C, 0)].append(Shown(message("m2", "1.0.0", A, "6"), 4.2, 0))
     verdict = check(run)
