@@ -14,7 +14,9 @@ against a real redis-server. Each user's inbox holds a few messages, all already
 delivered (the connect replay read them), so a sweep finds nothing new: the last-resort
 case. Two sweeps, interleaved: "ends", the fan-out's (the store says where 1,000 inboxes
 end per round trip, and only the sessions behind theirs read), and "read-all" (every
-session reads its inbox, as the gateway did before). Reported: each sweep's wall time,
+session reads its inbox, as the gateway did before); with ``--mode regroup`` or ``all``,
+"regroup" too (every session reads its user's large groups, one call each, as the later
+sweep after a lost hub link does). Reported: each sweep's wall time,
 the gateway process's CPU and Redis's CPU (from /proc), both per session, and the RSS
 at its peak during the sweeps.
 """
@@ -174,11 +176,24 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
         return page
 
     store.read_inbox = counted
+    listed = 0
+    streams = store.streams
 
-    async def reads_done(n: int) -> None:
-        """Wait until ``n`` more inbox reads are done (one per session per sweep)."""
+    async def counted_streams(*a: Any, **kw: Any) -> Any:
+        nonlocal listed
+        found = await streams(*a, **kw)
+        listed += 1
+        if listed >= target:
+            done.set()
+        return found
+
+    store.streams = counted_streams
+
+    async def reads_done(n: int, *, of_groups: bool = False) -> None:
+        """Wait until ``n`` more inbox reads (``of_groups``: reads of a user's large
+        groups) are done (one per session per sweep)."""
         nonlocal target
-        target = reads + n
+        target = (listed if of_groups else reads) + n
         done.clear()
         await done.wait()
 
@@ -204,12 +219,18 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
         for i, r in enumerate(replayers):
             fanout.add(BenchSession(UserId(i + 1), r))
         sweeps = []
-        for mode in (["ends", "read-all"] if args.mode == "both" else [args.mode]) * args.repeat:
+        modes = {"both": ["ends", "read-all"], "all": ["ends", "regroup", "read-all"]}
+        for mode in modes.get(args.mode, [args.mode]) * args.repeat:
             cpu0 = time.process_time()
             redis0 = harness.cpu_seconds(redis_pid)
             t0 = time.monotonic()
             if mode == "ends":  # the fan-out's sweep: inbox ends in bulk, nobody behind
                 await fanout.catch_up.wait()
+            elif mode == "regroup":  # after a lost link: every session reads its groups
+                for r in replayers:
+                    r.regroup()
+                await reads_done(args.sessions, of_groups=True)
+                await wait_idle(replayers)
             else:  # every session reads its inbox (the sweep before it asked the store)
                 for r in replayers:
                     r.catch_up()
@@ -259,10 +280,12 @@ def main() -> None:
     )
     parser.add_argument(
         "--mode",
-        choices=("ends", "read-all", "both"),
+        choices=("ends", "read-all", "regroup", "both", "all"),
         default="both",
         help="ends: the fan-out's sweep (inbox ends in bulk, then only the sessions behind "
-        "read); read-all: every session reads its inbox; both (default), interleaved",
+        "read); read-all: every session reads its inbox; regroup: every session reads its "
+        "user's large groups (the later sweep after a lost hub link adds it); both "
+        "(default): ends and read-all, interleaved; all: the three, interleaved",
     )
     parser.add_argument("--quick", action="store_true", help="10,000 sessions")
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
