@@ -162,38 +162,30 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
         for i in range(args.sessions)
     ]
 
-    reads = 0
+    counts = {"read_inbox": 0, "streams": 0}
+    """Calls done: inbox reads, and reads of a user's large groups."""
     target = 0
     done = asyncio.Event()
-    read_inbox = store.read_inbox
 
-    async def counted(*a: Any, **kw: Any) -> Any:
-        nonlocal reads
-        page = await read_inbox(*a, **kw)
-        reads += 1
-        if reads >= target:
-            done.set()
-        return page
+    def counted(name: str) -> Any:
+        call = getattr(store, name)
 
-    store.read_inbox = counted
-    listed = 0
-    streams = store.streams
+        async def wrapper(*a: Any, **kw: Any) -> Any:
+            found = await call(*a, **kw)
+            counts[name] += 1
+            if counts[name] >= target:
+                done.set()
+            return found
 
-    async def counted_streams(*a: Any, **kw: Any) -> Any:
-        nonlocal listed
-        found = await streams(*a, **kw)
-        listed += 1
-        if listed >= target:
-            done.set()
-        return found
+        return wrapper
 
-    store.streams = counted_streams
+    store.read_inbox, store.streams = counted("read_inbox"), counted("streams")
 
     async def reads_done(n: int, *, of_groups: bool = False) -> None:
         """Wait until ``n`` more inbox reads (``of_groups``: reads of a user's large
         groups) are done (one per session per sweep)."""
         nonlocal target
-        target = (listed if of_groups else reads) + n
+        target = counts["streams" if of_groups else "read_inbox"] + n
         done.clear()
         await done.wait()
 

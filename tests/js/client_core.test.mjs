@@ -36,6 +36,14 @@ function reopened() {
   return core;
 }
 
+/** The events say the running catch-up is to be asked for again later. */
+function assertAskedLater(events) {
+  assert.ok(
+    events.some((e) => e.kind === "catchup-later"),
+    "the catch-up is to be asked for again later"
+  );
+}
+
 function shown(events) {
   return events.filter((e) => e.kind === "message").map((e) => e.message.id);
 }
@@ -276,10 +284,7 @@ test("a catch-up refused with no end marker (a replay is running) is asked for a
   core.receive({ type: TYPE.HEARTBEAT }); // a heartbeat's answer, and no marker before it
   const { events } = core.drain();
   assert.deepEqual(shown(events), []);
-  assert.ok(
-    events.some((e) => e.kind === "catchup-later"),
-    "the catch-up is to be asked for again later"
-  );
+  assertAskedLater(events);
   core.resumeCatchUp();
   assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
   for (const n of [2, 3, 4]) core.receive(msg(`m${n}`, String(n)));
@@ -301,10 +306,7 @@ test("a catch-up whose read failed (internal, no end marker) is asked for again 
   core.receive({ type: TYPE.ERROR, code: "internal", message: "replay failed; ask again with type 14" });
   const { events } = core.drain();
   assert.deepEqual(shown(events), []);
-  assert.ok(
-    events.some((e) => e.kind === "catchup-later"),
-    "the catch-up is to be asked for again later"
-  );
+  assertAskedLater(events);
   core.resumeCatchUp();
   assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "1" }]);
   for (const n of [2, 3]) core.receive(msg(`m${n}`, String(n)));
