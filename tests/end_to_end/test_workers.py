@@ -37,8 +37,8 @@ def worker_pids(parent: int) -> dict[str, int]:
     for pid in children:
         try:
             argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # it exited between the list and the read (a killed worker)
         ids = [argv[i + 1].decode() for i, a in enumerate(argv) if a == b"--gateway-id"]
         if ids:
             found[ids[-1]] = int(pid)
