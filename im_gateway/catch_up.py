@@ -144,7 +144,9 @@ class CatchUp:
         they do not hold), and a missed join would leave the connection out of the group's
         posts until it reconnects. One store call per session, after an outage only."""
         if self._cut_off:
-            self._cut_off = False
+            # Read as they are now: what the lost streams swallowed too (no second read
+            # at the later sweep, unless a link is lost again).
+            self._cut_off = self._regroup_due = False
             self._regroup()
         self.now()
 

@@ -59,3 +59,23 @@ async def test_the_later_sweep_after_a_lost_link_regroups_every_connection_once(
         assert [a.regroups, b.regroups] == [1, 1]
     finally:
         await catch_up.close()
+
+
+async def test_a_link_up_after_no_link_at_all_regroups_once_not_again_at_the_later_sweep() -> None:
+    """After a time with no link, the link-up's regroup reads every user's groups as they
+    are then, which covers whatever the lost streams swallowed: the later sweep does not
+    read them all again (old code: ``[2] == [1]``)."""
+    a = Connection()
+    sessions: Mapping[UserId, Sequence[Reader]] = {UserId(1): [a]}
+    catch_up = CatchUp(sessions, store=MemoryStore(), resync_after=0.2)
+    try:
+        catch_up.lost(everywhere=True)
+        catch_up.linked()
+        assert a.regroups == 1
+        await wait_until(lambda: not catch_up.scheduled, what="the later sweep")
+        assert [a.regroups] == [1]
+        catch_up.lost()  # a loss after the link-up: its later sweep regroups
+        await wait_until(lambda: not catch_up.scheduled, what="the next later sweep")
+        assert [a.regroups] == [2]
+    finally:
+        await catch_up.close()
