@@ -15,10 +15,14 @@ delivered (the connect replay read them), so a sweep finds nothing new: the last
 case. Two sweeps, interleaved: "ends", the fan-out's (the store says where 1,000 inboxes
 end per round trip, and only the sessions behind theirs read), and "read-all" (every
 session reads its inbox, as the gateway did before); with ``--mode regroup`` or ``all``,
-"regroup" too (every session reads its user's large groups, one call each, as the later
-sweep after a lost hub link does). Reported: each sweep's wall time,
-the gateway process's CPU and Redis's CPU (from /proc), both per session, and the RSS
-at its peak during the sweeps.
+"regroup" too: the fan-out's regroup after a lost hub link (the later sweep's, and the
+link-up's after no link at all), as the code tree it runs from does it (run this script
+from an older tree's ``bench/`` to measure that tree's: before the store said which users
+are in a group, every session read its user's large groups, two round trips each).
+``--in-groups`` of the users are in one large group (their sessions follow it), the rest
+in none. Reported: each sweep's wall time, the gateway process's CPU and Redis's CPU
+(from /proc), both per session, the sessions that read their groups, and the RSS at its
+peak during the sweeps.
 """
 
 from __future__ import annotations
@@ -65,6 +69,13 @@ class BenchSession:
     def catch_up(self, end: int | None = None) -> None:
         self._replayer.catch_up(end)
 
+    def regroup(self, left: int | None = None) -> None:
+        self._replayer.regroup(left)
+
+    @property
+    def follows_groups(self) -> bool:
+        return self._replayer.follows_groups
+
     def deliver(self, pos: int, text: str) -> None: ...
 
     def own(self, pos: int) -> None: ...
@@ -98,7 +109,7 @@ class Sink:
 
 
 class _NoGroups:
-    """A follower of no large group (the sessions here are in none)."""
+    """A follower that writes no mark in the store (the bench's gateway gets no posts)."""
 
     async def follow_groups(self, groups: Collection[int]) -> None:
         return None
@@ -133,6 +144,27 @@ async def _fill(url: str, sessions: int, per_inbox: int) -> None:
                 batch = []
         if batch:
             await store.submit(batch)
+    finally:
+        await store.close()
+
+
+GROUP = 1
+"""The large group of ``--in-groups`` of the users."""
+
+
+def grouped_users(sessions: int, fraction: float) -> list[UserId]:
+    """``fraction`` of the users 1..``sessions``, spread evenly."""
+    if fraction <= 0:
+        return []
+    return [UserId(1 + int(i / fraction)) for i in range(int(sessions * fraction))]
+
+
+async def _join(url: str, users: list[UserId]) -> None:
+    """Put ``users`` in the large group ``GROUP`` (one script call per 1,000)."""
+    store = await _open_store(url)
+    try:
+        for start in range(0, len(users), 1000):
+            await store.add_members(GROUP, users[start : start + 1000])
     finally:
         await store.close()
 
@@ -173,7 +205,7 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
         async def wrapper(*a: Any, **kw: Any) -> Any:
             found = await call(*a, **kw)
             counts[name] += 1
-            if counts[name] >= target:
+            if name == "read_inbox" and counts[name] >= target:
                 done.set()
             return found
 
@@ -181,11 +213,10 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
 
     store.read_inbox, store.streams = counted("read_inbox"), counted("streams")
 
-    async def reads_done(n: int, *, of_groups: bool = False) -> None:
-        """Wait until ``n`` more inbox reads (``of_groups``: reads of a user's large
-        groups) are done (one per session per sweep)."""
+    async def reads_done(n: int) -> None:
+        """Wait until ``n`` more inbox reads are done (one per session per sweep)."""
         nonlocal target
-        target = counts["streams" if of_groups else "read_inbox"] + n
+        target = counts["read_inbox"] + n
         done.clear()
         await done.wait()
 
@@ -211,6 +242,8 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
         for i, r in enumerate(replayers):
             fanout.add(BenchSession(UserId(i + 1), r))
         sweeps = []
+        groups_read: list[int] = []
+        """Per regroup sweep: the sessions that read their user's large groups."""
         modes = {"both": ["ends", "read-all"], "all": ["ends", "regroup", "read-all"]}
         for mode in modes.get(args.mode, [args.mode]) * args.repeat:
             cpu0 = time.process_time()
@@ -218,11 +251,15 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
             t0 = time.monotonic()
             if mode == "ends":  # the fan-out's sweep: inbox ends in bulk, nobody behind
                 await fanout.catch_up.wait()
-            elif mode == "regroup":  # after a lost link: every session reads its groups
-                for r in replayers:
-                    r.regroup()
-                await reads_done(args.sessions, of_groups=True)
+            elif mode == "regroup":  # after a lost link: the sessions read their groups
+                read_before = counts["streams"]
+                catch_up = fanout.catch_up
+                catch_up._regroup()  # what the later sweep and the link-up call
+                regrouped = getattr(catch_up, "regrouped", None)  # (older trees: at once)
+                if regrouped is not None:
+                    await regrouped()
                 await wait_idle(replayers)
+                groups_read.append(counts["streams"] - read_before)
             else:  # every session reads its inbox (the sweep before it asked the store)
                 for r in replayers:
                     r.catch_up()
@@ -256,6 +293,8 @@ async def _run(url: str, redis_pid: int, args: argparse.Namespace) -> dict[str, 
         "connect_replay_s": round(connected, 2),
         "sweeps": sweeps,
         "frames_sent_by_sweeps": new_frames,
+        "in_groups": args.in_groups,
+        "groups_read_per_regroup": groups_read,
         "per_session": per_session,
         "rss_before_sweeps_mb": round(rss_before / 1024, 1),
         "rss_peak_during_sweeps_mb": round(peak / 1024, 1),
@@ -279,6 +318,13 @@ def main() -> None:
         "user's large groups (the later sweep after a lost hub link adds it); both "
         "(default): ends and read-all, interleaved; all: the three, interleaved",
     )
+    parser.add_argument(
+        "--in-groups",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="of the users in one large group, the rest in none (0.1)",
+    )
     parser.add_argument("--quick", action="store_true", help="10,000 sessions")
     parser.add_argument("--json", metavar="PATH", help="also write the figures here")
     args = parser.parse_args()
@@ -291,9 +337,13 @@ def main() -> None:
         redis.wait_port(port)
         url = f"redis://127.0.0.1:{port}/0"
         asyncio.run(_fill(url, args.sessions, args.per_inbox))
+        asyncio.run(_join(url, grouped_users(args.sessions, args.in_groups)))
         result = asyncio.run(_run(url, redis.pid, args))
     n = result["sessions"]
-    print(f"catch-up sweep over {n:,} idle sessions ({args.per_inbox} delivered messages each)")
+    print(
+        f"catch-up sweep over {n:,} idle sessions ({args.per_inbox} delivered messages each, "
+        f"{args.in_groups:.0%} in a large group)"
+    )
     for i, sweep in enumerate(result["sweeps"], 1):
         print(
             f"  sweep {i} ({sweep['mode']}): {sweep['wall_s']:.2f} s wall, gateway CPU "
@@ -304,6 +354,8 @@ def main() -> None:
             f"  per session ({mode}): gateway {cost['gateway_cpu_us']} us CPU, "
             f"Redis {cost['redis_cpu_us']} us CPU"
         )
+    if result["groups_read_per_regroup"]:
+        print(f"  sessions reading their groups per regroup: {result['groups_read_per_regroup']}")
     print(f"  frames sent by the sweeps: {result['frames_sent_by_sweeps']} (nothing was new)")
     print(
         f"  RSS {result['rss_before_sweeps_mb']} MB before the sweeps, "

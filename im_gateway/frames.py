@@ -235,6 +235,11 @@ def parse_any(data: str | bytes, *, max_content: int = DEFAULT_MAX_CONTENT) -> C
     raise FrameError(BAD_REQUEST, f"unknown frame type {kind}", frame_id)
 
 
+def too_fast(frame: ClientFrame) -> FrameError:
+    """The refusal of a frame beyond the rate limit."""
+    return FrameError(RATE_LIMITED, "too many frames; slow down", getattr(frame, "id", None))
+
+
 def _utf8_size(text: str, name: str, frame_id: str | None) -> int:
     try:
         return len(text.encode("utf-8"))

@@ -37,6 +37,11 @@ class Connection(Protocol):
         group (stop following it at once)."""
         ...
 
+    @property
+    def follows_groups(self) -> bool:
+        """True while the connection follows a large group's stream."""
+        ...
+
     def catch_up(self, end: int | None = None) -> None:
         """Read the inbox to its end (pushes may have been missed); ``end``: the inbox's
         newest position when known (nothing to read when the connection has it)."""

@@ -219,6 +219,10 @@ class Session:
     def catch_up(self, end: int | None = None) -> None:
         self._replayer.catch_up(end)
 
+    @property
+    def follows_groups(self) -> bool:
+        return self._replayer.follows_groups
+
     def rebase(self) -> None:
         self._replayer.rebase()
 
@@ -353,7 +357,7 @@ class Session:
         self.last_seen = now
         try:
             if not self._bucket.allow(now):
-                raise _too_fast(frame)
+                raise frames.too_fast(frame)
             self._act_now(frame)
         except FrameError as exc:
             self._refuse(exc, now)
@@ -395,7 +399,7 @@ class Session:
             frame = frames.parse(data, max_content=self._limits.max_content)
             self._metrics.frame_in(frame)
             if not allowed:
-                raise _too_fast(frame)
+                raise frames.too_fast(frame)
             if isinstance(frame, frames.SendMessage):
                 submission = self._pipeline.submission(self.user, frame)
                 if not self._pipeline.offer(self, submission):
@@ -443,8 +447,3 @@ class Session:
         await self._acks.settle()
         await self._replayer.close()
         await cancel_and_wait(self._acks.task, *self._out.tasks())
-
-
-def _too_fast(frame: frames.ClientFrame) -> FrameError:
-    """The refusal of a frame beyond the rate limit."""
-    return FrameError(frames.RATE_LIMITED, "too many frames; slow down", getattr(frame, "id", None))

@@ -135,6 +135,11 @@ class Streams:
         """True when this connection reads ``group``'s stream (the user is a member)."""
         return group in self._groups
 
+    @property
+    def follows_groups(self) -> bool:
+        """True while this connection reads a large group's stream."""
+        return bool(self._groups)
+
     def regroup(self, left: int | None = None) -> None:
         """The user left ``left`` (a read found it no longer a member): the replayer
         stops following it and reads the user's groups again."""

@@ -298,6 +298,11 @@ class ClusterStore(KeyspaceStore):
         self._check_open()
         return await node_reads.inbox_ends(self._nodes, self.settings, users)
 
+    async def in_groups(self, users: Sequence[UserId]) -> list[bool | None]:
+        """Per node, each user answered alone (:func:`~.node_reads.in_groups`)."""
+        self._check_open()
+        return await node_reads.in_groups(self._nodes, self.settings, users)
+
     async def _read_openings(self, users: list[UserId]) -> list[Opening | Exception]:
         """Per node, each user answered alone (:func:`~.node_reads.openings`)."""
         return await node_reads.openings(self._nodes, self.settings, users)

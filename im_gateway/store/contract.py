@@ -43,7 +43,7 @@ Rules every implementation keeps:
   they leave again), for at most ``max_group_members`` leavers per group (the latest;
   older records go first); they live and expire with the group's stream.
 - A read of many users' or groups' keys (:meth:`Store.inbox_ends`,
-  :meth:`Store.read_groups`, :meth:`Store.streams`) answers each user or group alone on
+  :meth:`Store.in_groups`, :meth:`Store.read_groups`, :meth:`Store.streams`) answers each user or group alone on
   a Redis Cluster: a node that does not answer (silent until a failover) fails only the
   keys it holds, answered as unknown in their place (``None``, the error, an
   :class:`Unread`), while the others' answers are good; the caller reads those again
@@ -464,6 +464,14 @@ class Store(Protocol):
         one round trip per node (a catch-up sweep reads only the inboxes that moved).
         None: unknown, the Redis Cluster node holding that user's keys failed (the other
         stores answer every user, or raise)."""
+        ...
+
+    async def in_groups(self, users: Sequence[UserId]) -> list[bool | None]:
+        """Whether each user is in any group (small or large: the set :meth:`streams`
+        reads; False: :meth:`streams` answers nothing), in the order asked, in one round
+        trip per node (a regroup sweep reads only the users in one). None: unknown, the
+        Redis Cluster node holding that user's keys failed (the other stores answer every
+        user, or raise)."""
         ...
 
     async def ack(self, user: UserId, upto: int) -> None:

@@ -289,6 +289,19 @@ class KeyspaceStore(AsyncClosing):
             replies: list[Any] = await pipe.execute()
         return [int(reply or 0) for reply in replies]
 
+    async def in_groups(self, users: Sequence[UserId]) -> list[bool | None]:
+        """One Redis: ``EXISTS groups`` of every user (pipelined), or the error raised
+        (the cluster store answers each user alone)."""
+        self._check_open()
+        if not users:
+            return []
+        key = self.settings.key
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for user in users:
+                pipe.exists(key("groups", user))
+            replies: list[Any] = await pipe.execute()
+        return [bool(reply) for reply in replies]
+
     async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
         self._check_open()
         gkey = self.settings.gkey

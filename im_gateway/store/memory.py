@@ -334,6 +334,10 @@ class MemoryStore(AsyncClosing):
             ends.append(inbox.last if inbox is not None else 0)
         return ends
 
+    async def in_groups(self, users: Sequence[UserId]) -> list[bool | None]:
+        self._check_open()
+        return [bool(self._user_groups.get(user)) for user in users]
+
     async def ack(self, user: UserId, upto: int) -> None:
         self._check_open()
         now = self._clock()

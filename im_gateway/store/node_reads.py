@@ -1,21 +1,23 @@
-"""The Redis Cluster store's reads of many users' or groups' keys (inbox ends, openings,
-groups' pages and streams), each answered alone: one pipeline per node
-(:meth:`~.nodes.Nodes.run` with ``errors``), the nodes in parallel, so a node that does
-not answer (silent until a failover, or gone) fails only the users and groups whose keys
-it holds. redis-py's cluster pipeline, which the shared reads of
+"""The Redis Cluster store's reads of many users' or groups' keys (inbox ends, whether
+users are in groups, openings, groups' pages and streams), each answered alone: one
+pipeline per node (:meth:`~.nodes.Nodes.run` with ``errors``), the nodes in parallel, so
+a node that does not answer (silent until a failover, or gone) fails only the users and
+groups whose keys it holds. redis-py's cluster pipeline, which the shared reads of
 :mod:`~im_gateway.store.keyspace` use, fails whole on one such node: one silent primary
 would then hold every user of a catch-up sweep's batch, and every large group of a user,
 until its failover.
 
-The unknown inbox ends and groups are counted in one log line (they are a node's failure,
-which the callers do not log per read), and the callers read them again later (the
-contract: :mod:`~im_gateway.store.contract`); an opening's error fails its user's connect.
+The unknown inbox ends, users and groups are counted in one log line (they are a node's
+failure, which the callers do not log per read), and the callers read them again later
+(the contract: :mod:`~im_gateway.store.contract`); an opening's error fails its user's
+connect.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from transmit_hub.types import UserId
 
@@ -29,22 +31,39 @@ logger = logging.getLogger(__name__)
 
 _unknown_reads = Throttled(
     logger,
-    "%d users' inbox ends or groups' streams unread: a Redis Cluster node holding them "
-    "failed (the others of their reads were answered; these are read again later)",
+    "%d users' inbox ends or groups, or groups' streams, unread: a Redis Cluster node "
+    "holding them failed (the others of their reads were answered; these are read again "
+    "later)",
 )
 
 
 async def inbox_ends(nodes: Nodes, settings: Settings, users: Sequence[UserId]) -> list[int | None]:
     """Each user's newest inbox position (``GET pos``); None where the user's node failed."""
+    replies = await _each_user(nodes, settings, "GET", "pos", users)
+    return [None if isinstance(r, Exception) else int(r or 0) for r in replies]
+
+
+async def in_groups(nodes: Nodes, settings: Settings, users: Sequence[UserId]) -> list[bool | None]:
+    """Whether each user is in a group (``EXISTS groups``); None where the user's node
+    failed."""
+    replies = await _each_user(nodes, settings, "EXISTS", "groups", users)
+    return [None if isinstance(r, Exception) else bool(r) for r in replies]
+
+
+async def _each_user(
+    nodes: Nodes, settings: Settings, command: str, name: str, users: Sequence[UserId]
+) -> list[Any]:
+    """``command`` on each user's key ``name``, one pipeline per node: the replies in the
+    users' order, the error in place of each user whose node failed (counted)."""
     if not users:
         return []
     key = settings.key
-    calls = [Call(slot_of(k), ("GET", k)) for k in (key("pos", u) for u in users)]
+    calls = [Call(slot_of(k), (command, k)) for k in (key(name, u) for u in users)]
     replies = [reply for reply, _ in await nodes.run(calls, errors=True)]
     failed = [r for r in replies if isinstance(r, Exception)]
     if failed:
         _unknown_reads.hit(len(failed), exc=failed[-1])
-    return [None if isinstance(r, Exception) else int(r or 0) for r in replies]
+    return replies
 
 
 async def openings(

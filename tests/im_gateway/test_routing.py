@@ -519,6 +519,7 @@ class Counting:
         self.user = user
         self.catch_ups = 0
         self.regroups = 0
+        self.follows_groups = False
 
     def catch_up(self, end: int | None = None) -> None:
         self.catch_ups += 1
@@ -530,8 +531,10 @@ class Counting:
 async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink) -> None:
     """Five hub links lost within a moment (a flapping hub): the sessions read their inboxes
     once at the first loss and once ``resync_after`` after the last, not ten times, and
-    their large groups once, at the later sweep."""
-    fanout: Fanout[Any] = Fanout(gateway_id=ME, store=CountingStore(), link=link, resync_after=0.5)
+    their large groups once, at the later sweep (the user is in a group)."""
+    store = CountingStore()
+    await store.join(7, B)
+    fanout: Fanout[Any] = Fanout(gateway_id=ME, store=store, link=link, resync_after=0.5)
     session = Counting(B)
     fanout.add(session)
     await fanout.start()
@@ -541,6 +544,7 @@ async def test_losses_in_a_burst_cost_one_sweep_now_and_one_later(link: FakeLink
         await wait_until(lambda: session.catch_ups == 1)
         await wait_until(lambda: session.catch_ups == 2, timeout=5)
         assert not fanout.catch_up.scheduled  # nothing more is scheduled
+        await fanout.catch_up.regrouped()
     finally:
         link.feed(None)  # type: ignore[arg-type]
         await fanout.close()

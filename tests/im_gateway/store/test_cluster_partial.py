@@ -1,7 +1,7 @@
 """A silent Redis Cluster primary fails only the reads of the keys it holds: the catch-up
-sweep's inbox ends, a connection's page of its large groups' streams and the list of its
-large groups answer the healthy nodes' users and groups within the bound, the silent
-node's as unknown (read again later), as the connect's openings do."""
+sweeps' inbox ends and users' groups, a connection's page of its large groups' streams
+and the list of its large groups answer the healthy nodes' users and groups within the
+bound, the silent node's as unknown (read again later), as the connect's openings do."""
 
 from __future__ import annotations
 
@@ -43,12 +43,12 @@ def off(cluster: RedisClusterProcesses, node: ClusterNode, key: str, start: int)
 
 @pytest.mark.slow
 async def test_reads_of_many_users_or_groups_fail_only_the_silent_nodes_share() -> None:
-    """A primary SIGSTOPped with no failover coming: inbox_ends of a batch of users,
-    read_groups of a user's large groups and streams() answer the users and groups of the
-    healthy primaries within the bound (their ends, pages and positions), and those of
-    the silent node as unknown (None, its error, Unread). Before, each failed whole after
-    the client's attempts: one silent node held every user of a sweep batch, and every
-    large group of a user, until a failover."""
+    """A primary SIGSTOPped with no failover coming: inbox_ends and in_groups of a batch
+    of users, read_groups of a user's large groups and streams() answer the users and
+    groups of the healthy primaries within the bound (their ends, pages and positions),
+    and those of the silent node as unknown (None, its error, Unread). Before, each failed
+    whole after the client's attempts: one silent node held every user of a sweep batch,
+    and every large group of a user, until a failover."""
     cluster = RedisClusterProcesses()  # of its own: one of its primaries is frozen
     try:
         for node in cluster.nodes:
@@ -59,6 +59,7 @@ async def test_reads_of_many_users_or_groups_fail_only_the_silent_nodes_share() 
             frozen = UserId(on(cluster, victim, "im:{{u:{}}}:inbox", 1))
             alice = UserId(off(cluster, victim, "im:{{u:{}}}:inbox", 100))
             bob = UserId(off(cluster, victim, "im:{{u:{}}}:inbox", alice + 1))
+            carol = UserId(off(cluster, victim, "im:{{u:{}}}:inbox", bob + 1))  # in no group
             cold = on(cluster, victim, "im:{{g:{}}}:members", 1)  # its node goes silent
             warm = off(cluster, victim, "im:{{g:{}}}:members", 1)
             for group in (cold, warm):
@@ -74,6 +75,7 @@ async def test_reads_of_many_users_or_groups_fail_only_the_silent_nodes_share() 
                 [Submission("p1", msg(alice, bob)), Submission("p2", msg(bob, frozen))]
             )
             assert await store.inbox_ends([frozen, bob, alice]) == [1, 2, 1]
+            assert await store.in_groups([frozen, bob, carol]) == [False, True, False]
 
             # (streams() was not called before: its script is loaded while the node is
             # silent, on the healthy nodes only.)
@@ -81,6 +83,8 @@ async def test_reads_of_many_users_or_groups_fail_only_the_silent_nodes_share() 
             try:
                 spans = [time.monotonic()]
                 ends = await store.inbox_ends([frozen, bob, alice])
+                spans.append(time.monotonic())
+                grouped = await store.in_groups([frozen, bob, carol])
                 spans.append(time.monotonic())
                 pages = await store.read_groups({cold: 0, warm: 0}, 10)
                 spans.append(time.monotonic())
@@ -92,6 +96,7 @@ async def test_reads_of_many_users_or_groups_fail_only_the_silent_nodes_share() 
             print("answered with a silent node's share in", [f"{t:.2f}s" for t in took])
             assert all(t < BOUND for t in took), took
             assert ends == [None, 2, 1]
+            assert grouped == [None, True, False]
             assert isinstance(pages[cold], RedisError), pages
             page = pages[warm]
             assert isinstance(page, InboxPage)
@@ -106,6 +111,7 @@ async def test_reads_of_many_users_or_groups_fail_only_the_silent_nodes_share() 
 
             # Thawed: the same reads answer every user and group again.
             assert await store.inbox_ends([frozen, bob, alice]) == [1, 2, 1]
+            assert await store.in_groups([frozen, bob, carol]) == [False, True, False]
             again = await store.read_groups({cold: 0, warm: 0}, 10)
             assert all(isinstance(p, InboxPage) and p.last == 1 for p in again.values())
             assert sorted(

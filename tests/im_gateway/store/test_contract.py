@@ -546,6 +546,31 @@ async def test_inbox_ends_are_the_newest_positions_of_many_users_at_once(store: 
     assert ends[0] == (await store.read_inbox(BOB, 0, 0)).last
 
 
+async def test_in_groups_says_which_of_many_users_are_in_a_group_at_once(
+    backend: Backend,
+) -> None:
+    """in_groups says, per user in the order asked, whether the user is in any group (the
+    set streams() reads: small and large groups alike), users on every cluster slot
+    alike; a user it calls False has no large group to read (streams() is empty)."""
+    store = backend.make(large_group=2)
+    assert await store.in_groups([]) == []
+    many = [UserId(1000 + i) for i in range(50)]
+    await store.join(7, ALICE)  # a small group
+    for user in (CAROL, DAVE, many[-1]):
+        await store.join(8, user)  # a large one
+    assert await store.is_large(8)
+    asked = [ALICE, BOB, CAROL, *many, ALICE]
+    found = await store.in_groups(asked)
+    assert found == [True, False, True, *([False] * 49), True, True]
+    for user, grouped in zip(asked, found, strict=True):
+        if grouped is False:
+            assert await store.streams(user, 0) == []
+    await store.leave(7, ALICE)
+    await store.leave(8, CAROL)
+    assert await store.in_groups([ALICE, CAROL, DAVE]) == [False, False, True]
+    assert [await store.streams(u, 0) for u in (ALICE, CAROL)] == [[], []]
+
+
 async def test_read_inbox_after_a_position_with_limit(store: Store) -> None:
     """read_inbox returns entries strictly after a position, oldest first, up to limit."""
     messages = [msg(ALICE, BOB, content=str(i)) for i in range(5)]
