@@ -24,8 +24,8 @@ gateway that was attached to no hub for a while (its last link lost: the process
 or cut off) has missed the notices sent meanwhile (they found it on no hub and were
 dropped): when a link is up again after that, every local session reads its user's large
 groups again at once (:meth:`CatchUp.linked`). Either runs once per loss (or burst of
-losses) of a hub link. Cost: the store says which of ``SWEEP_BATCH`` users are in any group in one
-round trip (per node), and only the sessions with something to read read their groups
+losses) of a hub link. Cost: the store says which of ``SWEEP_BATCH`` users are in any
+group in one round trip (per node), and only the sessions with something to read read their groups
 (two round trips each): those of users in a group, or whose answer the store could not
 give, and those following a large group (a leave's notice may be what was lost: the user
 may be in none now). A session of a user in no group that follows none is not asked: its

@@ -43,11 +43,12 @@ Rules every implementation keeps:
   they leave again), for at most ``max_group_members`` leavers per group (the latest;
   older records go first); they live and expire with the group's stream.
 - A read of many users' or groups' keys (:meth:`Store.inbox_ends`,
-  :meth:`Store.in_groups`, :meth:`Store.read_groups`, :meth:`Store.streams`) answers each user or group alone on
-  a Redis Cluster: a node that does not answer (silent until a failover) fails only the
-  keys it holds, answered as unknown in their place (``None``, the error, an
-  :class:`Unread`), while the others' answers are good; the caller reads those again
-  later. One Redis and the memory store answer all or raise, as every other call does.
+  :meth:`Store.in_groups`, :meth:`Store.read_groups`, :meth:`Store.streams`) answers
+  each user or group alone on a Redis Cluster: a node that does not answer (silent
+  until a failover) fails only the keys it holds, answered as unknown in their place
+  (``None``, the error, an :class:`Unread`), while the others' answers are good; the
+  caller reads those again later. One Redis and the memory store answer all or raise,
+  as every other call does.
 - Every key has a TTL except group membership, which is bounded instead: a user is in
   at most ``max_groups_per_user`` groups and a group has at most ``max_group_members``
   members (:meth:`Store.join` refuses beyond); presence entries expire unless the live
