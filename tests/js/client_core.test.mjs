@@ -874,15 +874,17 @@ function generator(seed) {
  * Replays asked for may be cut short by the replay budget, refused outright
  * (rate_limited, no marker: a read of the connection runs) or fail (internal, no
  * marker: the store); so may the connect replay (internal, no marker: the client gives
- * the connection up); heartbeats are answered. With
+ * the connection up); an acknowledgement may not be stored (internal, "ack not
+ * stored"), in any phase; heartbeats are answered. With
  * `lists`, the user joins
  * the group at some point (its position starts there; nothing from before is delivered)
  * and the connect marker lists the group's start (`groups`), as the gateway does.
  */
 class ModelGateway {
-  constructor(rand, lists = false) {
+  constructor(rand, lists = false, ackFailures = true) {
     this.rand = rand;
     this.lists = lists;
+    this.ackFailures = ackFailures;
     this.joined = lists ? null : 0; // the group's position where the user joined
     this.streams = { "": [], "g7:": [] }; // stream -> [frame]
     this.acked = { "": 0, "g7:": 0 };
@@ -950,7 +952,10 @@ class ModelGateway {
   handleUp() {
     const conn = this.conn;
     const frame = conn.up.shift();
-    if (frame.type === TYPE.ACK) {
+    if (frame.type === TYPE.ACK && this.ackFailures && this.rand.chance(0.05)) {
+      // Not stored (Redis): the client is to send it again; nothing else is wrong.
+      conn.down.push({ type: TYPE.ERROR, code: "internal", message: "ack not stored; send it again" });
+    } else if (frame.type === TYPE.ACK) {
       const where = parseSeq(frame.seq);
       const end = this.streams[where.stream].length;
       this.acked[where.stream] = Math.max(this.acked[where.stream], Math.min(end, Number(where.pos)));
@@ -1008,7 +1013,9 @@ class ModelGateway {
  * across the two. */
 function runScenario(seed, steps, maxBuffer = 10000, history = false, lists = false, replaced = false) {
   const rand = generator(seed);
-  const gw = new ModelGateway(rand, lists);
+  // (Not when the client is closed: an acknowledgement not stored, or whose refusal had
+  // not come back by then, is lost with it, and its next client shows that again.)
+  const gw = new ModelGateway(rand, lists, !replaced);
   const historyGroups = history ? [7] : [];
   let core = new ClientCore({ me: ME, idPrefix: `s${seed}-`, maxBuffer, history, historyGroups });
   let closeAt = replaced ? rand.int(steps) : Infinity; // then the first step connected
