@@ -474,8 +474,11 @@ export class ClientCore {
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) {
       // For no request of ours: "internal" here is an acknowledgement the gateway could
-      // not store ("send it again"), so every stream's position goes out again.
-      if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
+      // not store ("send it again"), so every acknowledged stream's position goes out
+      // again (not those taken from a marker: up to MAX_LISTED frames, for nothing).
+      if (code === "internal") {
+        for (const state of this.streams.values()) if (state.sent) state.acked = 0n;
+      }
       // Or a replay's read failed. Acknowledgements go out during the replays too, so the
       // gateway's words tell them apart ("ack not stored; send it again"): taken for a
       // replay's failure, an ack's would give a long connect replay up, or ask a catch-up

@@ -523,6 +523,18 @@ test("an acknowledgement the gateway could not store is sent again", () => {
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
 });
 
+test("after an acknowledgement not stored, only the streams acknowledged are said again", () => {
+  // Not every large group's stream the marker listed (up to MAX_LISTED): their positions
+  // are the user's, taken unacknowledged; a frame each would run into the rate limit.
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive(msg("m1", "1"));
+  core.receive({ type: TYPE.REPLAY, seq: "1", groups: ["g7:5", "g8:2"] });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+  core.receive({ type: TYPE.ERROR, code: "internal", message: "ack not stored; send it again" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+});
+
 test("an acknowledgement that went out on a lost connection is said again on the next", () => {
   // The socket may have died with it unread (a killed gateway); the store never moves a
   // position back, so saying it again costs nothing. Not the positions a marker gave:
