@@ -189,6 +189,8 @@ class Acks:
                 except Exception as exc:
                     _ack_failed.hit(exc=exc)
                     self._metrics.refused(frames.INTERNAL)
+                    # client.js reads these words: an internal for no request during a
+                    # replay is this, not the replay's read failing ("replay failed").
                     self._out.push(
                         frames.encode_error(frames.INTERNAL, "ack not stored; send it again")
                     )

@@ -24,7 +24,12 @@
 //   inbox, each large group `g<group>:<pos>`) in order: messages to the user and the
 //   user's own from its other devices, not those this client sent.
 // - Type 11 acknowledges, per stream, what `onmessage` was given, and only that: at most
-//   every `ackInterval` ms (100) and once more on `close()`.
+//   every `ackInterval` ms (100) and once more on `close()`, whatever the connection is
+//   doing: during its connect replay and catch-ups too (what a client closed then had
+//   shown would be shown again by the user's next client). Never past a message not
+//   shown: one held for a catch-up's end marker, dropped from a full buffer, or behind
+//   this client's own message coming back unanswered. What went out on a connection that
+//   was lost is said again on the next (the socket may have died with it unread).
 // - A lost connection is retried with jittered exponential backoff, on the next URL of
 //   the list; after a 1012 close (the gateway drains), at once (`restartAtOnce`, 10, times
 //   in a row at most, until a connection lasts `backoffMax`). A handshake that takes
@@ -282,6 +287,8 @@ export class ClientCore {
     // group's stream than the user acknowledged (another device): its posts wait for the
     // connect marker to say where the user is (onConnectEnd).
     this.holdGroups = this.replayed;
+    // The last connection's acknowledgements may have been lost with it: said again.
+    for (const state of this.streams.values()) if (state.sent) state.acked = 0n;
     this.overflowed = new Set();
     this.asked = null;
     this.replayFailed = false;
@@ -335,14 +342,20 @@ export class ClientCore {
   }
 
   /** Type 11 frames due now (one per stream whose shown position passed the last
-   * acknowledgement), or none while replays run; marks them acknowledged. */
+   * acknowledgement), in every phase of a connection (none without one); marks them
+   * acknowledged. A stream's position passes only what was shown or is a repeat of it
+   * (this client's own messages included): what a replay brings that a catch-up will
+   * bring again is skipped without moving it, what a catch-up brings is held until its
+   * end marker (and shown then, below the lowest frame dropped), and behind its own
+   * message coming back unanswered a stream is acknowledged only up to `cap`. */
   acks() {
     const frames = [];
-    if (this.phase !== "live") return frames;
+    if (!this.connected) return frames;
     for (const [stream, state] of this.streams) {
       const limit = state.queue === null ? state.handled : state.cap;
       if (limit > state.acked) {
         state.acked = limit;
+        state.sent = true;
         frames.push({ type: TYPE.ACK, seq: formatSeq(stream, limit) });
       }
     }
@@ -461,20 +474,27 @@ export class ClientCore {
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) {
       // For no request of ours: "internal" here is an acknowledgement the gateway could
-      // not store ("send it again"), so every stream's position goes out again.
-      if (code === "internal") for (const state of this.streams.values()) state.acked = 0n;
-      // "internal" during a catch-up: its read failed (no acknowledgement goes out before
-      // a connection is live, so it is none of those): no marker comes; it is asked for
+      // not store ("send it again"), so every acknowledged stream's position goes out
+      // again (not those taken from a marker: up to MAX_LISTED frames, for nothing).
+      if (code === "internal") {
+        for (const state of this.streams.values()) if (state.sent) state.acked = 0n;
+      }
+      // Or a replay's read failed. Acknowledgements go out during the replays too, so the
+      // gateway's words tell them apart ("ack not stored; send it again"): taken for a
+      // replay's failure, an ack's would give a long connect replay up, or ask a catch-up
+      // again that still runs (its marker then ignored).
+      const readFailed = code === "internal" && !message.startsWith("ack not stored");
+      // "internal" during a catch-up: its read failed: no marker comes; it is asked for
       // again after a pause, from where it was.
       // "internal" during the connect replay: its read failed. The gateway tries it again
       // (a second later) only when it failed before it began; else no marker comes, and
       // the pushes of the streams to catch up would be dropped until one did: without a
       // marker after a pause, the connection is given up (resumeCatchUp).
-      if (code === "internal" && this.phase === "replay") {
+      if (readFailed && this.phase === "replay") {
         this.replayFailed = true;
         this.events.push({ kind: "catchup-later" });
       }
-      if (code === "internal" && this.phase === "catchup") {
+      if (readFailed && this.phase === "catchup") {
         this.cut = false;
         this.markerDue = false;
         this.phase = "waiting";
@@ -541,10 +561,11 @@ export class ClientCore {
       return;
     }
     // Cut short by the replay budget at `upto`, or frames dropped from a full buffer:
-    // show what came up to there (only below the lowest frame dropped), and ask again
-    // from there: at once after drops, later (`resumeCatchUp`) after a cut; no acks
-    // meanwhile. Only this stream's frames: another's position counts in its own stream,
-    // whose catch-up comes after (shown now, it would pass that one's history).
+    // show what came up to there (only below the lowest frame dropped: the stream's
+    // position, and so its acknowledgement, stops there), and ask again from there: at
+    // once after drops, later (`resumeCatchUp`) after a cut. Only this stream's frames:
+    // another's position counts in its own stream, whose catch-up comes after (shown
+    // now, it would pass that one's history).
     const stream = this.asked;
     const cut = this.cut;
     this.cut = false;
@@ -790,8 +811,10 @@ export class ClientCore {
     let state = this.streams.get(name);
     if (!state) {
       // handled: the position passed; shown: the last shown (or found to be own);
-      // queue: messages behind a held one (null: none held); cap: the limit of acks then.
-      state = { handled: 0n, shown: 0n, acked: 0n, queue: null, cap: 0n };
+      // queue: messages behind a held one (null: none held); cap: the limit of acks then;
+      // sent: a type 11 went out (said again on a new connection; not a position taken
+      // from a marker, which is the user's already).
+      state = { handled: 0n, shown: 0n, acked: 0n, queue: null, cap: 0n, sent: false };
       this.streams.set(name, state);
     }
     return state;
@@ -1180,7 +1203,8 @@ export class Client {
     for (const event of events) this.dispatch(event);
     this.watchAnswers();
     this.watchRefusals();
-    if (this.core.phase === "live" && !this.timers.ack) {
+    // In every phase: what the connect replay or a catch-up showed is acknowledged too.
+    if (this.core.connected && !this.timers.ack) {
       this.timers.ack = setTimeout(() => {
         this.timers.ack = null;
         this.flushAcks();

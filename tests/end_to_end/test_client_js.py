@@ -8,6 +8,7 @@ checks they are the file's), so what is tested is what a browser loads.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -141,3 +142,47 @@ async def test_gateway_serves_the_module_and_answers_the_clients_probe(
         await client.wait_for(lambda f: f["type"] == 14, what="the replay end marker")
     finally:
         await client.close()
+
+
+async def test_node_client_closed_in_its_connect_replay_acknowledged_what_it_showed(
+    start_gateway: GatewayFactory, redis_url: str
+) -> None:
+    """bob's first client, closed from onmessage after 100 of 300 waiting messages (its
+    connect replay still running), acknowledged them: its next client is shown the other
+    200 and none of those again (tests/js/closed_replay.e2e.mjs asserts)."""
+    gw = await start_gateway("gw-closed-replay")
+    store = RedisStore(redis_url)
+    stored: list[str] = []
+
+    async def control(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while line := (await reader.readline()).decode().strip():
+            match line.split():
+                case ["acked", seq]:
+
+                    async def acked(upto: int = int(seq)) -> bool:
+                        return await store.acked(UserId(BOB)) >= upto
+
+                    # Answered either way: the next client shows what a missing ack costs.
+                    with contextlib.suppress(AssertionError):
+                        await wait_until(acked, timeout=10, what=f"bob's ack of {seq} stored")
+                        stored.append(seq)
+                case _:
+                    raise AssertionError(f"unknown control line {line!r}")
+            writer.write(f"ok {line}\n".encode())
+            await writer.drain()
+
+    try:
+        async with control_server(control) as control_port:
+            config = {
+                "http": f"http://127.0.0.1:{gw.port}",
+                "ws": f"ws://127.0.0.1:{gw.port}/ws",
+                "tokens": {"alice": token(ALICE), "bob": token(BOB)},
+                "users": {"alice": ALICE, "bob": BOB},
+                "total": 300,
+                "closeAfter": 100,
+                "controlPort": control_port,
+            }
+            report = await node_e2e("closed_replay.e2e.mjs", config, within=150)
+        assert len(stored) == 1, report
+    finally:
+        await store.close()

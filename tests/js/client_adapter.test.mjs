@@ -196,6 +196,36 @@ test("what onmessage got is acknowledged within ~100 ms, and again on close", as
   client.close(); // idempotent
 });
 
+test("close() during the connect replay acknowledges what onmessage got of it", async () => {
+  // A page closed while its connect replay runs: what it showed must not be shown again
+  // by the user's next client.
+  const client = open("ws://a/ws");
+  const shown = [];
+  client.onmessage = (m) => shown.push(m.id);
+  const socket = last();
+  socket.open();
+  socket.frame({ type: 1, id: "m1", from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: "1" });
+  socket.frame({ type: 2, id: "m2", from: 3, to: 7, contentType: 0, time: "2", content: "b", seq: "g7:4" });
+  assert.equal(client.status, "replaying");
+  client.close();
+  assert.deepEqual(shown, ["m1", "m2"]);
+  assert.deepEqual(socket.sent, [
+    { type: TYPE.ACK, seq: "1" },
+    { type: TYPE.ACK, seq: "g7:4" },
+  ]);
+  assert.equal(socket.closedWith, 1000);
+});
+
+test("during the connect replay what onmessage got is acknowledged within ackInterval", async () => {
+  const client = open("ws://a/ws", { ackInterval: 20 });
+  const socket = last();
+  socket.open();
+  socket.frame({ type: 1, id: "m1", from: 2, to: 1, contentType: 0, time: "1", content: "a", seq: "1" });
+  await until(() => socket.sent.some((f) => f.type === TYPE.ACK), "the acknowledgement", 1000);
+  assert.deepEqual(socket.sent, [{ type: TYPE.ACK, seq: "1" }]);
+  assert.equal(client.status, "replaying", "before the connect replay's end marker");
+});
+
 test("requests waiting for an answer are bounded: beyond maxPending, one rejects at once", async () => {
   const client = open("ws://a/ws", { maxPending: 2 });
   client.send({ to: 2, content: "1" }).catch(() => {});
