@@ -336,7 +336,7 @@ class Replayer(Streams):
             opening = await self._store.opening(self._user)
         # A user in no group has no stream to follow (nor left one: none to drop).
         grouped = opening.in_groups or self._groups or self._pending_own
-        starts = await self._follow() if grouped else {}
+        starts = await self._follow(connecting=True) if grouped else {}
         buffers: dict[int | None, collections.deque[str]] = {
             None: collections.deque(self._cursor.start(opening.acked))
         }

@@ -79,6 +79,7 @@ class Streams:
         "_retry_at",
         "_slots",
         "_store",
+        "_unstarted",
         "_user",
     )
 
@@ -111,6 +112,9 @@ class Streams:
         """No fill before this (loop time): a read failed."""
         self._groups_timer: asyncio.TimerHandle | None = None
         """A read of the user's large groups, a second after one left some unread."""
+        self._unstarted: set[int] = set()
+        """Groups the connect replay could not read (their node silent): started at the
+        user's position once read, as the replay would have, not at the join."""
         self._merge: dict[int | None, collections.deque[str]] | None = None
         """During the connect replay: each stream's frames read (its cursor moved past
         them) and not sent yet; a live push of that stream goes behind them."""
@@ -306,31 +310,41 @@ class Streams:
     async def _regroup(self) -> None:
         """Follow the user's large groups this connection does not follow yet."""
         fresh = await self._follow()
-        if fresh:
+        joined = [g for g in fresh if g not in self._unstarted]
+        if joined:
             # Followed from now on (the user joined, maybe while this gateway was cut
             # off): from the join, as another device may have acknowledged posts already
             # (a failed read fails the regroup, which is tried again a second later).
+            # Not a group the connect replay could not read: the user was in it then, and
+            # a client new then has shown none of it; from the user's position, as the
+            # replay would have (from the join, it was shown every post again).
             async with self._slots:
-                spans = await self._store.memberships([(g, self._user) for g in fresh])
-            for group, span in zip(list(fresh), spans, strict=True):
+                spans = await self._store.memberships([(g, self._user) for g in joined])
+            for group, span in zip(joined, spans, strict=True):
                 if span.joined is not None and span.joined < fresh[group]:
                     fresh[group] = span.joined
+        self._unstarted.difference_update(fresh)
         for group, pos in fresh.items():
             cursor = self._groups[group]
             for frame in cursor.start(pos):
                 self._out.push(frame)
             cursor.sync()  # posts stored before this gateway followed the group
 
-    async def _follow(self) -> dict[int, int]:
+    async def _follow(self, *, connecting: bool = False) -> dict[int, int]:
         """Read the user's large groups and their positions; make a cursor for each new
         one, drop those of groups the user left, and follow them. Returns the positions of
-        those whose cursor has not started (new ones)."""
+        those whose cursor has not started (new ones). ``connecting``: for the connect
+        replay (the groups it leaves unread are started later as it would have)."""
         async with self._slots:
             listed = await self._store.streams(self._user, 0)
         found = {s.group: s.position for s in listed if isinstance(s, GroupStream)}
         # Groups whose node did not answer (a silent Redis Cluster node): kept as they
         # are (followed, or not yet), and the groups are read again a second later.
         unread = {s.group for s in listed if isinstance(s, Unread)}
+        if connecting:
+            self._unstarted = {
+                g for g in unread if g not in self._groups or not self._groups[g].ready
+            }
         if unread:
             self._follow_later()
         gone = [g for g in self._groups if g not in found and g not in unread]
