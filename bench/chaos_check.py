@@ -222,6 +222,9 @@ class Verdict:
     """One send's content shown by one client under two message ids (stored twice)."""
     reshown: list[tuple[Device, str]] = field(default_factory=list)
     """Shown by a device's client, then again by the one started after it (a restart)."""
+    reshown_late: list[tuple[Device, str]] = field(default_factory=list)
+    """Of :attr:`reshown`, those shown more than ``RESHOWN_GRACE`` seconds before the
+    restart: their acknowledgement should have been stored long before it."""
     out_of_order: list[tuple[Device, str, str]] = field(default_factory=list)
     misdelivered: list[tuple[Device, str]] = field(default_factory=list)
     non_member: list[tuple[Device, str]] = field(default_factory=list)
@@ -236,6 +239,7 @@ class Verdict:
             or self.out_of_order
             or self.misdelivered
             or self.non_member
+            or self.reshown_late
         )
 
 
@@ -251,6 +255,25 @@ def unshown(run: Run) -> list[tuple[Device, str]]:
         for i in sorted(must - ids.get(me, set()))
         if not excused(run, me, by_id[i], ids) and not left_unread(run, me, by_id[i], posts)
     ]
+
+
+RESHOWN_GRACE = 30.0
+"""A message a device's client showed this long before the device restarted was
+acknowledged long before, unless its gateway or Redis was down all along (no fault of the
+soak lasts this long): shown again by the next client, it is a failure, not the last
+acknowledgement lost with the closing client (by design)."""
+
+
+def reshown_late(run: Run, me: Device, msg_id: str) -> bool:
+    """``msg_id`` was shown by one client of ``me`` and again by a later one, and the
+    first showing came more than ``RESHOWN_GRACE`` before the restart between them."""
+    times = sorted((x.at, x.instance) for x in run.shown.get(me, []) if x.message.id == msg_id)
+    first_at, first = times[0]
+    later = [at for at, instance in times if instance != first]
+    if not later:
+        return False
+    restarts = [at for at, who in run.restarts if who == me and first_at <= at <= later[0]]
+    return bool(restarts) and restarts[0] - first_at > RESHOWN_GRACE
 
 
 def check(run: Run) -> Verdict:
@@ -276,7 +299,9 @@ def check(run: Run) -> Verdict:
             if x.message.content in by_content:
                 ids_of[x.instance, x.message.content].add(x.message.id)
         v.twins += [(me, i) for ids_ in ids_of.values() if len(ids_) > 1 for i in sorted(ids_)]
-        v.reshown += [(me, i) for i, c in counts.items() if c > 1 and (me, i) not in v.duplicates]
+        again = [(me, i) for i, c in counts.items() if c > 1 and (me, i) not in v.duplicates]
+        v.reshown += again
+        v.reshown_late += [(me, i) for me, i in again if reshown_late(run, me, i)]
         for i in sorted(e.must[me] - set(counts)):
             if excused(run, me, by_id[i], ids):
                 v.excused.append((me, i))
@@ -426,7 +451,8 @@ def report(run: Run, v: Verdict, logs: Path, settled: float | None) -> str:
         f"{len(v.excused)}, a large group's posts unread when the user left it "
         f"{len(v.left)}, duplicates {len(v.duplicates)} (one content under two ids "
         f"{len(v.twins)}), shown again by the client "
-        f"started after a restart {len(v.reshown)}, out of order "
+        f"started after a restart {len(v.reshown)} ({len(v.reshown_late)} shown over "
+        f"{RESHOWN_GRACE:.0f}s before it), out of order "
         f"{len(v.out_of_order)}, misdelivered {len(v.misdelivered)}, shown to a non-member "
         f"{len(v.non_member)}",
     ]

@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # the soak imports it as ``chaos_check``
 
 from chaos_check import (  # noqa: E402 - after the path it comes from
+    RESHOWN_GRACE,
     Change,
     Run,
     Send,
@@ -167,3 +168,24 @@ def test_one_send_shown_under_two_message_ids_is_a_duplicate() -> None:
     assert not verdict.duplicates
     assert not verdict.ok
     assert "one content under two ids: m1 at (3, 0): 4.1s" in report(run, verdict, Path("l"), 1.0)
+
+
+def test_a_message_shown_long_before_a_restart_and_again_after_it_fails_the_run() -> None:
+    """Shown again by the next client is by design when the closing client's last
+    acknowledgement was lost with it; not when the first showing came more than
+    RESHOWN_GRACE before the restart (old check: counted only, the run passed; the soak
+    on a cluster showed 122 such)."""
+    run = one_send("m1")
+    run.shown[(C, 0)].append(Shown(message("m1", "1.0.0", A, "5"), 4.1, 0))
+    run.restarts.append((6.0, (C, 0)))
+    run.shown[(C, 0)].append(Shown(message("m1", "1.0.0", A, "5"), 7.0, 1))
+    verdict = check(run)
+    assert verdict.reshown == [((C, 0), "m1")]
+    assert verdict.reshown_late == []
+    assert verdict.ok
+    run.restarts[0] = (4.1 + RESHOWN_GRACE + 1, (C, 0))
+    run.shown[(C, 0)][1] = Shown(message("m1", "1.0.0", A, "5"), 4.1 + RESHOWN_GRACE + 2, 1)
+    verdict = check(run)
+    assert verdict.reshown_late == [((C, 0), "m1")]
+    assert not verdict.ok
+    assert "(1 shown over 30s before it)" in report(run, verdict, Path("l"), 1.0)
