@@ -66,8 +66,13 @@ Why no acknowledged message is lost, and none is written twice:
   ``wait_replicas`` the sender is acknowledged only when ``WAIT`` confirmed the appends;
   otherwise it is refused (``NOT_REPLICATED``: send again), the record stays pending,
   and the resend completes the message (an append the promoted replica lacks is written
-  again, once). If the *claim* itself is lost with a failed-over sender's node, a resend
-  claims afresh with a new id: recipients may then see the text twice, never zero times.
+  again, once). The claims wait for ``WAIT`` too, and a claim not confirmed appends
+  nothing (refused ``NOT_REPLICATED``): its node may be a primary failed over while it
+  was stopped, which answers until it learns so, and loses the claim then; the resend
+  claims afresh under a new id, and what the first attempt had appended would be there
+  twice (the fault soak: one send shown under two ids). Without ``wait_replicas``, a
+  claim lost with a failed-over sender's node is claimed afresh by the resend with a new
+  id: recipients may then see the text twice, never zero times.
 
 :attr:`ClusterStore.crash` is a hook for tests: called with ``"claimed"`` after step 1,
 ``"append K/N"`` after each slot's append (step 2 then goes one slot at a time) and
@@ -210,7 +215,7 @@ class ClusterStore(KeyspaceStore):
         live, refused = await self._claim(work, out)
         if self.crash is not None:
             self.crash("claimed")
-        appends = [w for w in live if w.users is not None and w.failed is None]
+        appends = [w for w in live if w.users is not None and w.failed is None and w.confirmed]
         presence = await self._append(work, appends, out)
         if self.crash is not None:
             self.crash("appended")
@@ -235,7 +240,9 @@ class ClusterStore(KeyspaceStore):
         senders = cluster_batch.posted(work)
         groups = sorted(senders)
         calls += [cluster_batch.members_call(g, senders[g], settings, nodes) for g in groups]
-        replies = await nodes.run(calls, errors=True)
+        # With wait_replicas, the claims too: see cluster_batch.read_claims.
+        wait = settings.wait_replicas > 0 and bool(claims)
+        replies = await nodes.run(calls, wait=wait, errors=True)
         forms = cluster_batch.Groups()
         forms.read(groups, replies[len(claims) :])
         cluster_batch.read_claims(claims, replies[: len(claims)])

@@ -143,12 +143,20 @@ def members_call(group: int, senders: Iterable[int], settings: Settings, nodes: 
 def read_claims(claims: dict[int, list[Work]], replies: Replies) -> None:
     """File the claims' replies: a claim whose node failed leaves its messages failed (the
     claim may have landed: left pending); a record already there is a duplicate (answered
-    at its recorded positions) or an earlier attempt's (resumed: its message completed)."""
-    for ws, (reply, _) in zip(claims.values(), replies, strict=True):
+    at its recorded positions) or an earlier attempt's (resumed: its message completed).
+    A claim its ``WAIT`` did not confirm (with ``wait_replicas``) leaves its messages
+    unconfirmed: not appended (refused ``NOT_REPLICATED``, the claim left pending). Its
+    node may be a primary already failed over (stopped past ``cluster-node-timeout``, and
+    not told yet): the claim is lost with it, a resend claims afresh under a new id, and
+    what this attempt appended elsewhere would be stored twice."""
+    for ws, (reply, confirmed) in zip(claims.values(), replies, strict=True):
         if isinstance(reply, Exception):
             for w in ws:
                 w.failed = reply
             continue
+        if not confirmed:
+            for w in ws:
+                w.confirmed = False
         for w, record in zip(ws, reply, strict=True):
             if record == 0:
                 continue
@@ -303,7 +311,7 @@ def posts(work: Sequence[Work], out: Answers) -> dict[int, list[Work]]:
     """The large groups' messages still to store (or whose position to answer), by group."""
     by_group: dict[int, list[Work]] = {}
     for w in work:
-        if w.stream is not None and out[w.index] is None and w.failed is None:
+        if w.stream is not None and out[w.index] is None and w.failed is None and w.confirmed:
             by_group.setdefault(w.stream, []).append(w)
     return by_group
 

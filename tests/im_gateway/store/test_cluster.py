@@ -290,7 +290,9 @@ async def test_wait_refuses_what_too_few_replicas_hold_and_the_resend_completes(
     redis_cluster_url: str,
 ) -> None:
     """On the cluster, WAIT for 2 replicas (each primary has 1) refuses with internal "not
-    replicated"; the resend with WAIT 1 completes the same message, once per inbox."""
+    replicated", and at the claim already: no inbox holds it (old code: every member's
+    did; a claim lost with a failed-over primary then let the resend store it twice under
+    a new id); the resend with WAIT 1 completes the same message, once per inbox."""
     members = users_in_many_slots(5)
     async with ClusterStore(redis_cluster_url, wait_replicas=2, wait_timeout=0.1) as strict:
         for u in members:
@@ -298,6 +300,8 @@ async def test_wait_refuses_what_too_few_replicas_hold_and_the_resend_completes(
         first = msg(members[0], 3, type=MESSAGE_GROUP)
         [r] = await strict.submit([Submission("w1", first)])
         assert r == Refused("w1", Refusal.NOT_REPLICATED)
+        for u in members:
+            assert await inbox_ids(strict, u) == []
     async with ClusterStore(redis_cluster_url, wait_replicas=1) as store:
         [r] = await store.submit([Submission("w1", msg(members[0], 3, type=MESSAGE_GROUP))])
         assert accepted(r).message.id == first.id

@@ -142,6 +142,27 @@ def test_claim_replies_mark_duplicates_resumed_and_failed_messages() -> None:
     assert isinstance(failed.failed, ConnectionError)
 
 
+def test_a_claim_its_wait_did_not_confirm_appends_nothing_and_is_not_replicated() -> None:
+    """With ``wait_replicas``, a claim WAIT did not confirm (its node may be a primary
+    failed over already) stores nothing: not appended, not posted, refused
+    ``NOT_REPLICATED`` (old code: appended, and the resend under a new id stored it
+    twice)."""
+    out, work, later = prepared(
+        [Submission("dm", msg(1, 2)), Submission("big", msg(1, 7, type=MESSAGE_GROUP))]
+    )
+    cluster_batch.read_claims(cluster_batch.claims(work), [([0, 0], False)])
+    groups = Groups()
+    groups.read([7], [([1, 1], True)])  # large; the sender is a member
+    cluster_batch.route(work, groups, out)
+    assert [w.confirmed for w in work] == [False, False]
+    assert cluster_batch.posts(work, out) == {}
+    answers = cluster_batch.answers([w.sub for w in work], work, out, {}, later)
+    assert answers == [
+        Refused("dm", Refusal.NOT_REPLICATED),
+        Refused("big", Refusal.NOT_REPLICATED),
+    ]
+
+
 def test_route_answers_members_refuses_strangers_and_fails_a_silent_group() -> None:
     """Members get a group message; a stranger is refused, the API's stranger sender gets
     a copy; a group whose node failed fails its messages; a large group's go to its
