@@ -24,8 +24,10 @@ Who must show what:
   position: its gateway may have been cut off from Redis long after the connection was
   made): the send began no later than that, and the old client either lost its
   connection after the send began or was closed within :data:`RESTART_SLACK` seconds of
-  the answer. Nothing is ever excused
-  from being shown twice by one client.
+  the answer. A device's first client, started with the run, is a new client too: what
+  was sent before its first connect replay ended and the other device showed is excused
+  (the soak's clients start together, and one may connect after the other acknowledged).
+  Nothing is ever excused from being shown twice by one client.
 - A large group's post that a member had not read when they left the group (a leave that
   began after the post's answer) stays unread by design (README, "Large groups": a
   connection replays only the groups the user is in now): counted apart when another
@@ -183,17 +185,20 @@ def large_posts(run: Run) -> set[str]:
 
 def excused(run: Run, me: Device, s: Send, shown_ids: dict[Device, set[str]]) -> bool:
     """Not shown on ``me`` rightly: its user's other device showed (or sent) it, and a
-    restart of ``me`` may have skipped it (see the module's docstring)."""
+    new client of ``me`` (a restart, or the first) may have skipped it (see the module's
+    docstring)."""
     others = [d for d in run.devices.get(me[0], []) if d != me]
     if not any(s.sender == d or s.msg_id in shown_ids.get(d, ()) for d in others):
         return False
     urls = run.urls.get(me, [])
-    mine = [at for at, who in run.restarts if who == me]
-    for instance, at in enumerate(mine, 1):  # the client started by this restart
+    # Each client of ``me`` and when it started: the first with the run, then each restart.
+    mine = [0.0, *(at for at, who in run.restarts if who == me)]
+    for instance, at in enumerate(mine):
         # Its connect replay reads the user's position: until it ended, what the other
         # device acknowledged may be skipped (connected long before it, when its gateway
         # could not reach Redis).
-        replayed = run.replayed.get((me, instance), math.inf)
+        # (The first client: only once its first connect replay ended.)
+        replayed = run.replayed.get((me, instance), math.inf if instance else -math.inf)
         lost = any(u == "-" and i == instance - 1 and s.started <= t <= at for t, u, i in urls)
         if s.started <= replayed and (lost or at - s.acked <= RESTART_SLACK):
             return True
