@@ -66,13 +66,11 @@ Why no acknowledged message is lost, and none is written twice:
   ``wait_replicas`` the sender is acknowledged only when ``WAIT`` confirmed the appends;
   otherwise it is refused (``NOT_REPLICATED``: send again), the record stays pending,
   and the resend completes the message (an append the promoted replica lacks is written
-  again, once). The claims wait for ``WAIT`` too, and a claim not confirmed appends
-  nothing (refused ``NOT_REPLICATED``): its node may be a primary failed over while it
-  was stopped, which answers until it learns so, and loses the claim then; the resend
-  claims afresh under a new id, and what the first attempt had appended would be there
-  twice (the fault soak: one send shown under two ids). Without ``wait_replicas``, a
-  claim lost with a failed-over sender's node is claimed afresh by the resend with a new
-  id: recipients may then see the text twice, never zero times.
+  again, once). A claim not confirmed by its ``WAIT`` appends nothing (refused too): its
+  node may be a primary failed over while stopped, which loses the claim once told, and
+  the resend's fresh claim would store it twice (:func:`~.cluster_batch.read_claims`).
+  Without ``wait_replicas``, a claim lost with a failed-over sender's node is claimed
+  afresh by the resend with a new id: recipients may see the text twice, never zero times.
 
 :attr:`ClusterStore.crash` is a hook for tests: called with ``"claimed"`` after step 1,
 ``"append K/N"`` after each slot's append (step 2 then goes one slot at a time) and
