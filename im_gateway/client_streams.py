@@ -19,6 +19,12 @@ began, the rest too. (A replay's entries and live pushes interleave on the wire,
 why nothing is released before the marker.) A large group's stream has no end marker of
 its own: the connect replay's marker lists where each group's replay started
 (:meth:`Stream.listed`), and a gap past that also shows with the stream's next message.
+So does the gap of a stream the marker did not list (its Redis Cluster node was silent at
+connect; the gateway follows it once read, from the user's position, which another device
+may have moved past ``pos``): its first post on the connection beyond ``pos + 1``, before
+the marker or after it, puts it in catch-up from ``pos``, once per connection. A stream
+this client never had is shown from where the gateway starts it (a post that comes before
+the marker waits for it).
 
 Imports only the standard library (see :mod:`im_gateway.client_protocol`).
 """

@@ -178,12 +178,18 @@ class Connection:
     acked_at_connect: dict[str, int] = field(default_factory=dict)
     marked: bool = False
     """Its connect replay's end marker reached the client."""
+    unread: bool = False
+    """The group's node was silent at connect: not replayed, not listed in the marker,
+    and not followed until :meth:`ClientAgainstModelGateway.group_read`."""
+    late: int | None = None
+    """Where the gateway started the group once read (the user's position then)."""
 
 
 class ClientAgainstModelGateway(RuleBasedStateMachine):
     """A model gateway with an inbox and a large group's stream, which user ME joins (from
     another device) at any time: before the client first connects, while it is connected,
-    or while it is away."""
+    or while it is away. At a connect the group's node may be silent: the marker does not
+    list it, and the gateway follows it later from the user's position then."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -193,7 +199,8 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         self.start: dict[str, int] = {}
         """Per stream, where what the client must show begins: on the client's first
         connection, the server's acked position when it began (a new client starts
-        there); for a group the client first hears of later, where the user joined."""
+        there); for a group the client first hears of later, where the user joined (or,
+        followed late, where the gateway started it)."""
         self.joined: int | None = None
         """The group stream's position when the user joined (None: not a member)."""
         self.marked = False
@@ -271,6 +278,9 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
             assert parsed is not None
             if parsed[0] == GROUP_STREAM:
                 assert self.joined is not None, "asked for a group the user is not in"
+                if conn.unread:  # its node is silent: the read fails
+                    conn.queue.append(frame(type=99, code="internal", message="unread"))
+                    return
                 parsed = (GROUP_STREAM, max(parsed[1], self.joined))  # never before the join
             conn.replaying = parsed
         else:
@@ -299,8 +309,9 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
     # --- rules ---
 
     @precondition(lambda self: self.conn is None)
-    @rule()
-    def connect(self) -> None:
+    @rule(unread=st.booleans())
+    def connect(self, unread: bool = False) -> None:
+        """``unread``: the group's node is silent (when the user is in the group)."""
         conn = self.conn = Connection(acked_at_connect=dict(self.server_acked))
         self.backoff.clear()  # a new connection resends every unanswered frame
         self.state.connected()
@@ -309,6 +320,9 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         for stream in STREAMS:
             if stream == GROUP_STREAM:
                 if self.joined is None:
+                    continue
+                if unread:
+                    conn.unread = True
                     continue
                 after = self.group_start()
                 groups.append(format_seq(stream, after))
@@ -321,6 +335,27 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
             conn.last[stream] = len(self.streams[stream])
         marker: dict[str, Any] = {"groups": groups} if groups else {}
         conn.queue.append(frame(type=14, seq=str(conn.last[INBOX]), **marker))
+
+    @precondition(lambda self: self.conn is not None and self.conn.unread)
+    @rule(early=st.booleans())
+    def group_read(self, early: bool) -> None:
+        """The silent node answers: the gateway follows the group from the user's position
+        (the posts after it come as pushes; ``early``: before the connect replay's end
+        marker, when that is still on the wire)."""
+        conn = self.conn
+        assert conn is not None
+        after = conn.late = self.group_start()
+        conn.unread = False
+        entries = self.streams[GROUP_STREAM]
+        conn.last[GROUP_STREAM] = len(entries)
+        frames = [
+            message_frame(e.msg_id, e.pos, sender=e.sender, stream=GROUP_STREAM)
+            for e in entries[after:]
+        ]
+        at = len(conn.queue)
+        if early and not conn.marked:
+            at = next(i for i, f in enumerate(conn.queue) if json.loads(f)["type"] == 14)
+        conn.queue[at:at] = frames
 
     @precondition(lambda self: self.conn is not None)
     @rule()
@@ -397,8 +432,13 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
         if stream == GROUP_STREAM:
             assert self.joined is not None
             # A client hears of a group after its first connect replay only when the
-            # user joined later (or nothing was posted since): it shows all since the join.
-            start = self.joined if self.marked else max(start, self.joined)
+            # user joined later (or nothing was posted since): it shows all since the join;
+            # or when the gateway followed it late (its node was silent at connect): from
+            # the user's position then.
+            if self.conn.late is not None:
+                start = self.conn.late
+            else:
+                start = self.joined if self.marked else max(start, self.joined)
         self.start[stream] = start
 
     @precondition(lambda self: self.conn is not None and self.conn.answers)
@@ -494,9 +534,14 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Let the wire run quiet on a steady connection: everything arrives (a large
-        group's gap shows at the connect replay's end marker, which lists the group)."""
+        group's gap shows at the connect replay's end marker, which lists the group, or,
+        for a group followed late, at its next post)."""
         if self.conn is None:
             self.connect()
+        elif self.conn.late is not None:
+            # Followed late: a client learns of what another device acknowledged there
+            # (its marker did not say) from the stream's next post.
+            self.someone_posts(GROUP_STREAM, from_me=False)
         for _ in range(10_000):
             conn = self.conn
             assert conn is not None
@@ -507,6 +552,9 @@ class ClientAgainstModelGateway(RuleBasedStateMachine):
                 self.deliver(repeat=False)
             elif conn.replaying is not None:
                 self.replay_step()
+            elif conn.unread:
+                self.group_read(early=False)
+                self.someone_posts(GROUP_STREAM, from_me=False)
             elif self.retries or self.replay_retry:
                 self.backoffs_elapse()
             elif self.state.waiting:
