@@ -60,7 +60,11 @@
 //   (`groups`, each with the user's position there) further on than this client's: from
 //   its own position, or from the user's join (`g7:0`) for a stream it has none in (one
 //   its user joined from another device meanwhile); on a first connection a listed
-//   stream starts, like the inbox, where the user is. Large groups' posts that come
+//   stream starts, like the inbox, where the user is. A stream the marker did not list
+//   (the gateway could not read it then, a Redis Cluster node silent, and follows it
+//   once read from the user's position) is taken at its first post on the connection
+//   for one listed further on, and caught up the same way, once (after a live join
+//   too: its repeats are dropped by position). Large groups' posts that come
 //   before that marker wait for it, so that none is shown ahead of its catch-up. The
 //   catch-ups run one at a time: the inbox's, then the groups'. One refused
 //   `rate_limited` is asked for again after `catchUpDelay` (5 s): from where its end
@@ -207,6 +211,7 @@ export class ClientCore {
     this.historyGroups = [...historyGroups].map((g) => `g${str(g)}:`);
     this.groupQueue = []; // large groups' streams still to catch up, on this connection
     this.catching = new Set(); // streams caught up on this connection (not shown directly)
+    this.settled = new Set(); // large groups' streams whose start this connection knows
     this.asked = null; // the stream whose catch-up runs ("" the inbox), or null
     this.historyDone = false; // a connection went live after asking for historyGroups
     this.historyRun = false; // this connection asks for historyGroups
@@ -283,6 +288,7 @@ export class ClientCore {
     this.groupQueue = this.history && !this.historyDone ? [...this.historyGroups] : [];
     this.historyRun = this.groupQueue.length > 0;
     this.catching = new Set(this.catchUp ? [INBOX, ...this.groupQueue] : this.groupQueue);
+    this.settled = new Set(this.groupQueue);
     // After a connect replay has ended once, this client may have shown less of a large
     // group's stream than the user acknowledged (another device): its posts wait for the
     // connect marker to say where the user is (onConnectEnd).
@@ -312,6 +318,7 @@ export class ClientCore {
     this.replayFailed = false;
     this.groupQueue = [];
     this.catching = new Set();
+    this.settled = new Set();
     this.overflowed = new Set();
     this.asked = null;
   }
@@ -382,6 +389,8 @@ export class ClientCore {
     const id = frame.id;
     if (typeof id !== "string" || id === "") return;
     const where = typeof frame.seq === "string" ? parseSeq(frame.seq) : null;
+    const pushed = this.phase === "live" || this.phase === "catchup" || this.phase === "waiting";
+    if (pushed && where && where.stream !== INBOX) this.unlisted(where.stream);
     const caught = where !== null && this.catching.has(where.stream);
     if (this.phase === "replay" && caught) {
       // The catch-up replays all of this again, in order, from this client's position
@@ -603,6 +612,7 @@ export class ClientCore {
     this.replayed = true;
     this.droppedCount = 0;
     for (const [stream, start] of listedStreams(groups)) {
+      this.settled.add(stream);
       if (this.catching.has(stream)) continue; // the groups' history: from its start
       const state = this.streams.get(stream);
       if (state ? start > state.handled : !first) {
@@ -617,10 +627,12 @@ export class ClientCore {
     // Streams whose held posts overflowed the buffer: read again from this client's own.
     for (const stream of this.overflowed) this.queueCatchUp(stream);
     this.overflowed = new Set();
-    // The large groups' posts held for the marker: shown now when their stream needs no
-    // catch-up, else let go (its catch-up brings them again: stored before pushed).
+    // The large groups' posts held for the marker: those of a stream it did not list are
+    // its first pushes (unlisted); then shown now when their stream needs no catch-up,
+    // else let go (its catch-up brings them again: stored before pushed).
     const held = this.buffer;
     this.buffer = [];
+    for (const f of held) this.unlisted(parseSeq(f.seq).stream);
     this.flush(held.filter((f) => !this.catching.has(parseSeq(f.seq).stream)));
     this.phase = "catchup";
     if (this.catchUp) {
@@ -633,9 +645,31 @@ export class ClientCore {
 
   /** Catch up a large group's stream on this connection, after those queued already. */
   queueCatchUp(stream) {
+    this.settled.add(stream);
     if (this.catching.has(stream)) return;
     this.catching.add(stream);
     this.groupQueue.push(stream);
+  }
+
+  /** The first push on this connection of a large group's stream that its connect
+   * marker did not list (the gateway could not read it then: a cluster node silent; it
+   * follows the stream once read, from the user's position, or from a live join). The
+   * user may have acknowledged further from another device than this client showed,
+   * which it would skip: taken as a listed stream whose start is beyond this client's
+   * position, caught up from that position (the user's join, "g7:0", when it has none
+   * after an earlier connect replay: joined from another device meanwhile), once per
+   * stream and connection (a live join costs one catch-up more, its repeats dropped by
+   * position). A new client's (its first connect replay) without a position is shown
+   * as it comes: it starts where the user is, as from a marker. */
+  unlisted(stream) {
+    if (this.settled.has(stream)) return;
+    this.settled.add(stream);
+    // (holdGroups: a connect replay ended on an earlier connection.)
+    if (!this.streams.has(stream) && !this.holdGroups) return;
+    this.queueCatchUp(stream);
+    if (this.phase !== "live") return; // asked for after the catch-ups before it
+    this.phase = "catchup";
+    this.nextGroup();
   }
 
   /** The catch-up of `this.asked` is complete up to `upto`: what was held of its stream

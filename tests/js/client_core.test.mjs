@@ -861,6 +861,135 @@ test("during a large group's catch-up what was shown is acknowledged, and nothin
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:2" }]);
 });
 
+// ---- large groups the connect marker did not list (their cluster node silent then) ------
+
+test("a reconnecting client's stream the marker did not list is caught up from its own position at its first push", () => {
+  // g7's node was silent at connect: not read by the connect replay, not listed. The
+  // gateway follows it a second later from the user's position (another device
+  // acknowledged up to 8), so the first push is g7:9. This client showed up to 3: it asks
+  // from there, holds 9 (and a later push) and shows 4 to 10 in order, once each.
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0", "g9:0"] }, [
+    post(7, "p1", 1),
+    post(7, "p2", 2),
+    post(7, "p3", 3),
+  ]);
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0", groups: ["g9:0"] });
+  assert.deepEqual(marked.frames, []);
+  assert.deepEqual(marked.events, [{ kind: "live" }]);
+  core.receive(post(7, "p9", 9)); // the first push
+  const asked = core.drain();
+  assert.deepEqual(asked.frames, [{ type: TYPE.REPLAY, seq: "g7:3" }]);
+  assert.deepEqual(shown(asked.events), [], "nothing of the stream before its catch-up");
+  core.receive(post(7, "p10", 10)); // a live push, ahead of the catch-up
+  for (const n of [4, 5, 6, 7, 8, 9]) core.receive(post(7, `p${n}`, n));
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:3" }], "nothing held is acknowledged");
+  core.receive({ type: TYPE.REPLAY, seq: "g7:9" });
+  const { frames, events } = core.drain();
+  assert.deepEqual(frames, []);
+  assert.deepEqual(shown(events), ["p4", "p5", "p6", "p7", "p8", "p9", "p10"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:10" }]);
+  core.receive(post(7, "p11", 11)); // once per stream per connection: shown at once
+  assert.deepEqual(core.drain(), { frames: [], events: [{ kind: "message", message: post(7, "p11", 11) }] });
+});
+
+test("a new client's stream the marker did not list is shown as it comes, without a catch-up", () => {
+  // The gateway starts the stream where the user is (or at a live join): a new client,
+  // which has no position in it, starts there too, as it would from a marker.
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(core.drain(), { frames: [], events: [{ kind: "live" }] });
+  core.receive(post(7, "p9", 9));
+  core.receive(post(7, "p10", 10));
+  const { frames, events } = core.drain();
+  assert.deepEqual(frames, []);
+  assert.deepEqual(shown(events), ["p9", "p10"]);
+  assert.equal(core.phase, "live");
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "g7:10" }]);
+});
+
+test("a reconnecting client's unlisted stream it has no position in is caught up from the user's join", () => {
+  // Away while its user joined group 7 on another device, which showed and acknowledged
+  // 1 to 8; g7's node silent at connect: the gateway follows it from 8. As for a listed
+  // stream it has no position in, the client asks from "g7:0" (from the join).
+  const core = reconnected();
+  markerThenInbox(core, { type: TYPE.REPLAY, seq: "0" });
+  core.receive(post(7, "p9", 9));
+  assert.deepEqual(core.drain(), { frames: [{ type: TYPE.REPLAY, seq: "g7:0" }], events: [] });
+  for (let n = 1; n <= 9; n += 1) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:9" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["p1", "p2", "p3", "p4", "p5", "p6", "p7", "p8", "p9"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+});
+
+test("an unlisted stream's post before the marker is decided at the marker: caught up after the inbox", () => {
+  // Held for the marker (a later connection); the marker does not list g7 and this
+  // client showed up to 2: g7 is caught up from 2 once the inbox's catch-up ended, and
+  // the post held is let go (the catch-up brings it again). So is g8 after it, from the
+  // position this client took from its first marker (4), none of it shown.
+  const first = { type: TYPE.REPLAY, seq: "0", groups: ["g7:0", "g8:4"] };
+  const core = reconnected({}, first, [post(7, "p1", 1), post(7, "p2", 2)]);
+  core.receive(post(7, "p6", 6));
+  core.receive(post(8, "q6", 6));
+  assert.deepEqual(shown(core.drain().events), [], "held until the marker");
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(marked.frames, [{ type: TYPE.REPLAY, seq: "g7:2" }]);
+  assert.deepEqual(shown(marked.events), []);
+  for (const n of [3, 4, 5, 6]) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:6" });
+  const mid = core.drain();
+  assert.deepEqual(shown(mid.events), ["p3", "p4", "p5", "p6"]);
+  assert.deepEqual(mid.frames, [{ type: TYPE.REPLAY, seq: "g8:4" }]);
+  for (const n of [5, 6]) core.receive(post(8, `q${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g8:6" });
+  const { frames, events } = core.drain();
+  assert.deepEqual(frames, []);
+  assert.deepEqual(shown(events), ["q5", "q6"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+});
+
+test("an unlisted stream's catch-up refused rate_limited is asked for again later, its posts held", () => {
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0"] }, [post(7, "p1", 1)]);
+  markerThenInbox(core, { type: TYPE.REPLAY, seq: "0" });
+  core.receive(post(7, "p4", 4));
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:1" }]);
+  // Refused outright (another read of the connection runs): no marker, a heartbeat says so.
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "a replay is running" });
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.HEARTBEAT }]);
+  core.receive({ type: TYPE.HEARTBEAT });
+  assertAskedLater(core.drain().events);
+  core.receive(post(7, "p5", 5)); // still held
+  assert.deepEqual(shown(core.drain().events), []);
+  core.resumeCatchUp();
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:1" }]);
+  for (const n of [2, 3, 4, 5]) core.receive(post(7, `p${n}`, n));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:5" });
+  const { events } = core.drain();
+  assert.deepEqual(shown(events), ["p2", "p3", "p4", "p5"]);
+  assert.deepEqual(events.at(-1), { kind: "live" });
+});
+
+test("a stream the user joins live after leaving it earlier costs one catch-up, nothing shown twice", () => {
+  // This client showed g7 up to 3, the user left and joins again on this connection: the
+  // gateway starts at the join (10): one catch-up from 3, which the gateway starts at the
+  // join too; the push it repeats is dropped by position.
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0"] }, [
+    post(7, "p1", 1),
+    post(7, "p2", 2),
+    post(7, "p3", 3),
+  ]);
+  markerThenInbox(core, { type: TYPE.REPLAY, seq: "0" });
+  core.receive(post(7, "p11", 11));
+  assert.deepEqual(core.drain().frames, [{ type: TYPE.REPLAY, seq: "g7:3" }]);
+  core.receive(post(7, "p11", 11));
+  core.receive({ type: TYPE.REPLAY, seq: "g7:11" });
+  assert.deepEqual(shown(core.drain().events), ["p11"]);
+  core.receive(post(7, "p12", 12));
+  assert.deepEqual(core.drain(), { frames: [], events: [{ kind: "message", message: post(7, "p12", 12) }] });
+});
+
 // ---- the property test -----------------------------------------------------------------
 
 /** mulberry32: a small seeded generator, so a failing seed can be replayed. */
