@@ -63,9 +63,10 @@
 //   stream starts, like the inbox, where the user is. A stream the marker did not list
 //   (the gateway could not read it then, a Redis Cluster node silent, and follows it
 //   once read from the user's position) is taken at its first post on the connection
-//   for one listed further on, and caught up the same way, once (after a live join
-//   too: its repeats are dropped by position). Large groups' posts that come
-//   before that marker wait for it, so that none is shown ahead of its catch-up. The
+//   for one listed at the position before that post (where the gateway started: each
+//   stream comes without holes), and caught up the same way (a live join may cost a
+//   catch-up too: its repeats are dropped by position). Large groups' posts that come
+//   before the connect marker wait for it, so that none is shown ahead of its catch-up. The
 //   catch-ups run one at a time: the inbox's, then the groups'. One refused
 //   `rate_limited` is asked for again after `catchUpDelay` (5 s): from where its end
 //   marker says when the replay budget cut it short, from where it was when the gateway
@@ -390,7 +391,7 @@ export class ClientCore {
     if (typeof id !== "string" || id === "") return;
     const where = typeof frame.seq === "string" ? parseSeq(frame.seq) : null;
     const pushed = this.phase === "live" || this.phase === "catchup" || this.phase === "waiting";
-    if (pushed && where && where.stream !== INBOX) this.unlisted(where.stream);
+    if (pushed && where && where.stream !== INBOX) this.unlisted(where);
     const caught = where !== null && this.catching.has(where.stream);
     if (this.phase === "replay" && caught) {
       // The catch-up replays all of this again, in order, from this client's position
@@ -632,7 +633,9 @@ export class ClientCore {
     // else let go (its catch-up brings them again: stored before pushed).
     const held = this.buffer;
     this.buffer = [];
-    for (const f of held) this.unlisted(parseSeq(f.seq).stream);
+    const firsts = held.map((f) => parseSeq(f.seq));
+    firsts.sort((a, b) => (a.pos < b.pos ? -1 : a.pos > b.pos ? 1 : 0));
+    for (const where of firsts) this.unlisted(where); // each stream's lowest first
     this.flush(held.filter((f) => !this.catching.has(parseSeq(f.seq).stream)));
     this.phase = "catchup";
     if (this.catchUp) {
@@ -651,21 +654,24 @@ export class ClientCore {
     this.groupQueue.push(stream);
   }
 
-  /** The first push on this connection of a large group's stream that its connect
-   * marker did not list (the gateway could not read it then: a cluster node silent; it
-   * follows the stream once read, from the user's position, or from a live join). The
-   * user may have acknowledged further from another device than this client showed,
-   * which it would skip: taken as a listed stream whose start is beyond this client's
-   * position, caught up from that position (the user's join, "g7:0", when it has none
-   * after an earlier connect replay: joined from another device meanwhile), once per
-   * stream and connection (a live join costs one catch-up more, its repeats dropped by
-   * position). A new client's (its first connect replay) without a position is shown
-   * as it comes: it starts where the user is, as from a marker. */
-  unlisted(stream) {
+  /** `where`: the first post on this connection of a large group's stream that its
+   * connect marker did not list (the gateway could not read it then: a cluster node
+   * silent; it follows the stream once read, from the user's position, or from a live
+   * join; each stream comes in order without holes, so that post is right after where
+   * the gateway started). Taken as a marker listing the stream at that start: when it
+   * is beyond this client's position (another device acknowledged posts it did not
+   * show), the stream is caught up from that position, as a listed one (from the
+   * user's join, "g7:0", when it has none after an earlier connect replay: joined from
+   * another device meanwhile; a new client, on its first, starts where the gateway
+   * does). Once per stream and connection; a live join may cost a catch-up, its
+   * repeats dropped by position. */
+  unlisted(where) {
+    const stream = where.stream;
     if (this.settled.has(stream)) return;
     this.settled.add(stream);
+    const state = this.streams.get(stream);
     // (holdGroups: a connect replay ended on an earlier connection.)
-    if (!this.streams.has(stream) && !this.holdGroups) return;
+    if (state ? where.pos - 1n <= state.handled : !this.holdGroups) return;
     this.queueCatchUp(stream);
     if (this.phase !== "live") return; // asked for after the catch-ups before it
     this.phase = "catchup";

@@ -893,6 +893,30 @@ test("a reconnecting client's stream the marker did not list is caught up from i
   assert.deepEqual(core.drain(), { frames: [], events: [{ kind: "message", message: post(7, "p11", 11) }] });
 });
 
+test("an unlisted stream whose first post comes right after this client's position needs no catch-up", () => {
+  // This client acknowledged g7 up to 3 itself (no other device went further): the
+  // gateway starts at 3, its first push is 4, nothing was skipped. So when that push
+  // came before the marker (held for it, with a repeat of 3 dropped).
+  const core = reconnected({}, { type: TYPE.REPLAY, seq: "0", groups: ["g7:0", "g8:0"] }, [
+    post(7, "p1", 1),
+    post(7, "p2", 2),
+    post(7, "p3", 3),
+    post(8, "q1", 1),
+  ]);
+  core.receive(post(8, "q1", 1));
+  core.receive(post(8, "q2", 2));
+  const marked = markerThenInbox(core, { type: TYPE.REPLAY, seq: "0" });
+  assert.deepEqual(marked.frames, []);
+  assert.deepEqual(shown(marked.events), ["q2"]);
+  core.receive(post(7, "p4", 4));
+  core.receive(post(7, "p5", 5));
+  assert.deepEqual(core.drain(), {
+    frames: [],
+    events: [4, 5].map((n) => ({ kind: "message", message: post(7, `p${n}`, n) })),
+  });
+  assert.equal(core.phase, "live");
+});
+
 test("a new client's stream the marker did not list is shown as it comes, without a catch-up", () => {
   // The gateway starts the stream where the user is (or at a live join): a new client,
   // which has no position in it, starts there too, as it would from a marker.
