@@ -60,8 +60,13 @@
 //   (`groups`, each with the user's position there) further on than this client's: from
 //   its own position, or from the user's join (`g7:0`) for a stream it has none in (one
 //   its user joined from another device meanwhile); on a first connection a listed
-//   stream starts, like the inbox, where the user is. Large groups' posts that come
-//   before that marker wait for it, so that none is shown ahead of its catch-up. The
+//   stream starts, like the inbox, where the user is. A stream the marker did not list
+//   (the gateway could not read it then, a Redis Cluster node silent, and follows it
+//   once read from the user's position) is taken at its first post on the connection
+//   for one listed at the position before that post (where the gateway started: each
+//   stream comes without holes), and caught up the same way (a live join may cost a
+//   catch-up too: its repeats are dropped by position). Large groups' posts that come
+//   before the connect marker wait for it, so that none is shown ahead of its catch-up. The
 //   catch-ups run one at a time: the inbox's, then the groups'. One refused
 //   `rate_limited` is asked for again after `catchUpDelay` (5 s): from where its end
 //   marker says when the replay budget cut it short, from where it was when the gateway
@@ -207,6 +212,7 @@ export class ClientCore {
     this.historyGroups = [...historyGroups].map((g) => `g${str(g)}:`);
     this.groupQueue = []; // large groups' streams still to catch up, on this connection
     this.catching = new Set(); // streams caught up on this connection (not shown directly)
+    this.settled = new Set(); // large groups' streams whose start this connection knows
     this.asked = null; // the stream whose catch-up runs ("" the inbox), or null
     this.historyDone = false; // a connection went live after asking for historyGroups
     this.historyRun = false; // this connection asks for historyGroups
@@ -283,6 +289,7 @@ export class ClientCore {
     this.groupQueue = this.history && !this.historyDone ? [...this.historyGroups] : [];
     this.historyRun = this.groupQueue.length > 0;
     this.catching = new Set(this.catchUp ? [INBOX, ...this.groupQueue] : this.groupQueue);
+    this.settled = new Set(this.groupQueue);
     // After a connect replay has ended once, this client may have shown less of a large
     // group's stream than the user acknowledged (another device): its posts wait for the
     // connect marker to say where the user is (onConnectEnd).
@@ -312,6 +319,7 @@ export class ClientCore {
     this.replayFailed = false;
     this.groupQueue = [];
     this.catching = new Set();
+    this.settled = new Set();
     this.overflowed = new Set();
     this.asked = null;
   }
@@ -382,6 +390,8 @@ export class ClientCore {
     const id = frame.id;
     if (typeof id !== "string" || id === "") return;
     const where = typeof frame.seq === "string" ? parseSeq(frame.seq) : null;
+    const pushed = this.phase === "live" || this.phase === "catchup" || this.phase === "waiting";
+    if (pushed && where && where.stream !== INBOX) this.unlisted(where);
     const caught = where !== null && this.catching.has(where.stream);
     if (this.phase === "replay" && caught) {
       // The catch-up replays all of this again, in order, from this client's position
@@ -603,6 +613,7 @@ export class ClientCore {
     this.replayed = true;
     this.droppedCount = 0;
     for (const [stream, start] of listedStreams(groups)) {
+      this.settled.add(stream);
       if (this.catching.has(stream)) continue; // the groups' history: from its start
       const state = this.streams.get(stream);
       if (state ? start > state.handled : !first) {
@@ -617,10 +628,14 @@ export class ClientCore {
     // Streams whose held posts overflowed the buffer: read again from this client's own.
     for (const stream of this.overflowed) this.queueCatchUp(stream);
     this.overflowed = new Set();
-    // The large groups' posts held for the marker: shown now when their stream needs no
-    // catch-up, else let go (its catch-up brings them again: stored before pushed).
+    // The large groups' posts held for the marker: those of a stream it did not list are
+    // its first pushes (unlisted); then shown now when their stream needs no catch-up,
+    // else let go (its catch-up brings them again: stored before pushed).
     const held = this.buffer;
     this.buffer = [];
+    const firsts = held.map((f) => parseSeq(f.seq));
+    firsts.sort((a, b) => (a.pos < b.pos ? -1 : a.pos > b.pos ? 1 : 0));
+    for (const where of firsts) this.unlisted(where); // each stream's lowest first
     this.flush(held.filter((f) => !this.catching.has(parseSeq(f.seq).stream)));
     this.phase = "catchup";
     if (this.catchUp) {
@@ -633,9 +648,34 @@ export class ClientCore {
 
   /** Catch up a large group's stream on this connection, after those queued already. */
   queueCatchUp(stream) {
+    this.settled.add(stream);
     if (this.catching.has(stream)) return;
     this.catching.add(stream);
     this.groupQueue.push(stream);
+  }
+
+  /** `where`: the first post on this connection of a large group's stream that its
+   * connect marker did not list (the gateway could not read it then: a cluster node
+   * silent; it follows the stream once read, from the user's position, or from a live
+   * join; each stream comes in order without holes, so that post is right after where
+   * the gateway started). Taken as a marker listing the stream at that start: when it
+   * is beyond this client's position (another device acknowledged posts it did not
+   * show), the stream is caught up from that position, as a listed one (from the
+   * user's join, "g7:0", when it has none after an earlier connect replay: joined from
+   * another device meanwhile; a new client, on its first, starts where the gateway
+   * does). Once per stream and connection; a live join may cost a catch-up, its
+   * repeats dropped by position. */
+  unlisted(where) {
+    const stream = where.stream;
+    if (this.settled.has(stream)) return;
+    this.settled.add(stream);
+    const state = this.streams.get(stream);
+    // (holdGroups: a connect replay ended on an earlier connection.)
+    if (state ? where.pos - 1n <= state.handled : !this.holdGroups) return;
+    this.queueCatchUp(stream);
+    if (this.phase !== "live") return; // asked for after the catch-ups before it
+    this.phase = "catchup";
+    this.nextGroup();
   }
 
   /** The catch-up of `this.asked` is complete up to `upto`: what was held of its stream
