@@ -279,28 +279,24 @@ class KeyspaceStore(AsyncClosing):
     async def inbox_ends(self, users: Sequence[UserId]) -> list[int | None]:
         """One Redis: every user's end, or the error raised (the cluster store answers
         each user alone)."""
-        self._check_open()
-        if not users:
-            return []
-        key = self.settings.key
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for user in users:
-                pipe.get(key("pos", user))
-            replies: list[Any] = await pipe.execute()
-        return [int(reply or 0) for reply in replies]
+        return [int(reply or 0) for reply in await self._each_user("GET", "pos", users)]
 
     async def in_groups(self, users: Sequence[UserId]) -> list[bool | None]:
-        """One Redis: ``EXISTS groups`` of every user (pipelined), or the error raised
-        (the cluster store answers each user alone)."""
+        """One Redis: ``EXISTS groups`` of every user, or the error raised (the cluster
+        store answers each user alone)."""
+        return [bool(reply) for reply in await self._each_user("EXISTS", "groups", users)]
+
+    async def _each_user(self, command: str, name: str, users: Sequence[UserId]) -> list[Any]:
+        """``command`` on each user's key ``name``, pipelined: the replies in order."""
         self._check_open()
         if not users:
             return []
         key = self.settings.key
         async with self._redis.pipeline(transaction=False) as pipe:
             for user in users:
-                pipe.exists(key("groups", user))
+                pipe.execute_command(command, key(name, user))
             replies: list[Any] = await pipe.execute()
-        return [bool(reply) for reply in replies]
+        return replies
 
     async def read_group(self, group: int, after: int, limit: int) -> InboxPage:
         self._check_open()
