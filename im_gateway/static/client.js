@@ -484,9 +484,11 @@ export class ClientCore {
     const entry = typeof id === "string" ? this.pending.get(id) : undefined;
     if (!entry) {
       // For no request of ours: "internal" here is an acknowledgement the gateway could
-      // not store ("send it again"), so every acknowledged stream's position goes out
-      // again (not those taken from a marker: up to MAX_LISTED frames, for nothing).
-      if (code === "internal") {
+      // not store ("send it again"), and "rate_limited" may be one it refused ("too many
+      // frames": an acknowledgement has no id to say so), so every acknowledged stream's
+      // position goes out again (not those taken from a marker: up to MAX_LISTED frames,
+      // for nothing). Saying a position again costs nothing: it never moves back.
+      if (code === "internal" || code === "rate_limited") {
         for (const state of this.streams.values()) if (state.sent) state.acked = 0n;
       }
       // Or a replay's read failed. Acknowledgements go out during the replays too, so the

@@ -523,6 +523,19 @@ test("an acknowledgement the gateway could not store is sent again", () => {
   assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
 });
 
+test("an acknowledgement refused for the rate limit is sent again", () => {
+  // The gateway refuses a frame over the rate limit with rate_limited and the frame's id;
+  // an acknowledgement has none (old code: marked sent, never said again, so the user's
+  // next client was shown those messages again).
+  const core = new ClientCore({ me: ME });
+  core.opened();
+  core.receive({ type: TYPE.REPLAY, seq: "0" });
+  core.receive(msg("m1", "1"));
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+  core.receive({ type: TYPE.ERROR, code: "rate_limited", message: "too many frames; slow down" });
+  assert.deepEqual(core.acks(), [{ type: TYPE.ACK, seq: "1" }]);
+});
+
 test("after an acknowledgement not stored, only the streams acknowledged are said again", () => {
   // Not every large group's stream the marker listed (up to MAX_LISTED): their positions
   // are the user's, taken unacknowledged; a frame each would run into the rate limit.
